@@ -1,0 +1,153 @@
+// @vsm/client ergonomic layer: `connect(address, options)` returns promise-based clients for every
+// vsm.v1 service with default deadlines, async iterators for server streams, and VsmError carrying
+// the HV_STATUS name from google.rpc.ErrorInfo. Retries happen only for idempotent reads.
+import * as grpc from '@grpc/grpc-js';
+import * as pb from './pb';
+
+export interface ConnectOptions {
+  /** TLS: `true` for system roots, or PEM material; unset = plaintext. */
+  tls?: boolean | { ca?: Buffer; cert?: Buffer; key?: Buffer };
+  /** Bearer token sent as `authorization: Bearer ...`. */
+  token?: string;
+  /** Default deadline for unary calls, in ms (default 10000). */
+  deadlineMs?: number;
+  /** Retries for idempotent (read-only) calls on UNAVAILABLE (default 2). */
+  retries?: number;
+}
+
+/** A failed call: gRPC code plus the TLFS HV_STATUS name from ErrorInfo.reason (when present). */
+export class VsmError extends Error {
+  constructor(
+    readonly code: grpc.status,
+    readonly reason: string | undefined,
+    readonly domain: string | undefined,
+    readonly metadata: Record<string, string>,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'VsmError';
+  }
+  get codeName(): string {
+    return grpc.status[this.code] ?? String(this.code);
+  }
+  static from(e: grpc.ServiceError): VsmError {
+    let reason: string | undefined;
+    let domain: string | undefined;
+    let md: Record<string, string> = {};
+    const raw = e.metadata?.get('grpc-status-details-bin')?.[0];
+    if (raw && Buffer.isBuffer(raw)) {
+      try {
+        const st = pb.RpcStatus.decode(raw);
+        for (const d of st.details) {
+          if (d.typeUrl.endsWith('/google.rpc.ErrorInfo')) {
+            const info = pb.ErrorInfo.decode(d.value);
+            reason = info.reason;
+            domain = info.domain;
+            md = info.metadata;
+          }
+        }
+      } catch {
+        // malformed details: keep code and message only
+      }
+    }
+    return new VsmError(e.code, reason, domain, md, e.details || e.message);
+  }
+}
+
+type Callback<Res> = (err: grpc.ServiceError | null, res: Res) => void;
+type UnaryFn<Req, Res> = (req: Req, md: grpc.Metadata, opts: Partial<grpc.CallOptions>, cb: Callback<Res>) => grpc.ClientUnaryCall;
+type Promisified<C> = {
+  [K in keyof C as C[K] extends (req: infer _R, cb: Callback<infer _S>) => grpc.ClientUnaryCall ? K : never]: C[K] extends (req: infer R, cb: Callback<infer S>) => grpc.ClientUnaryCall
+    ? (req: Partial<R>, opts?: { deadlineMs?: number }) => Promise<S>
+    : never;
+};
+
+const IDEMPOTENT = /^(get|list|read)/;
+
+/** Every vsm.v1 RPC `Foo` takes a `FooRequest` message (buf's RPC_REQUEST_STANDARD_NAME). */
+function requestTypeOf(method: string): { fromPartial(o: unknown): unknown } {
+  const t = (pb as unknown as Record<string, { fromPartial(o: unknown): unknown }>)[method[0]!.toUpperCase() + method.slice(1) + 'Request'];
+  if (!t) throw new Error(`no request type for ${method}`);
+  return t;
+}
+
+function promisify<C extends grpc.Client>(client: C, svc: Record<string, { requestStream: boolean; responseStream: boolean }>, o: ConnectOptions, md: () => grpc.Metadata): Promisified<C> {
+  const out: Record<string, unknown> = {};
+  for (const [method, def] of Object.entries(svc)) {
+    if (def.requestStream || def.responseStream) continue;
+    const requestType = requestTypeOf(method);
+    out[method] = async (req: unknown, callOpts?: { deadlineMs?: number }) => {
+      const full = requestType.fromPartial(req ?? {});
+      const attempts = IDEMPOTENT.test(method) ? 1 + (o.retries ?? 2) : 1;
+      for (let i = 0; ; i++) {
+        try {
+          return await new Promise((resolve, reject) => {
+            const fn = (client as unknown as Record<string, UnaryFn<unknown, unknown>>)[method]!.bind(client);
+            fn(full, md(), { deadline: Date.now() + (callOpts?.deadlineMs ?? o.deadlineMs ?? 10_000) }, (err, res) => (err ? reject(VsmError.from(err)) : resolve(res)));
+          });
+        } catch (e) {
+          if (!(e instanceof VsmError) || e.code !== grpc.status.UNAVAILABLE || i + 1 >= attempts) throw e;
+          await new Promise((r) => setTimeout(r, 100 * 2 ** i));
+        }
+      }
+    };
+  }
+  return out as Promisified<C>;
+}
+
+export interface VsmClient {
+  partitions: Promisified<pb.PartitionServiceClient>;
+  vps: Promisified<pb.VirtualProcessorServiceClient>;
+  guest: Promisified<pb.GuestServiceClient>;
+  memory: Promisified<pb.MemoryServiceClient>;
+  vtl: Promisified<pb.VtlServiceClient> & {
+    /** Async iterator over WatchVtlTransitions; break out of the loop (or abort) to cancel. */
+    watchTransitions(req: Partial<pb.WatchVtlTransitionsRequest>, signal?: AbortSignal): AsyncIterable<pb.WatchVtlTransitionsResponse>;
+  };
+  close(): void;
+}
+
+export function connect(address: string, o: ConnectOptions = {}): VsmClient {
+  let creds: grpc.ChannelCredentials = grpc.credentials.createInsecure();
+  if (o.tls) creds = o.tls === true ? grpc.credentials.createSsl() : grpc.credentials.createSsl(o.tls.ca ?? null, o.tls.key ?? null, o.tls.cert ?? null);
+  const md = () => {
+    const m = new grpc.Metadata();
+    if (o.token) m.set('authorization', `Bearer ${o.token}`);
+    return m;
+  };
+  const opts = { 'grpc.max_receive_message_length': 8 * 1024 * 1024 };
+  const partitions = new pb.PartitionServiceClient(address, creds, opts);
+  const vps = new pb.VirtualProcessorServiceClient(address, creds, opts);
+  const guest = new pb.GuestServiceClient(address, creds, opts);
+  const memory = new pb.MemoryServiceClient(address, creds, opts);
+  const vtl = new pb.VtlServiceClient(address, creds, opts);
+  const S = (s: unknown) => s as Parameters<typeof promisify>[1];
+  return {
+    partitions: promisify(partitions, S(pb.PartitionServiceService), o, md),
+    vps: promisify(vps, S(pb.VirtualProcessorServiceService), o, md),
+    guest: promisify(guest, S(pb.GuestServiceService), o, md),
+    memory: promisify(memory, S(pb.MemoryServiceService), o, md),
+    vtl: Object.assign(promisify(vtl, S(pb.VtlServiceService), o, md), {
+      watchTransitions: (req: Partial<pb.WatchVtlTransitionsRequest>, signal?: AbortSignal) =>
+        streamIterator<pb.WatchVtlTransitionsResponse>(vtl.watchVtlTransitions(pb.WatchVtlTransitionsRequest.fromPartial(req), md()), signal),
+    }),
+    close() {
+      for (const c of [partitions, vps, guest, memory, vtl]) c.close();
+    },
+  };
+}
+
+async function* streamIterator<T>(call: grpc.ClientReadableStream<T>, signal?: AbortSignal): AsyncIterable<T> {
+  const onAbort = () => call.cancel();
+  signal?.addEventListener('abort', onAbort, { once: true });
+  try {
+    for await (const m of call as AsyncIterable<T>) yield m;
+  } catch (e) {
+    const se = e as grpc.ServiceError;
+    if (se.code === grpc.status.CANCELLED && (signal?.aborted ?? true)) return;
+    throw typeof se.code === 'number' ? VsmError.from(se) : e;
+  } finally {
+    signal?.removeEventListener('abort', onAbort);
+    call.cancel();
+  }
+}

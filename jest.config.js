@@ -1,0 +1,25 @@
+// One jest run, several projects: `unit` (pure library tests), `e2e` (a real server on an
+// ephemeral loopback port), `conformance` (scenarios against the public API, backend chosen by
+// VSM_BACKEND). TypeScript is transpiled by @swc/jest; type checking is `npm run build` (tsc -b).
+const transform = {
+  '^.+\\.tsx?$': ['@swc/jest', { jsc: { target: 'es2022', parser: { syntax: 'typescript' } }, module: { type: 'commonjs' } }],
+};
+const moduleNameMapper = {
+  '^@vsm/core$': '<rootDir>/services/core/src/index.ts',
+  '^@vsm/core/(.*)$': '<rootDir>/services/core/src/$1',
+  '^@vsm/client$': '<rootDir>/clients/typescript/src/index.ts',
+  '^@vsm/client/(.*)$': '<rootDir>/clients/typescript/src/$1',
+  '^@vsm/service$': '<rootDir>/services/vsm-service/src/index.ts',
+  '^@vsm/service/(.*)$': '<rootDir>/services/vsm-service/src/$1',
+  '^@vsm/kvm-agent$': '<rootDir>/services/kvm-agent/src/index.ts',
+  '^@vsm/kvm-agent/(.*)$': '<rootDir>/services/kvm-agent/src/$1',
+};
+const common = { rootDir: __dirname, transform, moduleNameMapper, testEnvironment: 'node', testPathIgnorePatterns: ['/node_modules/', '/dist/'] };
+module.exports = {
+  projects: [
+    { ...common, displayName: 'unit', testMatch: ['<rootDir>/services/*/test/**/*.test.ts', '<rootDir>/clients/*/test/**/*.test.ts'] },
+    { ...common, displayName: 'e2e', testMatch: ['<rootDir>/test/e2e/**/*.test.ts'] },
+    { ...common, displayName: 'conformance', testMatch: ['<rootDir>/test/conformance/**/*.test.ts'] },
+    { ...common, displayName: 'integration', testMatch: ['<rootDir>/test/integration/**/*.test.ts'] },
+  ],
+};

@@ -1,0 +1,41 @@
+#!/usr/bin/env node
+// Makes a fresh clone runnable: installs dependencies (npm ci) when node_modules is missing or
+// older than package-lock.json, regenerates code when a .proto changed, and builds (tsc -b) when a
+// source is newer than its output. Cheap when nothing changed, so it runs before start and test.
+'use strict';
+const { execFileSync } = require('node:child_process');
+const fs = require('node:fs');
+const path = require('node:path');
+
+const root = path.resolve(__dirname, '..');
+const run = (cmd, args) => execFileSync(cmd, args, { cwd: root, stdio: ['ignore', 'inherit', 'inherit'] });
+const mtime = (p) => { try { return fs.statSync(p).mtimeMs; } catch { return 0; } };
+function newest(dir, filter) {
+  let t = 0;
+  if (!fs.existsSync(dir)) return 0;
+  for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+    if (e.name === 'node_modules' || e.name === 'dist' || e.name === 'gen') continue;
+    const p = path.join(dir, e.name);
+    if (e.isDirectory()) t = Math.max(t, newest(p, filter));
+    else if (filter(e.name)) t = Math.max(t, mtime(p));
+  }
+  return t;
+}
+
+const lock = path.join(root, 'package-lock.json');
+const installed = path.join(root, 'node_modules/.package-lock.json');
+if (!fs.existsSync(installed) || mtime(installed) < mtime(lock)) {
+  console.error('[setup] installing dependencies (npm ci)');
+  run('npm', ['ci', '--no-audit', '--no-fund']);
+}
+const stamp = path.join(root, 'clients/typescript/src/gen/.stamp');
+if (mtime(stamp) < Math.max(newest(path.join(root, 'proto'), (n) => n.endsWith('.proto')), mtime(path.join(root, 'buf.gen.yaml')))) {
+  console.error('[setup] generating code from proto/');
+  run('node', ['scripts/generate.js']);
+}
+const srcs = ['services', 'clients', 'bench'].map((d) => newest(path.join(root, d), (n) => n.endsWith('.ts') || n === 'tsconfig.json'));
+const built = mtime(path.join(root, 'services/vsm-service/dist/main.js'));
+if (built < Math.max(...srcs, mtime(stamp))) {
+  console.error('[setup] building (tsc -b)');
+  run(path.join(root, 'node_modules/.bin/tsc'), ['-b']);
+}

@@ -1,0 +1,102 @@
+// core: the set of partitions a backend hosts: create (idempotent by request id), get, list with
+// page tokens, delete; and the limits that keep bad input from exhausting memory.
+import { Architecture, Partition, PartitionSpec } from './partition';
+import { HvError, HvStatus, hvFail } from './tlfs/status';
+import { HV_MAX_SUPPORTED_VTL } from './tlfs/vsm';
+
+export interface Limits {
+  maxPartitions: number;
+  maxVpCount: number;
+  maxMemoryBytes: bigint;
+}
+export const DEFAULT_LIMITS: Limits = { maxPartitions: 4096, maxVpCount: 64, maxMemoryBytes: 1n << 40n };
+
+export interface CreateRequest {
+  partitionId?: string;
+  requestId?: string;
+  architecture: Architecture;
+  vpCount: number;
+  memoryBytes: bigint;
+  maximumVtl: number;
+  labels: Record<string, string>;
+}
+
+const ID_RE = /^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$/;
+
+export class PartitionManager {
+  private readonly partitions = new Map<string, Partition>();
+  private readonly byRequestId = new Map<string, { id: string; fingerprint: string }>();
+  private counter = 0;
+
+  constructor(readonly limits: Limits = DEFAULT_LIMITS) {}
+
+  create(req: CreateRequest): Partition {
+    const fingerprint = JSON.stringify({ ...req, memoryBytes: req.memoryBytes.toString(), requestId: undefined });
+    if (req.requestId) {
+      if (req.requestId.length > 128) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, 'request_id is longer than 128 characters');
+      const prior = this.byRequestId.get(req.requestId);
+      if (prior) {
+        const p = this.partitions.get(prior.id);
+        if (prior.fingerprint !== fingerprint) hvFail(HvStatus.HV_STATUS_OBJECT_IN_USE, `request_id ${req.requestId} was already used for a different CreatePartition`);
+        if (p) return p;
+      }
+    }
+    if (req.architecture !== 'x64' && req.architecture !== 'arm64') hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, 'unsupported architecture');
+    if (!Number.isInteger(req.vpCount) || req.vpCount < 1 || req.vpCount > this.limits.maxVpCount) {
+      hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `vp_count must be 1..${this.limits.maxVpCount}, got ${req.vpCount}`);
+    }
+    if (req.memoryBytes <= 0n || req.memoryBytes % 4096n !== 0n) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, 'memory_bytes must be a positive multiple of 4096');
+    if (req.memoryBytes > this.limits.maxMemoryBytes) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `memory_bytes exceeds the limit of ${this.limits.maxMemoryBytes} bytes`);
+    if (!Number.isInteger(req.maximumVtl) || req.maximumVtl < 0 || req.maximumVtl > HV_MAX_SUPPORTED_VTL) {
+      hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `maximum_vtl must be 0..${HV_MAX_SUPPORTED_VTL}`);
+    }
+    for (const [k, v] of Object.entries(req.labels)) {
+      if (k.length === 0 || k.length > 63 || v.length > 63) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `label ${JSON.stringify(k)} must have a 1..63 character key and a value of at most 63`);
+    }
+    if (Object.keys(req.labels).length > 64) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, 'at most 64 labels');
+    let id = req.partitionId;
+    if (id) {
+      if (!ID_RE.test(id)) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `partition_id ${JSON.stringify(id)} must match ${ID_RE}`);
+      if (this.partitions.has(id)) hvFail(HvStatus.HV_STATUS_OBJECT_IN_USE, `partition ${id} already exists`);
+    } else {
+      do id = `p${(++this.counter).toString(36).padStart(6, '0')}`; while (this.partitions.has(id));
+    }
+    if (this.partitions.size >= this.limits.maxPartitions) hvFail(HvStatus.HV_STATUS_INSUFFICIENT_MEMORY, `partition limit ${this.limits.maxPartitions} reached`);
+    const spec: PartitionSpec = { id, architecture: req.architecture, vpCount: req.vpCount, memoryBytes: req.memoryBytes, maximumVtl: req.maximumVtl, labels: { ...req.labels } };
+    const p = new Partition(spec);
+    this.partitions.set(id, p);
+    if (req.requestId) this.byRequestId.set(req.requestId, { id, fingerprint });
+    return p;
+  }
+
+  get(id: string): Partition {
+    const p = this.partitions.get(id);
+    if (!p) throw new HvError(HvStatus.HV_STATUS_INVALID_PARTITION_ID, `partition ${id} not found`);
+    return p;
+  }
+
+  /** Creation order; the page token is the id of the last partition returned. */
+  list(pageSize: number, pageToken: string): { partitions: Partition[]; nextPageToken: string } {
+    const all = [...this.partitions.values()];
+    let start = 0;
+    if (pageToken) {
+      const i = all.findIndex((p) => p.id === pageToken);
+      if (i < 0) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, 'page_token is not valid (the partition it names no longer exists)');
+      start = i + 1;
+    }
+    const size = pageSize === 0 ? 50 : Math.min(pageSize, 1000);
+    const page = all.slice(start, start + size);
+    const more = start + size < all.length;
+    return { partitions: page, nextPageToken: more && page.length ? page[page.length - 1]!.id : '' };
+  }
+
+  delete(id: string): void {
+    this.get(id);
+    this.partitions.delete(id);
+    for (const [k, v] of this.byRequestId) if (v.id === id) this.byRequestId.delete(k);
+  }
+
+  get size(): number {
+    return this.partitions.size;
+  }
+}

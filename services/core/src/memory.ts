@@ -1,0 +1,80 @@
+// core: sparse guest RAM. Pages are allocated on first write; reads of untouched pages return
+// zeros; memory held is proportional to pages touched, not to the partition size.
+
+export const PAGE_SIZE = 4096;
+export const PAGE_SHIFT = 12n;
+
+export class SparseMemory {
+  private readonly pages = new Map<number, Buffer>();
+
+  constructor(readonly sizeBytes: bigint) {}
+
+  get pagesTouched(): number {
+    return this.pages.size;
+  }
+
+  /** Page frame numbers that hold data (for snapshots and tests). */
+  touchedPages(): number[] {
+    return [...this.pages.keys()].sort((a, b) => a - b);
+  }
+
+  contains(gpa: bigint, length: number): boolean {
+    return gpa >= 0n && gpa + BigInt(length) <= this.sizeBytes;
+  }
+
+  /** The page buffer or undefined when never written. */
+  peekPage(gpfn: number): Buffer | undefined {
+    return this.pages.get(gpfn);
+  }
+
+  /** The page buffer, allocated (zeroed) on first use. */
+  page(gpfn: number): Buffer {
+    let p = this.pages.get(gpfn);
+    if (!p) {
+      p = Buffer.alloc(PAGE_SIZE);
+      this.pages.set(gpfn, p);
+    }
+    return p;
+  }
+
+  read(gpa: bigint, length: number): Buffer {
+    const out = Buffer.alloc(length);
+    this.forEachChunk(gpa, length, (gpfn, off, n, pos) => {
+      const p = this.pages.get(gpfn);
+      if (p) p.copy(out, pos, off, off + n);
+    });
+    return out;
+  }
+
+  write(gpa: bigint, data: Uint8Array): void {
+    this.forEachChunk(gpa, data.length, (gpfn, off, n, pos) => {
+      // Writing zeros into an untouched page keeps it untouched: reads already return zeros.
+      const existing = this.pages.get(gpfn);
+      if (!existing && isZero(data, pos, n)) return;
+      Buffer.from(data.buffer, data.byteOffset + pos, n).copy(existing ?? this.page(gpfn), off);
+    });
+  }
+
+  /** Zero every page (TLFS ZeroMemoryOnReset) by dropping them. */
+  clear(): void {
+    this.pages.clear();
+  }
+
+  private forEachChunk(gpa: bigint, length: number, fn: (gpfn: number, off: number, n: number, pos: number) => void): void {
+    let pos = 0;
+    let cur = gpa;
+    while (pos < length) {
+      const gpfn = Number(cur >> PAGE_SHIFT);
+      const off = Number(cur & 0xfffn);
+      const n = Math.min(PAGE_SIZE - off, length - pos);
+      fn(gpfn, off, n, pos);
+      pos += n;
+      cur += BigInt(n);
+    }
+  }
+}
+
+function isZero(data: Uint8Array, pos: number, n: number): boolean {
+  for (let i = pos; i < pos + n; i++) if (data[i] !== 0) return false;
+  return true;
+}

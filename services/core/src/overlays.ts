@@ -1,0 +1,93 @@
+// core: GPA overlay pages (tlfs-overlays-synic.md §4). An overlay hides the RAM page under it
+// without touching it; the RAM page reappears byte for byte when the overlay is disabled or moved.
+// Overlays are per VTL: VTL n sees only its own. Stacking order (the TLFS leaves it to the
+// implementation): the most recently placed overlay on a GPA is on top; removing it uncovers the
+// next one, removing all uncovers RAM.
+import { Vtl } from './vtl-array';
+
+export type OverlayKind = 'hypercall' | 'simp' | 'siefp' | 'vp-assist';
+
+export interface Overlay {
+  kind: OverlayKind;
+  vtl: Vtl;
+  /** VP whose MSR placed it; null for partition-wide (hypercall page). */
+  vpIndex: number | null;
+  gpfn: bigint;
+  /** The overlay's own contents; persists across moves and disable/enable. */
+  page: Buffer;
+  /** Placement sequence number: higher = on top. */
+  seq: number;
+  /** Whether guest writes fault (#GP): the hypercall page is read/execute for the guest. */
+  readOnly: boolean;
+}
+
+export class OverlayManager {
+  private seq = 0;
+  /** Enabled overlays. */
+  private readonly placed: Overlay[] = [];
+  /** Every overlay's page, enabled or not, keyed by slot (kind, vtl, vp). */
+  private readonly pages = new Map<string, Buffer>();
+  /** Bumped whenever a mapping changes (seed 001: the memory view generation). */
+  generation = 1;
+
+  static slot(kind: OverlayKind, vtl: Vtl, vpIndex: number | null): string {
+    return `${kind}/${vtl}/${vpIndex ?? '*'}`;
+  }
+
+  pageFor(kind: OverlayKind, vtl: Vtl, vpIndex: number | null, init?: () => Buffer): Buffer {
+    const key = OverlayManager.slot(kind, vtl, vpIndex);
+    let p = this.pages.get(key);
+    if (!p) {
+      p = init ? init() : Buffer.alloc(4096);
+      this.pages.set(key, p);
+    }
+    return p;
+  }
+
+  find(kind: OverlayKind, vtl: Vtl, vpIndex: number | null): Overlay | undefined {
+    return this.placed.find((o) => o.kind === kind && o.vtl === vtl && o.vpIndex === vpIndex);
+  }
+
+  /** Places (or moves) the overlay of a slot at gpfn; a move puts it on top at its new GPA. */
+  place(kind: OverlayKind, vtl: Vtl, vpIndex: number | null, gpfn: bigint, readOnly: boolean, init?: () => Buffer): Overlay {
+    const existing = this.find(kind, vtl, vpIndex);
+    if (existing && existing.gpfn === gpfn) return existing;
+    if (existing) this.remove(kind, vtl, vpIndex);
+    const o: Overlay = { kind, vtl, vpIndex, gpfn, page: this.pageFor(kind, vtl, vpIndex, init), seq: ++this.seq, readOnly };
+    this.placed.push(o);
+    this.generation++;
+    return o;
+  }
+
+  remove(kind: OverlayKind, vtl: Vtl, vpIndex: number | null): boolean {
+    const i = this.placed.findIndex((o) => o.kind === kind && o.vtl === vtl && o.vpIndex === vpIndex);
+    if (i < 0) return false;
+    this.placed.splice(i, 1);
+    this.generation++;
+    return true;
+  }
+
+  /** Top overlay that VP `vpIndex` running in `vtl` sees at gpfn, if any. */
+  visible(vtl: Vtl, vpIndex: number, gpfn: bigint): Overlay | undefined {
+    let top: Overlay | undefined;
+    for (const o of this.placed) {
+      if (o.vtl !== vtl || o.gpfn !== gpfn) continue;
+      if (o.vpIndex !== null && o.vpIndex !== vpIndex) continue;
+      if (!top || o.seq > top.seq) top = o;
+    }
+    return top;
+  }
+
+  /** Overlays at gpfn for a VTL, top first (stacking position 0 = top). */
+  stackAt(vtl: Vtl, gpfn: bigint): Overlay[] {
+    return this.placed.filter((o) => o.vtl === vtl && o.gpfn === gpfn).sort((a, b) => b.seq - a.seq);
+  }
+
+  list(): readonly Overlay[] {
+    return [...this.placed].sort((a, b) => a.seq - b.seq);
+  }
+
+  removeAllOf(vtl: Vtl): void {
+    for (const o of this.placed.filter((x) => x.vtl === vtl)) this.remove(o.kind, o.vtl, o.vpIndex);
+  }
+}

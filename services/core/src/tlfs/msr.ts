@@ -1,0 +1,60 @@
+// tlfs layer: Hyper-V synthetic MSR numbers and bit layouts (tlfs-intercepts.md §7.1;
+// HV_X64_MSR_HYPERCALL: tlfs-hypercalls.md §1.7; overlay-enable format: tlfs-overlays-synic.md §4.3;
+// SynIC MSRs: tlfs-overlays-synic.md §5.1).
+
+export const HvMsr = {
+  HV_X64_MSR_GUEST_OS_ID: 0x40000000,
+  HV_X64_MSR_HYPERCALL: 0x40000001,
+  HV_X64_MSR_VP_INDEX: 0x40000002,
+  HV_X64_MSR_RESET: 0x40000003,
+  HV_X64_MSR_VP_RUNTIME: 0x40000010,
+  HV_X64_MSR_TIME_REF_COUNT: 0x40000020,
+  HV_X64_MSR_REFERENCE_TSC: 0x40000021,
+  HV_X64_MSR_TSC_FREQUENCY: 0x40000022,
+  HV_X64_MSR_APIC_FREQUENCY: 0x40000023,
+  HV_X64_MSR_VP_ASSIST_PAGE: 0x40000073,
+  HV_X64_MSR_SCONTROL: 0x40000080,
+  HV_X64_MSR_SVERSION: 0x40000081,
+  HV_X64_MSR_SIEFP: 0x40000082,
+  HV_X64_MSR_SIMP: 0x40000083,
+  HV_X64_MSR_EOM: 0x40000084,
+  HV_X64_MSR_SINT0: 0x40000090,
+  HV_X64_MSR_SINT15: 0x4000009f,
+} as const;
+
+export const HV_X64_MSR_HYPERCALL_ENABLE = 1n << 0n;
+export const HV_X64_MSR_HYPERCALL_LOCKED = 1n << 1n;
+/** Bits 11:2 RsvdP: preserved on write. */
+export const HV_X64_MSR_HYPERCALL_RSVDP = 0xffcn;
+
+/** Overlay-enable MSR format (VP_ASSIST_PAGE, SIMP, SIEFP, REFERENCE_TSC): bit 0 Enable, 11:1 RsvdP, 63:12 GPFN. */
+export const HV_OVERLAY_ENABLE = 1n;
+export const HV_OVERLAY_RSVDP = 0xffen;
+export const gpfnOf = (msrValue: bigint): bigint => msrValue >> 12n;
+
+/** HV_X64_MSR_SVERSION reads as 1 (SynIC version 1). */
+export const HV_SYNIC_VERSION = 1n;
+/** HV_X64_MSR_SCONTROL: bit 0 Enable, 63:1 RsvdP. */
+export const HV_SCONTROL_ENABLE = 1n;
+/** HV_X64_MSR_SINTx: 7:0 Vector, 16 Masked, 17 AutoEoi, 18 Polling, 63:19 RsvdP. Reset value: masked. */
+export const HV_SINT_MASKED = 1n << 16n;
+
+/** Synthetic MSR -> HV_REGISTER_NAME that holds its value. */
+export const msrToRegister: ReadonlyMap<number, number> = new Map([
+  [HvMsr.HV_X64_MSR_GUEST_OS_ID, 0x00090002],
+  [HvMsr.HV_X64_MSR_HYPERCALL, 0x00090001],
+  [HvMsr.HV_X64_MSR_VP_INDEX, 0x00090003],
+  [HvMsr.HV_X64_MSR_TIME_REF_COUNT, 0x00090004],
+  [HvMsr.HV_X64_MSR_VP_ASSIST_PAGE, 0x00090013],
+  [HvMsr.HV_X64_MSR_REFERENCE_TSC, 0x00090017],
+  [HvMsr.HV_X64_MSR_SCONTROL, 0x000a0010],
+  [HvMsr.HV_X64_MSR_SVERSION, 0x000a0011],
+  [HvMsr.HV_X64_MSR_SIEFP, 0x000a0012],
+  [HvMsr.HV_X64_MSR_SIMP, 0x000a0013],
+  [HvMsr.HV_X64_MSR_EOM, 0x000a0014],
+  ...Array.from({ length: 16 }, (_, i) => [HvMsr.HV_X64_MSR_SINT0 + i, 0x000a0000 + i] as [number, number]),
+]);
+
+/** Constant read-only frequencies reported by the emulator (100 MHz reference clock). */
+export const HV_TSC_FREQUENCY = 1_000_000_000n;
+export const HV_APIC_FREQUENCY = 200_000_000n;

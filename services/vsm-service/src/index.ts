@@ -1,0 +1,7 @@
+// @vsm/service: the gRPC front and its backends.
+export * from './server';
+export * from './backend';
+export * from './errors';
+export * from './names';
+export * from './config';
+export { EmulatorBackend } from './backends/emulator';

@@ -1,0 +1,36 @@
+#!/usr/bin/env node
+// service layer: process entry point. Parses configuration, starts the server, and shuts down
+// gracefully on SIGTERM/SIGINT (health NOT_SERVING, drain in-flight calls, bounded).
+import pino from 'pino';
+import { parseConfig, UsageError } from './config';
+import { startServer } from './server';
+import { EmulatorBackend } from './backends/emulator';
+
+async function main(): Promise<void> {
+  let cfg;
+  try {
+    cfg = parseConfig(process.argv.slice(2), process.env);
+  } catch (e) {
+    if (e instanceof UsageError) {
+      process.stderr.write(e.message + '\n');
+      process.exit(2);
+    }
+    throw e;
+  }
+  const log = pino({ level: cfg.logLevel, base: { svc: 'vsm-service' } });
+  if (cfg.backend === 'agent') {
+    log.fatal('the agent backend is not available in this build (see the KVM agent issue); use --backend emulator');
+    process.exit(2);
+  }
+  const srv = await startServer({ listen: cfg.listen, backend: new EmulatorBackend(), logger: log });
+  for (const sig of ['SIGTERM', 'SIGINT'] as const) {
+    process.once(sig, () => {
+      srv.shutdown(sig).then(() => process.exit(0), () => process.exit(1));
+    });
+  }
+}
+
+main().catch((e) => {
+  process.stderr.write(`vsm-service failed to start: ${e instanceof Error ? e.message : String(e)}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,150 @@
+// service layer: the gRPC server. Registers the vsm.v1 services over a Backend, gRPC reflection
+// (v1 and v1alpha, for grpcurl), grpc.health.v1, per-call structured logs, message size limits and
+// a bounded graceful shutdown.
+import * as path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import { ReflectionService } from '@grpc/reflection';
+import { HealthImplementation } from 'grpc-health-check';
+import pino, { Logger } from 'pino';
+import { pb } from '@vsm/client';
+import { Backend, StreamSink } from './backend';
+import { toServiceError } from './errors';
+
+export const SERVICE_NAMES = ['vsm.v1.PartitionService', 'vsm.v1.VirtualProcessorService', 'vsm.v1.GuestService', 'vsm.v1.MemoryService', 'vsm.v1.VtlService'];
+export const MAX_MESSAGE_BYTES = 8 * 1024 * 1024;
+export const PROTO_DIR = path.resolve(__dirname, '../../../proto');
+
+export interface ServerOptions {
+  listen: string;
+  backend: Backend;
+  logger?: Logger;
+  /** How long shutdown waits for in-flight calls before cancelling them. */
+  shutdownGraceMs?: number;
+}
+
+export interface RunningServer {
+  server: grpc.Server;
+  port: number;
+  address: string;
+  health: HealthImplementation;
+  shutdown(reason?: string): Promise<void>;
+}
+
+type Unary<Req, Res> = (req: Req) => Promise<Res>;
+
+export async function startServer(opts: ServerOptions): Promise<RunningServer> {
+  const log = opts.logger ?? pino({ level: process.env.VSM_LOG_LEVEL ?? 'info' });
+  const backend = opts.backend;
+  const server = new grpc.Server({ 'grpc.max_receive_message_length': MAX_MESSAGE_BYTES, 'grpc.max_send_message_length': MAX_MESSAGE_BYTES });
+  const inflight = new Set<AbortController>();
+
+  const unary = <Req, Res>(method: string, fn: Unary<Req, Res>): grpc.handleUnaryCall<Req, Res> =>
+    (call, callback) => {
+      const t0 = process.hrtime.bigint();
+      const ac = new AbortController();
+      inflight.add(ac);
+      Promise.resolve()
+        .then(() => fn(call.request))
+        .then(
+          (res) => {
+            log.debug({ method, us: Number((process.hrtime.bigint() - t0) / 1000n), code: 0 }, 'rpc');
+            callback(null, res);
+          },
+          (e: unknown) => {
+            const err = toServiceError(e);
+            const entry = { method, us: Number((process.hrtime.bigint() - t0) / 1000n), code: err.code, reason: err.metadata?.get('grpc-status-details-bin') ? undefined : undefined, error: err.details };
+            if (err.code === grpc.status.INTERNAL) log.error({ ...entry, stack: e instanceof Error ? e.stack : undefined }, 'rpc failed');
+            else log.info(entry, 'rpc rejected');
+            callback(err);
+          },
+        )
+        .finally(() => inflight.delete(ac));
+    };
+
+  const stream = <Req, Res>(method: string, fn: (req: Req, sink: StreamSink<Res>, signal: AbortSignal) => Promise<void>): grpc.handleServerStreamingCall<Req, Res> =>
+    (call) => {
+      const ac = new AbortController();
+      inflight.add(ac);
+      call.on('cancelled', () => ac.abort());
+      call.on('close', () => ac.abort());
+      const sink: StreamSink<Res> = {
+        write: (m) => call.write(m),
+        drained: () => new Promise((res) => { if (ac.signal.aborted) res(); else { call.once('drain', res); ac.signal.addEventListener('abort', () => res(), { once: true }); } }),
+      };
+      log.info({ method }, 'stream opened');
+      fn(call.request, sink, ac.signal).then(
+        () => { if (!call.cancelled) call.end(); },
+        (e: unknown) => { const err = toServiceError(e); log.info({ method, code: err.code, error: err.details }, 'stream failed'); call.destroy(err); },
+      ).finally(() => { inflight.delete(ac); log.info({ method }, 'stream closed'); });
+    };
+
+  const b = backend;
+  server.addService(pb.PartitionServiceService, {
+    createPartition: unary('CreatePartition', (r: pb.CreatePartitionRequest) => b.createPartition(r)),
+    getPartition: unary('GetPartition', (r: pb.GetPartitionRequest) => b.getPartition(r)),
+    listPartitions: unary('ListPartitions', (r: pb.ListPartitionsRequest) => b.listPartitions(r)),
+    deletePartition: unary('DeletePartition', (r: pb.DeletePartitionRequest) => b.deletePartition(r)),
+    getCapabilities: unary('GetCapabilities', (r: pb.GetCapabilitiesRequest) => b.getCapabilities(r)),
+  } satisfies pb.PartitionServiceServer);
+  server.addService(pb.VirtualProcessorServiceService, {
+    getVirtualProcessor: unary('GetVirtualProcessor', (r: pb.GetVirtualProcessorRequest) => b.getVirtualProcessor(r)),
+    getVpRegisters: unary('GetVpRegisters', (r: pb.GetVpRegistersRequest) => b.getVpRegisters(r)),
+    setVpRegisters: unary('SetVpRegisters', (r: pb.SetVpRegistersRequest) => b.setVpRegisters(r)),
+  } satisfies pb.VirtualProcessorServiceServer);
+  server.addService(pb.GuestServiceService, {
+    writeMsr: unary('WriteMsr', (r: pb.WriteMsrRequest) => b.writeMsr(r)),
+    readMsr: unary('ReadMsr', (r: pb.ReadMsrRequest) => b.readMsr(r)),
+    hypercall: unary('Hypercall', (r: pb.HypercallRequest) => b.hypercall(r)),
+    callHypercallPage: unary('CallHypercallPage', (r: pb.CallHypercallPageRequest) => b.callHypercallPage(r)),
+    readMemory: unary('ReadMemory', (r: pb.ReadMemoryRequest) => b.readMemory(r)),
+    writeMemory: unary('WriteMemory', (r: pb.WriteMemoryRequest) => b.writeMemory(r)),
+  } satisfies pb.GuestServiceServer);
+  server.addService(pb.MemoryServiceService, {
+    readGpa: unary('ReadGpa', (r: pb.ReadGpaRequest) => b.readGpa(r)),
+    writeGpa: unary('WriteGpa', (r: pb.WriteGpaRequest) => b.writeGpa(r)),
+  } satisfies pb.MemoryServiceServer);
+  server.addService(pb.VtlServiceService, {
+    enablePartitionVtl: unary('EnablePartitionVtl', (r: pb.EnablePartitionVtlRequest) => b.enablePartitionVtl(r)),
+    enableVpVtl: unary('EnableVpVtl', (r: pb.EnableVpVtlRequest) => b.enableVpVtl(r)),
+    watchVtlTransitions: stream('WatchVtlTransitions', (r: pb.WatchVtlTransitionsRequest, s: StreamSink<pb.WatchVtlTransitionsResponse>, sig) => b.watchVtlTransitions(r, s, sig)),
+  } satisfies pb.VtlServiceServer);
+
+  // Health (grpc.health.v1) for the server as a whole and for each vsm.v1 service.
+  const health = new HealthImplementation(Object.fromEntries(['', ...SERVICE_NAMES].map((s) => [s, 'SERVING' as const])));
+  health.addToServer(server);
+  // Reflection (grpc.reflection.v1 and v1alpha) from the .proto sources, for grpcurl.
+  const pkg = protoLoader.loadSync(
+    SERVICE_NAMES.map((s) => path.join(PROTO_DIR, 'vsm/v1', protoFileOf(s))),
+    { includeDirs: [PROTO_DIR], keepCase: false, longs: String, enums: String, defaults: false, oneofs: true },
+  );
+  new ReflectionService(pkg).addToServer(server);
+
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync(opts.listen, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+  );
+  const address = opts.listen.replace(/:0$/, `:${port}`);
+  log.info({ listen: address, backend: backend.kind }, 'vsm-service listening');
+
+  let stopping: Promise<void> | undefined;
+  const shutdown = (reason = 'shutdown') =>
+    (stopping ??= (async () => {
+      log.info({ reason, inflight: inflight.size }, 'shutting down');
+      for (const s of ['', ...SERVICE_NAMES]) health.setStatus(s, 'NOT_SERVING');
+      // Streams have no natural end: cancel them; unary calls may finish within the grace period.
+      const grace = opts.shutdownGraceMs ?? 5000;
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(() => { server.forceShutdown(); resolve(); }, grace);
+        timer.unref();
+        for (const ac of inflight) ac.abort();
+        server.tryShutdown(() => { clearTimeout(timer); resolve(); });
+      });
+      await backend.close();
+      log.info('stopped');
+    })());
+  return { server, port, address, health, shutdown };
+}
+
+function protoFileOf(service: string): string {
+  return ({ PartitionService: 'partition.proto', VirtualProcessorService: 'vp.proto', GuestService: 'guest.proto', MemoryService: 'memory.proto', VtlService: 'vtl.proto' } as Record<string, string>)[service.split('.').pop()!]!;
+}
