@@ -181,7 +181,7 @@ registerHypercall({
     const i = decodeEnableVpVtlInput(input);
     const vp = selfChecks(ctx, i.targetPartitionId, i.vpIndex);
     if (i.rsvdZ !== 0) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, 'RsvdZ bytes of the input are set');
-    ctx.partition.enableVpVtl(ctx.callerVtl, vp.index, i.targetVtl, i.vpVtlContext);
+    ctx.partition.enableVpVtl(ctx.callerVtl, vp.index, i.targetVtl, i.vpVtlContext, ctx.vp.index);
     return { status: HvStatus.HV_STATUS_SUCCESS };
   },
 });

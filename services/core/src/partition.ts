@@ -246,17 +246,21 @@ export class Partition {
   }
 
   /** HvCallEnableVpVtl. */
-  enableVpVtl(caller: Vtl | 'host', vpIndex: number, targetVtl: number, ctx: HvInitialVpContext): void {
+  enableVpVtl(caller: Vtl | 'host', vpIndex: number, targetVtl: number, ctx: HvInitialVpContext, callerVp?: number): void {
     this.assertActive();
     if (!isVtl(targetVtl) || targetVtl === 0 || targetVtl > this.maximumVtl) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `VTL ${targetVtl} is not supported`);
     const vp = this.vp(vpIndex);
     if (!this.vtls.get(targetVtl).enabled) hvFail(HvStatus.HV_STATUS_INVALID_VTL_STATE, `VTL ${targetVtl} is not enabled for the partition`);
     if (vp.vtls.get(targetVtl).enabled) hvFail(HvStatus.HV_STATUS_VTL_ALREADY_ENABLED, `VTL ${targetVtl} is already enabled on VP ${vpIndex}`);
     if (caller !== 'host' && caller < targetVtl) {
-      // Normally only a higher VTL enables a VTL; exception: the highest VTL enabled for the
-      // partition may enable a higher target (tlfs-vsm.md §4).
-      const highestPartitionVtl = Math.max(...VTLS.filter((v) => v < targetVtl && this.vtls.get(v).enabled));
-      if (caller !== highestPartitionVtl) hvFail(HvStatus.HV_STATUS_ACCESS_DENIED, `VTL ${caller} may not enable VTL ${targetVtl}`);
+      // Normally only a higher VTL enables a VTL; exception: the highest VTL enabled below the
+      // target may enable it (tlfs-vsm.md §4). As in OpenHCL, a lower VTL may do so only on its
+      // own VP and only before the target VTL runs on any VP; afterwards the target VTL enables
+      // the other VPs itself.
+      const highestBelow = Math.max(...VTLS.filter((v) => v < targetVtl && this.vtls.get(v).enabled));
+      if (caller !== highestBelow) hvFail(HvStatus.HV_STATUS_ACCESS_DENIED, `VTL ${caller} may not enable VTL ${targetVtl}`);
+      if (callerVp !== undefined && callerVp !== vpIndex) hvFail(HvStatus.HV_STATUS_ACCESS_DENIED, `VTL ${caller} may enable VTL ${targetVtl} only on its own VP`);
+      if (this.vps.some((x) => x.vtls.get(targetVtl).enabled)) hvFail(HvStatus.HV_STATUS_ACCESS_DENIED, `VTL ${targetVtl} is already running; it enables further VPs itself`);
     }
     validateInitialContext(ctx);
     const st = vp.vtls.get(targetVtl);

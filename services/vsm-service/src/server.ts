@@ -75,7 +75,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       log.info({ method }, 'stream opened');
       fn(call.request, sink, ac.signal).then(
         () => { if (!call.cancelled) call.end(); },
-        (e: unknown) => { const err = toServiceError(e); log.info({ method, code: err.code, error: err.details }, 'stream failed'); call.destroy(err); },
+        (e: unknown) => { const err = toServiceError(e); log.info({ method, code: err.code, error: err.details }, 'stream failed'); call.emit('error', err); },
       ).finally(() => { inflight.delete(ac); log.info({ method }, 'stream closed'); });
     };
 
