@@ -1,0 +1,25 @@
+/**
+ * Smoke test of the raw exit benchmark (tiny iteration counts; asserts shape, not speed).
+ */
+import { KvmSystem, measureRawExits } from '../src/kvm';
+
+const unavailable = KvmSystem.unavailableReason();
+const describeKvm = unavailable === undefined ? describe : describe.skip;
+if (unavailable !== undefined) {
+  // eslint-disable-next-line no-console
+  console.log(`[kvm-rawbench.test] skipping raw exit benchmark: ${unavailable}`);
+}
+
+describeKvm('measureRawExits', () => {
+  it('measures every exit loop', () => {
+    const r = measureRawExits({ iterations: 200, warmup: 20 });
+    expect(r.iterations).toBe(200);
+    expect(r.host.apiVersion).toBe(12);
+    for (const loop of [r.pio, r.wrmsr, r.rdmsr, r.mmio, r.mmioReadOnly, r.pioGetRegs, r.pioSyncRegs, r.getRegsIoctl, r.memslotToggle]) {
+      expect(loop.exits).toBe(200);
+      expect(loop.exitsPerSec).toBeGreaterThan(0);
+      expect(loop.medianUs).toBeGreaterThan(0);
+      expect(loop.p99Us).toBeGreaterThanOrEqual(loop.medianUs);
+    }
+  });
+});
