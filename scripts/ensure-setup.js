@@ -25,8 +25,11 @@ function newest(dir, filter) {
 const lock = path.join(root, 'package-lock.json');
 const installed = path.join(root, 'node_modules/.package-lock.json');
 if (!fs.existsSync(installed) || mtime(installed) < mtime(lock)) {
-  console.error('[setup] installing dependencies (npm ci)');
-  run('npm', ['ci', '--no-audit', '--no-fund']);
+  // `npm install` honours the lock file's versions. `npm ci` is not used: the npm 11 on these
+  // machines writes lock files without other platforms' optional packages (@swc/core-*, ...),
+  // which `npm ci` then rejects as out of sync.
+  console.error('[setup] installing dependencies (npm install, versions from package-lock.json)');
+  run('npm', ['install', '--no-audit', '--no-fund']);
 }
 const stamp = path.join(root, 'clients/typescript/src/gen/.stamp');
 if (mtime(stamp) < Math.max(newest(path.join(root, 'proto'), (n) => n.endsWith('.proto')), mtime(path.join(root, 'buf.gen.yaml')))) {
