@@ -5,7 +5,7 @@
 // next one, removing all uncovers RAM.
 import { Vtl } from './vtl-array';
 
-export type OverlayKind = 'hypercall' | 'simp' | 'siefp' | 'vp-assist';
+export type OverlayKind = 'hypercall' | 'reference-tsc' | 'simp' | 'siefp' | 'vp-assist';
 
 export interface Overlay {
   kind: OverlayKind;
@@ -78,9 +78,11 @@ export class OverlayManager {
     return top;
   }
 
-  /** Overlays at gpfn for a VTL, top first (stacking position 0 = top). */
-  stackAt(vtl: Vtl, gpfn: bigint): Overlay[] {
-    return this.placed.filter((o) => o.vtl === vtl && o.gpfn === gpfn).sort((a, b) => b.seq - a.seq);
+  /** Overlays at gpfn in a VTL that VP `vpIndex` can see (all VPs when null), top first. */
+  stackAt(vtl: Vtl, gpfn: bigint, vpIndex: number | null = null): Overlay[] {
+    return this.placed
+      .filter((o) => o.vtl === vtl && o.gpfn === gpfn && (vpIndex === null || o.vpIndex === null || o.vpIndex === vpIndex))
+      .sort((a, b) => b.seq - a.seq);
   }
 
   list(): readonly Overlay[] {

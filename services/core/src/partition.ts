@@ -108,6 +108,8 @@ class PartitionVtlState {
   /** HV_X64_MSR_GUEST_OS_ID and HV_X64_MSR_HYPERCALL: partition-wide, one instance per VTL. */
   guestOsId = 0n;
   hypercallMsr = 0n;
+  /** HV_X64_MSR_REFERENCE_TSC: partition-wide, per VTL under VSM (tlfs-overlays-synic.md §4.2). */
+  referenceTscMsr = 0n;
 }
 
 export class VirtualProcessor {
@@ -305,6 +307,7 @@ export class Partition {
     switch (name) {
       case R.HvRegisterGuestOsId: return reg64(pv.guestOsId);
       case R.HvX64RegisterHypercall: return reg64(pv.hypercallMsr);
+      case R.HvRegisterReferenceTsc: return reg64(pv.referenceTscMsr);
       case R.HvRegisterVpIndex: return reg64(BigInt(vp.index));
       case R.HvRegisterTimeRefCount: return reg64((process.hrtime.bigint() - this.bootTime) / 100n);
       case R.HvRegisterSversion: return reg64(HV_SYNIC_VERSION);
@@ -359,6 +362,12 @@ export class Partition {
           this.syncOverlay('hypercall', vtl, null, next);
         };
       }
+      case R.HvRegisterReferenceTsc:
+        // A base beyond the GPA space is simply not accessible (no fault; §4.3).
+        return () => {
+          pv.referenceTscMsr = v;
+          this.syncOverlay('reference-tsc', vtl, null, v);
+        };
       case R.HvRegisterVsmPartitionConfig: {
         if (vtl === 0) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, 'VTL0 has no HvRegisterVsmPartitionConfig instance');
         if ((v & ~VSM_PARTITION_CONFIG_DEFINED) !== 0n) hvFail(HvStatus.HV_STATUS_INVALID_REGISTER_VALUE, 'reserved bits of HvRegisterVsmPartitionConfig are set');
@@ -393,7 +402,7 @@ export class Partition {
     }
     const overlayKind = OVERLAY_REGISTERS.get(name);
     if (overlayKind) {
-      this.checkOverlayGpfn(v, info.tlfsName);
+      // SIMP/SIEFP/VP assist: a base beyond the GPA space is simply not accessible (§4.3).
       const st = vp.vtls.get(vtl);
       return () => {
         st.regs.set(name, reg64(v));
@@ -440,7 +449,10 @@ export class Partition {
       return;
     }
     const init = kind === 'hypercall' ? () => buildHypercallPage(this.vendor) : undefined;
-    this.overlays.place(kind, vtl, vpIndex, gpfnOf(msrValue), kind === 'hypercall', init);
+    // The hypercall page is read/execute for the guest; the reference TSC page is read-only
+    // (OpenVMM maps it read-only). Its HV_REFERENCE_TSC_PAGE keeps TscSequence = 0, which tells
+    // the guest to use HV_X64_MSR_TIME_REF_COUNT instead (§4.4): honest, since the emulator has no TSC.
+    this.overlays.place(kind, vtl, vpIndex, gpfnOf(msrValue), kind === 'hypercall' || kind === 'reference-tsc', init);
   }
 
   // ---- guest MSR access (tlfs-intercepts.md §7.1) ------------------------------------------------
@@ -466,7 +478,7 @@ export class Partition {
     if (info.readOnly) return { exception: X64Exception.GP };
     const vtl = vp.activeVtl;
     let v = value;
-    if (OVERLAY_REGISTERS.has(name)) {
+    if (OVERLAY_REGISTERS.has(name) || name === R.HvRegisterReferenceTsc) {
       const cur = this.getRegister(vp, vtl, name).low;
       v = (value & ~HV_OVERLAY_RSVDP) | (cur & HV_OVERLAY_RSVDP);
     }

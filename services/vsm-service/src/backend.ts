@@ -30,6 +30,7 @@ export interface Backend {
 
   readGpa(r: pb.ReadGpaRequest): Promise<pb.ReadGpaResponse>;
   writeGpa(r: pb.WriteGpaRequest): Promise<pb.WriteGpaResponse>;
+  listOverlays(r: pb.ListOverlaysRequest): Promise<pb.ListOverlaysResponse>;
 
   enablePartitionVtl(r: pb.EnablePartitionVtlRequest): Promise<pb.EnablePartitionVtlResponse>;
   enableVpVtl(r: pb.EnableVpVtlRequest): Promise<pb.EnableVpVtlResponse>;

@@ -103,6 +103,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   server.addService(pb.MemoryServiceService, {
     readGpa: unary('ReadGpa', (r: pb.ReadGpaRequest) => b.readGpa(r)),
     writeGpa: unary('WriteGpa', (r: pb.WriteGpaRequest) => b.writeGpa(r)),
+    listOverlays: unary('ListOverlays', (r: pb.ListOverlaysRequest) => b.listOverlays(r)),
   } satisfies pb.MemoryServiceServer);
   server.addService(pb.VtlServiceService, {
     enablePartitionVtl: unary('EnablePartitionVtl', (r: pb.EnablePartitionVtlRequest) => b.enablePartitionVtl(r)),

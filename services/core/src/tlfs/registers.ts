@@ -123,7 +123,7 @@ add(N.HvX64RegisterHypercall, 'HvX64RegisterHypercall', 'private');
 add(N.HvRegisterVpIndex, 'HvRegisterVpIndex', 'shared', 'reg64', { readOnly: true });
 add(N.HvRegisterTimeRefCount, 'HvRegisterTimeRefCount', 'shared', 'reg64', { readOnly: true });
 add(N.HvRegisterVpAssistPage, 'HvRegisterVpAssistPage', 'private');
-add(N.HvRegisterReferenceTsc, 'HvRegisterReferenceTsc', 'private');
+add(N.HvRegisterReferenceTsc, 'HvRegisterReferenceTsc', 'private'); // partition-wide per VTL
 for (let i = 0; i < 16; i++) add(N.HvRegisterSint0 + i, `HvRegisterSint${i}`, 'private');
 add(N.HvRegisterScontrol, 'HvRegisterScontrol', 'private');
 add(N.HvRegisterSversion, 'HvRegisterSversion', 'private', 'reg64', { readOnly: true });

@@ -189,6 +189,30 @@ export class EmulatorBackend implements Backend {
     return {};
   }
 
+  async listOverlays(r: mpb.ListOverlaysRequest): Promise<mpb.ListOverlaysResponse> {
+    const p = this.partition(r.name);
+    if (r.vtl !== undefined && !isVtl(r.vtl)) throw invalidArgument(`vtl ${r.vtl} is not a supported VTL`);
+    const kinds: Record<core.OverlayKind, P.OverlayKind> = {
+      hypercall: P.OverlayKind.OVERLAY_KIND_HYPERCALL,
+      'reference-tsc': P.OverlayKind.OVERLAY_KIND_REFERENCE_TSC,
+      'vp-assist': P.OverlayKind.OVERLAY_KIND_VP_ASSIST_PAGE,
+      simp: P.OverlayKind.OVERLAY_KIND_SIMP,
+      siefp: P.OverlayKind.OVERLAY_KIND_SIEFP,
+    };
+    const overlays = p.overlays
+      .list()
+      .filter((o) => r.vtl === undefined || o.vtl === r.vtl)
+      .map((o) => ({
+        kind: kinds[o.kind],
+        vtl: o.vtl,
+        vpIndex: o.vpIndex ?? undefined,
+        gpa: o.gpfn << 12n,
+        stackPosition: p.overlays.stackAt(o.vtl, o.gpfn, o.vpIndex).indexOf(o),
+        readOnly: o.readOnly,
+      }));
+    return { overlays, viewGeneration: BigInt(p.overlays.generation) };
+  }
+
   // ---- VTLs -----------------------------------------------------------------------------------
 
   async enablePartitionVtl(r: tpb.EnablePartitionVtlRequest): Promise<tpb.EnablePartitionVtlResponse> {
