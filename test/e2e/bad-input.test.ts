@@ -97,6 +97,9 @@ describe('MemoryService', () => {
     await expectErr(h.client.memory.readGpa({ name: part, gpa: 0n, length: 1, vtlView: 1 }), status.FAILED_PRECONDITION, 'HV_STATUS_INVALID_VTL_STATE');
     await expectErr(h.client.memory.writeGpa({ name: part, gpa: GiB - 1n, data: Buffer.from([1, 2]) }), ...INVALID);
     await expectErr(h.client.memory.writeGpa({ name: 'partitions/none', gpa: 0n, data: Buffer.from([1]) }), status.NOT_FOUND, 'HV_STATUS_INVALID_PARTITION_ID');
+    await expectErr(h.client.memory.listOverlays({ name: 'partitions/none' }), status.NOT_FOUND, 'HV_STATUS_INVALID_PARTITION_ID');
+    await expectErr(h.client.memory.listOverlays({ name: part, vtl: 7 }), ...INVALID);
+    await expectErr(h.client.memory.listOverlays({ name: 'bad name' }), ...INVALID);
     await h.client.memory.writeGpa({ name: part, gpa: 0xfffen, data: Buffer.from([1, 2, 3, 4]) });
     expect([...(await h.client.memory.readGpa({ name: part, gpa: 0xfffen, length: 4 })).data]).toEqual([1, 2, 3, 4]);
   });
