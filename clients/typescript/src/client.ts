@@ -56,8 +56,15 @@ export class VsmError extends Error {
 
 type Callback<Res> = (err: grpc.ServiceError | null, res: Res) => void;
 type UnaryFn<Req, Res> = (req: Req, md: grpc.Metadata, opts: Partial<grpc.CallOptions>, cb: Callback<Res>) => grpc.ClientUnaryCall;
+// ts-proto's generated client methods are overloaded; type inference sees the last overload,
+// (request, metadata, options, callback).
 type Promisified<C> = {
-  [K in keyof C as C[K] extends (req: infer _R, cb: Callback<infer _S>) => grpc.ClientUnaryCall ? K : never]: C[K] extends (req: infer R, cb: Callback<infer S>) => grpc.ClientUnaryCall
+  [K in keyof C as C[K] extends (req: infer _R, md: grpc.Metadata, o: Partial<grpc.CallOptions>, cb: Callback<infer _S>) => grpc.ClientUnaryCall ? K : never]: C[K] extends (
+    req: infer R,
+    md: grpc.Metadata,
+    o: Partial<grpc.CallOptions>,
+    cb: Callback<infer S>,
+  ) => grpc.ClientUnaryCall
     ? (req: Partial<R>, opts?: { deadlineMs?: number }) => Promise<S>
     : never;
 };
