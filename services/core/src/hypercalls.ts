@@ -38,6 +38,9 @@ export interface HandlerResult {
   status: HvStatusValue;
   repsCompleted?: number;
   output?: Buffer;
+  /** Byte offset in the output block where `output` goes (rep calls resumed at a start index
+   *  must not overwrite the elements before it). */
+  outputOffset?: number;
 }
 
 /** One entry per implemented call: its shape (for the common checks) and its handler. */
@@ -87,13 +90,14 @@ export function executeVmcall(p: Partition, vp: VirtualProcessor): HypercallOutc
   if (input.callCode === HvCallCode.HvCallVtlCall || input.callCode === HvCallCode.HvCallVtlReturn) {
     // Every bit of the input value other than the call code must be 0, else #UD (OpenVMM).
     if (inv.control !== BigInt(input.callCode)) return { exception: X64Exception.UD, activeVtl: callerVtl, resultValue: 0n };
-    const controlInput = p.reg(vp, R.HvX64RegisterRax);
+    // The VTL control input is in RAX for 64-bit callers and in ECX for 32-bit callers (§2.6).
+    const controlInput = p.is64Bit(vp) ? p.reg(vp, R.HvX64RegisterRax) : p.reg(vp, R.HvX64RegisterRcx) & 0xffffffffn;
     const o = input.callCode === HvCallCode.HvCallVtlCall ? vtlCall(p, vp, controlInput) : vtlReturn(p, vp, controlInput);
     return { ...o, resultValue: 0n };
   }
-  const { status, repsCompleted, output } = dispatch(p, vp, inv);
+  const { status, repsCompleted, output, outputOffset } = dispatch(p, vp, inv);
   const resultValue = encodeHypercallResult(status, repsCompleted);
-  if (status === HvStatus.HV_STATUS_SUCCESS && output && output.length > 0) p.writeView(callerVtl, vp.index, inv.outputGpa, output);
+  if (status === HvStatus.HV_STATUS_SUCCESS && output && output.length > 0) p.writeView(callerVtl, vp.index, inv.outputGpa + BigInt(outputOffset ?? 0), output);
   // The VMCALL completed: RIP moves past it (3 bytes).
   p.setReg(vp, R.HvX64RegisterRip, p.reg(vp, R.HvX64RegisterRip) + 3n);
   if (p.is64Bit(vp)) p.setReg(vp, R.HvX64RegisterRax, resultValue);
@@ -208,7 +212,7 @@ registerHypercall({
         throw e;
       }
     }
-    return { status: HvStatus.HV_STATUS_SUCCESS, repsCompleted: rep.count, output: out };
+    return { status: HvStatus.HV_STATUS_SUCCESS, repsCompleted: rep.count, output: out.subarray(16 * rep.start), outputOffset: 16 * rep.start };
   },
 });
 

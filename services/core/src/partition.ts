@@ -419,6 +419,9 @@ export class Partition {
     const store = info.scope === 'shared' ? vp.shared : vp.vtls.get(vtl).regs;
     return () => {
       store.set(name, value);
+      // An explicit RIP write replaces the return a VTL parked in a hypercall-page stub would
+      // otherwise take when it resumes (stub.ts).
+      if (name === R.HvX64RegisterRip) vp.vtls.get(vtl).pendingStubReturn = null;
     };
   }
 

@@ -42,8 +42,15 @@ export function vtlReturn(p: Partition, vp: VirtualProcessor, controlInput: bigi
   advancePastVmcall(p, vp);
   const ev = p.switchVtl(vp, target, HvVtlEntryReason.HvVtlEntryReserved, true, fast);
   if (!fast && assist) {
-    p.setReg(vp, R.HvX64RegisterRax, assist.readBigUInt64LE(HvVpAssistPage.VtlReturnX64Rax));
-    p.setReg(vp, R.HvX64RegisterRcx, assist.readBigUInt64LE(HvVpAssistPage.VtlReturnX64Rcx));
+    if (p.is64Bit(vp)) {
+      p.setReg(vp, R.HvX64RegisterRax, assist.readBigUInt64LE(HvVpAssistPage.VtlReturnX64Rax));
+      p.setReg(vp, R.HvX64RegisterRcx, assist.readBigUInt64LE(HvVpAssistPage.VtlReturnX64Rcx));
+    } else {
+      // x86: VtlReturnX86Eax @16, VtlReturnX86Ecx @20, VtlReturnX86Edx @24 (tlfs-vsm.md §5.2).
+      p.setReg(vp, R.HvX64RegisterRax, BigInt(assist.readUInt32LE(HvVpAssistPage.VtlReturnX64Rax)));
+      p.setReg(vp, R.HvX64RegisterRcx, BigInt(assist.readUInt32LE(HvVpAssistPage.VtlReturnX64Rax + 4)));
+      p.setReg(vp, R.HvX64RegisterRdx, BigInt(assist.readUInt32LE(HvVpAssistPage.VtlReturnX64Rcx)));
+    }
   }
   resumeStub(p, vp);
   return { activeVtl: vp.activeVtl, vtlSwitch: ev };
