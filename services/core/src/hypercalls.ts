@@ -80,7 +80,8 @@ export function hypercallRegisters(p: Partition, vp: VirtualProcessor): Hypercal
  * Executes the VMCALL/VMMCALL instruction of the VP's active VTL with the registers it holds.
  * Writes the result value into RAX (EDX:EAX) as the TLFS specifies; returns the outcome.
  */
-export function executeVmcall(p: Partition, vp: VirtualProcessor): HypercallOutcome {
+export function executeVmcall(p: Partition, vp: VirtualProcessor, opts: { instructionLength?: number } = {}): HypercallOutcome {
+  const insnLen = BigInt(opts.instructionLength ?? 3);
   p.assertActive();
   const callerVtl = vp.activeVtl;
   // Legal environment: CPL0 in protected mode; otherwise #UD (tlfs-hypercalls.md §1.1).
@@ -92,14 +93,14 @@ export function executeVmcall(p: Partition, vp: VirtualProcessor): HypercallOutc
     if (inv.control !== BigInt(input.callCode)) return { exception: X64Exception.UD, activeVtl: callerVtl, resultValue: 0n };
     // The VTL control input is in RAX for 64-bit callers and in ECX for 32-bit callers (§2.6).
     const controlInput = p.is64Bit(vp) ? p.reg(vp, R.HvX64RegisterRax) : p.reg(vp, R.HvX64RegisterRcx) & 0xffffffffn;
-    const o = input.callCode === HvCallCode.HvCallVtlCall ? vtlCall(p, vp, controlInput) : vtlReturn(p, vp, controlInput);
+    const o = input.callCode === HvCallCode.HvCallVtlCall ? vtlCall(p, vp, controlInput, insnLen) : vtlReturn(p, vp, controlInput, insnLen);
     return { ...o, resultValue: 0n };
   }
   const { status, repsCompleted, output, outputOffset } = dispatch(p, vp, inv);
   const resultValue = encodeHypercallResult(status, repsCompleted);
   if (status === HvStatus.HV_STATUS_SUCCESS && output && output.length > 0) p.writeView(callerVtl, vp.index, inv.outputGpa + BigInt(outputOffset ?? 0), output);
-  // The VMCALL completed: RIP moves past it (3 bytes).
-  p.setReg(vp, R.HvX64RegisterRip, p.reg(vp, R.HvX64RegisterRip) + 3n);
+  // The VMCALL completed: RIP moves past it (3 bytes; 0 when the platform's exit already did).
+  p.setReg(vp, R.HvX64RegisterRip, p.reg(vp, R.HvX64RegisterRip) + insnLen);
   if (p.is64Bit(vp)) p.setReg(vp, R.HvX64RegisterRax, resultValue);
   else {
     p.setReg(vp, R.HvX64RegisterRax, resultValue & 0xffffffffn);

@@ -12,3 +12,4 @@ export * from './hypercalls';
 export * from './vtl-switch';
 export * from './stub';
 export * from './manager';
+export * from './platform';

@@ -30,6 +30,11 @@ export class OverlayManager {
   /** Bumped whenever a mapping changes (seed 001: the memory view generation). */
   generation = 1;
 
+  constructor(
+    private readonly allocPage: () => Buffer = () => Buffer.alloc(4096),
+    private readonly onViewChange?: (vtl: Vtl) => void,
+  ) {}
+
   static slot(kind: OverlayKind, vtl: Vtl, vpIndex: number | null): string {
     return `${kind}/${vtl}/${vpIndex ?? '*'}`;
   }
@@ -38,7 +43,8 @@ export class OverlayManager {
     const key = OverlayManager.slot(kind, vtl, vpIndex);
     let p = this.pages.get(key);
     if (!p) {
-      p = init ? init() : Buffer.alloc(4096);
+      p = this.allocPage();
+      if (init) init().copy(p);
       this.pages.set(key, p);
     }
     return p;
@@ -56,6 +62,7 @@ export class OverlayManager {
     const o: Overlay = { kind, vtl, vpIndex, gpfn, page: this.pageFor(kind, vtl, vpIndex, init), seq: ++this.seq, readOnly };
     this.placed.push(o);
     this.generation++;
+    this.onViewChange?.(vtl);
     return o;
   }
 
@@ -64,6 +71,7 @@ export class OverlayManager {
     if (i < 0) return false;
     this.placed.splice(i, 1);
     this.generation++;
+    this.onViewChange?.(vtl);
     return true;
   }
 

@@ -2,6 +2,7 @@
 // state (tlfs-vsm.md §9), VSM registers (§3), synthetic MSRs (tlfs-intercepts.md §7.1), overlay
 // pages (tlfs-overlays-synic.md §4) and guest memory. No I/O: the service and platforms drive it.
 import { SparseMemory, PAGE_SIZE } from './memory';
+import { GuestRam, PlatformHooks } from './platform';
 import { OverlayKind, OverlayManager } from './overlays';
 import { Vtl, VtlArray, VTLS, isVtl } from './vtl-array';
 import { HvError, HvStatus, hvFail } from './tlfs/status';
@@ -48,6 +49,7 @@ import {
   encodeVsmPartitionConfig,
   encodeVsmPartitionStatus,
   encodeVsmVpStatus,
+  encodeVsmCodePageOffsets,
 } from './tlfs/vsm';
 
 export type Architecture = 'x64' | 'arm64';
@@ -60,6 +62,8 @@ export interface PartitionSpec {
   maximumVtl: number;
   labels: Record<string, string>;
   vendor?: X64Vendor;
+  /** Execution-engine hooks (KVM agent); the emulator uses the defaults. */
+  platform?: PlatformHooks;
 }
 
 /** Exceptions a guest action can raise instead of completing (x86 vectors). */
@@ -154,10 +158,10 @@ export const CR0_PE = 1n;
 const NON_RAM = 'non-ram';
 
 export class Partition {
-  readonly memory: SparseMemory;
+  readonly memory: GuestRam;
   readonly vps: VirtualProcessor[];
   readonly vtls = new VtlArray(() => new PartitionVtlState());
-  readonly overlays = new OverlayManager();
+  readonly overlays: OverlayManager;
   readonly vendor: X64Vendor;
   readonly createTimeUnixMs = Date.now();
   state: 'active' | 'crashed' = 'active';
@@ -166,8 +170,10 @@ export class Partition {
   private readonly bootTime = process.hrtime.bigint();
 
   constructor(readonly spec: PartitionSpec) {
-    this.memory = new SparseMemory(spec.memoryBytes);
+    this.memory = spec.platform?.ram ?? new SparseMemory(spec.memoryBytes);
+    if (this.memory.sizeBytes !== spec.memoryBytes) throw new Error('platform RAM size differs from the partition size');
     this.vendor = spec.vendor ?? 'amd';
+    this.overlays = new OverlayManager(spec.platform?.allocOverlayPage, spec.platform?.onViewChange);
     this.vps = Array.from({ length: spec.vpCount }, (_, i) => new VirtualProcessor(i));
     this.vtls.get(0).enabled = true;
     for (const vp of this.vps) {
@@ -311,7 +317,10 @@ export class Partition {
       case R.HvRegisterVpIndex: return reg64(BigInt(vp.index));
       case R.HvRegisterTimeRefCount: return reg64((process.hrtime.bigint() - this.bootTime) / 100n);
       case R.HvRegisterSversion: return reg64(HV_SYNIC_VERSION);
-      case R.HvRegisterVsmCodePageOffsets: return reg64(VSM_CODE_PAGE_OFFSETS_64);
+      case R.HvRegisterVsmCodePageOffsets: {
+        const l = this.spec.platform?.hypercallPage;
+        return reg64(l ? encodeVsmCodePageOffsets(l.vtlCallOffset, l.vtlReturnOffset) : VSM_CODE_PAGE_OFFSETS_64);
+      }
       case R.HvRegisterVsmVpStatus: return reg64(encodeVsmVpStatus(vp.activeVtl, this.vtls.get(vp.activeVtl).mbec && vp.activeVtl < HV_MAX_SUPPORTED_VTL && false, vp.enabledVtlSet));
       case R.HvRegisterVsmPartitionStatus: return reg64(encodeVsmPartitionStatus(this.enabledVtlSet, this.maximumVtl, this.mbecEnabledVtlSet));
       case R.HvRegisterVsmCapabilities: return reg64(encodeVsmCapabilities({ dr6Shared: false, mbecVtlMask: (1 << this.maximumVtl) - 1, denyLowerVtlStartup: true, interceptPageAvailable: false }));
@@ -451,7 +460,8 @@ export class Partition {
       this.overlays.remove(kind, vtl, vpIndex);
       return;
     }
-    const init = kind === 'hypercall' ? () => buildHypercallPage(this.vendor) : undefined;
+    const layout = this.spec.platform?.hypercallPage;
+    const init = kind === 'hypercall' ? () => (layout ? layout.build() : buildHypercallPage(this.vendor)) : undefined;
     // The hypercall page is read/execute for the guest; the reference TSC page is read-only
     // (OpenVMM maps it read-only). Its HV_REFERENCE_TSC_PAGE keeps TscSequence = 0, which tells
     // the guest to use HV_X64_MSR_TIME_REF_COUNT instead (§4.4): honest, since the emulator has no TSC.

@@ -9,12 +9,12 @@ import { resumeStub } from './stub';
  * VtlCall: switch to the next higher VTL enabled on the VP with entry reason HvVtlEntryVtlCall.
  * `controlInput` is the VTL call control input (RAX at the VMCALL after the stub): must be 0.
  */
-export function vtlCall(p: Partition, vp: VirtualProcessor, controlInput: bigint): GuestOutcome {
+export function vtlCall(p: Partition, vp: VirtualProcessor, controlInput: bigint, instructionLength = 3n): GuestOutcome {
   const from = vp.activeVtl;
   const target = vp.nextHigherVtl();
   if (controlInput !== 0n || target === undefined || p.cpl(vp) !== 0 || p.inRealMode(vp)) return { exception: X64Exception.UD, activeVtl: from };
   const [callerRax, callerRcx] = vp.callSiteRaxRcx ?? [p.reg(vp, R.HvX64RegisterRax), p.reg(vp, R.HvX64RegisterRcx)];
-  advancePastVmcall(p, vp);
+  advancePastVmcall(p, vp, instructionLength);
   const ev = p.switchVtl(vp, target, HvVtlEntryReason.HvVtlEntryVtlCall, false);
   // Implementation choice (unconfirmed in the TLFS): the hypervisor records the caller's RAX/RCX
   // (as they were before the call sequence clobbered them) in the entered VTL's HV_VP_VTL_CONTROL,
@@ -33,13 +33,13 @@ export function vtlCall(p: Partition, vp: VirtualProcessor, controlInput: bigint
  * bits RsvdZ (#UD). A normal return loads the lower VTL's RAX/RCX from VtlReturnX64Rax/Rcx of the
  * returning VTL's HV_VP_VTL_CONTROL; with no VP assist page enabled there is nothing to load.
  */
-export function vtlReturn(p: Partition, vp: VirtualProcessor, controlInput: bigint): GuestOutcome {
+export function vtlReturn(p: Partition, vp: VirtualProcessor, controlInput: bigint, instructionLength = 3n): GuestOutcome {
   const from = vp.activeVtl;
   const target = vp.nextLowerVtl();
   if ((controlInput & ~1n) !== 0n || target === undefined || p.cpl(vp) !== 0 || p.inRealMode(vp)) return { exception: X64Exception.UD, activeVtl: from };
   const fast = (controlInput & 1n) === 1n;
   const assist = p.vpAssistPage(vp, from);
-  advancePastVmcall(p, vp);
+  advancePastVmcall(p, vp, instructionLength);
   const ev = p.switchVtl(vp, target, HvVtlEntryReason.HvVtlEntryReserved, true, fast);
   if (!fast && assist) {
     if (p.is64Bit(vp)) {
@@ -57,6 +57,6 @@ export function vtlReturn(p: Partition, vp: VirtualProcessor, controlInput: bigi
 }
 
 /** The caller's RIP moves past the 3-byte VMCALL/VMMCALL before the switch (OpenVMM advance_ip). */
-function advancePastVmcall(p: Partition, vp: VirtualProcessor): void {
-  p.setReg(vp, R.HvX64RegisterRip, p.reg(vp, R.HvX64RegisterRip) + 3n);
+function advancePastVmcall(p: Partition, vp: VirtualProcessor, length: bigint): void {
+  p.setReg(vp, R.HvX64RegisterRip, p.reg(vp, R.HvX64RegisterRip) + length);
 }
