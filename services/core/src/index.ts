@@ -13,3 +13,8 @@ export * from './vtl-switch';
 export * from './stub';
 export * from './manager';
 export * from './platform';
+export * from './protections';
+export * from './synic';
+export * from './intercepts';
+export * from './access';
+export * from './tlfs/message';

@@ -3,6 +3,10 @@
 // pages (tlfs-overlays-synic.md §4) and guest memory. No I/O: the service and platforms drive it.
 import { SparseMemory, PAGE_SIZE } from './memory';
 import { GuestRam, PlatformHooks } from './platform';
+import { ProtectionMap, normalizeMapFlags } from './protections';
+import { PostResult, Synic, SynicView } from './synic';
+import { InterceptBroker, InterceptRoute } from './intercepts';
+import type { AccessOutcome, PendingAccess, ResumedAccess } from './access';
 import { OverlayKind, OverlayManager } from './overlays';
 import { Vtl, VtlArray, VTLS, isVtl } from './vtl-array';
 import { HvError, HvStatus, hvFail } from './tlfs/status';
@@ -83,6 +87,8 @@ export interface GuestOutcome {
   exception?: X64ExceptionVector;
   activeVtl: Vtl;
   vtlSwitch?: VtlSwitchEvent;
+  /** A VtlReturn into a VTL with an intercepted access: what became of it (retried or skipped). */
+  resumedAccess?: ResumedAccess;
 }
 
 export interface VtlTransitionRecord extends VtlSwitchEvent {
@@ -99,6 +105,10 @@ class VpVtlState {
   /** Return address of a CALL into the hypercall page that switched VTL mid-stub (see stub.ts). */
   pendingStubReturn: bigint | null = null;
   vina = 0n;
+  /** An access of this VTL that intercepted to a higher VTL and waits to be retried or skipped. */
+  pendingAccess: PendingAccess | null = null;
+  /** This VTL's SynIC on this VP (tlfs-overlays-synic.md §5.9: private per VTL). */
+  readonly synic = new Synic();
   /** HvRegisterVsmVpSecureConfigVtlN owned by this VTL, indexed by lower VTL N. */
   readonly secureConfig: bigint[] = [0n, 0n, 0n];
 }
@@ -122,6 +132,11 @@ export class VirtualProcessor {
   readonly vtls = new VtlArray(() => new VpVtlState());
   /** RAX/RCX at the CALL into the hypercall page, while its stub runs (see stub.ts). */
   callSiteRaxRcx: [bigint, bigint] | undefined;
+  /** Intercept (route 'monitor') this VP is suspended on, waiting for a monitor's answer. */
+  suspendedOn: bigint | null = null;
+  suspendedAccess: PendingAccess | null = null;
+  /** What the last monitor answer did to the suspended access. */
+  lastMonitorOutcome: AccessOutcome | undefined;
   constructor(readonly index: number) {}
 
   get enabledVtlSet(): number {
@@ -165,6 +180,11 @@ export class Partition {
   readonly vendor: X64Vendor;
   readonly createTimeUnixMs = Date.now();
   state: 'active' | 'crashed' = 'active';
+  /** Protection map of each protecting VTL; null until its EnableVtlProtection is set. */
+  readonly protections = new VtlArray<ProtectionMap | null>(() => null);
+  readonly intercepts = new InterceptBroker();
+  interceptRoute: InterceptRoute = 'vtl';
+  private protectionChanges = 0;
   private transitionSeq = 0n;
   private readonly transitionListeners = new Set<(t: VtlTransitionRecord) => void>();
   private readonly bootTime = process.hrtime.bigint();
@@ -186,6 +206,10 @@ export class Partition {
 
   get id(): string {
     return this.spec.id;
+  }
+  /** Generation of the memory view (seed 001): bumped by every overlay or protection change. */
+  get viewGeneration(): number {
+    return this.overlays.generation + this.protectionChanges;
   }
   get maximumVtl(): Vtl {
     return this.spec.maximumVtl as Vtl;
@@ -387,6 +411,12 @@ export class Partition {
         if ((nxt.defaultVtlProtectionMask & 0x3) !== 0x3) hvFail(HvStatus.HV_STATUS_INVALID_REGISTER_VALUE, 'DefaultVtlProtectionMask must include read and write');
         return () => {
           pv.config = v;
+          if (!cur.enableVtlProtection && nxt.enableVtlProtection) {
+            // DefaultVtlProtectionMask applies to every page from now on (tlfs-vsm.md §7.2).
+            const m = normalizeMapFlags(nxt.defaultVtlProtectionMask, this.vtls.get(0).mbec);
+            this.protections.set(vtl, new ProtectionMap(typeof m === 'number' ? m : 0xf));
+            this.protectionChanges++;
+          }
         };
       }
       case R.HvRegisterVsmVina: {
@@ -416,11 +446,21 @@ export class Partition {
       return () => {
         st.regs.set(name, reg64(v));
         this.syncOverlay(overlayKind, vtl, vp.index, v);
+        if (overlayKind === 'simp') st.synic.eom(this.synicView(vp, vtl)); // a SIM page now takes queued messages
       };
     }
-    if (name === R.HvRegisterEom) return () => undefined; // EOM: message delivery (SynIC) handles it.
-    if (name === R.HvRegisterScontrol && (v & ~HV_SCONTROL_ENABLE) !== 0n) {
-      // 63:1 RsvdP: keep what was there.
+    if (name === R.HvRegisterEom) return () => vp.vtls.get(vtl).synic.eom(this.synicView(vp, vtl));
+    if (name === R.HvRegisterScontrol) {
+      const st = vp.vtls.get(vtl);
+      return () => {
+        st.regs.set(name, reg64(v));
+        st.synic.eom(this.synicView(vp, vtl)); // enabling the SynIC delivers what was queued
+      };
+    }
+    if (name >= R.HvRegisterSint0 && name <= R.HvRegisterSint15) {
+      // SINTx.Vector must be 16..255 unless masked (tlfs-overlays-synic.md §5.1; KVM allows <16 when masked).
+      const vector = Number(v & 0xffn);
+      if ((v & HV_SINT_MASKED) === 0n && vector < 16) hvFail(HvStatus.HV_STATUS_INVALID_REGISTER_VALUE, `SINT vector ${vector} is below 16`);
     }
     if (info.shape === 'segment' && caller !== 'host') {
       // Architectural registers are validated only minimally (TLFS §7.10): accept.
@@ -466,6 +506,56 @@ export class Partition {
     // (OpenVMM maps it read-only). Its HV_REFERENCE_TSC_PAGE keeps TscSequence = 0, which tells
     // the guest to use HV_X64_MSR_TIME_REF_COUNT instead (§4.4): honest, since the emulator has no TSC.
     this.overlays.place(kind, vtl, vpIndex, gpfnOf(msrValue), kind === 'hypercall' || kind === 'reference-tsc', init);
+  }
+
+  // ---- SynIC -----------------------------------------------------------------------------------
+
+  synicView(vp: VirtualProcessor, vtl: Vtl): SynicView {
+    const st = vp.vtls.get(vtl);
+    return {
+      simPage: () => this.overlays.find('simp', vtl, vp.index)?.page,
+      siefPage: () => this.overlays.find('siefp', vtl, vp.index)?.page,
+      enabled: () => ((st.regs.get(R.HvRegisterScontrol)?.low ?? 0n) & HV_SCONTROL_ENABLE) !== 0n,
+      sint: (n) => st.regs.get(R.HvRegisterSint0 + n)?.low ?? HV_SINT_MASKED,
+    };
+  }
+
+  /** Queues an HV_MESSAGE for SINTn of (vp, vtl) and delivers it if its SIM slot is free. */
+  postMessage(vp: VirtualProcessor, vtl: Vtl, sint: number, message: Buffer): PostResult {
+    return vp.vtls.get(vtl).synic.post(this.synicView(vp, vtl), sint, message);
+  }
+
+  // ---- VTL protections (tlfs-vsm.md §7, tlfs-hypercalls.md §2.3) -----------------------------------
+
+  /**
+   * HvCallModifyVtlProtectionMask: `protectingVtl` sets `mapFlags` on page runs, restricting every
+   * lower VTL. `caller` is the calling VTL (guest) or 'host'. Validates everything before changing
+   * anything; returns the number of pages changed.
+   */
+  modifyVtlProtectionMask(caller: Vtl | 'host', protectingVtl: number, mapFlags: number, runs: { start: bigint; count: bigint }[]): number {
+    this.assertActive();
+    if (!isVtl(protectingVtl) || protectingVtl === 0) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `VTL ${protectingVtl} cannot set protections (only a higher VTL protects lower ones)`);
+    if (caller !== 'host' && protectingVtl > caller) hvFail(HvStatus.HV_STATUS_ACCESS_DENIED, `VTL ${caller} may not change VTL ${protectingVtl}'s protections`);
+    if (!this.vtls.get(protectingVtl).enabled) hvFail(HvStatus.HV_STATUS_INVALID_VTL_STATE, `VTL ${protectingVtl} is not enabled`);
+    const map = this.protections.get(protectingVtl);
+    if (!map) hvFail(HvStatus.HV_STATUS_ACCESS_DENIED, `VTL ${protectingVtl} has not set EnableVtlProtection in HvRegisterVsmPartitionConfig`);
+    const mask = normalizeMapFlags(mapFlags, this.vtls.get(0).mbec);
+    if (typeof mask === 'string') hvFail(HvStatus.HV_STATUS_INVALID_REGISTER_VALUE, mask);
+    const pages = this.memory.sizeBytes >> 12n;
+    let total = 0n;
+    for (const r of runs) {
+      // Non-RAM GPAs cannot be protected (tlfs-vsm.md §7.2).
+      if (r.count <= 0n || r.start < 0n || r.start + r.count > pages) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `pages 0x${r.start.toString(16)}+${r.count} are not RAM of this partition`);
+      total += r.count;
+    }
+    for (const r of runs) map.set(Number(r.start), Number(r.count), mask);
+    this.protectionChanges++;
+    return Number(total);
+  }
+
+  /** Protection mask `protectingVtl` imposes on a page, or undefined when it protects nothing. */
+  protectionOf(protectingVtl: Vtl, gpfn: number): number | undefined {
+    return this.protections.get(protectingVtl)?.get(gpfn);
   }
 
   // ---- guest MSR access (tlfs-intercepts.md §7.1) ------------------------------------------------

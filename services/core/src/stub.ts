@@ -52,7 +52,7 @@ export function callHypercallPage(p: Partition, vp: VirtualProcessor, offset: nu
         st.pendingStubReturn = returnRip;
         const o = executeVmcall(p, vp);
         if (o.exception !== undefined) return fail(o.exception);
-        if (o.vtlSwitch) return { activeVtl: vp.activeVtl, vtlSwitch: o.vtlSwitch, rax: gpr(R.HvX64RegisterRax) };
+        if (o.vtlSwitch) return { activeVtl: vp.activeVtl, vtlSwitch: o.vtlSwitch, resumedAccess: o.resumedAccess, rax: gpr(R.HvX64RegisterRax) };
         st.pendingStubReturn = null;
         pc += 3;
         continue;

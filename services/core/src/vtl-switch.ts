@@ -4,6 +4,7 @@ import { GuestOutcome, Partition, VirtualProcessor, X64Exception } from './parti
 import { HvRegisterName as R } from './tlfs/registers';
 import { HvVpAssistPage, HvVtlEntryReason } from './tlfs/vsm';
 import { resumeStub } from './stub';
+import { resumePendingAccess } from './access';
 
 /**
  * VtlCall: switch to the next higher VTL enabled on the VP with entry reason HvVtlEntryVtlCall.
@@ -53,7 +54,9 @@ export function vtlReturn(p: Partition, vp: VirtualProcessor, controlInput: bigi
     }
   }
   resumeStub(p, vp);
-  return { activeVtl: vp.activeVtl, vtlSwitch: ev };
+  // The lower VTL re-executes an access that intercepted, unless the higher VTL moved its RIP.
+  const resumedAccess = resumePendingAccess(p, vp);
+  return { activeVtl: vp.activeVtl, vtlSwitch: ev, resumedAccess };
 }
 
 /** The caller's RIP moves past the 3-byte VMCALL/VMMCALL before the switch (OpenVMM advance_ip). */

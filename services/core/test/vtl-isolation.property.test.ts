@@ -171,8 +171,15 @@ class GuestMsrWrite implements fc.Command<Model, Real> {
   constructor(readonly msr: number, readonly reg: number, readonly value: bigint) {}
   check = () => true;
   run(m: Model, r: Real): void {
-    expect(r.p.writeMsr(vpOf(r), this.msr, this.value)).toEqual({});
-    m.priv[m.active].set(this.reg, reg64(this.value));
+    // An unmasked SINT with a vector below 16 is refused with #GP (tlfs-overlays-synic.md §5.1).
+    const isSint = this.msr >= HvMsr.HV_X64_MSR_SINT0 && this.msr <= HvMsr.HV_X64_MSR_SINT15;
+    const badVector = isSint && (this.value & (1n << 16n)) === 0n && (this.value & 0xffn) < 16n;
+    if (badVector) {
+      expect(r.p.writeMsr(vpOf(r), this.msr, this.value)).toEqual({ exception: 13 });
+    } else {
+      expect(r.p.writeMsr(vpOf(r), this.msr, this.value)).toEqual({});
+      m.priv[m.active].set(this.reg, reg64(this.value));
+    }
     compare(m, r);
   }
   toString = () => `wrmsr(0x${this.msr.toString(16)} = ${this.value.toString(16)})`;

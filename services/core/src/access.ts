@@ -1,0 +1,215 @@
+// core: guest memory accesses (read, write, execute) by a VP through its active VTL's view, with
+// VTL protections enforced (tlfs-vsm.md §7-8). A violating access does not complete: it raises a
+// memory intercept (intercepts.ts) and the VP either enters the protecting VTL (route 'vtl'/'both')
+// or stays suspended until a monitor answers (route 'monitor').
+import { Partition, VirtualProcessor, X64Exception, X64ExceptionVector, VtlSwitchEvent } from './partition';
+import { AccessKind, requiredFlag } from './protections';
+import { InterceptAction, InterceptRecord } from './intercepts';
+import { Vtl, VTLS } from './vtl-array';
+import { resumeStub } from './stub';
+import { HvError, HvStatus, hvFail } from './tlfs/status';
+import { HvRegisterName as R, reg128ToSegment } from './tlfs/registers';
+import { HvVtlEntryReason } from './tlfs/vsm';
+import {
+  HV_SYNIC_INTERCEPTION_SINT_INDEX,
+  HvCacheType,
+  HvMessageType,
+  encodeHvMessage,
+  encodeMemoryInterceptMessage,
+} from './tlfs/message';
+
+export const MAX_GUEST_ACCESS_BYTES = 65536;
+
+export type AccessOutcome =
+  | { status: 'completed'; data?: Buffer }
+  | { status: 'exception'; exception: X64ExceptionVector }
+  | { status: 'intercepted'; intercept: InterceptRecord; vtlSwitch?: VtlSwitchEvent; awaitingMonitor: boolean; heldBack?: boolean }
+  | { status: 'crashed' };
+
+export interface PendingAccess {
+  kind: AccessKind;
+  gpa: bigint;
+  length: number;
+  data?: Buffer;
+  rip: bigint;
+  interceptId: bigint;
+}
+
+const ACCESS_TYPE: Record<AccessKind, 0 | 1 | 2> = { read: 0, write: 1, execute: 2 };
+
+/** The protecting VTL that refuses `kind` at gpfn for VTL `vtl`, if any (lowest first, §8.1). */
+export function violatingVtl(p: Partition, vp: VirtualProcessor, vtl: Vtl, gpfn: number, kind: AccessKind): Vtl | undefined {
+  for (const m of VTLS) {
+    if (m <= vtl) continue;
+    const map = p.protections.get(m);
+    if (!map) continue;
+    const userMode = p.cpl(vp) === 3;
+    const mbec = p.vtls.get(vtl).mbec;
+    if ((map.get(gpfn) & requiredFlag(kind, userMode, mbec)) === 0) return m;
+  }
+  return undefined;
+}
+
+/** Performs the access as the VP in its active VTL. */
+export function guestAccess(p: Partition, vp: VirtualProcessor, kind: AccessKind, gpa: bigint, length: number, data?: Buffer, opts: { ignoreProtections?: boolean } = {}): AccessOutcome {
+  p.assertActive();
+  if (vp.suspendedOn !== null) hvFail(HvStatus.HV_STATUS_INVALID_VP_STATE, `VP ${vp.index} is suspended on intercept ${vp.suspendedOn}`);
+  if (!Number.isInteger(length) || length < 1 || length > MAX_GUEST_ACCESS_BYTES) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `length must be 1..${MAX_GUEST_ACCESS_BYTES}`);
+  p.checkRange(gpa, length);
+  const vtl = vp.activeVtl;
+  if (!opts.ignoreProtections) {
+    for (let g = gpa >> 12n; g <= (gpa + BigInt(length) - 1n) >> 12n; g++) {
+      const o = p.overlays.visible(vtl, vp.index, g);
+      if (o) {
+        // Overlay pages are not subject to the RAM page's protections (tlfs-overlays-synic.md §4.1).
+        if (kind === 'write' && o.readOnly) return { status: 'exception', exception: X64Exception.GP };
+        continue;
+      }
+      const m = violatingVtl(p, vp, vtl, Number(g), kind);
+      if (m !== undefined) {
+        const at = g === gpa >> 12n ? gpa : g << 12n; // lowest address that intercepted
+        return raiseIntercept(p, vp, m, kind, at, gpa, length, data);
+      }
+    }
+  }
+  if (kind === 'write') {
+    if (!p.writeView(vtl, vp.index, gpa, data!)) return { status: 'exception', exception: X64Exception.GP };
+    return { status: 'completed' };
+  }
+  return { status: 'completed', data: p.readView(vtl, vp.index, gpa, length) };
+}
+
+function raiseIntercept(p: Partition, vp: VirtualProcessor, protectingVtl: Vtl, kind: AccessKind, faultGpa: bigint, gpa: bigint, length: number, data?: Buffer): AccessOutcome {
+  const vtl = vp.activeVtl;
+  const route = p.interceptRoute;
+  const id = p.intercepts.allocateId();
+  const message = buildInterceptMessage(p, vp, kind, faultGpa);
+  const rec: InterceptRecord = {
+    id, vpIndex: vp.index, vtl, protectingVtl, kind, gpa: faultGpa, length, data: data ? Buffer.from(data) : undefined,
+    generation: p.viewGeneration, message, needsReply: route === 'monitor', timeUnixUs: BigInt(Date.now()) * 1000n,
+  };
+  if (route === 'monitor') {
+    vp.suspendedOn = id;
+    vp.suspendedAccess = { kind, gpa, length, data: rec.data, rip: p.reg(vp, R.HvX64RegisterRip), interceptId: id };
+    p.intercepts.publish(rec);
+    return { status: 'intercepted', intercept: rec, awaitingMonitor: true };
+  }
+  // Route 'vtl' / 'both': SINT0 of the protecting VTL's SynIC on this VP, then enter that VTL.
+  const posted = p.postMessage(vp, protectingVtl, HV_SYNIC_INTERCEPTION_SINT_INDEX, message);
+  if (posted === 'full') {
+    // The queue is full: hold the source back. The VP stays at the faulting instruction in its VTL
+    // (nothing is dropped); the guest action reports it and may be retried after the higher VTL
+    // drained its queue.
+    return { status: 'intercepted', intercept: rec, awaitingMonitor: false, heldBack: true };
+  }
+  vp.vtls.get(vtl).pendingAccess = { kind, gpa, length, data: rec.data, rip: p.reg(vp, R.HvX64RegisterRip), interceptId: id };
+  if (route === 'both') p.intercepts.publish(rec);
+  const ev = p.switchVtl(vp, protectingVtl, HvVtlEntryReason.HvVtlEntryInterrupt, false);
+  resumeStub(p, vp);
+  return { status: 'intercepted', intercept: rec, vtlSwitch: ev, awaitingMonitor: false };
+}
+
+/** HV_MESSAGE{HvMessageTypeGpaIntercept, HV_X64_MEMORY_INTERCEPT_MESSAGE} for the VP's state now. */
+export function buildInterceptMessage(p: Partition, vp: VirtualProcessor, kind: AccessKind, gpa: bigint): Buffer {
+  const regs = vp.vtls.get(vp.activeVtl).regs;
+  const seg = (n: number) => reg128ToSegment(regs.get(n) ?? { low: 0n, high: 0n });
+  const gprs = Array.from({ length: 16 }, (_, i) => p.reg(vp, R.HvX64RegisterRax + i));
+  const payload = encodeMemoryInterceptMessage({
+    header: {
+      vpIndex: vp.index,
+      // The emulator has no instruction stream for a guest action: 0 = unknown (the recipient
+      // decodes), as the TLFS allows (tlfs-intercepts.md §6.1).
+      instructionLength: 0,
+      interceptAccessType: ACCESS_TYPE[kind],
+      executionState: {
+        cpl: p.cpl(vp),
+        cr0Pe: !p.inRealMode(vp),
+        cr0Am: (p.reg(vp, R.HvX64RegisterCr0) & (1n << 18n)) !== 0n,
+        eferLma: (p.reg(vp, R.HvX64RegisterEfer) & 0x400n) !== 0n,
+        debugActive: (p.reg(vp, R.HvX64RegisterDr7) & 0xffn) !== 0n,
+        interruptionPending: false,
+        vtl: vp.activeVtl,
+      },
+      csSegment: seg(R.HvX64RegisterCs),
+      rip: p.reg(vp, R.HvX64RegisterRip),
+      rflags: p.reg(vp, R.HvX64RegisterRflags),
+    },
+    cacheType: HvCacheType.HvCacheTypeWriteBack,
+    instructionByteCount: 0,
+    // No guest paging model: the GVA is unknown (GvaValid = 0).
+    memoryAccessInfo: { gvaValid: false },
+    tprPriority: 0,
+    guestVirtualAddress: 0n,
+    guestPhysicalAddress: gpa,
+    instructionBytes: Buffer.alloc(16),
+    dsSegment: seg(R.HvX64RegisterDs),
+    ssSegment: seg(R.HvX64RegisterSs),
+    gprs,
+  });
+  // OriginationId: 0, as OpenVMM/OpenHCL send for secure intercepts (the TLFS value is unconfirmed).
+  return encodeHvMessage({ messageType: HvMessageType.HvMessageTypeGpaIntercept, payloadSize: payload.length, messageFlags: 0, originationId: 0n }, payload);
+}
+
+/**
+ * A VP returning to a VTL that has a pending (intercepted) access: if the higher VTL left RIP where
+ * it was, the instruction is retried (it may intercept again); if RIP moved, the higher VTL
+ * completed or skipped it.
+ */
+export function resumePendingAccess(p: Partition, vp: VirtualProcessor): ResumedAccess | undefined {
+  const st = vp.vtls.get(vp.activeVtl);
+  const pa = st.pendingAccess;
+  if (!pa) return undefined;
+  st.pendingAccess = null;
+  if (p.reg(vp, R.HvX64RegisterRip) !== pa.rip) return { interceptId: pa.interceptId, kind: pa.kind, gpa: pa.gpa, outcome: { status: 'skipped' } };
+  const o = guestAccess(p, vp, pa.kind, pa.gpa, pa.length, pa.data);
+  return { interceptId: pa.interceptId, kind: pa.kind, gpa: pa.gpa, outcome: o };
+}
+
+export interface ResumedAccess {
+  interceptId: bigint;
+  kind: AccessKind;
+  gpa: bigint;
+  outcome: AccessOutcome | { status: 'skipped' };
+}
+
+/**
+ * A monitor's answer to an intercept on the 'monitor' route (seed 001 actions):
+ * allow = perform the access once; skip = complete the instruction without the access (a read
+ * returns `data`, zero-filled); retry = re-execute (the monitor changed protections); crash = stop
+ * the partition. A `generation` other than the current memory-view generation is refused.
+ */
+export function answerIntercept(p: Partition, id: bigint, action: InterceptAction, opts: { data?: Buffer; generation?: number } = {}): { result: 'applied' | 'duplicate'; outcome?: AccessOutcome } {
+  const st = p.intercepts.status(id);
+  if (st === 'duplicate') return { result: 'duplicate' };
+  if (st === 'unknown') hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `intercept ${id} is not pending`);
+  if (opts.generation !== undefined && opts.generation !== p.viewGeneration) {
+    throw new HvError(HvStatus.HV_STATUS_OPERATION_DENIED, `stale memory-view generation ${opts.generation} (now ${p.viewGeneration}): re-read the view and answer again`);
+  }
+  const rec = p.intercepts.pending.get(id)!;
+  const vp = p.vp(rec.vpIndex);
+  const pa = vp.suspendedAccess!;
+  vp.suspendedOn = null;
+  vp.suspendedAccess = null;
+  p.intercepts.markAnswered(id);
+  let outcome: AccessOutcome;
+  switch (action) {
+    case 'allow':
+      outcome = guestAccess(p, vp, pa.kind, pa.gpa, pa.length, pa.data, { ignoreProtections: true });
+      break;
+    case 'skip': {
+      const d = Buffer.alloc(pa.kind === 'write' ? 0 : pa.length);
+      opts.data?.copy(d, 0, 0, Math.min(d.length, opts.data.length));
+      outcome = { status: 'completed', data: pa.kind === 'write' ? undefined : d };
+      break;
+    }
+    case 'retry':
+      outcome = guestAccess(p, vp, pa.kind, pa.gpa, pa.length, pa.data);
+      break;
+    case 'crash':
+      p.state = 'crashed';
+      outcome = { status: 'crashed' };
+      break;
+  }
+  vp.lastMonitorOutcome = outcome;
+  return { result: 'applied', outcome };
+}

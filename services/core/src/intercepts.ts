@@ -1,0 +1,74 @@
+// core: memory intercepts raised by protection violations, and their routes. An intercept is a
+// snapshot of the VP at fault time (HV_X64_MEMORY_INTERCEPT_MESSAGE inside an HV_MESSAGE). Routes
+// (per partition): 'vtl' (default) delivers it to the protecting VTL's SINT0 and enters that VTL;
+// 'monitor' holds the VP suspended until an external monitor answers; 'both' lets a monitor observe
+// while the VTL handles it. Pending intercepts are kept until answered (at-least-once to monitors;
+// each has an id and a second answer to the same id is reported as a duplicate, not applied).
+import type { AccessKind } from './protections';
+import type { Vtl } from './vtl-array';
+
+export type InterceptRoute = 'vtl' | 'monitor' | 'both';
+export type InterceptAction = 'allow' | 'skip' | 'retry' | 'crash';
+
+export interface InterceptRecord {
+  id: bigint;
+  vpIndex: number;
+  /** VTL the access was made in. */
+  vtl: Vtl;
+  /** VTL whose protection refused it. */
+  protectingVtl: Vtl;
+  kind: AccessKind;
+  gpa: bigint;
+  length: number;
+  /** Bytes a write would have stored. */
+  data?: Buffer;
+  /** Memory-view generation at fault time. */
+  generation: number;
+  /** The HV_MESSAGE (256 bytes) as written to the SIM slot. */
+  message: Buffer;
+  /** Whether a monitor must answer (route 'monitor'); false when it only observes. */
+  needsReply: boolean;
+  timeUnixUs: bigint;
+}
+
+export class InterceptBroker {
+  private nextId = 1n;
+  /** Intercepts waiting for a monitor's answer. */
+  readonly pending = new Map<bigint, InterceptRecord>();
+  /** Answered ids (bounded), to tell duplicates from unknown ids. */
+  private readonly answered = new Set<bigint>();
+  private readonly listeners = new Set<(r: InterceptRecord) => void>();
+  private readonly resolvedListeners = new Set<(id: bigint) => void>();
+
+  allocateId(): bigint {
+    return this.nextId++;
+  }
+
+  publish(r: InterceptRecord): void {
+    if (r.needsReply) this.pending.set(r.id, r);
+    for (const l of this.listeners) l(r);
+  }
+
+  /** Subscribes to new intercepts; returns the unsubscribe function. */
+  subscribe(fn: (r: InterceptRecord) => void): () => void {
+    this.listeners.add(fn);
+    return () => this.listeners.delete(fn);
+  }
+  onResolved(fn: (id: bigint) => void): () => void {
+    this.resolvedListeners.add(fn);
+    return () => this.resolvedListeners.delete(fn);
+  }
+
+  /** 'pending' (answer it), 'duplicate' (already answered) or 'unknown'. */
+  status(id: bigint): 'pending' | 'duplicate' | 'unknown' {
+    if (this.pending.has(id)) return 'pending';
+    return this.answered.has(id) ? 'duplicate' : 'unknown';
+  }
+
+  markAnswered(id: bigint): void {
+    this.pending.delete(id);
+    this.answered.add(id);
+    if (this.answered.size > 65536) this.answered.delete(this.answered.values().next().value as bigint);
+    for (const l of this.resolvedListeners) l(id);
+  }
+}
