@@ -34,7 +34,7 @@ test.each(['v1', 'v1alpha'] as const)('reflection %s lists vsm.v1 services, heal
   const res = await ask(c, { list_services: '' });
   const names = ((res.list_services_response as { service: { name: string }[] }).service).map((s) => s.name);
   expect(names).toEqual(expect.arrayContaining([
-    'vsm.v1.PartitionService', 'vsm.v1.VirtualProcessorService', 'vsm.v1.GuestService', 'vsm.v1.MemoryService', 'vsm.v1.VtlService',
+    'vsm.v1.PartitionService', 'vsm.v1.VirtualProcessorService', 'vsm.v1.GuestService', 'vsm.v1.MemoryService', 'vsm.v1.VtlService', 'vsm.v1.InterceptService',
   ]));
   c.close();
 });
@@ -49,7 +49,7 @@ test('reflection serves the file descriptor of a symbol, and a dynamic call buil
   expect(guest).toBeDefined();
   expect(guest.package).toBe('vsm.v1');
   const svc = guest.service.find((s: { name: string }) => s.name === 'GuestService');
-  expect(svc.method.map((m: { name: string }) => m.name)).toEqual(['WriteMsr', 'ReadMsr', 'Hypercall', 'CallHypercallPage', 'ReadMemory', 'WriteMemory']);
+  expect(svc.method.map((m: { name: string }) => m.name)).toEqual(['WriteMsr', 'ReadMsr', 'Hypercall', 'CallHypercallPage', 'ReadMemory', 'WriteMemory', 'ExecuteMemory']);
   // A dynamic call as grpcurl would make it, built only from what reflection returned.
   const all = raw;
   const dyn = protoLoader.loadFileDescriptorSetFromBuffer(Buffer.concat(all.map((b) => Buffer.concat([Buffer.from([0x0a]), varint(b.length), Buffer.from(b)]))), { longs: String });

@@ -107,11 +107,24 @@ export interface VsmClient {
   vps: Promisified<pb.VirtualProcessorServiceClient>;
   guest: Promisified<pb.GuestServiceClient>;
   memory: Promisified<pb.MemoryServiceClient>;
+  intercepts: Promisified<pb.InterceptServiceClient> & {
+    /** Opens a Monitor stream: `send` requests, iterate `events`; `close()` half-closes. */
+    monitor(signal?: AbortSignal): MonitorSession;
+  };
   vtl: Promisified<pb.VtlServiceClient> & {
     /** Async iterator over WatchVtlTransitions; break out of the loop (or abort) to cancel. */
     watchTransitions(req: Partial<pb.WatchVtlTransitionsRequest>, signal?: AbortSignal): AsyncIterable<pb.WatchVtlTransitionsResponse>;
   };
   close(): void;
+}
+
+export interface MonitorSession {
+  send(req: Partial<pb.MonitorRequest>): boolean;
+  events: AsyncIterable<pb.MonitorResponse>;
+  /** Half-close: the server ends the stream after processing what was sent. */
+  close(): void;
+  /** Abort the stream (simulates a monitor that went away). */
+  cancel(): void;
 }
 
 export function connect(address: string, o: ConnectOptions = {}): VsmClient {
@@ -128,23 +141,35 @@ export function connect(address: string, o: ConnectOptions = {}): VsmClient {
   const guest = new pb.GuestServiceClient(address, creds, opts);
   const memory = new pb.MemoryServiceClient(address, creds, opts);
   const vtl = new pb.VtlServiceClient(address, creds, opts);
+  const intercepts = new pb.InterceptServiceClient(address, creds, opts);
   const S = (s: unknown) => s as Parameters<typeof promisify>[1];
   return {
     partitions: promisify(partitions, S(pb.PartitionServiceService), o, md),
     vps: promisify(vps, S(pb.VirtualProcessorServiceService), o, md),
     guest: promisify(guest, S(pb.GuestServiceService), o, md),
     memory: promisify(memory, S(pb.MemoryServiceService), o, md),
+    intercepts: Object.assign(promisify(intercepts, S(pb.InterceptServiceService), o, md), {
+      monitor: (signal?: AbortSignal): MonitorSession => {
+        const call = intercepts.monitor(md());
+        return {
+          send: (req: Partial<pb.MonitorRequest>) => call.write(pb.MonitorRequest.fromPartial(req)),
+          events: streamIterator<pb.MonitorResponse>(call, signal),
+          close: () => call.end(),
+          cancel: () => call.cancel(),
+        };
+      },
+    }),
     vtl: Object.assign(promisify(vtl, S(pb.VtlServiceService), o, md), {
       watchTransitions: (req: Partial<pb.WatchVtlTransitionsRequest>, signal?: AbortSignal) =>
         streamIterator<pb.WatchVtlTransitionsResponse>(vtl.watchVtlTransitions(pb.WatchVtlTransitionsRequest.fromPartial(req), md()), signal),
     }),
     close() {
-      for (const c of [partitions, vps, guest, memory, vtl]) c.close();
+      for (const c of [partitions, vps, guest, memory, vtl, intercepts]) c.close();
     },
   };
 }
 
-async function* streamIterator<T>(call: grpc.ClientReadableStream<T>, signal?: AbortSignal): AsyncIterable<T> {
+async function* streamIterator<T>(call: grpc.ClientReadableStream<T> | grpc.ClientDuplexStream<unknown, T>, signal?: AbortSignal): AsyncIterable<T> {
   const onAbort = () => call.cancel();
   signal?.addEventListener('abort', onAbort, { once: true });
   try {

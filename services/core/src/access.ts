@@ -86,7 +86,7 @@ function raiseIntercept(p: Partition, vp: VirtualProcessor, protectingVtl: Vtl, 
   const message = buildInterceptMessage(p, vp, kind, faultGpa);
   const rec: InterceptRecord = {
     id, vpIndex: vp.index, vtl, protectingVtl, kind, gpa: faultGpa, length, data: data ? Buffer.from(data) : undefined,
-    generation: p.viewGeneration, message, needsReply: route === 'monitor', timeUnixUs: BigInt(Date.now()) * 1000n,
+    generation: p.viewGeneration, message, needsReply: route === 'monitor', timeUnixUs: BigInt(Date.now()) * 1000n, deliveries: 0,
   };
   if (route === 'monitor') {
     vp.suspendedOn = id;

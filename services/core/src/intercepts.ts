@@ -29,6 +29,8 @@ export interface InterceptRecord {
   /** Whether a monitor must answer (route 'monitor'); false when it only observes. */
   needsReply: boolean;
   timeUnixUs: bigint;
+  /** How many times it was sent to monitors (to flag re-deliveries). */
+  deliveries: number;
 }
 
 export class InterceptBroker {

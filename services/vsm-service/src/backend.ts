@@ -27,6 +27,7 @@ export interface Backend {
   callHypercallPage(r: pb.CallHypercallPageRequest): Promise<pb.CallHypercallPageResponse>;
   readMemory(r: pb.ReadMemoryRequest): Promise<pb.ReadMemoryResponse>;
   writeMemory(r: pb.WriteMemoryRequest): Promise<pb.WriteMemoryResponse>;
+  executeMemory(r: pb.ExecuteMemoryRequest): Promise<pb.ExecuteMemoryResponse>;
 
   readGpa(r: pb.ReadGpaRequest): Promise<pb.ReadGpaResponse>;
   writeGpa(r: pb.WriteGpaRequest): Promise<pb.WriteGpaResponse>;
@@ -36,6 +37,13 @@ export interface Backend {
   enableVpVtl(r: pb.EnableVpVtlRequest): Promise<pb.EnableVpVtlResponse>;
   /** Streams transitions until `signal` aborts; resolves when the stream ends. */
   watchVtlTransitions(r: pb.WatchVtlTransitionsRequest, sink: StreamSink<pb.WatchVtlTransitionsResponse>, signal: AbortSignal): Promise<void>;
+
+  modifyVtlProtectionMask(r: pb.ModifyVtlProtectionMaskRequest): Promise<pb.ModifyVtlProtectionMaskResponse>;
+  getVtlProtections(r: pb.GetVtlProtectionsRequest): Promise<pb.GetVtlProtectionsResponse>;
+  setInterceptRoute(r: pb.SetInterceptRouteRequest): Promise<pb.SetInterceptRouteResponse>;
+  listPendingIntercepts(r: pb.ListPendingInterceptsRequest): Promise<pb.ListPendingInterceptsResponse>;
+  /** A monitor session: reads requests until the client half-closes or `signal` aborts. */
+  monitor(requests: AsyncIterable<pb.MonitorRequest>, sink: StreamSink<pb.MonitorResponse>, signal: AbortSignal): Promise<void>;
 
   close(): Promise<void>;
 }

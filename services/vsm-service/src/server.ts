@@ -11,7 +11,7 @@ import { pb } from '@vsm/client';
 import { Backend, StreamSink } from './backend';
 import { toServiceError } from './errors';
 
-export const SERVICE_NAMES = ['vsm.v1.PartitionService', 'vsm.v1.VirtualProcessorService', 'vsm.v1.GuestService', 'vsm.v1.MemoryService', 'vsm.v1.VtlService'];
+export const SERVICE_NAMES = ['vsm.v1.PartitionService', 'vsm.v1.VirtualProcessorService', 'vsm.v1.GuestService', 'vsm.v1.MemoryService', 'vsm.v1.VtlService', 'vsm.v1.InterceptService'];
 export const MAX_MESSAGE_BYTES = 8 * 1024 * 1024;
 export const PROTO_DIR = path.resolve(__dirname, '../../../proto');
 
@@ -79,6 +79,23 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       ).finally(() => { inflight.delete(ac); log.info({ method }, 'stream closed'); });
     };
 
+  const bidi = <Req, Res>(method: string, fn: (reqs: AsyncIterable<Req>, sink: StreamSink<Res>, signal: AbortSignal) => Promise<void>): grpc.handleBidiStreamingCall<Req, Res> =>
+    (call) => {
+      const ac = new AbortController();
+      inflight.add(ac);
+      call.on('cancelled', () => ac.abort());
+      call.on('error', () => ac.abort());
+      const sink: StreamSink<Res> = {
+        write: (m) => (ac.signal.aborted ? false : call.write(m)),
+        drained: () => new Promise((res) => { if (ac.signal.aborted) res(); else { call.once('drain', res); ac.signal.addEventListener('abort', () => res(), { once: true }); } }),
+      };
+      log.info({ method }, 'stream opened');
+      fn(call as unknown as AsyncIterable<Req>, sink, ac.signal).then(
+        () => { if (!call.cancelled) call.end(); },
+        (e: unknown) => { const err = toServiceError(e); log.info({ method, code: err.code, error: err.details }, 'stream failed'); call.emit('error', err); },
+      ).finally(() => { inflight.delete(ac); log.info({ method }, 'stream closed'); });
+    };
+
   const b = backend;
   server.addService(pb.PartitionServiceService, {
     createPartition: unary('CreatePartition', (r: pb.CreatePartitionRequest) => b.createPartition(r)),
@@ -99,6 +116,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     callHypercallPage: unary('CallHypercallPage', (r: pb.CallHypercallPageRequest) => b.callHypercallPage(r)),
     readMemory: unary('ReadMemory', (r: pb.ReadMemoryRequest) => b.readMemory(r)),
     writeMemory: unary('WriteMemory', (r: pb.WriteMemoryRequest) => b.writeMemory(r)),
+    executeMemory: unary('ExecuteMemory', (r: pb.ExecuteMemoryRequest) => b.executeMemory(r)),
   } satisfies pb.GuestServiceServer);
   server.addService(pb.MemoryServiceService, {
     readGpa: unary('ReadGpa', (r: pb.ReadGpaRequest) => b.readGpa(r)),
@@ -110,6 +128,14 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     enableVpVtl: unary('EnableVpVtl', (r: pb.EnableVpVtlRequest) => b.enableVpVtl(r)),
     watchVtlTransitions: stream('WatchVtlTransitions', (r: pb.WatchVtlTransitionsRequest, s: StreamSink<pb.WatchVtlTransitionsResponse>, sig) => b.watchVtlTransitions(r, s, sig)),
   } satisfies pb.VtlServiceServer);
+
+  server.addService(pb.InterceptServiceService, {
+    modifyVtlProtectionMask: unary('ModifyVtlProtectionMask', (r: pb.ModifyVtlProtectionMaskRequest) => b.modifyVtlProtectionMask(r)),
+    getVtlProtections: unary('GetVtlProtections', (r: pb.GetVtlProtectionsRequest) => b.getVtlProtections(r)),
+    setInterceptRoute: unary('SetInterceptRoute', (r: pb.SetInterceptRouteRequest) => b.setInterceptRoute(r)),
+    listPendingIntercepts: unary('ListPendingIntercepts', (r: pb.ListPendingInterceptsRequest) => b.listPendingIntercepts(r)),
+    monitor: bidi('Monitor', (reqs: AsyncIterable<pb.MonitorRequest>, s: StreamSink<pb.MonitorResponse>, sig) => b.monitor(reqs, s, sig)),
+  } satisfies pb.InterceptServiceServer);
 
   // Health (grpc.health.v1) for the server as a whole and for each vsm.v1 service.
   const health = new HealthImplementation(Object.fromEntries(['', ...SERVICE_NAMES].map((s) => [s, 'SERVING' as const])));
@@ -147,5 +173,5 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
 }
 
 function protoFileOf(service: string): string {
-  return ({ PartitionService: 'partition.proto', VirtualProcessorService: 'vp.proto', GuestService: 'guest.proto', MemoryService: 'memory.proto', VtlService: 'vtl.proto' } as Record<string, string>)[service.split('.').pop()!]!;
+  return ({ PartitionService: 'partition.proto', VirtualProcessorService: 'vp.proto', GuestService: 'guest.proto', MemoryService: 'memory.proto', VtlService: 'vtl.proto', InterceptService: 'intercept.proto' } as Record<string, string>)[service.split('.').pop()!]!;
 }

@@ -157,18 +157,38 @@ export class EmulatorBackend implements Backend {
   }
   async readMemory(r: gpb.ReadMemoryRequest): Promise<gpb.ReadMemoryResponse> {
     const { p, vp } = this.vp(r.name);
-    p.assertActive();
-    if (r.length < 1 || r.length > MAX_GUEST_ACCESS) throw invalidArgument(`length must be 1..${MAX_GUEST_ACCESS}`);
-    const data = p.readView(vp.activeVtl, vp.index, r.gpa, r.length);
-    return { outcome: outcome({ activeVtl: vp.activeVtl }), data };
+    const { outcome: o, data } = await this.access(p, vp, 'read', r.gpa, r.length);
+    return { outcome: o, data: data ?? Buffer.alloc(0) };
   }
   async writeMemory(r: gpb.WriteMemoryRequest): Promise<gpb.WriteMemoryResponse> {
     const { p, vp } = this.vp(r.name);
-    p.assertActive();
     if (r.data.length < 1 || r.data.length > MAX_GUEST_ACCESS) throw invalidArgument(`data must be 1..${MAX_GUEST_ACCESS} bytes`);
-    const ok = p.writeView(vp.activeVtl, vp.index, r.gpa, Buffer.from(r.data));
     // A guest write to the hypercall page (read/execute for the guest) raises #GP.
-    return { outcome: outcome({ exception: ok ? undefined : core.X64Exception.GP, activeVtl: vp.activeVtl }) };
+    return { outcome: (await this.access(p, vp, 'write', r.gpa, r.data.length, Buffer.from(r.data))).outcome };
+  }
+  async executeMemory(r: gpb.ExecuteMemoryRequest): Promise<gpb.ExecuteMemoryResponse> {
+    const { p, vp } = this.vp(r.name);
+    if (r.length < 1 || r.length > 16) throw invalidArgument('length must be 1..16 (one instruction fetch)');
+    const { outcome: o, data } = await this.access(p, vp, 'execute', r.gpa, r.length);
+    return { outcome: o, data: data ?? Buffer.alloc(0) };
+  }
+
+  /**
+   * Runs a memory guest action; on the monitor route, waits (until the client's deadline) for a
+   * monitor's answer, following RETRY answers that intercept again.
+   */
+  private async access(p: Partition, vp: VirtualProcessor, kind: core.AccessKind, gpa: bigint, length: number, data?: Buffer): Promise<{ outcome: gpb.GuestActionOutcome; data?: Buffer }> {
+    if (length < 1 || length > MAX_GUEST_ACCESS) throw invalidArgument(`length must be 1..${MAX_GUEST_ACCESS}`);
+    let o: core.AccessOutcome = core.guestAccess(p, vp, kind, gpa, length, data);
+    while (o.status === 'intercepted' && o.awaitingMonitor) {
+      const id = o.intercept.id;
+      await new Promise<void>((resolve) => {
+        if (p.intercepts.status(id) !== 'pending') return resolve();
+        const off = p.intercepts.onResolved((x) => { if (x === id) { off(); resolve(); } });
+      });
+      o = vp.lastMonitorOutcome ?? { status: 'crashed' };
+    }
+    return accessOutcome(vp, o);
   }
 
   // ---- raw memory -----------------------------------------------------------------------------
@@ -177,14 +197,18 @@ export class EmulatorBackend implements Backend {
     const p = this.partition(r.name);
     if (r.length < 1 || r.length > MAX_GPA_ACCESS) throw invalidArgument(`length must be 1..${MAX_GPA_ACCESS}`);
     p.checkRange(r.gpa, r.length);
-    if (r.vtlView === undefined) return { data: p.memory.read(r.gpa, r.length) };
+    const viewGeneration = BigInt(p.viewGeneration);
+    if (r.vtlView === undefined) return { data: p.memory.read(r.gpa, r.length), viewGeneration };
     if (!isVtl(r.vtlView) || !p.vtls.get(r.vtlView).enabled) throw new HvError(HvStatus.HV_STATUS_INVALID_VTL_STATE, `VTL ${r.vtlView} is not enabled for the partition`);
-    return { data: p.readView(r.vtlView, 0, r.gpa, r.length) };
+    return { data: p.readView(r.vtlView, 0, r.gpa, r.length), viewGeneration };
   }
   async writeGpa(r: mpb.WriteGpaRequest): Promise<mpb.WriteGpaResponse> {
     const p = this.partition(r.name);
     if (r.data.length < 1 || r.data.length > MAX_GPA_ACCESS) throw invalidArgument(`data must be 1..${MAX_GPA_ACCESS} bytes`);
     p.checkRange(r.gpa, r.data.length);
+    if (r.expectedViewGeneration !== undefined && r.expectedViewGeneration !== BigInt(p.viewGeneration)) {
+      throw new HvError(HvStatus.HV_STATUS_OPERATION_DENIED, `stale memory-view generation ${r.expectedViewGeneration} (now ${p.viewGeneration}): re-read and write again`);
+    }
     p.memory.write(r.gpa, r.data);
     return {};
   }
@@ -267,6 +291,116 @@ export class EmulatorBackend implements Backend {
     }
   }
 
+  // ---- protections and intercepts ------------------------------------------------------------
+
+  async modifyVtlProtectionMask(r: P.ModifyVtlProtectionMaskRequest): Promise<P.ModifyVtlProtectionMaskResponse> {
+    const p = this.partition(r.name);
+    if (r.ranges.length === 0) throw invalidArgument('ranges must not be empty');
+    if (r.ranges.length > 65536) throw invalidArgument('at most 65536 ranges per call');
+    const changed = p.modifyVtlProtectionMask('host', r.protectingVtl, r.mapFlags, r.ranges.map((x) => ({ start: x.startPage, count: x.pageCount })));
+    return { pagesChanged: BigInt(changed), viewGeneration: BigInt(p.viewGeneration) };
+  }
+  async getVtlProtections(r: P.GetVtlProtectionsRequest): Promise<P.GetVtlProtectionsResponse> {
+    const p = this.partition(r.name);
+    if (!isVtl(r.protectingVtl) || r.protectingVtl === 0) throw invalidArgument(`VTL ${r.protectingVtl} does not protect anything (protecting VTLs are 1..${core.HV_MAX_SUPPORTED_VTL})`);
+    const m = p.protections.get(r.protectingVtl);
+    return {
+      protectionEnabled: !!m,
+      defaultMapFlags: m ? m.defaultMask : 0xf,
+      ranges: (m?.list() ?? []).map((x) => ({ pages: { startPage: BigInt(x.start), pageCount: BigInt(x.end - x.start) }, mapFlags: x.mask })),
+      viewGeneration: BigInt(p.viewGeneration),
+    };
+  }
+  async setInterceptRoute(r: P.SetInterceptRouteRequest): Promise<P.SetInterceptRouteResponse> {
+    const p = this.partition(r.name);
+    const routes: Partial<Record<P.InterceptRoute, core.InterceptRoute>> = {
+      [P.InterceptRoute.INTERCEPT_ROUTE_HIGHER_VTL]: 'vtl',
+      [P.InterceptRoute.INTERCEPT_ROUTE_MONITOR]: 'monitor',
+      [P.InterceptRoute.INTERCEPT_ROUTE_BOTH]: 'both',
+    };
+    const route = routes[r.route];
+    if (!route) throw invalidArgument('route must be HIGHER_VTL, MONITOR or BOTH');
+    p.interceptRoute = route;
+    return { route: r.route };
+  }
+  async listPendingIntercepts(r: P.ListPendingInterceptsRequest): Promise<P.ListPendingInterceptsResponse> {
+    const p = this.partition(r.name);
+    return { intercepts: [...p.intercepts.pending.values()].map((x) => interceptEvent(x, false)) };
+  }
+
+  async monitor(requests: AsyncIterable<P.MonitorRequest>, sink: StreamSink<P.MonitorResponse>, signal: AbortSignal): Promise<void> {
+    const it = requests[Symbol.asyncIterator]();
+    const first = await it.next();
+    if (first.done || first.value.kind?.$case !== 'subscribe') throw invalidArgument('the first Monitor message must be subscribe');
+    const sub = first.value.kind.value;
+    const p = this.partition(sub.name);
+    if (sub.vpIndex !== undefined) p.vp(sub.vpIndex);
+    if (sub.vtl !== undefined && !isVtl(sub.vtl)) throw invalidArgument(`vtl ${sub.vtl} is not a supported VTL`);
+    if ((sub.accessMask & ~7) !== 0) throw invalidArgument('access_mask has bits other than read 0x1, write 0x2, execute 0x4');
+    let mask = sub.accessMask === 0 ? 7 : sub.accessMask;
+    const kindBit: Record<core.AccessKind, number> = { read: 1, write: 2, execute: 4 };
+    const matches = (x: core.InterceptRecord) =>
+      (mask & kindBit[x.kind]) !== 0 &&
+      (sub.vpIndex === undefined || x.vpIndex === sub.vpIndex) &&
+      (sub.vtl === undefined || x.vtl === sub.vtl) &&
+      (sub.gpaStart === undefined || x.gpa >= sub.gpaStart) &&
+      (sub.gpaEnd === undefined || x.gpa < sub.gpaEnd);
+    const send = (x: core.InterceptRecord) => {
+      const redelivered = x.deliveries > 0;
+      x.deliveries++;
+      sink.write({ kind: { $case: 'intercept', value: interceptEvent(x, redelivered) } });
+    };
+    sink.write({ kind: { $case: 'subscription', value: { accessMask: mask, viewGeneration: BigInt(p.viewGeneration) } } });
+    // At-least-once: everything still unanswered goes to the new monitor first.
+    for (const x of p.intercepts.pending.values()) if (matches(x)) send(x);
+    const off = p.intercepts.subscribe((x) => { if (matches(x)) send(x); });
+    try {
+      while (!signal.aborted) {
+        const next = await it.next();
+        if (next.done) break;
+        const k = next.value.kind;
+        if (!k) continue;
+        if (k.$case === 'subscribe') throw invalidArgument('subscribe may only be sent once per stream');
+        if (k.$case === 'updateEvents') {
+          const m = k.value.accessMask;
+          if ((m & ~7) !== 0) throw invalidArgument('access_mask has bits other than read 0x1, write 0x2, execute 0x4');
+          if (k.value.op === P.EventMaskOp.EVENT_MASK_OP_SET) mask = m;
+          else if (k.value.op === P.EventMaskOp.EVENT_MASK_OP_ENABLE) mask |= m;
+          else if (k.value.op === P.EventMaskOp.EVENT_MASK_OP_DISABLE) mask &= ~m;
+          else throw invalidArgument('update_events.op must be SET, ENABLE or DISABLE');
+          sink.write({ kind: { $case: 'subscription', value: { accessMask: mask, viewGeneration: BigInt(p.viewGeneration) } } });
+          continue;
+        }
+        sink.write({ kind: { $case: 'replyResult', value: this.reply(p, k.value) } });
+      }
+    } finally {
+      off();
+    }
+  }
+
+  private reply(p: Partition, r: P.InterceptReply): P.ReplyResult {
+    const actions: Partial<Record<P.InterceptAction, core.InterceptAction>> = {
+      [P.InterceptAction.INTERCEPT_ACTION_ALLOW]: 'allow',
+      [P.InterceptAction.INTERCEPT_ACTION_SKIP]: 'skip',
+      [P.InterceptAction.INTERCEPT_ACTION_RETRY]: 'retry',
+      [P.InterceptAction.INTERCEPT_ACTION_CRASH]: 'crash',
+    };
+    const base = { interceptId: r.interceptId };
+    const action = actions[r.action];
+    const gen = () => BigInt(p.viewGeneration);
+    if (!action) return { ...base, status: P.ReplyStatus.REPLY_STATUS_INVALID, detail: 'action must be ALLOW, SKIP, RETRY or CRASH', viewGeneration: gen() };
+    const st = p.intercepts.status(r.interceptId);
+    if (st === 'unknown') return { ...base, status: P.ReplyStatus.REPLY_STATUS_UNKNOWN_INTERCEPT, detail: `intercept ${r.interceptId} is not pending`, viewGeneration: gen() };
+    if (st === 'duplicate') return { ...base, status: P.ReplyStatus.REPLY_STATUS_DUPLICATE, detail: 'already answered; ignored', viewGeneration: gen() };
+    try {
+      core.answerIntercept(p, r.interceptId, action, { data: Buffer.from(r.data), generation: r.viewGeneration === undefined ? undefined : Number(r.viewGeneration) });
+      return { ...base, status: P.ReplyStatus.REPLY_STATUS_APPLIED, detail: action, viewGeneration: gen() };
+    } catch (e) {
+      if (e instanceof HvError && e.status === HvStatus.HV_STATUS_OPERATION_DENIED) return { ...base, status: P.ReplyStatus.REPLY_STATUS_STALE_GENERATION, detail: e.message, viewGeneration: gen() };
+      throw e;
+    }
+  }
+
   async close(): Promise<void> {}
 
   // ---- helpers --------------------------------------------------------------------------------
@@ -300,15 +434,55 @@ function toPbVp(p: Partition, vp: VirtualProcessor): vpb.VirtualProcessor {
   return {
     name: vpName(p.id, vp.index),
     vpIndex: vp.index,
-    vtlStatus: { activeVtl: vp.activeVtl, enabledVtlSet: vp.enabledVtlSet, lastEntryReason: vp.vtls.get(vp.activeVtl).entryReason, interceptSuspended: false },
+    vtlStatus: { activeVtl: vp.activeVtl, enabledVtlSet: vp.enabledVtlSet, lastEntryReason: vp.vtls.get(vp.activeVtl).entryReason, interceptSuspended: vp.suspendedOn !== null, suspendedInterceptId: vp.suspendedOn ?? 0n },
   };
 }
 
-function outcome(o: { exception?: number; activeVtl: number; vtlSwitch?: core.VtlSwitchEvent }): gpb.GuestActionOutcome {
+function outcome(o: { exception?: number; activeVtl: number; vtlSwitch?: core.VtlSwitchEvent; resumedAccess?: core.ResumedAccess }): gpb.GuestActionOutcome {
+  let resumedAccess: gpb.ResumedAccess | undefined;
+  let intercept: gpb.InterceptNotice | undefined;
+  if (o.resumedAccess) {
+    const ro = o.resumedAccess.outcome;
+    resumedAccess = { interceptId: o.resumedAccess.interceptId, completed: ro.status === 'completed', skipped: ro.status === 'skipped', interceptedAgain: ro.status === 'intercepted', data: ro.status === 'completed' && ro.data ? ro.data : Buffer.alloc(0) };
+    if (ro.status === 'intercepted') intercept = interceptNotice(ro);
+  }
   return {
     exception: (o.exception ?? 0) as gpb.X64Exception,
     activeVtl: o.activeVtl,
     vtlSwitch: o.vtlSwitch ? { fromVtl: o.vtlSwitch.fromVtl, toVtl: o.vtlSwitch.toVtl, entryReason: o.vtlSwitch.entryReason } : undefined,
+    intercept,
+    resumedAccess,
+    partitionCrashed: false,
+  };
+}
+
+function interceptNotice(o: Extract<core.AccessOutcome, { status: 'intercepted' }>): gpb.InterceptNotice {
+  const r = o.intercept;
+  return { interceptId: r.id, protectingVtl: r.protectingVtl, gpa: r.gpa, accessType: ACCESS_TYPE[r.kind], hvMessage: r.message, heldBack: !!o.heldBack };
+}
+
+const ACCESS_TYPE: Record<core.AccessKind, P.HvInterceptAccessType> = {
+  read: P.HvInterceptAccessType.HV_INTERCEPT_ACCESS_TYPE_READ,
+  write: P.HvInterceptAccessType.HV_INTERCEPT_ACCESS_TYPE_WRITE,
+  execute: P.HvInterceptAccessType.HV_INTERCEPT_ACCESS_TYPE_EXECUTE,
+};
+
+function accessOutcome(vp: VirtualProcessor, o: core.AccessOutcome): { outcome: gpb.GuestActionOutcome; data?: Buffer } {
+  const base = outcome({ activeVtl: vp.activeVtl });
+  switch (o.status) {
+    case 'completed': return { outcome: base, data: o.data };
+    case 'exception': return { outcome: { ...base, exception: o.exception as gpb.X64Exception } };
+    case 'crashed': return { outcome: { ...base, partitionCrashed: true } };
+    case 'intercepted': return { outcome: { ...base, intercept: interceptNotice(o), vtlSwitch: o.vtlSwitch ? { fromVtl: o.vtlSwitch.fromVtl, toVtl: o.vtlSwitch.toVtl, entryReason: o.vtlSwitch.entryReason } : undefined } };
+  }
+}
+
+/** Built fresh for every delivery: no flag or optional field is carried over (seed 004). */
+function interceptEvent(x: core.InterceptRecord, redelivered: boolean): P.InterceptEvent {
+  return {
+    interceptId: x.id, vpIndex: x.vpIndex, vtl: x.vtl, protectingVtl: x.protectingVtl, accessType: ACCESS_TYPE[x.kind], gpa: x.gpa, length: x.length,
+    writeData: x.data ?? Buffer.alloc(0), viewGeneration: BigInt(x.generation), hvMessage: x.message, messageType: x.message.readUInt32LE(0),
+    rip: x.message.readBigUInt64LE(16 + 24), needsReply: x.needsReply, redelivered,
   };
 }
 
