@@ -345,3 +345,93 @@ describe('external monitors', () => {
     expect([e5.code, e5.reason]).toEqual([status.INVALID_ARGUMENT, 'HV_STATUS_INVALID_PARAMETER']);
   });
 });
+
+describe('SynIC queues, held-back sources, observe-only monitors, arm64', () => {
+  test('messages queue behind a busy slot up to 16 per SINT; a full SINT0 holds the faulting VP back', async () => {
+    const { name, vp0 } = await setup('syn-full');
+    await protectFromVtl1(vp0, 0x1);
+    const post = (i: number) => h.client.synic.postMessage({ name: vp0, vtl: 1, sint: 0, messageType: 0x100 + i, payload: Buffer.from([i]) });
+    expect((await post(0)).delivered).toBe(true);
+    for (let i = 1; i <= 16; i++) expect((await post(i)).delivered).toBe(false);
+    const e = await failure(post(17));
+    expect([e.code, e.reason]).toEqual([status.RESOURCE_EXHAUSTED, 'HV_STATUS_INSUFFICIENT_BUFFERS']);
+    expect((await h.client.synic.getSynicState({ name: vp0, vtl: 1 })).queued[0]).toBe(16);
+    await vtlReturn(vp0);
+    const w = await h.client.guest.writeMemory({ name: vp0, gpa: PROTECTED, data: Buffer.from([9]) });
+    expect(w.outcome?.intercept?.heldBack).toBe(true);
+    expect(w.outcome?.activeVtl).toBe(0); // stays at the faulting instruction, nothing dropped
+    expect(Buffer.from((await h.client.memory.readGpa({ name, gpa: PROTECTED, length: 1 })).data)[0]).toBe('o'.charCodeAt(0));
+    // Slot order: EOM after clearing brings the queue forward one at a time, MessagePending while more wait.
+    await h.client.guest.callHypercallPage({ name: vp0, offset: 0x0f, rcx: 0n });
+    let slot = await simSlot(name);
+    expect([slot.readUInt32LE(0), slot[5]! & 1]).toEqual([0x100, 1]);
+    await h.client.guest.writeMemory({ name: vp0, gpa: SIMP_GPA, data: Buffer.alloc(4) });
+    await h.client.guest.writeMsr({ name: vp0, msr: MSR.EOM, value: 0n });
+    slot = await simSlot(name);
+    expect([slot.readUInt32LE(0), slot[4], slot[16], slot[5]! & 1]).toEqual([0x101, 1, 1, 1]);
+  });
+
+  test('event flags: SignalEvent sets SIEF bits once; masked SINTs and disabled pages are refused', async () => {
+    const { name, vp0 } = await setup('syn-events');
+    const sig = (sint: number, flag: number) => h.client.synic.signalEvent({ name: vp0, vtl: 1, sint, flag });
+    let e = await failure(sig(0, 5));
+    expect([e.code, e.reason]).toEqual([status.FAILED_PRECONDITION, 'HV_STATUS_INVALID_SYNIC_STATE']); // no SIEF page
+    await h.client.guest.writeMsr({ name: vp0, msr: 0x40000082, value: 0xa000n | 1n }); // VTL1 SIEFP
+    expect((await sig(0, 13)).newlySet).toBe(true);
+    expect((await sig(0, 13)).newlySet).toBe(false);
+    const sief = Buffer.from((await h.client.memory.readGpa({ name, gpa: 0xa000n, length: 4, vtlView: 1 })).data);
+    expect(sief[1]).toBe(1 << 5); // flag 13: byte 1, bit 5
+    e = await failure(sig(3, 1)); // SINT3 is masked
+    expect([e.code, e.reason]).toEqual([status.FAILED_PRECONDITION, 'HV_STATUS_INVALID_SYNIC_STATE']);
+    e = await failure(sig(16, 1));
+    expect([e.code, e.reason]).toEqual([status.INVALID_ARGUMENT, 'HV_STATUS_INVALID_PARAMETER']);
+    e = await failure(h.client.synic.postMessage({ name: vp0, vtl: 1, sint: 0, messageType: 0x80000001, payload: Buffer.alloc(0) }));
+    expect([e.code, e.reason]).toEqual([status.INVALID_ARGUMENT, 'HV_STATUS_INVALID_PARAMETER']);
+  });
+
+  test('route BOTH: the VTL handles the intercept, a monitor observes it without answering', async () => {
+    const { name, vp0 } = await setup('syn-both');
+    await protectFromVtl1(vp0, 0x1);
+    await vtlReturn(vp0);
+    await h.client.intercepts.setInterceptRoute({ name, route: pb.InterceptRoute.INTERCEPT_ROUTE_BOTH });
+    const m = h.client.intercepts.monitor();
+    const it = m.events[Symbol.asyncIterator]();
+    m.send({ kind: { $case: 'subscribe', value: { name, accessMask: 0 } as pb.MonitorSubscribe } });
+    expect((await it.next()).value.kind?.$case).toBe('subscription');
+    const w = await h.client.guest.writeMemory({ name: vp0, gpa: PROTECTED, data: Buffer.from('x') });
+    expect(w.outcome?.vtlSwitch?.toVtl).toBe(1);
+    const ev = (await it.next()).value;
+    expect(ev.kind?.$case).toBe('intercept');
+    if (ev.kind?.$case === 'intercept') {
+      expect(ev.kind.value.needsReply).toBe(false);
+      expect(ev.kind.value.interceptId).toBe(w.outcome!.intercept!.interceptId);
+      expect(Buffer.from(ev.kind.value.hvMessage).equals(await simSlot(name))).toBe(true);
+    }
+    expect((await h.client.intercepts.listPendingIntercepts({ name })).intercepts).toHaveLength(0);
+    m.cancel();
+  });
+
+  test('arm64: memory intercepts carry ESR_EL2 and the fault address in the arm64 layout; no x64 MSR path', async () => {
+    const p = await h.client.partitions.createPartition({ partitionId: 'arm', partition: { architecture: pb.Architecture.ARCHITECTURE_ARM64, vpCount: 1, memoryBytes: GiB, maximumVtl: 1 } as pb.Partition });
+    const vp0 = `${p.name}/vps/0`;
+    expect((await h.client.guest.writeMsr({ name: vp0, msr: MSR.GUEST_OS_ID, value: 1n })).outcome?.exception).toBe(pb.X64Exception.X64_EXCEPTION_UD);
+    const hc = await failure(h.client.guest.hypercall({ name: vp0, control: 0x50n }));
+    expect([hc.code, hc.reason]).toEqual([status.UNIMPLEMENTED, 'HV_STATUS_FEATURE_UNAVAILABLE']);
+    await h.client.vtl.enablePartitionVtl({ name: p.name, targetVtl: 1 });
+    await h.client.vtl.enableVpVtl({ name: vp0, targetVtl: 1 });
+    // VTL1's SynIC through its registers (arm64 has no MSRs): SIMP and SCONTROL.
+    await h.client.vps.setVpRegisters({ name: vp0, vtl: 1, registers: [r64(R.HV_REGISTER_NAME_SIPP, SIMP_GPA | 1n), r64(R.HV_REGISTER_NAME_SCONTROL, 1n), r64(R.HV_REGISTER_NAME_VSM_PARTITION_CONFIG, 1n | (0xfn << 1n))] });
+    await h.client.intercepts.modifyVtlProtectionMask({ name: p.name, protectingVtl: 1, mapFlags: 0x1, ranges: [{ startPage: PROTECTED >> 12n, pageCount: 1n }] });
+    const w = await h.client.guest.writeMemory({ name: vp0, gpa: PROTECTED + 0x10n, data: Buffer.from([1]) });
+    expect(w.outcome?.vtlSwitch?.toVtl).toBe(1);
+    const slot = await simSlot(p.name);
+    expect([slot.readUInt32LE(0), slot[4]]).toEqual([0x80000001, 64]); // HV_ARM64_MEMORY_INTERCEPT_MESSAGE
+    expect(slot[16 + 5]).toBe(1); // write
+    expect((slot.readUInt16LE(16 + 6) >> 4) & 0xf).toBe(0); // Vtl of the faulting context
+    expect(slot.readBigUInt64LE(16 + 48)).toBe(PROTECTED + 0x10n); // GuestPhysicalAddress
+    const esr = slot.readBigUInt64LE(16 + 56);
+    expect(esr >> 26n).toBe(0x24n); // EC: data abort from a lower EL
+    expect((esr >> 6n) & 1n).toBe(1n); // WnR
+    expect(esr & 0x3fn).toBe(0x0fn); // permission fault, level 3
+  });
+});

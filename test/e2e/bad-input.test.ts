@@ -89,6 +89,19 @@ describe('GuestService', () => {
   });
 });
 
+describe('SynicService and ExecuteMemory', () => {
+  test('bad input', async () => {
+    await expectErr(h.client.synic.getSynicState({ name: vp0, vtl: 1 }), status.FAILED_PRECONDITION, 'HV_STATUS_INVALID_VTL_STATE');
+    await expectErr(h.client.synic.postMessage({ name: vp0, vtl: 0, sint: 0, messageType: 1, payload: Buffer.alloc(0) }), status.FAILED_PRECONDITION, 'HV_STATUS_INVALID_SYNIC_STATE');
+    await expectErr(h.client.synic.postMessage({ name: vp0, vtl: 0, sint: 0, messageType: 1, payload: Buffer.alloc(241) }), ...INVALID);
+    await expectErr(h.client.synic.postMessage({ name: vp0, vtl: 0, sint: 0, messageType: 0, payload: Buffer.alloc(1) }), ...INVALID);
+    await expectErr(h.client.synic.signalEvent({ name: vp0, vtl: 0, sint: 0, flag: 2048 }), ...INVALID);
+    await expectErr(h.client.synic.signalEvent({ name: 'partitions/none/vps/0', vtl: 0, sint: 0, flag: 1 }), status.NOT_FOUND, 'HV_STATUS_INVALID_PARTITION_ID');
+    await expectErr(h.client.guest.executeMemory({ name: vp0, gpa: 0n, length: 17 }), ...INVALID);
+    await expectErr(h.client.guest.executeMemory({ name: vp0, gpa: GiB, length: 1 }), ...INVALID);
+  });
+});
+
 describe('MemoryService', () => {
   test('bounds, lengths and views', async () => {
     await expectErr(h.client.memory.readGpa({ name: part, gpa: 0n, length: 0 }), ...INVALID);
@@ -100,7 +113,9 @@ describe('MemoryService', () => {
     await expectErr(h.client.memory.listOverlays({ name: 'partitions/none' }), status.NOT_FOUND, 'HV_STATUS_INVALID_PARTITION_ID');
     await expectErr(h.client.memory.listOverlays({ name: part, vtl: 7 }), ...INVALID);
     await expectErr(h.client.memory.listOverlays({ name: 'bad name' }), ...INVALID);
-    await h.client.memory.writeGpa({ name: part, gpa: 0xfffen, data: Buffer.from([1, 2, 3, 4]) });
+    const g = (await h.client.memory.readGpa({ name: part, gpa: 0n, length: 1 })).viewGeneration;
+    await expectErr(h.client.memory.writeGpa({ name: part, gpa: 0n, data: Buffer.from([1]), expectedViewGeneration: g + 1n }), status.FAILED_PRECONDITION, 'HV_STATUS_OPERATION_DENIED');
+    await h.client.memory.writeGpa({ name: part, gpa: 0xfffen, data: Buffer.from([1, 2, 3, 4]), expectedViewGeneration: g });
     expect([...(await h.client.memory.readGpa({ name: part, gpa: 0xfffen, length: 4 })).data]).toEqual([1, 2, 3, 4]);
   });
 });

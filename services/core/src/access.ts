@@ -16,6 +16,8 @@ import {
   HvMessageType,
   encodeHvMessage,
   encodeMemoryInterceptMessage,
+  encodeArm64MemoryInterceptMessage,
+  arm64PermissionFaultSyndrome,
 } from './tlfs/message';
 
 export const MAX_GUEST_ACCESS_BYTES = 65536;
@@ -102,7 +104,7 @@ function raiseIntercept(p: Partition, vp: VirtualProcessor, protectingVtl: Vtl, 
     // drained its queue.
     return { status: 'intercepted', intercept: rec, awaitingMonitor: false, heldBack: true };
   }
-  vp.vtls.get(vtl).pendingAccess = { kind, gpa, length, data: rec.data, rip: p.reg(vp, R.HvX64RegisterRip), interceptId: id };
+  vp.vtls.get(vtl).pendingAccess = { kind, gpa, length, data: rec.data, rip: p.spec.architecture === 'arm64' ? vp.vtls.get(vtl).arm64Pc : p.reg(vp, R.HvX64RegisterRip), interceptId: id };
   if (route === 'both') p.intercepts.publish(rec);
   const ev = p.switchVtl(vp, protectingVtl, HvVtlEntryReason.HvVtlEntryInterrupt, false);
   resumeStub(p, vp);
@@ -111,6 +113,25 @@ function raiseIntercept(p: Partition, vp: VirtualProcessor, protectingVtl: Vtl, 
 
 /** HV_MESSAGE{HvMessageTypeGpaIntercept, HV_X64_MEMORY_INTERCEPT_MESSAGE} for the VP's state now. */
 export function buildInterceptMessage(p: Partition, vp: VirtualProcessor, kind: AccessKind, gpa: bigint): Buffer {
+  if (p.spec.architecture === 'arm64') {
+    const st = vp.vtls.get(vp.activeVtl);
+    const payload = encodeArm64MemoryInterceptMessage({
+      vpIndex: vp.index,
+      instructionLength: 4, // A64 instructions are 4 bytes
+      interceptAccessType: ACCESS_TYPE[kind],
+      executionState: { cpl: 1, debugActive: false, interruptionPending: false, vtl: vp.activeVtl }, // EL1
+      pc: st.arm64Pc,
+      cpsr: st.arm64Cpsr,
+      cacheType: HvCacheType.HvCacheTypeWriteBack,
+      instructionByteCount: 0,
+      memoryAccessInfo: { gvaValid: false },
+      instructionBytes: Buffer.alloc(4),
+      guestVirtualAddress: 0n,
+      guestPhysicalAddress: gpa,
+      syndrome: arm64PermissionFaultSyndrome(kind),
+    });
+    return encodeHvMessage({ messageType: HvMessageType.HvMessageTypeGpaIntercept, payloadSize: payload.length, messageFlags: 0, originationId: 0n }, payload);
+  }
   const regs = vp.vtls.get(vp.activeVtl).regs;
   const seg = (n: number) => reg128ToSegment(regs.get(n) ?? { low: 0n, high: 0n });
   const gprs = Array.from({ length: 16 }, (_, i) => p.reg(vp, R.HvX64RegisterRax + i));
@@ -160,7 +181,8 @@ export function resumePendingAccess(p: Partition, vp: VirtualProcessor): Resumed
   const pa = st.pendingAccess;
   if (!pa) return undefined;
   st.pendingAccess = null;
-  if (p.reg(vp, R.HvX64RegisterRip) !== pa.rip) return { interceptId: pa.interceptId, kind: pa.kind, gpa: pa.gpa, outcome: { status: 'skipped' } };
+  const pc = p.spec.architecture === 'arm64' ? st.arm64Pc : p.reg(vp, R.HvX64RegisterRip);
+  if (pc !== pa.rip) return { interceptId: pa.interceptId, kind: pa.kind, gpa: pa.gpa, outcome: { status: 'skipped' } };
   const o = guestAccess(p, vp, pa.kind, pa.gpa, pa.length, pa.data);
   return { interceptId: pa.interceptId, kind: pa.kind, gpa: pa.gpa, outcome: o };
 }

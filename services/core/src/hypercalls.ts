@@ -84,6 +84,7 @@ export function hypercallRegisters(p: Partition, vp: VirtualProcessor): Hypercal
 export function executeVmcall(p: Partition, vp: VirtualProcessor, opts: { instructionLength?: number } = {}): HypercallOutcome {
   const insnLen = BigInt(opts.instructionLength ?? 3);
   p.assertActive();
+  if (p.spec.architecture !== 'x64') throw new HvError(HvStatus.HV_STATUS_FEATURE_UNAVAILABLE, 'arm64 hypercalls (HVC #0/#2/#3) are not modelled by this emulator; only memory intercepts are');
   const callerVtl = vp.activeVtl;
   // Legal environment: CPL0 in protected mode; otherwise #UD (tlfs-hypercalls.md §1.1).
   if (p.cpl(vp) !== 0 || p.inRealMode(vp)) return { exception: X64Exception.UD, activeVtl: callerVtl, resultValue: 0n };

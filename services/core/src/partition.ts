@@ -107,6 +107,10 @@ class VpVtlState {
   vina = 0n;
   /** An access of this VTL that intercepted to a higher VTL and waits to be retried or skipped. */
   pendingAccess: PendingAccess | null = null;
+  /** arm64 partitions: PC and CPSR of this VTL (PC/PSTATE are VTL-private, tlfs-vsm.md §9.2). The
+   *  emulator models no other arm64 register; CPSR starts as EL1h with DAIF masked. */
+  arm64Pc = 0n;
+  arm64Cpsr = 0x3c5n;
   /** This VTL's SynIC on this VP (tlfs-overlays-synic.md §5.9: private per VTL). */
   readonly synic = new Synic();
   /** HvRegisterVsmVpSecureConfigVtlN owned by this VTL, indexed by lower VTL N. */

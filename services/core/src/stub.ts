@@ -17,6 +17,7 @@ export interface StubOutcome extends GuestOutcome {
 
 export function callHypercallPage(p: Partition, vp: VirtualProcessor, offset: number): StubOutcome {
   p.assertActive();
+  if (p.spec.architecture !== 'x64') throw new HvError(HvStatus.HV_STATUS_FEATURE_UNAVAILABLE, 'arm64 has no hypercall page (HVC #2/#3 instead; not modelled)');
   const vtl = vp.activeVtl;
   const overlay = p.overlays.find('hypercall', vtl, null);
   if (!overlay) throw new HvError(HvStatus.HV_STATUS_INVALID_VP_STATE, `the hypercall page is not enabled in VTL ${vtl} (HV_X64_MSR_HYPERCALL)`);

@@ -45,5 +45,9 @@ export interface Backend {
   /** A monitor session: reads requests until the client half-closes or `signal` aborts. */
   monitor(requests: AsyncIterable<pb.MonitorRequest>, sink: StreamSink<pb.MonitorResponse>, signal: AbortSignal): Promise<void>;
 
+  postMessage(r: pb.PostMessageRequest): Promise<pb.PostMessageResponse>;
+  signalEvent(r: pb.SignalEventRequest): Promise<pb.SignalEventResponse>;
+  getSynicState(r: pb.GetSynicStateRequest): Promise<pb.GetSynicStateResponse>;
+
   close(): Promise<void>;
 }

@@ -187,3 +187,57 @@ export interface HvSignalEventInput {
 export function decodeSignalEventInput(b: Buffer): HvSignalEventInput {
   return { connectionId: b.readUInt32LE(0), flagNumber: b.readUInt16LE(4), rsvdZ: b.readUInt16LE(6) };
 }
+
+/**
+ * HV_ARM64_INTERCEPT_MESSAGE_HEADER (24 bytes) and HV_ARM64_MEMORY_INTERCEPT_MESSAGE (64 bytes)
+ * (tlfs-intercepts.md §6.9). The TLFS documents no arm64 intercept payloads: these layouts come from
+ * OpenVMM and Linux only, so every field here is unconfirmed against real Hyper-V.
+ */
+export interface HvArm64MemoryInterceptMessage {
+  vpIndex: number; // +0
+  instructionLength: number; // +4
+  interceptAccessType: HvInterceptAccessTypeValue; // +5
+  /** HV_ARM64_VP_EXECUTION_STATE: 1:0 Cpl (EL), 2 DebugActive, 3 InterruptionPending, 7:4 Vtl. */
+  executionState: { cpl: number; debugActive: boolean; interruptionPending: boolean; vtl: number }; // +6
+  pc: bigint; // +8
+  cpsr: bigint; // +16
+  cacheType: number; // +24
+  instructionByteCount: number; // +28
+  memoryAccessInfo: { gvaValid: boolean }; // +29 (bit 0 GvaValid)
+  instructionBytes: Buffer; // +32, 4 bytes
+  guestVirtualAddress: bigint; // +40
+  guestPhysicalAddress: bigint; // +48
+  /** ESR_EL2, the full 64-bit syndrome. */
+  syndrome: bigint; // +56
+}
+export const HV_ARM64_MEMORY_INTERCEPT_MESSAGE_SIZE = 64;
+
+export function encodeArm64MemoryInterceptMessage(m: HvArm64MemoryInterceptMessage): Buffer {
+  const b = Buffer.alloc(HV_ARM64_MEMORY_INTERCEPT_MESSAGE_SIZE);
+  b.writeUInt32LE(m.vpIndex >>> 0, 0);
+  b[4] = m.instructionLength;
+  b[5] = m.interceptAccessType;
+  const es = m.executionState;
+  b.writeUInt16LE((es.cpl & 3) | (es.debugActive ? 4 : 0) | (es.interruptionPending ? 8 : 0) | ((es.vtl & 0xf) << 4), 6);
+  b.writeBigUInt64LE(m.pc, 8);
+  b.writeBigUInt64LE(m.cpsr, 16);
+  b.writeUInt32LE(m.cacheType >>> 0, 24);
+  b[28] = m.instructionByteCount;
+  b[29] = m.memoryAccessInfo.gvaValid ? 1 : 0;
+  m.instructionBytes.copy(b, 32, 0, Math.min(4, m.instructionBytes.length));
+  b.writeBigUInt64LE(m.guestVirtualAddress, 40);
+  b.writeBigUInt64LE(m.guestPhysicalAddress, 48);
+  b.writeBigUInt64LE(m.syndrome, 56);
+  return b;
+}
+
+/**
+ * ESR_EL2 for a stage-2 permission fault taken from a lower EL (Arm ARM D17.2.37): EC 0x24 (data
+ * abort) or 0x20 (instruction abort) in bits 31:26, IL (bit 25) = 1 (32-bit instruction), WnR (bit
+ * 6) for writes, xFSC = 0b001111 (permission fault, level 3). ISV = 0: no instruction syndrome.
+ */
+export function arm64PermissionFaultSyndrome(kind: 'read' | 'write' | 'execute'): bigint {
+  const ec = kind === 'execute' ? 0x20n : 0x24n;
+  const wnr = kind === 'write' ? 1n << 6n : 0n;
+  return (ec << 26n) | (1n << 25n) | wnr | 0x0fn;
+}

@@ -401,6 +401,41 @@ export class EmulatorBackend implements Backend {
     }
   }
 
+  // ---- SynIC ---------------------------------------------------------------------------------
+
+  private synicTarget(name: string, vtl: number, sint: number): { p: Partition; vp: VirtualProcessor; vtl: core.Vtl } {
+    const { p, vp } = this.vp(name);
+    p.assertActive();
+    if (!isVtl(vtl) || !vp.vtls.get(vtl).enabled) throw new HvError(HvStatus.HV_STATUS_INVALID_VTL_STATE, `VTL ${vtl} is not enabled on VP ${vp.index}`);
+    if (!Number.isInteger(sint) || sint < 0 || sint > 15) throw invalidArgument('sint must be 0..15');
+    return { p, vp, vtl };
+  }
+  async postMessage(r: P.PostMessageRequest): Promise<P.PostMessageResponse> {
+    const { p, vp, vtl } = this.synicTarget(r.name, r.vtl, r.sint);
+    if (r.messageType === 0 || (r.messageType & 0x80000000) !== 0) throw invalidArgument('message_type must be non-zero with bit 31 clear (hypervisor types are reserved)');
+    if (r.payload.length > core.HV_MESSAGE_MAX_PAYLOAD_BYTE_COUNT) throw invalidArgument('payload exceeds 240 bytes');
+    const view = p.synicView(vp, vtl);
+    // A VP whose SynIC or SIM page is disabled is not an eligible target (§5.4 rule 1).
+    if (!view.enabled() || !view.simPage()) throw new HvError(HvStatus.HV_STATUS_INVALID_SYNIC_STATE, `the SynIC or SIM page of VP ${vp.index} VTL ${vtl} is disabled`);
+    const msg = core.encodeHvMessage({ messageType: r.messageType, payloadSize: r.payload.length, messageFlags: 0, originationId: 0n }, Buffer.from(r.payload));
+    const res = p.postMessage(vp, vtl, r.sint, msg);
+    if (res === 'full') throw new HvError(HvStatus.HV_STATUS_INSUFFICIENT_BUFFERS, `SINT${r.sint} already has ${core.SYNIC_QUEUE_LIMIT} queued messages`);
+    return { delivered: res === 'delivered' };
+  }
+  async signalEvent(r: P.SignalEventRequest): Promise<P.SignalEventResponse> {
+    const { p, vp, vtl } = this.synicTarget(r.name, r.vtl, r.sint);
+    if (!Number.isInteger(r.flag) || r.flag < 0 || r.flag >= core.HV_EVENT_FLAGS_COUNT) throw invalidArgument('flag must be 0..2047');
+    const res = vp.vtls.get(vtl).synic.signalEvent(p.synicView(vp, vtl), r.sint, r.flag);
+    if (res === 'disabled') throw new HvError(HvStatus.HV_STATUS_INVALID_SYNIC_STATE, 'the SynIC or SIEF page is disabled');
+    if (res === 'masked') throw new HvError(HvStatus.HV_STATUS_INVALID_SYNIC_STATE, `SINT${r.sint} is masked`);
+    return { newlySet: res };
+  }
+  async getSynicState(r: P.GetSynicStateRequest): Promise<P.GetSynicStateResponse> {
+    const { vp } = this.vp(r.name);
+    if (!isVtl(r.vtl) || !vp.vtls.get(r.vtl).enabled) throw new HvError(HvStatus.HV_STATUS_INVALID_VTL_STATE, `VTL ${r.vtl} is not enabled on VP ${vp.index}`);
+    return { queued: vp.vtls.get(r.vtl).synic.queues.map((q) => q.length) };
+  }
+
   async close(): Promise<void> {}
 
   // ---- helpers --------------------------------------------------------------------------------
