@@ -435,3 +435,16 @@ describe('SynIC queues, held-back sources, observe-only monitors, arm64', () => 
     expect(esr & 0x3fn).toBe(0x0fn); // permission fault, level 3
   });
 });
+
+test('deadline policy: with no monitor, an unanswered intercept gets the partition\'s deadline action', async () => {
+  const { name, vp0 } = await setup('mon-deadline');
+  await protectFromVtl1(vp0, 0x1);
+  await vtlReturn(vp0);
+  const set = await h.client.intercepts.setInterceptRoute({ name, route: pb.InterceptRoute.INTERCEPT_ROUTE_MONITOR, answerDeadlineMs: 200n, deadlineAction: pb.InterceptAction.INTERCEPT_ACTION_SKIP });
+  expect(set.answerDeadlineMs).toBe(200n);
+  const w = await h.client.guest.writeMemory({ name: vp0, gpa: PROTECTED, data: Buffer.from('x') });
+  expect(w.outcome?.exception).toBe(0);
+  expect(Buffer.from((await h.client.memory.readGpa({ name, gpa: PROTECTED, length: 1 })).data).toString()).toBe('o');
+  const e = await failure(h.client.intercepts.setInterceptRoute({ name, route: pb.InterceptRoute.INTERCEPT_ROUTE_MONITOR, answerDeadlineMs: 10n }));
+  expect([e.code, e.reason]).toEqual([status.INVALID_ARGUMENT, 'HV_STATUS_INVALID_PARAMETER']);
+});

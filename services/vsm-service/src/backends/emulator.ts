@@ -21,6 +21,8 @@ const WATCH_QUEUE = 1024;
 export class EmulatorBackend implements Backend {
   readonly kind = 'emulator';
   readonly manager: PartitionManager;
+  /** Per-partition deadline policy for unanswered intercepts (unset = keep waiting). */
+  private readonly deadlines = new WeakMap<Partition, { ms: number; action: core.InterceptAction } | undefined>();
 
   constructor(limits: Partial<core.Limits> = {}) {
     this.manager = new PartitionManager({ ...core.DEFAULT_LIMITS, ...limits });
@@ -182,9 +184,17 @@ export class EmulatorBackend implements Backend {
     let o: core.AccessOutcome = core.guestAccess(p, vp, kind, gpa, length, data);
     while (o.status === 'intercepted' && o.awaitingMonitor) {
       const id = o.intercept.id;
+      const policy = this.deadlines.get(p);
       await new Promise<void>((resolve) => {
         if (p.intercepts.status(id) !== 'pending') return resolve();
-        const off = p.intercepts.onResolved((x) => { if (x === id) { off(); resolve(); } });
+        let timer: NodeJS.Timeout | undefined;
+        const off = p.intercepts.onResolved((x) => { if (x === id) { off(); if (timer) clearTimeout(timer); resolve(); } });
+        if (policy) {
+          timer = setTimeout(() => {
+            // The partition's explicit deadline policy answers for the absent monitor.
+            if (p.intercepts.status(id) === 'pending') core.answerIntercept(p, id, policy.action);
+          }, policy.ms);
+        }
       });
       o = vp.lastMonitorOutcome ?? { status: 'crashed' };
     }
@@ -320,8 +330,16 @@ export class EmulatorBackend implements Backend {
     };
     const route = routes[r.route];
     if (!route) throw invalidArgument('route must be HIGHER_VTL, MONITOR or BOTH');
+    let policy: { ms: number; action: core.InterceptAction } | undefined;
+    if (r.answerDeadlineMs !== undefined) {
+      const action = INTERCEPT_ACTIONS[r.deadlineAction];
+      if (!action) throw invalidArgument('deadline_action must be ALLOW, SKIP, RETRY or CRASH when answer_deadline_ms is set');
+      if (r.answerDeadlineMs < 1n || r.answerDeadlineMs > 86_400_000n) throw invalidArgument('answer_deadline_ms must be 1..86400000');
+      policy = { ms: Number(r.answerDeadlineMs), action };
+    }
     p.interceptRoute = route;
-    return { route: r.route };
+    this.deadlines.set(p, policy);
+    return { route: r.route, answerDeadlineMs: policy ? BigInt(policy.ms) : undefined, deadlineAction: policy ? r.deadlineAction : P.InterceptAction.INTERCEPT_ACTION_UNSPECIFIED };
   }
   async listPendingIntercepts(r: P.ListPendingInterceptsRequest): Promise<P.ListPendingInterceptsResponse> {
     const p = this.partition(r.name);
@@ -379,12 +397,7 @@ export class EmulatorBackend implements Backend {
   }
 
   private reply(p: Partition, r: P.InterceptReply): P.ReplyResult {
-    const actions: Partial<Record<P.InterceptAction, core.InterceptAction>> = {
-      [P.InterceptAction.INTERCEPT_ACTION_ALLOW]: 'allow',
-      [P.InterceptAction.INTERCEPT_ACTION_SKIP]: 'skip',
-      [P.InterceptAction.INTERCEPT_ACTION_RETRY]: 'retry',
-      [P.InterceptAction.INTERCEPT_ACTION_CRASH]: 'crash',
-    };
+    const actions = INTERCEPT_ACTIONS;
     const base = { interceptId: r.interceptId };
     const action = actions[r.action];
     const gen = () => BigInt(p.viewGeneration);
@@ -495,6 +508,13 @@ function interceptNotice(o: Extract<core.AccessOutcome, { status: 'intercepted' 
   const r = o.intercept;
   return { interceptId: r.id, protectingVtl: r.protectingVtl, gpa: r.gpa, accessType: ACCESS_TYPE[r.kind], hvMessage: r.message, heldBack: !!o.heldBack };
 }
+
+const INTERCEPT_ACTIONS: Partial<Record<P.InterceptAction, core.InterceptAction>> = {
+  [P.InterceptAction.INTERCEPT_ACTION_ALLOW]: 'allow',
+  [P.InterceptAction.INTERCEPT_ACTION_SKIP]: 'skip',
+  [P.InterceptAction.INTERCEPT_ACTION_RETRY]: 'retry',
+  [P.InterceptAction.INTERCEPT_ACTION_CRASH]: 'crash',
+};
 
 const ACCESS_TYPE: Record<core.AccessKind, P.HvInterceptAccessType> = {
   read: P.HvInterceptAccessType.HV_INTERCEPT_ACCESS_TYPE_READ,
