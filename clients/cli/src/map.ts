@@ -1,0 +1,129 @@
+// vsmctl map: a picture of a window of the GPA space, one character per 4 KiB page: RAM contents
+// (zero / non-zero, sampled with ReadGpa) and, per VTL, the overlay pages on top of it.
+import { pb } from '@vsm/client';
+import { Json, Paint, Style, formatSize, hex64, overlayKind, toJson, vtlSet } from './format';
+
+export const PAGE = 4096;
+const PER_ROW = 64;
+const GROUP = 16;
+
+const LETTER: Record<number, string> = {
+  [pb.OverlayKind.OVERLAY_KIND_HYPERCALL]: 'H',
+  [pb.OverlayKind.OVERLAY_KIND_REFERENCE_TSC]: 'T',
+  [pb.OverlayKind.OVERLAY_KIND_VP_ASSIST_PAGE]: 'A',
+  [pb.OverlayKind.OVERLAY_KIND_SIMP]: 'M',
+  [pb.OverlayKind.OVERLAY_KIND_SIEFP]: 'E',
+};
+const COLOR: Record<string, Style> = { H: 'magenta', T: 'cyan', A: 'yellow', M: 'green', E: 'blue' };
+
+export interface MapInput {
+  partition: pb.Partition;
+  /** First page's GPA (page aligned). */
+  from: bigint;
+  /** Per page of the window: whether RAM (host view, under overlays) holds a non-zero byte. */
+  nonZero: boolean[];
+  /** Overlays (any VTL; those outside the window or the chosen VTLs are ignored). */
+  overlays: pb.Overlay[];
+  viewGeneration: bigint;
+  /** VTLs to draw. */
+  vtls: number[];
+}
+
+function pageIndex(inp: MapInput, gpa: bigint): number | undefined {
+  if (gpa < inp.from) return undefined;
+  const i = Number((gpa - inp.from) / BigInt(PAGE));
+  return i < inp.nonZero.length ? i : undefined;
+}
+
+/** Overlays in the window for the chosen VTLs, grouped by VTL and page, each stack top first. */
+function stacks(inp: MapInput): Map<number, Map<number, pb.Overlay[]>> {
+  const out = new Map<number, Map<number, pb.Overlay[]>>();
+  for (const v of inp.vtls) out.set(v, new Map());
+  for (const o of inp.overlays) {
+    const i = pageIndex(inp, o.gpa);
+    const m = out.get(o.vtl);
+    if (i === undefined || !m) continue;
+    const list = m.get(i) ?? [];
+    list.push(o);
+    m.set(i, list);
+  }
+  for (const m of out.values()) for (const l of m.values()) l.sort((a, b) => a.stackPosition - b.stackPosition || (a.vpIndex ?? -1) - (b.vpIndex ?? -1));
+  return out;
+}
+
+const ovLabel = (o: pb.Overlay) => `${overlayKind(o.kind)}${o.vpIndex !== undefined ? ` vp${o.vpIndex}` : ''}`;
+
+export function renderMap(inp: MapInput, paint: Paint): string {
+  const n = inp.nonZero.length;
+  const st = stacks(inp);
+  const ramCell = (i: number) => (inp.nonZero[i] ? paint('#', 'bold', 'white') : paint('.', 'dim'));
+  const grid = (cell: (i: number) => string) => {
+    const rows: string[] = [];
+    for (let r = 0; r < n; r += PER_ROW) {
+      let line = '';
+      for (let i = r; i < Math.min(r + PER_ROW, n); i++) {
+        if (i > r && (i - r) % GROUP === 0) line += ' ';
+        line += cell(i);
+      }
+      rows.push(`  ${paint(hex64(inp.from + BigInt(r * PAGE)), 'dim')}  ${line}`);
+    }
+    return rows;
+  };
+  const last = inp.from + BigInt(n * PAGE) - 1n;
+  const out: string[] = [];
+  out.push(`${paint(inp.partition.name, 'bold')}  memory ${formatSize(inp.partition.memoryBytes)}  VTLs enabled ${vtlSet(inp.partition.enabledVtlSet)}  view generation ${inp.viewGeneration}`);
+  out.push(`window ${hex64(inp.from)}-${hex64(last)}: ${n} pages of 4 KiB, ${PER_ROW} per row`);
+  out.push('');
+  const key = (l: string, what: string) => `${paint(l, COLOR[l] ?? 'bold')} ${what}`;
+  out.push(`legend: ${paint('.', 'dim')} zero RAM  ${paint('#', 'bold', 'white')} non-zero RAM  ${key('H', 'hypercall')}  ${key('T', 'reference TSC')}  ${key('A', 'VP assist')}  ${key('M', 'SynIC messages (SIMP)')}  ${key('E', 'SynIC events (SIEFP)')}`);
+  out.push('        lowercase letter = top of a stack with more overlays underneath (listed below)');
+  out.push('');
+  out.push(paint('RAM (host view, under any overlay)', 'bold'));
+  out.push(...grid(ramCell));
+  for (const v of inp.vtls) {
+    const m = st.get(v)!;
+    out.push(paint(`VTL ${v} view`, 'bold'));
+    out.push(
+      ...grid((i) => {
+        const s = m.get(i);
+        if (!s?.length) return ramCell(i);
+        const l = LETTER[s[0]!.kind] ?? '?';
+        const stacked = s.some((o) => o.stackPosition > 0);
+        return stacked ? paint(l.toLowerCase(), COLOR[l] ?? 'bold', 'bold', 'underline') : paint(l, COLOR[l] ?? 'bold', 'bold');
+      }),
+    );
+  }
+  const details: string[] = [];
+  for (const v of inp.vtls) {
+    for (const [i, s] of [...st.get(v)!.entries()].sort((a, b) => a[0] - b[0])) {
+      const chain = [...s.map(ovLabel), `RAM (${inp.nonZero[i] ? 'non-zero' : 'zero'})`].join(' > ');
+      const ro = s[0]!.readOnly ? ', read-only for the guest' : '';
+      details.push(`  VTL ${v}  ${hex64(inp.from + BigInt(i * PAGE))}  ${chain}${ro}`);
+    }
+  }
+  out.push('');
+  if (details.length) {
+    out.push('overlays in the window (top first):');
+    out.push(...details);
+  } else {
+    out.push('no overlays in the window');
+  }
+  const nz = inp.nonZero.filter(Boolean).length;
+  out.push(`${nz} of ${n} RAM pages non-zero`);
+  return out.join('\n');
+}
+
+export function mapJson(inp: MapInput): Json {
+  const st = stacks(inp);
+  const inWindow = inp.overlays.filter((o) => pageIndex(inp, o.gpa) !== undefined && st.has(o.vtl));
+  return {
+    name: inp.partition.name,
+    from: inp.from.toString(),
+    pages: inp.nonZero.length,
+    pageSize: PAGE,
+    viewGeneration: inp.viewGeneration.toString(),
+    vtls: inp.vtls,
+    nonZeroPages: inp.nonZero.flatMap((nz, i) => (nz ? [(inp.from + BigInt(i * PAGE)).toString()] : [])),
+    overlays: toJson(inWindow),
+  };
+}

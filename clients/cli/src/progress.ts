@@ -1,0 +1,33 @@
+// vsmctl: a one-line progress indicator on stderr, drawn only when stderr is a TTY.
+import { approxSize } from './format';
+
+const FRAMES = ['|', '/', '-', '\\'];
+
+export class Progress {
+  private frame = 0;
+  private lastDraw = 0;
+  private drawn = false;
+
+  constructor(
+    private readonly label: string,
+    private readonly total: number,
+    private readonly stream: NodeJS.WriteStream = process.stderr,
+    private readonly enabled: boolean = process.stderr.isTTY === true,
+  ) {}
+
+  update(done: number): void {
+    if (!this.enabled) return;
+    const now = Date.now();
+    if (done < this.total && now - this.lastDraw < 80) return;
+    this.lastDraw = now;
+    const pct = this.total > 0 ? Math.floor((done * 100) / this.total) : 100;
+    const spin = done < this.total ? FRAMES[this.frame++ % FRAMES.length] : ' ';
+    this.stream.write(`\r\x1b[K${spin} ${this.label} ${String(pct).padStart(3)}% (${approxSize(done)} of ${approxSize(this.total)})`);
+    this.drawn = true;
+  }
+
+  finish(): void {
+    if (this.enabled && this.drawn) this.stream.write('\r\x1b[K');
+    this.drawn = false;
+  }
+}
