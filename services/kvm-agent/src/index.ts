@@ -1,0 +1,4 @@
+/** @vsm/kvm-agent: the KVM host agent (vsm.v1 over /dev/kvm). */
+export * from './backend';
+export * from './partition-manager';
+export * from './platform';

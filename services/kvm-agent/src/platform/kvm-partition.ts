@@ -1,0 +1,548 @@
+/**
+ * The KVM platform of one partition: its memfds (RAM, overlay pages, agent region), one VM per
+ * VTL it runs (created on first use), one vCPU per VP per VTL, and the guest actions, each run as
+ * real instructions on the vCPU of the VP's active VTL.
+ *
+ * The core's register file is the source of truth between runs. A guest action runs a short stub
+ * in the agent region with the agent's own paging, GDT and IDT (flat 64-bit CPL0) and the VP's
+ * general registers where the action reads them; the VP's architectural state the core holds
+ * (RIP, RSP, CR3, segments, ...) is not replaced, so afterwards it is exactly what the emulator
+ * reports: only the action's architectural effects are stored back (see each action). The
+ * privileged checks the TLFS makes (CPL, 32/64-bit convention) are the core's, on the VP's own
+ * state. runVp() instead runs the guest's own code with its full state until HLT.
+ */
+import * as core from '@vsm/core';
+import { GuestOutcome, HvError, HvStatus, Partition, PlatformHooks, VirtualProcessor, Vtl, X64ExceptionVector } from '@vsm/core';
+import {
+  CpuidEntry, HV_MSR_BASE, HV_MSR_COUNT, KvmExit, KvmRegs, KvmSystem, MiniGuest, TimeoutExit, VcpuWatchdog,
+} from '../kvm';
+import { AGENT, AgentRegion, EXCEPTION_PORT, StubName } from './agent-region';
+import { HYPERCALL_INSN_LENGTH, HYPERCALL_IO_SIZE, HYPERCALL_PORT, kvmHypercallPageLayout } from './hypercall-page';
+import { MemfdRam, OverlayPages } from './memory';
+import {
+  MSR_REGISTERS, coreMsrs, coreRegs, coreSregs, getReg, setReg, storeMsrs, storeRegs, storeSregs,
+} from './registers';
+import { VpCpu, VtlVm } from './vtl-vm';
+
+const R = core.HvRegisterName;
+
+/** A guest run that did not end the way the action expects: the watchdog fired, or KVM reported an exit the agent cannot handle. */
+export class KvmRunError extends Error {
+  constructor(readonly kind: 'timeout' | 'exit', message: string, readonly exit?: KvmExit | TimeoutExit) {
+    super(message);
+    this.name = 'KvmRunError';
+  }
+}
+
+/** Shared by every partition of a backend. */
+export interface KvmHost {
+  system: KvmSystem;
+  /** Guest CPUID (KVM_GET_SUPPORTED_CPUID without KVM's own paravirtual leaves 0x4000xxxx). */
+  cpuid: readonly CpuidEntry[];
+  watchdog(): VcpuWatchdog;
+  /** Whether KVM reports a port OUT exit with RIP already past the instruction (probed once). */
+  pioOutAdvancesRip: boolean;
+  /** Deadline of one guest action, in ms. */
+  actionTimeoutMs: number;
+}
+
+export interface RunVpResult {
+  /** hlt: the guest executed HLT; timeout: the deadline passed; exception: the dispatcher raised one (#UD) — not injected; exit: an exit the agent does not handle. */
+  stop: 'hlt' | 'timeout' | 'exception' | 'exit';
+  exits: number;
+  vtlSwitches: number;
+  exception?: X64ExceptionVector;
+  exit?: KvmExit;
+}
+
+export interface StubOutcome extends GuestOutcome {
+  rax: bigint;
+}
+
+const ZERO_REGS: KvmRegs = {
+  rax: 0n, rbx: 0n, rcx: 0n, rdx: 0n, rsi: 0n, rdi: 0n, rsp: 0n, rbp: 0n,
+  r8: 0n, r9: 0n, r10: 0n, r11: 0n, r12: 0n, r13: 0n, r14: 0n, r15: 0n, rip: 0n, rflags: 0x2n,
+};
+
+export function isTrappedMsr(msr: number): boolean {
+  return msr >= HV_MSR_BASE && msr < HV_MSR_BASE + HV_MSR_COUNT;
+}
+
+export function describeExit(e: KvmExit | TimeoutExit): string {
+  return JSON.stringify(e, (_k, v: unknown) => (typeof v === 'bigint' ? `0x${v.toString(16)}` : Buffer.isBuffer(v) ? [...v] : v));
+}
+
+/**
+ * The vector a software-interrupt instruction raises, when KVM could not execute it: on kvm_pvm
+ * INT3 / INT n / INT1 end in KVM_EXIT_INTERNAL_ERROR (emulation failure, RIP still at the
+ * instruction) instead of being delivered through the IDT (faults such as #UD, #GP, #DE are
+ * delivered normally). The exit carries the instruction bytes: data[0] bit 0 = bytes valid,
+ * data[1] byte 0 = length, bytes from data[1] byte 1 on.
+ */
+export function softwareInterruptVector(e: KvmExit | TimeoutExit): number | undefined {
+  if (e.kind !== 'internal_error' || e.suberror !== 1 || e.data.length < 3 || (e.data[0]! & 1n) === 0n) return undefined;
+  const bytes = Buffer.alloc(16);
+  bytes.writeBigUInt64LE(e.data[1]!, 0);
+  bytes.writeBigUInt64LE(e.data[2]!, 8);
+  if (bytes[0]! < 1) return undefined;
+  const op = bytes[1];
+  if (op === 0xcc) return 3; // int3
+  if (op === 0xf1) return 1; // int1
+  if (op === 0xcd && bytes[0]! >= 2) return bytes[2]; // int imm8
+  return undefined;
+}
+
+/** Opens what a backend needs of /dev/kvm: the guest CPUID and the port-I/O RIP convention. */
+export function probeHost(system: KvmSystem): { cpuid: CpuidEntry[]; pioOutAdvancesRip: boolean } {
+  const cpuid = system.getSupportedCpuid().filter((e) => e.function < 0x4000_0000 || e.function >= 0x5000_0000);
+  // Older kernels advance RIP past OUT before exiting to userspace, newer ones when the exit is
+  // completed. Run `out 0x4d, ax; hlt` once and look.
+  const g = MiniGuest.create({ system, memorySize: 4 << 20 });
+  try {
+    g.load(Buffer.from([0x66, 0xe7, HYPERCALL_PORT, 0xf4]));
+    const e = g.step();
+    if (e.kind !== 'io') throw new Error(`RIP probe: expected an I/O exit, got ${describeExit(e)}`);
+    const rip = g.vcpu.getRegs().rip;
+    return { cpuid, pioOutAdvancesRip: rip === 0x100003n };
+  } finally {
+    g.close();
+  }
+}
+
+export class KvmPartition {
+  readonly ram: MemfdRam;
+  readonly overlayPages: OverlayPages;
+  private agentRegion: AgentRegion | undefined;
+  private readonly vms: (VtlVm | undefined)[] = [undefined, undefined, undefined];
+  private p: Partition | undefined;
+  private closed = false;
+  /** KVM_RUN exits handled for this partition. */
+  exits = 0;
+
+  constructor(readonly host: KvmHost, spec: { id: string; memoryBytes: bigint; vpCount: number }) {
+    this.ram = new MemfdRam(spec.memoryBytes, `vsm-ram-${spec.id}`);
+    try {
+      this.overlayPages = new OverlayPages(OverlayPages.capacityFor(spec.vpCount), `vsm-overlays-${spec.id}`);
+    } catch (e) {
+      this.ram.close();
+      throw e;
+    }
+  }
+
+  /** The core's platform hooks for this partition. */
+  hooks(): PlatformHooks {
+    return {
+      ram: this.ram,
+      allocOverlayPage: () => this.overlayPages.alloc(),
+      hypercallPage: kvmHypercallPageLayout,
+      onViewChange: (vtl: Vtl) => {
+        const v = this.vms[vtl];
+        if (v) v.dirty = true;
+      },
+    };
+  }
+
+  attach(p: Partition): void {
+    this.p = p;
+  }
+
+  get partition(): Partition {
+    if (!this.p) throw new Error('KvmPartition is not attached to a core partition');
+    return this.p;
+  }
+
+  /** The VM of a VTL, if it has run. */
+  vmOf(vtl: Vtl): VtlVm | undefined {
+    return this.vms[vtl];
+  }
+
+  get agent(): AgentRegion {
+    if (this.closed) throw new Error('partition platform is closed');
+    this.agentRegion ??= new AgentRegion(this.ram.sizeBytes, `vsm-agent-${this.partition.id}`);
+    return this.agentRegion;
+  }
+
+  private vtlVm(vtl: Vtl): VtlVm {
+    let v = this.vms[vtl];
+    if (!v) {
+      v = new VtlVm(this.host.system, vtl, this.ram, this.overlayPages, this.agent, this.host.cpuid);
+      this.vms[vtl] = v;
+    }
+    return v;
+  }
+
+  /** The vCPU of the VP's active VTL, with that VM's layout showing this VP's view. */
+  private prepare(vp: VirtualProcessor): VpCpu {
+    if (this.closed) throw new Error('partition platform is closed');
+    const vm = this.vtlVm(vp.activeVtl);
+    vm.syncView(this.partition, vp.index);
+    const c = vm.cpu(vp.index);
+    this.flush(c);
+    return c;
+  }
+
+  /**
+   * A vCPU stopped at an I/O, MMIO or MSR exit that was not resumed still has the instruction's
+   * completion pending, which KVM would apply at the next KVM_RUN on top of the registers loaded
+   * for the next action. Complete it now without entering the guest (immediate_exit).
+   */
+  private flush(c: VpCpu): void {
+    if (!c.pending) return;
+    c.vcpu.immediateExit = true;
+    try {
+      c.vcpu.run();
+    } finally {
+      c.vcpu.immediateExit = false;
+      c.pending = false;
+    }
+  }
+
+  private run(c: VpCpu, timeoutMs = this.host.actionTimeoutMs): KvmExit | TimeoutExit {
+    const e = this.host.watchdog().run(c.vcpu, timeoutMs);
+    c.pending = e.kind === 'io' || e.kind === 'mmio' || e.kind === 'rdmsr' || e.kind === 'wrmsr';
+    if (e.kind === 'shutdown' || e.kind === 'internal_error' || e.kind === 'fail_entry') c.mode = 'fresh';
+    this.exits++;
+    return e;
+  }
+
+  /** Loads the agent environment and the given registers (RSP and RFLAGS are the agent's). */
+  private enterAgent(c: VpCpu, stub: StubName, regs: Partial<KvmRegs>): void {
+    if (c.mode !== 'agent') {
+      c.vcpu.setSregs(this.agent.sregs(c.vcpu.getSregs()));
+      c.mode = 'agent';
+    }
+    c.vcpu.setRegs({ ...ZERO_REGS, ...regs, rip: this.agent.stub(stub).rip, rsp: this.agent.stackTop, rflags: 0x2n });
+  }
+
+  private fail(vp: VirtualProcessor, what: string, e: KvmExit | TimeoutExit): never {
+    if (e.kind === 'timeout') {
+      throw new KvmRunError('timeout', `VP ${vp.index} (VTL ${vp.activeVtl}): ${what} did not finish within ${this.host.actionTimeoutMs} ms; the watchdog stopped the vCPU`, e);
+    }
+    throw new KvmRunError('exit', `VP ${vp.index} (VTL ${vp.activeVtl}): ${what} stopped on an unexpected KVM exit ${describeExit(e)}`, e);
+  }
+
+  private isStubEnd(c: VpCpu, stub: StubName): boolean {
+    return c.vcpu.getRegs().rip === this.agent.stub(stub).end;
+  }
+
+  private exceptionOf(c: VpCpu, e: KvmExit | TimeoutExit): number | undefined {
+    if (e.kind !== 'io' || e.direction !== 'out' || e.port !== EXCEPTION_PORT) return undefined;
+    return this.agent.exceptionVector(c.vcpu.getRegs().rip);
+  }
+
+  private isHypercallExit(e: KvmExit | TimeoutExit): boolean {
+    return e.kind === 'io' && e.direction === 'out' && e.port === HYPERCALL_PORT && e.size === HYPERCALL_IO_SIZE;
+  }
+
+  /** Address of the hypercall instruction that caused the current port exit. */
+  private hypercallInsnAt(rip: bigint): bigint {
+    return this.host.pioOutAdvancesRip ? rip - BigInt(HYPERCALL_INSN_LENGTH) : rip;
+  }
+
+  // ---- guest actions ---------------------------------------------------------------------------
+
+  /**
+   * WRMSR by the VP in its active VTL: `wrmsr; hlt` with ECX = msr, EDX:EAX = value. A Hyper-V MSR
+   * exits to the agent, the core applies it, a refusal completes the exit with error → the vCPU
+   * takes a real #GP (reported by the agent's IDT). Registers of the VP are not changed (as on the
+   * emulator). MSRs outside 0x40000000-0x400000FF are not trapped: the core answers for them
+   * without running the guest (the emulator models no other MSR: #GP).
+   */
+  writeMsr(vp: VirtualProcessor, msr: number, value: bigint): { exception?: X64ExceptionVector } {
+    const p = this.partition;
+    p.assertActive();
+    if (!isTrappedMsr(msr)) return p.writeMsr(vp, msr, value);
+    const c = this.prepare(vp);
+    this.enterAgent(c, 'wrmsr', { rcx: BigInt(msr), rax: value & 0xffff_ffffn, rdx: (value >> 32n) & 0xffff_ffffn });
+    let result: { exception?: X64ExceptionVector } = {};
+    for (;;) {
+      const e = this.run(c);
+      if (e.kind === 'wrmsr') {
+        result = p.writeMsr(vp, e.index, e.data);
+        c.vcpu.completeMsr({ error: result.exception !== undefined });
+        continue;
+      }
+      const vector = this.exceptionOf(c, e);
+      if (vector !== undefined) return { exception: vector as X64ExceptionVector };
+      if (e.kind === 'hlt' && this.isStubEnd(c, 'wrmsr')) return result;
+      this.fail(vp, `WRMSR 0x${msr.toString(16)}`, e);
+    }
+  }
+
+  /** RDMSR by the VP: `rdmsr; hlt` with ECX = msr; the value is what the guest finds in EDX:EAX. */
+  readMsr(vp: VirtualProcessor, msr: number): { value: bigint; exception?: X64ExceptionVector } {
+    const p = this.partition;
+    p.assertActive();
+    if (!isTrappedMsr(msr)) return p.readMsr(vp, msr);
+    const c = this.prepare(vp);
+    this.enterAgent(c, 'rdmsr', { rcx: BigInt(msr) });
+    for (;;) {
+      const e = this.run(c);
+      if (e.kind === 'rdmsr') {
+        const r = p.readMsr(vp, e.index);
+        c.vcpu.completeMsr(r.exception !== undefined ? { error: true } : { data: r.value });
+        continue;
+      }
+      const vector = this.exceptionOf(c, e);
+      if (vector !== undefined) return { value: 0n, exception: vector as X64ExceptionVector };
+      if (e.kind === 'hlt' && this.isStubEnd(c, 'rdmsr')) {
+        const r = c.vcpu.getRegs();
+        return { value: ((r.rdx & 0xffff_ffffn) << 32n) | (r.rax & 0xffff_ffffn) };
+      }
+      this.fail(vp, `RDMSR 0x${msr.toString(16)}`, e);
+    }
+  }
+
+  /**
+   * A guest read of `length` bytes at `gpa` in the VP's active VTL: one load (1/2/4/8 bytes) or
+   * `rep movsb` into the agent buffer. The caller checked the range (core checkRange).
+   */
+  guestRead(vp: VirtualProcessor, gpa: bigint, length: number): Buffer {
+    if (length < 1 || length > AGENT.bufferSize) throw new RangeError(`guest read of ${length} bytes`);
+    const c = this.prepare(vp);
+    const single = length === 1 || length === 2 || length === 4 || length === 8;
+    const stub: StubName = single ? `load${length as 1 | 2 | 4 | 8}` : 'copy';
+    this.enterAgent(c, stub, single ? { rdi: gpa } : { rsi: gpa, rdi: this.agent.bufferGpa, rcx: BigInt(length) });
+    for (;;) {
+      const e = this.run(c);
+      if (e.kind === 'mmio' && !e.isWrite) {
+        // No memslot at that GPA (none of this milestone's views has holes): what the core sees there.
+        c.vcpu.completeMmioRead(this.partition.readView(vp.activeVtl, vp.index, e.gpa, e.len));
+        continue;
+      }
+      if (e.kind === 'hlt' && this.isStubEnd(c, stub)) {
+        if (!single) return Buffer.from(this.agent.buffer(length));
+        const out = Buffer.alloc(8);
+        out.writeBigUInt64LE(c.vcpu.getRegs().rax);
+        return out.subarray(0, length);
+      }
+      this.fail(vp, `guest read of ${length} bytes at 0x${gpa.toString(16)}`, e);
+    }
+  }
+
+  /**
+   * A guest write of `data` at `gpa` in the VP's active VTL (one store, or `rep movsb` from the
+   * agent buffer). Returns false when the write faults (#GP): a write that touches a read-only
+   * page of the view (hypercall or reference TSC overlay — a read-only memslot) changes nothing;
+   * the guest's store to the first such byte exits as MMIO and is dropped.
+   */
+  guestWrite(vp: VirtualProcessor, gpa: bigint, data: Uint8Array): boolean {
+    const length = data.length;
+    if (length < 1 || length > AGENT.bufferSize) throw new RangeError(`guest write of ${length} bytes`);
+    const c = this.prepare(vp);
+    let firstRo: bigint | undefined;
+    for (let page = gpa & ~0xfffn; page < gpa + BigInt(length); page += 0x1000n) {
+      if (c.vm.isReadOnly(page)) {
+        firstRo = page > gpa ? page : gpa;
+        break;
+      }
+    }
+    if (firstRo !== undefined) {
+      this.enterAgent(c, 'store1', { rdi: firstRo, rax: BigInt(data[Number(firstRo - gpa)] ?? 0) });
+      const e = this.run(c);
+      if (e.kind === 'mmio' && e.isWrite && e.gpa === firstRo) return false; // dropped; completed by the next flush
+      this.fail(vp, `guest write to the read-only page at 0x${firstRo.toString(16)}`, e);
+    }
+    const single = length === 1 || length === 2 || length === 4 || length === 8;
+    const stub: StubName = single ? `store${length as 1 | 2 | 4 | 8}` : 'copy';
+    if (single) {
+      const v = Buffer.alloc(8);
+      Buffer.from(data.buffer, data.byteOffset, length).copy(v);
+      this.enterAgent(c, stub, { rdi: gpa, rax: v.readBigUInt64LE(0) });
+    } else {
+      this.agent.buffer(length).set(data);
+      this.enterAgent(c, stub, { rsi: this.agent.bufferGpa, rdi: gpa, rcx: BigInt(length) });
+    }
+    const e = this.run(c);
+    if (e.kind === 'hlt' && this.isStubEnd(c, stub)) return true;
+    this.fail(vp, `guest write of ${length} bytes at 0x${gpa.toString(16)}`, e);
+  }
+
+  /**
+   * The hypercall instruction executed directly (the Hypercall action): `out 0x4d, ax; hlt` with
+   * the VP's general registers (RCX/RDX/R8 or the 32-bit convention's). At the exit the core's
+   * dispatcher runs on the core's register file; as on the emulator, the VP's RIP moves by the
+   * instruction's 3 bytes. Unless it raised an exception or switched VTL, the guest then gets the
+   * result (RAX, EDX:EAX) and runs on to the HLT.
+   */
+  vmcall(vp: VirtualProcessor): core.HypercallOutcome {
+    const p = this.partition;
+    p.assertActive();
+    const vtl = vp.activeVtl;
+    const c = this.prepare(vp);
+    this.enterAgent(c, 'hypercall', coreRegs(vp, vtl));
+    let outcome: core.HypercallOutcome | undefined;
+    for (;;) {
+      const e = this.run(c);
+      if (this.isHypercallExit(e) && outcome === undefined) {
+        const regs = c.vcpu.getRegs();
+        storeRegs(vp, vtl, regs, true);
+        outcome = core.executeVmcall(p, vp, { instructionLength: HYPERCALL_INSN_LENGTH });
+        if (outcome.exception !== undefined || vp.activeVtl !== vtl) return outcome;
+        c.vcpu.setRegs({ ...regs, ...gprsOf(vp, vtl), rip: this.agent.stub('hypercall').end - 1n });
+        continue;
+      }
+      if (e.kind === 'hlt' && outcome && this.isStubEnd(c, 'hypercall')) return outcome;
+      this.fail(vp, 'hypercall', e);
+    }
+  }
+
+  /**
+   * CALL into the active VTL's hypercall page at `offset` (the CallHypercallPage action):
+   * `call [target]; hlt` on the agent stack, so the page's real code runs (its MOVs, the
+   * hypercall instruction, its RET, or an INT3 → #BP). Mirrors core/stub.ts, so both backends
+   * report the same registers: the call returns with RIP unchanged; a VTL switch leaves the
+   * caller's RIP on the stub's RET (pendingStubReturn = the original RIP, taken when that VTL
+   * resumes); an exception leaves RIP unchanged. General registers the page's code changed are
+   * stored back.
+   */
+  callHypercallPage(vp: VirtualProcessor, offset: number): StubOutcome {
+    const p = this.partition;
+    p.assertActive();
+    const vtl = vp.activeVtl;
+    const overlay = p.overlays.find('hypercall', vtl, null);
+    if (!overlay) throw new HvError(HvStatus.HV_STATUS_INVALID_VP_STATE, `the hypercall page is not enabled in VTL ${vtl} (HV_X64_MSR_HYPERCALL)`);
+    if (!Number.isInteger(offset) || offset < 0 || offset > 4095) throw new HvError(HvStatus.HV_STATUS_INVALID_PARAMETER, `offset ${offset} is outside the page`);
+    const pageGpa = overlay.gpfn << 12n;
+    const returnRip = getReg(vp, vtl, R.HvX64RegisterRip);
+    const st = vp.vtls.get(vtl);
+    const rax = () => p.reg(vp, R.HvX64RegisterRax);
+    const fail = (exception: number): StubOutcome => {
+      setReg(vp, vtl, R.HvX64RegisterRip, returnRip);
+      st.pendingStubReturn = null;
+      return { exception: exception as X64ExceptionVector, activeVtl: vp.activeVtl, rax: rax() };
+    };
+    const c = this.prepare(vp);
+    vp.callSiteRaxRcx = [p.reg(vp, R.HvX64RegisterRax), p.reg(vp, R.HvX64RegisterRcx)];
+    try {
+      this.agent.setCallTarget(pageGpa + BigInt(offset));
+      this.enterAgent(c, 'callPage', coreRegs(vp, vtl));
+      for (;;) {
+        const e = this.run(c);
+        if (this.isHypercallExit(e)) {
+          const regs = c.vcpu.getRegs();
+          const insn = this.hypercallInsnAt(regs.rip);
+          storeRegs(vp, vtl, regs, true);
+          setReg(vp, vtl, R.HvX64RegisterRip, insn);
+          st.pendingStubReturn = returnRip;
+          const o = core.executeVmcall(p, vp, { instructionLength: HYPERCALL_INSN_LENGTH });
+          if (o.exception !== undefined) return fail(o.exception);
+          if (o.vtlSwitch) return { activeVtl: vp.activeVtl, vtlSwitch: o.vtlSwitch, rax: rax() };
+          st.pendingStubReturn = null;
+          c.vcpu.setRegs({ ...regs, ...gprsOf(vp, vtl), rip: insn + BigInt(HYPERCALL_INSN_LENGTH) });
+          continue;
+        }
+        const vector = this.exceptionOf(c, e) ?? softwareInterruptVector(e);
+        if (vector !== undefined) {
+          // An exception (through the agent's IDT), or the INT3 fill of the page (#BP; see softwareInterruptVector).
+          storeRegs(vp, vtl, c.vcpu.getRegs(), true);
+          return fail(vector);
+        }
+        if (e.kind === 'hlt' && this.isStubEnd(c, 'callPage')) {
+          storeRegs(vp, vtl, c.vcpu.getRegs(), true);
+          setReg(vp, vtl, R.HvX64RegisterRip, returnRip);
+          st.pendingStubReturn = null;
+          return { activeVtl: vp.activeVtl, rax: rax() };
+        }
+        this.fail(vp, `CALL into the hypercall page at offset 0x${offset.toString(16)}`, e);
+      }
+    } finally {
+      vp.callSiteRaxRcx = undefined;
+    }
+  }
+
+  // ---- whole guest -----------------------------------------------------------------------------
+
+  /** Loads the VP's full state of `vtl` from the core into the vCPU. */
+  private enterGuest(c: VpCpu, vp: VirtualProcessor, vtl: Vtl): void {
+    c.vcpu.setSregs(coreSregs(vp, vtl, c.vcpu.getSregs()));
+    c.vcpu.setRegs(coreRegs(vp, vtl));
+    c.vcpu.setMsrs(coreMsrs(vp, vtl));
+    c.mode = 'guest';
+  }
+
+  /** Stores the vCPU's full state into the core's register file of `vtl`. */
+  private storeGuest(c: VpCpu, vp: VirtualProcessor, vtl: Vtl): void {
+    storeRegs(vp, vtl, c.vcpu.getRegs(), false);
+    storeSregs(vp, vtl, c.vcpu.getSregs());
+    storeMsrs(vp, vtl, c.vcpu.getMsrs(MSR_REGISTERS.map(([i]) => i)));
+  }
+
+  /**
+   * Runs the VP's own code (its RIP, paging, tables) in its active VTL until it executes HLT.
+   * Hypercalls through the hypercall page reach the core's dispatcher (registers synced both ways
+   * around it); Hyper-V MSRs go to the core; a VTL switch moves the VP to the other VTL's vCPU
+   * (the core's register file carries the state) and the run continues there. Exceptions the
+   * dispatcher raises (#UD) end the run and are reported, not injected (first milestone).
+   */
+  runVp(vp: VirtualProcessor, opts: { timeoutMs?: number; maxExits?: number } = {}): RunVpResult {
+    const p = this.partition;
+    p.assertActive();
+    const deadline = Date.now() + (opts.timeoutMs ?? this.host.actionTimeoutMs);
+    const maxExits = opts.maxExits ?? 1_000_000;
+    let vtl = vp.activeVtl;
+    let c = this.prepare(vp);
+    this.enterGuest(c, vp, vtl);
+    let exits = 0;
+    let vtlSwitches = 0;
+    const stop = (r: Omit<RunVpResult, 'exits' | 'vtlSwitches'>): RunVpResult => {
+      this.storeGuest(c, vp, vtl);
+      return { ...r, exits, vtlSwitches };
+    };
+    for (;;) {
+      const e = this.run(c, Math.max(1, deadline - Date.now()));
+      exits++;
+      if (this.isHypercallExit(e)) {
+        this.storeGuest(c, vp, vtl);
+        const insn = this.hypercallInsnAt(c.vcpu.getRegs().rip);
+        setReg(vp, vtl, R.HvX64RegisterRip, insn);
+        const o = core.executeVmcall(p, vp, { instructionLength: HYPERCALL_INSN_LENGTH });
+        if (o.exception !== undefined) return { stop: 'exception', exception: o.exception, exits, vtlSwitches };
+        if (vp.activeVtl !== vtl) {
+          const fpu = c.vcpu.getFpu();
+          vtl = vp.activeVtl;
+          vtlSwitches++;
+          c = this.prepare(vp);
+          this.enterGuest(c, vp, vtl);
+          c.vcpu.setFpu(fpu); // x87/SSE state is shared between VTLs
+        } else {
+          c.vcpu.setRegs(coreRegs(vp, vtl));
+          c.vm.syncView(p, vp.index);
+        }
+      } else if (e.kind === 'rdmsr') {
+        const r = p.readMsr(vp, e.index);
+        c.vcpu.completeMsr(r.exception !== undefined ? { error: true } : { data: r.value });
+      } else if (e.kind === 'wrmsr') {
+        const r = p.writeMsr(vp, e.index, e.data);
+        c.vcpu.completeMsr({ error: r.exception !== undefined });
+        c.vm.syncView(p, vp.index);
+      } else if (e.kind === 'hlt') {
+        return stop({ stop: 'hlt' });
+      } else if (e.kind === 'timeout') {
+        return stop({ stop: 'timeout' });
+      } else {
+        const r = { stop: 'exit' as const, exit: e, exits, vtlSwitches };
+        if (e.kind !== 'shutdown' && e.kind !== 'internal_error' && e.kind !== 'fail_entry') this.storeGuest(c, vp, vtl);
+        return r;
+      }
+      if (exits >= maxExits) return stop({ stop: 'timeout' });
+    }
+  }
+
+  dispose(): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const v of this.vms) v?.close();
+    this.vms.fill(undefined);
+    this.agentRegion?.close();
+    this.overlayPages.close();
+    this.ram.close();
+  }
+}
+
+/** The general registers (all but RSP) of (vp, vtl) from the core. */
+function gprsOf(vp: VirtualProcessor, vtl: Vtl): Partial<KvmRegs> {
+  const r = coreRegs(vp, vtl);
+  const { rsp: _rsp, rip: _rip, rflags: _rflags, ...g } = r;
+  return g;
+}

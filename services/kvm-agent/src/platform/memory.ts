@@ -1,0 +1,133 @@
+/**
+ * Guest memory of a KVM partition: RAM as one memfd (GuestRam for the core), the overlay pages
+ * as 4 KiB pages of a second memfd (so each can be a memslot over a VTL's view), both mmap'ed
+ * MAP_SHARED once in this process. Every VTL VM maps the same backings; nothing is copied.
+ */
+import type { GuestRam } from '@vsm/core';
+import { GuestMemory, PAGE_SIZE } from '../kvm';
+import { SEEK_DATA, SEEK_HOLE, sysPread, sysSeek } from './libc';
+
+/**
+ * GuestRam over a memfd. Like the emulator's SparseMemory, untouched pages hold nothing:
+ * - reads use pread(2), which returns zeros for holes without allocating them;
+ * - a write of an all-zero page chunk into a hole is skipped (it already reads as zeros);
+ * - touchedPages() asks the kernel which pages hold data (SEEK_DATA/SEEK_HOLE), so pages the
+ *   guest itself wrote (through KVM) count too.
+ */
+export class MemfdRam implements GuestRam {
+  readonly sizeBytes: bigint;
+  readonly memory: GuestMemory;
+
+  constructor(sizeBytes: bigint, name = 'vsm-ram') {
+    if (sizeBytes <= 0n || sizeBytes % BigInt(PAGE_SIZE) !== 0n || sizeBytes > BigInt(Number.MAX_SAFE_INTEGER)) {
+      throw new RangeError(`RAM size ${sizeBytes} must be a positive multiple of 4096`);
+    }
+    this.sizeBytes = sizeBytes;
+    this.memory = GuestMemory.create(Number(sizeBytes), name);
+  }
+
+  private check(gpa: bigint, length: number): number {
+    if (gpa < 0n || length < 0 || gpa + BigInt(length) > this.sizeBytes) {
+      throw new RangeError(`GPA range 0x${gpa.toString(16)}+${length} is outside RAM (${this.sizeBytes} bytes)`);
+    }
+    return Number(gpa);
+  }
+
+  read(gpa: bigint, length: number): Buffer {
+    const off = this.check(gpa, length);
+    const out = Buffer.alloc(length);
+    if (length > 0) sysPread(this.memory.fd, out, off);
+    return out;
+  }
+
+  write(gpa: bigint, data: Uint8Array): void {
+    const off = this.check(gpa, data.length);
+    let pos = 0;
+    while (pos < data.length) {
+      const cur = off + pos;
+      const n = Math.min(PAGE_SIZE - (cur % PAGE_SIZE), data.length - pos);
+      const chunk = data.subarray(pos, pos + n);
+      if (!(isZero(chunk) && this.isHole(cur))) this.memory.write(cur, chunk);
+      pos += n;
+    }
+  }
+
+  /** Whether the page containing byte `offset` holds no data. */
+  private isHole(offset: number): boolean {
+    const page = offset - (offset % PAGE_SIZE);
+    const next = sysSeek(this.memory.fd, page, SEEK_DATA);
+    return next === undefined || next >= page + PAGE_SIZE;
+  }
+
+  touchedPages(): number[] {
+    const pages: number[] = [];
+    let off = 0;
+    const size = this.memory.size;
+    while (off < size) {
+      const start = sysSeek(this.memory.fd, off, SEEK_DATA);
+      if (start === undefined) break;
+      const end = sysSeek(this.memory.fd, start, SEEK_HOLE) ?? size;
+      for (let p = Math.floor(start / PAGE_SIZE); p < Math.ceil(end / PAGE_SIZE); p++) pages.push(p);
+      off = end;
+    }
+    return pages;
+  }
+
+  get pagesTouched(): number {
+    return this.touchedPages().length;
+  }
+
+  close(): void {
+    this.memory.close();
+  }
+}
+
+function isZero(b: Uint8Array): boolean {
+  for (let i = 0; i < b.length; i++) if (b[i] !== 0) return false;
+  return true;
+}
+
+/**
+ * Backing of the core's overlay pages (allocOverlayPage hook): a memfd with one 4 KiB page per
+ * possible overlay slot. Each page handed to the core is a Buffer aliasing the mapping, so what
+ * the core writes (hypercall page code, VP assist EntryReason, ...) is what the guest reads
+ * through the overlay memslot, and vice versa.
+ */
+export class OverlayPages {
+  readonly memory: GuestMemory;
+  private next = 0;
+  private readonly offsets = new Map<Buffer, number>();
+
+  constructor(readonly capacity: number, name = 'vsm-overlays') {
+    this.memory = GuestMemory.create(capacity * PAGE_SIZE, name);
+  }
+
+  /** Number of overlay slots a partition can ever need: per VTL, the partition-wide hypercall and reference TSC pages plus VP assist, SIMP and SIEFP per VP. */
+  static capacityFor(vpCount: number, vtls = 3): number {
+    return (2 + 3 * vpCount) * vtls;
+  }
+
+  alloc(): Buffer {
+    if (this.next >= this.capacity) throw new Error(`overlay page pool exhausted (${this.capacity} pages)`);
+    const offset = this.next++ * PAGE_SIZE;
+    const page = this.memory.view(offset, PAGE_SIZE);
+    this.offsets.set(page, offset);
+    return page;
+  }
+
+  /** Offset inside `memory` of a page returned by alloc(). */
+  offsetOf(page: Buffer): number {
+    const o = this.offsets.get(page);
+    if (o === undefined) throw new Error('not an overlay page of this partition');
+    return o;
+  }
+
+  get allocated(): number {
+    return this.next;
+  }
+
+  close(): void {
+    this.offsets.clear();
+    this.memory.close();
+  }
+}

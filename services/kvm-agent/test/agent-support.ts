@@ -1,0 +1,51 @@
+// Test support for the KVM agent suites: a real vsm.v1 server over KvmBackend on an ephemeral
+// loopback port (what test/support/server.ts does for the emulator), and the /dev/kvm gate.
+import pino from 'pino';
+import { connect, VsmClient, VsmError } from '@vsm/client';
+import { Backend, RunningServer, startServer } from '@vsm/service';
+import { KvmBackend } from '../src/backend';
+
+export const GiB = 1n << 30n;
+
+/** Why the real-KVM suites cannot run here (undefined = they can). */
+export const kvmUnavailable = KvmBackend.unavailableReason();
+
+/** `describe` when /dev/kvm is usable, else `describe.skip` with the reason printed once. */
+export function describeKvm(file: string): jest.Describe {
+  if (kvmUnavailable === undefined) return describe;
+  // eslint-disable-next-line no-console
+  console.log(`[${file}] skipping: /dev/kvm is not usable here (${kvmUnavailable})`);
+  return describe.skip;
+}
+
+export interface AgentHarness {
+  client: VsmClient;
+  address: string;
+  backend: Backend;
+  stop(): Promise<void>;
+}
+
+export async function startAgent(backend: Backend = new KvmBackend()): Promise<AgentHarness> {
+  const srv: RunningServer = await startServer({ listen: '127.0.0.1:0', backend, logger: pino({ level: 'silent' }), shutdownGraceMs: 500 });
+  const client = connect(srv.address, { deadlineMs: 10_000 });
+  return {
+    client,
+    address: srv.address,
+    backend,
+    async stop() {
+      client.close();
+      await srv.shutdown('test');
+    },
+  };
+}
+
+/** Awaits a rejected call and returns its VsmError (fails the test if the call succeeded). */
+export async function failure(p: Promise<unknown>): Promise<VsmError> {
+  try {
+    await p;
+  } catch (e) {
+    if (e instanceof VsmError) return e;
+    throw e;
+  }
+  throw new Error('expected the call to fail, but it succeeded');
+}
