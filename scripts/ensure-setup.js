@@ -42,3 +42,11 @@ if (built < Math.max(...srcs, mtime(stamp))) {
   console.error('[setup] building (tsc -b)');
   run(path.join(root, 'node_modules/.bin/tsc'), ['-b']);
 }
+
+// vsmctl is an npm bin of the @vsm/cli workspace: make it executable and make sure npm linked it
+// (npm links bins only for packages whose files existed at install time).
+const vsmctl = path.join(root, 'clients/cli/dist/vsmctl.js');
+if (fs.existsSync(vsmctl)) {
+  fs.chmodSync(vsmctl, 0o755);
+  if (!fs.existsSync(path.join(root, 'node_modules/.bin/vsmctl'))) run('npm', ['rebuild', '@vsm/cli', '--no-audit', '--no-fund']);
+}
