@@ -112,6 +112,7 @@ export interface VsmClient {
     monitor(signal?: AbortSignal): MonitorSession;
   };
   synic: Promisified<pb.SynicServiceClient>;
+  snapshots: Promisified<pb.SnapshotServiceClient>;
   vtl: Promisified<pb.VtlServiceClient> & {
     /** Async iterator over WatchVtlTransitions; break out of the loop (or abort) to cancel. */
     watchTransitions(req: Partial<pb.WatchVtlTransitionsRequest>, signal?: AbortSignal): AsyncIterable<pb.WatchVtlTransitionsResponse>;
@@ -144,6 +145,7 @@ export function connect(address: string, o: ConnectOptions = {}): VsmClient {
   const vtl = new pb.VtlServiceClient(address, creds, opts);
   const intercepts = new pb.InterceptServiceClient(address, creds, opts);
   const synic = new pb.SynicServiceClient(address, creds, opts);
+  const snapshots = new pb.SnapshotServiceClient(address, creds, opts);
   const S = (s: unknown) => s as Parameters<typeof promisify>[1];
   return {
     partitions: promisify(partitions, S(pb.PartitionServiceService), o, md),
@@ -162,12 +164,13 @@ export function connect(address: string, o: ConnectOptions = {}): VsmClient {
       },
     }),
     synic: promisify(synic, S(pb.SynicServiceService), o, md),
+    snapshots: promisify(snapshots, S(pb.SnapshotServiceService), o, md),
     vtl: Object.assign(promisify(vtl, S(pb.VtlServiceService), o, md), {
       watchTransitions: (req: Partial<pb.WatchVtlTransitionsRequest>, signal?: AbortSignal) =>
         streamIterator<pb.WatchVtlTransitionsResponse>(vtl.watchVtlTransitions(pb.WatchVtlTransitionsRequest.fromPartial(req), md()), signal),
     }),
     close() {
-      for (const c of [partitions, vps, guest, memory, vtl, intercepts, synic]) c.close();
+      for (const c of [partitions, vps, guest, memory, vtl, intercepts, synic, snapshots]) c.close();
     },
   };
 }

@@ -7,5 +7,6 @@ export * from './gen/vsm/v1/memory';
 export * from './gen/vsm/v1/vtl';
 export * from './gen/vsm/v1/intercept';
 export * from './gen/vsm/v1/synic';
+export * from './gen/vsm/v1/snapshot';
 export { Status as RpcStatus } from './gen/google/rpc/status';
 export { ErrorInfo } from './gen/google/rpc/error_details';

@@ -18,3 +18,4 @@ export * from './synic';
 export * from './intercepts';
 export * from './access';
 export * from './tlfs/message';
+export * from './snapshot';

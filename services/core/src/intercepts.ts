@@ -42,6 +42,17 @@ export class InterceptBroker {
   private readonly listeners = new Set<(r: InterceptRecord) => void>();
   private readonly resolvedListeners = new Set<(id: bigint) => void>();
 
+  exportState(): { nextId: bigint; pending: InterceptRecord[]; answered: bigint[] } {
+    return { nextId: this.nextId, pending: [...this.pending.values()].map((r) => ({ ...r })), answered: [...this.answered] };
+  }
+  importState(s: ReturnType<InterceptBroker['exportState']>): void {
+    this.nextId = s.nextId;
+    this.pending.clear();
+    for (const r of s.pending) this.pending.set(r.id, { ...r });
+    this.answered.clear();
+    for (const id of s.answered) this.answered.add(id);
+  }
+
   allocateId(): bigint {
     return this.nextId++;
   }

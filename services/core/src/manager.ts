@@ -69,6 +69,26 @@ export class PartitionManager {
     return p;
   }
 
+  /**
+   * Adds a partition built elsewhere (a restored snapshot) under a new or chosen id. `build` gets
+   * the id; the manager's limits apply as for create.
+   */
+  adopt(req: { partitionId?: string; memoryBytes: bigint; vpCount: number }, build: (id: string) => Partition): Partition {
+    if (req.vpCount < 1 || req.vpCount > this.limits.maxVpCount) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `vp_count must be 1..${this.limits.maxVpCount}`);
+    if (req.memoryBytes <= 0n || req.memoryBytes % 4096n !== 0n || req.memoryBytes > this.limits.maxMemoryBytes) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, 'memory_bytes is out of range');
+    let id = req.partitionId;
+    if (id) {
+      if (!ID_RE.test(id)) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `partition_id ${JSON.stringify(id)} must match ${ID_RE}`);
+      if (this.partitions.has(id)) hvFail(HvStatus.HV_STATUS_OBJECT_IN_USE, `partition ${id} already exists`);
+    } else {
+      do id = `p${(++this.counter).toString(36).padStart(6, '0')}`; while (this.partitions.has(id));
+    }
+    if (this.partitions.size >= this.limits.maxPartitions) hvFail(HvStatus.HV_STATUS_INSUFFICIENT_MEMORY, `partition limit ${this.limits.maxPartitions} reached`);
+    const p = build(id);
+    this.partitions.set(id, p);
+    return p;
+  }
+
   get(id: string): Partition {
     const p = this.partitions.get(id);
     if (!p) throw new HvError(HvStatus.HV_STATUS_INVALID_PARTITION_ID, `partition ${id} not found`);

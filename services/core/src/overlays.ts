@@ -97,6 +97,33 @@ export class OverlayManager {
     return [...this.placed].sort((a, b) => a.seq - b.seq);
   }
 
+  /** State for snapshots: every slot's page (placed or not) and the placements. */
+  exportState(): { seq: number; generation: number; placed: Omit<Overlay, 'page'>[]; pages: { slot: string; page: Buffer }[] } {
+    return {
+      seq: this.seq,
+      generation: this.generation,
+      placed: this.placed.map(({ page: _page, ...o }) => ({ ...o })),
+      pages: [...this.pages].map(([slot, page]) => ({ slot, page: Buffer.from(page) })),
+    };
+  }
+  importState(s: ReturnType<OverlayManager['exportState']>): void {
+    this.pages.clear();
+    this.placed.length = 0;
+    for (const { slot, page } of s.pages) {
+      const p = this.allocPage();
+      page.copy(p);
+      this.pages.set(slot, p);
+    }
+    for (const o of s.placed) {
+      const page = this.pages.get(OverlayManager.slot(o.kind, o.vtl, o.vpIndex));
+      if (!page) throw new Error(`snapshot has a placed ${o.kind} overlay without its page`);
+      this.placed.push({ ...o, page });
+      this.onViewChange?.(o.vtl);
+    }
+    this.seq = s.seq;
+    this.generation = s.generation;
+  }
+
   removeAllOf(vtl: Vtl): void {
     for (const o of this.placed.filter((x) => x.vtl === vtl)) this.remove(o.kind, o.vtl, o.vpIndex);
   }

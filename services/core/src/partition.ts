@@ -182,14 +182,15 @@ export class Partition {
   readonly vtls = new VtlArray(() => new PartitionVtlState());
   readonly overlays: OverlayManager;
   readonly vendor: X64Vendor;
-  readonly createTimeUnixMs = Date.now();
+  createTimeUnixMs = Date.now();
   state: 'active' | 'crashed' = 'active';
   /** Protection map of each protecting VTL; null until its EnableVtlProtection is set. */
   readonly protections = new VtlArray<ProtectionMap | null>(() => null);
   readonly intercepts = new InterceptBroker();
   interceptRoute: InterceptRoute = 'vtl';
-  private protectionChanges = 0;
-  private transitionSeq = 0n;
+  /** Internal counters (exported for snapshots only). */
+  protectionChanges = 0;
+  transitionSeq = 0n;
   private readonly transitionListeners = new Set<(t: VtlTransitionRecord) => void>();
   private readonly bootTime = process.hrtime.bigint();
 

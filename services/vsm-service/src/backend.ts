@@ -49,5 +49,8 @@ export interface Backend {
   signalEvent(r: pb.SignalEventRequest): Promise<pb.SignalEventResponse>;
   getSynicState(r: pb.GetSynicStateRequest): Promise<pb.GetSynicStateResponse>;
 
+  savePartition(r: pb.SavePartitionRequest): Promise<pb.PartitionSnapshot>;
+  restorePartition(r: pb.RestorePartitionRequest): Promise<pb.Partition>;
+
   close(): Promise<void>;
 }

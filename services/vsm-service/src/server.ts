@@ -11,7 +11,7 @@ import { pb } from '@vsm/client';
 import { Backend, StreamSink } from './backend';
 import { toServiceError } from './errors';
 
-export const SERVICE_NAMES = ['vsm.v1.PartitionService', 'vsm.v1.VirtualProcessorService', 'vsm.v1.GuestService', 'vsm.v1.MemoryService', 'vsm.v1.VtlService', 'vsm.v1.InterceptService', 'vsm.v1.SynicService'];
+export const SERVICE_NAMES = ['vsm.v1.PartitionService', 'vsm.v1.VirtualProcessorService', 'vsm.v1.GuestService', 'vsm.v1.MemoryService', 'vsm.v1.VtlService', 'vsm.v1.InterceptService', 'vsm.v1.SynicService', 'vsm.v1.SnapshotService'];
 export const MAX_MESSAGE_BYTES = 8 * 1024 * 1024;
 export const PROTO_DIR = path.resolve(__dirname, '../../../proto');
 
@@ -143,6 +143,11 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     getSynicState: unary('GetSynicState', (r: pb.GetSynicStateRequest) => b.getSynicState(r)),
   } satisfies pb.SynicServiceServer);
 
+  server.addService(pb.SnapshotServiceService, {
+    savePartition: unary('SavePartition', (r: pb.SavePartitionRequest) => b.savePartition(r)),
+    restorePartition: unary('RestorePartition', (r: pb.RestorePartitionRequest) => b.restorePartition(r)),
+  } satisfies pb.SnapshotServiceServer);
+
   // Health (grpc.health.v1) for the server as a whole and for each vsm.v1 service.
   const health = new HealthImplementation(Object.fromEntries(['', ...SERVICE_NAMES].map((s) => [s, 'SERVING' as const])));
   health.addToServer(server);
@@ -179,5 +184,5 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
 }
 
 function protoFileOf(service: string): string {
-  return ({ PartitionService: 'partition.proto', VirtualProcessorService: 'vp.proto', GuestService: 'guest.proto', MemoryService: 'memory.proto', VtlService: 'vtl.proto', InterceptService: 'intercept.proto', SynicService: 'synic.proto' } as Record<string, string>)[service.split('.').pop()!]!;
+  return ({ PartitionService: 'partition.proto', VirtualProcessorService: 'vp.proto', GuestService: 'guest.proto', MemoryService: 'memory.proto', VtlService: 'vtl.proto', InterceptService: 'intercept.proto', SynicService: 'synic.proto', SnapshotService: 'snapshot.proto' } as Record<string, string>)[service.split('.').pop()!]!;
 }

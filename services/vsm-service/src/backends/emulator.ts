@@ -13,6 +13,7 @@ type PbRegisterName = P.HvRegisterName;
 import { Backend, StreamSink } from '../backend';
 import { invalidArgument } from '../errors';
 import { parsePartitionName, parseVpName, partitionName, vpName } from '../names';
+import { fromPbSnapshot, toPbSnapshot } from '../snapshot-codec';
 
 export const MAX_GUEST_ACCESS = 65536;
 export const MAX_GPA_ACCESS = 1 << 20;
@@ -447,6 +448,26 @@ export class EmulatorBackend implements Backend {
     const { vp } = this.vp(r.name);
     if (!isVtl(r.vtl) || !vp.vtls.get(r.vtl).enabled) throw new HvError(HvStatus.HV_STATUS_INVALID_VTL_STATE, `VTL ${r.vtl} is not enabled on VP ${vp.index}`);
     return { queued: vp.vtls.get(r.vtl).synic.queues.map((q) => q.length) };
+  }
+
+  // ---- snapshots -------------------------------------------------------------------------------
+
+  async savePartition(r: P.SavePartitionRequest): Promise<P.PartitionSnapshot> {
+    const p = this.partition(r.name);
+    return toPbSnapshot(core.snapshotPartition(p), partitionName(p.id));
+  }
+  async restorePartition(r: P.RestorePartitionRequest): Promise<P.Partition> {
+    if (!r.snapshot) throw invalidArgument('snapshot is required');
+    const snap = fromPbSnapshot(r.snapshot);
+    const p = this.manager.adopt({ partitionId: r.partitionId || undefined, memoryBytes: snap.spec.memoryBytes, vpCount: snap.spec.vpCount }, (id) => {
+      try {
+        return core.restorePartition(snap, id);
+      } catch (e) {
+        if (e instanceof HvError) throw e;
+        throw invalidArgument(e instanceof Error ? e.message : String(e));
+      }
+    });
+    return toPbPartition(p);
   }
 
   async close(): Promise<void> {}

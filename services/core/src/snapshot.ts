@@ -1,0 +1,161 @@
+// core: the complete VSM state of a partition as plain data, and its restore. Everything the
+// TLFS model holds is in it: VTLs, per-VTL registers, overlays with their pages and the hidden RAM
+// underneath (RAM pages are saved as they are), protections, SynIC queues, pending intercepts and
+// suspended accesses, counters and generations. The service turns it into the versioned protobuf
+// snapshot (vsm.v1.PartitionSnapshot); the core never sees protobuf.
+import { Partition, PartitionSpec, VirtualProcessor } from './partition';
+import { OverlayManager } from './overlays';
+import { InterceptBroker, InterceptRecord, InterceptRoute } from './intercepts';
+import { PendingAccess } from './access';
+import { ProtectionMap } from './protections';
+import { Reg128 } from './tlfs/registers';
+import { VTLS, Vtl } from './vtl-array';
+import { PlatformHooks } from './platform';
+
+export const CORE_SNAPSHOT_VERSION = 1;
+
+export interface RegisterEntry { name: number; value: Reg128 }
+
+export interface VpVtlSnapshot {
+  enabled: boolean;
+  regs: RegisterEntry[];
+  entryReason: number;
+  pendingStubReturn: bigint | null;
+  vina: bigint;
+  pendingAccess: PendingAccess | null;
+  synicQueues: Buffer[][];
+  secureConfig: bigint[];
+  arm64Pc: bigint;
+  arm64Cpsr: bigint;
+}
+
+export interface VpSnapshot {
+  index: number;
+  activeVtl: Vtl;
+  shared: RegisterEntry[];
+  vtls: VpVtlSnapshot[];
+  suspendedOn: bigint | null;
+  suspendedAccess: PendingAccess | null;
+}
+
+export interface CoreSnapshot {
+  version: number;
+  spec: Omit<PartitionSpec, 'platform'>;
+  state: 'active' | 'crashed';
+  createTimeUnixMs: number;
+  vtls: { enabled: boolean; mbec: boolean; config: bigint; guestOsId: bigint; hypercallMsr: bigint; referenceTscMsr: bigint }[];
+  protections: ({ defaultMask: number; ranges: { start: number; end: number; mask: number }[] } | null)[];
+  protectionChanges: number;
+  transitionSeq: bigint;
+  interceptRoute: InterceptRoute;
+  overlays: ReturnType<OverlayManager['exportState']>;
+  intercepts: ReturnType<InterceptBroker['exportState']>;
+  memory: { gpfn: number; data: Buffer }[];
+  vps: VpSnapshot[];
+}
+
+const regs = (m: Map<number, Reg128>): RegisterEntry[] => [...m].map(([name, value]) => ({ name, value: { ...value } }));
+const copyAccess = (a: PendingAccess | null): PendingAccess | null => (a ? { ...a, data: a.data ? Buffer.from(a.data) : undefined } : null);
+
+export function snapshotPartition(p: Partition): CoreSnapshot {
+  const { platform: _platform, ...spec } = p.spec;
+  return {
+    version: CORE_SNAPSHOT_VERSION,
+    spec: { ...spec, labels: { ...spec.labels } },
+    state: p.state,
+    createTimeUnixMs: p.createTimeUnixMs,
+    vtls: p.vtls.map((v) => ({ enabled: v.enabled, mbec: v.mbec, config: v.config, guestOsId: v.guestOsId, hypercallMsr: v.hypercallMsr, referenceTscMsr: v.referenceTscMsr })),
+    protections: p.protections.map((m) => (m ? { defaultMask: m.defaultMask, ranges: m.list().map((r) => ({ ...r })) } : null)),
+    protectionChanges: p.protectionChanges,
+    transitionSeq: p.transitionSeq,
+    interceptRoute: p.interceptRoute,
+    overlays: p.overlays.exportState(),
+    intercepts: p.intercepts.exportState(),
+    memory: p.memory.touchedPages().map((gpfn) => ({ gpfn, data: p.memory.read(BigInt(gpfn) << 12n, 4096) })),
+    vps: p.vps.map((vp) => snapshotVp(vp)),
+  };
+}
+
+function snapshotVp(vp: VirtualProcessor): VpSnapshot {
+  return {
+    index: vp.index,
+    activeVtl: vp.activeVtl,
+    shared: regs(vp.shared),
+    vtls: vp.vtls.map((s) => ({
+      enabled: s.enabled,
+      regs: regs(s.regs),
+      entryReason: s.entryReason,
+      pendingStubReturn: s.pendingStubReturn,
+      vina: s.vina,
+      pendingAccess: copyAccess(s.pendingAccess),
+      synicQueues: s.synic.queues.map((q) => q.map((m) => Buffer.from(m))),
+      secureConfig: [...s.secureConfig],
+      arm64Pc: s.arm64Pc,
+      arm64Cpsr: s.arm64Cpsr,
+    })),
+    suspendedOn: vp.suspendedOn,
+    suspendedAccess: copyAccess(vp.suspendedAccess),
+  };
+}
+
+/** Rebuilds a partition from a snapshot, under `id` (which may differ from the saved one). */
+export function restorePartition(s: CoreSnapshot, id: string, platform?: PlatformHooks): Partition {
+  if (s.version !== CORE_SNAPSHOT_VERSION) throw new Error(`snapshot version ${s.version} is not supported (this build reads ${CORE_SNAPSHOT_VERSION})`);
+  validateSnapshot(s);
+  const p = new Partition({ ...s.spec, labels: { ...s.spec.labels }, id, platform });
+  p.state = s.state;
+  p.createTimeUnixMs = s.createTimeUnixMs;
+  s.vtls.forEach((v, i) => Object.assign(p.vtls.get(i as Vtl), v));
+  s.protections.forEach((m, i) => {
+    if (!m) return p.protections.set(i as Vtl, null);
+    const map = new ProtectionMap(m.defaultMask);
+    for (const r of m.ranges) map.set(r.start, r.end - r.start, r.mask);
+    p.protections.set(i as Vtl, map);
+  });
+  p.protectionChanges = s.protectionChanges;
+  p.transitionSeq = s.transitionSeq;
+  p.interceptRoute = s.interceptRoute;
+  for (const pg of s.memory) p.memory.write(BigInt(pg.gpfn) << 12n, pg.data);
+  p.overlays.importState(s.overlays);
+  p.intercepts.importState({ ...s.intercepts, pending: s.intercepts.pending.map((r: InterceptRecord) => ({ ...r })) });
+  for (const v of s.vps) {
+    const vp = p.vps[v.index]!;
+    vp.activeVtl = v.activeVtl;
+    vp.shared.clear();
+    for (const r of v.shared) vp.shared.set(r.name, { ...r.value });
+    v.vtls.forEach((vs, i) => {
+      const st = vp.vtls.get(i as Vtl);
+      st.enabled = vs.enabled;
+      st.regs.clear();
+      for (const r of vs.regs) st.regs.set(r.name, { ...r.value });
+      st.entryReason = vs.entryReason;
+      st.pendingStubReturn = vs.pendingStubReturn;
+      st.vina = vs.vina;
+      st.pendingAccess = copyAccess(vs.pendingAccess);
+      vs.synicQueues.forEach((q, n) => { st.synic.queues[n] = q.map((m) => Buffer.from(m)); });
+      vs.secureConfig.forEach((c, n) => { st.secureConfig[n] = c; });
+      st.arm64Pc = vs.arm64Pc;
+      st.arm64Cpsr = vs.arm64Cpsr;
+    });
+    vp.suspendedOn = v.suspendedOn;
+    vp.suspendedAccess = copyAccess(v.suspendedAccess);
+  }
+  return p;
+}
+
+/** Structural checks, so that a corrupt or hostile snapshot is refused instead of half-loaded. */
+function validateSnapshot(s: CoreSnapshot): void {
+  const fail = (m: string): never => { throw new Error(`invalid snapshot: ${m}`); };
+  if (s.vps.length !== s.spec.vpCount) fail('VP count differs from the spec');
+  if (s.vtls.length !== VTLS.length || s.protections.length !== VTLS.length) fail('per-VTL arrays have the wrong length');
+  const pages = s.spec.memoryBytes >> 12n;
+  for (const pg of s.memory) if (pg.data.length !== 4096 || BigInt(pg.gpfn) >= pages || pg.gpfn < 0) fail(`memory page ${pg.gpfn} is malformed or outside the partition`);
+  s.vps.forEach((v, i) => {
+    if (v.index !== i) fail('VPs out of order');
+    if (!VTLS.includes(v.activeVtl) || !v.vtls[v.activeVtl]?.enabled) fail(`VP ${i}'s active VTL is not enabled`);
+    if (v.vtls.length !== VTLS.length) fail(`VP ${i} has the wrong number of VTLs`);
+    for (const vs of v.vtls) if (vs.synicQueues.length !== 16) fail(`VP ${i} SynIC must have 16 queues`);
+  });
+  for (const o of s.overlays.placed) if (o.vpIndex !== null && (o.vpIndex < 0 || o.vpIndex >= s.spec.vpCount)) fail('overlay names a VP that does not exist');
+  for (const pg of s.overlays.pages) if (pg.page.length !== 4096) fail('overlay page is not 4096 bytes');
+}
