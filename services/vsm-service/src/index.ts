@@ -5,3 +5,4 @@ export * from './errors';
 export * from './names';
 export * from './config';
 export { EmulatorBackend } from './backends/emulator';
+export * from './state-dir';
