@@ -176,9 +176,9 @@ export class KvmBackend extends EmulatorBackend {
     });
   }
 
-  override readMemory(r: pb.ReadMemoryRequest): Promise<pb.ReadMemoryResponse> {
+  override async readMemory(r: pb.ReadMemoryRequest): Promise<pb.ReadMemoryResponse> {
     const { p, vp } = this.vp(r.name);
-    if (this.modelOnly(p, vp)) return super.readMemory(r);
+    if (this.modelOnly(p, vp)) return await super.readMemory(r);
     return this.guarded(() => {
       p.assertActive();
       if (r.length < 1 || r.length > MAX_GUEST_ACCESS) throw invalidArgument(`length must be 1..${MAX_GUEST_ACCESS}`);
@@ -188,9 +188,9 @@ export class KvmBackend extends EmulatorBackend {
     });
   }
 
-  override writeMemory(r: pb.WriteMemoryRequest): Promise<pb.WriteMemoryResponse> {
+  override async writeMemory(r: pb.WriteMemoryRequest): Promise<pb.WriteMemoryResponse> {
     const { p, vp } = this.vp(r.name);
-    if (this.modelOnly(p, vp)) return super.writeMemory(r);
+    if (this.modelOnly(p, vp)) return await super.writeMemory(r);
     return this.guarded(() => {
       if (r.data.length < 1 || r.data.length > MAX_GUEST_ACCESS) throw invalidArgument(`data must be 1..${MAX_GUEST_ACCESS} bytes`);
       p.assertActive();

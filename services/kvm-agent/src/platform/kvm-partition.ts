@@ -427,7 +427,7 @@ export class KvmPartition {
           st.pendingStubReturn = returnRip;
           const o = core.executeVmcall(p, vp, { instructionLength: HYPERCALL_INSN_LENGTH });
           if (o.exception !== undefined) return fail(o.exception);
-          if (o.vtlSwitch) return { activeVtl: vp.activeVtl, vtlSwitch: o.vtlSwitch, rax: rax() };
+          if (o.vtlSwitch) return { activeVtl: vp.activeVtl, vtlSwitch: o.vtlSwitch, resumedAccess: o.resumedAccess, rax: rax() };
           st.pendingStubReturn = null;
           c.vcpu.setRegs({ ...regs, ...gprsOf(vp, vtl), rip: insn + BigInt(HYPERCALL_INSN_LENGTH) });
           continue;
