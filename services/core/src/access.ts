@@ -41,13 +41,12 @@ const ACCESS_TYPE: Record<AccessKind, 0 | 1 | 2> = { read: 0, write: 1, execute:
 
 /** The protecting VTL that refuses `kind` at gpfn for VTL `vtl`, if any (lowest first, §8.1). */
 export function violatingVtl(p: Partition, vp: VirtualProcessor, vtl: Vtl, gpfn: number, kind: AccessKind): Vtl | undefined {
-  for (const m of VTLS) {
-    if (m <= vtl) continue;
-    const map = p.protections.get(m);
+  let flag = -1;
+  for (let m = vtl + 1; m < VTLS.length; m++) {
+    const map = p.protections.get(m as Vtl);
     if (!map) continue;
-    const userMode = p.cpl(vp) === 3;
-    const mbec = p.vtls.get(vtl).mbec;
-    if ((map.get(gpfn) & requiredFlag(kind, userMode, mbec)) === 0) return m;
+    if (flag < 0) flag = requiredFlag(kind, kind === 'execute' && p.cpl(vp) === 3, p.vtls.get(vtl).mbec);
+    if ((map.get(gpfn) & flag) === 0) return m as Vtl;
   }
   return undefined;
 }

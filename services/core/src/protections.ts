@@ -14,6 +14,11 @@ export interface ProtectionRange {
 
 export class ProtectionMap {
   private ranges: ProtectionRange[] = [];
+  /** Flat copies of the range bounds for lookups (rebuilt lazily after a change). */
+  private starts = new Float64Array(0);
+  private ends = new Float64Array(0);
+  private masks = new Uint8Array(0);
+  private dirty = false;
 
   constructor(public defaultMask: number) {}
 
@@ -24,24 +29,39 @@ export class ProtectionMap {
     return this.ranges;
   }
 
-  /** Mask in force for a page. */
+  /** Mask in force for a page: a binary search over flat typed arrays. */
   get(gpfn: number): number {
-    const r = this.ranges;
+    if (this.dirty) this.flatten();
+    const starts = this.starts;
+    // Last range whose start <= gpfn.
     let lo = 0;
-    let hi = r.length - 1;
-    while (lo <= hi) {
-      const mid = (lo + hi) >> 1;
-      const x = r[mid]!;
-      if (gpfn < x.start) hi = mid - 1;
-      else if (gpfn >= x.end) lo = mid + 1;
-      else return x.mask;
+    let hi = starts.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (starts[mid]! <= gpfn) lo = mid + 1;
+      else hi = mid;
     }
-    return this.defaultMask;
+    const i = lo - 1;
+    return i >= 0 && gpfn < this.ends[i]! ? this.masks[i]! : this.defaultMask;
+  }
+
+  private flatten(): void {
+    const n = this.ranges.length;
+    this.starts = new Float64Array(n);
+    this.ends = new Float64Array(n);
+    this.masks = new Uint8Array(n);
+    this.ranges.forEach((r, i) => {
+      this.starts[i] = r.start;
+      this.ends[i] = r.end;
+      this.masks[i] = r.mask;
+    });
+    this.dirty = false;
   }
 
   /** Sets `mask` on pages [start, start + count). */
   set(start: number, count: number, mask: number): void {
     if (count <= 0) return;
+    this.dirty = true;
     const end = start + count;
     const r = this.ranges;
     // First range that ends after `start`, and first range that starts at or after `end`.
