@@ -1,0 +1,130 @@
+#!/usr/bin/env node
+/**
+ * vsm-kvm-agent: serves vsm.v1 over KvmBackend (guest code runs on /dev/kvm).
+ *
+ *   vsm-kvm-agent [--listen 127.0.0.1:50061 | --listen unix:///run/vsm/agent.sock]
+ *                 [--action-timeout-ms 2000] [--device /dev/kvm] [vsm-service's transport/authz/limit/log flags]
+ *   env: VSM_LISTEN, VSM_AGENT_ACTION_TIMEOUT_MS, VSM_KVM_DEVICE and vsm-service's VSM_* (flags win)
+ *
+ * SIGTERM/SIGINT shut down gracefully: health NOT_SERVING, in-flight calls drain (bounded), then
+ * every partition's VMs, vCPUs, memfds and mappings are freed and /dev/kvm is closed.
+ */
+import * as fs from 'node:fs';
+import pino from 'pino';
+import { Config, UsageError, parseConfig, startServer } from '@vsm/service';
+import { KvmBackend } from './backend';
+
+export interface AgentConfig {
+  /** Transport, security, limits and logging: exactly vsm-service's flags (its parseConfig). */
+  service: Config;
+  /** Where to listen: HOST:PORT, or unix:///absolute/path. */
+  listen: string;
+  actionTimeoutMs: number;
+  device: string;
+}
+
+export const AGENT_USAGE = `usage: vsm-kvm-agent [--listen HOST:PORT | --listen unix:///PATH] [--action-timeout-ms N] [--device /dev/kvm]
+       [vsm-service's transport, authorization, limit and log flags: --log-level, --tls-cert/--tls-key/--tls-ca/--tls-client-auth,
+        --insecure, --insecure-allow-remote, --authz-policy, --max-streams, --max-streams-per-client, --max-partitions, --max-vps, --max-memory]
+  Default listen 127.0.0.1:50061. Plaintext only on loopback or a unix socket unless --insecure-allow-remote.
+  env: VSM_LISTEN, VSM_AGENT_ACTION_TIMEOUT_MS, VSM_KVM_DEVICE and vsm-service's VSM_* variables`;
+
+const AGENT_FLAGS = ['action-timeout-ms', 'device'];
+const DEFAULT_LISTEN = '127.0.0.1:50061';
+/** Stands in for a unix: address while vsm-service's parser (HOST:PORT only) checks the rest. */
+const UNIX_PLACEHOLDER = '127.0.0.1:1';
+
+export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentConfig {
+  const rest: string[] = [];
+  const own = new Map<string, string>();
+  let listenFlag: string | undefined;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === '--help' || a === '-h') throw new UsageError(AGENT_USAGE);
+    const m = /^--([a-z-]+)(?:=(.*))?$/.exec(a);
+    if (m && (AGENT_FLAGS.includes(m[1]!) || m[1] === 'listen')) {
+      const v = m[2] ?? argv[++i];
+      if (v === undefined) throw new UsageError(`--${m[1]} needs a value\n${AGENT_USAGE}`);
+      if (m[1] === 'listen') listenFlag = v;
+      else own.set(m[1]!, v);
+      continue;
+    }
+    if (m && (m[1] === 'backend' || m[1] === 'agent')) throw new UsageError(`--${m[1]} is a vsm-service flag: the agent runs partitions itself\n${AGENT_USAGE}`);
+    rest.push(a);
+  }
+  const listen = listenFlag ?? (env.VSM_LISTEN || DEFAULT_LISTEN);
+  const unix = /^unix:/.test(listen);
+  if (unix && !/^unix:(\/\/)?\/[^\0]+$/.test(listen)) throw new UsageError(`--listen unix: needs an absolute path (unix:///run/vsm/agent.sock), got ${JSON.stringify(listen)}`);
+  let service: Config;
+  try {
+    service = parseConfig([...rest, '--listen', unix ? UNIX_PLACEHOLDER : listen], { ...env, VSM_BACKEND: undefined, VSM_AGENTS: undefined });
+  } catch (e) {
+    if (e instanceof UsageError && /^usage: vsm-service/m.test(e.message)) throw new UsageError(e.message.replace(/usage: vsm-service[\s\S]*$/, AGENT_USAGE));
+    throw e;
+  }
+  const timeoutRaw = own.get('action-timeout-ms') ?? env.VSM_AGENT_ACTION_TIMEOUT_MS ?? '2000';
+  if (!/^\d+$/.test(timeoutRaw) || Number(timeoutRaw) < 1 || Number(timeoutRaw) > 600_000) throw new UsageError('--action-timeout-ms must be an integer 1..600000');
+  return { service: { ...service, listen }, listen, actionTimeoutMs: Number(timeoutRaw), device: own.get('device') ?? env.VSM_KVM_DEVICE ?? '/dev/kvm' };
+}
+
+/** The socket file of a unix: address (unix:/p, unix:///p). */
+export function unixSocketPath(listen: string): string | undefined {
+  const m = /^unix:(?:\/\/)?(\/.+)$/.exec(listen);
+  return m ? m[1] : undefined;
+}
+
+async function main(): Promise<void> {
+  let cfg: AgentConfig;
+  try {
+    cfg = parseAgentConfig(process.argv.slice(2), process.env);
+  } catch (e) {
+    if (e instanceof UsageError) {
+      process.stderr.write(e.message + '\n');
+      process.exit(2);
+    }
+    throw e;
+  }
+  const log = pino({ level: cfg.service.logLevel, base: { svc: 'vsm-kvm-agent' } });
+  const why = KvmBackend.unavailableReason(cfg.device);
+  if (why) {
+    log.fatal({ device: cfg.device }, `KVM is not usable: ${why}`);
+    process.exit(2);
+  }
+  const { maxStreams, maxStreamsPerClient, ...partitionLimits } = cfg.service.limits;
+  const backend = new KvmBackend({
+    devicePath: cfg.device,
+    actionTimeoutMs: cfg.actionTimeoutMs,
+    limits: Object.fromEntries(Object.entries(partitionLimits).filter(([, v]) => v !== undefined)),
+  });
+  const host = backend.kvmHost(); // open /dev/kvm now: fail at start, not at the first partition
+  log.info({ device: cfg.device, cpuidLeaves: host.cpuid.length, pioOutAdvancesRip: host.pioOutAdvancesRip }, 'KVM ready');
+  const sock = unixSocketPath(cfg.listen);
+  if (sock && fs.existsSync(sock) && fs.statSync(sock).isSocket()) fs.unlinkSync(sock); // stale socket of an earlier run
+  const srv = await startServer({
+    listen: cfg.listen,
+    backend,
+    logger: log,
+    tls: cfg.service.tls,
+    // A unix socket is local (its file permissions decide who connects): plaintext is fine there.
+    allowInsecureRemote: cfg.service.insecureAllowRemote || sock !== undefined,
+    security: { authzPolicy: cfg.service.authzPolicy ? { file: cfg.service.authzPolicy } : undefined, limits: { maxStreams, maxStreamsPerClient } },
+  });
+  for (const sig of ['SIGTERM', 'SIGINT'] as const) {
+    process.once(sig, () => {
+      srv.shutdown(sig).then(
+        () => {
+          if (sock && fs.existsSync(sock)) fs.unlinkSync(sock);
+          process.exit(0);
+        },
+        () => process.exit(1),
+      );
+    });
+  }
+}
+
+if (require.main === module) {
+  main().catch((e) => {
+    process.stderr.write(`vsm-kvm-agent failed to start: ${e instanceof Error ? e.message : String(e)}\n`);
+    process.exit(1);
+  });
+}
