@@ -1,13 +1,38 @@
 // service layer: configuration from flags and environment (flags win).
-//   --listen HOST:PORT   | VSM_LISTEN    (default 127.0.0.1:50051)
-//   --backend emulator   | VSM_BACKEND   (default emulator)
-//   --log-level LEVEL    | VSM_LOG_LEVEL (default info)
+//   --listen HOST:PORT              | VSM_LISTEN        (default 127.0.0.1:50051)
+//   --backend emulator              | VSM_BACKEND       (default emulator)
+//   --log-level LEVEL               | VSM_LOG_LEVEL     (default info)
+// Transport (plaintext is served only on loopback unless --insecure-allow-remote):
+//   --tls-cert FILE --tls-key FILE  | VSM_TLS_CERT, VSM_TLS_KEY   (re-read when the files change)
+//   --tls-ca FILE                   | VSM_TLS_CA        (CA for client certificates)
+//   --tls-client-auth require|optional|none | VSM_TLS_CLIENT_AUTH (default require with --tls-ca)
+//   --insecure                      | VSM_INSECURE=1    (plaintext, explicitly; loopback only)
+//   --insecure-allow-remote         | VSM_INSECURE_ALLOW_REMOTE=1 (plaintext on any address)
+// Authorization:
+//   --authz-policy FILE             | VSM_AUTHZ_POLICY  (JSON; unset = authorization off)
+// Limits:
+//   --max-streams N                 | VSM_MAX_STREAMS             (default 256)
+//   --max-streams-per-client N      | VSM_MAX_STREAMS_PER_CLIENT  (default 64)
+//   --max-partitions N              | VSM_MAX_PARTITIONS          (default 4096)
+//   --max-vps N                     | VSM_MAX_VPS                 (VPs per partition, default 64)
+//   --max-memory BYTES              | VSM_MAX_MEMORY              (per partition, default 1 TiB; K/M/G/T suffixes)
+import type { ClientAuth } from './security/tls';
+import { PLAINTEXT_REMOTE_REFUSED, isLoopbackListen } from './security/tls';
+
 export interface Config {
   listen: string;
   backend: 'emulator' | 'agent';
   logLevel: string;
   agents: string[];
+  tls?: { certFile: string; keyFile: string; caFile?: string; clientAuth: ClientAuth };
+  /** Plaintext on a non-loopback address was explicitly allowed. */
+  insecureAllowRemote: boolean;
+  authzPolicy?: string;
+  limits: { maxStreams?: number; maxStreamsPerClient?: number; maxPartitions?: number; maxVpCount?: number; maxMemoryBytes?: bigint };
 }
+
+const VALUE_FLAGS = ['listen', 'backend', 'log-level', 'agent', 'tls-cert', 'tls-key', 'tls-ca', 'tls-client-auth', 'authz-policy', 'max-streams', 'max-streams-per-client', 'max-partitions', 'max-vps', 'max-memory'];
+const BOOL_FLAGS = ['insecure', 'insecure-allow-remote'];
 
 export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): Config {
   const flags = new Map<string, string>();
@@ -16,20 +41,86 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): Config {
     if (a === '--help' || a === '-h') throw new UsageError(USAGE);
     const m = /^--([a-z-]+)(?:=(.*))?$/.exec(a);
     if (!m) throw new UsageError(`unexpected argument ${JSON.stringify(a)}\n${USAGE}`);
+    if (BOOL_FLAGS.includes(m[1]!)) {
+      const v = m[2] ?? 'true';
+      if (!['true', 'false', '1', '0'].includes(v)) throw new UsageError(`--${m[1]} takes no value (or =true/=false)`);
+      flags.set(m[1]!, v);
+      continue;
+    }
     const v = m[2] ?? argv[++i];
     if (v === undefined) throw new UsageError(`--${m[1]} needs a value\n${USAGE}`);
     flags.set(m[1]!, v);
   }
-  for (const k of flags.keys()) if (!['listen', 'backend', 'log-level', 'agent'].includes(k)) throw new UsageError(`unknown flag --${k}\n${USAGE}`);
-  const listen = flags.get('listen') ?? env.VSM_LISTEN ?? '127.0.0.1:50051';
-  if (!/^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$/.test(listen)) throw new UsageError(`--listen must be HOST:PORT, got ${JSON.stringify(listen)}`);
-  const backend = flags.get('backend') ?? env.VSM_BACKEND ?? 'emulator';
+  for (const k of flags.keys()) if (!VALUE_FLAGS.includes(k) && !BOOL_FLAGS.includes(k)) throw new UsageError(`unknown flag --${k}\n${USAGE}`);
+  const get = (flag: string, envName: string): string | undefined => {
+    const v = flags.get(flag) ?? env[envName];
+    return v === '' ? undefined : v;
+  };
+  const bool = (flag: string, envName: string): boolean => ['true', '1', 'yes'].includes((get(flag, envName) ?? 'false').toLowerCase());
+
+  const listen = get('listen', 'VSM_LISTEN') ?? '127.0.0.1:50051';
+  if (!/^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/.test(listen)) throw new UsageError(`--listen must be HOST:PORT, got ${JSON.stringify(listen)}`);
+  const backend = get('backend', 'VSM_BACKEND') ?? 'emulator';
   if (backend !== 'emulator' && backend !== 'agent') throw new UsageError(`--backend must be emulator or agent, got ${JSON.stringify(backend)}`);
-  const agents = (flags.get('agent') ?? env.VSM_AGENTS ?? '').split(',').filter(Boolean);
-  return { listen, backend, logLevel: flags.get('log-level') ?? env.VSM_LOG_LEVEL ?? 'info', agents };
+  const agents = (get('agent', 'VSM_AGENTS') ?? '').split(',').filter(Boolean);
+
+  // Transport.
+  const certFile = get('tls-cert', 'VSM_TLS_CERT');
+  const keyFile = get('tls-key', 'VSM_TLS_KEY');
+  const caFile = get('tls-ca', 'VSM_TLS_CA');
+  const clientAuthRaw = get('tls-client-auth', 'VSM_TLS_CLIENT_AUTH');
+  const insecure = bool('insecure', 'VSM_INSECURE');
+  const insecureAllowRemote = bool('insecure-allow-remote', 'VSM_INSECURE_ALLOW_REMOTE');
+  if ((certFile === undefined) !== (keyFile === undefined)) throw new UsageError('--tls-cert and --tls-key go together');
+  if (clientAuthRaw !== undefined && !['require', 'optional', 'none'].includes(clientAuthRaw)) throw new UsageError(`--tls-client-auth must be require, optional or none, got ${JSON.stringify(clientAuthRaw)}`);
+  let tls: Config['tls'];
+  if (certFile && keyFile) {
+    if (insecure || insecureAllowRemote) throw new UsageError('--insecure / --insecure-allow-remote contradict --tls-cert/--tls-key');
+    const clientAuth = (clientAuthRaw ?? (caFile ? 'require' : 'none')) as ClientAuth;
+    if (clientAuth !== 'none' && !caFile) throw new UsageError(`--tls-client-auth ${clientAuth} needs --tls-ca (the CA client certificates must chain to)`);
+    if (clientAuth === 'none' && caFile) throw new UsageError('--tls-ca without client certificate authentication: drop --tls-ca or use --tls-client-auth require|optional');
+    tls = { certFile, keyFile, caFile, clientAuth };
+  } else {
+    if (caFile !== undefined || clientAuthRaw !== undefined) throw new UsageError('--tls-ca / --tls-client-auth need --tls-cert and --tls-key');
+    if (!insecureAllowRemote && !isLoopbackListen(listen)) throw new UsageError(PLAINTEXT_REMOTE_REFUSED(listen));
+  }
+
+  // Authorization: client certificates identify principals only through a policy.
+  const authzPolicy = get('authz-policy', 'VSM_AUTHZ_POLICY');
+  if (tls && tls.clientAuth !== 'none' && !authzPolicy) throw new UsageError('client certificate authentication needs --authz-policy FILE (which certificates may do what); without a policy, authorization is off');
+
+  const int = (flag: string, envName: string, min: number, max: number): number | undefined => {
+    const v = get(flag, envName);
+    if (v === undefined) return undefined;
+    if (!/^\d+$/.test(v) || Number(v) < min || Number(v) > max) throw new UsageError(`--${flag} must be an integer ${min}..${max}, got ${JSON.stringify(v)}`);
+    return Number(v);
+  };
+  const memRaw = get('max-memory', 'VSM_MAX_MEMORY');
+  let maxMemoryBytes: bigint | undefined;
+  if (memRaw !== undefined) {
+    const m = /^(\d+)([KMGT]i?B?)?$/i.exec(memRaw);
+    if (!m) throw new UsageError(`--max-memory must be a byte count (suffixes K, M, G, T = powers of 1024), got ${JSON.stringify(memRaw)}`);
+    const shift = { '': 0n, k: 10n, m: 20n, g: 30n, t: 40n }[(m[2] ?? '').charAt(0).toLowerCase() as '' | 'k' | 'm' | 'g' | 't'];
+    maxMemoryBytes = BigInt(m[1]!) << shift;
+    if (maxMemoryBytes < 4096n || maxMemoryBytes % 4096n !== 0n) throw new UsageError('--max-memory must be a positive multiple of 4096 bytes');
+  }
+  const limits: Config['limits'] = {
+    maxStreams: int('max-streams', 'VSM_MAX_STREAMS', 1, 1_000_000),
+    maxStreamsPerClient: int('max-streams-per-client', 'VSM_MAX_STREAMS_PER_CLIENT', 1, 1_000_000),
+    maxPartitions: int('max-partitions', 'VSM_MAX_PARTITIONS', 1, 1_000_000),
+    maxVpCount: int('max-vps', 'VSM_MAX_VPS', 1, 4096),
+    maxMemoryBytes,
+  };
+  return { listen, backend, logLevel: get('log-level', 'VSM_LOG_LEVEL') ?? 'info', agents, tls, insecureAllowRemote, authzPolicy, limits };
 }
 
 export class UsageError extends Error {}
 
 export const USAGE = `usage: vsm-service [--listen HOST:PORT] [--backend emulator|agent] [--agent ADDR,...] [--log-level LEVEL]
-  env: VSM_LISTEN, VSM_BACKEND, VSM_AGENTS, VSM_LOG_LEVEL`;
+       [--tls-cert FILE --tls-key FILE [--tls-ca FILE] [--tls-client-auth require|optional|none]]
+       [--insecure] [--insecure-allow-remote] [--authz-policy FILE]
+       [--max-streams N] [--max-streams-per-client N] [--max-partitions N] [--max-vps N] [--max-memory BYTES]
+  Plaintext is served only on loopback addresses unless --insecure-allow-remote.
+  env: VSM_LISTEN, VSM_BACKEND, VSM_AGENTS, VSM_LOG_LEVEL, VSM_TLS_CERT, VSM_TLS_KEY, VSM_TLS_CA,
+       VSM_TLS_CLIENT_AUTH, VSM_INSECURE, VSM_INSECURE_ALLOW_REMOTE, VSM_AUTHZ_POLICY, VSM_MAX_STREAMS,
+       VSM_MAX_STREAMS_PER_CLIENT, VSM_MAX_PARTITIONS, VSM_MAX_VPS, VSM_MAX_MEMORY`;

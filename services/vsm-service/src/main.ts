@@ -22,7 +22,16 @@ async function main(): Promise<void> {
     log.fatal('the agent backend is not available in this build (see the KVM agent issue); use --backend emulator');
     process.exit(2);
   }
-  const srv = await startServer({ listen: cfg.listen, backend: new EmulatorBackend(), logger: log });
+  const { maxStreams, maxStreamsPerClient, ...partitionLimits } = cfg.limits;
+  const backend = new EmulatorBackend(Object.fromEntries(Object.entries(partitionLimits).filter(([, v]) => v !== undefined)));
+  const srv = await startServer({
+    listen: cfg.listen,
+    backend,
+    logger: log,
+    tls: cfg.tls,
+    allowInsecureRemote: cfg.insecureAllowRemote,
+    security: { authzPolicy: cfg.authzPolicy ? { file: cfg.authzPolicy } : undefined, limits: { maxStreams, maxStreamsPerClient } },
+  });
   for (const sig of ['SIGTERM', 'SIGINT'] as const) {
     process.once(sig, () => {
       srv.shutdown(sig).then(() => process.exit(0), () => process.exit(1));

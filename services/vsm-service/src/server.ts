@@ -1,6 +1,8 @@
 // service layer: the gRPC server. Registers the vsm.v1 services over a Backend, gRPC reflection
 // (v1 and v1alpha, for grpcurl), grpc.health.v1, per-call structured logs, message size limits and
-// a bounded graceful shutdown.
+// a bounded graceful shutdown. Security (src/security): TLS with certificate reload, plaintext only
+// on loopback unless allowed, authentication + role-based authorization on every vsm.v1 call,
+// stream limits, malformed requests answered INVALID_ARGUMENT.
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
@@ -10,6 +12,7 @@ import pino, { Logger } from 'pino';
 import { pb } from '@vsm/client';
 import { Backend, StreamSink } from './backend';
 import { toServiceError } from './errors';
+import { CallGuard, CallLike, PLAINTEXT_REMOTE_REFUSED, ReloadingCertificateProvider, SecurityOptions, TlsOptions, isLoopbackListen, isMalformed, tlsServerCredentials, tolerantService } from './security';
 
 export const SERVICE_NAMES = ['vsm.v1.PartitionService', 'vsm.v1.VirtualProcessorService', 'vsm.v1.GuestService', 'vsm.v1.MemoryService', 'vsm.v1.VtlService', 'vsm.v1.InterceptService', 'vsm.v1.SynicService', 'vsm.v1.SnapshotService'];
 export const MAX_MESSAGE_BYTES = 8 * 1024 * 1024;
@@ -21,6 +24,12 @@ export interface ServerOptions {
   logger?: Logger;
   /** How long shutdown waits for in-flight calls before cancelling them. */
   shutdownGraceMs?: number;
+  /** Serve TLS (certificates re-read when the files change). Unset = plaintext. */
+  tls?: TlsOptions;
+  /** Plaintext on a non-loopback address is refused unless this is set. */
+  allowInsecureRemote?: boolean;
+  /** Authorization policy and stream limits (see security/guard.ts). */
+  security?: SecurityOptions;
 }
 
 export interface RunningServer {
@@ -28,6 +37,9 @@ export interface RunningServer {
   port: number;
   address: string;
   health: HealthImplementation;
+  /** The TLS certificate provider (reload state), when serving TLS. */
+  tls?: ReloadingCertificateProvider;
+  guard: CallGuard;
   shutdown(reason?: string): Promise<void>;
 }
 
@@ -36,7 +48,13 @@ type Unary<Req, Res> = (req: Req) => Promise<Res>;
 export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const log = opts.logger ?? pino({ level: process.env.VSM_LOG_LEVEL ?? 'info' });
   const backend = opts.backend;
-  const server = new grpc.Server({ 'grpc.max_receive_message_length': MAX_MESSAGE_BYTES, 'grpc.max_send_message_length': MAX_MESSAGE_BYTES });
+  if (!opts.tls && !opts.allowInsecureRemote && !isLoopbackListen(opts.listen)) throw new Error(PLAINTEXT_REMOTE_REFUSED(opts.listen));
+  const guard = new CallGuard(opts.security ?? {}, log);
+  const server = new grpc.Server({
+    'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
+    'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
+    ...(guard.authzEnabled ? { interceptors: [guard.interceptor()] } : {}),
+  });
   const inflight = new Set<AbortController>();
 
   const unary = <Req, Res>(method: string, fn: Unary<Req, Res>): grpc.handleUnaryCall<Req, Res> =>
@@ -45,7 +63,12 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       const ac = new AbortController();
       inflight.add(ac);
       Promise.resolve()
-        .then(() => fn(call.request))
+        .then(() => {
+          const principal = guard.authenticate(call);
+          if (isMalformed(call.request)) throw guard.malformed(call.getPath(), call.request);
+          guard.authorize(call.getPath(), principal, call.request);
+          return fn(call.request);
+        })
         .then(
           (res) => {
             log.debug({ method, us: Number((process.hrtime.bigint() - t0) / 1000n), code: 0 }, 'rpc');
@@ -72,11 +95,18 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
         write: (m) => call.write(m),
         drained: () => new Promise((res) => { if (ac.signal.aborted) res(); else { call.once('drain', res); ac.signal.addEventListener('abort', () => res(), { once: true }); } }),
       };
+      let release: (() => void) | undefined;
       log.info({ method }, 'stream opened');
-      fn(call.request, sink, ac.signal).then(
+      Promise.resolve().then(() => {
+        const principal = guard.authenticate(call);
+        if (isMalformed(call.request)) throw guard.malformed(call.getPath(), call.request);
+        guard.authorize(call.getPath(), principal, call.request);
+        release = guard.acquireStream(call, principal);
+        return fn(call.request, sink, ac.signal);
+      }).then(
         () => { if (!call.cancelled) call.end(); },
         (e: unknown) => { const err = toServiceError(e); log.info({ method, code: err.code, error: err.details }, 'stream failed'); call.emit('error', err); },
-      ).finally(() => { inflight.delete(ac); log.info({ method }, 'stream closed'); });
+      ).finally(() => { release?.(); inflight.delete(ac); log.info({ method }, 'stream closed'); });
     };
 
   const bidi = <Req, Res>(method: string, fn: (reqs: AsyncIterable<Req>, sink: StreamSink<Res>, signal: AbortSignal) => Promise<void>): grpc.handleBidiStreamingCall<Req, Res> =>
@@ -89,14 +119,28 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
         write: (m) => (ac.signal.aborted ? false : call.write(m)),
         drained: () => new Promise((res) => { if (ac.signal.aborted) res(); else { call.once('drain', res); ac.signal.addEventListener('abort', () => res(), { once: true }); } }),
       };
+      let release: (() => void) | undefined;
       log.info({ method }, 'stream opened');
-      fn(call as unknown as AsyncIterable<Req>, sink, ac.signal).then(
+      Promise.resolve().then(async () => {
+        const principal = guard.authenticate(call);
+        release = guard.acquireStream(call, principal);
+        // Authorization needs the first message (Monitor: subscribe names the partition): it is
+        // read and checked here, before the handler sees anything or anything is sent.
+        const reqs = guardedRequests<Req>(call as unknown as AsyncIterable<unknown>, (m) => guard.malformed(call.getPath(), m));
+        const first = await reqs.peek();
+        guard.authorize(call.getPath(), principal, first.done ? undefined : first.value);
+        return fn(reqs, sink, ac.signal);
+      }).then(
         () => { if (!call.cancelled) call.end(); },
         (e: unknown) => { const err = toServiceError(e); log.info({ method, code: err.code, error: err.details }, 'stream failed'); call.emit('error', err); },
-      ).finally(() => { inflight.delete(ac); log.info({ method }, 'stream closed'); });
+      ).finally(() => { release?.(); inflight.delete(ac); log.info({ method }, 'stream closed'); });
     };
 
   const b = backend;
+  // Every vsm.v1 service is registered with decoders that never throw (a malformed request is
+  // INVALID_ARGUMENT, not grpc-js's INTERNAL); health and reflection keep theirs.
+  const addService = server.addService.bind(server);
+  server.addService = (def, impl) => addService(Object.values(def).every((m) => m.path.startsWith('/vsm.v1.')) ? tolerantService(def) : def, impl);
   server.addService(pb.PartitionServiceService, {
     createPartition: unary('CreatePartition', (r: pb.CreatePartitionRequest) => b.createPartition(r)),
     getPartition: unary('GetPartition', (r: pb.GetPartitionRequest) => b.getPartition(r)),
@@ -158,11 +202,19 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   );
   new ReflectionService(pkg).addToServer(server);
 
+  let tls: ReloadingCertificateProvider | undefined;
+  let credentials = grpc.ServerCredentials.createInsecure();
+  try {
+    if (opts.tls) ({ credentials, provider: tls } = tlsServerCredentials(opts.tls, log));
+  } catch (e) {
+    guard.close();
+    throw e;
+  }
   const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(opts.listen, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
-  );
+    server.bindAsync(opts.listen, credentials, (err, p) => (err ? reject(err) : resolve(p))),
+  ).catch((e: unknown) => { tls?.close(); guard.close(); throw e; });
   const address = opts.listen.replace(/:0$/, `:${port}`);
-  log.info({ listen: address, backend: backend.kind }, 'vsm-service listening');
+  log.info({ listen: address, backend: backend.kind, transport: tls ? `tls (client certificates: ${opts.tls?.clientAuth ?? (opts.tls?.caFile ? 'require' : 'none')})` : 'plaintext', authorization: guard.authzEnabled }, 'vsm-service listening');
 
   let stopping: Promise<void> | undefined;
   const shutdown = (reason = 'shutdown') =>
@@ -177,10 +229,43 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
         for (const ac of inflight) ac.abort();
         server.tryShutdown(() => { clearTimeout(timer); resolve(); });
       });
+      tls?.close();
+      guard.close();
       await backend.close();
       log.info('stopped');
     })());
-  return { server, port, address, health, shutdown };
+  return { server, port, address, health, tls, guard, shutdown };
+}
+
+/**
+ * A bidi call's requests as the handler's AsyncIterable, with `peek()` for the first one; a
+ * message that failed to decode ends the iteration with INVALID_ARGUMENT.
+ */
+function guardedRequests<Req>(source: AsyncIterable<unknown>, malformed: (m: never) => Error): AsyncIterable<Req> & { peek(): Promise<IteratorResult<Req>> } {
+  const it = source[Symbol.asyncIterator]();
+  let peeked: Promise<IteratorResult<Req>> | undefined;
+  const pull = async (): Promise<IteratorResult<Req>> => {
+    const r = await it.next();
+    if (!r.done && isMalformed(r.value)) throw malformed(r.value as never);
+    return r as IteratorResult<Req>;
+  };
+  return {
+    peek: () => (peeked ??= pull()),
+    [Symbol.asyncIterator]: () => ({
+      next: () => {
+        if (peeked) {
+          const p = peeked;
+          peeked = undefined;
+          return p;
+        }
+        return pull();
+      },
+      return: async (v?: unknown) => {
+        await it.return?.(v);
+        return { done: true, value: undefined };
+      },
+    }),
+  };
 }
 
 function protoFileOf(service: string): string {
