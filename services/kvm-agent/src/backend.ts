@@ -34,7 +34,7 @@ export interface KvmBackendOptions {
 
 export class KvmBackend extends EmulatorBackend {
   declare readonly manager: KvmPartitionManager;
-  private host: (KvmHost & { close(): void }) | undefined;
+  private host: (KvmHost & { close(): Promise<void> }) | undefined;
   private closed = false;
 
   constructor(private readonly opts: KvmBackendOptions = {}) {
@@ -66,9 +66,9 @@ export class KvmBackend extends EmulatorBackend {
         system, cpuid, pioOutAdvancesRip,
         actionTimeoutMs: this.opts.actionTimeoutMs ?? 2000,
         watchdog: () => (watchdog ??= VcpuWatchdog.start()),
-        close: () => {
-          watchdog?.close();
+        close: async () => {
           system.close();
+          await watchdog?.close();
         },
       };
       return this.host;
@@ -219,8 +219,9 @@ export class KvmBackend extends EmulatorBackend {
     this.closed = true;
     this.manager.disposeAll();
     await super.close();
-    this.host?.close();
+    const host = this.host;
     this.host = undefined;
+    await host?.close();
   }
 
   // ---- helpers ------------------------------------------------------------------------------------

@@ -96,12 +96,15 @@ export class VcpuWatchdog {
     }
   }
 
-  /** Stops the watchdog thread (the signal handler stays installed). */
-  close(): void {
-    if (this.closed) return;
+  /**
+   * Stops the watchdog thread (the signal handler stays installed). The returned promise resolves
+   * once the thread is gone (its event loop's fds are released then); callers may ignore it.
+   */
+  close(): Promise<void> {
+    if (this.closed) return Promise.resolve();
     this.closed = true;
     Atomics.store(this.cells, STOP, 1);
     Atomics.notify(this.cells, STOP);
-    void this.worker.terminate();
+    return this.worker.terminate().then(() => undefined);
   }
 }

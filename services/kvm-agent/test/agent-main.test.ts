@@ -1,0 +1,74 @@
+// vsm-kvm-agent's configuration, and a server over KvmBackend on a unix socket whose shutdown
+// frees every fd and mapping it made (/dev/kvm, VMs, vCPUs, memfds).
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import pino from 'pino';
+import { connect } from '@vsm/client';
+import { UsageError, startServer } from '@vsm/service';
+import { KvmBackend } from '../src/backend';
+import { parseAgentConfig, unixSocketPath } from '../src/main';
+import { GiB, describeKvm } from './agent-support';
+
+describe('vsm-kvm-agent configuration', () => {
+  test('defaults: loopback 50061, 2 s action deadline, /dev/kvm', () => {
+    const c = parseAgentConfig([], {});
+    expect([c.listen, c.actionTimeoutMs, c.device, c.service.logLevel]).toEqual(['127.0.0.1:50061', 2000, '/dev/kvm', 'info']);
+  });
+  test('unix sockets, flags over environment, the service flags pass through', () => {
+    const c = parseAgentConfig(['--listen', 'unix:///run/vsm/agent.sock', '--action-timeout-ms=500', '--max-vps', '8', '--log-level', 'debug'], { VSM_LISTEN: '127.0.0.1:1234', VSM_KVM_DEVICE: '/dev/kvm2' });
+    expect([c.listen, c.actionTimeoutMs, c.device, c.service.limits.maxVpCount, c.service.logLevel]).toEqual(['unix:///run/vsm/agent.sock', 500, '/dev/kvm2', 8, 'debug']);
+    expect(parseAgentConfig([], { VSM_LISTEN: '127.0.0.1:1234' }).listen).toBe('127.0.0.1:1234');
+    expect(unixSocketPath('unix:///run/a.sock')).toBe('/run/a.sock');
+    expect(unixSocketPath('unix:/run/a.sock')).toBe('/run/a.sock');
+    expect(unixSocketPath('127.0.0.1:1')).toBeUndefined();
+  });
+  test('bad input', () => {
+    expect(() => parseAgentConfig(['--listen', 'unix:relative.sock'], {})).toThrow(UsageError);
+    expect(() => parseAgentConfig(['--listen', '0.0.0.0:50061'], {})).toThrow(/plaintext/);
+    expect(parseAgentConfig(['--listen', '0.0.0.0:50061', '--insecure-allow-remote'], {}).listen).toBe('0.0.0.0:50061');
+    expect(() => parseAgentConfig(['--action-timeout-ms', '0'], {})).toThrow(UsageError);
+    expect(() => parseAgentConfig(['--backend', 'emulator'], {})).toThrow(/runs partitions itself/);
+    expect(() => parseAgentConfig(['--bogus', '1'], {})).toThrow(/usage: vsm-kvm-agent/);
+    expect(() => parseAgentConfig(['--help'], {})).toThrow(/usage: vsm-kvm-agent/);
+  });
+});
+
+const fdCount = () => fs.readdirSync('/proc/self/fd').length;
+const memfdMaps = () => fs.readFileSync('/proc/self/maps', 'utf8').split('\n').filter((l) => l.includes('/memfd:vsm-')).length;
+
+describeKvm('agent-main.test')('vsm-kvm-agent server on a unix socket', () => {
+  test('serves vsm.v1; shutdown frees every fd and mapping', async () => {
+    const fds0 = fdCount();
+    const maps0 = memfdMaps();
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vsm-agent-'));
+    const listen = `unix://${path.join(dir, 'agent.sock')}`;
+    const backend = new KvmBackend();
+    const srv = await startServer({ listen, backend, logger: pino({ level: 'silent' }), allowInsecureRemote: true, shutdownGraceMs: 500 });
+    const client = connect(listen);
+    try {
+      expect((await client.partitions.getCapabilities({})).backend).toBe('kvm');
+      for (const id of ['sock-a', 'sock-b']) {
+        const p = await client.partitions.createPartition({ partitionId: id, partition: { vpCount: 2, memoryBytes: GiB, maximumVtl: 1 } });
+        await client.vtl.enablePartitionVtl({ name: p.name, targetVtl: 1 });
+        await client.vtl.enableVpVtl({ name: `${p.name}/vps/1`, targetVtl: 1 });
+        for (const vp of [0, 1]) {
+          await client.guest.writeMsr({ name: `${p.name}/vps/${vp}`, msr: 0x40000000, value: 1n });
+          await client.guest.writeMsr({ name: `${p.name}/vps/${vp}`, msr: 0x40000001, value: 0x1001n });
+        }
+        await client.guest.callHypercallPage({ name: `${p.name}/vps/1`, offset: 0x0f, rcx: 0n }); // VTL1 runs: its VM exists
+        await client.guest.readMemory({ name: `${p.name}/vps/1`, gpa: 0x1000n, length: 16 });
+      }
+      expect(fdCount()).toBeGreaterThan(fds0);
+      expect(memfdMaps()).toBe(maps0 + 6); // RAM, overlay pages, agent region per partition
+      await client.partitions.deletePartition({ name: 'partitions/sock-a' });
+      expect(memfdMaps()).toBe(maps0 + 3);
+    } finally {
+      client.close();
+      await srv.shutdown('test');
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+    expect(memfdMaps()).toBe(maps0);
+    expect(fdCount()).toBe(fds0);
+  });
+});
