@@ -37,12 +37,13 @@ describe('hypercall page (golden bytes)', () => {
 });
 
 describe('agent region (golden bytes)', () => {
-  test('action stubs', () => {
-    const stubs = Object.fromEntries(assembleStubs().map((s) => [s.name, hex(s.bytes)]));
+  test('action stubs: CPL0 ones end with HLT, the CPL3 copy with a store to the doorbell', () => {
+    const stubs = Object.fromEntries(assembleStubs().map((s) => [s.name, `${s.user ? 'cpl3' : 'cpl0'} ${hex(s.bytes)}`]));
     expect(stubs).toEqual({
-      wrmsr: '0f30f4', rdmsr: '0f32f4', hypercall: '66e74df4', callPage: 'ff1500000000f4', copy: 'f3a4f4',
-      load1: '0fb607f4', load2: '0fb707f4', load4: '8b07f4', load8: '488b07f4',
-      store1: '8807f4', store2: '668907f4', store4: '8907f4', store8: '488907f4',
+      wrmsr: 'cpl0 0f30f4', rdmsr: 'cpl0 0f32f4', hypercall: 'cpl0 66e74df4', callPage: 'cpl0 ff1500000000f4',
+      copy: 'cpl3 f3a48803',
+      load1: 'cpl0 0fb607f4', load2: 'cpl0 0fb707f4', load4: 'cpl0 8b07f4', load8: 'cpl0 488b07f4',
+      store1: 'cpl0 8807f4', store2: 'cpl0 668907f4', store4: 'cpl0 8907f4', store8: 'cpl0 488907f4',
     });
   });
   test('64-bit interrupt gate: selector 0x08, type 0xE, present, offset split 15:0 / 31:16 / 63:32', () => {
@@ -71,12 +72,18 @@ describe('agent region (golden bytes)', () => {
         expect([a.gpa, a.mappedGiB]).toEqual([gpa, gib]);
         expect(a.cr3).toBe(gpa + BigInt(AGENT.pageTables));
         const pt = a.memory.view(AGENT.pageTables, a.size - AGENT.pageTables);
-        expect(pt.readBigUInt64LE(0)).toBe((a.cr3 + 0x1000n) | 0x23n); // PML4[0] → PDPT 0 (P, RW, A)
+        expect(pt.readBigUInt64LE(0)).toBe((a.cr3 + 0x1000n) | 0x27n); // PML4[0] → PDPT 0 (P, RW, US, A)
         const pd = (g: number) => Number((pt.readBigUInt64LE(0x1000 + g * 8) & ~0xfffn) - a.cr3);
         for (let g = 0; g < gib; g++) {
-          expect(pt.readBigUInt64LE(pd(g) + 8)).toBe((BigInt(g) << 30n) + (2n << 20n) | 0xe3n); // 2 MiB page (P, RW, A, D, PS)
+          expect(pt.readBigUInt64LE(pd(g) + 8)).toBe((BigInt(g) << 30n) + (2n << 20n) | 0xe7n); // 2 MiB page (P, RW, US, A, D, PS)
         }
         expect(a.stub('wrmsr').end - a.stub('wrmsr').rip).toBe(3n);
+        expect(a.doorbell).toBe(a.gpa + BigInt(a.size));
+        const gdt = a.memory.view(AGENT.gdt, AGENT.gdtLimit + 1);
+        expect([gdt.readBigUInt64LE(0x08), gdt.readBigUInt64LE(0x10), gdt.readBigUInt64LE(0x28), gdt.readBigUInt64LE(0x30)]).toEqual([0x00af9b000000ffffn, 0x00cf93000000ffffn, 0x00cff3000000ffffn, 0x00affb000000ffffn]);
+        expect(a.memory.readU64(AGENT.tss + 4)).toBe(a.stackTop); // TSS.RSP0
+        const user = a.sregs(a.sregs({} as never), true);
+        expect([user.cs.selector, user.cs.dpl, user.ss.selector, user.ss.dpl, user.gdt.limit]).toEqual([0x33, 3, 0x2b, 3, 0x37]);
         expect(a.exceptionVector(a.gpa + BigInt(AGENT.handlers + 13 * 8 + 2))).toBe(13);
         expect(a.exceptionVector(a.gpa + BigInt(AGENT.handlers + 13 * 8))).toBe(13);
         expect(a.exceptionVector(a.gpa)).toBeUndefined();

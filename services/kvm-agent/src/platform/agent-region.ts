@@ -3,14 +3,24 @@
  * partition's GPA space (guest RAM stays untouched). It holds what the agent needs to run guest
  * actions as real instructions on a vCPU, independent of the guest's own paging and tables:
  *
- *   +0x00000  GDT + TSS (longmode.buildGdt)                        } read-only memslot
- *   +0x01000  IDT: 32 interrupt gates → the exception handlers      }
- *   +0x02000  exception handlers, 8 bytes each: out 0x4e, al; hlt   }
- *   +0x03000  action stubs (wrmsr; hlt — rdmsr; hlt — ...)         }
- *   +0x04000  data: the CALL target of CallHypercallPage            }
- *   +0x08000  stack (32 KiB, grows down from +0x10000)              } read/write memslot
- *   +0x10000  data buffer (64 KiB) for guest memory reads/writes     }
- *   +0x20000  identity page tables (2 MiB pages) over [0, region end) — read-only memslot
+ *   +0x00000  GDT (+ user code/data descriptors) and TSS              } read-only memslot
+ *   +0x01000  IDT: 32 interrupt gates → the exception handlers          }
+ *   +0x02000  exception handlers, 8 bytes each: out 0x4e, al; hlt       }
+ *   +0x03000  action stubs                                              }
+ *   +0x04000  data: the CALL target of CallHypercallPage                }
+ *   +0x08000  stack (32 KiB, grows down from +0x10000; also TSS.RSP0)   } read/write memslot
+ *   +0x10000  data buffer (64 KiB) for guest memory reads/writes         }
+ *   +0x20000  identity page tables (2 MiB pages, user-accessible) over [0, region end + 4 KiB)
+ *   end       the doorbell: one page without a memslot (a store there exits as MMIO)
+ *
+ * Two privilege levels, because of what this host does with guest code: on kvm_pvm, guest code at
+ * CPL0 runs at ≈1-2 µs per instruction (a `dec ecx; jnz` loop: ≈2 µs per iteration; a 4 KiB
+ * `rep movsb`: ≈4.7 ms) while CPL3 code runs natively (≈0.5 ns per iteration). So:
+ * - MSR, hypercall and single load/store stubs run at CPL0 (WRMSR/RDMSR need it; the hypercall
+ *   page's `out` needs it too: IOPL is not honoured for the guest's user mode here; a single
+ *   access is two instructions) and end with HLT;
+ * - the copy stub (`rep movsb`, any length) runs at CPL3 and ends with a store to the doorbell:
+ *   a 4 KiB copy takes ≈50 µs instead of ≈4.7 ms at CPL0.
  *
  * Everything is written once, before any vCPU runs, and never changed afterwards except the data
  * area, the stack and the buffer: with shadow paging (kvm_pvm) a host write to a page table that
@@ -37,7 +47,16 @@ export const AGENT = {
   pageTables: 0x20000,
   vectors: 32,
   handlerSize: 8,
+  /** GDT entries added after buildGdt()'s (null, 0x08 code, 0x10 data, 0x18 TSS): user data, user code64. */
+  userData: 0x28,
+  userCode: 0x30,
+  gdtLimit: 0x37,
+  tss: 0x80,
 } as const;
+
+/** User-mode (CPL3) selectors: RPL 3 into the entries above. */
+export const USER_SS = AGENT.userData | 3;
+export const USER_CS = AGENT.userCode | 3;
 
 /** Port the agent's exception handlers write to; the vector is (RIP - handlers) / 8. */
 export const EXCEPTION_PORT = 0x4e;
@@ -49,25 +68,34 @@ export type StubName =
 export interface Stub {
   /** GPA (= virtual address under the agent's identity map) of the first instruction. */
   rip: bigint;
-  /** RIP after the stub's final HLT (what a KVM_EXIT_HLT at the end reports). */
+  /** CPL3 stub: ends with a store to the doorbell (an MMIO exit) instead of HLT. */
+  user: boolean;
+  /** Kernel stubs: RIP after the final HLT (what a KVM_EXIT_HLT at the end reports). */
   end: bigint;
 }
 
-/** The action stubs and their bytes (each ends with HLT). */
-export function assembleStubs(): { name: StubName; bytes: Buffer; hltOffset: number }[] {
-  const out: { name: StubName; bytes: Buffer; hltOffset: number }[] = [];
-  const add = (name: StubName, a: Asm) => {
+/**
+ * The action stubs and their bytes. Kernel (CPL0) stubs end with HLT; user (CPL3) stubs end with
+ * `mov [rbx], al` (88 03), RBX = the doorbell.
+ */
+export function assembleStubs(): { name: StubName; bytes: Buffer; user: boolean; endOffset: number }[] {
+  const out: { name: StubName; bytes: Buffer; user: boolean; endOffset: number }[] = [];
+  const kernel = (name: StubName, a: Asm) => {
     const bytes = a.hlt().bytes();
-    out.push({ name, bytes, hltOffset: bytes.length - 1 });
+    out.push({ name, bytes, user: false, endOffset: bytes.length });
   };
-  add('wrmsr', new Asm().wrmsr()); //                           0F 30 F4
-  add('rdmsr', new Asm().rdmsr()); //                           0F 32 F4
-  add('hypercall', new Asm().raw(HYPERCALL_INSN)); //           66 E7 4D F4   out 0x4d, ax; hlt
-  add('callPage', new Asm().raw([0xff, 0x15, 0, 0, 0, 0])); //  FF 15 rel32   call [rip+rel32] (patched below); hlt
-  add('copy', new Asm().raw([0xf3, 0xa4])); //                  F3 A4 F4      rep movsb; hlt
+  const user = (name: StubName, a: Asm) => {
+    const bytes = a.store('rbx', 'rax', 1).bytes();
+    out.push({ name, bytes, user: true, endOffset: bytes.length });
+  };
+  kernel('wrmsr', new Asm().wrmsr()); //                           0F 30 F4
+  kernel('rdmsr', new Asm().rdmsr()); //                           0F 32 F4
+  kernel('hypercall', new Asm().raw(HYPERCALL_INSN)); //           66 E7 4D F4   out 0x4d, ax; hlt
+  kernel('callPage', new Asm().raw([0xff, 0x15, 0, 0, 0, 0])); //  FF 15 rel32   call [rip+rel32] (patched below); hlt
+  user('copy', new Asm().raw([0xf3, 0xa4])); //                    F3 A4 88 03   rep movsb; mov [rbx], al
   for (const size of [1, 2, 4, 8] as const) {
-    add(`load${size}`, new Asm().load('rax', 'rdi', size)); //  movzx eax, byte/word [rdi] | mov eax/rax, [rdi]; hlt
-    add(`store${size}`, new Asm().store('rdi', 'rax', size)); // mov [rdi], al/ax/eax/rax; hlt
+    kernel(`load${size}`, new Asm().load('rax', 'rdi', size)); //  movzx eax, byte/word [rdi] | mov eax/rax, [rdi]; hlt
+    kernel(`store${size}`, new Asm().store('rdi', 'rax', size)); // mov [rdi], al/ax/eax/rax; hlt
   }
   return out;
 }
@@ -89,6 +117,8 @@ export class AgentRegion {
   /** GiB identity-mapped by the agent's page tables, from GPA 0. */
   readonly mappedGiB: number;
   readonly cr3: bigint;
+  /** The first page after the region: no memslot, so a guest store there exits (MMIO). */
+  readonly doorbell: bigint;
   private readonly stubs = new Map<StubName, Stub>();
 
   constructor(ramBytes: bigint, name = 'vsm-agent') {
@@ -98,6 +128,8 @@ export class AgentRegion {
     const ptBytes = (1 + pdpts + this.mappedGiB) * 4096;
     this.size = AGENT.pageTables + ptBytes;
     this.cr3 = this.gpa + BigInt(AGENT.pageTables);
+    this.doorbell = this.gpa + BigInt(this.size);
+    if (this.doorbell + 4096n > BigInt(this.mappedGiB) * GIB) throw new Error('agent region too large for its identity map');
     this.memory = GuestMemory.create(this.size, name);
     try {
       this.build(pdpts);
@@ -111,6 +143,9 @@ export class AgentRegion {
     const m = this.memory;
     m.write(AGENT.gdt, buildGdt(this.gpa + BigInt(AGENT.gdt)));
     if (GDT_REGION_SIZE > AGENT.idt - AGENT.gdt) throw new Error('GDT does not fit');
+    m.writeU64(AGENT.gdt + AGENT.userData, 0x00cff3000000ffffn); // data, DPL 3
+    m.writeU64(AGENT.gdt + AGENT.userCode, 0x00affb000000ffffn); // 64-bit code, DPL 3
+    m.writeU64(AGENT.gdt + AGENT.tss + 4, this.gpa + BigInt(AGENT.stackTop)); // TSS.RSP0: exceptions from CPL3
     // Exception handlers: out 0x4e, al (E6 4E); hlt (F4); jmp back to the hlt (EB FD); padding.
     for (let v = 0; v < AGENT.vectors; v++) {
       const at = AGENT.handlers + v * AGENT.handlerSize;
@@ -125,20 +160,20 @@ export class AgentRegion {
       }
       m.write(at, s.bytes);
       const rip = this.gpa + BigInt(at);
-      this.stubs.set(s.name, { rip, end: rip + BigInt(s.hltOffset + 1) });
+      this.stubs.set(s.name, { rip, user: s.user, end: rip + BigInt(s.endOffset) });
       at += (s.bytes.length + 15) & ~15;
     }
     if (at > AGENT.data) throw new Error('agent stubs overflow their area');
     // Identity map [0, mappedGiB GiB) with 2 MiB pages: PML4, then the PDPTs, then one PD per GiB.
     const pt = AGENT.pageTables;
     const base = this.cr3;
-    const table = PTE.P | PTE.RW | PTE.A;
+    const table = PTE.P | PTE.RW | PTE.US | PTE.A;
     const pd0 = 1 + pdpts;
     for (let i = 0; i < pdpts; i++) m.writeU64(pt + i * 8, (base + BigInt((1 + i) * 4096)) | table);
     const pd = Buffer.alloc(4096);
     for (let g = 0; g < this.mappedGiB; g++) {
       m.writeU64(pt + (1 + Math.floor(g / 512)) * 4096 + (g % 512) * 8, (base + BigInt((pd0 + g) * 4096)) | table);
-      for (let i = 0; i < 512; i++) pd.writeBigUInt64LE((BigInt(g) * GIB + BigInt(i) * MIB2) | PTE.P | PTE.RW | PTE.A | PTE.D | PTE.PS, i * 8);
+      for (let i = 0; i < 512; i++) pd.writeBigUInt64LE((BigInt(g) * GIB + BigInt(i) * MIB2) | table | PTE.D | PTE.PS, i * 8);
       m.write(pt + (pd0 + g) * 4096, pd);
     }
   }
@@ -175,12 +210,18 @@ export class AgentRegion {
     vm.map({ gpa: this.gpa + BigInt(AGENT.pageTables), size: this.size - AGENT.pageTables, memory: this.memory, offset: AGENT.pageTables, readonly: true });
   }
 
-  /** Special registers of the agent environment: flat 64-bit CPL0, agent GDT/IDT/page tables. */
-  sregs(current: KvmSregs): KvmSregs {
-    return longModeSregs(current, this.cr3, this.gpa + BigInt(AGENT.gdt), {
+  /** Special registers of the agent environment: flat 64-bit, agent GDT/IDT/page tables; CPL0, or CPL3 for user stubs. */
+  sregs(current: KvmSregs, user = false): KvmSregs {
+    const s = longModeSregs(current, this.cr3, this.gpa + BigInt(AGENT.gdt), {
       idt: { base: this.gpa + BigInt(AGENT.idt), limit: AGENT.vectors * 16 - 1 },
       nxe: true,
     });
+    s.gdt = { base: s.gdt.base, limit: AGENT.gdtLimit };
+    if (user) {
+      s.cs = { ...s.cs, selector: USER_CS, dpl: 3 };
+      s.ss = { ...s.ss, selector: USER_SS, dpl: 3 };
+    }
+    return s;
   }
 
   close(): void {

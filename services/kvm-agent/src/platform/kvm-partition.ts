@@ -205,13 +205,23 @@ export class KvmPartition {
     return e;
   }
 
-  /** Loads the agent environment and the given registers (RSP and RFLAGS are the agent's). */
+  /**
+   * Loads the agent environment for `stub` (CPL0, or CPL3 for the memory stubs) and the given
+   * registers (RIP, RSP, RFLAGS are the agent's; RBX = the doorbell for CPL3 stubs).
+   */
   private enterAgent(c: VpCpu, stub: StubName, regs: Partial<KvmRegs>): void {
-    if (c.mode !== 'agent') {
-      c.vcpu.setSregs(this.agent.sregs(c.vcpu.getSregs()));
-      c.mode = 'agent';
+    const s = this.agent.stub(stub);
+    const mode = s.user ? 'agent-user' : 'agent';
+    if (c.mode !== mode) {
+      c.vcpu.setSregs(this.agent.sregs(c.vcpu.getSregs(), s.user));
+      c.mode = mode;
     }
-    c.vcpu.setRegs({ ...ZERO_REGS, ...regs, rip: this.agent.stub(stub).rip, rsp: this.agent.stackTop, rflags: 0x2n });
+    c.vcpu.setRegs({ ...ZERO_REGS, ...regs, ...(s.user ? { rbx: this.agent.doorbell } : {}), rip: s.rip, rsp: this.agent.stackTop, rflags: 0x2n });
+  }
+
+  /** A CPL3 stub rang the doorbell: it is done. */
+  private isDoorbell(e: KvmExit | TimeoutExit): boolean {
+    return e.kind === 'mmio' && e.isWrite && e.gpa === this.agent.doorbell;
   }
 
   private fail(vp: VirtualProcessor, what: string, e: KvmExit | TimeoutExit): never {
@@ -310,8 +320,8 @@ export class KvmPartition {
         c.vcpu.completeMmioRead(this.partition.readView(vp.activeVtl, vp.index, e.gpa, e.len));
         continue;
       }
-      if (e.kind === 'hlt' && this.isStubEnd(c, stub)) {
-        if (!single) return Buffer.from(this.agent.buffer(length));
+      if (!single && this.isDoorbell(e)) return Buffer.from(this.agent.buffer(length));
+      if (single && e.kind === 'hlt' && this.isStubEnd(c, stub)) {
         const out = Buffer.alloc(8);
         out.writeBigUInt64LE(c.vcpu.getRegs().rax);
         return out.subarray(0, length);
@@ -340,7 +350,7 @@ export class KvmPartition {
     if (firstRo !== undefined) {
       this.enterAgent(c, 'store1', { rdi: firstRo, rax: BigInt(data[Number(firstRo - gpa)] ?? 0) });
       const e = this.run(c);
-      if (e.kind === 'mmio' && e.isWrite && e.gpa === firstRo) return false; // dropped; completed by the next flush
+      if (e.kind === 'mmio' && e.isWrite && e.gpa === firstRo) return false; // dropped (the next flush completes the instruction)
       this.fail(vp, `guest write to the read-only page at 0x${firstRo.toString(16)}`, e);
     }
     const single = length === 1 || length === 2 || length === 4 || length === 8;
@@ -354,7 +364,7 @@ export class KvmPartition {
       this.enterAgent(c, stub, { rsi: this.agent.bufferGpa, rdi: gpa, rcx: BigInt(length) });
     }
     const e = this.run(c);
-    if (e.kind === 'hlt' && this.isStubEnd(c, stub)) return true;
+    if (single ? e.kind === 'hlt' && this.isStubEnd(c, stub) : this.isDoorbell(e)) return true;
     this.fail(vp, `guest write of ${length} bytes at 0x${gpa.toString(16)}`, e);
   }
 

@@ -12,8 +12,8 @@ import { CpuidEntry, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS, KvmSystem, KvmVcpu, 
 import { AgentRegion } from './agent-region';
 import { MemfdRam, OverlayPages } from './memory';
 
-/** What a vCPU currently holds: the agent's environment (guest actions) or the guest's own state. */
-export type VcpuMode = 'fresh' | 'agent' | 'guest';
+/** What a vCPU currently holds: the agent's environment at CPL0 or CPL3 (guest actions), or the guest's own state. */
+export type VcpuMode = 'fresh' | 'agent' | 'agent-user' | 'guest';
 
 export interface VpCpu {
   vcpu: KvmVcpu;
