@@ -28,10 +28,12 @@ export interface Config {
   /** Plaintext on a non-loopback address was explicitly allowed. */
   insecureAllowRemote: boolean;
   authzPolicy?: string;
+  /** Durable partitions: one atomic snapshot file per partition (state-dir.ts). */
+  stateDir?: string;
   limits: { maxStreams?: number; maxStreamsPerClient?: number; maxPartitions?: number; maxVpCount?: number; maxMemoryBytes?: bigint };
 }
 
-const VALUE_FLAGS = ['listen', 'backend', 'log-level', 'agent', 'tls-cert', 'tls-key', 'tls-ca', 'tls-client-auth', 'authz-policy', 'max-streams', 'max-streams-per-client', 'max-partitions', 'max-vps', 'max-memory'];
+const VALUE_FLAGS = ['listen', 'backend', 'log-level', 'agent', 'tls-cert', 'tls-key', 'tls-ca', 'tls-client-auth', 'authz-policy', 'max-streams', 'max-streams-per-client', 'max-partitions', 'max-vps', 'max-memory', 'state-dir'];
 const BOOL_FLAGS = ['insecure', 'insecure-allow-remote'];
 
 export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): Config {
@@ -111,7 +113,9 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): Config {
     maxVpCount: int('max-vps', 'VSM_MAX_VPS', 1, 4096),
     maxMemoryBytes,
   };
-  return { listen, backend, logLevel: get('log-level', 'VSM_LOG_LEVEL') ?? 'info', agents, tls, insecureAllowRemote, authzPolicy, limits };
+  const stateDir = get('state-dir', 'VSM_STATE_DIR');
+  if (stateDir !== undefined && stateDir.trim() === '') throw new UsageError('--state-dir must name a directory');
+  return { listen, backend, logLevel: get('log-level', 'VSM_LOG_LEVEL') ?? 'info', agents, tls, insecureAllowRemote, authzPolicy, stateDir, limits };
 }
 
 export class UsageError extends Error {}
@@ -120,7 +124,8 @@ export const USAGE = `usage: vsm-service [--listen HOST:PORT] [--backend emulato
        [--tls-cert FILE --tls-key FILE [--tls-ca FILE] [--tls-client-auth require|optional|none]]
        [--insecure] [--insecure-allow-remote] [--authz-policy FILE]
        [--max-streams N] [--max-streams-per-client N] [--max-partitions N] [--max-vps N] [--max-memory BYTES]
+       [--state-dir DIR]
   Plaintext is served only on loopback addresses unless --insecure-allow-remote.
   env: VSM_LISTEN, VSM_BACKEND, VSM_AGENTS, VSM_LOG_LEVEL, VSM_TLS_CERT, VSM_TLS_KEY, VSM_TLS_CA,
        VSM_TLS_CLIENT_AUTH, VSM_INSECURE, VSM_INSECURE_ALLOW_REMOTE, VSM_AUTHZ_POLICY, VSM_MAX_STREAMS,
-       VSM_MAX_STREAMS_PER_CLIENT, VSM_MAX_PARTITIONS, VSM_MAX_VPS, VSM_MAX_MEMORY`;
+       VSM_MAX_STREAMS_PER_CLIENT, VSM_MAX_PARTITIONS, VSM_MAX_VPS, VSM_MAX_MEMORY, VSM_STATE_DIR`;

@@ -5,6 +5,8 @@ import pino from 'pino';
 import { parseConfig, UsageError } from './config';
 import { startServer } from './server';
 import { EmulatorBackend } from './backends/emulator';
+import { Backend } from './backend';
+import { StateStore, persistentBackend, restoreAll } from './state-dir';
 
 async function main(): Promise<void> {
   let cfg;
@@ -23,7 +25,12 @@ async function main(): Promise<void> {
     process.exit(2);
   }
   const { maxStreams, maxStreamsPerClient, ...partitionLimits } = cfg.limits;
-  const backend = new EmulatorBackend(Object.fromEntries(Object.entries(partitionLimits).filter(([, v]) => v !== undefined)));
+  let backend: Backend = new EmulatorBackend(Object.fromEntries(Object.entries(partitionLimits).filter(([, v]) => v !== undefined)));
+  if (cfg.stateDir) {
+    const store = new StateStore(cfg.stateDir);
+    backend = persistentBackend(backend, store, log);
+    await restoreAll(backend, store, log);
+  }
   const srv = await startServer({
     listen: cfg.listen,
     backend,
