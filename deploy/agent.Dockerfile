@@ -21,15 +21,17 @@
 #     run the container as `--user 0:0` with `--cap-drop ALL`: root without capabilities
 #     opens it by plain ownership and has no other power over the host.
 #   The image's default user is `node` (non-root); compose and k8s pick the user explicitly.
-# - ENTRYPOINT is services/kvm-agent/dist/main.js, which does not exist yet: until it does the
-#   container exits at once ("Cannot find module"); the image already carries the built
-#   kvm-agent library (dist/kvm) and koffi's prebuilt native module for linux-x64.
+# - ENTRYPOINT is services/kvm-agent/dist/main.js (`vsm-kvm-agent`: --listen HOST:PORT or
+#   unix:///PATH, default 127.0.0.1:50061; grpc.health.v1 on the same port; SIGTERM frees every
+#   VM and closes /dev/kvm). test/integration/agent-image.test.ts runs it exactly as above.
 #
 # The `manifests`, `deps` and `build` stages are kept byte-for-byte identical to deploy/service.Dockerfile
 # (checked by test/integration/deploy-files.test.ts) so the two images share their build cache.
 
 # ---- manifests: only the package.json files, so `npm install` is cached until one changes ----
 FROM node:20-bookworm-slim AS manifests
+# (label: lets deploy/scripts/ci-integration.sh drop stale build-cache images of these stages)
+LABEL org.vsm.stage=manifests
 WORKDIR /src
 COPY package.json package-lock.json ./
 COPY services services
@@ -44,6 +46,7 @@ RUN node -e ' \
 
 # ---- deps: production dependencies only (cached until a manifest changes) --------------------
 FROM node:20-bookworm-slim AS deps
+LABEL org.vsm.stage=deps
 WORKDIR /app
 ENV npm_config_update_notifier=false npm_config_fund=false npm_config_audit=false
 COPY --from=manifests /manifests/ ./
@@ -55,6 +58,7 @@ RUN npm install --omit=dev --no-audit --no-fund && npm cache clean --force 2>/de
 
 # ---- build: all dependencies, generate, compile -----------------------------------------------
 FROM node:20-bookworm-slim AS build
+LABEL org.vsm.stage=build
 WORKDIR /app
 ENV npm_config_update_notifier=false npm_config_fund=false npm_config_audit=false
 COPY --from=manifests /manifests/ ./

@@ -14,6 +14,8 @@
 
 # ---- manifests: only the package.json files, so `npm install` is cached until one changes ----
 FROM node:20-bookworm-slim AS manifests
+# (label: lets deploy/scripts/ci-integration.sh drop stale build-cache images of these stages)
+LABEL org.vsm.stage=manifests
 WORKDIR /src
 COPY package.json package-lock.json ./
 COPY services services
@@ -28,6 +30,7 @@ RUN node -e ' \
 
 # ---- deps: production dependencies only (cached until a manifest changes) --------------------
 FROM node:20-bookworm-slim AS deps
+LABEL org.vsm.stage=deps
 WORKDIR /app
 ENV npm_config_update_notifier=false npm_config_fund=false npm_config_audit=false
 COPY --from=manifests /manifests/ ./
@@ -39,6 +42,7 @@ RUN npm install --omit=dev --no-audit --no-fund && npm cache clean --force 2>/de
 
 # ---- build: all dependencies, generate, compile -----------------------------------------------
 FROM node:20-bookworm-slim AS build
+LABEL org.vsm.stage=build
 WORKDIR /app
 ENV npm_config_update_notifier=false npm_config_fund=false npm_config_audit=false
 COPY --from=manifests /manifests/ ./

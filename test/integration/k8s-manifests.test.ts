@@ -81,6 +81,10 @@ describe('deploy/k8s manifests', () => {
     const env = Object.fromEntries((c.env as Obj[]).map((e) => [e.name, e.value]));
     expect(env.VSM_LISTEN).toBe('$(POD_IP):50051');
     expect(env.VSM_BACKEND).toBe('agent');
+    // Plaintext is refused on a non-loopback address unless allowed (kubelet gRPC probes are plaintext).
+    expect(env.VSM_INSECURE_ALLOW_REMOTE).toBe('1');
+    const agentEnv = Object.fromEntries((containerOf(agent).env as Obj[]).map((e) => [e.name, e.value]));
+    expect(agentEnv).toMatchObject({ VSM_LISTEN: '$(POD_IP):50061', VSM_INSECURE_ALLOW_REMOTE: '1' });
     const pdb = find('PodDisruptionBudget', 'vsm-service');
     expect(pdb.spec.selector.matchLabels).toEqual(service.spec.selector.matchLabels);
     expect(pdb.spec.minAvailable).toBeLessThan(service.spec.replicas);
