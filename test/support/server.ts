@@ -2,7 +2,8 @@
 // VSM_BACKEND) on an ephemeral loopback port and connect the generated client to it.
 import pino from 'pino';
 import { connect, VsmClient, VsmError } from '@vsm/client';
-import { EmulatorBackend, startServer, RunningServer } from '@vsm/service';
+import * as fs from 'node:fs';
+import { Backend, EmulatorBackend, RemoteBackend, startServer, RunningServer } from '@vsm/service';
 
 export interface Harness {
   client: VsmClient;
@@ -11,13 +12,41 @@ export interface Harness {
   stop(): Promise<void>;
 }
 
+/** Why the chosen backend cannot run here (the conformance suite then reports the tests skipped). */
+export function backendUnavailable(): string | undefined {
+  const backend = process.env.VSM_BACKEND ?? 'emulator';
+  if (backend === 'emulator') return undefined;
+  if (backend !== 'agent') return `VSM_BACKEND=${backend} is not a backend (emulator or agent)`;
+  try {
+    fs.accessSync('/dev/kvm', fs.constants.R_OK | fs.constants.W_OK);
+  } catch {
+    return 'VSM_BACKEND=agent needs /dev/kvm (absent or not accessible on this machine)';
+  }
+  return undefined;
+}
+
+/**
+ * VSM_BACKEND=emulator (default): the service with the in-process emulator.
+ * VSM_BACKEND=agent: a KVM host agent (KvmBackend on /dev/kvm) on its own loopback port, and the
+ * service in front of it with the agent backend, as deployed.
+ */
 export async function startHarness(): Promise<Harness> {
   const backend = process.env.VSM_BACKEND ?? 'emulator';
-  if (backend !== 'emulator') {
-    // The agent backend needs a running KVM agent; the conformance suite reports why it cannot run.
-    throw new Error(`VSM_BACKEND=${backend} is not available in this build: only the emulator backend exists so far`);
+  const why = backendUnavailable();
+  if (why) throw new Error(why);
+  const logger = pino({ level: 'silent' });
+  const servers: RunningServer[] = [];
+  let front: Backend = new EmulatorBackend();
+  if (backend === 'agent') {
+    // Loaded lazily: the KVM binding is only needed for this backend.
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const { KvmBackend } = require('@vsm/kvm-agent') as typeof import('@vsm/kvm-agent');
+    const agent = await startServer({ listen: '127.0.0.1:0', backend: new KvmBackend(), logger, shutdownGraceMs: 500 });
+    servers.push(agent);
+    front = new RemoteBackend([agent.address]);
   }
-  const srv: RunningServer = await startServer({ listen: '127.0.0.1:0', backend: new EmulatorBackend(), logger: pino({ level: 'silent' }), shutdownGraceMs: 500 });
+  const srv = await startServer({ listen: '127.0.0.1:0', backend: front, logger, shutdownGraceMs: 500 });
+  servers.unshift(srv);
   const client = connect(srv.address, { deadlineMs: 10_000 });
   return {
     client,
@@ -25,7 +54,7 @@ export async function startHarness(): Promise<Harness> {
     backend,
     async stop() {
       client.close();
-      await srv.shutdown('test');
+      for (const s of servers) await s.shutdown('test');
     },
   };
 }

@@ -6,3 +6,4 @@ export * from './names';
 export * from './config';
 export { EmulatorBackend } from './backends/emulator';
 export * from './state-dir';
+export { RemoteBackend } from './backends/remote';

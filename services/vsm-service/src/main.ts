@@ -5,6 +5,7 @@ import pino from 'pino';
 import { parseConfig, UsageError } from './config';
 import { startServer } from './server';
 import { EmulatorBackend } from './backends/emulator';
+import { RemoteBackend } from './backends/remote';
 import { Backend } from './backend';
 import { StateStore, persistentBackend, restoreAll } from './state-dir';
 
@@ -20,12 +21,19 @@ async function main(): Promise<void> {
     throw e;
   }
   const log = pino({ level: cfg.logLevel, base: { svc: 'vsm-service' } });
-  if (cfg.backend === 'agent') {
-    log.fatal('the agent backend is not available in this build (see the KVM agent issue); use --backend emulator');
+  if (cfg.backend === 'agent' && cfg.agents.length === 0) {
+    log.fatal('--backend agent needs --agent ADDR[,ADDR...] (VSM_AGENTS): the vsm-kvm-agent addresses, e.g. unix:///run/vsm/agent.sock or 127.0.0.1:50061');
     process.exit(2);
   }
   const { maxStreams, maxStreamsPerClient, ...partitionLimits } = cfg.limits;
-  let backend: Backend = new EmulatorBackend(Object.fromEntries(Object.entries(partitionLimits).filter(([, v]) => v !== undefined)));
+  let backend: Backend =
+    cfg.backend === 'agent'
+      ? new RemoteBackend(cfg.agents)
+      : new EmulatorBackend(Object.fromEntries(Object.entries(partitionLimits).filter(([, v]) => v !== undefined)));
+  if (cfg.backend === 'agent' && cfg.stateDir) {
+    log.fatal('--state-dir applies to the emulator backend; with --backend agent the agents hold the partitions');
+    process.exit(2);
+  }
   if (cfg.stateDir) {
     const store = new StateStore(cfg.stateDir);
     backend = persistentBackend(backend, store, log);

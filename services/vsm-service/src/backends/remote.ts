@@ -1,0 +1,175 @@
+// service layer, agent backend: forwards every vsm.v1 call to the KVM host agent(s) that host the
+// partition. Stateless: a partition is found by asking the agents (answers are cached; a cache miss
+// or a NOT_FOUND from the cached agent asks them all again), so any number of service replicas can
+// front the same agents without coordinating. Streams are proxied message by message with
+// back-pressure (nothing is buffered without bound). An unreachable agent is UNAVAILABLE, never a
+// hang: forwarded calls carry deadlines, except guest memory actions, which may legitimately wait
+// for a monitor (a dead agent still fails them promptly: the channel reports UNAVAILABLE).
+import { status as Code } from '@grpc/grpc-js';
+import { connect, pb, VsmClient, VsmError } from '@vsm/client';
+import { Backend, StreamSink } from '../backend';
+import { ApiError, invalidArgument } from '../errors';
+import { parsePartitionName } from '../names';
+
+const UNARY_DEADLINE_MS = 30_000;
+const WAITING_DEADLINE_MS = 24 * 3600_000;
+
+interface Agent {
+  address: string;
+  client: VsmClient;
+}
+
+/** A client-side VsmError turned back into the same gRPC status + ErrorInfo for our caller. */
+function relay(e: unknown): never {
+  if (e instanceof VsmError) throw new ApiError(e.code, e.reason ?? (e.code === Code.UNAVAILABLE ? 'HV_STATUS_OPERATION_FAILED' : 'UNKNOWN'), e.code === Code.UNAVAILABLE ? `KVM agent unavailable: ${e.message}` : e.message);
+  throw e;
+}
+
+export class RemoteBackend implements Backend {
+  readonly kind = 'agent';
+  private readonly agents: Agent[];
+  private readonly home = new Map<string, number>();
+  private next = 0;
+
+  constructor(addresses: string[]) {
+    if (addresses.length === 0) throw new Error('the agent backend needs at least one --agent address');
+    this.agents = addresses.map((address) => ({ address, client: connect(address, { deadlineMs: UNARY_DEADLINE_MS, retries: 0 }) }));
+  }
+
+  /** The agent hosting a partition (by resource name). */
+  private async locate(name: string, refresh = false): Promise<Agent> {
+    const id = parsePartitionName(name.split('/vps/')[0]!);
+    const cached = this.home.get(id);
+    if (cached !== undefined && !refresh) return this.agents[cached]!;
+    const found = await Promise.all(
+      this.agents.map((a, i) => a.client.partitions.getPartition({ name: `partitions/${id}` }).then(() => i, (e) => (e instanceof VsmError && e.code === Code.NOT_FOUND ? -1 : Promise.reject(e)))),
+    ).catch(relay);
+    const i = found.find((x) => x >= 0);
+    if (i === undefined) throw new ApiError(Code.NOT_FOUND, 'HV_STATUS_INVALID_PARTITION_ID', `partition ${id} not found on any agent`);
+    this.home.set(id, i);
+    return this.agents[i]!;
+  }
+
+  /** Forwards a call that names a partition; a stale cache entry (NOT_FOUND) triggers one re-locate. */
+  private async route<T>(name: string, call: (c: VsmClient) => Promise<T>): Promise<T> {
+    let agent = await this.locate(name);
+    try {
+      return await call(agent.client);
+    } catch (e) {
+      if (e instanceof VsmError && e.code === Code.NOT_FOUND && e.reason === 'HV_STATUS_INVALID_PARTITION_ID') {
+        agent = await this.locate(name, true);
+        return call(agent.client).catch(relay);
+      }
+      return relay(e);
+    }
+  }
+
+  async createPartition(r: pb.CreatePartitionRequest) {
+    if (r.partitionId) {
+      const exists = await this.locate(`partitions/${r.partitionId}`).then(() => true, (e) => (e instanceof ApiError && e.code === Code.NOT_FOUND ? false : Promise.reject(e)));
+      if (exists && !r.requestId) throw new ApiError(Code.ALREADY_EXISTS, 'HV_STATUS_OBJECT_IN_USE', `partition ${r.partitionId} already exists`);
+      if (exists) return this.route(`partitions/${r.partitionId}`, (c) => c.partitions.createPartition(r));
+    }
+    const i = this.next++ % this.agents.length;
+    const p = await this.agents[i]!.client.partitions.createPartition(r).catch(relay);
+    this.home.set(parsePartitionName(p.name), i);
+    return p;
+  }
+  getPartition(r: pb.GetPartitionRequest) { return this.route(r.name, (c) => c.partitions.getPartition(r)); }
+  async listPartitions(r: pb.ListPartitionsRequest): Promise<pb.ListPartitionsResponse> {
+    // Page token: "<agent index>:<that agent's token>".
+    let agent = 0;
+    let token = '';
+    if (r.pageToken) {
+      const m = /^(\d+):(.*)$/.exec(r.pageToken);
+      if (!m || Number(m[1]) >= this.agents.length) throw invalidArgument('page_token is not valid');
+      agent = Number(m[1]);
+      token = m[2]!;
+    }
+    const res = await this.agents[agent]!.client.partitions.listPartitions({ pageSize: r.pageSize, pageToken: token }).catch(relay);
+    for (const p of res.partitions) this.home.set(parsePartitionName(p.name), agent);
+    const nextPageToken = res.nextPageToken ? `${agent}:${res.nextPageToken}` : agent + 1 < this.agents.length ? `${agent + 1}:` : '';
+    return { partitions: res.partitions, nextPageToken };
+  }
+  async deletePartition(r: pb.DeletePartitionRequest) {
+    const res = await this.route(r.name, (c) => c.partitions.deletePartition(r));
+    this.home.delete(parsePartitionName(r.name));
+    return res;
+  }
+  async getCapabilities(r: pb.GetCapabilitiesRequest) { return this.agents[0]!.client.partitions.getCapabilities(r).catch(relay); }
+
+  getVirtualProcessor(r: pb.GetVirtualProcessorRequest) { return this.route(r.name, (c) => c.vps.getVirtualProcessor(r)); }
+  getVpRegisters(r: pb.GetVpRegistersRequest) { return this.route(r.name, (c) => c.vps.getVpRegisters(r)); }
+  setVpRegisters(r: pb.SetVpRegistersRequest) { return this.route(r.name, (c) => c.vps.setVpRegisters(r)); }
+
+  writeMsr(r: pb.WriteMsrRequest) { return this.route(r.name, (c) => c.guest.writeMsr(r)); }
+  readMsr(r: pb.ReadMsrRequest) { return this.route(r.name, (c) => c.guest.readMsr(r)); }
+  hypercall(r: pb.HypercallRequest) { return this.route(r.name, (c) => c.guest.hypercall(r)); }
+  callHypercallPage(r: pb.CallHypercallPageRequest) { return this.route(r.name, (c) => c.guest.callHypercallPage(r)); }
+  readMemory(r: pb.ReadMemoryRequest) { return this.route(r.name, (c) => c.guest.readMemory(r, { deadlineMs: WAITING_DEADLINE_MS })); }
+  writeMemory(r: pb.WriteMemoryRequest) { return this.route(r.name, (c) => c.guest.writeMemory(r, { deadlineMs: WAITING_DEADLINE_MS })); }
+  executeMemory(r: pb.ExecuteMemoryRequest) { return this.route(r.name, (c) => c.guest.executeMemory(r, { deadlineMs: WAITING_DEADLINE_MS })); }
+
+  readGpa(r: pb.ReadGpaRequest) { return this.route(r.name, (c) => c.memory.readGpa(r)); }
+  writeGpa(r: pb.WriteGpaRequest) { return this.route(r.name, (c) => c.memory.writeGpa(r)); }
+  listOverlays(r: pb.ListOverlaysRequest) { return this.route(r.name, (c) => c.memory.listOverlays(r)); }
+
+  enablePartitionVtl(r: pb.EnablePartitionVtlRequest) { return this.route(r.name, (c) => c.vtl.enablePartitionVtl(r)); }
+  enableVpVtl(r: pb.EnableVpVtlRequest) { return this.route(r.name, (c) => c.vtl.enableVpVtl(r)); }
+
+  async watchVtlTransitions(r: pb.WatchVtlTransitionsRequest, sink: StreamSink<pb.WatchVtlTransitionsResponse>, signal: AbortSignal): Promise<void> {
+    const agent = await this.locate(r.name);
+    try {
+      for await (const ev of agent.client.vtl.watchTransitions(r, signal)) if (!sink.write(ev)) await sink.drained();
+    } catch (e) {
+      relay(e);
+    }
+  }
+
+  modifyVtlProtectionMask(r: pb.ModifyVtlProtectionMaskRequest) { return this.route(r.name, (c) => c.intercepts.modifyVtlProtectionMask(r)); }
+  getVtlProtections(r: pb.GetVtlProtectionsRequest) { return this.route(r.name, (c) => c.intercepts.getVtlProtections(r)); }
+  setInterceptRoute(r: pb.SetInterceptRouteRequest) { return this.route(r.name, (c) => c.intercepts.setInterceptRoute(r)); }
+  listPendingIntercepts(r: pb.ListPendingInterceptsRequest) { return this.route(r.name, (c) => c.intercepts.listPendingIntercepts(r)); }
+
+  async monitor(requests: AsyncIterable<pb.MonitorRequest>, sink: StreamSink<pb.MonitorResponse>, signal: AbortSignal): Promise<void> {
+    const it = requests[Symbol.asyncIterator]();
+    const first = await it.next();
+    if (first.done || first.value.kind?.$case !== 'subscribe') throw invalidArgument('the first Monitor message must be subscribe');
+    const agent = await this.locate(first.value.kind.value.name);
+    const session = agent.client.intercepts.monitor(signal);
+    session.send(first.value);
+    // Client -> agent in the background; agent -> client here, with back-pressure.
+    const upstream = (async () => {
+      for (;;) {
+        const n = await it.next();
+        if (n.done) break;
+        session.send(n.value);
+      }
+      session.close();
+    })().catch(() => session.cancel());
+    try {
+      for await (const ev of session.events) if (!sink.write(ev)) await sink.drained();
+    } catch (e) {
+      relay(e);
+    } finally {
+      session.cancel();
+      await upstream;
+    }
+  }
+
+  postMessage(r: pb.PostMessageRequest) { return this.route(r.name, (c) => c.synic.postMessage(r)); }
+  signalEvent(r: pb.SignalEventRequest) { return this.route(r.name, (c) => c.synic.signalEvent(r)); }
+  getSynicState(r: pb.GetSynicStateRequest) { return this.route(r.name, (c) => c.synic.getSynicState(r)); }
+
+  savePartition(r: pb.SavePartitionRequest) { return this.route(r.name, (c) => c.snapshots.savePartition(r)); }
+  async restorePartition(r: pb.RestorePartitionRequest) {
+    const i = this.next++ % this.agents.length;
+    const p = await this.agents[i]!.client.snapshots.restorePartition(r).catch(relay);
+    this.home.set(parsePartitionName(p.name), i);
+    return p;
+  }
+
+  async close(): Promise<void> {
+    for (const a of this.agents) a.client.close();
+  }
+}
