@@ -9,7 +9,8 @@
  * hooks (two accesses to private fields, marked below). Creation stays all-or-nothing: if the
  * platform cannot be built, the partition is unregistered again and the error propagates.
  */
-import { CreateRequest, HvStatus, Limits, Partition, PartitionManager, hvFail } from '@vsm/core';
+import { CreateRequest, HvStatus, Limits, OverlayManager, Partition, PartitionManager, VTLS, hvFail, restorePartition, snapshotPartition } from '@vsm/core';
+import { kvmHypercallPageLayout } from './platform/hypercall-page';
 import { KvmPartition } from './platform/kvm-partition';
 
 export class KvmPartitionManager extends PartitionManager {
@@ -36,6 +37,37 @@ export class KvmPartitionManager extends PartitionManager {
       super.delete(p.id);
       throw e;
     }
+  }
+
+  /**
+   * A partition restored from a snapshot: the base class checks limits and the id and registers
+   * it; the partition `build` makes (without platform) is rebuilt with the KVM platform through
+   * the core's own snapshot round trip, so every piece of state lands in the memfds.
+   */
+  override adopt(req: { partitionId?: string; memoryBytes: bigint; vpCount: number }, build: (id: string) => Partition): Partition {
+    let kp: KvmPartition | undefined;
+    const p = super.adopt(req, (id) => {
+      const plain = build(id);
+      if (plain.spec.architecture === 'arm64') hvFail(HvStatus.HV_STATUS_FEATURE_UNAVAILABLE, 'the KVM agent runs x64 partitions only (this host is x86-64)');
+      const platform = this.makePlatform(plain.spec);
+      try {
+        const withPlatform = restorePartition(snapshotPartition(plain), id, platform.hooks());
+        // The hypercall page's code is the hypervisor's (read-only to the guest): this platform's,
+        // not what the saving backend had there (the emulator's VMMCALL would not exit here).
+        const slots = new Set(withPlatform.overlays.exportState().pages.map((x) => x.slot));
+        for (const vtl of VTLS) {
+          if (slots.has(OverlayManager.slot('hypercall', vtl, null))) kvmHypercallPageLayout.build().copy(withPlatform.overlays.pageFor('hypercall', vtl, null));
+        }
+        platform.attach(withPlatform);
+        kp = platform;
+        return withPlatform;
+      } catch (e) {
+        platform.dispose();
+        throw e;
+      }
+    });
+    this.platforms.set(p.id, kp!);
+    return p;
   }
 
   override delete(id: string): void {

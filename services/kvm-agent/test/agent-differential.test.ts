@@ -6,11 +6,11 @@
 //   `out 0x4d, ax` on KVM — reported by GetCapabilities);
 // - HvRegisterTimeRefCount and HV_X64_MSR_TIME_REF_COUNT (a clock), create_time_unix_ms.
 import fc from 'fast-check';
-import { HvError } from '@vsm/core';
 import { pb } from '@vsm/client';
-import { ApiError, Backend, EmulatorBackend } from '@vsm/service';
+import { EmulatorBackend } from '@vsm/service';
 import { KvmBackend } from '../src/backend';
 import { GiB, describeKvm } from './agent-support';
+import { LooseBackend, Op, differential } from './agent-diff-support';
 
 const R = pb.HvRegisterName;
 const MSR = {
@@ -21,109 +21,6 @@ const MSR = {
 const r64 = (name: pb.HvRegisterName, v: bigint): pb.RegisterAssoc => ({ name, value: { value: { $case: 'reg64', value: v } } });
 const seg = (name: pb.HvRegisterName, s: { base?: bigint; limit?: number; selector: number; attributes: number }): pb.RegisterAssoc =>
   ({ name, value: { value: { $case: 'segment', value: { base: s.base ?? 0n, limit: s.limit ?? 0xffffffff, selector: s.selector, attributes: s.attributes } } } });
-
-/** The hypercall instructions of both pages, blanked on both sides of a comparison. */
-const HYPERCALL_INSNS = [[0x0f, 0x01, 0xd9], [0x0f, 0x01, 0xc1], [0x66, 0xe7, 0x4d]];
-function blankHypercallInsns(b: Uint8Array): Buffer {
-  const out = Buffer.from(b);
-  // Whole instructions anywhere, and parts of one cut by either end of the buffer.
-  for (let i = -2; i < out.length; i++) {
-    for (const s of HYPERCALL_INSNS) {
-      if (s.every((x, k) => i + k < 0 || i + k >= out.length || out[i + k] === x)) out.fill(0, Math.max(0, i), Math.min(out.length, i + 3));
-    }
-  }
-  return out;
-}
-
-/** A response or error, with the legitimately differing fields normalized. */
-function normalize(v: unknown): unknown {
-  if (v instanceof HvError) return { error: 'HvError', status: v.statusName, message: v.message };
-  if (v instanceof ApiError) return { error: 'ApiError', code: v.code, reason: v.reason, message: v.message };
-  if (v instanceof Error) return { error: v.name, message: v.message };
-  if (Buffer.isBuffer(v) || v instanceof Uint8Array) return blankHypercallInsns(v);
-  if (Array.isArray(v)) {
-    return v
-      .filter((x) => !(x && typeof x === 'object' && (x as { name?: number }).name === R.HV_REGISTER_NAME_TIME_REF_COUNT))
-      .map(normalize);
-  }
-  if (v && typeof v === 'object') {
-    const out: Record<string, unknown> = {};
-    for (const [k, x] of Object.entries(v)) if (k !== 'createTimeUnixMs') out[k] = normalize(x);
-    return out;
-  }
-  return v;
-}
-
-async function settle(p: Promise<unknown>): Promise<unknown> {
-  try {
-    return normalize(await p);
-  } catch (e) {
-    return normalize(e);
-  }
-}
-
-type Op = { what: string; run: (b: Backend) => Promise<unknown> };
-
-/**
- * The backend as the server calls it: every request completed with its defaults (what the gRPC
- * layer decodes), so a test can write partial requests.
- */
-function withDefaults(b: Backend): Backend {
-  return new Proxy(b, {
-    get(target, prop, receiver) {
-      const v = Reflect.get(target, prop, receiver) as unknown;
-      if (typeof prop !== 'string' || typeof v !== 'function') return v;
-      const type = (pb as unknown as Record<string, { fromPartial?(o: unknown): unknown }>)[prop[0]!.toUpperCase() + prop.slice(1) + 'Request'];
-      if (!type?.fromPartial) return (v as (...a: unknown[]) => unknown).bind(target);
-      return (req: unknown, ...rest: unknown[]) => (v as (...a: unknown[]) => unknown).call(target, type.fromPartial!(req ?? {}), ...rest);
-    },
-  });
-}
-
-/** Runs `ops` on both backends in lockstep, comparing every response, then the final state. */
-async function differential(emuBackend: Backend, kvmBackend: Backend, name: string, vpCount: number, ops: Op[]): Promise<unknown[]> {
-  const emu = withDefaults(emuBackend);
-  const kvm = withDefaults(kvmBackend);
-  const results: unknown[] = [];
-  for (const op of ops) {
-    const a = await settle(op.run(emu));
-    results.push(a);
-    const b = await settle(op.run(kvm));
-    try {
-      expect(b).toEqual(a);
-    } catch (e) {
-      throw new Error(`${op.what}: KVM and emulator differ\n${(e as Error).message}\nafter: ${ops.slice(0, ops.indexOf(op)).map((o) => o.what).join('; ')}`);
-    }
-  }
-  for (const op of stateOps(name, vpCount)) {
-    const a = await settle(op.run(emu));
-    const b = await settle(op.run(kvm));
-    try {
-      expect(b).toEqual(a);
-    } catch (e) {
-      throw new Error(`final state, ${op.what}: KVM and emulator differ\n${(e as Error).message}`);
-    }
-  }
-  return results;
-}
-
-/** Everything observable about a partition afterwards. */
-function stateOps(name: string, vpCount: number): Op[] {
-  const ops: Op[] = [
-    { what: 'GetPartition', run: (b) => b.getPartition({ name }) },
-    { what: 'ListOverlays', run: (b) => b.listOverlays({ name }) },
-  ];
-  for (let i = 0; i < vpCount; i++) {
-    const vp = `${name}/vps/${i}`;
-    ops.push({ what: `GetVirtualProcessor ${i}`, run: (b) => b.getVirtualProcessor({ name: vp }) });
-    for (const vtl of [0, 1, 2]) ops.push({ what: `GetVpRegisters vp ${i} vtl ${vtl}`, run: (b) => b.getVpRegisters({ name: vp, vtl, names: [] }) });
-  }
-  for (const gpa of [0n, 0x1000n, 0x2000n, 0x5000n, 0x7000n, 0x8000n, 0x9000n, 0x10000n, 0x11000n]) {
-    ops.push({ what: `ReadGpa RAM 0x${gpa.toString(16)}`, run: (b) => b.readGpa({ name, gpa, length: 4096 }) });
-    for (const vtl of [0, 1]) ops.push({ what: `ReadGpa VTL${vtl} view 0x${gpa.toString(16)}`, run: (b) => b.readGpa({ name, gpa, length: 4096, vtlView: vtl }) });
-  }
-  return ops;
-}
 
 const pattern = Buffer.from(Array.from({ length: 4096 }, (_, i) => (i * 13 + 5) & 0xff));
 
@@ -144,7 +41,7 @@ describeKvm('agent-differential.test')('KVM backend vs emulator backend', () => 
     const vp0 = `${name}/vps/0`;
     const vp1 = `${name}/vps/1`;
     const ops: Op[] = [];
-    const op = (what: string, run: (b: Backend) => Promise<unknown>) => ops.push({ what, run });
+    const op = (what: string, run: (b: LooseBackend) => Promise<unknown>) => ops.push({ what, run });
     op('CreatePartition', (b) => b.createPartition({ partitionId: 'diff-script', requestId: '', partition: { vpCount: 2, memoryBytes: GiB, maximumVtl: 2 } as pb.Partition }));
     op('WriteGpa pattern', (b) => b.writeGpa({ name, gpa: 0x1000n, data: pattern }));
     op('WriteGpa pattern 2', (b) => b.writeGpa({ name, gpa: 0x9000n, data: pattern }));
@@ -259,21 +156,21 @@ describeKvm('agent-differential.test')('KVM backend vs emulator backend', () => 
       // hidden under another overlay executes the overlay on top on KVM (real fetch) but the hidden
       // page's own code on the emulator (core/stub.ts); see README.md, "Differences".
       fc.record({ vp: fc.nat(1), gpa: fc.constantFrom(0x1000n, 0x2000n), en: fc.boolean() })
-        .map(({ vp, gpa, en }) => (n: string) => ({ what: `WRMSR vp${vp} HYPERCALL = 0x${(gpa | (en ? 1n : 0n)).toString(16)}`, run: (b: Backend) => b.writeMsr({ name: `${n}/vps/${vp}`, msr: MSR.HYPERCALL, value: gpa | (en ? 1n : 0n) }) })),
+        .map(({ vp, gpa, en }) => (n: string) => ({ what: `WRMSR vp${vp} HYPERCALL = 0x${(gpa | (en ? 1n : 0n)).toString(16)}`, run: (b: LooseBackend) => b.writeMsr({ name: `${n}/vps/${vp}`, msr: MSR.HYPERCALL, value: gpa | (en ? 1n : 0n) }) })),
       fc.record({ vp: fc.nat(1), msr: fc.constantFrom(...pageMsrs.filter((m) => m !== MSR.HYPERCALL)), gpa: fc.constantFrom(0x8000n, 0x9000n, 0xa000n), en: fc.boolean() })
-        .map(({ vp, msr, gpa, en }) => (n: string) => ({ what: `WRMSR vp${vp} 0x${msr.toString(16)} = 0x${(gpa | (en ? 1n : 0n)).toString(16)}`, run: (b: Backend) => b.writeMsr({ name: `${n}/vps/${vp}`, msr, value: gpa | (en ? 1n : 0n) }) })),
+        .map(({ vp, msr, gpa, en }) => (n: string) => ({ what: `WRMSR vp${vp} 0x${msr.toString(16)} = 0x${(gpa | (en ? 1n : 0n)).toString(16)}`, run: (b: LooseBackend) => b.writeMsr({ name: `${n}/vps/${vp}`, msr, value: gpa | (en ? 1n : 0n) }) })),
       fc.record({ vp: fc.nat(1), msr: fc.constantFrom(...Object.values(MSR).filter((m) => m !== MSR.TIME_REF_COUNT), 0x400000ff) })
-        .map(({ vp, msr }) => (n: string) => ({ what: `RDMSR vp${vp} 0x${msr.toString(16)}`, run: (b: Backend) => b.readMsr({ name: `${n}/vps/${vp}`, msr }) })),
+        .map(({ vp, msr }) => (n: string) => ({ what: `RDMSR vp${vp} 0x${msr.toString(16)}`, run: (b: LooseBackend) => b.readMsr({ name: `${n}/vps/${vp}`, msr }) })),
       fc.record({ vp: fc.nat(1), gpa: fc.constantFrom(...gpas), len: fc.constantFrom(1, 2, 3, 4, 8, 9, 16, 100, 4096) })
-        .map(({ vp, gpa, len }) => (n: string) => ({ what: `ReadMemory vp${vp} 0x${gpa.toString(16)}+${len}`, run: (b: Backend) => b.readMemory({ name: `${n}/vps/${vp}`, gpa, length: len }) })),
+        .map(({ vp, gpa, len }) => (n: string) => ({ what: `ReadMemory vp${vp} 0x${gpa.toString(16)}+${len}`, run: (b: LooseBackend) => b.readMemory({ name: `${n}/vps/${vp}`, gpa, length: len }) })),
       fc.record({ vp: fc.nat(1), gpa: fc.constantFrom(...gpas), data: fc.uint8Array({ minLength: 1, maxLength: 40 }) })
-        .map(({ vp, gpa, data }) => (n: string) => ({ what: `WriteMemory vp${vp} 0x${gpa.toString(16)}+${data.length}`, run: (b: Backend) => b.writeMemory({ name: `${n}/vps/${vp}`, gpa, data: Buffer.from(data) }) })),
+        .map(({ vp, gpa, data }) => (n: string) => ({ what: `WriteMemory vp${vp} 0x${gpa.toString(16)}+${data.length}`, run: (b: LooseBackend) => b.writeMemory({ name: `${n}/vps/${vp}`, gpa, data: Buffer.from(data) }) })),
       fc.record({ vp: fc.nat(1), offset: fc.constantFrom(0, 3, 0x0f, 0x26, 0x100), rcx: fc.constantFrom(0n, 1n, 0x50n, 0x11n, 0x12n) })
-        .map(({ vp, offset, rcx }) => (n: string) => ({ what: `CallHypercallPage vp${vp} 0x${offset.toString(16)} rcx ${rcx}`, run: (b: Backend) => b.callHypercallPage({ name: `${n}/vps/${vp}`, offset, rcx }) })),
+        .map(({ vp, offset, rcx }) => (n: string) => ({ what: `CallHypercallPage vp${vp} 0x${offset.toString(16)} rcx ${rcx}`, run: (b: LooseBackend) => b.callHypercallPage({ name: `${n}/vps/${vp}`, offset, rcx }) })),
       fc.record({ vp: fc.nat(1), reg: fc.constantFrom(R.HV_REGISTER_NAME_X64_RAX, R.HV_REGISTER_NAME_X64_RBX, R.HV_REGISTER_NAME_X64_RIP, R.HV_REGISTER_NAME_X64_R8), v: fc.bigInt({ min: 0n, max: (1n << 64n) - 1n }) })
-        .map(({ vp, reg, v }) => (n: string) => ({ what: `SetVpRegisters vp${vp} ${R[reg]}`, run: (b: Backend) => b.setVpRegisters({ name: `${n}/vps/${vp}`, registers: [r64(reg, v)] }) })),
+        .map(({ vp, reg, v }) => (n: string) => ({ what: `SetVpRegisters vp${vp} ${R[reg]}`, run: (b: LooseBackend) => b.setVpRegisters({ name: `${n}/vps/${vp}`, registers: [r64(reg, v)] }) })),
       fc.record({ vp: fc.nat(1), control: fc.constantFrom(0x11n, 0x12n, 0x50n | (1n << 32n), 0x0dn | (1n << 16n)) })
-        .map(({ vp, control }) => (n: string) => ({ what: `Hypercall vp${vp} 0x${control.toString(16)}`, run: (b: Backend) => b.hypercall({ name: `${n}/vps/${vp}`, control, inputGpa: 0x10000n, outputGpa: 0x11000n, input: Buffer.from('ffffffffffffffff' + 'feffffff00000000' + '03000d00', 'hex'), outputSize: 16 }) })),
+        .map(({ vp, control }) => (n: string) => ({ what: `Hypercall vp${vp} 0x${control.toString(16)}`, run: (b: LooseBackend) => b.hypercall({ name: `${n}/vps/${vp}`, control, inputGpa: 0x10000n, outputGpa: 0x11000n, input: Buffer.from('ffffffffffffffff' + 'feffffff00000000' + '03000d00', 'hex'), outputSize: 16 }) })),
     );
     let run = 0;
     await fc.assert(

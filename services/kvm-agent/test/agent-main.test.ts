@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import pino from 'pino';
-import { connect } from '@vsm/client';
+import { connect, pb } from '@vsm/client';
 import { UsageError, startServer } from '@vsm/service';
 import { KvmBackend } from '../src/backend';
 import { parseAgentConfig, unixSocketPath } from '../src/main';
@@ -49,7 +49,7 @@ describeKvm('agent-main.test')('vsm-kvm-agent server on a unix socket', () => {
     try {
       expect((await client.partitions.getCapabilities({})).backend).toBe('kvm');
       for (const id of ['sock-a', 'sock-b']) {
-        const p = await client.partitions.createPartition({ partitionId: id, partition: { vpCount: 2, memoryBytes: GiB, maximumVtl: 1 } });
+        const p = await client.partitions.createPartition({ partitionId: id, partition: { vpCount: 2, memoryBytes: GiB, maximumVtl: 1 } as pb.Partition });
         await client.vtl.enablePartitionVtl({ name: p.name, targetVtl: 1 });
         await client.vtl.enableVpVtl({ name: `${p.name}/vps/1`, targetVtl: 1 });
         for (const vp of [0, 1]) {
