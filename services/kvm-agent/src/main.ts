@@ -105,8 +105,8 @@ async function main(): Promise<void> {
     backend,
     logger: log,
     tls: cfg.service.tls,
-    // A unix socket is local (its file permissions decide who connects): plaintext is fine there.
-    allowInsecureRemote: cfg.service.insecureAllowRemote || sock !== undefined,
+    // Plaintext is served on loopback and on unix sockets (local: file permissions decide who connects).
+    allowInsecureRemote: cfg.service.insecureAllowRemote,
     security: { authzPolicy: cfg.service.authzPolicy ? { file: cfg.service.authzPolicy } : undefined, limits: { maxStreams, maxStreamsPerClient } },
   });
   for (const sig of ['SIGTERM', 'SIGINT'] as const) {

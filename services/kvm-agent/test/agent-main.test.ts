@@ -44,7 +44,7 @@ describeKvm('agent-main.test')('vsm-kvm-agent server on a unix socket', () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vsm-agent-'));
     const listen = `unix://${path.join(dir, 'agent.sock')}`;
     const backend = new KvmBackend();
-    const srv = await startServer({ listen, backend, logger: pino({ level: 'silent' }), allowInsecureRemote: true, shutdownGraceMs: 500 });
+    const srv = await startServer({ listen, backend, logger: pino({ level: 'silent' }), shutdownGraceMs: 500 });
     const client = connect(listen);
     try {
       expect((await client.partitions.getCapabilities({})).backend).toBe('kvm');
