@@ -2,27 +2,39 @@
 // Exit codes: 0 ok, 2 usage error, 3 server error, 4 server unreachable (UNAVAILABLE or
 // DEADLINE_EXCEEDED), 1 anything unexpected.
 import * as fs from 'node:fs';
-import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { Argument, Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { ConnectOptions, VsmClient, VsmError, connect, pb } from '@vsm/client';
 import {
-  Json, colorEnabled, safeEnum, entryReason, exceptionName, fields, formatSize, hex, hex64, hexdump, overlayKind, painter, registerJson,
+  Json, colorEnabled, safeEnum, entryReason, fields, formatSize, hex, hex64, hexdump, overlayKind, painter, registerJson,
   registerValueText, shortEnum, table, toJson, vtlSet,
 } from './format';
-import { MapInput, PAGE, mapJson, renderMap } from './map';
+import { MapInput, MapProtections, PAGE, mapJson, renderMap } from './map';
+import { interceptEventText, interceptLines, outcomeText, resumedLines, stopped, switchText } from './outcome';
 import {
   UsageError, allRegisters, msrLabel, parseCount, parseHexBytes, parseIndex, parseLabel, parseMsr, parseRegisterName,
-  parseRegisterValue, parseSize, parseU64, partitionId, partitionName, tlfsRegisterName, vpName,
+  parseRegisterValue, parseSize, parseU32, parseU64, partitionId, partitionName, tlfsRegisterName, vpName,
 } from './parse';
 import { Progress } from './progress';
+import {
+  ACTIONS, Pages, ROUTES, accessMaskText, accessTypeText, actionText, gpaRange, maskLabel, maskText, parseAccessMask,
+  parseMapFlags, parsePageRange, planProtectCalls, routeText,
+} from './protect';
 
 export const EXIT = { OK: 0, INTERNAL: 1, USAGE: 2, SERVER: 3, UNAVAILABLE: 4 } as const;
 
 const GRPC_DEADLINE_EXCEEDED = 4;
+const GRPC_UNIMPLEMENTED = 12;
 const GRPC_UNAVAILABLE = 14;
+/** How often a guest access that has not come back checks whether its VP waits for a monitor. */
+const WAIT_POLL_MS = 750;
+/** HV_MESSAGE_MAX_PAYLOAD_BYTE_COUNT. */
+const MAX_MESSAGE_PAYLOAD = 240;
 /** Largest ReadGpa/WriteGpa (host) and ReadMemory/WriteMemory (guest) transfers. */
 const HOST_CHUNK = 1 << 20;
 const GUEST_CHUNK = 1 << 16;
 const MAX_MAP_PAGES = 1 << 16;
+/** ExecuteMemory fetches 1..16 bytes (one instruction). */
+const MAX_FETCH = 16;
 const MAX_VP = 4096;
 const MAX_VTL = 15;
 
@@ -115,28 +127,6 @@ const vtlArg = arg((s) => parseIndex(s, 'VTL', MAX_VTL));
 const partArg = arg(partitionName);
 const u64Arg = (what: string) => arg((s) => parseU64(s, what));
 
-/** Fields of GuestActionOutcome that newer servers may set (read loosely: older clients lack them). */
-interface OutcomeExtras {
-  partitionCrashed?: boolean;
-  intercept?: { interceptId?: bigint; protectingVtl?: number; gpa?: bigint; heldBack?: boolean };
-}
-
-function outcomeText(o: pb.GuestActionOutcome | undefined): string {
-  if (!o) return 'no outcome';
-  const x = o as pb.GuestActionOutcome & OutcomeExtras;
-  if (x.partitionCrashed) return `the partition was stopped (crashed); VP in VTL ${o.activeVtl}`;
-  if (x.intercept) {
-    const i = x.intercept;
-    return `intercepted by VTL ${i.protectingVtl ?? '?'} at ${i.gpa !== undefined ? hex64(i.gpa) : '?'} (intercept ${i.interceptId ?? '?'}${i.heldBack ? ', held back: SINT0 queue full' : ''}); VP in VTL ${o.activeVtl}`;
-  }
-  if (o.exception) return `${exceptionName(o.exception)} raised in VTL ${o.activeVtl}`;
-  if (o.vtlSwitch) {
-    const r = o.vtlSwitch.fromVtl < o.vtlSwitch.toVtl ? `, entry reason ${entryReason(o.vtlSwitch.entryReason)}` : '';
-    return `switched VTL ${o.vtlSwitch.fromVtl} -> VTL ${o.vtlSwitch.toVtl}${r}`;
-  }
-  return `completed in VTL ${o.activeVtl}`;
-}
-
 function partitionFields(p: pb.Partition): string {
   const labels = Object.entries(p.labels).map(([k, v]) => `${k}=${v}`).join(', ');
   return fields([
@@ -161,7 +151,7 @@ function vpFields(vp: pb.VirtualProcessor): string {
     ['active VTL', s ? String(s.activeVtl) : '-'],
     ['enabled VTLs', s ? vtlSet(s.enabledVtlSet) : '-'],
     ['last entry reason', s ? entryReason(s.lastEntryReason) : '-'],
-    ['intercept suspended', s?.interceptSuspended ? 'yes' : 'no'],
+    ['intercept suspended', s?.interceptSuspended ? `yes, on intercept ${s.suspendedInterceptId} (waiting for a monitor's answer)` : 'no'],
   ]);
 }
 
@@ -171,6 +161,73 @@ async function codePageOffsets(c: VsmClient, vp: string): Promise<[number, numbe
   const v = r.registers[0]?.value?.value;
   if (v?.$case !== 'reg64') throw new Error('HvRegisterVsmCodePageOffsets did not come back as a 64-bit value');
   return [Number(v.value & 0xfffn), Number((v.value >> 12n) & 0xfffn)];
+}
+
+/** A guest access gave up (its gRPC deadline) while the VP still waits for a monitor's answer. */
+class StillSuspended extends VsmError {
+  constructor(e: VsmError, readonly vp: string, readonly interceptId: bigint) {
+    const part = vp.replace(/\/vps\/\d+$/, '').replace(/^partitions\//, '');
+    super(
+      e.code,
+      e.reason,
+      e.domain,
+      e.metadata,
+      `${vp} is still suspended on intercept ${interceptId}, waiting for a monitor's answer; vsmctl stopped waiting (--timeout) but the intercept stays pending ` +
+        `(vsmctl intercepts pending ${part}; answer it with vsmctl intercepts watch ${part} --reply ACTION)`,
+    );
+  }
+}
+
+/**
+ * Runs a guest memory access. On the monitor route the server holds the call until a monitor
+ * answers: after WAIT_POLL_MS vsmctl checks the VP and says on stderr that it waits (once); when the
+ * call's deadline passes meanwhile, the error says the VP is still suspended.
+ */
+async function guestAccess<T>(ctx: Ctx, vp: string, call: () => Promise<T>): Promise<T> {
+  let finished = false;
+  let noted = false;
+  const suspendedOn = async (): Promise<bigint | undefined> => {
+    const v = await ctx.client.vps.getVirtualProcessor({ name: vp }, { deadlineMs: 5000 });
+    return v.vtlStatus?.interceptSuspended ? v.vtlStatus.suspendedInterceptId : undefined;
+  };
+  const timer = setInterval(() => {
+    if (noted) return;
+    suspendedOn().then(
+      (id) => {
+        if (id === undefined || finished || noted) return;
+        noted = true;
+        const part = vp.replace(/\/vps\/\d+$/, '').replace(/^partitions\//, '');
+        ctx.note(`waiting: ${vp} is suspended on intercept ${id} until a monitor answers (route MONITOR); e.g. vsmctl intercepts watch ${part} --reply allow`);
+      },
+      () => undefined,
+    );
+  }, WAIT_POLL_MS);
+  try {
+    return await call();
+  } catch (e) {
+    if (e instanceof VsmError && e.code === GRPC_DEADLINE_EXCEEDED) {
+      const id = await suspendedOn().catch(() => undefined);
+      if (id !== undefined) throw new StillSuspended(e, vp, id);
+    }
+    throw e;
+  } finally {
+    finished = true;
+    clearInterval(timer);
+  }
+}
+
+/** Text for a guest access that did not complete (exception, intercept, crash), with `what` like "guest write at 0x..". */
+function notCompletedText(what: string, o: pb.GuestActionOutcome, vp: number, progress: string): string {
+  if (o.intercept) return [`${what}: INTERCEPTED; ${progress}`, ...interceptLines(o, vp).map((l) => `  ${l}`)].join('\n');
+  if (o.partitionCrashed) return `${what}: the partition was stopped (a monitor answered CRASH); ${progress}`;
+  return `${what}: ${o.exception ? 'REFUSED, ' : ''}${outcomeText(o)}; ${progress}`;
+}
+
+/** VtlCall / VtlReturn: the switch (or why none), then what became of an intercepted access. */
+function vtlActionText(label: string, o: pb.GuestActionOutcome | undefined, vp: number): string {
+  const head = o?.vtlSwitch ? switchText(o.vtlSwitch) : `${outcomeText(o)}${o?.exception ? '; no switch' : ''}`;
+  const more = o ? (o.resumedAccess ? resumedLines(o, vp) : o.intercept ? interceptLines(o, vp) : []) : [];
+  return [`${label}: ${head}`, ...more].join('\n');
 }
 
 async function* fileChunks(path: string, chunk: number): AsyncGenerator<Buffer> {
@@ -211,11 +268,13 @@ Examples:
   vsmctl partitions create --id demo --vp-count 2 --memory 1GiB --max-vtl 2
   vsmctl msr write demo 0 HV_X64_MSR_HYPERCALL 0x1001
   vsmctl vtl enable demo 1 && vsmctl vtl enable-vp demo 0 1 && vsmctl vtl call demo 0
+  vsmctl memory protect demo --vtl 1 --flags r --pages 0x40:1 && vsmctl intercepts route demo monitor
+  vsmctl intercepts watch demo --reply allow
   vsmctl map demo
 
 Exit codes: 0 ok, 2 usage error, 3 server error (error: CODE HV_STATUS: message),
 4 server not reachable (UNAVAILABLE or DEADLINE_EXCEEDED). Guest exceptions (#GP, #UD)
-are results, printed with exit code 0 (and under "outcome" with --json).`,
+and intercepts are results, printed with exit code 0 (and under "outcome" with --json).`,
     );
 
   /** Wraps a command implementation: creates the context from the global options. */
@@ -450,11 +509,11 @@ are results, printed with exit code 0 (and under "outcome" with --json).`,
         const name = vpName(part, idx);
         const [offset] = await codePageOffsets(ctx.client, name);
         const r = await ctx.client.guest.callHypercallPage({ name, offset, rcx: 0n });
-        ctx.emit({ name, offset, ...(toJson(r) as object) }, () => `VtlCall (hypercall page +${hex(offset, 2)}): ${outcomeText(r.outcome)}${r.outcome?.exception ? '; no switch' : ''}`);
+        ctx.emit({ name, offset, ...(toJson(r) as object) }, () => vtlActionText(`VtlCall (hypercall page +${hex(offset, 2)})`, r.outcome, idx));
       }),
     );
   vtl.command('return')
-    .description('VtlReturn: the VP calls its hypercall page at the VtlReturn offset (RCX = 0, or 1 with --fast)')
+    .description('VtlReturn: the VP calls its hypercall page at the VtlReturn offset (RCX = 0, or 1 with --fast); reports what became of an intercepted access (resumed_access)')
     .argument('<partition>', 'partitions/ID or ID', partArg)
     .argument('<vp>', 'VP index', vpArg)
     .option('--fast', 'fast return (RAX/RCX of the lower VTL are not restored)')
@@ -463,7 +522,7 @@ are results, printed with exit code 0 (and under "outcome" with --json).`,
         const name = vpName(part, idx);
         const [, offset] = await codePageOffsets(ctx.client, name);
         const r = await ctx.client.guest.callHypercallPage({ name, offset, rcx: o.fast ? 1n : 0n });
-        ctx.emit({ name, offset, fast: o.fast === true, ...(toJson(r) as object) }, () => `VtlReturn${o.fast ? ' (fast)' : ''} (hypercall page +${hex(offset, 2)}): ${outcomeText(r.outcome)}${r.outcome?.exception ? '; no switch' : ''}`);
+        ctx.emit({ name, offset, fast: o.fast === true, ...(toJson(r) as object) }, () => vtlActionText(`VtlReturn${o.fast ? ' (fast)' : ''} (hypercall page +${hex(offset, 2)})`, r.outcome, idx));
       }),
     );
   vtl.command('watch')
@@ -560,7 +619,7 @@ are results, printed with exit code 0 (and under "outcome" with --json).`,
 
   // ---- memory ------------------------------------------------------------------------------------
 
-  const memory = program.command('memory').description('read and write guest physical memory');
+  const memory = program.command('memory').description('read, write and execute guest physical memory; VTL protections');
   memory
     .command('read')
     .description('read memory: RAM (host view), as a VTL sees it (--vtl), or as a guest access by a VP (--guest)')
@@ -568,7 +627,7 @@ are results, printed with exit code 0 (and under "outcome" with --json).`,
     .argument('<gpa>', 'guest physical address (hex or decimal)', u64Arg('GPA'))
     .argument('<length>', 'bytes to read (4096, 0x1000, 64KiB)', arg((s) => parseSize(s, 'length')))
     .option('--vtl <n>', 'host read of what VTL n sees (its overlays on top of RAM)', vtlArg)
-    .option('--guest <vp>', "guest access: the VP reads through its active VTL's view", vpArg)
+    .option('--guest <vp>', "guest access: the VP reads through its active VTL's view (subject to higher VTLs' protections)", vpArg)
     .option('--output <file>', 'write the raw bytes to FILE instead of a hexdump')
     .action(
       run(async (ctx, name: string, gpa: bigint, length: bigint, o: { vtl?: number; guest?: number; output?: string }) => {
@@ -586,9 +645,10 @@ are results, printed with exit code 0 (and under "outcome" with --json).`,
             const n = Math.min(chunk, total - got);
             const at = gpa + BigInt(got);
             if (o.guest !== undefined) {
-              const r = await ctx.client.guest.readMemory({ name: vpName(name, o.guest), gpa: at, length: n });
+              const vp = vpName(name, o.guest);
+              const r = await guestAccess(ctx, vp, () => ctx.client.guest.readMemory({ name: vp, gpa: at, length: n }));
               outcome = r.outcome;
-              if (r.outcome?.exception || r.data.length === 0) break;
+              if (stopped(r.outcome) || r.data.length === 0) break;
               parts.push(Buffer.from(r.data));
             } else {
               const r = await ctx.client.memory.readGpa({ name, gpa: at, length: n, vtlView: o.vtl });
@@ -605,7 +665,7 @@ are results, printed with exit code 0 (and under "outcome" with --json).`,
         if (o.output) {
           fs.writeFileSync(o.output, data);
         }
-        const failed = outcome?.exception ? outcome : undefined;
+        const failed = stopped(outcome) ? outcome : undefined;
         ctx.emit(
           {
             name: o.guest !== undefined ? vpName(name, o.guest) : name,
@@ -617,7 +677,7 @@ are results, printed with exit code 0 (and under "outcome" with --json).`,
           },
           () => {
             const head = o.output ? `read ${data.length} bytes at ${hex64(gpa)} (${view}) into ${o.output}` : data.length ? hexdump(data, gpa) : '';
-            const tail = failed ? `guest read at ${hex64(gpa + BigInt(data.length))}: ${outcomeText(failed)}; read stopped after ${data.length} bytes` : '';
+            const tail = failed ? notCompletedText(`guest read at ${hex64(gpa + BigInt(data.length))}`, failed, o.guest!, `read stopped after ${data.length} bytes`) : '';
             return [head, tail].filter(Boolean).join('\n');
           },
         );
@@ -629,7 +689,7 @@ are results, printed with exit code 0 (and under "outcome" with --json).`,
     .argument('<partition>', 'partitions/ID or ID', partArg)
     .argument('<gpa>', 'guest physical address (hex or decimal)', u64Arg('GPA'))
     .argument('<data>', 'hex bytes (deadbeef, "de ad be ef") or @FILE')
-    .option('--guest <vp>', "guest access: the VP writes through its active VTL's view", vpArg)
+    .option('--guest <vp>', "guest access: the VP writes through its active VTL's view (subject to higher VTLs' protections)", vpArg)
     .action(
       run(async (ctx, name: string, gpa: bigint, dataArg: string, o: { guest?: number }) => {
         const chunk = o.guest !== undefined ? GUEST_CHUNK : HOST_CHUNK;
@@ -659,9 +719,10 @@ are results, printed with exit code 0 (and under "outcome" with --json).`,
           for await (const part of source) {
             const at = gpa + BigInt(done);
             if (o.guest !== undefined) {
-              const r = await ctx.client.guest.writeMemory({ name: vpName(name, o.guest), gpa: at, data: part });
+              const vp = vpName(name, o.guest);
+              const r = await guestAccess(ctx, vp, () => ctx.client.guest.writeMemory({ name: vp, gpa: at, data: part }));
               outcome = r.outcome;
-              if (r.outcome?.exception) break;
+              if (stopped(r.outcome)) break;
             } else {
               await ctx.client.memory.writeGpa({ name, gpa: at, data: part });
             }
@@ -671,14 +732,130 @@ are results, printed with exit code 0 (and under "outcome" with --json).`,
         } finally {
           progress.finish();
         }
-        const failed = outcome?.exception ? outcome : undefined;
+        const failed = stopped(outcome) ? outcome : undefined;
         const where = o.guest !== undefined ? `as VP ${o.guest} (VTL ${outcome?.activeVtl ?? '-'} view)` : 'into RAM';
         ctx.emit(
           { name: o.guest !== undefined ? vpName(name, o.guest) : name, gpa: gpa.toString(), bytesWritten: done, ...(outcome ? { outcome: toJson(outcome) } : {}) },
           () =>
             failed
-              ? `guest write at ${hex64(gpa + BigInt(done))}: REFUSED, ${outcomeText(failed)}; ${done} of ${total} bytes written before it`
+              ? notCompletedText(`guest write at ${hex64(gpa + BigInt(done))}`, failed, o.guest!, `${done} of ${total} bytes written before it`)
               : `wrote ${done} bytes at ${hex64(gpa)} ${where}`,
+        );
+      }),
+    );
+  memory
+    .command('exec')
+    .description('guest instruction fetch (ExecuteMemory): the VP fetches LEN bytes at GPA through its active VTL\'s view')
+    .argument('<partition>', 'partitions/ID or ID', partArg)
+    .argument('<vp>', 'VP index', vpArg)
+    .argument('<gpa>', 'guest physical address (hex or decimal)', u64Arg('GPA'))
+    .argument('[length]', `bytes fetched, 1..${MAX_FETCH} (default ${MAX_FETCH})`, arg((s) => parseIndex(s, 'length', MAX_FETCH)))
+    .action(
+      run(async (ctx, part: string, idx: number, gpa: bigint, len: number | undefined) => {
+        const length = len ?? MAX_FETCH;
+        if (length < 1) throw new UsageError(`length must be 1..${MAX_FETCH} (one instruction fetch)`);
+        const name = vpName(part, idx);
+        const r = await guestAccess(ctx, name, () => ctx.client.guest.executeMemory({ name, gpa, length }));
+        const o = r.outcome;
+        const data = Buffer.from(r.data);
+        ctx.emit({ name, gpa: gpa.toString(), length, data: data.toString('hex'), ...(o ? { outcome: toJson(o) } : {}) }, () => {
+          if (o && stopped(o)) return notCompletedText(`instruction fetch at ${hex64(gpa)} by VP ${idx}`, o, idx, 'nothing fetched');
+          const bytes = Array.from(data, (b) => b.toString(16).padStart(2, '0')).join(' ');
+          return `fetched ${data.length} byte${data.length === 1 ? '' : 's'} at ${hex64(gpa)} as VP ${idx} (VTL ${o?.activeVtl ?? '-'}): ${bytes}`;
+        });
+      }),
+    );
+  memory
+    .command('protect')
+    .description("set a VTL's protection mask on pages (ModifyVtlProtectionMask as the host); the VTL must have set EnableVtlProtection")
+    .argument('<partition>', 'partitions/ID or ID', partArg)
+    .requiredOption('--vtl <n>', 'protecting VTL (1..maximum VTL): its mask restricts every lower VTL', vtlArg)
+    .requiredOption('--flags <flags>', 'what lower VTLs may do: r, rw, rx, rwx, none, or HV_MAP_GPA_FLAGS as a number (0x1 read, 0x2 write, 0x4 kernel exec, 0x8 user exec)', arg(parseMapFlags))
+    .option('--gpa <gpa>', 'first GPA (page aligned), with --size', u64Arg('--gpa'))
+    .option('--size <size>', 'bytes from --gpa, whole 4 KiB pages (4KiB, 2MiB, 1GiB)', arg((s) => parseSize(s, '--size')))
+    .option('--pages <start:count...>', 'page ranges: first page number (GPA >> 12) and page count, e.g. 0x40:16 (repeatable)', arg((s: string, prev?: Pages[]) => [...(prev ?? []), parsePageRange(s)]))
+    .addHelpText('after', '\nRequests with more than 65536 ranges or 4 GiB are sent in several calls, with progress on a TTY.')
+    .action(
+      run(async (ctx, name: string, o: { vtl: number; flags: number; gpa?: bigint; size?: bigint; pages?: Pages[] }) => {
+        if (o.pages && (o.gpa !== undefined || o.size !== undefined)) throw new UsageError('--pages excludes --gpa/--size (give one or the other)');
+        if (!o.pages && (o.gpa === undefined || o.size === undefined)) throw new UsageError('give --gpa GPA --size SIZE, or --pages START:COUNT');
+        if (o.vtl < 1) throw new UsageError('--vtl must be 1 or higher (VTL 0 protects nothing: a VTL restricts the VTLs below it)');
+        const ranges = o.pages ?? [gpaRange(o.gpa!, o.size!)];
+        const calls = planProtectCalls(ranges);
+        const totalPages = ranges.reduce((a, r) => a + r.count, 0n);
+        if (calls.length > 1) {
+          // All ranges are checked before the first call, as the server does for a single call.
+          const p = await ctx.client.partitions.getPartition({ name });
+          const pages = p.memoryBytes >> 12n;
+          for (const r of ranges) {
+            if (r.start + r.count > pages) throw new UsageError(`pages 0x${r.start.toString(16)}+${r.count} are beyond the partition's memory (${formatSize(p.memoryBytes)}, ${pages} pages)`);
+          }
+        }
+        const progress = new Progress(`VTL ${o.vtl} ${maskText(o.flags)}`, Number(totalPages), process.stderr, io.stderr.isTTY === true && calls.length > 1, (n) => `${n} pages`);
+        let changed = 0n;
+        let done = 0n;
+        let generation = 0n;
+        try {
+          for (const [i, batch] of calls.entries()) {
+            try {
+              const r = await ctx.client.intercepts.modifyVtlProtectionMask({ name, protectingVtl: o.vtl, mapFlags: o.flags, ranges: batch });
+              changed += r.pagesChanged;
+              generation = r.viewGeneration;
+            } catch (e) {
+              if (e instanceof VsmError && i > 0) {
+                throw new VsmError(e.code, e.reason, e.domain, e.metadata, `${e.message} (call ${i + 1} of ${calls.length}; the calls before it changed ${changed} pages, which keep the new mask)`);
+              }
+              throw e;
+            }
+            done += batch.reduce((a, r) => a + r.pageCount, 0n);
+            progress.update(Number(done), `call ${i + 1} of ${calls.length}`);
+          }
+        } finally {
+          progress.finish();
+        }
+        const what =
+          ranges.length === 1
+            ? `${hex64(ranges[0]!.start << 12n)}-${hex64(((ranges[0]!.start + ranges[0]!.count) << 12n) - 1n)}`
+            : `${ranges.length} ranges`;
+        ctx.emit(
+          {
+            name,
+            protectingVtl: o.vtl,
+            mapFlags: o.flags,
+            mask: maskText(o.flags),
+            ranges: ranges.map((r) => ({ startPage: r.start.toString(), pageCount: r.count.toString() })),
+            calls: calls.length,
+            pagesChanged: changed.toString(),
+            viewGeneration: generation.toString(),
+          },
+          () =>
+            `VTL ${o.vtl} now allows lower VTLs ${maskLabel(o.flags)} on ${changed} page${changed === 1n ? '' : 's'} (${what}) of ${name}` +
+            `${calls.length > 1 ? ` in ${calls.length} calls` : ''}; view generation ${generation}`,
+        );
+      }),
+    );
+  memory
+    .command('protections')
+    .description('the protection ranges a VTL has set (GetVtlProtections) and its default mask')
+    .argument('<partition>', 'partitions/ID or ID', partArg)
+    .requiredOption('--vtl <n>', 'protecting VTL (1..)', vtlArg)
+    .action(
+      run(async (ctx, name: string, o: { vtl: number }) => {
+        const r = await ctx.client.intercepts.getVtlProtections({ name, protectingVtl: o.vtl });
+        const json = toJson(r) as { [k: string]: Json };
+        ctx.emit(
+          { name, protectingVtl: o.vtl, ...json, defaultMask: maskText(r.defaultMapFlags), ranges: r.ranges.map((x) => ({ ...(toJson(x) as { [k: string]: Json }), mask: maskText(x.mapFlags) })) },
+          () => {
+            if (!r.protectionEnabled) return `${name}: VTL ${o.vtl} has not set EnableVtlProtection, so it restricts nothing (view generation ${r.viewGeneration})`;
+            const head = `${name}: VTL ${o.vtl} protections enabled; default mask ${maskLabel(r.defaultMapFlags)} outside the ranges; view generation ${r.viewGeneration}`;
+            if (!r.ranges.length) return `${head}\nno explicit ranges`;
+            const rows = r.ranges.map((x) => {
+              const s = x.pages?.startPage ?? 0n;
+              const c = x.pages?.pageCount ?? 0n;
+              return [hex(s), String(c), `${hex64(s << 12n)}-${hex64(((s + c) << 12n) - 1n)}`, maskLabel(x.mapFlags)];
+            });
+            return `${head}\n${table(['START PAGE', 'PAGES', 'GPA RANGE', 'MASK'], rows)}`;
+          },
         );
       }),
     );
@@ -687,9 +864,9 @@ are results, printed with exit code 0 (and under "outcome" with --json).`,
 
   program
     .command('map')
-    .description('picture of the GPA space per VTL: overlay pages (kind, stacking) and non-zero RAM pages')
+    .description('picture of the GPA space per VTL: overlay pages (kind, stacking), non-zero RAM pages and VTL protections')
     .argument('<partition>', 'partitions/ID or ID', partArg)
-    .option('--vtl <n>', 'only this VTL (default: every enabled VTL)', vtlArg)
+    .option('--vtl <n>', 'only this VTL and the protections that apply to it (default: every enabled VTL)', vtlArg)
     .option('--from <gpa>', 'first GPA of the window (rounded down to a page)', u64Arg('--from'))
     .option('--pages <n>', `pages in the window (default 256, at most ${MAX_MAP_PAGES})`, arg((s) => parseCount(s, '--pages', MAX_MAP_PAGES)))
     .action(
@@ -702,12 +879,15 @@ are results, printed with exit code 0 (and under "outcome" with --json).`,
         const vtls = o.vtl !== undefined ? [o.vtl] : Array.from({ length: 16 }, (_, i) => i).filter((i) => p.enabledVtlSet & (1 << i));
         const ov = await ctx.client.memory.listOverlays({ name, vtl: o.vtl });
         const nonZero: boolean[] = [];
+        // ListOverlays counts overlay changes; ReadGpa reports the whole view's (protections too).
+        let generation = ov.viewGeneration;
         const bytes = pages * PAGE;
         const progress = new Progress('sampling RAM', bytes, process.stderr, io.stderr.isTTY === true && bytes > HOST_CHUNK);
         try {
           for (let off = 0; off < bytes; off += HOST_CHUNK) {
             const n = Math.min(HOST_CHUNK, bytes - off);
             const r = await ctx.client.memory.readGpa({ name, gpa: from + BigInt(off), length: n });
+            if (r.viewGeneration > generation) generation = r.viewGeneration;
             const d = Buffer.from(r.data);
             for (let pg = 0; pg < n / PAGE; pg++) {
               const page = d.subarray(pg * PAGE, (pg + 1) * PAGE);
@@ -718,8 +898,226 @@ are results, printed with exit code 0 (and under "outcome" with --json).`,
         } finally {
           progress.finish();
         }
-        const inp: MapInput = { partition: p, from, nonZero, overlays: ov.overlays, viewGeneration: ov.viewGeneration, vtls };
+        // Protections of every enabled protecting VTL (with --vtl N: those above N, which restrict VTL N).
+        const protections: MapProtections[] = [];
+        for (let v = 1; v < 16; v++) {
+          if (!(p.enabledVtlSet & (1 << v)) || (o.vtl !== undefined && v <= o.vtl)) continue;
+          try {
+            const r = await ctx.client.intercepts.getVtlProtections({ name, protectingVtl: v });
+            protections.push({ vtl: v, protectionEnabled: r.protectionEnabled, defaultMapFlags: r.defaultMapFlags, ranges: r.ranges });
+          } catch (e) {
+            if (e instanceof VsmError && e.code === GRPC_UNIMPLEMENTED) break; // an older server
+            throw e;
+          }
+        }
+        const inp: MapInput = { partition: p, from, nonZero, overlays: ov.overlays, viewGeneration: generation, vtls, protections };
         ctx.emit(mapJson(inp), () => renderMap(inp, painter(colorEnabled(io.stdout, io.env))));
+      }),
+    );
+
+  // ---- intercepts ----------------------------------------------------------------------------------
+
+  const intercepts = program.command('intercepts').description('memory intercepts: where they go, which wait for an answer, and a monitor that watches and answers them');
+  intercepts
+    .command('route')
+    .description('choose where memory intercepts go (SetInterceptRoute), and what happens to monitor intercepts nobody answers')
+    .argument('<partition>', 'partitions/ID or ID', partArg)
+    .addArgument(
+      new Argument('<route>', 'higher-vtl: the protecting VTL handles them (default); monitor: external monitors answer, the VP waits; both: the VTL handles them, monitors observe')
+        .choices(Object.keys(ROUTES)),
+    )
+    .option('--deadline-ms <ms>', 'apply --deadline-action to an intercept no monitor answered within MS (1..86400000; default: wait forever)', arg((s) => parseCount(s, '--deadline-ms', 86_400_000)))
+    .addOption(new Option('--deadline-action <action>', 'what the deadline does (with --deadline-ms)').choices(Object.keys(ACTIONS)))
+    .action(
+      run(async (ctx, name: string, route: string, o: { deadlineMs?: number; deadlineAction?: string }) => {
+        if ((o.deadlineMs === undefined) !== (o.deadlineAction === undefined)) throw new UsageError('--deadline-ms and --deadline-action go together');
+        const r = await ctx.client.intercepts.setInterceptRoute({
+          name,
+          route: ROUTES[route]!,
+          answerDeadlineMs: o.deadlineMs !== undefined ? BigInt(o.deadlineMs) : undefined,
+          deadlineAction: o.deadlineAction ? ACTIONS[o.deadlineAction]! : pb.InterceptAction.INTERCEPT_ACTION_UNSPECIFIED,
+        });
+        ctx.emit({ name, ...(toJson(r) as object) }, () => {
+          const where: Record<string, string> = {
+            'higher-vtl': "to the protecting VTL (route HIGHER_VTL): the message goes to its SINT0 and the VP enters it",
+            monitor: 'to external monitors (route MONITOR): the VP waits at the instruction for an answer',
+            both: 'to the protecting VTL, with an observe-only copy for monitors (route BOTH)',
+          };
+          const deadline =
+            r.answerDeadlineMs !== undefined
+              ? `an intercept no monitor answered within ${r.answerDeadlineMs} ms gets ${actionText(r.deadlineAction)}`
+              : 'intercepts waiting for a monitor wait until one answers (no deadline)';
+          return `${name}: intercepts go ${where[routeText(r.route)] ?? `by route ${r.route}`}; ${deadline}`;
+        });
+      }),
+    );
+  intercepts
+    .command('pending')
+    .description("intercepts waiting for a monitor's answer (ListPendingIntercepts), oldest first")
+    .argument('<partition>', 'partitions/ID or ID', partArg)
+    .action(
+      run(async (ctx, name: string) => {
+        const r = await ctx.client.intercepts.listPendingIntercepts({ name });
+        ctx.emit({ name, intercepts: toJson(r.intercepts) }, () => {
+          if (!r.intercepts.length) return `no intercepts of ${name} wait for an answer`;
+          const rows = r.intercepts.map((e) => [String(e.interceptId), String(e.vpIndex), String(e.vtl), accessTypeText(e.accessType), hex64(e.gpa), String(e.length), hex64(e.rip), String(e.protectingVtl), String(e.viewGeneration)]);
+          const n = r.intercepts.length;
+          return `${n} intercept${n === 1 ? '' : 's'} of ${name} wait${n === 1 ? 's' : ''} for a monitor's answer:\n${table(['ID', 'VP', 'VTL', 'ACCESS', 'GPA', 'LEN', 'RIP', 'BY VTL', 'GENERATION'], rows)}`;
+        });
+      }),
+    );
+  intercepts
+    .command('watch')
+    .description('an external monitor (Monitor stream): prints intercepts as they happen and, with --reply, answers each one that needs a reply')
+    .argument('<partition>', 'partitions/ID or ID', partArg)
+    .option('--vp <n>', 'only intercepts of this VP', vpArg)
+    .option('--vtl <n>', 'only accesses made in this VTL', vtlArg)
+    .option('--gpa-start <gpa>', 'only GPAs >= this', u64Arg('--gpa-start'))
+    .option('--gpa-end <gpa>', 'only GPAs < this', u64Arg('--gpa-end'))
+    .option('--access <kinds>', 'only these accesses: r,w,x (read, write, execute; default all)', arg(parseAccessMask))
+    .addOption(new Option('--reply <action>', 'answer every intercept that needs a reply (route MONITOR) with this action').choices(Object.keys(ACTIONS)))
+    .option('--skip-data <hex>', 'with --reply skip: the bytes a skipped read returns (zero-filled to its length)', arg(parseHexBytes))
+    .option('--check-generation', "with --reply: send the intercept's view generation, so the answer is refused (STALE_GENERATION) when protections or overlays changed since the fault")
+    .option('--count <n>', 'exit after N intercepts (and the answers to them)', arg((s) => parseCount(s, '--count', 1_000_000_000)))
+    .addHelpText(
+      'after',
+      `
+Without --reply the monitor only watches: intercepts that need an answer stay pending for other
+monitors (vsmctl intercepts pending). Intercepts still unanswered when a monitor subscribes are
+delivered to it first (flagged redelivered when an earlier monitor saw them). Ctrl-C exits 0.`,
+    )
+    .action(
+      run(
+        async (
+          ctx,
+          name: string,
+          o: { vp?: number; vtl?: number; gpaStart?: bigint; gpaEnd?: bigint; access?: number; reply?: string; skipData?: Buffer; checkGeneration?: boolean; count?: number },
+        ) => {
+          if (o.skipData && o.reply !== 'skip') throw new UsageError('--skip-data goes with --reply skip');
+          if (o.checkGeneration && !o.reply) throw new UsageError('--check-generation goes with --reply');
+          if (o.gpaStart !== undefined && o.gpaEnd !== undefined && o.gpaEnd <= o.gpaStart) throw new UsageError('--gpa-end must be above --gpa-start');
+          const action = o.reply ? ACTIONS[o.reply]! : undefined;
+          const ac = new AbortController();
+          const stop = () => ac.abort();
+          process.once('SIGINT', stop);
+          process.once('SIGTERM', stop);
+          const m = ctx.client.intercepts.monitor(ac.signal);
+          const line = (j: Json, human: () => string) => ctx.out(ctx.json ? JSON.stringify(j) : human());
+          const filters = [
+            o.vp !== undefined ? `VP ${o.vp}` : 'any VP',
+            o.vtl !== undefined ? `accesses in VTL ${o.vtl}` : 'any VTL',
+            o.gpaStart !== undefined || o.gpaEnd !== undefined ? `GPA ${o.gpaStart !== undefined ? hex64(o.gpaStart) : 'start'}..${o.gpaEnd !== undefined ? hex64(o.gpaEnd) : 'end'}` : 'any GPA',
+          ].join(', ');
+          const answering = action !== undefined ? `answering ${actionText(action)}${o.checkGeneration ? ' with generation check' : ''}` : 'watching only, not answering';
+          let seen = 0;
+          let full = false;
+          const outstanding = new Set<bigint>();
+          try {
+            m.send({
+              kind: { $case: 'subscribe', value: { name, vpIndex: o.vp, vtl: o.vtl, gpaStart: o.gpaStart, gpaEnd: o.gpaEnd, accessMask: o.access ?? 0 } },
+            });
+            if (io.stderr.isTTY && !ctx.json) ctx.note(`watching intercepts of ${name} (Ctrl-C to stop)`);
+            for await (const r of m.events) {
+              const k = r.kind;
+              if (!k) continue;
+              if (k.$case === 'subscription') {
+                line({ name, subscription: toJson(k.value) }, () => `subscribed to intercepts of ${name}: ${accessMaskText(k.value.accessMask)}; ${filters}; ${answering}; view generation ${k.value.viewGeneration}`);
+              } else if (k.$case === 'intercept') {
+                if (full) continue; // after --count: not ours to print or answer
+                const e = k.value;
+                seen++;
+                line({ name, intercept: toJson(e) }, () => interceptEventText(e));
+                if (action !== undefined && e.needsReply) {
+                  m.send({
+                    kind: {
+                      $case: 'reply',
+                      value: { interceptId: e.interceptId, action, data: action === pb.InterceptAction.INTERCEPT_ACTION_SKIP ? (o.skipData ?? Buffer.alloc(0)) : Buffer.alloc(0), viewGeneration: o.checkGeneration ? e.viewGeneration : undefined },
+                    },
+                  });
+                  outstanding.add(e.interceptId);
+                }
+                if (o.count !== undefined && seen >= o.count) full = true;
+              } else if (k.$case === 'replyResult') {
+                const x = k.value;
+                outstanding.delete(x.interceptId);
+                const status = safeEnum(pb.replyStatusToJSON)(x.status);
+                line(
+                  { name, replyResult: { interceptId: x.interceptId.toString(), status, detail: x.detail, viewGeneration: x.viewGeneration.toString() }, action: action !== undefined ? safeEnum(pb.interceptActionToJSON)(action) : null },
+                  () => `  reply ${action !== undefined ? actionText(action) : ''} to intercept ${x.interceptId}: ${shortEnum(status, 'REPLY_STATUS_')}${x.detail ? ` (${x.detail})` : ''}; view generation ${x.viewGeneration}`,
+                );
+              }
+              if (full && outstanding.size === 0) break;
+            }
+          } finally {
+            process.removeListener('SIGINT', stop);
+            process.removeListener('SIGTERM', stop);
+            m.cancel();
+          }
+        },
+      ),
+    );
+
+  // ---- SynIC ------------------------------------------------------------------------------------
+
+  const synic = program.command('synic').description("a VP's SynIC as the host sees it: post messages, signal event flags, queue depths");
+  synic
+    .command('post')
+    .description('post an HV_MESSAGE to SINTn of a VP\'s VTL (PostMessage): into the SIM slot, or queued behind a busy one')
+    .argument('<partition>', 'partitions/ID or ID', partArg)
+    .argument('<vp>', 'VP index', vpArg)
+    .requiredOption('--vtl <n>', 'VTL whose SynIC receives it', vtlArg)
+    .requiredOption('--sint <n>', 'SINT 0..15', arg((s) => parseIndex(s, '--sint', 15)))
+    .requiredOption('--type <type>', 'HV_MESSAGE_TYPE: non-zero, bit 31 clear (hex or decimal)', arg((s) => parseU32(s, '--type')))
+    .option('--payload <hex>', `payload bytes (at most ${MAX_MESSAGE_PAYLOAD})`, arg(parseHexBytes))
+    .action(
+      run(async (ctx, part: string, idx: number, o: { vtl: number; sint: number; type: number; payload?: Buffer }) => {
+        if (o.type === 0 || o.type & 0x80000000) throw new UsageError(`--type 0x${o.type.toString(16)}: message types are non-zero with bit 31 clear (the hypervisor's own types are reserved)`);
+        const payload = o.payload ?? Buffer.alloc(0);
+        if (payload.length > MAX_MESSAGE_PAYLOAD) throw new UsageError(`--payload has ${payload.length} bytes; at most ${MAX_MESSAGE_PAYLOAD}`);
+        const name = vpName(part, idx);
+        const r = await ctx.client.synic.postMessage({ name, vtl: o.vtl, sint: o.sint, messageType: o.type, payload });
+        ctx.emit(
+          { name, vtl: o.vtl, sint: o.sint, messageType: o.type, payload: payload.toString('hex'), delivered: r.delivered },
+          () =>
+            `posted message type ${hex(o.type, 8)} (${payload.length} byte${payload.length === 1 ? '' : 's'}) to SINT${o.sint} of ${name} VTL ${o.vtl}: ` +
+            (r.delivered ? 'delivered into the SIM slot' : 'queued behind the occupied SIM slot (MessagePending set; it arrives after the slot is cleared and EOM written)'),
+        );
+      }),
+    );
+  synic
+    .command('signal')
+    .description('set an event flag of SINTn in the SIEF page (SignalEvent)')
+    .argument('<partition>', 'partitions/ID or ID', partArg)
+    .argument('<vp>', 'VP index', vpArg)
+    .requiredOption('--vtl <n>', 'VTL whose SynIC receives it', vtlArg)
+    .requiredOption('--sint <n>', 'SINT 0..15', arg((s) => parseIndex(s, '--sint', 15)))
+    .requiredOption('--flag <n>', 'event flag 0..2047', arg((s) => parseIndex(s, '--flag', 2047)))
+    .action(
+      run(async (ctx, part: string, idx: number, o: { vtl: number; sint: number; flag: number }) => {
+        const name = vpName(part, idx);
+        const r = await ctx.client.synic.signalEvent({ name, vtl: o.vtl, sint: o.sint, flag: o.flag });
+        ctx.emit({ name, vtl: o.vtl, sint: o.sint, flag: o.flag, newlySet: r.newlySet }, () =>
+          `event flag ${o.flag} of SINT${o.sint} (${name} VTL ${o.vtl}): ${r.newlySet ? 'newly set (an interrupt would be raised)' : 'was already set (no new interrupt)'}`,
+        );
+      }),
+    );
+  synic
+    .command('state')
+    .description("messages queued behind each SINT's SIM slot (GetSynicState)")
+    .argument('<partition>', 'partitions/ID or ID', partArg)
+    .argument('<vp>', 'VP index', vpArg)
+    .requiredOption('--vtl <n>', 'VTL', vtlArg)
+    .action(
+      run(async (ctx, part: string, idx: number, o: { vtl: number }) => {
+        const name = vpName(part, idx);
+        const r = await ctx.client.synic.getSynicState({ name, vtl: o.vtl });
+        const total = r.queued.reduce((a, b) => a + b, 0);
+        ctx.emit({ name, vtl: o.vtl, queued: r.queued }, () =>
+          [
+            `${name} VTL ${o.vtl}: ${total} message${total === 1 ? '' : 's'} queued behind SIM slots (at most 16 per SINT)`,
+            table(['SINT', ...r.queued.map((_, i) => String(i))], [['QUEUED', ...r.queued.map(String)]]),
+          ].join('\n'),
+        );
       }),
     );
 
@@ -736,7 +1134,7 @@ export function report(e: unknown, io: Io, address: string): number {
   if (e instanceof VsmError) {
     const head = [e.codeName, e.reason].filter(Boolean).join(' ');
     const unreachable = e.code === GRPC_UNAVAILABLE || e.code === GRPC_DEADLINE_EXCEEDED;
-    const hint = unreachable ? ` (server at ${address} not reachable${e.code === GRPC_DEADLINE_EXCEEDED ? ' in time' : ''})` : '';
+    const hint = unreachable && !(e instanceof StillSuspended) ? ` (server at ${address} not reachable${e.code === GRPC_DEADLINE_EXCEEDED ? ' in time' : ''})` : '';
     io.stderr.write(`error: ${head}: ${e.message}${hint}\n`);
     return unreachable ? EXIT.UNAVAILABLE : EXIT.SERVER;
   }

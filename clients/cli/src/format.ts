@@ -31,6 +31,8 @@ const optionalEnum = (fn: string, ...keys: string[]) => {
   if (typeof f === 'function') for (const k of keys) ENUM_FIELDS[k] = safeEnum(f as (v: number) => string);
 };
 optionalEnum('hvInterceptAccessTypeToJSON', 'accessType');
+optionalEnum('interceptRouteToJSON', 'route');
+optionalEnum('interceptActionToJSON', 'deadlineAction', 'action');
 
 export type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
 

@@ -2,6 +2,7 @@
 // (zero / non-zero, sampled with ReadGpa) and, per VTL, the overlay pages on top of it.
 import { pb } from '@vsm/client';
 import { Json, Paint, Style, formatSize, hex64, overlayKind, toJson, vtlSet } from './format';
+import { MASK_LEGEND, maskLabel, maskLetter, maskText, unrestricted } from './protect';
 
 export const PAGE = 4096;
 const PER_ROW = 64;
@@ -27,7 +28,42 @@ export interface MapInput {
   viewGeneration: bigint;
   /** VTLs to draw. */
   vtls: number[];
+  /** Protections (GetVtlProtections) of protecting VTLs to draw; only enabled ones get a grid. */
+  protections?: MapProtections[];
 }
+
+/** GetVtlProtections of one protecting VTL. */
+export interface MapProtections {
+  vtl: number;
+  protectionEnabled: boolean;
+  defaultMapFlags: number;
+  ranges: pb.ProtectionRange[];
+}
+
+const MASK_COLOR: Record<string, Style> = { '-': 'red', r: 'yellow', w: 'blue', x: 'magenta', u: 'cyan', '?': 'white' };
+
+/** Mask in force for each page of the window. */
+function pageMasks(inp: MapInput, p: MapProtections): number[] {
+  const n = inp.nonZero.length;
+  const first = inp.from / BigInt(PAGE);
+  const masks = new Array<number>(n).fill(p.defaultMapFlags);
+  for (const r of rangesInWindow(inp, p)) {
+    const s = r.pages!.startPage;
+    const lo = Number((s > first ? s : first) - first);
+    const end = s + r.pages!.pageCount - first;
+    const hi = Math.min(n, Number(end));
+    for (let i = lo; i < hi; i++) masks[i] = r.mapFlags;
+  }
+  return masks;
+}
+
+function rangesInWindow(inp: MapInput, p: MapProtections): pb.ProtectionRange[] {
+  const first = inp.from / BigInt(PAGE);
+  const last = first + BigInt(inp.nonZero.length);
+  return p.ranges.filter((r) => r.pages && r.pages.startPage < last && r.pages.startPage + r.pages.pageCount > first);
+}
+
+const drawnProtections = (inp: MapInput): MapProtections[] => (inp.protections ?? []).filter((p) => p.protectionEnabled);
 
 function pageIndex(inp: MapInput, gpa: bigint): number | undefined {
   if (gpa < inp.from) return undefined;
@@ -77,6 +113,9 @@ export function renderMap(inp: MapInput, paint: Paint): string {
   const key = (l: string, what: string) => `${paint(l, COLOR[l] ?? 'bold')} ${what}`;
   out.push(`legend: ${paint('.', 'dim')} zero RAM  ${paint('#', 'bold', 'white')} non-zero RAM  ${key('H', 'hypercall')}  ${key('T', 'reference TSC')}  ${key('A', 'VP assist')}  ${key('M', 'SynIC messages (SIMP)')}  ${key('E', 'SynIC events (SIEFP)')}`);
   out.push('        lowercase letter = top of a stack with more overlays underneath (listed below)');
+  if (drawnProtections(inp).length) {
+    out.push(`        protections: ${MASK_LEGEND.map(([l, what]) => `${l === '.' ? paint('.', 'dim') : paint(l, MASK_COLOR[l] ?? 'bold', 'bold')} ${what}`).join('  ')}`);
+  }
   out.push('');
   out.push(paint('RAM (host view, under any overlay)', 'bold'));
   out.push(...grid(ramCell));
@@ -93,6 +132,27 @@ export function renderMap(inp: MapInput, paint: Paint): string {
       }),
     );
   }
+  const prot = drawnProtections(inp);
+  const protDetails: string[] = [];
+  const restricted: string[] = [];
+  for (const p of prot) {
+    const masks = pageMasks(inp, p);
+    const def = unrestricted(p.defaultMapFlags) ? '' : `; default mask ${maskLabel(p.defaultMapFlags)} outside the ranges`;
+    out.push(paint(`VTL ${p.vtl} protections (what VTL ${p.vtl} allows lower VTLs${def})`, 'bold'));
+    out.push(
+      ...grid((i) => {
+        const l = maskLetter(masks[i]!);
+        return l === '.' ? paint('.', 'dim') : paint(l, MASK_COLOR[l] ?? 'bold', 'bold');
+      }),
+    );
+    for (const r of rangesInWindow(inp, p)) {
+      if (unrestricted(r.mapFlags)) continue;
+      const s = r.pages!.startPage << 12n;
+      const e = s + (r.pages!.pageCount << 12n) - 1n;
+      protDetails.push(`  VTL ${p.vtl}  ${hex64(s)}-${hex64(e)}  ${r.pages!.pageCount} page${r.pages!.pageCount === 1n ? '' : 's'}  ${maskLabel(r.mapFlags)}`);
+    }
+    restricted.push(`${masks.filter((m) => !unrestricted(m)).length} of ${n} pages restricted by VTL ${p.vtl}`);
+  }
   const details: string[] = [];
   for (const v of inp.vtls) {
     for (const [i, s] of [...st.get(v)!.entries()].sort((a, b) => a[0] - b[0])) {
@@ -108,8 +168,17 @@ export function renderMap(inp: MapInput, paint: Paint): string {
   } else {
     out.push('no overlays in the window');
   }
+  if (prot.length) {
+    if (protDetails.length) {
+      out.push('protected ranges in the window (protecting VTL, GPAs, pages, mask):');
+      out.push(...protDetails);
+    } else {
+      out.push('no restricted protection ranges in the window');
+    }
+  }
   const nz = inp.nonZero.filter(Boolean).length;
   out.push(`${nz} of ${n} RAM pages non-zero`);
+  out.push(...restricted);
   return out.join('\n');
 }
 
@@ -125,5 +194,16 @@ export function mapJson(inp: MapInput): Json {
     vtls: inp.vtls,
     nonZeroPages: inp.nonZero.flatMap((nz, i) => (nz ? [(inp.from + BigInt(i * PAGE)).toString()] : [])),
     overlays: toJson(inWindow),
+    protections: (inp.protections ?? []).map((p) => {
+      const masks = p.protectionEnabled ? pageMasks(inp, p) : [];
+      return {
+        protectingVtl: p.vtl,
+        protectionEnabled: p.protectionEnabled,
+        defaultMapFlags: p.defaultMapFlags,
+        defaultMask: maskText(p.defaultMapFlags),
+        ranges: rangesInWindow(inp, p).map((r) => ({ ...(toJson(r) as { [k: string]: Json }), mask: maskText(r.mapFlags) })),
+        restrictedPages: masks.flatMap((m, i) => (unrestricted(m) ? [] : [(inp.from + BigInt(i * PAGE)).toString()])),
+      };
+    }),
   };
 }
