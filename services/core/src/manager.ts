@@ -54,14 +54,7 @@ export class PartitionManager {
       if (k.length === 0 || k.length > 63 || v.length > 63) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `label ${JSON.stringify(k)} must have a 1..63 character key and a value of at most 63`);
     }
     if (Object.keys(req.labels).length > 64) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, 'at most 64 labels');
-    let id = req.partitionId;
-    if (id) {
-      if (!ID_RE.test(id)) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `partition_id ${JSON.stringify(id)} must match ${ID_RE}`);
-      if (this.partitions.has(id)) hvFail(HvStatus.HV_STATUS_OBJECT_IN_USE, `partition ${id} already exists`);
-    } else {
-      do id = `p${(++this.counter).toString(36).padStart(6, '0')}`; while (this.partitions.has(id));
-    }
-    if (this.partitions.size >= this.limits.maxPartitions) hvFail(HvStatus.HV_STATUS_INSUFFICIENT_MEMORY, `partition limit ${this.limits.maxPartitions} reached`);
+    const id = this.allocateId(req.partitionId);
     const spec: PartitionSpec = { id, architecture: req.architecture, vpCount: req.vpCount, memoryBytes: req.memoryBytes, maximumVtl: req.maximumVtl, labels: { ...req.labels } };
     const p = new Partition(spec);
     this.partitions.set(id, p);
@@ -76,7 +69,15 @@ export class PartitionManager {
   adopt(req: { partitionId?: string; memoryBytes: bigint; vpCount: number }, build: (id: string) => Partition): Partition {
     if (req.vpCount < 1 || req.vpCount > this.limits.maxVpCount) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `vp_count must be 1..${this.limits.maxVpCount}`);
     if (req.memoryBytes <= 0n || req.memoryBytes % 4096n !== 0n || req.memoryBytes > this.limits.maxMemoryBytes) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, 'memory_bytes is out of range');
-    let id = req.partitionId;
+    const id = this.allocateId(req.partitionId);
+    const p = build(id);
+    this.partitions.set(id, p);
+    return p;
+  }
+
+  /** Validates a chosen id (or generates one) and checks the partition limit. */
+  private allocateId(chosen: string | undefined): string {
+    let id = chosen;
     if (id) {
       if (!ID_RE.test(id)) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `partition_id ${JSON.stringify(id)} must match ${ID_RE}`);
       if (this.partitions.has(id)) hvFail(HvStatus.HV_STATUS_OBJECT_IN_USE, `partition ${id} already exists`);
@@ -84,9 +85,7 @@ export class PartitionManager {
       do id = `p${(++this.counter).toString(36).padStart(6, '0')}`; while (this.partitions.has(id));
     }
     if (this.partitions.size >= this.limits.maxPartitions) hvFail(HvStatus.HV_STATUS_INSUFFICIENT_MEMORY, `partition limit ${this.limits.maxPartitions} reached`);
-    const p = build(id);
-    this.partitions.set(id, p);
-    return p;
+    return id;
   }
 
   get(id: string): Partition {

@@ -6,7 +6,7 @@
 // memory intercept message is not spelled out in the current TLFS: it comes from TLFS v2.0 §16.3,
 // VirtualBox's and Windows-derived headers and the KVM VSM RFC (unconfirmed for real Hyper-V's
 // secure intercepts; the short 80-byte form is an exact prefix). See tlfs-intercepts.md §6.7.
-import { HvX64SegmentRegister } from './registers';
+import { HvX64SegmentRegister, readSegmentRegister, writeSegmentRegister } from './registers';
 
 export const HV_MESSAGE_SIZE = 256;
 export const HV_MESSAGE_MAX_PAYLOAD_BYTE_COUNT = 240;
@@ -97,15 +97,8 @@ export interface HvX64MemoryInterceptMessage {
 }
 export const HV_X64_MEMORY_INTERCEPT_MESSAGE_SIZE = 240;
 
-function writeSegment(b: Buffer, off: number, s: HvX64SegmentRegister): void {
-  b.writeBigUInt64LE(s.base, off);
-  b.writeUInt32LE(s.limit >>> 0, off + 8);
-  b.writeUInt16LE(s.selector & 0xffff, off + 12);
-  b.writeUInt16LE(s.attributes & 0xffff, off + 14);
-}
-function readSegment(b: Buffer, off: number): HvX64SegmentRegister {
-  return { base: b.readBigUInt64LE(off), limit: b.readUInt32LE(off + 8), selector: b.readUInt16LE(off + 12), attributes: b.readUInt16LE(off + 14) };
-}
+const writeSegment = writeSegmentRegister;
+const readSegment = readSegmentRegister;
 
 /** Every field is written from `m`; nothing is carried over from a previous message (seed 004). */
 export function encodeMemoryInterceptMessage(m: HvX64MemoryInterceptMessage): Buffer {

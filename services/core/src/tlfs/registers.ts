@@ -198,6 +198,25 @@ export function decodeReg128(buf: Buffer, offset = 0): Reg128 {
   return { low: buf.readBigUInt64LE(offset), high: buf.readBigUInt64LE(offset + 8) };
 }
 
+/** Writes an HV_X64_SEGMENT_REGISTER (16 bytes): +0 Base, +8 Limit, +12 Selector, +14 Attributes. */
+export function writeSegmentRegister(b: Buffer, off: number, s: HvX64SegmentRegister): void {
+  b.writeBigUInt64LE(s.base, off);
+  b.writeUInt32LE(s.limit >>> 0, off + 8);
+  b.writeUInt16LE(s.selector & 0xffff, off + 12);
+  b.writeUInt16LE(s.attributes & 0xffff, off + 14);
+}
+export function readSegmentRegister(b: Buffer, off: number): HvX64SegmentRegister {
+  return { base: b.readBigUInt64LE(off), limit: b.readUInt32LE(off + 8), selector: b.readUInt16LE(off + 12), attributes: b.readUInt16LE(off + 14) };
+}
+/** Writes an HV_X64_TABLE_REGISTER (16 bytes): +0 Pad[3], +6 Limit, +8 Base. */
+export function writeTableRegister(b: Buffer, off: number, t: HvX64TableRegister): void {
+  b.writeUInt16LE(t.limit & 0xffff, off + 6);
+  b.writeBigUInt64LE(t.base, off + 8);
+}
+export function readTableRegister(b: Buffer, off: number): HvX64TableRegister {
+  return { limit: b.readUInt16LE(off + 6), base: b.readBigUInt64LE(off + 8) };
+}
+
 /** Segment attribute bits (HV_X64_SEGMENT_REGISTER.Attributes). */
 export const SegmentAttr = { Present: 1 << 7, Long: 1 << 13, Default: 1 << 14, Granularity: 1 << 15 } as const;
 export const segmentDpl = (attributes: number): number => (attributes >> 5) & 3;

@@ -4,6 +4,10 @@
 import {
   HvX64SegmentRegister,
   HvX64TableRegister,
+  readSegmentRegister,
+  readTableRegister,
+  writeSegmentRegister,
+  writeTableRegister,
 } from './registers';
 
 /** Highest VTL this implementation supports (OpenHCL uses VTL2). HV_VTL is 0..15 architecturally. */
@@ -136,22 +140,10 @@ export interface HvInitialVpContext {
 export const HV_INITIAL_VP_CONTEXT_SIZE = 224;
 const SEGMENTS = ['cs', 'ds', 'es', 'fs', 'gs', 'ss', 'tr', 'ldtr'] as const;
 
-function writeSegment(b: Buffer, off: number, s: HvX64SegmentRegister): void {
-  b.writeBigUInt64LE(s.base, off);
-  b.writeUInt32LE(s.limit >>> 0, off + 8);
-  b.writeUInt16LE(s.selector & 0xffff, off + 12);
-  b.writeUInt16LE(s.attributes & 0xffff, off + 14);
-}
-function readSegment(b: Buffer, off: number): HvX64SegmentRegister {
-  return { base: b.readBigUInt64LE(off), limit: b.readUInt32LE(off + 8), selector: b.readUInt16LE(off + 12), attributes: b.readUInt16LE(off + 14) };
-}
-function writeTable(b: Buffer, off: number, t: HvX64TableRegister): void {
-  b.writeUInt16LE(t.limit & 0xffff, off + 6);
-  b.writeBigUInt64LE(t.base, off + 8);
-}
-function readTable(b: Buffer, off: number): HvX64TableRegister {
-  return { limit: b.readUInt16LE(off + 6), base: b.readBigUInt64LE(off + 8) };
-}
+const writeSegment = writeSegmentRegister;
+const readSegment = readSegmentRegister;
+const writeTable = writeTableRegister;
+const readTable = readTableRegister;
 
 export function encodeInitialVpContext(c: HvInitialVpContext, out: Buffer = Buffer.alloc(HV_INITIAL_VP_CONTEXT_SIZE), base = 0): Buffer {
   out.writeBigUInt64LE(c.rip, base + 0);

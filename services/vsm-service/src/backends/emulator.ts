@@ -245,7 +245,7 @@ export class EmulatorBackend implements Backend {
         stackPosition: p.overlays.stackAt(o.vtl, o.gpfn, o.vpIndex).indexOf(o),
         readOnly: o.readOnly,
       }));
-    return { overlays, viewGeneration: BigInt(p.overlays.generation) };
+    return { overlays, viewGeneration: BigInt(p.viewGeneration) };
   }
 
   // ---- VTLs -----------------------------------------------------------------------------------
