@@ -2,8 +2,7 @@
 // inside it with `--device /dev/kvm` and no capability at all (no --privileged); a bind mount of
 // the node without `--device` is refused by the device cgroup; the agent process (the image's
 // entry point) started the same way becomes healthy, serves vsm.v1 on real KVM and stops on
-// SIGTERM; vsm-service `--backend agent` in front of it is checked once the service has that
-// backend.
+// SIGTERM; vsm-service `--backend agent` in front of it serves.
 import { GenericContainer, Wait } from 'testcontainers';
 import { connect, pb } from '@vsm/client';
 import {
@@ -100,14 +99,7 @@ describe('vsm-kvm-agent image', () => {
         }
       });
 
-      test('vsm-service --backend agent in front of it serves, once the service has its agent backend', async () => {
-        // The service image reports when its agent backend is not built yet (exit 2).
-        const probe = await run('docker', ['run', '--rm', '--network', 'host', '-e', `VSM_LISTEN=127.0.0.1:${await freePort()}`, SERVICE_IMAGE, '--backend', 'agent', '--agent', agentAddr], { timeoutMs: 5_000 });
-        if (probe.code === 2 && /not available in this build/.test(probe.stdout + probe.stderr)) {
-          // eslint-disable-next-line no-console
-          console.log('[agent-image.test] vsm-service has no agent backend yet (--backend agent exits 2): service -> agent path not exercised');
-          return;
-        }
+      test('vsm-service --backend agent in front of it serves (the partition lands on the agent)', async () => {
         await buildImage(SERVICE_IMAGE, 'deploy/service.Dockerfile');
         const svcAddr = `127.0.0.1:${await freePort()}`;
         const svc = await new GenericContainer(SERVICE_IMAGE)
@@ -120,7 +112,13 @@ describe('vsm-kvm-agent image', () => {
         const client = connect(svcAddr, { deadlineMs: 10_000 });
         try {
           const p = await client.partitions.createPartition({ partitionId: 'it-via-service', partition: { vpCount: 1, memoryBytes: 1n << 30n, maximumVtl: 1 } as pb.Partition });
-          expect(p.name).toMatch(/it-via-service$/);
+          expect(p.name).toBe('partitions/it-via-service');
+          const direct = connect(agentAddr, { deadlineMs: 10_000 });
+          try {
+            expect((await direct.partitions.getPartition({ name: p.name })).name).toBe(p.name);
+          } finally {
+            direct.close();
+          }
         } finally {
           client.close();
           await svc.stop({ timeout: 10_000 });

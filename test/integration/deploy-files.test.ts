@@ -41,7 +41,7 @@ describe('docker-compose.yml', () => {
     const c = await composeConfig('emulator', { VSM_SERVICE_PORT: '50999' });
     expect(Object.keys(c.services)).toEqual(['vsm-service-emulator']);
     const s = c.services['vsm-service-emulator'];
-    expect(s.environment).toMatchObject({ VSM_LISTEN: '127.0.0.1:50999', VSM_BACKEND: 'emulator' });
+    expect(s.environment).toMatchObject({ VSM_LISTEN: '127.0.0.1:50999', VSM_BACKEND: 'emulator', VSM_STATE_DIR: '/var/lib/vsm' });
     expect(s.volumes).toEqual([expect.objectContaining({ type: 'volume', source: 'vsm-state', target: '/var/lib/vsm' })]);
     expect(c.volumes).toHaveProperty('vsm-state');
   });
@@ -55,6 +55,8 @@ describe('docker-compose.yml', () => {
     const s = c.services['vsm-service'];
     expect(s.environment).toMatchObject({ VSM_LISTEN: '127.0.0.1:50998', VSM_BACKEND: 'agent', VSM_AGENTS: '127.0.0.1:50997' });
     expect(s.depends_on['vsm-kvm-agent'].condition).toBe('service_healthy');
+    expect(s.volumes).toBeUndefined(); // the agents hold the partitions; --state-dir is refused with them
+    expect(s.environment.VSM_STATE_DIR).toBeUndefined();
   });
 
   test.each(['emulator', 'kvm'])('profile %s: every service host-networked, built with network host, init, healthcheck, no privilege', async (profile) => {

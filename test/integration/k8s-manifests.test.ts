@@ -70,17 +70,17 @@ describe('deploy/k8s manifests', () => {
     for (const p of ['startupProbe', 'readinessProbe', 'livenessProbe']) expect(c[p].grpc.port).toBe(50061);
   });
 
-  test('service: gRPC probes on 50051, resources, non-root hardened, state volume, PDB', () => {
+  test('service: gRPC probes on 50051, resources, non-root hardened, stateless with the agent backend, PDB', () => {
     const c = containerOf(service);
     for (const p of ['startupProbe', 'readinessProbe', 'livenessProbe']) expect(c[p].grpc).toEqual({ port: 50051 });
     expect(c.resources.requests).toMatchObject({ cpu: expect.any(String), memory: expect.any(String) });
     expect(c.resources.limits).toMatchObject({ cpu: expect.any(String), memory: expect.any(String) });
     expect(podOf(service).securityContext).toMatchObject({ runAsNonRoot: true, runAsUser: 1000 });
     expect(c.securityContext).toMatchObject({ allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: { drop: ['ALL'] } });
-    expect(c.volumeMounts).toEqual(expect.arrayContaining([expect.objectContaining({ mountPath: '/var/lib/vsm' })]));
     const env = Object.fromEntries((c.env as Obj[]).map((e) => [e.name, e.value]));
     expect(env.VSM_LISTEN).toBe('$(POD_IP):50051');
     expect(env.VSM_BACKEND).toBe('agent');
+    expect(env.VSM_STATE_DIR).toBeUndefined(); // refused with --backend agent
     // Plaintext is refused on a non-loopback address unless allowed (kubelet gRPC probes are plaintext).
     expect(env.VSM_INSECURE_ALLOW_REMOTE).toBe('1');
     const agentEnv = Object.fromEntries((containerOf(agent).env as Obj[]).map((e) => [e.name, e.value]));
