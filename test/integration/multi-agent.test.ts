@@ -1,0 +1,115 @@
+// Beyond one agent: two vsm-kvm-agent containers (each with --device /dev/kvm, no capability) on
+// two loopback ports, one vsm-service container with `--backend agent --agent A,B` in front of
+// both. Partitions are spread over the agents, every call reaches the agent that hosts the
+// partition, ListPartitions pages over both, and when one agent stops its partitions answer
+// UNAVAILABLE while the other agent's partitions keep working.
+import { status } from '@grpc/grpc-js';
+import { GenericContainer, StartedTestContainer, Wait } from 'testcontainers';
+import { connect, pb, VsmClient, VsmError } from '@vsm/client';
+import { AGENT_IMAGE, BUILD_TIMEOUT_MS, SERVICE_IMAGE, buildImage, freePort, healthy, kvmUnavailable, requireEngine, run } from './support/docker';
+
+const GUEST_OS_ID = 0x40000000;
+const AGENT_FLAGS = ['--network', 'host', '--init', '--device', '/dev/kvm', '--user', '0:0', '--cap-drop', 'ALL', '--security-opt', 'no-new-privileges', '--read-only'];
+
+const kvm = kvmUnavailable();
+if (kvm !== undefined) {
+  // eslint-disable-next-line no-console
+  console.log(`[multi-agent.test] skipping: ${kvm}`);
+}
+
+(kvm === undefined ? describe : describe.skip)('vsm-service in front of two KVM agents', () => {
+  const agents: { id: string; address: string }[] = [];
+  let svc: StartedTestContainer | undefined;
+  let client: VsmClient | undefined;
+
+  beforeAll(async () => {
+    requireEngine();
+    await buildImage(AGENT_IMAGE, 'deploy/agent.Dockerfile');
+    await buildImage(SERVICE_IMAGE, 'deploy/service.Dockerfile');
+    for (let n = 0; n < 2; n++) {
+      const address = `127.0.0.1:${await freePort()}`;
+      const r = await run('docker', ['run', '-d', '--rm', ...AGENT_FLAGS, '-e', `VSM_LISTEN=${address}`, AGENT_IMAGE]);
+      if (r.code !== 0) throw new Error(`docker run of agent ${n} failed: ${r.stderr}`);
+      agents.push({ id: r.stdout.trim(), address });
+    }
+    for (const a of agents) {
+      let ok = false;
+      for (let i = 0; i < 60 && !ok; i++) {
+        ok = await healthy(a.address);
+        if (!ok) await new Promise((r) => setTimeout(r, 500));
+      }
+      if (!ok) throw new Error(`agent on ${a.address} not healthy within 30 s`);
+    }
+    const address = `127.0.0.1:${await freePort()}`;
+    svc = await new GenericContainer(SERVICE_IMAGE)
+      .withNetworkMode('host')
+      .withEnvironment({ VSM_LISTEN: address, VSM_BACKEND: 'agent', VSM_AGENTS: agents.map((a) => a.address).join(',') })
+      .withHealthCheck({ test: ['CMD', 'node', '/app/deploy/healthcheck.js'], interval: 500, timeout: 5_000, retries: 30, startPeriod: 0 })
+      .withWaitStrategy(Wait.forHealthCheck())
+      .withStartupTimeout(60_000)
+      .start();
+    client = connect(address, { deadlineMs: 10_000 });
+  }, BUILD_TIMEOUT_MS + 120_000);
+
+  afterAll(async () => {
+    client?.close();
+    await svc?.stop({ timeout: 10_000 });
+    for (const a of agents) await run('docker', ['rm', '-f', a.id]);
+  });
+
+  const ids = ['ma-0', 'ma-1', 'ma-2', 'ma-3'];
+  const home = new Map<string, number>(); // partition id -> agent index
+
+  async function onAgent(i: number): Promise<string[]> {
+    const c = connect(agents[i]!.address, { deadlineMs: 10_000 });
+    try {
+      return (await c.partitions.listPartitions({ pageSize: 100 })).partitions.map((p) => p.name);
+    } finally {
+      c.close();
+    }
+  }
+
+  test('partitions are spread over both agents, each call reaches the hosting agent', async () => {
+    for (const [n, id] of ids.entries()) {
+      const p = await client!.partitions.createPartition({ partitionId: id, partition: { vpCount: 1, memoryBytes: 1n << 30n, maximumVtl: 1 } as pb.Partition });
+      expect(p.name).toBe(`partitions/${id}`);
+      await client!.guest.writeMsr({ name: `${p.name}/vps/0`, msr: GUEST_OS_ID, value: 0x8100_0000_0000_0000n + BigInt(n) });
+    }
+    const [a, b] = [await onAgent(0), await onAgent(1)];
+    expect([...a, ...b].sort()).toEqual(ids.map((id) => `partitions/${id}`));
+    expect(a.length).toBeGreaterThan(0);
+    expect(b.length).toBeGreaterThan(0);
+    for (const name of a) home.set(name.split('/')[1]!, 0);
+    for (const name of b) home.set(name.split('/')[1]!, 1);
+    for (const [n, id] of ids.entries()) {
+      expect((await client!.guest.readMsr({ name: `partitions/${id}/vps/0`, msr: GUEST_OS_ID })).value).toBe(0x8100_0000_0000_0000n + BigInt(n));
+    }
+  });
+
+  test('ListPartitions through the service pages over both agents', async () => {
+    const names: string[] = [];
+    let pageToken = '';
+    do {
+      const r = await client!.partitions.listPartitions({ pageSize: 1, pageToken });
+      names.push(...r.partitions.map((p) => p.name));
+      pageToken = r.nextPageToken;
+    } while (pageToken);
+    expect(names.sort()).toEqual(ids.map((id) => `partitions/${id}`));
+  });
+
+  test('one agent stops: its partitions are UNAVAILABLE, the other agent\'s keep working', async () => {
+    expect(home.size).toBe(ids.length);
+    const stop = await run('docker', ['stop', '-t', '10', agents[0]!.id]);
+    expect(stop.code).toBe(0);
+    for (const [n, id] of ids.entries()) {
+      const call = client!.guest.readMsr({ name: `partitions/${id}/vps/0`, msr: GUEST_OS_ID });
+      if (home.get(id) === 1) {
+        expect((await call).value).toBe(0x8100_0000_0000_0000n + BigInt(n));
+      } else {
+        const err = await call.then(() => undefined, (e: unknown) => e);
+        expect(err).toBeInstanceOf(VsmError);
+        expect((err as VsmError).code).toBe(status.UNAVAILABLE);
+      }
+    }
+  });
+});
