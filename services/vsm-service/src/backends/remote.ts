@@ -41,11 +41,27 @@ export class RemoteBackend implements Backend {
     const id = parsePartitionName(name.split('/vps/')[0]!);
     const cached = this.home.get(id);
     if (cached !== undefined && !refresh) return this.agents[cached]!;
-    const found = await Promise.all(
-      this.agents.map((a, i) => a.client.partitions.getPartition({ name: `partitions/${id}` }).then(() => i, (e) => (e instanceof VsmError && e.code === Code.NOT_FOUND ? -1 : Promise.reject(e)))),
+    // Ask every agent; one that is down is "not there" unless nobody has the partition, so a
+    // fresh replica keeps serving partitions on live agents while another agent is down.
+    const answers = await Promise.all(
+      this.agents.map((a, i) =>
+        a.client.partitions.getPartition({ name: `partitions/${id}` }).then(
+          () => ({ i, found: true, down: false }),
+          (e) => {
+            if (e instanceof VsmError && e.code === Code.NOT_FOUND) return { i, found: false, down: false };
+            if (e instanceof VsmError && (e.code === Code.UNAVAILABLE || e.code === Code.DEADLINE_EXCEEDED)) return { i, found: false, down: true };
+            return Promise.reject(e);
+          },
+        ),
+      ),
     ).catch(relay);
-    const i = found.find((x) => x >= 0);
-    if (i === undefined) throw new ApiError(Code.NOT_FOUND, 'HV_STATUS_INVALID_PARTITION_ID', `partition ${id} not found on any agent`);
+    const hit = answers.find((a) => a.found);
+    if (!hit) {
+      const down = answers.filter((a) => a.down).map((a) => this.agents[a.i]!.address);
+      if (down.length) throw new ApiError(Code.UNAVAILABLE, 'HV_STATUS_OPERATION_FAILED', `partition ${id} not found on the reachable agents; unreachable: ${down.join(', ')}`);
+      throw new ApiError(Code.NOT_FOUND, 'HV_STATUS_INVALID_PARTITION_ID', `partition ${id} not found on any agent`);
+    }
+    const i = hit.i;
     this.home.set(id, i);
     return this.agents[i]!;
   }
