@@ -91,6 +91,26 @@ describe('stream limits', () => {
   });
 });
 
+test('a Monitor stream the client half-closes ends with OK (and gives its slot back)', async () => {
+  const { srv } = await startSecured({ security: { limits: { maxStreams: 1, maxStreamsPerClient: 1 } } });
+  try {
+    const c = mk(srv);
+    await c.partitions.createPartition({ partitionId: 'h', partition: partitionSpec() });
+    for (let i = 0; i < 3; i++) {
+      const m = c.intercepts.monitor();
+      m.send({ kind: { $case: 'subscribe', value: { name: 'partitions/h', accessMask: 0 } as pb.MonitorSubscribe } });
+      m.send({ kind: { $case: 'reply', value: { interceptId: 99n, action: pb.InterceptAction.INTERCEPT_ACTION_ALLOW, data: Buffer.alloc(0) } as pb.InterceptReply } });
+      m.close();
+      const got: string[] = [];
+      for await (const r of m.events) got.push(r.kind!.$case === 'replyResult' ? `reply:${pb.ReplyStatus[r.kind.value.status]}` : r.kind!.$case);
+      expect(got).toEqual(['subscription', 'reply:REPLY_STATUS_UNKNOWN_INTERCEPT']);
+    }
+    expect(srv.guard.streams.active).toBe(0);
+  } finally {
+    await srv.shutdown('test');
+  }
+});
+
 describe('request limits', () => {
   let srv: RunningServer;
   let c: VsmClient;

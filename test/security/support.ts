@@ -1,7 +1,7 @@
 // Security test support: a pino logger that keeps its JSON lines, a server with a policy, and
 // small helpers for audit lines and failed calls.
 import pino, { Logger } from 'pino';
-import { pb } from '@vsm/client';
+import { pb, VsmClient } from '@vsm/client';
 import { EmulatorBackend, RunningServer, ServerOptions, startServer } from '@vsm/service';
 import { sha256Hex } from '@vsm/service/security';
 
@@ -33,3 +33,60 @@ export async function startSecured(extra: Partial<ServerOptions> & { backend?: E
 export const audits = (lines: LogLine[], decision?: 'allow' | 'deny') => lines.filter((l) => l.audit && (decision === undefined || l.decision === decision));
 
 export const partitionSpec = (vpCount = 1, maximumVtl = 1) => ({ vpCount, memoryBytes: 1n << 30n, maximumVtl } as pb.Partition);
+
+// ---- a partition with VTL1 set up as a guest would (shared with test/fuzz) ------------------
+
+export const MSR = { GUEST_OS_ID: 0x40000000, HYPERCALL: 0x40000001, VP_ASSIST: 0x40000073, REFERENCE_TSC: 0x40000021, SCONTROL: 0x40000080, SIEFP: 0x40000082, SIMP: 0x40000083, EOM: 0x40000084, SINT0: 0x40000090 };
+export const r64 = (name: pb.HvRegisterName, v: bigint): pb.RegisterAssoc => ({ name, value: { value: { $case: 'reg64', value: v } } });
+
+export interface Vtl1Layout {
+  /** RAM page VTL1 protects no-access from VTL0 and keeps a secret in. */
+  secretGpa: bigint;
+  vtl0HypercallGpa: bigint;
+  vtl1HypercallGpa: bigint;
+  vtl1SimpGpa: bigint;
+  vtl1SiefpGpa: bigint;
+  vtl1AssistGpa: bigint;
+}
+export const VTL1_LAYOUT: Vtl1Layout = { secretGpa: 0x40000n, vtl0HypercallGpa: 0x1000n, vtl1HypercallGpa: 0x2000n, vtl1SimpGpa: 0x9000n, vtl1SiefpGpa: 0xa000n, vtl1AssistGpa: 0xb000n };
+
+/**
+ * Creates `id` (x64, `vpCount` VPs, 1 GiB, VTLs up to 1), enables VTL1 on every VP, and on each VP
+ * lets VTL1 (entered by VtlCall from VTL0) place its hypercall page, SIMP, SIEFP and VP assist page
+ * and enable its SynIC; VTL1 turns on EnableVtlProtection, the host stores `secret` at secretGpa and
+ * VTL1's mask makes that page no-access for VTL0. Every VP ends in VTL0.
+ */
+export async function setupVtl1Partition(c: VsmClient, id: string, vpCount: number, secret: Buffer, L: Vtl1Layout = VTL1_LAYOUT): Promise<{ name: string; vps: string[] }> {
+  const p = await c.partitions.createPartition({ partitionId: id, partition: { vpCount, memoryBytes: 1n << 30n, maximumVtl: 1 } as pb.Partition });
+  const vps = Array.from({ length: vpCount }, (_, i) => `${p.name}/vps/${i}`);
+  await c.vtl.enablePartitionVtl({ name: p.name, targetVtl: 1 });
+  for (const [i, vp] of vps.entries()) {
+    await c.vtl.enableVpVtl({ name: vp, targetVtl: 1 });
+    await c.guest.writeMsr({ name: vp, msr: MSR.GUEST_OS_ID, value: 1n });
+    await c.guest.writeMsr({ name: vp, msr: MSR.HYPERCALL, value: L.vtl0HypercallGpa | 1n });
+    const call = await c.guest.callHypercallPage({ name: vp, offset: 0x0f, rcx: 0n }); // VtlCall
+    if (call.outcome?.activeVtl !== 1) throw new Error(`VtlCall on ${vp} did not enter VTL1`);
+    await c.guest.writeMsr({ name: vp, msr: MSR.GUEST_OS_ID, value: 2n });
+    await c.guest.writeMsr({ name: vp, msr: MSR.HYPERCALL, value: L.vtl1HypercallGpa | 1n });
+    const perVp = BigInt(i) * 0x10000n;
+    await c.guest.writeMsr({ name: vp, msr: MSR.SIMP, value: (L.vtl1SimpGpa + perVp) | 1n });
+    await c.guest.writeMsr({ name: vp, msr: MSR.SIEFP, value: (L.vtl1SiefpGpa + perVp) | 1n });
+    await c.guest.writeMsr({ name: vp, msr: MSR.VP_ASSIST, value: (L.vtl1AssistGpa + perVp) | 1n });
+    await c.guest.writeMsr({ name: vp, msr: MSR.SCONTROL, value: 1n });
+    await c.guest.writeMsr({ name: vp, msr: MSR.SINT0, value: 0x30n });
+  }
+  await c.vps.setVpRegisters({ name: vps[0]!, vtl: 1, registers: [r64(pb.HvRegisterName.HV_REGISTER_NAME_VSM_PARTITION_CONFIG, 1n | (0xfn << 1n))] });
+  await c.memory.writeGpa({ name: p.name, gpa: L.secretGpa, data: secret });
+  // VTL1 (active on VP0) protects the page: HvCallModifyVtlProtectionMask, no access for VTL0.
+  const input = Buffer.alloc(24);
+  input.writeBigUInt64LE(0xffff_ffff_ffff_ffffn, 0);
+  input.writeUInt32LE(0, 8);
+  input.writeBigUInt64LE(L.secretGpa >> 12n, 16);
+  const r = await c.guest.hypercall({ name: vps[0]!, control: 0x0cn | (1n << 32n), inputGpa: 0x20000n, input });
+  if (r.status !== pb.HvStatus.HV_STATUS_SUCCESS) throw new Error(`ModifyVtlProtectionMask failed: ${r.status}`);
+  for (const vp of vps) {
+    const ret = await c.guest.callHypercallPage({ name: vp, offset: 0x26, rcx: 1n }); // VtlReturn (fast)
+    if (ret.outcome?.activeVtl !== 0) throw new Error(`VtlReturn on ${vp} did not return to VTL0`);
+  }
+  return { name: p.name, vps };
+}

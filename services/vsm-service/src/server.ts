@@ -242,7 +242,11 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
  * message that failed to decode ends the iteration with INVALID_ARGUMENT.
  */
 function guardedRequests<Req>(source: AsyncIterable<unknown>, malformed: (m: never) => Error): AsyncIterable<Req> & { peek(): Promise<IteratorResult<Req>> } {
-  const it = source[Symbol.asyncIterator]();
+  // Node's default stream iterator destroys the whole duplex once the client half-closes, so the
+  // server could no longer send its status (the client would hang until its deadline): iterate
+  // without destroying; the call's own lifecycle ends it.
+  const readable = source as AsyncIterable<unknown> & { iterator?: (o: { destroyOnReturn: boolean }) => AsyncIterator<unknown> };
+  const it = typeof readable.iterator === 'function' ? readable.iterator({ destroyOnReturn: false }) : source[Symbol.asyncIterator]();
   let peeked: Promise<IteratorResult<Req>> | undefined;
   const pull = async (): Promise<IteratorResult<Req>> => {
     const r = await it.next();
