@@ -1,6 +1,7 @@
 // core: the set of partitions a backend hosts: create (idempotent by request id), get, list with
 // page tokens, delete; and the limits that keep bad input from exhausting memory.
 import { Architecture, Partition, PartitionSpec } from './partition';
+import { PlatformHooks } from './platform';
 import { HvError, HvStatus, hvFail } from './tlfs/status';
 import { HV_MAX_SUPPORTED_VTL } from './tlfs/vsm';
 
@@ -23,12 +24,27 @@ export interface CreateRequest {
 
 const ID_RE = /^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$/;
 
+/** An execution engine's per-partition resources (the KVM agent: VMs, vCPUs, memfds). */
+export interface PartitionPlatform {
+  hooks: PlatformHooks;
+  /** Called once the Partition exists (the platform runs it). */
+  attach?(p: Partition): void;
+  /** Frees the platform's resources (partition deleted, or its creation failed). */
+  dispose?(): void;
+}
+
+export interface ManagerOptions {
+  /** Builds the platform of a partition being created or restored (default: none, the emulator's defaults). */
+  platform?: (spec: PartitionSpec) => PartitionPlatform;
+}
+
 export class PartitionManager {
   private readonly partitions = new Map<string, Partition>();
   private readonly byRequestId = new Map<string, { id: string; fingerprint: string }>();
+  private readonly platforms = new Map<string, PartitionPlatform>();
   private counter = 0;
 
-  constructor(readonly limits: Limits = DEFAULT_LIMITS) {}
+  constructor(readonly limits: Limits = DEFAULT_LIMITS, private readonly options: ManagerOptions = {}) {}
 
   create(req: CreateRequest): Partition {
     const fingerprint = JSON.stringify({ ...req, memoryBytes: req.memoryBytes.toString(), requestId: undefined });
@@ -56,7 +72,7 @@ export class PartitionManager {
     if (Object.keys(req.labels).length > 64) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, 'at most 64 labels');
     const id = this.allocateId(req.partitionId);
     const spec: PartitionSpec = { id, architecture: req.architecture, vpCount: req.vpCount, memoryBytes: req.memoryBytes, maximumVtl: req.maximumVtl, labels: { ...req.labels } };
-    const p = new Partition(spec);
+    const p = this.withPlatform(spec, (hooks) => new Partition({ ...spec, platform: hooks }));
     this.partitions.set(id, p);
     if (req.requestId) this.byRequestId.set(req.requestId, { id, fingerprint });
     return p;
@@ -66,13 +82,32 @@ export class PartitionManager {
    * Adds a partition built elsewhere (a restored snapshot) under a new or chosen id. `build` gets
    * the id; the manager's limits apply as for create.
    */
-  adopt(req: { partitionId?: string; memoryBytes: bigint; vpCount: number }, build: (id: string) => Partition): Partition {
+  adopt(req: { partitionId?: string; memoryBytes: bigint; vpCount: number }, build: (id: string, platform?: PlatformHooks) => Partition, spec?: Omit<PartitionSpec, 'id' | 'platform'>): Partition {
     if (req.vpCount < 1 || req.vpCount > this.limits.maxVpCount) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `vp_count must be 1..${this.limits.maxVpCount}`);
     if (req.memoryBytes <= 0n || req.memoryBytes % 4096n !== 0n || req.memoryBytes > this.limits.maxMemoryBytes) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, 'memory_bytes is out of range');
     const id = this.allocateId(req.partitionId);
-    const p = build(id);
+    const p = spec ? this.withPlatform({ ...spec, id }, (hooks) => build(id, hooks)) : build(id);
     this.partitions.set(id, p);
     return p;
+  }
+
+  /** Builds a partition with the platform the options' factory makes for it (all-or-nothing). */
+  private withPlatform(spec: PartitionSpec, build: (hooks?: PlatformHooks) => Partition): Partition {
+    const platform = this.options.platform?.(spec);
+    try {
+      const p = build(platform?.hooks);
+      platform?.attach?.(p);
+      if (platform) this.platforms.set(spec.id, platform);
+      return p;
+    } catch (e) {
+      platform?.dispose?.();
+      throw e;
+    }
+  }
+
+  /** The platform of a partition, when the manager has a platform factory. */
+  platformOf(id: string): PartitionPlatform | undefined {
+    return this.platforms.get(id);
   }
 
   /** Validates a chosen id (or generates one) and checks the partition limit. */
@@ -113,6 +148,8 @@ export class PartitionManager {
     this.get(id);
     this.partitions.delete(id);
     for (const [k, v] of this.byRequestId) if (v.id === id) this.byRequestId.delete(k);
+    this.platforms.get(id)?.dispose?.();
+    this.platforms.delete(id);
   }
 
   get size(): number {

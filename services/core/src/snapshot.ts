@@ -11,6 +11,7 @@ import { ProtectionMap } from './protections';
 import { Reg128 } from './tlfs/registers';
 import { VTLS, Vtl } from './vtl-array';
 import { PlatformHooks } from './platform';
+import { buildHypercallPage } from './tlfs/vsm';
 
 export const CORE_SNAPSHOT_VERSION = 1;
 
@@ -117,6 +118,14 @@ export function restorePartition(s: CoreSnapshot, id: string, platform?: Platfor
   p.interceptRoute = s.interceptRoute;
   for (const pg of s.memory) p.memory.write(BigInt(pg.gpfn) << 12n, pg.data);
   p.overlays.importState(s.overlays);
+  // The hypercall page holds the hypervisor's code (read-only to the guest): the restoring
+  // platform's, not the saving one's (the emulator's VMMCALL does not exit on the KVM agent; the
+  // agent's `out 0x4d, ax` is #UD to the emulator's stub decoder).
+  const slots = new Set(s.overlays.pages.map((x) => x.slot));
+  for (const vtl of VTLS) {
+    if (!slots.has(OverlayManager.slot('hypercall', vtl, null))) continue;
+    (platform?.hypercallPage?.build() ?? buildHypercallPage(p.vendor)).copy(p.overlays.pageFor('hypercall', vtl, null));
+  }
   p.intercepts.importState({ ...s.intercepts, pending: s.intercepts.pending.map((r: InterceptRecord) => ({ ...r })) });
   for (const v of s.vps) {
     const vp = p.vps[v.index]!;

@@ -22,8 +22,10 @@ export function callHypercallPage(p: Partition, vp: VirtualProcessor, offset: nu
   const overlay = p.overlays.find('hypercall', vtl, null);
   if (!overlay) throw new HvError(HvStatus.HV_STATUS_INVALID_VP_STATE, `the hypercall page is not enabled in VTL ${vtl} (HV_X64_MSR_HYPERCALL)`);
   if (!Number.isInteger(offset) || offset < 0 || offset > 4095) throw new HvError(HvStatus.HV_STATUS_INVALID_PARAMETER, `offset ${offset} is outside the page`);
-  const page = overlay.page;
   const pageGpa = overlay.gpfn << 12n;
+  // The CALL fetches what the VP sees at the page's GPA: an overlay placed on top of the hypercall
+  // page (stacking, overlays.ts) is what runs, as on hardware and on the KVM agent.
+  const page = p.readView(vtl, vp.index, pageGpa, 4096);
   const returnRip = p.reg(vp, R.HvX64RegisterRip);
   const st = vp.vtls.get(vtl);
   const gpr = (n: number) => p.reg(vp, n);

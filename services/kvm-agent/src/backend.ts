@@ -15,14 +15,12 @@ import { status as Code } from '@grpc/grpc-js';
 import * as core from '@vsm/core';
 import { HvError, Partition, VTLS, VirtualProcessor } from '@vsm/core';
 import { pb } from '@vsm/client';
-import { ApiError, EmulatorBackend, invalidArgument } from '@vsm/service';
+import { ApiError, EmulatorBackend, invalidArgument, guestActionOutcome as outcome, interceptNotice, MAX_GUEST_ACCESS } from '@vsm/service';
 import { KvmSystem, SysError, VcpuWatchdog } from './kvm';
-import { KvmPartitionManager } from './partition-manager';
 import { HYPERCALL_PAGE_DESCRIPTION } from './platform/hypercall-page';
 import { KvmHost, KvmPartition, KvmRunError, RunVpResult, probeHost } from './platform/kvm-partition';
 
-/** Same limit as the emulator backend (services/vsm-service/src/backends/emulator.ts). */
-export const MAX_GUEST_ACCESS = 65536;
+export { MAX_GUEST_ACCESS };
 
 export interface KvmBackendOptions {
   limits?: Partial<core.Limits>;
@@ -33,17 +31,32 @@ export interface KvmBackendOptions {
 }
 
 export class KvmBackend extends EmulatorBackend {
-  declare readonly manager: KvmPartitionManager;
+  override readonly kind: string = 'kvm';
   private host: (KvmHost & { close(): Promise<void> }) | undefined;
   private closed = false;
+  /** The KVM platform of each partition, by id. */
+  private readonly kvm = new Map<string, KvmPartition>();
 
   constructor(private readonly opts: KvmBackendOptions = {}) {
-    super(opts.limits);
-    // WORKAROUND (see partition-manager.ts): EmulatorBackend builds its own PartitionManager and
-    // types `kind` as the literal 'emulator'; both are replaced here until the service takes a
-    // manager and types kind as string (diff in README.md).
-    this.manager = new KvmPartitionManager({ ...core.DEFAULT_LIMITS, ...opts.limits }, (spec) => new KvmPartition(this.kvmHost(), spec));
-    Object.defineProperty(this, 'kind', { value: 'kvm', enumerable: true });
+    // Every partition the core's manager creates or restores gets a KVM platform (its VMs, vCPUs
+    // and memfds), built from the spec, attached once the Partition exists, disposed on delete.
+    super(opts.limits, {
+      platform: (spec) => {
+        if (spec.architecture !== 'x64') core.hvFail(core.HvStatus.HV_STATUS_FEATURE_UNAVAILABLE, 'the KVM agent runs x64 partitions only (this host is x86-64)');
+        const kp = new KvmPartition(this.kvmHost(), spec);
+        return {
+          hooks: kp.hooks(),
+          attach: (p) => {
+            kp.attach(p);
+            this.kvm.set(spec.id, kp);
+          },
+          dispose: () => {
+            if (this.kvm.get(spec.id) === kp) this.kvm.delete(spec.id);
+            kp.dispose();
+          },
+        };
+      },
+    });
   }
 
   /** Why this backend cannot run here (undefined when /dev/kvm is usable). */
@@ -217,7 +230,8 @@ export class KvmBackend extends EmulatorBackend {
   override async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    this.manager.disposeAll();
+    // Frees every partition's fds and mappings.
+    for (let page = this.manager.list(1000, ''); page.partitions.length; page = this.manager.list(1000, '')) for (const p of page.partitions) this.manager.delete(p.id);
     await super.close();
     const host = this.host;
     this.host = undefined;
@@ -227,7 +241,9 @@ export class KvmBackend extends EmulatorBackend {
   // ---- helpers ------------------------------------------------------------------------------------
 
   private platform(p: Partition): KvmPartition {
-    return this.manager.platformOf(p);
+    const kp = this.kvm.get(p.id);
+    if (!kp || kp.partition !== p) throw new Error(`partition ${p.id} has no KVM platform`);
+    return kp;
   }
 
   /**
@@ -252,36 +268,4 @@ export class KvmBackend extends EmulatorBackend {
       throw e;
     }
   }
-}
-
-// ---- conversions: copies of the emulator backend's private helpers (services/vsm-service/src/
-// backends/emulator.ts outcome/interceptNotice); to be imported once exported (README.md). ----------
-
-const ACCESS_TYPE: Record<core.AccessKind, pb.HvInterceptAccessType> = {
-  read: pb.HvInterceptAccessType.HV_INTERCEPT_ACCESS_TYPE_READ,
-  write: pb.HvInterceptAccessType.HV_INTERCEPT_ACCESS_TYPE_WRITE,
-  execute: pb.HvInterceptAccessType.HV_INTERCEPT_ACCESS_TYPE_EXECUTE,
-};
-
-function interceptNotice(o: Extract<core.AccessOutcome, { status: 'intercepted' }>): pb.InterceptNotice {
-  const r = o.intercept;
-  return { interceptId: r.id, protectingVtl: r.protectingVtl, gpa: r.gpa, accessType: ACCESS_TYPE[r.kind], hvMessage: r.message, heldBack: !!o.heldBack };
-}
-
-function outcome(o: { exception?: number; activeVtl: number; vtlSwitch?: core.VtlSwitchEvent; resumedAccess?: core.ResumedAccess }): pb.GuestActionOutcome {
-  let resumedAccess: pb.ResumedAccess | undefined;
-  let intercept: pb.InterceptNotice | undefined;
-  if (o.resumedAccess) {
-    const ro = o.resumedAccess.outcome;
-    resumedAccess = { interceptId: o.resumedAccess.interceptId, completed: ro.status === 'completed', skipped: ro.status === 'skipped', interceptedAgain: ro.status === 'intercepted', data: ro.status === 'completed' && ro.data ? ro.data : Buffer.alloc(0) };
-    if (ro.status === 'intercepted') intercept = interceptNotice(ro);
-  }
-  return {
-    exception: (o.exception ?? 0) as pb.X64Exception,
-    activeVtl: o.activeVtl,
-    vtlSwitch: o.vtlSwitch ? { fromVtl: o.vtlSwitch.fromVtl, toVtl: o.vtlSwitch.toVtl, entryReason: o.vtlSwitch.entryReason } : undefined,
-    intercept,
-    resumedAccess,
-    partitionCrashed: false,
-  };
 }

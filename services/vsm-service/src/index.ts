@@ -4,6 +4,6 @@ export * from './backend';
 export * from './errors';
 export * from './names';
 export * from './config';
-export { EmulatorBackend } from './backends/emulator';
+export { EmulatorBackend, MAX_GUEST_ACCESS, outcome as guestActionOutcome, accessOutcome, interceptNotice } from './backends/emulator';
 export * from './state-dir';
 export { RemoteBackend } from './backends/remote';

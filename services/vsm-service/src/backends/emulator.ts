@@ -20,13 +20,14 @@ export const MAX_GPA_ACCESS = 1 << 20;
 const WATCH_QUEUE = 1024;
 
 export class EmulatorBackend implements Backend {
-  readonly kind = 'emulator';
+  readonly kind: string = 'emulator';
   readonly manager: PartitionManager;
   /** Per-partition deadline policy for unanswered intercepts (unset = keep waiting). */
   private readonly deadlines = new WeakMap<Partition, { ms: number; action: core.InterceptAction } | undefined>();
 
-  constructor(limits: Partial<core.Limits> = {}) {
-    this.manager = new PartitionManager({ ...core.DEFAULT_LIMITS, ...limits });
+  /** `options.platform`: an execution engine for every partition (the KVM agent's KvmBackend passes one). */
+  constructor(limits: Partial<core.Limits> = {}, options: core.ManagerOptions = {}) {
+    this.manager = new PartitionManager({ ...core.DEFAULT_LIMITS, ...limits }, options);
   }
 
   // ---- partitions -----------------------------------------------------------------------------
@@ -459,14 +460,18 @@ export class EmulatorBackend implements Backend {
   async restorePartition(r: P.RestorePartitionRequest): Promise<P.Partition> {
     if (!r.snapshot) throw invalidArgument('snapshot is required');
     const snap = fromPbSnapshot(r.snapshot);
-    const p = this.manager.adopt({ partitionId: r.partitionId || undefined, memoryBytes: snap.spec.memoryBytes, vpCount: snap.spec.vpCount }, (id) => {
-      try {
-        return core.restorePartition(snap, id);
-      } catch (e) {
-        if (e instanceof HvError) throw e;
-        throw invalidArgument(e instanceof Error ? e.message : String(e));
-      }
-    });
+    const p = this.manager.adopt(
+      { partitionId: r.partitionId || undefined, memoryBytes: snap.spec.memoryBytes, vpCount: snap.spec.vpCount },
+      (id, platform) => {
+        try {
+          return core.restorePartition(snap, id, platform);
+        } catch (e) {
+          if (e instanceof HvError) throw e;
+          throw invalidArgument(e instanceof Error ? e.message : String(e));
+        }
+      },
+      snap.spec,
+    );
     return toPbPartition(p);
   }
 
@@ -507,7 +512,7 @@ function toPbVp(p: Partition, vp: VirtualProcessor): vpb.VirtualProcessor {
   };
 }
 
-function outcome(o: { exception?: number; activeVtl: number; vtlSwitch?: core.VtlSwitchEvent; resumedAccess?: core.ResumedAccess }): gpb.GuestActionOutcome {
+export function outcome(o: { exception?: number; activeVtl: number; vtlSwitch?: core.VtlSwitchEvent; resumedAccess?: core.ResumedAccess }): gpb.GuestActionOutcome {
   let resumedAccess: gpb.ResumedAccess | undefined;
   let intercept: gpb.InterceptNotice | undefined;
   if (o.resumedAccess) {
@@ -525,7 +530,7 @@ function outcome(o: { exception?: number; activeVtl: number; vtlSwitch?: core.Vt
   };
 }
 
-function interceptNotice(o: Extract<core.AccessOutcome, { status: 'intercepted' }>): gpb.InterceptNotice {
+export function interceptNotice(o: Extract<core.AccessOutcome, { status: 'intercepted' }>): gpb.InterceptNotice {
   const r = o.intercept;
   return { interceptId: r.id, protectingVtl: r.protectingVtl, gpa: r.gpa, accessType: ACCESS_TYPE[r.kind], hvMessage: r.message, heldBack: !!o.heldBack };
 }
@@ -543,7 +548,7 @@ const ACCESS_TYPE: Record<core.AccessKind, P.HvInterceptAccessType> = {
   execute: P.HvInterceptAccessType.HV_INTERCEPT_ACCESS_TYPE_EXECUTE,
 };
 
-function accessOutcome(vp: VirtualProcessor, o: core.AccessOutcome): { outcome: gpb.GuestActionOutcome; data?: Buffer } {
+export function accessOutcome(vp: VirtualProcessor, o: core.AccessOutcome): { outcome: gpb.GuestActionOutcome; data?: Buffer } {
   const base = outcome({ activeVtl: vp.activeVtl });
   switch (o.status) {
     case 'completed': return { outcome: base, data: o.data };
