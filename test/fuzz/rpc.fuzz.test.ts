@@ -101,7 +101,7 @@ function seedRequests(m: RpcMethod): Buffer[] {
   };
   const type = (pb as unknown as Record<string, { fromPartial(o: unknown): unknown; encode(m: unknown): { finish(): Uint8Array } }>)[m.requestType];
   const list = seeds[m.requestType] ?? [{ name: part }];
-  const out = type ? list.map((o) => Buffer.from(type.encode(type.fromPartial(o)).finish())) : [];
+  const out: Buffer[] = type ? list.map((o) => Buffer.from(type.encode(type.fromPartial(o)).finish())) : [];
   if (m.requestType === 'RestorePartitionRequest' && snapshotSeed) out.push(snapshotSeed);
   return out.length ? out : [Buffer.alloc(0)];
 }
@@ -181,7 +181,7 @@ beforeAll(async () => {
   serverLog = cap.lines;
   srv = await startServer({ listen: '127.0.0.1:0', backend: new EmulatorBackend({ maxPartitions: 32 }), logger: cap.logger, shutdownGraceMs: 500 });
   client = connect(srv.address, { deadlineMs: 10_000, retries: 0 });
-  const services: grpc.ServiceDefinition = {};
+  const services: Record<string, grpc.MethodDefinition<Buffer, Buffer>> = {};
   for (const m of unaryMethods) services[m.path] = { path: m.path, requestStream: false, responseStream: false, requestSerialize: (b: Buffer) => b, requestDeserialize: (b: Buffer) => b, responseSerialize: (b: Buffer) => b, responseDeserialize: (b: Buffer) => b };
   const Generic = grpc.makeGenericClientConstructor(services, 'VsmFuzz');
   raw = new Generic(srv.address, grpc.credentials.createInsecure(), { 'grpc.max_receive_message_length': 16 << 20, 'grpc.max_send_message_length': 16 << 20 }) as typeof raw;
@@ -272,7 +272,7 @@ test('random hypercalls and guest actions on a partition with VTL1 enabled', asy
     await pool(actions.slice(start, start + 200), 4, async (a) => {
       let p: Promise<unknown>;
       switch (a.k) {
-        case 'hypercall': p = client.guest.hypercall({ name: a.name, control: a.control, inputGpa: a.inputGpa, outputGpa: a.outputGpa, input: a.input, outputSize: a.outputSize }, { deadlineMs: DEADLINE_MS }); break;
+        case 'hypercall': p = client.guest.hypercall({ name: a.name, control: a.control, inputGpa: a.inputGpa, outputGpa: a.outputGpa, input: Buffer.from(a.input), outputSize: a.outputSize }, { deadlineMs: DEADLINE_MS }); break;
         case 'page': p = client.guest.callHypercallPage({ name: a.name, offset: a.offset, rcx: a.rcx, rdx: a.rdx, r8: a.r8 }, { deadlineMs: DEADLINE_MS }); break;
         case 'wrmsr': p = client.guest.writeMsr({ name: a.name, msr: a.msr, value: a.value }, { deadlineMs: DEADLINE_MS }); break;
         case 'rdmsr': p = client.guest.readMsr({ name: a.name, msr: a.msr }, { deadlineMs: DEADLINE_MS }); break;

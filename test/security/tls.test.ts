@@ -180,6 +180,30 @@ describe('certificate reload', () => {
     }
   });
 
+  test('a rotated client CA applies to new connections', async () => {
+    const live = path.join(dir, 'live-ca');
+    fs.mkdirSync(live);
+    const caFile = path.join(live, 'clients.crt');
+    fs.copyFileSync(ca.cert, caFile);
+    const { srv } = await startSecured({ tls: { certFile: server.cert, keyFile: server.key, caFile, clientAuth: 'require', reloadIntervalMs: 50 }, security: { authzPolicy: policy() } });
+    try {
+      const fromOther = issue(otherCa, dir, 'ops-other', ['URI:spiffe://vsm.test/ops']);
+      const call = (pair: KeyPair) => {
+        const c = new pb.PartitionServiceClient(`localhost:${srv.port}`, grpc.credentials.createSsl(ca.certPem, pair.keyPem, pair.certPem), { 'grpc.use_local_subchannel_pool': 1 });
+        open.push(c);
+        return new Promise<grpc.status>((resolve) => c.listPartitions({ pageSize: 0, pageToken: '' }, new grpc.Metadata(), { deadline: Date.now() + 3000 }, (e) => resolve(e ? e.code : grpc.status.OK)));
+      };
+      expect(await call(opsClient)).toBe(grpc.status.OK);
+      expect(await call(fromOther)).toBe(grpc.status.UNAVAILABLE);
+      fs.writeFileSync(caFile, otherCa.certPem);
+      await waitUntil(() => (srv.tls?.reloads ?? 0) === 1);
+      await waitUntil(async () => (await call(fromOther)) === grpc.status.OK);
+      expect(await call(opsClient)).toBe(grpc.status.UNAVAILABLE);
+    } finally {
+      await srv.shutdown('test');
+    }
+  });
+
   test('bad material at start-up is refused with a clear message', async () => {
     await expect(startSecured({ tls: { certFile: server.cert, keyFile: opsClient.key } })).rejects.toThrow(/is not the private key of/);
     await expect(startSecured({ tls: { certFile: path.join(dir, 'missing.crt'), keyFile: server.key } })).rejects.toThrow(/cannot read the TLS certificate .*missing\.crt/);
