@@ -12,7 +12,7 @@ import pino, { Logger } from 'pino';
 import { pb } from '@vsm/client';
 import { Backend, StreamSink } from './backend';
 import { toServiceError } from './errors';
-import { CallGuard, CallLike, PLAINTEXT_REMOTE_REFUSED, ReloadingCertificateProvider, SecurityOptions, TlsOptions, isLoopbackListen, isMalformed, tlsServerCredentials, tolerantService } from './security';
+import { CallGuard, PLAINTEXT_REMOTE_REFUSED, ReloadingCertificateProvider, SecurityOptions, TlsOptions, isLoopbackListen, isMalformed, tlsServerCredentials, tolerantService } from './security';
 
 export const SERVICE_NAMES = ['vsm.v1.PartitionService', 'vsm.v1.VirtualProcessorService', 'vsm.v1.GuestService', 'vsm.v1.MemoryService', 'vsm.v1.VtlService', 'vsm.v1.InterceptService', 'vsm.v1.SynicService', 'vsm.v1.SnapshotService'];
 export const MAX_MESSAGE_BYTES = 8 * 1024 * 1024;
