@@ -37,6 +37,8 @@ const summary = {
   seed: SEED,
   iterations: ITERATIONS,
   inputs: { unary: 0, guestActions: 0, streams: 0, streamMessages: 0 },
+  /** Unary requests that did not decode (INVALID_ARGUMENT from the tolerant decoders; grpc-js alone answers INTERNAL). */
+  undecodable: 0,
   codes: {} as Record<string, number>,
   byMethod: {} as Record<string, Record<string, number>>,
   findings: [] as Finding[],
@@ -223,6 +225,7 @@ test(`raw random and mutated requests on every unary RPC (${unaryMethods.length}
     await pool(inputs.slice(start, start + batch), CONCURRENCY, async ({ m, bytes }) => {
       const r = await unary(m.path, bytes);
       summary.inputs.unary++;
+      if (r.code === grpc.status.INVALID_ARGUMENT && r.details.startsWith('the request is not a valid ')) summary.undecodable++;
       count(`${m.service.replace('vsm.v1.', '')}/${m.method}`, grpc.status[r.code]!);
       if (bad(r.code)) summary.findings.push({ phase: 'unary', method: m.path, code: grpc.status[r.code]!, details: r.details, requestHex: bytes.toString('hex').slice(0, 2000) });
       else if (r.code === grpc.status.UNAVAILABLE || r.code === grpc.status.DEADLINE_EXCEEDED) summary.notes.push({ phase: 'unary', method: m.path, code: grpc.status[r.code]!, details: r.details, requestHex: bytes.toString('hex').slice(0, 400) });
