@@ -1,6 +1,7 @@
-// Beyond one agent: two vsm-kvm-agent containers (each with --device /dev/kvm, no capability) on
-// two loopback ports, one vsm-service container with `--backend agent --agent A,B` in front of
-// both. Partitions are spread over the agents, every call reaches the agent that hosts the
+// Beyond one machine: two vsm-kvm-agent containers (each with --device /dev/kvm, no capability) on
+// two loopback ports, and two stateless vsm-service replicas with `--backend agent --agent A,B` in
+// front of both. A partition created through one replica is served through the other (replicas
+// find partitions by asking the agents; no shared state, no coordination). Partitions are spread over the agents, every call reaches the agent that hosts the
 // partition, ListPartitions pages over both, and when one agent stops its partitions answer
 // UNAVAILABLE while the other agent's partitions keep working.
 import { status } from '@grpc/grpc-js';
@@ -20,7 +21,9 @@ if (kvm !== undefined) {
 (kvm === undefined ? describe : describe.skip)('vsm-service in front of two KVM agents', () => {
   const agents: { id: string; address: string }[] = [];
   let svc: StartedTestContainer | undefined;
+  let svc2: StartedTestContainer | undefined;
   let client: VsmClient | undefined;
+  let client2: VsmClient | undefined;
 
   beforeAll(async () => {
     requireEngine();
@@ -40,20 +43,30 @@ if (kvm !== undefined) {
       }
       if (!ok) throw new Error(`agent on ${a.address} not healthy within 30 s`);
     }
-    const address = `127.0.0.1:${await freePort()}`;
-    svc = await new GenericContainer(SERVICE_IMAGE)
-      .withNetworkMode('host')
-      .withEnvironment({ VSM_LISTEN: address, VSM_BACKEND: 'agent', VSM_AGENTS: agents.map((a) => a.address).join(',') })
-      .withHealthCheck({ test: ['CMD', 'node', '/app/deploy/healthcheck.js'], interval: 500, timeout: 5_000, retries: 30, startPeriod: 0 })
-      .withWaitStrategy(Wait.forHealthCheck())
-      .withStartupTimeout(60_000)
-      .start();
-    client = connect(address, { deadlineMs: 10_000 });
+    const replica = async () => {
+      const address = `127.0.0.1:${await freePort()}`;
+      const c = await new GenericContainer(SERVICE_IMAGE)
+        .withNetworkMode('host')
+        .withEnvironment({ VSM_LISTEN: address, VSM_BACKEND: 'agent', VSM_AGENTS: agents.map((a) => a.address).join(',') })
+        .withHealthCheck({ test: ['CMD', 'node', '/app/deploy/healthcheck.js'], interval: 500, timeout: 5_000, retries: 30, startPeriod: 0 })
+        .withWaitStrategy(Wait.forHealthCheck())
+        .withStartupTimeout(60_000)
+        .start();
+      return { c, client: connect(address, { deadlineMs: 10_000 }) };
+    };
+    const r1 = await replica();
+    const r2 = await replica();
+    svc = r1.c;
+    client = r1.client;
+    svc2 = r2.c;
+    client2 = r2.client;
   }, BUILD_TIMEOUT_MS + 120_000);
 
   afterAll(async () => {
     client?.close();
+    client2?.close();
     await svc?.stop({ timeout: 10_000 });
+    await svc2?.stop({ timeout: 10_000 });
     for (const a of agents) await run('docker', ['rm', '-f', a.id]);
   });
 
@@ -86,6 +99,17 @@ if (kvm !== undefined) {
     }
   });
 
+  test('a partition created through one replica is served through the other', async () => {
+    const p = await client!.partitions.createPartition({ partitionId: 'ma-replica', partition: { vpCount: 1, memoryBytes: 1n << 30n } as pb.Partition });
+    await client!.guest.writeMsr({ name: `${p.name}/vps/0`, msr: GUEST_OS_ID, value: 0x1234n });
+    expect((await client2!.guest.readMsr({ name: `${p.name}/vps/0`, msr: GUEST_OS_ID })).value).toBe(0x1234n);
+    await client2!.guest.writeMsr({ name: `${p.name}/vps/0`, msr: GUEST_OS_ID, value: 0x5678n });
+    expect((await client!.guest.readMsr({ name: `${p.name}/vps/0`, msr: GUEST_OS_ID })).value).toBe(0x5678n);
+    await client2!.partitions.deletePartition({ name: p.name });
+    const gone = await client!.partitions.getPartition({ name: p.name }).then(() => undefined, (e: unknown) => e);
+    expect((gone as VsmError).code).toBe(status.NOT_FOUND);
+  });
+
   test('ListPartitions through the service pages over both agents', async () => {
     const names: string[] = [];
     let pageToken = '';
@@ -110,6 +134,11 @@ if (kvm !== undefined) {
         expect(err).toBeInstanceOf(VsmError);
         expect((err as VsmError).code).toBe(status.UNAVAILABLE);
       }
+    }
+    // The other replica never located these partitions before: it still serves the live agent's.
+    for (const [n, id] of ids.entries()) {
+      if (home.get(id) !== 1) continue;
+      expect((await client2!.guest.readMsr({ name: `partitions/${id}/vps/0`, msr: GUEST_OS_ID })).value).toBe(0x8100_0000_0000_0000n + BigInt(n));
     }
   });
 });
