@@ -51,8 +51,18 @@ export function violatingVtl(p: Partition, vp: VirtualProcessor, vtl: Vtl, gpfn:
   return undefined;
 }
 
+/**
+ * The faulting instruction as an execution engine saw it (the KVM agent reads it from guest memory
+ * at CS:RIP), for HV_X64_MEMORY_INTERCEPT_MESSAGE: InstructionLength (0 = unknown) and up to 16
+ * InstructionBytes. Without it (guest actions, the emulator) both are 0.
+ */
+export interface InterceptInstruction {
+  length: number;
+  bytes: Buffer;
+}
+
 /** Performs the access as the VP in its active VTL. */
-export function guestAccess(p: Partition, vp: VirtualProcessor, kind: AccessKind, gpa: bigint, length: number, data?: Buffer, opts: { ignoreProtections?: boolean } = {}): AccessOutcome {
+export function guestAccess(p: Partition, vp: VirtualProcessor, kind: AccessKind, gpa: bigint, length: number, data?: Buffer, opts: { ignoreProtections?: boolean; instruction?: InterceptInstruction } = {}): AccessOutcome {
   p.assertActive();
   if (vp.suspendedOn !== null) hvFail(HvStatus.HV_STATUS_INVALID_VP_STATE, `VP ${vp.index} is suspended on intercept ${vp.suspendedOn}`);
   if (!Number.isInteger(length) || length < 1 || length > MAX_GUEST_ACCESS_BYTES) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `length must be 1..${MAX_GUEST_ACCESS_BYTES}`);
@@ -69,7 +79,7 @@ export function guestAccess(p: Partition, vp: VirtualProcessor, kind: AccessKind
       const m = violatingVtl(p, vp, vtl, Number(g), kind);
       if (m !== undefined) {
         const at = g === gpa >> 12n ? gpa : g << 12n; // lowest address that intercepted
-        return raiseIntercept(p, vp, m, kind, at, gpa, length, data);
+        return raiseIntercept(p, vp, m, kind, at, gpa, length, data, opts.instruction);
       }
     }
   }
@@ -80,11 +90,23 @@ export function guestAccess(p: Partition, vp: VirtualProcessor, kind: AccessKind
   return { status: 'completed', data: p.readView(vtl, vp.index, gpa, length) };
 }
 
-function raiseIntercept(p: Partition, vp: VirtualProcessor, protectingVtl: Vtl, kind: AccessKind, faultGpa: bigint, gpa: bigint, length: number, data?: Buffer): AccessOutcome {
+/**
+ * Entry point for an execution engine that enforces protections itself (the KVM agent: read-only
+ * memslots and holes) and stopped the VP on an access its hardware refused. The core decides
+ * exactly as for guestAccess: a read-only overlay gives #GP, a protection raises the intercept
+ * (message built from the VP's registers, which the engine synced first, plus `instruction`;
+ * routed to the protecting VTL's SINT0 and entry, or to monitors), and an access nothing refuses
+ * any more (the view changed meanwhile) is performed on guest memory. Same outcomes as guestAccess.
+ */
+export function interceptAccess(p: Partition, vp: VirtualProcessor, kind: AccessKind, gpa: bigint, length: number, data?: Buffer, instruction?: InterceptInstruction): AccessOutcome {
+  return guestAccess(p, vp, kind, gpa, length, data, { instruction });
+}
+
+function raiseIntercept(p: Partition, vp: VirtualProcessor, protectingVtl: Vtl, kind: AccessKind, faultGpa: bigint, gpa: bigint, length: number, data?: Buffer, instruction?: InterceptInstruction): AccessOutcome {
   const vtl = vp.activeVtl;
   const route = p.interceptRoute;
   const id = p.intercepts.allocateId();
-  const message = buildInterceptMessage(p, vp, kind, faultGpa);
+  const message = buildInterceptMessage(p, vp, kind, faultGpa, instruction);
   const rec: InterceptRecord = {
     id, vpIndex: vp.index, vtl, protectingVtl, kind, gpa: faultGpa, length, data: data ? Buffer.from(data) : undefined,
     generation: p.viewGeneration, message, needsReply: route === 'monitor', timeUnixUs: BigInt(Date.now()) * 1000n, deliveries: 0,
@@ -111,7 +133,7 @@ function raiseIntercept(p: Partition, vp: VirtualProcessor, protectingVtl: Vtl, 
 }
 
 /** HV_MESSAGE{HvMessageTypeGpaIntercept, HV_X64_MEMORY_INTERCEPT_MESSAGE} for the VP's state now. */
-export function buildInterceptMessage(p: Partition, vp: VirtualProcessor, kind: AccessKind, gpa: bigint): Buffer {
+export function buildInterceptMessage(p: Partition, vp: VirtualProcessor, kind: AccessKind, gpa: bigint, instruction?: InterceptInstruction): Buffer {
   if (p.spec.architecture === 'arm64') {
     const st = vp.vtls.get(vp.activeVtl);
     const payload = encodeArm64MemoryInterceptMessage({
@@ -138,8 +160,9 @@ export function buildInterceptMessage(p: Partition, vp: VirtualProcessor, kind: 
     header: {
       vpIndex: vp.index,
       // The emulator has no instruction stream for a guest action: 0 = unknown (the recipient
-      // decodes), as the TLFS allows (tlfs-intercepts.md §6.1).
-      instructionLength: 0,
+      // decodes), as the TLFS allows (tlfs-intercepts.md §6.1). An engine that ran the instruction
+      // may know it (interceptAccess).
+      instructionLength: instruction?.length ?? 0,
       interceptAccessType: ACCESS_TYPE[kind],
       executionState: {
         cpl: p.cpl(vp),
@@ -155,13 +178,13 @@ export function buildInterceptMessage(p: Partition, vp: VirtualProcessor, kind: 
       rflags: p.reg(vp, R.HvX64RegisterRflags),
     },
     cacheType: HvCacheType.HvCacheTypeWriteBack,
-    instructionByteCount: 0,
+    instructionByteCount: Math.min(16, instruction?.bytes.length ?? 0),
     // No guest paging model: the GVA is unknown (GvaValid = 0).
     memoryAccessInfo: { gvaValid: false },
     tprPriority: 0,
     guestVirtualAddress: 0n,
     guestPhysicalAddress: gpa,
-    instructionBytes: Buffer.alloc(16),
+    instructionBytes: Buffer.concat([instruction?.bytes.subarray(0, 16) ?? Buffer.alloc(0), Buffer.alloc(16)]).subarray(0, 16),
     dsSegment: seg(R.HvX64RegisterDs),
     ssSegment: seg(R.HvX64RegisterSs),
     gprs,

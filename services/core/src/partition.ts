@@ -421,6 +421,7 @@ export class Partition {
             const m = normalizeMapFlags(nxt.defaultVtlProtectionMask, this.vtls.get(0).mbec);
             this.protections.set(vtl, new ProtectionMap(typeof m === 'number' ? m : 0xf));
             this.protectionChanges++;
+            this.spec.platform?.onProtectionChange?.(vtl);
           }
         };
       }
@@ -555,6 +556,7 @@ export class Partition {
     }
     for (const r of runs) map.set(Number(r.start), Number(r.count), mask);
     this.protectionChanges++;
+    this.spec.platform?.onProtectionChange?.(protectingVtl);
     return Number(total);
   }
 

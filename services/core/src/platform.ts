@@ -31,4 +31,11 @@ export interface PlatformHooks {
   hypercallPage?: HypercallPageLayout;
   /** Called after the overlays of a VTL's view changed (placed, moved, removed). */
   onViewChange?: (vtl: Vtl) => void;
+  /**
+   * Called after `protectingVtl` changed the protections it imposes on lower VTLs: its
+   * EnableVtlProtection took effect (DefaultVtlProtectionMask now applies), or a
+   * ModifyVtlProtectionMask changed page masks. A platform that enforces protections itself (the
+   * KVM agent: memslots) re-maps the views of the VTLs below `protectingVtl`.
+   */
+  onProtectionChange?: (protectingVtl: Vtl) => void;
 }
