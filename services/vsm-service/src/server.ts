@@ -196,9 +196,14 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const health = new HealthImplementation(Object.fromEntries(['', ...SERVICE_NAMES].map((s) => [s, 'SERVING' as const])));
   health.addToServer(server);
   // Reflection (grpc.reflection.v1 and v1alpha) from the .proto sources, for grpcurl.
+  // grpc.health.v1 and the reflection services themselves are described too, so that grpcurl
+  // lists them and `grpcurl ... grpc.health.v1.Health/Check` resolves.
+  const healthProto = require.resolve('grpc-health-check/proto/health/v1/health.proto');
+  const reflectionDir = path.join(path.dirname(require.resolve('@grpc/reflection/package.json')), 'build/proto');
+  const reflectionProtos = ['v1', 'v1alpha'].map((v) => path.join(reflectionDir, `grpc/reflection/${v}/reflection.proto`));
   const pkg = protoLoader.loadSync(
-    SERVICE_NAMES.map((s) => path.join(PROTO_DIR, 'vsm/v1', protoFileOf(s))),
-    { includeDirs: [PROTO_DIR], keepCase: false, longs: String, enums: String, defaults: false, oneofs: true },
+    [...SERVICE_NAMES.map((s) => path.join(PROTO_DIR, 'vsm/v1', protoFileOf(s))), healthProto, ...reflectionProtos],
+    { includeDirs: [PROTO_DIR, path.dirname(healthProto), reflectionDir], keepCase: true, longs: String, enums: String, defaults: false, oneofs: true },
   );
   new ReflectionService(pkg).addToServer(server);
 
