@@ -21,6 +21,12 @@ async function main(): Promise<void> {
     throw e;
   }
   const log = pino({ level: cfg.logLevel, base: { svc: 'vsm-service' } });
+  // Signal handlers first: a SIGTERM that arrives while starting (e.g. right after "listening" is
+  // logged, before startServer's promise settles) must not meet the default action and kill the
+  // process without a graceful shutdown.
+  const signalled = new Promise<NodeJS.Signals>((resolve) => {
+    for (const sig of ['SIGTERM', 'SIGINT'] as const) process.once(sig, () => resolve(sig));
+  });
   if (cfg.backend === 'agent' && cfg.agents.length === 0) {
     log.fatal('--backend agent needs --agent ADDR[,ADDR...] (VSM_AGENTS): the vsm-kvm-agent addresses, e.g. unix:///run/vsm/agent.sock or 127.0.0.1:50061');
     process.exit(2);
@@ -47,11 +53,8 @@ async function main(): Promise<void> {
     allowInsecureRemote: cfg.insecureAllowRemote,
     security: { authzPolicy: cfg.authzPolicy ? { file: cfg.authzPolicy } : undefined, limits: { maxStreams, maxStreamsPerClient } },
   });
-  for (const sig of ['SIGTERM', 'SIGINT'] as const) {
-    process.once(sig, () => {
-      srv.shutdown(sig).then(() => process.exit(0), () => process.exit(1));
-    });
-  }
+  const sig = await signalled;
+  srv.shutdown(sig).then(() => process.exit(0), () => process.exit(1));
 }
 
 main().catch((e) => {
