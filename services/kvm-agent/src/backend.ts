@@ -6,21 +6,31 @@
  * actions (WriteMsr, ReadMsr, Hypercall, CallHypercallPage, ReadMemory, WriteMemory) run as real
  * instructions on /dev/kvm (platform/kvm-partition.ts) and give the same answers as the emulator.
  *
- * Not on KVM yet (answered by the core's model, exactly as the emulator does): ExecuteMemory (a
- * real fetch would execute the bytes), and memory actions of a VP whose higher VTLs enabled VTL
- * protections or that is suspended on an intercept (protections are not yet enforced with
- * memslots: next milestone).
+ * VTL protections are enforced by the memslots of each lower VTL's VM (no-write → read-only slot,
+ * no-access → no slot); a refused ReadMemory/WriteMemory exits as MMIO and becomes the core's
+ * intercept (KvmPartition.memoryAccess), with the same outcome, routing and monitor answers as on the
+ * emulator. Answered by the core's model instead: ExecuteMemory (a real fetch would execute the
+ * bytes, and execute protection cannot be enforced with memslots here), and the memory actions of a
+ * VTL whose view would need more memslots than the budget (VtlVm.enforced; a whole-guest run of that
+ * VTL is refused with FAILED_PRECONDITION / KVM_PROTECTIONS_NOT_ENFORCED).
  */
 import { status as Code } from '@grpc/grpc-js';
 import * as core from '@vsm/core';
-import { HvError, Partition, VTLS, VirtualProcessor } from '@vsm/core';
+import { HvError, Partition, VirtualProcessor } from '@vsm/core';
 import { pb } from '@vsm/client';
-import { ApiError, EmulatorBackend, invalidArgument, guestActionOutcome as outcome, interceptNotice, MAX_GUEST_ACCESS } from '@vsm/service';
+import { ApiError, EmulatorBackend, accessOutcome, invalidArgument, guestActionOutcome as outcome, MAX_GUEST_ACCESS } from '@vsm/service';
 import { KvmSystem, SysError, VcpuWatchdog } from './kvm';
 import { HYPERCALL_PAGE_DESCRIPTION } from './platform/hypercall-page';
 import { KvmHost, KvmPartition, KvmRunError, RunVpResult, probeHost } from './platform/kvm-partition';
 
 export { MAX_GUEST_ACCESS };
+
+const DEADLINE_ACTIONS: Partial<Record<pb.InterceptAction, core.InterceptAction>> = {
+  [pb.InterceptAction.INTERCEPT_ACTION_ALLOW]: 'allow',
+  [pb.InterceptAction.INTERCEPT_ACTION_SKIP]: 'skip',
+  [pb.InterceptAction.INTERCEPT_ACTION_RETRY]: 'retry',
+  [pb.InterceptAction.INTERCEPT_ACTION_CRASH]: 'crash',
+};
 
 export interface KvmBackendOptions {
   limits?: Partial<core.Limits>;
@@ -36,6 +46,8 @@ export class KvmBackend extends EmulatorBackend {
   private closed = false;
   /** The KVM platform of each partition, by id. */
   private readonly kvm = new Map<string, KvmPartition>();
+  /** Each partition's deadline policy for unanswered intercepts (SetInterceptRoute), for the memory actions' monitor wait. */
+  private readonly deadlinePolicies = new WeakMap<Partition, { ms: number; action: core.InterceptAction } | undefined>();
 
   constructor(private readonly opts: KvmBackendOptions = {}) {
     // Every partition the core's manager creates or restores gets a KVM platform (its VMs, vCPUs
@@ -113,8 +125,8 @@ export class KvmBackend extends EmulatorBackend {
           reason: 'not enforceable with memslots on this KVM (kvm_pvm): an instruction fetch from a GPA without a memslot gives KVM_EXIT_INTERNAL_ERROR (emulation failure) instead of an exit the agent could turn into an intercept, and read-only memslots do not stop fetches',
         },
         {
-          name: 'kvm-enforced-protections', supported: false,
-          reason: 'VTL protections are not yet mapped to memslots: memory guest actions under protections, and ExecuteMemory, are answered by the core model as on the emulator (next milestone)',
+          name: 'kvm-enforced-protections', supported: true,
+          reason: 'no-write → read-only memslot, no-access → no memslot, in each lower VTL\'s VM (runs of equal access coalesced, 1 GiB slots); the MMIO exit of a refused read or write (ReadMemory/WriteMemory and whole-guest runs) becomes the core\'s intercept. Answered by the core model instead: ExecuteMemory (execute protection, above), and a view that would need more memslots than the budget',
         },
       ],
     };
@@ -191,27 +203,60 @@ export class KvmBackend extends EmulatorBackend {
 
   override async readMemory(r: pb.ReadMemoryRequest): Promise<pb.ReadMemoryResponse> {
     const { p, vp } = this.vp(r.name);
-    if (this.modelOnly(p, vp)) return await super.readMemory(r);
-    return this.guarded(() => {
-      p.assertActive();
-      if (r.length < 1 || r.length > MAX_GUEST_ACCESS) throw invalidArgument(`length must be 1..${MAX_GUEST_ACCESS}`);
-      p.checkRange(r.gpa, r.length);
-      const data = this.platform(p).guestRead(vp, r.gpa, r.length);
-      return { outcome: outcome({ activeVtl: vp.activeVtl }), data };
-    });
+    if (r.length < 1 || r.length > MAX_GUEST_ACCESS) throw invalidArgument(`length must be 1..${MAX_GUEST_ACCESS}`);
+    const kp = this.platform(p);
+    if (!(await this.guarded(() => kp.enforcesProtections(vp)))) return await super.readMemory(r);
+    const { outcome: o, data } = await this.kvmAccess(p, vp, () => kp.memoryAccess(vp, 'read', r.gpa, r.length));
+    return { outcome: o, data: data ?? Buffer.alloc(0) };
   }
 
   override async writeMemory(r: pb.WriteMemoryRequest): Promise<pb.WriteMemoryResponse> {
     const { p, vp } = this.vp(r.name);
-    if (this.modelOnly(p, vp)) return await super.writeMemory(r);
-    return this.guarded(() => {
-      if (r.data.length < 1 || r.data.length > MAX_GUEST_ACCESS) throw invalidArgument(`data must be 1..${MAX_GUEST_ACCESS} bytes`);
-      p.assertActive();
-      p.checkRange(r.gpa, r.data.length);
-      const ok = this.platform(p).guestWrite(vp, r.gpa, r.data);
-      // A guest write to the hypercall page (read/execute for the guest) raises #GP.
-      return { outcome: outcome({ exception: ok ? undefined : core.X64Exception.GP, activeVtl: vp.activeVtl }) };
-    });
+    if (r.data.length < 1 || r.data.length > MAX_GUEST_ACCESS) throw invalidArgument(`data must be 1..${MAX_GUEST_ACCESS} bytes`);
+    const kp = this.platform(p);
+    if (!(await this.guarded(() => kp.enforcesProtections(vp)))) return await super.writeMemory(r);
+    // A guest write to the hypercall page (read/execute for the guest) raises #GP.
+    return { outcome: (await this.kvmAccess(p, vp, () => kp.memoryAccess(vp, 'write', r.gpa, r.data.length, Buffer.from(r.data)))).outcome };
+  }
+
+  /**
+   * A memory guest action on KVM (memoryAccess: protections enforced by memslots, refusals turned
+   * into the core's intercepts); on the monitor route it waits (until the client's deadline, or the
+   * partition's deadline policy) for a monitor's answer, following RETRY answers that intercept
+   * again — the emulator's loop, so both backends answer alike.
+   */
+  private async kvmAccess(p: Partition, vp: VirtualProcessor, run: () => core.AccessOutcome): Promise<{ outcome: pb.GuestActionOutcome; data?: Buffer }> {
+    let o = await this.guarded(run);
+    while (o.status === 'intercepted' && o.awaitingMonitor) {
+      const id = o.intercept.id;
+      const policy = this.deadlinePolicies.get(p);
+      await new Promise<void>((resolve) => {
+        if (p.intercepts.status(id) !== 'pending') return resolve();
+        let timer: NodeJS.Timeout | undefined;
+        const off = p.intercepts.onResolved((x) => {
+          if (x !== id) return;
+          off();
+          if (timer) clearTimeout(timer);
+          resolve();
+        });
+        if (policy) {
+          timer = setTimeout(() => {
+            // The partition's explicit deadline policy answers for the absent monitor.
+            if (p.intercepts.status(id) === 'pending') core.answerIntercept(p, id, policy.action);
+          }, policy.ms);
+        }
+      });
+      o = vp.lastMonitorOutcome ?? { status: 'crashed' };
+    }
+    return accessOutcome(vp, o);
+  }
+
+  override async setInterceptRoute(r: pb.SetInterceptRouteRequest): Promise<pb.SetInterceptRouteResponse> {
+    const res = await super.setInterceptRoute(r);
+    const p = this.partition(r.name);
+    const action = DEADLINE_ACTIONS[res.deadlineAction];
+    this.deadlinePolicies.set(p, res.answerDeadlineMs !== undefined && action ? { ms: Number(res.answerDeadlineMs), action } : undefined);
+    return res;
   }
 
   // ---- beyond vsm.v1 --------------------------------------------------------------------------------
@@ -246,21 +291,13 @@ export class KvmBackend extends EmulatorBackend {
     return kp;
   }
 
-  /**
-   * Memory actions the KVM views do not model yet: the VP is suspended on an intercept, or a higher
-   * VTL enabled VTL protections (not yet memslots). The core's model answers them, as on the
-   * emulator, so the outcome (intercepts, monitor waits) is the same.
-   */
-  private modelOnly(p: Partition, vp: VirtualProcessor): boolean {
-    return vp.suspendedOn !== null || VTLS.some((m) => m > vp.activeVtl && p.protections.get(m) !== null);
-  }
-
   /** Runs `fn`, turning KVM failures into API errors (the core's HvErrors pass unchanged). */
   private async guarded<T>(fn: () => T | Promise<T>): Promise<T> {
     try {
       return await fn();
     } catch (e) {
       if (e instanceof HvError || e instanceof ApiError) throw e;
+      if (e instanceof KvmRunError && e.kind === 'unenforced') throw new ApiError(Code.FAILED_PRECONDITION, 'KVM_PROTECTIONS_NOT_ENFORCED', e.message);
       if (e instanceof KvmRunError) {
         throw new ApiError(e.kind === 'timeout' ? Code.ABORTED : Code.UNAVAILABLE, e.kind === 'timeout' ? 'KVM_GUEST_TIMEOUT' : 'KVM_UNEXPECTED_EXIT', e.message);
       }

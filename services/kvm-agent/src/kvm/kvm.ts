@@ -283,6 +283,9 @@ export class KvmVm {
   readonly fd: number;
   private readonly layout: MemoryMapping[] = []; // sorted by gpa, non-overlapping
   private readonly usedSlots = new Set<number>();
+  /** Slot numbers freed by deletions (reused first), and the next never-used one. */
+  private readonly freeSlots: number[] = [];
+  private nextSlot = 0;
   private readonly vcpus = new Set<KvmVcpu>();
   private readonly regionBuf = Buffer.alloc(MEMREGION.sizeof);
   private closed = false;
@@ -317,28 +320,103 @@ export class KvmVm {
   }
 
   private allocSlot(): number {
-    for (let s = 0; ; s++) if (!this.usedSlots.has(s)) return s;
+    for (;;) {
+      const s = this.freeSlots.pop() ?? this.nextSlot++;
+      if (!this.usedSlots.has(s)) return s;
+    }
   }
 
-  private addSlot(m: Omit<MemoryMapping, 'slot'>): MemoryMapping {
+  /** Creates the memslot; `place` = false leaves the layout array to the caller (setLayout). */
+  private addSlot(m: Omit<MemoryMapping, 'slot'>, place = true): MemoryMapping {
     const slot = this.allocSlot();
-    this.setUserMemoryRegion({
-      slot, flags: m.readonly ? KVM_MEM_READONLY : 0, gpa: m.gpa, size: m.size,
-      hostAddress: m.memory.hostAddress + BigInt(m.offset),
-    });
+    try {
+      this.setUserMemoryRegion({
+        slot, flags: m.readonly ? KVM_MEM_READONLY : 0, gpa: m.gpa, size: m.size,
+        hostAddress: m.memory.hostAddress + BigInt(m.offset),
+      });
+    } catch (e) {
+      this.freeSlots.push(slot);
+      throw e;
+    }
     this.usedSlots.add(slot);
-    const mapping: MemoryMapping = { ...m, slot };
-    let i = 0;
-    while (i < this.layout.length && (this.layout[i] as MemoryMapping).gpa < m.gpa) i++;
-    this.layout.splice(i, 0, mapping);
+    const mapping: MemoryMapping = { gpa: m.gpa, size: m.size, memory: m.memory, offset: m.offset, readonly: m.readonly, slot };
+    if (place) this.layout.splice(this.indexAfter(m.gpa), 0, mapping);
     return mapping;
   }
 
-  private deleteSlot(m: MemoryMapping): void {
+  /** `unplace` = false leaves the layout array to the caller (setLayout). */
+  private deleteSlot(m: MemoryMapping, unplace = true): void {
     this.setUserMemoryRegion({ slot: m.slot, flags: 0, gpa: m.gpa, size: 0, hostAddress: 0n });
     this.usedSlots.delete(m.slot);
+    this.freeSlots.push(m.slot);
+    if (!unplace) return;
     const i = this.layout.indexOf(m);
     if (i >= 0) this.layout.splice(i, 1);
+  }
+
+  /** Index of the first mapping whose gpa is greater than `gpa` (binary search). */
+  private indexAfter(gpa: bigint): number {
+    let lo = 0;
+    let hi = this.layout.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if ((this.layout[mid] as MemoryMapping).gpa <= gpa) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+
+  /**
+   * Makes this VM's memslots inside [lo, hi) exactly `want` (sorted by gpa, non-overlapping, page
+   * aligned, inside [lo, hi)): mappings that already match are kept, the others deleted, the
+   * missing ones created. Deletions go first (KVM refuses overlapping slots); no vCPU of the VM may
+   * be inside KVM_RUN meanwhile (the agent runs vCPUs on its own thread only). Mappings outside
+   * [lo, hi) must not straddle its edges. Returns the number of KVM_SET_USER_MEMORY_REGION calls.
+   * Costs O(n) here plus one ioctl per slot changed; a failure leaves the layout consistent with
+   * KVM (what was deleted is gone, what was created is there).
+   */
+  setLayout(lo: bigint, hi: bigint, want: readonly Omit<MemoryMapping, 'slot'>[]): number {
+    const key = (m: Omit<MemoryMapping, 'slot'>) => `${m.gpa}:${m.size}:${m.memory.hostAddress + BigInt(m.offset)}:${m.readonly ? 1 : 0}`;
+    const inside = (m: { gpa: bigint; size: number }) => m.gpa >= lo && m.gpa + BigInt(m.size) <= hi;
+    const overlaps = (m: { gpa: bigint; size: number }) => m.gpa < hi && m.gpa + BigInt(m.size) > lo;
+    let prevEnd = lo;
+    for (const w of want) {
+      assertPageAligned('gpa', w.gpa);
+      assertPageAligned('size', w.size);
+      assertPageAligned('offset', w.offset);
+      if (w.size <= 0 || w.gpa < prevEnd || !inside(w)) throw new RangeError(`setLayout: mapping at 0x${w.gpa.toString(16)} is not sorted, overlaps or lies outside the range`);
+      if (w.offset + w.size > w.memory.size) throw new RangeError('mapping exceeds the guest memory backing');
+      prevEnd = w.gpa + BigInt(w.size);
+    }
+    const current = new Map<string, MemoryMapping>();
+    for (const m of this.layout) {
+      if (!overlaps(m)) continue;
+      if (!inside(m)) throw new RangeError(`setLayout: the mapping at 0x${m.gpa.toString(16)} straddles the range`);
+      current.set(key(m), m);
+    }
+    const wanted = new Set(want.map(key));
+    const before = this.memslotChanges;
+    const removed = new Set<MemoryMapping>();
+    const added: MemoryMapping[] = [];
+    try {
+      for (const [k, m] of current) {
+        if (wanted.has(k)) continue;
+        this.deleteSlot(m, false);
+        removed.add(m);
+      }
+      for (const w of want) if (!current.has(key(w))) added.push(this.addSlot(w, false));
+    } finally {
+      const next = this.layout.filter((m) => !removed.has(m)).concat(added);
+      next.sort((a, b) => (a.gpa < b.gpa ? -1 : a.gpa > b.gpa ? 1 : 0));
+      this.layout.length = 0;
+      for (const m of next) this.layout.push(m);
+    }
+    return this.memslotChanges - before;
+  }
+
+  /** Number of memslots of this VM. */
+  get slotCount(): number {
+    return this.layout.length;
   }
 
   /** Removes [gpa, gpa+size) from the layout, splitting mappings that straddle its edges. */
@@ -390,7 +468,8 @@ export class KvmVm {
 
   /** The mapping that contains `gpa`, if any. */
   lookup(gpa: bigint): MemoryMapping | undefined {
-    return this.layout.find((m) => gpa >= m.gpa && gpa < m.gpa + BigInt(m.size));
+    const m = this.layout[this.indexAfter(gpa) - 1];
+    return m && gpa < m.gpa + BigInt(m.size) ? m : undefined;
   }
 
   /** Host view (aliasing) of [gpa, gpa+length) through this VM's layout; must lie in one mapping. */

@@ -23,12 +23,13 @@ import {
   MSR_REGISTERS, coreMsrs, coreRegs, coreSregs, getReg, setReg, storeMsrs, storeRegs, storeSregs,
 } from './registers';
 import { VpCpu, VtlVm } from './vtl-vm';
+import { FaultingInstruction, instructionAtRip, instructionBeforeRip } from './x86';
 
 const R = core.HvRegisterName;
 
 /** A guest run that did not end the way the action expects: the watchdog fired, or KVM reported an exit the agent cannot handle. */
 export class KvmRunError extends Error {
-  constructor(readonly kind: 'timeout' | 'exit', message: string, readonly exit?: KvmExit | TimeoutExit) {
+  constructor(readonly kind: 'timeout' | 'exit' | 'unenforced', message: string, readonly exit?: KvmExit | TimeoutExit) {
     super(message);
     this.name = 'KvmRunError';
   }
@@ -44,15 +45,50 @@ export interface KvmHost {
   pioOutAdvancesRip: boolean;
   /** Deadline of one guest action, in ms. */
   actionTimeoutMs: number;
+  /** Memslots a VTL VM's view may use before protections fall back to the core's model (default DEFAULT_MEMSLOT_BUDGET). */
+  memslotBudget?: number;
 }
 
 export interface RunVpResult {
-  /** hlt: the guest executed HLT; timeout: the deadline passed; exception: the dispatcher raised one (#UD) — not injected; exit: an exit the agent does not handle. */
-  stop: 'hlt' | 'timeout' | 'exception' | 'exit';
+  /**
+   * hlt: the guest executed HLT; timeout: the deadline passed; exception: the dispatcher raised one
+   * (#UD), or an access raised #GP (write to a read-only overlay) — not injected; intercept: an access
+   * intercepted and the VP waits (a monitor must answer, route MONITOR; or the protecting VTL's SINT0
+   * queue is full and the VP is held back); crashed: a monitor answered CRASH; exit: an exit the
+   * agent does not handle.
+   */
+  stop: 'hlt' | 'timeout' | 'exception' | 'intercept' | 'crashed' | 'exit';
   exits: number;
   vtlSwitches: number;
+  /** Intercepts raised during the run (any route), in order. */
+  intercepts: core.InterceptRecord[];
   exception?: X64ExceptionVector;
   exit?: KvmExit;
+}
+
+/**
+ * An access of a whole-guest run that KVM refused (an MMIO exit on a protected page) and the core
+ * turned into an intercept, kept for its (VP, VTL) until the VP runs there again: then the answer
+ * (the VTL's VtlReturn, a monitor's reply) is applied to the instruction.
+ */
+interface HeldAccess {
+  interceptId: bigint;
+  route: 'vtl' | 'monitor' | 'held-back';
+  kind: 'read' | 'write';
+  gpa: bigint;
+  length: number;
+  data?: Buffer;
+  /** The instruction: where it starts (the RIP the core holds) and where the next one starts. */
+  start: bigint;
+  end: bigint;
+  /**
+   * Writes only: whether the state before the store is known (the instruction was decoded: a plain
+   * store, so only RIP differs). When it is not, the core holds RIP past the instruction (KVM had
+   * completed it but for the store) and the held store is all that is left of it.
+   */
+  precise: boolean;
+  /** How it was answered, once known (from a VtlReturn's resumedAccess). */
+  resolution?: core.AccessOutcome | { status: 'skipped' };
 }
 
 export interface StubOutcome extends GuestOutcome {
@@ -118,6 +154,10 @@ export class KvmPartition {
   private closed = false;
   /** KVM_RUN exits handled for this partition. */
   exits = 0;
+  /** Accesses KVM refused (MMIO exits on protected pages) that went to the core, guest actions and whole-guest runs. */
+  refusedAccesses = 0;
+  /** Intercepted accesses of whole-guest runs waiting for their answer, by `${vp}:${vtl}`. */
+  private readonly held = new Map<string, HeldAccess>();
 
   constructor(readonly host: KvmHost, spec: { id: string; memoryBytes: bigint; vpCount: number }) {
     this.ram = new MemfdRam(spec.memoryBytes, `vsm-ram-${spec.id}`);
@@ -138,6 +178,10 @@ export class KvmPartition {
       onViewChange: (vtl: Vtl) => {
         const v = this.vms[vtl];
         if (v) v.dirty = true;
+      },
+      onProtectionChange: (protectingVtl: Vtl) => {
+        // The views of the VTLs below it change (their memslots are re-derived on their next run).
+        for (const v of this.vms) if (v && v.vtl < protectingVtl) v.protectionsDirty = true;
       },
     };
   }
@@ -165,10 +209,21 @@ export class KvmPartition {
   private vtlVm(vtl: Vtl): VtlVm {
     let v = this.vms[vtl];
     if (!v) {
-      v = new VtlVm(this.host.system, vtl, this.ram, this.overlayPages, this.agent, this.host.cpuid);
+      v = new VtlVm(this.host.system, vtl, this.ram, this.overlayPages, this.agent, this.host.cpuid, this.host.memslotBudget);
       this.vms[vtl] = v;
     }
     return v;
+  }
+
+  /**
+   * Whether the view of the VP's active VTL enforces the higher VTLs' protections with memslots
+   * (false when its layout would exceed the memslot budget; VtlVm.unenforcedReason says why).
+   */
+  enforcesProtections(vp: VirtualProcessor): boolean {
+    if (this.closed) throw new Error('partition platform is closed');
+    const vm = this.vtlVm(vp.activeVtl);
+    vm.syncView(this.partition, vp.index);
+    return vm.enforced;
   }
 
   /** The vCPU of the VP's active VTL, with that VM's layout showing this VP's view. */
@@ -304,12 +359,66 @@ export class KvmPartition {
   }
 
   /**
+   * The ReadMemory / WriteMemory guest actions, with the higher VTLs' protections enforced by the
+   * memslots of the view. When the range has no page the view refuses for this access, the access
+   * runs as real loads/stores (guestRead / guestWrite). Otherwise the guest touches the first refused
+   * byte for real (one load or store there); KVM stops it with an MMIO exit at that GPA, and the core
+   * decides what the refusal means for the whole access, exactly as for the emulator's guestAccess:
+   * #GP for a read-only overlay, or the intercept of the lowest protecting VTL that refuses it (the
+   * message holds the VP's registers from the core: a guest action has no guest instruction, so
+   * InstructionLength is 0, as on the emulator), routed to that VTL's SINT0 and entry or to monitors.
+   * Nothing of the access is performed then (the emulator's access is atomic too): a monitor's ALLOW
+   * performs it on guest memory (the memfd), as the hypervisor completes an instruction for a guest.
+   * The caller checked the length; the view must enforce protections (enforcesProtections).
+   */
+  memoryAccess(vp: VirtualProcessor, kind: 'read' | 'write', gpa: bigint, length: number, data?: Buffer): core.AccessOutcome {
+    const p = this.partition;
+    // A suspended VP (route MONITOR) does not run: the core refuses, with its status and message.
+    if (vp.suspendedOn !== null) return core.guestAccess(p, vp, kind, gpa, length, data);
+    p.assertActive();
+    p.checkRange(gpa, length);
+    const c = this.prepare(vp);
+    let refused: bigint | undefined;
+    for (let page = gpa & ~0xfffn; page < gpa + BigInt(length); page += 0x1000n) {
+      const a = c.vm.access(page);
+      if (a === 'none' || (kind === 'write' && a === 'ro')) {
+        refused = page > gpa ? page : gpa;
+        break;
+      }
+    }
+    if (refused === undefined) {
+      if (kind === 'read') return { status: 'completed', data: this.guestRead(vp, gpa, length) };
+      if (!this.guestWrite(vp, gpa, data!)) return { status: 'exception', exception: core.X64Exception.GP };
+      return { status: 'completed' };
+    }
+    if (kind === 'read') this.enterAgent(c, 'load1', { rdi: refused });
+    else this.enterAgent(c, 'store1', { rdi: refused, rax: BigInt(data![Number(refused - gpa)] ?? 0) });
+    const e = this.run(c);
+    if (!(e.kind === 'mmio' && e.gpa === refused && e.isWrite === (kind === 'write'))) this.fail(vp, `guest ${kind} at the refused GPA 0x${refused.toString(16)}`, e);
+    this.refusedAccesses++;
+    return core.interceptAccess(p, vp, kind, gpa, length, data);
+  }
+
+  /** A page of RAM that the view maps without data access or read-only because of the higher VTLs' protections (not an overlay). */
+  private protectedPage(c: VpCpu, gpa: bigint): boolean {
+    if (gpa >= this.ram.sizeBytes) return false;
+    const m = c.vm.vm.lookup(gpa);
+    return !m || (m.readonly && m.memory === this.ram.memory);
+  }
+
+  /**
    * A guest read of `length` bytes at `gpa` in the VP's active VTL: one load (1/2/4/8 bytes) or
-   * `rep movsb` into the agent buffer. The caller checked the range (core checkRange).
+   * `rep movsb` into the agent buffer. The caller checked the range (core checkRange). Protections
+   * are not applied (the Hypercall action's output copy, which the emulator reads with readView):
+   * a page without a memslot is completed with what the core sees there.
    */
   guestRead(vp: VirtualProcessor, gpa: bigint, length: number): Buffer {
     if (length < 1 || length > AGENT.bufferSize) throw new RangeError(`guest read of ${length} bytes`);
     const c = this.prepare(vp);
+    for (let page = gpa & ~0xfffn; page < gpa + BigInt(length); page += 0x1000n) {
+      // A page without a memslot would exit once per byte of a `rep movsb`: read what the core sees.
+      if (this.protectedPage(c, page) && !c.vm.vm.lookup(page)) return this.partition.readView(vp.activeVtl, vp.index, gpa, length);
+    }
     const single = length === 1 || length === 2 || length === 4 || length === 8;
     const stub: StubName = single ? `load${length as 1 | 2 | 4 | 8}` : 'copy';
     this.enterAgent(c, stub, single ? { rdi: gpa } : { rsi: gpa, rdi: this.agent.bufferGpa, rcx: BigInt(length) });
@@ -334,12 +443,18 @@ export class KvmPartition {
    * A guest write of `data` at `gpa` in the VP's active VTL (one store, or `rep movsb` from the
    * agent buffer). Returns false when the write faults (#GP): a write that touches a read-only
    * page of the view (hypercall or reference TSC overlay — a read-only memslot) changes nothing;
-   * the guest's store to the first such byte exits as MMIO and is dropped.
+   * the guest's store to the first such byte exits as MMIO and is dropped. Protections are not
+   * applied (memoryAccess applies them; this is also the Hypercall action's input copy).
    */
   guestWrite(vp: VirtualProcessor, gpa: bigint, data: Uint8Array): boolean {
     const length = data.length;
     if (length < 1 || length > AGENT.bufferSize) throw new RangeError(`guest write of ${length} bytes`);
     const c = this.prepare(vp);
+    for (let page = gpa & ~0xfffn; page < gpa + BigInt(length); page += 0x1000n) {
+      // The Hypercall action's input block: the emulator stores it with writeView, which does not
+      // apply protections. A protected page in the range: the same host-side write here.
+      if (this.protectedPage(c, page)) return this.partition.writeView(vp.activeVtl, vp.index, gpa, Buffer.from(data));
+    }
     let firstRo: bigint | undefined;
     for (let page = gpa & ~0xfffn; page < gpa + BigInt(length); page += 0x1000n) {
       if (c.vm.isReadOnly(page)) {
@@ -387,7 +502,7 @@ export class KvmPartition {
       if (this.isHypercallExit(e) && outcome === undefined) {
         const regs = c.vcpu.getRegs();
         storeRegs(vp, vtl, regs, true);
-        outcome = core.executeVmcall(p, vp, { instructionLength: HYPERCALL_INSN_LENGTH });
+        outcome = this.dispatch(vp);
         if (outcome.exception !== undefined || vp.activeVtl !== vtl) return outcome;
         c.vcpu.setRegs({ ...regs, ...gprsOf(vp, vtl), rip: this.agent.stub('hypercall').end - 1n });
         continue;
@@ -435,7 +550,7 @@ export class KvmPartition {
           storeRegs(vp, vtl, regs, true);
           setReg(vp, vtl, R.HvX64RegisterRip, insn);
           st.pendingStubReturn = returnRip;
-          const o = core.executeVmcall(p, vp, { instructionLength: HYPERCALL_INSN_LENGTH });
+          const o = this.dispatch(vp);
           if (o.exception !== undefined) return fail(o.exception);
           if (o.vtlSwitch) return { activeVtl: vp.activeVtl, vtlSwitch: o.vtlSwitch, resumedAccess: o.resumedAccess, rax: rax() };
           st.pendingStubReturn = null;
@@ -461,10 +576,38 @@ export class KvmPartition {
     }
   }
 
+  /**
+   * The core's hypercall dispatcher for the instruction at the VP's RIP (3 bytes, like the emulator's
+   * VMCALL). A VtlReturn can answer an intercepted access of a whole-guest run held for the VTL it
+   * returns to (core resumePendingAccess): the answer is noted for when that VTL runs again.
+   */
+  private dispatch(vp: VirtualProcessor): core.HypercallOutcome {
+    const o = core.executeVmcall(this.partition, vp, { instructionLength: HYPERCALL_INSN_LENGTH });
+    const ra = o.resumedAccess;
+    if (ra && o.vtlSwitch) {
+      const h = this.held.get(heldKey(vp.index, o.vtlSwitch.toVtl));
+      if (h && h.interceptId === ra.interceptId) {
+        const r = ra.outcome;
+        if (r.status === 'intercepted' && !r.heldBack) {
+          // Retried and refused again: a new intercept for the same instruction.
+          h.interceptId = r.intercept.id;
+          h.route = r.awaitingMonitor ? 'monitor' : 'vtl';
+          h.resolution = undefined;
+        } else h.resolution = r;
+      }
+    }
+    return o;
+  }
+
   // ---- whole guest -----------------------------------------------------------------------------
 
-  /** Loads the VP's full state of `vtl` from the core into the vCPU. */
+  /**
+   * Loads the VP's full state of `vtl` from the core into the vCPU, after applying the answer to an
+   * access of that VTL held on an intercept (applyHeld).
+   */
   private enterGuest(c: VpCpu, vp: VirtualProcessor, vtl: Vtl): void {
+    c.replay = undefined;
+    this.applyHeld(c, vp, vtl);
     c.vcpu.setSregs(coreSregs(vp, vtl, c.vcpu.getSregs()));
     c.vcpu.setRegs(coreRegs(vp, vtl));
     c.vcpu.setMsrs(coreMsrs(vp, vtl));
@@ -479,25 +622,93 @@ export class KvmPartition {
   }
 
   /**
+   * The instruction whose access KVM refused is resumed with its answer, in the core's terms:
+   * - completed (ALLOW, a monitor's SKIP, or a retry the protections now pass; the core performed the
+   *   access on guest memory): a read re-executes the instruction and its read exit gets the bytes
+   *   the core read (KVM then completes it: destination register, RIP); a store is done, RIP moves
+   *   past the instruction;
+   * - skipped (the protecting VTL moved RIP): the core's RIP stands;
+   * - not answered (the SINT0 queue was full; or nothing is known): the instruction runs again, and
+   *   intercepts again if the protection is still there (RETRY). A store whose instruction could
+   *   not be decoded has completed but for the store: the core retries the store itself.
+   */
+  private applyHeld(c: VpCpu, vp: VirtualProcessor, vtl: Vtl): void {
+    const key = heldKey(vp.index, vtl);
+    const h = this.held.get(key);
+    if (!h) return;
+    const p = this.partition;
+    let r = h.resolution;
+    if (!r && h.route === 'monitor' && vp.suspendedOn !== h.interceptId && p.intercepts.status(h.interceptId) !== 'pending') {
+      r = vp.lastMonitorOutcome ?? undefined;
+    }
+    if (r?.status === 'intercepted' && !r.heldBack) {
+      h.interceptId = r.intercept.id;
+      h.route = r.awaitingMonitor ? 'monitor' : 'vtl';
+      h.resolution = undefined;
+      return; // still waiting (runVp refuses a suspended VP; a VTL route entered the protecting VTL)
+    }
+    this.held.delete(key);
+    const rip = getReg(vp, vtl, R.HvX64RegisterRip);
+    if (r?.status === 'skipped' || r?.status === 'crashed') return;
+    if (r?.status === 'completed') {
+      if (rip !== h.start) return; // moved meanwhile: nothing to complete
+      if (h.kind === 'read') c.replay = { gpa: h.gpa, data: Buffer.from(r.data ?? Buffer.alloc(h.length)) };
+      else setReg(vp, vtl, R.HvX64RegisterRip, h.end);
+      return;
+    }
+    if (h.kind === 'write' && !h.precise && rip === h.start) {
+      const o = core.guestAccess(p, vp, 'write', h.gpa, h.length, h.data);
+      if (o.status === 'intercepted') {
+        this.held.set(key, { ...h, interceptId: o.intercept.id, route: o.heldBack ? 'held-back' : o.awaitingMonitor ? 'monitor' : 'vtl', resolution: undefined });
+      }
+    }
+  }
+
+  /**
    * Runs the VP's own code (its RIP, paging, tables) in its active VTL until it executes HLT.
    * Hypercalls through the hypercall page reach the core's dispatcher (registers synced both ways
    * around it); Hyper-V MSRs go to the core; a VTL switch moves the VP to the other VTL's vCPU
    * (the core's register file carries the state) and the run continues there. Exceptions the
    * dispatcher raises (#UD) end the run and are reported, not injected (first milestone).
+   *
+   * VTL protections are enforced by the views' memslots: a data access KVM refuses (an MMIO exit on
+   * a read-only or missing memslot of RAM) goes to the core with the registers synced and the
+   * faulting instruction (RIP, length, bytes read through the guest's page tables) — guestAccess's
+   * decisions: the intercept is posted to the protecting VTL's SINT0 and the run continues in that
+   * VTL (route HIGHER_VTL / BOTH, and monitors observe with BOTH), or the run stops with the VP
+   * suspended until a monitor answers (MONITOR; the next runVp resumes the instruction with the
+   * answer); a read-only overlay gives #GP (ends the run, not injected).
    */
   runVp(vp: VirtualProcessor, opts: { timeoutMs?: number; maxExits?: number } = {}): RunVpResult {
     const p = this.partition;
     p.assertActive();
+    if (vp.suspendedOn !== null) throw new HvError(HvStatus.HV_STATUS_INVALID_VP_STATE, `VP ${vp.index} is suspended on intercept ${vp.suspendedOn}: a monitor must answer it first`);
     const deadline = Date.now() + (opts.timeoutMs ?? this.host.actionTimeoutMs);
     const maxExits = opts.maxExits ?? 1_000_000;
     let vtl = vp.activeVtl;
     let c = this.prepare(vp);
-    this.enterGuest(c, vp, vtl);
     let exits = 0;
     let vtlSwitches = 0;
-    const stop = (r: Omit<RunVpResult, 'exits' | 'vtlSwitches'>): RunVpResult => {
+    const intercepts: core.InterceptRecord[] = [];
+    const notEnforced = () => {
+      if (!c.vm.enforced) throw new KvmRunError('unenforced', `VP ${vp.index}: VTL ${vtl} cannot run as a whole guest: ${c.vm.unenforcedReason}`);
+    };
+    notEnforced();
+    this.enterGuest(c, vp, vtl);
+    if (vp.suspendedOn !== null) return { stop: 'intercept', exits, vtlSwitches, intercepts }; // an undecodable store retried by the core intercepted again
+    const stop = (r: Pick<RunVpResult, 'stop' | 'exception' | 'exit'>): RunVpResult => {
       this.storeGuest(c, vp, vtl);
-      return { ...r, exits, vtlSwitches };
+      return { ...r, exits, vtlSwitches, intercepts };
+    };
+    /** Follows the core to the VP's active VTL (after a VTL switch, a VtlReturn or an intercept). */
+    const follow = () => {
+      const fpu = c.vcpu.getFpu();
+      vtl = vp.activeVtl;
+      vtlSwitches++;
+      c = this.prepare(vp);
+      notEnforced();
+      this.enterGuest(c, vp, vtl);
+      c.vcpu.setFpu(fpu); // x87/SSE state is shared between VTLs
     };
     for (;;) {
       const e = this.run(c, Math.max(1, deadline - Date.now()));
@@ -506,16 +717,12 @@ export class KvmPartition {
         this.storeGuest(c, vp, vtl);
         const insn = this.hypercallInsnAt(c.vcpu.getRegs().rip);
         setReg(vp, vtl, R.HvX64RegisterRip, insn);
-        const o = core.executeVmcall(p, vp, { instructionLength: HYPERCALL_INSN_LENGTH });
-        if (o.exception !== undefined) return { stop: 'exception', exception: o.exception, exits, vtlSwitches };
-        if (vp.activeVtl !== vtl) {
-          const fpu = c.vcpu.getFpu();
-          vtl = vp.activeVtl;
-          vtlSwitches++;
-          c = this.prepare(vp);
-          this.enterGuest(c, vp, vtl);
-          c.vcpu.setFpu(fpu); // x87/SSE state is shared between VTLs
-        } else {
+        const o = this.dispatch(vp);
+        if (o.resumedAccess?.outcome.status === 'intercepted') intercepts.push(o.resumedAccess.outcome.intercept);
+        if (o.exception !== undefined) return { stop: 'exception', exception: o.exception, exits, vtlSwitches, intercepts };
+        if (vp.suspendedOn !== null) return { stop: 'intercept', exits, vtlSwitches, intercepts }; // a retried access now waits for a monitor
+        if (o.vtlSwitch) follow();
+        else {
           c.vcpu.setRegs(coreRegs(vp, vtl));
           c.vm.syncView(p, vp.index);
         }
@@ -526,17 +733,80 @@ export class KvmPartition {
         const r = p.writeMsr(vp, e.index, e.data);
         c.vcpu.completeMsr({ error: r.exception !== undefined });
         c.vm.syncView(p, vp.index);
+      } else if (e.kind === 'mmio' && e.gpa < this.ram.sizeBytes) {
+        const replay = c.replay;
+        if (replay && !e.isWrite && e.gpa >= replay.gpa && e.gpa + BigInt(e.len) <= replay.gpa + BigInt(replay.data.length)) {
+          // The re-executed instruction reads what the core completed its access with.
+          c.replay = undefined;
+          c.vcpu.completeMmioRead(replay.data.subarray(Number(e.gpa - replay.gpa), Number(e.gpa - replay.gpa) + e.len));
+          continue;
+        }
+        c.replay = undefined;
+        const r = this.refusedAccess(c, vp, vtl, e);
+        if (r.status === 'intercepted') intercepts.push(r.intercept);
+        switch (r.status) {
+          case 'completed':
+            break;
+          case 'exception':
+            return { stop: 'exception', exception: r.exception, exits, vtlSwitches, intercepts };
+          case 'crashed':
+            return { stop: 'crashed', exits, vtlSwitches, intercepts };
+          case 'intercepted':
+            if (r.awaitingMonitor || r.heldBack) return { stop: 'intercept', exits, vtlSwitches, intercepts };
+            follow();
+            break;
+        }
       } else if (e.kind === 'hlt') {
         return stop({ stop: 'hlt' });
       } else if (e.kind === 'timeout') {
         return stop({ stop: 'timeout' });
       } else {
-        const r = { stop: 'exit' as const, exit: e, exits, vtlSwitches };
+        const r: RunVpResult = { stop: 'exit', exit: e, exits, vtlSwitches, intercepts };
         if (e.kind !== 'shutdown' && e.kind !== 'internal_error' && e.kind !== 'fail_entry') this.storeGuest(c, vp, vtl);
         return r;
       }
       if (exits >= maxExits) return stop({ stop: 'timeout' });
     }
+  }
+
+  /**
+   * A data access of the running guest that KVM refused: an MMIO exit at a RAM GPA whose page the
+   * view maps read-only (a write) or not at all. Registers go to the core, with RIP at the faulting
+   * instruction (a read exits before the instruction executes; KVM completes a write before it exits,
+   * so its instruction is found by decoding backwards from RIP — x86.ts), and the core decides
+   * (interceptAccess). When the core lets it through (nothing refuses it any more), it performed the
+   * access: a read's data completes the exit. An intercept is held for the VP's VTL until answered.
+   */
+  private refusedAccess(c: VpCpu, vp: VirtualProcessor, vtl: Vtl, e: Extract<KvmExit, { kind: 'mmio' }>): core.AccessOutcome {
+    const p = this.partition;
+    this.refusedAccesses++;
+    const kind = e.isWrite ? 'write' : 'read';
+    const data = e.isWrite ? Buffer.from(e.data.subarray(0, e.len)) : undefined;
+    const regs = c.vcpu.getRegs();
+    const sregs = c.vcpu.getSregs();
+    this.storeGuest(c, vp, vtl);
+    const read = (gpa: bigint, n: number) => (gpa >= 0n && gpa + BigInt(n) <= this.ram.sizeBytes ? this.ram.read(gpa, n) : undefined);
+    let insn: FaultingInstruction | undefined;
+    let precise = true;
+    if (e.isWrite) {
+      insn = instructionBeforeRip(regs.rip, e.gpa, e.len, regs, sregs, read);
+      if (!insn) {
+        precise = false;
+        insn = { start: regs.rip, end: regs.rip, length: 0, bytes: Buffer.alloc(0) };
+      }
+    } else insn = instructionAtRip(regs.rip, sregs, read);
+    setReg(vp, vtl, R.HvX64RegisterRip, insn.start);
+    const o = core.interceptAccess(p, vp, kind, e.gpa, e.len, data, { length: insn.length, bytes: insn.bytes });
+    if (o.status === 'completed') {
+      setReg(vp, vtl, R.HvX64RegisterRip, regs.rip);
+      if (!e.isWrite) c.vcpu.completeMmioRead(o.data ?? Buffer.alloc(e.len));
+    } else if (o.status === 'intercepted') {
+      this.held.set(heldKey(vp.index, vtl), {
+        interceptId: o.intercept.id, route: o.heldBack ? 'held-back' : o.awaitingMonitor ? 'monitor' : 'vtl',
+        kind, gpa: e.gpa, length: e.len, data, start: insn.start, end: precise ? insn.end : insn.start, precise,
+      });
+    }
+    return o;
   }
 
   dispose(): void {
@@ -548,6 +818,10 @@ export class KvmPartition {
     this.overlayPages.close();
     this.ram.close();
   }
+}
+
+function heldKey(vpIndex: number, vtl: Vtl): string {
+  return `${vpIndex}:${vtl}`;
 }
 
 /** The general registers (all but RSP) of (vp, vtl) from the core. */

@@ -1,16 +1,20 @@
 /**
  * One KVM VM per enabled VTL of a partition. All of them map the same RAM memfd at GPA 0 and the
  * agent region above the partition's GPA space; each has its own memslot layout for its view:
- * the overlay pages of its VTL are 4 KiB memslots over RAM (read-only for the hypercall and
- * reference TSC pages), so the RAM page underneath stays untouched and reappears when the
- * overlay goes. Per-VP overlays (VP assist, SIMP, SIEFP) are seen only by their VP: the layout
- * is that of the VP that runs next, re-synced when another VP runs or the overlays change.
+ * - the protections the higher VTLs impose (view-layout.ts): no-write → read-only memslot,
+ *   no-access → no memslot; runs of equal access coalesced, cut at 1 GiB;
+ * - the overlay pages of its VTL as 4 KiB memslots on top (read-only for the hypercall and
+ *   reference TSC pages), so the RAM page underneath stays untouched and reappears when the
+ *   overlay goes. Per-VP overlays (VP assist, SIMP, SIEFP) are seen only by their VP: the layout
+ *   is that of the VP that runs next, re-synced when another VP runs, the overlays change
+ *   (onViewChange) or the protections change (onProtectionChange).
  * A VP has one vCPU per VTL; MSRs 0x40000000-0x400000FF exit to the agent in every VM.
  */
 import type { Partition, Vtl } from '@vsm/core';
 import { CpuidEntry, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS, KvmSystem, KvmVcpu, KvmVm, PAGE_SIZE } from '../kvm';
 import { AgentRegion } from './agent-region';
 import { MemfdRam, OverlayPages } from './memory';
+import { OverlaySlot, PageAccess, RestrictedRun, ViewSlot, restrictedRuns, viewSlots } from './view-layout';
 
 /** What a vCPU currently holds: the agent's environment at CPL0 or CPL3 (guest actions), or the guest's own state. */
 export type VcpuMode = 'fresh' | 'agent' | 'agent-user' | 'guest';
@@ -21,6 +25,12 @@ export interface VpCpu {
   mode: VcpuMode;
   /** The last exit (I/O, MMIO, MSR) was not resumed: its completion is still pending in KVM. */
   pending: boolean;
+  /**
+   * A whole-guest run re-executes an instruction whose intercepted read the core has since
+   * completed (ALLOW, SKIP with data, or a retry that passed): its first MMIO read exit inside
+   * [gpa, gpa+data.length) gets these bytes instead of raising the intercept again.
+   */
+  replay?: { gpa: bigint; data: Buffer };
 }
 
 /**
@@ -32,22 +42,34 @@ export interface VpCpu {
  */
 export const RAM_SLOT_BYTES = 1 << 30;
 
-interface SlotState {
-  offset: number;
-  readOnly: boolean;
-}
+/** Default budget of memslots per VTL VM for its view (KVM_CAP_NR_MEMSLOTS is 32764 here). */
+export const DEFAULT_MEMSLOT_BUDGET = 4096;
 
 export class VtlVm {
   readonly vm: KvmVm;
   private readonly cpus = new Map<number, VpCpu>();
-  /** Overlay memslots currently placed, by GPFN. */
-  private readonly placed = new Map<bigint, SlotState>();
   /** VP whose per-VP overlays the layout shows (null: none yet). */
   private viewVp: number | null = null;
   /** Set by the core's onViewChange hook; cleared by syncView(). */
   dirty = true;
-  /** Memslot changes made for overlays (for tests and cost accounting). */
+  /** Set by the core's onProtectionChange hook (a higher VTL changed protections); cleared by syncView(). */
+  protectionsDirty = true;
+  /** Partition.protectionChanges the restricted runs were computed at (a second guard besides the hook). */
+  private protectionsAt = -1;
+  private runs: RestrictedRun[] | undefined = [];
+  /**
+   * Whether the layout enforces the higher VTLs' protections. False when it would need more than
+   * `memslotBudget` memslots: the VM then maps RAM without them and the backend answers this VTL's
+   * memory actions through the core's model (and refuses whole-guest runs), saying why.
+   */
+  enforced = true;
+  /** Why protections are not enforced (undefined when they are). */
+  unenforcedReason: string | undefined;
+  /** Memslot changes made for overlays and protections (for tests and cost accounting). */
   overlaySlotChanges = 0;
+  /** Layout syncs that changed memslots, and the time they took (µs), for the README's figures. */
+  layoutSyncs = 0;
+  layoutMicros = 0;
 
   constructor(
     system: KvmSystem,
@@ -56,6 +78,7 @@ export class VtlVm {
     private readonly overlays: OverlayPages,
     private readonly agent: AgentRegion,
     private readonly cpuid: readonly CpuidEntry[],
+    readonly memslotBudget = DEFAULT_MEMSLOT_BUDGET,
   ) {
     this.vm = system.createVm();
     try {
@@ -88,37 +111,108 @@ export class VtlVm {
     return c;
   }
 
-  /** Makes the memslot layout show what VP `vpIndex` sees in this VTL (overlays on top of RAM). */
+  /**
+   * Makes the memslot layout show what VP `vpIndex` sees in this VTL: RAM with the protections of
+   * the higher VTLs (read-only slots, holes; view-layout.ts), and this VTL's overlays on top (those
+   * of the partition and those of VP `vpIndex`). Only the slots that differ are changed.
+   */
   syncView(p: Partition, vpIndex: number): void {
-    if (!this.dirty && this.viewVp === vpIndex) return;
-    const want = new Map<bigint, SlotState>();
+    const protectionsChanged = this.protectionsDirty || this.protectionsAt !== p.protectionChanges;
+    if (!this.dirty && !protectionsChanged && this.viewVp === vpIndex) return;
+    const t0 = process.hrtime.bigint();
+    const pages = Number(this.ram.sizeBytes / BigInt(PAGE_SIZE));
+    // Leave room for the agent region's slots.
+    const budget = this.memslotBudget - this.agentSlots();
+    if (protectionsChanged) {
+      this.runs = restrictedRuns(p.protections.map((m) => m), this.vtl, pages, budget);
+      this.protectionsAt = p.protectionChanges;
+      this.protectionsDirty = false;
+    }
+    const overlays = new Map<number, OverlaySlot>();
     for (const o of p.overlays.list()) {
       // list() is in placement order: a later overlay on the same GPFN is on top.
       if (o.vtl !== this.vtl || (o.vpIndex !== null && o.vpIndex !== vpIndex)) continue;
-      if ((o.gpfn + 1n) * BigInt(PAGE_SIZE) > this.ram.sizeBytes) continue; // beyond the GPA space: not accessible
-      want.set(o.gpfn, { offset: this.overlays.offsetOf(o.page), readOnly: o.readOnly });
+      if (o.gpfn >= BigInt(pages)) continue; // beyond the GPA space: not accessible
+      overlays.set(Number(o.gpfn), { gpfn: Number(o.gpfn), offset: this.overlays.offsetOf(o.page), readOnly: o.readOnly });
     }
-    for (const gpfn of [...this.placed.keys()]) {
-      if (want.has(gpfn)) continue;
-      const gpa = gpfn * BigInt(PAGE_SIZE);
-      this.vm.map({ gpa, size: PAGE_SIZE, memory: this.ram.memory, offset: Number(gpa) });
-      this.placed.delete(gpfn);
-      this.overlaySlotChanges++;
+    const ovs = [...overlays.values()].sort((a, b) => a.gpfn - b.gpfn);
+    const slotPages = RAM_SLOT_BYTES / PAGE_SIZE;
+    let slots = this.runs ? viewSlots(pages, slotPages, this.runs, ovs, budget) : undefined;
+    if (slots) {
+      this.enforced = true;
+      this.unenforcedReason = undefined;
+    } else {
+      this.enforced = false;
+      this.unenforcedReason = `VTL ${this.vtl}'s view would need more than ${this.memslotBudget} memslots with the protections of the higher VTLs (coalesced runs of equal access, 1 GiB slots); the agent maps it without them and answers its memory actions through the core's model`;
+      slots = viewSlots(pages, slotPages, [], ovs)!;
     }
-    for (const [gpfn, w] of want) {
-      const cur = this.placed.get(gpfn);
-      if (cur && cur.offset === w.offset && cur.readOnly === w.readOnly) continue;
-      this.vm.map({ gpa: gpfn * BigInt(PAGE_SIZE), size: PAGE_SIZE, memory: this.overlays.memory, offset: w.offset, readonly: w.readOnly });
-      this.placed.set(gpfn, w);
-      this.overlaySlotChanges++;
+    slots = this.keepCuts(slots, budget);
+    const changes = this.vm.setLayout(0n, this.ram.sizeBytes, slots.map((x) => ({
+      gpa: x.gpa, size: x.size, memory: x.backing === 'ram' ? this.ram.memory : this.overlays.memory, offset: x.offset, readonly: x.readonly,
+    })));
+    this.overlaySlotChanges += changes;
+    if (changes > 0) {
+      this.layoutSyncs++;
+      this.layoutMicros += Number(process.hrtime.bigint() - t0) / 1000;
     }
     this.viewVp = vpIndex;
     this.dirty = false;
   }
 
+  /**
+   * The canonical layout coalesces runs of equal access; the current one may be cut where an overlay
+   * or a protection used to be. Cutting the wanted RAM slots at the current slot boundaries as well
+   * keeps the slots that did not change: placing and removing a 4 KiB overlay (switching the VP a VM
+   * shows) then costs 2 ioctls instead of re-creating the 1 GiB slot around it each time. The extra
+   * cuts are dropped (the layout re-coalesces) once they would add more than 64 slots or double the
+   * count, or exceed the budget.
+   */
+  private keepCuts(slots: ViewSlot[], budget: number): ViewSlot[] {
+    const cuts = new Set<bigint>();
+    for (const m of this.vm.mappings()) {
+      if (m.gpa >= this.ram.sizeBytes) continue;
+      cuts.add(m.gpa);
+      cuts.add(m.gpa + BigInt(m.size));
+    }
+    const sorted = [...cuts].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+    const out: ViewSlot[] = [];
+    let k = 0;
+    for (const x of slots) {
+      if (x.backing !== 'ram') {
+        out.push(x);
+        continue;
+      }
+      const end = x.gpa + BigInt(x.size);
+      while (k < sorted.length && sorted[k]! <= x.gpa) k++;
+      let from = x.gpa;
+      for (let j = k; j < sorted.length && sorted[j]! < end; j++) {
+        const at = sorted[j]!;
+        out.push({ ...x, gpa: from, size: Number(at - from), offset: Number(from) });
+        from = at;
+      }
+      out.push({ ...x, gpa: from, size: Number(end - from), offset: Number(from) });
+    }
+    return out.length > Math.min(budget, Math.max(2 * slots.length, slots.length + 64)) ? slots : out;
+  }
+
+  private agentSlots(): number {
+    return this.vm.mappings().filter((m) => m.gpa >= this.ram.sizeBytes).length;
+  }
+
+  /** What a guest data access at `gpa` meets in the current layout: RAM/overlay read-write, read-only, or no memslot. */
+  access(gpa: bigint): PageAccess {
+    const m = this.vm.lookup(gpa);
+    return !m ? 'none' : m.readonly ? 'ro' : 'rw';
+  }
+
   /** Whether a guest write at `gpa` would hit a read-only memslot in the current layout. */
   isReadOnly(gpa: bigint): boolean {
     return this.vm.lookup(gpa)?.readonly ?? false;
+  }
+
+  /** Number of memslots of the VM (view plus agent region). */
+  get slotCount(): number {
+    return this.vm.slotCount;
   }
 
   close(): void {
