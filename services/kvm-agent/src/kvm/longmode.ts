@@ -372,6 +372,13 @@ export class Asm {
     return this.raw([0x48 | (s >= 8 ? 4 : 0) | (d >= 8 ? 1 : 0), 0x09, 0xc0 | ((s & 7) << 3) | (d & 7)]);
   }
 
+  /** add dst, src (64-bit) — REX.W[+R][+B] 01 /r */
+  addRR(dst: Reg, src: Reg): this {
+    const d = R[dst];
+    const s = R[src];
+    return this.raw([0x48 | (s >= 8 ? 4 : 0) | (d >= 8 ? 1 : 0), 0x01, 0xc0 | ((s & 7) << 3) | (d & 7)]);
+  }
+
   /** xor r32, r32 (zeroes the 64-bit register) — [REX] 31 /r */
   zero(reg: Reg): this {
     const r = R[reg];
