@@ -158,7 +158,8 @@ async function perform(vp: string, a: Action[1]): Promise<Uint8Array[]> {
     case 'wrmsr': await ok(c.guest.writeMsr({ name: vp, msr: a.msr, value: a.value })); break;
     case 'page': { const r = await ok(c.guest.callHypercallPage({ name: vp, offset: a.offset, rcx: a.rcx, rdx: SCRATCH_IN, r8: SCRATCH_OUT })); note(r?.outcome); break; }
     case 'hypercall': {
-      // Input and output blocks on VTL0's own scratch pages (see the test.failing below for why).
+      // Input and output blocks on VTL0's own scratch pages; blocks on the protected page are the
+      // dedicated tests below.
       const r = await ok(c.guest.hypercall({ name: vp, control: a.control, inputGpa: SCRATCH_IN, outputGpa: SCRATCH_OUT, input: a.input, outputSize: 256 }));
       if (r) {
         out.push(r.output);
@@ -224,38 +225,36 @@ test('VTL0 cannot read, change or unprotect what VTL1 protected, nor touch VTL1 
   expect(seen.hypercallStatuses.get(0x51)).toBeGreaterThan(0);
 });
 
-// Known violations, found by this property when hypercall input/output blocks may lie on the
-// protected page (kept out of the property above). Each is a `test.failing`: it passes while the
-// hole exists and fails once it is fixed - then turn it into a plain test.
-//   (a) services/vsm-service/src/backends/emulator.ts hypercall(): the output block is read back
-//       with Partition.readView, which ignores VTL protections;
-//   (b) the same function stores the input block with Partition.writeView (no protection check);
-//   (c) services/core/src/hypercalls.ts writes hypercall output for the caller with writeView
-//       (and reads its input with readView): the hypervisor acts as a confused deputy.
-describe('known trust-boundary holes (hypercall parameter blocks ignore VTL protections)', () => {
+// Hypercall parameter blocks on the protected page (found by this property; fixed): (a) the API's
+// read-back of the output block returned protected bytes; (b) the guest's stores of the input
+// block bypassed protections; (c) the hypervisor read input / wrote output as a confused deputy.
+// Now the stores are guest accesses, the dispatcher raises a memory intercept for a parameter
+// block the caller may not access (tlfs-hypercalls.md §1.1), and the read-back returns nothing.
+describe('hypercall parameter blocks respect VTL protections', () => {
   const fresh = async () => setupVtl1Partition(c, `tbk-${run++}`, 2, SECRET);
   const ram = async (name: string) => Buffer.from((await c.memory.readGpa({ name, gpa: L.secretGpa, length: SECRET.length })).data);
 
-  test.failing('(a) VTL0 does not get the protected page back as hypercall output', async () => {
+  test('(a) VTL0 does not get the protected page back as hypercall output', async () => {
     const { vps } = await fresh();
     const r = await c.guest.hypercall({ name: vps[1]!, control: 0x9999n, outputGpa: L.secretGpa, outputSize: SECRET.length });
     expect(leaks(r.output)).toBe(false);
   });
 
-  test.failing('(b) VTL0 cannot store a hypercall input block into the protected page', async () => {
+  test('(b) VTL0 cannot store a hypercall input block into the protected page', async () => {
     const { name, vps } = await fresh();
     await c.guest.hypercall({ name: vps[1]!, control: 0x9999n, inputGpa: L.secretGpa, input: Buffer.from('OVERWRITTEN-BY-VTL0') }).catch(() => undefined);
     expect((await ram(name)).equals(SECRET)).toBe(true);
   });
 
-  test.failing('(c) the hypervisor does not write VTL0 hypercall output into the protected page', async () => {
+  test('(c) the hypervisor does not write VTL0 hypercall output into the protected page', async () => {
     const { name, vps } = await fresh();
     // HvCallGetVpRegisters(self, RAX) with the output block on VTL1's page; input on a scratch page.
     const input = Buffer.alloc(20);
     input.writeBigUInt64LE(0xffff_ffff_ffff_ffffn, 0);
     input.writeUInt32LE(0xfffffffe, 8);
     input.writeUInt32LE(0x00020000, 16);
-    await c.guest.hypercall({ name: vps[1]!, control: 0x50n | (1n << 32n), inputGpa: SCRATCH_IN, outputGpa: L.secretGpa, input }).catch(() => undefined);
+    const r = await c.guest.hypercall({ name: vps[1]!, control: 0x50n | (1n << 32n), inputGpa: SCRATCH_IN, outputGpa: L.secretGpa, input });
+    expect(r.outcome?.intercept?.protectingVtl).toBe(1); // a memory intercept instead of a completed call
     expect((await ram(name)).equals(SECRET)).toBe(true);
   });
 });

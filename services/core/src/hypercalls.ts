@@ -27,6 +27,7 @@ import {
   decodeVpRegistersHeader,
 } from './tlfs/vsm';
 import { vtlCall, vtlReturn } from './vtl-switch';
+import { AccessOutcome, interceptAccess, violatingVtl } from './access';
 import { HV_MODIFY_VTL_PROTECTION_MASK_HEADER_SIZE, decodeModifyVtlProtectionMaskHeader } from './tlfs/message';
 
 export interface HypercallContext {
@@ -68,6 +69,12 @@ export interface HypercallInvocation {
 
 export interface HypercallOutcome extends GuestOutcome {
   resultValue: bigint;
+  /**
+   * Set when a parameter block is on a page the caller's VTL may not read (input) or write
+   * (output): the hypervisor raises a memory intercept instead of completing the call
+   * (tlfs-hypercalls.md §1.1); RIP and RAX are unchanged.
+   */
+  parameterIntercept?: AccessOutcome;
 }
 
 /** Reads RCX/RDX/R8 (64-bit callers) or EDX:EAX/EBX:ECX/EDI:ESI (32-bit) (tlfs-hypercalls.md §1.4). */
@@ -98,7 +105,9 @@ export function executeVmcall(p: Partition, vp: VirtualProcessor, opts: { instru
     const o = input.callCode === HvCallCode.HvCallVtlCall ? vtlCall(p, vp, controlInput, insnLen) : vtlReturn(p, vp, controlInput, insnLen);
     return { ...o, resultValue: 0n };
   }
-  const { status, repsCompleted, output, outputOffset } = dispatch(p, vp, inv);
+  const d = dispatch(p, vp, inv);
+  if ('parameterIntercept' in d) return { activeVtl: vp.activeVtl, vtlSwitch: d.parameterIntercept.status === 'intercepted' ? d.parameterIntercept.vtlSwitch : undefined, resultValue: 0n, parameterIntercept: d.parameterIntercept };
+  const { status, repsCompleted, output, outputOffset } = d;
   const resultValue = encodeHypercallResult(status, repsCompleted);
   if (status === HvStatus.HV_STATUS_SUCCESS && output && output.length > 0) p.writeView(callerVtl, vp.index, inv.outputGpa + BigInt(outputOffset ?? 0), output);
   // The VMCALL completed: RIP moves past it (3 bytes; 0 when the platform's exit already did).
@@ -111,7 +120,17 @@ export function executeVmcall(p: Partition, vp: VirtualProcessor, opts: { instru
   return { activeVtl: vp.activeVtl, resultValue };
 }
 
-function dispatch(p: Partition, vp: VirtualProcessor, inv: HypercallInvocation): HandlerResult & { repsCompleted: number } {
+/** Pages of [gpa, gpa+size) the caller's VTL may not access as `kind` (higher-VTL protections). */
+function blockedParameterPage(p: Partition, vp: VirtualProcessor, gpa: bigint, size: number, kind: 'read' | 'write'): boolean {
+  if (size === 0) return false;
+  for (let g = gpa >> 12n; g <= (gpa + BigInt(size) - 1n) >> 12n; g++) {
+    if (p.overlays.visible(vp.activeVtl, vp.index, g)) continue;
+    if (violatingVtl(p, vp, vp.activeVtl, Number(g), kind) !== undefined) return true;
+  }
+  return false;
+}
+
+function dispatch(p: Partition, vp: VirtualProcessor, inv: HypercallInvocation): (HandlerResult & { repsCompleted: number }) | { parameterIntercept: AccessOutcome } {
   const input = decodeHypercallInput(inv.control);
   const h = handlers.get(input.callCode);
   try {
@@ -135,6 +154,10 @@ function dispatch(p: Partition, vp: VirtualProcessor, inv: HypercallInvocation):
         const overlap = inv.inputGpa < inv.outputGpa + BigInt(outSize) && inv.outputGpa < inv.inputGpa + BigInt(inSize);
         if (overlap) hvFail(HvStatus.HV_STATUS_INVALID_ALIGNMENT, 'input and output parameter blocks overlap');
       }
+      // The hypervisor reads the input and writes the output as the caller: a block on a page a
+      // higher VTL protected from it is a memory intercept, not a completed call (§1.1).
+      if (blockedParameterPage(p, vp, inv.inputGpa, inSize, 'read')) return { parameterIntercept: interceptAccess(p, vp, 'read', inv.inputGpa, inSize) };
+      if (blockedParameterPage(p, vp, inv.outputGpa, outSize, 'write')) return { parameterIntercept: interceptAccess(p, vp, 'write', inv.outputGpa, outSize, Buffer.alloc(outSize)) };
       inBytes = p.readView(vp.activeVtl, vp.index, inv.inputGpa, inSize);
     }
     const r = h.handle({ partition: p, vp, callerVtl: vp.activeVtl }, inBytes, { start: input.repStartIndex, count: input.repCount });

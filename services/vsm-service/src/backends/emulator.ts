@@ -134,19 +134,27 @@ export class EmulatorBackend implements Backend {
       p.setReg(vp, R.HvX64RegisterR8, buf.readBigUInt64LE(8));
     } else {
       if (r.input.length) {
-        p.checkRange(r.inputGpa, r.input.length);
-        if (!p.writeView(vp.activeVtl, vp.index, r.inputGpa, Buffer.from(r.input))) return { outcome: outcome({ exception: core.X64Exception.GP, activeVtl: vp.activeVtl }), resultValue: 0n, status: 0, repsCompleted: 0, output: Buffer.alloc(0) };
+        // The guest's own stores of its input block: subject to higher VTLs' protections.
+        const stored = core.guestAccess(p, vp, 'write', r.inputGpa, r.input.length, Buffer.from(r.input));
+        if (stored.status !== 'completed') return { ...accessOutcomeOnly(vp, stored), resultValue: 0n, status: 0, repsCompleted: 0, output: Buffer.alloc(0) };
       }
       p.setReg(vp, R.HvX64RegisterRcx, r.control);
       p.setReg(vp, R.HvX64RegisterRdx, r.inputGpa);
       p.setReg(vp, R.HvX64RegisterR8, r.outputGpa);
     }
     const o = core.executeVmcall(p, vp);
+    if (o.parameterIntercept) return { ...accessOutcomeOnly(vp, o.parameterIntercept), resultValue: 0n, status: 0, repsCompleted: 0, output: Buffer.alloc(0) };
     const { status, repsCompleted } = core.decodeHypercallResult(o.resultValue);
     let output: Buffer = Buffer.alloc(0);
     if (!o.exception && r.outputSize > 0 && !fast) {
       p.checkRange(r.outputGpa, r.outputSize);
-      output = p.readView(vp.activeVtl, vp.index, r.outputGpa, r.outputSize);
+      // The guest reading its output block back: only what its VTL may read (no intercept is
+      // raised for this convenience read; protected bytes are simply not returned).
+      const blocked = [...Array(Number(((r.outputGpa + BigInt(r.outputSize) - 1n) >> 12n) - (r.outputGpa >> 12n)) + 1)].some((_, i) => {
+        const g = (r.outputGpa >> 12n) + BigInt(i);
+        return !p.overlays.visible(vp.activeVtl, vp.index, g) && core.violatingVtl(p, vp, vp.activeVtl, Number(g), 'read') !== undefined;
+      });
+      if (!blocked) output = p.readView(vp.activeVtl, vp.index, r.outputGpa, r.outputSize);
     }
     return { outcome: outcome(o), resultValue: o.resultValue, status, repsCompleted, output };
   }
@@ -556,6 +564,11 @@ export function accessOutcome(vp: VirtualProcessor, o: core.AccessOutcome): { ou
     case 'crashed': return { outcome: { ...base, partitionCrashed: true } };
     case 'intercepted': return { outcome: { ...base, intercept: interceptNotice(o), vtlSwitch: o.vtlSwitch ? { fromVtl: o.vtlSwitch.fromVtl, toVtl: o.vtlSwitch.toVtl, entryReason: o.vtlSwitch.entryReason } : undefined } };
   }
+}
+
+/** The outcome part of a guest action that stopped at a memory access (intercept, #GP, crash). */
+function accessOutcomeOnly(vp: VirtualProcessor, o: core.AccessOutcome): { outcome: gpb.GuestActionOutcome } {
+  return { outcome: accessOutcome(vp, o).outcome };
 }
 
 /** Built fresh for every delivery: no flag or optional field is carried over (seed 004). */
