@@ -7,3 +7,4 @@ export * from './config';
 export { EmulatorBackend, MAX_GUEST_ACCESS, outcome as guestActionOutcome, accessOutcome, interceptNotice } from './backends/emulator';
 export * from './state-dir';
 export { RemoteBackend } from './backends/remote';
+export * from './security';
