@@ -1,0 +1,58 @@
+// Fault: the KVM agent behind the service dies and comes back. While it is down, calls for its
+// partitions fail UNAVAILABLE promptly (never hang); after it restarts, the partitions it hosted are
+// gone (the agent keeps VMs in memory only): NOT_FOUND, and new partitions work.
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import pino from 'pino';
+import { status } from '@grpc/grpc-js';
+import { connect, pb, VsmError } from '@vsm/client';
+import { RemoteBackend, RunningServer, startServer } from '@vsm/service';
+
+const kvm = (() => { try { fs.accessSync('/dev/kvm', fs.constants.R_OK | fs.constants.W_OK); return undefined; } catch { return 'no usable /dev/kvm'; } })();
+if (kvm) process.stderr.write(`agent-restart: skipped: ${kvm}\n`);
+
+function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = net.createServer().listen(0, '127.0.0.1', () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+(kvm ? describe.skip : describe)('KVM agent killed and restarted behind the service', () => {
+  test('UNAVAILABLE while down (fast), NOT_FOUND for its old partitions after restart', async () => {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const { KvmBackend } = require('@vsm/kvm-agent') as typeof import('@vsm/kvm-agent');
+    const logger = pino({ level: 'silent' });
+    const agentAddr = `127.0.0.1:${await freePort()}`;
+    let agent: RunningServer = await startServer({ listen: agentAddr, backend: new KvmBackend(), logger, shutdownGraceMs: 200 });
+    const svc = await startServer({ listen: '127.0.0.1:0', backend: new RemoteBackend([agentAddr]), logger, shutdownGraceMs: 200 });
+    const c = connect(svc.address, { deadlineMs: 15_000 });
+    try {
+      const p = await c.partitions.createPartition({ partitionId: 'ar', partition: { vpCount: 1, memoryBytes: 1n << 30n } as pb.Partition });
+      await c.guest.writeMsr({ name: `${p.name}/vps/0`, msr: 0x40000000, value: 5n });
+      agent.server.forceShutdown(); // the agent dies
+      await agent.shutdown('test');
+      const t0 = Date.now();
+      const down = await c.guest.readMsr({ name: `${p.name}/vps/0`, msr: 0x40000000 }).then(() => undefined, (e: unknown) => e);
+      expect(down).toBeInstanceOf(VsmError);
+      expect((down as VsmError).code).toBe(status.UNAVAILABLE);
+      expect(Date.now() - t0).toBeLessThan(10_000);
+      agent = await startServer({ listen: agentAddr, backend: new KvmBackend(), logger, shutdownGraceMs: 200 });
+      let gone: unknown;
+      for (let i = 0; i < 50; i++) {
+        gone = await c.guest.readMsr({ name: `${p.name}/vps/0`, msr: 0x40000000 }).then(() => undefined, (e: unknown) => e);
+        if ((gone as VsmError | undefined)?.code !== status.UNAVAILABLE) break;
+        await new Promise((r) => setTimeout(r, 200)); // the channel reconnects with backoff
+      }
+      expect([(gone as VsmError).code, (gone as VsmError).reason]).toEqual([status.NOT_FOUND, 'HV_STATUS_INVALID_PARTITION_ID']);
+      const again = await c.partitions.createPartition({ partitionId: 'ar2', partition: { vpCount: 1, memoryBytes: 1n << 30n } as pb.Partition });
+      expect((await c.guest.readMsr({ name: `${again.name}/vps/0`, msr: 0x40000000 })).value).toBe(0n);
+    } finally {
+      c.close();
+      await svc.shutdown('test');
+      await agent.shutdown('test');
+    }
+  }, 60_000);
+});
