@@ -38,6 +38,12 @@ export interface KvmBackendOptions {
   devicePath?: string;
   /** Deadline of one guest action on the vCPU, in ms (default 2000). */
   actionTimeoutMs?: number;
+  /**
+   * Memslots one VTL VM's view may use (default 4096; KVM allows 32764 here). A view whose
+   * protections would need more is mapped without them, and its memory actions are answered by the
+   * core's model (whole-guest runs of that VTL are refused).
+   */
+  memslotBudget?: number;
 }
 
 export class KvmBackend extends EmulatorBackend {
@@ -90,6 +96,7 @@ export class KvmBackend extends EmulatorBackend {
       this.host = {
         system, cpuid, pioOutAdvancesRip,
         actionTimeoutMs: this.opts.actionTimeoutMs ?? 2000,
+        memslotBudget: this.opts.memslotBudget,
         watchdog: () => (watchdog ??= VcpuWatchdog.start()),
         close: async () => {
           system.close();
@@ -264,7 +271,11 @@ export class KvmBackend extends EmulatorBackend {
   /** Runs VP `name` (partitions/{p}/vps/{vp}) from its own state until HLT (see KvmPartition.runVp). */
   runVp(name: string, opts: { timeoutMs?: number; maxExits?: number } = {}): RunVpResult {
     const { p, vp } = this.vp(name);
-    return this.platform(p).runVp(vp, opts);
+    try {
+      return this.platform(p).runVp(vp, opts);
+    } catch (e) {
+      throw apiErrorOf(e);
+    }
   }
 
   /** The KVM platform of a partition (tests, diagnostics). */
@@ -296,13 +307,18 @@ export class KvmBackend extends EmulatorBackend {
     try {
       return await fn();
     } catch (e) {
-      if (e instanceof HvError || e instanceof ApiError) throw e;
-      if (e instanceof KvmRunError && e.kind === 'unenforced') throw new ApiError(Code.FAILED_PRECONDITION, 'KVM_PROTECTIONS_NOT_ENFORCED', e.message);
-      if (e instanceof KvmRunError) {
-        throw new ApiError(e.kind === 'timeout' ? Code.ABORTED : Code.UNAVAILABLE, e.kind === 'timeout' ? 'KVM_GUEST_TIMEOUT' : 'KVM_UNEXPECTED_EXIT', e.message);
-      }
-      if (e instanceof SysError) throw new ApiError(Code.UNAVAILABLE, 'KVM_ERROR', `KVM: ${e.message}`);
-      throw e;
+      throw apiErrorOf(e);
     }
   }
+}
+
+/** KVM failures as API errors; the core's HvErrors and ApiErrors pass unchanged. */
+function apiErrorOf(e: unknown): unknown {
+  if (e instanceof HvError || e instanceof ApiError) return e;
+  if (e instanceof KvmRunError && e.kind === 'unenforced') return new ApiError(Code.FAILED_PRECONDITION, 'KVM_PROTECTIONS_NOT_ENFORCED', e.message);
+  if (e instanceof KvmRunError) {
+    return new ApiError(e.kind === 'timeout' ? Code.ABORTED : Code.UNAVAILABLE, e.kind === 'timeout' ? 'KVM_GUEST_TIMEOUT' : 'KVM_UNEXPECTED_EXIT', e.message);
+  }
+  if (e instanceof SysError) return new ApiError(Code.UNAVAILABLE, 'KVM_ERROR', `KVM: ${e.message}`);
+  return e;
 }

@@ -3,8 +3,10 @@
  * vsm-kvm-agent: serves vsm.v1 over KvmBackend (guest code runs on /dev/kvm).
  *
  *   vsm-kvm-agent [--listen 127.0.0.1:50061 | --listen unix:///run/vsm/agent.sock]
- *                 [--action-timeout-ms 2000] [--device /dev/kvm] [vsm-service's transport/authz/limit/log flags]
- *   env: VSM_LISTEN, VSM_AGENT_ACTION_TIMEOUT_MS, VSM_KVM_DEVICE and vsm-service's VSM_* (flags win)
+ *                 [--action-timeout-ms 2000] [--memslot-budget 4096] [--device /dev/kvm]
+ *                 [vsm-service's transport/authz/limit/log flags]
+ *   env: VSM_LISTEN, VSM_AGENT_ACTION_TIMEOUT_MS, VSM_AGENT_MEMSLOT_BUDGET, VSM_KVM_DEVICE and
+ *   vsm-service's VSM_* (flags win)
  *
  * SIGTERM/SIGINT shut down gracefully: health NOT_SERVING, in-flight calls drain (bounded), then
  * every partition's VMs, vCPUs, memfds and mappings are freed and /dev/kvm is closed.
@@ -20,16 +22,20 @@ export interface AgentConfig {
   /** Where to listen: HOST:PORT, or unix:///absolute/path. */
   listen: string;
   actionTimeoutMs: number;
+  /** Memslots a VTL VM's view may use for protections before the core's model answers instead. */
+  memslotBudget: number;
   device: string;
 }
 
-export const AGENT_USAGE = `usage: vsm-kvm-agent [--listen HOST:PORT | --listen unix:///PATH] [--action-timeout-ms N] [--device /dev/kvm]
+export const AGENT_USAGE = `usage: vsm-kvm-agent [--listen HOST:PORT | --listen unix:///PATH] [--action-timeout-ms N] [--memslot-budget N] [--device /dev/kvm]
        [vsm-service's transport, authorization, limit and log flags: --log-level, --tls-cert/--tls-key/--tls-ca/--tls-client-auth,
         --insecure, --insecure-allow-remote, --authz-policy, --max-streams, --max-streams-per-client, --max-partitions, --max-vps, --max-memory]
   Default listen 127.0.0.1:50061. Plaintext only on loopback or a unix socket unless --insecure-allow-remote.
-  env: VSM_LISTEN, VSM_AGENT_ACTION_TIMEOUT_MS, VSM_KVM_DEVICE and vsm-service's VSM_* variables`;
+  --memslot-budget: memslots per VTL VM for VTL protections (default 4096, 64..32000); a view that needs more
+  is mapped without them and its memory actions are answered by the core's model.
+  env: VSM_LISTEN, VSM_AGENT_ACTION_TIMEOUT_MS, VSM_AGENT_MEMSLOT_BUDGET, VSM_KVM_DEVICE and vsm-service's VSM_* variables`;
 
-const AGENT_FLAGS = ['action-timeout-ms', 'device'];
+const AGENT_FLAGS = ['action-timeout-ms', 'memslot-budget', 'device'];
 const DEFAULT_LISTEN = '127.0.0.1:50061';
 /** Stands in for a unix: address while vsm-service's parser (HOST:PORT only) checks the rest. */
 const UNIX_PLACEHOLDER = '127.0.0.1:1';
@@ -64,7 +70,9 @@ export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentC
   }
   const timeoutRaw = own.get('action-timeout-ms') ?? env.VSM_AGENT_ACTION_TIMEOUT_MS ?? '2000';
   if (!/^\d+$/.test(timeoutRaw) || Number(timeoutRaw) < 1 || Number(timeoutRaw) > 600_000) throw new UsageError('--action-timeout-ms must be an integer 1..600000');
-  return { service: { ...service, listen }, listen, actionTimeoutMs: Number(timeoutRaw), device: own.get('device') ?? env.VSM_KVM_DEVICE ?? '/dev/kvm' };
+  const budgetRaw = own.get('memslot-budget') ?? env.VSM_AGENT_MEMSLOT_BUDGET ?? '4096';
+  if (!/^\d+$/.test(budgetRaw) || Number(budgetRaw) < 64 || Number(budgetRaw) > 32_000) throw new UsageError('--memslot-budget must be an integer 64..32000');
+  return { service: { ...service, listen }, listen, actionTimeoutMs: Number(timeoutRaw), memslotBudget: Number(budgetRaw), device: own.get('device') ?? env.VSM_KVM_DEVICE ?? '/dev/kvm' };
 }
 
 /** The socket file of a unix: address (unix:/p, unix:///p). */
@@ -94,6 +102,7 @@ async function main(): Promise<void> {
   const backend = new KvmBackend({
     devicePath: cfg.device,
     actionTimeoutMs: cfg.actionTimeoutMs,
+    memslotBudget: cfg.memslotBudget,
     limits: Object.fromEntries(Object.entries(partitionLimits).filter(([, v]) => v !== undefined)),
   });
   const host = backend.kvmHost(); // open /dev/kvm now: fail at start, not at the first partition

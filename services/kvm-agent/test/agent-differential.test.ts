@@ -148,6 +148,132 @@ describeKvm('agent-differential.test')('KVM backend vs emulator backend', () => 
     ]);
   });
 
+  test('protections and intercepts: memslot enforcement on KVM answers exactly as the emulator\'s model (routes, retries, skips, monitor deadlines, bypassing hypercall copies)', async () => {
+    const name = 'partitions/diff-prot';
+    const vp0 = `${name}/vps/0`;
+    const vp1 = `${name}/vps/1`;
+    const ops: Op[] = [];
+    const op = (what: string, run: (b: LooseBackend) => Promise<unknown>) => ops.push({ what, run });
+    const protect = (flags: number, startPage: bigint, pageCount = 1n) => op(`protect 0x${startPage.toString(16)}+${pageCount} = 0x${flags.toString(16)}`, (b) => b.modifyVtlProtectionMask({ name, protectingVtl: 1, mapFlags: flags, ranges: [{ startPage, pageCount }] }));
+    const vtlReturn = (vp: string, what = 'VtlReturn') => op(`${what} ${vp.slice(-1)}`, (b) => b.callHypercallPage({ name: vp, offset: 0x26, rcx: 1n }));
+    op('CreatePartition', (b) => b.createPartition({ partitionId: 'diff-prot', requestId: '', partition: { vpCount: 2, memoryBytes: GiB, maximumVtl: 1 } as pb.Partition }));
+    op('WriteGpa pattern', (b) => b.writeGpa({ name, gpa: 0x40000n, data: Buffer.concat([pattern, pattern, pattern, pattern]) }));
+    op('EnablePartitionVtl', (b) => b.enablePartitionVtl({ name, targetVtl: 1, enableMbec: false }));
+    for (const vp of [vp0, vp1]) {
+      op(`EnableVpVtl ${vp}`, (b) => b.enableVpVtl({ name: vp, targetVtl: 1 }));
+      op(`GUEST_OS_ID ${vp}`, (b) => b.writeMsr({ name: vp, msr: MSR.GUEST_OS_ID, value: 1n }));
+      op(`HYPERCALL ${vp}`, (b) => b.writeMsr({ name: vp, msr: MSR.HYPERCALL, value: 0x1001n }));
+      op(`VtlCall ${vp}`, (b) => b.callHypercallPage({ name: vp, offset: 0x0f, rcx: 0n }));
+      op(`VTL1 GUEST_OS_ID ${vp}`, (b) => b.writeMsr({ name: vp, msr: MSR.GUEST_OS_ID, value: 2n }));
+      op(`VTL1 HYPERCALL ${vp}`, (b) => b.writeMsr({ name: vp, msr: MSR.HYPERCALL, value: 0x2001n }));
+      op(`VTL1 SIMP ${vp}`, (b) => b.writeMsr({ name: vp, msr: MSR.SIMP, value: 0x9001n }));
+      op(`VTL1 SCONTROL ${vp}`, (b) => b.writeMsr({ name: vp, msr: MSR.SCONTROL, value: 1n }));
+      op(`VTL1 SINT0 ${vp}`, (b) => b.writeMsr({ name: vp, msr: MSR.SINT0, value: 0x30n }));
+    }
+    op('ModifyVtlProtectionMask before EnableVtlProtection (refused)', (b) => b.modifyVtlProtectionMask({ name, protectingVtl: 1, mapFlags: 0x1, ranges: [{ startPage: 0x40n, pageCount: 1n }] }));
+    op('EnableVtlProtection', (b) => b.setVpRegisters({ name: vp0, vtl: 1, registers: [r64(R.HV_REGISTER_NAME_VSM_PARTITION_CONFIG, 1n | (0xfn << 1n))] }));
+    protect(0x1, 0x40n); // read-only
+    protect(0x0, 0x41n); // no access
+    protect(0x1 | 0x4, 0x42n, 2n); // read + execute
+    protect(0x1, 0x1n); // under VTL0's hypercall page: the overlay is not subject to it
+    // A guest write through the hypercall (the model's hypercall input copy ignores protections).
+    op('VTL1 HvCallModifyVtlProtectionMask via the page', (b) => b.hypercall({ name: vp0, control: 0x0cn | (1n << 32n), inputGpa: 0x20000n, outputGpa: 0n, input: Buffer.from('ffffffffffffffff' + '01000000' + '00000000' + '4400000000000000', 'hex'), outputSize: 0 }));
+    vtlReturn(vp0);
+    vtlReturn(vp1);
+    for (const [gpa, len] of [[0x40000n, 8], [0x40ff8n, 16], [0x41000n, 1], [0x41ffcn, 8], [0x42000n, 4096], [0x3fff0n, 64], [0x44000n, 2], [0x1000n, 16]] as [bigint, number][]) {
+      op(`ReadMemory vp1 0x${gpa.toString(16)}+${len}`, (b) => b.readMemory({ name: vp1, gpa, length: len }));
+    }
+    op('VtlReturn vp1 (after the read intercept: retried, intercepts again)', (b) => b.callHypercallPage({ name: vp1, offset: 0x26, rcx: 1n }));
+    op('VTL1 vp1 lets reads through', (b) => b.modifyVtlProtectionMask({ name, protectingVtl: 1, mapFlags: 0x1, ranges: [{ startPage: 0x41n, pageCount: 1n }] }));
+    op('VtlReturn vp1 (retry completes)', (b) => b.callHypercallPage({ name: vp1, offset: 0x26, rcx: 1n }));
+    for (const [gpa, data] of [[0x40008n, '12345678'], [0x3fffcn, 'abcdefgh'], [0x44010n, 'x'], [0x43ff0n, 'cross into the read-only run'], [0x1800n, 'hc page'], [0x45000n, 'free']] as [bigint, string][]) {
+      op(`WriteMemory vp0 0x${gpa.toString(16)} ${data}`, (b) => b.writeMemory({ name: vp0, gpa, data: Buffer.from(data) }));
+      op(`state vp0 after 0x${gpa.toString(16)}`, (b) => b.getVirtualProcessor({ name: vp0 }));
+      op(`VtlReturn vp0 after 0x${gpa.toString(16)} (if in VTL1)`, async (b) => ((await b.getVirtualProcessor({ name: vp0 })).vtlStatus?.activeVtl === 1 ? b.callHypercallPage({ name: vp0, offset: 0x26, rcx: 1n }) : 'in VTL0'));
+    }
+    op('Hypercall input into the read-only page (the copy ignores protections)', (b) => b.hypercall({ name: vp0, control: 0x50n | (1n << 32n), inputGpa: 0x40100n, outputGpa: 0x41100n, input: Buffer.from('ffffffffffffffff' + 'feffffff00000000' + '03000d00', 'hex'), outputSize: 16 }));
+    op('VTL1 skips: RIP moved', (b) => b.setVpRegisters({ name: vp0, vtl: 0, registers: [r64(R.HV_REGISTER_NAME_X64_RIP, 0x40_1000n)] }));
+    op('WriteMemory vp0 refused', (b) => b.writeMemory({ name: vp0, gpa: 0x40010n, data: Buffer.from('skip me') }));
+    op('VTL1 moves VTL0 RIP', (b) => b.setVpRegisters({ name: vp0, vtl: 0, registers: [r64(R.HV_REGISTER_NAME_X64_RIP, 0x40_1003n)] }));
+    vtlReturn(vp0, 'VtlReturn (skipped)');
+    // Route BOTH, then MONITOR with deadline policies (the absent monitor's answer).
+    op('route BOTH', (b) => b.setInterceptRoute({ name, route: pb.InterceptRoute.INTERCEPT_ROUTE_BOTH }));
+    op('WriteMemory vp1 (BOTH)', (b) => b.writeMemory({ name: vp1, gpa: 0x40020n, data: Buffer.from('both') }));
+    vtlReturn(vp1);
+    op('VtlReturn vp1 again (if in VTL1)', async (b) => ((await b.getVirtualProcessor({ name: vp1 })).vtlStatus?.activeVtl === 1 ? b.callHypercallPage({ name: vp1, offset: 0x26, rcx: 1n }) : 'in VTL0'));
+    // (A RETRY deadline on a page that stays protected would retry forever, on both backends.)
+    for (const action of [pb.InterceptAction.INTERCEPT_ACTION_ALLOW, pb.InterceptAction.INTERCEPT_ACTION_SKIP]) {
+      op(`route MONITOR, deadline ${pb.InterceptAction[action]}`, (b) => b.setInterceptRoute({ name, route: pb.InterceptRoute.INTERCEPT_ROUTE_MONITOR, answerDeadlineMs: 1n, deadlineAction: action }));
+      op(`WriteMemory vp0 (MONITOR ${action})`, (b) => b.writeMemory({ name: vp0, gpa: 0x40030n + BigInt(action), data: Buffer.from(`m${action}`) }));
+      op(`ReadMemory vp0 hole (MONITOR ${action})`, (b) => b.readMemory({ name: vp0, gpa: 0x46000n, length: 8 }));
+      op(`pending (MONITOR ${action})`, (b) => b.listPendingIntercepts({ name }));
+    }
+    protect(0x0, 0x46n);
+    op('route MONITOR, deadline CRASH', (b) => b.setInterceptRoute({ name, route: pb.InterceptRoute.INTERCEPT_ROUTE_MONITOR, answerDeadlineMs: 1n, deadlineAction: pb.InterceptAction.INTERCEPT_ACTION_CRASH }));
+    op('ReadMemory vp0 hole (CRASH)', (b) => b.readMemory({ name: vp0, gpa: 0x46000n, length: 8 }));
+    op('after the crash', (b) => b.readMemory({ name: vp0, gpa: 0x45000n, length: 8 }));
+    op('GetVtlProtections', (b) => b.getVtlProtections({ name, protectingVtl: 1 }));
+    const results = await differential(emu, kvm, name, 2, ops);
+    expect(results.filter((r) => JSON.stringify(r, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v)).includes('"intercept":{')).length).toBeGreaterThan(8);
+    const kp = kvm.platformOf(name);
+    // The first refusal of each access is a real MMIO exit on KVM (retries on VtlReturn are the core's, on both).
+    expect(kp.refusedAccesses).toBeGreaterThanOrEqual(6);
+  });
+
+  test('random sessions with protections (fast-check): masks, accesses across refused pages, VtlReturn retries and skips, routes', async () => {
+    const pages = [0x40n, 0x41n, 0x42n, 0x43n];
+    const opArb: fc.Arbitrary<(name: string) => Op> = fc.oneof(
+      fc.record({ start: fc.constantFrom(...pages), count: fc.integer({ min: 1, max: 3 }), flags: fc.constantFrom(0x0, 0x1, 0x3, 0x5, 0xf) })
+        .map(({ start, count, flags }) => (n: string) => ({ what: `protect 0x${start.toString(16)}+${count} = 0x${flags.toString(16)}`, run: (b: LooseBackend) => b.modifyVtlProtectionMask({ name: n, protectingVtl: 1, mapFlags: flags, ranges: [{ startPage: start, pageCount: BigInt(count) }] }) })),
+      fc.record({ vp: fc.nat(1), off: fc.integer({ min: 0x3f_ff0, max: 0x44_010 }), len: fc.constantFrom(1, 2, 4, 8, 3, 16, 100, 4096) })
+        .map(({ vp, off, len }) => (n: string) => ({ what: `ReadMemory vp${vp} 0x${off.toString(16)}+${len}`, run: (b: LooseBackend) => b.readMemory({ name: `${n}/vps/${vp}`, gpa: BigInt(off), length: len }) })),
+      fc.record({ vp: fc.nat(1), off: fc.integer({ min: 0x3f_ff0, max: 0x44_010 }), data: fc.uint8Array({ minLength: 1, maxLength: 24 }) })
+        .map(({ vp, off, data }) => (n: string) => ({ what: `WriteMemory vp${vp} 0x${off.toString(16)}+${data.length}`, run: (b: LooseBackend) => b.writeMemory({ name: `${n}/vps/${vp}`, gpa: BigInt(off), data: Buffer.from(data) }) })),
+      fc.record({ vp: fc.nat(1) }).map(({ vp }) => (n: string) => ({ what: `VtlReturn vp${vp}`, run: (b: LooseBackend) => b.callHypercallPage({ name: `${n}/vps/${vp}`, offset: 0x26, rcx: 1n }) })),
+      fc.record({ vp: fc.nat(1) }).map(({ vp }) => (n: string) => ({ what: `VtlCall vp${vp}`, run: (b: LooseBackend) => b.callHypercallPage({ name: `${n}/vps/${vp}`, offset: 0x0f, rcx: 0n }) })),
+      fc.record({ vp: fc.nat(1), rip: fc.constantFrom(0x40_1000n, 0x40_1003n) })
+        .map(({ vp, rip }) => (n: string) => ({ what: `VTL0 RIP vp${vp} = 0x${rip.toString(16)}`, run: (b: LooseBackend) => b.setVpRegisters({ name: `${n}/vps/${vp}`, vtl: 0, registers: [r64(R.HV_REGISTER_NAME_X64_RIP, rip)] }) })),
+      fc.constantFrom(pb.InterceptRoute.INTERCEPT_ROUTE_HIGHER_VTL, pb.InterceptRoute.INTERCEPT_ROUTE_BOTH)
+        .map((route) => (n: string) => ({ what: `route ${pb.InterceptRoute[route]}`, run: (b: LooseBackend) => b.setInterceptRoute({ name: n, route }) })),
+      fc.constantFrom(pb.InterceptAction.INTERCEPT_ACTION_ALLOW, pb.InterceptAction.INTERCEPT_ACTION_SKIP)
+        .map((action) => (n: string) => ({ what: `route MONITOR deadline ${pb.InterceptAction[action]}`, run: (b: LooseBackend) => b.setInterceptRoute({ name: n, route: pb.InterceptRoute.INTERCEPT_ROUTE_MONITOR, answerDeadlineMs: 1n, deadlineAction: action }) })),
+      fc.record({ vp: fc.nat(1) }).map(({ vp }) => (n: string) => ({ what: `EOM vp${vp}`, run: (b: LooseBackend) => b.writeMsr({ name: `${n}/vps/${vp}`, msr: MSR.EOM, value: 0n }) })),
+    );
+    let run = 0;
+    await fc.assert(
+      fc.asyncProperty(fc.array(opArb, { minLength: 5, maxLength: 30 }), async (mk) => {
+        const id = `diff-prot-rand-${run++}`;
+        const name = `partitions/${id}`;
+        const setup: Op[] = [
+          { what: 'CreatePartition', run: (b) => b.createPartition({ partitionId: id, requestId: '', partition: { vpCount: 2, memoryBytes: GiB, maximumVtl: 1 } as pb.Partition }) },
+          { what: 'WriteGpa', run: (b) => b.writeGpa({ name, gpa: 0x3f000n, data: Buffer.concat([pattern, pattern, pattern, pattern, pattern, pattern]) }) },
+          { what: 'EnablePartitionVtl', run: (b) => b.enablePartitionVtl({ name, targetVtl: 1, enableMbec: false }) },
+        ];
+        for (const vp of [0, 1]) {
+          const v = `${name}/vps/${vp}`;
+          setup.push(
+            { what: `EnableVpVtl ${vp}`, run: (b) => b.enableVpVtl({ name: v, targetVtl: 1 }) },
+            { what: `GUEST_OS_ID ${vp}`, run: (b) => b.writeMsr({ name: v, msr: MSR.GUEST_OS_ID, value: 1n }) },
+            { what: `HYPERCALL ${vp}`, run: (b) => b.writeMsr({ name: v, msr: MSR.HYPERCALL, value: 0x1001n }) },
+            { what: `VtlCall ${vp}`, run: (b) => b.callHypercallPage({ name: v, offset: 0x0f, rcx: 0n }) },
+            { what: `VTL1 SIMP ${vp}`, run: (b) => b.writeMsr({ name: v, msr: MSR.SIMP, value: 0x9001n }) },
+            { what: `VTL1 SCONTROL ${vp}`, run: (b) => b.writeMsr({ name: v, msr: MSR.SCONTROL, value: 1n }) },
+            { what: `VTL1 SINT0 ${vp}`, run: (b) => b.writeMsr({ name: v, msr: MSR.SINT0, value: 0x30n }) },
+            { what: `VtlReturn ${vp}`, run: (b) => b.callHypercallPage({ name: v, offset: 0x26, rcx: 1n }) },
+          );
+        }
+        setup.push({ what: 'EnableVtlProtection', run: (b) => b.setVpRegisters({ name: `${name}/vps/0`, vtl: 1, registers: [r64(R.HV_REGISTER_NAME_VSM_PARTITION_CONFIG, 1n | (0xfn << 1n))] }) });
+        try {
+          await differential(emu, kvm, name, 2, [...setup, ...mk.map((f) => f(name))]);
+        } finally {
+          await emu.deletePartition({ name });
+          await kvm.deletePartition({ name });
+        }
+      }),
+      { numRuns: Number(process.env.DIFF_RUNS ?? 25), seed: Number(process.env.DIFF_SEED ?? 20240611), endOnFailure: true },
+    );
+  });
+
   test('random sessions (fast-check): MSR writes/reads, memory accesses of every size, page calls, register writes', async () => {
     const gpas = [0x0ff8n, 0x1000n, 0x1ff0n, 0x2000n, 0x5000n, 0x7ffen, 0x8000n, 0x9000n, 0xa000n, 0xa010n];
     const pageMsrs = [MSR.HYPERCALL, MSR.REFERENCE_TSC, MSR.VP_ASSIST_PAGE, MSR.SIMP, MSR.SIEFP];

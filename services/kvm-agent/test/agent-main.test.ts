@@ -13,11 +13,12 @@ import { GiB, describeKvm } from './agent-support';
 describe('vsm-kvm-agent configuration', () => {
   test('defaults: loopback 50061, 2 s action deadline, /dev/kvm', () => {
     const c = parseAgentConfig([], {});
-    expect([c.listen, c.actionTimeoutMs, c.device, c.service.logLevel]).toEqual(['127.0.0.1:50061', 2000, '/dev/kvm', 'info']);
+    expect([c.listen, c.actionTimeoutMs, c.memslotBudget, c.device, c.service.logLevel]).toEqual(['127.0.0.1:50061', 2000, 4096, '/dev/kvm', 'info']);
   });
   test('unix sockets, flags over environment, the service flags pass through', () => {
-    const c = parseAgentConfig(['--listen', 'unix:///run/vsm/agent.sock', '--action-timeout-ms=500', '--max-vps', '8', '--log-level', 'debug'], { VSM_LISTEN: '127.0.0.1:1234', VSM_KVM_DEVICE: '/dev/kvm2' });
-    expect([c.listen, c.actionTimeoutMs, c.device, c.service.limits.maxVpCount, c.service.logLevel]).toEqual(['unix:///run/vsm/agent.sock', 500, '/dev/kvm2', 8, 'debug']);
+    const c = parseAgentConfig(['--listen', 'unix:///run/vsm/agent.sock', '--action-timeout-ms=500', '--memslot-budget', '256', '--max-vps', '8', '--log-level', 'debug'], { VSM_LISTEN: '127.0.0.1:1234', VSM_KVM_DEVICE: '/dev/kvm2', VSM_AGENT_MEMSLOT_BUDGET: '100' });
+    expect([c.listen, c.actionTimeoutMs, c.memslotBudget, c.device, c.service.limits.maxVpCount, c.service.logLevel]).toEqual(['unix:///run/vsm/agent.sock', 500, 256, '/dev/kvm2', 8, 'debug']);
+    expect(parseAgentConfig([], { VSM_AGENT_MEMSLOT_BUDGET: '100' }).memslotBudget).toBe(100);
     expect(parseAgentConfig([], { VSM_LISTEN: '127.0.0.1:1234' }).listen).toBe('127.0.0.1:1234');
     expect(unixSocketPath('unix:///run/a.sock')).toBe('/run/a.sock');
     expect(unixSocketPath('unix:/run/a.sock')).toBe('/run/a.sock');
@@ -28,6 +29,8 @@ describe('vsm-kvm-agent configuration', () => {
     expect(() => parseAgentConfig(['--listen', '0.0.0.0:50061'], {})).toThrow(/plaintext/);
     expect(parseAgentConfig(['--listen', '0.0.0.0:50061', '--insecure-allow-remote'], {}).listen).toBe('0.0.0.0:50061');
     expect(() => parseAgentConfig(['--action-timeout-ms', '0'], {})).toThrow(UsageError);
+    expect(() => parseAgentConfig(['--memslot-budget', '10'], {})).toThrow(/memslot-budget/);
+    expect(() => parseAgentConfig(['--memslot-budget', '40000'], {})).toThrow(/memslot-budget/);
     expect(() => parseAgentConfig(['--backend', 'emulator'], {})).toThrow(/runs partitions itself/);
     expect(() => parseAgentConfig(['--bogus', '1'], {})).toThrow(/usage: vsm-kvm-agent/);
     expect(() => parseAgentConfig(['--help'], {})).toThrow(/usage: vsm-kvm-agent/);

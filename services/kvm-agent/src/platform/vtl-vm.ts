@@ -161,38 +161,48 @@ export class VtlVm {
 
   /**
    * The canonical layout coalesces runs of equal access; the current one may be cut where an overlay
-   * or a protection used to be. Cutting the wanted RAM slots at the current slot boundaries as well
-   * keeps the slots that did not change: placing and removing a 4 KiB overlay (switching the VP a VM
-   * shows) then costs 2 ioctls instead of re-creating the 1 GiB slot around it each time. The extra
-   * cuts are dropped (the layout re-coalesces) once they would add more than 64 slots or double the
-   * count, or exceed the budget.
+   * or a protection used to be. For each wanted RAM slot, this keeps the current cuts inside it when
+   * that is cheaper: cutting costs an ioctl per piece that changes (plus a small charge per extra
+   * slot it leaves), re-coalescing costs deleting every current piece and creating the whole slot.
+   * Placing and removing a 4 KiB overlay (switching the VP a VM shows) then costs 2 ioctls instead
+   * of re-creating the 1 GiB slot around it each time, while lifting protections that cut a slot
+   * into many pieces gives the slot back. The extra slots stay within the budget.
    */
   private keepCuts(slots: ViewSlot[], budget: number): ViewSlot[] {
-    const cuts = new Set<bigint>();
-    for (const m of this.vm.mappings()) {
-      if (m.gpa >= this.ram.sizeBytes) continue;
-      cuts.add(m.gpa);
-      cuts.add(m.gpa + BigInt(m.size));
-    }
-    const sorted = [...cuts].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+    const EXTRA_SLOT_COST = 0.75;
+    const current = this.vm.mappings().filter((m) => m.gpa < this.ram.sizeBytes);
+    const same = (a: ViewSlot, m: (typeof current)[number]) =>
+      m.gpa === a.gpa && m.size === a.size && m.readonly === a.readonly && m.memory === (a.backing === 'ram' ? this.ram.memory : this.overlays.memory) && m.offset === a.offset;
     const out: ViewSlot[] = [];
-    let k = 0;
+    let i = 0;
     for (const x of slots) {
+      const end = x.gpa + BigInt(x.size);
       if (x.backing !== 'ram') {
         out.push(x);
         continue;
       }
-      const end = x.gpa + BigInt(x.size);
-      while (k < sorted.length && sorted[k]! <= x.gpa) k++;
-      let from = x.gpa;
-      for (let j = k; j < sorted.length && sorted[j]! < end; j++) {
-        const at = sorted[j]!;
-        out.push({ ...x, gpa: from, size: Number(at - from), offset: Number(from) });
-        from = at;
+      while (i < current.length && current[i]!.gpa + BigInt(current[i]!.size) <= x.gpa) i++;
+      const inside: (typeof current)[number][] = [];
+      for (let j = i; j < current.length && current[j]!.gpa < end; j++) inside.push(current[j]!);
+      if (inside.length <= 1 || inside.some((m) => m.gpa < x.gpa || m.gpa + BigInt(m.size) > end)) {
+        out.push(x);
+        continue;
       }
-      out.push({ ...x, gpa: from, size: Number(end - from), offset: Number(from) });
+      const cuts = [...new Set(inside.flatMap((m) => [m.gpa, m.gpa + BigInt(m.size)]))].filter((c) => c > x.gpa && c < end).sort((a, b) => (a < b ? -1 : 1));
+      const pieces: ViewSlot[] = [];
+      let from = x.gpa;
+      for (const c of [...cuts, end]) {
+        pieces.push({ ...x, gpa: from, size: Number(c - from), offset: Number(from) });
+        from = c;
+      }
+      const adds = pieces.filter((pc) => !inside.some((m) => same(pc, m))).length;
+      const deletes = inside.filter((m) => !pieces.some((pc) => same(pc, m))).length;
+      const keepCost = adds + deletes + EXTRA_SLOT_COST * (pieces.length - 1);
+      const coalesceCost = 1 + inside.length;
+      if (keepCost < coalesceCost) out.push(...pieces);
+      else out.push(x);
     }
-    return out.length > Math.min(budget, Math.max(2 * slots.length, slots.length + 64)) ? slots : out;
+    return out.length > budget ? slots : out;
   }
 
   private agentSlots(): number {
