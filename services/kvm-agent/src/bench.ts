@@ -7,7 +7,9 @@
  * - raw: rawbench's WRMSR / port-I/O exit loops (one KVM_RUN per exit, no core);
  * - platform: KvmPartition actions called directly (stub set-up, exits, core, store back);
  * - backend: KvmBackend / EmulatorBackend methods with vsm.v1 messages (no gRPC);
- * - grpc: the generated client over loopback TCP against a server on each backend.
+ * - grpc: the generated client over loopback TCP against a server on each backend;
+ * - protections: protection changes, refused accesses and whole-guest intercept round trips
+ *   (bench-protections.ts, iterations / 10).
  */
 import pino from 'pino';
 import { connect } from '@vsm/client';
@@ -15,6 +17,7 @@ import { pb } from '@vsm/client';
 import { Backend, EmulatorBackend, startServer } from '@vsm/service';
 import { measureRawExits } from './kvm';
 import { KvmBackend } from './backend';
+import { ProtectionTiming, measureProtections } from './bench-protections';
 
 export interface CallTiming {
   calls: number;
@@ -31,6 +34,8 @@ export interface AgentBench {
   platform: Record<string, CallTiming>;
   backend: Record<string, CallTiming>;
   grpc: Record<string, CallTiming>;
+  /** VTL protections on KVM (bench-protections.ts). */
+  protections: Record<string, ProtectionTiming>;
 }
 
 function summarize(samples: number[], totalNs: number): CallTiming {
@@ -65,7 +70,7 @@ export async function measureAgentActions(opts: { iterations?: number } = {}): P
 
   const kvm = new KvmBackend();
   const emu = new EmulatorBackend();
-  const out: AgentBench = { iterations: n, raw, platform: {}, backend: {}, grpc: {} };
+  const out: AgentBench = { iterations: n, raw, platform: {}, backend: {}, grpc: {}, protections: {} };
   try {
     const setup = async (b: Backend) => {
       await b.createPartition(full(pb.CreatePartitionRequest, { partitionId: 'bench', partition: { vpCount: 1, memoryBytes: 1n << 30n, maximumVtl: 1 } }));
@@ -140,6 +145,7 @@ export async function measureAgentActions(opts: { iterations?: number } = {}): P
     await kvm.close();
     await emu.close();
   }
+  out.protections = await measureProtections({ iterations: Math.max(100, Math.floor(n / 10)) });
   return out;
 }
 

@@ -156,6 +156,14 @@ export class KvmPartition {
   exits = 0;
   /** Accesses KVM refused (MMIO exits on protected pages) that went to the core, guest actions and whole-guest runs. */
   refusedAccesses = 0;
+  /**
+   * Whole-guest intercepts delivered to the protecting VTL, and the agent's time for them: from the
+   * MMIO exit to the protecting VTL's vCPU loaded and ready to run (registers synced, faulting
+   * instruction found, message built and posted, VTL switched, vCPU state loaded).
+   */
+  interceptEntries = 0;
+  /** The agent's time per intercept entry, in ns (the last 4096). */
+  readonly interceptEntryNs: number[] = [];
   /** Intercepted accesses of whole-guest runs waiting for their answer, by `${vp}:${vtl}`. */
   private readonly held = new Map<string, HeldAccess>();
 
@@ -713,6 +721,9 @@ export class KvmPartition {
     for (;;) {
       const e = this.run(c, Math.max(1, deadline - Date.now()));
       exits++;
+      // A replayed read is the first exit of the re-executed instruction, or nothing (it went native).
+      const replay = c.replay;
+      c.replay = undefined;
       if (this.isHypercallExit(e)) {
         this.storeGuest(c, vp, vtl);
         const insn = this.hypercallInsnAt(c.vcpu.getRegs().rip);
@@ -725,6 +736,7 @@ export class KvmPartition {
         else {
           c.vcpu.setRegs(coreRegs(vp, vtl));
           c.vm.syncView(p, vp.index);
+          notEnforced(); // a higher VTL's protections may have outgrown the budget
         }
       } else if (e.kind === 'rdmsr') {
         const r = p.readMsr(vp, e.index);
@@ -734,14 +746,12 @@ export class KvmPartition {
         c.vcpu.completeMsr({ error: r.exception !== undefined });
         c.vm.syncView(p, vp.index);
       } else if (e.kind === 'mmio' && e.gpa < this.ram.sizeBytes) {
-        const replay = c.replay;
         if (replay && !e.isWrite && e.gpa >= replay.gpa && e.gpa + BigInt(e.len) <= replay.gpa + BigInt(replay.data.length)) {
           // The re-executed instruction reads what the core completed its access with.
-          c.replay = undefined;
           c.vcpu.completeMmioRead(replay.data.subarray(Number(e.gpa - replay.gpa), Number(e.gpa - replay.gpa) + e.len));
           continue;
         }
-        c.replay = undefined;
+        const tExit = process.hrtime.bigint();
         const r = this.refusedAccess(c, vp, vtl, e);
         if (r.status === 'intercepted') intercepts.push(r.intercept);
         switch (r.status) {
@@ -754,6 +764,9 @@ export class KvmPartition {
           case 'intercepted':
             if (r.awaitingMonitor || r.heldBack) return { stop: 'intercept', exits, vtlSwitches, intercepts };
             follow();
+            if (this.interceptEntryNs.length >= 4096) this.interceptEntryNs.shift();
+            this.interceptEntryNs.push(Number(process.hrtime.bigint() - tExit));
+            this.interceptEntries++;
             break;
         }
       } else if (e.kind === 'hlt') {
@@ -785,7 +798,22 @@ export class KvmPartition {
     const regs = c.vcpu.getRegs();
     const sregs = c.vcpu.getSregs();
     this.storeGuest(c, vp, vtl);
-    const read = (gpa: bigint, n: number) => (gpa >= 0n && gpa + BigInt(n) <= this.ram.sizeBytes ? this.ram.read(gpa, n) : undefined);
+    // Guest page tables and code, read from RAM a page at a time (one pread per page touched).
+    const pages = new Map<bigint, Buffer>();
+    const read = (gpa: bigint, n: number): Buffer | undefined => {
+      if (gpa < 0n || gpa + BigInt(n) > this.ram.sizeBytes) return undefined;
+      const parts: Buffer[] = [];
+      for (let at = gpa; at < gpa + BigInt(n); ) {
+        const base = at & ~0xfffn;
+        let page = pages.get(base);
+        if (!page) pages.set(base, (page = this.ram.read(base, 4096)));
+        const from = Number(at - base);
+        const take = Math.min(4096 - from, Number(gpa + BigInt(n) - at));
+        parts.push(page.subarray(from, from + take));
+        at += BigInt(take);
+      }
+      return parts.length === 1 ? parts[0] : Buffer.concat(parts);
+    };
     let insn: FaultingInstruction | undefined;
     let precise = true;
     if (e.isWrite) {
