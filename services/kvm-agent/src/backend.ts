@@ -177,7 +177,12 @@ export class KvmBackend extends EmulatorBackend {
       } else {
         if (r.input.length) {
           p.checkRange(r.inputGpa, r.input.length);
-          if (!kp.guestWrite(vp, r.inputGpa, r.input)) {
+          // The guest's own stores of its input block, subject to higher VTLs' protections exactly
+          // like a WriteMemory action (a refused store is the core's intercept, as on the emulator).
+          if (kp.enforcesProtections(vp)) {
+            const stored = kp.memoryAccess(vp, 'write', r.inputGpa, r.input.length, Buffer.from(r.input));
+            if (stored.status !== 'completed') return { outcome: accessOutcome(vp, stored).outcome, resultValue: 0n, status: 0, repsCompleted: 0, output: Buffer.alloc(0) };
+          } else if (!kp.guestWrite(vp, r.inputGpa, r.input)) {
             return { outcome: outcome({ exception: core.X64Exception.GP, activeVtl: vp.activeVtl }), resultValue: 0n, status: 0, repsCompleted: 0, output: Buffer.alloc(0) };
           }
         }
@@ -186,11 +191,18 @@ export class KvmBackend extends EmulatorBackend {
         p.setReg(vp, R.HvX64RegisterR8, r.outputGpa);
       }
       const o = kp.vmcall(vp);
+      // A parameter block the caller may not access: a memory intercept instead of the call.
+      if (o.parameterIntercept) return { outcome: accessOutcome(vp, o.parameterIntercept).outcome, resultValue: 0n, status: 0, repsCompleted: 0, output: Buffer.alloc(0) };
       const { status, repsCompleted } = core.decodeHypercallResult(o.resultValue);
       let output: Buffer = Buffer.alloc(0);
       if (!o.exception && r.outputSize > 0 && !fast) {
         p.checkRange(r.outputGpa, r.outputSize);
-        output = kp.guestRead(vp, r.outputGpa, r.outputSize);
+        // Only what the caller's VTL may read is returned (as on the emulator).
+        const first = r.outputGpa >> 12n;
+        const last = (r.outputGpa + BigInt(r.outputSize) - 1n) >> 12n;
+        let blocked = false;
+        for (let g = first; g <= last && !blocked; g++) blocked = !p.overlays.visible(vp.activeVtl, vp.index, g) && core.violatingVtl(p, vp, vp.activeVtl, Number(g), 'read') !== undefined;
+        if (!blocked) output = kp.guestRead(vp, r.outputGpa, r.outputSize);
       }
       return { outcome: outcome(o), resultValue: o.resultValue, status, repsCompleted, output };
     });
