@@ -61,6 +61,19 @@ export interface InterceptInstruction {
   bytes: Buffer;
 }
 
+/**
+ * Whether every page of [gpa, gpa+size) may be accessed as `kind` by the VP's active VTL: pages of
+ * its own overlays always, RAM pages unless a higher VTL's protection refuses it.
+ */
+export function accessibleTo(p: Partition, vp: VirtualProcessor, gpa: bigint, size: number, kind: AccessKind): boolean {
+  if (size === 0) return true;
+  for (let g = gpa >> 12n; g <= (gpa + BigInt(size) - 1n) >> 12n; g++) {
+    if (p.overlays.visible(vp.activeVtl, vp.index, g)) continue;
+    if (violatingVtl(p, vp, vp.activeVtl, Number(g), kind) !== undefined) return false;
+  }
+  return true;
+}
+
 /** Performs the access as the VP in its active VTL. */
 export function guestAccess(p: Partition, vp: VirtualProcessor, kind: AccessKind, gpa: bigint, length: number, data?: Buffer, opts: { ignoreProtections?: boolean; instruction?: InterceptInstruction } = {}): AccessOutcome {
   p.assertActive();

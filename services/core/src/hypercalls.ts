@@ -27,7 +27,7 @@ import {
   decodeVpRegistersHeader,
 } from './tlfs/vsm';
 import { vtlCall, vtlReturn } from './vtl-switch';
-import { AccessOutcome, interceptAccess, violatingVtl } from './access';
+import { AccessOutcome, accessibleTo, interceptAccess } from './access';
 import { HV_MODIFY_VTL_PROTECTION_MASK_HEADER_SIZE, decodeModifyVtlProtectionMaskHeader } from './tlfs/message';
 
 export interface HypercallContext {
@@ -120,16 +120,6 @@ export function executeVmcall(p: Partition, vp: VirtualProcessor, opts: { instru
   return { activeVtl: vp.activeVtl, resultValue };
 }
 
-/** Pages of [gpa, gpa+size) the caller's VTL may not access as `kind` (higher-VTL protections). */
-function blockedParameterPage(p: Partition, vp: VirtualProcessor, gpa: bigint, size: number, kind: 'read' | 'write'): boolean {
-  if (size === 0) return false;
-  for (let g = gpa >> 12n; g <= (gpa + BigInt(size) - 1n) >> 12n; g++) {
-    if (p.overlays.visible(vp.activeVtl, vp.index, g)) continue;
-    if (violatingVtl(p, vp, vp.activeVtl, Number(g), kind) !== undefined) return true;
-  }
-  return false;
-}
-
 function dispatch(p: Partition, vp: VirtualProcessor, inv: HypercallInvocation): (HandlerResult & { repsCompleted: number }) | { parameterIntercept: AccessOutcome } {
   const input = decodeHypercallInput(inv.control);
   const h = handlers.get(input.callCode);
@@ -156,8 +146,8 @@ function dispatch(p: Partition, vp: VirtualProcessor, inv: HypercallInvocation):
       }
       // The hypervisor reads the input and writes the output as the caller: a block on a page a
       // higher VTL protected from it is a memory intercept, not a completed call (§1.1).
-      if (blockedParameterPage(p, vp, inv.inputGpa, inSize, 'read')) return { parameterIntercept: interceptAccess(p, vp, 'read', inv.inputGpa, inSize) };
-      if (blockedParameterPage(p, vp, inv.outputGpa, outSize, 'write')) return { parameterIntercept: interceptAccess(p, vp, 'write', inv.outputGpa, outSize, Buffer.alloc(outSize)) };
+      if (!accessibleTo(p, vp, inv.inputGpa, inSize, 'read')) return { parameterIntercept: interceptAccess(p, vp, 'read', inv.inputGpa, inSize) };
+      if (!accessibleTo(p, vp, inv.outputGpa, outSize, 'write')) return { parameterIntercept: interceptAccess(p, vp, 'write', inv.outputGpa, outSize, Buffer.alloc(outSize)) };
       inBytes = p.readView(vp.activeVtl, vp.index, inv.inputGpa, inSize);
     }
     const r = h.handle({ partition: p, vp, callerVtl: vp.activeVtl }, inBytes, { start: input.repStartIndex, count: input.repCount });

@@ -158,54 +158,22 @@ export class KvmBackend extends EmulatorBackend {
   }
 
   override hypercall(r: pb.HypercallRequest): Promise<pb.HypercallResponse> {
-    return this.guarded(() => {
-      const { p, vp } = this.vp(r.name);
-      p.assertActive();
-      if (r.input.length > 4096) throw invalidArgument('input is larger than a page');
-      if (r.outputSize > 4096) throw invalidArgument('output_size is larger than a page');
-      const kp = this.platform(p);
-      const fast = core.decodeHypercallInput(r.control).fast;
-      const R = core.HvRegisterName;
-      // The guest loads its registers (and, memory-based, stores the input block: a real guest
-      // write through its view) before the hypercall instruction.
-      if (fast && r.input.length) {
-        const buf = Buffer.alloc(16);
-        Buffer.from(r.input).copy(buf, 0, 0, Math.min(16, r.input.length));
-        p.setReg(vp, R.HvX64RegisterRcx, r.control);
-        p.setReg(vp, R.HvX64RegisterRdx, buf.readBigUInt64LE(0));
-        p.setReg(vp, R.HvX64RegisterR8, buf.readBigUInt64LE(8));
-      } else {
-        if (r.input.length) {
-          p.checkRange(r.inputGpa, r.input.length);
-          // The guest's own stores of its input block, subject to higher VTLs' protections exactly
-          // like a WriteMemory action (a refused store is the core's intercept, as on the emulator).
-          if (kp.enforcesProtections(vp)) {
-            const stored = kp.memoryAccess(vp, 'write', r.inputGpa, r.input.length, Buffer.from(r.input));
-            if (stored.status !== 'completed') return { outcome: accessOutcome(vp, stored).outcome, resultValue: 0n, status: 0, repsCompleted: 0, output: Buffer.alloc(0) };
-          } else if (!kp.guestWrite(vp, r.inputGpa, r.input)) {
-            return { outcome: outcome({ exception: core.X64Exception.GP, activeVtl: vp.activeVtl }), resultValue: 0n, status: 0, repsCompleted: 0, output: Buffer.alloc(0) };
-          }
-        }
-        p.setReg(vp, R.HvX64RegisterRcx, r.control);
-        p.setReg(vp, R.HvX64RegisterRdx, r.inputGpa);
-        p.setReg(vp, R.HvX64RegisterR8, r.outputGpa);
-      }
-      const o = kp.vmcall(vp);
-      // A parameter block the caller may not access: a memory intercept instead of the call.
-      if (o.parameterIntercept) return { outcome: accessOutcome(vp, o.parameterIntercept).outcome, resultValue: 0n, status: 0, repsCompleted: 0, output: Buffer.alloc(0) };
-      const { status, repsCompleted } = core.decodeHypercallResult(o.resultValue);
-      let output: Buffer = Buffer.alloc(0);
-      if (!o.exception && r.outputSize > 0 && !fast) {
-        p.checkRange(r.outputGpa, r.outputSize);
-        // Only what the caller's VTL may read is returned (as on the emulator).
-        const first = r.outputGpa >> 12n;
-        const last = (r.outputGpa + BigInt(r.outputSize) - 1n) >> 12n;
-        let blocked = false;
-        for (let g = first; g <= last && !blocked; g++) blocked = !p.overlays.visible(vp.activeVtl, vp.index, g) && core.violatingVtl(p, vp, vp.activeVtl, Number(g), 'read') !== undefined;
-        if (!blocked) output = kp.guestRead(vp, r.outputGpa, r.outputSize);
-      }
-      return { outcome: outcome(o), resultValue: o.resultValue, status, repsCompleted, output };
-    });
+    return this.guarded(() => super.hypercall(r));
+  }
+
+  /** A real store on the vCPU; with enforced protections a refused store is the core's intercept. */
+  protected override guestStore(p: Partition, vp: VirtualProcessor, gpa: bigint, data: Buffer): core.AccessOutcome {
+    const kp = this.platform(p);
+    if (kp.enforcesProtections(vp)) return kp.memoryAccess(vp, 'write', gpa, data.length, data);
+    return kp.guestWrite(vp, gpa, data) ? { status: 'completed' } : { status: 'exception', exception: core.X64Exception.GP };
+  }
+  /** The hypercall instruction runs on the vCPU (through the page's port-I/O exit). */
+  protected override guestVmcall(p: Partition, vp: VirtualProcessor): core.HypercallOutcome {
+    return this.platform(p).vmcall(vp);
+  }
+  /** A real load on the vCPU. */
+  protected override guestLoad(p: Partition, vp: VirtualProcessor, gpa: bigint, length: number): Buffer {
+    return this.platform(p).guestRead(vp, gpa, length);
   }
 
   override callHypercallPage(r: pb.CallHypercallPageRequest): Promise<pb.CallHypercallPageResponse> {

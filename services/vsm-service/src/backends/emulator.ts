@@ -125,6 +125,7 @@ export class EmulatorBackend implements Backend {
     if (r.outputSize > 4096) throw invalidArgument('output_size is larger than a page');
     const fast = core.decodeHypercallInput(r.control).fast;
     const R = core.HvRegisterName;
+    const stopped = (o: core.AccessOutcome) => ({ ...accessOutcomeOnly(vp, o), resultValue: 0n, status: 0, repsCompleted: 0, output: Buffer.alloc(0) });
     // The guest loads its registers (and, memory-based, stores the input block) before VMCALL.
     if (fast && r.input.length) {
       const buf = Buffer.alloc(16);
@@ -135,29 +136,43 @@ export class EmulatorBackend implements Backend {
     } else {
       if (r.input.length) {
         // The guest's own stores of its input block: subject to higher VTLs' protections.
-        const stored = core.guestAccess(p, vp, 'write', r.inputGpa, r.input.length, Buffer.from(r.input));
-        if (stored.status !== 'completed') return { ...accessOutcomeOnly(vp, stored), resultValue: 0n, status: 0, repsCompleted: 0, output: Buffer.alloc(0) };
+        p.checkRange(r.inputGpa, r.input.length);
+        const stored = this.guestStore(p, vp, r.inputGpa, Buffer.from(r.input));
+        if (stored.status !== 'completed') return stopped(stored);
       }
       p.setReg(vp, R.HvX64RegisterRcx, r.control);
       p.setReg(vp, R.HvX64RegisterRdx, r.inputGpa);
       p.setReg(vp, R.HvX64RegisterR8, r.outputGpa);
     }
-    const o = core.executeVmcall(p, vp);
-    if (o.parameterIntercept) return { ...accessOutcomeOnly(vp, o.parameterIntercept), resultValue: 0n, status: 0, repsCompleted: 0, output: Buffer.alloc(0) };
+    const o = this.guestVmcall(p, vp);
+    // A parameter block the caller may not access: a memory intercept instead of the call.
+    if (o.parameterIntercept) return stopped(o.parameterIntercept);
     const { status, repsCompleted } = core.decodeHypercallResult(o.resultValue);
     let output: Buffer = Buffer.alloc(0);
     if (!o.exception && r.outputSize > 0 && !fast) {
       p.checkRange(r.outputGpa, r.outputSize);
       // The guest reading its output block back: only what its VTL may read (no intercept is
       // raised for this convenience read; protected bytes are simply not returned).
-      const blocked = [...Array(Number(((r.outputGpa + BigInt(r.outputSize) - 1n) >> 12n) - (r.outputGpa >> 12n)) + 1)].some((_, i) => {
-        const g = (r.outputGpa >> 12n) + BigInt(i);
-        return !p.overlays.visible(vp.activeVtl, vp.index, g) && core.violatingVtl(p, vp, vp.activeVtl, Number(g), 'read') !== undefined;
-      });
-      if (!blocked) output = p.readView(vp.activeVtl, vp.index, r.outputGpa, r.outputSize);
+      if (core.accessibleTo(p, vp, r.outputGpa, r.outputSize, 'read')) output = this.guestLoad(p, vp, r.outputGpa, r.outputSize);
     }
     return { outcome: outcome(o), resultValue: o.resultValue, status, repsCompleted, output };
   }
+
+  // ---- what executes guest code (the KVM agent overrides these; the rest is shared) ----------
+
+  /** The guest stores bytes through its active VTL's view (protections apply). */
+  protected guestStore(p: Partition, vp: VirtualProcessor, gpa: bigint, data: Buffer): core.AccessOutcome {
+    return core.guestAccess(p, vp, 'write', gpa, data.length, data);
+  }
+  /** The guest's hypercall instruction with the registers it holds. */
+  protected guestVmcall(p: Partition, vp: VirtualProcessor): core.HypercallOutcome {
+    return core.executeVmcall(p, vp);
+  }
+  /** Bytes the guest sees through its active VTL's view (callers checked accessibility). */
+  protected guestLoad(p: Partition, vp: VirtualProcessor, gpa: bigint, length: number): Buffer {
+    return p.readView(vp.activeVtl, vp.index, gpa, length);
+  }
+
   async callHypercallPage(r: gpb.CallHypercallPageRequest): Promise<gpb.CallHypercallPageResponse> {
     const { p, vp } = this.vp(r.name);
     const R = core.HvRegisterName;
