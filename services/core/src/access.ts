@@ -76,8 +76,7 @@ export function accessibleTo(p: Partition, vp: VirtualProcessor, gpa: bigint, si
 
 /** Performs the access as the VP in its active VTL. */
 export function guestAccess(p: Partition, vp: VirtualProcessor, kind: AccessKind, gpa: bigint, length: number, data?: Buffer, opts: { ignoreProtections?: boolean; instruction?: InterceptInstruction } = {}): AccessOutcome {
-  p.assertActive();
-  if (vp.suspendedOn !== null) hvFail(HvStatus.HV_STATUS_INVALID_VP_STATE, `VP ${vp.index} is suspended on intercept ${vp.suspendedOn}`);
+  p.assertVpCanAct(vp);
   if (!Number.isInteger(length) || length < 1 || length > MAX_GUEST_ACCESS_BYTES) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `length must be 1..${MAX_GUEST_ACCESS_BYTES}`);
   p.checkRange(gpa, length);
   const vtl = vp.activeVtl;
@@ -235,7 +234,9 @@ export interface ResumedAccess {
  * returns `data`, zero-filled); retry = re-execute (the monitor changed protections); crash = stop
  * the partition. A `generation` other than the current memory-view generation is refused.
  */
-export function answerIntercept(p: Partition, id: bigint, action: InterceptAction, opts: { data?: Buffer; generation?: number } = {}): { result: 'applied' | 'duplicate'; outcome?: AccessOutcome } {
+export function answerIntercept(p: Partition, id: bigint, action: InterceptAction, opts: { data?: Buffer; generation?: number; by?: string } = {}): { result: 'applied' | 'duplicate'; outcome?: AccessOutcome } {
+  // A crashed or deleted partition takes no answers (its intercepts were resolved when it ended).
+  p.assertActive();
   const st = p.intercepts.status(id);
   if (st === 'duplicate') return { result: 'duplicate' };
   if (st === 'unknown') hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `intercept ${id} is not pending`);
@@ -244,29 +245,37 @@ export function answerIntercept(p: Partition, id: bigint, action: InterceptActio
   }
   const rec = p.intercepts.pending.get(id)!;
   const vp = p.vp(rec.vpIndex);
-  const pa = vp.suspendedAccess!;
+  const pa = vp.suspendedAccess;
+  if (vp.suspendedOn !== id || !pa) hvFail(HvStatus.HV_STATUS_INVALID_VP_STATE, `VP ${vp.index} is not suspended on intercept ${id}`);
   vp.suspendedOn = null;
   vp.suspendedAccess = null;
-  p.intercepts.markAnswered(id);
-  let outcome: AccessOutcome;
-  switch (action) {
-    case 'allow':
-      outcome = guestAccess(p, vp, pa.kind, pa.gpa, pa.length, pa.data, { ignoreProtections: true });
-      break;
-    case 'skip': {
-      const d = Buffer.alloc(pa.kind === 'write' ? 0 : pa.length);
-      opts.data?.copy(d, 0, 0, Math.min(d.length, opts.data.length));
-      outcome = { status: 'completed', data: pa.kind === 'write' ? undefined : d };
-      break;
+  let outcome: AccessOutcome = { status: 'crashed' };
+  try {
+    switch (action) {
+      case 'allow':
+        outcome = guestAccess(p, vp, pa.kind, pa.gpa, pa.length, pa.data, { ignoreProtections: true });
+        break;
+      case 'skip': {
+        const d = Buffer.alloc(pa.kind === 'write' ? 0 : pa.length);
+        opts.data?.copy(d, 0, 0, Math.min(d.length, opts.data.length));
+        outcome = { status: 'completed', data: pa.kind === 'write' ? undefined : d };
+        break;
+      }
+      case 'retry':
+        outcome = guestAccess(p, vp, pa.kind, pa.gpa, pa.length, pa.data);
+        break;
+      case 'crash':
+        outcome = { status: 'crashed' };
+        break;
     }
-    case 'retry':
-      outcome = guestAccess(p, vp, pa.kind, pa.gpa, pa.length, pa.data);
-      break;
-    case 'crash':
-      p.state = 'crashed';
-      outcome = { status: 'crashed' };
-      break;
+  } catch (e) {
+    // Never half-applied: the intercept is resolved and the partition stops with the reason.
+    p.intercepts.markAnswered(id, outcome);
+    p.crash(`answering intercept ${id} failed: ${e instanceof Error ? e.message : String(e)}`);
+    throw e;
   }
-  vp.lastMonitorOutcome = outcome;
+  // The answer's outcome goes to this intercept's waiter only (keyed by id).
+  p.intercepts.markAnswered(id, outcome);
+  if (action === 'crash') p.crash(`${opts.by ?? 'a monitor'} answered CRASH to intercept ${id}`);
   return { result: 'applied', outcome };
 }

@@ -4,6 +4,7 @@
 // 'monitor' holds the VP suspended until an external monitor answers; 'both' lets a monitor observe
 // while the VTL handles it. Pending intercepts are kept until answered (at-least-once to monitors;
 // each has an id and a second answer to the same id is reported as a duplicate, not applied).
+import type { AccessOutcome } from './access';
 import type { AccessKind } from './protections';
 import type { Vtl } from './vtl-array';
 
@@ -39,8 +40,10 @@ export class InterceptBroker {
   readonly pending = new Map<bigint, InterceptRecord>();
   /** Answered ids (bounded), to tell duplicates from unknown ids. */
   private readonly answered = new Set<bigint>();
+  /** What answering each (recently) answered intercept did, by id (bounded like `answered`). */
+  private readonly outcomes = new Map<bigint, AccessOutcome>();
   private readonly listeners = new Set<(r: InterceptRecord) => void>();
-  private readonly resolvedListeners = new Set<(id: bigint) => void>();
+  private readonly resolvedListeners = new Set<(id: bigint, outcome: AccessOutcome) => void>();
 
   exportState(): { nextId: bigint; pending: InterceptRecord[]; answered: bigint[] } {
     return { nextId: this.nextId, pending: [...this.pending.values()].map((r) => ({ ...r })), answered: [...this.answered] };
@@ -67,7 +70,8 @@ export class InterceptBroker {
     this.listeners.add(fn);
     return () => this.listeners.delete(fn);
   }
-  onResolved(fn: (id: bigint) => void): () => void {
+  /** Called once per answered intercept with what the answer did to its own access. */
+  onResolved(fn: (id: bigint, outcome: AccessOutcome) => void): () => void {
     this.resolvedListeners.add(fn);
     return () => this.resolvedListeners.delete(fn);
   }
@@ -78,10 +82,24 @@ export class InterceptBroker {
     return this.answered.has(id) ? 'duplicate' : 'unknown';
   }
 
-  markAnswered(id: bigint): void {
+  /** The outcome of answered intercept `id` (undefined: not answered, or answered long ago). */
+  outcomeOf(id: bigint): AccessOutcome | undefined {
+    return this.outcomes.get(id);
+  }
+
+  /** Records the answer of pending intercept `id` and wakes whoever waits for that id (only). */
+  markAnswered(id: bigint, outcome: AccessOutcome): void {
     this.pending.delete(id);
     this.answered.add(id);
+    this.outcomes.set(id, outcome);
     if (this.answered.size > 65536) this.answered.delete(this.answered.values().next().value as bigint);
-    for (const l of this.resolvedListeners) l(id);
+    if (this.outcomes.size > 65536) this.outcomes.delete(this.outcomes.keys().next().value as bigint);
+    for (const l of [...this.resolvedListeners]) l(id, outcome);
+  }
+
+  /** Drops every listener (the partition ended). */
+  closeListeners(): void {
+    this.listeners.clear();
+    this.resolvedListeners.clear();
   }
 }

@@ -145,8 +145,10 @@ export class PartitionManager {
   }
 
   delete(id: string): void {
-    this.get(id);
+    const p = this.get(id);
     this.partitions.delete(id);
+    // Waiters wake and streams end with a status; nothing reaches the partition afterwards.
+    p.markDeleted();
     for (const [k, v] of this.byRequestId) if (v.id === id) this.byRequestId.delete(k);
     this.platforms.get(id)?.dispose?.();
     this.platforms.delete(id);

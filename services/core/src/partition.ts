@@ -5,7 +5,7 @@ import { SparseMemory, PAGE_SIZE } from './memory';
 import { GuestRam, PlatformHooks } from './platform';
 import { ProtectionMap, normalizeMapFlags } from './protections';
 import { PostResult, Synic, SynicView } from './synic';
-import { InterceptBroker, InterceptRoute } from './intercepts';
+import { InterceptAction, InterceptBroker, InterceptRoute } from './intercepts';
 import type { AccessOutcome, PendingAccess, ResumedAccess } from './access';
 import { OverlayKind, OverlayManager } from './overlays';
 import { Vtl, VtlArray, VTLS, isVtl } from './vtl-array';
@@ -139,8 +139,6 @@ export class VirtualProcessor {
   /** Intercept (route 'monitor') this VP is suspended on, waiting for a monitor's answer. */
   suspendedOn: bigint | null = null;
   suspendedAccess: PendingAccess | null = null;
-  /** What the last monitor answer did to the suspended access. */
-  lastMonitorOutcome: AccessOutcome | undefined;
   constructor(readonly index: number) {}
 
   get enabledVtlSet(): number {
@@ -184,6 +182,13 @@ export class Partition {
   readonly vendor: X64Vendor;
   createTimeUnixMs = Date.now();
   state: 'active' | 'crashed' = 'active';
+  /** Why the partition crashed (monitor CRASH answer, deadline policy, internal error). */
+  crashReason = '';
+  /** Set once the partition was deleted: everything still attached to it must let go. */
+  deleted = false;
+  /** Deadline policy for intercepts a monitor must answer (SetInterceptRoute); unset = wait. */
+  interceptDeadline: { ms: number; action: InterceptAction } | undefined;
+  private readonly endListeners = new Set<(why: 'crashed' | 'deleted') => void>();
   /** Protection map of each protecting VTL; null until its EnableVtlProtection is set. */
   readonly protections = new VtlArray<ProtectionMap | null>(() => null);
   readonly intercepts = new InterceptBroker();
@@ -233,7 +238,61 @@ export class Partition {
   }
 
   assertActive(): void {
-    if (this.state !== 'active') hvFail(HvStatus.HV_STATUS_INVALID_PARTITION_STATE, `partition ${this.id} is ${this.state}`);
+    if (this.deleted) hvFail(HvStatus.HV_STATUS_INVALID_PARTITION_ID, `partition ${this.id} was deleted`);
+    if (this.state !== 'active') hvFail(HvStatus.HV_STATUS_INVALID_PARTITION_STATE, `partition ${this.id} is ${this.state}${this.crashReason ? ` (${this.crashReason})` : ''}`);
+  }
+
+  /**
+   * The rule every guest action obeys first (both engines): the partition is active and the VP is
+   * not suspended on a monitor intercept (it is stopped at the faulting instruction until answered).
+   */
+  assertVpCanAct(vp: VirtualProcessor): void {
+    this.assertActive();
+    if (vp.suspendedOn !== null) hvFail(HvStatus.HV_STATUS_INVALID_VP_STATE, `VP ${vp.index} is suspended on intercept ${vp.suspendedOn}; answer it first`);
+  }
+
+  /** Called once when the partition crashes or is deleted (streams end, waiters wake). */
+  onEnd(fn: (why: 'crashed' | 'deleted') => void): () => void {
+    this.endListeners.add(fn);
+    return () => this.endListeners.delete(fn);
+  }
+
+  /**
+   * Stops the partition: every pending intercept is resolved as crashed (its waiter wakes with that
+   * outcome, not another's), suspended VPs are released, streams are told. Idempotent.
+   */
+  crash(reason: string): void {
+    if (this.state === 'crashed' || this.deleted) return;
+    this.state = 'crashed';
+    this.crashReason = reason;
+    this.releasePending();
+    this.notifyEnd('crashed');
+  }
+
+  /** The partition was deleted: waiters wake, streams end; nothing reaches it afterwards. */
+  markDeleted(): void {
+    if (this.deleted) return;
+    this.deleted = true;
+    this.releasePending();
+    this.notifyEnd('deleted');
+    this.transitionListeners.clear();
+    this.intercepts.closeListeners();
+  }
+
+  private releasePending(): void {
+    for (const rec of [...this.intercepts.pending.values()]) {
+      const vp = this.vps[rec.vpIndex];
+      if (vp && vp.suspendedOn === rec.id) {
+        vp.suspendedOn = null;
+        vp.suspendedAccess = null;
+      }
+      this.intercepts.markAnswered(rec.id, { status: 'crashed' });
+    }
+  }
+
+  private notifyEnd(why: 'crashed' | 'deleted'): void {
+    for (const l of [...this.endListeners]) l(why);
+    this.endListeners.clear();
   }
 
   // ---- VTL transitions -------------------------------------------------------------------------

@@ -25,13 +25,6 @@ import { KvmHost, KvmPartition, KvmRunError, RunVpResult, probeHost } from './pl
 
 export { MAX_GUEST_ACCESS };
 
-const DEADLINE_ACTIONS: Partial<Record<pb.InterceptAction, core.InterceptAction>> = {
-  [pb.InterceptAction.INTERCEPT_ACTION_ALLOW]: 'allow',
-  [pb.InterceptAction.INTERCEPT_ACTION_SKIP]: 'skip',
-  [pb.InterceptAction.INTERCEPT_ACTION_RETRY]: 'retry',
-  [pb.InterceptAction.INTERCEPT_ACTION_CRASH]: 'crash',
-};
-
 export interface KvmBackendOptions {
   limits?: Partial<core.Limits>;
   /** KVM device (default /dev/kvm). */
@@ -52,8 +45,6 @@ export class KvmBackend extends EmulatorBackend {
   private closed = false;
   /** The KVM platform of each partition, by id. */
   private readonly kvm = new Map<string, KvmPartition>();
-  /** Each partition's deadline policy for unanswered intercepts (SetInterceptRoute), for the memory actions' monitor wait. */
-  private readonly deadlinePolicies = new WeakMap<Partition, { ms: number; action: core.InterceptAction } | undefined>();
 
   constructor(private readonly opts: KvmBackendOptions = {}) {
     // Every partition the core's manager creates or restores gets a KVM platform (its VMs, vCPUs
@@ -143,7 +134,7 @@ export class KvmBackend extends EmulatorBackend {
 
   override writeMsr(r: pb.WriteMsrRequest): Promise<pb.WriteMsrResponse> {
     return this.guarded(() => {
-      const { p, vp } = this.vp(r.name);
+      const { p, vp } = this.guestVp(r.name);
       const o = this.platform(p).writeMsr(vp, r.msr, r.value);
       return { outcome: outcome({ ...o, activeVtl: vp.activeVtl }) };
     });
@@ -151,7 +142,7 @@ export class KvmBackend extends EmulatorBackend {
 
   override readMsr(r: pb.ReadMsrRequest): Promise<pb.ReadMsrResponse> {
     return this.guarded(() => {
-      const { p, vp } = this.vp(r.name);
+      const { p, vp } = this.guestVp(r.name);
       const o = this.platform(p).readMsr(vp, r.msr);
       return { outcome: outcome({ exception: o.exception, activeVtl: vp.activeVtl }), value: o.exception ? 0n : o.value };
     });
@@ -178,7 +169,7 @@ export class KvmBackend extends EmulatorBackend {
 
   override callHypercallPage(r: pb.CallHypercallPageRequest): Promise<pb.CallHypercallPageResponse> {
     return this.guarded(() => {
-      const { p, vp } = this.vp(r.name);
+      const { p, vp } = this.guestVp(r.name);
       const R = core.HvRegisterName;
       if (r.rcx !== undefined) p.setReg(vp, R.HvX64RegisterRcx, r.rcx);
       if (r.rdx !== undefined) p.setReg(vp, R.HvX64RegisterRdx, r.rdx);
@@ -189,7 +180,7 @@ export class KvmBackend extends EmulatorBackend {
   }
 
   override async readMemory(r: pb.ReadMemoryRequest): Promise<pb.ReadMemoryResponse> {
-    const { p, vp } = this.vp(r.name);
+    const { p, vp } = this.guestVp(r.name);
     if (r.length < 1 || r.length > MAX_GUEST_ACCESS) throw invalidArgument(`length must be 1..${MAX_GUEST_ACCESS}`);
     const kp = this.platform(p);
     if (!(await this.guarded(() => kp.enforcesProtections(vp)))) return await super.readMemory(r);
@@ -198,7 +189,7 @@ export class KvmBackend extends EmulatorBackend {
   }
 
   override async writeMemory(r: pb.WriteMemoryRequest): Promise<pb.WriteMemoryResponse> {
-    const { p, vp } = this.vp(r.name);
+    const { p, vp } = this.guestVp(r.name);
     if (r.data.length < 1 || r.data.length > MAX_GUEST_ACCESS) throw invalidArgument(`data must be 1..${MAX_GUEST_ACCESS} bytes`);
     const kp = this.platform(p);
     if (!(await this.guarded(() => kp.enforcesProtections(vp)))) return await super.writeMemory(r);
@@ -213,37 +204,7 @@ export class KvmBackend extends EmulatorBackend {
    * again — the emulator's loop, so both backends answer alike.
    */
   private async kvmAccess(p: Partition, vp: VirtualProcessor, run: () => core.AccessOutcome): Promise<{ outcome: pb.GuestActionOutcome; data?: Buffer }> {
-    let o = await this.guarded(run);
-    while (o.status === 'intercepted' && o.awaitingMonitor) {
-      const id = o.intercept.id;
-      const policy = this.deadlinePolicies.get(p);
-      await new Promise<void>((resolve) => {
-        if (p.intercepts.status(id) !== 'pending') return resolve();
-        let timer: NodeJS.Timeout | undefined;
-        const off = p.intercepts.onResolved((x) => {
-          if (x !== id) return;
-          off();
-          if (timer) clearTimeout(timer);
-          resolve();
-        });
-        if (policy) {
-          timer = setTimeout(() => {
-            // The partition's explicit deadline policy answers for the absent monitor.
-            if (p.intercepts.status(id) === 'pending') core.answerIntercept(p, id, policy.action);
-          }, policy.ms);
-        }
-      });
-      o = vp.lastMonitorOutcome ?? { status: 'crashed' };
-    }
-    return accessOutcome(vp, o);
-  }
-
-  override async setInterceptRoute(r: pb.SetInterceptRouteRequest): Promise<pb.SetInterceptRouteResponse> {
-    const res = await super.setInterceptRoute(r);
-    const p = this.partition(r.name);
-    const action = DEADLINE_ACTIONS[res.deadlineAction];
-    this.deadlinePolicies.set(p, res.answerDeadlineMs !== undefined && action ? { ms: Number(res.answerDeadlineMs), action } : undefined);
-    return res;
+    return accessOutcome(vp, await this.awaitMonitor(p, await this.guarded(run)));
   }
 
   // ---- beyond vsm.v1 --------------------------------------------------------------------------------

@@ -647,7 +647,9 @@ export class KvmPartition {
     const p = this.partition;
     let r = h.resolution;
     if (!r && h.route === 'monitor' && vp.suspendedOn !== h.interceptId && p.intercepts.status(h.interceptId) !== 'pending') {
-      r = vp.lastMonitorOutcome ?? undefined;
+      r = p.intercepts.outcomeOf(h.interceptId);
+      // A RETRY that intercepted again, answered meanwhile: follow the chain to its own answer.
+      while (r?.status === 'intercepted' && r.awaitingMonitor && p.intercepts.status(r.intercept.id) !== 'pending') r = p.intercepts.outcomeOf(r.intercept.id);
     }
     if (r?.status === 'intercepted' && !r.heldBack) {
       h.interceptId = r.intercept.id;

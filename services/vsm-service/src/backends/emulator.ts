@@ -14,6 +14,7 @@ import { Backend, StreamSink } from '../backend';
 import { invalidArgument } from '../errors';
 import { parsePartitionName, parseVpName, partitionName, vpName } from '../names';
 import { fromPbSnapshot, toPbSnapshot } from '../snapshot-codec';
+import { BackgroundErrorReport, awaitMonitorAnswers, partitionTask, reportToStderr } from './monitor-wait';
 
 export const MAX_GUEST_ACCESS = 65536;
 export const MAX_GPA_ACCESS = 1 << 20;
@@ -22,8 +23,8 @@ const WATCH_QUEUE = 1024;
 export class EmulatorBackend implements Backend {
   readonly kind: string = 'emulator';
   readonly manager: PartitionManager;
-  /** Per-partition deadline policy for unanswered intercepts (unset = keep waiting). */
-  private readonly deadlines = new WeakMap<Partition, { ms: number; action: core.InterceptAction } | undefined>();
+  /** Where a partition's background failures (deadline timers, stream callbacks) are reported. */
+  report: BackgroundErrorReport = reportToStderr;
 
   /** `options.platform`: an execution engine for every partition (the KVM agent's KvmBackend passes one). */
   constructor(limits: Partial<core.Limits> = {}, options: core.ManagerOptions = {}) {
@@ -109,18 +110,17 @@ export class EmulatorBackend implements Backend {
   // ---- guest actions --------------------------------------------------------------------------
 
   async writeMsr(r: gpb.WriteMsrRequest): Promise<gpb.WriteMsrResponse> {
-    const { p, vp } = this.vp(r.name);
+    const { p, vp } = this.guestVp(r.name);
     const o = p.writeMsr(vp, r.msr, r.value);
     return { outcome: outcome({ ...o, activeVtl: vp.activeVtl }) };
   }
   async readMsr(r: gpb.ReadMsrRequest): Promise<gpb.ReadMsrResponse> {
-    const { p, vp } = this.vp(r.name);
+    const { p, vp } = this.guestVp(r.name);
     const o = p.readMsr(vp, r.msr);
     return { outcome: outcome({ exception: o.exception, activeVtl: vp.activeVtl }), value: o.exception ? 0n : o.value };
   }
   async hypercall(r: gpb.HypercallRequest): Promise<gpb.HypercallResponse> {
-    const { p, vp } = this.vp(r.name);
-    p.assertActive();
+    const { p, vp } = this.guestVp(r.name);
     if (r.input.length > 4096) throw invalidArgument('input is larger than a page');
     if (r.outputSize > 4096) throw invalidArgument('output_size is larger than a page');
     const fast = core.decodeHypercallInput(r.control).fast;
@@ -174,7 +174,7 @@ export class EmulatorBackend implements Backend {
   }
 
   async callHypercallPage(r: gpb.CallHypercallPageRequest): Promise<gpb.CallHypercallPageResponse> {
-    const { p, vp } = this.vp(r.name);
+    const { p, vp } = this.guestVp(r.name);
     const R = core.HvRegisterName;
     if (r.rcx !== undefined) p.setReg(vp, R.HvX64RegisterRcx, r.rcx);
     if (r.rdx !== undefined) p.setReg(vp, R.HvX64RegisterRdx, r.rdx);
@@ -183,18 +183,18 @@ export class EmulatorBackend implements Backend {
     return { outcome: outcome(o), rax: o.rax };
   }
   async readMemory(r: gpb.ReadMemoryRequest): Promise<gpb.ReadMemoryResponse> {
-    const { p, vp } = this.vp(r.name);
+    const { p, vp } = this.guestVp(r.name);
     const { outcome: o, data } = await this.access(p, vp, 'read', r.gpa, r.length);
     return { outcome: o, data: data ?? Buffer.alloc(0) };
   }
   async writeMemory(r: gpb.WriteMemoryRequest): Promise<gpb.WriteMemoryResponse> {
-    const { p, vp } = this.vp(r.name);
+    const { p, vp } = this.guestVp(r.name);
     if (r.data.length < 1 || r.data.length > MAX_GUEST_ACCESS) throw invalidArgument(`data must be 1..${MAX_GUEST_ACCESS} bytes`);
     // A guest write to the hypercall page (read/execute for the guest) raises #GP.
     return { outcome: (await this.access(p, vp, 'write', r.gpa, r.data.length, Buffer.from(r.data))).outcome };
   }
   async executeMemory(r: gpb.ExecuteMemoryRequest): Promise<gpb.ExecuteMemoryResponse> {
-    const { p, vp } = this.vp(r.name);
+    const { p, vp } = this.guestVp(r.name);
     if (r.length < 1 || r.length > 16) throw invalidArgument('length must be 1..16 (one instruction fetch)');
     const { outcome: o, data } = await this.access(p, vp, 'execute', r.gpa, r.length);
     return { outcome: o, data: data ?? Buffer.alloc(0) };
@@ -206,24 +206,12 @@ export class EmulatorBackend implements Backend {
    */
   private async access(p: Partition, vp: VirtualProcessor, kind: core.AccessKind, gpa: bigint, length: number, data?: Buffer): Promise<{ outcome: gpb.GuestActionOutcome; data?: Buffer }> {
     if (length < 1 || length > MAX_GUEST_ACCESS) throw invalidArgument(`length must be 1..${MAX_GUEST_ACCESS}`);
-    let o: core.AccessOutcome = core.guestAccess(p, vp, kind, gpa, length, data);
-    while (o.status === 'intercepted' && o.awaitingMonitor) {
-      const id = o.intercept.id;
-      const policy = this.deadlines.get(p);
-      await new Promise<void>((resolve) => {
-        if (p.intercepts.status(id) !== 'pending') return resolve();
-        let timer: NodeJS.Timeout | undefined;
-        const off = p.intercepts.onResolved((x) => { if (x === id) { off(); if (timer) clearTimeout(timer); resolve(); } });
-        if (policy) {
-          timer = setTimeout(() => {
-            // The partition's explicit deadline policy answers for the absent monitor.
-            if (p.intercepts.status(id) === 'pending') core.answerIntercept(p, id, policy.action);
-          }, policy.ms);
-        }
-      });
-      o = vp.lastMonitorOutcome ?? { status: 'crashed' };
-    }
-    return accessOutcome(vp, o);
+    return accessOutcome(vp, await this.awaitMonitor(p, core.guestAccess(p, vp, kind, gpa, length, data)));
+  }
+
+  /** On the monitor route: waits for this intercept's own answer (see monitor-wait.ts). */
+  protected awaitMonitor(p: Partition, o: core.AccessOutcome): Promise<core.AccessOutcome> {
+    return awaitMonitorAnswers(p, o, this.report);
   }
 
   // ---- raw memory -----------------------------------------------------------------------------
@@ -292,6 +280,11 @@ export class EmulatorBackend implements Backend {
     let missed = 0n;
     let firstMissed = 0n;
     let wake: (() => void) | undefined;
+    const poke = () => { const w = wake; wake = undefined; w?.(); };
+    // One abort listener and one end listener for the stream's whole life (not one per idle wait).
+    signal.addEventListener('abort', poke);
+    let ended: 'crashed' | 'deleted' | undefined = p.state === 'crashed' ? 'crashed' : undefined;
+    const offEnd = p.onEnd((why) => { ended = why; poke(); });
     const off = p.onTransition((t) => {
       if (r.vpIndex !== undefined && t.vpIndex !== r.vpIndex) return;
       if (queue.length >= WATCH_QUEUE) {
@@ -300,16 +293,13 @@ export class EmulatorBackend implements Backend {
         return;
       }
       queue.push({ event: { $case: 'transition', value: { sequence: t.sequence, vpIndex: t.vpIndex, fromVtl: t.fromVtl, toVtl: t.toVtl, entryReason: t.entryReason, isReturn: t.isReturn, fastReturn: t.fastReturn, timeUnixUs: t.timeUnixUs } } });
-      wake?.();
+      poke();
     });
     try {
       while (!signal.aborted) {
         if (queue.length === 0 && missed === 0n) {
-          await new Promise<void>((res) => {
-            wake = res;
-            signal.addEventListener('abort', () => res(), { once: true });
-          });
-          wake = undefined;
+          if (ended) throw endedError(p, ended);
+          await new Promise<void>((res) => { wake = res; });
           continue;
         }
         const next = queue.shift();
@@ -323,6 +313,8 @@ export class EmulatorBackend implements Backend {
       }
     } finally {
       off();
+      offEnd();
+      signal.removeEventListener('abort', poke);
     }
   }
 
@@ -363,7 +355,7 @@ export class EmulatorBackend implements Backend {
       policy = { ms: Number(r.answerDeadlineMs), action };
     }
     p.interceptRoute = route;
-    this.deadlines.set(p, policy);
+    p.interceptDeadline = policy;
     return { route: r.route, answerDeadlineMs: policy ? BigInt(policy.ms) : undefined, deadlineAction: policy ? r.deadlineAction : P.InterceptAction.INTERCEPT_ACTION_UNSPECIFIED };
   }
   async listPendingIntercepts(r: P.ListPendingInterceptsRequest): Promise<P.ListPendingInterceptsResponse> {
@@ -380,6 +372,8 @@ export class EmulatorBackend implements Backend {
     if (sub.vpIndex !== undefined) p.vp(sub.vpIndex);
     if (sub.vtl !== undefined && !isVtl(sub.vtl)) throw invalidArgument(`vtl ${sub.vtl} is not a supported VTL`);
     if ((sub.accessMask & ~7) !== 0) throw invalidArgument('access_mask has bits other than read 0x1, write 0x2, execute 0x4');
+    // A crashed partition has nothing to monitor and takes no answers.
+    p.assertActive();
     let mask = sub.accessMask === 0 ? 7 : sub.accessMask;
     const kindBit: Record<core.AccessKind, number> = { read: 1, write: 2, execute: 4 };
     const matches = (x: core.InterceptRecord) =>
@@ -389,6 +383,7 @@ export class EmulatorBackend implements Backend {
       (sub.gpaStart === undefined || x.gpa >= sub.gpaStart) &&
       (sub.gpaEnd === undefined || x.gpa < sub.gpaEnd);
     const send = (x: core.InterceptRecord) => {
+      if (signal.aborted) return; // a dead stream takes nothing (the intercept stays pending for the next monitor)
       const redelivered = x.deliveries > 0;
       x.deliveries++;
       sink.write({ kind: { $case: 'intercept', value: interceptEvent(x, redelivered) } });
@@ -396,14 +391,22 @@ export class EmulatorBackend implements Backend {
     sink.write({ kind: { $case: 'subscription', value: { accessMask: mask, viewGeneration: BigInt(p.viewGeneration) } } });
     // At-least-once: everything still unanswered goes to the new monitor first.
     for (const x of p.intercepts.pending.values()) if (matches(x)) send(x);
-    const off = p.intercepts.subscribe((x) => { if (matches(x)) send(x); });
+    const off = p.intercepts.subscribe((x) => partitionTask(p, 'Monitor stream delivery', () => { if (matches(x)) send(x); }, this.report));
+    // The partition's end (crash, delete) ends the stream with a status.
+    let endNow: ((why: 'crashed' | 'deleted') => void) | undefined;
+    const ended = new Promise<'crashed' | 'deleted'>((res) => { endNow = res; });
+    const offEnd = p.onEnd((why) => endNow?.(why));
+    const aborted = new Promise<'aborted'>((res) => { if (signal.aborted) res('aborted'); else signal.addEventListener('abort', () => res('aborted'), { once: true }); });
     try {
       while (!signal.aborted) {
-        const next = await it.next();
+        const next = await Promise.race([it.next(), ended, aborted]);
+        if (next === 'aborted') break;
+        if (next === 'crashed' || next === 'deleted') throw endedError(p, next);
         if (next.done) break;
         const k = next.value.kind;
         if (!k) continue;
         if (k.$case === 'subscribe') throw invalidArgument('subscribe may only be sent once per stream');
+        let wrote: boolean;
         if (k.$case === 'updateEvents') {
           const m = k.value.accessMask;
           if ((m & ~7) !== 0) throw invalidArgument('access_mask has bits other than read 0x1, write 0x2, execute 0x4');
@@ -411,13 +414,18 @@ export class EmulatorBackend implements Backend {
           else if (k.value.op === P.EventMaskOp.EVENT_MASK_OP_ENABLE) mask |= m;
           else if (k.value.op === P.EventMaskOp.EVENT_MASK_OP_DISABLE) mask &= ~m;
           else throw invalidArgument('update_events.op must be SET, ENABLE or DISABLE');
-          sink.write({ kind: { $case: 'subscription', value: { accessMask: mask, viewGeneration: BigInt(p.viewGeneration) } } });
-          continue;
+          wrote = sink.write({ kind: { $case: 'subscription', value: { accessMask: mask, viewGeneration: BigInt(p.viewGeneration) } } });
+        } else {
+          // An answer to a partition that ended meanwhile is not applied: the stream ends instead.
+          if (p.deleted || p.state !== 'active') throw endedError(p, p.deleted ? 'deleted' : 'crashed');
+          wrote = sink.write({ kind: { $case: 'replyResult', value: this.reply(p, k.value) } });
         }
-        sink.write({ kind: { $case: 'replyResult', value: this.reply(p, k.value) } });
+        // Back-pressure: read the client's next message only once it takes our answers again.
+        if (!wrote) await sink.drained();
       }
     } finally {
       off();
+      offEnd();
     }
   }
 
@@ -510,6 +518,22 @@ export class EmulatorBackend implements Backend {
     const p = this.manager.get(n.partition);
     return { p, vp: p.vp(n.vp) };
   }
+  /**
+   * The VP a guest action runs on, after the rule every guest action obeys (both backends): the
+   * partition is active and the VP is not suspended on a monitor intercept.
+   */
+  guestVp(name: string): { p: Partition; vp: VirtualProcessor } {
+    const t = this.vp(name);
+    t.p.assertVpCanAct(t.vp);
+    return t;
+  }
+}
+
+/** The status a partition's streams end with when it crashed or was deleted. */
+function endedError(p: Partition, why: 'crashed' | 'deleted'): HvError {
+  return why === 'deleted'
+    ? new HvError(HvStatus.HV_STATUS_INVALID_PARTITION_ID, `partition ${p.id} was deleted`)
+    : new HvError(HvStatus.HV_STATUS_INVALID_PARTITION_STATE, `partition ${p.id} crashed${p.crashReason ? `: ${p.crashReason}` : ''}`);
 }
 
 function toPbPartition(p: Partition, requestId = ''): pb.Partition {
