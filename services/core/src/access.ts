@@ -6,7 +6,7 @@ import { Partition, VirtualProcessor, X64Exception, X64ExceptionVector, VtlSwitc
 import { AccessKind, requiredFlag } from './protections';
 import { InterceptAction, InterceptRecord } from './intercepts';
 import { Vtl, VTLS } from './vtl-array';
-import { resumeStub } from './stub';
+import { resumeStub } from './stub-return';
 import { HvError, HvStatus, hvFail } from './tlfs/status';
 import { HvRegisterName as R, reg128ToSegment } from './tlfs/registers';
 import { HvVtlEntryReason } from './tlfs/vsm';

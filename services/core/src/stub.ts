@@ -3,7 +3,7 @@
 // for the handful of instructions they use. The CALL's stack push is not modelled: the return
 // address is kept in the VP's per-VTL state (pendingStubReturn) instead, and RSP is untouched.
 // When a VMCALL in a stub switches VTL, the caller stays at the RET after the VMCALL and executes
-// it when it next runs (resumeStub), exactly as on hardware.
+// it when it next runs (stub-return.ts resumeStub), exactly as on hardware.
 import { GuestOutcome, Partition, VirtualProcessor, X64Exception } from './partition';
 import { HvError, HvStatus } from './tlfs/status';
 import { HvRegisterName as R } from './tlfs/registers';
@@ -72,12 +72,4 @@ export function callHypercallPage(p: Partition, vp: VirtualProcessor, offset: nu
   } finally {
     vp.callSiteRaxRcx = undefined;
   }
-}
-
-/** A VTL that is resumed while parked on a stub's RET executes the RET (returns to its caller). */
-export function resumeStub(p: Partition, vp: VirtualProcessor): void {
-  const st = vp.vtls.get(vp.activeVtl);
-  if (st.pendingStubReturn === null) return;
-  p.setReg(vp, R.HvX64RegisterRip, st.pendingStubReturn);
-  st.pendingStubReturn = null;
 }

@@ -3,7 +3,7 @@
 import { GuestOutcome, Partition, VirtualProcessor, X64Exception } from './partition';
 import { HvRegisterName as R } from './tlfs/registers';
 import { HvVpAssistPage, HvVtlEntryReason } from './tlfs/vsm';
-import { resumeStub } from './stub';
+import { resumeStub } from './stub-return';
 import { resumePendingAccess } from './access';
 
 /**
