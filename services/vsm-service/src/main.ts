@@ -8,6 +8,15 @@ import { EmulatorBackend } from './backends/emulator';
 import { RemoteBackend } from './backends/remote';
 import { Backend } from './backend';
 import { StateStore, persistentBackend, restoreAll } from './state-dir';
+import { FdLogDestination } from './log-destination';
+
+// A reader of stdout/stderr that went away (EPIPE) must not crash or hang the process: failed
+// writes through process.stdout/stderr (console, usage messages) are ignored, and the logger
+// writes through FdLogDestination, which turns itself off on such an error.
+for (const s of [process.stdout, process.stderr]) s.on('error', () => undefined);
+
+/** Graceful shutdown gives unary calls 5 s; after this the process exits regardless. */
+const SHUTDOWN_WATCHDOG_MS = 20_000;
 
 async function main(): Promise<void> {
   let cfg;
@@ -20,7 +29,8 @@ async function main(): Promise<void> {
     }
     throw e;
   }
-  const log = pino({ level: cfg.logLevel, base: { svc: 'vsm-service' } });
+  const logDest = new FdLogDestination(1);
+  const log = pino({ level: cfg.logLevel, base: { svc: 'vsm-service' } }, logDest);
   // Signal handlers first: a SIGTERM that arrives while starting (e.g. right after "listening" is
   // logged, before startServer's promise settles) must not meet the default action and kill the
   // process without a graceful shutdown.
@@ -54,7 +64,11 @@ async function main(): Promise<void> {
     security: { authzPolicy: cfg.authzPolicy ? { file: cfg.authzPolicy } : undefined, limits: { maxStreams, maxStreamsPerClient } },
   });
   const sig = await signalled;
-  srv.shutdown(sig).then(() => process.exit(0), () => process.exit(1));
+  // Whatever happens during shutdown, the process ends: a watchdog well beyond the grace period.
+  setTimeout(() => process.exit(1), SHUTDOWN_WATCHDOG_MS);
+  const code = await srv.shutdown(sig).then(() => 0, () => 1);
+  await logDest.flush(1000);
+  process.exit(code);
 }
 
 main().catch((e) => {
