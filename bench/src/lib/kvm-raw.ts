@@ -2,18 +2,18 @@
 // the layer its platform uses): a one-vCPU MiniGuest runs an endless loop whose every iteration
 // exits once; the host side only re-enters (KVM_RUN, check the exit reason, nothing else). These
 // are the floors under the agent's figures, measured in the same run. Same guest loops as
-// services/kvm-agent/src/kvm/rawbench.ts (which returns summaries only; here every batch is a
-// sample for the harness).
+// bench/src/agent/rawbench.ts (which returns summaries only; here every batch is a sample for
+// the harness).
 //
 // The agent module is loaded lazily (loadKvmLayer), so listing or running other suites never
-// loads koffi.
-import type * as KvmLayer from '@vsm/kvm-agent/dist/kvm';
+// loads koffi. The layer is the agent's public `kvm` export.
+import type { kvm as KvmLayer } from '@vsm/kvm-agent';
 
 export type KvmLayerModule = typeof KvmLayer;
 
 export function loadKvmLayer(): KvmLayerModule {
   // eslint-disable-next-line @typescript-eslint/no-require-imports
-  return require('@vsm/kvm-agent/dist/kvm') as KvmLayerModule;
+  return (require('@vsm/kvm-agent') as { kvm: KvmLayerModule }).kvm;
 }
 
 /** true, or why the KVM suites are skipped here (no usable /dev/kvm, or the binding does not load). */

@@ -5,8 +5,6 @@ export * from './kvm';
 export * from './longmode';
 export * from './miniguest';
 export * from './watchdog';
-export { measureRawExits } from './rawbench';
-export type { ExitLoopResult, RawExitBaselines, MeasureOptions } from './rawbench';
 export {
   SysError, ERRNO, KVMIO, _IO, _IOR, _IOW, _IOWR, _IOC,
   KVM_GET_API_VERSION, KVM_CREATE_VM, KVM_CHECK_EXTENSION, KVM_GET_VCPU_MMAP_SIZE, KVM_GET_SUPPORTED_CPUID,

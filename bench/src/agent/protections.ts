@@ -1,5 +1,6 @@
 /**
- * What VTL protections cost on KVM (part of dist/bench.js; also `node dist/bench-protections.js`):
+ * What VTL protections cost on KVM (part of bench/dist/agent/actions.js; also
+ * `node bench/dist/agent/protections.js [--iterations N]`):
  * - a protection change: ModifyVtlProtectionMask in the core + the lower VTL's view re-synced
  *   (memslot ioctls), for one page and for a 1 GiB range;
  * - a refused guest action: WriteMemory on a write-protected page → MMIO exit → the core's intercept
@@ -11,9 +12,10 @@
  */
 import * as core from '@vsm/core';
 import { pb } from '@vsm/client';
-import { Asm, buildGdt, buildIdentityPageTables, GDT_LIMIT } from './kvm';
-import { KvmBackend } from './backend';
-import { getReg, setReg } from './platform/registers';
+import { KvmBackend, getReg, kvm, setReg } from '@vsm/kvm-agent';
+
+const { Asm, buildGdt, buildIdentityPageTables, GDT_LIMIT } = kvm;
+type Asm = kvm.Asm;
 
 export interface ProtectionTiming {
   calls: number;

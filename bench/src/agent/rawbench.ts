@@ -3,15 +3,15 @@
  * driven from Node (through koffi) sustains, per exit kind. These are the floors under any
  * hypercall / intercept figure the agent can reach.
  *
- *   node services/kvm-agent/dist/kvm/rawbench.js [--iterations N]
+ *   node bench/dist/agent/rawbench.js [--iterations N]
  *
  * prints the result of measureRawExits() as JSON.
  */
 import * as os from 'os';
-import { KVM_EXIT, KVM_SYNC_X86_REGS } from './constants';
-import { KvmSystem } from './kvm';
-import { Asm } from './longmode';
-import { MINI, MiniGuest } from './miniguest';
+import { kvm } from '@vsm/kvm-agent';
+
+const { KVM_EXIT, KVM_SYNC_X86_REGS, KvmSystem, Asm, MINI, MiniGuest } = kvm;
+type MiniGuest = kvm.MiniGuest;
 
 export interface ExitLoopResult {
   /** exits measured */

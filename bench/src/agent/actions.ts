@@ -1,23 +1,23 @@
 /**
  * Guest-action round trips of the KVM agent, next to the raw exit baseline of this host:
  *
- *   node services/kvm-agent/dist/bench.js [--iterations N]
+ *   node bench/dist/agent/actions.js [--iterations N]
  *
  * prints JSON. Each row times one call `iterations` times (after a warm-up):
- * - raw: rawbench's WRMSR / port-I/O exit loops (one KVM_RUN per exit, no core);
+ * - raw: rawbench.ts's WRMSR / port-I/O exit loops (one KVM_RUN per exit, no core);
  * - platform: KvmPartition actions called directly (stub set-up, exits, core, store back);
  * - backend: KvmBackend / EmulatorBackend methods with vsm.v1 messages (no gRPC);
  * - grpc: the generated client over loopback TCP against a server on each backend;
  * - protections: protection changes, refused accesses and whole-guest intercept round trips
- *   (bench-protections.ts, iterations / 10).
+ *   (protections.ts, iterations / 10).
  */
 import pino from 'pino';
 import { connect } from '@vsm/client';
 import { pb } from '@vsm/client';
 import { Backend, EmulatorBackend, startServer } from '@vsm/service';
-import { measureRawExits } from './kvm';
-import { KvmBackend } from './backend';
-import { ProtectionTiming, measureProtections } from './bench-protections';
+import { KvmBackend } from '@vsm/kvm-agent';
+import { measureRawExits } from './rawbench';
+import { ProtectionTiming, measureProtections } from './protections';
 
 export interface CallTiming {
   calls: number;
@@ -34,7 +34,7 @@ export interface AgentBench {
   platform: Record<string, CallTiming>;
   backend: Record<string, CallTiming>;
   grpc: Record<string, CallTiming>;
-  /** VTL protections on KVM (bench-protections.ts). */
+  /** VTL protections on KVM (protections.ts). */
   protections: Record<string, ProtectionTiming>;
 }
 

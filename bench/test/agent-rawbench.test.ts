@@ -1,13 +1,14 @@
 /**
  * Smoke test of the raw exit benchmark (tiny iteration counts; asserts shape, not speed).
  */
-import { KvmSystem, measureRawExits } from '../src/kvm';
+import { kvm } from '@vsm/kvm-agent';
+import { measureRawExits } from '../src/agent/rawbench';
 
-const unavailable = KvmSystem.unavailableReason();
+const unavailable = kvm.KvmSystem.unavailableReason();
 const describeKvm = unavailable === undefined ? describe : describe.skip;
 if (unavailable !== undefined) {
   // eslint-disable-next-line no-console
-  console.log(`[kvm-rawbench.test] skipping raw exit benchmark: ${unavailable}`);
+  console.log(`[agent-rawbench.test] skipping raw exit benchmark: ${unavailable}`);
 }
 
 describeKvm('measureRawExits', () => {
