@@ -11,6 +11,7 @@ export * from './partition';
 export * from './hypercalls';
 export * from './vtl-switch';
 export * from './stub';
+export * from './engine';
 export * from './manager';
 export * from './platform';
 export * from './protections';

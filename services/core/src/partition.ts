@@ -7,6 +7,7 @@ import { ProtectionMap, normalizeMapFlags } from './protections';
 import { PostResult, Synic, SynicView } from './synic';
 import { InterceptAction, InterceptBroker, InterceptRoute } from './intercepts';
 import type { AccessOutcome, PendingAccess, ResumedAccess } from './access';
+import type { GuestEngine } from './engine';
 import { OverlayKind, OverlayManager } from './overlays';
 import { Vtl, VtlArray, VTLS, isVtl } from './vtl-array';
 import { HvError, HvStatus, hvFail } from './tlfs/status';
@@ -186,6 +187,8 @@ export class Partition {
   crashReason = '';
   /** Set once the partition was deleted: everything still attached to it must let go. */
   deleted = false;
+  /** What executes this partition's guest actions (set by its platform; default: engine.ts emulatedEngine). */
+  engine: GuestEngine | undefined;
   /** Deadline policy for intercepts a monitor must answer (SetInterceptRoute); unset = wait. */
   interceptDeadline: { ms: number; action: InterceptAction } | undefined;
   private readonly endListeners = new Set<(why: 'crashed' | 'deleted') => void>();

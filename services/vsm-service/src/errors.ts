@@ -1,7 +1,7 @@
 // service layer: the single mapping from HV_STATUS to gRPC status codes, and the encoding of
 // failures as google.rpc.Status with a google.rpc.ErrorInfo whose reason is the HV_STATUS name.
 import { Metadata, status as Code, ServiceError } from '@grpc/grpc-js';
-import { HvError, HvStatus, HvStatusName } from '@vsm/core';
+import { EngineError, HvError, HvStatus, HvStatusName } from '@vsm/core';
 import { pb } from '@vsm/client';
 const { RpcStatus: Status, ErrorInfo } = pb;
 
@@ -61,9 +61,17 @@ export function serviceError(code: Code, reason: string, message: string, metada
 export function toServiceError(e: unknown): ServiceError {
   if (e instanceof HvError) return serviceError(grpcCodeFor(e.statusName), e.statusName, e.message, { hv_status: `0x${e.status.toString(16).padStart(4, '0')}` });
   if (e instanceof ApiError) return serviceError(e.code, e.reason, e.message);
+  if (e instanceof EngineError) return serviceError(ENGINE_ERROR_CODE[e.code], e.reason, e.message);
   const msg = e instanceof Error ? e.message : String(e);
   return serviceError(Code.INTERNAL, 'INTERNAL', `internal error: ${msg}`);
 }
+
+/** The gRPC code of each kind of engine failure (core/engine.ts EngineError). */
+const ENGINE_ERROR_CODE: Record<EngineError['code'], Code> = {
+  unavailable: Code.UNAVAILABLE,
+  aborted: Code.ABORTED,
+  'failed-precondition': Code.FAILED_PRECONDITION,
+};
 
 /** A service-level failure that is not a hypercall status (e.g. a missing field). */
 export class ApiError extends Error {

@@ -20,15 +20,30 @@ export const MAX_GUEST_ACCESS = 65536;
 export const MAX_GPA_ACCESS = 1 << 20;
 const WATCH_QUEUE = 1024;
 
+/** What a core-backed backend is built from: limits, each partition's platform (engine), what it reports. */
+export interface CoreBackendOptions extends core.ManagerOptions {
+  /** GetCapabilities.backend (default 'emulator'). */
+  kind?: string;
+  /** Architectures it runs (default x64 and arm64). */
+  architectures?: P.Architecture[];
+  /** Features beyond the core's own (the engine's: what it enforces, what it cannot do). */
+  features?: P.Feature[];
+}
+
 export class EmulatorBackend implements Backend {
-  readonly kind: string = 'emulator';
+  readonly kind: string;
   readonly manager: PartitionManager;
   /** Where a partition's background failures (deadline timers, stream callbacks) are reported. */
   report: BackgroundErrorReport = reportToStderr;
+  private readonly architectures: P.Architecture[];
+  private readonly extraFeatures: P.Feature[];
 
-  /** `options.platform`: an execution engine for every partition (the KVM agent's KvmBackend passes one). */
-  constructor(limits: Partial<core.Limits> = {}, options: core.ManagerOptions = {}) {
-    this.manager = new PartitionManager({ ...core.DEFAULT_LIMITS, ...limits }, options);
+  /** `options.platform`: an execution engine for every partition (the KVM agent passes one). */
+  constructor(limits: Partial<core.Limits> = {}, options: CoreBackendOptions = {}) {
+    this.manager = new PartitionManager({ ...core.DEFAULT_LIMITS, ...limits }, { platform: options.platform });
+    this.kind = options.kind ?? 'emulator';
+    this.architectures = options.architectures ?? [pb.Architecture.ARCHITECTURE_X64, pb.Architecture.ARCHITECTURE_ARM64];
+    this.extraFeatures = options.features ?? [];
   }
 
   // ---- partitions -----------------------------------------------------------------------------
@@ -63,8 +78,8 @@ export class EmulatorBackend implements Backend {
   }
   async getCapabilities(): Promise<pb.Capabilities> {
     return {
-      backend: 'emulator',
-      architectures: [pb.Architecture.ARCHITECTURE_X64, pb.Architecture.ARCHITECTURE_ARM64],
+      backend: this.kind,
+      architectures: [...this.architectures],
       maxVpCount: this.manager.limits.maxVpCount,
       maxMemoryBytes: this.manager.limits.maxMemoryBytes,
       maxVtl: core.HV_MAX_SUPPORTED_VTL,
@@ -73,6 +88,7 @@ export class EmulatorBackend implements Backend {
         { name: 'vtl', supported: true, reason: '' },
         { name: 'overlays', supported: true, reason: '' },
         { name: 'xmm-fast-hypercalls', supported: false, reason: 'CPUID 0x40000003 EDX bit 4 is not offered' },
+        ...this.extraFeatures,
       ],
     };
   }
@@ -111,12 +127,12 @@ export class EmulatorBackend implements Backend {
 
   async writeMsr(r: gpb.WriteMsrRequest): Promise<gpb.WriteMsrResponse> {
     const { p, vp } = this.guestVp(r.name);
-    const o = p.writeMsr(vp, r.msr, r.value);
+    const o = core.engineOf(p).writeMsr(vp, r.msr, r.value);
     return { outcome: outcome({ ...o, activeVtl: vp.activeVtl }) };
   }
   async readMsr(r: gpb.ReadMsrRequest): Promise<gpb.ReadMsrResponse> {
     const { p, vp } = this.guestVp(r.name);
-    const o = p.readMsr(vp, r.msr);
+    const o = core.engineOf(p).readMsr(vp, r.msr);
     return { outcome: outcome({ exception: o.exception, activeVtl: vp.activeVtl }), value: o.exception ? 0n : o.value };
   }
   async hypercall(r: gpb.HypercallRequest): Promise<gpb.HypercallResponse> {
@@ -137,14 +153,14 @@ export class EmulatorBackend implements Backend {
       if (r.input.length) {
         // The guest's own stores of its input block: subject to higher VTLs' protections.
         p.checkRange(r.inputGpa, r.input.length);
-        const stored = this.guestStore(p, vp, r.inputGpa, Buffer.from(r.input));
+        const stored = core.engineOf(p).store(vp, r.inputGpa, Buffer.from(r.input));
         if (stored.status !== 'completed') return stopped(stored);
       }
       p.setReg(vp, R.HvX64RegisterRcx, r.control);
       p.setReg(vp, R.HvX64RegisterRdx, r.inputGpa);
       p.setReg(vp, R.HvX64RegisterR8, r.outputGpa);
     }
-    const o = this.guestVmcall(p, vp);
+    const o = core.engineOf(p).vmcall(vp);
     // A parameter block the caller may not access: a memory intercept instead of the call.
     if (o.parameterIntercept) return stopped(o.parameterIntercept);
     const { status, repsCompleted } = core.decodeHypercallResult(o.resultValue);
@@ -153,24 +169,9 @@ export class EmulatorBackend implements Backend {
       p.checkRange(r.outputGpa, r.outputSize);
       // The guest reading its output block back: only what its VTL may read (no intercept is
       // raised for this convenience read; protected bytes are simply not returned).
-      if (core.accessibleTo(p, vp, r.outputGpa, r.outputSize, 'read')) output = this.guestLoad(p, vp, r.outputGpa, r.outputSize);
+      if (core.accessibleTo(p, vp, r.outputGpa, r.outputSize, 'read')) output = core.engineOf(p).load(vp, r.outputGpa, r.outputSize);
     }
     return { outcome: outcome(o), resultValue: o.resultValue, status, repsCompleted, output };
-  }
-
-  // ---- what executes guest code (the KVM agent overrides these; the rest is shared) ----------
-
-  /** The guest stores bytes through its active VTL's view (protections apply). */
-  protected guestStore(p: Partition, vp: VirtualProcessor, gpa: bigint, data: Buffer): core.AccessOutcome {
-    return core.guestAccess(p, vp, 'write', gpa, data.length, data);
-  }
-  /** The guest's hypercall instruction with the registers it holds. */
-  protected guestVmcall(p: Partition, vp: VirtualProcessor): core.HypercallOutcome {
-    return core.executeVmcall(p, vp);
-  }
-  /** Bytes the guest sees through its active VTL's view (callers checked accessibility). */
-  protected guestLoad(p: Partition, vp: VirtualProcessor, gpa: bigint, length: number): Buffer {
-    return p.readView(vp.activeVtl, vp.index, gpa, length);
   }
 
   async callHypercallPage(r: gpb.CallHypercallPageRequest): Promise<gpb.CallHypercallPageResponse> {
@@ -179,7 +180,7 @@ export class EmulatorBackend implements Backend {
     if (r.rcx !== undefined) p.setReg(vp, R.HvX64RegisterRcx, r.rcx);
     if (r.rdx !== undefined) p.setReg(vp, R.HvX64RegisterRdx, r.rdx);
     if (r.r8 !== undefined) p.setReg(vp, R.HvX64RegisterR8, r.r8);
-    const o = core.callHypercallPage(p, vp, r.offset);
+    const o = core.engineOf(p).callHypercallPage(vp, r.offset);
     return { outcome: outcome(o), rax: o.rax };
   }
   async readMemory(r: gpb.ReadMemoryRequest): Promise<gpb.ReadMemoryResponse> {
@@ -206,12 +207,7 @@ export class EmulatorBackend implements Backend {
    */
   private async access(p: Partition, vp: VirtualProcessor, kind: core.AccessKind, gpa: bigint, length: number, data?: Buffer): Promise<{ outcome: gpb.GuestActionOutcome; data?: Buffer }> {
     if (length < 1 || length > MAX_GUEST_ACCESS) throw invalidArgument(`length must be 1..${MAX_GUEST_ACCESS}`);
-    return accessOutcome(vp, await this.awaitMonitor(p, core.guestAccess(p, vp, kind, gpa, length, data)));
-  }
-
-  /** On the monitor route: waits for this intercept's own answer (see monitor-wait.ts). */
-  protected awaitMonitor(p: Partition, o: core.AccessOutcome): Promise<core.AccessOutcome> {
-    return awaitMonitorAnswers(p, o, this.report);
+    return accessOutcome(vp, await awaitMonitorAnswers(p, core.engineOf(p).access(vp, kind, gpa, length, data), this.report));
   }
 
   // ---- raw memory -----------------------------------------------------------------------------
