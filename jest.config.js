@@ -20,7 +20,7 @@ const guard = ['<rootDir>/test/support/process-guard.ts'];
 const common = { rootDir: __dirname, transform, moduleNameMapper, testEnvironment: '<rootDir>/test/support/guarded-environment.js', setupFilesAfterEnv: guard, testPathIgnorePatterns: ['/node_modules/', '/dist/'] };
 module.exports = {
   projects: [
-    { ...common, displayName: 'unit', testMatch: ['<rootDir>/services/*/test/**/*.test.ts', '<rootDir>/clients/*/test/**/*.test.ts', '<rootDir>/bench/test/**/*.test.ts'] },
+    { ...common, displayName: 'unit', testMatch: ['<rootDir>/services/*/test/**/*.test.ts', '<rootDir>/clients/*/test/**/*.test.ts', '<rootDir>/bench/test/**/*.test.ts', '<rootDir>/scripts/test/**/*.test.ts'] },
     { ...common, displayName: 'e2e', testMatch: ['<rootDir>/test/e2e/**/*.test.ts', '<rootDir>/test/cli/**/*.test.ts', '<rootDir>/test/security/**/*.test.ts', '<rootDir>/test/support/**/*.test.ts'] },
     { ...common, displayName: 'conformance', testMatch: ['<rootDir>/test/conformance/**/*.test.ts'], setupFilesAfterEnv: [...guard, '<rootDir>/test/support/backend-gate.ts'] },
     { ...common, displayName: 'integration', testMatch: ['<rootDir>/test/integration/**/*.test.ts'] },
