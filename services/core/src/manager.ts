@@ -1,16 +1,18 @@
-// core: the set of partitions a backend hosts: create (idempotent by request id), get, list with
-// page tokens, delete; and the limits that keep bad input from exhausting memory.
+// core: the set of partitions a backend hosts: create (idempotent by request id), restore from a
+// snapshot, get, list with page tokens, delete; and the limits that keep bad input from exhausting
+// memory, including the process-wide account of resident guest RAM every partition's memory uses.
 import { Architecture, Partition, PartitionSpec } from './partition';
 import { PlatformHooks } from './platform';
 import { HvError, HvStatus, hvFail } from './tlfs/status';
 import { HV_MAX_SUPPORTED_VTL } from './tlfs/vsm';
+import { DEFAULT_LIMITS, Limits, labelsProblem } from './limits';
+import { ResidentMemory } from './resident';
+import { PAGE_SIZE, SparseMemory } from './memory';
+import { CoreSnapshot, restorePartition, validateSnapshot } from './snapshot';
 
-export interface Limits {
-  maxPartitions: number;
-  maxVpCount: number;
-  maxMemoryBytes: bigint;
-}
-export const DEFAULT_LIMITS: Limits = { maxPartitions: 4096, maxVpCount: 64, maxMemoryBytes: 1n << 40n };
+export { DEFAULT_LIMITS, LABEL_LIMITS, labelsProblem } from './limits';
+export type { Limits } from './limits';
+export { ResidentMemory } from './resident';
 
 export interface CreateRequest {
   partitionId?: string;
@@ -42,9 +44,15 @@ export class PartitionManager {
   private readonly partitions = new Map<string, Partition>();
   private readonly byRequestId = new Map<string, { id: string; fingerprint: string }>();
   private readonly platforms = new Map<string, PartitionPlatform>();
+  /** What each partition holds of the resident-RAM account, given back when it is deleted. */
+  private readonly releases = new Map<string, () => void>();
   private counter = 0;
+  /** Guest RAM resident across every partition of this manager (limits.maxResidentBytes). */
+  readonly resident: ResidentMemory;
 
-  constructor(readonly limits: Limits = DEFAULT_LIMITS, private readonly options: ManagerOptions = {}) {}
+  constructor(readonly limits: Limits = DEFAULT_LIMITS, private readonly options: ManagerOptions = {}) {
+    this.resident = new ResidentMemory(limits.maxResidentBytes);
+  }
 
   create(req: CreateRequest): Partition {
     const fingerprint = JSON.stringify({ ...req, memoryBytes: req.memoryBytes.toString(), requestId: undefined });
@@ -66,10 +74,9 @@ export class PartitionManager {
     if (!Number.isInteger(req.maximumVtl) || req.maximumVtl < 0 || req.maximumVtl > HV_MAX_SUPPORTED_VTL) {
       hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `maximum_vtl must be 0..${HV_MAX_SUPPORTED_VTL}`);
     }
-    for (const [k, v] of Object.entries(req.labels)) {
-      if (k.length === 0 || k.length > 63 || v.length > 63) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `label ${JSON.stringify(k)} must have a 1..63 character key and a value of at most 63`);
-    }
-    if (Object.keys(req.labels).length > 64) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, 'at most 64 labels');
+    const labels = labelsProblem(req.labels);
+    if (labels) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, labels);
+    this.checkResident(req.memoryBytes, 0, `creating a partition of ${req.memoryBytes} bytes`);
     const id = this.allocateId(req.partitionId);
     const spec: PartitionSpec = { id, architecture: req.architecture, vpCount: req.vpCount, memoryBytes: req.memoryBytes, maximumVtl: req.maximumVtl, labels: { ...req.labels } };
     const p = this.withPlatform(spec, (hooks) => new Partition({ ...spec, platform: hooks }));
@@ -79,28 +86,68 @@ export class PartitionManager {
   }
 
   /**
-   * Adds a partition built elsewhere (a restored snapshot) under a new or chosen id. `build` gets
-   * the id; the manager's limits apply as for create.
+   * RestorePartition: rebuilds a partition from a snapshot under a new or chosen id. The snapshot
+   * is validated completely first, against the same rules and limits as the live API
+   * (validateSnapshot), and its RAM against the resident-RAM limit: a refused restore creates
+   * nothing and consumes no id.
    */
-  adopt(req: { partitionId?: string; memoryBytes: bigint; vpCount: number }, build: (id: string, platform?: PlatformHooks) => Partition, spec?: Omit<PartitionSpec, 'id' | 'platform'>): Partition {
-    if (req.vpCount < 1 || req.vpCount > this.limits.maxVpCount) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `vp_count must be 1..${this.limits.maxVpCount}`);
-    if (req.memoryBytes <= 0n || req.memoryBytes % 4096n !== 0n || req.memoryBytes > this.limits.maxMemoryBytes) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, 'memory_bytes is out of range');
-    const id = this.allocateId(req.partitionId);
-    const p = spec ? this.withPlatform({ ...spec, id }, (hooks) => build(id, hooks)) : build(id);
+  restore(snapshot: CoreSnapshot, partitionId?: string): Partition {
+    if (partitionId) this.checkChosenId(partitionId);
+    validateSnapshot(snapshot, this.limits);
+    const preload = snapshot.memory.reduce((n, pg) => (pg.data.some((b) => b !== 0) ? n + PAGE_SIZE : n), 0);
+    this.checkResident(snapshot.spec.memoryBytes, preload, 'restoring the snapshot');
+    const id = this.allocateId(partitionId);
+    const spec: PartitionSpec = { ...snapshot.spec, labels: { ...snapshot.spec.labels }, id };
+    const p = this.withPlatform(spec, (hooks) => restorePartition(snapshot, id, hooks, this.limits));
     this.partitions.set(id, p);
     return p;
   }
 
-  /** Builds a partition with the platform the options' factory makes for it (all-or-nothing). */
+  /**
+   * Resident guest RAM a new partition takes at once: for the emulator the pages it starts with
+   * (`preload`), for an engine whose RAM maps the whole GPA space (a platform that supplies its own
+   * RAM, the KVM agent's memfd) all of memory_bytes, since the guest itself can touch every page.
+   */
+  private residentAtStart(memoryBytes: bigint, preload: number): number {
+    return this.options.platform ? Number(memoryBytes) : preload;
+  }
+  private checkResident(memoryBytes: bigint, preload: number, what: string): void {
+    this.resident.check(this.residentAtStart(memoryBytes, preload), what);
+  }
+
+  /**
+   * Builds a partition with the platform the options' factory makes for it, or (the emulator)
+   * sparse RAM counted in the resident account; all-or-nothing. A platform that supplies its own
+   * RAM has memory_bytes counted for as long as the partition exists.
+   */
   private withPlatform(spec: PartitionSpec, build: (hooks?: PlatformHooks) => Partition): Partition {
     const platform = this.options.platform?.(spec);
+    let ram: SparseMemory | undefined;
+    let reserved = 0;
     try {
-      const p = build(platform?.hooks);
+      let hooks = platform?.hooks;
+      if (hooks?.ram) {
+        const bytes = Number(spec.memoryBytes);
+        this.resident.reserve(bytes, `partition ${spec.id} (its engine maps all ${spec.memoryBytes} bytes of guest RAM)`);
+        reserved = bytes;
+      } else {
+        ram = new SparseMemory(spec.memoryBytes, this.resident);
+        hooks = { ...hooks, ram };
+      }
+      const p = build(hooks);
       platform?.attach?.(p);
       if (platform) this.platforms.set(spec.id, platform);
+      const held = reserved;
+      const heldRam = ram;
+      this.releases.set(spec.id, () => {
+        heldRam?.free();
+        this.resident.release(held);
+      });
       return p;
     } catch (e) {
       platform?.dispose?.();
+      ram?.free();
+      this.resident.release(reserved);
       throw e;
     }
   }
@@ -110,12 +157,16 @@ export class PartitionManager {
     return this.platforms.get(id);
   }
 
+  private checkChosenId(id: string): void {
+    if (!ID_RE.test(id)) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `partition_id ${JSON.stringify(id)} must match ${ID_RE}`);
+    if (this.partitions.has(id)) hvFail(HvStatus.HV_STATUS_OBJECT_IN_USE, `partition ${id} already exists`);
+  }
+
   /** Validates a chosen id (or generates one) and checks the partition limit. */
   private allocateId(chosen: string | undefined): string {
     let id = chosen;
     if (id) {
-      if (!ID_RE.test(id)) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `partition_id ${JSON.stringify(id)} must match ${ID_RE}`);
-      if (this.partitions.has(id)) hvFail(HvStatus.HV_STATUS_OBJECT_IN_USE, `partition ${id} already exists`);
+      this.checkChosenId(id);
     } else {
       do id = `p${(++this.counter).toString(36).padStart(6, '0')}`; while (this.partitions.has(id));
     }
@@ -152,6 +203,9 @@ export class PartitionManager {
     for (const [k, v] of this.byRequestId) if (v.id === id) this.byRequestId.delete(k);
     this.platforms.get(id)?.dispose?.();
     this.platforms.delete(id);
+    // Its guest RAM leaves the resident account.
+    this.releases.get(id)?.();
+    this.releases.delete(id);
   }
 
   get size(): number {

@@ -1,5 +1,8 @@
 // core: sparse guest RAM. Pages are allocated on first write; reads of untouched pages return
-// zeros; memory held is proportional to pages touched, not to the partition size.
+// zeros; memory held is proportional to pages touched, not to the partition size. Every page held
+// is counted in the process-wide ResidentMemory account (when one is given): a write that would
+// allocate beyond its limit is refused before any page is allocated or any byte written.
+import type { ResidentMemory } from './resident';
 
 export const PAGE_SIZE = 4096;
 export const PAGE_SHIFT = 12n;
@@ -7,7 +10,7 @@ export const PAGE_SHIFT = 12n;
 export class SparseMemory {
   private readonly pages = new Map<number, Buffer>();
 
-  constructor(readonly sizeBytes: bigint) {}
+  constructor(readonly sizeBytes: bigint, private readonly resident?: ResidentMemory) {}
 
   get pagesTouched(): number {
     return this.pages.size;
@@ -27,10 +30,11 @@ export class SparseMemory {
     return this.pages.get(gpfn);
   }
 
-  /** The page buffer, allocated (zeroed) on first use. */
+  /** The page buffer, allocated (zeroed, counted) on first use. */
   page(gpfn: number): Buffer {
     let p = this.pages.get(gpfn);
     if (!p) {
+      this.resident?.reserve(PAGE_SIZE, `allocating page 0x${gpfn.toString(16)}`);
       p = Buffer.alloc(PAGE_SIZE);
       this.pages.set(gpfn, p);
     }
@@ -46,7 +50,9 @@ export class SparseMemory {
     return out;
   }
 
+  /** All or nothing: refused (HV_STATUS_INSUFFICIENT_MEMORY) before any byte lands if its new pages do not fit. */
   write(gpa: bigint, data: Uint8Array): void {
+    this.assertWritable([{ gpa, data }]);
     this.forEachChunk(gpa, data.length, (gpfn, off, n, pos) => {
       // Writing zeros into an untouched page keeps it untouched: reads already return zeros.
       const existing = this.pages.get(gpfn);
@@ -55,9 +61,36 @@ export class SparseMemory {
     });
   }
 
+  /** Pages these writes would allocate. */
+  newPages(writes: { gpa: bigint; data: Uint8Array }[]): number {
+    const fresh = new Set<number>();
+    for (const w of writes) {
+      this.forEachChunk(w.gpa, w.data.length, (gpfn, _off, n, pos) => {
+        if (!this.pages.has(gpfn) && !isZero(w.data, pos, n)) fresh.add(gpfn);
+      });
+    }
+    return fresh.size;
+  }
+
+  /**
+   * Throws HV_STATUS_INSUFFICIENT_MEMORY if the pages these writes would allocate exceed the
+   * resident-RAM limit (checked once for a multi-part write, so that none of it lands).
+   */
+  assertWritable(writes: { gpa: bigint; data: Uint8Array }[]): void {
+    if (!this.resident) return;
+    const n = this.newPages(writes);
+    if (n > 0) this.resident.check(n * PAGE_SIZE, `writing ${n} new page${n === 1 ? '' : 's'} of guest RAM`);
+  }
+
   /** Zero every page (TLFS ZeroMemoryOnReset) by dropping them. */
   clear(): void {
+    this.resident?.release(this.pages.size * PAGE_SIZE);
     this.pages.clear();
+  }
+
+  /** Gives every page back (the partition is gone). */
+  free(): void {
+    this.clear();
   }
 
   private forEachChunk(gpa: bigint, length: number, fn: (gpfn: number, off: number, n: number, pos: number) => void): void {

@@ -6,7 +6,7 @@ import { GuestRam, PlatformHooks } from './platform';
 import { ProtectionMap, normalizeMapFlags } from './protections';
 import { PostResult, Synic, SynicView } from './synic';
 import { InterceptAction, InterceptBroker, InterceptRoute } from './intercepts';
-import type { AccessOutcome, PendingAccess, ResumedAccess } from './access';
+import type { PendingAccess, ResumedAccess } from './access';
 import type { GuestEngine } from './engine';
 import { OverlayKind, OverlayManager } from './overlays';
 import { Vtl, VtlArray, VTLS, isVtl } from './vtl-array';
@@ -699,6 +699,8 @@ export class Partition {
       chunks.push({ o, cur, off, n, pos });
       pos += n;
     }
+    // All or nothing against the resident-RAM limit: refused before any chunk lands.
+    this.memory.assertWritable?.(chunks.filter((c) => !c.o).map((c) => ({ gpa: c.cur, data: data.subarray(c.pos, c.pos + c.n) })));
     for (const c of chunks) {
       if (c.o) data.copy(c.o.page, c.off, c.pos, c.pos + c.n);
       else this.memory.write(c.cur, data.subarray(c.pos, c.pos + c.n));

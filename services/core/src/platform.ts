@@ -13,6 +13,12 @@ export interface GuestRam {
   /** Pages that hold data (for snapshots, sparse accounting); platforms may return all mapped pages. */
   touchedPages(): number[];
   readonly pagesTouched: number;
+  /**
+   * Throws HV_STATUS_INSUFFICIENT_MEMORY when these writes would allocate beyond the service's
+   * resident-RAM limit, before any of them is made (SparseMemory; RAM that maps the whole GPA space
+   * has nothing left to allocate and omits it).
+   */
+  assertWritable?(writes: { gpa: bigint; data: Uint8Array }[]): void;
 }
 
 /** Bytes of a hypercall page and the offsets reported in HvRegisterVsmCodePageOffsets. */

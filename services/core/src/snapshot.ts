@@ -12,8 +12,12 @@ import { Reg128 } from './tlfs/registers';
 import { VTLS, Vtl } from './vtl-array';
 import { PlatformHooks } from './platform';
 import { buildHypercallPage } from './tlfs/vsm';
+import { DEFAULT_LIMITS } from './limits';
+import { CORE_SNAPSHOT_VERSION, SnapshotLimits, validateSnapshot } from './snapshot-validate';
 
-export const CORE_SNAPSHOT_VERSION = 1;
+export { CORE_SNAPSHOT_VERSION, validateSnapshot } from './snapshot-validate';
+export type { SnapshotLimits } from './snapshot-validate';
+
 
 export interface RegisterEntry { name: number; value: Reg128 }
 
@@ -99,10 +103,13 @@ function snapshotVp(vp: VirtualProcessor): VpSnapshot {
   };
 }
 
-/** Rebuilds a partition from a snapshot, under `id` (which may differ from the saved one). */
-export function restorePartition(s: CoreSnapshot, id: string, platform?: PlatformHooks): Partition {
-  if (s.version !== CORE_SNAPSHOT_VERSION) throw new Error(`snapshot version ${s.version} is not supported (this build reads ${CORE_SNAPSHOT_VERSION})`);
-  validateSnapshot(s);
+/**
+ * Rebuilds a partition from a snapshot, under `id` (which may differ from the saved one). The
+ * snapshot is validated completely first (validateSnapshot): a malformed one is refused with
+ * HV_STATUS_INVALID_PARAMETER before anything is built.
+ */
+export function restorePartition(s: CoreSnapshot, id: string, platform?: PlatformHooks, limits: SnapshotLimits = DEFAULT_LIMITS): Partition {
+  validateSnapshot(s, limits);
   const p = new Partition({ ...s.spec, labels: { ...s.spec.labels }, id, platform });
   p.state = s.state;
   p.createTimeUnixMs = s.createTimeUnixMs;
@@ -150,21 +157,4 @@ export function restorePartition(s: CoreSnapshot, id: string, platform?: Platfor
     vp.suspendedAccess = copyAccess(v.suspendedAccess);
   }
   return p;
-}
-
-/** Structural checks, so that a corrupt or hostile snapshot is refused instead of half-loaded. */
-function validateSnapshot(s: CoreSnapshot): void {
-  const fail = (m: string): never => { throw new Error(`invalid snapshot: ${m}`); };
-  if (s.vps.length !== s.spec.vpCount) fail('VP count differs from the spec');
-  if (s.vtls.length !== VTLS.length || s.protections.length !== VTLS.length) fail('per-VTL arrays have the wrong length');
-  const pages = s.spec.memoryBytes >> 12n;
-  for (const pg of s.memory) if (pg.data.length !== 4096 || BigInt(pg.gpfn) >= pages || pg.gpfn < 0) fail(`memory page ${pg.gpfn} is malformed or outside the partition`);
-  s.vps.forEach((v, i) => {
-    if (v.index !== i) fail('VPs out of order');
-    if (!VTLS.includes(v.activeVtl) || !v.vtls[v.activeVtl]?.enabled) fail(`VP ${i}'s active VTL is not enabled`);
-    if (v.vtls.length !== VTLS.length) fail(`VP ${i} has the wrong number of VTLs`);
-    for (const vs of v.vtls) if (vs.synicQueues.length !== 16) fail(`VP ${i} SynIC must have 16 queues`);
-  });
-  for (const o of s.overlays.placed) if (o.vpIndex !== null && (o.vpIndex < 0 || o.vpIndex >= s.spec.vpCount)) fail('overlay names a VP that does not exist');
-  for (const pg of s.overlays.pages) if (pg.page.length !== 4096) fail('overlay page is not 4096 bytes');
 }

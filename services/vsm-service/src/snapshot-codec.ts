@@ -1,24 +1,24 @@
 // service layer: core snapshot (plain data) <-> vsm.v1.PartitionSnapshot (protobuf). Pure
-// conversion; the rules of what a snapshot contains live in services/core/src/snapshot.ts.
+// conversion; the rules of what a snapshot may contain live in services/core/src/snapshot-validate.ts.
 import * as core from '@vsm/core';
 import { pb } from '@vsm/client';
 import { invalidArgument } from './errors';
 
 export const SNAPSHOT_FORMAT_VERSION = 1;
-const KINDS = new Set(['read', 'write', 'execute']);
-const OVERLAY_KINDS = new Set(['hypercall', 'reference-tsc', 'simp', 'siefp', 'vp-assist']);
-const ROUTES = new Set(['vtl', 'monitor', 'both']);
+const ARCHITECTURES = new Map<pb.Architecture, core.Architecture>([
+  [pb.Architecture.ARCHITECTURE_UNSPECIFIED, 'x64'], // as CreatePartition
+  [pb.Architecture.ARCHITECTURE_X64, 'x64'],
+  [pb.Architecture.ARCHITECTURE_ARM64, 'arm64'],
+]);
+const STATES = new Map<pb.PartitionState, 'active' | 'crashed'>([
+  [pb.PartitionState.PARTITION_STATE_ACTIVE, 'active'],
+  [pb.PartitionState.PARTITION_STATE_CRASHED, 'crashed'],
+]);
 
 const reg = (r: core.RegisterEntry): pb.RegisterSnapshot => ({ name: r.name, low: r.value.low, high: r.value.high });
 const unreg = (r: pb.RegisterSnapshot): core.RegisterEntry => ({ name: r.name, value: { low: r.low, high: r.high } });
 const access = (a: core.PendingAccess | null): pb.PendingAccessSnapshot | undefined =>
   a ? { kind: a.kind, gpa: a.gpa, length: a.length, data: a.data ?? Buffer.alloc(0), rip: a.rip, interceptId: a.interceptId } : undefined;
-function unaccess(a: pb.PendingAccessSnapshot | undefined): core.PendingAccess | null {
-  if (!a) return null;
-  if (!KINDS.has(a.kind)) throw invalidArgument(`snapshot: unknown access kind ${JSON.stringify(a.kind)}`);
-  return { kind: a.kind as core.AccessKind, gpa: a.gpa, length: a.length, data: a.data.length ? Buffer.from(a.data) : undefined, rip: a.rip, interceptId: a.interceptId };
-}
-
 export function toPbSnapshot(s: core.CoreSnapshot, sourceName: string): pb.PartitionSnapshot {
   return {
     formatVersion: SNAPSHOT_FORMAT_VERSION,
@@ -66,67 +66,73 @@ export function toPbSnapshot(s: core.CoreSnapshot, sourceName: string): pb.Parti
   };
 }
 
-const small = (v: bigint, what: string): number => {
-  if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw invalidArgument(`snapshot: ${what} is out of range`);
+/** A uint64 field the core keeps as a JS number (counters, page numbers). */
+const small = (v: bigint, path: string): number => {
+  if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw invalidArgument(`${path}: ${v} is out of range`);
   return Number(v);
 };
-const vtlOf = (n: number, what: string): core.Vtl => {
-  if (!core.isVtl(n)) throw invalidArgument(`snapshot: ${what} ${n} is not a VTL`);
-  return n;
-};
 
-/** Validates and converts; every malformed field is refused with INVALID_ARGUMENT before anything is built. */
+/**
+ * Converts; refuses (INVALID_ARGUMENT, naming the field) only what the core's types cannot hold.
+ * Every rule of what a snapshot may contain is checked by the core (validateSnapshot), which
+ * RestorePartition runs before anything is built.
+ */
 export function fromPbSnapshot(s: pb.PartitionSnapshot): core.CoreSnapshot {
-  if (s.formatVersion !== SNAPSHOT_FORMAT_VERSION) throw invalidArgument(`snapshot format_version ${s.formatVersion} is not supported (this service reads ${SNAPSHOT_FORMAT_VERSION})`);
-  if (!ROUTES.has(s.interceptRoute)) throw invalidArgument(`snapshot: unknown intercept route ${JSON.stringify(s.interceptRoute)}`);
-  if (s.vendor !== 'amd' && s.vendor !== 'intel') throw invalidArgument('snapshot: vendor must be amd or intel');
-  if (!s.overlays || !s.intercepts) throw invalidArgument('snapshot: overlays and intercepts are required');
-  for (const o of s.overlays.placed) if (!OVERLAY_KINDS.has(o.kind)) throw invalidArgument(`snapshot: unknown overlay kind ${JSON.stringify(o.kind)}`);
-  for (const r of s.intercepts.pending) if (!KINDS.has(r.kind)) throw invalidArgument(`snapshot: unknown access kind ${JSON.stringify(r.kind)}`);
+  if (s.formatVersion !== SNAPSHOT_FORMAT_VERSION) throw invalidArgument(`snapshot.format_version: ${s.formatVersion} is not supported (this service reads ${SNAPSHOT_FORMAT_VERSION})`);
+  const architecture = ARCHITECTURES.get(s.architecture);
+  if (!architecture) throw invalidArgument(`snapshot.architecture: ${s.architecture} is not x64 or arm64`);
+  const state = STATES.get(s.state);
+  if (!state) throw invalidArgument(`snapshot.state: ${s.state} is not ACTIVE or CRASHED`);
+  if (!s.overlays) throw invalidArgument('snapshot.overlays: required');
+  if (!s.intercepts) throw invalidArgument('snapshot.intercepts: required');
+  const access = (a: pb.PendingAccessSnapshot | undefined): core.PendingAccess | null =>
+    a ? { kind: a.kind as core.AccessKind, gpa: a.gpa, length: a.length, data: a.data.length ? Buffer.from(a.data) : undefined, rip: a.rip, interceptId: a.interceptId } : null;
   return {
     version: core.CORE_SNAPSHOT_VERSION,
     spec: {
       id: 'restored',
-      architecture: s.architecture === pb.Architecture.ARCHITECTURE_ARM64 ? 'arm64' : 'x64',
+      architecture,
       vpCount: s.vpCount,
       memoryBytes: s.memoryBytes,
       maximumVtl: s.maximumVtl,
       labels: { ...s.labels },
-      vendor: s.vendor,
+      vendor: s.vendor as core.X64Vendor,
     },
-    state: s.state === pb.PartitionState.PARTITION_STATE_CRASHED ? 'crashed' : 'active',
-    createTimeUnixMs: small(s.createTimeUnixMs, 'create_time_unix_ms'),
+    state,
+    createTimeUnixMs: small(s.createTimeUnixMs, 'snapshot.create_time_unix_ms'),
     vtls: s.vtls.map((v) => ({ enabled: v.enabled, mbec: v.mbec, config: v.vsmPartitionConfig, guestOsId: v.guestOsId, hypercallMsr: v.hypercallMsr, referenceTscMsr: v.referenceTscMsr })),
-    protections: s.protections.map((m) => (m.present ? { defaultMask: m.defaultMask & 0xf, ranges: m.ranges.map((r) => ({ start: small(r.start, 'range start'), end: small(r.end, 'range end'), mask: r.mask & 0xf })) } : null)),
-    protectionChanges: small(s.protectionChanges, 'protection_changes'),
+    protections: s.protections.map((m, i) =>
+      m.present ? { defaultMask: m.defaultMask, ranges: m.ranges.map((r, k) => ({ start: small(r.start, `snapshot.protections[${i}].ranges[${k}].start`), end: small(r.end, `snapshot.protections[${i}].ranges[${k}].end`), mask: r.mask })) } : null,
+    ),
+    protectionChanges: small(s.protectionChanges, 'snapshot.protection_changes'),
     transitionSeq: s.transitionSequence,
     interceptRoute: s.interceptRoute as core.InterceptRoute,
     overlays: {
-      seq: small(s.overlays.sequence, 'overlay sequence'),
-      generation: small(s.overlays.generation, 'overlay generation'),
-      placed: s.overlays.placed.map((o) => ({ kind: o.kind as core.OverlayKind, vtl: vtlOf(o.vtl, 'overlay vtl'), vpIndex: o.vpIndex ?? null, gpfn: o.gpfn, seq: small(o.sequence, 'overlay sequence'), readOnly: o.readOnly })),
+      seq: small(s.overlays.sequence, 'snapshot.overlays.sequence'),
+      generation: small(s.overlays.generation, 'snapshot.overlays.generation'),
+      placed: s.overlays.placed.map((o, k) => ({ kind: o.kind as core.OverlayKind, vtl: o.vtl as core.Vtl, vpIndex: o.vpIndex ?? null, gpfn: o.gpfn, seq: small(o.sequence, `snapshot.overlays.placed[${k}].sequence`), readOnly: o.readOnly })),
       pages: s.overlays.pages.map((p) => ({ slot: p.slot, page: Buffer.from(p.page) })),
     },
     intercepts: {
       nextId: s.intercepts.nextId,
-      pending: s.intercepts.pending.map((r) => ({
-        id: r.id, vpIndex: r.vpIndex, vtl: vtlOf(r.vtl, 'intercept vtl'), protectingVtl: vtlOf(r.protectingVtl, 'intercept protecting vtl'), kind: r.kind as core.AccessKind,
-        gpa: r.gpa, length: r.length, data: r.data.length ? Buffer.from(r.data) : undefined, generation: small(r.generation, 'generation'), message: Buffer.from(r.message),
+      pending: s.intercepts.pending.map((r, k) => ({
+        id: r.id, vpIndex: r.vpIndex, vtl: r.vtl as core.Vtl, protectingVtl: r.protectingVtl as core.Vtl, kind: r.kind as core.AccessKind,
+        gpa: r.gpa, length: r.length, data: r.data.length ? Buffer.from(r.data) : undefined, generation: small(r.generation, `snapshot.intercepts.pending[${k}].generation`), message: Buffer.from(r.message),
         needsReply: r.needsReply, timeUnixUs: r.timeUnixUs, deliveries: r.deliveries,
       })),
       answered: s.intercepts.answered,
     },
-    memory: s.memory.map((m) => ({ gpfn: small(m.gpfn, 'gpfn'), data: Buffer.from(m.data) })),
+    memory: s.memory.map((m, k) => ({ gpfn: small(m.gpfn, `snapshot.memory[${k}].gpfn`), data: Buffer.from(m.data) })),
     vps: s.vps.map((vp) => ({
       index: vp.index,
-      activeVtl: vtlOf(vp.activeVtl, 'active vtl'),
+      activeVtl: vp.activeVtl as core.Vtl,
       shared: vp.sharedRegisters.map(unreg),
       vtls: vp.vtls.map((v) => ({
         enabled: v.enabled, regs: v.registers.map(unreg), entryReason: v.entryReason, pendingStubReturn: v.pendingStubReturn ?? null, vina: v.vina,
-        pendingAccess: unaccess(v.pendingAccess), synicQueues: v.synicQueues.map((q) => q.messages.map((m) => Buffer.from(m))), secureConfig: v.secureConfig, arm64Pc: v.arm64Pc, arm64Cpsr: v.arm64Cpsr,
+        pendingAccess: access(v.pendingAccess), synicQueues: v.synicQueues.map((q) => q.messages.map((m) => Buffer.from(m))), secureConfig: v.secureConfig, arm64Pc: v.arm64Pc, arm64Cpsr: v.arm64Cpsr,
       })),
       suspendedOn: vp.suspendedOn ?? null,
-      suspendedAccess: unaccess(vp.suspendedAccess),
+      suspendedAccess: access(vp.suspendedAccess),
     })),
   };
 }

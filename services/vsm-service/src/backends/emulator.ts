@@ -486,19 +486,8 @@ export class EmulatorBackend implements Backend {
   }
   async restorePartition(r: P.RestorePartitionRequest): Promise<P.Partition> {
     if (!r.snapshot) throw invalidArgument('snapshot is required');
-    const snap = fromPbSnapshot(r.snapshot);
-    const p = this.manager.adopt(
-      { partitionId: r.partitionId || undefined, memoryBytes: snap.spec.memoryBytes, vpCount: snap.spec.vpCount },
-      (id, platform) => {
-        try {
-          return core.restorePartition(snap, id, platform);
-        } catch (e) {
-          if (e instanceof HvError) throw e;
-          throw invalidArgument(e instanceof Error ? e.message : String(e));
-        }
-      },
-      snap.spec,
-    );
+    // Validated completely (core validateSnapshot, resident-RAM limit) before anything is created.
+    const p = this.manager.restore(fromPbSnapshot(r.snapshot), r.partitionId || undefined);
     return toPbPartition(p);
   }
 
