@@ -1,0 +1,72 @@
+// core, hypercalls: the dispatcher (OpenVMM hv1_hypercall style). It knows the ABI only: decode and
+// validate HV_HYPERCALL_INPUT against the handler's shape, fetch memory-based or register-based
+// (fast) parameters as the caller (a parameter block on a page a higher VTL protected is a memory
+// intercept), run the handler, and report HV_STATUS and reps completed. Which calls exist is the
+// explicit list it is built with; unknown codes get HV_STATUS_INVALID_HYPERCALL_CODE.
+import type { Partition, VirtualProcessor } from '../partition';
+import { HvError, HvStatus, hvFail } from '../tlfs/status';
+import { decodeHypercallInput, validateHypercallInput, validateParameterBlock } from '../tlfs/hypercall';
+import { AccessOutcome, accessibleTo, interceptAccess } from '../access';
+import type { HandlerResult, HypercallHandler } from './handler';
+
+export interface HypercallInvocation {
+  control: bigint;
+  inputGpa: bigint;
+  outputGpa: bigint;
+}
+
+export type DispatchResult = (HandlerResult & { repsCompleted: number }) | { parameterIntercept: AccessOutcome };
+
+export class HypercallDispatcher {
+  private readonly byCode = new Map<number, HypercallHandler>();
+
+  constructor(handlers: readonly HypercallHandler[]) {
+    for (const h of handlers) {
+      if (this.byCode.has(h.code)) throw new Error(`hypercall code 0x${h.code.toString(16)} is handled twice (${this.byCode.get(h.code)!.name}, ${h.name})`);
+      this.byCode.set(h.code, h);
+    }
+  }
+
+  /** The call codes it dispatches, ascending. */
+  codes(): number[] {
+    return [...this.byCode.keys()].sort((a, b) => a - b);
+  }
+
+  dispatch(p: Partition, vp: VirtualProcessor, inv: HypercallInvocation): DispatchResult {
+    const input = decodeHypercallInput(inv.control);
+    const h = this.byCode.get(input.callCode);
+    try {
+      if (!h) hvFail(HvStatus.HV_STATUS_INVALID_HYPERCALL_CODE, `unknown call code 0x${input.callCode.toString(16)}`);
+      validateHypercallInput(input, h);
+      const elem = h.repInputElementSize ?? 0;
+      const inSize = h.inputSize + input.variableHeaderSize * 8 + (h.rep ? elem * input.repCount : 0);
+      let inBytes: Buffer;
+      if (input.fast) {
+        // Register-based: at most two 8-byte inputs (RDX, R8); XMM fast input is not offered
+        // (CPUID 0x40000003 EDX bit 4 clear), and fast calls have no output.
+        if (inSize > 16 || (h.outputElementSize ?? 0) > 0) hvFail(HvStatus.HV_STATUS_INVALID_HYPERCALL_INPUT, `${h.name} does not fit a register-based (fast) call`);
+        inBytes = Buffer.alloc(16);
+        inBytes.writeBigUInt64LE(inv.inputGpa, 0);
+        inBytes.writeBigUInt64LE(inv.outputGpa, 8);
+      } else {
+        validateParameterBlock(inv.inputGpa, inSize, p.memory.sizeBytes, 'input');
+        const outSize = (h.outputElementSize ?? 0) * (h.rep ? input.repCount : 1);
+        validateParameterBlock(inv.outputGpa, outSize, p.memory.sizeBytes, 'output');
+        if (inSize > 0 && outSize > 0) {
+          const overlap = inv.inputGpa < inv.outputGpa + BigInt(outSize) && inv.outputGpa < inv.inputGpa + BigInt(inSize);
+          if (overlap) hvFail(HvStatus.HV_STATUS_INVALID_ALIGNMENT, 'input and output parameter blocks overlap');
+        }
+        // The hypervisor reads the input and writes the output as the caller: a block on a page a
+        // higher VTL protected from it is a memory intercept, not a completed call (§1.1).
+        if (!accessibleTo(p, vp, inv.inputGpa, inSize, 'read')) return { parameterIntercept: interceptAccess(p, vp, 'read', inv.inputGpa, inSize) };
+        if (!accessibleTo(p, vp, inv.outputGpa, outSize, 'write')) return { parameterIntercept: interceptAccess(p, vp, 'write', inv.outputGpa, outSize, Buffer.alloc(outSize)) };
+        inBytes = p.readView(vp.activeVtl, vp.index, inv.inputGpa, inSize);
+      }
+      const r = h.handle({ partition: p, vp, callerVtl: vp.activeVtl }, inBytes, { start: input.repStartIndex, count: input.repCount });
+      return { ...r, repsCompleted: r.repsCompleted ?? 0 };
+    } catch (e) {
+      if (e instanceof HvError) return { status: e.status, repsCompleted: 0 };
+      throw e;
+    }
+  }
+}

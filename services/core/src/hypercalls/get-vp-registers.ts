@@ -1,0 +1,33 @@
+// core, hypercalls: HvCallGetVpRegisters (tlfs-hypercalls.md §2.7), rep: reads registers of a VP in a VTL.
+import { HvCallCode } from '../tlfs/hypercall';
+import type { HypercallHandler } from './handler';
+import { HvError, HvStatus, hvFail } from '../tlfs/status';
+import { HV_VP_REGISTERS_HEADER_SIZE, decodeVpRegistersHeader } from '../tlfs/vsm';
+import { encodeReg128 } from '../tlfs/registers';
+import { targetVtlOf, selfChecks } from './common';
+
+export const HvCallGetVpRegisters: HypercallHandler = {
+  name: 'HvCallGetVpRegisters',
+  code: HvCallCode.HvCallGetVpRegisters,
+  rep: true,
+  inputSize: HV_VP_REGISTERS_HEADER_SIZE,
+  repInputElementSize: 4,
+  outputElementSize: 16,
+  handle(ctx, input, rep) {
+    const h = decodeVpRegistersHeader(input);
+    const vp = selfChecks(ctx, h.partitionId, h.vpIndex);
+    if (h.rsvdZ !== 0) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, 'RsvdZ bytes of the header are set');
+    const vtl = targetVtlOf(ctx, h.targetVtl);
+    const out = Buffer.alloc(16 * rep.count);
+    for (let i = rep.start; i < rep.count; i++) {
+      const name = input.readUInt32LE(HV_VP_REGISTERS_HEADER_SIZE + 4 * i);
+      try {
+        encodeReg128(ctx.partition.getRegister(vp, vtl, name), out, 16 * i);
+      } catch (e) {
+        if (e instanceof HvError) return { status: e.status, repsCompleted: i, output: out };
+        throw e;
+      }
+    }
+    return { status: HvStatus.HV_STATUS_SUCCESS, repsCompleted: rep.count, output: out.subarray(16 * rep.start), outputOffset: 16 * rep.start };
+  },
+};

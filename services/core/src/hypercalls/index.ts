@@ -1,0 +1,94 @@
+// core, hypercalls: the hypercalls this hypervisor implements, as one explicit list, and the
+// VMCALL path (executeVmcall) that reads the caller's registers, dispatches, writes the output block
+// and the result value. VtlCall/VtlReturn are handled in vtl-switch.ts because their failures are
+// #UD, not statuses. Adding a hypercall: one file here with its handler, one line in the list below.
+import { GuestOutcome, Partition, VirtualProcessor, X64Exception } from '../partition';
+import { HvError, HvStatus } from '../tlfs/status';
+import { HvCallCode, decodeHypercallInput, encodeHypercallResult } from '../tlfs/hypercall';
+import { HvRegisterName as R } from '../tlfs/registers';
+import { vtlCall, vtlReturn } from '../vtl-switch';
+import type { AccessOutcome } from '../access';
+import { HypercallDispatcher, HypercallInvocation } from './dispatcher';
+import type { HypercallHandler } from './handler';
+import { HvCallEnablePartitionVtl } from './enable-partition-vtl';
+import { HvCallEnableVpVtl } from './enable-vp-vtl';
+import { HvCallGetVpRegisters } from './get-vp-registers';
+import { HvCallSetVpRegisters } from './set-vp-registers';
+import { HvCallModifyVtlProtectionMask } from './modify-vtl-protection-mask';
+import { HvCallSignalEvent } from './signal-event';
+import { HvCallPostMessage } from './post-message';
+
+export type { HypercallContext, HandlerResult, HypercallHandler } from './handler';
+export { HypercallDispatcher } from './dispatcher';
+export type { HypercallInvocation, DispatchResult } from './dispatcher';
+
+/** Every hypercall the dispatcher serves (besides VtlCall/VtlReturn). */
+export const VSM_HYPERCALLS: readonly HypercallHandler[] = [
+  HvCallEnablePartitionVtl,
+  HvCallEnableVpVtl,
+  HvCallGetVpRegisters,
+  HvCallSetVpRegisters,
+  HvCallModifyVtlProtectionMask,
+  HvCallSignalEvent,
+  HvCallPostMessage,
+];
+
+const VSM_DISPATCHER = new HypercallDispatcher(VSM_HYPERCALLS);
+
+/** Codes this hypervisor implements (the capability report falls out of the list above). */
+export function implementedHypercalls(): number[] {
+  return [...VSM_DISPATCHER.codes(), HvCallCode.HvCallVtlCall, HvCallCode.HvCallVtlReturn].sort((a, b) => a - b);
+}
+
+export interface HypercallOutcome extends GuestOutcome {
+  resultValue: bigint;
+  /**
+   * Set when a parameter block is on a page the caller's VTL may not read (input) or write
+   * (output): the hypervisor raises a memory intercept instead of completing the call
+   * (tlfs-hypercalls.md §1.1); RIP and RAX are unchanged.
+   */
+  parameterIntercept?: AccessOutcome;
+}
+
+/** Reads RCX/RDX/R8 (64-bit callers) or EDX:EAX/EBX:ECX/EDI:ESI (32-bit) (tlfs-hypercalls.md §1.4). */
+export function hypercallRegisters(p: Partition, vp: VirtualProcessor): HypercallInvocation {
+  if (p.is64Bit(vp)) return { control: p.reg(vp, R.HvX64RegisterRcx), inputGpa: p.reg(vp, R.HvX64RegisterRdx), outputGpa: p.reg(vp, R.HvX64RegisterR8) };
+  const pair = (hi: number, lo: number) => ((p.reg(vp, hi) & 0xffffffffn) << 32n) | (p.reg(vp, lo) & 0xffffffffn);
+  return { control: pair(R.HvX64RegisterRdx, R.HvX64RegisterRax), inputGpa: pair(R.HvX64RegisterRbx, R.HvX64RegisterRcx), outputGpa: pair(R.HvX64RegisterRdi, R.HvX64RegisterRsi) };
+}
+
+/**
+ * Executes the VMCALL/VMMCALL instruction of the VP's active VTL with the registers it holds.
+ * Writes the result value into RAX (EDX:EAX) as the TLFS specifies; returns the outcome.
+ */
+export function executeVmcall(p: Partition, vp: VirtualProcessor, opts: { instructionLength?: number } = {}): HypercallOutcome {
+  const insnLen = BigInt(opts.instructionLength ?? 3);
+  p.assertActive();
+  if (p.spec.architecture !== 'x64') throw new HvError(HvStatus.HV_STATUS_FEATURE_UNAVAILABLE, 'arm64 hypercalls (HVC #0/#2/#3) are not modelled by this emulator; only memory intercepts are');
+  const callerVtl = vp.activeVtl;
+  // Legal environment: CPL0 in protected mode; otherwise #UD (tlfs-hypercalls.md §1.1).
+  if (p.cpl(vp) !== 0 || p.inRealMode(vp)) return { exception: X64Exception.UD, activeVtl: callerVtl, resultValue: 0n };
+  const inv = hypercallRegisters(p, vp);
+  const input = decodeHypercallInput(inv.control);
+  if (input.callCode === HvCallCode.HvCallVtlCall || input.callCode === HvCallCode.HvCallVtlReturn) {
+    // Every bit of the input value other than the call code must be 0, else #UD (OpenVMM).
+    if (inv.control !== BigInt(input.callCode)) return { exception: X64Exception.UD, activeVtl: callerVtl, resultValue: 0n };
+    // The VTL control input is in RAX for 64-bit callers and in ECX for 32-bit callers (§2.6).
+    const controlInput = p.is64Bit(vp) ? p.reg(vp, R.HvX64RegisterRax) : p.reg(vp, R.HvX64RegisterRcx) & 0xffffffffn;
+    const o = input.callCode === HvCallCode.HvCallVtlCall ? vtlCall(p, vp, controlInput, insnLen) : vtlReturn(p, vp, controlInput, insnLen);
+    return { ...o, resultValue: 0n };
+  }
+  const d = VSM_DISPATCHER.dispatch(p, vp, inv);
+  if ('parameterIntercept' in d) return { activeVtl: vp.activeVtl, vtlSwitch: d.parameterIntercept.status === 'intercepted' ? d.parameterIntercept.vtlSwitch : undefined, resultValue: 0n, parameterIntercept: d.parameterIntercept };
+  const { status, repsCompleted, output, outputOffset } = d;
+  const resultValue = encodeHypercallResult(status, repsCompleted);
+  if (status === HvStatus.HV_STATUS_SUCCESS && output && output.length > 0) p.writeView(callerVtl, vp.index, inv.outputGpa + BigInt(outputOffset ?? 0), output);
+  // The VMCALL completed: RIP moves past it (3 bytes; 0 when the platform's exit already did).
+  p.setReg(vp, R.HvX64RegisterRip, p.reg(vp, R.HvX64RegisterRip) + insnLen);
+  if (p.is64Bit(vp)) p.setReg(vp, R.HvX64RegisterRax, resultValue);
+  else {
+    p.setReg(vp, R.HvX64RegisterRax, resultValue & 0xffffffffn);
+    p.setReg(vp, R.HvX64RegisterRdx, resultValue >> 32n);
+  }
+  return { activeVtl: vp.activeVtl, resultValue };
+}

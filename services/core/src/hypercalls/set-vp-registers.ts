@@ -1,0 +1,35 @@
+// core, hypercalls: HvCallSetVpRegisters (tlfs-hypercalls.md §2.7), rep: writes registers of a VP in a VTL.
+import { HvCallCode } from '../tlfs/hypercall';
+import type { HypercallHandler } from './handler';
+import { HvError, HvStatus, hvFail } from '../tlfs/status';
+import { HV_REGISTER_ASSOC_SIZE, HV_VP_REGISTERS_HEADER_SIZE, decodeVpRegistersHeader } from '../tlfs/vsm';
+import { decodeReg128 } from '../tlfs/registers';
+import { targetVtlOf, selfChecks } from './common';
+
+export const HvCallSetVpRegisters: HypercallHandler = {
+  name: 'HvCallSetVpRegisters',
+  code: HvCallCode.HvCallSetVpRegisters,
+  rep: true,
+  inputSize: HV_VP_REGISTERS_HEADER_SIZE,
+  repInputElementSize: HV_REGISTER_ASSOC_SIZE,
+  handle(ctx, input, rep) {
+    const h = decodeVpRegistersHeader(input);
+    const vp = selfChecks(ctx, h.partitionId, h.vpIndex);
+    if (h.rsvdZ !== 0) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, 'RsvdZ bytes of the header are set');
+    const vtl = targetVtlOf(ctx, h.targetVtl);
+    // Rep semantics: elements are processed in order; a failing element stops the call and the
+    // reps completed so far stay applied (tlfs-hypercalls.md §1.1).
+    for (let i = rep.start; i < rep.count; i++) {
+      const off = HV_VP_REGISTERS_HEADER_SIZE + HV_REGISTER_ASSOC_SIZE * i;
+      const name = input.readUInt32LE(off);
+      try {
+        if (input.readUInt32LE(off + 4) !== 0 || input.readBigUInt64LE(off + 8) !== 0n) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, 'HV_REGISTER_ASSOC RsvdZ is set');
+        ctx.partition.prepareSetRegister(vp, vtl, name, decodeReg128(input, off + 16), ctx.callerVtl)();
+      } catch (e) {
+        if (e instanceof HvError) return { status: e.status, repsCompleted: i };
+        throw e;
+      }
+    }
+    return { status: HvStatus.HV_STATUS_SUCCESS, repsCompleted: rep.count };
+  },
+};
