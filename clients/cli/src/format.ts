@@ -113,6 +113,10 @@ export function vtlSet(mask: number): string {
 export const shortEnum = (full: string | number, prefix: string): string => (typeof full === 'number' ? String(full) : full.startsWith(prefix) ? full.slice(prefix.length) : full);
 export const entryReason = (r: number): string => shortEnum(safeEnum(pb.hvVtlEntryReasonToJSON)(r), 'HV_VTL_ENTRY_REASON_');
 export const overlayKind = (k: number): string => shortEnum(safeEnum(pb.overlayKindToJSON)(k), 'OVERLAY_KIND_');
+export const architectureText = (a: number): string => shortEnum(safeEnum(pb.architectureToJSON)(a), 'ARCHITECTURE_').toLowerCase();
+export const partitionStateText = (s: number): string => shortEnum(safeEnum(pb.partitionStateToJSON)(s), 'PARTITION_STATE_').toLowerCase();
+/** `1 page`, `2 pages`. */
+export const count = (n: number | bigint, word: string): string => `${n} ${word}${n === 1 || n === 1n ? '' : 's'}`;
 
 const EXCEPTIONS: Record<number, string> = { 3: '#BP (breakpoint)', 6: '#UD (invalid opcode)', 13: '#GP (general protection fault)' };
 export const exceptionName = (e: number): string => EXCEPTIONS[e] ?? `exception ${e}`;
