@@ -141,7 +141,7 @@ describe('configuration', () => {
 
   test('limits', () => {
     const c = parse(['--max-streams', '10', '--max-streams-per-client=3', '--max-partitions', '5', '--max-vps', '8', '--max-memory', '4G']);
-    expect(c.limits).toEqual({ maxStreams: 10, maxStreamsPerClient: 3, maxPartitions: 5, maxVpCount: 8, maxMemoryBytes: 4n << 30n });
+    expect(c.limits).toEqual({ maxStreams: 10, maxStreamsPerClient: 3, maxPartitions: 5, maxVpCount: 8, maxMemoryBytes: 4n << 30n, maxResidentBytes: expect.any(BigInt) }); // default: test/e2e/resident-limit.test.ts
     expect(parse([], { VSM_MAX_MEMORY: '1048576' }).limits.maxMemoryBytes).toBe(1048576n);
     expect(() => parse(['--max-streams', '0'])).toThrow(/integer 1\.\./);
     expect(() => parse(['--max-memory', '12345'])).toThrow(/multiple of 4096/);

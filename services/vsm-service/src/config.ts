@@ -16,6 +16,9 @@
 //   --max-partitions N              | VSM_MAX_PARTITIONS          (default 4096)
 //   --max-vps N                     | VSM_MAX_VPS                 (VPs per partition, default 64)
 //   --max-memory BYTES              | VSM_MAX_MEMORY              (per partition, default 1 TiB; K/M/G/T suffixes)
+//   --max-resident-bytes BYTES      | VSM_MAX_RESIDENT_BYTES      (guest RAM held by all partitions together,
+//                                                                  default half of the machine's RAM; K/M/G/T)
+import * as os from 'node:os';
 import type { ClientAuth } from './security/tls';
 import { PLAINTEXT_REMOTE_REFUSED, isLoopbackListen } from './security/tls';
 
@@ -30,10 +33,15 @@ export interface Config {
   authzPolicy?: string;
   /** Durable partitions: one atomic snapshot file per partition (state-dir.ts). */
   stateDir?: string;
-  limits: { maxStreams?: number; maxStreamsPerClient?: number; maxPartitions?: number; maxVpCount?: number; maxMemoryBytes?: bigint };
+  limits: { maxStreams?: number; maxStreamsPerClient?: number; maxPartitions?: number; maxVpCount?: number; maxMemoryBytes?: bigint; maxResidentBytes: bigint };
 }
 
-const VALUE_FLAGS = ['listen', 'backend', 'log-level', 'agent', 'tls-cert', 'tls-key', 'tls-ca', 'tls-client-auth', 'authz-policy', 'max-streams', 'max-streams-per-client', 'max-partitions', 'max-vps', 'max-memory', 'state-dir'];
+/** Default --max-resident-bytes: half of the machine's RAM, in whole pages. */
+export function defaultMaxResidentBytes(): bigint {
+  return (BigInt(os.totalmem()) / 2n) & ~4095n;
+}
+
+const VALUE_FLAGS = ['listen', 'backend', 'log-level', 'agent', 'tls-cert', 'tls-key', 'tls-ca', 'tls-client-auth', 'authz-policy', 'max-streams', 'max-streams-per-client', 'max-partitions', 'max-vps', 'max-memory', 'max-resident-bytes', 'state-dir'];
 const BOOL_FLAGS = ['insecure', 'insecure-allow-remote'];
 
 export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): Config {
@@ -97,21 +105,27 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): Config {
     if (!/^\d+$/.test(v) || Number(v) < min || Number(v) > max) throw new UsageError(`--${flag} must be an integer ${min}..${max}, got ${JSON.stringify(v)}`);
     return Number(v);
   };
-  const memRaw = get('max-memory', 'VSM_MAX_MEMORY');
-  let maxMemoryBytes: bigint | undefined;
-  if (memRaw !== undefined) {
-    const m = /^(\d+)([KMGT]i?B?)?$/i.exec(memRaw);
-    if (!m) throw new UsageError(`--max-memory must be a byte count (suffixes K, M, G, T = powers of 1024), got ${JSON.stringify(memRaw)}`);
+  /** A byte count with an optional K/M/G/T suffix (powers of 1024; KiB, MB, ... accepted). */
+  const size = (flag: string, envName: string): bigint | undefined => {
+    const raw = get(flag, envName);
+    if (raw === undefined) return undefined;
+    const m = /^(\d+)([KMGT]i?B?)?$/i.exec(raw);
+    if (!m) throw new UsageError(`--${flag} must be a byte count (suffixes K, M, G, T = powers of 1024), got ${JSON.stringify(raw)}`);
     const shift = { '': 0n, k: 10n, m: 20n, g: 30n, t: 40n }[(m[2] ?? '').charAt(0).toLowerCase() as '' | 'k' | 'm' | 'g' | 't'];
-    maxMemoryBytes = BigInt(m[1]!) << shift;
-    if (maxMemoryBytes < 4096n || maxMemoryBytes % 4096n !== 0n) throw new UsageError('--max-memory must be a positive multiple of 4096 bytes');
-  }
+    const v = BigInt(m[1]!) << shift;
+    if (v < 4096n || v % 4096n !== 0n) throw new UsageError(`--${flag} must be a positive multiple of 4096 bytes`);
+    if (v > 1n << 53n) throw new UsageError(`--${flag} is larger than 8 PiB`);
+    return v;
+  };
+  const maxMemoryBytes = size('max-memory', 'VSM_MAX_MEMORY');
+  const maxResidentBytes = size('max-resident-bytes', 'VSM_MAX_RESIDENT_BYTES') ?? defaultMaxResidentBytes();
   const limits: Config['limits'] = {
     maxStreams: int('max-streams', 'VSM_MAX_STREAMS', 1, 1_000_000),
     maxStreamsPerClient: int('max-streams-per-client', 'VSM_MAX_STREAMS_PER_CLIENT', 1, 1_000_000),
     maxPartitions: int('max-partitions', 'VSM_MAX_PARTITIONS', 1, 1_000_000),
     maxVpCount: int('max-vps', 'VSM_MAX_VPS', 1, 4096),
     maxMemoryBytes,
+    maxResidentBytes,
   };
   const stateDir = get('state-dir', 'VSM_STATE_DIR');
   if (stateDir !== undefined && stateDir.trim() === '') throw new UsageError('--state-dir must name a directory');
@@ -124,8 +138,9 @@ export const USAGE = `usage: vsm-service [--listen HOST:PORT] [--backend emulato
        [--tls-cert FILE --tls-key FILE [--tls-ca FILE] [--tls-client-auth require|optional|none]]
        [--insecure] [--insecure-allow-remote] [--authz-policy FILE]
        [--max-streams N] [--max-streams-per-client N] [--max-partitions N] [--max-vps N] [--max-memory BYTES]
-       [--state-dir DIR]
+       [--max-resident-bytes BYTES] [--state-dir DIR]
   Plaintext is served only on loopback addresses unless --insecure-allow-remote.
   env: VSM_LISTEN, VSM_BACKEND, VSM_AGENTS, VSM_LOG_LEVEL, VSM_TLS_CERT, VSM_TLS_KEY, VSM_TLS_CA,
        VSM_TLS_CLIENT_AUTH, VSM_INSECURE, VSM_INSECURE_ALLOW_REMOTE, VSM_AUTHZ_POLICY, VSM_MAX_STREAMS,
-       VSM_MAX_STREAMS_PER_CLIENT, VSM_MAX_PARTITIONS, VSM_MAX_VPS, VSM_MAX_MEMORY, VSM_STATE_DIR`;
+       VSM_MAX_STREAMS_PER_CLIENT, VSM_MAX_PARTITIONS, VSM_MAX_VPS, VSM_MAX_MEMORY,
+       VSM_MAX_RESIDENT_BYTES, VSM_STATE_DIR`;

@@ -46,6 +46,8 @@ async function main(): Promise<void> {
     cfg.backend === 'agent'
       ? new RemoteBackend(cfg.agents)
       : new EmulatorBackend(Object.fromEntries(Object.entries(partitionLimits).filter(([, v]) => v !== undefined)));
+  // Guest RAM held by all partitions together (--max-resident-bytes); with --backend agent each agent applies its own.
+  if (cfg.backend === 'emulator') log.info({ maxResidentBytes: Number(cfg.limits.maxResidentBytes) }, 'resident guest RAM limit');
   if (cfg.backend === 'agent' && cfg.stateDir) {
     log.fatal('--state-dir applies to the emulator backend; with --backend agent the agents hold the partitions');
     process.exit(2);
