@@ -269,6 +269,13 @@ export function answerIntercept(p: Partition, id: bigint, action: InterceptActio
         break;
     }
   } catch (e) {
+    if (e instanceof HvError && e.status === HvStatus.HV_STATUS_INSUFFICIENT_MEMORY) {
+      // The access could not be performed (resident-RAM limit) and nothing of it landed: the answer
+      // is refused and the intercept stays pending, the VP suspended on it, for a later answer.
+      vp.suspendedOn = id;
+      vp.suspendedAccess = pa;
+      throw e;
+    }
     // Never half-applied: the intercept is resolved and the partition stops with the reason.
     p.intercepts.markAnswered(id, outcome);
     p.crash(`answering intercept ${id} failed: ${e instanceof Error ? e.message : String(e)}`);

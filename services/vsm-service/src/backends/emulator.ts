@@ -439,6 +439,7 @@ export class EmulatorBackend implements Backend {
       return { ...base, status: P.ReplyStatus.REPLY_STATUS_APPLIED, detail: action, viewGeneration: gen() };
     } catch (e) {
       if (e instanceof HvError && e.status === HvStatus.HV_STATUS_OPERATION_DENIED) return { ...base, status: P.ReplyStatus.REPLY_STATUS_STALE_GENERATION, detail: e.message, viewGeneration: gen() };
+      if (e instanceof HvError && e.status === HvStatus.HV_STATUS_INSUFFICIENT_MEMORY) return { ...base, status: P.ReplyStatus.REPLY_STATUS_INVALID, detail: `not applied, the intercept stays pending: ${e.message}`, viewGeneration: gen() };
       throw e;
     }
   }
