@@ -75,13 +75,19 @@ describe('authorization (unary)', () => {
     const before = lines.length;
     await denied(nobody.partitions.getCapabilities({}));
     await denied(nobody.partitions.listPartitions({}));
+    // Holding the method's role on no partition at all, the call is refused from its headers: its
+    // request (which names the partition) is never read.
     const e = await denied(nobody.partitions.getPartition({ name: 'partitions/prod-1' }));
-    expect(e.message).toBe('nobody may not call vsm.v1.PartitionService/GetPartition on partitions/prod-1 (needs role viewer)');
+    expect(e.message).toBe('nobody may not call vsm.v1.PartitionService/GetPartition on any partition (needs role viewer)');
+    // A caller with the role somewhere is refused on the partition its request names.
+    const e2 = await denied(prodmon.partitions.getPartition({ name: 'partitions/dev-1' }));
+    expect(e2.message).toBe('prodmon may not call vsm.v1.PartitionService/GetPartition on partitions/dev-1 (needs role viewer)');
     const entries = audits(lines.slice(before), 'deny');
     expect(entries.map((l) => [l.principal, l.method, l.resource, l.decision, l.level])).toEqual([
-      ['nobody', 'vsm.v1.PartitionService/GetCapabilities', 'capabilities', 'deny', 40],
-      ['nobody', 'vsm.v1.PartitionService/ListPartitions', 'partitions/*', 'deny', 40],
-      ['nobody', 'vsm.v1.PartitionService/GetPartition', 'partitions/prod-1', 'deny', 40],
+      ['nobody', 'vsm.v1.PartitionService/GetCapabilities', '(any partition)', 'deny', 40],
+      ['nobody', 'vsm.v1.PartitionService/ListPartitions', '(any partition)', 'deny', 40],
+      ['nobody', 'vsm.v1.PartitionService/GetPartition', '(any partition)', 'deny', 40],
+      ['prodmon', 'vsm.v1.PartitionService/GetPartition', 'partitions/dev-1', 'deny', 40],
     ]);
   });
 
@@ -161,7 +167,7 @@ describe('authorization (streams)', () => {
       expect([e.codeName, e.reason]).toEqual([grpc.status[code], 'HV_STATUS_ACCESS_DENIED']);
     }
     expect(audits(lines.slice(before), 'deny').map((l) => [l.principal, l.method, l.resource ?? null])).toEqual([
-      ['nobody', 'vsm.v1.VtlService/WatchVtlTransitions', 'partitions/dev-1'],
+      ['nobody', 'vsm.v1.VtlService/WatchVtlTransitions', '(any partition)'],
       ['prodmon', 'vsm.v1.VtlService/WatchVtlTransitions', 'partitions/dev-1'],
       [null, 'vsm.v1.VtlService/WatchVtlTransitions', null],
     ]);
@@ -184,7 +190,8 @@ describe('authorization (streams)', () => {
       const e = await failure((async () => { for await (const r of m.events) got.push(r); })());
       expect([e.codeName, e.reason, got]).toEqual(['PERMISSION_DENIED', 'HV_STATUS_ACCESS_DENIED', []]);
     }
-    expect(audits(lines.slice(before), 'deny').map((l) => [l.principal, l.resource])).toEqual([['prodmon', 'partitions/dev-1'], ['viewer', 'partitions/prod-1'], ['prodops', 'partitions/prod-1']]);
+    // viewer and prodops hold the monitor role nowhere: refused from the headers, subscribe unread.
+    expect(audits(lines.slice(before), 'deny').map((l) => [l.principal, l.resource])).toEqual([['prodmon', 'partitions/dev-1'], ['viewer', '(any partition)'], ['prodops', '(any partition)']]);
     // Allowed Monitor streams are audited (monitoring is a privileged action).
     expect(audits(lines, 'allow').some((l) => l.principal === 'prodmon' && l.method === 'vsm.v1.InterceptService/Monitor' && l.resource === 'partitions/prod-1')).toBe(true);
   });

@@ -1,22 +1,29 @@
 // service layer: the gRPC server. Registers the vsm.v1 services over a Backend, gRPC reflection
 // (v1 and v1alpha, for grpcurl), grpc.health.v1, per-call structured logs, message size limits and
 // a bounded graceful shutdown. Security (src/security): TLS with certificate reload, plaintext only
-// on loopback unless allowed, authentication + role-based authorization on every vsm.v1 call,
-// stream limits, malformed requests answered INVALID_ARGUMENT.
+// on loopback unless allowed, authentication + role-based authorization on every vsm.v1 call
+// (re-checked for open streams when the policy changes), stream limits, bounded request bytes,
+// bounded unsent responses per stream, malformed requests answered INVALID_ARGUMENT.
+import * as http2 from 'node:http2';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import * as protoLoader from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation } from 'grpc-health-check';
 import pino, { Logger } from 'pino';
 import { pb } from '@vsm/client';
 import { Backend, StreamSink } from './backend';
-import { toServiceError } from './errors';
-import { CallGuard, PLAINTEXT_REMOTE_REFUSED, ReloadingCertificateProvider, SecurityOptions, TlsOptions, isLoopbackListen, isMalformed, tlsServerCredentials, tolerantService } from './security';
+import { ApiError, invalidArgument, toServiceError } from './errors';
+import { CallGuard, PLAINTEXT_REMOTE_REFUSED, ReloadingCertificateProvider, SecurityOptions, TlsOptions, isLoopbackListen, isMalformed, sha256Hex, tlsServerCredentials, tolerantService } from './security';
+import { BoundedSink, DEFAULT_STREAM_BUFFER, StreamBufferLimits } from './stream-sink';
+import { reflectionPackage } from './reflection';
 
 export const SERVICE_NAMES = ['vsm.v1.PartitionService', 'vsm.v1.VirtualProcessorService', 'vsm.v1.GuestService', 'vsm.v1.MemoryService', 'vsm.v1.VtlService', 'vsm.v1.InterceptService', 'vsm.v1.SynicService', 'vsm.v1.SnapshotService'];
 export const MAX_MESSAGE_BYTES = 8 * 1024 * 1024;
 export const PROTO_DIR = path.resolve(__dirname, '../../../proto');
+/** HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS each connection advertises. */
+export const DEFAULT_MAX_CONCURRENT_STREAMS = 1000;
+/** How long a bidi stream (Monitor) may take to send its first (subscribe) message. */
+export const DEFAULT_FIRST_MESSAGE_TIMEOUT_MS = 10_000;
 
 export interface ServerOptions {
   listen: string;
@@ -28,8 +35,14 @@ export interface ServerOptions {
   tls?: TlsOptions;
   /** Plaintext on a non-loopback address is refused unless this is set. */
   allowInsecureRemote?: boolean;
-  /** Authorization policy and stream limits (see security/guard.ts). */
+  /** Authorization policy, stream limits, request-byte budget, health watches (see security/guard.ts). */
   security?: SecurityOptions;
+  /** Per-stream cap on responses the client has not taken yet (see stream-sink.ts). */
+  streamBuffer?: StreamBufferLimits;
+  /** A bidi stream (Monitor) that sends no first message within this time is ended (default 10 s). */
+  firstMessageTimeoutMs?: number;
+  /** HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS per connection (default 1000). */
+  maxConcurrentStreams?: number;
 }
 
 export interface RunningServer {
@@ -43,7 +56,14 @@ export interface RunningServer {
   shutdown(reason?: string): Promise<void>;
 }
 
-type Unary<Req, Res> = (req: Req) => Promise<Res>;
+/** What a handler learns about its caller. */
+export interface CallContext {
+  /** The authenticated principal; undefined when authorization is off. */
+  principal: string | undefined;
+}
+
+type Unary<Req, Res> = (req: Req, ctx: CallContext) => Promise<Res>;
+type ServerStreamCall<Res> = grpc.ServerWritableStream<unknown, Res> | grpc.ServerDuplexStream<unknown, Res>;
 
 export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const log = opts.logger ?? pino({ level: process.env.VSM_LOG_LEVEL ?? 'info' });
@@ -53,9 +73,15 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const server = new grpc.Server({
     'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
     'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
-    ...(guard.authzEnabled ? { interceptors: [guard.interceptor()] } : {}),
+    'grpc.max_concurrent_streams': opts.maxConcurrentStreams ?? DEFAULT_MAX_CONCURRENT_STREAMS,
+    // Always: it meters request bytes (and, with a policy, authenticates before the body is read).
+    interceptors: [guard.interceptor()],
   });
   const inflight = new Set<AbortController>();
+  /** Each vsm.v1 method's response encoder, by path (stream sinks encode as they queue). */
+  const encoders = new Map<string, (m: unknown) => Buffer>();
+  const bufferLimits = { ...DEFAULT_STREAM_BUFFER, ...opts.streamBuffer };
+  const firstMessageTimeoutMs = opts.firstMessageTimeoutMs ?? DEFAULT_FIRST_MESSAGE_TIMEOUT_MS;
 
   const unary = <Req, Res>(method: string, fn: Unary<Req, Res>): grpc.handleUnaryCall<Req, Res> =>
     (call, callback) => {
@@ -67,7 +93,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
           const principal = guard.authenticate(call);
           if (isMalformed(call.request)) throw guard.malformed(call.getPath(), call.request);
           guard.authorize(call.getPath(), principal, call.request);
-          return fn(call.request);
+          return fn(call.request, { principal });
         })
         .then(
           (res) => {
@@ -76,7 +102,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
           },
           (e: unknown) => {
             const err = toServiceError(e);
-            const entry = { method, us: Number((process.hrtime.bigint() - t0) / 1000n), code: err.code, reason: err.metadata?.get('grpc-status-details-bin') ? undefined : undefined, error: err.details };
+            const entry = { method, us: Number((process.hrtime.bigint() - t0) / 1000n), code: err.code, error: err.details };
             if (err.code === grpc.status.INTERNAL) log.error({ ...entry, stack: e instanceof Error ? e.stack : undefined }, 'rpc failed');
             else log.info(entry, 'rpc rejected');
             callback(err);
@@ -85,64 +111,157 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
         .finally(() => inflight.delete(ac));
     };
 
+  /**
+   * The lifecycle every server stream shares: one status, decided once (the handler's end, its
+   * error, or an end imposed from outside: revoked authorization, a lagging client); a stream the
+   * client ended (cancel, deadline) is logged at debug as CANCELLED, never as a server failure.
+   */
+  const streamControl = <Res>(method: string, call: ServerStreamCall<Res>) => {
+    const ac = new AbortController();
+    inflight.add(ac);
+    let decided = false;
+    let clientGone = false;
+    call.on('cancelled', () => { clientGone = true; ac.abort(); });
+    call.on('error', () => ac.abort());
+    call.on('close', () => ac.abort());
+    const gone = () => clientGone || call.cancelled;
+    const endWith = (err?: grpc.ServiceError) => {
+      if (decided) return;
+      decided = true;
+      ac.abort();
+      if (gone()) return;
+      if (err) call.emit('error', err);
+      else call.end();
+    };
+    return {
+      signal: ac.signal,
+      /** Ends the stream now with `e` (from outside the handler). */
+      fail(e: ApiError, level: 'info' | 'warn' = 'info') {
+        if (decided || gone()) return;
+        const err = toServiceError(e);
+        log[level]({ method, code: err.code, error: err.details }, 'stream ended');
+        endWith(err);
+      },
+      /** The handler returned. */
+      done() {
+        endWith();
+      },
+      /** The handler (or the checks before it) threw. */
+      failed(e: unknown) {
+        if (decided) return;
+        if (gone() || (e as { code?: unknown })?.code === 'ERR_STREAM_PREMATURE_CLOSE') {
+          decided = true;
+          ac.abort();
+          log.debug({ method, code: grpc.status.CANCELLED, why: e instanceof Error ? e.message : String(e) }, 'stream ended by the client');
+          return;
+        }
+        const err = toServiceError(e);
+        if (err.code === grpc.status.INTERNAL) log.error({ method, code: err.code, error: err.details, stack: e instanceof Error ? e.stack : undefined }, 'stream failed');
+        else log.info({ method, code: err.code, error: err.details }, 'stream failed');
+        endWith(err);
+      },
+      closed() {
+        inflight.delete(ac);
+        log.info({ method }, 'stream closed');
+      },
+    };
+  };
+
+  /** The sink of a stream: encodes as it queues, honours back-pressure, ends a lagging client. */
+  const sinkFor = <Res>(method: string, call: ServerStreamCall<Res>, ctl: ReturnType<typeof streamControl<Res>>): StreamSink<Res> => {
+    const encode = encoders.get(call.getPath());
+    if (!encode) throw new Error(`no response encoder for ${call.getPath()}`);
+    return new BoundedSink<Res>(
+      call as unknown as { write(chunk: Buffer, cb: () => void): boolean },
+      encode as (m: Res) => Buffer,
+      bufferLimits,
+      (why) => {
+        ctl.fail(new ApiError(grpc.status.RESOURCE_EXHAUSTED, 'HV_STATUS_INSUFFICIENT_BUFFERS', why), 'warn');
+        // A client that takes nothing never receives that status either: reset the HTTP/2 stream
+        // after a grace period so that what is still queued for it is freed. gRPC clients read
+        // RST_STREAM ENHANCE_YOUR_CALM as RESOURCE_EXHAUSTED.
+        const h2 = guard.transportOf(call.metadata);
+        if (h2) {
+          setTimeout(() => {
+            if (!h2.closed && !h2.destroyed) {
+              log.warn({ method }, 'lagging stream reset (the client took nothing)');
+              h2.close(http2.constants.NGHTTP2_ENHANCE_YOUR_CALM);
+            }
+          }, bufferLimits.resetAfterMs).unref();
+        }
+      },
+      ctl.signal,
+    );
+  };
+
   const stream = <Req, Res>(method: string, fn: (req: Req, sink: StreamSink<Res>, signal: AbortSignal) => Promise<void>): grpc.handleServerStreamingCall<Req, Res> =>
     (call) => {
-      const ac = new AbortController();
-      inflight.add(ac);
-      call.on('cancelled', () => ac.abort());
-      call.on('close', () => ac.abort());
-      const sink: StreamSink<Res> = {
-        write: (m) => call.write(m),
-        drained: () => new Promise((res) => { if (ac.signal.aborted) res(); else { call.once('drain', res); ac.signal.addEventListener('abort', () => res(), { once: true }); } }),
-      };
+      const ctl = streamControl(method, call as unknown as ServerStreamCall<Res>);
       let release: (() => void) | undefined;
+      let untrack: (() => void) | undefined;
       log.info({ method }, 'stream opened');
       Promise.resolve().then(() => {
         const principal = guard.authenticate(call);
         if (isMalformed(call.request)) throw guard.malformed(call.getPath(), call.request);
         guard.authorize(call.getPath(), principal, call.request);
         release = guard.acquireStream(call, principal);
-        return fn(call.request, sink, ac.signal);
-      }).then(
-        () => { if (!call.cancelled) call.end(); },
-        (e: unknown) => { const err = toServiceError(e); log.info({ method, code: err.code, error: err.details }, 'stream failed'); call.emit('error', err); },
-      ).finally(() => { release?.(); inflight.delete(ac); log.info({ method }, 'stream closed'); });
+        if (principal !== undefined) untrack = guard.track({ path: call.getPath(), principal, request: call.request, metadata: call.metadata, authContext: call.getAuthContext(), end: (e) => ctl.fail(e, 'warn') });
+        return fn(call.request, sinkFor(method, call as unknown as ServerStreamCall<Res>, ctl), ctl.signal);
+      }).then(() => ctl.done(), (e: unknown) => ctl.failed(e))
+        .finally(() => { untrack?.(); release?.(); ctl.closed(); });
     };
 
   const bidi = <Req, Res>(method: string, fn: (reqs: AsyncIterable<Req>, sink: StreamSink<Res>, signal: AbortSignal) => Promise<void>): grpc.handleBidiStreamingCall<Req, Res> =>
     (call) => {
-      const ac = new AbortController();
-      inflight.add(ac);
-      call.on('cancelled', () => ac.abort());
-      call.on('error', () => ac.abort());
-      const sink: StreamSink<Res> = {
-        write: (m) => (ac.signal.aborted ? false : call.write(m)),
-        drained: () => new Promise((res) => { if (ac.signal.aborted) res(); else { call.once('drain', res); ac.signal.addEventListener('abort', () => res(), { once: true }); } }),
-      };
+      const ctl = streamControl(method, call as unknown as ServerStreamCall<Res>);
       let release: (() => void) | undefined;
+      let untrack: (() => void) | undefined;
       log.info({ method }, 'stream opened');
       Promise.resolve().then(async () => {
         const principal = guard.authenticate(call);
-        release = guard.acquireStream(call, principal);
         // Authorization needs the first message (Monitor: subscribe names the partition): it is
-        // read and checked here, before the handler sees anything or anything is sent.
-        const reqs = guardedRequests<Req>(call as unknown as AsyncIterable<unknown>, (m) => guard.malformed(call.getPath(), m));
-        const first = await reqs.peek();
-        guard.authorize(call.getPath(), principal, first.done ? undefined : first.value);
-        return fn(reqs, sink, ac.signal);
-      }).then(
-        () => { if (!call.cancelled) call.end(); },
-        (e: unknown) => { const err = toServiceError(e); log.info({ method, code: err.code, error: err.details }, 'stream failed'); call.emit('error', err); },
-      ).finally(() => { release?.(); inflight.delete(ac); log.info({ method }, 'stream closed'); });
+        // read and checked here, before the handler sees anything or anything is sent; it must come
+        // within firstMessageTimeoutMs. Only then does the stream take a slot.
+        const reqs = guardedRequests<Req>(call as unknown as AsyncIterable<unknown>, (m) => guard.malformed(call.getPath(), m), ctl.signal);
+        const first = await withTimeout(reqs.peek(), firstMessageTimeoutMs, ctl.signal, () =>
+          new ApiError(grpc.status.DEADLINE_EXCEEDED, 'HV_STATUS_TIME_OUT', `${method}: no first message within ${firstMessageTimeoutMs} ms of opening the stream; send subscribe right after opening it`));
+        const request = first.done ? undefined : first.value;
+        guard.authorize(call.getPath(), principal, request);
+        release = guard.acquireStream(call, principal);
+        if (principal !== undefined) untrack = guard.track({ path: call.getPath(), principal, request, metadata: call.metadata, authContext: call.getAuthContext(), end: (e) => ctl.fail(e, 'warn') });
+        return fn(reqs, sinkFor(method, call as unknown as ServerStreamCall<Res>, ctl), ctl.signal);
+      }).then(() => ctl.done(), (e: unknown) => ctl.failed(e))
+        .finally(() => { untrack?.(); release?.(); ctl.closed(); });
     };
 
   const b = backend;
   // Every vsm.v1 service is registered with decoders that never throw (a malformed request is
   // INVALID_ARGUMENT, not grpc-js's INTERNAL); health and reflection keep theirs.
   const addService = server.addService.bind(server);
-  server.addService = (def, impl) => addService(Object.values(def).every((m) => m.path.startsWith('/vsm.v1.')) ? tolerantService(def) : def, impl);
+  server.addService = (def, impl) => {
+    if (Object.values(def).every((m) => m.path.startsWith('/vsm.v1.'))) return addService(tolerantService(def as never, encoders) as typeof def, impl);
+    // grpc.health.v1.Health/Watch needs no credentials: its streams are counted per peer address.
+    if (Object.values(def).some((m) => m.path === '/grpc.health.v1.Health/Watch') && typeof impl.watch === 'function') {
+      const watch = impl.watch as grpc.handleServerStreamingCall<unknown, unknown>;
+      impl = {
+        ...impl,
+        watch: (call: grpc.ServerWritableStream<unknown, unknown>) => {
+          let release: () => void;
+          try {
+            release = guard.acquireHealthWatch(call.getPeer());
+          } catch (e) {
+            call.emit('error', toServiceError(e));
+            return;
+          }
+          for (const ev of ['cancelled', 'close', 'finish', 'error']) call.once(ev, release);
+          watch(call);
+        },
+      };
+    }
+    return addService(def, impl);
+  };
   server.addService(pb.PartitionServiceService, {
-    createPartition: unary('CreatePartition', (r: pb.CreatePartitionRequest) => b.createPartition(r)),
+    createPartition: unary('CreatePartition', (r: pb.CreatePartitionRequest, ctx) => createPartitionScoped(b, r, ctx.principal)),
     getPartition: unary('GetPartition', (r: pb.GetPartitionRequest) => b.getPartition(r)),
     listPartitions: unary('ListPartitions', (r: pb.ListPartitionsRequest) => b.listPartitions(r)),
     deletePartition: unary('DeletePartition', (r: pb.DeletePartitionRequest) => b.deletePartition(r)),
@@ -195,17 +314,10 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   // Health (grpc.health.v1) for the server as a whole and for each vsm.v1 service.
   const health = new HealthImplementation(Object.fromEntries(['', ...SERVICE_NAMES].map((s) => [s, 'SERVING' as const])));
   health.addToServer(server);
-  // Reflection (grpc.reflection.v1 and v1alpha) from the .proto sources, for grpcurl.
-  // grpc.health.v1 and the reflection services themselves are described too, so that grpcurl
-  // lists them and `grpcurl ... grpc.health.v1.Health/Check` resolves.
-  const healthProto = require.resolve('grpc-health-check/proto/health/v1/health.proto');
-  const reflectionDir = path.join(path.dirname(require.resolve('@grpc/reflection/package.json')), 'build/proto');
-  const reflectionProtos = ['v1', 'v1alpha'].map((v) => path.join(reflectionDir, `grpc/reflection/${v}/reflection.proto`));
-  const pkg = protoLoader.loadSync(
-    [...SERVICE_NAMES.map((s) => path.join(PROTO_DIR, 'vsm/v1', protoFileOf(s))), healthProto, ...reflectionProtos],
-    { includeDirs: [PROTO_DIR, path.dirname(healthProto), reflectionDir], keepCase: true, longs: String, enums: String, defaults: false, oneofs: true },
-  );
-  new ReflectionService(pkg).addToServer(server);
+  // Reflection (grpc.reflection.v1 and v1alpha), for grpcurl: the vsm.v1 files as buf built them
+  // (with their comments, so `grpcurl describe` shows them), google.rpc.Status and ErrorInfo (so
+  // grpcurl decodes error details), grpc.health.v1 and the reflection services themselves.
+  new ReflectionService(reflectionPackage(PROTO_DIR, SERVICE_NAMES, log)).addToServer(server);
 
   let tls: ReloadingCertificateProvider | undefined;
   let credentials = grpc.ServerCredentials.createInsecure();
@@ -244,19 +356,25 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
 
 /**
  * A bidi call's requests as the handler's AsyncIterable, with `peek()` for the first one; a
- * message that failed to decode ends the iteration with INVALID_ARGUMENT.
+ * message that failed to decode ends the iteration with INVALID_ARGUMENT. Once `signal` aborts
+ * (the stream was ended: client gone, authorization revoked, client lagged) nothing more is
+ * yielded: a message that arrives after that is never handled.
  */
-function guardedRequests<Req>(source: AsyncIterable<unknown>, malformed: (m: never) => Error): AsyncIterable<Req> & { peek(): Promise<IteratorResult<Req>> } {
+function guardedRequests<Req>(source: AsyncIterable<unknown>, malformed: (m: never) => Error, signal: AbortSignal): AsyncIterable<Req> & { peek(): Promise<IteratorResult<Req>> } {
   // Node's default stream iterator destroys the whole duplex once the client half-closes, so the
   // server could no longer send its status (the client would hang until its deadline): iterate
   // without destroying; the call's own lifecycle ends it.
   const readable = source as AsyncIterable<unknown> & { iterator?: (o: { destroyOnReturn: boolean }) => AsyncIterator<unknown> };
   const it = typeof readable.iterator === 'function' ? readable.iterator({ destroyOnReturn: false }) : source[Symbol.asyncIterator]();
   let peeked: Promise<IteratorResult<Req>> | undefined;
+  const ended: IteratorResult<Req> = { done: true, value: undefined };
+  const aborted = new Promise<IteratorResult<Req>>((res) => { if (signal.aborted) res(ended); else signal.addEventListener('abort', () => res(ended), { once: true }); });
   const pull = async (): Promise<IteratorResult<Req>> => {
-    const r = await it.next();
+    if (signal.aborted) return ended;
+    const r = await Promise.race([it.next() as Promise<IteratorResult<Req>>, aborted]);
+    if (signal.aborted) return ended;
     if (!r.done && isMalformed(r.value)) throw malformed(r.value as never);
-    return r as IteratorResult<Req>;
+    return r;
   };
   return {
     peek: () => (peeked ??= pull()),
@@ -265,18 +383,43 @@ function guardedRequests<Req>(source: AsyncIterable<unknown>, malformed: (m: nev
         if (peeked) {
           const p = peeked;
           peeked = undefined;
-          return p;
+          return p.then((r) => (signal.aborted ? ended : r));
         }
         return pull();
       },
       return: async (v?: unknown) => {
         await it.return?.(v);
-        return { done: true, value: undefined };
+        return ended;
       },
     }),
   };
 }
 
-function protoFileOf(service: string): string {
-  return ({ PartitionService: 'partition.proto', VirtualProcessorService: 'vp.proto', GuestService: 'guest.proto', MemoryService: 'memory.proto', VtlService: 'vtl.proto', InterceptService: 'intercept.proto', SynicService: 'synic.proto', SnapshotService: 'snapshot.proto' } as Record<string, string>)[service.split('.').pop()!]!;
+/** `p`, or the error `timeout()` makes if it has not settled after `ms` (the timer stops on abort). */
+function withTimeout<T>(p: Promise<T>, ms: number, signal: AbortSignal, timeout: () => Error): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const t = setTimeout(() => reject(timeout()), ms);
+    t.unref();
+    signal.addEventListener('abort', () => clearTimeout(t), { once: true });
+    p.then((v) => { clearTimeout(t); resolve(v); }, (e: unknown) => { clearTimeout(t); reject(e); });
+  });
+}
+
+/**
+ * CreatePartition with its request_id scoped to the caller: with authorization on, the id the
+ * backend keys idempotency by is derived from (principal, request_id), so one principal's id
+ * neither finds nor blocks another's partition, and the client sees its own id in the answer and
+ * in any error. Without authorization (no principals) request_id is passed through as is.
+ */
+async function createPartitionScoped(b: Backend, r: pb.CreatePartitionRequest, principal: string | undefined): Promise<pb.Partition> {
+  if (principal === undefined || r.requestId === '') return b.createPartition(r);
+  if (r.requestId.length > 128) throw invalidArgument('request_id is longer than 128 characters');
+  const scoped = `scoped-${sha256Hex(`${principal}\n${r.requestId}`)}`;
+  try {
+    const p = await b.createPartition({ ...r, requestId: scoped });
+    return { ...p, requestId: r.requestId };
+  } catch (e) {
+    if (e instanceof Error && e.message.includes(scoped)) e.message = e.message.split(scoped).join(r.requestId);
+    throw e;
+  }
 }

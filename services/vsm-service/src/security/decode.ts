@@ -14,11 +14,17 @@ export function isMalformed(x: unknown): x is Malformed {
 }
 export const malformedReason = (x: Malformed): string => x[MALFORMED];
 
-/** The same service definition, with request decoders that never throw. */
-export function tolerantService<T extends Record<string, { requestDeserialize: (b: Buffer) => unknown }>>(def: T): T {
+/**
+ * The same service definition, with request decoders that never throw, and response encoders that
+ * pass an already encoded message (a Buffer, see stream-sink.ts) through unchanged. `encoders`, when
+ * given, receives each method's own response encoder by path.
+ */
+export function tolerantService<T extends Record<string, { path: string; requestDeserialize: (b: Buffer) => unknown; responseSerialize: (m: never) => Buffer }>>(def: T, encoders?: Map<string, (m: unknown) => Buffer>): T {
   const out: Record<string, unknown> = {};
   for (const [k, m] of Object.entries(def)) {
     const decode = m.requestDeserialize;
+    const encode = m.responseSerialize as (m: unknown) => Buffer;
+    encoders?.set(m.path, encode);
     out[k] = {
       ...m,
       requestDeserialize: (b: Buffer) => {
@@ -28,8 +34,8 @@ export function tolerantService<T extends Record<string, { requestDeserialize: (
           return { [MALFORMED]: e instanceof Error ? e.message : String(e) } satisfies Malformed;
         }
       },
+      responseSerialize: (x: unknown) => (Buffer.isBuffer(x) ? x : encode(x)),
     };
   }
   return out as T;
 }
-
