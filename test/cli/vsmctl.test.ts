@@ -168,7 +168,9 @@ describe('VTLs', () => {
     watch.stderr.setEncoding('utf8').on('data', (d: string) => (werr += d));
     const exited = new Promise<number | null>((res) => watch.on('close', (code) => res(code)));
     try {
-      await new Promise((r) => setTimeout(r, 300));
+      // The stream's first line says it is registered: everything after it is seen.
+      const subscribedBy = Date.now() + 20_000;
+      while (!/"subscribed"/.test(wout) && Date.now() < subscribedBy) await new Promise((r) => setTimeout(r, 20));
       const call = await json(['vtl', 'call', 'cli-vtl', '0']);
       expect(call).toMatchObject({ name: 'partitions/cli-vtl/vps/0', offset: 0x0f, outcome: { exception: 'X64_EXCEPTION_UNSPECIFIED', activeVtl: 1, vtlSwitch: { fromVtl: 0, toVtl: 1, entryReason: 'HV_VTL_ENTRY_REASON_VTL_CALL' } } });
       const st0 = await json(['vtl', 'status', 'cli-vtl', '0']);
@@ -182,7 +184,7 @@ describe('VTLs', () => {
       const fast = await json(['vtl', 'return', 'cli-vtl', '0', '--fast']);
       expect(fast).toMatchObject({ fast: true, outcome: { vtlSwitch: { fromVtl: 1, toVtl: 0 } } });
 
-      // The watcher may have subscribed after the first call: wait until it printed the last return.
+      // Wait until it printed the last return.
       const deadline = Date.now() + 5000;
       while (!/"fastReturn":true/.test(wout) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     } finally {
@@ -190,12 +192,15 @@ describe('VTLs', () => {
     }
     expect(await exited).toBe(0);
     expect(werr).toBe('');
-    const lines = wout.trim().split('\n').map((l) => JSON.parse(l));
+    const all = wout.trim().split('\n').map((l) => JSON.parse(l));
+    for (const l of all) expect(l.name).toBe('partitions/cli-vtl');
+    expect(all[0].subscribed).toBeDefined();
+    const lines = all.slice(1);
     expect(lines.length).toBeGreaterThanOrEqual(3);
-    for (const l of lines) expect(l.name).toBe('partitions/cli-vtl');
     const last = lines[lines.length - 1].transition;
     expect(last).toMatchObject({ vpIndex: 0, fromVtl: 1, toVtl: 0, isReturn: true, fastReturn: true });
     const seqs = lines.map((l) => BigInt(l.transition.sequence));
+    expect(seqs[0]).toBe(BigInt(all[0].subscribed.nextSequence));
     for (let i = 1; i < seqs.length; i++) expect(seqs[i]).toBe(seqs[i - 1]! + 1n);
   });
 

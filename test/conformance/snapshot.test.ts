@@ -97,7 +97,8 @@ test('a pending monitor intercept survives save/restore and is answered once', a
   await h.client.intercepts.modifyVtlProtectionMask({ name: p.name, protectingVtl: 1, mapFlags: 0x1, ranges: [{ startPage: 0x40n, pageCount: 1n }] });
   await h.client.intercepts.setInterceptRoute({ name: p.name, route: pb.InterceptRoute.INTERCEPT_ROUTE_MONITOR });
   const write = h.client.guest.writeMemory({ name: vp0, gpa: 0x40000n, data: Buffer.from('ok') });
-  await new Promise((r) => setTimeout(r, 50));
+  // The write is suspended on its intercept once it is pending.
+  for (let i = 0; i < 1000 && (await h.client.intercepts.listPendingIntercepts({ name: p.name })).intercepts.length === 0; i++) await new Promise((r) => setTimeout(r, 10));
   const snap = await h.client.snapshots.savePartition({ name: p.name });
   await h.client.snapshots.restorePartition({ snapshot: snap, partitionId: 'snap-mon-copy' });
   const pending = await h.client.intercepts.listPendingIntercepts({ name: 'partitions/snap-mon-copy' });

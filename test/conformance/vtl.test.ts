@@ -220,13 +220,16 @@ describe('VTL conformance', () => {
     await h.client.vtl.enableVpVtl({ name: vp0, targetVtl: 1 });
     const ac = new AbortController();
     const got: pb.VtlTransition[] = [];
+    let registered!: () => void;
+    const subscribed = new Promise<void>((r) => (registered = r));
     const reader = (async () => {
       for await (const ev of h.client.vtl.watchTransitions({ name: p.name }, ac.signal)) {
+        if (ev.event?.$case === 'subscribed') registered();
         if (ev.event?.$case === 'transition') got.push(ev.event.value);
         if (got.length === 6) ac.abort();
       }
     })();
-    await new Promise((r) => setTimeout(r, 100));
+    await subscribed; // the stream's first event: every transition from here on is delivered
     for (let i = 0; i < 3; i++) {
       await h.client.guest.callHypercallPage({ name: vp0, offset: 0x0f, rcx: 0n });
       if (i === 0) {

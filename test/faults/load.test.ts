@@ -36,11 +36,15 @@ test(`${CLIENTS} clients, ${CLIENTS} watch streams, 4 monitors: nothing lost`, a
     }
     // Watchers (one per partition, each on another client's channel) and monitors.
     const ac = new AbortController();
+    const registered: Promise<void>[] = [];
     const watched = parts.map((name, i) => {
       const seqs: bigint[] = [];
       let lagged = false;
+      let ready!: () => void;
+      registered.push(new Promise<void>((r) => (ready = r)));
       const done = (async () => {
         for await (const ev of clients[(i + 1) % CLIENTS]!.vtl.watchTransitions({ name }, ac.signal)) {
+          if (ev.event?.$case === 'subscribed') ready();
           if (ev.event?.$case === 'transition') seqs.push(ev.event.value.sequence);
           if (ev.event?.$case === 'lagged') lagged = true;
           if (seqs.length === ROUNDS * 2) break;
@@ -52,8 +56,11 @@ test(`${CLIENTS} clients, ${CLIENTS} watch streams, 4 monitors: nothing lost`, a
     const monitors = parts.slice(0, 4).map((name, i) => {
       const m = clients[(i + 2) % CLIENTS]!.intercepts.monitor(ac.signal);
       m.send({ kind: { $case: 'subscribe', value: pb.MonitorSubscribe.fromPartial({ name }) } });
+      let ready!: () => void;
+      registered.push(new Promise<void>((r) => (ready = r)));
       const done = (async () => {
         for await (const ev of m.events) {
+          if (ev.kind?.$case === 'subscription') ready();
           if (ev.kind?.$case === 'intercept' && ev.kind.value.needsReply) {
             const key = BigInt(i) * 1_000_000n + ev.kind.value.interceptId;
             answered.set(key, (answered.get(key) ?? 0) + 1);
@@ -63,7 +70,8 @@ test(`${CLIENTS} clients, ${CLIENTS} watch streams, 4 monitors: nothing lost`, a
       })().catch(() => undefined);
       return { m, done };
     });
-    await new Promise((r) => setTimeout(r, 200));
+    // Every watcher and monitor answered its subscription: nothing of the load can be missed.
+    await Promise.all(registered);
     // The load: every client switches VTLs ROUNDS times; the first 4 also fault INTERCEPTS times.
     await Promise.all(clients.map(async (c, i) => {
       const vp = `${parts[i]}/vps/0`;

@@ -117,13 +117,16 @@ describeKvm('agent-guest.test')('whole guests on KVM', () => {
 
     const transitions: pb.VtlTransition[] = [];
     const ac = new AbortController();
+    let registered!: () => void;
+    const subscribed = new Promise<void>((r) => (registered = r));
     const watch = (async () => {
       for await (const ev of h.client.vtl.watchTransitions({ name }, ac.signal)) {
+        if (ev.event?.$case === 'subscribed') registered();
         if (ev.event?.$case === 'transition') transitions.push(ev.event.value);
         if (transitions.length === 2) ac.abort();
       }
     })();
-    await new Promise((r) => setTimeout(r, 100));
+    await subscribed;
     const run = backend.runVp(vp0, { timeoutMs: 5000 });
     expect(run).toMatchObject({ stop: 'hlt', vtlSwitches: 2 });
     await watch;

@@ -94,7 +94,11 @@ export function register(program: Command, { run }: Cli): void {
           for await (const ev of ctx.client.vtl.watchTransitions({ name, vpIndex: o.vp }, signal)) {
             const e = ev.event;
             if (!e) continue;
+            // The stream is registered: a JSON reader can start the work it wants to watch; text
+            // output starts with the first transition.
+            if (e.$case === 'subscribed' && !ctx.json) continue;
             ctx.line({ name, ...(toJson(ev) as object) }, () => {
+              if (e.$case === 'subscribed') return '';
               if (e.$case !== 'transition') return `lagged: missed ${e.value.missed} transition(s) from #${e.value.firstMissedSequence} (the watcher fell behind)`;
               const t = e.value;
               const when = new Date(Number(t.timeUnixUs / 1000n)).toISOString();

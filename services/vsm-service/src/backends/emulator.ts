@@ -291,6 +291,8 @@ export class EmulatorBackend implements Backend {
       queue.push({ event: { $case: 'transition', value: { sequence: t.sequence, vpIndex: t.vpIndex, fromVtl: t.fromVtl, toVtl: t.toVtl, entryReason: t.entryReason, isReturn: t.isReturn, fastReturn: t.fastReturn, timeUnixUs: t.timeUnixUs } } });
       poke();
     });
+    // Registered: every transition from here on reaches this stream (or its lagged count).
+    sink.write({ event: { $case: 'subscribed', value: { nextSequence: p.transitionSeq + 1n } } });
     try {
       while (!signal.aborted) {
         if (queue.length === 0 && missed === 0n) {
