@@ -133,6 +133,11 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       if (err) call.emit('error', err);
       else call.end();
     };
+    const clientEnded = (why: string) => {
+      decided = true;
+      ac.abort();
+      log.debug({ method, code: grpc.status.CANCELLED, why }, 'stream ended by the client');
+    };
     return {
       signal: ac.signal,
       /** Ends the stream now with `e` (from outside the handler). */
@@ -143,18 +148,21 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
         endWith(err);
       },
       /** The handler returned. */
-      done() {
-        endWith();
+      done(): Promise<void> {
+        // A client's cancel first ends the request side (the handler may return on it) and only then
+        // reports 'cancelled' (next tick): decide once that has had its turn.
+        return new Promise((resolve) => setImmediate(() => {
+          if (!decided) {
+            if (gone()) clientEnded('the client cancelled the stream or its deadline passed');
+            else endWith();
+          }
+          resolve();
+        }));
       },
       /** The handler (or the checks before it) threw. */
       failed(e: unknown) {
         if (decided) return;
-        if (gone() || (e as { code?: unknown })?.code === 'ERR_STREAM_PREMATURE_CLOSE') {
-          decided = true;
-          ac.abort();
-          log.debug({ method, code: grpc.status.CANCELLED, why: e instanceof Error ? e.message : String(e) }, 'stream ended by the client');
-          return;
-        }
+        if (gone() || (e as { code?: unknown })?.code === 'ERR_STREAM_PREMATURE_CLOSE') return clientEnded(e instanceof Error ? e.message : String(e));
         const err = toServiceError(e);
         if (err.code === grpc.status.INTERNAL) log.error({ method, code: err.code, error: err.details, stack: e instanceof Error ? e.stack : undefined }, 'stream failed');
         else log.info({ method, code: err.code, error: err.details }, 'stream failed');
