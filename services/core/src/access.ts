@@ -2,11 +2,18 @@
 // VTL protections enforced (tlfs-vsm.md §7-8). A violating access does not complete: it raises a
 // memory intercept (intercepts.ts) and the VP either enters the protecting VTL (route 'vtl'/'both')
 // or stays suspended until a monitor answers (route 'monitor').
-import { Partition, VirtualProcessor, X64Exception, X64ExceptionVector, VtlSwitchEvent } from './partition';
+import type { PartitionState } from './state/partition';
+import type { PendingAccess, VirtualProcessor } from './state/vp';
+import { AccessOutcome, InterceptRecord, ResumedAccess, X64Exception } from './outcomes';
 import { AccessKind, requiredFlag } from './protections';
-import { InterceptAction, InterceptRecord } from './intercepts';
+import type { InterceptAction } from './intercepts';
 import { Vtl, VTLS } from './vtl-array';
 import { resumeStub } from './stub-return';
+import { assertActive, assertVpCanAct, crash, vpOf } from './rules/lifecycle';
+import { checkRange, readView, writeView } from './rules/memory-view';
+import { cpl, inRealMode, reg } from './rules/processor';
+import { postMessage } from './rules/synic';
+import { switchVtl } from './rules/transitions';
 import { HvError, HvStatus, hvFail } from './tlfs/status';
 import { HvRegisterName as R, reg128ToSegment } from './tlfs/registers';
 import { HvVtlEntryReason } from './tlfs/vsm';
@@ -20,32 +27,20 @@ import {
   arm64PermissionFaultSyndrome,
 } from './tlfs/message';
 
+export type { PendingAccess } from './state/vp';
+export type { AccessOutcome, ResumedAccess } from './outcomes';
+
 export const MAX_GUEST_ACCESS_BYTES = 65536;
-
-export type AccessOutcome =
-  | { status: 'completed'; data?: Buffer }
-  | { status: 'exception'; exception: X64ExceptionVector }
-  | { status: 'intercepted'; intercept: InterceptRecord; vtlSwitch?: VtlSwitchEvent; awaitingMonitor: boolean; heldBack?: boolean }
-  | { status: 'crashed' };
-
-export interface PendingAccess {
-  kind: AccessKind;
-  gpa: bigint;
-  length: number;
-  data?: Buffer;
-  rip: bigint;
-  interceptId: bigint;
-}
 
 const ACCESS_TYPE: Record<AccessKind, 0 | 1 | 2> = { read: 0, write: 1, execute: 2 };
 
 /** The protecting VTL that refuses `kind` at gpfn for VTL `vtl`, if any (lowest first, §8.1). */
-export function violatingVtl(p: Partition, vp: VirtualProcessor, vtl: Vtl, gpfn: number, kind: AccessKind): Vtl | undefined {
+export function violatingVtl(p: PartitionState, vp: VirtualProcessor, vtl: Vtl, gpfn: number, kind: AccessKind): Vtl | undefined {
   let flag = -1;
   for (let m = vtl + 1; m < VTLS.length; m++) {
     const map = p.protections.get(m as Vtl);
     if (!map) continue;
-    if (flag < 0) flag = requiredFlag(kind, kind === 'execute' && p.cpl(vp) === 3, p.vtls.get(vtl).mbec);
+    if (flag < 0) flag = requiredFlag(kind, kind === 'execute' && cpl(vp) === 3, p.vtls.get(vtl).mbec);
     if ((map.get(gpfn) & flag) === 0) return m as Vtl;
   }
   return undefined;
@@ -65,7 +60,7 @@ export interface InterceptInstruction {
  * Whether every page of [gpa, gpa+size) may be accessed as `kind` by the VP's active VTL: pages of
  * its own overlays always, RAM pages unless a higher VTL's protection refuses it.
  */
-export function accessibleTo(p: Partition, vp: VirtualProcessor, gpa: bigint, size: number, kind: AccessKind): boolean {
+export function accessibleTo(p: PartitionState, vp: VirtualProcessor, gpa: bigint, size: number, kind: AccessKind): boolean {
   if (size === 0) return true;
   for (let g = gpa >> 12n; g <= (gpa + BigInt(size) - 1n) >> 12n; g++) {
     if (p.overlays.visible(vp.activeVtl, vp.index, g)) continue;
@@ -75,10 +70,10 @@ export function accessibleTo(p: Partition, vp: VirtualProcessor, gpa: bigint, si
 }
 
 /** Performs the access as the VP in its active VTL. */
-export function guestAccess(p: Partition, vp: VirtualProcessor, kind: AccessKind, gpa: bigint, length: number, data?: Buffer, opts: { ignoreProtections?: boolean; instruction?: InterceptInstruction } = {}): AccessOutcome {
-  p.assertVpCanAct(vp);
+export function guestAccess(p: PartitionState, vp: VirtualProcessor, kind: AccessKind, gpa: bigint, length: number, data?: Buffer, opts: { ignoreProtections?: boolean; instruction?: InterceptInstruction } = {}): AccessOutcome {
+  assertVpCanAct(p, vp);
   if (!Number.isInteger(length) || length < 1 || length > MAX_GUEST_ACCESS_BYTES) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `length must be 1..${MAX_GUEST_ACCESS_BYTES}`);
-  p.checkRange(gpa, length);
+  checkRange(p, gpa, length);
   const vtl = vp.activeVtl;
   if (!opts.ignoreProtections) {
     for (let g = gpa >> 12n; g <= (gpa + BigInt(length) - 1n) >> 12n; g++) {
@@ -96,10 +91,10 @@ export function guestAccess(p: Partition, vp: VirtualProcessor, kind: AccessKind
     }
   }
   if (kind === 'write') {
-    if (!p.writeView(vtl, vp.index, gpa, data!)) return { status: 'exception', exception: X64Exception.GP };
+    if (!writeView(p, vtl, vp.index, gpa, data!)) return { status: 'exception', exception: X64Exception.GP };
     return { status: 'completed' };
   }
-  return { status: 'completed', data: p.readView(vtl, vp.index, gpa, length) };
+  return { status: 'completed', data: readView(p, vtl, vp.index, gpa, length) };
 }
 
 /**
@@ -110,11 +105,11 @@ export function guestAccess(p: Partition, vp: VirtualProcessor, kind: AccessKind
  * routed to the protecting VTL's SINT0 and entry, or to monitors), and an access nothing refuses
  * any more (the view changed meanwhile) is performed on guest memory. Same outcomes as guestAccess.
  */
-export function interceptAccess(p: Partition, vp: VirtualProcessor, kind: AccessKind, gpa: bigint, length: number, data?: Buffer, instruction?: InterceptInstruction): AccessOutcome {
+export function interceptAccess(p: PartitionState, vp: VirtualProcessor, kind: AccessKind, gpa: bigint, length: number, data?: Buffer, instruction?: InterceptInstruction): AccessOutcome {
   return guestAccess(p, vp, kind, gpa, length, data, { instruction });
 }
 
-function raiseIntercept(p: Partition, vp: VirtualProcessor, protectingVtl: Vtl, kind: AccessKind, faultGpa: bigint, gpa: bigint, length: number, data?: Buffer, instruction?: InterceptInstruction): AccessOutcome {
+function raiseIntercept(p: PartitionState, vp: VirtualProcessor, protectingVtl: Vtl, kind: AccessKind, faultGpa: bigint, gpa: bigint, length: number, data?: Buffer, instruction?: InterceptInstruction): AccessOutcome {
   const vtl = vp.activeVtl;
   const route = p.interceptRoute;
   const id = p.intercepts.allocateId();
@@ -125,27 +120,27 @@ function raiseIntercept(p: Partition, vp: VirtualProcessor, protectingVtl: Vtl, 
   };
   if (route === 'monitor') {
     vp.suspendedOn = id;
-    vp.suspendedAccess = { kind, gpa, length, data: rec.data, rip: p.reg(vp, R.HvX64RegisterRip), interceptId: id };
+    vp.suspendedAccess = { kind, gpa, length, data: rec.data, rip: reg(vp, R.HvX64RegisterRip), interceptId: id };
     p.intercepts.publish(rec);
     return { status: 'intercepted', intercept: rec, awaitingMonitor: true };
   }
   // Route 'vtl' / 'both': SINT0 of the protecting VTL's SynIC on this VP, then enter that VTL.
-  const posted = p.postMessage(vp, protectingVtl, HV_SYNIC_INTERCEPTION_SINT_INDEX, message);
+  const posted = postMessage(p, vp, protectingVtl, HV_SYNIC_INTERCEPTION_SINT_INDEX, message);
   if (posted === 'full') {
     // The queue is full: hold the source back. The VP stays at the faulting instruction in its VTL
     // (nothing is dropped); the guest action reports it and may be retried after the higher VTL
     // drained its queue.
     return { status: 'intercepted', intercept: rec, awaitingMonitor: false, heldBack: true };
   }
-  vp.vtls.get(vtl).pendingAccess = { kind, gpa, length, data: rec.data, rip: p.spec.architecture === 'arm64' ? vp.vtls.get(vtl).arm64Pc : p.reg(vp, R.HvX64RegisterRip), interceptId: id };
+  vp.vtls.get(vtl).pendingAccess = { kind, gpa, length, data: rec.data, rip: p.spec.architecture === 'arm64' ? vp.vtls.get(vtl).arm64Pc : reg(vp, R.HvX64RegisterRip), interceptId: id };
   if (route === 'both') p.intercepts.publish(rec);
-  const ev = p.switchVtl(vp, protectingVtl, HvVtlEntryReason.HvVtlEntryInterrupt, false);
-  resumeStub(p, vp);
+  const ev = switchVtl(p, vp, protectingVtl, HvVtlEntryReason.HvVtlEntryInterrupt, false);
+  resumeStub(vp);
   return { status: 'intercepted', intercept: rec, vtlSwitch: ev, awaitingMonitor: false };
 }
 
 /** HV_MESSAGE{HvMessageTypeGpaIntercept, HV_X64_MEMORY_INTERCEPT_MESSAGE} for the VP's state now. */
-export function buildInterceptMessage(p: Partition, vp: VirtualProcessor, kind: AccessKind, gpa: bigint, instruction?: InterceptInstruction): Buffer {
+export function buildInterceptMessage(p: PartitionState, vp: VirtualProcessor, kind: AccessKind, gpa: bigint, instruction?: InterceptInstruction): Buffer {
   if (p.spec.architecture === 'arm64') {
     const st = vp.vtls.get(vp.activeVtl);
     const payload = encodeArm64MemoryInterceptMessage({
@@ -167,7 +162,7 @@ export function buildInterceptMessage(p: Partition, vp: VirtualProcessor, kind: 
   }
   const regs = vp.vtls.get(vp.activeVtl).regs;
   const seg = (n: number) => reg128ToSegment(regs.get(n) ?? { low: 0n, high: 0n });
-  const gprs = Array.from({ length: 16 }, (_, i) => p.reg(vp, R.HvX64RegisterRax + i));
+  const gprs = Array.from({ length: 16 }, (_, i) => reg(vp, R.HvX64RegisterRax + i));
   const payload = encodeMemoryInterceptMessage({
     header: {
       vpIndex: vp.index,
@@ -177,17 +172,17 @@ export function buildInterceptMessage(p: Partition, vp: VirtualProcessor, kind: 
       instructionLength: instruction?.length ?? 0,
       interceptAccessType: ACCESS_TYPE[kind],
       executionState: {
-        cpl: p.cpl(vp),
-        cr0Pe: !p.inRealMode(vp),
-        cr0Am: (p.reg(vp, R.HvX64RegisterCr0) & (1n << 18n)) !== 0n,
-        eferLma: (p.reg(vp, R.HvX64RegisterEfer) & 0x400n) !== 0n,
-        debugActive: (p.reg(vp, R.HvX64RegisterDr7) & 0xffn) !== 0n,
+        cpl: cpl(vp),
+        cr0Pe: !inRealMode(vp),
+        cr0Am: (reg(vp, R.HvX64RegisterCr0) & (1n << 18n)) !== 0n,
+        eferLma: (reg(vp, R.HvX64RegisterEfer) & 0x400n) !== 0n,
+        debugActive: (reg(vp, R.HvX64RegisterDr7) & 0xffn) !== 0n,
         interruptionPending: false,
         vtl: vp.activeVtl,
       },
       csSegment: seg(R.HvX64RegisterCs),
-      rip: p.reg(vp, R.HvX64RegisterRip),
-      rflags: p.reg(vp, R.HvX64RegisterRflags),
+      rip: reg(vp, R.HvX64RegisterRip),
+      rflags: reg(vp, R.HvX64RegisterRflags),
     },
     cacheType: HvCacheType.HvCacheTypeWriteBack,
     instructionByteCount: Math.min(16, instruction?.bytes.length ?? 0),
@@ -210,22 +205,15 @@ export function buildInterceptMessage(p: Partition, vp: VirtualProcessor, kind: 
  * it was, the instruction is retried (it may intercept again); if RIP moved, the higher VTL
  * completed or skipped it.
  */
-export function resumePendingAccess(p: Partition, vp: VirtualProcessor): ResumedAccess | undefined {
+export function resumePendingAccess(p: PartitionState, vp: VirtualProcessor): ResumedAccess | undefined {
   const st = vp.vtls.get(vp.activeVtl);
   const pa = st.pendingAccess;
   if (!pa) return undefined;
   st.pendingAccess = null;
-  const pc = p.spec.architecture === 'arm64' ? st.arm64Pc : p.reg(vp, R.HvX64RegisterRip);
+  const pc = p.spec.architecture === 'arm64' ? st.arm64Pc : reg(vp, R.HvX64RegisterRip);
   if (pc !== pa.rip) return { interceptId: pa.interceptId, kind: pa.kind, gpa: pa.gpa, outcome: { status: 'skipped' } };
   const o = guestAccess(p, vp, pa.kind, pa.gpa, pa.length, pa.data);
   return { interceptId: pa.interceptId, kind: pa.kind, gpa: pa.gpa, outcome: o };
-}
-
-export interface ResumedAccess {
-  interceptId: bigint;
-  kind: AccessKind;
-  gpa: bigint;
-  outcome: AccessOutcome | { status: 'skipped' };
 }
 
 /**
@@ -234,9 +222,9 @@ export interface ResumedAccess {
  * returns `data`, zero-filled); retry = re-execute (the monitor changed protections); crash = stop
  * the partition. A `generation` other than the current memory-view generation is refused.
  */
-export function answerIntercept(p: Partition, id: bigint, action: InterceptAction, opts: { data?: Buffer; generation?: number; by?: string } = {}): { result: 'applied' | 'duplicate'; outcome?: AccessOutcome } {
+export function answerIntercept(p: PartitionState, id: bigint, action: InterceptAction, opts: { data?: Buffer; generation?: number; by?: string } = {}): { result: 'applied' | 'duplicate'; outcome?: AccessOutcome } {
   // A crashed or deleted partition takes no answers (its intercepts were resolved when it ended).
-  p.assertActive();
+  assertActive(p);
   const st = p.intercepts.status(id);
   if (st === 'duplicate') return { result: 'duplicate' };
   if (st === 'unknown') hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `intercept ${id} is not pending`);
@@ -244,7 +232,7 @@ export function answerIntercept(p: Partition, id: bigint, action: InterceptActio
     throw new HvError(HvStatus.HV_STATUS_OPERATION_DENIED, `stale memory-view generation ${opts.generation} (now ${p.viewGeneration}): re-read the view and answer again`);
   }
   const rec = p.intercepts.pending.get(id)!;
-  const vp = p.vp(rec.vpIndex);
+  const vp = vpOf(p, rec.vpIndex);
   const pa = vp.suspendedAccess;
   if (vp.suspendedOn !== id || !pa) hvFail(HvStatus.HV_STATUS_INVALID_VP_STATE, `VP ${vp.index} is not suspended on intercept ${id}`);
   vp.suspendedOn = null;
@@ -278,11 +266,11 @@ export function answerIntercept(p: Partition, id: bigint, action: InterceptActio
     }
     // Never half-applied: the intercept is resolved and the partition stops with the reason.
     p.intercepts.markAnswered(id, outcome);
-    p.crash(`answering intercept ${id} failed: ${e instanceof Error ? e.message : String(e)}`);
+    crash(p, `answering intercept ${id} failed: ${e instanceof Error ? e.message : String(e)}`);
     throw e;
   }
   // The answer's outcome goes to this intercept's waiter only (keyed by id).
   p.intercepts.markAnswered(id, outcome);
-  if (action === 'crash') p.crash(`${opts.by ?? 'a monitor'} answered CRASH to intercept ${id}`);
+  if (action === 'crash') crash(p, `${opts.by ?? 'a monitor'} answered CRASH to intercept ${id}`);
   return { result: 'applied', outcome };
 }

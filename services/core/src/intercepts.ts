@@ -4,35 +4,12 @@
 // 'monitor' holds the VP suspended until an external monitor answers; 'both' lets a monitor observe
 // while the VTL handles it. Pending intercepts are kept until answered (at-least-once to monitors;
 // each has an id and a second answer to the same id is reported as a duplicate, not applied).
-import type { AccessOutcome } from './access';
-import type { AccessKind } from './protections';
-import type { Vtl } from './vtl-array';
+import type { AccessOutcome, InterceptRecord } from './outcomes';
+
+export type { InterceptRecord } from './outcomes';
 
 export type InterceptRoute = 'vtl' | 'monitor' | 'both';
 export type InterceptAction = 'allow' | 'skip' | 'retry' | 'crash';
-
-export interface InterceptRecord {
-  id: bigint;
-  vpIndex: number;
-  /** VTL the access was made in. */
-  vtl: Vtl;
-  /** VTL whose protection refused it. */
-  protectingVtl: Vtl;
-  kind: AccessKind;
-  gpa: bigint;
-  length: number;
-  /** Bytes a write would have stored. */
-  data?: Buffer;
-  /** Memory-view generation at fault time. */
-  generation: number;
-  /** The HV_MESSAGE (256 bytes) as written to the SIM slot. */
-  message: Buffer;
-  /** Whether a monitor must answer (route 'monitor'); false when it only observes. */
-  needsReply: boolean;
-  timeUnixUs: bigint;
-  /** How many times it was sent to monitors (to flag re-deliveries). */
-  deliveries: number;
-}
 
 export class InterceptBroker {
   private nextId = 1n;

@@ -2,10 +2,12 @@
 // without touching it; the RAM page reappears byte for byte when the overlay is disabled or moved.
 // Overlays are per VTL: VTL n sees only its own. Stacking order (the TLFS leaves it to the
 // implementation): the most recently placed overlay on a GPA is on top; removing it uncovers the
-// next one, removing all uncovers RAM.
-import { Vtl } from './vtl-array';
+// next one, removing all uncovers RAM. What each kind is (scope, MSR, read-only) is the table in
+// overlay-kinds.ts.
+import { Vtl, VtlArray, VTLS } from './vtl-array';
+import type { OverlayKind } from './overlay-kinds';
 
-export type OverlayKind = 'hypercall' | 'reference-tsc' | 'simp' | 'siefp' | 'vp-assist';
+export type { OverlayKind } from './overlay-kinds';
 
 export interface Overlay {
   kind: OverlayKind;
@@ -21,12 +23,27 @@ export interface Overlay {
   readOnly: boolean;
 }
 
+/** The placement of an overlay as snapshots keep it (everything but its page). */
+export type OverlayPlacement = Omit<Overlay, 'page'>;
+
+/** One VTL's overlays: those placed, and every slot's page (kind, VP), placed or not. */
+class VtlOverlays {
+  readonly placed: Overlay[] = [];
+  readonly pages = new Map<OverlayKind, Map<number | null, Buffer>>();
+
+  page(kind: OverlayKind, vpIndex: number | null): Buffer | undefined {
+    return this.pages.get(kind)?.get(vpIndex);
+  }
+  setPage(kind: OverlayKind, vpIndex: number | null, page: Buffer): void {
+    let byVp = this.pages.get(kind);
+    if (!byVp) this.pages.set(kind, (byVp = new Map()));
+    byVp.set(vpIndex, page);
+  }
+}
+
 export class OverlayManager {
   private seq = 0;
-  /** Enabled overlays. */
-  private readonly placed: Overlay[] = [];
-  /** Every overlay's page, enabled or not, keyed by slot (kind, vtl, vp). */
-  private readonly pages = new Map<string, Buffer>();
+  private readonly vtls = new VtlArray(() => new VtlOverlays());
   /** Bumped whenever a mapping changes (seed 001: the memory view generation). */
   generation = 1;
 
@@ -35,23 +52,28 @@ export class OverlayManager {
     private readonly onViewChange?: (vtl: Vtl) => void,
   ) {}
 
+  /** A slot's name in snapshots: `kind/vtl/vp`, `*` for a partition-wide page. */
   static slot(kind: OverlayKind, vtl: Vtl, vpIndex: number | null): string {
     return `${kind}/${vtl}/${vpIndex ?? '*'}`;
   }
+  private static parseSlot(slot: string): { kind: OverlayKind; vtl: Vtl; vpIndex: number | null } {
+    const [kind, vtl, vp] = slot.split('/');
+    return { kind: kind as OverlayKind, vtl: Number(vtl) as Vtl, vpIndex: vp === '*' ? null : Number(vp) };
+  }
 
   pageFor(kind: OverlayKind, vtl: Vtl, vpIndex: number | null, init?: () => Buffer): Buffer {
-    const key = OverlayManager.slot(kind, vtl, vpIndex);
-    let p = this.pages.get(key);
+    const v = this.vtls.get(vtl);
+    let p = v.page(kind, vpIndex);
     if (!p) {
       p = this.allocPage();
       if (init) init().copy(p);
-      this.pages.set(key, p);
+      v.setPage(kind, vpIndex, p);
     }
     return p;
   }
 
   find(kind: OverlayKind, vtl: Vtl, vpIndex: number | null): Overlay | undefined {
-    return this.placed.find((o) => o.kind === kind && o.vtl === vtl && o.vpIndex === vpIndex);
+    return this.vtls.get(vtl).placed.find((o) => o.kind === kind && o.vpIndex === vpIndex);
   }
 
   /** Places (or moves) the overlay of a slot at gpfn; a move puts it on top at its new GPA. */
@@ -60,16 +82,17 @@ export class OverlayManager {
     if (existing && existing.gpfn === gpfn) return existing;
     if (existing) this.remove(kind, vtl, vpIndex);
     const o: Overlay = { kind, vtl, vpIndex, gpfn, page: this.pageFor(kind, vtl, vpIndex, init), seq: ++this.seq, readOnly };
-    this.placed.push(o);
+    this.vtls.get(vtl).placed.push(o);
     this.generation++;
     this.onViewChange?.(vtl);
     return o;
   }
 
   remove(kind: OverlayKind, vtl: Vtl, vpIndex: number | null): boolean {
-    const i = this.placed.findIndex((o) => o.kind === kind && o.vtl === vtl && o.vpIndex === vpIndex);
+    const placed = this.vtls.get(vtl).placed;
+    const i = placed.findIndex((o) => o.kind === kind && o.vpIndex === vpIndex);
     if (i < 0) return false;
-    this.placed.splice(i, 1);
+    placed.splice(i, 1);
     this.generation++;
     this.onViewChange?.(vtl);
     return true;
@@ -78,8 +101,8 @@ export class OverlayManager {
   /** Top overlay that VP `vpIndex` running in `vtl` sees at gpfn, if any. */
   visible(vtl: Vtl, vpIndex: number, gpfn: bigint): Overlay | undefined {
     let top: Overlay | undefined;
-    for (const o of this.placed) {
-      if (o.vtl !== vtl || o.gpfn !== gpfn) continue;
+    for (const o of this.vtls.get(vtl).placed) {
+      if (o.gpfn !== gpfn) continue;
       if (o.vpIndex !== null && o.vpIndex !== vpIndex) continue;
       if (!top || o.seq > top.seq) top = o;
     }
@@ -88,43 +111,47 @@ export class OverlayManager {
 
   /** Overlays at gpfn in a VTL that VP `vpIndex` can see (all VPs when null), top first. */
   stackAt(vtl: Vtl, gpfn: bigint, vpIndex: number | null = null): Overlay[] {
-    return this.placed
-      .filter((o) => o.vtl === vtl && o.gpfn === gpfn && (vpIndex === null || o.vpIndex === null || o.vpIndex === vpIndex))
+    return this.vtls
+      .get(vtl)
+      .placed.filter((o) => o.gpfn === gpfn && (vpIndex === null || o.vpIndex === null || o.vpIndex === vpIndex))
       .sort((a, b) => b.seq - a.seq);
   }
 
+  /** Every placed overlay, in placement order. */
   list(): readonly Overlay[] {
-    return [...this.placed].sort((a, b) => a.seq - b.seq);
+    return VTLS.flatMap((v) => this.vtls.get(v).placed).sort((a, b) => a.seq - b.seq);
   }
 
   /** State for snapshots: every slot's page (placed or not) and the placements. */
-  exportState(): { seq: number; generation: number; placed: Omit<Overlay, 'page'>[]; pages: { slot: string; page: Buffer }[] } {
+  exportState(): { seq: number; generation: number; placed: OverlayPlacement[]; pages: { slot: string; page: Buffer }[] } {
     return {
       seq: this.seq,
       generation: this.generation,
-      placed: this.placed.map(({ page: _page, ...o }) => ({ ...o })),
-      pages: [...this.pages].map(([slot, page]) => ({ slot, page: Buffer.from(page) })),
+      placed: this.list().map(({ page: _page, ...o }) => ({ ...o })),
+      pages: VTLS.flatMap((vtl) =>
+        [...this.vtls.get(vtl).pages].flatMap(([kind, byVp]) => [...byVp].map(([vp, page]) => ({ slot: OverlayManager.slot(kind, vtl, vp), page: Buffer.from(page) }))),
+      ),
     };
   }
+  /** Replaces everything with a snapshot's state (validated first: snapshot-validate.ts). */
   importState(s: ReturnType<OverlayManager['exportState']>): void {
-    this.pages.clear();
-    this.placed.length = 0;
+    for (const v of VTLS) {
+      this.vtls.get(v).pages.clear();
+      this.vtls.get(v).placed.length = 0;
+    }
     for (const { slot, page } of s.pages) {
+      const { kind, vtl, vpIndex } = OverlayManager.parseSlot(slot);
       const p = this.allocPage();
       page.copy(p);
-      this.pages.set(slot, p);
+      this.vtls.get(vtl).setPage(kind, vpIndex, p);
     }
     for (const o of s.placed) {
-      const page = this.pages.get(OverlayManager.slot(o.kind, o.vtl, o.vpIndex));
+      const page = this.vtls.get(o.vtl).page(o.kind, o.vpIndex);
       if (!page) throw new Error(`snapshot has a placed ${o.kind} overlay without its page`);
-      this.placed.push({ ...o, page });
+      this.vtls.get(o.vtl).placed.push({ ...o, page });
       this.onViewChange?.(o.vtl);
     }
     this.seq = s.seq;
     this.generation = s.generation;
-  }
-
-  removeAllOf(vtl: Vtl): void {
-    for (const o of this.placed.filter((x) => x.vtl === vtl)) this.remove(o.kind, o.vtl, o.vpIndex);
   }
 }

@@ -5,8 +5,8 @@
 // MSR that placed it, a queued message and its SINT) consistent. Each refusal is
 // HV_STATUS_INVALID_PARAMETER with the offending field's path, spelled as in vsm.v1.PartitionSnapshot
 // (e.g. `snapshot.vps[1].vtls[0].synic_queues[0]: 40 messages exceed the 16-message SINT queue`).
-import type { CoreSnapshot, RegisterEntry } from './snapshot';
-import type { PendingAccess } from './access';
+import type { CoreSnapshot, RegisterEntry } from './snapshot-types';
+import type { PendingAccess } from './state/vp';
 import type { OverlayKind } from './overlays';
 import { Limits, labelsProblem } from './limits';
 import { HvError, HvStatus } from './tlfs/status';

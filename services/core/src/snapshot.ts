@@ -3,63 +3,24 @@
 // underneath (RAM pages are saved as they are), protections, SynIC queues, pending intercepts and
 // suspended accesses, counters and generations. The service turns it into the versioned protobuf
 // snapshot (vsm.v1.PartitionSnapshot); the core never sees protobuf.
-import { Partition, PartitionSpec, VirtualProcessor } from './partition';
+import { Partition, VirtualProcessor } from './partition';
+import type { PendingAccess, RegisterFile } from './state/vp';
 import { OverlayManager } from './overlays';
-import { InterceptBroker, InterceptRecord, InterceptRoute } from './intercepts';
-import { PendingAccess } from './access';
+import type { InterceptRecord } from './intercepts';
 import { ProtectionMap } from './protections';
-import { Reg128 } from './tlfs/registers';
 import { VTLS, Vtl } from './vtl-array';
-import { PlatformHooks } from './platform';
-import { buildHypercallPage } from './tlfs/vsm';
+import type { PlatformHooks } from './platform';
+import type { CoreSnapshot, RegisterEntry, VpSnapshot } from './snapshot-types';
+import { OVERLAY_KIND_NAMES, overlayKindInfo } from './overlay-kinds';
+import { hypercallPageCode } from './rules/overlay-sync';
 import { DEFAULT_LIMITS } from './limits';
 import { CORE_SNAPSHOT_VERSION, SnapshotLimits, validateSnapshot } from './snapshot-validate';
 
 export { CORE_SNAPSHOT_VERSION, validateSnapshot } from './snapshot-validate';
 export type { SnapshotLimits } from './snapshot-validate';
+export type { CoreSnapshot, RegisterEntry, VpSnapshot, VpVtlSnapshot } from './snapshot-types';
 
-
-export interface RegisterEntry { name: number; value: Reg128 }
-
-export interface VpVtlSnapshot {
-  enabled: boolean;
-  regs: RegisterEntry[];
-  entryReason: number;
-  pendingStubReturn: bigint | null;
-  vina: bigint;
-  pendingAccess: PendingAccess | null;
-  synicQueues: Buffer[][];
-  secureConfig: bigint[];
-  arm64Pc: bigint;
-  arm64Cpsr: bigint;
-}
-
-export interface VpSnapshot {
-  index: number;
-  activeVtl: Vtl;
-  shared: RegisterEntry[];
-  vtls: VpVtlSnapshot[];
-  suspendedOn: bigint | null;
-  suspendedAccess: PendingAccess | null;
-}
-
-export interface CoreSnapshot {
-  version: number;
-  spec: Omit<PartitionSpec, 'platform'>;
-  state: 'active' | 'crashed';
-  createTimeUnixMs: number;
-  vtls: { enabled: boolean; mbec: boolean; config: bigint; guestOsId: bigint; hypercallMsr: bigint; referenceTscMsr: bigint }[];
-  protections: ({ defaultMask: number; ranges: { start: number; end: number; mask: number }[] } | null)[];
-  protectionChanges: number;
-  transitionSeq: bigint;
-  interceptRoute: InterceptRoute;
-  overlays: ReturnType<OverlayManager['exportState']>;
-  intercepts: ReturnType<InterceptBroker['exportState']>;
-  memory: { gpfn: number; data: Buffer }[];
-  vps: VpSnapshot[];
-}
-
-const regs = (m: Map<number, Reg128>): RegisterEntry[] => [...m].map(([name, value]) => ({ name, value: { ...value } }));
+const regs = (m: RegisterFile): RegisterEntry[] => [...m].map(([name, value]) => ({ name, value: { ...value } }));
 const copyAccess = (a: PendingAccess | null): PendingAccess | null => (a ? { ...a, data: a.data ? Buffer.from(a.data) : undefined } : null);
 
 export function snapshotPartition(p: Partition): CoreSnapshot {
@@ -94,7 +55,7 @@ function snapshotVp(vp: VirtualProcessor): VpSnapshot {
       vina: s.vina,
       pendingAccess: copyAccess(s.pendingAccess),
       synicQueues: s.synic.queues.map((q) => q.map((m) => Buffer.from(m))),
-      secureConfig: [...s.secureConfig],
+      secureConfig: s.secureConfig.map((c) => c),
       arm64Pc: s.arm64Pc,
       arm64Cpsr: s.arm64Cpsr,
     })),
@@ -125,13 +86,15 @@ export function restorePartition(s: CoreSnapshot, id: string, platform?: Platfor
   p.interceptRoute = s.interceptRoute;
   for (const pg of s.memory) p.memory.write(BigInt(pg.gpfn) << 12n, pg.data);
   p.overlays.importState(s.overlays);
-  // The hypercall page holds the hypervisor's code (read-only to the guest): the restoring
-  // platform's, not the saving one's (the emulator's VMMCALL does not exit on the KVM agent; the
-  // agent's `out 0x4d, ax` is #UD to the emulator's stub decoder).
+  // A page holding the hypervisor's code (the hypercall page, read-only to the guest) gets the
+  // restoring platform's code, not the saving one's (the emulator's VMMCALL does not exit on the KVM
+  // agent; the agent's `out 0x4d, ax` is #UD to the emulator's stub decoder).
   const slots = new Set(s.overlays.pages.map((x) => x.slot));
-  for (const vtl of VTLS) {
-    if (!slots.has(OverlayManager.slot('hypercall', vtl, null))) continue;
-    (platform?.hypercallPage?.build() ?? buildHypercallPage(p.vendor)).copy(p.overlays.pageFor('hypercall', vtl, null));
+  for (const kind of OVERLAY_KIND_NAMES) {
+    if (overlayKindInfo(kind).content !== 'hypercall-code') continue;
+    for (const vtl of VTLS) {
+      if (slots.has(OverlayManager.slot(kind, vtl, null))) hypercallPageCode(p).copy(p.overlays.pageFor(kind, vtl, null));
+    }
   }
   p.intercepts.importState({ ...s.intercepts, pending: s.intercepts.pending.map((r: InterceptRecord) => ({ ...r })) });
   for (const v of s.vps) {
@@ -149,7 +112,7 @@ export function restorePartition(s: CoreSnapshot, id: string, platform?: Platfor
       st.vina = vs.vina;
       st.pendingAccess = copyAccess(vs.pendingAccess);
       vs.synicQueues.forEach((q, n) => { st.synic.queues[n] = q.map((m) => Buffer.from(m)); });
-      vs.secureConfig.forEach((c, n) => { st.secureConfig[n] = c; });
+      vs.secureConfig.forEach((c, n) => st.secureConfig.set(n as Vtl, c));
       st.arm64Pc = vs.arm64Pc;
       st.arm64Cpsr = vs.arm64Cpsr;
     });

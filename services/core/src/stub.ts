@@ -35,41 +35,38 @@ export function callHypercallPage(p: Partition, vp: VirtualProcessor, offset: nu
     st.pendingStubReturn = null;
     return { exception, activeVtl: vp.activeVtl, rax: gpr(R.HvX64RegisterRax) };
   };
-  vp.callSiteRaxRcx = [gpr(R.HvX64RegisterRax), gpr(R.HvX64RegisterRcx)];
-  try {
-    let pc = offset;
-    for (let step = 0; step < MAX_STEPS; step++) {
-      const b = (i: number) => page[pc + i] ?? 0xcc;
-      if (b(0) === 0x89 && b(1) === 0xc1) { set(R.HvX64RegisterRcx, gpr(R.HvX64RegisterRax) & 0xffffffffn); pc += 2; continue; } // mov ecx, eax
-      if (b(0) === 0x48 && b(1) === 0x89 && b(2) === 0xc8) { set(R.HvX64RegisterRax, gpr(R.HvX64RegisterRcx)); pc += 3; continue; } // mov rax, rcx
-      if (b(0) === 0xb8 || b(0) === 0xb9) { // mov eax/ecx, imm32 (zero-extends)
-        const imm = BigInt(page.readUInt32LE(pc + 1));
-        set(b(0) === 0xb8 ? R.HvX64RegisterRax : R.HvX64RegisterRcx, imm);
-        pc += 5;
-        continue;
-      }
-      if (b(0) === 0x0f && b(1) === 0x01 && (b(2) === 0xc1 || b(2) === 0xd9)) { // vmcall / vmmcall
-        // VMCALL on AMD and VMMCALL on Intel are #UD; our page always holds the vendor's own one.
-        if ((b(2) === 0xc1) !== (p.vendor === 'intel')) return fail(X64Exception.UD);
-        set(R.HvX64RegisterRip, pageGpa + BigInt(pc));
-        st.pendingStubReturn = returnRip;
-        const o = executeVmcall(p, vp);
-        if (o.exception !== undefined) return fail(o.exception);
-        if (o.vtlSwitch) return { activeVtl: vp.activeVtl, vtlSwitch: o.vtlSwitch, resumedAccess: o.resumedAccess, rax: gpr(R.HvX64RegisterRax) };
-        st.pendingStubReturn = null;
-        pc += 3;
-        continue;
-      }
-      if (b(0) === 0xc3) { // ret
-        set(R.HvX64RegisterRip, returnRip);
-        st.pendingStubReturn = null;
-        return { activeVtl: vp.activeVtl, rax: gpr(R.HvX64RegisterRax) };
-      }
-      if (b(0) === 0xcc) return fail(X64Exception.BP); // int3 fill
-      return fail(X64Exception.UD);
+  // The caller's RAX/RCX before the page's code runs (a VtlCall from the page records them).
+  const callSite = { rax: gpr(R.HvX64RegisterRax), rcx: gpr(R.HvX64RegisterRcx) };
+  let pc = offset;
+  for (let step = 0; step < MAX_STEPS; step++) {
+    const b = (i: number) => page[pc + i] ?? 0xcc;
+    if (b(0) === 0x89 && b(1) === 0xc1) { set(R.HvX64RegisterRcx, gpr(R.HvX64RegisterRax) & 0xffffffffn); pc += 2; continue; } // mov ecx, eax
+    if (b(0) === 0x48 && b(1) === 0x89 && b(2) === 0xc8) { set(R.HvX64RegisterRax, gpr(R.HvX64RegisterRcx)); pc += 3; continue; } // mov rax, rcx
+    if (b(0) === 0xb8 || b(0) === 0xb9) { // mov eax/ecx, imm32 (zero-extends)
+      const imm = BigInt(page.readUInt32LE(pc + 1));
+      set(b(0) === 0xb8 ? R.HvX64RegisterRax : R.HvX64RegisterRcx, imm);
+      pc += 5;
+      continue;
     }
+    if (b(0) === 0x0f && b(1) === 0x01 && (b(2) === 0xc1 || b(2) === 0xd9)) { // vmcall / vmmcall
+      // VMCALL on AMD and VMMCALL on Intel are #UD; our page always holds the vendor's own one.
+      if ((b(2) === 0xc1) !== (p.vendor === 'intel')) return fail(X64Exception.UD);
+      set(R.HvX64RegisterRip, pageGpa + BigInt(pc));
+      st.pendingStubReturn = returnRip;
+      const o = executeVmcall(p, vp, { callSite });
+      if (o.exception !== undefined) return fail(o.exception);
+      if (o.vtlSwitch) return { activeVtl: vp.activeVtl, vtlSwitch: o.vtlSwitch, resumedAccess: o.resumedAccess, rax: gpr(R.HvX64RegisterRax) };
+      st.pendingStubReturn = null;
+      pc += 3;
+      continue;
+    }
+    if (b(0) === 0xc3) { // ret
+      set(R.HvX64RegisterRip, returnRip);
+      st.pendingStubReturn = null;
+      return { activeVtl: vp.activeVtl, rax: gpr(R.HvX64RegisterRax) };
+    }
+    if (b(0) === 0xcc) return fail(X64Exception.BP); // int3 fill
     return fail(X64Exception.UD);
-  } finally {
-    vp.callSiteRaxRcx = undefined;
   }
+  return fail(X64Exception.UD);
 }

@@ -1,31 +1,47 @@
 // core: HvCallVtlCall / HvCallVtlReturn (tlfs-vsm.md §6, tlfs-hypercalls.md §2.6). Invalid calls
 // inject #UD into the caller and switch nothing.
-import { GuestOutcome, Partition, VirtualProcessor, X64Exception } from './partition';
+import type { PartitionState } from './state/partition';
+import type { VirtualProcessor } from './state/vp';
+import { GuestOutcome, X64Exception } from './outcomes';
 import { HvRegisterName as R } from './tlfs/registers';
 import { HvVpAssistPage, HvVtlEntryReason } from './tlfs/vsm';
 import { resumeStub } from './stub-return';
 import { resumePendingAccess } from './access';
+import { cpl, inRealMode, is64Bit, reg, setReg } from './rules/processor';
+import { switchVtl } from './rules/transitions';
+import { vpAssistPage } from './rules/memory-view';
+
+/**
+ * RAX and RCX at the CALL into the hypercall page, before the page's code clobbered them: part of
+ * the stub's execution (stub.ts, the KVM agent's callHypercallPage), handed to the VMCALL it makes.
+ */
+export interface HypercallCallSite {
+  rax: bigint;
+  rcx: bigint;
+}
 
 /**
  * VtlCall: switch to the next higher VTL enabled on the VP with entry reason HvVtlEntryVtlCall.
  * `controlInput` is the VTL call control input (RAX at the VMCALL after the stub): must be 0.
+ * `callSite`: the caller's RAX/RCX when the VMCALL runs inside a hypercall-page stub (else the
+ * registers as they are).
  */
-export function vtlCall(p: Partition, vp: VirtualProcessor, controlInput: bigint, instructionLength = 3n): GuestOutcome {
+export function vtlCall(p: PartitionState, vp: VirtualProcessor, controlInput: bigint, instructionLength = 3n, callSite?: HypercallCallSite): GuestOutcome {
   const from = vp.activeVtl;
   const target = vp.nextHigherVtl();
-  if (controlInput !== 0n || target === undefined || p.cpl(vp) !== 0 || p.inRealMode(vp)) return { exception: X64Exception.UD, activeVtl: from };
-  const [callerRax, callerRcx] = vp.callSiteRaxRcx ?? [p.reg(vp, R.HvX64RegisterRax), p.reg(vp, R.HvX64RegisterRcx)];
-  advancePastVmcall(p, vp, instructionLength);
-  const ev = p.switchVtl(vp, target, HvVtlEntryReason.HvVtlEntryVtlCall, false);
+  if (controlInput !== 0n || target === undefined || cpl(vp) !== 0 || inRealMode(vp)) return { exception: X64Exception.UD, activeVtl: from };
+  const { rax: callerRax, rcx: callerRcx } = callSite ?? { rax: reg(vp, R.HvX64RegisterRax), rcx: reg(vp, R.HvX64RegisterRcx) };
+  advancePastVmcall(vp, instructionLength);
+  const ev = switchVtl(p, vp, target, HvVtlEntryReason.HvVtlEntryVtlCall, false);
   // Implementation choice (unconfirmed in the TLFS): the hypervisor records the caller's RAX/RCX
   // (as they were before the call sequence clobbered them) in the entered VTL's HV_VP_VTL_CONTROL,
   // so that a normal VtlReturn gives them back unless the higher VTL changes them.
-  const assist = p.vpAssistPage(vp, target);
+  const assist = vpAssistPage(p, vp, target);
   if (assist) {
     assist.writeBigUInt64LE(callerRax, HvVpAssistPage.VtlReturnX64Rax);
     assist.writeBigUInt64LE(callerRcx, HvVpAssistPage.VtlReturnX64Rcx);
   }
-  resumeStub(p, vp);
+  resumeStub(vp);
   return { activeVtl: vp.activeVtl, vtlSwitch: ev };
 }
 
@@ -34,32 +50,32 @@ export function vtlCall(p: Partition, vp: VirtualProcessor, controlInput: bigint
  * bits RsvdZ (#UD). A normal return loads the lower VTL's RAX/RCX from VtlReturnX64Rax/Rcx of the
  * returning VTL's HV_VP_VTL_CONTROL; with no VP assist page enabled there is nothing to load.
  */
-export function vtlReturn(p: Partition, vp: VirtualProcessor, controlInput: bigint, instructionLength = 3n): GuestOutcome {
+export function vtlReturn(p: PartitionState, vp: VirtualProcessor, controlInput: bigint, instructionLength = 3n): GuestOutcome {
   const from = vp.activeVtl;
   const target = vp.nextLowerVtl();
-  if ((controlInput & ~1n) !== 0n || target === undefined || p.cpl(vp) !== 0 || p.inRealMode(vp)) return { exception: X64Exception.UD, activeVtl: from };
+  if ((controlInput & ~1n) !== 0n || target === undefined || cpl(vp) !== 0 || inRealMode(vp)) return { exception: X64Exception.UD, activeVtl: from };
   const fast = (controlInput & 1n) === 1n;
-  const assist = p.vpAssistPage(vp, from);
-  advancePastVmcall(p, vp, instructionLength);
-  const ev = p.switchVtl(vp, target, HvVtlEntryReason.HvVtlEntryReserved, true, fast);
+  const assist = vpAssistPage(p, vp, from);
+  advancePastVmcall(vp, instructionLength);
+  const ev = switchVtl(p, vp, target, HvVtlEntryReason.HvVtlEntryReserved, true, fast);
   if (!fast && assist) {
-    if (p.is64Bit(vp)) {
-      p.setReg(vp, R.HvX64RegisterRax, assist.readBigUInt64LE(HvVpAssistPage.VtlReturnX64Rax));
-      p.setReg(vp, R.HvX64RegisterRcx, assist.readBigUInt64LE(HvVpAssistPage.VtlReturnX64Rcx));
+    if (is64Bit(vp)) {
+      setReg(vp, R.HvX64RegisterRax, assist.readBigUInt64LE(HvVpAssistPage.VtlReturnX64Rax));
+      setReg(vp, R.HvX64RegisterRcx, assist.readBigUInt64LE(HvVpAssistPage.VtlReturnX64Rcx));
     } else {
       // x86: VtlReturnX86Eax @16, VtlReturnX86Ecx @20, VtlReturnX86Edx @24 (tlfs-vsm.md §5.2).
-      p.setReg(vp, R.HvX64RegisterRax, BigInt(assist.readUInt32LE(HvVpAssistPage.VtlReturnX64Rax)));
-      p.setReg(vp, R.HvX64RegisterRcx, BigInt(assist.readUInt32LE(HvVpAssistPage.VtlReturnX64Rax + 4)));
-      p.setReg(vp, R.HvX64RegisterRdx, BigInt(assist.readUInt32LE(HvVpAssistPage.VtlReturnX64Rcx)));
+      setReg(vp, R.HvX64RegisterRax, BigInt(assist.readUInt32LE(HvVpAssistPage.VtlReturnX64Rax)));
+      setReg(vp, R.HvX64RegisterRcx, BigInt(assist.readUInt32LE(HvVpAssistPage.VtlReturnX64Rax + 4)));
+      setReg(vp, R.HvX64RegisterRdx, BigInt(assist.readUInt32LE(HvVpAssistPage.VtlReturnX64Rcx)));
     }
   }
-  resumeStub(p, vp);
+  resumeStub(vp);
   // The lower VTL re-executes an access that intercepted, unless the higher VTL moved its RIP.
   const resumedAccess = resumePendingAccess(p, vp);
   return { activeVtl: vp.activeVtl, vtlSwitch: ev, resumedAccess };
 }
 
 /** The caller's RIP moves past the 3-byte VMCALL/VMMCALL before the switch (OpenVMM advance_ip). */
-function advancePastVmcall(p: Partition, vp: VirtualProcessor, length: bigint): void {
-  p.setReg(vp, R.HvX64RegisterRip, p.reg(vp, R.HvX64RegisterRip) + length);
+function advancePastVmcall(vp: VirtualProcessor, length: bigint): void {
+  setReg(vp, R.HvX64RegisterRip, reg(vp, R.HvX64RegisterRip) + length);
 }

@@ -6,7 +6,7 @@ import { GuestOutcome, Partition, VirtualProcessor, X64Exception } from '../part
 import { HvError, HvStatus } from '../tlfs/status';
 import { HvCallCode, decodeHypercallInput, encodeHypercallResult } from '../tlfs/hypercall';
 import { HvRegisterName as R } from '../tlfs/registers';
-import { vtlCall, vtlReturn } from '../vtl-switch';
+import { HypercallCallSite, vtlCall, vtlReturn } from '../vtl-switch';
 import type { AccessOutcome } from '../access';
 import { HypercallDispatcher, HypercallInvocation } from './dispatcher';
 import type { HypercallHandler } from './handler';
@@ -60,8 +60,9 @@ export function hypercallRegisters(p: Partition, vp: VirtualProcessor): Hypercal
 /**
  * Executes the VMCALL/VMMCALL instruction of the VP's active VTL with the registers it holds.
  * Writes the result value into RAX (EDX:EAX) as the TLFS specifies; returns the outcome.
+ * `callSite`: the caller's RAX/RCX when the instruction runs inside a hypercall-page stub.
  */
-export function executeVmcall(p: Partition, vp: VirtualProcessor, opts: { instructionLength?: number } = {}): HypercallOutcome {
+export function executeVmcall(p: Partition, vp: VirtualProcessor, opts: { instructionLength?: number; callSite?: HypercallCallSite } = {}): HypercallOutcome {
   const insnLen = BigInt(opts.instructionLength ?? 3);
   p.assertActive();
   if (p.spec.architecture !== 'x64') throw new HvError(HvStatus.HV_STATUS_FEATURE_UNAVAILABLE, 'arm64 hypercalls (HVC #0/#2/#3) are not modelled by this emulator; only memory intercepts are');
@@ -75,7 +76,7 @@ export function executeVmcall(p: Partition, vp: VirtualProcessor, opts: { instru
     if (inv.control !== BigInt(input.callCode)) return { exception: X64Exception.UD, activeVtl: callerVtl, resultValue: 0n };
     // The VTL control input is in RAX for 64-bit callers and in ECX for 32-bit callers (§2.6).
     const controlInput = p.is64Bit(vp) ? p.reg(vp, R.HvX64RegisterRax) : p.reg(vp, R.HvX64RegisterRcx) & 0xffffffffn;
-    const o = input.callCode === HvCallCode.HvCallVtlCall ? vtlCall(p, vp, controlInput, insnLen) : vtlReturn(p, vp, controlInput, insnLen);
+    const o = input.callCode === HvCallCode.HvCallVtlCall ? vtlCall(p, vp, controlInput, insnLen, opts.callSite) : vtlReturn(p, vp, controlInput, insnLen);
     return { ...o, resultValue: 0n };
   }
   const d = VSM_DISPATCHER.dispatch(p, vp, inv);

@@ -546,41 +546,38 @@ export class KvmPartition {
       return { exception: exception as X64ExceptionVector, activeVtl: vp.activeVtl, rax: rax() };
     };
     const c = this.prepare(vp);
-    vp.callSiteRaxRcx = [p.reg(vp, R.HvX64RegisterRax), p.reg(vp, R.HvX64RegisterRcx)];
-    try {
-      this.agent.setCallTarget(pageGpa + BigInt(offset));
-      this.enterAgent(c, 'callPage', coreRegs(vp, vtl));
-      for (;;) {
-        const e = this.run(c);
-        if (this.isHypercallExit(e)) {
-          const regs = c.vcpu.getRegs();
-          const insn = this.hypercallInsnAt(regs.rip);
-          storeRegs(vp, vtl, regs, true);
-          setReg(vp, vtl, R.HvX64RegisterRip, insn);
-          st.pendingStubReturn = returnRip;
-          const o = this.dispatch(vp);
-          if (o.exception !== undefined) return fail(o.exception);
-          if (o.vtlSwitch) return { activeVtl: vp.activeVtl, vtlSwitch: o.vtlSwitch, resumedAccess: o.resumedAccess, rax: rax() };
-          st.pendingStubReturn = null;
-          c.vcpu.setRegs({ ...regs, ...gprsOf(vp, vtl), rip: insn + BigInt(HYPERCALL_INSN_LENGTH) });
-          continue;
-        }
-        const vector = this.exceptionOf(c, e) ?? softwareInterruptVector(e);
-        if (vector !== undefined) {
-          // An exception (through the agent's IDT), or the INT3 fill of the page (#BP; see softwareInterruptVector).
-          storeRegs(vp, vtl, c.vcpu.getRegs(), true);
-          return fail(vector);
-        }
-        if (e.kind === 'hlt' && this.isStubEnd(c, 'callPage')) {
-          storeRegs(vp, vtl, c.vcpu.getRegs(), true);
-          setReg(vp, vtl, R.HvX64RegisterRip, returnRip);
-          st.pendingStubReturn = null;
-          return { activeVtl: vp.activeVtl, rax: rax() };
-        }
-        this.fail(vp, `CALL into the hypercall page at offset 0x${offset.toString(16)}`, e);
+    // The caller's RAX/RCX before the page's code runs (a VtlCall from the page records them).
+    const callSite = { rax: p.reg(vp, R.HvX64RegisterRax), rcx: p.reg(vp, R.HvX64RegisterRcx) };
+    this.agent.setCallTarget(pageGpa + BigInt(offset));
+    this.enterAgent(c, 'callPage', coreRegs(vp, vtl));
+    for (;;) {
+      const e = this.run(c);
+      if (this.isHypercallExit(e)) {
+        const regs = c.vcpu.getRegs();
+        const insn = this.hypercallInsnAt(regs.rip);
+        storeRegs(vp, vtl, regs, true);
+        setReg(vp, vtl, R.HvX64RegisterRip, insn);
+        st.pendingStubReturn = returnRip;
+        const o = this.dispatch(vp, callSite);
+        if (o.exception !== undefined) return fail(o.exception);
+        if (o.vtlSwitch) return { activeVtl: vp.activeVtl, vtlSwitch: o.vtlSwitch, resumedAccess: o.resumedAccess, rax: rax() };
+        st.pendingStubReturn = null;
+        c.vcpu.setRegs({ ...regs, ...gprsOf(vp, vtl), rip: insn + BigInt(HYPERCALL_INSN_LENGTH) });
+        continue;
       }
-    } finally {
-      vp.callSiteRaxRcx = undefined;
+      const vector = this.exceptionOf(c, e) ?? softwareInterruptVector(e);
+      if (vector !== undefined) {
+        // An exception (through the agent's IDT), or the INT3 fill of the page (#BP; see softwareInterruptVector).
+        storeRegs(vp, vtl, c.vcpu.getRegs(), true);
+        return fail(vector);
+      }
+      if (e.kind === 'hlt' && this.isStubEnd(c, 'callPage')) {
+        storeRegs(vp, vtl, c.vcpu.getRegs(), true);
+        setReg(vp, vtl, R.HvX64RegisterRip, returnRip);
+        st.pendingStubReturn = null;
+        return { activeVtl: vp.activeVtl, rax: rax() };
+      }
+      this.fail(vp, `CALL into the hypercall page at offset 0x${offset.toString(16)}`, e);
     }
   }
 
@@ -589,8 +586,8 @@ export class KvmPartition {
    * VMCALL). A VtlReturn can answer an intercepted access of a whole-guest run held for the VTL it
    * returns to (core resumePendingAccess): the answer is noted for when that VTL runs again.
    */
-  private dispatch(vp: VirtualProcessor): core.HypercallOutcome {
-    const o = core.executeVmcall(this.partition, vp, { instructionLength: HYPERCALL_INSN_LENGTH });
+  private dispatch(vp: VirtualProcessor, callSite?: core.HypercallCallSite): core.HypercallOutcome {
+    const o = core.executeVmcall(this.partition, vp, { instructionLength: HYPERCALL_INSN_LENGTH, callSite });
     const ra = o.resumedAccess;
     if (ra && o.vtlSwitch) {
       const h = this.held.get(heldKey(vp.index, o.vtlSwitch.toVtl));

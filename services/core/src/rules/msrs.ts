@@ -1,0 +1,52 @@
+// core, rules: RDMSR/WRMSR of Hyper-V synthetic MSRs by a VP in its active VTL (tlfs-intercepts.md
+// §7.1). An MSR is its HV register (tlfs/msr.ts msrToRegister) read or written under the register
+// rules, with what only the instruction adds: #UD off x64, #GP for unknown, read-only or refused
+// writes (nothing changes), the frequency MSRs, and RsvdP bits of overlay MSRs kept (the
+// overlay-kinds table gives them).
+import type { PartitionState } from '../state/partition';
+import type { VirtualProcessor } from '../state/vp';
+import { X64Exception, X64ExceptionVector } from '../outcomes';
+import { overlayKindInfo, overlayKindOfRegister } from '../overlay-kinds';
+import { HvError } from '../tlfs/status';
+import { HvRegisterName as R, reg64, registerInfo } from '../tlfs/registers';
+import { HV_APIC_FREQUENCY, HV_TSC_FREQUENCY, HvMsr, msrToRegister } from '../tlfs/msr';
+import { assertActive } from './lifecycle';
+import { getRegister, prepareSetRegister } from './registers';
+
+/** RDMSR by the VP in its active VTL. */
+export function readMsr(p: PartitionState, vp: VirtualProcessor, msr: number): { value: bigint; exception?: X64ExceptionVector } {
+  assertActive(p);
+  if (p.spec.architecture !== 'x64') return { value: 0n, exception: X64Exception.UD };
+  if (msr === HvMsr.HV_X64_MSR_TSC_FREQUENCY) return { value: HV_TSC_FREQUENCY };
+  if (msr === HvMsr.HV_X64_MSR_APIC_FREQUENCY) return { value: HV_APIC_FREQUENCY };
+  const name = msrToRegister.get(msr);
+  if (name === undefined || name === R.HvRegisterEom) return { value: 0n, exception: X64Exception.GP };
+  return { value: getRegister(p, vp, vp.activeVtl, name).low };
+}
+
+/** WRMSR by the VP in its active VTL. Refused writes raise #GP and change nothing. */
+export function writeMsr(p: PartitionState, vp: VirtualProcessor, msr: number, value: bigint): { exception?: X64ExceptionVector } {
+  assertActive(p);
+  if (p.spec.architecture !== 'x64') return { exception: X64Exception.UD };
+  const name = msrToRegister.get(msr);
+  if (name === undefined) return { exception: X64Exception.GP };
+  const info = registerInfo(name)!;
+  if (info.readOnly) return { exception: X64Exception.GP };
+  const vtl = vp.activeVtl;
+  let v = value;
+  const kind = overlayKindOfRegister(name);
+  if (kind) {
+    const k = overlayKindInfo(kind);
+    const cur = getRegister(p, vp, vtl, name).low;
+    // RsvdP: a WRMSR keeps their current value (tlfs-overlays-synic.md §4.3).
+    v = (value & ~k.rsvdP) | (cur & k.rsvdP);
+    if (k.lockBit !== undefined && (cur & k.lockBit) !== 0n) return { exception: X64Exception.GP };
+  }
+  try {
+    prepareSetRegister(p, vp, vtl, name, reg64(v), vtl)();
+    return {};
+  } catch (e) {
+    if (e instanceof HvError) return { exception: X64Exception.GP };
+    throw e;
+  }
+}

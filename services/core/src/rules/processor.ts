@@ -1,0 +1,34 @@
+// core, rules: the processor state of a VP in its active VTL as the other rules read it: a
+// register (shared or VTL-private, per the TLFS's lists), CPL, real mode, 64-bit mode.
+import type { VirtualProcessor } from '../state/vp';
+import { HvRegisterName as R, SegmentAttr, reg64, registerInfo, segmentDpl } from '../tlfs/registers';
+
+export const CR0_PE = 1n;
+const EFER_LMA = 0x400n;
+
+/** The register file that holds `name` for the VP's active VTL. */
+function fileOf(vp: VirtualProcessor, name: number) {
+  const info = registerInfo(name)!;
+  return info.scope === 'shared' ? vp.shared : vp.vtls.get(vp.activeVtl).regs;
+}
+
+export function reg(vp: VirtualProcessor, name: number): bigint {
+  return fileOf(vp, name).get(name)?.low ?? 0n;
+}
+export function setReg(vp: VirtualProcessor, name: number, value: bigint): void {
+  fileOf(vp, name).set(name, reg64(value));
+}
+/** CPL from CS.DPL (x64: CPL = CS.RPL = CS.DPL for code segments). */
+export function cpl(vp: VirtualProcessor): number {
+  const cs = vp.vtls.get(vp.activeVtl).regs.get(R.HvX64RegisterCs);
+  return cs ? segmentDpl(Number((cs.high >> 48n) & 0xffffn)) : 0;
+}
+export function inRealMode(vp: VirtualProcessor): boolean {
+  return (reg(vp, R.HvX64RegisterCr0) & CR0_PE) === 0n;
+}
+/** 64-bit calling convention when EFER.LMA && CS.L (tlfs-hypercalls.md §1.4). */
+export function is64Bit(vp: VirtualProcessor): boolean {
+  const cs = vp.vtls.get(vp.activeVtl).regs.get(R.HvX64RegisterCs);
+  const attrs = cs ? Number((cs.high >> 48n) & 0xffffn) : 0;
+  return (reg(vp, R.HvX64RegisterEfer) & EFER_LMA) !== 0n && (attrs & SegmentAttr.Long) !== 0;
+}

@@ -1,0 +1,28 @@
+// core, rules: VTL transitions (tlfs-vsm.md §5-6). Every switch of a VP's active VTL goes through
+// switchVtl: the entered VTL learns why it was entered (its entry reason, also in
+// HV_VP_VTL_CONTROL of its VP assist page) and observers get a numbered, timestamped record.
+import type { PartitionState } from '../state/partition';
+import type { VirtualProcessor } from '../state/vp';
+import type { Vtl } from '../vtl-array';
+import type { VtlSwitchEvent, VtlTransitionRecord } from '../outcomes';
+import { HvVpAssistPage } from '../tlfs/vsm';
+
+export function onTransition(p: PartitionState, fn: (t: VtlTransitionRecord) => void): () => void {
+  p.transitionListeners.add(fn);
+  return () => p.transitionListeners.delete(fn);
+}
+
+/** Switches the VP's active VTL and records the transition. */
+export function switchVtl(p: PartitionState, vp: VirtualProcessor, to: Vtl, entryReason: number, isReturn: boolean, fastReturn = false): VtlSwitchEvent {
+  const ev: VtlSwitchEvent = { fromVtl: vp.activeVtl, toVtl: to, entryReason, isReturn, fastReturn };
+  vp.activeVtl = to;
+  if (!isReturn) {
+    vp.vtls.get(to).entryReason = entryReason;
+    // HV_VP_VTL_CONTROL.EntryReason of the entered VTL's VP assist page (tlfs-vsm.md §5.1).
+    const assist = p.overlays.find('vp-assist', to, vp.index);
+    if (assist) assist.page.writeUInt32LE(entryReason, HvVpAssistPage.EntryReason);
+  }
+  const rec: VtlTransitionRecord = { ...ev, sequence: ++p.transitionSeq, vpIndex: vp.index, timeUnixUs: BigInt(Date.now()) * 1000n };
+  for (const l of p.transitionListeners) l(rec);
+  return ev;
+}

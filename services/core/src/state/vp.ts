@@ -1,0 +1,66 @@
+// core, state: a virtual processor and its per-VTL state (tlfs-vsm.md §9: what is private to a VTL
+// and what is shared). Plain data; the rules that change it are in ../rules.
+import { Vtl, VtlArray, VtlSet, VTLS } from '../vtl-array';
+import { Synic } from '../synic';
+import type { Reg128 } from '../tlfs/registers';
+import type { AccessKind } from '../protections';
+import { HvVtlEntryReason } from '../tlfs/vsm';
+
+/** Registers held as HV_REGISTER_VALUEs, by HV_REGISTER_NAME. */
+export type RegisterFile = Map<number, Reg128>;
+
+/** An access that intercepted and waits (to be retried, skipped or answered). */
+export interface PendingAccess {
+  kind: AccessKind;
+  gpa: bigint;
+  length: number;
+  data?: Buffer;
+  rip: bigint;
+  interceptId: bigint;
+}
+
+/** Per-VP, per-VTL state: everything the TLFS makes private to a VTL. */
+export class VpVtlState {
+  enabled = false;
+  /** VTL-private registers (tlfs-vsm.md §9.2). */
+  readonly regs: RegisterFile = new Map();
+  entryReason: number = HvVtlEntryReason.HvVtlEntryReserved;
+  /** Return address of a CALL into the hypercall page that switched VTL mid-stub: this VTL is
+   *  parked on the stub's RET and executes it when it next runs (stub-return.ts). */
+  pendingStubReturn: bigint | null = null;
+  vina = 0n;
+  /** An access of this VTL that intercepted to a higher VTL and waits to be retried or skipped. */
+  pendingAccess: PendingAccess | null = null;
+  /** arm64 partitions: PC and CPSR of this VTL (PC/PSTATE are VTL-private, tlfs-vsm.md §9.2). The
+   *  emulator models no other arm64 register; CPSR starts as EL1h with DAIF masked. */
+  arm64Pc = 0n;
+  arm64Cpsr = 0x3c5n;
+  /** This VTL's SynIC on this VP (tlfs-overlays-synic.md §5.9: private per VTL). */
+  readonly synic = new Synic();
+  /** HvRegisterVsmVpSecureConfigVtlN owned by this VTL, indexed by the lower VTL N. */
+  readonly secureConfig = new VtlArray<bigint>(() => 0n);
+}
+
+export class VirtualProcessor {
+  activeVtl: Vtl = 0;
+  /** Registers shared by every VTL of this VP (tlfs-vsm.md §9.1). */
+  readonly shared: RegisterFile = new Map();
+  readonly vtls = new VtlArray(() => new VpVtlState());
+  /** Intercept (route 'monitor') this VP is suspended on, waiting for a monitor's answer: the VP
+   *  stays at the faulting instruction (suspendedAccess) until it is answered. */
+  suspendedOn: bigint | null = null;
+  suspendedAccess: PendingAccess | null = null;
+  constructor(readonly index: number) {}
+
+  get enabledVtlSet(): VtlSet {
+    return this.vtls.setOf((s) => s.enabled);
+  }
+  /** Next higher VTL enabled on this VP (VtlCall target), if any. */
+  nextHigherVtl(): Vtl | undefined {
+    return VTLS.find((v) => v > this.activeVtl && this.vtls.get(v).enabled);
+  }
+  /** Next lower VTL enabled on this VP (VtlReturn target), if any. */
+  nextLowerVtl(): Vtl | undefined {
+    return [...VTLS].reverse().find((v) => v < this.activeVtl && this.vtls.get(v).enabled);
+  }
+}
