@@ -1,6 +1,7 @@
 // tlfs layer: the hypercall ABI. HV_HYPERCALL_INPUT (tlfs-hypercalls.md §1.2), the result value
-// (§1.3) and the call codes (§2.1).
+// (§1.3) and the call codes (§2.1). The two bit layouts drive their encoders and decoders (./layout.ts).
 import { HvStatus, HvStatusValue, hvFail } from './status';
+import { bitfield, bits, CodecValue, flag } from './layout';
 
 /** Hypercall call codes (TLFS Appendix A; tlfs-hypercalls.md §2.1). */
 export const HvCallCode = {
@@ -16,67 +17,30 @@ export const HvCallCode = {
 } as const;
 export type HvCallCodeName = keyof typeof HvCallCode;
 
-/** Decoded HV_HYPERCALL_INPUT (tlfs-hypercalls.md §1.2; current markdown/Linux/OpenVMM layout). */
-export interface HvHypercallInput {
-  /** Bits 15:0. */
-  callCode: number;
-  /** Bit 16. */
-  fast: boolean;
-  /** Bits 26:17, in QWORDs. */
-  variableHeaderSize: number;
-  /** Bits 30:27 RsvdZ. */
-  rsvdZ1: number;
-  /** Bit 31. */
-  isNested: boolean;
-  /** Bits 43:32. */
-  repCount: number;
-  /** Bits 47:44 RsvdZ. */
-  rsvdZ2: number;
-  /** Bits 59:48. */
-  repStartIndex: number;
-  /** Bits 63:60 RsvdZ. */
-  rsvdZ3: number;
-}
+/** HV_HYPERCALL_INPUT (tlfs-hypercalls.md §1.2; current markdown/Linux/OpenVMM layout). */
+export const HvHypercallInputLayout = bitfield('HV_HYPERCALL_INPUT', 64, {
+  callCode: bits(15, 0), // CallCode
+  fast: flag(16), // Fast
+  variableHeaderSize: bits(26, 17), // VariableHeaderSize, in QWORDs
+  rsvdZ1: bits(30, 27), // RsvdZ
+  isNested: flag(31), // IsNested
+  repCount: bits(43, 32), // RepCount
+  rsvdZ2: bits(47, 44), // RsvdZ
+  repStartIndex: bits(59, 48), // RepStartIndex
+  rsvdZ3: bits(63, 60), // RsvdZ
+});
+/** Decoded HV_HYPERCALL_INPUT. */
+export type HvHypercallInput = CodecValue<typeof HvHypercallInputLayout>;
+export const decodeHypercallInput = (value: bigint): HvHypercallInput => HvHypercallInputLayout.unpack(value);
+export const encodeHypercallInput = (i: Partial<HvHypercallInput> & { callCode: number }): bigint => HvHypercallInputLayout.pack(i);
 
-const bits = (v: bigint, lo: number, width: number): number =>
-  Number((v >> BigInt(lo)) & ((1n << BigInt(width)) - 1n));
-
-export function decodeHypercallInput(value: bigint): HvHypercallInput {
-  return {
-    callCode: bits(value, 0, 16),
-    fast: bits(value, 16, 1) === 1,
-    variableHeaderSize: bits(value, 17, 10),
-    rsvdZ1: bits(value, 27, 4),
-    isNested: bits(value, 31, 1) === 1,
-    repCount: bits(value, 32, 12),
-    rsvdZ2: bits(value, 44, 4),
-    repStartIndex: bits(value, 48, 12),
-    rsvdZ3: bits(value, 60, 4),
-  };
-}
-
-export function encodeHypercallInput(i: Partial<HvHypercallInput> & { callCode: number }): bigint {
-  return (
-    BigInt(i.callCode & 0xffff) |
-    (i.fast ? 1n << 16n : 0n) |
-    (BigInt((i.variableHeaderSize ?? 0) & 0x3ff) << 17n) |
-    (BigInt((i.rsvdZ1 ?? 0) & 0xf) << 27n) |
-    (i.isNested ? 1n << 31n : 0n) |
-    (BigInt((i.repCount ?? 0) & 0xfff) << 32n) |
-    (BigInt((i.rsvdZ2 ?? 0) & 0xf) << 44n) |
-    (BigInt((i.repStartIndex ?? 0) & 0xfff) << 48n) |
-    (BigInt((i.rsvdZ3 ?? 0) & 0xf) << 60n)
-  );
-}
-
-/** HV_HYPERCALL_RESULT_VALUE (tlfs-hypercalls.md §1.3): 15:0 status, 43:32 reps completed. */
-export function encodeHypercallResult(status: HvStatusValue | number, repsCompleted = 0): bigint {
-  return BigInt(status & 0xffff) | (BigInt(repsCompleted & 0xfff) << 32n);
-}
-
-export function decodeHypercallResult(value: bigint): { status: number; repsCompleted: number } {
-  return { status: bits(value, 0, 16), repsCompleted: bits(value, 32, 12) };
-}
+/** HV_HYPERCALL_RESULT_VALUE (tlfs-hypercalls.md §1.3); 31:16 and 63:44 RsvdZ. */
+export const HvHypercallResultValueLayout = bitfield('HV_HYPERCALL_RESULT_VALUE', 64, {
+  status: bits(15, 0), // Result (HV_STATUS)
+  repsCompleted: bits(43, 32), // RepsCompleted
+});
+export const encodeHypercallResult = (status: HvStatusValue | number, repsCompleted = 0): bigint => HvHypercallResultValueLayout.pack({ status, repsCompleted });
+export const decodeHypercallResult = (value: bigint): { status: number; repsCompleted: number } => HvHypercallResultValueLayout.unpack(value);
 
 /** Static properties of an implemented call (OpenVMM hv1_hypercall style: one entry per call). */
 export interface HypercallShape {

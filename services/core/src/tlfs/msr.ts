@@ -1,6 +1,8 @@
 // tlfs layer: Hyper-V synthetic MSR numbers and bit layouts (tlfs-intercepts.md §7.1;
 // HV_X64_MSR_HYPERCALL: tlfs-hypercalls.md §1.7; overlay-enable format: tlfs-overlays-synic.md §4.3;
-// SynIC MSRs: tlfs-overlays-synic.md §5.1).
+// SynIC MSRs: tlfs-overlays-synic.md §5.1). The MSR formats are bit layouts (./layout.ts); the
+// constants the model uses are read from them.
+import { bigBits, bitfield, bits, flag } from './layout';
 
 export const HvMsr = {
   HV_X64_MSR_GUEST_OS_ID: 0x40000000,
@@ -22,22 +24,51 @@ export const HvMsr = {
   HV_X64_MSR_SINT15: 0x4000009f,
 } as const;
 
-export const HV_X64_MSR_HYPERCALL_ENABLE = 1n << 0n;
-export const HV_X64_MSR_HYPERCALL_LOCKED = 1n << 1n;
-/** Bits 11:2 RsvdP: preserved on write. */
-export const HV_X64_MSR_HYPERCALL_RSVDP = 0xffcn;
+/** Every synthetic MSR named above, number -> TLFS name, with SINT0..SINT15 one by one (for parsing and display). */
+export const HvMsrNames: ReadonlyMap<number, string> = new Map<number, string>([
+  ...Object.entries(HvMsr)
+    .filter(([name]) => !name.startsWith('HV_X64_MSR_SINT'))
+    .map(([name, msr]) => [msr, name] as [number, string]),
+  ...Array.from({ length: 16 }, (_, i) => [HvMsr.HV_X64_MSR_SINT0 + i, `HV_X64_MSR_SINT${i}`] as [number, string]),
+]);
 
-/** Overlay-enable MSR format (VP_ASSIST_PAGE, SIMP, SIEFP, REFERENCE_TSC): bit 0 Enable, 11:1 RsvdP, 63:12 GPFN. */
-export const HV_OVERLAY_ENABLE = 1n;
-export const HV_OVERLAY_RSVDP = 0xffen;
-export const gpfnOf = (msrValue: bigint): bigint => msrValue >> 12n;
+/** HV_X64_MSR_HYPERCALL (tlfs-hypercalls.md §1.7; overlay-enable format, tlfs-overlays-synic.md §4.3). */
+export const HvX64MsrHypercallLayout = bitfield('HV_X64_MSR_HYPERCALL', 64, {
+  enable: flag(0), // Enable
+  locked: flag(1), // Locked
+  rsvdP: bits(11, 2), // RsvdP: preserved on write
+  gpfn: bigBits(63, 12), // HypercallGPA (page number)
+});
+export const HV_X64_MSR_HYPERCALL_ENABLE = HvX64MsrHypercallLayout.mask('enable');
+export const HV_X64_MSR_HYPERCALL_LOCKED = HvX64MsrHypercallLayout.mask('locked');
+/** Bits 11:2 RsvdP: preserved on write. */
+export const HV_X64_MSR_HYPERCALL_RSVDP = HvX64MsrHypercallLayout.mask('rsvdP');
+
+/** Overlay-enable MSR format: VP_ASSIST_PAGE, SIMP, SIEFP, REFERENCE_TSC (tlfs-overlays-synic.md §4.3). */
+export const HvOverlayEnableMsrLayout = bitfield('overlay-enable MSR', 64, {
+  enable: flag(0), // Enable
+  rsvdP: bits(11, 1), // RsvdP
+  gpfn: bigBits(63, 12), // GPA page number
+});
+export const HV_OVERLAY_ENABLE = HvOverlayEnableMsrLayout.mask('enable');
+export const HV_OVERLAY_RSVDP = HvOverlayEnableMsrLayout.mask('rsvdP');
+export const gpfnOf = (msrValue: bigint): bigint => HvOverlayEnableMsrLayout.unpack(msrValue).gpfn;
 
 /** HV_X64_MSR_SVERSION reads as 1 (SynIC version 1). */
 export const HV_SYNIC_VERSION = 1n;
-/** HV_X64_MSR_SCONTROL: bit 0 Enable, 63:1 RsvdP. */
-export const HV_SCONTROL_ENABLE = 1n;
-/** HV_X64_MSR_SINTx: 7:0 Vector, 16 Masked, 17 AutoEoi, 18 Polling, 63:19 RsvdP. Reset value: masked. */
-export const HV_SINT_MASKED = 1n << 16n;
+/** HV_X64_MSR_SCONTROL (tlfs-overlays-synic.md §5.1); 63:1 RsvdP. */
+export const HvSynicScontrolLayout = bitfield('HV_X64_MSR_SCONTROL', 64, {
+  enable: flag(0), // Enable
+});
+export const HV_SCONTROL_ENABLE = HvSynicScontrolLayout.mask('enable');
+/** HV_X64_MSR_SINTx (tlfs-overlays-synic.md §5.1); 15:8 and 63:19 RsvdP. Reset value: masked. */
+export const HvSynicSintLayout = bitfield('HV_X64_MSR_SINTx', 64, {
+  vector: bits(7, 0), // Vector
+  masked: flag(16), // Masked
+  autoEoi: flag(17), // AutoEoi
+  polling: flag(18), // Polling
+});
+export const HV_SINT_MASKED = HvSynicSintLayout.mask('masked');
 
 /** Synthetic MSR -> HV_REGISTER_NAME that holds its value. */
 export const msrToRegister: ReadonlyMap<number, number> = new Map([

@@ -1,6 +1,7 @@
 // tlfs layer: HV_REGISTER_NAME values and VSM scope (tlfs-hypercalls.md §2.7; private/shared lists
 // from tlfs-vsm.md §9), HV_REGISTER_VALUE (128-bit) and the segment/table register layouts
-// (tlfs-hypercalls.md §2.5: HV_X64_SEGMENT_REGISTER, HV_X64_TABLE_REGISTER).
+// (tlfs-hypercalls.md §2.5: HV_X64_SEGMENT_REGISTER, HV_X64_TABLE_REGISTER), as layouts (./layout.ts).
+import { at, CodecValue, struct, u16, u32, u64 } from './layout';
 
 export const HvRegisterName = {
   HvRegisterGuestOsId: 0x00090002,
@@ -146,76 +147,52 @@ export function registerInfo(name: number): RegisterInfo | undefined {
 }
 export const allRegisters: readonly RegisterInfo[] = table;
 
-/** HV_REGISTER_VALUE: 128 bits as two 64-bit halves. */
-export interface Reg128 {
-  low: bigint;
-  high: bigint;
-}
+/** HV_REGISTER_VALUE (tlfs-hypercalls.md §2.7): 128 bits, little-endian, as two 64-bit halves. */
+export const HvRegisterValueLayout = struct('HV_REGISTER_VALUE', 16, {
+  low: at(0, u64, 'Reg128.Low64'),
+  high: at(8, u64, 'Reg128.High64'),
+});
+export type Reg128 = CodecValue<typeof HvRegisterValueLayout>;
 export const reg64 = (v: bigint): Reg128 => ({ low: v & 0xffff_ffff_ffff_ffffn, high: 0n });
 
-/** HV_X64_SEGMENT_REGISTER (16 bytes): +0 Base, +8 Limit, +12 Selector, +14 Attributes. */
-export interface HvX64SegmentRegister {
-  base: bigint;
-  limit: number;
-  selector: number;
-  attributes: number;
-}
-/** HV_X64_TABLE_REGISTER (16 bytes): +0 Pad[3], +6 Limit, +8 Base. */
-export interface HvX64TableRegister {
-  limit: number;
-  base: bigint;
-}
+/** HV_X64_SEGMENT_REGISTER, 16 bytes (tlfs-hypercalls.md §2.5). */
+export const HvX64SegmentRegisterLayout = struct('HV_X64_SEGMENT_REGISTER', 16, {
+  base: at(0, u64, 'Base'),
+  limit: at(8, u32, 'Limit'),
+  selector: at(12, u16, 'Selector'),
+  attributes: at(14, u16, 'Attributes'),
+});
+export type HvX64SegmentRegister = CodecValue<typeof HvX64SegmentRegisterLayout>;
 
-export function segmentToReg128(s: HvX64SegmentRegister): Reg128 {
-  return {
-    low: s.base & 0xffff_ffff_ffff_ffffn,
-    high: BigInt(s.limit >>> 0) | (BigInt(s.selector & 0xffff) << 32n) | (BigInt(s.attributes & 0xffff) << 48n),
-  };
-}
-export function reg128ToSegment(r: Reg128): HvX64SegmentRegister {
-  return {
-    base: r.low,
-    limit: Number(r.high & 0xffff_ffffn),
-    selector: Number((r.high >> 32n) & 0xffffn),
-    attributes: Number((r.high >> 48n) & 0xffffn),
-  };
-}
-export function tableToReg128(t: HvX64TableRegister): Reg128 {
-  // Bytes 0..5 padding, 6..7 limit => low = limit << 48; bytes 8..15 base => high.
-  return { low: BigInt(t.limit & 0xffff) << 48n, high: t.base & 0xffff_ffff_ffff_ffffn };
-}
-export function reg128ToTable(r: Reg128): HvX64TableRegister {
-  return { limit: Number((r.low >> 48n) & 0xffffn), base: r.high };
-}
+/** HV_X64_TABLE_REGISTER, 16 bytes (tlfs-hypercalls.md §2.5): +0 Pad[3] (ignored on decode, zero on encode). */
+export const HvX64TableRegisterLayout = struct('HV_X64_TABLE_REGISTER', 16, {
+  limit: at(6, u16, 'Limit'),
+  base: at(8, u64, 'Base'),
+});
+export type HvX64TableRegister = CodecValue<typeof HvX64TableRegisterLayout>;
+
+/**
+ * Segment and table registers as the HV_REGISTER_VALUE that carries them: the same 16 bytes, taken as
+ * the two 64-bit words Low64 (+0) and High64 (+8) of HvRegisterValueLayout, without a buffer.
+ */
+const S = HvX64SegmentRegisterLayout;
+const T = HvX64TableRegisterLayout;
+const reg128 = (w: bigint[]): Reg128 => ({ low: w[0]!, high: w[1]! });
+export const segmentToReg128 = (s: HvX64SegmentRegister): Reg128 => reg128(S.toWords(s));
+export const reg128ToSegment = (r: Reg128): HvX64SegmentRegister => S.fromWords([r.low, r.high]);
+export const tableToReg128 = (t: HvX64TableRegister): Reg128 => reg128(T.toWords(t));
+export const reg128ToTable = (r: Reg128): HvX64TableRegister => T.fromWords([r.low, r.high]);
 
 /** Little-endian 16-byte HV_REGISTER_VALUE encoding. */
-export function encodeReg128(r: Reg128, out: Buffer = Buffer.alloc(16), offset = 0): Buffer {
-  out.writeBigUInt64LE(r.low, offset);
-  out.writeBigUInt64LE(r.high, offset + 8);
-  return out;
-}
-export function decodeReg128(buf: Buffer, offset = 0): Reg128 {
-  return { low: buf.readBigUInt64LE(offset), high: buf.readBigUInt64LE(offset + 8) };
-}
+export const encodeReg128 = (r: Reg128, out?: Buffer, offset = 0): Buffer => HvRegisterValueLayout.encode(r, out, offset);
+export const decodeReg128 = (buf: Buffer, offset = 0): Reg128 => HvRegisterValueLayout.decode(buf, offset);
 
-/** Writes an HV_X64_SEGMENT_REGISTER (16 bytes): +0 Base, +8 Limit, +12 Selector, +14 Attributes. */
-export function writeSegmentRegister(b: Buffer, off: number, s: HvX64SegmentRegister): void {
-  b.writeBigUInt64LE(s.base, off);
-  b.writeUInt32LE(s.limit >>> 0, off + 8);
-  b.writeUInt16LE(s.selector & 0xffff, off + 12);
-  b.writeUInt16LE(s.attributes & 0xffff, off + 14);
-}
-export function readSegmentRegister(b: Buffer, off: number): HvX64SegmentRegister {
-  return { base: b.readBigUInt64LE(off), limit: b.readUInt32LE(off + 8), selector: b.readUInt16LE(off + 12), attributes: b.readUInt16LE(off + 14) };
-}
-/** Writes an HV_X64_TABLE_REGISTER (16 bytes): +0 Pad[3], +6 Limit, +8 Base. */
-export function writeTableRegister(b: Buffer, off: number, t: HvX64TableRegister): void {
-  b.writeUInt16LE(t.limit & 0xffff, off + 6);
-  b.writeBigUInt64LE(t.base, off + 8);
-}
-export function readTableRegister(b: Buffer, off: number): HvX64TableRegister {
-  return { limit: b.readUInt16LE(off + 6), base: b.readBigUInt64LE(off + 8) };
-}
+/** Writes an HV_X64_SEGMENT_REGISTER (16 bytes) at `off`. */
+export const writeSegmentRegister = (b: Buffer, off: number, s: HvX64SegmentRegister): void => void HvX64SegmentRegisterLayout.encode(s, b, off);
+export const readSegmentRegister = (b: Buffer, off: number): HvX64SegmentRegister => HvX64SegmentRegisterLayout.decode(b, off);
+/** Writes an HV_X64_TABLE_REGISTER (16 bytes) at `off`. */
+export const writeTableRegister = (b: Buffer, off: number, t: HvX64TableRegister): void => void HvX64TableRegisterLayout.encode(t, b, off);
+export const readTableRegister = (b: Buffer, off: number): HvX64TableRegister => HvX64TableRegisterLayout.decode(b, off);
 
 /** Segment attribute bits (HV_X64_SEGMENT_REGISTER.Attributes). */
 export const SegmentAttr = { Present: 1 << 7, Long: 1 << 13, Default: 1 << 14, Granularity: 1 << 15 } as const;

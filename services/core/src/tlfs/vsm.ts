@@ -1,14 +1,10 @@
 // tlfs layer: VSM layouts. HvRegisterVsm* bitfields (tlfs-vsm.md §3), HV_INITIAL_VP_CONTEXT and the
 // VSM hypercall inputs (tlfs-hypercalls.md §2.4-2.7), HV_VP_VTL_CONTROL inside HV_VP_ASSIST_PAGE
-// (tlfs-vsm.md §5.2) and the hypercall page contents (tlfs-hypercalls.md §1.7).
-import {
-  HvX64SegmentRegister,
-  HvX64TableRegister,
-  readSegmentRegister,
-  readTableRegister,
-  writeSegmentRegister,
-  writeTableRegister,
-} from './registers';
+// (tlfs-vsm.md §5.2) and the hypercall page contents (tlfs-hypercalls.md §1.7). Each structure is one
+// layout (./layout.ts) that drives its encoder and decoder; the exported encode/decode functions are
+// thin names over them.
+import { HvRegisterValueLayout, HvX64SegmentRegisterLayout, HvX64TableRegisterLayout } from './registers';
+import { at, bitfield, bits, bitsOf, bytes, CodecValue, flag, seq, struct, u32, u64, u8, ubig, uint } from './layout';
 
 /** Highest VTL this implementation supports (OpenHCL uses VTL2). HV_VTL is 0..15 architecturally. */
 export const HV_MAX_SUPPORTED_VTL = 2;
@@ -23,71 +19,77 @@ export const HvVtlEntryReason = {
   HvVtlEntryIntercept: 3,
 } as const;
 
-/** HV_INPUT_VTL (tlfs-hypercalls.md §2.2): 3:0 TargetVtl, 4 UseTargetVtl, 7:5 RsvdZ. */
-export interface HvInputVtl {
-  targetVtl: number;
-  useTargetVtl: boolean;
-  rsvdZ: number;
-}
-export const decodeInputVtl = (b: number): HvInputVtl => ({ targetVtl: b & 0xf, useTargetVtl: (b & 0x10) !== 0, rsvdZ: b >> 5 });
-export const encodeInputVtl = (v: Partial<HvInputVtl>): number => ((v.targetVtl ?? 0) & 0xf) | (v.useTargetVtl ? 0x10 : 0) | (((v.rsvdZ ?? 0) & 7) << 5);
+/** HV_INPUT_VTL (tlfs-hypercalls.md §2.2). */
+export const HvInputVtlLayout = bitfield('HV_INPUT_VTL', 8, {
+  targetVtl: bits(3, 0), // TargetVtl
+  useTargetVtl: flag(4), // UseTargetVtl
+  rsvdZ: bits(7, 5), // RsvdZ
+});
+export type HvInputVtl = CodecValue<typeof HvInputVtlLayout>;
+export const decodeInputVtl = (b: number): HvInputVtl => HvInputVtlLayout.unpack(b);
+export const encodeInputVtl = (v: Partial<HvInputVtl>): number => HvInputVtlLayout.pack(v);
 
 /**
  * HvRegisterVsmCapabilities (tlfs-vsm.md §3.1). The TLFS draws the fields MSB-first; Microsoft's own
  * implementation code (and OpenVMM reading the real hypervisor) packs them LSB-first. We use the
  * implementation packing; which one real Hyper-V uses for guest VTL0/1 is unconfirmed.
  */
-export interface HvRegisterVsmCapabilities {
-  dr6Shared: boolean; // bit 0
-  mbecVtlMask: number; // bits 16:1
-  denyLowerVtlStartup: boolean; // bit 17
-  interceptPageAvailable: boolean; // bit 27
-}
-export const encodeVsmCapabilities = (c: HvRegisterVsmCapabilities): bigint =>
-  (c.dr6Shared ? 1n : 0n) | (BigInt(c.mbecVtlMask & 0xffff) << 1n) | (c.denyLowerVtlStartup ? 1n << 17n : 0n) | (c.interceptPageAvailable ? 1n << 27n : 0n);
+export const HvRegisterVsmCapabilitiesLayout = bitfield('HvRegisterVsmCapabilities', 64, {
+  dr6Shared: flag(0), // Dr6Shared
+  mbecVtlMask: bits(16, 1), // MbecVtlMask
+  denyLowerVtlStartup: flag(17), // DenyLowerVtlStartup
+  interceptPageAvailable: flag(27), // intercept_page_available (implementations)
+});
+export type HvRegisterVsmCapabilities = CodecValue<typeof HvRegisterVsmCapabilitiesLayout>;
+export const encodeVsmCapabilities = (c: HvRegisterVsmCapabilities): bigint => HvRegisterVsmCapabilitiesLayout.pack(c);
 
-/** HvRegisterVsmPartitionStatus (tlfs-vsm.md §3.2): 15:0 EnabledVtlSet, 19:16 MaximumVtl, 35:20 MbecEnabledVtlSet. */
+/** HvRegisterVsmPartitionStatus (tlfs-vsm.md §3.2); 63:36 ReservedZ. */
+export const HvRegisterVsmPartitionStatusLayout = bitfield('HvRegisterVsmPartitionStatus', 64, {
+  enabledVtlSet: bits(15, 0), // EnabledVtlSet
+  maximumVtl: bits(19, 16), // MaximumVtl
+  mbecEnabledVtlSet: bits(35, 20), // MbecEnabledVtlSet
+});
 export const encodeVsmPartitionStatus = (enabledVtlSet: number, maximumVtl: number, mbecEnabledVtlSet: number): bigint =>
-  BigInt(enabledVtlSet & 0xffff) | (BigInt(maximumVtl & 0xf) << 16n) | (BigInt(mbecEnabledVtlSet & 0xffff) << 20n);
+  HvRegisterVsmPartitionStatusLayout.pack({ enabledVtlSet, maximumVtl, mbecEnabledVtlSet });
 
-/** HvRegisterVsmVpStatus (tlfs-vsm.md §3.3): 3:0 ActiveVtl, 4 ActiveMbecEnabled, 31:16 EnabledVtlSet. */
+/** HvRegisterVsmVpStatus (tlfs-vsm.md §3.3); 15:5 and 63:32 ReservedZ. */
+export const HvRegisterVsmVpStatusLayout = bitfield('HvRegisterVsmVpStatus', 64, {
+  activeVtl: bits(3, 0), // ActiveVtl
+  activeMbecEnabled: flag(4), // ActiveMbecEnabled
+  enabledVtlSet: bits(31, 16), // EnabledVtlSet
+});
 export const encodeVsmVpStatus = (activeVtl: number, activeMbecEnabled: boolean, enabledVtlSet: number): bigint =>
-  BigInt(activeVtl & 0xf) | (activeMbecEnabled ? 1n << 4n : 0n) | (BigInt(enabledVtlSet & 0xffff) << 16n);
+  HvRegisterVsmVpStatusLayout.pack({ activeVtl, activeMbecEnabled, enabledVtlSet });
 
-/** HvRegisterVsmPartitionConfig (tlfs-vsm.md §3.4). */
-export interface HvRegisterVsmPartitionConfig {
-  enableVtlProtection: boolean; // bit 0 (write-once)
-  defaultVtlProtectionMask: number; // bits 4:1
-  zeroMemoryOnReset: boolean; // bit 5
-  denyLowerVtlStartup: boolean; // bit 6
-  interceptVpStartup: boolean; // bit 9
-}
+/** HvRegisterVsmPartitionConfig (tlfs-vsm.md §3.4); bits 8:7 and 63:10 ReservedZ. */
+export const HvRegisterVsmPartitionConfigLayout = bitfield('HvRegisterVsmPartitionConfig', 64, {
+  enableVtlProtection: flag(0), // EnableVtlProtection (write-once)
+  defaultVtlProtectionMask: bits(4, 1), // DefaultVtlProtectionMask
+  zeroMemoryOnReset: flag(5), // ZeroMemoryOnReset
+  denyLowerVtlStartup: flag(6), // DenyLowerVtlStartup
+  interceptVpStartup: flag(9), // InterceptVpStartup
+});
+export type HvRegisterVsmPartitionConfig = CodecValue<typeof HvRegisterVsmPartitionConfigLayout>;
 /** Bits the TLFS defines; everything else is ReservedZ (bits 7, 8, 63:10). */
-export const VSM_PARTITION_CONFIG_DEFINED = 0x27fn;
-export function decodeVsmPartitionConfig(v: bigint): HvRegisterVsmPartitionConfig {
-  return {
-    enableVtlProtection: (v & 1n) !== 0n,
-    defaultVtlProtectionMask: Number((v >> 1n) & 0xfn),
-    zeroMemoryOnReset: (v & (1n << 5n)) !== 0n,
-    denyLowerVtlStartup: (v & (1n << 6n)) !== 0n,
-    interceptVpStartup: (v & (1n << 9n)) !== 0n,
-  };
-}
-export function encodeVsmPartitionConfig(c: HvRegisterVsmPartitionConfig): bigint {
-  return (
-    (c.enableVtlProtection ? 1n : 0n) |
-    (BigInt(c.defaultVtlProtectionMask & 0xf) << 1n) |
-    (c.zeroMemoryOnReset ? 1n << 5n : 0n) |
-    (c.denyLowerVtlStartup ? 1n << 6n : 0n) |
-    (c.interceptVpStartup ? 1n << 9n : 0n)
-  );
-}
+export const VSM_PARTITION_CONFIG_DEFINED = HvRegisterVsmPartitionConfigLayout.definedMask;
+export const decodeVsmPartitionConfig = (v: bigint): HvRegisterVsmPartitionConfig => HvRegisterVsmPartitionConfigLayout.unpack(v);
+export const encodeVsmPartitionConfig = (c: HvRegisterVsmPartitionConfig): bigint => HvRegisterVsmPartitionConfigLayout.pack(c);
 
-/** HvRegisterVsmVpSecureConfigVtlN (tlfs-vsm.md §3.5): bit 0 MbecEnabled, bit 1 TlbLocked, 63:2 ReservedZ. */
-export const VSM_VP_SECURE_CONFIG_DEFINED = 0x3n;
+/** HvRegisterVsmVpSecureConfigVtlN (tlfs-vsm.md §3.5); 63:2 ReservedZ. */
+export const HvRegisterVsmVpSecureConfigLayout = bitfield('HvRegisterVsmVpSecureConfigVtlN', 64, {
+  mbecEnabled: flag(0), // MbecEnabled
+  tlbLocked: flag(1), // TlbLocked
+});
+export const VSM_VP_SECURE_CONFIG_DEFINED = HvRegisterVsmVpSecureConfigLayout.definedMask;
 
-/** HvRegisterVsmVina (tlfs-vsm.md §3.7): 7:0 Vector, 8 Enabled, 9 AutoReset, 10 AutoEoi, 63:11 ReservedP. */
-export const VSM_VINA_DEFINED = 0x7ffn;
+/** HvRegisterVsmVina (tlfs-vsm.md §3.7); 63:11 ReservedP. */
+export const HvRegisterVsmVinaLayout = bitfield('HvRegisterVsmVina', 64, {
+  vector: bits(7, 0), // Vector
+  enabled: flag(8), // Enabled
+  autoReset: flag(9), // AutoReset
+  autoEoi: flag(10), // AutoEoi
+});
+export const VSM_VINA_DEFINED = HvRegisterVsmVinaLayout.definedMask;
 
 /** HV_MAP_GPA_FLAGS protection bits (tlfs-vsm.md §7.1). */
 export const HvMapGpaFlags = {
@@ -98,164 +100,107 @@ export const HvMapGpaFlags = {
 } as const;
 
 /** HvCallEnablePartitionVtl input, 16 bytes (tlfs-hypercalls.md §2.4). */
-export interface HvEnablePartitionVtlInput {
-  targetPartitionId: bigint; // +0
-  targetVtl: number; // +8
-  flags: number; // +9: bit 0 EnableMbec
-  rsvdZ: bigint; // +10, 6 bytes
-}
-export const HV_ENABLE_PARTITION_VTL_INPUT_SIZE = 16;
-export function decodeEnablePartitionVtlInput(b: Buffer): HvEnablePartitionVtlInput {
-  return { targetPartitionId: b.readBigUInt64LE(0), targetVtl: b[8]!, flags: b[9]!, rsvdZ: b.readUIntLE(10, 6) === 0 ? 0n : 1n };
-}
-export function encodeEnablePartitionVtlInput(i: HvEnablePartitionVtlInput): Buffer {
-  const b = Buffer.alloc(16);
-  b.writeBigUInt64LE(i.targetPartitionId, 0);
-  b[8] = i.targetVtl;
-  b[9] = i.flags;
-  return b;
-}
+export const HvEnablePartitionVtlInputLayout = struct('HvCallEnablePartitionVtl input', 16, {
+  targetPartitionId: at(0, u64, 'TargetPartitionId'),
+  targetVtl: at(8, u8, 'TargetVtl'),
+  flags: at(9, u8, 'Flags'), // HV_ENABLE_PARTITION_VTL_FLAGS: bit 0 EnableMbec
+  rsvdZ: at(10, ubig(6), 'RsvdZ'),
+});
+export type HvEnablePartitionVtlInput = CodecValue<typeof HvEnablePartitionVtlInputLayout>;
+export const HV_ENABLE_PARTITION_VTL_INPUT_SIZE = HvEnablePartitionVtlInputLayout.size;
+export const decodeEnablePartitionVtlInput = (b: Buffer): HvEnablePartitionVtlInput => HvEnablePartitionVtlInputLayout.decode(b);
+export const encodeEnablePartitionVtlInput = (i: HvEnablePartitionVtlInput): Buffer => HvEnablePartitionVtlInputLayout.encode(i);
 
-/** HV_INITIAL_VP_CONTEXT x64, 224 bytes (tlfs-hypercalls.md §2.5). */
-export interface HvInitialVpContext {
-  rip: bigint;
-  rsp: bigint;
-  rflags: bigint;
-  cs: HvX64SegmentRegister;
-  ds: HvX64SegmentRegister;
-  es: HvX64SegmentRegister;
-  fs: HvX64SegmentRegister;
-  gs: HvX64SegmentRegister;
-  ss: HvX64SegmentRegister;
-  tr: HvX64SegmentRegister;
-  ldtr: HvX64SegmentRegister;
-  idtr: HvX64TableRegister;
-  gdtr: HvX64TableRegister;
-  efer: bigint;
-  cr0: bigint;
-  cr3: bigint;
-  cr4: bigint;
-  msrCrPat: bigint;
-}
-export const HV_INITIAL_VP_CONTEXT_SIZE = 224;
-const SEGMENTS = ['cs', 'ds', 'es', 'fs', 'gs', 'ss', 'tr', 'ldtr'] as const;
-
-const writeSegment = writeSegmentRegister;
-const readSegment = readSegmentRegister;
-const writeTable = writeTableRegister;
-const readTable = readTableRegister;
-
-export function encodeInitialVpContext(c: HvInitialVpContext, out: Buffer = Buffer.alloc(HV_INITIAL_VP_CONTEXT_SIZE), base = 0): Buffer {
-  out.writeBigUInt64LE(c.rip, base + 0);
-  out.writeBigUInt64LE(c.rsp, base + 8);
-  out.writeBigUInt64LE(c.rflags, base + 16);
-  SEGMENTS.forEach((s, i) => writeSegment(out, base + 24 + i * 16, c[s]));
-  writeTable(out, base + 152, c.idtr);
-  writeTable(out, base + 168, c.gdtr);
-  out.writeBigUInt64LE(c.efer, base + 184);
-  out.writeBigUInt64LE(c.cr0, base + 192);
-  out.writeBigUInt64LE(c.cr3, base + 200);
-  out.writeBigUInt64LE(c.cr4, base + 208);
-  out.writeBigUInt64LE(c.msrCrPat, base + 216);
-  return out;
-}
-export function decodeInitialVpContext(b: Buffer, base = 0): HvInitialVpContext {
-  const seg = Object.fromEntries(SEGMENTS.map((s, i) => [s, readSegment(b, base + 24 + i * 16)])) as Record<(typeof SEGMENTS)[number], HvX64SegmentRegister>;
-  return {
-    rip: b.readBigUInt64LE(base + 0),
-    rsp: b.readBigUInt64LE(base + 8),
-    rflags: b.readBigUInt64LE(base + 16),
-    ...seg,
-    idtr: readTable(b, base + 152),
-    gdtr: readTable(b, base + 168),
-    efer: b.readBigUInt64LE(base + 184),
-    cr0: b.readBigUInt64LE(base + 192),
-    cr3: b.readBigUInt64LE(base + 200),
-    cr4: b.readBigUInt64LE(base + 208),
-    msrCrPat: b.readBigUInt64LE(base + 216),
-  };
-}
+/** HV_INITIAL_VP_CONTEXT x64, 224 bytes (tlfs-hypercalls.md §2.5): fields back to back from +0. */
+export const HvInitialVpContextLayout = struct('HV_INITIAL_VP_CONTEXT', 224, {
+  rip: seq(u64, 'Rip'),
+  rsp: seq(u64, 'Rsp'),
+  rflags: seq(u64, 'Rflags'),
+  cs: seq(HvX64SegmentRegisterLayout, 'Cs'),
+  ds: seq(HvX64SegmentRegisterLayout, 'Ds'),
+  es: seq(HvX64SegmentRegisterLayout, 'Es'),
+  fs: seq(HvX64SegmentRegisterLayout, 'Fs'),
+  gs: seq(HvX64SegmentRegisterLayout, 'Gs'),
+  ss: seq(HvX64SegmentRegisterLayout, 'Ss'),
+  tr: seq(HvX64SegmentRegisterLayout, 'Tr'),
+  ldtr: seq(HvX64SegmentRegisterLayout, 'Ldtr'),
+  idtr: seq(HvX64TableRegisterLayout, 'Idtr'),
+  gdtr: seq(HvX64TableRegisterLayout, 'Gdtr'),
+  efer: seq(u64, 'Efer'),
+  cr0: seq(u64, 'Cr0'),
+  cr3: seq(u64, 'Cr3'),
+  cr4: seq(u64, 'Cr4'),
+  msrCrPat: seq(u64, 'MsrCrPat'),
+});
+export type HvInitialVpContext = CodecValue<typeof HvInitialVpContextLayout>;
+export const HV_INITIAL_VP_CONTEXT_SIZE = HvInitialVpContextLayout.size;
+export const encodeInitialVpContext = (c: HvInitialVpContext, out?: Buffer, base = 0): Buffer => HvInitialVpContextLayout.encode(c, out, base);
+export const decodeInitialVpContext = (b: Buffer, base = 0): HvInitialVpContext => HvInitialVpContextLayout.decode(b, base);
 
 /** HvCallEnableVpVtl x64 input, 240 bytes (tlfs-hypercalls.md §2.5). */
-export interface HvEnableVpVtlInput {
-  targetPartitionId: bigint; // +0
-  vpIndex: number; // +8
-  targetVtl: number; // +12
-  rsvdZ: number; // +13, 3 bytes
-  vpVtlContext: HvInitialVpContext; // +16
-}
-export const HV_ENABLE_VP_VTL_INPUT_SIZE = 240;
-export function decodeEnableVpVtlInput(b: Buffer): HvEnableVpVtlInput {
-  return { targetPartitionId: b.readBigUInt64LE(0), vpIndex: b.readUInt32LE(8), targetVtl: b[12]!, rsvdZ: b.readUIntLE(13, 3), vpVtlContext: decodeInitialVpContext(b, 16) };
-}
-export function encodeEnableVpVtlInput(i: HvEnableVpVtlInput): Buffer {
-  const b = Buffer.alloc(HV_ENABLE_VP_VTL_INPUT_SIZE);
-  b.writeBigUInt64LE(i.targetPartitionId, 0);
-  b.writeUInt32LE(i.vpIndex >>> 0, 8);
-  b[12] = i.targetVtl;
-  b.writeUIntLE(i.rsvdZ, 13, 3);
-  encodeInitialVpContext(i.vpVtlContext, b, 16);
-  return b;
-}
+export const HvEnableVpVtlInputLayout = struct('HvCallEnableVpVtl input', 240, {
+  targetPartitionId: at(0, u64, 'TargetPartitionId'),
+  vpIndex: at(8, u32, 'VpIndex'),
+  targetVtl: at(12, u8, 'TargetVtl'),
+  rsvdZ: at(13, uint(3), 'RsvdZ'),
+  vpVtlContext: at(16, HvInitialVpContextLayout, 'VpVtlContext'),
+});
+export type HvEnableVpVtlInput = CodecValue<typeof HvEnableVpVtlInputLayout>;
+export const HV_ENABLE_VP_VTL_INPUT_SIZE = HvEnableVpVtlInputLayout.size;
+export const decodeEnableVpVtlInput = (b: Buffer): HvEnableVpVtlInput => HvEnableVpVtlInputLayout.decode(b);
+export const encodeEnableVpVtlInput = (i: HvEnableVpVtlInput): Buffer => HvEnableVpVtlInputLayout.encode(i);
 
 /** HvCallGetVpRegisters / HvCallSetVpRegisters header, 16 bytes (tlfs-hypercalls.md §2.7). */
-export interface HvVpRegistersHeader {
-  partitionId: bigint; // +0
-  vpIndex: number; // +8
-  targetVtl: number; // +12 HV_INPUT_VTL
-  rsvdZ: number; // +13, 3 bytes
-}
-export const HV_VP_REGISTERS_HEADER_SIZE = 16;
-/** HV_REGISTER_ASSOC: +0 Name (4), +4 RsvdZ (12), +16 Value (16). */
-export const HV_REGISTER_ASSOC_SIZE = 32;
-export function decodeVpRegistersHeader(b: Buffer): HvVpRegistersHeader {
-  return { partitionId: b.readBigUInt64LE(0), vpIndex: b.readUInt32LE(8), targetVtl: b[12]!, rsvdZ: b.readUIntLE(13, 3) };
-}
-export function encodeVpRegistersHeader(h: HvVpRegistersHeader): Buffer {
-  const b = Buffer.alloc(HV_VP_REGISTERS_HEADER_SIZE);
-  b.writeBigUInt64LE(h.partitionId, 0);
-  b.writeUInt32LE(h.vpIndex >>> 0, 8);
-  b[12] = h.targetVtl;
-  b.writeUIntLE(h.rsvdZ, 13, 3);
-  return b;
-}
+export const HvVpRegistersHeaderLayout = struct('HvCallGet/SetVpRegisters header', 16, {
+  partitionId: at(0, u64, 'PartitionId'),
+  vpIndex: at(8, u32, 'VpIndex'),
+  targetVtl: at(12, u8, 'TargetVtl'), // HV_INPUT_VTL
+  rsvdZ: at(13, uint(3), 'RsvdZ'),
+});
+export type HvVpRegistersHeader = CodecValue<typeof HvVpRegistersHeaderLayout>;
+export const HV_VP_REGISTERS_HEADER_SIZE = HvVpRegistersHeaderLayout.size;
+export const decodeVpRegistersHeader = (b: Buffer): HvVpRegistersHeader => HvVpRegistersHeaderLayout.decode(b);
+export const encodeVpRegistersHeader = (h: HvVpRegistersHeader): Buffer => HvVpRegistersHeaderLayout.encode(h);
+
+/** HV_REGISTER_ASSOC, 32 bytes (tlfs-hypercalls.md §2.7): the HvCallSetVpRegisters rep element. */
+export const HvRegisterAssocLayout = struct('HV_REGISTER_ASSOC', 32, {
+  name: at(0, u32, 'Name'), // HV_REGISTER_NAME
+  rsvdZ: at(4, bytes(12), 'RsvdZ'),
+  value: at(16, HvRegisterValueLayout, 'Value'),
+});
+export type HvRegisterAssoc = CodecValue<typeof HvRegisterAssocLayout>;
+export const HV_REGISTER_ASSOC_SIZE = HvRegisterAssocLayout.size;
+
+/** HV_VP_VTL_CONTROL, 24 bytes (tlfs-vsm.md §5.2); +5..+7 ReservedZ. */
+export const HvVpVtlControlLayout = struct('HV_VP_VTL_CONTROL', 24, {
+  entryReason: at(0, u32, 'EntryReason'), // HV_VTL_ENTRY_REASON
+  vinaStatus: at(4, bitsOf(u8, 0, 0), 'VinaStatus.VinaAsserted'), // 7:1 RsvdZ
+  vtlReturnX64Rax: at(8, u64, 'VtlReturnX64Rax'),
+  vtlReturnX64Rcx: at(16, u64, 'VtlReturnX64Rcx'),
+});
+export type HvVpVtlControl = CodecValue<typeof HvVpVtlControlLayout>;
+export const HV_VP_VTL_CONTROL_SIZE = HvVpVtlControlLayout.size;
+export const encodeVpVtlControl = (c: HvVpVtlControl): Buffer => HvVpVtlControlLayout.encode(c);
+export const decodeVpVtlControl = (b: Buffer, base = 0): HvVpVtlControl => HvVpVtlControlLayout.decode(b, base);
 
 /**
- * HV_VP_ASSIST_PAGE offsets (tlfs-vsm.md §5.2). HV_VP_VTL_CONTROL is at +8:
- * EntryReason @8 (u32), VinaStatus @12 (u8), VtlReturnX64Rax @16, VtlReturnX64Rcx @24.
+ * HV_VP_ASSIST_PAGE, one 4096-byte page per VP per VTL (tlfs-vsm.md §5.2): the parts the model uses.
+ * InterceptMessage (+112, an HV_MESSAGE) is OpenVMM/Linux, not TLFS.
  */
+export const HvVpAssistPageLayout = struct('HV_VP_ASSIST_PAGE', 4096, {
+  apicAssist: at(0, u32, 'ApicAssist'),
+  vtlControl: at(8, HvVpVtlControlLayout, 'VtlControl'),
+  interceptMessage: at(112, bytes(256), 'InterceptMessage'),
+});
+/** Byte offsets inside HV_VP_ASSIST_PAGE, from the layouts above. */
 export const HvVpAssistPage = {
-  VtlControl: 8,
-  EntryReason: 8,
-  VinaStatus: 12,
-  VtlReturnX64Rax: 16,
-  VtlReturnX64Rcx: 24,
-  InterceptMessage: 112,
+  VtlControl: HvVpAssistPageLayout.offsetOf('vtlControl'),
+  EntryReason: HvVpAssistPageLayout.offsetOf('vtlControl') + HvVpVtlControlLayout.offsetOf('entryReason'),
+  VinaStatus: HvVpAssistPageLayout.offsetOf('vtlControl') + HvVpVtlControlLayout.offsetOf('vinaStatus'),
+  VtlReturnX64Rax: HvVpAssistPageLayout.offsetOf('vtlControl') + HvVpVtlControlLayout.offsetOf('vtlReturnX64Rax'),
+  VtlReturnX64Rcx: HvVpAssistPageLayout.offsetOf('vtlControl') + HvVpVtlControlLayout.offsetOf('vtlReturnX64Rcx'),
+  InterceptMessage: HvVpAssistPageLayout.offsetOf('interceptMessage'),
 } as const;
-export const HV_VP_VTL_CONTROL_SIZE = 24;
-
-export interface HvVpVtlControl {
-  entryReason: number;
-  vinaStatus: number;
-  vtlReturnX64Rax: bigint;
-  vtlReturnX64Rcx: bigint;
-}
-export function encodeVpVtlControl(c: HvVpVtlControl): Buffer {
-  const b = Buffer.alloc(HV_VP_VTL_CONTROL_SIZE);
-  b.writeUInt32LE(c.entryReason >>> 0, 0);
-  b[4] = c.vinaStatus & 1;
-  b.writeBigUInt64LE(c.vtlReturnX64Rax, 8);
-  b.writeBigUInt64LE(c.vtlReturnX64Rcx, 16);
-  return b;
-}
-export function decodeVpVtlControl(b: Buffer, base = 0): HvVpVtlControl {
-  return {
-    entryReason: b.readUInt32LE(base),
-    vinaStatus: b[base + 4]! & 1,
-    vtlReturnX64Rax: b.readBigUInt64LE(base + 8),
-    vtlReturnX64Rcx: b.readBigUInt64LE(base + 16),
-  };
-}
 
 /**
  * Hypercall page contents. The TLFS leaves the bytes to the hypervisor (tlfs-hypercalls.md §1.7);
@@ -286,6 +231,11 @@ export function buildHypercallPage(vendor: X64Vendor): Buffer {
   return page;
 }
 
-/** HvRegisterVsmCodePageOffsets (tlfs-vsm.md §3.6): 11:0 VtlCallOffset, 23:12 VtlReturnOffset. */
-export const encodeVsmCodePageOffsets = (vtlCall: number, vtlReturn: number): bigint => BigInt(vtlCall & 0xfff) | (BigInt(vtlReturn & 0xfff) << 12n);
+/** HvRegisterVsmCodePageOffsets (tlfs-vsm.md §3.6); 63:24 ReservedZ. */
+export const HvRegisterVsmCodePageOffsetsLayout = bitfield('HvRegisterVsmCodePageOffsets', 64, {
+  vtlCallOffset: bits(11, 0), // VtlCallOffset
+  vtlReturnOffset: bits(23, 12), // VtlReturnOffset
+});
+export const encodeVsmCodePageOffsets = (vtlCall: number, vtlReturn: number): bigint =>
+  HvRegisterVsmCodePageOffsetsLayout.pack({ vtlCallOffset: vtlCall, vtlReturnOffset: vtlReturn });
 export const VSM_CODE_PAGE_OFFSETS_64 = encodeVsmCodePageOffsets(HypercallPageOffsets.vtlCall64, HypercallPageOffsets.vtlReturn64);

@@ -1,0 +1,368 @@
+// tlfs layer: declarative layouts. Each TLFS structure is written once, as a table of fields, and
+// that table drives both its encoder and its decoder (issue #18, "one table per fact").
+//
+// Two kinds of layout:
+// - struct(name, size, fields): a little-endian byte structure (HV_MESSAGE, HV_INITIAL_VP_CONTEXT,
+//   hypercall inputs, ...). A field is at an explicit byte offset (`at`, as the TLFS tables give
+//   them) or follows the previous one (`seq`); its codec is an integer (u8/u16/u32/u64, uint(n),
+//   ubig(n)), bytes(n), array(codec, n), a nested struct, a bit layout, or `bitsOf` (a bit range of
+//   an integer that other fields share). Bytes no field covers are reserved: zero-filled on encode,
+//   ignored on decode. Fields are checked at definition time to fit and not to overlap (to the bit).
+// - bitfield(name, width, fields): the bits of one 8/16/32/64-bit integer (HV_HYPERCALL_INPUT, the
+//   VSM registers, the synthetic MSR formats), written as the TLFS writes them: `bits(hi, lo)`,
+//   `flag(bit)`. pack() takes a partial value (absent fields are 0); unpack() returns every field.
+//
+// Encoding never fails on a value too wide for its field: integers are taken modulo 2^width (the
+// field's width is the ABI; a wider value is truncated as `>>> 0`, `& 0xffff` or a C cast would).
+// Encoding fails (RangeError) only on a bytes value longer than its field, an array of the wrong
+// length or a buffer too small; decoding fails (RangeError) on a buffer too short.
+//
+// Why no library: the well-kept binary-struct packages on npm were checked (restructure, typed-binary,
+// @solana/buffer-layout, binary-layout). None covers the TLFS shapes without as much glue as this
+// file: restructure and typed-binary have no 64-bit integers, @solana/buffer-layout reads u64 as a
+// lossy number (bigint needs a second package that pulls in a web3 SDK), and binary-layout (the best
+// typed of them) is sequential and big-endian by default and has no multi-bit fields inside an
+// integer, which most TLFS layouts here are. The core has no run-time dependency and keeps it so.
+
+/** Encoder/decoder of one value at a byte offset. */
+export interface Codec<T> {
+  readonly size: number;
+  read(b: Buffer, off: number): T;
+  write(b: Buffer, off: number, v: T): void;
+  /** The bits of each of its `size` bytes the codec owns (for overlap checks); absent: all of them. */
+  readonly byteMasks?: readonly number[];
+}
+export type CodecValue<C> = C extends Codec<infer T> ? T : never;
+
+const trunc = (v: number): number => (Number.isFinite(v) ? Math.trunc(v) : 0);
+/** v modulo 2^bits, for bits <= 48. */
+const wrap = (v: number, bits: number): number => {
+  const m = 2 ** bits;
+  return ((trunc(v) % m) + m) % m;
+};
+
+// ---- integers (little-endian) --------------------------------------------------------------------
+
+/** An integer codec: also converts its value to and from a bigint of its width (for Layout.toInt). */
+export interface IntCodec<T extends number | bigint> extends Codec<T> {
+  /** The value modulo 2^(8 * size), as a bigint. */
+  toBig(v: T): bigint;
+  /** The value of a bigint below 2^(8 * size). */
+  fromBig(x: bigint): T;
+}
+
+export const u8: IntCodec<number> = {
+  size: 1,
+  read: (b, o) => b[o]!,
+  write: (b, o, v) => void (b[o] = v & 0xff),
+  toBig: (v) => BigInt(v & 0xff),
+  fromBig: Number,
+};
+export const u16: IntCodec<number> = {
+  size: 2,
+  read: (b, o) => b.readUInt16LE(o),
+  write: (b, o, v) => void b.writeUInt16LE(v & 0xffff, o),
+  toBig: (v) => BigInt(v & 0xffff),
+  fromBig: Number,
+};
+export const u32: IntCodec<number> = {
+  size: 4,
+  read: (b, o) => b.readUInt32LE(o),
+  write: (b, o, v) => void b.writeUInt32LE(v >>> 0, o),
+  toBig: (v) => BigInt(v >>> 0),
+  fromBig: Number,
+};
+export const u64: IntCodec<bigint> = {
+  size: 8,
+  read: (b, o) => b.readBigUInt64LE(o),
+  write: (b, o, v) => void b.writeBigUInt64LE(BigInt.asUintN(64, v), o),
+  toBig: (v) => BigInt.asUintN(64, v),
+  fromBig: (x) => x,
+};
+/** An n-byte unsigned integer read as a number (n = 1..6), e.g. a 3-byte RsvdZ. */
+export function uint(n: 1 | 2 | 3 | 4 | 5 | 6): IntCodec<number> {
+  return {
+    size: n,
+    read: (b, o) => b.readUIntLE(o, n),
+    write: (b, o, v) => void b.writeUIntLE(wrap(v, 8 * n), o, n),
+    toBig: (v) => BigInt(wrap(v, 8 * n)),
+    fromBig: Number,
+  };
+}
+/** An n-byte unsigned integer read as a bigint (n = 1..8), e.g. a 6-byte RsvdZ. */
+export function ubig(n: 1 | 2 | 3 | 4 | 5 | 6 | 7 | 8): IntCodec<bigint> {
+  if (n === 8) return u64;
+  const lo = Math.min(n, 6);
+  return {
+    size: n,
+    read: (b, o) => BigInt(b.readUIntLE(o, lo)) | (n > 6 ? BigInt(b[o + 6]!) << 48n : 0n),
+    write: (b, o, v) => {
+      const x = BigInt.asUintN(8 * n, v);
+      b.writeUIntLE(Number(x & 0xffff_ffff_ffffn), o, lo);
+      if (n > 6) b[o + 6] = Number(x >> 48n);
+    },
+    toBig: (v) => BigInt.asUintN(8 * n, v),
+    fromBig: (x) => x,
+  };
+}
+/** A codec whose value has a narrower TypeScript type (an enum of numbers), same bytes. */
+export const typed = <T extends number>(c: Codec<number>): Codec<T> => c as Codec<T>;
+
+/** Bits hi:lo of a u8/u16/u32 at the field's offset, as a number; other fields may own the other bits. */
+export function bitsOf(int: Codec<number>, hi: number, lo: number): Codec<number> {
+  const width = hi - lo + 1;
+  if (lo < 0 || width < 1 || hi >= 8 * int.size || int.size > 4) throw new Error(`bitsOf: bits ${hi}:${lo} do not fit a ${int.size}-byte integer`);
+  const mask = width === 32 ? 0xffff_ffff : (1 << width) - 1;
+  const shifted = (mask << lo) >>> 0;
+  return {
+    size: int.size,
+    read: (b, o) => ((int.read(b, o) >>> lo) & mask) >>> 0,
+    write: (b, o, v) => int.write(b, o, ((int.read(b, o) & ~shifted) | ((v & mask) << lo)) >>> 0),
+    byteMasks: Array.from({ length: int.size }, (_, i) => (shifted >>> (8 * i)) & 0xff),
+  };
+}
+
+// ---- bytes and arrays ------------------------------------------------------------------------------
+
+/** n raw bytes. Decode copies them; encode copies a value of at most n bytes and zero-fills the rest. */
+export function bytes(n: number): Codec<Buffer> {
+  return {
+    size: n,
+    read: (b, o) => Buffer.from(b.subarray(o, o + n)),
+    write: (b, o, v) => {
+      if (v.length > n) throw new RangeError(`${v.length} bytes do not fit a ${n}-byte field`);
+      Buffer.from(v.buffer, v.byteOffset, v.length).copy(b, o);
+      b.fill(0, o + v.length, o + n);
+    },
+  };
+}
+
+/** `count` elements of one codec, back to back. */
+export function array<T>(codec: Codec<T>, count: number): Codec<T[]> {
+  return {
+    size: codec.size * count,
+    read: (b, o) => Array.from({ length: count }, (_, i) => codec.read(b, o + codec.size * i)),
+    write: (b, o, v) => {
+      if (v.length !== count) throw new RangeError(`${v.length} elements where the layout has ${count}`);
+      v.forEach((x, i) => codec.write(b, o + codec.size * i, x));
+    },
+  };
+}
+
+// ---- structs ---------------------------------------------------------------------------------------
+
+/** A field at a byte offset (or, from `seq`, right after the previous field), with its TLFS name. */
+export interface Placed<T> {
+  readonly offset: number | undefined;
+  readonly codec: Codec<T>;
+  readonly tlfsName: string;
+}
+export const at = <T>(offset: number, codec: Codec<T>, tlfsName: string): Placed<T> => ({ offset, codec, tlfsName });
+export const seq = <T>(codec: Codec<T>, tlfsName: string): Placed<T> => ({ offset: undefined, codec, tlfsName });
+
+type Fields = Record<string, Placed<any>>;
+export type StructValue<F extends Fields> = { -readonly [K in keyof F]: F[K] extends Placed<infer T> ? T : never };
+
+/** One row of a struct's table, as a layout describes itself. */
+export interface FieldInfo {
+  readonly name: string;
+  readonly tlfsName: string;
+  readonly offset: number;
+  readonly size: number;
+}
+
+export interface Layout<T> extends Codec<T> {
+  /** The TLFS name of the structure. */
+  readonly name: string;
+  readonly fields: readonly FieldInfo[];
+  /** A buffer of `size` bytes, or `value` written into `out` at `offset` (only those bytes touched); returns the buffer. */
+  encode(value: T, out?: Buffer, offset?: number): Buffer;
+  decode(b: Buffer, offset?: number): T;
+  /** Byte offset of a field inside the structure. */
+  offsetOf(field: keyof T & string): number;
+  /**
+   * The structure as little-endian 64-bit words (the same bytes, without a buffer), for structures
+   * made of integer fields that each sit inside one 8-byte word, e.g. a segment register <-> the two
+   * halves of its 128-bit HV_REGISTER_VALUE.
+   */
+  toWords(value: T): bigint[];
+  fromWords(words: readonly bigint[]): T;
+}
+
+export function struct<F extends Fields>(name: string, size: number, spec: F): Layout<StructValue<F>> {
+  type T = StructValue<F>;
+  const fields: (FieldInfo & { codec: Codec<unknown> })[] = [];
+  const owned = new Array<number>(size).fill(0);
+  const owner = new Array<string>(size).fill('');
+  let cursor = 0;
+  for (const [key, f] of Object.entries(spec)) {
+    const offset = f.offset ?? cursor;
+    const fsize = f.codec.size;
+    if (!Number.isInteger(offset) || offset < 0 || offset + fsize > size) throw new Error(`layout ${name}: field ${key} (+${offset}, ${fsize} bytes) does not fit in ${size} bytes`);
+    for (let i = 0; i < fsize; i++) {
+      const m = f.codec.byteMasks?.[i] ?? 0xff;
+      if ((owned[offset + i]! & m) !== 0) throw new Error(`layout ${name}: field ${key} overlaps ${owner[offset + i]} at +${offset + i}`);
+      owned[offset + i]! |= m;
+      owner[offset + i] = key;
+    }
+    fields.push({ name: key, tlfsName: f.tlfsName, offset, size: fsize, codec: f.codec });
+    cursor = offset + fsize;
+  }
+  const need = (b: Buffer, off: number) => {
+    if (!Number.isInteger(off) || off < 0 || off + size > b.length) throw new RangeError(`${name} needs ${size} bytes at offset ${off}; the buffer has ${b.length}`);
+  };
+  const write = (b: Buffer, off: number, v: T) => {
+    b.fill(0, off, off + size);
+    for (const f of fields) f.codec.write(b, off + f.offset, (v as Record<string, unknown>)[f.name]);
+  };
+  const read = (b: Buffer, off: number): T => {
+    const o: Record<string, unknown> = {};
+    for (const f of fields) o[f.name] = f.codec.read(b, off + f.offset);
+    return o as T;
+  };
+  const offsets = new Map(fields.map((f) => [f.name, f.offset]));
+  const words = Math.ceil(size / 8);
+  const ints =
+    fields.every((f) => 'toBig' in f.codec && Math.floor(f.offset / 8) === Math.floor((f.offset + f.size - 1) / 8))
+      ? fields.map((f) => ({ name: f.name, codec: f.codec as unknown as IntCodec<number | bigint>, word: Math.floor(f.offset / 8), shift: BigInt(8 * (f.offset % 8)), ones: (1n << BigInt(8 * f.size)) - 1n }))
+      : undefined;
+  const intsOnly = () => {
+    if (!ints) throw new Error(`layout ${name} has a field that is not an integer inside one 8-byte word: no word form`);
+    return ints;
+  };
+  return {
+    name,
+    size,
+    fields: fields.map(({ name: n, tlfsName, offset, size: s }) => ({ name: n, tlfsName, offset, size: s })),
+    read,
+    write,
+    encode(value, out, offset = 0) {
+      if (!out) {
+        out = Buffer.alloc(size);
+        for (const f of fields) f.codec.write(out, f.offset, (value as Record<string, unknown>)[f.name]);
+        return out;
+      }
+      need(out, offset);
+      write(out, offset, value);
+      return out;
+    },
+    decode(b, offset = 0) {
+      need(b, offset);
+      return read(b, offset);
+    },
+    offsetOf(field) {
+      const o = offsets.get(field);
+      if (o === undefined) throw new Error(`layout ${name} has no field ${field}`);
+      return o;
+    },
+    toWords(value) {
+      const w = new Array<bigint>(words).fill(0n);
+      for (const f of intsOnly()) {
+        const x = f.codec.toBig((value as Record<string, never>)[f.name]);
+        w[f.word] = w[f.word]! | (f.shift === 0n ? x : x << f.shift);
+      }
+      return w;
+    },
+    fromWords(w) {
+      const o: Record<string, unknown> = {};
+      for (const f of intsOnly()) {
+        const x = w[f.word] ?? 0n;
+        o[f.name] = f.codec.fromBig((f.shift === 0n ? x : x >> f.shift) & f.ones);
+      }
+      return o as T;
+    },
+  };
+}
+
+// ---- bit layouts of one integer --------------------------------------------------------------------
+
+export interface BitSpec<T> {
+  readonly hi: number;
+  readonly lo: number;
+  readonly kind: 'flag' | 'number' | 'bigint';
+  /** Type carrier only. */
+  readonly _value?: T;
+}
+/** One bit, as a boolean. */
+export const flag = (bit: number): BitSpec<boolean> => ({ hi: bit, lo: bit, kind: 'flag' });
+/** Bits hi:lo (TLFS notation), as a number (at most 32 bits wide). */
+export const bits = (hi: number, lo: number): BitSpec<number> => ({ hi, lo, kind: 'number' });
+/** Bits hi:lo as a bigint (for fields wider than 32 bits, e.g. a GPA page number). */
+export const bigBits = (hi: number, lo: number): BitSpec<bigint> => ({ hi, lo, kind: 'bigint' });
+
+type BitFields = Record<string, BitSpec<any>>;
+export type BitValue<F extends BitFields> = { -readonly [K in keyof F]: F[K] extends BitSpec<infer T> ? T : never };
+
+export interface BitLayout<T, R extends number | bigint> extends Codec<T> {
+  readonly name: string;
+  readonly width: 8 | 16 | 32 | 64;
+  /** The integer with the given fields set (absent fields 0/false; each value taken modulo its width). */
+  pack(value: Partial<T>): R;
+  /** Every field of an integer (bits outside the fields are ignored). */
+  unpack(raw: R): T;
+  /** The bits of one field. */
+  mask(field: keyof T & string): R;
+  /** The bits some field covers (everything else is reserved). */
+  readonly definedMask: R;
+}
+
+export function bitfield<F extends BitFields>(name: string, width: 64, spec: F): BitLayout<BitValue<F>, bigint>;
+export function bitfield<F extends BitFields>(name: string, width: 8 | 16 | 32, spec: F): BitLayout<BitValue<F>, number>;
+export function bitfield<F extends BitFields>(name: string, width: 8 | 16 | 32 | 64, spec: F): BitLayout<BitValue<F>, number | bigint> {
+  type T = BitValue<F>;
+  const fields = Object.entries(spec).map(([key, s]) => {
+    const w = s.hi - s.lo + 1;
+    if (s.lo < 0 || w < 1 || s.hi >= width) throw new Error(`bit layout ${name}: field ${key} (${s.hi}:${s.lo}) does not fit ${width} bits`);
+    if (s.kind === 'number' && w > 32) throw new Error(`bit layout ${name}: field ${key} is ${w} bits wide; use bigBits`);
+    return { key, kind: s.kind, lo: BigInt(s.lo), w, numMask: w >= 32 ? 0xffff_ffff : (1 << w) - 1, ones: (1n << BigInt(w)) - 1n, mask: ((1n << BigInt(w)) - 1n) << BigInt(s.lo) };
+  });
+  let defined = 0n;
+  for (const f of fields) {
+    if ((defined & f.mask) !== 0n) throw new Error(`bit layout ${name}: field ${f.key} overlaps another field`);
+    defined |= f.mask;
+  }
+  const out = (v: bigint): number | bigint => (width === 64 ? v : Number(v));
+  // Numbers up to 32 bits wide are packed with number arithmetic (`& mask` takes an integer modulo
+  // 2^w for w <= 32, as `>>> 0` does); bigint arithmetic only where the bits need it.
+  const pack = (value: Partial<T>): number | bigint => {
+    let r = 0n;
+    for (const f of fields) {
+      const v = (value as Record<string, unknown>)[f.key];
+      if (v === undefined) continue;
+      let x: bigint;
+      if (f.kind === 'flag') {
+        if (!v) continue;
+        x = 1n;
+      } else if (typeof v === 'bigint') x = BigInt.asUintN(f.w, v);
+      else x = BigInt(f.w === 32 ? (v as number) >>> 0 : ((v as number) & f.numMask) >>> 0);
+      r |= f.lo === 0n ? x : x << f.lo;
+    }
+    return out(r);
+  };
+  const unpack = (raw: number | bigint): T => {
+    const v = typeof raw === 'bigint' ? BigInt.asUintN(width, raw) : BigInt(trunc(raw));
+    const o: Record<string, unknown> = {};
+    for (const f of fields) {
+      const x = (f.lo === 0n ? v : v >> f.lo) & f.ones;
+      o[f.key] = f.kind === 'flag' ? x !== 0n : f.kind === 'number' ? Number(x) : x;
+    }
+    return o as T;
+  };
+  const masks = new Map(fields.map((f) => [f.key, f.mask]));
+  const int: IntCodec<number | bigint> = width === 64 ? u64 : width === 32 ? u32 : width === 16 ? u16 : u8;
+  return {
+    name,
+    width,
+    size: width / 8,
+    pack,
+    unpack,
+    mask(field) {
+      const m = masks.get(field);
+      if (m === undefined) throw new Error(`bit layout ${name} has no field ${field}`);
+      return out(m);
+    },
+    definedMask: out(defined),
+    read: (b, o) => unpack(int.read(b, o)),
+    write: (b, o, v) => int.write(b, o, pack(v)),
+  };
+}

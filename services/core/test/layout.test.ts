@@ -1,0 +1,283 @@
+// The layout facility (services/core/src/tlfs/layout.ts) and the TLFS tables written with it. Expected
+// offsets and values are typed out from the reference tables (tlfs-*.md), never read from the code.
+import {
+  HV_SINT_MASKED,
+  HV_OVERLAY_ENABLE,
+  HV_OVERLAY_RSVDP,
+  HV_SCONTROL_ENABLE,
+  HV_X64_MSR_HYPERCALL_ENABLE,
+  HV_X64_MSR_HYPERCALL_LOCKED,
+  HV_X64_MSR_HYPERCALL_RSVDP,
+  HvArm64MemoryInterceptMessage,
+  HvEnableVpVtlInputLayout,
+  HvInitialVpContextLayout,
+  HvMessageHeaderLayout,
+  HvMsr,
+  HvMsrNames,
+  HvRegisterAssocLayout,
+  HvSynicSintLayout,
+  HvVpAssistPageLayout,
+  HvX64InterceptMessageHeaderLayout,
+  HvX64MemoryInterceptMessageLayout,
+  HvX64MsrHypercallLayout,
+  VSM_VINA_DEFINED,
+  VSM_VP_SECURE_CONFIG_DEFINED,
+  decodeArm64MemoryInterceptMessage,
+  decodeHvMessageHeader,
+  decodeInputVtl,
+  decodeModifyVtlProtectionMaskHeader,
+  decodeSignalEventInput,
+  decodeVpRegistersHeader,
+  encodeArm64MemoryInterceptMessage,
+  encodeHvMessage,
+  encodeInputVtl,
+  encodeModifyVtlProtectionMaskHeader,
+  encodeVpExecutionState,
+  gpfnOf,
+} from '@vsm/core';
+import { array, at, bigBits, bitfield, bits, bitsOf, bytes, flag, seq, struct, u16, u32, u64, u8, ubig, uint } from '@vsm/core/tlfs/layout';
+
+const hex = (...parts: string[]): Buffer => Buffer.from(parts.join('').replace(/[\s_]/g, ''), 'hex');
+
+describe('struct layouts', () => {
+  const L = struct('T', 24, {
+    a: at(0, u32, 'A'),
+    b: at(4, u8, 'B'),
+    // +5..+7 reserved
+    c: at(8, u64, 'C'),
+    d: seq(u16, 'D'),
+    e: seq(uint(3), 'E'),
+    f: at(21, ubig(3), 'F'),
+  });
+
+  test('little-endian fields at their offsets; gaps are zero on encode and ignored on decode', () => {
+    const v = { a: 0x0102_0304, b: 0x05, c: 0x1112_1314_1516_1718n, d: 0x2122, e: 0x313233, f: 0x414243n };
+    const b = L.encode(v);
+    expect(b.toString('hex')).toBe(hex('04030201', '05', '000000', '1817161514131211', '2221', '333231', '434241').toString('hex'));
+    expect(L.decode(b)).toEqual(v);
+    b.fill(0xee, 5, 8);
+    expect(L.decode(b)).toEqual(v);
+    expect(L.offsetOf('d')).toBe(16);
+    expect(L.offsetOf('e')).toBe(18);
+    expect(L.fields.map((f) => [f.name, f.tlfsName, f.offset, f.size])).toEqual([
+      ['a', 'A', 0, 4], ['b', 'B', 4, 1], ['c', 'C', 8, 8], ['d', 'D', 16, 2], ['e', 'E', 18, 3], ['f', 'F', 21, 3],
+    ]);
+  });
+
+  test('integers are taken modulo 2^width, as the C field would store them', () => {
+    const b = L.encode({ a: -1, b: 0x1ff, c: -1n, d: 0x1_2345, e: 0x1ff_ffff, f: (1n << 40n) | 7n });
+    expect(L.decode(b)).toEqual({ a: 0xffff_ffff, b: 0xff, c: 0xffff_ffff_ffff_ffffn, d: 0x2345, e: 0xff_ffff, f: 7n });
+  });
+
+  test('encode into a buffer touches only the structure; decode at an offset', () => {
+    const out = Buffer.alloc(40, 0x99);
+    L.encode({ a: 1, b: 2, c: 3n, d: 4, e: 5, f: 6n }, out, 8);
+    expect(out.subarray(0, 8).equals(Buffer.alloc(8, 0x99))).toBe(true);
+    expect(out.subarray(32).equals(Buffer.alloc(8, 0x99))).toBe(true);
+    expect(out.subarray(13, 16).equals(Buffer.alloc(3))).toBe(true); // the reserved gap is zeroed
+    expect(L.decode(out, 8)).toEqual({ a: 1, b: 2, c: 3n, d: 4, e: 5, f: 6n });
+  });
+
+  test('a short buffer is a RangeError naming the structure, on decode and on encode', () => {
+    expect(() => L.decode(Buffer.alloc(23))).toThrow(RangeError);
+    expect(() => L.decode(Buffer.alloc(23))).toThrow(/^T needs 24 bytes at offset 0; the buffer has 23$/);
+    expect(() => L.decode(Buffer.alloc(30), 7)).toThrow(/T needs 24 bytes at offset 7/);
+    expect(() => L.encode({ a: 1, b: 2, c: 3n, d: 4, e: 5, f: 6n }, Buffer.alloc(24), 1)).toThrow(RangeError);
+  });
+
+  test('definition errors: a field past the end, overlapping fields, overlapping bits', () => {
+    expect(() => struct('X', 8, { a: at(4, u64, 'A') })).toThrow(/layout X: field a \(\+4, 8 bytes\) does not fit in 8 bytes/);
+    expect(() => struct('X', 8, { a: at(0, u32, 'A'), b: at(2, u16, 'B') })).toThrow(/layout X: field b overlaps a at \+2/);
+    expect(() => struct('X', 4, { a: at(0, bitsOf(u8, 3, 0), 'A'), b: at(0, bitsOf(u8, 7, 3), 'B') })).toThrow(/field b overlaps a/);
+    expect(() => struct('X', 4, { a: at(0, bitsOf(u8, 3, 0), 'A'), b: at(0, bitsOf(u8, 7, 4), 'B') })).not.toThrow();
+    expect(() => bitsOf(u8, 8, 0)).toThrow(/do not fit/);
+  });
+
+  test('bytes: copied on decode, zero-filled when short, RangeError when long', () => {
+    const L2 = struct('B', 6, { x: at(0, bytes(4), 'X'), y: at(4, u16, 'Y') });
+    const b = L2.encode({ x: Buffer.from([1, 2]), y: 0xffff });
+    expect(b.toString('hex')).toBe('01020000ffff');
+    const d = L2.decode(b);
+    b[0] = 9;
+    expect(d.x.toString('hex')).toBe('01020000'); // a copy, not a view
+    expect(() => L2.encode({ x: Buffer.alloc(5), y: 0 })).toThrow(RangeError);
+  });
+
+  test('arrays: element by element; the wrong length is a RangeError', () => {
+    const L3 = struct('A', 8, { v: at(0, array(u16, 4), 'V') });
+    expect(L3.encode({ v: [1, 2, 3, 0xffff] }).toString('hex')).toBe('010002000300ffff');
+    expect(L3.decode(hex('010002000300ffff'))).toEqual({ v: [1, 2, 3, 0xffff] });
+    expect(() => L3.encode({ v: [1, 2, 3] })).toThrow(/3 elements where the layout has 4/);
+  });
+
+  test('bitsOf: fields sharing one integer keep each other', () => {
+    const L4 = struct('S', 4, { lo: at(0, bitsOf(u16, 3, 0), 'Lo'), mid: at(0, bitsOf(u16, 11, 4), 'Mid'), hi: at(2, bitsOf(u16, 15, 0), 'Hi') });
+    const b = L4.encode({ lo: 0x1f, mid: 0xabc, hi: 0xffff });
+    expect(b.readUInt16LE(0)).toBe(0x0bcf); // each value modulo its width: 0x1f -> 0xf, 0xabc -> 0xbc
+    expect(L4.decode(b)).toEqual({ lo: 0xf, mid: 0xbc, hi: 0xffff });
+    const full = struct('W', 4, { w: at(0, bitsOf(u32, 31, 0), 'W') });
+    expect(full.decode(full.encode({ w: 0xffff_fffe }))).toEqual({ w: 0xffff_fffe }); // no sign flip at bit 31
+  });
+  test('word form: the same bytes as little-endian 64-bit words, only for integers inside one word', () => {
+    const W = struct('W', 16, { a: at(0, u64, 'A'), b: at(8, u32, 'B'), c: at(14, u16, 'C') });
+    const v = { a: 0x0102_0304_0506_0708n, b: 0x1112_1314, c: 0x2122 };
+    expect(W.toWords(v)).toEqual([0x0102_0304_0506_0708n, 0x2122_0000_1112_1314n]);
+    expect(W.toWords(v)).toEqual([W.encode(v).readBigUInt64LE(0), W.encode(v).readBigUInt64LE(8)]);
+    expect(W.fromWords([0x0102_0304_0506_0708n, 0x2122_ffff_1112_1314n])).toEqual(v); // the gap is ignored
+    expect(() => struct('X', 16, { a: at(4, u64, 'A') }).toWords({ a: 1n })).toThrow(/layout X has a field that is not an integer inside one 8-byte word/);
+    expect(() => struct('X', 8, { a: at(0, bytes(8), 'A') }).fromWords([0n])).toThrow(/no word form/);
+  });
+});
+
+describe('bit layouts', () => {
+  const B = bitfield('R', 64, { en: flag(0), n: bits(7, 4), big: bigBits(63, 12) });
+
+  test('pack/unpack, partial values, masks and the defined bits', () => {
+    expect(B.pack({ en: true, n: 0xf, big: 0xf_ffff_ffff_ffffn })).toBe(0xffff_ffff_ffff_f0f1n);
+    expect(B.pack({ n: 2 })).toBe(0x20n);
+    expect(B.pack({})).toBe(0n);
+    expect(B.unpack(0xffff_ffff_ffff_ffffn)).toEqual({ en: true, n: 0xf, big: 0xf_ffff_ffff_ffffn });
+    expect(B.mask('n')).toBe(0xf0n);
+    expect(B.definedMask).toBe(0xffff_ffff_ffff_f0f1n);
+    expect(B.pack({ n: 0x13 })).toBe(0x30n); // modulo the field's width
+  });
+
+  test('a narrow layout packs to a number', () => {
+    const N = bitfield('N', 16, { a: bits(1, 0), b: flag(15) });
+    expect(N.pack({ a: 3, b: true })).toBe(0x8003);
+    expect(N.unpack(0xffff)).toEqual({ a: 3, b: true });
+  });
+
+  test('definition errors', () => {
+    expect(() => bitfield('R', 8, { a: bits(8, 0) })).toThrow(/does not fit 8 bits/);
+    expect(() => bitfield('R', 64, { a: bits(40, 0) })).toThrow(/use bigBits/);
+    expect(() => bitfield('R', 64, { a: bits(7, 0), b: flag(7) })).toThrow(/field b overlaps/);
+  });
+});
+
+describe('TLFS tables as layouts', () => {
+  const rows = (l: { fields: readonly { tlfsName: string; offset: number; size: number }[] }) => l.fields.map((f) => [f.tlfsName, f.offset, f.size]);
+
+  test('HV_MESSAGE_HEADER (tlfs-overlays-synic.md §5.3)', () => {
+    expect(HvMessageHeaderLayout.size).toBe(16);
+    expect(rows(HvMessageHeaderLayout)).toEqual([['MessageType', 0, 4], ['PayloadSize', 4, 1], ['MessageFlags', 5, 1], ['Sender / Port (OriginationId)', 8, 8]]);
+    const slot = encodeHvMessage({ messageType: 0x8000_0001, payloadSize: 3, messageFlags: 1, originationId: 0x0102_0304_0506_0708n }, Buffer.from([0xaa, 0xbb, 0xcc]));
+    expect(slot.length).toBe(256);
+    expect(slot.subarray(0, 20).toString('hex')).toBe('01000080' + '03' + '01' + '0000' + '0807060504030201' + 'aabbcc00');
+    expect(decodeHvMessageHeader(slot)).toEqual({ messageType: 0x8000_0001, payloadSize: 3, messageFlags: 1, originationId: 0x0102_0304_0506_0708n });
+    expect(() => encodeHvMessage({ messageType: 0, payloadSize: 0, messageFlags: 0, originationId: 0n }, Buffer.alloc(241))).toThrow('HV_MESSAGE payload exceeds 240 bytes');
+  });
+
+  test('HV_X64_INTERCEPT_MESSAGE_HEADER and the memory intercept message (tlfs-intercepts.md §6.1, §6.7)', () => {
+    expect(rows(HvX64InterceptMessageHeaderLayout)).toEqual([
+      ['VpIndex', 0, 4], ['InstructionLength', 4, 1], ['InterceptAccessType', 5, 1], ['ExecutionState', 6, 2], ['CsSegment', 8, 16], ['Rip', 24, 8], ['Rflags', 32, 8],
+    ]);
+    expect(rows(HvX64MemoryInterceptMessageLayout)).toEqual([
+      ['Header', 0, 40], ['CacheType', 40, 4], ['InstructionByteCount', 44, 1], ['MemoryAccessInfo', 45, 1], ['TprPriority', 46, 1], ['GuestVirtualAddress', 48, 8],
+      ['GuestPhysicalAddress', 56, 8], ['InstructionBytes', 64, 16], ['DsSegment', 80, 16], ['SsSegment', 96, 16], ['Rax..R15', 112, 128],
+    ]);
+    // InstructionLength is bits 3:0 of +4 (7:4 Cr8): decode ignores the high nibble
+    const b = Buffer.alloc(40);
+    b[4] = 0xf3;
+    expect(HvX64InterceptMessageHeaderLayout.decode(b).instructionLength).toBe(3);
+  });
+
+  test('HV_X64_VP_EXECUTION_STATE bits (tlfs-intercepts.md §6.2)', () => {
+    const none = { cpl: 0, cr0Pe: false, cr0Am: false, eferLma: false, debugActive: false, interruptionPending: false, vtl: 0 };
+    expect(encodeVpExecutionState({ ...none, cpl: 3 })).toBe(0x3);
+    expect(encodeVpExecutionState({ ...none, cr0Pe: true })).toBe(0x4);
+    expect(encodeVpExecutionState({ ...none, cr0Am: true })).toBe(0x8);
+    expect(encodeVpExecutionState({ ...none, eferLma: true })).toBe(0x10);
+    expect(encodeVpExecutionState({ ...none, debugActive: true })).toBe(0x20);
+    expect(encodeVpExecutionState({ ...none, interruptionPending: true })).toBe(0x40);
+    expect(encodeVpExecutionState({ ...none, vtl: 0xf })).toBe(0x780);
+  });
+
+  test('HV_ARM64_MEMORY_INTERCEPT_MESSAGE: 64 bytes at the OpenVMM/Linux offsets, decodes back', () => {
+    const m: HvArm64MemoryInterceptMessage = {
+      vpIndex: 0x0a0b0c0d,
+      instructionLength: 4,
+      interceptAccessType: 2,
+      executionState: { cpl: 1, debugActive: true, interruptionPending: false, vtl: 1 },
+      pc: 0x1122_3344_5566_7788n,
+      cpsr: 0x3c5n,
+      cacheType: 6,
+      instructionByteCount: 4,
+      memoryAccessInfo: { gvaValid: true },
+      instructionBytes: Buffer.from([0x1f, 0x20, 0x03, 0xd5]),
+      guestVirtualAddress: 0xffff_0000_1234_5000n,
+      guestPhysicalAddress: 0x8_0000n,
+      syndrome: 0x8200_000fn,
+    };
+    const b = encodeArm64MemoryInterceptMessage(m);
+    expect(b.toString('hex')).toBe(
+      hex(
+        '0d0c0b0a', '04', '02', '1500', //    +0 VpIndex, +4 InstructionLength, +5 access type, +6 Cpl 1 | DebugActive (bit 2) | Vtl 1 << 4
+        '8877665544332211', //                +8 Pc
+        'c503000000000000', //                +16 Cpsr
+        '06000000', '04', '01', '0000', //    +24 CacheType, +28 InstructionByteCount, +29 GvaValid, +30 reserved
+        '1f2003d5', '00000000', //            +32 InstructionBytes, +36 reserved
+        '005034120000ffff', //                +40 GuestVirtualAddress
+        '0000080000000000', //                +48 GuestPhysicalAddress
+        '0f00008200000000', //                +56 Syndrome
+      ).toString('hex'),
+    );
+    expect(decodeArm64MemoryInterceptMessage(b)).toEqual(m);
+    // instruction bytes beyond 4 are dropped, as before
+    expect(encodeArm64MemoryInterceptMessage({ ...m, instructionBytes: Buffer.from([1, 2, 3, 4, 5]) }).subarray(32, 40).toString('hex')).toBe('0102030400000000');
+  });
+
+  test('HvCallModifyVtlProtectionMask header and HvCallSignalEvent input (tlfs-hypercalls.md §2.3, §2.9)', () => {
+    const h = { targetPartitionId: 0xffff_ffff_ffff_ffffn, mapFlags: 0x0000_000f, targetVtl: 0x11, rsvdZ: 0xabcdef };
+    const b = encodeModifyVtlProtectionMaskHeader(h);
+    expect(b.toString('hex')).toBe('ffffffffffffffff' + '0f000000' + '11' + 'efcdab');
+    expect(decodeModifyVtlProtectionMaskHeader(b)).toEqual(h);
+    expect(decodeSignalEventInput(hex('04030201', '0605', '0807'))).toEqual({ connectionId: 0x0102_0304, flagNumber: 0x0506, rsvdZ: 0x0708 });
+  });
+
+  test('HV_INPUT_VTL (tlfs-hypercalls.md §2.2)', () => {
+    expect(encodeInputVtl({ targetVtl: 2, useTargetVtl: true })).toBe(0x12);
+    expect(encodeInputVtl({})).toBe(0);
+    expect(encodeInputVtl({ rsvdZ: 7 })).toBe(0xe0);
+    expect(decodeInputVtl(0xff)).toEqual({ targetVtl: 0xf, useTargetVtl: true, rsvdZ: 7 });
+    expect(decodeVpRegistersHeader(hex('0100000000000000', '02000000', '11', '000000'))).toEqual({ partitionId: 1n, vpIndex: 2, targetVtl: 0x11, rsvdZ: 0 });
+  });
+
+  test('HV_REGISTER_ASSOC, HV_INITIAL_VP_CONTEXT, HvCallEnableVpVtl, HV_VP_ASSIST_PAGE (tlfs-hypercalls.md §2.5, §2.7; tlfs-vsm.md §5.2)', () => {
+    expect(rows(HvRegisterAssocLayout)).toEqual([['Name', 0, 4], ['RsvdZ', 4, 12], ['Value', 16, 16]]);
+    expect(HvInitialVpContextLayout.fields.map((f) => [f.tlfsName, f.offset])).toEqual([
+      ['Rip', 0], ['Rsp', 8], ['Rflags', 16], ['Cs', 24], ['Ds', 40], ['Es', 56], ['Fs', 72], ['Gs', 88], ['Ss', 104], ['Tr', 120], ['Ldtr', 136],
+      ['Idtr', 152], ['Gdtr', 168], ['Efer', 184], ['Cr0', 192], ['Cr3', 200], ['Cr4', 208], ['MsrCrPat', 216],
+    ]);
+    expect(HvEnableVpVtlInputLayout.offsetOf('vpVtlContext')).toBe(16);
+    expect(HvVpAssistPageLayout.size).toBe(4096);
+    expect(HvVpAssistPageLayout.offsetOf('interceptMessage')).toBe(112);
+  });
+
+  test('synthetic MSR formats (tlfs-hypercalls.md §1.7, tlfs-overlays-synic.md §4.3, §5.1)', () => {
+    expect(HV_X64_MSR_HYPERCALL_ENABLE).toBe(0x1n);
+    expect(HV_X64_MSR_HYPERCALL_LOCKED).toBe(0x2n);
+    expect(HV_X64_MSR_HYPERCALL_RSVDP).toBe(0xffcn);
+    expect(HV_OVERLAY_ENABLE).toBe(0x1n);
+    expect(HV_OVERLAY_RSVDP).toBe(0xffen);
+    expect(HV_SCONTROL_ENABLE).toBe(0x1n);
+    expect(HV_SINT_MASKED).toBe(0x10000n);
+    expect(HvSynicSintLayout.pack({ vector: 0x30, autoEoi: true })).toBe(0x20030n);
+    expect(HvSynicSintLayout.unpack(0x70031n)).toEqual({ vector: 0x31, masked: true, autoEoi: true, polling: true });
+    expect(HvX64MsrHypercallLayout.unpack(0x1234_5003n)).toEqual({ enable: true, locked: true, rsvdP: 0, gpfn: 0x12345n });
+    expect(gpfnOf(0xffff_ffff_ffff_f001n)).toBe(0xf_ffff_ffff_ffffn);
+    expect(gpfnOf(0x5001n)).toBe(5n);
+    expect(VSM_VP_SECURE_CONFIG_DEFINED).toBe(0x3n);
+    expect(VSM_VINA_DEFINED).toBe(0x7ffn);
+  });
+
+  test('MSR numbers and names (tlfs-intercepts.md §7.1)', () => {
+    expect(HvMsrNames.size).toBe(15 + 16);
+    expect(HvMsrNames.get(0x40000000)).toBe('HV_X64_MSR_GUEST_OS_ID');
+    expect(HvMsrNames.get(0x40000073)).toBe('HV_X64_MSR_VP_ASSIST_PAGE');
+    expect(HvMsrNames.get(0x40000090)).toBe('HV_X64_MSR_SINT0');
+    expect(HvMsrNames.get(0x40000095)).toBe('HV_X64_MSR_SINT5');
+    expect(HvMsrNames.get(0x4000009f)).toBe('HV_X64_MSR_SINT15');
+    for (const [name, msr] of Object.entries(HvMsr)) expect([name, HvMsrNames.get(msr)]).toEqual([name, name]);
+  });
+});
