@@ -1,6 +1,7 @@
 // vsmctl: parsing of command-line values (sizes, numbers, resource names, register and MSR names,
 // hex data). Every parser throws UsageError (exit code 2) with a message that names the bad value.
 import { pb } from '@vsm/client';
+import { HvMsr, HvMsrNames } from '@vsm/core';
 
 /** A bad value on the command line: exit code 2. */
 export class UsageError extends Error {
@@ -180,32 +181,16 @@ export function parseRegisterValue(name: number, text: string): pb.RegisterValue
 
 // ---- MSRs --------------------------------------------------------------------------------------
 
-/** Hyper-V synthetic MSRs (TLFS names), for parsing and display. */
-export const MSRS: ReadonlyMap<number, string> = new Map<number, string>([
-  [0x40000000, 'HV_X64_MSR_GUEST_OS_ID'],
-  [0x40000001, 'HV_X64_MSR_HYPERCALL'],
-  [0x40000002, 'HV_X64_MSR_VP_INDEX'],
-  [0x40000003, 'HV_X64_MSR_RESET'],
-  [0x40000010, 'HV_X64_MSR_VP_RUNTIME'],
-  [0x40000020, 'HV_X64_MSR_TIME_REF_COUNT'],
-  [0x40000021, 'HV_X64_MSR_REFERENCE_TSC'],
-  [0x40000022, 'HV_X64_MSR_TSC_FREQUENCY'],
-  [0x40000023, 'HV_X64_MSR_APIC_FREQUENCY'],
-  [0x40000073, 'HV_X64_MSR_VP_ASSIST_PAGE'],
-  [0x40000080, 'HV_X64_MSR_SCONTROL'],
-  [0x40000081, 'HV_X64_MSR_SVERSION'],
-  [0x40000082, 'HV_X64_MSR_SIEFP'],
-  [0x40000083, 'HV_X64_MSR_SIMP'],
-  [0x40000084, 'HV_X64_MSR_EOM'],
-  ...Array.from({ length: 16 }, (_, i) => [0x40000090 + i, `HV_X64_MSR_SINT${i}`] as [number, string]),
-]);
+/** Hyper-V synthetic MSRs (TLFS names), for parsing and display: the core's TLFS table. */
+export const MSRS: ReadonlyMap<number, string> = HvMsrNames;
+const MSR_EXAMPLE = `0x${HvMsr.HV_X64_MSR_GUEST_OS_ID.toString(16)}`;
 
 /** An MSR: number (0x40000000 or decimal) or a synthetic MSR name (HV_X64_MSR_HYPERCALL, hypercall, guest-os-id). */
 export function parseMsr(text: string): number {
   if (/^(0x[0-9a-f_]+|[0-9_]+)$/i.test(text.trim())) return parseU32(text, 'MSR');
   const want = norm(text).replace(/^hvx64msr/, '');
   for (const [n, name] of MSRS) if (norm(name).replace(/^hvx64msr/, '') === want) return n;
-  throw new UsageError(`unknown MSR ${JSON.stringify(text)} (give a number like 0x40000000 or a name like HV_X64_MSR_GUEST_OS_ID)`);
+  throw new UsageError(`unknown MSR ${JSON.stringify(text)} (give a number like ${MSR_EXAMPLE} or a name like HV_X64_MSR_GUEST_OS_ID)`);
 }
 
 export const msrLabel = (msr: number): string => {

@@ -5,11 +5,14 @@ import { hex64, toJson } from '../format';
 import { arg, u64Arg, vpCommand } from '../options';
 import { outcomeText } from '../outcome';
 import { msrLabel, parseMsr, vpName } from '../parse';
+import { HvMsr } from '@vsm/core';
+
+const GUEST_OS_ID = HvMsr.HV_X64_MSR_GUEST_OS_ID;
 
 export function register(program: Command, { run }: Cli): void {
   const msr = program.command('msr').description('guest RDMSR/WRMSR on a VP (in its active VTL)');
   vpCommand(msr, 'read', 'the VP executes RDMSR')
-    .argument('<msr>', 'MSR number (0x40000000, 1073741824) or name (HV_X64_MSR_GUEST_OS_ID, hypercall)', arg(parseMsr))
+    .argument('<msr>', `MSR number (0x${GUEST_OS_ID.toString(16)}, ${GUEST_OS_ID}) or name (HV_X64_MSR_GUEST_OS_ID, hypercall)`, arg(parseMsr))
     .action(
       run(async (ctx, part: string, idx: number, n: number) => {
         const name = vpName(part, idx);
