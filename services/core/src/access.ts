@@ -116,7 +116,7 @@ function raiseIntercept(p: PartitionState, vp: VirtualProcessor, protectingVtl: 
   const message = buildInterceptMessage(p, vp, kind, faultGpa, instruction);
   const rec: InterceptRecord = {
     id, vpIndex: vp.index, vtl, protectingVtl, kind, gpa: faultGpa, length, data: data ? Buffer.from(data) : undefined,
-    generation: p.viewGeneration, message, needsReply: route === 'monitor', timeUnixUs: BigInt(Date.now()) * 1000n, deliveries: 0,
+    generation: p.viewGeneration, message, needsReply: route === 'monitor', timeUnixUs: p.clock.nowUnixUs(), deliveries: 0,
   };
   if (route === 'monitor') {
     vp.suspendedOn = id;

@@ -20,3 +20,4 @@ export * from './intercepts';
 export * from './access';
 export * from './tlfs/message';
 export * from './snapshot';
+export * from './clock';

@@ -2,7 +2,8 @@
 // snapshot, get, list with page tokens, delete; and the limits that keep bad input from exhausting
 // memory, including the process-wide account of resident guest RAM every partition's memory uses.
 import { Architecture, Partition, PartitionSpec } from './partition';
-import { PlatformHooks } from './platform';
+import type { PlatformHooks } from './platform';
+import type { Clock } from './clock';
 import { HvError, HvStatus, hvFail } from './tlfs/status';
 import { HV_MAX_SUPPORTED_VTL } from './tlfs/vsm';
 import { DEFAULT_LIMITS, Limits, labelsProblem } from './limits';
@@ -38,6 +39,8 @@ export interface PartitionPlatform {
 export interface ManagerOptions {
   /** Builds the platform of a partition being created or restored (default: none, the emulator's defaults). */
   platform?: (spec: PartitionSpec) => PartitionPlatform;
+  /** The time source of every partition (default: systemClock). */
+  clock?: Clock;
 }
 
 export class PartitionManager {
@@ -78,7 +81,7 @@ export class PartitionManager {
     if (labels) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, labels);
     this.checkResident(req.memoryBytes, 0, `creating a partition of ${req.memoryBytes} bytes`);
     const id = this.allocateId(req.partitionId);
-    const spec: PartitionSpec = { id, architecture: req.architecture, vpCount: req.vpCount, memoryBytes: req.memoryBytes, maximumVtl: req.maximumVtl, labels: { ...req.labels } };
+    const spec: PartitionSpec = { id, architecture: req.architecture, vpCount: req.vpCount, memoryBytes: req.memoryBytes, maximumVtl: req.maximumVtl, labels: { ...req.labels }, ...this.clockSpec() };
     const p = this.withPlatform(spec, (hooks) => new Partition({ ...spec, platform: hooks }));
     this.partitions.set(id, p);
     if (req.requestId) this.byRequestId.set(req.requestId, { id, fingerprint });
@@ -97,8 +100,8 @@ export class PartitionManager {
     const preload = snapshot.memory.reduce((n, pg) => (pg.data.some((b) => b !== 0) ? n + PAGE_SIZE : n), 0);
     this.checkResident(snapshot.spec.memoryBytes, preload, 'restoring the snapshot');
     const id = this.allocateId(partitionId);
-    const spec: PartitionSpec = { ...snapshot.spec, labels: { ...snapshot.spec.labels }, id };
-    const p = this.withPlatform(spec, (hooks) => restorePartition(snapshot, id, hooks, this.limits));
+    const spec: PartitionSpec = { ...snapshot.spec, labels: { ...snapshot.spec.labels }, id, ...this.clockSpec() };
+    const p = this.withPlatform(spec, (hooks) => restorePartition(snapshot, id, hooks, this.limits, this.options.clock));
     this.partitions.set(id, p);
     return p;
   }
@@ -150,6 +153,11 @@ export class PartitionManager {
       this.resident.release(reserved);
       throw e;
     }
+  }
+
+  /** The injected clock as a PartitionSpec field (absent: partitions use systemClock). */
+  private clockSpec(): Pick<PartitionSpec, 'clock'> {
+    return this.options.clock ? { clock: this.options.clock } : {};
   }
 
   /** The platform of a partition, when the manager has a platform factory. */

@@ -35,7 +35,8 @@ export interface VpSnapshot {
 
 export interface CoreSnapshot {
   version: number;
-  spec: Omit<PartitionSpec, 'platform'>;
+  /** The partition's spec without what the restoring side supplies (its platform and clock). */
+  spec: Omit<PartitionSpec, 'platform' | 'clock'>;
   state: 'active' | 'crashed';
   createTimeUnixMs: number;
   vtls: { enabled: boolean; mbec: boolean; config: bigint; guestOsId: bigint; hypercallMsr: bigint; referenceTscMsr: bigint }[];

@@ -10,6 +10,7 @@ import type { InterceptRecord } from './intercepts';
 import { ProtectionMap } from './protections';
 import { VTLS, Vtl } from './vtl-array';
 import type { PlatformHooks } from './platform';
+import type { Clock } from './clock';
 import type { CoreSnapshot, RegisterEntry, VpSnapshot } from './snapshot-types';
 import { OVERLAY_KIND_NAMES, overlayKindInfo } from './overlay-kinds';
 import { hypercallPageCode } from './rules/overlay-sync';
@@ -24,7 +25,7 @@ const regs = (m: RegisterFile): RegisterEntry[] => [...m].map(([name, value]) =>
 const copyAccess = (a: PendingAccess | null): PendingAccess | null => (a ? { ...a, data: a.data ? Buffer.from(a.data) : undefined } : null);
 
 export function snapshotPartition(p: Partition): CoreSnapshot {
-  const { platform: _platform, ...spec } = p.spec;
+  const { platform: _platform, clock: _clock, ...spec } = p.spec;
   return {
     version: CORE_SNAPSHOT_VERSION,
     spec: { ...spec, labels: { ...spec.labels } },
@@ -69,9 +70,9 @@ function snapshotVp(vp: VirtualProcessor): VpSnapshot {
  * snapshot is validated completely first (validateSnapshot): a malformed one is refused with
  * HV_STATUS_INVALID_PARAMETER before anything is built.
  */
-export function restorePartition(s: CoreSnapshot, id: string, platform?: PlatformHooks, limits: SnapshotLimits = DEFAULT_LIMITS): Partition {
+export function restorePartition(s: CoreSnapshot, id: string, platform?: PlatformHooks, limits: SnapshotLimits = DEFAULT_LIMITS, clock?: Clock): Partition {
   validateSnapshot(s, limits);
-  const p = new Partition({ ...s.spec, labels: { ...s.spec.labels }, id, platform });
+  const p = new Partition({ ...s.spec, labels: { ...s.spec.labels }, id, platform, clock });
   p.state = s.state;
   p.createTimeUnixMs = s.createTimeUnixMs;
   s.vtls.forEach((v, i) => Object.assign(p.vtls.get(i as Vtl), v));

@@ -48,7 +48,7 @@ export function getRegister(p: PartitionState, vp: VirtualProcessor, vtlIn: numb
   switch (name) {
     case R.HvRegisterGuestOsId: return reg64(pv.guestOsId);
     case R.HvRegisterVpIndex: return reg64(BigInt(vp.index));
-    case R.HvRegisterTimeRefCount: return reg64((process.hrtime.bigint() - p.bootTime) / 100n);
+    case R.HvRegisterTimeRefCount: return reg64(p.clock.referenceTime100ns() - p.referenceTimeOrigin);
     case R.HvRegisterSversion: return reg64(HV_SYNIC_VERSION);
     case R.HvRegisterVsmCodePageOffsets: {
       const l = p.spec.platform?.hypercallPage;

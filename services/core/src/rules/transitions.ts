@@ -22,7 +22,7 @@ export function switchVtl(p: PartitionState, vp: VirtualProcessor, to: Vtl, entr
     const assist = p.overlays.find('vp-assist', to, vp.index);
     if (assist) assist.page.writeUInt32LE(entryReason, HvVpAssistPage.EntryReason);
   }
-  const rec: VtlTransitionRecord = { ...ev, sequence: ++p.transitionSeq, vpIndex: vp.index, timeUnixUs: BigInt(Date.now()) * 1000n };
+  const rec: VtlTransitionRecord = { ...ev, sequence: ++p.transitionSeq, vpIndex: vp.index, timeUnixUs: p.clock.nowUnixUs() };
   for (const l of p.transitionListeners) l(rec);
   return ev;
 }

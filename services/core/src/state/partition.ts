@@ -11,6 +11,7 @@ import { Vtl, VtlArray, VtlSet } from '../vtl-array';
 import type { VtlTransitionRecord } from '../outcomes';
 import { X64Vendor, encodeVsmPartitionConfig } from '../tlfs/vsm';
 import { VirtualProcessor } from './vp';
+import { Clock, systemClock } from '../clock';
 
 export type Architecture = 'x64' | 'arm64';
 
@@ -24,6 +25,8 @@ export interface PartitionSpec {
   vendor?: X64Vendor;
   /** Execution-engine hooks (KVM agent); the emulator uses the defaults. */
   platform?: PlatformHooks;
+  /** Where time comes from (default: systemClock). */
+  clock?: Clock;
 }
 
 /** Per-partition, per-VTL state. */
@@ -54,7 +57,8 @@ export class PartitionState {
   interceptRoute: InterceptRoute = 'vtl';
   /** Deadline policy for intercepts a monitor must answer (SetInterceptRoute); unset = wait. */
   interceptDeadline: { ms: number; action: InterceptAction } | undefined;
-  createTimeUnixMs = Date.now();
+  readonly clock: Clock;
+  createTimeUnixMs: number;
   state: PartitionRunState = 'active';
   /** Why the partition crashed (monitor CRASH answer, deadline policy, internal error). */
   crashReason = '';
@@ -64,13 +68,16 @@ export class PartitionState {
    *  sequence number of the last VTL transition. */
   protectionChanges = 0;
   transitionSeq = 0n;
-  /** process.hrtime at creation: HV_X64_MSR_TIME_REF_COUNT counts from here. */
-  readonly bootTime = process.hrtime.bigint();
+  /** The clock's reference time at creation: HV_X64_MSR_TIME_REF_COUNT counts from here. */
+  readonly referenceTimeOrigin: bigint;
   /** Who is told when the partition ends, and who watches its VTL transitions. */
   readonly endListeners = new Set<(why: PartitionEnd) => void>();
   readonly transitionListeners = new Set<(t: VtlTransitionRecord) => void>();
 
   constructor(readonly spec: PartitionSpec) {
+    this.clock = spec.clock ?? systemClock;
+    this.createTimeUnixMs = this.clock.nowUnixMs();
+    this.referenceTimeOrigin = this.clock.referenceTime100ns();
     this.memory = spec.platform?.ram ?? new SparseMemory(spec.memoryBytes);
     if (this.memory.sizeBytes !== spec.memoryBytes) throw new Error('platform RAM size differs from the partition size');
     this.vendor = spec.vendor ?? 'amd';

@@ -40,7 +40,7 @@ export class EmulatorBackend implements Backend {
 
   /** `options.platform`: an execution engine for every partition (the KVM agent passes one). */
   constructor(limits: Partial<core.Limits> = {}, options: CoreBackendOptions = {}) {
-    this.manager = new PartitionManager({ ...core.DEFAULT_LIMITS, ...limits }, { platform: options.platform });
+    this.manager = new PartitionManager({ ...core.DEFAULT_LIMITS, ...limits }, { platform: options.platform, clock: options.clock });
     this.kind = options.kind ?? 'emulator';
     this.architectures = options.architectures ?? [pb.Architecture.ARCHITECTURE_X64, pb.Architecture.ARCHITECTURE_ARM64];
     this.extraFeatures = options.features ?? [];
