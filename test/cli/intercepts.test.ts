@@ -7,10 +7,11 @@ import { ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
 import { pb } from '@vsm/client';
 import { Harness, startHarness } from '../support/server';
 import { CLI, ROOT, Run, assertBuilt, childEnv, vsmctl } from './support';
+import { HvMsr } from '@vsm/core';
 
 jest.setTimeout(60_000);
 
-const MSR = { GUEST_OS_ID: 0x40000000, HYPERCALL: 0x40000001, SCONTROL: 0x40000080, SIEFP: 0x40000082, SIMP: 0x40000083, SINT0: 0x40000090 };
+const MSR = { GUEST_OS_ID: HvMsr.HV_X64_MSR_GUEST_OS_ID, HYPERCALL: HvMsr.HV_X64_MSR_HYPERCALL, SCONTROL: HvMsr.HV_X64_MSR_SCONTROL, SIEFP: HvMsr.HV_X64_MSR_SIEFP, SIMP: HvMsr.HV_X64_MSR_SIMP, SINT0: HvMsr.HV_X64_MSR_SINT0 };
 const PROTECTED = 0x40000n; // page 0x40
 const SIMP_GPA = 0x9000n;
 const r64 = (name: pb.HvRegisterName, v: bigint): pb.RegisterAssoc => ({ name, value: { value: { $case: 'reg64', value: v } } });

@@ -3,8 +3,9 @@
 import { status } from '@grpc/grpc-js';
 import { MonitorSession, pb } from '@vsm/client';
 import { GiB, Harness, failure, startHarness } from '../support/server';
+import { HvMsr } from '@vsm/core';
 
-const MSR = { GUEST_OS_ID: 0x40000000, HYPERCALL: 0x40000001, SCONTROL: 0x40000080, SIMP: 0x40000083, EOM: 0x40000084, SINT0: 0x40000090 };
+const MSR = { GUEST_OS_ID: HvMsr.HV_X64_MSR_GUEST_OS_ID, HYPERCALL: HvMsr.HV_X64_MSR_HYPERCALL, SCONTROL: HvMsr.HV_X64_MSR_SCONTROL, SIMP: HvMsr.HV_X64_MSR_SIMP, EOM: HvMsr.HV_X64_MSR_EOM, SINT0: HvMsr.HV_X64_MSR_SINT0 };
 const R = pb.HvRegisterName;
 const PROTECTED = 0x40000n; // page 0x40
 const SIMP_GPA = 0x9000n;
@@ -376,7 +377,7 @@ describe('SynIC queues, held-back sources, observe-only monitors, arm64', () => 
     const sig = (sint: number, flag: number) => h.client.synic.signalEvent({ name: vp0, vtl: 1, sint, flag });
     let e = await failure(sig(0, 5));
     expect([e.code, e.reason]).toEqual([status.FAILED_PRECONDITION, 'HV_STATUS_INVALID_SYNIC_STATE']); // no SIEF page
-    await h.client.guest.writeMsr({ name: vp0, msr: 0x40000082, value: 0xa000n | 1n }); // VTL1 SIEFP
+    await h.client.guest.writeMsr({ name: vp0, msr: HvMsr.HV_X64_MSR_SIEFP, value: 0xa000n | 1n }); // VTL1 SIEFP
     expect((await sig(0, 13)).newlySet).toBe(true);
     expect((await sig(0, 13)).newlySet).toBe(false);
     const sief = Buffer.from((await h.client.memory.readGpa({ name, gpa: 0xa000n, length: 4, vtlView: 1 })).data);

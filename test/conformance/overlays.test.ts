@@ -3,8 +3,9 @@
 // are per VTL; stacking order is documented (most recently placed on top). Public API only.
 import { pb } from '@vsm/client';
 import { GiB, Harness, startHarness } from '../support/server';
+import { HvMsr } from '@vsm/core';
 
-const MSR = { GUEST_OS_ID: 0x40000000, HYPERCALL: 0x40000001, REFERENCE_TSC: 0x40000021, VP_ASSIST_PAGE: 0x40000073, SIEFP: 0x40000082, SIMP: 0x40000083 };
+const MSR = { GUEST_OS_ID: HvMsr.HV_X64_MSR_GUEST_OS_ID, HYPERCALL: HvMsr.HV_X64_MSR_HYPERCALL, REFERENCE_TSC: HvMsr.HV_X64_MSR_REFERENCE_TSC, VP_ASSIST_PAGE: HvMsr.HV_X64_MSR_VP_ASSIST_PAGE, SIEFP: HvMsr.HV_X64_MSR_SIEFP, SIMP: HvMsr.HV_X64_MSR_SIMP };
 const P = 0x5000n;
 const Q = 0x7000n;
 const pattern = Buffer.from(Array.from({ length: 4096 }, (_, i) => (i * 7 + 3) & 0xff));

@@ -3,8 +3,9 @@
 import { status } from '@grpc/grpc-js';
 import { pb } from '@vsm/client';
 import { GiB, Harness, failure, startHarness } from '../support/server';
+import { HvMsr } from '@vsm/core';
 
-const MSR = { GUEST_OS_ID: 0x40000000, HYPERCALL: 0x40000001, SCONTROL: 0x40000080, SIMP: 0x40000083, EOM: 0x40000084, VP_ASSIST: 0x40000073 };
+const MSR = { GUEST_OS_ID: HvMsr.HV_X64_MSR_GUEST_OS_ID, HYPERCALL: HvMsr.HV_X64_MSR_HYPERCALL, SCONTROL: HvMsr.HV_X64_MSR_SCONTROL, SIMP: HvMsr.HV_X64_MSR_SIMP, EOM: HvMsr.HV_X64_MSR_EOM, VP_ASSIST: HvMsr.HV_X64_MSR_VP_ASSIST_PAGE };
 const R = pb.HvRegisterName;
 const r64 = (name: pb.HvRegisterName, v: bigint): pb.RegisterAssoc => ({ name, value: { value: { $case: 'reg64', value: v } } });
 const normalize = (x: unknown) =>

@@ -3,10 +3,9 @@
 import { status } from '@grpc/grpc-js';
 import { pb } from '@vsm/client';
 import { GiB, Harness, failure, startHarness } from '../support/server';
+import { HvMsr } from '@vsm/core';
 
-const HV_X64_MSR_GUEST_OS_ID = 0x40000000;
-const HV_X64_MSR_HYPERCALL = 0x40000001;
-const HV_X64_MSR_VP_ASSIST_PAGE = 0x40000073;
+const { HV_X64_MSR_GUEST_OS_ID, HV_X64_MSR_HYPERCALL, HV_X64_MSR_VP_ASSIST_PAGE } = HvMsr;
 const R = pb.HvRegisterName;
 const r64 = (name: pb.HvRegisterName, v: bigint): pb.RegisterAssoc => ({ name, value: { value: { $case: 'reg64', value: v } } });
 

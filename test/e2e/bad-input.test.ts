@@ -3,6 +3,7 @@
 import { status } from '@grpc/grpc-js';
 import { pb } from '@vsm/client';
 import { GiB, Harness, failure, startHarness } from '../support/server';
+import { HvMsr } from '@vsm/core';
 
 let h: Harness;
 let part: string;
@@ -51,8 +52,8 @@ describe('VirtualProcessorService', () => {
 describe('GuestService', () => {
   test('unknown and read-only MSRs raise #GP (an architectural outcome, not an RPC error)', async () => {
     expect((await h.client.guest.readMsr({ name: vp0, msr: 0x400000ff })).outcome?.exception).toBe(pb.X64Exception.X64_EXCEPTION_GP);
-    expect((await h.client.guest.writeMsr({ name: vp0, msr: 0x40000002, value: 1n })).outcome?.exception).toBe(pb.X64Exception.X64_EXCEPTION_GP);
-    expect((await h.client.guest.readMsr({ name: vp0, msr: 0x40000002 })).value).toBe(0n);
+    expect((await h.client.guest.writeMsr({ name: vp0, msr: HvMsr.HV_X64_MSR_VP_INDEX, value: 1n })).outcome?.exception).toBe(pb.X64Exception.X64_EXCEPTION_GP);
+    expect((await h.client.guest.readMsr({ name: vp0, msr: HvMsr.HV_X64_MSR_VP_INDEX })).value).toBe(0n);
     await expectErr(h.client.guest.readMsr({ name: 'x', msr: 1 }), ...INVALID);
   });
   test('hypercall input validation gives TLFS statuses in the result value', async () => {
@@ -79,8 +80,8 @@ describe('GuestService', () => {
     await expectErr(h.client.guest.writeMemory({ name: vp0, gpa: GiB, data: Buffer.from([1]) }), ...INVALID);
   });
   test('a guest write to the hypercall page raises #GP and changes nothing', async () => {
-    await h.client.guest.writeMsr({ name: vp0, msr: 0x40000000, value: 1n });
-    await h.client.guest.writeMsr({ name: vp0, msr: 0x40000001, value: 0x3000n | 1n });
+    await h.client.guest.writeMsr({ name: vp0, msr: HvMsr.HV_X64_MSR_GUEST_OS_ID, value: 1n });
+    await h.client.guest.writeMsr({ name: vp0, msr: HvMsr.HV_X64_MSR_HYPERCALL, value: 0x3000n | 1n });
     const before = await h.client.guest.readMemory({ name: vp0, gpa: 0x3000n, length: 8 });
     const w = await h.client.guest.writeMemory({ name: vp0, gpa: 0x2ffcn, data: Buffer.alloc(8, 0x90) });
     expect(w.outcome?.exception).toBe(pb.X64Exception.X64_EXCEPTION_GP);

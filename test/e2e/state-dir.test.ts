@@ -5,6 +5,7 @@ import * as path from 'node:path';
 import pino from 'pino';
 import { connect, pb } from '@vsm/client';
 import { EmulatorBackend, StateStore, persistentBackend, restoreAll, startServer } from '@vsm/service';
+import { HvMsr } from '@vsm/core';
 
 const GiB = 1n << 30n;
 
@@ -26,8 +27,8 @@ test('partitions, VTL state, overlays and protections survive a restart; deletes
   await a.client.partitions.createPartition({ partitionId: 'gone', partition: { vpCount: 1, memoryBytes: GiB } as pb.Partition });
   const vp0 = `${p.name}/vps/0`;
   await a.client.memory.writeGpa({ name: p.name, gpa: 0x1000n, data: Buffer.from('underneath') });
-  await a.client.guest.writeMsr({ name: vp0, msr: 0x40000000, value: 7n });
-  await a.client.guest.writeMsr({ name: vp0, msr: 0x40000001, value: 0x1001n });
+  await a.client.guest.writeMsr({ name: vp0, msr: HvMsr.HV_X64_MSR_GUEST_OS_ID, value: 7n });
+  await a.client.guest.writeMsr({ name: vp0, msr: HvMsr.HV_X64_MSR_HYPERCALL, value: 0x1001n });
   await a.client.vtl.enablePartitionVtl({ name: p.name, targetVtl: 1 });
   await a.client.vtl.enableVpVtl({ name: vp0, targetVtl: 1 });
   await a.client.guest.callHypercallPage({ name: vp0, offset: 0x0f, rcx: 0n });

@@ -7,6 +7,7 @@ import pino from 'pino';
 import { status } from '@grpc/grpc-js';
 import { connect, pb, VsmError } from '@vsm/client';
 import { RemoteBackend, RunningServer, startServer } from '@vsm/service';
+import { HvMsr } from '@vsm/core';
 
 const kvm = (() => { try { fs.accessSync('/dev/kvm', fs.constants.R_OK | fs.constants.W_OK); return undefined; } catch { return 'no usable /dev/kvm'; } })();
 if (kvm) process.stderr.write(`agent-restart: skipped: ${kvm}\n`);
@@ -31,24 +32,24 @@ function freePort(): Promise<number> {
     const c = connect(svc.address, { deadlineMs: 15_000 });
     try {
       const p = await c.partitions.createPartition({ partitionId: 'ar', partition: { vpCount: 1, memoryBytes: 1n << 30n } as pb.Partition });
-      await c.guest.writeMsr({ name: `${p.name}/vps/0`, msr: 0x40000000, value: 5n });
+      await c.guest.writeMsr({ name: `${p.name}/vps/0`, msr: HvMsr.HV_X64_MSR_GUEST_OS_ID, value: 5n });
       agent.server.forceShutdown(); // the agent dies
       await agent.shutdown('test');
       const t0 = Date.now();
-      const down = await c.guest.readMsr({ name: `${p.name}/vps/0`, msr: 0x40000000 }).then(() => undefined, (e: unknown) => e);
+      const down = await c.guest.readMsr({ name: `${p.name}/vps/0`, msr: HvMsr.HV_X64_MSR_GUEST_OS_ID }).then(() => undefined, (e: unknown) => e);
       expect(down).toBeInstanceOf(VsmError);
       expect((down as VsmError).code).toBe(status.UNAVAILABLE);
       expect(Date.now() - t0).toBeLessThan(10_000);
       agent = await startServer({ listen: agentAddr, backend: new KvmBackend(), logger, shutdownGraceMs: 200 });
       let gone: unknown;
       for (let i = 0; i < 50; i++) {
-        gone = await c.guest.readMsr({ name: `${p.name}/vps/0`, msr: 0x40000000 }).then(() => undefined, (e: unknown) => e);
+        gone = await c.guest.readMsr({ name: `${p.name}/vps/0`, msr: HvMsr.HV_X64_MSR_GUEST_OS_ID }).then(() => undefined, (e: unknown) => e);
         if ((gone as VsmError | undefined)?.code !== status.UNAVAILABLE) break;
         await new Promise((r) => setTimeout(r, 200)); // the channel reconnects with backoff
       }
       expect([(gone as VsmError).code, (gone as VsmError).reason]).toEqual([status.NOT_FOUND, 'HV_STATUS_INVALID_PARTITION_ID']);
       const again = await c.partitions.createPartition({ partitionId: 'ar2', partition: { vpCount: 1, memoryBytes: 1n << 30n } as pb.Partition });
-      expect((await c.guest.readMsr({ name: `${again.name}/vps/0`, msr: 0x40000000 })).value).toBe(0n);
+      expect((await c.guest.readMsr({ name: `${again.name}/vps/0`, msr: HvMsr.HV_X64_MSR_GUEST_OS_ID })).value).toBe(0n);
     } finally {
       c.close();
       await svc.shutdown('test');

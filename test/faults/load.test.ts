@@ -5,6 +5,7 @@
 import pino from 'pino';
 import { connect, pb, VsmClient } from '@vsm/client';
 import { EmulatorBackend, startServer } from '@vsm/service';
+import { HvMsr } from '@vsm/core';
 
 const CLIENTS = 16;
 const ROUNDS = 40; // VtlCall + VtlReturn pairs per client
@@ -21,11 +22,11 @@ test(`${CLIENTS} clients, ${CLIENTS} watch streams, 4 monitors: nothing lost`, a
       const vp = `${p.name}/vps/0`;
       await c.vtl.enablePartitionVtl({ name: p.name, targetVtl: 1 });
       await c.vtl.enableVpVtl({ name: vp, targetVtl: 1 });
-      await c.guest.writeMsr({ name: vp, msr: 0x40000000, value: 1n });
-      await c.guest.writeMsr({ name: vp, msr: 0x40000001, value: 0x1001n });
+      await c.guest.writeMsr({ name: vp, msr: HvMsr.HV_X64_MSR_GUEST_OS_ID, value: 1n });
+      await c.guest.writeMsr({ name: vp, msr: HvMsr.HV_X64_MSR_HYPERCALL, value: 0x1001n });
       await c.guest.callHypercallPage({ name: vp, offset: 0x0f, rcx: 0n });
-      await c.guest.writeMsr({ name: vp, msr: 0x40000000, value: 1n });
-      await c.guest.writeMsr({ name: vp, msr: 0x40000001, value: 0x2001n });
+      await c.guest.writeMsr({ name: vp, msr: HvMsr.HV_X64_MSR_GUEST_OS_ID, value: 1n });
+      await c.guest.writeMsr({ name: vp, msr: HvMsr.HV_X64_MSR_HYPERCALL, value: 0x2001n });
       await c.vps.setVpRegisters({ name: vp, vtl: 1, registers: [{ name: pb.HvRegisterName.HV_REGISTER_NAME_VSM_PARTITION_CONFIG, value: { value: { $case: 'reg64', value: 1n | (0xfn << 1n) } } }] });
       await c.guest.callHypercallPage({ name: vp, offset: 0x26, rcx: 1n });
       if (i < 4) {

@@ -6,6 +6,7 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { connect, pb } from '@vsm/client';
+import { HvMsr } from '@vsm/core';
 
 const MAIN = path.resolve(__dirname, '../../services/vsm-service/dist/main.js');
 
@@ -42,7 +43,7 @@ test('SIGKILL and restart with --state-dir: acknowledged partitions and their VS
   const names: string[] = [];
   for (let i = 0; i < 5; i++) {
     const p = await c.partitions.createPartition({ partitionId: `r${i}`, partition: { vpCount: 2, memoryBytes: 1n << 30n, maximumVtl: 1 } as pb.Partition });
-    await c.guest.writeMsr({ name: `${p.name}/vps/1`, msr: 0x40000000, value: BigInt(1000 + i) });
+    await c.guest.writeMsr({ name: `${p.name}/vps/1`, msr: HvMsr.HV_X64_MSR_GUEST_OS_ID, value: BigInt(1000 + i) });
     await c.vtl.enablePartitionVtl({ name: p.name, targetVtl: 1 });
     names.push(p.name);
   }
@@ -55,7 +56,7 @@ test('SIGKILL and restart with --state-dir: acknowledged partitions and their VS
     const list = await c2.partitions.listPartitions({});
     expect(list.partitions.map((p) => p.name)).toEqual(names);
     for (let i = 0; i < 5; i++) {
-      expect((await c2.guest.readMsr({ name: `${names[i]}/vps/1`, msr: 0x40000000 })).value).toBe(BigInt(1000 + i));
+      expect((await c2.guest.readMsr({ name: `${names[i]}/vps/1`, msr: HvMsr.HV_X64_MSR_GUEST_OS_ID })).value).toBe(BigInt(1000 + i));
       expect((await c2.partitions.getPartition({ name: names[i]! })).enabledVtlSet).toBe(0b11);
     }
   } finally {

@@ -8,6 +8,7 @@ import { connect, pb } from '@vsm/client';
 import {
   AGENT_IMAGE, BUILD_TIMEOUT_MS, SERVICE_IMAGE, buildImage, freePort, healthy, kvmUnavailable, requireEngine, run,
 } from './support/docker';
+import { HvMsr } from '@vsm/core';
 
 // A MiniGuest from the agent's own KVM layer: `mov eax, 0x5a; out 0x10, al; hlt`.
 const GUEST = `
@@ -86,9 +87,9 @@ describe('vsm-kvm-agent image', () => {
           const p = await c.partitions.createPartition({ partitionId: 'it-agent', partition: { vpCount: 1, memoryBytes: 1n << 30n, maximumVtl: 1 } as pb.Partition });
           expect(p.name).toBe('partitions/it-agent');
           const vp0 = `${p.name}/vps/0`;
-          await c.guest.writeMsr({ name: vp0, msr: 0x40000000, value: 0x8100_0000_0000_0001n });
-          expect((await c.guest.readMsr({ name: vp0, msr: 0x40000000 })).value).toBe(0x8100_0000_0000_0001n);
-          await c.guest.writeMsr({ name: vp0, msr: 0x40000001, value: 0x1000n | 1n });
+          await c.guest.writeMsr({ name: vp0, msr: HvMsr.HV_X64_MSR_GUEST_OS_ID, value: 0x8100_0000_0000_0001n });
+          expect((await c.guest.readMsr({ name: vp0, msr: HvMsr.HV_X64_MSR_GUEST_OS_ID })).value).toBe(0x8100_0000_0000_0001n);
+          await c.guest.writeMsr({ name: vp0, msr: HvMsr.HV_X64_MSR_HYPERCALL, value: 0x1000n | 1n });
           expect((await c.vtl.enablePartitionVtl({ name: p.name, targetVtl: 1 })).enabledVtlSet).toBe(0b11);
           await c.vtl.enableVpVtl({ name: vp0, targetVtl: 1 });
           const call = await c.guest.callHypercallPage({ name: vp0, offset: 0x0f, rcx: 0n });

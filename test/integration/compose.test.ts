@@ -6,6 +6,7 @@
 import { DockerComposeEnvironment, StartedDockerComposeEnvironment, Wait } from 'testcontainers';
 import { connect, pb } from '@vsm/client';
 import { AGENT_IMAGE, BUILD_TIMEOUT_MS, SERVICE_IMAGE, buildImage, freePort, healthy, kvmUnavailable, repoRoot, requireEngine } from './support/docker';
+import { HvMsr } from '@vsm/core';
 
 const SERVICE = 'vsm-service-emulator-1'; // Compose names containers <project>-<service>-<n>
 
@@ -61,7 +62,7 @@ describe('docker compose --profile emulator', () => {
     const vp0 = 'partitions/it-durable/vps/0';
     try {
       await client.partitions.createPartition({ partitionId: 'it-durable', partition: { vpCount: 1, memoryBytes: 1n << 30n, maximumVtl: 1 } as pb.Partition });
-      await client.guest.writeMsr({ name: vp0, msr: 0x40000000, value: 0x8100_0000_0000_0042n });
+      await client.guest.writeMsr({ name: vp0, msr: HvMsr.HV_X64_MSR_GUEST_OS_ID, value: 0x8100_0000_0000_0042n });
     } finally {
       client.close();
     }
@@ -75,7 +76,7 @@ describe('docker compose --profile emulator', () => {
     client = connect(address, { deadlineMs: 10_000 });
     try {
       expect((await client.partitions.getPartition({ name: 'partitions/it-durable' })).name).toBe('partitions/it-durable');
-      expect((await client.guest.readMsr({ name: vp0, msr: 0x40000000 })).value).toBe(0x8100_0000_0000_0042n);
+      expect((await client.guest.readMsr({ name: vp0, msr: HvMsr.HV_X64_MSR_GUEST_OS_ID })).value).toBe(0x8100_0000_0000_0042n);
     } finally {
       client.close();
     }
@@ -118,9 +119,9 @@ const kvm = kvmUnavailable();
       const p = await client.partitions.createPartition({ partitionId: 'it-compose-kvm', partition: { vpCount: 1, memoryBytes: 1n << 30n, maximumVtl: 1 } as pb.Partition });
       expect(p.name).toBe('partitions/it-compose-kvm');
       const vp0 = `${p.name}/vps/0`;
-      await client.guest.writeMsr({ name: vp0, msr: 0x40000000, value: 0x8100_0000_0000_0001n });
-      expect((await client.guest.readMsr({ name: vp0, msr: 0x40000000 })).value).toBe(0x8100_0000_0000_0001n);
-      await client.guest.writeMsr({ name: vp0, msr: 0x40000001, value: 0x1000n | 1n });
+      await client.guest.writeMsr({ name: vp0, msr: HvMsr.HV_X64_MSR_GUEST_OS_ID, value: 0x8100_0000_0000_0001n });
+      expect((await client.guest.readMsr({ name: vp0, msr: HvMsr.HV_X64_MSR_GUEST_OS_ID })).value).toBe(0x8100_0000_0000_0001n);
+      await client.guest.writeMsr({ name: vp0, msr: HvMsr.HV_X64_MSR_HYPERCALL, value: 0x1000n | 1n });
       await client.vtl.enablePartitionVtl({ name: p.name, targetVtl: 1 });
       await client.vtl.enableVpVtl({ name: vp0, targetVtl: 1 });
       const call = await client.guest.callHypercallPage({ name: vp0, offset: 0x0f, rcx: 0n });

@@ -8,8 +8,9 @@ import { status } from '@grpc/grpc-js';
 import { GenericContainer, StartedTestContainer, Wait } from 'testcontainers';
 import { connect, pb, VsmClient, VsmError } from '@vsm/client';
 import { AGENT_IMAGE, BUILD_TIMEOUT_MS, SERVICE_IMAGE, buildImage, freePort, healthy, kvmUnavailable, requireEngine, run } from './support/docker';
+import { HvMsr } from '@vsm/core';
 
-const GUEST_OS_ID = 0x40000000;
+const GUEST_OS_ID = HvMsr.HV_X64_MSR_GUEST_OS_ID;
 const AGENT_FLAGS = ['--network', 'host', '--init', '--device', '/dev/kvm', '--user', '0:0', '--cap-drop', 'ALL', '--security-opt', 'no-new-privileges', '--read-only'];
 
 const kvm = kvmUnavailable();

@@ -5,9 +5,9 @@
 import { GenericContainer, StartedTestContainer, Wait } from 'testcontainers';
 import { connect, pb, VsmClient } from '@vsm/client';
 import { BUILD_TIMEOUT_MS, SERVICE_IMAGE, buildImage, freePort, healthy, listenAddresses, requireEngine } from './support/docker';
+import { HvMsr } from '@vsm/core';
 
-const HV_X64_MSR_GUEST_OS_ID = 0x40000000;
-const HV_X64_MSR_HYPERCALL = 0x40000001;
+const { HV_X64_MSR_GUEST_OS_ID, HV_X64_MSR_HYPERCALL } = HvMsr;
 const GiB = 1n << 30n;
 
 let container: StartedTestContainer | undefined;

@@ -9,6 +9,7 @@ import { parsePolicy } from '@vsm/service/security';
 import { failure } from '../support/server';
 import { tempDir } from '../support/tls';
 import { LogLine, audits, partitionSpec, startSecured, tokenHash } from './support';
+import { HvMsr } from '@vsm/core';
 
 const policy = parsePolicy(JSON.stringify({
   principals: {
@@ -97,7 +98,7 @@ describe('authorization (unary)', () => {
     await viewer.vps.getVpRegisters({ name: 'partitions/dev-1/vps/0', names: [pb.HvRegisterName.HV_REGISTER_NAME_X64_RIP] });
     await viewer.memory.readGpa({ name: 'partitions/dev-1', gpa: 0n, length: 16 });
     await viewer.intercepts.getVtlProtections({ name: 'partitions/dev-1', protectingVtl: 1 });
-    await denied(viewer.guest.writeMsr({ name: 'partitions/dev-1/vps/0', msr: 0x40000000, value: 1n }));
+    await denied(viewer.guest.writeMsr({ name: 'partitions/dev-1/vps/0', msr: HvMsr.HV_X64_MSR_GUEST_OS_ID, value: 1n }));
     await denied(viewer.guest.readMemory({ name: 'partitions/dev-1/vps/0', gpa: 0n, length: 1 })); // a guest action
     await denied(viewer.memory.writeGpa({ name: 'partitions/dev-1', gpa: 0n, data: Buffer.from([1]) }));
     await denied(viewer.vps.setVpRegisters({ name: 'partitions/dev-1/vps/0', registers: [] }));
@@ -107,10 +108,10 @@ describe('authorization (unary)', () => {
 
   test('operator on partitions/prod-* acts on prod partitions only; allowed mutating calls are audited at info', async () => {
     const before = lines.length;
-    const r = await prodops.guest.writeMsr({ name: 'partitions/prod-1/vps/0', msr: 0x40000000, value: 1n });
+    const r = await prodops.guest.writeMsr({ name: 'partitions/prod-1/vps/0', msr: HvMsr.HV_X64_MSR_GUEST_OS_ID, value: 1n });
     expect(r.outcome?.exception).toBe(0);
     await prodops.vtl.enablePartitionVtl({ name: 'partitions/prod-1', targetVtl: 1 });
-    await denied(prodops.guest.writeMsr({ name: 'partitions/dev-1/vps/0', msr: 0x40000000, value: 1n }));
+    await denied(prodops.guest.writeMsr({ name: 'partitions/dev-1/vps/0', msr: HvMsr.HV_X64_MSR_GUEST_OS_ID, value: 1n }));
     await denied(prodops.vtl.enablePartitionVtl({ name: 'partitions/dev-1', targetVtl: 1 }));
     await denied(prodops.partitions.createPartition({ partitionId: 'prod-2', partition: partitionSpec() })); // admin only
     await denied(prodops.partitions.deletePartition({ name: 'partitions/prod-1' }));
@@ -139,9 +140,9 @@ describe('authorization (unary)', () => {
   });
 
   test('malformed names: INVALID_ARGUMENT for callers who hold the role somewhere, PERMISSION_DENIED otherwise', async () => {
-    const e = await failure(prodops.guest.writeMsr({ name: 'not-a-name', msr: 0x40000000, value: 1n }));
+    const e = await failure(prodops.guest.writeMsr({ name: 'not-a-name', msr: HvMsr.HV_X64_MSR_GUEST_OS_ID, value: 1n }));
     expect([e.codeName, e.reason]).toEqual(['INVALID_ARGUMENT', 'HV_STATUS_INVALID_PARAMETER']);
-    await denied(viewer.guest.writeMsr({ name: 'not-a-name', msr: 0x40000000, value: 1n }));
+    await denied(viewer.guest.writeMsr({ name: 'not-a-name', msr: HvMsr.HV_X64_MSR_GUEST_OS_ID, value: 1n }));
   });
 });
 
@@ -152,13 +153,13 @@ describe('authorization (streams)', () => {
     const next = it.next();
     // Make a transition happen: VTL1 on VP0, hypercall page, VtlCall.
     await boss.vtl.enableVpVtl({ name: 'partitions/prod-1/vps/0', targetVtl: 1 });
-    await boss.guest.writeMsr({ name: 'partitions/prod-1/vps/0', msr: 0x40000001, value: 0x1001n });
+    await boss.guest.writeMsr({ name: 'partitions/prod-1/vps/0', msr: HvMsr.HV_X64_MSR_HYPERCALL, value: 0x1001n });
     await boss.guest.callHypercallPage({ name: 'partitions/prod-1/vps/0', offset: 0x0f, rcx: 0n });
     const ev = await next;
     expect(ev.value?.event?.$case).toBe('transition');
     ac.abort();
-    await boss.guest.writeMsr({ name: 'partitions/prod-1/vps/0', msr: 0x40000000, value: 2n }); // VTL1 sets up its own hypercall page
-    await boss.guest.writeMsr({ name: 'partitions/prod-1/vps/0', msr: 0x40000001, value: 0x2001n });
+    await boss.guest.writeMsr({ name: 'partitions/prod-1/vps/0', msr: HvMsr.HV_X64_MSR_GUEST_OS_ID, value: 2n }); // VTL1 sets up its own hypercall page
+    await boss.guest.writeMsr({ name: 'partitions/prod-1/vps/0', msr: HvMsr.HV_X64_MSR_HYPERCALL, value: 0x2001n });
     expect((await boss.guest.callHypercallPage({ name: 'partitions/prod-1/vps/0', offset: 0x26, rcx: 1n })).outcome?.activeVtl).toBe(0); // VtlReturn
 
     const before = lines.length;

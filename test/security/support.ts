@@ -4,6 +4,7 @@ import pino, { Logger } from 'pino';
 import { pb, VsmClient } from '@vsm/client';
 import { EmulatorBackend, RunningServer, ServerOptions, startServer } from '@vsm/service';
 import { sha256Hex } from '@vsm/service/security';
+import { HvMsr } from '@vsm/core';
 
 export interface LogLine {
   level: number;
@@ -36,7 +37,7 @@ export const partitionSpec = (vpCount = 1, maximumVtl = 1) => ({ vpCount, memory
 
 // ---- a partition with VTL1 set up as a guest would (shared with test/fuzz) ------------------
 
-export const MSR = { GUEST_OS_ID: 0x40000000, HYPERCALL: 0x40000001, VP_ASSIST: 0x40000073, REFERENCE_TSC: 0x40000021, SCONTROL: 0x40000080, SIEFP: 0x40000082, SIMP: 0x40000083, EOM: 0x40000084, SINT0: 0x40000090 };
+export const MSR = { GUEST_OS_ID: HvMsr.HV_X64_MSR_GUEST_OS_ID, HYPERCALL: HvMsr.HV_X64_MSR_HYPERCALL, VP_ASSIST: HvMsr.HV_X64_MSR_VP_ASSIST_PAGE, REFERENCE_TSC: HvMsr.HV_X64_MSR_REFERENCE_TSC, SCONTROL: HvMsr.HV_X64_MSR_SCONTROL, SIEFP: HvMsr.HV_X64_MSR_SIEFP, SIMP: HvMsr.HV_X64_MSR_SIMP, EOM: HvMsr.HV_X64_MSR_EOM, SINT0: HvMsr.HV_X64_MSR_SINT0 };
 export const r64 = (name: pb.HvRegisterName, v: bigint): pb.RegisterAssoc => ({ name, value: { value: { $case: 'reg64', value: v } } });
 
 export interface Vtl1Layout {

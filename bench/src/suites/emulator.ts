@@ -6,7 +6,7 @@ import * as core from '@vsm/core';
 import type { Suite } from '../api';
 import { measureInChild } from '../lib/memprobe';
 
-const HV_X64_MSR_GUEST_OS_ID = 0x40000000;
+const { HV_X64_MSR_GUEST_OS_ID, HV_X64_MSR_HYPERCALL, HV_X64_MSR_SIMP } = core.HvMsr;
 
 export const suite: Suite = {
   name: 'emulator',
@@ -42,7 +42,7 @@ export const suite: Suite = {
     for (const vtl of [0, 1] as const) {
       vp.activeVtl = vtl;
       part.writeMsr(vp, HV_X64_MSR_GUEST_OS_ID, 1n);
-      part.writeMsr(vp, 0x40000001, (vtl === 0 ? 0x1000n : 0x2000n) | 1n);
+      part.writeMsr(vp, HV_X64_MSR_HYPERCALL, (vtl === 0 ? 0x1000n : 0x2000n) | 1n);
     }
     vp.activeVtl = 0;
     const R = core.HvRegisterName;
@@ -59,8 +59,8 @@ export const suite: Suite = {
       ctx.recordLatency('core.vtlcall_vtlreturn', s.map((x) => x / batch));
       const o = await ctx.sampleLatency(async () => {
         for (let i = 0; i < batch; i++) {
-          part.writeMsr(vp, 0x40000083, 0x5001n);
-          part.writeMsr(vp, 0x40000083, 0x5000n);
+          part.writeMsr(vp, HV_X64_MSR_SIMP, 0x5001n);
+          part.writeMsr(vp, HV_X64_MSR_SIMP, 0x5000n);
         }
       }, { warmup: 5, samples: ctx.pick(30, 200) });
       ctx.recordLatency('core.overlay_place_remove', o.map((x) => x / batch));

@@ -1,5 +1,5 @@
 // Regressions for bugs found by the core test pass (each was reproduced before the fix).
-import { HvRegisterName as R, Partition, callHypercallPage, encodeHypercallInput, executeVmcall, longModeContext, reg64, encodeVpRegistersHeader, HV_PARTITION_ID_SELF, HV_VP_INDEX_SELF } from '@vsm/core';
+import { HvMsr, HvRegisterName as R, Partition, callHypercallPage, encodeHypercallInput, executeVmcall, longModeContext, reg64, encodeVpRegistersHeader, HV_PARTITION_ID_SELF, HV_VP_INDEX_SELF } from '@vsm/core';
 
 function partition(): Partition {
   const p = new Partition({ id: 't', architecture: 'x64', vpCount: 1, memoryBytes: 1n << 24n, maximumVtl: 1, labels: {} });
@@ -27,14 +27,14 @@ test('A: a rep call resumed at a start index leaves the output elements before i
 test('B: a RIP written to a VTL parked in a stub is the RIP it resumes at', () => {
   const p = partition();
   const vp = p.vps[0]!;
-  p.writeMsr(vp, 0x40000000, 1n);
-  p.writeMsr(vp, 0x40000001, 0x10001n);
+  p.writeMsr(vp, HvMsr.HV_X64_MSR_GUEST_OS_ID, 1n);
+  p.writeMsr(vp, HvMsr.HV_X64_MSR_HYPERCALL, 0x10001n);
   p.setReg(vp, R.HvX64RegisterRip, 0x1000n);
   p.setReg(vp, R.HvX64RegisterRcx, 0n);
   expect(callHypercallPage(p, vp, 0x0f).vtlSwitch?.toVtl).toBe(1);
   p.setRegisters(vp, 0, [{ name: R.HvX64RegisterRip, value: reg64(0x5000n) }], 'host');
-  p.writeMsr(vp, 0x40000000, 1n);
-  p.writeMsr(vp, 0x40000001, 0x20001n);
+  p.writeMsr(vp, HvMsr.HV_X64_MSR_GUEST_OS_ID, 1n);
+  p.writeMsr(vp, HvMsr.HV_X64_MSR_HYPERCALL, 0x20001n);
   p.setReg(vp, R.HvX64RegisterRcx, 0n);
   expect(callHypercallPage(p, vp, 0x26).vtlSwitch?.toVtl).toBe(0);
   expect(p.reg(vp, R.HvX64RegisterRip)).toBe(0x5000n);
@@ -43,8 +43,8 @@ test('B: a RIP written to a VTL parked in a stub is the RIP it resumes at', () =
 test('C: a 32-bit caller VtlCalls through the 32-bit stub (control input in ECX)', () => {
   const p = partition();
   const vp = p.vps[0]!;
-  p.writeMsr(vp, 0x40000000, 1n);
-  p.writeMsr(vp, 0x40000001, 0x10001n);
+  p.writeMsr(vp, HvMsr.HV_X64_MSR_GUEST_OS_ID, 1n);
+  p.writeMsr(vp, HvMsr.HV_X64_MSR_HYPERCALL, 0x10001n);
   p.setRegisters(vp, 0, [{ name: R.HvX64RegisterEfer, value: reg64(0n) }], 'host');
   expect(p.is64Bit(vp)).toBe(false);
   p.setReg(vp, R.HvX64RegisterRax, 0n);

@@ -3,10 +3,11 @@
 // hypercall page executes (the visible bytes, as hardware would).
 import { status } from '@grpc/grpc-js';
 import { pb } from '@vsm/client';
+import { HvMsr } from '@vsm/core';
 import { KvmBackend } from '../src/backend';
 import { AgentHarness, GiB, describeKvm, failure, startAgent } from './agent-support';
 
-const MSR = { GUEST_OS_ID: 0x40000000, HYPERCALL: 0x40000001, SIMP: 0x40000083 };
+const MSR = { GUEST_OS_ID: HvMsr.HV_X64_MSR_GUEST_OS_ID, HYPERCALL: HvMsr.HV_X64_MSR_HYPERCALL, SIMP: HvMsr.HV_X64_MSR_SIMP };
 const R = pb.HvRegisterName;
 
 describeKvm('agent-actions.test')('guest actions on KVM', () => {
@@ -33,7 +34,7 @@ describeKvm('agent-actions.test')('guest actions on KVM', () => {
     };
     expect(await count(() => h.client.guest.writeMsr({ name: vp0, msr: MSR.GUEST_OS_ID, value: 1n }))).toBe(2);
     expect(await count(() => h.client.guest.readMsr({ name: vp0, msr: MSR.GUEST_OS_ID }))).toBe(2);
-    expect(await count(() => h.client.guest.writeMsr({ name: vp0, msr: 0x40000002, value: 1n }))).toBe(2); // #GP: MSR exit, then the IDT handler's port exit
+    expect(await count(() => h.client.guest.writeMsr({ name: vp0, msr: HvMsr.HV_X64_MSR_VP_INDEX, value: 1n }))).toBe(2); // #GP: MSR exit, then the IDT handler's port exit
     expect(await count(() => h.client.guest.readMsr({ name: vp0, msr: 0x10 }))).toBe(0); // not a Hyper-V MSR: not trapped, the core answers (#GP)
     expect(await count(() => h.client.guest.writeMsr({ name: vp0, msr: MSR.HYPERCALL, value: 0x1001n }))).toBe(2);
     expect(await count(() => h.client.guest.readMemory({ name: vp0, gpa: 0x1000n, length: 8 }))).toBe(1);

@@ -7,6 +7,7 @@
 // - HvRegisterTimeRefCount and HV_X64_MSR_TIME_REF_COUNT (a clock), create_time_unix_ms.
 import fc from 'fast-check';
 import { pb } from '@vsm/client';
+import { HvMsr } from '@vsm/core';
 import { EmulatorBackend } from '@vsm/service';
 import { KvmBackend } from '../src/backend';
 import { GiB, describeKvm } from './agent-support';
@@ -14,9 +15,9 @@ import { LooseBackend, Op, differential } from './agent-diff-support';
 
 const R = pb.HvRegisterName;
 const MSR = {
-  GUEST_OS_ID: 0x40000000, HYPERCALL: 0x40000001, VP_INDEX: 0x40000002, TIME_REF_COUNT: 0x40000020, REFERENCE_TSC: 0x40000021,
-  TSC_FREQUENCY: 0x40000022, VP_ASSIST_PAGE: 0x40000073, SCONTROL: 0x40000080, SVERSION: 0x40000081, SIEFP: 0x40000082,
-  SIMP: 0x40000083, EOM: 0x40000084, SINT0: 0x40000090,
+  GUEST_OS_ID: HvMsr.HV_X64_MSR_GUEST_OS_ID, HYPERCALL: HvMsr.HV_X64_MSR_HYPERCALL, VP_INDEX: HvMsr.HV_X64_MSR_VP_INDEX, TIME_REF_COUNT: HvMsr.HV_X64_MSR_TIME_REF_COUNT, REFERENCE_TSC: HvMsr.HV_X64_MSR_REFERENCE_TSC,
+  TSC_FREQUENCY: HvMsr.HV_X64_MSR_TSC_FREQUENCY, VP_ASSIST_PAGE: HvMsr.HV_X64_MSR_VP_ASSIST_PAGE, SCONTROL: HvMsr.HV_X64_MSR_SCONTROL, SVERSION: HvMsr.HV_X64_MSR_SVERSION, SIEFP: HvMsr.HV_X64_MSR_SIEFP,
+  SIMP: HvMsr.HV_X64_MSR_SIMP, EOM: HvMsr.HV_X64_MSR_EOM, SINT0: HvMsr.HV_X64_MSR_SINT0,
 };
 const r64 = (name: pb.HvRegisterName, v: bigint): pb.RegisterAssoc => ({ name, value: { value: { $case: 'reg64', value: v } } });
 const seg = (name: pb.HvRegisterName, s: { base?: bigint; limit?: number; selector: number; attributes: number }): pb.RegisterAssoc =>

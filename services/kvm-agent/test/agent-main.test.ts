@@ -5,6 +5,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import pino from 'pino';
 import { connect, pb } from '@vsm/client';
+import { HvMsr } from '@vsm/core';
 import { UsageError, startServer } from '@vsm/service';
 import { KvmBackend } from '../src/backend';
 import { parseAgentConfig, unixSocketPath } from '../src/main';
@@ -56,8 +57,8 @@ describeKvm('agent-main.test')('vsm-kvm-agent server on a unix socket', () => {
         await client.vtl.enablePartitionVtl({ name: p.name, targetVtl: 1 });
         await client.vtl.enableVpVtl({ name: `${p.name}/vps/1`, targetVtl: 1 });
         for (const vp of [0, 1]) {
-          await client.guest.writeMsr({ name: `${p.name}/vps/${vp}`, msr: 0x40000000, value: 1n });
-          await client.guest.writeMsr({ name: `${p.name}/vps/${vp}`, msr: 0x40000001, value: 0x1001n });
+          await client.guest.writeMsr({ name: `${p.name}/vps/${vp}`, msr: HvMsr.HV_X64_MSR_GUEST_OS_ID, value: 1n });
+          await client.guest.writeMsr({ name: `${p.name}/vps/${vp}`, msr: HvMsr.HV_X64_MSR_HYPERCALL, value: 0x1001n });
         }
         await client.guest.callHypercallPage({ name: `${p.name}/vps/1`, offset: 0x0f, rcx: 0n }); // VTL1 runs: its VM exists
         await client.guest.readMemory({ name: `${p.name}/vps/1`, gpa: 0x1000n, length: 16 });

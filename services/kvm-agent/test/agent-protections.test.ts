@@ -2,11 +2,12 @@
 // ModifyVtlProtectionMask (read-only slots, holes, coalesced ranges, overlays on top), that refused
 // guest actions really exit (and become the core's intercepts), and the memslot budget fallback.
 import { pb } from '@vsm/client';
+import { HvMsr } from '@vsm/core';
 import { KvmBackend } from '../src/backend';
 import { AgentHarness, GiB, describeKvm, startAgent } from './agent-support';
 import { withDefaults } from './agent-diff-support';
 
-const MSR = { GUEST_OS_ID: 0x40000000, HYPERCALL: 0x40000001 };
+const MSR = { GUEST_OS_ID: HvMsr.HV_X64_MSR_GUEST_OS_ID, HYPERCALL: HvMsr.HV_X64_MSR_HYPERCALL };
 const R = pb.HvRegisterName;
 const r64 = (name: pb.HvRegisterName, v: bigint): pb.RegisterAssoc => ({ name, value: { value: { $case: 'reg64', value: v } } });
 

@@ -2,12 +2,13 @@
 // memfd RAM, overlay pages); RestorePartition rebuilds a partition on the KVM platform. A copy
 // restored on KVM and one restored on the emulator then answer the same calls identically.
 import { pb } from '@vsm/client';
+import { HvMsr } from '@vsm/core';
 import { EmulatorBackend } from '@vsm/service';
 import { KvmBackend } from '../src/backend';
 import { GiB, describeKvm } from './agent-support';
 import { LooseBackend, Op, differential, withDefaults } from './agent-diff-support';
 
-const MSR = { GUEST_OS_ID: 0x40000000, HYPERCALL: 0x40000001, VP_ASSIST_PAGE: 0x40000073, SIMP: 0x40000083 };
+const MSR = { GUEST_OS_ID: HvMsr.HV_X64_MSR_GUEST_OS_ID, HYPERCALL: HvMsr.HV_X64_MSR_HYPERCALL, VP_ASSIST_PAGE: HvMsr.HV_X64_MSR_VP_ASSIST_PAGE, SIMP: HvMsr.HV_X64_MSR_SIMP };
 
 describeKvm('agent-snapshot.test')('snapshots of KVM partitions', () => {
   let kvm: KvmBackend;
