@@ -8,14 +8,22 @@ export const PAGE = 4096;
 const PER_ROW = 64;
 const GROUP = 16;
 
-const LETTER: Record<number, string> = {
-  [pb.OverlayKind.OVERLAY_KIND_HYPERCALL]: 'H',
-  [pb.OverlayKind.OVERLAY_KIND_REFERENCE_TSC]: 'T',
-  [pb.OverlayKind.OVERLAY_KIND_VP_ASSIST_PAGE]: 'A',
-  [pb.OverlayKind.OVERLAY_KIND_SIMP]: 'M',
-  [pb.OverlayKind.OVERLAY_KIND_SIEFP]: 'E',
-};
-const COLOR: Record<string, Style> = { H: 'magenta', T: 'cyan', A: 'yellow', M: 'green', E: 'blue' };
+interface OverlayLabel {
+  letter: string;
+  color: Style;
+  /** Its entry in the legend. */
+  legend: string;
+}
+/** How the map draws each overlay kind: one entry per vsm.v1.OverlayKind (a new kind does not compile until it has one). */
+const OVERLAY_LABELS = {
+  [pb.OverlayKind.OVERLAY_KIND_HYPERCALL]: { letter: 'H', color: 'magenta', legend: 'hypercall' },
+  [pb.OverlayKind.OVERLAY_KIND_REFERENCE_TSC]: { letter: 'T', color: 'cyan', legend: 'reference TSC' },
+  [pb.OverlayKind.OVERLAY_KIND_VP_ASSIST_PAGE]: { letter: 'A', color: 'yellow', legend: 'VP assist' },
+  [pb.OverlayKind.OVERLAY_KIND_SIMP]: { letter: 'M', color: 'green', legend: 'SynIC messages (SIMP)' },
+  [pb.OverlayKind.OVERLAY_KIND_SIEFP]: { letter: 'E', color: 'blue', legend: 'SynIC events (SIEFP)' },
+} as const satisfies Record<Exclude<pb.OverlayKind, pb.OverlayKind.OVERLAY_KIND_UNSPECIFIED>, OverlayLabel>;
+/** The label of a kind the server sent (undefined for one this client does not know). */
+const overlayLabel = (kind: number): OverlayLabel | undefined => (OVERLAY_LABELS as Partial<Record<number, OverlayLabel>>)[kind];
 
 export interface MapInput {
   partition: pb.Partition;
@@ -110,8 +118,8 @@ export function renderMap(inp: MapInput, paint: Paint): string {
   out.push(`${paint(inp.partition.name, 'bold')}  memory ${formatSize(inp.partition.memoryBytes)}  VTLs enabled ${vtlSet(inp.partition.enabledVtlSet)}  view generation ${inp.viewGeneration}`);
   out.push(`window ${hex64(inp.from)}-${hex64(last)}: ${n} pages of 4 KiB, ${PER_ROW} per row`);
   out.push('');
-  const key = (l: string, what: string) => `${paint(l, COLOR[l] ?? 'bold')} ${what}`;
-  out.push(`legend: ${paint('.', 'dim')} zero RAM  ${paint('#', 'bold', 'white')} non-zero RAM  ${key('H', 'hypercall')}  ${key('T', 'reference TSC')}  ${key('A', 'VP assist')}  ${key('M', 'SynIC messages (SIMP)')}  ${key('E', 'SynIC events (SIEFP)')}`);
+  const kinds = Object.values(OVERLAY_LABELS).map((o: OverlayLabel) => `${paint(o.letter, o.color)} ${o.legend}`);
+  out.push(`legend: ${paint('.', 'dim')} zero RAM  ${paint('#', 'bold', 'white')} non-zero RAM  ${kinds.join('  ')}`);
   out.push('        lowercase letter = top of a stack with more overlays underneath (listed below)');
   if (drawnProtections(inp).length) {
     out.push(`        protections: ${MASK_LEGEND.map(([l, what]) => `${l === '.' ? paint('.', 'dim') : paint(l, MASK_COLOR[l] ?? 'bold', 'bold')} ${what}`).join('  ')}`);
@@ -126,9 +134,11 @@ export function renderMap(inp: MapInput, paint: Paint): string {
       ...grid((i) => {
         const s = m.get(i);
         if (!s?.length) return ramCell(i);
-        const l = LETTER[s[0]!.kind] ?? '?';
+        const label = overlayLabel(s[0]!.kind);
+        const l = label?.letter ?? '?';
+        const color = label?.color ?? 'bold';
         const stacked = s.some((o) => o.stackPosition > 0);
-        return stacked ? paint(l.toLowerCase(), COLOR[l] ?? 'bold', 'bold', 'underline') : paint(l, COLOR[l] ?? 'bold', 'bold');
+        return stacked ? paint(l.toLowerCase(), color, 'bold', 'underline') : paint(l, color, 'bold');
       }),
     );
   }

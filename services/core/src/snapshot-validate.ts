@@ -7,12 +7,12 @@
 // (e.g. `snapshot.vps[1].vtls[0].synic_queues[0]: 40 messages exceed the 16-message SINT queue`).
 import type { CoreSnapshot, RegisterEntry } from './snapshot-types';
 import type { PendingAccess } from './state/vp';
-import type { OverlayKind } from './overlays';
+import { OVERLAY_KIND_NAMES, OverlayKind, isOverlayKind, overlayEnabled, overlayGpfn, overlayKindInfo } from './overlay-kinds';
 import { Limits, labelsProblem } from './limits';
 import { HvError, HvStatus } from './tlfs/status';
 import { HvRegisterName as R, registerInfo } from './tlfs/registers';
 import { HV_MAX_SUPPORTED_VTL, HvVtlEntryReason, VSM_PARTITION_CONFIG_DEFINED, VSM_VINA_DEFINED, VSM_VP_SECURE_CONFIG_DEFINED, decodeVsmPartitionConfig } from './tlfs/vsm';
-import { HV_OVERLAY_ENABLE, HV_SINT_MASKED, HV_X64_MSR_HYPERCALL_ENABLE, HV_X64_MSR_HYPERCALL_RSVDP, gpfnOf } from './tlfs/msr';
+import { HV_SINT_MASKED } from './tlfs/msr';
 import { HV_MESSAGE_MAX_PAYLOAD_BYTE_COUNT, HV_MESSAGE_SIZE, HV_SYNIC_SINT_COUNT, HvMessageType, HV_X64_MEMORY_INTERCEPT_MESSAGE_SIZE, HV_ARM64_MEMORY_INTERCEPT_MESSAGE_SIZE } from './tlfs/message';
 import { SYNIC_QUEUE_LIMIT } from './synic';
 import { normalizeMapFlags } from './protections';
@@ -28,12 +28,11 @@ const VTL_COUNT = HV_MAX_SUPPORTED_VTL + 1;
 const KINDS = new Set(['read', 'write', 'execute']);
 const ACCESS_TYPE: Record<string, number> = { read: 0, write: 1, execute: 2 };
 const ROUTES = new Set(['vtl', 'monitor', 'both']);
-const PARTITION_WIDE: ReadonlySet<string> = new Set<OverlayKind>(['hypercall', 'reference-tsc']);
-const PER_VP: ReadonlySet<string> = new Set<OverlayKind>(['simp', 'siefp', 'vp-assist']);
-/** Per-VP overlays and the register (MSR) that places each. */
-const OVERLAY_REGISTER: Record<string, number> = { simp: R.HvRegisterSipp, siefp: R.HvRegisterSifp, 'vp-assist': R.HvRegisterVpAssistPage };
+/** Overlay kinds by scope (the overlay-kinds table). */
+const PARTITION_KINDS = OVERLAY_KIND_NAMES.filter((k) => overlayKindInfo(k).scope === 'partition');
+const VP_KINDS = OVERLAY_KIND_NAMES.filter((k) => overlayKindInfo(k).scope === 'vp');
 /** Private registers the partition keeps per VTL (not per VP): stored in snapshot.vtls[], never in a VP's registers. */
-const PARTITION_VTL_REGISTERS = new Set<number>([R.HvRegisterGuestOsId, R.HvX64RegisterHypercall, R.HvRegisterReferenceTsc]);
+const PARTITION_VTL_REGISTERS = new Set<number>([R.HvRegisterGuestOsId, ...PARTITION_KINDS.map((k) => overlayKindInfo(k).register)]);
 const ENTRY_REASONS = new Set<number>(Object.values(HvVtlEntryReason));
 
 const fail = (path: string, why: string): never => {
@@ -89,14 +88,13 @@ export function validateSnapshot(s: CoreSnapshot, limits: SnapshotLimits): void 
     if ((c.defaultVtlProtectionMask & 0x3) !== 0x3) fail(`${at}.vsm_partition_config`, 'DefaultVtlProtectionMask must include read and write');
     if (c.enableVtlProtection && (i === 0 || !v.enabled)) fail(`${at}.vsm_partition_config`, i === 0 ? 'VTL0 has no HvRegisterVsmPartitionConfig (it protects nothing)' : `EnableVtlProtection is set but VTL ${i} is not enabled`);
     const guestOsId = u64(`${at}.guest_os_id`, v.guestOsId);
-    const hypercall = u64(`${at}.hypercall_msr`, v.hypercallMsr);
-    const refTsc = u64(`${at}.reference_tsc_msr`, v.referenceTscMsr);
-    if (!v.enabled && (guestOsId | hypercall | refTsc) !== 0n) fail(at, `VTL ${i} is not enabled but has guest_os_id, hypercall_msr or reference_tsc_msr set`);
-    if ((hypercall & HV_X64_MSR_HYPERCALL_RSVDP) !== 0n) fail(`${at}.hypercall_msr`, `reserved bits ${hex(hypercall & HV_X64_MSR_HYPERCALL_RSVDP)} are set`);
-    if ((hypercall & HV_X64_MSR_HYPERCALL_ENABLE) !== 0n) {
-      if (guestOsId === 0n) fail(`${at}.hypercall_msr`, 'the hypercall page is enabled while guest_os_id is 0');
-      if ((gpfnOf(hypercall) << 12n) + 4096n > memoryBytes) fail(`${at}.hypercall_msr`, `the hypercall page's GPFN ${hex(gpfnOf(hypercall))} is outside the GPA space`);
-    }
+    // The partition-wide overlay MSRs of this VTL (hypercall_msr, reference_tsc_msr).
+    const msrs = PARTITION_KINDS.map((kind) => {
+      const k = partitionKind(kind);
+      return { kind, field: k.snapshotField, value: u64(`${at}.${k.snapshotField}`, v[k.field]) };
+    });
+    if (!v.enabled && msrs.reduce((a, m) => a | m.value, guestOsId) !== 0n) fail(at, `VTL ${i} is not enabled but has ${orList(['guest_os_id', ...msrs.map((m) => m.field)])} set`);
+    for (const m of msrs) checkOverlayMsr(`${at}.${m.field}`, m.kind, m.value, guestOsId, memoryBytes);
   });
   const vtlEnabled = (v: number) => !!s.vtls[v]?.enabled;
   const mbec0 = s.vtls[0]!.mbec;
@@ -160,10 +158,11 @@ export function validateSnapshot(s: CoreSnapshot, limits: SnapshotLimits): void 
     const m = /^([a-z-]+)\/(\d)\/(\*|\d{1,5})$/.exec(typeof p.slot === 'string' ? p.slot : '');
     if (!m) fail(`${at}.slot`, `${JSON.stringify(p.slot)} is not kind/vtl/vp`);
     const [, kind, vtlS, vpS] = m!;
-    if (!PARTITION_WIDE.has(kind!) && !PER_VP.has(kind!)) fail(`${at}.slot`, `${JSON.stringify(p.slot)}: unknown overlay kind ${kind}`);
+    if (!isOverlayKind(kind)) fail(`${at}.slot`, `${JSON.stringify(p.slot)}: unknown overlay kind ${kind}`);
+    const partitionWide = overlayKindInfo(kind as OverlayKind).scope === 'partition';
     const vtl = Number(vtlS);
     if (vtl >= VTL_COUNT || !vtlEnabled(vtl)) fail(`${at}.slot`, `${JSON.stringify(p.slot)}: VTL ${vtl} is not enabled`);
-    if (PARTITION_WIDE.has(kind!) !== (vpS === '*')) fail(`${at}.slot`, `${JSON.stringify(p.slot)}: ${kind} pages are ${PARTITION_WIDE.has(kind!) ? 'partition-wide (*)' : 'per VP'}`);
+    if (partitionWide !== (vpS === '*')) fail(`${at}.slot`, `${JSON.stringify(p.slot)}: ${kind} pages are ${partitionWide ? 'partition-wide (*)' : 'per VP'}`);
     if (vpS !== '*' && (Number(vpS) >= vpCount || !vpVtlEnabled(Number(vpS), vtl))) fail(`${at}.slot`, `${JSON.stringify(p.slot)}: VP ${vpS} does not exist or has not enabled VTL ${vtl}`);
     if (slotPages.has(p.slot)) fail(`${at}.slot`, `${JSON.stringify(p.slot)} appears twice`);
     slotPages.add(p.slot);
@@ -173,10 +172,11 @@ export function validateSnapshot(s: CoreSnapshot, limits: SnapshotLimits): void 
   const seqs = new Set<number>();
   ov.placed.forEach((o, k) => {
     const at = `snapshot.overlays.placed[${k}]`;
-    if (!PARTITION_WIDE.has(o.kind) && !PER_VP.has(o.kind)) fail(`${at}.kind`, `${JSON.stringify(o.kind)} is not an overlay kind`);
+    if (!isOverlayKind(o.kind)) fail(`${at}.kind`, `${JSON.stringify(o.kind)} is not an overlay kind`);
+    const info = overlayKindInfo(o.kind);
     const vtl = vtlOf(`${at}.vtl`, o.vtl);
     if (!vtlEnabled(vtl)) fail(`${at}.vtl`, `VTL ${vtl} is not enabled`);
-    if (PARTITION_WIDE.has(o.kind)) {
+    if (info.scope === 'partition') {
       if (o.vpIndex !== null) fail(`${at}.vp_index`, `the ${o.kind} page is partition-wide; it has no VP`);
     } else {
       if (typeof o.vpIndex !== 'number' || !Number.isInteger(o.vpIndex) || o.vpIndex < 0 || o.vpIndex >= vpCount) fail(`${at}.vp_index`, `${String(o.vpIndex)} is not a VP of this partition (vp_count ${vpCount})`);
@@ -187,20 +187,22 @@ export function validateSnapshot(s: CoreSnapshot, limits: SnapshotLimits): void 
     if (o.seq < 1 || o.seq > ov.seq) fail(`${at}.sequence`, `${o.seq} is not 1..${ov.seq} (overlays.sequence)`);
     if (seqs.has(o.seq)) fail(`${at}.sequence`, `${o.seq} is used twice`);
     seqs.add(o.seq);
-    if (o.readOnly !== PARTITION_WIDE.has(o.kind)) fail(`${at}.read_only`, `the ${o.kind} page is ${PARTITION_WIDE.has(o.kind) ? 'read-only' : 'writable'} for the guest`);
+    if (o.readOnly !== info.readOnly) fail(`${at}.read_only`, `the ${o.kind} page is ${info.readOnly ? 'read-only' : 'writable'} for the guest`);
     const slot = `${o.kind}/${vtl}/${o.vpIndex ?? '*'}`;
     if (placedSlots.has(slot)) fail(at, `the ${o.kind} overlay of VTL ${vtl}${o.vpIndex === null ? '' : ` on VP ${o.vpIndex}`} is placed twice`);
     placedSlots.set(slot, gpfn);
     if (!slotPages.has(slot)) fail(at, `has no page (no overlays.pages entry with slot ${slot})`);
     // The MSR that placed it says the same.
     const msr = overlayMsr(s, o.kind, vtl, o.vpIndex);
-    if (msr === undefined || !msrEnabled(o.kind, msr)) fail(at, `the ${o.kind} overlay of VTL ${vtl}${o.vpIndex === null ? '' : ` on VP ${o.vpIndex}`} is placed, but the MSR that enables it is off`);
-    if (gpfnOf(msr!) !== gpfn) fail(at, `placed at GPFN ${hex(gpfn)}, but its MSR says ${hex(gpfnOf(msr!))}`);
+    if (msr === undefined || !overlayEnabled(o.kind, msr)) fail(at, `the ${o.kind} overlay of VTL ${vtl}${o.vpIndex === null ? '' : ` on VP ${o.vpIndex}`} is placed, but the MSR that enables it is off`);
+    if (overlayGpfn(o.kind, msr!) !== gpfn) fail(at, `placed at GPFN ${hex(gpfn)}, but its MSR says ${hex(overlayGpfn(o.kind, msr!))}`);
   });
   // ... and every enabled overlay MSR has its overlay placed.
   s.vtls.forEach((v, i) => {
-    for (const [kind, field, value] of [['hypercall', 'hypercall_msr', v.hypercallMsr], ['reference-tsc', 'reference_tsc_msr', v.referenceTscMsr]] as const) {
-      if (msrEnabled(kind, value) && placedSlots.get(`${kind}/${i}/*`) === undefined) fail(`snapshot.vtls[${i}].${field}`, `enables the ${kind} page at GPFN ${hex(gpfnOf(value))}, but no such overlay is placed`);
+    for (const kind of PARTITION_KINDS) {
+      const k = partitionKind(kind);
+      const value = v[k.field];
+      if (overlayEnabled(kind, value) && placedSlots.get(`${kind}/${i}/*`) === undefined) fail(`snapshot.vtls[${i}].${k.snapshotField}`, `enables the ${kind} page at GPFN ${hex(overlayGpfn(kind, value))}, but no such overlay is placed`);
     }
   });
 
@@ -294,10 +296,11 @@ export function validateSnapshot(s: CoreSnapshot, limits: SnapshotLimits): void 
       u64(`${vat}.arm64_pc`, st.arm64Pc);
       u64(`${vat}.arm64_cpsr`, st.arm64Cpsr);
       // Every enabled per-VP overlay MSR has its overlay placed (the converse is checked above).
-      for (const [kind, name] of Object.entries(OVERLAY_REGISTER)) {
-        const k = st.regs.findIndex((r) => r.name === name);
+      for (const kind of VP_KINDS) {
+        const k = st.regs.findIndex((r) => r.name === overlayKindInfo(kind).register);
         const value = k >= 0 ? st.regs[k]!.value.low : 0n;
-        if (msrEnabled(kind, value) && placedSlots.get(`${kind}/${v}/${i}`) === undefined) fail(`${vat}.registers[${k}]`, `enables the ${kind} page at GPFN ${hex(gpfnOf(value))}, but no such overlay is placed`);
+        if (k >= 0) checkOverlayMsr(`${vat}.registers[${k}]`, kind, value, s.vtls[v]!.guestOsId, memoryBytes);
+        if (overlayEnabled(kind, value) && placedSlots.get(`${kind}/${v}/${i}`) === undefined) fail(`${vat}.registers[${k}]`, `enables the ${kind} page at GPFN ${hex(overlayGpfn(kind, value))}, but no such overlay is placed`);
       }
     });
     // A VP suspended on a monitor intercept: that intercept is pending and is this VP's.
@@ -320,15 +323,36 @@ export function validateSnapshot(s: CoreSnapshot, limits: SnapshotLimits): void 
   });
 }
 
-/** The value of the MSR that places overlay `kind` of (vtl, vp). */
-function overlayMsr(s: CoreSnapshot, kind: string, vtl: number, vpIndex: number | null): bigint | undefined {
-  if (kind === 'hypercall') return s.vtls[vtl]!.hypercallMsr;
-  if (kind === 'reference-tsc') return s.vtls[vtl]!.referenceTscMsr;
-  const name = OVERLAY_REGISTER[kind];
-  return s.vps[vpIndex!]?.vtls[vtl]?.regs.find((r) => r.name === name)?.value.low ?? 0n;
+function partitionKind(kind: OverlayKind) {
+  const k = overlayKindInfo(kind);
+  if (k.scope !== 'partition') throw new Error(`${kind} is not a partition-wide overlay kind`);
+  return k;
 }
-function msrEnabled(kind: string, msr: bigint): boolean {
-  return (msr & (kind === 'hypercall' ? HV_X64_MSR_HYPERCALL_ENABLE : HV_OVERLAY_ENABLE)) !== 0n;
+
+/** The value of the MSR that places overlay `kind` of (vtl, vp). */
+function overlayMsr(s: CoreSnapshot, kind: OverlayKind, vtl: number, vpIndex: number | null): bigint | undefined {
+  const k = overlayKindInfo(kind);
+  if (k.scope === 'partition') return s.vtls[vtl]![k.field];
+  return s.vps[vpIndex!]?.vtls[vtl]?.regs.find((r) => r.name === k.register)?.value.low ?? 0n;
+}
+
+/**
+ * An overlay MSR value as the live rules could have stored it (the overlay-kinds table): RsvdP
+ * bits clear where every write preserves them, Enable only with a guest OS id where the kind needs
+ * one, and the GPFN inside the GPA space where a GPFN outside it faults.
+ */
+function checkOverlayMsr(at: string, kind: OverlayKind, value: bigint, guestOsId: bigint, memoryBytes: bigint): void {
+  const k = overlayKindInfo(kind);
+  if (k.rsvdPKeptBy === 'every-write' && (value & k.rsvdP) !== 0n) fail(at, `reserved bits ${hex(value & k.rsvdP)} are set`);
+  if (!overlayEnabled(kind, value)) return;
+  if (k.enableNeedsGuestOsId && guestOsId === 0n) fail(at, `the ${kind} page is enabled while guest_os_id is 0`);
+  const gpfn = overlayGpfn(kind, value);
+  if (k.outsideGpa === 'fault' && (gpfn << 12n) + 4096n > memoryBytes) fail(at, `the ${kind} page's GPFN ${hex(gpfn)} is outside the GPA space`);
+}
+
+/** `a, b or c`. */
+function orList(items: string[]): string {
+  return items.length < 2 ? items.join('') : `${items.slice(0, -1).join(', ')} or ${items[items.length - 1]}`;
 }
 
 function checkData(path: string, kind: string, length: number, data: Buffer | undefined): void {

@@ -19,6 +19,14 @@ import { BackgroundErrorReport, awaitMonitorAnswers, partitionTask, reportToStde
 export const MAX_GUEST_ACCESS = 65536;
 export const MAX_GPA_ACCESS = 1 << 20;
 const WATCH_QUEUE = 1024;
+/** Core overlay kind -> vsm.v1.OverlayKind: one entry per kind of the core's overlay-kinds table (a new kind does not compile until it is mapped). */
+const OVERLAY_KIND_TO_PB = {
+  hypercall: P.OverlayKind.OVERLAY_KIND_HYPERCALL,
+  'reference-tsc': P.OverlayKind.OVERLAY_KIND_REFERENCE_TSC,
+  'vp-assist': P.OverlayKind.OVERLAY_KIND_VP_ASSIST_PAGE,
+  simp: P.OverlayKind.OVERLAY_KIND_SIMP,
+  siefp: P.OverlayKind.OVERLAY_KIND_SIEFP,
+} as const satisfies Record<core.OverlayKind, P.OverlayKind>;
 
 /** What a core-backed backend is built from: limits, each partition's platform (engine), what it reports. */
 export interface CoreBackendOptions extends core.ManagerOptions {
@@ -235,18 +243,11 @@ export class EmulatorBackend implements Backend {
   async listOverlays(r: mpb.ListOverlaysRequest): Promise<mpb.ListOverlaysResponse> {
     const p = this.partition(r.name);
     if (r.vtl !== undefined && !isVtl(r.vtl)) throw invalidArgument(`vtl ${r.vtl} is not a supported VTL`);
-    const kinds: Record<core.OverlayKind, P.OverlayKind> = {
-      hypercall: P.OverlayKind.OVERLAY_KIND_HYPERCALL,
-      'reference-tsc': P.OverlayKind.OVERLAY_KIND_REFERENCE_TSC,
-      'vp-assist': P.OverlayKind.OVERLAY_KIND_VP_ASSIST_PAGE,
-      simp: P.OverlayKind.OVERLAY_KIND_SIMP,
-      siefp: P.OverlayKind.OVERLAY_KIND_SIEFP,
-    };
     const overlays = p.overlays
       .list()
       .filter((o) => r.vtl === undefined || o.vtl === r.vtl)
       .map((o) => ({
-        kind: kinds[o.kind],
+        kind: OVERLAY_KIND_TO_PB[o.kind],
         vtl: o.vtl,
         vpIndex: o.vpIndex ?? undefined,
         gpa: o.gpfn << 12n,
