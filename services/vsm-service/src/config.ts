@@ -18,6 +18,15 @@
 //   --max-memory BYTES              | VSM_MAX_MEMORY              (per partition, default 1 TiB; K/M/G/T suffixes)
 //   --max-resident-bytes BYTES      | VSM_MAX_RESIDENT_BYTES      (guest RAM held by all partitions together,
 //                                                                  default half of the machine's RAM; K/M/G/T)
+// Transport limits (memory a client can make the service hold):
+//   --max-request-bytes BYTES       | VSM_MAX_REQUEST_BYTES       (request messages still being received, all clients; default 256M)
+//   --max-request-bytes-per-client BYTES | VSM_MAX_REQUEST_BYTES_PER_CLIENT (the same per principal/peer; default 64M)
+//   --max-stream-buffer BYTES       | VSM_MAX_STREAM_BUFFER       (responses a stream's client has not taken; default 16M)
+//   --max-stream-buffer-messages N  | VSM_MAX_STREAM_BUFFER_MESSAGES (the same in messages; default 4096)
+//   --stream-stall-timeout-ms MS    | VSM_STREAM_STALL_TIMEOUT_MS (a client taking none of a waiting backlog; default 30000)
+//   --first-message-timeout-ms MS   | VSM_FIRST_MESSAGE_TIMEOUT_MS (Monitor's subscribe must come within; default 10000)
+//   --max-health-watches N          | VSM_MAX_HEALTH_WATCHES      (grpc.health.v1 Watch streams; default 64, a quarter per peer)
+//   --max-concurrent-streams N      | VSM_MAX_CONCURRENT_STREAMS  (HTTP/2 streams per connection; default 1000)
 import * as os from 'node:os';
 import type { ClientAuth } from './security/tls';
 import { PLAINTEXT_REMOTE_REFUSED, isLoopbackListen } from './security/tls';
@@ -34,14 +43,29 @@ export interface Config {
   /** Durable partitions: one atomic snapshot file per partition (state-dir.ts). */
   stateDir?: string;
   limits: { maxStreams?: number; maxStreamsPerClient?: number; maxPartitions?: number; maxVpCount?: number; maxMemoryBytes?: bigint; maxResidentBytes: bigint };
+  /** Transport limits; unset = the server's defaults. */
+  transport: TransportLimits;
 }
+
+export interface TransportLimits {
+  maxRequestBytes?: number;
+  maxRequestBytesPerClient?: number;
+  maxStreamBufferBytes?: number;
+  maxStreamBufferMessages?: number;
+  streamStallMs?: number;
+  firstMessageTimeoutMs?: number;
+  maxHealthWatches?: number;
+  maxConcurrentStreams?: number;
+}
+
+const TRANSPORT_FLAGS = ['max-request-bytes', 'max-request-bytes-per-client', 'max-stream-buffer', 'max-stream-buffer-messages', 'stream-stall-timeout-ms', 'first-message-timeout-ms', 'max-health-watches', 'max-concurrent-streams'];
 
 /** Default --max-resident-bytes: half of the machine's RAM, in whole pages. */
 export function defaultMaxResidentBytes(): bigint {
   return (BigInt(os.totalmem()) / 2n) & ~4095n;
 }
 
-const VALUE_FLAGS = ['listen', 'backend', 'log-level', 'agent', 'tls-cert', 'tls-key', 'tls-ca', 'tls-client-auth', 'authz-policy', 'max-streams', 'max-streams-per-client', 'max-partitions', 'max-vps', 'max-memory', 'max-resident-bytes', 'state-dir'];
+const VALUE_FLAGS = ['listen', 'backend', 'log-level', 'agent', 'tls-cert', 'tls-key', 'tls-ca', 'tls-client-auth', 'authz-policy', 'max-streams', 'max-streams-per-client', 'max-partitions', 'max-vps', 'max-memory', 'max-resident-bytes', 'state-dir', ...TRANSPORT_FLAGS];
 const BOOL_FLAGS = ['insecure', 'insecure-allow-remote'];
 
 export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): Config {
@@ -127,9 +151,20 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): Config {
     maxMemoryBytes,
     maxResidentBytes,
   };
+  const bytes = (flag: string, envName: string) => { const v = size(flag, envName); return v === undefined ? undefined : Number(v); };
+  const transport: TransportLimits = {
+    maxRequestBytes: bytes('max-request-bytes', 'VSM_MAX_REQUEST_BYTES'),
+    maxRequestBytesPerClient: bytes('max-request-bytes-per-client', 'VSM_MAX_REQUEST_BYTES_PER_CLIENT'),
+    maxStreamBufferBytes: bytes('max-stream-buffer', 'VSM_MAX_STREAM_BUFFER'),
+    maxStreamBufferMessages: int('max-stream-buffer-messages', 'VSM_MAX_STREAM_BUFFER_MESSAGES', 1, 10_000_000),
+    streamStallMs: int('stream-stall-timeout-ms', 'VSM_STREAM_STALL_TIMEOUT_MS', 100, 86_400_000),
+    firstMessageTimeoutMs: int('first-message-timeout-ms', 'VSM_FIRST_MESSAGE_TIMEOUT_MS', 100, 86_400_000),
+    maxHealthWatches: int('max-health-watches', 'VSM_MAX_HEALTH_WATCHES', 1, 1_000_000),
+    maxConcurrentStreams: int('max-concurrent-streams', 'VSM_MAX_CONCURRENT_STREAMS', 1, 2 ** 31 - 1),
+  };
   const stateDir = get('state-dir', 'VSM_STATE_DIR');
   if (stateDir !== undefined && stateDir.trim() === '') throw new UsageError('--state-dir must name a directory');
-  return { listen, backend, logLevel: get('log-level', 'VSM_LOG_LEVEL') ?? 'info', agents, tls, insecureAllowRemote, authzPolicy, stateDir, limits };
+  return { listen, backend, logLevel: get('log-level', 'VSM_LOG_LEVEL') ?? 'info', agents, tls, insecureAllowRemote, authzPolicy, stateDir, limits, transport };
 }
 
 export class UsageError extends Error {}
@@ -139,8 +174,13 @@ export const USAGE = `usage: vsm-service [--listen HOST:PORT] [--backend emulato
        [--insecure] [--insecure-allow-remote] [--authz-policy FILE]
        [--max-streams N] [--max-streams-per-client N] [--max-partitions N] [--max-vps N] [--max-memory BYTES]
        [--max-resident-bytes BYTES] [--state-dir DIR]
+       [--max-request-bytes BYTES] [--max-request-bytes-per-client BYTES] [--max-stream-buffer BYTES]
+       [--max-stream-buffer-messages N] [--stream-stall-timeout-ms MS] [--first-message-timeout-ms MS]
+       [--max-health-watches N] [--max-concurrent-streams N]
   Plaintext is served only on loopback addresses unless --insecure-allow-remote.
   env: VSM_LISTEN, VSM_BACKEND, VSM_AGENTS, VSM_LOG_LEVEL, VSM_TLS_CERT, VSM_TLS_KEY, VSM_TLS_CA,
        VSM_TLS_CLIENT_AUTH, VSM_INSECURE, VSM_INSECURE_ALLOW_REMOTE, VSM_AUTHZ_POLICY, VSM_MAX_STREAMS,
        VSM_MAX_STREAMS_PER_CLIENT, VSM_MAX_PARTITIONS, VSM_MAX_VPS, VSM_MAX_MEMORY,
-       VSM_MAX_RESIDENT_BYTES, VSM_STATE_DIR`;
+       VSM_MAX_RESIDENT_BYTES, VSM_STATE_DIR, VSM_MAX_REQUEST_BYTES, VSM_MAX_REQUEST_BYTES_PER_CLIENT,
+       VSM_MAX_STREAM_BUFFER, VSM_MAX_STREAM_BUFFER_MESSAGES, VSM_STREAM_STALL_TIMEOUT_MS,
+       VSM_FIRST_MESSAGE_TIMEOUT_MS, VSM_MAX_HEALTH_WATCHES, VSM_MAX_CONCURRENT_STREAMS`;

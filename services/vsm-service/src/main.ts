@@ -57,13 +57,22 @@ async function main(): Promise<void> {
     backend = persistentBackend(backend, store, log);
     await restoreAll(backend, store, log);
   }
+  const t = cfg.transport;
   const srv = await startServer({
     listen: cfg.listen,
     backend,
     logger: log,
     tls: cfg.tls,
     allowInsecureRemote: cfg.insecureAllowRemote,
-    security: { authzPolicy: cfg.authzPolicy ? { file: cfg.authzPolicy } : undefined, limits: { maxStreams, maxStreamsPerClient } },
+    security: {
+      authzPolicy: cfg.authzPolicy ? { file: cfg.authzPolicy } : undefined,
+      limits: { maxStreams, maxStreamsPerClient },
+      requestBudget: { maxBytes: t.maxRequestBytes, maxBytesPerClient: t.maxRequestBytesPerClient },
+      healthWatches: t.maxHealthWatches === undefined ? undefined : { maxStreams: t.maxHealthWatches, maxStreamsPerClient: Math.max(1, Math.ceil(t.maxHealthWatches / 4)) },
+    },
+    streamBuffer: { maxBytes: t.maxStreamBufferBytes, maxMessages: t.maxStreamBufferMessages, stallMs: t.streamStallMs },
+    firstMessageTimeoutMs: t.firstMessageTimeoutMs,
+    maxConcurrentStreams: t.maxConcurrentStreams,
   });
   const sig = await signalled;
   // Whatever happens during shutdown, the process ends: a watchdog well beyond the grace period.

@@ -80,7 +80,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const inflight = new Set<AbortController>();
   /** Each vsm.v1 method's response encoder, by path (stream sinks encode as they queue). */
   const encoders = new Map<string, (m: unknown) => Buffer>();
-  const bufferLimits = { ...DEFAULT_STREAM_BUFFER, ...opts.streamBuffer };
+  const bufferLimits = { ...DEFAULT_STREAM_BUFFER, ...Object.fromEntries(Object.entries(opts.streamBuffer ?? {}).filter(([, v]) => v !== undefined)) };
   const firstMessageTimeoutMs = opts.firstMessageTimeoutMs ?? DEFAULT_FIRST_MESSAGE_TIMEOUT_MS;
 
   const unary = <Req, Res>(method: string, fn: Unary<Req, Res>): grpc.handleUnaryCall<Req, Res> =>
