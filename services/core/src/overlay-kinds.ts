@@ -4,8 +4,12 @@
 // (Enable bit, RsvdP bits, GPFN field, what a GPFN outside the GPA space does). Overlay sync, the
 // MSR/register rules, snapshot validation and the vsm.v1 mapping all read it; adding a kind is one
 // row here (plus the vsm.v1 enum value, which the exhaustive maps then demand).
-import { HvMsr, HV_OVERLAY_ENABLE, HV_OVERLAY_RSVDP, HV_X64_MSR_HYPERCALL_ENABLE, HV_X64_MSR_HYPERCALL_LOCKED, HV_X64_MSR_HYPERCALL_RSVDP } from './tlfs/msr';
+import { HvMsr, HvMsrNames, HvOverlayEnableMsrLayout, HvX64MsrHypercallLayout } from './tlfs/msr';
+import type { BitLayout } from './tlfs/layout';
 import { HvRegisterName as R } from './tlfs/registers';
+
+/** The bit layout of an overlay MSR (tlfs/msr.ts): at least Enable, RsvdP and the GPFN (tlfs-overlays-synic.md §4.3). */
+export type OverlayMsrLayout = BitLayout<{ enable: boolean; rsvdP: number; gpfn: bigint }, bigint>;
 
 /** Where a partition-wide kind's MSR value is kept per VTL (PartitionVtlState and the core snapshot's vtls[]). */
 export type PartitionOverlayMsrField = 'hypercallMsr' | 'referenceTscMsr';
@@ -16,10 +20,10 @@ interface KindCommon {
   readonly register: number;
   /** Whether guest writes to the page fault (#GP) instead of landing. */
   readonly readOnly: boolean;
-  /** MSR layout (§4.3): bit 0 Enable; RsvdP bits (preserved on write); GPFN in bits 63:gpfnShift. */
+  /** The MSR's bit layout, and its Enable and RsvdP (preserved on write) bits from it. */
+  readonly layout: OverlayMsrLayout;
   readonly enable: bigint;
   readonly rsvdP: bigint;
-  readonly gpfnShift: bigint;
   /**
    * Who preserves the RsvdP bits: 'every-write': the register rule, for guest and host writes alike
    * (so a stored value never has them set); 'wrmsr': a guest WRMSR only (the management API stores
@@ -49,13 +53,15 @@ export interface VpOverlayKind extends KindCommon {
 }
 export type OverlayKindInfo = PartitionOverlayKind | VpOverlayKind;
 
-const OVERLAY_LAYOUT = { enable: HV_OVERLAY_ENABLE, rsvdP: HV_OVERLAY_RSVDP, gpfnShift: 12n } as const;
+/** An MSR layout with its Enable and RsvdP masks. */
+const msrFormat = (layout: OverlayMsrLayout) => ({ layout, enable: layout.mask('enable'), rsvdP: layout.mask('rsvdP') });
+const OVERLAY_ENABLE_MSR = msrFormat(HvOverlayEnableMsrLayout);
 
 export const OVERLAY_KINDS = {
   hypercall: {
     msr: HvMsr.HV_X64_MSR_HYPERCALL, register: R.HvX64RegisterHypercall, scope: 'partition', field: 'hypercallMsr', snapshotField: 'hypercall_msr',
     // Read/execute for the guest (its code is the hypervisor's); bit 1 is Locked, 11:2 RsvdP.
-    readOnly: true, enable: HV_X64_MSR_HYPERCALL_ENABLE, rsvdP: HV_X64_MSR_HYPERCALL_RSVDP, gpfnShift: 12n, lockBit: HV_X64_MSR_HYPERCALL_LOCKED,
+    readOnly: true, ...msrFormat(HvX64MsrHypercallLayout), lockBit: HvX64MsrHypercallLayout.mask('locked'),
     rsvdPKeptBy: 'every-write', outsideGpa: 'fault', enableNeedsGuestOsId: true, content: 'hypercall-code',
     tlfs: 'tlfs-hypercalls.md §1.7; tlfs-overlays-synic.md §4.2',
   },
@@ -63,29 +69,29 @@ export const OVERLAY_KINDS = {
     msr: HvMsr.HV_X64_MSR_REFERENCE_TSC, register: R.HvRegisterReferenceTsc, scope: 'partition', field: 'referenceTscMsr', snapshotField: 'reference_tsc_msr',
     // Read-only (OpenVMM maps it read-only). Its HV_REFERENCE_TSC_PAGE keeps TscSequence = 0, which
     // tells the guest to use HV_X64_MSR_TIME_REF_COUNT instead (§4.4): honest, the emulator has no TSC.
-    readOnly: true, ...OVERLAY_LAYOUT,
+    readOnly: true, ...OVERLAY_ENABLE_MSR,
     rsvdPKeptBy: 'wrmsr', outsideGpa: 'inaccessible', enableNeedsGuestOsId: false, content: 'zeros',
     tlfs: 'tlfs-overlays-synic.md §4.2, §4.4',
   },
   'vp-assist': {
     msr: HvMsr.HV_X64_MSR_VP_ASSIST_PAGE, register: R.HvRegisterVpAssistPage, scope: 'vp',
-    readOnly: false, ...OVERLAY_LAYOUT,
+    readOnly: false, ...OVERLAY_ENABLE_MSR,
     rsvdPKeptBy: 'wrmsr', outsideGpa: 'inaccessible', enableNeedsGuestOsId: false, content: 'zeros',
     tlfs: 'tlfs-overlays-synic.md §4.2; tlfs-vsm.md §5 (HV_VP_ASSIST_PAGE)',
   },
   simp: {
     msr: HvMsr.HV_X64_MSR_SIMP, register: R.HvRegisterSipp, scope: 'vp',
-    readOnly: false, ...OVERLAY_LAYOUT,
+    readOnly: false, ...OVERLAY_ENABLE_MSR,
     rsvdPKeptBy: 'wrmsr', outsideGpa: 'inaccessible', enableNeedsGuestOsId: false, content: 'zeros',
     tlfs: 'tlfs-overlays-synic.md §4.2, §5.1, §5.3',
   },
   siefp: {
     msr: HvMsr.HV_X64_MSR_SIEFP, register: R.HvRegisterSifp, scope: 'vp',
-    readOnly: false, ...OVERLAY_LAYOUT,
+    readOnly: false, ...OVERLAY_ENABLE_MSR,
     rsvdPKeptBy: 'wrmsr', outsideGpa: 'inaccessible', enableNeedsGuestOsId: false, content: 'zeros',
     tlfs: 'tlfs-overlays-synic.md §4.2, §5.1, §5.6',
   },
-} as const satisfies Record<string, OverlayKindInfo>;
+} satisfies Record<string, OverlayKindInfo>;
 
 export type OverlayKind = keyof typeof OVERLAY_KINDS;
 export const OVERLAY_KIND_NAMES = Object.keys(OVERLAY_KINDS) as readonly OverlayKind[];
@@ -105,15 +111,14 @@ export function overlayKindOfRegister(name: number): OverlayKind | undefined {
 
 /** The TLFS name of the MSR that places `kind` (HV_X64_MSR_HYPERCALL, ...). */
 export function overlayMsrName(kind: OverlayKind): string {
-  const msr = OVERLAY_KINDS[kind].msr;
-  return Object.entries(HvMsr).find(([, n]) => n === msr)![0];
+  return HvMsrNames.get(OVERLAY_KINDS[kind].msr)!;
 }
 
 /** Whether an MSR value of `kind` enables its page. */
 export function overlayEnabled(kind: OverlayKind, msrValue: bigint): boolean {
-  return (msrValue & OVERLAY_KINDS[kind].enable) !== 0n;
+  return overlayKindInfo(kind).layout.unpack(msrValue).enable;
 }
 /** The GPA page number an MSR value of `kind` places its page at. */
 export function overlayGpfn(kind: OverlayKind, msrValue: bigint): bigint {
-  return msrValue >> OVERLAY_KINDS[kind].gpfnShift;
+  return overlayKindInfo(kind).layout.unpack(msrValue).gpfn;
 }

@@ -21,7 +21,7 @@ function enable(p: Partition, kind: OverlayKind, gpfn: bigint, vpIndex = 0): big
   const k = overlayKindInfo(kind);
   const vp = p.vp(vpIndex);
   if (k.enableNeedsGuestOsId) expect(p.writeMsr(vp, GUEST_OS_ID, 0x8100n)).toEqual({});
-  const value = (gpfn << k.gpfnShift) | k.enable;
+  const value = k.layout.pack({ enable: true, gpfn });
   expect(p.writeMsr(vp, k.msr, value)).toEqual({});
   return value;
 }
@@ -50,7 +50,7 @@ describe.each(OVERLAY_KIND_NAMES.map((k) => [k]))('%s', (kind) => {
     // Guest writes to it fault exactly when it is read-only.
     const w = guestAccess(p, p.vp(0), 'write', 0x20000n, 4, Buffer.from([1, 2, 3, 4]));
     expect(w).toEqual(k.readOnly ? { status: 'exception', exception: 13 } : { status: 'completed' });
-    expect(p.writeMsr(p.vp(0), k.msr, 0x20n << k.gpfnShift)).toEqual({});
+    expect(p.writeMsr(p.vp(0), k.msr, k.layout.pack({ enable: false, gpfn: 0x20n }))).toEqual({});
     expect(p.overlays.find(kind, 0, k.scope === 'vp' ? 0 : null)).toBeUndefined();
   });
 
@@ -67,7 +67,7 @@ describe.each(OVERLAY_KIND_NAMES.map((k) => [k]))('%s', (kind) => {
   test('a GPFN beyond the GPA space faults only where the table says so', () => {
     const p = partition();
     enable(p, kind, 0x22n);
-    const beyond = ((16n * MiB) >> 12n) << k.gpfnShift | k.enable;
+    const beyond = k.layout.pack({ enable: true, gpfn: (16n * MiB) >> 12n });
     const r = p.writeMsr(p.vp(0), k.msr, beyond);
     expect(r).toEqual(k.outsideGpa === 'fault' ? { exception: 13 } : {});
   });
