@@ -8,7 +8,7 @@ import {
   HV_X64_MSR_HYPERCALL_ENABLE,
   HV_X64_MSR_HYPERCALL_LOCKED,
   HV_X64_MSR_HYPERCALL_RSVDP,
-  HvArm64MemoryInterceptMessage,
+  type HvArm64MemoryInterceptMessage,
   HvEnableVpVtlInputLayout,
   HvInitialVpContextLayout,
   HvMessageHeaderLayout,

@@ -1,7 +1,7 @@
 // tlfs layer: the hypercall ABI. HV_HYPERCALL_INPUT (tlfs-hypercalls.md §1.2), the result value
 // (§1.3) and the call codes (§2.1). The two bit layouts drive their encoders and decoders (./layout.ts).
-import { HvStatus, HvStatusValue, hvFail } from './status';
-import { bitfield, bits, CodecValue, flag } from './layout';
+import { HvStatus, type HvStatusValue, hvFail } from './status';
+import { bitfield, bits, type CodecValue, flag } from './layout';
 
 /** Hypercall call codes (TLFS Appendix A; tlfs-hypercalls.md §2.1). */
 export const HvCallCode = {

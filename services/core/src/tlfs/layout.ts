@@ -144,7 +144,7 @@ export function array<T>(codec: Codec<T>, count: number): Codec<T[]> {
     read: (b, o) => Array.from({ length: count }, (_, i) => codec.read(b, o + codec.size * i)),
     write: (b, o, v) => {
       if (v.length !== count) throw new RangeError(`${v.length} elements where the layout has ${count}`);
-      v.forEach((x, i) => codec.write(b, o + codec.size * i, x));
+      for (let i = 0; i < count; i++) codec.write(b, o + codec.size * i, v[i]!);
     },
   };
 }
@@ -160,7 +160,7 @@ export interface Placed<T> {
 export const at = <T>(offset: number, codec: Codec<T>, tlfsName: string): Placed<T> => ({ offset, codec, tlfsName });
 export const seq = <T>(codec: Codec<T>, tlfsName: string): Placed<T> => ({ offset: undefined, codec, tlfsName });
 
-type Fields = Record<string, Placed<any>>;
+type Fields = Record<string, Placed<unknown>>;
 export type StructValue<F extends Fields> = { -readonly [K in keyof F]: F[K] extends Placed<infer T> ? T : never };
 
 /** One row of a struct's table, as a layout describes itself. */
@@ -290,7 +290,7 @@ export const bits = (hi: number, lo: number): BitSpec<number> => ({ hi, lo, kind
 /** Bits hi:lo as a bigint (for fields wider than 32 bits, e.g. a GPA page number). */
 export const bigBits = (hi: number, lo: number): BitSpec<bigint> => ({ hi, lo, kind: 'bigint' });
 
-type BitFields = Record<string, BitSpec<any>>;
+type BitFields = Record<string, BitSpec<unknown>>;
 export type BitValue<F extends BitFields> = { -readonly [K in keyof F]: F[K] extends BitSpec<infer T> ? T : never };
 
 export interface BitLayout<T, R extends number | bigint> extends Codec<T> {

@@ -8,7 +8,7 @@
 // secure intercepts; the short 80-byte form is an exact prefix). See tlfs-intercepts.md §6.7.
 // Each structure is one layout (./layout.ts) that drives its encoder and decoder.
 import { HvX64SegmentRegisterLayout } from './registers';
-import { array, at, bitfield, bits, bitsOf, bytes, CodecValue, flag, struct, typed, u16, u32, u64, u8, uint } from './layout';
+import { array, at, bitfield, bits, bitsOf, bytes, type CodecValue, flag, struct, typed, u16, u32, u64, u8, uint } from './layout';
 
 export const HV_MESSAGE_SIZE = 256;
 export const HV_MESSAGE_MAX_PAYLOAD_BYTE_COUNT = 240;

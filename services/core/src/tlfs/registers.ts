@@ -1,7 +1,7 @@
 // tlfs layer: HV_REGISTER_NAME values and VSM scope (tlfs-hypercalls.md §2.7; private/shared lists
 // from tlfs-vsm.md §9), HV_REGISTER_VALUE (128-bit) and the segment/table register layouts
 // (tlfs-hypercalls.md §2.5: HV_X64_SEGMENT_REGISTER, HV_X64_TABLE_REGISTER), as layouts (./layout.ts).
-import { at, CodecValue, struct, u16, u32, u64 } from './layout';
+import { at, type CodecValue, struct, u16, u32, u64 } from './layout';
 
 export const HvRegisterName = {
   HvRegisterGuestOsId: 0x00090002,
@@ -94,7 +94,9 @@ const add = (name: number, tlfsName: string, scope: RegisterScope, shape: Regist
   table.push({ name, tlfsName, scope, shape, ...extra });
 
 const gprs = ['Rax', 'Rcx', 'Rdx', 'Rbx', 'Rsp', 'Rbp', 'Rsi', 'Rdi', 'R8', 'R9', 'R10', 'R11', 'R12', 'R13', 'R14', 'R15'];
-gprs.forEach((g, i) => add(N.HvX64RegisterRax + i, `HvX64Register${g}`, g === 'Rsp' ? 'private' : 'shared'));
+gprs.forEach((g, i) => {
+  add(N.HvX64RegisterRax + i, `HvX64Register${g}`, g === 'Rsp' ? 'private' : 'shared');
+});
 add(N.HvX64RegisterRip, 'HvX64RegisterRip', 'private');
 add(N.HvX64RegisterRflags, 'HvX64RegisterRflags', 'private');
 add(N.HvX64RegisterCr0, 'HvX64RegisterCr0', 'private');
@@ -105,7 +107,9 @@ add(N.HvX64RegisterCr8, 'HvX64RegisterCr8', 'private');
 for (let i = 0; i < 4; i++) add(N.HvX64RegisterDr0 + i, `HvX64RegisterDr${i}`, 'shared');
 add(N.HvX64RegisterDr6, 'HvX64RegisterDr6', 'private');
 add(N.HvX64RegisterDr7, 'HvX64RegisterDr7', 'private');
-['Es', 'Cs', 'Ss', 'Ds', 'Fs', 'Gs', 'Ldtr', 'Tr'].forEach((s, i) => add(N.HvX64RegisterEs + i, `HvX64Register${s}`, 'private', 'segment'));
+['Es', 'Cs', 'Ss', 'Ds', 'Fs', 'Gs', 'Ldtr', 'Tr'].forEach((s, i) => {
+  add(N.HvX64RegisterEs + i, `HvX64Register${s}`, 'private', 'segment');
+});
 add(N.HvX64RegisterIdtr, 'HvX64RegisterIdtr', 'private', 'table');
 add(N.HvX64RegisterGdtr, 'HvX64RegisterGdtr', 'private', 'table');
 add(N.HvX64RegisterEfer, 'HvX64RegisterEfer', 'private');

@@ -4,7 +4,7 @@
 // layout (./layout.ts) that drives its encoder and decoder; the exported encode/decode functions are
 // thin names over them.
 import { HvRegisterValueLayout, HvX64SegmentRegisterLayout, HvX64TableRegisterLayout } from './registers';
-import { at, bitfield, bits, bitsOf, bytes, CodecValue, flag, seq, struct, u32, u64, u8, ubig, uint } from './layout';
+import { at, bitfield, bits, bitsOf, bytes, type CodecValue, flag, seq, struct, u32, u64, u8, ubig, uint } from './layout';
 
 /** Highest VTL this implementation supports (OpenHCL uses VTL2). HV_VTL is 0..15 architecturally. */
 export const HV_MAX_SUPPORTED_VTL = 2;
