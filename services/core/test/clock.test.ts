@@ -2,11 +2,11 @@
 // partition (PartitionSpec.clock, ManagerOptions.clock), never from the system clock directly:
 // HV_X64_MSR_TIME_REF_COUNT (100 ns units since the partition was created), VTL transition and
 // intercept timestamps, and the creation time.
-import { HvRegisterName as R, Partition, PartitionManager, guestAccess, longModeContext, reg64, snapshotPartition } from '@vsm/core';
+import { HvMsr, HvRegisterName as R, Partition, PartitionManager, guestAccess, longModeContext, reg64, snapshotPartition } from '@vsm/core';
 import type { Clock } from '../src/clock';
 import { systemClock } from '../src/clock';
 
-const HV_X64_MSR_TIME_REF_COUNT = 0x40000020;
+const { HV_X64_MSR_TIME_REF_COUNT } = HvMsr;
 
 /** A clock that moves only when told to. */
 class FakeClock implements Clock {

@@ -1,6 +1,6 @@
 // The core's state/rules split (issue #18): typed per-VTL state (VtlArray, VtlSet), no transport
 // state on the VP (the hypercall-page call site travels with the stub's execution).
-import { HvRegisterName as R, Partition, callHypercallPage, longModeContext, reg64 } from '@vsm/core';
+import { HvMsr, HvRegisterName as R, Partition, callHypercallPage, longModeContext, reg64 } from '@vsm/core';
 import { VtlSet } from '../src/vtl-array';
 import { HvVpAssistPage } from '../src/tlfs/vsm';
 
@@ -38,8 +38,8 @@ test("a VtlCall made by the hypercall page records the caller's RAX/RCX from bef
   const vp = p.vps[0]!;
   // VTL1's VP assist page at 0x9000 (set by the host in VTL1); VTL0's hypercall page at 0x10000.
   p.setRegisters(vp, 1, [{ name: R.HvRegisterVpAssistPage, value: reg64(0x9000n | 1n) }], 'host');
-  p.writeMsr(vp, 0x40000000, 1n);
-  p.writeMsr(vp, 0x40000001, 0x10001n);
+  p.writeMsr(vp, HvMsr.HV_X64_MSR_GUEST_OS_ID, 1n);
+  p.writeMsr(vp, HvMsr.HV_X64_MSR_HYPERCALL, 0x10001n);
   p.setReg(vp, R.HvX64RegisterRax, 0xa0a0n);
   p.setReg(vp, R.HvX64RegisterRcx, 0n); // the VTL call control input (the 64-bit stub moves it to RAX)
   // 64-bit VtlCall stub: mov rax, rcx; mov ecx, 0x11; vmcall; ret.
