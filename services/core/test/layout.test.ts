@@ -1,5 +1,19 @@
 // The layout facility (services/core/src/tlfs/layout.ts) and the TLFS tables written with it. Expected
 // offsets and values are typed out from the reference tables (tlfs-*.md), never read from the code.
+import { HvMsr, HvMsrNames, encodeHvMessage } from '@vsm/core';
+import {
+  type HvArm64MemoryInterceptMessage,
+  HvMessageHeaderLayout,
+  HvX64InterceptMessageHeaderLayout,
+  HvX64MemoryInterceptMessageLayout,
+  decodeArm64MemoryInterceptMessage,
+  decodeHvMessageHeader,
+  decodeModifyVtlProtectionMaskHeader,
+  decodeSignalEventInput,
+  encodeArm64MemoryInterceptMessage,
+  encodeModifyVtlProtectionMaskHeader,
+  encodeVpExecutionState,
+} from '../src/tlfs/message';
 import {
   HV_SINT_MASKED,
   HV_OVERLAY_ENABLE,
@@ -8,33 +22,21 @@ import {
   HV_X64_MSR_HYPERCALL_ENABLE,
   HV_X64_MSR_HYPERCALL_LOCKED,
   HV_X64_MSR_HYPERCALL_RSVDP,
-  type HvArm64MemoryInterceptMessage,
+  HvSynicSintLayout,
+  HvX64MsrHypercallLayout,
+  gpfnOf,
+} from '../src/tlfs/msr';
+import {
   HvEnableVpVtlInputLayout,
   HvInitialVpContextLayout,
-  HvMessageHeaderLayout,
-  HvMsr,
-  HvMsrNames,
   HvRegisterAssocLayout,
-  HvSynicSintLayout,
   HvVpAssistPageLayout,
-  HvX64InterceptMessageHeaderLayout,
-  HvX64MemoryInterceptMessageLayout,
-  HvX64MsrHypercallLayout,
   VSM_VINA_DEFINED,
   VSM_VP_SECURE_CONFIG_DEFINED,
-  decodeArm64MemoryInterceptMessage,
-  decodeHvMessageHeader,
   decodeInputVtl,
-  decodeModifyVtlProtectionMaskHeader,
-  decodeSignalEventInput,
   decodeVpRegistersHeader,
-  encodeArm64MemoryInterceptMessage,
-  encodeHvMessage,
   encodeInputVtl,
-  encodeModifyVtlProtectionMaskHeader,
-  encodeVpExecutionState,
-  gpfnOf,
-} from '@vsm/core';
+} from '../src/tlfs/vsm';
 import { array, at, bigBits, bitfield, bits, bitsOf, bytes, flag, seq, struct, u16, u32, u64, u8, ubig, uint } from '@vsm/core/tlfs/layout';
 
 const hex = (...parts: string[]): Buffer => Buffer.from(parts.join('').replace(/[\s_]/g, ''), 'hex');

@@ -2,8 +2,7 @@
 import { HvCallCode } from '../tlfs/hypercall';
 import type { HypercallHandler } from './handler';
 import { HvError, HvStatus, hvFail } from '../tlfs/status';
-import { HV_REGISTER_ASSOC_SIZE, HV_VP_REGISTERS_HEADER_SIZE, decodeVpRegistersHeader } from '../tlfs/vsm';
-import { decodeReg128 } from '../tlfs/registers';
+import { HV_REGISTER_ASSOC_SIZE, HV_VP_REGISTERS_HEADER_SIZE, HvRegisterAssocLayout, decodeVpRegistersHeader } from '../tlfs/vsm';
 import { targetVtlOf, selfChecks } from './common';
 
 export const HvCallSetVpRegisters: HypercallHandler = {
@@ -20,11 +19,10 @@ export const HvCallSetVpRegisters: HypercallHandler = {
     // Rep semantics: elements are processed in order; a failing element stops the call and the
     // reps completed so far stay applied (tlfs-hypercalls.md §1.1).
     for (let i = rep.start; i < rep.count; i++) {
-      const off = HV_VP_REGISTERS_HEADER_SIZE + HV_REGISTER_ASSOC_SIZE * i;
-      const name = input.readUInt32LE(off);
+      const a = HvRegisterAssocLayout.decode(input, HV_VP_REGISTERS_HEADER_SIZE + HV_REGISTER_ASSOC_SIZE * i);
       try {
-        if (input.readUInt32LE(off + 4) !== 0 || input.readBigUInt64LE(off + 8) !== 0n) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, 'HV_REGISTER_ASSOC RsvdZ is set');
-        ctx.partition.prepareSetRegister(vp, vtl, name, decodeReg128(input, off + 16), ctx.callerVtl)();
+        if (a.rsvdZ.some((b) => b !== 0)) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, 'HV_REGISTER_ASSOC RsvdZ is set');
+        ctx.partition.prepareSetRegister(vp, vtl, a.name, a.value, ctx.callerVtl)();
       } catch (e) {
         if (e instanceof HvError) return { status: e.status, repsCompleted: i };
         throw e;
