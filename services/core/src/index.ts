@@ -1,23 +1,65 @@
-// @vsm/core public surface: VSM semantics with no I/O.
-export * from './tlfs/status';
-export * from './tlfs/hypercall';
-export * from './tlfs/registers';
-export * from './tlfs/msr';
-export * from './tlfs/vsm';
-export * from './memory';
-export * from './vtl-array';
-export * from './overlays';
-export * from './partition';
-export * from './hypercalls';
-export * from './vtl-switch';
-export * from './stub';
-export * from './engine';
-export * from './manager';
-export * from './platform';
-export * from './protections';
-export * from './synic';
-export * from './intercepts';
-export * from './access';
-export * from './tlfs/message';
-export * from './snapshot';
-export * from './clock';
+// @vsm/core public surface: VSM semantics with no I/O. This list is the whole of it: what the
+// service, the KVM agent, the CLI, the benchmarks and the tests outside the core use, grouped by
+// subject, plus the types that appear in those signatures. Everything else is internal: the rule
+// modules (rules/*.ts) are reached through the Partition facade's methods.
+// Subpath export: '@vsm/core/hypercalls' (the hypercall dispatcher and handler types, for writing
+// and testing handlers).
+
+// ---- partitions: the facade, their typed state, the manager, limits, time ------------------------
+export { Partition, longModeContext } from './partition';
+export type { Architecture, PartitionSpec } from './state/partition';
+export { VirtualProcessor } from './state/vp';
+export type { PendingAccess } from './state/vp';
+export { PartitionManager } from './manager';
+export type { CreateRequest, ManagerOptions, PartitionPlatform } from './manager';
+export { DEFAULT_LIMITS } from './limits';
+export type { Limits } from './limits';
+export { systemClock } from './clock';
+export type { Clock } from './clock';
+
+// ---- VTLs -------------------------------------------------------------------------------------
+export { isVtl } from './vtl-array';
+export type { Vtl, VtlSet } from './vtl-array';
+export type { VtlSwitchEvent, VtlTransitionRecord } from './outcomes';
+
+// ---- guest actions: the engine seam and what actions produce ----------------------------------
+export { EngineError, STORE_GP, engineOf } from './engine';
+export type { GuestEngine } from './engine';
+export { X64Exception } from './outcomes';
+export type { AccessOutcome, GuestOutcome, ResumedAccess, X64ExceptionVector } from './outcomes';
+export { executeVmcall, implementedHypercalls } from './hypercalls';
+export type { HypercallOutcome } from './hypercalls';
+export type { HypercallCallSite } from './vtl-switch';
+export { vtlReturn } from './vtl-switch';
+export { callHypercallPage } from './stub';
+export type { StubOutcome } from './stub';
+
+// ---- memory: guest RAM, accesses under VTL protections, intercepts -----------------------------
+export { SparseMemory } from './memory';
+export type { GuestRam, HypercallPageLayout, PlatformHooks } from './platform';
+export { accessibleTo, answerIntercept, guestAccess, interceptAccess, violatingVtl } from './access';
+export { ProtectionMap } from './protections';
+export type { AccessKind } from './protections';
+export type { InterceptAction, InterceptRoute } from './intercepts';
+export type { InterceptRecord } from './outcomes';
+
+// ---- overlays and SynIC -----------------------------------------------------------------------
+export type { OverlayKind } from './overlay-kinds';
+export type { Overlay } from './overlays';
+export { SYNIC_QUEUE_LIMIT } from './synic';
+export type { PostResult, SynicView } from './synic';
+
+// ---- snapshots --------------------------------------------------------------------------------
+export { CORE_SNAPSHOT_VERSION, snapshotPartition } from './snapshot';
+export type { CoreSnapshot, RegisterEntry } from './snapshot-types';
+
+// ---- TLFS definitions used outside the core (tlfs/: one definition per TLFS structure) ----------
+export { HvError, HvStatus, hvFail } from './tlfs/status';
+export type { HvStatusName } from './tlfs/status';
+export { HvRegisterName, reg64, reg128ToSegment, reg128ToTable, registerInfo, segmentToReg128, tableToReg128 } from './tlfs/registers';
+export type { HvX64SegmentRegister, HvX64TableRegister, Reg128, RegisterInfo } from './tlfs/registers';
+export { HvMsr, HvMsrNames } from './tlfs/msr';
+export { decodeHypercallInput, decodeHypercallResult, encodeHypercallInput } from './tlfs/hypercall';
+export { HV_MAX_SUPPORTED_VTL, HV_PARTITION_ID_SELF, HypercallPageOffsets, buildHypercallPage, encodeEnableVpVtlInput } from './tlfs/vsm';
+export type { HvInitialVpContext, X64Vendor } from './tlfs/vsm';
+export { HV_EVENT_FLAGS_COUNT, HV_MESSAGE_MAX_PAYLOAD_BYTE_COUNT, decodeMemoryInterceptMessage, encodeHvMessage } from './tlfs/message';

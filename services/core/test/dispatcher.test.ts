@@ -3,22 +3,18 @@
 // §1.1, §1.4, §1.5, §2.4, §2.7).
 import {
   HV_PARTITION_ID_SELF,
-  HV_VP_INDEX_SELF,
-  HvCallCode,
   HvRegisterName as R,
   HvStatus,
   Partition,
   X64Exception,
-  encodeEnablePartitionVtlInput,
   encodeHypercallInput,
-  encodeHypercallResult,
-  encodeInputVtl,
-  encodeVpRegistersHeader,
   executeVmcall,
   longModeContext,
   reg64,
   segmentToReg128,
 } from '@vsm/core';
+import { HvCallCode, encodeHypercallResult } from '../src/tlfs/hypercall';
+import { HV_VP_INDEX_SELF, encodeEnablePartitionVtlInput, encodeInputVtl, encodeVpRegistersHeader } from '../src/tlfs/vsm';
 
 const INPUT_GPA = 0x2000n;
 const OUTPUT_GPA = 0x3000n;

@@ -2,14 +2,11 @@
 import {
   HvError,
   HvStatus,
-  HypercallShape,
   decodeHypercallInput,
   decodeHypercallResult,
   encodeHypercallInput,
-  encodeHypercallResult,
-  validateHypercallInput,
-  validateParameterBlock,
 } from '@vsm/core';
+import { HypercallShape, encodeHypercallResult, validateHypercallInput, validateParameterBlock } from '../src/tlfs/hypercall';
 
 /** Runs fn and returns the HV_STATUS of the HvError it throws (fails if it does not throw one). */
 function statusOf(fn: () => unknown): number {

@@ -7,13 +7,13 @@ import {
   HvRegisterName as R,
   HvStatus,
   Partition,
-  ResidentMemory,
   SparseMemory,
   answerIntercept,
   guestAccess,
   longModeContext,
   reg64,
 } from '@vsm/core';
+import { ResidentMemory } from '../src/resident';
 
 const MiB = 1n << 20n;
 

@@ -1,5 +1,6 @@
 // SparseMemory: pages allocated on first non-zero write, zeros everywhere else.
-import { PAGE_SIZE, SparseMemory } from '@vsm/core';
+import { SparseMemory } from '@vsm/core';
+import { PAGE_SIZE } from '../src/memory';
 
 const GiB = 1n << 30n;
 

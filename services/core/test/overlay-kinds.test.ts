@@ -1,7 +1,8 @@
 // The overlay-kinds table (services/core/src/overlay-kinds.ts) drives overlay sync, the read-only
 // and RsvdP rules of the overlay MSRs and snapshot validation: every row is checked here against
 // what the partition does, so a new row is tested without a new test.
-import { HvError, HvStatus, Partition, guestAccess, longModeContext, snapshotPartition, validateSnapshot, DEFAULT_LIMITS } from '@vsm/core';
+import { HvError, HvStatus, Partition, guestAccess, longModeContext, snapshotPartition, DEFAULT_LIMITS } from '@vsm/core';
+import { validateSnapshot } from '../src/snapshot-validate';
 import { OVERLAY_KINDS, OVERLAY_KIND_NAMES, OverlayKind, isOverlayKind, overlayKindInfo, overlayKindOfRegister } from '../src/overlay-kinds';
 import { msrToRegister } from '../src/tlfs/msr';
 import type { CoreSnapshot } from '../src/snapshot-types';

@@ -1,5 +1,6 @@
 // Regressions for bugs found by the core test pass (each was reproduced before the fix).
-import { HvMsr, HvRegisterName as R, Partition, callHypercallPage, encodeHypercallInput, executeVmcall, longModeContext, reg64, encodeVpRegistersHeader, HV_PARTITION_ID_SELF, HV_VP_INDEX_SELF } from '@vsm/core';
+import { HvMsr, HvRegisterName as R, Partition, callHypercallPage, encodeHypercallInput, executeVmcall, longModeContext, reg64, HV_PARTITION_ID_SELF } from '@vsm/core';
+import { encodeVpRegistersHeader, HV_VP_INDEX_SELF } from '../src/tlfs/vsm';
 
 function partition(): Partition {
   const p = new Partition({ id: 't', architecture: 'x64', vpCount: 1, memoryBytes: 1n << 24n, maximumVtl: 1, labels: {} });

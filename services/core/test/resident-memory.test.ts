@@ -4,7 +4,9 @@
 // write is split around an overlay; the PartitionManager owns the account, gives a partition's
 // pages back on delete, refuses a restore that does not fit, and counts the whole memory_bytes of
 // a partition whose engine supplies RAM mapping all of it.
-import { HvError, HvRegisterName as R, HvStatus, PAGE_SIZE, Partition, PartitionManager, DEFAULT_LIMITS, ResidentMemory, SparseMemory, reg64, snapshotPartition } from '@vsm/core';
+import { HvError, HvRegisterName as R, HvStatus, Partition, PartitionManager, DEFAULT_LIMITS, SparseMemory, reg64, snapshotPartition } from '@vsm/core';
+import { PAGE_SIZE } from '../src/memory';
+import { ResidentMemory } from '../src/resident';
 
 const MiB = 1n << 20n;
 const GiB = 1n << 30n;

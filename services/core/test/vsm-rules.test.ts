@@ -7,15 +7,14 @@ import {
   HvMsr,
   HvRegisterName as R,
   HvStatus,
-  HvVtlEntryReason,
   Partition,
   PartitionSpec,
   Reg128,
-  VSM_CODE_PAGE_OFFSETS_64,
   X64Exception,
   longModeContext,
   reg64,
 } from '@vsm/core';
+import { HvVtlEntryReason, VSM_CODE_PAGE_OFFSETS_64 } from '../src/tlfs/vsm';
 
 function statusOf(fn: () => unknown): number {
   try {
