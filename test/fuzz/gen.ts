@@ -218,3 +218,92 @@ export function mutate(input: Buffer, ms: Mutation[]): Buffer {
 }
 
 export const mutatedArb = (base: fc.Arbitrary<Buffer>) => fc.tuple(base, fc.array(mutationArb, { minLength: 1, maxLength: 4 })).map(([b, ms]) => mutate(b, ms));
+
+// ---- intercept scenarios (issue #19) ---------------------------------------------------------
+// A schedule of actions on a few partitions whose VPs block on monitor intercepts: guest
+// accesses to a VTL1-protected page, other guest actions on the same VPs, routes with deadline
+// policies (every deadline action, CRASH included), monitors with random answering habits,
+// deletes, saves and restores of snapshots taken mid-run, protection changes (stale generations),
+// transition watchers, and stray replies. intercepts.fuzz.test.ts runs them concurrently.
+
+export const FI_SLOTS = 3;
+export const FI_VPS = 4;
+export type FiAccess = 'read' | 'write' | 'execute';
+export type FiAnswer = 'ALLOW' | 'SKIP' | 'RETRY' | 'CRASH';
+export type FiPage = 'secret' | 'plain' | 'simp';
+
+/** How a monitor behaves: probabilities per intercept, and its own PRNG seed. */
+export interface MonitorPersonality {
+  /** Chance it answers an intercept that needs a reply (else it leaves it pending). */
+  answer: number;
+  /** Relative weights of ALLOW, SKIP, RETRY, CRASH. */
+  weights: [number, number, number, number];
+  duplicate: number;
+  stale: number;
+  unknown: number;
+  invalid: number;
+  maskUpdate: number;
+  maxDelayMs: number;
+  /** Ends its stream itself after this many intercepts (0: never). */
+  lifetime: number;
+  seed: number;
+}
+
+export type FuzzAction =
+  | { k: 'access'; slot: number; vp: number; kind: FiAccess; page: FiPage; offset: number; length: number }
+  | { k: 'vp'; slot: number; vp: number; op: 'wrmsr' | 'rdmsr' | 'vtlcall' | 'vtlreturn' | 'hypercall' | 'registers' }
+  | { k: 'route'; slot: number; route: 'MONITOR' | 'BOTH' | 'HIGHER_VTL'; policy?: { ms: number; action: FiAnswer } }
+  | { k: 'monitor'; slot: number; p: MonitorPersonality }
+  | { k: 'closeMonitor'; pick: number; how: 'cancel' | 'end' }
+  | { k: 'reply'; pick: number; id: 'recent' | 'unknown' | 'zero' | 'huge'; action: number; stale: boolean }
+  | { k: 'inspect'; slot: number; vp: number; what: 'pending' | 'partition' | 'vp' | 'list' }
+  | { k: 'save'; slot: number }
+  | { k: 'delete'; slot: number }
+  | { k: 'restore'; slot: number; pick: number }
+  | { k: 'protect'; slot: number; page: 'secret' | 'plain'; flags: number }
+  | { k: 'watch'; slot: number; ms: number };
+
+const slotArb = fc.integer({ min: 0, max: FI_SLOTS - 1 });
+const vpArb = fc.integer({ min: 0, max: FI_VPS - 1 });
+const answerArb = fc.constantFrom<FiAnswer>('ALLOW', 'ALLOW', 'ALLOW', 'SKIP', 'SKIP', 'SKIP', 'RETRY', 'RETRY', 'CRASH');
+const prob = (max: number) => fc.double({ min: 0, max, noNaN: true });
+
+export const personalityArb: fc.Arbitrary<MonitorPersonality> = fc.record({
+  answer: fc.oneof(fc.constant(1), prob(1)),
+  weights: fc.tuple(fc.nat({ max: 6 }), fc.nat({ max: 6 }), fc.nat({ max: 3 }), fc.oneof({ weight: 3, arbitrary: fc.constant(0) }, { weight: 1, arbitrary: fc.nat({ max: 1 }) })),
+  duplicate: prob(0.3),
+  stale: prob(0.3),
+  unknown: prob(0.2),
+  invalid: prob(0.05),
+  maskUpdate: prob(0.1),
+  maxDelayMs: fc.constantFrom(0, 0, 5, 50, 300),
+  lifetime: fc.oneof({ weight: 3, arbitrary: fc.constant(0) }, { weight: 1, arbitrary: fc.integer({ min: 1, max: 20 }) }),
+  seed: fc.nat(),
+}).map((p) => ({ ...p, weights: p.weights.every((w) => w === 0) ? [1, 1, 0, 0] as [number, number, number, number] : p.weights }));
+
+export const fuzzActionArb: fc.Arbitrary<FuzzAction> = fc.oneof(
+  { weight: 30, arbitrary: fc.record({ k: fc.constant('access' as const), slot: slotArb, vp: vpArb, kind: fc.constantFrom<FiAccess>('read', 'write', 'write', 'execute'), page: fc.constantFrom<FiPage>('secret', 'secret', 'secret', 'plain', 'simp'), offset: fc.oneof(fc.constant(0), fc.nat({ max: 4095 })), length: fc.integer({ min: 1, max: 16 }) }) },
+  { weight: 8, arbitrary: fc.record({ k: fc.constant('vp' as const), slot: slotArb, vp: vpArb, op: fc.constantFrom('wrmsr' as const, 'rdmsr' as const, 'vtlcall' as const, 'vtlreturn' as const, 'vtlreturn' as const, 'hypercall' as const, 'registers' as const) }) },
+  { weight: 3, arbitrary: fc.record({ k: fc.constant('route' as const), slot: slotArb, route: fc.constantFrom('MONITOR' as const, 'MONITOR' as const, 'MONITOR' as const, 'MONITOR' as const, 'BOTH' as const, 'HIGHER_VTL' as const), policy: fc.option(fc.record({ ms: fc.oneof(fc.integer({ min: 1, max: 20 }), fc.integer({ min: 1, max: 500 })), action: answerArb }), { nil: undefined, freq: 3 }) }) },
+  { weight: 5, arbitrary: fc.record({ k: fc.constant('monitor' as const), slot: slotArb, p: personalityArb }) },
+  { weight: 1, arbitrary: fc.record({ k: fc.constant('closeMonitor' as const), pick: fc.nat(), how: fc.constantFrom('cancel' as const, 'end' as const) }) },
+  { weight: 3, arbitrary: fc.record({ k: fc.constant('reply' as const), pick: fc.nat(), id: fc.constantFrom('recent' as const, 'recent' as const, 'unknown' as const, 'zero' as const, 'huge' as const), action: fc.oneof({ weight: 8, arbitrary: fc.integer({ min: 1, max: 4 }) }, { weight: 1, arbitrary: fc.constantFrom(0, 5, 99) }), stale: fc.boolean() }) },
+  { weight: 2, arbitrary: fc.record({ k: fc.constant('inspect' as const), slot: slotArb, vp: vpArb, what: fc.constantFrom('pending' as const, 'partition' as const, 'vp' as const, 'list' as const) }) },
+  { weight: 1, arbitrary: fc.record({ k: fc.constant('save' as const), slot: slotArb }) },
+  { weight: 1, arbitrary: fc.record({ k: fc.constant('delete' as const), slot: slotArb }) },
+  { weight: 1, arbitrary: fc.record({ k: fc.constant('restore' as const), slot: slotArb, pick: fc.nat() }) },
+  { weight: 1, arbitrary: fc.record({ k: fc.constant('protect' as const), slot: slotArb, page: fc.constantFrom('secret' as const, 'plain' as const), flags: fc.constantFrom(0, 0, 1, 3, 5, 0xf) }) },
+  { weight: 1, arbitrary: fc.record({ k: fc.constant('watch' as const), slot: slotArb, ms: fc.integer({ min: 5, max: 300 }) }) },
+);
+
+/** A small deterministic PRNG (mulberry32) for a monitor's per-event choices. */
+export function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}

@@ -1,4 +1,5 @@
-// Fuzz: an in-process vsm-service (emulator backend, 127.0.0.1:0) gets thousands of random and
+// Fuzz: a vsm-service (emulator backend, 127.0.0.1:0; in-process, or the real process as a child
+// with VSM_FUZZ_SERVER=child, see server.ts) gets thousands of random and
 // mutated requests on EVERY unary RPC of every vsm.v1 service as raw bytes (generic grpc-js client,
 // Buffer serializers): random byte strings, schema-aware random messages from the .proto
 // descriptors, and mutations of valid requests encoded with the generated `Xxx.encode`. Then random
@@ -6,18 +7,19 @@
 // with random messages. Asserted: the server never crashes and keeps serving (health SERVING), no
 // response is INTERNAL or UNKNOWN, and the model's invariants hold afterwards.
 //
-//   FUZZ_ITERATIONS (default 5000) raw unary requests; guest-action phase = half that.
+//   FUZZ_ITERATIONS (else VSM_FUZZ_INPUTS, default 5000) raw unary requests; guest-action phase = half that.
 //   FUZZ_SEED       reproduces a run (printed in the summary).
 //   FUZZ_REPORT     path: write the summary JSON there.
 import * as fs from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import fc from 'fast-check';
 import { connect, pb, VsmClient } from '@vsm/client';
-import { EmulatorBackend, RunningServer, startServer } from '@vsm/service';
 import { FIXTURES, RpcMethod, allMethods, messageArb, mutatedArb, rawBytesArb } from './gen';
-import { LogLine, MSR, VTL1_LAYOUT, captureLogger, setupVtl1Partition } from '../security/support';
+import { MSR, VTL1_LAYOUT, setupVtl1Partition } from '../security/support';
+import { processGuard } from '../support/guard';
+import { FuzzServer, startFuzzServer } from './server';
 
-const ITERATIONS = Number(process.env.FUZZ_ITERATIONS ?? 5000);
+const ITERATIONS = Number(process.env.FUZZ_ITERATIONS ?? process.env.VSM_FUZZ_INPUTS ?? 5000);
 const SEED = Number(process.env.FUZZ_SEED ?? Math.floor(Math.random() * 2 ** 31));
 const CONCURRENCY = 24;
 const DEADLINE_MS = 3000;
@@ -25,12 +27,9 @@ const R = pb.HvRegisterName;
 
 jest.setTimeout(15 * 60_000);
 
-let srv: RunningServer;
-let serverLog: LogLine[];
+let srv: FuzzServer;
 let client: VsmClient;
 let raw: grpc.Client & Record<string, (...a: unknown[]) => grpc.ClientUnaryCall>;
-const processErrors: unknown[] = [];
-const onProcessError = (e: unknown) => processErrors.push(e);
 
 interface Finding { phase: string; method: string; code: string; details: string; requestHex: string }
 const summary = {
@@ -177,11 +176,7 @@ function startAutoMonitor(name: string): void {
 }
 
 beforeAll(async () => {
-  process.on('uncaughtException', onProcessError);
-  process.on('unhandledRejection', onProcessError);
-  const cap = captureLogger('error');
-  serverLog = cap.lines;
-  srv = await startServer({ listen: '127.0.0.1:0', backend: new EmulatorBackend({ maxPartitions: 32 }), logger: cap.logger, shutdownGraceMs: 500 });
+  srv = await startFuzzServer({ maxPartitions: 32 });
   client = connect(srv.address, { deadlineMs: 10_000, retries: 0 });
   const services: Record<string, grpc.MethodDefinition<Buffer, Buffer>> = {};
   for (const m of unaryMethods) services[m.path] = { path: m.path, requestStream: false, responseStream: false, requestSerialize: (b: Buffer) => b, requestDeserialize: (b: Buffer) => b, responseSerialize: (b: Buffer) => b, responseDeserialize: (b: Buffer) => b };
@@ -199,10 +194,8 @@ afterAll(async () => {
   for (const stop of monitors) stop();
   raw?.close();
   client?.close();
-  await srv?.shutdown('test');
-  process.off('uncaughtException', onProcessError);
-  process.off('unhandledRejection', onProcessError);
-  summary.serverErrors = serverLog.filter((l) => l.level >= 50).map((l) => `${l.method as string}: ${l.error as string}`).slice(0, 50);
+  summary.serverErrors = srv?.errors().slice(0, 50) ?? [];
+  await srv?.stop();
   const text = JSON.stringify(summary, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v), 2);
   if (process.env.FUZZ_REPORT) fs.writeFileSync(process.env.FUZZ_REPORT, text);
   // eslint-disable-next-line no-console
@@ -354,7 +347,10 @@ test('Monitor and WatchVtlTransitions streams with random messages', async () =>
 
 test('afterwards: still serving, and the invariants hold', async () => {
   summary.ms = Date.now() - t0;
-  expect(processErrors).toEqual([]);
+  // Nothing escaped the service (jest and the process guard fail the file on an uncaught exception
+  // or unhandled rejection of the in-process service; a child service must still be running).
+  expect(processGuard()?.records.filter((r) => !r.thrown) ?? []).toEqual([]);
+  expect(srv.died()).toBeUndefined();
   // Health.
   const health = await new Promise<Buffer>((resolve, reject) =>
     raw.makeUnaryRequest('/grpc.health.v1.Health/Check', (b: Buffer) => b, (b: Buffer) => b, Buffer.alloc(0), (e, r) => (e ? reject(e) : resolve(r!))));

@@ -30,12 +30,26 @@ export interface WatchedChild {
 }
 
 /** Watches `child` (spawned with stdout/stderr piped, or not): an exit before expectExit()/stop() is reported to the guard. */
-export function watchChild(child: ChildProcess, name: string, opts: { armed?: boolean } = {}): WatchedChild {
+export function watchChild(child: ChildProcess, name: string, opts: { armed?: boolean; onStdoutLine?: (line: string) => void; onStderrLine?: (line: string) => void } = {}): WatchedChild {
   let out = '';
   let err = '';
   const keep = (s: string, d: Buffer) => (s + d.toString()).slice(-TAIL);
-  child.stdout?.on('data', (d: Buffer) => { out = keep(out, d); });
-  child.stderr?.on('data', (d: Buffer) => { err = keep(err, d); });
+  const lines = (fn: ((line: string) => void) | undefined) => {
+    let partial = '';
+    return (d: Buffer) => {
+      if (!fn) return;
+      partial += d.toString();
+      let nl: number;
+      while ((nl = partial.indexOf('\n')) >= 0) {
+        fn(partial.slice(0, nl));
+        partial = partial.slice(nl + 1);
+      }
+    };
+  };
+  const outLines = lines(opts.onStdoutLine);
+  const errLines = lines(opts.onStderrLine);
+  child.stdout?.on('data', (d: Buffer) => { out = keep(out, d); outLines(d); });
+  child.stderr?.on('data', (d: Buffer) => { err = keep(err, d); errLines(d); });
   let expected = opts.armed === false;
   let unexpected: { code: number | null; signal: NodeJS.Signals | null } | undefined;
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
@@ -83,11 +97,11 @@ export interface ChildService extends WatchedChild {
  * Starts main.js with `--listen 127.0.0.1:0` (plus `args`) and waits for its "listening" log line.
  * Fails if it exits first; afterwards an exit before stop() is reported to the guard.
  */
-export async function spawnService(args: string[] = [], opts: { name?: string; env?: NodeJS.ProcessEnv; startTimeoutMs?: number; logLevel?: string } = {}): Promise<ChildService> {
+export async function spawnService(args: string[] = [], opts: { name?: string; env?: NodeJS.ProcessEnv; startTimeoutMs?: number; logLevel?: string; onStdoutLine?: (line: string) => void; onStderrLine?: (line: string) => void } = {}): Promise<ChildService> {
   if (!fs.existsSync(SERVICE_MAIN)) throw new Error(`${SERVICE_MAIN} is missing: build first (npm run build; npm test builds it)`);
   const child = spawn(process.execPath, [SERVICE_MAIN, '--listen', '127.0.0.1:0', '--log-level', opts.logLevel ?? 'info', ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
   // Not armed until it is up: a failed start is this function's error, not the guard's.
-  const w = watchChild(child, opts.name ?? 'vsm-service', { armed: false });
+  const w = watchChild(child, opts.name ?? 'vsm-service', { armed: false, onStdoutLine: opts.onStdoutLine, onStderrLine: opts.onStderrLine });
   const address = await new Promise<string>((resolve, reject) => {
     let buf = '';
     const timer = setTimeout(() => reject(new Error(`vsm-service did not start within ${opts.startTimeoutMs ?? 30_000} ms\n${w.stderr()}\n${w.stdout()}`)), opts.startTimeoutMs ?? 30_000);
