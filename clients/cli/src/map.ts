@@ -1,7 +1,7 @@
 // vsmctl map: a picture of a window of the GPA space, one character per 4 KiB page: RAM contents
 // (zero / non-zero, sampled with ReadGpa) and, per VTL, the overlay pages on top of it.
 import { pb } from '@vsm/client';
-import { Json, Paint, Style, formatSize, hex64, overlayKind, toJson, vtlSet } from './format';
+import { type Json, type Paint, type Style, formatSize, hex64, overlayKind, toJson, vtlSet } from './format';
 import { MASK_LEGEND, maskLabel, maskLetter, maskText, unrestricted } from './protect';
 
 export const PAGE = 4096;

@@ -3,11 +3,11 @@
 // memory intercept (intercepts.ts) and the VP either enters the protecting VTL (route 'vtl'/'both')
 // or stays suspended until a monitor answers (route 'monitor').
 import type { PartitionState } from './state/partition';
-import type { PendingAccess, VirtualProcessor } from './state/vp';
-import { AccessOutcome, InterceptRecord, ResumedAccess, X64Exception } from './outcomes';
-import { AccessKind, requiredFlag } from './protections';
+import type { VirtualProcessor } from './state/vp';
+import { type AccessOutcome, type InterceptRecord, type ResumedAccess, X64Exception } from './outcomes';
+import { type AccessKind, requiredFlag } from './protections';
 import type { InterceptAction } from './intercepts';
-import { Vtl, VTLS } from './vtl-array';
+import { type Vtl, VTLS } from './vtl-array';
 import { resumeStub } from './stub-return';
 import { assertActive, assertVpCanAct, crash, vpOf } from './rules/lifecycle';
 import { checkRange, readView, writeView } from './rules/memory-view';

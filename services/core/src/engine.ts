@@ -3,11 +3,12 @@
 // in its active VTL; the engine executes it (the emulated engine below: the core's own model; the
 // KVM agent's engine: real instructions on a vCPU) and hands every hypervisor-visible event
 // (Hyper-V MSR, hypercall, refused access) back to the core's rules. Both give the same outcomes.
-import { AccessKind } from './protections';
-import { AccessOutcome, guestAccess } from './access';
-import { HypercallOutcome, executeVmcall } from './hypercalls';
-import { Partition, VirtualProcessor, X64Exception, X64ExceptionVector } from './partition';
-import { StubOutcome, callHypercallPage } from './stub';
+import type { AccessKind } from './protections';
+import { type AccessOutcome, guestAccess } from './access';
+import { type HypercallOutcome, executeVmcall } from './hypercalls';
+import type { Partition, VirtualProcessor } from './partition';
+import { X64Exception, type X64ExceptionVector } from './outcomes';
+import { type StubOutcome, callHypercallPage } from './stub';
 
 export interface GuestEngine {
   /** WRMSR by the VP in its active VTL. */

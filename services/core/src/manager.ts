@@ -1,15 +1,15 @@
 // core: the set of partitions a backend hosts: create (idempotent by request id), restore from a
 // snapshot, get, list with page tokens, delete; and the limits that keep bad input from exhausting
 // memory, including the process-wide account of resident guest RAM every partition's memory uses.
-import { Architecture, Partition, PartitionSpec } from './partition';
+import { type Architecture, Partition, type PartitionSpec } from './partition';
 import type { PlatformHooks } from './platform';
 import type { Clock } from './clock';
 import { HvError, HvStatus, hvFail } from './tlfs/status';
 import { HV_MAX_SUPPORTED_VTL } from './tlfs/vsm';
-import { DEFAULT_LIMITS, Limits, labelsProblem } from './limits';
+import { DEFAULT_LIMITS, type Limits, labelsProblem } from './limits';
 import { ResidentMemory } from './resident';
 import { PAGE_SIZE, SparseMemory } from './memory';
-import { CoreSnapshot, restorePartition, validateSnapshot } from './snapshot';
+import { type CoreSnapshot, restorePartition, validateSnapshot } from './snapshot';
 
 export { DEFAULT_LIMITS, LABEL_LIMITS, labelsProblem } from './limits';
 export type { Limits } from './limits';

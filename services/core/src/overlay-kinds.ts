@@ -97,7 +97,7 @@ export type OverlayKind = keyof typeof OVERLAY_KINDS;
 export const OVERLAY_KIND_NAMES = Object.keys(OVERLAY_KINDS) as readonly OverlayKind[];
 
 export function isOverlayKind(s: unknown): s is OverlayKind {
-  return typeof s === 'string' && Object.prototype.hasOwnProperty.call(OVERLAY_KINDS, s);
+  return typeof s === 'string' && Object.hasOwn(OVERLAY_KINDS, s);
 }
 export function overlayKindInfo(kind: OverlayKind): OverlayKindInfo {
   return OVERLAY_KINDS[kind];

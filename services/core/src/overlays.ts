@@ -4,7 +4,7 @@
 // implementation): the most recently placed overlay on a GPA is on top; removing it uncovers the
 // next one, removing all uncovers RAM. What each kind is (scope, MSR, read-only) is the table in
 // overlay-kinds.ts.
-import { Vtl, VtlArray, VTLS } from './vtl-array';
+import { type Vtl, VtlArray, VTLS } from './vtl-array';
 import type { OverlayKind } from './overlay-kinds';
 
 export type { OverlayKind } from './overlay-kinds';

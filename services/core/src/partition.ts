@@ -3,7 +3,7 @@
 // overlay sync, SynIC, protections, memory views, transitions). This class is the state plus the
 // public methods the service, the KVM agent and the hypercall handlers call; each delegates to the
 // rule module that owns it.
-import { PartitionState, PartitionSpec, PartitionEnd } from './state/partition';
+import { PartitionState, type PartitionSpec, type PartitionEnd } from './state/partition';
 import type { VirtualProcessor } from './state/vp';
 import type { GuestEngine } from './engine';
 import type { PostResult, SynicView } from './synic';

@@ -7,8 +7,8 @@
 // (e.g. `snapshot.vps[1].vtls[0].synic_queues[0]: 40 messages exceed the 16-message SINT queue`).
 import type { CoreSnapshot, RegisterEntry } from './snapshot-types';
 import type { PendingAccess } from './state/vp';
-import { OVERLAY_KIND_NAMES, OverlayKind, isOverlayKind, overlayEnabled, overlayGpfn, overlayKindInfo } from './overlay-kinds';
-import { Limits, labelsProblem } from './limits';
+import { OVERLAY_KIND_NAMES, type OverlayKind, isOverlayKind, overlayEnabled, overlayGpfn, overlayKindInfo } from './overlay-kinds';
+import { type Limits, labelsProblem } from './limits';
 import { HvError, HvStatus } from './tlfs/status';
 import { HvRegisterName as R, registerInfo } from './tlfs/registers';
 import { HV_MAX_SUPPORTED_VTL, HvVtlEntryReason, VSM_PARTITION_CONFIG_DEFINED, VSM_VINA_DEFINED, VSM_VP_SECURE_CONFIG_DEFINED, decodeVsmPartitionConfig } from './tlfs/vsm';
@@ -282,7 +282,9 @@ export function validateSnapshot(s: CoreSnapshot, limits: SnapshotLimits): void 
       st.synicQueues.forEach((q, n) => {
         const qat = `${vat}.synic_queues[${n}]`;
         if (q.length > SYNIC_QUEUE_LIMIT) fail(qat, `${q.length} messages exceed the ${SYNIC_QUEUE_LIMIT}-message SINT queue`);
-        q.forEach((m, k) => checkQueuedMessage(`${qat}.messages[${k}]`, m));
+        q.forEach((m, k) => {
+          checkQueuedMessage(`${qat}.messages[${k}]`, m);
+        });
       });
       if (!Array.isArray(st.secureConfig) || st.secureConfig.length !== VTL_COUNT) fail(`${vat}.secure_config`, `${st.secureConfig?.length} entries; one per lower VTL 0..${HV_MAX_SUPPORTED_VTL} expected`);
       st.secureConfig.forEach((c, lower) => {

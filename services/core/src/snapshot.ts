@@ -3,19 +3,19 @@
 // underneath (RAM pages are saved as they are), protections, SynIC queues, pending intercepts and
 // suspended accesses, counters and generations. The service turns it into the versioned protobuf
 // snapshot (vsm.v1.PartitionSnapshot); the core never sees protobuf.
-import { Partition, VirtualProcessor } from './partition';
+import { Partition, type VirtualProcessor } from './partition';
 import type { PendingAccess, RegisterFile } from './state/vp';
 import { OverlayManager } from './overlays';
 import type { InterceptRecord } from './intercepts';
 import { ProtectionMap } from './protections';
-import { VTLS, Vtl } from './vtl-array';
+import { VTLS, type Vtl } from './vtl-array';
 import type { PlatformHooks } from './platform';
 import type { Clock } from './clock';
 import type { CoreSnapshot, RegisterEntry, VpSnapshot } from './snapshot-types';
 import { OVERLAY_KIND_NAMES, overlayKindInfo } from './overlay-kinds';
 import { hypercallPageCode } from './rules/overlay-sync';
 import { DEFAULT_LIMITS } from './limits';
-import { CORE_SNAPSHOT_VERSION, SnapshotLimits, validateSnapshot } from './snapshot-validate';
+import { CORE_SNAPSHOT_VERSION, type SnapshotLimits, validateSnapshot } from './snapshot-validate';
 
 export { CORE_SNAPSHOT_VERSION, validateSnapshot } from './snapshot-validate';
 export type { SnapshotLimits } from './snapshot-validate';
@@ -75,9 +75,14 @@ export function restorePartition(s: CoreSnapshot, id: string, platform?: Platfor
   const p = new Partition({ ...s.spec, labels: { ...s.spec.labels }, id, platform, clock });
   p.state = s.state;
   p.createTimeUnixMs = s.createTimeUnixMs;
-  s.vtls.forEach((v, i) => Object.assign(p.vtls.get(i as Vtl), v));
+  s.vtls.forEach((v, i) => {
+    Object.assign(p.vtls.get(i as Vtl), v);
+  });
   s.protections.forEach((m, i) => {
-    if (!m) return p.protections.set(i as Vtl, null);
+    if (!m) {
+      p.protections.set(i as Vtl, null);
+      return;
+    }
     const map = new ProtectionMap(m.defaultMask);
     for (const r of m.ranges) map.set(r.start, r.end - r.start, r.mask);
     p.protections.set(i as Vtl, map);
@@ -113,7 +118,9 @@ export function restorePartition(s: CoreSnapshot, id: string, platform?: Platfor
       st.vina = vs.vina;
       st.pendingAccess = copyAccess(vs.pendingAccess);
       vs.synicQueues.forEach((q, n) => { st.synic.queues[n] = q.map((m) => Buffer.from(m)); });
-      vs.secureConfig.forEach((c, n) => st.secureConfig.set(n as Vtl, c));
+      vs.secureConfig.forEach((c, n) => {
+        st.secureConfig.set(n as Vtl, c);
+      });
       st.arm64Pc = vs.arm64Pc;
       st.arm64Cpsr = vs.arm64Cpsr;
     });

@@ -4,7 +4,7 @@
 // address is kept in the VP's per-VTL state (pendingStubReturn) instead, and RSP is untouched.
 // When a VMCALL in a stub switches VTL, the caller stays at the RET after the VMCALL and executes
 // it when it next runs (stub-return.ts resumeStub), exactly as on hardware.
-import { GuestOutcome, Partition, VirtualProcessor, X64Exception } from './partition';
+import { type GuestOutcome, type Partition, type VirtualProcessor, X64Exception } from './partition';
 import { HvError, HvStatus } from './tlfs/status';
 import { HvRegisterName as R } from './tlfs/registers';
 import { executeVmcall } from './hypercalls';

@@ -2,7 +2,7 @@
 // inject #UD into the caller and switch nothing.
 import type { PartitionState } from './state/partition';
 import type { VirtualProcessor } from './state/vp';
-import { GuestOutcome, X64Exception } from './outcomes';
+import { type GuestOutcome, X64Exception } from './outcomes';
 import { HvRegisterName as R } from './tlfs/registers';
 import { HvVpAssistPage, HvVtlEntryReason } from './tlfs/vsm';
 import { resumeStub } from './stub-return';

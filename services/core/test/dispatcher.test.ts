@@ -42,7 +42,9 @@ function vmcall(p: Partition, vp = p.vps[0]!, control: bigint, inputGpa = INPUT_
 function getRegsInput(names: number[]): Buffer {
   const header = encodeVpRegistersHeader({ partitionId: HV_PARTITION_ID_SELF, vpIndex: HV_VP_INDEX_SELF, targetVtl: encodeInputVtl({}), rsvdZ: 0 });
   const elems = Buffer.alloc(Math.ceil((names.length * 4) / 8) * 8);
-  names.forEach((n, i) => elems.writeUInt32LE(n, 4 * i));
+  names.forEach((n, i) => {
+    elems.writeUInt32LE(n, 4 * i);
+  });
   return Buffer.concat([header, elems]);
 }
 

@@ -2,7 +2,7 @@
 // (tlfs-hypercalls.md §1.7, §2.4, §2.5; tlfs-vsm.md §3.2-3.6, §5.2), little-endian, never produced
 // by the code under test.
 import {
-  HvInitialVpContext,
+  type HvInitialVpContext,
   HypercallPageOffsets,
   buildHypercallPage,
   encodeEnableVpVtlInput,

@@ -3,7 +3,7 @@
 // register-based fast), and what it reports. The real VSM calls are tested through executeVmcall in
 // dispatcher.test.ts.
 import { HvStatus, Partition, encodeHypercallInput } from '@vsm/core';
-import { HypercallDispatcher, HypercallHandler } from '@vsm/core/hypercalls';
+import { HypercallDispatcher, type HypercallHandler } from '@vsm/core/hypercalls';
 
 const IN = 0x10000n;
 const OUT = 0x20000n;

@@ -6,7 +6,7 @@ import {
   decodeHypercallResult,
   encodeHypercallInput,
 } from '@vsm/core';
-import { HypercallShape, encodeHypercallResult, validateHypercallInput, validateParameterBlock } from '../src/tlfs/hypercall';
+import { type HypercallShape, encodeHypercallResult, validateHypercallInput, validateParameterBlock } from '../src/tlfs/hypercall';
 
 /** Runs fn and returns the HV_STATUS of the HvError it throws (fails if it does not throw one). */
 function statusOf(fn: () => unknown): number {

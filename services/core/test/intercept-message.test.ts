@@ -2,7 +2,7 @@
 // tlfs-overlays-synic.md §5.3). Offsets below are slot offsets (payload + 16).
 import { decodeMemoryInterceptMessage, encodeHvMessage, ProtectionMap } from '@vsm/core';
 import { normalizeMapFlags } from '../src/protections';
-import { HvMessageType, encodeMemoryInterceptMessage, HvX64MemoryInterceptMessage } from '../src/tlfs/message';
+import { HvMessageType, encodeMemoryInterceptMessage, type HvX64MemoryInterceptMessage } from '../src/tlfs/message';
 
 const seg = (n: number) => ({ base: 0x1111_0000_0000_0000n + BigInt(n), limit: 0x2222_0000 + n, selector: 0x3300 + n, attributes: 0x4400 + n });
 const msg: HvX64MemoryInterceptMessage = {

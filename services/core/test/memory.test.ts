@@ -101,7 +101,9 @@ describe('SparseMemory', () => {
     expect(m.pagesTouched).toBe(10);
     expect(m.touchedPages()).toEqual(gpas.map((g) => Number(g >> 12n)).sort((a, b) => a - b));
     expect(m.touchedPages()[9]).toBe(Number(size / 4096n) - 1);
-    gpas.forEach((gpa, i) => expect(m.read(gpa, 8).readBigUInt64LE()).toBe(0x0101_0101_0101_0101n * BigInt(i + 1)));
+    gpas.forEach((gpa, i) => {
+      expect(m.read(gpa, 8).readBigUInt64LE()).toBe(0x0101_0101_0101_0101n * BigInt(i + 1));
+    });
     expect(m.read(32n * GiB + 0x800n, 8).equals(Buffer.alloc(8))).toBe(true);
   });
 

@@ -3,7 +3,7 @@
 // what the partition does, so a new row is tested without a new test.
 import { HvError, HvStatus, Partition, guestAccess, longModeContext, snapshotPartition, DEFAULT_LIMITS } from '@vsm/core';
 import { validateSnapshot } from '../src/snapshot-validate';
-import { OVERLAY_KINDS, OVERLAY_KIND_NAMES, OverlayKind, isOverlayKind, overlayKindInfo, overlayKindOfRegister } from '../src/overlay-kinds';
+import { OVERLAY_KINDS, OVERLAY_KIND_NAMES, type OverlayKind, isOverlayKind, overlayKindInfo, overlayKindOfRegister } from '../src/overlay-kinds';
 import { msrToRegister } from '../src/tlfs/msr';
 import type { CoreSnapshot } from '../src/snapshot-types';
 

@@ -7,7 +7,7 @@ import {
   HvError,
   HvRegisterName as R,
   Partition,
-  Vtl,
+  type Vtl,
   answerIntercept,
   decodeMemoryInterceptMessage,
   interceptAccess,

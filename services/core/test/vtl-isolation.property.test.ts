@@ -14,7 +14,7 @@ import {
   HvMsr,
   HvRegisterName as R,
   Partition,
-  Reg128,
+  type Reg128,
   X64Exception,
   callHypercallPage,
   longModeContext,

@@ -2,11 +2,11 @@
 // HvCallEnableVpVtl, and the state a VP's VTL starts in (its initial context, SINTs masked).
 import type { PartitionState } from '../state/partition';
 import type { VirtualProcessor } from '../state/vp';
-import { Vtl, VTLS, isVtl } from '../vtl-array';
+import { type Vtl, VTLS, isVtl } from '../vtl-array';
 import { HvStatus, hvFail } from '../tlfs/status';
 import { HvRegisterName as R, SegmentAttr, reg64, segmentToReg128, tableToReg128 } from '../tlfs/registers';
 import { HV_SINT_MASKED } from '../tlfs/msr';
-import { HvInitialVpContext } from '../tlfs/vsm';
+import type { HvInitialVpContext } from '../tlfs/vsm';
 import { assertActive, vpOf } from './lifecycle';
 import { CR0_PE } from './processor';
 

@@ -5,7 +5,7 @@
 // overlay-kinds table gives them).
 import type { PartitionState } from '../state/partition';
 import type { VirtualProcessor } from '../state/vp';
-import { X64Exception, X64ExceptionVector } from '../outcomes';
+import { X64Exception, type X64ExceptionVector } from '../outcomes';
 import { overlayKindInfo, overlayKindOfRegister } from '../overlay-kinds';
 import { HvError } from '../tlfs/status';
 import { HvRegisterName as R, reg64, registerInfo } from '../tlfs/registers';

@@ -4,7 +4,7 @@
 import type { PartitionState } from '../state/partition';
 import type { VirtualProcessor } from '../state/vp';
 import type { Vtl } from '../vtl-array';
-import { OverlayKind, overlayEnabled, overlayGpfn, overlayKindInfo, overlayMsrName } from '../overlay-kinds';
+import { type OverlayKind, overlayEnabled, overlayGpfn, overlayKindInfo, overlayMsrName } from '../overlay-kinds';
 import { PAGE_SIZE } from '../memory';
 import { HvError, HvStatus } from '../tlfs/status';
 import { buildHypercallPage } from '../tlfs/vsm';

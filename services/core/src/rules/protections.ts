@@ -2,7 +2,7 @@
 // EnableVtlProtection gets a protection map (its DefaultVtlProtectionMask everywhere), and
 // HvCallModifyVtlProtectionMask changes page masks in it. The map itself is ../protections.ts.
 import type { PartitionState } from '../state/partition';
-import { Vtl, isVtl } from '../vtl-array';
+import { type Vtl, isVtl } from '../vtl-array';
 import { ProtectionMap, normalizeMapFlags } from '../protections';
 import { HvStatus, hvFail } from '../tlfs/status';
 import { assertActive } from './lifecycle';

@@ -5,10 +5,10 @@
 // validated before any is committed.
 import type { PartitionState } from '../state/partition';
 import type { VirtualProcessor } from '../state/vp';
-import { Vtl, VtlSet, isVtl } from '../vtl-array';
-import { OVERLAY_KIND_NAMES, OverlayKind, overlayKindInfo, overlayKindOfRegister, overlayMsrName } from '../overlay-kinds';
+import { type Vtl, VtlSet, isVtl } from '../vtl-array';
+import { OVERLAY_KIND_NAMES, type OverlayKind, overlayKindInfo, overlayKindOfRegister, overlayMsrName } from '../overlay-kinds';
 import { HvStatus, hvFail } from '../tlfs/status';
-import { HvRegisterName as R, Reg128, RegisterInfo, allRegisters, reg64, registerInfo } from '../tlfs/registers';
+import { HvRegisterName as R, type Reg128, type RegisterInfo, allRegisters, reg64, registerInfo } from '../tlfs/registers';
 import { HV_SINT_MASKED, HV_SYNIC_VERSION } from '../tlfs/msr';
 import {
   HV_MAX_SUPPORTED_VTL,
@@ -73,7 +73,7 @@ export function getRegister(p: PartitionState, vp: VirtualProcessor, vtlIn: numb
  * all-or-nothing (validate everything, then apply). `caller` is the calling VTL for a guest
  * hypercall or WRMSR; 'host' is the management API (no caller-VTL rules).
  */
-export function prepareSetRegister(p: PartitionState, vp: VirtualProcessor, vtlIn: number, name: number, value: Reg128, caller: Vtl | 'host'): () => void {
+export function prepareSetRegister(p: PartitionState, vp: VirtualProcessor, vtlIn: number, name: number, value: Reg128, _caller: Vtl | 'host'): () => void {
   const vtl = requireVpVtl(vp, vtlIn);
   const info: RegisterInfo | undefined = registerInfo(name);
   if (!info) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `unknown register name 0x${name.toString(16)}`);

@@ -5,13 +5,13 @@
 import { SparseMemory } from '../memory';
 import type { GuestRam, PlatformHooks } from '../platform';
 import type { ProtectionMap } from '../protections';
-import { InterceptAction, InterceptBroker, InterceptRoute } from '../intercepts';
+import { type InterceptAction, InterceptBroker, type InterceptRoute } from '../intercepts';
 import { OverlayManager } from '../overlays';
-import { Vtl, VtlArray, VtlSet } from '../vtl-array';
+import { type Vtl, VtlArray, type VtlSet } from '../vtl-array';
 import type { VtlTransitionRecord } from '../outcomes';
-import { X64Vendor, encodeVsmPartitionConfig } from '../tlfs/vsm';
+import { type X64Vendor, encodeVsmPartitionConfig } from '../tlfs/vsm';
 import { VirtualProcessor } from './vp';
-import { Clock, systemClock } from '../clock';
+import { type Clock, systemClock } from '../clock';
 
 export type Architecture = 'x64' | 'arm64';
 

@@ -1,6 +1,6 @@
 // core, state: a virtual processor and its per-VTL state (tlfs-vsm.md §9: what is private to a VTL
 // and what is shared). Plain data; the rules that change it are in ../rules.
-import { Vtl, VtlArray, VtlSet, VTLS } from '../vtl-array';
+import { type Vtl, VtlArray, type VtlSet, VTLS } from '../vtl-array';
 import { Synic } from '../synic';
 import type { Reg128 } from '../tlfs/registers';
 import type { AccessKind } from '../protections';
