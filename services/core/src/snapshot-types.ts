@@ -2,12 +2,15 @@
 // written by snapshot.ts, checked by snapshot-validate.ts, mapped to vsm.v1.PartitionSnapshot by the
 // service. Plain arrays indexed by VTL (one entry per VTL 0..HV_MAX_SUPPORTED_VTL) where the live
 // state has VtlArrays.
-import type { PartitionSpec } from './state/partition';
+import type { PartitionSpec, PartitionVtlState } from './state/partition';
 import type { PendingAccess } from './state/vp';
 import type { OverlayManager } from './overlays';
 import type { InterceptBroker, InterceptRoute } from './intercepts';
 import type { Reg128 } from './tlfs/registers';
 import type { Vtl } from './vtl-array';
+
+/** Partition-wide state of one VTL: every field of PartitionVtlState (its overlay MSRs included). */
+export type PartitionVtlSnapshot = { -readonly [K in keyof PartitionVtlState]: PartitionVtlState[K] };
 
 export interface RegisterEntry { name: number; value: Reg128 }
 
@@ -39,7 +42,7 @@ export interface CoreSnapshot {
   spec: Omit<PartitionSpec, 'platform' | 'clock'>;
   state: 'active' | 'crashed';
   createTimeUnixMs: number;
-  vtls: { enabled: boolean; mbec: boolean; config: bigint; guestOsId: bigint; hypercallMsr: bigint; referenceTscMsr: bigint }[];
+  vtls: PartitionVtlSnapshot[];
   protections: ({ defaultMask: number; ranges: { start: number; end: number; mask: number }[] } | null)[];
   protectionChanges: number;
   transitionSeq: bigint;

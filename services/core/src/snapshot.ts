@@ -19,7 +19,7 @@ import { CORE_SNAPSHOT_VERSION, type SnapshotLimits, validateSnapshot } from './
 
 export { CORE_SNAPSHOT_VERSION, validateSnapshot } from './snapshot-validate';
 export type { SnapshotLimits } from './snapshot-validate';
-export type { CoreSnapshot, RegisterEntry, VpSnapshot, VpVtlSnapshot } from './snapshot-types';
+export type { CoreSnapshot, PartitionVtlSnapshot, RegisterEntry, VpSnapshot, VpVtlSnapshot } from './snapshot-types';
 
 const regs = (m: RegisterFile): RegisterEntry[] => [...m].map(([name, value]) => ({ name, value: { ...value } }));
 const copyAccess = (a: PendingAccess | null): PendingAccess | null => (a ? { ...a, data: a.data ? Buffer.from(a.data) : undefined } : null);
@@ -31,7 +31,7 @@ export function snapshotPartition(p: Partition): CoreSnapshot {
     spec: { ...spec, labels: { ...spec.labels } },
     state: p.state,
     createTimeUnixMs: p.createTimeUnixMs,
-    vtls: p.vtls.map((v) => ({ enabled: v.enabled, mbec: v.mbec, config: v.config, guestOsId: v.guestOsId, hypercallMsr: v.hypercallMsr, referenceTscMsr: v.referenceTscMsr })),
+    vtls: p.vtls.map((v) => ({ ...v })),
     protections: p.protections.map((m) => (m ? { defaultMask: m.defaultMask, ranges: m.list().map((r) => ({ ...r })) } : null)),
     protectionChanges: p.protectionChanges,
     transitionSeq: p.transitionSeq,
