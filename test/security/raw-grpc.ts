@@ -20,19 +20,21 @@ export interface RawCall {
 }
 
 /**
- * Opens `path` on its own HTTP/2 connection (or on `session`). Responses are not consumed unless
- * the caller reads `stream`: with `paused`, nothing is read at all and the server meets HTTP/2 flow
- * control once the window is full.
+ * Opens `path` on its own HTTP/2 connection (or on `session`). Responses are read and dropped;
+ * with `paused`, nothing is read at all (until the caller resumes `stream`) and the server meets
+ * HTTP/2 flow control once the window is full.
  */
 export function openCall(address: string, path: string, opts: { token?: string; session?: http2.ClientHttp2Session; paused?: boolean; headers?: Record<string, string> } = {}): RawCall {
   const session = opts.session ?? http2.connect(`http://${address}`);
-  session.on('error', () => undefined);
+  if (!opts.session) session.on('error', () => undefined);
   const stream = session.request({
     ':method': 'POST', ':path': path, 'content-type': 'application/grpc', te: 'trailers',
     ...(opts.token ? { authorization: `Bearer ${opts.token}` } : {}), ...opts.headers,
   });
   stream.on('error', () => undefined);
+  // Unless paused, responses are consumed (and dropped), so the stream can end.
   if (opts.paused) stream.pause();
+  else stream.resume();
   const ended = new Promise<{ grpcStatus?: number; grpcMessage?: string; rstCode?: number }>((resolve) => {
     let status: number | undefined;
     let message: string | undefined;
