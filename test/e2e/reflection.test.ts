@@ -7,6 +7,8 @@ import * as protoLoader from '@grpc/proto-loader';
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const descriptor = require('protobufjs/ext/descriptor') as { FileDescriptorProto: { decode(b: Uint8Array): any; encode(m: any): { finish(): Uint8Array } } };
 import { Harness, startHarness } from '../support/server';
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const protobuf = require('protobufjs') as typeof import('protobufjs');
 
 let h: Harness;
 beforeAll(async () => { h = await startHarness(); });
@@ -44,7 +46,6 @@ test('reflection serves the file descriptor of a symbol, and a dynamic call buil
   const res = await ask(c, { file_containing_symbol: 'vsm.v1.GuestService' });
   const raw = (res.file_descriptor_response as { file_descriptor_proto: Buffer[] }).file_descriptor_proto;
   const files = raw.map((b) => descriptor.FileDescriptorProto.decode(b));
-  // @grpc/reflection serves the package as one synthesized file (e.g. vsm_v1.proto).
   const guest = files.find((f) => (f.service ?? []).some((s: { name: string }) => s.name === 'GuestService'));
   expect(guest).toBeDefined();
   expect(guest.package).toBe('vsm.v1');
@@ -59,6 +60,57 @@ test('reflection serves the file descriptor of a symbol, and a dynamic call buil
   const err = await new Promise<grpc.ServiceError>((resolve) => (g as any).ReadMsr({ name: 'partitions/none/vps/0', msr: 0x40000000 }, (e: grpc.ServiceError) => resolve(e)));
   expect(err.code).toBe(grpc.status.NOT_FOUND);
   g.close();
+});
+
+/** The files reflection returns for `symbol` (the file that declares it and its dependencies). */
+async function filesFor(symbol: string): Promise<any[]> {
+  const c = reflectionClient('v1');
+  try {
+    const res = await ask(c, { file_containing_symbol: symbol });
+    if (res.error_response) throw new Error(`reflection cannot resolve ${symbol}: ${JSON.stringify(res.error_response)}`);
+    return (res.file_descriptor_response as { file_descriptor_proto: Buffer[] }).file_descriptor_proto.map((b) => descriptor.FileDescriptorProto.decode(b));
+  } finally {
+    c.close();
+  }
+}
+
+/** The leading comment of field `field` of message `message` in `file` (from its SourceCodeInfo). */
+function fieldComment(file: any, message: string, field: string): string | undefined {
+  const mi = file.messageType.findIndex((m: { name: string }) => m.name === message);
+  const fi = mi < 0 ? -1 : file.messageType[mi].field.findIndex((f: { name: string }) => f.name === field);
+  if (fi < 0) return undefined;
+  // FileDescriptorProto.message_type = 4, DescriptorProto.field = 2.
+  const loc = (file.sourceCodeInfo?.location ?? []).find((l: { path: number[] }) => l.path.length === 4 && l.path[0] === 4 && l.path[1] === mi && l.path[2] === 2 && l.path[3] === fi);
+  return loc?.leadingComments;
+}
+
+test('reflected descriptors keep the proto comments (grpcurl describe shows what map_flags means)', async () => {
+  const files = await filesFor('vsm.v1.ModifyVtlProtectionMaskRequest');
+  const intercept = files.find((f) => f.name === 'vsm/v1/intercept.proto');
+  expect(intercept).toBeDefined();
+  expect(intercept.sourceCodeInfo?.location?.length).toBeGreaterThan(0);
+  expect(fieldComment(intercept, 'ModifyVtlProtectionMaskRequest', 'map_flags')).toMatch(/HV_MAP_GPA_FLAGS: 0x1 READABLE, 0x2 WRITABLE, 0x4 KERNEL_EXECUTABLE, 0x8 USER_EXECUTABLE/);
+  // Every vsm.v1 file is served as the file it is, with its imports resolvable.
+  const guest = (await filesFor('vsm.v1.GuestService')).find((f) => f.name === 'vsm/v1/guest.proto');
+  expect(fieldComment(guest, 'CallHypercallPageRequest', 'rcx')).toMatch(/RCX/);
+});
+
+test('reflection serves google.rpc.Status and ErrorInfo: error details decode as grpcurl decodes them', async () => {
+  const files = [...await filesFor('google.rpc.Status'), ...await filesFor('google.rpc.ErrorInfo')];
+  expect(files.map((f) => f.name)).toEqual(expect.arrayContaining(['google/rpc/status.proto', 'google/rpc/error_details.proto', 'google/protobuf/any.proto']));
+  const byName = new Map(files.map((f) => [f.name, f]));
+  const root = protobuf.Root.fromDescriptor({ file: [...byName.values()] } as never).resolveAll();
+  // A real error from the server, decoded only with what reflection returned.
+  const Guest = (grpc.loadPackageDefinition(protoLoader.loadSync(path.resolve(__dirname, '../../proto/vsm/v1/guest.proto'), { includeDirs: [path.resolve(__dirname, '../../proto')] })) as any).vsm.v1.GuestService as grpc.ServiceClientConstructor;
+  const g = new Guest(h.address, grpc.credentials.createInsecure());
+  const err = await new Promise<grpc.ServiceError>((resolve) => (g as any).ReadMsr({ name: 'partitions/none/vps/0', msr: 0x40000000 }, (e: grpc.ServiceError) => resolve(e)));
+  g.close();
+  const bin = err.metadata.get('grpc-status-details-bin')[0] as Buffer;
+  const status = root.lookupType('google.rpc.Status').decode(bin) as unknown as { code: number; details: { type_url: string; value: Uint8Array }[] };
+  expect(status.code).toBe(grpc.status.NOT_FOUND);
+  expect(status.details[0]!.type_url).toBe('type.googleapis.com/google.rpc.ErrorInfo');
+  const info = root.lookupType('google.rpc.ErrorInfo').toObject(root.lookupType('google.rpc.ErrorInfo').decode(status.details[0]!.value));
+  expect(info).toMatchObject({ reason: 'HV_STATUS_INVALID_PARTITION_ID', domain: 'vsm.v1' });
 });
 
 test('health reports SERVING for the server and each service', async () => {
