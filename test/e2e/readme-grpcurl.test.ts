@@ -89,4 +89,26 @@ test('every README grpcurl command works against the server, resolved through re
   expect(write.outcome.intercept.protecting_vtl).toBe(1);
   expect(write.outcome.active_vtl).toBe(1);
   expect(results.get('grpc.health.v1.Health/Check').status).toBe('SERVING');
+  // VtlCall (offset 0x0F) and VtlReturn (0x26) pass their control input in rcx: left out, the VP's
+  // current RCX is used and may raise #UD. Every such command sets it, and the VtlReturn lands in VTL0.
+  const pageCalls = cmds.filter((c) => c.method === 'vsm.v1.GuestService/CallHypercallPage');
+  expect(pageCalls.length).toBeGreaterThanOrEqual(2);
+  for (const c of pageCalls) expect(JSON.parse(c.data!)).toHaveProperty('rcx');
+  const ret = [...results.entries()].filter(([k]) => k.startsWith('vsm.v1.GuestService/CallHypercallPage')).map(([, v]) => v);
+  expect(ret.map((r) => [r.outcome.active_vtl, r.outcome.exception])).toEqual([[1, 'X64_EXCEPTION_UNSPECIFIED'], [0, 'X64_EXCEPTION_UNSPECIFIED']]);
+});
+
+test("the README's API table lists every vsm.v1 service the server serves", async () => {
+  const readme = fs.readFileSync(path.resolve(__dirname, '../../README.md'), 'utf8');
+  const section = readme.slice(readme.indexOf('## The API'), readme.indexOf('\n## ', readme.indexOf('## The API') + 5));
+  const listed = [...section.matchAll(/^\| `(\w+Service)`/gm)].map((m) => `vsm.v1.${m[1]}`);
+  const r = reflection();
+  try {
+    const res = await r.ask({ list_services: '' });
+    const served = res.list_services_response.service.map((s: { name: string }) => s.name).filter((n: string) => n.startsWith('vsm.v1.'));
+    expect(served.length).toBeGreaterThanOrEqual(8);
+    expect(listed.sort()).toEqual(served.sort());
+  } finally {
+    r.close();
+  }
 });
