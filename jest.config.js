@@ -9,10 +9,10 @@ const moduleNameMapper = {
   '^@vsm/core/(.*)$': '<rootDir>/services/core/src/$1',
   '^@vsm/client$': '<rootDir>/clients/typescript/src/index.ts',
   '^@vsm/client/(.*)$': '<rootDir>/clients/typescript/src/$1',
-  '^@vsm/service$': '<rootDir>/services/vsm-service/src/index.ts',
-  '^@vsm/service/(.*)$': '<rootDir>/services/vsm-service/src/$1',
-  '^@vsm/kvm-agent$': '<rootDir>/services/kvm-agent/src/index.ts',
-  '^@vsm/kvm-agent/(.*)$': '<rootDir>/services/kvm-agent/src/$1',
+  '^@vsm/vsm-v1$': '<rootDir>/services/vsm-v1/src/index.ts',
+  '^@vsm/vsm-v1/(.*)$': '<rootDir>/services/vsm-v1/src/$1',
+  '^@vsm/platform-kvm$': '<rootDir>/services/platform-kvm/src/index.ts',
+  '^@vsm/platform-kvm/(.*)$': '<rootDir>/services/platform-kvm/src/$1',
 };
 // Every project runs in the guarded environment with the process guard (test/support/process-guard.ts):
 // an uncaught exception, an unhandled rejection or an unexpected child-process exit fails the run.

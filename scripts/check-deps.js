@@ -30,16 +30,32 @@
 const fs = require('node:fs');
 const path = require('node:path');
 
-/** Layer of each package of this repository. */
+/** Layer of each package of this repository (a package.json "vsm": {"layer": ...} takes precedence). */
 const LAYERS = {
-  '@vsm/core': 'core', //            pure VSM semantics, no I/O
+  '@vsm/core': 'core', //            pure VSM semantics and the emulated engine, no I/O
   '@vsm/client': 'api', //           generated vsm.v1 code and the thin client over it
-  '@vsm/service': 'process', //      the vsm-service process — today also the library the agent and bench build on (#18)
-  '@vsm/kvm-agent': 'platform', //   the KVM engine and backend (and, today, its process main.ts)
+  '@vsm/platform-kvm': 'platform', // the KVM engine of the core
+  '@vsm/vsm-v1': 'vsm-v1', //        the vsm.v1 implementation (backends, gRPC server, security)
+  '@vsm/service': 'process', //      the vsm-service process
+  '@vsm/kvm-agent': 'process', //    the vsm-kvm-agent process
   '@vsm/cli': 'client', //           vsmctl
   bench: 'bench', //                 the benchmark harness (not a workspace: bench/ has no package.json)
 };
-const KNOWN_LAYERS = ['core', 'platform', 'api', 'process', 'client', 'bench'];
+const KNOWN_LAYERS = ['core', 'api', 'platform', 'vsm-v1', 'client', 'bench', 'process'];
+/**
+ * Which layers each layer may import (the architecture: core ← platforms ← vsm.v1 implementation ←
+ * processes; the generated API is used by the vsm.v1 implementation, clients and processes). Nothing
+ * imports a process.
+ */
+const MAY_IMPORT = {
+  core: ['core'],
+  api: ['api'],
+  platform: ['core', 'platform'],
+  'vsm-v1': ['core', 'api', 'platform', 'vsm-v1'],
+  client: ['core', 'api', 'client'],
+  bench: ['core', 'api', 'platform', 'vsm-v1', 'client', 'bench'],
+  process: ['core', 'api', 'platform', 'vsm-v1'],
+};
 
 /** Directories scanned, relative to the root. */
 const SCAN_DIRS = ['services', 'clients', 'bench'];
@@ -55,14 +71,7 @@ const SKIP_DIRS = new Set(['node_modules', 'dist', 'coverage', '.git']);
  * - cycle: { files } — a file cycle is known when all of its files are in `files` (a cycle that
  *   shrinks while it is being taken apart stays known; one that grows is new).
  */
-const KNOWN_VIOLATIONS = [
-  // KvmBackend extends vsm-service's EmulatorBackend; the lead is moving the core-backed backend
-  // out of the process package (issue #18, "An engine seam in the core").
-  { kind: 'process-dependency', from: '@vsm/kvm-agent', to: '@vsm/service', issue: 18 },
-  // bench runs startServer/EmulatorBackend of vsm-service in process and in its server children;
-  // goes away with the same split (issue #18).
-  { kind: 'process-dependency', from: 'bench', to: '@vsm/service', issue: 18 },
-];
+const KNOWN_VIOLATIONS = [];
 
 // ---------------------------------------------------------------------------------------------
 
@@ -354,12 +363,24 @@ function check(root, opts = {}) {
   }
   violations.push(...procDeps.values());
 
+  // (4) imports against the layer order (MAY_IMPORT), other than into a process (reported above).
+  const orderDeps = new Map();
+  for (const e of g.edges) {
+    if (!e.fromPkg || !e.toPkg || e.fromPkg === e.toPkg || layerOf.get(e.toPkg) === 'process') continue;
+    const allowed = MAY_IMPORT[layerOf.get(e.fromPkg)] || [];
+    if (allowed.includes(layerOf.get(e.toPkg))) continue;
+    const k = `${e.fromPkg}\0${e.toPkg}`;
+    if (!orderDeps.has(k)) orderDeps.set(k, { kind: 'layer-order', from: e.fromPkg, to: e.toPkg, fromLayer: layerOf.get(e.fromPkg), toLayer: layerOf.get(e.toPkg), imports: [] });
+    orderDeps.get(k).imports.push(`${e.from}:${e.line} (${e.spec}${e.kind === 'runtime' ? '' : `, ${e.kind}`})`);
+  }
+  violations.push(...orderDeps.values());
+
   // Known violations.
   const used = new Set();
   const isKnown = (v) => {
     const i = known.findIndex((k) => {
       if (k.kind !== v.kind) return false;
-      if (v.kind === 'process-dependency') return k.from === v.from && k.to === v.to;
+      if (v.kind === 'process-dependency' || v.kind === 'layer-order') return k.from === v.from && k.to === v.to;
       if (v.kind === 'cycle') return v.files.every((f) => k.files.includes(f));
       if (v.kind === 'package-cycle') return v.packages.every((p) => k.packages.includes(p));
       return false;
@@ -417,6 +438,11 @@ function describe(v) {
       if (v.imports.length > 5) shown.push(`      … ${v.imports.length - 5} more`);
       return [`  [${tag}] ${v.from} depends on the process package ${v.to} (${v.imports.length} imports):`, ...shown].join('\n');
     }
+    case 'layer-order': {
+      const shown = v.imports.slice(0, 5).map((i) => `      ${i}`);
+      if (v.imports.length > 5) shown.push(`      … ${v.imports.length - 5} more`);
+      return [`  [${tag}] ${v.from} (${v.fromLayer}) imports ${v.to} (${v.toLayer}), against the layer order (${v.imports.length} imports):`, ...shown].join('\n');
+    }
     default:
       return `  [${tag}] ${v.message}`;
   }
@@ -429,6 +455,7 @@ function report(r) {
     ['run-time import cycles between files', (v) => v.kind === 'cycle'],
     ['run-time cycles between packages', (v) => v.kind === 'package-cycle'],
     ['dependencies on process packages', (v) => v.kind === 'process-dependency'],
+    ['imports against the layer order (core ← platform ← vsm-v1 ← process)', (v) => v.kind === 'layer-order'],
     ['packages without a layer', (v) => v.kind === 'no-layer'],
   ];
   for (const [title, pick] of sections) {
@@ -475,7 +502,7 @@ function main(argv) {
   return r.ok ? 0 : 1;
 }
 
-module.exports = { check, buildGraph, importsOf, formatMap, report, LAYERS, KNOWN_VIOLATIONS };
+module.exports = { check, buildGraph, importsOf, formatMap, report, LAYERS, MAY_IMPORT, KNOWN_VIOLATIONS };
 
 if (require.main === module) {
   try {

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Generates the TypeScript for vsm.v1 (and google.rpc error details) with buf + ts-proto into
 // clients/typescript/src/gen, and the descriptors the service's reflection serves into
-// services/vsm-service/src/gen/descriptor-set.ts. Generated code is not committed; `npm run setup`
+// services/vsm-v1/src/gen/descriptor-set.ts. Generated code is not committed; `npm run setup`
 // (run before start and test) calls this whenever a .proto is newer than the generated tree.
 'use strict';
 const { execFileSync } = require('node:child_process');
@@ -32,7 +32,7 @@ try {
   });
   // Serialized FileDescriptorSets concatenate into one (repeated field 1).
   const set = Buffer.concat(sets);
-  const genDir = path.join(root, 'services/vsm-service/src/gen');
+  const genDir = path.join(root, 'services/vsm-v1/src/gen');
   fs.rmSync(genDir, { recursive: true, force: true });
   fs.mkdirSync(genDir, { recursive: true });
   fs.writeFileSync(path.join(genDir, 'descriptor-set.ts'),
@@ -44,4 +44,4 @@ try {
 }
 
 fs.writeFileSync(path.join(out, '.stamp'), new Date().toISOString() + '\n');
-console.log('generated', path.relative(root, out), 'and services/vsm-service/src/gen');
+console.log('generated', path.relative(root, out), 'and services/vsm-v1/src/gen');

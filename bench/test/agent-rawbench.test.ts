@@ -1,7 +1,7 @@
 /**
  * Smoke test of the raw exit benchmark (tiny iteration counts; asserts shape, not speed).
  */
-import { kvm } from '@vsm/kvm-agent';
+import { kvm } from '@vsm/platform-kvm';
 import { measureRawExits } from '../src/agent/rawbench';
 
 const unavailable = kvm.KvmSystem.unavailableReason();

@@ -196,7 +196,7 @@ describe('check-deps fails', () => {
   test('on a run-time cycle between packages that is not a cycle between files', () => {
     const root = tree({
       [CORE]: {
-        name: '@fx/core', layer: 'core', files: {
+        name: '@fx/core', layer: 'platform', files: {
           'src/index.ts': "export const x = 1;\nexport { useY } from './uses-engine';\n",
           'src/uses-engine.ts': "import { y } from '@fx/engine';\nexport const useY = () => y;\n",
         },
@@ -215,7 +215,7 @@ describe('check-deps fails', () => {
   test('on a package cycle alone (files acyclic)', () => {
     const root = tree({
       [CORE]: {
-        name: '@fx/core', layer: 'core', files: {
+        name: '@fx/core', layer: 'platform', files: {
           'src/index.ts': 'export const x = 1;\n',
           'src/extra.ts': "import { y } from '@fx/engine';\nexport const z = y;\n",
         },
@@ -226,6 +226,17 @@ describe('check-deps fails', () => {
     expect(r.violations).toEqual([
       { kind: 'package-cycle', known: false, packages: ['@fx/core', '@fx/engine'], cycles: [['@fx/core', '@fx/engine', '@fx/core']] },
     ]);
+    expect(cli(root).status).toBe(1);
+  });
+
+  test('on an import against the layer order (a core package importing a platform package)', () => {
+    const root = tree({
+      [CORE]: { name: '@fx/core', layer: 'core', files: { 'src/index.ts': "import { y } from '@fx/engine';\nexport const z = y;\n" } },
+      [ENGINE]: { name: '@fx/engine', layer: 'platform', files: { 'src/index.ts': 'export const y = 1;\n' } },
+    });
+    const r = deps.check(root, { known: [] });
+    expect(r.ok).toBe(false);
+    expect(r.violations).toEqual([expect.objectContaining({ kind: 'layer-order', from: '@fx/core', to: '@fx/engine', fromLayer: 'core', toLayer: 'platform', known: false })]);
     expect(cli(root).status).toBe(1);
   });
 

@@ -10,7 +10,7 @@ import * as os from 'node:os';
 import pino from 'pino';
 import { status } from '@grpc/grpc-js';
 import { connect, pb, VsmClient } from '@vsm/client';
-import { EmulatorBackend, RunningServer, parseConfig, startServer } from '@vsm/service';
+import { CoreBackend, RunningServer, parseConfig, startServer } from '@vsm/vsm-v1';
 import { GiB, failure } from '../support/server';
 import { spawnService } from '../support/child-service';
 
@@ -21,10 +21,10 @@ const r64 = (name: pb.HvRegisterName, v: bigint): pb.RegisterAssoc => ({ name, v
 
 let srv: RunningServer;
 let c: VsmClient;
-let backend: EmulatorBackend;
+let backend: CoreBackend;
 
 beforeAll(async () => {
-  backend = new EmulatorBackend({ maxResidentBytes: BigInt(LIMIT) });
+  backend = new CoreBackend({ maxResidentBytes: BigInt(LIMIT) });
   srv = await startServer({ listen: '127.0.0.1:0', backend, logger: pino({ level: 'silent' }), shutdownGraceMs: 500 });
   c = connect(srv.address, { deadlineMs: 20_000 });
 });
@@ -195,7 +195,7 @@ const kvm = (() => {
 })();
 (kvm ? test : test.skip)('KVM agent: memory_bytes of every partition counts against the limit at create and restore (needs /dev/kvm)', async () => {
   // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const { KvmBackend } = require('@vsm/kvm-agent') as typeof import('@vsm/kvm-agent');
+  const { KvmBackend } = require('@vsm/vsm-v1') as typeof import('@vsm/vsm-v1');
   const agent = new KvmBackend({ limits: { maxResidentBytes: 3n * 64n * BigInt(MiB) } });
   const agentSrv = await startServer({ listen: '127.0.0.1:0', backend: agent, logger: pino({ level: 'silent' }), shutdownGraceMs: 500 });
   const a = connect(agentSrv.address, { deadlineMs: 30_000 });

@@ -4,14 +4,14 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import pino from 'pino';
 import { connect, pb } from '@vsm/client';
-import { EmulatorBackend, StateStore, persistentBackend, restoreAll, startServer } from '@vsm/service';
+import { CoreBackend, StateStore, persistentBackend, restoreAll, startServer } from '@vsm/vsm-v1';
 import { HvMsr } from '@vsm/core';
 
 const GiB = 1n << 30n;
 
 async function serve(dir: string) {
   const store = new StateStore(dir);
-  const backend = persistentBackend(new EmulatorBackend(), store);
+  const backend = persistentBackend(new CoreBackend(), store);
   const log = pino({ level: 'silent' });
   const restored = await restoreAll(backend, store, log);
   const srv = await startServer({ listen: '127.0.0.1:0', backend, logger: log, shutdownGraceMs: 500 });

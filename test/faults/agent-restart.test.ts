@@ -6,7 +6,7 @@ import * as net from 'node:net';
 import pino from 'pino';
 import { status } from '@grpc/grpc-js';
 import { connect, pb, VsmError } from '@vsm/client';
-import { RemoteBackend, RunningServer, startServer } from '@vsm/service';
+import { RemoteBackend, RunningServer, startServer } from '@vsm/vsm-v1';
 import { HvMsr } from '@vsm/core';
 
 const kvm = (() => { try { fs.accessSync('/dev/kvm', fs.constants.R_OK | fs.constants.W_OK); return undefined; } catch { return 'no usable /dev/kvm'; } })();
@@ -24,7 +24,7 @@ function freePort(): Promise<number> {
 (kvm ? describe.skip : describe)('KVM agent killed and restarted behind the service', () => {
   test('UNAVAILABLE while down (fast), NOT_FOUND for its old partitions after restart', async () => {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const { KvmBackend } = require('@vsm/kvm-agent') as typeof import('@vsm/kvm-agent');
+    const { KvmBackend } = require('@vsm/vsm-v1') as typeof import('@vsm/vsm-v1');
     const logger = pino({ level: 'silent' });
     const agentAddr = `127.0.0.1:${await freePort()}`;
     let agent: RunningServer = await startServer({ listen: agentAddr, backend: new KvmBackend(), logger, shutdownGraceMs: 200 });

@@ -1,6 +1,6 @@
 // Child for the kill-mid-write test: saves ever larger snapshots of one partition in a loop until
-// killed. Run from the compiled tree (services/vsm-service/dist).
-const { StateStore } = require('../../services/vsm-service/dist/state-dir');
+// killed. Run from the compiled tree (services/vsm-v1/dist).
+const { StateStore } = require('../../services/vsm-v1/dist/state-dir');
 const { pb } = require('../../clients/typescript/dist');
 const store = new StateStore(process.argv[2]);
 let n = 0;

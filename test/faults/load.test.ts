@@ -4,7 +4,7 @@
 // succeeds. Bounded in count (not time), loopback only.
 import pino from 'pino';
 import { connect, pb, VsmClient } from '@vsm/client';
-import { EmulatorBackend, startServer } from '@vsm/service';
+import { CoreBackend, startServer } from '@vsm/vsm-v1';
 import { HvMsr } from '@vsm/core';
 
 const CLIENTS = 16;
@@ -12,7 +12,7 @@ const ROUNDS = 40; // VtlCall + VtlReturn pairs per client
 const INTERCEPTS = 10; // monitor-answered writes per client (on 4 monitored partitions)
 
 test(`${CLIENTS} clients, ${CLIENTS} watch streams, 4 monitors: nothing lost`, async () => {
-  const srv = await startServer({ listen: '127.0.0.1:0', backend: new EmulatorBackend(), logger: pino({ level: 'silent' }), shutdownGraceMs: 500 });
+  const srv = await startServer({ listen: '127.0.0.1:0', backend: new CoreBackend(), logger: pino({ level: 'silent' }), shutdownGraceMs: 500 });
   const clients: VsmClient[] = Array.from({ length: CLIENTS }, () => connect(srv.address, { deadlineMs: 60_000 }));
   try {
     const parts: string[] = [];

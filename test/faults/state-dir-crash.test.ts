@@ -5,7 +5,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { pb } from '@vsm/client';
-import { StateStore } from '@vsm/service';
+import { StateStore } from '@vsm/vsm-v1';
 
 test('SIGKILL during atomic writes never leaves a torn snapshot (20 kills)', async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vsm-crash-'));

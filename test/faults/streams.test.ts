@@ -6,7 +6,7 @@
 import { status } from '@grpc/grpc-js';
 import pino from 'pino';
 import { connect, pb } from '@vsm/client';
-import { EmulatorBackend, startServer } from '@vsm/service';
+import { CoreBackend, startServer } from '@vsm/vsm-v1';
 import { GiB, Harness, failure, startHarness } from '../support/server';
 
 let h: Harness;
@@ -52,7 +52,7 @@ test('deadline while waiting for a monitor: DEADLINE_EXCEEDED, VP stays suspende
 test('a slow transition watcher is told exactly how many transitions it missed', async () => {
   // Its own server, so the test can drive 200,000 transitions through the core quickly; the
   // stream, its flow control and the per-watcher queue (1024) are the real ones.
-  const backend = new EmulatorBackend();
+  const backend = new CoreBackend();
   const srv = await startServer({ listen: '127.0.0.1:0', backend, logger: pino({ level: 'silent' }), shutdownGraceMs: 200 });
   const client = connect(srv.address);
   try {

@@ -12,7 +12,7 @@ import { HvMsr } from '@vsm/core';
 
 // A MiniGuest from the agent's own KVM layer: `mov eax, 0x5a; out 0x10, al; hlt`.
 const GUEST = `
-const k = require('/app/services/kvm-agent/dist/kvm');
+const k = require('/app/services/platform-kvm/dist/kvm');
 const s = k.KvmSystem.open();
 const g = k.MiniGuest.create({ system: s });
 g.load(new k.Asm().movR32Imm32('rax', 0x5a).outImm8Al(0x10).hlt().bytes());
@@ -39,7 +39,7 @@ beforeAll(async () => {
 describe('vsm-kvm-agent image', () => {
   test('carries the compiled agent, its runtime dependencies and koffi\'s native module', async () => {
     const r = await run('docker', ['run', '--rm', '--network', 'host', '--entrypoint', 'node', AGENT_IMAGE, '-e',
-      "require('koffi'); require('/app/services/kvm-agent/dist/kvm'); console.log('loaded', process.getuid())"]);
+      "require('koffi'); require('/app/services/platform-kvm/dist/kvm'); console.log('loaded', process.getuid())"]);
     expect(r.stderr).toBe('');
     expect(r.stdout.trim()).toBe('loaded 1000');
   });

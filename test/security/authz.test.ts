@@ -4,8 +4,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { connect, pb, VsmClient } from '@vsm/client';
-import { RunningServer } from '@vsm/service';
-import { parsePolicy } from '@vsm/service/security';
+import { RunningServer } from '@vsm/vsm-v1';
+import { parsePolicy } from '@vsm/vsm-v1/security';
 import { failure } from '../support/server';
 import { tempDir } from '../support/tls';
 import { LogLine, audits, partitionSpec, startSecured, tokenHash } from './support';
@@ -150,6 +150,8 @@ describe('authorization (streams)', () => {
   test('WatchVtlTransitions: viewer may watch; principals without viewer are refused', async () => {
     const ac = new AbortController();
     const it = viewer.vtl.watchTransitions({ name: 'partitions/prod-1' }, ac.signal)[Symbol.asyncIterator]();
+    // The stream's first event: the watch is registered.
+    expect((await it.next()).value?.event?.$case).toBe('subscribed');
     const next = it.next();
     // Make a transition happen: VTL1 on VP0, hypercall page, VtlCall.
     await boss.vtl.enableVpVtl({ name: 'partitions/prod-1/vps/0', targetVtl: 1 });

@@ -5,7 +5,7 @@
 // reading that client's requests meanwhile. Intercepts it did not take stay pending and go to the
 // next monitor.
 import { connect, pb, VsmClient } from '@vsm/client';
-import { RunningServer } from '@vsm/service';
+import { RunningServer } from '@vsm/vsm-v1';
 import { spawnService, ChildService } from '../support/child-service';
 import { LogLine, VTL1_LAYOUT, setupVtl1Partition, startSecured } from './support';
 import { MiB, frame, openCall, sampleRss, writeWithin } from './raw-grpc';

@@ -3,8 +3,8 @@
 // undecodable requests answered INVALID_ARGUMENT (not grpc-js's INTERNAL).
 import * as grpc from '@grpc/grpc-js';
 import { connect, pb, VsmClient } from '@vsm/client';
-import { EmulatorBackend, RunningServer } from '@vsm/service';
-import { parsePolicy } from '@vsm/service/security';
+import { CoreBackend, RunningServer } from '@vsm/vsm-v1';
+import { parsePolicy } from '@vsm/vsm-v1/security';
 import { failure } from '../support/server';
 import { partitionSpec, startSecured, tokenHash } from './support';
 
@@ -20,10 +20,11 @@ afterAll(() => { for (const c of clients) c.close(); });
 function watch(c: VsmClient, name: string): { ready: Promise<void>; cancel(): void; ended: Promise<unknown> } {
   const ac = new AbortController();
   const it = c.vtl.watchTransitions({ name }, ac.signal)[Symbol.asyncIterator]();
-  const ended = it.next();
-  // A stream that was refused ends with an error quickly; an accepted one stays open.
-  const ready = Promise.race([ended.then(() => { throw new Error('stream ended'); }), new Promise<void>((r) => setTimeout(r, 150))]);
-  return { ready, cancel: () => ac.abort(), ended: ended.catch((e: unknown) => e) };
+  const first = it.next();
+  // An accepted stream starts with its 'subscribed' event and stays open; a refused one ends with an error.
+  const ready = first.then((r) => { if (r.done || r.value?.event?.$case !== 'subscribed') throw new Error('stream ended'); });
+  const ended = first.then((r) => (r.done ? r : it.next())).catch((e: unknown) => e);
+  return { ready, cancel: () => ac.abort(), ended };
 }
 
 describe('stream limits', () => {
@@ -115,7 +116,7 @@ describe('request limits', () => {
   let srv: RunningServer;
   let c: VsmClient;
   beforeAll(async () => {
-    ({ srv } = await startSecured({ backend: new EmulatorBackend({ maxPartitions: 2, maxMemoryBytes: 1n << 30n, maxVpCount: 4 }) }));
+    ({ srv } = await startSecured({ backend: new CoreBackend({ maxPartitions: 2, maxMemoryBytes: 1n << 30n, maxVpCount: 4 }) }));
     c = mk(srv);
   });
   afterAll(() => srv.shutdown('test'));

@@ -2,10 +2,10 @@
 // parsing and the configuration rules for transport, authorization and limits.
 import { Metadata } from '@grpc/grpc-js';
 import { pb } from '@vsm/client';
-import { parseConfig, UsageError } from '@vsm/service';
+import { parseConfig, UsageError } from '@vsm/vsm-v1';
 import {
   METHOD_ROLES, PolicyError, authenticate, isAllowed, isLoopbackListen, parsePolicy, requiredRole, resourceOf, sha256Hex, subjectAltNames,
-} from '@vsm/service/security';
+} from '@vsm/vsm-v1/security';
 
 const policyDoc = {
   principals: {

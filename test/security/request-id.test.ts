@@ -3,8 +3,8 @@
 // ALREADY_EXISTS naming it, no copy of it) nor blocks the owner; the owner's retries stay
 // idempotent and see their own id. Without authorization (no principals) nothing changes.
 import { connect, pb, VsmClient } from '@vsm/client';
-import { RunningServer } from '@vsm/service';
-import { parsePolicy } from '@vsm/service/security';
+import { RunningServer } from '@vsm/vsm-v1';
+import { parsePolicy } from '@vsm/vsm-v1/security';
 import { failure } from '../support/server';
 import { partitionSpec, startSecured, tokenHash } from './support';
 

@@ -8,7 +8,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { connect, pb, VsmClient, VsmError } from '@vsm/client';
-import { RunningServer } from '@vsm/service';
+import { RunningServer } from '@vsm/vsm-v1';
 import { failure } from '../support/server';
 import { tempDir } from '../support/tls';
 import { LogLine, VTL1_LAYOUT, audits, partitionSpec, setupVtl1Partition, startSecured, tokenHash } from './support';

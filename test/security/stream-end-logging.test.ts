@@ -5,14 +5,14 @@ import * as http2 from 'node:http2';
 import * as grpc from '@grpc/grpc-js';
 import { pb } from '@vsm/client';
 import { LogLine, captureLogger, partitionSpec } from './support';
-import { EmulatorBackend, RunningServer, startServer } from '@vsm/service';
+import { CoreBackend, RunningServer, startServer } from '@vsm/vsm-v1';
 
 let srv: RunningServer;
 let lines: LogLine[];
 beforeAll(async () => {
   const cap = captureLogger('debug');
   lines = cap.lines;
-  srv = await startServer({ listen: '127.0.0.1:0', backend: new EmulatorBackend(), logger: cap.logger, shutdownGraceMs: 200 });
+  srv = await startServer({ listen: '127.0.0.1:0', backend: new CoreBackend(), logger: cap.logger, shutdownGraceMs: 200 });
 });
 afterAll(() => srv.shutdown('test'));
 

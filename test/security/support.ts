@@ -2,8 +2,8 @@
 // small helpers for audit lines and failed calls.
 import pino, { Logger } from 'pino';
 import { pb, VsmClient } from '@vsm/client';
-import { EmulatorBackend, RunningServer, ServerOptions, startServer } from '@vsm/service';
-import { sha256Hex } from '@vsm/service/security';
+import { CoreBackend, RunningServer, ServerOptions, startServer } from '@vsm/vsm-v1';
+import { sha256Hex } from '@vsm/vsm-v1/security';
 import { HvMsr } from '@vsm/core';
 
 export interface LogLine {
@@ -25,9 +25,9 @@ export function captureLogger(level = 'info'): { logger: Logger; lines: LogLine[
 
 export const tokenHash = (t: string) => `sha256:${sha256Hex(t)}`;
 
-export async function startSecured(extra: Partial<ServerOptions> & { backend?: EmulatorBackend } = {}): Promise<{ srv: RunningServer; lines: LogLine[] }> {
+export async function startSecured(extra: Partial<ServerOptions> & { backend?: CoreBackend } = {}): Promise<{ srv: RunningServer; lines: LogLine[] }> {
   const { logger, lines } = captureLogger();
-  const srv = await startServer({ listen: '127.0.0.1:0', backend: extra.backend ?? new EmulatorBackend(), logger, shutdownGraceMs: 200, ...extra });
+  const srv = await startServer({ listen: '127.0.0.1:0', backend: extra.backend ?? new CoreBackend(), logger, shutdownGraceMs: 200, ...extra });
   return { srv, lines };
 }
 

@@ -9,7 +9,7 @@ import pino from 'pino';
 import fc from 'fast-check';
 import * as core from '@vsm/core';
 import { connect, pb, VsmClient } from '@vsm/client';
-import { EmulatorBackend, RunningServer, startServer } from '@vsm/service';
+import { CoreBackend, RunningServer, startServer } from '@vsm/vsm-v1';
 import { MSR, VTL1_LAYOUT as L, setupVtl1Partition, r64 } from './support';
 
 jest.setTimeout(10 * 60_000);
@@ -25,7 +25,7 @@ let run = 0;
 /** What the runs exercised (asserted at the end, so that a vacuous pass fails). */
 const seen = { intercepts: 0, vtl1Entries: 0, hypercallStatuses: new Map<number, number>() };
 beforeAll(async () => {
-  srv = await startServer({ listen: '127.0.0.1:0', backend: new EmulatorBackend(), logger: pino({ level: 'silent' }), shutdownGraceMs: 200 });
+  srv = await startServer({ listen: '127.0.0.1:0', backend: new CoreBackend(), logger: pino({ level: 'silent' }), shutdownGraceMs: 200 });
   c = connect(srv.address, { retries: 0, deadlineMs: 10_000 });
 });
 afterAll(async () => {

@@ -3,7 +3,7 @@
 import pino from 'pino';
 import { connect, VsmClient, VsmError } from '@vsm/client';
 import * as fs from 'node:fs';
-import { Backend, EmulatorBackend, RemoteBackend, startServer, RunningServer } from '@vsm/service';
+import { Backend, CoreBackend, RemoteBackend, startServer, RunningServer } from '@vsm/vsm-v1';
 
 export interface Harness {
   client: VsmClient;
@@ -36,11 +36,11 @@ export async function startHarness(): Promise<Harness> {
   if (why) throw new Error(why);
   const logger = pino({ level: 'silent' });
   const servers: RunningServer[] = [];
-  let front: Backend = new EmulatorBackend();
+  let front: Backend = new CoreBackend();
   if (backend === 'agent') {
     // Loaded lazily: the KVM binding is only needed for this backend.
     // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const { KvmBackend } = require('@vsm/kvm-agent') as typeof import('@vsm/kvm-agent');
+    const { KvmBackend } = require('@vsm/vsm-v1') as typeof import('@vsm/vsm-v1');
     const agent = await startServer({ listen: '127.0.0.1:0', backend: new KvmBackend(), logger, shutdownGraceMs: 500 });
     servers.push(agent);
     front = new RemoteBackend([agent.address]);

@@ -6,7 +6,7 @@
  * prints JSON. Each row times one call `iterations` times (after a warm-up):
  * - raw: rawbench.ts's WRMSR / port-I/O exit loops (one KVM_RUN per exit, no core);
  * - platform: KvmPartition actions called directly (stub set-up, exits, core, store back);
- * - backend: KvmBackend / EmulatorBackend methods with vsm.v1 messages (no gRPC);
+ * - backend: KvmBackend / CoreBackend methods with vsm.v1 messages (no gRPC);
  * - grpc: the generated client over loopback TCP against a server on each backend;
  * - protections: protection changes, refused accesses and whole-guest intercept round trips
  *   (protections.ts, iterations / 10).
@@ -14,8 +14,8 @@
 import pino from 'pino';
 import { connect } from '@vsm/client';
 import { pb } from '@vsm/client';
-import { Backend, EmulatorBackend, startServer } from '@vsm/service';
-import { KvmBackend } from '@vsm/kvm-agent';
+import { Backend, CoreBackend, startServer } from '@vsm/vsm-v1';
+import { KvmBackend } from '@vsm/vsm-v1';
 import { measureRawExits } from './rawbench';
 import { ProtectionTiming, measureProtections } from './protections';
 
@@ -69,7 +69,7 @@ export async function measureAgentActions(opts: { iterations?: number } = {}): P
   };
 
   const kvm = new KvmBackend();
-  const emu = new EmulatorBackend();
+  const emu = new CoreBackend();
   const out: AgentBench = { iterations: n, raw, platform: {}, backend: {}, grpc: {}, protections: {} };
   try {
     const setup = async (b: Backend) => {

@@ -12,7 +12,8 @@
  */
 import * as core from '@vsm/core';
 import { pb } from '@vsm/client';
-import { KvmBackend, getReg, kvm, setReg } from '@vsm/kvm-agent';
+import { getReg, kvm, setReg } from '@vsm/platform-kvm';
+import { KvmBackend } from '@vsm/vsm-v1';
 
 const { Asm, buildGdt, buildIdentityPageTables, GDT_LIMIT } = kvm;
 type Asm = kvm.Asm;

@@ -10,14 +10,14 @@
 // 0x1_0000 hypercall input, 0x1_1000 output, 0x8_0000 / 0x9_0000 VTL0 / VTL1 stack tops,
 // 0x10_0000 VTL0 loops, 0x11_0000 VTL1 loop, 0x20_0000 identity page tables (1 GiB, 2 MiB pages).
 import { pb } from '@vsm/client';
-import type { KvmBackend } from '@vsm/kvm-agent';
+import type { KvmBackend } from '@vsm/vsm-v1';
 import { loadKvmLayer, type KvmLayerModule } from './kvm-raw';
 
-export type KvmAgentModule = typeof import('@vsm/kvm-agent');
+export type KvmAgentModule = typeof import('@vsm/vsm-v1');
 
 export function loadKvmAgent(): KvmAgentModule {
   // eslint-disable-next-line @typescript-eslint/no-require-imports
-  return require('@vsm/kvm-agent') as KvmAgentModule;
+  return require('@vsm/vsm-v1') as KvmAgentModule;
 }
 
 export const GiB = 1n << 30n;

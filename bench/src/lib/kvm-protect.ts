@@ -14,7 +14,7 @@
 //   MessageType and GuestPhysicalAddress), WriteMemory (consume), Hypercall (HvCallSetVpRegisters,
 //   input already in memory), CallHypercallPage (VtlReturn): what a client of the API drives.
 import { pb } from '@vsm/client';
-import type { KvmBackend } from '@vsm/kvm-agent';
+import type { KvmBackend } from '@vsm/vsm-v1';
 import { GiB, GUEST_OS_ID, MSR, expectSwitch, full, r64, vtl1Context } from './kvm-guest';
 import { loadKvmLayer } from './kvm-raw';
 import { nextRip } from './kvm-stats';

@@ -1,4 +1,4 @@
-// Raw exit loops on /dev/kvm through the KVM agent's own koffi binding (services/kvm-agent/src/kvm,
+// Raw exit loops on /dev/kvm through the KVM agent's own koffi binding (services/platform-kvm/src/kvm,
 // the layer its platform uses): a one-vCPU MiniGuest runs an endless loop whose every iteration
 // exits once; the host side only re-enters (KVM_RUN, check the exit reason, nothing else). These
 // are the floors under the agent's figures, measured in the same run. Same guest loops as
@@ -7,13 +7,13 @@
 //
 // The agent module is loaded lazily (loadKvmLayer), so listing or running other suites never
 // loads koffi. The layer is the agent's public `kvm` export.
-import type { kvm as KvmLayer } from '@vsm/kvm-agent';
+import type { kvm as KvmLayer } from '@vsm/platform-kvm';
 
 export type KvmLayerModule = typeof KvmLayer;
 
 export function loadKvmLayer(): KvmLayerModule {
   // eslint-disable-next-line @typescript-eslint/no-require-imports
-  return (require('@vsm/kvm-agent') as { kvm: KvmLayerModule }).kvm;
+  return (require('@vsm/platform-kvm') as { kvm: KvmLayerModule }).kvm;
 }
 
 /** true, or why the KVM suites are skipped here (no usable /dev/kvm, or the binding does not load). */

@@ -2,8 +2,8 @@
 // 127.0.0.1:0, in its own process, as the KVM agent serves it (services/kvm-agent/src/main.ts
 // adds only flags, health and shutdown handling around the same two calls).
 import pino from 'pino';
-import { KvmBackend } from '@vsm/kvm-agent';
-import { startServer } from '@vsm/service';
+import { KvmBackend } from '@vsm/vsm-v1';
+import { startServer } from '@vsm/vsm-v1';
 import { announceReady, exitWithParent } from '../lib/serve';
 
 const why = KvmBackend.unavailableReason();

@@ -1,10 +1,10 @@
 // Forked by the emulator suite: the real vsm-service (emulator backend) on 127.0.0.1:0, in its own
 // process as in production.
 import pino from 'pino';
-import { EmulatorBackend, startServer } from '@vsm/service';
+import { CoreBackend, startServer } from '@vsm/vsm-v1';
 import { announceReady, exitWithParent } from '../lib/serve';
 
-startServer({ listen: '127.0.0.1:0', backend: new EmulatorBackend(), logger: pino({ level: 'silent' }) }).then(
+startServer({ listen: '127.0.0.1:0', backend: new CoreBackend(), logger: pino({ level: 'silent' }) }).then(
   (srv) => {
     exitWithParent(() => srv.server.forceShutdown());
     announceReady(srv.port, { backend: 'emulator' });

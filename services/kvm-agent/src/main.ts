@@ -13,8 +13,7 @@
  */
 import * as fs from 'node:fs';
 import pino from 'pino';
-import { Config, UsageError, parseConfig, startServer } from '@vsm/service';
-import { KvmBackend } from './backend';
+import { Config, KvmBackend, UsageError, parseConfig, startServer } from '@vsm/vsm-v1';
 
 export interface AgentConfig {
   /** Transport, security, limits and logging: exactly vsm-service's flags (its parseConfig). */

@@ -1,4 +1,4 @@
-// Differential test: the same sequence of vsm.v1 calls against EmulatorBackend and KvmBackend
+// Differential test: the same sequence of vsm.v1 calls against CoreBackend and KvmBackend
 // (real /dev/kvm) must give identical responses and leave identical state — registers of every
 // VP and VTL, outcomes, memory bytes (RAM and each VTL's view), overlays. Fields that
 // legitimately differ are normalized on both sides:
@@ -8,8 +8,8 @@
 import fc from 'fast-check';
 import { pb } from '@vsm/client';
 import { HvMsr } from '@vsm/core';
-import { EmulatorBackend } from '@vsm/service';
-import { KvmBackend } from '../src/backend';
+import { CoreBackend } from '@vsm/vsm-v1';
+import { KvmBackend } from '@vsm/vsm-v1';
 import { GiB, describeKvm } from './agent-support';
 import { LooseBackend, Op, differential } from './agent-diff-support';
 
@@ -26,10 +26,10 @@ const seg = (name: pb.HvRegisterName, s: { base?: bigint; limit?: number; select
 const pattern = Buffer.from(Array.from({ length: 4096 }, (_, i) => (i * 13 + 5) & 0xff));
 
 describeKvm('agent-differential.test')('KVM backend vs emulator backend', () => {
-  let emu: EmulatorBackend;
+  let emu: CoreBackend;
   let kvm: KvmBackend;
   beforeAll(() => {
-    emu = new EmulatorBackend();
+    emu = new CoreBackend();
     kvm = new KvmBackend();
   });
   afterAll(async () => {

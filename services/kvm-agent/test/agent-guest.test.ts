@@ -5,8 +5,8 @@
 // (a real CALL into the page, whose `out 0x4d, ax` exits to the dispatcher), a VtlCall into VTL1
 // code and the VtlReturn back.
 import { pb } from '@vsm/client';
-import { Asm, buildGdt, buildIdentityPageTables, GDT_LIMIT } from '../src/kvm';
-import { KvmBackend } from '../src/backend';
+import { Asm, buildGdt, buildIdentityPageTables, GDT_LIMIT } from '@vsm/platform-kvm/kvm';
+import { KvmBackend } from '@vsm/vsm-v1';
 import { AgentHarness, GiB, describeKvm, startAgent } from './agent-support';
 
 const R = pb.HvRegisterName;

@@ -2,7 +2,7 @@
 // of an input block into a protected page, and an output block on one, are memory intercepts, and
 // the protected bytes are neither changed nor returned.
 import { pb } from '@vsm/client';
-import { KvmBackend } from '@vsm/kvm-agent';
+import { KvmBackend } from '@vsm/vsm-v1';
 
 const usable = KvmBackend.unavailableReason() === undefined;
 if (!usable) process.stderr.write(`agent-hypercall-protection: skipped: ${KvmBackend.unavailableReason()}\n`);

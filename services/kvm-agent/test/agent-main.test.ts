@@ -6,8 +6,8 @@ import * as path from 'node:path';
 import pino from 'pino';
 import { connect, pb } from '@vsm/client';
 import { HvMsr } from '@vsm/core';
-import { UsageError, startServer } from '@vsm/service';
-import { KvmBackend } from '../src/backend';
+import { UsageError, startServer } from '@vsm/vsm-v1';
+import { KvmBackend } from '@vsm/vsm-v1';
 import { parseAgentConfig, unixSocketPath } from '../src/main';
 import { GiB, describeKvm } from './agent-support';
 

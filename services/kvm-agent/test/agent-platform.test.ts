@@ -4,11 +4,11 @@
 import fc from 'fast-check';
 import * as core from '@vsm/core';
 import { SparseMemory, buildHypercallPage } from '@vsm/core';
-import { KvmSegment } from '../src/kvm';
+import { KvmSegment } from '@vsm/platform-kvm/kvm';
 import {
   AGENT, AgentRegion, HYPERCALL_INSN_OFFSETS, MemfdRam, OverlayPages, assembleStubs, buildKvmHypercallPage, interruptGate,
   kvmHypercallPageLayout, segmentFromKvm, segmentToKvm, softwareInterruptVector, tableFromKvm, tableToKvm,
-} from '../src/platform';
+} from '@vsm/platform-kvm/platform';
 import { kvmUnavailable } from './agent-support';
 
 const hex = (b: Uint8Array) => Buffer.from(b).toString('hex');

@@ -3,7 +3,7 @@
 // guest actions really exit (and become the core's intercepts), and the memslot budget fallback.
 import { pb } from '@vsm/client';
 import { HvMsr } from '@vsm/core';
-import { KvmBackend } from '../src/backend';
+import { KvmBackend } from '@vsm/vsm-v1';
 import { AgentHarness, GiB, describeKvm, startAgent } from './agent-support';
 import { withDefaults } from './agent-diff-support';
 

@@ -3,8 +3,8 @@
 // restored on KVM and one restored on the emulator then answer the same calls identically.
 import { pb } from '@vsm/client';
 import { HvMsr } from '@vsm/core';
-import { EmulatorBackend } from '@vsm/service';
-import { KvmBackend } from '../src/backend';
+import { CoreBackend } from '@vsm/vsm-v1';
+import { KvmBackend } from '@vsm/vsm-v1';
 import { GiB, describeKvm } from './agent-support';
 import { LooseBackend, Op, differential, withDefaults } from './agent-diff-support';
 
@@ -12,10 +12,10 @@ const MSR = { GUEST_OS_ID: HvMsr.HV_X64_MSR_GUEST_OS_ID, HYPERCALL: HvMsr.HV_X64
 
 describeKvm('agent-snapshot.test')('snapshots of KVM partitions', () => {
   let kvm: KvmBackend;
-  let emu: EmulatorBackend;
+  let emu: CoreBackend;
   beforeAll(() => {
     kvm = new KvmBackend();
-    emu = new EmulatorBackend();
+    emu = new CoreBackend();
   });
   afterAll(async () => {
     await kvm?.close();

@@ -2,8 +2,8 @@
 // loopback port (what test/support/server.ts does for the emulator), and the /dev/kvm gate.
 import pino from 'pino';
 import { connect, VsmClient, VsmError } from '@vsm/client';
-import { Backend, RunningServer, startServer } from '@vsm/service';
-import { KvmBackend } from '../src/backend';
+import { Backend, RunningServer, startServer } from '@vsm/vsm-v1';
+import { KvmBackend } from '@vsm/vsm-v1';
 
 export const GiB = 1n << 30n;
 

@@ -4,9 +4,9 @@
 // checked against GNU as; page walks over small page tables).
 import fc from 'fast-check';
 import { ProtectionMap, Vtl } from '@vsm/core';
-import { KvmRegs, KvmSegment, KvmSregs } from '../src/kvm';
-import { RestrictedRun, ViewSlot, accessOfMask, restrictedRuns, viewSlots } from '../src/platform/view-layout';
-import { cpuMode, decodeInsn, instructionAtRip, instructionBeforeRip, translate } from '../src/platform/x86';
+import { KvmRegs, KvmSegment, KvmSregs } from '@vsm/platform-kvm/kvm';
+import { RestrictedRun, ViewSlot, accessOfMask, restrictedRuns, viewSlots } from '@vsm/platform-kvm/platform/view-layout';
+import { cpuMode, decodeInsn, instructionAtRip, instructionBeforeRip, translate } from '@vsm/platform-kvm/platform/x86';
 
 const GIB_PAGES = 262144;
 

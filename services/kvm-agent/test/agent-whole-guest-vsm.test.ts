@@ -17,8 +17,8 @@
 // the vsm.v1 API (SIMP slot, memory, registers) and the Monitor stream of a real gRPC server.
 import { pb } from '@vsm/client';
 import * as core from '@vsm/core';
-import { Asm, buildGdt, buildIdentityPageTables, GDT_LIMIT } from '../src/kvm';
-import { KvmBackend } from '../src/backend';
+import { Asm, buildGdt, buildIdentityPageTables, GDT_LIMIT } from '@vsm/platform-kvm/kvm';
+import { KvmBackend } from '@vsm/vsm-v1';
 import { AgentHarness, GiB, describeKvm, startAgent } from './agent-support';
 
 const R = pb.HvRegisterName;

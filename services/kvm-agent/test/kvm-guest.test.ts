@@ -5,7 +5,7 @@
  */
 import {
   Asm, GuestMemory, KVM_CAP, VcpuWatchdog, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS, KvmExit, KvmSystem, MINI, MiniGuest, EFER, SysError,
-} from '../src/kvm';
+} from '@vsm/platform-kvm/kvm';
 
 const unavailable = KvmSystem.unavailableReason();
 const describeKvm = unavailable === undefined ? describe : describe.skip;

@@ -2,9 +2,9 @@
  * Pure checks of the native KVM layer (no /dev/kvm needed): ioctl numbers, struct layouts,
  * the assembler's encodings, page tables and GDT images.
  */
-import * as ioctl from '../src/kvm/ioctl';
-import { EXIT, RUN, SREGS, decodeRegs, decodeSregs, encodeRegs, encodeSregs, KvmSregs, KvmSegment } from '../src/kvm/layout';
-import { Asm, GDT_LIMIT, PTE, buildGdt, buildIdentityPageTables, longModeSregs } from '../src/kvm/longmode';
+import * as ioctl from '@vsm/platform-kvm/kvm/ioctl';
+import { EXIT, RUN, SREGS, decodeRegs, decodeSregs, encodeRegs, encodeSregs, KvmSregs, KvmSegment } from '@vsm/platform-kvm/kvm/layout';
+import { Asm, GDT_LIMIT, PTE, buildGdt, buildIdentityPageTables, longModeSregs } from '@vsm/platform-kvm/kvm/longmode';
 
 describe('ioctl numbers', () => {
   // Values printed by a C program including <linux/kvm.h> on x86-64.

@@ -1,5 +1,12 @@
-/** @vsm/kvm-agent: the KVM host agent (vsm.v1 over /dev/kvm). */
-export * from './backend';
+/**
+ * @vsm/platform-kvm (layer: platform): the KVM engine of the core. A KVM VM per enabled VTL over one
+ * memfd-backed guest memory, memslot views for overlays and protections, guest actions as real
+ * instructions (platform/kvm-engine.ts implements the core's GuestEngine), and the thin native KVM
+ * layer (src/kvm). Depends on @vsm/core only; the vsm.v1 implementation (@vsm/vsm-v1) builds its
+ * KvmBackend from it.
+ */
 export * from './platform';
-/** The thin native KVM layer (src/kvm): exported for the benchmarks in bench/ (raw exit loops, mini guests). */
+export { kvmEngine, engineErrorOf } from './platform/kvm-engine';
+/** The thin native KVM layer (src/kvm): KVM_* ioctls, the watchdog, raw exit loops for the benchmarks. */
 export * as kvm from './kvm';
+export { KvmSystem, SysError, VcpuWatchdog } from './kvm';

@@ -2,13 +2,7 @@
 // service layer: process entry point. Parses configuration, starts the server, and shuts down
 // gracefully on SIGTERM/SIGINT (health NOT_SERVING, drain in-flight calls, bounded).
 import pino from 'pino';
-import { parseConfig, UsageError } from './config';
-import { startServer } from './server';
-import { EmulatorBackend } from './backends/emulator';
-import { RemoteBackend } from './backends/remote';
-import { Backend } from './backend';
-import { StateStore, persistentBackend, restoreAll } from './state-dir';
-import { FdLogDestination } from './log-destination';
+import { Backend, CoreBackend, FdLogDestination, RemoteBackend, StateStore, UsageError, parseConfig, persistentBackend, restoreAll, startServer } from '@vsm/vsm-v1';
 
 // A reader of stdout/stderr that went away (EPIPE) must not crash or hang the process: failed
 // writes through process.stdout/stderr (console, usage messages) are ignored, and the logger
@@ -45,7 +39,7 @@ async function main(): Promise<void> {
   let backend: Backend =
     cfg.backend === 'agent'
       ? new RemoteBackend(cfg.agents)
-      : new EmulatorBackend(Object.fromEntries(Object.entries(partitionLimits).filter(([, v]) => v !== undefined)));
+      : new CoreBackend(Object.fromEntries(Object.entries(partitionLimits).filter(([, v]) => v !== undefined)));
   // Guest RAM held by all partitions together (--max-resident-bytes); with --backend agent each agent applies its own.
   if (cfg.backend === 'emulator') log.info({ maxResidentBytes: Number(cfg.limits.maxResidentBytes) }, 'resident guest RAM limit');
   if (cfg.backend === 'agent' && cfg.stateDir) {

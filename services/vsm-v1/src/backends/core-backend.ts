@@ -38,7 +38,7 @@ export interface CoreBackendOptions extends core.ManagerOptions {
   features?: P.Feature[];
 }
 
-export class EmulatorBackend implements Backend {
+export class CoreBackend implements Backend {
   readonly kind: string;
   readonly manager: PartitionManager;
   /** Where a partition's background failures (deadline timers, stream callbacks) are reported. */

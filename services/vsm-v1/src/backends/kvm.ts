@@ -1,3 +1,4 @@
+// vsm.v1 implementation, KVM backend.
 /**
  * KvmBackend: the vsm.v1 backend of the KVM host agent: the core-backed backend (the same one the
  * emulator process serves) built with the KVM engine for every partition (platform/kvm-engine.ts:
@@ -8,11 +9,8 @@
 import * as core from '@vsm/core';
 import { EngineError } from '@vsm/core';
 import { pb } from '@vsm/client';
-import { EmulatorBackend, MAX_GUEST_ACCESS } from '@vsm/service';
-import { KvmSystem, VcpuWatchdog } from './kvm';
-import { HYPERCALL_PAGE_DESCRIPTION } from './platform/hypercall-page';
-import { KvmHost, KvmPartition, RunVpResult, probeHost } from './platform/kvm-partition';
-import { engineErrorOf, kvmEngine } from './platform/kvm-engine';
+import { HYPERCALL_PAGE_DESCRIPTION, KvmHost, KvmPartition, KvmSystem, RunVpResult, VcpuWatchdog, engineErrorOf, kvmEngine, probeHost } from '@vsm/platform-kvm';
+import { CoreBackend, MAX_GUEST_ACCESS } from './core-backend';
 
 export { MAX_GUEST_ACCESS };
 
@@ -45,7 +43,7 @@ export interface KvmBackendOptions {
   memslotBudget?: number;
 }
 
-export class KvmBackend extends EmulatorBackend {
+export class KvmBackend extends CoreBackend {
   private host: (KvmHost & { close(): Promise<void> }) | undefined;
   private closed = false;
   /** The KVM platform of each partition, by id. */
