@@ -12,8 +12,7 @@
  * every partition's VMs, vCPUs, memfds and mappings are freed and /dev/kvm is closed.
  */
 import * as fs from 'node:fs';
-import pino from 'pino';
-import { Config, KvmBackend, UsageError, parseConfig, startServer } from '@vsm/vsm-v1';
+import { Config, KvmBackend, UsageError, exitOnSignal, parseConfig, processLogger, serverOptionsFrom, shutdownSignal, startServer } from '@vsm/vsm-v1';
 
 export interface AgentConfig {
   /** Transport, security, limits and logging: exactly vsm-service's flags (its parseConfig). */
@@ -91,43 +90,30 @@ async function main(): Promise<void> {
     }
     throw e;
   }
-  const log = pino({ level: cfg.service.logLevel, base: { svc: 'vsm-kvm-agent' } });
+  const { log, dest } = processLogger('vsm-kvm-agent', cfg.service.logLevel);
+  const signalled = shutdownSignal();
   const why = KvmBackend.unavailableReason(cfg.device);
   if (why) {
     log.fatal({ device: cfg.device }, `KVM is not usable: ${why}`);
     process.exit(2);
   }
-  const { maxStreams, maxStreamsPerClient, ...partitionLimits } = cfg.service.limits;
+  const { maxStreams: _s, maxStreamsPerClient: _c, ...partitionLimits } = cfg.service.limits;
   const backend = new KvmBackend({
     devicePath: cfg.device,
     actionTimeoutMs: cfg.actionTimeoutMs,
     memslotBudget: cfg.memslotBudget,
     limits: Object.fromEntries(Object.entries(partitionLimits).filter(([, v]) => v !== undefined)),
   });
+  backend.report = (e, ctx) => log.error({ ...ctx, err: e }, 'partition task failed; the partition crashed');
   const host = backend.kvmHost(); // open /dev/kvm now: fail at start, not at the first partition
   log.info({ device: cfg.device, cpuidLeaves: host.cpuid.length, pioOutAdvancesRip: host.pioOutAdvancesRip }, 'KVM ready');
   const sock = unixSocketPath(cfg.listen);
   if (sock && fs.existsSync(sock) && fs.statSync(sock).isSocket()) fs.unlinkSync(sock); // stale socket of an earlier run
-  const srv = await startServer({
-    listen: cfg.listen,
-    backend,
-    logger: log,
-    tls: cfg.service.tls,
-    // Plaintext is served on loopback and on unix sockets (local: file permissions decide who connects).
-    allowInsecureRemote: cfg.service.insecureAllowRemote,
-    security: { authzPolicy: cfg.service.authzPolicy ? { file: cfg.service.authzPolicy } : undefined, limits: { maxStreams, maxStreamsPerClient } },
+  // Plaintext is served on loopback and on unix sockets (local: file permissions decide who connects).
+  const srv = await startServer({ listen: cfg.listen, backend, logger: log, ...serverOptionsFrom(cfg.service) });
+  await exitOnSignal(signalled, (sig) => srv.shutdown(sig), dest, () => {
+    if (sock && fs.existsSync(sock)) fs.unlinkSync(sock);
   });
-  for (const sig of ['SIGTERM', 'SIGINT'] as const) {
-    process.once(sig, () => {
-      srv.shutdown(sig).then(
-        () => {
-          if (sock && fs.existsSync(sock)) fs.unlinkSync(sock);
-          process.exit(0);
-        },
-        () => process.exit(1),
-      );
-    });
-  }
 }
 
 if (require.main === module) {

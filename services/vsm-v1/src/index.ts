@@ -12,4 +12,5 @@ export * from './state-dir';
 export { RemoteBackend } from './backends/remote';
 export { KvmBackend, KvmBackendOptions } from './backends/kvm';
 export { FdLogDestination } from './log-destination';
+export { SHUTDOWN_WATCHDOG_MS, exitOnSignal, processLogger, serverOptionsFrom, shutdownSignal } from './process-support';
 export * from './security';

@@ -125,12 +125,26 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     call.on('error', () => ac.abort());
     call.on('close', () => ac.abort());
     const gone = () => clientGone || call.cancelled;
+    /**
+     * Runs `fn` once every message handed to grpc-js was written (bounded): an error status emitted
+     * while a write is still pending is lost, because the request iterator's reaction to the error
+     * destroys the call before grpc-js sends the status after that write.
+     */
+    const whenFlushed = (fn: () => void) => {
+      const until = Date.now() + 2000;
+      const tick = () => {
+        const w = call as unknown as { writableLength?: number; destroyed?: boolean };
+        if (w.destroyed || !w.writableLength || Date.now() > until) fn();
+        else setTimeout(tick, 2);
+      };
+      tick();
+    };
     const endWith = (err?: grpc.ServiceError) => {
       if (decided) return;
       decided = true;
       ac.abort();
       if (gone()) return;
-      if (err) call.emit('error', err);
+      if (err) whenFlushed(() => { if (!gone()) call.emit('error', err); });
       else call.end();
     };
     const clientEnded = (why: string) => {

@@ -381,22 +381,39 @@ export class CoreBackend implements Backend {
       (sub.vtl === undefined || x.vtl === sub.vtl) &&
       (sub.gpaStart === undefined || x.gpa >= sub.gpaStart) &&
       (sub.gpaEnd === undefined || x.gpa < sub.gpaEnd);
-    const send = (x: core.InterceptRecord) => {
-      if (signal.aborted) return; // a dead stream takes nothing (the intercept stays pending for the next monitor)
+    /** Sends one intercept; false when the stream wants the producer to wait (back-pressure). */
+    const send = (x: core.InterceptRecord): boolean => {
+      if (signal.aborted) return true; // a dead stream takes nothing (the intercept stays pending for the next monitor)
       const redelivered = x.deliveries > 0;
       x.deliveries++;
-      sink.write({ kind: { $case: 'intercept', value: interceptEvent(x, redelivered) } });
+      return sink.write({ kind: { $case: 'intercept', value: interceptEvent(x, redelivered) } });
     };
-    sink.write({ kind: { $case: 'subscription', value: { accessMask: mask, viewGeneration: BigInt(p.viewGeneration) } } });
-    // At-least-once: everything still unanswered goes to the new monitor first.
-    for (const x of p.intercepts.pending.values()) if (matches(x)) send(x);
-    const off = p.intercepts.subscribe((x) => partitionTask(p, 'Monitor stream delivery', () => { if (matches(x)) send(x); }, this.report));
-    // The partition's end (crash, delete) ends the stream with a status.
+    // New intercepts are taken from the moment of subscribing; while the pending ones are replayed
+    // (with back-pressure: a long backlog must not overflow the stream's cap) they wait in order.
+    let replaying: core.InterceptRecord[] | undefined = [];
+    const off = p.intercepts.subscribe((x) => partitionTask(p, 'Monitor stream delivery', () => {
+      if (replaying) replaying.push(x);
+      else if (matches(x)) send(x);
+    }, this.report));
+    // The partition's end (crash, delete) ends the stream with a status, also one that comes while
+    // the pending intercepts are replayed.
     let endNow: ((why: 'crashed' | 'deleted') => void) | undefined;
     const ended = new Promise<'crashed' | 'deleted'>((res) => { endNow = res; });
     const offEnd = p.onEnd((why) => endNow?.(why));
     const aborted = new Promise<'aborted'>((res) => { if (signal.aborted) res('aborted'); else signal.addEventListener('abort', () => res('aborted'), { once: true }); });
     try {
+      sink.write({ kind: { $case: 'subscription', value: { accessMask: mask, viewGeneration: BigInt(p.viewGeneration) } } });
+      // At-least-once: everything still unanswered goes to the new monitor first.
+      const replayed = new Set<bigint>();
+      for (const x of [...p.intercepts.pending.values()]) {
+        if (signal.aborted) break;
+        if (!matches(x) || !p.intercepts.pending.has(x.id)) continue;
+        replayed.add(x.id);
+        if (!send(x)) await sink.drained();
+      }
+      for (const x of replaying) if (!replayed.has(x.id) && matches(x)) send(x);
+      replaying = undefined;
+      if (p.deleted || p.state !== 'active') throw endedError(p, p.deleted ? 'deleted' : 'crashed');
       while (!signal.aborted) {
         const next = await Promise.race([it.next(), ended, aborted]);
         if (next === 'aborted') break;
