@@ -13,6 +13,9 @@ import { X509Certificate, createPrivateKey } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 
+/** Files that changed are read again after this long; only contents that stayed the same are judged. */
+const STABLE_READ_MS = 50;
+
 export type ClientAuth = 'none' | 'optional' | 'require';
 
 export interface TlsOptions {
@@ -95,16 +98,26 @@ export class ReloadingCertificateProvider implements grpc.experimental.Certifica
     this.checking = true;
     try {
       let m: Material;
-      try {
+      const readAll = async (): Promise<Material> => {
         const rd = fs.promises.readFile;
         const [cert, key, ca] = await Promise.all([rd(this.opts.certFile), rd(this.opts.keyFile), this.opts.caFile ? rd(this.opts.caFile) : Promise.resolve(undefined)]);
-        m = { cert, key, ca };
+        return { cert, key, ca };
+      };
+      try {
+        m = await readAll();
       } catch (e) {
         this.log?.warn({ err: (e as Error).message }, 'TLS files unreadable; keeping the current certificate');
         return false;
       }
       const same = (a: Material, b: Material) => a.cert.equals(b.cert) && a.key.equals(b.key) && (a.ca === undefined ? b.ca === undefined : b.ca !== undefined && a.ca.equals(b.ca));
       if (same(m, this.current)) return false;
+      // A file still being written is not a set yet: judge it only once it reads the same twice.
+      await new Promise((r) => setTimeout(r, STABLE_READ_MS));
+      try {
+        if (!same(m, await readAll())) return false; // the next poll looks again
+      } catch {
+        return false;
+      }
       const unchangedSinceLastTry = same(m, this.lastSeen);
       this.lastSeen = m;
       let info;
