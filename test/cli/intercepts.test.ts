@@ -3,10 +3,10 @@
 // intercept notices on guest accesses, resumed_access on VtlReturn, synic post/signal/state, and
 // protections in the map. The compiled CLI runs as a child process against a server started here;
 // set-up that is not under test goes through the client library.
-import { ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
+import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
 import { pb } from '@vsm/client';
-import { Harness, startHarness } from '../support/server';
-import { CLI, ROOT, Run, assertBuilt, childEnv, vsmctl } from './support';
+import { type Harness, startHarness } from '../support/server';
+import { CLI, ROOT, type Run, assertBuilt, childEnv, vsmctl } from './support';
 import { HvMsr } from '@vsm/core';
 
 jest.setTimeout(60_000);

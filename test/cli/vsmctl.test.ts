@@ -4,8 +4,8 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { Harness, startHarness } from '../support/server';
-import { CLI, ROOT, Run, assertBuilt, childEnv, vsmctl } from './support';
+import { type Harness, startHarness } from '../support/server';
+import { CLI, ROOT, type Run, assertBuilt, childEnv, vsmctl } from './support';
 
 // Every test spawns the CLI several times (~0.2 s per node start-up).
 jest.setTimeout(60_000);

@@ -1,8 +1,8 @@
 // Conformance: VTL protections and memory intercepts (tlfs-vsm.md §7-8, tlfs-intercepts.md §6.7),
 // delivery to the protecting VTL's SIMP and to external monitors (seeds 000, 001). Public API only.
 import { status } from '@grpc/grpc-js';
-import { MonitorSession, pb } from '@vsm/client';
-import { GiB, Harness, failure, startHarness } from '../support/server';
+import { type MonitorSession, pb } from '@vsm/client';
+import { GiB, type Harness, failure, startHarness } from '../support/server';
 import { HvMsr } from '@vsm/core';
 
 const MSR = { GUEST_OS_ID: HvMsr.HV_X64_MSR_GUEST_OS_ID, HYPERCALL: HvMsr.HV_X64_MSR_HYPERCALL, SCONTROL: HvMsr.HV_X64_MSR_SCONTROL, SIMP: HvMsr.HV_X64_MSR_SIMP, EOM: HvMsr.HV_X64_MSR_EOM, SINT0: HvMsr.HV_X64_MSR_SINT0 };

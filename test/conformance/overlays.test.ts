@@ -2,7 +2,7 @@
 // hidden, never modified, and back byte for byte when the overlay is disabled or moved; overlays
 // are per VTL; stacking order is documented (most recently placed on top). Public API only.
 import { pb } from '@vsm/client';
-import { GiB, Harness, startHarness } from '../support/server';
+import { GiB, type Harness, startHarness } from '../support/server';
 import { HvMsr } from '@vsm/core';
 
 const MSR = { GUEST_OS_ID: HvMsr.HV_X64_MSR_GUEST_OS_ID, HYPERCALL: HvMsr.HV_X64_MSR_HYPERCALL, REFERENCE_TSC: HvMsr.HV_X64_MSR_REFERENCE_TSC, VP_ASSIST_PAGE: HvMsr.HV_X64_MSR_VP_ASSIST_PAGE, SIEFP: HvMsr.HV_X64_MSR_SIEFP, SIMP: HvMsr.HV_X64_MSR_SIMP };

@@ -2,7 +2,7 @@
 // every read exactly like the original and behaves identically afterwards.
 import { status } from '@grpc/grpc-js';
 import { pb } from '@vsm/client';
-import { GiB, Harness, failure, startHarness } from '../support/server';
+import { GiB, type Harness, failure, startHarness } from '../support/server';
 import { HvMsr } from '@vsm/core';
 
 const MSR = { GUEST_OS_ID: HvMsr.HV_X64_MSR_GUEST_OS_ID, HYPERCALL: HvMsr.HV_X64_MSR_HYPERCALL, SCONTROL: HvMsr.HV_X64_MSR_SCONTROL, SIMP: HvMsr.HV_X64_MSR_SIMP, EOM: HvMsr.HV_X64_MSR_EOM, VP_ASSIST: HvMsr.HV_X64_MSR_VP_ASSIST_PAGE };

@@ -2,7 +2,7 @@
 // state (tlfs-vsm.md §4-6, §9). Public gRPC API only, so the same scenario runs on every backend.
 import { status } from '@grpc/grpc-js';
 import { pb } from '@vsm/client';
-import { GiB, Harness, failure, startHarness } from '../support/server';
+import { GiB, type Harness, failure, startHarness } from '../support/server';
 import { HvMsr } from '@vsm/core';
 
 const { HV_X64_MSR_GUEST_OS_ID, HV_X64_MSR_HYPERCALL, HV_X64_MSR_VP_ASSIST_PAGE } = HvMsr;

@@ -2,7 +2,7 @@
 // changes nothing.
 import { status } from '@grpc/grpc-js';
 import { pb } from '@vsm/client';
-import { GiB, Harness, failure, startHarness } from '../support/server';
+import { GiB, type Harness, failure, startHarness } from '../support/server';
 import { HvMsr } from '@vsm/core';
 
 let h: Harness;

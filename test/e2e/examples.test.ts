@@ -3,7 +3,7 @@ import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
-import { Harness, startHarness } from '../support/server';
+import { type Harness, startHarness } from '../support/server';
 
 const run = promisify(execFile);
 const dir = path.resolve(__dirname, '../../clients/typescript/examples/dist');

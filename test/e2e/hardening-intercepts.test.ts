@@ -16,7 +16,7 @@
 // and `npm run build` do).
 import { status } from '@grpc/grpc-js';
 import pino from 'pino';
-import { connect, MonitorSession, pb, VsmClient, VsmError } from '@vsm/client';
+import { connect, type MonitorSession, pb, type VsmClient, VsmError } from '@vsm/client';
 import { CoreBackend, startServer } from '@vsm/vsm-v1';
 import { GiB, failure, startHarness } from '../support/server';
 import { spawnService } from '../support/child-service';

@@ -7,7 +7,7 @@
 import { status } from '@grpc/grpc-js';
 import fc from 'fast-check';
 import { pb } from '@vsm/client';
-import { GiB, Harness, failure, startHarness } from '../support/server';
+import { GiB, type Harness, failure, startHarness } from '../support/server';
 
 const R = pb.HvRegisterName;
 const r64 = (name: pb.HvRegisterName, v: bigint): pb.RegisterAssoc => ({ name, value: { value: { $case: 'reg64', value: v } } });

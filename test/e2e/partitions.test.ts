@@ -1,7 +1,7 @@
 // End to end: the real server on an ephemeral loopback port, called through the generated client.
 import { status } from '@grpc/grpc-js';
 import { pb } from '@vsm/client';
-import { GiB, Harness, failure, startHarness } from '../support/server';
+import { GiB, type Harness, failure, startHarness } from '../support/server';
 
 let h: Harness;
 beforeAll(async () => { h = await startHarness(); });

@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
-import { Harness, startHarness } from '../support/server';
+import { type Harness, startHarness } from '../support/server';
 // protobufjs is @grpc/proto-loader's own library.
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const protobuf = require('protobufjs') as typeof import('protobufjs');

@@ -6,7 +6,7 @@ import * as protoLoader from '@grpc/proto-loader';
 // protobufjs is @grpc/proto-loader's own descriptor library.
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const descriptor = require('protobufjs/ext/descriptor') as { FileDescriptorProto: { decode(b: Uint8Array): any; encode(m: any): { finish(): Uint8Array } } };
-import { Harness, startHarness } from '../support/server';
+import { type Harness, startHarness } from '../support/server';
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const protobuf = require('protobufjs') as typeof import('protobufjs');
 

@@ -9,8 +9,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import pino from 'pino';
 import { status } from '@grpc/grpc-js';
-import { connect, pb, VsmClient } from '@vsm/client';
-import { CoreBackend, RunningServer, parseConfig, startServer } from '@vsm/vsm-v1';
+import { connect, pb, type VsmClient } from '@vsm/client';
+import { CoreBackend, type RunningServer, parseConfig, startServer } from '@vsm/vsm-v1';
 import { GiB, failure } from '../support/server';
 import { spawnService } from '../support/child-service';
 

@@ -5,8 +5,8 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import pino from 'pino';
 import { status } from '@grpc/grpc-js';
-import { connect, pb, VsmError } from '@vsm/client';
-import { RemoteBackend, RunningServer, startServer } from '@vsm/vsm-v1';
+import { connect, type pb, VsmError } from '@vsm/client';
+import { RemoteBackend, type RunningServer, startServer } from '@vsm/vsm-v1';
 import { HvMsr } from '@vsm/core';
 
 const kvm = (() => { try { fs.accessSync('/dev/kvm', fs.constants.R_OK | fs.constants.W_OK); return undefined; } catch { return 'no usable /dev/kvm'; } })();

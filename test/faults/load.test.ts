@@ -3,7 +3,7 @@
 // transition reaches its watcher in order, every intercept is answered exactly once, every call
 // succeeds. Bounded in count (not time), loopback only.
 import pino from 'pino';
-import { connect, pb, VsmClient } from '@vsm/client';
+import { connect, pb, type VsmClient } from '@vsm/client';
 import { CoreBackend, startServer } from '@vsm/vsm-v1';
 import { HvMsr } from '@vsm/core';
 

@@ -1,11 +1,11 @@
 // Fault: the real service process (main.js) is SIGKILLed and started again on the same state
 // directory: every partition that had been acknowledged comes back.
-import { ChildProcess, spawn } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { connect, pb } from '@vsm/client';
+import { connect, type pb } from '@vsm/client';
 import { HvMsr } from '@vsm/core';
 
 const MAIN = path.resolve(__dirname, '../../services/vsm-service/dist/main.js');

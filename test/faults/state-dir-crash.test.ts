@@ -4,7 +4,7 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { pb } from '@vsm/client';
+import type { pb } from '@vsm/client';
 import { StateStore } from '@vsm/vsm-v1';
 
 test('SIGKILL during atomic writes never leaves a torn snapshot (20 kills)', async () => {

@@ -7,7 +7,7 @@ import { status } from '@grpc/grpc-js';
 import pino from 'pino';
 import { connect, pb } from '@vsm/client';
 import { CoreBackend, startServer } from '@vsm/vsm-v1';
-import { GiB, Harness, failure, startHarness } from '../support/server';
+import { GiB, type Harness, failure, startHarness } from '../support/server';
 
 let h: Harness;
 beforeAll(async () => { h = await startHarness(); });

@@ -20,9 +20,9 @@
 import * as fs from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import fc from 'fast-check';
-import { connect, MonitorSession, pb, VsmClient, VsmError } from '@vsm/client';
-import { FI_SLOTS, FI_VPS, FiAnswer, FuzzAction, MonitorPersonality, fuzzActionArb, prng } from './gen';
-import { FuzzServer, startFuzzServer } from './server';
+import { connect, type MonitorSession, pb, type VsmClient, VsmError } from '@vsm/client';
+import { FI_SLOTS, FI_VPS, type FiAnswer, type FuzzAction, type MonitorPersonality, fuzzActionArb, prng } from './gen';
+import { type FuzzServer, startFuzzServer } from './server';
 import { MSR, VTL1_LAYOUT, setupVtl1Partition } from '../security/support';
 import { processGuard } from '../support/guard';
 

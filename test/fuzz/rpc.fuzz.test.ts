@@ -13,11 +13,11 @@
 import * as fs from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import fc from 'fast-check';
-import { connect, pb, VsmClient } from '@vsm/client';
-import { FIXTURES, RpcMethod, allMethods, messageArb, mutatedArb, rawBytesArb } from './gen';
+import { connect, pb, type VsmClient } from '@vsm/client';
+import { FIXTURES, type RpcMethod, allMethods, messageArb, mutatedArb, rawBytesArb } from './gen';
 import { MSR, VTL1_LAYOUT, setupVtl1Partition } from '../security/support';
 import { processGuard } from '../support/guard';
-import { FuzzServer, startFuzzServer } from './server';
+import { type FuzzServer, startFuzzServer } from './server';
 
 const ITERATIONS = Number(process.env.FUZZ_ITERATIONS ?? process.env.VSM_FUZZ_INPUTS ?? 5000);
 const SEED = Number(process.env.FUZZ_SEED ?? Math.floor(Math.random() * 2 ** 31));

@@ -5,7 +5,7 @@
 // failed) and anything it wrote to stderr.
 import { CoreBackend, startServer } from '@vsm/vsm-v1';
 import { captureLogger } from '../security/support';
-import { ChildService, spawnService } from '../support/child-service';
+import { type ChildService, spawnService } from '../support/child-service';
 
 export interface FuzzServer {
   mode: 'in-process' | 'child';

@@ -4,7 +4,7 @@
 // entry point) started the same way becomes healthy, serves vsm.v1 on real KVM and stops on
 // SIGTERM; vsm-service `--backend agent` in front of it serves.
 import { GenericContainer, Wait } from 'testcontainers';
-import { connect, pb } from '@vsm/client';
+import { connect, type pb } from '@vsm/client';
 import {
   AGENT_IMAGE, BUILD_TIMEOUT_MS, SERVICE_IMAGE, buildImage, freePort, healthy, kvmUnavailable, requireEngine, run,
 } from './support/docker';

@@ -3,8 +3,8 @@
 // the compose healthcheck, RPCs with the generated client, the state volume writable by the
 // service user, a partition surviving a container restart (--state-dir on the named volume).
 // Profile kvm: the agent on /dev/kvm and vsm-service --backend agent in front of it.
-import { DockerComposeEnvironment, StartedDockerComposeEnvironment, Wait } from 'testcontainers';
-import { connect, pb } from '@vsm/client';
+import { DockerComposeEnvironment, type StartedDockerComposeEnvironment, Wait } from 'testcontainers';
+import { connect, type pb } from '@vsm/client';
 import { AGENT_IMAGE, BUILD_TIMEOUT_MS, SERVICE_IMAGE, buildImage, freePort, healthy, kvmUnavailable, repoRoot, requireEngine } from './support/docker';
 import { HvMsr } from '@vsm/core';
 

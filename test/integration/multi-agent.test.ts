@@ -5,8 +5,8 @@
 // partition, ListPartitions pages over both, and when one agent stops its partitions answer
 // UNAVAILABLE while the other agent's partitions keep working.
 import { status } from '@grpc/grpc-js';
-import { GenericContainer, StartedTestContainer, Wait } from 'testcontainers';
-import { connect, pb, VsmClient, VsmError } from '@vsm/client';
+import { GenericContainer, type StartedTestContainer, Wait } from 'testcontainers';
+import { connect, type pb, type VsmClient, VsmError } from '@vsm/client';
 import { AGENT_IMAGE, BUILD_TIMEOUT_MS, SERVICE_IMAGE, buildImage, freePort, healthy, kvmUnavailable, requireEngine, run } from './support/docker';
 import { HvMsr } from '@vsm/core';
 

@@ -2,8 +2,8 @@
 // CLI (see support/docker.ts for why not fromDockerfile), started with host networking on a free
 // loopback port, health through the image's own probe, then the README walk-through with the
 // generated client: partition, HV_X64_MSR_GUEST_OS_ID, hypercall page, VTL1, VtlCall.
-import { GenericContainer, StartedTestContainer, Wait } from 'testcontainers';
-import { connect, pb, VsmClient } from '@vsm/client';
+import { GenericContainer, type StartedTestContainer, Wait } from 'testcontainers';
+import { connect, pb, type VsmClient } from '@vsm/client';
 import { BUILD_TIMEOUT_MS, SERVICE_IMAGE, buildImage, freePort, healthy, listenAddresses, requireEngine } from './support/docker';
 import { HvMsr } from '@vsm/core';
 

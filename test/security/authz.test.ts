@@ -3,12 +3,12 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { connect, pb, VsmClient } from '@vsm/client';
-import { RunningServer } from '@vsm/vsm-v1';
+import { connect, pb, type VsmClient } from '@vsm/client';
+import type { RunningServer } from '@vsm/vsm-v1';
 import { parsePolicy } from '@vsm/vsm-v1/security';
 import { failure } from '../support/server';
 import { tempDir } from '../support/tls';
-import { LogLine, audits, partitionSpec, startSecured, tokenHash } from './support';
+import { type LogLine, audits, partitionSpec, startSecured, tokenHash } from './support';
 import { HvMsr } from '@vsm/core';
 
 const policy = parsePolicy(JSON.stringify({

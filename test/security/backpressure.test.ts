@@ -4,10 +4,10 @@
 // waits) the stream ends with RESOURCE_EXHAUSTED saying the client lagged, and the service stops
 // reading that client's requests meanwhile. Intercepts it did not take stay pending and go to the
 // next monitor.
-import { connect, pb, VsmClient } from '@vsm/client';
+import { connect, pb, type VsmClient } from '@vsm/client';
 import { RunningServer } from '@vsm/vsm-v1';
-import { spawnService, ChildService } from '../support/child-service';
-import { LogLine, VTL1_LAYOUT, setupVtl1Partition, startSecured } from './support';
+import { spawnService, type ChildService } from '../support/child-service';
+import { type LogLine, VTL1_LAYOUT, setupVtl1Partition, startSecured } from './support';
 import { MiB, frame, openCall, sampleRss, writeWithin } from './raw-grpc';
 
 const clients: VsmClient[] = [];

@@ -2,8 +2,8 @@
 // message, slots returned when streams end), message size, partition count and size limits, and
 // undecodable requests answered INVALID_ARGUMENT (not grpc-js's INTERNAL).
 import * as grpc from '@grpc/grpc-js';
-import { connect, pb, VsmClient } from '@vsm/client';
-import { CoreBackend, RunningServer } from '@vsm/vsm-v1';
+import { connect, pb, type VsmClient } from '@vsm/client';
+import { CoreBackend, type RunningServer } from '@vsm/vsm-v1';
 import { parsePolicy } from '@vsm/vsm-v1/security';
 import { failure } from '../support/server';
 import { partitionSpec, startSecured, tokenHash } from './support';

@@ -2,8 +2,8 @@
 // principal. Another principal reusing an id neither learns about the owner's partition (no
 // ALREADY_EXISTS naming it, no copy of it) nor blocks the owner; the owner's retries stay
 // idempotent and see their own id. Without authorization (no principals) nothing changes.
-import { connect, pb, VsmClient } from '@vsm/client';
-import { RunningServer } from '@vsm/vsm-v1';
+import { connect, type pb, type VsmClient } from '@vsm/client';
+import type { RunningServer } from '@vsm/vsm-v1';
 import { parsePolicy } from '@vsm/vsm-v1/security';
 import { failure } from '../support/server';
 import { partitionSpec, startSecured, tokenHash } from './support';

@@ -8,11 +8,11 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as http2 from 'node:http2';
-import { connect, pb } from '@vsm/client';
-import { ChildService, spawnService } from '../support/child-service';
+import { connect, type pb } from '@vsm/client';
+import { type ChildService, spawnService } from '../support/child-service';
 import { tempDir } from '../support/tls';
 import { tokenHash } from './support';
-import { MiB, RawCall, openCall, rssOf, sampleRss, writeWithin } from './raw-grpc';
+import { MiB, type RawCall, openCall, rssOf, sampleRss, writeWithin } from './raw-grpc';
 
 let dir: string;
 let svc: ChildService;

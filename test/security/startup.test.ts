@@ -1,7 +1,7 @@
 // Security: what the service binary (services/vsm-service/dist/main.js, built by `tsc -b`) accepts
 // at start-up. Plaintext on a non-loopback address is refused before anything is bound; the
 // README's default (plaintext on 127.0.0.1) keeps working; TLS flags serve TLS.
-import { ChildProcess, spawn } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { connect } from '@vsm/client';

@@ -7,11 +7,11 @@
 //     hold slots.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { connect, pb, VsmClient, VsmError } from '@vsm/client';
-import { RunningServer } from '@vsm/vsm-v1';
+import { connect, pb, type VsmClient, VsmError } from '@vsm/client';
+import type { RunningServer } from '@vsm/vsm-v1';
 import { failure } from '../support/server';
 import { tempDir } from '../support/tls';
-import { LogLine, VTL1_LAYOUT, audits, partitionSpec, setupVtl1Partition, startSecured, tokenHash } from './support';
+import { type LogLine, VTL1_LAYOUT, audits, partitionSpec, setupVtl1Partition, startSecured, tokenHash } from './support';
 
 const clients: VsmClient[] = [];
 afterAll(() => { for (const c of clients) c.close(); });

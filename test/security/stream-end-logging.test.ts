@@ -4,8 +4,8 @@
 import * as http2 from 'node:http2';
 import * as grpc from '@grpc/grpc-js';
 import { pb } from '@vsm/client';
-import { LogLine, captureLogger, partitionSpec } from './support';
-import { CoreBackend, RunningServer, startServer } from '@vsm/vsm-v1';
+import { type LogLine, captureLogger, partitionSpec } from './support';
+import { CoreBackend, type RunningServer, startServer } from '@vsm/vsm-v1';
 
 let srv: RunningServer;
 let lines: LogLine[];

@@ -1,8 +1,8 @@
 // Security test support: a pino logger that keeps its JSON lines, a server with a policy, and
 // small helpers for audit lines and failed calls.
-import pino, { Logger } from 'pino';
-import { pb, VsmClient } from '@vsm/client';
-import { CoreBackend, RunningServer, ServerOptions, startServer } from '@vsm/vsm-v1';
+import pino, { type Logger } from 'pino';
+import { pb, type VsmClient } from '@vsm/client';
+import { CoreBackend, type RunningServer, type ServerOptions, startServer } from '@vsm/vsm-v1';
 import { sha256Hex } from '@vsm/vsm-v1/security';
 import { HvMsr } from '@vsm/core';
 

@@ -6,12 +6,12 @@ import * as path from 'node:path';
 import * as tls from 'node:tls';
 import { X509Certificate } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
-import { connect, pb, VsmClient } from '@vsm/client';
-import { RunningServer } from '@vsm/vsm-v1';
+import { connect, pb, type VsmClient } from '@vsm/client';
+import type { RunningServer } from '@vsm/vsm-v1';
 import { parsePolicy } from '@vsm/vsm-v1/security';
 import { failure } from '../support/server';
-import { Ca, KeyPair, SERVER_SANS, issue, makeCa, opensslAvailable, tempDir } from '../support/tls';
-import { LogLine, audits, startSecured, tokenHash } from './support';
+import { type Ca, type KeyPair, SERVER_SANS, issue, makeCa, opensslAvailable, tempDir } from '../support/tls';
+import { type LogLine, audits, startSecured, tokenHash } from './support';
 
 if (!opensslAvailable()) throw new Error('these tests need the openssl CLI');
 

@@ -8,8 +8,8 @@
 import pino from 'pino';
 import fc from 'fast-check';
 import * as core from '@vsm/core';
-import { connect, pb, VsmClient } from '@vsm/client';
-import { CoreBackend, RunningServer, startServer } from '@vsm/vsm-v1';
+import { connect, pb, type VsmClient } from '@vsm/client';
+import { CoreBackend, type RunningServer, startServer } from '@vsm/vsm-v1';
 import { MSR, VTL1_LAYOUT as L, setupVtl1Partition, r64 } from './support';
 
 jest.setTimeout(10 * 60_000);

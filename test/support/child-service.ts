@@ -3,7 +3,7 @@
 // stderr/stdout, so the test during which it happened fails with the reason. `spawnService` starts
 // the real vsm-service (services/vsm-service/dist/main.js; `npm test` builds it) on an ephemeral
 // loopback port under that watch.
-import { ChildProcess, spawn } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { reportToGuard } from './guard';

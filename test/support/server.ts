@@ -1,9 +1,9 @@
 // Test support: start the real vsm-service (or use VSM_ADDRESS / the backend chosen by
 // VSM_BACKEND) on an ephemeral loopback port and connect the generated client to it.
 import pino from 'pino';
-import { connect, VsmClient, VsmError } from '@vsm/client';
+import { connect, type VsmClient, VsmError } from '@vsm/client';
 import * as fs from 'node:fs';
-import { Backend, CoreBackend, RemoteBackend, startServer, RunningServer } from '@vsm/vsm-v1';
+import { type Backend, CoreBackend, RemoteBackend, startServer, type RunningServer } from '@vsm/vsm-v1';
 
 export interface Harness {
   client: VsmClient;

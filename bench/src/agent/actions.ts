@@ -14,10 +14,10 @@
 import pino from 'pino';
 import { connect } from '@vsm/client';
 import { pb } from '@vsm/client';
-import { Backend, CoreBackend, startServer } from '@vsm/vsm-v1';
+import { type Backend, CoreBackend, startServer } from '@vsm/vsm-v1';
 import { KvmBackend } from '@vsm/vsm-v1';
 import { measureRawExits } from './rawbench';
-import { ProtectionTiming, measureProtections } from './protections';
+import { type ProtectionTiming, measureProtections } from './protections';
 
 export interface CallTiming {
   calls: number;

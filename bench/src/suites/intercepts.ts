@@ -2,7 +2,7 @@
 // round trip with an external monitor (guest write -> intercept on the Monitor stream -> ALLOW ->
 // the write returns) against raw unary + raw bidi round trips measured in the same loop, and the
 // intercept throughput with 8 VPs faulting concurrently.
-import { connect, pb, VsmClient } from '@vsm/client';
+import { connect, pb, type VsmClient } from '@vsm/client';
 import type { Suite } from '../api';
 import { RawEchoClient } from '../lib/raw-echo';
 

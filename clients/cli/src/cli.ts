@@ -12,7 +12,7 @@ import * as partitions from './commands/partitions';
 import * as synic from './commands/synic';
 import * as vp from './commands/vp';
 import * as vtl from './commands/vtl';
-import { Ctx, Globals, Io, Register, createCli } from './context';
+import { type Ctx, type Globals, type Io, type Register, createCli } from './context';
 import { EXIT, report } from './exit';
 import { countArg } from './options';
 

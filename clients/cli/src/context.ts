@@ -2,9 +2,9 @@
 // client, output to stdout/stderr); `Cli` is what a command group's `register` gets to build its
 // commands (`run` turns an implementation into a commander action).
 import * as fs from 'node:fs';
-import { Command } from 'commander';
-import { ConnectOptions, VsmClient, connect } from '@vsm/client';
-import { Json } from './format';
+import type { Command } from 'commander';
+import { type ConnectOptions, type VsmClient, connect } from '@vsm/client';
+import type { Json } from './format';
 import { UsageError } from './parse';
 import { Progress } from './progress';
 

@@ -1,7 +1,7 @@
 // vsmctl: guest actions that may wait for a monitor (route MONITOR) and the text for one that did
 // not complete.
-import { VsmError, pb } from '@vsm/client';
-import { Ctx } from './context';
+import { VsmError, type pb } from '@vsm/client';
+import type { Ctx } from './context';
 import { GRPC, StillSuspended } from './exit';
 import { interceptLines, outcomeText } from './outcome';
 

@@ -1,7 +1,7 @@
 // vsmctl: options and arguments shared by the command groups: commander adapters for the parsers
 // in parse.ts (a bad value is a usage error, exit 2), the <partition> and <partition> <vp>
 // arguments, and the server limits vsmctl checks or splits requests by.
-import { Command, InvalidArgumentError } from 'commander';
+import { type Command, InvalidArgumentError } from 'commander';
 import { UsageError, parseCount, parseIndex, parseSize, parseU64, partitionName } from './parse';
 
 export const MAX_VP = 4096;

@@ -1,6 +1,6 @@
 // vsmctl: human text for GuestActionOutcome (exceptions, VTL switches, intercepts, resumed accesses,
 // crashes) and for monitor intercept events.
-import { pb } from '@vsm/client';
+import type { pb } from '@vsm/client';
 import { entryReason, exceptionName, hex64 } from './format';
 import { accessTypeText } from './protect';
 

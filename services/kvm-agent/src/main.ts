@@ -12,7 +12,7 @@
  * every partition's VMs, vCPUs, memfds and mappings are freed and /dev/kvm is closed.
  */
 import * as fs from 'node:fs';
-import { Config, KvmBackend, UsageError, exitOnSignal, parseConfig, processLogger, serverOptionsFrom, shutdownSignal, startServer } from '@vsm/vsm-v1';
+import { type Config, KvmBackend, UsageError, exitOnSignal, parseConfig, processLogger, serverOptionsFrom, shutdownSignal, startServer } from '@vsm/vsm-v1';
 
 export interface AgentConfig {
   /** Transport, security, limits and logging: exactly vsm-service's flags (its parseConfig). */

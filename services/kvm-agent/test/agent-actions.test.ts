@@ -5,7 +5,7 @@ import { status } from '@grpc/grpc-js';
 import { pb } from '@vsm/client';
 import { HvMsr } from '@vsm/core';
 import { KvmBackend } from '@vsm/vsm-v1';
-import { AgentHarness, GiB, describeKvm, failure, startAgent } from './agent-support';
+import { type AgentHarness, GiB, describeKvm, failure, startAgent } from './agent-support';
 
 const MSR = { GUEST_OS_ID: HvMsr.HV_X64_MSR_GUEST_OS_ID, HYPERCALL: HvMsr.HV_X64_MSR_HYPERCALL, SIMP: HvMsr.HV_X64_MSR_SIMP };
 const R = pb.HvRegisterName;

@@ -3,7 +3,7 @@
 // emulator and KVM normalized on both sides (see agent-differential.test.ts).
 import { HvError } from '@vsm/core';
 import { pb } from '@vsm/client';
-import { ApiError, Backend } from '@vsm/vsm-v1';
+import { ApiError, type Backend } from '@vsm/vsm-v1';
 
 const R = pb.HvRegisterName;
 

@@ -11,7 +11,7 @@ import { HvMsr } from '@vsm/core';
 import { CoreBackend } from '@vsm/vsm-v1';
 import { KvmBackend } from '@vsm/vsm-v1';
 import { GiB, describeKvm } from './agent-support';
-import { LooseBackend, Op, differential } from './agent-diff-support';
+import { type LooseBackend, type Op, differential } from './agent-diff-support';
 
 const R = pb.HvRegisterName;
 const MSR = {

@@ -7,7 +7,7 @@
 import { pb } from '@vsm/client';
 import { Asm, buildGdt, buildIdentityPageTables, GDT_LIMIT } from '@vsm/platform-kvm/kvm';
 import { KvmBackend } from '@vsm/vsm-v1';
-import { AgentHarness, GiB, describeKvm, startAgent } from './agent-support';
+import { type AgentHarness, GiB, describeKvm, startAgent } from './agent-support';
 
 const R = pb.HvRegisterName;
 const r64 = (name: pb.HvRegisterName, v: bigint): pb.RegisterAssoc => ({ name, value: { value: { $case: 'reg64', value: v } } });

@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import pino from 'pino';
-import { connect, pb } from '@vsm/client';
+import { connect, type pb } from '@vsm/client';
 import { HvMsr } from '@vsm/core';
 import { UsageError, startServer } from '@vsm/vsm-v1';
 import { KvmBackend } from '@vsm/vsm-v1';

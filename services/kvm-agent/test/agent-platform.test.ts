@@ -4,7 +4,7 @@
 import fc from 'fast-check';
 import * as core from '@vsm/core';
 import { SparseMemory, buildHypercallPage } from '@vsm/core';
-import { KvmSegment } from '@vsm/platform-kvm/kvm';
+import type { KvmSegment } from '@vsm/platform-kvm/kvm';
 import {
   AGENT, AgentRegion, HYPERCALL_INSN_OFFSETS, MemfdRam, OverlayPages, assembleStubs, buildKvmHypercallPage, interruptGate,
   kvmHypercallPageLayout, segmentFromKvm, segmentToKvm, softwareInterruptVector, tableFromKvm, tableToKvm,

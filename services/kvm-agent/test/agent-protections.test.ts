@@ -4,7 +4,7 @@
 import { pb } from '@vsm/client';
 import { HvMsr } from '@vsm/core';
 import { KvmBackend } from '@vsm/vsm-v1';
-import { AgentHarness, GiB, describeKvm, startAgent } from './agent-support';
+import { type AgentHarness, GiB, describeKvm, startAgent } from './agent-support';
 import { withDefaults } from './agent-diff-support';
 
 const MSR = { GUEST_OS_ID: HvMsr.HV_X64_MSR_GUEST_OS_ID, HYPERCALL: HvMsr.HV_X64_MSR_HYPERCALL };

@@ -1,12 +1,12 @@
 // Snapshots of KVM-backed partitions: SavePartition reads the state the core holds (registers,
 // memfd RAM, overlay pages); RestorePartition rebuilds a partition on the KVM platform. A copy
 // restored on KVM and one restored on the emulator then answer the same calls identically.
-import { pb } from '@vsm/client';
+import type { pb } from '@vsm/client';
 import { HvMsr } from '@vsm/core';
 import { CoreBackend } from '@vsm/vsm-v1';
 import { KvmBackend } from '@vsm/vsm-v1';
 import { GiB, describeKvm } from './agent-support';
-import { LooseBackend, Op, differential, withDefaults } from './agent-diff-support';
+import { type LooseBackend, type Op, differential, withDefaults } from './agent-diff-support';
 
 const MSR = { GUEST_OS_ID: HvMsr.HV_X64_MSR_GUEST_OS_ID, HYPERCALL: HvMsr.HV_X64_MSR_HYPERCALL, VP_ASSIST_PAGE: HvMsr.HV_X64_MSR_VP_ASSIST_PAGE, SIMP: HvMsr.HV_X64_MSR_SIMP };
 

@@ -1,8 +1,8 @@
 // Test support for the KVM agent suites: a real vsm.v1 server over KvmBackend on an ephemeral
 // loopback port (what test/support/server.ts does for the emulator), and the /dev/kvm gate.
 import pino from 'pino';
-import { connect, VsmClient, VsmError } from '@vsm/client';
-import { Backend, RunningServer, startServer } from '@vsm/vsm-v1';
+import { connect, type VsmClient, VsmError } from '@vsm/client';
+import { type Backend, type RunningServer, startServer } from '@vsm/vsm-v1';
 import { KvmBackend } from '@vsm/vsm-v1';
 
 export const GiB = 1n << 30n;

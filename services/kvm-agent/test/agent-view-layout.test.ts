@@ -3,9 +3,9 @@
 // budget), and the x86 decoding that finds the faulting instruction of a refused access (lengths
 // checked against GNU as; page walks over small page tables).
 import fc from 'fast-check';
-import { ProtectionMap, Vtl } from '@vsm/core';
-import { KvmRegs, KvmSegment, KvmSregs } from '@vsm/platform-kvm/kvm';
-import { RestrictedRun, ViewSlot, accessOfMask, restrictedRuns, viewSlots } from '@vsm/platform-kvm/platform/view-layout';
+import { ProtectionMap, type Vtl } from '@vsm/core';
+import type { KvmRegs, KvmSegment, KvmSregs } from '@vsm/platform-kvm/kvm';
+import { type RestrictedRun, type ViewSlot, accessOfMask, restrictedRuns, viewSlots } from '@vsm/platform-kvm/platform/view-layout';
 import { cpuMode, decodeInsn, instructionAtRip, instructionBeforeRip, translate } from '@vsm/platform-kvm/platform/x86';
 
 const GIB_PAGES = 262144;

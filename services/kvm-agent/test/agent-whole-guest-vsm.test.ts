@@ -19,7 +19,7 @@ import { pb } from '@vsm/client';
 import * as core from '@vsm/core';
 import { Asm, buildGdt, buildIdentityPageTables, GDT_LIMIT } from '@vsm/platform-kvm/kvm';
 import { KvmBackend } from '@vsm/vsm-v1';
-import { AgentHarness, GiB, describeKvm, startAgent } from './agent-support';
+import { type AgentHarness, GiB, describeKvm, startAgent } from './agent-support';
 
 const R = pb.HvRegisterName;
 const MSR = { GUEST_OS_ID: 0x4000_0000, HYPERCALL: 0x4000_0001, SCONTROL: 0x4000_0080, SIMP: 0x4000_0083, EOM: 0x4000_0084, SINT0: 0x4000_0090 };

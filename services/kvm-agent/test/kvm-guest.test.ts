@@ -4,7 +4,7 @@
  * Skips (with a printed reason) where /dev/kvm is unusable. Nothing here depends on timing.
  */
 import {
-  Asm, GuestMemory, KVM_CAP, VcpuWatchdog, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS, KvmExit, KvmSystem, MINI, MiniGuest, EFER, SysError,
+  Asm, GuestMemory, KVM_CAP, VcpuWatchdog, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS, type KvmExit, KvmSystem, MINI, MiniGuest, EFER, SysError,
 } from '@vsm/platform-kvm/kvm';
 
 const unavailable = KvmSystem.unavailableReason();

@@ -3,7 +3,7 @@
  * the assembler's encodings, page tables and GDT images.
  */
 import * as ioctl from '@vsm/platform-kvm/kvm/ioctl';
-import { EXIT, RUN, SREGS, decodeRegs, decodeSregs, encodeRegs, encodeSregs, KvmSregs, KvmSegment } from '@vsm/platform-kvm/kvm/layout';
+import { EXIT, RUN, SREGS, decodeRegs, decodeSregs, encodeRegs, encodeSregs, type KvmSregs, type KvmSegment } from '@vsm/platform-kvm/kvm/layout';
 import { Asm, GDT_LIMIT, PTE, buildGdt, buildIdentityPageTables, longModeSregs } from '@vsm/platform-kvm/kvm/longmode';
 
 describe('ioctl numbers', () => {

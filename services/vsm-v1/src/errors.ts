@@ -1,7 +1,7 @@
 // service layer: the single mapping from HV_STATUS to gRPC status codes, and the encoding of
 // failures as google.rpc.Status with a google.rpc.ErrorInfo whose reason is the HV_STATUS name.
-import { Metadata, status as Code, ServiceError } from '@grpc/grpc-js';
-import { EngineError, HvError, HvStatus, HvStatusName } from '@vsm/core';
+import { Metadata, status as Code, type ServiceError } from '@grpc/grpc-js';
+import { EngineError, HvError, HvStatus, type HvStatusName } from '@vsm/core';
 import { pb } from '@vsm/client';
 const { RpcStatus: Status, ErrorInfo } = pb;
 

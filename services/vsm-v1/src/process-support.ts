@@ -2,7 +2,7 @@
 // once: a logger that can never crash or hang the process when its reader is gone, the server
 // options that follow from the shared transport/authorization/limit flags, and a graceful shutdown
 // on SIGTERM/SIGINT that ends the process whatever happens.
-import pino, { Logger } from 'pino';
+import pino, { type Logger } from 'pino';
 import type { Config } from './config';
 import type { ServerOptions } from './server';
 import { FdLogDestination } from './log-destination';

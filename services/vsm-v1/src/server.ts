@@ -9,12 +9,12 @@ import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation } from 'grpc-health-check';
-import pino, { Logger } from 'pino';
+import pino, { type Logger } from 'pino';
 import { pb } from '@vsm/client';
-import { Backend, StreamSink } from './backend';
+import type { Backend, StreamSink } from './backend';
 import { ApiError, invalidArgument, toServiceError } from './errors';
-import { CallGuard, PLAINTEXT_REMOTE_REFUSED, ReloadingCertificateProvider, SecurityOptions, TlsOptions, isLoopbackListen, isMalformed, sha256Hex, tlsServerCredentials, tolerantService } from './security';
-import { BoundedSink, DEFAULT_STREAM_BUFFER, StreamBufferLimits } from './stream-sink';
+import { CallGuard, PLAINTEXT_REMOTE_REFUSED, type ReloadingCertificateProvider, type SecurityOptions, type TlsOptions, isLoopbackListen, isMalformed, sha256Hex, tlsServerCredentials, tolerantService } from './security';
+import { BoundedSink, DEFAULT_STREAM_BUFFER, type StreamBufferLimits } from './stream-sink';
 import { reflectionPackage } from './reflection';
 
 export const SERVICE_NAMES = ['vsm.v1.PartitionService', 'vsm.v1.VirtualProcessorService', 'vsm.v1.GuestService', 'vsm.v1.MemoryService', 'vsm.v1.VtlService', 'vsm.v1.InterceptService', 'vsm.v1.SynicService', 'vsm.v1.SnapshotService'];

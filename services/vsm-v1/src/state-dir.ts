@@ -6,7 +6,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { pb } from '@vsm/client';
-import { Backend } from './backend';
+import type { Backend } from './backend';
 
 const SUFFIX = '.snapshot';
 const ID_RE = /^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$/;

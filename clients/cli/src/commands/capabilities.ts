@@ -1,8 +1,8 @@
 // vsmctl capabilities (what the serving backend implements) and registers (the register names
 // vsmctl understands, offline).
-import { Command } from 'commander';
+import type { Command } from 'commander';
 import { pb } from '@vsm/client';
-import { Cli } from '../context';
+import type { Cli } from '../context';
 import { architectureText, fields, formatSize, hex, table, toJson } from '../format';
 import { allRegisters, tlfsRegisterName } from '../parse';
 

@@ -1,8 +1,8 @@
 // vsmctl intercepts: where memory intercepts go (route), which wait for an answer (pending), and a
 // monitor that watches and answers them (watch, the Monitor stream).
-import { Argument, Command, Option } from 'commander';
+import { Argument, type Command, Option } from 'commander';
 import { pb } from '@vsm/client';
-import { Cli, untilInterrupted } from '../context';
+import { type Cli, untilInterrupted } from '../context';
 import { count, hex64, safeEnum, shortEnum, table, toJson } from '../format';
 import { arg, countArg, partitionCommand, u64Arg, vpArg, vtlArg } from '../options';
 import { interceptEventText } from '../outcome';

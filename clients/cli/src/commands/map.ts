@@ -1,11 +1,11 @@
 // vsmctl map: a picture of the GPA space per VTL (overlays, non-zero RAM, VTL protections); the
 // drawing is ../map.ts.
-import { Command } from 'commander';
+import type { Command } from 'commander';
 import { VsmError } from '@vsm/client';
-import { Cli } from '../context';
+import type { Cli } from '../context';
 import { GRPC } from '../exit';
 import { colorEnabled, formatSize, hex64, painter } from '../format';
-import { MapInput, MapProtections, PAGE, mapJson, renderMap } from '../map';
+import { type MapInput, type MapProtections, PAGE, mapJson, renderMap } from '../map';
 import { HOST_CHUNK, countArg, partitionCommand, u64Arg, vtlArg } from '../options';
 import { UsageError } from '../parse';
 

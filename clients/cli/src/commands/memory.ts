@@ -1,15 +1,15 @@
 // vsmctl memory: read, write and execute guest physical memory (as the host, or as a guest access by
 // a VP), and VTL protections (protect, protections).
 import * as fs from 'node:fs';
-import { Command } from 'commander';
-import { VsmError, pb } from '@vsm/client';
-import { Cli } from '../context';
-import { Json, count, formatSize, hex, hex64, hexdump, table, toJson } from '../format';
+import type { Command } from 'commander';
+import { VsmError, type pb } from '@vsm/client';
+import type { Cli } from '../context';
+import { type Json, count, formatSize, hex, hex64, hexdump, table, toJson } from '../format';
 import { guestAccess, notCompletedText } from '../guest';
 import { HOST_CHUNK, arg, indexArg, listArg, partitionCommand, sizeArg, u64Arg, vpArg, vpCommand, vtlArg } from '../options';
 import { stopped } from '../outcome';
 import { UsageError, parseHexBytes, vpName } from '../parse';
-import { Pages, gpaRange, maskLabel, maskText, parseMapFlags, parsePageRange, planProtectCalls } from '../protect';
+import { type Pages, gpaRange, maskLabel, maskText, parseMapFlags, parsePageRange, planProtectCalls } from '../protect';
 
 /** Largest ReadMemory/WriteMemory (guest) transfer. */
 const GUEST_CHUNK = 1 << 16;

@@ -1,6 +1,6 @@
 // vsmctl msr: guest RDMSR/WRMSR on a VP, in its active VTL.
-import { Command } from 'commander';
-import { Cli } from '../context';
+import type { Command } from 'commander';
+import type { Cli } from '../context';
 import { hex64, toJson } from '../format';
 import { arg, u64Arg, vpCommand } from '../options';
 import { outcomeText } from '../outcome';

@@ -1,6 +1,6 @@
 // vsmctl overlays: the GPA overlay pages placed in a partition.
-import { Command } from 'commander';
-import { Cli } from '../context';
+import type { Command } from 'commander';
+import type { Cli } from '../context';
 import { hex64, overlayKind, table, toJson } from '../format';
 import { partitionCommand, vtlArg } from '../options';
 

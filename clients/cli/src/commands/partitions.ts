@@ -1,7 +1,7 @@
 // vsmctl partitions: create, list, get, delete.
-import { Command, Option } from 'commander';
+import { type Command, Option } from 'commander';
 import { pb } from '@vsm/client';
-import { Cli } from '../context';
+import type { Cli } from '../context';
 import { architectureText, count, fields, formatSize, partitionStateText, table, toJson, vtlSet } from '../format';
 import { MAX_VP, arg, countArg, partitionCommand, sizeArg, vtlArg } from '../options';
 import { parseLabel, partitionId } from '../parse';

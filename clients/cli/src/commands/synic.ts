@@ -1,6 +1,6 @@
 // vsmctl synic: a VP's SynIC as the host sees it: post messages, signal event flags, queue depths.
-import { Command } from 'commander';
-import { Cli } from '../context';
+import type { Command } from 'commander';
+import type { Cli } from '../context';
 import { count, hex, table } from '../format';
 import { arg, indexArg, vpCommand, vtlArg } from '../options';
 import { UsageError, parseHexBytes, parseU32, vpName } from '../parse';

@@ -1,7 +1,7 @@
 // vsmctl vp: a virtual processor and its registers.
-import { Command } from 'commander';
-import { pb } from '@vsm/client';
-import { Cli } from '../context';
+import type { Command } from 'commander';
+import type { pb } from '@vsm/client';
+import type { Cli } from '../context';
 import { entryReason, fields, registerJson, registerValueText, toJson, vtlSet } from '../format';
 import { arg, listArg, vpCommand, vtlArg } from '../options';
 import { parseRegisterName, parseRegisterValue, tlfsRegisterName, vpName } from '../parse';

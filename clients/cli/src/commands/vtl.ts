@@ -1,8 +1,8 @@
 // vsmctl vtl: enable VTLs (partition, VP), VSM status, VtlCall/VtlReturn through the hypercall
 // page, and the stream of VTL transitions.
-import { Command } from 'commander';
-import { VsmClient, pb } from '@vsm/client';
-import { Cli, untilInterrupted } from '../context';
+import type { Command } from 'commander';
+import { type VsmClient, pb } from '@vsm/client';
+import { type Cli, untilInterrupted } from '../context';
 import { entryReason, hex, table, toJson, vtlSet } from '../format';
 import { partitionCommand, vpArg, vpCommand, vtlArg } from '../options';
 import { interceptLines, outcomeText, resumedLines, switchText } from '../outcome';

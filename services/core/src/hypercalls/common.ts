@@ -1,6 +1,6 @@
 // core, hypercalls: checks several VSM hypercalls share (partition/VP "self" rules, HV_INPUT_VTL).
 import type { VirtualProcessor } from '../partition';
-import { Vtl, isVtl } from '../vtl-array';
+import { type Vtl, isVtl } from '../vtl-array';
 import { HvStatus, hvFail } from '../tlfs/status';
 import { HV_PARTITION_ID_SELF, HV_VP_INDEX_SELF, decodeInputVtl } from '../tlfs/vsm';
 import type { HypercallContext } from './handler';

@@ -6,7 +6,7 @@
 import type { Partition, VirtualProcessor } from '../partition';
 import { HvError, HvStatus, hvFail } from '../tlfs/status';
 import { decodeHypercallInput, validateHypercallInput, validateParameterBlock } from '../tlfs/hypercall';
-import { AccessOutcome, accessibleTo, interceptAccess } from '../access';
+import { type AccessOutcome, accessibleTo, interceptAccess } from '../access';
 import type { HandlerResult, HypercallHandler } from './handler';
 
 export interface HypercallInvocation {

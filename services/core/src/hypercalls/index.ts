@@ -2,13 +2,13 @@
 // VMCALL path (executeVmcall) that reads the caller's registers, dispatches, writes the output block
 // and the result value. VtlCall/VtlReturn are handled in vtl-switch.ts because their failures are
 // #UD, not statuses. Adding a hypercall: one file here with its handler, one line in the list below.
-import { GuestOutcome, Partition, VirtualProcessor, X64Exception } from '../partition';
+import { type GuestOutcome, type Partition, type VirtualProcessor, X64Exception } from '../partition';
 import { HvError, HvStatus } from '../tlfs/status';
 import { HvCallCode, decodeHypercallInput, encodeHypercallResult } from '../tlfs/hypercall';
 import { HvRegisterName as R } from '../tlfs/registers';
-import { HypercallCallSite, vtlCall, vtlReturn } from '../vtl-switch';
+import { type HypercallCallSite, vtlCall, vtlReturn } from '../vtl-switch';
 import type { AccessOutcome } from '../access';
-import { HypercallDispatcher, HypercallInvocation } from './dispatcher';
+import { HypercallDispatcher, type HypercallInvocation } from './dispatcher';
 import type { HypercallHandler } from './handler';
 import { HvCallEnablePartitionVtl } from './enable-partition-vtl';
 import { HvCallEnableVpVtl } from './enable-vp-vtl';

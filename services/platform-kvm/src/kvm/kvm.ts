@@ -16,8 +16,8 @@ import {
   sysFtruncate, sysMemfdCreate, sysMmap, sysMunmap, sysOpen, ERRNO,
 } from './ioctl';
 import {
-  CPUID2, ENABLE_CAP, EXIT, FPU, KvmFpu, KvmRegs, KvmSregs, MEMREGION, MSRS, MSR_FILTER,
-  REG_OFFSET, RUN, RegName, SREGS, decodeFpu, decodeRegs, decodeSregs, encodeFpu, encodeRegs,
+  CPUID2, ENABLE_CAP, EXIT, FPU, type KvmFpu, type KvmRegs, type KvmSregs, MEMREGION, MSRS, MSR_FILTER,
+  REG_OFFSET, RUN, type RegName, SREGS, decodeFpu, decodeRegs, decodeSregs, encodeFpu, encodeRegs,
   encodeSregs,
 } from './layout';
 import {

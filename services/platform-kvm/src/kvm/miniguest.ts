@@ -9,7 +9,7 @@
  *   0x0010_0000  code
  *   0x0020_0000  data
  */
-import { GuestMemory, KvmExit, KvmSystem, KvmVcpu, KvmVm } from './kvm';
+import { GuestMemory, type KvmExit, KvmSystem, type KvmVcpu, type KvmVm } from './kvm';
 import { setupLongMode } from './longmode';
 
 export const MINI = {

@@ -13,7 +13,7 @@
  * removing Node's last listener resets it to SIG_DFL.
  */
 import { Worker } from 'worker_threads';
-import { KickSignal, ensureSignalHandler } from './ioctl';
+import { type KickSignal, ensureSignalHandler } from './ioctl';
 import type { KvmExit, KvmVcpu } from './kvm';
 
 export interface TimeoutExit {

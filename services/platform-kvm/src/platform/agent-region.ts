@@ -26,7 +26,7 @@
  * area, the stack and the buffer: with shadow paging (kvm_pvm) a host write to a page table that
  * KVM has already shadowed would go unnoticed.
  */
-import { Asm, GDT_REGION_SIZE, GuestMemory, KvmSregs, KvmVm, PTE, buildGdt, longModeSregs } from '../kvm';
+import { Asm, GDT_REGION_SIZE, GuestMemory, type KvmSregs, type KvmVm, PTE, buildGdt, longModeSregs } from '../kvm';
 import { HYPERCALL_INSN } from './hypercall-page';
 
 export const GIB = 1n << 30n;

@@ -21,7 +21,7 @@
  *
  * HvRegisterVsmCodePageOffsets reports VtlCall 0x0F / VtlReturn 0x26, as on the emulator.
  */
-import { HypercallPageLayout, HypercallPageOffsets } from '@vsm/core';
+import { type HypercallPageLayout, HypercallPageOffsets } from '@vsm/core';
 
 /** The I/O port of the hypercall instruction. No device model lives on it. */
 export const HYPERCALL_PORT = 0x4d;

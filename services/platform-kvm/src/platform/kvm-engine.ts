@@ -5,9 +5,9 @@
 // cannot be enforced with memslots here), and the memory actions of a VTL whose view would need more
 // memslots than the budget. KVM failures leave as EngineErrors (the vsm.v1 layer maps them).
 import * as core from '@vsm/core';
-import { EngineError, GuestEngine, HvError } from '@vsm/core';
+import { EngineError, type GuestEngine, HvError } from '@vsm/core';
 import { SysError } from '../kvm';
-import { KvmPartition, KvmRunError } from './kvm-partition';
+import { type KvmPartition, KvmRunError } from './kvm-partition';
 
 export function kvmEngine(kp: KvmPartition): GuestEngine {
   const p = () => kp.partition;

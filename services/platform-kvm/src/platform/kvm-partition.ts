@@ -12,18 +12,18 @@
  * state. runVp() instead runs the guest's own code with its full state until HLT.
  */
 import * as core from '@vsm/core';
-import { GuestOutcome, HvError, HvStatus, Partition, PlatformHooks, VirtualProcessor, Vtl, X64ExceptionVector } from '@vsm/core';
+import { type GuestOutcome, HvError, HvStatus, type Partition, type PlatformHooks, type VirtualProcessor, type Vtl, type X64ExceptionVector } from '@vsm/core';
 import {
-  CpuidEntry, HV_MSR_BASE, HV_MSR_COUNT, KvmExit, KvmRegs, KvmSystem, MiniGuest, TimeoutExit, VcpuWatchdog,
+  type CpuidEntry, HV_MSR_BASE, HV_MSR_COUNT, type KvmExit, type KvmRegs, type KvmSystem, MiniGuest, type TimeoutExit, type VcpuWatchdog,
 } from '../kvm';
-import { AGENT, AgentRegion, EXCEPTION_PORT, StubName } from './agent-region';
+import { AGENT, AgentRegion, EXCEPTION_PORT, type StubName } from './agent-region';
 import { HYPERCALL_INSN_LENGTH, HYPERCALL_IO_SIZE, HYPERCALL_PORT, kvmHypercallPageLayout } from './hypercall-page';
 import { MemfdRam, OverlayPages } from './memory';
 import {
   MSR_REGISTERS, coreMsrs, coreRegs, coreSregs, getReg, setReg, storeMsrs, storeRegs, storeSregs,
 } from './registers';
-import { VpCpu, VtlVm } from './vtl-vm';
-import { FaultingInstruction, instructionAtRip, instructionBeforeRip } from './x86';
+import { type VpCpu, VtlVm } from './vtl-vm';
+import { type FaultingInstruction, instructionAtRip, instructionBeforeRip } from './x86';
 
 const R = core.HvRegisterName;
 

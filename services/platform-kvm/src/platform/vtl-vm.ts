@@ -11,10 +11,10 @@
  * A VP has one vCPU per VTL; MSRs 0x40000000-0x400000FF exit to the agent in every VM.
  */
 import type { Partition, Vtl } from '@vsm/core';
-import { CpuidEntry, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS, KvmSystem, KvmVcpu, KvmVm, PAGE_SIZE } from '../kvm';
-import { AgentRegion } from './agent-region';
-import { MemfdRam, OverlayPages } from './memory';
-import { OverlaySlot, PageAccess, RestrictedRun, ViewSlot, restrictedRuns, viewSlots } from './view-layout';
+import { type CpuidEntry, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS, type KvmSystem, type KvmVcpu, type KvmVm, PAGE_SIZE } from '../kvm';
+import type { AgentRegion } from './agent-region';
+import type { MemfdRam, OverlayPages } from './memory';
+import { type OverlaySlot, type PageAccess, type RestrictedRun, type ViewSlot, restrictedRuns, viewSlots } from './view-layout';
 
 /** What a vCPU currently holds: the agent's environment at CPL0 or CPL3 (guest actions), or the guest's own state. */
 export type VcpuMode = 'fresh' | 'agent' | 'agent-user' | 'guest';

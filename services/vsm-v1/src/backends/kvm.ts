@@ -9,7 +9,7 @@
 import * as core from '@vsm/core';
 import { EngineError } from '@vsm/core';
 import { pb } from '@vsm/client';
-import { HYPERCALL_PAGE_DESCRIPTION, KvmHost, KvmPartition, KvmSystem, RunVpResult, VcpuWatchdog, engineErrorOf, kvmEngine, probeHost } from '@vsm/platform-kvm';
+import { HYPERCALL_PAGE_DESCRIPTION, type KvmHost, KvmPartition, KvmSystem, type RunVpResult, VcpuWatchdog, engineErrorOf, kvmEngine, probeHost } from '@vsm/platform-kvm';
 import { CoreBackend, MAX_GUEST_ACCESS } from './core-backend';
 
 export { MAX_GUEST_ACCESS };

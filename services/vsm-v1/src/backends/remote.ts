@@ -6,8 +6,8 @@
 // hang: forwarded calls carry deadlines, except guest memory actions, which may legitimately wait
 // for a monitor (a dead agent still fails them promptly: the channel reports UNAVAILABLE).
 import { status as Code } from '@grpc/grpc-js';
-import { connect, pb, VsmClient, VsmError } from '@vsm/client';
-import { Backend, StreamSink } from '../backend';
+import { connect, type pb, type VsmClient, VsmError } from '@vsm/client';
+import type { Backend, StreamSink } from '../backend';
 import { ApiError, invalidArgument } from '../errors';
 import { parsePartitionName } from '../names';
 

@@ -17,10 +17,10 @@ import * as http2 from 'node:http2';
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import { ApiError, toServiceError } from '../errors';
-import { Malformed, malformedReason } from './decode';
-import { AuthContext, authenticate } from './identity';
-import { FrameTracker, RequestBudget, RequestBudgetLimits, StreamLimiter, StreamLimits, peerHost } from './limits';
-import { Policy, PolicyError, isAllowed, isMutating, methodKey, parsePolicy, requiredRole, resourceOf, resourceString } from './policy';
+import { type Malformed, malformedReason } from './decode';
+import { type AuthContext, authenticate } from './identity';
+import { FrameTracker, RequestBudget, type RequestBudgetLimits, StreamLimiter, type StreamLimits, peerHost } from './limits';
+import { type Policy, PolicyError, isAllowed, isMutating, methodKey, parsePolicy, requiredRole, resourceOf, resourceString } from './policy';
 
 export interface SecurityOptions {
   /** Authorization policy: parsed, or a JSON file that is re-read when it changes. Unset = authorization off. */

@@ -5,7 +5,7 @@
 // metadata, compared by its SHA-256).
 import type { Metadata } from '@grpc/grpc-js';
 import type { PeerCertificate } from 'node:tls';
-import { Policy, sha256Hex } from './policy';
+import { type Policy, sha256Hex } from './policy';
 
 /** grpc-js's AuthContext (not exported by its index in 1.14): set only for a verified TLS peer. */
 export interface AuthContext {
