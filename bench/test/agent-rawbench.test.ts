@@ -1,15 +1,9 @@
 /**
  * Smoke test of the raw exit benchmark (tiny iteration counts; asserts shape, not speed).
  */
-import { kvm } from '@vsm/platform-kvm';
 import { measureRawExits } from '../src/agent/rawbench';
 
-const unavailable = kvm.KvmSystem.unavailableReason();
-const describeKvm = unavailable === undefined ? describe : describe.skip;
-if (unavailable !== undefined) {
-  // eslint-disable-next-line no-console
-  console.log(`[agent-rawbench.test] skipping raw exit benchmark: ${unavailable}`);
-}
+import { describeKvm } from '../../test/support/kvm-gate';
 
 describeKvm('measureRawExits', () => {
   it('measures every exit loop', () => {

@@ -5,7 +5,6 @@
 // its pages is allocated). DeletePartition gives the pages back; RestorePartition of a snapshot
 // larger than what is left is refused. The real process takes the flag (and VSM_MAX_RESIDENT_BYTES)
 // and reports the limit at start-up.
-import * as fs from 'node:fs';
 import * as os from 'node:os';
 import pino from 'pino';
 import { status } from '@grpc/grpc-js';
@@ -13,6 +12,7 @@ import { connect, pb, type VsmClient } from '@vsm/client';
 import { CoreBackend, type RunningServer, parseConfig, startServer } from '@vsm/vsm-v1';
 import { GiB, failure } from '../support/server';
 import { spawnService } from '../support/child-service';
+import { kvmTest } from '../support/kvm-gate';
 
 const MiB = 1 << 20;
 const PAGE = 4096;
@@ -185,15 +185,7 @@ describe('configuration', () => {
 // The KVM agent's guest RAM is one memfd mapped for the whole GPA space: the guest itself touches
 // its pages through KVM, with no write the agent could refuse first. So the agent counts a
 // partition's whole memory_bytes when it is created.
-const kvm = (() => {
-  try {
-    fs.accessSync('/dev/kvm', fs.constants.R_OK | fs.constants.W_OK);
-    return true;
-  } catch {
-    return false;
-  }
-})();
-(kvm ? test : test.skip)('KVM agent: memory_bytes of every partition counts against the limit at create and restore (needs /dev/kvm)', async () => {
+kvmTest('KVM agent: memory_bytes of every partition counts against the limit at create and restore (needs /dev/kvm)', async () => {
   // eslint-disable-next-line @typescript-eslint/no-require-imports
   const { KvmBackend } = require('@vsm/vsm-v1') as typeof import('@vsm/vsm-v1');
   const agent = new KvmBackend({ limits: { maxResidentBytes: 3n * 64n * BigInt(MiB) } });

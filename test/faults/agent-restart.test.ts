@@ -1,16 +1,14 @@
 // Fault: the KVM agent behind the service dies and comes back. While it is down, calls for its
 // partitions fail UNAVAILABLE promptly (never hang); after it restarts, the partitions it hosted are
 // gone (the agent keeps VMs in memory only): NOT_FOUND, and new partitions work.
-import * as fs from 'node:fs';
 import * as net from 'node:net';
 import pino from 'pino';
 import { status } from '@grpc/grpc-js';
 import { connect, type pb, VsmError } from '@vsm/client';
 import { RemoteBackend, type RunningServer, startServer } from '@vsm/vsm-v1';
 import { HvMsr } from '@vsm/core';
+import { describeKvm } from '../support/kvm-gate';
 
-const kvm = (() => { try { fs.accessSync('/dev/kvm', fs.constants.R_OK | fs.constants.W_OK); return undefined; } catch { return 'no usable /dev/kvm'; } })();
-if (kvm) process.stderr.write(`agent-restart: skipped: ${kvm}\n`);
 
 function freePort(): Promise<number> {
   return new Promise((resolve) => {
@@ -21,7 +19,7 @@ function freePort(): Promise<number> {
   });
 }
 
-(kvm ? describe.skip : describe)('KVM agent killed and restarted behind the service', () => {
+describeKvm('KVM agent killed and restarted behind the service', () => {
   test('UNAVAILABLE while down (fast), NOT_FOUND for its old partitions after restart', async () => {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     const { KvmBackend } = require('@vsm/vsm-v1') as typeof import('@vsm/vsm-v1');

@@ -8,6 +8,7 @@ import { connect, type pb } from '@vsm/client';
 import {
   AGENT_IMAGE, BUILD_TIMEOUT_MS, SERVICE_IMAGE, buildImage, freePort, healthy, kvmUnavailable, requireEngine, run,
 } from './support/docker';
+import { gateDescribe, gateTests } from '../support/kvm-gate';
 import { HvMsr } from '@vsm/core';
 
 // A MiniGuest from the agent's own KVM layer: `mov eax, 0x5a; out 0x10, al; hlt`.
@@ -25,11 +26,7 @@ g.close(); s.close();`;
 const AGENT_RUN_FLAGS = ['--rm', '--network', 'host', '--device', '/dev/kvm', '--user', '0:0', '--cap-drop', 'ALL', '--security-opt', 'no-new-privileges', '--read-only'];
 
 const kvm = kvmUnavailable();
-if (kvm !== undefined) {
-  // eslint-disable-next-line no-console
-  console.log(`[agent-image.test] skipping the /dev/kvm checks: ${kvm}`);
-}
-const kvmTest = kvm === undefined ? test : test.skip;
+const kvmTest = gateTests(test, kvm);
 
 beforeAll(async () => {
   requireEngine();
@@ -58,7 +55,7 @@ describe('vsm-kvm-agent image', () => {
   });
 
   describe('the agent process (vsm-kvm-agent) in the image', () => {
-    const d = kvm === undefined ? describe : describe.skip;
+    const d = gateDescribe(kvm);
     d('with --device /dev/kvm and no capability', () => {
       let agentId = '';
       let agentAddr = '';

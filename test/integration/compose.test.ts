@@ -6,6 +6,7 @@
 import { DockerComposeEnvironment, type StartedDockerComposeEnvironment, Wait } from 'testcontainers';
 import { connect, type pb } from '@vsm/client';
 import { AGENT_IMAGE, BUILD_TIMEOUT_MS, SERVICE_IMAGE, buildImage, freePort, healthy, kvmUnavailable, repoRoot, requireEngine } from './support/docker';
+import { gateDescribe } from '../support/kvm-gate';
 import { HvMsr } from '@vsm/core';
 
 const SERVICE = 'vsm-service-emulator-1'; // Compose names containers <project>-<service>-<n>
@@ -86,7 +87,7 @@ describe('docker compose --profile emulator', () => {
 // Profile kvm: vsm-kvm-agent on /dev/kvm with the compose file's device, user and capability
 // settings, and vsm-service --backend agent in front of it (started once the agent is healthy).
 const kvm = kvmUnavailable();
-(kvm === undefined ? describe : describe.skip)('docker compose --profile kvm', () => {
+gateDescribe(kvm)('docker compose --profile kvm', () => {
   let kenv: StartedDockerComposeEnvironment | undefined;
   let agentAddress = '';
   let serviceAddress = '';

@@ -8,18 +8,15 @@ import { status } from '@grpc/grpc-js';
 import { GenericContainer, type StartedTestContainer, Wait } from 'testcontainers';
 import { connect, type pb, type VsmClient, VsmError } from '@vsm/client';
 import { AGENT_IMAGE, BUILD_TIMEOUT_MS, SERVICE_IMAGE, buildImage, freePort, healthy, kvmUnavailable, requireEngine, run } from './support/docker';
+import { gateDescribe } from '../support/kvm-gate';
 import { HvMsr } from '@vsm/core';
 
 const GUEST_OS_ID = HvMsr.HV_X64_MSR_GUEST_OS_ID;
 const AGENT_FLAGS = ['--network', 'host', '--init', '--device', '/dev/kvm', '--user', '0:0', '--cap-drop', 'ALL', '--security-opt', 'no-new-privileges', '--read-only'];
 
 const kvm = kvmUnavailable();
-if (kvm !== undefined) {
-  // eslint-disable-next-line no-console
-  console.log(`[multi-agent.test] skipping: ${kvm}`);
-}
 
-(kvm === undefined ? describe : describe.skip)('vsm-service in front of two KVM agents', () => {
+gateDescribe(kvm)('vsm-service in front of two KVM agents', () => {
   const agents: { id: string; address: string }[] = [];
   let svc: StartedTestContainer | undefined;
   let svc2: StartedTestContainer | undefined;

@@ -1,16 +1,15 @@
-// Loaded before every conformance test file (jest setupFilesAfterEach): when the chosen backend
-// cannot run on this machine (VSM_BACKEND=agent without /dev/kvm), every scenario is reported as
-// skipped with the reason in its name, instead of failing or silently passing.
+// Loaded before every conformance test file (jest setupFilesAfterEnv): when the chosen backend
+// cannot run on this machine (VSM_BACKEND=agent without a usable /dev/kvm), the global `test`/`it`
+// become the shared KVM gate's (test/support/kvm-gate.ts): every scenario is reported as skipped
+// with the reason in its name — or fails naming it when VSM_REQUIRE_KVM=1 — instead of failing on
+// the harness or silently passing.
+import { gateTests } from './kvm-gate';
 import { backendUnavailable } from './server';
 
 const why = backendUnavailable();
 if (why) {
-  process.stderr.write(`conformance: skipping every scenario: ${why}\n`);
-  const g = globalThis as unknown as Record<string, unknown>;
-  const wrap = (orig: { skip: (name: string, ...rest: unknown[]) => unknown }) =>
-    Object.assign((name: string, ...rest: unknown[]) => orig.skip(`${name} [skipped: ${why}]`, ...rest), orig, {
-      each: () => (name: string, ...rest: unknown[]) => orig.skip(`${name} [skipped: ${why}]`, ...rest),
-    });
-  g.test = wrap(g.test as never);
+  process.stderr.write(`conformance: every scenario gated: ${why}\n`);
+  const g = globalThis as unknown as { test: jest.It; it: jest.It };
+  g.test = gateTests(g.test, why);
   g.it = g.test;
 }

@@ -2,8 +2,8 @@
 // VSM_BACKEND) on an ephemeral loopback port and connect the generated client to it.
 import pino from 'pino';
 import { connect, type VsmClient, VsmError } from '@vsm/client';
-import * as fs from 'node:fs';
 import { type Backend, CoreBackend, RemoteBackend, startServer, type RunningServer } from '@vsm/vsm-v1';
+import { kvmUnavailableReason } from './kvm-gate';
 
 export interface Harness {
   client: VsmClient;
@@ -17,12 +17,8 @@ export function backendUnavailable(): string | undefined {
   const backend = process.env.VSM_BACKEND ?? 'emulator';
   if (backend === 'emulator') return undefined;
   if (backend !== 'agent') return `VSM_BACKEND=${backend} is not a backend (emulator or agent)`;
-  try {
-    fs.accessSync('/dev/kvm', fs.constants.R_OK | fs.constants.W_OK);
-  } catch {
-    return 'VSM_BACKEND=agent needs /dev/kvm (absent or not accessible on this machine)';
-  }
-  return undefined;
+  const why = kvmUnavailableReason();
+  return why === undefined ? undefined : `VSM_BACKEND=agent needs KVM: ${why}`;
 }
 
 /**

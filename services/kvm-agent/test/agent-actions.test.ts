@@ -10,7 +10,7 @@ import { type AgentHarness, GiB, describeKvm, failure, startAgent } from './agen
 const MSR = { GUEST_OS_ID: HvMsr.HV_X64_MSR_GUEST_OS_ID, HYPERCALL: HvMsr.HV_X64_MSR_HYPERCALL, SIMP: HvMsr.HV_X64_MSR_SIMP };
 const R = pb.HvRegisterName;
 
-describeKvm('agent-actions.test')('guest actions on KVM', () => {
+describeKvm('guest actions on KVM', () => {
   let h: AgentHarness;
   let backend: KvmBackend;
   beforeAll(async () => {

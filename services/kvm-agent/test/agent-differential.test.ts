@@ -25,7 +25,7 @@ const seg = (name: pb.HvRegisterName, s: { base?: bigint; limit?: number; select
 
 const pattern = Buffer.from(Array.from({ length: 4096 }, (_, i) => (i * 13 + 5) & 0xff));
 
-describeKvm('agent-differential.test')('KVM backend vs emulator backend', () => {
+describeKvm('KVM backend vs emulator backend', () => {
   let emu: CoreBackend;
   let kvm: KvmBackend;
   beforeAll(() => {

@@ -16,7 +16,7 @@ const table = (name: pb.HvRegisterName, base: bigint, limit: number): pb.Registe
 const GUEST = { pageTables: 0x20_0000n, gdt: 0x3000n, code: 0x10_0000n, vtl1Code: 0x11_0000n, stack: 0x8_0000n, vtl1Stack: 0x9_0000n, input: 0x1_0000n, output: 0x1_1000n, hypercallPage: 0x2000n, vtl1HypercallPage: 0x4000n };
 const GUEST_OS_ID = 0x8100_0000_0000_0001n;
 
-describeKvm('agent-guest.test')('whole guests on KVM', () => {
+describeKvm('whole guests on KVM', () => {
   let h: AgentHarness;
   let backend: KvmBackend;
   beforeAll(async () => {

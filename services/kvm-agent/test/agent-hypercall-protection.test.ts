@@ -3,13 +3,12 @@
 // the protected bytes are neither changed nor returned.
 import { pb } from '@vsm/client';
 import { KvmBackend } from '@vsm/vsm-v1';
+import { describeKvm } from '../../../test/support/kvm-gate';
 
-const usable = KvmBackend.unavailableReason() === undefined;
-if (!usable) process.stderr.write(`agent-hypercall-protection: skipped: ${KvmBackend.unavailableReason()}\n`);
 const SECRET = Buffer.from('VTL1 SECRET');
 const PAGE = 0x40n;
 
-(usable ? describe : describe.skip)('hypercall parameter blocks on a VTL1-protected page (KVM)', () => {
+describeKvm('hypercall parameter blocks on a VTL1-protected page (KVM)', () => {
   let b: KvmBackend;
   beforeAll(() => { b = new KvmBackend(); });
   afterAll(async () => { await b.close(); });

@@ -41,7 +41,7 @@ describe('vsm-kvm-agent configuration', () => {
 const fdCount = () => fs.readdirSync('/proc/self/fd').length;
 const memfdMaps = () => fs.readFileSync('/proc/self/maps', 'utf8').split('\n').filter((l) => l.includes('/memfd:vsm-')).length;
 
-describeKvm('agent-main.test')('vsm-kvm-agent server on a unix socket', () => {
+describeKvm('vsm-kvm-agent server on a unix socket', () => {
   test('serves vsm.v1; shutdown frees every fd and mapping', async () => {
     const fds0 = fdCount();
     const maps0 = memfdMaps();

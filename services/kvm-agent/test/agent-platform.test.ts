@@ -9,7 +9,7 @@ import {
   AGENT, AgentRegion, HYPERCALL_INSN_OFFSETS, MemfdRam, OverlayPages, assembleStubs, buildKvmHypercallPage, interruptGate,
   kvmHypercallPageLayout, segmentFromKvm, segmentToKvm, softwareInterruptVector, tableFromKvm, tableToKvm,
 } from '@vsm/platform-kvm/platform';
-import { kvmUnavailable } from './agent-support';
+import { describeKvm } from './agent-support';
 
 const hex = (b: Uint8Array) => Buffer.from(b).toString('hex');
 
@@ -64,7 +64,7 @@ describe('agent region (golden bytes)', () => {
   });
 });
 
-(kvmUnavailable === undefined ? describe : describe.skip)('agent region (memfd)', () => {
+describeKvm('agent region (memfd)', () => {
   test('placed above the partition, identity page tables cover RAM and the region', () => {
     for (const [ram, gpa, gib] of [[1n << 30n, 1n << 30n, 2], [4096n, 1n << 30n, 2], [(3n << 30n) + 4096n, 4n << 30n, 5]] as [bigint, bigint, number][]) {
       const a = new AgentRegion(ram);

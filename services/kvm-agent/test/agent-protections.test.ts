@@ -11,7 +11,7 @@ const MSR = { GUEST_OS_ID: HvMsr.HV_X64_MSR_GUEST_OS_ID, HYPERCALL: HvMsr.HV_X64
 const R = pb.HvRegisterName;
 const r64 = (name: pb.HvRegisterName, v: bigint): pb.RegisterAssoc => ({ name, value: { value: { $case: 'reg64', value: v } } });
 
-describeKvm('agent-protections.test')('VTL protections enforced by memslots', () => {
+describeKvm('VTL protections enforced by memslots', () => {
   let h: AgentHarness;
   let backend: KvmBackend;
   let small: KvmBackend;

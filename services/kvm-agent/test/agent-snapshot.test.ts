@@ -10,7 +10,7 @@ import { type LooseBackend, type Op, differential, withDefaults } from './agent-
 
 const MSR = { GUEST_OS_ID: HvMsr.HV_X64_MSR_GUEST_OS_ID, HYPERCALL: HvMsr.HV_X64_MSR_HYPERCALL, VP_ASSIST_PAGE: HvMsr.HV_X64_MSR_VP_ASSIST_PAGE, SIMP: HvMsr.HV_X64_MSR_SIMP };
 
-describeKvm('agent-snapshot.test')('snapshots of KVM partitions', () => {
+describeKvm('snapshots of KVM partitions', () => {
   let kvm: KvmBackend;
   let emu: CoreBackend;
   beforeAll(() => {

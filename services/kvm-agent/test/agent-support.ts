@@ -1,22 +1,19 @@
 // Test support for the KVM agent suites: a real vsm.v1 server over KvmBackend on an ephemeral
-// loopback port (what test/support/server.ts does for the emulator), and the /dev/kvm gate.
+// loopback port (what test/support/server.ts does for the emulator); the /dev/kvm gate is the shared
+// one of test/support/kvm-gate.ts, re-exported.
 import pino from 'pino';
 import { connect, type VsmClient, VsmError } from '@vsm/client';
 import { type Backend, type RunningServer, startServer } from '@vsm/vsm-v1';
 import { KvmBackend } from '@vsm/vsm-v1';
+import { describeKvm, kvmTest, kvmUnavailableReason } from '../../../test/support/kvm-gate';
 
 export const GiB = 1n << 30n;
 
-/** Why the real-KVM suites cannot run here (undefined = they can). */
-export const kvmUnavailable = KvmBackend.unavailableReason();
+/** Why the real-KVM suites cannot run here (undefined = they can): the shared gate's reason. */
+export const kvmUnavailable = kvmUnavailableReason();
 
-/** `describe` when /dev/kvm is usable, else `describe.skip` with the reason printed once. */
-export function describeKvm(file: string): jest.Describe {
-  if (kvmUnavailable === undefined) return describe;
-  // eslint-disable-next-line no-console
-  console.log(`[${file}] skipping: /dev/kvm is not usable here (${kvmUnavailable})`);
-  return describe.skip;
-}
+/** The shared KVM gate (test/support/kvm-gate.ts): skips with the reason, fails when VSM_REQUIRE_KVM=1. */
+export { describeKvm, kvmTest };
 
 export interface AgentHarness {
   client: VsmClient;

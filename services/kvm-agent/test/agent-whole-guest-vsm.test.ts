@@ -61,7 +61,7 @@ function protectInput(flags: number, gpfn: bigint): Buffer {
   return b;
 }
 
-describeKvm('agent-whole-guest-vsm.test')('a whole guest sets up VSM, protects a page from VTL1 and trips over it in VTL0 (real KVM)', () => {
+describeKvm('a whole guest sets up VSM, protects a page from VTL1 and trips over it in VTL0 (real KVM)', () => {
   let h: AgentHarness;
   let backend: KvmBackend;
   beforeAll(async () => {

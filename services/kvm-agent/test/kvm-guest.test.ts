@@ -1,18 +1,14 @@
 /**
  * Real guest code on /dev/kvm through the thin native layer: port I/O, MSR filter exits,
  * read-only memslots and holes, two VMs sharing one backing with an overlay, sync regs.
- * Skips (with a printed reason) where /dev/kvm is unusable. Nothing here depends on timing.
+ * Gated by test/support/kvm-gate.ts (skipped with the reason, or failed when VSM_REQUIRE_KVM=1).
+ * Nothing here depends on timing.
  */
 import {
   Asm, GuestMemory, KVM_CAP, VcpuWatchdog, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS, type KvmExit, KvmSystem, MINI, MiniGuest, EFER, SysError,
 } from '@vsm/platform-kvm/kvm';
 
-const unavailable = KvmSystem.unavailableReason();
-const describeKvm = unavailable === undefined ? describe : describe.skip;
-if (unavailable !== undefined) {
-  // eslint-disable-next-line no-console
-  console.log(`[kvm-guest.test] skipping real-guest KVM tests: ${unavailable}`);
-}
+import { describeKvm } from '../../../test/support/kvm-gate';
 
 type ExitOf<K extends KvmExit['kind']> = Extract<KvmExit, { kind: K }>;
 function expectKind<K extends KvmExit['kind']>(e: KvmExit, kind: K): ExitOf<K> {

@@ -2,11 +2,12 @@
 //
 // These tests never skip for a missing engine: without one they FAIL, saying how to get one
 // (deploy/scripts/ensure-docker.sh, deploy/scripts/build-base-image.sh). Only the KVM-specific
-// checks skip, with a printed reason, on a host without a usable /dev/kvm.
+// checks are gated by the shared KVM gate (test/support/kvm-gate.ts): skipped with the reason in
+// their names on a host without /dev/kvm, failed instead when VSM_REQUIRE_KVM=1.
 import { execFile, execFileSync } from 'node:child_process';
-import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
+import { kvmUnavailableReason } from '../../support/kvm-gate';
 
 export const repoRoot = path.resolve(__dirname, '../../..');
 export const SERVICE_IMAGE = `vsm-service:${process.env.VSM_IMAGE_TAG ?? 'local'}`;
@@ -115,11 +116,5 @@ export function listenAddresses(procNetTcp: string, port: number): string[] {
 
 /** Why /dev/kvm cannot be used on this host, or undefined when it can be handed to a container. */
 export function kvmUnavailable(): string | undefined {
-  try {
-    const st = fs.statSync('/dev/kvm');
-    if (!st.isCharacterDevice()) return '/dev/kvm is not a character device';
-    return undefined;
-  } catch (e) {
-    return `no /dev/kvm on this host (${(e as Error).message})`;
-  }
+  return kvmUnavailableReason({ hostAccess: false });
 }
