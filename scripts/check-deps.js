@@ -108,7 +108,7 @@ function findPackages(root, layers) {
     const pj = path.join(dir, 'package.json');
     if (!fs.existsSync(pj)) continue;
     const j = JSON.parse(fs.readFileSync(pj, 'utf8'));
-    pkgs.push({ name: j.name, dir, main: j.main, layer: (j.vsm && j.vsm.layer) || layers[j.name] });
+    pkgs.push({ name: j.name, dir, main: j.main, layer: j.vsm?.layer || layers[j.name] });
   }
   for (const x of EXTRA_PACKAGES) {
     const dir = path.join(root, x.dir);
@@ -508,7 +508,7 @@ if (require.main === module) {
   try {
     process.exitCode = main(process.argv.slice(2));
   } catch (e) {
-    process.stderr.write(`check-deps: ${e && e.stack ? e.stack : e}\n`);
+    process.stderr.write(`check-deps: ${e?.stack ? e.stack : e}\n`);
     process.exitCode = 2;
   }
 }

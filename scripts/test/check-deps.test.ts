@@ -7,6 +7,7 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import * as ts from 'typescript';
 
 interface Violation {
   kind: 'cycle' | 'package-cycle' | 'process-dependency' | 'no-layer';
@@ -30,13 +31,11 @@ interface Result {
 }
 interface CheckDeps {
   check(root: string, opts?: { known?: unknown[] }): Result;
-  importsOf(ts: unknown, file: string, text: string): { spec: string; kind: string; line: number }[];
+  importsOf(typescript: typeof ts, file: string, text: string): { spec: string; kind: string; line: number }[];
   formatMap(map: MapRow[]): string;
 }
-// eslint-disable-next-line @typescript-eslint/no-require-imports
+// check-deps.js is a plain CommonJS script (no typings): required, and typed by CheckDeps above.
 const deps = require('../check-deps.js') as CheckDeps;
-// eslint-disable-next-line @typescript-eslint/no-require-imports
-const ts = require('typescript') as unknown;
 const SCRIPT = path.join(__dirname, '..', 'check-deps.js');
 
 const roots: string[] = [];

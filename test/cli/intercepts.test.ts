@@ -31,7 +31,7 @@ async function ok(args: string[]): Promise<string> {
   if (r.code !== 0) throw new Error(`vsmctl ${args.join(' ')} exited ${r.code}: ${r.stderr}`);
   return r.stdout;
 }
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
+// biome-ignore lint/suspicious/noExplicitAny: vsmctl --json output of many commands, walked by path in assertions
 const json = async (args: string[]): Promise<any> => JSON.parse(await ok([...args, '--json']));
 
 /**

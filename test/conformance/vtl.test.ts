@@ -142,7 +142,7 @@ describe('VTL conformance', () => {
   });
 
   test('guest enablement rules give the TLFS status (HvCallEnablePartitionVtl / HvCallEnableVpVtl)', async () => {
-    const { p, vp0 } = await setup('vtl-rules');
+    const { vp0 } = await setup('vtl-rules');
     const ENABLE_PARTITION_VTL = 0x000dn;
     const ENABLE_VP_VTL = 0x000fn;
     const partIn = (vtl: number, flags = 0, partitionId = 0xffff_ffff_ffff_ffffn) => {

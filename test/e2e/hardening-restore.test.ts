@@ -12,7 +12,6 @@ import { GiB, type Harness, failure, startHarness } from '../support/server';
 const R = pb.HvRegisterName;
 const r64 = (name: pb.HvRegisterName, v: bigint): pb.RegisterAssoc => ({ name, value: { value: { $case: 'reg64', value: v } } });
 const clone = (s: pb.PartitionSnapshot): pb.PartitionSnapshot => pb.PartitionSnapshot.decode(pb.PartitionSnapshot.encode(s).finish());
-const GPA_INTERCEPT = 0x80000001;
 
 let h: Harness;
 let good: pb.PartitionSnapshot;
@@ -217,8 +216,13 @@ function leaves(x: unknown, path: (string | number)[] = [], out: Leaf[] = []): L
     return out;
   }
   out.push({ path, value: x }); // arrays and messages themselves (for structural edits)
-  if (Array.isArray(x)) x.forEach((v, i) => leaves(v, [...path, i], out));
-  else for (const [k, v] of Object.entries(x)) leaves(v, [...path, k], out);
+  if (Array.isArray(x)) {
+    x.forEach((v, i) => {
+      leaves(v, [...path, i], out);
+    });
+  } else {
+    for (const [k, v] of Object.entries(x)) leaves(v, [...path, k], out);
+  }
   return out;
 }
 function setAt(root: unknown, path: (string | number)[], v: unknown): void {

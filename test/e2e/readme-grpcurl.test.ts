@@ -9,10 +9,19 @@ import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { type Harness, startHarness } from '../support/server';
 // protobufjs is @grpc/proto-loader's own library.
-// eslint-disable-next-line @typescript-eslint/no-require-imports
-const protobuf = require('protobufjs') as typeof import('protobufjs');
-// eslint-disable-next-line @typescript-eslint/no-require-imports
-const descriptor = require('protobufjs/ext/descriptor') as { FileDescriptorProto: { decode(b: Uint8Array): unknown } };
+import * as protobuf from 'protobufjs';
+import * as descriptor from 'protobufjs/ext/descriptor';
+
+/** protobufjs/ext/descriptor adds Root.fromDescriptor at run time; its typings do not declare it. */
+const fromDescriptor = (set: descriptor.IFileDescriptorSet) => (protobuf.Root as unknown as { fromDescriptor(s: descriptor.IFileDescriptorSet): protobuf.Root }).fromDescriptor(set);
+/** A response decoded the way grpcurl prints it (protobufjs toObject: proto field names, plain values). */
+type Decoded = ReturnType<protobuf.Type['toObject']>;
+/** What ServerReflectionInfo answers (keepCase), as far as this test reads it. */
+interface ReflectionResponse {
+  list_services_response?: { service: { name: string }[] };
+  file_descriptor_response?: { file_descriptor_proto: Buffer[] };
+  error_response?: { error_code: number; error_message: string };
+}
 
 let h: Harness;
 beforeAll(async () => { h = await startHarness(); });
@@ -35,12 +44,12 @@ function readmeCommands(): Command[] {
 function reflection() {
   const dir = path.dirname(require.resolve('@grpc/reflection/package.json'));
   const def = protoLoader.loadSync(path.join(dir, 'build/proto/grpc/reflection/v1/reflection.proto'), { keepCase: true });
-  const Ctor = (grpc.loadPackageDefinition(def) as any).grpc.reflection.v1.ServerReflection as grpc.ServiceClientConstructor;
-  const client = new Ctor(h.address, grpc.credentials.createInsecure());
+  const Ctor = (grpc.loadPackageDefinition(def) as unknown as { grpc: { reflection: { v1: { ServerReflection: grpc.ServiceClientConstructor } } } }).grpc.reflection.v1.ServerReflection;
+  const client = new Ctor(h.address, grpc.credentials.createInsecure()) as unknown as grpc.Client & { ServerReflectionInfo(): grpc.ClientDuplexStream<object, ReflectionResponse> };
   const ask = (req: object) =>
-    new Promise<any>((resolve, reject) => {
-      const call = (client as any).ServerReflectionInfo();
-      call.on('data', (d: unknown) => { resolve(d); call.end(); });
+    new Promise<ReflectionResponse>((resolve, reject) => {
+      const call = client.ServerReflectionInfo();
+      call.on('data', (d: ReflectionResponse) => { resolve(d); call.end(); });
       call.on('error', reject);
       call.write(req);
     });
@@ -52,20 +61,20 @@ test('every README grpcurl command works against the server, resolved through re
   expect(cmds.length).toBeGreaterThanOrEqual(20);
   const r = reflection();
   const raw = new grpc.Client(h.address, grpc.credentials.createInsecure());
-  const results = new Map<string, any>();
+  const results = new Map<string, Decoded>();
   try {
     for (const c of cmds) {
       if (c.method === 'list' || (!c.method && c.target === 'list')) {
         const res = await r.ask({ list_services: '' });
-        const names = res.list_services_response.service.map((s: { name: string }) => s.name);
+        const names = res.list_services_response!.service.map((s) => s.name);
         expect(names).toEqual(expect.arrayContaining(['vsm.v1.PartitionService', 'vsm.v1.GuestService', 'vsm.v1.InterceptService', 'grpc.health.v1.Health', 'grpc.reflection.v1.ServerReflection']));
         continue;
       }
       const [svcName, methodName] = c.method!.split('/') as [string, string];
       const res = await r.ask({ file_containing_symbol: svcName });
       if (res.error_response) throw new Error(`reflection cannot resolve ${svcName}: ${res.error_response.error_message}`);
-      const files = res.file_descriptor_response.file_descriptor_proto.map((b: Buffer) => descriptor.FileDescriptorProto.decode(b));
-      const root = protobuf.Root.fromDescriptor({ file: files } as never).resolveAll();
+      const files = res.file_descriptor_response!.file_descriptor_proto.map((b) => descriptor.FileDescriptorProto.decode(b) as unknown as descriptor.IFileDescriptorProto);
+      const root = fromDescriptor({ file: files }).resolveAll();
       const method = root.lookupService(svcName).methods[methodName];
       if (!method) throw new Error(`${c.method} is not in the reflected descriptors`);
       const Req = root.lookupType(method.requestType);
@@ -83,12 +92,12 @@ test('every README grpcurl command works against the server, resolved through re
     r.close();
     raw.close();
   }
-  expect(results.get('vsm.v1.GuestService/ReadMsr').value).toBe('9295429630892703744');
-  expect(results.get('vsm.v1.VirtualProcessorService/GetVirtualProcessor').vtl_status.active_vtl).toBe(1);
-  const write = results.get('vsm.v1.GuestService/WriteMemory');
+  expect(results.get('vsm.v1.GuestService/ReadMsr')!.value).toBe('9295429630892703744');
+  expect(results.get('vsm.v1.VirtualProcessorService/GetVirtualProcessor')!.vtl_status.active_vtl).toBe(1);
+  const write = results.get('vsm.v1.GuestService/WriteMemory')!;
   expect(write.outcome.intercept.protecting_vtl).toBe(1);
   expect(write.outcome.active_vtl).toBe(1);
-  expect(results.get('grpc.health.v1.Health/Check').status).toBe('SERVING');
+  expect(results.get('grpc.health.v1.Health/Check')!.status).toBe('SERVING');
   // VtlCall (offset 0x0F) and VtlReturn (0x26) pass their control input in rcx: left out, the VP's
   // current RCX is used and may raise #UD. Every such command sets it, and the VtlReturn lands in VTL0.
   const pageCalls = cmds.filter((c) => c.method === 'vsm.v1.GuestService/CallHypercallPage');
@@ -105,7 +114,7 @@ test("the README's API table lists every vsm.v1 service the server serves", asyn
   const r = reflection();
   try {
     const res = await r.ask({ list_services: '' });
-    const served = res.list_services_response.service.map((s: { name: string }) => s.name).filter((n: string) => n.startsWith('vsm.v1.'));
+    const served = res.list_services_response!.service.map((s) => s.name).filter((n) => n.startsWith('vsm.v1.'));
     expect(served.length).toBeGreaterThanOrEqual(8);
     expect(listed.sort()).toEqual(served.sort());
   } finally {

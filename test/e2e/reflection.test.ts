@@ -4,11 +4,16 @@ import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 // protobufjs is @grpc/proto-loader's own descriptor library.
-// eslint-disable-next-line @typescript-eslint/no-require-imports
-const descriptor = require('protobufjs/ext/descriptor') as { FileDescriptorProto: { decode(b: Uint8Array): any; encode(m: any): { finish(): Uint8Array } } };
+import * as protobuf from 'protobufjs';
+import * as descriptor from 'protobufjs/ext/descriptor';
 import { type Harness, startHarness } from '../support/server';
-// eslint-disable-next-line @typescript-eslint/no-require-imports
-const protobuf = require('protobufjs') as typeof import('protobufjs');
+
+/** A FileDescriptorProto as reflection serves it (protobufjs decodes it into a message with these fields). */
+const decodeFile = (b: Uint8Array) => descriptor.FileDescriptorProto.decode(b) as unknown as descriptor.IFileDescriptorProto;
+/** protobufjs/ext/descriptor adds Root.fromDescriptor at run time; its typings do not declare it. */
+const fromDescriptor = (set: descriptor.IFileDescriptorSet) => (protobuf.Root as unknown as { fromDescriptor(s: descriptor.IFileDescriptorSet): protobuf.Root }).fromDescriptor(set);
+/** The one unary method these tests call, on a client built from a package definition. */
+type ReadMsrClient = grpc.Client & { ReadMsr(req: { name: string; msr: number }, cb: (e: grpc.ServiceError) => void): void };
 
 let h: Harness;
 beforeAll(async () => { h = await startHarness(); });
@@ -45,39 +50,40 @@ test('reflection serves the file descriptor of a symbol, and a dynamic call buil
   const c = reflectionClient('v1');
   const res = await ask(c, { file_containing_symbol: 'vsm.v1.GuestService' });
   const raw = (res.file_descriptor_response as { file_descriptor_proto: Buffer[] }).file_descriptor_proto;
-  const files = raw.map((b) => descriptor.FileDescriptorProto.decode(b));
-  const guest = files.find((f) => (f.service ?? []).some((s: { name: string }) => s.name === 'GuestService'));
+  const files = raw.map(decodeFile);
+  const guest = files.find((f) => (f.service ?? []).some((s) => s.name === 'GuestService'));
   expect(guest).toBeDefined();
-  expect(guest.package).toBe('vsm.v1');
-  const svc = guest.service.find((s: { name: string }) => s.name === 'GuestService');
-  expect(svc.method.map((m: { name: string }) => m.name)).toEqual(['WriteMsr', 'ReadMsr', 'Hypercall', 'CallHypercallPage', 'ReadMemory', 'WriteMemory', 'ExecuteMemory']);
+  expect(guest!.package).toBe('vsm.v1');
+  const svc = guest!.service!.find((s) => s.name === 'GuestService');
+  expect(svc!.method!.map((m) => m.name)).toEqual(['WriteMsr', 'ReadMsr', 'Hypercall', 'CallHypercallPage', 'ReadMemory', 'WriteMemory', 'ExecuteMemory']);
   // A dynamic call as grpcurl would make it, built only from what reflection returned.
   const all = raw;
   const dyn = protoLoader.loadFileDescriptorSetFromBuffer(Buffer.concat(all.map((b) => Buffer.concat([Buffer.from([0x0a]), varint(b.length), Buffer.from(b)]))), { longs: String });
   c.close();
-  const Guest = (grpc.loadPackageDefinition(dyn) as any).vsm.v1.GuestService as grpc.ServiceClientConstructor;
-  const g = new Guest(h.address, grpc.credentials.createInsecure());
-  const err = await new Promise<grpc.ServiceError>((resolve) => (g as any).ReadMsr({ name: 'partitions/none/vps/0', msr: 0x40000000 }, (e: grpc.ServiceError) => resolve(e)));
+  const Guest = (grpc.loadPackageDefinition(dyn) as unknown as { vsm: { v1: { GuestService: grpc.ServiceClientConstructor } } }).vsm.v1.GuestService;
+  const g = new Guest(h.address, grpc.credentials.createInsecure()) as unknown as ReadMsrClient;
+  const err = await new Promise<grpc.ServiceError>((resolve) => g.ReadMsr({ name: 'partitions/none/vps/0', msr: 0x40000000 }, (e: grpc.ServiceError) => resolve(e)));
   expect(err.code).toBe(grpc.status.NOT_FOUND);
   g.close();
 });
 
 /** The files reflection returns for `symbol` (the file that declares it and its dependencies). */
-async function filesFor(symbol: string): Promise<any[]> {
+async function filesFor(symbol: string): Promise<descriptor.IFileDescriptorProto[]> {
   const c = reflectionClient('v1');
   try {
     const res = await ask(c, { file_containing_symbol: symbol });
     if (res.error_response) throw new Error(`reflection cannot resolve ${symbol}: ${JSON.stringify(res.error_response)}`);
-    return (res.file_descriptor_response as { file_descriptor_proto: Buffer[] }).file_descriptor_proto.map((b) => descriptor.FileDescriptorProto.decode(b));
+    return (res.file_descriptor_response as { file_descriptor_proto: Buffer[] }).file_descriptor_proto.map(decodeFile);
   } finally {
     c.close();
   }
 }
 
 /** The leading comment of field `field` of message `message` in `file` (from its SourceCodeInfo). */
-function fieldComment(file: any, message: string, field: string): string | undefined {
-  const mi = file.messageType.findIndex((m: { name: string }) => m.name === message);
-  const fi = mi < 0 ? -1 : file.messageType[mi].field.findIndex((f: { name: string }) => f.name === field);
+function fieldComment(file: descriptor.IFileDescriptorProto, message: string, field: string): string | undefined {
+  const types = file.messageType ?? [];
+  const mi = types.findIndex((m) => m.name === message);
+  const fi = mi < 0 ? -1 : (types[mi]!.field ?? []).findIndex((f) => f.name === field);
   if (fi < 0) return undefined;
   // FileDescriptorProto.message_type = 4, DescriptorProto.field = 2.
   const loc = (file.sourceCodeInfo?.location ?? []).find((l: { path: number[] }) => l.path.length === 4 && l.path[0] === 4 && l.path[1] === mi && l.path[2] === 2 && l.path[3] === fi);
@@ -88,22 +94,22 @@ test('reflected descriptors keep the proto comments (grpcurl describe shows what
   const files = await filesFor('vsm.v1.ModifyVtlProtectionMaskRequest');
   const intercept = files.find((f) => f.name === 'vsm/v1/intercept.proto');
   expect(intercept).toBeDefined();
-  expect(intercept.sourceCodeInfo?.location?.length).toBeGreaterThan(0);
-  expect(fieldComment(intercept, 'ModifyVtlProtectionMaskRequest', 'map_flags')).toMatch(/HV_MAP_GPA_FLAGS: 0x1 READABLE, 0x2 WRITABLE, 0x4 KERNEL_EXECUTABLE, 0x8 USER_EXECUTABLE/);
+  expect(intercept!.sourceCodeInfo?.location?.length).toBeGreaterThan(0);
+  expect(fieldComment(intercept!, 'ModifyVtlProtectionMaskRequest', 'map_flags')).toMatch(/HV_MAP_GPA_FLAGS: 0x1 READABLE, 0x2 WRITABLE, 0x4 KERNEL_EXECUTABLE, 0x8 USER_EXECUTABLE/);
   // Every vsm.v1 file is served as the file it is, with its imports resolvable.
   const guest = (await filesFor('vsm.v1.GuestService')).find((f) => f.name === 'vsm/v1/guest.proto');
-  expect(fieldComment(guest, 'CallHypercallPageRequest', 'rcx')).toMatch(/RCX/);
+  expect(fieldComment(guest!, 'CallHypercallPageRequest', 'rcx')).toMatch(/RCX/);
 });
 
 test('reflection serves google.rpc.Status and ErrorInfo: error details decode as grpcurl decodes them', async () => {
   const files = [...await filesFor('google.rpc.Status'), ...await filesFor('google.rpc.ErrorInfo')];
   expect(files.map((f) => f.name)).toEqual(expect.arrayContaining(['google/rpc/status.proto', 'google/rpc/error_details.proto', 'google/protobuf/any.proto']));
   const byName = new Map(files.map((f) => [f.name, f]));
-  const root = protobuf.Root.fromDescriptor({ file: [...byName.values()] } as never).resolveAll();
+  const root = fromDescriptor({ file: [...byName.values()] }).resolveAll();
   // A real error from the server, decoded only with what reflection returned.
-  const Guest = (grpc.loadPackageDefinition(protoLoader.loadSync(path.resolve(__dirname, '../../proto/vsm/v1/guest.proto'), { includeDirs: [path.resolve(__dirname, '../../proto')] })) as any).vsm.v1.GuestService as grpc.ServiceClientConstructor;
-  const g = new Guest(h.address, grpc.credentials.createInsecure());
-  const err = await new Promise<grpc.ServiceError>((resolve) => (g as any).ReadMsr({ name: 'partitions/none/vps/0', msr: 0x40000000 }, (e: grpc.ServiceError) => resolve(e)));
+  const Guest = (grpc.loadPackageDefinition(protoLoader.loadSync(path.resolve(__dirname, '../../proto/vsm/v1/guest.proto'), { includeDirs: [path.resolve(__dirname, '../../proto')] })) as unknown as { vsm: { v1: { GuestService: grpc.ServiceClientConstructor } } }).vsm.v1.GuestService;
+  const g = new Guest(h.address, grpc.credentials.createInsecure()) as unknown as ReadMsrClient;
+  const err = await new Promise<grpc.ServiceError>((resolve) => g.ReadMsr({ name: 'partitions/none/vps/0', msr: 0x40000000 }, (e: grpc.ServiceError) => resolve(e)));
   g.close();
   const bin = err.metadata.get('grpc-status-details-bin')[0] as Buffer;
   const status = root.lookupType('google.rpc.Status').decode(bin) as unknown as { code: number; details: { type_url: string; value: Uint8Array }[] };
@@ -115,10 +121,11 @@ test('reflection serves google.rpc.Status and ErrorInfo: error details decode as
 
 test('health reports SERVING for the server and each service', async () => {
   const def = protoLoader.loadSync(require.resolve('grpc-health-check/proto/health/v1/health.proto'), { enums: String });
-  const Health = (grpc.loadPackageDefinition(def) as any).grpc.health.v1.Health as grpc.ServiceClientConstructor;
-  const c = new Health(h.address, grpc.credentials.createInsecure());
+  const Health = (grpc.loadPackageDefinition(def) as unknown as { grpc: { health: { v1: { Health: grpc.ServiceClientConstructor } } } }).grpc.health.v1.Health;
+  type Check = (req: { service: string }, cb: (e: Error | null, res: { status: string }) => void) => void;
+  const c = new Health(h.address, grpc.credentials.createInsecure()) as unknown as grpc.Client & { Check: Check };
   for (const service of ['', 'vsm.v1.PartitionService', 'vsm.v1.GuestService']) {
-    const r = await new Promise<{ status: string }>((resolve, reject) => (c as any).Check({ service }, (e: Error | null, res: { status: string }) => (e ? reject(e) : resolve(res))));
+    const r = await new Promise<{ status: string }>((resolve, reject) => c.Check({ service }, (e, res) => (e ? reject(e) : resolve(res))));
     expect(r.status).toBe('SERVING');
   }
   c.close();

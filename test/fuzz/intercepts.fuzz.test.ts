@@ -497,7 +497,6 @@ afterAll(async () => {
   summary.ms.total = Date.now() - t0;
   const text = JSON.stringify(summary, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v), 2);
   if (process.env.FUZZ_REPORT) fs.writeFileSync(process.env.FUZZ_REPORT.replace(/(\.json)?$/, '.intercepts.json'), text);
-  // eslint-disable-next-line no-console
   console.log(`intercept fuzz summary (VSM_FUZZ_SEED=${SEED} reproduces the schedule):\n${text}`);
 });
 

@@ -198,7 +198,6 @@ afterAll(async () => {
   await srv?.stop();
   const text = JSON.stringify(summary, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v), 2);
   if (process.env.FUZZ_REPORT) fs.writeFileSync(process.env.FUZZ_REPORT, text);
-  // eslint-disable-next-line no-console
   console.log(`fuzz summary (seed ${SEED}; FUZZ_SEED=${SEED} reproduces):\n${JSON.stringify({ ...summary, byMethod: undefined }, null, 1)}`);
 });
 
@@ -249,7 +248,9 @@ test('random hypercalls and guest actions on a partition with VTL1 enabled', asy
       buf.writeBigUInt64LE(pid, 0);
       buf.writeUInt32LE(w, 8);
       buf[12] = b;
-      pages.forEach((p, i) => buf.writeBigUInt64LE(p, 16 + i * 8));
+      pages.forEach((p, i) => {
+        buf.writeBigUInt64LE(p, 16 + i * 8);
+      });
       return new Uint8Array(buf);
     }) },
     { weight: 1, arbitrary: fc.integer({ min: 4000, max: 4200 }).map((n) => new Uint8Array(n).fill(0x41)) },

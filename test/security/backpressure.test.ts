@@ -5,20 +5,13 @@
 // reading that client's requests meanwhile. Intercepts it did not take stay pending and go to the
 // next monitor.
 import { connect, pb, type VsmClient } from '@vsm/client';
-import { RunningServer } from '@vsm/vsm-v1';
 import { spawnService, type ChildService } from '../support/child-service';
+import { waitFor } from '../support/wait';
 import { type LogLine, VTL1_LAYOUT, setupVtl1Partition, startSecured } from './support';
 import { MiB, frame, openCall, sampleRss, writeWithin } from './raw-grpc';
 
 const clients: VsmClient[] = [];
 afterAll(() => { for (const c of clients) c.close(); });
-const waitFor = async (what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 30_000) => {
-  const t0 = Date.now();
-  while (!(await cond())) {
-    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-};
 const subscribeBytes = (name: string) => frame(pb.MonitorRequest.encode(pb.MonitorRequest.fromPartial({ kind: { $case: 'subscribe', value: { name, accessMask: 0 } } })).finish());
 
 test('intercepts pushed to a monitor that reads nothing: the stream ends RESOURCE_EXHAUSTED at the cap, the intercepts stay pending for the next monitor', async () => {
@@ -97,7 +90,6 @@ describe('the service process (RSS)', () => {
     const how = await m.ended;
     const peak = rss.stop();
     m.session.destroy();
-    // eslint-disable-next-line no-console
     console.log(`update_events sent ${sent}; service RSS ${Math.round(base / MiB)} MiB -> peak ${Math.round(peak / MiB)} MiB; ended ${JSON.stringify(how)}`);
     expect(how.grpcStatus === 8 || how.rstCode === 11).toBe(true);
     if (how.grpcStatus === 8) expect(how.grpcMessage).toMatch(/the client lagged/);

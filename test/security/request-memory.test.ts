@@ -72,7 +72,6 @@ test('a principal with no role: 100 unfinished 8 MiB requests on 4 connections a
   const ends = await Promise.all(calls.map((c) => statusOf(c)));
   const peak = rss.stop();
   for (const s of sessions) s.destroy();
-  // eslint-disable-next-line no-console
   console.log(`no role: RSS ${Math.round(base / MiB)} MiB -> peak ${Math.round(peak / MiB)} MiB`);
   expect(ends.every((e) => e !== 'open' && e.grpcStatus === 7)).toBe(true); // PERMISSION_DENIED
   expect((ends[0] as { grpcMessage?: string }).grpcMessage).toBe('norole may not call vsm.v1.MemoryService/WriteGpa on any partition (needs role operator)');
@@ -89,7 +88,6 @@ test('principals with the role: bounded per principal and in total; over the bud
   const peak = rss.stop();
   const held = (ends: typeof ea) => ends.filter((e) => e === 'open').length;
   const refused = (ends: typeof ea) => ends.filter((e) => e !== 'open' && e.grpcStatus === 8) as { grpcMessage?: string }[];
-  // eslint-disable-next-line no-console
   console.log(`w1 held ${held(ea)}, refused ${refused(ea).length}; w2 held ${held(eb)}, refused ${refused(eb).length}; RSS ${Math.round(base / MiB)} MiB -> peak ${Math.round(peak / MiB)} MiB`);
   // 64 MiB per principal: at most 8 of w1's 8 MiB requests are being received at once.
   expect(held(ea)).toBeLessThanOrEqual(8);

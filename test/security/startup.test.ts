@@ -29,7 +29,7 @@ function run(args: string[], until?: RegExp): Promise<{ code: number | null; std
     const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
     child.stdout!.setEncoding('utf8').on('data', (d: string) => {
       stdout += d;
-      if (until && until.test(stdout)) {
+      if (until?.test(stdout)) {
         until = undefined; // once: a second SIGTERM would skip the graceful shutdown
         child.kill('SIGTERM');
       }

@@ -86,7 +86,9 @@ const modifyMaskArb = fc.record({ pid: partitionIdArb, flags: fc.integer({ min: 
   input.writeBigUInt64LE(m.pid, 0);
   input.writeUInt32LE(m.flags, 8);
   input[12] = m.target;
-  m.pages.forEach((p, i) => input.writeBigUInt64LE(p, 16 + i * 8));
+  m.pages.forEach((p, i) => {
+    input.writeBigUInt64LE(p, 16 + i * 8);
+  });
   return { k: 'hypercall' as const, control: 0x0cn | (BigInt(m.pages.length) << 32n), input, label: `ModifyVtlProtectionMask flags=${m.flags} target=0x${m.target.toString(16)}` };
 });
 
@@ -115,7 +117,9 @@ const getRegsArb = fc.record({ target: targetVtlArb, names: fc.array(fc.constant
   input.writeBigUInt64LE(0xffff_ffff_ffff_ffffn, 0);
   input.writeUInt32LE(0xfffffffe, 8);
   input[12] = m.target;
-  m.names.forEach((n, i) => input.writeUInt32LE(n, 16 + i * 4));
+  m.names.forEach((n, i) => {
+    input.writeUInt32LE(n, 16 + i * 4);
+  });
   return { k: 'hypercall' as const, control: 0x50n | (BigInt(m.names.length) << 32n), input, label: `GetVpRegisters target=0x${m.target.toString(16)}` };
 });
 

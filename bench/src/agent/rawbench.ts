@@ -7,7 +7,7 @@
  *
  * prints the result of measureRawExits() as JSON.
  */
-import * as os from 'os';
+import * as os from 'node:os';
 import { kvm } from '@vsm/platform-kvm';
 
 const { KVM_EXIT, KVM_SYNC_X86_REGS, KvmSystem, Asm, MINI, MiniGuest } = kvm;

@@ -15,8 +15,8 @@ import { loadKvmLayer, type KvmLayerModule } from './kvm-raw';
 
 export type KvmAgentModule = typeof import('@vsm/vsm-v1');
 
+/** @vsm/vsm-v1 (KvmBackend), loaded lazily like loadKvmLayer: listing or running other suites never loads koffi. */
 export function loadKvmAgent(): KvmAgentModule {
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
   return require('@vsm/vsm-v1') as KvmAgentModule;
 }
 

@@ -12,7 +12,6 @@ import type { kvm as KvmLayer } from '@vsm/platform-kvm';
 export type KvmLayerModule = typeof KvmLayer;
 
 export function loadKvmLayer(): KvmLayerModule {
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
   return (require('@vsm/platform-kvm') as { kvm: KvmLayerModule }).kvm;
 }
 

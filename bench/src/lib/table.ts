@@ -12,7 +12,11 @@ export interface SuiteOutcome {
 
 function grid(rows: string[][], rightAlign: ReadonlySet<number> = new Set()): string {
   const widths: number[] = [];
-  for (const r of rows) r.forEach((c, i) => (widths[i] = Math.max(widths[i] ?? 0, [...c].length)));
+  for (const r of rows) {
+    r.forEach((c, i) => {
+      widths[i] = Math.max(widths[i] ?? 0, [...c].length);
+    });
+  }
   return rows
     .map((r) =>
       r

@@ -111,7 +111,7 @@ const norm = (s: string) => s.toLowerCase().replace(/[-_\s]/g, '');
 /** HV_REGISTER_NAME_X64_RIP -> HvX64RegisterRip; HV_REGISTER_NAME_GUEST_OS_ID -> HvRegisterGuestOsId. */
 export function tlfsRegisterName(value: number): string {
   const e = (pb.HvRegisterName as unknown as Record<number, string>)[value];
-  if (!e || !e.startsWith(REG_PREFIX)) return `register 0x${value.toString(16)}`;
+  if (!e?.startsWith(REG_PREFIX)) return `register 0x${value.toString(16)}`;
   const rest = e.slice(REG_PREFIX.length);
   return rest.startsWith('X64_') ? `HvX64Register${pascal(rest.slice(4))}` : `HvRegister${pascal(rest)}`;
 }

@@ -117,6 +117,7 @@ export function planProtectCalls(ranges: Pages[], maxRanges = MAX_RANGES_PER_CAL
     let left = r.count;
     while (left > 0n) {
       if (cur.length >= maxRanges || curPages >= maxPages) flush();
+      // biome-ignore lint/complexity/useMathMinMax: bigint page counts; Math.min takes numbers only
       const n = left < maxPages - curPages ? left : maxPages - curPages;
       cur.push({ startPage: start, pageCount: n });
       curPages += n;

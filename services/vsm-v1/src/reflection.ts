@@ -8,18 +8,13 @@
 import * as path from 'node:path';
 import * as protoLoader from '@grpc/proto-loader';
 import type { Logger } from 'pino';
-
 // protobufjs is @grpc/proto-loader's (and @grpc/reflection's) descriptor library.
-// eslint-disable-next-line @typescript-eslint/no-require-imports
-const descriptor = require('protobufjs/ext/descriptor') as {
-  FileDescriptorSet: { decode(b: Uint8Array): { file: { name?: string }[] } };
-  FileDescriptorProto: { encode(m: unknown): { finish(): Uint8Array } };
-};
+import * as descriptor from 'protobufjs/ext/descriptor';
 
 /** The generated FileDescriptorSet, or undefined when the tree was built without `npm run generate`. */
 function generatedDescriptorSet(): Buffer | undefined {
   try {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    // A require, not an import: the generated module may be absent.
     const m = require('./gen/descriptor-set') as { FILE_DESCRIPTOR_SET_BASE64: string };
     return Buffer.from(m.FILE_DESCRIPTOR_SET_BASE64, 'base64');
   } catch {
@@ -31,7 +26,8 @@ function generatedDescriptorSet(): Buffer | undefined {
 export function vsmFileDescriptors(): Buffer[] | undefined {
   const set = generatedDescriptorSet();
   if (!set) return undefined;
-  return descriptor.FileDescriptorSet.decode(set).file.map((f) => Buffer.from(descriptor.FileDescriptorProto.encode(f).finish()));
+  const { file } = descriptor.FileDescriptorSet.decode(set) as unknown as descriptor.IFileDescriptorSet;
+  return file.map((f) => Buffer.from(descriptor.FileDescriptorProto.encode(f).finish()));
 }
 
 /** A package definition for @grpc/reflection's ReflectionService (it reads only `fileDescriptorProtos`). */

@@ -5,7 +5,7 @@
  * All 64-bit guest-visible values (GPAs, registers, MSR data) are bigint; host offsets and
  * lengths inside a GuestMemory are numbers.
  */
-import * as fs from 'fs';
+import * as fs from 'node:fs';
 import {
   KVM_CHECK_EXTENSION, KVM_CREATE_VCPU, KVM_CREATE_VM, KVM_ENABLE_CAP, KVM_GET_API_VERSION,
   KVM_GET_FPU, KVM_GET_MSRS, KVM_GET_REGS, KVM_GET_SREGS, KVM_GET_SUPPORTED_CPUID,
@@ -581,7 +581,9 @@ function enableCapOn(fd: number, cap: number, args: readonly bigint[], flags: nu
   const b = Buffer.alloc(ENABLE_CAP.sizeof);
   b.writeUInt32LE(cap, ENABLE_CAP.cap);
   b.writeUInt32LE(flags, ENABLE_CAP.flags);
-  args.slice(0, 4).forEach((a, i) => b.writeBigUInt64LE(BigInt.asUintN(64, a), ENABLE_CAP.args + 8 * i));
+  args.slice(0, 4).forEach((a, i) => {
+    b.writeBigUInt64LE(BigInt.asUintN(64, a), ENABLE_CAP.args + 8 * i);
+  });
   ioctlPtr(fd, KVM_ENABLE_CAP, b, `${what} cap ${cap}`);
 }
 
@@ -946,7 +948,9 @@ export class KvmVcpu {
   getMsrs(indices: readonly number[]): MsrEntry[] {
     const b = Buffer.alloc(MSRS.entries + indices.length * MSRS.entrySize);
     b.writeUInt32LE(indices.length, MSRS.nmsrs);
-    indices.forEach((idx, i) => b.writeUInt32LE(idx >>> 0, MSRS.entries + i * MSRS.entrySize + MSRS.eIndex));
+    indices.forEach((idx, i) => {
+      b.writeUInt32LE(idx >>> 0, MSRS.entries + i * MSRS.entrySize + MSRS.eIndex);
+    });
     const n = ioctlPtr(this.fd, KVM_GET_MSRS, b, 'KVM_GET_MSRS');
     if (n !== indices.length) throw new Error(`KVM_GET_MSRS: MSR 0x${(indices[n] ?? 0).toString(16)} not readable`);
     return indices.map((index, i) => ({ index, data: b.readBigUInt64LE(MSRS.entries + i * MSRS.entrySize + MSRS.eData) }));

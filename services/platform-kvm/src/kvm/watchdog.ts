@@ -12,7 +12,7 @@
  * which would terminate the process. Do not process.on()/off() the kick signal elsewhere:
  * removing Node's last listener resets it to SIG_DFL.
  */
-import { Worker } from 'worker_threads';
+import { Worker } from 'node:worker_threads';
 import { type KickSignal, ensureSignalHandler } from './ioctl';
 import type { KvmExit, KvmVcpu } from './kvm';
 

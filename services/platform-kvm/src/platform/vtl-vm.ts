@@ -76,7 +76,7 @@ export class VtlVm {
     readonly vtl: Vtl,
     private readonly ram: MemfdRam,
     private readonly overlays: OverlayPages,
-    private readonly agent: AgentRegion,
+    agent: AgentRegion,
     private readonly cpuid: readonly CpuidEntry[],
     readonly memslotBudget = DEFAULT_MEMSLOT_BUDGET,
   ) {

@@ -212,6 +212,9 @@ export function isAllowed(policy: Policy, principal: string, role: Role, resourc
       case 'partition': return g.re.test(resource.id);
       case 'all': return g.all;
       case 'any': return true;
+      default:
+        resource satisfies never; // a new resource kind must be decided above
+        return false; // deny what is not understood
     }
   });
 }

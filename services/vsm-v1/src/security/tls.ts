@@ -9,7 +9,7 @@
 // new connection until the next poll. This provider publishes only a pair that parses and matches,
 // and keeps serving the last good one otherwise (logged).
 import * as fs from 'node:fs';
-import { X509Certificate, createPrivateKey } from 'node:crypto';
+import { type KeyObject, X509Certificate, createPrivateKey } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 
@@ -36,15 +36,22 @@ interface Material {
   ca?: Buffer;
 }
 
+/** What the log says about a certificate in force. */
+export interface TlsCertificateInfo {
+  subject: string;
+  notAfter: string;
+  fingerprint256: string;
+}
+
 /** Parses and cross-checks certificate, key and CA; throws with a clear message. */
-export function validateTlsMaterial(m: Material, files: { certFile: string; keyFile: string; caFile?: string }): { subject: string; notAfter: string; fingerprint256: string } {
+export function validateTlsMaterial(m: Material, files: { certFile: string; keyFile: string; caFile?: string }): TlsCertificateInfo {
   let x509: X509Certificate;
   try {
     x509 = new X509Certificate(m.cert);
   } catch (e) {
     throw new Error(`${files.certFile} is not a PEM certificate: ${(e as Error).message}`);
   }
-  let key;
+  let key: KeyObject;
   try {
     key = createPrivateKey(m.key);
   } catch (e) {
@@ -120,7 +127,7 @@ export class ReloadingCertificateProvider implements grpc.experimental.Certifica
       }
       const unchangedSinceLastTry = same(m, this.lastSeen);
       this.lastSeen = m;
-      let info;
+      let info: TlsCertificateInfo;
       try {
         info = validateTlsMaterial(m, this.opts);
       } catch (e) {
