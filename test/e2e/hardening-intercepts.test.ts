@@ -21,6 +21,7 @@ import { CoreBackend, startServer } from '@vsm/vsm-v1';
 import { GiB, failure, startHarness } from '../support/server';
 import { spawnService } from '../support/child-service';
 import { hostWarnings } from '../support/guard';
+import { waitFor } from '../support/wait';
 import { MSR, VTL1_LAYOUT, setupVtl1Partition } from '../security/support';
 
 jest.setTimeout(120_000);
@@ -29,16 +30,6 @@ const A = pb.InterceptAction;
 const SECRET = VTL1_LAYOUT.secretGpa; // no access for VTL0
 const PLAIN = 0x30000n; // unprotected RAM
 const LONG = { deadlineMs: 20_000 }; // a guest action that may wait: bounded, but far beyond any deadline policy here
-
-async function waitFor<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 30_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 /** A guest action the test awaits later: its rejection is handled now (an early failure of the test must not leave an unhandled rejection behind). */
 function waiting<T>(p: Promise<T>): Promise<T> {

@@ -11,18 +11,12 @@ import { connect, pb, type VsmClient, VsmError } from '@vsm/client';
 import type { RunningServer } from '@vsm/vsm-v1';
 import { failure } from '../support/server';
 import { tempDir } from '../support/tls';
+import { waitFor } from '../support/wait';
 import { type LogLine, VTL1_LAYOUT, audits, partitionSpec, setupVtl1Partition, startSecured, tokenHash } from './support';
 
 const clients: VsmClient[] = [];
 afterAll(() => { for (const c of clients) c.close(); });
 
-const waitFor = async (what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 20_000) => {
-  const t0 = Date.now();
-  while (!(await cond())) {
-    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-};
 const subscribe = (name: string) => ({ kind: { $case: 'subscribe' as const, value: { name, accessMask: 0 } as pb.MonitorSubscribe } });
 
 /** Collects a stream's messages; `end` resolves with its error (or 'ok'). */

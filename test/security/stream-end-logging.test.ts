@@ -4,6 +4,7 @@
 import * as http2 from 'node:http2';
 import * as grpc from '@grpc/grpc-js';
 import { pb } from '@vsm/client';
+import { waitFor } from '../support/wait';
 import { type LogLine, captureLogger, partitionSpec } from './support';
 import { CoreBackend, type RunningServer, startServer } from '@vsm/vsm-v1';
 
@@ -15,14 +16,6 @@ beforeAll(async () => {
   srv = await startServer({ listen: '127.0.0.1:0', backend: new CoreBackend(), logger: cap.logger, shutdownGraceMs: 200 });
 });
 afterAll(() => srv.shutdown('test'));
-
-const waitFor = async (what: string, cond: () => boolean, timeoutMs = 20_000) => {
-  const t0 = Date.now();
-  while (!cond()) {
-    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-};
 
 test('Monitor and WatchVtlTransitions ended by the client (deadline, cancel) are never logged as failures', async () => {
   const client = new pb.InterceptServiceClient(srv.address, grpc.credentials.createInsecure());

@@ -11,6 +11,7 @@ import type { RunningServer } from '@vsm/vsm-v1';
 import { parsePolicy } from '@vsm/vsm-v1/security';
 import { failure } from '../support/server';
 import { type Ca, type KeyPair, SERVER_SANS, issue, makeCa, opensslAvailable, tempDir } from '../support/tls';
+import { waitFor } from '../support/wait';
 import { type LogLine, audits, startSecured, tokenHash } from './support';
 
 if (!opensslAvailable()) throw new Error('these tests need the openssl CLI');
@@ -130,13 +131,6 @@ describe('certificate reload', () => {
     open.push(c);
     return new Promise<grpc.status>((resolve) => c.getCapabilities({}, new grpc.Metadata(), { deadline: Date.now() + 3000 }, (e) => resolve(e ? e.code : grpc.status.OK)));
   };
-  const waitUntil = async (cond: () => boolean | Promise<boolean>, ms = 5000) => {
-    const end = Date.now() + ms;
-    while (!(await cond())) {
-      if (Date.now() > end) throw new Error('timed out');
-      await new Promise((r) => setTimeout(r, 25));
-    }
-  };
 
   test('replaced files are served to new connections without restart; a mismatched pair is not', async () => {
     const live = path.join(dir, 'live');
@@ -157,15 +151,15 @@ describe('certificate reload', () => {
       // Rotate to a certificate from another CA. Certificate first: the pair does not match yet.
       const next = issue(otherCa, dir, 'server2', SERVER_SANS, 'vsm-service-2');
       fs.writeFileSync(certFile, next.certPem);
-      await waitUntil(() => lines.some((l) => /not a valid set/.test(l.msg)));
+      await waitFor('the invalid set to be reported', () => lines.some((l) => /not a valid set/.test(l.msg)));
       expect(lines.find((l) => /not a valid set/.test(l.msg))).toMatchObject({ level: 40, err: expect.stringMatching(/is not the private key of/) });
       expect(await servedFingerprint(srv.port, ca.certPem)).toBe(fp1); // still the old one
       expect(srv.tls?.reloads).toBe(0);
       // Then the key: the new pair is published.
       fs.writeFileSync(keyFile, next.keyPem);
-      await waitUntil(() => (srv.tls?.reloads ?? 0) === 1);
+      await waitFor('the reload', () => (srv.tls?.reloads ?? 0) === 1);
       const fp2 = new X509Certificate(next.certPem).fingerprint256;
-      await waitUntil(async () => (await servedFingerprint(srv.port, otherCa.certPem).catch(() => '')) === fp2);
+      await waitFor('the new certificate to be served', async () => (await servedFingerprint(srv.port, otherCa.certPem).catch(() => '')) === fp2);
       expect(lines.find((l) => l.msg === 'TLS certificate reloaded')).toMatchObject({ level: 30, tls: { fingerprint256: fp2 } });
       // New connections: trusting the new CA works, trusting only the old one fails.
       expect(await fresh(srv.port, otherCa.certPem)).toBe(grpc.status.OK);
@@ -196,8 +190,8 @@ describe('certificate reload', () => {
       expect(await call(opsClient)).toBe(grpc.status.OK);
       expect(await call(fromOther)).toBe(grpc.status.UNAVAILABLE);
       fs.writeFileSync(caFile, otherCa.certPem);
-      await waitUntil(() => (srv.tls?.reloads ?? 0) === 1);
-      await waitUntil(async () => (await call(fromOther)) === grpc.status.OK);
+      await waitFor('the reload', () => (srv.tls?.reloads ?? 0) === 1);
+      await waitFor('the new CA to be trusted', async () => (await call(fromOther)) === grpc.status.OK);
       expect(await call(opsClient)).toBe(grpc.status.UNAVAILABLE);
     } finally {
       await srv.shutdown('test');

@@ -3,16 +3,9 @@
 // advertises an HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS. And the transport flags parse.
 import * as http2 from 'node:http2';
 import { parseConfig, UsageError } from '@vsm/vsm-v1';
+import { waitFor } from '../support/wait';
 import { startSecured } from './support';
 import { frame, openCall } from './raw-grpc';
-
-const waitFor = async (what: string, cond: () => boolean, timeoutMs = 20_000) => {
-  const t0 = Date.now();
-  while (!cond()) {
-    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-};
 
 /** HealthCheckRequest { service } encoded by hand (field 1, string). */
 const healthRequest = (service: string) => frame(Buffer.concat([Buffer.from([0x0a, service.length]), Buffer.from(service)]));
