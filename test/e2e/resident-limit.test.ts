@@ -9,7 +9,7 @@ import * as os from 'node:os';
 import pino from 'pino';
 import { status } from '@grpc/grpc-js';
 import { connect, pb, type VsmClient } from '@vsm/client';
-import { CoreBackend, type RunningServer, parseConfig, startServer } from '@vsm/vsm-v1';
+import { CoreBackend, KvmBackend, type RunningServer, parseConfig, startServer } from '@vsm/vsm-v1';
 import { GiB, failure } from '../support/server';
 import { spawnService } from '../support/child-service';
 import { kvmTest } from '../support/kvm-gate';
@@ -186,8 +186,6 @@ describe('configuration', () => {
 // its pages through KVM, with no write the agent could refuse first. So the agent counts a
 // partition's whole memory_bytes when it is created.
 kvmTest('KVM agent: memory_bytes of every partition counts against the limit at create and restore (needs /dev/kvm)', async () => {
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const { KvmBackend } = require('@vsm/vsm-v1') as typeof import('@vsm/vsm-v1');
   const agent = new KvmBackend({ limits: { maxResidentBytes: 3n * 64n * BigInt(MiB) } });
   const agentSrv = await startServer({ listen: '127.0.0.1:0', backend: agent, logger: pino({ level: 'silent' }), shutdownGraceMs: 500 });
   const a = connect(agentSrv.address, { deadlineMs: 30_000 });

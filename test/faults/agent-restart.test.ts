@@ -5,7 +5,7 @@ import * as net from 'node:net';
 import pino from 'pino';
 import { status } from '@grpc/grpc-js';
 import { connect, type pb, VsmError } from '@vsm/client';
-import { RemoteBackend, type RunningServer, startServer } from '@vsm/vsm-v1';
+import { KvmBackend, RemoteBackend, type RunningServer, startServer } from '@vsm/vsm-v1';
 import { HvMsr } from '@vsm/core';
 import { describeKvm } from '../support/kvm-gate';
 
@@ -21,8 +21,6 @@ function freePort(): Promise<number> {
 
 describeKvm('KVM agent killed and restarted behind the service', () => {
   test('UNAVAILABLE while down (fast), NOT_FOUND for its old partitions after restart', async () => {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const { KvmBackend } = require('@vsm/vsm-v1') as typeof import('@vsm/vsm-v1');
     const logger = pino({ level: 'silent' });
     const agentAddr = `127.0.0.1:${await freePort()}`;
     let agent: RunningServer = await startServer({ listen: agentAddr, backend: new KvmBackend(), logger, shutdownGraceMs: 200 });

@@ -2,7 +2,7 @@
 // VSM_BACKEND) on an ephemeral loopback port and connect the generated client to it.
 import pino from 'pino';
 import { connect, type VsmClient, VsmError } from '@vsm/client';
-import { type Backend, CoreBackend, RemoteBackend, startServer, type RunningServer } from '@vsm/vsm-v1';
+import { type Backend, CoreBackend, KvmBackend, RemoteBackend, startServer, type RunningServer } from '@vsm/vsm-v1';
 import { kvmUnavailableReason } from './kvm-gate';
 
 export interface Harness {
@@ -34,9 +34,6 @@ export async function startHarness(): Promise<Harness> {
   const servers: RunningServer[] = [];
   let front: Backend = new CoreBackend();
   if (backend === 'agent') {
-    // Loaded lazily: the KVM binding is only needed for this backend.
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const { KvmBackend } = require('@vsm/vsm-v1') as typeof import('@vsm/vsm-v1');
     const agent = await startServer({ listen: '127.0.0.1:0', backend: new KvmBackend(), logger, shutdownGraceMs: 500 });
     servers.push(agent);
     front = new RemoteBackend([agent.address]);

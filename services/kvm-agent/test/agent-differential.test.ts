@@ -92,7 +92,9 @@ describeKvm('KVM backend vs emulator backend', () => {
       input.writeBigUInt64LE(0xffff_ffff_ffff_ffffn, 0);
       input.writeUInt32LE(0xfffffffe, 8);
       input[12] = targetVtl;
-      names.forEach((n, i) => input.writeUInt32LE(n, 16 + 4 * i));
+      names.forEach((n, i) => {
+        input.writeUInt32LE(n, 16 + 4 * i);
+      });
       return input;
     };
     const regsIn = getRegsInput([R.HV_REGISTER_NAME_VSM_VP_STATUS, R.HV_REGISTER_NAME_GUEST_OS_ID, R.HV_REGISTER_NAME_X64_RBX, R.HV_REGISTER_NAME_VSM_CODE_PAGE_OFFSETS]);

@@ -67,7 +67,6 @@ export function buildImage(tag: string, dockerfile: string): Promise<number> {
         throw new Error(`docker build of ${tag} (${dockerfile}) failed with exit ${r.code}:\n${out}`);
       }
       const ms = Date.now() - t0;
-      // eslint-disable-next-line no-console
       console.log(`[integration] built ${tag} from ${dockerfile} in ${(ms / 1000).toFixed(1)} s`);
       return ms;
     })();
