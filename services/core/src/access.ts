@@ -110,6 +110,9 @@ export function interceptAccess(p: PartitionState, vp: VirtualProcessor, kind: A
 }
 
 function raiseIntercept(p: PartitionState, vp: VirtualProcessor, protectingVtl: Vtl, kind: AccessKind, faultGpa: bigint, gpa: bigint, length: number, data?: Buffer, instruction?: InterceptInstruction): AccessOutcome {
+  // The suspension invariant (rules/lifecycle.ts suspensionViolations): a suspended VP executes
+  // nothing, so it raises nothing; overwriting suspendedOn would orphan the intercept it waits on.
+  if (vp.suspendedOn !== null) hvFail(HvStatus.HV_STATUS_INVALID_VP_STATE, `VP ${vp.index} is suspended on intercept ${vp.suspendedOn}; it raises no other`);
   const vtl = vp.activeVtl;
   const route = p.interceptRoute;
   const id = p.intercepts.allocateId();
@@ -235,6 +238,10 @@ export function answerIntercept(p: PartitionState, id: bigint, action: Intercept
   const vp = vpOf(p, rec.vpIndex);
   const pa = vp.suspendedAccess;
   if (vp.suspendedOn !== id || !pa) hvFail(HvStatus.HV_STATUS_INVALID_VP_STATE, `VP ${vp.index} is not suspended on intercept ${id}`);
+  // From here the intercept is no longer pending and the VP no longer suspended on it, before the
+  // answer runs: a RETRY that intercepts again announces the new intercept with the VP suspended on
+  // it alone (the suspension invariant holds for every listener, not only after this call).
+  p.intercepts.take(id);
   vp.suspendedOn = null;
   vp.suspendedAccess = null;
   let outcome: AccessOutcome = { status: 'crashed' };
@@ -260,6 +267,7 @@ export function answerIntercept(p: PartitionState, id: bigint, action: Intercept
     if (e instanceof HvError && e.status === HvStatus.HV_STATUS_INSUFFICIENT_MEMORY) {
       // The access could not be performed (resident-RAM limit) and nothing of it landed: the answer
       // is refused and the intercept stays pending, the VP suspended on it, for a later answer.
+      p.intercepts.untake(rec);
       vp.suspendedOn = id;
       vp.suspendedAccess = pa;
       throw e;

@@ -64,7 +64,22 @@ export class InterceptBroker {
     return this.outcomes.get(id);
   }
 
-  /** Records the answer of pending intercept `id` and wakes whoever waits for that id (only). */
+  /**
+   * Takes pending intercept `id` out of the pending set while its answer is applied: what the answer
+   * does next (a RETRY that intercepts again publishes a new intercept of the same VP) is announced
+   * with this one no longer pending. `markAnswered` completes it, `untake` puts it back (the answer
+   * was not applied).
+   */
+  take(id: bigint): InterceptRecord | undefined {
+    const r = this.pending.get(id);
+    this.pending.delete(id);
+    return r;
+  }
+  untake(r: InterceptRecord): void {
+    this.pending.set(r.id, r);
+  }
+
+  /** Records the answer of intercept `id` (pending or taken) and wakes whoever waits for that id (only). */
   markAnswered(id: bigint, outcome: AccessOutcome): void {
     this.pending.delete(id);
     this.answered.add(id);

@@ -16,7 +16,7 @@ export interface StubOutcome extends GuestOutcome {
 }
 
 export function callHypercallPage(p: Partition, vp: VirtualProcessor, offset: number): StubOutcome {
-  p.assertActive();
+  p.assertVpCanAct(vp); // a suspended VP runs no code (and its RIP is not moved into the page)
   if (p.spec.architecture !== 'x64') throw new HvError(HvStatus.HV_STATUS_FEATURE_UNAVAILABLE, 'arm64 has no hypercall page (HVC #2/#3 instead; not modelled)');
   const vtl = vp.activeVtl;
   const overlay = p.overlays.find('hypercall', vtl, null);

@@ -9,6 +9,7 @@ import { resumeStub } from './stub-return';
 import { resumePendingAccess } from './access';
 import { cpl, inRealMode, is64Bit, reg, setReg } from './rules/processor';
 import { switchVtl } from './rules/transitions';
+import { assertVpCanAct } from './rules/lifecycle';
 import { vpAssistPage } from './rules/memory-view';
 
 /**
@@ -27,6 +28,8 @@ export interface HypercallCallSite {
  * registers as they are).
  */
 export function vtlCall(p: PartitionState, vp: VirtualProcessor, controlInput: bigint, instructionLength = 3n, callSite?: HypercallCallSite): GuestOutcome {
+  // A VP suspended on a monitor intercept stays in the VTL it intercepted in until it is answered.
+  assertVpCanAct(p, vp);
   const from = vp.activeVtl;
   const target = vp.nextHigherVtl();
   if (controlInput !== 0n || target === undefined || cpl(vp) !== 0 || inRealMode(vp)) return { exception: X64Exception.UD, activeVtl: from };
@@ -51,6 +54,7 @@ export function vtlCall(p: PartitionState, vp: VirtualProcessor, controlInput: b
  * returning VTL's HV_VP_VTL_CONTROL; with no VP assist page enabled there is nothing to load.
  */
 export function vtlReturn(p: PartitionState, vp: VirtualProcessor, controlInput: bigint, instructionLength = 3n): GuestOutcome {
+  assertVpCanAct(p, vp);
   const from = vp.activeVtl;
   const target = vp.nextLowerVtl();
   if ((controlInput & ~1n) !== 0n || target === undefined || cpl(vp) !== 0 || inRealMode(vp)) return { exception: X64Exception.UD, activeVtl: from };

@@ -64,7 +64,9 @@ export function hypercallRegisters(p: Partition, vp: VirtualProcessor): Hypercal
  */
 export function executeVmcall(p: Partition, vp: VirtualProcessor, opts: { instructionLength?: number; callSite?: HypercallCallSite } = {}): HypercallOutcome {
   const insnLen = BigInt(opts.instructionLength ?? 3);
-  p.assertActive();
+  // A VP suspended on a monitor intercept executes nothing (its dispatcher errors would otherwise
+  // become the call's status: a suspended VP completing a VMCALL).
+  p.assertVpCanAct(vp);
   if (p.spec.architecture !== 'x64') throw new HvError(HvStatus.HV_STATUS_FEATURE_UNAVAILABLE, 'arm64 hypercalls (HVC #0/#2/#3) are not modelled by this emulator; only memory intercepts are');
   const callerVtl = vp.activeVtl;
   // Legal environment: CPL0 in protected mode; otherwise #UD (tlfs-hypercalls.md §1.1).

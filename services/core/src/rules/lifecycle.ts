@@ -24,6 +24,31 @@ export function assertVpCanAct(p: PartitionState, vp: VirtualProcessor): void {
   if (vp.suspendedOn !== null) hvFail(HvStatus.HV_STATUS_INVALID_VP_STATE, `VP ${vp.index} is suspended on intercept ${vp.suspendedOn}; answer it first`);
 }
 
+/**
+ * The suspension invariant of the monitor route, as anything outside the core can observe it (a
+ * listener of the intercept broker included): a VP's `suspendedOn` names a pending intercept of that
+ * VP, raised in the VTL the VP is in, and `suspendedAccess` is that intercept's access; every pending
+ * intercept holds its VP suspended on it (so at most one is pending per VP). Returns what is
+ * violated; empty when it holds. A crashed or deleted partition has neither.
+ */
+export function suspensionViolations(p: PartitionState): string[] {
+  const bad: string[] = [];
+  for (const vp of p.vps) {
+    if ((vp.suspendedOn === null) !== (vp.suspendedAccess === null)) bad.push(`VP ${vp.index}: suspendedOn ${vp.suspendedOn} without its access (or the reverse)`);
+    if (vp.suspendedOn === null) continue;
+    const rec = p.intercepts.pending.get(vp.suspendedOn);
+    if (!rec) bad.push(`VP ${vp.index} is suspended on intercept ${vp.suspendedOn}, which is not pending`);
+    else if (rec.vpIndex !== vp.index) bad.push(`VP ${vp.index} is suspended on intercept ${rec.id} of VP ${rec.vpIndex}`);
+    else if (rec.vtl !== vp.activeVtl) bad.push(`VP ${vp.index} is in VTL ${vp.activeVtl} but suspended on intercept ${rec.id} raised in VTL ${rec.vtl}`);
+    if (vp.suspendedAccess && vp.suspendedAccess.interceptId !== vp.suspendedOn) bad.push(`VP ${vp.index}: suspended access of intercept ${vp.suspendedAccess.interceptId}, suspended on ${vp.suspendedOn}`);
+  }
+  for (const rec of p.intercepts.pending.values()) {
+    const vp = p.vps[rec.vpIndex];
+    if (!vp || vp.suspendedOn !== rec.id) bad.push(`intercept ${rec.id} is pending but VP ${rec.vpIndex} is suspended on ${vp?.suspendedOn ?? 'nothing'}`);
+  }
+  return bad;
+}
+
 /** Called once when the partition crashes or is deleted (streams end, waiters wake). */
 export function onEnd(p: PartitionState, fn: (why: PartitionEnd) => void): () => void {
   p.endListeners.add(fn);
