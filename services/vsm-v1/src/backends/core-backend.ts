@@ -14,7 +14,7 @@ import { Backend, StreamSink } from '../backend';
 import { invalidArgument } from '../errors';
 import { parsePartitionName, parseVpName, partitionName, vpName } from '../names';
 import { fromPbSnapshot, toPbSnapshot } from '../snapshot-codec';
-import { BackgroundErrorReport, awaitMonitorAnswers, partitionTask, reportToStderr } from './monitor-wait';
+import { BackgroundErrorReport, awaitMonitorAnswers, keepInterceptDeadlines, partitionTask, reportToStderr } from './monitor-wait';
 
 export const MAX_GUEST_ACCESS = 65536;
 export const MAX_GPA_ACCESS = 1 << 20;
@@ -215,7 +215,7 @@ export class CoreBackend implements Backend {
    */
   private async access(p: Partition, vp: VirtualProcessor, kind: core.AccessKind, gpa: bigint, length: number, data?: Buffer): Promise<{ outcome: gpb.GuestActionOutcome; data?: Buffer }> {
     if (length < 1 || length > MAX_GUEST_ACCESS) throw invalidArgument(`length must be 1..${MAX_GUEST_ACCESS}`);
-    return accessOutcome(vp, await awaitMonitorAnswers(p, core.engineOf(p).access(vp, kind, gpa, length, data), this.report));
+    return accessOutcome(vp, await awaitMonitorAnswers(p, core.engineOf(p).access(vp, kind, gpa, length, data)));
   }
 
   // ---- raw memory -----------------------------------------------------------------------------
@@ -355,6 +355,8 @@ export class CoreBackend implements Backend {
     }
     p.interceptRoute = route;
     p.interceptDeadline = policy;
+    // The policy applies to every intercept raised from now on (not only those a guest action waits on).
+    keepInterceptDeadlines(p, this.report);
     return { route: r.route, answerDeadlineMs: policy ? BigInt(policy.ms) : undefined, deadlineAction: policy ? r.deadlineAction : P.InterceptAction.INTERCEPT_ACTION_UNSPECIFIED };
   }
   async listPendingIntercepts(r: P.ListPendingInterceptsRequest): Promise<P.ListPendingInterceptsResponse> {
