@@ -1,7 +1,7 @@
 // service layer, emulator backend: runs the core in process and translates vsm.v1 messages to and
 // from core calls. VSM rules live in the core; this file only converts and routes.
 import * as core from '@vsm/core';
-import { HvError, HvStatus, Partition, PartitionManager, VirtualProcessor, hvFail, isVtl } from '@vsm/core';
+import { HvError, HvStatus, Partition, PartitionManager, type VirtualProcessor, hvFail, isVtl } from '@vsm/core';
 import { pb as P } from '@vsm/client';
 import pb = P;
 import vpb = P;
@@ -10,11 +10,11 @@ import mpb = P;
 import tpb = P;
 const PbRegisterName = P.HvRegisterName;
 type PbRegisterName = P.HvRegisterName;
-import { Backend, StreamSink } from '../backend';
+import type { Backend, StreamSink } from '../backend';
 import { invalidArgument } from '../errors';
 import { parsePartitionName, parseVpName, partitionName, vpName } from '../names';
 import { fromPbSnapshot, toPbSnapshot } from '../snapshot-codec';
-import { BackgroundErrorReport, awaitMonitorAnswers, keepInterceptDeadlines, partitionTask, reportToStderr } from './monitor-wait';
+import { type BackgroundErrorReport, awaitMonitorAnswers, keepInterceptDeadlines, partitionTask, reportToStderr } from './monitor-wait';
 
 export const MAX_GUEST_ACCESS = 65536;
 export const MAX_GPA_ACCESS = 1 << 20;
