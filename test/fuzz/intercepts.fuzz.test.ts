@@ -118,6 +118,9 @@ interface Mon {
   slot: Slot;
   inc: number;
   janitor: boolean;
+  /** Its personality answers nothing but RETRY: with the page still refused, it keeps the access
+   *  intercepting for ever, and its answer always comes first (it subscribed before the janitor). */
+  retryOnly: boolean;
   s: MonitorSession;
   /** We half-closed or cancelled it (no more writes). */
   closedByUs: boolean;
@@ -135,7 +138,8 @@ const applied = new Map<string, number>();
 function openMonitor(s: Slot, p: MonitorPersonality, janitor = false): Mon {
   const rng = prng(p.seed);
   const session = client.intercepts.monitor();
-  const m: Mon = { slot: s, inc: s.inc, janitor, s: session, closedByUs: false, recent: [], last: [], done: Promise.resolve() };
+  const retryOnly = p.answer > 0 && p.weights[2] > 0 && p.weights[0] === 0 && p.weights[1] === 0 && p.weights[3] === 0;
+  const m: Mon = { slot: s, inc: s.inc, janitor, retryOnly, s: session, closedByUs: false, recent: [], last: [], done: Promise.resolve() };
   const trace = (x: string) => { m.last.push(x); if (m.last.length > 6) m.last.shift(); };
   const send = (req: Partial<pb.MonitorRequest>) => {
     if (m.closedByUs || m.ended) return;
@@ -408,6 +412,9 @@ let streamWaitBudgetMs = 30_000;
 
 /** Ends a round: a janitor per partition answers everything pending; every blocked action returns. */
 async function quiesce(round: number): Promise<void> {
+  // A monitor that only ever answers RETRY legitimately keeps a refused access intercepting (the
+  // guest re-executes and faults again); the round's answers are the janitors', so it goes first.
+  for (const m of liveMonitors()) if (m.retryOnly) closeMonitor(m, 'cancel');
   const janitors = slots.map((s) => openMonitor(s, JANITOR, true));
   const q0 = Date.now();
   const deadline = q0 + QUIESCE_MS;
@@ -441,7 +448,12 @@ async function quiesce(round: number): Promise<void> {
       const vp = await call('quiesce:GetVirtualProcessor', () => client.vps.getVirtualProcessor({ name: vpName(s, i) }));
       const st = vp?.vtlStatus;
       if (st?.interceptSuspended && !pending.intercepts.some((x) => x.interceptId === st.suspendedInterceptId)) {
-        finding({ what: `a VP is suspended on an intercept that is not pending (round ${round})`, details: `${vpName(s, i)} (#${s.inc}) suspended on ${st.suspendedInterceptId}; pending ${show(pending.intercepts.map((x) => [x.interceptId, x.vpIndex]))}`, recent: recentBySlot[slots.indexOf(s)]!.slice(-25) });
+        // Two reads, not one state: only a VP still suspended on the same intercept after a fresh
+        // list of the pending ones is one (a RETRY may have replaced it meanwhile).
+        const again = await call('quiesce:ListPendingIntercepts', () => client.intercepts.listPendingIntercepts({ name: s.name }));
+        const now = (await call('quiesce:GetVirtualProcessor', () => client.vps.getVirtualProcessor({ name: vpName(s, i) })))?.vtlStatus;
+        if (!again || !now?.interceptSuspended || now.suspendedInterceptId !== st.suspendedInterceptId || again.intercepts.some((x) => x.interceptId === st.suspendedInterceptId)) continue;
+        finding({ what: `a VP is suspended on an intercept that is not pending (round ${round})`, details: `${vpName(s, i)} (#${s.inc}) suspended on ${st.suspendedInterceptId}; pending ${show(again.intercepts.map((x) => [x.interceptId, x.vpIndex]))}`, recent: recentBySlot[slots.indexOf(s)]!.slice(-25) });
       }
     }
   }
