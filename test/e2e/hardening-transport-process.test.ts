@@ -2,21 +2,14 @@
 // its stdout/stderr has gone away (a log collector that died, `| head`): its log writes then fail
 // with EPIPE, and that must neither loop nor keep the process alive.
 import { spawn } from 'node:child_process';
-import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { SERVICE_MAIN, assertServiceBuilt, envWithoutVsm } from '../support/child-service';
 
 const ROOT = path.resolve(__dirname, '../..');
-const MAIN = path.join(ROOT, 'services/vsm-service/dist/main.js');
+const MAIN = SERVICE_MAIN;
+const env = envWithoutVsm;
 
-beforeAll(() => {
-  if (!fs.existsSync(MAIN)) throw new Error(`${MAIN} is missing: build first (npx tsc -b, or npm test which runs setup)`);
-});
-
-function env(): NodeJS.ProcessEnv {
-  const e = { ...process.env };
-  for (const k of Object.keys(e)) if (k.startsWith('VSM_')) delete e[k];
-  return e;
-}
+beforeAll(assertServiceBuilt);
 
 /**
  * Starts main.js with piped stdout/stderr, waits for "listening", closes both pipes (the reader is

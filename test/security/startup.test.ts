@@ -4,21 +4,15 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { SERVICE_MAIN, assertServiceBuilt, envWithoutVsm } from '../support/child-service';
 import { connect } from '@vsm/client';
 import { SERVER_SANS, issue, makeCa, tempDir } from '../support/tls';
 
 const ROOT = path.resolve(__dirname, '../..');
-const MAIN = path.join(ROOT, 'services/vsm-service/dist/main.js');
+const MAIN = SERVICE_MAIN;
+const env = envWithoutVsm;
 
-beforeAll(() => {
-  if (!fs.existsSync(MAIN)) throw new Error(`${MAIN} is missing: build first (npx tsc -b, or npm test which runs setup)`);
-});
-
-function env(): NodeJS.ProcessEnv {
-  const e = { ...process.env };
-  for (const k of Object.keys(e)) if (k.startsWith('VSM_')) delete e[k];
-  return e;
-}
+beforeAll(assertServiceBuilt);
 
 /** Runs main.js until it exits (or until `until` matches its stdout, then SIGTERM). */
 function run(args: string[], until?: RegExp): Promise<{ code: number | null; stdout: string; stderr: string; child: ChildProcess }> {

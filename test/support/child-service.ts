@@ -12,6 +12,18 @@ export const SERVICE_MAIN = path.resolve(__dirname, '../../services/vsm-service/
 
 const TAIL = 64 * 1024;
 
+/** Fails clearly when the service was not built (npm test builds it; `npx tsc -b` otherwise). */
+export function assertServiceBuilt(): void {
+  if (!fs.existsSync(SERVICE_MAIN)) throw new Error(`${SERVICE_MAIN} is missing: build first (npx tsc -b, or npm test which runs setup)`);
+}
+
+/** This process's environment without any VSM_* setting (a child service sees only its flags). */
+export function envWithoutVsm(): NodeJS.ProcessEnv {
+  const e = { ...process.env };
+  for (const k of Object.keys(e)) if (k.startsWith('VSM_')) delete e[k];
+  return e;
+}
+
 export interface WatchedChild {
   child: ChildProcess;
   name: string;
@@ -98,7 +110,7 @@ export interface ChildService extends WatchedChild {
  * Fails if it exits first; afterwards an exit before stop() is reported to the guard.
  */
 export async function spawnService(args: string[] = [], opts: { name?: string; env?: NodeJS.ProcessEnv; startTimeoutMs?: number; logLevel?: string; onStdoutLine?: (line: string) => void; onStderrLine?: (line: string) => void } = {}): Promise<ChildService> {
-  if (!fs.existsSync(SERVICE_MAIN)) throw new Error(`${SERVICE_MAIN} is missing: build first (npm run build; npm test builds it)`);
+  assertServiceBuilt();
   const child = spawn(process.execPath, [SERVICE_MAIN, '--listen', '127.0.0.1:0', '--log-level', opts.logLevel ?? 'info', ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
   // Not armed until it is up: a failed start is this function's error, not the guard's.
   const w = watchChild(child, opts.name ?? 'vsm-service', { armed: false, onStdoutLine: opts.onStdoutLine, onStderrLine: opts.onStderrLine });

@@ -5,52 +5,23 @@
 // - to the same path with VSM_REQUIRE_KVM=1: every gated test FAILS naming the reason;
 // - to a character device this process can open read/write (/dev/null) with VSM_REQUIRE_KVM=1:
 //   the gated tests run and pass (the control).
-import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { kvmUnavailableReason } from './kvm-gate';
+import { runJestOnFixture } from './jest-child';
 
-const ROOT = path.resolve(__dirname, '../..');
-const JEST = require.resolve('jest/bin/jest');
-const CONFIG = path.join(__dirname, 'fixtures/jest.config.js');
 const FIXTURE = path.join(__dirname, 'fixtures/kvm-gate.fixture.ts');
 const ABSENT = '/nonexistent-vsm-test/kvm';
 
 jest.setTimeout(120_000);
 
-interface Outcome { code: number | null; out: string; tests: { name: string; status: string; failure: string }[] }
-
-function runFixture(env: Record<string, string | undefined>): Promise<Outcome> {
-  const json = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'kvm-gate-run-')), 'result.json');
-  const childEnv: NodeJS.ProcessEnv = { ...process.env, FORCE_COLOR: '0' };
+function runFixture(env: Record<string, string | undefined>) {
+  const childEnv: NodeJS.ProcessEnv = { ...process.env };
   delete childEnv.VSM_REQUIRE_KVM;
   delete childEnv.VSM_TEST_KVM_DEVICE;
   for (const [k, v] of Object.entries(env)) if (v !== undefined) childEnv[k] = v;
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [JEST, '--config', CONFIG, '--runInBand', '--ci', '--colors=false', '--json', `--outputFile=${json}`, FIXTURE], {
-      cwd: ROOT,
-      env: childEnv,
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let out = '';
-    child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
-    child.stderr.on('data', (d: Buffer) => { out += d.toString(); });
-    const timer = setTimeout(() => child.kill('SIGKILL'), 100_000);
-    child.on('error', reject);
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      let tests: Outcome['tests'] = [];
-      try {
-        const result = JSON.parse(fs.readFileSync(json, 'utf8')) as { testResults: { assertionResults: { fullName: string; status: string; failureMessages: string[] }[] }[] };
-        tests = result.testResults.flatMap((f) => f.assertionResults.map((a) => ({ name: a.fullName, status: a.status, failure: a.failureMessages.join('\n') })));
-      } catch (e) {
-        out += `\n(no jest JSON result: ${(e as Error).message})`;
-      }
-      fs.rmSync(path.dirname(json), { recursive: true, force: true });
-      resolve({ code, out, tests });
-    });
-  });
+  return runJestOnFixture(FIXTURE, childEnv, { json: true });
 }
 
 describe('kvmUnavailableReason', () => {

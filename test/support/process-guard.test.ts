@@ -9,30 +9,15 @@
 // and must pass the controls (no failure; a child the test stops itself).
 // (A test file's own process.on('uncaughtException') listens on jest's sandbox copy of `process`
 // and never fires, which is why the guard's host side lives in the test environment.)
-import { spawn } from 'node:child_process';
 import * as path from 'node:path';
+import { runJestOnFixture } from './jest-child';
 import { hostWarnings, processGuard } from './guard';
 
-const ROOT = path.resolve(__dirname, '../..');
-const JEST = require.resolve('jest/bin/jest');
-const CONFIG = path.join(__dirname, 'fixtures/jest.config.js');
 
 jest.setTimeout(120_000);
 
-function runFixture(file: string, mode: string): Promise<{ code: number | null; out: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [JEST, '--config', CONFIG, '--runInBand', '--ci', '--colors=false', path.join(__dirname, 'fixtures', file)], {
-      cwd: ROOT,
-      env: { ...process.env, FIXTURE_MODE: mode, FORCE_COLOR: '0' },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let out = '';
-    child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
-    child.stderr.on('data', (d: Buffer) => { out += d.toString(); });
-    const timer = setTimeout(() => child.kill('SIGKILL'), 100_000);
-    child.on('error', reject);
-    child.on('close', (code) => { clearTimeout(timer); resolve({ code, out }); });
-  });
+function runFixture(file: string, mode: string) {
+  return runJestOnFixture(path.join(__dirname, 'fixtures', file), { ...process.env, FIXTURE_MODE: mode });
 }
 
 describe('jest run on a fixture fails when', () => {
