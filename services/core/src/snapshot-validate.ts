@@ -13,7 +13,7 @@ import { HvError, HvStatus } from './tlfs/status';
 import { HvRegisterName as R, registerInfo } from './tlfs/registers';
 import { HV_MAX_SUPPORTED_VTL, HvVtlEntryReason, VSM_PARTITION_CONFIG_DEFINED, VSM_VINA_DEFINED, VSM_VP_SECURE_CONFIG_DEFINED, decodeVsmPartitionConfig } from './tlfs/vsm';
 import { HV_SINT_MASKED } from './tlfs/msr';
-import { HV_MESSAGE_MAX_PAYLOAD_BYTE_COUNT, HV_MESSAGE_SIZE, HV_SYNIC_SINT_COUNT, HvMessageType, HV_X64_MEMORY_INTERCEPT_MESSAGE_SIZE, HV_ARM64_MEMORY_INTERCEPT_MESSAGE_SIZE } from './tlfs/message';
+import { HV_MESSAGE_MAX_PAYLOAD_BYTE_COUNT, HV_MESSAGE_SIZE, HV_SYNIC_SINT_COUNT, HvArm64MemoryInterceptMessageLayout, HvMessageHeaderLayout, HvMessageType, HvX64InterceptMessageHeaderLayout, HV_X64_MEMORY_INTERCEPT_MESSAGE_SIZE, HV_ARM64_MEMORY_INTERCEPT_MESSAGE_SIZE } from './tlfs/message';
 import { SYNIC_QUEUE_LIMIT } from './synic';
 import { normalizeMapFlags } from './protections';
 
@@ -376,22 +376,24 @@ function checkAccess(path: string, a: PendingAccess, memoryBytes: bigint): void 
 /** An HV_MESSAGE as the host or a guest could queue it (PostMessage rules; intercepts are GPA intercepts). */
 function checkQueuedMessage(path: string, m: Buffer): void {
   if (!isBuffer(m) || m.length !== HV_MESSAGE_SIZE) fail(path, `${isBuffer(m) ? m.length : 0} bytes; an HV_MESSAGE is ${HV_MESSAGE_SIZE}`);
-  const type = m.readUInt32LE(0);
-  if (type === HvMessageType.HvMessageTypeNone) fail(path, 'MessageType 0 (HvMessageTypeNone) marks an empty slot, not a message');
-  if (m[4]! > HV_MESSAGE_MAX_PAYLOAD_BYTE_COUNT) fail(path, `PayloadSize ${m[4]} exceeds ${HV_MESSAGE_MAX_PAYLOAD_BYTE_COUNT}`);
-  if ((m[5]! & ~1) !== 0) fail(path, `MessageFlags ${hex(m[5]!)} has bits other than MessagePending`);
+  const h = HvMessageHeaderLayout.decode(m);
+  if (h.messageType === HvMessageType.HvMessageTypeNone) fail(path, 'MessageType 0 (HvMessageTypeNone) marks an empty slot, not a message');
+  if (h.payloadSize > HV_MESSAGE_MAX_PAYLOAD_BYTE_COUNT) fail(path, `PayloadSize ${h.payloadSize} exceeds ${HV_MESSAGE_MAX_PAYLOAD_BYTE_COUNT}`);
+  if ((h.messageFlags & ~1) !== 0) fail(path, `MessageFlags ${hex(h.messageFlags)} has bits other than MessagePending`);
 }
 
 /** The HV_MESSAGE{HvMessageTypeGpaIntercept} of a pending intercept: the message monitors receive. */
 function checkInterceptMessage(path: string, m: Buffer, arch: string, vpIndex: number, kind: string): void {
   if (!isBuffer(m) || m.length !== HV_MESSAGE_SIZE) fail(path, `${isBuffer(m) ? m.length : 0} bytes; an HV_MESSAGE is ${HV_MESSAGE_SIZE}`);
-  const type = m.readUInt32LE(0);
-  if (type !== HvMessageType.HvMessageTypeGpaIntercept) fail(path, `MessageType ${hex(type)} is not HvMessageTypeGpaIntercept (${hex(HvMessageType.HvMessageTypeGpaIntercept)})`);
+  const h = HvMessageHeaderLayout.decode(m);
+  if (h.messageType !== HvMessageType.HvMessageTypeGpaIntercept) fail(path, `MessageType ${hex(h.messageType)} is not HvMessageTypeGpaIntercept (${hex(HvMessageType.HvMessageTypeGpaIntercept)})`);
   const size = arch === 'arm64' ? HV_ARM64_MEMORY_INTERCEPT_MESSAGE_SIZE : HV_X64_MEMORY_INTERCEPT_MESSAGE_SIZE;
-  if (m[4] !== size) fail(path, `PayloadSize ${m[4]} is not the ${size}-byte ${arch} memory intercept message`);
-  if ((m[5]! & ~1) !== 0) fail(path, `MessageFlags ${hex(m[5]!)} has bits other than MessagePending`);
-  if (m.readUInt32LE(16) !== vpIndex) fail(path, `the message's VpIndex ${m.readUInt32LE(16)} is not the intercept's VP ${vpIndex}`);
-  if (m[21] !== ACCESS_TYPE[kind]) fail(path, `the message's InterceptAccessType ${m[21]} is not a ${kind}`);
+  if (h.payloadSize !== size) fail(path, `PayloadSize ${h.payloadSize} is not the ${size}-byte ${arch} memory intercept message`);
+  if ((h.messageFlags & ~1) !== 0) fail(path, `MessageFlags ${hex(h.messageFlags)} has bits other than MessagePending`);
+  const payload = HvMessageHeaderLayout.size;
+  const { vpIndex: msgVp, interceptAccessType } = arch === 'arm64' ? HvArm64MemoryInterceptMessageLayout.decode(m, payload) : HvX64InterceptMessageHeaderLayout.decode(m, payload);
+  if (msgVp !== vpIndex) fail(path, `the message's VpIndex ${msgVp} is not the intercept's VP ${vpIndex}`);
+  if (interceptAccessType !== ACCESS_TYPE[kind]) fail(path, `the message's InterceptAccessType ${interceptAccessType} is not a ${kind}`);
 }
 
 function checkRegisters(path: string, regs: RegisterEntry[], where: 'shared' | 'private'): void {

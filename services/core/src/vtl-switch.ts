@@ -68,9 +68,9 @@ export function vtlReturn(p: PartitionState, vp: VirtualProcessor, controlInput:
       setReg(vp, R.HvX64RegisterRcx, assist.readBigUInt64LE(HvVpAssistPage.VtlReturnX64Rcx));
     } else {
       // x86: VtlReturnX86Eax @16, VtlReturnX86Ecx @20, VtlReturnX86Edx @24 (tlfs-vsm.md §5.2).
-      setReg(vp, R.HvX64RegisterRax, BigInt(assist.readUInt32LE(HvVpAssistPage.VtlReturnX64Rax)));
-      setReg(vp, R.HvX64RegisterRcx, BigInt(assist.readUInt32LE(HvVpAssistPage.VtlReturnX64Rax + 4)));
-      setReg(vp, R.HvX64RegisterRdx, BigInt(assist.readUInt32LE(HvVpAssistPage.VtlReturnX64Rcx)));
+      setReg(vp, R.HvX64RegisterRax, BigInt(assist.readUInt32LE(HvVpAssistPage.VtlReturnX86Eax)));
+      setReg(vp, R.HvX64RegisterRcx, BigInt(assist.readUInt32LE(HvVpAssistPage.VtlReturnX86Ecx)));
+      setReg(vp, R.HvX64RegisterRdx, BigInt(assist.readUInt32LE(HvVpAssistPage.VtlReturnX86Edx)));
     }
   }
   resumeStub(vp);

@@ -199,6 +199,11 @@ export const HvVpAssistPage = {
   VinaStatus: HvVpAssistPageLayout.offsetOf('vtlControl') + HvVpVtlControlLayout.offsetOf('vinaStatus'),
   VtlReturnX64Rax: HvVpAssistPageLayout.offsetOf('vtlControl') + HvVpVtlControlLayout.offsetOf('vtlReturnX64Rax'),
   VtlReturnX64Rcx: HvVpAssistPageLayout.offsetOf('vtlControl') + HvVpVtlControlLayout.offsetOf('vtlReturnX64Rcx'),
+  // The x86 view of the same 16 bytes (a union in HV_VP_VTL_CONTROL, tlfs-vsm.md §5.2):
+  // VtlReturnX86Eax, VtlReturnX86Ecx over VtlReturnX64Rax; VtlReturnX86Edx over VtlReturnX64Rcx.
+  VtlReturnX86Eax: HvVpAssistPageLayout.offsetOf('vtlControl') + HvVpVtlControlLayout.offsetOf('vtlReturnX64Rax'),
+  VtlReturnX86Ecx: HvVpAssistPageLayout.offsetOf('vtlControl') + HvVpVtlControlLayout.offsetOf('vtlReturnX64Rax') + 4,
+  VtlReturnX86Edx: HvVpAssistPageLayout.offsetOf('vtlControl') + HvVpVtlControlLayout.offsetOf('vtlReturnX64Rcx'),
   InterceptMessage: HvVpAssistPageLayout.offsetOf('interceptMessage'),
 } as const;
 
