@@ -99,6 +99,28 @@ export const KVM_GET_VCPU_EVENTS = _IOR(KVMIO, 0x9f, SIZEOF_KVM_VCPU_EVENTS);
 /** KVM_SET_VCPU_EVENTS = _IOW(KVMIO, 0xa0, struct kvm_vcpu_events /64/). */
 export const KVM_SET_VCPU_EVENTS = _IOW(KVMIO, 0xa0, SIZEOF_KVM_VCPU_EVENTS);
 
+// --- in-kernel irqchip, interrupts and time (guests that run) ---
+export const SIZEOF_KVM_LAPIC_STATE = 1024;
+export const SIZEOF_KVM_MSI = 32;
+/** KVM_CREATE_IRQCHIP = _IO(KVMIO, 0x60): in-kernel PIC, IOAPIC and a LAPIC per vCPU; before any vCPU. */
+export const KVM_CREATE_IRQCHIP = _IO(KVMIO, 0x60);
+/** KVM_SET_TSS_ADDR = _IO(KVMIO, 0x47): 3 pages KVM uses to run real mode on VMX without unrestricted guest. */
+export const KVM_SET_TSS_ADDR = _IO(KVMIO, 0x47);
+/** KVM_SET_IDENTITY_MAP_ADDR = _IOW(KVMIO, 0x48, __u64). */
+export const KVM_SET_IDENTITY_MAP_ADDR = _IOW(KVMIO, 0x48, 8);
+/** KVM_SIGNAL_MSI = _IOW(KVMIO, 0xa5, struct kvm_msi /32/): returns >0 delivered, 0 blocked. */
+export const KVM_SIGNAL_MSI = _IOW(KVMIO, 0xa5, SIZEOF_KVM_MSI);
+/** KVM_GET_LAPIC = _IOR(KVMIO, 0x8e, struct kvm_lapic_state /1024/): the APIC register page. */
+export const KVM_GET_LAPIC = _IOR(KVMIO, 0x8e, SIZEOF_KVM_LAPIC_STATE);
+/** KVM_SET_LAPIC = _IOW(KVMIO, 0x8f, struct kvm_lapic_state /1024/). */
+export const KVM_SET_LAPIC = _IOW(KVMIO, 0x8f, SIZEOF_KVM_LAPIC_STATE);
+/** KVM_GET_MP_STATE = _IOR(KVMIO, 0x98, struct kvm_mp_state /4/). */
+export const KVM_GET_MP_STATE = _IOR(KVMIO, 0x98, 4);
+/** KVM_SET_MP_STATE = _IOW(KVMIO, 0x99, struct kvm_mp_state /4/). */
+export const KVM_SET_MP_STATE = _IOW(KVMIO, 0x99, 4);
+/** KVM_GET_TSC_KHZ = _IO(KVMIO, 0xa3): the vCPU's TSC frequency in kHz. */
+export const KVM_GET_TSC_KHZ = _IO(KVMIO, 0xa3);
+
 // ---------------------------------------------------------------------------------------------
 // libc constants (Linux x86-64)
 // ---------------------------------------------------------------------------------------------
@@ -156,6 +178,8 @@ const c_memfd_create = libc.func('memfd_create', 'int', ['const char *', 'unsign
 const c_ftruncate = libc.func('ftruncate', 'int', ['int', 'int64_t']);
 const c_strerror = libc.func('strerror', 'const char *', ['int']);
 const c_sigaction = libc.func('sigaction', 'int', ['int', 'void *', 'void *']);
+const c_syscall3 = libc.func('syscall', 'long', ['long', 'long', 'long', 'long']);
+const c_pthread_sigmask = libc.func('pthread_sigmask', 'int', ['int', 'void *', 'void *']);
 
 /** The current thread's errno (valid right after a failing call). */
 export function errno(): number {
@@ -284,4 +308,36 @@ export function ensureSignalHandler(signal: KickSignal): boolean {
   act.writeBigUInt64LE(noop, 0);
   check('sigaction', c_sigaction(signo, act, null) as number);
   return true;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Threads (vCPU threads of running guests)
+// ---------------------------------------------------------------------------------------------
+const SYS_gettid = 186;
+const SYS_tgkill = 234;
+const SIG_UNBLOCK = 1;
+
+/** The calling thread's kernel id (gettid(2)). */
+export function sysGettid(): number {
+  return Number(c_syscall3(SYS_gettid, 0, 0, 0));
+}
+
+/**
+ * tgkill(2): sends `signal` to one thread of this process (a vCPU thread in KVM_RUN returns EINTR).
+ * Returns false when the thread is gone (ESRCH).
+ */
+export function sysTgkill(tid: number, signal: number): boolean {
+  const r = Number(c_syscall3(SYS_tgkill, process.pid, tid, signal));
+  if (r === 0) return true;
+  const e = koffi.errno();
+  if (e === ERRNO.ESRCH) return false;
+  throw new SysError('tgkill', e);
+}
+
+/** Unblocks `signal` in the calling thread (a worker thread may inherit a mask that blocks it). */
+export function unblockSignal(signal: number): void {
+  const set = Buffer.alloc(128);
+  set.writeBigUInt64LE(1n << BigInt(signal - 1), 0);
+  const r = c_pthread_sigmask(SIG_UNBLOCK, set, null);
+  if (r !== 0) throw new SysError('pthread_sigmask', r);
 }

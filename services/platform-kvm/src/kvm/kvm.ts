@@ -11,7 +11,9 @@ import {
   KVM_GET_FPU, KVM_GET_MSRS, KVM_GET_REGS, KVM_GET_SREGS, KVM_GET_SUPPORTED_CPUID,
   KVM_GET_VCPU_EVENTS, KVM_GET_VCPU_MMAP_SIZE, KVM_RUN, KVM_SET_CPUID2, KVM_SET_FPU, KVM_SET_MSRS,
   KVM_SET_REGS, KVM_SET_SREGS, KVM_SET_USER_MEMORY_REGION, KVM_SET_VCPU_EVENTS,
-  KVM_X86_SET_MSR_FILTER, MAP_SHARED, NativeScratch, O_CLOEXEC, O_RDWR, PROT_READ, PROT_WRITE,
+  KVM_X86_SET_MSR_FILTER, KVM_CREATE_IRQCHIP, KVM_SET_TSS_ADDR, KVM_SET_IDENTITY_MAP_ADDR, KVM_SIGNAL_MSI,
+  KVM_GET_LAPIC, KVM_SET_LAPIC, KVM_GET_MP_STATE, KVM_SET_MP_STATE, KVM_GET_TSC_KHZ, SIZEOF_KVM_LAPIC_STATE,
+  SIZEOF_KVM_MSI, MAP_SHARED, NativeScratch, O_CLOEXEC, O_RDWR, PROT_READ, PROT_WRITE,
   SIZEOF_KVM_VCPU_EVENTS, SysError, errno, ioctlPtr, ioctlVal, ioctlValRaw, nativeView, sysClose,
   sysFtruncate, sysMemfdCreate, sysMmap, sysMunmap, sysOpen, ERRNO,
 } from './ioctl';
@@ -557,6 +559,51 @@ export class KvmVm {
   }
 
   /** KVM_CREATE_VCPU + mmap of its kvm_run area. */
+  /**
+   * KVM_CREATE_IRQCHIP: the in-kernel PIC, IOAPIC and a LAPIC per vCPU (LAPIC MMIO at 0xFEE00000,
+   * INIT/SIPI, IPIs, LAPIC timer and HLT all handled in the kernel). Must precede createVcpu.
+   */
+  createIrqchip(): void {
+    if (this.vcpus.size > 0) throw new Error('KVM_CREATE_IRQCHIP must precede the first vCPU');
+    ioctlVal(this.fd, KVM_CREATE_IRQCHIP, 0, 'KVM_CREATE_IRQCHIP');
+    this.irqchip = true;
+  }
+
+  /** Whether createIrqchip() was called. */
+  irqchip = false;
+
+  /**
+   * KVM_SET_TSS_ADDR and KVM_SET_IDENTITY_MAP_ADDR (as QEMU places them, below 4 GiB): the pages
+   * KVM needs to run real-mode code (an AP's SIPI trampoline) on hosts without unrestricted guest.
+   * Returns the reason when the host refused (it then needs neither).
+   */
+  setRealModePages(tssAddr = 0xfeffd000n, identityMapAddr = 0xfeffc000n): string | undefined {
+    try {
+      const b = Buffer.alloc(8);
+      b.writeBigUInt64LE(identityMapAddr);
+      ioctlPtr(this.fd, KVM_SET_IDENTITY_MAP_ADDR, b, 'KVM_SET_IDENTITY_MAP_ADDR');
+      ioctlVal(this.fd, KVM_SET_TSS_ADDR, tssAddr, 'KVM_SET_TSS_ADDR');
+      return undefined;
+    } catch (e) {
+      return (e as Error).message;
+    }
+  }
+
+  private readonly msiBuf = Buffer.alloc(SIZEOF_KVM_MSI);
+
+  /**
+   * KVM_SIGNAL_MSI: an MSI write (address 0xFEE0_0000 | dest APIC id << 12; data = vector | delivery
+   * mode << 8) to the in-kernel LAPICs. Returns >0 when delivered, 0 when the guest blocked it.
+   */
+  signalMsi(addressLo: number, data: number, addressHi = 0): number {
+    const b = this.msiBuf;
+    b.fill(0);
+    b.writeUInt32LE(addressLo >>> 0, 0);
+    b.writeUInt32LE(addressHi >>> 0, 4);
+    b.writeUInt32LE(data >>> 0, 8);
+    return ioctlPtr(this.fd, KVM_SIGNAL_MSI, b, 'KVM_SIGNAL_MSI');
+  }
+
   createVcpu(id = 0): KvmVcpu {
     const v = new KvmVcpu(this, id);
     this.vcpus.add(v);
@@ -997,6 +1044,52 @@ export class KvmVcpu {
   }
 
   /** KVM_ENABLE_CAP on the vCPU. */
+  /**
+   * Records a KVM_RUN made on another thread (a running guest's VP thread) with this vCPU's kvm_run
+   * page: the register classes KVM stored into kvm_run.s.regs are fresh again (as after run()).
+   */
+  noteRunElsewhere(failed: boolean): void {
+    this.runs++;
+    this.syncFresh = failed ? 0 : (this.runPage[RUN.kvmValidRegs] ?? 0);
+  }
+
+  /** Host address and size of the vCPU mapping (kvm_run first): a vCPU thread maps the same memory. */
+  get runMapping(): { address: bigint; size: number } {
+    return { address: this.runAddr, size: this.runSize };
+  }
+
+  /** KVM_GET_LAPIC: the LAPIC's 1 KiB register page (in-kernel irqchip only). */
+  getLapic(): Buffer {
+    const b = Buffer.alloc(SIZEOF_KVM_LAPIC_STATE);
+    ioctlPtr(this.fd, KVM_GET_LAPIC, b, 'KVM_GET_LAPIC');
+    return b;
+  }
+
+  /** KVM_SET_LAPIC. */
+  setLapic(b: Buffer): void {
+    if (b.length !== SIZEOF_KVM_LAPIC_STATE) throw new RangeError('kvm_lapic_state is 1024 bytes');
+    ioctlPtr(this.fd, KVM_SET_LAPIC, b, 'KVM_SET_LAPIC');
+  }
+
+  /** KVM_GET_MP_STATE (KVM_MP_STATE_RUNNABLE 0, UNINITIALIZED 1, INIT_RECEIVED 2, HALTED 3, SIPI_RECEIVED 4). */
+  getMpState(): number {
+    const b = Buffer.alloc(4);
+    ioctlPtr(this.fd, KVM_GET_MP_STATE, b, 'KVM_GET_MP_STATE');
+    return b.readUInt32LE(0);
+  }
+
+  /** KVM_SET_MP_STATE. */
+  setMpState(state: number): void {
+    const b = Buffer.alloc(4);
+    b.writeUInt32LE(state);
+    ioctlPtr(this.fd, KVM_SET_MP_STATE, b, 'KVM_SET_MP_STATE');
+  }
+
+  /** KVM_GET_TSC_KHZ: the guest TSC frequency of this vCPU in kHz. */
+  tscKhz(): number {
+    return ioctlVal(this.fd, KVM_GET_TSC_KHZ, 0, 'KVM_GET_TSC_KHZ');
+  }
+
   enableCap(cap: number, args: readonly bigint[] = [], flags = 0): void {
     enableCapOn(this.fd, cap, args, flags, 'KVM_ENABLE_CAP(vcpu)');
   }

@@ -93,6 +93,11 @@ export interface OverlaySlot {
   /** Offset of its page in the overlay pool. */
   offset: number;
   readOnly: boolean;
+  /**
+   * No memslot at all for this page (a per-VP overlay while every VP of the VM runs at once: each
+   * VP sees its own page there, so an access exits as MMIO and the agent serves it for that VP).
+   */
+  hole?: boolean;
 }
 
 /**
@@ -122,7 +127,7 @@ export function viewSlots(pages: number, slotPages: number, runs: readonly Restr
       const o = overlays[ov++]!;
       if (o.gpfn < s) continue;
       if (a !== 'none') ram(s, o.gpfn, a === 'ro');
-      push({ gpa: BigInt(o.gpfn) * BigInt(PAGE), size: PAGE, backing: 'overlay', offset: o.offset, readonly: o.readOnly });
+      if (!o.hole) push({ gpa: BigInt(o.gpfn) * BigInt(PAGE), size: PAGE, backing: 'overlay', offset: o.offset, readonly: o.readOnly });
       s = o.gpfn + 1;
     }
     if (a !== 'none') ram(s, end, a === 'ro');

@@ -45,6 +45,14 @@ export const RAM_SLOT_BYTES = 1 << 30;
 /** Default budget of memslots per VTL VM for its view (KVM_CAP_NR_MEMSLOTS is 32764 here). */
 export const DEFAULT_MEMSLOT_BUDGET = 4096;
 
+/** How a VTL's VM is built for guests that run (see guest/README in the agent docs). */
+export interface GuestExecutionOptions {
+  /** KVM_CREATE_IRQCHIP before the vCPUs (LAPIC, IOAPIC, PIC in the kernel). */
+  irqchip: boolean;
+  /** CPUID leaves that replace the host's (the Hyper-V leaves 0x40000000-0x4000000A). */
+  cpuid: readonly CpuidEntry[];
+}
+
 export class VtlVm {
   readonly vm: KvmVm;
   private readonly cpus = new Map<number, VpCpu>();
@@ -79,9 +87,15 @@ export class VtlVm {
     agent: AgentRegion,
     private readonly cpuid: readonly CpuidEntry[],
     readonly memslotBudget = DEFAULT_MEMSLOT_BUDGET,
+    /** Set for guests that run: every VP runs at once, so per-VP overlays are holes served per VP. */
+    readonly execution?: GuestExecutionOptions,
   ) {
     this.vm = system.createVm();
     try {
+      if (execution?.irqchip) {
+        this.vm.createIrqchip();
+        this.vm.setRealModePages();
+      }
       for (let off = 0; off < ram.memory.size; off += RAM_SLOT_BYTES) {
         this.vm.map({ gpa: BigInt(off), size: Math.min(RAM_SLOT_BYTES, ram.memory.size - off), memory: ram.memory, offset: off });
       }
@@ -99,7 +113,7 @@ export class VtlVm {
     if (!c) {
       const vcpu = this.vm.createVcpu(index);
       try {
-        vcpu.setCpuid(this.cpuid);
+        vcpu.setCpuid(this.execution ? mergeCpuid(this.cpuid, this.execution.cpuid) : this.cpuid);
         vcpu.setSyncRegs(KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS);
       } catch (e) {
         vcpu.close();
@@ -118,7 +132,7 @@ export class VtlVm {
    */
   syncView(p: Partition, vpIndex: number): void {
     const protectionsChanged = this.protectionsDirty || this.protectionsAt !== p.protectionChanges;
-    if (!this.dirty && !protectionsChanged && this.viewVp === vpIndex) return;
+    if (!this.dirty && !protectionsChanged && (this.viewVp === vpIndex || (this.execution && this.viewVp !== null))) return;
     const t0 = process.hrtime.bigint();
     const pages = Number(this.ram.sizeBytes / BigInt(PAGE_SIZE));
     // Leave room for the agent region's slots.
@@ -129,12 +143,19 @@ export class VtlVm {
       this.protectionsDirty = false;
     }
     const overlays = new Map<number, OverlaySlot>();
+    const holes = new Set<number>();
     for (const o of p.overlays.list()) {
       // list() is in placement order: a later overlay on the same GPFN is on top.
-      if (o.vtl !== this.vtl || (o.vpIndex !== null && o.vpIndex !== vpIndex)) continue;
+      if (o.vtl !== this.vtl) continue;
       if (o.gpfn >= BigInt(pages)) continue; // beyond the GPA space: not accessible
+      if (o.vpIndex !== null && this.execution) {
+        holes.add(Number(o.gpfn)); // every VP runs: no single page can be mapped there
+        continue;
+      }
+      if (o.vpIndex !== null && o.vpIndex !== vpIndex) continue;
       overlays.set(Number(o.gpfn), { gpfn: Number(o.gpfn), offset: this.overlays.offsetOf(o.page), readOnly: o.readOnly });
     }
+    for (const gpfn of holes) overlays.set(gpfn, { gpfn, offset: 0, readOnly: false, hole: true });
     const ovs = [...overlays.values()].sort((a, b) => a.gpfn - b.gpfn);
     const slotPages = RAM_SLOT_BYTES / PAGE_SIZE;
     let slots = this.runs ? viewSlots(pages, slotPages, this.runs, ovs, budget) : undefined;
@@ -229,4 +250,11 @@ export class VtlVm {
     this.cpus.clear();
     this.vm.close();
   }
+}
+
+/** The host's CPUID with the leaves of `extra` replacing (or adding to) those with the same function and index. */
+export function mergeCpuid(host: readonly CpuidEntry[], extra: readonly CpuidEntry[]): CpuidEntry[] {
+  const key = (e: CpuidEntry) => `${e.function}:${e.index}`;
+  const replaced = new Set(extra.map(key));
+  return [...host.filter((e) => !replaced.has(key(e))), ...extra];
 }

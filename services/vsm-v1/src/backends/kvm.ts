@@ -95,10 +95,10 @@ export class KvmBackend extends CoreBackend {
     if (why) throw new EngineError('unavailable', 'KVM_UNAVAILABLE', `KVM is not usable on this host: ${why}`);
     const system = KvmSystem.open(path);
     try {
-      const { cpuid, pioOutAdvancesRip } = probeHost(system);
+      const { cpuid, pioOutAdvancesRip, tscKhz } = probeHost(system);
       let watchdog: VcpuWatchdog | undefined;
       this.host = {
-        system, cpuid, pioOutAdvancesRip,
+        system, cpuid, pioOutAdvancesRip, tscKhz,
         actionTimeoutMs: this.opts.actionTimeoutMs ?? 2000,
         memslotBudget: this.opts.memslotBudget,
         watchdog: () => (watchdog ??= VcpuWatchdog.start()),

@@ -1,0 +1,487 @@
+/**
+ * platform (kvm), guests that run: a partition's guest code running on every VP at once.
+ *
+ * Each VP has its own thread (vcpu-thread.ts) that calls KVM_RUN on the vCPU of the VP's active VTL.
+ * The VTL VMs have the in-kernel irqchip (LAPIC, INIT/SIPI, IPIs, LAPIC timer and HLT stay in the
+ * kernel). Exits the VP's thread cannot finish (port I/O of the devices, Hyper-V MSRs, hypercalls,
+ * MMIO on per-VP overlays and protected pages, kicks) are handed to this, the main thread, which owns
+ * the core: it handles the exit with the vCPU's kvm_run page and ioctls while the VP's thread waits,
+ * then lets it run again (vcpu-channel.ts). The main thread never blocks on a guest.
+ */
+import { Worker } from 'node:worker_threads';
+import * as path from 'node:path';
+import * as fs from 'node:fs';
+import type { Partition, VirtualProcessor, Vtl } from '@vsm/core';
+import { type KvmExit, KVM_EXIT, type KvmVcpu } from '../kvm';
+import { type KickSignal, SIGNO, ensureSignalHandler, strerror, sysTgkill } from '../kvm/ioctl';
+import { type KvmPartition, describeExit } from '../platform/kvm-partition';
+import type { VpCpu } from '../platform/vtl-vm';
+import { CELL, CHANNEL_BYTES, CMD, RUN_ADDRESS_BIG, RUN_SIZE_BIG, consoleDrain, consoleRingBuffer } from './vcpu-channel';
+
+/** A port-I/O device of a running guest (COM1, fw_cfg, debug exit, hyperv-testdev, ...). */
+export interface PortDevice {
+  ioIn(port: number, size: 1 | 2 | 4): number;
+  ioOut(port: number, size: 1 | 2 | 4, value: number): void;
+}
+
+/** The partition's state as a running guest. */
+export type GuestState = 'loaded' | 'running' | 'paused' | 'stopped' | 'crashed';
+
+/** A VP's run state (what GetVirtualProcessor reports). */
+export type VpRunState = 'running' | 'halted' | 'waiting-for-sipi' | 'suspended' | 'stopped';
+
+/** How a run ended. */
+export interface GuestEnd {
+  state: 'stopped' | 'crashed';
+  /** The guest's debug-exit code (outl(code, 0xf4)), when it stopped that way. */
+  exitCode?: number;
+  reason: string;
+  /** The VP whose exit ended it, if one did. */
+  vpIndex?: number;
+  at: Date;
+}
+
+export interface GuestRunnerOptions {
+  /** Port devices by port range; the runner adds nothing by itself. */
+  ports: { from: number; to: number; device: PortDevice }[];
+  /** COM1 base port the VP threads finish transmits at (default 0x3F8), and the UART's line status. */
+  uart?: { base: number; fastPath(): { enabled: boolean; lsr: number } };
+  /** Called with console output as it is drained (batched; the bytes are the guest's). */
+  onConsole(bytes: Uint8Array): void;
+  /** Called once when the run ends. */
+  onEnd(end: GuestEnd): void;
+  /** Signal that kicks a VP thread out of KVM_RUN (default SIGUSR2). */
+  kickSignal?: KickSignal;
+  /** Console drain period while running, ms (default 20). */
+  drainMs?: number;
+}
+
+interface VpThread {
+  vp: VirtualProcessor;
+  vtl: Vtl;
+  cpu: VpCpu;
+  worker: Worker;
+  cells: Int32Array;
+  bigs: BigInt64Array;
+  /** Hand-overs seen so far. */
+  seen: number;
+  /** A hand-over waiting for an answer that is held (paused). */
+  holding: boolean;
+  /** Why the main thread kicked it (acted on at its INTR exit). */
+  kickReasons: Set<'pause' | 'stop' | 'service'>;
+  /** Work to do on this VP's vCPU while its thread waits (LAPIC fix-ups, ...). */
+  service: ((t: VpThread) => void)[];
+  done: Promise<void>;
+  exits: number;
+  /** Exit time stamps (hrtime ns) of the last exits, for "both VPs run at once". */
+  readonly recent: bigint[];
+  ended: boolean;
+}
+
+/** handle(): keep the VP's thread waiting (paused, or suspended until a monitor answers). */
+const HOLD = -1;
+
+/** Exit counts by kind, for the closing figures. */
+export type ExitCounts = Record<string, number>;
+
+const WORKER_FILE = resolveWorkerFile();
+
+/** Atomics.waitAsync (V8 has it since Node 16; TypeScript's lib declares it from es2024 on). */
+const waitAsync = (Atomics as unknown as {
+  waitAsync(a: Int32Array, index: number, value: number): { async: false; value: string } | { async: true; value: Promise<string> };
+}).waitAsync;
+
+/** The compiled VP thread script (dist/guest/vcpu-thread.js), also when this file runs from src under jest. */
+function resolveWorkerFile(): string {
+  const here = path.join(__dirname, 'vcpu-thread.js');
+  if (fs.existsSync(here)) return here;
+  const dist = path.join(__dirname, '..', '..', 'dist', 'guest', 'vcpu-thread.js');
+  return dist;
+}
+
+export class GuestRunner {
+  private threads: VpThread[] = [];
+  private stateValue: GuestState = 'loaded';
+  private endValue: GuestEnd | undefined;
+  private readonly consoleSab = consoleRingBuffer();
+  private drainTimer: NodeJS.Timeout | undefined;
+  private readonly signal: KickSignal;
+  /** Exits by kind (the exits the main thread handled; the VP threads' own are in localExits). */
+  readonly exitCounts: ExitCounts = {};
+  startedAt: bigint | undefined;
+  endedAt: bigint | undefined;
+
+  constructor(
+    private readonly kp: KvmPartition,
+    private readonly p: Partition,
+    private readonly opts: GuestRunnerOptions,
+  ) {
+    this.signal = opts.kickSignal ?? 'SIGUSR2';
+  }
+
+  get state(): GuestState {
+    return this.stateValue;
+  }
+
+  get end(): GuestEnd | undefined {
+    return this.endValue;
+  }
+
+  /** Exits the VP threads finished themselves (console), summed. */
+  get localExits(): number {
+    return this.threads.reduce((a, t) => a + Atomics.load(t.cells, CELL.localExits), 0);
+  }
+
+  /** KVM_RUN returns of every VP, summed. */
+  get runs(): number {
+    return this.threads.reduce((a, t) => a + Atomics.load(t.cells, CELL.runs), 0);
+  }
+
+  /** Per VP: exits handed over, and the time stamps of its last ones (ns). */
+  vpStats(): { vpIndex: number; exits: number; runs: number; recent: bigint[] }[] {
+    return this.threads.map((t) => ({ vpIndex: t.vp.index, exits: t.exits, runs: Atomics.load(t.cells, CELL.runs), recent: [...t.recent] }));
+  }
+
+  /** The run state of VP `index`. */
+  vpState(index: number): VpRunState {
+    const t = this.threads[index];
+    if (!t || t.ended || this.stateValue === 'stopped' || this.stateValue === 'crashed' || this.stateValue === 'loaded') return 'stopped';
+    if (t.vp.suspendedOn !== null) return 'suspended';
+    if (Atomics.load(t.cells, CELL.inGuest) === 0) return 'running';
+    // Inside KVM_RUN: halted or waiting for SIPI is what KVM says (the thread is parked in the kernel).
+    return 'running';
+  }
+
+  /**
+   * Starts every VP on its own thread. `bsp` is loaded into VP 0's vCPU; the others wait for INIT/SIPI
+   * (the in-kernel LAPIC's reset state for vCPU ids other than 0).
+   */
+  start(): void {
+    if (this.stateValue !== 'loaded') throw new Error(`the guest is ${this.stateValue}`);
+    ensureSignalHandler(this.signal);
+    this.stateValue = 'running';
+    this.startedAt = process.hrtime.bigint();
+    for (const vp of this.p.vps) {
+      const vtl = vp.activeVtl;
+      const cpu = this.kp.executionCpu(vp, vtl);
+      if (vp.index === 0) this.kp.executionLoad(cpu, vp, vtl);
+      this.threads.push(this.spawn(vp, vtl, cpu));
+    }
+    this.drainTimer = setInterval(() => this.drain(), this.opts.drainMs ?? 20);
+    this.drainTimer.unref?.();
+  }
+
+  private spawn(vp: VirtualProcessor, vtl: Vtl, cpu: VpCpu): VpThread {
+    const channel = new SharedArrayBuffer(CHANNEL_BYTES);
+    const cells = new Int32Array(channel);
+    const bigs = new BigInt64Array(channel);
+    this.point(cells, bigs, cpu.vcpu);
+    this.setUart(cells);
+    const worker = new Worker(WORKER_FILE, { workerData: { channel, console: this.consoleSab, signal: SIGNO[this.signal] } });
+    const t: VpThread = {
+      vp, vtl, cpu, worker, cells, bigs, seen: 0, holding: false, kickReasons: new Set(), service: [], exits: 0, recent: [], ended: false,
+      done: Promise.resolve(),
+    };
+    t.done = new Promise<void>((resolve) => {
+      worker.once('message', (m: { error?: string }) => {
+        if (m.error) this.crash(`VP ${vp.index}'s thread failed: ${m.error}`, vp.index);
+      });
+      worker.once('error', (e) => {
+        this.crash(`VP ${vp.index}'s thread failed: ${e.message}`, vp.index);
+        resolve();
+      });
+      worker.once('exit', () => {
+        t.ended = true;
+        Atomics.notify(cells, CELL.request); // wakes serve() so it returns
+        resolve();
+      });
+    });
+    void this.serve(t);
+    return t;
+  }
+
+  /** Names the vCPU the VP's thread runs next. */
+  private point(cells: Int32Array, bigs: BigInt64Array, vcpu: KvmVcpu): void {
+    const m = vcpu.runMapping;
+    bigs[RUN_ADDRESS_BIG] = BigInt.asIntN(64, m.address);
+    bigs[RUN_SIZE_BIG] = BigInt(m.size);
+    Atomics.store(cells, CELL.vcpuFd, vcpu.fd);
+  }
+
+  private setUart(cells: Int32Array): void {
+    const u = this.opts.uart;
+    const f = u?.fastPath();
+    Atomics.store(cells, CELL.uartLsr, f?.lsr ?? 0x60);
+    Atomics.store(cells, CELL.uartBase, u && f?.enabled ? u.base : 0);
+  }
+
+  /** Re-reads the UART's fast-path state into every VP's cells (after a UART register changed). */
+  uartChanged(): void {
+    for (const t of this.threads) this.setUart(t.cells);
+  }
+
+  /** The main thread's side of one VP: wait for a hand-over, handle it, answer. */
+  private async serve(t: VpThread): Promise<void> {
+    for (;;) {
+      const w = waitAsync(t.cells, CELL.request, t.seen);
+      if (w.async) await w.value;
+      if (t.ended) return;
+      const req = Atomics.load(t.cells, CELL.request);
+      if (req === t.seen) continue;
+      t.seen = req;
+      t.exits++;
+      if (t.recent.length >= 64) t.recent.shift();
+      t.recent.push(process.hrtime.bigint());
+      let cmd: number = CMD.run;
+      try {
+        cmd = this.handle(t);
+      } catch (e) {
+        this.crash(`VP ${t.vp.index}: the agent failed handling an exit: ${(e as Error).message}`, t.vp.index);
+        cmd = CMD.exit;
+      }
+      if (this.stateValue === 'stopped' || this.stateValue === 'crashed') cmd = CMD.exit;
+      if (cmd === HOLD || (cmd === CMD.run && this.stateValue === 'paused')) {
+        t.holding = true;
+        continue;
+      }
+      this.answer(t, cmd);
+      if (cmd === CMD.exit) return;
+    }
+  }
+
+  private answer(t: VpThread, cmd: number): void {
+    t.holding = false;
+    Atomics.store(t.cells, CELL.command, cmd);
+    Atomics.store(t.cells, CELL.answer, t.seen);
+    Atomics.notify(t.cells, CELL.answer);
+  }
+
+  /** Handles the exit in t's kvm_run page; returns what the VP's thread does next. */
+  private handle(t: VpThread): number {
+    const vcpu = t.cpu.vcpu;
+    const errno = Atomics.load(t.cells, CELL.runErrno);
+    vcpu.noteRunElsewhere(errno !== 0);
+    if (errno !== 0) {
+      this.count('error');
+      this.crash(`VP ${t.vp.index}: KVM_RUN failed: ${strerror(errno)}`, t.vp.index);
+      return CMD.exit;
+    }
+    const reason = vcpu.runPage.readUInt32LE(8);
+    const e = vcpu.decodeExit(reason);
+    t.cpu.pending = e.kind === 'io' || e.kind === 'mmio' || e.kind === 'rdmsr' || e.kind === 'wrmsr';
+    this.count(e.kind);
+    if (this.stateValue === 'stopped' || this.stateValue === 'crashed') return CMD.exit;
+    switch (e.kind) {
+      case 'intr':
+        return this.kicked(t);
+      case 'io':
+        return this.io(t, e);
+      case 'rdmsr': {
+        const r = this.p.readMsr(t.vp, e.index);
+        vcpu.completeMsr(r.exception !== undefined ? { error: true } : { data: r.value });
+        return CMD.run;
+      }
+      case 'wrmsr': {
+        const r = this.p.writeMsr(t.vp, e.index, e.data);
+        vcpu.completeMsr({ error: r.exception !== undefined });
+        t.cpu.vm.syncView(this.p, t.vp.index);
+        return CMD.run;
+      }
+      case 'mmio':
+        return this.mmio(t, e);
+      case 'shutdown':
+        this.crash(`VP ${t.vp.index}: triple fault (KVM_EXIT_SHUTDOWN)`, t.vp.index);
+        return CMD.exit;
+      case 'system_event':
+        this.stop(`VP ${t.vp.index}: system event ${e.type}`);
+        return CMD.exit;
+      case 'hlt':
+        // Only without an in-kernel LAPIC; with it, HLT waits in the kernel.
+        return CMD.run;
+      default:
+        this.crash(`VP ${t.vp.index}: unhandled exit ${describeExit(e)}`, t.vp.index);
+        return CMD.exit;
+    }
+  }
+
+  private count(kind: string): void {
+    this.exitCounts[kind] = (this.exitCounts[kind] ?? 0) + 1;
+  }
+
+  private io(t: VpThread, e: Extract<KvmExit, { kind: 'io' }>): number {
+    const vcpu = t.cpu.vcpu;
+    if (e.direction === 'out' && this.kp.isHypercall(e)) return this.hypercall(t);
+    const size = e.size as 1 | 2 | 4;
+    const dev = this.opts.ports.find((d) => e.port >= d.from && e.port <= d.to)?.device;
+    if (e.port >= 0x3f8 && e.port <= 0x3ff) this.drain(); // console order: fast-path bytes first
+    if (e.direction === 'out') {
+      for (let i = 0; i < e.count; i++) {
+        const at = i * size;
+        const v = size === 1 ? e.data[at]! : size === 2 ? e.data.readUInt16LE(at) : e.data.readUInt32LE(at);
+        dev?.ioOut(e.port, size, v);
+        if (this.stateValue !== 'running' && this.stateValue !== 'paused') return CMD.exit;
+      }
+    } else {
+      for (let i = 0; i < e.count; i++) {
+        const v = dev ? dev.ioIn(e.port, size) : 0xffff_ffff;
+        const at = i * size;
+        if (size === 1) e.data[at] = v & 0xff;
+        else if (size === 2) e.data.writeUInt16LE(v & 0xffff, at);
+        else e.data.writeUInt32LE(v >>> 0, at);
+      }
+    }
+    void vcpu;
+    if (e.port >= 0x3f8 && e.port <= 0x3ff) this.uartChanged();
+    return CMD.run;
+  }
+
+  private hypercall(t: VpThread): number {
+    const vtl = t.vtl;
+    const o = this.kp.executionHypercall(t.cpu, t.vp, vtl);
+    if (o.exception !== undefined) {
+      this.crash(`VP ${t.vp.index}: the hypercall raised exception ${o.exception} (not injected into running guests yet)`, t.vp.index);
+      return CMD.exit;
+    }
+    if (o.vtlSwitch) this.follow(t);
+    return CMD.run;
+  }
+
+  /** The VP's active VTL changed: its thread runs the other VTL's vCPU, loaded from the core. */
+  private follow(t: VpThread): void {
+    const fpu = t.cpu.vcpu.getFpu();
+    t.vtl = t.vp.activeVtl;
+    t.cpu = this.kp.executionCpu(t.vp, t.vtl);
+    this.kp.executionLoad(t.cpu, t.vp, t.vtl);
+    t.cpu.vcpu.setFpu(fpu);
+    this.point(t.cells, t.bigs, t.cpu.vcpu);
+  }
+
+  private mmio(t: VpThread, e: Extract<KvmExit, { kind: 'mmio' }>): number {
+    if (e.gpa >= this.kp.ram.sizeBytes) {
+      // Nothing there (QEMU's unassigned memory): reads give all ones, writes are dropped.
+      if (!e.isWrite) t.cpu.vcpu.completeMmioRead(0xffff_ffff_ffff_ffffn);
+      return CMD.run;
+    }
+    const r = this.kp.executionRefusedAccess(t.cpu, t.vp, t.vtl, e);
+    switch (r.status) {
+      case 'completed':
+        return CMD.run;
+      case 'exception':
+        this.crash(`VP ${t.vp.index}: access at 0x${e.gpa.toString(16)} raised exception ${r.exception} (not injected into running guests yet)`, t.vp.index);
+        return CMD.exit;
+      case 'crashed':
+        this.crash(`VP ${t.vp.index}: a monitor answered CRASH`, t.vp.index);
+        return CMD.exit;
+      case 'intercepted':
+        if (r.awaitingMonitor || r.heldBack) return HOLD; // answered by resumeSuspended() once the monitor answers
+        this.follow(t);
+        return CMD.run;
+    }
+  }
+
+  private kicked(t: VpThread): number {
+    t.cpu.vcpu.immediateExit = false;
+    const reasons = [...t.kickReasons];
+    t.kickReasons.clear();
+    const work = t.service.splice(0);
+    for (const w of work) w(t);
+    if (reasons.includes('stop')) return CMD.exit;
+    return CMD.run;
+  }
+
+  /** Interrupts VP t's KVM_RUN (immediate_exit first, so a thread about to enter returns at once). */
+  private kick(t: VpThread, reason: 'pause' | 'stop' | 'service'): void {
+    if (t.ended) return;
+    t.kickReasons.add(reason);
+    t.cpu.vcpu.immediateExit = true;
+    const tid = Atomics.load(t.cells, CELL.tid);
+    if (tid !== 0) sysTgkill(tid, SIGNO[this.signal]);
+    else {
+      // Not started yet: immediate_exit alone makes its first KVM_RUN return.
+    }
+  }
+
+  /** Runs `work` on VP `index`'s vCPU while its thread waits (the vCPU is not in KVM_RUN then). */
+  onVp(index: number, work: (cpu: VpCpu, vp: VirtualProcessor) => void): void {
+    const t = this.threads[index];
+    if (!t || t.ended) return;
+    if (t.holding || Atomics.load(t.cells, CELL.request) !== Atomics.load(t.cells, CELL.answer)) {
+      work(t.cpu, t.vp); // its thread is waiting for us
+      return;
+    }
+    t.service.push((x) => work(x.cpu, x.vp));
+    this.kick(t, 'service');
+  }
+
+  /** The VTL VM's vCPU a VP runs now. */
+  cpuOf(index: number): VpCpu | undefined {
+    return this.threads[index]?.cpu;
+  }
+
+  pause(): void {
+    if (this.stateValue !== 'running') throw new Error(`the guest is ${this.stateValue}`);
+    this.stateValue = 'paused';
+    for (const t of this.threads) this.kick(t, 'pause');
+  }
+
+  resume(): void {
+    if (this.stateValue !== 'paused') throw new Error(`the guest is ${this.stateValue}`);
+    this.stateValue = 'running';
+    for (const t of this.threads) if (t.holding) this.answer(t, CMD.run);
+  }
+
+  /** A VP suspended on an intercept whose monitor answered: let it run again. */
+  resumeSuspended(index: number): void {
+    const t = this.threads[index];
+    if (!t || !t.holding || this.stateValue !== 'running') return;
+    this.follow(t);
+    this.answer(t, CMD.run);
+  }
+
+  /** Stops the guest (StopPartition, a timeout, the debug-exit port): every VP's thread ends. */
+  stop(reason: string, exitCode?: number, vpIndex?: number): void {
+    this.finish({ state: 'stopped', reason, exitCode, vpIndex, at: new Date() });
+  }
+
+  /** Ends the run as crashed (triple fault, an exit the agent cannot handle, a monitor's CRASH). */
+  crash(reason: string, vpIndex?: number): void {
+    this.finish({ state: 'crashed', reason, vpIndex, at: new Date() });
+  }
+
+  private finish(end: GuestEnd): void {
+    if (this.stateValue === 'stopped' || this.stateValue === 'crashed') return;
+    const wasLoaded = this.stateValue === 'loaded';
+    this.stateValue = end.state;
+    this.endValue = end;
+    this.endedAt = process.hrtime.bigint();
+    if (this.drainTimer) clearInterval(this.drainTimer);
+    for (const t of this.threads) {
+      if (t.holding || Atomics.load(t.cells, CELL.request) !== Atomics.load(t.cells, CELL.answer)) this.answer(t, CMD.exit);
+      else this.kick(t, 'stop');
+    }
+    this.drain();
+    void wasLoaded;
+    // The threads end on their own (each sees CMD.exit); onEnd after they are gone.
+    void Promise.all(this.threads.map((t) => t.done)).then(() => {
+      this.drain();
+      this.opts.onEnd(end);
+    });
+  }
+
+  /** Resolves when every VP thread has ended (after stop/crash). */
+  // (serve() of an ended thread returns at its next wake-up.)
+  async whenEnded(): Promise<void> {
+    await Promise.all(this.threads.map((t) => t.done));
+  }
+
+  /** Moves console output from the ring to the listener. */
+  drain(): void {
+    const bytes = consoleDrain(this.consoleSab);
+    if (bytes.length > 0) this.opts.onConsole(bytes);
+  }
+
+  /** The exit reason names, for reports. */
+  static exitName(reason: number): string {
+    return Object.entries(KVM_EXIT).find(([, v]) => v === reason)?.[0] ?? String(reason);
+  }
+}
