@@ -32,7 +32,7 @@ export type { HypercallOutcome } from './hypercalls';
 export type { HypercallCallSite } from './vtl-switch';
 export { vtlReturn } from './vtl-switch';
 export { callHypercallPage } from './stub';
-export type { StubOutcome } from './stub';
+export type { HypercallPageCode, HypercallPageEvent, StubOutcome } from './stub';
 
 // ---- memory: guest RAM, accesses under VTL protections, intercepts -----------------------------
 export { SparseMemory } from './memory';
@@ -40,6 +40,7 @@ export type { GuestRam, HypercallPageLayout, PlatformHooks } from './platform';
 export { accessibleTo, answerIntercept, guestAccess, interceptAccess, violatingVtl } from './access';
 export { ProtectionMap } from './protections';
 export type { AccessKind } from './protections';
+export { MAX_INTERCEPT_DEADLINE_MS } from './intercepts';
 export type { InterceptAction, InterceptRoute } from './intercepts';
 export type { InterceptRecord } from './outcomes';
 

@@ -5,11 +5,39 @@
 // while the VTL handles it. Pending intercepts are kept until answered (at-least-once to monitors;
 // each has an id and a second answer to the same id is reported as a duplicate, not applied).
 import type { AccessOutcome, InterceptRecord } from './outcomes';
+import { HvStatus, hvFail } from './tlfs/status';
 
 export type { InterceptRecord } from './outcomes';
 
 export type InterceptRoute = 'vtl' | 'monitor' | 'both';
 export type InterceptAction = 'allow' | 'skip' | 'retry' | 'crash';
+
+/** A partition's intercept settings (state/partition.ts PartitionState holds them). */
+export interface InterceptSettings {
+  interceptRoute: InterceptRoute;
+  interceptDeadline: { ms: number; action: InterceptAction } | undefined;
+}
+
+const ROUTES: ReadonlySet<string> = new Set<InterceptRoute>(['vtl', 'monitor', 'both']);
+export function isInterceptRoute(r: unknown): r is InterceptRoute {
+  return typeof r === 'string' && ROUTES.has(r);
+}
+const ACTIONS: ReadonlySet<string> = new Set<InterceptAction>(['allow', 'skip', 'retry', 'crash']);
+/** The longest answer deadline a policy may set (one day). */
+export const MAX_INTERCEPT_DEADLINE_MS = 86_400_000;
+
+/**
+ * The partition's intercept route for intercepts raised from now on, and the deadline policy of
+ * those a monitor must answer (undefined: wait for the answer). Both or neither are applied.
+ */
+export function setInterceptRoute(p: InterceptSettings, route: InterceptRoute, deadline?: { ms: number; action: InterceptAction }): void {
+  if (!isInterceptRoute(route)) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `intercept route ${JSON.stringify(route)} is not vtl, monitor or both`);
+  if (deadline && (!Number.isInteger(deadline.ms) || deadline.ms < 1 || deadline.ms > MAX_INTERCEPT_DEADLINE_MS || !ACTIONS.has(deadline.action))) {
+    hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `intercept deadline ${deadline.ms} ms / ${JSON.stringify(deadline.action)}: 1..${MAX_INTERCEPT_DEADLINE_MS} ms with allow, skip, retry or crash`);
+  }
+  p.interceptRoute = route;
+  p.interceptDeadline = deadline ? { ms: deadline.ms, action: deadline.action } : undefined;
+}
 
 export class InterceptBroker {
   private nextId = 1n;
@@ -40,6 +68,14 @@ export class InterceptBroker {
   publish(r: InterceptRecord): void {
     if (r.needsReply) this.pending.set(r.id, r);
     for (const l of this.listeners) l(r);
+  }
+
+  /**
+   * Counts one delivery of `r` to a monitor (at-least-once: a pending intercept is replayed to each
+   * new monitor); true when it had been delivered before (the monitor flags it as a re-delivery).
+   */
+  noteDelivery(r: InterceptRecord): boolean {
+    return r.deliveries++ > 0;
   }
 
   /** Subscribes to new intercepts; returns the unsubscribe function. */

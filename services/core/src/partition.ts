@@ -20,6 +20,7 @@ import * as synic from './rules/synic';
 import * as protections from './rules/protections';
 import * as memoryView from './rules/memory-view';
 import * as processor from './rules/processor';
+import { type InterceptAction, type InterceptRoute, setInterceptRoute } from './intercepts';
 
 export { PartitionState, PartitionVtlState } from './state/partition';
 export type { Architecture, PartitionSpec, PartitionEnd, PartitionRunState } from './state/partition';
@@ -56,6 +57,12 @@ export class Partition extends PartitionState {
   }
   markDeleted(): void {
     lifecycle.markDeleted(this);
+  }
+
+  // ---- intercepts (intercepts.ts) ----------------------------------------------------------------
+  /** SetInterceptRoute: the route of intercepts raised from now on and the monitor-answer deadline policy. */
+  setInterceptRoute(route: InterceptRoute, deadline?: { ms: number; action: InterceptAction }): void {
+    setInterceptRoute(this, route, deadline);
   }
 
   // ---- VTL transitions (rules/transitions.ts) ----------------------------------------------------

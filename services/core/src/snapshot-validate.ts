@@ -16,6 +16,7 @@ import { HV_SINT_MASKED } from './tlfs/msr';
 import { HV_MESSAGE_MAX_PAYLOAD_BYTE_COUNT, HV_MESSAGE_SIZE, HV_SYNIC_SINT_COUNT, HvArm64MemoryInterceptMessageLayout, HvMessageHeaderLayout, HvMessageType, HvX64InterceptMessageHeaderLayout, HV_X64_MEMORY_INTERCEPT_MESSAGE_SIZE, HV_ARM64_MEMORY_INTERCEPT_MESSAGE_SIZE } from './tlfs/message';
 import { SYNIC_QUEUE_LIMIT } from './synic';
 import { normalizeMapFlags } from './protections';
+import { isInterceptRoute } from './intercepts';
 
 /** Version of the core snapshot layout (CoreSnapshot) this build reads and writes. */
 export const CORE_SNAPSHOT_VERSION = 1;
@@ -27,7 +28,6 @@ const U64_MAX = (1n << 64n) - 1n;
 const VTL_COUNT = HV_MAX_SUPPORTED_VTL + 1;
 const KINDS = new Set(['read', 'write', 'execute']);
 const ACCESS_TYPE: Record<string, number> = { read: 0, write: 1, execute: 2 };
-const ROUTES = new Set(['vtl', 'monitor', 'both']);
 /** Overlay kinds by scope (the overlay-kinds table). */
 const PARTITION_KINDS = OVERLAY_KIND_NAMES.filter((k) => overlayKindInfo(k).scope === 'partition');
 const VP_KINDS = OVERLAY_KIND_NAMES.filter((k) => overlayKindInfo(k).scope === 'vp');
@@ -68,7 +68,7 @@ export function validateSnapshot(s: CoreSnapshot, limits: SnapshotLimits): void 
   if (labels) fail('snapshot.labels', labels);
   if (s.state !== 'active' && s.state !== 'crashed') fail('snapshot.state', `${String(s.state)} is not active or crashed`);
   count('snapshot.create_time_unix_ms', s.createTimeUnixMs);
-  if (!ROUTES.has(s.interceptRoute)) fail('snapshot.intercept_route', `${JSON.stringify(s.interceptRoute)} is not vtl, monitor or both`);
+  if (!isInterceptRoute(s.interceptRoute)) fail('snapshot.intercept_route', `${JSON.stringify(s.interceptRoute)} is not vtl, monitor or both`);
   count('snapshot.protection_changes', s.protectionChanges);
   u64('snapshot.transition_sequence', s.transitionSeq);
   const memoryBytes = spec.memoryBytes;

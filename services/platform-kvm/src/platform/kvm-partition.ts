@@ -12,7 +12,7 @@
  * state. runVp() instead runs the guest's own code with its full state until HLT.
  */
 import * as core from '@vsm/core';
-import { type GuestOutcome, HvError, HvStatus, type Partition, type PlatformHooks, type VirtualProcessor, type Vtl, type X64ExceptionVector } from '@vsm/core';
+import { HvError, HvStatus, type Partition, type PlatformHooks, type VirtualProcessor, type Vtl, type X64ExceptionVector } from '@vsm/core';
 import {
   type CpuidEntry, HV_MSR_BASE, HV_MSR_COUNT, type KvmExit, type KvmRegs, type KvmSystem, MiniGuest, type TimeoutExit, type VcpuWatchdog,
 } from '../kvm';
@@ -22,7 +22,7 @@ import { MemfdRam, OverlayPages } from './memory';
 import {
   MSR_REGISTERS, coreMsrs, coreRegs, coreSregs, getReg, setReg, storeMsrs, storeRegs, storeSregs,
 } from './registers';
-import { type VpCpu, VtlVm } from './vtl-vm';
+import { type GuestExecutionOptions, type VpCpu, VtlVm } from './vtl-vm';
 import { type FaultingInstruction, instructionAtRip, instructionBeforeRip } from './x86';
 
 const R = core.HvRegisterName;
@@ -47,6 +47,8 @@ export interface KvmHost {
   actionTimeoutMs: number;
   /** Memslots a VTL VM's view may use before protections fall back to the core's model (default DEFAULT_MEMSLOT_BUDGET). */
   memslotBudget?: number;
+  /** The guest TSC frequency KVM gives a vCPU, in kHz (probeHost; the reference TSC page of running guests). */
+  tscKhz?: number;
 }
 
 export interface RunVpResult {
@@ -91,10 +93,6 @@ interface HeldAccess {
   resolution?: core.AccessOutcome | { status: 'skipped' };
 }
 
-export interface StubOutcome extends GuestOutcome {
-  rax: bigint;
-}
-
 const ZERO_REGS: KvmRegs = {
   rax: 0n, rbx: 0n, rcx: 0n, rdx: 0n, rsi: 0n, rdi: 0n, rsp: 0n, rbp: 0n,
   r8: 0n, r9: 0n, r10: 0n, r11: 0n, r12: 0n, r13: 0n, r14: 0n, r15: 0n, rip: 0n, rflags: 0x2n,
@@ -129,7 +127,7 @@ export function softwareInterruptVector(e: KvmExit | TimeoutExit): number | unde
 }
 
 /** Opens what a backend needs of /dev/kvm: the guest CPUID and the port-I/O RIP convention. */
-export function probeHost(system: KvmSystem): { cpuid: CpuidEntry[]; pioOutAdvancesRip: boolean } {
+export function probeHost(system: KvmSystem): { cpuid: CpuidEntry[]; pioOutAdvancesRip: boolean; tscKhz: number } {
   const cpuid = system.getSupportedCpuid().filter((e) => e.function < 0x4000_0000 || e.function >= 0x5000_0000);
   // Older kernels advance RIP past OUT before exiting to userspace, newer ones when the exit is
   // completed. Run `out 0x4d, ax; hlt` once and look.
@@ -139,7 +137,7 @@ export function probeHost(system: KvmSystem): { cpuid: CpuidEntry[]; pioOutAdvan
     const e = g.step();
     if (e.kind !== 'io') throw new Error(`RIP probe: expected an I/O exit, got ${describeExit(e)}`);
     const rip = g.vcpu.getRegs().rip;
-    return { cpuid, pioOutAdvancesRip: rip === 0x100003n };
+    return { cpuid, pioOutAdvancesRip: rip === 0x100003n, tscKhz: g.vcpu.tscKhz() };
   } finally {
     g.close();
   }
@@ -166,6 +164,8 @@ export class KvmPartition {
   readonly interceptEntryNs: number[] = [];
   /** Intercepted accesses of whole-guest runs waiting for their answer, by `${vp}:${vtl}`. */
   private readonly held = new Map<string, HeldAccess>();
+  /** Set once the partition runs guest code (guest/guest-runner.ts): how its VTL VMs are built. */
+  private execution: GuestExecutionOptions | undefined;
 
   constructor(readonly host: KvmHost, spec: { id: string; memoryBytes: bigint; vpCount: number }) {
     this.ram = new MemfdRam(spec.memoryBytes, `vsm-ram-${spec.id}`);
@@ -217,7 +217,7 @@ export class KvmPartition {
   private vtlVm(vtl: Vtl): VtlVm {
     let v = this.vms[vtl];
     if (!v) {
-      v = new VtlVm(this.host.system, vtl, this.ram, this.overlayPages, this.agent, this.host.cpuid, this.host.memslotBudget);
+      v = new VtlVm(this.host.system, vtl, this.ram, this.overlayPages, this.agent, this.host.cpuid, this.host.memslotBudget, this.execution);
       this.vms[vtl] = v;
     }
     return v;
@@ -521,64 +521,53 @@ export class KvmPartition {
   }
 
   /**
-   * CALL into the active VTL's hypercall page at `offset` (the CallHypercallPage action):
-   * `call [target]; hlt` on the agent stack, so the page's real code runs (its MOVs, the
-   * hypercall instruction, its RET, or an INT3 → #BP). Mirrors core/stub.ts, so both backends
-   * report the same registers: the call returns with RIP unchanged; a VTL switch leaves the
-   * caller's RIP on the stub's RET (pendingStubReturn = the original RIP, taken when that VTL
-   * resumes); an exception leaves RIP unchanged. General registers the page's code changed are
-   * stored back.
+   * CALL into the active VTL's hypercall page at `offset` (the CallHypercallPage action): the core's
+   * callHypercallPage with the page's real code run here (pageCode), so both engines report the same
+   * registers: the core decides RIP, pendingStubReturn and the outcome from what the code did.
    */
-  callHypercallPage(vp: VirtualProcessor, offset: number): StubOutcome {
-    const p = this.partition;
-    p.assertActive();
+  callHypercallPage(vp: VirtualProcessor, offset: number): core.StubOutcome {
+    return core.callHypercallPage(this.partition, vp, offset, (_pageGpa, entry) => this.pageCode(vp, entry, offset));
+  }
+
+  /**
+   * The page's code for one CALL: `call [target]; hlt` on the agent stack, so the page's real code
+   * runs (its MOVs, the hypercall instruction, its RET, or an INT3 → #BP). At each event the general
+   * registers the code changed are stored back into the core; after a hypercall that completed in
+   * this VTL the code runs on with the registers the core's dispatcher left.
+   */
+  private pageCode(vp: VirtualProcessor, entry: bigint, offset: number): core.HypercallPageCode {
     const vtl = vp.activeVtl;
-    const overlay = p.overlays.find('hypercall', vtl, null);
-    if (!overlay) throw new HvError(HvStatus.HV_STATUS_INVALID_VP_STATE, `the hypercall page is not enabled in VTL ${vtl} (HV_X64_MSR_HYPERCALL)`);
-    if (!Number.isInteger(offset) || offset < 0 || offset > 4095) throw new HvError(HvStatus.HV_STATUS_INVALID_PARAMETER, `offset ${offset} is outside the page`);
-    const pageGpa = overlay.gpfn << 12n;
-    const returnRip = getReg(vp, vtl, R.HvX64RegisterRip);
-    const st = vp.vtls.get(vtl);
-    const rax = () => p.reg(vp, R.HvX64RegisterRax);
-    const fail = (exception: number): StubOutcome => {
-      setReg(vp, vtl, R.HvX64RegisterRip, returnRip);
-      st.pendingStubReturn = null;
-      return { exception: exception as X64ExceptionVector, activeVtl: vp.activeVtl, rax: rax() };
-    };
     const c = this.prepare(vp);
-    // The caller's RAX/RCX before the page's code runs (a VtlCall from the page records them).
-    const callSite = { rax: p.reg(vp, R.HvX64RegisterRax), rcx: p.reg(vp, R.HvX64RegisterRcx) };
-    this.agent.setCallTarget(pageGpa + BigInt(offset));
-    this.enterAgent(c, 'callPage', coreRegs(vp, vtl));
-    for (;;) {
-      const e = this.run(c);
-      if (this.isHypercallExit(e)) {
-        const regs = c.vcpu.getRegs();
-        const insn = this.hypercallInsnAt(regs.rip);
-        storeRegs(vp, vtl, regs, true);
-        setReg(vp, vtl, R.HvX64RegisterRip, insn);
-        st.pendingStubReturn = returnRip;
-        const o = this.dispatch(vp, callSite);
-        if (o.exception !== undefined) return fail(o.exception);
-        if (o.vtlSwitch) return { activeVtl: vp.activeVtl, vtlSwitch: o.vtlSwitch, resumedAccess: o.resumedAccess, rax: rax() };
-        st.pendingStubReturn = null;
-        c.vcpu.setRegs({ ...regs, ...gprsOf(vp, vtl), rip: insn + BigInt(HYPERCALL_INSN_LENGTH) });
-        continue;
-      }
-      const vector = this.exceptionOf(c, e) ?? softwareInterruptVector(e);
-      if (vector !== undefined) {
-        // An exception (through the agent's IDT), or the INT3 fill of the page (#BP; see softwareInterruptVector).
-        storeRegs(vp, vtl, c.vcpu.getRegs(), true);
-        return fail(vector);
-      }
-      if (e.kind === 'hlt' && this.isStubEnd(c, 'callPage')) {
-        storeRegs(vp, vtl, c.vcpu.getRegs(), true);
-        setReg(vp, vtl, R.HvX64RegisterRip, returnRip);
-        st.pendingStubReturn = null;
-        return { activeVtl: vp.activeVtl, rax: rax() };
-      }
-      this.fail(vp, `CALL into the hypercall page at offset 0x${offset.toString(16)}`, e);
-    }
+    this.agent.setCallTarget(entry);
+    /** The vCPU's registers at the last hypercall exit, and the hypercall instruction's GPA. */
+    let at: { regs: KvmRegs; insn: bigint } | undefined;
+    return {
+      dispatch: (callSite) => this.dispatch(vp, callSite),
+      run: () => {
+        if (!at) this.enterAgent(c, 'callPage', coreRegs(vp, vtl));
+        else c.vcpu.setRegs({ ...at.regs, ...gprsOf(vp, vtl), rip: at.insn + BigInt(HYPERCALL_INSN_LENGTH) });
+        for (;;) {
+          const e = this.run(c);
+          if (this.isHypercallExit(e)) {
+            const regs = c.vcpu.getRegs();
+            at = { regs, insn: this.hypercallInsnAt(regs.rip) };
+            storeRegs(vp, vtl, regs, true);
+            return { kind: 'hypercall', rip: at.insn };
+          }
+          const vector = this.exceptionOf(c, e) ?? softwareInterruptVector(e);
+          if (vector !== undefined) {
+            // An exception (through the agent's IDT), or the INT3 fill of the page (#BP; see softwareInterruptVector).
+            storeRegs(vp, vtl, c.vcpu.getRegs(), true);
+            return { kind: 'exception', vector: vector as X64ExceptionVector };
+          }
+          if (e.kind === 'hlt' && this.isStubEnd(c, 'callPage')) {
+            storeRegs(vp, vtl, c.vcpu.getRegs(), true);
+            return { kind: 'return' };
+          }
+          this.fail(vp, `CALL into the hypercall page at offset 0x${offset.toString(16)}`, e);
+        }
+      },
+    };
   }
 
   /**
@@ -834,6 +823,70 @@ export class KvmPartition {
       });
     }
     return o;
+  }
+
+  // ---- guests that run (guest/guest-runner.ts drives these from its VP threads' exits) ----------
+
+  /**
+   * From now on the partition runs guest code: its VTL VMs are (re)built with an in-kernel irqchip
+   * and the given CPUID leaves, and per-VP overlays become holes served per VP (every VP runs at
+   * once). VMs built for guest actions are closed: the core holds every VP's state.
+   */
+  enableExecution(opts: GuestExecutionOptions): void {
+    if (this.closed) throw new Error('partition platform is closed');
+    if (this.execution) return;
+    for (const v of this.vms) v?.close();
+    this.vms.fill(undefined);
+    this.held.clear();
+    this.execution = opts;
+  }
+
+  /** Whether enableExecution() was called (guest actions cannot run on an irqchip VM: their stubs end in HLT). */
+  get executing(): boolean {
+    return this.execution !== undefined;
+  }
+
+  /** The vCPU of (vp, vtl) of a running guest, its VM's view in sync with the core. */
+  executionCpu(vp: VirtualProcessor, vtl: Vtl): VpCpu {
+    if (this.closed) throw new Error('partition platform is closed');
+    const vm = this.vtlVm(vtl);
+    vm.syncView(this.partition, vp.index);
+    return vm.cpu(vp.index);
+  }
+
+  /** Loads (vp, vtl)'s full state from the core into its vCPU. */
+  executionLoad(c: VpCpu, vp: VirtualProcessor, vtl: Vtl): void {
+    this.enterGuest(c, vp, vtl);
+  }
+
+  /** Stores the vCPU's full state into the core. */
+  executionStore(c: VpCpu, vp: VirtualProcessor, vtl: Vtl): void {
+    this.storeGuest(c, vp, vtl);
+  }
+
+  /** Whether an exit is a hypercall through the agent's hypercall page (`out 0x4d, ax`). */
+  isHypercall(e: KvmExit): boolean {
+    return this.isHypercallExit(e);
+  }
+
+  /**
+   * A hypercall of a running guest: its registers to the core, the dispatcher, and the registers
+   * back (or, after a VTL switch, nothing: the caller loads the new VTL's vCPU).
+   */
+  executionHypercall(c: VpCpu, vp: VirtualProcessor, vtl: Vtl): core.HypercallOutcome {
+    this.storeGuest(c, vp, vtl);
+    setReg(vp, vtl, R.HvX64RegisterRip, this.hypercallInsnAt(c.vcpu.getRegs().rip));
+    const o = this.dispatch(vp);
+    if (!o.vtlSwitch && o.exception === undefined && vp.suspendedOn === null) {
+      c.vcpu.setRegs(coreRegs(vp, vtl));
+      c.vm.syncView(this.partition, vp.index);
+    }
+    return o;
+  }
+
+  /** A running guest's access KVM refused (a hole or a read-only slot in RAM): see refusedAccess. */
+  executionRefusedAccess(c: VpCpu, vp: VirtualProcessor, vtl: Vtl, e: Extract<KvmExit, { kind: 'mmio' }>): core.AccessOutcome {
+    return this.refusedAccess(c, vp, vtl, e);
   }
 
   dispose(): void {

@@ -350,11 +350,10 @@ export class CoreBackend implements Backend {
     if (r.answerDeadlineMs !== undefined) {
       const action = INTERCEPT_ACTIONS[r.deadlineAction];
       if (!action) throw invalidArgument('deadline_action must be ALLOW, SKIP, RETRY or CRASH when answer_deadline_ms is set');
-      if (r.answerDeadlineMs < 1n || r.answerDeadlineMs > 86_400_000n) throw invalidArgument('answer_deadline_ms must be 1..86400000');
+      if (r.answerDeadlineMs < 1n || r.answerDeadlineMs > BigInt(core.MAX_INTERCEPT_DEADLINE_MS)) throw invalidArgument(`answer_deadline_ms must be 1..${core.MAX_INTERCEPT_DEADLINE_MS}`);
       policy = { ms: Number(r.answerDeadlineMs), action };
     }
-    p.interceptRoute = route;
-    p.interceptDeadline = policy;
+    p.setInterceptRoute(route, policy);
     // The policy applies to every intercept raised from now on (not only those a guest action waits on).
     keepInterceptDeadlines(p, this.report);
     return { route: r.route, answerDeadlineMs: policy ? BigInt(policy.ms) : undefined, deadlineAction: policy ? r.deadlineAction : P.InterceptAction.INTERCEPT_ACTION_UNSPECIFIED };
@@ -386,8 +385,7 @@ export class CoreBackend implements Backend {
     /** Sends one intercept; false when the stream wants the producer to wait (back-pressure). */
     const send = (x: core.InterceptRecord): boolean => {
       if (signal.aborted) return true; // a dead stream takes nothing (the intercept stays pending for the next monitor)
-      const redelivered = x.deliveries > 0;
-      x.deliveries++;
+      const redelivered = p.intercepts.noteDelivery(x);
       return sink.write({ kind: { $case: 'intercept', value: interceptEvent(x, redelivered) } });
     };
     // New intercepts are taken from the moment of subscribing; while the pending ones are replayed
