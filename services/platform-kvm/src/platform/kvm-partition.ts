@@ -22,7 +22,7 @@ import { MemfdRam, OverlayPages } from './memory';
 import {
   MSR_REGISTERS, coreMsrs, coreRegs, coreSregs, getReg, setReg, storeMsrs, storeRegs, storeSregs,
 } from './registers';
-import { type VpCpu, VtlVm } from './vtl-vm';
+import { type GuestExecutionOptions, type VpCpu, VtlVm } from './vtl-vm';
 import { type FaultingInstruction, instructionAtRip, instructionBeforeRip } from './x86';
 
 const R = core.HvRegisterName;
@@ -47,6 +47,8 @@ export interface KvmHost {
   actionTimeoutMs: number;
   /** Memslots a VTL VM's view may use before protections fall back to the core's model (default DEFAULT_MEMSLOT_BUDGET). */
   memslotBudget?: number;
+  /** The guest TSC frequency KVM gives a vCPU, in kHz (probeHost; the reference TSC page of running guests). */
+  tscKhz?: number;
 }
 
 export interface RunVpResult {
@@ -125,7 +127,7 @@ export function softwareInterruptVector(e: KvmExit | TimeoutExit): number | unde
 }
 
 /** Opens what a backend needs of /dev/kvm: the guest CPUID and the port-I/O RIP convention. */
-export function probeHost(system: KvmSystem): { cpuid: CpuidEntry[]; pioOutAdvancesRip: boolean } {
+export function probeHost(system: KvmSystem): { cpuid: CpuidEntry[]; pioOutAdvancesRip: boolean; tscKhz: number } {
   const cpuid = system.getSupportedCpuid().filter((e) => e.function < 0x4000_0000 || e.function >= 0x5000_0000);
   // Older kernels advance RIP past OUT before exiting to userspace, newer ones when the exit is
   // completed. Run `out 0x4d, ax; hlt` once and look.
@@ -135,7 +137,7 @@ export function probeHost(system: KvmSystem): { cpuid: CpuidEntry[]; pioOutAdvan
     const e = g.step();
     if (e.kind !== 'io') throw new Error(`RIP probe: expected an I/O exit, got ${describeExit(e)}`);
     const rip = g.vcpu.getRegs().rip;
-    return { cpuid, pioOutAdvancesRip: rip === 0x100003n };
+    return { cpuid, pioOutAdvancesRip: rip === 0x100003n, tscKhz: g.vcpu.tscKhz() };
   } finally {
     g.close();
   }
@@ -162,6 +164,8 @@ export class KvmPartition {
   readonly interceptEntryNs: number[] = [];
   /** Intercepted accesses of whole-guest runs waiting for their answer, by `${vp}:${vtl}`. */
   private readonly held = new Map<string, HeldAccess>();
+  /** Set once the partition runs guest code (guest/guest-runner.ts): how its VTL VMs are built. */
+  private execution: GuestExecutionOptions | undefined;
 
   constructor(readonly host: KvmHost, spec: { id: string; memoryBytes: bigint; vpCount: number }) {
     this.ram = new MemfdRam(spec.memoryBytes, `vsm-ram-${spec.id}`);
@@ -213,7 +217,7 @@ export class KvmPartition {
   private vtlVm(vtl: Vtl): VtlVm {
     let v = this.vms[vtl];
     if (!v) {
-      v = new VtlVm(this.host.system, vtl, this.ram, this.overlayPages, this.agent, this.host.cpuid, this.host.memslotBudget);
+      v = new VtlVm(this.host.system, vtl, this.ram, this.overlayPages, this.agent, this.host.cpuid, this.host.memslotBudget, this.execution);
       this.vms[vtl] = v;
     }
     return v;
@@ -819,6 +823,70 @@ export class KvmPartition {
       });
     }
     return o;
+  }
+
+  // ---- guests that run (guest/guest-runner.ts drives these from its VP threads' exits) ----------
+
+  /**
+   * From now on the partition runs guest code: its VTL VMs are (re)built with an in-kernel irqchip
+   * and the given CPUID leaves, and per-VP overlays become holes served per VP (every VP runs at
+   * once). VMs built for guest actions are closed: the core holds every VP's state.
+   */
+  enableExecution(opts: GuestExecutionOptions): void {
+    if (this.closed) throw new Error('partition platform is closed');
+    if (this.execution) return;
+    for (const v of this.vms) v?.close();
+    this.vms.fill(undefined);
+    this.held.clear();
+    this.execution = opts;
+  }
+
+  /** Whether enableExecution() was called (guest actions cannot run on an irqchip VM: their stubs end in HLT). */
+  get executing(): boolean {
+    return this.execution !== undefined;
+  }
+
+  /** The vCPU of (vp, vtl) of a running guest, its VM's view in sync with the core. */
+  executionCpu(vp: VirtualProcessor, vtl: Vtl): VpCpu {
+    if (this.closed) throw new Error('partition platform is closed');
+    const vm = this.vtlVm(vtl);
+    vm.syncView(this.partition, vp.index);
+    return vm.cpu(vp.index);
+  }
+
+  /** Loads (vp, vtl)'s full state from the core into its vCPU. */
+  executionLoad(c: VpCpu, vp: VirtualProcessor, vtl: Vtl): void {
+    this.enterGuest(c, vp, vtl);
+  }
+
+  /** Stores the vCPU's full state into the core. */
+  executionStore(c: VpCpu, vp: VirtualProcessor, vtl: Vtl): void {
+    this.storeGuest(c, vp, vtl);
+  }
+
+  /** Whether an exit is a hypercall through the agent's hypercall page (`out 0x4d, ax`). */
+  isHypercall(e: KvmExit): boolean {
+    return this.isHypercallExit(e);
+  }
+
+  /**
+   * A hypercall of a running guest: its registers to the core, the dispatcher, and the registers
+   * back (or, after a VTL switch, nothing: the caller loads the new VTL's vCPU).
+   */
+  executionHypercall(c: VpCpu, vp: VirtualProcessor, vtl: Vtl): core.HypercallOutcome {
+    this.storeGuest(c, vp, vtl);
+    setReg(vp, vtl, R.HvX64RegisterRip, this.hypercallInsnAt(c.vcpu.getRegs().rip));
+    const o = this.dispatch(vp);
+    if (!o.vtlSwitch && o.exception === undefined && vp.suspendedOn === null) {
+      c.vcpu.setRegs(coreRegs(vp, vtl));
+      c.vm.syncView(this.partition, vp.index);
+    }
+    return o;
+  }
+
+  /** A running guest's access KVM refused (a hole or a read-only slot in RAM): see refusedAccess. */
+  executionRefusedAccess(c: VpCpu, vp: VirtualProcessor, vtl: Vtl, e: Extract<KvmExit, { kind: 'mmio' }>): core.AccessOutcome {
+    return this.refusedAccess(c, vp, vtl, e);
   }
 
   dispose(): void {
