@@ -16,7 +16,7 @@ beforeAll(async () => { h = await startHarness(); });
 afterAll(async () => { await h.stop(); });
 
 async function richPartition(id: string) {
-  const p = await h.client.partitions.createPartition({ partitionId: id, partition: { vpCount: 2, memoryBytes: GiB, maximumVtl: 1, labels: { a: 'b' } } as pb.Partition });
+  const p = await h.client.partitions.createPartition({ partitionId: id, partition: pb.Partition.fromPartial({ vpCount: 2, memoryBytes: GiB, maximumVtl: 1, labels: { a: 'b' } }) });
   const vp0 = `${p.name}/vps/0`;
   await h.client.memory.writeGpa({ name: p.name, gpa: 0x1000n, data: Buffer.from('RAM under the hypercall page') });
   await h.client.memory.writeGpa({ name: p.name, gpa: 0x40000n, data: Buffer.from('protected page') });

@@ -37,7 +37,7 @@ describe('VirtualProcessorService', () => {
     await expectErr(h.client.vps.getVpRegisters({ name: vp0, vtl: 1 }), status.FAILED_PRECONDITION, 'HV_STATUS_INVALID_VTL_STATE');
     await expectErr(h.client.vps.getVpRegisters({ name: vp0, vtl: 9 }), status.FAILED_PRECONDITION, 'HV_STATUS_INVALID_VTL_STATE');
     await expectErr(h.client.vps.setVpRegisters({ name: vp0, registers: [{ name: R.HV_REGISTER_NAME_X64_CS, value: { value: { $case: 'reg64', value: 1n } } }] }), ...INVALID);
-    await expectErr(h.client.vps.setVpRegisters({ name: vp0, registers: [{ name: R.HV_REGISTER_NAME_X64_RAX }] }), ...INVALID);
+    await expectErr(h.client.vps.setVpRegisters({ name: vp0, registers: [{ name: R.HV_REGISTER_NAME_X64_RAX, value: undefined }] }), ...INVALID);
     await expectErr(h.client.vps.setVpRegisters({ name: vp0, registers: [r64(R.HV_REGISTER_NAME_VP_INDEX, 3n)] }), ...INVALID);
     await expectErr(h.client.vps.setVpRegisters({ name: vp0, registers: [{ name: R.HV_REGISTER_NAME_X64_RAX, value: { value: { $case: 'reg128', value: { low: 1n, high: 1n } } } }] }), status.INVALID_ARGUMENT, 'HV_STATUS_INVALID_REGISTER_VALUE');
     // A batch with one bad entry writes nothing.

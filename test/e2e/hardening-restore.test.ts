@@ -22,7 +22,7 @@ let good: pb.PartitionSnapshot;
  * suspended on a pending monitor intercept (its caller gave up at its deadline).
  */
 async function saveFixture(id: string): Promise<pb.PartitionSnapshot> {
-  const p = await h.client.partitions.createPartition({ partitionId: id, partition: { vpCount: 2, memoryBytes: GiB, maximumVtl: 1, labels: { team: 'vsm' } } as pb.Partition });
+  const p = await h.client.partitions.createPartition({ partitionId: id, partition: pb.Partition.fromPartial({ vpCount: 2, memoryBytes: GiB, maximumVtl: 1, labels: { team: 'vsm' } }) });
   const vp0 = `${p.name}/vps/0`;
   const vp1 = `${p.name}/vps/1`;
   await h.client.memory.writeGpa({ name: p.name, gpa: 0x5000n, data: Buffer.from('RAM page') });
@@ -254,8 +254,9 @@ function apply(s: pb.PartitionSnapshot, all: Leaf[], m: { at: number; how: numbe
   // An earlier mutation of this input may have removed or replaced what this path led to.
   if (parent === null || typeof parent !== 'object' || (Array.isArray(parent) && (typeof key !== 'number' || key >= parent.length))) return 'noop';
   if (Array.isArray(parent) && m.how <= 1) {
-    if (m.how === 0) parent.splice(key, 1);
-    else parent.splice(key, 0, structuredClone(cur));
+    // key is an index here (checked above; the narrowing does not reach through the || chain).
+    if (m.how === 0) parent.splice(key as number, 1);
+    else parent.splice(key as number, 0, structuredClone(cur));
     return `${m.how === 0 ? 'drop' : 'dup'} ${path.join('.')}`;
   }
   let v: unknown;

@@ -35,7 +35,7 @@ afterAll(async () => {
 
 const create = (id: string) => c.partitions.createPartition({ partitionId: id, partition: { vpCount: 1, memoryBytes: GiB, maximumVtl: 1 } as pb.Partition });
 const filled = (n: number, seed: number) => Buffer.alloc(n, (seed % 255) + 1);
-const exhausted = (e: { code: number; reason: string }) => ({ code: status[e.code], reason: e.reason });
+const exhausted = (e: { code: number; reason?: string }) => ({ code: status[e.code], reason: e.reason });
 const EXHAUSTED = { code: 'RESOURCE_EXHAUSTED', reason: 'HV_STATUS_INSUFFICIENT_MEMORY' };
 const resident = () => backend.manager.resident.usedBytes;
 

@@ -34,7 +34,7 @@ function scripted(events: { before?: () => void; event: HypercallPageEvent }[], 
 
 test("a RET reported by the engine returns to the caller's RIP with the registers the code left", () => {
   const { p, vp } = partition();
-  const seen = { runs: 0 };
+  const seen: { entry?: bigint; runs: number } = { runs: 0 };
   const o = callHypercallPage(p, vp, 0x20, scripted([{ before: () => p.setReg(vp, R.HvX64RegisterRax, 0x55n), event: { kind: 'return' } }], seen));
   expect(seen.entry).toBe(PAGE + 0x20n);
   expect(o).toEqual({ activeVtl: 0, rax: 0x55n });
