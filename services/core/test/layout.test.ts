@@ -274,7 +274,9 @@ describe('TLFS tables as layouts', () => {
   });
 
   test('MSR numbers and names (tlfs-intercepts.md §7.1)', () => {
-    expect(HvMsrNames.size).toBe(15 + 16);
+    expect(HvMsrNames.size).toBe(15 + 8 + 16);
+    expect(HvMsrNames.get(0x400000b0)).toBe('HV_X64_MSR_STIMER0_CONFIG');
+    expect(HvMsrNames.get(0x400000b7)).toBe('HV_X64_MSR_STIMER3_COUNT');
     expect(HvMsrNames.get(0x40000000)).toBe('HV_X64_MSR_GUEST_OS_ID');
     expect(HvMsrNames.get(0x40000073)).toBe('HV_X64_MSR_VP_ASSIST_PAGE');
     expect(HvMsrNames.get(0x40000090)).toBe('HV_X64_MSR_SINT0');

@@ -22,7 +22,11 @@ export const HvMessageType = {
   HvMessageTypeNone: 0x00000000,
   HvMessageTypeUnmappedGpa: 0x80000000,
   HvMessageTypeGpaIntercept: 0x80000001,
+  /** HvMessageTimerExpired: a synthetic timer in message mode expired (§5.5, §5.7). */
+  HvMessageTypeTimerExpired: 0x80000010,
 } as const;
+/** Message types with bit 31 set are the hypervisor's; a guest may not post them (§5.5). */
+export const HV_MESSAGE_TYPE_HYPERVISOR_MASK = 0x80000000;
 
 /** HV_MESSAGE_HEADER.MessageFlags bit 0. */
 export const HV_MESSAGE_FLAG_MESSAGE_PENDING = 0x1;
@@ -46,6 +50,32 @@ export function encodeHvMessage(h: HvMessageHeader, payload: Buffer): Buffer {
   return HvMessageLayout.encode({ header: h, payload });
 }
 export const decodeHvMessageHeader = (b: Buffer, base = 0): HvMessageHeader => HvMessageHeaderLayout.decode(b, base);
+
+/** HV_TIMER_MESSAGE_PAYLOAD, 24 bytes (tlfs-overlays-synic.md §5.7); +4 Reserved. */
+export const HvTimerMessagePayloadLayout = struct('HV_TIMER_MESSAGE_PAYLOAD', 24, {
+  timerIndex: at(0, u32, 'TimerIndex'),
+  expirationTime: at(8, u64, 'ExpirationTime'), // 100 ns, partition reference time
+  deliveryTime: at(16, u64, 'DeliveryTime'), // 100 ns, when placed in the SIM slot
+});
+export type HvTimerMessagePayload = CodecValue<typeof HvTimerMessagePayloadLayout>;
+
+/** HV_CONNECTION_ID / HV_PORT_ID: bits 23:0 id, 31:24 RsvdZ (tlfs-overlays-synic.md §5.8). */
+export const HvConnectionIdLayout = bitfield('HV_CONNECTION_ID', 32, {
+  id: bits(23, 0), // Id
+});
+export const HV_CONNECTION_ID_MASK = HvConnectionIdLayout.definedMask;
+
+/** HV_INPUT_POST_MESSAGE, 256 bytes: HvCallPostMessage input (tlfs-hypercalls.md §2.8). */
+export const HvInputPostMessageLayout = struct('HV_INPUT_POST_MESSAGE', 256, {
+  connectionId: at(0, u32, 'ConnectionId'), // HV_CONNECTION_ID
+  rsvdZ: at(4, u32, 'RsvdZ'),
+  messageType: at(8, u32, 'MessageType'), // HV_MESSAGE_TYPE: non-zero, bit 31 clear
+  payloadSize: at(12, u32, 'PayloadSize'), // <= 240
+  payload: at(16, bytes(HV_MESSAGE_MAX_PAYLOAD_BYTE_COUNT), 'Message'),
+});
+export type HvInputPostMessage = CodecValue<typeof HvInputPostMessageLayout>;
+export const decodePostMessageInput = (b: Buffer): HvInputPostMessage => HvInputPostMessageLayout.decode(b);
+export const encodePostMessageInput = (m: HvInputPostMessage): Buffer => HvInputPostMessageLayout.encode(m);
 
 /** HV_INTERCEPT_ACCESS_TYPE (tlfs-intercepts.md §6.3): the value in a message. */
 export const HvInterceptAccessType = { HV_INTERCEPT_ACCESS_READ: 0, HV_INTERCEPT_ACCESS_WRITE: 1, HV_INTERCEPT_ACCESS_EXECUTE: 2 } as const;
@@ -124,14 +154,15 @@ export const HV_MODIFY_VTL_PROTECTION_MASK_HEADER_SIZE = HvModifyVtlProtectionMa
 export const decodeModifyVtlProtectionMaskHeader = (b: Buffer): HvModifyVtlProtectionMaskHeader => HvModifyVtlProtectionMaskHeaderLayout.decode(b);
 export const encodeModifyVtlProtectionMaskHeader = (h: HvModifyVtlProtectionMaskHeader): Buffer => HvModifyVtlProtectionMaskHeaderLayout.encode(h);
 
-/** HvCallSignalEvent input, 8 bytes (tlfs-hypercalls.md §2.9). */
-export const HvSignalEventInputLayout = struct('HvCallSignalEvent input', 8, {
+/** HV_INPUT_SIGNAL_EVENT, 8 bytes: HvCallSignalEvent input (tlfs-hypercalls.md §2.9). */
+export const HvSignalEventInputLayout = struct('HV_INPUT_SIGNAL_EVENT', 8, {
   connectionId: at(0, u32, 'ConnectionId'),
   flagNumber: at(4, u16, 'FlagNumber'),
   rsvdZ: at(6, u16, 'RsvdZ'),
 });
 export type HvSignalEventInput = CodecValue<typeof HvSignalEventInputLayout>;
 export const decodeSignalEventInput = (b: Buffer): HvSignalEventInput => HvSignalEventInputLayout.decode(b);
+export const encodeSignalEventInput = (i: HvSignalEventInput): Buffer => HvSignalEventInputLayout.encode(i);
 
 /**
  * HV_ARM64_INTERCEPT_MESSAGE_HEADER (24 bytes) and HV_ARM64_MEMORY_INTERCEPT_MESSAGE (64 bytes)

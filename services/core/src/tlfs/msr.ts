@@ -22,6 +22,15 @@ export const HvMsr = {
   HV_X64_MSR_EOM: 0x40000084,
   HV_X64_MSR_SINT0: 0x40000090,
   HV_X64_MSR_SINT15: 0x4000009f,
+  // Synthetic timers (tlfs-intercepts.md §7.1; TLFS timers.md): CONFIG/COUNT pairs, 4 per VP per VTL.
+  HV_X64_MSR_STIMER0_CONFIG: 0x400000b0,
+  HV_X64_MSR_STIMER0_COUNT: 0x400000b1,
+  HV_X64_MSR_STIMER1_CONFIG: 0x400000b2,
+  HV_X64_MSR_STIMER1_COUNT: 0x400000b3,
+  HV_X64_MSR_STIMER2_CONFIG: 0x400000b4,
+  HV_X64_MSR_STIMER2_COUNT: 0x400000b5,
+  HV_X64_MSR_STIMER3_CONFIG: 0x400000b6,
+  HV_X64_MSR_STIMER3_COUNT: 0x400000b7,
 } as const;
 
 /** Every synthetic MSR named above, number -> TLFS name, with SINT0..SINT15 one by one (for parsing and display). */
@@ -69,6 +78,32 @@ export const HvSynicSintLayout = bitfield('HV_X64_MSR_SINTx', 64, {
   polling: flag(18), // Polling
 });
 export const HV_SINT_MASKED = HvSynicSintLayout.mask('masked');
+
+/** Synthetic timers per VP (per VTL under VSM, tlfs-overlays-synic.md §5.9): HV_SYNIC_STIMER_COUNT. */
+export const HV_SYNIC_STIMER_COUNT = 4;
+/**
+ * HV_X64_MSR_STIMERx_CONFIG (tlfs-intercepts.md §7.1 "STIMER config"; TLFS timers.md; Linux
+ * hv_stimer_config): 15:13 and 63:20 RsvdZ (a write with them set #GPs).
+ */
+export const HvStimerConfigLayout = bitfield('HV_X64_MSR_STIMERx_CONFIG', 64, {
+  enable: flag(0), // Enable
+  periodic: flag(1), // Periodic
+  lazy: flag(2), // Lazy
+  autoEnable: flag(3), // AutoEnable
+  apicVector: bits(11, 4), // ApicVector (DirectMode)
+  directMode: flag(12), // DirectMode
+  sintx: bits(19, 16), // SINTx (message mode)
+});
+export type HvStimerConfig = ReturnType<typeof HvStimerConfigLayout.unpack>;
+export const HV_STIMER_ENABLE = HvStimerConfigLayout.mask('enable');
+/** The MSR of timer `index`'s CONFIG (COUNT is the next one). */
+export const stimerConfigMsr = (index: number): number => HvMsr.HV_X64_MSR_STIMER0_CONFIG + 2 * index;
+/** Timer index and register of a STIMER MSR, or undefined for any other MSR. */
+export function stimerMsr(msr: number): { index: number; reg: 'config' | 'count' } | undefined {
+  const off = msr - HvMsr.HV_X64_MSR_STIMER0_CONFIG;
+  if (off < 0 || off >= 2 * HV_SYNIC_STIMER_COUNT) return undefined;
+  return { index: off >> 1, reg: (off & 1) === 0 ? 'config' : 'count' };
+}
 
 /** Synthetic MSR -> HV_REGISTER_NAME that holds its value. */
 export const msrToRegister: ReadonlyMap<number, number> = new Map([
