@@ -48,7 +48,22 @@ export type { InterceptRecord } from './outcomes';
 export type { OverlayKind } from './overlay-kinds';
 export type { Overlay } from './overlays';
 export { SYNIC_QUEUE_LIMIT } from './synic';
-export type { PostResult, SynicView } from './synic';
+export type { PlaceResult, PostResult, SynicView } from './synic';
+export { createConnection, deleteConnection, listConnections } from './rules/connections';
+export type { ConnectionSpec } from './rules/connections';
+export type { SynicConnection } from './state/partition';
+export { HV_TESTDEV_PORT, HvTestdevCtl, decodeTestdevCommand, runTestdevCommand, sintRouteCreate, sintRouteDestroy, sintRouteSet } from './rules/testdev';
+export type { TestdevCommand } from './rules/testdev';
+
+// ---- time and synthetic timers (the platform runs the one host timer) ---------------------------
+export type { ReferenceClock } from './platform';
+export { publishReferenceTscPages, referenceTime } from './rules/time';
+export { stimerExpire, stimerNextDeadline } from './rules/stimers';
+export type { SyntheticTimer } from './state/vp';
+
+// ---- Hyper-V CPUID leaves and the enlightenments they advertise ---------------------------------
+export { HYPERV_FEATURES, HvCpuidLeaf, hypervCpuidLeaves, hypervFeatures } from './tlfs/cpuid';
+export type { CpuidLeaf, HypervCpuidOptions, HypervFeature } from './tlfs/cpuid';
 
 // ---- snapshots --------------------------------------------------------------------------------
 export { CORE_SNAPSHOT_VERSION, snapshotPartition } from './snapshot';
@@ -59,8 +74,12 @@ export { HvError, HvStatus, hvFail } from './tlfs/status';
 export type { HvStatusName } from './tlfs/status';
 export { HvRegisterName, reg64, reg128ToSegment, reg128ToTable, registerInfo, segmentToReg128, tableToReg128 } from './tlfs/registers';
 export type { HvX64SegmentRegister, HvX64TableRegister, Reg128, RegisterInfo } from './tlfs/registers';
-export { HvMsr, HvMsrNames } from './tlfs/msr';
+export { HV_SYNIC_STIMER_COUNT, HvMsr, HvMsrNames, HvStimerConfigLayout } from './tlfs/msr';
+export { HvReferenceTscPageLayout } from './tlfs/time';
 export { decodeHypercallInput, decodeHypercallResult, encodeHypercallInput } from './tlfs/hypercall';
 export { HV_MAX_SUPPORTED_VTL, HV_PARTITION_ID_SELF, HypercallPageOffsets, buildHypercallPage, encodeEnableVpVtlInput } from './tlfs/vsm';
 export type { HvInitialVpContext, X64Vendor } from './tlfs/vsm';
-export { HV_EVENT_FLAGS_COUNT, HV_MESSAGE_MAX_PAYLOAD_BYTE_COUNT, decodeMemoryInterceptMessage, encodeHvMessage } from './tlfs/message';
+export {
+  HV_EVENT_FLAGS_COUNT, HV_MESSAGE_MAX_PAYLOAD_BYTE_COUNT, HvInputPostMessageLayout, HvMessageType, HvSignalEventInputLayout, HvTimerMessagePayloadLayout,
+  decodeMemoryInterceptMessage, encodeHvMessage, encodePostMessageInput, encodeSignalEventInput,
+} from './tlfs/message';

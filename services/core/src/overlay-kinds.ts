@@ -67,8 +67,10 @@ export const OVERLAY_KINDS = {
   },
   'reference-tsc': {
     msr: HvMsr.HV_X64_MSR_REFERENCE_TSC, register: R.HvRegisterReferenceTsc, scope: 'partition', field: 'referenceTscMsr', snapshotField: 'reference_tsc_msr',
-    // Read-only (OpenVMM maps it read-only). Its HV_REFERENCE_TSC_PAGE keeps TscSequence = 0, which
-    // tells the guest to use HV_X64_MSR_TIME_REF_COUNT instead (§4.4): honest, the emulator has no TSC.
+    // Read-only (OpenVMM maps it read-only). Its HV_REFERENCE_TSC_PAGE is written valid (TscSequence
+    // != 0) when the platform gives TSC parameters (PlatformHooks.referenceClock.tscPage,
+    // rules/time.ts); otherwise TscSequence stays 0, which tells the guest to use
+    // HV_X64_MSR_TIME_REF_COUNT instead (§4.4): honest, the emulator has no TSC.
     readOnly: true, ...OVERLAY_ENABLE_MSR,
     rsvdPKeptBy: 'wrmsr', outsideGpa: 'inaccessible', enableNeedsGuestOsId: false, content: 'zeros',
     tlfs: 'tlfs-overlays-synic.md §4.2, §4.4',

@@ -125,6 +125,10 @@ export class Partition extends PartitionState {
   postMessage(vp: VirtualProcessor, vtl: Vtl, sint: number, message: Buffer): PostResult {
     return synic.postMessage(this, vp, vtl, sint, message);
   }
+  /** Sets an event flag (§5.6); a newly set flag raises the SINT's interrupt (PlatformHooks.raiseInterrupt). */
+  signalEvent(vp: VirtualProcessor, vtl: Vtl, sint: number, flag: number): boolean | 'disabled' | 'masked' {
+    return synic.signalEvent(this, vp, vtl, sint, flag);
+  }
 
   // ---- VTL protections (rules/protections.ts) ----------------------------------------------------
   modifyVtlProtectionMask(caller: Vtl | 'host', protectingVtl: number, mapFlags: number, runs: { start: bigint; count: bigint }[]): number {

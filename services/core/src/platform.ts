@@ -44,4 +44,37 @@ export interface PlatformHooks {
    * KVM agent: memslots) re-maps the views of the VTLs below `protectingVtl`.
    */
   onProtectionChange?: (protectingVtl: Vtl) => void;
+  /**
+   * The partition reference time (TLFS timers.md; tlfs-overlays-synic.md §4.4), in 100 ns units,
+   * for HV_X64_MSR_TIME_REF_COUNT and the synthetic timers (absent: the injected Clock's
+   * referenceTime100ns from partition creation). With `tscPage`, the HV_REFERENCE_TSC_PAGE is
+   * written valid (non-zero TscSequence, these TscScale/TscOffset) whenever HV_X64_MSR_REFERENCE_TSC
+   * enables or moves it; the platform guarantees ((guestTsc * tscScale) >> 64) + tscOffset ==
+   * now100ns(). Without `tscPage` the page keeps TscSequence = 0 (the guest uses the MSR).
+   */
+  referenceClock?: ReferenceClock;
+  /**
+   * Called whenever the set of synthetic-timer deadlines may have changed (an STIMER MSR written, a
+   * timer fired, a held timer message retried at EOM or SynIC enable): the platform re-arms its one
+   * host timer at stimerNextDeadline(p) and calls stimerExpire(p, now) when it fires (at once when
+   * the deadline has passed). Called after the core's state is consistent; the hook may read it
+   * but should not call stimerExpire synchronously from inside the hook.
+   */
+  onTimerChange?: () => void;
+  /**
+   * Raises an edge interrupt `vector` on VP `vpIndex` for VTL `vtl`'s APIC, exactly when the TLFS
+   * says the SynIC raises one: a message newly placed in a SIM slot (posted, redelivered at EOM,
+   * delivered when SCONTROL/SIMP are enabled), an event flag newly set, a SINT asserted by the
+   * test device, a direct-mode synthetic timer. Never for a masked or polling SINT. `autoEoi`: the
+   * SINT's AutoEOI bit (false for direct-mode timers): the platform performs the implicit EOI.
+   */
+  raiseInterrupt?: (vpIndex: number, vtl: Vtl, vector: number, opts: { autoEoi: boolean }) => void;
+}
+
+/** The platform's partition reference time (PlatformHooks.referenceClock). */
+export interface ReferenceClock {
+  /** Reference time now, 100 ns units; monotonic, the same on every VP (vpIndex: who asks). */
+  now100ns(vpIndex?: number): bigint;
+  /** The reference TSC page parameters, when the guest's TSC can be scaled to the reference time. */
+  tscPage?: { tscScale: bigint; tscOffset: bigint };
 }

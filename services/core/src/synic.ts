@@ -18,7 +18,15 @@ export interface SynicView {
   enabled(): boolean;
   /** SINTx register value. */
   sint(n: number): bigint;
+  /**
+   * SINTn is asserted (an edge): a message was just placed in its SIM slot or one of its event
+   * flags was newly set. The partition raises the SINT's vector unless it is masked or polling.
+   */
+  assert?(sint: number): void;
 }
+
+/** What placing a message directly in a slot (a synthetic timer's own buffer) did. */
+export type PlaceResult = 'delivered' | 'busy' | 'unavailable';
 
 export class Synic {
   /** Messages waiting for their SIM slot, per SINT, oldest first. */
@@ -54,6 +62,30 @@ export class Synic {
     // More waiting behind this one: deliver it with MessagePending already set.
     if (q.length > 0) msg[5] = msg[5]! | HV_MESSAGE_FLAG_MESSAGE_PENDING;
     msg.copy(page, slot);
+    view.assert?.(sint);
+  }
+
+  /**
+   * Places `message` in SINTn's slot from a buffer of its own, outside the queue (a synthetic
+   * timer's message, §5.4: one buffer per timer): 'delivered' (slot was free; SINTn asserted),
+   * 'busy' (slot occupied: MessagePending is set in it unless `markPending` is false) or
+   * 'unavailable' (SynIC or SIM page disabled).
+   */
+  place(view: SynicView, sint: number, message: Buffer, markPending = true): PlaceResult {
+    if (message.length !== HV_MESSAGE_SIZE) throw new RangeError('an HV_MESSAGE is 256 bytes');
+    const page = view.simPage();
+    if (!page || !view.enabled()) return 'unavailable';
+    const slot = sint * HV_MESSAGE_SIZE;
+    if (page.readUInt32LE(slot) !== 0) {
+      if (markPending) page[slot + 5] = page[slot + 5]! | HV_MESSAGE_FLAG_MESSAGE_PENDING;
+      return 'busy';
+    }
+    const msg = Buffer.from(message);
+    // Queued messages wait behind it: the guest must write EOM after consuming this one.
+    if (this.queues[sint]!.length > 0) msg[5] = msg[5]! | HV_MESSAGE_FLAG_MESSAGE_PENDING;
+    msg.copy(page, slot);
+    view.assert?.(sint);
+    return 'delivered';
   }
 
   /**
@@ -69,6 +101,7 @@ export class Synic {
     const bit = 1 << (flag & 7);
     const was = (page[byte]! & bit) !== 0;
     page[byte] = page[byte]! | bit;
+    if (!was) view.assert?.(sint);
     return !was;
   }
 

@@ -2,14 +2,15 @@
 // §7.1). An MSR is its HV register (tlfs/msr.ts msrToRegister) read or written under the register
 // rules, with what only the instruction adds: #UD off x64, #GP for unknown, read-only or refused
 // writes (nothing changes), the frequency MSRs, and RsvdP bits of overlay MSRs kept (the
-// overlay-kinds table gives them).
+// overlay-kinds table gives them). The STIMER MSRs have no HV register here: rules/stimers.ts.
 import type { PartitionState } from '../state/partition';
 import type { VirtualProcessor } from '../state/vp';
 import { X64Exception, type X64ExceptionVector } from '../outcomes';
 import { overlayKindInfo, overlayKindOfRegister } from '../overlay-kinds';
 import { HvError } from '../tlfs/status';
 import { HvRegisterName as R, reg64, registerInfo } from '../tlfs/registers';
-import { HV_APIC_FREQUENCY, HV_TSC_FREQUENCY, HvMsr, msrToRegister } from '../tlfs/msr';
+import { HV_APIC_FREQUENCY, HV_TSC_FREQUENCY, HvMsr, msrToRegister, stimerMsr } from '../tlfs/msr';
+import { readStimer, writeStimer } from './stimers';
 import { assertActive } from './lifecycle';
 import { getRegister, prepareSetRegister } from './registers';
 
@@ -19,8 +20,12 @@ export function readMsr(p: PartitionState, vp: VirtualProcessor, msr: number): {
   if (p.spec.architecture !== 'x64') return { value: 0n, exception: X64Exception.UD };
   if (msr === HvMsr.HV_X64_MSR_TSC_FREQUENCY) return { value: HV_TSC_FREQUENCY };
   if (msr === HvMsr.HV_X64_MSR_APIC_FREQUENCY) return { value: HV_APIC_FREQUENCY };
+  const timer = stimerMsr(msr);
+  if (timer) return { value: readStimer(vp, vp.activeVtl, timer.index, timer.reg) };
   const name = msrToRegister.get(msr);
-  if (name === undefined || name === R.HvRegisterEom) return { value: 0n, exception: X64Exception.GP };
+  if (name === undefined) return { value: 0n, exception: X64Exception.GP };
+  // HV_X64_MSR_EOM is write-only; a read returns 0 (tlfs-overlays-synic.md §5.1; KVM does the same).
+  if (name === R.HvRegisterEom) return { value: 0n };
   return { value: getRegister(p, vp, vp.activeVtl, name).low };
 }
 
@@ -28,6 +33,8 @@ export function readMsr(p: PartitionState, vp: VirtualProcessor, msr: number): {
 export function writeMsr(p: PartitionState, vp: VirtualProcessor, msr: number, value: bigint): { exception?: X64ExceptionVector } {
   assertActive(p);
   if (p.spec.architecture !== 'x64') return { exception: X64Exception.UD };
+  const timer = stimerMsr(msr);
+  if (timer) return writeStimer(p, vp, vp.activeVtl, timer.index, timer.reg, value) ? {} : { exception: X64Exception.GP };
   const name = msrToRegister.get(msr);
   if (name === undefined) return { exception: X64Exception.GP };
   const info = registerInfo(name)!;

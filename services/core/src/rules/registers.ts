@@ -24,7 +24,8 @@ import {
 } from '../tlfs/vsm';
 import { checkOverlayGpfn, overlayMsrValue, syncOverlay } from './overlay-sync';
 import { enableVtlProtection } from './protections';
-import { rescan } from './synic';
+import { acknowledgeSynic } from './stimers';
+import { publishReferenceTscPage, referenceTime } from './time';
 
 /** Register names a backend models (for "read all"). */
 export function modeledRegisters(): readonly RegisterInfo[] {
@@ -48,7 +49,7 @@ export function getRegister(p: PartitionState, vp: VirtualProcessor, vtlIn: numb
   switch (name) {
     case R.HvRegisterGuestOsId: return reg64(pv.guestOsId);
     case R.HvRegisterVpIndex: return reg64(BigInt(vp.index));
-    case R.HvRegisterTimeRefCount: return reg64(p.clock.referenceTime100ns() - p.referenceTimeOrigin);
+    case R.HvRegisterTimeRefCount: return reg64(referenceTime(p, vp.index));
     case R.HvRegisterSversion: return reg64(HV_SYNIC_VERSION);
     case R.HvRegisterVsmCodePageOffsets: {
       const l = p.spec.platform?.hypercallPage;
@@ -129,12 +130,12 @@ export function prepareSetRegister(p: PartitionState, vp: VirtualProcessor, vtlI
       st.secureConfig.set(lower as Vtl, v);
     };
   }
-  if (name === R.HvRegisterEom) return () => rescan(p, vp, vtl);
+  if (name === R.HvRegisterEom) return () => acknowledgeSynic(p, vp, vtl);
   if (name === R.HvRegisterScontrol) {
     const st = vp.vtls.get(vtl);
     return () => {
       st.regs.set(name, reg64(v));
-      rescan(p, vp, vtl); // enabling the SynIC delivers what was queued
+      acknowledgeSynic(p, vp, vtl); // enabling the SynIC delivers what was queued
     };
   }
   if (name >= R.HvRegisterSint0 && name <= R.HvRegisterSint15) {
@@ -167,7 +168,8 @@ function prepareOverlayMsr(p: PartitionState, vp: VirtualProcessor, vtl: Vtl, ki
     if (k.scope === 'partition') pv[k.field] = next;
     else vp.vtls.get(vtl).regs.set(k.register, reg64(next));
     syncOverlay(p, kind, vtl, vpIndex, next);
-    if (kind === 'simp') rescan(p, vp, vtl); // a SIM page now takes queued messages
+    if (kind === 'simp') acknowledgeSynic(p, vp, vtl); // a SIM page now takes queued messages
+    if (kind === 'reference-tsc') publishReferenceTscPage(p, vtl); // valid when the platform gives TSC parameters
   };
 }
 

@@ -42,6 +42,23 @@ export class PartitionVtlState {
   referenceTscMsr = 0n;
 }
 
+/**
+ * A SynIC connection the host created (tlfs-overlays-synic.md §5.8): the sender's ConnectionId
+ * bound to a port on (vpIndex, vtl, sint). Message connections serve HvCallPostMessage, event
+ * connections HvCallSignalEvent (flag = flagNumber + the caller's FlagNumber, < flagNumber + flagCount).
+ */
+export interface SynicConnection {
+  connectionId: number;
+  kind: 'message' | 'event';
+  vpIndex: number;
+  sint: number;
+  vtl: Vtl;
+  /** Event connections: the port's base flag number (0 for message connections). */
+  flagNumber: number;
+  /** Event connections: how many flags the port has (1 for message connections). */
+  flagCount: number;
+}
+
 export type PartitionRunState = 'active' | 'crashed';
 export type PartitionEnd = 'crashed' | 'deleted';
 
@@ -73,6 +90,10 @@ export class PartitionState {
   /** Who is told when the partition ends, and who watches its VTL transitions. */
   readonly endListeners = new Set<(why: PartitionEnd) => void>();
   readonly transitionListeners = new Set<(t: VtlTransitionRecord) => void>();
+  /** Host-created SynIC connections by ConnectionId (rules/connections.ts). Not in snapshots. */
+  readonly connections = new Map<number, SynicConnection>();
+  /** hyperv-testdev SINT routes, `vp/vtl/sint` (rules/testdev.ts). Not in snapshots. */
+  readonly sintRoutes = new Set<string>();
 
   constructor(readonly spec: PartitionSpec) {
     this.clock = spec.clock ?? systemClock;

@@ -5,6 +5,7 @@ import { Synic } from '../synic';
 import type { Reg128 } from '../tlfs/registers';
 import type { AccessKind } from '../protections';
 import { HvVtlEntryReason } from '../tlfs/vsm';
+import { HV_SYNIC_STIMER_COUNT } from '../tlfs/msr';
 
 /** Registers held as HV_REGISTER_VALUEs, by HV_REGISTER_NAME. */
 export type RegisterFile = Map<number, Reg128>;
@@ -17,6 +18,18 @@ export interface PendingAccess {
   data?: Buffer;
   rip: bigint;
   interceptId: bigint;
+}
+
+/**
+ * One synthetic timer (HV_X64_MSR_STIMERx_CONFIG/_COUNT; TLFS timers.md). `expiration` is the
+ * reference time (100 ns) it fires at while armed; `messagePending`: it expired but its
+ * HvMessageTimerExpired message found the SIM slot busy (or the SynIC off) and waits for EOM.
+ */
+export interface SyntheticTimer {
+  config: bigint;
+  count: bigint;
+  expiration: bigint | undefined;
+  messagePending: boolean;
 }
 
 /** Per-VP, per-VTL state: everything the TLFS makes private to a VTL. */
@@ -37,6 +50,8 @@ export class VpVtlState {
   arm64Cpsr = 0x3c5n;
   /** This VTL's SynIC on this VP (tlfs-overlays-synic.md §5.9: private per VTL). */
   readonly synic = new Synic();
+  /** STIMER0..3 of this VTL on this VP (private per VTL, tlfs-overlays-synic.md §5.9). Not in snapshots. */
+  readonly stimers: SyntheticTimer[] = Array.from({ length: HV_SYNIC_STIMER_COUNT }, () => ({ config: 0n, count: 0n, expiration: undefined, messagePending: false }));
   /** HvRegisterVsmVpSecureConfigVtlN owned by this VTL, indexed by the lower VTL N. */
   readonly secureConfig = new VtlArray<bigint>(() => 0n);
 }
