@@ -7,6 +7,8 @@ const transform = {
 const moduleNameMapper = {
   '^@vsm/core$': '<rootDir>/services/core/src/index.ts',
   '^@vsm/core/(.*)$': '<rootDir>/services/core/src/$1',
+  '^@vsm/api$': '<rootDir>/api/src/index.ts',
+  '^@vsm/api/(.*)$': '<rootDir>/api/src/$1',
   '^@vsm/client$': '<rootDir>/clients/typescript/src/index.ts',
   '^@vsm/client/(.*)$': '<rootDir>/clients/typescript/src/$1',
   '^@vsm/vsm-v1$': '<rootDir>/services/vsm-v1/src/index.ts',

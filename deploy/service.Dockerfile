@@ -19,6 +19,7 @@ LABEL org.vsm.stage=manifests
 WORKDIR /src
 COPY package.json package-lock.json ./
 COPY services services
+COPY api api
 COPY clients clients
 RUN node -e ' \
   const fs = require("fs"), path = require("path"); \
@@ -37,7 +38,7 @@ COPY --from=manifests /manifests/ ./
 # `npm install` rather than `npm ci`: the lock file written by the machines' npm 11 lacks other
 # platforms' optional packages and `npm ci` rejects it (same as scripts/ensure-setup.js).
 # Versions still come from package-lock.json. Workspace packages become symlinks
-# node_modules/@vsm/* -> services/*, clients/* (filled with dist/ from the build stage).
+# node_modules/@vsm/* -> api, services/*, clients/* (filled with dist/ from the build stage).
 RUN npm install --omit=dev --no-audit --no-fund && npm cache clean --force 2>/dev/null
 
 # ---- build: all dependencies, generate, compile -----------------------------------------------
@@ -51,14 +52,13 @@ COPY tsconfig.json tsconfig.base.json buf.yaml buf.gen.yaml ./
 COPY proto proto
 COPY scripts scripts
 COPY services services
+COPY api api
 COPY clients clients
 # Only what the images run: vsm-service and kvm-agent (and what they reference: core, client).
 # Then each workspace's dist/ (without declaration files) into /out, and proto/ (the service
 # loads the .proto sources at start for reflection: services/vsm-service/src/server.ts PROTO_DIR).
-# @bufbuild/protobuf: the generated client (clients/typescript/src/gen) requires it at run time
-# but no workspace lists it in `dependencies` (it comes in through the devDependency ts-proto),
-# so `npm install --omit=dev` leaves it out. Copied from the full tree (lock-pinned version)
-# until clients/typescript declares it; harmless afterwards (same files).
+# @bufbuild/protobuf: the generated code (api/src/gen) requires it at run time; @vsm/api declares
+# it now, so the copy from the full tree (lock-pinned version, same files) is only belt and braces.
 RUN node scripts/generate.js \
  && node_modules/.bin/tsc -b services/vsm-service services/kvm-agent \
  && for ws in $(node -p 'require("./package.json").workspaces.join(" ")'); do \

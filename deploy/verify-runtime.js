@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Build-time check of a runtime image: every bare module that the compiled workspaces require
-// (`require("x")` in services/*/dist, clients/*/dist) must resolve from where it is required.
+// (`require("x")` in api/dist, services/*/dist, clients/*/dist) must resolve from where it is required.
 // Catches a production dependency that a workspace forgot to declare (npm install --omit=dev
 // leaves it out) at `docker build` time instead of at the first start. Loads nothing.
 //
@@ -37,6 +37,7 @@ function check(file) {
   }
 }
 
+if (fs.existsSync(path.join(app, 'api/dist'))) walk(path.join(app, 'api/dist'));
 for (const group of ['services', 'clients']) {
   const g = path.join(app, group);
   if (!fs.existsSync(g)) continue;

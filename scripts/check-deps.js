@@ -1,6 +1,6 @@
 #!/usr/bin/env node
-// Dependency-graph check (issue #18): the import graph of every .ts file under services/, clients/
-// and bench/ must have no run-time import cycle, and no package may depend on a "process" package.
+// Dependency-graph check (issue #18): the import graph of every .ts file under api/, services/,
+// clients/ and bench/ must have no run-time import cycle, and no package may depend on a "process" package.
 //
 //   node scripts/check-deps.js            check; exit 1 on a violation not in KNOWN_VIOLATIONS
 //   node scripts/check-deps.js --map      also print the package map (package → packages it imports)
@@ -33,7 +33,8 @@ const path = require('node:path');
 /** Layer of each package of this repository (a package.json "vsm": {"layer": ...} takes precedence). */
 const LAYERS = {
   '@vsm/core': 'core', //            pure VSM semantics and the emulated engine, no I/O
-  '@vsm/client': 'api', //           generated vsm.v1 code and the thin client over it
+  '@vsm/api': 'api', //              the generated vsm.v1 code (messages, service definitions, descriptors)
+  '@vsm/client': 'api-client', //    the thin client over it (connect, VsmError)
   '@vsm/platform-kvm': 'platform', // the KVM engine of the core
   '@vsm/vsm-v1': 'vsm-v1', //        the vsm.v1 implementation (backends, gRPC server, security)
   '@vsm/service': 'process', //      the vsm-service process
@@ -41,24 +42,26 @@ const LAYERS = {
   '@vsm/cli': 'client', //           vsmctl
   bench: 'bench', //                 the benchmark harness (not a workspace: bench/ has no package.json)
 };
-const KNOWN_LAYERS = ['core', 'api', 'platform', 'vsm-v1', 'client', 'bench', 'process'];
+const KNOWN_LAYERS = ['core', 'api', 'api-client', 'platform', 'vsm-v1', 'client', 'bench', 'process'];
 /**
  * Which layers each layer may import (the architecture: core ← platforms ← vsm.v1 implementation ←
- * processes; the generated API is used by the vsm.v1 implementation, clients and processes). Nothing
- * imports a process.
+ * processes; the generated API is used by the client library, the vsm.v1 implementation, clients and
+ * processes; the client library by the vsm.v1 implementation (agent backend), clients and processes).
+ * Nothing imports a process.
  */
 const MAY_IMPORT = {
   core: ['core'],
   api: ['api'],
+  'api-client': ['api', 'api-client'],
   platform: ['core', 'platform'],
-  'vsm-v1': ['core', 'api', 'platform', 'vsm-v1'],
-  client: ['core', 'api', 'client'],
-  bench: ['core', 'api', 'platform', 'vsm-v1', 'client', 'bench'],
-  process: ['core', 'api', 'platform', 'vsm-v1'],
+  'vsm-v1': ['core', 'api', 'api-client', 'platform', 'vsm-v1'],
+  client: ['core', 'api', 'api-client', 'client'],
+  bench: ['core', 'api', 'api-client', 'platform', 'vsm-v1', 'client', 'bench'],
+  process: ['core', 'api', 'api-client', 'platform', 'vsm-v1'],
 };
 
 /** Directories scanned, relative to the root. */
-const SCAN_DIRS = ['services', 'clients', 'bench'];
+const SCAN_DIRS = ['api', 'services', 'clients', 'bench'];
 /** Packages that are not npm workspaces: a directory with its sources, named here. */
 const EXTRA_PACKAGES = [{ dir: 'bench', name: 'bench' }];
 const SKIP_DIRS = new Set(['node_modules', 'dist', 'coverage', '.git']);

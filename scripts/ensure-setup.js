@@ -31,12 +31,12 @@ if (!fs.existsSync(installed) || mtime(installed) < mtime(lock)) {
   console.error('[setup] installing dependencies (npm install, versions from package-lock.json)');
   run('npm', ['install', '--no-audit', '--no-fund']);
 }
-const stamp = path.join(root, 'clients/typescript/src/gen/.stamp');
+const stamp = path.join(root, 'api/src/gen/.stamp');
 if (mtime(stamp) < Math.max(newest(path.join(root, 'proto'), (n) => n.endsWith('.proto')), mtime(path.join(root, 'buf.gen.yaml')))) {
   console.error('[setup] generating code from proto/');
   run('node', ['scripts/generate.js']);
 }
-const srcs = ['services', 'clients', 'bench'].map((d) => newest(path.join(root, d), (n) => n.endsWith('.ts') || n === 'tsconfig.json'));
+const srcs = ['api', 'services', 'clients', 'bench'].map((d) => newest(path.join(root, d), (n) => n.endsWith('.ts') || n === 'tsconfig.json'));
 const built = mtime(path.join(root, 'services/vsm-service/dist/main.js'));
 if (built < Math.max(...srcs, mtime(stamp))) {
   console.error('[setup] building (tsc -b)');

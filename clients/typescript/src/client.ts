@@ -2,7 +2,7 @@
 // vsm.v1 service with default deadlines, async iterators for server streams, and VsmError carrying
 // the HV_STATUS name from google.rpc.ErrorInfo. Retries happen only for idempotent reads.
 import * as grpc from '@grpc/grpc-js';
-import * as pb from './pb';
+import { pb } from '@vsm/api';
 
 export interface ConnectOptions {
   /** TLS: `true` for system roots, or PEM material; unset = plaintext. */
@@ -112,6 +112,10 @@ export interface VsmClient {
     monitor(signal?: AbortSignal): MonitorSession;
   };
   synic: Promisified<pb.SynicServiceClient>;
+  execution: Promisified<pb.ExecutionServiceClient> & {
+    /** Async iterator over StreamConsole (chunks, then the run's end); break out of the loop (or abort) to cancel. */
+    streamConsole(req: Partial<pb.StreamConsoleRequest>, signal?: AbortSignal): AsyncIterable<pb.StreamConsoleResponse>;
+  };
   snapshots: Promisified<pb.SnapshotServiceClient>;
   vtl: Promisified<pb.VtlServiceClient> & {
     /** Async iterator over WatchVtlTransitions; break out of the loop (or abort) to cancel. */
@@ -146,6 +150,7 @@ export function connect(address: string, o: ConnectOptions = {}): VsmClient {
   const intercepts = new pb.InterceptServiceClient(address, creds, opts);
   const synic = new pb.SynicServiceClient(address, creds, opts);
   const snapshots = new pb.SnapshotServiceClient(address, creds, opts);
+  const execution = new pb.ExecutionServiceClient(address, creds, opts);
   const S = (s: unknown) => s as Parameters<typeof promisify>[1];
   return {
     partitions: promisify(partitions, S(pb.PartitionServiceService), o, md),
@@ -165,12 +170,16 @@ export function connect(address: string, o: ConnectOptions = {}): VsmClient {
     }),
     synic: promisify(synic, S(pb.SynicServiceService), o, md),
     snapshots: promisify(snapshots, S(pb.SnapshotServiceService), o, md),
+    execution: Object.assign(promisify(execution, S(pb.ExecutionServiceService), o, md), {
+      streamConsole: (req: Partial<pb.StreamConsoleRequest>, signal?: AbortSignal) =>
+        streamIterator<pb.StreamConsoleResponse>(execution.streamConsole(pb.StreamConsoleRequest.fromPartial(req), md()), signal),
+    }),
     vtl: Object.assign(promisify(vtl, S(pb.VtlServiceService), o, md), {
       watchTransitions: (req: Partial<pb.WatchVtlTransitionsRequest>, signal?: AbortSignal) =>
         streamIterator<pb.WatchVtlTransitionsResponse>(vtl.watchVtlTransitions(pb.WatchVtlTransitionsRequest.fromPartial(req), md()), signal),
     }),
     close() {
-      for (const c of [partitions, vps, guest, memory, vtl, intercepts, synic, snapshots]) c.close();
+      for (const c of [partitions, vps, guest, memory, vtl, intercepts, synic, snapshots, execution]) c.close();
     },
   };
 }

@@ -1,4 +1,5 @@
-// @vsm/client: generated vsm.v1 types (namespace `pb`) plus the hand-written ergonomic layer.
-export * as pb from './pb';
+// @vsm/client: the hand-written ergonomic layer over the generated vsm.v1 code of @vsm/api, whose
+// types it re-exports (namespace `pb`) for its users.
+export { pb } from '@vsm/api';
 export { connect, VsmError } from './client';
 export type { ConnectOptions, VsmClient, MonitorSession } from './client';

@@ -2,7 +2,7 @@
 // failures as google.rpc.Status with a google.rpc.ErrorInfo whose reason is the HV_STATUS name.
 import { Metadata, status as Code, type ServiceError } from '@grpc/grpc-js';
 import { EngineError, HvError, HvStatus, type HvStatusName } from '@vsm/core';
-import { pb } from '@vsm/client';
+import { pb } from '@vsm/api';
 const { RpcStatus: Status, ErrorInfo } = pb;
 
 export const ERROR_DOMAIN = 'vsm.v1';

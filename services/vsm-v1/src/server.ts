@@ -10,14 +10,16 @@ import * as grpc from '@grpc/grpc-js';
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation } from 'grpc-health-check';
 import pino, { type Logger } from 'pino';
-import { pb } from '@vsm/client';
+import { type RpcMethod, type pb, vsmServices } from '@vsm/api';
+import { HvError, HvStatus } from '@vsm/core';
 import type { Backend, StreamSink } from './backend';
 import { ApiError, invalidArgument, toServiceError } from './errors';
 import { CallGuard, PLAINTEXT_REMOTE_REFUSED, type ReloadingCertificateProvider, type SecurityOptions, type TlsOptions, isLoopbackListen, isMalformed, sha256Hex, tlsServerCredentials, tolerantService } from './security';
 import { BoundedSink, DEFAULT_STREAM_BUFFER, type StreamBufferLimits } from './stream-sink';
 import { reflectionPackage } from './reflection';
 
-export const SERVICE_NAMES = ['vsm.v1.PartitionService', 'vsm.v1.VirtualProcessorService', 'vsm.v1.GuestService', 'vsm.v1.MemoryService', 'vsm.v1.VtlService', 'vsm.v1.InterceptService', 'vsm.v1.SynicService', 'vsm.v1.SnapshotService'];
+/** Every vsm.v1 service, as the descriptors list them. */
+export const SERVICE_NAMES: string[] = vsmServices().map((s) => s.name);
 export const MAX_MESSAGE_BYTES = 8 * 1024 * 1024;
 export const PROTO_DIR = path.resolve(__dirname, '../../../proto');
 /** HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS each connection advertises. */
@@ -256,7 +258,6 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
         .finally(() => { untrack?.(); release?.(); ctl.closed(); });
     };
 
-  const b = backend;
   // Every vsm.v1 service is registered with decoders that never throw (a malformed request is
   // INVALID_ARGUMENT, not grpc-js's INTERNAL); health and reflection keep theirs.
   const addService = server.addService.bind(server);
@@ -282,56 +283,19 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     }
     return addService(def, impl);
   };
-  server.addService(pb.PartitionServiceService, {
-    createPartition: unary('CreatePartition', (r: pb.CreatePartitionRequest, ctx) => createPartitionScoped(b, r, ctx.principal)),
-    getPartition: unary('GetPartition', (r: pb.GetPartitionRequest) => b.getPartition(r)),
-    listPartitions: unary('ListPartitions', (r: pb.ListPartitionsRequest) => b.listPartitions(r)),
-    deletePartition: unary('DeletePartition', (r: pb.DeletePartitionRequest) => b.deletePartition(r)),
-    getCapabilities: unary('GetCapabilities', (r: pb.GetCapabilitiesRequest) => b.getCapabilities(r)),
-  } satisfies pb.PartitionServiceServer);
-  server.addService(pb.VirtualProcessorServiceService, {
-    getVirtualProcessor: unary('GetVirtualProcessor', (r: pb.GetVirtualProcessorRequest) => b.getVirtualProcessor(r)),
-    getVpRegisters: unary('GetVpRegisters', (r: pb.GetVpRegistersRequest) => b.getVpRegisters(r)),
-    setVpRegisters: unary('SetVpRegisters', (r: pb.SetVpRegistersRequest) => b.setVpRegisters(r)),
-  } satisfies pb.VirtualProcessorServiceServer);
-  server.addService(pb.GuestServiceService, {
-    writeMsr: unary('WriteMsr', (r: pb.WriteMsrRequest) => b.writeMsr(r)),
-    readMsr: unary('ReadMsr', (r: pb.ReadMsrRequest) => b.readMsr(r)),
-    hypercall: unary('Hypercall', (r: pb.HypercallRequest) => b.hypercall(r)),
-    callHypercallPage: unary('CallHypercallPage', (r: pb.CallHypercallPageRequest) => b.callHypercallPage(r)),
-    readMemory: unary('ReadMemory', (r: pb.ReadMemoryRequest) => b.readMemory(r)),
-    writeMemory: unary('WriteMemory', (r: pb.WriteMemoryRequest) => b.writeMemory(r)),
-    executeMemory: unary('ExecuteMemory', (r: pb.ExecuteMemoryRequest) => b.executeMemory(r)),
-  } satisfies pb.GuestServiceServer);
-  server.addService(pb.MemoryServiceService, {
-    readGpa: unary('ReadGpa', (r: pb.ReadGpaRequest) => b.readGpa(r)),
-    writeGpa: unary('WriteGpa', (r: pb.WriteGpaRequest) => b.writeGpa(r)),
-    listOverlays: unary('ListOverlays', (r: pb.ListOverlaysRequest) => b.listOverlays(r)),
-  } satisfies pb.MemoryServiceServer);
-  server.addService(pb.VtlServiceService, {
-    enablePartitionVtl: unary('EnablePartitionVtl', (r: pb.EnablePartitionVtlRequest) => b.enablePartitionVtl(r)),
-    enableVpVtl: unary('EnableVpVtl', (r: pb.EnableVpVtlRequest) => b.enableVpVtl(r)),
-    watchVtlTransitions: stream('WatchVtlTransitions', (r: pb.WatchVtlTransitionsRequest, s: StreamSink<pb.WatchVtlTransitionsResponse>, sig) => b.watchVtlTransitions(r, s, sig)),
-  } satisfies pb.VtlServiceServer);
-
-  server.addService(pb.InterceptServiceService, {
-    modifyVtlProtectionMask: unary('ModifyVtlProtectionMask', (r: pb.ModifyVtlProtectionMaskRequest) => b.modifyVtlProtectionMask(r)),
-    getVtlProtections: unary('GetVtlProtections', (r: pb.GetVtlProtectionsRequest) => b.getVtlProtections(r)),
-    setInterceptRoute: unary('SetInterceptRoute', (r: pb.SetInterceptRouteRequest) => b.setInterceptRoute(r)),
-    listPendingIntercepts: unary('ListPendingIntercepts', (r: pb.ListPendingInterceptsRequest) => b.listPendingIntercepts(r)),
-    monitor: bidi('Monitor', (reqs: AsyncIterable<pb.MonitorRequest>, s: StreamSink<pb.MonitorResponse>, sig) => b.monitor(reqs, s, sig)),
-  } satisfies pb.InterceptServiceServer);
-
-  server.addService(pb.SynicServiceService, {
-    postMessage: unary('PostMessage', (r: pb.PostMessageRequest) => b.postMessage(r)),
-    signalEvent: unary('SignalEvent', (r: pb.SignalEventRequest) => b.signalEvent(r)),
-    getSynicState: unary('GetSynicState', (r: pb.GetSynicStateRequest) => b.getSynicState(r)),
-  } satisfies pb.SynicServiceServer);
-
-  server.addService(pb.SnapshotServiceService, {
-    savePartition: unary('SavePartition', (r: pb.SavePartitionRequest) => b.savePartition(r)),
-    restorePartition: unary('RestorePartition', (r: pb.RestorePartitionRequest) => b.restorePartition(r)),
-  } satisfies pb.SnapshotServiceServer);
+  // Every vsm.v1 RPC, bound by walking the descriptors (@vsm/api vsmServices()): the RPC's kind
+  // picks the wrapper above (unary / server stream / bidi), and that wrapper is the one place a call
+  // is authenticated, checked, authorized, logged and its errors mapped (errors.ts). An RPC the
+  // backend has no method for is reported here, at start-up, and answers UNIMPLEMENTED /
+  // HV_STATUS_FEATURE_UNAVAILABLE (the Backend type and test/rpc-descriptors.test.ts require every
+  // method of the built-in backends).
+  const missing = missingRpcs(backend);
+  if (missing.length) log.warn({ backend: backend.kind, missing }, 'the backend implements no method for these vsm.v1 RPCs: they answer UNIMPLEMENTED');
+  for (const svc of vsmServices()) {
+    const impl: grpc.UntypedServiceImplementation = {};
+    for (const rpc of svc.methods) impl[rpc.localName] = bindRpc(rpc, backend, { unary, stream, bidi });
+    server.addService(svc.definition, impl);
+  }
 
   // Health (grpc.health.v1) for the server as a whole and for each vsm.v1 service.
   const health = new HealthImplementation(Object.fromEntries(['', ...SERVICE_NAMES].map((s) => [s, 'SERVING' as const])));
@@ -339,7 +303,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   // Reflection (grpc.reflection.v1 and v1alpha), for grpcurl: the vsm.v1 files as buf built them
   // (with their comments, so `grpcurl describe` shows them), google.rpc.Status and ErrorInfo (so
   // grpcurl decodes error details), grpc.health.v1 and the reflection services themselves.
-  new ReflectionService(reflectionPackage(PROTO_DIR, SERVICE_NAMES, log)).addToServer(server);
+  new ReflectionService(reflectionPackage()).addToServer(server);
 
   let tls: ReloadingCertificateProvider | undefined;
   let credentials = grpc.ServerCredentials.createInsecure();
@@ -425,6 +389,50 @@ function withTimeout<T>(p: Promise<T>, ms: number, signal: AbortSignal, timeout:
     signal.addEventListener('abort', () => clearTimeout(t), { once: true });
     p.then((v) => { clearTimeout(t); resolve(v); }, (e: unknown) => { clearTimeout(t); reject(e); });
   });
+}
+
+type Wrappers = {
+  unary: <Req, Res>(method: string, fn: Unary<Req, Res>) => grpc.handleUnaryCall<Req, Res>;
+  stream: <Req, Res>(method: string, fn: (req: Req, sink: StreamSink<Res>, signal: AbortSignal) => Promise<void>) => grpc.handleServerStreamingCall<Req, Res>;
+  bidi: <Req, Res>(method: string, fn: (reqs: AsyncIterable<Req>, sink: StreamSink<Res>, signal: AbortSignal) => Promise<void>) => grpc.handleBidiStreamingCall<Req, Res>;
+};
+
+/**
+ * RPCs whose call adds something to what the backend's method does, by key. Everything else calls
+ * the backend's method of the same name as is.
+ */
+const ADAPTED: Readonly<Record<string, (b: Backend, req: never, ctx: CallContext) => Promise<unknown>>> = {
+  'vsm.v1.PartitionService/CreatePartition': (b, r: pb.CreatePartitionRequest, ctx) => createPartitionScoped(b, r, ctx.principal),
+};
+
+/** The vsm.v1 RPCs (keys) `backend` has no method for. */
+export function missingRpcs(backend: Backend): string[] {
+  return vsmServices().flatMap((s) => s.methods).filter((m) => typeof (backend as unknown as Record<string, unknown>)[m.localName] !== 'function').map((m) => m.key);
+}
+
+const notImplemented = (rpc: RpcMethod, backend: Backend) => new HvError(HvStatus.HV_STATUS_FEATURE_UNAVAILABLE, `${rpc.key} is not implemented by the ${backend.kind} backend`);
+
+/**
+ * The grpc-js handler of one RPC: the backend's method of the RPC's name in the wrapper of its kind
+ * (one the backend lacks answers UNIMPLEMENTED / HV_STATUS_FEATURE_UNAVAILABLE, through the wrapper).
+ */
+export function bindRpc(rpc: RpcMethod, backend: Backend, w: Wrappers): grpc.UntypedHandleCall {
+  const method = (backend as unknown as Record<string, unknown>)[rpc.localName];
+  const fn = typeof method === 'function' ? (method as (...a: unknown[]) => Promise<unknown>) : () => Promise.reject(notImplemented(rpc, backend));
+  const adapted = ADAPTED[rpc.key];
+  switch (rpc.kind) {
+    case 'unary':
+      return w.unary(rpc.name, adapted ? (r: unknown, ctx) => adapted(backend, r as never, ctx) : (r: unknown) => fn.call(backend, r));
+    case 'server_streaming':
+      return w.stream(rpc.name, (r: unknown, sink, signal) => fn.call(backend, r, sink, signal) as Promise<void>);
+    case 'bidi_streaming':
+      return w.bidi(rpc.name, (reqs: AsyncIterable<unknown>, sink, signal) => fn.call(backend, reqs, sink, signal) as Promise<void>);
+    case 'client_streaming':
+      throw new Error(`${rpc.key}: client-streaming RPCs have no call wrapper in the server yet`);
+    default:
+      rpc.kind satisfies never;
+      throw new Error(`${rpc.key}: unknown RPC kind`);
+  }
 }
 
 /**

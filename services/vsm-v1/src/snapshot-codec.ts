@@ -1,7 +1,7 @@
 // service layer: core snapshot (plain data) <-> vsm.v1.PartitionSnapshot (protobuf). Pure
 // conversion; the rules of what a snapshot may contain live in services/core/src/snapshot-validate.ts.
 import * as core from '@vsm/core';
-import { pb } from '@vsm/client';
+import { pb } from '@vsm/api';
 import { invalidArgument } from './errors';
 
 export const SNAPSHOT_FORMAT_VERSION = 1;

@@ -5,8 +5,10 @@
 // start-up.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { pb } from '@vsm/client';
-import type { Backend } from './backend';
+import { pb, type RpcMethod, vsmRpcs } from '@vsm/api';
+import { status as Code } from '@grpc/grpc-js';
+import type { Backend, StreamSink } from './backend';
+import { toServiceError } from './errors';
 
 const SUFFIX = '.snapshot';
 const ID_RE = /^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$/;
@@ -64,41 +66,129 @@ export class StateStore {
   }
 }
 
-/** RPCs that never change a partition (no save needed). */
-const READ_ONLY = /^(get|list|read|watch|monitor|save|close|kind)/i;
+/**
+ * The backend methods persistence saves after: every vsm.v1 RPC that does not declare
+ * `idempotency_level = NO_SIDE_EFFECTS` in the proto (read from the descriptors, never guessed from
+ * a method's name), by method name.
+ */
+export function persistedRpcs(): ReadonlyMap<string, RpcMethod> {
+  return new Map(vsmRpcs().filter((m) => !m.noSideEffects).map((m) => [m.localName, m]));
+}
+
+/** The partition a request (or its response) names: `name`, `partition_id`, or a oneof's `name` (Monitor's subscribe). */
+function partitionOf(...msgs: unknown[]): string | undefined {
+  for (const msg of msgs) {
+    const m = (msg ?? {}) as { name?: unknown; partitionId?: unknown; kind?: { value?: { name?: unknown } } };
+    for (const name of [m.name, m.kind?.value?.name]) {
+      const id = typeof name === 'string' ? /^partitions\/([a-z0-9-]+)/.exec(name)?.[1] : undefined;
+      if (id) return id;
+    }
+  }
+  return undefined;
+}
 
 /**
- * Wraps a backend so that every successful mutating call persists the partition it touched (or
- * removes it on delete). Guest actions that wait for a monitor are persisted when they complete;
- * the monitor's answer itself is persisted through the guest action it completes.
+ * Wraps a backend so that every successful call of a mutating RPC (persistedRpcs) persists the
+ * partition it touched, or removes it on delete. Guest actions that wait for a monitor are persisted
+ * when they complete. A mutating stream (Monitor: its answers change partitions) persists the
+ * partition it names after each message it sends (coalesced: one save at a time, one more if
+ * something happened meanwhile) and when it ends. Other members (kind, close, what a backend adds)
+ * pass through unchanged.
  */
 export function persistentBackend(inner: Backend, store: StateStore, log: { warn(o: object, m: string): void } = console as never): Backend {
-  const idOf = (req: unknown, res: unknown): string | undefined => {
-    const name = (req as { name?: string })?.name || (res as { name?: string })?.name;
-    const m = /^partitions\/([a-z0-9-]+)/.exec(name ?? '');
-    return m?.[1];
+  const persisted = persistedRpcs();
+  // The store's writes and removals of one partition happen one at a time, in the order the calls
+  // finished: a save that read the partition before a delete cannot write it back after the removal.
+  const queues = new Map<string, Promise<unknown>>();
+  const inOrder = <T>(id: string, op: () => Promise<T> | T): Promise<T> => {
+    const p = (queues.get(id) ?? Promise.resolve()).then(op);
+    const tail = p.catch(() => undefined);
+    queues.set(id, tail);
+    void tail.then(() => { if (queues.get(id) === tail) queues.delete(id); });
+    return p;
   };
+  const save = (id: string, quietIfGone = false): Promise<void> =>
+    inOrder(id, async () => {
+      try {
+        store.save(id, await inner.savePartition({ name: `partitions/${id}` }));
+      } catch (e) {
+        // A stream's save after its partition was deleted finds nothing to save: not a failure.
+        if (!(quietIfGone && toServiceError(e).code === Code.NOT_FOUND)) log.warn({ partition: id, error: e instanceof Error ? e.message : String(e) }, 'could not persist partition');
+        throw e;
+      }
+    });
+  const unary = (rpc: RpcMethod, fn: (req: unknown) => Promise<unknown>) => async (req: unknown) => {
+    const res = await fn(req);
+    const id = partitionOf(req, res);
+    if (!id) return res;
+    if (rpc.localName === 'deletePartition') await inOrder(id, () => store.remove(id));
+    else await save(id);
+    return res;
+  };
+  const streaming = (rpc: RpcMethod, fn: (req: unknown, sink: StreamSink<unknown>, signal: AbortSignal) => Promise<void>) =>
+    async (req: unknown, sink: StreamSink<unknown>, signal: AbortSignal): Promise<void> => {
+      let id = rpc.kind === 'server_streaming' ? partitionOf(req) : undefined;
+      let running: Promise<void> | undefined;
+      let again = false;
+      // A save that fails is logged (save() warns); the stream goes on.
+      const kick = () => {
+        if (!id) return;
+        if (running) {
+          again = true;
+          return;
+        }
+        const target = id;
+        running = save(target, true).catch(() => undefined).finally(() => {
+          running = undefined;
+          if (again) {
+            again = false;
+            kick();
+          }
+        });
+      };
+      const requests = rpc.kind === 'bidi_streaming' ? watchRequests(req as AsyncIterable<unknown>, (m) => { id ??= partitionOf(m); }) : req;
+      const persistingSink: StreamSink<unknown> = {
+        write: (m) => {
+          const ok = sink.write(m);
+          kick();
+          return ok;
+        },
+        drained: () => sink.drained(),
+      };
+      try {
+        await fn(requests, persistingSink, signal);
+      } finally {
+        kick();
+        while (running) await running;
+      }
+    };
   return new Proxy(inner, {
     get(target, prop, receiver) {
       const v = Reflect.get(target, prop, receiver) as unknown;
-      if (typeof prop !== 'string' || typeof v !== 'function' || READ_ONLY.test(prop)) return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
-      return async (req: unknown, ...rest: unknown[]) => {
-        const res = await (v as (...a: unknown[]) => Promise<unknown>).call(target, req, ...rest);
-        const id = idOf(req, res);
-        if (!id) return res;
-        if (prop === 'deletePartition') store.remove(id);
-        else {
-          try {
-            store.save(id, await target.savePartition({ name: `partitions/${id}` }));
-          } catch (e) {
-            log.warn({ partition: id, error: e instanceof Error ? e.message : String(e) }, 'could not persist partition');
-            throw e;
-          }
-        }
-        return res;
-      };
+      if (typeof v !== 'function') return v;
+      const fn = (v as (...a: unknown[]) => unknown).bind(target);
+      const rpc = typeof prop === 'string' ? persisted.get(prop) : undefined;
+      if (!rpc) return fn;
+      return rpc.kind === 'unary' ? unary(rpc, fn as never) : streaming(rpc, fn as never);
     },
   });
+}
+
+/** `source`, telling `seen` about each message as the backend takes it. */
+function watchRequests(source: AsyncIterable<unknown>, seen: (m: unknown) => void): AsyncIterable<unknown> {
+  return {
+    [Symbol.asyncIterator]: () => {
+      const it = source[Symbol.asyncIterator]();
+      return {
+        next: async () => {
+          const r = await it.next();
+          if (!r.done) seen(r.value);
+          return r;
+        },
+        return: async (v?: unknown) => (await it.return?.(v)) ?? { done: true, value: undefined },
+      };
+    },
+  };
 }
 
 /** Restores every partition of the store into the backend under its saved id. */

@@ -10,7 +10,7 @@
 //  - No policy timer outlives its intercept (answered, crash, delete).
 import * as core from '@vsm/core';
 import { HvRegisterName as R, type Partition, longModeContext, reg64 } from '@vsm/core';
-import { pb } from '@vsm/client';
+import { pb } from '@vsm/api';
 import { CoreBackend } from '../src/backends/core-backend';
 import { POLICY_RETRY_BACKOFF_CAP_MS, policyDelayMs } from '../src/backends/monitor-wait';
 

@@ -8,7 +8,7 @@
  */
 import * as core from '@vsm/core';
 import { EngineError } from '@vsm/core';
-import { pb } from '@vsm/client';
+import { pb } from '@vsm/api';
 import { HYPERCALL_PAGE_DESCRIPTION, type KvmHost, KvmPartition, KvmSystem, type RunVpResult, VcpuWatchdog, engineErrorOf, kvmEngine, probeHost } from '@vsm/platform-kvm';
 import { CoreBackend, MAX_GUEST_ACCESS } from './core-backend';
 

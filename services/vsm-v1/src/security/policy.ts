@@ -10,51 +10,27 @@
 //   }
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
+import { RPC_ROLES, type RpcRole, vsmRpc, vsmRpcs } from '@vsm/api';
 import { parsePartitionName, parseVpName } from '../names';
 
-export type Role = 'viewer' | 'operator' | 'monitor' | 'admin';
-export const ROLES: readonly Role[] = ['viewer', 'operator', 'monitor', 'admin'];
+export type Role = RpcRole;
+export const ROLES: readonly Role[] = RPC_ROLES;
 
-/** Role each vsm.v1 RPC needs. An RPC not listed here needs `admin` (deny by default for anything new). */
-export const METHOD_ROLES: Readonly<Record<string, Role>> = {
-  'vsm.v1.PartitionService/CreatePartition': 'admin',
-  'vsm.v1.PartitionService/GetPartition': 'viewer',
-  'vsm.v1.PartitionService/ListPartitions': 'viewer',
-  'vsm.v1.PartitionService/DeletePartition': 'admin',
-  'vsm.v1.PartitionService/GetCapabilities': 'viewer',
-  'vsm.v1.VirtualProcessorService/GetVirtualProcessor': 'viewer',
-  'vsm.v1.VirtualProcessorService/GetVpRegisters': 'viewer',
-  'vsm.v1.VirtualProcessorService/SetVpRegisters': 'operator',
-  // Guest actions, reads included: a guest read can intercept, switch VTL and suspend the VP.
-  'vsm.v1.GuestService/WriteMsr': 'operator',
-  'vsm.v1.GuestService/ReadMsr': 'operator',
-  'vsm.v1.GuestService/Hypercall': 'operator',
-  'vsm.v1.GuestService/CallHypercallPage': 'operator',
-  'vsm.v1.GuestService/ReadMemory': 'operator',
-  'vsm.v1.GuestService/WriteMemory': 'operator',
-  'vsm.v1.GuestService/ExecuteMemory': 'operator',
-  'vsm.v1.MemoryService/ReadGpa': 'viewer',
-  'vsm.v1.MemoryService/WriteGpa': 'operator',
-  'vsm.v1.MemoryService/ListOverlays': 'viewer',
-  'vsm.v1.VtlService/EnablePartitionVtl': 'operator',
-  'vsm.v1.VtlService/EnableVpVtl': 'operator',
-  'vsm.v1.VtlService/WatchVtlTransitions': 'viewer',
-  'vsm.v1.InterceptService/ModifyVtlProtectionMask': 'operator',
-  'vsm.v1.InterceptService/GetVtlProtections': 'viewer',
-  'vsm.v1.InterceptService/SetInterceptRoute': 'operator',
-  'vsm.v1.InterceptService/ListPendingIntercepts': 'viewer',
-  'vsm.v1.InterceptService/Monitor': 'monitor',
-  'vsm.v1.SynicService/PostMessage': 'operator',
-  'vsm.v1.SynicService/SignalEvent': 'operator',
-  'vsm.v1.SynicService/GetSynicState': 'viewer',
-  'vsm.v1.SnapshotService/SavePartition': 'admin',
-  'vsm.v1.SnapshotService/RestorePartition': 'admin',
-};
+/**
+ * Role each vsm.v1 RPC needs, as the RPC declares it in the proto (`option (vsm.v1.required_role)`,
+ * proto/vsm/v1/options.proto), read from the descriptors. An RPC that declares none needs `admin`
+ * (deny by default for anything new).
+ */
+export const METHOD_ROLES: Readonly<Record<string, Role>> = Object.fromEntries(vsmRpcs().filter((m) => m.roleDeclared).map((m) => [m.key, m.requiredRole]));
 
 /** `/vsm.v1.PartitionService/GetPartition` or `vsm.v1.PartitionService/GetPartition` -> the latter. */
 export const methodKey = (path: string): string => path.replace(/^\//, '');
 export const requiredRole = (path: string): Role => METHOD_ROLES[methodKey(path)] ?? 'admin';
-export const isMutating = (path: string): boolean => requiredRole(path) !== 'viewer';
+/**
+ * Whether an allowed call is audit-logged at info: it changes state (not declared NO_SIDE_EFFECTS)
+ * or needs more than `viewer` (SavePartition exports a whole partition).
+ */
+export const isMutating = (path: string): boolean => requiredRole(path) !== 'viewer' || !vsmRpc(path)?.noSideEffects;
 
 /**
  * What a call acts on. `partition`: one partition; `all`: every partition (needs a grant whose
