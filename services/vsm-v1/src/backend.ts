@@ -34,8 +34,8 @@ type BackendMethod<H> = H extends (call: grpc.ServerUnaryCall<infer Req, unknown
 /**
  * One method per vsm.v1 RPC, named as the generated service definitions name it (`createPartition`,
  * `watchVtlTransitions`, `monitor`, ...), typed from them: an RPC added to proto/ is a method every
- * backend must implement (the type check fails until it does, and startServer refuses a backend
- * without it).
+ * backend must implement (the type check fails until it does; startServer logs an RPC a backend has
+ * no method for, which then answers UNIMPLEMENTED).
  */
 export type BackendRpcs = { [K in keyof VsmServers as string extends K ? never : K]: BackendMethod<VsmServers[K]> };
 
