@@ -4,3 +4,4 @@
  * (./devices). The KVM runner applies a BootPlan and routes KVM_EXIT_IO to a PortBus.
  */
 export * from './image';
+export * from './devices';
