@@ -14,6 +14,7 @@ import type { Backend, StreamSink } from '../backend';
 import { invalidArgument } from '../errors';
 import { parsePartitionName, parseVpName, partitionName, vpName } from '../names';
 import { fromPbSnapshot, toPbSnapshot } from '../snapshot-codec';
+import { EMULATOR_NO_EXECUTION, NOT_LOADED, type RunFields, checkConsoleWrite, checkDevices, checkLoadRequest, connectionSpec, executionUnsupported, toPbConnection } from './execution';
 import { type BackgroundErrorReport, awaitMonitorAnswers, keepInterceptDeadlines, partitionTask, reportToStderr } from './monitor-wait';
 
 export const MAX_GUEST_ACCESS = 65536;
@@ -45,6 +46,8 @@ export class CoreBackend implements Backend {
   report: BackgroundErrorReport = reportToStderr;
   private readonly architectures: P.Architecture[];
   private readonly extraFeatures: P.Feature[];
+  /** Partition.devices, as created (not in snapshots: a restored partition has none). */
+  private readonly devices = new WeakMap<Partition, string[]>();
 
   /** `options.platform`: an execution engine for every partition (the KVM agent passes one). */
   constructor(limits: Partial<core.Limits> = {}, options: CoreBackendOptions = {}) {
@@ -62,6 +65,8 @@ export class CoreBackend implements Backend {
     if (want.name) throw invalidArgument('partition.name is output only; choose the id with partition_id');
     const arch = want.architecture === pb.Architecture.ARCHITECTURE_ARM64 ? 'arm64' : want.architecture === pb.Architecture.ARCHITECTURE_X64 || want.architecture === pb.Architecture.ARCHITECTURE_UNSPECIFIED ? 'x64' : undefined;
     if (!arch) throw invalidArgument(`unknown architecture ${want.architecture}`);
+    if (want.runState || want.exitCode !== undefined || want.endReason || want.endTimeUnixMs !== undefined) throw invalidArgument('run_state, exit_code, end_reason and end_time_unix_ms are output only');
+    const devices = checkDevices(want.devices ?? []);
     const p = this.manager.create({
       partitionId: r.partitionId || undefined,
       requestId: r.requestId || undefined,
@@ -71,14 +76,18 @@ export class CoreBackend implements Backend {
       maximumVtl: want.maximumVtl,
       labels: want.labels ?? {},
     });
-    return toPbPartition(p, r.requestId);
+    const had = this.devices.get(p);
+    // A retry of the same request_id returns the partition it created: with the same devices only.
+    if (had && had.join() !== devices.join()) throw new HvError(HvStatus.HV_STATUS_OBJECT_IN_USE, `request_id ${r.requestId} was used to create partition ${p.id} with other devices (${had.join(', ') || 'none'})`);
+    this.devices.set(p, devices);
+    return this.toPartition(p, r.requestId);
   }
   async getPartition(r: pb.GetPartitionRequest) {
-    return toPbPartition(this.partition(r.name));
+    return this.toPartition(this.partition(r.name));
   }
   async listPartitions(r: pb.ListPartitionsRequest): Promise<pb.ListPartitionsResponse> {
     const { partitions, nextPageToken } = this.manager.list(r.pageSize, r.pageToken);
-    return { partitions: partitions.map((p) => toPbPartition(p)), nextPageToken };
+    return { partitions: partitions.map((p) => this.toPartition(p)), nextPageToken };
   }
   async deletePartition(r: pb.DeletePartitionRequest) {
     this.manager.delete(parsePartitionName(r.name));
@@ -97,6 +106,8 @@ export class CoreBackend implements Backend {
         { name: 'overlays', supported: true, reason: '' },
         { name: 'xmm-fast-hypercalls', supported: false, reason: 'CPUID 0x40000003 EDX bit 4 is not offered' },
         ...this.extraFeatures,
+        // Unless the engine says otherwise: no guest code runs here.
+        ...(this.extraFeatures.some((f) => f.name === 'guest-execution') ? [] : [{ name: 'guest-execution', supported: false, reason: EMULATOR_NO_EXECUTION }]),
       ],
     };
   }
@@ -105,7 +116,7 @@ export class CoreBackend implements Backend {
 
   async getVirtualProcessor(r: vpb.GetVirtualProcessorRequest): Promise<vpb.VirtualProcessor> {
     const { p, vp } = this.vp(r.name);
-    return toPbVp(p, vp);
+    return this.toVp(p, vp);
   }
   async getVpRegisters(r: vpb.GetVpRegistersRequest): Promise<vpb.GetVpRegistersResponse> {
     const { p, vp } = this.vp(r.name);
@@ -268,7 +279,7 @@ export class CoreBackend implements Backend {
     const { p, vp } = this.vp(r.name);
     const ctx = r.initialContext ? fromPbContext(r.initialContext) : core.longModeContext();
     p.enableVpVtl('host', vp.index, r.targetVtl, ctx);
-    return { vp: toPbVp(p, vp) };
+    return { vp: this.toVp(p, vp) };
   }
   async watchVtlTransitions(r: tpb.WatchVtlTransitionsRequest, sink: StreamSink<tpb.WatchVtlTransitionsResponse>, signal: AbortSignal): Promise<void> {
     const p = this.partition(r.name);
@@ -509,7 +520,75 @@ export class CoreBackend implements Backend {
     if (!r.snapshot) throw invalidArgument('snapshot is required');
     // Validated completely (core validateSnapshot, resident-RAM limit) before anything is created.
     const p = this.manager.restore(fromPbSnapshot(r.snapshot), r.partitionId || undefined);
-    return toPbPartition(p);
+    return this.toPartition(p);
+  }
+
+  // ---- execution (ExecutionService) -------------------------------------------------------------
+  // The guest RPCs check their input (name, partition, fields) and then answer FAILED_PRECONDITION:
+  // the emulated engine performs guest actions one at a time and runs no guest code. A backend that
+  // runs guests (KvmBackend) overrides them. Connections are VSM semantics: served here.
+
+  async loadGuestImage(r: P.LoadGuestImageRequest): Promise<P.LoadGuestImageResponse> {
+    this.partition(r.name);
+    checkLoadRequest(r);
+    throw executionUnsupported(EMULATOR_NO_EXECUTION);
+  }
+  async startPartition(r: P.StartPartitionRequest): Promise<P.Partition> {
+    this.partition(r.name);
+    throw executionUnsupported(EMULATOR_NO_EXECUTION);
+  }
+  async pausePartition(r: P.PausePartitionRequest): Promise<P.Partition> {
+    this.partition(r.name);
+    throw executionUnsupported(EMULATOR_NO_EXECUTION);
+  }
+  async resumePartition(r: P.ResumePartitionRequest): Promise<P.Partition> {
+    this.partition(r.name);
+    throw executionUnsupported(EMULATOR_NO_EXECUTION);
+  }
+  async stopPartition(r: P.StopPartitionRequest): Promise<P.Partition> {
+    this.partition(r.name);
+    throw executionUnsupported(EMULATOR_NO_EXECUTION);
+  }
+  async streamConsole(r: P.StreamConsoleRequest, _sink: StreamSink<P.StreamConsoleResponse>, _signal: AbortSignal): Promise<void> {
+    this.partition(r.name);
+    throw executionUnsupported(EMULATOR_NO_EXECUTION);
+  }
+  async writeConsole(r: P.WriteConsoleRequest): Promise<P.WriteConsoleResponse> {
+    this.partition(r.name);
+    checkConsoleWrite(r);
+    throw executionUnsupported(EMULATOR_NO_EXECUTION);
+  }
+
+  async createConnection(r: P.CreateConnectionRequest): Promise<P.Connection> {
+    const p = this.partition(r.name);
+    return toPbConnection(core.createConnection(p, connectionSpec(r)));
+  }
+  async deleteConnection(r: P.DeleteConnectionRequest): Promise<P.DeleteConnectionResponse> {
+    const p = this.partition(r.name);
+    core.deleteConnection(p, r.connectionId);
+    return {};
+  }
+  async listConnections(r: P.ListConnectionsRequest): Promise<P.ListConnectionsResponse> {
+    return { connections: core.listConnections(this.partition(r.name)).map(toPbConnection) };
+  }
+
+  /** The run fields of a partition (run_state ...): NOT_LOADED unless the backend runs its guest. */
+  protected runFieldsOf(_p: Partition): RunFields {
+    return NOT_LOADED;
+  }
+  /** A VP's run state: UNSPECIFIED unless the backend runs the partition's guest. */
+  protected vpRunStateOf(_p: Partition, _vp: VirtualProcessor): P.VpRunState {
+    return P.VpRunState.VP_RUN_STATE_UNSPECIFIED;
+  }
+  /** The devices a partition was created with. */
+  devicesOf(p: Partition): readonly string[] {
+    return this.devices.get(p) ?? [];
+  }
+  protected toPartition(p: Partition, requestId = ''): P.Partition {
+    return { ...toPbPartition(p, requestId), devices: [...this.devicesOf(p)], ...this.runFieldsOf(p) };
+  }
+  protected toVp(p: Partition, vp: VirtualProcessor): P.VirtualProcessor {
+    return { ...toPbVp(p, vp), runState: this.vpRunStateOf(p, vp) };
   }
 
   async close(): Promise<void> {}
@@ -554,6 +633,8 @@ function toPbPartition(p: Partition, requestId = ''): pb.Partition {
     enabledVtlSet: p.enabledVtlSet,
     createTimeUnixMs: BigInt(p.createTimeUnixMs),
     requestId,
+    devices: [],
+    ...NOT_LOADED,
   };
 }
 
@@ -562,6 +643,7 @@ function toPbVp(p: Partition, vp: VirtualProcessor): vpb.VirtualProcessor {
     name: vpName(p.id, vp.index),
     vpIndex: vp.index,
     vtlStatus: { activeVtl: vp.activeVtl, enabledVtlSet: vp.enabledVtlSet, lastEntryReason: vp.vtls.get(vp.activeVtl).entryReason, interceptSuspended: vp.suspendedOn !== null, suspendedInterceptId: vp.suspendedOn ?? 0n },
+    runState: P.VpRunState.VP_RUN_STATE_UNSPECIFIED,
   };
 }
 

@@ -4,19 +4,66 @@
  * emulator process serves) built with the KVM engine for every partition (platform/kvm-engine.ts:
  * guest actions run as real instructions on /dev/kvm, protections are enforced by memslots). It
  * overrides no vsm.v1 method: it supplies the platform factory and what the engine reports in
- * capabilities, and adds what only a real engine can do (running a VP's own code, runVp).
+ * capabilities, and adds what only a real engine can do (running a VP's own code, runVp), and the
+ * ExecutionService: a partition's guest (the platform's GuestSession, one per partition, created by
+ * LoadGuestImage, stopped by StopPartition and before DeletePartition frees the partition).
+ *
+ * Errors of the guest RPCs: the loader's GuestImageError (malformed, truncated or unsupported image,
+ * or one that does not fit the partition's memory) is INVALID_ARGUMENT / HV_STATUS_INVALID_PARAMETER
+ * with the loader's message as is (an image too large for the partition is a bad argument for that
+ * partition, not a range being iterated: not OUT_OF_RANGE); a request the guest's state does not
+ * allow (start of a running guest, load into a loaded one, ...) is FAILED_PRECONDITION /
+ * HV_STATUS_INVALID_PARTITION_STATE; an RPC that needs a guest on a partition without one is
+ * FAILED_PRECONDITION / HV_STATUS_INVALID_PARTITION_STATE too. Guest actions (WriteMsr, Hypercall,
+ * ...) on a partition with a guest loaded are FAILED_PRECONDITION: its VMs have the in-kernel LAPIC
+ * and the action stubs end in HLT.
  */
+import type { Partition, VirtualProcessor } from '@vsm/core';
 import * as core from '@vsm/core';
-import { EngineError } from '@vsm/core';
+import { EngineError, HvError, HvStatus } from '@vsm/core';
 import { pb } from '@vsm/api';
+import * as platformKvm from '@vsm/platform-kvm';
 import { HYPERCALL_PAGE_DESCRIPTION, type KvmHost, KvmPartition, KvmSystem, type RunVpResult, VcpuWatchdog, engineErrorOf, kvmEngine, probeHost } from '@vsm/platform-kvm';
+import type { StreamSink } from '../backend';
+import { invalidArgument } from '../errors';
 import { CoreBackend, MAX_GUEST_ACCESS } from './core-backend';
+import {
+  ENTRY_MODE_TO_PB, FORMAT_TO_PB, type GuestEntryMode, type GuestFormat, type GuestRunEnd, type GuestRunState, type GuestVpRunState, type RunFields, VP_RUN_STATE_TO_PB,
+  type ConsoleSource, checkConsoleWrite, checkLoadRequest, executionUnsupported, followConsole, runFields,
+} from './execution';
 
 export { MAX_GUEST_ACCESS };
+
+/**
+ * The platform's guest session as this backend uses it (services/platform-kvm/src/guest/session.ts
+ * GuestSession): looked up at run time, so that an agent built before the platform exports it still
+ * serves everything else and reports guest-execution unsupported.
+ */
+interface GuestSessionLike {
+  readonly loadResult: { format: Exclude<GuestFormat, 'auto'>; entry: bigint; entryMode: GuestEntryMode; segments: { gpa: bigint; size: bigint }[]; bootInfoGpa?: bigint };
+  readonly state: GuestRunState;
+  readonly end: GuestRunEnd | undefined;
+  readonly console: ConsoleSource;
+  vpState(index: number): GuestVpRunState;
+  start(): void;
+  pause(): void;
+  resume(): void;
+  stop(reason?: string): Promise<GuestRunEnd>;
+  writeConsole(bytes: Uint8Array): void;
+  close(): Promise<void>;
+}
+interface GuestSessionClass {
+  load(kp: KvmPartition, image: Uint8Array, opts: { format?: GuestFormat; loadGpa?: bigint; entry?: bigint; entryMode?: GuestEntryMode; commandLine?: string; devices: { hypervTestdev: boolean } }): GuestSessionLike;
+}
+const GuestSession = (platformKvm as unknown as { GuestSession?: GuestSessionClass }).GuestSession;
+const NO_GUEST_SESSION = 'this build of the KVM platform has no GuestSession (@vsm/platform-kvm does not export it): guests cannot be loaded';
 
 /** What the KVM engine reports beyond the core's features. */
 const KVM_FEATURES: pb.Feature[] = [
   { name: 'real-guest-execution', supported: true, reason: '' },
+  GuestSession
+    ? { name: 'guest-execution', supported: true, reason: 'LoadGuestImage (flat, ELF64, multiboot v1), every VP on its own thread, COM1 console, debug-exit port 0xf4, optional hyperv-testdev' }
+    : { name: 'guest-execution', supported: false, reason: NO_GUEST_SESSION },
   { name: 'hypercall-page-port-io', supported: true, reason: HYPERCALL_PAGE_DESCRIPTION },
   { name: 'arm64', supported: false, reason: 'the KVM agent runs x64 partitions only (x86-64 host)' },
   {
@@ -48,6 +95,8 @@ export class KvmBackend extends CoreBackend {
   private closed = false;
   /** The KVM platform of each partition, by id. */
   private readonly kvm = new Map<string, KvmPartition>();
+  /** The guest of each partition that has one loaded. */
+  private readonly sessions = new Map<Partition, GuestSessionLike>();
 
   constructor(private readonly opts: KvmBackendOptions = {}) {
     // Every partition the core's manager creates or restores gets a KVM platform (its VMs, vCPUs
@@ -74,6 +123,7 @@ export class KvmBackend extends CoreBackend {
           },
           dispose: () => {
             if (this.kvm.get(spec.id) === kp) this.kvm.delete(spec.id);
+            if (kp.partition) this.sessions.delete(kp.partition);
             kp.dispose();
           },
         };
@@ -131,9 +181,98 @@ export class KvmBackend extends CoreBackend {
     return this.platform(this.partition(name));
   }
 
+  // ---- ExecutionService -----------------------------------------------------------------------
+
+  override async loadGuestImage(r: pb.LoadGuestImageRequest): Promise<pb.LoadGuestImageResponse> {
+    const p = this.partition(r.name);
+    const load = checkLoadRequest(r);
+    if (!GuestSession) throw executionUnsupported(NO_GUEST_SESSION);
+    p.assertActive();
+    const had = this.sessions.get(p);
+    if (had) throw new HvError(HvStatus.HV_STATUS_INVALID_PARTITION_STATE, `partition ${p.id} already has a guest loaded (${had.state}); delete it and create a new one to load another`);
+    const s = sessionCall(() => GuestSession.load(this.platform(p), load.image, { ...load, devices: { hypervTestdev: this.devicesOf(p).includes('hyperv-testdev') } }));
+    this.sessions.set(p, s);
+    const l = s.loadResult;
+    return { format: FORMAT_TO_PB[l.format], entryPoint: l.entry, entryMode: ENTRY_MODE_TO_PB[l.entryMode], segments: l.segments.map((g) => ({ gpa: g.gpa, size: g.size })), bootInfoGpa: l.bootInfoGpa };
+  }
+  override async startPartition(r: pb.StartPartitionRequest): Promise<pb.Partition> {
+    const { p, s } = this.session(r.name);
+    p.assertActive();
+    sessionCall(() => s.start());
+    return this.toPartition(p);
+  }
+  override async pausePartition(r: pb.PausePartitionRequest): Promise<pb.Partition> {
+    const { p, s } = this.session(r.name);
+    sessionCall(() => s.pause());
+    return this.toPartition(p);
+  }
+  override async resumePartition(r: pb.ResumePartitionRequest): Promise<pb.Partition> {
+    const { p, s } = this.session(r.name);
+    sessionCall(() => s.resume());
+    return this.toPartition(p);
+  }
+  override async stopPartition(r: pb.StopPartitionRequest): Promise<pb.Partition> {
+    const { p, s } = this.session(r.name);
+    await sessionCall(() => s.stop('stopped by StopPartition'));
+    return this.toPartition(p);
+  }
+  override async streamConsole(r: pb.StreamConsoleRequest, sink: StreamSink<pb.StreamConsoleResponse>, signal: AbortSignal): Promise<void> {
+    const { s } = this.session(r.name);
+    await followConsole(s.console, r.fromOffset, () => s.end, sink, signal);
+  }
+  override async writeConsole(r: pb.WriteConsoleRequest): Promise<pb.WriteConsoleResponse> {
+    const { s } = this.session(r.name);
+    const data = checkConsoleWrite(r);
+    if (s.state === 'stopped' || s.state === 'crashed') throw new HvError(HvStatus.HV_STATUS_INVALID_PARTITION_STATE, `the guest has ${s.state === 'stopped' ? 'stopped' : 'crashed'}: nothing reads its console`);
+    sessionCall(() => s.writeConsole(data));
+    return {};
+  }
+
+  /** Deleting a partition whose guest runs stops it first (its VP threads end before its memory goes). */
+  override async deletePartition(r: pb.DeletePartitionRequest): Promise<pb.DeletePartitionResponse> {
+    const p = this.partition(r.name);
+    const s = this.sessions.get(p);
+    if (s) {
+      await s.close();
+      this.sessions.delete(p);
+    }
+    return super.deletePartition(r);
+  }
+
+  /** Guest actions are refused once a guest is loaded: its VMs have the in-kernel LAPIC, and the action stubs end in HLT. */
+  override guestVp(name: string): { p: Partition; vp: VirtualProcessor } {
+    const t = super.guestVp(name);
+    const s = this.sessions.get(t.p);
+    if (s) throw new HvError(HvStatus.HV_STATUS_INVALID_PARTITION_STATE, `partition ${t.p.id} runs a loaded guest (${s.state}): guest actions (WriteMsr, Hypercall, memory actions) are not available on it; its VMs have the in-kernel LAPIC and the action stubs end in HLT`);
+    return t;
+  }
+
+  protected override runFieldsOf(p: Partition): RunFields {
+    const s = this.sessions.get(p);
+    return s ? runFields(s.state, s.end) : super.runFieldsOf(p);
+  }
+  protected override vpRunStateOf(p: Partition, vp: VirtualProcessor): pb.VpRunState {
+    const s = this.sessions.get(p);
+    return s ? VP_RUN_STATE_TO_PB[s.vpState(vp.index)] : super.vpRunStateOf(p, vp);
+  }
+
+  /** The guest of partition `name`: FAILED_PRECONDITION when none is loaded. */
+  private session(name: string): { p: Partition; s: GuestSessionLike } {
+    const p = this.partition(name);
+    const s = this.sessions.get(p);
+    if (!s) {
+      if (!GuestSession) throw executionUnsupported(NO_GUEST_SESSION);
+      throw new HvError(HvStatus.HV_STATUS_INVALID_PARTITION_STATE, `partition ${p.id} has no guest loaded (LoadGuestImage first)`);
+    }
+    return { p, s };
+  }
+
   override async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    // Every guest's VP threads end before the partitions are freed.
+    await Promise.all([...this.sessions.values()].map((s) => s.close().catch(() => undefined)));
+    this.sessions.clear();
     // Frees every partition's fds and mappings.
     for (let page = this.manager.list(1000, ''); page.partitions.length; page = this.manager.list(1000, '')) for (const p of page.partitions) this.manager.delete(p.id);
     await super.close();
@@ -142,9 +281,31 @@ export class KvmBackend extends CoreBackend {
     await host?.close();
   }
 
-  private platform(p: core.Partition): KvmPartition {
+  private platform(p: Partition): KvmPartition {
     const kp = this.kvm.get(p.id);
     if (!kp || kp.partition !== p) throw new Error(`partition ${p.id} has no KVM platform`);
     return kp;
+  }
+}
+
+/**
+ * Runs a guest-session call with its errors mapped: GuestImageError -> INVALID_ARGUMENT (message as
+ * is), GuestSessionError by its kind, anything else as an engine error.
+ */
+function sessionCall<T>(fn: () => T): T {
+  const mapped = (e: unknown): never => {
+    if (e instanceof Error && e.name === 'GuestImageError') throw invalidArgument(e.message);
+    if (e instanceof Error && e.name === 'GuestSessionError') {
+      if ((e as { kind?: unknown }).kind === 'invalid-argument') throw invalidArgument(e.message);
+      throw new HvError(HvStatus.HV_STATUS_INVALID_PARTITION_STATE, e.message);
+    }
+    if (e instanceof HvError || e instanceof EngineError) throw e;
+    throw engineErrorOf(e);
+  };
+  try {
+    const v = fn();
+    return (v instanceof Promise ? v.catch(mapped) : v) as T;
+  } catch (e) {
+    return mapped(e);
   }
 }
