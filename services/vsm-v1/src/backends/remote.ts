@@ -13,6 +13,8 @@ import { parsePartitionName } from '../names';
 
 const UNARY_DEADLINE_MS = 30_000;
 const WAITING_DEADLINE_MS = 24 * 3600_000;
+/** StopPartition waits for every VP thread of the guest to end; LoadGuestImage copies up to 8 MiB. */
+const EXECUTION_DEADLINE_MS = 120_000;
 
 interface Agent {
   address: string;
@@ -176,6 +178,25 @@ export class RemoteBackend implements Backend {
   postMessage(r: pb.PostMessageRequest) { return this.route(r.name, (c) => c.synic.postMessage(r)); }
   signalEvent(r: pb.SignalEventRequest) { return this.route(r.name, (c) => c.synic.signalEvent(r)); }
   getSynicState(r: pb.GetSynicStateRequest) { return this.route(r.name, (c) => c.synic.getSynicState(r)); }
+
+  // ExecutionService: forwarded as is, the console stream message by message with back-pressure.
+  loadGuestImage(r: pb.LoadGuestImageRequest) { return this.route(r.name, (c) => c.execution.loadGuestImage(r, { deadlineMs: EXECUTION_DEADLINE_MS })); }
+  startPartition(r: pb.StartPartitionRequest) { return this.route(r.name, (c) => c.execution.startPartition(r)); }
+  pausePartition(r: pb.PausePartitionRequest) { return this.route(r.name, (c) => c.execution.pausePartition(r)); }
+  resumePartition(r: pb.ResumePartitionRequest) { return this.route(r.name, (c) => c.execution.resumePartition(r)); }
+  stopPartition(r: pb.StopPartitionRequest) { return this.route(r.name, (c) => c.execution.stopPartition(r, { deadlineMs: EXECUTION_DEADLINE_MS })); }
+  async streamConsole(r: pb.StreamConsoleRequest, sink: StreamSink<pb.StreamConsoleResponse>, signal: AbortSignal): Promise<void> {
+    const agent = await this.locate(r.name);
+    try {
+      for await (const m of agent.client.execution.streamConsole(r, signal)) if (!sink.write(m)) await sink.drained();
+    } catch (e) {
+      relay(e);
+    }
+  }
+  writeConsole(r: pb.WriteConsoleRequest) { return this.route(r.name, (c) => c.execution.writeConsole(r)); }
+  createConnection(r: pb.CreateConnectionRequest) { return this.route(r.name, (c) => c.execution.createConnection(r)); }
+  deleteConnection(r: pb.DeleteConnectionRequest) { return this.route(r.name, (c) => c.execution.deleteConnection(r)); }
+  listConnections(r: pb.ListConnectionsRequest) { return this.route(r.name, (c) => c.execution.listConnections(r)); }
 
   savePartition(r: pb.SavePartitionRequest) { return this.route(r.name, (c) => c.snapshots.savePartition(r)); }
   async restorePartition(r: pb.RestorePartitionRequest) {
