@@ -1,8 +1,8 @@
 // @vsm/client ergonomic layer: `connect(address, options)` returns promise-based clients for every
 // vsm.v1 service with default deadlines, async iterators for server streams, and VsmError carrying
-// the HV_STATUS name from google.rpc.ErrorInfo. Retries happen only for idempotent reads.
+// the HV_STATUS name from google.rpc.ErrorInfo. Retries happen only for the RPCs the proto declares NO_SIDE_EFFECTS.
 import * as grpc from '@grpc/grpc-js';
-import { pb } from '@vsm/api';
+import { pb, vsmRpc } from '@vsm/api';
 
 export interface ConnectOptions {
   /** TLS: `true` for system roots, or PEM material; unset = plaintext. */
@@ -11,7 +11,7 @@ export interface ConnectOptions {
   token?: string;
   /** Default deadline for unary calls, in ms (default 10000). */
   deadlineMs?: number;
-  /** Retries for idempotent (read-only) calls on UNAVAILABLE (default 2). */
+  /** Retries on UNAVAILABLE for the RPCs declared `idempotency_level = NO_SIDE_EFFECTS` (default 2). */
   retries?: number;
 }
 
@@ -69,7 +69,6 @@ type Promisified<C> = {
     : never;
 };
 
-const IDEMPOTENT = /^(get|list|read)/;
 
 /** Every vsm.v1 RPC `Foo` takes a `FooRequest` message (buf's RPC_REQUEST_STANDARD_NAME). */
 function requestTypeOf(method: string): { fromPartial(o: unknown): unknown } {
@@ -78,14 +77,15 @@ function requestTypeOf(method: string): { fromPartial(o: unknown): unknown } {
   return t;
 }
 
-function promisify<C extends grpc.Client>(client: C, svc: Record<string, { requestStream: boolean; responseStream: boolean }>, o: ConnectOptions, md: () => grpc.Metadata): Promisified<C> {
+function promisify<C extends grpc.Client>(client: C, svc: Record<string, { path: string; requestStream: boolean; responseStream: boolean }>, o: ConnectOptions, md: () => grpc.Metadata): Promisified<C> {
   const out: Record<string, unknown> = {};
   for (const [method, def] of Object.entries(svc)) {
     if (def.requestStream || def.responseStream) continue;
     const requestType = requestTypeOf(method);
     out[method] = async (req: unknown, callOpts?: { deadlineMs?: number }) => {
       const full = requestType.fromPartial(req ?? {});
-      const attempts = IDEMPOTENT.test(method) ? 1 + (o.retries ?? 2) : 1;
+      // Retried: the RPCs the proto declares NO_SIDE_EFFECTS (a guest read can intercept: not retried).
+      const attempts = vsmRpc(def.path)?.noSideEffects ? 1 + (o.retries ?? 2) : 1;
       for (let i = 0; ; i++) {
         try {
           return await new Promise((resolve, reject) => {
