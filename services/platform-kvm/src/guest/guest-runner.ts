@@ -11,12 +11,13 @@
 import { Worker } from 'node:worker_threads';
 import * as path from 'node:path';
 import * as fs from 'node:fs';
+import * as core from '@vsm/core';
 import type { Partition, VirtualProcessor, Vtl } from '@vsm/core';
 import { type KvmExit, KVM_EXIT, type KvmVcpu } from '../kvm';
 import { type KickSignal, SIGNO, ensureSignalHandler, strerror, sysTgkill } from '../kvm/ioctl';
 import { type KvmPartition, describeExit } from '../platform/kvm-partition';
 import type { VpCpu } from '../platform/vtl-vm';
-import { CELL, CHANNEL_BYTES, CMD, RUN_ADDRESS_BIG, RUN_SIZE_BIG, consoleDrain, consoleRingBuffer } from './vcpu-channel';
+import { CELL, CHANNEL_BYTES, CMD, OVERLAY_TABLE_BIG, OVERLAY_TABLE_MAX, RUN_ADDRESS_BIG, RUN_SIZE_BIG, consoleDrain, consoleRingBuffer } from './vcpu-channel';
 
 /** A port-I/O device of a running guest (COM1, fw_cfg, debug exit, hyperv-testdev, ...). */
 export interface PortDevice {
@@ -65,8 +66,11 @@ interface VpThread {
   bigs: BigInt64Array;
   /** Hand-overs seen so far. */
   seen: number;
-  /** A hand-over waiting for an answer that is held (paused). */
-  holding: boolean;
+  /**
+   * Why a handled exit is not answered yet: the guest is paused, the VP waits for a monitor's answer
+   * (suspended on an intercept), or every VP is being stopped for a memslot change (quiesce).
+   */
+  hold: 'pause' | 'intercept' | 'quiesce' | undefined;
   /** Why the main thread kicked it (acted on at its INTR exit). */
   kickReasons: Set<'pause' | 'stop' | 'service'>;
   /** Work to do on this VP's vCPU while its thread waits (LAPIC fix-ups, ...). */
@@ -176,10 +180,11 @@ export class GuestRunner {
     const cells = new Int32Array(channel);
     const bigs = new BigInt64Array(channel);
     this.point(cells, bigs, cpu.vcpu);
+    this.publishOverlays({ vp, vtl, cells, bigs });
     this.setUart(cells);
     const worker = new Worker(WORKER_FILE, { workerData: { channel, console: this.consoleSab, signal: SIGNO[this.signal] } });
     const t: VpThread = {
-      vp, vtl, cpu, worker, cells, bigs, seen: 0, holding: false, kickReasons: new Set(), service: [], exits: 0, recent: [], ended: false,
+      vp, vtl, cpu, worker, cells, bigs, seen: 0, hold: undefined, kickReasons: new Set(), service: [], exits: 0, recent: [], ended: false,
       done: Promise.resolve(),
     };
     t.done = new Promise<void>((resolve) => {
@@ -198,6 +203,30 @@ export class GuestRunner {
     });
     void this.serve(t);
     return t;
+  }
+
+  /**
+   * The VP's own writable overlay pages in its active VTL, for its thread's MMIO fast path (only the
+   * per-VP ones are holes; partition-wide ones are memslots). Called while the VP's thread waits.
+   */
+  private publishOverlays(t: { vp: VirtualProcessor; vtl: Vtl; cells: Int32Array; bigs: BigInt64Array }): void {
+    let n = 0;
+    const seen = new Set<bigint>();
+    for (const o of this.p.overlays.list()) {
+      if (o.vtl !== t.vtl || o.vpIndex !== t.vp.index || seen.has(o.gpfn)) continue;
+      const top = this.p.overlays.visible(t.vtl, t.vp.index, o.gpfn);
+      if (!top || top.readOnly || n >= OVERLAY_TABLE_MAX) continue;
+      seen.add(o.gpfn);
+      t.bigs[OVERLAY_TABLE_BIG + 2 * n] = BigInt.asIntN(64, o.gpfn);
+      t.bigs[OVERLAY_TABLE_BIG + 2 * n + 1] = BigInt.asIntN(64, this.kp.overlayPages.memory.hostAddress + BigInt(this.kp.overlayPages.offsetOf(top.page)));
+      n++;
+    }
+    Atomics.store(t.cells, CELL.overlayCount, n);
+  }
+
+  /** MMIO exits on per-VP overlay pages the VP threads served themselves. */
+  get overlayExits(): number {
+    return this.threads.reduce((a, t) => a + Atomics.load(t.cells, CELL.overlayExits), 0);
   }
 
   /** Names the vCPU the VP's thread runs next. */
@@ -240,8 +269,13 @@ export class GuestRunner {
         cmd = CMD.exit;
       }
       if (this.stateValue === 'stopped' || this.stateValue === 'crashed') cmd = CMD.exit;
-      if (cmd === HOLD || (cmd === CMD.run && this.stateValue === 'paused')) {
-        t.holding = true;
+      if (cmd === HOLD) t.hold = 'intercept';
+      else if (cmd === CMD.run && (this.quiescing || this.viewsNeedSync())) {
+        t.hold = 'quiesce';
+        this.quiesce();
+      } else if (cmd === CMD.run && this.stateValue === 'paused') t.hold = 'pause';
+      if (t.hold) {
+        this.quiesceProgress();
         continue;
       }
       this.answer(t, cmd);
@@ -249,8 +283,55 @@ export class GuestRunner {
     }
   }
 
+  // ---- memslot changes while every VP runs ---------------------------------------------------------
+  //
+  // Changing a view's memslots (an overlay placed or moved, protections changed) deletes and re-creates
+  // the RAM slot it cuts: a VP running meanwhile would find no memory there (a triple fault, seen with
+  // hyperv_synic's concurrent SIMP writes). So the change waits until every VP's thread is parked: the
+  // VP whose exit needs it is held, the others are kicked and held at their next exit, the views are
+  // synced, and all of them run again.
+
+  private quiescing = false;
+  /** Memslot syncs done with every VP stopped, and their total time (µs). */
+  quiesces = 0;
+  quiesceMicros = 0;
+  private quiesceStart = 0n;
+
+  /** Whether a VTL VM's layout lags behind the core's overlays or protections. */
+  private viewsNeedSync(): boolean {
+    for (const vtl of [0, 1, 2] as const) if (this.kp.vmOf(vtl)?.needsSync(this.p)) return true;
+    return false;
+  }
+
+  private quiesce(): void {
+    if (this.quiescing) return;
+    this.quiescing = true;
+    this.quiesceStart = process.hrtime.bigint();
+    for (const t of this.threads) if (!t.ended && !this.isParked(t.vp.index)) this.kick(t, 'service');
+  }
+
+  /** Once every VP is parked: sync the views, then let the VPs held for it run again. */
+  private quiesceProgress(): void {
+    if (!this.quiescing) return;
+    if (this.threads.some((t) => !t.ended && !t.hold && !this.isParked(t.vp.index))) return;
+    if (this.threads.some((t) => !t.ended && Atomics.load(t.cells, CELL.request) !== t.seen)) return; // a hand-over not seen yet
+    for (const vtl of [0, 1, 2] as const) {
+      const vm = this.kp.vmOf(vtl);
+      if (vm?.needsSync(this.p)) vm.syncView(this.p, 0);
+    }
+    for (const t of this.threads) if (!t.ended) this.publishOverlays(t);
+    this.quiescing = false;
+    this.quiesces++;
+    this.quiesceMicros += Number(process.hrtime.bigint() - this.quiesceStart) / 1000;
+    for (const t of this.threads) {
+      if (t.hold !== 'quiesce') continue;
+      if (this.stateValue === 'paused') t.hold = 'pause';
+      else this.answer(t, CMD.run);
+    }
+  }
+
   private answer(t: VpThread, cmd: number): void {
-    t.holding = false;
+    t.hold = undefined;
     Atomics.store(t.cells, CELL.command, cmd);
     Atomics.store(t.cells, CELL.answer, t.seen);
     Atomics.notify(t.cells, CELL.answer);
@@ -284,8 +365,7 @@ export class GuestRunner {
       case 'wrmsr': {
         const r = this.p.writeMsr(t.vp, e.index, e.data);
         vcpu.completeMsr({ error: r.exception !== undefined });
-        t.cpu.vm.syncView(this.p, t.vp.index);
-        return CMD.run;
+        return CMD.run; // a view change (overlay MSR) is applied with every VP parked (serve → quiesce)
       }
       case 'mmio':
         return this.mmio(t, e);
@@ -354,6 +434,7 @@ export class GuestRunner {
     this.kp.executionLoad(t.cpu, t.vp, t.vtl);
     t.cpu.vcpu.setFpu(fpu);
     this.point(t.cells, t.bigs, t.cpu.vcpu);
+    this.publishOverlays(t);
   }
 
   private mmio(t: VpThread, e: Extract<KvmExit, { kind: 'mmio' }>): number {
@@ -361,6 +442,17 @@ export class GuestRunner {
       // Nothing there (QEMU's unassigned memory): reads give all ones, writes are dropped.
       if (!e.isWrite) t.cpu.vcpu.completeMmioRead(0xffff_ffff_ffff_ffffn);
       return CMD.run;
+    }
+    // A per-VP overlay page (SIM, SIEF, VP assist) is a hole while every VP runs: the access is this VP's
+    // own page. Overlays are not subject to protections (tlfs-overlays-synic.md §4.1), so nothing can
+    // intercept it: the core reads or writes the VP's view directly (no register sync, no decoding).
+    if (this.onOwnOverlays(t, e.gpa, e.len)) {
+      const o = core.guestAccess(this.p, t.vp, e.isWrite ? 'write' : 'read', e.gpa, e.len, e.isWrite ? Buffer.from(e.data.subarray(0, e.len)) : undefined);
+      if (o.status === 'completed') {
+        if (!e.isWrite) t.cpu.vcpu.completeMmioRead(o.data ?? Buffer.alloc(e.len));
+        this.overlayAccesses++;
+        return CMD.run;
+      }
     }
     const r = this.kp.executionRefusedAccess(t.cpu, t.vp, t.vtl, e);
     switch (r.status) {
@@ -377,6 +469,14 @@ export class GuestRunner {
         this.follow(t);
         return CMD.run;
     }
+  }
+
+  /** Accesses to per-VP overlay pages served directly (the MMIO fast path). */
+  overlayAccesses = 0;
+
+  private onOwnOverlays(t: VpThread, gpa: bigint, len: number): boolean {
+    for (let g = gpa >> 12n; g <= (gpa + BigInt(len) - 1n) >> 12n; g++) if (!this.p.overlays.visible(t.vtl, t.vp.index, g)) return false;
+    return true;
   }
 
   private kicked(t: VpThread): number {
@@ -401,11 +501,18 @@ export class GuestRunner {
     }
   }
 
+  /** Whether VP `index`'s thread waits for the main thread (its vCPU is not in KVM_RUN). */
+  isParked(index: number): boolean {
+    const t = this.threads[index];
+    if (!t || t.ended) return false;
+    return t.hold !== undefined || Atomics.load(t.cells, CELL.request) !== Atomics.load(t.cells, CELL.answer);
+  }
+
   /** Runs `work` on VP `index`'s vCPU while its thread waits (the vCPU is not in KVM_RUN then). */
   onVp(index: number, work: (cpu: VpCpu, vp: VirtualProcessor) => void): void {
     const t = this.threads[index];
     if (!t || t.ended) return;
-    if (t.holding || Atomics.load(t.cells, CELL.request) !== Atomics.load(t.cells, CELL.answer)) {
+    if (this.isParked(index)) {
       work(t.cpu, t.vp); // its thread is waiting for us
       return;
     }
@@ -427,13 +534,13 @@ export class GuestRunner {
   resume(): void {
     if (this.stateValue !== 'paused') throw new Error(`the guest is ${this.stateValue}`);
     this.stateValue = 'running';
-    for (const t of this.threads) if (t.holding) this.answer(t, CMD.run);
+    for (const t of this.threads) if (t.hold === 'pause') this.answer(t, CMD.run);
   }
 
   /** A VP suspended on an intercept whose monitor answered: let it run again. */
   resumeSuspended(index: number): void {
     const t = this.threads[index];
-    if (!t || !t.holding || this.stateValue !== 'running') return;
+    if (t?.hold !== 'intercept' || this.stateValue !== 'running') return;
     this.follow(t);
     this.answer(t, CMD.run);
   }
@@ -456,7 +563,7 @@ export class GuestRunner {
     this.endedAt = process.hrtime.bigint();
     if (this.drainTimer) clearInterval(this.drainTimer);
     for (const t of this.threads) {
-      if (t.holding || Atomics.load(t.cells, CELL.request) !== Atomics.load(t.cells, CELL.answer)) this.answer(t, CMD.exit);
+      if (this.isParked(t.vp.index)) this.answer(t, CMD.exit);
       else this.kick(t, 'stop');
     }
     this.drain();

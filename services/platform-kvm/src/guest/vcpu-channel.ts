@@ -33,11 +33,24 @@ export const CELL = {
   uartBase: 9,
   /** The value a read of COM1's LSR returns on the fast path. */
   uartLsr: 10,
+  /** Entries of the VP's own overlay table (below). */
+  overlayCount: 11,
+  /** MMIO exits on the VP's own overlay pages finished by the VP's thread. */
+  overlayExits: 12,
   /** Cells 16..19 (as BigInt64 index 8, 9): the kvm_run mapping of vcpuFd (address, size). */
 } as const;
 
+/**
+ * The VP's own overlay pages in its active VTL (VP assist, SIM, SIEF: holes in the VM's layout while
+ * every VP runs), as BigInt64 pairs from index OVERLAY_TABLE_BIG: (GPA page number, host address of the
+ * page). The VP's thread serves MMIO exits there itself, reading and writing the page the core uses.
+ * The main thread rewrites the table only while the VP's thread waits (its VTL changed, views synced).
+ */
+export const OVERLAY_TABLE_BIG = 16;
+export const OVERLAY_TABLE_MAX = 12;
+
 /** Bytes of a VP's channel. */
-export const CHANNEL_BYTES = 128;
+export const CHANNEL_BYTES = 8 * (OVERLAY_TABLE_BIG + 2 * OVERLAY_TABLE_MAX);
 /** BigInt64 index of the kvm_run address of `vcpuFd`, then its size. */
 export const RUN_ADDRESS_BIG = 8;
 export const RUN_SIZE_BIG = 9;

@@ -9,7 +9,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { KVM_EXIT, KVM_EXIT_IO_OUT } from '../kvm/constants';
 import { ERRNO, KVM_RUN, errno, ioctlValRaw, nativeView, sysGettid, unblockSignal } from '../kvm/ioctl';
 import { EXIT, RUN } from '../kvm/layout';
-import { CELL, CMD, RUN_ADDRESS_BIG, RUN_SIZE_BIG, consoleAppend } from './vcpu-channel';
+import { CELL, CMD, OVERLAY_TABLE_BIG, RUN_ADDRESS_BIG, RUN_SIZE_BIG, consoleAppend } from './vcpu-channel';
 
 interface VcpuThreadData {
   channel: SharedArrayBuffer;
@@ -54,6 +54,32 @@ function finishLocally(run: Buffer): boolean {
   return true;
 }
 
+const pages = new Map<bigint, Buffer>();
+
+/** An MMIO exit on one of the VP's own overlay pages: read or write that page; true when finished. */
+function overlayAccess(run: Buffer): boolean {
+  const n = Atomics.load(cells, CELL.overlayCount);
+  if (n === 0) return false;
+  const gpa = run.readBigUInt64LE(EXIT.mmioPhysAddr);
+  const len = run.readUInt32LE(EXIT.mmioLen);
+  const off = Number(gpa & 0xfffn);
+  if (len === 0 || len > 8 || off + len > 4096) return false;
+  const gpfn = gpa >> 12n;
+  for (let i = 0; i < n; i++) {
+    if (bigs[OVERLAY_TABLE_BIG + 2 * i] !== BigInt.asIntN(64, gpfn)) continue;
+    const addr = BigInt.asUintN(64, bigs[OVERLAY_TABLE_BIG + 2 * i + 1]!);
+    let page = pages.get(addr);
+    if (!page) {
+      page = nativeView(addr, 4096);
+      pages.set(addr, page);
+    }
+    if (run[EXIT.mmioIsWrite] !== 0) run.copy(page, off, EXIT.mmioData, EXIT.mmioData + len);
+    else page.copy(run, EXIT.mmioData, off, off + len);
+    return true;
+  }
+  return false;
+}
+
 function loop(): void {
   unblockSignal(data.signal);
   Atomics.store(cells, CELL.tid, sysGettid());
@@ -78,8 +104,13 @@ function loop(): void {
         } else Atomics.store(cells, CELL.runErrno, e);
         break;
       }
-      if (run.readUInt32LE(RUN.exitReason) === KVM_EXIT.IO && finishLocally(run)) {
+      const reason = run.readUInt32LE(RUN.exitReason);
+      if (reason === KVM_EXIT.IO && finishLocally(run)) {
         Atomics.add(cells, CELL.localExits, 1);
+        continue;
+      }
+      if (reason === KVM_EXIT.MMIO && overlayAccess(run)) {
+        Atomics.add(cells, CELL.overlayExits, 1);
         continue;
       }
       break;

@@ -179,6 +179,7 @@ export class KvmPartition {
 
   /** The core's platform hooks for this partition. */
   hooks(): PlatformHooks {
+    const self = this;
     return {
       ram: this.ram,
       allocOverlayPage: () => this.overlayPages.alloc(),
@@ -191,6 +192,16 @@ export class KvmPartition {
         // The views of the VTLs below it change (their memslots are re-derived on their next run).
         for (const v of this.vms) if (v && v.vtl < protectingVtl) v.protectionsDirty = true;
       },
+      // A running guest's session (guest/session.ts) supplies these; before it exists the core uses its
+      // own clock and nothing is raised (guest actions never take interrupts).
+      referenceClock: {
+        now100ns: (vpIndex?: number) => this.executionHooks?.referenceClock?.now100ns(vpIndex) ?? this.referenceTimeFallback(),
+        get tscPage() {
+          return self.executionHooks?.referenceClock?.tscPage;
+        },
+      },
+      onTimerChange: () => this.executionHooks?.onTimerChange?.(),
+      raiseInterrupt: (vpIndex: number, vtl: Vtl, vector: number, opts: { autoEoi: boolean }) => this.executionHooks?.raiseInterrupt?.(vpIndex, vtl, vector, opts),
     };
   }
 
@@ -841,6 +852,16 @@ export class KvmPartition {
     this.execution = opts;
   }
 
+  /** Set by a running guest's session: the reference clock, timers and interrupts of the running guest. */
+  executionHooks: Pick<PlatformHooks, 'referenceClock' | 'onTimerChange' | 'raiseInterrupt'> | undefined;
+
+  private readonly createdAt100ns = process.hrtime.bigint() / 100n;
+
+  /** Reference time before a session supplies one: 100 ns units since this platform was created (as the core's clock). */
+  referenceTimeFallback(): bigint {
+    return process.hrtime.bigint() / 100n - this.createdAt100ns;
+  }
+
   /** Whether enableExecution() was called (guest actions cannot run on an irqchip VM: their stubs end in HLT). */
   get executing(): boolean {
     return this.execution !== undefined;
@@ -849,8 +870,10 @@ export class KvmPartition {
   /** The vCPU of (vp, vtl) of a running guest, its VM's view in sync with the core. */
   executionCpu(vp: VirtualProcessor, vtl: Vtl): VpCpu {
     if (this.closed) throw new Error('partition platform is closed');
+    const fresh = this.vms[vtl] === undefined;
     const vm = this.vtlVm(vtl);
-    vm.syncView(this.partition, vp.index);
+    // A new VM gets its layout now (no VP runs in it yet); later changes wait for every VP to be parked.
+    if (fresh) vm.syncView(this.partition, vp.index);
     return vm.cpu(vp.index);
   }
 
@@ -877,10 +900,8 @@ export class KvmPartition {
     this.storeGuest(c, vp, vtl);
     setReg(vp, vtl, R.HvX64RegisterRip, this.hypercallInsnAt(c.vcpu.getRegs().rip));
     const o = this.dispatch(vp);
-    if (!o.vtlSwitch && o.exception === undefined && vp.suspendedOn === null) {
-      c.vcpu.setRegs(coreRegs(vp, vtl));
-      c.vm.syncView(this.partition, vp.index);
-    }
+    // A view change the call made is applied by the runner with every VP parked (guest-runner.ts).
+    if (!o.vtlSwitch && o.exception === undefined && vp.suspendedOn === null) c.vcpu.setRegs(coreRegs(vp, vtl));
     return o;
   }
 

@@ -241,6 +241,11 @@ export class VtlVm {
     return this.vm.lookup(gpa)?.readonly ?? false;
   }
 
+  /** Whether the layout lags behind the core's overlays or protections (syncView would change it). */
+  needsSync(p: Partition): boolean {
+    return this.dirty || this.protectionsDirty || this.protectionsAt !== p.protectionChanges;
+  }
+
   /** Number of memslots of the VM (view plus agent region). */
   get slotCount(): number {
     return this.vm.slotCount;
