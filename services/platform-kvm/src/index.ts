@@ -6,6 +6,8 @@
  * KvmBackend from it.
  */
 export * from './platform';
+/** Guests that run (src/guest): GuestSession, the image loaders, the device models. */
+export * from './guest';
 export { kvmEngine, engineErrorOf } from './platform/kvm-engine';
 /** The thin native KVM layer (src/kvm): KVM_* ioctls, the watchdog, raw exit loops for the benchmarks. */
 export * as kvm from './kvm';
