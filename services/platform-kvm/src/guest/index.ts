@@ -5,7 +5,7 @@
  * image loaders and the boot plan (./image), port-I/O device models (./devices).
  */
 export { GuestSession, GuestSessionError, type GuestSessionState, type GuestLoadOptions, type GuestLoadResult, type GuestDevices } from './session';
-export { type GuestEnd, type VpRunState, type GuestState } from './guest-runner';
+export type { GuestEnd, VpRunState, GuestState } from './guest-runner';
 export { ConsoleHub, type ConsoleChunk, type ConsoleListener } from './console';
 export * from './image';
 export * from './devices';
