@@ -82,6 +82,9 @@ interface VpThread {
   ended: boolean;
 }
 
+/** KVM_GET_MP_STATE values (include/uapi/linux/kvm.h). */
+export const KVM_MP_STATE = { RUNNABLE: 0, UNINITIALIZED: 1, INIT_RECEIVED: 2, HALTED: 3, SIPI_RECEIVED: 4 } as const;
+
 /** handle(): keep the VP's thread waiting (paused, or suspended until a monitor answers). */
 const HOLD = -1;
 
@@ -110,6 +113,9 @@ export class GuestRunner {
   private readonly consoleSab = consoleRingBuffer();
   private drainTimer: NodeJS.Timeout | undefined;
   private readonly signal: KickSignal;
+  /** Hand-overs that came from another VP than the one before (both VPs' exits interleaving in time). */
+  vpSwitches = 0;
+  private lastVp: number | undefined;
   /** Exits by kind (the exits the main thread handled; the VP threads' own are in localExits). */
   readonly exitCounts: ExitCounts = {};
   startedAt: bigint | undefined;
@@ -259,6 +265,8 @@ export class GuestRunner {
       if (req === t.seen) continue;
       t.seen = req;
       t.exits++;
+      if (this.lastVp !== undefined && this.lastVp !== t.vp.index) this.vpSwitches++;
+      this.lastVp = t.vp.index;
       if (t.recent.length >= 64) t.recent.shift();
       t.recent.push(process.hrtime.bigint());
       let cmd: number = CMD.run;
@@ -432,6 +440,9 @@ export class GuestRunner {
     t.vtl = t.vp.activeVtl;
     t.cpu = this.kp.executionCpu(t.vp, t.vtl);
     this.kp.executionLoad(t.cpu, t.vp, t.vtl);
+    // A VTL's vCPU other than id 0 starts in wait-for-SIPI with the in-kernel LAPIC; entered through a
+    // VTL switch it runs the state the core gives it.
+    if (t.cpu.vcpu.getMpState() !== KVM_MP_STATE.RUNNABLE) t.cpu.vcpu.setMpState(KVM_MP_STATE.RUNNABLE);
     t.cpu.vcpu.setFpu(fpu);
     this.point(t.cells, t.bigs, t.cpu.vcpu);
     this.publishOverlays(t);
@@ -518,6 +529,23 @@ export class GuestRunner {
     }
     t.service.push((x) => work(x.cpu, x.vp));
     this.kick(t, 'service');
+  }
+
+  /**
+   * VP `index`'s run state as KVM knows it: its thread is kicked out of KVM_RUN (a halted or
+   * wait-for-SIPI vCPU waits inside the kernel) and KVM_GET_MP_STATE read while it waits.
+   */
+  queryVpState(index: number): Promise<VpRunState> {
+    const quick = this.vpState(index);
+    if (quick !== 'running' || this.stateValue !== 'running') return Promise.resolve(quick);
+    return new Promise((resolve) => {
+      this.onVp(index, (cpu) => {
+        const mp = cpu.vcpu.getMpState();
+        resolve(mp === KVM_MP_STATE.HALTED ? 'halted' : mp === KVM_MP_STATE.UNINITIALIZED || mp === KVM_MP_STATE.INIT_RECEIVED ? 'waiting-for-sipi' : 'running');
+      });
+      // A thread that ended meanwhile never runs the work.
+      if (this.threads[index]?.ended) resolve('stopped');
+    });
   }
 
   /** The VTL VM's vCPU a VP runs now. */

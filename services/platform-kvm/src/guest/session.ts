@@ -68,6 +68,26 @@ const MSI_ADDRESS_BASE = 0xfee0_0000;
 /** IA32_TIME_STAMP_COUNTER. */
 const MSR_IA32_TSC = 0x10;
 
+/** Figures of a run (closing notes, benchmarks, `vsmctl run --stats`). */
+export interface GuestRunStats {
+  /** Exits handed to the main thread, by kind. */
+  exits: Record<string, number>;
+  /** Exits the VP threads finished themselves: console, and MMIO on their own overlay pages. */
+  localExits: number;
+  overlayExits: number;
+  /** KVM_RUN returns, every VP. */
+  runs: number;
+  perVp: { vpIndex: number; exits: number; runs: number }[];
+  /** Hand-overs that came from a different VP than the previous one: the VPs ran at once. */
+  vpSwitches: number;
+  /** Memslot changes made with every VP parked, and their total time. */
+  quiesces: number;
+  quiesceMicros: number;
+  elapsedMs?: number;
+  autoEois: number;
+  interrupts: number;
+}
+
 export class GuestSession {
   readonly console = new ConsoleHub();
   private readonly runner!: GuestRunner;
@@ -169,6 +189,11 @@ export class GuestSession {
     return this.runner.vpState(index);
   }
 
+  /** VP `index`'s run state including halted and waiting-for-SIPI (asks KVM: a short kick of that VP). */
+  queryVpState(index: number): Promise<VpRunState> {
+    return this.runner.queryVpState(index);
+  }
+
   /** Runs every VP. */
   start(): void {
     if (this.state !== 'loaded') throw new GuestSessionError('failed-precondition', `the guest is ${this.state}: only a loaded guest can start`);
@@ -217,10 +242,15 @@ export class GuestSession {
   }
 
   /** Exit counts and per-VP figures of the run. */
-  stats(): { exits: Record<string, number>; localExits: number; runs: number; perVp: ReturnType<GuestRunner['vpStats']>; elapsedMs?: number; autoEois: number; interrupts: number } {
+  stats(): GuestRunStats {
     const r = this.runner;
     const elapsed = r.startedAt !== undefined ? Number(((r.endedAt ?? process.hrtime.bigint()) - r.startedAt) / 1000n) / 1000 : undefined;
-    return { exits: { ...r.exitCounts }, localExits: r.localExits, runs: r.runs, perVp: r.vpStats(), elapsedMs: elapsed, autoEois: this.autoEois, interrupts: this.interrupts };
+    return {
+      exits: { ...r.exitCounts }, localExits: r.localExits, overlayExits: r.overlayExits, runs: r.runs,
+      perVp: r.vpStats().map((v) => ({ vpIndex: v.vpIndex, exits: v.exits, runs: v.runs })),
+      vpSwitches: r.vpSwitches, quiesces: r.quiesces, quiesceMicros: Math.round(r.quiesceMicros),
+      elapsedMs: elapsed, autoEois: this.autoEois, interrupts: this.interrupts,
+    };
   }
 
   private ended(end: GuestEnd): void {
