@@ -52,8 +52,7 @@ export type { PlaceResult, PostResult, SynicView } from './synic';
 export { createConnection, deleteConnection, listConnections } from './rules/connections';
 export type { ConnectionSpec } from './rules/connections';
 export type { SynicConnection } from './state/partition';
-export { HV_TESTDEV_PORT, HvTestdevCtl, decodeTestdevCommand, runTestdevCommand, sintRouteCreate, sintRouteDestroy, sintRouteSet } from './rules/testdev';
-export type { TestdevCommand } from './rules/testdev';
+export { sintRouteCreate, sintRouteDestroy, sintRouteSet } from './rules/testdev';
 
 // ---- time and synthetic timers (the platform runs the one host timer) ---------------------------
 export type { ReferenceClock } from './platform';

@@ -2,19 +2,18 @@
 // (tlfs-overlays-synic.md §5.4 rule 2, §5.6): a message newly placed in a SIM slot (posted,
 // redelivered at EOM, delivered when SCONTROL/SIMP are enabled), an event flag newly set, the
 // test device asserting a SINT; never for masked or polling SINTs; intercepts into a higher VTL's
-// SINT0 too. hyperv-testdev command decoding (kvm-unit-tests x86/hyperv.c).
+// SINT0 too; the hyperv-testdev SINT routes (the port protocol is the platform's: guest/devices).
 import {
   HvError,
   HvMsr,
   HvRegisterName as R,
   HvStatus,
-  HvTestdevCtl,
-  decodeTestdevCommand,
+  createConnection,
+  deleteConnection,
   encodeHvMessage,
   guestAccess,
   longModeContext,
   reg64,
-  runTestdevCommand,
   sintRouteCreate,
   sintRouteDestroy,
   sintRouteSet,
@@ -125,28 +124,22 @@ describe('hyperv-testdev', () => {
     expect(status(() => sintRouteCreate(h.p, 0, 16))).toBe(HvStatus.HV_STATUS_INVALID_PARAMETER);
     sintRouteCreate(h.p, 0, 1);
     expect(status(() => sintRouteCreate(h.p, 0, 1))).toBe(HvStatus.HV_STATUS_OBJECT_IN_USE);
-    expect(status(() => runTestdevCommand(h.p, { ctl: 99, vpIndex: 0, sint: 0, connectionId: 0 }))).toBe(HvStatus.HV_STATUS_INVALID_PARAMETER);
     expect(h.raised).toEqual([]);
   });
 
-  test('port 0x3000 commands decode as kvm-unit-tests writes them and drive routes and connections', () => {
-    // synic_ctl: outl((conn_id << 24) | (ctl << 16) | (vcpu_id << 8) | sint, 0x3000)
-    const w = (ctl: number, vcpu: number, sint: number, conn: number) => ((conn << 24) | (ctl << 16) | (vcpu << 8) | sint) >>> 0;
-    expect(decodeTestdevCommand(w(HvTestdevCtl.HV_TEST_DEV_EVT_CONN_CREATE, 1, 9, 0x21))).toEqual({ ctl: 6, vpIndex: 1, sint: 9, connectionId: 0x21 });
-    expect(decodeTestdevCommand(0xff07_0203)).toEqual({ ctl: 7, vpIndex: 2, sint: 3, connectionId: 0xff });
+  test('what the device does for kvm-unit-tests: a route asserts its SINT; an event connection signals flag conn_id', () => {
     const h = hvHarness();
-    const run = (v: number) => runTestdevCommand(h.p, decodeTestdevCommand(v));
     h.wrmsr(h.sintMsr(2), 0xb2n);
-    run(w(HvTestdevCtl.HV_TEST_DEV_SINT_ROUTE_CREATE, 0, 2, 0));
-    run(w(HvTestdevCtl.HV_TEST_DEV_SINT_ROUTE_SET_SINT, 0, 2, 0));
+    sintRouteCreate(h.p, 0, 2);
+    sintRouteSet(h.p, 0, 2);
     expect(h.raised).toEqual([{ vp: 0, vtl: 0, vector: 0xb2, autoEoi: false }]);
-    run(w(HvTestdevCtl.HV_TEST_DEV_SINT_ROUTE_DESTROY, 0, 2, 0));
-    run(w(HvTestdevCtl.HV_TEST_DEV_MSG_CONN_CREATE, 1, 8, 0x11));
-    run(w(HvTestdevCtl.HV_TEST_DEV_EVT_CONN_CREATE, 1, 9, 0x21));
+    sintRouteDestroy(h.p, 0, 2);
+    createConnection(h.p, { connectionId: 0x11, kind: 'message', vpIndex: 1, sint: 8 });
+    createConnection(h.p, { connectionId: 0x21, kind: 'event', vpIndex: 1, sint: 9, flagNumber: 0x21 });
     expect(h.p.connections.get(0x11)).toEqual({ connectionId: 0x11, kind: 'message', vpIndex: 1, sint: 8, vtl: 0, flagNumber: 0, flagCount: 1 });
     expect(h.p.connections.get(0x21)).toEqual({ connectionId: 0x21, kind: 'event', vpIndex: 1, sint: 9, vtl: 0, flagNumber: 0x21, flagCount: 1 });
-    run(w(HvTestdevCtl.HV_TEST_DEV_MSG_CONN_DESTROY, 0, 0, 0x11));
-    run(w(HvTestdevCtl.HV_TEST_DEV_EVT_CONN_DESTROY, 0, 0, 0x21));
+    deleteConnection(h.p, 0x11);
+    deleteConnection(h.p, 0x21);
     expect(h.p.connections.size).toBe(0);
   });
 });
