@@ -22,6 +22,18 @@ function newest(dir, filter) {
   return t;
 }
 
+// The guests of the KVM tests (kvm-unit-tests from ../shared/suites, the project's own VSM guest) are
+// built in the test run with gcc, make and binutils: Debian's build-essential, installed when missing.
+const has = (tool) => { try { execFileSync('sh', ['-c', `command -v ${tool}`], { stdio: 'ignore' }); return true; } catch { return false; } };
+if (!['gcc', 'make', 'ld'].every(has)) {
+  if (typeof process.getuid === 'function' && process.getuid() === 0 && has('apt-get')) {
+    console.error('[setup] installing build-essential (gcc, make, binutils: the test guests are built in the test run)');
+    run('apt-get', ['install', '-y', '--no-install-recommends', 'build-essential']);
+  } else {
+    console.error('[setup] gcc/make/ld missing and cannot install build-essential here (not root or no apt-get): the guest-image tests will fail with that reason');
+  }
+}
+
 const lock = path.join(root, 'package-lock.json');
 const installed = path.join(root, 'node_modules/.package-lock.json');
 if (!fs.existsSync(installed) || mtime(installed) < mtime(lock)) {
