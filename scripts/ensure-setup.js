@@ -28,7 +28,12 @@ const has = (tool) => { try { execFileSync('sh', ['-c', `command -v ${tool}`], {
 if (!['gcc', 'make', 'ld'].every(has)) {
   if (typeof process.getuid === 'function' && process.getuid() === 0 && has('apt-get')) {
     console.error('[setup] installing build-essential (gcc, make, binutils: the test guests are built in the test run)');
-    run('apt-get', ['install', '-y', '--no-install-recommends', 'build-essential']);
+    try {
+      run('apt-get', ['install', '-y', '--no-install-recommends', 'build-essential']);
+    } catch {
+      run('apt-get', ['update']); // a fresh machine may have no package lists yet
+      run('apt-get', ['install', '-y', '--no-install-recommends', 'build-essential']);
+    }
   } else {
     console.error('[setup] gcc/make/ld missing and cannot install build-essential here (not root or no apt-get): the guest-image tests will fail with that reason');
   }
