@@ -3,6 +3,8 @@
 // unreachable (UNAVAILABLE or DEADLINE_EXCEEDED), 1 anything unexpected.
 import { Command } from 'commander';
 import * as capabilities from './commands/capabilities';
+import * as connections from './commands/connections';
+import * as execution from './commands/execution';
 import * as intercepts from './commands/intercepts';
 import * as map from './commands/map';
 import * as memory from './commands/memory';
@@ -20,7 +22,7 @@ export { EXIT, report } from './exit';
 export type { Io } from './context';
 
 /** The command groups, in the order `vsmctl --help` lists them. */
-const GROUPS: Register[] = [partitions.register, capabilities.register, vp.register, vtl.register, msr.register, overlays.register, memory.register, map.register, intercepts.register, synic.register];
+const GROUPS: Register[] = [partitions.register, capabilities.register, execution.register, vp.register, vtl.register, msr.register, overlays.register, memory.register, map.register, intercepts.register, synic.register, connections.register];
 
 export function buildProgram(io: Io, state: { ctx?: Ctx }): Command {
   const program = new Command();
@@ -49,10 +51,12 @@ Examples:
   vsmctl memory protect demo --vtl 1 --flags r --pages 0x40:1 && vsmctl intercepts route demo monitor
   vsmctl intercepts watch demo --reply allow
   vsmctl map demo
+  vsmctl run x86/hyperv_synic.flat --vps 2 --device hyperv-testdev --timeout 90   (on the KVM agent)
 
 Exit codes: 0 ok, 2 usage error, 3 server error (error: CODE HV_STATUS: message),
 4 server not reachable (UNAVAILABLE or DEADLINE_EXCEEDED). Guest exceptions (#GP, #UD)
-and intercepts are results, printed with exit code 0 (and under "outcome" with --json).`,
+and intercepts are results, printed with exit code 0 (and under "outcome" with --json).
+vsmctl run exits with the guest's debug-exit status instead (vsmctl run --help).`,
     );
   const cli = createCli(io, state);
   for (const register of GROUPS) register(program, cli);
@@ -64,7 +68,7 @@ export async function main(args: string[], io: Io = { stdout: process.stdout, st
   const state: { ctx?: Ctx } = {};
   const program = buildProgram(io, state);
   try {
-    await program.parseAsync(args, { from: 'user' });
+    await program.parseAsync(execution.runArguments(args), { from: 'user' });
     return EXIT.OK;
   } catch (e) {
     return report(e, io, state.ctx?.g.address ?? (program.opts() as Globals).address ?? '?');

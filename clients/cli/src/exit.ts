@@ -25,9 +25,20 @@ export class StillSuspended extends VsmError {
   }
 }
 
+/** A command that ends with an exit code of its own (`vsmctl run`: the guest's); `message` goes to stderr when not empty. */
+export class ExitCode extends Error {
+  constructor(readonly code: number, message: string) {
+    super(message);
+  }
+}
+
 /** Prints an error and returns the exit code for it. */
 export function report(e: unknown, io: Pick<Io, 'stderr'>, address: string): number {
   if (e instanceof CommanderError) return e.exitCode === 0 ? EXIT.OK : EXIT.USAGE; // commander printed it
+  if (e instanceof ExitCode) {
+    if (e.message) io.stderr.write(`${e.message}\n`);
+    return e.code;
+  }
   if (e instanceof UsageError) {
     io.stderr.write(`error: ${e.message}\n`);
     return EXIT.USAGE;
