@@ -9,6 +9,8 @@ import * as path from 'node:path';
 import { reportToGuard } from './guard';
 
 export const SERVICE_MAIN = path.resolve(__dirname, '../../services/vsm-service/dist/main.js');
+/** The KVM host agent's process (it serves vsm.v1 too and logs the same "listening" line). */
+export const AGENT_MAIN = path.resolve(__dirname, '../../services/kvm-agent/dist/main.js');
 
 const TAIL = 64 * 1024;
 
@@ -106,12 +108,13 @@ export interface ChildService extends WatchedChild {
 }
 
 /**
- * Starts main.js with `--listen 127.0.0.1:0` (plus `args`) and waits for its "listening" log line.
+ * Starts main.js (vsm-service's, or `opts.main`: the agent's) with `--listen 127.0.0.1:0` (plus `args`)
+ * and waits for its "listening" log line.
  * Fails if it exits first; afterwards an exit before stop() is reported to the guard.
  */
-export async function spawnService(args: string[] = [], opts: { name?: string; env?: NodeJS.ProcessEnv; startTimeoutMs?: number; logLevel?: string; onStdoutLine?: (line: string) => void; onStderrLine?: (line: string) => void } = {}): Promise<ChildService> {
+export async function spawnService(args: string[] = [], opts: { name?: string; main?: string; env?: NodeJS.ProcessEnv; startTimeoutMs?: number; logLevel?: string; onStdoutLine?: (line: string) => void; onStderrLine?: (line: string) => void } = {}): Promise<ChildService> {
   assertServiceBuilt();
-  const child = spawn(process.execPath, [SERVICE_MAIN, '--listen', '127.0.0.1:0', '--log-level', opts.logLevel ?? 'info', ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
+  const child = spawn(process.execPath, [opts.main ?? SERVICE_MAIN, '--listen', '127.0.0.1:0', '--log-level', opts.logLevel ?? 'info', ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
   // Not armed until it is up: a failed start is this function's error, not the guard's.
   const w = watchChild(child, opts.name ?? 'vsm-service', { armed: false, onStdoutLine: opts.onStdoutLine, onStderrLine: opts.onStderrLine });
   const address = await new Promise<string>((resolve, reject) => {
