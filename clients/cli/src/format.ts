@@ -33,6 +33,8 @@ const optionalEnum = (fn: string, ...keys: string[]) => {
 optionalEnum('hvInterceptAccessTypeToJSON', 'accessType');
 optionalEnum('interceptRouteToJSON', 'route');
 optionalEnum('interceptActionToJSON', 'deadlineAction', 'action');
+optionalEnum('guestImageFormatToJSON', 'format');
+optionalEnum('guestEntryModeToJSON', 'entryMode');
 
 export type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
 

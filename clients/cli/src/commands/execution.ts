@@ -36,7 +36,7 @@ const formatText = (f: number): string => shortEnum(safeEnum(pb.guestImageFormat
 const entryModeText = (m: number): string => shortEnum(safeEnum(pb.guestEntryModeToJSON)(m), 'GUEST_ENTRY_MODE_').toLowerCase();
 
 /** A partition's run as one line: `running`, `stopped (exit code 0x1: ...)`. */
-function runText(p: pb.Partition): string {
+export function runText(p: pb.Partition): string {
   const state = runStateText(p.runState);
   const detail = [p.exitCode !== undefined ? `exit code ${hex(p.exitCode)}` : '', p.endReason].filter(Boolean).join(': ');
   return detail ? `${state} (${detail})` : state;

@@ -5,6 +5,7 @@ import type { Cli } from '../context';
 import { architectureText, count, fields, formatSize, partitionStateText, table, toJson, vtlSet } from '../format';
 import { MAX_VP, arg, countArg, partitionCommand, sizeArg, vtlArg } from '../options';
 import { parseLabel, partitionId } from '../parse';
+import { runText } from './execution';
 
 const labelsText = (p: pb.Partition, sep: string): string => Object.entries(p.labels).map(([k, v]) => `${k}=${v}`).join(sep);
 
@@ -20,6 +21,8 @@ function partitionFields(p: pb.Partition): string {
     ['created', p.createTimeUnixMs ? new Date(Number(p.createTimeUnixMs)).toISOString() : '-'],
     ['request id', p.requestId || '-'],
     ['labels', labelsText(p, ', ') || '-'],
+    ['devices', p.devices.join(', ') || '-'],
+    ['run state', runText(p)],
   ]);
 }
 

@@ -1,8 +1,8 @@
 // vsmctl vp: a virtual processor and its registers.
 import type { Command } from 'commander';
-import type { pb } from '@vsm/client';
+import { pb } from '@vsm/client';
 import type { Cli } from '../context';
-import { entryReason, fields, registerJson, registerValueText, toJson, vtlSet } from '../format';
+import { entryReason, fields, registerJson, registerValueText, safeEnum, shortEnum, toJson, vtlSet } from '../format';
 import { arg, listArg, vpCommand, vtlArg } from '../options';
 import { parseRegisterName, parseRegisterValue, tlfsRegisterName, vpName } from '../parse';
 
@@ -16,6 +16,7 @@ export function vpFields(vp: pb.VirtualProcessor): string {
     ['enabled VTLs', s ? vtlSet(s.enabledVtlSet) : '-'],
     ['last entry reason', s ? entryReason(s.lastEntryReason) : '-'],
     ['intercept suspended', s?.interceptSuspended ? `yes, on intercept ${s.suspendedInterceptId} (waiting for a monitor's answer)` : 'no'],
+    ...(vp.runState ? [['run state', shortEnum(safeEnum(pb.vpRunStateToJSON)(vp.runState), 'VP_RUN_STATE_').toLowerCase().replace(/_/g, '-')] as [string, string]] : []),
   ]);
 }
 
