@@ -5,7 +5,7 @@
  * guest actions run as real instructions on /dev/kvm, protections are enforced by memslots). It
  * overrides no vsm.v1 method: it supplies the platform factory and what the engine reports in
  * capabilities, and adds what only a real engine can do (running a VP's own code, runVp), and the
- * ExecutionService: a partition's guest (the platform's GuestSession, one per partition, created by
+ * ExecutionService: a partition's guest (@vsm/platform-kvm GuestSession, one per partition, created by
  * LoadGuestImage, stopped by StopPartition and before DeletePartition frees the partition).
  *
  * Errors of the guest RPCs: the loader's GuestImageError (malformed, truncated or unsupported image,
@@ -22,48 +22,20 @@ import type { Partition, VirtualProcessor } from '@vsm/core';
 import * as core from '@vsm/core';
 import { EngineError, HvError, HvStatus } from '@vsm/core';
 import { pb } from '@vsm/api';
-import * as platformKvm from '@vsm/platform-kvm';
-import { HYPERCALL_PAGE_DESCRIPTION, type KvmHost, KvmPartition, KvmSystem, type RunVpResult, VcpuWatchdog, engineErrorOf, kvmEngine, probeHost } from '@vsm/platform-kvm';
+import {
+  GuestImageError, GuestSession, GuestSessionError, HYPERCALL_PAGE_DESCRIPTION, type KvmHost, KvmPartition, KvmSystem, type RunVpResult, VcpuWatchdog, engineErrorOf, kvmEngine, probeHost,
+} from '@vsm/platform-kvm';
 import type { StreamSink } from '../backend';
 import { invalidArgument } from '../errors';
 import { CoreBackend, MAX_GUEST_ACCESS } from './core-backend';
-import {
-  ENTRY_MODE_TO_PB, FORMAT_TO_PB, type GuestEntryMode, type GuestFormat, type GuestRunEnd, type GuestRunState, type GuestVpRunState, type RunFields, VP_RUN_STATE_TO_PB,
-  type ConsoleSource, checkConsoleWrite, checkLoadRequest, executionUnsupported, followConsole, runFields,
-} from './execution';
+import { ENTRY_MODE_TO_PB, FORMAT_TO_PB, type RunFields, VP_RUN_STATE_TO_PB, checkConsoleWrite, checkLoadRequest, followConsole, runFields } from './execution';
 
 export { MAX_GUEST_ACCESS };
-
-/**
- * The platform's guest session as this backend uses it (services/platform-kvm/src/guest/session.ts
- * GuestSession): looked up at run time, so that an agent built before the platform exports it still
- * serves everything else and reports guest-execution unsupported.
- */
-interface GuestSessionLike {
-  readonly loadResult: { format: Exclude<GuestFormat, 'auto'>; entry: bigint; entryMode: GuestEntryMode; segments: { gpa: bigint; size: bigint }[]; bootInfoGpa?: bigint };
-  readonly state: GuestRunState;
-  readonly end: GuestRunEnd | undefined;
-  readonly console: ConsoleSource;
-  vpState(index: number): GuestVpRunState;
-  start(): void;
-  pause(): void;
-  resume(): void;
-  stop(reason?: string): Promise<GuestRunEnd>;
-  writeConsole(bytes: Uint8Array): void;
-  close(): Promise<void>;
-}
-interface GuestSessionClass {
-  load(kp: KvmPartition, image: Uint8Array, opts: { format?: GuestFormat; loadGpa?: bigint; entry?: bigint; entryMode?: GuestEntryMode; commandLine?: string; devices: { hypervTestdev: boolean } }): GuestSessionLike;
-}
-const GuestSession = (platformKvm as unknown as { GuestSession?: GuestSessionClass }).GuestSession;
-const NO_GUEST_SESSION = 'this build of the KVM platform has no GuestSession (@vsm/platform-kvm does not export it): guests cannot be loaded';
 
 /** What the KVM engine reports beyond the core's features. */
 const KVM_FEATURES: pb.Feature[] = [
   { name: 'real-guest-execution', supported: true, reason: '' },
-  GuestSession
-    ? { name: 'guest-execution', supported: true, reason: 'LoadGuestImage (flat, ELF64, multiboot v1), every VP on its own thread, COM1 console, debug-exit port 0xf4, optional hyperv-testdev' }
-    : { name: 'guest-execution', supported: false, reason: NO_GUEST_SESSION },
+  { name: 'guest-execution', supported: true, reason: 'LoadGuestImage (flat, ELF64, multiboot v1), every VP on its own thread, COM1 console, debug-exit port 0xf4, optional hyperv-testdev' },
   { name: 'hypercall-page-port-io', supported: true, reason: HYPERCALL_PAGE_DESCRIPTION },
   { name: 'arm64', supported: false, reason: 'the KVM agent runs x64 partitions only (x86-64 host)' },
   {
@@ -96,7 +68,7 @@ export class KvmBackend extends CoreBackend {
   /** The KVM platform of each partition, by id. */
   private readonly kvm = new Map<string, KvmPartition>();
   /** The guest of each partition that has one loaded. */
-  private readonly sessions = new Map<Partition, GuestSessionLike>();
+  private readonly sessions = new Map<Partition, GuestSession>();
 
   constructor(private readonly opts: KvmBackendOptions = {}) {
     // Every partition the core's manager creates or restores gets a KVM platform (its VMs, vCPUs
@@ -186,7 +158,6 @@ export class KvmBackend extends CoreBackend {
   override async loadGuestImage(r: pb.LoadGuestImageRequest): Promise<pb.LoadGuestImageResponse> {
     const p = this.partition(r.name);
     const load = checkLoadRequest(r);
-    if (!GuestSession) throw executionUnsupported(NO_GUEST_SESSION);
     p.assertActive();
     const had = this.sessions.get(p);
     if (had) throw new HvError(HvStatus.HV_STATUS_INVALID_PARTITION_STATE, `partition ${p.id} already has a guest loaded (${had.state}); delete it and create a new one to load another`);
@@ -257,13 +228,10 @@ export class KvmBackend extends CoreBackend {
   }
 
   /** The guest of partition `name`: FAILED_PRECONDITION when none is loaded. */
-  private session(name: string): { p: Partition; s: GuestSessionLike } {
+  private session(name: string): { p: Partition; s: GuestSession } {
     const p = this.partition(name);
     const s = this.sessions.get(p);
-    if (!s) {
-      if (!GuestSession) throw executionUnsupported(NO_GUEST_SESSION);
-      throw new HvError(HvStatus.HV_STATUS_INVALID_PARTITION_STATE, `partition ${p.id} has no guest loaded (LoadGuestImage first)`);
-    }
+    if (!s) throw new HvError(HvStatus.HV_STATUS_INVALID_PARTITION_STATE, `partition ${p.id} has no guest loaded (LoadGuestImage first)`);
     return { p, s };
   }
 
@@ -294,9 +262,9 @@ export class KvmBackend extends CoreBackend {
  */
 function sessionCall<T>(fn: () => T): T {
   const mapped = (e: unknown): never => {
-    if (e instanceof Error && e.name === 'GuestImageError') throw invalidArgument(e.message);
-    if (e instanceof Error && e.name === 'GuestSessionError') {
-      if ((e as { kind?: unknown }).kind === 'invalid-argument') throw invalidArgument(e.message);
+    if (e instanceof GuestImageError) throw invalidArgument(e.message);
+    if (e instanceof GuestSessionError) {
+      if (e.kind === 'invalid-argument') throw invalidArgument(e.message);
       throw new HvError(HvStatus.HV_STATUS_INVALID_PARTITION_STATE, e.message);
     }
     if (e instanceof HvError || e instanceof EngineError) throw e;
