@@ -112,7 +112,7 @@ export interface VsmClient {
     monitor(signal?: AbortSignal): MonitorSession;
   };
   synic: Promisified<pb.SynicServiceClient>;
-  execution: Promisified<pb.ExecutionServiceClient> & {
+  execution: Omit<Promisified<pb.ExecutionServiceClient>, 'streamConsole'> & {
     /** Async iterator over StreamConsole (chunks, then the run's end); break out of the loop (or abort) to cancel. */
     streamConsole(req: Partial<pb.StreamConsoleRequest>, signal?: AbortSignal): AsyncIterable<pb.StreamConsoleResponse>;
   };
