@@ -23,17 +23,17 @@ jest.setTimeout(60_000);
 /** A console hub as the platform's (offsets, history, watchers, end). */
 class Hub implements ConsoleSource {
   private readonly chunks: { offset: bigint; data: Uint8Array }[] = [];
-  private readonly watchers = new Set<{ onData: () => void; onEnd: () => void }>();
+  private readonly watchers = new Set<{ onData: (c: { offset: bigint; data: Uint8Array }) => void; onEnd: () => void }>();
   written = 0n;
   ended = false;
   get oldestKept(): bigint {
     return 0n;
   }
   push(text: string): void {
-    const data = Buffer.from(text);
-    this.chunks.push({ offset: this.written, data });
-    this.written += BigInt(data.length);
-    for (const w of [...this.watchers]) w.onData();
+    const chunk = { offset: this.written, data: Buffer.from(text) };
+    this.chunks.push(chunk);
+    this.written += BigInt(chunk.data.length);
+    for (const w of [...this.watchers]) w.onData(chunk);
   }
   end(): void {
     this.ended = true;
@@ -43,7 +43,7 @@ class Hub implements ConsoleSource {
   history(offset = 0n) {
     return this.chunks.filter((c) => c.offset + BigInt(c.data.length) > offset).map((c) => (c.offset >= offset ? c : { offset, data: c.data.subarray(Number(offset - c.offset)) }));
   }
-  subscribe(onData: () => void, onEnd: () => void): () => void {
+  subscribe(onData: (c: { offset: bigint; data: Uint8Array }) => void, onEnd: () => void): () => void {
     if (this.ended) {
       onEnd();
       return () => {};
