@@ -117,6 +117,11 @@ export interface BenchContext {
   log(message: string): void;
   /** Stop the suite; its unrecorded figures show "skipped: <reason>". */
   skip(reason: string): never;
+  /**
+   * One figure cannot be measured here (e.g. a baseline tool is missing); the suite goes on. If it
+   * stays unrecorded, it shows "skipped: <reason>" (ratios on it are skipped with that reason).
+   */
+  skipFigure(figureId: string, reason: string): void;
   /** Abortable sleep. */
   sleep(ms: number): Promise<void>;
   /**

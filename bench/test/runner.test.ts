@@ -69,6 +69,36 @@ describe('runSuite', () => {
     expect(b.figures.map((f) => f.status)).toEqual(['skipped', 'ok']);
   });
 
+  test('ctx.skipFigure skips one figure with its reason; the suite and its other figures go on', async () => {
+    const r = await runSuite(
+      suite(async (ctx) => {
+        ctx.skipFigure('s.lat', 'qemu-system-x86_64 is not installed');
+        ctx.recordRate('s.rate', 5);
+      }),
+      opts(),
+    );
+    expect(r.outcome.status).toBe('ok');
+    expect(r.figures.map((f) => [f.id, f.status, f.reason])).toEqual([
+      ['s.lat', 'skipped', 'qemu-system-x86_64 is not installed'],
+      ['s.rate', 'ok', null],
+    ]);
+    // A figure skipped then recorded anyway is ok; an undeclared id fails the suite.
+    const b = await runSuite(
+      suite(async (ctx) => {
+        ctx.skipFigure('s.rate', 'first');
+        ctx.recordRate('s.rate', 1);
+        ctx.skipFigure('nope', 'x');
+      }),
+      opts(),
+    );
+    expect(b.outcome.status).toBe('failed');
+    expect(b.outcome.reason).toMatch(/not declared/);
+    expect(b.figures.map((f) => [f.id, f.status])).toEqual([
+      ['s.lat', 'failed'],
+      ['s.rate', 'ok'],
+    ]);
+  });
+
   test('forked children are stopped when the suite ends', async () => {
     let pid = 0;
     const r = await runSuite(

@@ -41,6 +41,17 @@ export function installExitHandlers(): void {
   });
 }
 
+/**
+ * Tracks a child started without forkServer (child_process.spawn: a service's own main.js, a CLI, QEMU):
+ * SIGKILLed with the others when the runner exits or is interrupted. Stopping it when the suite ends
+ * is the suite's job (lib/guest.ts does it on the suite's abort signal).
+ */
+export function trackChild(c: ChildProcess): void {
+  if (exited(c) || c.pid === undefined) return; // no pid: the spawn failed (ENOENT, ...), 'error' follows and no 'exit'
+  live.add(c);
+  c.once('exit', () => live.delete(c));
+}
+
 export function liveChildren(): number {
   return live.size;
 }

@@ -20,6 +20,7 @@ export interface RunOptions {
 export class Recorder {
   private readonly specs: Map<string, FigureSpec>;
   private readonly data = new Map<string, Recorded>();
+  private readonly skipped = new Map<string, string>();
   private sealed = false;
 
   constructor(private readonly suite: Suite) {
@@ -51,12 +52,21 @@ export class Recorder {
     this.data.set(id, r);
   }
 
+  /** `id` could not be measured: unless recorded anyway, it reads "skipped: reason" whatever the suite's outcome. */
+  skip(id: string, reason: string): void {
+    if (!this.specs.has(id)) throw new Error(`suite ${this.suite.name}: figure "${id}" is not declared in its figures`);
+    if (!this.sealed) this.skipped.set(id, reason);
+  }
+
   seal(): void {
     this.sealed = true;
   }
 
   results(fallback: { status: 'skipped' | 'failed'; reason: string }): FigureResult[] {
-    return this.suite.figures.map((f) => buildFigure(f, this.suite.name, this.data.get(f.id), fallback));
+    return this.suite.figures.map((f) => {
+      const why = this.skipped.get(f.id);
+      return buildFigure(f, this.suite.name, this.data.get(f.id), why === undefined ? fallback : { status: 'skipped', reason: why });
+    });
   }
 }
 
@@ -102,6 +112,7 @@ export async function runSuite(suite: Suite, opts: RunOptions): Promise<{ outcom
     meter: () => new Meter(ac.signal),
     recordLatency: (id, s) => recorder.latency(id, s),
     recordRate: (id, v) => recorder.rate(id, v),
+    skipFigure: (id, reason) => recorder.skip(id, reason),
   };
 
   let status: SuiteOutcome['status'] = 'ok';
