@@ -17,7 +17,8 @@ export const SERVICE_MAIN = path.join(ROOT, 'services/vsm-service/dist/main.js')
 export const VSMCTL = path.join(ROOT, 'clients/cli/dist/vsmctl.js');
 /** The pinned suite's build script, beside the checkout (the repository's parent holds `shared/`). */
 export const KVM_UNIT_TESTS_BUILD = path.resolve(ROOT, '../shared/suites/kvm-unit-tests/build.sh');
-export const QEMU = 'qemu-system-x86_64';
+/** The QEMU binary: qemu-system-x86_64 from PATH, or VSM_BENCH_QEMU (another build, or a path that does not exist to skip the baseline). */
+export const QEMU = process.env.VSM_BENCH_QEMU || 'qemu-system-x86_64';
 
 /** This process's environment without VSM_* settings: a child sees only the flags it is given. */
 export function envWithoutVsm(): NodeJS.ProcessEnv {
