@@ -41,11 +41,13 @@ const targetGpa = (vp: number, j: number) => {
 };
 const storedValue = (vp: number, j: number) => 0x5ec0_0000_0000_0000n | (BigInt(vp + 1) << 40n) | (BigInt(j + 1) << 8n) | 0x5an;
 
+type Guest = { image: Buffer; symbols: Map<string, bigint>; dir: string };
+
 /** Builds the guest in a temporary directory; returns the image and its symbols (nm). */
-function buildGuest(): { image: Buffer; symbols: Map<string, bigint>; dir: string } {
+function buildGuest(autoEoi: boolean): Guest {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vsm-scenario-'));
   const elf = execFileSync('sh', [path.join(GUEST_DIR, 'build.sh'), dir], {
-    encoding: 'utf8', env: { ...process.env, WRITES_PER_VP: String(WRITES), PROT_PAGES: String(PROT_PAGES) },
+    encoding: 'utf8', env: { ...process.env, WRITES_PER_VP: String(WRITES), PROT_PAGES: String(PROT_PAGES), SINT0_AUTO_EOI: autoEoi ? '1' : '0' },
   }).trim();
   const symbols = new Map<string, bigint>();
   for (const line of execFileSync('nm', [elf], { encoding: 'utf8' }).split('\n')) {
@@ -58,25 +60,28 @@ function buildGuest(): { image: Buffer; symbols: Map<string, bigint>; dir: strin
 describeKvm('a whole guest on 2 VPs: VTL1 handles concurrent intercepts as SINT0 interrupts, a monitor observes with route BOTH (real KVM)', () => {
   let h: AgentHarness;
   let backend: KvmBackend;
-  let guest: ReturnType<typeof buildGuest>;
+  const guests: Guest[] = [];
   beforeAll(async () => {
-    guest = buildGuest();
     backend = new KvmBackend();
     h = await startAgent(backend);
   });
   afterAll(async () => {
     await h?.stop();
-    if (guest) fs.rmSync(guest.dir, { recursive: true, force: true });
+    for (const g of guests) fs.rmSync(g.dir, { recursive: true, force: true });
   });
 
-  const sym = (name: string) => {
-    const a = guest.symbols.get(name);
-    if (a === undefined) throw new Error(`the guest has no symbol ${name}`);
-    return a;
-  };
-
-  test(`${VPS} VPs x ${WRITES} intercepted stores: each performed once by VTL1, seen once by the monitor, both VPs interleaved`, async () => {
-    const p = await h.client.partitions.createPartition({ partitionId: 'vsm-guest', partition: pb.Partition.fromPartial({ vpCount: VPS, memoryBytes: 64n * MiB, maximumVtl: 1 }) });
+  test.each([
+    ['without AutoEOI: the handler EOIs the LAPIC', false],
+    ['with AutoEOI: the agent clears the vector on the LAPIC of VTL1', true],
+  ])(`${VPS} VPs x ${WRITES} intercepted stores, SINT0 %s: each performed once by VTL1, seen once by the monitor, both VPs interleaved`, async (_what, autoEoi) => {
+    const guest = buildGuest(autoEoi);
+    guests.push(guest);
+    const sym = (name: string) => {
+      const a = guest.symbols.get(name);
+      if (a === undefined) throw new Error(`the guest has no symbol ${name}`);
+      return a;
+    };
+    const p = await h.client.partitions.createPartition({ partitionId: autoEoi ? 'vsm-guest-autoeoi' : 'vsm-guest', partition: pb.Partition.fromPartial({ vpCount: VPS, memoryBytes: 64n * MiB, maximumVtl: 1 }) });
     const name = p.name;
     await h.client.intercepts.setInterceptRoute({ name, route: pb.InterceptRoute.INTERCEPT_ROUTE_BOTH });
 
@@ -177,7 +182,7 @@ describeKvm('a whole guest on 2 VPs: VTL1 handles concurrent intercepts as SINT0
     const result = Buffer.from((await h.client.memory.readGpa({ name, gpa: sym('scenario_result'), length: 32 })).data);
     const maxInFlight = result.readBigUInt64LE(24);
     // Figures for the closing note.
-    console.log(`vsm-scenario: ${VPS * WRITES} intercepts in ${runMs} ms; VP order by intercept id ${byId.join('')}; at most ${maxInFlight} VPs in VTL1's handler at once`);
+    console.log(`vsm-scenario (AutoEOI ${autoEoi}): ${VPS * WRITES} intercepts in ${runMs} ms; VP order by intercept id ${byId.join('')}; at most ${maxInFlight} VPs in VTL1's handler at once`);
 
     mon.cancel();
     await watching;

@@ -38,6 +38,10 @@
 #ifndef SKEW
 #define SKEW 2
 #endif
+/* SINT0 with AutoEOI (1): the handler does not EOI the LAPIC; without (0): it does. */
+#ifndef SINT0_AUTO_EOI
+#define SINT0_AUTO_EOI 0
+#endif
 #define VP_COUNT 2
 #define SINT0_VECTOR 0x50
 #define TRAMPOLINE_GPA 0x3000ul
@@ -506,7 +510,7 @@ u64 *vtl1_init(void) {
   lapic_write(0xf0, 0x1ff); /* SVR: enabled, spurious vector 0xff */
   wrmsr(HV_X64_MSR_SIMP, (u64)vtl1_simp[vp] | HV_OVERLAY_ENABLE);
   wrmsr(HV_X64_MSR_SIEFP, (u64)vtl1_siefp[vp] | HV_OVERLAY_ENABLE);
-  wrmsr(HV_X64_MSR_SINT0, SINT0_VECTOR); /* unmasked, no AutoEOI: the handler EOIs the LAPIC */
+  wrmsr(HV_X64_MSR_SINT0, SINT0_VECTOR | (SINT0_AUTO_EOI ? HV_SINT_AUTO_EOI : 0)); /* unmasked */
   wrmsr(HV_X64_MSR_SCONTROL, HV_SCONTROL_ENABLE);
   vtl1_ready[vp] = 1;
   return (u64 *)&vtl1_handled[vp];
@@ -573,11 +577,11 @@ void vtl1_sint0(void) {
     u64 r = set_vp_register(vtl1_hypercall_page, vtl1_input[vp], HvX64RegisterRip, rip + (length ? length : 3), 0);
     if (HV_RESULT_STATUS(r) || HV_RESULT_REPS(r) != 1) bad_message(vp, "HvCallSetVpRegisters(VTL0 RIP)", r);
   }
-  /* Free the slot, then EOM (tlfs-overlays-synic.md §5.4), then EOI the LAPIC (SINT0 has no AutoEOI). */
+  /* Free the slot, then EOM (tlfs-overlays-synic.md §5.4), then EOI the LAPIC unless SINT0 has AutoEOI. */
   h->message_type = HvMessageTypeNone;
   asm volatile("mfence" ::: "memory");
   wrmsr(HV_X64_MSR_EOM, 0);
-  lapic_write(0xb0, 0);
+  if (!SINT0_AUTO_EOI) lapic_write(0xb0, 0);
   atomic_add(&vtl1_in_flight, (u64)-1);
   vtl1_handled[vp]++;
 }

@@ -324,7 +324,7 @@ export class GuestSession {
     if (!vm || this.state === 'stopped' || this.state === 'crashed') return;
     this.interrupts++;
     vm.vm.signalMsi(MSI_ADDRESS_BASE | ((vpIndex & 0xff) << 12), vector & 0xff);
-    if (autoEoi) this.autoEoi(vpIndex, vector);
+    if (autoEoi) this.autoEoi(vpIndex, vtl, vector);
   }
 
   /**
@@ -334,8 +334,19 @@ export class GuestSession {
    * thread waits (KVM_GET_LAPIC/KVM_SET_LAPIC); while it is still only requested (IRR), it looks again
    * shortly after.
    */
-  private autoEoi(vpIndex: number, vector: number): void {
-    this.runner.onVp(vpIndex, (cpu) => {
+  private autoEoi(vpIndex: number, vtl: Vtl, vector: number): void {
+    // The LAPIC of VTL `vtl`'s vCPU of the VP, which the VP's thread may not be running: a SINT of a
+    // higher VTL is raised while the VP still runs (or is parked in) the lower VTL, e.g. an intercept
+    // posted to VTL1's SINT0 from VTL0's exit. Each VTL has its own LAPIC (tlfs-vsm.md §9.1); a vCPU
+    // the thread does not run is not in KVM_RUN and is read and written directly.
+    const vm = this.kp.vmOf(vtl);
+    if (!vm || vpIndex >= this.p.vps.length) return;
+    const target = vm.cpu(vpIndex);
+    const onTarget = (work: (cpu: typeof target) => void) => {
+      if (this.runner.cpuOf(vpIndex) === target) this.runner.onVp(vpIndex, (cpu) => (cpu === target ? work(cpu) : onTarget(work)));
+      else work(target);
+    };
+    onTarget((cpu) => {
       const lapic = cpu.vcpu.getLapic();
       const word = (vector >> 5) * 0x10;
       const bit = 1 << (vector & 31);
@@ -351,7 +362,7 @@ export class GuestSession {
       if ((lapic.readUInt32LE(LAPIC_IRR + word) & bit) === 0) return; // already taken and cleared, or never delivered
       const n = (this.autoEoiRetries.get(key) ?? 0) + 1;
       this.autoEoiRetries.set(key, n);
-      const t = setTimeout(() => this.autoEoi(vpIndex, vector), Math.min(10, n));
+      const t = setTimeout(() => this.autoEoi(vpIndex, vtl, vector), Math.min(10, n));
       t.unref?.();
     });
   }
