@@ -1,12 +1,14 @@
 // Fuzz input generation (fast-check arbitraries): raw protobuf-ish bytes, schema-aware random
 // messages built from the .proto descriptors (every field type, repeated/packed, duplicates,
 // unknown fields, nested messages), and mutations of valid encoded requests.
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as protoLoader from '@grpc/proto-loader';
 import fc from 'fast-check';
 
 export const PROTO_DIR = path.resolve(__dirname, '../../proto');
-const FILES = ['partition', 'vp', 'guest', 'memory', 'vtl', 'intercept', 'synic', 'snapshot'].map((f) => `vsm/v1/${f}.proto`);
+// Every .proto of vsm.v1 (a new service is fuzzed without editing this list).
+const FILES = fs.readdirSync(path.join(PROTO_DIR, 'vsm/v1')).filter((f) => f.endsWith('.proto')).sort().map((f) => `vsm/v1/${f}`);
 export const descriptors = protoLoader.loadSync(FILES, { includeDirs: [PROTO_DIR], keepCase: true });
 
 interface FieldDesc {
