@@ -19,12 +19,42 @@ const moduleNameMapper = {
 // Every project runs in the guarded environment with the process guard (test/support/process-guard.ts):
 // an uncaught exception, an unhandled rejection or an unexpected child-process exit fails the run.
 const guard = ['<rootDir>/test/support/process-guard.ts'];
-const common = { rootDir: __dirname, transform, moduleNameMapper, testEnvironment: '<rootDir>/test/support/guarded-environment.js', setupFilesAfterEnv: guard, testPathIgnorePatterns: ['/node_modules/', '/dist/'] };
+const common = {
+  rootDir: __dirname,
+  transform,
+  moduleNameMapper,
+  testEnvironment: '<rootDir>/test/support/guarded-environment.js',
+  setupFilesAfterEnv: guard,
+  testPathIgnorePatterns: ['/node_modules/', '/dist/'],
+};
 module.exports = {
   projects: [
-    { ...common, displayName: 'unit', testMatch: ['<rootDir>/services/*/test/**/*.test.ts', '<rootDir>/clients/*/test/**/*.test.ts', '<rootDir>/bench/test/**/*.test.ts', '<rootDir>/scripts/test/**/*.test.ts'] },
-    { ...common, displayName: 'e2e', testMatch: ['<rootDir>/test/e2e/**/*.test.ts', '<rootDir>/test/cli/**/*.test.ts', '<rootDir>/test/security/**/*.test.ts', '<rootDir>/test/support/**/*.test.ts'] },
-    { ...common, displayName: 'conformance', testMatch: ['<rootDir>/test/conformance/**/*.test.ts'], setupFilesAfterEnv: [...guard, '<rootDir>/test/support/backend-gate.ts'] },
+    {
+      ...common,
+      displayName: 'unit',
+      testMatch: [
+        '<rootDir>/services/*/test/**/*.test.ts',
+        '<rootDir>/clients/*/test/**/*.test.ts',
+        '<rootDir>/bench/test/**/*.test.ts',
+        '<rootDir>/scripts/test/**/*.test.ts',
+      ],
+    },
+    {
+      ...common,
+      displayName: 'e2e',
+      testMatch: [
+        '<rootDir>/test/e2e/**/*.test.ts',
+        '<rootDir>/test/cli/**/*.test.ts',
+        '<rootDir>/test/security/**/*.test.ts',
+        '<rootDir>/test/support/**/*.test.ts',
+      ],
+    },
+    {
+      ...common,
+      displayName: 'conformance',
+      testMatch: ['<rootDir>/test/conformance/**/*.test.ts'],
+      setupFilesAfterEnv: [...guard, '<rootDir>/test/support/backend-gate.ts'],
+    },
     { ...common, displayName: 'integration', testMatch: ['<rootDir>/test/integration/**/*.test.ts'] },
     { ...common, displayName: 'faults', testMatch: ['<rootDir>/test/faults/**/*.test.ts'] },
     { ...common, displayName: 'fuzz', testMatch: ['<rootDir>/test/fuzz/**/*.test.ts'] },

@@ -221,8 +221,13 @@ function buildGraph(root, opts = {}) {
         // still a package edge when the target package is known
       }
       edges.push({
-        from: rel(root, f), to: r.file ? rel(root, r.file) : undefined, kind: imp.kind, line: imp.line, spec: imp.spec,
-        fromPkg: fromPkg ? fromPkg.name : undefined, toPkg: r.pkg ? r.pkg.name : undefined,
+        from: rel(root, f),
+        to: r.file ? rel(root, r.file) : undefined,
+        kind: imp.kind,
+        line: imp.line,
+        spec: imp.spec,
+        fromPkg: fromPkg ? fromPkg.name : undefined,
+        toPkg: r.pkg ? r.pkg.name : undefined,
       });
     }
   }
@@ -240,7 +245,11 @@ function cyclicComponents(nodes, adj) {
   const strong = (v) => {
     // iterative to survive deep graphs
     const work = [[v, 0]];
-    idx.set(v, index); low.set(v, index); index++; stack.push(v); onStack.add(v);
+    idx.set(v, index);
+    low.set(v, index);
+    index++;
+    stack.push(v);
+    onStack.add(v);
     while (work.length) {
       const frame = work[work.length - 1];
       const [u, i] = frame;
@@ -249,16 +258,27 @@ function cyclicComponents(nodes, adj) {
         frame[1]++;
         const w = next[i];
         if (!idx.has(w)) {
-          idx.set(w, index); low.set(w, index); index++; stack.push(w); onStack.add(w);
+          idx.set(w, index);
+          low.set(w, index);
+          index++;
+          stack.push(w);
+          onStack.add(w);
           work.push([w, 0]);
         } else if (onStack.has(w)) low.set(u, Math.min(low.get(u), idx.get(w)));
       } else {
         work.pop();
-        if (work.length) { const p = work[work.length - 1][0]; low.set(p, Math.min(low.get(p), low.get(u))); }
+        if (work.length) {
+          const p = work[work.length - 1][0];
+          low.set(p, Math.min(low.get(p), low.get(u)));
+        }
         if (low.get(u) === idx.get(u)) {
           const comp = [];
           let w;
-          do { w = stack.pop(); onStack.delete(w); comp.push(w); } while (w !== u);
+          do {
+            w = stack.pop();
+            onStack.delete(w);
+            comp.push(w);
+          } while (w !== u);
           if (comp.length > 1 || (adj.get(u) || []).includes(u)) out.push(comp.sort());
         }
       }
@@ -276,7 +296,10 @@ function shortestCycle(start, comp, adj) {
   for (const w of adj.get(start) || []) {
     if (!inComp.has(w)) continue;
     if (w === start) return [start, start];
-    if (!prev.has(w)) { prev.set(w, start); queue.push(w); }
+    if (!prev.has(w)) {
+      prev.set(w, start);
+      queue.push(w);
+    }
   }
   while (queue.length) {
     const u = queue.shift();
@@ -287,7 +310,10 @@ function shortestCycle(start, comp, adj) {
         for (let x = u; prev.get(x) !== start; x = prev.get(x)) pathBack.push(prev.get(x));
         return [start, ...pathBack.reverse(), start];
       }
-      if (!prev.has(w)) { prev.set(w, u); queue.push(w); }
+      if (!prev.has(w)) {
+        prev.set(w, u);
+        queue.push(w);
+      }
     }
   }
   return undefined;
@@ -336,7 +362,11 @@ function check(root, opts = {}) {
   // Packages without a (valid) layer.
   for (const p of g.pkgs) {
     if (!KNOWN_LAYERS.includes(p.layer)) {
-      violations.push({ kind: 'no-layer', package: p.name, message: `package ${p.name} (${rel(root, p.dir)}) has no layer (one of ${KNOWN_LAYERS.join(', ')}): add it to LAYERS in scripts/check-deps.js or "vsm": {"layer": …} in its package.json` });
+      violations.push({
+        kind: 'no-layer',
+        package: p.name,
+        message: `package ${p.name} (${rel(root, p.dir)}) has no layer (one of ${KNOWN_LAYERS.join(', ')}): add it to LAYERS in scripts/check-deps.js or "vsm": {"layer": …} in its package.json`,
+      });
     }
   }
 
@@ -373,7 +403,8 @@ function check(root, opts = {}) {
     const allowed = MAY_IMPORT[layerOf.get(e.fromPkg)] || [];
     if (allowed.includes(layerOf.get(e.toPkg))) continue;
     const k = `${e.fromPkg}\0${e.toPkg}`;
-    if (!orderDeps.has(k)) orderDeps.set(k, { kind: 'layer-order', from: e.fromPkg, to: e.toPkg, fromLayer: layerOf.get(e.fromPkg), toLayer: layerOf.get(e.toPkg), imports: [] });
+    if (!orderDeps.has(k))
+      orderDeps.set(k, { kind: 'layer-order', from: e.fromPkg, to: e.toPkg, fromLayer: layerOf.get(e.fromPkg), toLayer: layerOf.get(e.toPkg), imports: [] });
     orderDeps.get(k).imports.push(`${e.from}:${e.line} (${e.spec}${e.kind === 'runtime' ? '' : `, ${e.kind}`})`);
   }
   violations.push(...orderDeps.values());
@@ -403,8 +434,12 @@ function check(root, opts = {}) {
       for (const e of g.edges) if (e.fromPkg === p.name && e.toPkg && e.toPkg !== p.name) byKind[e.kind].add(e.toPkg);
       const runtime = [...byKind.runtime].sort();
       return {
-        package: p.name, layer: p.layer, dir: rel(root, p.dir), files: g.files.filter((f) => ownerOf(g.pkgs, path.join(root, f)) === p).length,
-        runtime, lazy: [...byKind.lazy].filter((x) => !byKind.runtime.has(x)).sort(),
+        package: p.name,
+        layer: p.layer,
+        dir: rel(root, p.dir),
+        files: g.files.filter((f) => ownerOf(g.pkgs, path.join(root, f)) === p).length,
+        runtime,
+        lazy: [...byKind.lazy].filter((x) => !byKind.runtime.has(x)).sort(),
         type: [...byKind.type].filter((x) => !byKind.runtime.has(x) && !byKind.lazy.has(x)).sort(),
       };
     });
@@ -413,19 +448,36 @@ function check(root, opts = {}) {
   return {
     ok: failed.length === 0,
     files: g.files.length,
-    edges: { runtime: g.edges.filter((e) => e.kind === 'runtime').length, lazy: g.edges.filter((e) => e.kind === 'lazy').length, type: g.edges.filter((e) => e.kind === 'type').length },
-    violations, typeOnlyCycles: typeCycles, unresolved: g.unresolved, stale, map,
+    edges: {
+      runtime: g.edges.filter((e) => e.kind === 'runtime').length,
+      lazy: g.edges.filter((e) => e.kind === 'lazy').length,
+      type: g.edges.filter((e) => e.kind === 'type').length,
+    },
+    violations,
+    typeOnlyCycles: typeCycles,
+    unresolved: g.unresolved,
+    stale,
+    map,
   };
 }
 
 // ---------------------------------------------------------------------------------------------
 
 function formatMap(map) {
-  const rows = map.map((m) => [m.package, m.layer || '?', String(m.files), m.runtime.join(', ') || '—',
-    [...m.lazy.map((x) => `${x} (lazy)`), ...m.type.map((x) => `${x} (type)`)].join(', ')]);
+  const rows = map.map((m) => [
+    m.package,
+    m.layer || '?',
+    String(m.files),
+    m.runtime.join(', ') || '—',
+    [...m.lazy.map((x) => `${x} (lazy)`), ...m.type.map((x) => `${x} (type)`)].join(', '),
+  ]);
   const head = ['package', 'layer', 'files', 'imports (run time)', 'also (lazy / type only)'];
   const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
-  const line = (r) => r.map((c, i) => c.padEnd(w[i])).join('  ').trimEnd();
+  const line = (r) =>
+    r
+      .map((c, i) => c.padEnd(w[i]))
+      .join('  ')
+      .trimEnd();
   return [line(head), line(w.map((n) => '-'.repeat(n))), ...rows.map(line)].join('\n');
 }
 
@@ -444,7 +496,9 @@ function describe(v) {
     case 'layer-order': {
       const shown = v.imports.slice(0, 5).map((i) => `      ${i}`);
       if (v.imports.length > 5) shown.push(`      … ${v.imports.length - 5} more`);
-      return [`  [${tag}] ${v.from} (${v.fromLayer}) imports ${v.to} (${v.toLayer}), against the layer order (${v.imports.length} imports):`, ...shown].join('\n');
+      return [`  [${tag}] ${v.from} (${v.fromLayer}) imports ${v.to} (${v.toLayer}), against the layer order (${v.imports.length} imports):`, ...shown].join(
+        '\n',
+      );
     }
     default:
       return `  [${tag}] ${v.message}`;
@@ -467,7 +521,9 @@ function report(r) {
     out.push(`${title}: ${vs.length === 0 ? 'none' : `${vs.length}${known ? ` (${known} known)` : ''}`}`);
     for (const v of vs) out.push(describe(v));
   }
-  out.push(`cycles that need a type-only or lazy import (not a load-time cycle; reported, not failed): ${r.typeOnlyCycles.length === 0 ? 'none' : r.typeOnlyCycles.length}`);
+  out.push(
+    `cycles that need a type-only or lazy import (not a load-time cycle; reported, not failed): ${r.typeOnlyCycles.length === 0 ? 'none' : r.typeOnlyCycles.length}`,
+  );
   for (const c of r.typeOnlyCycles) {
     out.push(`  among ${c.files.length} files (${c.cycles.length} distinct shortest cycles${c.cycles.length > 3 ? ', 3 shown' : ''}):`);
     for (const cy of c.cycles.slice(0, 3)) out.push(`      ${cy.join(' → ')}`);

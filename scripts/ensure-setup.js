@@ -9,7 +9,13 @@ const path = require('node:path');
 
 const root = path.resolve(__dirname, '..');
 const run = (cmd, args) => execFileSync(cmd, args, { cwd: root, stdio: ['ignore', 'inherit', 'inherit'] });
-const mtime = (p) => { try { return fs.statSync(p).mtimeMs; } catch { return 0; } };
+const mtime = (p) => {
+  try {
+    return fs.statSync(p).mtimeMs;
+  } catch {
+    return 0;
+  }
+};
 function newest(dir, filter) {
   let t = 0;
   if (!fs.existsSync(dir)) return 0;
@@ -24,7 +30,14 @@ function newest(dir, filter) {
 
 // The guests of the KVM tests (kvm-unit-tests from ../shared/suites, the project's own VSM guest) are
 // built in the test run with gcc, make and binutils: Debian's build-essential, installed when missing.
-const has = (tool) => { try { execFileSync('sh', ['-c', `command -v ${tool}`], { stdio: 'ignore' }); return true; } catch { return false; } };
+const has = (tool) => {
+  try {
+    execFileSync('sh', ['-c', `command -v ${tool}`], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+};
 if (!['gcc', 'make', 'ld'].every(has)) {
   if (typeof process.getuid === 'function' && process.getuid() === 0 && has('apt-get')) {
     console.error('[setup] installing build-essential (gcc, make, binutils: the test guests are built in the test run)');
@@ -35,7 +48,9 @@ if (!['gcc', 'make', 'ld'].every(has)) {
       run('apt-get', ['install', '-y', '--no-install-recommends', 'build-essential']);
     }
   } else {
-    console.error('[setup] gcc/make/ld missing and cannot install build-essential here (not root or no apt-get): the guest-image tests will fail with that reason');
+    console.error(
+      '[setup] gcc/make/ld missing and cannot install build-essential here (not root or no apt-get): the guest-image tests will fail with that reason',
+    );
   }
 }
 
@@ -49,7 +64,13 @@ if (!fs.existsSync(installed) || mtime(installed) < mtime(lock)) {
   run('npm', ['install', '--no-audit', '--no-fund']);
 }
 const stamp = path.join(root, 'api/src/gen/.stamp');
-if (mtime(stamp) < Math.max(newest(path.join(root, 'proto'), (n) => n.endsWith('.proto')), mtime(path.join(root, 'buf.gen.yaml')))) {
+if (
+  mtime(stamp) <
+  Math.max(
+    newest(path.join(root, 'proto'), (n) => n.endsWith('.proto')),
+    mtime(path.join(root, 'buf.gen.yaml')),
+  )
+) {
   console.error('[setup] generating code from proto/');
   run('node', ['scripts/generate.js']);
 }

@@ -95,7 +95,10 @@ export function vsmServices(): readonly RpcService[] {
         const def = byPath.get(path);
         if (!def) throw new Error(`${key}: not in the generated grpc-js definition of ${s.typeName} (run npm run generate)`);
         const kind: RpcKind = m.methodKind;
-        if (def.d.requestStream !== (kind === 'client_streaming' || kind === 'bidi_streaming') || def.d.responseStream !== (kind === 'server_streaming' || kind === 'bidi_streaming')) {
+        if (
+          def.d.requestStream !== (kind === 'client_streaming' || kind === 'bidi_streaming') ||
+          def.d.responseStream !== (kind === 'server_streaming' || kind === 'bidi_streaming')
+        ) {
           throw new Error(`${key}: the generated definition's streaming flags disagree with the descriptor (${kind}); run npm run generate`);
         }
         const role = hasOption(m, roleOption) ? (getOption(m, roleOption) as RequiredRole) : RequiredRole.REQUIRED_ROLE_UNSPECIFIED;

@@ -136,7 +136,9 @@ async function main(argv: readonly string[]): Promise<number> {
   const globalDeadline = t0 + globalSec * 1000;
   const repeats = args.repeats ?? (args.quick ? 3 : 7);
   const machine = machineInfo();
-  log(`bench: ${args.quick ? 'quick' : 'full'} run, ${suites.length} suite(s), ${repeats} repeats, bound ${globalSec} s; ${machine.cpus}x ${machine.cpuModel}, node ${machine.node}, load ${machine.loadavg.join(' ')}`);
+  log(
+    `bench: ${args.quick ? 'quick' : 'full'} run, ${suites.length} suite(s), ${repeats} repeats, bound ${globalSec} s; ${machine.cpus}x ${machine.cpuModel}, node ${machine.node}, load ${machine.loadavg.join(' ')}`,
+  );
 
   const outcomes: SuiteOutcome[] = [];
   const figures: FigureResult[] = [];

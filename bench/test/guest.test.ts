@@ -18,7 +18,7 @@ describe('judgeKvmUnitTest', () => {
   test('a failing exit status names the guest exit code', () => {
     const v = judgeKvmUnitTest(3, null, 'FAIL: x\nSUMMARY: 1 tests, 1 unexpected failures\n');
     expect(v.pass).toBe(false);
-    expect(v.why).toContain('exit status 3 (the guest\'s exit code 1)');
+    expect(v.why).toContain("exit status 3 (the guest's exit code 1)");
     expect(v.why).toContain('1 failed: FAIL: x');
     expect(v.failures).toBe(1);
   });
@@ -41,14 +41,50 @@ describe('judgeKvmUnitTest', () => {
 describe('command lines', () => {
   test('QEMU as the issue and kvm-unit-tests run it', () => {
     expect(qemuArgs('smptest.flat', 2, 128)).toEqual([
-      '-accel', 'kvm', '-cpu', 'kvm64', '-smp', '2', '-m', '128', '-kernel', 'smptest.flat',
-      '-device', 'isa-debug-exit,iobase=0xf4,iosize=0x4', '-display', 'none', '-serial', 'stdio', '-no-reboot', '-nodefaults',
+      '-accel',
+      'kvm',
+      '-cpu',
+      'kvm64',
+      '-smp',
+      '2',
+      '-m',
+      '128',
+      '-kernel',
+      'smptest.flat',
+      '-device',
+      'isa-debug-exit,iobase=0xf4,iosize=0x4',
+      '-display',
+      'none',
+      '-serial',
+      'stdio',
+      '-no-reboot',
+      '-nodefaults',
     ]);
   });
 
   test('vsmctl run with the same VPs and memory, a guest timeout and extra flags after the image', () => {
-    expect(vsmctlRunArgs('127.0.0.1:5', '/x/hyperv_stimer.flat', { vps: 2, memoryMiB: 128, timeoutSec: 120, extra: ['--device', 'hyperv-testdev', '--append', 'direct'] })).toEqual([
-      '--address', '127.0.0.1:5', 'run', '/x/hyperv_stimer.flat', '--vps', '2', '--memory', '128MiB', '--timeout', '120', '--device', 'hyperv-testdev', '--append', 'direct',
+    expect(
+      vsmctlRunArgs('127.0.0.1:5', '/x/hyperv_stimer.flat', {
+        vps: 2,
+        memoryMiB: 128,
+        timeoutSec: 120,
+        extra: ['--device', 'hyperv-testdev', '--append', 'direct'],
+      }),
+    ).toEqual([
+      '--address',
+      '127.0.0.1:5',
+      'run',
+      '/x/hyperv_stimer.flat',
+      '--vps',
+      '2',
+      '--memory',
+      '128MiB',
+      '--timeout',
+      '120',
+      '--device',
+      'hyperv-testdev',
+      '--append',
+      'direct',
     ]);
   });
 });
@@ -61,7 +97,10 @@ describe('process helpers', () => {
   afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 
   test('runTimed: status, output, a positive wall time; the child is no longer tracked afterwards', async () => {
-    const r = await runTimed(process.execPath, ['-e', 'process.stdout.write("PASS: x\\n"); process.stderr.write("warn\\n"); process.exit(1)'], { timeoutMs: 60_000, signal: new AbortController().signal });
+    const r = await runTimed(process.execPath, ['-e', 'process.stdout.write("PASS: x\\n"); process.stderr.write("warn\\n"); process.exit(1)'], {
+      timeoutMs: 60_000,
+      signal: new AbortController().signal,
+    });
     expect(r).toMatchObject({ status: 1, signal: null, stdout: 'PASS: x\n', stderr: 'warn\n', timedOut: false });
     expect(r.us).toBeGreaterThan(0);
     expect(liveChildren()).toBe(0);
@@ -78,12 +117,15 @@ describe('process helpers', () => {
 
   test('startDaemon: the address from the "listening" log line; stop() ends it', async () => {
     const main = path.join(dir, 'daemon.js');
-    fs.writeFileSync(main, [
-      'const i = process.argv.indexOf("--listen");',
-      'console.log("not json");',
-      'console.log(JSON.stringify({ level: 30, msg: "vsm-service listening", listen: process.argv[i + 1].replace(/:0$/, ":4242"), extra: process.argv.slice(2).join(" ") }));',
-      'setInterval(() => {}, 1000);',
-    ].join('\n'));
+    fs.writeFileSync(
+      main,
+      [
+        'const i = process.argv.indexOf("--listen");',
+        'console.log("not json");',
+        'console.log(JSON.stringify({ level: 30, msg: "vsm-service listening", listen: process.argv[i + 1].replace(/:0$/, ":4242"), extra: process.argv.slice(2).join(" ") }));',
+        'setInterval(() => {}, 1000);',
+      ].join('\n'),
+    );
     const ac = new AbortController();
     const d = await startDaemon('fake', main, ['--backend', 'agent'], ac.signal);
     expect(d.address).toBe('127.0.0.1:4242');
@@ -96,7 +138,9 @@ describe('process helpers', () => {
   test('startDaemon: a process that exits before listening rejects with its output', async () => {
     const main = path.join(dir, 'dies.js');
     fs.writeFileSync(main, 'console.error("KVM is not usable: no /dev/kvm"); process.exit(2);\n');
-    await expect(startDaemon('vsm-kvm-agent', main, [], new AbortController().signal)).rejects.toThrow(/vsm-kvm-agent: exited while starting \(code 2[\s\S]*KVM is not usable/);
+    await expect(startDaemon('vsm-kvm-agent', main, [], new AbortController().signal)).rejects.toThrow(
+      /vsm-kvm-agent: exited while starting \(code 2[\s\S]*KVM is not usable/,
+    );
     expect(liveChildren()).toBe(0);
   });
 });

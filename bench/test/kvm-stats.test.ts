@@ -43,7 +43,9 @@ describe('protectionGate', () => {
 
   test('not supported → a reason naming the capability, with the first clause of the backend reason', () => {
     const r = protectionGate([f(false, 'VTL protections are not yet mapped to memslots: memory guest actions ... (next milestone)')]);
-    expect(r).toBe(`protections are not enforced by the KVM platform yet (capability ${ENFORCED_PROTECTIONS} = false: VTL protections are not yet mapped to memslots)`);
+    expect(r).toBe(
+      `protections are not enforced by the KVM platform yet (capability ${ENFORCED_PROTECTIONS} = false: VTL protections are not yet mapped to memslots)`,
+    );
     expect(protectionGate([f(false)])).toBe(`protections are not enforced by the KVM platform yet (capability ${ENFORCED_PROTECTIONS} = false)`);
   });
 
@@ -122,10 +124,13 @@ describe('calibrateBatch', () => {
 
   test('awaits asynchronous operations', async () => {
     let t = 0;
-    const batch = await calibrateBatch(async (n) => {
-      await Promise.resolve();
-      t += n * 100;
-    }, { targetUs: 1000, probeUs: 1000, refine: 0, nowUs: () => t });
+    const batch = await calibrateBatch(
+      async (n) => {
+        await Promise.resolve();
+        t += n * 100;
+      },
+      { targetUs: 1000, probeUs: 1000, refine: 0, nowUs: () => t },
+    );
     expect(batch).toBe(10);
   });
 });

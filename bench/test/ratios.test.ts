@@ -68,12 +68,18 @@ describe('ratio evaluation', () => {
   });
 
   test('a skipped figure skips the ratio with its reason', () => {
-    const r = evaluateRatio({ figure: 'kvm.exit', baseline: 'raw.unary.64B', target: { op: '<=', value: 2 } }, asMap(base, skippedFigure('kvm.exit', 'no /dev/kvm')));
+    const r = evaluateRatio(
+      { figure: 'kvm.exit', baseline: 'raw.unary.64B', target: { op: '<=', value: 2 } },
+      asMap(base, skippedFigure('kvm.exit', 'no /dev/kvm')),
+    );
     expect(r.status).toBe('skipped');
     expect(r.reason).toBe('kvm.exit skipped: no /dev/kvm');
     expect(r.ratio).toBeNull();
     expect(r.base).toBeCloseTo(100);
-    const r2 = evaluateRatio({ figure: 'raw.unary.64B', baseline: 'kvm.exit', target: { op: '<=', value: 2 } }, asMap(base, skippedFigure('kvm.exit', 'no /dev/kvm')));
+    const r2 = evaluateRatio(
+      { figure: 'raw.unary.64B', baseline: 'kvm.exit', target: { op: '<=', value: 2 } },
+      asMap(base, skippedFigure('kvm.exit', 'no /dev/kvm')),
+    );
     expect(r2.reason).toMatch(/^baseline kvm.exit skipped/);
   });
 

@@ -16,7 +16,11 @@ describe('registry validation', () => {
   });
 
   test('a later suite may declare ratios against the raw baselines', () => {
-    const later = mk('emulator', [latSpec('emulator.rdmsr.unary')], [{ figure: 'emulator.rdmsr.unary.p50', baseline: 'raw.unary.64B.p50', target: { op: '<=', value: 1.3 } }]);
+    const later = mk(
+      'emulator',
+      [latSpec('emulator.rdmsr.unary')],
+      [{ figure: 'emulator.rdmsr.unary.p50', baseline: 'raw.unary.64B.p50', target: { op: '<=', value: 1.3 } }],
+    );
     expect(validateSuites([rawGrpc, later])).toEqual([]);
   });
 

@@ -49,13 +49,19 @@ describe('runSuite', () => {
   });
 
   test('undeclared figure ids fail the suite', async () => {
-    const r = await runSuite(suite(async (ctx) => ctx.recordRate('nope', 1)), opts());
+    const r = await runSuite(
+      suite(async (ctx) => ctx.recordRate('nope', 1)),
+      opts(),
+    );
     expect(r.outcome.status).toBe('failed');
     expect(r.outcome.reason).toMatch(/not declared/);
   });
 
   test('availability check and ctx.skip give "skipped: reason" for every figure', async () => {
-    const a = await runSuite(suite(async () => undefined, { available: () => 'no /dev/kvm' }), opts());
+    const a = await runSuite(
+      suite(async () => undefined, { available: () => 'no /dev/kvm' }),
+      opts(),
+    );
     expect(a.outcome).toMatchObject({ status: 'skipped', reason: 'no /dev/kvm' });
     expect(a.figures.every((f) => f.status === 'skipped' && f.reason === 'no /dev/kvm')).toBe(true);
     const b = await runSuite(
@@ -140,7 +146,10 @@ describe('runSuite', () => {
   test('a child that dies before ready fails the suite with its output', async () => {
     const crash = path.join(dir, 'crash.js');
     fs.writeFileSync(crash, `console.error('boom: no port'); process.exit(3);\n`);
-    const r = await runSuite(suite(async (ctx) => void (await ctx.forkServer(crash))), { ...opts(), log: () => undefined });
+    const r = await runSuite(
+      suite(async (ctx) => void (await ctx.forkServer(crash))),
+      { ...opts(), log: () => undefined },
+    );
     expect(r.outcome.status).toBe('failed');
     expect(r.outcome.reason).toMatch(/exited before ready \(code 3/);
   });

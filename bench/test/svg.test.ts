@@ -21,7 +21,8 @@ function checkXml(xml: string): { root: string; elements: number } {
     const [whole, closing, name, attrs, selfClosing] = m as unknown as [string, string, string, string, string];
     const names = [...attrs.matchAll(/([A-Za-z_][\w:.-]*)\s*=/g)].map((a) => a[1]);
     if (new Set(names).size !== names.length) throw new Error(`duplicate attribute in <${name}>`);
-    for (const v of attrs.matchAll(/"([^"]*)"/g)) if (/&(?!(amp|lt|gt|quot|apos|#\d+);)/.test(v[1] as string)) throw new Error(`raw & in attribute of <${name}>`);
+    for (const v of attrs.matchAll(/"([^"]*)"/g))
+      if (/&(?!(amp|lt|gt|quot|apos|#\d+);)/.test(v[1] as string)) throw new Error(`raw & in attribute of <${name}>`);
     if (closing) {
       if (stack.pop() !== name) throw new Error(`mismatched </${name}>`);
     } else {

@@ -20,7 +20,14 @@ interface Violation {
   imports?: string[];
   package?: string;
 }
-interface MapRow { package: string; layer: string; files: number; runtime: string[]; lazy: string[]; type: string[] }
+interface MapRow {
+  package: string;
+  layer: string;
+  files: number;
+  runtime: string[];
+  lazy: string[];
+  type: string[];
+}
 interface Result {
   ok: boolean;
   violations: Violation[];
@@ -74,7 +81,9 @@ const APP = 'clients/app';
 function cleanTree(): string {
   return tree({
     [CORE]: {
-      name: '@fx/core', layer: 'core', files: {
+      name: '@fx/core',
+      layer: 'core',
+      files: {
         'src/index.ts': "export * from './a';\nexport { sub } from './deep/sub';\n",
         'src/a.ts': "import { b } from './b';\nexport const a = () => b + 1;\nexport interface A { n: number }\n",
         'src/b.ts': "import type { A } from './a';\nexport const b = 1;\nexport type B = A;\n",
@@ -83,17 +92,24 @@ function cleanTree(): string {
       },
     },
     [ENGINE]: {
-      name: '@fx/engine', layer: 'platform', files: {
-        'src/index.ts': "import { a } from '@fx/core';\nimport { sub } from '@fx/core/deep/sub';\nimport type { B } from '@fx/core/dist/b';\nexport const run = (x: B) => a() + sub + x;\n",
+      name: '@fx/engine',
+      layer: 'platform',
+      files: {
+        'src/index.ts':
+          "import { a } from '@fx/core';\nimport { sub } from '@fx/core/deep/sub';\nimport type { B } from '@fx/core/dist/b';\nexport const run = (x: B) => a() + sub + x;\n",
       },
     },
     [SERVICE]: {
-      name: '@fx/service', layer: 'process', files: {
+      name: '@fx/service',
+      layer: 'process',
+      files: {
         'src/index.ts': "import { run } from '@fx/engine';\nimport '@fx/core';\nexport const main = () => run(0);\n",
       },
     },
     [APP]: {
-      name: '@fx/app', layer: 'client', files: {
+      name: '@fx/app',
+      layer: 'client',
+      files: {
         'src/index.ts': "export { a as coreA } from '@fx/core';\n",
       },
     },
@@ -130,7 +146,9 @@ describe('check-deps fails', () => {
   test('on a run-time cycle between files, listing it (a lazy require does not count)', () => {
     const root = tree({
       [CORE]: {
-        name: '@fx/core', layer: 'core', files: {
+        name: '@fx/core',
+        layer: 'core',
+        files: {
           'src/index.ts': "export * from './a';\n",
           'src/a.ts': "import { b } from './b';\nexport const a = () => b;\n",
           'src/b.ts': "import { c } from './c.js';\nexport const b = c;\n",
@@ -160,13 +178,17 @@ describe('check-deps fails', () => {
     const root = tree({
       [CORE]: { name: '@fx/core', layer: 'core', files: { 'src/index.ts': 'export const x = 1;\n' } },
       [SERVICE]: {
-        name: '@fx/service', layer: 'process', files: {
+        name: '@fx/service',
+        layer: 'process',
+        files: {
           'src/index.ts': "export * from './server';\n",
           'src/server.ts': "import { x } from '@fx/core';\nexport class Server { v = x; }\n",
         },
       },
       [ENGINE]: {
-        name: '@fx/engine', layer: 'platform', files: {
+        name: '@fx/engine',
+        layer: 'platform',
+        files: {
           'src/index.ts': "import { Server } from '@fx/service/dist/server';\nexport class Engine extends Server {}\n",
           'src/types.ts': "import type { Server } from '@fx/service';\nexport type S = Server;\n",
         },
@@ -176,7 +198,10 @@ describe('check-deps fails', () => {
     expect(r.ok).toBe(false);
     expect(r.violations).toEqual([
       {
-        kind: 'process-dependency', known: false, from: '@fx/engine', to: '@fx/service',
+        kind: 'process-dependency',
+        known: false,
+        from: '@fx/engine',
+        to: '@fx/service',
         imports: [`${ENGINE}/src/index.ts:1 (@fx/service/dist/server)`, `${ENGINE}/src/types.ts:1 (@fx/service, type)`],
       },
     ]);
@@ -195,7 +220,9 @@ describe('check-deps fails', () => {
   test('on a run-time cycle between packages that is not a cycle between files', () => {
     const root = tree({
       [CORE]: {
-        name: '@fx/core', layer: 'platform', files: {
+        name: '@fx/core',
+        layer: 'platform',
+        files: {
           'src/index.ts': "export const x = 1;\nexport { useY } from './uses-engine';\n",
           'src/uses-engine.ts': "import { y } from '@fx/engine';\nexport const useY = () => y;\n",
         },
@@ -214,7 +241,9 @@ describe('check-deps fails', () => {
   test('on a package cycle alone (files acyclic)', () => {
     const root = tree({
       [CORE]: {
-        name: '@fx/core', layer: 'platform', files: {
+        name: '@fx/core',
+        layer: 'platform',
+        files: {
           'src/index.ts': 'export const x = 1;\n',
           'src/extra.ts': "import { y } from '@fx/engine';\nexport const z = y;\n",
         },
@@ -235,7 +264,9 @@ describe('check-deps fails', () => {
     });
     const r = deps.check(root, { known: [] });
     expect(r.ok).toBe(false);
-    expect(r.violations).toEqual([expect.objectContaining({ kind: 'layer-order', from: '@fx/core', to: '@fx/engine', fromLayer: 'core', toLayer: 'platform', known: false })]);
+    expect(r.violations).toEqual([
+      expect.objectContaining({ kind: 'layer-order', from: '@fx/core', to: '@fx/engine', fromLayer: 'core', toLayer: 'platform', known: false }),
+    ]);
     expect(cli(root).status).toBe(1);
   });
 
@@ -268,9 +299,21 @@ describe('import classification', () => {
     ].join('\n');
     const got = deps.importsOf(ts, 'x.ts', src).map((i) => `${i.line} ${i.spec} ${i.kind}`);
     expect(got).toEqual([
-      '1 ./a runtime', '2 ./b type', '3 ./c type', '4 ./e runtime', '5 ./side-effect runtime', '6 ./star runtime',
-      '7 ./g type', '8 ./h runtime', '9 ./i runtime', '10 ./j type', '11 ./k runtime', '12 ./l lazy', '13 ./m lazy',
-      '14 ./n runtime', '15 ./o runtime',
+      '1 ./a runtime',
+      '2 ./b type',
+      '3 ./c type',
+      '4 ./e runtime',
+      '5 ./side-effect runtime',
+      '6 ./star runtime',
+      '7 ./g type',
+      '8 ./h runtime',
+      '9 ./i runtime',
+      '10 ./j type',
+      '11 ./k runtime',
+      '12 ./l lazy',
+      '13 ./m lazy',
+      '14 ./n runtime',
+      '15 ./o runtime',
     ]);
   });
 

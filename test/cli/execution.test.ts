@@ -41,7 +41,9 @@ class Hub implements ConsoleSource {
     this.watchers.clear();
   }
   history(offset = 0n) {
-    return this.chunks.filter((c) => c.offset + BigInt(c.data.length) > offset).map((c) => (c.offset >= offset ? c : { offset, data: c.data.subarray(Number(offset - c.offset)) }));
+    return this.chunks
+      .filter((c) => c.offset + BigInt(c.data.length) > offset)
+      .map((c) => (c.offset >= offset ? c : { offset, data: c.data.subarray(Number(offset - c.offset)) }));
   }
   subscribe(onData: (c: { offset: bigint; data: Uint8Array }) => void, onEnd: () => void): () => void {
     if (this.ended) {
@@ -68,7 +70,16 @@ class FakeGuest {
     this.state = 'running';
     this.hub.push(`hello from ${this.script}\n`);
     const exit = /^exit (\d+)$/.exec(this.script);
-    if (exit) setImmediate(() => this.finish({ state: 'stopped', exitCode: Number(exit[1]), reason: `the guest wrote ${exit[1]} to the debug-exit port 0xf4`, vpIndex: 0, at: new Date() }));
+    if (exit)
+      setImmediate(() =>
+        this.finish({
+          state: 'stopped',
+          exitCode: Number(exit[1]),
+          reason: `the guest wrote ${exit[1]} to the debug-exit port 0xf4`,
+          vpIndex: 0,
+          at: new Date(),
+        }),
+      );
     else if (this.script === 'crash') setImmediate(() => this.finish({ state: 'crashed', reason: 'triple fault', vpIndex: 1, at: new Date() }));
   }
   finish(e: GuestRunEnd): void {
@@ -92,7 +103,13 @@ class ScriptedGuestBackend extends CoreBackend {
     this.partition(r.name);
     const l = checkLoadRequest(r);
     this.guests.set(r.name, new FakeGuest(Buffer.from(l.image).toString().trim()));
-    return { format: pb.GuestImageFormat.GUEST_IMAGE_FORMAT_ELF64, entryPoint: 0x100000n, entryMode: pb.GuestEntryMode.GUEST_ENTRY_MODE_LONG64, segments: [{ gpa: 0x100000n, size: BigInt(l.image.length) }], bootInfoGpa: undefined };
+    return {
+      format: pb.GuestImageFormat.GUEST_IMAGE_FORMAT_ELF64,
+      entryPoint: 0x100000n,
+      entryMode: pb.GuestEntryMode.GUEST_ENTRY_MODE_LONG64,
+      segments: [{ gpa: 0x100000n, size: BigInt(l.image.length) }],
+      bootInfoGpa: undefined,
+    };
   }
   override async startPartition(r: pb.StartPartitionRequest): Promise<pb.Partition> {
     this.guest(r.name).start();
@@ -150,7 +167,15 @@ const partitionsOf = async (c: VsmClient) => (await c.partitions.listPartitions(
 describe('in process', () => {
   test("run's --timeout (seconds) is its own; the global --timeout before the command word stays the per-call deadline", () => {
     expect(runArguments(['run', 'img', '--timeout', '5'])).toEqual(['run', 'img', '--guest-timeout', '5']);
-    expect(runArguments(['--timeout', '3000', '--address', 'h:1', 'run', 'img', '--timeout=2.5'])).toEqual(['--timeout', '3000', '--address', 'h:1', 'run', 'img', '--guest-timeout=2.5']);
+    expect(runArguments(['--timeout', '3000', '--address', 'h:1', 'run', 'img', '--timeout=2.5'])).toEqual([
+      '--timeout',
+      '3000',
+      '--address',
+      'h:1',
+      'run',
+      'img',
+      '--guest-timeout=2.5',
+    ]);
     expect(runArguments(['--json', 'console', 'x', '--timeout', '5'])).toEqual(['--json', 'console', 'x', '--timeout', '5']);
     expect(runArguments(['--address', 'run', 'partitions', 'list', '--timeout', '5'])).toEqual(['--address', 'run', 'partitions', 'list', '--timeout', '5']);
     expect(runArguments(['run', 'img', '--', '--timeout'])).toEqual(['run', 'img', '--', '--timeout']);
@@ -190,7 +215,11 @@ describe('vsmctl run (scripted guest)', () => {
   });
 
   test('Ctrl-C: exit 130, partition deleted', async () => {
-    const child = spawn(process.execPath, [CLI, '--address', scripted.server.address, 'run', image('hang'), '--name', 'interrupted'], { cwd: ROOT, env: childEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [CLI, '--address', scripted.server.address, 'run', image('hang'), '--name', 'interrupted'], {
+      cwd: ROOT,
+      env: childEnv(),
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let stdout = '';
     let stderr = '';
     child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
@@ -233,10 +262,12 @@ describe('vsmctl console, load, start, stop (scripted guest)', () => {
     expect(con).toMatchObject({ code: 0, stdout: 'hello from exit 5\n' });
     expect(con.stderr).toMatch(/the guest stopped with exit code 0x5/);
     const jsonCon = await onScripted(['console', 'follow', '--json']);
-    expect(jsonCon.stdout.trim().split('\n').map((l) => JSON.parse(l))).toEqual([
-      { offset: '0', text: 'hello from exit 5\n' },
-      { end: expect.objectContaining({ state: 'stopped', exitCode: 5, vpIndex: 0 }) },
-    ]);
+    expect(
+      jsonCon.stdout
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l)),
+    ).toEqual([{ offset: '0', text: 'hello from exit 5\n' }, { end: expect.objectContaining({ state: 'stopped', exitCode: 5, vpIndex: 0 }) }]);
     const stopped = await onScripted(['stop', 'follow']);
     expect(stopped).toMatchObject({ code: 0 });
     expect(stopped.stdout).toMatch(/^partitions\/follow: stopped \(exit code 0x5: the guest wrote 5 to the debug-exit port 0xf4\)/);
@@ -268,10 +299,31 @@ describe('against the emulator', () => {
   });
 
   test('connections create, list, delete (human and --json); duplicates and bad ids', async () => {
-    await emu.client.partitions.createPartition({ partitionId: 'conns', partition: pb.Partition.fromPartial({ vpCount: 2, memoryBytes: 64n << 20n, maximumVtl: 1 }) });
+    await emu.client.partitions.createPartition({
+      partitionId: 'conns',
+      partition: pb.Partition.fromPartial({ vpCount: 2, memoryBytes: 64n << 20n, maximumVtl: 1 }),
+    });
     const c1 = await onEmulator(['connections', 'create', 'conns', '0x10', '--kind', 'message', '--vp', '1', '--sint', '2']);
     expect(c1).toMatchObject({ code: 0, stdout: 'created message connection 0x10 -> VP 1 VTL 0 SINT2 in partitions/conns\n' });
-    const c2 = await onEmulator(['connections', 'create', 'conns', '17', '--kind', 'event', '--vp', '0', '--sint', '3', '--vtl', '1', '--flag-number', '4', '--flag-count', '2', '--json']);
+    const c2 = await onEmulator([
+      'connections',
+      'create',
+      'conns',
+      '17',
+      '--kind',
+      'event',
+      '--vp',
+      '0',
+      '--sint',
+      '3',
+      '--vtl',
+      '1',
+      '--flag-number',
+      '4',
+      '--flag-count',
+      '2',
+      '--json',
+    ]);
     expect(JSON.parse(c2.stdout)).toEqual({ connectionId: 17, kind: 'event', vpIndex: 0, sint: 3, vtl: 1, flagNumber: 4, flagCount: 2 });
     const dup = await onEmulator(['connections', 'create', 'conns', '16', '--kind', 'event', '--vp', '0', '--sint', '3']);
     expect(dup.code).toBe(3);
@@ -286,7 +338,9 @@ describe('against the emulator', () => {
     const gone = await onEmulator(['connections', 'delete', 'conns', '16']);
     expect(gone.code).toBe(3);
     expect(gone.stderr).toMatch(/NOT_FOUND HV_STATUS_INVALID_CONNECTION_ID/);
-    expect(JSON.parse((await onEmulator(['connections', 'list', 'conns', '--json'])).stdout).connections.map((c: { connectionId: number }) => c.connectionId)).toEqual([17]);
+    expect(
+      JSON.parse((await onEmulator(['connections', 'list', 'conns', '--json'])).stdout).connections.map((c: { connectionId: number }) => c.connectionId),
+    ).toEqual([17]);
     await emu.client.partitions.deletePartition({ name: 'partitions/conns' });
   });
 });

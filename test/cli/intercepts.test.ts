@@ -11,7 +11,14 @@ import { HvMsr } from '@vsm/core';
 
 jest.setTimeout(60_000);
 
-const MSR = { GUEST_OS_ID: HvMsr.HV_X64_MSR_GUEST_OS_ID, HYPERCALL: HvMsr.HV_X64_MSR_HYPERCALL, SCONTROL: HvMsr.HV_X64_MSR_SCONTROL, SIEFP: HvMsr.HV_X64_MSR_SIEFP, SIMP: HvMsr.HV_X64_MSR_SIMP, SINT0: HvMsr.HV_X64_MSR_SINT0 };
+const MSR = {
+  GUEST_OS_ID: HvMsr.HV_X64_MSR_GUEST_OS_ID,
+  HYPERCALL: HvMsr.HV_X64_MSR_HYPERCALL,
+  SCONTROL: HvMsr.HV_X64_MSR_SCONTROL,
+  SIEFP: HvMsr.HV_X64_MSR_SIEFP,
+  SIMP: HvMsr.HV_X64_MSR_SIMP,
+  SINT0: HvMsr.HV_X64_MSR_SINT0,
+};
 const PROTECTED = 0x40000n; // page 0x40
 const SIMP_GPA = 0x9000n;
 const r64 = (name: pb.HvRegisterName, v: bigint): pb.RegisterAssoc => ({ name, value: { value: { $case: 'reg64', value: v } } });
@@ -41,14 +48,24 @@ const json = async (args: string[]): Promise<any> => JSON.parse(await ok([...arg
  */
 async function setup(id: string): Promise<{ name: string; vp0: string }> {
   const c = h.client;
-  const p = await c.partitions.createPartition({ partitionId: id, partition: pb.Partition.fromPartial({ vpCount: 1, memoryBytes: 64n << 20n, maximumVtl: 1 }) });
+  const p = await c.partitions.createPartition({
+    partitionId: id,
+    partition: pb.Partition.fromPartial({ vpCount: 1, memoryBytes: 64n << 20n, maximumVtl: 1 }),
+  });
   const vp0 = `${p.name}/vps/0`;
   await c.vtl.enablePartitionVtl({ name: p.name, targetVtl: 1 });
   await c.vtl.enableVpVtl({ name: vp0, targetVtl: 1 });
   await c.guest.writeMsr({ name: vp0, msr: MSR.GUEST_OS_ID, value: 1n });
   await c.guest.writeMsr({ name: vp0, msr: MSR.HYPERCALL, value: 0x1001n });
   await c.guest.callHypercallPage({ name: vp0, offset: 0x0f, rcx: 0n }); // VTL1 from here
-  for (const [msr, value] of [[MSR.GUEST_OS_ID, 2n], [MSR.HYPERCALL, 0x2001n], [MSR.SIMP, SIMP_GPA | 1n], [MSR.SIEFP, 0xa001n], [MSR.SCONTROL, 1n], [MSR.SINT0, 0x30n]] as const) {
+  for (const [msr, value] of [
+    [MSR.GUEST_OS_ID, 2n],
+    [MSR.HYPERCALL, 0x2001n],
+    [MSR.SIMP, SIMP_GPA | 1n],
+    [MSR.SIEFP, 0xa001n],
+    [MSR.SCONTROL, 1n],
+    [MSR.SINT0, 0x30n],
+  ] as const) {
     await c.guest.writeMsr({ name: vp0, msr, value });
   }
   await c.vps.setVpRegisters({ name: vp0, vtl: 1, registers: [r64(pb.HvRegisterName.HV_REGISTER_NAME_VSM_PARTITION_CONFIG, 1n | (0xfn << 1n))] });
@@ -74,7 +91,8 @@ class Child {
   async waitFor(re: RegExp, ms = 10_000): Promise<void> {
     const deadline = Date.now() + ms;
     while (!re.test(this.stdout)) {
-      if (Date.now() > deadline) throw new Error(`timed out waiting for ${re} in stdout ${JSON.stringify(this.stdout)} (stderr ${JSON.stringify(this.stderr)})`);
+      if (Date.now() > deadline)
+        throw new Error(`timed out waiting for ${re} in stdout ${JSON.stringify(this.stdout)} (stderr ${JSON.stringify(this.stderr)})`);
       if (this.proc.exitCode !== null) throw new Error(`exited ${this.proc.exitCode} before ${re}: ${this.stderr}`);
       await new Promise((r) => setTimeout(r, 25));
     }
@@ -97,8 +115,18 @@ describe('protections', () => {
       /^VTL 1 now allows lower VTLs r-- \(0x1\) on 5 pages \(2 ranges\) of partitions\/ci-prot; view generation \d+\n$/,
     );
     const byGpa = await json(['memory', 'protect', 'ci-prot', '--vtl', '1', '--flags', 'rw', '--gpa', '0x60000', '--size', '8KiB']);
-    expect(byGpa).toMatchObject({ name, protectingVtl: 1, mapFlags: 3, mask: 'rw-', ranges: [{ startPage: String(0x60), pageCount: '2' }], calls: 1, pagesChanged: '2' });
-    expect(await ok(['memory', 'protect', 'ci-prot', '--vtl', '1', '--flags', '0xd', '--gpa', '0x70000', '--size', '4096'])).toMatch(/r-x \(0xd\) on 1 page \(0x0000000000070000-0x0000000000070fff\)/);
+    expect(byGpa).toMatchObject({
+      name,
+      protectingVtl: 1,
+      mapFlags: 3,
+      mask: 'rw-',
+      ranges: [{ startPage: String(0x60), pageCount: '2' }],
+      calls: 1,
+      pagesChanged: '2',
+    });
+    expect(await ok(['memory', 'protect', 'ci-prot', '--vtl', '1', '--flags', '0xd', '--gpa', '0x70000', '--size', '4096'])).toMatch(
+      /r-x \(0xd\) on 1 page \(0x0000000000070000-0x0000000000070fff\)/,
+    );
 
     const table = await ok(['memory', 'protections', 'ci-prot', '--vtl', '1']);
     expect(table).toMatch(/^partitions\/ci-prot: VTL 1 protections enabled; default mask rwx \(0xf\) outside the ranges; view generation \d+$/m);
@@ -113,9 +141,14 @@ describe('protections', () => {
     expect(BigInt(j.viewGeneration)).toBe(BigInt(byGpa.viewGeneration) + 1n);
 
     // A VTL without EnableVtlProtection restricts nothing, and refuses protections (server error, exit 3).
-    await h.client.partitions.createPartition({ partitionId: 'ci-noprot', partition: pb.Partition.fromPartial({ vpCount: 1, memoryBytes: 16n << 20n, maximumVtl: 1 }) });
+    await h.client.partitions.createPartition({
+      partitionId: 'ci-noprot',
+      partition: pb.Partition.fromPartial({ vpCount: 1, memoryBytes: 16n << 20n, maximumVtl: 1 }),
+    });
     await h.client.vtl.enablePartitionVtl({ name: 'partitions/ci-noprot', targetVtl: 1 });
-    expect(await ok(['memory', 'protections', 'ci-noprot', '--vtl', '1'])).toMatch(/^partitions\/ci-noprot: VTL 1 has not set EnableVtlProtection, so it restricts nothing/);
+    expect(await ok(['memory', 'protections', 'ci-noprot', '--vtl', '1'])).toMatch(
+      /^partitions\/ci-noprot: VTL 1 has not set EnableVtlProtection, so it restricts nothing/,
+    );
     const denied = await cli(['memory', 'protect', 'ci-noprot', '--vtl', '1', '--flags', 'r', '--pages', '1:1']);
     expect(denied.code).toBe(3);
     expect(denied.stderr).toMatch(/^error: PERMISSION_DENIED HV_STATUS_ACCESS_DENIED: .*EnableVtlProtection/);
@@ -127,10 +160,17 @@ describe('protections', () => {
 
   test('large requests go in 4 GiB calls; a range beyond RAM is refused before any call', async () => {
     const c = h.client;
-    const p = await c.partitions.createPartition({ partitionId: 'ci-big', partition: pb.Partition.fromPartial({ vpCount: 1, memoryBytes: 16n << 30n, maximumVtl: 1 }) });
+    const p = await c.partitions.createPartition({
+      partitionId: 'ci-big',
+      partition: pb.Partition.fromPartial({ vpCount: 1, memoryBytes: 16n << 30n, maximumVtl: 1 }),
+    });
     await c.vtl.enablePartitionVtl({ name: p.name, targetVtl: 1 });
     await c.vtl.enableVpVtl({ name: `${p.name}/vps/0`, targetVtl: 1 });
-    await c.vps.setVpRegisters({ name: `${p.name}/vps/0`, vtl: 1, registers: [r64(pb.HvRegisterName.HV_REGISTER_NAME_VSM_PARTITION_CONFIG, 1n | (0xfn << 1n))] });
+    await c.vps.setVpRegisters({
+      name: `${p.name}/vps/0`,
+      vtl: 1,
+      registers: [r64(pb.HvRegisterName.HV_REGISTER_NAME_VSM_PARTITION_CONFIG, 1n | (0xfn << 1n))],
+    });
     const r = await json(['memory', 'protect', 'ci-big', '--vtl', '1', '--flags', 'r', '--gpa', '0', '--size', '10GiB']);
     expect(r).toMatchObject({ calls: 3, pagesChanged: String(10 * 262144) });
     // Progress is drawn only on a TTY: piped stderr stays empty.
@@ -165,7 +205,9 @@ describe('monitors', () => {
     expect(watch.stderr).toBe('');
     const lines = watch.stdout.trimEnd().split('\n');
     expect(lines).toHaveLength(3);
-    expect(lines[0]).toMatch(/^subscribed to intercepts of partitions\/ci-watch: read,write,execute; any VP, any VTL, any GPA; answering ALLOW; view generation \d+$/);
+    expect(lines[0]).toMatch(
+      /^subscribed to intercepts of partitions\/ci-watch: read,write,execute; any VP, any VTL, any GPA; answering ALLOW; view generation \d+$/,
+    );
     expect(lines[1]).toMatch(/^intercept (\d+)  vp 0  VTL 0  write  gpa 0x0000000000040000  len 8  rip 0x[0-9a-f]{16}  by VTL 1  generation \d+  needs reply$/);
     const id = /^intercept (\d+)/.exec(lines[1]!)![1];
     expect(lines[2]).toMatch(new RegExp(`^  reply ALLOW to intercept ${id}: APPLIED \\(allow\\); view generation \\d+$`));
@@ -174,7 +216,28 @@ describe('monitors', () => {
 
     // --json: one object per line (subscription, intercept with the HV_MESSAGE in hex, reply result);
     // SKIP of a read returns --skip-data; filters narrow the subscription.
-    const jw = new Child(['intercepts', 'watch', 'ci-watch', '--json', '--vp', '0', '--vtl', '0', '--gpa-start', '0x40000', '--gpa-end', '0x41000', '--access', 'r', '--reply', 'skip', '--skip-data', '66616b65', '--count', '1']);
+    const jw = new Child([
+      'intercepts',
+      'watch',
+      'ci-watch',
+      '--json',
+      '--vp',
+      '0',
+      '--vtl',
+      '0',
+      '--gpa-start',
+      '0x40000',
+      '--gpa-end',
+      '0x41000',
+      '--access',
+      'r',
+      '--reply',
+      'skip',
+      '--skip-data',
+      '66616b65',
+      '--count',
+      '1',
+    ]);
     let read: pb.ReadMemoryResponse;
     try {
       await jw.waitFor(/"subscription"/);
@@ -184,13 +247,30 @@ describe('monitors', () => {
       expect(await jw.code()).toBe(0);
     }
     expect(Buffer.from(read.data).toString()).toBe('fake');
-    const objs = jw.stdout.trimEnd().split('\n').map((l) => JSON.parse(l));
+    const objs = jw.stdout
+      .trimEnd()
+      .split('\n')
+      .map((l) => JSON.parse(l));
     expect(objs).toHaveLength(3);
     expect(objs[0]).toEqual({ name, subscription: { accessMask: 1, viewGeneration: expect.any(String) } });
     expect(objs[1].name).toBe(name);
-    expect(objs[1].intercept).toMatchObject({ vpIndex: 0, vtl: 0, protectingVtl: 1, accessType: 'HV_INTERCEPT_ACCESS_TYPE_READ', gpa: String(PROTECTED), length: 4, messageType: 0x80000001, needsReply: true, redelivered: false });
+    expect(objs[1].intercept).toMatchObject({
+      vpIndex: 0,
+      vtl: 0,
+      protectingVtl: 1,
+      accessType: 'HV_INTERCEPT_ACCESS_TYPE_READ',
+      gpa: String(PROTECTED),
+      length: 4,
+      messageType: 0x80000001,
+      needsReply: true,
+      redelivered: false,
+    });
     expect(objs[1].intercept.hvMessage).toMatch(/^01000080f0[0-9a-f]{502}$/); // HvMessageTypeGpaIntercept, 240-byte payload, 256 bytes
-    expect(objs[2]).toMatchObject({ name, action: 'INTERCEPT_ACTION_SKIP', replyResult: { interceptId: objs[1].intercept.interceptId, status: 'REPLY_STATUS_APPLIED', detail: 'skip' } });
+    expect(objs[2]).toMatchObject({
+      name,
+      action: 'INTERCEPT_ACTION_SKIP',
+      replyResult: { interceptId: objs[1].intercept.interceptId, status: 'REPLY_STATUS_APPLIED', detail: 'skip' },
+    });
   });
 
   test('unanswered intercepts: the CLI says the VP waits, gives up at --timeout (exit 4), pending lists them, a watcher without --reply leaves them, a later one answers', async () => {
@@ -200,8 +280,12 @@ describe('monitors', () => {
     const w = await cli(['--timeout', '2500', 'memory', 'write', 'ci-pending', '0x40000', '4142', '--guest', '0']);
     expect(w.code).toBe(4);
     expect(w.stdout).toBe('');
-    expect(w.stderr).toMatch(/^waiting: partitions\/ci-pending\/vps\/0 is suspended on intercept \d+ until a monitor answers \(route MONITOR\); e\.g\. vsmctl intercepts watch ci-pending --reply allow$/m);
-    expect(w.stderr).toMatch(/^error: DEADLINE_EXCEEDED: partitions\/ci-pending\/vps\/0 is still suspended on intercept (\d+), waiting for a monitor's answer; .*the intercept stays pending/m);
+    expect(w.stderr).toMatch(
+      /^waiting: partitions\/ci-pending\/vps\/0 is suspended on intercept \d+ until a monitor answers \(route MONITOR\); e\.g\. vsmctl intercepts watch ci-pending --reply allow$/m,
+    );
+    expect(w.stderr).toMatch(
+      /^error: DEADLINE_EXCEEDED: partitions\/ci-pending\/vps\/0 is still suspended on intercept (\d+), waiting for a monitor's answer; .*the intercept stays pending/m,
+    );
     expect(w.stderr).not.toMatch(/not reachable/);
     const id = /still suspended on intercept (\d+)/.exec(w.stderr)![1]!;
 
@@ -212,7 +296,9 @@ describe('monitors', () => {
     const pj = await json(['intercepts', 'pending', 'ci-pending']);
     expect(pj.intercepts).toHaveLength(1);
     expect(pj.intercepts[0]).toMatchObject({ interceptId: id, writeData: '4142', needsReply: true, accessType: 'HV_INTERCEPT_ACCESS_TYPE_WRITE' });
-    expect(await ok(['vp', 'get', 'ci-pending', '0'])).toMatch(new RegExp(`^intercept suspended:\\s+yes, on intercept ${id} \\(waiting for a monitor's answer\\)$`, 'm'));
+    expect(await ok(['vp', 'get', 'ci-pending', '0'])).toMatch(
+      new RegExp(`^intercept suspended:\\s+yes, on intercept ${id} \\(waiting for a monitor's answer\\)$`, 'm'),
+    );
 
     // Watching only: the intercept is printed (delivered first to a new monitor) and stays pending.
     const look = await ok(['intercepts', 'watch', 'ci-pending', '--count', '1']);
@@ -221,7 +307,10 @@ describe('monitors', () => {
     expect((await json(['intercepts', 'pending', 'ci-pending'])).intercepts).toHaveLength(1);
 
     // The next monitor gets it again, flagged redelivered, and skips the write.
-    const lines = (await ok(['intercepts', 'watch', 'ci-pending', '--reply', 'skip', '--count', '1', '--json'])).trimEnd().split('\n').map((l) => JSON.parse(l));
+    const lines = (await ok(['intercepts', 'watch', 'ci-pending', '--reply', 'skip', '--count', '1', '--json']))
+      .trimEnd()
+      .split('\n')
+      .map((l) => JSON.parse(l));
     expect(lines[1].intercept).toMatchObject({ interceptId: id, redelivered: true });
     expect(lines[2].replyResult).toMatchObject({ interceptId: id, status: 'REPLY_STATUS_APPLIED' });
     expect((await json(['intercepts', 'pending', 'ci-pending'])).intercepts).toEqual([]);
@@ -271,23 +360,35 @@ describe('monitors', () => {
     expect(await ok(['intercepts', 'route', 'ci-route', 'monitor', '--deadline-ms', '1500', '--deadline-action', 'crash'])).toMatch(
       /route MONITOR.*; an intercept no monitor answered within 1500 ms gets CRASH\n$/,
     );
-    expect(await ok(['intercepts', 'route', 'partitions/ci-route', 'higher-vtl'])).toMatch(/^partitions\/ci-route: intercepts go to the protecting VTL \(route HIGHER_VTL\): the message goes to its SINT0 and the VP enters it; /);
+    expect(await ok(['intercepts', 'route', 'partitions/ci-route', 'higher-vtl'])).toMatch(
+      /^partitions\/ci-route: intercepts go to the protecting VTL \(route HIGHER_VTL\): the message goes to its SINT0 and the VP enters it; /,
+    );
   });
 });
 
 describe('guest accesses and VtlReturn', () => {
   test('memory exec; intercept notices on exec/write; vtl return reports resumed_access', async () => {
     const { name } = await setup('ci-exec');
-    expect(await ok(['memory', 'exec', 'ci-exec', '0', '0x1000', '4'])).toMatch(/^fetched 4 bytes at 0x0000000000001000 as VP 0 \(VTL 0\): 0f 01 (d9|c1) c3\n$/);
+    expect(await ok(['memory', 'exec', 'ci-exec', '0', '0x1000', '4'])).toMatch(
+      /^fetched 4 bytes at 0x0000000000001000 as VP 0 \(VTL 0\): 0f 01 (d9|c1) c3\n$/,
+    );
     const plain = await json(['memory', 'exec', 'ci-exec', '0', '0x40000']);
-    expect(plain).toMatchObject({ name: 'partitions/ci-exec/vps/0', gpa: String(PROTECTED), length: 16, data: Buffer.from('original').toString('hex') + '00'.repeat(8), outcome: { exception: 'X64_EXCEPTION_UNSPECIFIED', activeVtl: 0 } });
+    expect(plain).toMatchObject({
+      name: 'partitions/ci-exec/vps/0',
+      gpa: String(PROTECTED),
+      length: 16,
+      data: Buffer.from('original').toString('hex') + '00'.repeat(8),
+      outcome: { exception: 'X64_EXCEPTION_UNSPECIFIED', activeVtl: 0 },
+    });
 
     // No execute on page 0x40 (route HIGHER_VTL, the default): the fetch intercepts and VP0 enters VTL1.
     await ok(['memory', 'protect', 'ci-exec', '--vtl', '1', '--flags', 'rw', '--pages', '0x40:1']);
     const ex = await ok(['memory', 'exec', 'ci-exec', '0', '0x40000', '2']);
     expect(ex).toMatch(/^instruction fetch at 0x0000000000040000 by VP 0: INTERCEPTED; nothing fetched$/m);
     expect(ex).toMatch(/^  intercept (\d+): execute at 0x0000000000040000 refused by VTL 1's protection$/m);
-    expect(ex).toMatch(/^  VP 0 entered VTL 1 \(entry reason INTERRUPT\) with the intercept message in its SINT0; VTL 1's VtlReturn retries the access \(RIP unchanged\) or skips it \(RIP moved\)$/m);
+    expect(ex).toMatch(
+      /^  VP 0 entered VTL 1 \(entry reason INTERRUPT\) with the intercept message in its SINT0; VTL 1's VtlReturn retries the access \(RIP unchanged\) or skips it \(RIP moved\)$/m,
+    );
     const exId = /intercept (\d+): execute/.exec(ex)![1];
     // VTL1 lifts the protection and returns: the fetch is retried and completes.
     await ok(['memory', 'protect', 'ci-exec', '--vtl', '1', '--flags', 'rwx', '--pages', '0x40:1']);
@@ -299,14 +400,23 @@ describe('guest accesses and VtlReturn', () => {
     await ok(['memory', 'protect', 'ci-exec', '--vtl', '1', '--flags', 'r', '--pages', '0x40:1']);
     const wr = await cli(['memory', 'write', 'ci-exec', '0x40004', 'aabb', '--guest', '0']);
     expect(wr.code).toBe(0);
-    expect(wr.stdout).toMatch(/^guest write at 0x0000000000040004: INTERCEPTED; 0 of 2 bytes written before it\n  intercept \d+: write at 0x0000000000040004 refused by VTL 1's protection\n  VP 0 entered VTL 1 \(entry reason INTERRUPT\)/);
+    expect(wr.stdout).toMatch(
+      /^guest write at 0x0000000000040004: INTERCEPTED; 0 of 2 bytes written before it\n  intercept \d+: write at 0x0000000000040004 refused by VTL 1's protection\n  VP 0 entered VTL 1 \(entry reason INTERRUPT\)/,
+    );
     const again = await json(['vtl', 'return', 'ci-exec', '0']);
     expect(again.outcome.resumedAccess).toMatchObject({ completed: false, skipped: false, interceptedAgain: true });
-    expect(again.outcome.intercept).toMatchObject({ protectingVtl: 1, gpa: String(PROTECTED + 4n), accessType: 'HV_INTERCEPT_ACCESS_TYPE_WRITE', heldBack: false });
+    expect(again.outcome.intercept).toMatchObject({
+      protectingVtl: 1,
+      gpa: String(PROTECTED + 4n),
+      accessType: 'HV_INTERCEPT_ACCESS_TYPE_WRITE',
+      heldBack: false,
+    });
     expect(again.outcome.intercept.hvMessage).toHaveLength(512);
     // Human form of the same situation.
     const text = await ok(['vtl', 'return', 'ci-exec', '0']);
-    expect(text).toMatch(/^resumed access \(intercept \d+\): retried and intercepted again\n  intercept \d+: write at 0x0000000000040004 refused by VTL 1's protection\n  VP 0 entered VTL 1/m);
+    expect(text).toMatch(
+      /^resumed access \(intercept \d+\): retried and intercepted again\n  intercept \d+: write at 0x0000000000040004 refused by VTL 1's protection\n  VP 0 entered VTL 1/m,
+    );
     // A guest read through VTL1 (the VP is in VTL1 now) is not restricted by VTL1's own mask.
     expect((await json(['memory', 'read', 'ci-exec', '0x40000', '8', '--guest', '0'])).data).toBe(Buffer.from('original').toString('hex'));
     expect((await ram(name, PROTECTED, 8)).toString()).toBe('original');
@@ -330,7 +440,9 @@ describe('SynIC', () => {
     expect(st).toMatch(/^QUEUED\s+1\s+0\s+0\s/m);
     expect(await json(['synic', 'state', 'ci-synic', '0', '--vtl', '1'])).toEqual({ name: vp0, vtl: 1, queued: [1, ...Array(15).fill(0)] });
 
-    expect(await ok(['synic', 'signal', 'ci-synic', '0', '--vtl', '1', '--sint', '0', '--flag', '13'])).toBe('event flag 13 of SINT0 (partitions/ci-synic/vps/0 VTL 1): newly set (an interrupt would be raised)\n');
+    expect(await ok(['synic', 'signal', 'ci-synic', '0', '--vtl', '1', '--sint', '0', '--flag', '13'])).toBe(
+      'event flag 13 of SINT0 (partitions/ci-synic/vps/0 VTL 1): newly set (an interrupt would be raised)\n',
+    );
     expect((await json(['synic', 'signal', 'ci-synic', '0', '--vtl', '1', '--sint', '0', '--flag', '13'])).newlySet).toBe(false);
     const masked = await cli(['synic', 'signal', 'ci-synic', '0', '--vtl', '1', '--sint', '3', '--flag', '1']);
     expect(masked.code).toBe(3);
@@ -345,7 +457,9 @@ describe('SynIC', () => {
     await ok(['memory', 'protect', 'ci-synic', '--vtl', '1', '--flags', 'r', '--pages', '0x40:1']);
     const held = await ok(['memory', 'write', 'ci-synic', '0x40000', '09', '--guest', '0']);
     expect(held).toMatch(/^guest write at 0x0000000000040000: INTERCEPTED; 0 of 1 bytes written before it$/m);
-    expect(held).toMatch(/^  held back: VTL 1's SINT0 queue is full; VP 0 stays at the instruction in VTL 0 \(nothing is lost\): repeat the access once VTL 1 has drained its SIM slot$/m);
+    expect(held).toMatch(
+      /^  held back: VTL 1's SINT0 queue is full; VP 0 stays at the instruction in VTL 0 \(nothing is lost\): repeat the access once VTL 1 has drained its SIM slot$/m,
+    );
     expect((await ram(name, PROTECTED, 1)).toString()).toBe('o');
   });
 });
@@ -358,7 +472,9 @@ describe('map', () => {
     await ok(['memory', 'protect', 'ci-map', '--vtl', '1', '--flags', 'rx', '--pages', '0x44:1']);
     await ok(['memory', 'protect', 'ci-map', '--vtl', '1', '--flags', 'none', '--pages', '0x45:1']);
     const text = await ok(['map', 'ci-map', '--from', '0x40000', '--pages', '8']);
-    expect(text).toMatch(/^        protections: \. unrestricted  r read only  w read\/write, no execute  x read\/execute, no write  - no access  u user execute only \(MBEC\)$/m);
+    expect(text).toMatch(
+      /^        protections: \. unrestricted  r read only  w read\/write, no execute  x read\/execute, no write  - no access  u user execute only \(MBEC\)$/m,
+    );
     expect(text).toMatch(/^VTL 1 protections \(what VTL 1 allows lower VTLs\)\n  0x0000000000040000  r\.wwx-\.\.$/m);
     expect(text).toMatch(/^VTL 0 view\n  0x0000000000040000  #\.\.\.\.\.\.\.$/m);
     expect(text).toMatch(/^protected ranges in the window \(protecting VTL, GPAs, pages, mask\):$/m);
@@ -404,7 +520,10 @@ describe('usage errors exit 2', () => {
       [['memory', 'protect', 'ci-usage', '--vtl', '1', '--flags', 'r', '--pages', '0x40:0'], /the count must be at least 1/],
       [['memory', 'protect', 'ci-usage', '--vtl', '1', '--flags', 'r', '--gpa', '0x1001', '--size', '4KiB'], /--gpa 0x1001 is not page aligned/],
       [['memory', 'protect', 'ci-usage', '--vtl', '1', '--flags', 'r', '--gpa', '0x1000', '--size', '100'], /--size 100 is not a whole number of 4 KiB pages/],
-      [['memory', 'protect', 'ci-usage', '--vtl', '1', '--flags', 'r', '--gpa', '0x1000', '--size', '4KiB', '--pages', '1:1'], /--pages excludes --gpa\/--size/],
+      [
+        ['memory', 'protect', 'ci-usage', '--vtl', '1', '--flags', 'r', '--gpa', '0x1000', '--size', '4KiB', '--pages', '1:1'],
+        /--pages excludes --gpa\/--size/,
+      ],
       [['memory', 'protect', 'ci-usage', '--vtl', '0', '--flags', 'r', '--pages', '1:1'], /--vtl must be 1 or higher/],
       [['memory', 'protections', 'ci-usage'], /required option '--vtl <n>' not specified/],
       [['memory', 'exec', 'ci-usage', '0', '0x1000', '17'], /length 17 is too large/],

@@ -1,8 +1,17 @@
 // vsmctl parsers and formatters, in process (no server).
 import { pb } from '@vsm/client';
 import {
-  UsageError, parseHexBytes, parseMsr, parseRegisterName, parseRegisterValue, parseSize, parseU64, partitionId, partitionName,
-  tlfsRegisterName, allRegisters,
+  UsageError,
+  parseHexBytes,
+  parseMsr,
+  parseRegisterName,
+  parseRegisterValue,
+  parseSize,
+  parseU64,
+  partitionId,
+  partitionName,
+  tlfsRegisterName,
+  allRegisters,
 } from '../../clients/cli/src/parse';
 import { colorEnabled, formatSize, hexdump, painter, toJson } from '../../clients/cli/src/format';
 import { renderMap } from '../../clients/cli/src/map';
@@ -71,8 +80,12 @@ describe('numbers and names', () => {
   test('register values by shape', () => {
     const R = pb.HvRegisterName;
     expect(parseRegisterValue(R.HV_REGISTER_NAME_X64_RIP, '0x1000')).toEqual({ value: { $case: 'reg64', value: 0x1000n } });
-    expect(parseRegisterValue(R.HV_REGISTER_NAME_X64_CS, 'base=0,limit=0xffffffff,selector=8,attributes=0xa09b')).toEqual({ value: { $case: 'segment', value: { base: 0n, limit: 0xffffffff, selector: 8, attributes: 0xa09b } } });
-    expect(parseRegisterValue(R.HV_REGISTER_NAME_X64_IDTR, 'base=0x5000 limit=0xfff')).toEqual({ value: { $case: 'table', value: { base: 0x5000n, limit: 0xfff } } });
+    expect(parseRegisterValue(R.HV_REGISTER_NAME_X64_CS, 'base=0,limit=0xffffffff,selector=8,attributes=0xa09b')).toEqual({
+      value: { $case: 'segment', value: { base: 0n, limit: 0xffffffff, selector: 8, attributes: 0xa09b } },
+    });
+    expect(parseRegisterValue(R.HV_REGISTER_NAME_X64_IDTR, 'base=0x5000 limit=0xfff')).toEqual({
+      value: { $case: 'table', value: { base: 0x5000n, limit: 0xfff } },
+    });
     expect(() => parseRegisterValue(R.HV_REGISTER_NAME_X64_CS, '5')).toThrow(UsageError);
     expect(() => parseRegisterValue(R.HV_REGISTER_NAME_X64_IDTR, 'selector=1')).toThrow(/no field/);
   });
@@ -99,7 +112,9 @@ describe('numbers and names', () => {
 
 describe('formatting', () => {
   test('toJson: bigint as decimal string, bytes as hex, enums by name, oneofs inline', () => {
-    expect(toJson({ a: 1n << 63n, b: Buffer.from([1, 0xab]), kind: pb.OverlayKind.OVERLAY_KIND_SIMP, skip: undefined, v: { value: { $case: 'reg64', value: 5n } } })).toEqual({
+    expect(
+      toJson({ a: 1n << 63n, b: Buffer.from([1, 0xab]), kind: pb.OverlayKind.OVERLAY_KIND_SIMP, skip: undefined, v: { value: { $case: 'reg64', value: 5n } } }),
+    ).toEqual({
       a: '9223372036854775808',
       b: '01ab',
       kind: 'OVERLAY_KIND_SIMP',
@@ -146,7 +161,14 @@ describe('formatting', () => {
 
 describe('map rendering', () => {
   const partition = pb.Partition.fromPartial({ name: 'partitions/m', memoryBytes: 1n << 30n, enabledVtlSet: 0b11, vpCount: 1 });
-  const ov = (kind: pb.OverlayKind, vtl: number, gpa: bigint, stackPosition: number, vpIndex?: number): pb.Overlay => ({ kind, vtl, gpa, stackPosition, readOnly: kind === pb.OverlayKind.OVERLAY_KIND_HYPERCALL, vpIndex });
+  const ov = (kind: pb.OverlayKind, vtl: number, gpa: bigint, stackPosition: number, vpIndex?: number): pb.Overlay => ({
+    kind,
+    vtl,
+    gpa,
+    stackPosition,
+    readOnly: kind === pb.OverlayKind.OVERLAY_KIND_HYPERCALL,
+    vpIndex,
+  });
   const K = pb.OverlayKind;
 
   test('overlays per VTL, stacks in lowercase with the chain listed, RAM underneath', () => {
@@ -156,7 +178,12 @@ describe('map rendering', () => {
         partition,
         from: 0n,
         nonZero,
-        overlays: [ov(K.OVERLAY_KIND_HYPERCALL, 0, 0x1000n, 0), ov(K.OVERLAY_KIND_HYPERCALL, 1, 0x8000n, 1), ov(K.OVERLAY_KIND_SIMP, 1, 0x8000n, 0, 0), ov(K.OVERLAY_KIND_SIEFP, 1, 0x100000n, 0, 0)],
+        overlays: [
+          ov(K.OVERLAY_KIND_HYPERCALL, 0, 0x1000n, 0),
+          ov(K.OVERLAY_KIND_HYPERCALL, 1, 0x8000n, 1),
+          ov(K.OVERLAY_KIND_SIMP, 1, 0x8000n, 0, 0),
+          ov(K.OVERLAY_KIND_SIEFP, 1, 0x100000n, 0, 0),
+        ],
         viewGeneration: 7n,
         vtls: [0, 1],
       },
@@ -165,7 +192,9 @@ describe('map rendering', () => {
     expect(text).not.toMatch(/\x1b/);
     expect(text).toContain('partitions/m  memory 1 GiB  VTLs enabled 0,1  view generation 7');
     expect(text).toContain('window 0x0000000000000000-0x000000000004ffff: 80 pages of 4 KiB, 64 per row');
-    expect(text).toContain('RAM (host view, under any overlay)\n  0x0000000000000000  ...#............ ................ ................ ................\n  0x0000000000040000  ......#.........\n');
+    expect(text).toContain(
+      'RAM (host view, under any overlay)\n  0x0000000000000000  ...#............ ................ ................ ................\n  0x0000000000040000  ......#.........\n',
+    );
     expect(text).toContain('VTL 0 view\n  0x0000000000000000  .H.#............ ');
     expect(text).toContain('VTL 1 view\n  0x0000000000000000  ...#....m....... ');
     expect(text).toContain('  VTL 0  0x0000000000001000  HYPERCALL > RAM (zero), read-only for the guest');
@@ -175,7 +204,10 @@ describe('map rendering', () => {
   });
 
   test('colors when asked', () => {
-    const text = renderMap({ partition, from: 0n, nonZero: [false, true], overlays: [ov(K.OVERLAY_KIND_HYPERCALL, 0, 0n, 0)], viewGeneration: 1n, vtls: [0] }, painter(true));
+    const text = renderMap(
+      { partition, from: 0n, nonZero: [false, true], overlays: [ov(K.OVERLAY_KIND_HYPERCALL, 0, 0n, 0)], viewGeneration: 1n, vtls: [0] },
+      painter(true),
+    );
     expect(text).toContain('\x1b[35m');
   });
 });

@@ -7,7 +7,15 @@ import { mapJson, renderMap } from '../../clients/cli/src/map';
 import { interceptEventText, interceptLines, outcomeText, resumedLines, stopped } from '../../clients/cli/src/outcome';
 import { UsageError } from '../../clients/cli/src/parse';
 import {
-  MAX_PAGES_PER_CALL, MAX_RANGES_PER_CALL, accessMaskText, gpaRange, maskLetter, maskText, parseAccessMask, parseMapFlags, parsePageRange,
+  MAX_PAGES_PER_CALL,
+  MAX_RANGES_PER_CALL,
+  accessMaskText,
+  gpaRange,
+  maskLetter,
+  maskText,
+  parseAccessMask,
+  parseMapFlags,
+  parsePageRange,
   planProtectCalls,
 } from '../../clients/cli/src/protect';
 
@@ -61,9 +69,19 @@ describe('page ranges', () => {
     expect(calls.map((c) => c.length)).toEqual([MAX_RANGES_PER_CALL, MAX_RANGES_PER_CALL, 1]);
     expect(calls.flat().map((r) => r.startPage)).toEqual(many.map((r) => r.start));
     // A call is also closed when its pages reach the limit: a small range after a full one goes next.
-    const mixed = planProtectCalls([{ start: 0n, count: MAX_PAGES_PER_CALL - 1n }, { start: MAX_PAGES_PER_CALL * 4n, count: 3n }], 10, MAX_PAGES_PER_CALL);
+    const mixed = planProtectCalls(
+      [
+        { start: 0n, count: MAX_PAGES_PER_CALL - 1n },
+        { start: MAX_PAGES_PER_CALL * 4n, count: 3n },
+      ],
+      10,
+      MAX_PAGES_PER_CALL,
+    );
     expect(mixed).toEqual([
-      [{ startPage: 0n, pageCount: MAX_PAGES_PER_CALL - 1n }, { startPage: MAX_PAGES_PER_CALL * 4n, pageCount: 1n }],
+      [
+        { startPage: 0n, pageCount: MAX_PAGES_PER_CALL - 1n },
+        { startPage: MAX_PAGES_PER_CALL * 4n, pageCount: 1n },
+      ],
       [{ startPage: MAX_PAGES_PER_CALL * 4n + 1n, pageCount: 2n }],
     ]);
   });
@@ -82,26 +100,45 @@ describe('page ranges', () => {
 
 describe('outcome text', () => {
   const A = pb.HvInterceptAccessType;
-  const notice = (heldBack: boolean): pb.InterceptNotice => ({ interceptId: 7n, protectingVtl: 1, gpa: 0x40000n, accessType: A.HV_INTERCEPT_ACCESS_TYPE_WRITE, hvMessage: Buffer.alloc(0), heldBack });
+  const notice = (heldBack: boolean): pb.InterceptNotice => ({
+    interceptId: 7n,
+    protectingVtl: 1,
+    gpa: 0x40000n,
+    accessType: A.HV_INTERCEPT_ACCESS_TYPE_WRITE,
+    hvMessage: Buffer.alloc(0),
+    heldBack,
+  });
   const base = pb.GuestActionOutcome.fromPartial({});
 
   test('intercepts: entered the protecting VTL, or held back', () => {
-    const entered: pb.GuestActionOutcome = { ...base, activeVtl: 1, intercept: notice(false), vtlSwitch: { fromVtl: 0, toVtl: 1, entryReason: pb.HvVtlEntryReason.HV_VTL_ENTRY_REASON_INTERRUPT } };
+    const entered: pb.GuestActionOutcome = {
+      ...base,
+      activeVtl: 1,
+      intercept: notice(false),
+      vtlSwitch: { fromVtl: 0, toVtl: 1, entryReason: pb.HvVtlEntryReason.HV_VTL_ENTRY_REASON_INTERRUPT },
+    };
     expect(stopped(entered)).toBe(true);
     expect(interceptLines(entered, 0)).toEqual([
       "intercept 7: write at 0x0000000000040000 refused by VTL 1's protection",
       "VP 0 entered VTL 1 (entry reason INTERRUPT) with the intercept message in its SINT0; VTL 1's VtlReturn retries the access (RIP unchanged) or skips it (RIP moved)",
     ]);
     const held: pb.GuestActionOutcome = { ...base, activeVtl: 0, intercept: notice(true) };
-    expect(interceptLines(held, 2)[1]).toBe("held back: VTL 1's SINT0 queue is full; VP 2 stays at the instruction in VTL 0 (nothing is lost): repeat the access once VTL 1 has drained its SIM slot");
+    expect(interceptLines(held, 2)[1]).toBe(
+      "held back: VTL 1's SINT0 queue is full; VP 2 stays at the instruction in VTL 0 (nothing is lost): repeat the access once VTL 1 has drained its SIM slot",
+    );
     expect(outcomeText(held)).toBe("intercepted by VTL 1's protection (intercept 7, write at 0x0000000000040000), held back: SINT0 queue full; VP in VTL 0");
     expect(outcomeText({ ...base, partitionCrashed: true })).toMatch(/^the partition was stopped/);
     expect(stopped({ ...base, activeVtl: 0 })).toBe(false);
   });
 
   test('resumed access', () => {
-    const r = (x: Partial<pb.ResumedAccess>): pb.GuestActionOutcome => ({ ...base, resumedAccess: { interceptId: 3n, completed: false, skipped: false, interceptedAgain: false, data: Buffer.alloc(0), ...x } });
-    expect(resumedLines(r({ completed: true, data: Buffer.from([0xab, 0xcd]) }), 0)).toEqual(['resumed access (intercept 3): retried and completed; returned 2 bytes: abcd']);
+    const r = (x: Partial<pb.ResumedAccess>): pb.GuestActionOutcome => ({
+      ...base,
+      resumedAccess: { interceptId: 3n, completed: false, skipped: false, interceptedAgain: false, data: Buffer.alloc(0), ...x },
+    });
+    expect(resumedLines(r({ completed: true, data: Buffer.from([0xab, 0xcd]) }), 0)).toEqual([
+      'resumed access (intercept 3): retried and completed; returned 2 bytes: abcd',
+    ]);
     expect(resumedLines(r({ completed: true }), 0)).toEqual(['resumed access (intercept 3): retried and completed']);
     expect(resumedLines(r({ skipped: true }), 0)[0]).toBe('resumed access (intercept 3): skipped, not retried (the higher VTL moved RIP past the instruction)');
     const again = { ...r({ interceptedAgain: true }), activeVtl: 1, intercept: notice(false) };
@@ -113,8 +150,22 @@ describe('outcome text', () => {
   });
 
   test('monitor event line', () => {
-    const e = pb.InterceptEvent.fromPartial({ interceptId: 9n, vpIndex: 1, vtl: 0, protectingVtl: 2, accessType: A.HV_INTERCEPT_ACCESS_TYPE_EXECUTE, gpa: 0x5000n, length: 4, rip: 0x401000n, viewGeneration: 12n, needsReply: true, redelivered: true });
-    expect(interceptEventText(e)).toBe('intercept 9  vp 1  VTL 0  execute  gpa 0x0000000000005000  len 4  rip 0x0000000000401000  by VTL 2  generation 12  needs reply, redelivered');
+    const e = pb.InterceptEvent.fromPartial({
+      interceptId: 9n,
+      vpIndex: 1,
+      vtl: 0,
+      protectingVtl: 2,
+      accessType: A.HV_INTERCEPT_ACCESS_TYPE_EXECUTE,
+      gpa: 0x5000n,
+      length: 4,
+      rip: 0x401000n,
+      viewGeneration: 12n,
+      needsReply: true,
+      redelivered: true,
+    });
+    expect(interceptEventText(e)).toBe(
+      'intercept 9  vp 1  VTL 0  execute  gpa 0x0000000000005000  len 4  rip 0x0000000000401000  by VTL 2  generation 12  needs reply, redelivered',
+    );
   });
 });
 
@@ -137,7 +188,9 @@ describe('map protections', () => {
     };
     const text = renderMap(inp, painter(false));
     expect(text).toContain('VTL 1 protections (what VTL 1 allows lower VTLs)\n  0x0000000000010000  r.--............ xxxx\n');
-    expect(text).toContain('VTL 2 protections (what VTL 2 allows lower VTLs; default mask rw- (0x3) outside the ranges)\n  0x0000000000010000  www.wwwwwwwwwwww wwww\n');
+    expect(text).toContain(
+      'VTL 2 protections (what VTL 2 allows lower VTLs; default mask rw- (0x3) outside the ranges)\n  0x0000000000010000  www.wwwwwwwwwwww wwww\n',
+    );
     expect(text).toContain('  VTL 1  0x0000000000000000-0x0000000000010fff  17 pages  r-- (0x1)');
     expect(text).toContain('  VTL 1  0x0000000000020000-0x000000000011ffff  256 pages  r-x (0xd)');
     expect(text).not.toContain('  VTL 2  0x0000000000013000'); // an unrestricted range is not listed
@@ -151,7 +204,18 @@ describe('map protections', () => {
   });
 
   test('a VTL without EnableVtlProtection gets no grid and no legend', () => {
-    const text = renderMap({ partition, from: 0n, nonZero: [false], overlays: [], viewGeneration: 1n, vtls: [0], protections: [{ vtl: 1, protectionEnabled: false, defaultMapFlags: 0xf, ranges: [] }] }, painter(false));
+    const text = renderMap(
+      {
+        partition,
+        from: 0n,
+        nonZero: [false],
+        overlays: [],
+        viewGeneration: 1n,
+        vtls: [0],
+        protections: [{ vtl: 1, protectionEnabled: false, defaultMapFlags: 0xf, ranges: [] }],
+      },
+      painter(false),
+    );
     expect(text).not.toMatch(/protections/);
   });
 });

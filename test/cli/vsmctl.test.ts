@@ -39,10 +39,55 @@ async function vtlPartition(id: string): Promise<void> {
 
 describe('partitions', () => {
   test('create, list, get, delete with --json and human output', async () => {
-    const p = await json(['partitions', 'create', '--id', 'cli-p1', '--vp-count', '2', '--memory', '1GiB', '--max-vtl', '2', '--label', 'team=vsm', 'env=dev', '--request-id', 'r-1']);
-    expect(p).toMatchObject({ name: 'partitions/cli-p1', vpCount: 2, memoryBytes: '1073741824', maximumVtl: 2, labels: { team: 'vsm', env: 'dev' }, state: 'PARTITION_STATE_ACTIVE', architecture: 'ARCHITECTURE_X64', enabledVtlSet: 1 });
+    const p = await json([
+      'partitions',
+      'create',
+      '--id',
+      'cli-p1',
+      '--vp-count',
+      '2',
+      '--memory',
+      '1GiB',
+      '--max-vtl',
+      '2',
+      '--label',
+      'team=vsm',
+      'env=dev',
+      '--request-id',
+      'r-1',
+    ]);
+    expect(p).toMatchObject({
+      name: 'partitions/cli-p1',
+      vpCount: 2,
+      memoryBytes: '1073741824',
+      maximumVtl: 2,
+      labels: { team: 'vsm', env: 'dev' },
+      state: 'PARTITION_STATE_ACTIVE',
+      architecture: 'ARCHITECTURE_X64',
+      enabledVtlSet: 1,
+    });
     // idempotent retry with the same request id
-    expect((await json(['partitions', 'create', '--id', 'cli-p1', '--vp-count', '2', '--memory', '1GiB', '--max-vtl', '2', '--label', 'team=vsm', 'env=dev', '--request-id', 'r-1'])).name).toBe('partitions/cli-p1');
+    expect(
+      (
+        await json([
+          'partitions',
+          'create',
+          '--id',
+          'cli-p1',
+          '--vp-count',
+          '2',
+          '--memory',
+          '1GiB',
+          '--max-vtl',
+          '2',
+          '--label',
+          'team=vsm',
+          'env=dev',
+          '--request-id',
+          'r-1',
+        ])
+      ).name,
+    ).toBe('partitions/cli-p1');
 
     const human = await ok(['partitions', 'create', '--vp-count', '1', '--memory', '0x100000']);
     expect(human).toMatch(/^created partitions\/\S+ \(1 VP, 1 MiB, maximum VTL 0\)\n$/);
@@ -69,7 +114,14 @@ describe('partitions', () => {
   });
 
   test('a missing partition exits 3 with NOT_FOUND HV_STATUS_INVALID_PARTITION_ID', async () => {
-    const all = [['partitions', 'get', 'no-such'], ['partitions', 'delete', 'partitions/no-such'], ['vp', 'get', 'no-such', '0'], ['map', 'no-such'], ['vtl', 'watch', 'no-such'], ['overlays', 'list', 'no-such']];
+    const all = [
+      ['partitions', 'get', 'no-such'],
+      ['partitions', 'delete', 'partitions/no-such'],
+      ['vp', 'get', 'no-such', '0'],
+      ['map', 'no-such'],
+      ['vtl', 'watch', 'no-such'],
+      ['overlays', 'list', 'no-such'],
+    ];
     const runs = await Promise.all(all.map((args) => cli(args)));
     all.forEach((args, i) => {
       const r = runs[i]!;
@@ -94,7 +146,11 @@ describe('VPs and registers', () => {
   test('vp get, regs (TLFS and short names, hex), set-reg round trip', async () => {
     await ok(['partitions', 'create', '--id', 'cli-regs', '--vp-count', '2', '--memory', '16MiB']);
     const vp = await json(['vp', 'get', 'cli-regs', '1']);
-    expect(vp).toMatchObject({ name: 'partitions/cli-regs/vps/1', vpIndex: 1, vtlStatus: { activeVtl: 0, enabledVtlSet: 1, lastEntryReason: 'HV_VTL_ENTRY_REASON_RESERVED' } });
+    expect(vp).toMatchObject({
+      name: 'partitions/cli-regs/vps/1',
+      vpIndex: 1,
+      vtlStatus: { activeVtl: 0, enabledVtlSet: 1, lastEntryReason: 'HV_VTL_ENTRY_REASON_RESERVED' },
+    });
 
     expect(await ok(['vp', 'set-reg', 'cli-regs', '0', 'rip', '0x401000'])).toMatch(/HvX64RegisterRip = 0x0000000000401000/);
     await ok(['vp', 'set-reg', 'cli-regs', '0', 'HvX64RegisterRbx', '48879', '--vtl', '0']);
@@ -125,10 +181,17 @@ describe('VPs and registers', () => {
 describe('MSRs', () => {
   test('write/read round trip, #GP reported as an outcome', async () => {
     await ok(['partitions', 'create', '--id', 'cli-msr', '--vp-count', '1', '--memory', '16MiB']);
-    expect(await ok(['msr', 'write', 'cli-msr', '0', '0x40000000', '0x8100000000000001'])).toBe('HV_X64_MSR_GUEST_OS_ID (0x40000000) <- 0x8100000000000001  (VTL 0)\n');
+    expect(await ok(['msr', 'write', 'cli-msr', '0', '0x40000000', '0x8100000000000001'])).toBe(
+      'HV_X64_MSR_GUEST_OS_ID (0x40000000) <- 0x8100000000000001  (VTL 0)\n',
+    );
     expect(await ok(['msr', 'read', 'cli-msr', '0', 'HV_X64_MSR_GUEST_OS_ID'])).toBe('HV_X64_MSR_GUEST_OS_ID (0x40000000) = 0x8100000000000001  (VTL 0)\n');
     const r = await json(['msr', 'read', 'cli-msr', '0', '1073741824']);
-    expect(r).toMatchObject({ name: 'partitions/cli-msr/vps/0', msr: 0x40000000, value: (0x8100000000000001n).toString(), outcome: { exception: 'X64_EXCEPTION_UNSPECIFIED', activeVtl: 0 } });
+    expect(r).toMatchObject({
+      name: 'partitions/cli-msr/vps/0',
+      msr: 0x40000000,
+      value: 0x8100000000000001n.toString(),
+      outcome: { exception: 'X64_EXCEPTION_UNSPECIFIED', activeVtl: 0 },
+    });
 
     // HV_X64_MSR_VP_INDEX is read-only: WRMSR raises #GP, which is a result (exit 0), printed clearly.
     const gp = await cli(['msr', 'write', 'cli-msr', '0', 'vp-index', '5']);
@@ -161,7 +224,11 @@ describe('VTLs', () => {
     expect(st).toMatch(/^1\s+0\s+0\s+RESERVED$/m);
 
     // Watch the transitions (JSON lines) while calling and returning.
-    const watch = spawn(process.execPath, [CLI, '--address', h.address, 'vtl', 'watch', 'cli-vtl', '--vp', '0', '--json'], { cwd: ROOT, env: childEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
+    const watch = spawn(process.execPath, [CLI, '--address', h.address, 'vtl', 'watch', 'cli-vtl', '--vp', '0', '--json'], {
+      cwd: ROOT,
+      env: childEnv(),
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let wout = '';
     let werr = '';
     watch.stdout.setEncoding('utf8').on('data', (d: string) => (wout += d));
@@ -172,7 +239,11 @@ describe('VTLs', () => {
       const subscribedBy = Date.now() + 20_000;
       while (!/"subscribed"/.test(wout) && Date.now() < subscribedBy) await new Promise((r) => setTimeout(r, 20));
       const call = await json(['vtl', 'call', 'cli-vtl', '0']);
-      expect(call).toMatchObject({ name: 'partitions/cli-vtl/vps/0', offset: 0x0f, outcome: { exception: 'X64_EXCEPTION_UNSPECIFIED', activeVtl: 1, vtlSwitch: { fromVtl: 0, toVtl: 1, entryReason: 'HV_VTL_ENTRY_REASON_VTL_CALL' } } });
+      expect(call).toMatchObject({
+        name: 'partitions/cli-vtl/vps/0',
+        offset: 0x0f,
+        outcome: { exception: 'X64_EXCEPTION_UNSPECIFIED', activeVtl: 1, vtlSwitch: { fromVtl: 0, toVtl: 1, entryReason: 'HV_VTL_ENTRY_REASON_VTL_CALL' } },
+      });
       const st0 = await json(['vtl', 'status', 'cli-vtl', '0']);
       expect(st0.vtlStatus).toMatchObject({ activeVtl: 1, lastEntryReason: 'HV_VTL_ENTRY_REASON_VTL_CALL' });
 
@@ -192,7 +263,10 @@ describe('VTLs', () => {
     }
     expect(await exited).toBe(0);
     expect(werr).toBe('');
-    const all = wout.trim().split('\n').map((l) => JSON.parse(l));
+    const all = wout
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
     for (const l of all) expect(l.name).toBe('partitions/cli-vtl');
     expect(all[0].subscribed).toBeDefined();
     const lines = all.slice(1);
@@ -206,7 +280,11 @@ describe('VTLs', () => {
 
   test('watch prints human lines', async () => {
     await vtlPartition('cli-watch');
-    const watch = spawn(process.execPath, [CLI, '--address', h.address, 'vtl', 'watch', 'partitions/cli-watch'], { cwd: ROOT, env: childEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
+    const watch = spawn(process.execPath, [CLI, '--address', h.address, 'vtl', 'watch', 'partitions/cli-watch'], {
+      cwd: ROOT,
+      env: childEnv(),
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let out = '';
     watch.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
     const exited = new Promise<number | null>((res) => watch.on('close', (code) => res(code)));
@@ -375,12 +453,20 @@ describe('errors and exit codes', () => {
   });
 
   test('an unreachable server exits 4', async () => {
-    const all = [['partitions', 'list'], ['partitions', 'create', '--vp-count', '1', '--memory', '1GiB'], ['vtl', 'watch', 'x'], ['memory', 'read', 'x', '0', '16']];
+    const all = [
+      ['partitions', 'list'],
+      ['partitions', 'create', '--vp-count', '1', '--memory', '1GiB'],
+      ['vtl', 'watch', 'x'],
+      ['memory', 'read', 'x', '0', '16'],
+    ];
     const runs = await Promise.all(all.map((args) => vsmctl(['--address', '127.0.0.1:1', ...args])));
     all.forEach((args, i) => {
       const r = runs[i]!;
       expect({ args, code: r.code }).toEqual({ args, code: 4 });
-      expect({ args, stderr: r.stderr }).toEqual({ args, stderr: expect.stringMatching(/^error: UNAVAILABLE: .*\(server at 127\.0\.0\.1:1 not reachable\)\n$/) });
+      expect({ args, stderr: r.stderr }).toEqual({
+        args,
+        stderr: expect.stringMatching(/^error: UNAVAILABLE: .*\(server at 127\.0\.0\.1:1 not reachable\)\n$/),
+      });
     });
     // VSM_ADDRESS is the default address.
     const env = await vsmctl(['capabilities'], { env: { VSM_ADDRESS: '127.0.0.1:1' } });

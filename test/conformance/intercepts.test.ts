@@ -5,15 +5,26 @@ import { type MonitorSession, pb } from '@vsm/client';
 import { GiB, type Harness, failure, startHarness } from '../support/server';
 import { HvMsr } from '@vsm/core';
 
-const MSR = { GUEST_OS_ID: HvMsr.HV_X64_MSR_GUEST_OS_ID, HYPERCALL: HvMsr.HV_X64_MSR_HYPERCALL, SCONTROL: HvMsr.HV_X64_MSR_SCONTROL, SIMP: HvMsr.HV_X64_MSR_SIMP, EOM: HvMsr.HV_X64_MSR_EOM, SINT0: HvMsr.HV_X64_MSR_SINT0 };
+const MSR = {
+  GUEST_OS_ID: HvMsr.HV_X64_MSR_GUEST_OS_ID,
+  HYPERCALL: HvMsr.HV_X64_MSR_HYPERCALL,
+  SCONTROL: HvMsr.HV_X64_MSR_SCONTROL,
+  SIMP: HvMsr.HV_X64_MSR_SIMP,
+  EOM: HvMsr.HV_X64_MSR_EOM,
+  SINT0: HvMsr.HV_X64_MSR_SINT0,
+};
 const R = pb.HvRegisterName;
 const PROTECTED = 0x40000n; // page 0x40
 const SIMP_GPA = 0x9000n;
 const r64 = (name: pb.HvRegisterName, v: bigint): pb.RegisterAssoc => ({ name, value: { value: { $case: 'reg64', value: v } } });
 
 let h: Harness;
-beforeAll(async () => { h = await startHarness(); });
-afterAll(async () => { await h.stop(); });
+beforeAll(async () => {
+  h = await startHarness();
+});
+afterAll(async () => {
+  await h.stop();
+});
 
 /** VTL1 enabled on VP0 (and VP1), with EnableVtlProtection, hypercall pages in both VTLs and VTL1's SynIC set up. */
 async function setup(id: string, vpCount = 1) {
@@ -59,11 +70,17 @@ describe('memory intercepts to the protecting VTL', () => {
     const { name, vp0 } = await setup(`ic-${kind}`);
     await protectFromVtl1(vp0, flags);
     await vtlReturn(vp0);
-    await h.client.vps.setVpRegisters({ name: vp0, vtl: 0, registers: [r64(R.HV_REGISTER_NAME_X64_RIP, 0x40_1234n), r64(R.HV_REGISTER_NAME_X64_RBX, 0xbbbbn)] });
+    await h.client.vps.setVpRegisters({
+      name: vp0,
+      vtl: 0,
+      registers: [r64(R.HV_REGISTER_NAME_X64_RIP, 0x40_1234n), r64(R.HV_REGISTER_NAME_X64_RBX, 0xbbbbn)],
+    });
     const act = () =>
-      kind === 'read' ? h.client.guest.readMemory({ name: vp0, gpa: PROTECTED + 8n, length: 8 })
-      : kind === 'write' ? h.client.guest.writeMemory({ name: vp0, gpa: PROTECTED + 8n, data: Buffer.from('12345678') })
-      : h.client.guest.executeMemory({ name: vp0, gpa: PROTECTED + 8n, length: 4 });
+      kind === 'read'
+        ? h.client.guest.readMemory({ name: vp0, gpa: PROTECTED + 8n, length: 8 })
+        : kind === 'write'
+          ? h.client.guest.writeMemory({ name: vp0, gpa: PROTECTED + 8n, data: Buffer.from('12345678') })
+          : h.client.guest.executeMemory({ name: vp0, gpa: PROTECTED + 8n, length: 4 });
     const o = (await act()).outcome!;
     expect(o.intercept).toMatchObject({ protectingVtl: 1, gpa: PROTECTED + 8n, accessType, heldBack: false });
     expect(o.vtlSwitch).toEqual({ fromVtl: 0, toVtl: 1, entryReason: pb.HvVtlEntryReason.HV_VTL_ENTRY_REASON_INTERRUPT });
@@ -136,7 +153,10 @@ describe('memory intercepts to the protecting VTL', () => {
   });
 
   test('protection rules: only higher VTLs, only after EnableVtlProtection, legal flags, RAM only', async () => {
-    const p = await h.client.partitions.createPartition({ partitionId: 'ic-rules', partition: { vpCount: 1, memoryBytes: GiB, maximumVtl: 1 } as pb.Partition });
+    const p = await h.client.partitions.createPartition({
+      partitionId: 'ic-rules',
+      partition: { vpCount: 1, memoryBytes: GiB, maximumVtl: 1 } as pb.Partition,
+    });
     const vp0 = `${p.name}/vps/0`;
     const modify = (flags: number, page: bigint, targetVtl = 0) => {
       const input = Buffer.alloc(24);
@@ -167,12 +187,20 @@ describe('memory intercepts to the protecting VTL', () => {
   });
 
   test('ranges scale: 1,048,576 contiguous pages are one range', async () => {
-    const p = await h.client.partitions.createPartition({ partitionId: 'ic-scale', partition: { vpCount: 1, memoryBytes: 8n * GiB, maximumVtl: 1 } as pb.Partition });
+    const p = await h.client.partitions.createPartition({
+      partitionId: 'ic-scale',
+      partition: { vpCount: 1, memoryBytes: 8n * GiB, maximumVtl: 1 } as pb.Partition,
+    });
     await h.client.vtl.enablePartitionVtl({ name: p.name, targetVtl: 1 });
     await h.client.vtl.enableVpVtl({ name: `${p.name}/vps/0`, targetVtl: 1 });
     await h.client.vps.setVpRegisters({ name: `${p.name}/vps/0`, vtl: 1, registers: [r64(R.HV_REGISTER_NAME_VSM_PARTITION_CONFIG, 1n | (0xfn << 1n))] });
     const before = (await h.client.intercepts.getVtlProtections({ name: p.name, protectingVtl: 1 })).viewGeneration;
-    const r = await h.client.intercepts.modifyVtlProtectionMask({ name: p.name, protectingVtl: 1, mapFlags: 0x1, ranges: [{ startPage: 0x100n, pageCount: 1_048_576n }] });
+    const r = await h.client.intercepts.modifyVtlProtectionMask({
+      name: p.name,
+      protectingVtl: 1,
+      mapFlags: 0x1,
+      ranges: [{ startPage: 0x100n, pageCount: 1_048_576n }],
+    });
     expect(r.pagesChanged).toBe(1_048_576n);
     expect(r.viewGeneration).toBeGreaterThan(before);
     const prot = await h.client.intercepts.getVtlProtections({ name: p.name, protectingVtl: 1 });
@@ -250,10 +278,30 @@ describe('external monitors', () => {
     // RETRY after lifting the protection; the answer must carry the generation after that change.
     const read2 = h.client.guest.readMemory({ name: vp0, gpa: PROTECTED, length: 8 });
     const ev2 = intercept(await next());
-    const lifted = await h.client.intercepts.modifyVtlProtectionMask({ name, protectingVtl: 1, mapFlags: 0xf, ranges: [{ startPage: PROTECTED >> 12n, pageCount: 1n }] });
-    m.send({ kind: { $case: 'reply', value: { interceptId: ev2.interceptId, action: pb.InterceptAction.INTERCEPT_ACTION_RETRY, data: Buffer.alloc(0), viewGeneration: ev2.viewGeneration } } });
+    const lifted = await h.client.intercepts.modifyVtlProtectionMask({
+      name,
+      protectingVtl: 1,
+      mapFlags: 0xf,
+      ranges: [{ startPage: PROTECTED >> 12n, pageCount: 1n }],
+    });
+    m.send({
+      kind: {
+        $case: 'reply',
+        value: { interceptId: ev2.interceptId, action: pb.InterceptAction.INTERCEPT_ACTION_RETRY, data: Buffer.alloc(0), viewGeneration: ev2.viewGeneration },
+      },
+    });
     expect(replyResult(await next()).status).toBe(pb.ReplyStatus.REPLY_STATUS_STALE_GENERATION);
-    m.send({ kind: { $case: 'reply', value: { interceptId: ev2.interceptId, action: pb.InterceptAction.INTERCEPT_ACTION_RETRY, data: Buffer.alloc(0), viewGeneration: lifted.viewGeneration } } });
+    m.send({
+      kind: {
+        $case: 'reply',
+        value: {
+          interceptId: ev2.interceptId,
+          action: pb.InterceptAction.INTERCEPT_ACTION_RETRY,
+          data: Buffer.alloc(0),
+          viewGeneration: lifted.viewGeneration,
+        },
+      },
+    });
     expect(replyResult(await next()).status).toBe(pb.ReplyStatus.REPLY_STATUS_APPLIED);
     expect(Buffer.from((await read2).data).toString()).toBe('original');
     m.cancel();
@@ -286,7 +334,9 @@ describe('external monitors', () => {
     expect(again.map((e) => e.interceptId).sort()).toEqual(seen.map((e) => e.interceptId).sort());
     expect(again.every((e) => e.redelivered)).toBe(true);
     for (const e of again) {
-      second.m.send({ kind: { $case: 'reply', value: { interceptId: e.interceptId, action: pb.InterceptAction.INTERCEPT_ACTION_ALLOW, data: Buffer.alloc(0) } } });
+      second.m.send({
+        kind: { $case: 'reply', value: { interceptId: e.interceptId, action: pb.InterceptAction.INTERCEPT_ACTION_ALLOW, data: Buffer.alloc(0) } },
+      });
       expect(replyResult(await second.next()).status).toBe(pb.ReplyStatus.REPLY_STATUS_APPLIED);
     }
     await Promise.all(writes);
@@ -324,11 +374,23 @@ describe('external monitors', () => {
     const { name } = await monitored('mon-bad');
     const m = h.client.intercepts.monitor();
     m.send({ kind: { $case: 'reply', value: { interceptId: 1n, action: pb.InterceptAction.INTERCEPT_ACTION_ALLOW, data: Buffer.alloc(0) } } });
-    let e = await failure((async () => { for await (const _ of m.events) { /* drain */ } })());
+    let e = await failure(
+      (async () => {
+        for await (const _ of m.events) {
+          /* drain */
+        }
+      })(),
+    );
     expect([e.code, e.reason]).toEqual([status.INVALID_ARGUMENT, 'HV_STATUS_INVALID_PARAMETER']);
     const m2 = h.client.intercepts.monitor();
     m2.send({ kind: { $case: 'subscribe', value: { name: 'partitions/nope', accessMask: 0 } as pb.MonitorSubscribe } });
-    e = await failure((async () => { for await (const _ of m2.events) { /* drain */ } })());
+    e = await failure(
+      (async () => {
+        for await (const _ of m2.events) {
+          /* drain */
+        }
+      })(),
+    );
     expect([e.code, e.reason]).toEqual([status.NOT_FOUND, 'HV_STATUS_INVALID_PARTITION_ID']);
     const { m: m3, next } = await open(name);
     m3.send({ kind: { $case: 'reply', value: { interceptId: 999n, action: pb.InterceptAction.INTERCEPT_ACTION_ALLOW, data: Buffer.alloc(0) } } });
@@ -338,9 +400,13 @@ describe('external monitors', () => {
     m3.cancel();
     const e2 = await failure(h.client.intercepts.setInterceptRoute({ name, route: pb.InterceptRoute.INTERCEPT_ROUTE_UNSPECIFIED }));
     expect([e2.code, e2.reason]).toEqual([status.INVALID_ARGUMENT, 'HV_STATUS_INVALID_PARAMETER']);
-    const e3 = await failure(h.client.intercepts.modifyVtlProtectionMask({ name, protectingVtl: 1, mapFlags: 0x1, ranges: [{ startPage: GiB >> 12n, pageCount: 1n }] }));
+    const e3 = await failure(
+      h.client.intercepts.modifyVtlProtectionMask({ name, protectingVtl: 1, mapFlags: 0x1, ranges: [{ startPage: GiB >> 12n, pageCount: 1n }] }),
+    );
     expect([e3.code, e3.reason]).toEqual([status.INVALID_ARGUMENT, 'HV_STATUS_INVALID_PARAMETER']);
-    const e4 = await failure(h.client.intercepts.modifyVtlProtectionMask({ name, protectingVtl: 0, mapFlags: 0x1, ranges: [{ startPage: 1n, pageCount: 1n }] }));
+    const e4 = await failure(
+      h.client.intercepts.modifyVtlProtectionMask({ name, protectingVtl: 0, mapFlags: 0x1, ranges: [{ startPage: 1n, pageCount: 1n }] }),
+    );
     expect([e4.code, e4.reason]).toEqual([status.INVALID_ARGUMENT, 'HV_STATUS_INVALID_PARAMETER']);
     const e5 = await failure(h.client.intercepts.getVtlProtections({ name, protectingVtl: 0 }));
     expect([e5.code, e5.reason]).toEqual([status.INVALID_ARGUMENT, 'HV_STATUS_INVALID_PARAMETER']);
@@ -416,13 +482,18 @@ describe('SynIC queues, held-back sources, observe-only monitors, arm64', () => 
     const caps = await h.client.partitions.getCapabilities({});
     if (!caps.architectures.includes(pb.Architecture.ARCHITECTURE_ARM64)) {
       // A backend without arm64 (the KVM agent on an x86-64 host) must refuse it clearly.
-      const e = await failure(h.client.partitions.createPartition({ partition: { architecture: pb.Architecture.ARCHITECTURE_ARM64, vpCount: 1, memoryBytes: GiB } as pb.Partition }));
+      const e = await failure(
+        h.client.partitions.createPartition({ partition: { architecture: pb.Architecture.ARCHITECTURE_ARM64, vpCount: 1, memoryBytes: GiB } as pb.Partition }),
+      );
       expect(e.code).not.toBe(status.INTERNAL);
       expect(e.reason).toMatch(/^HV_STATUS_/);
       console.info(`arm64 scenario not applicable: backend ${caps.backend} reports no arm64 support (${e.message})`);
       return;
     }
-    const p = await h.client.partitions.createPartition({ partitionId: 'arm', partition: { architecture: pb.Architecture.ARCHITECTURE_ARM64, vpCount: 1, memoryBytes: GiB, maximumVtl: 1 } as pb.Partition });
+    const p = await h.client.partitions.createPartition({
+      partitionId: 'arm',
+      partition: { architecture: pb.Architecture.ARCHITECTURE_ARM64, vpCount: 1, memoryBytes: GiB, maximumVtl: 1 } as pb.Partition,
+    });
     const vp0 = `${p.name}/vps/0`;
     expect((await h.client.guest.writeMsr({ name: vp0, msr: MSR.GUEST_OS_ID, value: 1n })).outcome?.exception).toBe(pb.X64Exception.X64_EXCEPTION_UD);
     const hc = await failure(h.client.guest.hypercall({ name: vp0, control: 0x50n }));
@@ -430,8 +501,21 @@ describe('SynIC queues, held-back sources, observe-only monitors, arm64', () => 
     await h.client.vtl.enablePartitionVtl({ name: p.name, targetVtl: 1 });
     await h.client.vtl.enableVpVtl({ name: vp0, targetVtl: 1 });
     // VTL1's SynIC through its registers (arm64 has no MSRs): SIMP and SCONTROL.
-    await h.client.vps.setVpRegisters({ name: vp0, vtl: 1, registers: [r64(R.HV_REGISTER_NAME_SIPP, SIMP_GPA | 1n), r64(R.HV_REGISTER_NAME_SCONTROL, 1n), r64(R.HV_REGISTER_NAME_VSM_PARTITION_CONFIG, 1n | (0xfn << 1n))] });
-    await h.client.intercepts.modifyVtlProtectionMask({ name: p.name, protectingVtl: 1, mapFlags: 0x1, ranges: [{ startPage: PROTECTED >> 12n, pageCount: 1n }] });
+    await h.client.vps.setVpRegisters({
+      name: vp0,
+      vtl: 1,
+      registers: [
+        r64(R.HV_REGISTER_NAME_SIPP, SIMP_GPA | 1n),
+        r64(R.HV_REGISTER_NAME_SCONTROL, 1n),
+        r64(R.HV_REGISTER_NAME_VSM_PARTITION_CONFIG, 1n | (0xfn << 1n)),
+      ],
+    });
+    await h.client.intercepts.modifyVtlProtectionMask({
+      name: p.name,
+      protectingVtl: 1,
+      mapFlags: 0x1,
+      ranges: [{ startPage: PROTECTED >> 12n, pageCount: 1n }],
+    });
     const w = await h.client.guest.writeMemory({ name: vp0, gpa: PROTECTED + 0x10n, data: Buffer.from([1]) });
     expect(w.outcome?.vtlSwitch?.toVtl).toBe(1);
     const slot = await simSlot(p.name);
@@ -446,11 +530,16 @@ describe('SynIC queues, held-back sources, observe-only monitors, arm64', () => 
   });
 });
 
-test('deadline policy: with no monitor, an unanswered intercept gets the partition\'s deadline action', async () => {
+test("deadline policy: with no monitor, an unanswered intercept gets the partition's deadline action", async () => {
   const { name, vp0 } = await setup('mon-deadline');
   await protectFromVtl1(vp0, 0x1);
   await vtlReturn(vp0);
-  const set = await h.client.intercepts.setInterceptRoute({ name, route: pb.InterceptRoute.INTERCEPT_ROUTE_MONITOR, answerDeadlineMs: 200n, deadlineAction: pb.InterceptAction.INTERCEPT_ACTION_SKIP });
+  const set = await h.client.intercepts.setInterceptRoute({
+    name,
+    route: pb.InterceptRoute.INTERCEPT_ROUTE_MONITOR,
+    answerDeadlineMs: 200n,
+    deadlineAction: pb.InterceptAction.INTERCEPT_ACTION_SKIP,
+  });
   expect(set.answerDeadlineMs).toBe(200n);
   const w = await h.client.guest.writeMemory({ name: vp0, gpa: PROTECTED, data: Buffer.from('x') });
   expect(w.outcome?.exception).toBe(0);

@@ -5,14 +5,25 @@ import { pb } from '@vsm/client';
 import { GiB, type Harness, startHarness } from '../support/server';
 import { HvMsr } from '@vsm/core';
 
-const MSR = { GUEST_OS_ID: HvMsr.HV_X64_MSR_GUEST_OS_ID, HYPERCALL: HvMsr.HV_X64_MSR_HYPERCALL, REFERENCE_TSC: HvMsr.HV_X64_MSR_REFERENCE_TSC, VP_ASSIST_PAGE: HvMsr.HV_X64_MSR_VP_ASSIST_PAGE, SIEFP: HvMsr.HV_X64_MSR_SIEFP, SIMP: HvMsr.HV_X64_MSR_SIMP };
+const MSR = {
+  GUEST_OS_ID: HvMsr.HV_X64_MSR_GUEST_OS_ID,
+  HYPERCALL: HvMsr.HV_X64_MSR_HYPERCALL,
+  REFERENCE_TSC: HvMsr.HV_X64_MSR_REFERENCE_TSC,
+  VP_ASSIST_PAGE: HvMsr.HV_X64_MSR_VP_ASSIST_PAGE,
+  SIEFP: HvMsr.HV_X64_MSR_SIEFP,
+  SIMP: HvMsr.HV_X64_MSR_SIMP,
+};
 const P = 0x5000n;
 const Q = 0x7000n;
 const pattern = Buffer.from(Array.from({ length: 4096 }, (_, i) => (i * 7 + 3) & 0xff));
 
 let h: Harness;
-beforeAll(async () => { h = await startHarness(); });
-afterAll(async () => { await h.stop(); });
+beforeAll(async () => {
+  h = await startHarness();
+});
+afterAll(async () => {
+  await h.stop();
+});
 
 async function partition(id: string, maximumVtl = 1) {
   const p = await h.client.partitions.createPartition({ partitionId: id, partition: { vpCount: 2, memoryBytes: GiB, maximumVtl } as pb.Partition });
@@ -77,7 +88,12 @@ test('per VTL: VTL1 overlays are invisible to VTL0 and VTL0 cannot move or remov
   const v1 = Buffer.from((await h.client.memory.readGpa({ name, gpa: P, length: 11, vtlView: 1 })).data);
   expect(v1.toString()).toBe('vtl1 secret');
   const l = await h.client.memory.listOverlays({ name, vtl: 1 });
-  expect(l.overlays.map((o) => [o.kind, o.gpa])).toEqual(expect.arrayContaining([[pb.OverlayKind.OVERLAY_KIND_SIMP, P], [pb.OverlayKind.OVERLAY_KIND_HYPERCALL, 0x2000n]]));
+  expect(l.overlays.map((o) => [o.kind, o.gpa])).toEqual(
+    expect.arrayContaining([
+      [pb.OverlayKind.OVERLAY_KIND_SIMP, P],
+      [pb.OverlayKind.OVERLAY_KIND_HYPERCALL, 0x2000n],
+    ]),
+  );
   // VTL0's hypercall page is at 0x1000 and VTL1's at 0x2000: each VTL sees only its own.
   expect((await h.client.memory.readGpa({ name, gpa: 0x2000n, length: 4, vtlView: 0 })).data).toEqual(Buffer.alloc(4));
   expect((await h.client.memory.readGpa({ name, gpa: 0x1000n, length: 4, vtlView: 1 })).data).toEqual(Buffer.alloc(4));
@@ -93,7 +109,10 @@ test('stacking: the most recently placed overlay is on top; removing it uncovers
   await h.client.guest.writeMemory({ name: vp0, gpa: P, data: Buffer.from('simp') });
   await h.client.guest.writeMsr({ name: vp0, msr: MSR.HYPERCALL, value: P | 1n });
   let l = await h.client.memory.listOverlays({ name });
-  expect(l.overlays.map((o) => [o.kind, o.stackPosition])).toEqual([[pb.OverlayKind.OVERLAY_KIND_SIMP, 1], [pb.OverlayKind.OVERLAY_KIND_HYPERCALL, 0]]);
+  expect(l.overlays.map((o) => [o.kind, o.stackPosition])).toEqual([
+    [pb.OverlayKind.OVERLAY_KIND_SIMP, 1],
+    [pb.OverlayKind.OVERLAY_KIND_HYPERCALL, 0],
+  ]);
   const top = await view(vp0, P);
   expect(top.equals(hypercallPage)).toBe(true);
   if (h.backend === 'emulator') expect([...top.subarray(0, 4)]).toEqual([0x0f, 0x01, 0xd9, 0xc3]); // VMMCALL; RET (AMD)

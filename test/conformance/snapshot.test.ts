@@ -5,18 +5,36 @@ import { pb } from '@vsm/client';
 import { GiB, type Harness, failure, startHarness } from '../support/server';
 import { HvMsr } from '@vsm/core';
 
-const MSR = { GUEST_OS_ID: HvMsr.HV_X64_MSR_GUEST_OS_ID, HYPERCALL: HvMsr.HV_X64_MSR_HYPERCALL, SCONTROL: HvMsr.HV_X64_MSR_SCONTROL, SIMP: HvMsr.HV_X64_MSR_SIMP, EOM: HvMsr.HV_X64_MSR_EOM, VP_ASSIST: HvMsr.HV_X64_MSR_VP_ASSIST_PAGE };
+const MSR = {
+  GUEST_OS_ID: HvMsr.HV_X64_MSR_GUEST_OS_ID,
+  HYPERCALL: HvMsr.HV_X64_MSR_HYPERCALL,
+  SCONTROL: HvMsr.HV_X64_MSR_SCONTROL,
+  SIMP: HvMsr.HV_X64_MSR_SIMP,
+  EOM: HvMsr.HV_X64_MSR_EOM,
+  VP_ASSIST: HvMsr.HV_X64_MSR_VP_ASSIST_PAGE,
+};
 const R = pb.HvRegisterName;
 const r64 = (name: pb.HvRegisterName, v: bigint): pb.RegisterAssoc => ({ name, value: { value: { $case: 'reg64', value: v } } });
 const normalize = (x: unknown) =>
-  JSON.parse(JSON.stringify(x, (_k, v) => (typeof v === 'bigint' ? v.toString() : v && v.type === 'Buffer' && Array.isArray(v.data) ? Buffer.from(v.data).toString('hex') : v)));
+  JSON.parse(
+    JSON.stringify(x, (_k, v) =>
+      typeof v === 'bigint' ? v.toString() : v && v.type === 'Buffer' && Array.isArray(v.data) ? Buffer.from(v.data).toString('hex') : v,
+    ),
+  );
 
 let h: Harness;
-beforeAll(async () => { h = await startHarness(); });
-afterAll(async () => { await h.stop(); });
+beforeAll(async () => {
+  h = await startHarness();
+});
+afterAll(async () => {
+  await h.stop();
+});
 
 async function richPartition(id: string) {
-  const p = await h.client.partitions.createPartition({ partitionId: id, partition: pb.Partition.fromPartial({ vpCount: 2, memoryBytes: GiB, maximumVtl: 1, labels: { a: 'b' } }) });
+  const p = await h.client.partitions.createPartition({
+    partitionId: id,
+    partition: pb.Partition.fromPartial({ vpCount: 2, memoryBytes: GiB, maximumVtl: 1, labels: { a: 'b' } }),
+  });
   const vp0 = `${p.name}/vps/0`;
   await h.client.memory.writeGpa({ name: p.name, gpa: 0x1000n, data: Buffer.from('RAM under the hypercall page') });
   await h.client.memory.writeGpa({ name: p.name, gpa: 0x40000n, data: Buffer.from('protected page') });
@@ -30,7 +48,11 @@ async function richPartition(id: string) {
   await h.client.guest.writeMsr({ name: vp0, msr: MSR.SIMP, value: 0x9001n });
   await h.client.guest.writeMsr({ name: vp0, msr: MSR.SCONTROL, value: 1n });
   await h.client.guest.writeMsr({ name: vp0, msr: MSR.VP_ASSIST, value: 0xa001n });
-  await h.client.vps.setVpRegisters({ name: vp0, vtl: 1, registers: [r64(R.HV_REGISTER_NAME_VSM_PARTITION_CONFIG, 1n | (0xfn << 1n)), r64(R.HV_REGISTER_NAME_X64_R12, 0x1212n)] });
+  await h.client.vps.setVpRegisters({
+    name: vp0,
+    vtl: 1,
+    registers: [r64(R.HV_REGISTER_NAME_VSM_PARTITION_CONFIG, 1n | (0xfn << 1n)), r64(R.HV_REGISTER_NAME_X64_R12, 0x1212n)],
+  });
   await h.client.intercepts.modifyVtlProtectionMask({ name: p.name, protectingVtl: 1, mapFlags: 0x1, ranges: [{ startPage: 0x40n, pageCount: 16n }] });
   await h.client.synic.postMessage({ name: vp0, vtl: 1, sint: 0, messageType: 7, payload: Buffer.from('first') });
   await h.client.synic.postMessage({ name: vp0, vtl: 1, sint: 0, messageType: 8, payload: Buffer.from('queued') });
@@ -51,7 +73,8 @@ async function observe(name: string) {
       out.push(await h.client.synic.getSynicState({ name: vp, vtl }).catch((e) => e.reason));
     }
   }
-  for (const vtlView of [undefined, 0, 1]) for (const gpa of [0x1000n, 0x2000n, 0x9000n, 0xa000n, 0x40000n]) out.push((await h.client.memory.readGpa({ name, gpa, length: 64, vtlView })).data);
+  for (const vtlView of [undefined, 0, 1])
+    for (const gpa of [0x1000n, 0x2000n, 0x9000n, 0xa000n, 0x40000n]) out.push((await h.client.memory.readGpa({ name, gpa, length: 64, vtlView })).data);
   out.push((await h.client.memory.listOverlays({ name })).overlays);
   out.push(await h.client.intercepts.getVtlProtections({ name, protectingVtl: 1 }));
   const p = await h.client.partitions.getPartition({ name });
@@ -78,7 +101,9 @@ test('save and restore: every observable is identical, and so is behaviour after
       await h.client.guest.writeMemory({ name: vp0, gpa: 0x9000n, data: Buffer.alloc(4) });
       await h.client.guest.writeMsr({ name: vp0, msr: MSR.EOM, value: 0n });
     }
-    res.push(await h.client.intercepts.modifyVtlProtectionMask({ name: part, protectingVtl: 1, mapFlags: 0xf, ranges: [{ startPage: 0x40n, pageCount: 16n }] }));
+    res.push(
+      await h.client.intercepts.modifyVtlProtectionMask({ name: part, protectingVtl: 1, mapFlags: 0xf, ranges: [{ startPage: 0x40n, pageCount: 16n }] }),
+    );
     res.push(await h.client.guest.callHypercallPage({ name: vp0, offset: 0x26, rcx: 1n }));
     res.push((await h.client.memory.readGpa({ name: part, gpa: 0x40000n, length: 16 })).data);
     return normalize(res);
@@ -86,7 +111,11 @@ test('save and restore: every observable is identical, and so is behaviour after
   const a = await run(name);
   const b = await run('partitions/snap-copy');
   expect(b).toEqual(a);
-  expect(Buffer.from(String((a as string[])[a.length - 1]), 'hex').toString().startsWith('Xrotected page')).toBe(true);
+  expect(
+    Buffer.from(String((a as string[])[a.length - 1]), 'hex')
+      .toString()
+      .startsWith('Xrotected page'),
+  ).toBe(true);
 });
 
 test('a pending monitor intercept survives save/restore and is answered once', async () => {
@@ -99,7 +128,8 @@ test('a pending monitor intercept survives save/restore and is answered once', a
   await h.client.intercepts.setInterceptRoute({ name: p.name, route: pb.InterceptRoute.INTERCEPT_ROUTE_MONITOR });
   const write = h.client.guest.writeMemory({ name: vp0, gpa: 0x40000n, data: Buffer.from('ok') });
   // The write is suspended on its intercept once it is pending.
-  for (let i = 0; i < 1000 && (await h.client.intercepts.listPendingIntercepts({ name: p.name })).intercepts.length === 0; i++) await new Promise((r) => setTimeout(r, 10));
+  for (let i = 0; i < 1000 && (await h.client.intercepts.listPendingIntercepts({ name: p.name })).intercepts.length === 0; i++)
+    await new Promise((r) => setTimeout(r, 10));
   const snap = await h.client.snapshots.savePartition({ name: p.name });
   await h.client.snapshots.restorePartition({ snapshot: snap, partitionId: 'snap-mon-copy' });
   const pending = await h.client.intercepts.listPendingIntercepts({ name: 'partitions/snap-mon-copy' });
@@ -112,7 +142,9 @@ test('a pending monitor intercept survives save/restore and is answered once', a
   const ev = (await it.next()).value;
   if (ev.kind?.$case !== 'intercept') throw new Error('expected intercept');
   expect(ev.kind.value.interceptId).toBe(pending.intercepts[0]!.interceptId);
-  m.send({ kind: { $case: 'reply', value: { interceptId: ev.kind.value.interceptId, action: pb.InterceptAction.INTERCEPT_ACTION_ALLOW, data: Buffer.alloc(0) } } });
+  m.send({
+    kind: { $case: 'reply', value: { interceptId: ev.kind.value.interceptId, action: pb.InterceptAction.INTERCEPT_ACTION_ALLOW, data: Buffer.alloc(0) } },
+  });
   const rr = (await it.next()).value;
   expect(rr.kind?.$case === 'replyResult' && rr.kind.value.status).toBe(pb.ReplyStatus.REPLY_STATUS_APPLIED);
   expect(Buffer.from((await h.client.memory.readGpa({ name: 'partitions/snap-mon-copy', gpa: 0x40000n, length: 2 })).data).toString()).toBe('ok');
@@ -124,7 +156,9 @@ test('a pending monitor intercept survives save/restore and is answered once', a
   await it2.next();
   const ev2 = (await it2.next()).value;
   if (ev2.kind?.$case !== 'intercept') throw new Error('expected intercept');
-  m2.send({ kind: { $case: 'reply', value: { interceptId: ev2.kind.value.interceptId, action: pb.InterceptAction.INTERCEPT_ACTION_SKIP, data: Buffer.alloc(0) } } });
+  m2.send({
+    kind: { $case: 'reply', value: { interceptId: ev2.kind.value.interceptId, action: pb.InterceptAction.INTERCEPT_ACTION_SKIP, data: Buffer.alloc(0) } },
+  });
   await it2.next();
   await write;
   m2.cancel();

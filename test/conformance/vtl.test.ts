@@ -10,8 +10,12 @@ const R = pb.HvRegisterName;
 const r64 = (name: pb.HvRegisterName, v: bigint): pb.RegisterAssoc => ({ name, value: { value: { $case: 'reg64', value: v } } });
 
 let h: Harness;
-beforeAll(async () => { h = await startHarness(); });
-afterAll(async () => { await h.stop(); });
+beforeAll(async () => {
+  h = await startHarness();
+});
+afterAll(async () => {
+  await h.stop();
+});
 
 async function regs(vp: string, vtl: number, names: pb.HvRegisterName[]): Promise<Map<number, bigint>> {
   const r = await h.client.vps.getVpRegisters({ name: vp, vtl, names });
@@ -33,17 +37,40 @@ describe('VTL conformance', () => {
     const en = await h.client.vtl.enablePartitionVtl({ name: p.name, targetVtl: 1 });
     expect(en.enabledVtlSet).toBe(0b11);
     const ctx = pb.InitialVpContext.fromPartial({
-      rip: 0x20_0000n, rsp: 0x21_0000n, rflags: 0x2n, efer: 0xd01n, cr0: 0x80050033n, cr3: 0x30_0000n, cr4: 0x6a0n, msrCrPat: 0x0007040600070406n,
-      cs: { base: 0n, limit: 0xffffffff, selector: 0x08, attributes: 0xa09b }, ds: { selector: 0x10, attributes: 0xc093, limit: 0xffffffff }, es: { selector: 0x10, attributes: 0xc093 },
-      fs: { selector: 0x10, attributes: 0xc093 }, gs: { selector: 0x10, attributes: 0xc093 }, ss: { selector: 0x10, attributes: 0xc093 },
-      tr: { selector: 0x18, attributes: 0x8b, limit: 0x67 }, ldtr: { attributes: 0x82 }, idtr: { base: 0x5000n, limit: 0xfff }, gdtr: { base: 0x6000n, limit: 0x1f },
+      rip: 0x20_0000n,
+      rsp: 0x21_0000n,
+      rflags: 0x2n,
+      efer: 0xd01n,
+      cr0: 0x80050033n,
+      cr3: 0x30_0000n,
+      cr4: 0x6a0n,
+      msrCrPat: 0x0007040600070406n,
+      cs: { base: 0n, limit: 0xffffffff, selector: 0x08, attributes: 0xa09b },
+      ds: { selector: 0x10, attributes: 0xc093, limit: 0xffffffff },
+      es: { selector: 0x10, attributes: 0xc093 },
+      fs: { selector: 0x10, attributes: 0xc093 },
+      gs: { selector: 0x10, attributes: 0xc093 },
+      ss: { selector: 0x10, attributes: 0xc093 },
+      tr: { selector: 0x18, attributes: 0x8b, limit: 0x67 },
+      ldtr: { attributes: 0x82 },
+      idtr: { base: 0x5000n, limit: 0xfff },
+      gdtr: { base: 0x6000n, limit: 0x1f },
     });
     const vp = await h.client.vtl.enableVpVtl({ name: vp0, targetVtl: 1, initialContext: ctx });
     expect(vp.vp?.vtlStatus?.enabledVtlSet).toBe(0b11);
     expect(vp.vp?.vtlStatus?.activeVtl).toBe(0);
 
     // VTL0 state before the call.
-    await h.client.vps.setVpRegisters({ name: vp0, vtl: 0, registers: [r64(R.HV_REGISTER_NAME_X64_RIP, 0x40_1000n), r64(R.HV_REGISTER_NAME_X64_RBX, 0xb0b0n), r64(R.HV_REGISTER_NAME_X64_RSP, 0x7000n), r64(R.HV_REGISTER_NAME_X64_RAX, 0xaaaan)] });
+    await h.client.vps.setVpRegisters({
+      name: vp0,
+      vtl: 0,
+      registers: [
+        r64(R.HV_REGISTER_NAME_X64_RIP, 0x40_1000n),
+        r64(R.HV_REGISTER_NAME_X64_RBX, 0xb0b0n),
+        r64(R.HV_REGISTER_NAME_X64_RSP, 0x7000n),
+        r64(R.HV_REGISTER_NAME_X64_RAX, 0xaaaan),
+      ],
+    });
     const before0 = await h.client.vps.getVpRegisters({ name: vp0, vtl: 0 });
 
     const offs = (await regs(vp0, 0, [R.HV_REGISTER_NAME_VSM_CODE_PAGE_OFFSETS])).get(R.HV_REGISTER_NAME_VSM_CODE_PAGE_OFFSETS)!;
@@ -59,7 +86,14 @@ describe('VTL conformance', () => {
 
     // VTL1 runs from its initial context; shared GPRs carry what VTL0 left (RBX), RAX/RCX were
     // clobbered by the call sequence (RAX = control input 0, RCX = 0x11).
-    const v1 = await regs(vp0, 1, [R.HV_REGISTER_NAME_X64_RIP, R.HV_REGISTER_NAME_X64_RSP, R.HV_REGISTER_NAME_X64_CR3, R.HV_REGISTER_NAME_X64_RBX, R.HV_REGISTER_NAME_X64_RAX, R.HV_REGISTER_NAME_X64_RCX]);
+    const v1 = await regs(vp0, 1, [
+      R.HV_REGISTER_NAME_X64_RIP,
+      R.HV_REGISTER_NAME_X64_RSP,
+      R.HV_REGISTER_NAME_X64_CR3,
+      R.HV_REGISTER_NAME_X64_RBX,
+      R.HV_REGISTER_NAME_X64_RAX,
+      R.HV_REGISTER_NAME_X64_RCX,
+    ]);
     expect(v1.get(R.HV_REGISTER_NAME_X64_RIP)).toBe(0x20_0000n);
     expect(v1.get(R.HV_REGISTER_NAME_X64_RSP)).toBe(0x21_0000n);
     expect(v1.get(R.HV_REGISTER_NAME_X64_CR3)).toBe(0x30_0000n);
@@ -77,7 +111,14 @@ describe('VTL conformance', () => {
     // VTL0's private state is untouched (RIP back at its caller after the stub's RET); shared RBX
     // carries VTL1's result; VTL0's guest OS id was not changed by VTL1's write.
     const after0 = await h.client.vps.getVpRegisters({ name: vp0, vtl: 0 });
-    const shared = new Set<number>([R.HV_REGISTER_NAME_X64_RAX, R.HV_REGISTER_NAME_X64_RCX, R.HV_REGISTER_NAME_X64_RBX, R.HV_REGISTER_NAME_X64_RDX, R.HV_REGISTER_NAME_X64_R8, R.HV_REGISTER_NAME_TIME_REF_COUNT]);
+    const shared = new Set<number>([
+      R.HV_REGISTER_NAME_X64_RAX,
+      R.HV_REGISTER_NAME_X64_RCX,
+      R.HV_REGISTER_NAME_X64_RBX,
+      R.HV_REGISTER_NAME_X64_RDX,
+      R.HV_REGISTER_NAME_X64_R8,
+      R.HV_REGISTER_NAME_TIME_REF_COUNT,
+    ]);
     const priv = (x: pb.GetVpRegistersResponse) => x.registers.filter((a) => !shared.has(a.name));
     expect(priv(after0)).toEqual(priv(before0));
     const s0 = await regs(vp0, 0, [R.HV_REGISTER_NAME_X64_RBX, R.HV_REGISTER_NAME_GUEST_OS_ID]);
@@ -132,7 +173,13 @@ describe('VTL conformance', () => {
     o = await h.client.guest.callHypercallPage({ name: vp0, offset: 0x0f, rcx: 5n });
     expect(o.outcome?.exception).toBe(pb.X64Exception.X64_EXCEPTION_UD);
     // VtlCall from CPL3.
-    await h.client.vps.setVpRegisters({ name: vp0, vtl: 0, registers: [{ name: R.HV_REGISTER_NAME_X64_CS, value: { value: { $case: 'segment', value: { base: 0n, limit: 0xffffffff, selector: 0x2b, attributes: 0xa0fb } } } }] });
+    await h.client.vps.setVpRegisters({
+      name: vp0,
+      vtl: 0,
+      registers: [
+        { name: R.HV_REGISTER_NAME_X64_CS, value: { value: { $case: 'segment', value: { base: 0n, limit: 0xffffffff, selector: 0x2b, attributes: 0xa0fb } } } },
+      ],
+    });
     o = await h.client.guest.callHypercallPage({ name: vp0, offset: 0x0f, rcx: 0n });
     expect(o.outcome?.exception).toBe(pb.X64Exception.X64_EXCEPTION_UD);
     // An offset with no entry executes INT3.
@@ -238,9 +285,20 @@ describe('VTL conformance', () => {
       await h.client.guest.callHypercallPage({ name: vp0, offset: 0x26, rcx: 1n });
     }
     await reader;
-    expect(got.map((t) => [t.fromVtl, t.toVtl, t.isReturn])).toEqual([[0, 1, false], [1, 0, true], [0, 1, false], [1, 0, true], [0, 1, false], [1, 0, true]]);
+    expect(got.map((t) => [t.fromVtl, t.toVtl, t.isReturn])).toEqual([
+      [0, 1, false],
+      [1, 0, true],
+      [0, 1, false],
+      [1, 0, true],
+      [0, 1, false],
+      [1, 0, true],
+    ]);
     for (let i = 1; i < got.length; i++) expect(got[i]!.sequence).toBe(got[i - 1]!.sequence + 1n);
-    const e = await failure((async () => { for await (const _ of h.client.vtl.watchTransitions({ name: 'partitions/none' })) break; })());
+    const e = await failure(
+      (async () => {
+        for await (const _ of h.client.vtl.watchTransitions({ name: 'partitions/none' })) break;
+      })(),
+    );
     expect([e.code, e.reason]).toEqual([status.NOT_FOUND, 'HV_STATUS_INVALID_PARTITION_ID']);
   });
 });

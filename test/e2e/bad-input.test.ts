@@ -16,7 +16,9 @@ beforeAll(async () => {
   part = (await h.client.partitions.createPartition({ partitionId: 'bad', partition: { vpCount: 2, memoryBytes: GiB, maximumVtl: 1 } as pb.Partition })).name;
   vp0 = `${part}/vps/0`;
 });
-afterAll(async () => { await h.stop(); });
+afterAll(async () => {
+  await h.stop();
+});
 
 const expectErr = async (p: Promise<unknown>, code: status, reason: string) => {
   const e = await failure(p);
@@ -36,16 +38,33 @@ describe('VirtualProcessorService', () => {
     await expectErr(h.client.vps.getVpRegisters({ name: vp0, names: [12345 as pb.HvRegisterName] }), ...INVALID);
     await expectErr(h.client.vps.getVpRegisters({ name: vp0, vtl: 1 }), status.FAILED_PRECONDITION, 'HV_STATUS_INVALID_VTL_STATE');
     await expectErr(h.client.vps.getVpRegisters({ name: vp0, vtl: 9 }), status.FAILED_PRECONDITION, 'HV_STATUS_INVALID_VTL_STATE');
-    await expectErr(h.client.vps.setVpRegisters({ name: vp0, registers: [{ name: R.HV_REGISTER_NAME_X64_CS, value: { value: { $case: 'reg64', value: 1n } } }] }), ...INVALID);
+    await expectErr(
+      h.client.vps.setVpRegisters({ name: vp0, registers: [{ name: R.HV_REGISTER_NAME_X64_CS, value: { value: { $case: 'reg64', value: 1n } } }] }),
+      ...INVALID,
+    );
     await expectErr(h.client.vps.setVpRegisters({ name: vp0, registers: [{ name: R.HV_REGISTER_NAME_X64_RAX, value: undefined }] }), ...INVALID);
     await expectErr(h.client.vps.setVpRegisters({ name: vp0, registers: [r64(R.HV_REGISTER_NAME_VP_INDEX, 3n)] }), ...INVALID);
-    await expectErr(h.client.vps.setVpRegisters({ name: vp0, registers: [{ name: R.HV_REGISTER_NAME_X64_RAX, value: { value: { $case: 'reg128', value: { low: 1n, high: 1n } } } }] }), status.INVALID_ARGUMENT, 'HV_STATUS_INVALID_REGISTER_VALUE');
+    await expectErr(
+      h.client.vps.setVpRegisters({
+        name: vp0,
+        registers: [{ name: R.HV_REGISTER_NAME_X64_RAX, value: { value: { $case: 'reg128', value: { low: 1n, high: 1n } } } }],
+      }),
+      status.INVALID_ARGUMENT,
+      'HV_STATUS_INVALID_REGISTER_VALUE',
+    );
     // A batch with one bad entry writes nothing.
-    await expectErr(h.client.vps.setVpRegisters({ name: vp0, registers: [r64(R.HV_REGISTER_NAME_X64_RBX, 0x77n), r64(R.HV_REGISTER_NAME_VSM_PARTITION_STATUS, 0n)] }), ...INVALID);
+    await expectErr(
+      h.client.vps.setVpRegisters({ name: vp0, registers: [r64(R.HV_REGISTER_NAME_X64_RBX, 0x77n), r64(R.HV_REGISTER_NAME_VSM_PARTITION_STATUS, 0n)] }),
+      ...INVALID,
+    );
     const got = await h.client.vps.getVpRegisters({ name: vp0, names: [R.HV_REGISTER_NAME_X64_RBX] });
     expect(got.registers[0]!.value?.value).toEqual({ $case: 'reg64', value: 0n });
     // Hypercall MSR GPFN beyond the GPA space.
-    await expectErr(h.client.vps.setVpRegisters({ name: vp0, registers: [r64(R.HV_REGISTER_NAME_X64_HYPERCALL, (GiB << 1n) | 1n)] }), status.INVALID_ARGUMENT, 'HV_STATUS_INVALID_REGISTER_VALUE');
+    await expectErr(
+      h.client.vps.setVpRegisters({ name: vp0, registers: [r64(R.HV_REGISTER_NAME_X64_HYPERCALL, (GiB << 1n) | 1n)] }),
+      status.INVALID_ARGUMENT,
+      'HV_STATUS_INVALID_REGISTER_VALUE',
+    );
   });
 });
 
@@ -93,11 +112,19 @@ describe('GuestService', () => {
 describe('SynicService and ExecuteMemory', () => {
   test('bad input', async () => {
     await expectErr(h.client.synic.getSynicState({ name: vp0, vtl: 1 }), status.FAILED_PRECONDITION, 'HV_STATUS_INVALID_VTL_STATE');
-    await expectErr(h.client.synic.postMessage({ name: vp0, vtl: 0, sint: 0, messageType: 1, payload: Buffer.alloc(0) }), status.FAILED_PRECONDITION, 'HV_STATUS_INVALID_SYNIC_STATE');
+    await expectErr(
+      h.client.synic.postMessage({ name: vp0, vtl: 0, sint: 0, messageType: 1, payload: Buffer.alloc(0) }),
+      status.FAILED_PRECONDITION,
+      'HV_STATUS_INVALID_SYNIC_STATE',
+    );
     await expectErr(h.client.synic.postMessage({ name: vp0, vtl: 0, sint: 0, messageType: 1, payload: Buffer.alloc(241) }), ...INVALID);
     await expectErr(h.client.synic.postMessage({ name: vp0, vtl: 0, sint: 0, messageType: 0, payload: Buffer.alloc(1) }), ...INVALID);
     await expectErr(h.client.synic.signalEvent({ name: vp0, vtl: 0, sint: 0, flag: 2048 }), ...INVALID);
-    await expectErr(h.client.synic.signalEvent({ name: 'partitions/none/vps/0', vtl: 0, sint: 0, flag: 1 }), status.NOT_FOUND, 'HV_STATUS_INVALID_PARTITION_ID');
+    await expectErr(
+      h.client.synic.signalEvent({ name: 'partitions/none/vps/0', vtl: 0, sint: 0, flag: 1 }),
+      status.NOT_FOUND,
+      'HV_STATUS_INVALID_PARTITION_ID',
+    );
     await expectErr(h.client.guest.executeMemory({ name: vp0, gpa: 0n, length: 17 }), ...INVALID);
     await expectErr(h.client.guest.executeMemory({ name: vp0, gpa: GiB, length: 1 }), ...INVALID);
   });
@@ -115,7 +142,11 @@ describe('MemoryService', () => {
     await expectErr(h.client.memory.listOverlays({ name: part, vtl: 7 }), ...INVALID);
     await expectErr(h.client.memory.listOverlays({ name: 'bad name' }), ...INVALID);
     const g = (await h.client.memory.readGpa({ name: part, gpa: 0n, length: 1 })).viewGeneration;
-    await expectErr(h.client.memory.writeGpa({ name: part, gpa: 0n, data: Buffer.from([1]), expectedViewGeneration: g + 1n }), status.FAILED_PRECONDITION, 'HV_STATUS_OPERATION_DENIED');
+    await expectErr(
+      h.client.memory.writeGpa({ name: part, gpa: 0n, data: Buffer.from([1]), expectedViewGeneration: g + 1n }),
+      status.FAILED_PRECONDITION,
+      'HV_STATUS_OPERATION_DENIED',
+    );
     await h.client.memory.writeGpa({ name: part, gpa: 0xfffen, data: Buffer.from([1, 2, 3, 4]), expectedViewGeneration: g });
     expect([...(await h.client.memory.readGpa({ name: part, gpa: 0xfffen, length: 4 })).data]).toEqual([1, 2, 3, 4]);
   });

@@ -16,7 +16,9 @@ beforeAll(async () => {
   h = await startHarness();
   part = (await h.client.partitions.createPartition({ partitionId: 'exec', partition: { vpCount: 2, memoryBytes: GiB, maximumVtl: 1 } as pb.Partition })).name;
 });
-afterAll(async () => { await h.stop(); });
+afterAll(async () => {
+  await h.stop();
+});
 
 const expectErr = async (p: Promise<unknown>, code: status, reason: string, message?: RegExp) => {
   const e = await failure(p);
@@ -26,26 +28,44 @@ const expectErr = async (p: Promise<unknown>, code: status, reason: string, mess
 };
 const INVALID = [status.INVALID_ARGUMENT, 'HV_STATUS_INVALID_PARAMETER'] as const;
 const NO_PARTITION = [status.NOT_FOUND, 'HV_STATUS_INVALID_PARTITION_ID'] as const;
-const UNSUPPORTED = [status.FAILED_PRECONDITION, 'GUEST_EXECUTION_UNSUPPORTED', /the emulator does not execute guest code; guest-execution is unsupported here, use the KVM agent/] as const;
+const UNSUPPORTED = [
+  status.FAILED_PRECONDITION,
+  'GUEST_EXECUTION_UNSUPPORTED',
+  /the emulator does not execute guest code; guest-execution is unsupported here, use the KVM agent/,
+] as const;
 /** A flat real-mode image that is well formed (its content is never run here). */
-const FLAT = { image: Buffer.from([0xf4]), format: pb.GuestImageFormat.GUEST_IMAGE_FORMAT_FLAT, loadGpa: 0x7c00n, entryMode: pb.GuestEntryMode.GUEST_ENTRY_MODE_REAL16 };
+const FLAT = {
+  image: Buffer.from([0xf4]),
+  format: pb.GuestImageFormat.GUEST_IMAGE_FORMAT_FLAT,
+  loadGpa: 0x7c00n,
+  entryMode: pb.GuestEntryMode.GUEST_ENTRY_MODE_REAL16,
+};
 
 /** The first failure of a console stream (it must fail before any message). */
 async function streamFailure(req: Partial<pb.StreamConsoleRequest>) {
-  return failure((async () => {
-    for await (const m of h.client.execution.streamConsole(req)) throw new Error(`unexpected message ${JSON.stringify(m)}`);
-  })());
+  return failure(
+    (async () => {
+      for await (const m of h.client.execution.streamConsole(req)) throw new Error(`unexpected message ${JSON.stringify(m)}`);
+    })(),
+  );
 }
 
 describe('partitions', () => {
   test('capabilities report guest-execution unsupported, with the reason', async () => {
     const caps = await h.client.partitions.getCapabilities({});
     const f = caps.features.find((x) => x.name === 'guest-execution');
-    expect(f).toEqual({ name: 'guest-execution', supported: false, reason: 'the emulator does not execute guest code; guest-execution is unsupported here, use the KVM agent' });
+    expect(f).toEqual({
+      name: 'guest-execution',
+      supported: false,
+      reason: 'the emulator does not execute guest code; guest-execution is unsupported here, use the KVM agent',
+    });
   });
 
   test('a new partition is NOT_LOADED, its VPs have no run state, devices are echoed', async () => {
-    const p = await h.client.partitions.createPartition({ partitionId: 'with-dev', partition: { vpCount: 1, memoryBytes: 64n * MiB, devices: ['hyperv-testdev'] } as pb.Partition });
+    const p = await h.client.partitions.createPartition({
+      partitionId: 'with-dev',
+      partition: { vpCount: 1, memoryBytes: 64n * MiB, devices: ['hyperv-testdev'] } as pb.Partition,
+    });
     expect(p).toMatchObject({ devices: ['hyperv-testdev'], runState: pb.RunState.RUN_STATE_NOT_LOADED, endReason: '' });
     expect(p.exitCode).toBeUndefined();
     expect(p.endTimeUnixMs).toBeUndefined();
@@ -56,7 +76,8 @@ describe('partitions', () => {
   });
 
   test('unknown or repeated devices and output-only run fields are refused; nothing is created', async () => {
-    const create = (partition: Partial<pb.Partition>) => h.client.partitions.createPartition({ partitionId: 'dev-bad', partition: { vpCount: 1, memoryBytes: 64n * MiB, ...partition } as pb.Partition });
+    const create = (partition: Partial<pb.Partition>) =>
+      h.client.partitions.createPartition({ partitionId: 'dev-bad', partition: { vpCount: 1, memoryBytes: 64n * MiB, ...partition } as pb.Partition });
     await expectErr(create({ devices: ['virtio-net'] }), ...INVALID, /unknown device "virtio-net"/);
     await expectErr(create({ devices: ['hyperv-testdev', 'hyperv-testdev'] }), ...INVALID, /listed twice/);
     await expectErr(create({ runState: pb.RunState.RUN_STATE_RUNNING }), ...INVALID, /output only/);
@@ -78,12 +99,19 @@ describe('LoadGuestImage', () => {
     await expectErr(load({ entryMode: 7 as pb.GuestEntryMode }), ...INVALID, /entry_mode 7 is not a GuestEntryMode/);
     await expectErr(load({ loadGpa: undefined }), ...INVALID, /needs load_gpa/);
     await expectErr(load({ format: pb.GuestImageFormat.GUEST_IMAGE_FORMAT_ELF64, entryMode: 0 as pb.GuestEntryMode }), ...INVALID, /apply to format FLAT only/);
-    await expectErr(load({ format: pb.GuestImageFormat.GUEST_IMAGE_FORMAT_UNSPECIFIED, loadGpa: undefined, entryPoint: 0x1000n, entryMode: 0 as pb.GuestEntryMode }), ...INVALID, /apply to format FLAT only/);
+    await expectErr(
+      load({ format: pb.GuestImageFormat.GUEST_IMAGE_FORMAT_UNSPECIFIED, loadGpa: undefined, entryPoint: 0x1000n, entryMode: 0 as pb.GuestEntryMode }),
+      ...INVALID,
+      /apply to format FLAT only/,
+    );
     await expectErr(load({ commandLine: 'x'.repeat(4097) }), ...INVALID, /command_line/);
   });
   test('a well-formed request: FAILED_PRECONDITION, the partition unchanged', async () => {
     await expectErr(load({}), ...UNSUPPORTED);
-    await expectErr(load({ format: pb.GuestImageFormat.GUEST_IMAGE_FORMAT_AUTO, loadGpa: undefined, entryMode: 0 as pb.GuestEntryMode, commandLine: 'a b c' }), ...UNSUPPORTED);
+    await expectErr(
+      load({ format: pb.GuestImageFormat.GUEST_IMAGE_FORMAT_AUTO, loadGpa: undefined, entryMode: 0 as pb.GuestEntryMode, commandLine: 'a b c' }),
+      ...UNSUPPORTED,
+    );
     expect((await h.client.partitions.getPartition({ name: part })).runState).toBe(pb.RunState.RUN_STATE_NOT_LOADED);
   });
 });
@@ -122,7 +150,8 @@ describe('run control and console', () => {
 describe('connections (core semantics, served by the emulator)', () => {
   const MSG = pb.ConnectionKind.CONNECTION_KIND_MESSAGE;
   const EVT = pb.ConnectionKind.CONNECTION_KIND_EVENT;
-  const create = (r: Partial<pb.CreateConnectionRequest>) => h.client.execution.createConnection({ name: part, connectionId: 7, kind: MSG, vpIndex: 1, sint: 2, ...r });
+  const create = (r: Partial<pb.CreateConnectionRequest>) =>
+    h.client.execution.createConnection({ name: part, connectionId: 7, kind: MSG, vpIndex: 1, sint: 2, ...r });
   const list = async () => (await h.client.execution.listConnections({ name: part })).connections;
 
   test('bad input: names, kinds, ids, VP, SINT, VTL, flags; nothing is created', async () => {
@@ -145,7 +174,15 @@ describe('connections (core semantics, served by the emulator)', () => {
 
   test('create, list, duplicate, delete', async () => {
     expect(await create({})).toEqual({ connectionId: 7, kind: MSG, vpIndex: 1, sint: 2, vtl: 0, flagNumber: 0, flagCount: 1 });
-    expect(await create({ connectionId: 3, kind: EVT, vpIndex: 0, sint: 5, vtl: 1, flagNumber: 10, flagCount: 4 })).toEqual({ connectionId: 3, kind: EVT, vpIndex: 0, sint: 5, vtl: 1, flagNumber: 10, flagCount: 4 });
+    expect(await create({ connectionId: 3, kind: EVT, vpIndex: 0, sint: 5, vtl: 1, flagNumber: 10, flagCount: 4 })).toEqual({
+      connectionId: 3,
+      kind: EVT,
+      vpIndex: 0,
+      sint: 5,
+      vtl: 1,
+      flagNumber: 10,
+      flagCount: 4,
+    });
     await expectErr(create({ sint: 3 }), status.ALREADY_EXISTS, 'HV_STATUS_OBJECT_IN_USE', /already exists/);
     expect((await list()).map((c) => c.connectionId)).toEqual([3, 7]);
     await h.client.execution.deleteConnection({ name: part, connectionId: 3 });
@@ -156,24 +193,43 @@ describe('connections (core semantics, served by the emulator)', () => {
   });
 
   test("a guest's HvCallPostMessage and HvCallSignalEvent reach the connection's SINT; a deleted connection is INVALID_CONNECTION_ID", async () => {
-    const p = (await h.client.partitions.createPartition({ partitionId: 'conn-guest', partition: { vpCount: 2, memoryBytes: 64n * MiB } as pb.Partition })).name;
+    const p = (await h.client.partitions.createPartition({ partitionId: 'conn-guest', partition: { vpCount: 2, memoryBytes: 64n * MiB } as pb.Partition }))
+      .name;
     const vp0 = `${p}/vps/0`;
     const vp1 = `${p}/vps/1`;
     const SIMP = 0x100000n;
     const SIEFP = 0x101000n;
     // VP 1 enables its SynIC, message and event-flag pages and SINT2 (vector 0x40, unmasked).
-    for (const [msr, value] of [[HvMsr.HV_X64_MSR_SCONTROL, 1n], [HvMsr.HV_X64_MSR_SIMP, SIMP | 1n], [HvMsr.HV_X64_MSR_SIEFP, SIEFP | 1n], [HvMsr.HV_X64_MSR_SINT0 + 2, 0x40n]] as const) {
+    for (const [msr, value] of [
+      [HvMsr.HV_X64_MSR_SCONTROL, 1n],
+      [HvMsr.HV_X64_MSR_SIMP, SIMP | 1n],
+      [HvMsr.HV_X64_MSR_SIEFP, SIEFP | 1n],
+      [HvMsr.HV_X64_MSR_SINT0 + 2, 0x40n],
+    ] as const) {
       expect((await h.client.guest.writeMsr({ name: vp1, msr, value })).outcome?.exception).toBe(pb.X64Exception.X64_EXCEPTION_UNSPECIFIED);
     }
     await h.client.execution.createConnection({ name: p, connectionId: 0x123, kind: MSG, vpIndex: 1, sint: 2 });
     await h.client.execution.createConnection({ name: p, connectionId: 0x124, kind: EVT, vpIndex: 1, sint: 2, flagNumber: 8, flagCount: 2 });
-    const post = (connectionId: number) => h.client.guest.hypercall({
-      name: vp0, control: 0x5cn, inputGpa: 0x10000n, outputGpa: 0n,
-      input: encodePostMessageInput({ connectionId, rsvdZ: 0, messageType: 0x42, payloadSize: 3, payload: Buffer.concat([Buffer.from('abc'), Buffer.alloc(237)]) }),
-    });
-    const signal = (connectionId: number, flagNumber: number) => h.client.guest.hypercall({
-      name: vp0, control: 0x5dn | (1n << 16n), input: Buffer.from(encodeSignalEventInput({ connectionId, flagNumber, rsvdZ: 0 }).subarray(0, 16)),
-    });
+    const post = (connectionId: number) =>
+      h.client.guest.hypercall({
+        name: vp0,
+        control: 0x5cn,
+        inputGpa: 0x10000n,
+        outputGpa: 0n,
+        input: encodePostMessageInput({
+          connectionId,
+          rsvdZ: 0,
+          messageType: 0x42,
+          payloadSize: 3,
+          payload: Buffer.concat([Buffer.from('abc'), Buffer.alloc(237)]),
+        }),
+      });
+    const signal = (connectionId: number, flagNumber: number) =>
+      h.client.guest.hypercall({
+        name: vp0,
+        control: 0x5dn | (1n << 16n),
+        input: Buffer.from(encodeSignalEventInput({ connectionId, flagNumber, rsvdZ: 0 }).subarray(0, 16)),
+      });
     expect((await post(0x123)).status).toBe(HvStatus.HV_STATUS_SUCCESS);
     // VP 1 reads its own SIM page (a per-VP overlay: only it sees it).
     const slot = await h.client.guest.readMemory({ name: vp1, gpa: SIMP + 2n * 256n, length: 19 });

@@ -70,7 +70,10 @@ class Monitor {
   }
 
   /** The next response of kind `k` after the ones already taken. */
-  async next<K extends NonNullable<pb.MonitorResponse['kind']>['$case']>(k: K, timeoutMs = 30_000): Promise<Extract<NonNullable<pb.MonitorResponse['kind']>, { $case: K }>['value']> {
+  async next<K extends NonNullable<pb.MonitorResponse['kind']>['$case']>(
+    k: K,
+    timeoutMs = 30_000,
+  ): Promise<Extract<NonNullable<pb.MonitorResponse['kind']>, { $case: K }>['value']> {
     const end = Date.now() + timeoutMs;
     for (;;) {
       while (this.cursor < this.events.length) {
@@ -79,7 +82,10 @@ class Monitor {
       }
       if (this.done) throw new Error(`monitor stream ended (${String(await this.ended)}) before a ${k} arrived`);
       if (Date.now() > end) throw new Error(`no ${k} on the monitor stream within ${timeoutMs} ms`);
-      await new Promise<void>((r) => { this.notify = r; setTimeout(r, 50); });
+      await new Promise<void>((r) => {
+        this.notify = r;
+        setTimeout(r, 50);
+      });
     }
   }
 
@@ -126,11 +132,16 @@ describe.each([
     } else {
       const svc = await spawnService([], { name: 'vsm-service (hardening-intercepts)' });
       c = connect(svc.address, { deadlineMs: 10_000, retries: 0 });
-      stop = async () => { c.close(); await svc.stop(); };
+      stop = async () => {
+        c.close();
+        await svc.stop();
+      };
       alive = () => expect(svc.unexpectedExit()).toBeUndefined();
     }
   });
-  afterAll(async () => { await stop(); });
+  afterAll(async () => {
+    await stop();
+  });
 
   async function stillServing(other: string) {
     alive();
@@ -141,11 +152,18 @@ describe.each([
   }
 
   test('deadline policy CRASH for VP1, then a later ALLOW policy for VP0: both return partition_crashed, the process stays up', async () => {
-    const other = (await c.partitions.createPartition({ partitionId: `h1-other-${kind}`, partition: { vpCount: 1, memoryBytes: GiB, maximumVtl: 1 } as pb.Partition })).name;
+    const other = (
+      await c.partitions.createPartition({ partitionId: `h1-other-${kind}`, partition: { vpCount: 1, memoryBytes: GiB, maximumVtl: 1 } as pb.Partition })
+    ).name;
     const { name, vp0, vp1 } = await monitoredPartition(c, `h1-policy-${kind}`, { answerDeadlineMs: 1500n, deadlineAction: A.INTERCEPT_ACTION_CRASH });
     const w1 = waiting(c.guest.writeMemory({ name: vp1, gpa: SECRET, data: Buffer.from('vp1') }, LONG));
     await waitFor('VP1 waiting', async () => (await pendingCount(c, name)) === 1);
-    await c.intercepts.setInterceptRoute({ name, route: pb.InterceptRoute.INTERCEPT_ROUTE_MONITOR, answerDeadlineMs: 3000n, deadlineAction: A.INTERCEPT_ACTION_ALLOW });
+    await c.intercepts.setInterceptRoute({
+      name,
+      route: pb.InterceptRoute.INTERCEPT_ROUTE_MONITOR,
+      answerDeadlineMs: 3000n,
+      deadlineAction: A.INTERCEPT_ACTION_ALLOW,
+    });
     const t0 = Date.now();
     const w0 = waiting(c.guest.writeMemory({ name: vp0, gpa: SECRET, data: Buffer.from('vp0') }, LONG));
     await waitFor('VP0 waiting', async () => (await pendingCount(c, name)) === 2);
@@ -215,7 +233,9 @@ describe('on one in-process service', () => {
     c = h.client;
     stop = () => h.stop();
   });
-  afterAll(async () => { await stop(); });
+  afterAll(async () => {
+    await stop();
+  });
 
   test('finding 2: a VP suspended on a monitor intercept refuses every guest action and nothing changes; ALLOW then writes in VTL0', async () => {
     const { name, vp0, vp1 } = await monitoredPartition(c, 'h2-suspended');
@@ -223,11 +243,16 @@ describe('on one in-process service', () => {
     const m = new Monitor(c, name);
     await m.next('subscription');
     // Every register of the VTL except the reference time counter, which runs on its own.
-    const regs = async (vtl: number) => (await c.vps.getVpRegisters({ name: vp0, vtl })).registers.filter((x) => x.name !== pb.HvRegisterName.HV_REGISTER_NAME_TIME_REF_COUNT);
+    const regs = async (vtl: number) =>
+      (await c.vps.getVpRegisters({ name: vp0, vtl })).registers.filter((x) => x.name !== pb.HvRegisterName.HV_REGISTER_NAME_TIME_REF_COUNT);
     const before = { vtl0: await regs(0), vtl1: await regs(1), vp: (await c.vps.getVirtualProcessor({ name: vp0 })).vtlStatus };
     const blocked = waiting(c.guest.writeMemory({ name: vp0, gpa: SECRET, data: Buffer.from('allowed!') }, LONG));
     const ev = await m.next('intercept');
-    expect((await c.vps.getVirtualProcessor({ name: vp0 })).vtlStatus).toMatchObject({ activeVtl: 0, interceptSuspended: true, suspendedInterceptId: ev.interceptId });
+    expect((await c.vps.getVirtualProcessor({ name: vp0 })).vtlStatus).toMatchObject({
+      activeVtl: 0,
+      interceptSuspended: true,
+      suspendedInterceptId: ev.interceptId,
+    });
 
     const hypercallInput = Buffer.alloc(24);
     hypercallInput.writeBigUInt64LE(0xffff_ffff_ffff_ffffn, 0);
@@ -235,7 +260,10 @@ describe('on one in-process service', () => {
       ['WriteMsr', () => c.guest.writeMsr({ name: vp0, msr: MSR.GUEST_OS_ID, value: 0x5555n })],
       ['ReadMsr', () => c.guest.readMsr({ name: vp0, msr: MSR.GUEST_OS_ID })],
       ['Hypercall (HvCallVtlCall)', () => c.guest.hypercall({ name: vp0, control: 0x11n })],
-      ['Hypercall (HvCallModifyVtlProtectionMask)', () => c.guest.hypercall({ name: vp0, control: 0x0cn | (1n << 32n), inputGpa: 0x20000n, input: hypercallInput })],
+      [
+        'Hypercall (HvCallModifyVtlProtectionMask)',
+        () => c.guest.hypercall({ name: vp0, control: 0x0cn | (1n << 32n), inputGpa: 0x20000n, input: hypercallInput }),
+      ],
       ['CallHypercallPage (VtlCall)', () => c.guest.callHypercallPage({ name: vp0, offset: 0x0f, rcx: 0n })],
       ['CallHypercallPage (VtlReturn)', () => c.guest.callHypercallPage({ name: vp0, offset: 0x26, rcx: 1n })],
       ['ReadMemory', () => c.guest.readMemory({ name: vp0, gpa: PLAIN, length: 5 })],
@@ -244,12 +272,19 @@ describe('on one in-process service', () => {
     ];
     const outcomes: Array<[string, string, string | undefined]> = [];
     for (const [what, act] of actions) {
-      const r = await act().then(() => undefined, (e: unknown) => e);
+      const r = await act().then(
+        () => undefined,
+        (e: unknown) => e,
+      );
       outcomes.push(r instanceof VsmError ? [what, status[r.code]!, r.reason] : [what, 'OK', undefined]);
     }
     expect(outcomes).toEqual(actions.map(([what]) => [what, 'FAILED_PRECONDITION', 'HV_STATUS_INVALID_VP_STATE']));
     // Nothing changed: same VTL, still suspended on the same intercept, same registers, same memory.
-    expect((await c.vps.getVirtualProcessor({ name: vp0 })).vtlStatus).toEqual({ ...before.vp, interceptSuspended: true, suspendedInterceptId: ev.interceptId });
+    expect((await c.vps.getVirtualProcessor({ name: vp0 })).vtlStatus).toEqual({
+      ...before.vp,
+      interceptSuspended: true,
+      suspendedInterceptId: ev.interceptId,
+    });
     expect(await regs(0)).toEqual(before.vtl0);
     expect(await regs(1)).toEqual(before.vtl1);
     expect(Buffer.from((await c.memory.readGpa({ name, gpa: PLAIN, length: 5 })).data).toString()).toBe('plain');
@@ -293,7 +328,10 @@ describe('on one in-process service', () => {
     // A late answer to VP0's intercept (the other stream) is not applied to the crashed partition...
     m2.reply(e1.interceptId, A.INTERCEPT_ACTION_SKIP, Buffer.from('NEW!'));
     // ...and the waiting read ends with the crash, not with an earlier SKIP's (or this one's) bytes.
-    const r = await again.then((x) => ({ crashed: x.outcome?.partitionCrashed, data: Buffer.from(x.data).toString() }), (e: VsmError) => ({ code: status[e.code], reason: e.reason }));
+    const r = await again.then(
+      (x) => ({ crashed: x.outcome?.partitionCrashed, data: Buffer.from(x.data).toString() }),
+      (e: VsmError) => ({ code: status[e.code], reason: e.reason }),
+    );
     expect(r).toEqual({ crashed: true, data: '' });
     // Both streams end with the partition's state; the late answer got no APPLIED.
     expect(await endedWith(m1)).toEqual(['FAILED_PRECONDITION', 'HV_STATUS_INVALID_PARTITION_STATE']);
@@ -345,7 +383,10 @@ describe('on one in-process service', () => {
     await c.partitions.deletePartition({ name });
     // An answer sent right after the delete (the stream may not have ended yet) must not land.
     m.reply(ev.interceptId, A.INTERCEPT_ACTION_ALLOW);
-    const w = await blocked.then((x) => ({ ok: x.outcome }), (e: VsmError) => [status[e.code], e.reason]);
+    const w = await blocked.then(
+      (x) => ({ ok: x.outcome }),
+      (e: VsmError) => [status[e.code], e.reason],
+    );
     expect(w).toEqual(['NOT_FOUND', 'HV_STATUS_INVALID_PARTITION_ID']);
     expect(await endedWith(m)).toEqual(['NOT_FOUND', 'HV_STATUS_INVALID_PARTITION_ID']);
     expect(await watchEnd).toEqual(['NOT_FOUND', 'HV_STATUS_INVALID_PARTITION_ID']);
@@ -398,7 +439,11 @@ test('finding 12: one WatchVtlTransitions stream over 50,000 transitions emits n
     expect(delivered + Number(seen)).toBe(total);
     ac.abort();
     await new Promise((r) => setImmediate(r));
-    expect(hostWarnings(since).filter((w) => w.name === 'MaxListenersExceededWarning').map((w) => w.message)).toEqual([]);
+    expect(
+      hostWarnings(since)
+        .filter((w) => w.name === 'MaxListenersExceededWarning')
+        .map((w) => w.message),
+    ).toEqual([]);
   } finally {
     client.close();
     await srv.shutdown();

@@ -21,7 +21,10 @@ function runAndOrphanLogs(args: string[], limitMs: number): Promise<{ code: numb
     const child = spawn(process.execPath, [MAIN, '--listen', '127.0.0.1:0', ...args], { cwd: ROOT, env: env(), stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     let killTimer: NodeJS.Timeout | undefined;
-    let startTimer: NodeJS.Timeout | undefined = setTimeout(() => { child.kill('SIGKILL'); reject(new Error(`the service did not start: ${out}`)); }, 30_000);
+    let startTimer: NodeJS.Timeout | undefined = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`the service did not start: ${out}`));
+    }, 30_000);
     child.on('error', reject);
     child.stdout!.setEncoding('utf8').on('data', (d: string) => {
       out += d;
@@ -33,11 +36,17 @@ function runAndOrphanLogs(args: string[], limitMs: number): Promise<{ code: numb
         // Give the pipes a moment to be closed on our side before the signal.
         setTimeout(() => {
           child.kill('SIGTERM');
-          killTimer = setTimeout(() => { resolve('alive'); child.kill('SIGKILL'); }, limitMs);
+          killTimer = setTimeout(() => {
+            resolve('alive');
+            child.kill('SIGKILL');
+          }, limitMs);
         }, 100);
       }
     });
-    child.on('exit', (code, signal) => { if (killTimer) clearTimeout(killTimer); resolve({ code, signal }); });
+    child.on('exit', (code, signal) => {
+      if (killTimer) clearTimeout(killTimer);
+      resolve({ code, signal });
+    });
   });
 }
 

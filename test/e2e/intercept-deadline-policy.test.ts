@@ -23,7 +23,9 @@ beforeAll(async () => {
   h = await startHarness();
   c = h.client;
 });
-afterAll(async () => { await h.stop(); });
+afterAll(async () => {
+  await h.stop();
+});
 
 async function monitored(id: string, route: Partial<pb.SetInterceptRouteRequest>) {
   const { name, vps } = await setupVtl1Partition(c, id, 2, Buffer.from('original'));
@@ -99,7 +101,12 @@ test('the policy releases a VP whose VtlReturn re-executed an access into a moni
   const first = await c.guest.writeMemory({ name: vp0, gpa: SECRET, data: Buffer.from('vtl0') });
   expect(first.outcome?.activeVtl).toBe(1);
   // Now MONITOR with an ALLOW policy; VTL1 returns without moving VTL0's RIP: the write runs again.
-  await c.intercepts.setInterceptRoute({ name, route: pb.InterceptRoute.INTERCEPT_ROUTE_MONITOR, answerDeadlineMs: 200n, deadlineAction: A.INTERCEPT_ACTION_ALLOW });
+  await c.intercepts.setInterceptRoute({
+    name,
+    route: pb.InterceptRoute.INTERCEPT_ROUTE_MONITOR,
+    answerDeadlineMs: 200n,
+    deadlineAction: A.INTERCEPT_ACTION_ALLOW,
+  });
   const back = await c.guest.callHypercallPage({ name: vp0, offset: 0x26, rcx: 1n });
   expect(back.outcome?.activeVtl).toBe(0);
   expect(back.outcome?.resumedAccess?.interceptedAgain).toBe(true);

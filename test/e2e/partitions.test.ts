@@ -4,12 +4,18 @@ import { pb } from '@vsm/client';
 import { GiB, type Harness, failure, startHarness } from '../support/server';
 
 let h: Harness;
-beforeAll(async () => { h = await startHarness(); });
-afterAll(async () => { await h.stop(); });
+beforeAll(async () => {
+  h = await startHarness();
+});
+afterAll(async () => {
+  await h.stop();
+});
 
 describe('PartitionService', () => {
   test('create, get, list with paging, delete', async () => {
-    const p = await h.client.partitions.createPartition({ partition: pb.Partition.fromPartial({ vpCount: 2, memoryBytes: 64n * GiB, labels: { team: 'vsm' }, maximumVtl: 2 }) });
+    const p = await h.client.partitions.createPartition({
+      partition: pb.Partition.fromPartial({ vpCount: 2, memoryBytes: 64n * GiB, labels: { team: 'vsm' }, maximumVtl: 2 }),
+    });
     expect(p.name).toMatch(/^partitions\/p[0-9a-z]{6}$/);
     expect(p.vpCount).toBe(2);
     expect(p.memoryBytes).toBe(64n * GiB);

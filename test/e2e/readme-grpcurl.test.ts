@@ -13,7 +13,8 @@ import * as protobuf from 'protobufjs';
 import * as descriptor from 'protobufjs/ext/descriptor';
 
 /** protobufjs/ext/descriptor adds Root.fromDescriptor at run time; its typings do not declare it. */
-const fromDescriptor = (set: descriptor.IFileDescriptorSet) => (protobuf.Root as unknown as { fromDescriptor(s: descriptor.IFileDescriptorSet): protobuf.Root }).fromDescriptor(set);
+const fromDescriptor = (set: descriptor.IFileDescriptorSet) =>
+  (protobuf.Root as unknown as { fromDescriptor(s: descriptor.IFileDescriptorSet): protobuf.Root }).fromDescriptor(set);
 /** A response decoded the way grpcurl prints it (protobufjs toObject: proto field names, plain values). */
 type Decoded = ReturnType<protobuf.Type['toObject']>;
 /** What ServerReflectionInfo answers (keepCase), as far as this test reads it. */
@@ -24,16 +25,29 @@ interface ReflectionResponse {
 }
 
 let h: Harness;
-beforeAll(async () => { h = await startHarness(); });
-afterAll(async () => { await h.stop(); });
+beforeAll(async () => {
+  h = await startHarness();
+});
+afterAll(async () => {
+  await h.stop();
+});
 
-interface Command { args: string; data?: string; target?: string; method?: string }
+interface Command {
+  args: string;
+  data?: string;
+  target?: string;
+  method?: string;
+}
 
 function readmeCommands(): Command[] {
   const readme = fs.readFileSync(path.resolve(__dirname, '../../README.md'), 'utf8');
   const section = readme.slice(readme.indexOf('## grpcurl walk-through'));
   const block = section.slice(section.indexOf('```sh') + 5, section.indexOf('```', section.indexOf('```sh') + 5));
-  const lines = block.replace(/\\\n\s*/g, '').split('\n').map((l) => l.trim()).filter((l) => l.startsWith('grpcurl '));
+  const lines = block
+    .replace(/\\\n\s*/g, '')
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l.startsWith('grpcurl '));
   return lines.map((l) => {
     const m = /^grpcurl -plaintext(?: -d '([^']*)')? (\S+)(?: (\S+))?$/.exec(l);
     if (!m) throw new Error(`cannot parse README line: ${l}`);
@@ -44,12 +58,18 @@ function readmeCommands(): Command[] {
 function reflection() {
   const dir = path.dirname(require.resolve('@grpc/reflection/package.json'));
   const def = protoLoader.loadSync(path.join(dir, 'build/proto/grpc/reflection/v1/reflection.proto'), { keepCase: true });
-  const Ctor = (grpc.loadPackageDefinition(def) as unknown as { grpc: { reflection: { v1: { ServerReflection: grpc.ServiceClientConstructor } } } }).grpc.reflection.v1.ServerReflection;
-  const client = new Ctor(h.address, grpc.credentials.createInsecure()) as unknown as grpc.Client & { ServerReflectionInfo(): grpc.ClientDuplexStream<object, ReflectionResponse> };
+  const Ctor = (grpc.loadPackageDefinition(def) as unknown as { grpc: { reflection: { v1: { ServerReflection: grpc.ServiceClientConstructor } } } }).grpc
+    .reflection.v1.ServerReflection;
+  const client = new Ctor(h.address, grpc.credentials.createInsecure()) as unknown as grpc.Client & {
+    ServerReflectionInfo(): grpc.ClientDuplexStream<object, ReflectionResponse>;
+  };
   const ask = (req: object) =>
     new Promise<ReflectionResponse>((resolve, reject) => {
       const call = client.ServerReflectionInfo();
-      call.on('data', (d: ReflectionResponse) => { resolve(d); call.end(); });
+      call.on('data', (d: ReflectionResponse) => {
+        resolve(d);
+        call.end();
+      });
       call.on('error', reject);
       call.write(req);
     });
@@ -67,13 +87,23 @@ test('every README grpcurl command works against the server, resolved through re
       if (c.method === 'list' || (!c.method && c.target === 'list')) {
         const res = await r.ask({ list_services: '' });
         const names = res.list_services_response!.service.map((s) => s.name);
-        expect(names).toEqual(expect.arrayContaining(['vsm.v1.PartitionService', 'vsm.v1.GuestService', 'vsm.v1.InterceptService', 'grpc.health.v1.Health', 'grpc.reflection.v1.ServerReflection']));
+        expect(names).toEqual(
+          expect.arrayContaining([
+            'vsm.v1.PartitionService',
+            'vsm.v1.GuestService',
+            'vsm.v1.InterceptService',
+            'grpc.health.v1.Health',
+            'grpc.reflection.v1.ServerReflection',
+          ]),
+        );
         continue;
       }
       const [svcName, methodName] = c.method!.split('/') as [string, string];
       const res = await r.ask({ file_containing_symbol: svcName });
       if (res.error_response) throw new Error(`reflection cannot resolve ${svcName}: ${res.error_response.error_message}`);
-      const files = res.file_descriptor_response!.file_descriptor_proto.map((b) => descriptor.FileDescriptorProto.decode(b) as unknown as descriptor.IFileDescriptorProto);
+      const files = res.file_descriptor_response!.file_descriptor_proto.map(
+        (b) => descriptor.FileDescriptorProto.decode(b) as unknown as descriptor.IFileDescriptorProto,
+      );
       const root = fromDescriptor({ file: files }).resolveAll();
       const method = root.lookupService(svcName).methods[methodName];
       if (!method) throw new Error(`${c.method} is not in the reflected descriptors`);
@@ -84,9 +114,18 @@ test('every README grpcurl command works against the server, resolved through re
       if (err) throw new Error(`${c.args}: ${err}`);
       const bytes = Buffer.from(Req.encode(Req.fromObject(json)).finish());
       const out = await new Promise<Buffer>((resolve, reject) =>
-        raw.makeUnaryRequest(`/${svcName}/${methodName}`, (b: Buffer) => b, (b: Buffer) => b, bytes, (e, v) => (e ? reject(new Error(`${c.args}\n -> ${e.code} ${e.details}`)) : resolve(v as Buffer))),
+        raw.makeUnaryRequest(
+          `/${svcName}/${methodName}`,
+          (b: Buffer) => b,
+          (b: Buffer) => b,
+          bytes,
+          (e, v) => (e ? reject(new Error(`${c.args}\n -> ${e.code} ${e.details}`)) : resolve(v as Buffer)),
+        ),
       );
-      results.set(c.method! + (results.has(c.method!) ? `#${results.size}` : ''), Res.toObject(Res.decode(out), { longs: String, enums: String, bytes: String, defaults: true }));
+      results.set(
+        c.method! + (results.has(c.method!) ? `#${results.size}` : ''),
+        Res.toObject(Res.decode(out), { longs: String, enums: String, bytes: String, defaults: true }),
+      );
     }
   } finally {
     r.close();
@@ -104,7 +143,10 @@ test('every README grpcurl command works against the server, resolved through re
   expect(pageCalls.length).toBeGreaterThanOrEqual(2);
   for (const c of pageCalls) expect(JSON.parse(c.data!)).toHaveProperty('rcx');
   const ret = [...results.entries()].filter(([k]) => k.startsWith('vsm.v1.GuestService/CallHypercallPage')).map(([, v]) => v);
-  expect(ret.map((r) => [r.outcome.active_vtl, r.outcome.exception])).toEqual([[1, 'X64_EXCEPTION_UNSPECIFIED'], [0, 'X64_EXCEPTION_UNSPECIFIED']]);
+  expect(ret.map((r) => [r.outcome.active_vtl, r.outcome.exception])).toEqual([
+    [1, 'X64_EXCEPTION_UNSPECIFIED'],
+    [0, 'X64_EXCEPTION_UNSPECIFIED'],
+  ]);
 });
 
 test("the README's API table lists every vsm.v1 service the server serves", async () => {

@@ -11,13 +11,18 @@ import { type Harness, startHarness } from '../support/server';
 /** A FileDescriptorProto as reflection serves it (protobufjs decodes it into a message with these fields). */
 const decodeFile = (b: Uint8Array) => descriptor.FileDescriptorProto.decode(b) as unknown as descriptor.IFileDescriptorProto;
 /** protobufjs/ext/descriptor adds Root.fromDescriptor at run time; its typings do not declare it. */
-const fromDescriptor = (set: descriptor.IFileDescriptorSet) => (protobuf.Root as unknown as { fromDescriptor(s: descriptor.IFileDescriptorSet): protobuf.Root }).fromDescriptor(set);
+const fromDescriptor = (set: descriptor.IFileDescriptorSet) =>
+  (protobuf.Root as unknown as { fromDescriptor(s: descriptor.IFileDescriptorSet): protobuf.Root }).fromDescriptor(set);
 /** The one unary method these tests call, on a client built from a package definition. */
 type ReadMsrClient = grpc.Client & { ReadMsr(req: { name: string; msr: number }, cb: (e: grpc.ServiceError) => void): void };
 
 let h: Harness;
-beforeAll(async () => { h = await startHarness(); });
-afterAll(async () => { await h.stop(); });
+beforeAll(async () => {
+  h = await startHarness();
+});
+afterAll(async () => {
+  await h.stop();
+});
 
 const reflectionDir = path.dirname(require.resolve('@grpc/reflection/package.json'));
 
@@ -30,7 +35,10 @@ function reflectionClient(version: 'v1' | 'v1alpha') {
 function ask(client: grpc.Client, req: object): Promise<Record<string, unknown>> {
   return new Promise((resolve, reject) => {
     const call = (client as unknown as { ServerReflectionInfo(): grpc.ClientDuplexStream<object, Record<string, unknown>> }).ServerReflectionInfo();
-    call.on('data', (d) => { resolve(d); call.end(); });
+    call.on('data', (d) => {
+      resolve(d);
+      call.end();
+    });
     call.on('error', reject);
     call.write(req);
   });
@@ -39,10 +47,17 @@ function ask(client: grpc.Client, req: object): Promise<Record<string, unknown>>
 test.each(['v1', 'v1alpha'] as const)('reflection %s lists vsm.v1 services, health and reflection', async (v) => {
   const c = reflectionClient(v);
   const res = await ask(c, { list_services: '' });
-  const names = ((res.list_services_response as { service: { name: string }[] }).service).map((s) => s.name);
-  expect(names).toEqual(expect.arrayContaining([
-    'vsm.v1.PartitionService', 'vsm.v1.VirtualProcessorService', 'vsm.v1.GuestService', 'vsm.v1.MemoryService', 'vsm.v1.VtlService', 'vsm.v1.InterceptService',
-  ]));
+  const names = (res.list_services_response as { service: { name: string }[] }).service.map((s) => s.name);
+  expect(names).toEqual(
+    expect.arrayContaining([
+      'vsm.v1.PartitionService',
+      'vsm.v1.VirtualProcessorService',
+      'vsm.v1.GuestService',
+      'vsm.v1.MemoryService',
+      'vsm.v1.VtlService',
+      'vsm.v1.InterceptService',
+    ]),
+  );
   c.close();
 });
 
@@ -58,11 +73,16 @@ test('reflection serves the file descriptor of a symbol, and a dynamic call buil
   expect(svc!.method!.map((m) => m.name)).toEqual(['WriteMsr', 'ReadMsr', 'Hypercall', 'CallHypercallPage', 'ReadMemory', 'WriteMemory', 'ExecuteMemory']);
   // A dynamic call as grpcurl would make it, built only from what reflection returned.
   const all = raw;
-  const dyn = protoLoader.loadFileDescriptorSetFromBuffer(Buffer.concat(all.map((b) => Buffer.concat([Buffer.from([0x0a]), varint(b.length), Buffer.from(b)]))), { longs: String });
+  const dyn = protoLoader.loadFileDescriptorSetFromBuffer(
+    Buffer.concat(all.map((b) => Buffer.concat([Buffer.from([0x0a]), varint(b.length), Buffer.from(b)]))),
+    { longs: String },
+  );
   c.close();
   const Guest = (grpc.loadPackageDefinition(dyn) as unknown as { vsm: { v1: { GuestService: grpc.ServiceClientConstructor } } }).vsm.v1.GuestService;
   const g = new Guest(h.address, grpc.credentials.createInsecure()) as unknown as ReadMsrClient;
-  const err = await new Promise<grpc.ServiceError>((resolve) => g.ReadMsr({ name: 'partitions/none/vps/0', msr: 0x40000000 }, (e: grpc.ServiceError) => resolve(e)));
+  const err = await new Promise<grpc.ServiceError>((resolve) =>
+    g.ReadMsr({ name: 'partitions/none/vps/0', msr: 0x40000000 }, (e: grpc.ServiceError) => resolve(e)),
+  );
   expect(err.code).toBe(grpc.status.NOT_FOUND);
   g.close();
 });
@@ -86,7 +106,9 @@ function fieldComment(file: descriptor.IFileDescriptorProto, message: string, fi
   const fi = mi < 0 ? -1 : (types[mi]!.field ?? []).findIndex((f) => f.name === field);
   if (fi < 0) return undefined;
   // FileDescriptorProto.message_type = 4, DescriptorProto.field = 2.
-  const loc = (file.sourceCodeInfo?.location ?? []).find((l: { path: number[] }) => l.path.length === 4 && l.path[0] === 4 && l.path[1] === mi && l.path[2] === 2 && l.path[3] === fi);
+  const loc = (file.sourceCodeInfo?.location ?? []).find(
+    (l: { path: number[] }) => l.path.length === 4 && l.path[0] === 4 && l.path[1] === mi && l.path[2] === 2 && l.path[3] === fi,
+  );
   return loc?.leadingComments;
 }
 
@@ -95,21 +117,29 @@ test('reflected descriptors keep the proto comments (grpcurl describe shows what
   const intercept = files.find((f) => f.name === 'vsm/v1/intercept.proto');
   expect(intercept).toBeDefined();
   expect(intercept!.sourceCodeInfo?.location?.length).toBeGreaterThan(0);
-  expect(fieldComment(intercept!, 'ModifyVtlProtectionMaskRequest', 'map_flags')).toMatch(/HV_MAP_GPA_FLAGS: 0x1 READABLE, 0x2 WRITABLE, 0x4 KERNEL_EXECUTABLE, 0x8 USER_EXECUTABLE/);
+  expect(fieldComment(intercept!, 'ModifyVtlProtectionMaskRequest', 'map_flags')).toMatch(
+    /HV_MAP_GPA_FLAGS: 0x1 READABLE, 0x2 WRITABLE, 0x4 KERNEL_EXECUTABLE, 0x8 USER_EXECUTABLE/,
+  );
   // Every vsm.v1 file is served as the file it is, with its imports resolvable.
   const guest = (await filesFor('vsm.v1.GuestService')).find((f) => f.name === 'vsm/v1/guest.proto');
   expect(fieldComment(guest!, 'CallHypercallPageRequest', 'rcx')).toMatch(/RCX/);
 });
 
 test('reflection serves google.rpc.Status and ErrorInfo: error details decode as grpcurl decodes them', async () => {
-  const files = [...await filesFor('google.rpc.Status'), ...await filesFor('google.rpc.ErrorInfo')];
+  const files = [...(await filesFor('google.rpc.Status')), ...(await filesFor('google.rpc.ErrorInfo'))];
   expect(files.map((f) => f.name)).toEqual(expect.arrayContaining(['google/rpc/status.proto', 'google/rpc/error_details.proto', 'google/protobuf/any.proto']));
   const byName = new Map(files.map((f) => [f.name, f]));
   const root = fromDescriptor({ file: [...byName.values()] }).resolveAll();
   // A real error from the server, decoded only with what reflection returned.
-  const Guest = (grpc.loadPackageDefinition(protoLoader.loadSync(path.resolve(__dirname, '../../proto/vsm/v1/guest.proto'), { includeDirs: [path.resolve(__dirname, '../../proto')] })) as unknown as { vsm: { v1: { GuestService: grpc.ServiceClientConstructor } } }).vsm.v1.GuestService;
+  const Guest = (
+    grpc.loadPackageDefinition(
+      protoLoader.loadSync(path.resolve(__dirname, '../../proto/vsm/v1/guest.proto'), { includeDirs: [path.resolve(__dirname, '../../proto')] }),
+    ) as unknown as { vsm: { v1: { GuestService: grpc.ServiceClientConstructor } } }
+  ).vsm.v1.GuestService;
   const g = new Guest(h.address, grpc.credentials.createInsecure()) as unknown as ReadMsrClient;
-  const err = await new Promise<grpc.ServiceError>((resolve) => g.ReadMsr({ name: 'partitions/none/vps/0', msr: 0x40000000 }, (e: grpc.ServiceError) => resolve(e)));
+  const err = await new Promise<grpc.ServiceError>((resolve) =>
+    g.ReadMsr({ name: 'partitions/none/vps/0', msr: 0x40000000 }, (e: grpc.ServiceError) => resolve(e)),
+  );
   g.close();
   const bin = err.metadata.get('grpc-status-details-bin')[0] as Buffer;
   const status = root.lookupType('google.rpc.Status').decode(bin) as unknown as { code: number; details: { type_url: string; value: Uint8Array }[] };
@@ -133,7 +163,10 @@ test('health reports SERVING for the server and each service', async () => {
 
 function varint(n: number): Buffer {
   const out: number[] = [];
-  while (n > 0x7f) { out.push((n & 0x7f) | 0x80); n >>>= 7; }
+  while (n > 0x7f) {
+    out.push((n & 0x7f) | 0x80);
+    n >>>= 7;
+  }
   out.push(n);
   return Buffer.from(out);
 }

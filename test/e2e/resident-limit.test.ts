@@ -115,7 +115,11 @@ test('RestorePartition of a snapshot larger than the remaining budget is refused
   const src = await create('res-src');
   await c.vtl.enablePartitionVtl({ name: src.name, targetVtl: 1 });
   await c.vtl.enableVpVtl({ name: `${src.name}/vps/0`, targetVtl: 1 });
-  await c.vps.setVpRegisters({ name: `${src.name}/vps/0`, vtl: 1, registers: [r64(pb.HvRegisterName.HV_REGISTER_NAME_VSM_PARTITION_CONFIG, 1n | (0xfn << 1n))] });
+  await c.vps.setVpRegisters({
+    name: `${src.name}/vps/0`,
+    vtl: 1,
+    registers: [r64(pb.HvRegisterName.HV_REGISTER_NAME_VSM_PARTITION_CONFIG, 1n | (0xfn << 1n))],
+  });
   for (let i = 0; i < 64; i++) await c.memory.writeGpa({ name: src.name, gpa: BigInt(i) * 65536n, data: filled(65536, i) }); // 4 MiB
   const snap = await c.snapshots.savePartition({ name: src.name });
   expect(snap.memory.length).toBe(1024);
@@ -154,13 +158,18 @@ describe('configuration', () => {
     const svc = await spawnService(['--max-resident-bytes', '8M']);
     const client = connect(svc.address, { deadlineMs: 20_000 });
     try {
-      const line = svc.stdout().split('\n').find((l) => l.includes('resident guest RAM limit'));
+      const line = svc
+        .stdout()
+        .split('\n')
+        .find((l) => l.includes('resident guest RAM limit'));
       expect(line && JSON.parse(line).maxResidentBytes).toBe(LIMIT);
       const p = await client.partitions.createPartition({ partitionId: 'proc', partition: { vpCount: 1, memoryBytes: GiB } as pb.Partition });
       let n = 0;
       let refused: { code: number; reason: string } | undefined;
       for (; n < 200 && !refused; n++) {
-        await client.memory.writeGpa({ name: p.name, gpa: BigInt(n) * BigInt(MiB), data: filled(MiB, n) }).catch((e) => { refused = e; });
+        await client.memory.writeGpa({ name: p.name, gpa: BigInt(n) * BigInt(MiB), data: filled(MiB, n) }).catch((e) => {
+          refused = e;
+        });
       }
       expect(refused && exhausted(refused)).toEqual(EXHAUSTED);
       expect(n).toBe(LIMIT / MiB + 1); // eight 1 MiB writes fit, the ninth is refused
@@ -170,7 +179,10 @@ describe('configuration', () => {
       // And the default when no flag is given: half of the machine's RAM.
       const svc2 = await spawnService([], { env: { VSM_MAX_RESIDENT_BYTES: '' } });
       try {
-        const line2 = svc2.stdout().split('\n').find((l) => l.includes('resident guest RAM limit'));
+        const line2 = svc2
+          .stdout()
+          .split('\n')
+          .find((l) => l.includes('resident guest RAM limit'));
         expect(line2 && JSON.parse(line2).maxResidentBytes).toBe(Number((BigInt(os.totalmem()) / 2n) & ~4095n));
       } finally {
         await svc2.stop();
@@ -185,24 +197,29 @@ describe('configuration', () => {
 // The KVM agent's guest RAM is one memfd mapped for the whole GPA space: the guest itself touches
 // its pages through KVM, with no write the agent could refuse first. So the agent counts a
 // partition's whole memory_bytes when it is created.
-kvmTest('KVM agent: memory_bytes of every partition counts against the limit at create and restore (needs /dev/kvm)', async () => {
-  const agent = new KvmBackend({ limits: { maxResidentBytes: 3n * 64n * BigInt(MiB) } });
-  const agentSrv = await startServer({ listen: '127.0.0.1:0', backend: agent, logger: pino({ level: 'silent' }), shutdownGraceMs: 500 });
-  const a = connect(agentSrv.address, { deadlineMs: 30_000 });
-  try {
-    const mk = (id: string) => a.partitions.createPartition({ partitionId: id, partition: { vpCount: 1, memoryBytes: 64n * BigInt(MiB), maximumVtl: 1 } as pb.Partition });
-    await mk('k1');
-    await mk('k2');
-    const snap = await a.snapshots.savePartition({ name: 'partitions/k1' });
-    await a.snapshots.restorePartition({ snapshot: snap, partitionId: 'k3' });
-    expect(exhausted(await failure(mk('k4')))).toEqual(EXHAUSTED);
-    expect(exhausted(await failure(a.snapshots.restorePartition({ snapshot: snap, partitionId: 'k4' })))).toEqual(EXHAUSTED);
-    expect((await a.partitions.listPartitions({})).partitions.map((p) => p.name)).toEqual(['partitions/k1', 'partitions/k2', 'partitions/k3']);
-    await a.partitions.deletePartition({ name: 'partitions/k2' });
-    await mk('k4');
-  } finally {
-    a.close();
-    await agentSrv.shutdown('test');
-    await agent.close();
-  }
-}, 120_000);
+kvmTest(
+  'KVM agent: memory_bytes of every partition counts against the limit at create and restore (needs /dev/kvm)',
+  async () => {
+    const agent = new KvmBackend({ limits: { maxResidentBytes: 3n * 64n * BigInt(MiB) } });
+    const agentSrv = await startServer({ listen: '127.0.0.1:0', backend: agent, logger: pino({ level: 'silent' }), shutdownGraceMs: 500 });
+    const a = connect(agentSrv.address, { deadlineMs: 30_000 });
+    try {
+      const mk = (id: string) =>
+        a.partitions.createPartition({ partitionId: id, partition: { vpCount: 1, memoryBytes: 64n * BigInt(MiB), maximumVtl: 1 } as pb.Partition });
+      await mk('k1');
+      await mk('k2');
+      const snap = await a.snapshots.savePartition({ name: 'partitions/k1' });
+      await a.snapshots.restorePartition({ snapshot: snap, partitionId: 'k3' });
+      expect(exhausted(await failure(mk('k4')))).toEqual(EXHAUSTED);
+      expect(exhausted(await failure(a.snapshots.restorePartition({ snapshot: snap, partitionId: 'k4' })))).toEqual(EXHAUSTED);
+      expect((await a.partitions.listPartitions({})).partitions.map((p) => p.name)).toEqual(['partitions/k1', 'partitions/k2', 'partitions/k3']);
+      await a.partitions.deletePartition({ name: 'partitions/k2' });
+      await mk('k4');
+    } finally {
+      a.close();
+      await agentSrv.shutdown('test');
+      await agent.close();
+    }
+  },
+  120_000,
+);

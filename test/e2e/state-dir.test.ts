@@ -16,7 +16,15 @@ async function serve(dir: string) {
   const restored = await restoreAll(backend, store, log);
   const srv = await startServer({ listen: '127.0.0.1:0', backend, logger: log, shutdownGraceMs: 500 });
   const client = connect(srv.address);
-  return { srv, client, restored, stop: async () => { client.close(); await srv.shutdown(); } };
+  return {
+    srv,
+    client,
+    restored,
+    stop: async () => {
+      client.close();
+      await srv.shutdown();
+    },
+  };
 }
 
 test('partitions, VTL state, overlays and protections survive a restart; deletes too', async () => {

@@ -9,7 +9,6 @@ import { KvmBackend, RemoteBackend, type RunningServer, startServer } from '@vsm
 import { HvMsr } from '@vsm/core';
 import { describeKvm } from '../support/kvm-gate';
 
-
 function freePort(): Promise<number> {
   return new Promise((resolve) => {
     const s = net.createServer().listen(0, '127.0.0.1', () => {
@@ -32,14 +31,20 @@ describeKvm('KVM agent killed and restarted behind the service', () => {
       agent.server.forceShutdown(); // the agent dies
       await agent.shutdown('test');
       const t0 = Date.now();
-      const down = await c.guest.readMsr({ name: `${p.name}/vps/0`, msr: HvMsr.HV_X64_MSR_GUEST_OS_ID }).then(() => undefined, (e: unknown) => e);
+      const down = await c.guest.readMsr({ name: `${p.name}/vps/0`, msr: HvMsr.HV_X64_MSR_GUEST_OS_ID }).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
       expect(down).toBeInstanceOf(VsmError);
       expect((down as VsmError).code).toBe(status.UNAVAILABLE);
       expect(Date.now() - t0).toBeLessThan(10_000);
       agent = await startServer({ listen: agentAddr, backend: new KvmBackend(), logger, shutdownGraceMs: 200 });
       let gone: unknown;
       for (let i = 0; i < 50; i++) {
-        gone = await c.guest.readMsr({ name: `${p.name}/vps/0`, msr: HvMsr.HV_X64_MSR_GUEST_OS_ID }).then(() => undefined, (e: unknown) => e);
+        gone = await c.guest.readMsr({ name: `${p.name}/vps/0`, msr: HvMsr.HV_X64_MSR_GUEST_OS_ID }).then(
+          () => undefined,
+          (e: unknown) => e,
+        );
         if ((gone as VsmError | undefined)?.code !== status.UNAVAILABLE) break;
         await new Promise((r) => setTimeout(r, 200)); // the channel reconnects with backoff
       }

@@ -18,7 +18,10 @@ test(`${CLIENTS} clients, ${CLIENTS} watch streams, 4 monitors: nothing lost`, a
     const parts: string[] = [];
     for (let i = 0; i < CLIENTS; i++) {
       const c = clients[i]!;
-      const p = await c.partitions.createPartition({ partitionId: `load-${i}`, partition: { vpCount: 1, memoryBytes: 1n << 30n, maximumVtl: 1 } as pb.Partition });
+      const p = await c.partitions.createPartition({
+        partitionId: `load-${i}`,
+        partition: { vpCount: 1, memoryBytes: 1n << 30n, maximumVtl: 1 } as pb.Partition,
+      });
       const vp = `${p.name}/vps/0`;
       await c.vtl.enablePartitionVtl({ name: p.name, targetVtl: 1 });
       await c.vtl.enableVpVtl({ name: vp, targetVtl: 1 });
@@ -27,7 +30,11 @@ test(`${CLIENTS} clients, ${CLIENTS} watch streams, 4 monitors: nothing lost`, a
       await c.guest.callHypercallPage({ name: vp, offset: 0x0f, rcx: 0n });
       await c.guest.writeMsr({ name: vp, msr: HvMsr.HV_X64_MSR_GUEST_OS_ID, value: 1n });
       await c.guest.writeMsr({ name: vp, msr: HvMsr.HV_X64_MSR_HYPERCALL, value: 0x2001n });
-      await c.vps.setVpRegisters({ name: vp, vtl: 1, registers: [{ name: pb.HvRegisterName.HV_REGISTER_NAME_VSM_PARTITION_CONFIG, value: { value: { $case: 'reg64', value: 1n | (0xfn << 1n) } } }] });
+      await c.vps.setVpRegisters({
+        name: vp,
+        vtl: 1,
+        registers: [{ name: pb.HvRegisterName.HV_REGISTER_NAME_VSM_PARTITION_CONFIG, value: { value: { $case: 'reg64', value: 1n | (0xfn << 1n) } } }],
+      });
       await c.guest.callHypercallPage({ name: vp, offset: 0x26, rcx: 1n });
       if (i < 4) {
         await c.intercepts.modifyVtlProtectionMask({ name: p.name, protectingVtl: 1, mapFlags: 0x1, ranges: [{ startPage: 0x40n, pageCount: 1n }] });
@@ -65,7 +72,12 @@ test(`${CLIENTS} clients, ${CLIENTS} watch streams, 4 monitors: nothing lost`, a
           if (ev.kind?.$case === 'intercept' && ev.kind.value.needsReply) {
             const key = BigInt(i) * 1_000_000n + ev.kind.value.interceptId;
             answered.set(key, (answered.get(key) ?? 0) + 1);
-            m.send({ kind: { $case: 'reply', value: { interceptId: ev.kind.value.interceptId, action: pb.InterceptAction.INTERCEPT_ACTION_ALLOW, data: Buffer.alloc(0) } } });
+            m.send({
+              kind: {
+                $case: 'reply',
+                value: { interceptId: ev.kind.value.interceptId, action: pb.InterceptAction.INTERCEPT_ACTION_ALLOW, data: Buffer.alloc(0) },
+              },
+            });
           }
         }
       })().catch(() => undefined);
@@ -74,18 +86,20 @@ test(`${CLIENTS} clients, ${CLIENTS} watch streams, 4 monitors: nothing lost`, a
     // Every watcher and monitor answered its subscription: nothing of the load can be missed.
     await Promise.all(registered);
     // The load: every client switches VTLs ROUNDS times; the first 4 also fault INTERCEPTS times.
-    await Promise.all(clients.map(async (c, i) => {
-      const vp = `${parts[i]}/vps/0`;
-      for (let k = 0; k < ROUNDS; k++) {
-        const a = await c.guest.callHypercallPage({ name: vp, offset: 0x0f, rcx: 0n });
-        const b = await c.guest.callHypercallPage({ name: vp, offset: 0x26, rcx: 1n });
-        if (!a.outcome?.vtlSwitch || !b.outcome?.vtlSwitch) throw new Error(`client ${i}: a switch did not happen`);
-        if (i < 4 && k < INTERCEPTS) {
-          const w = await c.guest.writeMemory({ name: vp, gpa: 0x40000n + BigInt(k), data: Buffer.from([k]) });
-          if (w.outcome?.exception) throw new Error('write failed');
+    await Promise.all(
+      clients.map(async (c, i) => {
+        const vp = `${parts[i]}/vps/0`;
+        for (let k = 0; k < ROUNDS; k++) {
+          const a = await c.guest.callHypercallPage({ name: vp, offset: 0x0f, rcx: 0n });
+          const b = await c.guest.callHypercallPage({ name: vp, offset: 0x26, rcx: 1n });
+          if (!a.outcome?.vtlSwitch || !b.outcome?.vtlSwitch) throw new Error(`client ${i}: a switch did not happen`);
+          if (i < 4 && k < INTERCEPTS) {
+            const w = await c.guest.writeMemory({ name: vp, gpa: 0x40000n + BigInt(k), data: Buffer.from([k]) });
+            if (w.outcome?.exception) throw new Error('write failed');
+          }
         }
-      }
-    }));
+      }),
+    );
     await Promise.all(watched.map((w) => w.done));
     for (const w of watched) {
       expect(w.lagged()).toBe(false);

@@ -22,7 +22,9 @@ function freePort(): Promise<number> {
 }
 
 async function start(port: number, dir: string): Promise<ChildProcess> {
-  const child = spawn(process.execPath, [MAIN, '--listen', `127.0.0.1:${port}`, '--state-dir', dir, '--log-level', 'info'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn(process.execPath, [MAIN, '--listen', `127.0.0.1:${port}`, '--state-dir', dir, '--log-level', 'info'], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
   await new Promise<void>((resolve, reject) => {
     let out = '';
     child.stdout!.on('data', (d: Buffer) => {

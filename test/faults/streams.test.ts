@@ -10,8 +10,12 @@ import { CoreBackend, startServer } from '@vsm/vsm-v1';
 import { GiB, type Harness, failure, startHarness } from '../support/server';
 
 let h: Harness;
-beforeAll(async () => { h = await startHarness(); });
-afterAll(async () => { await h.stop(); });
+beforeAll(async () => {
+  h = await startHarness();
+});
+afterAll(async () => {
+  await h.stop();
+});
 
 const r64 = (name: pb.HvRegisterName, v: bigint): pb.RegisterAssoc => ({ name, value: { value: { $case: 'reg64', value: v } } });
 
@@ -41,7 +45,10 @@ test('deadline while waiting for a monitor: DEADLINE_EXCEEDED, VP stays suspende
   await it.next();
   const ev = (await it.next()).value;
   if (ev.kind?.$case !== 'intercept') throw new Error('expected the pending intercept');
-  for (let i = 0; i < 2; i++) m.send({ kind: { $case: 'reply', value: { interceptId: ev.kind.value.interceptId, action: pb.InterceptAction.INTERCEPT_ACTION_ALLOW, data: Buffer.alloc(0) } } });
+  for (let i = 0; i < 2; i++)
+    m.send({
+      kind: { $case: 'reply', value: { interceptId: ev.kind.value.interceptId, action: pb.InterceptAction.INTERCEPT_ACTION_ALLOW, data: Buffer.alloc(0) } },
+    });
   const results = [(await it.next()).value, (await it.next()).value].map((r) => (r.kind?.$case === 'replyResult' ? r.kind.value.status : -1));
   expect(results).toEqual([pb.ReplyStatus.REPLY_STATUS_APPLIED, pb.ReplyStatus.REPLY_STATUS_DUPLICATE]);
   expect(Buffer.from((await h.client.memory.readGpa({ name, gpa: 0x40000n, length: 4 })).data).toString()).toBe('late');

@@ -35,17 +35,46 @@ const QUIESCE_MS = 20_000;
 const MAX_MONITORS = 9;
 const MAX_WATCHES = 4;
 const PAGES = { secret: VTL1_LAYOUT.secretGpa, plain: 0x30000n, simp: VTL1_LAYOUT.vtl1SimpGpa };
-const ACTIONS: Record<FiAnswer, pb.InterceptAction> = { ALLOW: pb.InterceptAction.INTERCEPT_ACTION_ALLOW, SKIP: pb.InterceptAction.INTERCEPT_ACTION_SKIP, RETRY: pb.InterceptAction.INTERCEPT_ACTION_RETRY, CRASH: pb.InterceptAction.INTERCEPT_ACTION_CRASH };
-const ROUTES = { MONITOR: pb.InterceptRoute.INTERCEPT_ROUTE_MONITOR, BOTH: pb.InterceptRoute.INTERCEPT_ROUTE_BOTH, HIGHER_VTL: pb.InterceptRoute.INTERCEPT_ROUTE_HIGHER_VTL };
+const ACTIONS: Record<FiAnswer, pb.InterceptAction> = {
+  ALLOW: pb.InterceptAction.INTERCEPT_ACTION_ALLOW,
+  SKIP: pb.InterceptAction.INTERCEPT_ACTION_SKIP,
+  RETRY: pb.InterceptAction.INTERCEPT_ACTION_RETRY,
+  CRASH: pb.InterceptAction.INTERCEPT_ACTION_CRASH,
+};
+const ROUTES = {
+  MONITOR: pb.InterceptRoute.INTERCEPT_ROUTE_MONITOR,
+  BOTH: pb.InterceptRoute.INTERCEPT_ROUTE_BOTH,
+  HIGHER_VTL: pb.InterceptRoute.INTERCEPT_ROUTE_HIGHER_VTL,
+};
 
 jest.setTimeout(Math.max(10 * 60_000, INPUTS * 30));
 
-interface Finding { what: string; code?: string; details: string; action?: string; recent?: string[] }
+interface Finding {
+  what: string;
+  code?: string;
+  details: string;
+  action?: string;
+  recent?: string[];
+}
 const summary = {
   seed: SEED,
   inputs: INPUTS,
   server: '',
-  done: { actions: 0, rounds: 0, accesses: 0, slowAccesses: 0, repliesSent: 0, monitorEvents: 0, monitorsOpened: 0, watches: 0, deletes: 0, restores: 0, snapshots: 0, crashesSeen: 0, crashedAccesses: 0 },
+  done: {
+    actions: 0,
+    rounds: 0,
+    accesses: 0,
+    slowAccesses: 0,
+    repliesSent: 0,
+    monitorEvents: 0,
+    monitorsOpened: 0,
+    watches: 0,
+    deletes: 0,
+    restores: 0,
+    snapshots: 0,
+    crashesSeen: 0,
+    crashedAccesses: 0,
+  },
   codes: {} as Record<string, Record<string, number>>,
   replyStatuses: {} as Record<string, number>,
   findings: [] as Finding[],
@@ -64,9 +93,14 @@ const finding = (f: Finding) => {
   const n = (summary.findingKinds[kind] = (summary.findingKinds[kind] ?? 0) + 1);
   if (n <= 10) summary.findings.push(f);
 };
-const note = (f: Finding) => { if (summary.notes.length < 50) summary.notes.push(f); };
-const codeName = (e: unknown) => (e instanceof VsmError ? grpc.status[e.code] ?? String(e.code) : 'UNKNOWN');
-const count = (what: string, code: string) => { const m = (summary.codes[what] ??= {}); m[code] = (m[code] ?? 0) + 1; };
+const note = (f: Finding) => {
+  if (summary.notes.length < 50) summary.notes.push(f);
+};
+const codeName = (e: unknown) => (e instanceof VsmError ? (grpc.status[e.code] ?? String(e.code)) : 'UNKNOWN');
+const count = (what: string, code: string) => {
+  const m = (summary.codes[what] ??= {});
+  m[code] = (m[code] ?? 0) + 1;
+};
 const bad = (code: string) => code === 'INTERNAL' || code === 'UNKNOWN';
 
 let server: FuzzServer;
@@ -91,13 +125,21 @@ async function call<T>(what: string, fn: () => Promise<T>, a?: FuzzAction): Prom
 
 // ---- partitions (slots) ---------------------------------------------------------------------------
 
-interface Slot { id: string; name: string; inc: number; endedAt: Map<number, number>; reviving?: Promise<void> }
+interface Slot {
+  id: string;
+  name: string;
+  inc: number;
+  endedAt: Map<number, number>;
+  reviving?: Promise<void>;
+}
 const slots: Slot[] = Array.from({ length: FI_SLOTS }, (_, i) => ({ id: `fi-${i}`, name: `partitions/fi-${i}`, inc: 0, endedAt: new Map() }));
 const vpName = (s: Slot, vp: number) => `${s.name}/vps/${vp}`;
 
 async function revive(s: Slot): Promise<void> {
   if (s.reviving) return s.reviving;
-  s.reviving = reviveNow(s).finally(() => { s.reviving = undefined; });
+  s.reviving = reviveNow(s).finally(() => {
+    s.reviving = undefined;
+  });
   return s.reviving;
 }
 
@@ -106,7 +148,10 @@ async function reviveNow(s: Slot): Promise<void> {
   if (p && p.state === pb.PartitionState.PARTITION_STATE_ACTIVE) return;
   if (p) {
     const t = Date.now();
-    if (await call('revive:DeletePartition', () => client.partitions.deletePartition({ name: s.name }))) { s.endedAt.set(s.inc, t); s.inc++; }
+    if (await call('revive:DeletePartition', () => client.partitions.deletePartition({ name: s.name }))) {
+      s.endedAt.set(s.inc, t);
+      s.inc++;
+    }
   }
   if (await call('revive:RestorePartition', () => client.snapshots.restorePartition({ partitionId: s.id, snapshot: base }))) s.inc++;
   await call('revive:SetInterceptRoute', () => client.intercepts.setInterceptRoute({ name: s.name, route: pb.InterceptRoute.INTERCEPT_ROUTE_MONITOR }));
@@ -140,7 +185,10 @@ function openMonitor(s: Slot, p: MonitorPersonality, janitor = false): Mon {
   const session = client.intercepts.monitor();
   const retryOnly = p.answer > 0 && p.weights[2] > 0 && p.weights[0] === 0 && p.weights[1] === 0 && p.weights[3] === 0;
   const m: Mon = { slot: s, inc: s.inc, janitor, retryOnly, s: session, closedByUs: false, recent: [], last: [], done: Promise.resolve() };
-  const trace = (x: string) => { m.last.push(x); if (m.last.length > 6) m.last.shift(); };
+  const trace = (x: string) => {
+    m.last.push(x);
+    if (m.last.length > 6) m.last.shift();
+  };
   const send = (req: Partial<pb.MonitorRequest>) => {
     if (m.closedByUs || m.ended) return;
     try {
@@ -151,12 +199,16 @@ function openMonitor(s: Slot, p: MonitorPersonality, janitor = false): Mon {
       note({ what: 'monitor send', details: String(e) });
     }
   };
-  const reply = (interceptId: bigint, action: pb.InterceptAction, data: Buffer, viewGeneration?: bigint) => send({ kind: { $case: 'reply', value: { interceptId, action, data, viewGeneration } as pb.InterceptReply } });
+  const reply = (interceptId: bigint, action: pb.InterceptAction, data: Buffer, viewGeneration?: bigint) =>
+    send({ kind: { $case: 'reply', value: { interceptId, action, data, viewGeneration } as pb.InterceptReply } });
   const pick = (): FiAnswer => {
     const total = p.weights.reduce((a, b) => a + b, 0);
     let r = rng() * total;
     const names: FiAnswer[] = ['ALLOW', 'SKIP', 'RETRY', 'CRASH'];
-    for (let i = 0; i < 4; i++) { r -= p.weights[i]!; if (r < 0) return names[i]!; }
+    for (let i = 0; i < 4; i++) {
+      r -= p.weights[i]!;
+      if (r < 0) return names[i]!;
+    }
     return 'SKIP';
   };
   let seen = 0;
@@ -169,11 +221,15 @@ function openMonitor(s: Slot, p: MonitorPersonality, janitor = false): Mon {
         summary.done.monitorEvents++;
         const k = ev.kind;
         trace(`got ${k?.$case === 'replyResult' ? `replyResult ${pb.ReplyStatus[k.value.status]}` : k?.$case}`);
-        if (k?.$case === 'subscription') { m.subscribedAt ??= Date.now(); continue; }
+        if (k?.$case === 'subscription') {
+          m.subscribedAt ??= Date.now();
+          continue;
+        }
         if (k?.$case === 'replyResult') {
           const st = pb.ReplyStatus[k.value.status] ?? String(k.value.status);
           summary.replyStatuses[st] = (summary.replyStatuses[st] ?? 0) + 1;
-          if (k.value.status === pb.ReplyStatus.REPLY_STATUS_UNSPECIFIED) finding({ what: 'Monitor replyResult', details: `status UNSPECIFIED: ${show(k.value)}` });
+          if (k.value.status === pb.ReplyStatus.REPLY_STATUS_UNSPECIFIED)
+            finding({ what: 'Monitor replyResult', details: `status UNSPECIFIED: ${show(k.value)}` });
           if (k.value.status === pb.ReplyStatus.REPLY_STATUS_APPLIED) {
             const key = `${s.id}#${m.inc}:${k.value.interceptId}`;
             const n = (applied.get(key) ?? 0) + 1;
@@ -187,8 +243,12 @@ function openMonitor(s: Slot, p: MonitorPersonality, janitor = false): Mon {
         m.recent.push(x.interceptId);
         if (m.recent.length > 8) m.recent.shift();
         if (!x.needsReply) continue;
-        if (janitor) { reply(x.interceptId, pb.InterceptAction.INTERCEPT_ACTION_SKIP, Buffer.alloc(0)); continue; }
-        if (p.maskUpdate > rng()) send({ kind: { $case: 'updateEvents', value: { op: 1 + Math.floor(rng() * 3), accessMask: Math.floor(rng() * 8) } as pb.MonitorUpdateEvents } });
+        if (janitor) {
+          reply(x.interceptId, pb.InterceptAction.INTERCEPT_ACTION_SKIP, Buffer.alloc(0));
+          continue;
+        }
+        if (p.maskUpdate > rng())
+          send({ kind: { $case: 'updateEvents', value: { op: 1 + Math.floor(rng() * 3), accessMask: Math.floor(rng() * 8) } as pb.MonitorUpdateEvents } });
         if (rng() < p.answer) {
           const action = rng() < p.invalid ? [0, 5, 99][Math.floor(rng() * 3)]! : ACTIONS[pick()];
           const gen = rng() < p.stale ? (x.viewGeneration > 0n ? x.viewGeneration - 1n : x.viewGeneration + 1n) : rng() < 0.5 ? x.viewGeneration : undefined;
@@ -200,12 +260,14 @@ function openMonitor(s: Slot, p: MonitorPersonality, janitor = false): Mon {
             if (dup) reply(x.interceptId, ACTIONS[pick()], data, gen);
             if (unknown) reply(x.interceptId + 100_000n, ACTIONS[pick()], data);
           };
-          if (p.maxDelayMs > 0) setTimeout(go, Math.floor(rng() * p.maxDelayMs)); else go();
+          if (p.maxDelayMs > 0) setTimeout(go, Math.floor(rng() * p.maxDelayMs));
+          else go();
         }
         if (p.lifetime && ++seen >= p.lifetime) {
           m.closedByUs = true;
           m.closedHow = rng() < 0.5 ? 'end (lifetime)' : 'cancel (lifetime)';
-          if (m.closedHow.startsWith('end')) session.close(); else session.cancel();
+          if (m.closedHow.startsWith('end')) session.close();
+          else session.cancel();
         }
       }
       m.ended = 'OK';
@@ -218,20 +280,38 @@ function openMonitor(s: Slot, p: MonitorPersonality, janitor = false): Mon {
   return m;
 }
 
-const JANITOR: MonitorPersonality = { answer: 1, weights: [0, 1, 0, 0], duplicate: 0, stale: 0, unknown: 0, invalid: 0, maskUpdate: 0, maxDelayMs: 0, lifetime: 0, seed: 1 };
+const JANITOR: MonitorPersonality = {
+  answer: 1,
+  weights: [0, 1, 0, 0],
+  duplicate: 0,
+  stale: 0,
+  unknown: 0,
+  invalid: 0,
+  maskUpdate: 0,
+  maxDelayMs: 0,
+  lifetime: 0,
+  seed: 1,
+};
 
 function closeMonitor(m: Mon, how: 'cancel' | 'end'): void {
   if (m.closedByUs || m.ended) return;
   m.closedByUs = true;
   m.closedHow = how;
-  if (how === 'end') m.s.close(); else m.s.cancel();
+  if (how === 'end') m.s.close();
+  else m.s.cancel();
 }
 
 const liveMonitors = () => monitors.filter((m) => !m.ended && !m.closedByUs && !m.janitor);
 
 // ---- guest accesses that may block ------------------------------------------------------------------
 
-interface Inflight { a: FuzzAction; started: number; settled: boolean; p: Promise<void>; inc: number }
+interface Inflight {
+  a: FuzzAction;
+  started: number;
+  settled: boolean;
+  p: Promise<void>;
+  inc: number;
+}
 const inflight = new Set<Inflight>();
 
 function access(a: Extract<FuzzAction, { k: 'access' }>): Inflight {
@@ -240,31 +320,37 @@ function access(a: Extract<FuzzAction, { k: 'access' }>): Inflight {
   const offset = Math.min(a.offset, 4096 - a.length);
   const gpa = PAGES[a.page] + BigInt(offset);
   const o = { deadlineMs: ACCESS_DEADLINE_MS };
-  const req = a.kind === 'read' ? client.guest.readMemory({ name, gpa, length: a.length }, o)
-    : a.kind === 'write' ? client.guest.writeMemory({ name, gpa, data: Buffer.alloc(a.length, 0x41 + a.vp) }, o)
-    : client.guest.executeMemory({ name, gpa, length: a.length }, o);
+  const req =
+    a.kind === 'read'
+      ? client.guest.readMemory({ name, gpa, length: a.length }, o)
+      : a.kind === 'write'
+        ? client.guest.writeMemory({ name, gpa, data: Buffer.alloc(a.length, 0x41 + a.vp) }, o)
+        : client.guest.executeMemory({ name, gpa, length: a.length }, o);
   summary.done.accesses++;
   const rec: Inflight = { a, started: Date.now(), settled: false, p: Promise.resolve(), inc: s.inc };
-  rec.p = (req as Promise<{ outcome?: pb.GuestActionOutcome }>).then(
-    (r) => {
-      count(`access:${a.kind}`, 'OK');
-      if (r.outcome?.partitionCrashed) {
-        summary.done.crashedAccesses++;
-        // The partition crashed under this access: delete it and restore it soon, while the schedule goes on.
-        setTimeout(() => void revive(s), Math.floor(Math.random() * 50));
-      }
-    },
-    (e: unknown) => {
-      const code = codeName(e);
-      count(`access:${a.kind}`, code);
-      if (bad(code)) finding({ what: `guest ${a.kind}`, code, details: e instanceof Error ? e.message : String(e), action: show(a) });
-      if (code === 'DEADLINE_EXCEEDED') finding({ what: 'a blocked guest action did not return within its deadline', code, details: `${ACCESS_DEADLINE_MS} ms`, action: show(a) });
-    },
-  ).finally(() => {
-    rec.settled = true;
-    inflight.delete(rec);
-    if (Date.now() - rec.started > 50) summary.done.slowAccesses++;
-  });
+  rec.p = (req as Promise<{ outcome?: pb.GuestActionOutcome }>)
+    .then(
+      (r) => {
+        count(`access:${a.kind}`, 'OK');
+        if (r.outcome?.partitionCrashed) {
+          summary.done.crashedAccesses++;
+          // The partition crashed under this access: delete it and restore it soon, while the schedule goes on.
+          setTimeout(() => void revive(s), Math.floor(Math.random() * 50));
+        }
+      },
+      (e: unknown) => {
+        const code = codeName(e);
+        count(`access:${a.kind}`, code);
+        if (bad(code)) finding({ what: `guest ${a.kind}`, code, details: e instanceof Error ? e.message : String(e), action: show(a) });
+        if (code === 'DEADLINE_EXCEEDED')
+          finding({ what: 'a blocked guest action did not return within its deadline', code, details: `${ACCESS_DEADLINE_MS} ms`, action: show(a) });
+      },
+    )
+    .finally(() => {
+      rec.settled = true;
+      inflight.delete(rec);
+      if (Date.now() - rec.started > 50) summary.done.slowAccesses++;
+    });
   inflight.add(rec);
   return rec;
 }
@@ -297,17 +383,38 @@ async function run(a: FuzzAction): Promise<void> {
       const name = vpName(s, a.vp);
       const o = { deadlineMs: 10_000 };
       switch (a.op) {
-        case 'wrmsr': await call('vp:WriteMsr', () => client.guest.writeMsr({ name, msr: MSR.GUEST_OS_ID, value: BigInt(a.vp + 1) }, o), a); return;
-        case 'rdmsr': await call('vp:ReadMsr', () => client.guest.readMsr({ name, msr: MSR.GUEST_OS_ID }, o), a); return;
-        case 'vtlcall': await call('vp:VtlCall', () => client.guest.callHypercallPage({ name, offset: 0x0f, rcx: 0n }, o), a); return;
-        case 'vtlreturn': await call('vp:VtlReturn', () => client.guest.callHypercallPage({ name, offset: 0x26, rcx: 1n }, o), a); return;
-        case 'hypercall': await call('vp:Hypercall', () => client.guest.hypercall({ name, control: 0x11n }, o), a); return;
-        case 'registers': await call('vp:GetVpRegisters', () => client.vps.getVpRegisters({ name }, o), a); return;
+        case 'wrmsr':
+          await call('vp:WriteMsr', () => client.guest.writeMsr({ name, msr: MSR.GUEST_OS_ID, value: BigInt(a.vp + 1) }, o), a);
+          return;
+        case 'rdmsr':
+          await call('vp:ReadMsr', () => client.guest.readMsr({ name, msr: MSR.GUEST_OS_ID }, o), a);
+          return;
+        case 'vtlcall':
+          await call('vp:VtlCall', () => client.guest.callHypercallPage({ name, offset: 0x0f, rcx: 0n }, o), a);
+          return;
+        case 'vtlreturn':
+          await call('vp:VtlReturn', () => client.guest.callHypercallPage({ name, offset: 0x26, rcx: 1n }, o), a);
+          return;
+        case 'hypercall':
+          await call('vp:Hypercall', () => client.guest.hypercall({ name, control: 0x11n }, o), a);
+          return;
+        case 'registers':
+          await call('vp:GetVpRegisters', () => client.vps.getVpRegisters({ name }, o), a);
+          return;
       }
       return;
     }
     case 'route':
-      await call('SetInterceptRoute', () => client.intercepts.setInterceptRoute({ name: s.name, route: ROUTES[a.route], ...(a.policy ? { answerDeadlineMs: BigInt(a.policy.ms), deadlineAction: ACTIONS[a.policy.action] } : {}) }), a);
+      await call(
+        'SetInterceptRoute',
+        () =>
+          client.intercepts.setInterceptRoute({
+            name: s.name,
+            route: ROUTES[a.route],
+            ...(a.policy ? { answerDeadlineMs: BigInt(a.policy.ms), deadlineAction: ACTIONS[a.policy.action] } : {}),
+          }),
+        a,
+      );
       return;
     case 'monitor':
       if (liveMonitors().length < MAX_MONITORS) openMonitor(s, a.p);
@@ -321,10 +428,16 @@ async function run(a: FuzzAction): Promise<void> {
       const live = liveMonitors();
       if (!live.length) return;
       const m = live[a.pick % live.length]!;
-      const id = a.id === 'recent' ? m.recent[a.pick % Math.max(1, m.recent.length)] ?? 1n : a.id === 'zero' ? 0n : a.id === 'huge' ? (1n << 64n) - 1n : 9_999_999n;
+      const id =
+        a.id === 'recent' ? (m.recent[a.pick % Math.max(1, m.recent.length)] ?? 1n) : a.id === 'zero' ? 0n : a.id === 'huge' ? (1n << 64n) - 1n : 9_999_999n;
       if (m.closedByUs || m.ended) return;
       try {
-        m.s.send({ kind: { $case: 'reply', value: { interceptId: id, action: a.action, data: Buffer.from('stray'), viewGeneration: a.stale ? 0n : undefined } as pb.InterceptReply } });
+        m.s.send({
+          kind: {
+            $case: 'reply',
+            value: { interceptId: id, action: a.action, data: Buffer.from('stray'), viewGeneration: a.stale ? 0n : undefined } as pb.InterceptReply,
+          },
+        });
         summary.done.repliesSent++;
       } catch (e) {
         note({ what: 'stray reply send', details: String(e) });
@@ -333,17 +446,26 @@ async function run(a: FuzzAction): Promise<void> {
     }
     case 'inspect':
       switch (a.what) {
-        case 'pending': await call('ListPendingIntercepts', () => client.intercepts.listPendingIntercepts({ name: s.name }), a); return;
-        case 'partition': await call('GetPartition', () => client.partitions.getPartition({ name: s.name }), a); return;
-        case 'vp': await call('GetVirtualProcessor', () => client.vps.getVirtualProcessor({ name: vpName(s, a.vp) }), a); return;
-        case 'list': await call('ListPartitions', () => client.partitions.listPartitions({ pageSize: 50 }), a); return;
+        case 'pending':
+          await call('ListPendingIntercepts', () => client.intercepts.listPendingIntercepts({ name: s.name }), a);
+          return;
+        case 'partition':
+          await call('GetPartition', () => client.partitions.getPartition({ name: s.name }), a);
+          return;
+        case 'vp':
+          await call('GetVirtualProcessor', () => client.vps.getVirtualProcessor({ name: vpName(s, a.vp) }), a);
+          return;
+        case 'list':
+          await call('ListPartitions', () => client.partitions.listPartitions({ pageSize: 50 }), a);
+          return;
       }
       return;
     case 'save': {
       const snap = await call('SavePartition', () => client.snapshots.savePartition({ name: s.name }), a);
       if (snap) {
         summary.done.snapshots++;
-        if (snapshots.length < 6) snapshots.push(snap); else snapshots[Math.floor(Math.random() * snapshots.length)] = snap;
+        if (snapshots.length < 6) snapshots.push(snap);
+        else snapshots[Math.floor(Math.random() * snapshots.length)] = snap;
       }
       return;
     }
@@ -352,24 +474,39 @@ async function run(a: FuzzAction): Promise<void> {
       const inc = s.inc;
       if (await call('DeletePartition', () => client.partitions.deletePartition({ name: s.name }), a)) {
         summary.done.deletes++;
-        if (s.inc === inc) { s.endedAt.set(inc, t); s.inc++; }
+        if (s.inc === inc) {
+          s.endedAt.set(inc, t);
+          s.inc++;
+        }
         // Back soon (from the base or a mid-run snapshot), while the schedule goes on.
-        setTimeout(() => {
-          const pool = [base, ...snapshots];
-          void call('RestorePartition', () => client.snapshots.restorePartition({ partitionId: s.id, snapshot: pool[a.slot % pool.length]! })).then((r) => { if (r) { summary.done.restores++; s.inc++; } });
-        }, Math.floor(Math.random() * 50));
+        setTimeout(
+          () => {
+            const pool = [base, ...snapshots];
+            void call('RestorePartition', () => client.snapshots.restorePartition({ partitionId: s.id, snapshot: pool[a.slot % pool.length]! })).then((r) => {
+              if (r) {
+                summary.done.restores++;
+                s.inc++;
+              }
+            });
+          },
+          Math.floor(Math.random() * 50),
+        );
       }
       return;
     }
     case 'restore': {
       const pool = [base, ...snapshots];
       const snap = pool[a.pick % pool.length]!;
-      if (a.pick % 4 !== 0) { // mostly in place of the current one (else: ALREADY_EXISTS, or a revival)
+      if (a.pick % 4 !== 0) {
+        // mostly in place of the current one (else: ALREADY_EXISTS, or a revival)
         const t = Date.now();
         const inc = s.inc;
         if (await call('DeletePartition', () => client.partitions.deletePartition({ name: s.name }), a)) {
           summary.done.deletes++;
-          if (s.inc === inc) { s.endedAt.set(inc, t); s.inc++; }
+          if (s.inc === inc) {
+            s.endedAt.set(inc, t);
+            s.inc++;
+          }
         }
       }
       if (await call('RestorePartition', () => client.snapshots.restorePartition({ partitionId: s.id, snapshot: snap }), a)) {
@@ -379,7 +516,17 @@ async function run(a: FuzzAction): Promise<void> {
       return;
     }
     case 'protect':
-      await call('ModifyVtlProtectionMask', () => client.intercepts.modifyVtlProtectionMask({ name: s.name, protectingVtl: 1, mapFlags: a.flags, ranges: [{ startPage: PAGES[a.page] >> 12n, pageCount: 1n }] }), a);
+      await call(
+        'ModifyVtlProtectionMask',
+        () =>
+          client.intercepts.modifyVtlProtectionMask({
+            name: s.name,
+            protectingVtl: 1,
+            mapFlags: a.flags,
+            ranges: [{ startPage: PAGES[a.page] >> 12n, pageCount: 1n }],
+          }),
+        a,
+      );
       return;
     case 'watch': {
       if (watches.size >= MAX_WATCHES) return;
@@ -389,7 +536,9 @@ async function run(a: FuzzAction): Promise<void> {
       const timer = setTimeout(() => ac.abort(), a.ms);
       let code = 'OK';
       try {
-        for await (const _ of client.vtl.watchTransitions({ name: s.name }, ac.signal)) { /* drain */ }
+        for await (const _ of client.vtl.watchTransitions({ name: s.name }, ac.signal)) {
+          /* drain */
+        }
       } catch (e) {
         code = codeName(e);
       } finally {
@@ -405,7 +554,11 @@ async function run(a: FuzzAction): Promise<void> {
 
 async function pool<T>(items: T[], n: number, fn: (x: T) => Promise<void>): Promise<void> {
   let next = 0;
-  await Promise.all(Array.from({ length: n }, async () => { while (next < items.length) await fn(items[next++]!); }));
+  await Promise.all(
+    Array.from({ length: n }, async () => {
+      while (next < items.length) await fn(items[next++]!);
+    }),
+  );
 }
 
 let streamWaitBudgetMs = 30_000;
@@ -452,14 +605,29 @@ async function quiesce(round: number): Promise<void> {
         // list of the pending ones is one (a RETRY may have replaced it meanwhile).
         const again = await call('quiesce:ListPendingIntercepts', () => client.intercepts.listPendingIntercepts({ name: s.name }));
         const now = (await call('quiesce:GetVirtualProcessor', () => client.vps.getVirtualProcessor({ name: vpName(s, i) })))?.vtlStatus;
-        if (!again || !now?.interceptSuspended || now.suspendedInterceptId !== st.suspendedInterceptId || again.intercepts.some((x) => x.interceptId === st.suspendedInterceptId)) continue;
-        finding({ what: `a VP is suspended on an intercept that is not pending (round ${round})`, details: `${vpName(s, i)} (#${s.inc}) suspended on ${st.suspendedInterceptId}; pending ${show(again.intercepts.map((x) => [x.interceptId, x.vpIndex]))}`, recent: recentBySlot[slots.indexOf(s)]!.slice(-25) });
+        if (
+          !again ||
+          !now?.interceptSuspended ||
+          now.suspendedInterceptId !== st.suspendedInterceptId ||
+          again.intercepts.some((x) => x.interceptId === st.suspendedInterceptId)
+        )
+          continue;
+        finding({
+          what: `a VP is suspended on an intercept that is not pending (round ${round})`,
+          details: `${vpName(s, i)} (#${s.inc}) suspended on ${st.suspendedInterceptId}; pending ${show(again.intercepts.map((x) => [x.interceptId, x.vpIndex]))}`,
+          recent: recentBySlot[slots.indexOf(s)]!.slice(-25),
+        });
       }
     }
   }
-  const mustEnd = monitors.filter((m) => !m.ended && !m.closedByUs && m.subscribedAt !== undefined && (
-    (m.slot.endedAt.has(m.inc) && m.subscribedAt < m.slot.endedAt.get(m.inc)!) ||
-    (m.inc === m.slot.inc && state.get(m.slot) === pb.PartitionState.PARTITION_STATE_CRASHED)));
+  const mustEnd = monitors.filter(
+    (m) =>
+      !m.ended &&
+      !m.closedByUs &&
+      m.subscribedAt !== undefined &&
+      ((m.slot.endedAt.has(m.inc) && m.subscribedAt < m.slot.endedAt.get(m.inc)!) ||
+        (m.inc === m.slot.inc && state.get(m.slot) === pb.PartitionState.PARTITION_STATE_CRASHED)),
+  );
   const q1 = Date.now();
   // Up to 5 s for them to end, from a budget for the whole run (a service that never ends them
   // would otherwise cost 5 s a round).
@@ -469,7 +637,10 @@ async function quiesce(round: number): Promise<void> {
   streamWaitBudgetMs -= Date.now() - q1;
   for (const m of mustEnd.filter((x) => !x.ended)) {
     const why = m.slot.endedAt.has(m.inc) ? `deleted ${Date.now() - m.slot.endedAt.get(m.inc)!} ms ago` : 'crashed';
-    finding({ what: 'a Monitor stream outlived its partition (crashed or deleted)', details: `${m.slot.id}#${m.inc} ${why}${m.janitor ? ' (janitor)' : ''}; last events: ${m.last.join(', ')}` });
+    finding({
+      what: 'a Monitor stream outlived its partition (crashed or deleted)',
+      details: `${m.slot.id}#${m.inc} ${why}${m.janitor ? ' (janitor)' : ''}; last events: ${m.last.join(', ')}`,
+    });
   }
   for (const m of [...janitors, ...mustEnd]) closeMonitor(m, 'cancel');
   // Forget ended monitors.
@@ -477,13 +648,19 @@ async function quiesce(round: number): Promise<void> {
   const gone = monitors.filter((m) => m.ended || m.closedByUs);
   const settled = new Set<Mon>();
   const q3 = Date.now();
-  await Promise.race([Promise.all(gone.map((m) => m.done.then(() => settled.add(m)))), new Promise((r) => setTimeout(r, Math.min(2000, Math.max(100, streamWaitBudgetMs))))]);
+  await Promise.race([
+    Promise.all(gone.map((m) => m.done.then(() => settled.add(m)))),
+    new Promise((r) => setTimeout(r, Math.min(2000, Math.max(100, streamWaitBudgetMs)))),
+  ]);
   streamWaitBudgetMs -= Date.now() - q3;
   for (const m of gone) {
     monitors.splice(monitors.indexOf(m), 1);
     if (settled.has(m)) continue;
     // A half-closed stream the service did not end (it should, after what was sent): then cancelled.
-    finding({ what: 'a Monitor stream we half-closed was not ended by the service', details: `${m.slot.id}#${m.inc} closed by ${m.closedHow}${m.janitor ? ' (janitor)' : ''}; last: ${m.last.join(', ')}` });
+    finding({
+      what: 'a Monitor stream we half-closed was not ended by the service',
+      details: `${m.slot.id}#${m.inc} closed by ${m.closedHow}${m.janitor ? ' (janitor)' : ''}; last: ${m.last.join(', ')}`,
+    });
     m.s.cancel();
   }
   summary.ms.quiesceForget += Date.now() - q2;
@@ -542,13 +719,17 @@ test('afterwards: the service serves and every partition is consistent', async (
   const problems: string[] = [];
   for (const s of slots) {
     const p = await client.partitions.getPartition({ name: s.name }).catch((e: unknown) => e as VsmError);
-    if (p instanceof VsmError) { if (bad(codeName(p))) problems.push(`${s.name}: GetPartition ${codeName(p)}`); continue; }
+    if (p instanceof VsmError) {
+      if (bad(codeName(p))) problems.push(`${s.name}: GetPartition ${codeName(p)}`);
+      continue;
+    }
     const pending = await client.intercepts.listPendingIntercepts({ name: s.name });
     for (let i = 0; i < p.vpCount; i++) {
       const vp = await client.vps.getVirtualProcessor({ name: vpName(s, i) });
       const st = vp.vtlStatus!;
       if (((st.enabledVtlSet >> st.activeVtl) & 1) !== 1) problems.push(`${vp.name}: active VTL ${st.activeVtl} not enabled`);
-      if (st.interceptSuspended && !pending.intercepts.some((x) => x.interceptId === st.suspendedInterceptId)) problems.push(`${vp.name}: suspended on intercept ${st.suspendedInterceptId}, which is not pending`);
+      if (st.interceptSuspended && !pending.intercepts.some((x) => x.interceptId === st.suspendedInterceptId))
+        problems.push(`${vp.name}: suspended on intercept ${st.suspendedInterceptId}, which is not pending`);
     }
   }
   expect(problems).toEqual([]);

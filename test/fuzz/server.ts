@@ -21,7 +21,9 @@ const MAX_ERRORS = 200;
 
 export async function startFuzzServer(opts: { maxPartitions: number }): Promise<FuzzServer> {
   const errors: string[] = [];
-  const push = (s: string) => { if (errors.length < MAX_ERRORS) errors.push(s.slice(0, 2000)); };
+  const push = (s: string) => {
+    if (errors.length < MAX_ERRORS) errors.push(s.slice(0, 2000));
+  };
   if (process.env.VSM_FUZZ_SERVER === 'child') {
     let svc: ChildService | undefined;
     svc = await spawnService(['--max-partitions', String(opts.maxPartitions)], {
@@ -34,7 +36,9 @@ export async function startFuzzServer(opts: { maxPartitions: number }): Promise<
           if (line.trim()) push(`stdout: ${line}`);
         }
       },
-      onStderrLine: (line) => { if (line.trim()) push(`stderr: ${line}`); },
+      onStderrLine: (line) => {
+        if (line.trim()) push(`stderr: ${line}`);
+      },
     });
     return {
       mode: 'child',
@@ -53,13 +57,21 @@ export async function startFuzzServer(opts: { maxPartitions: number }): Promise<
   const cap = captureLogger('error');
   const backend = new CoreBackend({ maxPartitions: opts.maxPartitions });
   // Where the backend reports a partition's background failures (the guarded path), if it has one.
-  if ('report' in backend) (backend as unknown as { report: (e: unknown, ctx: { partition: string; task: string }) => void }).report = (e, ctx) => push(`partition task failed (${ctx.partition}: ${ctx.task}): ${e instanceof Error ? e.stack ?? e.message : String(e)}`);
+  if ('report' in backend)
+    (backend as unknown as { report: (e: unknown, ctx: { partition: string; task: string }) => void }).report = (e, ctx) =>
+      push(`partition task failed (${ctx.partition}: ${ctx.task}): ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`);
   const srv = await startServer({ listen: '127.0.0.1:0', backend, logger: cap.logger, shutdownGraceMs: 500 });
   let stopped = false;
   return {
     mode: 'in-process',
     address: srv.address,
-    errors: () => [...errors, ...cap.lines.filter((l) => l.level >= 50).slice(0, MAX_ERRORS).map((l) => `${l.msg} ${(l.method as string) ?? ''}: ${(l.error as string) ?? ''}${l.stack ? `\n${l.stack as string}` : ''}`)],
+    errors: () => [
+      ...errors,
+      ...cap.lines
+        .filter((l) => l.level >= 50)
+        .slice(0, MAX_ERRORS)
+        .map((l) => `${l.msg} ${(l.method as string) ?? ''}: ${(l.error as string) ?? ''}${l.stack ? `\n${l.stack as string}` : ''}`),
+    ],
     died: () => undefined, // an exception that escapes the in-process service fails the test (jest + the process guard)
     async stop() {
       if (stopped) return;

@@ -5,9 +5,7 @@
 // SIGTERM; vsm-service `--backend agent` in front of it serves.
 import { GenericContainer, Wait } from 'testcontainers';
 import { connect, type pb } from '@vsm/client';
-import {
-  AGENT_IMAGE, BUILD_TIMEOUT_MS, SERVICE_IMAGE, buildImage, freePort, healthy, kvmUnavailable, requireEngine, run,
-} from './support/docker';
+import { AGENT_IMAGE, BUILD_TIMEOUT_MS, SERVICE_IMAGE, buildImage, freePort, healthy, kvmUnavailable, requireEngine, run } from './support/docker';
 import { gateDescribe, gateTests } from '../support/kvm-gate';
 import { HvMsr } from '@vsm/core';
 
@@ -23,7 +21,20 @@ g.close(); s.close();`;
 
 // What docker-compose.yml and the docs prescribe for the agent: device, uid 0 without any
 // capability (this machine's /dev/kvm is root:root 0600), no privilege escalation, read-only root.
-const AGENT_RUN_FLAGS = ['--rm', '--network', 'host', '--device', '/dev/kvm', '--user', '0:0', '--cap-drop', 'ALL', '--security-opt', 'no-new-privileges', '--read-only'];
+const AGENT_RUN_FLAGS = [
+  '--rm',
+  '--network',
+  'host',
+  '--device',
+  '/dev/kvm',
+  '--user',
+  '0:0',
+  '--cap-drop',
+  'ALL',
+  '--security-opt',
+  'no-new-privileges',
+  '--read-only',
+];
 
 const kvm = kvmUnavailable();
 const kvmTest = gateTests(test, kvm);
@@ -34,9 +45,18 @@ beforeAll(async () => {
 }, BUILD_TIMEOUT_MS);
 
 describe('vsm-kvm-agent image', () => {
-  test('carries the compiled agent, its runtime dependencies and koffi\'s native module', async () => {
-    const r = await run('docker', ['run', '--rm', '--network', 'host', '--entrypoint', 'node', AGENT_IMAGE, '-e',
-      "require('koffi'); require('/app/services/platform-kvm/dist/kvm'); console.log('loaded', process.getuid())"]);
+  test("carries the compiled agent, its runtime dependencies and koffi's native module", async () => {
+    const r = await run('docker', [
+      'run',
+      '--rm',
+      '--network',
+      'host',
+      '--entrypoint',
+      'node',
+      AGENT_IMAGE,
+      '-e',
+      "require('koffi'); require('/app/services/platform-kvm/dist/kvm'); console.log('loaded', process.getuid())",
+    ]);
     expect(r.stderr).toBe('');
     expect(r.stdout.trim()).toBe('loaded 1000');
   });
@@ -48,8 +68,23 @@ describe('vsm-kvm-agent image', () => {
   });
 
   kvmTest('a bind mount of /dev/kvm without --device is refused (device cgroup), even as uid 0', async () => {
-    const r = await run('docker', ['run', '--rm', '--network', 'host', '-v', '/dev/kvm:/dev/kvm', '--user', '0:0', '--cap-drop', 'ALL',
-      '--entrypoint', 'node', AGENT_IMAGE, '-e', "require('fs').openSync('/dev/kvm', 'r+')"]);
+    const r = await run('docker', [
+      'run',
+      '--rm',
+      '--network',
+      'host',
+      '-v',
+      '/dev/kvm:/dev/kvm',
+      '--user',
+      '0:0',
+      '--cap-drop',
+      'ALL',
+      '--entrypoint',
+      'node',
+      AGENT_IMAGE,
+      '-e',
+      "require('fs').openSync('/dev/kvm', 'r+')",
+    ]);
     expect(r.code).not.toBe(0);
     expect(r.stderr).toMatch(/EPERM|operation not permitted/);
   });
@@ -81,7 +116,10 @@ describe('vsm-kvm-agent image', () => {
       test('is healthy on its loopback port and serves vsm.v1 on real KVM: partition, MSR, hypercall page, VTL1, VtlCall', async () => {
         const c = connect(agentAddr, { deadlineMs: 15_000 });
         try {
-          const p = await c.partitions.createPartition({ partitionId: 'it-agent', partition: { vpCount: 1, memoryBytes: 1n << 30n, maximumVtl: 1 } as pb.Partition });
+          const p = await c.partitions.createPartition({
+            partitionId: 'it-agent',
+            partition: { vpCount: 1, memoryBytes: 1n << 30n, maximumVtl: 1 } as pb.Partition,
+          });
           expect(p.name).toBe('partitions/it-agent');
           const vp0 = `${p.name}/vps/0`;
           await c.guest.writeMsr({ name: vp0, msr: HvMsr.HV_X64_MSR_GUEST_OS_ID, value: 0x8100_0000_0000_0001n });
@@ -109,7 +147,10 @@ describe('vsm-kvm-agent image', () => {
           .start();
         const client = connect(svcAddr, { deadlineMs: 10_000 });
         try {
-          const p = await client.partitions.createPartition({ partitionId: 'it-via-service', partition: { vpCount: 1, memoryBytes: 1n << 30n, maximumVtl: 1 } as pb.Partition });
+          const p = await client.partitions.createPartition({
+            partitionId: 'it-via-service',
+            partition: { vpCount: 1, memoryBytes: 1n << 30n, maximumVtl: 1 } as pb.Partition,
+          });
           expect(p.name).toBe('partitions/it-via-service');
           const direct = connect(agentAddr, { deadlineMs: 10_000 });
           try {

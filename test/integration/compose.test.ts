@@ -45,7 +45,10 @@ describe('docker compose --profile emulator', () => {
     try {
       const caps = await client.partitions.getCapabilities({});
       expect(caps).toBeDefined();
-      const p = await client.partitions.createPartition({ partitionId: 'it-compose', partition: { vpCount: 1, memoryBytes: 1n << 30n, maximumVtl: 1 } as pb.Partition });
+      const p = await client.partitions.createPartition({
+        partitionId: 'it-compose',
+        partition: { vpCount: 1, memoryBytes: 1n << 30n, maximumVtl: 1 } as pb.Partition,
+      });
       expect(p.name).toBe('partitions/it-compose');
     } finally {
       client.close();
@@ -55,7 +58,12 @@ describe('docker compose --profile emulator', () => {
   test('runs as node with the named state volume at /var/lib/vsm, read-only root', async () => {
     const c = env!.getContainer(SERVICE);
     const r = await c.exec(['sh', '-c', 'id -u; test -w /var/lib/vsm && echo state-writable; touch /app/probe 2>/dev/null || echo root-read-only']);
-    expect(r.output.split('\n').map((l) => l.trim()).filter(Boolean)).toEqual(['1000', 'state-writable', 'root-read-only']);
+    expect(
+      r.output
+        .split('\n')
+        .map((l) => l.trim())
+        .filter(Boolean),
+    ).toEqual(['1000', 'state-writable', 'root-read-only']);
   });
 
   test('a partition survives a container restart (state dir on the named volume)', async () => {
@@ -117,7 +125,10 @@ gateDescribe(kvm)('docker compose --profile kvm', () => {
     const client = connect(serviceAddress, { deadlineMs: 15_000 });
     const direct = connect(agentAddress, { deadlineMs: 15_000 });
     try {
-      const p = await client.partitions.createPartition({ partitionId: 'it-compose-kvm', partition: { vpCount: 1, memoryBytes: 1n << 30n, maximumVtl: 1 } as pb.Partition });
+      const p = await client.partitions.createPartition({
+        partitionId: 'it-compose-kvm',
+        partition: { vpCount: 1, memoryBytes: 1n << 30n, maximumVtl: 1 } as pb.Partition,
+      });
       expect(p.name).toBe('partitions/it-compose-kvm');
       const vp0 = `${p.name}/vps/0`;
       await client.guest.writeMsr({ name: vp0, msr: HvMsr.HV_X64_MSR_GUEST_OS_ID, value: 0x8100_0000_0000_0001n });
@@ -137,6 +148,11 @@ gateDescribe(kvm)('docker compose --profile kvm', () => {
 
   test('the agent runs as uid 0 with no effective capability and a read-only root', async () => {
     const r = await kenv!.getContainer('vsm-kvm-agent-1').exec(['sh', '-c', 'id -u; grep ^CapEff /proc/self/status; touch /app/x 2>/dev/null || echo ro']);
-    expect(r.output.split('\n').map((l) => l.trim()).filter(Boolean)).toEqual(['0', 'CapEff:\t0000000000000000', 'ro']);
+    expect(
+      r.output
+        .split('\n')
+        .map((l) => l.trim())
+        .filter(Boolean),
+    ).toEqual(['0', 'CapEff:\t0000000000000000', 'ro']);
   });
 });

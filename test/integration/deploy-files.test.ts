@@ -14,7 +14,8 @@ const buildStages = (text: string) => text.slice(text.indexOf('# ---- manifests'
 
 async function composeConfig(profile: string, env: Record<string, string> = {}): Promise<Obj> {
   const r = await run('docker', ['compose', '--profile', profile, 'config', '--format', 'json'], { env: { ...process.env, ...env } });
-  if (r.code !== 0) throw new Error(`docker compose --profile ${profile} config failed (is the compose plugin installed? deploy/scripts/ensure-docker.sh):\n${r.stderr}`);
+  if (r.code !== 0)
+    throw new Error(`docker compose --profile ${profile} config failed (is the compose plugin installed? deploy/scripts/ensure-docker.sh):\n${r.stderr}`);
   return JSON.parse(r.stdout) as Obj;
 }
 

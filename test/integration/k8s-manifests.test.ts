@@ -17,7 +17,10 @@ function load(file: string): Obj[] {
   for (const d of docs) expect(d.errors).toEqual([]);
   return docs.map((d) => d.toJS() as Obj).filter(Boolean);
 }
-const all = fs.readdirSync(dir).filter((f) => f.endsWith('.yaml') && f !== 'kustomization.yaml').flatMap((f) => load(f).map((o) => ({ file: f, o })));
+const all = fs
+  .readdirSync(dir)
+  .filter((f) => f.endsWith('.yaml') && f !== 'kustomization.yaml')
+  .flatMap((f) => load(f).map((o) => ({ file: f, o })));
 const find = (kind: string, name: string): Obj => {
   const r = all.find(({ o }) => o.kind === kind && o.metadata?.name === name);
   if (!r) throw new Error(`no ${kind} ${name} in deploy/k8s`);
@@ -49,7 +52,10 @@ describe('deploy/k8s manifests', () => {
     expect(podOf(agent).subdomain).toBe('vsm-kvm-agent');
     const svc = find('Service', 'vsm-service');
     expect(svc.spec.selector).toEqual(service.spec.selector.matchLabels);
-    for (const [s, w] of [[agentSvc, agent], [svc, service]] as const) {
+    for (const [s, w] of [
+      [agentSvc, agent],
+      [svc, service],
+    ] as const) {
       const names = (containerOf(w).ports as Obj[]).map((p) => p.name);
       for (const p of s.spec.ports as Obj[]) expect(names).toContain(p.targetPort);
     }
@@ -63,7 +69,12 @@ describe('deploy/k8s manifests', () => {
     expect(c.resources.limits['squat.ai/kvm']).toBe('1');
     expect(c.resources.limits.memory).toBeDefined();
     expect(c.resources.requests.cpu).toBeDefined();
-    expect(c.securityContext).toMatchObject({ privileged: false, allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: { drop: ['ALL'] } });
+    expect(c.securityContext).toMatchObject({
+      privileged: false,
+      allowPrivilegeEscalation: false,
+      readOnlyRootFilesystem: true,
+      capabilities: { drop: ['ALL'] },
+    });
     expect(c.securityContext.capabilities.add).toBeUndefined();
     expect(pod.hostNetwork).toBeUndefined();
     expect(pod.hostPID).toBeUndefined();
@@ -114,8 +125,14 @@ describe('deploy/k8s manifests', () => {
     }
     const objs = parseAllDocuments(out).map((d) => d.toJS() as Obj);
     expect(objs.map((o) => `${o.kind}/${o.metadata.name}`).sort()).toEqual([
-      'DaemonSet/vsm-kvm-agent', 'Deployment/vsm-service', 'Namespace/vsm', 'NetworkPolicy/vsm-kvm-agent', 'NetworkPolicy/vsm-service',
-      'PodDisruptionBudget/vsm-service', 'Service/vsm-kvm-agent', 'Service/vsm-service',
+      'DaemonSet/vsm-kvm-agent',
+      'Deployment/vsm-service',
+      'Namespace/vsm',
+      'NetworkPolicy/vsm-kvm-agent',
+      'NetworkPolicy/vsm-service',
+      'PodDisruptionBudget/vsm-service',
+      'Service/vsm-kvm-agent',
+      'Service/vsm-service',
     ]);
     for (const o of objs) if (o.kind !== 'Namespace') expect(o.metadata.namespace).toBe('vsm');
     const images = objs.flatMap((o) => (o.spec?.template?.spec?.containers ?? []).map((c: Obj) => c.image));

@@ -12,7 +12,20 @@ import { gateDescribe } from '../support/kvm-gate';
 import { HvMsr } from '@vsm/core';
 
 const GUEST_OS_ID = HvMsr.HV_X64_MSR_GUEST_OS_ID;
-const AGENT_FLAGS = ['--network', 'host', '--init', '--device', '/dev/kvm', '--user', '0:0', '--cap-drop', 'ALL', '--security-opt', 'no-new-privileges', '--read-only'];
+const AGENT_FLAGS = [
+  '--network',
+  'host',
+  '--init',
+  '--device',
+  '/dev/kvm',
+  '--user',
+  '0:0',
+  '--cap-drop',
+  'ALL',
+  '--security-opt',
+  'no-new-privileges',
+  '--read-only',
+];
 
 const kvm = kvmUnavailable();
 
@@ -104,7 +117,10 @@ gateDescribe(kvm)('vsm-service in front of two KVM agents', () => {
     await client2!.guest.writeMsr({ name: `${p.name}/vps/0`, msr: GUEST_OS_ID, value: 0x5678n });
     expect((await client!.guest.readMsr({ name: `${p.name}/vps/0`, msr: GUEST_OS_ID })).value).toBe(0x5678n);
     await client2!.partitions.deletePartition({ name: p.name });
-    const gone = await client!.partitions.getPartition({ name: p.name }).then(() => undefined, (e: unknown) => e);
+    const gone = await client!.partitions.getPartition({ name: p.name }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
     expect((gone as VsmError).code).toBe(status.NOT_FOUND);
   });
 
@@ -119,7 +135,7 @@ gateDescribe(kvm)('vsm-service in front of two KVM agents', () => {
     expect(names.sort()).toEqual(ids.map((id) => `partitions/${id}`));
   });
 
-  test('one agent stops: its partitions are UNAVAILABLE, the other agent\'s keep working', async () => {
+  test("one agent stops: its partitions are UNAVAILABLE, the other agent's keep working", async () => {
     expect(home.size).toBe(ids.length);
     const stop = await run('docker', ['stop', '-t', '10', agents[0]!.id]);
     expect(stop.code).toBe(0);
@@ -128,7 +144,10 @@ gateDescribe(kvm)('vsm-service in front of two KVM agents', () => {
       if (home.get(id) === 1) {
         expect((await call).value).toBe(0x8100_0000_0000_0000n + BigInt(n));
       } else {
-        const err = await call.then(() => undefined, (e: unknown) => e);
+        const err = await call.then(
+          () => undefined,
+          (e: unknown) => e,
+        );
         expect(err).toBeInstanceOf(VsmError);
         expect((err as VsmError).code).toBe(status.UNAVAILABLE);
       }

@@ -11,15 +11,17 @@ import { tempDir } from '../support/tls';
 import { type LogLine, audits, partitionSpec, startSecured, tokenHash } from './support';
 import { HvMsr } from '@vsm/core';
 
-const policy = parsePolicy(JSON.stringify({
-  principals: {
-    boss: { tokens: [tokenHash('boss-token')], roles: { 'partitions/*': ['admin'] } },
-    viewer: { tokens: [tokenHash('viewer-token')], roles: { 'partitions/*': ['viewer'] } },
-    prodops: { tokens: [tokenHash('prodops-token')], roles: { 'partitions/*': ['viewer'], 'partitions/prod-*': ['operator'] } },
-    prodmon: { tokens: [tokenHash('prodmon-token')], roles: { 'partitions/prod-*': ['monitor', 'viewer'] } },
-    nobody: { tokens: [tokenHash('nobody-token')] },
-  },
-}));
+const policy = parsePolicy(
+  JSON.stringify({
+    principals: {
+      boss: { tokens: [tokenHash('boss-token')], roles: { 'partitions/*': ['admin'] } },
+      viewer: { tokens: [tokenHash('viewer-token')], roles: { 'partitions/*': ['viewer'] } },
+      prodops: { tokens: [tokenHash('prodops-token')], roles: { 'partitions/*': ['viewer'], 'partitions/prod-*': ['operator'] } },
+      prodmon: { tokens: [tokenHash('prodmon-token')], roles: { 'partitions/prod-*': ['monitor', 'viewer'] } },
+      nobody: { tokens: [tokenHash('nobody-token')] },
+    },
+  }),
+);
 
 let srv: RunningServer;
 let lines: LogLine[];
@@ -33,7 +35,14 @@ let boss: VsmClient, viewer: VsmClient, prodops: VsmClient, prodmon: VsmClient, 
 
 beforeAll(async () => {
   ({ srv, lines } = await startSecured({ security: { authzPolicy: policy } }));
-  [boss, viewer, prodops, prodmon, nobody, anonymous] = [as('boss-token'), as('viewer-token'), as('prodops-token'), as('prodmon-token'), as('nobody-token'), as()];
+  [boss, viewer, prodops, prodmon, nobody, anonymous] = [
+    as('boss-token'),
+    as('viewer-token'),
+    as('prodops-token'),
+    as('prodmon-token'),
+    as('nobody-token'),
+    as(),
+  ];
   for (const id of ['prod-1', 'dev-1']) await boss.partitions.createPartition({ partitionId: id, partition: partitionSpec(1, 1) });
 });
 afterAll(async () => {
@@ -55,17 +64,38 @@ describe('authentication', () => {
     await denied(as('not-a-token').partitions.getPartition({ name: 'partitions/prod-1' }), grpc.status.UNAUTHENTICATED);
     const entries = audits(lines.slice(before), 'deny');
     expect(entries).toHaveLength(2);
-    expect(entries[0]).toMatchObject({ level: 40, principal: null, method: 'vsm.v1.PartitionService/GetCapabilities', decision: 'deny', reason: expect.stringMatching(/no credentials/) });
+    expect(entries[0]).toMatchObject({
+      level: 40,
+      principal: null,
+      method: 'vsm.v1.PartitionService/GetCapabilities',
+      decision: 'deny',
+      reason: expect.stringMatching(/no credentials/),
+    });
     expect(entries[1]).toMatchObject({ level: 40, principal: null, method: 'vsm.v1.PartitionService/GetPartition', reason: 'unknown bearer token' });
   });
 
   test('health needs no credentials; reflection does', async () => {
     const health = new grpc.Client(srv.address, grpc.credentials.createInsecure());
     const check = await new Promise<Buffer>((resolve, reject) =>
-      health.makeUnaryRequest('/grpc.health.v1.Health/Check', (b: Buffer) => b, (b: Buffer) => b, Buffer.alloc(0), (e, r) => (e ? reject(e) : resolve(r!))));
+      health.makeUnaryRequest(
+        '/grpc.health.v1.Health/Check',
+        (b: Buffer) => b,
+        (b: Buffer) => b,
+        Buffer.alloc(0),
+        (e, r) => (e ? reject(e) : resolve(r!)),
+      ),
+    );
     expect([...check]).toEqual([0x08, 0x01]); // status: SERVING
-    const refl = health.makeBidiStreamRequest('/grpc.reflection.v1.ServerReflection/ServerReflectionInfo', (b: Buffer) => b, (b: Buffer) => b);
-    const err = await new Promise<grpc.ServiceError>((resolve) => { refl.on('error', resolve); refl.on('data', () => undefined); refl.write(Buffer.from([0x3a, 0x01, 0x2a])); });
+    const refl = health.makeBidiStreamRequest(
+      '/grpc.reflection.v1.ServerReflection/ServerReflectionInfo',
+      (b: Buffer) => b,
+      (b: Buffer) => b,
+    );
+    const err = await new Promise<grpc.ServiceError>((resolve) => {
+      refl.on('error', resolve);
+      refl.on('data', () => undefined);
+      refl.write(Buffer.from([0x3a, 0x01, 0x2a]));
+    });
     expect(err.code).toBe(grpc.status.UNAUTHENTICATED);
     health.close();
   });
@@ -165,8 +195,16 @@ describe('authorization (streams)', () => {
     expect((await boss.guest.callHypercallPage({ name: 'partitions/prod-1/vps/0', offset: 0x26, rcx: 1n })).outcome?.activeVtl).toBe(0); // VtlReturn
 
     const before = lines.length;
-    for (const [c, code] of [[nobody, grpc.status.PERMISSION_DENIED], [prodmon, grpc.status.PERMISSION_DENIED], [anonymous, grpc.status.UNAUTHENTICATED]] as const) {
-      const e = await failure((async () => { for await (const _ of c.vtl.watchTransitions({ name: 'partitions/dev-1' })) return; })());
+    for (const [c, code] of [
+      [nobody, grpc.status.PERMISSION_DENIED],
+      [prodmon, grpc.status.PERMISSION_DENIED],
+      [anonymous, grpc.status.UNAUTHENTICATED],
+    ] as const) {
+      const e = await failure(
+        (async () => {
+          for await (const _ of c.vtl.watchTransitions({ name: 'partitions/dev-1' })) return;
+        })(),
+      );
       expect([e.codeName, e.reason]).toEqual([grpc.status[code], 'HV_STATUS_ACCESS_DENIED']);
     }
     expect(audits(lines.slice(before), 'deny').map((l) => [l.principal, l.method, l.resource ?? null])).toEqual([
@@ -186,17 +224,31 @@ describe('authorization (streams)', () => {
     ok.cancel();
     // Denied: not a single message, then PERMISSION_DENIED.
     const before = lines.length;
-    for (const [c, target] of [[prodmon, 'partitions/dev-1'], [viewer, 'partitions/prod-1'], [prodops, 'partitions/prod-1']] as const) {
+    for (const [c, target] of [
+      [prodmon, 'partitions/dev-1'],
+      [viewer, 'partitions/prod-1'],
+      [prodops, 'partitions/prod-1'],
+    ] as const) {
       const m = c.intercepts.monitor();
       m.send(subscribe(target));
       const got: pb.MonitorResponse[] = [];
-      const e = await failure((async () => { for await (const r of m.events) got.push(r); })());
+      const e = await failure(
+        (async () => {
+          for await (const r of m.events) got.push(r);
+        })(),
+      );
       expect([e.codeName, e.reason, got]).toEqual(['PERMISSION_DENIED', 'HV_STATUS_ACCESS_DENIED', []]);
     }
     // viewer and prodops hold the monitor role nowhere: refused from the headers, subscribe unread.
-    expect(audits(lines.slice(before), 'deny').map((l) => [l.principal, l.resource])).toEqual([['prodmon', 'partitions/dev-1'], ['viewer', '(any partition)'], ['prodops', '(any partition)']]);
+    expect(audits(lines.slice(before), 'deny').map((l) => [l.principal, l.resource])).toEqual([
+      ['prodmon', 'partitions/dev-1'],
+      ['viewer', '(any partition)'],
+      ['prodops', '(any partition)'],
+    ]);
     // Allowed Monitor streams are audited (monitoring is a privileged action).
-    expect(audits(lines, 'allow').some((l) => l.principal === 'prodmon' && l.method === 'vsm.v1.InterceptService/Monitor' && l.resource === 'partitions/prod-1')).toBe(true);
+    expect(
+      audits(lines, 'allow').some((l) => l.principal === 'prodmon' && l.method === 'vsm.v1.InterceptService/Monitor' && l.resource === 'partitions/prod-1'),
+    ).toBe(true);
   });
 });
 
@@ -204,11 +256,15 @@ describe('policy file reload', () => {
   test('a changed policy applies without restart; an invalid change keeps the last good one', async () => {
     const dir = tempDir('vsm-policy-');
     const file = path.join(dir, 'policy.json');
-    const write = (roles: string[]) => fs.writeFileSync(file, JSON.stringify({ principals: { t: { tokens: [tokenHash('t')], roles: { 'partitions/*': roles } } } }));
+    const write = (roles: string[]) =>
+      fs.writeFileSync(file, JSON.stringify({ principals: { t: { tokens: [tokenHash('t')], roles: { 'partitions/*': roles } } } }));
     write(['viewer']);
     const s = await startSecured({ security: { authzPolicy: { file, reloadIntervalMs: 50 } } });
     const c = connect(s.srv.address, { token: 't', retries: 0 });
-    const waitFor = async (cond: () => boolean) => { for (let i = 0; i < 100 && !cond(); i++) await new Promise((r) => setTimeout(r, 20)); expect(cond()).toBe(true); };
+    const waitFor = async (cond: () => boolean) => {
+      for (let i = 0; i < 100 && !cond(); i++) await new Promise((r) => setTimeout(r, 20));
+      expect(cond()).toBe(true);
+    };
     try {
       await denied(c.partitions.createPartition({ partitionId: 'x', partition: partitionSpec() }));
       write(['admin']);

@@ -11,8 +11,11 @@ import { type LogLine, VTL1_LAYOUT, setupVtl1Partition, startSecured } from './s
 import { MiB, frame, openCall, sampleRss, writeWithin } from './raw-grpc';
 
 const clients: VsmClient[] = [];
-afterAll(() => { for (const c of clients) c.close(); });
-const subscribeBytes = (name: string) => frame(pb.MonitorRequest.encode(pb.MonitorRequest.fromPartial({ kind: { $case: 'subscribe', value: { name, accessMask: 0 } } })).finish());
+afterAll(() => {
+  for (const c of clients) c.close();
+});
+const subscribeBytes = (name: string) =>
+  frame(pb.MonitorRequest.encode(pb.MonitorRequest.fromPartial({ kind: { $case: 'subscribe', value: { name, accessMask: 0 } } })).finish());
 
 test('intercepts pushed to a monitor that reads nothing: the stream ends RESOURCE_EXHAUSTED at the cap, the intercepts stay pending for the next monitor', async () => {
   const { srv, lines } = await startSecured({ streamBuffer: { maxMessages: 8, resetAfterMs: 2000 } });
@@ -28,12 +31,19 @@ test('intercepts pushed to a monitor that reads nothing: the stream ends RESOURC
     await waitFor('the monitor to be registered', () => srv.guard.streams.active === 1);
     // Every VP writes 64 KiB to the protected page: each write intercepts and waits for a monitor.
     const data = Buffer.alloc(64 * 1024, 0x5a);
-    const writes = vps.map((vp) => c.guest.writeMemory({ name: vp, gpa: VTL1_LAYOUT.secretGpa, data }).then(() => 'ok', (e: Error) => e.message));
+    const writes = vps.map((vp) =>
+      c.guest.writeMemory({ name: vp, gpa: VTL1_LAYOUT.secretGpa, data }).then(
+        () => 'ok',
+        (e: Error) => e.message,
+      ),
+    );
     await waitFor('all intercepts pending', async () => (await c.intercepts.listPendingIntercepts({ name })).intercepts.length === vpCount);
     // The cap (8 unsent messages here) ended the stream: logged, slot returned.
     await waitFor('the lagging stream to end', () => lines.some((l) => l.msg === 'stream ended' && l.code === 8));
     const ended = lines.find((l) => l.msg === 'stream ended' && l.code === 8) as LogLine;
-    expect(ended.error).toMatch(/^the client did not take its responses: 8 messages \(\d+ bytes\) were still unsent, over the per-stream limit of 8 messages \/ 16777216 bytes; the client lagged/);
+    expect(ended.error).toMatch(
+      /^the client did not take its responses: 8 messages \(\d+ bytes\) were still unsent, over the per-stream limit of 8 messages \/ 16777216 bytes; the client lagged/,
+    );
     await waitFor('the slot to come back', () => srv.guard.streams.active === 0);
     // The client reads nothing, so it gets no trailers either: the HTTP/2 stream is reset
     // (ENHANCE_YOUR_CALM, which gRPC clients read as RESOURCE_EXHAUSTED) after the grace period.
@@ -51,7 +61,12 @@ test('intercepts pushed to a monitor that reads nothing: the stream ends RESOURC
       for await (const ev of good.events) {
         if (ev.kind?.$case !== 'intercept') continue;
         seen.push(ev.kind.value.interceptId);
-        good.send({ kind: { $case: 'reply', value: { interceptId: ev.kind.value.interceptId, action: pb.InterceptAction.INTERCEPT_ACTION_SKIP, data: Buffer.alloc(0) } as pb.InterceptReply } });
+        good.send({
+          kind: {
+            $case: 'reply',
+            value: { interceptId: ev.kind.value.interceptId, action: pb.InterceptAction.INTERCEPT_ACTION_SKIP, data: Buffer.alloc(0) } as pb.InterceptReply,
+          },
+        });
         good.close();
       }
     }
@@ -64,8 +79,12 @@ test('intercepts pushed to a monitor that reads nothing: the stream ends RESOURC
 
 describe('the service process (RSS)', () => {
   let svc: ChildService;
-  beforeAll(async () => { svc = await spawnService(['--stream-stall-timeout-ms', '2000'], { name: 'vsm-service (backpressure)' }); });
-  afterAll(async () => { await svc?.stop(); });
+  beforeAll(async () => {
+    svc = await spawnService(['--stream-stall-timeout-ms', '2000'], { name: 'vsm-service (backpressure)' });
+  });
+  afterAll(async () => {
+    await svc?.stop();
+  });
 
   test('a monitor that sends update_events as fast as it can and never reads: memory stays bounded, the stream ends RESOURCE_EXHAUSTED', async () => {
     const c = connect(svc.address, { retries: 0, deadlineMs: 30_000 });
@@ -75,7 +94,11 @@ describe('the service process (RSS)', () => {
     const m = openCall(svc.address, '/vsm.v1.InterceptService/Monitor', { paused: true });
     m.stream.write(subscribeBytes('partitions/flood'));
     // ~6,000 update_events per 64 KiB write; up to 1 million in all (before the fix: +~200 MiB).
-    const one = frame(pb.MonitorRequest.encode(pb.MonitorRequest.fromPartial({ kind: { $case: 'updateEvents', value: { op: pb.EventMaskOp.EVENT_MASK_OP_ENABLE, accessMask: 2 } } })).finish());
+    const one = frame(
+      pb.MonitorRequest.encode(
+        pb.MonitorRequest.fromPartial({ kind: { $case: 'updateEvents', value: { op: pb.EventMaskOp.EVENT_MASK_OP_ENABLE, accessMask: 2 } } }),
+      ).finish(),
+    );
     const perChunk = Math.floor((64 * 1024) / one.length);
     const chunk = Buffer.concat(Array(perChunk).fill(one));
     await new Promise((r) => setTimeout(r, 200));

@@ -14,7 +14,9 @@ const mk = (srv: RunningServer, token?: string) => {
   clients.push(c);
   return c;
 };
-afterAll(() => { for (const c of clients) c.close(); });
+afterAll(() => {
+  for (const c of clients) c.close();
+});
 
 /** Opens a WatchVtlTransitions stream and resolves once the server accepted it (or rejects with its error). */
 function watch(c: VsmClient, name: string): { ready: Promise<void>; cancel(): void; ended: Promise<unknown> } {
@@ -22,7 +24,9 @@ function watch(c: VsmClient, name: string): { ready: Promise<void>; cancel(): vo
   const it = c.vtl.watchTransitions({ name }, ac.signal)[Symbol.asyncIterator]();
   const first = it.next();
   // An accepted stream starts with its 'subscribed' event and stays open; a refused one ends with an error.
-  const ready = first.then((r) => { if (r.done || r.value?.event?.$case !== 'subscribed') throw new Error('stream ended'); });
+  const ready = first.then((r) => {
+    if (r.done || r.value?.event?.$case !== 'subscribed') throw new Error('stream ended');
+  });
   const ended = first.then((r) => (r.done ? r : it.next())).catch((e: unknown) => e);
   return { ready, cancel: () => ac.abort(), ended };
 }
@@ -44,7 +48,11 @@ describe('stream limits', () => {
       // Monitor streams count too.
       const m = c.intercepts.monitor();
       m.send({ kind: { $case: 'subscribe', value: { name: 'partitions/l', accessMask: 0 } as pb.MonitorSubscribe } });
-      const me = await failure((async () => { for await (const _ of m.events) return; })());
+      const me = await failure(
+        (async () => {
+          for await (const _ of m.events) return;
+        })(),
+      );
       expect(me.codeName).toBe('RESOURCE_EXHAUSTED');
       a.cancel();
       await new Promise((r) => setTimeout(r, 100));
@@ -61,10 +69,14 @@ describe('stream limits', () => {
   });
 
   test('per principal with a policy; the total bounds everyone', async () => {
-    const policy = parsePolicy(JSON.stringify({ principals: {
-      a: { tokens: [tokenHash('a')], roles: { 'partitions/*': ['admin'] } },
-      b: { tokens: [tokenHash('b')], roles: { 'partitions/*': ['viewer'] } },
-    } }));
+    const policy = parsePolicy(
+      JSON.stringify({
+        principals: {
+          a: { tokens: [tokenHash('a')], roles: { 'partitions/*': ['admin'] } },
+          b: { tokens: [tokenHash('b')], roles: { 'partitions/*': ['viewer'] } },
+        },
+      }),
+    );
     const { srv } = await startSecured({ security: { authzPolicy: policy, limits: { maxStreams: 3, maxStreamsPerClient: 2 } } });
     try {
       const a = mk(srv, 'a');
@@ -83,7 +95,15 @@ describe('stream limits', () => {
       for (let i = 0; i < 3; i++) {
         const m = b.intercepts.monitor();
         m.send({ kind: { $case: 'subscribe', value: { name: 'partitions/l', accessMask: 0 } as pb.MonitorSubscribe } });
-        expect((await failure((async () => { for await (const _ of m.events) return; })())).codeName).toBe('PERMISSION_DENIED');
+        expect(
+          (
+            await failure(
+              (async () => {
+                for await (const _ of m.events) return;
+              })(),
+            )
+          ).codeName,
+        ).toBe('PERMISSION_DENIED');
       }
       expect(srv.guard.streams.active).toBe(0);
     } finally {
@@ -100,7 +120,9 @@ test('a Monitor stream the client half-closes ends with OK (and gives its slot b
     for (let i = 0; i < 3; i++) {
       const m = c.intercepts.monitor();
       m.send({ kind: { $case: 'subscribe', value: { name: 'partitions/h', accessMask: 0 } as pb.MonitorSubscribe } });
-      m.send({ kind: { $case: 'reply', value: { interceptId: 99n, action: pb.InterceptAction.INTERCEPT_ACTION_ALLOW, data: Buffer.alloc(0) } as pb.InterceptReply } });
+      m.send({
+        kind: { $case: 'reply', value: { interceptId: 99n, action: pb.InterceptAction.INTERCEPT_ACTION_ALLOW, data: Buffer.alloc(0) } as pb.InterceptReply },
+      });
       m.close();
       const got: string[] = [];
       for await (const r of m.events) got.push(r.kind?.$case === 'replyResult' ? `reply:${pb.ReplyStatus[r.kind.value.status]}` : String(r.kind?.$case));
@@ -129,7 +151,9 @@ describe('request limits', () => {
   });
 
   test('--max-partitions, --max-memory, --max-vps reach the core manager', async () => {
-    expect((await failure(c.partitions.createPartition({ partition: { ...partitionSpec(), memoryBytes: 2n << 30n } }))).message).toMatch(/memory_bytes exceeds the limit of 1073741824/);
+    expect((await failure(c.partitions.createPartition({ partition: { ...partitionSpec(), memoryBytes: 2n << 30n } }))).message).toMatch(
+      /memory_bytes exceeds the limit of 1073741824/,
+    );
     expect((await failure(c.partitions.createPartition({ partition: partitionSpec(5) }))).message).toMatch(/vp_count must be 1\.\.4/);
     await c.partitions.createPartition({ partitionId: 'second', partition: partitionSpec() });
     const e = await failure(c.partitions.createPartition({ partitionId: 'third', partition: partitionSpec() }));
@@ -139,16 +163,32 @@ describe('request limits', () => {
 
   test('undecodable request bytes: INVALID_ARGUMENT, not INTERNAL', async () => {
     const raw = new grpc.Client(srv.address, grpc.credentials.createInsecure());
-    const call = (path: string, bytes: Buffer) => new Promise<grpc.ServiceError | null>((resolve) =>
-      raw.makeUnaryRequest(path, (b: Buffer) => b, (b: Buffer) => b, bytes, (e) => resolve(e)));
+    const call = (path: string, bytes: Buffer) =>
+      new Promise<grpc.ServiceError | null>((resolve) =>
+        raw.makeUnaryRequest(
+          path,
+          (b: Buffer) => b,
+          (b: Buffer) => b,
+          bytes,
+          (e) => resolve(e),
+        ),
+      );
     const e = await call('/vsm.v1.GuestService/WriteMsr', Buffer.from([0x0f, 0xff])); // wire type 7
     expect(e?.code).toBe(grpc.status.INVALID_ARGUMENT);
     expect(e?.details).toMatch(/^the request is not a valid vsm.v1.GuestService\/WriteMsr request message: /);
     const e2 = await call('/vsm.v1.PartitionService/GetPartition', Buffer.from([0x0a, 0x05, 0x61])); // truncated string
     expect(e2?.code).toBe(grpc.status.INVALID_ARGUMENT);
     // Bidi: a malformed first Monitor message ends the stream with INVALID_ARGUMENT.
-    const bidi = raw.makeBidiStreamRequest('/vsm.v1.InterceptService/Monitor', (b: Buffer) => b, (b: Buffer) => b);
-    const be = await new Promise<grpc.ServiceError>((resolve) => { bidi.on('error', resolve); bidi.on('data', () => undefined); bidi.write(Buffer.from([0xff, 0xff, 0xff])); });
+    const bidi = raw.makeBidiStreamRequest(
+      '/vsm.v1.InterceptService/Monitor',
+      (b: Buffer) => b,
+      (b: Buffer) => b,
+    );
+    const be = await new Promise<grpc.ServiceError>((resolve) => {
+      bidi.on('error', resolve);
+      bidi.on('data', () => undefined);
+      bidi.write(Buffer.from([0xff, 0xff, 0xff]));
+    });
     expect(be.code).toBe(grpc.status.INVALID_ARGUMENT);
     raw.close();
   });

@@ -4,7 +4,16 @@ import { Metadata } from '@grpc/grpc-js';
 import { pb } from '@vsm/client';
 import { parseConfig, UsageError } from '@vsm/vsm-v1';
 import {
-  METHOD_ROLES, PolicyError, authenticate, isAllowed, isLoopbackListen, parsePolicy, requiredRole, resourceOf, sha256Hex, subjectAltNames,
+  METHOD_ROLES,
+  PolicyError,
+  authenticate,
+  isAllowed,
+  isLoopbackListen,
+  parsePolicy,
+  requiredRole,
+  resourceOf,
+  sha256Hex,
+  subjectAltNames,
 } from '@vsm/vsm-v1/security';
 
 const policyDoc = {
@@ -72,7 +81,10 @@ describe('policy file', () => {
     expect(resourceOf('/vsm.v1.PartitionService/CreatePartition', { partitionId: '' })).toEqual({ kind: 'all' });
     expect(resourceOf('/vsm.v1.PartitionService/ListPartitions', {})).toEqual({ kind: 'all' });
     expect(resourceOf('/vsm.v1.PartitionService/GetCapabilities', {}).kind).toBe('any');
-    expect(resourceOf('/vsm.v1.InterceptService/Monitor', { kind: { $case: 'subscribe', value: { name: 'partitions/a' } } })).toEqual({ kind: 'partition', id: 'a' });
+    expect(resourceOf('/vsm.v1.InterceptService/Monitor', { kind: { $case: 'subscribe', value: { name: 'partitions/a' } } })).toEqual({
+      kind: 'partition',
+      id: 'a',
+    });
     expect(resourceOf('/vsm.v1.InterceptService/Monitor', { kind: { $case: 'reply', value: {} } }).kind).toBe('any');
   });
 });
@@ -96,7 +108,10 @@ describe('credentials', () => {
   test('client certificates resolve by URI/DNS subjectAltName; token and certificate must agree', () => {
     expect(authenticate(policy, md(), cert('DNS:ops.example, URI:spiffe://vsm.test/ops'))).toEqual({ ok: true, principal: 'ops', via: 'certificate' });
     expect(authenticate(policy, md(), cert('URI:spiffe://vsm.test/other'))).toMatchObject({ ok: false, why: expect.stringMatching(/not a principal/) });
-    expect(authenticate(policy, md('Bearer boss-token'), cert('URI:spiffe://vsm.test/ops'))).toMatchObject({ ok: false, why: expect.stringMatching(/different principals/) });
+    expect(authenticate(policy, md('Bearer boss-token'), cert('URI:spiffe://vsm.test/ops'))).toMatchObject({
+      ok: false,
+      why: expect.stringMatching(/different principals/),
+    });
   });
 
   test('subjectAltName parsing handles quoted entries', () => {
@@ -110,8 +125,10 @@ describe('configuration', () => {
   const parse = (argv: string[], env: NodeJS.ProcessEnv = {}) => parseConfig(argv, env);
 
   test('loopback addresses', () => {
-    for (const a of ['127.0.0.1:1', '127.9.8.7:1', 'localhost:1', '[::1]:1', 'LOCALHOST:1', '[::ffff:127.0.0.1]:1']) expect([a, isLoopbackListen(a)]).toEqual([a, true]);
-    for (const a of ['0.0.0.0:1', '[::]:1', '10.0.0.1:1', 'example.com:1', '128.0.0.1:1', 'localhost.evil.com:1']) expect([a, isLoopbackListen(a)]).toEqual([a, false]);
+    for (const a of ['127.0.0.1:1', '127.9.8.7:1', 'localhost:1', '[::1]:1', 'LOCALHOST:1', '[::ffff:127.0.0.1]:1'])
+      expect([a, isLoopbackListen(a)]).toEqual([a, true]);
+    for (const a of ['0.0.0.0:1', '[::]:1', '10.0.0.1:1', 'example.com:1', '128.0.0.1:1', 'localhost.evil.com:1'])
+      expect([a, isLoopbackListen(a)]).toEqual([a, false]);
   });
 
   test('plaintext: loopback by default, non-loopback refused unless --insecure-allow-remote', () => {
@@ -121,7 +138,12 @@ describe('configuration', () => {
     expect(() => parse([], { VSM_LISTEN: '[::]:50051' })).toThrow(UsageError);
     expect(parse(['--listen', '0.0.0.0:50051', '--insecure-allow-remote']).insecureAllowRemote).toBe(true);
     expect(parse(['--listen', '0.0.0.0:50051'], { VSM_INSECURE_ALLOW_REMOTE: '1' }).insecureAllowRemote).toBe(true);
-    expect(parse(['--listen', '0.0.0.0:1', '--tls-cert', 'c', '--tls-key', 'k']).tls).toEqual({ certFile: 'c', keyFile: 'k', caFile: undefined, clientAuth: 'none' });
+    expect(parse(['--listen', '0.0.0.0:1', '--tls-cert', 'c', '--tls-key', 'k']).tls).toEqual({
+      certFile: 'c',
+      keyFile: 'k',
+      caFile: undefined,
+      clientAuth: 'none',
+    });
   });
 
   test('TLS flag combinations', () => {
@@ -141,7 +163,14 @@ describe('configuration', () => {
 
   test('limits', () => {
     const c = parse(['--max-streams', '10', '--max-streams-per-client=3', '--max-partitions', '5', '--max-vps', '8', '--max-memory', '4G']);
-    expect(c.limits).toEqual({ maxStreams: 10, maxStreamsPerClient: 3, maxPartitions: 5, maxVpCount: 8, maxMemoryBytes: 4n << 30n, maxResidentBytes: expect.any(BigInt) }); // default: test/e2e/resident-limit.test.ts
+    expect(c.limits).toEqual({
+      maxStreams: 10,
+      maxStreamsPerClient: 3,
+      maxPartitions: 5,
+      maxVpCount: 8,
+      maxMemoryBytes: 4n << 30n,
+      maxResidentBytes: expect.any(BigInt),
+    }); // default: test/e2e/resident-limit.test.ts
     expect(parse([], { VSM_MAX_MEMORY: '1048576' }).limits.maxMemoryBytes).toBe(1048576n);
     expect(() => parse(['--max-streams', '0'])).toThrow(/integer 1\.\./);
     expect(() => parse(['--max-memory', '12345'])).toThrow(/multiple of 4096/);

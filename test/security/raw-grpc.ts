@@ -24,12 +24,20 @@ export interface RawCall {
  * with `paused`, nothing is read at all (until the caller resumes `stream`) and the server meets
  * HTTP/2 flow control once the window is full.
  */
-export function openCall(address: string, path: string, opts: { token?: string; session?: http2.ClientHttp2Session; paused?: boolean; headers?: Record<string, string> } = {}): RawCall {
+export function openCall(
+  address: string,
+  path: string,
+  opts: { token?: string; session?: http2.ClientHttp2Session; paused?: boolean; headers?: Record<string, string> } = {},
+): RawCall {
   const session = opts.session ?? http2.connect(`http://${address}`);
   if (!opts.session) session.on('error', () => undefined);
   const stream = session.request({
-    ':method': 'POST', ':path': path, 'content-type': 'application/grpc', te: 'trailers',
-    ...(opts.token ? { authorization: `Bearer ${opts.token}` } : {}), ...opts.headers,
+    ':method': 'POST',
+    ':path': path,
+    'content-type': 'application/grpc',
+    te: 'trailers',
+    ...(opts.token ? { authorization: `Bearer ${opts.token}` } : {}),
+    ...opts.headers,
   });
   stream.on('error', () => undefined);
   // Unless paused, responses are consumed (and dropped), so the stream can end.
@@ -56,7 +64,10 @@ export function writeWithin(stream: http2.ClientHttp2Stream, chunk: Buffer, ms: 
   return new Promise((resolve) => {
     if (stream.closed || stream.destroyed || !stream.writable) return resolve(false);
     const t = setTimeout(() => resolve(false), ms);
-    stream.write(chunk, (err) => { clearTimeout(t); resolve(!err); });
+    stream.write(chunk, (err) => {
+      clearTimeout(t);
+      resolve(!err);
+    });
   });
 }
 
@@ -70,8 +81,25 @@ export function rssOf(pid: number): number {
 /** Samples rssOf(pid) every `everyMs` until stop(); peak() is the largest sample. */
 export function sampleRss(pid: number, everyMs = 50): { peak(): number; stop(): number } {
   let peak = rssOf(pid);
-  const t = setInterval(() => { try { peak = Math.max(peak, rssOf(pid)); } catch { /* exited */ } }, everyMs);
-  return { peak: () => peak, stop: () => { clearInterval(t); try { peak = Math.max(peak, rssOf(pid)); } catch { /* exited */ } return peak; } };
+  const t = setInterval(() => {
+    try {
+      peak = Math.max(peak, rssOf(pid));
+    } catch {
+      /* exited */
+    }
+  }, everyMs);
+  return {
+    peak: () => peak,
+    stop: () => {
+      clearInterval(t);
+      try {
+        peak = Math.max(peak, rssOf(pid));
+      } catch {
+        /* exited */
+      }
+      return peak;
+    },
+  };
 }
 
 export const MiB = 1024 * 1024;

@@ -9,7 +9,9 @@ import { failure } from '../support/server';
 import { partitionSpec, startSecured, tokenHash } from './support';
 
 const clients: VsmClient[] = [];
-afterAll(() => { for (const c of clients) c.close(); });
+afterAll(() => {
+  for (const c of clients) c.close();
+});
 const mk = (srv: RunningServer, token?: string) => {
   const c = connect(srv.address, { token, retries: 0, deadlineMs: 10_000 });
   clients.push(c);
@@ -21,10 +23,14 @@ describe('with authorization', () => {
   let a: VsmClient;
   let b: VsmClient;
   beforeAll(async () => {
-    const policy = parsePolicy(JSON.stringify({ principals: {
-      alice: { tokens: [tokenHash('alice-token')], roles: { 'partitions/*': ['admin'] } },
-      bob: { tokens: [tokenHash('bob-token')], roles: { 'partitions/*': ['admin'] } },
-    } }));
+    const policy = parsePolicy(
+      JSON.stringify({
+        principals: {
+          alice: { tokens: [tokenHash('alice-token')], roles: { 'partitions/*': ['admin'] } },
+          bob: { tokens: [tokenHash('bob-token')], roles: { 'partitions/*': ['admin'] } },
+        },
+      }),
+    );
     ({ srv } = await startSecured({ security: { authzPolicy: policy } }));
     a = mk(srv, 'alice-token');
     b = mk(srv, 'bob-token');
@@ -58,7 +64,11 @@ describe('with authorization', () => {
     expect(p.name).toBe('partitions/alice-real');
     // Alice reusing her own id for something else is refused as before, with her id in the message.
     const e = await failure(a.partitions.createPartition({ requestId: 'alice-next', partitionId: 'alice-other', partition: spec }));
-    expect([e.codeName, e.reason, e.message]).toEqual(['ALREADY_EXISTS', 'HV_STATUS_OBJECT_IN_USE', 'request_id alice-next was already used for a different CreatePartition']);
+    expect([e.codeName, e.reason, e.message]).toEqual([
+      'ALREADY_EXISTS',
+      'HV_STATUS_OBJECT_IN_USE',
+      'request_id alice-next was already used for a different CreatePartition',
+    ]);
     // Over-long ids are refused as before.
     const long = await failure(a.partitions.createPartition({ requestId: 'x'.repeat(129), partition: spec }));
     expect([long.codeName, long.message]).toEqual(['INVALID_ARGUMENT', 'request_id is longer than 128 characters']);

@@ -19,14 +19,21 @@ let svc: ChildService;
 beforeAll(async () => {
   dir = tempDir('vsm-request-memory-');
   const policy = path.join(dir, 'policy.json');
-  fs.writeFileSync(policy, JSON.stringify({ principals: {
-    boss: { tokens: [tokenHash('boss-token')], roles: { 'partitions/*': ['admin'] } },
-    w1: { tokens: [tokenHash('w1-token')], roles: { 'partitions/*': ['operator'] } },
-    w2: { tokens: [tokenHash('w2-token')], roles: { 'partitions/*': ['operator'] } },
-    norole: { tokens: [tokenHash('norole-token')] },
-    viewer: { tokens: [tokenHash('viewer-token')], roles: { 'partitions/*': ['viewer'] } },
-  } }));
-  svc = await spawnService(['--authz-policy', policy, '--max-request-bytes', '96M', '--max-request-bytes-per-client', '64M'], { name: 'vsm-service (request memory)' });
+  fs.writeFileSync(
+    policy,
+    JSON.stringify({
+      principals: {
+        boss: { tokens: [tokenHash('boss-token')], roles: { 'partitions/*': ['admin'] } },
+        w1: { tokens: [tokenHash('w1-token')], roles: { 'partitions/*': ['operator'] } },
+        w2: { tokens: [tokenHash('w2-token')], roles: { 'partitions/*': ['operator'] } },
+        norole: { tokens: [tokenHash('norole-token')] },
+        viewer: { tokens: [tokenHash('viewer-token')], roles: { 'partitions/*': ['viewer'] } },
+      },
+    }),
+  );
+  svc = await spawnService(['--authz-policy', policy, '--max-request-bytes', '96M', '--max-request-bytes-per-client', '64M'], {
+    name: 'vsm-service (request memory)',
+  });
   const boss = connect(svc.address, { token: 'boss-token', retries: 0, deadlineMs: 10_000 });
   await boss.partitions.createPartition({ partitionId: 'mem', partition: { vpCount: 1, memoryBytes: 1n << 30n, maximumVtl: 1 } as pb.Partition });
   boss.close();
@@ -53,12 +60,14 @@ async function halfSend(token: string, calls: number, connections: number): Prom
   const out: RawCall[] = [];
   const header = Buffer.alloc(5);
   header.writeUInt32BE(DECLARED, 1);
-  await Promise.all(Array.from({ length: calls }, async (_, i) => {
-    const call = openCall(svc.address, '/vsm.v1.MemoryService/WriteGpa', { token, session: sessions[i % connections] });
-    out.push(call);
-    if (!(await writeWithin(call.stream, header, 5000))) return;
-    for (let sent = 0; sent + CHUNK.length < DECLARED; sent += CHUNK.length) if (!(await writeWithin(call.stream, CHUNK, 3000))) return;
-  }));
+  await Promise.all(
+    Array.from({ length: calls }, async (_, i) => {
+      const call = openCall(svc.address, '/vsm.v1.MemoryService/WriteGpa', { token, session: sessions[i % connections] });
+      out.push(call);
+      if (!(await writeWithin(call.stream, header, 5000))) return;
+      for (let sent = 0; sent + CHUNK.length < DECLARED; sent += CHUNK.length) if (!(await writeWithin(call.stream, CHUNK, 3000))) return;
+    }),
+  );
   return { calls: out, sessions };
 }
 
@@ -88,15 +97,23 @@ test('principals with the role: bounded per principal and in total; over the bud
   const peak = rss.stop();
   const held = (ends: typeof ea) => ends.filter((e) => e === 'open').length;
   const refused = (ends: typeof ea) => ends.filter((e) => e !== 'open' && e.grpcStatus === 8) as { grpcMessage?: string }[];
-  console.log(`w1 held ${held(ea)}, refused ${refused(ea).length}; w2 held ${held(eb)}, refused ${refused(eb).length}; RSS ${Math.round(base / MiB)} MiB -> peak ${Math.round(peak / MiB)} MiB`);
+  console.log(
+    `w1 held ${held(ea)}, refused ${refused(ea).length}; w2 held ${held(eb)}, refused ${refused(eb).length}; RSS ${Math.round(base / MiB)} MiB -> peak ${Math.round(peak / MiB)} MiB`,
+  );
   // 64 MiB per principal: at most 8 of w1's 8 MiB requests are being received at once.
   expect(held(ea)).toBeLessThanOrEqual(8);
   expect(held(ea) + refused(ea).length).toBe(20);
-  expect(refused(ea).some((e) => /^requests of client principal:w1 still being received would hold more than 67108864 bytes; finish or cancel some first$/.test(e.grpcMessage ?? ''))).toBe(true);
+  expect(
+    refused(ea).some((e) =>
+      /^requests of client principal:w1 still being received would hold more than 67108864 bytes; finish or cancel some first$/.test(e.grpcMessage ?? ''),
+    ),
+  ).toBe(true);
   // 96 MiB in total: w2 gets what w1 left.
   expect(held(ea) + held(eb)).toBeLessThanOrEqual(12);
   expect(held(eb) + refused(eb).length).toBe(20);
-  expect(refused(eb).some((e) => /^requests still being received on this server would hold more than 100663296 bytes; retry later$/.test(e.grpcMessage ?? ''))).toBe(true);
+  expect(
+    refused(eb).some((e) => /^requests still being received on this server would hold more than 100663296 bytes; retry later$/.test(e.grpcMessage ?? '')),
+  ).toBe(true);
   // What the budget lets be held (96 MiB) plus the churn of reading it (copies, read buffers not yet
   // collected); before the budget: 40 x 8 MiB held (~+400 MiB).
   expect(peak - base).toBeLessThan(200 * MiB);

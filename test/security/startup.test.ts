@@ -30,16 +30,24 @@ function run(args: string[], until?: RegExp): Promise<{ code: number | null; std
     });
     child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
     child.on('error', reject);
-    child.on('close', (code) => { clearTimeout(timer); resolve({ code, stdout, stderr, child }); });
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr, child });
+    });
   });
 }
 
-test.each([['0.0.0.0:0'], ['[::]:0'], ['10.1.2.3:50051'], ['example.com:50051']])('plaintext on %s is refused at start-up (exit 2, nothing bound)', async (listen) => {
-  const r = await run(['--listen', listen]);
-  expect(r.code).toBe(2);
-  expect(r.stderr).toContain(`refusing to serve plaintext on the non-loopback address ${listen}: configure TLS (--tls-cert FILE --tls-key FILE), or pass --insecure-allow-remote`);
-  expect(r.stdout).not.toMatch(/listening/);
-});
+test.each([['0.0.0.0:0'], ['[::]:0'], ['10.1.2.3:50051'], ['example.com:50051']])(
+  'plaintext on %s is refused at start-up (exit 2, nothing bound)',
+  async (listen) => {
+    const r = await run(['--listen', listen]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain(
+      `refusing to serve plaintext on the non-loopback address ${listen}: configure TLS (--tls-cert FILE --tls-key FILE), or pass --insecure-allow-remote`,
+    );
+    expect(r.stdout).not.toMatch(/listening/);
+  },
+);
 
 test('the same through VSM_LISTEN', async () => {
   const child = spawn(process.execPath, [MAIN], { cwd: ROOT, env: { ...env(), VSM_LISTEN: '0.0.0.0:0' }, stdio: ['ignore', 'pipe', 'pipe'] });
@@ -76,7 +84,11 @@ test('--tls-cert/--tls-key serve TLS', async () => {
   try {
     const ca = makeCa(dir);
     const srv = issue(ca, dir, 'server', SERVER_SANS);
-    const child = spawn(process.execPath, [MAIN, '--listen', '127.0.0.1:0', '--tls-cert', srv.cert, '--tls-key', srv.key], { cwd: ROOT, env: env(), stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [MAIN, '--listen', '127.0.0.1:0', '--tls-cert', srv.cert, '--tls-key', srv.key], {
+      cwd: ROOT,
+      env: env(),
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let out = '';
     const port = await new Promise<number>((resolve, reject) => {
       child.stdout.setEncoding('utf8').on('data', (d: string) => {

@@ -15,7 +15,9 @@ import { waitFor } from '../support/wait';
 import { type LogLine, VTL1_LAYOUT, audits, partitionSpec, setupVtl1Partition, startSecured, tokenHash } from './support';
 
 const clients: VsmClient[] = [];
-afterAll(() => { for (const c of clients) c.close(); });
+afterAll(() => {
+  for (const c of clients) c.close();
+});
 
 const subscribe = (name: string) => ({ kind: { $case: 'subscribe' as const, value: { name, accessMask: 0 } as pb.MonitorSubscribe } });
 
@@ -73,7 +75,8 @@ describe('finding 3: open streams follow policy changes', () => {
     const e = await monitor.end;
     expect(e).toBeInstanceOf(VsmError);
     expect([(e as VsmError).codeName, (e as VsmError).reason, (e as VsmError).message]).toEqual([
-      'PERMISSION_DENIED', 'HV_STATUS_ACCESS_DENIED',
+      'PERMISSION_DENIED',
+      'HV_STATUS_ACCESS_DENIED',
       'mon may no longer call vsm.v1.InterceptService/Monitor on partitions/r1 (needs role monitor); the authorization policy changed',
     ]);
     expect(srv.guard.trackedStreams).toBe(1); // the watch: viewer still allows it
@@ -89,7 +92,11 @@ describe('finding 3: open streams follow policy changes', () => {
     await waitFor('slots returned', () => srv.guard.streams.active === 0);
     expect(srv.guard.trackedStreams).toBe(0);
     // Each revocation is audited.
-    expect(audits(lines, 'deny').filter((l) => l.msg === 'audit: open stream ended, authorization revoked').map((l) => [l.principal, l.method, l.resource])).toEqual([
+    expect(
+      audits(lines, 'deny')
+        .filter((l) => l.msg === 'audit: open stream ended, authorization revoked')
+        .map((l) => [l.principal, l.method, l.resource]),
+    ).toEqual([
       ['mon', 'vsm.v1.InterceptService/Monitor', 'partitions/r1'],
       ['mon', 'vsm.v1.VtlService/WatchVtlTransitions', 'partitions/r1'],
     ]);
@@ -102,7 +109,11 @@ describe('finding 3: open streams follow policy changes', () => {
       try {
         const s = probe.intercepts.monitor();
         s.send(subscribe('partitions/none'));
-        const r = await failure((async () => { for await (const _ of s.events) return; })());
+        const r = await failure(
+          (async () => {
+            for await (const _ of s.events) return;
+          })(),
+        );
         return r.codeName === 'NOT_FOUND';
       } finally {
         probe.close();
@@ -132,7 +143,12 @@ describe('finding 3: open streams follow policy changes', () => {
     await waitFor('the pending intercept', async () => (pending = (await bossC.intercepts.listPendingIntercepts({ name })).intercepts).length === 1);
     // The revoked monitor's stream took nothing more; an answer sent on it now goes nowhere.
     expect(monitor.got.map((r) => r.kind?.$case)).toEqual(['subscription']);
-    m.send({ kind: { $case: 'reply', value: { interceptId: pending[0]!.interceptId, action: pb.InterceptAction.INTERCEPT_ACTION_SKIP, data: Buffer.from('FAKE') } as pb.InterceptReply } });
+    m.send({
+      kind: {
+        $case: 'reply',
+        value: { interceptId: pending[0]!.interceptId, action: pb.InterceptAction.INTERCEPT_ACTION_SKIP, data: Buffer.from('FAKE') } as pb.InterceptReply,
+      },
+    });
     await new Promise((r) => setTimeout(r, 200));
     expect((await bossC.intercepts.listPendingIntercepts({ name })).intercepts.map((x) => x.interceptId)).toEqual([pending[0]!.interceptId]);
 
@@ -142,7 +158,12 @@ describe('finding 3: open streams follow policy changes', () => {
     for await (const ev of b.events) {
       if (ev.kind?.$case !== 'intercept') continue;
       expect(ev.kind.value.interceptId).toBe(pending[0]!.interceptId);
-      b.send({ kind: { $case: 'reply', value: { interceptId: ev.kind.value.interceptId, action: pb.InterceptAction.INTERCEPT_ACTION_ALLOW, data: Buffer.alloc(0) } as pb.InterceptReply } });
+      b.send({
+        kind: {
+          $case: 'reply',
+          value: { interceptId: ev.kind.value.interceptId, action: pb.InterceptAction.INTERCEPT_ACTION_ALLOW, data: Buffer.alloc(0) } as pb.InterceptReply,
+        },
+      });
       break;
     }
     const r = await read;
@@ -158,7 +179,12 @@ describe('finding 10: stream slots and the first message', () => {
       firstMessageTimeoutMs: 500,
       security: {
         limits: { maxStreams: 4, maxStreamsPerClient: 2 },
-        authzPolicy: { file: writeTemp({ boss: { tokens: [tokenHash('boss-token')], roles: { 'partitions/*': ['admin'] } }, m: { tokens: [tokenHash('m-token')], roles: { 'partitions/x-*': ['monitor'] } } }) },
+        authzPolicy: {
+          file: writeTemp({
+            boss: { tokens: [tokenHash('boss-token')], roles: { 'partitions/*': ['admin'] } },
+            m: { tokens: [tokenHash('m-token')], roles: { 'partitions/x-*': ['monitor'] } },
+          }),
+        },
       },
     });
     try {
@@ -167,11 +193,18 @@ describe('finding 10: stream slots and the first message', () => {
       clients.push(boss, m);
       await boss.partitions.createPartition({ partitionId: 'x-1', partition: partitionSpec() });
       // Three monitors of m that never subscribe: none takes one of m's two slots.
-      const silent = [0, 1, 2].map(() => { const s = m.intercepts.monitor(); return { s, c: collect(s.events) }; });
+      const silent = [0, 1, 2].map(() => {
+        const s = m.intercepts.monitor();
+        return { s, c: collect(s.events) };
+      });
       await waitFor('the silent streams to reach the server', () => lines.filter((l) => l.msg === 'stream opened').length >= 3);
       expect(srv.guard.streams.active).toBe(0);
       // m can still subscribe (twice: its limit).
-      const live = [0, 1].map(() => { const s = m.intercepts.monitor(); s.send(subscribe('partitions/x-1')); return { s, c: collect(s.events) }; });
+      const live = [0, 1].map(() => {
+        const s = m.intercepts.monitor();
+        s.send(subscribe('partitions/x-1'));
+        return { s, c: collect(s.events) };
+      });
       await waitFor('both subscriptions answered', () => live.every((l) => l.c.got.length > 0));
       expect(srv.guard.streams.active).toBe(2);
       // The silent ones are ended: DEADLINE_EXCEEDED, with a message that says what was expected.
@@ -179,7 +212,9 @@ describe('finding 10: stream slots and the first message', () => {
         const e = await c.end;
         expect(e).toBeInstanceOf(VsmError);
         expect([(e as VsmError).codeName, (e as VsmError).reason, (e as VsmError).message]).toEqual([
-          'DEADLINE_EXCEEDED', 'HV_STATUS_TIME_OUT', 'Monitor: no first message within 500 ms of opening the stream; send subscribe right after opening it',
+          'DEADLINE_EXCEEDED',
+          'HV_STATUS_TIME_OUT',
+          'Monitor: no first message within 500 ms of opening the stream; send subscribe right after opening it',
         ]);
       }
       // The live ones were not affected by the timeout.
@@ -195,7 +230,9 @@ describe('finding 10: stream slots and the first message', () => {
     const { srv } = await startSecured({
       security: {
         limits: { maxStreams: 4, maxStreamsPerClient: 4 },
-        authzPolicy: { file: writeTemp({ boss: { tokens: [tokenHash('boss-token')], roles: { 'partitions/*': ['admin'] } }, none: { tokens: [tokenHash('none-token')] } }) },
+        authzPolicy: {
+          file: writeTemp({ boss: { tokens: [tokenHash('boss-token')], roles: { 'partitions/*': ['admin'] } }, none: { tokens: [tokenHash('none-token')] } }),
+        },
       },
     });
     try {
@@ -222,7 +259,9 @@ describe('finding 10: stream slots and the first message', () => {
 });
 
 const tmpDirs: string[] = [];
-afterAll(() => { for (const d of tmpDirs) fs.rmSync(d, { recursive: true, force: true }); });
+afterAll(() => {
+  for (const d of tmpDirs) fs.rmSync(d, { recursive: true, force: true });
+});
 function writeTemp(principals: Record<string, unknown>): string {
   const d = tempDir('vsm-slots-');
   tmpDirs.push(d);

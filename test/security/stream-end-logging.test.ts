@@ -21,7 +21,9 @@ test('Monitor and WatchVtlTransitions ended by the client (deadline, cancel) are
   const client = new pb.InterceptServiceClient(srv.address, grpc.credentials.createInsecure());
   const vtl = new pb.VtlServiceClient(srv.address, grpc.credentials.createInsecure());
   const parts = new pb.PartitionServiceClient(srv.address, grpc.credentials.createInsecure());
-  await new Promise<void>((res, rej) => parts.createPartition(pb.CreatePartitionRequest.fromPartial({ partitionId: 'le', partition: partitionSpec() }), (e) => (e ? rej(e) : res())));
+  await new Promise<void>((res, rej) =>
+    parts.createPartition(pb.CreatePartitionRequest.fromPartial({ partitionId: 'le', partition: partitionSpec() }), (e) => (e ? rej(e) : res())),
+  );
   const subscribe = pb.MonitorRequest.fromPartial({ kind: { $case: 'subscribe', value: { name: 'partitions/le', accessMask: 0 } } });
   const ended = () => lines.filter((l) => l.msg === 'stream closed').length;
   const rounds = 10;
@@ -31,14 +33,21 @@ test('Monitor and WatchVtlTransitions ended by the client (deadline, cancel) are
     // 1. The client's deadline passes while the server waits for the monitor's next message.
     const m = client.monitor(new grpc.Metadata(), { deadline: Date.now() + 150 + (i % 3) * 50 });
     m.write(subscribe);
-    codes.push(await new Promise<number>((resolve) => { m.on('data', () => undefined); m.on('error', (e: grpc.ServiceError) => resolve(e.code)); }));
+    codes.push(
+      await new Promise<number>((resolve) => {
+        m.on('data', () => undefined);
+        m.on('error', (e: grpc.ServiceError) => resolve(e.code));
+      }),
+    );
     // 2. The client cancels a monitor right after subscribing.
     const c = client.monitor();
     c.on('error', () => undefined);
     c.on('data', () => c.cancel());
     c.write(subscribe);
     // 3. A watch whose deadline passes.
-    const w = vtl.watchVtlTransitions(pb.WatchVtlTransitionsRequest.fromPartial({ name: 'partitions/le' }), new grpc.Metadata(), { deadline: Date.now() + 100 });
+    const w = vtl.watchVtlTransitions(pb.WatchVtlTransitionsRequest.fromPartial({ name: 'partitions/le' }), new grpc.Metadata(), {
+      deadline: Date.now() + 100,
+    });
     w.on('data', () => undefined);
     codes.push(await new Promise<number>((resolve) => w.on('error', (e: grpc.ServiceError) => resolve(e.code))));
     // 4. A client that sets a deadline (grpc-timeout) but never cancels: the server's own deadline
@@ -51,7 +60,7 @@ test('Monitor and WatchVtlTransitions ended by the client (deadline, cancel) are
   expect(lines.filter((l) => l.level >= 40)).toEqual([]);
   expect(lines.filter((l) => l.code === grpc.status.INTERNAL || /Premature close|internal error/i.test(JSON.stringify(l)))).toEqual([]);
   // Each client-ended stream is one debug line with CANCELLED.
-  const byClient = lines.filter((l) => l.msg === "stream ended by the client");
+  const byClient = lines.filter((l) => l.msg === 'stream ended by the client');
   expect(byClient.length).toBeGreaterThanOrEqual(rounds * 3);
   expect(byClient.every((l) => l.level === 20 && l.code === grpc.status.CANCELLED)).toBe(true);
   client.close();
@@ -64,7 +73,13 @@ function rawMonitorWithServerDeadline(address: string, subscribe: Uint8Array): P
   return new Promise((resolve, reject) => {
     const session = http2.connect(`http://${address}`);
     session.on('error', reject);
-    const req = session.request({ ':method': 'POST', ':path': '/vsm.v1.InterceptService/Monitor', 'content-type': 'application/grpc', te: 'trailers', 'grpc-timeout': '200m' });
+    const req = session.request({
+      ':method': 'POST',
+      ':path': '/vsm.v1.InterceptService/Monitor',
+      'content-type': 'application/grpc',
+      te: 'trailers',
+      'grpc-timeout': '200m',
+    });
     const frame = Buffer.alloc(5 + subscribe.length);
     frame.writeUInt32BE(subscribe.length, 1);
     Buffer.from(subscribe).copy(frame, 5);
@@ -72,7 +87,13 @@ function rawMonitorWithServerDeadline(address: string, subscribe: Uint8Array): P
     req.on('data', () => undefined);
     req.on('error', reject);
     // The trailers end the call; this client never ends its own side, so it closes the session.
-    req.on('trailers', (t) => { session.destroy(); resolve(Number(t['grpc-status'])); });
-    req.on('close', () => { session.destroy(); reject(new Error('the stream closed without trailers')); });
+    req.on('trailers', (t) => {
+      session.destroy();
+      resolve(Number(t['grpc-status']));
+    });
+    req.on('close', () => {
+      session.destroy();
+      reject(new Error('the stream closed without trailers'));
+    });
   });
 }

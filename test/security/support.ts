@@ -19,7 +19,14 @@ export interface LogLine {
 
 export function captureLogger(level = 'info'): { logger: Logger; lines: LogLine[] } {
   const lines: LogLine[] = [];
-  const logger = pino({ level }, { write: (s: string) => { for (const l of s.split('\n')) if (l.trim()) lines.push(JSON.parse(l) as LogLine); } });
+  const logger = pino(
+    { level },
+    {
+      write: (s: string) => {
+        for (const l of s.split('\n')) if (l.trim()) lines.push(JSON.parse(l) as LogLine);
+      },
+    },
+  );
   return { logger, lines };
 }
 
@@ -33,11 +40,21 @@ export async function startSecured(extra: Partial<ServerOptions> & { backend?: C
 
 export const audits = (lines: LogLine[], decision?: 'allow' | 'deny') => lines.filter((l) => l.audit && (decision === undefined || l.decision === decision));
 
-export const partitionSpec = (vpCount = 1, maximumVtl = 1) => ({ vpCount, memoryBytes: 1n << 30n, maximumVtl } as pb.Partition);
+export const partitionSpec = (vpCount = 1, maximumVtl = 1) => ({ vpCount, memoryBytes: 1n << 30n, maximumVtl }) as pb.Partition;
 
 // ---- a partition with VTL1 set up as a guest would (shared with test/fuzz) ------------------
 
-export const MSR = { GUEST_OS_ID: HvMsr.HV_X64_MSR_GUEST_OS_ID, HYPERCALL: HvMsr.HV_X64_MSR_HYPERCALL, VP_ASSIST: HvMsr.HV_X64_MSR_VP_ASSIST_PAGE, REFERENCE_TSC: HvMsr.HV_X64_MSR_REFERENCE_TSC, SCONTROL: HvMsr.HV_X64_MSR_SCONTROL, SIEFP: HvMsr.HV_X64_MSR_SIEFP, SIMP: HvMsr.HV_X64_MSR_SIMP, EOM: HvMsr.HV_X64_MSR_EOM, SINT0: HvMsr.HV_X64_MSR_SINT0 };
+export const MSR = {
+  GUEST_OS_ID: HvMsr.HV_X64_MSR_GUEST_OS_ID,
+  HYPERCALL: HvMsr.HV_X64_MSR_HYPERCALL,
+  VP_ASSIST: HvMsr.HV_X64_MSR_VP_ASSIST_PAGE,
+  REFERENCE_TSC: HvMsr.HV_X64_MSR_REFERENCE_TSC,
+  SCONTROL: HvMsr.HV_X64_MSR_SCONTROL,
+  SIEFP: HvMsr.HV_X64_MSR_SIEFP,
+  SIMP: HvMsr.HV_X64_MSR_SIMP,
+  EOM: HvMsr.HV_X64_MSR_EOM,
+  SINT0: HvMsr.HV_X64_MSR_SINT0,
+};
 export const r64 = (name: pb.HvRegisterName, v: bigint): pb.RegisterAssoc => ({ name, value: { value: { $case: 'reg64', value: v } } });
 
 export interface Vtl1Layout {
@@ -49,7 +66,14 @@ export interface Vtl1Layout {
   vtl1SiefpGpa: bigint;
   vtl1AssistGpa: bigint;
 }
-export const VTL1_LAYOUT: Vtl1Layout = { secretGpa: 0x40000n, vtl0HypercallGpa: 0x1000n, vtl1HypercallGpa: 0x2000n, vtl1SimpGpa: 0x9000n, vtl1SiefpGpa: 0xa000n, vtl1AssistGpa: 0xb000n };
+export const VTL1_LAYOUT: Vtl1Layout = {
+  secretGpa: 0x40000n,
+  vtl0HypercallGpa: 0x1000n,
+  vtl1HypercallGpa: 0x2000n,
+  vtl1SimpGpa: 0x9000n,
+  vtl1SiefpGpa: 0xa000n,
+  vtl1AssistGpa: 0xb000n,
+};
 
 /**
  * Creates `id` (x64, `vpCount` VPs, 1 GiB, VTLs up to 1), enables VTL1 on every VP, and on each VP
@@ -57,7 +81,13 @@ export const VTL1_LAYOUT: Vtl1Layout = { secretGpa: 0x40000n, vtl0HypercallGpa: 
  * and enable its SynIC; VTL1 turns on EnableVtlProtection, the host stores `secret` at secretGpa and
  * VTL1's mask makes that page no-access for VTL0. Every VP ends in VTL0.
  */
-export async function setupVtl1Partition(c: VsmClient, id: string, vpCount: number, secret: Buffer, L: Vtl1Layout = VTL1_LAYOUT): Promise<{ name: string; vps: string[] }> {
+export async function setupVtl1Partition(
+  c: VsmClient,
+  id: string,
+  vpCount: number,
+  secret: Buffer,
+  L: Vtl1Layout = VTL1_LAYOUT,
+): Promise<{ name: string; vps: string[] }> {
   const p = await c.partitions.createPartition({ partitionId: id, partition: { vpCount, memoryBytes: 1n << 30n, maximumVtl: 1 } as pb.Partition });
   const vps = Array.from({ length: vpCount }, (_, i) => `${p.name}/vps/${i}`);
   await c.vtl.enablePartitionVtl({ name: p.name, targetVtl: 1 });

@@ -37,15 +37,23 @@ afterAll(() => {
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
-const policy = () => parsePolicy(JSON.stringify({
-  principals: {
-    ops: { certificates: ['URI:spiffe://vsm.test/ops'], roles: { 'partitions/*': ['admin'] } },
-    viewer: { certificates: ['URI:spiffe://vsm.test/viewer'], tokens: [tokenHash('viewer-token')], roles: { 'partitions/*': ['viewer'] } },
-  },
-}));
+const policy = () =>
+  parsePolicy(
+    JSON.stringify({
+      principals: {
+        ops: { certificates: ['URI:spiffe://vsm.test/ops'], roles: { 'partitions/*': ['admin'] } },
+        viewer: { certificates: ['URI:spiffe://vsm.test/viewer'], tokens: [tokenHash('viewer-token')], roles: { 'partitions/*': ['viewer'] } },
+      },
+    }),
+  );
 
 function client(srv: RunningServer, o: { ca?: Buffer; pair?: KeyPair; token?: string }): VsmClient {
-  const c = connect(`localhost:${srv.port}`, { tls: { ca: o.ca ?? ca.certPem, cert: o.pair?.certPem, key: o.pair?.keyPem }, token: o.token, retries: 0, deadlineMs: 5000 });
+  const c = connect(`localhost:${srv.port}`, {
+    tls: { ca: o.ca ?? ca.certPem, cert: o.pair?.certPem, key: o.pair?.keyPem },
+    token: o.token,
+    retries: 0,
+    deadlineMs: 5000,
+  });
   open.push(c);
   return c;
 }
@@ -53,7 +61,9 @@ const unavailable = async (p: Promise<unknown>) => expect((await failure(p)).cod
 
 describe('TLS (server authentication only)', () => {
   let srv: RunningServer;
-  beforeAll(async () => { ({ srv } = await startSecured({ tls: { certFile: server.cert, keyFile: server.key } })); });
+  beforeAll(async () => {
+    ({ srv } = await startSecured({ tls: { certFile: server.cert, keyFile: server.key } }));
+  });
   afterAll(() => srv.shutdown('test'));
 
   test('a client that trusts the CA is served; plaintext and untrusting clients are not', async () => {
@@ -68,7 +78,12 @@ describe('TLS (server authentication only)', () => {
 describe('mutual TLS, client certificate required', () => {
   let srv: RunningServer;
   let lines: LogLine[];
-  beforeAll(async () => { ({ srv, lines } = await startSecured({ tls: { certFile: server.cert, keyFile: server.key, caFile: ca.cert, clientAuth: 'require' }, security: { authzPolicy: policy() } })); });
+  beforeAll(async () => {
+    ({ srv, lines } = await startSecured({
+      tls: { certFile: server.cert, keyFile: server.key, caFile: ca.cert, clientAuth: 'require' },
+      security: { authzPolicy: policy() },
+    }));
+  });
   afterAll(() => srv.shutdown('test'));
 
   test('a certificate from the CA whose SAN is a principal gets that principal roles', async () => {
@@ -93,13 +108,21 @@ describe('mutual TLS, client certificate required', () => {
       const e = await failure(client(srv, { pair }).partitions.getCapabilities({}));
       expect([e.codeName, e.reason]).toEqual(['UNAUTHENTICATED', 'HV_STATUS_ACCESS_DENIED']);
     }
-    expect(audits(lines, 'deny').at(-2)).toMatchObject({ principal: null, reason: 'client certificate URI:spiffe://vsm.test/stranger is not a principal of the policy' });
+    expect(audits(lines, 'deny').at(-2)).toMatchObject({
+      principal: null,
+      reason: 'client certificate URI:spiffe://vsm.test/stranger is not a principal of the policy',
+    });
   });
 });
 
 describe('mutual TLS, client certificate optional', () => {
   let srv: RunningServer;
-  beforeAll(async () => { ({ srv } = await startSecured({ tls: { certFile: server.cert, keyFile: server.key, caFile: ca.cert, clientAuth: 'optional' }, security: { authzPolicy: policy() } })); });
+  beforeAll(async () => {
+    ({ srv } = await startSecured({
+      tls: { certFile: server.cert, keyFile: server.key, caFile: ca.cert, clientAuth: 'optional' },
+      security: { authzPolicy: policy() },
+    }));
+  });
   afterAll(() => srv.shutdown('test'));
 
   test('certificate or token; neither is UNAUTHENTICATED; an unverified certificate identifies nobody', async () => {
@@ -111,7 +134,10 @@ describe('mutual TLS, client certificate optional', () => {
     expect((await failure(client(srv, { pair: rogueClient }).partitions.listPartitions({}))).codeName).toBe('UNAUTHENTICATED');
     // A token and a certificate naming different principals are refused.
     const e = await failure(client(srv, { pair: opsClient, token: 'viewer-token' }).partitions.listPartitions({}));
-    expect([e.codeName, e.message]).toEqual(['UNAUTHENTICATED', 'unauthenticated: the bearer token (viewer) and the client certificate (ops) name different principals']);
+    expect([e.codeName, e.message]).toEqual([
+      'UNAUTHENTICATED',
+      'unauthenticated: the bearer token (viewer) and the client certificate (ops) name different principals',
+    ]);
   });
 });
 
@@ -129,7 +155,9 @@ describe('certificate reload', () => {
   const fresh = (port: number, caPem: Buffer) => {
     const c = new pb.PartitionServiceClient(`localhost:${port}`, grpc.credentials.createSsl(caPem), { 'grpc.use_local_subchannel_pool': 1 });
     open.push(c);
-    return new Promise<grpc.status>((resolve) => c.getCapabilities({}, new grpc.Metadata(), { deadline: Date.now() + 3000 }, (e) => resolve(e ? e.code : grpc.status.OK)));
+    return new Promise<grpc.status>((resolve) =>
+      c.getCapabilities({}, new grpc.Metadata(), { deadline: Date.now() + 3000 }, (e) => resolve(e ? e.code : grpc.status.OK)),
+    );
   };
 
   test('replaced files are served to new connections without restart; a mismatched pair is not', async () => {
@@ -179,13 +207,20 @@ describe('certificate reload', () => {
     fs.mkdirSync(live);
     const caFile = path.join(live, 'clients.crt');
     fs.copyFileSync(ca.cert, caFile);
-    const { srv } = await startSecured({ tls: { certFile: server.cert, keyFile: server.key, caFile, clientAuth: 'require', reloadIntervalMs: 50 }, security: { authzPolicy: policy() } });
+    const { srv } = await startSecured({
+      tls: { certFile: server.cert, keyFile: server.key, caFile, clientAuth: 'require', reloadIntervalMs: 50 },
+      security: { authzPolicy: policy() },
+    });
     try {
       const fromOther = issue(otherCa, dir, 'ops-other', ['URI:spiffe://vsm.test/ops']);
       const call = (pair: KeyPair) => {
-        const c = new pb.PartitionServiceClient(`localhost:${srv.port}`, grpc.credentials.createSsl(ca.certPem, pair.keyPem, pair.certPem), { 'grpc.use_local_subchannel_pool': 1 });
+        const c = new pb.PartitionServiceClient(`localhost:${srv.port}`, grpc.credentials.createSsl(ca.certPem, pair.keyPem, pair.certPem), {
+          'grpc.use_local_subchannel_pool': 1,
+        });
         open.push(c);
-        return new Promise<grpc.status>((resolve) => c.listPartitions({ pageSize: 0, pageToken: '' }, new grpc.Metadata(), { deadline: Date.now() + 3000 }, (e) => resolve(e ? e.code : grpc.status.OK)));
+        return new Promise<grpc.status>((resolve) =>
+          c.listPartitions({ pageSize: 0, pageToken: '' }, new grpc.Metadata(), { deadline: Date.now() + 3000 }, (e) => resolve(e ? e.code : grpc.status.OK)),
+        );
       };
       expect(await call(opsClient)).toBe(grpc.status.OK);
       expect(await call(fromOther)).toBe(grpc.status.UNAVAILABLE);
@@ -200,7 +235,9 @@ describe('certificate reload', () => {
 
   test('bad material at start-up is refused with a clear message', async () => {
     await expect(startSecured({ tls: { certFile: server.cert, keyFile: opsClient.key } })).rejects.toThrow(/is not the private key of/);
-    await expect(startSecured({ tls: { certFile: path.join(dir, 'missing.crt'), keyFile: server.key } })).rejects.toThrow(/cannot read the TLS certificate .*missing\.crt/);
+    await expect(startSecured({ tls: { certFile: path.join(dir, 'missing.crt'), keyFile: server.key } })).rejects.toThrow(
+      /cannot read the TLS certificate .*missing\.crt/,
+    );
     await expect(startSecured({ tls: { certFile: server.key, keyFile: server.key } })).rejects.toThrow(/is not a PEM certificate/);
   });
 });

@@ -40,7 +40,10 @@ test('health watches are bounded per peer (default 16) and in total; refused one
 }, 60_000);
 
 test('each connection advertises SETTINGS_MAX_CONCURRENT_STREAMS (default 1000, or as configured)', async () => {
-  for (const [opt, want] of [[undefined, 1000], [32, 32]] as const) {
+  for (const [opt, want] of [
+    [undefined, 1000],
+    [32, 32],
+  ] as const) {
     const { srv } = await startSecured(opt === undefined ? {} : { maxConcurrentStreams: opt });
     try {
       const session = http2.connect(`http://${srv.address}`);
@@ -54,10 +57,41 @@ test('each connection advertises SETTINGS_MAX_CONCURRENT_STREAMS (default 1000, 
 });
 
 test('transport flags and their environment variables', () => {
-  const t = parseConfig(['--max-request-bytes', '96M', '--max-request-bytes-per-client', '32M', '--max-stream-buffer', '4M', '--max-stream-buffer-messages', '100',
-    '--stream-stall-timeout-ms', '5000', '--first-message-timeout-ms', '2000', '--max-health-watches', '8', '--max-concurrent-streams', '50'], {}).transport;
-  expect(t).toEqual({ maxRequestBytes: 96 << 20, maxRequestBytesPerClient: 32 << 20, maxStreamBufferBytes: 4 << 20, maxStreamBufferMessages: 100, streamStallMs: 5000, firstMessageTimeoutMs: 2000, maxHealthWatches: 8, maxConcurrentStreams: 50 });
-  expect(parseConfig([], { VSM_FIRST_MESSAGE_TIMEOUT_MS: '3000', VSM_MAX_STREAM_BUFFER: '1M' }).transport).toMatchObject({ firstMessageTimeoutMs: 3000, maxStreamBufferBytes: 1 << 20 });
+  const t = parseConfig(
+    [
+      '--max-request-bytes',
+      '96M',
+      '--max-request-bytes-per-client',
+      '32M',
+      '--max-stream-buffer',
+      '4M',
+      '--max-stream-buffer-messages',
+      '100',
+      '--stream-stall-timeout-ms',
+      '5000',
+      '--first-message-timeout-ms',
+      '2000',
+      '--max-health-watches',
+      '8',
+      '--max-concurrent-streams',
+      '50',
+    ],
+    {},
+  ).transport;
+  expect(t).toEqual({
+    maxRequestBytes: 96 << 20,
+    maxRequestBytesPerClient: 32 << 20,
+    maxStreamBufferBytes: 4 << 20,
+    maxStreamBufferMessages: 100,
+    streamStallMs: 5000,
+    firstMessageTimeoutMs: 2000,
+    maxHealthWatches: 8,
+    maxConcurrentStreams: 50,
+  });
+  expect(parseConfig([], { VSM_FIRST_MESSAGE_TIMEOUT_MS: '3000', VSM_MAX_STREAM_BUFFER: '1M' }).transport).toMatchObject({
+    firstMessageTimeoutMs: 3000,
+    maxStreamBufferBytes: 1 << 20,
+  });
   expect(parseConfig([], {}).transport).toEqual({});
   expect(() => parseConfig(['--first-message-timeout-ms', '5'], {})).toThrow(UsageError);
   expect(() => parseConfig(['--max-stream-buffer', '1000'], {})).toThrow(/--max-stream-buffer must be a positive multiple of 4096 bytes/);

@@ -44,7 +44,11 @@ export interface WatchedChild {
 }
 
 /** Watches `child` (spawned with stdout/stderr piped, or not): an exit before expectExit()/stop() is reported to the guard. */
-export function watchChild(child: ChildProcess, name: string, opts: { armed?: boolean; onStdoutLine?: (line: string) => void; onStderrLine?: (line: string) => void } = {}): WatchedChild {
+export function watchChild(
+  child: ChildProcess,
+  name: string,
+  opts: { armed?: boolean; onStdoutLine?: (line: string) => void; onStderrLine?: (line: string) => void } = {},
+): WatchedChild {
   let out = '';
   let err = '';
   const keep = (s: string, d: Buffer) => (s + d.toString()).slice(-TAIL);
@@ -62,22 +66,35 @@ export function watchChild(child: ChildProcess, name: string, opts: { armed?: bo
   };
   const outLines = lines(opts.onStdoutLine);
   const errLines = lines(opts.onStderrLine);
-  child.stdout?.on('data', (d: Buffer) => { out = keep(out, d); outLines(d); });
-  child.stderr?.on('data', (d: Buffer) => { err = keep(err, d); errLines(d); });
+  child.stdout?.on('data', (d: Buffer) => {
+    out = keep(out, d);
+    outLines(d);
+  });
+  child.stderr?.on('data', (d: Buffer) => {
+    err = keep(err, d);
+    errLines(d);
+  });
   let expected = opts.armed === false;
   let unexpected: { code: number | null; signal: NodeJS.Signals | null } | undefined;
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
     const done = (code: number | null, signal: NodeJS.Signals | null) => {
       if (!expected) {
         unexpected = { code, signal };
-        reportToGuard('child-exit', new Error(`${name} (pid ${child.pid}) exited unexpectedly (code ${code}, signal ${signal})\n--- stderr (tail) ---\n${err.slice(-8000)}\n--- stdout (tail) ---\n${out.slice(-4000)}`));
+        reportToGuard(
+          'child-exit',
+          new Error(
+            `${name} (pid ${child.pid}) exited unexpectedly (code ${code}, signal ${signal})\n--- stderr (tail) ---\n${err.slice(-8000)}\n--- stdout (tail) ---\n${out.slice(-4000)}`,
+          ),
+        );
       }
       resolve({ code, signal });
     };
     if (child.exitCode !== null || child.signalCode !== null) done(child.exitCode, child.signalCode);
     // 'close' after 'exit': the stdio tails are complete by then.
     else child.once('close', (code, signal) => done(code, signal as NodeJS.Signals | null));
-    child.once('error', (e) => { if (!expected) reportToGuard('child-error', new Error(`${name}: ${e.message}`)); });
+    child.once('error', (e) => {
+      if (!expected) reportToGuard('child-error', new Error(`${name}: ${e.message}`));
+    });
   });
   const w: WatchedChild = {
     child,
@@ -86,8 +103,12 @@ export function watchChild(child: ChildProcess, name: string, opts: { armed?: bo
     stderr: () => err,
     exited,
     unexpectedExit: () => unexpected,
-    expectExit: () => { expected = true; },
-    arm: () => { expected = false; },
+    expectExit: () => {
+      expected = true;
+    },
+    arm: () => {
+      expected = false;
+    },
     async stop(signal: NodeJS.Signals = 'SIGTERM', killAfterMs = 10_000) {
       expected = true;
       if (child.exitCode === null && child.signalCode === null) child.kill(signal);
@@ -112,14 +133,31 @@ export interface ChildService extends WatchedChild {
  * and waits for its "listening" log line.
  * Fails if it exits first; afterwards an exit before stop() is reported to the guard.
  */
-export async function spawnService(args: string[] = [], opts: { name?: string; main?: string; env?: NodeJS.ProcessEnv; startTimeoutMs?: number; logLevel?: string; onStdoutLine?: (line: string) => void; onStderrLine?: (line: string) => void } = {}): Promise<ChildService> {
+export async function spawnService(
+  args: string[] = [],
+  opts: {
+    name?: string;
+    main?: string;
+    env?: NodeJS.ProcessEnv;
+    startTimeoutMs?: number;
+    logLevel?: string;
+    onStdoutLine?: (line: string) => void;
+    onStderrLine?: (line: string) => void;
+  } = {},
+): Promise<ChildService> {
   assertServiceBuilt();
-  const child = spawn(process.execPath, [opts.main ?? SERVICE_MAIN, '--listen', '127.0.0.1:0', '--log-level', opts.logLevel ?? 'info', ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
+  const child = spawn(process.execPath, [opts.main ?? SERVICE_MAIN, '--listen', '127.0.0.1:0', '--log-level', opts.logLevel ?? 'info', ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, ...opts.env },
+  });
   // Not armed until it is up: a failed start is this function's error, not the guard's.
   const w = watchChild(child, opts.name ?? 'vsm-service', { armed: false, onStdoutLine: opts.onStdoutLine, onStderrLine: opts.onStderrLine });
   const address = await new Promise<string>((resolve, reject) => {
     let buf = '';
-    const timer = setTimeout(() => reject(new Error(`vsm-service did not start within ${opts.startTimeoutMs ?? 30_000} ms\n${w.stderr()}\n${w.stdout()}`)), opts.startTimeoutMs ?? 30_000);
+    const timer = setTimeout(
+      () => reject(new Error(`vsm-service did not start within ${opts.startTimeoutMs ?? 30_000} ms\n${w.stderr()}\n${w.stdout()}`)),
+      opts.startTimeoutMs ?? 30_000,
+    );
     const onData = (d: Buffer) => {
       buf += d.toString();
       let nl: number;
@@ -140,7 +178,10 @@ export async function spawnService(args: string[] = [], opts: { name?: string; m
       }
     };
     child.stdout!.on('data', onData);
-    void w.exited.then(({ code, signal }) => { clearTimeout(timer); reject(new Error(`vsm-service exited while starting (code ${code}, signal ${signal})\n${w.stderr()}\n${w.stdout()}`)); });
+    void w.exited.then(({ code, signal }) => {
+      clearTimeout(timer);
+      reject(new Error(`vsm-service exited while starting (code ${code}, signal ${signal})\n${w.stderr()}\n${w.stdout()}`));
+    });
   }).catch((e: unknown) => {
     child.kill('SIGKILL');
     throw e;

@@ -41,7 +41,10 @@ export function processGuard(): ProcessGuard | undefined {
 export function reportToGuard(kind: string, error: unknown): void {
   const g = processGuard();
   if (g) g.report(kind, error);
-  else setImmediate(() => { throw error instanceof Error ? error : new Error(`${kind}: ${String(error)}`); });
+  else
+    setImmediate(() => {
+      throw error instanceof Error ? error : new Error(`${kind}: ${String(error)}`);
+    });
 }
 
 /** The host process's warnings since `since` (ms since epoch; default: all of this file). */

@@ -47,7 +47,9 @@ class GuardedEnvironment extends TestEnvironment {
     const left = this.guard.records.filter((r) => !r.thrown);
     for (const r of left) r.thrown = true;
     if (left.length) {
-      const e = new Error(`process guard: ${left.length} error(s) outside any test of this file:\n${left.map((r) => `[${r.kind}] ${r.error.stack ?? r.error.message}`).join('\n')}`);
+      const e = new Error(
+        `process guard: ${left.length} error(s) outside any test of this file:\n${left.map((r) => `[${r.kind}] ${r.error.stack ?? r.error.message}`).join('\n')}`,
+      );
       throw e;
     }
   }

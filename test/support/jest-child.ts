@@ -22,8 +22,12 @@ export function runJestOnFixture(fixture: string, env: NodeJS.ProcessEnv, opts: 
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, args, { cwd: ROOT, env: { ...env, FORCE_COLOR: '0' }, stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
-    child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
-    child.stderr.on('data', (d: Buffer) => { out += d.toString(); });
+    child.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+    });
+    child.stderr.on('data', (d: Buffer) => {
+      out += d.toString();
+    });
     const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 100_000);
     child.on('error', reject);
     child.on('close', (code) => {
@@ -31,8 +35,12 @@ export function runJestOnFixture(fixture: string, env: NodeJS.ProcessEnv, opts: 
       let tests: JestChildResult['tests'] = [];
       if (json && dir) {
         try {
-          const result = JSON.parse(fs.readFileSync(json, 'utf8')) as { testResults: { assertionResults: { fullName: string; status: string; failureMessages: string[] }[] }[] };
-          tests = result.testResults.flatMap((f) => f.assertionResults.map((a) => ({ name: a.fullName, status: a.status, failure: a.failureMessages.join('\n') })));
+          const result = JSON.parse(fs.readFileSync(json, 'utf8')) as {
+            testResults: { assertionResults: { fullName: string; status: string; failureMessages: string[] }[] }[];
+          };
+          tests = result.testResults.flatMap((f) =>
+            f.assertionResults.map((a) => ({ name: a.fullName, status: a.status, failure: a.failureMessages.join('\n') })),
+          );
         } catch (e) {
           out += `\n(no jest JSON result: ${(e as Error).message})`;
         }

@@ -55,7 +55,13 @@ describe('jest run on the gated fixture', () => {
     expect(r.out).toMatch(/Tests:\s+5 failed, 5 total/);
     expect(r.tests.map((t) => t.status)).toEqual(['failed', 'failed', 'failed', 'failed', 'failed']);
     for (const t of r.tests) expect(t.failure).toContain(`KVM is required here (VSM_REQUIRE_KVM=1) but not usable: ${ABSENT} does not exist`);
-    expect(r.tests.map((t) => t.name.replace(/ \[KVM required.*?\]| needs KVM: .*$/g, ''))).toEqual(['fixture suite', 'fixture test', 'fixture row 1', 'fixture row 2', 'fixture block 3']);
+    expect(r.tests.map((t) => t.name.replace(/ \[KVM required.*?\]| needs KVM: .*$/g, ''))).toEqual([
+      'fixture suite',
+      'fixture test',
+      'fixture row 1',
+      'fixture row 2',
+      'fixture block 3',
+    ]);
     expect(r.out).not.toContain('fixture: suite hook ran');
   });
 

@@ -103,11 +103,13 @@ export function gateDescribe(why: string | undefined, required = kvmRequired()):
     if (!required) return describe.skip(`${label} [skipped: ${why}]`, fn);
     return describe(`${label} [KVM required]`, failingBlock);
   };
-  const each = (...table: unknown[]) => (name: string, fn: Fn, timeout?: number) => {
-    const d = describe as unknown as { each: TestLike['each']; skip: { each: TestLike['each'] } };
-    if (!required) return d.skip.each(...table)(`${name} [skipped: ${why}]`, fn, timeout);
-    return d.each(...table)(`${name} [KVM required]`, failingBlock, timeout);
-  };
+  const each =
+    (...table: unknown[]) =>
+    (name: string, fn: Fn, timeout?: number) => {
+      const d = describe as unknown as { each: TestLike['each']; skip: { each: TestLike['each'] } };
+      if (!required) return d.skip.each(...table)(`${name} [skipped: ${why}]`, fn, timeout);
+      return d.each(...table)(`${name} [KVM required]`, failingBlock, timeout);
+    };
   return Object.assign(gated, describe, { each }) as unknown as jest.Describe;
 }
 

@@ -50,7 +50,14 @@ export function removeKvmUnitTestsBuild(): void {
  * What a kvm-unit-tests run printed, judged as its own scripts judge it: the SUMMARY line
  * ("SUMMARY: N tests, F unexpected failures, X expected failures, S skipped"), PASS/FAIL/SKIP lines.
  */
-export function summarize(console: string): { tests: number; failures: number; skipped: number; passLines: string[]; failLines: string[]; skipLines: string[] } {
+export function summarize(console: string): {
+  tests: number;
+  failures: number;
+  skipped: number;
+  passLines: string[];
+  failLines: string[];
+  skipLines: string[];
+} {
   const lines = console.split(/\r?\n/);
   const summary = lines.find((l) => l.startsWith('SUMMARY:')) ?? '';
   const num = (re: RegExp) => Number(re.exec(summary)?.[1] ?? 0);

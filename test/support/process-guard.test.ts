@@ -13,7 +13,6 @@ import * as path from 'node:path';
 import { runJestOnFixture } from './jest-child';
 import { hostWarnings, processGuard } from './guard';
 
-
 jest.setTimeout(120_000);
 
 function runFixture(file: string, mode: string) {

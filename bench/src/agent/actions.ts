@@ -128,7 +128,10 @@ export async function measureAgentActions(opts: { iterations?: number } = {}): P
     out.backend['emulator ReadMsr'] = await time(n, () => emu.readMsr(rd));
 
     // gRPC over loopback.
-    for (const [label, b] of [['kvm', kvm], ['emulator', emu]] as const) {
+    for (const [label, b] of [
+      ['kvm', kvm],
+      ['emulator', emu],
+    ] as const) {
       const srv = await startServer({ listen: '127.0.0.1:0', backend: b, logger: pino({ level: 'silent' }), shutdownGraceMs: 200 });
       const client = connect(srv.address);
       try {

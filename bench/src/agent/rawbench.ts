@@ -177,7 +177,16 @@ export function measureRawExits(opts: MeasureOptions = {}): RawExitBaselines {
 
     return {
       host: { kernel: os.release(), apiVersion: system.apiVersion(), node: process.version },
-      iterations, pio, wrmsr, rdmsr, mmio, mmioReadOnly, pioGetRegs, pioSyncRegs, getRegsIoctl, memslotToggle,
+      iterations,
+      pio,
+      wrmsr,
+      rdmsr,
+      mmio,
+      mmioReadOnly,
+      pioGetRegs,
+      pioSyncRegs,
+      getRegsIoctl,
+      memslotToggle,
     };
   } finally {
     system.close();

@@ -81,8 +81,24 @@ export function buildKvmUnitTests(outDir: string, tests: readonly string[]): Rec
  */
 export function qemuArgs(image: string, vps: number, memoryMiB: number): string[] {
   return [
-    '-accel', 'kvm', '-cpu', 'kvm64', '-smp', String(vps), '-m', String(memoryMiB), '-kernel', image,
-    '-device', 'isa-debug-exit,iobase=0xf4,iosize=0x4', '-display', 'none', '-serial', 'stdio', '-no-reboot', '-nodefaults',
+    '-accel',
+    'kvm',
+    '-cpu',
+    'kvm64',
+    '-smp',
+    String(vps),
+    '-m',
+    String(memoryMiB),
+    '-kernel',
+    image,
+    '-device',
+    'isa-debug-exit,iobase=0xf4,iosize=0x4',
+    '-display',
+    'none',
+    '-serial',
+    'stdio',
+    '-no-reboot',
+    '-nodefaults',
   ];
 }
 
@@ -149,7 +165,11 @@ const TAIL = 64 * 1024;
  * Runs a command to its end and times it (spawn to exit). It is SIGKILLed past `timeoutMs` or when
  * `signal` aborts (then the promise rejects), and with the runner's other children if the runner exits.
  */
-export function runTimed(cmd: string, args: readonly string[], o: { cwd?: string; env?: NodeJS.ProcessEnv; timeoutMs: number; signal: AbortSignal }): Promise<TimedRun> {
+export function runTimed(
+  cmd: string,
+  args: readonly string[],
+  o: { cwd?: string; env?: NodeJS.ProcessEnv; timeoutMs: number; signal: AbortSignal },
+): Promise<TimedRun> {
   if (o.signal.aborted) return Promise.reject(new Error(`not started (${String(o.signal.reason)}): ${cmd}`));
   return new Promise<TimedRun>((resolve, reject) => {
     const t0 = performance.now();
@@ -159,12 +179,21 @@ export function runTimed(cmd: string, args: readonly string[], o: { cwd?: string
     let stdout = '';
     let stderr = '';
     let timedOut = false;
-    child.stdout.on('data', (d: Buffer) => { stdout = (stdout + d.toString('latin1')).slice(-TAIL); });
-    child.stderr.on('data', (d: Buffer) => { stderr = (stderr + d.toString('latin1')).slice(-TAIL); });
-    const timer = setTimeout(() => { timedOut = true; child.kill('SIGKILL'); }, o.timeoutMs);
+    child.stdout.on('data', (d: Buffer) => {
+      stdout = (stdout + d.toString('latin1')).slice(-TAIL);
+    });
+    child.stderr.on('data', (d: Buffer) => {
+      stderr = (stderr + d.toString('latin1')).slice(-TAIL);
+    });
+    const timer = setTimeout(() => {
+      timedOut = true;
+      child.kill('SIGKILL');
+    }, o.timeoutMs);
     const onAbort = () => child.kill('SIGKILL');
     o.signal.addEventListener('abort', onAbort, { once: true });
-    child.once('exit', () => { exitAt = performance.now(); });
+    child.once('exit', () => {
+      exitAt = performance.now();
+    });
     child.once('error', (e) => {
       clearTimeout(timer);
       o.signal.removeEventListener('abort', onAbort);
@@ -196,10 +225,15 @@ export interface Daemon {
  * aborts (the suite's end) and when the runner exits.
  */
 export function startDaemon(name: string, main: string, args: readonly string[], signal: AbortSignal, startTimeoutMs = 30_000): Promise<Daemon> {
-  const child: ChildProcess = spawn(process.execPath, [main, '--listen', '127.0.0.1:0', '--log-level', 'info', ...args], { env: envWithoutVsm(), stdio: ['ignore', 'pipe', 'pipe'] });
+  const child: ChildProcess = spawn(process.execPath, [main, '--listen', '127.0.0.1:0', '--log-level', 'info', ...args], {
+    env: envWithoutVsm(),
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   trackChild(child);
   let log = '';
-  const keep = (d: Buffer) => { log = (log + d.toString()).slice(-8000); };
+  const keep = (d: Buffer) => {
+    log = (log + d.toString()).slice(-8000);
+  };
   child.stderr?.on('data', keep);
   const exited = new Promise<void>((resolve) => {
     if (child.exitCode !== null || child.signalCode !== null) resolve();
@@ -227,7 +261,9 @@ export function startDaemon(name: string, main: string, args: readonly string[],
     let ready = false;
     const onExit = (code: number | null, sig: NodeJS.Signals | null) => fail(`exited while starting (code ${code}, signal ${sig})`);
     child.once('exit', onExit);
-    child.once('error', (e) => { if (!ready) fail(e.message); });
+    child.once('error', (e) => {
+      if (!ready) fail(e.message);
+    });
     child.stdout?.on('data', (d: Buffer) => {
       keep(d);
       if (ready) return;

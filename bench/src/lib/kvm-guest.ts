@@ -24,9 +24,17 @@ export const GiB = 1n << 30n;
 export const MSR = { GUEST_OS_ID: 0x4000_0000, HYPERCALL: 0x4000_0001, SCONTROL: 0x4000_0080, SIMP: 0x4000_0083, SINT0: 0x4000_0090 } as const;
 export const GUEST_OS_ID = 0x8100_0000_0000_0001n;
 const G = {
-  hypercallPage: 0x2000n, gdt: 0x3000n, vtl1HypercallPage: 0x4000n,
-  input: 0x1_0000n, output: 0x1_1000n, stack: 0x8_0000n, vtl1Stack: 0x9_0000n,
-  wrmsrLoop: 0x10_0000n, hypercallLoop: 0x10_0100n, vtlCallLoop: 0x10_0200n, vtl1Loop: 0x11_0000n,
+  hypercallPage: 0x2000n,
+  gdt: 0x3000n,
+  vtl1HypercallPage: 0x4000n,
+  input: 0x1_0000n,
+  output: 0x1_1000n,
+  stack: 0x8_0000n,
+  vtl1Stack: 0x9_0000n,
+  wrmsrLoop: 0x10_0000n,
+  hypercallLoop: 0x10_0100n,
+  vtlCallLoop: 0x10_0200n,
+  vtl1Loop: 0x11_0000n,
   pageTables: 0x20_0000n,
 } as const;
 /** HvCallGetVpRegisters, memory-based, rep count 1. */
@@ -39,16 +47,33 @@ const VTL_RETURN_OFFSET = 0x26n;
 const R = pb.HvRegisterName;
 export const full = <T>(type: { fromPartial(o: unknown): T }, o: unknown): T => type.fromPartial(o);
 export const r64 = (name: pb.HvRegisterName, value: bigint): pb.RegisterAssoc => ({ name, value: { value: { $case: 'reg64', value } } });
-const table = (name: pb.HvRegisterName, base: bigint, limit: number): pb.RegisterAssoc => ({ name, value: { value: { $case: 'table', value: { base, limit } } } });
+const table = (name: pb.HvRegisterName, base: bigint, limit: number): pb.RegisterAssoc => ({
+  name,
+  value: { value: { $case: 'table', value: { base, limit } } },
+});
 
 /** Initial VTL1 context: flat 64-bit CPL0 on the partition's page tables and the GDT at 0x3000. */
 export function vtl1Context(k: KvmLayerModule, cr3: bigint, rip: bigint, rsp: bigint): pb.InitialVpContext {
   const flat = { base: 0n, limit: 0xffffffff };
   const data = { ...flat, selector: 0x10, attributes: 0xc093 };
   return pb.InitialVpContext.fromPartial({
-    rip, rsp, rflags: 0x2n, efer: 0xd01n, cr0: 0x80050033n, cr3, cr4: 0x6a0n, msrCrPat: 0x0007040600070406n,
-    cs: { ...flat, selector: 0x08, attributes: 0xa09b }, ds: data, es: data, fs: data, gs: data, ss: data,
-    tr: { selector: 0x18, attributes: 0x8b, limit: 0x67 }, ldtr: { attributes: 0x82 }, idtr: { base: 0n, limit: 0 },
+    rip,
+    rsp,
+    rflags: 0x2n,
+    efer: 0xd01n,
+    cr0: 0x80050033n,
+    cr3,
+    cr4: 0x6a0n,
+    msrCrPat: 0x0007040600070406n,
+    cs: { ...flat, selector: 0x08, attributes: 0xa09b },
+    ds: data,
+    es: data,
+    fs: data,
+    gs: data,
+    ss: data,
+    tr: { selector: 0x18, attributes: 0x8b, limit: 0x67 },
+    ldtr: { attributes: 0x82 },
+    idtr: { base: 0n, limit: 0 },
     gdtr: { base: G.gdt, limit: k.GDT_LIMIT },
   });
 }
@@ -65,7 +90,10 @@ export function vtl1Context(k: KvmLayerModule, cr3: bigint, rip: bigint, rsp: bi
 export class GuestLoops {
   private program: 'wrmsr' | 'hypercall' | 'vtl' | null = null;
 
-  private constructor(readonly backend: KvmBackend, readonly vpName: string) {}
+  private constructor(
+    readonly backend: KvmBackend,
+    readonly vpName: string,
+  ) {}
 
   static async create(backend: KvmBackend, id = 'kvm-bench-guest'): Promise<GuestLoops> {
     const k = loadKvmLayer();
@@ -86,10 +114,18 @@ export class GuestLoops {
     input.writeUInt32LE(0xffff_fffe, 8);
     input.writeUInt32LE(0x000d_0003, 16);
     await write(G.input, input);
-    await b.setVpRegisters(full(pb.SetVpRegistersRequest, {
-      name: vp0, vtl: 0,
-      registers: [r64(R.HV_REGISTER_NAME_X64_CR3, pt.cr3), table(R.HV_REGISTER_NAME_X64_GDTR, G.gdt, k.GDT_LIMIT), r64(R.HV_REGISTER_NAME_X64_RIP, G.wrmsrLoop), r64(R.HV_REGISTER_NAME_X64_RSP, G.stack)],
-    }));
+    await b.setVpRegisters(
+      full(pb.SetVpRegistersRequest, {
+        name: vp0,
+        vtl: 0,
+        registers: [
+          r64(R.HV_REGISTER_NAME_X64_CR3, pt.cr3),
+          table(R.HV_REGISTER_NAME_X64_GDTR, G.gdt, k.GDT_LIMIT),
+          r64(R.HV_REGISTER_NAME_X64_RIP, G.wrmsrLoop),
+          r64(R.HV_REGISTER_NAME_X64_RSP, G.stack),
+        ],
+      }),
+    );
     await b.enablePartitionVtl(full(pb.EnablePartitionVtlRequest, { name: p.name, targetVtl: 1 }));
     await b.enableVpVtl(full(pb.EnableVpVtlRequest, { name: vp0, targetVtl: 1, initialContext: vtl1Context(k, pt.cr3, G.vtl1Loop, G.vtl1Stack) }));
     // Guest OS id and hypercall page in both VTLs (guest actions), ending in VTL0. VTL1 is left
@@ -107,11 +143,28 @@ export class GuestLoops {
     if (this.program === program) return;
     const regs =
       program === 'wrmsr'
-        ? [r64(R.HV_REGISTER_NAME_X64_RIP, G.wrmsrLoop), r64(R.HV_REGISTER_NAME_X64_RCX, BigInt(MSR.GUEST_OS_ID)), r64(R.HV_REGISTER_NAME_X64_RAX, GUEST_OS_ID & 0xffff_ffffn), r64(R.HV_REGISTER_NAME_X64_RDX, GUEST_OS_ID >> 32n)]
+        ? [
+            r64(R.HV_REGISTER_NAME_X64_RIP, G.wrmsrLoop),
+            r64(R.HV_REGISTER_NAME_X64_RCX, BigInt(MSR.GUEST_OS_ID)),
+            r64(R.HV_REGISTER_NAME_X64_RAX, GUEST_OS_ID & 0xffff_ffffn),
+            r64(R.HV_REGISTER_NAME_X64_RDX, GUEST_OS_ID >> 32n),
+          ]
         : program === 'hypercall'
-          ? [r64(R.HV_REGISTER_NAME_X64_RIP, G.hypercallLoop), r64(R.HV_REGISTER_NAME_X64_RCX, GET_VP_REGISTERS), r64(R.HV_REGISTER_NAME_X64_RDX, G.input), r64(R.HV_REGISTER_NAME_X64_R8, G.output), r64(R.HV_REGISTER_NAME_X64_R13, G.hypercallPage)]
-          : [r64(R.HV_REGISTER_NAME_X64_RIP, G.vtlCallLoop), r64(R.HV_REGISTER_NAME_X64_R13, G.hypercallPage + VTL_CALL_OFFSET), r64(R.HV_REGISTER_NAME_X64_R14, G.vtl1HypercallPage + VTL_RETURN_OFFSET)];
-    await this.backend.setVpRegisters(full(pb.SetVpRegistersRequest, { name: this.vpName, vtl: 0, registers: [...regs, r64(R.HV_REGISTER_NAME_X64_RSP, G.stack)] }));
+          ? [
+              r64(R.HV_REGISTER_NAME_X64_RIP, G.hypercallLoop),
+              r64(R.HV_REGISTER_NAME_X64_RCX, GET_VP_REGISTERS),
+              r64(R.HV_REGISTER_NAME_X64_RDX, G.input),
+              r64(R.HV_REGISTER_NAME_X64_R8, G.output),
+              r64(R.HV_REGISTER_NAME_X64_R13, G.hypercallPage),
+            ]
+          : [
+              r64(R.HV_REGISTER_NAME_X64_RIP, G.vtlCallLoop),
+              r64(R.HV_REGISTER_NAME_X64_R13, G.hypercallPage + VTL_CALL_OFFSET),
+              r64(R.HV_REGISTER_NAME_X64_R14, G.vtl1HypercallPage + VTL_RETURN_OFFSET),
+            ];
+    await this.backend.setVpRegisters(
+      full(pb.SetVpRegistersRequest, { name: this.vpName, vtl: 0, registers: [...regs, r64(R.HV_REGISTER_NAME_X64_RSP, G.stack)] }),
+    );
     this.program = program;
   }
 
@@ -126,7 +179,9 @@ export class GuestLoops {
       // maxExits reached is reported as stop 'timeout' with exactly that many exits; anything else
       // (HLT, an unexpected exit, a dispatcher exception, the deadline) means the loop broke.
       if (r.exits !== n * exitsPerOp || r.stop !== 'timeout' || r.vtlSwitches !== (program === 'vtl' ? 2 * n : 0)) {
-        throw new Error(`${program} guest loop: runVp stopped with ${JSON.stringify({ stop: r.stop, exits: r.exits, vtlSwitches: r.vtlSwitches, exception: r.exception, exit: r.exit?.kind })}, expected ${n * exitsPerOp} exits`);
+        throw new Error(
+          `${program} guest loop: runVp stopped with ${JSON.stringify({ stop: r.stop, exits: r.exits, vtlSwitches: r.vtlSwitches, exception: r.exception, exit: r.exit?.kind })}, expected ${n * exitsPerOp} exits`,
+        );
       }
     };
   }
@@ -144,7 +199,8 @@ export class GuestLoops {
 
 export function expectSwitch(r: { outcome?: pb.GuestActionOutcome }, toVtl: number, what: string): void {
   const o = r.outcome;
-  if (!o || o.exception !== pb.X64Exception.X64_EXCEPTION_UNSPECIFIED || o.activeVtl !== toVtl) throw new Error(`${what}: expected VTL ${toVtl}, got ${JSON.stringify(o, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v))}`);
+  if (!o || o.exception !== pb.X64Exception.X64_EXCEPTION_UNSPECIFIED || o.activeVtl !== toVtl)
+    throw new Error(`${what}: expected VTL ${toVtl}, got ${JSON.stringify(o, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v))}`);
 }
 
 export { loadKvmLayer };

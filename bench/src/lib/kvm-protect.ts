@@ -21,10 +21,20 @@ import { nextRip } from './kvm-stats';
 
 const R = pb.HvRegisterName;
 const P = {
-  hypercallPage: 0x2000n, gdt: 0x3000n, vtl1HypercallPage: 0x4000n, simp: 0x9000n,
-  skipInput: 0x1_4000n, setInputA: 0x2_0000n, setInputB: 0x2_0100n, maskInput: 0x2_1000n,
-  protected: 0x4_0000n, stack: 0x8_0000n, vtl1Stack: 0x9_0000n,
-  code: 0x10_0000n, vtl1Code: 0x11_0000n, pageTables: 0x20_0000n,
+  hypercallPage: 0x2000n,
+  gdt: 0x3000n,
+  vtl1HypercallPage: 0x4000n,
+  simp: 0x9000n,
+  skipInput: 0x1_4000n,
+  setInputA: 0x2_0000n,
+  setInputB: 0x2_0100n,
+  maskInput: 0x2_1000n,
+  protected: 0x4_0000n,
+  stack: 0x8_0000n,
+  vtl1Stack: 0x9_0000n,
+  code: 0x10_0000n,
+  vtl1Code: 0x11_0000n,
+  pageTables: 0x20_0000n,
 } as const;
 /** Arbitrary VTL0 RIPs the action driver alternates between (never executed: actions run stubs). */
 const RIP = { a: 0x40_1000n, b: 0x40_2000n } as const;
@@ -62,10 +72,18 @@ async function vsmPartition(b: KvmBackend, id: string, vtl1Resume: bigint): Prom
   await write(P.pageTables, pt.bytes);
   await write(P.gdt, k.buildGdt(P.gdt));
   await write(P.protected, Buffer.from('original-contents'));
-  await b.setVpRegisters(full(pb.SetVpRegistersRequest, {
-    name: vp, vtl: 0,
-    registers: [r64(R.HV_REGISTER_NAME_X64_CR3, pt.cr3), { name: R.HV_REGISTER_NAME_X64_GDTR, value: { value: { $case: 'table', value: { base: P.gdt, limit: k.GDT_LIMIT } } } }, r64(R.HV_REGISTER_NAME_X64_RIP, P.code), r64(R.HV_REGISTER_NAME_X64_RSP, P.stack)],
-  }));
+  await b.setVpRegisters(
+    full(pb.SetVpRegistersRequest, {
+      name: vp,
+      vtl: 0,
+      registers: [
+        r64(R.HV_REGISTER_NAME_X64_CR3, pt.cr3),
+        { name: R.HV_REGISTER_NAME_X64_GDTR, value: { value: { $case: 'table', value: { base: P.gdt, limit: k.GDT_LIMIT } } } },
+        r64(R.HV_REGISTER_NAME_X64_RIP, P.code),
+        r64(R.HV_REGISTER_NAME_X64_RSP, P.stack),
+      ],
+    }),
+  );
   await b.enablePartitionVtl(full(pb.EnablePartitionVtlRequest, { name: p.name, targetVtl: 1 }));
   await b.enableVpVtl(full(pb.EnableVpVtlRequest, { name: vp, targetVtl: 1, initialContext: vtl1Context(k, pt.cr3, vtl1Resume, P.vtl1Stack) }));
   const msr = (msr: number, value: bigint) => b.writeMsr(full(pb.WriteMsrRequest, { name: vp, msr, value }));
@@ -91,7 +109,11 @@ async function vsmPartition(b: KvmBackend, id: string, vtl1Resume: bigint): Prom
 }
 
 export class WholeGuestProtection {
-  private constructor(readonly backend: KvmBackend, readonly partition: string, readonly vp: string) {}
+  private constructor(
+    readonly backend: KvmBackend,
+    readonly partition: string,
+    readonly vp: string,
+  ) {}
 
   static async create(b: KvmBackend, id = 'kvm-bench-protect-guest'): Promise<WholeGuestProtection> {
     const { Asm } = loadKvmLayer();
@@ -100,15 +122,26 @@ export class WholeGuestProtection {
     // VTL1 (general registers are shared with VTL0: it leaves RDI alone). R13 = its hypercall page
     // (hypercall entry), R14 = its VtlReturn entry.
     const vtl1 = new Asm()
-      .label('loop').movR32Imm32('rcx', 1).callReg('r14') //                              VtlReturn (fast)
+      .label('loop')
+      .movR32Imm32('rcx', 1)
+      .callReg('r14') //                              VtlReturn (fast)
       .label('handler') //                                                                entered on the intercept
-      .movR64Imm64('rsi', P.simp + BigInt(MSG.gpa)).load('r9', 'rsi', 8) //               what was hit
-      .movR64Imm64('rsi', P.simp + BigInt(MSG.rip)).load('rax', 'rsi', 8) //              the faulting instruction
-      .movR64Imm64('rsi', P.simp + BigInt(MSG.instructionLength)).load('rbx', 'rsi', 1)
+      .movR64Imm64('rsi', P.simp + BigInt(MSG.gpa))
+      .load('r9', 'rsi', 8) //               what was hit
+      .movR64Imm64('rsi', P.simp + BigInt(MSG.rip))
+      .load('rax', 'rsi', 8) //              the faulting instruction
+      .movR64Imm64('rsi', P.simp + BigInt(MSG.instructionLength))
+      .load('rbx', 'rsi', 1)
       .addRR('rax', 'rbx')
-      .movR64Imm64('rsi', P.skipInput + 32n).store('rsi', 'rax', 8) //                    HvCallSetVpRegisters(VTL0 RIP = next)
-      .movR64Imm64('rcx', SET_VP_REGISTERS).movR64Imm64('rdx', P.skipInput).zero('r8').callReg('r13')
-      .movR64Imm64('rsi', P.simp).zero('rax').store('rsi', 'rax', 4) //                   MessageType = None: slot free
+      .movR64Imm64('rsi', P.skipInput + 32n)
+      .store('rsi', 'rax', 8) //                    HvCallSetVpRegisters(VTL0 RIP = next)
+      .movR64Imm64('rcx', SET_VP_REGISTERS)
+      .movR64Imm64('rdx', P.skipInput)
+      .zero('r8')
+      .callReg('r13')
+      .movR64Imm64('rsi', P.simp)
+      .zero('rax')
+      .store('rsi', 'rax', 4) //                   MessageType = None: slot free
       .jmp('loop');
     const handler = P.vtl1Code + BigInt(vtl1.offsetOf('handler'));
     const { name, vp } = await vsmPartition(b, id, handler);
@@ -116,10 +149,18 @@ export class WholeGuestProtection {
     await write(P.code, vtl0.bytes());
     await write(P.vtl1Code, vtl1.bytes());
     await write(P.skipInput, setRipInput(0n));
-    await b.setVpRegisters(full(pb.SetVpRegistersRequest, {
-      name: vp, vtl: 0,
-      registers: [r64(R.HV_REGISTER_NAME_X64_RIP, P.code), r64(R.HV_REGISTER_NAME_X64_RDI, P.protected + 0x10n), r64(R.HV_REGISTER_NAME_X64_R13, P.vtl1HypercallPage), r64(R.HV_REGISTER_NAME_X64_R14, P.vtl1HypercallPage + VTL_RETURN)],
-    }));
+    await b.setVpRegisters(
+      full(pb.SetVpRegistersRequest, {
+        name: vp,
+        vtl: 0,
+        registers: [
+          r64(R.HV_REGISTER_NAME_X64_RIP, P.code),
+          r64(R.HV_REGISTER_NAME_X64_RDI, P.protected + 0x10n),
+          r64(R.HV_REGISTER_NAME_X64_R13, P.vtl1HypercallPage),
+          r64(R.HV_REGISTER_NAME_X64_R14, P.vtl1HypercallPage + VTL_RETURN),
+        ],
+      }),
+    );
     return new WholeGuestProtection(b, name, vp);
   }
 
@@ -128,7 +169,9 @@ export class WholeGuestProtection {
     const r = this.backend.runVp(this.vp, { maxExits: 3 * n, timeoutMs: 10_000 });
     const intercepts = r.intercepts.length;
     if (r.stop !== 'timeout' || r.exits !== 3 * n || r.vtlSwitches !== 2 * n || intercepts !== n) {
-      throw new Error(`protection round trips: runVp stopped with ${JSON.stringify({ stop: r.stop, exits: r.exits, vtlSwitches: r.vtlSwitches, intercepts, exception: r.exception, exit: r.exit?.kind })}, expected ${3 * n} exits, ${2 * n} switches, ${n} intercepts`);
+      throw new Error(
+        `protection round trips: runVp stopped with ${JSON.stringify({ stop: r.stop, exits: r.exits, vtlSwitches: r.vtlSwitches, intercepts, exception: r.exception, exit: r.exit?.kind })}, expected ${3 * n} exits, ${2 * n} switches, ${n} intercepts`,
+      );
     }
   }
 
@@ -146,11 +189,18 @@ export class ActionProtection {
   private readonly data = Buffer.from([0x5a]);
   rounds = 0;
 
-  private constructor(readonly backend: KvmBackend, readonly partition: string, readonly vp: string) {}
+  private constructor(
+    readonly backend: KvmBackend,
+    readonly partition: string,
+    readonly vp: string,
+  ) {}
 
   static async create(b: KvmBackend, id = 'kvm-bench-protect-actions'): Promise<ActionProtection> {
     const { name, vp } = await vsmPartition(b, id, P.vtl1Code);
-    for (const [gpa, rip] of [[P.setInputA, RIP.a], [P.setInputB, RIP.b]] as const) {
+    for (const [gpa, rip] of [
+      [P.setInputA, RIP.a],
+      [P.setInputB, RIP.b],
+    ] as const) {
       await b.writeGpa(full(pb.WriteGpaRequest, { name, gpa, data: setRipInput(rip) }));
     }
     await b.setVpRegisters(full(pb.SetVpRegistersRequest, { name: vp, vtl: 0, registers: [r64(R.HV_REGISTER_NAME_X64_RIP, RIP.a)] }));
@@ -168,7 +218,10 @@ export class ActionProtection {
     // consumes the message.
     const type = Buffer.from((await b.readMemory(full(pb.ReadMemoryRequest, { name: vp, gpa: P.simp, length: 4 }))).data).readUInt32LE(0);
     const gpa = Buffer.from((await b.readMemory(full(pb.ReadMemoryRequest, { name: vp, gpa: P.simp + BigInt(MSG.gpa), length: 8 }))).data).readBigUInt64LE(0);
-    if (type !== GPA_INTERCEPT || gpa !== P.protected) throw new Error(`VTL1 handler: the SIM slot holds message type 0x${type.toString(16)} for GPA 0x${gpa.toString(16)}, expected the GPA intercept of 0x${P.protected.toString(16)}`);
+    if (type !== GPA_INTERCEPT || gpa !== P.protected)
+      throw new Error(
+        `VTL1 handler: the SIM slot holds message type 0x${type.toString(16)} for GPA 0x${gpa.toString(16)}, expected the GPA intercept of 0x${P.protected.toString(16)}`,
+      );
     await b.writeMemory(full(pb.WriteMemoryRequest, { name: vp, gpa: P.simp, data: Buffer.alloc(4) }));
     const to = nextRip(this.rip, RIP.a, RIP.b);
     const set = await b.hypercall(full(pb.HypercallRequest, { name: vp, control: SET_VP_REGISTERS, inputGpa: to === RIP.a ? P.setInputA : P.setInputB }));

@@ -28,7 +28,11 @@ function tryVersion(pkg: string): string | null {
 
 function gitCommit(): string | null {
   try {
-    return execFileSync('git', ['rev-parse', '--short=12', 'HEAD'], { stdio: ['ignore', 'pipe', 'ignore'], timeout: 3000 }).toString().trim() || null;
+    return (
+      execFileSync('git', ['rev-parse', '--short=12', 'HEAD'], { stdio: ['ignore', 'pipe', 'ignore'], timeout: 3000 })
+        .toString()
+        .trim() || null
+    );
   } catch {
     return null;
   }

@@ -89,16 +89,12 @@ export class RawEchoClient {
   }
 
   ready(timeoutMs = 10000): Promise<void> {
-    return new Promise((resolve, reject) =>
-      this.client.waitForReady(Date.now() + timeoutMs, (err) => (err ? reject(err) : resolve())),
-    );
+    return new Promise((resolve, reject) => this.client.waitForReady(Date.now() + timeoutMs, (err) => (err ? reject(err) : resolve())));
   }
 
   unary(payload: Buffer): Promise<Buffer> {
     return new Promise((resolve, reject) => {
-      this.client.makeUnaryRequest(RAW_ECHO.Unary.path, identity, identity, payload, (err, res) =>
-        err ? reject(err) : resolve(res as Buffer),
-      );
+      this.client.makeUnaryRequest(RAW_ECHO.Unary.path, identity, identity, payload, (err, res) => (err ? reject(err) : resolve(res as Buffer)));
     });
   }
 

@@ -78,12 +78,12 @@ export function skippedSuite(suite: Suite, reason: string): { outcome: SuiteOutc
 }
 
 function errText(e: unknown): string {
-  return e instanceof Error ? e.message.split('\n')[0] ?? e.message : String(e);
+  return e instanceof Error ? (e.message.split('\n')[0] ?? e.message) : String(e);
 }
 
 export async function runSuite(suite: Suite, opts: RunOptions): Promise<{ outcome: SuiteOutcome; figures: FigureResult[] }> {
   const started = performance.now();
-  const budgetSec = (opts.quick ? suite.budget?.quickSec ?? DEFAULT_BUDGET.quickSec : suite.budget?.fullSec ?? DEFAULT_BUDGET.fullSec);
+  const budgetSec = opts.quick ? (suite.budget?.quickSec ?? DEFAULT_BUDGET.quickSec) : (suite.budget?.fullSec ?? DEFAULT_BUDGET.fullSec);
   const deadline = Math.min(started + budgetSec * 1000, opts.globalDeadline);
   const boundSec = Math.max(0, (deadline - started) / 1000);
   const ac = new AbortController();

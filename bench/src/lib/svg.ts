@@ -77,11 +77,22 @@ interface Panel {
 function panelsOf(figures: readonly FigureResult[]): Panel[] {
   const panels: Panel[] = [];
   const lat = figures.filter((f) => f.kind === 'latency');
-  if (lat.length) panels.push({ title: 'Latency (µs, log scale): box p25–p75 · bar p50 · orange p90 · whiskers p1–p99 · dots min/max', figures: lat, kind: 'latency', unit: 'us' });
+  if (lat.length)
+    panels.push({
+      title: 'Latency (µs, log scale): box p25–p75 · bar p50 · orange p90 · whiskers p1–p99 · dots min/max',
+      figures: lat,
+      kind: 'latency',
+      unit: 'us',
+    });
   const units: string[] = [];
   for (const f of figures) if (f.kind === 'rate' && !units.includes(f.unit)) units.push(f.unit);
   for (const u of units) {
-    panels.push({ title: `Throughput (${unitLabel(u)}, log scale): dot median of repeats · line min–max`, figures: figures.filter((f) => f.kind === 'rate' && f.unit === u), kind: 'rate', unit: u });
+    panels.push({
+      title: `Throughput (${unitLabel(u)}, log scale): dot median of repeats · line min–max`,
+      figures: figures.filter((f) => f.kind === 'rate' && f.unit === u),
+      kind: 'rate',
+      unit: u,
+    });
   }
   return panels;
 }

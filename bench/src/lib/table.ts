@@ -79,7 +79,5 @@ export function ratioTable(ratios: readonly RatioResult[]): string {
 }
 
 export function suiteLines(suites: readonly SuiteOutcome[]): string {
-  return suites
-    .map((s) => `suite ${s.name}: ${s.status}${s.reason ? `: ${s.reason}` : ''} (${s.durationSec.toFixed(1)} s)`)
-    .join('\n');
+  return suites.map((s) => `suite ${s.name}: ${s.status}${s.reason ? `: ${s.reason}` : ''} (${s.durationSec.toFixed(1)} s)`).join('\n');
 }

@@ -38,10 +38,7 @@ export interface SamplerResult {
  * timing each with process.hrtime.bigint(). Returns microseconds. Stops early at budgetMs
  * (truncated = true); throws AbortedError if the signal fires; throws if no sample was taken.
  */
-export async function sampleLatency(
-  op: () => Promise<unknown>,
-  opts: SampleOptions & { signal?: AbortSignal },
-): Promise<SamplerResult> {
+export async function sampleLatency(op: () => Promise<unknown>, opts: SampleOptions & { signal?: AbortSignal }): Promise<SamplerResult> {
   if (!(Number.isInteger(opts.samples) && opts.samples > 0)) throw new RangeError('samples must be a positive integer');
   if (!(Number.isInteger(opts.warmup) && opts.warmup >= 0)) throw new RangeError('warmup must be a non-negative integer');
   const budget = opts.budgetMs ?? Infinity;

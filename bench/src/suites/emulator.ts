@@ -12,10 +12,30 @@ export const suite: Suite = {
   name: 'emulator',
   description: 'emulator backend: guest action over gRPC, core operations in process',
   figures: [
-    { id: 'emulator.rdmsr.unary', kind: 'latency', unit: 'us', description: 'ReadMsr(HV_X64_MSR_GUEST_OS_ID) guest action over gRPC, one in flight, server in its own process' },
-    { id: 'core.vtlcall_vtlreturn', kind: 'latency', unit: 'us', description: 'core: VtlCall + VtlReturn through the hypercall page (mean of 1000 per sample)' },
-    { id: 'core.overlay_place_remove', kind: 'latency', unit: 'us', description: 'core: SIMP overlay placed and removed by MSR writes (mean of 1000 per sample)' },
-    { id: 'core.sparse_64g_10pages_kib', kind: 'rate', unit: 'KiB', description: 'heap + buffers growth of a 64 GiB partition after 10 touched pages, in a fresh process (target: <= 1 MiB of RSS)' },
+    {
+      id: 'emulator.rdmsr.unary',
+      kind: 'latency',
+      unit: 'us',
+      description: 'ReadMsr(HV_X64_MSR_GUEST_OS_ID) guest action over gRPC, one in flight, server in its own process',
+    },
+    {
+      id: 'core.vtlcall_vtlreturn',
+      kind: 'latency',
+      unit: 'us',
+      description: 'core: VtlCall + VtlReturn through the hypercall page (mean of 1000 per sample)',
+    },
+    {
+      id: 'core.overlay_place_remove',
+      kind: 'latency',
+      unit: 'us',
+      description: 'core: SIMP overlay placed and removed by MSR writes (mean of 1000 per sample)',
+    },
+    {
+      id: 'core.sparse_64g_10pages_kib',
+      kind: 'rate',
+      unit: 'KiB',
+      description: 'heap + buffers growth of a 64 GiB partition after 10 touched pages, in a fresh process (target: <= 1 MiB of RSS)',
+    },
   ],
   ratios: [{ figure: 'emulator.rdmsr.unary.p50', baseline: 'raw.unary.64B.p50', target: { op: '<=', value: 1.3 } }],
   budget: { quickSec: 40, fullSec: 150 },
@@ -27,7 +47,10 @@ export const suite: Suite = {
       const vp = `${p.name}/vps/0`;
       await client.guest.writeMsr({ name: vp, msr: HV_X64_MSR_GUEST_OS_ID, value: 1n });
       for (let r = 0; r < ctx.repeats; r++) {
-        const samples = await ctx.sampleLatency(() => client.guest.readMsr({ name: vp, msr: HV_X64_MSR_GUEST_OS_ID }), { warmup: ctx.pick(200, 1000), samples: ctx.pick(1000, 10000) });
+        const samples = await ctx.sampleLatency(() => client.guest.readMsr({ name: vp, msr: HV_X64_MSR_GUEST_OS_ID }), {
+          warmup: ctx.pick(200, 1000),
+          samples: ctx.pick(1000, 10000),
+        });
         ctx.recordLatency('emulator.rdmsr.unary', samples);
       }
     } finally {
@@ -48,26 +71,40 @@ export const suite: Suite = {
     const R = core.HvRegisterName;
     const batch = 1000;
     for (let r = 0; r < ctx.repeats; r++) {
-      const s = await ctx.sampleLatency(async () => {
-        for (let i = 0; i < batch; i++) {
-          part.setReg(vp, R.HvX64RegisterRcx, 0n);
-          core.callHypercallPage(part, vp, 0x0f);
-          part.setReg(vp, R.HvX64RegisterRcx, 1n);
-          core.callHypercallPage(part, vp, 0x26);
-        }
-      }, { warmup: 5, samples: ctx.pick(30, 200) });
-      ctx.recordLatency('core.vtlcall_vtlreturn', s.map((x) => x / batch));
-      const o = await ctx.sampleLatency(async () => {
-        for (let i = 0; i < batch; i++) {
-          part.writeMsr(vp, HV_X64_MSR_SIMP, 0x5001n);
-          part.writeMsr(vp, HV_X64_MSR_SIMP, 0x5000n);
-        }
-      }, { warmup: 5, samples: ctx.pick(30, 200) });
-      ctx.recordLatency('core.overlay_place_remove', o.map((x) => x / batch));
+      const s = await ctx.sampleLatency(
+        async () => {
+          for (let i = 0; i < batch; i++) {
+            part.setReg(vp, R.HvX64RegisterRcx, 0n);
+            core.callHypercallPage(part, vp, 0x0f);
+            part.setReg(vp, R.HvX64RegisterRcx, 1n);
+            core.callHypercallPage(part, vp, 0x26);
+          }
+        },
+        { warmup: 5, samples: ctx.pick(30, 200) },
+      );
+      ctx.recordLatency(
+        'core.vtlcall_vtlreturn',
+        s.map((x) => x / batch),
+      );
+      const o = await ctx.sampleLatency(
+        async () => {
+          for (let i = 0; i < batch; i++) {
+            part.writeMsr(vp, HV_X64_MSR_SIMP, 0x5001n);
+            part.writeMsr(vp, HV_X64_MSR_SIMP, 0x5000n);
+          }
+        },
+        { warmup: 5, samples: ctx.pick(30, 200) },
+      );
+      ctx.recordLatency(
+        'core.overlay_place_remove',
+        o.map((x) => x / batch),
+      );
     }
     // A 64 GiB partition that touched 10 pages, in a fresh process.
     for (let r = 0; r < ctx.repeats; r++) {
-      const g = measureInChild(`const big = new core.Partition({ id: 'big', architecture: 'x64', vpCount: 1, memoryBytes: 64n << 30n, maximumVtl: 0, labels: {} }); for (let i = 0; i < 10; i++) big.memory.write(BigInt(i) * (6n << 30n), Buffer.from([1])); if (big.memory.pagesTouched !== 10) throw new Error('sparse memory touched more pages'); keep.push(big);`);
+      const g = measureInChild(
+        `const big = new core.Partition({ id: 'big', architecture: 'x64', vpCount: 1, memoryBytes: 64n << 30n, maximumVtl: 0, labels: {} }); for (let i = 0; i < 10; i++) big.memory.write(BigInt(i) * (6n << 30n), Buffer.from([1])); if (big.memory.pagesTouched !== 10) throw new Error('sparse memory touched more pages'); keep.push(big);`,
+      );
       ctx.recordRate('core.sparse_64g_10pages_kib', Math.max(0, g.heapBytes) / 1024);
     }
   },

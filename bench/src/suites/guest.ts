@@ -15,8 +15,21 @@ import { connect, pb, type VsmClient } from '@vsm/client';
 import type { GuestRunStats, GuestSession as GuestSessionType } from '@vsm/platform-kvm';
 import type { Suite } from '../api';
 import {
-  AGENT_MAIN, QEMU, SERVICE_MAIN, VSMCTL, builtEntryPointsMissing, buildKvmUnitTests, judgeKvmUnitTest, kvmUnitTestsUnavailable,
-  qemuArgs, qemuVersion, runTimed, startDaemon, vsmctlRunArgs, type Daemon, type TimedRun,
+  AGENT_MAIN,
+  QEMU,
+  SERVICE_MAIN,
+  VSMCTL,
+  builtEntryPointsMissing,
+  buildKvmUnitTests,
+  judgeKvmUnitTest,
+  kvmUnitTestsUnavailable,
+  qemuArgs,
+  qemuVersion,
+  runTimed,
+  startDaemon,
+  vsmctlRunArgs,
+  type Daemon,
+  type TimedRun,
 } from '../lib/guest';
 import { loadKvmAgent } from '../lib/kvm-guest';
 import { kvmAvailability } from '../lib/kvm-raw';
@@ -43,7 +56,8 @@ const secs = (t: { us: number }) => `${(t.us / 1e6).toFixed(2)} s`;
 /** A run that did not pass fails the suite, with what the guest printed. */
 function checkPassed(what: string, r: TimedRun): void {
   const v = judgeKvmUnitTest(r.timedOut ? null : r.status, r.timedOut ? 'SIGKILL (timed out)' : r.signal, r.stdout);
-  if (!v.pass) throw new Error(`${what} did not pass: ${v.why}\n--- stdout (tail) ---\n${r.stdout.slice(-2000)}\n--- stderr (tail) ---\n${r.stderr.slice(-2000)}`);
+  if (!v.pass)
+    throw new Error(`${what} did not pass: ${v.why}\n--- stdout (tail) ---\n${r.stdout.slice(-2000)}\n--- stderr (tail) ---\n${r.stderr.slice(-2000)}`);
 }
 
 interface GrpcRun {
@@ -84,8 +98,15 @@ async function grpcRun(client: VsmClient, id: string, image: Buffer, signal: Abo
 type KvmBackendType = InstanceType<ReturnType<typeof loadKvmAgent>['KvmBackend']>;
 
 /** The guest alone: GuestSession on KvmBackend in this process (no gRPC, no service, no agent process). */
-async function inProcessRun(backend: KvmBackendType, session: typeof GuestSessionType, id: string, image: Buffer): Promise<{ us: number; stats: GuestRunStats; output: string; exitCode: number | undefined; reason: string }> {
-  const p = await backend.createPartition(pb.CreatePartitionRequest.fromPartial({ partitionId: id, partition: { vpCount: VPS, memoryBytes: BigInt(MEMORY_MIB) << 20n } }));
+async function inProcessRun(
+  backend: KvmBackendType,
+  session: typeof GuestSessionType,
+  id: string,
+  image: Buffer,
+): Promise<{ us: number; stats: GuestRunStats; output: string; exitCode: number | undefined; reason: string }> {
+  const p = await backend.createPartition(
+    pb.CreatePartitionRequest.fromPartial({ partitionId: id, partition: { vpCount: VPS, memoryBytes: BigInt(MEMORY_MIB) << 20n } }),
+  );
   try {
     const t0 = performance.now();
     const s = session.load(backend.platformOf(p.name), image, { devices: { hypervTestdev: false } });
@@ -114,24 +135,73 @@ async function available(): Promise<true | string> {
 
 export const suite: Suite = {
   name: 'guest',
-  description: 'whole guests: kvm-unit-tests smptest through `vsmctl run` (vsm-service --backend agent → vsm-kvm-agent) against Debian QEMU -accel kvm in the same run; the Hyper-V tests through vsmctl',
+  description:
+    'whole guests: kvm-unit-tests smptest through `vsmctl run` (vsm-service --backend agent → vsm-kvm-agent) against Debian QEMU -accel kvm in the same run; the Hyper-V tests through vsmctl',
   figures: [
-    { id: 'guest.smptest.vsmctl', kind: 'latency', unit: 'us', description: `\`vsmctl run smptest.flat --vps ${VPS} --memory ${MEMORY_MIB}MiB\` (the built CLI, a new node process) against vsm-service --backend agent → vsm-kvm-agent, spawn to exit; status 1 (exit code 0) and PASS checked; one sample per repeat` },
-    { id: 'guest.smptest.qemu', kind: 'latency', unit: 'us', description: `\`qemu-system-x86_64 -accel kvm -cpu kvm64 -smp ${VPS} -m ${MEMORY_MIB} -kernel smptest.flat\` + isa-debug-exit, serial on stdio, -nodefaults (Debian's QEMU), spawn to exit; status 1 and PASS checked; one sample per repeat` },
-    { id: 'guest.vsmctl.startup', kind: 'latency', unit: 'us', description: '`vsmctl capabilities` against the same service, spawn to exit: node start, the CLI\'s modules, one unary RPC (the fixed cost inside guest.smptest.vsmctl)' },
-    { id: 'guest.smptest.grpc', kind: 'latency', unit: 'us', description: 'the same run as `vsmctl run` does it, from the runner through @vsm/client (no process start): CreatePartition, LoadGuestImage, StreamConsole + StartPartition to the run\'s end, DeletePartition' },
-    { id: 'guest.smptest.grpc.run', kind: 'latency', unit: 'us', description: 'of guest.smptest.grpc: StartPartition sent → the console stream\'s end message (the guest runs in the agent)' },
-    { id: 'guest.smptest.inprocess', kind: 'latency', unit: 'us', description: 'the guest alone: GuestSession.load → start → end on KvmBackend in the runner (no gRPC, no service or agent process)' },
-    { id: 'guest.smptest.inprocess.exits', kind: 'rate', unit: 'exits', better: 'lower', description: 'of guest.smptest.inprocess: exits handed to the main thread (GuestRunStats.exits, all kinds)' },
-    { id: 'guest.smptest.inprocess.kvm_runs', kind: 'rate', unit: 'KVM_RUNs', better: 'lower', description: 'of guest.smptest.inprocess: KVM_RUN returns on all VPs, the console exits the VP threads finish themselves included (GuestRunStats.runs)' },
+    {
+      id: 'guest.smptest.vsmctl',
+      kind: 'latency',
+      unit: 'us',
+      description: `\`vsmctl run smptest.flat --vps ${VPS} --memory ${MEMORY_MIB}MiB\` (the built CLI, a new node process) against vsm-service --backend agent → vsm-kvm-agent, spawn to exit; status 1 (exit code 0) and PASS checked; one sample per repeat`,
+    },
+    {
+      id: 'guest.smptest.qemu',
+      kind: 'latency',
+      unit: 'us',
+      description: `\`qemu-system-x86_64 -accel kvm -cpu kvm64 -smp ${VPS} -m ${MEMORY_MIB} -kernel smptest.flat\` + isa-debug-exit, serial on stdio, -nodefaults (Debian's QEMU), spawn to exit; status 1 and PASS checked; one sample per repeat`,
+    },
+    {
+      id: 'guest.vsmctl.startup',
+      kind: 'latency',
+      unit: 'us',
+      description:
+        "`vsmctl capabilities` against the same service, spawn to exit: node start, the CLI's modules, one unary RPC (the fixed cost inside guest.smptest.vsmctl)",
+    },
+    {
+      id: 'guest.smptest.grpc',
+      kind: 'latency',
+      unit: 'us',
+      description:
+        "the same run as `vsmctl run` does it, from the runner through @vsm/client (no process start): CreatePartition, LoadGuestImage, StreamConsole + StartPartition to the run's end, DeletePartition",
+    },
+    {
+      id: 'guest.smptest.grpc.run',
+      kind: 'latency',
+      unit: 'us',
+      description: "of guest.smptest.grpc: StartPartition sent → the console stream's end message (the guest runs in the agent)",
+    },
+    {
+      id: 'guest.smptest.inprocess',
+      kind: 'latency',
+      unit: 'us',
+      description: 'the guest alone: GuestSession.load → start → end on KvmBackend in the runner (no gRPC, no service or agent process)',
+    },
+    {
+      id: 'guest.smptest.inprocess.exits',
+      kind: 'rate',
+      unit: 'exits',
+      better: 'lower',
+      description: 'of guest.smptest.inprocess: exits handed to the main thread (GuestRunStats.exits, all kinds)',
+    },
+    {
+      id: 'guest.smptest.inprocess.kvm_runs',
+      kind: 'rate',
+      unit: 'KVM_RUNs',
+      better: 'lower',
+      description: 'of guest.smptest.inprocess: KVM_RUN returns on all VPs, the console exits the VP threads finish themselves included (GuestRunStats.runs)',
+    },
     ...HYPERV.map((h) => ({
-      id: h.id, kind: 'latency' as const, unit: 'us',
+      id: h.id,
+      kind: 'latency' as const,
+      unit: 'us',
       description: `informational: \`vsmctl run ${h.image}.flat --vps ${VPS} --memory ${MEMORY_MIB}MiB --device hyperv-testdev${h.extra.length ? ` ${h.extra.join(' ')}` : ''}\`, spawn to exit; status 1, PASS, no FAIL/SKIP checked; 1 repeat quick, 3 full`,
     })),
   ],
   ratios: [
     {
-      figure: 'guest.smptest.vsmctl', baseline: 'guest.smptest.qemu', target: { op: '<=', value: 1 },
+      figure: 'guest.smptest.vsmctl',
+      baseline: 'guest.smptest.qemu',
+      target: { op: '<=', value: 1 },
       description: 'issue #20: our VMM skips firmware, so a whole `vsmctl run` (CLI start, gRPC, agent) should not be slower than QEMU on the same host',
     },
   ],
@@ -161,7 +231,11 @@ export const suite: Suite = {
       const smptest = img.smptest!;
       const cwd = path.dirname(smptest);
       const vsmctl = (image: string, extra: readonly string[] = []) =>
-        runTimed(process.execPath, [VSMCTL, ...vsmctlRunArgs(service.address, image, { vps: VPS, memoryMiB: MEMORY_MIB, timeoutSec: GUEST_TIMEOUT_SEC, extra })], { cwd, timeoutMs: KILL_AFTER_MS, signal: ctx.signal });
+        runTimed(
+          process.execPath,
+          [VSMCTL, ...vsmctlRunArgs(service.address, image, { vps: VPS, memoryMiB: MEMORY_MIB, timeoutSec: GUEST_TIMEOUT_SEC, extra })],
+          { cwd, timeoutMs: KILL_AFTER_MS, signal: ctx.signal },
+        );
       const qemu = () => runTimed(QEMU, qemuArgs(path.basename(smptest), VPS, MEMORY_MIB), { cwd, timeoutMs: KILL_AFTER_MS, signal: ctx.signal });
       const haveQemu = !('missing' in q);
 
@@ -198,7 +272,8 @@ export const suite: Suite = {
 
         const g = await grpcRun(client, `bench-guest-${process.pid}-${r}`, image, ctx.signal);
         const gv = judgeKvmUnitTest(g.end?.exitCode !== undefined ? ((g.end.exitCode << 1) | 1) & 0xff : null, null, g.output);
-        if (!gv.pass) throw new Error(`smptest through @vsm/client did not pass: ${gv.why} (end: ${g.end ? `${g.end.reason}` : 'none'})\n${g.output.slice(-2000)}`);
+        if (!gv.pass)
+          throw new Error(`smptest through @vsm/client did not pass: ${gv.why} (end: ${g.end ? `${g.end.reason}` : 'none'})\n${g.output.slice(-2000)}`);
         ctx.recordLatency('guest.smptest.grpc', [g.totalUs]);
         ctx.recordLatency('guest.smptest.grpc.run', [g.runUs]);
 
@@ -210,7 +285,9 @@ export const suite: Suite = {
         ctx.recordRate('guest.smptest.inprocess.exits', exits);
         ctx.recordRate('guest.smptest.inprocess.kvm_runs', ip.stats.runs);
         if (r === 0) ctx.log(`smptest in process, run figures: ${JSON.stringify(ip.stats)}`);
-        ctx.log(`repeat ${r + 1}/${ctx.repeats}: ${line.join(', ')}; vsmctl capabilities ${secs(startup)}; @vsm/client ${(g.totalUs / 1e6).toFixed(2)} s (run ${(g.runUs / 1e6).toFixed(2)} s); in process ${(ip.us / 1e6).toFixed(3)} s (${exits} exits, ${ip.stats.runs} KVM_RUNs)`);
+        ctx.log(
+          `repeat ${r + 1}/${ctx.repeats}: ${line.join(', ')}; vsmctl capabilities ${secs(startup)}; @vsm/client ${(g.totalUs / 1e6).toFixed(2)} s (run ${(g.runUs / 1e6).toFixed(2)} s); in process ${(ip.us / 1e6).toFixed(3)} s (${exits} exits, ${ip.stats.runs} KVM_RUNs)`,
+        );
       }
 
       const hypervRepeats = Math.min(ctx.repeats, ctx.pick(1, 3));
@@ -218,7 +295,7 @@ export const suite: Suite = {
         for (const h of HYPERV) {
           // Each test takes up to ≈6 s here: leave the rest unrecorded rather than overrun the bound.
           if (ctx.remainingMs() < 20_000) {
-            ctx.skipFigure(h.id, 'the suite\'s time bound was nearly reached');
+            ctx.skipFigure(h.id, "the suite's time bound was nearly reached");
             continue;
           }
           const v = await vsmctl(img[h.image]!, ['--device', 'hyperv-testdev', ...h.extra]);

@@ -12,7 +12,11 @@ async function setup(client: VsmClient, vpCount: number) {
   const p = await client.partitions.createPartition({ partition: pb.Partition.fromPartial({ vpCount, memoryBytes: 1n << 30n, maximumVtl: 1 }) });
   await client.vtl.enablePartitionVtl({ name: p.name, targetVtl: 1 });
   for (let i = 0; i < vpCount; i++) await client.vtl.enableVpVtl({ name: `${p.name}/vps/${i}`, targetVtl: 1 });
-  await client.vps.setVpRegisters({ name: `${p.name}/vps/0`, vtl: 1, registers: [{ name: pb.HvRegisterName.HV_REGISTER_NAME_VSM_PARTITION_CONFIG, value: { value: { $case: 'reg64', value: 1n | (0xfn << 1n) } } }] });
+  await client.vps.setVpRegisters({
+    name: `${p.name}/vps/0`,
+    vtl: 1,
+    registers: [{ name: pb.HvRegisterName.HV_REGISTER_NAME_VSM_PARTITION_CONFIG, value: { value: { $case: 'reg64', value: 1n | (0xfn << 1n) } } }],
+  });
   await client.intercepts.modifyVtlProtectionMask({ name: p.name, protectingVtl: 1, mapFlags: 0x1, ranges: [{ startPage: PAGE, pageCount: 64n }] });
   await client.intercepts.setInterceptRoute({ name: p.name, route: pb.InterceptRoute.INTERCEPT_ROUTE_MONITOR });
   // A monitor that answers ALLOW to everything, as fast as it can.
@@ -23,7 +27,12 @@ async function setup(client: VsmClient, vpCount: number) {
     try {
       for await (const ev of m.events) {
         if (ev.kind?.$case === 'intercept' && ev.kind.value.needsReply) {
-          m.send({ kind: { $case: 'reply', value: { interceptId: ev.kind.value.interceptId, action: pb.InterceptAction.INTERCEPT_ACTION_ALLOW, data: Buffer.alloc(0) } } });
+          m.send({
+            kind: {
+              $case: 'reply',
+              value: { interceptId: ev.kind.value.interceptId, action: pb.InterceptAction.INTERCEPT_ACTION_ALLOW, data: Buffer.alloc(0) },
+            },
+          });
           answered++;
         }
       }
@@ -38,9 +47,24 @@ export const suite: Suite = {
   name: 'intercepts',
   description: 'memory intercepts with an external monitor over gRPC (emulator backend)',
   figures: [
-    { id: 'intercept.monitor.roundtrip', kind: 'latency', unit: 'us', description: 'guest WriteMemory on a protected page -> intercept on the Monitor stream -> ALLOW -> WriteMemory returns' },
-    { id: 'intercept.baseline.unary_plus_bidi', kind: 'latency', unit: 'us', description: 'raw grpc-js unary echo + raw bidi ping-pong, sequentially, per sample (same loop)' },
-    { id: 'intercept.throughput.8vp', kind: 'rate', unit: 'msg/s', description: 'intercepts answered per second with 8 VPs faulting concurrently, one monitor' },
+    {
+      id: 'intercept.monitor.roundtrip',
+      kind: 'latency',
+      unit: 'us',
+      description: 'guest WriteMemory on a protected page -> intercept on the Monitor stream -> ALLOW -> WriteMemory returns',
+    },
+    {
+      id: 'intercept.baseline.unary_plus_bidi',
+      kind: 'latency',
+      unit: 'us',
+      description: 'raw grpc-js unary echo + raw bidi ping-pong, sequentially, per sample (same loop)',
+    },
+    {
+      id: 'intercept.throughput.8vp',
+      kind: 'rate',
+      unit: 'msg/s',
+      description: 'intercepts answered per second with 8 VPs faulting concurrently, one monitor',
+    },
   ],
   ratios: [
     { figure: 'intercept.monitor.roundtrip.p50', baseline: 'intercept.baseline.unary_plus_bidi.p50', target: { op: '<=', value: 2.5 } },
@@ -60,14 +84,26 @@ export const suite: Suite = {
       const vp = `${one.name}/vps/0`;
       const data = Buffer.from([1]);
       for (let r = 0; r < ctx.repeats; r++) {
-        ctx.recordLatency('intercept.monitor.roundtrip', await ctx.sampleLatency(async () => {
-          const o = await client.guest.writeMemory({ name: vp, gpa: PAGE << 12n, data });
-          if (o.outcome?.exception) throw new Error('write did not complete');
-        }, { warmup: ctx.pick(100, 500), samples: ctx.pick(500, 3000) }));
-        ctx.recordLatency('intercept.baseline.unary_plus_bidi', await ctx.sampleLatency(async () => {
-          await echo.unary(payload);
-          await pp.roundTrip(payload);
-        }, { warmup: ctx.pick(100, 500), samples: ctx.pick(500, 3000) }));
+        ctx.recordLatency(
+          'intercept.monitor.roundtrip',
+          await ctx.sampleLatency(
+            async () => {
+              const o = await client.guest.writeMemory({ name: vp, gpa: PAGE << 12n, data });
+              if (o.outcome?.exception) throw new Error('write did not complete');
+            },
+            { warmup: ctx.pick(100, 500), samples: ctx.pick(500, 3000) },
+          ),
+        );
+        ctx.recordLatency(
+          'intercept.baseline.unary_plus_bidi',
+          await ctx.sampleLatency(
+            async () => {
+              await echo.unary(payload);
+              await pp.roundTrip(payload);
+            },
+            { warmup: ctx.pick(100, 500), samples: ctx.pick(500, 3000) },
+          ),
+        );
       }
       one.monitor.cancel();
       await one.loop;
@@ -77,9 +113,11 @@ export const suite: Suite = {
         const start = eight.answered();
         const t0 = process.hrtime.bigint();
         const until = Date.now() + ctx.pick(1500, 4000);
-        await Promise.all(Array.from({ length: 8 }, async (_, i) => {
-          while (Date.now() < until) await client.guest.writeMemory({ name: `${eight.name}/vps/${i}`, gpa: (PAGE + BigInt(i)) << 12n, data });
-        }));
+        await Promise.all(
+          Array.from({ length: 8 }, async (_, i) => {
+            while (Date.now() < until) await client.guest.writeMemory({ name: `${eight.name}/vps/${i}`, gpa: (PAGE + BigInt(i)) << 12n, data });
+          }),
+        );
         const secs = Number(process.hrtime.bigint() - t0) / 1e9;
         ctx.recordRate('intercept.throughput.8vp', (eight.answered() - start) / secs);
       }

@@ -19,16 +19,25 @@ export const suite: Suite = {
   description: 'KVM: protection violation delivered to VTL1, handled there, VtlReturn and resume (KvmBackend in process)',
   figures: [
     {
-      id: 'kvm.agent.protection_roundtrip', kind: 'latency', unit: 'us',
+      id: 'kvm.agent.protection_roundtrip',
+      kind: 'latency',
+      unit: 'us',
       description: `real guest code on KvmBackend.runVp: VTL0 \`mov [rdi], al\` on a page VTL1 made read-only → MMIO exit, intercept in VTL1 SINT0, VTL1 entered → VTL1 handler reads the message (GPA, Rip, InstructionLength), HvCallSetVpRegisters(VTL0 RIP past the store) through its page, frees the slot → VtlReturn → VTL0 resumes; 3 exits, 2 VTL switches; µs per round trip, mean of a ≈20 ms batch per sample; ${VMI}`,
     },
     {
-      id: 'kvm.action.protection_roundtrip', kind: 'latency', unit: 'us',
+      id: 'kvm.action.protection_roundtrip',
+      kind: 'latency',
+      unit: 'us',
       description: `the same round trip as 6 vsm.v1 guest actions on KvmBackend (WriteMemory → intercept; VTL1: ReadMemory ×2 of the message, WriteMemory to free the slot, Hypercall HvCallSetVpRegisters, CallHypercallPage VtlReturn); µs per round trip, mean of a ≈20 ms batch per sample`,
     },
   ],
   ratios: [
-    { figure: 'kvm.agent.protection_roundtrip.p50', baseline: 'kvm.raw.pio.p50', target: { op: '<=', value: 5 }, description: 'violation → VTL1 → VtlReturn → resume vs raw exit round trip' },
+    {
+      figure: 'kvm.agent.protection_roundtrip.p50',
+      baseline: 'kvm.raw.pio.p50',
+      target: { op: '<=', value: 5 },
+      description: 'violation → VTL1 → VtlReturn → resume vs raw exit round trip',
+    },
   ],
   budget: { quickSec: 40, fullSec: 150 },
   available: kvmAvailability,

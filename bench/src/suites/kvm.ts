@@ -22,16 +22,45 @@ const RAW: { kind: RawLoopKind; what: string; rate: boolean }[] = [
   { kind: 'mmio_ro', what: 'MMIO exit round trip on a read-only memslot (the path enforced protections take)', rate: false },
   { kind: 'pio_call_ret', what: "the agent hypercall loop's guest code without the agent: `call` into `out 0x4d, ax; ret`, `jmp`", rate: false },
 ];
-const RAW_HOW = 'one-vCPU VM through the agent\'s koffi binding, host only re-enters KVM_RUN; µs per exit, mean of a ≈20 ms batch per sample';
-const AGENT_HOW = 'whole guest on KvmBackend.runVp in process; µs per operation, mean of a ≈20 ms batch (one runVp of that many exits: its entry/exit amortised) per sample';
+const RAW_HOW = "one-vCPU VM through the agent's koffi binding, host only re-enters KVM_RUN; µs per exit, mean of a ≈20 ms batch per sample";
+const AGENT_HOW =
+  'whole guest on KvmBackend.runVp in process; µs per operation, mean of a ≈20 ms batch (one runVp of that many exits: its entry/exit amortised) per sample';
 
 const figures: FigureSpec[] = [
   ...RAW.map((r): FigureSpec => ({ id: `kvm.raw.${r.kind}`, kind: 'latency', unit: 'us', description: `${r.what}; ${RAW_HOW}` })),
-  ...RAW.filter((r) => r.rate).map((r): FigureSpec => ({ id: `kvm.raw.${r.kind}.rate`, kind: 'rate', unit: 'exits/s', description: `exits per second of the kvm.raw.${r.kind} batches (total exits / total time per repeat)` })),
-  { id: 'kvm.agent.wrmsr', kind: 'latency', unit: 'us', description: `synthetic MSR write by guest code: \`wrmsr\` of HV_X64_MSR_GUEST_OS_ID; \`jmp\` → MSR exit, the core applies it, completion, resume; ${AGENT_HOW}` },
-  { id: 'kvm.agent.hypercall', kind: 'latency', unit: 'us', description: `hypercall by guest code through the VTL0 hypercall page: \`call\` into \`out 0x4d, ax; ret\` with HvCallGetVpRegisters(HvRegisterVsmVpStatus), memory-based; port exit → core dispatcher → resume; ${AGENT_HOW}` },
-  { id: 'kvm.agent.vtl_roundtrip', kind: 'latency', unit: 'us', description: `VtlCall by VTL0 code + fast VtlReturn by VTL1 code through their hypercall pages: 2 port exits, 2 VTL switches (state moved between the VTLs' vCPUs); ${AGENT_HOW}; absolute µs comparable with published VM-introspection event round trips (15–81 µs on bare metal; this host is nested)` },
-  { id: 'kvm.action.writemsr', kind: 'latency', unit: 'us', description: 'WriteMsr(HV_X64_MSR_GUEST_OS_ID) guest action through KvmBackend in process (vsm.v1 messages, `wrmsr; hlt` stub: MSR exit + HLT exit), no gRPC; µs per action, mean of a ≈20 ms batch per sample' },
+  ...RAW.filter((r) => r.rate).map(
+    (r): FigureSpec => ({
+      id: `kvm.raw.${r.kind}.rate`,
+      kind: 'rate',
+      unit: 'exits/s',
+      description: `exits per second of the kvm.raw.${r.kind} batches (total exits / total time per repeat)`,
+    }),
+  ),
+  {
+    id: 'kvm.agent.wrmsr',
+    kind: 'latency',
+    unit: 'us',
+    description: `synthetic MSR write by guest code: \`wrmsr\` of HV_X64_MSR_GUEST_OS_ID; \`jmp\` → MSR exit, the core applies it, completion, resume; ${AGENT_HOW}`,
+  },
+  {
+    id: 'kvm.agent.hypercall',
+    kind: 'latency',
+    unit: 'us',
+    description: `hypercall by guest code through the VTL0 hypercall page: \`call\` into \`out 0x4d, ax; ret\` with HvCallGetVpRegisters(HvRegisterVsmVpStatus), memory-based; port exit → core dispatcher → resume; ${AGENT_HOW}`,
+  },
+  {
+    id: 'kvm.agent.vtl_roundtrip',
+    kind: 'latency',
+    unit: 'us',
+    description: `VtlCall by VTL0 code + fast VtlReturn by VTL1 code through their hypercall pages: 2 port exits, 2 VTL switches (state moved between the VTLs' vCPUs); ${AGENT_HOW}; absolute µs comparable with published VM-introspection event round trips (15–81 µs on bare metal; this host is nested)`,
+  },
+  {
+    id: 'kvm.action.writemsr',
+    kind: 'latency',
+    unit: 'us',
+    description:
+      'WriteMsr(HV_X64_MSR_GUEST_OS_ID) guest action through KvmBackend in process (vsm.v1 messages, `wrmsr; hlt` stub: MSR exit + HLT exit), no gRPC; µs per action, mean of a ≈20 ms batch per sample',
+  },
 ];
 
 async function run(ctx: BenchContext): Promise<void> {
@@ -48,11 +77,13 @@ async function run(ctx: BenchContext): Promise<void> {
 
     type Step = { id: string; rateId?: string; prepare(): Promise<(n: number) => unknown>; after?(): void };
     const steps: Step[] = [
-      ...loops.map((l): Step => ({
-        id: `kvm.raw.${l.kind}`,
-        rateId: RAW.find((r) => r.kind === l.kind)!.rate ? `kvm.raw.${l.kind}.rate` : undefined,
-        prepare: async () => (n) => l.exits(n),
-      })),
+      ...loops.map(
+        (l): Step => ({
+          id: `kvm.raw.${l.kind}`,
+          rateId: RAW.find((r) => r.kind === l.kind)!.rate ? `kvm.raw.${l.kind}.rate` : undefined,
+          prepare: async () => (n) => l.exits(n),
+        }),
+      ),
       { id: 'kvm.agent.wrmsr', prepare: () => guest.prepare('wrmsr'), after: () => guest.check('wrmsr') },
       { id: 'kvm.agent.hypercall', prepare: () => guest.prepare('hypercall'), after: () => guest.check('hypercall') },
       { id: 'kvm.agent.vtl_roundtrip', prepare: () => guest.prepare('vtl'), after: () => guest.check('vtl') },
@@ -99,12 +130,27 @@ async function run(ctx: BenchContext): Promise<void> {
 
 export const suite: Suite = {
   name: 'kvm',
-  description: 'KVM exits: raw exit loops through the agent\'s binding vs the same exits handled by the agent for real guest code (in process, no gRPC)',
+  description: "KVM exits: raw exit loops through the agent's binding vs the same exits handled by the agent for real guest code (in process, no gRPC)",
   figures,
   ratios: [
-    { figure: 'kvm.agent.wrmsr.p50', baseline: 'kvm.raw.wrmsr.p50', target: { op: '<=', value: 1.5 }, description: 'synthetic MSR write handled by the agent vs raw WRMSR exit' },
-    { figure: 'kvm.agent.hypercall.p50', baseline: 'kvm.raw.pio.p50', target: { op: '<=', value: 1.5 }, description: 'hypercall through the hypercall page vs raw port-I/O exit' },
-    { figure: 'kvm.agent.vtl_roundtrip.p50', baseline: 'kvm.raw.pio.p50', target: { op: '<=', value: 3 }, description: 'VtlCall + VtlReturn vs raw exit round trip' },
+    {
+      figure: 'kvm.agent.wrmsr.p50',
+      baseline: 'kvm.raw.wrmsr.p50',
+      target: { op: '<=', value: 1.5 },
+      description: 'synthetic MSR write handled by the agent vs raw WRMSR exit',
+    },
+    {
+      figure: 'kvm.agent.hypercall.p50',
+      baseline: 'kvm.raw.pio.p50',
+      target: { op: '<=', value: 1.5 },
+      description: 'hypercall through the hypercall page vs raw port-I/O exit',
+    },
+    {
+      figure: 'kvm.agent.vtl_roundtrip.p50',
+      baseline: 'kvm.raw.pio.p50',
+      target: { op: '<=', value: 3 },
+      description: 'VtlCall + VtlReturn vs raw exit round trip',
+    },
   ],
   budget: { quickSec: 60, fullSec: 240 },
   available: kvmAvailability,

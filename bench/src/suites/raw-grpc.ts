@@ -11,24 +11,30 @@ const SIZES = [
 ] as const;
 
 const figures: FigureSpec[] = [
-  ...SIZES.map((s): FigureSpec => ({
-    id: `raw.unary.${s.label}`,
-    kind: 'latency',
-    unit: 'us',
-    description: `unary echo of ${s.bytes} B, one call in flight, client-observed round trip`,
-  })),
-  ...SIZES.map((s): FigureSpec => ({
-    id: `raw.bidi.${s.label}`,
-    kind: 'latency',
-    unit: 'us',
-    description: `bidi stream ping-pong of ${s.bytes} B on one open stream, write to echoed message`,
-  })),
-  ...SIZES.map((s): FigureSpec => ({
-    id: `raw.stream.${s.label}`,
-    kind: 'rate',
-    unit: 'msg/s',
-    description: `server-streaming ${s.bytes} B messages as fast as flow control allows, received per second`,
-  })),
+  ...SIZES.map(
+    (s): FigureSpec => ({
+      id: `raw.unary.${s.label}`,
+      kind: 'latency',
+      unit: 'us',
+      description: `unary echo of ${s.bytes} B, one call in flight, client-observed round trip`,
+    }),
+  ),
+  ...SIZES.map(
+    (s): FigureSpec => ({
+      id: `raw.bidi.${s.label}`,
+      kind: 'latency',
+      unit: 'us',
+      description: `bidi stream ping-pong of ${s.bytes} B on one open stream, write to echoed message`,
+    }),
+  ),
+  ...SIZES.map(
+    (s): FigureSpec => ({
+      id: `raw.stream.${s.label}`,
+      kind: 'rate',
+      unit: 'msg/s',
+      description: `server-streaming ${s.bytes} B messages as fast as flow control allows, received per second`,
+    }),
+  ),
   {
     id: 'raw.stream.4KiB.throughput',
     kind: 'rate',

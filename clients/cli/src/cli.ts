@@ -22,7 +22,20 @@ export { EXIT, report } from './exit';
 export type { Io } from './context';
 
 /** The command groups, in the order `vsmctl --help` lists them. */
-const GROUPS: Register[] = [partitions.register, capabilities.register, execution.register, vp.register, vtl.register, msr.register, overlays.register, memory.register, map.register, intercepts.register, synic.register, connections.register];
+const GROUPS: Register[] = [
+  partitions.register,
+  capabilities.register,
+  execution.register,
+  vp.register,
+  vtl.register,
+  msr.register,
+  overlays.register,
+  memory.register,
+  map.register,
+  intercepts.register,
+  synic.register,
+  connections.register,
+];
 
 export function buildProgram(io: Io, state: { ctx?: Ctx }): Command {
   const program = new Command();

@@ -29,7 +29,10 @@ export interface Globals {
 /** Per-invocation state: the global options and a lazily opened client. */
 export class Ctx {
   private c?: VsmClient;
-  constructor(readonly g: Globals, readonly io: Io) {}
+  constructor(
+    readonly g: Globals,
+    readonly io: Io,
+  ) {}
 
   get client(): VsmClient {
     if (!this.c) {
@@ -38,7 +41,11 @@ export class Ctx {
       if (this.g.token) o.token = this.g.token;
       if (this.g.ca || this.g.cert || this.g.key) {
         if (!!this.g.cert !== !!this.g.key) throw new UsageError('--cert and --key go together (client certificate and its private key)');
-        o.tls = { ca: this.g.ca ? readFile(this.g.ca, '--ca') : undefined, cert: this.g.cert ? readFile(this.g.cert, '--cert') : undefined, key: this.g.key ? readFile(this.g.key, '--key') : undefined };
+        o.tls = {
+          ca: this.g.ca ? readFile(this.g.ca, '--ca') : undefined,
+          cert: this.g.cert ? readFile(this.g.cert, '--cert') : undefined,
+          key: this.g.key ? readFile(this.g.key, '--key') : undefined,
+        };
       } else if (this.g.tls) o.tls = true;
       this.c = connect(this.g.address, o);
     }

@@ -13,7 +13,12 @@ export const GRPC = { DEADLINE_EXCEEDED: 4, UNIMPLEMENTED: 12, UNAVAILABLE: 14 }
 /** A guest access gave up (its gRPC deadline) while the VP still waits for a monitor's answer. */
 export class StillSuspended extends VsmError {
   /** `part`: the partition id, for the commands the message suggests. */
-  constructor(e: VsmError, readonly vp: string, readonly interceptId: bigint, part: string) {
+  constructor(
+    e: VsmError,
+    readonly vp: string,
+    readonly interceptId: bigint,
+    part: string,
+  ) {
     super(
       e.code,
       e.reason,
@@ -27,7 +32,10 @@ export class StillSuspended extends VsmError {
 
 /** A command that ends with an exit code of its own (`vsmctl run`: the guest's); `message` goes to stderr when not empty. */
 export class ExitCode extends Error {
-  constructor(readonly code: number, message: string) {
+  constructor(
+    readonly code: number,
+    message: string,
+  ) {
     super(message);
   }
 }
@@ -46,7 +54,8 @@ export function report(e: unknown, io: Pick<Io, 'stderr'>, address: string): num
   if (e instanceof VsmError) {
     const head = [e.codeName, e.reason].filter(Boolean).join(' ');
     const unreachable = e.code === GRPC.UNAVAILABLE || e.code === GRPC.DEADLINE_EXCEEDED;
-    const hint = unreachable && !(e instanceof StillSuspended) ? ` (server at ${address} not reachable${e.code === GRPC.DEADLINE_EXCEEDED ? ' in time' : ''})` : '';
+    const hint =
+      unreachable && !(e instanceof StillSuspended) ? ` (server at ${address} not reachable${e.code === GRPC.DEADLINE_EXCEEDED ? ' in time' : ''})` : '';
     io.stderr.write(`error: ${head}: ${e.message}${hint}\n`);
     return unreachable ? EXIT.UNAVAILABLE : EXIT.SERVER;
   }

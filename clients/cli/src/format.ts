@@ -8,13 +8,15 @@ type EnumName = (v: number) => string | number;
 /**
  * ts-proto's xxxToJSON throws on a value it does not know (a newer server); keep the number then.
  */
-export const safeEnum = (f: (v: number) => string): ((v: number) => string | number) => (v) => {
-  try {
-    return f(v);
-  } catch {
-    return v;
-  }
-};
+export const safeEnum =
+  (f: (v: number) => string): ((v: number) => string | number) =>
+  (v) => {
+    try {
+      return f(v);
+    } catch {
+      return v;
+    }
+  };
 const ENUM_FIELDS: Record<string, EnumName> = {
   architecture: safeEnum(pb.architectureToJSON),
   architectures: safeEnum(pb.architectureToJSON),
@@ -38,7 +40,8 @@ optionalEnum('guestEntryModeToJSON', 'entryMode');
 
 export type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
 
-const isUnion = (v: unknown): v is { $case: string; value: unknown } => typeof v === 'object' && v !== null && typeof (v as { $case?: unknown }).$case === 'string' && 'value' in v;
+const isUnion = (v: unknown): v is { $case: string; value: unknown } =>
+  typeof v === 'object' && v !== null && typeof (v as { $case?: unknown }).$case === 'string' && 'value' in v;
 
 /** A message (or any value) as JSON: bigint -> decimal string, bytes -> hex, enums -> names, oneof members inline. */
 export function toJson(v: unknown, key?: string): Json {
@@ -112,7 +115,8 @@ export function vtlSet(mask: number): string {
   return v.length ? v.join(',') : '-';
 }
 
-export const shortEnum = (full: string | number, prefix: string): string => (typeof full === 'number' ? String(full) : full.startsWith(prefix) ? full.slice(prefix.length) : full);
+export const shortEnum = (full: string | number, prefix: string): string =>
+  typeof full === 'number' ? String(full) : full.startsWith(prefix) ? full.slice(prefix.length) : full;
 export const entryReason = (r: number): string => shortEnum(safeEnum(pb.hvVtlEntryReasonToJSON)(r), 'HV_VTL_ENTRY_REASON_');
 export const overlayKind = (k: number): string => shortEnum(safeEnum(pb.overlayKindToJSON)(k), 'OVERLAY_KIND_');
 export const architectureText = (a: number): string => shortEnum(safeEnum(pb.architectureToJSON)(a), 'ARCHITECTURE_').toLowerCase();
@@ -129,7 +133,8 @@ export function registerValueText(a: pb.RegisterAssoc): string {
   switch (val.$case) {
     case 'reg64': {
       let s = hex64(val.value);
-      if (a.name === pb.HvRegisterName.HV_REGISTER_NAME_VSM_CODE_PAGE_OFFSETS) s += `  (VtlCall +${hex(val.value & 0xfffn, 2)}, VtlReturn +${hex((val.value >> 12n) & 0xfffn, 2)})`;
+      if (a.name === pb.HvRegisterName.HV_REGISTER_NAME_VSM_CODE_PAGE_OFFSETS)
+        s += `  (VtlCall +${hex(val.value & 0xfffn, 2)}, VtlReturn +${hex((val.value >> 12n) & 0xfffn, 2)})`;
       return s;
     }
     case 'reg128':
@@ -147,7 +152,14 @@ export function registerValueText(a: pb.RegisterAssoc): string {
 export function table(header: string[], rows: string[][]): string {
   const all = [header, ...rows];
   const widths = header.map((_, i) => Math.max(...all.map((r) => visibleLength(r[i] ?? ''))));
-  return all.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c + ' '.repeat(widths[i]! - visibleLength(c)))).join('  ').trimEnd()).join('\n');
+  return all
+    .map((r) =>
+      r
+        .map((c, i) => (i === r.length - 1 ? c : c + ' '.repeat(widths[i]! - visibleLength(c))))
+        .join('  ')
+        .trimEnd(),
+    )
+    .join('\n');
 }
 
 /** Key/value block. */
@@ -194,9 +206,20 @@ export function colorEnabled(stream: { isTTY?: boolean }, env: NodeJS.ProcessEnv
 
 export type Style = 'bold' | 'dim' | 'red' | 'green' | 'yellow' | 'blue' | 'magenta' | 'cyan' | 'white' | 'underline' | 'inverse';
 const CODES: Record<Style, [number, number]> = {
-  bold: [1, 22], dim: [2, 22], underline: [4, 24], inverse: [7, 27],
-  red: [31, 39], green: [32, 39], yellow: [33, 39], blue: [34, 39], magenta: [35, 39], cyan: [36, 39], white: [37, 39],
+  bold: [1, 22],
+  dim: [2, 22],
+  underline: [4, 24],
+  inverse: [7, 27],
+  red: [31, 39],
+  green: [32, 39],
+  yellow: [33, 39],
+  blue: [34, 39],
+  magenta: [35, 39],
+  cyan: [36, 39],
+  white: [37, 39],
 };
 export type Paint = (text: string, ...styles: Style[]) => string;
-export const painter = (on: boolean): Paint => (text, ...styles) =>
-  on && styles.length ? styles.reduce((t, s) => `\x1b[${CODES[s][0]}m${t}\x1b[${CODES[s][1]}m`, text) : text;
+export const painter =
+  (on: boolean): Paint =>
+  (text, ...styles) =>
+    on && styles.length ? styles.reduce((t, s) => `\x1b[${CODES[s][0]}m${t}\x1b[${CODES[s][1]}m`, text) : text;

@@ -29,7 +29,9 @@ export async function guestAccess<T>(ctx: Ctx, vp: string, call: () => Promise<T
       (id) => {
         if (id === undefined || finished || noted) return;
         noted = true;
-        ctx.note(`waiting: ${vp} is suspended on intercept ${id} until a monitor answers (route MONITOR); e.g. vsmctl intercepts watch ${partitionId(vp)} --reply allow`);
+        ctx.note(
+          `waiting: ${vp} is suspended on intercept ${id} until a monitor answers (route MONITOR); e.g. vsmctl intercepts watch ${partitionId(vp)} --reply allow`,
+        );
       },
       () => undefined,
     );

@@ -115,14 +115,18 @@ export function renderMap(inp: MapInput, paint: Paint): string {
   };
   const last = inp.from + BigInt(n * PAGE) - 1n;
   const out: string[] = [];
-  out.push(`${paint(inp.partition.name, 'bold')}  memory ${formatSize(inp.partition.memoryBytes)}  VTLs enabled ${vtlSet(inp.partition.enabledVtlSet)}  view generation ${inp.viewGeneration}`);
+  out.push(
+    `${paint(inp.partition.name, 'bold')}  memory ${formatSize(inp.partition.memoryBytes)}  VTLs enabled ${vtlSet(inp.partition.enabledVtlSet)}  view generation ${inp.viewGeneration}`,
+  );
   out.push(`window ${hex64(inp.from)}-${hex64(last)}: ${n} pages of 4 KiB, ${PER_ROW} per row`);
   out.push('');
   const kinds = Object.values(OVERLAY_LABELS).map((o: OverlayLabel) => `${paint(o.letter, o.color)} ${o.legend}`);
   out.push(`legend: ${paint('.', 'dim')} zero RAM  ${paint('#', 'bold', 'white')} non-zero RAM  ${kinds.join('  ')}`);
   out.push('        lowercase letter = top of a stack with more overlays underneath (listed below)');
   if (drawnProtections(inp).length) {
-    out.push(`        protections: ${MASK_LEGEND.map(([l, what]) => `${l === '.' ? paint('.', 'dim') : paint(l, MASK_COLOR[l] ?? 'bold', 'bold')} ${what}`).join('  ')}`);
+    out.push(
+      `        protections: ${MASK_LEGEND.map(([l, what]) => `${l === '.' ? paint('.', 'dim') : paint(l, MASK_COLOR[l] ?? 'bold', 'bold')} ${what}`).join('  ')}`,
+    );
   }
   out.push('');
   out.push(paint('RAM (host view, under any overlay)', 'bold'));

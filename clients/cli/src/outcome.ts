@@ -54,7 +54,8 @@ export function resumedLines(o: pb.GuestActionOutcome, vp: number | string): str
   const r = o.resumedAccess;
   if (!r) return [];
   let what: string;
-  if (r.completed) what = `retried and completed${r.data.length ? `; returned ${r.data.length} byte${r.data.length === 1 ? '' : 's'}: ${Buffer.from(r.data).toString('hex')}` : ''}`;
+  if (r.completed)
+    what = `retried and completed${r.data.length ? `; returned ${r.data.length} byte${r.data.length === 1 ? '' : 's'}: ${Buffer.from(r.data).toString('hex')}` : ''}`;
   else if (r.skipped) what = 'skipped, not retried (the higher VTL moved RIP past the instruction)';
   else if (r.interceptedAgain) what = 'retried and intercepted again';
   else what = 'unknown';

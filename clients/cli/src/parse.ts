@@ -41,9 +41,20 @@ export function parseCount(text: string, what: string, max: number): number {
 
 const KI = 1024n;
 const SIZE_UNITS: Record<string, bigint> = {
-  '': 1n, b: 1n,
-  k: KI, kib: KI, m: KI ** 2n, mib: KI ** 2n, g: KI ** 3n, gib: KI ** 3n, t: KI ** 4n, tib: KI ** 4n,
-  kb: 1000n, mb: 1000n ** 2n, gb: 1000n ** 3n, tb: 1000n ** 4n,
+  '': 1n,
+  b: 1n,
+  k: KI,
+  kib: KI,
+  m: KI ** 2n,
+  mib: KI ** 2n,
+  g: KI ** 3n,
+  gib: KI ** 3n,
+  t: KI ** 4n,
+  tib: KI ** 4n,
+  kb: 1000n,
+  mb: 1000n ** 2n,
+  gb: 1000n ** 3n,
+  tb: 1000n ** 4n,
 };
 
 /**
@@ -89,7 +100,8 @@ export function partitionName(arg: string): string {
 /** Partition id for CreatePartition (`partitions/` prefix allowed). */
 export function partitionId(arg: string): string {
   const id = arg.startsWith('partitions/') ? arg.slice('partitions/'.length) : arg;
-  if (!ID.test(id)) throw new UsageError(`partition id ${JSON.stringify(arg)} must be 1..64 characters of [a-z0-9-], starting and ending with a letter or digit`);
+  if (!ID.test(id))
+    throw new UsageError(`partition id ${JSON.stringify(arg)} must be 1..64 characters of [a-z0-9-], starting and ending with a letter or digit`);
   return id;
 }
 
@@ -105,7 +117,12 @@ export function parseLabel(text: string, prev: Record<string, string> = {}): Rec
 // ---- registers ---------------------------------------------------------------------------------
 
 const REG_PREFIX = 'HV_REGISTER_NAME_';
-const pascal = (snake: string) => snake.toLowerCase().split('_').map((w) => w[0]!.toUpperCase() + w.slice(1)).join('');
+const pascal = (snake: string) =>
+  snake
+    .toLowerCase()
+    .split('_')
+    .map((w) => w[0]!.toUpperCase() + w.slice(1))
+    .join('');
 const norm = (s: string) => s.toLowerCase().replace(/[-_\s]/g, '');
 
 /** HV_REGISTER_NAME_X64_RIP -> HvX64RegisterRip; HV_REGISTER_NAME_GUEST_OS_ID -> HvRegisterGuestOsId. */
@@ -147,7 +164,9 @@ export function parseRegisterName(text: string): number {
     const n = Number(parseUint(text, 'register', 0xffff_ffffn));
     if ((pb.HvRegisterName as unknown as Record<number, string>)[n] !== undefined && n !== 0) return n;
   }
-  throw new UsageError(`unknown register ${JSON.stringify(text)} (e.g. rip, rax, cr3, HvX64RegisterRip, HvRegisterVsmCodePageOffsets; \`vsmctl registers\` lists them all)`);
+  throw new UsageError(
+    `unknown register ${JSON.stringify(text)} (e.g. rip, rax, cr3, HvX64RegisterRip, HvRegisterVsmCodePageOffsets; \`vsmctl registers\` lists them all)`,
+  );
 }
 
 export type RegisterShape = 'reg64' | 'segment' | 'table';
@@ -168,15 +187,29 @@ export function parseRegisterValue(name: number, text: string): pb.RegisterValue
   const fields = new Map<string, string>();
   for (const part of text.split(/[,\s]+/).filter(Boolean)) {
     const i = part.indexOf('=');
-    if (i <= 0) throw new UsageError(`${tlfsRegisterName(name)} takes ${shape === 'segment' ? 'base=..,limit=..,selector=..,attributes=..' : 'base=..,limit=..'}; got ${JSON.stringify(text)}`);
+    if (i <= 0)
+      throw new UsageError(
+        `${tlfsRegisterName(name)} takes ${shape === 'segment' ? 'base=..,limit=..,selector=..,attributes=..' : 'base=..,limit=..'}; got ${JSON.stringify(text)}`,
+      );
     fields.set(part.slice(0, i).toLowerCase(), part.slice(i + 1));
   }
   const allowed = shape === 'segment' ? ['base', 'limit', 'selector', 'attributes'] : ['base', 'limit'];
-  for (const k of fields.keys()) if (!allowed.includes(k)) throw new UsageError(`${tlfsRegisterName(name)} has no field ${JSON.stringify(k)} (fields: ${allowed.join(', ')})`);
+  for (const k of fields.keys())
+    if (!allowed.includes(k)) throw new UsageError(`${tlfsRegisterName(name)} has no field ${JSON.stringify(k)} (fields: ${allowed.join(', ')})`);
   const base = parseU64(fields.get('base') ?? '0', 'base');
   const limit = parseU32(fields.get('limit') ?? '0', 'limit');
   if (shape === 'table') return { value: { $case: 'table', value: { base, limit } } };
-  return { value: { $case: 'segment', value: { base, limit, selector: parseU32(fields.get('selector') ?? '0', 'selector'), attributes: parseU32(fields.get('attributes') ?? '0', 'attributes') } } };
+  return {
+    value: {
+      $case: 'segment',
+      value: {
+        base,
+        limit,
+        selector: parseU32(fields.get('selector') ?? '0', 'selector'),
+        attributes: parseU32(fields.get('attributes') ?? '0', 'attributes'),
+      },
+    },
+  };
 }
 
 // ---- MSRs --------------------------------------------------------------------------------------
@@ -205,7 +238,8 @@ export const msrLabel = (msr: number): string => {
 export function parseHexBytes(text: string): Buffer {
   let s = text.trim().replace(/[\s:,_-]/g, '');
   if (/^0x/i.test(s)) s = s.slice(2);
-  if (!s || !/^[0-9a-f]*$/i.test(s)) throw new UsageError(`data ${JSON.stringify(text.length > 40 ? text.slice(0, 40) + '...' : text)} is not hex bytes (or @FILE)`);
+  if (!s || !/^[0-9a-f]*$/i.test(s))
+    throw new UsageError(`data ${JSON.stringify(text.length > 40 ? text.slice(0, 40) + '...' : text)} is not hex bytes (or @FILE)`);
   if (s.length % 2) throw new UsageError(`data has an odd number of hex digits (${s.length})`);
   return Buffer.from(s, 'hex');
 }

@@ -26,7 +26,9 @@ export class Progress {
     this.lastDraw = now;
     const pct = this.total > 0 ? Math.floor((done * 100) / this.total) : 100;
     const spin = done < this.total ? FRAMES[this.frame++ % FRAMES.length] : ' ';
-    this.stream.write(`\r\x1b[K${spin} ${this.label} ${String(pct).padStart(3)}% (${this.amount(done)} of ${this.amount(this.total)})${detail ? `, ${detail}` : ''}`);
+    this.stream.write(
+      `\r\x1b[K${spin} ${this.label} ${String(pct).padStart(3)}% (${this.amount(done)} of ${this.amount(this.total)})${detail ? `, ${detail}` : ''}`,
+    );
     this.drawn = true;
   }
 

@@ -28,7 +28,8 @@ export function parseMapFlags(text: string): number {
   let v = 0;
   for (const c of s.replace(/-/g, '')) {
     const b = bits[c];
-    if (b === undefined) throw new UsageError(`--flags ${JSON.stringify(text)}: use letters r, w, x (k/u for kernel/user execute only), none, or a number like 0x5`);
+    if (b === undefined)
+      throw new UsageError(`--flags ${JSON.stringify(text)}: use letters r, w, x (k/u for kernel/user execute only), none, or a number like 0x5`);
     v |= b;
   }
   if (!s.replace(/-/g, '')) throw new UsageError(`--flags ${JSON.stringify(text)} is empty`);
@@ -58,12 +59,20 @@ export function maskLetter(mask: number): string {
   const m = mask & MAP.ALL;
   if (m === MAP.ALL) return '.';
   switch (m) {
-    case 0x0: return '-';
-    case 0x1: return 'r';
-    case 0x3: return 'w';
-    case 0x5: case 0xd: return 'x';
-    case 0x9: case 0xb: return 'u';
-    default: return '?';
+    case 0x0:
+      return '-';
+    case 0x1:
+      return 'r';
+    case 0x3:
+      return 'w';
+    case 0x5:
+    case 0xd:
+      return 'x';
+    case 0x9:
+    case 0xb:
+      return 'u';
+    default:
+      return '?';
   }
 }
 
@@ -133,7 +142,10 @@ export function planProtectCalls(ranges: Pages[], maxRanges = MAX_RANGES_PER_CAL
 export function parseAccessMask(text: string): number {
   const words: Record<string, number> = { r: 1, read: 1, w: 2, write: 2, x: 4, exec: 4, execute: 4, all: 7 };
   let mask = 0;
-  for (const part of text.toLowerCase().split(/[,\s|+]+/).filter(Boolean)) {
+  for (const part of text
+    .toLowerCase()
+    .split(/[,\s|+]+/)
+    .filter(Boolean)) {
     const b = words[part];
     if (b !== undefined) {
       mask |= b;

@@ -18,7 +18,11 @@ async function main(): Promise<void> {
     // VTL1 exists and has turned VTL protection on (HvRegisterVsmPartitionConfig.EnableVtlProtection).
     await client.vtl.enablePartitionVtl({ name: p.name, targetVtl: 1 });
     await client.vtl.enableVpVtl({ name: vp0, targetVtl: 1 });
-    await client.vps.setVpRegisters({ name: vp0, vtl: 1, registers: [{ name: pb.HvRegisterName.HV_REGISTER_NAME_VSM_PARTITION_CONFIG, value: { value: { $case: 'reg64', value: 1n | (0xfn << 1n) } } }] });
+    await client.vps.setVpRegisters({
+      name: vp0,
+      vtl: 1,
+      registers: [{ name: pb.HvRegisterName.HV_REGISTER_NAME_VSM_PARTITION_CONFIG, value: { value: { $case: 'reg64', value: 1n | (0xfn << 1n) } } }],
+    });
     // VTL1's mask on the page: read only (HV_MAP_GPA_READABLE); intercepts go to monitors.
     await client.intercepts.modifyVtlProtectionMask({ name: p.name, protectingVtl: 1, mapFlags: 0x1, ranges: [{ startPage: PAGE, pageCount: 1n }] });
     await client.intercepts.setInterceptRoute({ name: p.name, route: pb.InterceptRoute.INTERCEPT_ROUTE_MONITOR });
@@ -33,12 +37,16 @@ async function main(): Promise<void> {
         if (ev.kind?.$case === 'intercept') {
           const i = ev.kind.value;
           const action = answered++ === 0 ? pb.InterceptAction.INTERCEPT_ACTION_ALLOW : pb.InterceptAction.INTERCEPT_ACTION_SKIP;
-          console.log(`monitor: intercept ${i.interceptId}: VP${i.vpIndex} VTL${i.vtl} ${pb.hvInterceptAccessTypeToJSON(i.accessType)} at 0x${i.gpa.toString(16)} (RIP 0x${i.rip.toString(16)}) -> ${pb.interceptActionToJSON(action)}`);
+          console.log(
+            `monitor: intercept ${i.interceptId}: VP${i.vpIndex} VTL${i.vtl} ${pb.hvInterceptAccessTypeToJSON(i.accessType)} at 0x${i.gpa.toString(16)} (RIP 0x${i.rip.toString(16)}) -> ${pb.interceptActionToJSON(action)}`,
+          );
           monitor.send({ kind: { $case: 'reply', value: { interceptId: i.interceptId, action, data: Buffer.alloc(0), viewGeneration: i.viewGeneration } } });
         }
         if (ev.kind?.$case === 'replyResult') console.log(`monitor: reply ${ev.kind.value.interceptId} ${pb.replyStatusToJSON(ev.kind.value.status)}`);
       }
-    })().catch((e) => { if (!(e instanceof VsmError)) throw e; });
+    })().catch((e) => {
+      if (!(e instanceof VsmError)) throw e;
+    });
 
     // The guest writes twice; each write waits until the monitor answered.
     for (const text of ['first', 'second']) {

@@ -59,16 +59,12 @@ type UnaryFn<Req, Res> = (req: Req, md: grpc.Metadata, opts: Partial<grpc.CallOp
 // ts-proto's generated client methods are overloaded; type inference sees the last overload,
 // (request, metadata, options, callback).
 type Promisified<C> = {
-  [K in keyof C as C[K] extends (req: infer _R, md: grpc.Metadata, o: Partial<grpc.CallOptions>, cb: Callback<infer _S>) => grpc.ClientUnaryCall ? K : never]: C[K] extends (
-    req: infer R,
-    md: grpc.Metadata,
-    o: Partial<grpc.CallOptions>,
-    cb: Callback<infer S>,
-  ) => grpc.ClientUnaryCall
+  [K in keyof C as C[K] extends (req: infer _R, md: grpc.Metadata, o: Partial<grpc.CallOptions>, cb: Callback<infer _S>) => grpc.ClientUnaryCall
+    ? K
+    : never]: C[K] extends (req: infer R, md: grpc.Metadata, o: Partial<grpc.CallOptions>, cb: Callback<infer S>) => grpc.ClientUnaryCall
     ? (req: Partial<R>, opts?: { deadlineMs?: number }) => Promise<S>
     : never;
 };
-
 
 /** Every vsm.v1 RPC `Foo` takes a `FooRequest` message (buf's RPC_REQUEST_STANDARD_NAME). */
 function requestTypeOf(method: string): { fromPartial(o: unknown): unknown } {
@@ -77,7 +73,12 @@ function requestTypeOf(method: string): { fromPartial(o: unknown): unknown } {
   return t;
 }
 
-function promisify<C extends grpc.Client>(client: C, svc: Record<string, { path: string; requestStream: boolean; responseStream: boolean }>, o: ConnectOptions, md: () => grpc.Metadata): Promisified<C> {
+function promisify<C extends grpc.Client>(
+  client: C,
+  svc: Record<string, { path: string; requestStream: boolean; responseStream: boolean }>,
+  o: ConnectOptions,
+  md: () => grpc.Metadata,
+): Promisified<C> {
   const out: Record<string, unknown> = {};
   for (const [method, def] of Object.entries(svc)) {
     if (def.requestStream || def.responseStream) continue;
@@ -90,7 +91,9 @@ function promisify<C extends grpc.Client>(client: C, svc: Record<string, { path:
         try {
           return await new Promise((resolve, reject) => {
             const fn = (client as unknown as Record<string, UnaryFn<unknown, unknown>>)[method]!.bind(client);
-            fn(full, md(), { deadline: Date.now() + (callOpts?.deadlineMs ?? o.deadlineMs ?? 10_000) }, (err, res) => (err ? reject(VsmError.from(err)) : resolve(res)));
+            fn(full, md(), { deadline: Date.now() + (callOpts?.deadlineMs ?? o.deadlineMs ?? 10_000) }, (err, res) =>
+              err ? reject(VsmError.from(err)) : resolve(res),
+            );
           });
         } catch (e) {
           if (!(e instanceof VsmError) || e.code !== grpc.status.UNAVAILABLE || i + 1 >= attempts) throw e;

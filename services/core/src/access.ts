@@ -70,9 +70,18 @@ export function accessibleTo(p: PartitionState, vp: VirtualProcessor, gpa: bigin
 }
 
 /** Performs the access as the VP in its active VTL. */
-export function guestAccess(p: PartitionState, vp: VirtualProcessor, kind: AccessKind, gpa: bigint, length: number, data?: Buffer, opts: { ignoreProtections?: boolean; instruction?: InterceptInstruction } = {}): AccessOutcome {
+export function guestAccess(
+  p: PartitionState,
+  vp: VirtualProcessor,
+  kind: AccessKind,
+  gpa: bigint,
+  length: number,
+  data?: Buffer,
+  opts: { ignoreProtections?: boolean; instruction?: InterceptInstruction } = {},
+): AccessOutcome {
   assertVpCanAct(p, vp);
-  if (!Number.isInteger(length) || length < 1 || length > MAX_GUEST_ACCESS_BYTES) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `length must be 1..${MAX_GUEST_ACCESS_BYTES}`);
+  if (!Number.isInteger(length) || length < 1 || length > MAX_GUEST_ACCESS_BYTES)
+    hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `length must be 1..${MAX_GUEST_ACCESS_BYTES}`);
   checkRange(p, gpa, length);
   const vtl = vp.activeVtl;
   if (!opts.ignoreProtections) {
@@ -105,11 +114,29 @@ export function guestAccess(p: PartitionState, vp: VirtualProcessor, kind: Acces
  * routed to the protecting VTL's SINT0 and entry, or to monitors), and an access nothing refuses
  * any more (the view changed meanwhile) is performed on guest memory. Same outcomes as guestAccess.
  */
-export function interceptAccess(p: PartitionState, vp: VirtualProcessor, kind: AccessKind, gpa: bigint, length: number, data?: Buffer, instruction?: InterceptInstruction): AccessOutcome {
+export function interceptAccess(
+  p: PartitionState,
+  vp: VirtualProcessor,
+  kind: AccessKind,
+  gpa: bigint,
+  length: number,
+  data?: Buffer,
+  instruction?: InterceptInstruction,
+): AccessOutcome {
   return guestAccess(p, vp, kind, gpa, length, data, { instruction });
 }
 
-function raiseIntercept(p: PartitionState, vp: VirtualProcessor, protectingVtl: Vtl, kind: AccessKind, faultGpa: bigint, gpa: bigint, length: number, data?: Buffer, instruction?: InterceptInstruction): AccessOutcome {
+function raiseIntercept(
+  p: PartitionState,
+  vp: VirtualProcessor,
+  protectingVtl: Vtl,
+  kind: AccessKind,
+  faultGpa: bigint,
+  gpa: bigint,
+  length: number,
+  data?: Buffer,
+  instruction?: InterceptInstruction,
+): AccessOutcome {
   // The suspension invariant (rules/lifecycle.ts suspensionViolations): a suspended VP executes
   // nothing, so it raises nothing; overwriting suspendedOn would orphan the intercept it waits on.
   if (vp.suspendedOn !== null) hvFail(HvStatus.HV_STATUS_INVALID_VP_STATE, `VP ${vp.index} is suspended on intercept ${vp.suspendedOn}; it raises no other`);
@@ -118,8 +145,19 @@ function raiseIntercept(p: PartitionState, vp: VirtualProcessor, protectingVtl: 
   const id = p.intercepts.allocateId();
   const message = buildInterceptMessage(p, vp, kind, faultGpa, instruction);
   const rec: InterceptRecord = {
-    id, vpIndex: vp.index, vtl, protectingVtl, kind, gpa: faultGpa, length, data: data ? Buffer.from(data) : undefined,
-    generation: p.viewGeneration, message, needsReply: route === 'monitor', timeUnixUs: p.clock.nowUnixUs(), deliveries: 0,
+    id,
+    vpIndex: vp.index,
+    vtl,
+    protectingVtl,
+    kind,
+    gpa: faultGpa,
+    length,
+    data: data ? Buffer.from(data) : undefined,
+    generation: p.viewGeneration,
+    message,
+    needsReply: route === 'monitor',
+    timeUnixUs: p.clock.nowUnixUs(),
+    deliveries: 0,
   };
   if (route === 'monitor') {
     vp.suspendedOn = id;
@@ -135,7 +173,14 @@ function raiseIntercept(p: PartitionState, vp: VirtualProcessor, protectingVtl: 
     // drained its queue.
     return { status: 'intercepted', intercept: rec, awaitingMonitor: false, heldBack: true };
   }
-  vp.vtls.get(vtl).pendingAccess = { kind, gpa, length, data: rec.data, rip: p.spec.architecture === 'arm64' ? vp.vtls.get(vtl).arm64Pc : reg(vp, R.HvX64RegisterRip), interceptId: id };
+  vp.vtls.get(vtl).pendingAccess = {
+    kind,
+    gpa,
+    length,
+    data: rec.data,
+    rip: p.spec.architecture === 'arm64' ? vp.vtls.get(vtl).arm64Pc : reg(vp, R.HvX64RegisterRip),
+    interceptId: id,
+  };
   if (route === 'both') p.intercepts.publish(rec);
   const ev = switchVtl(p, vp, protectingVtl, HvVtlEntryReason.HvVtlEntryInterrupt, false);
   resumeStub(vp);
@@ -225,14 +270,22 @@ export function resumePendingAccess(p: PartitionState, vp: VirtualProcessor): Re
  * returns `data`, zero-filled); retry = re-execute (the monitor changed protections); crash = stop
  * the partition. A `generation` other than the current memory-view generation is refused.
  */
-export function answerIntercept(p: PartitionState, id: bigint, action: InterceptAction, opts: { data?: Buffer; generation?: number; by?: string } = {}): { result: 'applied' | 'duplicate'; outcome?: AccessOutcome } {
+export function answerIntercept(
+  p: PartitionState,
+  id: bigint,
+  action: InterceptAction,
+  opts: { data?: Buffer; generation?: number; by?: string } = {},
+): { result: 'applied' | 'duplicate'; outcome?: AccessOutcome } {
   // A crashed or deleted partition takes no answers (its intercepts were resolved when it ended).
   assertActive(p);
   const st = p.intercepts.status(id);
   if (st === 'duplicate') return { result: 'duplicate' };
   if (st === 'unknown') hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `intercept ${id} is not pending`);
   if (opts.generation !== undefined && opts.generation !== p.viewGeneration) {
-    throw new HvError(HvStatus.HV_STATUS_OPERATION_DENIED, `stale memory-view generation ${opts.generation} (now ${p.viewGeneration}): re-read the view and answer again`);
+    throw new HvError(
+      HvStatus.HV_STATUS_OPERATION_DENIED,
+      `stale memory-view generation ${opts.generation} (now ${p.viewGeneration}): re-read the view and answer again`,
+    );
   }
   const rec = p.intercepts.pending.get(id)!;
   const vp = vpOf(p, rec.vpIndex);

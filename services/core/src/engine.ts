@@ -54,7 +54,11 @@ export const STORE_GP: AccessOutcome = { status: 'exception', exception: X64Exce
  * to the gRPC status and puts `reason` in the ErrorInfo.
  */
 export class EngineError extends Error {
-  constructor(readonly code: 'unavailable' | 'aborted' | 'failed-precondition', readonly reason: string, message: string) {
+  constructor(
+    readonly code: 'unavailable' | 'aborted' | 'failed-precondition',
+    readonly reason: string,
+    message: string,
+  ) {
     super(message);
     this.name = 'EngineError';
   }

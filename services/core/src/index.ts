@@ -79,6 +79,14 @@ export { decodeHypercallInput, decodeHypercallResult, encodeHypercallInput } fro
 export { HV_MAX_SUPPORTED_VTL, HV_PARTITION_ID_SELF, HypercallPageOffsets, buildHypercallPage, encodeEnableVpVtlInput } from './tlfs/vsm';
 export type { HvInitialVpContext, X64Vendor } from './tlfs/vsm';
 export {
-  HV_EVENT_FLAGS_COUNT, HV_MESSAGE_MAX_PAYLOAD_BYTE_COUNT, HvInputPostMessageLayout, HvMessageType, HvSignalEventInputLayout, HvTimerMessagePayloadLayout,
-  decodeMemoryInterceptMessage, encodeHvMessage, encodePostMessageInput, encodeSignalEventInput,
+  HV_EVENT_FLAGS_COUNT,
+  HV_MESSAGE_MAX_PAYLOAD_BYTE_COUNT,
+  HvInputPostMessageLayout,
+  HvMessageType,
+  HvSignalEventInputLayout,
+  HvTimerMessagePayloadLayout,
+  decodeMemoryInterceptMessage,
+  encodeHvMessage,
+  encodePostMessageInput,
+  encodeSignalEventInput,
 } from './tlfs/message';

@@ -33,7 +33,10 @@ export const MAX_INTERCEPT_DEADLINE_MS = 86_400_000;
 export function setInterceptRoute(p: InterceptSettings, route: InterceptRoute, deadline?: { ms: number; action: InterceptAction }): void {
   if (!isInterceptRoute(route)) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `intercept route ${JSON.stringify(route)} is not vtl, monitor or both`);
   if (deadline && (!Number.isInteger(deadline.ms) || deadline.ms < 1 || deadline.ms > MAX_INTERCEPT_DEADLINE_MS || !ACTIONS.has(deadline.action))) {
-    hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `intercept deadline ${deadline.ms} ms / ${JSON.stringify(deadline.action)}: 1..${MAX_INTERCEPT_DEADLINE_MS} ms with allow, skip, retry or crash`);
+    hvFail(
+      HvStatus.HV_STATUS_INVALID_PARAMETER,
+      `intercept deadline ${deadline.ms} ms / ${JSON.stringify(deadline.action)}: 1..${MAX_INTERCEPT_DEADLINE_MS} ms with allow, skip, retry or crash`,
+    );
   }
   p.interceptRoute = route;
   p.interceptDeadline = deadline ? { ms: deadline.ms, action: deadline.action } : undefined;

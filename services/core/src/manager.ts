@@ -53,7 +53,10 @@ export class PartitionManager {
   /** Guest RAM resident across every partition of this manager (limits.maxResidentBytes). */
   readonly resident: ResidentMemory;
 
-  constructor(readonly limits: Limits = DEFAULT_LIMITS, private readonly options: ManagerOptions = {}) {
+  constructor(
+    readonly limits: Limits = DEFAULT_LIMITS,
+    private readonly options: ManagerOptions = {},
+  ) {
     this.resident = new ResidentMemory(limits.maxResidentBytes);
   }
 
@@ -64,7 +67,8 @@ export class PartitionManager {
       const prior = this.byRequestId.get(req.requestId);
       if (prior) {
         const p = this.partitions.get(prior.id);
-        if (prior.fingerprint !== fingerprint) hvFail(HvStatus.HV_STATUS_OBJECT_IN_USE, `request_id ${req.requestId} was already used for a different CreatePartition`);
+        if (prior.fingerprint !== fingerprint)
+          hvFail(HvStatus.HV_STATUS_OBJECT_IN_USE, `request_id ${req.requestId} was already used for a different CreatePartition`);
         if (p) return p;
       }
     }
@@ -72,8 +76,10 @@ export class PartitionManager {
     if (!Number.isInteger(req.vpCount) || req.vpCount < 1 || req.vpCount > this.limits.maxVpCount) {
       hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `vp_count must be 1..${this.limits.maxVpCount}, got ${req.vpCount}`);
     }
-    if (req.memoryBytes <= 0n || req.memoryBytes % 4096n !== 0n) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, 'memory_bytes must be a positive multiple of 4096');
-    if (req.memoryBytes > this.limits.maxMemoryBytes) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `memory_bytes exceeds the limit of ${this.limits.maxMemoryBytes} bytes`);
+    if (req.memoryBytes <= 0n || req.memoryBytes % 4096n !== 0n)
+      hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, 'memory_bytes must be a positive multiple of 4096');
+    if (req.memoryBytes > this.limits.maxMemoryBytes)
+      hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `memory_bytes exceeds the limit of ${this.limits.maxMemoryBytes} bytes`);
     if (!Number.isInteger(req.maximumVtl) || req.maximumVtl < 0 || req.maximumVtl > HV_MAX_SUPPORTED_VTL) {
       hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `maximum_vtl must be 0..${HV_MAX_SUPPORTED_VTL}`);
     }
@@ -81,7 +87,15 @@ export class PartitionManager {
     if (labels) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, labels);
     this.checkResident(req.memoryBytes, 0, `creating a partition of ${req.memoryBytes} bytes`);
     const id = this.allocateId(req.partitionId);
-    const spec: PartitionSpec = { id, architecture: req.architecture, vpCount: req.vpCount, memoryBytes: req.memoryBytes, maximumVtl: req.maximumVtl, labels: { ...req.labels }, ...this.clockSpec() };
+    const spec: PartitionSpec = {
+      id,
+      architecture: req.architecture,
+      vpCount: req.vpCount,
+      memoryBytes: req.memoryBytes,
+      maximumVtl: req.maximumVtl,
+      labels: { ...req.labels },
+      ...this.clockSpec(),
+    };
     const p = this.withPlatform(spec, (hooks) => new Partition({ ...spec, platform: hooks }));
     this.partitions.set(id, p);
     if (req.requestId) this.byRequestId.set(req.requestId, { id, fingerprint });
@@ -176,9 +190,11 @@ export class PartitionManager {
     if (id) {
       this.checkChosenId(id);
     } else {
-      do id = `p${(++this.counter).toString(36).padStart(6, '0')}`; while (this.partitions.has(id));
+      do id = `p${(++this.counter).toString(36).padStart(6, '0')}`;
+      while (this.partitions.has(id));
     }
-    if (this.partitions.size >= this.limits.maxPartitions) hvFail(HvStatus.HV_STATUS_INSUFFICIENT_MEMORY, `partition limit ${this.limits.maxPartitions} reached`);
+    if (this.partitions.size >= this.limits.maxPartitions)
+      hvFail(HvStatus.HV_STATUS_INSUFFICIENT_MEMORY, `partition limit ${this.limits.maxPartitions} reached`);
     return id;
   }
 

@@ -10,7 +10,10 @@ export const PAGE_SHIFT = 12n;
 export class SparseMemory {
   private readonly pages = new Map<number, Buffer>();
 
-  constructor(readonly sizeBytes: bigint, private readonly resident?: ResidentMemory) {}
+  constructor(
+    readonly sizeBytes: bigint,
+    private readonly resident?: ResidentMemory,
+  ) {}
 
   get pagesTouched(): number {
     return this.pages.size;

@@ -129,7 +129,9 @@ export class OverlayManager {
       generation: this.generation,
       placed: this.list().map(({ page: _page, ...o }) => ({ ...o })),
       pages: VTLS.flatMap((vtl) =>
-        [...this.vtls.get(vtl).pages].flatMap(([kind, byVp]) => [...byVp].map(([vp, page]) => ({ slot: OverlayManager.slot(kind, vtl, vp), page: Buffer.from(page) }))),
+        [...this.vtls.get(vtl).pages].flatMap(([kind, byVp]) =>
+          [...byVp].map(([vp, page]) => ({ slot: OverlayManager.slot(kind, vtl, vp), page: Buffer.from(page) })),
+        ),
       ),
     };
   }

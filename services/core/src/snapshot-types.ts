@@ -12,7 +12,10 @@ import type { Vtl } from './vtl-array';
 /** Partition-wide state of one VTL: every field of PartitionVtlState (its overlay MSRs included). */
 export type PartitionVtlSnapshot = { -readonly [K in keyof PartitionVtlState]: PartitionVtlState[K] };
 
-export interface RegisterEntry { name: number; value: Reg128 }
+export interface RegisterEntry {
+  name: number;
+  value: Reg128;
+}
 
 export interface VpVtlSnapshot {
   enabled: boolean;

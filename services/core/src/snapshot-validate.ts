@@ -11,9 +11,26 @@ import { OVERLAY_KIND_NAMES, type OverlayKind, isOverlayKind, overlayEnabled, ov
 import { type Limits, labelsProblem } from './limits';
 import { HvError, HvStatus } from './tlfs/status';
 import { HvRegisterName as R, registerInfo } from './tlfs/registers';
-import { HV_MAX_SUPPORTED_VTL, HvVtlEntryReason, VSM_PARTITION_CONFIG_DEFINED, VSM_VINA_DEFINED, VSM_VP_SECURE_CONFIG_DEFINED, decodeVsmPartitionConfig } from './tlfs/vsm';
+import {
+  HV_MAX_SUPPORTED_VTL,
+  HvVtlEntryReason,
+  VSM_PARTITION_CONFIG_DEFINED,
+  VSM_VINA_DEFINED,
+  VSM_VP_SECURE_CONFIG_DEFINED,
+  decodeVsmPartitionConfig,
+} from './tlfs/vsm';
 import { HV_SINT_MASKED } from './tlfs/msr';
-import { HV_MESSAGE_MAX_PAYLOAD_BYTE_COUNT, HV_MESSAGE_SIZE, HV_SYNIC_SINT_COUNT, HvArm64MemoryInterceptMessageLayout, HvMessageHeaderLayout, HvMessageType, HvX64InterceptMessageHeaderLayout, HV_X64_MEMORY_INTERCEPT_MESSAGE_SIZE, HV_ARM64_MEMORY_INTERCEPT_MESSAGE_SIZE } from './tlfs/message';
+import {
+  HV_MESSAGE_MAX_PAYLOAD_BYTE_COUNT,
+  HV_MESSAGE_SIZE,
+  HV_SYNIC_SINT_COUNT,
+  HvArm64MemoryInterceptMessageLayout,
+  HvMessageHeaderLayout,
+  HvMessageType,
+  HvX64InterceptMessageHeaderLayout,
+  HV_X64_MEMORY_INTERCEPT_MESSAGE_SIZE,
+  HV_ARM64_MEMORY_INTERCEPT_MESSAGE_SIZE,
+} from './tlfs/message';
 import { SYNIC_QUEUE_LIMIT } from './synic';
 import { normalizeMapFlags } from './protections';
 import { isInterceptRoute } from './intercepts';
@@ -43,7 +60,8 @@ const isU64 = (v: unknown): v is bigint => typeof v === 'bigint' && v >= 0n && v
 const isCount = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
 const u64 = (path: string, v: unknown): bigint => (isU64(v) ? v : fail(path, `${String(v)} is not a 64-bit unsigned value`));
 const count = (path: string, v: unknown): number => (isCount(v) ? v : fail(path, `${String(v)} is not a non-negative integer`));
-const vtlOf = (path: string, v: unknown): number => (typeof v === 'number' && Number.isInteger(v) && v >= 0 && v < VTL_COUNT ? v : fail(path, `${String(v)} is not a VTL (0..${HV_MAX_SUPPORTED_VTL})`));
+const vtlOf = (path: string, v: unknown): number =>
+  typeof v === 'number' && Number.isInteger(v) && v >= 0 && v < VTL_COUNT ? v : fail(path, `${String(v)} is not a VTL (0..${HV_MAX_SUPPORTED_VTL})`);
 const isBuffer = (b: unknown): b is Buffer => Buffer.isBuffer(b) || b instanceof Uint8Array;
 
 /** The rules of `validateSnapshot` that depend on the backend's configuration. */
@@ -58,11 +76,15 @@ export function validateSnapshot(s: CoreSnapshot, limits: SnapshotLimits): void 
   // ---- the partition (the same rules as CreatePartition) -----------------------------------------
   const spec = s.spec;
   if (spec.architecture !== 'x64' && spec.architecture !== 'arm64') fail('snapshot.architecture', `${String(spec.architecture)} is not x64 or arm64`);
-  if (spec.vendor !== undefined && spec.vendor !== 'amd' && spec.vendor !== 'intel') fail('snapshot.vendor', `${JSON.stringify(spec.vendor)} is not amd or intel`);
-  if (!Number.isInteger(spec.vpCount) || spec.vpCount < 1 || spec.vpCount > limits.maxVpCount) fail('snapshot.vp_count', `${spec.vpCount} is not 1..${limits.maxVpCount}`);
-  if (typeof spec.memoryBytes !== 'bigint' || spec.memoryBytes <= 0n || spec.memoryBytes % 4096n !== 0n) fail('snapshot.memory_bytes', `${String(spec.memoryBytes)} is not a positive multiple of 4096`);
+  if (spec.vendor !== undefined && spec.vendor !== 'amd' && spec.vendor !== 'intel')
+    fail('snapshot.vendor', `${JSON.stringify(spec.vendor)} is not amd or intel`);
+  if (!Number.isInteger(spec.vpCount) || spec.vpCount < 1 || spec.vpCount > limits.maxVpCount)
+    fail('snapshot.vp_count', `${spec.vpCount} is not 1..${limits.maxVpCount}`);
+  if (typeof spec.memoryBytes !== 'bigint' || spec.memoryBytes <= 0n || spec.memoryBytes % 4096n !== 0n)
+    fail('snapshot.memory_bytes', `${String(spec.memoryBytes)} is not a positive multiple of 4096`);
   if (spec.memoryBytes > limits.maxMemoryBytes) fail('snapshot.memory_bytes', `${spec.memoryBytes} exceeds the limit of ${limits.maxMemoryBytes} bytes`);
-  if (!Number.isInteger(spec.maximumVtl) || spec.maximumVtl < 0 || spec.maximumVtl > HV_MAX_SUPPORTED_VTL) fail('snapshot.maximum_vtl', `${spec.maximumVtl} is not 0..${HV_MAX_SUPPORTED_VTL}`);
+  if (!Number.isInteger(spec.maximumVtl) || spec.maximumVtl < 0 || spec.maximumVtl > HV_MAX_SUPPORTED_VTL)
+    fail('snapshot.maximum_vtl', `${spec.maximumVtl} is not 0..${HV_MAX_SUPPORTED_VTL}`);
   if (typeof spec.labels !== 'object' || spec.labels === null) fail('snapshot.labels', 'missing');
   const labels = labelsProblem(spec.labels);
   if (labels) fail('snapshot.labels', labels);
@@ -76,31 +98,40 @@ export function validateSnapshot(s: CoreSnapshot, limits: SnapshotLimits): void 
   const vpCount = spec.vpCount;
 
   // ---- partition-wide VTL state (EnablePartitionVtl, HvRegisterVsmPartitionConfig, MSRs) ---------
-  if (!Array.isArray(s.vtls) || s.vtls.length !== VTL_COUNT) fail('snapshot.vtls', `${s.vtls?.length} entries; one per VTL 0..${HV_MAX_SUPPORTED_VTL} expected`);
+  if (!Array.isArray(s.vtls) || s.vtls.length !== VTL_COUNT)
+    fail('snapshot.vtls', `${s.vtls?.length} entries; one per VTL 0..${HV_MAX_SUPPORTED_VTL} expected`);
   s.vtls.forEach((v, i) => {
     const at = `snapshot.vtls[${i}]`;
     if (i === 0 && !v.enabled) fail(`${at}.enabled`, 'VTL0 is always enabled');
     if (v.enabled && i > spec.maximumVtl) fail(`${at}.enabled`, `VTL ${i} is above maximum_vtl ${spec.maximumVtl}`);
-    if (v.mbec && (i === 0 || !v.enabled)) fail(`${at}.mbec`, i === 0 ? 'VTL0 is never enabled by EnablePartitionVtl, so it has no MBEC flag' : `MBEC is set but VTL ${i} is not enabled`);
+    if (v.mbec && (i === 0 || !v.enabled))
+      fail(`${at}.mbec`, i === 0 ? 'VTL0 is never enabled by EnablePartitionVtl, so it has no MBEC flag' : `MBEC is set but VTL ${i} is not enabled`);
     const config = u64(`${at}.vsm_partition_config`, v.config);
-    if ((config & ~VSM_PARTITION_CONFIG_DEFINED) !== 0n) fail(`${at}.vsm_partition_config`, `reserved bits ${hex(config & ~VSM_PARTITION_CONFIG_DEFINED)} are set`);
+    if ((config & ~VSM_PARTITION_CONFIG_DEFINED) !== 0n)
+      fail(`${at}.vsm_partition_config`, `reserved bits ${hex(config & ~VSM_PARTITION_CONFIG_DEFINED)} are set`);
     const c = decodeVsmPartitionConfig(config);
     if ((c.defaultVtlProtectionMask & 0x3) !== 0x3) fail(`${at}.vsm_partition_config`, 'DefaultVtlProtectionMask must include read and write');
-    if (c.enableVtlProtection && (i === 0 || !v.enabled)) fail(`${at}.vsm_partition_config`, i === 0 ? 'VTL0 has no HvRegisterVsmPartitionConfig (it protects nothing)' : `EnableVtlProtection is set but VTL ${i} is not enabled`);
+    if (c.enableVtlProtection && (i === 0 || !v.enabled))
+      fail(
+        `${at}.vsm_partition_config`,
+        i === 0 ? 'VTL0 has no HvRegisterVsmPartitionConfig (it protects nothing)' : `EnableVtlProtection is set but VTL ${i} is not enabled`,
+      );
     const guestOsId = u64(`${at}.guest_os_id`, v.guestOsId);
     // The partition-wide overlay MSRs of this VTL (hypercall_msr, reference_tsc_msr).
     const msrs = PARTITION_KINDS.map((kind) => {
       const k = partitionKind(kind);
       return { kind, field: k.snapshotField, value: u64(`${at}.${k.snapshotField}`, v[k.field]) };
     });
-    if (!v.enabled && msrs.reduce((a, m) => a | m.value, guestOsId) !== 0n) fail(at, `VTL ${i} is not enabled but has ${orList(['guest_os_id', ...msrs.map((m) => m.field)])} set`);
+    if (!v.enabled && msrs.reduce((a, m) => a | m.value, guestOsId) !== 0n)
+      fail(at, `VTL ${i} is not enabled but has ${orList(['guest_os_id', ...msrs.map((m) => m.field)])} set`);
     for (const m of msrs) checkOverlayMsr(`${at}.${m.field}`, m.kind, m.value, guestOsId, memoryBytes);
   });
   const vtlEnabled = (v: number) => !!s.vtls[v]?.enabled;
   const mbec0 = s.vtls[0]!.mbec;
 
   // ---- protections (HvCallModifyVtlProtectionMask) -----------------------------------------------
-  if (!Array.isArray(s.protections) || s.protections.length !== VTL_COUNT) fail('snapshot.protections', `${s.protections?.length} entries; one per VTL 0..${HV_MAX_SUPPORTED_VTL} expected`);
+  if (!Array.isArray(s.protections) || s.protections.length !== VTL_COUNT)
+    fail('snapshot.protections', `${s.protections?.length} entries; one per VTL 0..${HV_MAX_SUPPORTED_VTL} expected`);
   s.protections.forEach((m, i) => {
     const at = `snapshot.protections[${i}]`;
     const c = decodeVsmPartitionConfig(s.vtls[i]!.config);
@@ -112,7 +143,11 @@ export function validateSnapshot(s: CoreSnapshot, limits: SnapshotLimits): void 
     if (i === 0) fail(at, 'VTL0 protects nothing (only a higher VTL protects lower ones)');
     if (!shouldExist) fail(at, vtlEnabled(i) ? `VTL ${i} has not set EnableVtlProtection in its vsm_partition_config` : `VTL ${i} is not enabled`);
     const expectDefault = normalizeMapFlags(c.defaultVtlProtectionMask, mbec0);
-    if (m.defaultMask !== expectDefault) fail(`${at}.default_mask`, `${typeof m.defaultMask === 'number' ? hex(m.defaultMask) : String(m.defaultMask)} is not VTL ${i}'s DefaultVtlProtectionMask (${typeof expectDefault === 'number' ? hex(expectDefault) : expectDefault})`);
+    if (m.defaultMask !== expectDefault)
+      fail(
+        `${at}.default_mask`,
+        `${typeof m.defaultMask === 'number' ? hex(m.defaultMask) : String(m.defaultMask)} is not VTL ${i}'s DefaultVtlProtectionMask (${typeof expectDefault === 'number' ? hex(expectDefault) : expectDefault})`,
+      );
     if (!Array.isArray(m.ranges)) fail(`${at}.ranges`, 'missing');
     let prev: { end: number; mask: number } | undefined;
     m.ranges.forEach((r, k) => {
@@ -121,11 +156,16 @@ export function validateSnapshot(s: CoreSnapshot, limits: SnapshotLimits): void 
       count(`${rat}.end`, r.end);
       if (r.start >= r.end) fail(rat, `start ${hex(r.start)} is not below end ${hex(r.end)}`);
       if (r.end > pages) fail(rat, `pages ${hex(r.start)}..${hex(r.end)} reach beyond the GPA space (${hex(pages)} pages)`);
-      if (prev && r.start < prev.end) fail(rat, `starts at ${hex(r.start)}, before the previous range ends (${hex(prev.end)}): ranges must be sorted and disjoint`);
+      if (prev && r.start < prev.end)
+        fail(rat, `starts at ${hex(r.start)}, before the previous range ends (${hex(prev.end)}): ranges must be sorted and disjoint`);
       if (typeof r.mask !== 'number' || !Number.isInteger(r.mask)) fail(`${rat}.mask`, 'not an integer');
       const norm = normalizeMapFlags(r.mask, mbec0);
       if (typeof norm === 'string') fail(`${rat}.mask`, `${hex(r.mask)}: ${norm}`);
-      if (norm !== r.mask) fail(`${rat}.mask`, `${hex(r.mask)} is not as ModifyVtlProtectionMask stores it (${hex(norm as number)}: without MBEC, user execute follows kernel execute)`);
+      if (norm !== r.mask)
+        fail(
+          `${rat}.mask`,
+          `${hex(r.mask)} is not as ModifyVtlProtectionMask stores it (${hex(norm as number)}: without MBEC, user execute follows kernel execute)`,
+        );
       if (prev && prev.end === r.start && prev.mask === r.mask) fail(rat, `adjoins the previous range with the same mask: the map keeps them merged`);
       prev = r;
     });
@@ -136,7 +176,8 @@ export function validateSnapshot(s: CoreSnapshot, limits: SnapshotLimits): void 
   s.vps.forEach((vp, i) => {
     const at = `snapshot.vps[${i}]`;
     if (vp.index !== i) fail(`${at}.index`, `${vp.index}: VPs must be listed in index order`);
-    if (!Array.isArray(vp.vtls) || vp.vtls.length !== VTL_COUNT) fail(`${at}.vtls`, `${vp.vtls?.length} entries; one per VTL 0..${HV_MAX_SUPPORTED_VTL} expected`);
+    if (!Array.isArray(vp.vtls) || vp.vtls.length !== VTL_COUNT)
+      fail(`${at}.vtls`, `${vp.vtls?.length} entries; one per VTL 0..${HV_MAX_SUPPORTED_VTL} expected`);
     vp.vtls.forEach((st, v) => {
       if (v === 0 && !st.enabled) fail(`${at}.vtls[0].enabled`, 'VTL0 is always enabled on every VP');
       if (st.enabled && !vtlEnabled(v)) fail(`${at}.vtls[${v}].enabled`, `VTL ${v} is enabled on VP ${i} but not for the partition`);
@@ -163,7 +204,8 @@ export function validateSnapshot(s: CoreSnapshot, limits: SnapshotLimits): void 
     const vtl = Number(vtlS);
     if (vtl >= VTL_COUNT || !vtlEnabled(vtl)) fail(`${at}.slot`, `${JSON.stringify(p.slot)}: VTL ${vtl} is not enabled`);
     if (partitionWide !== (vpS === '*')) fail(`${at}.slot`, `${JSON.stringify(p.slot)}: ${kind} pages are ${partitionWide ? 'partition-wide (*)' : 'per VP'}`);
-    if (vpS !== '*' && (Number(vpS) >= vpCount || !vpVtlEnabled(Number(vpS), vtl))) fail(`${at}.slot`, `${JSON.stringify(p.slot)}: VP ${vpS} does not exist or has not enabled VTL ${vtl}`);
+    if (vpS !== '*' && (Number(vpS) >= vpCount || !vpVtlEnabled(Number(vpS), vtl)))
+      fail(`${at}.slot`, `${JSON.stringify(p.slot)}: VP ${vpS} does not exist or has not enabled VTL ${vtl}`);
     if (slotPages.has(p.slot)) fail(`${at}.slot`, `${JSON.stringify(p.slot)} appears twice`);
     slotPages.add(p.slot);
     if (!isBuffer(p.page) || p.page.length !== 4096) fail(`${at}.page`, `${isBuffer(p.page) ? p.page.length : 0} bytes; an overlay page is 4096`);
@@ -179,7 +221,8 @@ export function validateSnapshot(s: CoreSnapshot, limits: SnapshotLimits): void 
     if (info.scope === 'partition') {
       if (o.vpIndex !== null) fail(`${at}.vp_index`, `the ${o.kind} page is partition-wide; it has no VP`);
     } else {
-      if (typeof o.vpIndex !== 'number' || !Number.isInteger(o.vpIndex) || o.vpIndex < 0 || o.vpIndex >= vpCount) fail(`${at}.vp_index`, `${String(o.vpIndex)} is not a VP of this partition (vp_count ${vpCount})`);
+      if (typeof o.vpIndex !== 'number' || !Number.isInteger(o.vpIndex) || o.vpIndex < 0 || o.vpIndex >= vpCount)
+        fail(`${at}.vp_index`, `${String(o.vpIndex)} is not a VP of this partition (vp_count ${vpCount})`);
       if (!vpVtlEnabled(o.vpIndex!, vtl)) fail(`${at}.vp_index`, `VP ${o.vpIndex} has not enabled VTL ${vtl}`);
     }
     const gpfn = u64(`${at}.gpfn`, o.gpfn);
@@ -194,7 +237,8 @@ export function validateSnapshot(s: CoreSnapshot, limits: SnapshotLimits): void 
     if (!slotPages.has(slot)) fail(at, `has no page (no overlays.pages entry with slot ${slot})`);
     // The MSR that placed it says the same.
     const msr = overlayMsr(s, o.kind, vtl, o.vpIndex);
-    if (msr === undefined || !overlayEnabled(o.kind, msr)) fail(at, `the ${o.kind} overlay of VTL ${vtl}${o.vpIndex === null ? '' : ` on VP ${o.vpIndex}`} is placed, but the MSR that enables it is off`);
+    if (msr === undefined || !overlayEnabled(o.kind, msr))
+      fail(at, `the ${o.kind} overlay of VTL ${vtl}${o.vpIndex === null ? '' : ` on VP ${o.vpIndex}`} is placed, but the MSR that enables it is off`);
     if (overlayGpfn(o.kind, msr!) !== gpfn) fail(at, `placed at GPFN ${hex(gpfn)}, but its MSR says ${hex(overlayGpfn(o.kind, msr!))}`);
   });
   // ... and every enabled overlay MSR has its overlay placed.
@@ -202,7 +246,8 @@ export function validateSnapshot(s: CoreSnapshot, limits: SnapshotLimits): void 
     for (const kind of PARTITION_KINDS) {
       const k = partitionKind(kind);
       const value = v[k.field];
-      if (overlayEnabled(kind, value) && placedSlots.get(`${kind}/${i}/*`) === undefined) fail(`snapshot.vtls[${i}].${k.snapshotField}`, `enables the ${kind} page at GPFN ${hex(overlayGpfn(kind, value))}, but no such overlay is placed`);
+      if (overlayEnabled(kind, value) && placedSlots.get(`${kind}/${i}/*`) === undefined)
+        fail(`snapshot.vtls[${i}].${k.snapshotField}`, `enables the ${kind} page at GPFN ${hex(overlayGpfn(kind, value))}, but no such overlay is placed`);
     }
   });
 
@@ -231,7 +276,8 @@ export function validateSnapshot(s: CoreSnapshot, limits: SnapshotLimits): void 
     if (id < 1n || id >= nextId) fail(`${at}.id`, `${id} was never issued (next_id ${nextId})`);
     if (pending.has(id)) fail(at, `intercept ${id} is listed twice`);
     pending.set(id, k);
-    if (typeof r.vpIndex !== 'number' || !Number.isInteger(r.vpIndex) || r.vpIndex < 0 || r.vpIndex >= vpCount) fail(`${at}.vp_index`, `VP ${r.vpIndex} does not exist (vp_count ${vpCount})`);
+    if (typeof r.vpIndex !== 'number' || !Number.isInteger(r.vpIndex) || r.vpIndex < 0 || r.vpIndex >= vpCount)
+      fail(`${at}.vp_index`, `VP ${r.vpIndex} does not exist (vp_count ${vpCount})`);
     const vtl = vtlOf(`${at}.vtl`, r.vtl);
     if (!vpVtlEnabled(r.vpIndex, vtl)) fail(`${at}.vtl`, `VTL ${vtl} is not enabled on VP ${r.vpIndex}`);
     const pv = vtlOf(`${at}.protecting_vtl`, r.protectingVtl);
@@ -256,7 +302,8 @@ export function validateSnapshot(s: CoreSnapshot, limits: SnapshotLimits): void 
     if (id < 1n || id >= nextId) fail(at, `${id} was never issued (next_id ${nextId})`);
     if (pending.has(id)) fail(at, `intercept ${id} is both answered and pending`);
   });
-  if (s.state === 'crashed' && pending.size > 0) fail('snapshot.state', `a crashed partition has no pending intercepts (the crash resolved them), but ${pending.size} are listed`);
+  if (s.state === 'crashed' && pending.size > 0)
+    fail('snapshot.state', `a crashed partition has no pending intercepts (the crash resolved them), but ${pending.size} are listed`);
 
   // ---- VPs: registers, SynIC, accesses, suspension ------------------------------------------------
   s.vps.forEach((vp, i) => {
@@ -265,8 +312,15 @@ export function validateSnapshot(s: CoreSnapshot, limits: SnapshotLimits): void 
     vp.vtls.forEach((st, v) => {
       const vat = `${at}.vtls[${v}]`;
       if (!st.enabled) {
-        const holds = [st.regs.length && 'registers', st.synicQueues?.some((q) => q.length) && 'queued messages', st.pendingAccess && 'a pending access', st.pendingStubReturn !== null && 'a stub return',
-          st.vina !== 0n && 'vina', st.entryReason !== 0 && 'an entry reason', st.secureConfig?.some((c) => c !== 0n) && 'secure config'].filter(Boolean);
+        const holds = [
+          st.regs.length && 'registers',
+          st.synicQueues?.some((q) => q.length) && 'queued messages',
+          st.pendingAccess && 'a pending access',
+          st.pendingStubReturn !== null && 'a stub return',
+          st.vina !== 0n && 'vina',
+          st.entryReason !== 0 && 'an entry reason',
+          st.secureConfig?.some((c) => c !== 0n) && 'secure config',
+        ].filter(Boolean);
         if (holds.length) fail(vat, `VTL ${v} is not enabled on VP ${i} but holds ${holds.join(', ')}`);
       }
       checkRegisters(`${vat}.registers`, st.regs, 'private');
@@ -276,9 +330,11 @@ export function validateSnapshot(s: CoreSnapshot, limits: SnapshotLimits): void 
       if ((vina & ~VSM_VINA_DEFINED) !== 0n) fail(`${vat}.vina`, `reserved bits ${hex(vina & ~VSM_VINA_DEFINED)} are set`);
       if (st.pendingAccess) {
         checkAccess(`${vat}.pending_access`, st.pendingAccess, memoryBytes);
-        if (st.pendingAccess.interceptId < 1n || st.pendingAccess.interceptId >= nextId) fail(`${vat}.pending_access.intercept_id`, `${st.pendingAccess.interceptId} was never issued (next_id ${nextId})`);
+        if (st.pendingAccess.interceptId < 1n || st.pendingAccess.interceptId >= nextId)
+          fail(`${vat}.pending_access.intercept_id`, `${st.pendingAccess.interceptId} was never issued (next_id ${nextId})`);
       }
-      if (!Array.isArray(st.synicQueues) || st.synicQueues.length !== HV_SYNIC_SINT_COUNT) fail(`${vat}.synic_queues`, `${st.synicQueues?.length} queues; a SynIC has ${HV_SYNIC_SINT_COUNT} SINTs`);
+      if (!Array.isArray(st.synicQueues) || st.synicQueues.length !== HV_SYNIC_SINT_COUNT)
+        fail(`${vat}.synic_queues`, `${st.synicQueues?.length} queues; a SynIC has ${HV_SYNIC_SINT_COUNT} SINTs`);
       st.synicQueues.forEach((q, n) => {
         const qat = `${vat}.synic_queues[${n}]`;
         if (q.length > SYNIC_QUEUE_LIMIT) fail(qat, `${q.length} messages exceed the ${SYNIC_QUEUE_LIMIT}-message SINT queue`);
@@ -286,7 +342,8 @@ export function validateSnapshot(s: CoreSnapshot, limits: SnapshotLimits): void 
           checkQueuedMessage(`${qat}.messages[${k}]`, m);
         });
       });
-      if (!Array.isArray(st.secureConfig) || st.secureConfig.length !== VTL_COUNT) fail(`${vat}.secure_config`, `${st.secureConfig?.length} entries; one per lower VTL 0..${HV_MAX_SUPPORTED_VTL} expected`);
+      if (!Array.isArray(st.secureConfig) || st.secureConfig.length !== VTL_COUNT)
+        fail(`${vat}.secure_config`, `${st.secureConfig?.length} entries; one per lower VTL 0..${HV_MAX_SUPPORTED_VTL} expected`);
       st.secureConfig.forEach((c, lower) => {
         const cat = `${vat}.secure_config[${lower}]`;
         u64(cat, c);
@@ -302,18 +359,21 @@ export function validateSnapshot(s: CoreSnapshot, limits: SnapshotLimits): void 
         const k = st.regs.findIndex((r) => r.name === overlayKindInfo(kind).register);
         const value = k >= 0 ? st.regs[k]!.value.low : 0n;
         if (k >= 0) checkOverlayMsr(`${vat}.registers[${k}]`, kind, value, s.vtls[v]!.guestOsId, memoryBytes);
-        if (overlayEnabled(kind, value) && placedSlots.get(`${kind}/${v}/${i}`) === undefined) fail(`${vat}.registers[${k}]`, `enables the ${kind} page at GPFN ${hex(overlayGpfn(kind, value))}, but no such overlay is placed`);
+        if (overlayEnabled(kind, value) && placedSlots.get(`${kind}/${v}/${i}`) === undefined)
+          fail(`${vat}.registers[${k}]`, `enables the ${kind} page at GPFN ${hex(overlayGpfn(kind, value))}, but no such overlay is placed`);
       }
     });
     // A VP suspended on a monitor intercept: that intercept is pending and is this VP's.
-    if ((vp.suspendedOn === null) !== (vp.suspendedAccess === null)) fail(at, `suspended_on and suspended_access go together (a suspended VP waits with its access)`);
+    if ((vp.suspendedOn === null) !== (vp.suspendedAccess === null))
+      fail(at, `suspended_on and suspended_access go together (a suspended VP waits with its access)`);
     if (vp.suspendedOn !== null) {
       const id = u64(`${at}.suspended_on`, vp.suspendedOn);
       const k = pending.get(id);
       if (k === undefined) fail(`${at}.suspended_on`, `intercept ${id} is not pending`);
       const rec = ic.pending[k!]!;
       if (rec.vpIndex !== i) fail(`${at}.suspended_on`, `intercept ${id} belongs to VP ${rec.vpIndex}`);
-      if (rec.vtl !== vp.activeVtl) fail(`${at}.active_vtl`, `VP ${i} is suspended on intercept ${id}, raised in VTL ${rec.vtl}, so it is still in VTL ${rec.vtl}`);
+      if (rec.vtl !== vp.activeVtl)
+        fail(`${at}.active_vtl`, `VP ${i} is suspended on intercept ${id}, raised in VTL ${rec.vtl}, so it is still in VTL ${rec.vtl}`);
       const a = vp.suspendedAccess!;
       checkAccess(`${at}.suspended_access`, a, memoryBytes);
       if (a.interceptId !== id) fail(`${at}.suspended_access.intercept_id`, `${a.interceptId} is not the intercept the VP is suspended on (${id})`);
@@ -321,7 +381,11 @@ export function validateSnapshot(s: CoreSnapshot, limits: SnapshotLimits): void 
     }
   });
   ic.pending.forEach((r, k) => {
-    if (s.vps[r.vpIndex]!.suspendedOn !== r.id) fail(`snapshot.intercepts.pending[${k}]`, `VP ${r.vpIndex} is not suspended on intercept ${r.id} (a monitor intercept holds its VP until it is answered)`);
+    if (s.vps[r.vpIndex]!.suspendedOn !== r.id)
+      fail(
+        `snapshot.intercepts.pending[${k}]`,
+        `VP ${r.vpIndex} is not suspended on intercept ${r.id} (a monitor intercept holds its VP until it is answered)`,
+      );
   });
 }
 
@@ -386,12 +450,14 @@ function checkQueuedMessage(path: string, m: Buffer): void {
 function checkInterceptMessage(path: string, m: Buffer, arch: string, vpIndex: number, kind: string): void {
   if (!isBuffer(m) || m.length !== HV_MESSAGE_SIZE) fail(path, `${isBuffer(m) ? m.length : 0} bytes; an HV_MESSAGE is ${HV_MESSAGE_SIZE}`);
   const h = HvMessageHeaderLayout.decode(m);
-  if (h.messageType !== HvMessageType.HvMessageTypeGpaIntercept) fail(path, `MessageType ${hex(h.messageType)} is not HvMessageTypeGpaIntercept (${hex(HvMessageType.HvMessageTypeGpaIntercept)})`);
+  if (h.messageType !== HvMessageType.HvMessageTypeGpaIntercept)
+    fail(path, `MessageType ${hex(h.messageType)} is not HvMessageTypeGpaIntercept (${hex(HvMessageType.HvMessageTypeGpaIntercept)})`);
   const size = arch === 'arm64' ? HV_ARM64_MEMORY_INTERCEPT_MESSAGE_SIZE : HV_X64_MEMORY_INTERCEPT_MESSAGE_SIZE;
   if (h.payloadSize !== size) fail(path, `PayloadSize ${h.payloadSize} is not the ${size}-byte ${arch} memory intercept message`);
   if ((h.messageFlags & ~1) !== 0) fail(path, `MessageFlags ${hex(h.messageFlags)} has bits other than MessagePending`);
   const payload = HvMessageHeaderLayout.size;
-  const { vpIndex: msgVp, interceptAccessType } = arch === 'arm64' ? HvArm64MemoryInterceptMessageLayout.decode(m, payload) : HvX64InterceptMessageHeaderLayout.decode(m, payload);
+  const { vpIndex: msgVp, interceptAccessType } =
+    arch === 'arm64' ? HvArm64MemoryInterceptMessageLayout.decode(m, payload) : HvX64InterceptMessageHeaderLayout.decode(m, payload);
   if (msgVp !== vpIndex) fail(path, `the message's VpIndex ${msgVp} is not the intercept's VP ${vpIndex}`);
   if (interceptAccessType !== ACCESS_TYPE[kind]) fail(path, `the message's InterceptAccessType ${interceptAccessType} is not a ${kind}`);
 }
@@ -403,7 +469,8 @@ function checkRegisters(path: string, regs: RegisterEntry[], where: 'shared' | '
     const at = `${path}[${k}]`;
     const info = typeof r.name === 'number' ? registerInfo(r.name) : undefined;
     if (!info) fail(`${at}.name`, `${typeof r.name === 'number' ? hex(r.name) : String(r.name)} is not a modelled HV_REGISTER_NAME`);
-    if (info!.readOnly || info!.writeOnly) fail(`${at}.name`, `${info!.tlfsName} is ${info!.readOnly ? 'read-only (computed, never stored)' : 'write-only (never stored)'}`);
+    if (info!.readOnly || info!.writeOnly)
+      fail(`${at}.name`, `${info!.tlfsName} is ${info!.readOnly ? 'read-only (computed, never stored)' : 'write-only (never stored)'}`);
     if (where === 'shared' && info!.scope !== 'shared') fail(`${at}.name`, `${info!.tlfsName} is not shared between VTLs`);
     if (where === 'private' && (info!.scope !== 'private' || PARTITION_VTL_REGISTERS.has(r.name))) {
       fail(`${at}.name`, info!.scope === 'shared' ? `${info!.tlfsName} is shared between VTLs, not private` : `${info!.tlfsName} is not kept per VP and VTL`);
@@ -413,7 +480,8 @@ function checkRegisters(path: string, regs: RegisterEntry[], where: 'shared' | '
     const low = u64(`${at}.low`, r.value?.low);
     const high = u64(`${at}.high`, r.value?.high);
     if (info!.shape === 'reg64' && high !== 0n) fail(`${at}.high`, `${info!.tlfsName} is a 64-bit register; bits 127:64 must be 0`);
-    if (info!.shape === 'table' && (low & ((1n << 48n) - 1n)) !== 0n) fail(`${at}.low`, `${info!.tlfsName} is an HV_X64_TABLE_REGISTER; its pad bytes 0..5 must be 0`);
+    if (info!.shape === 'table' && (low & ((1n << 48n) - 1n)) !== 0n)
+      fail(`${at}.low`, `${info!.tlfsName} is an HV_X64_TABLE_REGISTER; its pad bytes 0..5 must be 0`);
     if (r.name >= R.HvRegisterSint0 && r.name <= R.HvRegisterSint15 && (low & HV_SINT_MASKED) === 0n && (low & 0xffn) < 16n) {
       fail(`${at}.low`, `${info!.tlfsName}: vector ${low & 0xffn} is below 16 and the SINT is not masked`);
     }

@@ -117,7 +117,9 @@ export function restorePartition(s: CoreSnapshot, id: string, platform?: Platfor
       st.pendingStubReturn = vs.pendingStubReturn;
       st.vina = vs.vina;
       st.pendingAccess = copyAccess(vs.pendingAccess);
-      vs.synicQueues.forEach((q, n) => { st.synic.queues[n] = q.map((m) => Buffer.from(m)); });
+      vs.synicQueues.forEach((q, n) => {
+        st.synic.queues[n] = q.map((m) => Buffer.from(m));
+      });
       vs.secureConfig.forEach((c, n) => {
         st.secureConfig.set(n as Vtl, c);
       });

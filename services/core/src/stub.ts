@@ -48,7 +48,9 @@ export interface HypercallPageCode {
  * without it, the emulated engine's decoder runs the bytes the VP sees there.
  */
 export function callHypercallPage(
-  p: Partition, vp: VirtualProcessor, offset: number,
+  p: Partition,
+  vp: VirtualProcessor,
+  offset: number,
   code: (pageGpa: bigint, entry: bigint) => HypercallPageCode = (pageGpa, entry) => emulatedPageCode(p, vp, pageGpa, entry),
 ): StubOutcome {
   p.assertVpCanAct(vp); // a suspended VP runs no code (and its RIP is not moved into the page)
@@ -102,15 +104,25 @@ function emulatedPageCode(p: Partition, vp: VirtualProcessor, pageGpa: bigint, e
     run: () => {
       for (; steps < MAX_STEPS; steps++) {
         const b = (i: number) => page[pc + i] ?? 0xcc;
-        if (b(0) === 0x89 && b(1) === 0xc1) { set(R.HvX64RegisterRcx, gpr(R.HvX64RegisterRax) & 0xffffffffn); pc += 2; continue; } // mov ecx, eax
-        if (b(0) === 0x48 && b(1) === 0x89 && b(2) === 0xc8) { set(R.HvX64RegisterRax, gpr(R.HvX64RegisterRcx)); pc += 3; continue; } // mov rax, rcx
-        if (b(0) === 0xb8 || b(0) === 0xb9) { // mov eax/ecx, imm32 (zero-extends)
+        if (b(0) === 0x89 && b(1) === 0xc1) {
+          set(R.HvX64RegisterRcx, gpr(R.HvX64RegisterRax) & 0xffffffffn);
+          pc += 2;
+          continue;
+        } // mov ecx, eax
+        if (b(0) === 0x48 && b(1) === 0x89 && b(2) === 0xc8) {
+          set(R.HvX64RegisterRax, gpr(R.HvX64RegisterRcx));
+          pc += 3;
+          continue;
+        } // mov rax, rcx
+        if (b(0) === 0xb8 || b(0) === 0xb9) {
+          // mov eax/ecx, imm32 (zero-extends)
           const imm = BigInt(page.readUInt32LE(pc + 1));
           set(b(0) === 0xb8 ? R.HvX64RegisterRax : R.HvX64RegisterRcx, imm);
           pc += 5;
           continue;
         }
-        if (b(0) === 0x0f && b(1) === 0x01 && (b(2) === 0xc1 || b(2) === 0xd9)) { // vmcall / vmmcall
+        if (b(0) === 0x0f && b(1) === 0x01 && (b(2) === 0xc1 || b(2) === 0xd9)) {
+          // vmcall / vmmcall
           // VMCALL on AMD and VMMCALL on Intel are #UD; our page always holds the vendor's own one.
           if ((b(2) === 0xc1) !== (p.vendor === 'intel')) return { kind: 'exception', vector: X64Exception.UD };
           const at = pageGpa + BigInt(pc);

@@ -37,7 +37,7 @@ function protectedPartition(clock: Clock): Partition {
   return p;
 }
 
-test('HV_X64_MSR_TIME_REF_COUNT counts the clock\'s reference time (100 ns units) from partition creation', () => {
+test("HV_X64_MSR_TIME_REF_COUNT counts the clock's reference time (100 ns units) from partition creation", () => {
   const clock = new FakeClock();
   const p = protectedPartition(clock);
   const vp = p.vp(0);
@@ -51,7 +51,7 @@ test('HV_X64_MSR_TIME_REF_COUNT counts the clock\'s reference time (100 ns units
   expect(p.readMsr(vp, HV_X64_MSR_TIME_REF_COUNT).value).toBe(12_345_680n);
 });
 
-test('the creation time, VTL transition and intercept timestamps are the clock\'s wall time', () => {
+test("the creation time, VTL transition and intercept timestamps are the clock's wall time", () => {
   const clock = new FakeClock();
   const p = protectedPartition(clock);
   expect(p.createTimeUnixMs).toBe(1_700_000_000_000);

@@ -144,7 +144,12 @@ describe('executeVmcall: HvCallGetVpRegisters rep semantics (§1.3, §2.7)', () 
 
   test('targeting a higher VTL than the caller -> ACCESS_DENIED (6)', () => {
     const { p, vp } = setup();
-    const header = encodeVpRegistersHeader({ partitionId: HV_PARTITION_ID_SELF, vpIndex: HV_VP_INDEX_SELF, targetVtl: encodeInputVtl({ targetVtl: 1, useTargetVtl: true }), rsvdZ: 0 });
+    const header = encodeVpRegistersHeader({
+      partitionId: HV_PARTITION_ID_SELF,
+      vpIndex: HV_VP_INDEX_SELF,
+      targetVtl: encodeInputVtl({ targetVtl: 1, useTargetVtl: true }),
+      rsvdZ: 0,
+    });
     const elems = Buffer.alloc(8);
     elems.writeUInt32LE(R.HvX64RegisterRip, 0);
     p.memory.write(INPUT_GPA, Buffer.concat([header, elems]));

@@ -107,7 +107,16 @@ describe('HV_INITIAL_VP_CONTEXT (224 bytes, tlfs-hypercalls.md §2.5)', () => {
     expect(bytes.readBigUInt64LE(0)).toBe(CTX.rip);
     expect(bytes.readBigUInt64LE(8)).toBe(CTX.rsp);
     expect(bytes.readBigUInt64LE(16)).toBe(CTX.rflags);
-    const segs = [['cs', 24], ['ds', 40], ['es', 56], ['fs', 72], ['gs', 88], ['ss', 104], ['tr', 120], ['ldtr', 136]] as const;
+    const segs = [
+      ['cs', 24],
+      ['ds', 40],
+      ['es', 56],
+      ['fs', 72],
+      ['gs', 88],
+      ['ss', 104],
+      ['tr', 120],
+      ['ldtr', 136],
+    ] as const;
     for (const [name, off] of segs) {
       expect([name, bytes.readBigUInt64LE(off)]).toEqual([name, CTX[name].base]);
       expect([name, bytes.readUInt32LE(off + 8)]).toEqual([name, CTX[name].limit]);
@@ -163,7 +172,13 @@ describe('HvCallEnableVpVtl input (240 bytes) and HvCallEnablePartitionVtl input
       ...CTX_HEX, //         +16 VpVtlContext
     );
     expect(b.toString('hex')).toBe(expected.toString('hex'));
-    expect(decodeEnableVpVtlInput(expected)).toEqual({ targetPartitionId: 0xffff_ffff_ffff_ffffn, vpIndex: 0x0102_0304, targetVtl: 1, rsvdZ: 0, vpVtlContext: CTX });
+    expect(decodeEnableVpVtlInput(expected)).toEqual({
+      targetPartitionId: 0xffff_ffff_ffff_ffffn,
+      vpIndex: 0x0102_0304,
+      targetVtl: 1,
+      rsvdZ: 0,
+      vpVtlContext: CTX,
+    });
   });
 
   test('EnableVpVtl: RsvdZ bytes 13..15', () => {
@@ -220,7 +235,12 @@ describe('HV_VP_VTL_CONTROL (24 bytes) and HV_VP_ASSIST_PAGE offsets (tlfs-vsm.m
   test('decodeVpVtlControl reads the fields at base + 0/4/8/16', () => {
     const page = Buffer.alloc(4096);
     hex('02000000', '01', '000000', '0807060504030201', '1817161514131211').copy(page, 8);
-    expect(decodeVpVtlControl(page, 8)).toEqual({ entryReason: 2, vinaStatus: 1, vtlReturnX64Rax: 0x0102_0304_0506_0708n, vtlReturnX64Rcx: 0x1112_1314_1516_1718n });
+    expect(decodeVpVtlControl(page, 8)).toEqual({
+      entryReason: 2,
+      vinaStatus: 1,
+      vtlReturnX64Rax: 0x0102_0304_0506_0708n,
+      vtlReturnX64Rcx: 0x1112_1314_1516_1718n,
+    });
   });
 
   test('assist page offsets', () => {
@@ -243,11 +263,24 @@ describe('HV_VP_VTL_CONTROL (24 bytes) and HV_VP_ASSIST_PAGE offsets (tlfs-vsm.m
 describe('hypercall page contents (tlfs-hypercalls.md §1.7, OpenVMM layout)', () => {
   const expectedHead = (call: string) =>
     hex(
-      call, 'c3', //                            0x00 vmcall; ret
-      '89c1', 'b811000000', call, 'c3', //      0x04 mov ecx,eax; mov eax,0x11; vmcall; ret
-      '4889c8', 'b911000000', call, 'c3', //    0x0F mov rax,rcx; mov ecx,0x11; vmcall; ret
-      '89c1', 'b812000000', call, 'c3', //      0x1B mov ecx,eax; mov eax,0x12; vmcall; ret
-      '4889c8', 'b912000000', call, 'c3', //    0x26 mov rax,rcx; mov ecx,0x12; vmcall; ret
+      call,
+      'c3', //                            0x00 vmcall; ret
+      '89c1',
+      'b811000000',
+      call,
+      'c3', //      0x04 mov ecx,eax; mov eax,0x11; vmcall; ret
+      '4889c8',
+      'b911000000',
+      call,
+      'c3', //    0x0F mov rax,rcx; mov ecx,0x11; vmcall; ret
+      '89c1',
+      'b812000000',
+      call,
+      'c3', //      0x1B mov ecx,eax; mov eax,0x12; vmcall; ret
+      '4889c8',
+      'b912000000',
+      call,
+      'c3', //    0x26 mov rax,rcx; mov ecx,0x12; vmcall; ret
     );
 
   test.each([

@@ -15,7 +15,11 @@ function setup(handlers: HypercallHandler[]) {
 
 const seen: { name: string; input: Buffer; rep: { start: number; count: number } }[] = [];
 const simple: HypercallHandler = {
-  name: 'SyntheticSimple', code: 0x7001, rep: false, inputSize: 16, outputElementSize: 8,
+  name: 'SyntheticSimple',
+  code: 0x7001,
+  rep: false,
+  inputSize: 16,
+  outputElementSize: 8,
   handle(_ctx, input, rep) {
     seen.push({ name: this.name, input: Buffer.from(input), rep });
     const out = Buffer.alloc(8);
@@ -24,23 +28,34 @@ const simple: HypercallHandler = {
   },
 };
 const rep: HypercallHandler = {
-  name: 'SyntheticRep', code: 0x7002, rep: true, inputSize: 8, repInputElementSize: 8,
+  name: 'SyntheticRep',
+  code: 0x7002,
+  rep: true,
+  inputSize: 8,
+  repInputElementSize: 8,
   handle(_ctx, input, r) {
     seen.push({ name: this.name, input: Buffer.from(input), rep: r });
     // Stops at the first element that is 0xdead (rep semantics: earlier elements stay done).
-    for (let i = r.start; i < r.count; i++) if (input.readBigUInt64LE(8 + 8 * i) === 0xdeadn) return { status: HvStatus.HV_STATUS_INVALID_PARAMETER, repsCompleted: i };
+    for (let i = r.start; i < r.count; i++)
+      if (input.readBigUInt64LE(8 + 8 * i) === 0xdeadn) return { status: HvStatus.HV_STATUS_INVALID_PARAMETER, repsCompleted: i };
     return { status: HvStatus.HV_STATUS_SUCCESS, repsCompleted: r.count };
   },
 };
 const variable: HypercallHandler = {
-  name: 'SyntheticVariable', code: 0x7003, rep: false, inputSize: 8, variableHeader: true,
+  name: 'SyntheticVariable',
+  code: 0x7003,
+  rep: false,
+  inputSize: 8,
+  variableHeader: true,
   handle(_ctx, input, r) {
     seen.push({ name: this.name, input: Buffer.from(input), rep: r });
     return { status: HvStatus.HV_STATUS_SUCCESS };
   },
 };
 
-beforeEach(() => { seen.length = 0; });
+beforeEach(() => {
+  seen.length = 0;
+});
 
 test('codes() lists exactly the handlers it was built with; a code handled twice is refused', () => {
   expect(new HypercallDispatcher([variable, simple, rep]).codes()).toEqual([0x7001, 0x7002, 0x7003]);
@@ -49,7 +64,10 @@ test('codes() lists exactly the handlers it was built with; a code handled twice
 
 test('an unknown code is HV_STATUS_INVALID_HYPERCALL_CODE and runs nothing', () => {
   const { p, vp, d } = setup([simple]);
-  expect(d.dispatch(p, vp, { control: encodeHypercallInput({ callCode: 0x7fff }), inputGpa: IN, outputGpa: OUT })).toEqual({ status: HvStatus.HV_STATUS_INVALID_HYPERCALL_CODE, repsCompleted: 0 });
+  expect(d.dispatch(p, vp, { control: encodeHypercallInput({ callCode: 0x7fff }), inputGpa: IN, outputGpa: OUT })).toEqual({
+    status: HvStatus.HV_STATUS_INVALID_HYPERCALL_CODE,
+    repsCompleted: 0,
+  });
   expect(seen).toEqual([]);
 });
 
@@ -67,7 +85,12 @@ test('simple call: the input block is read from guest memory; the output goes ba
 
 test('simple call: rep count, variable header or RsvdZ bits are HV_STATUS_INVALID_HYPERCALL_INPUT before the handler runs', () => {
   const { p, vp, d } = setup([simple]);
-  for (const control of [encodeHypercallInput({ callCode: 0x7001, repCount: 1 }), encodeHypercallInput({ callCode: 0x7001, variableHeaderSize: 1 }), encodeHypercallInput({ callCode: 0x7001 }) | (1n << 27n), encodeHypercallInput({ callCode: 0x7001 }) | (1n << 60n)]) {
+  for (const control of [
+    encodeHypercallInput({ callCode: 0x7001, repCount: 1 }),
+    encodeHypercallInput({ callCode: 0x7001, variableHeaderSize: 1 }),
+    encodeHypercallInput({ callCode: 0x7001 }) | (1n << 27n),
+    encodeHypercallInput({ callCode: 0x7001 }) | (1n << 60n),
+  ]) {
     expect(d.dispatch(p, vp, { control, inputGpa: IN, outputGpa: OUT })).toMatchObject({ status: HvStatus.HV_STATUS_INVALID_HYPERCALL_INPUT });
   }
   expect(seen).toEqual([]);
@@ -85,10 +108,14 @@ test('parameter blocks: misaligned → INVALID_ALIGNMENT, overlapping input/outp
 
 test('fast (register-based) call: RDX and R8 are the 16 input bytes; a call with output cannot be fast', () => {
   const { p, vp, d } = setup([variable, simple]);
-  expect(d.dispatch(p, vp, { control: encodeHypercallInput({ callCode: 0x7003, fast: true }), inputGpa: 0x1122n, outputGpa: 0x3344n })).toMatchObject({ status: HvStatus.HV_STATUS_SUCCESS });
+  expect(d.dispatch(p, vp, { control: encodeHypercallInput({ callCode: 0x7003, fast: true }), inputGpa: 0x1122n, outputGpa: 0x3344n })).toMatchObject({
+    status: HvStatus.HV_STATUS_SUCCESS,
+  });
   expect(seen[0]!.input.readBigUInt64LE(0)).toBe(0x1122n);
   expect(seen[0]!.input.readBigUInt64LE(8)).toBe(0x3344n);
-  expect(d.dispatch(p, vp, { control: encodeHypercallInput({ callCode: 0x7001, fast: true }), inputGpa: 1n, outputGpa: 2n })).toMatchObject({ status: HvStatus.HV_STATUS_INVALID_HYPERCALL_INPUT });
+  expect(d.dispatch(p, vp, { control: encodeHypercallInput({ callCode: 0x7001, fast: true }), inputGpa: 1n, outputGpa: 2n })).toMatchObject({
+    status: HvStatus.HV_STATUS_INVALID_HYPERCALL_INPUT,
+  });
 });
 
 test('rep call: header + rep elements are fetched; start index and count reach the handler; reps completed are reported', () => {
@@ -97,15 +124,25 @@ test('rep call: header + rep elements are fetched; start index and count reach t
   for (let i = 0; i < 4; i++) input.writeBigUInt64LE(BigInt(i + 1), 8 + 8 * i);
   input.writeBigUInt64LE(0xdeadn, 8 + 8 * 2);
   p.memory.write(IN, input);
-  expect(d.dispatch(p, vp, { control: encodeHypercallInput({ callCode: 0x7002, repCount: 4 }), inputGpa: IN, outputGpa: 0n })).toEqual({ status: HvStatus.HV_STATUS_INVALID_PARAMETER, repsCompleted: 2 });
+  expect(d.dispatch(p, vp, { control: encodeHypercallInput({ callCode: 0x7002, repCount: 4 }), inputGpa: IN, outputGpa: 0n })).toEqual({
+    status: HvStatus.HV_STATUS_INVALID_PARAMETER,
+    repsCompleted: 2,
+  });
   expect(seen[0]!.rep).toEqual({ start: 0, count: 4 });
   expect(seen[0]!.input.length).toBe(8 + 8 * 4);
   // Resumed past the failing element by the caller: start index 3.
-  expect(d.dispatch(p, vp, { control: encodeHypercallInput({ callCode: 0x7002, repCount: 4, repStartIndex: 3 }), inputGpa: IN, outputGpa: 0n })).toEqual({ status: HvStatus.HV_STATUS_SUCCESS, repsCompleted: 4 });
+  expect(d.dispatch(p, vp, { control: encodeHypercallInput({ callCode: 0x7002, repCount: 4, repStartIndex: 3 }), inputGpa: IN, outputGpa: 0n })).toEqual({
+    status: HvStatus.HV_STATUS_SUCCESS,
+    repsCompleted: 4,
+  });
   expect(seen[1]!.rep).toEqual({ start: 3, count: 4 });
   // Rep count 0, or a start index not below the count: refused before the handler.
-  expect(d.dispatch(p, vp, { control: encodeHypercallInput({ callCode: 0x7002, repCount: 0 }), inputGpa: IN, outputGpa: 0n })).toMatchObject({ status: HvStatus.HV_STATUS_INVALID_HYPERCALL_INPUT });
-  expect(d.dispatch(p, vp, { control: encodeHypercallInput({ callCode: 0x7002, repCount: 2, repStartIndex: 2 }), inputGpa: IN, outputGpa: 0n })).toMatchObject({ status: HvStatus.HV_STATUS_INVALID_HYPERCALL_INPUT });
+  expect(d.dispatch(p, vp, { control: encodeHypercallInput({ callCode: 0x7002, repCount: 0 }), inputGpa: IN, outputGpa: 0n })).toMatchObject({
+    status: HvStatus.HV_STATUS_INVALID_HYPERCALL_INPUT,
+  });
+  expect(d.dispatch(p, vp, { control: encodeHypercallInput({ callCode: 0x7002, repCount: 2, repStartIndex: 2 }), inputGpa: IN, outputGpa: 0n })).toMatchObject({
+    status: HvStatus.HV_STATUS_INVALID_HYPERCALL_INPUT,
+  });
   expect(seen.length).toBe(2);
 });
 
@@ -113,6 +150,8 @@ test('variable header: its 8-byte units are fetched after the fixed header', () 
   const { p, vp, d } = setup([variable]);
   const input = Buffer.alloc(8 + 16, 0xab);
   p.memory.write(IN, input);
-  expect(d.dispatch(p, vp, { control: encodeHypercallInput({ callCode: 0x7003, variableHeaderSize: 2 }), inputGpa: IN, outputGpa: 0n })).toMatchObject({ status: HvStatus.HV_STATUS_SUCCESS });
+  expect(d.dispatch(p, vp, { control: encodeHypercallInput({ callCode: 0x7003, variableHeaderSize: 2 }), inputGpa: IN, outputGpa: 0n })).toMatchObject({
+    status: HvStatus.HV_STATUS_SUCCESS,
+  });
   expect(seen[0]!.input).toEqual(input);
 });

@@ -1,11 +1,5 @@
 // HV_HYPERCALL_INPUT / result value layout and the common checks (tlfs-hypercalls.md §1.2, §1.3, §1.5).
-import {
-  HvError,
-  HvStatus,
-  decodeHypercallInput,
-  decodeHypercallResult,
-  encodeHypercallInput,
-} from '@vsm/core';
+import { HvError, HvStatus, decodeHypercallInput, decodeHypercallResult, encodeHypercallInput } from '@vsm/core';
 import { type HypercallShape, encodeHypercallResult, validateHypercallInput, validateParameterBlock } from '../src/tlfs/hypercall';
 
 /** Runs fn and returns the HV_STATUS of the HvError it throws (fails if it does not throw one). */
@@ -236,7 +230,12 @@ describe('HV_HYPERCALL_RESULT_VALUE (§1.3)', () => {
   });
 
   test('round trip', () => {
-    for (const [s, r] of [[0, 0], [3, 1], [0x51, 7], [0xffff, 0xfff]] as const) {
+    for (const [s, r] of [
+      [0, 0],
+      [3, 1],
+      [0x51, 7],
+      [0xffff, 0xfff],
+    ] as const) {
       expect(decodeHypercallResult(encodeHypercallResult(s, r))).toEqual({ status: s, repsCompleted: r });
     }
   });

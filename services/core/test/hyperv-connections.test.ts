@@ -40,7 +40,11 @@ function setup() {
     h.p.writeView(0, v.index, IN, encodePostMessageInput(input));
     return call(encodeHypercallInput({ callCode: HvCallCode.HvCallPostMessage }), IN, v);
   };
-  const signal = (connectionId: number, flagNumber = 0, rsvdZ = 0) => call(encodeHypercallInput({ callCode: HvCallCode.HvCallSignalEvent, fast: true }), encodeSignalEventInput({ connectionId, flagNumber, rsvdZ }).readBigUInt64LE(0));
+  const signal = (connectionId: number, flagNumber = 0, rsvdZ = 0) =>
+    call(
+      encodeHypercallInput({ callCode: HvCallCode.HvCallSignalEvent, fast: true }),
+      encodeSignalEventInput({ connectionId, flagNumber, rsvdZ }).readBigUInt64LE(0),
+    );
   const m = (payload0: bigint, over: Partial<Parameters<typeof encodePostMessageInput>[0]> = {}) => {
     const payload = Buffer.alloc(8);
     payload.writeBigUInt64LE(payload0);
@@ -52,7 +56,14 @@ function setup() {
 describe('connections', () => {
   test('create, list (by id), delete; bad input is an HvError with the TLFS status and changes nothing', () => {
     const h = setup();
-    const status = (fn: () => unknown) => { try { fn(); } catch (e) { return e instanceof HvError ? e.status : e; } return 'ok'; };
+    const status = (fn: () => unknown) => {
+      try {
+        fn();
+      } catch (e) {
+        return e instanceof HvError ? e.status : e;
+      }
+      return 'ok';
+    };
     expect(listConnections(h.p)).toEqual([
       { connectionId: 0x10, kind: 'message', vpIndex: 0, sint: MSG_SINT, vtl: 0, flagNumber: 0, flagCount: 1 },
       { connectionId: 0x20, kind: 'event', vpIndex: 0, sint: EVT_SINT, vtl: 0, flagNumber: 0x20, flagCount: 1 },
@@ -132,9 +143,10 @@ describe('HvCallPostMessage', () => {
 });
 
 describe('HvCallSignalEvent', () => {
-  const flagByte = (h: ReturnType<typeof setup>, flag: number) => h.p.readView(0, 0, SIEF_GPA + BigInt(EVT_SINT * 256 + (flag >> 3)), 1)[0]! & (1 << (flag & 7));
+  const flagByte = (h: ReturnType<typeof setup>, flag: number) =>
+    h.p.readView(0, 0, SIEF_GPA + BigInt(EVT_SINT * 256 + (flag >> 3)), 1)[0]! & (1 << (flag & 7));
 
-  test('fast call: sets the connection\'s flag and raises once; an already set flag is SUCCESS without an interrupt', () => {
+  test("fast call: sets the connection's flag and raises once; an already set flag is SUCCESS without an interrupt", () => {
     const h = setup();
     expect(h.signal(0x20)).toBe(HvStatus.HV_STATUS_SUCCESS);
     expect(flagByte(h, 0x20)).not.toBe(0);
@@ -143,7 +155,7 @@ describe('HvCallSignalEvent', () => {
     expect(h.raised).toHaveLength(1);
   });
 
-  test('memory-based input works too; FlagNumber selects within the port\'s flags', () => {
+  test("memory-based input works too; FlagNumber selects within the port's flags", () => {
     const h = setup();
     createConnection(h.p, { connectionId: 0x30, kind: 'event', vpIndex: 0, sint: EVT_SINT, flagNumber: 100, flagCount: 4 });
     h.p.writeView(0, 1, IN, encodeSignalEventInput({ connectionId: 0x30, flagNumber: 3, rsvdZ: 0 }));

@@ -21,12 +21,21 @@ import { HvPartitionPrivilegeMaskLayout, HvFeaturesEdxLayout } from '../src/tlfs
 import { nextTscSequence, signedTscOffset } from '../src/tlfs/time';
 
 const hex = (...parts: string[]) => Buffer.from(parts.join(''), 'hex');
-const le32 = (...regs: number[]) => Buffer.concat(regs.map((r) => { const b = Buffer.alloc(4); b.writeUInt32LE(r >>> 0); return b; })).toString('latin1');
+const le32 = (...regs: number[]) =>
+  Buffer.concat(
+    regs.map((r) => {
+      const b = Buffer.alloc(4);
+      b.writeUInt32LE(r >>> 0);
+      return b;
+    }),
+  ).toString('latin1');
 
 describe('CPUID leaves', () => {
   test('golden values with every platform feature on (vpCount 4, reference TSC page valid)', () => {
     const leaves = hypervCpuidLeaves({ vpCount: 4, referenceTsc: true });
-    expect(leaves.map((l) => l.leaf)).toEqual([0x40000000, 0x40000001, 0x40000002, 0x40000003, 0x40000004, 0x40000005, 0x40000006, 0x40000007, 0x40000008, 0x40000009, 0x4000000a]);
+    expect(leaves.map((l) => l.leaf)).toEqual([
+      0x40000000, 0x40000001, 0x40000002, 0x40000003, 0x40000004, 0x40000005, 0x40000006, 0x40000007, 0x40000008, 0x40000009, 0x4000000a,
+    ]);
     const [vendor, iface, version, features, recommendations, limits, ...rest] = leaves;
     expect(vendor).toEqual({ leaf: 0x40000000, eax: 0x4000000a, ebx: 0x7263694d, ecx: 0x666f736f, edx: 0x76482074 });
     expect(le32(vendor!.ebx, vendor!.ecx, vendor!.edx)).toBe('Microsoft Hv');
@@ -61,7 +70,11 @@ describe('CPUID leaves', () => {
   });
 
   test('version leaf and limits come from the options; a bad vpCount is refused', () => {
-    const l = hypervCpuidLeaves({ vpCount: 0xffff_ffff, referenceTsc: false, version: { buildNumber: 0x3839, majorVersion: 10, minorVersion: 0, servicePack: 1, serviceBranch: 2, serviceNumber: 3 } });
+    const l = hypervCpuidLeaves({
+      vpCount: 0xffff_ffff,
+      referenceTsc: false,
+      version: { buildNumber: 0x3839, majorVersion: 10, minorVersion: 0, servicePack: 1, serviceBranch: 2, serviceNumber: 3 },
+    });
     expect(l[2]).toEqual({ leaf: 0x40000002, eax: 0x3839, ebx: 0x000a0000, ecx: 1, edx: 0x02000003 });
     expect(l[5]!.eax).toBe(0xffff_ffff);
     for (const vpCount of [0, -1, 1.5, 2 ** 32, Number.NaN]) expect(() => hypervCpuidLeaves({ vpCount, referenceTsc: false })).toThrow(RangeError);
@@ -69,19 +82,39 @@ describe('CPUID leaves', () => {
 
   test('feature names (capability report) come from the same table as the bits', () => {
     expect(hypervFeatures({ vpCount: 1, referenceTsc: true }).map((f) => f.name)).toEqual([
-      'hv-time', 'hv-synic', 'hv-stimer', 'hv-hypercall', 'hv-vpindex', 'hv-reference-tsc', 'hv-post-message', 'hv-signal-event',
-      'hv-vsm', 'hv-vp-registers', 'hv-sint-polling', 'hv-hypercall-msr-lock', 'hv-stimer-direct',
+      'hv-time',
+      'hv-synic',
+      'hv-stimer',
+      'hv-hypercall',
+      'hv-vpindex',
+      'hv-reference-tsc',
+      'hv-post-message',
+      'hv-signal-event',
+      'hv-vsm',
+      'hv-vp-registers',
+      'hv-sint-polling',
+      'hv-hypercall-msr-lock',
+      'hv-stimer-direct',
     ]);
     const leaves = hypervCpuidLeaves({ vpCount: 1, referenceTsc: true });
     for (const f of hypervFeatures({ vpCount: 1, referenceTsc: true })) {
       const l = leaves.find((x) => x.leaf === f.leaf)!;
       expect([f.tlfsName, (l[f.register] >>> f.bit) & 1]).toEqual([f.tlfsName, 1]);
     }
-    expect(hypervFeatures({ vpCount: 1, referenceTsc: false, interrupts: false }).map((f) => f.name)).toEqual(['hv-time', 'hv-hypercall', 'hv-vpindex', 'hv-vsm', 'hv-vp-registers', 'hv-hypercall-msr-lock']);
+    expect(hypervFeatures({ vpCount: 1, referenceTsc: false, interrupts: false }).map((f) => f.name)).toEqual([
+      'hv-time',
+      'hv-hypercall',
+      'hv-vpindex',
+      'hv-vsm',
+      'hv-vp-registers',
+      'hv-hypercall-msr-lock',
+    ]);
   });
 
   test('HV_PARTITION_PRIVILEGE_MASK and 0x40000003 EDX bit positions (tlfs-intercepts.md §7.2, §7.3)', () => {
-    expect(HvPartitionPrivilegeMaskLayout.pack({ accessSynicRegs: true, accessVsm: true, accessVpRegisters: true })).toBe((1n << 2n) | (1n << 48n) | (1n << 49n));
+    expect(HvPartitionPrivilegeMaskLayout.pack({ accessSynicRegs: true, accessVsm: true, accessVpRegisters: true })).toBe(
+      (1n << 2n) | (1n << 48n) | (1n << 49n),
+    );
     expect(HvPartitionPrivilegeMaskLayout.mask('postMessages')).toBe(1n << 36n);
     expect(HvPartitionPrivilegeMaskLayout.mask('startVirtualProcessor')).toBe(1n << 53n);
     expect(HvFeaturesEdxLayout.mask('xmmRegistersForFastHypercallAvailable')).toBe(1 << 4);
@@ -102,7 +135,13 @@ describe('golden bytes of the new layouts', () => {
     expect(b.length).toBe(256);
     expect(b.subarray(0, 24).toString('hex')).toBe('56341200' + '00000000' + '78563412' + '08000000' + '0100020000000000');
     expect(b.subarray(24).every((x) => x === 0)).toBe(true);
-    expect(HvInputPostMessageLayout.fields.map((f) => [f.tlfsName, f.offset, f.size])).toEqual([['ConnectionId', 0, 4], ['RsvdZ', 4, 4], ['MessageType', 8, 4], ['PayloadSize', 12, 4], ['Message', 16, 240]]);
+    expect(HvInputPostMessageLayout.fields.map((f) => [f.tlfsName, f.offset, f.size])).toEqual([
+      ['ConnectionId', 0, 4],
+      ['RsvdZ', 4, 4],
+      ['MessageType', 8, 4],
+      ['PayloadSize', 12, 4],
+      ['Message', 16, 240],
+    ]);
   });
 
   test('HV_INPUT_SIGNAL_EVENT (tlfs-hypercalls.md §2.9): the fast-call RDX value', () => {
@@ -136,7 +175,14 @@ describe('reference time', () => {
   test('HV_X64_MSR_TIME_REF_COUNT reads the platform referenceClock (asked with the VP index)', () => {
     const asked: (number | undefined)[] = [];
     let now = 123_456_789n;
-    const p = partition({ referenceClock: { now100ns: (vp) => { asked.push(vp); return now; } } });
+    const p = partition({
+      referenceClock: {
+        now100ns: (vp) => {
+          asked.push(vp);
+          return now;
+        },
+      },
+    });
     expect(p.readMsr(p.vp(1), HvMsr.HV_X64_MSR_TIME_REF_COUNT)).toEqual({ value: 123_456_789n });
     now += 10n;
     expect(p.getRegister(p.vp(0), 0, R.HvRegisterTimeRefCount).low).toBe(123_456_799n);

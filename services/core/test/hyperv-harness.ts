@@ -7,7 +7,12 @@ import { decodeHvMessageHeader } from '../src/tlfs/message';
 export const SIM_GPA = 0x10000n;
 export const SIEF_GPA = 0x11000n;
 
-export interface Raised { vp: number; vtl: Vtl; vector: number; autoEoi: boolean }
+export interface Raised {
+  vp: number;
+  vtl: Vtl;
+  vector: number;
+  autoEoi: boolean;
+}
 
 export function hvHarness(opts: { vpCount?: number; maximumVtl?: number; synic?: boolean } = {}) {
   const clock = { now: 1_000_000n };
@@ -18,7 +23,15 @@ export function hvHarness(opts: { vpCount?: number; maximumVtl?: number; synic?:
     raiseInterrupt: (vp, vtl, vector, o) => void raised.push({ vp, vtl, vector, autoEoi: o.autoEoi }),
     onTimerChange: () => void counters.timerChanges++,
   };
-  const p = new Partition({ id: 'hv', architecture: 'x64', vpCount: opts.vpCount ?? 2, memoryBytes: 1n << 20n, maximumVtl: opts.maximumVtl ?? 1, labels: {}, platform });
+  const p = new Partition({
+    id: 'hv',
+    architecture: 'x64',
+    vpCount: opts.vpCount ?? 2,
+    memoryBytes: 1n << 20n,
+    maximumVtl: opts.maximumVtl ?? 1,
+    labels: {},
+    platform,
+  });
   const vp = p.vp(0);
   const wrmsr = (msr: number, value: bigint, v = vp) => {
     const r = p.writeMsr(v, msr, value);

@@ -135,7 +135,10 @@ test('direct mode raises ApicVector without AutoEOI and posts no message', () =>
   h.wrmsr(CONFIG(1), cfg({ enable: true, directMode: true, apicVector: 0xf4 }));
   expect(stimerNextDeadline(h.p)).toBe(h.clock.now + 50n);
   stimerExpire(h.p, h.clock.now + 10_000n);
-  expect(h.raised).toEqual([{ vp: 0, vtl: 0, vector: 0xf3, autoEoi: false }, { vp: 0, vtl: 0, vector: 0xf4, autoEoi: false }]);
+  expect(h.raised).toEqual([
+    { vp: 0, vtl: 0, vector: 0xf3, autoEoi: false },
+    { vp: 0, vtl: 0, vector: 0xf4, autoEoi: false },
+  ]);
   expect(h.rdmsr(CONFIG(1)) & 1n).toBe(0n); // one-shot done
   expect(stimerNextDeadline(h.p)).toBe(h.clock.now + 20_000n);
 });
@@ -186,7 +189,8 @@ test('RsvdZ bits in CONFIG raise #GP and change nothing; a periodic timer with C
   h.wrmsr(COUNT(0), 10n);
   h.wrmsr(CONFIG(0), cfg({ enable: true, periodic: true, sintx: SINT1 }));
   const before = stimerNextDeadline(h.p);
-  for (const bad of [1n << 13n, 1n << 20n, 1n << 63n]) expect(h.p.writeMsr(h.vp, CONFIG(0), cfg({ enable: true, sintx: SINT1 }) | bad)).toEqual({ exception: 13 });
+  for (const bad of [1n << 13n, 1n << 20n, 1n << 63n])
+    expect(h.p.writeMsr(h.vp, CONFIG(0), cfg({ enable: true, sintx: SINT1 }) | bad)).toEqual({ exception: 13 });
   expect(h.rdmsr(CONFIG(0))).toBe(cfg({ enable: true, periodic: true, sintx: SINT1 }));
   expect(stimerNextDeadline(h.p)).toBe(before);
   h.wrmsr(CONFIG(1), cfg({ enable: true, periodic: true, sintx: SINT1 }));

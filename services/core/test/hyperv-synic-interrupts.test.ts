@@ -37,7 +37,10 @@ test('a message placed in a free slot raises the SINT vector once; a queued one 
   h.clearSlot(5);
   h.eom();
   expect(h.slotHeader(5).messageType).toBe(2);
-  expect(h.raised).toEqual([{ vp: 0, vtl: 0, vector: 0x55, autoEoi: true }, { vp: 0, vtl: 0, vector: 0x55, autoEoi: true }]);
+  expect(h.raised).toEqual([
+    { vp: 0, vtl: 0, vector: 0x55, autoEoi: true },
+    { vp: 0, vtl: 0, vector: 0x55, autoEoi: true },
+  ]);
 });
 
 test('masked and polling SINTs raise nothing, but the message is in the slot', () => {
@@ -81,17 +84,22 @@ test('an event flag raises when newly set, not when already set; polling sets it
   expect(h.raised).toHaveLength(1);
 });
 
-test('an intercept delivered to the protecting VTL\'s SINT0 raises that VTL\'s SINT0 vector', () => {
+test("an intercept delivered to the protecting VTL's SINT0 raises that VTL's SINT0 vector", () => {
   const h = hvHarness({ vpCount: 1 });
   const { p, vp } = h;
   p.enablePartitionVtl('host', 1, 0);
   p.enableVpVtl('host', 0, 1, longModeContext());
-  p.setRegisters(vp, 1, [
-    { name: R.HvRegisterSipp, value: reg64(0x20000n | 1n) },
-    { name: R.HvRegisterScontrol, value: reg64(1n) },
-    { name: R.HvRegisterSint0, value: reg64(0x50n) },
-    { name: R.HvRegisterVsmPartitionConfig, value: reg64(1n | (0xfn << 1n)) },
-  ], 'host');
+  p.setRegisters(
+    vp,
+    1,
+    [
+      { name: R.HvRegisterSipp, value: reg64(0x20000n | 1n) },
+      { name: R.HvRegisterScontrol, value: reg64(1n) },
+      { name: R.HvRegisterSint0, value: reg64(0x50n) },
+      { name: R.HvRegisterVsmPartitionConfig, value: reg64(1n | (0xfn << 1n)) },
+    ],
+    'host',
+  );
   p.modifyVtlProtectionMask('host', 1, 0x1 | 0x4, [{ start: 0x40n, count: 1n }]); // page 0x40: no write
   h.raised.length = 0;
   const o = guestAccess(p, vp, 'write', 0x40000n, 4, Buffer.from([1, 2, 3, 4]));
@@ -117,7 +125,14 @@ describe('hyperv-testdev', () => {
 
   test('bad routes are HvErrors and change nothing', () => {
     const h = hvHarness();
-    const status = (fn: () => unknown) => { try { fn(); } catch (e) { return e instanceof HvError ? e.status : e; } return 'ok'; };
+    const status = (fn: () => unknown) => {
+      try {
+        fn();
+      } catch (e) {
+        return e instanceof HvError ? e.status : e;
+      }
+      return 'ok';
+    };
     expect(status(() => sintRouteSet(h.p, 0, 1))).toBe(HvStatus.HV_STATUS_NOT_FOUND);
     expect(status(() => sintRouteDestroy(h.p, 0, 1))).toBe(HvStatus.HV_STATUS_NOT_FOUND);
     expect(status(() => sintRouteCreate(h.p, 7, 1))).toBe(HvStatus.HV_STATUS_INVALID_VP_INDEX);

@@ -2,17 +2,7 @@
 // (issue #19 findings 1, 6 and the resident-RAM limit): a crash resolves every pending intercept as
 // crashed (each waiter gets its own outcome); nothing is answered on a crashed or deleted partition;
 // an ALLOW whose access would exceed the resident-RAM limit is refused and the intercept stays pending.
-import {
-  HvError,
-  HvRegisterName as R,
-  HvStatus,
-  Partition,
-  SparseMemory,
-  answerIntercept,
-  guestAccess,
-  longModeContext,
-  reg64,
-} from '@vsm/core';
+import { HvError, HvRegisterName as R, HvStatus, Partition, SparseMemory, answerIntercept, guestAccess, longModeContext, reg64 } from '@vsm/core';
 import { ResidentMemory } from '../src/resident';
 
 const MiB = 1n << 20n;
@@ -33,7 +23,7 @@ function intercepted(p: Partition, vp: number, gpa = 0x40000n) {
   return o.intercept.id;
 }
 
-test('each waiter is woken with its own intercept\'s outcome; a CRASH resolves every other pending intercept as crashed', () => {
+test("each waiter is woken with its own intercept's outcome; a CRASH resolves every other pending intercept as crashed", () => {
   const p = monitored(2);
   const a = intercepted(p, 0);
   const b = intercepted(p, 1);
@@ -43,7 +33,11 @@ test('each waiter is woken with its own intercept\'s outcome; a CRASH resolves e
   expect(woken).toEqual([[a, 'completed']]);
   const c = intercepted(p, 0);
   expect(answerIntercept(p, c, 'crash')).toMatchObject({ result: 'applied', outcome: { status: 'crashed' } });
-  expect(woken).toEqual([[a, 'completed'], [c, 'crashed'], [b, 'crashed']]);
+  expect(woken).toEqual([
+    [a, 'completed'],
+    [c, 'crashed'],
+    [b, 'crashed'],
+  ]);
   expect(p.state).toBe('crashed');
   expect(p.crashReason).toMatch(/CRASH/);
   expect(p.intercepts.pending.size).toBe(0);

@@ -56,7 +56,13 @@ test('HV_X64_MEMORY_INTERCEPT_MESSAGE: 240 bytes at the reference offsets', () =
 
 test('encoding twice never carries a field over (seed 004)', () => {
   const a = encodeMemoryInterceptMessage(msg);
-  const b = encodeMemoryInterceptMessage({ ...msg, memoryAccessInfo: { gvaValid: false }, guestVirtualAddress: 0n, instructionByteCount: 0, instructionBytes: Buffer.alloc(0) });
+  const b = encodeMemoryInterceptMessage({
+    ...msg,
+    memoryAccessInfo: { gvaValid: false },
+    guestVirtualAddress: 0n,
+    instructionByteCount: 0,
+    instructionBytes: Buffer.alloc(0),
+  });
   expect(a[45]).toBe(1);
   expect(b[45]).toBe(0);
   expect(b.subarray(64, 80).equals(Buffer.alloc(16))).toBe(true);
@@ -69,11 +75,18 @@ describe('ProtectionMap', () => {
     expect(m.rangeCount).toBe(1);
     expect([m.get(99), m.get(100), m.get(100 + 1_048_575), m.get(100 + 1_048_576)]).toEqual([0xf, 0x1, 0x1, 0xf]);
     m.set(200, 10, 0x3);
-    expect(m.list().map((r) => [r.start, r.end, r.mask])).toEqual([[100, 200, 1], [200, 210, 3], [210, 100 + 1_048_576, 1]]);
+    expect(m.list().map((r) => [r.start, r.end, r.mask])).toEqual([
+      [100, 200, 1],
+      [200, 210, 3],
+      [210, 100 + 1_048_576, 1],
+    ]);
     m.set(200, 10, 0x1); // back: the three merge into one
     expect(m.rangeCount).toBe(1);
     m.set(50, 100, 0x7); // overlaps the start
-    expect(m.list().map((r) => [r.start, r.end, r.mask])).toEqual([[50, 150, 7], [150, 100 + 1_048_576, 1]]);
+    expect(m.list().map((r) => [r.start, r.end, r.mask])).toEqual([
+      [50, 150, 7],
+      [150, 100 + 1_048_576, 1],
+    ]);
   });
   test('10,000 disjoint ranges, each lookup a binary search', () => {
     const m = new ProtectionMap(0xf);

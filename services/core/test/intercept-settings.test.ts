@@ -18,7 +18,13 @@ test('setInterceptRoute sets the route and the deadline policy together', () => 
 test('setInterceptRoute refuses a bad route or policy and changes nothing', () => {
   const p = partition();
   p.setInterceptRoute('monitor', { ms: 10, action: 'skip' });
-  const bad: [string, number, string][] = [['sideways', 10, 'skip'], ['vtl', 0, 'skip'], ['vtl', MAX_INTERCEPT_DEADLINE_MS + 1, 'skip'], ['vtl', 1.5, 'skip'], ['vtl', 10, 'ignore']];
+  const bad: [string, number, string][] = [
+    ['sideways', 10, 'skip'],
+    ['vtl', 0, 'skip'],
+    ['vtl', MAX_INTERCEPT_DEADLINE_MS + 1, 'skip'],
+    ['vtl', 1.5, 'skip'],
+    ['vtl', 10, 'ignore'],
+  ];
   for (const [route, ms, action] of bad) {
     expect(() => p.setInterceptRoute(route as 'vtl', { ms, action: action as 'skip' })).toThrow(HvError);
     expect(p.interceptRoute).toBe('monitor');

@@ -62,7 +62,12 @@ describe('struct layouts', () => {
     expect(L.offsetOf('d')).toBe(16);
     expect(L.offsetOf('e')).toBe(18);
     expect(L.fields.map((f) => [f.name, f.tlfsName, f.offset, f.size])).toEqual([
-      ['a', 'A', 0, 4], ['b', 'B', 4, 1], ['c', 'C', 8, 8], ['d', 'D', 16, 2], ['e', 'E', 18, 3], ['f', 'F', 21, 3],
+      ['a', 'A', 0, 4],
+      ['b', 'B', 4, 1],
+      ['c', 'C', 8, 8],
+      ['d', 'D', 16, 2],
+      ['e', 'E', 18, 3],
+      ['f', 'F', 21, 3],
     ]);
   });
 
@@ -162,21 +167,46 @@ describe('TLFS tables as layouts', () => {
 
   test('HV_MESSAGE_HEADER (tlfs-overlays-synic.md §5.3)', () => {
     expect(HvMessageHeaderLayout.size).toBe(16);
-    expect(rows(HvMessageHeaderLayout)).toEqual([['MessageType', 0, 4], ['PayloadSize', 4, 1], ['MessageFlags', 5, 1], ['Sender / Port (OriginationId)', 8, 8]]);
-    const slot = encodeHvMessage({ messageType: 0x8000_0001, payloadSize: 3, messageFlags: 1, originationId: 0x0102_0304_0506_0708n }, Buffer.from([0xaa, 0xbb, 0xcc]));
+    expect(rows(HvMessageHeaderLayout)).toEqual([
+      ['MessageType', 0, 4],
+      ['PayloadSize', 4, 1],
+      ['MessageFlags', 5, 1],
+      ['Sender / Port (OriginationId)', 8, 8],
+    ]);
+    const slot = encodeHvMessage(
+      { messageType: 0x8000_0001, payloadSize: 3, messageFlags: 1, originationId: 0x0102_0304_0506_0708n },
+      Buffer.from([0xaa, 0xbb, 0xcc]),
+    );
     expect(slot.length).toBe(256);
     expect(slot.subarray(0, 20).toString('hex')).toBe('01000080' + '03' + '01' + '0000' + '0807060504030201' + 'aabbcc00');
     expect(decodeHvMessageHeader(slot)).toEqual({ messageType: 0x8000_0001, payloadSize: 3, messageFlags: 1, originationId: 0x0102_0304_0506_0708n });
-    expect(() => encodeHvMessage({ messageType: 0, payloadSize: 0, messageFlags: 0, originationId: 0n }, Buffer.alloc(241))).toThrow('HV_MESSAGE payload exceeds 240 bytes');
+    expect(() => encodeHvMessage({ messageType: 0, payloadSize: 0, messageFlags: 0, originationId: 0n }, Buffer.alloc(241))).toThrow(
+      'HV_MESSAGE payload exceeds 240 bytes',
+    );
   });
 
   test('HV_X64_INTERCEPT_MESSAGE_HEADER and the memory intercept message (tlfs-intercepts.md §6.1, §6.7)', () => {
     expect(rows(HvX64InterceptMessageHeaderLayout)).toEqual([
-      ['VpIndex', 0, 4], ['InstructionLength', 4, 1], ['InterceptAccessType', 5, 1], ['ExecutionState', 6, 2], ['CsSegment', 8, 16], ['Rip', 24, 8], ['Rflags', 32, 8],
+      ['VpIndex', 0, 4],
+      ['InstructionLength', 4, 1],
+      ['InterceptAccessType', 5, 1],
+      ['ExecutionState', 6, 2],
+      ['CsSegment', 8, 16],
+      ['Rip', 24, 8],
+      ['Rflags', 32, 8],
     ]);
     expect(rows(HvX64MemoryInterceptMessageLayout)).toEqual([
-      ['Header', 0, 40], ['CacheType', 40, 4], ['InstructionByteCount', 44, 1], ['MemoryAccessInfo', 45, 1], ['TprPriority', 46, 1], ['GuestVirtualAddress', 48, 8],
-      ['GuestPhysicalAddress', 56, 8], ['InstructionBytes', 64, 16], ['DsSegment', 80, 16], ['SsSegment', 96, 16], ['Rax..R15', 112, 128],
+      ['Header', 0, 40],
+      ['CacheType', 40, 4],
+      ['InstructionByteCount', 44, 1],
+      ['MemoryAccessInfo', 45, 1],
+      ['TprPriority', 46, 1],
+      ['GuestVirtualAddress', 48, 8],
+      ['GuestPhysicalAddress', 56, 8],
+      ['InstructionBytes', 64, 16],
+      ['DsSegment', 80, 16],
+      ['SsSegment', 96, 16],
+      ['Rax..R15', 112, 128],
     ]);
     // InstructionLength is bits 3:0 of +4 (7:4 Cr8): decode ignores the high nibble
     const b = Buffer.alloc(40);
@@ -214,11 +244,18 @@ describe('TLFS tables as layouts', () => {
     const b = encodeArm64MemoryInterceptMessage(m);
     expect(b.toString('hex')).toBe(
       hex(
-        '0d0c0b0a', '04', '02', '1500', //    +0 VpIndex, +4 InstructionLength, +5 access type, +6 Cpl 1 | DebugActive (bit 2) | Vtl 1 << 4
+        '0d0c0b0a',
+        '04',
+        '02',
+        '1500', //    +0 VpIndex, +4 InstructionLength, +5 access type, +6 Cpl 1 | DebugActive (bit 2) | Vtl 1 << 4
         '8877665544332211', //                +8 Pc
         'c503000000000000', //                +16 Cpsr
-        '06000000', '04', '01', '0000', //    +24 CacheType, +28 InstructionByteCount, +29 GvaValid, +30 reserved
-        '1f2003d5', '00000000', //            +32 InstructionBytes, +36 reserved
+        '06000000',
+        '04',
+        '01',
+        '0000', //    +24 CacheType, +28 InstructionByteCount, +29 GvaValid, +30 reserved
+        '1f2003d5',
+        '00000000', //            +32 InstructionBytes, +36 reserved
         '005034120000ffff', //                +40 GuestVirtualAddress
         '0000080000000000', //                +48 GuestPhysicalAddress
         '0f00008200000000', //                +56 Syndrome
@@ -226,7 +263,11 @@ describe('TLFS tables as layouts', () => {
     );
     expect(decodeArm64MemoryInterceptMessage(b)).toEqual(m);
     // instruction bytes beyond 4 are dropped, as before
-    expect(encodeArm64MemoryInterceptMessage({ ...m, instructionBytes: Buffer.from([1, 2, 3, 4, 5]) }).subarray(32, 40).toString('hex')).toBe('0102030400000000');
+    expect(
+      encodeArm64MemoryInterceptMessage({ ...m, instructionBytes: Buffer.from([1, 2, 3, 4, 5]) })
+        .subarray(32, 40)
+        .toString('hex'),
+    ).toBe('0102030400000000');
   });
 
   test('HvCallModifyVtlProtectionMask header and HvCallSignalEvent input (tlfs-hypercalls.md §2.3, §2.9)', () => {
@@ -246,10 +287,30 @@ describe('TLFS tables as layouts', () => {
   });
 
   test('HV_REGISTER_ASSOC, HV_INITIAL_VP_CONTEXT, HvCallEnableVpVtl, HV_VP_ASSIST_PAGE (tlfs-hypercalls.md §2.5, §2.7; tlfs-vsm.md §5.2)', () => {
-    expect(rows(HvRegisterAssocLayout)).toEqual([['Name', 0, 4], ['RsvdZ', 4, 12], ['Value', 16, 16]]);
+    expect(rows(HvRegisterAssocLayout)).toEqual([
+      ['Name', 0, 4],
+      ['RsvdZ', 4, 12],
+      ['Value', 16, 16],
+    ]);
     expect(HvInitialVpContextLayout.fields.map((f) => [f.tlfsName, f.offset])).toEqual([
-      ['Rip', 0], ['Rsp', 8], ['Rflags', 16], ['Cs', 24], ['Ds', 40], ['Es', 56], ['Fs', 72], ['Gs', 88], ['Ss', 104], ['Tr', 120], ['Ldtr', 136],
-      ['Idtr', 152], ['Gdtr', 168], ['Efer', 184], ['Cr0', 192], ['Cr3', 200], ['Cr4', 208], ['MsrCrPat', 216],
+      ['Rip', 0],
+      ['Rsp', 8],
+      ['Rflags', 16],
+      ['Cs', 24],
+      ['Ds', 40],
+      ['Es', 56],
+      ['Fs', 72],
+      ['Gs', 88],
+      ['Ss', 104],
+      ['Tr', 120],
+      ['Ldtr', 136],
+      ['Idtr', 152],
+      ['Gdtr', 168],
+      ['Efer', 184],
+      ['Cr0', 192],
+      ['Cr3', 200],
+      ['Cr4', 208],
+      ['MsrCrPat', 216],
     ]);
     expect(HvEnableVpVtlInputLayout.offsetOf('vpVtlContext')).toBe(16);
     expect(HvVpAssistPageLayout.size).toBe(4096);

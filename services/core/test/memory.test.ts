@@ -27,7 +27,12 @@ describe('SparseMemory', () => {
     const data = Buffer.from('a1a2a3a4a5a6a7a8', 'hex');
     m.write(0x1ffcn, data); // 4 bytes at the end of page 1, 4 at the start of page 2
     expect(m.read(0x1ffcn, 8).toString('hex')).toBe('a1a2a3a4a5a6a7a8');
-    expect(m.peekPage(1)!.subarray(PAGE_SIZE - 4).toString('hex')).toBe('a1a2a3a4');
+    expect(
+      m
+        .peekPage(1)!
+        .subarray(PAGE_SIZE - 4)
+        .toString('hex'),
+    ).toBe('a1a2a3a4');
     expect(m.peekPage(2)!.subarray(0, 4).toString('hex')).toBe('a5a6a7a8');
     expect(m.touchedPages()).toEqual([1, 2]);
     // a read across the same boundary with a wider window

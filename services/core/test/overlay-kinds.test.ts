@@ -92,7 +92,9 @@ describe.each(OVERLAY_KIND_NAMES.map((k) => [k]))('%s', (kind) => {
       expect((e as HvError).message).toMatch(path);
     };
     const at = good.overlays.placed.findIndex((o) => o.kind === kind);
-    refused((s) => { s.overlays.placed[at]!.readOnly = !k.readOnly; }, /snapshot\.overlays\.placed\[\d+\]\.read_only/);
+    refused((s) => {
+      s.overlays.placed[at]!.readOnly = !k.readOnly;
+    }, /snapshot\.overlays\.placed\[\d+\]\.read_only/);
     refused((s) => {
       const pg = s.overlays.pages.find((x) => x.slot.startsWith(`${kind}/0/`))!;
       pg.slot = `${kind}/0/${k.scope === 'vp' ? '*' : '0'}`;

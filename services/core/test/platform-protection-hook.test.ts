@@ -17,7 +17,12 @@ import {
 
 function protectedPartition(calls: Vtl[]): Partition {
   const p = new Partition({
-    id: 'p-hook', architecture: 'x64', vpCount: 1, memoryBytes: 1n << 20n, maximumVtl: 1, labels: {},
+    id: 'p-hook',
+    architecture: 'x64',
+    vpCount: 1,
+    memoryBytes: 1n << 20n,
+    maximumVtl: 1,
+    labels: {},
     platform: { onProtectionChange: (vtl) => calls.push(vtl) },
   });
   p.enablePartitionVtl('host', 1, 0);
@@ -46,7 +51,7 @@ test('onProtectionChange: EnableVtlProtection and each ModifyVtlProtectionMask t
   expect(p.protectionOf(1, 0x40)).toBe(0x1);
 });
 
-test('interceptAccess: the engine\'s instruction length and bytes in the message; otherwise what guestAccess decides', () => {
+test("interceptAccess: the engine's instruction length and bytes in the message; otherwise what guestAccess decides", () => {
   const p = protectedPartition([]);
   enableProtection(p);
   p.modifyVtlProtectionMask('host', 1, 0x1 | 0x4, [{ start: 0x40n, count: 1n }]); // no write

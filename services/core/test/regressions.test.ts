@@ -1,5 +1,15 @@
 // Regressions for bugs found by the core test pass (each was reproduced before the fix).
-import { HvMsr, HvRegisterName as R, Partition, callHypercallPage, encodeHypercallInput, executeVmcall, longModeContext, reg64, HV_PARTITION_ID_SELF } from '@vsm/core';
+import {
+  HvMsr,
+  HvRegisterName as R,
+  Partition,
+  callHypercallPage,
+  encodeHypercallInput,
+  executeVmcall,
+  longModeContext,
+  reg64,
+  HV_PARTITION_ID_SELF,
+} from '@vsm/core';
 import { encodeVpRegistersHeader, HV_VP_INDEX_SELF } from '../src/tlfs/vsm';
 
 function partition(): Partition {
@@ -12,7 +22,10 @@ function partition(): Partition {
 test('A: a rep call resumed at a start index leaves the output elements before it untouched', () => {
   const p = partition();
   const vp = p.vps[0]!;
-  const input = Buffer.concat([encodeVpRegistersHeader({ partitionId: HV_PARTITION_ID_SELF, vpIndex: HV_VP_INDEX_SELF, targetVtl: 0, rsvdZ: 0 }), Buffer.from([0x10, 0, 2, 0, 0x04, 0, 2, 0])]);
+  const input = Buffer.concat([
+    encodeVpRegistersHeader({ partitionId: HV_PARTITION_ID_SELF, vpIndex: HV_VP_INDEX_SELF, targetVtl: 0, rsvdZ: 0 }),
+    Buffer.from([0x10, 0, 2, 0, 0x04, 0, 2, 0]),
+  ]);
   p.memory.write(0x2000n, input);
   p.memory.write(0x3000n, Buffer.alloc(32, 0xaa));
   p.setReg(vp, R.HvX64RegisterRsp, 0x1122334455667788n);

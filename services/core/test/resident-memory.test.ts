@@ -53,7 +53,7 @@ describe('SparseMemory with a ResidentMemory account', () => {
     insufficient(() => m.write(0x20000n, Buffer.from('x')));
   });
 
-  test('the account is shared: one memory\'s pages leave less for another', () => {
+  test("the account is shared: one memory's pages leave less for another", () => {
     const acct = new ResidentMemory(3n * BigInt(PAGE_SIZE));
     const a = new SparseMemory(GiB, acct);
     const b = new SparseMemory(GiB, acct);
@@ -69,7 +69,15 @@ describe('SparseMemory with a ResidentMemory account', () => {
 describe('Partition.writeView', () => {
   test('a guest write split around an overlay is refused whole: neither its RAM nor its overlay part lands', () => {
     const acct = new ResidentMemory(1n * BigInt(PAGE_SIZE));
-    const p = new Partition({ id: 'wv', architecture: 'x64', vpCount: 1, memoryBytes: GiB, maximumVtl: 0, labels: {}, platform: { ram: new SparseMemory(GiB, acct) } });
+    const p = new Partition({
+      id: 'wv',
+      architecture: 'x64',
+      vpCount: 1,
+      memoryBytes: GiB,
+      maximumVtl: 0,
+      labels: {},
+      platform: { ram: new SparseMemory(GiB, acct) },
+    });
     // A writable overlay (VP assist page) at GPFN 1, between RAM pages 0 and 2.
     p.setRegisters(p.vp(0), 0, [{ name: R.HvRegisterVpAssistPage, value: reg64(0x1001n) }], 'host');
     const data = Buffer.alloc(3 * PAGE_SIZE, 0x77);
@@ -86,7 +94,7 @@ describe('Partition.writeView', () => {
 describe('PartitionManager', () => {
   const req = (id: string, memoryBytes = GiB) => ({ partitionId: id, architecture: 'x64' as const, vpCount: 1, memoryBytes, maximumVtl: 1, labels: {} });
 
-  test('owns one account for all its partitions; delete gives a partition\'s pages back; no limit by default', () => {
+  test("owns one account for all its partitions; delete gives a partition's pages back; no limit by default", () => {
     const m = new PartitionManager({ ...DEFAULT_LIMITS, maxResidentBytes: 8n * BigInt(PAGE_SIZE) });
     const a = m.create(req('a'));
     const b = m.create(req('b'));

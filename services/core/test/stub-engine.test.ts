@@ -1,7 +1,16 @@
 // The hypercall-page CALL is the core's for both engines (issue #18): an engine only reports what
 // the page's code did (HypercallPageCode); the core decides the caller's RIP, pendingStubReturn and
 // the outcome. A scripted engine stands in for the KVM one here.
-import { type HypercallPageCode, type HypercallPageEvent, HvMsr, HvRegisterName as R, Partition, X64Exception, callHypercallPage, longModeContext } from '@vsm/core';
+import {
+  type HypercallPageCode,
+  type HypercallPageEvent,
+  HvMsr,
+  HvRegisterName as R,
+  Partition,
+  X64Exception,
+  callHypercallPage,
+  longModeContext,
+} from '@vsm/core';
 
 const PAGE = 0x10000n;
 const CALLER_RIP = 0x4000n;
@@ -18,7 +27,10 @@ function partition(): { p: Partition; vp: Partition['vps'][number] } {
 }
 
 /** An engine that reports `events` in order, running `before` of each first (the page's code changing registers). */
-function scripted(events: { before?: () => void; event: HypercallPageEvent }[], seen: { entry?: bigint; runs: number }): (pageGpa: bigint, entry: bigint) => HypercallPageCode {
+function scripted(
+  events: { before?: () => void; event: HypercallPageEvent }[],
+  seen: { entry?: bigint; runs: number },
+): (pageGpa: bigint, entry: bigint) => HypercallPageCode {
   return (_pageGpa, entry) => {
     seen.entry = entry;
     return {

@@ -198,11 +198,29 @@ type Op =
   | { k: 'restore' };
 
 const opArb: fc.Arbitrary<Op> = fc.oneof(
-  { weight: 5, arbitrary: fc.record({ k: fc.constant('access' as const), vp: fc.integer({ min: 0, max: 2 }), kind: fc.constantFrom<AccessKind>('read', 'write', 'execute'), gpa: fc.constantFrom(SECRET, HIDDEN, PLAIN) }) },
-  { weight: 5, arbitrary: fc.record({ k: fc.constant('answer' as const), pick: fc.nat(), action: fc.constantFrom<InterceptAction>('allow', 'skip', 'retry', 'retry', 'crash') }) },
+  {
+    weight: 5,
+    arbitrary: fc.record({
+      k: fc.constant('access' as const),
+      vp: fc.integer({ min: 0, max: 2 }),
+      kind: fc.constantFrom<AccessKind>('read', 'write', 'execute'),
+      gpa: fc.constantFrom(SECRET, HIDDEN, PLAIN),
+    }),
+  },
+  {
+    weight: 5,
+    arbitrary: fc.record({
+      k: fc.constant('answer' as const),
+      pick: fc.nat(),
+      action: fc.constantFrom<InterceptAction>('allow', 'skip', 'retry', 'retry', 'crash'),
+    }),
+  },
   { weight: 2, arbitrary: fc.record({ k: fc.constant('route' as const), route: fc.constantFrom<InterceptRoute>('monitor', 'monitor', 'vtl', 'both') }) },
   { weight: 1, arbitrary: fc.record({ k: fc.constant('protect' as const), page: fc.constantFrom(SECRET, HIDDEN), flags: fc.constantFrom(0, 0x1, 0x5, 0xf) }) },
-  { weight: 2, arbitrary: fc.record({ k: fc.constantFrom('vtlcall' as const, 'vtlreturn' as const, 'hypercall-intercept' as const), vp: fc.integer({ min: 0, max: 2 }) }) },
+  {
+    weight: 2,
+    arbitrary: fc.record({ k: fc.constantFrom('vtlcall' as const, 'vtlreturn' as const, 'hypercall-intercept' as const), vp: fc.integer({ min: 0, max: 2 }) }),
+  },
   { weight: 1, arbitrary: fc.constant({ k: 'restore' as const }) },
 );
 
@@ -231,7 +249,10 @@ test('any sequence of accesses, answers, route and protection changes, VTL switc
             break;
           case 'answer': {
             const ids = [...p.intercepts.pending.keys()];
-            if (ids.length) tolerate(() => { if (answerIntercept(p, ids[op.pick % ids.length]!, op.action).outcome?.status === 'intercepted') reached.retriedAgain++; });
+            if (ids.length)
+              tolerate(() => {
+                if (answerIntercept(p, ids[op.pick % ids.length]!, op.action).outcome?.status === 'intercepted') reached.retriedAgain++;
+              });
             break;
           }
           case 'route':
@@ -257,7 +278,9 @@ test('any sequence of accesses, answers, route and protection changes, VTL switc
               p.setReg(vp, R.HvX64RegisterRdx, HIDDEN);
               p.setReg(vp, R.HvX64RegisterR8, PLAIN);
             }
-            tolerate(() => { if (executeVmcall(p, vp).parameterIntercept?.status === 'intercepted') reached.parameterIntercepts++; });
+            tolerate(() => {
+              if (executeVmcall(p, vp).parameterIntercept?.status === 'intercepted') reached.parameterIntercepts++;
+            });
             break;
           }
           case 'restore':

@@ -260,7 +260,13 @@ describe('read-only VSM registers', () => {
     p.switchVtl(vp, 1, HvVtlEntryReason.HvVtlEntryVtlCall, false);
     expect(p.getRegister(vp, 1, R.HvRegisterVsmVpStatus)).toEqual(reg64(0x0003_0001n));
     expect(p.getRegister(vp, 0, R.HvRegisterVsmCodePageOffsets)).toEqual(reg64(VSM_CODE_PAGE_OFFSETS_64));
-    for (const name of [R.HvRegisterVsmVpStatus, R.HvRegisterVsmPartitionStatus, R.HvRegisterVsmCapabilities, R.HvRegisterVsmCodePageOffsets, R.HvRegisterVpIndex]) {
+    for (const name of [
+      R.HvRegisterVsmVpStatus,
+      R.HvRegisterVsmPartitionStatus,
+      R.HvRegisterVsmCapabilities,
+      R.HvRegisterVsmCodePageOffsets,
+      R.HvRegisterVpIndex,
+    ]) {
       expect(statusOf(() => p.setRegisters(vp, 1, [{ name, value: reg64(0n) }], 'host'))).toBe(0x05);
     }
   });

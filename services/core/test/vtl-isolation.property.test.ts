@@ -38,19 +38,48 @@ const CODE_SEG = longModeContext().cs;
 
 /** Private registers compared after every step (all of them must be VSM-private). */
 const PRIVATE: number[] = [
-  R.HvX64RegisterRip, R.HvX64RegisterRsp, R.HvX64RegisterRflags,
-  R.HvX64RegisterCr0, R.HvX64RegisterCr3, R.HvX64RegisterCr4, R.HvX64RegisterCr8, R.HvX64RegisterDr7,
-  R.HvX64RegisterEfer, R.HvX64RegisterKernelGsBase, R.HvX64RegisterPat,
-  R.HvX64RegisterSysenterCs, R.HvX64RegisterSysenterEip, R.HvX64RegisterSysenterEsp,
-  R.HvX64RegisterStar, R.HvX64RegisterLstar, R.HvX64RegisterCstar, R.HvX64RegisterSfmask,
-  R.HvX64RegisterCs, R.HvX64RegisterSs, R.HvX64RegisterDs, R.HvX64RegisterGdtr, R.HvX64RegisterIdtr,
-  R.HvRegisterGuestOsId, R.HvX64RegisterHypercall, R.HvRegisterScontrol, R.HvRegisterSint0 + 3,
+  R.HvX64RegisterRip,
+  R.HvX64RegisterRsp,
+  R.HvX64RegisterRflags,
+  R.HvX64RegisterCr0,
+  R.HvX64RegisterCr3,
+  R.HvX64RegisterCr4,
+  R.HvX64RegisterCr8,
+  R.HvX64RegisterDr7,
+  R.HvX64RegisterEfer,
+  R.HvX64RegisterKernelGsBase,
+  R.HvX64RegisterPat,
+  R.HvX64RegisterSysenterCs,
+  R.HvX64RegisterSysenterEip,
+  R.HvX64RegisterSysenterEsp,
+  R.HvX64RegisterStar,
+  R.HvX64RegisterLstar,
+  R.HvX64RegisterCstar,
+  R.HvX64RegisterSfmask,
+  R.HvX64RegisterCs,
+  R.HvX64RegisterSs,
+  R.HvX64RegisterDs,
+  R.HvX64RegisterGdtr,
+  R.HvX64RegisterIdtr,
+  R.HvRegisterGuestOsId,
+  R.HvX64RegisterHypercall,
+  R.HvRegisterScontrol,
+  R.HvRegisterSint0 + 3,
 ];
 /** Shared registers compared after every step. */
 const SHARED: number[] = [
-  R.HvX64RegisterRax, R.HvX64RegisterRcx, R.HvX64RegisterRdx, R.HvX64RegisterRbx,
-  R.HvX64RegisterRbp, R.HvX64RegisterRsi, R.HvX64RegisterRdi, R.HvX64RegisterR8, R.HvX64RegisterR15,
-  R.HvX64RegisterCr2, R.HvX64RegisterDr0, R.HvX64RegisterDr3,
+  R.HvX64RegisterRax,
+  R.HvX64RegisterRcx,
+  R.HvX64RegisterRdx,
+  R.HvX64RegisterRbx,
+  R.HvX64RegisterRbp,
+  R.HvX64RegisterRsi,
+  R.HvX64RegisterRdi,
+  R.HvX64RegisterR8,
+  R.HvX64RegisterR15,
+  R.HvX64RegisterCr2,
+  R.HvX64RegisterDr0,
+  R.HvX64RegisterDr3,
 ];
 
 interface Parked {
@@ -128,7 +157,11 @@ function compare(m: Model, r: Real): void {
 
 /** Host write of a private register of one VTL (any VTL, active or not). RIP: see RipWrite. */
 class PrivateWrite implements fc.Command<Model, Real> {
-  constructor(readonly vtl: V, readonly reg: number, readonly value: Reg128) {}
+  constructor(
+    readonly vtl: V,
+    readonly reg: number,
+    readonly value: Reg128,
+  ) {}
   check = () => true;
   run(m: Model, r: Real): void {
     r.p.setRegisters(vpOf(r), this.vtl, [{ name: this.reg, value: this.value }], 'host');
@@ -156,7 +189,11 @@ class RipWrite implements fc.Command<Model, Real> {
 
 /** Host write of a shared register, through either VTL's view. */
 class SharedWrite implements fc.Command<Model, Real> {
-  constructor(readonly vtl: V, readonly reg: number, readonly value: bigint) {}
+  constructor(
+    readonly vtl: V,
+    readonly reg: number,
+    readonly value: bigint,
+  ) {}
   check = () => true;
   run(m: Model, r: Real): void {
     r.p.setRegisters(vpOf(r), this.vtl, [{ name: this.reg, value: reg64(this.value) }], 'host');
@@ -168,7 +205,11 @@ class SharedWrite implements fc.Command<Model, Real> {
 
 /** Guest WRMSR of a private synthetic MSR: lands in the active VTL only. */
 class GuestMsrWrite implements fc.Command<Model, Real> {
-  constructor(readonly msr: number, readonly reg: number, readonly value: bigint) {}
+  constructor(
+    readonly msr: number,
+    readonly reg: number,
+    readonly value: bigint,
+  ) {}
   check = () => true;
   run(m: Model, r: Real): void {
     // An unmasked SINT with a vector below 16 is refused with #GP (tlfs-overlays-synic.md §5.1).
@@ -250,27 +291,42 @@ class VtlReturn implements fc.Command<Model, Real> {
 const u64 = fc.bigInt({ min: 0n, max: MASK64 });
 const vtlArb = fc.constantFrom<V>(0, 1);
 const segArb = (attributes: fc.Arbitrary<number>) =>
-  fc
-    .record({ base: u64, limit: fc.integer({ min: 0, max: 0xffff_ffff }), selector: fc.integer({ min: 0, max: 0xffff }), attributes })
-    .map(segmentToReg128);
+  fc.record({ base: u64, limit: fc.integer({ min: 0, max: 0xffff_ffff }), selector: fc.integer({ min: 0, max: 0xffff }), attributes }).map(segmentToReg128);
 const tableArb = fc.record({ limit: fc.integer({ min: 0, max: 0xffff }), base: u64 }).map(tableToReg128);
 
 const plain64Regs = [
-  R.HvX64RegisterRsp, R.HvX64RegisterRflags, R.HvX64RegisterCr3, R.HvX64RegisterCr4, R.HvX64RegisterCr8,
-  R.HvX64RegisterDr7, R.HvX64RegisterKernelGsBase, R.HvX64RegisterPat, R.HvX64RegisterSysenterCs,
-  R.HvX64RegisterSysenterEip, R.HvX64RegisterSysenterEsp, R.HvX64RegisterStar, R.HvX64RegisterLstar,
-  R.HvX64RegisterCstar, R.HvX64RegisterSfmask,
+  R.HvX64RegisterRsp,
+  R.HvX64RegisterRflags,
+  R.HvX64RegisterCr3,
+  R.HvX64RegisterCr4,
+  R.HvX64RegisterCr8,
+  R.HvX64RegisterDr7,
+  R.HvX64RegisterKernelGsBase,
+  R.HvX64RegisterPat,
+  R.HvX64RegisterSysenterCs,
+  R.HvX64RegisterSysenterEip,
+  R.HvX64RegisterSysenterEsp,
+  R.HvX64RegisterStar,
+  R.HvX64RegisterLstar,
+  R.HvX64RegisterCstar,
+  R.HvX64RegisterSfmask,
 ];
 
 const privateWriteArb: fc.Arbitrary<fc.Command<Model, Real>> = fc.oneof(
   fc.tuple(vtlArb, fc.constantFrom(...plain64Regs), u64).map(([v, n, x]) => new PrivateWrite(v, n, reg64(x))),
   // CR0 with PE set or clear (PE = 0 makes the VTL's VtlCall/VtlReturn #UD)
-  fc.tuple(vtlArb, fc.constantFrom(0x8005_0033n, 0x8005_0033n, 0x8005_0033n, 0x8005_0033n, 0x8005_0032n, 0x0000_0011n)).map(([v, x]) => new PrivateWrite(v, R.HvX64RegisterCr0, reg64(x))),
+  fc
+    .tuple(vtlArb, fc.constantFrom(0x8005_0033n, 0x8005_0033n, 0x8005_0033n, 0x8005_0033n, 0x8005_0032n, 0x0000_0011n))
+    .map(([v, x]) => new PrivateWrite(v, R.HvX64RegisterCr0, reg64(x))),
   // EFER keeps LME|LMA so the 64-bit calling convention stays in force
   fc.tuple(vtlArb, fc.integer({ min: 0, max: 0xffff })).map(([v, x]) => new PrivateWrite(v, R.HvX64RegisterEfer, reg64(BigInt(x) | 0x500n))),
   // CS: a long-mode code segment at DPL 0 (mostly) or 3 (CPL3: #UD on VtlCall/VtlReturn)
-  fc.tuple(vtlArb, segArb(fc.constantFrom(CODE_SEG.attributes, CODE_SEG.attributes, CODE_SEG.attributes, CODE_SEG.attributes, CODE_SEG.attributes | (3 << 5)))).map(([v, s]) => new PrivateWrite(v, R.HvX64RegisterCs, s)),
-  fc.tuple(vtlArb, fc.constantFrom(R.HvX64RegisterSs, R.HvX64RegisterDs), segArb(fc.integer({ min: 0, max: 0xffff }))).map(([v, n, s]) => new PrivateWrite(v, n, s)),
+  fc
+    .tuple(vtlArb, segArb(fc.constantFrom(CODE_SEG.attributes, CODE_SEG.attributes, CODE_SEG.attributes, CODE_SEG.attributes, CODE_SEG.attributes | (3 << 5))))
+    .map(([v, s]) => new PrivateWrite(v, R.HvX64RegisterCs, s)),
+  fc
+    .tuple(vtlArb, fc.constantFrom(R.HvX64RegisterSs, R.HvX64RegisterDs), segArb(fc.integer({ min: 0, max: 0xffff })))
+    .map(([v, n, s]) => new PrivateWrite(v, n, s)),
   fc.tuple(vtlArb, fc.constantFrom(R.HvX64RegisterGdtr, R.HvX64RegisterIdtr), tableArb).map(([v, n, t]) => new PrivateWrite(v, n, t)),
 );
 

@@ -53,12 +53,14 @@ export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentC
       else own.set(m[1]!, v);
       continue;
     }
-    if (m && (m[1] === 'backend' || m[1] === 'agent')) throw new UsageError(`--${m[1]} is a vsm-service flag: the agent runs partitions itself\n${AGENT_USAGE}`);
+    if (m && (m[1] === 'backend' || m[1] === 'agent'))
+      throw new UsageError(`--${m[1]} is a vsm-service flag: the agent runs partitions itself\n${AGENT_USAGE}`);
     rest.push(a);
   }
   const listen = listenFlag ?? (env.VSM_LISTEN || DEFAULT_LISTEN);
   const unix = /^unix:/.test(listen);
-  if (unix && !/^unix:(\/\/)?\/[^\0]+$/.test(listen)) throw new UsageError(`--listen unix: needs an absolute path (unix:///run/vsm/agent.sock), got ${JSON.stringify(listen)}`);
+  if (unix && !/^unix:(\/\/)?\/[^\0]+$/.test(listen))
+    throw new UsageError(`--listen unix: needs an absolute path (unix:///run/vsm/agent.sock), got ${JSON.stringify(listen)}`);
   let service: Config;
   try {
     service = parseConfig([...rest, '--listen', unix ? UNIX_PLACEHOLDER : listen], { ...env, VSM_BACKEND: undefined, VSM_AGENTS: undefined });
@@ -67,10 +69,17 @@ export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentC
     throw e;
   }
   const timeoutRaw = own.get('action-timeout-ms') ?? env.VSM_AGENT_ACTION_TIMEOUT_MS ?? '2000';
-  if (!/^\d+$/.test(timeoutRaw) || Number(timeoutRaw) < 1 || Number(timeoutRaw) > 600_000) throw new UsageError('--action-timeout-ms must be an integer 1..600000');
+  if (!/^\d+$/.test(timeoutRaw) || Number(timeoutRaw) < 1 || Number(timeoutRaw) > 600_000)
+    throw new UsageError('--action-timeout-ms must be an integer 1..600000');
   const budgetRaw = own.get('memslot-budget') ?? env.VSM_AGENT_MEMSLOT_BUDGET ?? '4096';
   if (!/^\d+$/.test(budgetRaw) || Number(budgetRaw) < 64 || Number(budgetRaw) > 32_000) throw new UsageError('--memslot-budget must be an integer 64..32000');
-  return { service: { ...service, listen }, listen, actionTimeoutMs: Number(timeoutRaw), memslotBudget: Number(budgetRaw), device: own.get('device') ?? env.VSM_KVM_DEVICE ?? '/dev/kvm' };
+  return {
+    service: { ...service, listen },
+    listen,
+    actionTimeoutMs: Number(timeoutRaw),
+    memslotBudget: Number(budgetRaw),
+    device: own.get('device') ?? env.VSM_KVM_DEVICE ?? '/dev/kvm',
+  };
 }
 
 /** The socket file of a unix: address (unix:/p, unix:///p). */
@@ -111,9 +120,14 @@ async function main(): Promise<void> {
   if (sock && fs.existsSync(sock) && fs.statSync(sock).isSocket()) fs.unlinkSync(sock); // stale socket of an earlier run
   // Plaintext is served on loopback and on unix sockets (local: file permissions decide who connects).
   const srv = await startServer({ listen: cfg.listen, backend, logger: log, ...serverOptionsFrom(cfg.service) });
-  await exitOnSignal(signalled, (sig) => srv.shutdown(sig), dest, () => {
-    if (sock && fs.existsSync(sock)) fs.unlinkSync(sock);
-  });
+  await exitOnSignal(
+    signalled,
+    (sig) => srv.shutdown(sig),
+    dest,
+    () => {
+      if (sock && fs.existsSync(sock)) fs.unlinkSync(sock);
+    },
+  );
 }
 
 if (require.main === module) {

@@ -17,7 +17,9 @@ describeKvm('guest actions on KVM', () => {
     backend = new KvmBackend({ actionTimeoutMs: 300 });
     h = await startAgent(backend);
   });
-  afterAll(async () => { await h?.stop(); });
+  afterAll(async () => {
+    await h?.stop();
+  });
 
   async function partition(id: string) {
     const p = await h.client.partitions.createPartition({ partitionId: id, partition: { vpCount: 2, memoryBytes: GiB, maximumVtl: 1 } as pb.Partition });
@@ -64,7 +66,11 @@ describeKvm('guest actions on KVM', () => {
     await h.client.guest.writeMsr({ name: vp0, msr: MSR.HYPERCALL, value: 0x5001n });
     await h.client.guest.writeMsr({ name: vp0, msr: MSR.SIMP, value: 0x5001n }); // on top of the hypercall page
     await h.client.guest.writeMemory({ name: vp0, gpa: 0x5100n, data: Buffer.from([0xeb, 0xfe]) }); // jmp $ in the SIMP
-    await h.client.vps.setVpRegisters({ name: vp0, vtl: 0, registers: [{ name: R.HV_REGISTER_NAME_X64_RIP, value: { value: { $case: 'reg64', value: 0x40_0000n } } }] });
+    await h.client.vps.setVpRegisters({
+      name: vp0,
+      vtl: 0,
+      registers: [{ name: R.HV_REGISTER_NAME_X64_RIP, value: { value: { $case: 'reg64', value: 0x40_0000n } } }],
+    });
     const t0 = Date.now();
     const e = await failure(h.client.guest.callHypercallPage({ name: vp0, offset: 0x100 }));
     expect([e.code, e.reason]).toEqual([status.ABORTED, 'KVM_GUEST_TIMEOUT']);
@@ -78,7 +84,12 @@ describeKvm('guest actions on KVM', () => {
   });
 
   test('arm64 partitions are refused (x64 host)', async () => {
-    const e = await failure(h.client.partitions.createPartition({ partitionId: 'act-arm', partition: { architecture: pb.Architecture.ARCHITECTURE_ARM64, vpCount: 1, memoryBytes: GiB } as pb.Partition }));
+    const e = await failure(
+      h.client.partitions.createPartition({
+        partitionId: 'act-arm',
+        partition: { architecture: pb.Architecture.ARCHITECTURE_ARM64, vpCount: 1, memoryBytes: GiB } as pb.Partition,
+      }),
+    );
     expect([e.code, e.reason]).toEqual([status.UNIMPLEMENTED, 'HV_STATUS_FEATURE_UNAVAILABLE']);
     expect((await h.client.partitions.listPartitions({})).partitions.map((p) => p.name)).not.toContain('partitions/act-arm');
   });

@@ -8,7 +8,11 @@ import { ApiError, type Backend } from '@vsm/vsm-v1';
 const R = pb.HvRegisterName;
 
 /** The hypercall instructions of both pages, blanked on both sides of a comparison. */
-const HYPERCALL_INSNS = [[0x0f, 0x01, 0xd9], [0x0f, 0x01, 0xc1], [0x66, 0xe7, 0x4d]];
+const HYPERCALL_INSNS = [
+  [0x0f, 0x01, 0xd9],
+  [0x0f, 0x01, 0xc1],
+  [0x66, 0xe7, 0x4d],
+];
 export function blankHypercallInsns(b: Uint8Array): Buffer {
   const out = Buffer.from(b);
   // Whole instructions anywhere, and parts of one cut by either end of the buffer.
@@ -27,9 +31,7 @@ export function normalize(v: unknown): unknown {
   if (v instanceof Error) return { error: v.name, message: v.message };
   if (Buffer.isBuffer(v) || v instanceof Uint8Array) return blankHypercallInsns(v);
   if (Array.isArray(v)) {
-    return v
-      .filter((x) => !(x && typeof x === 'object' && (x as { name?: number }).name === R.HV_REGISTER_NAME_TIME_REF_COUNT))
-      .map(normalize);
+    return v.filter((x) => !(x && typeof x === 'object' && (x as { name?: number }).name === R.HV_REGISTER_NAME_TIME_REF_COUNT)).map(normalize);
   }
   if (v && typeof v === 'object') {
     const out: Record<string, unknown> = {};
@@ -82,7 +84,12 @@ export async function differential(emuBackend: Backend, kvmBackend: Backend, nam
     try {
       expect(b).toEqual(a);
     } catch (e) {
-      throw new Error(`${op.what}: KVM and emulator differ\n${(e as Error).message}\nafter: ${ops.slice(0, ops.indexOf(op)).map((o) => o.what).join('; ')}`);
+      throw new Error(
+        `${op.what}: KVM and emulator differ\n${(e as Error).message}\nafter: ${ops
+          .slice(0, ops.indexOf(op))
+          .map((o) => o.what)
+          .join('; ')}`,
+      );
     }
   }
   for (const op of stateOps(name, vpCount)) {
@@ -110,8 +117,8 @@ export function stateOps(name: string, vpCount: number): Op[] {
   }
   for (const gpa of [0n, 0x1000n, 0x2000n, 0x5000n, 0x7000n, 0x8000n, 0x9000n, 0x10000n, 0x11000n]) {
     ops.push({ what: `ReadGpa RAM 0x${gpa.toString(16)}`, run: (b) => b.readGpa({ name, gpa, length: 4096 }) });
-    for (const vtl of [0, 1]) ops.push({ what: `ReadGpa VTL${vtl} view 0x${gpa.toString(16)}`, run: (b) => b.readGpa({ name, gpa, length: 4096, vtlView: vtl }) });
+    for (const vtl of [0, 1])
+      ops.push({ what: `ReadGpa VTL${vtl} view 0x${gpa.toString(16)}`, run: (b) => b.readGpa({ name, gpa, length: 4096, vtlView: vtl }) });
   }
   return ops;
 }
-

@@ -35,10 +35,18 @@ class Code16 {
   private size(): number {
     return this.parts.reduce((n, p) => n + (Array.isArray(p) ? p.length : 2), 0);
   }
-  movDx(port: number) { return this.bytes(0xba, port & 0xff, port >> 8); }
-  movAl(v: number) { return this.bytes(0xb0, v); }
-  outDxAl() { return this.bytes(0xee); }
-  inAlDx() { return this.bytes(0xec); }
+  movDx(port: number) {
+    return this.bytes(0xba, port & 0xff, port >> 8);
+  }
+  movAl(v: number) {
+    return this.bytes(0xb0, v);
+  }
+  outDxAl() {
+    return this.bytes(0xee);
+  }
+  inAlDx() {
+    return this.bytes(0xec);
+  }
   print(text: string) {
     this.movDx(0x3f8);
     for (const c of Buffer.from(text)) this.movAl(c).outDxAl();
@@ -46,7 +54,12 @@ class Code16 {
   }
   /** outl(code, 0xf4), then hlt forever. */
   debugExit(code: number) {
-    return this.bytes(0x66, 0xb8, code & 0xff, (code >> 8) & 0xff, (code >> 16) & 0xff, code >>> 24).movDx(0xf4).bytes(0x66, 0xef).label(`halt${code}`).bytes(0xf4).jump(0xeb, `halt${code}`);
+    return this.bytes(0x66, 0xb8, code & 0xff, (code >> 8) & 0xff, (code >> 16) & 0xff, code >>> 24)
+      .movDx(0xf4)
+      .bytes(0x66, 0xef)
+      .label(`halt${code}`)
+      .bytes(0xf4)
+      .jump(0xeb, `halt${code}`);
   }
   build(): Buffer {
     const out: number[] = [];
@@ -68,21 +81,40 @@ const printAndExit = (text: string, code: number) => new Code16().print(text).de
 const echo = () =>
   new Code16()
     .print('hi\n')
-    .label('poll').movDx(0x3fd).inAlDx().bytes(0xa8, 0x01).jump(0x74, 'poll') // LSR.DR?
-    .movDx(0x3f8).inAlDx().outDxAl().bytes(0x3c, 0x71).jump(0x75, 'poll') //    echo; 'q'?
+    .label('poll')
+    .movDx(0x3fd)
+    .inAlDx()
+    .bytes(0xa8, 0x01)
+    .jump(0x74, 'poll') // LSR.DR?
+    .movDx(0x3f8)
+    .inAlDx()
+    .outDxAl()
+    .bytes(0x3c, 0x71)
+    .jump(0x75, 'poll') //    echo; 'q'?
     .debugExit(7)
     .build();
 /** Never halts: jmp $. */
 const spin = () => new Code16().print('spinning\n').label('spin').jump(0xeb, 'spin').build();
 
-const flat = (name: string, image: Buffer): Partial<pb.LoadGuestImageRequest> => ({ name, image, format: pb.GuestImageFormat.GUEST_IMAGE_FORMAT_FLAT, loadGpa: LOAD, entryMode: pb.GuestEntryMode.GUEST_ENTRY_MODE_REAL16 });
+const flat = (name: string, image: Buffer): Partial<pb.LoadGuestImageRequest> => ({
+  name,
+  image,
+  format: pb.GuestImageFormat.GUEST_IMAGE_FORMAT_FLAT,
+  loadGpa: LOAD,
+  entryMode: pb.GuestEntryMode.GUEST_ENTRY_MODE_REAL16,
+});
 
 describeKvm('ExecutionService on the KVM agent', () => {
   let h: AgentHarness;
-  beforeAll(async () => { h = await startAgent(); });
-  afterAll(async () => { await h?.stop(); });
+  beforeAll(async () => {
+    h = await startAgent();
+  });
+  afterAll(async () => {
+    await h?.stop();
+  });
 
-  const create = async (id: string, vpCount = 1) => (await h.client.partitions.createPartition({ partitionId: id, partition: pb.Partition.fromPartial({ vpCount, memoryBytes: 64n * MiB }) })).name;
+  const create = async (id: string, vpCount = 1) =>
+    (await h.client.partitions.createPartition({ partitionId: id, partition: pb.Partition.fromPartial({ vpCount, memoryBytes: 64n * MiB }) })).name;
   const expectCode = async (p: Promise<unknown>, code: status, reason?: string, message?: RegExp) => {
     const e = await failure(p);
     expect(status[e.code]).toBe(status[code]);
@@ -114,11 +146,27 @@ describeKvm('ExecutionService on the KVM agent', () => {
     const name = await create('exec-exit');
     const image = printAndExit('hello, world\n', 5);
     const loaded = await h.client.execution.loadGuestImage(flat(name, image));
-    expect(loaded).toEqual({ format: pb.GuestImageFormat.GUEST_IMAGE_FORMAT_FLAT, entryPoint: LOAD, entryMode: pb.GuestEntryMode.GUEST_ENTRY_MODE_REAL16, segments: [{ gpa: LOAD, size: BigInt(image.length) }], bootInfoGpa: undefined });
+    expect(loaded).toEqual({
+      format: pb.GuestImageFormat.GUEST_IMAGE_FORMAT_FLAT,
+      entryPoint: LOAD,
+      entryMode: pb.GuestEntryMode.GUEST_ENTRY_MODE_REAL16,
+      segments: [{ gpa: LOAD, size: BigInt(image.length) }],
+      bootInfoGpa: undefined,
+    });
     expect((await h.client.partitions.getPartition({ name })).runState).toBe(pb.RunState.RUN_STATE_LOADED);
-    await expectCode(h.client.execution.loadGuestImage(flat(name, image)), status.FAILED_PRECONDITION, 'HV_STATUS_INVALID_PARTITION_STATE', /already has a guest loaded/);
+    await expectCode(
+      h.client.execution.loadGuestImage(flat(name, image)),
+      status.FAILED_PRECONDITION,
+      'HV_STATUS_INVALID_PARTITION_STATE',
+      /already has a guest loaded/,
+    );
     // Guest actions are refused on a partition with a loaded guest.
-    await expectCode(h.client.guest.writeMsr({ name: `${name}/vps/0`, msr: 0x40000000, value: 1n }), status.FAILED_PRECONDITION, 'HV_STATUS_INVALID_PARTITION_STATE', /guest actions/);
+    await expectCode(
+      h.client.guest.writeMsr({ name: `${name}/vps/0`, msr: 0x40000000, value: 1n }),
+      status.FAILED_PRECONDITION,
+      'HV_STATUS_INVALID_PARTITION_STATE',
+      /guest actions/,
+    );
     // Two watchers, both opened before the start: each gets every byte and the end.
     const watchers = [drain(h.client.execution.streamConsole({ name })), drain(h.client.execution.streamConsole({ name, fromOffset: 0n }))];
     const started = await h.client.execution.startPartition({ name });
@@ -150,7 +198,7 @@ describeKvm('ExecutionService on the KVM agent', () => {
     const sofar: Drained = { text: '', offsets: [] };
     const out = drain(h.client.execution.streamConsole({ name }), sofar);
     await h.client.execution.startPartition({ name });
-    await waitFor('the guest\'s prompt', () => sofar.text === 'hi\n');
+    await waitFor("the guest's prompt", () => sofar.text === 'hi\n');
     await h.client.execution.writeConsole({ name, data: Buffer.from('abc') });
     await h.client.execution.writeConsole({ name, data: Buffer.from('q') });
     const r = await out;
@@ -166,7 +214,7 @@ describeKvm('ExecutionService on the KVM agent', () => {
     const out = drain(h.client.execution.streamConsole({ name }), sofar);
     expect((await h.client.execution.startPartition({ name })).runState).toBe(pb.RunState.RUN_STATE_RUNNING);
     // The boot processor runs guest code (its VP threads take a moment to start on a busy machine).
-    await waitFor('the guest\'s first output', () => sofar.text === 'spinning\n');
+    await waitFor("the guest's first output", () => sofar.text === 'spinning\n');
     // Another partition is created, used and deleted while the guest runs.
     const other = await create('exec-other');
     expect((await h.client.guest.readMsr({ name: `${other}/vps/0`, msr: 0x40000002 })).value).toBe(0n);
@@ -197,15 +245,22 @@ describeKvm('ExecutionService on the KVM agent', () => {
   });
 
   test('through the service in front of the agent (RemoteBackend): every RPC forwarded, the console stream too', async () => {
-    const front = await startServer({ listen: '127.0.0.1:0', backend: new RemoteBackend([h.address]), logger: pino({ level: 'silent' }), shutdownGraceMs: 500 });
+    const front = await startServer({
+      listen: '127.0.0.1:0',
+      backend: new RemoteBackend([h.address]),
+      logger: pino({ level: 'silent' }),
+      shutdownGraceMs: 500,
+    });
     const c = connect(front.address, { deadlineMs: 10_000 });
     try {
-      const name = (await c.partitions.createPartition({ partitionId: 'exec-remote', partition: pb.Partition.fromPartial({ vpCount: 1, memoryBytes: 64n * MiB }) })).name;
+      const name = (
+        await c.partitions.createPartition({ partitionId: 'exec-remote', partition: pb.Partition.fromPartial({ vpCount: 1, memoryBytes: 64n * MiB }) })
+      ).name;
       expect((await c.execution.loadGuestImage(flat(name, echo()))).entryPoint).toBe(LOAD);
       const sofar: Drained = { text: '', offsets: [] };
       const out = drain(c.execution.streamConsole({ name }), sofar);
       expect((await c.execution.startPartition({ name })).runState).toBe(pb.RunState.RUN_STATE_RUNNING);
-      await waitFor('the guest\'s prompt through the service', () => sofar.text === 'hi\n');
+      await waitFor("the guest's prompt through the service", () => sofar.text === 'hi\n');
       expect((await c.execution.pausePartition({ name })).runState).toBe(pb.RunState.RUN_STATE_PAUSED);
       expect((await c.execution.resumePartition({ name })).runState).toBe(pb.RunState.RUN_STATE_RUNNING);
       await c.execution.writeConsole({ name, data: Buffer.from('zq') });
@@ -222,18 +277,36 @@ describeKvm('ExecutionService on the KVM agent', () => {
     }
   });
 
-  test('bad images: INVALID_ARGUMENT with the loader\'s message, nothing loaded', async () => {
+  test("bad images: INVALID_ARGUMENT with the loader's message, nothing loaded", async () => {
     const name = await create('exec-bad');
     // Not multiboot, not ELF64: AUTO cannot tell what it is.
-    await expectCode(h.client.execution.loadGuestImage({ name, image: printAndExit('x', 0) }), status.INVALID_ARGUMENT, 'HV_STATUS_INVALID_PARAMETER', /cannot detect the image format/);
+    await expectCode(
+      h.client.execution.loadGuestImage({ name, image: printAndExit('x', 0) }),
+      status.INVALID_ARGUMENT,
+      'HV_STATUS_INVALID_PARAMETER',
+      /cannot detect the image format/,
+    );
     // An ELF64 header cut short.
-    await expectCode(h.client.execution.loadGuestImage({ name, image: Buffer.from('\x7fELF\x02\x01\x01', 'latin1'), format: pb.GuestImageFormat.GUEST_IMAGE_FORMAT_ELF64 }), status.INVALID_ARGUMENT, 'HV_STATUS_INVALID_PARAMETER');
+    await expectCode(
+      h.client.execution.loadGuestImage({ name, image: Buffer.from('\x7fELF\x02\x01\x01', 'latin1'), format: pb.GuestImageFormat.GUEST_IMAGE_FORMAT_ELF64 }),
+      status.INVALID_ARGUMENT,
+      'HV_STATUS_INVALID_PARAMETER',
+    );
     // A flat image beyond the partition's 64 MiB.
-    await expectCode(h.client.execution.loadGuestImage({ ...flat(name, spin()), loadGpa: 64n * MiB - 4n, entryMode: pb.GuestEntryMode.GUEST_ENTRY_MODE_LONG64 }), status.INVALID_ARGUMENT, 'HV_STATUS_INVALID_PARAMETER', /does not fit/);
+    await expectCode(
+      h.client.execution.loadGuestImage({ ...flat(name, spin()), loadGpa: 64n * MiB - 4n, entryMode: pb.GuestEntryMode.GUEST_ENTRY_MODE_LONG64 }),
+      status.INVALID_ARGUMENT,
+      'HV_STATUS_INVALID_PARAMETER',
+      /does not fit/,
+    );
     await expectCode(h.client.execution.loadGuestImage({ name, image: Buffer.alloc(0) }), status.INVALID_ARGUMENT, 'HV_STATUS_INVALID_PARAMETER', /empty/);
     expect((await h.client.partitions.getPartition({ name })).runState).toBe(pb.RunState.RUN_STATE_NOT_LOADED);
     // No guest: the run RPCs say so.
-    for (const call of [() => h.client.execution.startPartition({ name }), () => h.client.execution.stopPartition({ name }), () => h.client.execution.writeConsole({ name, data: Buffer.from('a') })]) {
+    for (const call of [
+      () => h.client.execution.startPartition({ name }),
+      () => h.client.execution.stopPartition({ name }),
+      () => h.client.execution.writeConsole({ name, data: Buffer.from('a') }),
+    ]) {
       await expectCode(call(), status.FAILED_PRECONDITION, 'HV_STATUS_INVALID_PARTITION_STATE', /no guest loaded/);
     }
     // And the partition still takes a good image.

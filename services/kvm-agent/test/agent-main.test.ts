@@ -17,8 +17,18 @@ describe('vsm-kvm-agent configuration', () => {
     expect([c.listen, c.actionTimeoutMs, c.memslotBudget, c.device, c.service.logLevel]).toEqual(['127.0.0.1:50061', 2000, 4096, '/dev/kvm', 'info']);
   });
   test('unix sockets, flags over environment, the service flags pass through', () => {
-    const c = parseAgentConfig(['--listen', 'unix:///run/vsm/agent.sock', '--action-timeout-ms=500', '--memslot-budget', '256', '--max-vps', '8', '--log-level', 'debug'], { VSM_LISTEN: '127.0.0.1:1234', VSM_KVM_DEVICE: '/dev/kvm2', VSM_AGENT_MEMSLOT_BUDGET: '100' });
-    expect([c.listen, c.actionTimeoutMs, c.memslotBudget, c.device, c.service.limits.maxVpCount, c.service.logLevel]).toEqual(['unix:///run/vsm/agent.sock', 500, 256, '/dev/kvm2', 8, 'debug']);
+    const c = parseAgentConfig(
+      ['--listen', 'unix:///run/vsm/agent.sock', '--action-timeout-ms=500', '--memslot-budget', '256', '--max-vps', '8', '--log-level', 'debug'],
+      { VSM_LISTEN: '127.0.0.1:1234', VSM_KVM_DEVICE: '/dev/kvm2', VSM_AGENT_MEMSLOT_BUDGET: '100' },
+    );
+    expect([c.listen, c.actionTimeoutMs, c.memslotBudget, c.device, c.service.limits.maxVpCount, c.service.logLevel]).toEqual([
+      'unix:///run/vsm/agent.sock',
+      500,
+      256,
+      '/dev/kvm2',
+      8,
+      'debug',
+    ]);
     expect(parseAgentConfig([], { VSM_AGENT_MEMSLOT_BUDGET: '100' }).memslotBudget).toBe(100);
     expect(parseAgentConfig([], { VSM_LISTEN: '127.0.0.1:1234' }).listen).toBe('127.0.0.1:1234');
     expect(unixSocketPath('unix:///run/a.sock')).toBe('/run/a.sock');
@@ -39,7 +49,11 @@ describe('vsm-kvm-agent configuration', () => {
 });
 
 const fdCount = () => fs.readdirSync('/proc/self/fd').length;
-const memfdMaps = () => fs.readFileSync('/proc/self/maps', 'utf8').split('\n').filter((l) => l.includes('/memfd:vsm-')).length;
+const memfdMaps = () =>
+  fs
+    .readFileSync('/proc/self/maps', 'utf8')
+    .split('\n')
+    .filter((l) => l.includes('/memfd:vsm-')).length;
 
 describeKvm('vsm-kvm-agent server on a unix socket', () => {
   test('serves vsm.v1; shutdown frees every fd and mapping', async () => {

@@ -6,8 +6,20 @@ import * as core from '@vsm/core';
 import { SparseMemory, buildHypercallPage } from '@vsm/core';
 import type { KvmSegment } from '@vsm/platform-kvm/kvm';
 import {
-  AGENT, AgentRegion, HYPERCALL_INSN_OFFSETS, MemfdRam, OverlayPages, assembleStubs, buildKvmHypercallPage, interruptGate,
-  kvmHypercallPageLayout, segmentFromKvm, segmentToKvm, softwareInterruptVector, tableFromKvm, tableToKvm,
+  AGENT,
+  AgentRegion,
+  HYPERCALL_INSN_OFFSETS,
+  MemfdRam,
+  OverlayPages,
+  assembleStubs,
+  buildKvmHypercallPage,
+  interruptGate,
+  kvmHypercallPageLayout,
+  segmentFromKvm,
+  segmentToKvm,
+  softwareInterruptVector,
+  tableFromKvm,
+  tableToKvm,
 } from '@vsm/platform-kvm/platform';
 import { describeKvm } from './agent-support';
 
@@ -40,10 +52,19 @@ describe('agent region (golden bytes)', () => {
   test('action stubs: CPL0 ones end with HLT, the CPL3 copy with a store to the doorbell', () => {
     const stubs = Object.fromEntries(assembleStubs().map((s) => [s.name, `${s.user ? 'cpl3' : 'cpl0'} ${hex(s.bytes)}`]));
     expect(stubs).toEqual({
-      wrmsr: 'cpl0 0f30f4', rdmsr: 'cpl0 0f32f4', hypercall: 'cpl0 66e74df4', callPage: 'cpl0 ff1500000000f4',
+      wrmsr: 'cpl0 0f30f4',
+      rdmsr: 'cpl0 0f32f4',
+      hypercall: 'cpl0 66e74df4',
+      callPage: 'cpl0 ff1500000000f4',
       copy: 'cpl3 f3a48803',
-      load1: 'cpl0 0fb607f4', load2: 'cpl0 0fb707f4', load4: 'cpl0 8b07f4', load8: 'cpl0 488b07f4',
-      store1: 'cpl0 8807f4', store2: 'cpl0 668907f4', store4: 'cpl0 8907f4', store8: 'cpl0 488907f4',
+      load1: 'cpl0 0fb607f4',
+      load2: 'cpl0 0fb707f4',
+      load4: 'cpl0 8b07f4',
+      load8: 'cpl0 488b07f4',
+      store1: 'cpl0 8807f4',
+      store2: 'cpl0 668907f4',
+      store4: 'cpl0 8907f4',
+      store8: 'cpl0 488907f4',
     });
   });
   test('64-bit interrupt gate: selector 0x08, type 0xE, present, offset split 15:0 / 31:16 / 63:32', () => {
@@ -66,7 +87,11 @@ describe('agent region (golden bytes)', () => {
 
 describeKvm('agent region (memfd)', () => {
   test('placed above the partition, identity page tables cover RAM and the region', () => {
-    for (const [ram, gpa, gib] of [[1n << 30n, 1n << 30n, 2], [4096n, 1n << 30n, 2], [(3n << 30n) + 4096n, 4n << 30n, 5]] as [bigint, bigint, number][]) {
+    for (const [ram, gpa, gib] of [
+      [1n << 30n, 1n << 30n, 2],
+      [4096n, 1n << 30n, 2],
+      [(3n << 30n) + 4096n, 4n << 30n, 5],
+    ] as [bigint, bigint, number][]) {
       const a = new AgentRegion(ram);
       try {
         expect([a.gpa, a.mappedGiB]).toEqual([gpa, gib]);
@@ -75,12 +100,17 @@ describeKvm('agent region (memfd)', () => {
         expect(pt.readBigUInt64LE(0)).toBe((a.cr3 + 0x1000n) | 0x27n); // PML4[0] → PDPT 0 (P, RW, US, A)
         const pd = (g: number) => Number((pt.readBigUInt64LE(0x1000 + g * 8) & ~0xfffn) - a.cr3);
         for (let g = 0; g < gib; g++) {
-          expect(pt.readBigUInt64LE(pd(g) + 8)).toBe((BigInt(g) << 30n) + (2n << 20n) | 0xe7n); // 2 MiB page (P, RW, US, A, D, PS)
+          expect(pt.readBigUInt64LE(pd(g) + 8)).toBe(((BigInt(g) << 30n) + (2n << 20n)) | 0xe7n); // 2 MiB page (P, RW, US, A, D, PS)
         }
         expect(a.stub('wrmsr').end - a.stub('wrmsr').rip).toBe(3n);
         expect(a.doorbell).toBe(a.gpa + BigInt(a.size));
         const gdt = a.memory.view(AGENT.gdt, AGENT.gdtLimit + 1);
-        expect([gdt.readBigUInt64LE(0x08), gdt.readBigUInt64LE(0x10), gdt.readBigUInt64LE(0x28), gdt.readBigUInt64LE(0x30)]).toEqual([0x00af9b000000ffffn, 0x00cf93000000ffffn, 0x00cff3000000ffffn, 0x00affb000000ffffn]);
+        expect([gdt.readBigUInt64LE(0x08), gdt.readBigUInt64LE(0x10), gdt.readBigUInt64LE(0x28), gdt.readBigUInt64LE(0x30)]).toEqual([
+          0x00af9b000000ffffn,
+          0x00cf93000000ffffn,
+          0x00cff3000000ffffn,
+          0x00affb000000ffffn,
+        ]);
         expect(a.memory.readU64(AGENT.tss + 4)).toBe(a.stackTop); // TSS.RSP0
         const user = a.sregs(a.sregs({} as never), true);
         expect([user.cs.selector, user.cs.dpl, user.ss.selector, user.ss.dpl, user.gdt.limit]).toEqual([0x33, 3, 0x2b, 3, 0x37]);
@@ -97,7 +127,15 @@ describeKvm('agent region (memfd)', () => {
     const size = 64n * 4096n;
     fc.assert(
       fc.property(
-        fc.array(fc.record({ gpa: fc.bigInt({ min: 0n, max: size - 1n }), len: fc.integer({ min: 1, max: 9000 }), byte: fc.integer({ min: 0, max: 255 }), write: fc.boolean() }), { maxLength: 20 }),
+        fc.array(
+          fc.record({
+            gpa: fc.bigInt({ min: 0n, max: size - 1n }),
+            len: fc.integer({ min: 1, max: 9000 }),
+            byte: fc.integer({ min: 0, max: 255 }),
+            write: fc.boolean(),
+          }),
+          { maxLength: 20 },
+        ),
         (ops) => {
           const sparse = new SparseMemory(size);
           const ram = new MemfdRam(size);
@@ -156,7 +194,14 @@ describeKvm('agent region (memfd)', () => {
 describe('register conversions', () => {
   test('segments: the long-mode context and the conformance contexts round-trip', () => {
     const ctx = core.longModeContext();
-    for (const s of [ctx.cs, ctx.ds, ctx.tr, ctx.ldtr, { base: 0n, limit: 0xffffffff, selector: 0x2b, attributes: 0xa0fb }, { base: 0n, limit: 0xffff, selector: 0, attributes: 0x82 }]) {
+    for (const s of [
+      ctx.cs,
+      ctx.ds,
+      ctx.tr,
+      ctx.ldtr,
+      { base: 0n, limit: 0xffffffff, selector: 0x2b, attributes: 0xa0fb },
+      { base: 0n, limit: 0xffff, selector: 0, attributes: 0x82 },
+    ]) {
       const r = core.segmentToReg128(s);
       expect(segmentFromKvm(segmentToKvm(r))).toEqual(r);
     }
@@ -164,13 +209,15 @@ describe('register conversions', () => {
     expect(cs).toMatchObject({ selector: 0x08, type: 0xb, s: 1, dpl: 0, present: 1, l: 1, db: 0, g: 1, unusable: 0 });
   });
   test('segments with P set round-trip for any attributes; tables for any base/limit', () => {
-    fc.assert(fc.property(fc.bigInt({ min: 0n, max: (1n << 64n) - 1n }), fc.nat(0xffffffff), fc.nat(0xffff), fc.nat(0xffff), (base, limit, selector, attrs) => {
-      const attributes = (attrs | 0x80) & ~0x0f00; // present; bits 11:8 are reserved in HV_X64_SEGMENT_REGISTER
-      const r = core.segmentToReg128({ base, limit, selector, attributes });
-      expect(segmentFromKvm(segmentToKvm(r))).toEqual(r);
-      const t = core.tableToReg128({ base, limit: selector });
-      expect(tableFromKvm(tableToKvm(t))).toEqual(t);
-    }));
+    fc.assert(
+      fc.property(fc.bigInt({ min: 0n, max: (1n << 64n) - 1n }), fc.nat(0xffffffff), fc.nat(0xffff), fc.nat(0xffff), (base, limit, selector, attrs) => {
+        const attributes = (attrs | 0x80) & ~0x0f00; // present; bits 11:8 are reserved in HV_X64_SEGMENT_REGISTER
+        const r = core.segmentToReg128({ base, limit, selector, attributes });
+        expect(segmentFromKvm(segmentToKvm(r))).toEqual(r);
+        const t = core.tableToReg128({ base, limit: selector });
+        expect(tableFromKvm(tableToKvm(t))).toEqual(t);
+      }),
+    );
   });
   test('a segment without P is unusable for KVM', () => {
     expect(segmentToKvm(core.segmentToReg128({ base: 0n, limit: 0, selector: 0, attributes: 0x03 })).unusable).toBe(1);

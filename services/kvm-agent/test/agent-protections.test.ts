@@ -36,13 +36,19 @@ describeKvm('VTL protections enforced by memslots', () => {
     await b.writeMsr({ name: vp0, msr: MSR.GUEST_OS_ID, value: 1n });
     await b.writeMsr({ name: vp0, msr: MSR.HYPERCALL, value: 0x1001n });
     await b.setVpRegisters({ name: vp0, vtl: 1, registers: [r64(R.HV_REGISTER_NAME_VSM_PARTITION_CONFIG, 1n | (0xfn << 1n))] });
-    const protect = (flags: number, startPage: bigint, pageCount: bigint) => b.modifyVtlProtectionMask({ name, protectingVtl: 1, mapFlags: flags, ranges: [{ startPage, pageCount }] });
+    const protect = (flags: number, startPage: bigint, pageCount: bigint) =>
+      b.modifyVtlProtectionMask({ name, protectingVtl: 1, mapFlags: flags, ranges: [{ startPage, pageCount }] });
     return { name, vp0, protect, kp: kb.platformOf(name), b };
   }
   const layout = (kb: KvmBackend, name: string) =>
-    kb.platformOf(name).vmOf(0)!.vm.mappings().filter((m) => m.gpa < GiB).map((m) => `${(m.gpa >> 12n).toString(16)}+${(m.size / 4096).toString(16)}${m.readonly ? ':ro' : ''}`);
+    kb
+      .platformOf(name)
+      .vmOf(0)!
+      .vm.mappings()
+      .filter((m) => m.gpa < GiB)
+      .map((m) => `${(m.gpa >> 12n).toString(16)}+${(m.size / 4096).toString(16)}${m.readonly ? ':ro' : ''}`);
 
-  test('the lower VTL\'s VM maps no-write pages read-only and no-access pages not at all; a uniform range is one slot; lifting restores one RAM slot', async () => {
+  test("the lower VTL's VM maps no-write pages read-only and no-access pages not at all; a uniform range is one slot; lifting restores one RAM slot", async () => {
     const { name, vp0, protect, kp, b } = await partition(backend, 'prot-layout');
     await b.readMemory({ name: vp0, gpa: 0x2000n, length: 8 }); // VTL0's VM exists, with its hypercall page
     expect(layout(backend, name)).toEqual(['0+1', '1+1:ro', '2+3fffe']);
@@ -57,7 +63,13 @@ describeKvm('VTL protections enforced by memslots', () => {
     // VTL1's own view is not restricted by its own protections.
     await b.callHypercallPage({ name: vp0, offset: 0x0f, rcx: 0n });
     await b.readMemory({ name: vp0, gpa: 0x2000n, length: 8 });
-    expect(kp.vmOf(1)!.vm.mappings().filter((m) => m.gpa < GiB).map((m) => m.readonly)).toEqual([false]);
+    expect(
+      kp
+        .vmOf(1)!
+        .vm.mappings()
+        .filter((m) => m.gpa < GiB)
+        .map((m) => m.readonly),
+    ).toEqual([false]);
     await b.hypercall({ name: vp0, control: 0x12n }); // VtlReturn
     // Lifting everything: back to RAM in one slot per GiB (the hypercall page stays).
     await protect(0xf, 0n, 0x40000n);
@@ -65,7 +77,7 @@ describeKvm('VTL protections enforced by memslots', () => {
     expect(layout(backend, name)).toEqual(['0+1', '1+1:ro', '2+3fffe']);
   });
 
-  test('refused guest actions are real exits: the MMIO exit on the read-only slot or the hole, then the core\'s intercept', async () => {
+  test("refused guest actions are real exits: the MMIO exit on the read-only slot or the hole, then the core's intercept", async () => {
     const { name, vp0, protect, kp, b } = await partition(backend, 'prot-exits');
     await protect(0x1, 0x40n, 1n);
     await protect(0x0, 0x41n, 1n);
@@ -85,7 +97,12 @@ describeKvm('VTL protections enforced by memslots', () => {
     expect(Buffer.from((await b.readGpa({ name, gpa: 0x40008n, length: 8 })).data).toString()).toBe('12345678');
     await protect(0x1, 0x40n, 1n);
     // A read of the read-only page runs natively (one HLT); a read of the hole exits.
-    await b.setInterceptRoute({ name, route: pb.InterceptRoute.INTERCEPT_ROUTE_MONITOR, answerDeadlineMs: 1n, deadlineAction: pb.InterceptAction.INTERCEPT_ACTION_SKIP });
+    await b.setInterceptRoute({
+      name,
+      route: pb.InterceptRoute.INTERCEPT_ROUTE_MONITOR,
+      answerDeadlineMs: 1n,
+      deadlineAction: pb.InterceptAction.INTERCEPT_ACTION_SKIP,
+    });
     expect(await count(() => b.readMemory({ name: vp0, gpa: 0x40000n, length: 8 }))).toMatchObject({ exits: 1, refused: 0 });
     const r = await count(() => b.readMemory({ name: vp0, gpa: 0x40ff8n, length: 16 }));
     // The deadline policy answered SKIP for the absent monitor: the read completes with zeros (the
@@ -103,7 +120,8 @@ describeKvm('VTL protections enforced by memslots', () => {
   test('over the memslot budget: the view is mapped without protections, the model answers memory actions, whole-guest runs are refused', async () => {
     const { name, vp0, kp, b } = await partition(small, 'prot-budget');
     // 100 isolated read-only pages: 200 slots > 64.
-    for (let i = 0; i < 100; i++) await b.modifyVtlProtectionMask({ name, protectingVtl: 1, mapFlags: 0x1, ranges: [{ startPage: 0x100n + 2n * BigInt(i), pageCount: 1n }] });
+    for (let i = 0; i < 100; i++)
+      await b.modifyVtlProtectionMask({ name, protectingVtl: 1, mapFlags: 0x1, ranges: [{ startPage: 0x100n + 2n * BigInt(i), pageCount: 1n }] });
     const w = await b.writeMemory({ name: vp0, gpa: 0x100000n, data: Buffer.from([1]) });
     expect(w.outcome?.intercept).toMatchObject({ gpa: 0x100000n }); // the core's model refused it
     const vm = kp.vmOf(0)!;

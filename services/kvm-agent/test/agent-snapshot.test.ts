@@ -8,7 +8,12 @@ import { KvmBackend } from '@vsm/vsm-v1';
 import { GiB, describeKvm } from './agent-support';
 import { type LooseBackend, type Op, differential, withDefaults } from './agent-diff-support';
 
-const MSR = { GUEST_OS_ID: HvMsr.HV_X64_MSR_GUEST_OS_ID, HYPERCALL: HvMsr.HV_X64_MSR_HYPERCALL, VP_ASSIST_PAGE: HvMsr.HV_X64_MSR_VP_ASSIST_PAGE, SIMP: HvMsr.HV_X64_MSR_SIMP };
+const MSR = {
+  GUEST_OS_ID: HvMsr.HV_X64_MSR_GUEST_OS_ID,
+  HYPERCALL: HvMsr.HV_X64_MSR_HYPERCALL,
+  VP_ASSIST_PAGE: HvMsr.HV_X64_MSR_VP_ASSIST_PAGE,
+  SIMP: HvMsr.HV_X64_MSR_SIMP,
+};
 
 describeKvm('snapshots of KVM partitions', () => {
   let kvm: KvmBackend;

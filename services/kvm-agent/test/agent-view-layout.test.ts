@@ -24,16 +24,25 @@ describe('view layout', () => {
     v2.set(30, 2, 0x5);
     const maps = [null, v1, v2];
     expect(restrictedRuns(maps, 0, 1000)).toEqual([
-      { start: 10, end: 12, access: 'ro' }, { start: 12, end: 22, access: 'none' }, { start: 30, end: 32, access: 'ro' }, { start: 100, end: 101, access: 'none' },
+      { start: 10, end: 12, access: 'ro' },
+      { start: 12, end: 22, access: 'none' },
+      { start: 30, end: 32, access: 'ro' },
+      { start: 100, end: 101, access: 'none' },
     ]);
     // VTL1's view: only VTL2 protects it.
-    expect(restrictedRuns(maps, 1, 1000)).toEqual([{ start: 12, end: 22, access: 'none' }, { start: 30, end: 32, access: 'ro' }]);
+    expect(restrictedRuns(maps, 1, 1000)).toEqual([
+      { start: 12, end: 22, access: 'none' },
+      { start: 30, end: 32, access: 'ro' },
+    ]);
     expect(restrictedRuns(maps, 2, 1000)).toEqual([]);
     expect(restrictedRuns([null, null, null], 0, 1000)).toEqual([]);
     // A read-only default applies everywhere outside explicit ranges (the core refuses such defaults, the layout copes).
     const ro = new ProtectionMap(0x1);
     ro.set(5, 5, 0xf);
-    expect(restrictedRuns([null, ro, null], 0, 20)).toEqual([{ start: 0, end: 5, access: 'ro' }, { start: 10, end: 20, access: 'ro' }]);
+    expect(restrictedRuns([null, ro, null], 0, 20)).toEqual([
+      { start: 0, end: 5, access: 'ro' },
+      { start: 10, end: 20, access: 'ro' },
+    ]);
     // The limit stops early.
     const many = new ProtectionMap(0xf);
     for (let i = 0; i < 100; i++) many.set(2 * i, 1, 0x1);
@@ -44,13 +53,26 @@ describe('view layout', () => {
   test('slots: uniform ranges of any size cost one slot per GiB; overlays sit on top, even over holes', () => {
     // 4 GiB of RAM, 1 GiB slots; pages [0x100, 0x100 + 3 GiB) read-only; an overlay inside it and one in a hole.
     const pages = 4 * GIB_PAGES;
-    const runs: RestrictedRun[] = [{ start: 0x100, end: 0x100 + 3 * GIB_PAGES, access: 'ro' }, { start: 3 * GIB_PAGES + 0x200, end: 3 * GIB_PAGES + 0x300, access: 'none' }];
-    const slots = viewSlots(pages, GIB_PAGES, runs, [{ gpfn: 0x180, offset: 0x3000, readOnly: false }, { gpfn: 3 * GIB_PAGES + 0x250, offset: 0x4000, readOnly: true }])!;
+    const runs: RestrictedRun[] = [
+      { start: 0x100, end: 0x100 + 3 * GIB_PAGES, access: 'ro' },
+      { start: 3 * GIB_PAGES + 0x200, end: 3 * GIB_PAGES + 0x300, access: 'none' },
+    ];
+    const slots = viewSlots(pages, GIB_PAGES, runs, [
+      { gpfn: 0x180, offset: 0x3000, readOnly: false },
+      { gpfn: 3 * GIB_PAGES + 0x250, offset: 0x4000, readOnly: true },
+    ])!;
     const show = (s: ViewSlot) => `${s.backing}:${(s.gpa >> 12n).toString(16)}+${(s.size / 4096).toString(16)}${s.readonly ? ':ro' : ''}`;
     expect(slots.map(show)).toEqual([
-      'ram:0+100', 'ram:100+80:ro', 'overlay:180+1', 'ram:181+3fe7f:ro', // first GiB: cut at the overlay and at 1 GiB
-      'ram:40000+40000:ro', 'ram:80000+40000:ro',
-      'ram:c0000+100:ro', 'ram:c0100+100', /* hole c0200..c0300, except the overlay */ 'overlay:c0250+1:ro', 'ram:c0300+3fd00',
+      'ram:0+100',
+      'ram:100+80:ro',
+      'overlay:180+1',
+      'ram:181+3fe7f:ro', // first GiB: cut at the overlay and at 1 GiB
+      'ram:40000+40000:ro',
+      'ram:80000+40000:ro',
+      'ram:c0000+100:ro',
+      'ram:c0100+100',
+      /* hole c0200..c0300, except the overlay */ 'overlay:c0250+1:ro',
+      'ram:c0300+3fd00',
     ]);
     expect(slots.find((s) => s.backing === 'overlay' && s.readonly)?.offset).toBe(0x4000);
     // Coverage: the slots are sorted, disjoint and each RAM slot maps its own GPA.
@@ -60,31 +82,37 @@ describe('view layout', () => {
   });
 
   test('property: every RAM page gets the access of its run (slots vs a per-page model)', () => {
-    fc.assert(fc.property(
-      fc.array(fc.record({ vtl: fc.constantFrom(1, 2), start: fc.nat(300), count: fc.integer({ min: 1, max: 40 }), mask: fc.constantFrom(0, 1, 3, 5, 0xf) }), { maxLength: 12 }),
-      fc.uniqueArray(fc.nat(339), { maxLength: 4 }),
-      fc.constantFrom<Vtl>(0, 1),
-      (sets, overlayPages, vtl) => {
-        const pages = 340;
-        const maps = [null, new ProtectionMap(0xf), new ProtectionMap(0xf)];
-        for (const s of sets) maps[s.vtl]!.set(s.start, Math.min(s.count, pages - s.start), s.mask);
-        const ovs = [...overlayPages].sort((a, b) => a - b).map((g) => ({ gpfn: g, offset: g * 4096, readOnly: g % 2 === 0 }));
-        const slots = viewSlots(pages, 64, restrictedRuns(maps, vtl, pages)!, ovs)!;
-        for (let g = 0; g < pages; g++) {
-          const s = slots.find((x) => BigInt(g) * 4096n >= x.gpa && BigInt(g) * 4096n < x.gpa + BigInt(x.size));
-          const o = ovs.find((x) => x.gpfn === g);
-          if (o) {
-            expect(s).toMatchObject({ backing: 'overlay', readonly: o.readOnly });
-            continue;
+    fc.assert(
+      fc.property(
+        fc.array(
+          fc.record({ vtl: fc.constantFrom(1, 2), start: fc.nat(300), count: fc.integer({ min: 1, max: 40 }), mask: fc.constantFrom(0, 1, 3, 5, 0xf) }),
+          { maxLength: 12 },
+        ),
+        fc.uniqueArray(fc.nat(339), { maxLength: 4 }),
+        fc.constantFrom<Vtl>(0, 1),
+        (sets, overlayPages, vtl) => {
+          const pages = 340;
+          const maps = [null, new ProtectionMap(0xf), new ProtectionMap(0xf)];
+          for (const s of sets) maps[s.vtl]!.set(s.start, Math.min(s.count, pages - s.start), s.mask);
+          const ovs = [...overlayPages].sort((a, b) => a - b).map((g) => ({ gpfn: g, offset: g * 4096, readOnly: g % 2 === 0 }));
+          const slots = viewSlots(pages, 64, restrictedRuns(maps, vtl, pages)!, ovs)!;
+          for (let g = 0; g < pages; g++) {
+            const s = slots.find((x) => BigInt(g) * 4096n >= x.gpa && BigInt(g) * 4096n < x.gpa + BigInt(x.size));
+            const o = ovs.find((x) => x.gpfn === g);
+            if (o) {
+              expect(s).toMatchObject({ backing: 'overlay', readonly: o.readOnly });
+              continue;
+            }
+            let mask = 0xf;
+            for (let m = vtl + 1; m <= 2; m++) mask &= maps[m]!.get(g);
+            const want = accessOfMask(mask);
+            expect(s ? (s.readonly ? 'ro' : 'rw') : 'none').toBe(want);
+            if (s) expect(Math.floor(Number(s.gpa) / 4096 / 64)).toBe(Math.floor((Number(s.gpa) + s.size - 1) / 4096 / 64)); // cut at slot boundaries
           }
-          let mask = 0xf;
-          for (let m = vtl + 1; m <= 2; m++) mask &= maps[m]!.get(g);
-          const want = accessOfMask(mask);
-          expect(s ? (s.readonly ? 'ro' : 'rw') : 'none').toBe(want);
-          if (s) expect(Math.floor(Number(s.gpa) / 4096 / 64)).toBe(Math.floor((Number(s.gpa) + s.size - 1) / 4096 / 64)); // cut at slot boundaries
-        }
-      },
-    ), { numRuns: 200 });
+        },
+      ),
+      { numRuns: 200 },
+    );
   });
 });
 
@@ -138,9 +166,41 @@ const GOLDEN32: [string, string, number][] = [
   ['26891c4f', 'mov es:[edi+ecx*2], ebx', 4],
 ];
 
-const seg = (o: Partial<KvmSegment> = {}): KvmSegment => ({ base: 0n, limit: 0xffffffff, selector: 0x10, type: 3, present: 1, dpl: 0, db: 1, s: 1, l: 0, g: 1, avl: 0, unusable: 0, ...o });
+const seg = (o: Partial<KvmSegment> = {}): KvmSegment => ({
+  base: 0n,
+  limit: 0xffffffff,
+  selector: 0x10,
+  type: 3,
+  present: 1,
+  dpl: 0,
+  db: 1,
+  s: 1,
+  l: 0,
+  g: 1,
+  avl: 0,
+  unusable: 0,
+  ...o,
+});
 const regs = (o: Partial<KvmRegs> = {}): KvmRegs => ({
-  rax: 0n, rbx: 0n, rcx: 0n, rdx: 0n, rsi: 0n, rdi: 0n, rsp: 0n, rbp: 0n, r8: 0n, r9: 0n, r10: 0n, r11: 0n, r12: 0n, r13: 0n, r14: 0n, r15: 0n, rip: 0n, rflags: 2n, ...o,
+  rax: 0n,
+  rbx: 0n,
+  rcx: 0n,
+  rdx: 0n,
+  rsi: 0n,
+  rdi: 0n,
+  rsp: 0n,
+  rbp: 0n,
+  r8: 0n,
+  r9: 0n,
+  r10: 0n,
+  r11: 0n,
+  r12: 0n,
+  r13: 0n,
+  r14: 0n,
+  r15: 0n,
+  rip: 0n,
+  rflags: 2n,
+  ...o,
 });
 
 /** Long mode with 4-level paging in a small "RAM": CR3 at 0x1000, code page mapped at VA `codeVa` → GPA 0x5000, data page VA 0x7fff_0000_0000 → GPA 0x6000. */
@@ -158,10 +218,27 @@ function longMode() {
   map(codeVa, 0x5000n, [0x2000, 0x3000, 0x4000]);
   map(0x7fff_0000_0000n, 0x6000n, [0x8000, 0x9000, 0xa000]);
   const sregs = {
-    cs: seg({ selector: 8, type: 0xb, l: 1, db: 0 }), ds: seg(), es: seg(), fs: seg({ base: 0x100n }), gs: seg(), ss: seg(), tr: seg(), ldt: seg(),
-    gdt: { base: 0n, limit: 0 }, idt: { base: 0n, limit: 0 }, cr0: 0x8005_0033n, cr2: 0n, cr3: 0x1000n, cr4: 0x6a0n, cr8: 0n, efer: 0xd00n | 0x500n, apicBase: 0n, interruptBitmap: [0n, 0n, 0n, 0n],
+    cs: seg({ selector: 8, type: 0xb, l: 1, db: 0 }),
+    ds: seg(),
+    es: seg(),
+    fs: seg({ base: 0x100n }),
+    gs: seg(),
+    ss: seg(),
+    tr: seg(),
+    ldt: seg(),
+    gdt: { base: 0n, limit: 0 },
+    idt: { base: 0n, limit: 0 },
+    cr0: 0x8005_0033n,
+    cr2: 0n,
+    cr3: 0x1000n,
+    cr4: 0x6a0n,
+    cr8: 0n,
+    efer: 0xd00n | 0x500n,
+    apicBase: 0n,
+    interruptBitmap: [0n, 0n, 0n, 0n],
   } as unknown as KvmSregs;
-  const read = (gpa: bigint, n: number) => (gpa + BigInt(n) <= BigInt(ramBytes.length) ? Buffer.from(ramBytes.subarray(Number(gpa), Number(gpa) + n)) : undefined);
+  const read = (gpa: bigint, n: number) =>
+    gpa + BigInt(n) <= BigInt(ramBytes.length) ? Buffer.from(ramBytes.subarray(Number(gpa), Number(gpa) + n)) : undefined;
   return { ramBytes, codeVa, sregs, read };
 }
 

@@ -47,7 +47,8 @@ type Guest = { image: Buffer; symbols: Map<string, bigint>; dir: string };
 function buildGuest(autoEoi: boolean): Guest {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vsm-scenario-'));
   const elf = execFileSync('sh', [path.join(GUEST_DIR, 'build.sh'), dir], {
-    encoding: 'utf8', env: { ...process.env, WRITES_PER_VP: String(WRITES), PROT_PAGES: String(PROT_PAGES), SINT0_AUTO_EOI: autoEoi ? '1' : '0' },
+    encoding: 'utf8',
+    env: { ...process.env, WRITES_PER_VP: String(WRITES), PROT_PAGES: String(PROT_PAGES), SINT0_AUTO_EOI: autoEoi ? '1' : '0' },
   }).trim();
   const symbols = new Map<string, bigint>();
   for (const line of execFileSync('nm', [elf], { encoding: 'utf8' }).split('\n')) {
@@ -73,119 +74,145 @@ describeKvm('a whole guest on 2 VPs: VTL1 handles concurrent intercepts as SINT0
   test.each([
     ['without AutoEOI: the handler EOIs the LAPIC', false],
     ['with AutoEOI: the agent clears the vector on the LAPIC of VTL1', true],
-  ])(`${VPS} VPs x ${WRITES} intercepted stores, SINT0 %s: each performed once by VTL1, seen once by the monitor, both VPs interleaved`, async (_what, autoEoi) => {
-    const guest = buildGuest(autoEoi);
-    guests.push(guest);
-    const sym = (name: string) => {
-      const a = guest.symbols.get(name);
-      if (a === undefined) throw new Error(`the guest has no symbol ${name}`);
-      return a;
-    };
-    const p = await h.client.partitions.createPartition({ partitionId: autoEoi ? 'vsm-guest-autoeoi' : 'vsm-guest', partition: pb.Partition.fromPartial({ vpCount: VPS, memoryBytes: 64n * MiB, maximumVtl: 1 }) });
-    const name = p.name;
-    await h.client.intercepts.setInterceptRoute({ name, route: pb.InterceptRoute.INTERCEPT_ROUTE_BOTH });
+  ])(
+    `${VPS} VPs x ${WRITES} intercepted stores, SINT0 %s: each performed once by VTL1, seen once by the monitor, both VPs interleaved`,
+    async (_what, autoEoi) => {
+      const guest = buildGuest(autoEoi);
+      guests.push(guest);
+      const sym = (name: string) => {
+        const a = guest.symbols.get(name);
+        if (a === undefined) throw new Error(`the guest has no symbol ${name}`);
+        return a;
+      };
+      const p = await h.client.partitions.createPartition({
+        partitionId: autoEoi ? 'vsm-guest-autoeoi' : 'vsm-guest',
+        partition: pb.Partition.fromPartial({ vpCount: VPS, memoryBytes: 64n * MiB, maximumVtl: 1 }),
+      });
+      const name = p.name;
+      await h.client.intercepts.setInterceptRoute({ name, route: pb.InterceptRoute.INTERCEPT_ROUTE_BOTH });
 
-    // The monitor: subscribed before the guest starts; it only observes (BOTH: the VTL handles).
-    const mon = h.client.intercepts.monitor();
-    const it = mon.events[Symbol.asyncIterator]();
-    mon.send({ kind: { $case: 'subscribe', value: pb.MonitorSubscribe.fromPartial({ name }) } });
-    const first = await it.next();
-    expect(first.value?.kind?.$case).toBe('subscription');
-    const seen: pb.InterceptEvent[] = [];
-    const others: string[] = [];
-    const watching = (async () => {
-      for (;;) {
-        const r = await it.next();
-        if (r.done) return;
-        if (r.value.kind?.$case === 'intercept') seen.push(r.value.kind.value);
-        else others.push(r.value.kind?.$case ?? 'none');
+      // The monitor: subscribed before the guest starts; it only observes (BOTH: the VTL handles).
+      const mon = h.client.intercepts.monitor();
+      const it = mon.events[Symbol.asyncIterator]();
+      mon.send({ kind: { $case: 'subscribe', value: pb.MonitorSubscribe.fromPartial({ name }) } });
+      const first = await it.next();
+      expect(first.value?.kind?.$case).toBe('subscription');
+      const seen: pb.InterceptEvent[] = [];
+      const others: string[] = [];
+      const watching = (async () => {
+        for (;;) {
+          const r = await it.next();
+          if (r.done) return;
+          if (r.value.kind?.$case === 'intercept') seen.push(r.value.kind.value);
+          else others.push(r.value.kind?.$case ?? 'none');
+        }
+      })().catch(() => undefined); // the stream is cancelled at the end
+
+      const loaded = await h.client.execution.loadGuestImage({ name, image: guest.image, format: pb.GuestImageFormat.GUEST_IMAGE_FORMAT_ELF64 });
+      expect(loaded).toMatchObject({
+        format: pb.GuestImageFormat.GUEST_IMAGE_FORMAT_ELF64,
+        entryPoint: 0x20_0000n,
+        entryMode: pb.GuestEntryMode.GUEST_ENTRY_MODE_LONG64,
+      });
+
+      let text = '';
+      let end: pb.GuestRunEnd | undefined;
+      const consoleDone = (async () => {
+        for await (const m of h.client.execution.streamConsole({ name })) {
+          if (m.kind?.$case === 'chunk') text += Buffer.from(m.kind.value.data).toString('latin1');
+          else if (m.kind?.$case === 'end') end = m.kind.value;
+        }
+      })();
+      const started = Date.now();
+      await h.client.execution.startPartition({ name });
+      await consoleDone;
+      const runMs = Date.now() - started;
+
+      // The run: stopped by the guest's debug-exit write of 0, after its summary.
+      expect(end).toMatchObject({ state: pb.RunState.RUN_STATE_STOPPED, exitCode: 0 });
+      expect(text).toContain(
+        `vsm-scenario: ${VPS} VPs x ${WRITES} stores to ${PROT_PAGES} protected pages: ${VPS * WRITES} intercepts handled in VTL1, ${VPS * WRITES} values in place, 0 stray, 0 bad messages, 0 mismatches`,
+      );
+      expect(text).toContain('vsm-scenario: PASS');
+      const part = await h.client.partitions.getPartition({ name });
+      expect(part).toMatchObject({ runState: pb.RunState.RUN_STATE_STOPPED, exitCode: 0 });
+      // KVM refused each store once (an MMIO exit on the read-only memslot): no store ran twice.
+      expect(backend.platformOf(name).refusedAccesses).toBe(VPS * WRITES);
+
+      // The monitor saw every intercept once: 2*WRITES distinct ids, the right GPAs, both VPs.
+      await waitFor('the monitor to receive every intercept', () => seen.length >= VPS * WRITES);
+      expect(others).toEqual([]);
+      expect(seen).toHaveLength(VPS * WRITES);
+      expect(new Set(seen.map((e) => e.interceptId)).size).toBe(VPS * WRITES);
+      const expected = new Map<string, bigint>();
+      for (let vp = 0; vp < VPS; vp++) for (let j = 0; j < WRITES; j++) expected.set(`${vp}:${targetGpa(vp, j)}`, storedValue(vp, j));
+      for (const e of seen) {
+        expect(e).toMatchObject({
+          vtl: 0,
+          protectingVtl: 1,
+          accessType: pb.HvInterceptAccessType.HV_INTERCEPT_ACCESS_TYPE_WRITE,
+          length: 8,
+          needsReply: false,
+        });
+        const key = `${e.vpIndex}:${e.gpa}`;
+        expect(expected.has(key)).toBe(true);
+        expect(Buffer.from(e.writeData).readBigUInt64LE(0)).toBe(expected.get(key));
+        const m = core.decodeMemoryInterceptMessage(Buffer.from(e.hvMessage).subarray(16));
+        expect(m).toMatchObject({ guestPhysicalAddress: e.gpa, header: { vpIndex: e.vpIndex, instructionLength: 3, interceptAccessType: 1 } });
+        expect(m.instructionBytes.subarray(0, 3).toString('hex')).toBe('488907'); // mov [rdi], rax
       }
-    })().catch(() => undefined); // the stream is cancelled at the end
+      expect(new Set(seen.map((e) => `${e.vpIndex}:${e.gpa}`)).size).toBe(VPS * WRITES);
+      expect(new Set(seen.map((e) => e.vpIndex))).toEqual(new Set([0, 1]));
 
-    const loaded = await h.client.execution.loadGuestImage({ name, image: guest.image, format: pb.GuestImageFormat.GUEST_IMAGE_FORMAT_ELF64 });
-    expect(loaded).toMatchObject({ format: pb.GuestImageFormat.GUEST_IMAGE_FORMAT_ELF64, entryPoint: 0x20_0000n, entryMode: pb.GuestEntryMode.GUEST_ENTRY_MODE_LONG64 });
-
-    let text = '';
-    let end: pb.GuestRunEnd | undefined;
-    const consoleDone = (async () => {
-      for await (const m of h.client.execution.streamConsole({ name })) {
-        if (m.kind?.$case === 'chunk') text += Buffer.from(m.kind.value.data).toString('latin1');
-        else if (m.kind?.$case === 'end') end = m.kind.value;
+      // VTL1's log, read with ReadGpa: each (vp, gpa, value) exactly once, in a single global order.
+      const logBytes = Buffer.from((await h.client.memory.readGpa({ name, gpa: sym('vtl1_log'), length: VPS * WRITES * 32 })).data);
+      const counts = Buffer.from((await h.client.memory.readGpa({ name, gpa: sym('vtl1_log_count'), length: VPS * 8 })).data);
+      expect([counts.readBigUInt64LE(0), counts.readBigUInt64LE(8)]).toEqual([BigInt(WRITES), BigInt(WRITES)]);
+      const log: { seq: bigint; vp: number; gpa: bigint; value: bigint }[] = [];
+      for (let i = 0; i < VPS * WRITES; i++) {
+        const o = i * 32;
+        log.push({
+          seq: logBytes.readBigUInt64LE(o),
+          vp: Number(logBytes.readBigUInt64LE(o + 8)),
+          gpa: logBytes.readBigUInt64LE(o + 16),
+          value: logBytes.readBigUInt64LE(o + 24),
+        });
       }
-    })();
-    const started = Date.now();
-    await h.client.execution.startPartition({ name });
-    await consoleDone;
-    const runMs = Date.now() - started;
-
-    // The run: stopped by the guest's debug-exit write of 0, after its summary.
-    expect(end).toMatchObject({ state: pb.RunState.RUN_STATE_STOPPED, exitCode: 0 });
-    expect(text).toContain(`vsm-scenario: ${VPS} VPs x ${WRITES} stores to ${PROT_PAGES} protected pages: ${VPS * WRITES} intercepts handled in VTL1, ${VPS * WRITES} values in place, 0 stray, 0 bad messages, 0 mismatches`);
-    expect(text).toContain('vsm-scenario: PASS');
-    const part = await h.client.partitions.getPartition({ name });
-    expect(part).toMatchObject({ runState: pb.RunState.RUN_STATE_STOPPED, exitCode: 0 });
-    // KVM refused each store once (an MMIO exit on the read-only memslot): no store ran twice.
-    expect(backend.platformOf(name).refusedAccesses).toBe(VPS * WRITES);
-
-    // The monitor saw every intercept once: 2*WRITES distinct ids, the right GPAs, both VPs.
-    await waitFor('the monitor to receive every intercept', () => seen.length >= VPS * WRITES);
-    expect(others).toEqual([]);
-    expect(seen).toHaveLength(VPS * WRITES);
-    expect(new Set(seen.map((e) => e.interceptId)).size).toBe(VPS * WRITES);
-    const expected = new Map<string, bigint>();
-    for (let vp = 0; vp < VPS; vp++) for (let j = 0; j < WRITES; j++) expected.set(`${vp}:${targetGpa(vp, j)}`, storedValue(vp, j));
-    for (const e of seen) {
-      expect(e).toMatchObject({ vtl: 0, protectingVtl: 1, accessType: pb.HvInterceptAccessType.HV_INTERCEPT_ACCESS_TYPE_WRITE, length: 8, needsReply: false });
-      const key = `${e.vpIndex}:${e.gpa}`;
-      expect(expected.has(key)).toBe(true);
-      expect(Buffer.from(e.writeData).readBigUInt64LE(0)).toBe(expected.get(key));
-      const m = core.decodeMemoryInterceptMessage(Buffer.from(e.hvMessage).subarray(16));
-      expect(m).toMatchObject({ guestPhysicalAddress: e.gpa, header: { vpIndex: e.vpIndex, instructionLength: 3, interceptAccessType: 1 } });
-      expect(m.instructionBytes.subarray(0, 3).toString('hex')).toBe('488907'); // mov [rdi], rax
-    }
-    expect(new Set(seen.map((e) => `${e.vpIndex}:${e.gpa}`)).size).toBe(VPS * WRITES);
-    expect(new Set(seen.map((e) => e.vpIndex))).toEqual(new Set([0, 1]));
-
-    // VTL1's log, read with ReadGpa: each (vp, gpa, value) exactly once, in a single global order.
-    const logBytes = Buffer.from((await h.client.memory.readGpa({ name, gpa: sym('vtl1_log'), length: VPS * WRITES * 32 })).data);
-    const counts = Buffer.from((await h.client.memory.readGpa({ name, gpa: sym('vtl1_log_count'), length: VPS * 8 })).data);
-    expect([counts.readBigUInt64LE(0), counts.readBigUInt64LE(8)]).toEqual([BigInt(WRITES), BigInt(WRITES)]);
-    const log: { seq: bigint; vp: number; gpa: bigint; value: bigint }[] = [];
-    for (let i = 0; i < VPS * WRITES; i++) {
-      const o = i * 32;
-      log.push({ seq: logBytes.readBigUInt64LE(o), vp: Number(logBytes.readBigUInt64LE(o + 8)), gpa: logBytes.readBigUInt64LE(o + 16), value: logBytes.readBigUInt64LE(o + 24) });
-    }
-    const logged = new Map<string, bigint>();
-    for (const e of log) {
-      const key = `${e.vp}:${e.gpa}`;
-      expect(logged.has(key)).toBe(false); // not applied twice
-      logged.set(key, e.value);
-    }
-    expect(logged).toEqual(expected); // nothing lost, the right values
-    expect(log.map((e) => e.seq).sort((a, b) => (a < b ? -1 : 1))).toEqual(Array.from({ length: VPS * WRITES }, (_, i) => BigInt(i)));
-
-    // The values in guest memory, as the host reads them.
-    for (let vp = 0; vp < VPS; vp++) {
-      for (let j = 0; j < WRITES; j++) {
-        const v = Buffer.from((await h.client.memory.readGpa({ name, gpa: targetGpa(vp, j), length: 8 })).data).readBigUInt64LE(0);
-        expect(v).toBe(storedValue(vp, j));
+      const logged = new Map<string, bigint>();
+      for (const e of log) {
+        const key = `${e.vp}:${e.gpa}`;
+        expect(logged.has(key)).toBe(false); // not applied twice
+        logged.set(key, e.value);
       }
-    }
+      expect(logged).toEqual(expected); // nothing lost, the right values
+      expect(log.map((e) => e.seq).sort((a, b) => (a < b ? -1 : 1))).toEqual(Array.from({ length: VPS * WRITES }, (_, i) => BigInt(i)));
 
-    // Interleaved in time: intercept ids are allocated in the order the stores faulted, and VTL1's
-    // sequence numbers in the order it handled them; in both, neither VP ran all of its stores first.
-    const byId = [...seen].sort((a, b) => (a.interceptId < b.interceptId ? -1 : 1)).map((e) => e.vpIndex);
-    const bySeq = [...log].sort((a, b) => (a.seq < b.seq ? -1 : 1)).map((e) => e.vp);
-    const switches = (order: number[]) => order.reduce((n, vp, i) => n + (i > 0 && vp !== order[i - 1] ? 1 : 0), 0);
-    expect(switches(byId)).toBeGreaterThan(1);
-    expect(switches(bySeq)).toBeGreaterThan(1);
-    const result = Buffer.from((await h.client.memory.readGpa({ name, gpa: sym('scenario_result'), length: 32 })).data);
-    const maxInFlight = result.readBigUInt64LE(24);
-    // Figures for the closing note.
-    console.log(`vsm-scenario (AutoEOI ${autoEoi}): ${VPS * WRITES} intercepts in ${runMs} ms; VP order by intercept id ${byId.join('')}; at most ${maxInFlight} VPs in VTL1's handler at once`);
+      // The values in guest memory, as the host reads them.
+      for (let vp = 0; vp < VPS; vp++) {
+        for (let j = 0; j < WRITES; j++) {
+          const v = Buffer.from((await h.client.memory.readGpa({ name, gpa: targetGpa(vp, j), length: 8 })).data).readBigUInt64LE(0);
+          expect(v).toBe(storedValue(vp, j));
+        }
+      }
 
-    mon.cancel();
-    await watching;
-    await h.client.partitions.deletePartition({ name });
-  }, 120_000);
+      // Interleaved in time: intercept ids are allocated in the order the stores faulted, and VTL1's
+      // sequence numbers in the order it handled them; in both, neither VP ran all of its stores first.
+      const byId = [...seen].sort((a, b) => (a.interceptId < b.interceptId ? -1 : 1)).map((e) => e.vpIndex);
+      const bySeq = [...log].sort((a, b) => (a.seq < b.seq ? -1 : 1)).map((e) => e.vp);
+      const switches = (order: number[]) => order.reduce((n, vp, i) => n + (i > 0 && vp !== order[i - 1] ? 1 : 0), 0);
+      expect(switches(byId)).toBeGreaterThan(1);
+      expect(switches(bySeq)).toBeGreaterThan(1);
+      const result = Buffer.from((await h.client.memory.readGpa({ name, gpa: sym('scenario_result'), length: 32 })).data);
+      const maxInFlight = result.readBigUInt64LE(24);
+      // Figures for the closing note.
+      console.log(
+        `vsm-scenario (AutoEOI ${autoEoi}): ${VPS * WRITES} intercepts in ${runMs} ms; VP order by intercept id ${byId.join('')}; at most ${maxInFlight} VPs in VTL1's handler at once`,
+      );
+
+      mon.cancel();
+      await watching;
+      await h.client.partitions.deletePartition({ name });
+    },
+    120_000,
+  );
 });

@@ -24,19 +24,39 @@ import { type AgentHarness, GiB, describeKvm, startAgent } from './agent-support
 const R = pb.HvRegisterName;
 const MSR = { GUEST_OS_ID: 0x4000_0000, HYPERCALL: 0x4000_0001, SCONTROL: 0x4000_0080, SIMP: 0x4000_0083, EOM: 0x4000_0084, SINT0: 0x4000_0090 };
 const G = {
-  hypercallPage: 0x2000n, gdt: 0x3000n, vtl1HypercallPage: 0x4000n, simp: 0x9000n,
-  enableVpInput: 0x1_1000n, configInput: 0x1_2000n, protectInput: 0x1_3000n, skipInput: 0x1_4000n, relentInput: 0x1_5000n, control: 0x1_6000n,
-  stack: 0x8_0000n, vtl1Stack: 0x9_0000n, code: 0x10_0000n, vtl1Code: 0x11_0000n, pageTables: 0x20_0000n,
+  hypercallPage: 0x2000n,
+  gdt: 0x3000n,
+  vtl1HypercallPage: 0x4000n,
+  simp: 0x9000n,
+  enableVpInput: 0x1_1000n,
+  configInput: 0x1_2000n,
+  protectInput: 0x1_3000n,
+  skipInput: 0x1_4000n,
+  relentInput: 0x1_5000n,
+  control: 0x1_6000n,
+  stack: 0x8_0000n,
+  vtl1Stack: 0x9_0000n,
+  code: 0x10_0000n,
+  vtl1Code: 0x11_0000n,
+  pageTables: 0x20_0000n,
   protected: 0x40_0000n,
 };
 const TARGET = G.protected + 0x10n;
 const PARTITION_SELF = 0xffff_ffff_ffff_ffffn;
 const VP_SELF = 0xffff_fffe;
 const r64 = (name: pb.HvRegisterName, v: bigint): pb.RegisterAssoc => ({ name, value: { value: { $case: 'reg64', value: v } } });
-const table = (name: pb.HvRegisterName, base: bigint, limit: number): pb.RegisterAssoc => ({ name, value: { value: { $case: 'table', value: { base, limit } } } });
+const table = (name: pb.HvRegisterName, base: bigint, limit: number): pb.RegisterAssoc => ({
+  name,
+  value: { value: { $case: 'table', value: { base, limit } } },
+});
 
 /** wrmsr of a 64-bit value: mov ecx, msr; mov eax, lo; mov edx, hi; wrmsr. */
-const wrmsr = (a: Asm, msr: number, value: bigint) => a.movR32Imm32('rcx', msr).movR32Imm32('rax', Number(value & 0xffff_ffffn)).movR32Imm32('rdx', Number(value >> 32n)).wrmsr();
+const wrmsr = (a: Asm, msr: number, value: bigint) =>
+  a
+    .movR32Imm32('rcx', msr)
+    .movR32Imm32('rax', Number(value & 0xffff_ffffn))
+    .movR32Imm32('rdx', Number(value >> 32n))
+    .wrmsr();
 /** A hypercall through a hypercall page: RCX = control, RDX/R8 = input/output GPA (or fast input). */
 const hypercall = (a: Asm, page: bigint, control: bigint, rdx: bigint, r8 = 0n) =>
   a.movR64Imm64('rcx', control).movR64Imm64('rdx', rdx).movR64Imm64('r8', r8).movR64Imm64('rax', page).callReg('rax');
@@ -68,7 +88,9 @@ describeKvm('a whole guest sets up VSM, protects a page from VTL1 and trips over
     backend = new KvmBackend();
     h = await startAgent(backend);
   });
-  afterAll(async () => { await h?.stop(); });
+  afterAll(async () => {
+    await h?.stop();
+  });
 
   const reg = async (vp: string, vtl: number, name: pb.HvRegisterName) => {
     const r = await h.client.vps.getVpRegisters({ name: vp, vtl, names: [name] });
@@ -90,10 +112,24 @@ describeKvm('a whole guest sets up VSM, protects a page from VTL1 and trips over
     const pt = buildIdentityPageTables(G.pageTables, 1);
     const flat = { base: 0n, limit: 0xffffffff };
     const context: core.HvInitialVpContext = {
-      rip: G.vtl1Code, rsp: G.vtl1Stack, rflags: 0x2n, efer: 0xd01n, cr0: 0x80050033n, cr3: pt.cr3, cr4: 0x6a0n, msrCrPat: 0x0007040600070406n,
-      cs: { ...flat, selector: 0x08, attributes: 0xa09b }, ds: { ...flat, selector: 0x10, attributes: 0xc093 }, es: { ...flat, selector: 0x10, attributes: 0xc093 },
-      fs: { ...flat, selector: 0x10, attributes: 0xc093 }, gs: { ...flat, selector: 0x10, attributes: 0xc093 }, ss: { ...flat, selector: 0x10, attributes: 0xc093 },
-      tr: { base: 0n, selector: 0x18, attributes: 0x8b, limit: 0x67 }, ldtr: { base: 0n, selector: 0, attributes: 0x82, limit: 0 }, idtr: { base: 0n, limit: 0 }, gdtr: { base: G.gdt, limit: GDT_LIMIT },
+      rip: G.vtl1Code,
+      rsp: G.vtl1Stack,
+      rflags: 0x2n,
+      efer: 0xd01n,
+      cr0: 0x80050033n,
+      cr3: pt.cr3,
+      cr4: 0x6a0n,
+      msrCrPat: 0x0007040600070406n,
+      cs: { ...flat, selector: 0x08, attributes: 0xa09b },
+      ds: { ...flat, selector: 0x10, attributes: 0xc093 },
+      es: { ...flat, selector: 0x10, attributes: 0xc093 },
+      fs: { ...flat, selector: 0x10, attributes: 0xc093 },
+      gs: { ...flat, selector: 0x10, attributes: 0xc093 },
+      ss: { ...flat, selector: 0x10, attributes: 0xc093 },
+      tr: { base: 0n, selector: 0x18, attributes: 0x8b, limit: 0x67 },
+      ldtr: { base: 0n, selector: 0, attributes: 0x82, limit: 0 },
+      idtr: { base: 0n, limit: 0 },
+      gdtr: { base: G.gdt, limit: GDT_LIMIT },
     };
     // The guest's data: page tables, GDT, hypercall input blocks, the protected page's contents.
     const data: [bigint, Buffer][] = [
@@ -114,7 +150,10 @@ describeKvm('a whole guest sets up VSM, protects a page from VTL1 and trips over
     wrmsr(vtl0, MSR.HYPERCALL, G.hypercallPage | 1n);
     hypercall(vtl0, G.hypercallPage, 0x0dn | (1n << 16n), PARTITION_SELF, 1n).movRR('r13', 'rax'); // HvCallEnablePartitionVtl (fast): TargetVtl 1
     hypercall(vtl0, G.hypercallPage, 0x0fn, G.enableVpInput).movRR('r14', 'rax'); //              HvCallEnableVpVtl (memory)
-    vtl0.zero('rcx').movR64Imm64('rax', G.hypercallPage + 0x0fn).callReg('rax'); //                VtlCall
+    vtl0
+      .zero('rcx')
+      .movR64Imm64('rax', G.hypercallPage + 0x0fn)
+      .callReg('rax'); //                VtlCall
     vtl0Body(vtl0);
     const vtl0Bytes = vtl0.bytes();
 
@@ -127,22 +166,34 @@ describeKvm('a whole guest sets up VSM, protects a page from VTL1 and trips over
     // (General registers are shared between VTLs: VTL1 keeps its results in R10/R11/R15.)
     hypercall(vtl1, G.vtl1HypercallPage, 0x51n | rep1, G.configInput).movRR('r10', 'rax'); //      HvCallSetVpRegisters(HvRegisterVsmPartitionConfig)
     hypercall(vtl1, G.vtl1HypercallPage, 0x0cn | rep1, G.protectInput).movRR('r11', 'rax'); //     HvCallModifyVtlProtectionMask
-    vtl1.label('loop')
-      .movR32Imm32('rcx', 1).movR64Imm64('rax', G.vtl1HypercallPage + 0x26n).callReg('rax') //    VtlReturn (fast)
+    vtl1
+      .label('loop')
+      .movR32Imm32('rcx', 1)
+      .movR64Imm64('rax', G.vtl1HypercallPage + 0x26n)
+      .callReg('rax') //    VtlReturn (fast)
       // Entered on an intercept. General registers are shared with VTL0: keep the ones VTL0 relies on
       // (RAX/RCX are the VtlReturn sequence's, RDX the EOM's).
-      .push('rdi').push('rsi').push('rbx')
+      .push('rdi')
+      .push('rsi')
+      .push('rbx')
       .hlt() //                                                                                      the test looks
-      .movR64Imm64('rsi', G.control).load('rcx', 'rsi', 4)
-      .decR32('rcx').jz('skip')
-      .decR32('rcx').jz('relent')
+      .movR64Imm64('rsi', G.control)
+      .load('rcx', 'rsi', 4)
+      .decR32('rcx')
+      .jz('skip')
+      .decR32('rcx')
+      .jz('relent')
       .hlt();
     // Skip: VTL0's RIP = the message's Rip + InstructionLength (HV_X64_INTERCEPT_MESSAGE_HEADER).
-    vtl1.label('skip')
-      .movR64Imm64('rsi', G.simp + 16n + 24n).load('rax', 'rsi', 8)
-      .movR64Imm64('rsi', G.simp + 16n + 4n).load('rbx', 'rsi', 1)
+    vtl1
+      .label('skip')
+      .movR64Imm64('rsi', G.simp + 16n + 24n)
+      .load('rax', 'rsi', 8)
+      .movR64Imm64('rsi', G.simp + 16n + 4n)
+      .load('rbx', 'rsi', 1)
       .addRR('rax', 'rbx')
-      .movR64Imm64('rdi', G.skipInput + 32n).store('rdi', 'rax', 8);
+      .movR64Imm64('rdi', G.skipInput + 32n)
+      .store('rdi', 'rax', 8);
     hypercall(vtl1, G.vtl1HypercallPage, 0x51n | rep1, G.skipInput).movRR('r15', 'rax');
     vtl1.jmp('done');
     vtl1.label('relent');
@@ -154,7 +205,16 @@ describeKvm('a whole guest sets up VSM, protects a page from VTL1 and trips over
 
     await h.client.memory.writeGpa({ name, gpa: G.code, data: vtl0Bytes });
     await h.client.memory.writeGpa({ name, gpa: G.vtl1Code, data: vtl1.bytes() });
-    await h.client.vps.setVpRegisters({ name: vp0, vtl: 0, registers: [r64(R.HV_REGISTER_NAME_X64_CR3, pt.cr3), table(R.HV_REGISTER_NAME_X64_GDTR, G.gdt, GDT_LIMIT), r64(R.HV_REGISTER_NAME_X64_RIP, G.code), r64(R.HV_REGISTER_NAME_X64_RSP, G.stack)] });
+    await h.client.vps.setVpRegisters({
+      name: vp0,
+      vtl: 0,
+      registers: [
+        r64(R.HV_REGISTER_NAME_X64_CR3, pt.cr3),
+        table(R.HV_REGISTER_NAME_X64_GDTR, G.gdt, GDT_LIMIT),
+        r64(R.HV_REGISTER_NAME_X64_RIP, G.code),
+        r64(R.HV_REGISTER_NAME_X64_RSP, G.stack),
+      ],
+    });
     const at = (label: string) => G.code + BigInt(vtl0.offsetOf(label));
     return { name, vp0, at };
   }
@@ -213,14 +273,20 @@ describeKvm('a whole guest sets up VSM, protects a page from VTL1 and trips over
   test('route BOTH: the write intercepts into VTL1 (SIMP slot) and a monitor sees the same message; VTL1 skips it, then lifts the protection and the retry completes', async () => {
     const VALUE1 = 0x1122_3344_5566_7788n;
     const VALUE2 = 0x99aa_bbcc_ddee_ff00n;
-    const { name, vp0, at } = await guest('wg-both', (a) => a
-      .movR64Imm64('rdi', TARGET).movR64Imm64('rax', VALUE1)
-      .label('store1').store('rdi', 'rax', 8) //      refused: VTL1 skips it
-      .movR64Imm64('rbx', 0x5c1bn)
-      .movR64Imm64('rax', VALUE2)
-      .label('store2').store('rdi', 'rax', 8) //      refused: VTL1 lifts the protection, the retry completes
-      .movRR('rsi', 'rdi').load('r12', 'rsi', 8)
-      .hlt());
+    const { name, vp0, at } = await guest('wg-both', (a) =>
+      a
+        .movR64Imm64('rdi', TARGET)
+        .movR64Imm64('rax', VALUE1)
+        .label('store1')
+        .store('rdi', 'rax', 8) //      refused: VTL1 skips it
+        .movR64Imm64('rbx', 0x5c1bn)
+        .movR64Imm64('rax', VALUE2)
+        .label('store2')
+        .store('rdi', 'rax', 8) //      refused: VTL1 lifts the protection, the retry completes
+        .movRR('rsi', 'rdi')
+        .load('r12', 'rsi', 8)
+        .hlt(),
+    );
     await h.client.intercepts.setInterceptRoute({ name, route: pb.InterceptRoute.INTERCEPT_ROUTE_BOTH });
     const mon = await monitor(name);
     const kp = backend.platformOf(name);
@@ -274,14 +340,19 @@ describeKvm('a whole guest sets up VSM, protects a page from VTL1 and trips over
     mon.m.cancel();
   });
 
-  test('route MONITOR: the run stops with the VP suspended; ALLOW performs the store once and the run goes on; a no-access read answered with SKIP gets the monitor\'s data; RETRY intercepts again', async () => {
+  test("route MONITOR: the run stops with the VP suspended; ALLOW performs the store once and the run goes on; a no-access read answered with SKIP gets the monitor's data; RETRY intercepts again", async () => {
     const VALUE = 0x0123_4567_89ab_cdefn;
-    const { name, vp0, at } = await guest('wg-monitor', (a) => a
-      .movR64Imm64('rdi', TARGET).movR64Imm64('rax', VALUE)
-      .label('store').store('rdi', 'rax', 8) //       refused: the monitor answers ALLOW
-      .movR64Imm64('rsi', G.protected + 0x1000n)
-      .label('load').load('r12', 'rsi', 8) //          no access: the monitor answers RETRY, then SKIP with data
-      .hlt());
+    const { name, vp0, at } = await guest('wg-monitor', (a) =>
+      a
+        .movR64Imm64('rdi', TARGET)
+        .movR64Imm64('rax', VALUE)
+        .label('store')
+        .store('rdi', 'rax', 8) //       refused: the monitor answers ALLOW
+        .movR64Imm64('rsi', G.protected + 0x1000n)
+        .label('load')
+        .load('r12', 'rsi', 8) //          no access: the monitor answers RETRY, then SKIP with data
+        .hlt(),
+    );
     const mon = await monitor(name);
     // Set-up and the VtlReturn back to VTL0, under the default route; then hand intercepts to the monitor.
     await h.client.intercepts.setInterceptRoute({ name, route: pb.InterceptRoute.INTERCEPT_ROUTE_MONITOR });
@@ -290,14 +361,23 @@ describeKvm('a whole guest sets up VSM, protects a page from VTL1 and trips over
     const ev = await mon.intercept();
     expect(ev).toMatchObject({ vpIndex: 0, vtl: 0, protectingVtl: 1, gpa: TARGET, needsReply: true, rip: at('store') });
     expect(Buffer.from(ev.hvMessage).readUInt8(16 + 4) & 0xf).toBe(3); // InstructionLength
-    expect((await h.client.vps.getVirtualProcessor({ name: vp0 })).vtlStatus).toMatchObject({ activeVtl: 0, interceptSuspended: true, suspendedInterceptId: ev.interceptId });
+    expect((await h.client.vps.getVirtualProcessor({ name: vp0 })).vtlStatus).toMatchObject({
+      activeVtl: 0,
+      interceptSuspended: true,
+      suspendedInterceptId: ev.interceptId,
+    });
     expect(() => backend.runVp(vp0)).toThrow(/suspended/);
     expect((await ram(name, G.protected, 17)).toString()).toBe('original-contents');
 
     expect((await mon.reply(ev.interceptId, pb.InterceptAction.INTERCEPT_ACTION_ALLOW)).status).toBe(pb.ReplyStatus.REPLY_STATUS_APPLIED);
     expect((await ram(name, TARGET, 8)).readBigUInt64LE(0)).toBe(VALUE); // performed once, by the core, on the memfd
     // The no-access page for the load (VTL1 could do it too; the host's call is the same core path).
-    await h.client.intercepts.modifyVtlProtectionMask({ name, protectingVtl: 1, mapFlags: 0, ranges: [{ startPage: (G.protected >> 12n) + 1n, pageCount: 1n }] });
+    await h.client.intercepts.modifyVtlProtectionMask({
+      name,
+      protectingVtl: 1,
+      mapFlags: 0,
+      ranges: [{ startPage: (G.protected >> 12n) + 1n, pageCount: 1n }],
+    });
     const run2 = backend.runVp(vp0, { timeoutMs: 10_000 });
     expect(run2).toMatchObject({ stop: 'intercept', vtlSwitches: 0 });
     const evLoad = await mon.intercept();
@@ -311,7 +391,9 @@ describeKvm('a whole guest sets up VSM, protects a page from VTL1 and trips over
     expect(evAgain.interceptId).toBeGreaterThan(evLoad.interceptId);
     expect(() => backend.runVp(vp0)).toThrow(/suspended/);
     // SKIP with data: the load completes with the monitor's bytes.
-    expect((await mon.reply(evAgain.interceptId, pb.InterceptAction.INTERCEPT_ACTION_SKIP, Buffer.from('monitor!'))).status).toBe(pb.ReplyStatus.REPLY_STATUS_APPLIED);
+    expect((await mon.reply(evAgain.interceptId, pb.InterceptAction.INTERCEPT_ACTION_SKIP, Buffer.from('monitor!'))).status).toBe(
+      pb.ReplyStatus.REPLY_STATUS_APPLIED,
+    );
     const run4 = backend.runVp(vp0, { timeoutMs: 10_000 });
     expect(run4).toMatchObject({ stop: 'hlt', intercepts: [] });
     expect(await reg(vp0, 0, R.HV_REGISTER_NAME_X64_R12)).toBe(Buffer.from('monitor!').readBigUInt64LE(0));

@@ -5,14 +5,26 @@
  * Nothing here depends on timing.
  */
 import {
-  Asm, GuestMemory, KVM_CAP, VcpuWatchdog, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS, type KvmExit, KvmSystem, MINI, MiniGuest, EFER, SysError,
+  Asm,
+  GuestMemory,
+  KVM_CAP,
+  VcpuWatchdog,
+  KVM_SYNC_X86_REGS,
+  KVM_SYNC_X86_SREGS,
+  type KvmExit,
+  KvmSystem,
+  MINI,
+  MiniGuest,
+  EFER,
+  SysError,
 } from '@vsm/platform-kvm/kvm';
 
 import { describeKvm } from '../../../test/support/kvm-gate';
 
 type ExitOf<K extends KvmExit['kind']> = Extract<KvmExit, { kind: K }>;
 function expectKind<K extends KvmExit['kind']>(e: KvmExit, kind: K): ExitOf<K> {
-  if (e.kind !== kind) throw new Error(`expected a ${kind} exit, got ${JSON.stringify(e, (_k, v: unknown) => (typeof v === 'bigint' ? `0x${v.toString(16)}` : v))}`);
+  if (e.kind !== kind)
+    throw new Error(`expected a ${kind} exit, got ${JSON.stringify(e, (_k, v: unknown) => (typeof v === 'bigint' ? `0x${v.toString(16)}` : v))}`);
   return e as ExitOf<K>;
 }
 
@@ -60,7 +72,7 @@ describeKvm('KVM native layer on /dev/kvm', () => {
     }
   });
 
-  it('(a2) a call into a hypercall-page style stub (out imm8, al; ret) exits with the caller\'s registers and returns', () => {
+  it("(a2) a call into a hypercall-page style stub (out imm8, al; ret) exits with the caller's registers and returns", () => {
     const g = MiniGuest.create({ system });
     try {
       const stubGpa = MINI.code + 0x3000n;
@@ -184,7 +196,7 @@ describeKvm('KVM native layer on /dev/kvm', () => {
     }
   });
 
-  it('(d) two VMs sharing one GuestMemory see each other\'s writes; an overlay in one VM leaves the other view and the underlying page untouched', () => {
+  it("(d) two VMs sharing one GuestMemory see each other's writes; an overlay in one VM leaves the other view and the underlying page untouched", () => {
     const memory = GuestMemory.create(16 << 20);
     const mapped = 8 << 20; // both VMs map [0, 8 MiB); overlay pages come from [8 MiB, 16 MiB)
     const a = MiniGuest.create({ system, memory, memorySize: mapped });
@@ -343,9 +355,7 @@ describeKvm('KVM native layer on /dev/kvm', () => {
     try {
       const m = g.vm.mappings()[0];
       expect(m).toBeDefined();
-      expect(() =>
-        g.vm.setUserMemoryRegion({ slot: 100, flags: 0, gpa: 0x1000n, size: 4096, hostAddress: g.memory.hostAddress }),
-      ).toThrow(SysError);
+      expect(() => g.vm.setUserMemoryRegion({ slot: 100, flags: 0, gpa: 0x1000n, size: 4096, hostAddress: g.memory.hostAddress })).toThrow(SysError);
       expect(() => g.vm.map({ gpa: 0x123n, size: 4096, memory: g.memory, offset: 0 })).toThrow(/aligned/);
     } finally {
       g.close();

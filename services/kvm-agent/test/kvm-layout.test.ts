@@ -66,8 +66,24 @@ describe('struct layouts', () => {
   it('round-trips kvm_sregs', () => {
     const z: KvmSegment = { base: 0n, limit: 0, selector: 0, type: 0, present: 0, dpl: 0, db: 0, s: 0, l: 0, g: 0, avl: 0, unusable: 0 };
     const blank: KvmSregs = {
-      cs: z, ds: z, es: z, fs: z, gs: z, ss: z, tr: z, ldt: z, gdt: { base: 0n, limit: 0 }, idt: { base: 0n, limit: 0 },
-      cr0: 0n, cr2: 0n, cr3: 0n, cr4: 0n, cr8: 0n, efer: 0n, apicBase: 0xfee00900n, interruptBitmap: [0n, 0n, 0n, 1n],
+      cs: z,
+      ds: z,
+      es: z,
+      fs: z,
+      gs: z,
+      ss: z,
+      tr: z,
+      ldt: z,
+      gdt: { base: 0n, limit: 0 },
+      idt: { base: 0n, limit: 0 },
+      cr0: 0n,
+      cr2: 0n,
+      cr3: 0n,
+      cr4: 0n,
+      cr8: 0n,
+      efer: 0n,
+      apicBase: 0xfee00900n,
+      interruptBitmap: [0n, 0n, 0n, 1n],
     };
     const s = longModeSregs(blank, 0x10000n, 0x1000n);
     const b = Buffer.alloc(SREGS.size);

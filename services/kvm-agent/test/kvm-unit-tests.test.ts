@@ -47,7 +47,16 @@ const REPORT = path.join(os.tmpdir(), `vsm-kvm-unit-tests-report-${process.pid}.
 
   for (const c of CASES) {
     test(`${c.test}: passes with 0 failures and nothing skipped`, async () => {
-      const args = ['run', images[c.image]!, '--vps', '2', '--timeout', '240', ...c.devices.flatMap((d) => ['--device', d]), ...(c.append ? ['--append', c.append] : [])];
+      const args = [
+        'run',
+        images[c.image]!,
+        '--vps',
+        '2',
+        '--timeout',
+        '240',
+        ...c.devices.flatMap((d) => ['--device', d]),
+        ...(c.append ? ['--append', c.append] : []),
+      ];
       const t0 = process.hrtime.bigint();
       const r = await vsmctl(args, { env: { VSM_ADDRESS: service.address }, timeoutMs: 300_000 });
       const seconds = Number(process.hrtime.bigint() - t0) / 1e9;

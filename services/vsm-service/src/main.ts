@@ -1,7 +1,22 @@
 #!/usr/bin/env node
 // service layer: process entry point. Parses configuration, starts the server, and shuts down
 // gracefully on SIGTERM/SIGINT (health NOT_SERVING, drain in-flight calls, bounded).
-import { type Backend, type Config, CoreBackend, RemoteBackend, StateStore, UsageError, exitOnSignal, parseConfig, persistentBackend, processLogger, restoreAll, serverOptionsFrom, shutdownSignal, startServer } from '@vsm/vsm-v1';
+import {
+  type Backend,
+  type Config,
+  CoreBackend,
+  RemoteBackend,
+  StateStore,
+  UsageError,
+  exitOnSignal,
+  parseConfig,
+  persistentBackend,
+  processLogger,
+  restoreAll,
+  serverOptionsFrom,
+  shutdownSignal,
+  startServer,
+} from '@vsm/vsm-v1';
 
 async function main(): Promise<void> {
   let cfg: Config;

@@ -58,14 +58,41 @@ export interface TransportLimits {
   maxConcurrentStreams?: number;
 }
 
-const TRANSPORT_FLAGS = ['max-request-bytes', 'max-request-bytes-per-client', 'max-stream-buffer', 'max-stream-buffer-messages', 'stream-stall-timeout-ms', 'first-message-timeout-ms', 'max-health-watches', 'max-concurrent-streams'];
+const TRANSPORT_FLAGS = [
+  'max-request-bytes',
+  'max-request-bytes-per-client',
+  'max-stream-buffer',
+  'max-stream-buffer-messages',
+  'stream-stall-timeout-ms',
+  'first-message-timeout-ms',
+  'max-health-watches',
+  'max-concurrent-streams',
+];
 
 /** Default --max-resident-bytes: half of the machine's RAM, in whole pages. */
 export function defaultMaxResidentBytes(): bigint {
   return (BigInt(os.totalmem()) / 2n) & ~4095n;
 }
 
-const VALUE_FLAGS = ['listen', 'backend', 'log-level', 'agent', 'tls-cert', 'tls-key', 'tls-ca', 'tls-client-auth', 'authz-policy', 'max-streams', 'max-streams-per-client', 'max-partitions', 'max-vps', 'max-memory', 'max-resident-bytes', 'state-dir', ...TRANSPORT_FLAGS];
+const VALUE_FLAGS = [
+  'listen',
+  'backend',
+  'log-level',
+  'agent',
+  'tls-cert',
+  'tls-key',
+  'tls-ca',
+  'tls-client-auth',
+  'authz-policy',
+  'max-streams',
+  'max-streams-per-client',
+  'max-partitions',
+  'max-vps',
+  'max-memory',
+  'max-resident-bytes',
+  'state-dir',
+  ...TRANSPORT_FLAGS,
+];
 const BOOL_FLAGS = ['insecure', 'insecure-allow-remote'];
 
 export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): Config {
@@ -106,13 +133,15 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): Config {
   const insecure = bool('insecure', 'VSM_INSECURE');
   const insecureAllowRemote = bool('insecure-allow-remote', 'VSM_INSECURE_ALLOW_REMOTE');
   if ((certFile === undefined) !== (keyFile === undefined)) throw new UsageError('--tls-cert and --tls-key go together');
-  if (clientAuthRaw !== undefined && !['require', 'optional', 'none'].includes(clientAuthRaw)) throw new UsageError(`--tls-client-auth must be require, optional or none, got ${JSON.stringify(clientAuthRaw)}`);
+  if (clientAuthRaw !== undefined && !['require', 'optional', 'none'].includes(clientAuthRaw))
+    throw new UsageError(`--tls-client-auth must be require, optional or none, got ${JSON.stringify(clientAuthRaw)}`);
   let tls: Config['tls'];
   if (certFile && keyFile) {
     if (insecure || insecureAllowRemote) throw new UsageError('--insecure / --insecure-allow-remote contradict --tls-cert/--tls-key');
     const clientAuth = (clientAuthRaw ?? (caFile ? 'require' : 'none')) as ClientAuth;
     if (clientAuth !== 'none' && !caFile) throw new UsageError(`--tls-client-auth ${clientAuth} needs --tls-ca (the CA client certificates must chain to)`);
-    if (clientAuth === 'none' && caFile) throw new UsageError('--tls-ca without client certificate authentication: drop --tls-ca or use --tls-client-auth require|optional');
+    if (clientAuth === 'none' && caFile)
+      throw new UsageError('--tls-ca without client certificate authentication: drop --tls-ca or use --tls-client-auth require|optional');
     tls = { certFile, keyFile, caFile, clientAuth };
   } else {
     if (caFile !== undefined || clientAuthRaw !== undefined) throw new UsageError('--tls-ca / --tls-client-auth need --tls-cert and --tls-key');
@@ -121,7 +150,10 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): Config {
 
   // Authorization: client certificates identify principals only through a policy.
   const authzPolicy = get('authz-policy', 'VSM_AUTHZ_POLICY');
-  if (tls && tls.clientAuth !== 'none' && !authzPolicy) throw new UsageError('client certificate authentication needs --authz-policy FILE (which certificates may do what); without a policy, authorization is off');
+  if (tls && tls.clientAuth !== 'none' && !authzPolicy)
+    throw new UsageError(
+      'client certificate authentication needs --authz-policy FILE (which certificates may do what); without a policy, authorization is off',
+    );
 
   const int = (flag: string, envName: string, min: number, max: number): number | undefined => {
     const v = get(flag, envName);
@@ -151,7 +183,10 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): Config {
     maxMemoryBytes,
     maxResidentBytes,
   };
-  const bytes = (flag: string, envName: string) => { const v = size(flag, envName); return v === undefined ? undefined : Number(v); };
+  const bytes = (flag: string, envName: string) => {
+    const v = size(flag, envName);
+    return v === undefined ? undefined : Number(v);
+  };
   const transport: TransportLimits = {
     maxRequestBytes: bytes('max-request-bytes', 'VSM_MAX_REQUEST_BYTES'),
     maxRequestBytesPerClient: bytes('max-request-bytes-per-client', 'VSM_MAX_REQUEST_BYTES_PER_CLIENT'),

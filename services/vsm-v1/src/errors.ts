@@ -59,7 +59,8 @@ export function serviceError(code: Code, reason: string, message: string, metada
 
 /** Maps anything thrown by a handler to a ServiceError; unexpected errors become INTERNAL. */
 export function toServiceError(e: unknown): ServiceError {
-  if (e instanceof HvError) return serviceError(grpcCodeFor(e.statusName), e.statusName, e.message, { hv_status: `0x${e.status.toString(16).padStart(4, '0')}` });
+  if (e instanceof HvError)
+    return serviceError(grpcCodeFor(e.statusName), e.statusName, e.message, { hv_status: `0x${e.status.toString(16).padStart(4, '0')}` });
   if (e instanceof ApiError) return serviceError(e.code, e.reason, e.message);
   if (e instanceof EngineError) return serviceError(ENGINE_ERROR_CODE[e.code], e.reason, e.message);
   const msg = e instanceof Error ? e.message : String(e);
@@ -75,7 +76,11 @@ const ENGINE_ERROR_CODE: Record<EngineError['code'], Code> = {
 
 /** A service-level failure that is not a hypercall status (e.g. a missing field). */
 export class ApiError extends Error {
-  constructor(readonly code: Code, readonly reason: string, message: string) {
+  constructor(
+    readonly code: Code,
+    readonly reason: string,
+    message: string,
+  ) {
     super(message);
   }
 }

@@ -20,7 +20,10 @@ export class FdLogDestination {
   /** Lines dropped because too much was pending or the destination broke. */
   dropped = 0;
 
-  constructor(private readonly fd = 1, private readonly maxPendingBytes = 8 * 1024 * 1024) {}
+  constructor(
+    private readonly fd = 1,
+    private readonly maxPendingBytes = 8 * 1024 * 1024,
+  ) {}
 
   write(line: string): boolean {
     if (this.broken) {
@@ -73,7 +76,10 @@ export class FdLogDestination {
     return new Promise((resolve) => {
       const t = setTimeout(resolve, timeoutMs);
       t.unref();
-      this.waiters.push(() => { clearTimeout(t); resolve(); });
+      this.waiters.push(() => {
+        clearTimeout(t);
+        resolve();
+      });
     });
   }
 }

@@ -30,7 +30,9 @@ export function shutdownSignal(): Promise<NodeJS.Signals> {
 }
 
 /** The server options that the shared flags decide (security, limits, transport). */
-export function serverOptionsFrom(cfg: Config): Pick<ServerOptions, 'tls' | 'allowInsecureRemote' | 'security' | 'streamBuffer' | 'firstMessageTimeoutMs' | 'maxConcurrentStreams'> {
+export function serverOptionsFrom(
+  cfg: Config,
+): Pick<ServerOptions, 'tls' | 'allowInsecureRemote' | 'security' | 'streamBuffer' | 'firstMessageTimeoutMs' | 'maxConcurrentStreams'> {
   const t = cfg.transport;
   return {
     tls: cfg.tls,
@@ -39,7 +41,8 @@ export function serverOptionsFrom(cfg: Config): Pick<ServerOptions, 'tls' | 'all
       authzPolicy: cfg.authzPolicy ? { file: cfg.authzPolicy } : undefined,
       limits: { maxStreams: cfg.limits.maxStreams, maxStreamsPerClient: cfg.limits.maxStreamsPerClient },
       requestBudget: { maxBytes: t.maxRequestBytes, maxBytesPerClient: t.maxRequestBytesPerClient },
-      healthWatches: t.maxHealthWatches === undefined ? undefined : { maxStreams: t.maxHealthWatches, maxStreamsPerClient: Math.max(1, Math.ceil(t.maxHealthWatches / 4)) },
+      healthWatches:
+        t.maxHealthWatches === undefined ? undefined : { maxStreams: t.maxHealthWatches, maxStreamsPerClient: Math.max(1, Math.ceil(t.maxHealthWatches / 4)) },
     },
     streamBuffer: { maxBytes: t.maxStreamBufferBytes, maxMessages: t.maxStreamBufferMessages, stallMs: t.streamStallMs },
     firstMessageTimeoutMs: t.firstMessageTimeoutMs,
@@ -51,10 +54,18 @@ export function serverOptionsFrom(cfg: Config): Pick<ServerOptions, 'tls' | 'all
  * Waits for the signal, shuts the server down gracefully (bounded by a watchdog), flushes the log,
  * runs `after` and exits: 0 after a clean shutdown, 1 otherwise.
  */
-export async function exitOnSignal(signalled: Promise<NodeJS.Signals>, shutdown: (reason: string) => Promise<void>, dest: FdLogDestination, after?: () => void): Promise<never> {
+export async function exitOnSignal(
+  signalled: Promise<NodeJS.Signals>,
+  shutdown: (reason: string) => Promise<void>,
+  dest: FdLogDestination,
+  after?: () => void,
+): Promise<never> {
   const sig = await signalled;
   setTimeout(() => process.exit(1), SHUTDOWN_WATCHDOG_MS).unref();
-  const code = await shutdown(sig).then(() => 0, () => 1);
+  const code = await shutdown(sig).then(
+    () => 0,
+    () => 1,
+  );
   try {
     after?.();
   } catch {

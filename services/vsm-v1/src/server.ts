@@ -14,7 +14,18 @@ import { type RpcMethod, type pb, vsmServices } from '@vsm/api';
 import { HvError, HvStatus } from '@vsm/core';
 import type { Backend, StreamSink } from './backend';
 import { ApiError, invalidArgument, toServiceError } from './errors';
-import { CallGuard, PLAINTEXT_REMOTE_REFUSED, type ReloadingCertificateProvider, type SecurityOptions, type TlsOptions, isLoopbackListen, isMalformed, sha256Hex, tlsServerCredentials, tolerantService } from './security';
+import {
+  CallGuard,
+  PLAINTEXT_REMOTE_REFUSED,
+  type ReloadingCertificateProvider,
+  type SecurityOptions,
+  type TlsOptions,
+  isLoopbackListen,
+  isMalformed,
+  sha256Hex,
+  tlsServerCredentials,
+  tolerantService,
+} from './security';
 import { BoundedSink, DEFAULT_STREAM_BUFFER, type StreamBufferLimits } from './stream-sink';
 import { reflectionPackage } from './reflection';
 
@@ -85,7 +96,8 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const bufferLimits = { ...DEFAULT_STREAM_BUFFER, ...Object.fromEntries(Object.entries(opts.streamBuffer ?? {}).filter(([, v]) => v !== undefined)) };
   const firstMessageTimeoutMs = opts.firstMessageTimeoutMs ?? DEFAULT_FIRST_MESSAGE_TIMEOUT_MS;
 
-  const unary = <Req, Res>(method: string, fn: Unary<Req, Res>): grpc.handleUnaryCall<Req, Res> =>
+  const unary =
+    <Req, Res>(method: string, fn: Unary<Req, Res>): grpc.handleUnaryCall<Req, Res> =>
     (call, callback) => {
       const t0 = process.hrtime.bigint();
       const ac = new AbortController();
@@ -123,7 +135,10 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     inflight.add(ac);
     let decided = false;
     let clientGone = false;
-    call.on('cancelled', () => { clientGone = true; ac.abort(); });
+    call.on('cancelled', () => {
+      clientGone = true;
+      ac.abort();
+    });
     call.on('error', () => ac.abort());
     call.on('close', () => ac.abort());
     const gone = () => clientGone || call.cancelled;
@@ -146,7 +161,10 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       decided = true;
       ac.abort();
       if (gone()) return;
-      if (err) whenFlushed(() => { if (!gone()) call.emit('error', err); });
+      if (err)
+        whenFlushed(() => {
+          if (!gone()) call.emit('error', err);
+        });
       else call.end();
     };
     const clientEnded = (why: string) => {
@@ -167,20 +185,23 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       done(): Promise<void> {
         // A client's cancel first ends the request side (the handler may return on it) and only then
         // reports 'cancelled' (next tick): decide once that has had its turn.
-        return new Promise((resolve) => setImmediate(() => {
-          if (!decided) {
-            if (gone()) clientEnded('the client cancelled the stream or its deadline passed');
-            else endWith();
-          }
-          resolve();
-        }));
+        return new Promise((resolve) =>
+          setImmediate(() => {
+            if (!decided) {
+              if (gone()) clientEnded('the client cancelled the stream or its deadline passed');
+              else endWith();
+            }
+            resolve();
+          }),
+        );
       },
       /** The handler (or the checks before it) threw. */
       failed(e: unknown) {
         if (decided) return;
         if (gone() || (e as { code?: unknown })?.code === 'ERR_STREAM_PREMATURE_CLOSE') return clientEnded(e instanceof Error ? e.message : String(e));
         const err = toServiceError(e);
-        if (err.code === grpc.status.INTERNAL) log.error({ method, code: err.code, error: err.details, stack: e instanceof Error ? e.stack : undefined }, 'stream failed');
+        if (err.code === grpc.status.INTERNAL)
+          log.error({ method, code: err.code, error: err.details, stack: e instanceof Error ? e.stack : undefined }, 'stream failed');
         else log.info({ method, code: err.code, error: err.details }, 'stream failed');
         endWith(err);
       },
@@ -218,44 +239,92 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     );
   };
 
-  const stream = <Req, Res>(method: string, fn: (req: Req, sink: StreamSink<Res>, signal: AbortSignal) => Promise<void>): grpc.handleServerStreamingCall<Req, Res> =>
+  const stream =
+    <Req, Res>(method: string, fn: (req: Req, sink: StreamSink<Res>, signal: AbortSignal) => Promise<void>): grpc.handleServerStreamingCall<Req, Res> =>
     (call) => {
       const ctl = streamControl(method, call as unknown as ServerStreamCall<Res>);
       let release: (() => void) | undefined;
       let untrack: (() => void) | undefined;
       log.info({ method }, 'stream opened');
-      Promise.resolve().then(() => {
-        const principal = guard.authenticate(call);
-        if (isMalformed(call.request)) throw guard.malformed(call.getPath(), call.request);
-        guard.authorize(call.getPath(), principal, call.request);
-        release = guard.acquireStream(call, principal);
-        if (principal !== undefined) untrack = guard.track({ path: call.getPath(), principal, request: call.request, metadata: call.metadata, authContext: call.getAuthContext(), end: (e) => ctl.fail(e, 'warn') });
-        return fn(call.request, sinkFor(method, call as unknown as ServerStreamCall<Res>, ctl), ctl.signal);
-      }).then(() => ctl.done(), (e: unknown) => ctl.failed(e))
-        .finally(() => { untrack?.(); release?.(); ctl.closed(); });
+      Promise.resolve()
+        .then(() => {
+          const principal = guard.authenticate(call);
+          if (isMalformed(call.request)) throw guard.malformed(call.getPath(), call.request);
+          guard.authorize(call.getPath(), principal, call.request);
+          release = guard.acquireStream(call, principal);
+          if (principal !== undefined)
+            untrack = guard.track({
+              path: call.getPath(),
+              principal,
+              request: call.request,
+              metadata: call.metadata,
+              authContext: call.getAuthContext(),
+              end: (e) => ctl.fail(e, 'warn'),
+            });
+          return fn(call.request, sinkFor(method, call as unknown as ServerStreamCall<Res>, ctl), ctl.signal);
+        })
+        .then(
+          () => ctl.done(),
+          (e: unknown) => ctl.failed(e),
+        )
+        .finally(() => {
+          untrack?.();
+          release?.();
+          ctl.closed();
+        });
     };
 
-  const bidi = <Req, Res>(method: string, fn: (reqs: AsyncIterable<Req>, sink: StreamSink<Res>, signal: AbortSignal) => Promise<void>): grpc.handleBidiStreamingCall<Req, Res> =>
+  const bidi =
+    <Req, Res>(
+      method: string,
+      fn: (reqs: AsyncIterable<Req>, sink: StreamSink<Res>, signal: AbortSignal) => Promise<void>,
+    ): grpc.handleBidiStreamingCall<Req, Res> =>
     (call) => {
       const ctl = streamControl(method, call as unknown as ServerStreamCall<Res>);
       let release: (() => void) | undefined;
       let untrack: (() => void) | undefined;
       log.info({ method }, 'stream opened');
-      Promise.resolve().then(async () => {
-        const principal = guard.authenticate(call);
-        // Authorization needs the first message (Monitor: subscribe names the partition): it is
-        // read and checked here, before the handler sees anything or anything is sent; it must come
-        // within firstMessageTimeoutMs. Only then does the stream take a slot.
-        const reqs = guardedRequests<Req>(call as unknown as AsyncIterable<unknown>, (m) => guard.malformed(call.getPath(), m), ctl.signal);
-        const first = await withTimeout(reqs.peek(), firstMessageTimeoutMs, ctl.signal, () =>
-          new ApiError(grpc.status.DEADLINE_EXCEEDED, 'HV_STATUS_TIME_OUT', `${method}: no first message within ${firstMessageTimeoutMs} ms of opening the stream; send subscribe right after opening it`));
-        const request = first.done ? undefined : first.value;
-        guard.authorize(call.getPath(), principal, request);
-        release = guard.acquireStream(call, principal);
-        if (principal !== undefined) untrack = guard.track({ path: call.getPath(), principal, request, metadata: call.metadata, authContext: call.getAuthContext(), end: (e) => ctl.fail(e, 'warn') });
-        return fn(reqs, sinkFor(method, call as unknown as ServerStreamCall<Res>, ctl), ctl.signal);
-      }).then(() => ctl.done(), (e: unknown) => ctl.failed(e))
-        .finally(() => { untrack?.(); release?.(); ctl.closed(); });
+      Promise.resolve()
+        .then(async () => {
+          const principal = guard.authenticate(call);
+          // Authorization needs the first message (Monitor: subscribe names the partition): it is
+          // read and checked here, before the handler sees anything or anything is sent; it must come
+          // within firstMessageTimeoutMs. Only then does the stream take a slot.
+          const reqs = guardedRequests<Req>(call as unknown as AsyncIterable<unknown>, (m) => guard.malformed(call.getPath(), m), ctl.signal);
+          const first = await withTimeout(
+            reqs.peek(),
+            firstMessageTimeoutMs,
+            ctl.signal,
+            () =>
+              new ApiError(
+                grpc.status.DEADLINE_EXCEEDED,
+                'HV_STATUS_TIME_OUT',
+                `${method}: no first message within ${firstMessageTimeoutMs} ms of opening the stream; send subscribe right after opening it`,
+              ),
+          );
+          const request = first.done ? undefined : first.value;
+          guard.authorize(call.getPath(), principal, request);
+          release = guard.acquireStream(call, principal);
+          if (principal !== undefined)
+            untrack = guard.track({
+              path: call.getPath(),
+              principal,
+              request,
+              metadata: call.metadata,
+              authContext: call.getAuthContext(),
+              end: (e) => ctl.fail(e, 'warn'),
+            });
+          return fn(reqs, sinkFor(method, call as unknown as ServerStreamCall<Res>, ctl), ctl.signal);
+        })
+        .then(
+          () => ctl.done(),
+          (e: unknown) => ctl.failed(e),
+        )
+        .finally(() => {
+          untrack?.();
+          release?.();
+          ctl.closed();
+        });
     };
 
   // Every vsm.v1 service is registered with decoders that never throw (a malformed request is
@@ -313,11 +382,23 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     guard.close();
     throw e;
   }
-  const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(opts.listen, credentials, (err, p) => (err ? reject(err) : resolve(p))),
-  ).catch((e: unknown) => { tls?.close(); guard.close(); throw e; });
+  const port = await new Promise<number>((resolve, reject) => server.bindAsync(opts.listen, credentials, (err, p) => (err ? reject(err) : resolve(p)))).catch(
+    (e: unknown) => {
+      tls?.close();
+      guard.close();
+      throw e;
+    },
+  );
   const address = opts.listen.replace(/:0$/, `:${port}`);
-  log.info({ listen: address, backend: backend.kind, transport: tls ? `tls (client certificates: ${opts.tls?.clientAuth ?? (opts.tls?.caFile ? 'require' : 'none')})` : 'plaintext', authorization: guard.authzEnabled }, 'vsm-service listening');
+  log.info(
+    {
+      listen: address,
+      backend: backend.kind,
+      transport: tls ? `tls (client certificates: ${opts.tls?.clientAuth ?? (opts.tls?.caFile ? 'require' : 'none')})` : 'plaintext',
+      authorization: guard.authzEnabled,
+    },
+    'vsm-service listening',
+  );
 
   let stopping: Promise<void> | undefined;
   const shutdown = (reason = 'shutdown') =>
@@ -327,10 +408,16 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       // Streams have no natural end: cancel them; unary calls may finish within the grace period.
       const grace = opts.shutdownGraceMs ?? 5000;
       await new Promise<void>((resolve) => {
-        const timer = setTimeout(() => { server.forceShutdown(); resolve(); }, grace);
+        const timer = setTimeout(() => {
+          server.forceShutdown();
+          resolve();
+        }, grace);
         timer.unref();
         for (const ac of inflight) ac.abort();
-        server.tryShutdown(() => { clearTimeout(timer); resolve(); });
+        server.tryShutdown(() => {
+          clearTimeout(timer);
+          resolve();
+        });
       });
       tls?.close();
       guard.close();
@@ -346,7 +433,11 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
  * (the stream was ended: client gone, authorization revoked, client lagged) nothing more is
  * yielded: a message that arrives after that is never handled.
  */
-function guardedRequests<Req>(source: AsyncIterable<unknown>, malformed: (m: never) => Error, signal: AbortSignal): AsyncIterable<Req> & { peek(): Promise<IteratorResult<Req>> } {
+function guardedRequests<Req>(
+  source: AsyncIterable<unknown>,
+  malformed: (m: never) => Error,
+  signal: AbortSignal,
+): AsyncIterable<Req> & { peek(): Promise<IteratorResult<Req>> } {
   // Node's default stream iterator destroys the whole duplex once the client half-closes, so the
   // server could no longer send its status (the client would hang until its deadline): iterate
   // without destroying; the call's own lifecycle ends it.
@@ -354,7 +445,10 @@ function guardedRequests<Req>(source: AsyncIterable<unknown>, malformed: (m: nev
   const it = typeof readable.iterator === 'function' ? readable.iterator({ destroyOnReturn: false }) : source[Symbol.asyncIterator]();
   let peeked: Promise<IteratorResult<Req>> | undefined;
   const ended: IteratorResult<Req> = { done: true, value: undefined };
-  const aborted = new Promise<IteratorResult<Req>>((res) => { if (signal.aborted) res(ended); else signal.addEventListener('abort', () => res(ended), { once: true }); });
+  const aborted = new Promise<IteratorResult<Req>>((res) => {
+    if (signal.aborted) res(ended);
+    else signal.addEventListener('abort', () => res(ended), { once: true });
+  });
   const pull = async (): Promise<IteratorResult<Req>> => {
     if (signal.aborted) return ended;
     const r = await Promise.race([it.next() as Promise<IteratorResult<Req>>, aborted]);
@@ -387,14 +481,26 @@ function withTimeout<T>(p: Promise<T>, ms: number, signal: AbortSignal, timeout:
     const t = setTimeout(() => reject(timeout()), ms);
     t.unref();
     signal.addEventListener('abort', () => clearTimeout(t), { once: true });
-    p.then((v) => { clearTimeout(t); resolve(v); }, (e: unknown) => { clearTimeout(t); reject(e); });
+    p.then(
+      (v) => {
+        clearTimeout(t);
+        resolve(v);
+      },
+      (e: unknown) => {
+        clearTimeout(t);
+        reject(e);
+      },
+    );
   });
 }
 
 type Wrappers = {
   unary: <Req, Res>(method: string, fn: Unary<Req, Res>) => grpc.handleUnaryCall<Req, Res>;
   stream: <Req, Res>(method: string, fn: (req: Req, sink: StreamSink<Res>, signal: AbortSignal) => Promise<void>) => grpc.handleServerStreamingCall<Req, Res>;
-  bidi: <Req, Res>(method: string, fn: (reqs: AsyncIterable<Req>, sink: StreamSink<Res>, signal: AbortSignal) => Promise<void>) => grpc.handleBidiStreamingCall<Req, Res>;
+  bidi: <Req, Res>(
+    method: string,
+    fn: (reqs: AsyncIterable<Req>, sink: StreamSink<Res>, signal: AbortSignal) => Promise<void>,
+  ) => grpc.handleBidiStreamingCall<Req, Res>;
 };
 
 /**
@@ -407,10 +513,14 @@ const ADAPTED: Readonly<Record<string, (b: Backend, req: never, ctx: CallContext
 
 /** The vsm.v1 RPCs (keys) `backend` has no method for. */
 export function missingRpcs(backend: Backend): string[] {
-  return vsmServices().flatMap((s) => s.methods).filter((m) => typeof (backend as unknown as Record<string, unknown>)[m.localName] !== 'function').map((m) => m.key);
+  return vsmServices()
+    .flatMap((s) => s.methods)
+    .filter((m) => typeof (backend as unknown as Record<string, unknown>)[m.localName] !== 'function')
+    .map((m) => m.key);
 }
 
-const notImplemented = (rpc: RpcMethod, backend: Backend) => new HvError(HvStatus.HV_STATUS_FEATURE_UNAVAILABLE, `${rpc.key} is not implemented by the ${backend.kind} backend`);
+const notImplemented = (rpc: RpcMethod, backend: Backend) =>
+  new HvError(HvStatus.HV_STATUS_FEATURE_UNAVAILABLE, `${rpc.key} is not implemented by the ${backend.kind} backend`);
 
 /**
  * The grpc-js handler of one RPC: the backend's method of the RPC's name in the wrapper of its kind

@@ -72,7 +72,11 @@ export class StateStore {
  * a method's name), by method name.
  */
 export function persistedRpcs(): ReadonlyMap<string, RpcMethod> {
-  return new Map(vsmRpcs().filter((m) => !m.noSideEffects).map((m) => [m.localName, m]));
+  return new Map(
+    vsmRpcs()
+      .filter((m) => !m.noSideEffects)
+      .map((m) => [m.localName, m]),
+  );
 }
 
 /** The partition a request (or its response) names: `name`, `partition_id`, or a oneof's `name` (Monitor's subscribe). */
@@ -104,7 +108,9 @@ export function persistentBackend(inner: Backend, store: StateStore, log: { warn
     const p = (queues.get(id) ?? Promise.resolve()).then(op);
     const tail = p.catch(() => undefined);
     queues.set(id, tail);
-    void tail.then(() => { if (queues.get(id) === tail) queues.delete(id); });
+    void tail.then(() => {
+      if (queues.get(id) === tail) queues.delete(id);
+    });
     return p;
   };
   const save = (id: string, quietIfGone = false): Promise<void> =>
@@ -113,7 +119,8 @@ export function persistentBackend(inner: Backend, store: StateStore, log: { warn
         store.save(id, await inner.savePartition({ name: `partitions/${id}` }));
       } catch (e) {
         // A stream's save after its partition was deleted finds nothing to save: not a failure.
-        if (!(quietIfGone && toServiceError(e).code === Code.NOT_FOUND)) log.warn({ partition: id, error: e instanceof Error ? e.message : String(e) }, 'could not persist partition');
+        if (!(quietIfGone && toServiceError(e).code === Code.NOT_FOUND))
+          log.warn({ partition: id, error: e instanceof Error ? e.message : String(e) }, 'could not persist partition');
         throw e;
       }
     });
@@ -125,7 +132,8 @@ export function persistentBackend(inner: Backend, store: StateStore, log: { warn
     else await save(id);
     return res;
   };
-  const streaming = (rpc: RpcMethod, fn: (req: unknown, sink: StreamSink<unknown>, signal: AbortSignal) => Promise<void>) =>
+  const streaming =
+    (rpc: RpcMethod, fn: (req: unknown, sink: StreamSink<unknown>, signal: AbortSignal) => Promise<void>) =>
     async (req: unknown, sink: StreamSink<unknown>, signal: AbortSignal): Promise<void> => {
       let id = rpc.kind === 'server_streaming' ? partitionOf(req) : undefined;
       let running: Promise<void> | undefined;
@@ -138,15 +146,22 @@ export function persistentBackend(inner: Backend, store: StateStore, log: { warn
           return;
         }
         const target = id;
-        running = save(target, true).catch(() => undefined).finally(() => {
-          running = undefined;
-          if (again) {
-            again = false;
-            kick();
-          }
-        });
+        running = save(target, true)
+          .catch(() => undefined)
+          .finally(() => {
+            running = undefined;
+            if (again) {
+              again = false;
+              kick();
+            }
+          });
       };
-      const requests = rpc.kind === 'bidi_streaming' ? watchRequests(req as AsyncIterable<unknown>, (m) => { id ??= partitionOf(m); }) : req;
+      const requests =
+        rpc.kind === 'bidi_streaming'
+          ? watchRequests(req as AsyncIterable<unknown>, (m) => {
+              id ??= partitionOf(m);
+            })
+          : req;
       const persistingSink: StreamSink<unknown> = {
         write: (m) => {
           const ok = sink.write(m);
@@ -192,7 +207,11 @@ function watchRequests(source: AsyncIterable<unknown>, seen: (m: unknown) => voi
 }
 
 /** Restores every partition of the store into the backend under its saved id. */
-export async function restoreAll(backend: Backend, store: StateStore, log: { info(o: object, m: string): void; error(o: object, m: string): void }): Promise<number> {
+export async function restoreAll(
+  backend: Backend,
+  store: StateStore,
+  log: { info(o: object, m: string): void; error(o: object, m: string): void },
+): Promise<number> {
   let n = 0;
   for (const { id, snapshot, error } of store.loadAll()) {
     if (!snapshot) {

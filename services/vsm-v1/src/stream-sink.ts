@@ -86,8 +86,10 @@ export class BoundedSink<T> implements StreamSink<T> {
     if (this.closed) return false;
     const b = this.encode(msg);
     if (this.pendingMessages + 1 > this.maxMessages || this.pendingBytes + b.length > this.maxBytes) {
-      this.lag(`the client did not take its responses: ${this.pendingMessages} messages (${this.pendingBytes} bytes) were still unsent, ` +
-        `over the per-stream limit of ${this.maxMessages} messages / ${this.maxBytes} bytes; the client lagged, the stream is ended (read faster, or reconnect)`);
+      this.lag(
+        `the client did not take its responses: ${this.pendingMessages} messages (${this.pendingBytes} bytes) were still unsent, ` +
+          `over the per-stream limit of ${this.maxMessages} messages / ${this.maxBytes} bytes; the client lagged, the stream is ended (read faster, or reconnect)`,
+      );
       return false;
     }
     // The stall clock runs from when a backlog starts, not from the last message of a quiet stream.
@@ -106,7 +108,12 @@ export class BoundedSink<T> implements StreamSink<T> {
   }
 
   private pump(): void {
-    while (!this.closed && this.queue.length > 0 && this.inFlight < IN_FLIGHT_MESSAGES && (this.inFlight === 0 || this.inFlightBytes + this.queue[0]!.length <= IN_FLIGHT_BYTES)) {
+    while (
+      !this.closed &&
+      this.queue.length > 0 &&
+      this.inFlight < IN_FLIGHT_MESSAGES &&
+      (this.inFlight === 0 || this.inFlightBytes + this.queue[0]!.length <= IN_FLIGHT_BYTES)
+    ) {
       const b = this.queue.shift()!;
       this.queuedBytes -= b.length;
       this.inFlight++;
@@ -130,7 +137,9 @@ export class BoundedSink<T> implements StreamSink<T> {
       if (this.closed || this.pendingMessages === 0) return;
       const idle = Date.now() - this.lastProgress;
       if (idle >= this.stallMs) {
-        this.lag(`the client took none of its ${this.pendingMessages} unsent responses (${this.pendingBytes} bytes) for ${Math.round(idle / 1000)} s; the client lagged, the stream is ended`);
+        this.lag(
+          `the client took none of its ${this.pendingMessages} unsent responses (${this.pendingBytes} bytes) for ${Math.round(idle / 1000)} s; the client lagged, the stream is ended`,
+        );
         return;
       }
       this.stallTimer = setTimeout(check, this.stallMs - idle);

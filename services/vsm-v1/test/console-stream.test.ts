@@ -52,12 +52,17 @@ describe('followConsole', () => {
     end = END;
     hub.end();
     await done;
-    expect(sink.chunks().map((c) => c.text).join('')).toBe('llo world!');
+    expect(
+      sink
+        .chunks()
+        .map((c) => c.text)
+        .join(''),
+    ).toBe('llo world!');
     expect(sink.chunks()[0]!.offset).toBe(2n);
     expect(sink.end()).toEqual({ state: 5, exitCode: 3, reason: 'debug exit', vpIndex: 0, endTimeUnixMs: 1_700_000_000_000n });
   });
 
-  test('a watcher that takes nothing holds the sink\'s bound only; later it reads on and sees the gap of what was no longer kept', async () => {
+  test("a watcher that takes nothing holds the sink's bound only; later it reads on and sees the gap of what was no longer kept", async () => {
     const hub = new ConsoleHub(64); // keeps the last 64 bytes
     const sink = new ControlledSink(2);
     const done = followConsole(hub, undefined, () => END, sink, new AbortController().signal);
@@ -75,7 +80,10 @@ describe('followConsole', () => {
     hub.end();
     await done;
     const chunks = sink.chunks();
-    expect(chunks.slice(0, 2)).toEqual([{ offset: 0n, text: 'a'.repeat(10) }, { offset: 10n, text: 'b'.repeat(10) }]);
+    expect(chunks.slice(0, 2)).toEqual([
+      { offset: 0n, text: 'a'.repeat(10) },
+      { offset: 10n, text: 'b'.repeat(10) },
+    ]);
     // The rest starts at the oldest byte the hub still kept: a jump past the bytes it dropped.
     const rest = chunks.slice(2);
     expect(rest[0]!.offset).toBe(hub.oldestKept);

@@ -18,27 +18,46 @@ const A = pb.InterceptAction;
 const SECRET = 0x40000n; // VTL1: VTL0 may not write it (nor store a hypercall input block there)
 
 async function monitoredPartition(b: CoreBackend, id: string, policy?: { ms: bigint; action: pb.InterceptAction }): Promise<{ name: string; p: Partition }> {
-  const { name } = await b.createPartition({ partitionId: id, partition: { architecture: pb.Architecture.ARCHITECTURE_X64, vpCount: 2, memoryBytes: 1n << 24n, maximumVtl: 1, labels: {} } as unknown as pb.Partition } as pb.CreatePartitionRequest);
+  const { name } = await b.createPartition({
+    partitionId: id,
+    partition: { architecture: pb.Architecture.ARCHITECTURE_X64, vpCount: 2, memoryBytes: 1n << 24n, maximumVtl: 1, labels: {} } as unknown as pb.Partition,
+  } as pb.CreatePartitionRequest);
   const p = b.partition(name);
   p.enablePartitionVtl('host', 1, 0);
   for (let i = 0; i < 2; i++) p.enableVpVtl('host', i, 1, longModeContext());
   p.setRegisters(p.vp(0), 1, [{ name: R.HvRegisterVsmPartitionConfig, value: reg64(1n | (0xfn << 1n)) }], 'host');
   p.modifyVtlProtectionMask('host', 1, 0x1 | 0x4, [{ start: SECRET >> 12n, count: 1n }]);
-  await b.setInterceptRoute({ name, route: pb.InterceptRoute.INTERCEPT_ROUTE_MONITOR, answerDeadlineMs: policy?.ms, deadlineAction: policy?.action ?? A.INTERCEPT_ACTION_UNSPECIFIED });
+  await b.setInterceptRoute({
+    name,
+    route: pb.InterceptRoute.INTERCEPT_ROUTE_MONITOR,
+    answerDeadlineMs: policy?.ms,
+    deadlineAction: policy?.action ?? A.INTERCEPT_ACTION_UNSPECIFIED,
+  });
   return { name, p };
 }
 
 const suspendedOn = async (b: CoreBackend, vp: string) => (await b.getVirtualProcessor({ name: vp })).vtlStatus?.suspendedInterceptId ?? 0n;
 
-beforeEach(() => { jest.useFakeTimers(); });
-afterEach(() => { jest.useRealTimers(); });
+beforeEach(() => {
+  jest.useFakeTimers();
+});
+afterEach(() => {
+  jest.useRealTimers();
+});
 
 test('the policy releases a VP suspended by a hypercall parameter block, which no guest action waits for', async () => {
   const b = new CoreBackend();
   const { name, p } = await monitoredPartition(b, 'dl-hypercall', { ms: 100n, action: A.INTERCEPT_ACTION_SKIP });
   const vp0 = `${name}/vps/0`;
   // HvCallModifyVtlProtectionMask with its input block stored on the refused page: the store intercepts.
-  const r = await b.hypercall({ name: vp0, control: 0x0cn | (1n << 32n), inputGpa: SECRET, input: Buffer.alloc(24), outputGpa: 0n, outputSize: 0 } as pb.HypercallRequest);
+  const r = await b.hypercall({
+    name: vp0,
+    control: 0x0cn | (1n << 32n),
+    inputGpa: SECRET,
+    input: Buffer.alloc(24),
+    outputGpa: 0n,
+    outputSize: 0,
+  } as pb.HypercallRequest);
   const id = r.outcome?.intercept?.interceptId ?? 0n;
   expect(id).toBeGreaterThan(0n);
   expect(await suspendedOn(b, vp0)).toBe(id);
@@ -60,7 +79,9 @@ test('a RETRY policy that intercepts again backs off, so a monitor slower than t
   p.intercepts.subscribe((x) => raised.push({ id: x.id, at: Date.now() }));
   const t0 = Date.now();
   let done: pb.WriteMemoryResponse | undefined;
-  const w = b.writeMemory({ name: `${name}/vps/0`, gpa: SECRET, data: Buffer.from('vp0') }).then((r) => { done = r; });
+  const w = b.writeMemory({ name: `${name}/vps/0`, gpa: SECRET, data: Buffer.from('vp0') }).then((r) => {
+    done = r;
+  });
   // Each retry intercepts again; the n-th waits 2^n ms, then 1 s at most.
   await jest.advanceTimersByTimeAsync(1 + 2 + 4 + 8 + 16 + 32 + 64 + 128 + 256 + 512 + 1000 + 1000);
   const gaps = raised.map((x, i) => x.at - (i === 0 ? t0 : raised[i - 1]!.at));
@@ -101,7 +122,14 @@ test('the policy in force when an intercept is raised is its policy; crash and d
   expect(jest.getTimerCount()).toBe(0);
 
   const other = await monitoredPartition(b, 'dl-delete', { ms: 60_000n, action: A.INTERCEPT_ACTION_ALLOW });
-  const r = await b.hypercall({ name: `${other.name}/vps/0`, control: 0x0cn | (1n << 32n), inputGpa: SECRET, input: Buffer.alloc(24), outputGpa: 0n, outputSize: 0 } as pb.HypercallRequest);
+  const r = await b.hypercall({
+    name: `${other.name}/vps/0`,
+    control: 0x0cn | (1n << 32n),
+    inputGpa: SECRET,
+    input: Buffer.alloc(24),
+    outputGpa: 0n,
+    outputSize: 0,
+  } as pb.HypercallRequest);
   expect(r.outcome?.intercept?.interceptId).toBeGreaterThan(0n);
   expect(jest.getTimerCount()).toBe(1);
   await b.deletePartition({ name: other.name });

@@ -8,7 +8,18 @@ import { fromBinary } from '@bufbuild/protobuf';
 import { FileDescriptorProtoSchema } from '@bufbuild/protobuf/wkt';
 import * as grpc from '@grpc/grpc-js';
 import { connect, VsmError } from '@vsm/client';
-import { type Backend, CoreBackend, METHOD_ROLES, RemoteBackend, type StateStore, missingRpcs, persistentBackend, persistedRpcs, requiredRole, startServer } from '@vsm/vsm-v1';
+import {
+  type Backend,
+  CoreBackend,
+  METHOD_ROLES,
+  RemoteBackend,
+  type StateStore,
+  missingRpcs,
+  persistentBackend,
+  persistedRpcs,
+  requiredRole,
+  startServer,
+} from '@vsm/vsm-v1';
 
 const GiB = 1n << 30n;
 
@@ -29,7 +40,11 @@ describe('the vsm.v1 RPC table read from the descriptors', () => {
   test('every service and RPC of the generated code is in it, with its kind from the descriptor', () => {
     const generated = Object.entries(pb).filter(([k, v]) => k.endsWith('ServiceService') && typeof v === 'object');
     const paths = generated.flatMap(([, def]) => Object.values(def as Record<string, { path: string }>).map((m) => m.path)).sort();
-    expect(vsmRpcs().map((m) => m.path).sort()).toEqual(paths);
+    expect(
+      vsmRpcs()
+        .map((m) => m.path)
+        .sort(),
+    ).toEqual(paths);
     expect(vsmServices().length).toBe(generated.length);
     expect(vsmRpc('/vsm.v1.InterceptService/Monitor')?.kind).toBe('bidi_streaming');
     expect(vsmRpc('vsm.v1.VtlService/WatchVtlTransitions')?.kind).toBe('server_streaming');
@@ -38,7 +53,9 @@ describe('the vsm.v1 RPC table read from the descriptors', () => {
   });
 
   test('every RPC declares its role in the proto; the policy reads it from there', () => {
-    const undeclared = vsmRpcs().filter((m) => !m.roleDeclared).map((m) => m.key);
+    const undeclared = vsmRpcs()
+      .filter((m) => !m.roleDeclared)
+      .map((m) => m.key);
     expect(undeclared).toEqual([]);
     for (const m of vsmRpcs()) {
       expect(METHOD_ROLES[m.key]).toBe(m.requiredRole);
@@ -52,10 +69,15 @@ describe('the vsm.v1 RPC table read from the descriptors', () => {
   });
 
   test('declared NO_SIDE_EFFECTS exactly on the read-only RPCs: every Get*/List*, the reviewed others, nothing that changes state', () => {
-    for (const m of vsmRpcs()) if (/^(Get|List)/.test(m.name)) expect({ rpc: m.key, noSideEffects: m.noSideEffects }).toEqual({ rpc: m.key, noSideEffects: true });
-    const others = vsmRpcs().filter((m) => m.noSideEffects && !/^(Get|List)/.test(m.name)).map((m) => m.key);
+    for (const m of vsmRpcs())
+      if (/^(Get|List)/.test(m.name)) expect({ rpc: m.key, noSideEffects: m.noSideEffects }).toEqual({ rpc: m.key, noSideEffects: true });
+    const others = vsmRpcs()
+      .filter((m) => m.noSideEffects && !/^(Get|List)/.test(m.name))
+      .map((m) => m.key);
     expect(others.sort()).toEqual(READ_ONLY_OTHERS.filter((k) => vsmRpc(k)).sort());
-    for (const m of vsmRpcs()) if (/^(Create|Delete|Set|Write|Enable|Modify|Post|Signal|Restore|Start|Stop|Pause|Resume|Load|Call|Hypercall)/.test(m.name)) expect({ rpc: m.key, noSideEffects: m.noSideEffects }).toEqual({ rpc: m.key, noSideEffects: false });
+    for (const m of vsmRpcs())
+      if (/^(Create|Delete|Set|Write|Enable|Modify|Post|Signal|Restore|Start|Stop|Pause|Resume|Load|Call|Hypercall)/.test(m.name))
+        expect({ rpc: m.key, noSideEffects: m.noSideEffects }).toEqual({ rpc: m.key, noSideEffects: false });
     for (const name of READ_LIKE_MUTATING) {
       const m = vsmRpcs().find((r) => r.name === name);
       expect(m?.noSideEffects).toBe(false);
@@ -66,7 +88,9 @@ describe('the vsm.v1 RPC table read from the descriptors', () => {
 
   test('the descriptors reflection serves carry the method options', () => {
     const files = vsmFileDescriptors().map((b) => fromBinary(FileDescriptorProtoSchema, b));
-    expect(files.map((f) => f.name)).toEqual(expect.arrayContaining(['vsm/v1/options.proto', 'google/protobuf/descriptor.proto', 'vsm/v1/guest.proto', 'google/rpc/error_details.proto']));
+    expect(files.map((f) => f.name)).toEqual(
+      expect.arrayContaining(['vsm/v1/options.proto', 'google/protobuf/descriptor.proto', 'vsm/v1/guest.proto', 'google/rpc/error_details.proto']),
+    );
     const partition = files.find((f) => f.name === 'vsm/v1/partition.proto');
     const get = partition?.service[0]?.method.find((m) => m.name === 'GetPartition');
     expect(get?.options?.idempotencyLevel).toBe(1); // NO_SIDE_EFFECTS

@@ -52,7 +52,11 @@ export function register(program: Command, { run }: Cli): void {
         const regs = allRegisters();
         ctx.emit(
           regs.map((r) => ({ name: pb.hvRegisterNameToJSON(r), tlfsName: tlfsRegisterName(r), value: r })),
-          () => table(['TLFS NAME', 'API NAME', 'VALUE'], regs.map((r) => [tlfsRegisterName(r), pb.hvRegisterNameToJSON(r), hex(r, 8)])) + '\nShort forms work too: rip, rax, cr3, guest-os-id, vsm-code-page-offsets, ...',
+          () =>
+            table(
+              ['TLFS NAME', 'API NAME', 'VALUE'],
+              regs.map((r) => [tlfsRegisterName(r), pb.hvRegisterNameToJSON(r), hex(r, 8)]),
+            ) + '\nShort forms work too: rip, rax, cr3, guest-os-id, vsm-code-page-offsets, ...',
         );
       }),
     );

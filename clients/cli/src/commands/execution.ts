@@ -28,8 +28,17 @@ export const RUN_EXIT = { TIMEOUT: 124, NO_DEBUG_EXIT: 125, INTERRUPTED: 130 } a
 export const debugExitStatus = (code: number): number => ((code << 1) | 1) & 0xff;
 
 const DEFAULT_RUN_MEMORY = 256n << 20n;
-const FORMATS = { auto: pb.GuestImageFormat.GUEST_IMAGE_FORMAT_AUTO, flat: pb.GuestImageFormat.GUEST_IMAGE_FORMAT_FLAT, elf64: pb.GuestImageFormat.GUEST_IMAGE_FORMAT_ELF64, multiboot: pb.GuestImageFormat.GUEST_IMAGE_FORMAT_MULTIBOOT } as const;
-const ENTRY_MODES = { real16: pb.GuestEntryMode.GUEST_ENTRY_MODE_REAL16, protected32: pb.GuestEntryMode.GUEST_ENTRY_MODE_PROTECTED32, long64: pb.GuestEntryMode.GUEST_ENTRY_MODE_LONG64 } as const;
+const FORMATS = {
+  auto: pb.GuestImageFormat.GUEST_IMAGE_FORMAT_AUTO,
+  flat: pb.GuestImageFormat.GUEST_IMAGE_FORMAT_FLAT,
+  elf64: pb.GuestImageFormat.GUEST_IMAGE_FORMAT_ELF64,
+  multiboot: pb.GuestImageFormat.GUEST_IMAGE_FORMAT_MULTIBOOT,
+} as const;
+const ENTRY_MODES = {
+  real16: pb.GuestEntryMode.GUEST_ENTRY_MODE_REAL16,
+  protected32: pb.GuestEntryMode.GUEST_ENTRY_MODE_PROTECTED32,
+  long64: pb.GuestEntryMode.GUEST_ENTRY_MODE_LONG64,
+} as const;
 
 export const runStateText = (s: number): string => shortEnum(safeEnum(pb.runStateToJSON)(s), 'RUN_STATE_').toLowerCase().replace(/_/g, '-');
 const formatText = (f: number): string => shortEnum(safeEnum(pb.guestImageFormatToJSON)(f), 'GUEST_IMAGE_FORMAT_').toLowerCase();
@@ -42,11 +51,18 @@ export function runText(p: pb.Partition): string {
   return detail ? `${state} (${detail})` : state;
 }
 const partitionRunJson = (p: pb.Partition): Json => ({
-  name: p.name, runState: runStateText(p.runState), exitCode: p.exitCode ?? null, endReason: p.endReason || null,
+  name: p.name,
+  runState: runStateText(p.runState),
+  exitCode: p.exitCode ?? null,
+  endReason: p.endReason || null,
   endTime: p.endTimeUnixMs !== undefined ? new Date(Number(p.endTimeUnixMs)).toISOString() : null,
 });
 const endJson = (e: pb.GuestRunEnd): Json => ({
-  state: runStateText(e.state), exitCode: e.exitCode ?? null, reason: e.reason, vpIndex: e.vpIndex ?? null, endTime: new Date(Number(e.endTimeUnixMs)).toISOString(),
+  state: runStateText(e.state),
+  exitCode: e.exitCode ?? null,
+  reason: e.reason,
+  vpIndex: e.vpIndex ?? null,
+  endTime: new Date(Number(e.endTimeUnixMs)).toISOString(),
 });
 const endText = (e: pb.GuestRunEnd): string =>
   `${runStateText(e.state)}${e.exitCode !== undefined ? ` with exit code ${hex(e.exitCode)}` : ''}${e.reason ? `: ${e.reason}` : ''}${e.vpIndex !== undefined ? ` (VP ${e.vpIndex})` : ''}`;
@@ -69,11 +85,17 @@ const imageOptions = (cmd: Command): Command =>
 
 function loadRequest(name: string, image: Buffer, o: ImageOptions): Partial<pb.LoadGuestImageRequest> {
   const flat = o.format === 'flat';
-  if (!flat && (o.loadGpa !== undefined || o.entry !== undefined || o.entryMode !== undefined)) throw new UsageError('--load-gpa, --entry and --entry-mode are for --format flat');
+  if (!flat && (o.loadGpa !== undefined || o.entry !== undefined || o.entryMode !== undefined))
+    throw new UsageError('--load-gpa, --entry and --entry-mode are for --format flat');
   if (flat && o.loadGpa === undefined) throw new UsageError('--format flat needs --load-gpa');
   return {
-    name, image, format: FORMATS[o.format ?? 'auto'], loadGpa: o.loadGpa, entryPoint: o.entry,
-    entryMode: o.entryMode ? ENTRY_MODES[o.entryMode] : pb.GuestEntryMode.GUEST_ENTRY_MODE_UNSPECIFIED, commandLine: o.append ?? '',
+    name,
+    image,
+    format: FORMATS[o.format ?? 'auto'],
+    loadGpa: o.loadGpa,
+    entryPoint: o.entry,
+    entryMode: o.entryMode ? ENTRY_MODES[o.entryMode] : pb.GuestEntryMode.GUEST_ENTRY_MODE_UNSPECIFIED,
+    commandLine: o.append ?? '',
   };
 }
 
@@ -92,7 +114,9 @@ const secondsArg = arg((s: string) => {
 
 export function register(program: Command, { run }: Cli): void {
   imageOptions(program.command('run'))
-    .description('run a guest image like qemu -kernel: create a partition, load the image, start it, copy its console to stdout, delete the partition; exit with the guest\'s debug-exit status')
+    .description(
+      "run a guest image like qemu -kernel: create a partition, load the image, start it, copy its console to stdout, delete the partition; exit with the guest's debug-exit status",
+    )
     .argument('<image>', 'guest image file (multiboot v1, ELF64 x86-64, or flat with --format flat)')
     .option('--vps <n>', 'virtual processors (default 1)', countArg('--vps', MAX_VP))
     .option('--memory <size>', 'guest memory (default 256MiB)', sizeArg('--memory'))
@@ -118,7 +142,11 @@ The partition is deleted in every case.`,
   program
     .command('console')
     .description("follow a guest's console (COM1) from the oldest kept byte until its run ends or Ctrl-C")
-    .argument('<partition>', 'partitions/ID or ID', arg((s: string) => `partitions/${partitionId(s)}`))
+    .argument(
+      '<partition>',
+      'partitions/ID or ID',
+      arg((s: string) => `partitions/${partitionId(s)}`),
+    )
     .option('--from <offset>', 'start at this console offset (default: the oldest byte still kept)', u64Arg('--from'))
     .action(
       run(async (ctx, name: string, o: { from?: bigint }) => {
@@ -127,23 +155,38 @@ The partition is deleted in every case.`,
       }),
     );
 
-  imageOptions(partitionCommand(program, 'load', 'load a guest image into a partition (LoadGuestImage); start it with vsmctl start').argument('<image>', 'guest image file'))
-    .action(
-      run(async (ctx, name: string, image: string, o: ImageOptions) => {
-        const r = await ctx.client.execution.loadGuestImage(loadRequest(name, readImage(image), o));
-        ctx.emit(
-          { name, format: formatText(r.format), entryPoint: r.entryPoint.toString(), entryMode: entryModeText(r.entryMode), segments: toJson(r.segments), bootInfoGpa: r.bootInfoGpa?.toString() ?? null },
-          () =>
-            [
-              `loaded ${image} into ${name} as ${formatText(r.format)}: entry ${hex(r.entryPoint)} (${entryModeText(r.entryMode)})${r.bootInfoGpa !== undefined ? `, boot information at ${hex(r.bootInfoGpa)}` : ''}`,
-              ...r.segments.map((s) => `  ${hex(s.gpa, 8)}  ${formatSize(s.size)} (${s.size} bytes)`),
-            ].join('\n'),
-        );
-      }),
-    );
+  imageOptions(
+    partitionCommand(program, 'load', 'load a guest image into a partition (LoadGuestImage); start it with vsmctl start').argument(
+      '<image>',
+      'guest image file',
+    ),
+  ).action(
+    run(async (ctx, name: string, image: string, o: ImageOptions) => {
+      const r = await ctx.client.execution.loadGuestImage(loadRequest(name, readImage(image), o));
+      ctx.emit(
+        {
+          name,
+          format: formatText(r.format),
+          entryPoint: r.entryPoint.toString(),
+          entryMode: entryModeText(r.entryMode),
+          segments: toJson(r.segments),
+          bootInfoGpa: r.bootInfoGpa?.toString() ?? null,
+        },
+        () =>
+          [
+            `loaded ${image} into ${name} as ${formatText(r.format)}: entry ${hex(r.entryPoint)} (${entryModeText(r.entryMode)})${r.bootInfoGpa !== undefined ? `, boot information at ${hex(r.bootInfoGpa)}` : ''}`,
+            ...r.segments.map((s) => `  ${hex(s.gpa, 8)}  ${formatSize(s.size)} (${s.size} bytes)`),
+          ].join('\n'),
+      );
+    }),
+  );
 
   const control = [
-    ['start', 'start a loaded guest (StartPartition): every VP runs on its own thread', (ctx: Ctx, name: string) => ctx.client.execution.startPartition({ name })],
+    [
+      'start',
+      'start a loaded guest (StartPartition): every VP runs on its own thread',
+      (ctx: Ctx, name: string) => ctx.client.execution.startPartition({ name }),
+    ],
     ['pause', 'pause a running guest (PausePartition)', (ctx: Ctx, name: string) => ctx.client.execution.pausePartition({ name })],
     ['resume', 'resume a paused guest (ResumePartition)', (ctx: Ctx, name: string) => ctx.client.execution.resumePartition({ name })],
     ['stop', 'stop a guest and wait until its VPs ended (StopPartition)', (ctx: Ctx, name: string) => ctx.client.execution.stopPartition({ name })],
@@ -177,7 +220,8 @@ async function followConsole(ctx: Ctx, name: string, fromOffset: bigint, signal:
     for await (const m of ctx.client.execution.streamConsole({ name, fromOffset }, ac.signal)) {
       const k = m.kind;
       if (k?.$case === 'chunk') {
-        if (k.value.offset > next && next > 0n) ctx.note(`vsmctl: ${k.value.offset - next} console bytes were no longer kept (offsets ${next}..${k.value.offset - 1n})`);
+        if (k.value.offset > next && next > 0n)
+          ctx.note(`vsmctl: ${k.value.offset - next} console bytes were no longer kept (offsets ${next}..${k.value.offset - 1n})`);
         next = k.value.offset + BigInt(k.value.data.length);
         if (ctx.json) ctx.line({ offset: k.value.offset.toString(), text: Buffer.from(k.value.data).toString('latin1') }, () => '');
         else await write(ctx.io.stdout, k.value.data);
@@ -237,13 +281,25 @@ async function runGuest(ctx: Ctx, imagePath: string, o: RunOptions): Promise<voi
   const name = `partitions/${id}`;
   const load = loadRequest(name, image, o);
   const c = ctx.client;
-  await c.partitions.createPartition({ partitionId: id, partition: pb.Partition.fromPartial({ vpCount: o.vps ?? 1, memoryBytes: o.memory ?? DEFAULT_RUN_MEMORY, devices: o.device ?? [] }) });
+  await c.partitions.createPartition({
+    partitionId: id,
+    partition: pb.Partition.fromPartial({ vpCount: o.vps ?? 1, memoryBytes: o.memory ?? DEFAULT_RUN_MEMORY, devices: o.device ?? [] }),
+  });
   const ac = new AbortController();
   let why: 'timeout' | 'interrupted' | undefined;
-  const interrupt = () => { why ??= 'interrupted'; ac.abort(); };
+  const interrupt = () => {
+    why ??= 'interrupted';
+    ac.abort();
+  };
   process.once('SIGINT', interrupt);
   process.once('SIGTERM', interrupt);
-  const timer = o.guestTimeout !== undefined ? setTimeout(() => { why ??= 'timeout'; ac.abort(); }, o.guestTimeout * 1000) : undefined;
+  const timer =
+    o.guestTimeout !== undefined
+      ? setTimeout(() => {
+          why ??= 'timeout';
+          ac.abort();
+        }, o.guestTimeout * 1000)
+      : undefined;
   try {
     await c.execution.loadGuestImage(load);
     // Follow the console from its first byte before starting, so nothing the guest writes is missed.
@@ -264,7 +320,8 @@ async function runGuest(ctx: Ctx, imagePath: string, o: RunOptions): Promise<voi
     process.removeListener('SIGINT', interrupt);
     process.removeListener('SIGTERM', interrupt);
     await c.partitions.deletePartition({ name }).catch((e: unknown) => {
-      if (!(e instanceof VsmError && e.reason === 'HV_STATUS_INVALID_PARTITION_ID')) ctx.note(`vsmctl: could not delete ${name}: ${e instanceof Error ? e.message : String(e)}`);
+      if (!(e instanceof VsmError && e.reason === 'HV_STATUS_INVALID_PARTITION_ID'))
+        ctx.note(`vsmctl: could not delete ${name}: ${e instanceof Error ? e.message : String(e)}`);
     });
   }
 }

@@ -26,18 +26,28 @@ function filtersText(o: WatchOptions): string {
   return [
     o.vp !== undefined ? `VP ${o.vp}` : 'any VP',
     o.vtl !== undefined ? `accesses in VTL ${o.vtl}` : 'any VTL',
-    o.gpaStart !== undefined || o.gpaEnd !== undefined ? `GPA ${o.gpaStart !== undefined ? hex64(o.gpaStart) : 'start'}..${o.gpaEnd !== undefined ? hex64(o.gpaEnd) : 'end'}` : 'any GPA',
+    o.gpaStart !== undefined || o.gpaEnd !== undefined
+      ? `GPA ${o.gpaStart !== undefined ? hex64(o.gpaStart) : 'start'}..${o.gpaEnd !== undefined ? hex64(o.gpaEnd) : 'end'}`
+      : 'any GPA',
   ].join(', ');
 }
 
 export function register(program: Command, { run }: Cli): void {
-  const intercepts = program.command('intercepts').description('memory intercepts: where they go, which wait for an answer, and a monitor that watches and answers them');
+  const intercepts = program
+    .command('intercepts')
+    .description('memory intercepts: where they go, which wait for an answer, and a monitor that watches and answers them');
   partitionCommand(intercepts, 'route', 'choose where memory intercepts go (SetInterceptRoute), and what happens to monitor intercepts nobody answers')
     .addArgument(
-      new Argument('<route>', 'higher-vtl: the protecting VTL handles them (default); monitor: external monitors answer, the VP waits; both: the VTL handles them, monitors observe')
-        .choices(Object.keys(ROUTES)),
+      new Argument(
+        '<route>',
+        'higher-vtl: the protecting VTL handles them (default); monitor: external monitors answer, the VP waits; both: the VTL handles them, monitors observe',
+      ).choices(Object.keys(ROUTES)),
     )
-    .option('--deadline-ms <ms>', 'apply --deadline-action to an intercept no monitor answered within MS (1..86400000; default: wait forever)', countArg('--deadline-ms', 86_400_000))
+    .option(
+      '--deadline-ms <ms>',
+      'apply --deadline-action to an intercept no monitor answered within MS (1..86400000; default: wait forever)',
+      countArg('--deadline-ms', 86_400_000),
+    )
     .addOption(new Option('--deadline-action <action>', 'what the deadline does (with --deadline-ms)').choices(Object.keys(ACTIONS)))
     .action(
       run(async (ctx, name: string, route: string, o: { deadlineMs?: number; deadlineAction?: string }) => {
@@ -50,7 +60,7 @@ export function register(program: Command, { run }: Cli): void {
         });
         ctx.emit({ name, ...(toJson(r) as object) }, () => {
           const where: Record<string, string> = {
-            'higher-vtl': "to the protecting VTL (route HIGHER_VTL): the message goes to its SINT0 and the VP enters it",
+            'higher-vtl': 'to the protecting VTL (route HIGHER_VTL): the message goes to its SINT0 and the VP enters it',
             monitor: 'to external monitors (route MONITOR): the VP waits at the instruction for an answer',
             both: 'to the protecting VTL, with an observe-only copy for monitors (route BOTH)',
           };
@@ -67,13 +77,27 @@ export function register(program: Command, { run }: Cli): void {
       const r = await ctx.client.intercepts.listPendingIntercepts({ name });
       ctx.emit({ name, intercepts: toJson(r.intercepts) }, () => {
         if (!r.intercepts.length) return `no intercepts of ${name} wait for an answer`;
-        const rows = r.intercepts.map((e) => [String(e.interceptId), String(e.vpIndex), String(e.vtl), accessTypeText(e.accessType), hex64(e.gpa), String(e.length), hex64(e.rip), String(e.protectingVtl), String(e.viewGeneration)]);
+        const rows = r.intercepts.map((e) => [
+          String(e.interceptId),
+          String(e.vpIndex),
+          String(e.vtl),
+          accessTypeText(e.accessType),
+          hex64(e.gpa),
+          String(e.length),
+          hex64(e.rip),
+          String(e.protectingVtl),
+          String(e.viewGeneration),
+        ]);
         const n = r.intercepts.length;
         return `${count(n, 'intercept')} of ${name} wait${n === 1 ? 's' : ''} for a monitor's answer:\n${table(['ID', 'VP', 'VTL', 'ACCESS', 'GPA', 'LEN', 'RIP', 'BY VTL', 'GENERATION'], rows)}`;
       });
     }),
   );
-  partitionCommand(intercepts, 'watch', 'an external monitor (Monitor stream): prints intercepts as they happen and, with --reply, answers each one that needs a reply')
+  partitionCommand(
+    intercepts,
+    'watch',
+    'an external monitor (Monitor stream): prints intercepts as they happen and, with --reply, answers each one that needs a reply',
+  )
     .option('--vp <n>', 'only intercepts of this VP', vpArg)
     .option('--vtl <n>', 'only accesses made in this VTL', vtlArg)
     .option('--gpa-start <gpa>', 'only GPAs >= this', u64Arg('--gpa-start'))
@@ -81,7 +105,10 @@ export function register(program: Command, { run }: Cli): void {
     .option('--access <kinds>', 'only these accesses: r,w,x (read, write, execute; default all)', arg(parseAccessMask))
     .addOption(new Option('--reply <action>', 'answer every intercept that needs a reply (route MONITOR) with this action').choices(Object.keys(ACTIONS)))
     .option('--skip-data <hex>', 'with --reply skip: the bytes a skipped read returns (zero-filled to its length)', arg(parseHexBytes))
-    .option('--check-generation', "with --reply: send the intercept's view generation, so the answer is refused (STALE_GENERATION) when protections or overlays changed since the fault")
+    .option(
+      '--check-generation',
+      "with --reply: send the intercept's view generation, so the answer is refused (STALE_GENERATION) when protections or overlays changed since the fault",
+    )
     .option('--count <n>', 'exit after N intercepts (and the answers to them)', countArg('--count', 1_000_000_000))
     .addHelpText(
       'after',
@@ -96,7 +123,8 @@ delivered to it first (flagged redelivered when an earlier monitor saw them). Ct
         if (o.checkGeneration && !o.reply) throw new UsageError('--check-generation goes with --reply');
         if (o.gpaStart !== undefined && o.gpaEnd !== undefined && o.gpaEnd <= o.gpaStart) throw new UsageError('--gpa-end must be above --gpa-start');
         const action = o.reply ? ACTIONS[o.reply]! : undefined;
-        const answering = action !== undefined ? `answering ${actionText(action)}${o.checkGeneration ? ' with generation check' : ''}` : 'watching only, not answering';
+        const answering =
+          action !== undefined ? `answering ${actionText(action)}${o.checkGeneration ? ' with generation check' : ''}` : 'watching only, not answering';
         await untilInterrupted(async (signal) => {
           const m = ctx.client.intercepts.monitor(signal);
           let seen = 0;
@@ -111,7 +139,11 @@ delivered to it first (flagged redelivered when an earlier monitor saw them). Ct
               const k = r.kind;
               if (!k) continue;
               if (k.$case === 'subscription') {
-                ctx.line({ name, subscription: toJson(k.value) }, () => `subscribed to intercepts of ${name}: ${accessMaskText(k.value.accessMask)}; ${filtersText(o)}; ${answering}; view generation ${k.value.viewGeneration}`);
+                ctx.line(
+                  { name, subscription: toJson(k.value) },
+                  () =>
+                    `subscribed to intercepts of ${name}: ${accessMaskText(k.value.accessMask)}; ${filtersText(o)}; ${answering}; view generation ${k.value.viewGeneration}`,
+                );
               } else if (k.$case === 'intercept') {
                 if (full) continue; // after --count: not ours to print or answer
                 const e = k.value;
@@ -121,7 +153,12 @@ delivered to it first (flagged redelivered when an earlier monitor saw them). Ct
                   m.send({
                     kind: {
                       $case: 'reply',
-                      value: { interceptId: e.interceptId, action, data: action === pb.InterceptAction.INTERCEPT_ACTION_SKIP ? (o.skipData ?? Buffer.alloc(0)) : Buffer.alloc(0), viewGeneration: o.checkGeneration ? e.viewGeneration : undefined },
+                      value: {
+                        interceptId: e.interceptId,
+                        action,
+                        data: action === pb.InterceptAction.INTERCEPT_ACTION_SKIP ? (o.skipData ?? Buffer.alloc(0)) : Buffer.alloc(0),
+                        viewGeneration: o.checkGeneration ? e.viewGeneration : undefined,
+                      },
                     },
                   });
                   outstanding.add(e.interceptId);
@@ -132,8 +169,13 @@ delivered to it first (flagged redelivered when an earlier monitor saw them). Ct
                 outstanding.delete(x.interceptId);
                 const status = safeEnum(pb.replyStatusToJSON)(x.status);
                 ctx.line(
-                  { name, replyResult: { interceptId: x.interceptId.toString(), status, detail: x.detail, viewGeneration: x.viewGeneration.toString() }, action: action !== undefined ? safeEnum(pb.interceptActionToJSON)(action) : null },
-                  () => `  reply ${action !== undefined ? actionText(action) : ''} to intercept ${x.interceptId}: ${shortEnum(status, 'REPLY_STATUS_')}${x.detail ? ` (${x.detail})` : ''}; view generation ${x.viewGeneration}`,
+                  {
+                    name,
+                    replyResult: { interceptId: x.interceptId.toString(), status, detail: x.detail, viewGeneration: x.viewGeneration.toString() },
+                    action: action !== undefined ? safeEnum(pb.interceptActionToJSON)(action) : null,
+                  },
+                  () =>
+                    `  reply ${action !== undefined ? actionText(action) : ''} to intercept ${x.interceptId}: ${shortEnum(status, 'REPLY_STATUS_')}${x.detail ? ` (${x.detail})` : ''}; view generation ${x.viewGeneration}`,
                 );
               }
               if (full && outstanding.size === 0) break;

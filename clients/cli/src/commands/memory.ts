@@ -73,7 +73,8 @@ export function register(program: Command, { run }: Cli): void {
     .option('--output <file>', 'write the raw bytes to FILE instead of a hexdump')
     .action(
       run(async (ctx, name: string, gpa: bigint, length: bigint, o: { vtl?: number; guest?: number; output?: string }) => {
-        if (o.vtl !== undefined && o.guest !== undefined) throw new UsageError('--vtl and --guest exclude each other (a guest access uses the VP\'s active VTL)');
+        if (o.vtl !== undefined && o.guest !== undefined)
+          throw new UsageError("--vtl and --guest exclude each other (a guest access uses the VP's active VTL)");
         if (length < 1n) throw new UsageError('length must be at least 1');
         if (length > 256n << 20n) throw new UsageError('length must be at most 256 MiB');
         const total = Number(length);
@@ -114,7 +115,9 @@ export function register(program: Command, { run }: Cli): void {
           },
           () => {
             const head = o.output ? `read ${data.length} bytes at ${hex64(gpa)} (${view}) into ${o.output}` : data.length ? hexdump(data, gpa) : '';
-            const tail = failed ? notCompletedText(`guest read at ${hex64(gpa + BigInt(data.length))}`, failed, o.guest!, `read stopped after ${data.length} bytes`) : '';
+            const tail = failed
+              ? notCompletedText(`guest read at ${hex64(gpa + BigInt(data.length))}`, failed, o.guest!, `read stopped after ${data.length} bytes`)
+              : '';
             return [head, tail].filter(Boolean).join('\n');
           },
         );
@@ -173,7 +176,11 @@ export function register(program: Command, { run }: Cli): void {
     );
   partitionCommand(memory, 'protect', "set a VTL's protection mask on pages (ModifyVtlProtectionMask as the host); the VTL must have set EnableVtlProtection")
     .requiredOption('--vtl <n>', 'protecting VTL (1..maximum VTL): its mask restricts every lower VTL', vtlArg)
-    .requiredOption('--flags <flags>', 'what lower VTLs may do: r, rw, rx, rwx, none, or HV_MAP_GPA_FLAGS as a number (0x1 read, 0x2 write, 0x4 kernel exec, 0x8 user exec)', arg(parseMapFlags))
+    .requiredOption(
+      '--flags <flags>',
+      'what lower VTLs may do: r, rw, rx, rwx, none, or HV_MAP_GPA_FLAGS as a number (0x1 read, 0x2 write, 0x4 kernel exec, 0x8 user exec)',
+      arg(parseMapFlags),
+    )
     .option('--gpa <gpa>', 'first GPA (page aligned), with --size', u64Arg('--gpa'))
     .option('--size <size>', 'bytes from --gpa, whole 4 KiB pages (4KiB, 2MiB, 1GiB)', sizeArg('--size'))
     .option('--pages <start:count...>', 'page ranges: first page number (GPA >> 12) and page count, e.g. 0x40:16 (repeatable)', listArg(parsePageRange))
@@ -191,7 +198,10 @@ export function register(program: Command, { run }: Cli): void {
           const p = await ctx.client.partitions.getPartition({ name });
           const pages = p.memoryBytes >> 12n;
           for (const r of ranges) {
-            if (r.start + r.count > pages) throw new UsageError(`pages 0x${r.start.toString(16)}+${r.count} are beyond the partition's memory (${formatSize(p.memoryBytes)}, ${pages} pages)`);
+            if (r.start + r.count > pages)
+              throw new UsageError(
+                `pages 0x${r.start.toString(16)}+${r.count} are beyond the partition's memory (${formatSize(p.memoryBytes)}, ${pages} pages)`,
+              );
           }
         }
         let changed = 0n;
@@ -209,7 +219,13 @@ export function register(program: Command, { run }: Cli): void {
                 generation = r.viewGeneration;
               } catch (e) {
                 if (e instanceof VsmError && i > 0) {
-                  throw new VsmError(e.code, e.reason, e.domain, e.metadata, `${e.message} (call ${i + 1} of ${calls.length}; the calls before it changed ${changed} pages, which keep the new mask)`);
+                  throw new VsmError(
+                    e.code,
+                    e.reason,
+                    e.domain,
+                    e.metadata,
+                    `${e.message} (call ${i + 1} of ${calls.length}; the calls before it changed ${changed} pages, which keep the new mask)`,
+                  );
                 }
                 throw e;
               }
@@ -244,9 +260,16 @@ export function register(program: Command, { run }: Cli): void {
         const r = await ctx.client.intercepts.getVtlProtections({ name, protectingVtl: o.vtl });
         const json = toJson(r) as { [k: string]: Json };
         ctx.emit(
-          { name, protectingVtl: o.vtl, ...json, defaultMask: maskText(r.defaultMapFlags), ranges: r.ranges.map((x) => ({ ...(toJson(x) as { [k: string]: Json }), mask: maskText(x.mapFlags) })) },
+          {
+            name,
+            protectingVtl: o.vtl,
+            ...json,
+            defaultMask: maskText(r.defaultMapFlags),
+            ranges: r.ranges.map((x) => ({ ...(toJson(x) as { [k: string]: Json }), mask: maskText(x.mapFlags) })),
+          },
           () => {
-            if (!r.protectionEnabled) return `${name}: VTL ${o.vtl} has not set EnableVtlProtection, so it restricts nothing (view generation ${r.viewGeneration})`;
+            if (!r.protectionEnabled)
+              return `${name}: VTL ${o.vtl} has not set EnableVtlProtection, so it restricts nothing (view generation ${r.viewGeneration})`;
             const head = `${name}: VTL ${o.vtl} protections enabled; default mask ${maskLabel(r.defaultMapFlags)} outside the ranges; view generation ${r.viewGeneration}`;
             if (!r.ranges.length) return `${head}\nno explicit ranges`;
             const rows = r.ranges.map((x) => {

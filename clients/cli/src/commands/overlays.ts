@@ -13,7 +13,14 @@ export function register(program: Command, { run }: Cli): void {
         const r = await ctx.client.memory.listOverlays({ name, vtl: o.vtl });
         ctx.emit({ name, ...(toJson(r) as object) }, () => {
           if (!r.overlays.length) return `no overlays${o.vtl !== undefined ? ` in VTL ${o.vtl}` : ''} (view generation ${r.viewGeneration})`;
-          const rows = r.overlays.map((x) => [hex64(x.gpa), overlayKind(x.kind), String(x.vtl), x.vpIndex === undefined ? 'all' : String(x.vpIndex), x.stackPosition === 0 ? '0 (top)' : String(x.stackPosition), x.readOnly ? 'read-only' : 'read-write']);
+          const rows = r.overlays.map((x) => [
+            hex64(x.gpa),
+            overlayKind(x.kind),
+            String(x.vtl),
+            x.vpIndex === undefined ? 'all' : String(x.vpIndex),
+            x.stackPosition === 0 ? '0 (top)' : String(x.stackPosition),
+            x.readOnly ? 'read-only' : 'read-write',
+          ]);
           return `${table(['GPA', 'KIND', 'VTL', 'VP', 'STACK', 'GUEST ACCESS'], rows)}\nview generation ${r.viewGeneration}`;
         });
       }),

@@ -7,7 +7,10 @@ import { MAX_VP, arg, countArg, partitionCommand, sizeArg, vtlArg } from '../opt
 import { parseLabel, partitionId } from '../parse';
 import { runText } from './execution';
 
-const labelsText = (p: pb.Partition, sep: string): string => Object.entries(p.labels).map(([k, v]) => `${k}=${v}`).join(sep);
+const labelsText = (p: pb.Partition, sep: string): string =>
+  Object.entries(p.labels)
+    .map(([k, v]) => `${k}=${v}`)
+    .join(sep);
 
 function partitionFields(p: pb.Partition): string {
   return fields([
@@ -36,23 +39,37 @@ export function register(program: Command, { run }: Cli): void {
     .option('--id <id>', 'partition id ([a-z0-9-], becomes partitions/ID; default: chosen by the server)', arg(partitionId))
     .option('--max-vtl <n>', 'highest VTL the partition may enable (0..2)', vtlArg)
     .addOption(new Option('--arch <arch>', 'architecture').choices(['x64', 'arm64']))
-    .option('--label <key=value...>', 'labels (repeatable)', arg((s: string, prev?: Record<string, string>) => parseLabel(s, prev)))
+    .option(
+      '--label <key=value...>',
+      'labels (repeatable)',
+      arg((s: string, prev?: Record<string, string>) => parseLabel(s, prev)),
+    )
     .option('--request-id <id>', 'idempotency key: a retry with the same key returns the same partition')
     .action(
-      run(async (ctx, o: { vpCount: number; memory: bigint; id?: string; maxVtl?: number; arch?: string; label?: Record<string, string>; requestId?: string }) => {
-        const p = await ctx.client.partitions.createPartition({
-          partitionId: o.id ?? '',
-          requestId: o.requestId ?? '',
-          partition: pb.Partition.fromPartial({
-            vpCount: o.vpCount,
-            memoryBytes: o.memory,
-            maximumVtl: o.maxVtl ?? 0,
-            labels: o.label ?? {},
-            architecture: o.arch === 'arm64' ? pb.Architecture.ARCHITECTURE_ARM64 : o.arch === 'x64' ? pb.Architecture.ARCHITECTURE_X64 : pb.Architecture.ARCHITECTURE_UNSPECIFIED,
-          }),
-        });
-        ctx.emit(toJson(p), () => `created ${p.name} (${count(p.vpCount, 'VP')}, ${formatSize(p.memoryBytes)}, maximum VTL ${p.maximumVtl})`);
-      }),
+      run(
+        async (
+          ctx,
+          o: { vpCount: number; memory: bigint; id?: string; maxVtl?: number; arch?: string; label?: Record<string, string>; requestId?: string },
+        ) => {
+          const p = await ctx.client.partitions.createPartition({
+            partitionId: o.id ?? '',
+            requestId: o.requestId ?? '',
+            partition: pb.Partition.fromPartial({
+              vpCount: o.vpCount,
+              memoryBytes: o.memory,
+              maximumVtl: o.maxVtl ?? 0,
+              labels: o.label ?? {},
+              architecture:
+                o.arch === 'arm64'
+                  ? pb.Architecture.ARCHITECTURE_ARM64
+                  : o.arch === 'x64'
+                    ? pb.Architecture.ARCHITECTURE_X64
+                    : pb.Architecture.ARCHITECTURE_UNSPECIFIED,
+            }),
+          });
+          ctx.emit(toJson(p), () => `created ${p.name} (${count(p.vpCount, 'VP')}, ${formatSize(p.memoryBytes)}, maximum VTL ${p.maximumVtl})`);
+        },
+      ),
     );
   partitions
     .command('list')
@@ -73,7 +90,12 @@ export function register(program: Command, { run }: Cli): void {
         ctx.emit({ partitions: toJson(all), nextPageToken: token }, () => {
           if (!all.length) return token ? `no partitions on this page; next page: --page-token ${token}` : 'no partitions';
           const rows = all.map((p) => [
-            p.name, String(p.vpCount), formatSize(p.memoryBytes), String(p.maximumVtl), vtlSet(p.enabledVtlSet), partitionStateText(p.state),
+            p.name,
+            String(p.vpCount),
+            formatSize(p.memoryBytes),
+            String(p.maximumVtl),
+            vtlSet(p.enabledVtlSet),
+            partitionStateText(p.state),
             p.createTimeUnixMs ? new Date(Number(p.createTimeUnixMs)).toISOString().replace(/\.\d+Z$/, 'Z') : '-',
             labelsText(p, ',') || '-',
           ]);

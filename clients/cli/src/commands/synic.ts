@@ -17,11 +17,16 @@ const synicCommand = (parent: Command, name: string, description: string, sint: 
 export function register(program: Command, { run }: Cli): void {
   const synic = program.command('synic').description("a VP's SynIC as the host sees it: post messages, signal event flags, queue depths");
   synicCommand(synic, 'post', "post an HV_MESSAGE to SINTn of a VP's VTL (PostMessage): into the SIM slot, or queued behind a busy one", true)
-    .requiredOption('--type <type>', 'HV_MESSAGE_TYPE: non-zero, bit 31 clear (hex or decimal)', arg((s) => parseU32(s, '--type')))
+    .requiredOption(
+      '--type <type>',
+      'HV_MESSAGE_TYPE: non-zero, bit 31 clear (hex or decimal)',
+      arg((s) => parseU32(s, '--type')),
+    )
     .option('--payload <hex>', `payload bytes (at most ${MAX_MESSAGE_PAYLOAD})`, arg(parseHexBytes))
     .action(
       run(async (ctx, part: string, idx: number, o: { vtl: number; sint: number; type: number; payload?: Buffer }) => {
-        if (o.type === 0 || o.type & 0x80000000) throw new UsageError(`--type 0x${o.type.toString(16)}: message types are non-zero with bit 31 clear (the hypervisor's own types are reserved)`);
+        if (o.type === 0 || o.type & 0x80000000)
+          throw new UsageError(`--type 0x${o.type.toString(16)}: message types are non-zero with bit 31 clear (the hypervisor's own types are reserved)`);
         const payload = o.payload ?? Buffer.alloc(0);
         if (payload.length > MAX_MESSAGE_PAYLOAD) throw new UsageError(`--payload has ${payload.length} bytes; at most ${MAX_MESSAGE_PAYLOAD}`);
         const name = vpName(part, idx);
@@ -30,7 +35,9 @@ export function register(program: Command, { run }: Cli): void {
           { name, vtl: o.vtl, sint: o.sint, messageType: o.type, payload: payload.toString('hex'), delivered: r.delivered },
           () =>
             `posted message type ${hex(o.type, 8)} (${count(payload.length, 'byte')}) to SINT${o.sint} of ${name} VTL ${o.vtl}: ` +
-            (r.delivered ? 'delivered into the SIM slot' : 'queued behind the occupied SIM slot (MessagePending set; it arrives after the slot is cleared and EOM written)'),
+            (r.delivered
+              ? 'delivered into the SIM slot'
+              : 'queued behind the occupied SIM slot (MessagePending set; it arrives after the slot is cleared and EOM written)'),
         );
       }),
     );
@@ -40,8 +47,10 @@ export function register(program: Command, { run }: Cli): void {
       run(async (ctx, part: string, idx: number, o: { vtl: number; sint: number; flag: number }) => {
         const name = vpName(part, idx);
         const r = await ctx.client.synic.signalEvent({ name, vtl: o.vtl, sint: o.sint, flag: o.flag });
-        ctx.emit({ name, vtl: o.vtl, sint: o.sint, flag: o.flag, newlySet: r.newlySet }, () =>
-          `event flag ${o.flag} of SINT${o.sint} (${name} VTL ${o.vtl}): ${r.newlySet ? 'newly set (an interrupt would be raised)' : 'was already set (no new interrupt)'}`,
+        ctx.emit(
+          { name, vtl: o.vtl, sint: o.sint, flag: o.flag, newlySet: r.newlySet },
+          () =>
+            `event flag ${o.flag} of SINT${o.sint} (${name} VTL ${o.vtl}): ${r.newlySet ? 'newly set (an interrupt would be raised)' : 'was already set (no new interrupt)'}`,
         );
       }),
     );

@@ -16,7 +16,9 @@ export function vpFields(vp: pb.VirtualProcessor): string {
     ['enabled VTLs', s ? vtlSet(s.enabledVtlSet) : '-'],
     ['last entry reason', s ? entryReason(s.lastEntryReason) : '-'],
     ['intercept suspended', s?.interceptSuspended ? `yes, on intercept ${s.suspendedInterceptId} (waiting for a monitor's answer)` : 'no'],
-    ...(vp.runState ? [['run state', shortEnum(safeEnum(pb.vpRunStateToJSON)(vp.runState), 'VP_RUN_STATE_').toLowerCase().replace(/_/g, '-')] as [string, string]] : []),
+    ...(vp.runState
+      ? [['run state', shortEnum(safeEnum(pb.vpRunStateToJSON)(vp.runState), 'VP_RUN_STATE_').toLowerCase().replace(/_/g, '-')] as [string, string]]
+      : []),
   ]);
 }
 
@@ -50,7 +52,10 @@ export function register(program: Command, { run }: Cli): void {
         const name = vpName(part, idx);
         const assoc: pb.RegisterAssoc = { name: reg, value: parseRegisterValue(reg, text) };
         await ctx.client.vps.setVpRegisters({ name, vtl: o.vtl, registers: [assoc] });
-        ctx.emit({ name, vtl: o.vtl ?? null, registers: [registerJson(assoc)] }, () => `${name}  ${o.vtl === undefined ? 'active VTL' : `VTL ${o.vtl}`}: ${tlfsRegisterName(reg)} = ${registerValueText(assoc)}`);
+        ctx.emit(
+          { name, vtl: o.vtl ?? null, registers: [registerJson(assoc)] },
+          () => `${name}  ${o.vtl === undefined ? 'active VTL' : `VTL ${o.vtl}`}: ${tlfsRegisterName(reg)} = ${registerValueText(assoc)}`,
+        );
       }),
     );
 }

@@ -32,7 +32,10 @@ export function register(program: Command, { run }: Cli): void {
     .action(
       run(async (ctx, name: string, target: number, o: { mbec?: boolean }) => {
         const r = await ctx.client.vtl.enablePartitionVtl({ name, targetVtl: target, enableMbec: o.mbec === true });
-        ctx.emit({ name, targetVtl: target, enabledVtlSet: r.enabledVtlSet }, () => `enabled VTL ${target} for ${name}; partition VTLs now ${vtlSet(r.enabledVtlSet)}`);
+        ctx.emit(
+          { name, targetVtl: target, enabledVtlSet: r.enabledVtlSet },
+          () => `enabled VTL ${target} for ${name}; partition VTLs now ${vtlSet(r.enabledVtlSet)}`,
+        );
       }),
     );
   vpCommand(vtl, 'enable-vp', 'enable a VTL on one VP (EnableVpVtl, as the host; default initial context)')
@@ -41,7 +44,10 @@ export function register(program: Command, { run }: Cli): void {
       run(async (ctx, part: string, idx: number, target: number) => {
         const r = await ctx.client.vtl.enableVpVtl({ name: vpName(part, idx), targetVtl: target });
         const v = r.vp!;
-        ctx.emit(toJson(v), () => `enabled VTL ${target} on ${v.name}; VP VTLs now ${vtlSet(v.vtlStatus?.enabledVtlSet ?? 0)}, active VTL ${v.vtlStatus?.activeVtl ?? '-'}`);
+        ctx.emit(
+          toJson(v),
+          () => `enabled VTL ${target} on ${v.name}; VP VTLs now ${vtlSet(v.vtlStatus?.enabledVtlSet ?? 0)}, active VTL ${v.vtlStatus?.activeVtl ?? '-'}`,
+        );
       }),
     );
   partitionCommand(vtl, 'status', 'VSM status of the partition and its VPs (or one VP)')
@@ -61,7 +67,12 @@ export function register(program: Command, { run }: Cli): void {
             `${name}: maximum VTL ${p.maximumVtl}, enabled VTLs ${vtlSet(p.enabledVtlSet)}`,
             table(
               ['VP', 'ACTIVE VTL', 'ENABLED VTLS', 'LAST ENTRY'],
-              vps.map((v) => [String(v.vpIndex), String(v.vtlStatus?.activeVtl ?? '-'), vtlSet(v.vtlStatus?.enabledVtlSet ?? 0), v.vtlStatus ? entryReason(v.vtlStatus.lastEntryReason) : '-']),
+              vps.map((v) => [
+                String(v.vpIndex),
+                String(v.vtlStatus?.activeVtl ?? '-'),
+                vtlSet(v.vtlStatus?.enabledVtlSet ?? 0),
+                v.vtlStatus ? entryReason(v.vtlStatus.lastEntryReason) : '-',
+              ]),
             ),
           ].join('\n'),
         );
@@ -75,14 +86,20 @@ export function register(program: Command, { run }: Cli): void {
       ctx.emit({ name, offset, ...(toJson(r) as object) }, () => vtlActionText(`VtlCall (hypercall page +${hex(offset, 2)})`, r.outcome, idx));
     }),
   );
-  vpCommand(vtl, 'return', 'VtlReturn: the VP calls its hypercall page at the VtlReturn offset (RCX = 0, or 1 with --fast); reports what became of an intercepted access (resumed_access)')
+  vpCommand(
+    vtl,
+    'return',
+    'VtlReturn: the VP calls its hypercall page at the VtlReturn offset (RCX = 0, or 1 with --fast); reports what became of an intercepted access (resumed_access)',
+  )
     .option('--fast', 'fast return (RAX/RCX of the lower VTL are not restored)')
     .action(
       run(async (ctx, part: string, idx: number, o: { fast?: boolean }) => {
         const name = vpName(part, idx);
         const [, offset] = await codePageOffsets(ctx.client, name);
         const r = await ctx.client.guest.callHypercallPage({ name, offset, rcx: o.fast ? 1n : 0n });
-        ctx.emit({ name, offset, fast: o.fast === true, ...(toJson(r) as object) }, () => vtlActionText(`VtlReturn${o.fast ? ' (fast)' : ''} (hypercall page +${hex(offset, 2)})`, r.outcome, idx));
+        ctx.emit({ name, offset, fast: o.fast === true, ...(toJson(r) as object) }, () =>
+          vtlActionText(`VtlReturn${o.fast ? ' (fast)' : ''} (hypercall page +${hex(offset, 2)})`, r.outcome, idx),
+        );
       }),
     );
   partitionCommand(vtl, 'watch', 'stream VTL transitions until Ctrl-C (--json: one JSON object per line)')
@@ -99,7 +116,8 @@ export function register(program: Command, { run }: Cli): void {
             if (e.$case === 'subscribed' && !ctx.json) continue;
             ctx.line({ name, ...(toJson(ev) as object) }, () => {
               if (e.$case === 'subscribed') return '';
-              if (e.$case !== 'transition') return `lagged: missed ${e.value.missed} transition(s) from #${e.value.firstMissedSequence} (the watcher fell behind)`;
+              if (e.$case !== 'transition')
+                return `lagged: missed ${e.value.missed} transition(s) from #${e.value.firstMissedSequence} (the watcher fell behind)`;
               const t = e.value;
               const when = new Date(Number(t.timeUnixUs / 1000n)).toISOString();
               const what = t.isReturn ? `return${t.fastReturn ? ' (fast)' : ''}` : entryReason(t.entryReason);

@@ -44,7 +44,8 @@ export class HypercallDispatcher {
       if (input.fast) {
         // Register-based: at most two 8-byte inputs (RDX, R8); XMM fast input is not offered
         // (CPUID 0x40000003 EDX bit 4 clear), and fast calls have no output.
-        if (inSize > 16 || (h.outputElementSize ?? 0) > 0) hvFail(HvStatus.HV_STATUS_INVALID_HYPERCALL_INPUT, `${h.name} does not fit a register-based (fast) call`);
+        if (inSize > 16 || (h.outputElementSize ?? 0) > 0)
+          hvFail(HvStatus.HV_STATUS_INVALID_HYPERCALL_INPUT, `${h.name} does not fit a register-based (fast) call`);
         inBytes = Buffer.alloc(16);
         inBytes.writeBigUInt64LE(inv.inputGpa, 0);
         inBytes.writeBigUInt64LE(inv.outputGpa, 8);
@@ -59,7 +60,8 @@ export class HypercallDispatcher {
         // The hypervisor reads the input and writes the output as the caller: a block on a page a
         // higher VTL protected from it is a memory intercept, not a completed call (§1.1).
         if (!accessibleTo(p, vp, inv.inputGpa, inSize, 'read')) return { parameterIntercept: interceptAccess(p, vp, 'read', inv.inputGpa, inSize) };
-        if (!accessibleTo(p, vp, inv.outputGpa, outSize, 'write')) return { parameterIntercept: interceptAccess(p, vp, 'write', inv.outputGpa, outSize, Buffer.alloc(outSize)) };
+        if (!accessibleTo(p, vp, inv.outputGpa, outSize, 'write'))
+          return { parameterIntercept: interceptAccess(p, vp, 'write', inv.outputGpa, outSize, Buffer.alloc(outSize)) };
         inBytes = p.readView(vp.activeVtl, vp.index, inv.inputGpa, inSize);
       }
       const r = h.handle({ partition: p, vp, callerVtl: vp.activeVtl }, inBytes, { start: input.repStartIndex, count: input.repCount });

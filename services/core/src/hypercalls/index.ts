@@ -54,7 +54,11 @@ export interface HypercallOutcome extends GuestOutcome {
 export function hypercallRegisters(p: Partition, vp: VirtualProcessor): HypercallInvocation {
   if (p.is64Bit(vp)) return { control: p.reg(vp, R.HvX64RegisterRcx), inputGpa: p.reg(vp, R.HvX64RegisterRdx), outputGpa: p.reg(vp, R.HvX64RegisterR8) };
   const pair = (hi: number, lo: number) => ((p.reg(vp, hi) & 0xffffffffn) << 32n) | (p.reg(vp, lo) & 0xffffffffn);
-  return { control: pair(R.HvX64RegisterRdx, R.HvX64RegisterRax), inputGpa: pair(R.HvX64RegisterRbx, R.HvX64RegisterRcx), outputGpa: pair(R.HvX64RegisterRdi, R.HvX64RegisterRsi) };
+  return {
+    control: pair(R.HvX64RegisterRdx, R.HvX64RegisterRax),
+    inputGpa: pair(R.HvX64RegisterRbx, R.HvX64RegisterRcx),
+    outputGpa: pair(R.HvX64RegisterRdi, R.HvX64RegisterRsi),
+  };
 }
 
 /**
@@ -67,7 +71,8 @@ export function executeVmcall(p: Partition, vp: VirtualProcessor, opts: { instru
   // A VP suspended on a monitor intercept executes nothing (its dispatcher errors would otherwise
   // become the call's status: a suspended VP completing a VMCALL).
   p.assertVpCanAct(vp);
-  if (p.spec.architecture !== 'x64') throw new HvError(HvStatus.HV_STATUS_FEATURE_UNAVAILABLE, 'arm64 hypercalls (HVC #0/#2/#3) are not modelled by this emulator; only memory intercepts are');
+  if (p.spec.architecture !== 'x64')
+    throw new HvError(HvStatus.HV_STATUS_FEATURE_UNAVAILABLE, 'arm64 hypercalls (HVC #0/#2/#3) are not modelled by this emulator; only memory intercepts are');
   const callerVtl = vp.activeVtl;
   // Legal environment: CPL0 in protected mode; otherwise #UD (tlfs-hypercalls.md §1.1).
   if (p.cpl(vp) !== 0 || p.inRealMode(vp)) return { exception: X64Exception.UD, activeVtl: callerVtl, resultValue: 0n };
@@ -82,7 +87,13 @@ export function executeVmcall(p: Partition, vp: VirtualProcessor, opts: { instru
     return { ...o, resultValue: 0n };
   }
   const d = VSM_DISPATCHER.dispatch(p, vp, inv);
-  if ('parameterIntercept' in d) return { activeVtl: vp.activeVtl, vtlSwitch: d.parameterIntercept.status === 'intercepted' ? d.parameterIntercept.vtlSwitch : undefined, resultValue: 0n, parameterIntercept: d.parameterIntercept };
+  if ('parameterIntercept' in d)
+    return {
+      activeVtl: vp.activeVtl,
+      vtlSwitch: d.parameterIntercept.status === 'intercepted' ? d.parameterIntercept.vtlSwitch : undefined,
+      resultValue: 0n,
+      parameterIntercept: d.parameterIntercept,
+    };
   const { status, repsCompleted, output, outputOffset } = d;
   const resultValue = encodeHypercallResult(status, repsCompleted);
   if (status === HvStatus.HV_STATUS_SUCCESS && output && output.length > 0) p.writeView(callerVtl, vp.index, inv.outputGpa + BigInt(outputOffset ?? 0), output);

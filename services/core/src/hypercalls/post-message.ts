@@ -7,7 +7,13 @@
 import { HvCallCode } from '../tlfs/hypercall';
 import type { HypercallHandler } from './handler';
 import { HvStatus, hvFail } from '../tlfs/status';
-import { HV_CONNECTION_ID_MASK, HV_MESSAGE_MAX_PAYLOAD_BYTE_COUNT, HV_MESSAGE_TYPE_HYPERVISOR_MASK, HvInputPostMessageLayout, decodePostMessageInput } from '../tlfs/message';
+import {
+  HV_CONNECTION_ID_MASK,
+  HV_MESSAGE_MAX_PAYLOAD_BYTE_COUNT,
+  HV_MESSAGE_TYPE_HYPERVISOR_MASK,
+  HvInputPostMessageLayout,
+  decodePostMessageInput,
+} from '../tlfs/message';
 import { postThroughConnection } from '../rules/connections';
 
 export const HvCallPostMessage: HypercallHandler = {
@@ -17,9 +23,11 @@ export const HvCallPostMessage: HypercallHandler = {
   inputSize: HvInputPostMessageLayout.size,
   handle(ctx, input) {
     const m = decodePostMessageInput(input);
-    if ((m.connectionId & ~HV_CONNECTION_ID_MASK) !== 0 || m.rsvdZ !== 0) hvFail(HvStatus.HV_STATUS_INVALID_HYPERCALL_INPUT, 'reserved bits of HV_INPUT_POST_MESSAGE are set');
+    if ((m.connectionId & ~HV_CONNECTION_ID_MASK) !== 0 || m.rsvdZ !== 0)
+      hvFail(HvStatus.HV_STATUS_INVALID_HYPERCALL_INPUT, 'reserved bits of HV_INPUT_POST_MESSAGE are set');
     if (m.payloadSize > HV_MESSAGE_MAX_PAYLOAD_BYTE_COUNT) hvFail(HvStatus.HV_STATUS_INVALID_HYPERCALL_INPUT, `PayloadSize ${m.payloadSize} exceeds 240`);
-    if (m.messageType === 0 || (m.messageType & HV_MESSAGE_TYPE_HYPERVISOR_MASK) !== 0) hvFail(HvStatus.HV_STATUS_INVALID_HYPERCALL_INPUT, `MessageType 0x${m.messageType.toString(16)} may not be posted by a guest`);
+    if (m.messageType === 0 || (m.messageType & HV_MESSAGE_TYPE_HYPERVISOR_MASK) !== 0)
+      hvFail(HvStatus.HV_STATUS_INVALID_HYPERCALL_INPUT, `MessageType 0x${m.messageType.toString(16)} may not be posted by a guest`);
     postThroughConnection(ctx.partition, m.connectionId, m.messageType, m.payload.subarray(0, m.payloadSize));
     return { status: HvStatus.HV_STATUS_SUCCESS };
   },

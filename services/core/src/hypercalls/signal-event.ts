@@ -17,7 +17,8 @@ export const HvCallSignalEvent: HypercallHandler = {
   inputSize: HvSignalEventInputLayout.size,
   handle(ctx, input) {
     const i = decodeSignalEventInput(input);
-    if ((i.connectionId & ~HV_CONNECTION_ID_MASK) !== 0 || i.rsvdZ !== 0) hvFail(HvStatus.HV_STATUS_INVALID_HYPERCALL_INPUT, 'reserved bits of HV_INPUT_SIGNAL_EVENT are set');
+    if ((i.connectionId & ~HV_CONNECTION_ID_MASK) !== 0 || i.rsvdZ !== 0)
+      hvFail(HvStatus.HV_STATUS_INVALID_HYPERCALL_INPUT, 'reserved bits of HV_INPUT_SIGNAL_EVENT are set');
     signalThroughConnection(ctx.partition, i.connectionId, i.flagNumber);
     return { status: HvStatus.HV_STATUS_SUCCESS };
   },

@@ -5,7 +5,14 @@
 import type { PartitionState, SynicConnection } from '../state/partition';
 import { type Vtl, isVtl } from '../vtl-array';
 import { HvStatus, hvFail } from '../tlfs/status';
-import { HV_CONNECTION_ID_MASK, HV_EVENT_FLAGS_COUNT, HV_MESSAGE_MAX_PAYLOAD_BYTE_COUNT, HV_MESSAGE_TYPE_HYPERVISOR_MASK, HV_SYNIC_SINT_COUNT, encodeHvMessage } from '../tlfs/message';
+import {
+  HV_CONNECTION_ID_MASK,
+  HV_EVENT_FLAGS_COUNT,
+  HV_MESSAGE_MAX_PAYLOAD_BYTE_COUNT,
+  HV_MESSAGE_TYPE_HYPERVISOR_MASK,
+  HV_SYNIC_SINT_COUNT,
+  encodeHvMessage,
+} from '../tlfs/message';
 import { assertActive } from './lifecycle';
 import { postMessage, signalEvent, synicView } from './synic';
 
@@ -33,7 +40,8 @@ const isUint = (n: unknown): n is number => typeof n === 'number' && Number.isIn
 export function createConnection(p: PartitionState, spec: ConnectionSpec): SynicConnection {
   assertActive(p);
   const { connectionId, kind, vpIndex, sint } = spec;
-  if (!isUint(connectionId) || connectionId > HV_CONNECTION_ID_MASK) hvFail(HvStatus.HV_STATUS_INVALID_CONNECTION_ID, `connection id ${connectionId} is not a 24-bit HV_CONNECTION_ID`);
+  if (!isUint(connectionId) || connectionId > HV_CONNECTION_ID_MASK)
+    hvFail(HvStatus.HV_STATUS_INVALID_CONNECTION_ID, `connection id ${connectionId} is not a 24-bit HV_CONNECTION_ID`);
   if (p.connections.has(connectionId)) hvFail(HvStatus.HV_STATUS_OBJECT_IN_USE, `connection ${connectionId} already exists`);
   if (kind !== 'message' && kind !== 'event') hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `connection kind ${String(kind)} is neither 'message' nor 'event'`);
   if (!isUint(vpIndex) || vpIndex >= p.vps.length) hvFail(HvStatus.HV_STATUS_INVALID_VP_INDEX, `VP index ${vpIndex} does not exist (vp_count ${p.vps.length})`);
@@ -47,7 +55,8 @@ export function createConnection(p: PartitionState, spec: ConnectionSpec): Synic
   } else {
     flagNumber = spec.flagNumber ?? 0;
     flagCount = spec.flagCount ?? 1;
-    if (!isUint(flagNumber) || !isUint(flagCount) || flagCount < 1 || flagNumber + flagCount > HV_EVENT_FLAGS_COUNT) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `event flags ${flagNumber}..+${flagCount} do not fit the ${HV_EVENT_FLAGS_COUNT} flags of a SINT`);
+    if (!isUint(flagNumber) || !isUint(flagCount) || flagCount < 1 || flagNumber + flagCount > HV_EVENT_FLAGS_COUNT)
+      hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `event flags ${flagNumber}..+${flagCount} do not fit the ${HV_EVENT_FLAGS_COUNT} flags of a SINT`);
   }
   const c: SynicConnection = { connectionId, kind, vpIndex, sint, vtl, flagNumber, flagCount };
   p.connections.set(connectionId, c);
@@ -86,7 +95,8 @@ function targetOf(p: PartitionState, c: SynicConnection) {
  */
 export function postThroughConnection(p: PartitionState, connectionId: number, messageType: number, payload: Buffer): 'delivered' | 'queued' {
   const c = connectionOf(p, connectionId, 'message');
-  if (messageType === 0 || (messageType & HV_MESSAGE_TYPE_HYPERVISOR_MASK) !== 0) hvFail(HvStatus.HV_STATUS_INVALID_HYPERCALL_INPUT, `message type 0x${messageType.toString(16)} is reserved`);
+  if (messageType === 0 || (messageType & HV_MESSAGE_TYPE_HYPERVISOR_MASK) !== 0)
+    hvFail(HvStatus.HV_STATUS_INVALID_HYPERCALL_INPUT, `message type 0x${messageType.toString(16)} is reserved`);
   if (payload.length > HV_MESSAGE_MAX_PAYLOAD_BYTE_COUNT) hvFail(HvStatus.HV_STATUS_INVALID_HYPERCALL_INPUT, 'payload exceeds 240 bytes');
   const vp = targetOf(p, c);
   const view = synicView(p, vp, c.vtl);
@@ -107,7 +117,8 @@ export function postThroughConnection(p: PartitionState, connectionId: number, m
  */
 export function signalThroughConnection(p: PartitionState, connectionId: number, flagNumber: number): boolean {
   const c = connectionOf(p, connectionId, 'event');
-  if (!isUint(flagNumber) || flagNumber >= c.flagCount) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `flag number ${flagNumber} is not below the port's ${c.flagCount} flags`);
+  if (!isUint(flagNumber) || flagNumber >= c.flagCount)
+    hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `flag number ${flagNumber} is not below the port's ${c.flagCount} flags`);
   const vp = targetOf(p, c);
   const r = signalEvent(p, vp, c.vtl, c.sint, c.flagNumber + flagNumber);
   if (r === 'disabled') hvFail(HvStatus.HV_STATUS_INVALID_SYNIC_STATE, `the SynIC or SIEF page of VP ${vp.index} VTL ${c.vtl} is disabled`);

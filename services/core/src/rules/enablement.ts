@@ -13,16 +13,30 @@ import { CR0_PE } from './processor';
 /** 64-bit long-mode state VPs start in (as if firmware had handed off): CPL0, paging on. */
 export function longModeContext(): HvInitialVpContext {
   const code = { base: 0n, limit: 0xffffffff, selector: 0x08, attributes: 0xb | (1 << 4) | SegmentAttr.Present | SegmentAttr.Long | SegmentAttr.Granularity };
-  const data = { base: 0n, limit: 0xffffffff, selector: 0x10, attributes: 0x3 | (1 << 4) | SegmentAttr.Present | SegmentAttr.Default | SegmentAttr.Granularity };
+  const data = {
+    base: 0n,
+    limit: 0xffffffff,
+    selector: 0x10,
+    attributes: 0x3 | (1 << 4) | SegmentAttr.Present | SegmentAttr.Default | SegmentAttr.Granularity,
+  };
   return {
-    rip: 0n, rsp: 0n, rflags: 0x2n,
-    cs: code, ds: data, es: data, fs: data, gs: data, ss: data,
+    rip: 0n,
+    rsp: 0n,
+    rflags: 0x2n,
+    cs: code,
+    ds: data,
+    es: data,
+    fs: data,
+    gs: data,
+    ss: data,
     tr: { base: 0n, limit: 0xffff, selector: 0x18, attributes: 0xb | SegmentAttr.Present },
     ldtr: { base: 0n, limit: 0xffff, selector: 0, attributes: 0x2 | SegmentAttr.Present },
-    idtr: { limit: 0xfff, base: 0n }, gdtr: { limit: 0x1f, base: 0n },
+    idtr: { limit: 0xfff, base: 0n },
+    gdtr: { limit: 0x1f, base: 0n },
     efer: 0xd01n, // SCE | LME | LMA | NXE
     cr0: 0x80050033n, // PE | MP | ET | NE | WP | AM | PG
-    cr3: 0n, cr4: 0x6a0n, // PAE | PGE | OSFXSR | OSXMMEXCPT
+    cr3: 0n,
+    cr4: 0x6a0n, // PAE | PGE | OSFXSR | OSXMMEXCPT
     msrCrPat: 0x0007040600070406n,
   };
 }
@@ -47,7 +61,8 @@ export function enablePartitionVtl(p: PartitionState, caller: Vtl | 'host', targ
   if (p.vtls.get(targetVtl).enabled) hvFail(HvStatus.HV_STATUS_INVALID_VTL_STATE, `VTL ${targetVtl} is already enabled for the partition`);
   if (caller !== 'host' && targetVtl > caller) {
     // A VTL may enable a higher target only if it is the highest enabled VTL below that target.
-    if (caller !== highestEnabledBelow(p, targetVtl)) hvFail(HvStatus.HV_STATUS_ACCESS_DENIED, `VTL ${caller} is not the highest enabled VTL below VTL ${targetVtl}`);
+    if (caller !== highestEnabledBelow(p, targetVtl))
+      hvFail(HvStatus.HV_STATUS_ACCESS_DENIED, `VTL ${caller} is not the highest enabled VTL below VTL ${targetVtl}`);
   }
   const s = p.vtls.get(targetVtl);
   s.enabled = true;
@@ -67,8 +82,10 @@ export function enableVpVtl(p: PartitionState, caller: Vtl | 'host', vpIndex: nu
     // own VP and only before the target VTL runs on any VP; afterwards the target VTL enables
     // the other VPs itself.
     if (caller !== highestEnabledBelow(p, targetVtl)) hvFail(HvStatus.HV_STATUS_ACCESS_DENIED, `VTL ${caller} may not enable VTL ${targetVtl}`);
-    if (callerVp !== undefined && callerVp !== vpIndex) hvFail(HvStatus.HV_STATUS_ACCESS_DENIED, `VTL ${caller} may enable VTL ${targetVtl} only on its own VP`);
-    if (p.vps.some((x) => x.vtls.get(targetVtl).enabled)) hvFail(HvStatus.HV_STATUS_ACCESS_DENIED, `VTL ${targetVtl} is already running; it enables further VPs itself`);
+    if (callerVp !== undefined && callerVp !== vpIndex)
+      hvFail(HvStatus.HV_STATUS_ACCESS_DENIED, `VTL ${caller} may enable VTL ${targetVtl} only on its own VP`);
+    if (p.vps.some((x) => x.vtls.get(targetVtl).enabled))
+      hvFail(HvStatus.HV_STATUS_ACCESS_DENIED, `VTL ${targetVtl} is already running; it enables further VPs itself`);
   }
   validateInitialContext(ctx);
   startVpVtl(vp, targetVtl, ctx);
@@ -92,8 +109,14 @@ function loadInitialContext(vp: VirtualProcessor, vtl: Vtl, c: HvInitialVpContex
   r.set(R.HvX64RegisterRsp, reg64(c.rsp));
   r.set(R.HvX64RegisterRflags, reg64(c.rflags));
   const segs: [number, keyof HvInitialVpContext][] = [
-    [R.HvX64RegisterCs, 'cs'], [R.HvX64RegisterDs, 'ds'], [R.HvX64RegisterEs, 'es'], [R.HvX64RegisterFs, 'fs'],
-    [R.HvX64RegisterGs, 'gs'], [R.HvX64RegisterSs, 'ss'], [R.HvX64RegisterTr, 'tr'], [R.HvX64RegisterLdtr, 'ldtr'],
+    [R.HvX64RegisterCs, 'cs'],
+    [R.HvX64RegisterDs, 'ds'],
+    [R.HvX64RegisterEs, 'es'],
+    [R.HvX64RegisterFs, 'fs'],
+    [R.HvX64RegisterGs, 'gs'],
+    [R.HvX64RegisterSs, 'ss'],
+    [R.HvX64RegisterTr, 'tr'],
+    [R.HvX64RegisterLdtr, 'ldtr'],
   ];
   for (const [n, k] of segs) r.set(n, segmentToReg128(c[k] as never));
   r.set(R.HvX64RegisterIdtr, tableToReg128(c.idtr));

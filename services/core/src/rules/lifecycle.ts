@@ -34,13 +34,15 @@ export function assertVpCanAct(p: PartitionState, vp: VirtualProcessor): void {
 export function suspensionViolations(p: PartitionState): string[] {
   const bad: string[] = [];
   for (const vp of p.vps) {
-    if ((vp.suspendedOn === null) !== (vp.suspendedAccess === null)) bad.push(`VP ${vp.index}: suspendedOn ${vp.suspendedOn} without its access (or the reverse)`);
+    if ((vp.suspendedOn === null) !== (vp.suspendedAccess === null))
+      bad.push(`VP ${vp.index}: suspendedOn ${vp.suspendedOn} without its access (or the reverse)`);
     if (vp.suspendedOn === null) continue;
     const rec = p.intercepts.pending.get(vp.suspendedOn);
     if (!rec) bad.push(`VP ${vp.index} is suspended on intercept ${vp.suspendedOn}, which is not pending`);
     else if (rec.vpIndex !== vp.index) bad.push(`VP ${vp.index} is suspended on intercept ${rec.id} of VP ${rec.vpIndex}`);
     else if (rec.vtl !== vp.activeVtl) bad.push(`VP ${vp.index} is in VTL ${vp.activeVtl} but suspended on intercept ${rec.id} raised in VTL ${rec.vtl}`);
-    if (vp.suspendedAccess && vp.suspendedAccess.interceptId !== vp.suspendedOn) bad.push(`VP ${vp.index}: suspended access of intercept ${vp.suspendedAccess.interceptId}, suspended on ${vp.suspendedOn}`);
+    if (vp.suspendedAccess && vp.suspendedAccess.interceptId !== vp.suspendedOn)
+      bad.push(`VP ${vp.index}: suspended access of intercept ${vp.suspendedAccess.interceptId}, suspended on ${vp.suspendedOn}`);
   }
   for (const rec of p.intercepts.pending.values()) {
     const vp = p.vps[rec.vpIndex];

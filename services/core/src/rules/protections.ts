@@ -19,9 +19,16 @@ export function enableVtlProtection(p: PartitionState, vtl: Vtl, defaultVtlProte
  * lower VTL. `caller` is the calling VTL (guest) or 'host'. Validates everything before changing
  * anything; returns the number of pages changed.
  */
-export function modifyVtlProtectionMask(p: PartitionState, caller: Vtl | 'host', protectingVtl: number, mapFlags: number, runs: { start: bigint; count: bigint }[]): number {
+export function modifyVtlProtectionMask(
+  p: PartitionState,
+  caller: Vtl | 'host',
+  protectingVtl: number,
+  mapFlags: number,
+  runs: { start: bigint; count: bigint }[],
+): number {
   assertActive(p);
-  if (!isVtl(protectingVtl) || protectingVtl === 0) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `VTL ${protectingVtl} cannot set protections (only a higher VTL protects lower ones)`);
+  if (!isVtl(protectingVtl) || protectingVtl === 0)
+    hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `VTL ${protectingVtl} cannot set protections (only a higher VTL protects lower ones)`);
   if (caller !== 'host' && protectingVtl > caller) hvFail(HvStatus.HV_STATUS_ACCESS_DENIED, `VTL ${caller} may not change VTL ${protectingVtl}'s protections`);
   if (!p.vtls.get(protectingVtl).enabled) hvFail(HvStatus.HV_STATUS_INVALID_VTL_STATE, `VTL ${protectingVtl} is not enabled`);
   const map = p.protections.get(protectingVtl);
@@ -32,7 +39,8 @@ export function modifyVtlProtectionMask(p: PartitionState, caller: Vtl | 'host',
   let total = 0n;
   for (const r of runs) {
     // Non-RAM GPAs cannot be protected (tlfs-vsm.md §7.2).
-    if (r.count <= 0n || r.start < 0n || r.start + r.count > pages) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `pages 0x${r.start.toString(16)}+${r.count} are not RAM of this partition`);
+    if (r.count <= 0n || r.start < 0n || r.start + r.count > pages)
+      hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `pages 0x${r.start.toString(16)}+${r.count} are not RAM of this partition`);
     total += r.count;
   }
   for (const r of runs) map.set(Number(r.start), Number(r.count), mask);

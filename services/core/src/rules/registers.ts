@@ -47,19 +47,30 @@ export function getRegister(p: PartitionState, vp: VirtualProcessor, vtlIn: numb
   const overlay = overlayKindOfRegister(name);
   if (overlay) return reg64(overlayMsrValue(p, overlay, vtl, vp));
   switch (name) {
-    case R.HvRegisterGuestOsId: return reg64(pv.guestOsId);
-    case R.HvRegisterVpIndex: return reg64(BigInt(vp.index));
-    case R.HvRegisterTimeRefCount: return reg64(referenceTime(p, vp.index));
-    case R.HvRegisterSversion: return reg64(HV_SYNIC_VERSION);
+    case R.HvRegisterGuestOsId:
+      return reg64(pv.guestOsId);
+    case R.HvRegisterVpIndex:
+      return reg64(BigInt(vp.index));
+    case R.HvRegisterTimeRefCount:
+      return reg64(referenceTime(p, vp.index));
+    case R.HvRegisterSversion:
+      return reg64(HV_SYNIC_VERSION);
     case R.HvRegisterVsmCodePageOffsets: {
       const l = p.spec.platform?.hypercallPage;
       return reg64(l ? encodeVsmCodePageOffsets(l.vtlCallOffset, l.vtlReturnOffset) : VSM_CODE_PAGE_OFFSETS_64);
     }
-    case R.HvRegisterVsmVpStatus: return reg64(encodeVsmVpStatus(vp.activeVtl, p.vtls.get(vp.activeVtl).mbec && vp.activeVtl < HV_MAX_SUPPORTED_VTL && false, vp.enabledVtlSet));
-    case R.HvRegisterVsmPartitionStatus: return reg64(encodeVsmPartitionStatus(p.enabledVtlSet, p.maximumVtl, p.mbecEnabledVtlSet));
-    case R.HvRegisterVsmCapabilities: return reg64(encodeVsmCapabilities({ dr6Shared: false, mbecVtlMask: VtlSet.below(p.maximumVtl), denyLowerVtlStartup: true, interceptPageAvailable: false }));
-    case R.HvRegisterVsmPartitionConfig: return reg64(vtl === 0 ? 0n : pv.config);
-    case R.HvRegisterVsmVina: return reg64(vp.vtls.get(vtl).vina);
+    case R.HvRegisterVsmVpStatus:
+      return reg64(encodeVsmVpStatus(vp.activeVtl, p.vtls.get(vp.activeVtl).mbec && vp.activeVtl < HV_MAX_SUPPORTED_VTL && false, vp.enabledVtlSet));
+    case R.HvRegisterVsmPartitionStatus:
+      return reg64(encodeVsmPartitionStatus(p.enabledVtlSet, p.maximumVtl, p.mbecEnabledVtlSet));
+    case R.HvRegisterVsmCapabilities:
+      return reg64(
+        encodeVsmCapabilities({ dr6Shared: false, mbecVtlMask: VtlSet.below(p.maximumVtl), denyLowerVtlStartup: true, interceptPageAvailable: false }),
+      );
+    case R.HvRegisterVsmPartitionConfig:
+      return reg64(vtl === 0 ? 0n : pv.config);
+    case R.HvRegisterVsmVina:
+      return reg64(vp.vtls.get(vtl).vina);
   }
   if (name >= R.HvRegisterVsmVpSecureConfigVtl0 && name <= R.HvRegisterVsmVpSecureConfigVtl14) {
     const lower = name - R.HvRegisterVsmVpSecureConfigVtl0;
@@ -79,7 +90,8 @@ export function prepareSetRegister(p: PartitionState, vp: VirtualProcessor, vtlI
   const info: RegisterInfo | undefined = registerInfo(name);
   if (!info) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `unknown register name 0x${name.toString(16)}`);
   if (info.readOnly) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `${info.tlfsName} is read-only`);
-  if (info.shape === 'reg64' && value.high !== 0n) hvFail(HvStatus.HV_STATUS_INVALID_REGISTER_VALUE, `${info.tlfsName} is a 64-bit register; bits 127:64 must be 0`);
+  if (info.shape === 'reg64' && value.high !== 0n)
+    hvFail(HvStatus.HV_STATUS_INVALID_REGISTER_VALUE, `${info.tlfsName} is a 64-bit register; bits 127:64 must be 0`);
   const v = value.low;
   const pv = p.vtls.get(vtl);
   const overlay = overlayKindOfRegister(name);
@@ -99,12 +111,16 @@ export function prepareSetRegister(p: PartitionState, vp: VirtualProcessor, vtlI
       };
     case R.HvRegisterVsmPartitionConfig: {
       if (vtl === 0) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, 'VTL0 has no HvRegisterVsmPartitionConfig instance');
-      if ((v & ~VSM_PARTITION_CONFIG_DEFINED) !== 0n) hvFail(HvStatus.HV_STATUS_INVALID_REGISTER_VALUE, 'reserved bits of HvRegisterVsmPartitionConfig are set');
+      if ((v & ~VSM_PARTITION_CONFIG_DEFINED) !== 0n)
+        hvFail(HvStatus.HV_STATUS_INVALID_REGISTER_VALUE, 'reserved bits of HvRegisterVsmPartitionConfig are set');
       const cur = decodeVsmPartitionConfig(pv.config);
       const nxt = decodeVsmPartitionConfig(v);
-      if (cur.enableVtlProtection && !nxt.enableVtlProtection) hvFail(HvStatus.HV_STATUS_INVALID_REGISTER_VALUE, 'EnableVtlProtection is write-once and cannot be cleared');
-      if (cur.enableVtlProtection && nxt.defaultVtlProtectionMask !== cur.defaultVtlProtectionMask) hvFail(HvStatus.HV_STATUS_INVALID_REGISTER_VALUE, 'DefaultVtlProtectionMask cannot change once protection is enabled');
-      if ((nxt.defaultVtlProtectionMask & 0x3) !== 0x3) hvFail(HvStatus.HV_STATUS_INVALID_REGISTER_VALUE, 'DefaultVtlProtectionMask must include read and write');
+      if (cur.enableVtlProtection && !nxt.enableVtlProtection)
+        hvFail(HvStatus.HV_STATUS_INVALID_REGISTER_VALUE, 'EnableVtlProtection is write-once and cannot be cleared');
+      if (cur.enableVtlProtection && nxt.defaultVtlProtectionMask !== cur.defaultVtlProtectionMask)
+        hvFail(HvStatus.HV_STATUS_INVALID_REGISTER_VALUE, 'DefaultVtlProtectionMask cannot change once protection is enabled');
+      if ((nxt.defaultVtlProtectionMask & 0x3) !== 0x3)
+        hvFail(HvStatus.HV_STATUS_INVALID_REGISTER_VALUE, 'DefaultVtlProtectionMask must include read and write');
       return () => {
         pv.config = v;
         if (!cur.enableVtlProtection && nxt.enableVtlProtection) enableVtlProtection(p, vtl, nxt.defaultVtlProtectionMask);
@@ -123,8 +139,10 @@ export function prepareSetRegister(p: PartitionState, vp: VirtualProcessor, vtlI
   if (name >= R.HvRegisterVsmVpSecureConfigVtl0 && name <= R.HvRegisterVsmVpSecureConfigVtl14) {
     const lower = name - R.HvRegisterVsmVpSecureConfigVtl0;
     if (lower >= vtl) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `HvRegisterVsmVpSecureConfigVtl${lower} exists only in VTLs above ${lower}`);
-    if ((v & ~VSM_VP_SECURE_CONFIG_DEFINED) !== 0n) hvFail(HvStatus.HV_STATUS_INVALID_REGISTER_VALUE, 'reserved bits of HvRegisterVsmVpSecureConfigVtlN are set');
-    if ((v & 1n) !== 0n && !p.vtls.get(lower as Vtl).mbec) hvFail(HvStatus.HV_STATUS_INVALID_REGISTER_VALUE, `MBEC was not enabled for VTL ${lower} by HvCallEnablePartitionVtl`);
+    if ((v & ~VSM_VP_SECURE_CONFIG_DEFINED) !== 0n)
+      hvFail(HvStatus.HV_STATUS_INVALID_REGISTER_VALUE, 'reserved bits of HvRegisterVsmVpSecureConfigVtlN are set');
+    if ((v & 1n) !== 0n && !p.vtls.get(lower as Vtl).mbec)
+      hvFail(HvStatus.HV_STATUS_INVALID_REGISTER_VALUE, `MBEC was not enabled for VTL ${lower} by HvCallEnablePartitionVtl`);
     const st = vp.vtls.get(vtl);
     return () => {
       st.secureConfig.set(lower as Vtl, v);

@@ -34,7 +34,13 @@ export class PartitionVtlState {
   enabled = false;
   mbec = false;
   /** HvRegisterVsmPartitionConfig (VTL > 0). ZeroMemoryOnReset defaults on; default mask RWX(+UMX). */
-  config = encodeVsmPartitionConfig({ enableVtlProtection: false, defaultVtlProtectionMask: 0xf, zeroMemoryOnReset: true, denyLowerVtlStartup: false, interceptVpStartup: false });
+  config = encodeVsmPartitionConfig({
+    enableVtlProtection: false,
+    defaultVtlProtectionMask: 0xf,
+    zeroMemoryOnReset: true,
+    denyLowerVtlStartup: false,
+    interceptVpStartup: false,
+  });
   /** HV_X64_MSR_GUEST_OS_ID and HV_X64_MSR_HYPERCALL: partition-wide, one instance per VTL. */
   guestOsId = 0n;
   hypercallMsr = 0n;

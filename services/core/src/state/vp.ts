@@ -51,7 +51,12 @@ export class VpVtlState {
   /** This VTL's SynIC on this VP (tlfs-overlays-synic.md §5.9: private per VTL). */
   readonly synic = new Synic();
   /** STIMER0..3 of this VTL on this VP (private per VTL, tlfs-overlays-synic.md §5.9). Not in snapshots. */
-  readonly stimers: SyntheticTimer[] = Array.from({ length: HV_SYNIC_STIMER_COUNT }, () => ({ config: 0n, count: 0n, expiration: undefined, messagePending: false }));
+  readonly stimers: SyntheticTimer[] = Array.from({ length: HV_SYNIC_STIMER_COUNT }, () => ({
+    config: 0n,
+    count: 0n,
+    expiration: undefined,
+    messagePending: false,
+  }));
   /** HvRegisterVsmVpSecureConfigVtlN owned by this VTL, indexed by the lower VTL N. */
   readonly secureConfig = new VtlArray<bigint>(() => 0n);
 }

@@ -196,18 +196,53 @@ const edx = (field: keyof HvFeaturesEdx): { register: 'edx'; bit: number } => ({
  */
 export const HYPERV_FEATURES: readonly HypervFeature[] = [
   { name: 'hv-time', tlfsName: 'AccessPartitionReferenceCounter', leaf: F, ...priv('accessPartitionReferenceCounter'), what: 'HV_X64_MSR_TIME_REF_COUNT' },
-  { name: 'hv-synic', tlfsName: 'AccessSynicRegs', leaf: F, ...priv('accessSynicRegs'), needs: (o) => o.interrupts, what: 'SCONTROL, SVERSION, SIEFP, SIMP, EOM, SINT0-15' },
-  { name: 'hv-stimer', tlfsName: 'AccessSyntheticTimerRegs', leaf: F, ...priv('accessSyntheticTimerRegs'), needs: (o) => o.interrupts && o.syntheticTimers, what: 'STIMER0-3 CONFIG/COUNT' },
+  {
+    name: 'hv-synic',
+    tlfsName: 'AccessSynicRegs',
+    leaf: F,
+    ...priv('accessSynicRegs'),
+    needs: (o) => o.interrupts,
+    what: 'SCONTROL, SVERSION, SIEFP, SIMP, EOM, SINT0-15',
+  },
+  {
+    name: 'hv-stimer',
+    tlfsName: 'AccessSyntheticTimerRegs',
+    leaf: F,
+    ...priv('accessSyntheticTimerRegs'),
+    needs: (o) => o.interrupts && o.syntheticTimers,
+    what: 'STIMER0-3 CONFIG/COUNT',
+  },
   { name: 'hv-hypercall', tlfsName: 'AccessHypercallMsrs', leaf: F, ...priv('accessHypercallMsrs'), what: 'GUEST_OS_ID, HYPERCALL' },
   { name: 'hv-vpindex', tlfsName: 'AccessVpIndex', leaf: F, ...priv('accessVpIndex'), what: 'VP_INDEX' },
-  { name: 'hv-reference-tsc', tlfsName: 'AccessPartitionReferenceTsc', leaf: F, ...priv('accessPartitionReferenceTsc'), needs: (o) => o.referenceTsc, what: 'REFERENCE_TSC and a valid HV_REFERENCE_TSC_PAGE' },
+  {
+    name: 'hv-reference-tsc',
+    tlfsName: 'AccessPartitionReferenceTsc',
+    leaf: F,
+    ...priv('accessPartitionReferenceTsc'),
+    needs: (o) => o.referenceTsc,
+    what: 'REFERENCE_TSC and a valid HV_REFERENCE_TSC_PAGE',
+  },
   { name: 'hv-post-message', tlfsName: 'PostMessages', leaf: F, ...priv('postMessages'), needs: (o) => o.interrupts, what: 'HvCallPostMessage' },
   { name: 'hv-signal-event', tlfsName: 'SignalEvents', leaf: F, ...priv('signalEvents'), needs: (o) => o.interrupts, what: 'HvCallSignalEvent' },
   { name: 'hv-vsm', tlfsName: 'AccessVsm', leaf: F, ...priv('accessVsm'), what: 'VSM (with AccessVpRegisters and AccessSynicRegs, tlfs-vsm.md §2)' },
   { name: 'hv-vp-registers', tlfsName: 'AccessVpRegisters', leaf: F, ...priv('accessVpRegisters'), what: 'HvCallGetVpRegisters, HvCallSetVpRegisters' },
-  { name: 'hv-sint-polling', tlfsName: 'SintPollingModeAvailable', leaf: F, ...edx('sintPollingModeAvailable'), needs: (o) => o.interrupts, what: 'SINTx.Polling' },
+  {
+    name: 'hv-sint-polling',
+    tlfsName: 'SintPollingModeAvailable',
+    leaf: F,
+    ...edx('sintPollingModeAvailable'),
+    needs: (o) => o.interrupts,
+    what: 'SINTx.Polling',
+  },
   { name: 'hv-hypercall-msr-lock', tlfsName: 'HypercallMsrLockAvailable', leaf: F, ...edx('hypercallMsrLockAvailable'), what: 'HV_X64_MSR_HYPERCALL.Locked' },
-  { name: 'hv-stimer-direct', tlfsName: 'DirectSyntheticTimers', leaf: F, ...edx('directSyntheticTimers'), needs: (o) => o.interrupts && o.syntheticTimers, what: 'STIMERx_CONFIG.DirectMode' },
+  {
+    name: 'hv-stimer-direct',
+    tlfsName: 'DirectSyntheticTimers',
+    leaf: F,
+    ...edx('directSyntheticTimers'),
+    needs: (o) => o.interrupts && o.syntheticTimers,
+    what: 'STIMERx_CONFIG.DirectMode',
+  },
 ];
 
 function withDefaults(opts: HypervCpuidOptions) {
@@ -227,7 +262,8 @@ export function hypervFeatures(opts: HypervCpuidOptions): HypervFeature[] {
  * integer below 2^32.
  */
 export function hypervCpuidLeaves(opts: HypervCpuidOptions): CpuidLeaf[] {
-  if (!Number.isInteger(opts.vpCount) || opts.vpCount < 1 || opts.vpCount > 0xffff_ffff) throw new RangeError(`vpCount ${opts.vpCount} is not a positive 32-bit integer`);
+  if (!Number.isInteger(opts.vpCount) || opts.vpCount < 1 || opts.vpCount > 0xffff_ffff)
+    throw new RangeError(`vpCount ${opts.vpCount} is not a positive 32-bit integer`);
   const v = opts.version ?? { buildNumber: 0, majorVersion: 0, minorVersion: 0, servicePack: 0, serviceBranch: 0, serviceNumber: 0 };
   const leaves: CpuidLeaf[] = [];
   for (let leaf = HvCpuidLeaf.HvCpuidFunctionHvVendorAndMaxFunction; leaf <= HV_CPUID_MAX_LEAF; leaf++) leaves.push({ leaf, eax: 0, ebx: 0, ecx: 0, edx: 0 });

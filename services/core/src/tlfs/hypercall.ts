@@ -39,7 +39,8 @@ export const HvHypercallResultValueLayout = bitfield('HV_HYPERCALL_RESULT_VALUE'
   status: bits(15, 0), // Result (HV_STATUS)
   repsCompleted: bits(43, 32), // RepsCompleted
 });
-export const encodeHypercallResult = (status: HvStatusValue | number, repsCompleted = 0): bigint => HvHypercallResultValueLayout.pack({ status, repsCompleted });
+export const encodeHypercallResult = (status: HvStatusValue | number, repsCompleted = 0): bigint =>
+  HvHypercallResultValueLayout.pack({ status, repsCompleted });
 export const decodeHypercallResult = (value: bigint): { status: number; repsCompleted: number } => HvHypercallResultValueLayout.unpack(value);
 
 /** Static properties of an implemented call (OpenVMM hv1_hypercall style: one entry per call). */

@@ -198,7 +198,8 @@ export function struct<F extends Fields>(name: string, size: number, spec: F): L
   for (const [key, f] of Object.entries(spec)) {
     const offset = f.offset ?? cursor;
     const fsize = f.codec.size;
-    if (!Number.isInteger(offset) || offset < 0 || offset + fsize > size) throw new Error(`layout ${name}: field ${key} (+${offset}, ${fsize} bytes) does not fit in ${size} bytes`);
+    if (!Number.isInteger(offset) || offset < 0 || offset + fsize > size)
+      throw new Error(`layout ${name}: field ${key} (+${offset}, ${fsize} bytes) does not fit in ${size} bytes`);
     for (let i = 0; i < fsize; i++) {
       const m = f.codec.byteMasks?.[i] ?? 0xff;
       if ((owned[offset + i]! & m) !== 0) throw new Error(`layout ${name}: field ${key} overlaps ${owner[offset + i]} at +${offset + i}`);
@@ -209,7 +210,8 @@ export function struct<F extends Fields>(name: string, size: number, spec: F): L
     cursor = offset + fsize;
   }
   const need = (b: Buffer, off: number) => {
-    if (!Number.isInteger(off) || off < 0 || off + size > b.length) throw new RangeError(`${name} needs ${size} bytes at offset ${off}; the buffer has ${b.length}`);
+    if (!Number.isInteger(off) || off < 0 || off + size > b.length)
+      throw new RangeError(`${name} needs ${size} bytes at offset ${off}; the buffer has ${b.length}`);
   };
   const write = (b: Buffer, off: number, v: T) => {
     b.fill(0, off, off + size);
@@ -222,10 +224,15 @@ export function struct<F extends Fields>(name: string, size: number, spec: F): L
   };
   const offsets = new Map(fields.map((f) => [f.name, f.offset]));
   const words = Math.ceil(size / 8);
-  const ints =
-    fields.every((f) => 'toBig' in f.codec && Math.floor(f.offset / 8) === Math.floor((f.offset + f.size - 1) / 8))
-      ? fields.map((f) => ({ name: f.name, codec: f.codec as unknown as IntCodec<number | bigint>, word: Math.floor(f.offset / 8), shift: BigInt(8 * (f.offset % 8)), ones: (1n << BigInt(8 * f.size)) - 1n }))
-      : undefined;
+  const ints = fields.every((f) => 'toBig' in f.codec && Math.floor(f.offset / 8) === Math.floor((f.offset + f.size - 1) / 8))
+    ? fields.map((f) => ({
+        name: f.name,
+        codec: f.codec as unknown as IntCodec<number | bigint>,
+        word: Math.floor(f.offset / 8),
+        shift: BigInt(8 * (f.offset % 8)),
+        ones: (1n << BigInt(8 * f.size)) - 1n,
+      }))
+    : undefined;
   const intsOnly = () => {
     if (!ints) throw new Error(`layout ${name} has a field that is not an integer inside one 8-byte word: no word form`);
     return ints;
@@ -314,7 +321,15 @@ export function bitfield<F extends BitFields>(name: string, width: 8 | 16 | 32 |
     const w = s.hi - s.lo + 1;
     if (s.lo < 0 || w < 1 || s.hi >= width) throw new Error(`bit layout ${name}: field ${key} (${s.hi}:${s.lo}) does not fit ${width} bits`);
     if (s.kind === 'number' && w > 32) throw new Error(`bit layout ${name}: field ${key} is ${w} bits wide; use bigBits`);
-    return { key, kind: s.kind, lo: BigInt(s.lo), w, numMask: w >= 32 ? 0xffff_ffff : (1 << w) - 1, ones: (1n << BigInt(w)) - 1n, mask: ((1n << BigInt(w)) - 1n) << BigInt(s.lo) };
+    return {
+      key,
+      kind: s.kind,
+      lo: BigInt(s.lo),
+      w,
+      numMask: w >= 32 ? 0xffff_ffff : (1 << w) - 1,
+      ones: (1n << BigInt(w)) - 1n,
+      mask: ((1n << BigInt(w)) - 1n) << BigInt(s.lo),
+    };
   });
   let defined = 0n;
   for (const f of fields) {

@@ -81,10 +81,20 @@ export const encodePostMessageInput = (m: HvInputPostMessage): Buffer => HvInput
 export const HvInterceptAccessType = { HV_INTERCEPT_ACCESS_READ: 0, HV_INTERCEPT_ACCESS_WRITE: 1, HV_INTERCEPT_ACCESS_EXECUTE: 2 } as const;
 export type HvInterceptAccessTypeValue = 0 | 1 | 2;
 /** HV_INTERCEPT_ACCESS_TYPE_MASK bits (for subscriptions). */
-export const HvInterceptAccessTypeMask = { HV_INTERCEPT_ACCESS_MASK_READ: 0x1, HV_INTERCEPT_ACCESS_MASK_WRITE: 0x2, HV_INTERCEPT_ACCESS_MASK_EXECUTE: 0x4 } as const;
+export const HvInterceptAccessTypeMask = {
+  HV_INTERCEPT_ACCESS_MASK_READ: 0x1,
+  HV_INTERCEPT_ACCESS_MASK_WRITE: 0x2,
+  HV_INTERCEPT_ACCESS_MASK_EXECUTE: 0x4,
+} as const;
 
 /** HV_CACHE_TYPE (tlfs-intercepts.md §6.6). */
-export const HvCacheType = { HvCacheTypeUncached: 0, HvCacheTypeWriteCombining: 1, HvCacheTypeWriteThrough: 4, HvCacheTypeWriteProtected: 5, HvCacheTypeWriteBack: 6 } as const;
+export const HvCacheType = {
+  HvCacheTypeUncached: 0,
+  HvCacheTypeWriteCombining: 1,
+  HvCacheTypeWriteThrough: 4,
+  HvCacheTypeWriteProtected: 5,
+  HvCacheTypeWriteBack: 6,
+} as const;
 
 /** HV_X64_VP_EXECUTION_STATE, UINT16 (tlfs-intercepts.md §6.2). Vtl (10:7) is TLFS-reserved; Linux/OpenVMM use it. */
 export const HvX64VpExecutionStateLayout = bitfield('HV_X64_VP_EXECUTION_STATE', 16, {

@@ -41,9 +41,7 @@ export const HvStatus = {
 export type HvStatusName = keyof typeof HvStatus;
 export type HvStatusValue = (typeof HvStatus)[HvStatusName];
 
-const byValue = new Map<number, HvStatusName>(
-  (Object.keys(HvStatus) as HvStatusName[]).map((k) => [HvStatus[k], k]),
-);
+const byValue = new Map<number, HvStatusName>((Object.keys(HvStatus) as HvStatusName[]).map((k) => [HvStatus[k], k]));
 
 /** The TLFS name of a status value, or `HV_STATUS_0x....` for one this module does not name. */
 export function hvStatusName(value: number): string {

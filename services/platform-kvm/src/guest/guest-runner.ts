@@ -94,9 +94,11 @@ export type ExitCounts = Record<string, number>;
 const WORKER_FILE = resolveWorkerFile();
 
 /** Atomics.waitAsync (V8 has it since Node 16; TypeScript's lib declares it from es2024 on). */
-const waitAsync = (Atomics as unknown as {
-  waitAsync(a: Int32Array, index: number, value: number): { async: false; value: string } | { async: true; value: Promise<string> };
-}).waitAsync;
+const waitAsync = (
+  Atomics as unknown as {
+    waitAsync(a: Int32Array, index: number, value: number): { async: false; value: string } | { async: true; value: Promise<string> };
+  }
+).waitAsync;
 
 /** The compiled VP thread script (dist/guest/vcpu-thread.js), also when this file runs from src under jest. */
 function resolveWorkerFile(): string {
@@ -190,7 +192,19 @@ export class GuestRunner {
     this.setUart(cells);
     const worker = new Worker(WORKER_FILE, { workerData: { channel, console: this.consoleSab, signal: SIGNO[this.signal] } });
     const t: VpThread = {
-      vp, vtl, cpu, worker, cells, bigs, seen: 0, hold: undefined, kickReasons: new Set(), service: [], exits: 0, recent: [], ended: false,
+      vp,
+      vtl,
+      cpu,
+      worker,
+      cells,
+      bigs,
+      seen: 0,
+      hold: undefined,
+      kickReasons: new Set(),
+      service: [],
+      exits: 0,
+      recent: [],
+      ended: false,
       done: Promise.resolve(),
     };
     t.done = new Promise<void>((resolve) => {
@@ -541,7 +555,9 @@ export class GuestRunner {
     return new Promise((resolve) => {
       this.onVp(index, (cpu) => {
         const mp = cpu.vcpu.getMpState();
-        resolve(mp === KVM_MP_STATE.HALTED ? 'halted' : mp === KVM_MP_STATE.UNINITIALIZED || mp === KVM_MP_STATE.INIT_RECEIVED ? 'waiting-for-sipi' : 'running');
+        resolve(
+          mp === KVM_MP_STATE.HALTED ? 'halted' : mp === KVM_MP_STATE.UNINITIALIZED || mp === KVM_MP_STATE.INIT_RECEIVED ? 'waiting-for-sipi' : 'running',
+        );
       });
       // A thread that ended meanwhile never runs the work.
       if (this.threads[index]?.ended) resolve('stopped');

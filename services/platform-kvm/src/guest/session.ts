@@ -113,7 +113,9 @@ export class GuestSession {
   ) {
     this.uart = new Uart16550({ onOutput: (bytes) => this.console.push(bytes), onChange: () => this.runner?.uartChanged() });
     const fw = new FwCfg({ ramBytes: p.spec.memoryBytes, cpus: p.vps.length });
-    const debugExit = new DebugExit({ onExit: (code) => this.runner.stop(`the guest wrote ${code} to the debug-exit port 0x${DEBUG_EXIT_PORT.toString(16)}`, code) });
+    const debugExit = new DebugExit({
+      onExit: (code) => this.runner.stop(`the guest wrote ${code} to the debug-exit port 0x${DEBUG_EXIT_PORT.toString(16)}`, code),
+    });
     /** A testdev op the core refuses (bad VP, SINT or connection): QEMU's device ignores it; counted. */
     const op = (f: () => void) => {
       try {
@@ -135,7 +137,8 @@ export class GuestSession {
         sintRouteSet: (vp, sint) => op(() => core.sintRouteSet(p, vp, sint)),
         messageConnectionCreate: (conn, vp, sint) => op(() => core.createConnection(p, { connectionId: conn, kind: 'message', vpIndex: vp, sint })),
         messageConnectionDestroy: (conn) => op(() => core.deleteConnection(p, conn)),
-        eventConnectionCreate: (conn, vp, sint) => op(() => core.createConnection(p, { connectionId: conn, kind: 'event', vpIndex: vp, sint, flagNumber: conn })), // QEMU's testdev: the flag is the connection id
+        eventConnectionCreate: (conn, vp, sint) =>
+          op(() => core.createConnection(p, { connectionId: conn, kind: 'event', vpIndex: vp, sint, flagNumber: conn })), // QEMU's testdev: the flag is the connection id
         eventConnectionDestroy: (conn) => op(() => core.deleteConnection(p, conn)),
       });
       ports.push({ from: HYPERV_TESTDEV_PORT, to: HYPERV_TESTDEV_PORT + 3, device: testdev });
@@ -156,10 +159,16 @@ export class GuestSession {
   static load(kp: KvmPartition, image: Uint8Array, opts: GuestLoadOptions & { devices: GuestDevices }): GuestSession {
     const p = kp.partition;
     if (p.spec.architecture !== 'x64') throw new GuestSessionError('failed-precondition', 'guests run on x64 partitions only');
-    if (kp.executing) throw new GuestSessionError('failed-precondition', `partition ${p.id} already has a guest loaded; delete it and create a new one to load another`);
+    if (kp.executing)
+      throw new GuestSessionError('failed-precondition', `partition ${p.id} already has a guest loaded; delete it and create a new one to load another`);
     const parsed = parseGuestImage(image, { format: opts.format ?? 'auto', loadGpa: opts.loadGpa, entry: opts.entry, entryMode: opts.entryMode });
     // As QEMU builds it from -kernel and -append: the kernel's name is argv[0] (kvm-unit-tests reads its arguments after it).
-    const plan = planBoot(parsed, { memoryBytes: p.spec.memoryBytes, cmdline: opts.commandLine, kernelName: opts.kernelName ?? 'guest', vpCount: p.vps.length });
+    const plan = planBoot(parsed, {
+      memoryBytes: p.spec.memoryBytes,
+      cmdline: opts.commandLine,
+      kernelName: opts.kernelName ?? 'guest',
+      vpCount: p.vps.length,
+    });
     kp.enableExecution({ irqchip: true, cpuid: hypervCpuid(p) });
     for (const w of plan.writes) kp.ram.write(w.gpa, w.data);
     for (const z of plan.zeroFill) zeroTouched(kp, z.gpa, z.size);
@@ -246,10 +255,17 @@ export class GuestSession {
     const r = this.runner;
     const elapsed = r.startedAt !== undefined ? Number(((r.endedAt ?? process.hrtime.bigint()) - r.startedAt) / 1000n) / 1000 : undefined;
     return {
-      exits: { ...r.exitCounts }, localExits: r.localExits, overlayExits: r.overlayExits, runs: r.runs,
+      exits: { ...r.exitCounts },
+      localExits: r.localExits,
+      overlayExits: r.overlayExits,
+      runs: r.runs,
       perVp: r.vpStats().map((v) => ({ vpIndex: v.vpIndex, exits: v.exits, runs: v.runs })),
-      vpSwitches: r.vpSwitches, quiesces: r.quiesces, quiesceMicros: Math.round(r.quiesceMicros),
-      elapsedMs: elapsed, autoEois: this.autoEois, interrupts: this.interrupts,
+      vpSwitches: r.vpSwitches,
+      quiesces: r.quiesces,
+      quiesceMicros: Math.round(r.quiesceMicros),
+      elapsedMs: elapsed,
+      autoEois: this.autoEois,
+      interrupts: this.interrupts,
     };
   }
 
@@ -308,12 +324,15 @@ export class GuestSession {
     const deadline = core.stimerNextDeadline(this.p);
     if (deadline === undefined) return;
     const waitMs = Number(deadline - this.now100ns()) / 10_000;
-    this.timer = setTimeout(() => {
-      this.timer = undefined;
-      if (this.state !== 'running' && this.state !== 'paused') return;
-      core.stimerExpire(this.p, this.now100ns());
-      this.rearmTimer();
-    }, Math.max(0, Math.ceil(waitMs)));
+    this.timer = setTimeout(
+      () => {
+        this.timer = undefined;
+        if (this.state !== 'running' && this.state !== 'paused') return;
+        core.stimerExpire(this.p, this.now100ns());
+        this.rearmTimer();
+      },
+      Math.max(0, Math.ceil(waitMs)),
+    );
   }
 
   // ---- interrupts --------------------------------------------------------------------------------
@@ -370,7 +389,9 @@ export class GuestSession {
 
 /** The Hyper-V CPUID leaves the core implements (core.hypervCpuidLeaves), as KVM CPUID entries. */
 function hypervCpuid(p: Partition): CpuidEntry[] {
-  return core.hypervCpuidLeaves({ vpCount: p.vps.length, referenceTsc: true }).map((l) => ({ function: l.leaf, index: 0, flags: 0, eax: l.eax >>> 0, ebx: l.ebx >>> 0, ecx: l.ecx >>> 0, edx: l.edx >>> 0 }));
+  return core
+    .hypervCpuidLeaves({ vpCount: p.vps.length, referenceTsc: true })
+    .map((l) => ({ function: l.leaf, index: 0, flags: 0, eax: l.eax >>> 0, ebx: l.ebx >>> 0, ecx: l.ecx >>> 0, edx: l.edx >>> 0 }));
 }
 
 /** Zeroes [gpa, gpa+size) where the RAM holds data (fresh memory reads as zero without allocating). */
@@ -388,7 +409,20 @@ function zeroTouched(kp: KvmPartition, gpa: bigint, size: bigint): void {
 }
 
 function kvmSegment(s: SegmentRegister) {
-  return { base: s.base, limit: s.limit, selector: s.selector, type: s.type, present: s.present, dpl: s.dpl, db: s.db, s: s.s, l: s.l, g: s.g, avl: 0, unusable: 0 };
+  return {
+    base: s.base,
+    limit: s.limit,
+    selector: s.selector,
+    type: s.type,
+    present: s.present,
+    dpl: s.dpl,
+    db: s.db,
+    s: s.s,
+    l: s.l,
+    g: s.g,
+    avl: 0,
+    unusable: 0,
+  };
 }
 
 /** The boot processor's state from the boot plan, into its vCPU (the core takes it from there). */
@@ -397,15 +431,39 @@ function applyBootRegisters(vcpu: import('../kvm').KvmVcpu, b: BootRegisters): v
   const seg = (x: SegmentRegister) => ({ ...s.cs, ...kvmSegment(x) });
   const next = {
     ...s,
-    cs: seg(b.segments.cs), ds: seg(b.segments.ds), es: seg(b.segments.es), fs: seg(b.segments.fs), gs: seg(b.segments.gs), ss: seg(b.segments.ss),
-    cr0: b.cr0, cr3: b.cr3, cr4: b.cr4, efer: b.efer,
+    cs: seg(b.segments.cs),
+    ds: seg(b.segments.ds),
+    es: seg(b.segments.es),
+    fs: seg(b.segments.fs),
+    gs: seg(b.segments.gs),
+    ss: seg(b.segments.ss),
+    cr0: b.cr0,
+    cr3: b.cr3,
+    cr4: b.cr4,
+    efer: b.efer,
     idt: { ...s.idt, base: b.idt.base, limit: b.idt.limit },
     gdt: b.gdt ? { ...s.gdt, base: b.gdt.base, limit: b.gdt.limit } : s.gdt,
   };
   if (b.segments.tr) next.tr = { ...s.tr, ...kvmSegment(b.segments.tr) };
   vcpu.setSregs(next);
   vcpu.setRegs({
-    rax: b.rax, rbx: b.rbx, rcx: 0n, rdx: 0n, rsi: 0n, rdi: 0n, rsp: b.rsp, rbp: 0n,
-    r8: 0n, r9: 0n, r10: 0n, r11: 0n, r12: 0n, r13: 0n, r14: 0n, r15: 0n, rip: b.rip, rflags: b.rflags,
+    rax: b.rax,
+    rbx: b.rbx,
+    rcx: 0n,
+    rdx: 0n,
+    rsi: 0n,
+    rdi: 0n,
+    rsp: b.rsp,
+    rbp: 0n,
+    r8: 0n,
+    r9: 0n,
+    r10: 0n,
+    r11: 0n,
+    r12: 0n,
+    r13: 0n,
+    r14: 0n,
+    r15: 0n,
+    rip: b.rip,
+    rflags: b.rflags,
   });
 }

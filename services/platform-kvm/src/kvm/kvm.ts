@@ -7,25 +7,95 @@
  */
 import * as fs from 'node:fs';
 import {
-  KVM_CHECK_EXTENSION, KVM_CREATE_VCPU, KVM_CREATE_VM, KVM_ENABLE_CAP, KVM_GET_API_VERSION,
-  KVM_GET_FPU, KVM_GET_MSRS, KVM_GET_REGS, KVM_GET_SREGS, KVM_GET_SUPPORTED_CPUID,
-  KVM_GET_VCPU_EVENTS, KVM_GET_VCPU_MMAP_SIZE, KVM_RUN, KVM_SET_CPUID2, KVM_SET_FPU, KVM_SET_MSRS,
-  KVM_SET_REGS, KVM_SET_SREGS, KVM_SET_USER_MEMORY_REGION, KVM_SET_VCPU_EVENTS,
-  KVM_X86_SET_MSR_FILTER, KVM_CREATE_IRQCHIP, KVM_SET_TSS_ADDR, KVM_SET_IDENTITY_MAP_ADDR, KVM_SIGNAL_MSI,
-  KVM_GET_LAPIC, KVM_SET_LAPIC, KVM_GET_MP_STATE, KVM_SET_MP_STATE, KVM_GET_TSC_KHZ, SIZEOF_KVM_LAPIC_STATE,
-  SIZEOF_KVM_MSI, MAP_SHARED, NativeScratch, O_CLOEXEC, O_RDWR, PROT_READ, PROT_WRITE,
-  SIZEOF_KVM_VCPU_EVENTS, SysError, errno, ioctlPtr, ioctlVal, ioctlValRaw, nativeView, sysClose,
-  sysFtruncate, sysMemfdCreate, sysMmap, sysMunmap, sysOpen, ERRNO,
+  KVM_CHECK_EXTENSION,
+  KVM_CREATE_VCPU,
+  KVM_CREATE_VM,
+  KVM_ENABLE_CAP,
+  KVM_GET_API_VERSION,
+  KVM_GET_FPU,
+  KVM_GET_MSRS,
+  KVM_GET_REGS,
+  KVM_GET_SREGS,
+  KVM_GET_SUPPORTED_CPUID,
+  KVM_GET_VCPU_EVENTS,
+  KVM_GET_VCPU_MMAP_SIZE,
+  KVM_RUN,
+  KVM_SET_CPUID2,
+  KVM_SET_FPU,
+  KVM_SET_MSRS,
+  KVM_SET_REGS,
+  KVM_SET_SREGS,
+  KVM_SET_USER_MEMORY_REGION,
+  KVM_SET_VCPU_EVENTS,
+  KVM_X86_SET_MSR_FILTER,
+  KVM_CREATE_IRQCHIP,
+  KVM_SET_TSS_ADDR,
+  KVM_SET_IDENTITY_MAP_ADDR,
+  KVM_SIGNAL_MSI,
+  KVM_GET_LAPIC,
+  KVM_SET_LAPIC,
+  KVM_GET_MP_STATE,
+  KVM_SET_MP_STATE,
+  KVM_GET_TSC_KHZ,
+  SIZEOF_KVM_LAPIC_STATE,
+  SIZEOF_KVM_MSI,
+  MAP_SHARED,
+  NativeScratch,
+  O_CLOEXEC,
+  O_RDWR,
+  PROT_READ,
+  PROT_WRITE,
+  SIZEOF_KVM_VCPU_EVENTS,
+  SysError,
+  errno,
+  ioctlPtr,
+  ioctlVal,
+  ioctlValRaw,
+  nativeView,
+  sysClose,
+  sysFtruncate,
+  sysMemfdCreate,
+  sysMmap,
+  sysMunmap,
+  sysOpen,
+  ERRNO,
 } from './ioctl';
 import {
-  CPUID2, ENABLE_CAP, EXIT, FPU, type KvmFpu, type KvmRegs, type KvmSregs, MEMREGION, MSRS, MSR_FILTER,
-  REG_OFFSET, RUN, type RegName, SREGS, decodeFpu, decodeRegs, decodeSregs, encodeFpu, encodeRegs,
+  CPUID2,
+  ENABLE_CAP,
+  EXIT,
+  FPU,
+  type KvmFpu,
+  type KvmRegs,
+  type KvmSregs,
+  MEMREGION,
+  MSRS,
+  MSR_FILTER,
+  REG_OFFSET,
+  RUN,
+  type RegName,
+  SREGS,
+  decodeFpu,
+  decodeRegs,
+  decodeSregs,
+  encodeFpu,
+  encodeRegs,
   encodeSregs,
 } from './layout';
 import {
-  HV_MSR_BASE, HV_MSR_COUNT, KVM_API_VERSION, KVM_CAP, KVM_EXIT, KVM_EXIT_IO_OUT,
-  KVM_MEM_READONLY, KVM_MSR_EXIT_REASON_FILTER, KVM_MSR_FILTER_DEFAULT_ALLOW,
-  KVM_MSR_FILTER_DEFAULT_DENY, KVM_MSR_FILTER_READ, KVM_MSR_FILTER_WRITE, KVM_SYNC_X86_REGS,
+  HV_MSR_BASE,
+  HV_MSR_COUNT,
+  KVM_API_VERSION,
+  KVM_CAP,
+  KVM_EXIT,
+  KVM_EXIT_IO_OUT,
+  KVM_MEM_READONLY,
+  KVM_MSR_EXIT_REASON_FILTER,
+  KVM_MSR_FILTER_DEFAULT_ALLOW,
+  KVM_MSR_FILTER_DEFAULT_DENY,
+  KVM_MSR_FILTER_READ,
+  KVM_MSR_FILTER_WRITE,
+  KVM_SYNC_X86_REGS,
   KVM_SYNC_X86_SREGS,
 } from './constants';
 
@@ -113,9 +183,12 @@ export class KvmSystem {
       for (let i = 0; i < n; i++) {
         const o = CPUID2.entries + i * CPUID2.entrySize;
         out.push({
-          function: buf.readUInt32LE(o + CPUID2.function), index: buf.readUInt32LE(o + CPUID2.index),
-          flags: buf.readUInt32LE(o + CPUID2.flags), eax: buf.readUInt32LE(o + CPUID2.eax),
-          ebx: buf.readUInt32LE(o + CPUID2.ebx), ecx: buf.readUInt32LE(o + CPUID2.ecx),
+          function: buf.readUInt32LE(o + CPUID2.function),
+          index: buf.readUInt32LE(o + CPUID2.index),
+          flags: buf.readUInt32LE(o + CPUID2.flags),
+          eax: buf.readUInt32LE(o + CPUID2.eax),
+          ebx: buf.readUInt32LE(o + CPUID2.ebx),
+          ecx: buf.readUInt32LE(o + CPUID2.ecx),
           edx: buf.readUInt32LE(o + CPUID2.edx),
         });
       }
@@ -333,7 +406,10 @@ export class KvmVm {
     const slot = this.allocSlot();
     try {
       this.setUserMemoryRegion({
-        slot, flags: m.readonly ? KVM_MEM_READONLY : 0, gpa: m.gpa, size: m.size,
+        slot,
+        flags: m.readonly ? KVM_MEM_READONLY : 0,
+        gpa: m.gpa,
+        size: m.size,
         hostAddress: m.memory.hostAddress + BigInt(m.offset),
       });
     } catch (e) {
@@ -386,7 +462,8 @@ export class KvmVm {
       assertPageAligned('gpa', w.gpa);
       assertPageAligned('size', w.size);
       assertPageAligned('offset', w.offset);
-      if (w.size <= 0 || w.gpa < prevEnd || !inside(w)) throw new RangeError(`setLayout: mapping at 0x${w.gpa.toString(16)} is not sorted, overlaps or lies outside the range`);
+      if (w.size <= 0 || w.gpa < prevEnd || !inside(w))
+        throw new RangeError(`setLayout: mapping at 0x${w.gpa.toString(16)} is not sorted, overlaps or lies outside the range`);
       if (w.offset + w.size > w.memory.size) throw new RangeError('mapping exceeds the guest memory backing');
       prevEnd = w.gpa + BigInt(w.size);
     }
@@ -537,7 +614,7 @@ export class KvmVm {
         scratch.buffer.fill(0, bmOff, bmOff + bytes);
         if (r.allow) scratch.buffer.set(r.allow.subarray(0, bytes), bmOff);
         const o = MSR_FILTER.ranges + i * MSR_FILTER.rangeSize;
-        const flags = (r.read ?? true ? KVM_MSR_FILTER_READ : 0) | (r.write ?? true ? KVM_MSR_FILTER_WRITE : 0);
+        const flags = ((r.read ?? true) ? KVM_MSR_FILTER_READ : 0) | ((r.write ?? true) ? KVM_MSR_FILTER_WRITE : 0);
         arg.writeUInt32LE(flags, o + MSR_FILTER.rFlags);
         arg.writeUInt32LE(r.count, o + MSR_FILTER.rNmsrs);
         arg.writeUInt32LE(r.base >>> 0, o + MSR_FILTER.rBase);
@@ -681,25 +758,86 @@ export interface WrmsrExit {
   data: bigint;
   msrReason: number;
 }
-export interface HltExit { kind: 'hlt'; reason: 5 }
-export interface ShutdownExit { kind: 'shutdown'; reason: 8 }
-export interface FailEntryExit { kind: 'fail_entry'; reason: 9; hardwareEntryFailureReason: bigint; cpu: number }
-export interface InternalErrorExit { kind: 'internal_error'; reason: 17; suberror: number; data: bigint[] }
+export interface HltExit {
+  kind: 'hlt';
+  reason: 5;
+}
+export interface ShutdownExit {
+  kind: 'shutdown';
+  reason: 8;
+}
+export interface FailEntryExit {
+  kind: 'fail_entry';
+  reason: 9;
+  hardwareEntryFailureReason: bigint;
+  cpu: number;
+}
+export interface InternalErrorExit {
+  kind: 'internal_error';
+  reason: 17;
+  suberror: number;
+  data: bigint[];
+}
 /** KVM_EXIT_MEMORY_FAULT (KVM_RUN failed with EFAULT/EHWPOISON and described the faulting range). */
-export interface MemoryFaultExit { kind: 'memory_fault'; reason: 39; flags: bigint; gpa: bigint; size: bigint }
-export interface SystemEventExit { kind: 'system_event'; reason: 24; type: number; data: bigint[] }
-export interface ExceptionExit { kind: 'exception'; reason: 1; exception: number; errorCode: number }
-export interface DebugExit { kind: 'debug'; reason: 4; exception: number; pc: bigint; dr6: bigint; dr7: bigint }
+export interface MemoryFaultExit {
+  kind: 'memory_fault';
+  reason: 39;
+  flags: bigint;
+  gpa: bigint;
+  size: bigint;
+}
+export interface SystemEventExit {
+  kind: 'system_event';
+  reason: 24;
+  type: number;
+  data: bigint[];
+}
+export interface ExceptionExit {
+  kind: 'exception';
+  reason: 1;
+  exception: number;
+  errorCode: number;
+}
+export interface DebugExit {
+  kind: 'debug';
+  reason: 4;
+  exception: number;
+  pc: bigint;
+  dr6: bigint;
+  dr7: bigint;
+}
 /** KVM_EXIT_INTR: KVM_RUN returned EINTR (immediate_exit set, or a signal was pending). */
-export interface IntrExit { kind: 'intr'; reason: 10 }
-export interface UnknownExit { kind: 'unknown'; reason: 0; hardwareExitReason: bigint }
+export interface IntrExit {
+  kind: 'intr';
+  reason: 10;
+}
+export interface UnknownExit {
+  kind: 'unknown';
+  reason: 0;
+  hardwareExitReason: bigint;
+}
 /** Any other exit reason (not decoded). */
-export interface OtherExit { kind: 'other'; reason: number }
+export interface OtherExit {
+  kind: 'other';
+  reason: number;
+}
 
 export type KvmExit =
-  | IoExit | MmioExit | RdmsrExit | WrmsrExit | HltExit | ShutdownExit | FailEntryExit
-  | InternalErrorExit | MemoryFaultExit | SystemEventExit | ExceptionExit | DebugExit | IntrExit
-  | UnknownExit | OtherExit;
+  | IoExit
+  | MmioExit
+  | RdmsrExit
+  | WrmsrExit
+  | HltExit
+  | ShutdownExit
+  | FailEntryExit
+  | InternalErrorExit
+  | MemoryFaultExit
+  | SystemEventExit
+  | ExceptionExit
+  | DebugExit
+  | IntrExit
+  | UnknownExit
+  | OtherExit;
 
 export interface MsrEntry {
   index: number;
@@ -785,8 +923,14 @@ export class KvmVcpu {
         const data = run.subarray(off, off + size * count);
         const value = size === 1 ? (data[0] ?? 0) : size === 2 ? data.readUInt16LE(0) : data.readUInt32LE(0);
         return {
-          kind: 'io', reason: 2, direction: run[EXIT.ioDirection] === KVM_EXIT_IO_OUT ? 'out' : 'in',
-          port: run.readUInt16LE(EXIT.ioPort), size, count, data, value,
+          kind: 'io',
+          reason: 2,
+          direction: run[EXIT.ioDirection] === KVM_EXIT_IO_OUT ? 'out' : 'in',
+          port: run.readUInt16LE(EXIT.ioPort),
+          size,
+          count,
+          data,
+          value,
         };
       }
       case KVM_EXIT.MMIO: {
@@ -801,7 +945,10 @@ export class KvmVcpu {
         return { kind: 'rdmsr', reason: 29, index: run.readUInt32LE(EXIT.msrIndex), msrReason: run.readUInt32LE(EXIT.msrReason) };
       case KVM_EXIT.X86_WRMSR:
         return {
-          kind: 'wrmsr', reason: 30, index: run.readUInt32LE(EXIT.msrIndex), data: run.readBigUInt64LE(EXIT.msrData),
+          kind: 'wrmsr',
+          reason: 30,
+          index: run.readUInt32LE(EXIT.msrIndex),
+          data: run.readBigUInt64LE(EXIT.msrData),
           msrReason: run.readUInt32LE(EXIT.msrReason),
         };
       case KVM_EXIT.HLT:
@@ -809,7 +956,12 @@ export class KvmVcpu {
       case KVM_EXIT.SHUTDOWN:
         return { kind: 'shutdown', reason: 8 };
       case KVM_EXIT.FAIL_ENTRY:
-        return { kind: 'fail_entry', reason: 9, hardwareEntryFailureReason: run.readBigUInt64LE(EXIT.failEntryReason), cpu: run.readUInt32LE(EXIT.failEntryCpu) };
+        return {
+          kind: 'fail_entry',
+          reason: 9,
+          hardwareEntryFailureReason: run.readBigUInt64LE(EXIT.failEntryReason),
+          cpu: run.readUInt32LE(EXIT.failEntryCpu),
+        };
       case KVM_EXIT.INTERNAL_ERROR: {
         const n = Math.min(16, run.readUInt32LE(EXIT.internalNdata));
         const data: bigint[] = [];
@@ -818,8 +970,11 @@ export class KvmVcpu {
       }
       case KVM_EXIT.MEMORY_FAULT:
         return {
-          kind: 'memory_fault', reason: 39, flags: run.readBigUInt64LE(EXIT.memFaultFlags),
-          gpa: run.readBigUInt64LE(EXIT.memFaultGpa), size: run.readBigUInt64LE(EXIT.memFaultSize),
+          kind: 'memory_fault',
+          reason: 39,
+          flags: run.readBigUInt64LE(EXIT.memFaultFlags),
+          gpa: run.readBigUInt64LE(EXIT.memFaultGpa),
+          size: run.readBigUInt64LE(EXIT.memFaultSize),
         };
       case KVM_EXIT.SYSTEM_EVENT: {
         const n = Math.min(16, run.readUInt32LE(EXIT.systemEventNdata));
@@ -831,8 +986,12 @@ export class KvmVcpu {
         return { kind: 'exception', reason: 1, exception: run.readUInt32LE(EXIT.exException), errorCode: run.readUInt32LE(EXIT.exErrorCode) };
       case KVM_EXIT.DEBUG:
         return {
-          kind: 'debug', reason: 4, exception: run.readUInt32LE(EXIT.debugException), pc: run.readBigUInt64LE(EXIT.debugPc),
-          dr6: run.readBigUInt64LE(EXIT.debugDr6), dr7: run.readBigUInt64LE(EXIT.debugDr7),
+          kind: 'debug',
+          reason: 4,
+          exception: run.readUInt32LE(EXIT.debugException),
+          pc: run.readBigUInt64LE(EXIT.debugPc),
+          dr6: run.readBigUInt64LE(EXIT.debugDr6),
+          dr7: run.readBigUInt64LE(EXIT.debugDr7),
         };
       case KVM_EXIT.INTR:
         return { kind: 'intr', reason: 10 };

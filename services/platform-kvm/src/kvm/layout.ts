@@ -90,28 +90,50 @@ export const EXIT = {
 // struct kvm_regs (144 bytes): 18 × __u64
 // ---------------------------------------------------------------------------------------------
 export const REG_NAMES = [
-  'rax', 'rbx', 'rcx', 'rdx', 'rsi', 'rdi', 'rsp', 'rbp',
-  'r8', 'r9', 'r10', 'r11', 'r12', 'r13', 'r14', 'r15',
-  'rip', 'rflags',
+  'rax',
+  'rbx',
+  'rcx',
+  'rdx',
+  'rsi',
+  'rdi',
+  'rsp',
+  'rbp',
+  'r8',
+  'r9',
+  'r10',
+  'r11',
+  'r12',
+  'r13',
+  'r14',
+  'r15',
+  'rip',
+  'rflags',
 ] as const;
 export type RegName = (typeof REG_NAMES)[number];
 export type KvmRegs = Record<RegName, bigint>;
 /** Byte offset of each general register inside struct kvm_regs. */
-export const REG_OFFSET: Readonly<Record<RegName, number>> = Object.fromEntries(
-  REG_NAMES.map((n, i) => [n, i * 8]),
-) as Record<RegName, number>;
+export const REG_OFFSET: Readonly<Record<RegName, number>> = Object.fromEntries(REG_NAMES.map((n, i) => [n, i * 8])) as Record<RegName, number>;
 
 export function decodeRegs(buf: Buffer, base = 0): KvmRegs {
   return {
-    rax: buf.readBigUInt64LE(base + 0), rbx: buf.readBigUInt64LE(base + 8),
-    rcx: buf.readBigUInt64LE(base + 16), rdx: buf.readBigUInt64LE(base + 24),
-    rsi: buf.readBigUInt64LE(base + 32), rdi: buf.readBigUInt64LE(base + 40),
-    rsp: buf.readBigUInt64LE(base + 48), rbp: buf.readBigUInt64LE(base + 56),
-    r8: buf.readBigUInt64LE(base + 64), r9: buf.readBigUInt64LE(base + 72),
-    r10: buf.readBigUInt64LE(base + 80), r11: buf.readBigUInt64LE(base + 88),
-    r12: buf.readBigUInt64LE(base + 96), r13: buf.readBigUInt64LE(base + 104),
-    r14: buf.readBigUInt64LE(base + 112), r15: buf.readBigUInt64LE(base + 120),
-    rip: buf.readBigUInt64LE(base + 128), rflags: buf.readBigUInt64LE(base + 136),
+    rax: buf.readBigUInt64LE(base + 0),
+    rbx: buf.readBigUInt64LE(base + 8),
+    rcx: buf.readBigUInt64LE(base + 16),
+    rdx: buf.readBigUInt64LE(base + 24),
+    rsi: buf.readBigUInt64LE(base + 32),
+    rdi: buf.readBigUInt64LE(base + 40),
+    rsp: buf.readBigUInt64LE(base + 48),
+    rbp: buf.readBigUInt64LE(base + 56),
+    r8: buf.readBigUInt64LE(base + 64),
+    r9: buf.readBigUInt64LE(base + 72),
+    r10: buf.readBigUInt64LE(base + 80),
+    r11: buf.readBigUInt64LE(base + 88),
+    r12: buf.readBigUInt64LE(base + 96),
+    r13: buf.readBigUInt64LE(base + 104),
+    r14: buf.readBigUInt64LE(base + 112),
+    r15: buf.readBigUInt64LE(base + 120),
+    rip: buf.readBigUInt64LE(base + 128),
+    rflags: buf.readBigUInt64LE(base + 136),
   };
 }
 
@@ -150,10 +172,21 @@ export interface KvmDtable {
   limit: number;
 }
 export interface KvmSregs {
-  cs: KvmSegment; ds: KvmSegment; es: KvmSegment; fs: KvmSegment; gs: KvmSegment; ss: KvmSegment;
-  tr: KvmSegment; ldt: KvmSegment;
-  gdt: KvmDtable; idt: KvmDtable;
-  cr0: bigint; cr2: bigint; cr3: bigint; cr4: bigint; cr8: bigint;
+  cs: KvmSegment;
+  ds: KvmSegment;
+  es: KvmSegment;
+  fs: KvmSegment;
+  gs: KvmSegment;
+  ss: KvmSegment;
+  tr: KvmSegment;
+  ldt: KvmSegment;
+  gdt: KvmDtable;
+  idt: KvmDtable;
+  cr0: bigint;
+  cr2: bigint;
+  cr3: bigint;
+  cr4: bigint;
+  cr8: bigint;
   efer: bigint;
   apicBase: bigint;
   /** 256 bits of pending external interrupts (4 × u64) */
@@ -162,9 +195,25 @@ export interface KvmSregs {
 export const SEGMENT_NAMES = ['cs', 'ds', 'es', 'fs', 'gs', 'ss', 'tr', 'ldt'] as const;
 export type SegmentName = (typeof SEGMENT_NAMES)[number];
 export const SREGS = {
-  cs: 0, ds: 24, es: 48, fs: 72, gs: 96, ss: 120, tr: 144, ldt: 168,
-  gdt: 192, idt: 208, cr0: 224, cr2: 232, cr3: 240, cr4: 248, cr8: 256, efer: 264, apicBase: 272,
-  interruptBitmap: 280, size: 312,
+  cs: 0,
+  ds: 24,
+  es: 48,
+  fs: 72,
+  gs: 96,
+  ss: 120,
+  tr: 144,
+  ldt: 168,
+  gdt: 192,
+  idt: 208,
+  cr0: 224,
+  cr2: 232,
+  cr3: 240,
+  cr4: 248,
+  cr8: 256,
+  efer: 264,
+  apicBase: 272,
+  interruptBitmap: 280,
+  size: 312,
 } as const;
 
 export function decodeSegment(buf: Buffer, o: number): KvmSegment {
@@ -212,18 +261,28 @@ function encodeDtable(buf: Buffer, o: number, d: KvmDtable): void {
 export function decodeSregs(buf: Buffer, base = 0): KvmSregs {
   const b = base;
   return {
-    cs: decodeSegment(buf, b + SREGS.cs), ds: decodeSegment(buf, b + SREGS.ds),
-    es: decodeSegment(buf, b + SREGS.es), fs: decodeSegment(buf, b + SREGS.fs),
-    gs: decodeSegment(buf, b + SREGS.gs), ss: decodeSegment(buf, b + SREGS.ss),
-    tr: decodeSegment(buf, b + SREGS.tr), ldt: decodeSegment(buf, b + SREGS.ldt),
-    gdt: decodeDtable(buf, b + SREGS.gdt), idt: decodeDtable(buf, b + SREGS.idt),
-    cr0: buf.readBigUInt64LE(b + SREGS.cr0), cr2: buf.readBigUInt64LE(b + SREGS.cr2),
-    cr3: buf.readBigUInt64LE(b + SREGS.cr3), cr4: buf.readBigUInt64LE(b + SREGS.cr4),
-    cr8: buf.readBigUInt64LE(b + SREGS.cr8), efer: buf.readBigUInt64LE(b + SREGS.efer),
+    cs: decodeSegment(buf, b + SREGS.cs),
+    ds: decodeSegment(buf, b + SREGS.ds),
+    es: decodeSegment(buf, b + SREGS.es),
+    fs: decodeSegment(buf, b + SREGS.fs),
+    gs: decodeSegment(buf, b + SREGS.gs),
+    ss: decodeSegment(buf, b + SREGS.ss),
+    tr: decodeSegment(buf, b + SREGS.tr),
+    ldt: decodeSegment(buf, b + SREGS.ldt),
+    gdt: decodeDtable(buf, b + SREGS.gdt),
+    idt: decodeDtable(buf, b + SREGS.idt),
+    cr0: buf.readBigUInt64LE(b + SREGS.cr0),
+    cr2: buf.readBigUInt64LE(b + SREGS.cr2),
+    cr3: buf.readBigUInt64LE(b + SREGS.cr3),
+    cr4: buf.readBigUInt64LE(b + SREGS.cr4),
+    cr8: buf.readBigUInt64LE(b + SREGS.cr8),
+    efer: buf.readBigUInt64LE(b + SREGS.efer),
     apicBase: buf.readBigUInt64LE(b + SREGS.apicBase),
     interruptBitmap: [
-      buf.readBigUInt64LE(b + SREGS.interruptBitmap), buf.readBigUInt64LE(b + SREGS.interruptBitmap + 8),
-      buf.readBigUInt64LE(b + SREGS.interruptBitmap + 16), buf.readBigUInt64LE(b + SREGS.interruptBitmap + 24),
+      buf.readBigUInt64LE(b + SREGS.interruptBitmap),
+      buf.readBigUInt64LE(b + SREGS.interruptBitmap + 8),
+      buf.readBigUInt64LE(b + SREGS.interruptBitmap + 16),
+      buf.readBigUInt64LE(b + SREGS.interruptBitmap + 24),
     ],
   };
 }
@@ -272,9 +331,15 @@ export function decodeFpu(buf: Buffer): KvmFpu {
   const xmm: Buffer[] = [];
   for (let i = 0; i < 16; i++) xmm.push(Buffer.from(buf.subarray(FPU.xmm + 16 * i, FPU.xmm + 16 * i + 16)));
   return {
-    fpr, fcw: buf.readUInt16LE(FPU.fcw), fsw: buf.readUInt16LE(FPU.fsw), ftwx: buf[FPU.ftwx] ?? 0,
-    lastOpcode: buf.readUInt16LE(FPU.lastOpcode), lastIp: buf.readBigUInt64LE(FPU.lastIp),
-    lastDp: buf.readBigUInt64LE(FPU.lastDp), xmm, mxcsr: buf.readUInt32LE(FPU.mxcsr),
+    fpr,
+    fcw: buf.readUInt16LE(FPU.fcw),
+    fsw: buf.readUInt16LE(FPU.fsw),
+    ftwx: buf[FPU.ftwx] ?? 0,
+    lastOpcode: buf.readUInt16LE(FPU.lastOpcode),
+    lastIp: buf.readBigUInt64LE(FPU.lastIp),
+    lastDp: buf.readBigUInt64LE(FPU.lastDp),
+    xmm,
+    mxcsr: buf.readUInt32LE(FPU.mxcsr),
   };
 }
 
@@ -302,7 +367,18 @@ export const ENABLE_CAP = { cap: 0, flags: 4, args: 8, sizeof: 104 } as const;
  * struct kvm_msr_filter (392): flags u32 @0, ranges[16] @8;
  * struct kvm_msr_filter_range (24): flags u32 @0, nmsrs u32 @4, base u32 @8, bitmap ptr @16
  */
-export const MSR_FILTER = { flags: 0, ranges: 8, rangeSize: 24, rFlags: 0, rNmsrs: 4, rBase: 8, rBitmap: 16, maxRanges: 16, maxBitmapBytes: 0x600, sizeof: 392 } as const;
+export const MSR_FILTER = {
+  flags: 0,
+  ranges: 8,
+  rangeSize: 24,
+  rFlags: 0,
+  rNmsrs: 4,
+  rBase: 8,
+  rBitmap: 16,
+  maxRanges: 16,
+  maxBitmapBytes: 0x600,
+  sizeof: 392,
+} as const;
 /** struct kvm_msrs: nmsrs u32 @0, pad @4, entries @8; struct kvm_msr_entry (16): index u32 @0, reserved @4, data u64 @8 */
 export const MSRS = { nmsrs: 0, entries: 8, entrySize: 16, eIndex: 0, eData: 8 } as const;
 /**

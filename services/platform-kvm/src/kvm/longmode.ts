@@ -105,8 +105,18 @@ export function buildGdt(base: bigint): Buffer {
 
 function seg(selector: number, type: number, code: boolean): KvmSegment {
   return {
-    base: 0n, limit: 0xffffffff, selector, type, present: 1, dpl: 0,
-    db: code ? 0 : 1, s: 1, l: code ? 1 : 0, g: 1, avl: 0, unusable: 0,
+    base: 0n,
+    limit: 0xffffffff,
+    selector,
+    type,
+    present: 1,
+    dpl: 0,
+    db: code ? 0 : 1,
+    s: 1,
+    l: code ? 1 : 0,
+    g: 1,
+    avl: 0,
+    unusable: 0,
   };
 }
 
@@ -134,7 +144,11 @@ export function longModeSregs(current: KvmSregs, cr3: bigint, gdtGpa: bigint, o:
   return {
     ...current,
     cs: seg(SEL.CODE64, 0xb, true),
-    ds: data, es: { ...data }, fs: { ...data }, gs: { ...data }, ss: { ...data },
+    ds: data,
+    es: { ...data },
+    fs: { ...data },
+    gs: { ...data },
+    ss: { ...data },
     tr: { base: gdtGpa + BigInt(TSS_OFFSET), limit: TSS_LIMIT, selector: SEL.TSS, type: 0xb, present: 1, dpl: 0, db: 0, s: 0, l: 0, g: 0, avl: 0, unusable: 0 },
     ldt: { base: 0n, limit: 0xffff, selector: 0, type: 0x2, present: 1, dpl: 0, db: 0, s: 0, l: 0, g: 0, avl: 0, unusable: 1 },
     gdt: { base: gdtGpa, limit: GDT_LIMIT },
@@ -172,8 +186,22 @@ export function setupLongMode(vcpu: LongModeVcpu, mem: GpaWriter, o: LongModeOpt
 
 /** 64-bit general registers by encoding number. */
 export const R = {
-  rax: 0, rcx: 1, rdx: 2, rbx: 3, rsp: 4, rbp: 5, rsi: 6, rdi: 7,
-  r8: 8, r9: 9, r10: 10, r11: 11, r12: 12, r13: 13, r14: 14, r15: 15,
+  rax: 0,
+  rcx: 1,
+  rdx: 2,
+  rbx: 3,
+  rsp: 4,
+  rbp: 5,
+  rsi: 6,
+  rdi: 7,
+  r8: 8,
+  r9: 9,
+  r10: 10,
+  r11: 11,
+  r12: 12,
+  r13: 13,
+  r14: 14,
+  r15: 15,
 } as const;
 export type Reg = keyof typeof R;
 
@@ -258,34 +286,62 @@ export class Asm {
   }
 
   /** hlt — F4 */
-  hlt(): this { return this.raw(OP.HLT); }
+  hlt(): this {
+    return this.raw(OP.HLT);
+  }
   /** wrmsr — 0F 30 */
-  wrmsr(): this { return this.raw(OP.WRMSR); }
+  wrmsr(): this {
+    return this.raw(OP.WRMSR);
+  }
   /** rdmsr — 0F 32 */
-  rdmsr(): this { return this.raw(OP.RDMSR); }
+  rdmsr(): this {
+    return this.raw(OP.RDMSR);
+  }
   /** ret — C3 */
-  ret(): this { return this.raw(OP.RET); }
+  ret(): this {
+    return this.raw(OP.RET);
+  }
   /** nop — 90 */
-  nop(): this { return this.raw(OP.NOP); }
+  nop(): this {
+    return this.raw(OP.NOP);
+  }
   /** cpuid — 0F A2 */
-  cpuid(): this { return this.raw(OP.CPUID); }
+  cpuid(): this {
+    return this.raw(OP.CPUID);
+  }
 
   /** out imm8, al — E6 ib */
-  outImm8Al(port: number): this { return this.raw([0xe6, port & 0xff]); }
+  outImm8Al(port: number): this {
+    return this.raw([0xe6, port & 0xff]);
+  }
   /** out imm8, eax — E7 ib */
-  outImm8Eax(port: number): this { return this.raw([0xe7, port & 0xff]); }
+  outImm8Eax(port: number): this {
+    return this.raw([0xe7, port & 0xff]);
+  }
   /** out dx, al — EE */
-  outDxAl(): this { return this.raw(OP.OUT_DX_AL); }
+  outDxAl(): this {
+    return this.raw(OP.OUT_DX_AL);
+  }
   /** out dx, eax — EF */
-  outDxEax(): this { return this.raw(OP.OUT_DX_EAX); }
+  outDxEax(): this {
+    return this.raw(OP.OUT_DX_EAX);
+  }
   /** in al, imm8 — E4 ib */
-  inAlImm8(port: number): this { return this.raw([0xe4, port & 0xff]); }
+  inAlImm8(port: number): this {
+    return this.raw([0xe4, port & 0xff]);
+  }
   /** in eax, imm8 — E5 ib */
-  inEaxImm8(port: number): this { return this.raw([0xe5, port & 0xff]); }
+  inEaxImm8(port: number): this {
+    return this.raw([0xe5, port & 0xff]);
+  }
   /** in al, dx — EC */
-  inAlDx(): this { return this.raw(OP.IN_AL_DX); }
+  inAlDx(): this {
+    return this.raw(OP.IN_AL_DX);
+  }
   /** in eax, dx — ED */
-  inEaxDx(): this { return this.raw(OP.IN_EAX_DX); }
+  inEaxDx(): this {
+    return this.raw(OP.IN_EAX_DX);
+  }
 
   /** mov r32, imm32 — [REX.B] B8+rd id (zero-extends into the 64-bit register) */
   movR32Imm32(reg: Reg, imm: number): this {

@@ -58,8 +58,12 @@ export class MiniGuest {
       vm.map({ gpa: 0n, size, memory, offset: 0 });
       const vcpu = vm.createVcpu(0);
       setupLongMode(vcpu, vm, {
-        pageTableGpa: MINI.pageTables, gdtGpa: MINI.gdt, identityMapGiB: MINI.identityMapGiB,
-        rip: MINI.code, rsp: MINI.stackTop, tablesAlreadyWritten: o.tablesAlreadyWritten ?? false,
+        pageTableGpa: MINI.pageTables,
+        gdtGpa: MINI.gdt,
+        identityMapGiB: MINI.identityMapGiB,
+        rip: MINI.code,
+        rsp: MINI.stackTop,
+        tablesAlreadyWritten: o.tablesAlreadyWritten ?? false,
       });
       return new MiniGuest(system, o.system === undefined, memory, o.memory === undefined, vm, vcpu);
     } catch (e) {

@@ -62,8 +62,19 @@ export const USER_CS = AGENT.userCode | 3;
 export const EXCEPTION_PORT = 0x4e;
 
 export type StubName =
-  | 'wrmsr' | 'rdmsr' | 'hypercall' | 'callPage' | 'copy'
-  | 'load1' | 'load2' | 'load4' | 'load8' | 'store1' | 'store2' | 'store4' | 'store8';
+  | 'wrmsr'
+  | 'rdmsr'
+  | 'hypercall'
+  | 'callPage'
+  | 'copy'
+  | 'load1'
+  | 'load2'
+  | 'load4'
+  | 'load8'
+  | 'store1'
+  | 'store2'
+  | 'store4'
+  | 'store8';
 
 export interface Stub {
   /** GPA (= virtual address under the agent's identity map) of the first instruction. */

@@ -16,15 +16,17 @@ export function kvmEngine(kp: KvmPartition): GuestEngine {
     readMsr: (vp, msr) => run(() => kp.readMsr(vp, msr)),
     vmcall: (vp) => run(() => kp.vmcall(vp)),
     callHypercallPage: (vp, offset) => run(() => kp.callHypercallPage(vp, offset)),
-    store: (vp, gpa, data) => run(() => {
-      if (kp.enforcesProtections(vp)) return kp.memoryAccess(vp, 'write', gpa, data.length, data);
-      return kp.guestWrite(vp, gpa, data) ? { status: 'completed' } : core.STORE_GP;
-    }),
+    store: (vp, gpa, data) =>
+      run(() => {
+        if (kp.enforcesProtections(vp)) return kp.memoryAccess(vp, 'write', gpa, data.length, data);
+        return kp.guestWrite(vp, gpa, data) ? { status: 'completed' } : core.STORE_GP;
+      }),
     load: (vp, gpa, length) => run(() => kp.guestRead(vp, gpa, length)),
-    access: (vp, kind, gpa, length, data) => run(() => {
-      if (kind !== 'execute' && kp.enforcesProtections(vp)) return kp.memoryAccess(vp, kind, gpa, length, data);
-      return core.guestAccess(p(), vp, kind, gpa, length, data);
-    }),
+    access: (vp, kind, gpa, length, data) =>
+      run(() => {
+        if (kind !== 'execute' && kp.enforcesProtections(vp)) return kp.memoryAccess(vp, kind, gpa, length, data);
+        return core.guestAccess(p(), vp, kind, gpa, length, data);
+      }),
   };
 }
 
@@ -40,7 +42,8 @@ function run<T>(fn: () => T): T {
 export function engineErrorOf(e: unknown): unknown {
   if (e instanceof HvError || e instanceof EngineError) return e;
   if (e instanceof KvmRunError && e.kind === 'unenforced') return new EngineError('failed-precondition', 'KVM_PROTECTIONS_NOT_ENFORCED', e.message);
-  if (e instanceof KvmRunError) return new EngineError(e.kind === 'timeout' ? 'aborted' : 'unavailable', e.kind === 'timeout' ? 'KVM_GUEST_TIMEOUT' : 'KVM_UNEXPECTED_EXIT', e.message);
+  if (e instanceof KvmRunError)
+    return new EngineError(e.kind === 'timeout' ? 'aborted' : 'unavailable', e.kind === 'timeout' ? 'KVM_GUEST_TIMEOUT' : 'KVM_UNEXPECTED_EXIT', e.message);
   if (e instanceof SysError) return new EngineError('unavailable', 'KVM_ERROR', `KVM: ${e.message}`);
   return e;
 }

@@ -13,15 +13,11 @@
  */
 import * as core from '@vsm/core';
 import { HvError, HvStatus, type Partition, type PlatformHooks, type VirtualProcessor, type Vtl, type X64ExceptionVector } from '@vsm/core';
-import {
-  type CpuidEntry, HV_MSR_BASE, HV_MSR_COUNT, type KvmExit, type KvmRegs, type KvmSystem, MiniGuest, type TimeoutExit, type VcpuWatchdog,
-} from '../kvm';
+import { type CpuidEntry, HV_MSR_BASE, HV_MSR_COUNT, type KvmExit, type KvmRegs, type KvmSystem, MiniGuest, type TimeoutExit, type VcpuWatchdog } from '../kvm';
 import { AGENT, AgentRegion, EXCEPTION_PORT, type StubName } from './agent-region';
 import { HYPERCALL_INSN_LENGTH, HYPERCALL_IO_SIZE, HYPERCALL_PORT, kvmHypercallPageLayout } from './hypercall-page';
 import { MemfdRam, OverlayPages } from './memory';
-import {
-  MSR_REGISTERS, coreMsrs, coreRegs, coreSregs, getReg, setReg, storeMsrs, storeRegs, storeSregs,
-} from './registers';
+import { MSR_REGISTERS, coreMsrs, coreRegs, coreSregs, getReg, setReg, storeMsrs, storeRegs, storeSregs } from './registers';
 import { type GuestExecutionOptions, type VpCpu, VtlVm } from './vtl-vm';
 import { type FaultingInstruction, instructionAtRip, instructionBeforeRip } from './x86';
 
@@ -29,7 +25,11 @@ const R = core.HvRegisterName;
 
 /** A guest run that did not end the way the action expects: the watchdog fired, or KVM reported an exit the agent cannot handle. */
 export class KvmRunError extends Error {
-  constructor(readonly kind: 'timeout' | 'exit' | 'unenforced', message: string, readonly exit?: KvmExit | TimeoutExit) {
+  constructor(
+    readonly kind: 'timeout' | 'exit' | 'unenforced',
+    message: string,
+    readonly exit?: KvmExit | TimeoutExit,
+  ) {
     super(message);
     this.name = 'KvmRunError';
   }
@@ -94,8 +94,24 @@ interface HeldAccess {
 }
 
 const ZERO_REGS: KvmRegs = {
-  rax: 0n, rbx: 0n, rcx: 0n, rdx: 0n, rsi: 0n, rdi: 0n, rsp: 0n, rbp: 0n,
-  r8: 0n, r9: 0n, r10: 0n, r11: 0n, r12: 0n, r13: 0n, r14: 0n, r15: 0n, rip: 0n, rflags: 0x2n,
+  rax: 0n,
+  rbx: 0n,
+  rcx: 0n,
+  rdx: 0n,
+  rsi: 0n,
+  rdi: 0n,
+  rsp: 0n,
+  rbp: 0n,
+  r8: 0n,
+  r9: 0n,
+  r10: 0n,
+  r11: 0n,
+  r12: 0n,
+  r13: 0n,
+  r14: 0n,
+  r15: 0n,
+  rip: 0n,
+  rflags: 0x2n,
 };
 
 export function isTrappedMsr(msr: number): boolean {
@@ -167,7 +183,10 @@ export class KvmPartition {
   /** Set once the partition runs guest code (guest/guest-runner.ts): how its VTL VMs are built. */
   private execution: GuestExecutionOptions | undefined;
 
-  constructor(readonly host: KvmHost, spec: { id: string; memoryBytes: bigint; vpCount: number }) {
+  constructor(
+    readonly host: KvmHost,
+    spec: { id: string; memoryBytes: bigint; vpCount: number },
+  ) {
     this.ram = new MemfdRam(spec.memoryBytes, `vsm-ram-${spec.id}`);
     try {
       this.overlayPages = new OverlayPages(OverlayPages.capacityFor(spec.vpCount), `vsm-overlays-${spec.id}`);
@@ -201,7 +220,8 @@ export class KvmPartition {
         },
       },
       onTimerChange: () => this.executionHooks?.onTimerChange?.(),
-      raiseInterrupt: (vpIndex: number, vtl: Vtl, vector: number, opts: { autoEoi: boolean }) => this.executionHooks?.raiseInterrupt?.(vpIndex, vtl, vector, opts),
+      raiseInterrupt: (vpIndex: number, vtl: Vtl, vector: number, opts: { autoEoi: boolean }) =>
+        this.executionHooks?.raiseInterrupt?.(vpIndex, vtl, vector, opts),
     };
   }
 
@@ -300,7 +320,11 @@ export class KvmPartition {
 
   private fail(vp: VirtualProcessor, what: string, e: KvmExit | TimeoutExit): never {
     if (e.kind === 'timeout') {
-      throw new KvmRunError('timeout', `VP ${vp.index} (VTL ${vp.activeVtl}): ${what} did not finish within ${this.host.actionTimeoutMs} ms; the watchdog stopped the vCPU`, e);
+      throw new KvmRunError(
+        'timeout',
+        `VP ${vp.index} (VTL ${vp.activeVtl}): ${what} did not finish within ${this.host.actionTimeoutMs} ms; the watchdog stopped the vCPU`,
+        e,
+      );
     }
     throw new KvmRunError('exit', `VP ${vp.index} (VTL ${vp.activeVtl}): ${what} stopped on an unexpected KVM exit ${describeExit(e)}`, e);
   }
@@ -413,7 +437,8 @@ export class KvmPartition {
     if (kind === 'read') this.enterAgent(c, 'load1', { rdi: refused });
     else this.enterAgent(c, 'store1', { rdi: refused, rax: BigInt(data![Number(refused - gpa)] ?? 0) });
     const e = this.run(c);
-    if (!(e.kind === 'mmio' && e.gpa === refused && e.isWrite === (kind === 'write'))) this.fail(vp, `guest ${kind} at the refused GPA 0x${refused.toString(16)}`, e);
+    if (!(e.kind === 'mmio' && e.gpa === refused && e.isWrite === (kind === 'write')))
+      this.fail(vp, `guest ${kind} at the refused GPA 0x${refused.toString(16)}`, e);
     this.refusedAccesses++;
     return core.interceptAccess(p, vp, kind, gpa, length, data);
   }
@@ -666,7 +691,12 @@ export class KvmPartition {
     if (h.kind === 'write' && !h.precise && rip === h.start) {
       const o = core.guestAccess(p, vp, 'write', h.gpa, h.length, h.data);
       if (o.status === 'intercepted') {
-        this.held.set(key, { ...h, interceptId: o.intercept.id, route: o.heldBack ? 'held-back' : o.awaitingMonitor ? 'monitor' : 'vtl', resolution: undefined });
+        this.held.set(key, {
+          ...h,
+          interceptId: o.intercept.id,
+          route: o.heldBack ? 'held-back' : o.awaitingMonitor ? 'monitor' : 'vtl',
+          resolution: undefined,
+        });
       }
     }
   }
@@ -689,7 +719,8 @@ export class KvmPartition {
   runVp(vp: VirtualProcessor, opts: { timeoutMs?: number; maxExits?: number } = {}): RunVpResult {
     const p = this.partition;
     p.assertActive();
-    if (vp.suspendedOn !== null) throw new HvError(HvStatus.HV_STATUS_INVALID_VP_STATE, `VP ${vp.index} is suspended on intercept ${vp.suspendedOn}: a monitor must answer it first`);
+    if (vp.suspendedOn !== null)
+      throw new HvError(HvStatus.HV_STATUS_INVALID_VP_STATE, `VP ${vp.index} is suspended on intercept ${vp.suspendedOn}: a monitor must answer it first`);
     const deadline = Date.now() + (opts.timeoutMs ?? this.host.actionTimeoutMs);
     const maxExits = opts.maxExits ?? 1_000_000;
     let vtl = vp.activeVtl;
@@ -829,8 +860,15 @@ export class KvmPartition {
       if (!e.isWrite) c.vcpu.completeMmioRead(o.data ?? Buffer.alloc(e.len));
     } else if (o.status === 'intercepted') {
       this.held.set(heldKey(vp.index, vtl), {
-        interceptId: o.intercept.id, route: o.heldBack ? 'held-back' : o.awaitingMonitor ? 'monitor' : 'vtl',
-        kind, gpa: e.gpa, length: e.len, data, start: insn.start, end: precise ? insn.end : insn.start, precise,
+        interceptId: o.intercept.id,
+        route: o.heldBack ? 'held-back' : o.awaitingMonitor ? 'monitor' : 'vtl',
+        kind,
+        gpa: e.gpa,
+        length: e.len,
+        data,
+        start: insn.start,
+        end: precise ? insn.end : insn.start,
+        precise,
       });
     }
     return o;

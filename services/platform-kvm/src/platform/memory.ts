@@ -98,7 +98,10 @@ export class OverlayPages {
   private next = 0;
   private readonly offsets = new Map<Buffer, number>();
 
-  constructor(readonly capacity: number, name = 'vsm-overlays') {
+  constructor(
+    readonly capacity: number,
+    name = 'vsm-overlays',
+  ) {
     this.memory = GuestMemory.create(capacity * PAGE_SIZE, name);
   }
 

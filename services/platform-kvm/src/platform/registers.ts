@@ -11,15 +11,33 @@ const N = core.HvRegisterName;
 
 /** kvm_regs general registers ↔ HV_REGISTER_NAME (RSP is private to a VTL, the others shared). */
 export const GPRS: readonly [Exclude<RegName, 'rip' | 'rflags'>, number][] = [
-  ['rax', N.HvX64RegisterRax], ['rcx', N.HvX64RegisterRcx], ['rdx', N.HvX64RegisterRdx], ['rbx', N.HvX64RegisterRbx],
-  ['rsp', N.HvX64RegisterRsp], ['rbp', N.HvX64RegisterRbp], ['rsi', N.HvX64RegisterRsi], ['rdi', N.HvX64RegisterRdi],
-  ['r8', N.HvX64RegisterRax + 8], ['r9', N.HvX64RegisterRax + 9], ['r10', N.HvX64RegisterRax + 10], ['r11', N.HvX64RegisterRax + 11],
-  ['r12', N.HvX64RegisterRax + 12], ['r13', N.HvX64RegisterRax + 13], ['r14', N.HvX64RegisterRax + 14], ['r15', N.HvX64RegisterR15],
+  ['rax', N.HvX64RegisterRax],
+  ['rcx', N.HvX64RegisterRcx],
+  ['rdx', N.HvX64RegisterRdx],
+  ['rbx', N.HvX64RegisterRbx],
+  ['rsp', N.HvX64RegisterRsp],
+  ['rbp', N.HvX64RegisterRbp],
+  ['rsi', N.HvX64RegisterRsi],
+  ['rdi', N.HvX64RegisterRdi],
+  ['r8', N.HvX64RegisterRax + 8],
+  ['r9', N.HvX64RegisterRax + 9],
+  ['r10', N.HvX64RegisterRax + 10],
+  ['r11', N.HvX64RegisterRax + 11],
+  ['r12', N.HvX64RegisterRax + 12],
+  ['r13', N.HvX64RegisterRax + 13],
+  ['r14', N.HvX64RegisterRax + 14],
+  ['r15', N.HvX64RegisterR15],
 ];
 
 const SEGMENTS: readonly [SegmentName, number][] = [
-  ['es', N.HvX64RegisterEs], ['cs', N.HvX64RegisterCs], ['ss', N.HvX64RegisterSs], ['ds', N.HvX64RegisterDs],
-  ['fs', N.HvX64RegisterFs], ['gs', N.HvX64RegisterGs], ['ldt', N.HvX64RegisterLdtr], ['tr', N.HvX64RegisterTr],
+  ['es', N.HvX64RegisterEs],
+  ['cs', N.HvX64RegisterCs],
+  ['ss', N.HvX64RegisterSs],
+  ['ds', N.HvX64RegisterDs],
+  ['fs', N.HvX64RegisterFs],
+  ['gs', N.HvX64RegisterGs],
+  ['ldt', N.HvX64RegisterLdtr],
+  ['tr', N.HvX64RegisterTr],
 ];
 
 /** Architectural MSRs the core models as registers, moved with KVM_GET/SET_MSRS. */
@@ -55,16 +73,31 @@ export function segmentToKvm(r: Reg128): KvmSegment {
   const a = s.attributes;
   const present = (a >> 7) & 1;
   return {
-    base: s.base, limit: s.limit >>> 0, selector: s.selector,
-    type: a & 0xf, s: (a >> 4) & 1, dpl: (a >> 5) & 3, present,
-    avl: (a >> 12) & 1, l: (a >> 13) & 1, db: (a >> 14) & 1, g: (a >> 15) & 1,
+    base: s.base,
+    limit: s.limit >>> 0,
+    selector: s.selector,
+    type: a & 0xf,
+    s: (a >> 4) & 1,
+    dpl: (a >> 5) & 3,
+    present,
+    avl: (a >> 12) & 1,
+    l: (a >> 13) & 1,
+    db: (a >> 14) & 1,
+    g: (a >> 15) & 1,
     unusable: present ? 0 : 1,
   };
 }
 export function segmentFromKvm(s: KvmSegment): Reg128 {
   const present = s.unusable ? 0 : s.present;
-  const attributes = (s.type & 0xf) | ((s.s & 1) << 4) | ((s.dpl & 3) << 5) | ((present & 1) << 7)
-    | ((s.avl & 1) << 12) | ((s.l & 1) << 13) | ((s.db & 1) << 14) | ((s.g & 1) << 15);
+  const attributes =
+    (s.type & 0xf) |
+    ((s.s & 1) << 4) |
+    ((s.dpl & 3) << 5) |
+    ((present & 1) << 7) |
+    ((s.avl & 1) << 12) |
+    ((s.l & 1) << 13) |
+    ((s.db & 1) << 14) |
+    ((s.g & 1) << 15);
   return core.segmentToReg128({ base: s.base, limit: s.limit >>> 0, selector: s.selector, attributes });
 }
 export function tableToKvm(r: Reg128): KvmDtable {

@@ -105,7 +105,13 @@ export interface OverlaySlot {
  * `slotPages` boundaries, with the overlays (sorted by gpfn, one per gpfn, inside RAM) on top.
  * Returns undefined once more than `limit` slots would be needed.
  */
-export function viewSlots(pages: number, slotPages: number, runs: readonly RestrictedRun[], overlays: readonly OverlaySlot[], limit = Infinity): ViewSlot[] | undefined {
+export function viewSlots(
+  pages: number,
+  slotPages: number,
+  runs: readonly RestrictedRun[],
+  overlays: readonly OverlaySlot[],
+  limit = Infinity,
+): ViewSlot[] | undefined {
   const out: ViewSlot[] = [];
   let full = false;
   const push = (s: ViewSlot) => {

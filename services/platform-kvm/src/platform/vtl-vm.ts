@@ -138,7 +138,12 @@ export class VtlVm {
     // Leave room for the agent region's slots.
     const budget = this.memslotBudget - this.agentSlots();
     if (protectionsChanged) {
-      this.runs = restrictedRuns(p.protections.map((m) => m), this.vtl, pages, budget);
+      this.runs = restrictedRuns(
+        p.protections.map((m) => m),
+        this.vtl,
+        pages,
+        budget,
+      );
       this.protectionsAt = p.protectionChanges;
       this.protectionsDirty = false;
     }
@@ -168,9 +173,17 @@ export class VtlVm {
       slots = viewSlots(pages, slotPages, [], ovs)!;
     }
     slots = this.keepCuts(slots, budget);
-    const changes = this.vm.setLayout(0n, this.ram.sizeBytes, slots.map((x) => ({
-      gpa: x.gpa, size: x.size, memory: x.backing === 'ram' ? this.ram.memory : this.overlays.memory, offset: x.offset, readonly: x.readonly,
-    })));
+    const changes = this.vm.setLayout(
+      0n,
+      this.ram.sizeBytes,
+      slots.map((x) => ({
+        gpa: x.gpa,
+        size: x.size,
+        memory: x.backing === 'ram' ? this.ram.memory : this.overlays.memory,
+        offset: x.offset,
+        readonly: x.readonly,
+      })),
+    );
     this.overlaySlotChanges += changes;
     if (changes > 0) {
       this.layoutSyncs++;
@@ -193,7 +206,11 @@ export class VtlVm {
     const EXTRA_SLOT_COST = 0.75;
     const current = this.vm.mappings().filter((m) => m.gpa < this.ram.sizeBytes);
     const same = (a: ViewSlot, m: (typeof current)[number]) =>
-      m.gpa === a.gpa && m.size === a.size && m.readonly === a.readonly && m.memory === (a.backing === 'ram' ? this.ram.memory : this.overlays.memory) && m.offset === a.offset;
+      m.gpa === a.gpa &&
+      m.size === a.size &&
+      m.readonly === a.readonly &&
+      m.memory === (a.backing === 'ram' ? this.ram.memory : this.overlays.memory) &&
+      m.offset === a.offset;
     const out: ViewSlot[] = [];
     let i = 0;
     for (const x of slots) {

@@ -125,13 +125,48 @@ export interface DecodedInsn {
 // One-byte opcodes with a ModRM byte.
 const MODRM1 = new Set<number>([
   ...[0x00, 0x08, 0x10, 0x18, 0x20, 0x28, 0x30, 0x38].flatMap((b) => [b, b + 1, b + 2, b + 3]),
-  0x63, 0x69, 0x6b, ...Array.from({ length: 16 }, (_, i) => 0x80 + i), 0xc0, 0xc1, 0xc6, 0xc7,
-  0xd0, 0xd1, 0xd2, 0xd3, ...Array.from({ length: 8 }, (_, i) => 0xd8 + i), 0xf6, 0xf7, 0xfe, 0xff,
+  0x63,
+  0x69,
+  0x6b,
+  ...Array.from({ length: 16 }, (_, i) => 0x80 + i),
+  0xc0,
+  0xc1,
+  0xc6,
+  0xc7,
+  0xd0,
+  0xd1,
+  0xd2,
+  0xd3,
+  ...Array.from({ length: 8 }, (_, i) => 0xd8 + i),
+  0xf6,
+  0xf7,
+  0xfe,
+  0xff,
 ]);
 // Two-byte (0F xx) opcodes WITHOUT a ModRM byte.
 const NO_MODRM2 = new Set<number>([
-  0x05, 0x06, 0x07, 0x08, 0x09, 0x0b, 0x0e, 0x30, 0x31, 0x32, 0x33, 0x34, 0x35, 0x37, 0x77,
-  ...Array.from({ length: 16 }, (_, i) => 0x80 + i), 0xa0, 0xa1, 0xa2, 0xa8, 0xa9, 0xaa,
+  0x05,
+  0x06,
+  0x07,
+  0x08,
+  0x09,
+  0x0b,
+  0x0e,
+  0x30,
+  0x31,
+  0x32,
+  0x33,
+  0x34,
+  0x35,
+  0x37,
+  0x77,
+  ...Array.from({ length: 16 }, (_, i) => 0x80 + i),
+  0xa0,
+  0xa1,
+  0xa2,
+  0xa8,
+  0xa9,
+  0xaa,
   ...Array.from({ length: 8 }, (_, i) => 0xc8 + i),
 ]);
 const IMM8_2 = new Set<number>([0x70, 0x71, 0x72, 0x73, 0xa4, 0xac, 0xba, 0xc2, 0xc4, 0xc5, 0xc6]);
@@ -156,8 +191,9 @@ export function decodeInsn(b: Buffer, mode: CpuMode): DecodedInsn | undefined {
       if (mode === 32) return undefined; // 16-bit addressing
       addr32 = true;
     } else if (x === 0xf2 || x === 0xf3) rep = x;
-    else if (x === 0xf0) { /* lock */ }
-    else if (x === 0x26 || x === 0x2e || x === 0x36 || x === 0x3e || x === 0x64 || x === 0x65) segment = x;
+    else if (x === 0xf0) {
+      /* lock */
+    } else if (x === 0x26 || x === 0x2e || x === 0x36 || x === 0x3e || x === 0x64 || x === 0x65) segment = x;
     else break;
     i++;
   }
@@ -194,7 +230,8 @@ export function decodeInsn(b: Buffer, mode: CpuMode): DecodedInsn | undefined {
     else if (op >= 0xb8 && op <= 0xbf) imm = w ? 8 : iz;
     else if (op === 0xc2 || op === 0xca) imm = 2;
     else if (op === 0xc8) imm = 3;
-    else if (op >= 0xa0 && op <= 0xa3) imm = mode === 64 && !addr32 ? 8 : 4; // moffs
+    else if (op >= 0xa0 && op <= 0xa3)
+      imm = mode === 64 && !addr32 ? 8 : 4; // moffs
     else if ((op === 0x9a || op === 0xea) && mode === 32) imm = iz + 2;
   }
   let mem: MemOperand | undefined;
@@ -243,17 +280,45 @@ export function decodeInsn(b: Buffer, mode: CpuMode): DecodedInsn | undefined {
   let storeSize = 0;
   if (mem) {
     switch (op) {
-      case 0x88: case 0xa2: storeSize = 1; break;
-      case 0x89: case 0xa3: storeSize = size; break;
-      case 0xc6: storeSize = reg === 0 ? 1 : 0; break;
-      case 0xc7: storeSize = reg === 0 ? size : 0; break;
-      case 0x8c: storeSize = 2; break;
-      case 0x0f11: storeSize = rep === 0xf3 ? 4 : rep === 0xf2 ? 8 : 16; break; // movups/movupd/movss/movsd store
-      case 0x0f13: case 0x0f17: case 0x0fd6: storeSize = 8; break; // movlps/movhps/movq
-      case 0x0f29: case 0x0f2b: case 0x0fe7: storeSize = opsize16 || op === 0x0f29 || op === 0x0f2b ? 16 : 8; break;
-      case 0x0f7f: storeSize = opsize16 || rep === 0xf3 ? 16 : 8; break; // movdqa/movdqu, MMX movq
-      case 0x0f7e: storeSize = rep === 0xf3 ? 0 : w ? 8 : 4; break; // movd/movq r/m, (x)mm (F3: a load)
-      case 0x0fc3: storeSize = w ? 8 : 4; break; // movnti
+      case 0x88:
+      case 0xa2:
+        storeSize = 1;
+        break;
+      case 0x89:
+      case 0xa3:
+        storeSize = size;
+        break;
+      case 0xc6:
+        storeSize = reg === 0 ? 1 : 0;
+        break;
+      case 0xc7:
+        storeSize = reg === 0 ? size : 0;
+        break;
+      case 0x8c:
+        storeSize = 2;
+        break;
+      case 0x0f11:
+        storeSize = rep === 0xf3 ? 4 : rep === 0xf2 ? 8 : 16;
+        break; // movups/movupd/movss/movsd store
+      case 0x0f13:
+      case 0x0f17:
+      case 0x0fd6:
+        storeSize = 8;
+        break; // movlps/movhps/movq
+      case 0x0f29:
+      case 0x0f2b:
+      case 0x0fe7:
+        storeSize = opsize16 || op === 0x0f29 || op === 0x0f2b ? 16 : 8;
+        break;
+      case 0x0f7f:
+        storeSize = opsize16 || rep === 0xf3 ? 16 : 8;
+        break; // movdqa/movdqu, MMX movq
+      case 0x0f7e:
+        storeSize = rep === 0xf3 ? 0 : w ? 8 : 4;
+        break; // movd/movq r/m, (x)mm (F3: a load)
+      case 0x0fc3:
+        storeSize = w ? 8 : 4;
+        break; // movnti
       default:
         if (op >= 0x0f90 && op <= 0x0f9f) storeSize = 1; // setcc
     }
@@ -263,7 +328,24 @@ export function decodeInsn(b: Buffer, mode: CpuMode): DecodedInsn | undefined {
 
 /** Linear address of a memory operand (segment bases: FS/GS in 64-bit mode, any in 32-bit mode). */
 export function linearAddress(m: MemOperand, regs: KvmRegs, sregs: KvmSregs, nextRip: bigint, mode: CpuMode): bigint {
-  const gpr = [regs.rax, regs.rcx, regs.rdx, regs.rbx, regs.rsp, regs.rbp, regs.rsi, regs.rdi, regs.r8, regs.r9, regs.r10, regs.r11, regs.r12, regs.r13, regs.r14, regs.r15];
+  const gpr = [
+    regs.rax,
+    regs.rcx,
+    regs.rdx,
+    regs.rbx,
+    regs.rsp,
+    regs.rbp,
+    regs.rsi,
+    regs.rdi,
+    regs.r8,
+    regs.r9,
+    regs.r10,
+    regs.r11,
+    regs.r12,
+    regs.r13,
+    regs.r14,
+    regs.r15,
+  ];
   let ea = m.disp;
   if (m.base === 'rip') ea += nextRip;
   else if (m.base !== undefined) ea += gpr[m.base]!;
@@ -274,8 +356,22 @@ export function linearAddress(m: MemOperand, regs: KvmRegs, sregs: KvmSregs, nex
     if (m.segment === 0x64) base = sregs.fs.base;
     if (m.segment === 0x65) base = sregs.gs.base;
   } else {
-    const seg = m.segment === 0x26 ? sregs.es : m.segment === 0x2e ? sregs.cs : m.segment === 0x36 ? sregs.ss : m.segment === 0x64 ? sregs.fs : m.segment === 0x65 ? sregs.gs
-      : m.segment === 0x3e ? sregs.ds : m.base === 4 || m.base === 5 ? sregs.ss : sregs.ds;
+    const seg =
+      m.segment === 0x26
+        ? sregs.es
+        : m.segment === 0x2e
+          ? sregs.cs
+          : m.segment === 0x36
+            ? sregs.ss
+            : m.segment === 0x64
+              ? sregs.fs
+              : m.segment === 0x65
+                ? sregs.gs
+                : m.segment === 0x3e
+                  ? sregs.ds
+                  : m.base === 4 || m.base === 5
+                    ? sregs.ss
+                    : sregs.ds;
     base = seg.base;
   }
   return mode === 64 ? BigInt.asUintN(64, base + ea) : (base + ea) & 0xffff_ffffn;
@@ -295,7 +391,14 @@ export interface FaultingInstruction {
  * `length` bytes at `gpa`: the shortest candidate that decodes as a pure store of at least that size,
  * ends exactly at `rip`, and whose operand (or its part on the next page) translates to `gpa`.
  */
-export function instructionBeforeRip(rip: bigint, gpa: bigint, length: number, regs: KvmRegs, sregs: KvmSregs, read: PhysReader): FaultingInstruction | undefined {
+export function instructionBeforeRip(
+  rip: bigint,
+  gpa: bigint,
+  length: number,
+  regs: KvmRegs,
+  sregs: KvmSregs,
+  read: PhysReader,
+): FaultingInstruction | undefined {
   const mode = cpuMode(sregs);
   if (mode === 16) return undefined;
   const csBase = mode === 64 ? 0n : sregs.cs.base;

@@ -37,7 +37,7 @@ describe('multiboot boot plan', () => {
     expect(mbi.length).toBe(88);
     expect(u32le(mbi, 0)).toBe(0x24d); // flags: mem (0) | cmdline (2) | mods (3) | mmap (6) | boot_loader_name (9)
     expect(u32le(mbi, 4)).toBe(639); // mem_lower: 0x9fc00 / 1024
-    expect(u32le(mbi, 8)).toBe((128 * 1024 - 1024)); // mem_upper: KiB from 1 MiB to 128 MiB
+    expect(u32le(mbi, 8)).toBe(128 * 1024 - 1024); // mem_upper: KiB from 1 MiB to 128 MiB
     expect(u32le(mbi, 12)).toBe(0); // boot_device (flag 1 not set)
     expect(u32le(mbi, 16)).toBe(0xa000); // cmdline
     expect(u32le(mbi, 20)).toBe(0); // mods_count
@@ -104,7 +104,14 @@ describe('multiboot boot plan', () => {
   });
 
   it('reserved ranges are split out of the available memory and shorten mem_upper', () => {
-    const p = planBoot(image, { memoryBytes: 128n * MiB, vpCount: 1, reserved: [{ gpa: 0x7000000n, size: 0x100000n }, { gpa: 0xfee00000n, size: 0x1000n }] });
+    const p = planBoot(image, {
+      memoryBytes: 128n * MiB,
+      vpCount: 1,
+      reserved: [
+        { gpa: 0x7000000n, size: 0x100000n },
+        { gpa: 0xfee00000n, size: 0x1000n },
+      ],
+    });
     expect(p.memoryMap).toEqual([
       { base: 0n, length: 0x9fc00n, type: 1 },
       { base: 0x9fc00n, length: 0x60400n, type: 2 },
@@ -163,7 +170,10 @@ describe('long64 boot plan', () => {
     const plan = planBoot(image, { memoryBytes: (8n << 30n) + 4096n, vpCount: 4 });
     expect(writeAt(plan, 0x10000n).data.length).toBe((2 + 9) * 4096);
     expect(plan.apCount).toBe(3);
-    expectPlanError(() => planBoot(image, { memoryBytes: 200n << 30n, vpCount: 1 }), /identity map of 200 GiB needs 0xca000 bytes of page tables at 0x10000, past 0x9f000/);
+    expectPlanError(
+      () => planBoot(image, { memoryBytes: 200n << 30n, vpCount: 1 }),
+      /identity map of 200 GiB needs 0xca000 bytes of page tables at 0x10000, past 0x9f000/,
+    );
   });
 });
 
@@ -190,19 +200,34 @@ describe('flat images in real and protected mode', () => {
 describe('what does not fit → GuestImageError with the numbers', () => {
   const mb = parseGuestImage(kutLikeKernel());
   it('an image larger than memory', () => {
-    expectPlanError(() => planBoot(mb, { memoryBytes: 4n * MiB, vpCount: 1 }), /segment 0 \[0x400000, 0x400100\) does not fit in guest memory \[0x0, 0x400000\) \(memoryBytes 0x400000\)/);
+    expectPlanError(
+      () => planBoot(mb, { memoryBytes: 4n * MiB, vpCount: 1 }),
+      /segment 0 \[0x400000, 0x400100\) does not fit in guest memory \[0x0, 0x400000\) \(memoryBytes 0x400000\)/,
+    );
     const big = parseGuestImage(filled(0x2000, 0), { format: 'flat', loadGpa: 0xfff000n });
     expectPlanError(() => planBoot(big, { memoryBytes: 16n * MiB, vpCount: 1 }), /segment 0 \[0xfff000, 0x1001000\) does not fit/);
   });
   it('a segment on a reserved range, a reserved range on the boot data', () => {
-    expectPlanError(() => planBoot(mb, { memoryBytes: 64n * MiB, vpCount: 1, reserved: [{ gpa: 0x402000n, size: 0x1000n }] }), /segment 1 \[0x401000, 0x404000\) overlaps reserved\[0\] \[0x402000, 0x403000\)/);
-    expectPlanError(() => planBoot(mb, { memoryBytes: 64n * MiB, vpCount: 1, reserved: [{ gpa: 0x9800n, size: 0x10n }] }), /reserved\[0\] \[0x9800, 0x9810\) overlaps the boot data \(multiboot information, memory map and command line\) at \[0x9000, 0xb000\)/);
+    expectPlanError(
+      () => planBoot(mb, { memoryBytes: 64n * MiB, vpCount: 1, reserved: [{ gpa: 0x402000n, size: 0x1000n }] }),
+      /segment 1 \[0x401000, 0x404000\) overlaps reserved\[0\] \[0x402000, 0x403000\)/,
+    );
+    expectPlanError(
+      () => planBoot(mb, { memoryBytes: 64n * MiB, vpCount: 1, reserved: [{ gpa: 0x9800n, size: 0x10n }] }),
+      /reserved\[0\] \[0x9800, 0x9810\) overlaps the boot data \(multiboot information, memory map and command line\) at \[0x9000, 0xb000\)/,
+    );
   });
   it('an image on the boot data', () => {
     const low = parseGuestImage(filled(0x100, 0x90), { format: 'flat', loadGpa: 0x7c00n });
-    expectPlanError(() => planBoot(low, { memoryBytes: 16n * MiB, vpCount: 1 }), /image segment 0 \[0x7c00, 0x7d00\) overlaps the boot data \(boot stack\) at \[0x7000, 0x8000\); load the image elsewhere/);
+    expectPlanError(
+      () => planBoot(low, { memoryBytes: 16n * MiB, vpCount: 1 }),
+      /image segment 0 \[0x7c00, 0x7d00\) overlaps the boot data \(boot stack\) at \[0x7000, 0x8000\); load the image elsewhere/,
+    );
     const onTables = parseGuestImage(filled(0x100, 0x90), { format: 'flat', loadGpa: 0x12000n });
-    expectPlanError(() => planBoot(onTables, { memoryBytes: 16n * MiB, vpCount: 1 }), /overlaps the boot data \(identity page tables \(4 GiB, 2 MiB pages\)\) at \[0x10000, 0x16000\)/);
+    expectPlanError(
+      () => planBoot(onTables, { memoryBytes: 16n * MiB, vpCount: 1 }),
+      /overlaps the boot data \(identity page tables \(4 GiB, 2 MiB pages\)\) at \[0x10000, 0x16000\)/,
+    );
   });
   it('bad options', () => {
     expectPlanError(() => planBoot(mb, { memoryBytes: 64n * MiB + 1n, vpCount: 1 }), /memoryBytes must be a positive multiple of 4 KiB/);
@@ -210,12 +235,27 @@ describe('what does not fit → GuestImageError with the numbers', () => {
     expectPlanError(() => planBoot(mb, { memoryBytes: 64n * MiB, vpCount: 0 }), /vpCount must be an integer 1..255; got 0/);
     expectPlanError(() => planBoot(mb, { memoryBytes: 64n * MiB, vpCount: 1, reserved: [{ gpa: 0x1000n, size: 0n }] }), /reserved\[0\] must be/);
     expectPlanError(() => planBoot(mb, { memoryBytes: 0xff000000n, vpCount: 1 }), /multiboot: memoryBytes 0xff000000 must be between 1 MiB and 0xfec00000/);
-    expectPlanError(() => planBoot(mb, { memoryBytes: 64n * MiB, vpCount: 1, cmdline: 'x'.repeat(4096) }), /command line is 4096 bytes \(UTF-8\); at most 4095 fit at 0xa000/);
+    expectPlanError(
+      () => planBoot(mb, { memoryBytes: 64n * MiB, vpCount: 1, cmdline: 'x'.repeat(4096) }),
+      /command line is 4096 bytes \(UTF-8\); at most 4095 fit at 0xa000/,
+    );
     expectPlanError(() => planBoot(mb, { memoryBytes: 64n * MiB, vpCount: 1, cmdline: 'a\0b' }), /NUL/);
     const many = Array.from({ length: 30 }, (_, i) => ({ gpa: 0x1000000n + BigInt(i) * 0x10000n, size: 0x1000n }));
-    expectPlanError(() => planBoot(mb, { memoryBytes: 64n * MiB, vpCount: 1, reserved: many }), /memory map has 63 entries \(1512 bytes\); at most 53 fit: too many reserved ranges/);
+    expectPlanError(
+      () => planBoot(mb, { memoryBytes: 64n * MiB, vpCount: 1, reserved: many }),
+      /memory map has 63 entries \(1512 bytes\); at most 53 fit: too many reserved ranges/,
+    );
   });
   it('the layout constants match the documented GPAs', () => {
-    expect(BootLayout).toMatchObject({ STACK_TOP: 0x8000n, GDT: 0x8000n, MB_MMAP: 0x9000n, MB_INFO: 0x9500n, MB_MODS: 0x9580n, MB_LOADER_NAME: 0x9600n, MB_CMDLINE: 0xa000n, PAGE_TABLES: 0x10000n });
+    expect(BootLayout).toMatchObject({
+      STACK_TOP: 0x8000n,
+      GDT: 0x8000n,
+      MB_MMAP: 0x9000n,
+      MB_INFO: 0x9500n,
+      MB_MODS: 0x9580n,
+      MB_LOADER_NAME: 0x9600n,
+      MB_CMDLINE: 0xa000n,
+      PAGE_TABLES: 0x10000n,
+    });
   });
 });

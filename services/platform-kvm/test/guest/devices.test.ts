@@ -227,8 +227,24 @@ describe('HypervTestDevControl', () => {
     expect(v).toBe(0x7f040105);
     expect(decodeHypervTestDevControl(v)).toEqual({ op: 'msg-conn-create', vpIndex: 1, sint: 5, connectionId: 0x7f, raw: 0x7f040105 });
     const names = [1, 2, 3, 4, 5, 6, 7].map((ctl) => decodeHypervTestDevControl(encodeHypervTestDevControl(ctl, 0, 2)).op);
-    expect(names).toEqual(['sint-route-create', 'sint-route-destroy', 'sint-route-set-sint', 'msg-conn-create', 'msg-conn-destroy', 'evt-conn-create', 'evt-conn-destroy']);
-    expect(decodeHypervTestDevControl(encodeHypervTestDevControl(0, 1, 2, 3))).toEqual({ op: 'unknown', ctl: 0, size: 4, vpIndex: 1, sint: 2, connectionId: 3, raw: 0x03000102 });
+    expect(names).toEqual([
+      'sint-route-create',
+      'sint-route-destroy',
+      'sint-route-set-sint',
+      'msg-conn-create',
+      'msg-conn-destroy',
+      'evt-conn-create',
+      'evt-conn-destroy',
+    ]);
+    expect(decodeHypervTestDevControl(encodeHypervTestDevControl(0, 1, 2, 3))).toEqual({
+      op: 'unknown',
+      ctl: 0,
+      size: 4,
+      vpIndex: 1,
+      sint: 2,
+      connectionId: 3,
+      raw: 0x03000102,
+    });
     expect(decodeHypervTestDevControl(encodeHypervTestDevControl(8, 0, 0))).toMatchObject({ op: 'unknown', ctl: 8 });
     expect(decodeHypervTestDevControl(0x00010002, 2)).toMatchObject({ op: 'unknown', size: 2, raw: 0x0002 });
   });

@@ -86,12 +86,16 @@ export function buildElf(o: BuildElfOptions): Uint8Array {
 }
 
 /** A multiboot v1 header (12 bytes, or 32 with the a.out-kludge fields), checksum made right unless given. */
-export function multibootHeader(flags: number, aout?: { headerAddr: number; loadAddr: number; loadEndAddr: number; bssEndAddr: number; entryAddr: number }, checksum?: number): Uint8Array {
+export function multibootHeader(
+  flags: number,
+  aout?: { headerAddr: number; loadAddr: number; loadEndAddr: number; bssEndAddr: number; entryAddr: number },
+  checksum?: number,
+): Uint8Array {
   const b = new Uint8Array(aout ? 32 : 12);
   const v = new DataView(b.buffer);
   v.setUint32(0, 0x1badb002, true);
   v.setUint32(4, flags >>> 0, true);
-  v.setUint32(8, checksum ?? (-(0x1badb002 + flags) >>> 0), true);
+  v.setUint32(8, checksum ?? -(0x1badb002 + flags) >>> 0, true);
   if (aout) {
     v.setUint32(12, aout.headerAddr, true);
     v.setUint32(16, aout.loadAddr, true);

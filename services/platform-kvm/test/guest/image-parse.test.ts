@@ -46,7 +46,17 @@ describe('multiboot v1 images', () => {
     expect(img.segments[0]!.gpa).toBe(0x100000n);
     expect(img.segments[0]!.memSize).toBe(0x2000n);
     expect(Array.from(img.segments[0]!.data)).toEqual(Array.from(bytes.subarray(0, 0x80)));
-    expect(img.multiboot).toMatchObject({ offset: 0x20, aoutKludge: true, memoryInfo: true, loadedAs: 'aout-kludge', headerAddr: 0x100020, loadAddr: 0x100000, loadEndAddr: 0x100080, bssEndAddr: 0x102000, entryAddr: 0x100040 });
+    expect(img.multiboot).toMatchObject({
+      offset: 0x20,
+      aoutKludge: true,
+      memoryInfo: true,
+      loadedAs: 'aout-kludge',
+      headerAddr: 0x100020,
+      loadAddr: 0x100000,
+      loadEndAddr: 0x100080,
+      bssEndAddr: 0x102000,
+      entryAddr: 0x100040,
+    });
   });
 
   it('a.out kludge: load_end_addr 0 loads to the end of the file, bss_end_addr 0 adds no bss; a text offset inside the file skips the bytes before it', () => {
@@ -78,7 +88,10 @@ describe('multiboot v1 images', () => {
   });
 
   it('skips a magic whose checksum is wrong and uses a later valid header (as QEMU)', () => {
-    const bytes = concat(multibootHeader(0, undefined, 0x12345678), multibootHeader(1 << 16, { headerAddr: 0x10000c, loadAddr: 0x100000, loadEndAddr: 0, bssEndAddr: 0, entryAddr: 0x100000 }));
+    const bytes = concat(
+      multibootHeader(0, undefined, 0x12345678),
+      multibootHeader(1 << 16, { headerAddr: 0x10000c, loadAddr: 0x100000, loadEndAddr: 0, bssEndAddr: 0, entryAddr: 0x100000 }),
+    );
     const img = parseGuestImage(bytes);
     expect(img.multiboot?.offset).toBe(12);
   });
@@ -122,10 +135,17 @@ describe('flat binaries', () => {
       entry: 0x100000n,
       entryMode: 'long64',
     });
-    expect(parseGuestImage(bytes, { format: 'flat', loadGpa: 0x7c00n, entry: 0x7c10n, entryMode: 'real16' })).toMatchObject({ entry: 0x7c10n, entryMode: 'real16' });
+    expect(parseGuestImage(bytes, { format: 'flat', loadGpa: 0x7c00n, entry: 0x7c10n, entryMode: 'real16' })).toMatchObject({
+      entry: 0x7c10n,
+      entryMode: 'real16',
+    });
     expectImageError(() => parseGuestImage(bytes, { format: 'flat' }), /needs loadGpa/, 'loadGpa');
     expectImageError(() => parseGuestImage(bytes), /cannot detect the image format.*format 'flat'/);
-    expectImageError(() => parseGuestImage(bytes, { format: 'flat', loadGpa: 0x100000n, entry: 0x100000n, entryMode: 'real16' }), /not reachable in real16/, 'entry');
+    expectImageError(
+      () => parseGuestImage(bytes, { format: 'flat', loadGpa: 0x100000n, entry: 0x100000n, entryMode: 'real16' }),
+      /not reachable in real16/,
+      'entry',
+    );
     expectImageError(() => parseGuestImage(bytes, { loadGpa: 0x1000n }), /apply to format 'flat' only/);
     expectImageError(() => parseGuestImage(bytes, { format: 'flat', loadGpa: 0x1000n, entryMode: 'vm86' as never }), /unknown entryMode/, 'entryMode');
   });
@@ -148,7 +168,11 @@ describe('malformed input → GuestImageError naming the field and offset', () =
 
   it('program header table past the end of the file', () => {
     const b = good64();
-    expectImageError(() => parseGuestImage(b.subarray(0, 64 + 30)), /program header table \(e_phoff 0x40, 1 × 56 bytes\) ends at 0x78, past the end of the image \(0x5e bytes\)/, 'e_phoff');
+    expectImageError(
+      () => parseGuestImage(b.subarray(0, 64 + 30)),
+      /program header table \(e_phoff 0x40, 1 × 56 bytes\) ends at 0x78, past the end of the image \(0x5e bytes\)/,
+      'e_phoff',
+    );
     const far = good64();
     new DataView(far.buffer).setBigUint64(32, 0xffff_ffff_ffff_fff0n, true); // e_phoff near 2^64
     expectImageError(() => parseGuestImage(far), /e_phoff 0xfffffffffffffff0, 1 × 56 bytes\) ends at 0x10000000000000028, past the end/, 'e_phoff');
@@ -156,7 +180,11 @@ describe('malformed input → GuestImageError naming the field and offset', () =
 
   it('segment file bytes past the end of the file', () => {
     const b = buildElf({ cls: 64, entry: 0x200000n, segments: [{ paddr: 0x200000n, data: filled(0x40, 0x90) }] });
-    expectImageError(() => parseGuestImage(b.subarray(0, b.length - 1)), /program header 0 \(PT_LOAD at file offset 0x40\).*p_offset 0x80, \+p_filesz 0x40\) end at 0xc0, past the end of the image \(0xbf bytes\)/, 'p_offset');
+    expectImageError(
+      () => parseGuestImage(b.subarray(0, b.length - 1)),
+      /program header 0 \(PT_LOAD at file offset 0x40\).*p_offset 0x80, \+p_filesz 0x40\) end at 0xc0, past the end of the image \(0xbf bytes\)/,
+      'p_offset',
+    );
   });
 
   it('p_filesz larger than p_memsz', () => {
@@ -165,9 +193,21 @@ describe('malformed input → GuestImageError naming the field and offset', () =
   });
 
   it('wrong class, machine, type, version, endianness, phentsize, phnum', () => {
-    expectImageError(() => parseGuestImage(kutLikeKernel(), { format: 'elf64' }), /EI_CLASS \(offset 0x4\) is 1 \(ELFCLASS32\); expected 2 \(ELFCLASS64\)/, 'EI_CLASS');
-    expectImageError(() => parseGuestImage(buildElf({ cls: 64, machine: 3, entry: 0n, segments: [{ paddr: 0n, data: filled(4, 0) }] })), /e_machine \(offset 0x12\) is 3; an ELF64 image must be 62 \(EM_X86_64\)/, 'e_machine');
-    expectImageError(() => parseGuestImage(buildElf({ cls: 64, type: 3, entry: 0n, segments: [{ paddr: 0n, data: filled(4, 0) }] })), /e_type \(offset 0x10\) is 3 \(ET_DYN\)/, 'e_type');
+    expectImageError(
+      () => parseGuestImage(kutLikeKernel(), { format: 'elf64' }),
+      /EI_CLASS \(offset 0x4\) is 1 \(ELFCLASS32\); expected 2 \(ELFCLASS64\)/,
+      'EI_CLASS',
+    );
+    expectImageError(
+      () => parseGuestImage(buildElf({ cls: 64, machine: 3, entry: 0n, segments: [{ paddr: 0n, data: filled(4, 0) }] })),
+      /e_machine \(offset 0x12\) is 3; an ELF64 image must be 62 \(EM_X86_64\)/,
+      'e_machine',
+    );
+    expectImageError(
+      () => parseGuestImage(buildElf({ cls: 64, type: 3, entry: 0n, segments: [{ paddr: 0n, data: filled(4, 0) }] })),
+      /e_type \(offset 0x10\) is 3 \(ET_DYN\)/,
+      'e_type',
+    );
     const mb32 = kutLikeKernel();
     mb32[18] = 62; // e_machine EM_X86_64 in an ELF32 multiboot kernel
     expectImageError(() => parseGuestImage(mb32), /an ELF32 image must be 3 \(EM_386\)/, 'e_machine');
@@ -177,19 +217,45 @@ describe('malformed input → GuestImageError naming the field and offset', () =
     const ver = good64();
     ver[20] = 7;
     expectImageError(() => parseGuestImage(ver), /e_version \(offset 0x14\) is 7/, 'e_version');
-    expectImageError(() => parseGuestImage(buildElf({ cls: 64, phentsize: 40, entry: 0n, segments: [{ paddr: 0n, data: filled(4, 0) }] })), /e_phentsize \(offset 0x36\) is 40; an Elf64_Phdr is 56 bytes/, 'e_phentsize');
+    expectImageError(
+      () => parseGuestImage(buildElf({ cls: 64, phentsize: 40, entry: 0n, segments: [{ paddr: 0n, data: filled(4, 0) }] })),
+      /e_phentsize \(offset 0x36\) is 40; an Elf64_Phdr is 56 bytes/,
+      'e_phentsize',
+    );
     expectImageError(() => parseGuestImage(buildElf({ cls: 64, phnum: 0, entry: 0n, segments: [{ paddr: 0n, data: filled(4, 0) }] })), /e_phnum 0/, 'e_phnum');
-    expectImageError(() => parseGuestImage(buildElf({ cls: 64, phnum: 0xffff, entry: 0n, segments: [{ paddr: 0n, data: filled(4, 0) }] })), /PN_XNUM/, 'e_phnum');
+    expectImageError(
+      () => parseGuestImage(buildElf({ cls: 64, phnum: 0xffff, entry: 0n, segments: [{ paddr: 0n, data: filled(4, 0) }] })),
+      /PN_XNUM/,
+      'e_phnum',
+    );
   });
 
   it('no PT_LOAD segment', () => {
-    const b = buildElf({ cls: 64, entry: 0n, segments: [{ paddr: 0x1000n, data: filled(4, 0), type: 4 }, { paddr: 0x2000n, data: new Uint8Array(0), memsz: 0n }] });
+    const b = buildElf({
+      cls: 64,
+      entry: 0n,
+      segments: [
+        { paddr: 0x1000n, data: filled(4, 0), type: 4 },
+        { paddr: 0x2000n, data: new Uint8Array(0), memsz: 0n },
+      ],
+    });
     expectImageError(() => parseGuestImage(b), /no PT_LOAD segment with p_memsz > 0 among its 2 program headers/, 'p_type');
   });
 
   it('overlapping PT_LOAD segments', () => {
-    const b = buildElf({ cls: 64, entry: 0x200000n, segments: [{ paddr: 0x200000n, data: filled(0x40, 0), memsz: 0x2000n }, { paddr: 0x201000n, data: filled(0x40, 0) }] });
-    expectImageError(() => parseGuestImage(b), /PT_LOAD segments overlap: program header 0 \[0x200000, 0x202000\) and program header 1 \[0x201000, 0x201040\)/, 'p_paddr');
+    const b = buildElf({
+      cls: 64,
+      entry: 0x200000n,
+      segments: [
+        { paddr: 0x200000n, data: filled(0x40, 0), memsz: 0x2000n },
+        { paddr: 0x201000n, data: filled(0x40, 0) },
+      ],
+    });
+    expectImageError(
+      () => parseGuestImage(b),
+      /PT_LOAD segments overlap: program header 0 \[0x200000, 0x202000\) and program header 1 \[0x201000, 0x201040\)/,
+      'p_paddr',
+    );
   });
 
   it('entry outside every loaded segment', () => {
@@ -200,23 +266,55 @@ describe('malformed input → GuestImageError naming the field and offset', () =
   it('multiboot: a segment beyond 4 GiB', () => {
     const text = concat(multibootHeader(0), filled(0x20, 0x90));
     const b = buildElf({ cls: 32, entry: 0xfffff000n, segments: [{ paddr: 0xfffff000n, data: text, memsz: 0x2000n }] });
-    expectImageError(() => parseGuestImage(b), /p_paddr 0xfffff000 \+ p_memsz 0x2000 ends at 0x100001000, beyond the 0x100000000 limit of an ELF32 image/, 'p_paddr');
-    const aout = concat(multibootHeader(1 << 16, { headerAddr: 0xfffffff0, loadAddr: 0xfffffff0, loadEndAddr: 0, bssEndAddr: 0xffffffff, entryAddr: 0xfffffff0 }), filled(0x40, 0));
+    expectImageError(
+      () => parseGuestImage(b),
+      /p_paddr 0xfffff000 \+ p_memsz 0x2000 ends at 0x100001000, beyond the 0x100000000 limit of an ELF32 image/,
+      'p_paddr',
+    );
+    const aout = concat(
+      multibootHeader(1 << 16, { headerAddr: 0xfffffff0, loadAddr: 0xfffffff0, loadEndAddr: 0, bssEndAddr: 0xffffffff, entryAddr: 0xfffffff0 }),
+      filled(0x40, 0),
+    );
     expectImageError(() => parseGuestImage(aout), /bss_end_addr 0xffffffff is below the end of the loaded bytes/);
   });
 
   it('multiboot: bad checksum, unknown requirement flags, a.out-kludge field errors', () => {
     const bad = kutLikeKernel({ checksum: 0xdeadbeef });
-    expectImageError(() => parseGuestImage(bad, { format: 'multiboot' }), /magic 0x1badb002 at offset 0x80 has flags 0x0 and checksum 0xdeadbeef: magic \+ flags \+ checksum is 0xfa5b6ef1, not 0/, 'magic');
+    expectImageError(
+      () => parseGuestImage(bad, { format: 'multiboot' }),
+      /magic 0x1badb002 at offset 0x80 has flags 0x0 and checksum 0xdeadbeef: magic \+ flags \+ checksum is 0xfa5b6ef1, not 0/,
+      'magic',
+    );
     expectImageError(() => parseGuestImage(bad), /an ELF32 image .*checksum 0xdeadbeef/);
     expectImageError(() => parseGuestImage(filled(64, 0), { format: 'multiboot' }), /no multiboot header .* in the first 64 bytes/, 'magic');
     expectImageError(() => parseGuestImage(kutLikeKernel({ flags: 1 << 3 })), /requirement bits 0x8 \(bits 0-15\) this loader does not know/, 'flags');
-    const k = (a: { headerAddr: number; loadAddr: number; loadEndAddr: number; bssEndAddr: number; entryAddr: number }) => concat(multibootHeader(1 << 16, a), filled(0x40, 0));
-    expectImageError(() => parseGuestImage(k({ headerAddr: 0x1000, loadAddr: 0x2000, loadEndAddr: 0, bssEndAddr: 0, entryAddr: 0x2000 })), /header_addr 0x1000 is below load_addr 0x2000/, 'header_addr');
-    expectImageError(() => parseGuestImage(k({ headerAddr: 0x2100, loadAddr: 0x2000, loadEndAddr: 0, bssEndAddr: 0, entryAddr: 0x2000 })), /larger than the header's file offset 0x0/, 'load_addr');
-    expectImageError(() => parseGuestImage(k({ headerAddr: 0x2000, loadAddr: 0x2000, loadEndAddr: 0x1000, bssEndAddr: 0, entryAddr: 0x2000 })), /load_end_addr 0x1000 is below load_addr/, 'load_end_addr');
-    expectImageError(() => parseGuestImage(k({ headerAddr: 0x2000, loadAddr: 0x2000, loadEndAddr: 0x3000, bssEndAddr: 0, entryAddr: 0x2000 })), /end at 0x1000, past the end of the image \(0x60 bytes\)/, 'load_end_addr');
-    expectImageError(() => parseGuestImage(k({ headerAddr: 0x2000, loadAddr: 0x2000, loadEndAddr: 0, bssEndAddr: 0, entryAddr: 0x9000 })), /entry_addr 0x9000 is not inside any loaded segment/, 'entry_addr');
+    const k = (a: { headerAddr: number; loadAddr: number; loadEndAddr: number; bssEndAddr: number; entryAddr: number }) =>
+      concat(multibootHeader(1 << 16, a), filled(0x40, 0));
+    expectImageError(
+      () => parseGuestImage(k({ headerAddr: 0x1000, loadAddr: 0x2000, loadEndAddr: 0, bssEndAddr: 0, entryAddr: 0x2000 })),
+      /header_addr 0x1000 is below load_addr 0x2000/,
+      'header_addr',
+    );
+    expectImageError(
+      () => parseGuestImage(k({ headerAddr: 0x2100, loadAddr: 0x2000, loadEndAddr: 0, bssEndAddr: 0, entryAddr: 0x2000 })),
+      /larger than the header's file offset 0x0/,
+      'load_addr',
+    );
+    expectImageError(
+      () => parseGuestImage(k({ headerAddr: 0x2000, loadAddr: 0x2000, loadEndAddr: 0x1000, bssEndAddr: 0, entryAddr: 0x2000 })),
+      /load_end_addr 0x1000 is below load_addr/,
+      'load_end_addr',
+    );
+    expectImageError(
+      () => parseGuestImage(k({ headerAddr: 0x2000, loadAddr: 0x2000, loadEndAddr: 0x3000, bssEndAddr: 0, entryAddr: 0x2000 })),
+      /end at 0x1000, past the end of the image \(0x60 bytes\)/,
+      'load_end_addr',
+    );
+    expectImageError(
+      () => parseGuestImage(k({ headerAddr: 0x2000, loadAddr: 0x2000, loadEndAddr: 0, bssEndAddr: 0, entryAddr: 0x9000 })),
+      /entry_addr 0x9000 is not inside any loaded segment/,
+      'entry_addr',
+    );
     const short = concat(filled(8, 0), multibootHeader(1 << 16)); // kludge flag, but only the 12 mandatory bytes
     expectImageError(() => parseGuestImage(short), /address fields \(offsets 12-31\) pass the end of the image/, 'header_addr');
     const notElf = concat(multibootHeader(0), filled(0x40, 0));
@@ -224,7 +322,15 @@ describe('malformed input → GuestImageError naming the field and offset', () =
   });
 
   it('random bytes and corrupted images: a GuestImage or a GuestImageError, nothing else', () => {
-    const seeds = [kutLikeKernel(), good64(), concat(filled(0x20, 0x11), multibootHeader(0x10002, { headerAddr: 0x100020, loadAddr: 0x100000, loadEndAddr: 0x100080, bssEndAddr: 0x102000, entryAddr: 0x100040 }), filled(0x80, 0x22))];
+    const seeds = [
+      kutLikeKernel(),
+      good64(),
+      concat(
+        filled(0x20, 0x11),
+        multibootHeader(0x10002, { headerAddr: 0x100020, loadAddr: 0x100000, loadEndAddr: 0x100080, bssEndAddr: 0x102000, entryAddr: 0x100040 }),
+        filled(0x80, 0x22),
+      ),
+    ];
     const check = (bytes: Uint8Array, format: 'auto' | 'elf64' | 'multiboot') => {
       let img: GuestImage;
       try {
@@ -246,7 +352,9 @@ describe('malformed input → GuestImageError naming the field and offset', () =
       expect(img.segments.some((s) => img.entry >= s.gpa && img.entry < s.gpa + s.memSize)).toBe(true);
     };
     fc.assert(
-      fc.property(fc.uint8Array({ maxLength: 512 }), fc.constantFrom('auto' as const, 'elf64' as const, 'multiboot' as const), (bytes, format) => check(bytes, format)),
+      fc.property(fc.uint8Array({ maxLength: 512 }), fc.constantFrom('auto' as const, 'elf64' as const, 'multiboot' as const), (bytes, format) =>
+        check(bytes, format),
+      ),
       { numRuns: 500 },
     );
     fc.assert(

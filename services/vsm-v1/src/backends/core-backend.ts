@@ -14,7 +14,17 @@ import type { Backend, StreamSink } from '../backend';
 import { invalidArgument } from '../errors';
 import { parsePartitionName, parseVpName, partitionName, vpName } from '../names';
 import { fromPbSnapshot, toPbSnapshot } from '../snapshot-codec';
-import { EMULATOR_NO_EXECUTION, NOT_LOADED, type RunFields, checkConsoleWrite, checkDevices, checkLoadRequest, connectionSpec, executionUnsupported, toPbConnection } from './execution';
+import {
+  EMULATOR_NO_EXECUTION,
+  NOT_LOADED,
+  type RunFields,
+  checkConsoleWrite,
+  checkDevices,
+  checkLoadRequest,
+  connectionSpec,
+  executionUnsupported,
+  toPbConnection,
+} from './execution';
 import { type BackgroundErrorReport, awaitMonitorAnswers, keepInterceptDeadlines, partitionTask, reportToStderr } from './monitor-wait';
 
 export const MAX_GUEST_ACCESS = 65536;
@@ -63,9 +73,15 @@ export class CoreBackend implements Backend {
     const want = r.partition;
     if (!want) throw invalidArgument('partition is required');
     if (want.name) throw invalidArgument('partition.name is output only; choose the id with partition_id');
-    const arch = want.architecture === pb.Architecture.ARCHITECTURE_ARM64 ? 'arm64' : want.architecture === pb.Architecture.ARCHITECTURE_X64 || want.architecture === pb.Architecture.ARCHITECTURE_UNSPECIFIED ? 'x64' : undefined;
+    const arch =
+      want.architecture === pb.Architecture.ARCHITECTURE_ARM64
+        ? 'arm64'
+        : want.architecture === pb.Architecture.ARCHITECTURE_X64 || want.architecture === pb.Architecture.ARCHITECTURE_UNSPECIFIED
+          ? 'x64'
+          : undefined;
     if (!arch) throw invalidArgument(`unknown architecture ${want.architecture}`);
-    if (want.runState || want.exitCode !== undefined || want.endReason || want.endTimeUnixMs !== undefined) throw invalidArgument('run_state, exit_code, end_reason and end_time_unix_ms are output only');
+    if (want.runState || want.exitCode !== undefined || want.endReason || want.endTimeUnixMs !== undefined)
+      throw invalidArgument('run_state, exit_code, end_reason and end_time_unix_ms are output only');
     const devices = checkDevices(want.devices ?? []);
     const p = this.manager.create({
       partitionId: r.partitionId || undefined,
@@ -78,7 +94,11 @@ export class CoreBackend implements Backend {
     });
     const had = this.devices.get(p);
     // A retry of the same request_id returns the partition it created: with the same devices only.
-    if (had && had.join() !== devices.join()) throw new HvError(HvStatus.HV_STATUS_OBJECT_IN_USE, `request_id ${r.requestId} was used to create partition ${p.id} with other devices (${had.join(', ') || 'none'})`);
+    if (had && had.join() !== devices.join())
+      throw new HvError(
+        HvStatus.HV_STATUS_OBJECT_IN_USE,
+        `request_id ${r.requestId} was used to create partition ${p.id} with other devices (${had.join(', ') || 'none'})`,
+      );
     this.devices.set(p, devices);
     return this.toPartition(p, r.requestId);
   }
@@ -224,7 +244,14 @@ export class CoreBackend implements Backend {
    * Runs a memory guest action; on the monitor route, waits (until the client's deadline) for a
    * monitor's answer, following RETRY answers that intercept again.
    */
-  private async access(p: Partition, vp: VirtualProcessor, kind: core.AccessKind, gpa: bigint, length: number, data?: Buffer): Promise<{ outcome: gpb.GuestActionOutcome; data?: Buffer }> {
+  private async access(
+    p: Partition,
+    vp: VirtualProcessor,
+    kind: core.AccessKind,
+    gpa: bigint,
+    length: number,
+    data?: Buffer,
+  ): Promise<{ outcome: gpb.GuestActionOutcome; data?: Buffer }> {
     if (length < 1 || length > MAX_GUEST_ACCESS) throw invalidArgument(`length must be 1..${MAX_GUEST_ACCESS}`);
     return accessOutcome(vp, await awaitMonitorAnswers(p, core.engineOf(p).access(vp, kind, gpa, length, data)));
   }
@@ -237,7 +264,8 @@ export class CoreBackend implements Backend {
     p.checkRange(r.gpa, r.length);
     const viewGeneration = BigInt(p.viewGeneration);
     if (r.vtlView === undefined) return { data: p.memory.read(r.gpa, r.length), viewGeneration };
-    if (!isVtl(r.vtlView) || !p.vtls.get(r.vtlView).enabled) throw new HvError(HvStatus.HV_STATUS_INVALID_VTL_STATE, `VTL ${r.vtlView} is not enabled for the partition`);
+    if (!isVtl(r.vtlView) || !p.vtls.get(r.vtlView).enabled)
+      throw new HvError(HvStatus.HV_STATUS_INVALID_VTL_STATE, `VTL ${r.vtlView} is not enabled for the partition`);
     return { data: p.readView(r.vtlView, 0, r.gpa, r.length), viewGeneration };
   }
   async writeGpa(r: mpb.WriteGpaRequest): Promise<mpb.WriteGpaResponse> {
@@ -245,7 +273,10 @@ export class CoreBackend implements Backend {
     if (r.data.length < 1 || r.data.length > MAX_GPA_ACCESS) throw invalidArgument(`data must be 1..${MAX_GPA_ACCESS} bytes`);
     p.checkRange(r.gpa, r.data.length);
     if (r.expectedViewGeneration !== undefined && r.expectedViewGeneration !== BigInt(p.viewGeneration)) {
-      throw new HvError(HvStatus.HV_STATUS_OPERATION_DENIED, `stale memory-view generation ${r.expectedViewGeneration} (now ${p.viewGeneration}): re-read and write again`);
+      throw new HvError(
+        HvStatus.HV_STATUS_OPERATION_DENIED,
+        `stale memory-view generation ${r.expectedViewGeneration} (now ${p.viewGeneration}): re-read and write again`,
+      );
     }
     p.memory.write(r.gpa, r.data);
     return {};
@@ -288,11 +319,18 @@ export class CoreBackend implements Backend {
     let missed = 0n;
     let firstMissed = 0n;
     let wake: (() => void) | undefined;
-    const poke = () => { const w = wake; wake = undefined; w?.(); };
+    const poke = () => {
+      const w = wake;
+      wake = undefined;
+      w?.();
+    };
     // One abort listener and one end listener for the stream's whole life (not one per idle wait).
     signal.addEventListener('abort', poke);
     let ended: 'crashed' | 'deleted' | undefined = p.state === 'crashed' ? 'crashed' : undefined;
-    const offEnd = p.onEnd((why) => { ended = why; poke(); });
+    const offEnd = p.onEnd((why) => {
+      ended = why;
+      poke();
+    });
     const off = p.onTransition((t) => {
       if (r.vpIndex !== undefined && t.vpIndex !== r.vpIndex) return;
       if (queue.length >= WATCH_QUEUE) {
@@ -300,7 +338,21 @@ export class CoreBackend implements Backend {
         missed++;
         return;
       }
-      queue.push({ event: { $case: 'transition', value: { sequence: t.sequence, vpIndex: t.vpIndex, fromVtl: t.fromVtl, toVtl: t.toVtl, entryReason: t.entryReason, isReturn: t.isReturn, fastReturn: t.fastReturn, timeUnixUs: t.timeUnixUs } } });
+      queue.push({
+        event: {
+          $case: 'transition',
+          value: {
+            sequence: t.sequence,
+            vpIndex: t.vpIndex,
+            fromVtl: t.fromVtl,
+            toVtl: t.toVtl,
+            entryReason: t.entryReason,
+            isReturn: t.isReturn,
+            fastReturn: t.fastReturn,
+            timeUnixUs: t.timeUnixUs,
+          },
+        },
+      });
       poke();
     });
     // Registered: every transition from here on reaches this stream (or its lagged count).
@@ -309,7 +361,9 @@ export class CoreBackend implements Backend {
       while (!signal.aborted) {
         if (queue.length === 0 && missed === 0n) {
           if (ended) throw endedError(p, ended);
-          await new Promise<void>((res) => { wake = res; });
+          await new Promise<void>((res) => {
+            wake = res;
+          });
           continue;
         }
         const next = queue.shift();
@@ -334,12 +388,18 @@ export class CoreBackend implements Backend {
     const p = this.partition(r.name);
     if (r.ranges.length === 0) throw invalidArgument('ranges must not be empty');
     if (r.ranges.length > 65536) throw invalidArgument('at most 65536 ranges per call');
-    const changed = p.modifyVtlProtectionMask('host', r.protectingVtl, r.mapFlags, r.ranges.map((x) => ({ start: x.startPage, count: x.pageCount })));
+    const changed = p.modifyVtlProtectionMask(
+      'host',
+      r.protectingVtl,
+      r.mapFlags,
+      r.ranges.map((x) => ({ start: x.startPage, count: x.pageCount })),
+    );
     return { pagesChanged: BigInt(changed), viewGeneration: BigInt(p.viewGeneration) };
   }
   async getVtlProtections(r: P.GetVtlProtectionsRequest): Promise<P.GetVtlProtectionsResponse> {
     const p = this.partition(r.name);
-    if (!isVtl(r.protectingVtl) || r.protectingVtl === 0) throw invalidArgument(`VTL ${r.protectingVtl} does not protect anything (protecting VTLs are 1..${core.HV_MAX_SUPPORTED_VTL})`);
+    if (!isVtl(r.protectingVtl) || r.protectingVtl === 0)
+      throw invalidArgument(`VTL ${r.protectingVtl} does not protect anything (protecting VTLs are 1..${core.HV_MAX_SUPPORTED_VTL})`);
     const m = p.protections.get(r.protectingVtl);
     return {
       protectionEnabled: !!m,
@@ -361,13 +421,18 @@ export class CoreBackend implements Backend {
     if (r.answerDeadlineMs !== undefined) {
       const action = INTERCEPT_ACTIONS[r.deadlineAction];
       if (!action) throw invalidArgument('deadline_action must be ALLOW, SKIP, RETRY or CRASH when answer_deadline_ms is set');
-      if (r.answerDeadlineMs < 1n || r.answerDeadlineMs > BigInt(core.MAX_INTERCEPT_DEADLINE_MS)) throw invalidArgument(`answer_deadline_ms must be 1..${core.MAX_INTERCEPT_DEADLINE_MS}`);
+      if (r.answerDeadlineMs < 1n || r.answerDeadlineMs > BigInt(core.MAX_INTERCEPT_DEADLINE_MS))
+        throw invalidArgument(`answer_deadline_ms must be 1..${core.MAX_INTERCEPT_DEADLINE_MS}`);
       policy = { ms: Number(r.answerDeadlineMs), action };
     }
     p.setInterceptRoute(route, policy);
     // The policy applies to every intercept raised from now on (not only those a guest action waits on).
     keepInterceptDeadlines(p, this.report);
-    return { route: r.route, answerDeadlineMs: policy ? BigInt(policy.ms) : undefined, deadlineAction: policy ? r.deadlineAction : P.InterceptAction.INTERCEPT_ACTION_UNSPECIFIED };
+    return {
+      route: r.route,
+      answerDeadlineMs: policy ? BigInt(policy.ms) : undefined,
+      deadlineAction: policy ? r.deadlineAction : P.InterceptAction.INTERCEPT_ACTION_UNSPECIFIED,
+    };
   }
   async listPendingIntercepts(r: P.ListPendingInterceptsRequest): Promise<P.ListPendingInterceptsResponse> {
     const p = this.partition(r.name);
@@ -402,16 +467,28 @@ export class CoreBackend implements Backend {
     // New intercepts are taken from the moment of subscribing; while the pending ones are replayed
     // (with back-pressure: a long backlog must not overflow the stream's cap) they wait in order.
     let replaying: core.InterceptRecord[] | undefined = [];
-    const off = p.intercepts.subscribe((x) => partitionTask(p, 'Monitor stream delivery', () => {
-      if (replaying) replaying.push(x);
-      else if (matches(x)) send(x);
-    }, this.report));
+    const off = p.intercepts.subscribe((x) =>
+      partitionTask(
+        p,
+        'Monitor stream delivery',
+        () => {
+          if (replaying) replaying.push(x);
+          else if (matches(x)) send(x);
+        },
+        this.report,
+      ),
+    );
     // The partition's end (crash, delete) ends the stream with a status, also one that comes while
     // the pending intercepts are replayed.
     let endNow: ((why: 'crashed' | 'deleted') => void) | undefined;
-    const ended = new Promise<'crashed' | 'deleted'>((res) => { endNow = res; });
+    const ended = new Promise<'crashed' | 'deleted'>((res) => {
+      endNow = res;
+    });
     const offEnd = p.onEnd((why) => endNow?.(why));
-    const aborted = new Promise<'aborted'>((res) => { if (signal.aborted) res('aborted'); else signal.addEventListener('abort', () => res('aborted'), { once: true }); });
+    const aborted = new Promise<'aborted'>((res) => {
+      if (signal.aborted) res('aborted');
+      else signal.addEventListener('abort', () => res('aborted'), { once: true });
+    });
     try {
       sink.write({ kind: { $case: 'subscription', value: { accessMask: mask, viewGeneration: BigInt(p.viewGeneration) } } });
       // At-least-once: everything still unanswered goes to the new monitor first.
@@ -463,14 +540,20 @@ export class CoreBackend implements Backend {
     const gen = () => BigInt(p.viewGeneration);
     if (!action) return { ...base, status: P.ReplyStatus.REPLY_STATUS_INVALID, detail: 'action must be ALLOW, SKIP, RETRY or CRASH', viewGeneration: gen() };
     const st = p.intercepts.status(r.interceptId);
-    if (st === 'unknown') return { ...base, status: P.ReplyStatus.REPLY_STATUS_UNKNOWN_INTERCEPT, detail: `intercept ${r.interceptId} is not pending`, viewGeneration: gen() };
+    if (st === 'unknown')
+      return { ...base, status: P.ReplyStatus.REPLY_STATUS_UNKNOWN_INTERCEPT, detail: `intercept ${r.interceptId} is not pending`, viewGeneration: gen() };
     if (st === 'duplicate') return { ...base, status: P.ReplyStatus.REPLY_STATUS_DUPLICATE, detail: 'already answered; ignored', viewGeneration: gen() };
     try {
-      core.answerIntercept(p, r.interceptId, action, { data: Buffer.from(r.data), generation: r.viewGeneration === undefined ? undefined : Number(r.viewGeneration) });
+      core.answerIntercept(p, r.interceptId, action, {
+        data: Buffer.from(r.data),
+        generation: r.viewGeneration === undefined ? undefined : Number(r.viewGeneration),
+      });
       return { ...base, status: P.ReplyStatus.REPLY_STATUS_APPLIED, detail: action, viewGeneration: gen() };
     } catch (e) {
-      if (e instanceof HvError && e.status === HvStatus.HV_STATUS_OPERATION_DENIED) return { ...base, status: P.ReplyStatus.REPLY_STATUS_STALE_GENERATION, detail: e.message, viewGeneration: gen() };
-      if (e instanceof HvError && e.status === HvStatus.HV_STATUS_INSUFFICIENT_MEMORY) return { ...base, status: P.ReplyStatus.REPLY_STATUS_INVALID, detail: `not applied, the intercept stays pending: ${e.message}`, viewGeneration: gen() };
+      if (e instanceof HvError && e.status === HvStatus.HV_STATUS_OPERATION_DENIED)
+        return { ...base, status: P.ReplyStatus.REPLY_STATUS_STALE_GENERATION, detail: e.message, viewGeneration: gen() };
+      if (e instanceof HvError && e.status === HvStatus.HV_STATUS_INSUFFICIENT_MEMORY)
+        return { ...base, status: P.ReplyStatus.REPLY_STATUS_INVALID, detail: `not applied, the intercept stays pending: ${e.message}`, viewGeneration: gen() };
       throw e;
     }
   }
@@ -486,11 +569,13 @@ export class CoreBackend implements Backend {
   }
   async postMessage(r: P.PostMessageRequest): Promise<P.PostMessageResponse> {
     const { p, vp, vtl } = this.synicTarget(r.name, r.vtl, r.sint);
-    if (r.messageType === 0 || (r.messageType & 0x80000000) !== 0) throw invalidArgument('message_type must be non-zero with bit 31 clear (hypervisor types are reserved)');
+    if (r.messageType === 0 || (r.messageType & 0x80000000) !== 0)
+      throw invalidArgument('message_type must be non-zero with bit 31 clear (hypervisor types are reserved)');
     if (r.payload.length > core.HV_MESSAGE_MAX_PAYLOAD_BYTE_COUNT) throw invalidArgument('payload exceeds 240 bytes');
     const view = p.synicView(vp, vtl);
     // A VP whose SynIC or SIM page is disabled is not an eligible target (§5.4 rule 1).
-    if (!view.enabled() || !view.simPage()) throw new HvError(HvStatus.HV_STATUS_INVALID_SYNIC_STATE, `the SynIC or SIM page of VP ${vp.index} VTL ${vtl} is disabled`);
+    if (!view.enabled() || !view.simPage())
+      throw new HvError(HvStatus.HV_STATUS_INVALID_SYNIC_STATE, `the SynIC or SIM page of VP ${vp.index} VTL ${vtl} is disabled`);
     const msg = core.encodeHvMessage({ messageType: r.messageType, payloadSize: r.payload.length, messageFlags: 0, originationId: 0n }, Buffer.from(r.payload));
     const res = p.postMessage(vp, vtl, r.sint, msg);
     if (res === 'full') throw new HvError(HvStatus.HV_STATUS_INSUFFICIENT_BUFFERS, `SINT${r.sint} already has ${core.SYNIC_QUEUE_LIMIT} queued messages`);
@@ -642,17 +727,34 @@ function toPbVp(p: Partition, vp: VirtualProcessor): vpb.VirtualProcessor {
   return {
     name: vpName(p.id, vp.index),
     vpIndex: vp.index,
-    vtlStatus: { activeVtl: vp.activeVtl, enabledVtlSet: vp.enabledVtlSet, lastEntryReason: vp.vtls.get(vp.activeVtl).entryReason, interceptSuspended: vp.suspendedOn !== null, suspendedInterceptId: vp.suspendedOn ?? 0n },
+    vtlStatus: {
+      activeVtl: vp.activeVtl,
+      enabledVtlSet: vp.enabledVtlSet,
+      lastEntryReason: vp.vtls.get(vp.activeVtl).entryReason,
+      interceptSuspended: vp.suspendedOn !== null,
+      suspendedInterceptId: vp.suspendedOn ?? 0n,
+    },
     runState: P.VpRunState.VP_RUN_STATE_UNSPECIFIED,
   };
 }
 
-export function outcome(o: { exception?: number; activeVtl: number; vtlSwitch?: core.VtlSwitchEvent; resumedAccess?: core.ResumedAccess }): gpb.GuestActionOutcome {
+export function outcome(o: {
+  exception?: number;
+  activeVtl: number;
+  vtlSwitch?: core.VtlSwitchEvent;
+  resumedAccess?: core.ResumedAccess;
+}): gpb.GuestActionOutcome {
   let resumedAccess: gpb.ResumedAccess | undefined;
   let intercept: gpb.InterceptNotice | undefined;
   if (o.resumedAccess) {
     const ro = o.resumedAccess.outcome;
-    resumedAccess = { interceptId: o.resumedAccess.interceptId, completed: ro.status === 'completed', skipped: ro.status === 'skipped', interceptedAgain: ro.status === 'intercepted', data: ro.status === 'completed' && ro.data ? ro.data : Buffer.alloc(0) };
+    resumedAccess = {
+      interceptId: o.resumedAccess.interceptId,
+      completed: ro.status === 'completed',
+      skipped: ro.status === 'skipped',
+      interceptedAgain: ro.status === 'intercepted',
+      data: ro.status === 'completed' && ro.data ? ro.data : Buffer.alloc(0),
+    };
     if (ro.status === 'intercepted') intercept = interceptNotice(ro);
   }
   return {
@@ -686,10 +788,20 @@ const ACCESS_TYPE: Record<core.AccessKind, P.HvInterceptAccessType> = {
 export function accessOutcome(vp: VirtualProcessor, o: core.AccessOutcome): { outcome: gpb.GuestActionOutcome; data?: Buffer } {
   const base = outcome({ activeVtl: vp.activeVtl });
   switch (o.status) {
-    case 'completed': return { outcome: base, data: o.data };
-    case 'exception': return { outcome: { ...base, exception: o.exception as gpb.X64Exception } };
-    case 'crashed': return { outcome: { ...base, partitionCrashed: true } };
-    case 'intercepted': return { outcome: { ...base, intercept: interceptNotice(o), vtlSwitch: o.vtlSwitch ? { fromVtl: o.vtlSwitch.fromVtl, toVtl: o.vtlSwitch.toVtl, entryReason: o.vtlSwitch.entryReason } : undefined } };
+    case 'completed':
+      return { outcome: base, data: o.data };
+    case 'exception':
+      return { outcome: { ...base, exception: o.exception as gpb.X64Exception } };
+    case 'crashed':
+      return { outcome: { ...base, partitionCrashed: true } };
+    case 'intercepted':
+      return {
+        outcome: {
+          ...base,
+          intercept: interceptNotice(o),
+          vtlSwitch: o.vtlSwitch ? { fromVtl: o.vtlSwitch.fromVtl, toVtl: o.vtlSwitch.toVtl, entryReason: o.vtlSwitch.entryReason } : undefined,
+        },
+      };
   }
 }
 
@@ -701,17 +813,31 @@ function accessOutcomeOnly(vp: VirtualProcessor, o: core.AccessOutcome): { outco
 /** Built fresh for every delivery: no flag or optional field is carried over (seed 004). */
 function interceptEvent(x: core.InterceptRecord, redelivered: boolean): P.InterceptEvent {
   return {
-    interceptId: x.id, vpIndex: x.vpIndex, vtl: x.vtl, protectingVtl: x.protectingVtl, accessType: ACCESS_TYPE[x.kind], gpa: x.gpa, length: x.length,
-    writeData: x.data ?? Buffer.alloc(0), viewGeneration: BigInt(x.generation), hvMessage: x.message, messageType: x.message.readUInt32LE(0),
-    rip: x.message.readBigUInt64LE(16 + 24), needsReply: x.needsReply, redelivered,
+    interceptId: x.id,
+    vpIndex: x.vpIndex,
+    vtl: x.vtl,
+    protectingVtl: x.protectingVtl,
+    accessType: ACCESS_TYPE[x.kind],
+    gpa: x.gpa,
+    length: x.length,
+    writeData: x.data ?? Buffer.alloc(0),
+    viewGeneration: BigInt(x.generation),
+    hvMessage: x.message,
+    messageType: x.message.readUInt32LE(0),
+    rip: x.message.readBigUInt64LE(16 + 24),
+    needsReply: x.needsReply,
+    redelivered,
   };
 }
 
 function toPbValue(info: core.RegisterInfo, v: core.Reg128): vpb.RegisterValue {
   switch (info.shape) {
-    case 'segment': return { value: { $case: 'segment', value: core.reg128ToSegment(v) } };
-    case 'table': return { value: { $case: 'table', value: core.reg128ToTable(v) } };
-    default: return { value: { $case: 'reg64', value: v.low } };
+    case 'segment':
+      return { value: { $case: 'segment', value: core.reg128ToSegment(v) } };
+    case 'table':
+      return { value: { $case: 'table', value: core.reg128ToTable(v) } };
+    default:
+      return { value: { $case: 'reg64', value: v.low } };
   }
 }
 
@@ -753,9 +879,23 @@ function fromPbContext(c: tpb.InitialVpContext): core.HvInitialVpContext {
     return t;
   };
   return {
-    rip: c.rip, rsp: c.rsp, rflags: c.rflags,
-    cs: seg(c.cs, 'cs'), ds: seg(c.ds, 'ds'), es: seg(c.es, 'es'), fs: seg(c.fs, 'fs'), gs: seg(c.gs, 'gs'), ss: seg(c.ss, 'ss'), tr: seg(c.tr, 'tr'), ldtr: seg(c.ldtr, 'ldtr'),
-    idtr: tab(c.idtr, 'idtr'), gdtr: tab(c.gdtr, 'gdtr'),
-    efer: c.efer, cr0: c.cr0, cr3: c.cr3, cr4: c.cr4, msrCrPat: c.msrCrPat,
+    rip: c.rip,
+    rsp: c.rsp,
+    rflags: c.rflags,
+    cs: seg(c.cs, 'cs'),
+    ds: seg(c.ds, 'ds'),
+    es: seg(c.es, 'es'),
+    fs: seg(c.fs, 'fs'),
+    gs: seg(c.gs, 'gs'),
+    ss: seg(c.ss, 'ss'),
+    tr: seg(c.tr, 'tr'),
+    ldtr: seg(c.ldtr, 'ldtr'),
+    idtr: tab(c.idtr, 'idtr'),
+    gdtr: tab(c.gdtr, 'gdtr'),
+    efer: c.efer,
+    cr0: c.cr0,
+    cr3: c.cr3,
+    cr4: c.cr4,
+    msrCrPat: c.msrCrPat,
   };
 }

@@ -86,7 +86,9 @@ export function checkLoadRequest(r: pb.LoadGuestImageRequest): GuestLoad {
   if (!Object.hasOwn(ENTRY_MODE_FROM_PB, r.entryMode)) throw invalidArgument(`entry_mode ${r.entryMode} is not a GuestEntryMode (REAL16, PROTECTED32, LONG64)`);
   const entryMode = ENTRY_MODE_FROM_PB[r.entryMode];
   if (format !== 'flat' && (r.loadGpa !== undefined || r.entryPoint !== undefined || entryMode !== undefined)) {
-    throw invalidArgument(`load_gpa, entry_point and entry_mode apply to format FLAT only (the ${format === 'auto' ? 'detected format' : format.toUpperCase()} image says where it goes)`);
+    throw invalidArgument(
+      `load_gpa, entry_point and entry_mode apply to format FLAT only (the ${format === 'auto' ? 'detected format' : format.toUpperCase()} image says where it goes)`,
+    );
   }
   if (format === 'flat' && r.loadGpa === undefined) throw invalidArgument('format FLAT needs load_gpa');
   if (Buffer.byteLength(r.commandLine, 'utf8') > MAX_COMMAND_LINE) throw invalidArgument(`command_line is longer than ${MAX_COMMAND_LINE} bytes`);
@@ -153,15 +155,28 @@ export function connectionSpec(r: pb.CreateConnectionRequest): core.ConnectionSp
   if (!kind) throw invalidArgument(`kind ${r.kind} is not MESSAGE or EVENT`);
   if (r.connectionId > MAX_CONNECTION_ID) throw invalidArgument(`connection_id ${r.connectionId} is not a 24-bit HV_CONNECTION_ID`);
   if (r.vtl !== undefined && r.vtl > 2) throw invalidArgument(`vtl ${r.vtl} is not 0..2`);
-  if (kind === 'message' && (r.flagNumber !== undefined || r.flagCount !== undefined)) throw invalidArgument('flag_number and flag_count apply to EVENT connections only');
-  return { connectionId: r.connectionId, kind, vpIndex: r.vpIndex, sint: r.sint, vtl: r.vtl as core.Vtl | undefined, flagNumber: r.flagNumber, flagCount: r.flagCount };
+  if (kind === 'message' && (r.flagNumber !== undefined || r.flagCount !== undefined))
+    throw invalidArgument('flag_number and flag_count apply to EVENT connections only');
+  return {
+    connectionId: r.connectionId,
+    kind,
+    vpIndex: r.vpIndex,
+    sint: r.sint,
+    vtl: r.vtl as core.Vtl | undefined,
+    flagNumber: r.flagNumber,
+    flagCount: r.flagCount,
+  };
 }
 
 export function toPbConnection(c: core.SynicConnection): pb.Connection {
   return {
     connectionId: c.connectionId,
     kind: c.kind === 'message' ? pb.ConnectionKind.CONNECTION_KIND_MESSAGE : pb.ConnectionKind.CONNECTION_KIND_EVENT,
-    vpIndex: c.vpIndex, sint: c.sint, vtl: c.vtl, flagNumber: c.flagNumber, flagCount: c.flagCount,
+    vpIndex: c.vpIndex,
+    sint: c.sint,
+    vtl: c.vtl,
+    flagNumber: c.flagNumber,
+    flagCount: c.flagCount,
   };
 }
 
@@ -182,7 +197,13 @@ export interface ConsoleSource {
  * sink's high-water mark; a watcher slower than the hub's history loses the bytes no longer kept
  * (its next chunk's offset shows the jump).
  */
-export async function followConsole(hub: ConsoleSource, fromOffset: bigint | undefined, end: () => GuestRunEnd | undefined, sink: StreamSink<pb.StreamConsoleResponse>, signal: AbortSignal): Promise<void> {
+export async function followConsole(
+  hub: ConsoleSource,
+  fromOffset: bigint | undefined,
+  end: () => GuestRunEnd | undefined,
+  sink: StreamSink<pb.StreamConsoleResponse>,
+  signal: AbortSignal,
+): Promise<void> {
   let next = fromOffset ?? hub.oldestKept;
   let dirty = true;
   let ended = false;
@@ -193,12 +214,17 @@ export async function followConsole(hub: ConsoleSource, fromOffset: bigint | und
     wake = undefined;
     w?.();
   };
-  const unsubscribe = hub.subscribe(poke, () => { ended = true; poke(); });
+  const unsubscribe = hub.subscribe(poke, () => {
+    ended = true;
+    poke();
+  });
   signal.addEventListener('abort', poke);
   try {
     while (!signal.aborted) {
       if (!dirty) {
-        await new Promise<void>((resolve) => { wake = resolve; });
+        await new Promise<void>((resolve) => {
+          wake = resolve;
+        });
         continue;
       }
       dirty = false;

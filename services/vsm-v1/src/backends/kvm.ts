@@ -23,7 +23,18 @@ import * as core from '@vsm/core';
 import { EngineError, HvError, HvStatus } from '@vsm/core';
 import { pb } from '@vsm/api';
 import {
-  GuestImageError, GuestSession, GuestSessionError, HYPERCALL_PAGE_DESCRIPTION, type KvmHost, KvmPartition, KvmSystem, type RunVpResult, VcpuWatchdog, engineErrorOf, kvmEngine, probeHost,
+  GuestImageError,
+  GuestSession,
+  GuestSessionError,
+  HYPERCALL_PAGE_DESCRIPTION,
+  type KvmHost,
+  KvmPartition,
+  KvmSystem,
+  type RunVpResult,
+  VcpuWatchdog,
+  engineErrorOf,
+  kvmEngine,
+  probeHost,
 } from '@vsm/platform-kvm';
 import type { StreamSink } from '../backend';
 import { invalidArgument } from '../errors';
@@ -35,16 +46,24 @@ export { MAX_GUEST_ACCESS };
 /** What the KVM engine reports beyond the core's features. */
 const KVM_FEATURES: pb.Feature[] = [
   { name: 'real-guest-execution', supported: true, reason: '' },
-  { name: 'guest-execution', supported: true, reason: 'LoadGuestImage (flat, ELF64, multiboot v1), every VP on its own thread, COM1 console, debug-exit port 0xf4, optional hyperv-testdev' },
+  {
+    name: 'guest-execution',
+    supported: true,
+    reason: 'LoadGuestImage (flat, ELF64, multiboot v1), every VP on its own thread, COM1 console, debug-exit port 0xf4, optional hyperv-testdev',
+  },
   { name: 'hypercall-page-port-io', supported: true, reason: HYPERCALL_PAGE_DESCRIPTION },
   { name: 'arm64', supported: false, reason: 'the KVM agent runs x64 partitions only (x86-64 host)' },
   {
-    name: 'execute-protection', supported: false,
-    reason: 'not enforceable with memslots on this KVM (kvm_pvm): an instruction fetch from a GPA without a memslot gives KVM_EXIT_INTERNAL_ERROR (emulation failure) instead of an exit the agent could turn into an intercept, and read-only memslots do not stop fetches',
+    name: 'execute-protection',
+    supported: false,
+    reason:
+      'not enforceable with memslots on this KVM (kvm_pvm): an instruction fetch from a GPA without a memslot gives KVM_EXIT_INTERNAL_ERROR (emulation failure) instead of an exit the agent could turn into an intercept, and read-only memslots do not stop fetches',
   },
   {
-    name: 'kvm-enforced-protections', supported: true,
-    reason: 'no-write → read-only memslot, no-access → no memslot, in each lower VTL\'s VM (runs of equal access coalesced, 1 GiB slots); the MMIO exit of a refused read or write (ReadMemory/WriteMemory and whole-guest runs) becomes the core\'s intercept. Answered by the core model instead: ExecuteMemory (execute protection, above), and a view that would need more memslots than the budget',
+    name: 'kvm-enforced-protections',
+    supported: true,
+    reason:
+      "no-write → read-only memslot, no-access → no memslot, in each lower VTL's VM (runs of equal access coalesced, 1 GiB slots); the MMIO exit of a refused read or write (ReadMemory/WriteMemory and whole-guest runs) becomes the core's intercept. Answered by the core model instead: ExecuteMemory (execute protection, above), and a view that would need more memslots than the budget",
   },
 ];
 
@@ -79,7 +98,8 @@ export class KvmBackend extends CoreBackend {
       architectures: [pb.Architecture.ARCHITECTURE_X64],
       features: KVM_FEATURES,
       platform: (spec) => {
-        if (spec.architecture !== 'x64') core.hvFail(core.HvStatus.HV_STATUS_FEATURE_UNAVAILABLE, 'the KVM agent runs x64 partitions only (this host is x86-64)');
+        if (spec.architecture !== 'x64')
+          core.hvFail(core.HvStatus.HV_STATUS_FEATURE_UNAVAILABLE, 'the KVM agent runs x64 partitions only (this host is x86-64)');
         let kp: KvmPartition;
         try {
           kp = new KvmPartition(this.kvmHost(), spec);
@@ -120,7 +140,10 @@ export class KvmBackend extends CoreBackend {
       const { cpuid, pioOutAdvancesRip, tscKhz } = probeHost(system);
       let watchdog: VcpuWatchdog | undefined;
       this.host = {
-        system, cpuid, pioOutAdvancesRip, tscKhz,
+        system,
+        cpuid,
+        pioOutAdvancesRip,
+        tscKhz,
         actionTimeoutMs: this.opts.actionTimeoutMs ?? 2000,
         memslotBudget: this.opts.memslotBudget,
         watchdog: () => (watchdog ??= VcpuWatchdog.start()),
@@ -160,11 +183,23 @@ export class KvmBackend extends CoreBackend {
     const load = checkLoadRequest(r);
     p.assertActive();
     const had = this.sessions.get(p);
-    if (had) throw new HvError(HvStatus.HV_STATUS_INVALID_PARTITION_STATE, `partition ${p.id} already has a guest loaded (${had.state}); delete it and create a new one to load another`);
-    const s = sessionCall(() => GuestSession.load(this.platform(p), load.image, { ...load, devices: { hypervTestdev: this.devicesOf(p).includes('hyperv-testdev') } }));
+    if (had)
+      throw new HvError(
+        HvStatus.HV_STATUS_INVALID_PARTITION_STATE,
+        `partition ${p.id} already has a guest loaded (${had.state}); delete it and create a new one to load another`,
+      );
+    const s = sessionCall(() =>
+      GuestSession.load(this.platform(p), load.image, { ...load, devices: { hypervTestdev: this.devicesOf(p).includes('hyperv-testdev') } }),
+    );
     this.sessions.set(p, s);
     const l = s.loadResult;
-    return { format: FORMAT_TO_PB[l.format], entryPoint: l.entry, entryMode: ENTRY_MODE_TO_PB[l.entryMode], segments: l.segments.map((g) => ({ gpa: g.gpa, size: g.size })), bootInfoGpa: l.bootInfoGpa };
+    return {
+      format: FORMAT_TO_PB[l.format],
+      entryPoint: l.entry,
+      entryMode: ENTRY_MODE_TO_PB[l.entryMode],
+      segments: l.segments.map((g) => ({ gpa: g.gpa, size: g.size })),
+      bootInfoGpa: l.bootInfoGpa,
+    };
   }
   override async startPartition(r: pb.StartPartitionRequest): Promise<pb.Partition> {
     const { p, s } = this.session(r.name);
@@ -194,7 +229,11 @@ export class KvmBackend extends CoreBackend {
   override async writeConsole(r: pb.WriteConsoleRequest): Promise<pb.WriteConsoleResponse> {
     const { s } = this.session(r.name);
     const data = checkConsoleWrite(r);
-    if (s.state === 'stopped' || s.state === 'crashed') throw new HvError(HvStatus.HV_STATUS_INVALID_PARTITION_STATE, `the guest has ${s.state === 'stopped' ? 'stopped' : 'crashed'}: nothing reads its console`);
+    if (s.state === 'stopped' || s.state === 'crashed')
+      throw new HvError(
+        HvStatus.HV_STATUS_INVALID_PARTITION_STATE,
+        `the guest has ${s.state === 'stopped' ? 'stopped' : 'crashed'}: nothing reads its console`,
+      );
     sessionCall(() => s.writeConsole(data));
     return {};
   }
@@ -214,7 +253,11 @@ export class KvmBackend extends CoreBackend {
   override guestVp(name: string): { p: Partition; vp: VirtualProcessor } {
     const t = super.guestVp(name);
     const s = this.sessions.get(t.p);
-    if (s) throw new HvError(HvStatus.HV_STATUS_INVALID_PARTITION_STATE, `partition ${t.p.id} runs a loaded guest (${s.state}): guest actions (WriteMsr, Hypercall, memory actions) are not available on it; its VMs have the in-kernel LAPIC and the action stubs end in HLT`);
+    if (s)
+      throw new HvError(
+        HvStatus.HV_STATUS_INVALID_PARTITION_STATE,
+        `partition ${t.p.id} runs a loaded guest (${s.state}): guest actions (WriteMsr, Hypercall, memory actions) are not available on it; its VMs have the in-kernel LAPIC and the action stubs end in HLT`,
+      );
     return t;
   }
 
@@ -242,7 +285,8 @@ export class KvmBackend extends CoreBackend {
     await Promise.all([...this.sessions.values()].map((s) => s.close().catch(() => undefined)));
     this.sessions.clear();
     // Frees every partition's fds and mappings.
-    for (let page = this.manager.list(1000, ''); page.partitions.length; page = this.manager.list(1000, '')) for (const p of page.partitions) this.manager.delete(p.id);
+    for (let page = this.manager.list(1000, ''); page.partitions.length; page = this.manager.list(1000, ''))
+      for (const p of page.partitions) this.manager.delete(p.id);
     await super.close();
     const host = this.host;
     this.host = undefined;

@@ -11,7 +11,9 @@ export type BackgroundErrorReport = (e: unknown, context: { partition: string; t
 
 export const reportToStderr: BackgroundErrorReport = (e, ctx) => {
   try {
-    process.stderr.write(`${JSON.stringify({ level: 50, msg: 'partition task failed', ...ctx, error: e instanceof Error ? e.stack ?? e.message : String(e) })}\n`);
+    process.stderr.write(
+      `${JSON.stringify({ level: 50, msg: 'partition task failed', ...ctx, error: e instanceof Error ? (e.stack ?? e.message) : String(e) })}\n`,
+    );
   } catch {
     // Logging must never take the process down (the reader of stderr may be gone).
   }
@@ -95,19 +97,27 @@ export function keepInterceptDeadlines(p: Partition, report: BackgroundErrorRepo
     const policy = p.interceptDeadline;
     if (!rec.needsReply || !policy) return;
     const retries = retrying && retrying.vpIndex === rec.vpIndex ? retrying.retries + 1 : 0;
-    const timer = setTimeout(() => {
-      timers.delete(rec.id);
-      // For this intercept only, and only while the partition is alive and the intercept unanswered.
-      partitionTask(p, `deadline policy (${policy.action}) for intercept ${rec.id}`, () => {
-        if (p.state !== 'active' || p.deleted || p.intercepts.status(rec.id) !== 'pending') return;
-        retrying = policy.action === 'retry' ? { vpIndex: rec.vpIndex, retries } : undefined;
-        try {
-          core.answerIntercept(p, rec.id, policy.action, { by: `the deadline policy (${policy.ms} ms)` });
-        } finally {
-          retrying = undefined;
-        }
-      }, report);
-    }, policyDelayMs(policy.ms, retries));
+    const timer = setTimeout(
+      () => {
+        timers.delete(rec.id);
+        // For this intercept only, and only while the partition is alive and the intercept unanswered.
+        partitionTask(
+          p,
+          `deadline policy (${policy.action}) for intercept ${rec.id}`,
+          () => {
+            if (p.state !== 'active' || p.deleted || p.intercepts.status(rec.id) !== 'pending') return;
+            retrying = policy.action === 'retry' ? { vpIndex: rec.vpIndex, retries } : undefined;
+            try {
+              core.answerIntercept(p, rec.id, policy.action, { by: `the deadline policy (${policy.ms} ms)` });
+            } finally {
+              retrying = undefined;
+            }
+          },
+          report,
+        );
+      },
+      policyDelayMs(policy.ms, retries),
+    );
     // A policy timer alone does not keep the process alive.
     timer.unref?.();
     timers.set(rec.id, timer);

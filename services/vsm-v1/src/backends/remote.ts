@@ -23,7 +23,12 @@ interface Agent {
 
 /** A client-side VsmError turned back into the same gRPC status + ErrorInfo for our caller. */
 function relay(e: unknown): never {
-  if (e instanceof VsmError) throw new ApiError(e.code, e.reason ?? (e.code === Code.UNAVAILABLE ? 'HV_STATUS_OPERATION_FAILED' : 'UNKNOWN'), e.code === Code.UNAVAILABLE ? `KVM agent unavailable: ${e.message}` : e.message);
+  if (e instanceof VsmError)
+    throw new ApiError(
+      e.code,
+      e.reason ?? (e.code === Code.UNAVAILABLE ? 'HV_STATUS_OPERATION_FAILED' : 'UNKNOWN'),
+      e.code === Code.UNAVAILABLE ? `KVM agent unavailable: ${e.message}` : e.message,
+    );
   throw e;
 }
 
@@ -60,7 +65,12 @@ export class RemoteBackend implements Backend {
     const hit = answers.find((a) => a.found);
     if (!hit) {
       const down = answers.filter((a) => a.down).map((a) => this.agents[a.i]!.address);
-      if (down.length) throw new ApiError(Code.UNAVAILABLE, 'HV_STATUS_OPERATION_FAILED', `partition ${id} not found on the reachable agents; unreachable: ${down.join(', ')}`);
+      if (down.length)
+        throw new ApiError(
+          Code.UNAVAILABLE,
+          'HV_STATUS_OPERATION_FAILED',
+          `partition ${id} not found on the reachable agents; unreachable: ${down.join(', ')}`,
+        );
       throw new ApiError(Code.NOT_FOUND, 'HV_STATUS_INVALID_PARTITION_ID', `partition ${id} not found on any agent`);
     }
     const i = hit.i;
@@ -84,7 +94,10 @@ export class RemoteBackend implements Backend {
 
   async createPartition(r: pb.CreatePartitionRequest) {
     if (r.partitionId) {
-      const exists = await this.locate(`partitions/${r.partitionId}`).then(() => true, (e) => (e instanceof ApiError && e.code === Code.NOT_FOUND ? false : Promise.reject(e)));
+      const exists = await this.locate(`partitions/${r.partitionId}`).then(
+        () => true,
+        (e) => (e instanceof ApiError && e.code === Code.NOT_FOUND ? false : Promise.reject(e)),
+      );
       if (exists && !r.requestId) throw new ApiError(Code.ALREADY_EXISTS, 'HV_STATUS_OBJECT_IN_USE', `partition ${r.partitionId} already exists`);
       if (exists) return this.route(`partitions/${r.partitionId}`, (c) => c.partitions.createPartition(r));
     }
@@ -93,7 +106,9 @@ export class RemoteBackend implements Backend {
     this.home.set(parsePartitionName(p.name), i);
     return p;
   }
-  getPartition(r: pb.GetPartitionRequest) { return this.route(r.name, (c) => c.partitions.getPartition(r)); }
+  getPartition(r: pb.GetPartitionRequest) {
+    return this.route(r.name, (c) => c.partitions.getPartition(r));
+  }
   async listPartitions(r: pb.ListPartitionsRequest): Promise<pb.ListPartitionsResponse> {
     // Page token: "<agent index>:<that agent's token>".
     let agent = 0;
@@ -114,26 +129,58 @@ export class RemoteBackend implements Backend {
     this.home.delete(parsePartitionName(r.name));
     return res;
   }
-  async getCapabilities(r: pb.GetCapabilitiesRequest) { return this.agents[0]!.client.partitions.getCapabilities(r).catch(relay); }
+  async getCapabilities(r: pb.GetCapabilitiesRequest) {
+    return this.agents[0]!.client.partitions.getCapabilities(r).catch(relay);
+  }
 
-  getVirtualProcessor(r: pb.GetVirtualProcessorRequest) { return this.route(r.name, (c) => c.vps.getVirtualProcessor(r)); }
-  getVpRegisters(r: pb.GetVpRegistersRequest) { return this.route(r.name, (c) => c.vps.getVpRegisters(r)); }
-  setVpRegisters(r: pb.SetVpRegistersRequest) { return this.route(r.name, (c) => c.vps.setVpRegisters(r)); }
+  getVirtualProcessor(r: pb.GetVirtualProcessorRequest) {
+    return this.route(r.name, (c) => c.vps.getVirtualProcessor(r));
+  }
+  getVpRegisters(r: pb.GetVpRegistersRequest) {
+    return this.route(r.name, (c) => c.vps.getVpRegisters(r));
+  }
+  setVpRegisters(r: pb.SetVpRegistersRequest) {
+    return this.route(r.name, (c) => c.vps.setVpRegisters(r));
+  }
 
-  writeMsr(r: pb.WriteMsrRequest) { return this.route(r.name, (c) => c.guest.writeMsr(r)); }
-  readMsr(r: pb.ReadMsrRequest) { return this.route(r.name, (c) => c.guest.readMsr(r)); }
-  hypercall(r: pb.HypercallRequest) { return this.route(r.name, (c) => c.guest.hypercall(r)); }
-  callHypercallPage(r: pb.CallHypercallPageRequest) { return this.route(r.name, (c) => c.guest.callHypercallPage(r)); }
-  readMemory(r: pb.ReadMemoryRequest) { return this.route(r.name, (c) => c.guest.readMemory(r, { deadlineMs: WAITING_DEADLINE_MS })); }
-  writeMemory(r: pb.WriteMemoryRequest) { return this.route(r.name, (c) => c.guest.writeMemory(r, { deadlineMs: WAITING_DEADLINE_MS })); }
-  executeMemory(r: pb.ExecuteMemoryRequest) { return this.route(r.name, (c) => c.guest.executeMemory(r, { deadlineMs: WAITING_DEADLINE_MS })); }
+  writeMsr(r: pb.WriteMsrRequest) {
+    return this.route(r.name, (c) => c.guest.writeMsr(r));
+  }
+  readMsr(r: pb.ReadMsrRequest) {
+    return this.route(r.name, (c) => c.guest.readMsr(r));
+  }
+  hypercall(r: pb.HypercallRequest) {
+    return this.route(r.name, (c) => c.guest.hypercall(r));
+  }
+  callHypercallPage(r: pb.CallHypercallPageRequest) {
+    return this.route(r.name, (c) => c.guest.callHypercallPage(r));
+  }
+  readMemory(r: pb.ReadMemoryRequest) {
+    return this.route(r.name, (c) => c.guest.readMemory(r, { deadlineMs: WAITING_DEADLINE_MS }));
+  }
+  writeMemory(r: pb.WriteMemoryRequest) {
+    return this.route(r.name, (c) => c.guest.writeMemory(r, { deadlineMs: WAITING_DEADLINE_MS }));
+  }
+  executeMemory(r: pb.ExecuteMemoryRequest) {
+    return this.route(r.name, (c) => c.guest.executeMemory(r, { deadlineMs: WAITING_DEADLINE_MS }));
+  }
 
-  readGpa(r: pb.ReadGpaRequest) { return this.route(r.name, (c) => c.memory.readGpa(r)); }
-  writeGpa(r: pb.WriteGpaRequest) { return this.route(r.name, (c) => c.memory.writeGpa(r)); }
-  listOverlays(r: pb.ListOverlaysRequest) { return this.route(r.name, (c) => c.memory.listOverlays(r)); }
+  readGpa(r: pb.ReadGpaRequest) {
+    return this.route(r.name, (c) => c.memory.readGpa(r));
+  }
+  writeGpa(r: pb.WriteGpaRequest) {
+    return this.route(r.name, (c) => c.memory.writeGpa(r));
+  }
+  listOverlays(r: pb.ListOverlaysRequest) {
+    return this.route(r.name, (c) => c.memory.listOverlays(r));
+  }
 
-  enablePartitionVtl(r: pb.EnablePartitionVtlRequest) { return this.route(r.name, (c) => c.vtl.enablePartitionVtl(r)); }
-  enableVpVtl(r: pb.EnableVpVtlRequest) { return this.route(r.name, (c) => c.vtl.enableVpVtl(r)); }
+  enablePartitionVtl(r: pb.EnablePartitionVtlRequest) {
+    return this.route(r.name, (c) => c.vtl.enablePartitionVtl(r));
+  }
+  enableVpVtl(r: pb.EnableVpVtlRequest) {
+    return this.route(r.name, (c) => c.vtl.enableVpVtl(r));
+  }
 
   async watchVtlTransitions(r: pb.WatchVtlTransitionsRequest, sink: StreamSink<pb.WatchVtlTransitionsResponse>, signal: AbortSignal): Promise<void> {
     const agent = await this.locate(r.name);
@@ -144,10 +191,18 @@ export class RemoteBackend implements Backend {
     }
   }
 
-  modifyVtlProtectionMask(r: pb.ModifyVtlProtectionMaskRequest) { return this.route(r.name, (c) => c.intercepts.modifyVtlProtectionMask(r)); }
-  getVtlProtections(r: pb.GetVtlProtectionsRequest) { return this.route(r.name, (c) => c.intercepts.getVtlProtections(r)); }
-  setInterceptRoute(r: pb.SetInterceptRouteRequest) { return this.route(r.name, (c) => c.intercepts.setInterceptRoute(r)); }
-  listPendingIntercepts(r: pb.ListPendingInterceptsRequest) { return this.route(r.name, (c) => c.intercepts.listPendingIntercepts(r)); }
+  modifyVtlProtectionMask(r: pb.ModifyVtlProtectionMaskRequest) {
+    return this.route(r.name, (c) => c.intercepts.modifyVtlProtectionMask(r));
+  }
+  getVtlProtections(r: pb.GetVtlProtectionsRequest) {
+    return this.route(r.name, (c) => c.intercepts.getVtlProtections(r));
+  }
+  setInterceptRoute(r: pb.SetInterceptRouteRequest) {
+    return this.route(r.name, (c) => c.intercepts.setInterceptRoute(r));
+  }
+  listPendingIntercepts(r: pb.ListPendingInterceptsRequest) {
+    return this.route(r.name, (c) => c.intercepts.listPendingIntercepts(r));
+  }
 
   async monitor(requests: AsyncIterable<pb.MonitorRequest>, sink: StreamSink<pb.MonitorResponse>, signal: AbortSignal): Promise<void> {
     const it = requests[Symbol.asyncIterator]();
@@ -175,16 +230,32 @@ export class RemoteBackend implements Backend {
     }
   }
 
-  postMessage(r: pb.PostMessageRequest) { return this.route(r.name, (c) => c.synic.postMessage(r)); }
-  signalEvent(r: pb.SignalEventRequest) { return this.route(r.name, (c) => c.synic.signalEvent(r)); }
-  getSynicState(r: pb.GetSynicStateRequest) { return this.route(r.name, (c) => c.synic.getSynicState(r)); }
+  postMessage(r: pb.PostMessageRequest) {
+    return this.route(r.name, (c) => c.synic.postMessage(r));
+  }
+  signalEvent(r: pb.SignalEventRequest) {
+    return this.route(r.name, (c) => c.synic.signalEvent(r));
+  }
+  getSynicState(r: pb.GetSynicStateRequest) {
+    return this.route(r.name, (c) => c.synic.getSynicState(r));
+  }
 
   // ExecutionService: forwarded as is, the console stream message by message with back-pressure.
-  loadGuestImage(r: pb.LoadGuestImageRequest) { return this.route(r.name, (c) => c.execution.loadGuestImage(r, { deadlineMs: EXECUTION_DEADLINE_MS })); }
-  startPartition(r: pb.StartPartitionRequest) { return this.route(r.name, (c) => c.execution.startPartition(r)); }
-  pausePartition(r: pb.PausePartitionRequest) { return this.route(r.name, (c) => c.execution.pausePartition(r)); }
-  resumePartition(r: pb.ResumePartitionRequest) { return this.route(r.name, (c) => c.execution.resumePartition(r)); }
-  stopPartition(r: pb.StopPartitionRequest) { return this.route(r.name, (c) => c.execution.stopPartition(r, { deadlineMs: EXECUTION_DEADLINE_MS })); }
+  loadGuestImage(r: pb.LoadGuestImageRequest) {
+    return this.route(r.name, (c) => c.execution.loadGuestImage(r, { deadlineMs: EXECUTION_DEADLINE_MS }));
+  }
+  startPartition(r: pb.StartPartitionRequest) {
+    return this.route(r.name, (c) => c.execution.startPartition(r));
+  }
+  pausePartition(r: pb.PausePartitionRequest) {
+    return this.route(r.name, (c) => c.execution.pausePartition(r));
+  }
+  resumePartition(r: pb.ResumePartitionRequest) {
+    return this.route(r.name, (c) => c.execution.resumePartition(r));
+  }
+  stopPartition(r: pb.StopPartitionRequest) {
+    return this.route(r.name, (c) => c.execution.stopPartition(r, { deadlineMs: EXECUTION_DEADLINE_MS }));
+  }
   async streamConsole(r: pb.StreamConsoleRequest, sink: StreamSink<pb.StreamConsoleResponse>, signal: AbortSignal): Promise<void> {
     const agent = await this.locate(r.name);
     try {
@@ -193,12 +264,22 @@ export class RemoteBackend implements Backend {
       relay(e);
     }
   }
-  writeConsole(r: pb.WriteConsoleRequest) { return this.route(r.name, (c) => c.execution.writeConsole(r)); }
-  createConnection(r: pb.CreateConnectionRequest) { return this.route(r.name, (c) => c.execution.createConnection(r)); }
-  deleteConnection(r: pb.DeleteConnectionRequest) { return this.route(r.name, (c) => c.execution.deleteConnection(r)); }
-  listConnections(r: pb.ListConnectionsRequest) { return this.route(r.name, (c) => c.execution.listConnections(r)); }
+  writeConsole(r: pb.WriteConsoleRequest) {
+    return this.route(r.name, (c) => c.execution.writeConsole(r));
+  }
+  createConnection(r: pb.CreateConnectionRequest) {
+    return this.route(r.name, (c) => c.execution.createConnection(r));
+  }
+  deleteConnection(r: pb.DeleteConnectionRequest) {
+    return this.route(r.name, (c) => c.execution.deleteConnection(r));
+  }
+  listConnections(r: pb.ListConnectionsRequest) {
+    return this.route(r.name, (c) => c.execution.listConnections(r));
+  }
 
-  savePartition(r: pb.SavePartitionRequest) { return this.route(r.name, (c) => c.snapshots.savePartition(r)); }
+  savePartition(r: pb.SavePartitionRequest) {
+    return this.route(r.name, (c) => c.snapshots.savePartition(r));
+  }
   async restorePartition(r: pb.RestorePartitionRequest) {
     const i = this.next++ % this.agents.length;
     const p = await this.agents[i]!.client.snapshots.restorePartition(r).catch(relay);

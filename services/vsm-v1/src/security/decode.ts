@@ -19,7 +19,9 @@ export const malformedReason = (x: Malformed): string => x[MALFORMED];
  * pass an already encoded message (a Buffer, see stream-sink.ts) through unchanged. `encoders`, when
  * given, receives each method's own response encoder by path.
  */
-export function tolerantService<T extends Record<string, { path: string; requestDeserialize: (b: Buffer) => unknown; responseSerialize: (m: never) => Buffer }>>(def: T, encoders?: Map<string, (m: unknown) => Buffer>): T {
+export function tolerantService<
+  T extends Record<string, { path: string; requestDeserialize: (b: Buffer) => unknown; responseSerialize: (m: never) => Buffer }>,
+>(def: T, encoders?: Map<string, (m: unknown) => Buffer>): T {
   const out: Record<string, unknown> = {};
   for (const [k, m] of Object.entries(def)) {
     const decode = m.requestDeserialize;

@@ -56,7 +56,8 @@ export interface CallLike {
 export const Denied = {
   unauthenticated: (why: string) => new ApiError(grpc.status.UNAUTHENTICATED, 'HV_STATUS_ACCESS_DENIED', `unauthenticated: ${why}`),
   permission: (msg: string) => new ApiError(grpc.status.PERMISSION_DENIED, 'HV_STATUS_ACCESS_DENIED', msg),
-  malformed: (method: string, why: string) => new ApiError(grpc.status.INVALID_ARGUMENT, 'HV_STATUS_INVALID_PARAMETER', `the request is not a valid ${method} request message: ${why}`),
+  malformed: (method: string, why: string) =>
+    new ApiError(grpc.status.INVALID_ARGUMENT, 'HV_STATUS_INVALID_PARAMETER', `the request is not a valid ${method} request message: ${why}`),
   limit: (why: string) => new ApiError(grpc.status.RESOURCE_EXHAUSTED, 'HV_STATUS_NO_RESOURCES', why),
 };
 
@@ -70,9 +71,15 @@ export class CallGuard {
   /** The HTTP/2 stream under each call, by the call's metadata object (set by the interceptor). */
   private readonly transports = new WeakMap<grpc.Metadata, http2.ServerHttp2Stream>();
 
-  constructor(opts: SecurityOptions, private readonly log: Logger) {
+  constructor(
+    opts: SecurityOptions,
+    private readonly log: Logger,
+  ) {
     this.limiter = new StreamLimiter(opts.limits);
-    this.healthLimiter = new StreamLimiter({ maxStreams: opts.healthWatches?.maxStreams ?? 64, maxStreamsPerClient: opts.healthWatches?.maxStreamsPerClient ?? 16 });
+    this.healthLimiter = new StreamLimiter({
+      maxStreams: opts.healthWatches?.maxStreams ?? 64,
+      maxStreamsPerClient: opts.healthWatches?.maxStreamsPerClient ?? 16,
+    });
     this.requestBudget = new RequestBudget(opts.requestBudget);
     const p = opts.authzPolicy;
     if (p && 'file' in p) {
@@ -120,7 +127,10 @@ export class CallGuard {
     if (!policy) return undefined;
     const a = authenticate(policy, call.metadata, call.getAuthContext());
     if (a.ok) return a.principal;
-    this.log.warn({ audit: true, principal: null, peer: call.getPeer(), method: methodKey(call.getPath()), decision: 'deny', reason: a.why }, 'audit: unauthenticated call refused');
+    this.log.warn(
+      { audit: true, principal: null, peer: call.getPeer(), method: methodKey(call.getPath()), decision: 'deny', reason: a.why },
+      'audit: unauthenticated call refused',
+    );
     throw Denied.unauthenticated(a.why);
   }
 
@@ -178,10 +188,14 @@ export class CallGuard {
     const method = methodKey(s.path);
     const a = authenticate(policy, s.metadata, s.authContext);
     if (!a.ok) return Denied.unauthenticated(`${a.why} (the authorization policy changed while ${method} was open)`);
-    if (a.principal !== s.principal) return Denied.unauthenticated(`the credentials now name ${a.principal}, not ${s.principal} (the authorization policy changed while ${method} was open)`);
+    if (a.principal !== s.principal)
+      return Denied.unauthenticated(`the credentials now name ${a.principal}, not ${s.principal} (the authorization policy changed while ${method} was open)`);
     const role = requiredRole(s.path);
     const resource = resourceOf(s.path, s.request);
-    if (!isAllowed(policy, s.principal, role, resource)) return Denied.permission(`${s.principal} may no longer call ${method} on ${resourceString(resource)} (needs role ${role}); the authorization policy changed`);
+    if (!isAllowed(policy, s.principal, role, resource))
+      return Denied.permission(
+        `${s.principal} may no longer call ${method} on ${resourceString(resource)} (needs role ${role}); the authorization policy changed`,
+      );
     return undefined;
   }
 
@@ -193,7 +207,17 @@ export class CallGuard {
       if (!err) continue;
       this.tracked.delete(s);
       ended++;
-      this.log.warn({ audit: true, principal: s.principal, method: methodKey(s.path), resource: resourceString(resourceOf(s.path, s.request)), decision: 'deny', reason: err.message }, 'audit: open stream ended, authorization revoked');
+      this.log.warn(
+        {
+          audit: true,
+          principal: s.principal,
+          method: methodKey(s.path),
+          resource: resourceString(resourceOf(s.path, s.request)),
+          decision: 'deny',
+          reason: err.message,
+        },
+        'audit: open stream ended, authorization revoked',
+      );
       s.end(err);
     }
     return ended;
@@ -230,7 +254,10 @@ export class CallGuard {
         call.sendStatus({ code: err.code, details: err.details, metadata: err.metadata });
         // Tell the client to stop uploading (RFC 9113 8.1: a response before the request is
         // complete, then RST_STREAM NO_ERROR); the status above is sent first.
-        if (stream) setImmediate(() => { if (!stream.closed && !stream.destroyed) stream.close(http2.constants.NGHTTP2_NO_ERROR); });
+        if (stream)
+          setImmediate(() => {
+            if (!stream.closed && !stream.destroyed) stream.close(http2.constants.NGHTTP2_NO_ERROR);
+          });
       };
       return new grpc.ServerInterceptingCall(call, {
         start: (next) =>
@@ -241,7 +268,10 @@ export class CallGuard {
               if (policy && !method.path.startsWith('/grpc.health.v1.')) {
                 const a = authenticate(policy, md, call.getAuthContext());
                 if (!a.ok) {
-                  this.log.warn({ audit: true, principal: null, peer: call.getPeer(), method: methodKey(method.path), decision: 'deny', reason: a.why }, 'audit: unauthenticated call refused');
+                  this.log.warn(
+                    { audit: true, principal: null, peer: call.getPeer(), method: methodKey(method.path), decision: 'deny', reason: a.why },
+                    'audit: unauthenticated call refused',
+                  );
                   return refuse(Denied.unauthenticated(a.why));
                 }
                 principal = a.principal;
@@ -249,7 +279,18 @@ export class CallGuard {
                   const role = requiredRole(method.path);
                   if (!isAllowed(policy, principal, role, { kind: 'any', label: '' })) {
                     const m = methodKey(method.path);
-                    this.log.warn({ audit: true, principal, method: m, resource: ANY_PARTITION, role, decision: 'deny', reason: `no ${role} role on any partition; the request was not read` }, 'audit: permission denied');
+                    this.log.warn(
+                      {
+                        audit: true,
+                        principal,
+                        method: m,
+                        resource: ANY_PARTITION,
+                        role,
+                        decision: 'deny',
+                        reason: `no ${role} role on any partition; the request was not read`,
+                      },
+                      'audit: permission denied',
+                    );
                     return refuse(Denied.permission(`${principal} may not call ${m} on any partition (needs role ${role})`));
                   }
                 }

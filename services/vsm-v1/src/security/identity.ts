@@ -54,7 +54,8 @@ export function authenticate(policy: Policy, metadata: Metadata, auth: AuthConte
   }
   const sans = certificateIdentities(auth);
   const byCert = sans.map((s) => policy.certificates.get(s)).find((p) => p !== undefined);
-  if (byToken !== undefined && byCert !== undefined && byToken !== byCert) return { ok: false, why: `the bearer token (${byToken}) and the client certificate (${byCert}) name different principals` };
+  if (byToken !== undefined && byCert !== undefined && byToken !== byCert)
+    return { ok: false, why: `the bearer token (${byToken}) and the client certificate (${byCert}) name different principals` };
   if (byToken !== undefined) return { ok: true, principal: byToken, via: 'token' };
   if (byCert !== undefined) return { ok: true, principal: byCert, via: 'certificate' };
   if (sans.length) return { ok: false, why: `client certificate ${sans.join(', ')} is not a principal of the policy` };

@@ -24,7 +24,8 @@ export class StreamLimiter {
   /** Takes a slot for `client`, or returns why not. The returned release is idempotent. */
   acquire(client: string): { ok: true; release: () => void } | { ok: false; why: string } {
     const mine = this.perClient.get(client) ?? 0;
-    if (mine >= this.maxStreamsPerClient) return { ok: false, why: `too many concurrent streams for client ${client} (limit ${this.maxStreamsPerClient}); close some first` };
+    if (mine >= this.maxStreamsPerClient)
+      return { ok: false, why: `too many concurrent streams for client ${client} (limit ${this.maxStreamsPerClient}); close some first` };
     if (this.total >= this.maxStreams) return { ok: false, why: `too many concurrent streams on this server (limit ${this.maxStreams}); retry later` };
     this.total++;
     this.perClient.set(client, mine + 1);
@@ -82,8 +83,13 @@ export class RequestBudget {
   /** Takes `n` more bytes for `client`, or says why not (nothing is taken then). */
   take(client: string, n: number): { ok: true } | { ok: false; why: string } {
     const mine = this.perClient.get(client) ?? 0;
-    if (mine + n > this.maxBytesPerClient) return { ok: false, why: `requests of client ${client} still being received would hold more than ${this.maxBytesPerClient} bytes; finish or cancel some first` };
-    if (this.total + n > this.maxBytes) return { ok: false, why: `requests still being received on this server would hold more than ${this.maxBytes} bytes; retry later` };
+    if (mine + n > this.maxBytesPerClient)
+      return {
+        ok: false,
+        why: `requests of client ${client} still being received would hold more than ${this.maxBytesPerClient} bytes; finish or cancel some first`,
+      };
+    if (this.total + n > this.maxBytes)
+      return { ok: false, why: `requests still being received on this server would hold more than ${this.maxBytes} bytes; retry later` };
     this.total += n;
     this.perClient.set(client, mine + n);
     return { ok: true };

@@ -21,7 +21,11 @@ export const ROLES: readonly Role[] = RPC_ROLES;
  * proto/vsm/v1/options.proto), read from the descriptors. An RPC that declares none needs `admin`
  * (deny by default for anything new).
  */
-export const METHOD_ROLES: Readonly<Record<string, Role>> = Object.fromEntries(vsmRpcs().filter((m) => m.roleDeclared).map((m) => [m.key, m.requiredRole]));
+export const METHOD_ROLES: Readonly<Record<string, Role>> = Object.fromEntries(
+  vsmRpcs()
+    .filter((m) => m.roleDeclared)
+    .map((m) => [m.key, m.requiredRole]),
+);
 
 /** `/vsm.v1.PartitionService/GetPartition` or `vsm.v1.PartitionService/GetPartition` -> the latter. */
 export const methodKey = (path: string): string => path.replace(/^\//, '');
@@ -106,7 +110,15 @@ const TOKEN_RE = /^sha256:([0-9a-f]{64})$/;
 export const sha256Hex = (s: string): string => createHash('sha256').update(s, 'utf8').digest('hex');
 
 function globToRegExp(glob: string): RegExp {
-  return new RegExp('^' + glob.split('*').map((s) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')).join('.*') + '$', 's');
+  return new RegExp(
+    '^' +
+      glob
+        .split('*')
+        .map((s) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'))
+        .join('.*') +
+      '$',
+    's',
+  );
 }
 
 /** Parses and validates a policy document (JSON). Every mistake is reported with its path. */
@@ -138,16 +150,19 @@ export function parsePolicy(text: string, source = 'policy'): Policy {
     const at = `principals.${name}`;
     if (!PRINCIPAL_RE.test(name)) fail(at, `principal names must match ${PRINCIPAL_RE}`);
     if (!isObj(spec)) return fail(at, 'must be an object');
-    for (const k of Object.keys(spec)) if (!['certificates', 'tokens', 'roles'].includes(k)) fail(`${at}.${k}`, 'unknown key (expected "certificates", "tokens", "roles")');
+    for (const k of Object.keys(spec))
+      if (!['certificates', 'tokens', 'roles'].includes(k)) fail(`${at}.${k}`, 'unknown key (expected "certificates", "tokens", "roles")');
     for (const san of strings(spec.certificates, `${at}.certificates`)) {
-      if (!SAN_RE.test(san)) fail(`${at}.certificates`, `${JSON.stringify(san)} must be "URI:<uri>" or "DNS:<name>" (a subjectAltName of the client certificate)`);
+      if (!SAN_RE.test(san))
+        fail(`${at}.certificates`, `${JSON.stringify(san)} must be "URI:<uri>" or "DNS:<name>" (a subjectAltName of the client certificate)`);
       const prior = certificates.get(san);
       if (prior !== undefined) fail(`${at}.certificates`, `${san} already identifies principal ${prior}`);
       certificates.set(san, name);
     }
     for (const t of strings(spec.tokens, `${at}.tokens`)) {
       const m = TOKEN_RE.exec(t);
-      if (!m) fail(`${at}.tokens`, 'tokens are stored as "sha256:<64 lower-case hex digits>" of the token (e.g. printf %s "$TOKEN" | sha256sum), never in clear');
+      if (!m)
+        fail(`${at}.tokens`, 'tokens are stored as "sha256:<64 lower-case hex digits>" of the token (e.g. printf %s "$TOKEN" | sha256sum), never in clear');
       const prior = tokens.get(m![1]!);
       if (prior !== undefined) fail(`${at}.tokens`, `a token hash is listed twice (also for ${prior})`);
       tokens.set(m![1]!, name);
@@ -156,7 +171,8 @@ export function parsePolicy(text: string, source = 'policy'): Policy {
     if (spec.roles !== undefined) {
       if (!isObj(spec.roles)) return fail(`${at}.roles`, 'must be an object of partition pattern -> [roles]');
       for (const [pattern, roles] of Object.entries(spec.roles)) {
-        if (!PATTERN_RE.test(pattern)) fail(`${at}.roles`, `pattern ${JSON.stringify(pattern)} must be "partitions/<id or glob with *>", e.g. "partitions/*", "partitions/prod-*"`);
+        if (!PATTERN_RE.test(pattern))
+          fail(`${at}.roles`, `pattern ${JSON.stringify(pattern)} must be "partitions/<id or glob with *>", e.g. "partitions/*", "partitions/prod-*"`);
         const rs = strings(roles, `${at}.roles["${pattern}"]`);
         for (const r of rs) if (!ROLES.includes(r as Role)) fail(`${at}.roles["${pattern}"]`, `unknown role ${JSON.stringify(r)} (roles: ${ROLES.join(', ')})`);
         const glob = pattern.slice('partitions/'.length);
@@ -185,9 +201,12 @@ export function isAllowed(policy: Policy, principal: string, role: Role, resourc
   return grants.some((g) => {
     if (!g.roles.has(role) && !g.roles.has('admin')) return false;
     switch (resource.kind) {
-      case 'partition': return g.re.test(resource.id);
-      case 'all': return g.all;
-      case 'any': return true;
+      case 'partition':
+        return g.re.test(resource.id);
+      case 'all':
+        return g.all;
+      case 'any':
+        return true;
       default:
         resource satisfies never; // a new resource kind must be decided above
         return false; // deny what is not understood

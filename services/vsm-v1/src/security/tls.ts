@@ -79,7 +79,10 @@ export class ReloadingCertificateProvider implements grpc.experimental.Certifica
   reloads = 0;
 
   /** Reads and validates the files now: a server never starts with bad material. */
-  constructor(private readonly opts: TlsOptions, private readonly log?: Logger) {
+  constructor(
+    private readonly opts: TlsOptions,
+    private readonly log?: Logger,
+  ) {
     this.current = this.read();
     const info = validateTlsMaterial(this.current, opts);
     this.lastSeen = this.current;
@@ -96,7 +99,11 @@ export class ReloadingCertificateProvider implements grpc.experimental.Certifica
         throw new Error(`cannot read the TLS ${what} ${file}: ${(e as Error).message}`);
       }
     };
-    return { cert: rd('certificate', this.opts.certFile), key: rd('private key', this.opts.keyFile), ca: this.opts.caFile ? rd('CA bundle', this.opts.caFile) : undefined };
+    return {
+      cert: rd('certificate', this.opts.certFile),
+      key: rd('private key', this.opts.keyFile),
+      ca: this.opts.caFile ? rd('CA bundle', this.opts.caFile) : undefined,
+    };
   }
 
   /** Re-reads the files; publishes a changed, valid set; keeps the old one otherwise. */
@@ -107,7 +114,11 @@ export class ReloadingCertificateProvider implements grpc.experimental.Certifica
       let m: Material;
       const readAll = async (): Promise<Material> => {
         const rd = fs.promises.readFile;
-        const [cert, key, ca] = await Promise.all([rd(this.opts.certFile), rd(this.opts.keyFile), this.opts.caFile ? rd(this.opts.caFile) : Promise.resolve(undefined)]);
+        const [cert, key, ca] = await Promise.all([
+          rd(this.opts.certFile),
+          rd(this.opts.keyFile),
+          this.opts.caFile ? rd(this.opts.caFile) : Promise.resolve(undefined),
+        ]);
         return { cert, key, ca };
       };
       try {
@@ -116,7 +127,8 @@ export class ReloadingCertificateProvider implements grpc.experimental.Certifica
         this.log?.warn({ err: (e as Error).message }, 'TLS files unreadable; keeping the current certificate');
         return false;
       }
-      const same = (a: Material, b: Material) => a.cert.equals(b.cert) && a.key.equals(b.key) && (a.ca === undefined ? b.ca === undefined : b.ca !== undefined && a.ca.equals(b.ca));
+      const same = (a: Material, b: Material) =>
+        a.cert.equals(b.cert) && a.key.equals(b.key) && (a.ca === undefined ? b.ca === undefined : b.ca !== undefined && a.ca.equals(b.ca));
       if (same(m, this.current)) return false;
       // A file still being written is not a set yet: judge it only once it reads the same twice.
       await new Promise((r) => setTimeout(r, STABLE_READ_MS));
@@ -132,7 +144,8 @@ export class ReloadingCertificateProvider implements grpc.experimental.Certifica
         info = validateTlsMaterial(m, this.opts);
       } catch (e) {
         // Typically a certificate replaced before its key: the next poll sees the complete pair.
-        if (!unchangedSinceLastTry) this.log?.warn({ err: (e as Error).message }, 'TLS files changed but are not a valid set (yet); keeping the current certificate');
+        if (!unchangedSinceLastTry)
+          this.log?.warn({ err: (e as Error).message }, 'TLS files changed but are not a valid set (yet); keeping the current certificate');
         return false;
       }
       this.current = m;
@@ -153,14 +166,18 @@ export class ReloadingCertificateProvider implements grpc.experimental.Certifica
   addCaCertificateListener(listener: Listener<grpc.experimental.CaCertificateUpdate>): void {
     this.caListeners.add(listener);
     // Asynchronously, like grpc-js's own providers: the server registers its watcher right after.
-    process.nextTick(() => { if (this.caListeners.has(listener)) listener(this.current.ca ? { caCertificate: this.current.ca } : null); });
+    process.nextTick(() => {
+      if (this.caListeners.has(listener)) listener(this.current.ca ? { caCertificate: this.current.ca } : null);
+    });
   }
   removeCaCertificateListener(listener: Listener<grpc.experimental.CaCertificateUpdate>): void {
     this.caListeners.delete(listener);
   }
   addIdentityCertificateListener(listener: Listener<grpc.experimental.IdentityCertificateUpdate>): void {
     this.identityListeners.add(listener);
-    process.nextTick(() => { if (this.identityListeners.has(listener)) listener({ certificate: this.current.cert, privateKey: this.current.key }); });
+    process.nextTick(() => {
+      if (this.identityListeners.has(listener)) listener({ certificate: this.current.cert, privateKey: this.current.key });
+    });
   }
   removeIdentityCertificateListener(listener: Listener<grpc.experimental.IdentityCertificateUpdate>): void {
     this.identityListeners.delete(listener);

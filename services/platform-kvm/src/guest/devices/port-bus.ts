@@ -36,7 +36,8 @@ export class PortBus implements PortIoDevice {
   /** Maps [from, to] to a device; a range that overlaps a mapped one is refused (RangeError). */
   add(r: PortRange): this {
     const { from, to } = r;
-    if (!Number.isInteger(from) || !Number.isInteger(to) || from < 0 || to > 0xffff || from > to) throw new RangeError(`PortBus: bad port range ${from}..${to}`);
+    if (!Number.isInteger(from) || !Number.isInteger(to) || from < 0 || to > 0xffff || from > to)
+      throw new RangeError(`PortBus: bad port range ${from}..${to}`);
     const name = r.name ?? `0x${from.toString(16)}-0x${to.toString(16)}`;
     for (let p = from; p <= to; p++) {
       const i = this.table[p]!;

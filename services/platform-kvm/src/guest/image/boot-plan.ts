@@ -94,7 +94,15 @@ export interface BootRegisters {
   gdt?: { base: bigint; limit: number };
   /** limit 0 outside real mode: an exception before the guest loads its own IDT is a triple fault (KVM_EXIT_SHUTDOWN). */
   idt: { base: bigint; limit: number };
-  segments: { cs: SegmentRegister; ds: SegmentRegister; es: SegmentRegister; fs: SegmentRegister; gs: SegmentRegister; ss: SegmentRegister; tr?: SegmentRegister };
+  segments: {
+    cs: SegmentRegister;
+    ds: SegmentRegister;
+    es: SegmentRegister;
+    fs: SegmentRegister;
+    gs: SegmentRegister;
+    ss: SegmentRegister;
+    tr?: SegmentRegister;
+  };
 }
 
 export interface GpaRange {
@@ -208,7 +216,10 @@ export function planBoot(image: GuestImage, opts: PlanBootOptions): BootPlan {
   const segs = image.segments.map((s, i) => ({ gpa: s.gpa, size: s.memSize, what: `segment ${i}` }));
   for (const s of segs) {
     if (!inMemory(s)) {
-      throw new GuestImageError(`${s.what} ${range(s.gpa, s.size)} does not fit in guest memory ${range(0n, memoryBytes)} (memoryBytes ${hex(memoryBytes)})`, 'memoryBytes');
+      throw new GuestImageError(
+        `${s.what} ${range(s.gpa, s.size)} does not fit in guest memory ${range(0n, memoryBytes)} (memoryBytes ${hex(memoryBytes)})`,
+        'memoryBytes',
+      );
     }
     reserved.forEach((r, i) => {
       if (overlaps(s, r)) throw new GuestImageError(`${s.what} ${range(s.gpa, s.size)} overlaps reserved[${i}] ${range(r.gpa, r.size)}`, 'reserved');
@@ -226,12 +237,21 @@ export function planBoot(image: GuestImage, opts: PlanBootOptions): BootPlan {
 
   const claim = (gpa: bigint, size: bigint, what: string) => {
     const r = { gpa, size, what };
-    if (!inMemory(r)) throw new GuestImageError(`boot data (${what}) ${range(gpa, size)} does not fit in guest memory ${range(0n, memory.size)} (memoryBytes ${hex(memoryBytes)})`, 'memoryBytes');
+    if (!inMemory(r))
+      throw new GuestImageError(
+        `boot data (${what}) ${range(gpa, size)} does not fit in guest memory ${range(0n, memory.size)} (memoryBytes ${hex(memoryBytes)})`,
+        'memoryBytes',
+      );
     for (const s of segs) {
-      if (overlaps(r, s)) throw new GuestImageError(`image ${s.what} ${range(s.gpa, s.size)} overlaps the boot data (${what}) at ${range(gpa, size)}; load the image elsewhere`, 'segments');
+      if (overlaps(r, s))
+        throw new GuestImageError(
+          `image ${s.what} ${range(s.gpa, s.size)} overlaps the boot data (${what}) at ${range(gpa, size)}; load the image elsewhere`,
+          'segments',
+        );
     }
     reserved.forEach((x, i) => {
-      if (overlaps(r, x)) throw new GuestImageError(`reserved[${i}] ${range(x.gpa, x.size)} overlaps the boot data (${what}) at ${range(gpa, size)}`, 'reserved');
+      if (overlaps(r, x))
+        throw new GuestImageError(`reserved[${i}] ${range(x.gpa, x.size)} overlaps the boot data (${what}) at ${range(gpa, size)}`, 'reserved');
     });
     bootData.push(r);
   };
@@ -243,9 +263,27 @@ export function planBoot(image: GuestImage, opts: PlanBootOptions): BootPlan {
     case 'real16': {
       stack();
       const csBase = image.entry & 0xf0000n;
-      const seg16 = (selector: number, type: number): SegmentRegister => ({ selector, base: 0n, limit: 0xffff, type, s: 1, dpl: 0, present: 1, db: 0, l: 0, g: 0 });
+      const seg16 = (selector: number, type: number): SegmentRegister => ({
+        selector,
+        base: 0n,
+        limit: 0xffff,
+        type,
+        s: 1,
+        dpl: 0,
+        present: 1,
+        db: 0,
+        l: 0,
+        g: 0,
+      });
       const cs = { ...seg16(Number(csBase >> 4n), 0xb), base: csBase };
-      const bsp: BootRegisters = { mode: 'real16', ...base, rip: image.entry - csBase, cr0: CR0.ET, idt: { base: 0n, limit: 0x3ff }, segments: { cs, ...dataSegments(() => seg16(0, 0x3)) } };
+      const bsp: BootRegisters = {
+        mode: 'real16',
+        ...base,
+        rip: image.entry - csBase,
+        cr0: CR0.ET,
+        idt: { base: 0n, limit: 0x3ff },
+        segments: { cs, ...dataSegments(() => seg16(0, 0x3)) },
+      };
       return { writes, zeroFill, bsp, bootData, apCount: vpCount - 1 };
     }
     case 'protected32': {
@@ -322,13 +360,19 @@ function planMultiboot(
   const cmdline = new TextEncoder().encode(text);
   if (cmdline.includes(0)) throw new GuestImageError('multiboot: the command line contains a NUL character', 'cmdline');
   if (cmdline.length + 1 > L.MB_CMDLINE_SIZE) {
-    throw new GuestImageError(`multiboot: the command line is ${cmdline.length} bytes (UTF-8); at most ${L.MB_CMDLINE_SIZE - 1} fit at ${hex(L.MB_CMDLINE)}`, 'cmdline');
+    throw new GuestImageError(
+      `multiboot: the command line is ${cmdline.length} bytes (UTF-8); at most ${L.MB_CMDLINE_SIZE - 1} fit at ${hex(L.MB_CMDLINE)}`,
+      'cmdline',
+    );
   }
 
   const map = multibootMemoryMap(memoryBytes, reserved);
   const mmapBytes = map.length * MultibootMmapEntry.size;
   if (mmapBytes > L.MB_MMAP_SIZE) {
-    throw new GuestImageError(`multiboot: the memory map has ${map.length} entries (${mmapBytes} bytes); at most ${Math.floor(L.MB_MMAP_SIZE / MultibootMmapEntry.size)} fit: too many reserved ranges`, 'reserved');
+    throw new GuestImageError(
+      `multiboot: the memory map has ${map.length} entries (${mmapBytes} bytes); at most ${Math.floor(L.MB_MMAP_SIZE / MultibootMmapEntry.size)} fit: too many reserved ranges`,
+      'reserved',
+    );
   }
   const mmap = new Uint8Array(mmapBytes);
   map.forEach((e, k) => {

@@ -29,17 +29,46 @@ const KNOWN_REQUIRED = MultibootHeaderFlag.PAGE_ALIGN | MultibootHeaderFlag.MEMO
 
 /** §3.1.1 "The layout of Multiboot header" (offsets 0–44). */
 export const MultibootHeader = struct('multiboot_header', 48, {
-  magic: u32(0), flags: u32(4), checksum: u32(8),
-  header_addr: u32(12), load_addr: u32(16), load_end_addr: u32(20), bss_end_addr: u32(24), entry_addr: u32(28),
-  mode_type: u32(32), width: u32(36), height: u32(40), depth: u32(44),
+  magic: u32(0),
+  flags: u32(4),
+  checksum: u32(8),
+  header_addr: u32(12),
+  load_addr: u32(16),
+  load_end_addr: u32(20),
+  bss_end_addr: u32(24),
+  entry_addr: u32(28),
+  mode_type: u32(32),
+  width: u32(36),
+  height: u32(40),
+  depth: u32(44),
 });
 
 /** §3.3 "Boot information format": the multiboot_info structure (88 bytes up to vbe_interface_len). */
 export const MultibootInfo = struct('multiboot_info', 88, {
-  flags: u32(0), mem_lower: u32(4), mem_upper: u32(8), boot_device: u32(12), cmdline: u32(16), mods_count: u32(20), mods_addr: u32(24),
-  syms0: u32(28), syms1: u32(32), syms2: u32(36), syms3: u32(40),
-  mmap_length: u32(44), mmap_addr: u32(48), drives_length: u32(52), drives_addr: u32(56), config_table: u32(60), boot_loader_name: u32(64), apm_table: u32(68),
-  vbe_control_info: u32(72), vbe_mode_info: u32(76), vbe_mode: u16(80), vbe_interface_seg: u16(82), vbe_interface_off: u16(84), vbe_interface_len: u16(86),
+  flags: u32(0),
+  mem_lower: u32(4),
+  mem_upper: u32(8),
+  boot_device: u32(12),
+  cmdline: u32(16),
+  mods_count: u32(20),
+  mods_addr: u32(24),
+  syms0: u32(28),
+  syms1: u32(32),
+  syms2: u32(36),
+  syms3: u32(40),
+  mmap_length: u32(44),
+  mmap_addr: u32(48),
+  drives_length: u32(52),
+  drives_addr: u32(56),
+  config_table: u32(60),
+  boot_loader_name: u32(64),
+  apm_table: u32(68),
+  vbe_control_info: u32(72),
+  vbe_mode_info: u32(76),
+  vbe_mode: u16(80),
+  vbe_interface_seg: u16(82),
+  vbe_interface_off: u16(84),
+  vbe_interface_len: u16(86),
 });
 
 /** §3.3 multiboot_info.flags: which fields are valid. */
@@ -88,7 +117,7 @@ export function findMultibootHeader(bytes: Uint8Array): { found?: MultibootHeade
     if (dv.getUint32(i, true) !== MULTIBOOT_HEADER_MAGIC) continue;
     const flags = dv.getUint32(i + 4, true);
     const checksum = dv.getUint32(i + 8, true);
-    if (((MULTIBOOT_HEADER_MAGIC + flags + checksum) >>> 0) !== 0) {
+    if ((MULTIBOOT_HEADER_MAGIC + flags + checksum) >>> 0 !== 0) {
       bad ??= { offset: i, flags, checksum };
       continue;
     }
@@ -118,7 +147,10 @@ export function parseMultiboot(bytes: Uint8Array): GuestImage {
   const unknown = h.flags & 0xffff & ~KNOWN_REQUIRED;
   if (unknown) {
     // §3.1.2: "If the boot loader does not understand all the requirements in the flags, it must fail."
-    throw new GuestImageError(`multiboot header at ${hex(i)}: flags ${hex(h.flags)} set requirement bits ${hex(unknown)} (bits 0-15) this loader does not know`, 'flags');
+    throw new GuestImageError(
+      `multiboot header at ${hex(i)}: flags ${hex(h.flags)} set requirement bits ${hex(unknown)} (bits 0-15) this loader does not know`,
+      'flags',
+    );
   }
   const info: MultibootHeaderInfo = {
     offset: i,
@@ -139,7 +171,11 @@ export function parseMultiboot(bytes: Uint8Array): GuestImage {
         'EI_CLASS',
       );
     }
-    if (cls !== 32) throw new GuestImageError(`multiboot header at ${hex(i)} without the a.out kludge (flags bit 16) needs an ELF32 i386 image; the image is not ELF32`, 'e_ident');
+    if (cls !== 32)
+      throw new GuestImageError(
+        `multiboot header at ${hex(i)} without the a.out kludge (flags bit 16) needs an ELF32 i386 image; the image is not ELF32`,
+        'e_ident',
+      );
     const elf = parseElf(bytes, 32, MAX_GPA_32);
     checkEntry(elf.entry, elf.segments, 'ELF e_entry');
     return { format: 'multiboot', segments: elf.segments, entry: elf.entry, entryMode: 'protected32', multiboot: info };
@@ -147,7 +183,10 @@ export function parseMultiboot(bytes: Uint8Array): GuestImage {
 
   // a.out kludge: the address fields say where the file bytes go (§3.1.3).
   if (i + 32 > bytes.length) {
-    throw new GuestImageError(`multiboot header at ${hex(i)} sets the a.out kludge (flags bit 16) but its address fields (offsets 12-31) pass the end of the image (${hex(bytes.length)} bytes)`, 'header_addr');
+    throw new GuestImageError(
+      `multiboot header at ${hex(i)} sets the a.out kludge (flags bit 16) but its address fields (offsets 12-31) pass the end of the image (${hex(bytes.length)} bytes)`,
+      'header_addr',
+    );
   }
   const { header_addr: headerAddr, load_addr: loadAddr, load_end_addr: loadEndAddr, bss_end_addr: bssEndAddr, entry_addr: entryAddr } = h;
   Object.assign(info, { headerAddr, loadAddr, loadEndAddr, bssEndAddr, entryAddr, loadedAs: 'aout-kludge' });
@@ -156,7 +195,10 @@ export function parseMultiboot(bytes: Uint8Array): GuestImage {
   // The file offset of the byte that goes to load_addr: the header's own offset minus its distance from load_addr.
   const textOffset = i - (headerAddr - loadAddr);
   if (textOffset < 0) {
-    throw new GuestImageError(`${at('header_addr')} ${hex(headerAddr)} − load_addr ${hex(loadAddr)} = ${hex(headerAddr - loadAddr)} is larger than the header's file offset ${hex(i)}: load_addr would precede the file`, 'load_addr');
+    throw new GuestImageError(
+      `${at('header_addr')} ${hex(headerAddr)} − load_addr ${hex(loadAddr)} = ${hex(headerAddr - loadAddr)} is larger than the header's file offset ${hex(i)}: load_addr would precede the file`,
+      'load_addr',
+    );
   }
   let loadSize: number;
   if (loadEndAddr !== 0) {

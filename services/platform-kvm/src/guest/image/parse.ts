@@ -59,7 +59,8 @@ function parseElf64(bytes: Uint8Array): GuestImage {
 function parseFlat(bytes: Uint8Array, opts: ParseGuestImageOptions): GuestImage {
   const { loadGpa } = opts;
   if (typeof loadGpa !== 'bigint') throw new GuestImageError("format 'flat' needs loadGpa (a bigint GPA)", 'loadGpa');
-  if (loadGpa < 0n || loadGpa + BigInt(bytes.length) > MAX_GPA_64) throw new GuestImageError(`flat image of ${hex(bytes.length)} bytes at loadGpa ${hex(loadGpa)} is outside [0, 2^52)`, 'loadGpa');
+  if (loadGpa < 0n || loadGpa + BigInt(bytes.length) > MAX_GPA_64)
+    throw new GuestImageError(`flat image of ${hex(bytes.length)} bytes at loadGpa ${hex(loadGpa)} is outside [0, 2^52)`, 'loadGpa');
   const entryMode = opts.entryMode ?? 'long64';
   if (!ENTRY_MODES.includes(entryMode)) throw new GuestImageError(`unknown entryMode '${String(entryMode)}' (expected ${ENTRY_MODES.join(', ')})`, 'entryMode');
   const entry = opts.entry ?? loadGpa;
