@@ -54,6 +54,29 @@ if (!['gcc', 'make', 'ld'].every(has)) {
   }
 }
 
+// The fleet tests (test/fleet) start real etcd members on loopback ports: Debian's etcd-server (etcd and
+// etcdctl), installed when missing. The package's own service is not wanted: the tests start their own.
+if (!has('etcd')) {
+  if (typeof process.getuid === 'function' && process.getuid() === 0 && has('apt-get')) {
+    console.error('[setup] installing etcd-server (the fleet tests start real etcd members)');
+    const apt = (args) =>
+      execFileSync('apt-get', args, { stdio: ['ignore', 'inherit', 'inherit'], env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
+    const pkg = ['install', '-y', '--no-install-recommends', 'etcd-server', 'etcd-client'];
+    try {
+      apt(pkg);
+    } catch {
+      try {
+        apt(['update']);
+        apt(pkg);
+      } catch (e) {
+        console.error(`[setup] could not install etcd-server (${String(e.message).split('\n')[0]}): the fleet tests will fail with that reason`);
+      }
+    }
+  } else {
+    console.error('[setup] etcd missing and cannot install etcd-server here (not root or no apt-get): the fleet tests will fail with that reason');
+  }
+}
+
 const lock = path.join(root, 'package-lock.json');
 const installed = path.join(root, 'node_modules/.package-lock.json');
 if (!fs.existsSync(installed) || mtime(installed) < mtime(lock)) {
