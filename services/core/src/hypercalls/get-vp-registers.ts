@@ -15,9 +15,11 @@ export const HvCallGetVpRegisters: HypercallHandler = {
   outputElementSize: 16,
   handle(ctx, input, rep) {
     const h = decodeVpRegistersHeader(input);
-    const vp = selfChecks(ctx, h.partitionId, h.vpIndex);
+    selfChecks(ctx, h.partitionId);
     if (h.rsvdZ !== 0) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, 'RsvdZ bytes of the header are set');
+    // The caller's right to the target VTL before the VP index (ACCESS_DENIED first, issue #16).
     const vtl = targetVtlOf(ctx, h.targetVtl);
+    const vp = selfChecks(ctx, h.partitionId, h.vpIndex);
     const out = Buffer.alloc(16 * rep.count);
     for (let i = rep.start; i < rep.count; i++) {
       const name = input.readUInt32LE(HV_VP_REGISTERS_HEADER_SIZE + 4 * i);

@@ -13,9 +13,11 @@ export const HvCallSetVpRegisters: HypercallHandler = {
   repInputElementSize: HV_REGISTER_ASSOC_SIZE,
   handle(ctx, input, rep) {
     const h = decodeVpRegistersHeader(input);
-    const vp = selfChecks(ctx, h.partitionId, h.vpIndex);
+    selfChecks(ctx, h.partitionId);
     if (h.rsvdZ !== 0) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, 'RsvdZ bytes of the header are set');
+    // The caller's right to the target VTL before the VP index (ACCESS_DENIED first, issue #16).
     const vtl = targetVtlOf(ctx, h.targetVtl);
+    const vp = selfChecks(ctx, h.partitionId, h.vpIndex);
     // Rep semantics: elements are processed in order; a failing element stops the call and the
     // reps completed so far stay applied (tlfs-hypercalls.md §1.1).
     for (let i = rep.start; i < rep.count; i++) {

@@ -58,12 +58,14 @@ export function enablePartitionVtl(p: PartitionState, caller: Vtl | 'host', targ
     // OpenHCL: unsupported target VTL -> ACCESS_DENIED (tlfs-hypercalls.md §2.4).
     hvFail(HvStatus.HV_STATUS_ACCESS_DENIED, `VTL ${targetVtl} is not available (partition maximum VTL ${p.maximumVtl})`);
   }
-  if (p.vtls.get(targetVtl).enabled) hvFail(HvStatus.HV_STATUS_INVALID_VTL_STATE, `VTL ${targetVtl} is already enabled for the partition`);
+  // The caller's right is checked before any state it could learn from the answer (TLFS: ACCESS_DENIED
+  // is preferred; OpenHCL checks the caller first; tlfs-hypercalls.md §1.1).
   if (caller !== 'host' && targetVtl > caller) {
     // A VTL may enable a higher target only if it is the highest enabled VTL below that target.
     if (caller !== highestEnabledBelow(p, targetVtl))
       hvFail(HvStatus.HV_STATUS_ACCESS_DENIED, `VTL ${caller} is not the highest enabled VTL below VTL ${targetVtl}`);
   }
+  if (p.vtls.get(targetVtl).enabled) hvFail(HvStatus.HV_STATUS_INVALID_VTL_STATE, `VTL ${targetVtl} is already enabled for the partition`);
   const s = p.vtls.get(targetVtl);
   s.enabled = true;
   s.mbec = (flags & 1) !== 0;
@@ -75,7 +77,8 @@ export function enableVpVtl(p: PartitionState, caller: Vtl | 'host', vpIndex: nu
   if (!isVtl(targetVtl) || targetVtl === 0 || targetVtl > p.maximumVtl) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `VTL ${targetVtl} is not supported`);
   const vp = vpOf(p, vpIndex);
   if (!p.vtls.get(targetVtl).enabled) hvFail(HvStatus.HV_STATUS_INVALID_VTL_STATE, `VTL ${targetVtl} is not enabled for the partition`);
-  if (vp.vtls.get(targetVtl).enabled) hvFail(HvStatus.HV_STATUS_VTL_ALREADY_ENABLED, `VTL ${targetVtl} is already enabled on VP ${vpIndex}`);
+  // The caller first, then the VP's state (issue #16): a lower VTL asking about a VP where the target
+  // VTL runs gets ACCESS_DENIED, not VTL_ALREADY_ENABLED, so it cannot probe which VPs have it.
   if (caller !== 'host' && caller < targetVtl) {
     // Normally only a higher VTL enables a VTL; exception: the highest VTL enabled below the
     // target may enable it (tlfs-vsm.md §4). As in OpenHCL, a lower VTL may do so only on its
@@ -87,6 +90,7 @@ export function enableVpVtl(p: PartitionState, caller: Vtl | 'host', vpIndex: nu
     if (p.vps.some((x) => x.vtls.get(targetVtl).enabled))
       hvFail(HvStatus.HV_STATUS_ACCESS_DENIED, `VTL ${targetVtl} is already running; it enables further VPs itself`);
   }
+  if (vp.vtls.get(targetVtl).enabled) hvFail(HvStatus.HV_STATUS_VTL_ALREADY_ENABLED, `VTL ${targetVtl} is already enabled on VP ${vpIndex}`);
   validateInitialContext(ctx);
   startVpVtl(vp, targetVtl, ctx);
 }

@@ -5,15 +5,24 @@ import { bitfield, bits, type CodecValue, flag } from './layout';
 
 /** Hypercall call codes (TLFS Appendix A; tlfs-hypercalls.md §2.1). */
 export const HvCallCode = {
+  HvCallFlushVirtualAddressSpace: 0x0002,
+  HvCallFlushVirtualAddressList: 0x0003,
+  HvCallNotifyLongSpinWait: 0x0008,
+  HvCallSendSyntheticClusterIpi: 0x000b,
   HvCallModifyVtlProtectionMask: 0x000c,
   HvCallEnablePartitionVtl: 0x000d,
   HvCallEnableVpVtl: 0x000f,
   HvCallVtlCall: 0x0011,
   HvCallVtlReturn: 0x0012,
+  HvCallFlushVirtualAddressSpaceEx: 0x0013,
+  HvCallFlushVirtualAddressListEx: 0x0014,
+  HvCallSendSyntheticClusterIpiEx: 0x0015,
   HvCallGetVpRegisters: 0x0050,
   HvCallSetVpRegisters: 0x0051,
+  HvCallTranslateVirtualAddress: 0x0052,
   HvCallPostMessage: 0x005c,
   HvCallSignalEvent: 0x005d,
+  HvCallTranslateVirtualAddressEx: 0x00ac, // TLFS HvCallTranslateVirtualAddressEx.md, OpenVMM hvdef
 } as const;
 export type HvCallCodeName = keyof typeof HvCallCode;
 
