@@ -120,6 +120,8 @@ export class GuestRunner {
   private lastVp: number | undefined;
   /** Exits by kind (the exits the main thread handled; the VP threads' own are in localExits). */
   readonly exitCounts: ExitCounts = {};
+  /** The VP threads' own exits already reported to KvmHost.observer. */
+  private reportedThreadExits = { io: 0, mmio: 0 };
   startedAt: bigint | undefined;
   endedAt: bigint | undefined;
 
@@ -191,6 +193,9 @@ export class GuestRunner {
     this.publishOverlays({ vp, vtl, cells, bigs });
     this.setUart(cells);
     const worker = new Worker(WORKER_FILE, { workerData: { channel, console: this.consoleSab, signal: SIGNO[this.signal] } });
+    // A guest's threads never keep the process alive by themselves (the agent's server does; a test
+    // that forgot a session must not hang the run). stop() still ends them.
+    worker.unref();
     const t: VpThread = {
       vp,
       vtl,
@@ -284,12 +289,15 @@ export class GuestRunner {
       if (t.recent.length >= 64) t.recent.shift();
       t.recent.push(process.hrtime.bigint());
       let cmd: number = CMD.run;
+      const handled = this.kp.host.observer?.exitHandled;
+      const t0 = handled ? process.hrtime.bigint() : 0n;
       try {
         cmd = this.handle(t);
       } catch (e) {
         this.crash(`VP ${t.vp.index}: the agent failed handling an exit: ${(e as Error).message}`, t.vp.index);
         cmd = CMD.exit;
       }
+      if (handled) handled(Number(process.hrtime.bigint() - t0) / 1e9);
       if (this.stateValue === 'stopped' || this.stateValue === 'crashed') cmd = CMD.exit;
       if (cmd === HOLD) t.hold = 'intercept';
       else if (cmd === CMD.run && (this.quiescing || this.viewsNeedSync())) {
@@ -408,6 +416,7 @@ export class GuestRunner {
 
   private count(kind: string): void {
     this.exitCounts[kind] = (this.exitCounts[kind] ?? 0) + 1;
+    this.kp.host.observer?.exit?.(kind, 1);
   }
 
   private io(t: VpThread, e: Extract<KvmExit, { kind: 'io' }>): number {
@@ -629,6 +638,18 @@ export class GuestRunner {
   drain(): void {
     const bytes = consoleDrain(this.consoleSab);
     if (bytes.length > 0) this.opts.onConsole(bytes);
+    this.reportThreadExits();
+  }
+
+  /** The VP threads' own exits since the last report, to KvmHost.observer (drained with the console). */
+  private reportThreadExits(): void {
+    const exit = this.kp.host.observer?.exit;
+    if (!exit) return;
+    const io = this.localExits;
+    const mmio = this.overlayExits;
+    if (io > this.reportedThreadExits.io) exit('io_vp_thread', io - this.reportedThreadExits.io);
+    if (mmio > this.reportedThreadExits.mmio) exit('mmio_vp_thread', mmio - this.reportedThreadExits.mmio);
+    this.reportedThreadExits = { io, mmio };
   }
 
   /** The exit reason names, for reports. */
