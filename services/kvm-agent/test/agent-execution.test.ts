@@ -192,6 +192,25 @@ describeKvm('ExecutionService on the KVM agent', () => {
     await h.client.partitions.deletePartition({ name });
   });
 
+  test('GetVirtualProcessor asks KVM: a BSP in `cli; hlt` is HALTED, an AP never sent SIPI is WAITING_FOR_SIPI', async () => {
+    const name = await create('exec-states', 2);
+    const halt = new Code16().print('halting\n').bytes(0xfa).label('h').bytes(0xf4).jump(0xeb, 'h').build(); // cli; hlt; jmp h
+    await h.client.execution.loadGuestImage(flat(name, halt));
+    const sofar: Drained = { text: '', offsets: [] };
+    const out = drain(h.client.execution.streamConsole({ name }), sofar);
+    await h.client.execution.startPartition({ name });
+    await waitFor('the guest printed before halting', () => sofar.text === 'halting\n');
+    const vpState = async (i: number) => (await h.client.vps.getVirtualProcessor({ name: `${name}/vps/${i}` })).runState;
+    // The BSP reaches HLT right after its last OUT; the AP waits for INIT/SIPI from the start.
+    await waitFor('VP 0 halted', async () => (await vpState(0)) === pb.VpRunState.VP_RUN_STATE_HALTED);
+    expect(await vpState(1)).toBe(pb.VpRunState.VP_RUN_STATE_WAITING_FOR_SIPI);
+    // Asking did not disturb the guest: still running, and it still stops on request.
+    expect((await h.client.partitions.getPartition({ name })).runState).toBe(pb.RunState.RUN_STATE_RUNNING);
+    expect((await h.client.execution.stopPartition({ name })).runState).toBe(pb.RunState.RUN_STATE_STOPPED);
+    expect((await out).end?.state).toBe(pb.RunState.RUN_STATE_STOPPED);
+    await h.client.partitions.deletePartition({ name });
+  });
+
   test('WriteConsole: input reaches the guest, which echoes it and exits on q', async () => {
     const name = await create('exec-echo');
     await h.client.execution.loadGuestImage(flat(name, echo()));

@@ -226,6 +226,18 @@ export class KvmBackend extends CoreBackend {
     const { s } = this.session(r.name);
     await followConsole(s.console, r.fromOffset, () => s.end, sink, signal);
   }
+  /**
+   * A running guest's VP: halted and waiting-for-SIPI are KVM's to tell (the vCPU waits inside
+   * KVM_RUN), so GetVirtualProcessor asks it (a short kick of that VP's thread).
+   */
+  override async getVirtualProcessor(r: pb.GetVirtualProcessorRequest): Promise<pb.VirtualProcessor> {
+    const out = await super.getVirtualProcessor(r);
+    const { p, vp } = this.vp(r.name);
+    const s = this.sessions.get(p);
+    if (s?.state === 'running') out.runState = VP_RUN_STATE_TO_PB[await s.queryVpState(vp.index)];
+    return out;
+  }
+
   override async writeConsole(r: pb.WriteConsoleRequest): Promise<pb.WriteConsoleResponse> {
     const { s } = this.session(r.name);
     const data = checkConsoleWrite(r);
