@@ -105,13 +105,19 @@ export class GuestSession {
   /** Interrupts raised by the SynIC and the synthetic timers (KVM_SIGNAL_MSI). */
   interrupts = 0;
 
+  /** Guest console output: to the watchers, counted for KvmHost.observer. */
+  private output(bytes: Uint8Array): void {
+    this.console.push(bytes);
+    this.kp.host.observer?.consoleBytes?.(bytes.length);
+  }
+
   private constructor(
     private readonly kp: KvmPartition,
     private readonly p: Partition,
     readonly loadResult: GuestLoadResult,
     devices: GuestDevices,
   ) {
-    this.uart = new Uart16550({ onOutput: (bytes) => this.console.push(bytes), onChange: () => this.runner?.uartChanged() });
+    this.uart = new Uart16550({ onOutput: (bytes) => this.output(bytes), onChange: () => this.runner?.uartChanged() });
     const fw = new FwCfg({ ramBytes: p.spec.memoryBytes, cpus: p.vps.length });
     const debugExit = new DebugExit({
       onExit: (code) => this.runner.stop(`the guest wrote ${code} to the debug-exit port 0x${DEBUG_EXIT_PORT.toString(16)}`, code),
@@ -147,7 +153,7 @@ export class GuestSession {
     this.runner = new GuestRunner(kp, p, {
       ports: [{ from: 0, to: 0xffff, device: bus }],
       uart: { base: COM1, fastPath: () => this.uart.fastPath() },
-      onConsole: (bytes) => this.console.push(bytes),
+      onConsole: (bytes) => this.output(bytes),
       onEnd: (end) => this.ended(end),
     });
   }

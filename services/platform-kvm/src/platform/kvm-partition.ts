@@ -49,6 +49,23 @@ export interface KvmHost {
   memslotBudget?: number;
   /** The guest TSC frequency KVM gives a vCPU, in kHz (probeHost; the reference TSC page of running guests). */
   tscKhz?: number;
+  /** Told of exits, memslot changes and console output (the agent's metrics); unset = nothing is reported. */
+  observer?: KvmObserver;
+}
+
+/**
+ * What the platform reports as it works, for the agent's metrics (the vsm.v1 layer owns the registry;
+ * nothing here depends on it). Every method is optional and called synchronously on the main thread.
+ */
+export interface KvmObserver {
+  /** `count` KVM_RUN exits of `kind` (KvmExit kind; the VP threads' own: io_vp_thread, mmio_vp_thread). */
+  exit?(kind: string, count: number): void;
+  /** The main thread handled one exit of a running guest in `seconds` (hand-over to answer). */
+  exitHandled?(seconds: number): void;
+  /** `count` memslot changes made for a VTL's view (overlays, protections). */
+  memslotChanges?(count: number): void;
+  /** `bytes` of guest console output. */
+  consoleBytes?(bytes: number): void;
 }
 
 export interface RunVpResult {
@@ -249,6 +266,8 @@ export class KvmPartition {
     let v = this.vms[vtl];
     if (!v) {
       v = new VtlVm(this.host.system, vtl, this.ram, this.overlayPages, this.agent, this.host.cpuid, this.host.memslotBudget, this.execution);
+      const obs = this.host.observer;
+      if (obs?.memslotChanges) v.onSlotChanges = (n) => obs.memslotChanges?.(n);
       this.vms[vtl] = v;
     }
     return v;
@@ -296,6 +315,7 @@ export class KvmPartition {
     c.pending = e.kind === 'io' || e.kind === 'mmio' || e.kind === 'rdmsr' || e.kind === 'wrmsr';
     if (e.kind === 'shutdown' || e.kind === 'internal_error' || e.kind === 'fail_entry') c.mode = 'fresh';
     this.exits++;
+    this.host.observer?.exit?.(e.kind, 1);
     return e;
   }
 

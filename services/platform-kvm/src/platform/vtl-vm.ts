@@ -75,6 +75,8 @@ export class VtlVm {
   unenforcedReason: string | undefined;
   /** Memslot changes made for overlays and protections (for tests and cost accounting). */
   overlaySlotChanges = 0;
+  /** Told of every memslot change counted in overlaySlotChanges (KvmHost.observer). */
+  onSlotChanges: ((count: number) => void) | undefined;
   /** Layout syncs that changed memslots, and the time they took (µs), for the README's figures. */
   layoutSyncs = 0;
   layoutMicros = 0;
@@ -185,6 +187,7 @@ export class VtlVm {
       })),
     );
     this.overlaySlotChanges += changes;
+    if (changes > 0) this.onSlotChanges?.(changes);
     if (changes > 0) {
       this.layoutSyncs++;
       this.layoutMicros += Number(process.hrtime.bigint() - t0) / 1000;
