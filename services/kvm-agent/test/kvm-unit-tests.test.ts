@@ -45,6 +45,24 @@ const REPORT = path.join(os.tmpdir(), `vsm-kvm-unit-tests-report-${process.pid}.
     removeKvmUnitTestsBuild();
   }, 60_000);
 
+  test('a guest that never halts: vsmctl run --timeout stops it (exit 124) and deletes its partition', async () => {
+    // 16-bit real mode at 0x1000: print "spin\n" on COM1, then `jmp $` for ever.
+    const code = [0xba, 0xf8, 0x03, ...[...Buffer.from('spin\n')].flatMap((c) => [0xb0, c, 0xee]), 0xeb, 0xfe];
+    const image = path.join(os.tmpdir(), `vsm-spin-${process.pid}.bin`);
+    fs.writeFileSync(image, Buffer.from(code));
+    try {
+      const r = await vsmctl(['run', image, '--format', 'flat', '--load-gpa', '0x1000', '--entry-mode', 'real16', '--timeout', '3', '--name', 'spin-timeout'], {
+        env: { VSM_ADDRESS: service.address },
+        timeoutMs: 120_000,
+      });
+      expect({ code: r.code, stdout: r.stdout }).toEqual({ code: 124, stdout: 'spin\n' });
+      const list = await vsmctl(['partitions', 'list', '--json'], { env: { VSM_ADDRESS: service.address } });
+      expect(list.stdout).not.toContain('spin-timeout');
+    } finally {
+      fs.rmSync(image, { force: true });
+    }
+  }, 180_000);
+
   for (const c of CASES) {
     test(`${c.test}: passes with 0 failures and nothing skipped`, async () => {
       const args = [
