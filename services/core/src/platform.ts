@@ -69,6 +69,12 @@ export interface PlatformHooks {
    * SINT's AutoEOI bit (false for direct-mode timers): the platform performs the implicit EOI.
    */
   raiseInterrupt?: (vpIndex: number, vtl: Vtl, vector: number, opts: { autoEoi: boolean }) => void;
+  /**
+   * HvCallStartVirtualProcessor started (or, like INIT, restarted) VP `vpIndex`: the core loaded the
+   * target VTL's initial context and made the VP's highest enabled VTL active. A platform that runs
+   * the guest's VPs (the KVM agent's guest session) makes that VP run from the core's state now.
+   */
+  onVpStart?: (vpIndex: number) => void;
 }
 
 /** The platform's partition reference time (PlatformHooks.referenceClock). */

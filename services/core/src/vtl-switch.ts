@@ -8,7 +8,7 @@ import { HvVpAssistPage, HvVtlEntryReason } from './tlfs/vsm';
 import { resumeStub } from './stub-return';
 import { resumePendingAccess } from './access';
 import { cpl, inRealMode, is64Bit, reg, setReg } from './rules/processor';
-import { switchVtl } from './rules/transitions';
+import { returnTarget, switchVtl } from './rules/transitions';
 import { assertVpCanAct } from './rules/lifecycle';
 import { vpAssistPage } from './rules/memory-view';
 
@@ -49,14 +49,15 @@ export function vtlCall(p: PartitionState, vp: VirtualProcessor, controlInput: b
 }
 
 /**
- * VtlReturn: back to the next lower VTL enabled on the VP. Control input bit 0 = fast return; other
+ * VtlReturn: back to the VTL the active VTL was entered from (rules/transitions.ts returnTarget;
+ * the next lower enabled VTL when it was not entered from below). Control input bit 0 = fast return; other
  * bits RsvdZ (#UD). A normal return loads the lower VTL's RAX/RCX from VtlReturnX64Rax/Rcx of the
  * returning VTL's HV_VP_VTL_CONTROL; with no VP assist page enabled there is nothing to load.
  */
 export function vtlReturn(p: PartitionState, vp: VirtualProcessor, controlInput: bigint, instructionLength = 3n): GuestOutcome {
   assertVpCanAct(p, vp);
   const from = vp.activeVtl;
-  const target = vp.nextLowerVtl();
+  const target = returnTarget(vp);
   if ((controlInput & ~1n) !== 0n || target === undefined || cpl(vp) !== 0 || inRealMode(vp)) return { exception: X64Exception.UD, activeVtl: from };
   const fast = (controlInput & 1n) === 1n;
   const assist = vpAssistPage(p, vp, from);

@@ -65,6 +65,7 @@ export class HypercallDispatcher {
         inBytes = p.readView(vp.activeVtl, vp.index, inv.inputGpa, inSize);
       }
       const r = h.handle({ partition: p, vp, callerVtl: vp.activeVtl }, inBytes, { start: input.repStartIndex, count: input.repCount });
+      if (r.intercepted) return { parameterIntercept: r.intercepted };
       return { ...r, repsCompleted: r.repsCompleted ?? 0 };
     } catch (e) {
       if (e instanceof HvError) return { status: e.status, repsCompleted: 0 };

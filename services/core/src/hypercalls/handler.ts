@@ -5,6 +5,7 @@ import type { Partition, VirtualProcessor } from '../partition';
 import type { Vtl } from '../vtl-array';
 import type { HvStatusValue } from '../tlfs/status';
 import type { HypercallShape } from '../tlfs/hypercall';
+import type { AccessOutcome } from '../outcomes';
 
 export interface HypercallContext {
   partition: Partition;
@@ -19,6 +20,9 @@ export interface HandlerResult {
   /** Byte offset in the output block where `output` goes (rep calls resumed at a start index
    *  must not overwrite the elements before it). */
   outputOffset?: number;
+  /** The call did not complete: a higher VTL intercepted it (secure-intercepts.ts; e.g.
+   *  InterceptVpStartup). RIP and RAX stay; the outcome says where the VP went. */
+  intercepted?: AccessOutcome;
 }
 
 /** One implemented call: its shape (for the common checks) and its handler. */

@@ -17,6 +17,8 @@ import { HvCallSetVpRegisters } from './set-vp-registers';
 import { HvCallModifyVtlProtectionMask } from './modify-vtl-protection-mask';
 import { HvCallSignalEvent } from './signal-event';
 import { HvCallPostMessage } from './post-message';
+import { HvCallStartVirtualProcessor } from './start-virtual-processor';
+import { HvCallGetVpIndexFromApicId } from './get-vp-index-from-apic-id';
 
 export type { HypercallContext, HandlerResult, HypercallHandler } from './handler';
 export { HypercallDispatcher } from './dispatcher';
@@ -31,6 +33,8 @@ export const VSM_HYPERCALLS: readonly HypercallHandler[] = [
   HvCallModifyVtlProtectionMask,
   HvCallSignalEvent,
   HvCallPostMessage,
+  HvCallStartVirtualProcessor,
+  HvCallGetVpIndexFromApicId,
 ];
 
 const VSM_DISPATCHER = new HypercallDispatcher(VSM_HYPERCALLS);

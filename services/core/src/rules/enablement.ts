@@ -107,7 +107,7 @@ function startVpVtl(vp: VirtualProcessor, vtl: Vtl, ctx: HvInitialVpContext): vo
   for (let i = 0; i < 16; i++) st.regs.set(R.HvRegisterSint0 + i, reg64(HV_SINT_MASKED));
 }
 
-function loadInitialContext(vp: VirtualProcessor, vtl: Vtl, c: HvInitialVpContext): void {
+export function loadInitialContext(vp: VirtualProcessor, vtl: Vtl, c: HvInitialVpContext): void {
   const r = vp.vtls.get(vtl).regs;
   r.set(R.HvX64RegisterRip, reg64(c.rip));
   r.set(R.HvX64RegisterRsp, reg64(c.rsp));
@@ -132,7 +132,7 @@ function loadInitialContext(vp: VirtualProcessor, vtl: Vtl, c: HvInitialVpContex
   r.set(R.HvX64RegisterPat, reg64(c.msrCrPat));
 }
 
-function validateInitialContext(c: HvInitialVpContext): void {
+export function validateInitialContext(c: HvInitialVpContext): void {
   // Real mode is not supported in VTL > 0 (tlfs-vsm.md §4): CR0.PE must be set.
   if ((c.cr0 & CR0_PE) === 0n) hvFail(HvStatus.HV_STATUS_INVALID_REGISTER_VALUE, 'HV_INITIAL_VP_CONTEXT.Cr0.PE is 0: real mode is not supported in VTL > 0');
   if ((c.efer & 0x400n) !== 0n && (c.efer & 0x100n) === 0n) hvFail(HvStatus.HV_STATUS_INVALID_REGISTER_VALUE, 'HV_INITIAL_VP_CONTEXT.Efer has LMA without LME');

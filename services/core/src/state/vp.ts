@@ -38,6 +38,12 @@ export class VpVtlState {
   /** VTL-private registers (tlfs-vsm.md §9.2). */
   readonly regs: RegisterFile = new Map();
   entryReason: number = HvVtlEntryReason.HvVtlEntryReserved;
+  /**
+   * The VTL this VTL was last entered from (VtlCall, secure interrupt or intercept), where its
+   * VtlReturn goes (rules/transitions.ts returnTarget); null when it was not entered from a lower
+   * VTL (never entered, or started by HvCallStartVirtualProcessor). Not in snapshots.
+   */
+  enteredFrom: Vtl | null = null;
   /** Return address of a CALL into the hypercall page that switched VTL mid-stub: this VTL is
    *  parked on the stub's RET and executes it when it next runs (stub-return.ts). */
   pendingStubReturn: bigint | null = null;

@@ -22,6 +22,8 @@ export const HvCallCode = {
   HvCallTranslateVirtualAddress: 0x0052,
   HvCallPostMessage: 0x005c,
   HvCallSignalEvent: 0x005d,
+  HvCallStartVirtualProcessor: 0x0099, // TLFS HvCallStartVirtualProcessor.md (simple)
+  HvCallGetVpIndexFromApicId: 0x009a, // TLFS HvCallGetVpIndexFromApicId.md (rep)
   HvCallTranslateVirtualAddressEx: 0x00ac, // TLFS HvCallTranslateVirtualAddressEx.md, OpenVMM hvdef
 } as const;
 export type HvCallCodeName = keyof typeof HvCallCode;

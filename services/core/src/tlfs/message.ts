@@ -24,6 +24,12 @@ export const HvMessageType = {
   HvMessageTypeGpaIntercept: 0x80000001,
   /** HvMessageTimerExpired: a synthetic timer in message mode expired (§5.5, §5.7). */
   HvMessageTypeTimerExpired: 0x80000010,
+  /** A lower VTL's hypercall intercepted by a higher VTL (InterceptVpStartup; tlfs/startup.ts). */
+  HvMessageTypeHypercallIntercept: 0x80000050,
+  /** A lower VTL's MSR access a higher VTL intercepts (tlfs/register-intercepts.ts). */
+  HvMessageTypeMsrIntercept: 0x80010001,
+  /** A lower VTL's control/descriptor-table register write a higher VTL intercepts (tlfs/register-intercepts.ts). */
+  HvMessageTypeRegisterIntercept: 0x80010006,
 } as const;
 /** Message types with bit 31 set are the hypervisor's; a guest may not post them (§5.5). */
 export const HV_MESSAGE_TYPE_HYPERVISOR_MASK = 0x80000000;

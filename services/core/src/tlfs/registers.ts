@@ -66,6 +66,14 @@ export const HvRegisterName = {
   HvX64RegisterLstar: 0x00080009,
   HvX64RegisterCstar: 0x0008000a,
   HvX64RegisterSfmask: 0x0008000b,
+  HvX64RegisterApicBase: 0x00080003,
+  HvX64RegisterTscAux: 0x0008007b,
+  HvX64RegisterXfem: 0x00040005,
+  /** Secure register intercepts (tlfs-vsm.md §3.8): per VP, one instance per VTL (the intercepting VTL's). */
+  HvX64RegisterCrInterceptControl: 0x000e0000,
+  HvX64RegisterCrInterceptCr0Mask: 0x000e0001,
+  HvX64RegisterCrInterceptCr4Mask: 0x000e0002,
+  HvX64RegisterCrInterceptIa32MiscEnableMask: 0x000e0003,
 } as const;
 
 /**
@@ -122,6 +130,14 @@ add(N.HvX64RegisterStar, 'HvX64RegisterStar', 'private');
 add(N.HvX64RegisterLstar, 'HvX64RegisterLstar', 'private');
 add(N.HvX64RegisterCstar, 'HvX64RegisterCstar', 'private');
 add(N.HvX64RegisterSfmask, 'HvX64RegisterSfmask', 'private');
+add(N.HvX64RegisterApicBase, 'HvX64RegisterApicBase', 'private'); // each VTL has its own local APIC (tlfs-vsm.md §9.1)
+add(N.HvX64RegisterTscAux, 'HvX64RegisterTscAux', 'private');
+add(N.HvX64RegisterXfem, 'HvX64RegisterXfem', 'shared'); // XCR0 is shared (tlfs-vsm.md §9.2)
+// Secure register intercepts (tlfs-vsm.md §3.8): set by a VTL > 0 for the VTLs below it.
+add(N.HvX64RegisterCrInterceptControl, 'HvX64RegisterCrInterceptControl', 'vsm');
+add(N.HvX64RegisterCrInterceptCr0Mask, 'HvX64RegisterCrInterceptCr0Mask', 'vsm');
+add(N.HvX64RegisterCrInterceptCr4Mask, 'HvX64RegisterCrInterceptCr4Mask', 'vsm');
+add(N.HvX64RegisterCrInterceptIa32MiscEnableMask, 'HvX64RegisterCrInterceptIa32MiscEnableMask', 'vsm');
 // Synthetic registers backing the Hyper-V MSRs (tlfs-intercepts.md §7.1, VSM scope column).
 add(N.HvRegisterGuestOsId, 'HvRegisterGuestOsId', 'private');
 add(N.HvX64RegisterHypercall, 'HvX64RegisterHypercall', 'private');
