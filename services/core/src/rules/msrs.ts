@@ -13,11 +13,20 @@ import { HV_APIC_FREQUENCY, HV_TSC_FREQUENCY, HvMsr, msrToRegister, stimerMsr } 
 import { readStimer, writeStimer } from './stimers';
 import { assertActive } from './lifecycle';
 import { getRegister, prepareSetRegister } from './registers';
+import type { VtlSwitchEvent } from '../outcomes';
+import { guestArchitecturalMsr, isArchitecturalMsr } from './register-intercepts';
 
 /** RDMSR by the VP in its active VTL. */
-export function readMsr(p: PartitionState, vp: VirtualProcessor, msr: number): { value: bigint; exception?: X64ExceptionVector } {
+export function readMsr(p: PartitionState, vp: VirtualProcessor, msr: number): { value: bigint; exception?: X64ExceptionVector; vtlSwitch?: VtlSwitchEvent } {
   assertActive(p);
   if (p.spec.architecture !== 'x64') return { value: 0n, exception: X64Exception.UD };
+  if (isArchitecturalMsr(msr)) {
+    // An architectural MSR a higher VTL may intercept (rules/register-intercepts.ts): the read does
+    // not happen and the VP enters that VTL; otherwise it reads the active VTL's register.
+    const r = guestArchitecturalMsr(p, vp, msr, { kind: 'read' });
+    if ('intercepted' in r) return { value: 0n, vtlSwitch: r.intercepted.status === 'intercepted' ? r.intercepted.vtlSwitch : undefined };
+    return { value: getRegister(p, vp, vp.activeVtl, r.register).low };
+  }
   if (msr === HvMsr.HV_X64_MSR_TSC_FREQUENCY) return { value: HV_TSC_FREQUENCY };
   if (msr === HvMsr.HV_X64_MSR_APIC_FREQUENCY) return { value: HV_APIC_FREQUENCY };
   const timer = stimerMsr(msr);
@@ -30,9 +39,21 @@ export function readMsr(p: PartitionState, vp: VirtualProcessor, msr: number): {
 }
 
 /** WRMSR by the VP in its active VTL. Refused writes raise #GP and change nothing. */
-export function writeMsr(p: PartitionState, vp: VirtualProcessor, msr: number, value: bigint): { exception?: X64ExceptionVector } {
+export function writeMsr(p: PartitionState, vp: VirtualProcessor, msr: number, value: bigint): { exception?: X64ExceptionVector; vtlSwitch?: VtlSwitchEvent } {
   assertActive(p);
   if (p.spec.architecture !== 'x64') return { exception: X64Exception.UD };
+  if (isArchitecturalMsr(msr)) {
+    // A write a higher VTL intercepts does not take effect (rules/register-intercepts.ts).
+    const r = guestArchitecturalMsr(p, vp, msr, { kind: 'write', value });
+    if ('intercepted' in r) return { vtlSwitch: r.intercepted.status === 'intercepted' ? r.intercepted.vtlSwitch : undefined };
+    try {
+      prepareSetRegister(p, vp, vp.activeVtl, r.register, reg64(value), vp.activeVtl)();
+      return {};
+    } catch (e) {
+      if (e instanceof HvError) return { exception: X64Exception.GP };
+      throw e;
+    }
+  }
   const timer = stimerMsr(msr);
   if (timer) return writeStimer(p, vp, vp.activeVtl, timer.index, timer.reg, value) ? {} : { exception: X64Exception.GP };
   const name = msrToRegister.get(msr);

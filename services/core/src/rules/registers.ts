@@ -26,6 +26,7 @@ import { checkOverlayGpfn, overlayMsrValue, syncOverlay } from './overlay-sync';
 import { enableVtlProtection } from './protections';
 import { acknowledgeSynic } from './stimers';
 import { publishReferenceTscPage, referenceTime } from './time';
+import { crInterceptValue, isCrInterceptRegister, prepareCrInterceptRegister } from './register-intercepts';
 
 /** Register names a backend models (for "read all"). */
 export function modeledRegisters(): readonly RegisterInfo[] {
@@ -72,6 +73,7 @@ export function getRegister(p: PartitionState, vp: VirtualProcessor, vtlIn: numb
     case R.HvRegisterVsmVina:
       return reg64(vp.vtls.get(vtl).vina);
   }
+  if (isCrInterceptRegister(name)) return reg64(vtl === 0 ? 0n : crInterceptValue(vp, vtl, name));
   if (name >= R.HvRegisterVsmVpSecureConfigVtl0 && name <= R.HvRegisterVsmVpSecureConfigVtl14) {
     const lower = name - R.HvRegisterVsmVpSecureConfigVtl0;
     return reg64(lower < vtl ? vp.vtls.get(vtl).secureConfig.get(lower as Vtl) : 0n);
@@ -96,6 +98,7 @@ export function prepareSetRegister(p: PartitionState, vp: VirtualProcessor, vtlI
   const pv = p.vtls.get(vtl);
   const overlay = overlayKindOfRegister(name);
   if (overlay) return prepareOverlayMsr(p, vp, vtl, overlay, v);
+  if (isCrInterceptRegister(name)) return prepareCrInterceptRegister(vp, vtl, name, v);
   switch (name) {
     case R.HvRegisterGuestOsId:
       return () => {
