@@ -107,9 +107,30 @@ describe('deploy/k8s manifests', () => {
     expect(np.spec.podSelector.matchLabels).toEqual(agent.spec.selector.matchLabels);
     expect(np.spec.policyTypes).toEqual(['Ingress', 'Egress']);
     expect(np.spec.egress).toEqual([]);
-    expect(np.spec.ingress).toHaveLength(1);
+    expect(np.spec.ingress).toHaveLength(2);
     expect(np.spec.ingress[0].from).toEqual([{ podSelector: { matchLabels: service.spec.selector.matchLabels } }]);
     expect(np.spec.ingress[0].ports).toEqual([{ port: 50061, protocol: 'TCP' }]);
+    // The other rule opens the metrics port only (Prometheus' namespace).
+    expect(np.spec.ingress[1].ports).toEqual([{ port: 9464, protocol: 'TCP' }]);
+    expect(np.spec.ingress[1].from[0].namespaceSelector).toBeDefined();
+  });
+
+  test('metrics (#15): both pods annotated for scraping on their metrics port, VSM_METRICS_LISTEN on it; PodMonitors select them', () => {
+    for (const w of [agent, service]) {
+      const a = w.spec.template.metadata.annotations as Obj;
+      expect(a['prometheus.io/scrape']).toBe('true');
+      const c = containerOf(w);
+      const port = (c.ports as Obj[]).find((p) => p.name === 'metrics');
+      expect(port?.containerPort).toBe(Number(a['prometheus.io/port']));
+      expect((c.env as Obj[]).find((e) => e.name === 'VSM_METRICS_LISTEN')?.value).toBe(`$(POD_IP):${port?.containerPort}`);
+    }
+    const monitors = load('monitoring.yaml');
+    for (const w of [agent, service]) {
+      const m = monitors.find((x) => x.metadata.name === w.metadata.name)!;
+      expect(m.kind).toBe('PodMonitor');
+      expect(m.spec.selector.matchLabels).toEqual(w.spec.selector.matchLabels);
+      expect(m.spec.podMetricsEndpoints[0].port).toBe('metrics');
+    }
   });
 
   test('kubectl kustomize renders the set, when kubectl is installed', () => {
