@@ -134,6 +134,15 @@ export class Partition extends PartitionState {
   modifyVtlProtectionMask(caller: Vtl | 'host', protectingVtl: number, mapFlags: number, runs: { start: bigint; count: bigint }[]): number {
     return protections.modifyVtlProtectionMask(this, caller, protectingVtl, mapFlags, runs);
   }
+  /** The same change prepared in steps on a draft and put in force at once (for requests with many runs). */
+  prepareVtlProtectionChange(
+    caller: Vtl | 'host',
+    protectingVtl: number,
+    mapFlags: number,
+    runs: { start: bigint; count: bigint }[],
+  ): protections.ProtectionChangeJob {
+    return protections.prepareVtlProtectionChange(this, caller, protectingVtl, mapFlags, runs);
+  }
   protectionOf(protectingVtl: Vtl, gpfn: number): number | undefined {
     return protections.protectionOf(this, protectingVtl, gpfn);
   }

@@ -26,6 +26,8 @@ const LEAF_MIN = LEAF_MAX / 4;
 class Leaf {
   n = 0;
   constructor(
+    /** The map (its ownership token) that may change this leaf in place; any other copies it first. */
+    public owner: object,
     readonly starts = new Float64Array(LEAF_MAX),
     readonly ends = new Float64Array(LEAF_MAX),
     readonly masks = new Uint8Array(LEAF_MAX),
@@ -74,11 +76,17 @@ class Leaf {
 export type ProtectionChangeListener = (lo: number, hi: number) => void;
 
 export class ProtectionMap {
-  private leaves: Leaf[] = [new Leaf()];
+  /** Leaves whose owner is this token may be changed in place; others are shared with a clone or draft. */
+  private token: object = {};
+  private leaves: Leaf[] = [new Leaf(this.token)];
   /** leaves[i].starts[0] for every non-empty leaf (the single leaf may be empty). */
   private firsts: number[] = [];
   private count = 0;
   private readonly listeners = new Set<ProtectionChangeListener>();
+  /** Bumped by every change (set, adopt). */
+  version = 0;
+  /** For a draft: the windows it changed (replayed to the live map's watchers on adopt) and the version it started from. */
+  private draftOf?: { base: number; windows: number[] };
 
   constructor(public defaultMask: number) {}
 
@@ -156,19 +164,58 @@ export class ProtectionMap {
       pieces.push(newStart, newEnd, mask, ...right);
     } else pieces.push(start, end, mask);
     this.replaceRange(li, xi, lj, xj, pieces);
+    this.version++;
+    this.draftOf?.windows.push(lo, hi);
     for (const fn of this.listeners) fn(lo, hi);
   }
 
+  /** An independent copy: O(n / 256) now, leaves copied when either side first changes them. */
   clone(): ProtectionMap {
     const m = new ProtectionMap(this.defaultMask);
-    m.leaves = this.leaves.map((l) => {
-      const c = new Leaf(l.starts.slice(), l.ends.slice(), l.masks.slice());
-      c.n = l.n;
-      return c;
-    });
+    m.leaves = this.leaves.slice();
     m.firsts = this.firsts.slice();
     m.count = this.count;
+    this.token = {}; // every leaf is shared from now on: neither side changes one in place
     return m;
+  }
+
+  /**
+   * A copy to prepare a large change on, over several steps, while this map stays in force
+   * (copy-on-write: costs what the change touches). adopt() puts it in force at once.
+   */
+  draft(): ProtectionMap {
+    const d = this.clone();
+    d.draftOf = { base: this.version, windows: [] };
+    return d;
+  }
+
+  /** Whether this map changed since `draft` was taken from it (adopting would lose those changes). */
+  changedSince(draft: ProtectionMap): boolean {
+    return draft.draftOf?.base !== this.version;
+  }
+
+  /** Puts a draft of this map in force (its changes all at once); the draft must not be used afterwards. */
+  adopt(draft: ProtectionMap): void {
+    if (!draft.draftOf) throw new Error('adopt() takes a draft()');
+    this.leaves = draft.leaves;
+    this.firsts = draft.firsts;
+    this.count = draft.count;
+    this.token = draft.token;
+    draft.token = {};
+    this.version++;
+    const w = draft.draftOf.windows;
+    draft.draftOf = undefined;
+    for (let i = 0; i < w.length; i += 2) for (const fn of this.listeners) fn(w[i]!, w[i + 1]!);
+  }
+
+  /** Leaf `l`, copied first if it is shared. */
+  private own(l: number): Leaf {
+    const leaf = this.leaves[l]!;
+    if (leaf.owner === this.token) return leaf;
+    const c = new Leaf(this.token, leaf.starts.slice(), leaf.ends.slice(), leaf.masks.slice());
+    c.n = leaf.n;
+    this.leaves[l] = c;
+    return c;
   }
 
   /** Index of the leaf whose first start is the last <= page (0 when none). */
@@ -220,11 +267,11 @@ export class ProtectionMap {
     let removed = 0;
     if (lj > li) {
       // Spans leaves: cut the first leaf after xi, drop whole leaves between, cut the last before xj.
-      const first = this.leaves[li]!;
+      const first = this.own(li);
       removed += first.n - xi;
       first.n = xi;
       if (lj < this.leaves.length) {
-        const last = this.leaves[lj]!;
+        const last = this.own(lj);
         removed += xj;
         last.replace(0, xj, []);
       }
@@ -237,7 +284,7 @@ export class ProtectionMap {
       lj = li;
       xj = xi;
     } else removed = xj - xi;
-    const leaf = this.leaves[li]!;
+    const leaf = this.own(li);
     this.count += k - removed;
     if (leaf.n - (xj - xi) + k <= LEAF_MAX) leaf.replace(xi, xj, pieces);
     else {
@@ -249,7 +296,7 @@ export class ProtectionMap {
       const half = Math.ceil(all.length / 3 / 2);
       leaf.n = 0;
       leaf.replace(0, 0, all.slice(0, half * 3));
-      const next = new Leaf();
+      const next = new Leaf(this.token);
       next.replace(0, 0, all.slice(half * 3));
       this.leaves.splice(li + 1, 0, next);
       this.firsts.splice(li + 1, 0, next.starts[0]!);
@@ -260,7 +307,7 @@ export class ProtectionMap {
 
   /** Keeps the index right after leaf `l` changed: its first start, no empty leaf (but one), small neighbours merged. */
   private fixLeaf(l: number): void {
-    const leaf = this.leaves[l]!;
+    const leaf = this.leaves[l]!; // read only, unless merged below
     if (leaf.n === 0) {
       if (this.leaves.length > 1) {
         this.leaves.splice(l, 1);
@@ -274,7 +321,8 @@ export class ProtectionMap {
       const m = l + 1 < this.leaves.length ? l + 1 : l - 1;
       const other = this.leaves[m]!;
       if (leaf.n + other.n <= LEAF_MAX / 2) {
-        const [a, b] = m > l ? [leaf, other] : [other, leaf];
+        const a = this.own(Math.min(l, m));
+        const b = this.leaves[Math.max(l, m)]!;
         const tail: number[] = [];
         for (let x = 0; x < b.n; x++) tail.push(b.starts[x]!, b.ends[x]!, b.masks[x]!);
         a.replace(a.n, a.n, tail);

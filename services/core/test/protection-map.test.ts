@@ -104,3 +104,27 @@ test('clone is independent', () => {
   expect(c.get(3)).toBe(1);
   expect(m.rangeCount).toBe(1);
 });
+
+test('a draft changes nothing in force until adopted; the live map and the draft never see each other', () => {
+  const m = new ProtectionMap(DEFAULT);
+  for (let i = 0; i < 5000; i++) m.set(i * 2, 1, 1);
+  const seen: [number, number][] = [];
+  m.watch((lo, hi) => seen.push([lo, hi]));
+  const d = m.draft();
+  for (let i = 4999; i >= 0; i -= 2) d.set(i * 2, 1, 3);
+  expect(m.get(2 * 4999)).toBe(1);
+  expect(d.get(2 * 4999)).toBe(3);
+  expect(seen).toEqual([]);
+  expect(m.changedSince(d)).toBe(false);
+  m.adopt(d);
+  expect(m.get(2 * 4999)).toBe(3);
+  expect(m.get(2 * 4998)).toBe(1);
+  expect(seen).toHaveLength(2500);
+  // A draft whose base changed meanwhile is detected.
+  const d2 = m.draft();
+  m.set(0, 1, 7);
+  expect(m.changedSince(d2)).toBe(true);
+  d2.set(2, 1, 7);
+  expect(m.get(2)).toBe(3); // as adopted, not d2's 7
+  expect(m.get(0)).toBe(7);
+});

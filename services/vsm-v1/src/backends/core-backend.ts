@@ -25,6 +25,7 @@ import {
   executionUnsupported,
   toPbConnection,
 } from './execution';
+import { assertSnapshotFits, modifyProtectionsSliced, protectionsPage } from './protections-at-scale';
 import { type BackgroundErrorReport, awaitMonitorAnswers, keepInterceptDeadlines, partitionTask, reportToStderr } from './monitor-wait';
 
 export const MAX_GUEST_ACCESS = 65536;
@@ -388,8 +389,8 @@ export class CoreBackend implements Backend {
     const p = this.partition(r.name);
     if (r.ranges.length === 0) throw invalidArgument('ranges must not be empty');
     if (r.ranges.length > 65536) throw invalidArgument('at most 65536 ranges per call');
-    const changed = p.modifyVtlProtectionMask(
-      'host',
+    const changed = await modifyProtectionsSliced(
+      p,
       r.protectingVtl,
       r.mapFlags,
       r.ranges.map((x) => ({ start: x.startPage, count: x.pageCount })),
@@ -397,16 +398,7 @@ export class CoreBackend implements Backend {
     return { pagesChanged: BigInt(changed), viewGeneration: BigInt(p.viewGeneration) };
   }
   async getVtlProtections(r: P.GetVtlProtectionsRequest): Promise<P.GetVtlProtectionsResponse> {
-    const p = this.partition(r.name);
-    if (!isVtl(r.protectingVtl) || r.protectingVtl === 0)
-      throw invalidArgument(`VTL ${r.protectingVtl} does not protect anything (protecting VTLs are 1..${core.HV_MAX_SUPPORTED_VTL})`);
-    const m = p.protections.get(r.protectingVtl);
-    return {
-      protectionEnabled: !!m,
-      defaultMapFlags: m ? m.defaultMask : 0xf,
-      ranges: (m?.list() ?? []).map((x) => ({ pages: { startPage: BigInt(x.start), pageCount: BigInt(x.end - x.start) }, mapFlags: x.mask })),
-      viewGeneration: BigInt(p.viewGeneration),
-    };
+    return protectionsPage(this.partition(r.name), r);
   }
   async setInterceptRoute(r: P.SetInterceptRouteRequest): Promise<P.SetInterceptRouteResponse> {
     const p = this.partition(r.name);
@@ -599,6 +591,7 @@ export class CoreBackend implements Backend {
 
   async savePartition(r: P.SavePartitionRequest): Promise<P.PartitionSnapshot> {
     const p = this.partition(r.name);
+    assertSnapshotFits(p, partitionName(p.id));
     return toPbSnapshot(core.snapshotPartition(p), partitionName(p.id));
   }
   async restorePartition(r: P.RestorePartitionRequest): Promise<P.Partition> {
