@@ -120,6 +120,8 @@ export interface VsmClient {
     streamConsole(req: Partial<pb.StreamConsoleRequest>, signal?: AbortSignal): AsyncIterable<pb.StreamConsoleResponse>;
   };
   snapshots: Promisified<pb.SnapshotServiceClient>;
+  /** FleetService: the agents behind a vsm-service in --backend agent mode. */
+  fleet: Promisified<pb.FleetServiceClient>;
   vtl: Promisified<pb.VtlServiceClient> & {
     /** Async iterator over WatchVtlTransitions; break out of the loop (or abort) to cancel. */
     watchTransitions(req: Partial<pb.WatchVtlTransitionsRequest>, signal?: AbortSignal): AsyncIterable<pb.WatchVtlTransitionsResponse>;
@@ -154,6 +156,7 @@ export function connect(address: string, o: ConnectOptions = {}): VsmClient {
   const synic = new pb.SynicServiceClient(address, creds, opts);
   const snapshots = new pb.SnapshotServiceClient(address, creds, opts);
   const execution = new pb.ExecutionServiceClient(address, creds, opts);
+  const fleet = new pb.FleetServiceClient(address, creds, opts);
   const S = (s: unknown) => s as Parameters<typeof promisify>[1];
   return {
     partitions: promisify(partitions, S(pb.PartitionServiceService), o, md),
@@ -173,6 +176,7 @@ export function connect(address: string, o: ConnectOptions = {}): VsmClient {
     }),
     synic: promisify(synic, S(pb.SynicServiceService), o, md),
     snapshots: promisify(snapshots, S(pb.SnapshotServiceService), o, md),
+    fleet: promisify(fleet, S(pb.FleetServiceService), o, md),
     execution: Object.assign(promisify(execution, S(pb.ExecutionServiceService), o, md), {
       streamConsole: (req: Partial<pb.StreamConsoleRequest>, signal?: AbortSignal) =>
         streamIterator<pb.StreamConsoleResponse>(execution.streamConsole(pb.StreamConsoleRequest.fromPartial(req), md()), signal),
@@ -182,7 +186,7 @@ export function connect(address: string, o: ConnectOptions = {}): VsmClient {
         streamIterator<pb.WatchVtlTransitionsResponse>(vtl.watchVtlTransitions(pb.WatchVtlTransitionsRequest.fromPartial(req), md()), signal),
     }),
     close() {
-      for (const c of [partitions, vps, guest, memory, vtl, intercepts, synic, snapshots, execution]) c.close();
+      for (const c of [partitions, vps, guest, memory, vtl, intercepts, synic, snapshots, execution, fleet]) c.close();
     },
   };
 }

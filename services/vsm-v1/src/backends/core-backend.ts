@@ -83,6 +83,8 @@ export class CoreBackend implements Backend {
     if (!arch) throw invalidArgument(`unknown architecture ${want.architecture}`);
     if (want.runState || want.exitCode !== undefined || want.endReason || want.endTimeUnixMs !== undefined)
       throw invalidArgument('run_state, exit_code, end_reason and end_time_unix_ms are output only');
+    if (r.agent || Object.keys(r.agentSelector ?? {}).length)
+      throw invalidArgument('agent and agent_selector place partitions in a fleet (vsm-service --etcd-endpoints); this backend has no agents to choose from');
     const devices = checkDevices(want.devices ?? []);
     const p = this.manager.create({
       partitionId: r.partitionId || undefined,
@@ -113,6 +115,13 @@ export class CoreBackend implements Backend {
   async deletePartition(r: pb.DeletePartitionRequest) {
     this.manager.delete(parsePartitionName(r.name));
     return {};
+  }
+  /** FleetService: partitions run here, on no agents (the service's agent backend answers it). */
+  async listAgents(): Promise<pb.ListAgentsResponse> {
+    throw new HvError(
+      HvStatus.HV_STATUS_FEATURE_UNAVAILABLE,
+      `ListAgents: this ${this.kind} backend runs partitions itself and has no agents (vsm-service --backend agent lists them)`,
+    );
   }
   async getCapabilities(): Promise<pb.Capabilities> {
     return {
@@ -713,6 +722,9 @@ function toPbPartition(p: Partition, requestId = ''): pb.Partition {
     requestId,
     devices: [],
     ...NOT_LOADED,
+    // Fleet fields: the service in front of a fleet of agents sets them from the partition's record.
+    agent: '',
+    stateReason: '',
   };
 }
 

@@ -6,23 +6,26 @@
 // hang: forwarded calls carry deadlines, except guest memory actions, which may legitimately wait
 // for a monitor (a dead agent still fails them promptly: the channel reports UNAVAILABLE).
 import { status as Code } from '@grpc/grpc-js';
-import { connect, type pb, type VsmClient, VsmError } from '@vsm/client';
+import { connect, pb, type VsmClient, VsmError } from '@vsm/client';
 import type { Backend, StreamSink } from '../backend';
 import { ApiError, invalidArgument } from '../errors';
 import { parsePartitionName } from '../names';
+import { outgoingInterceptors } from '../observability/tracing';
 
 const UNARY_DEADLINE_MS = 30_000;
 const WAITING_DEADLINE_MS = 24 * 3600_000;
 /** StopPartition waits for every VP thread of the guest to end; LoadGuestImage copies up to 8 MiB. */
 const EXECUTION_DEADLINE_MS = 120_000;
 
-interface Agent {
+/** An agent a call is forwarded to. */
+export interface RemoteAgent {
   address: string;
   client: VsmClient;
 }
+type Agent = RemoteAgent;
 
 /** A client-side VsmError turned back into the same gRPC status + ErrorInfo for our caller. */
-function relay(e: unknown): never {
+export function relay(e: unknown): never {
   if (e instanceof VsmError)
     throw new ApiError(
       e.code,
@@ -39,12 +42,16 @@ export class RemoteBackend implements Backend {
   private next = 0;
 
   constructor(addresses: string[]) {
-    if (addresses.length === 0) throw new Error('the agent backend needs at least one --agent address');
-    this.agents = addresses.map((address) => ({ address, client: connect(address, { deadlineMs: UNARY_DEADLINE_MS, retries: 0 }) }));
+    // Fleet mode (fleet/backend.ts, a subclass) has no static list: its agents come from etcd.
+    if (addresses.length === 0 && new.target === RemoteBackend) throw new Error('the agent backend needs at least one --agent address');
+    this.agents = addresses.map((address) => ({
+      address,
+      client: connect(address, { deadlineMs: UNARY_DEADLINE_MS, retries: 0, interceptors: outgoingInterceptors() }),
+    }));
   }
 
-  /** The agent hosting a partition (by resource name). */
-  private async locate(name: string, refresh = false): Promise<Agent> {
+  /** The agent hosting a partition (by resource name). Fleet mode reads the partition's record instead. */
+  protected async locate(name: string, refresh = false): Promise<Agent> {
     const id = parsePartitionName(name.split('/vps/')[0]!);
     const cached = this.home.get(id);
     if (cached !== undefined && !refresh) return this.agents[cached]!;
@@ -131,6 +138,21 @@ export class RemoteBackend implements Backend {
   }
   async getCapabilities(r: pb.GetCapabilitiesRequest) {
     return this.agents[0]!.client.partitions.getCapabilities(r).catch(relay);
+  }
+  /** The static --agent list, each asked whether it answers (fleet mode lists etcd's members). */
+  async listAgents(_r: pb.ListAgentsRequest): Promise<pb.ListAgentsResponse> {
+    const agents = await Promise.all(
+      this.agents.map(async (a): Promise<pb.Agent> => {
+        const base = { name: `agents/${a.address}`, address: a.address, labels: {}, version: '', registerTimeUnixMs: 0n, capacity: undefined, load: undefined };
+        try {
+          const caps = await a.client.partitions.getCapabilities({}, { deadlineMs: 5000 });
+          return { ...base, state: pb.AgentState.AGENT_STATE_READY, stateReason: '', backend: caps.backend };
+        } catch (e) {
+          return { ...base, state: pb.AgentState.AGENT_STATE_UNREACHABLE, stateReason: e instanceof Error ? e.message : String(e), backend: '' };
+        }
+      }),
+    );
+    return { agents, nextPageToken: '' };
   }
 
   getVirtualProcessor(r: pb.GetVirtualProcessorRequest) {
