@@ -542,6 +542,24 @@ export class GuestRunner {
     return t.hold !== undefined || Atomics.load(t.cells, CELL.request) !== Atomics.load(t.cells, CELL.answer);
   }
 
+  /**
+   * HvCallStartVirtualProcessor started (or, like INIT, restarted) VP `index` (PlatformHooks.onVpStart,
+   * called from another VP's hypercall): the core holds the started context in the VTL it made
+   * active; the VP's thread moves to that VTL's vCPU, loaded from the core and made runnable (a vCPU
+   * waiting for SIPI included), exactly as for a VTL switch (follow). Its thread is kicked out of
+   * KVM_RUN first when it is not already waiting for the main thread.
+   */
+  startVp(index: number): void {
+    const t = this.threads[index];
+    if (!t || t.ended) return;
+    if (this.isParked(index)) {
+      this.follow(t);
+      return;
+    }
+    t.service.push((x) => this.follow(x));
+    this.kick(t, 'service');
+  }
+
   /** Runs `work` on VP `index`'s vCPU while its thread waits (the vCPU is not in KVM_RUN then). */
   onVp(index: number, work: (cpu: VpCpu, vp: VirtualProcessor) => void): void {
     const t = this.threads[index];

@@ -216,6 +216,8 @@ export class GuestSession {
       referenceClock: { now100ns: (vpIndex) => this.now100ns(vpIndex), tscPage: this.tscPageParameters() },
       onTimerChange: () => this.rearmTimer(),
       raiseInterrupt: (vpIndex, vtl, vector, o) => this.raise(vpIndex, vtl, vector, o.autoEoi),
+      // HvCallStartVirtualProcessor (core rules/startup.ts): the started VP's thread runs its core state.
+      onVpStart: (vpIndex) => this.runner.startVp(vpIndex),
     };
     this.runner.start();
     this.calibrate();

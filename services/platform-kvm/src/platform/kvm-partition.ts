@@ -239,6 +239,7 @@ export class KvmPartition {
       onTimerChange: () => this.executionHooks?.onTimerChange?.(),
       raiseInterrupt: (vpIndex: number, vtl: Vtl, vector: number, opts: { autoEoi: boolean }) =>
         this.executionHooks?.raiseInterrupt?.(vpIndex, vtl, vector, opts),
+      onVpStart: (vpIndex: number) => this.executionHooks?.onVpStart?.(vpIndex),
     };
   }
 
@@ -911,7 +912,7 @@ export class KvmPartition {
   }
 
   /** Set by a running guest's session: the reference clock, timers and interrupts of the running guest. */
-  executionHooks: Pick<PlatformHooks, 'referenceClock' | 'onTimerChange' | 'raiseInterrupt'> | undefined;
+  executionHooks: Pick<PlatformHooks, 'referenceClock' | 'onTimerChange' | 'raiseInterrupt' | 'onVpStart'> | undefined;
 
   private readonly createdAt100ns = process.hrtime.bigint() / 100n;
 
