@@ -77,6 +77,36 @@ if (!has('etcd')) {
   }
 }
 
+// The observability test (test/e2e/prometheus.test.ts) starts a real Prometheus on a loopback port that
+// scrapes vsm-service and vsm-kvm-agent: Debian's prometheus, installed when missing. Its packaged service
+// is not wanted (the test starts its own): policy-rc.d keeps the install from starting it.
+if (!has('prometheus')) {
+  if (typeof process.getuid === 'function' && process.getuid() === 0 && has('apt-get')) {
+    console.error('[setup] installing prometheus (the observability test scrapes the service and the agent with a real Prometheus)');
+    const policy = '/usr/sbin/policy-rc.d';
+    const hadPolicy = fs.existsSync(policy);
+    if (!hadPolicy)
+      fs.writeFileSync(policy, '#!/bin/sh\n# written by vsm-service scripts/ensure-setup.js while installing prometheus\nexit 101\n', { mode: 0o755 });
+    const apt = (args) =>
+      execFileSync('apt-get', args, { stdio: ['ignore', 'inherit', 'inherit'], env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
+    const pkg = ['install', '-y', '--no-install-recommends', 'prometheus'];
+    try {
+      apt(pkg);
+    } catch {
+      try {
+        apt(['update']);
+        apt(pkg);
+      } catch (e) {
+        console.error(`[setup] could not install prometheus (${String(e.message).split('\n')[0]}): the Prometheus test will fail with that reason`);
+      }
+    } finally {
+      if (!hadPolicy) fs.rmSync(policy, { force: true });
+    }
+  } else {
+    console.error('[setup] prometheus missing and cannot install it here (not root or no apt-get): the Prometheus test will fail with that reason');
+  }
+}
+
 const lock = path.join(root, 'package-lock.json');
 const installed = path.join(root, 'node_modules/.package-lock.json');
 if (!fs.existsSync(installed) || mtime(installed) < mtime(lock)) {

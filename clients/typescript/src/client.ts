@@ -3,6 +3,7 @@
 // the HV_STATUS name from google.rpc.ErrorInfo. Retries happen only for the RPCs the proto declares NO_SIDE_EFFECTS.
 import * as grpc from '@grpc/grpc-js';
 import { pb, vsmRpc } from '@vsm/api';
+import { type SnapshotStreams, snapshotStreams } from './snapshot-stream';
 
 export interface ConnectOptions {
   /** TLS: `true` for system roots, or PEM material; unset = plaintext. */
@@ -13,6 +14,8 @@ export interface ConnectOptions {
   deadlineMs?: number;
   /** Retries on UNAVAILABLE for the RPCs declared `idempotency_level = NO_SIDE_EFFECTS` (default 2). */
   retries?: number;
+  /** grpc-js client interceptors for every call (e.g. the trace context of the service's agent clients). */
+  interceptors?: grpc.Interceptor[];
 }
 
 /** A failed call: gRPC code plus the TLFS HV_STATUS name from ErrorInfo.reason (when present). */
@@ -119,7 +122,8 @@ export interface VsmClient {
     /** Async iterator over StreamConsole (chunks, then the run's end); break out of the loop (or abort) to cancel. */
     streamConsole(req: Partial<pb.StreamConsoleRequest>, signal?: AbortSignal): AsyncIterable<pb.StreamConsoleResponse>;
   };
-  snapshots: Promisified<pb.SnapshotServiceClient>;
+  /** SnapshotService; ExportPartition/ImportPartition stream with back-pressure (snapshot-stream.ts). */
+  snapshots: Promisified<pb.SnapshotServiceClient> & SnapshotStreams;
   /** FleetService: the agents behind a vsm-service in --backend agent mode. */
   fleet: Promisified<pb.FleetServiceClient>;
   vtl: Promisified<pb.VtlServiceClient> & {
@@ -146,7 +150,7 @@ export function connect(address: string, o: ConnectOptions = {}): VsmClient {
     if (o.token) m.set('authorization', `Bearer ${o.token}`);
     return m;
   };
-  const opts = { 'grpc.max_receive_message_length': 8 * 1024 * 1024 };
+  const opts = { 'grpc.max_receive_message_length': 8 * 1024 * 1024, ...(o.interceptors?.length ? { interceptors: o.interceptors } : {}) };
   const partitions = new pb.PartitionServiceClient(address, creds, opts);
   const vps = new pb.VirtualProcessorServiceClient(address, creds, opts);
   const guest = new pb.GuestServiceClient(address, creds, opts);
@@ -175,7 +179,7 @@ export function connect(address: string, o: ConnectOptions = {}): VsmClient {
       },
     }),
     synic: promisify(synic, S(pb.SynicServiceService), o, md),
-    snapshots: promisify(snapshots, S(pb.SnapshotServiceService), o, md),
+    snapshots: Object.assign(promisify(snapshots, S(pb.SnapshotServiceService), o, md), snapshotStreams(snapshots, md, VsmError.from)),
     fleet: promisify(fleet, S(pb.FleetServiceService), o, md),
     execution: Object.assign(promisify(execution, S(pb.ExecutionServiceService), o, md), {
       streamConsole: (req: Partial<pb.StreamConsoleRequest>, signal?: AbortSignal) =>

@@ -12,7 +12,18 @@
  * every partition's VMs, vCPUs, memfds and mappings are freed and /dev/kvm is closed.
  */
 import * as fs from 'node:fs';
-import { type Config, KvmBackend, UsageError, exitOnSignal, parseConfig, processLogger, serverOptionsFrom, shutdownSignal, startServer } from '@vsm/vsm-v1';
+import {
+  type Config,
+  KvmBackend,
+  UsageError,
+  exitOnSignal,
+  parseConfig,
+  processLogger,
+  serverOptionsFrom,
+  shutdownSignal,
+  startObservability,
+  startServer,
+} from '@vsm/vsm-v1';
 
 export interface AgentConfig {
   /** Transport, security, limits and logging: exactly vsm-service's flags (its parseConfig). */
@@ -27,7 +38,8 @@ export interface AgentConfig {
 
 export const AGENT_USAGE = `usage: vsm-kvm-agent [--listen HOST:PORT | --listen unix:///PATH] [--action-timeout-ms N] [--memslot-budget N] [--device /dev/kvm]
        [vsm-service's transport, authorization, limit and log flags: --log-level, --tls-cert/--tls-key/--tls-ca/--tls-client-auth,
-        --insecure, --insecure-allow-remote, --authz-policy, --max-streams, --max-streams-per-client, --max-partitions, --max-vps, --max-memory]
+        --insecure, --insecure-allow-remote, --authz-policy, --max-streams, --max-streams-per-client, --max-partitions, --max-vps, --max-memory,
+        --metrics-listen HOST:PORT, --metrics-insecure-allow-remote]
   Default listen 127.0.0.1:50061. Plaintext only on loopback or a unix socket unless --insecure-allow-remote.
   --memslot-budget: memslots per VTL VM for VTL protections (default 4096, 64..32000); a view that needs more
   is mapped without them and its memory actions are answered by the core's model.
@@ -106,23 +118,31 @@ async function main(): Promise<void> {
     log.fatal({ device: cfg.device }, `KVM is not usable: ${why}`);
     process.exit(2);
   }
+  // Metrics endpoint (--metrics-listen) and traces (OTEL_EXPORTER_OTLP_ENDPOINT).
+  const obs = await startObservability('vsm-kvm-agent', cfg.service, log);
   const { maxStreams: _s, maxStreamsPerClient: _c, ...partitionLimits } = cfg.service.limits;
   const backend = new KvmBackend({
+    observer: obs.metrics?.kvmObserver(),
     devicePath: cfg.device,
     actionTimeoutMs: cfg.actionTimeoutMs,
     memslotBudget: cfg.memslotBudget,
     limits: Object.fromEntries(Object.entries(partitionLimits).filter(([, v]) => v !== undefined)),
   });
   backend.report = (e, ctx) => log.error({ ...ctx, err: e }, 'partition task failed; the partition crashed');
+  obs.observeBackend(backend);
   const host = backend.kvmHost(); // open /dev/kvm now: fail at start, not at the first partition
   log.info({ device: cfg.device, cpuidLeaves: host.cpuid.length, pioOutAdvancesRip: host.pioOutAdvancesRip }, 'KVM ready');
   const sock = unixSocketPath(cfg.listen);
   if (sock && fs.existsSync(sock) && fs.statSync(sock).isSocket()) fs.unlinkSync(sock); // stale socket of an earlier run
   // Plaintext is served on loopback and on unix sockets (local: file permissions decide who connects).
-  const srv = await startServer({ listen: cfg.listen, backend, logger: log, ...serverOptionsFrom(cfg.service) });
+  const srv = await startServer({ listen: cfg.listen, backend, logger: log, ...serverOptionsFrom(cfg.service), telemetry: obs.telemetry });
+  obs.setReady(true);
   await exitOnSignal(
     signalled,
-    (sig) => srv.shutdown(sig),
+    (sig) => {
+      obs.setReady(false);
+      return srv.shutdown(sig).finally(() => obs.close());
+    },
     dest,
     () => {
       if (sock && fs.existsSync(sock)) fs.unlinkSync(sock);

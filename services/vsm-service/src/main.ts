@@ -15,6 +15,7 @@ import {
   restoreAll,
   serverOptionsFrom,
   shutdownSignal,
+  startObservability,
   startServer,
 } from '@vsm/vsm-v1';
 
@@ -38,6 +39,9 @@ async function main(): Promise<void> {
     log.fatal('--backend agent needs --agent ADDR[,ADDR...] (VSM_AGENTS): the vsm-kvm-agent addresses, e.g. unix:///run/vsm/agent.sock or 127.0.0.1:50061');
     process.exit(2);
   }
+  // Metrics endpoint (--metrics-listen) and traces (OTEL_EXPORTER_OTLP_ENDPOINT): before the backend,
+  // whose agent clients carry the trace context, and before restoring (probes answer, not ready yet).
+  const obs = await startObservability('vsm-service', cfg, log);
   const { maxStreams: _s, maxStreamsPerClient: _c, ...partitionLimits } = cfg.limits;
   let backend: Backend =
     cfg.backend === 'agent'
@@ -45,6 +49,7 @@ async function main(): Promise<void> {
       : new CoreBackend(Object.fromEntries(Object.entries(partitionLimits).filter(([, v]) => v !== undefined)));
   // A partition's failing background task (a deadline timer, a stream callback) is logged once.
   if (backend instanceof CoreBackend) backend.report = (e, ctx) => log.error({ ...ctx, err: e }, 'partition task failed; the partition crashed');
+  obs.observeBackend(backend);
   // Guest RAM held by all partitions together (--max-resident-bytes); with --backend agent each agent applies its own.
   if (cfg.backend === 'emulator') log.info({ maxResidentBytes: Number(cfg.limits.maxResidentBytes) }, 'resident guest RAM limit');
   if (cfg.backend === 'agent' && cfg.stateDir) {
@@ -56,8 +61,16 @@ async function main(): Promise<void> {
     backend = persistentBackend(backend, store, log);
     await restoreAll(backend, store, log);
   }
-  const srv = await startServer({ listen: cfg.listen, backend, logger: log, ...serverOptionsFrom(cfg) });
-  await exitOnSignal(signalled, (sig) => srv.shutdown(sig), dest);
+  const srv = await startServer({ listen: cfg.listen, backend, logger: log, ...serverOptionsFrom(cfg), telemetry: obs.telemetry });
+  obs.setReady(true);
+  await exitOnSignal(
+    signalled,
+    (sig) => {
+      obs.setReady(false);
+      return srv.shutdown(sig).finally(() => obs.close());
+    },
+    dest,
+  );
 }
 
 main().catch((e) => {

@@ -27,6 +27,11 @@
 //   --first-message-timeout-ms MS   | VSM_FIRST_MESSAGE_TIMEOUT_MS (Monitor's subscribe must come within; default 10000)
 //   --max-health-watches N          | VSM_MAX_HEALTH_WATCHES      (grpc.health.v1 Watch streams; default 64, a quarter per peer)
 //   --max-concurrent-streams N      | VSM_MAX_CONCURRENT_STREAMS  (HTTP/2 streams per connection; default 1000)
+// Observability (observability/): metrics and probes over HTTP, off by default:
+//   --metrics-listen HOST:PORT      | VSM_METRICS_LISTEN          (/metrics, /livez, /readyz; loopback unless TLS
+//                                                                  or an opt-in, like the gRPC port)
+//   --metrics-insecure-allow-remote | VSM_METRICS_INSECURE_ALLOW_REMOTE=1 (plaintext metrics on any address)
+//   traces: OTEL_EXPORTER_OTLP_ENDPOINT (OTLP http/protobuf; unset = no tracing), OTEL_SERVICE_NAME
 import * as os from 'node:os';
 import type { ClientAuth } from './security/tls';
 import { PLAINTEXT_REMOTE_REFUSED, isLoopbackListen } from './security/tls';
@@ -45,6 +50,10 @@ export interface Config {
   limits: { maxStreams?: number; maxStreamsPerClient?: number; maxPartitions?: number; maxVpCount?: number; maxMemoryBytes?: bigint; maxResidentBytes: bigint };
   /** Transport limits; unset = the server's defaults. */
   transport: TransportLimits;
+  /** Where the metrics and probes are served over HTTP (unset: not served). */
+  metricsListen?: string;
+  /** Plaintext metrics on a non-loopback address were explicitly allowed. */
+  metricsInsecureAllowRemote?: boolean;
 }
 
 export interface TransportLimits {
@@ -91,9 +100,10 @@ const VALUE_FLAGS = [
   'max-memory',
   'max-resident-bytes',
   'state-dir',
+  'metrics-listen',
   ...TRANSPORT_FLAGS,
 ];
-const BOOL_FLAGS = ['insecure', 'insecure-allow-remote'];
+const BOOL_FLAGS = ['insecure', 'insecure-allow-remote', 'metrics-insecure-allow-remote'];
 
 export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): Config {
   const flags = new Map<string, string>();
@@ -199,7 +209,30 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): Config {
   };
   const stateDir = get('state-dir', 'VSM_STATE_DIR');
   if (stateDir !== undefined && stateDir.trim() === '') throw new UsageError('--state-dir must name a directory');
-  return { listen, backend, logLevel: get('log-level', 'VSM_LOG_LEVEL') ?? 'info', agents, tls, insecureAllowRemote, authzPolicy, stateDir, limits, transport };
+  const metricsListen = get('metrics-listen', 'VSM_METRICS_LISTEN');
+  const metricsInsecureAllowRemote = bool('metrics-insecure-allow-remote', 'VSM_METRICS_INSECURE_ALLOW_REMOTE');
+  if (metricsListen !== undefined) {
+    if (!/^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/.test(metricsListen) || Number(metricsListen.slice(metricsListen.lastIndexOf(':') + 1)) > 65535)
+      throw new UsageError(`--metrics-listen must be HOST:PORT, got ${JSON.stringify(metricsListen)}`);
+    if (!tls && !insecureAllowRemote && !metricsInsecureAllowRemote && !isLoopbackListen(metricsListen))
+      throw new UsageError(
+        `refusing to serve metrics in plaintext on the non-loopback address ${metricsListen}: configure TLS (--tls-cert/--tls-key), or pass --metrics-insecure-allow-remote`,
+      );
+  }
+  return {
+    listen,
+    backend,
+    logLevel: get('log-level', 'VSM_LOG_LEVEL') ?? 'info',
+    agents,
+    tls,
+    insecureAllowRemote,
+    authzPolicy,
+    stateDir,
+    limits,
+    transport,
+    metricsListen,
+    metricsInsecureAllowRemote,
+  };
 }
 
 export class UsageError extends Error {}
@@ -212,10 +245,14 @@ export const USAGE = `usage: vsm-service [--listen HOST:PORT] [--backend emulato
        [--max-request-bytes BYTES] [--max-request-bytes-per-client BYTES] [--max-stream-buffer BYTES]
        [--max-stream-buffer-messages N] [--stream-stall-timeout-ms MS] [--first-message-timeout-ms MS]
        [--max-health-watches N] [--max-concurrent-streams N]
+       [--metrics-listen HOST:PORT] [--metrics-insecure-allow-remote]
   Plaintext is served only on loopback addresses unless --insecure-allow-remote.
+  --metrics-listen serves /metrics (Prometheus), /livez and /readyz over HTTP (HTTPS with --tls-cert);
+  traces are exported with OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set.
   env: VSM_LISTEN, VSM_BACKEND, VSM_AGENTS, VSM_LOG_LEVEL, VSM_TLS_CERT, VSM_TLS_KEY, VSM_TLS_CA,
        VSM_TLS_CLIENT_AUTH, VSM_INSECURE, VSM_INSECURE_ALLOW_REMOTE, VSM_AUTHZ_POLICY, VSM_MAX_STREAMS,
        VSM_MAX_STREAMS_PER_CLIENT, VSM_MAX_PARTITIONS, VSM_MAX_VPS, VSM_MAX_MEMORY,
        VSM_MAX_RESIDENT_BYTES, VSM_STATE_DIR, VSM_MAX_REQUEST_BYTES, VSM_MAX_REQUEST_BYTES_PER_CLIENT,
        VSM_MAX_STREAM_BUFFER, VSM_MAX_STREAM_BUFFER_MESSAGES, VSM_STREAM_STALL_TIMEOUT_MS,
-       VSM_FIRST_MESSAGE_TIMEOUT_MS, VSM_MAX_HEALTH_WATCHES, VSM_MAX_CONCURRENT_STREAMS`;
+       VSM_FIRST_MESSAGE_TIMEOUT_MS, VSM_MAX_HEALTH_WATCHES, VSM_MAX_CONCURRENT_STREAMS,
+       VSM_METRICS_LISTEN, VSM_METRICS_INSECURE_ALLOW_REMOTE, OTEL_EXPORTER_OTLP_ENDPOINT`;

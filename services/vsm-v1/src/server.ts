@@ -28,6 +28,7 @@ import {
 } from './security';
 import { BoundedSink, DEFAULT_STREAM_BUFFER, type StreamBufferLimits } from './stream-sink';
 import { reflectionPackage } from './reflection';
+import type { RpcTelemetry } from './observability/telemetry';
 
 /** Every vsm.v1 service, as the descriptors list them. */
 export const SERVICE_NAMES: string[] = vsmServices().map((s) => s.name);
@@ -56,6 +57,8 @@ export interface ServerOptions {
   firstMessageTimeoutMs?: number;
   /** HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS per connection (default 1000). */
   maxConcurrentStreams?: number;
+  /** Metrics and traces of every vsm.v1 call and authorization decision (observability/); unset = none. */
+  telemetry?: RpcTelemetry;
 }
 
 export interface RunningServer {
@@ -83,6 +86,8 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const backend = opts.backend;
   if (!opts.tls && !opts.allowInsecureRemote && !isLoopbackListen(opts.listen)) throw new Error(PLAINTEXT_REMOTE_REFUSED(opts.listen));
   const guard = new CallGuard(opts.security ?? {}, log);
+  const telemetry = opts.telemetry;
+  if (telemetry) guard.onDecision = (d) => telemetry.authz(d);
   const server = new grpc.Server({
     'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
     'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
@@ -102,20 +107,24 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       const t0 = process.hrtime.bigint();
       const ac = new AbortController();
       inflight.add(ac);
+      const scope = telemetry?.start(method, call.getPath(), false, call.metadata);
+      const handle = () => {
+        const principal = guard.authenticate(call);
+        if (isMalformed(call.request)) throw guard.malformed(call.getPath(), call.request);
+        guard.authorize(call.getPath(), principal, call.request);
+        return fn(call.request, { principal });
+      };
       Promise.resolve()
-        .then(() => {
-          const principal = guard.authenticate(call);
-          if (isMalformed(call.request)) throw guard.malformed(call.getPath(), call.request);
-          guard.authorize(call.getPath(), principal, call.request);
-          return fn(call.request, { principal });
-        })
+        .then(scope ? () => scope.run(handle) : handle)
         .then(
           (res) => {
             log.debug({ method, us: Number((process.hrtime.bigint() - t0) / 1000n), code: 0 }, 'rpc');
+            scope?.end(grpc.status.OK);
             callback(null, res);
           },
           (e: unknown) => {
             const err = toServiceError(e);
+            scope?.end(err.code, err.details);
             const entry = { method, us: Number((process.hrtime.bigint() - t0) / 1000n), code: err.code, error: err.details };
             if (err.code === grpc.status.INTERNAL) log.error({ ...entry, stack: e instanceof Error ? e.stack : undefined }, 'rpc failed');
             else log.info(entry, 'rpc rejected');
@@ -133,6 +142,10 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const streamControl = <Res>(method: string, call: ServerStreamCall<Res>) => {
     const ac = new AbortController();
     inflight.add(ac);
+    const scope = telemetry?.start(method, call.getPath(), true, call.metadata);
+    /** The status the stream ended with (for its metrics and span). */
+    let code: grpc.status = grpc.status.OK;
+    let details: string | undefined;
     let decided = false;
     let clientGone = false;
     call.on('cancelled', () => {
@@ -159,6 +172,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     const endWith = (err?: grpc.ServiceError) => {
       if (decided) return;
       decided = true;
+      if (err) ({ code, details } = err);
       ac.abort();
       if (gone()) return;
       if (err)
@@ -169,11 +183,14 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     };
     const clientEnded = (why: string) => {
       decided = true;
+      code = grpc.status.CANCELLED;
       ac.abort();
       log.debug({ method, code: grpc.status.CANCELLED, why }, 'stream ended by the client');
     };
     return {
       signal: ac.signal,
+      /** Runs the handler in the stream's trace context. */
+      run: <T>(fn: () => T): T => (scope ? scope.run(fn) : fn()),
       /** Ends the stream now with `e` (from outside the handler). */
       fail(e: ApiError, level: 'info' | 'warn' = 'info') {
         if (decided || gone()) return;
@@ -207,6 +224,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       },
       closed() {
         inflight.delete(ac);
+        scope?.end(code, details);
         log.info({ method }, 'stream closed');
       },
     };
@@ -247,22 +265,24 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       let untrack: (() => void) | undefined;
       log.info({ method }, 'stream opened');
       Promise.resolve()
-        .then(() => {
-          const principal = guard.authenticate(call);
-          if (isMalformed(call.request)) throw guard.malformed(call.getPath(), call.request);
-          guard.authorize(call.getPath(), principal, call.request);
-          release = guard.acquireStream(call, principal);
-          if (principal !== undefined)
-            untrack = guard.track({
-              path: call.getPath(),
-              principal,
-              request: call.request,
-              metadata: call.metadata,
-              authContext: call.getAuthContext(),
-              end: (e) => ctl.fail(e, 'warn'),
-            });
-          return fn(call.request, sinkFor(method, call as unknown as ServerStreamCall<Res>, ctl), ctl.signal);
-        })
+        .then(() =>
+          ctl.run(() => {
+            const principal = guard.authenticate(call);
+            if (isMalformed(call.request)) throw guard.malformed(call.getPath(), call.request);
+            guard.authorize(call.getPath(), principal, call.request);
+            release = guard.acquireStream(call, principal);
+            if (principal !== undefined)
+              untrack = guard.track({
+                path: call.getPath(),
+                principal,
+                request: call.request,
+                metadata: call.metadata,
+                authContext: call.getAuthContext(),
+                end: (e) => ctl.fail(e, 'warn'),
+              });
+            return fn(call.request, sinkFor(method, call as unknown as ServerStreamCall<Res>, ctl), ctl.signal);
+          }),
+        )
         .then(
           () => ctl.done(),
           (e: unknown) => ctl.failed(e),
@@ -285,37 +305,39 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       let untrack: (() => void) | undefined;
       log.info({ method }, 'stream opened');
       Promise.resolve()
-        .then(async () => {
-          const principal = guard.authenticate(call);
-          // Authorization needs the first message (Monitor: subscribe names the partition): it is
-          // read and checked here, before the handler sees anything or anything is sent; it must come
-          // within firstMessageTimeoutMs. Only then does the stream take a slot.
-          const reqs = guardedRequests<Req>(call as unknown as AsyncIterable<unknown>, (m) => guard.malformed(call.getPath(), m), ctl.signal);
-          const first = await withTimeout(
-            reqs.peek(),
-            firstMessageTimeoutMs,
-            ctl.signal,
-            () =>
-              new ApiError(
-                grpc.status.DEADLINE_EXCEEDED,
-                'HV_STATUS_TIME_OUT',
-                `${method}: no first message within ${firstMessageTimeoutMs} ms of opening the stream; send subscribe right after opening it`,
-              ),
-          );
-          const request = first.done ? undefined : first.value;
-          guard.authorize(call.getPath(), principal, request);
-          release = guard.acquireStream(call, principal);
-          if (principal !== undefined)
-            untrack = guard.track({
-              path: call.getPath(),
-              principal,
-              request,
-              metadata: call.metadata,
-              authContext: call.getAuthContext(),
-              end: (e) => ctl.fail(e, 'warn'),
-            });
-          return fn(reqs, sinkFor(method, call as unknown as ServerStreamCall<Res>, ctl), ctl.signal);
-        })
+        .then(() =>
+          ctl.run(async () => {
+            const principal = guard.authenticate(call);
+            // Authorization needs the first message (Monitor: subscribe names the partition): it is
+            // read and checked here, before the handler sees anything or anything is sent; it must come
+            // within firstMessageTimeoutMs. Only then does the stream take a slot.
+            const reqs = guardedRequests<Req>(call as unknown as AsyncIterable<unknown>, (m) => guard.malformed(call.getPath(), m), ctl.signal);
+            const first = await withTimeout(
+              reqs.peek(),
+              firstMessageTimeoutMs,
+              ctl.signal,
+              () =>
+                new ApiError(
+                  grpc.status.DEADLINE_EXCEEDED,
+                  'HV_STATUS_TIME_OUT',
+                  `${method}: no first message within ${firstMessageTimeoutMs} ms of opening the stream; send subscribe right after opening it`,
+                ),
+            );
+            const request = first.done ? undefined : first.value;
+            guard.authorize(call.getPath(), principal, request);
+            release = guard.acquireStream(call, principal);
+            if (principal !== undefined)
+              untrack = guard.track({
+                path: call.getPath(),
+                principal,
+                request,
+                metadata: call.metadata,
+                authContext: call.getAuthContext(),
+                end: (e) => ctl.fail(e, 'warn'),
+              });
+            return fn(reqs, sinkFor(method, call as unknown as ServerStreamCall<Res>, ctl), ctl.signal);
+          }),
+        )
         .then(
           () => ctl.done(),
           (e: unknown) => ctl.failed(e),
@@ -324,6 +346,74 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
           untrack?.();
           release?.();
           ctl.closed();
+        });
+    };
+
+  /**
+   * Client stream (ImportPartition): authorized on the first message (as bidi), then the handler reads
+   * the requests until the client half-closes and answers once, like a unary call.
+   */
+  const client =
+    <Req, Res>(method: string, fn: (reqs: AsyncIterable<Req>, signal: AbortSignal) => Promise<Res>): grpc.handleClientStreamingCall<Req, Res> =>
+    (call, callback) => {
+      const t0 = process.hrtime.bigint();
+      const ac = new AbortController();
+      inflight.add(ac);
+      const scope = telemetry?.start(method, call.getPath(), true, call.metadata);
+      call.on('cancelled', () => ac.abort());
+      call.on('error', () => ac.abort());
+      let settled = false;
+      const answer = (err: grpc.ServiceError | null, res?: Res) => {
+        if (settled) return;
+        settled = true;
+        ac.abort();
+        scope?.end(err ? err.code : grpc.status.OK, err?.details);
+        const entry = { method, us: Number((process.hrtime.bigint() - t0) / 1000n), code: err ? err.code : 0, error: err?.details };
+        if (err?.code === grpc.status.INTERNAL) log.error(entry, 'rpc failed');
+        else log.info(entry, err ? 'rpc rejected' : 'rpc');
+        if (err) callback(err);
+        else callback(null, res);
+      };
+      let release: (() => void) | undefined;
+      let untrack: (() => void) | undefined;
+      const handle = async () => {
+        const principal = guard.authenticate(call);
+        const reqs = guardedRequests<Req>(call as unknown as AsyncIterable<unknown>, (m) => guard.malformed(call.getPath(), m), ac.signal);
+        const first = await withTimeout(
+          reqs.peek(),
+          firstMessageTimeoutMs,
+          ac.signal,
+          () =>
+            new ApiError(
+              grpc.status.DEADLINE_EXCEEDED,
+              'HV_STATUS_TIME_OUT',
+              `${method}: no first message within ${firstMessageTimeoutMs} ms of opening the stream`,
+            ),
+        );
+        const request = first.done ? undefined : first.value;
+        guard.authorize(call.getPath(), principal, request);
+        release = guard.acquireStream(call, principal);
+        if (principal !== undefined)
+          untrack = guard.track({
+            path: call.getPath(),
+            principal,
+            request,
+            metadata: call.metadata,
+            authContext: call.getAuthContext(),
+            end: (e) => answer(toServiceError(e)),
+          });
+        return fn(reqs, ac.signal);
+      };
+      Promise.resolve()
+        .then(scope ? () => scope.run(handle) : handle)
+        .then(
+          (res) => answer(null, res),
+          (e: unknown) => answer(toServiceError(e)),
+        )
+        .finally(() => {
+          untrack?.();
+          release?.();
+          inflight.delete(ac);
         });
     };
 
@@ -362,7 +452,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   if (missing.length) log.warn({ backend: backend.kind, missing }, 'the backend implements no method for these vsm.v1 RPCs: they answer UNIMPLEMENTED');
   for (const svc of vsmServices()) {
     const impl: grpc.UntypedServiceImplementation = {};
-    for (const rpc of svc.methods) impl[rpc.localName] = bindRpc(rpc, backend, { unary, stream, bidi });
+    for (const rpc of svc.methods) impl[rpc.localName] = bindRpc(rpc, backend, { unary, stream, bidi, client });
     server.addService(svc.definition, impl);
   }
 
@@ -501,6 +591,7 @@ type Wrappers = {
     method: string,
     fn: (reqs: AsyncIterable<Req>, sink: StreamSink<Res>, signal: AbortSignal) => Promise<void>,
   ) => grpc.handleBidiStreamingCall<Req, Res>;
+  client?: <Req, Res>(method: string, fn: (reqs: AsyncIterable<Req>, signal: AbortSignal) => Promise<Res>) => grpc.handleClientStreamingCall<Req, Res>;
 };
 
 /**
@@ -538,7 +629,8 @@ export function bindRpc(rpc: RpcMethod, backend: Backend, w: Wrappers): grpc.Unt
     case 'bidi_streaming':
       return w.bidi(rpc.name, (reqs: AsyncIterable<unknown>, sink, signal) => fn.call(backend, reqs, sink, signal) as Promise<void>);
     case 'client_streaming':
-      throw new Error(`${rpc.key}: client-streaming RPCs have no call wrapper in the server yet`);
+      if (!w.client) throw new Error(`${rpc.key}: client-streaming RPCs need the client wrapper`);
+      return w.client(rpc.name, (reqs: AsyncIterable<unknown>, signal) => fn.call(backend, reqs, signal));
     default:
       rpc.kind satisfies never;
       throw new Error(`${rpc.key}: unknown RPC kind`);

@@ -59,6 +59,8 @@ export class CoreBackend implements Backend {
   private readonly extraFeatures: P.Feature[];
   /** Partition.devices, as created (not in snapshots: a restored partition has none). */
   private readonly devices = new WeakMap<Partition, string[]>();
+  /** Told of every partition created or restored (and again on an idempotent retry): metrics subscribe to its events. */
+  private readonly partitionListeners = new Set<(p: Partition) => void>();
 
   /** `options.platform`: an execution engine for every partition (the KVM agent passes one). */
   constructor(limits: Partial<core.Limits> = {}, options: CoreBackendOptions = {}) {
@@ -103,6 +105,7 @@ export class CoreBackend implements Backend {
         `request_id ${r.requestId} was used to create partition ${p.id} with other devices (${had.join(', ') || 'none'})`,
       );
     this.devices.set(p, devices);
+    for (const l of this.partitionListeners) l(p);
     return this.toPartition(p, r.requestId);
   }
   async getPartition(r: pb.GetPartitionRequest) {
@@ -607,6 +610,7 @@ export class CoreBackend implements Backend {
     if (!r.snapshot) throw invalidArgument('snapshot is required');
     // Validated completely (core validateSnapshot, resident-RAM limit) before anything is created.
     const p = this.manager.restore(fromPbSnapshot(r.snapshot), r.partitionId || undefined);
+    for (const l of this.partitionListeners) l(p);
     return this.toPartition(p);
   }
 
@@ -680,6 +684,45 @@ export class CoreBackend implements Backend {
 
   async close(): Promise<void> {}
 
+  // ---- observation (metrics) -------------------------------------------------------------------
+
+  /** Calls `fn` with every partition created or restored from now on; returns the unsubscribe. */
+  onPartition(fn: (p: Partition) => void): () => void {
+    this.partitionListeners.add(fn);
+    return () => this.partitionListeners.delete(fn);
+  }
+  /**
+   * Partitions and VPs by state, for the metrics gauges. A partition: crashed, its guest's run state
+   * (loaded, running, paused, stopped, crashed) or idle (no guest); a VP: intercept_suspended (waits
+   * for a monitor's answer), its run state in a running guest, or idle.
+   */
+  stateCounts(): { partitions: Map<string, number>; vps: Map<string, number>; partitionList: Partition[] } {
+    const partitions = new Map<string, number>();
+    const vps = new Map<string, number>();
+    const partitionList: Partition[] = [];
+    const add = (m: Map<string, number>, k: string) => m.set(k, (m.get(k) ?? 0) + 1);
+    for (let page = this.manager.list(1000, ''); ; page = this.manager.list(1000, page.nextPageToken)) {
+      for (const p of page.partitions) {
+        partitionList.push(p);
+        const run = this.runFieldsOf(p).runState;
+        add(partitions, p.state === 'crashed' ? 'crashed' : run === P.RunState.RUN_STATE_NOT_LOADED ? 'idle' : runStateLabel(P.RunState[run], 'RUN_STATE_'));
+        for (const vp of p.vps) {
+          const vs = this.vpRunStateOf(p, vp);
+          add(
+            vps,
+            vp.suspendedOn !== null
+              ? 'intercept_suspended'
+              : vs === P.VpRunState.VP_RUN_STATE_UNSPECIFIED
+                ? 'idle'
+                : runStateLabel(P.VpRunState[vs], 'VP_RUN_STATE_'),
+          );
+        }
+      }
+      if (!page.nextPageToken) break;
+    }
+    return { partitions, vps, partitionList };
+  }
+
   // ---- helpers --------------------------------------------------------------------------------
 
   partition(name: string): Partition {
@@ -699,6 +742,11 @@ export class CoreBackend implements Backend {
     t.p.assertVpCanAct(t.vp);
     return t;
   }
+}
+
+/** RUN_STATE_RUNNING -> running. */
+function runStateLabel(name: string | undefined, prefix: string): string {
+  return (name ?? 'unknown').replace(prefix, '').toLowerCase();
 }
 
 /** The status a partition's streams end with when it crashed or was deleted. */

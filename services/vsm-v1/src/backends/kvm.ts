@@ -28,6 +28,7 @@ import {
   GuestSessionError,
   HYPERCALL_PAGE_DESCRIPTION,
   type KvmHost,
+  type KvmObserver,
   KvmPartition,
   KvmSystem,
   type RunVpResult,
@@ -79,6 +80,8 @@ export interface KvmBackendOptions {
    * core's model (whole-guest runs of that VTL are refused).
    */
   memslotBudget?: number;
+  /** Told of exits, memslot changes and console output (the agent's metrics: VsmMetrics.kvmObserver()). */
+  observer?: KvmObserver;
 }
 
 export class KvmBackend extends CoreBackend {
@@ -146,6 +149,7 @@ export class KvmBackend extends CoreBackend {
         tscKhz,
         actionTimeoutMs: this.opts.actionTimeoutMs ?? 2000,
         memslotBudget: this.opts.memslotBudget,
+        observer: this.opts.observer,
         watchdog: () => (watchdog ??= VcpuWatchdog.start()),
         close: async () => {
           system.close();

@@ -61,7 +61,12 @@ export const Denied = {
   limit: (why: string) => new ApiError(grpc.status.RESOURCE_EXHAUSTED, 'HV_STATUS_NO_RESOURCES', why),
 };
 
+/** An authorization decision, as the metrics count it (vsm_authz_decisions_total{decision}). */
+export type AuthzDecision = 'allow' | 'deny' | 'unauthenticated' | 'revoked';
+
 export class CallGuard {
+  /** Told of every authorization decision (only made with a policy); unset = nothing is reported. */
+  onDecision: ((d: AuthzDecision) => void) | undefined;
   private policy: Policy | undefined;
   private readonly limiter: StreamLimiter;
   private readonly healthLimiter: StreamLimiter;
@@ -131,6 +136,7 @@ export class CallGuard {
       { audit: true, principal: null, peer: call.getPeer(), method: methodKey(call.getPath()), decision: 'deny', reason: a.why },
       'audit: unauthenticated call refused',
     );
+    this.onDecision?.('unauthenticated');
     throw Denied.unauthenticated(a.why);
   }
 
@@ -144,9 +150,11 @@ export class CallGuard {
     const res = resourceString(resource);
     if (!isAllowed(policy, principal, role, resource)) {
       this.log.warn({ audit: true, principal, method, resource: res, role, decision: 'deny' }, 'audit: permission denied');
+      this.onDecision?.('deny');
       throw Denied.permission(`${principal} may not call ${method} on ${res} (needs role ${role})`);
     }
     if (isMutating(path)) this.log.info({ audit: true, principal, method, resource: res, role, decision: 'allow' }, 'audit: allowed');
+    this.onDecision?.('allow');
   }
 
   /**
@@ -218,6 +226,7 @@ export class CallGuard {
         },
         'audit: open stream ended, authorization revoked',
       );
+      this.onDecision?.('revoked');
       s.end(err);
     }
     return ended;
@@ -272,6 +281,7 @@ export class CallGuard {
                     { audit: true, principal: null, peer: call.getPeer(), method: methodKey(method.path), decision: 'deny', reason: a.why },
                     'audit: unauthenticated call refused',
                   );
+                  this.onDecision?.('unauthenticated');
                   return refuse(Denied.unauthenticated(a.why));
                 }
                 principal = a.principal;
@@ -291,6 +301,7 @@ export class CallGuard {
                       },
                       'audit: permission denied',
                     );
+                    this.onDecision?.('deny');
                     return refuse(Denied.permission(`${principal} may not call ${m} on any partition (needs role ${role})`));
                   }
                 }
