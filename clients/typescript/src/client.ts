@@ -3,7 +3,6 @@
 // the HV_STATUS name from google.rpc.ErrorInfo. Retries happen only for the RPCs the proto declares NO_SIDE_EFFECTS.
 import * as grpc from '@grpc/grpc-js';
 import { pb, vsmRpc } from '@vsm/api';
-import { type SnapshotStreams, snapshotStreams } from './snapshot-stream';
 
 export interface ConnectOptions {
   /** TLS: `true` for system roots, or PEM material; unset = plaintext. */
@@ -122,8 +121,7 @@ export interface VsmClient {
     /** Async iterator over StreamConsole (chunks, then the run's end); break out of the loop (or abort) to cancel. */
     streamConsole(req: Partial<pb.StreamConsoleRequest>, signal?: AbortSignal): AsyncIterable<pb.StreamConsoleResponse>;
   };
-  /** SnapshotService; ExportPartition/ImportPartition stream with back-pressure (snapshot-stream.ts). */
-  snapshots: Promisified<pb.SnapshotServiceClient> & SnapshotStreams;
+  snapshots: Promisified<pb.SnapshotServiceClient>;
   /** FleetService: the agents behind a vsm-service in --backend agent mode. */
   fleet: Promisified<pb.FleetServiceClient>;
   vtl: Promisified<pb.VtlServiceClient> & {
@@ -179,7 +177,7 @@ export function connect(address: string, o: ConnectOptions = {}): VsmClient {
       },
     }),
     synic: promisify(synic, S(pb.SynicServiceService), o, md),
-    snapshots: Object.assign(promisify(snapshots, S(pb.SnapshotServiceService), o, md), snapshotStreams(snapshots, md, VsmError.from)),
+    snapshots: promisify(snapshots, S(pb.SnapshotServiceService), o, md),
     fleet: promisify(fleet, S(pb.FleetServiceService), o, md),
     execution: Object.assign(promisify(execution, S(pb.ExecutionServiceService), o, md), {
       streamConsole: (req: Partial<pb.StreamConsoleRequest>, signal?: AbortSignal) =>
