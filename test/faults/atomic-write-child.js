@@ -3,10 +3,12 @@
 const { StateStore } = require('../../services/vsm-v1/dist/state-dir');
 const { pb } = require('../../clients/typescript/dist');
 const store = new StateStore(process.argv[2]);
-let n = 0;
-for (;;) {
-  n++;
-  const pages = Array.from({ length: 64 + (n % 64) }, (_, i) => ({ gpfn: BigInt(i), data: Buffer.alloc(4096, n & 0xff) }));
-  store.save('victim', pb.PartitionSnapshot.fromPartial({ formatVersion: 1, sourceName: `generation-${n}`, memory: pages }));
-  if (n === 1) process.stdout.write('ready\n');
-}
+(async () => {
+  let n = 0;
+  for (;;) {
+    n++;
+    const pages = Array.from({ length: 64 + (n % 64) }, (_, i) => ({ gpfn: BigInt(i), data: Buffer.alloc(4096, n & 0xff) }));
+    await store.save('victim', pb.PartitionSnapshot.fromPartial({ formatVersion: 1, sourceName: `generation-${n}`, memory: pages }));
+    if (n === 1) process.stdout.write('ready\n');
+  }
+})();

@@ -104,7 +104,12 @@ describe('persistence by descriptor', () => {
   const fakeStore = () => {
     const saved: string[] = [];
     const removed: string[] = [];
-    const store = { save: (id: string) => void saved.push(id), remove: (id: string) => void removed.push(id) } as unknown as StateStore;
+    const store = {
+      save: (id: string) => void saved.push(id),
+      remove: (id: string) => void removed.push(id),
+      quarantined: new Map(),
+      assertIdFree: () => undefined,
+    } as unknown as StateStore;
     return { store, saved, removed };
   };
 
