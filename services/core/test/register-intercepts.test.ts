@@ -15,6 +15,7 @@ import {
   encodeRegisterInterceptMessage,
 } from '../src/tlfs/register-intercepts';
 import { guestRegisterWrite } from '../src/rules/register-intercepts';
+import { readMsr, writeMsr } from '../src/rules/msrs';
 
 const SIMP = 0x30_0000n;
 const RIP = 0x40_1000n;
@@ -118,10 +119,10 @@ describe('HvX64RegisterCrInterceptControl and masks', () => {
 describe('MSR intercepts through WRMSR/RDMSR', () => {
   test('a locked LSTAR write does not take effect; VTL1 gets HV_X64_MSR_INTERCEPT_MESSAGE and is entered', () => {
     const { p, vp } = setup();
-    expect(p.writeMsr(vp, X64Msr.IA32_LSTAR, 0x1111n)).toEqual({});
-    expect(p.readMsr(vp, X64Msr.IA32_LSTAR).value).toBe(0x1111n);
+    expect(writeMsr(p, vp, X64Msr.IA32_LSTAR, 0x1111n)).toEqual({});
+    expect(readMsr(p, vp, X64Msr.IA32_LSTAR).value).toBe(0x1111n);
     lock(p, 1, encodeCrInterceptControl({ msrLstarWrite: true }));
-    const o = p.writeMsr(vp, X64Msr.IA32_LSTAR, 0xdead_0000_beefn);
+    const o = writeMsr(p, vp, X64Msr.IA32_LSTAR, 0xdead_0000_beefn);
     expect(o.vtlSwitch).toMatchObject({ fromVtl: 0, toVtl: 1, entryReason: 2 });
     expect(vp.activeVtl).toBe(1);
     expect(p.getRegister(vp, 0, R.HvX64RegisterLstar).low).toBe(0x1111n);
@@ -132,15 +133,15 @@ describe('MSR intercepts through WRMSR/RDMSR', () => {
     expect(msg.header).toMatchObject({ interceptAccessType: 1, rip: RIP });
     expect(msg.header.executionState.vtl).toBe(0);
     // VTL1 itself is not intercepted by its own control register.
-    expect(p.writeMsr(vp, X64Msr.IA32_LSTAR, 0x2222n)).toEqual({});
+    expect(writeMsr(p, vp, X64Msr.IA32_LSTAR, 0x2222n)).toEqual({});
     expect(p.getRegister(vp, 1, R.HvX64RegisterLstar).low).toBe(0x2222n);
   });
   test('reads are intercepted only when a read bit selects them; unlocked MSRs are the VTL’s own registers', () => {
     const { p, vp } = setup();
     lock(p, 1, encodeCrInterceptControl({ msrEferRead: true, msrStarWrite: true }));
-    expect(p.writeMsr(vp, X64Msr.IA32_FMASK, 0x700n)).toEqual({});
+    expect(writeMsr(p, vp, X64Msr.IA32_FMASK, 0x700n)).toEqual({});
     expect(p.getRegister(vp, 0, R.HvX64RegisterSfmask).low).toBe(0x700n);
-    const r = p.readMsr(vp, X64Msr.IA32_EFER);
+    const r = readMsr(p, vp, X64Msr.IA32_EFER);
     expect(r.vtlSwitch).toMatchObject({ fromVtl: 0, toVtl: 1 });
     expect(decodeMsrInterceptMessage(slot(p, 1), 16)).toMatchObject({ msrNumber: X64Msr.IA32_EFER, header: { interceptAccessType: 0 } });
   });
@@ -148,12 +149,12 @@ describe('MSR intercepts through WRMSR/RDMSR', () => {
     const { p, vp } = setup(2);
     lock(p, 1, encodeCrInterceptControl({ msrLstarWrite: true }));
     lock(p, 2, encodeCrInterceptControl({ msrLstarWrite: true, msrCstarWrite: true }));
-    expect(p.writeMsr(vp, X64Msr.IA32_LSTAR, 1n).vtlSwitch).toMatchObject({ toVtl: 1 });
-    expect(p.writeMsr(vp, X64Msr.IA32_CSTAR, 1n).vtlSwitch).toMatchObject({ fromVtl: 1, toVtl: 2 }); // VTL1's own write, VTL2 locks it
+    expect(writeMsr(p, vp, X64Msr.IA32_LSTAR, 1n).vtlSwitch).toMatchObject({ toVtl: 1 });
+    expect(writeMsr(p, vp, X64Msr.IA32_CSTAR, 1n).vtlSwitch).toMatchObject({ fromVtl: 1, toVtl: 2 }); // VTL1's own write, VTL2 locks it
   });
   test('unmodelled architectural MSRs still #GP', () => {
     const { p, vp } = setup();
-    expect(p.writeMsr(vp, X64Msr.IA32_MISC_ENABLE, 1n).exception).toBe(13);
+    expect(writeMsr(p, vp, X64Msr.IA32_MISC_ENABLE, 1n).exception).toBe(13);
   });
 });
 
