@@ -34,16 +34,41 @@ export const MAX_GUEST_ACCESS_BYTES = 65536;
 
 const ACCESS_TYPE: Record<AccessKind, 0 | 1 | 2> = { read: 0, write: 1, execute: 2 };
 
-/** The protecting VTL that refuses `kind` at gpfn for VTL `vtl`, if any (lowest first, §8.1). */
-export function violatingVtl(p: PartitionState, vp: VirtualProcessor, vtl: Vtl, gpfn: number, kind: AccessKind): Vtl | undefined {
-  let flag = -1;
+/**
+ * Whether MBEC is in force for VTL `lower` on `vp` under the protections of `protectingVtl` (tlfs-vsm.md
+ * §7.1: enabled at two levels, HvCallEnablePartitionVtl(protectingVtl, EnableMbec) and that VTL's
+ * HvRegisterVsmVpSecureConfigVtl<lower>.MbecEnabled on the VP). Then kernel-mode and user-mode execute
+ * are separate permissions (KMX, UMX); otherwise KMX governs every execute.
+ */
+export function mbecInForce(p: PartitionState, vp: VirtualProcessor, protectingVtl: Vtl, lower: Vtl): boolean {
+  return p.vtls.get(protectingVtl).mbec && (vp.vtls.get(protectingVtl).secureConfig.get(lower) & 1n) !== 0n;
+}
+
+/**
+ * The protecting VTL that refuses `kind` at gpfn for VTL `vtl`, if any (lowest first, §8.1). An execute
+ * is user-mode when `userMode` (default: the VP's CPL is 3), which matters only where MBEC is in force.
+ */
+export function violatingVtl(
+  p: PartitionState,
+  vp: VirtualProcessor,
+  vtl: Vtl,
+  gpfn: number,
+  kind: AccessKind,
+  userMode: boolean = kind === 'execute' && cpl(vp) === 3,
+): Vtl | undefined {
   for (let m = vtl + 1; m < VTLS.length; m++) {
     const map = p.protections.get(m as Vtl);
     if (!map) continue;
-    if (flag < 0) flag = requiredFlag(kind, kind === 'execute' && cpl(vp) === 3, p.vtls.get(vtl).mbec);
+    const flag = requiredFlag(kind, userMode, mbecInForce(p, vp, m as Vtl, vtl));
     if ((map.get(gpfn) & flag) === 0) return m as Vtl;
   }
   return undefined;
+}
+
+/** Which execute permission an MBEC check applied to an execute of VTL `vtl` refused by `protectingVtl` (undefined: not an execute, or MBEC not in force). */
+export function mbecExecuteMode(p: PartitionState, vp: VirtualProcessor, vtl: Vtl, protectingVtl: Vtl, kind: AccessKind): 'kernel' | 'user' | undefined {
+  if (kind !== 'execute' || !mbecInForce(p, vp, protectingVtl, vtl)) return undefined;
+  return cpl(vp) === 3 ? 'user' : 'kernel';
 }
 
 /**
@@ -77,7 +102,7 @@ export function guestAccess(
   gpa: bigint,
   length: number,
   data?: Buffer,
-  opts: { ignoreProtections?: boolean; instruction?: InterceptInstruction } = {},
+  opts: { ignoreProtections?: boolean; instruction?: InterceptInstruction; gva?: bigint } = {},
 ): AccessOutcome {
   assertVpCanAct(p, vp);
   if (!Number.isInteger(length) || length < 1 || length > MAX_GUEST_ACCESS_BYTES)
@@ -95,7 +120,8 @@ export function guestAccess(
       const m = violatingVtl(p, vp, vtl, Number(g), kind);
       if (m !== undefined) {
         const at = g === gpa >> 12n ? gpa : g << 12n; // lowest address that intercepted
-        return raiseIntercept(p, vp, m, kind, at, gpa, length, data, opts.instruction);
+        // With a GVA, the GuestVirtualAddress of the same byte (the access stays within one GVA page).
+        return raiseIntercept(p, vp, m, kind, at, gpa, length, data, opts.instruction, opts.gva === undefined ? undefined : opts.gva + (at - gpa));
       }
     }
   }
@@ -122,8 +148,9 @@ export function interceptAccess(
   length: number,
   data?: Buffer,
   instruction?: InterceptInstruction,
+  gva?: bigint,
 ): AccessOutcome {
-  return guestAccess(p, vp, kind, gpa, length, data, { instruction });
+  return guestAccess(p, vp, kind, gpa, length, data, { instruction, gva });
 }
 
 function raiseIntercept(
@@ -136,6 +163,7 @@ function raiseIntercept(
   length: number,
   data?: Buffer,
   instruction?: InterceptInstruction,
+  gva?: bigint,
 ): AccessOutcome {
   // The suspension invariant (rules/lifecycle.ts suspensionViolations): a suspended VP executes
   // nothing, so it raises nothing; overwriting suspendedOn would orphan the intercept it waits on.
@@ -143,7 +171,8 @@ function raiseIntercept(
   const vtl = vp.activeVtl;
   const route = p.interceptRoute;
   const id = p.intercepts.allocateId();
-  const message = buildInterceptMessage(p, vp, kind, faultGpa, instruction);
+  const message = buildInterceptMessage(p, vp, kind, faultGpa, instruction, gva);
+  const mbecMode = mbecExecuteMode(p, vp, vtl, protectingVtl, kind);
   const rec: InterceptRecord = {
     id,
     vpIndex: vp.index,
@@ -158,6 +187,8 @@ function raiseIntercept(
     needsReply: route === 'monitor',
     timeUnixUs: p.clock.nowUnixUs(),
     deliveries: 0,
+    ...(gva !== undefined ? { gva } : {}),
+    ...(mbecMode ? { mbecExecuteMode: mbecMode } : {}),
   };
   if (route === 'monitor') {
     vp.suspendedOn = id;
@@ -188,7 +219,14 @@ function raiseIntercept(
 }
 
 /** HV_MESSAGE{HvMessageTypeGpaIntercept, HV_X64_MEMORY_INTERCEPT_MESSAGE} for the VP's state now. */
-export function buildInterceptMessage(p: PartitionState, vp: VirtualProcessor, kind: AccessKind, gpa: bigint, instruction?: InterceptInstruction): Buffer {
+export function buildInterceptMessage(
+  p: PartitionState,
+  vp: VirtualProcessor,
+  kind: AccessKind,
+  gpa: bigint,
+  instruction?: InterceptInstruction,
+  gva?: bigint,
+): Buffer {
   if (p.spec.architecture === 'arm64') {
     const st = vp.vtls.get(vp.activeVtl);
     const payload = encodeArm64MemoryInterceptMessage({
@@ -234,10 +272,10 @@ export function buildInterceptMessage(p: PartitionState, vp: VirtualProcessor, k
     },
     cacheType: HvCacheType.HvCacheTypeWriteBack,
     instructionByteCount: Math.min(16, instruction?.bytes.length ?? 0),
-    // No guest paging model: the GVA is unknown (GvaValid = 0).
-    memoryAccessInfo: { gvaValid: false },
+    // GvaValid when the access named a GVA that the VP's page tables translated (the caller did).
+    memoryAccessInfo: { gvaValid: gva !== undefined },
     tprPriority: 0,
-    guestVirtualAddress: 0n,
+    guestVirtualAddress: gva ?? 0n,
     guestPhysicalAddress: gpa,
     instructionBytes: Buffer.concat([instruction?.bytes.subarray(0, 16) ?? Buffer.alloc(0), Buffer.alloc(16)]).subarray(0, 16),
     dsSegment: seg(R.HvX64RegisterDs),

@@ -23,8 +23,12 @@ export interface GuestEngine {
   store(vp: VirtualProcessor, gpa: bigint, data: Buffer): AccessOutcome;
   /** A load of bytes the VP's active VTL sees (the caller checked they are accessible). */
   load(vp: VirtualProcessor, gpa: bigint, length: number): Buffer;
-  /** A memory guest action (read, write or instruction fetch) with protections applied. */
-  access(vp: VirtualProcessor, kind: AccessKind, gpa: bigint, length: number, data?: Buffer): AccessOutcome;
+  /**
+   * A memory guest action (read, write or instruction fetch) with protections applied. `gva`: the
+   * guest virtual address the VP used (already translated to `gpa` by the caller, memory-actions.ts),
+   * reported in an intercept message (GvaValid).
+   */
+  access(vp: VirtualProcessor, kind: AccessKind, gpa: bigint, length: number, data?: Buffer, gva?: bigint): AccessOutcome;
 }
 
 /** The emulated engine: the core's model performs every action (no guest code runs). */
@@ -36,7 +40,7 @@ export function emulatedEngine(p: Partition): GuestEngine {
     callHypercallPage: (vp, offset) => callHypercallPage(p, vp, offset),
     store: (vp, gpa, data) => guestAccess(p, vp, 'write', gpa, data.length, data),
     load: (vp, gpa, length) => p.readView(vp.activeVtl, vp.index, gpa, length),
-    access: (vp, kind, gpa, length, data) => guestAccess(p, vp, kind, gpa, length, data),
+    access: (vp, kind, gpa, length, data, gva) => guestAccess(p, vp, kind, gpa, length, data, { gva }),
   };
 }
 

@@ -37,7 +37,9 @@ export type { HypercallPageCode, HypercallPageEvent, StubOutcome } from './stub'
 // ---- memory: guest RAM, accesses under VTL protections, intercepts -----------------------------
 export { SparseMemory } from './memory';
 export type { GuestRam, HypercallPageLayout, PlatformHooks } from './platform';
-export { accessibleTo, answerIntercept, guestAccess, interceptAccess, violatingVtl } from './access';
+export { accessibleTo, answerIntercept, guestAccess, interceptAccess, mbecInForce, violatingVtl } from './access';
+export { pagingEnabled, translateGva } from './rules/paging';
+export type { TranslateAccess, TranslateRequest, TranslateResult } from './rules/paging';
 export { ProtectionMap } from './protections';
 export type { AccessKind } from './protections';
 export { MAX_INTERCEPT_DEADLINE_MS } from './intercepts';
@@ -90,3 +92,26 @@ export {
   encodePostMessageInput,
   encodeSignalEventInput,
 } from './tlfs/message';
+
+// ---- address translation, TLB flushes, IPIs (issue #16) -------------------------------------------
+export {
+  HvTranslateGvaControlFlagsLayout,
+  HvTranslateGvaResultCode,
+  HvTranslateGvaResultLayout,
+  HvTranslateVirtualAddressExOutputLayout,
+  HvTranslateVirtualAddressInputLayout,
+  HvTranslateVirtualAddressOutputLayout,
+} from './tlfs/translate';
+export type { HvTranslateGvaControlFlags, HvTranslateGvaResult } from './tlfs/translate';
+export {
+  HvFlushFlags,
+  HvFlushVirtualAddressSpaceExInputLayout,
+  HvFlushVirtualAddressSpaceInputLayout,
+  HvGenericSetFormat,
+  HvNotifyLongSpinWaitInputLayout,
+  HvSendSyntheticClusterIpiExInputLayout,
+  HvSendSyntheticClusterIpiInputLayout,
+} from './tlfs/flush-ipi';
+export { HV_XMM_FAST_BLOCK_BYTES, fastBlockBytes } from './hypercalls/xmm';
+export { resolveActionAddress } from './memory-actions';
+export type { ActionAddress } from './memory-actions';

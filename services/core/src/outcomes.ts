@@ -5,7 +5,7 @@ import type { Vtl } from './vtl-array';
 import type { AccessKind } from './protections';
 
 /** Exceptions a guest action can raise instead of completing (x86 vectors). */
-export const X64Exception = { BP: 3, UD: 6, GP: 13 } as const;
+export const X64Exception = { BP: 3, UD: 6, GP: 13, PF: 14 } as const;
 export type X64ExceptionVector = (typeof X64Exception)[keyof typeof X64Exception];
 
 export interface VtlSwitchEvent {
@@ -72,4 +72,8 @@ export interface InterceptRecord {
   timeUnixUs: bigint;
   /** How many times it was sent to monitors (to flag re-deliveries). */
   deliveries: number;
+  /** GuestVirtualAddress of the faulting byte, when the access named a GVA (the message has GvaValid = 1). */
+  gva?: bigint;
+  /** An execute refused where MBEC is in force: the permission that applied (the VP's CPL: 3 = user). */
+  mbecExecuteMode?: 'kernel' | 'user';
 }

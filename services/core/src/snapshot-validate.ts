@@ -127,7 +127,6 @@ export function validateSnapshot(s: CoreSnapshot, limits: SnapshotLimits): void 
     for (const m of msrs) checkOverlayMsr(`${at}.${m.field}`, m.kind, m.value, guestOsId, memoryBytes);
   });
   const vtlEnabled = (v: number) => !!s.vtls[v]?.enabled;
-  const mbec0 = s.vtls[0]!.mbec;
 
   // ---- protections (HvCallModifyVtlProtectionMask) -----------------------------------------------
   if (!Array.isArray(s.protections) || s.protections.length !== VTL_COUNT)
@@ -142,7 +141,7 @@ export function validateSnapshot(s: CoreSnapshot, limits: SnapshotLimits): void 
     }
     if (i === 0) fail(at, 'VTL0 protects nothing (only a higher VTL protects lower ones)');
     if (!shouldExist) fail(at, vtlEnabled(i) ? `VTL ${i} has not set EnableVtlProtection in its vsm_partition_config` : `VTL ${i} is not enabled`);
-    const expectDefault = normalizeMapFlags(c.defaultVtlProtectionMask, mbec0);
+    const expectDefault = normalizeMapFlags(c.defaultVtlProtectionMask, s.vtls[i]!.mbec);
     if (m.defaultMask !== expectDefault)
       fail(
         `${at}.default_mask`,
@@ -159,7 +158,7 @@ export function validateSnapshot(s: CoreSnapshot, limits: SnapshotLimits): void 
       if (prev && r.start < prev.end)
         fail(rat, `starts at ${hex(r.start)}, before the previous range ends (${hex(prev.end)}): ranges must be sorted and disjoint`);
       if (typeof r.mask !== 'number' || !Number.isInteger(r.mask)) fail(`${rat}.mask`, 'not an integer');
-      const norm = normalizeMapFlags(r.mask, mbec0);
+      const norm = normalizeMapFlags(r.mask, s.vtls[i]!.mbec);
       if (typeof norm === 'string') fail(`${rat}.mask`, `${hex(r.mask)}: ${norm}`);
       if (norm !== r.mask)
         fail(
@@ -350,7 +349,7 @@ export function validateSnapshot(s: CoreSnapshot, limits: SnapshotLimits): void 
         if (c === 0n) return;
         if (lower >= v) fail(cat, `HvRegisterVsmVpSecureConfigVtl${lower} exists only in VTLs above ${lower}`);
         if ((c & ~VSM_VP_SECURE_CONFIG_DEFINED) !== 0n) fail(cat, `reserved bits ${hex(c & ~VSM_VP_SECURE_CONFIG_DEFINED)} are set`);
-        if ((c & 1n) !== 0n && !s.vtls[lower]!.mbec) fail(cat, `MbecEnabled, but MBEC was not enabled for VTL ${lower} by EnablePartitionVtl`);
+        if ((c & 1n) !== 0n && !s.vtls[v]!.mbec) fail(cat, `MbecEnabled, but MBEC was not enabled for VTL ${v} by EnablePartitionVtl`);
       });
       u64(`${vat}.arm64_pc`, st.arm64Pc);
       u64(`${vat}.arm64_cpsr`, st.arm64Cpsr);

@@ -178,9 +178,10 @@ describe('executeVmcall: fast (register-based) calls (§1.4)', () => {
     expect(p.reg(vp, R.HvX64RegisterRip)).toBe(START_RIP + 3n);
   });
 
-  test('fast call of a rep call with output -> 3 (GetVpRegisters)', () => {
+  test('fast call of a rep call with output is XMM fast (GetVpRegisters): 7 registers do not fit -> 3', () => {
     const { p, vp } = setup();
-    const o = vmcall(p, vp, encodeHypercallInput({ callCode: HvCallCode.HvCallGetVpRegisters, fast: true, repCount: 1 }), HV_PARTITION_ID_SELF, 0n);
+    // 16-byte header + 7 names (28 bytes) = 44 input bytes -> output from byte 48: 64 bytes left, 112 needed.
+    const o = vmcall(p, vp, encodeHypercallInput({ callCode: HvCallCode.HvCallGetVpRegisters, fast: true, repCount: 7 }), HV_PARTITION_ID_SELF, 0n);
     expect(o.resultValue).toBe(3n);
   });
 });

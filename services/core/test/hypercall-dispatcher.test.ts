@@ -106,16 +106,17 @@ test('parameter blocks: misaligned → INVALID_ALIGNMENT, overlapping input/outp
   expect(seen).toEqual([]);
 });
 
-test('fast (register-based) call: RDX and R8 are the 16 input bytes; a call with output cannot be fast', () => {
+test('fast (register-based) call: RDX and R8 are the 16 input bytes; a call with output is XMM fast (issue #16)', () => {
   const { p, vp, d } = setup([variable, simple]);
   expect(d.dispatch(p, vp, { control: encodeHypercallInput({ callCode: 0x7003, fast: true }), inputGpa: 0x1122n, outputGpa: 0x3344n })).toMatchObject({
     status: HvStatus.HV_STATUS_SUCCESS,
   });
   expect(seen[0]!.input.readBigUInt64LE(0)).toBe(0x1122n);
   expect(seen[0]!.input.readBigUInt64LE(8)).toBe(0x3344n);
-  expect(d.dispatch(p, vp, { control: encodeHypercallInput({ callCode: 0x7001, fast: true }), inputGpa: 1n, outputGpa: 2n })).toMatchObject({
-    status: HvStatus.HV_STATUS_INVALID_HYPERCALL_INPUT,
-  });
+  // 16 input bytes in RDX, R8; the 8 output bytes go to the next register, XMM0 (tlfs-hypercalls.md §1.4).
+  const out = d.dispatch(p, vp, { control: encodeHypercallInput({ callCode: 0x7001, fast: true }), inputGpa: 1n, outputGpa: 2n });
+  expect(out).toMatchObject({ status: HvStatus.HV_STATUS_SUCCESS, fastOutput: { start: 16, offset: 16 } });
+  expect((out as { fastOutput: { bytes: Buffer } }).fastOutput.bytes.readBigUInt64LE(0)).toBe(3n);
 });
 
 test('rep call: header + rep elements are fetched; start index and count reach the handler; reps completed are reported', () => {

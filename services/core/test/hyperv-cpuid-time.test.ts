@@ -45,9 +45,10 @@ describe('CPUID leaves', () => {
     // EAX: AccessPartitionReferenceCounter(1) AccessSynicRegs(2) AccessSyntheticTimerRegs(3)
     // AccessHypercallMsrs(5) AccessVpIndex(6) AccessPartitionReferenceTsc(9);
     // EBX: PostMessages(4) SignalEvents(5) AccessVsm(16) AccessVpRegisters(17);
-    // EDX: SINT polling(17) hypercall MSR lock(18) direct synthetic timers(19).
-    expect(features).toEqual({ leaf: 0x40000003, eax: 0x26e, ebx: 0x30030, ecx: 0, edx: 0xe0000 });
-    expect(recommendations).toEqual({ leaf: 0x40000004, eax: 0, ebx: 0xffffffff, ecx: 0, edx: 0 });
+    // EDX: XMM fast input(4) XMM fast output(15) SINT polling(17) hypercall MSR lock(18) direct synthetic timers(19).
+    expect(features).toEqual({ leaf: 0x40000003, eax: 0x26e, ebx: 0x30030, ecx: 0, edx: 0xe8010 });
+    // EAX: UseSyntheticClusterIpi(10) UseExProcessorMasks(11); no flush recommendations (the flush hypercalls flush no TLB).
+    expect(recommendations).toEqual({ leaf: 0x40000004, eax: 0xc00, ebx: 0xffffffff, ecx: 0, edx: 0 });
     expect(limits).toEqual({ leaf: 0x40000005, eax: 4, ebx: 0, ecx: 0, edx: 0 });
     for (const l of rest) expect([l.eax, l.ebx, l.ecx, l.edx]).toEqual([0, 0, 0, 0]);
   });
@@ -63,7 +64,7 @@ describe('CPUID leaves', () => {
 
   test('only what the platform backs: no interrupts -> no SynIC, timers, connections, polling', () => {
     const f = hypervCpuidLeaves({ vpCount: 1, referenceTsc: false, interrupts: false })[3]!;
-    expect(f).toEqual({ leaf: 0x40000003, eax: 0x62, ebx: 0x30000, ecx: 0, edx: 0x40000 });
+    expect(f).toEqual({ leaf: 0x40000003, eax: 0x62, ebx: 0x30000, ecx: 0, edx: 0x48010 });
     const noTimers = hypervCpuidLeaves({ vpCount: 1, referenceTsc: true, syntheticTimers: false })[3]!;
     expect(noTimers.eax & (1 << 3)).toBe(0);
     expect(noTimers.edx & (1 << 19)).toBe(0);
@@ -95,6 +96,10 @@ describe('CPUID leaves', () => {
       'hv-sint-polling',
       'hv-hypercall-msr-lock',
       'hv-stimer-direct',
+      'hv-xmm-input',
+      'hv-xmm-output',
+      'hv-ipi',
+      'hv-ex-processor-masks',
     ]);
     const leaves = hypervCpuidLeaves({ vpCount: 1, referenceTsc: true });
     for (const f of hypervFeatures({ vpCount: 1, referenceTsc: true })) {
@@ -108,6 +113,9 @@ describe('CPUID leaves', () => {
       'hv-vsm',
       'hv-vp-registers',
       'hv-hypercall-msr-lock',
+      'hv-xmm-input',
+      'hv-xmm-output',
+      'hv-ex-processor-masks',
     ]);
   });
 

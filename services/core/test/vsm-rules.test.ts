@@ -40,7 +40,7 @@ describe('status values used here', () => {
     expect(HvStatus.HV_STATUS_INVALID_REGISTER_VALUE).toBe(0x50);
     expect(HvStatus.HV_STATUS_INVALID_VTL_STATE).toBe(0x51);
     expect(HvStatus.HV_STATUS_VTL_ALREADY_ENABLED).toBe(0x86);
-    expect(X64Exception).toEqual({ BP: 3, UD: 6, GP: 13 });
+    expect(X64Exception).toEqual({ BP: 3, UD: 6, GP: 13, PF: 14 });
     expect(HV_MAX_SUPPORTED_VTL).toBe(2);
   });
 });

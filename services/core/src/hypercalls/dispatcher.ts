@@ -8,6 +8,7 @@ import { HvError, HvStatus, hvFail } from '../tlfs/status';
 import { decodeHypercallInput, validateHypercallInput, validateParameterBlock } from '../tlfs/hypercall';
 import { type AccessOutcome, accessibleTo, interceptAccess } from '../access';
 import type { HandlerResult, HypercallHandler } from './handler';
+import { HV_XMM_FAST_BLOCK_BYTES, readFastBlock, xmmFastChunk } from './xmm';
 
 export interface HypercallInvocation {
   control: bigint;
@@ -15,7 +16,15 @@ export interface HypercallInvocation {
   outputGpa: bigint;
 }
 
-export type DispatchResult = (HandlerResult & { repsCompleted: number }) | { parameterIntercept: AccessOutcome };
+/** XMM fast output (tlfs-hypercalls.md §1.4): bytes for the register block RDX, R8, XMM0..XMM5 at `offset`. */
+export interface FastOutput {
+  /** Where the output region starts: the first 16-byte chunk after the input. */
+  start: number;
+  offset: number;
+  bytes: Buffer;
+}
+
+export type DispatchResult = (HandlerResult & { repsCompleted: number; fastOutput?: FastOutput }) | { parameterIntercept: AccessOutcome };
 
 export class HypercallDispatcher {
   private readonly byCode = new Map<number, HypercallHandler>();
@@ -41,14 +50,23 @@ export class HypercallDispatcher {
       const elem = h.repInputElementSize ?? 0;
       const inSize = h.inputSize + input.variableHeaderSize * 8 + (h.rep ? elem * input.repCount : 0);
       let inBytes: Buffer;
+      /** Where XMM fast output goes in the register block, when the call is XMM fast. */
+      let xmmOutAt: number | undefined;
       if (input.fast) {
-        // Register-based: at most two 8-byte inputs (RDX, R8); XMM fast input is not offered
-        // (CPUID 0x40000003 EDX bit 4 clear), and fast calls have no output.
-        if (inSize > 16 || (h.outputElementSize ?? 0) > 0)
-          hvFail(HvStatus.HV_STATUS_INVALID_HYPERCALL_INPUT, `${h.name} does not fit a register-based (fast) call`);
-        inBytes = Buffer.alloc(16);
-        inBytes.writeBigUInt64LE(inv.inputGpa, 0);
-        inBytes.writeBigUInt64LE(inv.outputGpa, 8);
+        const outSize = (h.outputElementSize ?? 0) * (h.rep ? input.repCount : 1);
+        if (inSize <= 16 && outSize === 0) {
+          // Register-based: at most two 8-byte inputs (RDX, R8), no output.
+          inBytes = Buffer.alloc(16);
+          inBytes.writeBigUInt64LE(inv.inputGpa, 0);
+          inBytes.writeBigUInt64LE(inv.outputGpa, 8);
+        } else {
+          // XMM fast (CPUID 0x40000003 EDX bits 4 and 15): input in RDX, R8, XMM0..XMM5 (at most 112
+          // bytes), output in the registers after the input's last 16-byte chunk; what does not fit is
+          // HV_STATUS_INVALID_HYPERCALL_INPUT (KVM and OpenVMM answer so). 64-bit callers only.
+          if (!p.is64Bit(vp)) hvFail(HvStatus.HV_STATUS_INVALID_HYPERCALL_INPUT, 'XMM fast hypercalls are for 64-bit callers');
+          xmmOutAt = xmmFastChunk(h.name, inSize, outSize);
+          inBytes = readFastBlock(vp, inv).subarray(0, Math.min(inSize, HV_XMM_FAST_BLOCK_BYTES));
+        }
       } else {
         validateParameterBlock(inv.inputGpa, inSize, p.memory.sizeBytes, 'input');
         const outSize = (h.outputElementSize ?? 0) * (h.rep ? input.repCount : 1);
@@ -66,6 +84,8 @@ export class HypercallDispatcher {
       }
       const r = h.handle({ partition: p, vp, callerVtl: vp.activeVtl }, inBytes, { start: input.repStartIndex, count: input.repCount });
       if (r.intercepted) return { parameterIntercept: r.intercepted };
+      if (xmmOutAt !== undefined && r.output && r.output.length > 0)
+        return { ...r, repsCompleted: r.repsCompleted ?? 0, fastOutput: { start: xmmOutAt, offset: xmmOutAt + (r.outputOffset ?? 0), bytes: r.output } };
       return { ...r, repsCompleted: r.repsCompleted ?? 0 };
     } catch (e) {
       if (e instanceof HvError) return { status: e.status, repsCompleted: 0 };

@@ -20,6 +20,13 @@ export interface HandlerResult {
   /** Byte offset in the output block where `output` goes (rep calls resumed at a start index
    *  must not overwrite the elements before it). */
   outputOffset?: number;
+  /**
+   * The call returns early for continuation (tlfs-hypercalls.md §1.1, §1.4 rule 2): RIP is not
+   * advanced, RAX is not written, and the input value in RCX (EDX:EAX) is rewritten with the new rep
+   * start index (`repsCompleted`); the guest re-executes the call. E.g. a flush whose target VP's TLB
+   * a higher VTL locked (TLFS HvCallFlushVirtualAddressSpace.md: the caller waits and the call is reissued).
+   */
+  continuation?: boolean;
   /** The call did not complete: a higher VTL intercepted it (secure-intercepts.ts; e.g.
    *  InterceptVpStartup). RIP and RAX stay; the outcome says where the VP went. */
   intercepted?: AccessOutcome;

@@ -4,11 +4,11 @@
 // #UD, not statuses. Adding a hypercall: one file here with its handler, one line in the list below.
 import { type GuestOutcome, type Partition, type VirtualProcessor, X64Exception } from '../partition';
 import { HvError, HvStatus } from '../tlfs/status';
-import { HvCallCode, decodeHypercallInput, encodeHypercallResult } from '../tlfs/hypercall';
+import { HvCallCode, decodeHypercallInput, encodeHypercallInput, encodeHypercallResult } from '../tlfs/hypercall';
 import { HvRegisterName as R } from '../tlfs/registers';
 import { type HypercallCallSite, vtlCall, vtlReturn } from '../vtl-switch';
 import type { AccessOutcome } from '../access';
-import { HypercallDispatcher, type HypercallInvocation } from './dispatcher';
+import { type FastOutput, HypercallDispatcher, type HypercallInvocation } from './dispatcher';
 import type { HypercallHandler } from './handler';
 import { HvCallEnablePartitionVtl } from './enable-partition-vtl';
 import { HvCallEnableVpVtl } from './enable-vp-vtl';
@@ -17,12 +17,22 @@ import { HvCallSetVpRegisters } from './set-vp-registers';
 import { HvCallModifyVtlProtectionMask } from './modify-vtl-protection-mask';
 import { HvCallSignalEvent } from './signal-event';
 import { HvCallPostMessage } from './post-message';
+import { HvCallFlushVirtualAddressSpace } from './flush-virtual-address-space';
+import { HvCallFlushVirtualAddressList } from './flush-virtual-address-list';
+import { HvCallFlushVirtualAddressSpaceEx } from './flush-virtual-address-space-ex';
+import { HvCallFlushVirtualAddressListEx } from './flush-virtual-address-list-ex';
+import { HvCallSendSyntheticClusterIpi } from './send-synthetic-cluster-ipi';
+import { HvCallSendSyntheticClusterIpiEx } from './send-synthetic-cluster-ipi-ex';
+import { HvCallNotifyLongSpinWait } from './notify-long-spin-wait';
+import { HvCallTranslateVirtualAddress } from './translate-virtual-address';
+import { HvCallTranslateVirtualAddressEx } from './translate-virtual-address-ex';
+import { writeFastBlock } from './xmm';
 import { HvCallStartVirtualProcessor } from './start-virtual-processor';
 import { HvCallGetVpIndexFromApicId } from './get-vp-index-from-apic-id';
 
 export type { HypercallContext, HandlerResult, HypercallHandler } from './handler';
 export { HypercallDispatcher } from './dispatcher';
-export type { HypercallInvocation, DispatchResult } from './dispatcher';
+export type { HypercallInvocation, DispatchResult, FastOutput } from './dispatcher';
 
 /** Every hypercall the dispatcher serves (besides VtlCall/VtlReturn). */
 export const VSM_HYPERCALLS: readonly HypercallHandler[] = [
@@ -33,6 +43,15 @@ export const VSM_HYPERCALLS: readonly HypercallHandler[] = [
   HvCallModifyVtlProtectionMask,
   HvCallSignalEvent,
   HvCallPostMessage,
+  HvCallFlushVirtualAddressSpace,
+  HvCallFlushVirtualAddressList,
+  HvCallFlushVirtualAddressSpaceEx,
+  HvCallFlushVirtualAddressListEx,
+  HvCallSendSyntheticClusterIpi,
+  HvCallSendSyntheticClusterIpiEx,
+  HvCallNotifyLongSpinWait,
+  HvCallTranslateVirtualAddress,
+  HvCallTranslateVirtualAddressEx,
   HvCallStartVirtualProcessor,
   HvCallGetVpIndexFromApicId,
 ];
@@ -52,6 +71,15 @@ export interface HypercallOutcome extends GuestOutcome {
    * (tlfs-hypercalls.md §1.1); RIP and RAX are unchanged.
    */
   parameterIntercept?: AccessOutcome;
+  /**
+   * The call returned early for continuation (HandlerResult.continuation): RIP stays on the
+   * instruction, RAX is unchanged, RCX (EDX:EAX) holds `controlAfter`; the guest re-executes it.
+   */
+  continuation?: boolean;
+  /** The input value in RCX (EDX:EAX) after the call: rewritten with the new rep start index on a continuation. */
+  controlAfter?: bigint;
+  /** XMM fast output written into RDX, R8, XMM0..XMM5 (offset in that 112-byte block, and the bytes). */
+  fastOutput?: FastOutput;
 }
 
 /** Reads RCX/RDX/R8 (64-bit callers) or EDX:EAX/EBX:ECX/EDI:ESI (32-bit) (tlfs-hypercalls.md §1.4). */
@@ -100,7 +128,20 @@ export function executeVmcall(p: Partition, vp: VirtualProcessor, opts: { instru
     };
   const { status, repsCompleted, output, outputOffset } = d;
   const resultValue = encodeHypercallResult(status, repsCompleted);
-  if (status === HvStatus.HV_STATUS_SUCCESS && output && output.length > 0) p.writeView(callerVtl, vp.index, inv.outputGpa + BigInt(outputOffset ?? 0), output);
+  const done = status === HvStatus.HV_STATUS_SUCCESS || d.continuation === true;
+  if (done && d.fastOutput) writeFastBlock(vp, d.fastOutput.offset, d.fastOutput.bytes);
+  else if (done && output && output.length > 0 && !input.fast) p.writeView(callerVtl, vp.index, inv.outputGpa + BigInt(outputOffset ?? 0), output);
+  if (d.continuation) {
+    // Returned early (tlfs-hypercalls.md §1.4 rule 2): the input value with the new rep start index
+    // goes back into RCX (EDX:EAX); RIP stays on the instruction and RAX is not written.
+    const controlAfter = encodeHypercallInput({ ...input, repStartIndex: repsCompleted });
+    if (p.is64Bit(vp)) p.setReg(vp, R.HvX64RegisterRcx, controlAfter);
+    else {
+      p.setReg(vp, R.HvX64RegisterRax, controlAfter & 0xffffffffn);
+      p.setReg(vp, R.HvX64RegisterRdx, controlAfter >> 32n);
+    }
+    return { activeVtl: vp.activeVtl, resultValue: 0n, continuation: true, controlAfter };
+  }
   // The VMCALL completed: RIP moves past it (3 bytes; 0 when the platform's exit already did).
   p.setReg(vp, R.HvX64RegisterRip, p.reg(vp, R.HvX64RegisterRip) + insnLen);
   if (p.is64Bit(vp)) p.setReg(vp, R.HvX64RegisterRax, resultValue);
@@ -108,5 +149,5 @@ export function executeVmcall(p: Partition, vp: VirtualProcessor, opts: { instru
     p.setReg(vp, R.HvX64RegisterRax, resultValue & 0xffffffffn);
     p.setReg(vp, R.HvX64RegisterRdx, resultValue >> 32n);
   }
-  return { activeVtl: vp.activeVtl, resultValue };
+  return { activeVtl: vp.activeVtl, resultValue, controlAfter: inv.control, ...(done && d.fastOutput ? { fastOutput: d.fastOutput } : {}) };
 }

@@ -61,7 +61,8 @@ export function getRegister(p: PartitionState, vp: VirtualProcessor, vtlIn: numb
       return reg64(l ? encodeVsmCodePageOffsets(l.vtlCallOffset, l.vtlReturnOffset) : VSM_CODE_PAGE_OFFSETS_64);
     }
     case R.HvRegisterVsmVpStatus:
-      return reg64(encodeVsmVpStatus(vp.activeVtl, p.vtls.get(vp.activeVtl).mbec && vp.activeVtl < HV_MAX_SUPPORTED_VTL && false, vp.enabledVtlSet));
+      // ActiveMbecEnabled: MBEC is in force for the active VTL under a higher VTL's protections (tlfs-vsm.md §3.3, §7.1).
+      return reg64(encodeVsmVpStatus(vp.activeVtl, activeMbec(p, vp), vp.enabledVtlSet));
     case R.HvRegisterVsmPartitionStatus:
       return reg64(encodeVsmPartitionStatus(p.enabledVtlSet, p.maximumVtl, p.mbecEnabledVtlSet));
     case R.HvRegisterVsmCapabilities:
@@ -144,8 +145,9 @@ export function prepareSetRegister(p: PartitionState, vp: VirtualProcessor, vtlI
     if (lower >= vtl) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `HvRegisterVsmVpSecureConfigVtl${lower} exists only in VTLs above ${lower}`);
     if ((v & ~VSM_VP_SECURE_CONFIG_DEFINED) !== 0n)
       hvFail(HvStatus.HV_STATUS_INVALID_REGISTER_VALUE, 'reserved bits of HvRegisterVsmVpSecureConfigVtlN are set');
-    if ((v & 1n) !== 0n && !p.vtls.get(lower as Vtl).mbec)
-      hvFail(HvStatus.HV_STATUS_INVALID_REGISTER_VALUE, `MBEC was not enabled for VTL ${lower} by HvCallEnablePartitionVtl`);
+    // MbecEnabled needs MBEC enabled for this (the protecting) VTL by HvCallEnablePartitionVtl (tlfs-vsm.md §7.1).
+    if ((v & 1n) !== 0n && !p.vtls.get(vtl as Vtl).mbec)
+      hvFail(HvStatus.HV_STATUS_INVALID_REGISTER_VALUE, `MBEC was not enabled for VTL ${vtl} by HvCallEnablePartitionVtl (EnableMbec)`);
     const st = vp.vtls.get(vtl);
     return () => {
       st.secureConfig.set(lower as Vtl, v);
@@ -197,4 +199,11 @@ function prepareOverlayMsr(p: PartitionState, vp: VirtualProcessor, vtl: Vtl, ki
 export function setRegisters(p: PartitionState, vp: VirtualProcessor, vtl: number, regs: { name: number; value: Reg128 }[], caller: Vtl | 'host'): void {
   const commits = regs.map((r) => prepareSetRegister(p, vp, vtl, r.name, r.value, caller));
   for (const c of commits) c();
+}
+
+/** Whether MBEC is in force for the VP's active VTL: a higher VTL with EnableMbec set its SecureConfig MbecEnabled for it. */
+function activeMbec(p: PartitionState, vp: VirtualProcessor): boolean {
+  for (let m = vp.activeVtl + 1; m <= HV_MAX_SUPPORTED_VTL; m++)
+    if (p.vtls.get(m as Vtl).mbec && (vp.vtls.get(m as Vtl).secureConfig.get(vp.activeVtl) & 1n) !== 0n) return true;
+  return false;
 }

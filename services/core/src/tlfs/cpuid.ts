@@ -185,14 +185,20 @@ const priv = (field: keyof HvPartitionPrivilegeMask): { register: 'eax' | 'ebx';
   return bit < 32 ? { register: 'eax', bit } : { register: 'ebx', bit: bit - 32 };
 };
 const edx = (field: keyof HvFeaturesEdx): { register: 'edx'; bit: number } => ({ register: 'edx', bit: Math.log2(HvFeaturesEdxLayout.mask(field)) });
+const R4 = HvCpuidLeaf.HvCpuidFunctionMsHvEnlightenmentInformation;
+const rec = (field: keyof ReturnType<typeof HvEnlightenmentInformationEaxLayout.unpack>): { register: 'eax'; bit: number } => ({
+  register: 'eax',
+  bit: Math.log2(HvEnlightenmentInformationEaxLayout.mask(field)),
+});
 
 /**
  * Every CPUID bit this core can report, in leaf/register/bit order. Not listed (never reported):
  * AccessVpRunTimeReg (HV_X64_MSR_VP_RUNTIME is not modelled), AccessIntrCtrlRegs (the EOI/ICR/TPR
  * MSRs are not modelled; the VP assist page MSR works regardless), AccessResetReg,
  * AccessFrequencyRegs and frequency MSRs (the core's constants are the emulator's, not the host
- * TSC's), StartVirtualProcessor (HvCallStartVirtualProcessor is not implemented), XMM fast
- * hypercalls, PAT/BNDCFGS for VSM.
+ * TSC's), StartVirtualProcessor (HvCallStartVirtualProcessor is not implemented), PAT/BNDCFGS
+ * for VSM, and the remote/local flush recommendations (0x40000004 EAX bits 1, 2): the flush hypercalls
+ * are answered but flush no TLB, so guests must keep their own shootdowns.
  */
 export const HYPERV_FEATURES: readonly HypervFeature[] = [
   { name: 'hv-time', tlfsName: 'AccessPartitionReferenceCounter', leaf: F, ...priv('accessPartitionReferenceCounter'), what: 'HV_X64_MSR_TIME_REF_COUNT' },
@@ -242,6 +248,35 @@ export const HYPERV_FEATURES: readonly HypervFeature[] = [
     ...edx('directSyntheticTimers'),
     needs: (o) => o.interrupts && o.syntheticTimers,
     what: 'STIMERx_CONFIG.DirectMode',
+  },
+  {
+    name: 'hv-xmm-input',
+    tlfsName: 'XmmRegistersForFastHypercallAvailable',
+    leaf: F,
+    ...edx('xmmRegistersForFastHypercallAvailable'),
+    what: 'XMM fast hypercall input: RDX, R8, XMM0-5 (112 bytes)',
+  },
+  {
+    name: 'hv-xmm-output',
+    tlfsName: 'FastHypercallOutputAvailable',
+    leaf: F,
+    ...edx('fastHypercallOutputAvailable'),
+    what: 'XMM fast hypercall output in the registers after the input (e.g. HvCallGetVpRegisters)',
+  },
+  {
+    name: 'hv-ipi',
+    tlfsName: 'UseSyntheticClusterIpi',
+    leaf: R4,
+    ...rec('useSyntheticClusterIpi'),
+    needs: (o) => o.interrupts,
+    what: 'HvCallSendSyntheticClusterIpi(Ex) recommended over the APIC ICR',
+  },
+  {
+    name: 'hv-ex-processor-masks',
+    tlfsName: 'UseExProcessorMasks',
+    leaf: R4,
+    ...rec('useExProcessorMasks'),
+    what: 'the Ex flush and IPI calls with an HV_VP_SET',
   },
 ];
 

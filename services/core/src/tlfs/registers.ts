@@ -37,6 +37,8 @@ export const HvRegisterName = {
   HvX64RegisterR15: 0x0002000f,
   HvX64RegisterRip: 0x00020010,
   HvX64RegisterRflags: 0x00020011,
+  HvX64RegisterXmm0: 0x00030000, // XMM0..XMM15 = 0x00030000 + n (tlfs-hypercalls.md §2.7, OpenVMM hvdef)
+  HvX64RegisterXmm15: 0x0003000f,
   HvX64RegisterCr0: 0x00040000,
   HvX64RegisterCr2: 0x00040001,
   HvX64RegisterCr3: 0x00040002,
@@ -84,7 +86,7 @@ export const HvRegisterName = {
  * DR6 is private because HvRegisterVsmCapabilities.Dr6Shared is 0 in this implementation.
  */
 export type RegisterScope = 'shared' | 'private' | 'vsm';
-export type RegisterShape = 'reg64' | 'segment' | 'table';
+export type RegisterShape = 'reg64' | 'reg128' | 'segment' | 'table';
 
 export interface RegisterInfo {
   name: number;
@@ -107,6 +109,9 @@ gprs.forEach((g, i) => {
 });
 add(N.HvX64RegisterRip, 'HvX64RegisterRip', 'private');
 add(N.HvX64RegisterRflags, 'HvX64RegisterRflags', 'private');
+// XMM0-15: 128-bit, shared by all VTLs (tlfs-vsm.md §9.1: XMM state is shared); XMM0-5 carry XMM fast
+// hypercall input and output (tlfs-hypercalls.md §1.4).
+for (let i = 0; i < 16; i++) add(N.HvX64RegisterXmm0 + i, `HvX64RegisterXmm${i}`, 'shared', 'reg128');
 add(N.HvX64RegisterCr0, 'HvX64RegisterCr0', 'private');
 add(N.HvX64RegisterCr2, 'HvX64RegisterCr2', 'shared');
 add(N.HvX64RegisterCr3, 'HvX64RegisterCr3', 'private');

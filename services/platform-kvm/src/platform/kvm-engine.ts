@@ -22,10 +22,10 @@ export function kvmEngine(kp: KvmPartition): GuestEngine {
         return kp.guestWrite(vp, gpa, data) ? { status: 'completed' } : core.STORE_GP;
       }),
     load: (vp, gpa, length) => run(() => kp.guestRead(vp, gpa, length)),
-    access: (vp, kind, gpa, length, data) =>
+    access: (vp, kind, gpa, length, data, gva) =>
       run(() => {
-        if (kind !== 'execute' && kp.enforcesProtections(vp)) return kp.memoryAccess(vp, kind, gpa, length, data);
-        return core.guestAccess(p(), vp, kind, gpa, length, data);
+        if (kind !== 'execute' && kp.enforcesProtections(vp)) return kp.memoryAccess(vp, kind, gpa, length, data, gva);
+        return core.guestAccess(p(), vp, kind, gpa, length, data, { gva });
       }),
   };
 }

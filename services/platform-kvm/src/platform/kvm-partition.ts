@@ -17,7 +17,7 @@ import { type CpuidEntry, HV_MSR_BASE, HV_MSR_COUNT, type KvmExit, type KvmRegs,
 import { AGENT, AgentRegion, EXCEPTION_PORT, type StubName } from './agent-region';
 import { HYPERCALL_INSN_LENGTH, HYPERCALL_IO_SIZE, HYPERCALL_PORT, kvmHypercallPageLayout } from './hypercall-page';
 import { MemfdRam, OverlayPages } from './memory';
-import { MSR_REGISTERS, coreMsrs, coreRegs, coreSregs, getReg, setReg, storeMsrs, storeRegs, storeSregs } from './registers';
+import { MSR_REGISTERS, coreMsrs, coreRegs, coreSregs, getReg, isFastCall, setReg, storeMsrs, storeRegs, storeSregs, storeXmm, withCoreXmm } from './registers';
 import { type GuestExecutionOptions, type VpCpu, VtlVm } from './vtl-vm';
 import { type FaultingInstruction, instructionAtRip, instructionBeforeRip } from './x86';
 
@@ -435,10 +435,10 @@ export class KvmPartition {
    * performs it on guest memory (the memfd), as the hypervisor completes an instruction for a guest.
    * The caller checked the length; the view must enforce protections (enforcesProtections).
    */
-  memoryAccess(vp: VirtualProcessor, kind: 'read' | 'write', gpa: bigint, length: number, data?: Buffer): core.AccessOutcome {
+  memoryAccess(vp: VirtualProcessor, kind: 'read' | 'write', gpa: bigint, length: number, data?: Buffer, gva?: bigint): core.AccessOutcome {
     const p = this.partition;
     // A suspended VP (route MONITOR) does not run: the core refuses, with its status and message.
-    if (vp.suspendedOn !== null) return core.guestAccess(p, vp, kind, gpa, length, data);
+    if (vp.suspendedOn !== null) return core.guestAccess(p, vp, kind, gpa, length, data, { gva });
     p.assertActive();
     p.checkRange(gpa, length);
     const c = this.prepare(vp);
@@ -461,7 +461,7 @@ export class KvmPartition {
     if (!(e.kind === 'mmio' && e.gpa === refused && e.isWrite === (kind === 'write')))
       this.fail(vp, `guest ${kind} at the refused GPA 0x${refused.toString(16)}`, e);
     this.refusedAccesses++;
-    return core.interceptAccess(p, vp, kind, gpa, length, data);
+    return core.interceptAccess(p, vp, kind, gpa, length, data, undefined, gva);
   }
 
   /** A page of RAM that the view maps without data access or read-only because of the higher VTLs' protections (not an overlay). */
@@ -561,13 +561,15 @@ export class KvmPartition {
     const vtl = vp.activeVtl;
     const c = this.prepare(vp);
     this.enterAgent(c, 'hypercall', coreRegs(vp, vtl));
+    // A fast call's XMM input is in the vCPU's XMM registers when the call executes.
+    if (isFastCall(vp, vtl)) c.vcpu.setFpu(withCoreXmm(vp, c.vcpu.getFpu()));
     let outcome: core.HypercallOutcome | undefined;
     for (;;) {
       const e = this.run(c);
       if (this.isHypercallExit(e) && outcome === undefined) {
         const regs = c.vcpu.getRegs();
         storeRegs(vp, vtl, regs, true);
-        outcome = this.dispatch(vp);
+        outcome = this.dispatch(vp, undefined, c);
         if (outcome.exception !== undefined || vp.activeVtl !== vtl) return outcome;
         c.vcpu.setRegs({ ...regs, ...gprsOf(vp, vtl), rip: this.agent.stub('hypercall').end - 1n });
         continue;
@@ -599,7 +601,7 @@ export class KvmPartition {
     /** The vCPU's registers at the last hypercall exit, and the hypercall instruction's GPA. */
     let at: { regs: KvmRegs; insn: bigint } | undefined;
     return {
-      dispatch: (callSite) => this.dispatch(vp, callSite),
+      dispatch: (callSite) => this.dispatch(vp, callSite, c),
       run: () => {
         if (!at) this.enterAgent(c, 'callPage', coreRegs(vp, vtl));
         else c.vcpu.setRegs({ ...at.regs, ...gprsOf(vp, vtl), rip: at.insn + BigInt(HYPERCALL_INSN_LENGTH) });
@@ -632,8 +634,13 @@ export class KvmPartition {
    * VMCALL). A VtlReturn can answer an intercepted access of a whole-guest run held for the VTL it
    * returns to (core resumePendingAccess): the answer is noted for when that VTL runs again.
    */
-  private dispatch(vp: VirtualProcessor, callSite?: core.HypercallCallSite): core.HypercallOutcome {
+  private dispatch(vp: VirtualProcessor, callSite?: core.HypercallCallSite, c?: VpCpu): core.HypercallOutcome {
+    // XMM fast hypercalls (tlfs-hypercalls.md §1.4): the vCPU's XMM registers are the input, and the
+    // output the core wrote goes back into them (kvm_fpu; two ioctls, fast calls only).
+    const fast = c !== undefined && isFastCall(vp, vp.activeVtl);
+    if (fast) storeXmm(vp, c.vcpu.getFpu());
     const o = core.executeVmcall(this.partition, vp, { instructionLength: HYPERCALL_INSN_LENGTH, callSite });
+    if (fast && o.fastOutput) c.vcpu.setFpu(withCoreXmm(vp, c.vcpu.getFpu()));
     const ra = o.resumedAccess;
     if (ra && o.vtlSwitch) {
       const h = this.held.get(heldKey(vp.index, o.vtlSwitch.toVtl));
@@ -779,7 +786,7 @@ export class KvmPartition {
         this.storeGuest(c, vp, vtl);
         const insn = this.hypercallInsnAt(c.vcpu.getRegs().rip);
         setReg(vp, vtl, R.HvX64RegisterRip, insn);
-        const o = this.dispatch(vp);
+        const o = this.dispatch(vp, undefined, c);
         if (o.resumedAccess?.outcome.status === 'intercepted') intercepts.push(o.resumedAccess.outcome.intercept);
         if (o.exception !== undefined) return { stop: 'exception', exception: o.exception, exits, vtlSwitches, intercepts };
         if (vp.suspendedOn !== null) return { stop: 'intercept', exits, vtlSwitches, intercepts }; // a retried access now waits for a monitor
@@ -958,7 +965,7 @@ export class KvmPartition {
   executionHypercall(c: VpCpu, vp: VirtualProcessor, vtl: Vtl): core.HypercallOutcome {
     this.storeGuest(c, vp, vtl);
     setReg(vp, vtl, R.HvX64RegisterRip, this.hypercallInsnAt(c.vcpu.getRegs().rip));
-    const o = this.dispatch(vp);
+    const o = this.dispatch(vp, undefined, c);
     // A view change the call made is applied by the runner with every VP parked (guest-runner.ts).
     if (!o.vtlSwitch && o.exception === undefined && vp.suspendedOn === null) c.vcpu.setRegs(coreRegs(vp, vtl));
     return o;

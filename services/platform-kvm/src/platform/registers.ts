@@ -6,6 +6,7 @@
 import * as core from '@vsm/core';
 import type { Reg128, VirtualProcessor, Vtl } from '@vsm/core';
 import type { KvmDtable, KvmRegs, KvmSegment, KvmSregs, MsrEntry, RegName, SegmentName } from '../kvm';
+import type { KvmFpu } from '../kvm/layout';
 
 const N = core.HvRegisterName;
 
@@ -166,4 +167,32 @@ export function storeMsrs(vp: VirtualProcessor, vtl: Vtl, entries: readonly MsrE
     const name = byIndex.get(e.index);
     if (name !== undefined) setReg(vp, vtl, name, e.data);
   }
+}
+
+// ---- XMM0..XMM15 (kvm_fpu.xmm): shared by all VTLs; XMM0-5 carry XMM fast hypercall input and output
+// (tlfs-hypercalls.md §1.4). Moved only around fast hypercalls (and the Hypercall action), so other
+// hypercalls cost no extra ioctl.
+
+/** Whether the VP's RCX in `vtl` asks for a fast (register or XMM) hypercall. */
+export function isFastCall(vp: VirtualProcessor, vtl: Vtl): boolean {
+  return core.decodeHypercallInput(getReg(vp, vtl, N.HvX64RegisterRcx)).fast;
+}
+/** The vCPU's XMM0..XMM15 into the core's (shared) register file. */
+export function storeXmm(vp: VirtualProcessor, fpu: KvmFpu): void {
+  for (let i = 0; i < 16; i++) {
+    const x = fpu.xmm[i];
+    if (x) vp.shared.set(N.HvX64RegisterXmm0 + i, { low: x.readBigUInt64LE(0), high: x.readBigUInt64LE(8) });
+  }
+}
+/** `fpu` with XMM0..XMM15 from the core. */
+export function withCoreXmm(vp: VirtualProcessor, fpu: KvmFpu): KvmFpu {
+  const xmm = fpu.xmm.map((b, i) => {
+    const r = vp.shared.get(N.HvX64RegisterXmm0 + i);
+    if (!r) return b;
+    const x = Buffer.alloc(16);
+    x.writeBigUInt64LE(r.low, 0);
+    x.writeBigUInt64LE(r.high, 8);
+    return x;
+  });
+  return { ...fpu, xmm };
 }

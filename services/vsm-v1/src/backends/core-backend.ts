@@ -137,8 +137,23 @@ export class CoreBackend implements Backend {
       features: [
         { name: 'vtl', supported: true, reason: '' },
         { name: 'overlays', supported: true, reason: '' },
-        { name: 'xmm-fast-hypercalls', supported: false, reason: 'CPUID 0x40000003 EDX bit 4 is not offered' },
+        // From the core's one table of enlightenments (the CPUID bits a guest sees): XMM fast input/output.
+        ...core.HYPERV_FEATURES.filter((f) => f.name === 'hv-xmm-input' || f.name === 'hv-xmm-output').map((f) => ({
+          name: f.name,
+          supported: true,
+          reason: `${f.tlfsName} (CPUID 0x${f.leaf.toString(16)} ${f.register.toUpperCase()} bit ${f.bit}): ${f.what}`,
+        })),
         ...this.extraFeatures,
+        // MBEC (tlfs-vsm.md §7.1) unless the engine says what it can do.
+        ...(this.extraFeatures.some((f) => f.name === 'mbec')
+          ? []
+          : [
+              {
+                name: 'mbec',
+                supported: true,
+                reason: 'user-mode and kernel-mode execute enforced for ExecuteMemory by the VP CPL; intercepts name the permission refused',
+              },
+            ]),
         // Unless the engine says otherwise: no guest code runs here.
         ...(this.extraFeatures.some((f) => f.name === 'guest-execution') ? [] : [{ name: 'guest-execution', supported: false, reason: EMULATOR_NO_EXECUTION }]),
       ],
@@ -193,14 +208,29 @@ export class CoreBackend implements Backend {
     if (r.outputSize > 4096) throw invalidArgument('output_size is larger than a page');
     const fast = core.decodeHypercallInput(r.control).fast;
     const R = core.HvRegisterName;
-    const stopped = (o: core.AccessOutcome) => ({ ...accessOutcomeOnly(vp, o), resultValue: 0n, status: 0, repsCompleted: 0, output: Buffer.alloc(0) });
+    const stopped = (o: core.AccessOutcome) => ({
+      ...accessOutcomeOnly(vp, o),
+      resultValue: 0n,
+      status: 0,
+      repsCompleted: 0,
+      output: Buffer.alloc(0),
+      controlAfter: r.control,
+      fastOutput: Buffer.alloc(0),
+      continuation: false,
+    });
     // The guest loads its registers (and, memory-based, stores the input block) before VMCALL.
     if (fast && r.input.length) {
-      const buf = Buffer.alloc(16);
-      Buffer.from(r.input).copy(buf, 0, 0, Math.min(16, r.input.length));
+      // RDX, R8 and, XMM fast, XMM0..XMM5 (tlfs-hypercalls.md §1.4): at most 112 bytes.
+      if (r.input.length > core.HV_XMM_FAST_BLOCK_BYTES) throw invalidArgument(`fast input is at most ${core.HV_XMM_FAST_BLOCK_BYTES} bytes (RDX, R8, XMM0-5)`);
+      const buf = Buffer.alloc(core.HV_XMM_FAST_BLOCK_BYTES);
+      Buffer.from(r.input).copy(buf);
       p.setReg(vp, R.HvX64RegisterRcx, r.control);
       p.setReg(vp, R.HvX64RegisterRdx, buf.readBigUInt64LE(0));
       p.setReg(vp, R.HvX64RegisterR8, buf.readBigUInt64LE(8));
+      const xmm = [];
+      for (let i = 0; 16 + 16 * i < r.input.length; i++)
+        xmm.push({ name: R.HvX64RegisterXmm0 + i, value: { low: buf.readBigUInt64LE(16 + 16 * i), high: buf.readBigUInt64LE(24 + 16 * i) } });
+      if (xmm.length) p.setRegisters(vp, vp.activeVtl, xmm, 'host');
     } else {
       if (r.input.length) {
         // The guest's own stores of its input block: subject to higher VTLs' protections.
@@ -223,7 +253,20 @@ export class CoreBackend implements Backend {
       // raised for this convenience read; protected bytes are simply not returned).
       if (core.accessibleTo(p, vp, r.outputGpa, r.outputSize, 'read')) output = core.engineOf(p).load(vp, r.outputGpa, r.outputSize);
     }
-    return { outcome: outcome(o), resultValue: o.resultValue, status, repsCompleted, output };
+    // What the call wrote besides RAX: RCX (the input value, with the new rep start index on a
+    // continuation) and the XMM fast output registers (tlfs-hypercalls.md §1.4).
+    const fo = o.fastOutput;
+    const fastOutput = fo ? core.fastBlockBytes(vp, fo.start, fo.offset + fo.bytes.length - fo.start) : Buffer.alloc(0);
+    return {
+      outcome: outcome(o),
+      resultValue: o.resultValue,
+      status: o.continuation ? 0 : status,
+      repsCompleted: o.continuation ? 0 : repsCompleted,
+      output,
+      controlAfter: o.controlAfter ?? r.control,
+      fastOutput,
+      continuation: !!o.continuation,
+    };
   }
 
   async callHypercallPage(r: gpb.CallHypercallPageRequest): Promise<gpb.CallHypercallPageResponse> {
@@ -237,19 +280,19 @@ export class CoreBackend implements Backend {
   }
   async readMemory(r: gpb.ReadMemoryRequest): Promise<gpb.ReadMemoryResponse> {
     const { p, vp } = this.guestVp(r.name);
-    const { outcome: o, data } = await this.access(p, vp, 'read', r.gpa, r.length);
+    const { outcome: o, data } = await this.access(p, vp, 'read', r.gpa, r.length, undefined, r.gva);
     return { outcome: o, data: data ?? Buffer.alloc(0) };
   }
   async writeMemory(r: gpb.WriteMemoryRequest): Promise<gpb.WriteMemoryResponse> {
     const { p, vp } = this.guestVp(r.name);
     if (r.data.length < 1 || r.data.length > MAX_GUEST_ACCESS) throw invalidArgument(`data must be 1..${MAX_GUEST_ACCESS} bytes`);
     // A guest write to the hypercall page (read/execute for the guest) raises #GP.
-    return { outcome: (await this.access(p, vp, 'write', r.gpa, r.data.length, Buffer.from(r.data))).outcome };
+    return { outcome: (await this.access(p, vp, 'write', r.gpa, r.data.length, Buffer.from(r.data), r.gva)).outcome };
   }
   async executeMemory(r: gpb.ExecuteMemoryRequest): Promise<gpb.ExecuteMemoryResponse> {
     const { p, vp } = this.guestVp(r.name);
     if (r.length < 1 || r.length > 16) throw invalidArgument('length must be 1..16 (one instruction fetch)');
-    const { outcome: o, data } = await this.access(p, vp, 'execute', r.gpa, r.length);
+    const { outcome: o, data } = await this.access(p, vp, 'execute', r.gpa, r.length, undefined, r.gva);
     return { outcome: o, data: data ?? Buffer.alloc(0) };
   }
 
@@ -264,9 +307,14 @@ export class CoreBackend implements Backend {
     gpa: bigint,
     length: number,
     data?: Buffer,
+    gva?: bigint,
   ): Promise<{ outcome: gpb.GuestActionOutcome; data?: Buffer }> {
     if (length < 1 || length > MAX_GUEST_ACCESS) throw invalidArgument(`length must be 1..${MAX_GUEST_ACCESS}`);
-    return accessOutcome(vp, await awaitMonitorAnswers(p, core.engineOf(p).access(vp, kind, gpa, length, data)));
+    // A GVA is translated by the VP's page tables first (a fault is #PF, nothing accessed).
+    p.assertVpCanAct(vp);
+    const a = core.resolveActionAddress(p, vp, kind, gpa, length, gva);
+    if ('exception' in a) return { outcome: outcome({ activeVtl: vp.activeVtl, exception: a.exception }) };
+    return accessOutcome(vp, await awaitMonitorAnswers(p, core.engineOf(p).access(vp, kind, a.gpa, length, data, a.gva)));
   }
 
   // ---- raw memory -----------------------------------------------------------------------------
@@ -822,7 +870,21 @@ export function outcome(o: {
 
 export function interceptNotice(o: Extract<core.AccessOutcome, { status: 'intercepted' }>): gpb.InterceptNotice {
   const r = o.intercept;
-  return { interceptId: r.id, protectingVtl: r.protectingVtl, gpa: r.gpa, accessType: ACCESS_TYPE[r.kind], hvMessage: r.message, heldBack: !!o.heldBack };
+  return {
+    interceptId: r.id,
+    protectingVtl: r.protectingVtl,
+    gpa: r.gpa,
+    accessType: ACCESS_TYPE[r.kind],
+    hvMessage: r.message,
+    heldBack: !!o.heldBack,
+    gva: r.gva,
+    mbecExecuteMode:
+      r.mbecExecuteMode === 'user'
+        ? P.MbecExecuteMode.MBEC_EXECUTE_MODE_USER
+        : r.mbecExecuteMode === 'kernel'
+          ? P.MbecExecuteMode.MBEC_EXECUTE_MODE_KERNEL
+          : P.MbecExecuteMode.MBEC_EXECUTE_MODE_UNSPECIFIED,
+  };
 }
 
 const INTERCEPT_ACTIONS: Partial<Record<P.InterceptAction, core.InterceptAction>> = {
@@ -889,6 +951,8 @@ function toPbValue(info: core.RegisterInfo, v: core.Reg128): vpb.RegisterValue {
       return { value: { $case: 'segment', value: core.reg128ToSegment(v) } };
     case 'table':
       return { value: { $case: 'table', value: core.reg128ToTable(v) } };
+    case 'reg128':
+      return { value: { $case: 'reg128', value: { low: v.low, high: v.high } } };
     default:
       return { value: { $case: 'reg64', value: v.low } };
   }
@@ -899,7 +963,7 @@ function fromPbValue(info: core.RegisterInfo, v: vpb.RegisterValue | undefined):
   if (!val) throw invalidArgument(`a value is required for ${info.tlfsName}`);
   switch (val.$case) {
     case 'reg64':
-      if (info.shape !== 'reg64') throw invalidArgument(`${info.tlfsName} takes a ${info.shape} value`);
+      if (info.shape !== 'reg64' && info.shape !== 'reg128') throw invalidArgument(`${info.tlfsName} takes a ${info.shape} value`);
       return core.reg64(val.value);
     case 'reg128':
       return { low: val.value.low, high: val.value.high };

@@ -61,6 +61,12 @@ const KVM_FEATURES: pb.Feature[] = [
       'not enforceable with memslots on this KVM (kvm_pvm): an instruction fetch from a GPA without a memslot gives KVM_EXIT_INTERNAL_ERROR (emulation failure) instead of an exit the agent could turn into an intercept, and read-only memslots do not stop fetches',
   },
   {
+    name: 'mbec',
+    supported: false,
+    reason:
+      'partly: ExecuteMemory is answered by the core model, which enforces user-mode vs kernel-mode execute (UMX/KMX by the VP CPL) and names the permission in the intercept; a running guest gets no execute protection at all on this host (see execute-protection), so MBEC is not enforced for guest code',
+  },
+  {
     name: 'kvm-enforced-protections',
     supported: true,
     reason:
