@@ -190,6 +190,7 @@ function raiseIntercept(
     ...(gva !== undefined ? { gva } : {}),
     ...(mbecMode ? { mbecExecuteMode: mbecMode } : {}),
   };
+  p.intercepts.raised(rec);
   if (route === 'monitor') {
     vp.suspendedOn = id;
     vp.suspendedAccess = { kind, gpa, length, data: rec.data, rip: reg(vp, R.HvX64RegisterRip), interceptId: id };

@@ -52,6 +52,7 @@ export class InterceptBroker {
   private readonly outcomes = new Map<bigint, AccessOutcome>();
   private readonly listeners = new Set<(r: InterceptRecord) => void>();
   private readonly resolvedListeners = new Set<(id: bigint, outcome: AccessOutcome) => void>();
+  private readonly raisedListeners = new Set<(r: InterceptRecord) => void>();
 
   exportState(): { nextId: bigint; pending: InterceptRecord[]; answered: bigint[] } {
     return { nextId: this.nextId, pending: [...this.pending.values()].map((r) => ({ ...r })), answered: [...this.answered] };
@@ -79,6 +80,19 @@ export class InterceptBroker {
    */
   noteDelivery(r: InterceptRecord): boolean {
     return r.deliveries++ > 0;
+  }
+
+  /**
+   * Every intercept raised, whatever its route (publish() is what monitors get: routes monitor and
+   * both); for observers such as the service's metrics. Returns the unsubscribe function.
+   */
+  onRaised(fn: (r: InterceptRecord) => void): () => void {
+    this.raisedListeners.add(fn);
+    return () => this.raisedListeners.delete(fn);
+  }
+  /** Tells the onRaised observers of intercept `r` (called where an intercept is raised). */
+  raised(r: InterceptRecord): void {
+    for (const l of this.raisedListeners) l(r);
   }
 
   /** Subscribes to new intercepts; returns the unsubscribe function. */
@@ -132,5 +146,6 @@ export class InterceptBroker {
   closeListeners(): void {
     this.listeners.clear();
     this.resolvedListeners.clear();
+    this.raisedListeners.clear();
   }
 }

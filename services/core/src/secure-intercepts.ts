@@ -74,6 +74,7 @@ export function raiseSecureIntercept(
     timeUnixUs: p.clock.nowUnixUs(),
     deliveries: 0,
   };
+  p.intercepts.raised(rec);
   const posted = postMessage(p, vp, interceptingVtl, HV_SYNIC_INTERCEPTION_SINT_INDEX, message);
   if (posted === 'full') return { status: 'intercepted', intercept: rec, awaitingMonitor: false, heldBack: true };
   if (p.interceptRoute !== 'vtl') p.intercepts.publish(rec);

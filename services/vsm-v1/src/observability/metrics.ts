@@ -3,7 +3,7 @@
 //   - every vsm.v1 RPC, unary and streams (server.ts's call wrappers, through RpcTelemetry);
 //   - authorization decisions (security/guard.ts's decision hook);
 //   - partitions, VPs, VTL transitions, intercepts and SynIC queues of a core-backed backend (the
-//     core's events: Partition.onTransition, the intercept broker's publish/resolve, read at scrape
+//     core's events: Partition.onTransition, the intercept broker's raised/resolved, read at scrape
 //     time for the gauges) - the core itself knows nothing of metrics;
 //   - KVM exits, their handling time, memslot changes and console bytes of the agent (the platform's
 //     KvmObserver hooks).
@@ -51,20 +51,65 @@ export const VSM_METRIC_NAMES = [
   'vsm_guest_console_bytes_total',
 ] as const;
 
-/** One RPC's counters, resolved once per method (no label hashing per call for the duration). */
+/**
+ * One RPC's counts, kept in plain numbers on the call path and handed to prom-client when it collects
+ * (a prom-client observe hashes and validates its labels on every call; this costs an array index).
+ */
 interface MethodMetrics {
-  duration: { observe(v: number): void };
-  /** By gRPC code (resolved on first use). */
-  codes: ({ inc(): void } | undefined)[];
+  method: string;
+  /** Calls by gRPC code. */
+  codes: number[];
+  /** Duration histogram: observations per bucket of RPC_BUCKETS (the last: above every bound), sum, count. */
+  buckets: Float64Array;
+  sum: number;
+  count: number;
   streams: { inc(): void; dec(): void };
+}
+
+/**
+ * vsm_rpc_duration_seconds: a prom-client Histogram whose values come from the MethodMetrics (get()
+ * returns them in prom-client's own shape: _bucket with le, _sum, _count per method).
+ */
+class RpcDurationHistogram extends Histogram<'method'> {
+  constructor(
+    private readonly source: () => Iterable<MethodMetrics>,
+    registers: Registry[],
+  ) {
+    super({
+      name: 'vsm_rpc_duration_seconds',
+      help: 'Time from receiving a vsm.v1 call to its status (streams: their whole life), by RPC name',
+      labelNames: ['method'],
+      buckets: RPC_BUCKETS,
+      registers,
+    });
+  }
+  override async get(): ReturnType<Histogram<'method'>['get']> {
+    type Result = Awaited<ReturnType<Histogram<'method'>['get']>>;
+    // prom-client's own fields (the base get() would call getForPromString, which comes here).
+    const { name, help, type, aggregator } = this as unknown as Pick<Result, 'name' | 'help' | 'type' | 'aggregator'>;
+    const values: Result['values'] = [];
+    for (const m of this.source()) {
+      let acc = 0;
+      RPC_BUCKETS.forEach((le, i) => {
+        acc += m.buckets[i]!;
+        values.push({ value: acc, labels: { method: m.method, le } as { method: string }, metricName: `${name}_bucket` });
+      });
+      values.push({ value: m.count, labels: { method: m.method, le: '+Inf' } as { method: string }, metricName: `${name}_bucket` });
+      values.push({ value: m.sum, labels: { method: m.method }, metricName: `${name}_sum` });
+      values.push({ value: m.count, labels: { method: m.method }, metricName: `${name}_count` });
+    }
+    return { name, help, type, aggregator, values } as Result;
+  }
+  /** What the registry's text exposition reads (prom-client calls it when a metric has it). */
+  getForPromString(): ReturnType<Histogram<'method'>['get']> {
+    return this.get();
+  }
 }
 
 type StateCounts = ReturnType<CoreBackend['stateCounts']>;
 
 export class VsmMetrics {
   readonly registry = new Registry();
-  private readonly rpcTotal: Counter<'method' | 'code'>;
-  private readonly rpcDuration: Histogram<'method'>;
   private readonly streamsActive: Gauge<'method'>;
   private readonly authzTotal: Counter<'decision'>;
   private readonly transitions: Counter<'from' | 'to' | 'reason'>;
@@ -84,19 +129,21 @@ export class VsmMetrics {
   constructor(opts: { defaultMetrics?: boolean } = {}) {
     const registers = [this.registry];
     if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry });
-    this.rpcTotal = new Counter({
+    const self = this;
+    new Counter({
       name: 'vsm_rpc_requests_total',
       help: 'vsm.v1 RPCs handled (streams counted when they end), by RPC name and gRPC status code',
       labelNames: ['method', 'code'],
       registers,
+      collect() {
+        this.reset();
+        for (const m of self.methods.values())
+          m.codes.forEach((n, code) => {
+            if (n) this.inc({ method: m.method, code: codeName(code) }, n);
+          });
+      },
     });
-    this.rpcDuration = new Histogram({
-      name: 'vsm_rpc_duration_seconds',
-      help: 'Time from receiving a vsm.v1 call to its status (streams: their whole life), by RPC name',
-      labelNames: ['method'],
-      buckets: RPC_BUCKETS,
-      registers,
-    });
+    new RpcDurationHistogram(() => this.methods.values(), registers);
     this.streamsActive = new Gauge({ name: 'vsm_streams_active', help: 'vsm.v1 streams open now, by RPC name', labelNames: ['method'], registers });
     this.authzTotal = new Counter({
       name: 'vsm_authz_decisions_total',
@@ -104,7 +151,6 @@ export class VsmMetrics {
       labelNames: ['decision'],
       registers,
     });
-    const self = this;
     new Gauge({
       name: 'vsm_partitions',
       help: 'Partitions by state: idle (no guest), loaded, running, paused, stopped, crashed',
@@ -186,7 +232,7 @@ export class VsmMetrics {
   private method(method: string): MethodMetrics {
     let m = this.methods.get(method);
     if (!m) {
-      m = { duration: this.rpcDuration.labels(method), codes: [], streams: this.streamsActive.labels(method) };
+      m = { method, codes: [], buckets: new Float64Array(RPC_BUCKETS.length + 1), sum: 0, count: 0, streams: this.streamsActive.labels(method) };
       this.methods.set(method, m);
     }
     return m;
@@ -198,8 +244,13 @@ export class VsmMetrics {
     const t0 = process.hrtime.bigint();
     if (stream) m.streams.inc();
     return (code) => {
-      m.duration.observe(Number(process.hrtime.bigint() - t0) / 1e9);
-      (m.codes[code] ??= this.rpcTotal.labels(method, codeName(code))).inc();
+      const s = Number(process.hrtime.bigint() - t0) / 1e9;
+      let b = 0;
+      while (b < RPC_BUCKETS.length && s > RPC_BUCKETS[b]!) b++;
+      m.buckets[b]!++;
+      m.sum += s;
+      m.count++;
+      m.codes[code] = (m.codes[code] ?? 0) + 1;
       if (stream) m.streams.dec();
     };
   }
@@ -225,7 +276,7 @@ export class VsmMetrics {
       p.onTransition((t) =>
         this.transitions.inc({ from: String(t.fromVtl), to: String(t.toVtl), reason: t.isReturn ? 'return' : (ENTRY_REASON[t.entryReason] ?? 'other') }),
       ),
-      p.intercepts.subscribe((x) => {
+      p.intercepts.onRaised((x) => {
         this.intercepts.inc({ route: p.interceptRoute, access: x.kind });
         if (x.needsReply && !raisedAt.has(x.id)) raisedAt.set(x.id, process.hrtime.bigint());
       }),
