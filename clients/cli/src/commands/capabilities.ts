@@ -7,15 +7,24 @@ import { architectureText, fields, formatSize, hex, table, toJson } from '../for
 import { allRegisters, tlfsRegisterName } from '../parse';
 
 const HYPERCALLS: Record<number, string> = {
+  0x0002: 'HvCallFlushVirtualAddressSpace',
+  0x0003: 'HvCallFlushVirtualAddressList',
+  0x0008: 'HvCallNotifyLongSpinWait',
+  0x000b: 'HvCallSendSyntheticClusterIpi',
   0x000c: 'HvCallModifyVtlProtectionMask',
   0x000d: 'HvCallEnablePartitionVtl',
   0x000f: 'HvCallEnableVpVtl',
   0x0011: 'HvCallVtlCall',
   0x0012: 'HvCallVtlReturn',
+  0x0013: 'HvCallFlushVirtualAddressSpaceEx',
+  0x0014: 'HvCallFlushVirtualAddressListEx',
+  0x0015: 'HvCallSendSyntheticClusterIpiEx',
   0x0050: 'HvCallGetVpRegisters',
   0x0051: 'HvCallSetVpRegisters',
+  0x0052: 'HvCallTranslateVirtualAddress',
   0x005c: 'HvCallPostMessage',
   0x005d: 'HvCallSignalEvent',
+  0x00ac: 'HvCallTranslateVirtualAddressEx',
 };
 
 export function register(program: Command, { run }: Cli): void {
