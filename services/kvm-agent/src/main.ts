@@ -12,11 +12,18 @@
  * every partition's VMs, vCPUs, memfds and mappings are freed and /dev/kvm is closed.
  */
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import {
+  AGENT_FLEET_FLAGS,
+  AGENT_FLEET_USAGE,
+  type AgentFleetConfig,
   type Config,
   KvmBackend,
   UsageError,
   exitOnSignal,
+  joinFleet,
+  leaveFleetOnShutdown,
+  parseAgentFleet,
   parseConfig,
   processLogger,
   serverOptionsFrom,
@@ -34,6 +41,8 @@ export interface AgentConfig {
   /** Memslots a VTL VM's view may use for protections before the core's model answers instead. */
   memslotBudget: number;
   device: string;
+  /** Fleet mode (--etcd-endpoints): how it registers in etcd. */
+  fleet?: AgentFleetConfig;
 }
 
 export const AGENT_USAGE = `usage: vsm-kvm-agent [--listen HOST:PORT | --listen unix:///PATH] [--action-timeout-ms N] [--memslot-budget N] [--device /dev/kvm]
@@ -43,9 +52,10 @@ export const AGENT_USAGE = `usage: vsm-kvm-agent [--listen HOST:PORT | --listen 
   Default listen 127.0.0.1:50061. Plaintext only on loopback or a unix socket unless --insecure-allow-remote.
   --memslot-budget: memslots per VTL VM for VTL protections (default 4096, 64..32000); a view that needs more
   is mapped without them and its memory actions are answered by the core's model.
-  env: VSM_LISTEN, VSM_AGENT_ACTION_TIMEOUT_MS, VSM_AGENT_MEMSLOT_BUDGET, VSM_KVM_DEVICE and vsm-service's VSM_* variables`;
+  env: VSM_LISTEN, VSM_AGENT_ACTION_TIMEOUT_MS, VSM_AGENT_MEMSLOT_BUDGET, VSM_KVM_DEVICE and vsm-service's VSM_* variables
+${AGENT_FLEET_USAGE}`;
 
-const AGENT_FLAGS = ['action-timeout-ms', 'memslot-budget', 'device'];
+const AGENT_FLAGS = ['action-timeout-ms', 'memslot-budget', 'device', ...AGENT_FLEET_FLAGS];
 const DEFAULT_LISTEN = '127.0.0.1:50061';
 /** Stands in for a unix: address while vsm-service's parser (HOST:PORT only) checks the rest. */
 const UNIX_PLACEHOLDER = '127.0.0.1:1';
@@ -91,6 +101,7 @@ export function parseAgentConfig(argv: string[], env: NodeJS.ProcessEnv): AgentC
     actionTimeoutMs: Number(timeoutRaw),
     memslotBudget: Number(budgetRaw),
     device: own.get('device') ?? env.VSM_KVM_DEVICE ?? '/dev/kvm',
+    fleet: parseAgentFleet(own, env, { listen, service }),
   };
 }
 
@@ -137,6 +148,13 @@ async function main(): Promise<void> {
   // Plaintext is served on loopback and on unix sockets (local: file permissions decide who connects).
   const srv = await startServer({ listen: cfg.listen, backend, logger: log, ...serverOptionsFrom(cfg.service), telemetry: obs.telemetry });
   obs.setReady(true);
+  // Fleet mode: register under a lease (retried while etcd is away); shutdown leaves the fleet first.
+  if (cfg.fleet) {
+    const version = JSON.parse(fs.readFileSync(path.join(__dirname, '../package.json'), 'utf8')).version as string;
+    const { maxPartitions, maxResidentBytes } = cfg.service.limits;
+    const capacity = { partitions: maxPartitions ?? 4096, memoryBytes: maxResidentBytes, memslots: cfg.memslotBudget };
+    leaveFleetOnShutdown(srv, joinFleet(cfg.fleet, { backend: 'kvm', version, capacity, boundPort: srv.port }, log));
+  }
   await exitOnSignal(
     signalled,
     (sig) => {

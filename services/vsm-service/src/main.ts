@@ -5,16 +5,20 @@ import {
   type Backend,
   type Config,
   CoreBackend,
+  FleetBackend,
   RemoteBackend,
   StateStore,
   UsageError,
   exitOnSignal,
+  fleetConfigProblem,
+  holdHealthUntilSynced,
   parseConfig,
   persistentBackend,
   processLogger,
   restoreAll,
   serverOptionsFrom,
   shutdownSignal,
+  startFleetBackend,
   startObservability,
   startServer,
 } from '@vsm/vsm-v1';
@@ -35,8 +39,15 @@ async function main(): Promise<void> {
   // logged, before startServer's promise settles) must not meet the default action and kill the
   // process without a graceful shutdown.
   const signalled = shutdownSignal();
-  if (cfg.backend === 'agent' && cfg.agents.length === 0) {
-    log.fatal('--backend agent needs --agent ADDR[,ADDR...] (VSM_AGENTS): the vsm-kvm-agent addresses, e.g. unix:///run/vsm/agent.sock or 127.0.0.1:50061');
+  const fleetProblem = fleetConfigProblem(cfg);
+  if (fleetProblem) {
+    log.fatal(fleetProblem);
+    process.exit(2);
+  }
+  if (cfg.backend === 'agent' && cfg.agents.length === 0 && !cfg.fleet) {
+    log.fatal(
+      '--backend agent needs --agent ADDR[,ADDR...] (VSM_AGENTS): the vsm-kvm-agent addresses, e.g. unix:///run/vsm/agent.sock or 127.0.0.1:50061; or --etcd-endpoints URL,... (fleet mode: the agents register in etcd)',
+    );
     process.exit(2);
   }
   // Metrics endpoint (--metrics-listen) and traces (OTEL_EXPORTER_OTLP_ENDPOINT): before the backend,
@@ -45,7 +56,9 @@ async function main(): Promise<void> {
   const { maxStreams: _s, maxStreamsPerClient: _c, ...partitionLimits } = cfg.limits;
   let backend: Backend =
     cfg.backend === 'agent'
-      ? new RemoteBackend(cfg.agents)
+      ? cfg.fleet
+        ? startFleetBackend(cfg.fleet, log)
+        : new RemoteBackend(cfg.agents)
       : new CoreBackend(Object.fromEntries(Object.entries(partitionLimits).filter(([, v]) => v !== undefined)));
   // A partition's failing background task (a deadline timer, a stream callback) is logged once.
   if (backend instanceof CoreBackend) backend.report = (e, ctx) => log.error({ ...ctx, err: e }, 'partition task failed; the partition crashed');
@@ -63,6 +76,8 @@ async function main(): Promise<void> {
   }
   const srv = await startServer({ listen: cfg.listen, backend, logger: log, ...serverOptionsFrom(cfg), telemetry: obs.telemetry });
   obs.setReady(true);
+  // Fleet mode: NOT_SERVING until the agents and partition records are loaded from etcd.
+  if (backend instanceof FleetBackend) holdHealthUntilSynced(srv, backend, log);
   await exitOnSignal(
     signalled,
     (sig) => {

@@ -27,12 +27,14 @@
 //   --first-message-timeout-ms MS   | VSM_FIRST_MESSAGE_TIMEOUT_MS (Monitor's subscribe must come within; default 10000)
 //   --max-health-watches N          | VSM_MAX_HEALTH_WATCHES      (grpc.health.v1 Watch streams; default 64, a quarter per peer)
 //   --max-concurrent-streams N      | VSM_MAX_CONCURRENT_STREAMS  (HTTP/2 streams per connection; default 1000)
+// Fleet (fleet/config.ts): --etcd-endpoints, --etcd-prefix, --etcd-ca, --etcd-cert, --etcd-key | VSM_ETCD_*
 // Observability (observability/): metrics and probes over HTTP, off by default:
 //   --metrics-listen HOST:PORT      | VSM_METRICS_LISTEN          (/metrics, /livez, /readyz; loopback unless TLS
 //                                                                  or an opt-in, like the gRPC port)
 //   --metrics-insecure-allow-remote | VSM_METRICS_INSECURE_ALLOW_REMOTE=1 (plaintext metrics on any address)
 //   traces: OTEL_EXPORTER_OTLP_ENDPOINT (OTLP http/protobuf; unset = no tracing), OTEL_SERVICE_NAME
 import * as os from 'node:os';
+import { FLEET_FLAGS, type FleetConfig, parseFleetConfig } from './fleet/config';
 import type { ClientAuth } from './security/tls';
 import { PLAINTEXT_REMOTE_REFUSED, isLoopbackListen } from './security/tls';
 
@@ -47,6 +49,8 @@ export interface Config {
   authzPolicy?: string;
   /** Durable partitions: one atomic snapshot file per partition (state-dir.ts). */
   stateDir?: string;
+  /** Fleet mode: etcd holds agent membership and partition records (fleet/config.ts). */
+  fleet?: FleetConfig;
   limits: { maxStreams?: number; maxStreamsPerClient?: number; maxPartitions?: number; maxVpCount?: number; maxMemoryBytes?: bigint; maxResidentBytes: bigint };
   /** Transport limits; unset = the server's defaults. */
   transport: TransportLimits;
@@ -100,6 +104,7 @@ const VALUE_FLAGS = [
   'max-memory',
   'max-resident-bytes',
   'state-dir',
+  ...FLEET_FLAGS,
   'metrics-listen',
   ...TRANSPORT_FLAGS,
 ];
@@ -207,6 +212,8 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): Config {
     maxHealthWatches: int('max-health-watches', 'VSM_MAX_HEALTH_WATCHES', 1, 1_000_000),
     maxConcurrentStreams: int('max-concurrent-streams', 'VSM_MAX_CONCURRENT_STREAMS', 1, 2 ** 31 - 1),
   };
+  const fleet = parseFleetConfig(get);
+  if (typeof fleet === 'string') throw new UsageError(fleet);
   const stateDir = get('state-dir', 'VSM_STATE_DIR');
   if (stateDir !== undefined && stateDir.trim() === '') throw new UsageError('--state-dir must name a directory');
   const metricsListen = get('metrics-listen', 'VSM_METRICS_LISTEN');
@@ -230,6 +237,7 @@ export function parseConfig(argv: string[], env: NodeJS.ProcessEnv): Config {
     stateDir,
     limits,
     transport,
+    fleet,
     metricsListen,
     metricsInsecureAllowRemote,
   };
@@ -245,8 +253,10 @@ export const USAGE = `usage: vsm-service [--listen HOST:PORT] [--backend emulato
        [--max-request-bytes BYTES] [--max-request-bytes-per-client BYTES] [--max-stream-buffer BYTES]
        [--max-stream-buffer-messages N] [--stream-stall-timeout-ms MS] [--first-message-timeout-ms MS]
        [--max-health-watches N] [--max-concurrent-streams N]
+       [--etcd-endpoints URL,... [--etcd-prefix /vsm/] [--etcd-ca FILE] [--etcd-cert FILE --etcd-key FILE]]
        [--metrics-listen HOST:PORT] [--metrics-insecure-allow-remote]
   Plaintext is served only on loopback addresses unless --insecure-allow-remote.
+  Fleet mode (--backend agent --etcd-endpoints): agents register in etcd; partitions are placed and recorded there.
   --metrics-listen serves /metrics (Prometheus), /livez and /readyz over HTTP (HTTPS with --tls-cert);
   traces are exported with OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set.
   env: VSM_LISTEN, VSM_BACKEND, VSM_AGENTS, VSM_LOG_LEVEL, VSM_TLS_CERT, VSM_TLS_KEY, VSM_TLS_CA,

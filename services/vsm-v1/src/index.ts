@@ -14,4 +14,5 @@ export { KvmBackend, KvmBackendOptions } from './backends/kvm';
 export { FdLogDestination } from './log-destination';
 export { SHUTDOWN_WATCHDOG_MS, exitOnSignal, processLogger, serverOptionsFrom, shutdownSignal } from './process-support';
 export * from './security';
+export * from './fleet';
 export * from './observability';

@@ -48,6 +48,8 @@ export class FleetBackend extends RemoteBackend {
   readonly directory: FleetDirectory;
   private readonly store: FleetStore;
   private readonly log: Logger;
+  /** Placements decided here whose CREATING record is not written yet (concurrent creates see them). */
+  private readonly pending = new Map<string, { partitions: number; vps: number; memoryBytes: bigint }>();
 
   constructor(o: FleetBackendOptions) {
     super([]);
@@ -184,6 +186,7 @@ export class FleetBackend extends RemoteBackend {
       }
       const id = o.partitionId || `p-${crypto.randomBytes(8).toString('hex').slice(0, 12)}`;
       const view = this.place(o, tried);
+      const release = this.reserve(view.name, o.vpCount, o.memoryBytes);
       const now = Date.now();
       const rec: PartitionRecord = {
         format: FLEET_FORMAT,
@@ -209,8 +212,12 @@ export class FleetBackend extends RemoteBackend {
       const res = await txn
         .then(...puts)
         .commit()
-        .catch((e) => Promise.reject(storeUnavailable(e, `recording partition ${id}`)));
+        .catch((e) => {
+          release();
+          return Promise.reject(storeUnavailable(e, `recording partition ${id}`));
+        });
       if (!res.succeeded) {
+        release();
         if (o.requestId) {
           // Lost a race: either to the same request_id (answered on the next round) or to the id.
           const rq = await ns
@@ -224,6 +231,7 @@ export class FleetBackend extends RemoteBackend {
       }
       let revision = Number(res.header.revision);
       this.directory.applyLocal(id, rec, revision);
+      release(); // the CREATING record counts from now on
       // The record holds the id: now create it on the chosen agent.
       let answer: pb.Partition;
       try {
@@ -299,6 +307,23 @@ export class FleetBackend extends RemoteBackend {
     }
   }
 
+  private reserve(agent: string, vps: number, memoryBytes: bigint): () => void {
+    const p = this.pending.get(agent) ?? { partitions: 0, vps: 0, memoryBytes: 0n };
+    p.partitions++;
+    p.vps += vps;
+    p.memoryBytes += memoryBytes;
+    this.pending.set(agent, p);
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      p.partitions--;
+      p.vps -= vps;
+      p.memoryBytes -= memoryBytes;
+      if (p.partitions === 0) this.pending.delete(agent);
+    };
+  }
+
   /** Placement: the agent with the most free capacity that fits (and matches the hint and selector). */
   private place(o: { vpCount: number; memoryBytes: bigint; agent: string; selector: Record<string, string> }, tried: Set<string>): MemberView {
     const views = [...this.directory.members.values()];
@@ -316,6 +341,12 @@ export class FleetBackend extends RemoteBackend {
       ready++;
       const cap = v.member.capacity;
       const load = this.directory.loadOf(v);
+      const pend = this.pending.get(v.name);
+      if (pend) {
+        load.partitions += pend.partitions;
+        load.vps += pend.vps;
+        load.memoryBytes += pend.memoryBytes;
+      }
       if (cap.partitions > 0 && load.partitions + 1 > cap.partitions) continue;
       if (cap.vps > 0 && load.vps + o.vpCount > cap.vps) continue;
       const fr = [
@@ -359,7 +390,10 @@ export class FleetBackend extends RemoteBackend {
     if (p.state === pb.PartitionState.PARTITION_STATE_UNAVAILABLE || e.rec!.state === 'CREATING') return p;
     const { view } = this.agentOf(e);
     // The live fields (VTLs, run state, crash) from the one agent that hosts it.
-    const live = await view.client!.partitions.getPartition({ name: r.name }).catch(relay);
+    const live = await view.client!.partitions.getPartition({ name: r.name }).catch((err) => {
+      if (err instanceof VsmError && err.code === Code.UNAVAILABLE) this.directory.reportUnreachable(view.name, err.message);
+      return relay(err);
+    });
     return { ...live, agent: e.rec!.agent, requestId: e.rec!.requestId, stateReason: live.stateReason };
   }
 

@@ -23,6 +23,7 @@ export class Membership {
   private closed = false;
   private timer: NodeJS.Timeout | undefined;
   private attempt = 0;
+  private everRegistered = false;
   private registered: (() => void) | undefined;
   /** Resolves the first time the membership is written. */
   readonly firstRegistration = new Promise<void>((resolve) => {
@@ -49,7 +50,12 @@ export class Membership {
     this.lease = lease;
     lease.on('lost', (err) => {
       if (this.closed || this.lease !== lease) return;
-      log.warn({ err: err.message, endpoints: store.config.endpoints }, 'fleet membership lease lost; registering again');
+      if (this.everRegistered) log.warn({ err: err.message, endpoints: store.config.endpoints }, 'fleet membership lease lost; registering again');
+      else
+        log.error(
+          { err: err.message, endpoints: store.config.endpoints },
+          'cannot register in the fleet: etcd unreachable; retrying (the agent serves meanwhile)',
+        );
       this.lease = undefined;
       this.schedule();
     });
@@ -59,6 +65,7 @@ export class Membership {
       await lease.put(agentKey(member.name)).value(encodeMember(member));
       if (this.closed) return;
       this.attempt = 0;
+      this.everRegistered = true;
       log.info(
         { name: member.name, address: member.address, incarnation: this.incarnation, ttlSeconds, prefix: store.config.prefix },
         'registered in the fleet (etcd membership under a lease)',
