@@ -12,6 +12,7 @@ import * as grpc from '@grpc/grpc-js';
 import { status } from '@grpc/grpc-js';
 import { type VsmClient, VsmError, connect, pb } from '@vsm/client';
 import { Etcd3 } from 'etcd3';
+import { vsmctl } from '../cli/support';
 import { AGENT_MAIN, type ChildService, spawnService } from '../support/child-service';
 import { EtcdCluster, etcdUnavailable, freePort } from '../support/etcd';
 import { gateDescribe, kvmUnavailableReason } from '../support/kvm-gate';
@@ -250,6 +251,15 @@ gateDescribe(why)('fleet on etcd: 3 etcd members, 3 agents, 2 service replicas',
     for (const c of clients) await waitFor('agent-3 READY', async () => (await readyAgents(c)).some((a) => a.name === 'agents/agent-3'), 60_000, 100);
     const next = await Promise.all(Array.from({ length: 6 }, (_, i) => clients[i % 2]!.partitions.createPartition(spec())));
     expect(next.filter((x) => x.agent === 'agent-3').length).toBeGreaterThan(0);
+    // vsmctl agents: the live agents with their load, through either replica.
+    const out = await vsmctl(['--address', replicas[1]!.address, 'agents']);
+    expect(out.code).toBe(0);
+    expect(out.stdout).toMatch(/agent-3\s+127\.0\.0\.1:\d+\s+ready/);
+    expect(out.stdout).not.toMatch(/agent-0/);
+    const json = await vsmctl(['--address', replicas[0]!.address, '--json', 'agents']);
+    const listed = JSON.parse(json.stdout) as { name: string; state: string; load: { partitions: number } }[];
+    expect(listed.map((a) => a.name).sort()).toEqual(['agents/agent-1', 'agents/agent-2', 'agents/agent-3']);
+    expect(listed.every((a) => a.state === 'AGENT_STATE_READY')).toBe(true);
     const hinted = await clients[0]!.partitions.createPartition({ ...spec(), agent: 'agent-1' });
     expect(hinted.agent).toBe('agent-1');
     expect((await failure(clients[0]!.partitions.createPartition({ ...spec(), agent: victim }))).code).toBe(status.FAILED_PRECONDITION);

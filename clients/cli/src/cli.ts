@@ -2,6 +2,7 @@
 // ./commands, and main(). Exit codes (exit.ts): 0 ok, 2 usage error, 3 server error, 4 server
 // unreachable (UNAVAILABLE or DEADLINE_EXCEEDED), 1 anything unexpected.
 import { Command } from 'commander';
+import * as agents from './commands/agents';
 import * as capabilities from './commands/capabilities';
 import * as connections from './commands/connections';
 import * as execution from './commands/execution';
@@ -25,6 +26,7 @@ export type { Io } from './context';
 const GROUPS: Register[] = [
   partitions.register,
   capabilities.register,
+  agents.register,
   execution.register,
   vp.register,
   vtl.register,
