@@ -116,7 +116,7 @@ export class FleetBackend extends RemoteBackend {
     const selector = r.agentSelector ?? {};
     const fingerprint = JSON.stringify({
       partitionId: r.partitionId,
-      partition: pb.Partition.toJSON(want),
+      partition: pb.Partition.toJSON(pb.Partition.fromPartial(want)),
       agent: r.agent,
       agentSelector: Object.entries(selector).sort(([a], [b]) => a.localeCompare(b)),
     });
