@@ -102,11 +102,17 @@ describe('deploy/k8s manifests', () => {
     expect(pdb.spec.minAvailable).toBeLessThan(service.spec.replicas);
   });
 
-  test('network policy: only vsm-service pods reach the agent, on its port; the agent has no egress', () => {
+  test('network policy: only vsm-service pods reach the agent, on its port; the agent reaches only etcd and DNS', () => {
     const np = find('NetworkPolicy', 'vsm-kvm-agent');
     expect(np.spec.podSelector.matchLabels).toEqual(agent.spec.selector.matchLabels);
     expect(np.spec.policyTypes).toEqual(['Ingress', 'Egress']);
-    expect(np.spec.egress).toEqual([]);
+    // Fleet mode (#14): its membership in etcd, and DNS for etcd's Service name.
+    expect(np.spec.egress).toHaveLength(2);
+    expect(np.spec.egress[0]).toEqual({
+      to: [{ podSelector: { matchLabels: { 'app.kubernetes.io/name': 'vsm-etcd' } } }],
+      ports: [{ port: 2379, protocol: 'TCP' }],
+    });
+    expect(np.spec.egress[1].ports.map((p: Obj) => p.port)).toEqual([53, 53]);
     expect(np.spec.ingress).toHaveLength(2);
     expect(np.spec.ingress[0].from).toEqual([{ podSelector: { matchLabels: service.spec.selector.matchLabels } }]);
     expect(np.spec.ingress[0].ports).toEqual([{ port: 50061, protocol: 'TCP' }]);
@@ -133,6 +139,20 @@ describe('deploy/k8s manifests', () => {
     }
   });
 
+  test('fleet (#14): a 3-member etcd StatefulSet with a PDB keeping quorum; agents advertise their pod IP under the node name; both use its endpoints', () => {
+    const etcd = find('StatefulSet', 'vsm-etcd');
+    expect(etcd.spec.replicas).toBe(3);
+    expect(find('Service', 'vsm-etcd').spec.clusterIP).toBe('None');
+    expect(find('PodDisruptionBudget', 'vsm-etcd').spec.minAvailable).toBe(2);
+    const env = (w: Obj) => Object.fromEntries((containerOf(w).env as Obj[]).map((e) => [e.name, e.value]));
+    const endpoints = 'http://vsm-etcd.vsm.svc.cluster.local:2379';
+    expect(env(agent)).toMatchObject({ VSM_ETCD_ENDPOINTS: endpoints, VSM_ADVERTISE: '$(POD_IP):50061', VSM_AGENT_NAME: '$(NODE_NAME)' });
+    expect(env(service)).toMatchObject({ VSM_ETCD_ENDPOINTS: endpoints });
+    expect(env(service).VSM_AGENTS).toBeUndefined(); // --agent and --etcd-endpoints exclude each other
+    const np = find('NetworkPolicy', 'vsm-etcd');
+    expect(np.spec.ingress[0].ports).toEqual([{ port: 2379, protocol: 'TCP' }]);
+  });
+
   test('kubectl kustomize renders the set, when kubectl is installed', () => {
     let out: string;
     try {
@@ -149,14 +169,18 @@ describe('deploy/k8s manifests', () => {
       'DaemonSet/vsm-kvm-agent',
       'Deployment/vsm-service',
       'Namespace/vsm',
+      'NetworkPolicy/vsm-etcd',
       'NetworkPolicy/vsm-kvm-agent',
       'NetworkPolicy/vsm-service',
+      'PodDisruptionBudget/vsm-etcd',
       'PodDisruptionBudget/vsm-service',
+      'Service/vsm-etcd',
       'Service/vsm-kvm-agent',
       'Service/vsm-service',
+      'StatefulSet/vsm-etcd',
     ]);
     for (const o of objs) if (o.kind !== 'Namespace') expect(o.metadata.namespace).toBe('vsm');
     const images = objs.flatMap((o) => (o.spec?.template?.spec?.containers ?? []).map((c: Obj) => c.image));
-    expect(images.sort()).toEqual(['vsm-kvm-agent:local', 'vsm-service:local']);
+    expect(images.sort()).toEqual(['gcr.io/etcd-development/etcd:v3.5.17', 'vsm-kvm-agent:local', 'vsm-service:local']);
   });
 });
