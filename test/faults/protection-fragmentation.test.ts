@@ -105,6 +105,7 @@ test('10^6 single-page ranges, then 65,536 more in descending order: done at onc
       () => undefined,
       (err: unknown) => err as { code?: number; message: string },
     );
+    expect(e?.code).toBe(8); // RESOURCE_EXHAUSTED
     expect(e?.message).toMatch(/too large for one SavePartition reply.*protection ranges.*8388608-byte message limit/);
   } finally {
     c.close();

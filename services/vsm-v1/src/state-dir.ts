@@ -31,7 +31,7 @@ import { pb, type RpcMethod, vsmRpcs } from '@vsm/api';
 import * as core from '@vsm/core';
 import type { Backend, StreamSink } from './backend';
 import { CoreBackend } from './backends/core-backend';
-import { serviceError, toServiceError } from './errors';
+import { ApiError, toServiceError } from './errors';
 import { toPbSnapshot } from './snapshot-codec';
 
 const LEGACY_SUFFIX = '.snapshot';
@@ -43,7 +43,13 @@ const PAGE = 4096;
 type Range = { start: number; end: number; mask: number };
 /** A partition's answer-deadline policy (core Partition.interceptDeadline). */
 export type DeadlinePolicy = { ms: number; action: core.InterceptAction };
+/** In the order of vsm.v1.InterceptAction ALLOW..CRASH. */
 const POLICY_ACTIONS: core.InterceptAction[] = ['allow', 'skip', 'retry', 'crash'];
+const ROUTES: Record<core.InterceptRoute, pb.InterceptRoute> = {
+  vtl: pb.InterceptRoute.INTERCEPT_ROUTE_HIGHER_VTL,
+  monitor: pb.InterceptRoute.INTERCEPT_ROUTE_MONITOR,
+  both: pb.InterceptRoute.INTERCEPT_ROUTE_BOTH,
+};
 /** Meta record header: incarnation (f64), deadline ms (u32), deadline action (u8: 0 none, 1 + index), 3 reserved. */
 const HEADER = 16;
 
@@ -90,6 +96,52 @@ function stripped(s: pb.PartitionSnapshot): pb.PartitionSnapshot {
   return { ...s, memory: [], protections: s.protections.map((m) => ({ ...m, ranges: [] })) };
 }
 
+/**
+ * A failed LMDB commit: its error carries `commitError`, a promise rejected with the cause (ENOSPC,
+ * EIO, ...) right after; take the cause (and handle that promise, which nothing else does).
+ */
+async function commitFailure(e: unknown): Promise<Error> {
+  const pending = (e as { commitError?: Promise<unknown> } | undefined)?.commitError;
+  if (!pending) return e instanceof Error ? e : new Error(String(e));
+  const cause = await Promise.race([
+    pending.then(
+      () => undefined,
+      (x: unknown) => x,
+    ),
+    new Promise((r) => setTimeout(r, 1000, undefined)),
+  ]);
+  return new Error(`the state store could not commit: ${cause instanceof Error ? cause.message : 'commit failed'}`);
+}
+
+/** Waits for a transaction to be on disk; throws the commit's failure with its cause. */
+async function settle(txn: Promise<unknown>): Promise<void> {
+  try {
+    await txn;
+  } catch (e) {
+    throw await commitFailure(e);
+  }
+}
+
+/**
+ * lmdb-js rejects some internal promises of a failed commit that nobody can hold (besides the
+ * transaction's own promise, which save() awaits and reports to the caller): without a handler they
+ * would end the process. This one drops exactly those (an Error carrying lmdb's `commitError`) and
+ * rethrows anything else, which ends the process as Node's default would.
+ */
+let commitRejectionFilter = false;
+function filterLmdbCommitRejections(): void {
+  if (commitRejectionFilter) return;
+  commitRejectionFilter = true;
+  process.on('unhandledRejection', (reason) => {
+    const commitError = (reason as { commitError?: Promise<unknown> } | null)?.commitError;
+    if (reason instanceof Error && commitError && typeof commitError.then === 'function') {
+      commitError.then(undefined, () => undefined);
+      return;
+    }
+    throw reason;
+  });
+}
+
 export class StateStore {
   private readonly root: RootDatabase;
   private readonly meta: Database<Buffer, string>;
@@ -102,6 +154,7 @@ export class StateStore {
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
     // Temp files of the former one-file-per-partition store, left by a crash.
     for (const f of fs.readdirSync(dir)) if (f.includes('.tmp-')) fs.rmSync(path.join(dir, f), { force: true });
+    filterLmdbCommitRejections();
     this.root = open({ path: path.join(dir, 'state.lmdb'), maxDbs: 8, compression: false });
     this.meta = this.root.openDB<Buffer, string>({ name: 'meta', encoding: 'binary' });
     this.pages = this.root.openDB<Buffer, (string | number)[]>({ name: 'pages', encoding: 'binary' });
@@ -117,18 +170,17 @@ export class StateStore {
   assertIdFree(id: string): void {
     const why = this.quarantined.get(id);
     if (why !== undefined)
-      throw serviceError(
+      throw new ApiError(
         Code.FAILED_PRECONDITION,
         'DURABLE_STATE_NOT_LOADED',
         `partitions/${id} has durable state that could not be loaded (${why}); it is kept as it is and the id stays taken until an operator deletes it (DeletePartition partitions/${id})`,
-        { name: `partitions/${id}` },
       );
   }
 
   /** Removes every record of incarnation `inc` of `id` (queued into the current transaction). */
   private dropIncarnation(id: string, inc: number): void {
-    for (const k of this.pages.getKeys({ start: [id, inc], end: [id, inc + 1] })) void this.pages.remove(k);
-    for (const k of this.ranges.getKeys({ start: [id, inc], end: [id, inc + 1] })) void this.ranges.remove(k);
+    for (const k of [...this.pages.getKeys({ start: [id, inc], end: [id, inc + 1] })]) this.pages.removeSync(k);
+    for (const k of [...this.ranges.getKeys({ start: [id, inc], end: [id, inc + 1] })]) this.ranges.removeSync(k);
   }
 
   /**
@@ -139,35 +191,41 @@ export class StateStore {
   async save(id: string, what: pb.PartitionSnapshot | PartitionChanges, deadline?: DeadlinePolicy): Promise<void> {
     if (!ID_RE.test(id)) throw new Error(`refusing to persist a partition id that is not a plain name: ${id}`);
     this.assertIdFree(id);
-    const writes: Promise<boolean>[] = [];
     const old = this.incarnation(id);
-    if ('kind' in what && what.kind === 'changes') {
-      if (old === undefined) throw new Error(`partitions/${id} has no durable state to change: save it whole first`);
-      if (what.reset) for (const k of this.pages.getKeys({ start: [id, old], end: [id, old + 1] })) writes.push(this.pages.remove(k));
-      for (const pg of what.pages) writes.push(this.pages.put([id, old, pg.gpfn], pg.data));
-      what.protections.forEach((c, vtl) => {
-        if (!c) return;
-        if ('replace' in c) {
-          for (const k of this.ranges.getKeys({ start: [id, old, vtl], end: [id, old, vtl + 1] })) writes.push(this.ranges.remove(k));
-          for (const [w, rs] of byWindow(c.replace)) writes.push(this.ranges.put([id, old, vtl, w], packRanges(rs)));
-        } else
-          for (const [w, rs] of c.windows) writes.push(rs.length ? this.ranges.put([id, old, vtl, w], packRanges(rs)) : this.ranges.remove([id, old, vtl, w]));
-      });
-      writes.push(this.meta.put(id, Buffer.concat([this.incHeader(old, what.deadline), pb.PartitionSnapshot.encode(stripped(what.meta)).finish()])));
-    } else {
-      const snapshot = what as pb.PartitionSnapshot;
-      let inc = crypto.randomInt(2 ** 47);
-      while (inc === old) inc = crypto.randomInt(2 ** 47);
-      if (old !== undefined) this.dropIncarnation(id, old);
-      for (const pg of snapshot.memory) writes.push(this.pages.put([id, inc, Number(pg.gpfn)], Buffer.from(pg.data)));
-      snapshot.protections.forEach((m, vtl) => {
-        const rs = m.ranges.map((r) => ({ start: Number(r.start), end: Number(r.end), mask: r.mask }));
-        for (const [w, list] of byWindow(rs)) writes.push(this.ranges.put([id, inc, vtl, w], packRanges(list)));
-      });
-      writes.push(this.meta.put(id, Buffer.concat([this.incHeader(inc, deadline), pb.PartitionSnapshot.encode(stripped(snapshot)).finish()])));
-    }
-    // All of the above were queued in this turn of the event loop: one transaction.
-    await Promise.all(writes);
+    const changes = 'kind' in what && what.kind === 'changes';
+    if (changes && old === undefined) throw new Error(`partitions/${id} has no durable state to change: save it whole first`);
+    // One transaction: the callback runs inside LMDB's write transaction (memory-mapped writes, no I/O);
+    // the commit and its fsync happen on LMDB's write thread.
+    const done = this.root.transaction(() => {
+      if (changes && old !== undefined) {
+        if (what.reset) for (const k of [...this.pages.getKeys({ start: [id, old], end: [id, old + 1] })]) this.pages.removeSync(k);
+        for (const pg of what.pages) this.pages.putSync([id, old, pg.gpfn], pg.data);
+        what.protections.forEach((c, vtl) => {
+          if (!c) return;
+          if ('replace' in c) {
+            for (const k of [...this.ranges.getKeys({ start: [id, old, vtl], end: [id, old, vtl + 1] })]) this.ranges.removeSync(k);
+            for (const [w, rs] of byWindow(c.replace)) this.ranges.putSync([id, old, vtl, w], packRanges(rs));
+          } else
+            for (const [w, rs] of c.windows) {
+              if (rs.length) this.ranges.putSync([id, old, vtl, w], packRanges(rs));
+              else this.ranges.removeSync([id, old, vtl, w]);
+            }
+        });
+        this.meta.putSync(id, Buffer.concat([this.incHeader(old, what.deadline), pb.PartitionSnapshot.encode(stripped(what.meta)).finish()]));
+      } else {
+        const snapshot = what as pb.PartitionSnapshot;
+        let inc = crypto.randomInt(2 ** 47);
+        while (inc === old) inc = crypto.randomInt(2 ** 47);
+        if (old !== undefined) this.dropIncarnation(id, old);
+        for (const pg of snapshot.memory) this.pages.putSync([id, inc, Number(pg.gpfn)], Buffer.from(pg.data));
+        snapshot.protections.forEach((m, vtl) => {
+          const rs = m.ranges.map((r) => ({ start: Number(r.start), end: Number(r.end), mask: r.mask }));
+          for (const [w, list] of byWindow(rs)) this.ranges.putSync([id, inc, vtl, w], packRanges(list));
+        });
+        this.meta.putSync(id, Buffer.concat([this.incHeader(inc, deadline), pb.PartitionSnapshot.encode(stripped(snapshot)).finish()]));
+      }
+    });
+    await settle(done);
   }
 
   private incHeader(inc: number, policy: DeadlinePolicy | undefined): Buffer {
@@ -187,14 +245,12 @@ export class StateStore {
 
   /** Removes a partition's durable state (and, for an id kept because it could not be loaded, releases the id). */
   async remove(id: string): Promise<void> {
-    const inc = this.incarnation(id);
-    const writes: Promise<boolean>[] = [];
-    if (inc !== undefined) {
-      for (const k of this.pages.getKeys({ start: [id, inc], end: [id, inc + 1] })) writes.push(this.pages.remove(k));
-      for (const k of this.ranges.getKeys({ start: [id, inc], end: [id, inc + 1] })) writes.push(this.ranges.remove(k));
-    }
-    if (this.meta.get(id) !== undefined) writes.push(this.meta.remove(id));
-    await Promise.all(writes);
+    const done = this.root.transaction(() => {
+      const inc = this.incarnation(id);
+      if (inc !== undefined) this.dropIncarnation(id, inc);
+      if (this.meta.get(id) !== undefined) this.meta.removeSync(id);
+    });
+    await settle(done);
     const legacy = path.join(this.dir, id + LEGACY_SUFFIX);
     if (this.quarantined.has(id) && fs.existsSync(legacy)) fs.renameSync(legacy, `${legacy}.discarded`);
     this.quarantined.delete(id);
@@ -549,6 +605,21 @@ export function persistentBackend(inner: Backend, store: StateStore, log: { warn
     };
   const restoreStored = async (id: string, snapshot: pb.PartitionSnapshot): Promise<void> => {
     await inner.restorePartition({ snapshot, partitionId: id });
+    // The answer-deadline policy (saved beside the snapshot): back in force, and the deadlines of the
+    // pending intercepts restart from now.
+    const policy = store.deadlinePolicy(id);
+    const route = ROUTES[snapshot.interceptRoute as core.InterceptRoute];
+    if (policy && route)
+      await inner.setInterceptRoute({
+        name: `partitions/${id}`,
+        route,
+        answerDeadlineMs: BigInt(policy.ms),
+        deadlineAction: pb.InterceptAction.INTERCEPT_ACTION_ALLOW + POLICY_ACTIONS.indexOf(policy.action),
+      });
+    const restored = corePartition(id);
+    // The policy arms a deadline for each intercept as it is raised: announce the pending ones again
+    // (before the server listens, so only the policy hears them; monitors get them on subscribe).
+    if (policy && restored) for (const rec of [...restored.intercepts.pending.values()]) restored.intercepts.publish(rec);
     const p = corePartition(id);
     if (p) {
       const t = new PartitionTracker(p, () => background(id));
@@ -585,13 +656,11 @@ export function persistentBackend(inner: Backend, store: StateStore, log: { warn
 
 /** A failed save as the caller sees it: the call's effect is not durable. */
 function durableError(id: string, e: unknown): unknown {
-  const se = toServiceError(e);
-  if (se.code !== Code.UNKNOWN && se.code !== Code.INTERNAL) return e;
-  return serviceError(
+  if (toServiceError(e).code !== Code.INTERNAL) return e;
+  return new ApiError(
     Code.UNAVAILABLE,
     'STATE_NOT_DURABLE',
     `the change to partitions/${id} was made but could not be stored durably (${e instanceof Error ? e.message : String(e)}); the state directory keeps the previous state until a save succeeds`,
-    { name: `partitions/${id}` },
   );
 }
 

@@ -7,7 +7,7 @@ import { status as Code } from '@grpc/grpc-js';
 import * as core from '@vsm/core';
 import { type Partition, isVtl } from '@vsm/core';
 import type { pb as P } from '@vsm/client';
-import { invalidArgument, serviceError } from '../errors';
+import { ApiError, invalidArgument } from '../errors';
 
 /** Runs applied between two yields: ≈ 1-2 ms of work here (a run costs ≈ 0.7 µs over 10^6 ranges). */
 export const PROTECTION_SLICE_RUNS = 2048;
@@ -89,10 +89,9 @@ export function assertSnapshotFits(p: Partition, name: string, limit = UNARY_REP
   for (const m of p.protections.map((x) => x)) ranges += m?.rangeCount ?? 0;
   const atLeast = pages * (4096 + 8) + ranges * 8;
   if (atLeast <= limit) return;
-  throw serviceError(
+  throw new ApiError(
     Code.RESOURCE_EXHAUSTED,
     'SNAPSHOT_TOO_LARGE',
     `the snapshot of ${name} is too large for one SavePartition reply: at least ${atLeast} bytes (${pages} touched RAM pages, ${ranges} protection ranges) against the ${limit}-byte message limit`,
-    { name, minimumBytes: String(atLeast), limitBytes: String(limit) },
   );
 }
