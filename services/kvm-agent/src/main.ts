@@ -17,6 +17,7 @@ import {
   AGENT_FLEET_FLAGS,
   AGENT_FLEET_USAGE,
   type AgentFleetConfig,
+  type Backend,
   type Config,
   KvmBackend,
   UsageError,
@@ -29,6 +30,9 @@ import {
   serverOptionsFrom,
   shutdownSignal,
   startObservability,
+  StateStore,
+  persistentBackend,
+  restoreAll,
   startServer,
 } from '@vsm/vsm-v1';
 
@@ -52,6 +56,7 @@ export const AGENT_USAGE = `usage: vsm-kvm-agent [--listen HOST:PORT | --listen 
   Default listen 127.0.0.1:50061. Plaintext only on loopback or a unix socket unless --insecure-allow-remote.
   --memslot-budget: memslots per VTL VM for VTL protections (default 4096, 64..32000); a view that needs more
   is mapped without them and its memory actions are answered by the core's model.
+  --state-dir DIR (VSM_STATE_DIR): partitions kept durable there and brought back, stopped, after a restart.
   env: VSM_LISTEN, VSM_AGENT_ACTION_TIMEOUT_MS, VSM_AGENT_MEMSLOT_BUDGET, VSM_KVM_DEVICE and vsm-service's VSM_* variables
 ${AGENT_FLEET_USAGE}`;
 
@@ -146,7 +151,15 @@ async function main(): Promise<void> {
   const sock = unixSocketPath(cfg.listen);
   if (sock && fs.existsSync(sock) && fs.statSync(sock).isSocket()) fs.unlinkSync(sock); // stale socket of an earlier run
   // Plaintext is served on loopback and on unix sockets (local: file permissions decide who connects).
-  const srv = await startServer({ listen: cfg.listen, backend, logger: log, ...serverOptionsFrom(cfg.service), telemetry: obs.telemetry });
+  // --state-dir: partitions kept durable (state-dir.ts) and brought back after a restart, stopped, with
+  // their last durable state (a guest that was running is not running any more; see the README).
+  let served: Backend = backend;
+  if (cfg.service.stateDir) {
+    const store = new StateStore(cfg.service.stateDir);
+    served = persistentBackend(backend, store, log);
+    await restoreAll(served, store, log);
+  }
+  const srv = await startServer({ listen: cfg.listen, backend: served, logger: log, ...serverOptionsFrom(cfg.service), telemetry: obs.telemetry });
   obs.setReady(true);
   // Fleet mode: register under a lease (retried while etcd is away); shutdown leaves the fleet first.
   if (cfg.fleet) {
