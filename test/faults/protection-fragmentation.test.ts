@@ -45,7 +45,7 @@ test('10^6 single-page ranges, then 65,536 more in descending order: done at onc
     // Another client's calls, one after the other, for as long as the big request runs.
     let done = false;
     const latencies: number[] = [];
-    let firstAnswered: () => void;
+    let firstAnswered: () => void = () => undefined;
     const probing = new Promise<void>((r) => {
       firstAnswered = r;
     });
