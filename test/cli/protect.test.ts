@@ -100,14 +100,15 @@ describe('page ranges', () => {
 
 describe('outcome text', () => {
   const A = pb.HvInterceptAccessType;
-  const notice = (heldBack: boolean): pb.InterceptNotice => ({
-    interceptId: 7n,
-    protectingVtl: 1,
-    gpa: 0x40000n,
-    accessType: A.HV_INTERCEPT_ACCESS_TYPE_WRITE,
-    hvMessage: Buffer.alloc(0),
-    heldBack,
-  });
+  const notice = (heldBack: boolean): pb.InterceptNotice =>
+    pb.InterceptNotice.fromPartial({
+      interceptId: 7n,
+      protectingVtl: 1,
+      gpa: 0x40000n,
+      accessType: A.HV_INTERCEPT_ACCESS_TYPE_WRITE,
+      hvMessage: Buffer.alloc(0),
+      heldBack,
+    });
   const base = pb.GuestActionOutcome.fromPartial({});
 
   test('intercepts: entered the protecting VTL, or held back', () => {

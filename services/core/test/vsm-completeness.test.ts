@@ -267,7 +267,7 @@ describe('HvCallTranslateVirtualAddress(Ex) (0x0052, 0x00AC) from VTL1 on VTL0 G
     const vp = withVtl1(p);
     return { p, vp };
   }
-  const translate = (p: Partition, vp: ReturnType<Partition['vp']>, inp: Buffer, code = HvCallCode.HvCallTranslateVirtualAddress) => {
+  const translate = (p: Partition, vp: ReturnType<Partition['vp']>, inp: Buffer, code: number = HvCallCode.HvCallTranslateVirtualAddress) => {
     p.memory.write(IN, inp);
     const r = call(p, vp, encodeHypercallInput({ callCode: code }), IN, OUT);
     const size = code === HvCallCode.HvCallTranslateVirtualAddress ? 16 : 64;
