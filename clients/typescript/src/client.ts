@@ -3,6 +3,7 @@
 // the HV_STATUS name from google.rpc.ErrorInfo. Retries happen only for the RPCs the proto declares NO_SIDE_EFFECTS.
 import * as grpc from '@grpc/grpc-js';
 import { pb, vsmRpc } from '@vsm/api';
+import { type SnapshotStreams, snapshotStreams } from './snapshot-stream';
 
 export interface ConnectOptions {
   /** TLS: `true` for system roots, or PEM material; unset = plaintext. */
@@ -121,7 +122,8 @@ export interface VsmClient {
     /** Async iterator over StreamConsole (chunks, then the run's end); break out of the loop (or abort) to cancel. */
     streamConsole(req: Partial<pb.StreamConsoleRequest>, signal?: AbortSignal): AsyncIterable<pb.StreamConsoleResponse>;
   };
-  snapshots: Promisified<pb.SnapshotServiceClient>;
+  /** SnapshotService; ExportPartition/ImportPartition stream with back-pressure (snapshot-stream.ts). */
+  snapshots: Omit<Promisified<pb.SnapshotServiceClient>, keyof SnapshotStreams> & SnapshotStreams;
   /** FleetService: the agents behind a vsm-service in --backend agent mode. */
   fleet: Promisified<pb.FleetServiceClient>;
   vtl: Promisified<pb.VtlServiceClient> & {
@@ -177,7 +179,7 @@ export function connect(address: string, o: ConnectOptions = {}): VsmClient {
       },
     }),
     synic: promisify(synic, S(pb.SynicServiceService), o, md),
-    snapshots: promisify(snapshots, S(pb.SnapshotServiceService), o, md),
+    snapshots: Object.assign(promisify(snapshots, S(pb.SnapshotServiceService), o, md), snapshotStreams(snapshots, md, VsmError.from)),
     fleet: promisify(fleet, S(pb.FleetServiceService), o, md),
     execution: Object.assign(promisify(execution, S(pb.ExecutionServiceService), o, md), {
       streamConsole: (req: Partial<pb.StreamConsoleRequest>, signal?: AbortSignal) =>

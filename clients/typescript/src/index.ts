@@ -3,3 +3,5 @@
 export { pb } from '@vsm/api';
 export { connect, VsmError } from './client';
 export type { ConnectOptions, VsmClient, MonitorSession } from './client';
+export { SNAPSHOT_FILE_MAGIC, frameSnapshotChunk, readSnapshotFiles, writeSnapshotFile } from './snapshot-stream';
+export type { SnapshotStreams } from './snapshot-stream';

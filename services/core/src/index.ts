@@ -69,6 +69,8 @@ export type { CpuidLeaf, HypervCpuidOptions, HypervFeature } from './tlfs/cpuid'
 // ---- snapshots --------------------------------------------------------------------------------
 export { CORE_SNAPSHOT_VERSION, snapshotPartition } from './snapshot';
 export type { CoreSnapshot, RegisterEntry } from './snapshot-types';
+export { type CoreExport, PartitionImport, beginExport } from './snapshot-stream';
+export { PageBitmap, RamFreeze, RamTracking, type WriteLog } from './ram-tracking';
 
 // ---- TLFS definitions used outside the core (tlfs/: one definition per TLFS structure) ----------
 export { HvError, HvStatus, hvFail } from './tlfs/status';

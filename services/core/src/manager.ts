@@ -10,6 +10,7 @@ import { DEFAULT_LIMITS, type Limits, labelsProblem } from './limits';
 import { ResidentMemory } from './resident';
 import { PAGE_SIZE, SparseMemory } from './memory';
 import { type CoreSnapshot, restorePartition, validateSnapshot } from './snapshot';
+import { PartitionImport } from './snapshot-stream';
 
 export { DEFAULT_LIMITS, LABEL_LIMITS, labelsProblem } from './limits';
 export type { Limits } from './limits';
@@ -49,6 +50,8 @@ export class PartitionManager {
   private readonly platforms = new Map<string, PartitionPlatform>();
   /** What each partition holds of the resident-RAM account, given back when it is deleted. */
   private readonly releases = new Map<string, () => void>();
+  /** Ids taken by imports in progress (not listed, not reusable until they commit or abort). */
+  private readonly importing = new Set<string>();
   private counter = 0;
   /** Guest RAM resident across every partition of this manager (limits.maxResidentBytes). */
   readonly resident: ResidentMemory;
@@ -138,9 +141,30 @@ export class PartitionManager {
    * RAM has memory_bytes counted for as long as the partition exists.
    */
   private withPlatform(spec: PartitionSpec, build: (hooks?: PlatformHooks) => Partition): Partition {
+    const prepared = this.preparePlatform(spec);
+    try {
+      const p = build(prepared.hooks);
+      prepared.adopt(p);
+      return p;
+    } catch (e) {
+      prepared.dispose();
+      throw e;
+    }
+  }
+
+  /**
+   * The platform and RAM of a partition about to be built (withPlatform; a streamed import fills the
+   * RAM before the partition exists): adopt() once it is built, dispose() if it never will be.
+   */
+  private preparePlatform(spec: PartitionSpec): { hooks: PlatformHooks; adopt(p: Partition): void; dispose(): void } {
     const platform = this.options.platform?.(spec);
     let ram: SparseMemory | undefined;
     let reserved = 0;
+    const dispose = () => {
+      platform?.dispose?.();
+      ram?.free();
+      this.resident.release(reserved);
+    };
     try {
       let hooks = platform?.hooks;
       if (hooks?.ram) {
@@ -151,22 +175,71 @@ export class PartitionManager {
         ram = new SparseMemory(spec.memoryBytes, this.resident);
         hooks = { ...hooks, ram };
       }
-      const p = build(hooks);
-      platform?.attach?.(p);
-      if (platform) this.platforms.set(spec.id, platform);
-      const held = reserved;
-      const heldRam = ram;
-      this.releases.set(spec.id, () => {
-        heldRam?.free();
-        this.resident.release(held);
-      });
-      return p;
+      return {
+        hooks,
+        adopt: (p) => {
+          platform?.attach?.(p);
+          if (platform) this.platforms.set(spec.id, platform);
+          const held = reserved;
+          const heldRam = ram;
+          this.releases.set(spec.id, () => {
+            heldRam?.free();
+            this.resident.release(held);
+          });
+        },
+        dispose,
+      };
     } catch (e) {
-      platform?.dispose?.();
-      ram?.free();
-      this.resident.release(reserved);
+      dispose();
       throw e;
     }
+  }
+
+  /**
+   * ImportPartition: a partition built from streamed snapshot segments (snapshot-stream.ts). The
+   * first header is checked like a restore's; its id is taken (no other create, restore or import
+   * gets it) but nothing is listed under it until commit(); abort() gives everything back.
+   */
+  beginImport(header: CoreSnapshot, partitionId?: string): PartitionImport {
+    if (partitionId) this.checkChosenId(partitionId);
+    validateSnapshot(header, this.limits);
+    this.checkResident(header.spec.memoryBytes, 0, 'importing the snapshot');
+    const id = this.allocateId(partitionId);
+    const spec: PartitionSpec = { ...header.spec, labels: { ...header.spec.labels }, id, ...this.clockSpec() };
+    this.importing.add(id);
+    let prepared: ReturnType<PartitionManager['preparePlatform']>;
+    try {
+      prepared = this.preparePlatform(spec);
+    } catch (e) {
+      this.importing.delete(id);
+      throw e;
+    }
+    let open = true;
+    const close = () => {
+      open = false;
+      this.importing.delete(id);
+    };
+    return new PartitionImport(header, id, prepared.hooks, this.limits, {
+      commit: (build) => {
+        if (!open) hvFail(HvStatus.HV_STATUS_INVALID_PARTITION_STATE, `the import of ${id} has ended`);
+        try {
+          const p = build(this.options.clock);
+          prepared.adopt(p);
+          close();
+          this.partitions.set(id, p);
+          return p;
+        } catch (e) {
+          close();
+          prepared.dispose();
+          throw e;
+        }
+      },
+      abort: () => {
+        if (!open) return;
+        close();
+        prepared.dispose();
+      },
+    });
   }
 
   /** The injected clock as a PartitionSpec field (absent: partitions use systemClock). */
@@ -182,6 +255,7 @@ export class PartitionManager {
   private checkChosenId(id: string): void {
     if (!ID_RE.test(id)) hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `partition_id ${JSON.stringify(id)} must match ${ID_RE}`);
     if (this.partitions.has(id)) hvFail(HvStatus.HV_STATUS_OBJECT_IN_USE, `partition ${id} already exists`);
+    if (this.importing.has(id)) hvFail(HvStatus.HV_STATUS_OBJECT_IN_USE, `partition ${id} is being imported`);
   }
 
   /** Validates a chosen id (or generates one) and checks the partition limit. */
@@ -191,9 +265,9 @@ export class PartitionManager {
       this.checkChosenId(id);
     } else {
       do id = `p${(++this.counter).toString(36).padStart(6, '0')}`;
-      while (this.partitions.has(id));
+      while (this.partitions.has(id) || this.importing.has(id));
     }
-    if (this.partitions.size >= this.limits.maxPartitions)
+    if (this.partitions.size + this.importing.size >= this.limits.maxPartitions)
       hvFail(HvStatus.HV_STATUS_INSUFFICIENT_MEMORY, `partition limit ${this.limits.maxPartitions} reached`);
     return id;
   }

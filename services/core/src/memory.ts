@@ -3,12 +3,15 @@
 // is counted in the process-wide ResidentMemory account (when one is given): a write that would
 // allocate beyond its limit is refused before any page is allocated or any byte written.
 import type { ResidentMemory } from './resident';
+import { RamTracking } from './ram-tracking';
 
 export const PAGE_SIZE = 4096;
 export const PAGE_SHIFT = 12n;
 
 export class SparseMemory {
   private readonly pages = new Map<number, Buffer>();
+  /** Write log and copy-on-write freezes for streamed and incremental snapshots (ram-tracking.ts). */
+  readonly tracking = new RamTracking();
 
   constructor(
     readonly sizeBytes: bigint,
@@ -22,6 +25,14 @@ export class SparseMemory {
   /** Page frame numbers that hold data (for snapshots and tests). */
   touchedPages(): number[] {
     return [...this.pages.keys()].sort((a, b) => a - b);
+  }
+
+  /** The same as touchedPages(), as a sorted Uint32Array (4 bytes a page: what a streamed export keeps). */
+  touchedPagesSorted(): Uint32Array {
+    const out = new Uint32Array(this.pages.size);
+    let i = 0;
+    for (const g of this.pages.keys()) out[i++] = g;
+    return out.sort();
   }
 
   contains(gpa: bigint, length: number): boolean {
@@ -60,6 +71,7 @@ export class SparseMemory {
       // Writing zeros into an untouched page keeps it untouched: reads already return zeros.
       const existing = this.pages.get(gpfn);
       if (!existing && isZero(data, pos, n)) return;
+      this.tracking.beforeWrite(gpfn, () => existing);
       Buffer.from(data.buffer, data.byteOffset + pos, n).copy(existing ?? this.page(gpfn), off);
     });
   }
@@ -87,6 +99,7 @@ export class SparseMemory {
 
   /** Zero every page (TLFS ZeroMemoryOnReset) by dropping them. */
   clear(): void {
+    this.tracking.beforeReset(this.pages.entries());
     this.resident?.release(this.pages.size * PAGE_SIZE);
     this.pages.clear();
   }

@@ -4,6 +4,7 @@
 // be memslots), a hypercall page whose code exits to userspace, and a callback to re-map a VTL's
 // view when overlays change. The core never does I/O itself.
 import type { Vtl } from './vtl-array';
+import type { RamTracking } from './ram-tracking';
 
 /** Guest RAM as the core needs it. SparseMemory implements it. */
 export interface GuestRam {
@@ -12,6 +13,8 @@ export interface GuestRam {
   write(gpa: bigint, data: Uint8Array): void;
   /** Pages that hold data (for snapshots, sparse accounting); platforms may return all mapped pages. */
   touchedPages(): number[];
+  /** touchedPages() as a sorted Uint32Array, when the RAM can give it without the array of numbers. */
+  touchedPagesSorted?(): Uint32Array;
   readonly pagesTouched: number;
   /**
    * Throws HV_STATUS_INSUFFICIENT_MEMORY when these writes would allocate beyond the service's
@@ -19,6 +22,12 @@ export interface GuestRam {
    * has nothing left to allocate and omits it).
    */
   assertWritable?(writes: { gpa: bigint; data: Uint8Array }[]): void;
+  /**
+   * Write log and copy-on-write freezes for streamed and incremental snapshots (ram-tracking.ts): the
+   * RAM calls its beforeWrite() before a page changes. A RAM without it can only be exported whole,
+   * while nothing writes it.
+   */
+  readonly tracking?: RamTracking;
 }
 
 /** Bytes of a hypercall page and the offsets reported in HvRegisterVsmCodePageOffsets. */

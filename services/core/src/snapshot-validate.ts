@@ -150,22 +150,7 @@ export function validateSnapshot(s: CoreSnapshot, limits: SnapshotLimits): void 
     if (!Array.isArray(m.ranges)) fail(`${at}.ranges`, 'missing');
     let prev: { end: number; mask: number } | undefined;
     m.ranges.forEach((r, k) => {
-      const rat = `${at}.ranges[${k}]`;
-      count(`${rat}.start`, r.start);
-      count(`${rat}.end`, r.end);
-      if (r.start >= r.end) fail(rat, `start ${hex(r.start)} is not below end ${hex(r.end)}`);
-      if (r.end > pages) fail(rat, `pages ${hex(r.start)}..${hex(r.end)} reach beyond the GPA space (${hex(pages)} pages)`);
-      if (prev && r.start < prev.end)
-        fail(rat, `starts at ${hex(r.start)}, before the previous range ends (${hex(prev.end)}): ranges must be sorted and disjoint`);
-      if (typeof r.mask !== 'number' || !Number.isInteger(r.mask)) fail(`${rat}.mask`, 'not an integer');
-      const norm = normalizeMapFlags(r.mask, s.vtls[i]!.mbec);
-      if (typeof norm === 'string') fail(`${rat}.mask`, `${hex(r.mask)}: ${norm}`);
-      if (norm !== r.mask)
-        fail(
-          `${rat}.mask`,
-          `${hex(r.mask)} is not as ModifyVtlProtectionMask stores it (${hex(norm as number)}: without MBEC, user execute follows kernel execute)`,
-        );
-      if (prev && prev.end === r.start && prev.mask === r.mask) fail(rat, `adjoins the previous range with the same mask: the map keeps them merged`);
+      checkProtectionRange(`${at}.ranges[${k}]`, r, prev, pages, s.vtls[i]!.mbec);
       prev = r;
     });
   });
@@ -406,6 +391,39 @@ function overlayMsr(s: CoreSnapshot, kind: OverlayKind, vtl: number, vpIndex: nu
  * bits clear where every write preserves them, Enable only with a guest OS id where the kind needs
  * one, and the GPFN inside the GPA space where a GPFN outside it faults.
  */
+/**
+ * One protection range of a map, after `prev` (the previous range of the same map): the rules of
+ * snapshot.protections[].ranges, shared by the streamed import (which receives ranges in chunks).
+ */
+export function checkProtectionRange(
+  rat: string,
+  r: { start: unknown; end: unknown; mask: unknown },
+  prev: { end: number; mask: number } | undefined,
+  pages: number,
+  mbec: boolean,
+): void {
+  const start = count(`${rat}.start`, r.start);
+  const end = count(`${rat}.end`, r.end);
+  if (start >= end) fail(rat, `start ${hex(start)} is not below end ${hex(end)}`);
+  if (end > pages) fail(rat, `pages ${hex(start)}..${hex(end)} reach beyond the GPA space (${hex(pages)} pages)`);
+  if (prev && start < prev.end) fail(rat, `starts at ${hex(start)}, before the previous range ends (${hex(prev.end)}): ranges must be sorted and disjoint`);
+  if (typeof r.mask !== 'number' || !Number.isInteger(r.mask)) fail(`${rat}.mask`, 'not an integer');
+  const mask = r.mask as number;
+  const norm = normalizeMapFlags(mask, mbec);
+  if (typeof norm === 'string') fail(`${rat}.mask`, `${hex(mask)}: ${norm}`);
+  if (norm !== mask)
+    fail(`${rat}.mask`, `${hex(mask)} is not as ModifyVtlProtectionMask stores it (${hex(norm as number)}: without MBEC, user execute follows kernel execute)`);
+  if (prev && prev.end === start && prev.mask === mask) fail(rat, `adjoins the previous range with the same mask: the map keeps them merged`);
+}
+
+/** One RAM page of a snapshot, after page `last` (the rules of snapshot.memory[], shared by the streamed import). */
+export function checkMemoryPage(at: string, gpfn: unknown, last: number, pages: number): number {
+  const g = count(`${at}.gpfn`, gpfn);
+  if (g >= pages) fail(`${at}.gpfn`, `page ${hex(g)} is outside the partition (${hex(pages)} pages)`);
+  if (g <= last) fail(`${at}.gpfn`, `page ${hex(g)} is out of order or listed twice`);
+  return g;
+}
+
 function checkOverlayMsr(at: string, kind: OverlayKind, value: bigint, guestOsId: bigint, memoryBytes: bigint): void {
   const k = overlayKindInfo(kind);
   if (k.rsvdPKeptBy === 'every-write' && (value & k.rsvdP) !== 0n) fail(at, `reserved bits ${hex(value & k.rsvdP)} are set`);

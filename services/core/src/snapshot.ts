@@ -24,21 +24,27 @@ export type { CoreSnapshot, PartitionVtlSnapshot, RegisterEntry, VpSnapshot, VpV
 const regs = (m: RegisterFile): RegisterEntry[] => [...m].map(([name, value]) => ({ name, value: { ...value } }));
 const copyAccess = (a: PendingAccess | null): PendingAccess | null => (a ? { ...a, data: a.data ? Buffer.from(a.data) : undefined } : null);
 
-export function snapshotPartition(p: Partition): CoreSnapshot {
+/**
+ * The partition's complete state. `parts.memory` / `parts.protectionRanges` false leave the RAM pages
+ * and the protection ranges out (a streamed export sends them in chunks; each map's presence and
+ * default mask stay).
+ */
+export function snapshotPartition(p: Partition, parts: { memory?: boolean; protectionRanges?: boolean } = {}): CoreSnapshot {
   const { platform: _platform, clock: _clock, ...spec } = p.spec;
+  const withRanges = parts.protectionRanges !== false;
   return {
     version: CORE_SNAPSHOT_VERSION,
     spec: { ...spec, labels: { ...spec.labels } },
     state: p.state,
     createTimeUnixMs: p.createTimeUnixMs,
     vtls: p.vtls.map((v) => ({ ...v })),
-    protections: p.protections.map((m) => (m ? { defaultMask: m.defaultMask, ranges: m.list().map((r) => ({ ...r })) } : null)),
+    protections: p.protections.map((m) => (m ? { defaultMask: m.defaultMask, ranges: withRanges ? m.list() : [] } : null)),
     protectionChanges: p.protectionChanges,
     transitionSeq: p.transitionSeq,
     interceptRoute: p.interceptRoute,
     overlays: p.overlays.exportState(),
     intercepts: p.intercepts.exportState(),
-    memory: p.memory.touchedPages().map((gpfn) => ({ gpfn, data: p.memory.read(BigInt(gpfn) << 12n, 4096) })),
+    memory: parts.memory === false ? [] : p.memory.touchedPages().map((gpfn) => ({ gpfn, data: p.memory.read(BigInt(gpfn) << 12n, 4096) })),
     vps: p.vps.map((vp) => snapshotVp(vp)),
   };
 }
@@ -70,7 +76,15 @@ function snapshotVp(vp: VirtualProcessor): VpSnapshot {
  * snapshot is validated completely first (validateSnapshot): a malformed one is refused with
  * HV_STATUS_INVALID_PARAMETER before anything is built.
  */
-export function restorePartition(s: CoreSnapshot, id: string, platform?: PlatformHooks, limits: SnapshotLimits = DEFAULT_LIMITS, clock?: Clock): Partition {
+export function restorePartition(
+  s: CoreSnapshot,
+  id: string,
+  platform?: PlatformHooks,
+  limits: SnapshotLimits = DEFAULT_LIMITS,
+  clock?: Clock,
+  /** Protection maps built (and checked) already, by VTL, in place of `s.protections[].ranges` (a streamed import). */
+  prebuiltMaps?: (ProtectionMap | null)[],
+): Partition {
   validateSnapshot(s, limits);
   const p = new Partition({ ...s.spec, labels: { ...s.spec.labels }, id, platform, clock });
   p.state = s.state;
@@ -83,8 +97,8 @@ export function restorePartition(s: CoreSnapshot, id: string, platform?: Platfor
       p.protections.set(i as Vtl, null);
       return;
     }
-    const map = new ProtectionMap(m.defaultMask);
-    for (const r of m.ranges) map.set(r.start, r.end - r.start, r.mask);
+    const map = prebuiltMaps?.[i] ?? new ProtectionMap(m.defaultMask);
+    if (!prebuiltMaps) for (const r of m.ranges) map.set(r.start, r.end - r.start, r.mask);
     p.protections.set(i as Vtl, map);
   });
   p.protectionChanges = s.protectionChanges;

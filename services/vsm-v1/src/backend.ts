@@ -18,18 +18,22 @@ export interface StreamSink<T> {
  *                          is done), resolves when the stream ends
  *   bidi stream            (requests, sink, signal) => Promise<void>: reads requests until the client
  *                          half-closes or `signal` aborts
+ *   client stream          (requests, signal) => Promise<Response>: reads requests until the client
+ *                          half-closes (or `signal` aborts), then answers once
  * Decided on the handler's signature (unary: call + callback) and its call object (a duplex call is
  * also writable: tested first).
  */
 type BackendMethod<H> = H extends (call: grpc.ServerUnaryCall<infer Req, unknown>, callback: grpc.sendUnaryData<infer Res>) => void
   ? (r: Req) => Promise<Res>
-  : H extends (call: infer C) => void
-    ? C extends grpc.ServerDuplexStream<infer Req, infer Res>
-      ? (requests: AsyncIterable<Req>, sink: StreamSink<Res>, signal: AbortSignal) => Promise<void>
-      : C extends grpc.ServerWritableStream<infer Req, infer Res>
-        ? (r: Req, sink: StreamSink<Res>, signal: AbortSignal) => Promise<void>
-        : never
-    : never;
+  : H extends (call: grpc.ServerReadableStream<infer Req, unknown>, callback: grpc.sendUnaryData<infer Res>) => void
+    ? (requests: AsyncIterable<Req>, signal: AbortSignal) => Promise<Res>
+    : H extends (call: infer C) => void
+      ? C extends grpc.ServerDuplexStream<infer Req, infer Res>
+        ? (requests: AsyncIterable<Req>, sink: StreamSink<Res>, signal: AbortSignal) => Promise<void>
+        : C extends grpc.ServerWritableStream<infer Req, infer Res>
+          ? (r: Req, sink: StreamSink<Res>, signal: AbortSignal) => Promise<void>
+          : never
+      : never;
 
 /**
  * One method per vsm.v1 RPC, named as the generated service definitions name it (`createPartition`,

@@ -349,6 +349,74 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
         });
     };
 
+  /**
+   * Client stream (ImportPartition): authorized on the first message (as bidi), then the handler reads
+   * the requests until the client half-closes and answers once, like a unary call.
+   */
+  const client =
+    <Req, Res>(method: string, fn: (reqs: AsyncIterable<Req>, signal: AbortSignal) => Promise<Res>): grpc.handleClientStreamingCall<Req, Res> =>
+    (call, callback) => {
+      const t0 = process.hrtime.bigint();
+      const ac = new AbortController();
+      inflight.add(ac);
+      const scope = telemetry?.start(method, call.getPath(), true, call.metadata);
+      call.on('cancelled', () => ac.abort());
+      call.on('error', () => ac.abort());
+      let settled = false;
+      const answer = (err: grpc.ServiceError | null, res?: Res) => {
+        if (settled) return;
+        settled = true;
+        ac.abort();
+        scope?.end(err ? err.code : grpc.status.OK, err?.details);
+        const entry = { method, us: Number((process.hrtime.bigint() - t0) / 1000n), code: err ? err.code : 0, error: err?.details };
+        if (err?.code === grpc.status.INTERNAL) log.error(entry, 'rpc failed');
+        else log.info(entry, err ? 'rpc rejected' : 'rpc');
+        if (err) callback(err);
+        else callback(null, res);
+      };
+      let release: (() => void) | undefined;
+      let untrack: (() => void) | undefined;
+      const handle = async () => {
+        const principal = guard.authenticate(call);
+        const reqs = guardedRequests<Req>(call as unknown as AsyncIterable<unknown>, (m) => guard.malformed(call.getPath(), m), ac.signal);
+        const first = await withTimeout(
+          reqs.peek(),
+          firstMessageTimeoutMs,
+          ac.signal,
+          () =>
+            new ApiError(
+              grpc.status.DEADLINE_EXCEEDED,
+              'HV_STATUS_TIME_OUT',
+              `${method}: no first message within ${firstMessageTimeoutMs} ms of opening the stream`,
+            ),
+        );
+        const request = first.done ? undefined : first.value;
+        guard.authorize(call.getPath(), principal, request);
+        release = guard.acquireStream(call, principal);
+        if (principal !== undefined)
+          untrack = guard.track({
+            path: call.getPath(),
+            principal,
+            request,
+            metadata: call.metadata,
+            authContext: call.getAuthContext(),
+            end: (e) => answer(toServiceError(e)),
+          });
+        return fn(reqs, ac.signal);
+      };
+      Promise.resolve()
+        .then(scope ? () => scope.run(handle) : handle)
+        .then(
+          (res) => answer(null, res),
+          (e: unknown) => answer(toServiceError(e)),
+        )
+        .finally(() => {
+          untrack?.();
+          release?.();
+          inflight.delete(ac);
+        });
+    };
+
   // Every vsm.v1 service is registered with decoders that never throw (a malformed request is
   // INVALID_ARGUMENT, not grpc-js's INTERNAL); health and reflection keep theirs.
   const addService = server.addService.bind(server);
@@ -384,7 +452,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   if (missing.length) log.warn({ backend: backend.kind, missing }, 'the backend implements no method for these vsm.v1 RPCs: they answer UNIMPLEMENTED');
   for (const svc of vsmServices()) {
     const impl: grpc.UntypedServiceImplementation = {};
-    for (const rpc of svc.methods) impl[rpc.localName] = bindRpc(rpc, backend, { unary, stream, bidi });
+    for (const rpc of svc.methods) impl[rpc.localName] = bindRpc(rpc, backend, { unary, stream, bidi, client });
     server.addService(svc.definition, impl);
   }
 
@@ -523,6 +591,7 @@ type Wrappers = {
     method: string,
     fn: (reqs: AsyncIterable<Req>, sink: StreamSink<Res>, signal: AbortSignal) => Promise<void>,
   ) => grpc.handleBidiStreamingCall<Req, Res>;
+  client?: <Req, Res>(method: string, fn: (reqs: AsyncIterable<Req>, signal: AbortSignal) => Promise<Res>) => grpc.handleClientStreamingCall<Req, Res>;
 };
 
 /**
@@ -560,7 +629,8 @@ export function bindRpc(rpc: RpcMethod, backend: Backend, w: Wrappers): grpc.Unt
     case 'bidi_streaming':
       return w.bidi(rpc.name, (reqs: AsyncIterable<unknown>, sink, signal) => fn.call(backend, reqs, sink, signal) as Promise<void>);
     case 'client_streaming':
-      throw new Error(`${rpc.key}: client-streaming RPCs have no call wrapper in the server yet`);
+      if (!w.client) throw new Error(`${rpc.key}: client-streaming RPCs need the client wrapper`);
+      return w.client(rpc.name, (reqs: AsyncIterable<unknown>, signal) => fn.call(backend, reqs, signal));
     default:
       rpc.kind satisfies never;
       throw new Error(`${rpc.key}: unknown RPC kind`);

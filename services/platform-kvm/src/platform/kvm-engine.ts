@@ -18,16 +18,28 @@ export function kvmEngine(kp: KvmPartition): GuestEngine {
     callHypercallPage: (vp, offset) => run(() => kp.callHypercallPage(vp, offset)),
     store: (vp, gpa, data) =>
       run(() => {
+        guestWrites(kp, gpa, data.length);
         if (kp.enforcesProtections(vp)) return kp.memoryAccess(vp, 'write', gpa, data.length, data);
         return kp.guestWrite(vp, gpa, data) ? { status: 'completed' } : core.STORE_GP;
       }),
     load: (vp, gpa, length) => run(() => kp.guestRead(vp, gpa, length)),
     access: (vp, kind, gpa, length, data, gva) =>
       run(() => {
+        if (kind === 'write') guestWrites(kp, gpa, length);
         if (kind !== 'execute' && kp.enforcesProtections(vp)) return kp.memoryAccess(vp, kind, gpa, length, data, gva);
         return core.guestAccess(p(), vp, kind, gpa, length, data, { gva });
       }),
   };
+}
+
+/**
+ * A guest action's store, about to run on the vCPU: the RAM's write log and an export's copy-on-write
+ * learn of its pages first (the guest writes the memfd directly, behind MemfdRam.write).
+ */
+function guestWrites(kp: KvmPartition, gpa: bigint, length: number): void {
+  if (length <= 0 || gpa < 0n || gpa >= kp.ram.sizeBytes) return;
+  const end = gpa + BigInt(length) > kp.ram.sizeBytes ? kp.ram.sizeBytes : gpa + BigInt(length);
+  kp.ram.beforeWrite(Number(gpa), Number(end - gpa));
 }
 
 function run<T>(fn: () => T): T {

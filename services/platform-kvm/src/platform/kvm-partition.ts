@@ -252,6 +252,11 @@ export class KvmPartition {
     return this.p;
   }
 
+  /** The core partition, once attached (a platform disposed before its partition was built has none). */
+  get attachedPartition(): Partition | undefined {
+    return this.p;
+  }
+
   /** The VM of a VTL, if it has run. */
   vmOf(vtl: Vtl): VtlVm | undefined {
     return this.vms[vtl];

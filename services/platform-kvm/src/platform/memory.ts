@@ -3,7 +3,7 @@
  * as 4 KiB pages of a second memfd (so each can be a memslot over a VTL's view), both mmap'ed
  * MAP_SHARED once in this process. Every VTL VM maps the same backings; nothing is copied.
  */
-import type { GuestRam } from '@vsm/core';
+import { type GuestRam, RamTracking } from '@vsm/core';
 import { GuestMemory, PAGE_SIZE } from '../kvm';
 import { SEEK_DATA, SEEK_HOLE, sysPread, sysSeek } from './libc';
 
@@ -17,6 +17,11 @@ import { SEEK_DATA, SEEK_HOLE, sysPread, sysSeek } from './libc';
 export class MemfdRam implements GuestRam {
   readonly sizeBytes: bigint;
   readonly memory: GuestMemory;
+  /**
+   * Write log and copy-on-write freezes for streamed snapshots (core ram-tracking.ts): told before the
+   * core writes a page here, and by the engine before a guest action's store runs on the vCPU.
+   */
+  readonly tracking = new RamTracking();
 
   constructor(sizeBytes: bigint, name = 'vsm-ram') {
     if (sizeBytes <= 0n || sizeBytes % BigInt(PAGE_SIZE) !== 0n || sizeBytes > BigInt(Number.MAX_SAFE_INTEGER)) {
@@ -47,8 +52,18 @@ export class MemfdRam implements GuestRam {
       const cur = off + pos;
       const n = Math.min(PAGE_SIZE - (cur % PAGE_SIZE), data.length - pos);
       const chunk = data.subarray(pos, pos + n);
-      if (!(isZero(chunk) && this.isHole(cur))) this.memory.write(cur, chunk);
+      if (!(isZero(chunk) && this.isHole(cur))) {
+        this.beforeWrite(cur, n);
+        this.memory.write(cur, chunk);
+      }
       pos += n;
+    }
+  }
+
+  /** Tells the tracking about the pages of [offset, offset + length) about to change (their bytes now, for a freeze). */
+  beforeWrite(offset: number, length: number): void {
+    for (let page = Math.floor(offset / PAGE_SIZE); page * PAGE_SIZE < offset + length; page++) {
+      this.tracking.beforeWrite(page, () => this.memory.read(page * PAGE_SIZE, PAGE_SIZE));
     }
   }
 
@@ -71,6 +86,29 @@ export class MemfdRam implements GuestRam {
       off = end;
     }
     return pages;
+  }
+
+  /** touchedPages() as a sorted Uint32Array (4 bytes a page: what a streamed export keeps). */
+  touchedPagesSorted(): Uint32Array {
+    let out = new Uint32Array(1024);
+    let n = 0;
+    let off = 0;
+    const size = this.memory.size;
+    while (off < size) {
+      const start = sysSeek(this.memory.fd, off, SEEK_DATA);
+      if (start === undefined) break;
+      const end = sysSeek(this.memory.fd, start, SEEK_HOLE) ?? size;
+      for (let p = Math.floor(start / PAGE_SIZE); p < Math.ceil(end / PAGE_SIZE); p++) {
+        if (n === out.length) {
+          const grown = new Uint32Array(out.length * 2);
+          grown.set(out);
+          out = grown;
+        }
+        out[n++] = p;
+      }
+      off = end;
+    }
+    return out.slice(0, n);
   }
 
   get pagesTouched(): number {

@@ -14,6 +14,7 @@ import type { Backend, StreamSink } from '../backend';
 import { invalidArgument } from '../errors';
 import { parsePartitionName, parseVpName, partitionName, vpName } from '../names';
 import { fromPbSnapshot, toPbSnapshot } from '../snapshot-codec';
+import { exportPartition as exportPartitionStream, importPartition as importPartitionStream } from '../snapshot-stream';
 import {
   EMULATOR_NO_EXECUTION,
   NOT_LOADED,
@@ -660,6 +661,17 @@ export class CoreBackend implements Backend {
     const p = this.manager.restore(fromPbSnapshot(r.snapshot), r.partitionId || undefined);
     for (const l of this.partitionListeners) l(p);
     return this.toPartition(p);
+  }
+
+  /** Streamed snapshots (snapshot-stream.ts). A running guest writes RAM behind the export's copy-on-write: pause it first. */
+  async exportPartition(r: P.ExportPartitionRequest, sink: StreamSink<P.SnapshotChunk>, signal: AbortSignal): Promise<void> {
+    const p = this.partition(r.name);
+    if (this.runFieldsOf(p).runState === P.RunState.RUN_STATE_RUNNING)
+      throw new HvError(HvStatus.HV_STATUS_INVALID_PARTITION_STATE, `${partitionName(p.id)} runs a guest: pause it (PausePartition) before ExportPartition`);
+    return exportPartitionStream(p, partitionName(p.id), r, sink, signal);
+  }
+  async importPartition(requests: AsyncIterable<P.ImportPartitionRequest>, signal: AbortSignal): Promise<P.Partition> {
+    return this.toPartition(await importPartitionStream(this.manager, requests, signal));
   }
 
   // ---- execution (ExecutionService) -------------------------------------------------------------

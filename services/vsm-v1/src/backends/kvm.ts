@@ -124,7 +124,8 @@ export class KvmBackend extends CoreBackend {
           },
           dispose: () => {
             if (this.kvm.get(spec.id) === kp) this.kvm.delete(spec.id);
-            if (kp.partition) this.sessions.delete(kp.partition);
+            const attached = kp.attachedPartition; // none when the build failed (or an import was aborted)
+            if (attached) this.sessions.delete(attached);
             kp.dispose();
           },
         };

@@ -309,6 +309,43 @@ export class RemoteBackend implements Backend {
     return p;
   }
 
+  /** ExportPartition: the hosting agent's stream, message by message with back-pressure. */
+  async exportPartition(r: pb.ExportPartitionRequest, sink: StreamSink<pb.SnapshotChunk>, signal: AbortSignal): Promise<void> {
+    const agent = await this.locate(r.name);
+    try {
+      for await (const m of agent.client.snapshots.exportPartition(r, signal)) if (!sink.write(m)) await sink.drained();
+      // The stream ends when this returns: what the sink still queues (the trailer) must be out first.
+      await sink.drained();
+    } catch (e) {
+      relay(e);
+    }
+  }
+  /** ImportPartition: the chunks go on to one agent (placed as RestorePartition) as they arrive. */
+  async importPartition(requests: AsyncIterable<pb.ImportPartitionRequest>, signal: AbortSignal): Promise<pb.Partition> {
+    if (this.agents.length === 0)
+      throw new ApiError(
+        Code.UNIMPLEMENTED,
+        'HV_STATUS_FEATURE_UNAVAILABLE',
+        'ImportPartition is not available in fleet mode yet: import on an agent directly',
+      );
+    const it = requests[Symbol.asyncIterator]();
+    const head = await it.next();
+    if (head.done) throw invalidArgument('the stream held no snapshot (a header first)');
+    const partitionId = head.value.partitionId;
+    async function* chunks(): AsyncIterable<pb.SnapshotChunk> {
+      for (let r = head; !r.done; r = await it.next()) {
+        if (r.value.partitionId && r.value.partitionId !== partitionId)
+          throw invalidArgument(`partition_id ${r.value.partitionId} differs from the first message's ${JSON.stringify(partitionId)}`);
+        if (!r.value.chunk) throw invalidArgument('chunk is required in every message');
+        yield r.value.chunk;
+      }
+    }
+    const i = this.next++ % this.agents.length;
+    const p = await this.agents[i]!.client.snapshots.importPartition(chunks(), { partitionId, signal }).catch(relay);
+    this.home.set(parsePartitionName(p.name), i);
+    return p;
+  }
+
   async close(): Promise<void> {
     for (const a of this.agents) a.client.close();
   }
