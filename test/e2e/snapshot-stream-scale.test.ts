@@ -102,6 +102,13 @@ function suite(label: string, make: () => CoreBackend, skip?: string) {
         const ranges = Array.from({ length: n }, (_, i) => ({ startPage: BigInt(FIRST_RANGE_PAGE + 2 * (k + i)), pageCount: 1n }));
         await c.intercepts.modifyVtlProtectionMask({ name, protectingVtl: 1, mapFlags: (k / 65536) % 2 ? 0x1 : 0x3, ranges });
       }
+      // Too large for the unary SavePartition, which says which RPC to use.
+      const tooLarge = await c.snapshots.savePartition({ name }).then(
+        () => undefined,
+        (e: { code: number; message: string }) => e,
+      );
+      expect(tooLarge?.code).toBe(8); // RESOURCE_EXHAUSTED
+      expect(tooLarge?.message).toMatch(/stream it with ExportPartition/);
       // Export to a file, sampling the RSS at every chunk.
       const file = path.join(dir, `${label}.vsnap`);
       // A clean baseline: the garbage of the set-up above collected first.

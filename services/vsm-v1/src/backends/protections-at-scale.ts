@@ -92,6 +92,6 @@ export function assertSnapshotFits(p: Partition, name: string, limit = UNARY_REP
   throw new ApiError(
     Code.RESOURCE_EXHAUSTED,
     'SNAPSHOT_TOO_LARGE',
-    `the snapshot of ${name} is too large for one SavePartition reply: at least ${atLeast} bytes (${pages} touched RAM pages, ${ranges} protection ranges) against the ${limit}-byte message limit`,
+    `the snapshot of ${name} is too large for one SavePartition reply: at least ${atLeast} bytes (${pages} touched RAM pages, ${ranges} protection ranges) against the ${limit}-byte message limit; stream it with ExportPartition (vsmctl snapshot export), which has no size limit`,
   );
 }
