@@ -87,6 +87,10 @@ export class RamFreeze {
   private readonly preserved = new Map<number, Buffer>();
   /** Pages copied because they were about to change (for tests and figures). */
   copies = 0;
+  /** Pages of the freeze announced by beforeWrite() before they changed (their old bytes are safe). */
+  private readonly announced = new Set<number>();
+  /** Pages of the freeze that changed without being announced (the guest wrote them itself): their old bytes are lost. */
+  lost = 0;
 
   constructor(
     /** The pages this freeze sends, ascending. */
@@ -100,8 +104,8 @@ export class RamFreeze {
   }
 
   /** Whether page `gpfn` is still to be sent (binary search over the unsent part). */
-  private pending(gpfn: number): boolean {
-    let lo = this.next;
+  private pending(gpfn: number, from = this.next): boolean {
+    let lo = from;
     let hi = this.pages.length;
     while (lo < hi) {
       const mid = (lo + hi) >>> 1;
@@ -113,7 +117,12 @@ export class RamFreeze {
 
   /** Called before page `gpfn` changes; `current` gives its bytes now (a copy is kept unless `owned`). */
   preserve(gpfn: number, current: () => Buffer | undefined, owned = false): void {
-    if (this.preserved.has(gpfn) || !this.pending(gpfn)) return;
+    if (this.preserved.has(gpfn)) return;
+    if (!this.pending(gpfn)) {
+      if (this.pending(gpfn, 0)) this.announced.add(gpfn);
+      return;
+    }
+    this.announced.add(gpfn);
     const now = current();
     this.preserved.set(gpfn, now ? (owned ? now : Buffer.from(now)) : Buffer.alloc(4096));
     this.copies++;
@@ -143,6 +152,11 @@ export class RamFreeze {
       left -= n;
     }
     return out;
+  }
+
+  /** Page `gpfn` was written behind the RAM's back (a platform's dirty log): counted as lost unless it was announced first. */
+  overwritten(gpfn: number): void {
+    if (!this.announced.has(gpfn) && this.pending(gpfn, 0)) this.lost++;
   }
 
   /** Ends the freeze (its copies are dropped). */
@@ -192,8 +206,15 @@ export class RamTracking {
   /** Drains the platform's own log (harvest) into the current one. */
   private drain(): void {
     if (!this.harvest) return;
-    const pages = this.harvest();
-    if (this.log) for (const g of pages) this.log.pages.add(g);
+    for (const g of this.harvest()) {
+      this.log?.pages.add(g);
+      for (const f of this.freezes) f.overwritten(g);
+    }
+  }
+
+  /** Drains the platform's log now: each freeze learns whether pages of it were written behind its back (RamFreeze.lost). */
+  sync(): void {
+    this.drain();
   }
 
   /**

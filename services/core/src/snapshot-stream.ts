@@ -35,6 +35,12 @@ export interface CoreExport {
   /** Pages copied because they changed while the export read them. */
   readonly copies: number;
   /**
+   * Throws HV_STATUS_OPERATION_FAILED if pages of the export were written behind its copy-on-write
+   * (a guest running during the export, seen in the platform's dirty log): the export is not the
+   * state at its start. Call before declaring the export complete.
+   */
+  verify(): void;
+  /**
    * Ends the export. `ok`: it was delivered whole, so the next incremental export is relative to it;
    * otherwise the pages it would have covered stay in the write log.
    */
@@ -94,6 +100,14 @@ export function beginExport(p: Partition, incremental: boolean): CoreExport {
       takePages: (maxPages) => f.take(maxPages),
       get copies() {
         return f.copies;
+      },
+      verify() {
+        tracking.sync();
+        if (f.lost > 0)
+          failed(
+            HvStatus.HV_STATUS_OPERATION_FAILED,
+            `the guest wrote ${f.lost} page${f.lost === 1 ? '' : 's'} of RAM itself while the export read them (it ran during the export): pause it (PausePartition) and export again`,
+          );
       },
       finish(ok) {
         if (ended) return;

@@ -106,6 +106,7 @@ export async function exportPartition(
       for (const x of pbRuns) digest.pages(x.gpfn, x.data);
       await send({ chunk: { $case: 'memory', value: { runs: pbRuns } } });
     }
+    ex.verify(); // nothing written behind the copy-on-write (a guest that ran meanwhile)
     await send({
       chunk: { $case: 'trailer', value: { protectionRanges: BigInt(ex.rangeCount), memoryPages: BigInt(ex.pageCount), sha256: digest.digest() } },
     });

@@ -70,6 +70,12 @@ export const KVM_CREATE_VCPU = _IO(KVMIO, 0x41);
 export const KVM_SET_USER_MEMORY_REGION = _IOW(KVMIO, 0x46, SIZEOF_KVM_USERSPACE_MEMORY_REGION);
 /** KVM_ENABLE_CAP = _IOW(KVMIO, 0xa3, struct kvm_enable_cap /104/): VM and vCPU ioctl. */
 export const KVM_ENABLE_CAP = _IOW(KVMIO, 0xa3, SIZEOF_KVM_ENABLE_CAP);
+/**
+ * KVM_GET_DIRTY_LOG = _IOW(KVMIO, 0x42, struct kvm_dirty_log /16/): { u32 slot; u32 pad; u64
+ * dirty_bitmap (user pointer) }. Copies the slot's dirty bitmap (one bit per page, in longs) and
+ * clears it (write-protecting the pages again), for a slot created with KVM_MEM_LOG_DIRTY_PAGES.
+ */
+export const KVM_GET_DIRTY_LOG = _IOW(KVMIO, 0x42, 16);
 /** KVM_X86_SET_MSR_FILTER = _IOW(KVMIO, 0xc6, struct kvm_msr_filter /392/). */
 export const KVM_X86_SET_MSR_FILTER = _IOW(KVMIO, 0xc6, SIZEOF_KVM_MSR_FILTER);
 

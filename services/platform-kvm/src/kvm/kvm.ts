@@ -49,6 +49,7 @@ import {
   SysError,
   errno,
   ioctlPtr,
+  KVM_GET_DIRTY_LOG,
   ioctlVal,
   ioctlValRaw,
   nativeView,
@@ -89,6 +90,7 @@ import {
   KVM_CAP,
   KVM_EXIT,
   KVM_EXIT_IO_OUT,
+  KVM_MEM_LOG_DIRTY_PAGES,
   KVM_MEM_READONLY,
   KVM_MSR_EXIT_REASON_FILTER,
   KVM_MSR_FILTER_DEFAULT_ALLOW,
@@ -366,6 +368,12 @@ export class KvmVm {
   private closed = false;
   /** Number of KVM_SET_USER_MEMORY_REGION calls made so far (for cost accounting). */
   memslotChanges = 0;
+  /**
+   * Dirty logging (logDirty): the memory whose writable slots carry KVM_MEM_LOG_DIRTY_PAGES, and where
+   * the pages the guest wrote go (page numbers inside that memory), harvested from a slot's bitmap
+   * before the slot is deleted and on harvestDirty().
+   */
+  private dirty?: { memory: GuestMemory; sink: (page: number) => void; scratch?: NativeScratch };
 
   constructor(system: KvmSystem, fd: number) {
     this.system = system;
@@ -407,7 +415,7 @@ export class KvmVm {
     try {
       this.setUserMemoryRegion({
         slot,
-        flags: m.readonly ? KVM_MEM_READONLY : 0,
+        flags: m.readonly ? KVM_MEM_READONLY : this.logs(m) ? KVM_MEM_LOG_DIRTY_PAGES : 0,
         gpa: m.gpa,
         size: m.size,
         hostAddress: m.memory.hostAddress + BigInt(m.offset),
@@ -424,12 +432,75 @@ export class KvmVm {
 
   /** `unplace` = false leaves the layout array to the caller (setLayout). */
   private deleteSlot(m: MemoryMapping, unplace = true): void {
+    if (this.logs(m)) this.harvestSlot(m); // its bitmap goes with it
     this.setUserMemoryRegion({ slot: m.slot, flags: 0, gpa: m.gpa, size: 0, hostAddress: 0n });
     this.usedSlots.delete(m.slot);
     this.freeSlots.push(m.slot);
     if (!unplace) return;
     const i = this.layout.indexOf(m);
     if (i >= 0) this.layout.splice(i, 1);
+  }
+
+  /** Whether slot `m` logs the guest's writes (dirty logging is on for its memory, and it is writable). */
+  private logs(m: Omit<MemoryMapping, 'slot'>): boolean {
+    return !!this.dirty && m.memory === this.dirty.memory && !m.readonly;
+  }
+
+  /**
+   * Logs the guest's writes to `memory` from now on (KVM_MEM_LOG_DIRTY_PAGES on every writable slot
+   * backed by it, present and future): harvestDirty() hands each page written (its number inside
+   * `memory`) to `sink`. One memory per VM.
+   */
+  logDirty(memory: GuestMemory, sink: (page: number) => void): void {
+    if (this.dirty) {
+      if (this.dirty.memory !== memory) throw new Error('this VM logs the writes of another memory already');
+      this.dirty.sink = sink;
+      return;
+    }
+    this.dirty = { memory, sink };
+    for (const m of this.layout) {
+      if (!this.logs(m)) continue;
+      // A flags-only change of an existing slot (KVM_MR_FLAGS_ONLY).
+      this.setUserMemoryRegion({
+        slot: m.slot,
+        flags: KVM_MEM_LOG_DIRTY_PAGES,
+        gpa: m.gpa,
+        size: m.size,
+        hostAddress: m.memory.hostAddress + BigInt(m.offset),
+      });
+    }
+  }
+
+  /** Hands every page written since the last harvest (KVM_GET_DIRTY_LOG of each logging slot) to the sink. */
+  harvestDirty(): void {
+    if (!this.dirty) return;
+    for (const m of this.layout) if (this.logs(m)) this.harvestSlot(m);
+  }
+
+  private harvestSlot(m: MemoryMapping): void {
+    const d = this.dirty!;
+    const pages = m.size / 4096;
+    const bytes = Math.ceil(pages / 64) * 8;
+    if (!d.scratch || d.scratch.length < bytes) {
+      d.scratch?.free();
+      d.scratch = new NativeScratch(bytes);
+    }
+    const arg = Buffer.alloc(16);
+    arg.writeUInt32LE(m.slot, 0);
+    arg.writeBigUInt64LE(d.scratch.address, 8);
+    ioctlPtr(this.fd, KVM_GET_DIRTY_LOG, arg, `KVM_GET_DIRTY_LOG(slot ${m.slot})`);
+    const bits = d.scratch.buffer;
+    const first = m.offset / 4096;
+    for (let i = 0; i < bytes; i += 4) {
+      let w = bits.readUInt32LE(i);
+      if (w === 0) continue;
+      while (w !== 0) {
+        const low = w & -w;
+        const bit = i * 8 + (31 - Math.clz32(low));
+        if (bit < pages) d.sink(first + bit);
+        w ^= low;
+      }
+    }
   }
 
   /** Index of the first mapping whose gpa is greater than `gpa` (binary search). */
@@ -698,6 +769,7 @@ export class KvmVm {
     this.closed = true;
     for (const v of [...this.vcpus]) v.close();
     sysClose(this.fd);
+    this.dirty?.scratch?.free();
   }
 }
 

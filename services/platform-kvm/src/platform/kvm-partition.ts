@@ -12,7 +12,7 @@
  * state. runVp() instead runs the guest's own code with its full state until HLT.
  */
 import * as core from '@vsm/core';
-import { HvError, HvStatus, type Partition, type PlatformHooks, type VirtualProcessor, type Vtl, type X64ExceptionVector } from '@vsm/core';
+import { HvError, HvStatus, PageBitmap, type Partition, type PlatformHooks, type VirtualProcessor, type Vtl, type X64ExceptionVector } from '@vsm/core';
 import { type CpuidEntry, HV_MSR_BASE, HV_MSR_COUNT, type KvmExit, type KvmRegs, type KvmSystem, MiniGuest, type TimeoutExit, type VcpuWatchdog } from '../kvm';
 import { AGENT, AgentRegion, EXCEPTION_PORT, type StubName } from './agent-region';
 import { HYPERCALL_INSN_LENGTH, HYPERCALL_IO_SIZE, HYPERCALL_PORT, kvmHypercallPageLayout } from './hypercall-page';
@@ -205,6 +205,7 @@ export class KvmPartition {
     spec: { id: string; memoryBytes: bigint; vpCount: number },
   ) {
     this.ram = new MemfdRam(spec.memoryBytes, `vsm-ram-${spec.id}`);
+    this.ram.tracking.harvest = () => this.harvestGuestWrites();
     try {
       this.overlayPages = new OverlayPages(OverlayPages.capacityFor(spec.vpCount), `vsm-overlays-${spec.id}`);
     } catch (e) {
@@ -243,6 +244,27 @@ export class KvmPartition {
     };
   }
 
+  /**
+   * Pages of RAM the guest wrote itself (through KVM, not MemfdRam.write), from the VMs' dirty logs:
+   * logging starts with the first harvest (the RAM's first export epoch) and covers every VTL's VM.
+   */
+  private guestWritten: PageBitmap | undefined;
+  private readonly logGuestWrite = (page: number) => this.guestWritten?.add(page);
+
+  /** RamTracking.harvest: the pages the guest wrote since the last call (KVM_GET_DIRTY_LOG of every VM). */
+  private harvestGuestWrites(): Iterable<number> {
+    if (this.closed) return [];
+    this.guestWritten ??= new PageBitmap();
+    for (const v of this.vms) {
+      if (!v) continue;
+      v.vm.logDirty(this.ram.memory, this.logGuestWrite);
+      v.vm.harvestDirty();
+    }
+    const pages = this.guestWritten;
+    this.guestWritten = new PageBitmap();
+    return pages.ascending();
+  }
+
   attach(p: Partition): void {
     this.p = p;
   }
@@ -272,6 +294,7 @@ export class KvmPartition {
     let v = this.vms[vtl];
     if (!v) {
       v = new VtlVm(this.host.system, vtl, this.ram, this.overlayPages, this.agent, this.host.cpuid, this.host.memslotBudget, this.execution);
+      if (this.guestWritten) v.vm.logDirty(this.ram.memory, this.logGuestWrite);
       const obs = this.host.observer;
       if (obs?.memslotChanges) v.onSlotChanges = (n) => obs.memslotChanges?.(n);
       this.vms[vtl] = v;
