@@ -12,6 +12,7 @@ import * as memory from './commands/memory';
 import * as msr from './commands/msr';
 import * as overlays from './commands/overlays';
 import * as partitions from './commands/partitions';
+import * as snapshot from './commands/snapshot';
 import * as synic from './commands/synic';
 import * as vp from './commands/vp';
 import * as vtl from './commands/vtl';
@@ -37,6 +38,7 @@ const GROUPS: Register[] = [
   intercepts.register,
   synic.register,
   connections.register,
+  snapshot.register,
 ];
 
 export function buildProgram(io: Io, state: { ctx?: Ctx }): Command {
