@@ -4,7 +4,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { pb } from '@vsm/client';
+import type { pb } from '@vsm/client';
 import { GiB, type Harness, startHarness } from '../support/server';
 import { type Run, assertBuilt, vsmctl } from './support';
 
