@@ -263,6 +263,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       const ctl = streamControl(method, call as unknown as ServerStreamCall<Res>);
       let release: (() => void) | undefined;
       let untrack: (() => void) | undefined;
+      let sink: StreamSink<Res> | undefined;
       log.info({ method }, 'stream opened');
       Promise.resolve()
         .then(() =>
@@ -280,11 +281,17 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
                 authContext: call.getAuthContext(),
                 end: (e) => ctl.fail(e, 'warn'),
               });
-            return fn(call.request, sinkFor(method, call as unknown as ServerStreamCall<Res>, ctl), ctl.signal);
+            sink = sinkFor(method, call as unknown as ServerStreamCall<Res>, ctl);
+            return fn(call.request, sink, ctl.signal);
           }),
         )
         .then(
-          () => ctl.done(),
+          // What the handler wrote before it returned is still sent (the sink's lag and stall rules bound
+          // the wait): ending now would close the sink and drop its queue (a stream's last messages).
+          async () => {
+            await sink?.drained();
+            return ctl.done();
+          },
           (e: unknown) => ctl.failed(e),
         )
         .finally(() => {
@@ -303,6 +310,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       const ctl = streamControl(method, call as unknown as ServerStreamCall<Res>);
       let release: (() => void) | undefined;
       let untrack: (() => void) | undefined;
+      let sink: StreamSink<Res> | undefined;
       log.info({ method }, 'stream opened');
       Promise.resolve()
         .then(() =>
@@ -335,11 +343,15 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
                 authContext: call.getAuthContext(),
                 end: (e) => ctl.fail(e, 'warn'),
               });
-            return fn(reqs, sinkFor(method, call as unknown as ServerStreamCall<Res>, ctl), ctl.signal);
+            sink = sinkFor(method, call as unknown as ServerStreamCall<Res>, ctl);
+            return fn(reqs, sink, ctl.signal);
           }),
         )
         .then(
-          () => ctl.done(),
+          async () => {
+            await sink?.drained();
+            return ctl.done();
+          },
           (e: unknown) => ctl.failed(e),
         )
         .finally(() => {
