@@ -19,6 +19,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { connect, pb, type VsmClient } from '@vsm/client';
+import { encodeEnableVpVtlInput, HV_PARTITION_ID_SELF, HypercallPageOffsets } from '@vsm/core';
 import type { GuestRunStats, GuestSession } from '@vsm/platform-kvm';
 import type { RunningServer } from '@vsm/vsm-v1';
 import pino from 'pino';
@@ -65,7 +66,7 @@ function wrmsrImage(n: number): Buffer {
 
 const exitSum = (s: GuestRunStats) => Object.values(s.exits).reduce((a, b) => a + b, 0);
 const statsLine = (s: GuestRunStats) =>
-  `exits to the main thread ${JSON.stringify(s.exits)} (${exitSum(s)}), finished on VP threads ${s.localExits} (overlay ${s.overlayExits}), KVM_RUNs ${s.runs}, VP switches ${s.vpSwitches}, interrupts ${s.interrupts}`;
+  `exits to the main thread ${JSON.stringify(s.exits)} (${exitSum(s)}), finished on VP threads ${s.localExits} (overlay ${s.overlayExits}), KVM_RUNs ${s.runs}, VP switches ${s.vpSwitches}, interrupts ${s.interrupts}, quiesces ${s.quiesces} (${(s.quiesceMicros / 1000).toFixed(1)} ms)`;
 
 /** The backend's session of a partition (read-only peek at its run figures; vsm.v1 has no RPC for them). */
 function sessionOf(backend: KvmBackendType, name: string): GuestSession | undefined {
@@ -92,6 +93,155 @@ async function runWrmsr(backend: KvmBackendType, n: number, id: string): Promise
     if (end.exitCode !== 0) throw new Error(`wrmsr guest ended with ${end.reason} (exit code ${end.exitCode}), expected debug-exit 0`);
     const wr = stats.exits.wrmsr ?? 0;
     if (wr + stats.localExits < n) throw new Error(`wrmsr guest: ${statsLine(stats)}; expected at least ${n} MSR exits`);
+    return { us, stats };
+  } finally {
+    await backend.deletePartition(pb.DeletePartitionRequest.fromPartial({ name: p.name })).catch(() => undefined);
+  }
+}
+
+/**
+ * The VTL guest's layout (GPAs, in the flat image at FLAT_GPA): VTL0 code at +0, VTL1 code at
+ * +0x800, the VTL0 and VTL1 hypercall pages at +0x1000 and +0x2000 (overlays the guest enables),
+ * the HvCallEnableVpVtl input at +0x3000, VTL1's stack below +0x5000. VTL0 runs on the boot
+ * plan's stack (RSP 0x8000), page tables (CR3 0x10000) and GDT (0x8000, TSS at 0x8080).
+ */
+const VG = {
+  vtl1Code: FLAT_GPA + 0x800n,
+  page0: FLAT_GPA + 0x1000n,
+  page1: FLAT_GPA + 0x2000n,
+  input: FLAT_GPA + 0x3000n,
+  vtl1StackTop: FLAT_GPA + 0x5000n,
+  size: 0x5000,
+} as const;
+/** The boot plan's long64 state (services/platform-kvm/src/guest/image/boot-plan.ts, kvm/longmode.ts). */
+const BOOT = {
+  cr3: 0x1_0000n,
+  gdt: 0x8000n,
+  tss: 0x8080n,
+  cr0: 0x8001_0033n, // PE MP ET NE WP PG
+  cr4: 0x620n, // PAE OSFXSR OSXMMEXCPT
+  efer: 0x500n, // LME LMA
+} as const;
+/** Hypercall codes (TLFS appendix A) and the fast flag (TLFS 3.7, hypercall input value bit 16). */
+const HvCallEnablePartitionVtl = 0x0d;
+const HvCallEnableVpVtl = 0x0f;
+const HV_HYPERCALL_FAST = 1 << 16;
+const HV_X64_MSR_HYPERCALL = 0x4000_0001;
+
+/**
+ * A guest that enables VTL1 itself (guest OS id, hypercall page, HvCallEnablePartitionVtl fast,
+ * HvCallEnableVpVtl with VTL1's initial context), then does n × (VtlCall from VTL0 code → VTL1 code →
+ * fast VtlReturn) and writes 0 to the debug-exit port (2: EnablePartitionVtl failed, 3: EnableVpVtl
+ * failed). VTL1 on its first entry sets its own guest OS id and hypercall page. General registers are
+ * shared between the VTLs (TLFS 15.6.1): the loop counter (RBX) survives, VTL1 touches RAX, RCX, RDX only.
+ */
+function vtlImage(n: number): Buffer {
+  const k = loadKvmLayer();
+  const img = Buffer.alloc(VG.size);
+  const hypercall = (a: InstanceType<typeof k.Asm>, page: bigint) => a.movR64Imm64('rax', page).callReg('rax').orRR('rax', 'rax');
+  const v0 = new k.Asm()
+    .movR32Imm32('rcx', HV_X64_MSR_GUEST_OS_ID)
+    .movR32Imm32('rax', GUEST_OS_ID_LO)
+    .movR32Imm32('rdx', GUEST_OS_ID_HI)
+    .wrmsr()
+    .movR32Imm32('rcx', HV_X64_MSR_HYPERCALL)
+    .movR32Imm32('rax', Number(VG.page0 | 1n))
+    .zero('rdx')
+    .wrmsr()
+    // HvCallEnablePartitionVtl, fast: RDX = TargetPartitionId, R8 = TargetVtl 1, flags 0.
+    .movR32Imm32('rcx', HvCallEnablePartitionVtl | HV_HYPERCALL_FAST)
+    .movR64Imm64('rdx', HV_PARTITION_ID_SELF)
+    .movR32Imm32('r8', 1);
+  hypercall(v0, VG.page0).jnz('fail2');
+  v0.movR32Imm32('rcx', HvCallEnableVpVtl).movR32Imm32('rdx', Number(VG.input)).zero('r8');
+  hypercall(v0, VG.page0).jnz('fail3');
+  v0.movR64Imm64('r13', VG.page0 + BigInt(HypercallPageOffsets.vtlCall64))
+    .movR32Imm32('rbx', n)
+    .label('l')
+    .zero('rcx')
+    .callReg('r13')
+    .decR32('rbx')
+    .jnz('l')
+    .zero('rax')
+    .outImm8Eax(DEBUG_EXIT_PORT)
+    .jmp('h')
+    .label('fail2')
+    .movR32Imm32('rax', 2)
+    .outImm8Eax(DEBUG_EXIT_PORT)
+    .jmp('h')
+    .label('fail3')
+    .movR32Imm32('rax', 3)
+    .outImm8Eax(DEBUG_EXIT_PORT)
+    .label('h')
+    .hlt()
+    .jmp('h');
+  const v1 = new k.Asm()
+    .movR32Imm32('rcx', HV_X64_MSR_GUEST_OS_ID)
+    .movR32Imm32('rax', GUEST_OS_ID_LO)
+    .movR32Imm32('rdx', GUEST_OS_ID_HI)
+    .wrmsr()
+    .movR32Imm32('rcx', HV_X64_MSR_HYPERCALL)
+    .movR32Imm32('rax', Number(VG.page1 | 1n))
+    .zero('rdx')
+    .wrmsr()
+    .movR64Imm64('r14', VG.page1 + BigInt(HypercallPageOffsets.vtlReturn64))
+    .label('l')
+    .movR32Imm32('rcx', 1)
+    .callReg('r14')
+    .jmp('l');
+  Buffer.from(v0.bytes()).copy(img, 0);
+  Buffer.from(v1.bytes()).copy(img, Number(VG.vtl1Code - FLAT_GPA));
+  const code = { base: 0n, limit: 0xffff_ffff, selector: 0x08, attributes: 0xa09b };
+  const data = { base: 0n, limit: 0xffff_ffff, selector: 0x10, attributes: 0xc093 };
+  encodeEnableVpVtlInput({
+    targetPartitionId: HV_PARTITION_ID_SELF,
+    vpIndex: 0,
+    targetVtl: 1,
+    rsvdZ: 0,
+    vpVtlContext: {
+      rip: VG.vtl1Code,
+      rsp: VG.vtl1StackTop,
+      rflags: 0x2n,
+      cs: code,
+      ds: data,
+      es: data,
+      fs: data,
+      gs: data,
+      ss: data,
+      tr: { base: BOOT.tss, limit: 0x67, selector: 0x18, attributes: 0x8b },
+      ldtr: { base: 0n, limit: 0, selector: 0, attributes: 0x82 },
+      idtr: { base: 0n, limit: 0 },
+      gdtr: { base: BOOT.gdt, limit: k.GDT_LIMIT },
+      efer: BOOT.efer,
+      cr0: BOOT.cr0,
+      cr3: BOOT.cr3,
+      cr4: BOOT.cr4,
+      msrCrPat: 0x0007_0406_0007_0406n,
+    },
+  }).copy(img, Number(VG.input - FLAT_GPA));
+  return img;
+}
+
+async function runVtl(backend: KvmBackendType, n: number, id: string): Promise<{ us: number; stats: GuestRunStats }> {
+  const { GuestSession: Session } = require('@vsm/platform-kvm') as typeof import('@vsm/platform-kvm');
+  const p = await backend.createPartition(
+    pb.CreatePartitionRequest.fromPartial({ partitionId: id, partition: { vpCount: 1, memoryBytes: 64n * MiB, maximumVtl: 1 } }),
+  );
+  try {
+    const s = Session.load(backend.platformOf(p.name), vtlImage(n), {
+      format: 'flat',
+      loadGpa: FLAT_GPA,
+      entryMode: 'long64',
+      devices: { hypervTestdev: false },
+    });
+    const t0 = performance.now();
+    s.start();
+    const end = await s.whenEnded();
+    const us = (performance.now() - t0) * 1000;
+    const stats = s.stats();
+    await s.close();
+    if (end.exitCode !== 0) throw new Error(`VTL guest ended with ${end.reason} (exit code ${end.exitCode}), expected debug-exit 0; ${statsLine(stats)}`);
+    if ((stats.exits.io ?? 0) < 2 * n) throw new Error(`VTL guest: ${statsLine(stats)}; expected at least ${2 * n} hypercall port exits`);
     return { us, stats };
   } finally {
     await backend.deletePartition(pb.DeletePartitionRequest.fromPartial({ name: p.name })).catch(() => undefined);
@@ -245,6 +395,7 @@ async function run(ctx: BenchContext): Promise<void> {
     server = await startServer({ listen: '127.0.0.1:0', backend, logger: pino({ level: 'silent' }), shutdownGraceMs: 100 });
     client = connect(`127.0.0.1:${server.port}`, { deadlineMs: 120_000 });
     const n = ctx.pick(20_000, 50_000);
+    const nVtl = ctx.pick(3000, 8000);
     await runWrmsr(backend, 1000, 'guest-run-warm'); // threads, JIT
     const stalled = new Set<Route>();
     for (let r = 0; r < ctx.repeats; r++) {
@@ -259,6 +410,11 @@ async function run(ctx: BenchContext): Promise<void> {
       ctx.recordRate('guest-run.wrmsr', n / (w.us / 1e6));
       line.push(`guest wrmsr ${(n / (w.us / 1e6)).toFixed(0)}/s`);
       if (r === 0) ctx.log(`wrmsr guest (${n} writes): ${statsLine(w.stats)}`);
+
+      const v = await runVtl(backend, nVtl, `guest-run-vtl-${r}`);
+      ctx.recordRate('guest-run.vtl_roundtrip', nVtl / (v.us / 1e6));
+      line.push(`guest VtlCall+VtlReturn ${(nVtl / (v.us / 1e6)).toFixed(0)}/s`);
+      if (r === 0) ctx.log(`VTL guest (${nVtl} pairs): ${statsLine(v.stats)}`);
 
       if (images && client) {
         for (const route of ['higher', 'monitor'] as const) {
@@ -325,6 +481,13 @@ export const suite: Suite = {
         'a flat long64 guest on GuestSession (1 VP) writing HV_X64_MSR_GUEST_OS_ID in a `wrmsr; dec; jnz` loop (20k quick, 50k full), then debug-exit 0: writes / (start → end)',
     },
     {
+      id: 'guest-run.vtl_roundtrip',
+      kind: 'rate',
+      unit: 'pairs/s',
+      description:
+        'a flat long64 guest on GuestSession (1 VP) that enables VTL1 itself (HvCallEnablePartitionVtl, HvCallEnableVpVtl), then loops VtlCall from VTL0 code → VTL1 code → fast VtlReturn (3k quick, 8k full), then debug-exit 0: pairs / (start → end)',
+    },
+    {
       id: 'guest-run.intercept.higher_vtl',
       kind: 'rate',
       unit: 'intercepts/s',
@@ -343,6 +506,13 @@ export const suite: Suite = {
       baseline: 'guest-run.raw.wrmsr.rate',
       target: { op: '>=', value: 0.5 },
       description: "informational: a running guest's Hyper-V MSR writes vs the raw WRMSR exit loop (at most 2× the raw cost per exit)",
+    },
+    {
+      figure: 'guest-run.vtl_roundtrip',
+      baseline: 'guest-run.raw.pio.rate',
+      target: { op: '>=', value: 0.2 },
+      description:
+        'informational: a VtlCall + VtlReturn pair in a running guest (2 port exits, 2 VTL switches) vs one raw exit; issue #13 aims at ≤ 5× for kvm.agent.vtl_roundtrip',
     },
     {
       figure: 'guest-run.intercept.higher_vtl',
