@@ -1,68 +1,78 @@
 // Figures measured inside running guests (issue #13, "Running guests"): whole guests loaded and run
-// by the platform's GuestSession on a KvmBackend in the runner's process, each counted by what the
-// guest itself did over wall time, against the same run's raw exit loops (kvm-raw.ts: a one-vCPU VM
-// whose host side only re-enters KVM_RUN).
+// by the platform's GuestSession on a KvmBackend in the runner's process, against the same run's raw
+// exit loops (kvm-raw.ts: a one-vCPU VM whose host side only re-enters KVM_RUN). Each rate counts the
+// operations the guest did over the window from the first to the last exit of the operation's kind
+// (KvmBackend's KvmObserver, told of every exit the main thread is handed), so the guest's boot, its
+// set-up and the session start stay out; every run is also checked (exit code, console, counts).
 //
-// - guest-run.wrmsr: a flat long64 image (built here with the agent's Asm; the boot plan gives
-//   identity paging and a GDT) that writes HV_X64_MSR_GUEST_OS_ID N times in a `wrmsr; dec; jnz`
-//   loop, then writes 0 to the debug-exit port. Exits per second = N / (start → end).
+// - guest-run.wrmsr: a flat long64 image (lib/guest-images.ts, built with the agent's Asm) writing
+//   HV_X64_MSR_GUEST_OS_ID n times in a `wrmsr; dec; jnz` loop, then debug-exit 0.
+// - guest-run.vtl_roundtrip: a flat long64 image that enables VTL1 itself and loops VtlCall →
+//   VTL1 code → fast VtlReturn (2 port exits per pair).
 // - guest-run.intercept.*: the project's C VSM guest (test/guests/vsm-scenario, built with gcc by its
-//   build.sh) on 2 VPs, both storing concurrently into VTL1-protected pages; route HIGHER_VTL (VTL1
-//   handles each intercept from SINT0 and VtlReturns) and route MONITOR (a Monitor stream on an
-//   in-process vsm.v1 server answers ALLOW). Two builds (WRITES_PER_VP = FEW and MANY) run in the
-//   same repeat; round trips per second = 2 × (MANY − FEW) / (t(MANY) − t(FEW)), so the guest's
-//   boot, its VTL set-up and the session start cancel out.
-// The run figures (GuestRunStats: exits handed to the main thread vs finished on the VP threads) are
-// logged per kind for bench/README.md.
+//   build.sh, WRITES_PER_VP stores per VP) on 2 VPs storing concurrently into VTL1-protected pages
+//   (one MMIO exit each); route HIGHER_VTL (VTL1 handles each from SINT0 and VtlReturns) and route
+//   MONITOR (a Monitor stream on an in-process vsm.v1 server answers ALLOW).
+// The run figures (GuestRunStats: exits handed to the main thread vs finished on the VP threads) and
+// the main thread's handling time per exit are logged for bench/README.md.
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { connect, pb, type VsmClient } from '@vsm/client';
-import { encodeEnableVpVtlInput, HV_PARTITION_ID_SELF, HypercallPageOffsets } from '@vsm/core';
 import type { GuestRunStats, GuestSession } from '@vsm/platform-kvm';
 import type { RunningServer } from '@vsm/vsm-v1';
 import pino from 'pino';
 import type { BenchContext, Suite } from '../api';
+import { FLAT_GPA, vtlImage, wrmsrImage } from '../lib/guest-images';
 import { loadKvmAgent } from '../lib/kvm-guest';
 import { kvmAvailability, loadKvmLayer, openRawLoop } from '../lib/kvm-raw';
 
 const MiB = 1n << 20n;
-/** The flat image's load GPA and entry (above the boot plan's data, below its page tables' end is fine: 2 MiB). */
-const FLAT_GPA = 0x20_0000n;
-const DEBUG_EXIT_PORT = 0xf4;
-/** HV_X64_MSR_GUEST_OS_ID (TLFS 3.13) and an open-source guest id (bit 63). */
-const HV_X64_MSR_GUEST_OS_ID = 0x4000_0000;
-const GUEST_OS_ID_LO = 0x0000_0001;
-const GUEST_OS_ID_HI = 0x8100_0000;
-/** vsm-scenario stores per VP: the short and the long build. */
-const FEW = 16;
-const MANY = 256;
+/** vsm-scenario stores per VP. */
+const WRITES = 256;
 const SCENARIO_DIR = path.resolve(__dirname, '../../../test/guests/vsm-scenario');
 const VPS = 2;
 const RAW_BATCH = 20_000;
 
-type KvmBackendType = InstanceType<ReturnType<typeof loadKvmAgent>['KvmBackend']>;
-
-/** `wrmsr` of HV_X64_MSR_GUEST_OS_ID n times, then debug-exit with code 0. */
-function wrmsrImage(n: number): Buffer {
-  const k = loadKvmLayer();
-  const a = new k.Asm()
-    .movR32Imm32('rcx', HV_X64_MSR_GUEST_OS_ID)
-    .movR32Imm32('rax', GUEST_OS_ID_LO)
-    .movR32Imm32('rdx', GUEST_OS_ID_HI)
-    .movR32Imm32('rbx', n)
-    .label('l')
-    .wrmsr()
-    .decR32('rbx')
-    .jnz('l')
-    .zero('rax')
-    .outImm8Eax(DEBUG_EXIT_PORT)
-    .label('h')
-    .hlt()
-    .jmp('h');
-  return Buffer.from(a.bytes());
+/** Times the exits of one kind the main thread is handed (a KvmObserver), and its handling time of all exits. */
+class ExitClock {
+  private kind = '';
+  count = 0;
+  first = 0;
+  last = 0;
+  handled = 0;
+  handledSeconds = 0;
+  watch(kind: string): void {
+    this.kind = kind;
+    this.count = 0;
+    this.handled = 0;
+    this.handledSeconds = 0;
+  }
+  // Arrow properties: the runner calls them detached from the observer.
+  exit = (kind: string, count: number): void => {
+    if (kind !== this.kind) return;
+    const t = performance.now();
+    if (this.count === 0) this.first = t;
+    this.last = t;
+    this.count += count;
+  };
+  exitHandled = (seconds: number): void => {
+    this.handled++;
+    this.handledSeconds += seconds;
+  };
+  /** Exits of the watched kind per second between the first and the last. */
+  perSec(): number {
+    if (this.count < 2 || this.last <= this.first) throw new Error(`too few ${this.kind} exits to time (${this.count})`);
+    return (this.count - 1) / ((this.last - this.first) / 1000);
+  }
+  /** Mean main-thread handling time per exit handed over (µs). */
+  handledUs(): number {
+    return this.handled ? (this.handledSeconds * 1e6) / this.handled : 0;
+  }
 }
+
+type KvmBackendType = InstanceType<ReturnType<typeof loadKvmAgent>['KvmBackend']>;
 
 const exitSum = (s: GuestRunStats) => Object.values(s.exits).reduce((a, b) => a + b, 0);
 const statsLine = (s: GuestRunStats) =>
@@ -99,136 +109,13 @@ async function runWrmsr(backend: KvmBackendType, n: number, id: string): Promise
   }
 }
 
-/**
- * The VTL guest's layout (GPAs, in the flat image at FLAT_GPA): VTL0 code at +0, VTL1 code at
- * +0x800, the VTL0 and VTL1 hypercall pages at +0x1000 and +0x2000 (overlays the guest enables),
- * the HvCallEnableVpVtl input at +0x3000, VTL1's stack below +0x5000. VTL0 runs on the boot
- * plan's stack (RSP 0x8000), page tables (CR3 0x10000) and GDT (0x8000, TSS at 0x8080).
- */
-const VG = {
-  vtl1Code: FLAT_GPA + 0x800n,
-  page0: FLAT_GPA + 0x1000n,
-  page1: FLAT_GPA + 0x2000n,
-  input: FLAT_GPA + 0x3000n,
-  vtl1StackTop: FLAT_GPA + 0x5000n,
-  size: 0x5000,
-} as const;
-/** The boot plan's long64 state (services/platform-kvm/src/guest/image/boot-plan.ts, kvm/longmode.ts). */
-const BOOT = {
-  cr3: 0x1_0000n,
-  gdt: 0x8000n,
-  tss: 0x8080n,
-  cr0: 0x8001_0033n, // PE MP ET NE WP PG
-  cr4: 0x620n, // PAE OSFXSR OSXMMEXCPT
-  efer: 0x500n, // LME LMA
-} as const;
-/** Hypercall codes (TLFS appendix A) and the fast flag (TLFS 3.7, hypercall input value bit 16). */
-const HvCallEnablePartitionVtl = 0x0d;
-const HvCallEnableVpVtl = 0x0f;
-const HV_HYPERCALL_FAST = 1 << 16;
-const HV_X64_MSR_HYPERCALL = 0x4000_0001;
-
-/**
- * A guest that enables VTL1 itself (guest OS id, hypercall page, HvCallEnablePartitionVtl fast,
- * HvCallEnableVpVtl with VTL1's initial context), then does n × (VtlCall from VTL0 code → VTL1 code →
- * fast VtlReturn) and writes 0 to the debug-exit port (2: EnablePartitionVtl failed, 3: EnableVpVtl
- * failed). VTL1 on its first entry sets its own guest OS id and hypercall page. General registers are
- * shared between the VTLs (TLFS 15.6.1): the loop counter (RBX) survives, VTL1 touches RAX, RCX, RDX only.
- */
-function vtlImage(n: number): Buffer {
-  const k = loadKvmLayer();
-  const img = Buffer.alloc(VG.size);
-  const hypercall = (a: InstanceType<typeof k.Asm>, page: bigint) => a.movR64Imm64('rax', page).callReg('rax').orRR('rax', 'rax');
-  const v0 = new k.Asm()
-    .movR32Imm32('rcx', HV_X64_MSR_GUEST_OS_ID)
-    .movR32Imm32('rax', GUEST_OS_ID_LO)
-    .movR32Imm32('rdx', GUEST_OS_ID_HI)
-    .wrmsr()
-    .movR32Imm32('rcx', HV_X64_MSR_HYPERCALL)
-    .movR32Imm32('rax', Number(VG.page0 | 1n))
-    .zero('rdx')
-    .wrmsr()
-    // HvCallEnablePartitionVtl, fast: RDX = TargetPartitionId, R8 = TargetVtl 1, flags 0.
-    .movR32Imm32('rcx', HvCallEnablePartitionVtl | HV_HYPERCALL_FAST)
-    .movR64Imm64('rdx', HV_PARTITION_ID_SELF)
-    .movR32Imm32('r8', 1);
-  hypercall(v0, VG.page0).jnz('fail2');
-  v0.movR32Imm32('rcx', HvCallEnableVpVtl).movR32Imm32('rdx', Number(VG.input)).zero('r8');
-  hypercall(v0, VG.page0).jnz('fail3');
-  v0.movR64Imm64('r13', VG.page0 + BigInt(HypercallPageOffsets.vtlCall64))
-    .movR32Imm32('rbx', n)
-    .label('l')
-    .zero('rcx')
-    .callReg('r13')
-    .decR32('rbx')
-    .jnz('l')
-    .zero('rax')
-    .outImm8Eax(DEBUG_EXIT_PORT)
-    .jmp('h')
-    .label('fail2')
-    .movR32Imm32('rax', 2)
-    .outImm8Eax(DEBUG_EXIT_PORT)
-    .jmp('h')
-    .label('fail3')
-    .movR32Imm32('rax', 3)
-    .outImm8Eax(DEBUG_EXIT_PORT)
-    .label('h')
-    .hlt()
-    .jmp('h');
-  const v1 = new k.Asm()
-    .movR32Imm32('rcx', HV_X64_MSR_GUEST_OS_ID)
-    .movR32Imm32('rax', GUEST_OS_ID_LO)
-    .movR32Imm32('rdx', GUEST_OS_ID_HI)
-    .wrmsr()
-    .movR32Imm32('rcx', HV_X64_MSR_HYPERCALL)
-    .movR32Imm32('rax', Number(VG.page1 | 1n))
-    .zero('rdx')
-    .wrmsr()
-    .movR64Imm64('r14', VG.page1 + BigInt(HypercallPageOffsets.vtlReturn64))
-    .label('l')
-    .movR32Imm32('rcx', 1)
-    .callReg('r14')
-    .jmp('l');
-  Buffer.from(v0.bytes()).copy(img, 0);
-  Buffer.from(v1.bytes()).copy(img, Number(VG.vtl1Code - FLAT_GPA));
-  const code = { base: 0n, limit: 0xffff_ffff, selector: 0x08, attributes: 0xa09b };
-  const data = { base: 0n, limit: 0xffff_ffff, selector: 0x10, attributes: 0xc093 };
-  encodeEnableVpVtlInput({
-    targetPartitionId: HV_PARTITION_ID_SELF,
-    vpIndex: 0,
-    targetVtl: 1,
-    rsvdZ: 0,
-    vpVtlContext: {
-      rip: VG.vtl1Code,
-      rsp: VG.vtl1StackTop,
-      rflags: 0x2n,
-      cs: code,
-      ds: data,
-      es: data,
-      fs: data,
-      gs: data,
-      ss: data,
-      tr: { base: BOOT.tss, limit: 0x67, selector: 0x18, attributes: 0x8b },
-      ldtr: { base: 0n, limit: 0, selector: 0, attributes: 0x82 },
-      idtr: { base: 0n, limit: 0 },
-      gdtr: { base: BOOT.gdt, limit: k.GDT_LIMIT },
-      efer: BOOT.efer,
-      cr0: BOOT.cr0,
-      cr3: BOOT.cr3,
-      cr4: BOOT.cr4,
-      msrCrPat: 0x0007_0406_0007_0406n,
-    },
-  }).copy(img, Number(VG.input - FLAT_GPA));
-  return img;
-}
-
 async function runVtl(backend: KvmBackendType, n: number, id: string): Promise<{ us: number; stats: GuestRunStats }> {
   const { GuestSession: Session } = require('@vsm/platform-kvm') as typeof import('@vsm/platform-kvm');
   const p = await backend.createPartition(
     pb.CreatePartitionRequest.fromPartial({ partitionId: id, partition: { vpCount: 1, memoryBytes: 64n * MiB, maximumVtl: 1 } }),
   );
   try {
-    const s = Session.load(backend.platformOf(p.name), vtlImage(n), {
+    const s = Session.load(backend.platformOf(p.name), vtlImage(n, 64n * MiB), {
       format: 'flat',
       loadGpa: FLAT_GPA,
       entryMode: 'long64',
@@ -381,13 +268,14 @@ async function run(ctx: BenchContext): Promise<void> {
   const rawWrmsr = openRawLoop(k, system, 'wrmsr');
   const rawPio = openRawLoop(k, system, 'pio');
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vsm-bench-guest-run-'));
-  const backend = new KvmBackend();
+  const clock = new ExitClock();
+  const backend = new KvmBackend({ observer: clock });
   let server: RunningServer | undefined;
   let client: VsmClient | undefined;
   try {
-    let images: { few: Buffer; many: Buffer } | undefined;
+    let image: Buffer | undefined;
     try {
-      images = { few: buildScenario(dir, FEW), many: buildScenario(dir, MANY) };
+      image = buildScenario(dir, WRITES);
     } catch (e) {
       const why = `vsm-scenario does not build here (gcc): ${(e as Error).message.split('\n')[0]}`;
       for (const id of ['guest-run.intercept.higher_vtl', 'guest-run.intercept.monitor']) ctx.skipFigure(id, why);
@@ -406,25 +294,30 @@ async function run(ctx: BenchContext): Promise<void> {
       ctx.recordRate('guest-run.raw.pio.rate', rp);
       line.push(`raw wrmsr ${rw.toFixed(0)}/s, raw pio ${rp.toFixed(0)}/s`);
 
+      clock.watch('wrmsr');
       const w = await runWrmsr(backend, n, `guest-run-wrmsr-${r}`);
-      ctx.recordRate('guest-run.wrmsr', n / (w.us / 1e6));
-      line.push(`guest wrmsr ${(n / (w.us / 1e6)).toFixed(0)}/s`);
+      const wRate = clock.perSec();
+      ctx.recordRate('guest-run.wrmsr', wRate);
+      line.push(`guest wrmsr ${wRate.toFixed(0)}/s (start→end ${(n / (w.us / 1e6)).toFixed(0)}/s, handling ${clock.handledUs().toFixed(1)} µs/exit)`);
       if (r === 0) ctx.log(`wrmsr guest (${n} writes): ${statsLine(w.stats)}`);
 
+      clock.watch('io');
       const v = await runVtl(backend, nVtl, `guest-run-vtl-${r}`);
-      ctx.recordRate('guest-run.vtl_roundtrip', nVtl / (v.us / 1e6));
-      line.push(`guest VtlCall+VtlReturn ${(nVtl / (v.us / 1e6)).toFixed(0)}/s`);
+      const vRate = clock.perSec() / 2;
+      ctx.recordRate('guest-run.vtl_roundtrip', vRate);
+      line.push(
+        `guest VtlCall+VtlReturn ${vRate.toFixed(0)}/s (start→end ${(nVtl / (v.us / 1e6)).toFixed(0)}/s, handling ${clock.handledUs().toFixed(1)} µs/exit)`,
+      );
       if (r === 0) ctx.log(`VTL guest (${nVtl} pairs): ${statsLine(v.stats)}`);
 
-      if (images && client) {
+      if (image && client) {
         for (const route of ['higher', 'monitor'] as const) {
           const id = route === 'higher' ? 'guest-run.intercept.higher_vtl' : 'guest-run.intercept.monitor';
           if (stalled.has(route)) continue;
-          let few: ScenarioRun;
-          let many: ScenarioRun;
+          let run: ScenarioRun;
+          clock.watch('mmio');
           try {
-            few = await runScenario(client, backend, images.few, FEW, route, `guest-run-${route}-few-${r}`);
-            many = await runScenario(client, backend, images.many, MANY, route, `guest-run-${route}-many-${r}`);
+            run = await runScenario(client, backend, image, WRITES, route, `guest-run-${route}-${r}`);
           } catch (e) {
             if (!(e instanceof StalledRun)) throw e;
             stalled.add(route);
@@ -432,15 +325,11 @@ async function run(ctx: BenchContext): Promise<void> {
             ctx.log(`${id}: the guest stalled, figure skipped: ${e.message}`);
             continue;
           }
-          const dt = many.us - few.us;
-          if (dt <= 0) {
-            ctx.log(`${id}: repeat ${r + 1} not recorded (the long run was not slower: ${many.us.toFixed(0)} vs ${few.us.toFixed(0)} µs)`);
-            continue;
-          }
-          const rate = (VPS * (MANY - FEW)) / (dt / 1e6);
+          if (clock.count !== VPS * WRITES) throw new Error(`${id}: ${clock.count} MMIO exits handed over, expected ${VPS * WRITES}`);
+          const rate = clock.perSec();
           ctx.recordRate(id, rate);
-          line.push(`${route} ${rate.toFixed(0)}/s (runs ${(few.us / 1000).toFixed(0)} / ${(many.us / 1000).toFixed(0)} ms)`);
-          if (r === 0 && many.stats) ctx.log(`vsm-scenario ${route}, ${VPS}×${MANY} stores: ${statsLine(many.stats)}`);
+          line.push(`${route} ${rate.toFixed(0)}/s (run ${(run.us / 1000).toFixed(0)} ms, handling ${clock.handledUs().toFixed(1)} µs/exit)`);
+          if (r === 0 && run.stats) ctx.log(`vsm-scenario ${route}, ${VPS}×${WRITES} stores: ${statsLine(run.stats)}`);
         }
       }
       ctx.log(`repeat ${r + 1}/${ctx.repeats}: ${line.join('; ')}`);
@@ -478,20 +367,20 @@ export const suite: Suite = {
       kind: 'rate',
       unit: 'exits/s',
       description:
-        'a flat long64 guest on GuestSession (1 VP) writing HV_X64_MSR_GUEST_OS_ID in a `wrmsr; dec; jnz` loop (20k quick, 50k full), then debug-exit 0: writes / (start → end)',
+        'a flat long64 guest on GuestSession (1 VP) writing HV_X64_MSR_GUEST_OS_ID in a `wrmsr; dec; jnz` loop (20k quick, 50k full), then debug-exit 0; MSR exits per second from the first to the last handed to the main thread',
     },
     {
       id: 'guest-run.vtl_roundtrip',
       kind: 'rate',
       unit: 'pairs/s',
       description:
-        'a flat long64 guest on GuestSession (1 VP) that enables VTL1 itself (HvCallEnablePartitionVtl, HvCallEnableVpVtl), then loops VtlCall from VTL0 code → VTL1 code → fast VtlReturn (3k quick, 8k full), then debug-exit 0: pairs / (start → end)',
+        'a flat long64 guest on GuestSession (1 VP) that enables VTL1 itself (HvCallEnablePartitionVtl, HvCallEnableVpVtl), then loops VtlCall from VTL0 code → VTL1 code → fast VtlReturn (3k quick, 8k full), then debug-exit 0; port exits per second from the first to the last, halved',
     },
     {
       id: 'guest-run.intercept.higher_vtl',
       kind: 'rate',
       unit: 'intercepts/s',
-      description: `test/guests/vsm-scenario on 2 VPs storing concurrently into VTL1-protected pages, route HIGHER_VTL: VTL1 handles each from SINT0 (SetVpRegisters past the store, EOM, EOI, VtlReturn); 2×(${MANY}−${FEW}) / (t(${MANY} stores/VP) − t(${FEW})), StartPartition → end over an in-process vsm.v1 server; PASS checked`,
+      description: `test/guests/vsm-scenario on 2 VPs storing concurrently into VTL1-protected pages, route HIGHER_VTL: VTL1 handles each from SINT0 (SetVpRegisters past the store, EOM, EOI, VtlReturn); ${WRITES} stores per VP; intercepted stores (MMIO exits) per second from the first to the last; run over an in-process vsm.v1 server; PASS checked`,
     },
     {
       id: 'guest-run.intercept.monitor',
