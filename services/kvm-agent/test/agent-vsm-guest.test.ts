@@ -215,4 +215,52 @@ describeKvm('a whole guest on 2 VPs: VTL1 handles concurrent intercepts as SINT0
     },
     120_000,
   );
+
+  test(`route MONITOR: each VP waits on its intercept until the monitor answers ALLOW, then runs on (${VPS} VPs x ${WRITES} stores)`, async () => {
+    const guest = buildGuest(false);
+    guests.push(guest);
+    const p = await h.client.partitions.createPartition({
+      partitionId: 'vsm-guest-monitor',
+      partition: pb.Partition.fromPartial({ vpCount: VPS, memoryBytes: 64n * MiB, maximumVtl: 1 }),
+    });
+    const name = p.name;
+    await h.client.intercepts.setInterceptRoute({ name, route: pb.InterceptRoute.INTERCEPT_ROUTE_MONITOR });
+    const mon = h.client.intercepts.monitor();
+    const it = mon.events[Symbol.asyncIterator]();
+    mon.send({ kind: { $case: 'subscribe', value: pb.MonitorSubscribe.fromPartial({ name }) } });
+    expect((await it.next()).value?.kind?.$case).toBe('subscription');
+    const answered = new Map<bigint, number>();
+    const watching = (async () => {
+      for (;;) {
+        const r = await it.next();
+        if (r.done) return;
+        const k = r.value.kind;
+        if (k?.$case !== 'intercept') continue;
+        answered.set(k.value.interceptId, k.value.vpIndex);
+        mon.send({
+          kind: { $case: 'reply', value: { interceptId: k.value.interceptId, action: pb.InterceptAction.INTERCEPT_ACTION_ALLOW, data: Buffer.alloc(0) } },
+        });
+      }
+    })().catch(() => undefined);
+    await h.client.execution.loadGuestImage({ name, image: guest.image, format: pb.GuestImageFormat.GUEST_IMAGE_FORMAT_ELF64 });
+    let text = '';
+    let end: pb.GuestRunEnd | undefined;
+    const consoleDone = (async () => {
+      for await (const m of h.client.execution.streamConsole({ name })) {
+        if (m.kind?.$case === 'chunk') text += Buffer.from(m.kind.value.data).toString('latin1');
+        else if (m.kind?.$case === 'end') end = m.kind.value;
+      }
+    })();
+    await h.client.execution.startPartition({ name });
+    await consoleDone;
+    // VTL1 saw none (route MONITOR), so the guest's own verdict is "0 handled in VTL1" (its exit code 2);
+    // every store was performed by the monitor's ALLOW, exactly once, and the run went to its end.
+    expect(end).toMatchObject({ state: pb.RunState.RUN_STATE_STOPPED, exitCode: 2 });
+    expect(text).toContain(`0 intercepts handled in VTL1, ${VPS * WRITES} values in place, 0 stray, 0 bad messages, 0 mismatches`);
+    expect(answered.size).toBe(VPS * WRITES);
+    expect(new Set(answered.values())).toEqual(new Set([0, 1]));
+    mon.cancel();
+    await watching;
+    await h.client.partitions.deletePartition({ name });
+  }, 120_000);
 });

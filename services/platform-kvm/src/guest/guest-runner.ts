@@ -499,7 +499,15 @@ export class GuestRunner {
         this.crash(`VP ${t.vp.index}: a monitor answered CRASH`, t.vp.index);
         return CMD.exit;
       case 'intercepted':
-        if (r.awaitingMonitor || r.heldBack) return HOLD; // answered by resumeSuspended() once the monitor answers
+        // Route MONITOR: the VP waits for the answer (resumeAnswered() when the core resolves it).
+        if (r.awaitingMonitor) return HOLD;
+        // The protecting VTL's SINT0 queue is full: the instruction runs again shortly (it intercepts
+        // again, or passes once that VTL drained its queue); nothing is dropped.
+        if (r.heldBack) {
+          const i = t.vp.index;
+          setTimeout(() => this.resumeSuspended(i), 2).unref();
+          return HOLD;
+        }
         this.follow(t);
         return CMD.run;
     }
@@ -606,12 +614,21 @@ export class GuestRunner {
     if (this.stateValue !== 'paused') throw new Error(`the guest is ${this.stateValue}`);
     this.stateValue = 'running';
     for (const t of this.threads) if (t.hold === 'pause') this.answer(t, CMD.run);
+    this.resumeAnswered(); // answered while paused
+  }
+
+  /**
+   * Every VP held on an intercept that is no longer suspended (its monitor answered, or it was held back)
+   * runs again: the answer is applied to its instruction when its state is loaded (KvmPartition.applyHeld).
+   */
+  resumeAnswered(): void {
+    for (const t of this.threads) if (t.hold === 'intercept' && !t.ended) this.resumeSuspended(t.vp.index);
   }
 
   /** A VP suspended on an intercept whose monitor answered: let it run again. */
   resumeSuspended(index: number): void {
     const t = this.threads[index];
-    if (t?.hold !== 'intercept' || this.stateValue !== 'running') return;
+    if (t?.hold !== 'intercept' || this.stateValue !== 'running' || t.vp.suspendedOn !== null) return;
     this.follow(t);
     this.answer(t, CMD.run);
   }

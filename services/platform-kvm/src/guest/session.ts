@@ -219,6 +219,16 @@ export class GuestSession {
       // HvCallStartVirtualProcessor (core rules/startup.ts): the started VP's thread runs its core state.
       onVpStart: (vpIndex) => this.runner.startVp(vpIndex),
     };
+    // A monitor's answer (route MONITOR) lets the VP waiting on it run again; a CRASH answer, or anything
+    // else that ends the core's partition, ends the run as crashed with the partition's reason.
+    this.unsubscribe.push(
+      this.p.intercepts.onResolved(() => setImmediate(() => this.runner.resumeAnswered())),
+      this.p.onEnd((why) =>
+        why === 'crashed'
+          ? this.runner.crash(`the partition crashed: ${this.p.crashReason || 'no reason given'}`)
+          : this.runner.stop('the partition was deleted'),
+      ),
+    );
     this.runner.start();
     this.calibrate();
     this.rearmTimer();
@@ -277,7 +287,10 @@ export class GuestSession {
     };
   }
 
+  private readonly unsubscribe: (() => void)[] = [];
+
   private ended(end: GuestEnd): void {
+    for (const u of this.unsubscribe.splice(0)) u();
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
     this.kp.executionHooks = undefined;
