@@ -257,49 +257,71 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     );
   };
 
+  /**
+   * One stream's life once its call is open, shared by server streams and bidi streams: authenticate,
+   * `admit` (returns the request the stream is authorized against: the call's request, or the first
+   * message of a bidi stream), authorize, take a stream slot, track the principal for revocation, run
+   * the handler with the stream's sink, then end the call once what the handler wrote is sent (the
+   * sink's lag and stall rules bound that wait; ending earlier would drop the sink's queue, the stream's
+   * last messages), or with the handler's error.
+   */
+  const serveStream = <Res>(
+    method: string,
+    call: grpc.ServerWritableStream<unknown, Res> | grpc.ServerDuplexStream<unknown, Res>,
+    admit: (ctl: ReturnType<typeof streamControl<Res>>) => unknown | Promise<unknown>,
+    handler: (sink: StreamSink<Res>, signal: AbortSignal) => Promise<void>,
+  ): void => {
+    const ctl = streamControl(method, call as unknown as ServerStreamCall<Res>);
+    let release: (() => void) | undefined;
+    let untrack: (() => void) | undefined;
+    let sink: StreamSink<Res> | undefined;
+    log.info({ method }, 'stream opened');
+    Promise.resolve()
+      .then(() =>
+        ctl.run(async () => {
+          const principal = guard.authenticate(call);
+          const request = await admit(ctl);
+          guard.authorize(call.getPath(), principal, request);
+          release = guard.acquireStream(call, principal);
+          if (principal !== undefined)
+            untrack = guard.track({
+              path: call.getPath(),
+              principal,
+              request,
+              metadata: call.metadata,
+              authContext: call.getAuthContext(),
+              end: (e) => ctl.fail(e, 'warn'),
+            });
+          sink = sinkFor(method, call as unknown as ServerStreamCall<Res>, ctl);
+          return handler(sink, ctl.signal);
+        }),
+      )
+      .then(
+        async () => {
+          await sink?.drained();
+          return ctl.done();
+        },
+        (e: unknown) => ctl.failed(e),
+      )
+      .finally(() => {
+        untrack?.();
+        release?.();
+        ctl.closed();
+      });
+  };
+
   const stream =
     <Req, Res>(method: string, fn: (req: Req, sink: StreamSink<Res>, signal: AbortSignal) => Promise<void>): grpc.handleServerStreamingCall<Req, Res> =>
-    (call) => {
-      const ctl = streamControl(method, call as unknown as ServerStreamCall<Res>);
-      let release: (() => void) | undefined;
-      let untrack: (() => void) | undefined;
-      let sink: StreamSink<Res> | undefined;
-      log.info({ method }, 'stream opened');
-      Promise.resolve()
-        .then(() =>
-          ctl.run(() => {
-            const principal = guard.authenticate(call);
-            if (isMalformed(call.request)) throw guard.malformed(call.getPath(), call.request);
-            guard.authorize(call.getPath(), principal, call.request);
-            release = guard.acquireStream(call, principal);
-            if (principal !== undefined)
-              untrack = guard.track({
-                path: call.getPath(),
-                principal,
-                request: call.request,
-                metadata: call.metadata,
-                authContext: call.getAuthContext(),
-                end: (e) => ctl.fail(e, 'warn'),
-              });
-            sink = sinkFor(method, call as unknown as ServerStreamCall<Res>, ctl);
-            return fn(call.request, sink, ctl.signal);
-          }),
-        )
-        .then(
-          // What the handler wrote before it returned is still sent (the sink's lag and stall rules bound
-          // the wait): ending now would close the sink and drop its queue (a stream's last messages).
-          async () => {
-            await sink?.drained();
-            return ctl.done();
-          },
-          (e: unknown) => ctl.failed(e),
-        )
-        .finally(() => {
-          untrack?.();
-          release?.();
-          ctl.closed();
-        });
-    };
+    (call) =>
+      serveStream<Res>(
+        method,
+        call as unknown as grpc.ServerWritableStream<unknown, Res>,
+        () => {
+          if (isMalformed(call.request)) throw guard.malformed(call.getPath(), call.request);
+          return call.request;
+        },
+        (sink, signal) => fn(call.request, sink, signal),
+      );
 
   const bidi =
     <Req, Res>(
@@ -307,58 +329,30 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       fn: (reqs: AsyncIterable<Req>, sink: StreamSink<Res>, signal: AbortSignal) => Promise<void>,
     ): grpc.handleBidiStreamingCall<Req, Res> =>
     (call) => {
-      const ctl = streamControl(method, call as unknown as ServerStreamCall<Res>);
-      let release: (() => void) | undefined;
-      let untrack: (() => void) | undefined;
-      let sink: StreamSink<Res> | undefined;
-      log.info({ method }, 'stream opened');
-      Promise.resolve()
-        .then(() =>
-          ctl.run(async () => {
-            const principal = guard.authenticate(call);
-            // Authorization needs the first message (Monitor: subscribe names the partition): it is
-            // read and checked here, before the handler sees anything or anything is sent; it must come
-            // within firstMessageTimeoutMs. Only then does the stream take a slot.
-            const reqs = guardedRequests<Req>(call as unknown as AsyncIterable<unknown>, (m) => guard.malformed(call.getPath(), m), ctl.signal);
-            const first = await withTimeout(
-              reqs.peek(),
-              firstMessageTimeoutMs,
-              ctl.signal,
-              () =>
-                new ApiError(
-                  grpc.status.DEADLINE_EXCEEDED,
-                  'HV_STATUS_TIME_OUT',
-                  `${method}: no first message within ${firstMessageTimeoutMs} ms of opening the stream; send subscribe right after opening it`,
-                ),
-            );
-            const request = first.done ? undefined : first.value;
-            guard.authorize(call.getPath(), principal, request);
-            release = guard.acquireStream(call, principal);
-            if (principal !== undefined)
-              untrack = guard.track({
-                path: call.getPath(),
-                principal,
-                request,
-                metadata: call.metadata,
-                authContext: call.getAuthContext(),
-                end: (e) => ctl.fail(e, 'warn'),
-              });
-            sink = sinkFor(method, call as unknown as ServerStreamCall<Res>, ctl);
-            return fn(reqs, sink, ctl.signal);
-          }),
-        )
-        .then(
-          async () => {
-            await sink?.drained();
-            return ctl.done();
-          },
-          (e: unknown) => ctl.failed(e),
-        )
-        .finally(() => {
-          untrack?.();
-          release?.();
-          ctl.closed();
-        });
+      let reqs: ReturnType<typeof guardedRequests<Req>> | undefined;
+      serveStream<Res>(
+        method,
+        call as unknown as grpc.ServerDuplexStream<unknown, Res>,
+        async (ctl) => {
+          // Authorization needs the first message (Monitor: subscribe names the partition): it is
+          // read and checked here, before the handler sees anything or anything is sent; it must come
+          // within firstMessageTimeoutMs. Only then does the stream take a slot.
+          reqs = guardedRequests<Req>(call as unknown as AsyncIterable<unknown>, (m) => guard.malformed(call.getPath(), m), ctl.signal);
+          const first = await withTimeout(
+            reqs.peek(),
+            firstMessageTimeoutMs,
+            ctl.signal,
+            () =>
+              new ApiError(
+                grpc.status.DEADLINE_EXCEEDED,
+                'HV_STATUS_TIME_OUT',
+                `${method}: no first message within ${firstMessageTimeoutMs} ms of opening the stream; send subscribe right after opening it`,
+              ),
+          );
+          return first.done ? undefined : first.value;
+        },
+        (sink, signal) => fn(reqs!, sink, signal),
+      );
     };
 
   /**
