@@ -4,7 +4,7 @@
 // checked against GNU as; page walks over small page tables).
 import fc from 'fast-check';
 import { ProtectionMap, type Vtl } from '@vsm/core';
-import type { KvmRegs, KvmSegment, KvmSregs } from '@vsm/platform-kvm/kvm';
+import { type KvmRegs, type KvmSegment, type KvmSregs, zeroRegs } from '@vsm/platform-kvm/kvm';
 import { type RestrictedRun, type ViewSlot, accessOfMask, restrictedRuns, viewSlots } from '@vsm/platform-kvm/platform/view-layout';
 import { cpuMode, decodeInsn, instructionAtRip, instructionBeforeRip, translate } from '@vsm/platform-kvm/platform/x86';
 
@@ -181,27 +181,7 @@ const seg = (o: Partial<KvmSegment> = {}): KvmSegment => ({
   unusable: 0,
   ...o,
 });
-const regs = (o: Partial<KvmRegs> = {}): KvmRegs => ({
-  rax: 0n,
-  rbx: 0n,
-  rcx: 0n,
-  rdx: 0n,
-  rsi: 0n,
-  rdi: 0n,
-  rsp: 0n,
-  rbp: 0n,
-  r8: 0n,
-  r9: 0n,
-  r10: 0n,
-  r11: 0n,
-  r12: 0n,
-  r13: 0n,
-  r14: 0n,
-  r15: 0n,
-  rip: 0n,
-  rflags: 2n,
-  ...o,
-});
+const regs = (o: Partial<KvmRegs> = {}): KvmRegs => zeroRegs(o);
 
 /** Long mode with 4-level paging in a small "RAM": CR3 at 0x1000, code page mapped at VA `codeVa` → GPA 0x5000, data page VA 0x7fff_0000_0000 → GPA 0x6000. */
 function longMode() {

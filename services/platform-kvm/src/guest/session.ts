@@ -11,7 +11,7 @@
  */
 import * as core from '@vsm/core';
 import type { Partition, Vtl } from '@vsm/core';
-import type { CpuidEntry } from '../kvm';
+import { type CpuidEntry, zeroRegs } from '../kvm';
 import type { KvmPartition } from '../platform/kvm-partition';
 import { ConsoleHub } from './console';
 import { type GuestEnd, GuestRunner, type PortDevice, type VpRunState } from './guest-runner';
@@ -467,24 +467,5 @@ function applyBootRegisters(vcpu: import('../kvm').KvmVcpu, b: BootRegisters): v
   };
   if (b.segments.tr) next.tr = { ...s.tr, ...kvmSegment(b.segments.tr) };
   vcpu.setSregs(next);
-  vcpu.setRegs({
-    rax: b.rax,
-    rbx: b.rbx,
-    rcx: 0n,
-    rdx: 0n,
-    rsi: 0n,
-    rdi: 0n,
-    rsp: b.rsp,
-    rbp: 0n,
-    r8: 0n,
-    r9: 0n,
-    r10: 0n,
-    r11: 0n,
-    r12: 0n,
-    r13: 0n,
-    r14: 0n,
-    r15: 0n,
-    rip: b.rip,
-    rflags: b.rflags,
-  });
+  vcpu.setRegs(zeroRegs({ rax: b.rax, rbx: b.rbx, rsp: b.rsp, rip: b.rip, rflags: b.rflags }));
 }

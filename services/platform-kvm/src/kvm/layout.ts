@@ -111,6 +111,12 @@ export const REG_NAMES = [
 ] as const;
 export type RegName = (typeof REG_NAMES)[number];
 export type KvmRegs = Record<RegName, bigint>;
+/** struct kvm_regs with every register 0 and RFLAGS = 0x2 (its reserved bit 1), plus `o`: the register file a vCPU starts a stub or a boot with. */
+export function zeroRegs(o: Partial<KvmRegs> = {}): KvmRegs {
+  const r = Object.fromEntries(REG_NAMES.map((n) => [n, 0n])) as KvmRegs;
+  r.rflags = 0x2n;
+  return Object.assign(r, o);
+}
 /** Byte offset of each general register inside struct kvm_regs. */
 export const REG_OFFSET: Readonly<Record<RegName, number>> = Object.fromEntries(REG_NAMES.map((n, i) => [n, i * 8])) as Record<RegName, number>;
 

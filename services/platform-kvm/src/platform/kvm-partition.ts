@@ -13,7 +13,18 @@
  */
 import * as core from '@vsm/core';
 import { HvError, HvStatus, PageBitmap, type Partition, type PlatformHooks, type VirtualProcessor, type Vtl, type X64ExceptionVector } from '@vsm/core';
-import { type CpuidEntry, HV_MSR_BASE, HV_MSR_COUNT, type KvmExit, type KvmRegs, type KvmSystem, MiniGuest, type TimeoutExit, type VcpuWatchdog } from '../kvm';
+import {
+  type CpuidEntry,
+  HV_MSR_BASE,
+  HV_MSR_COUNT,
+  type KvmExit,
+  type KvmRegs,
+  type KvmSystem,
+  MiniGuest,
+  type TimeoutExit,
+  type VcpuWatchdog,
+  zeroRegs,
+} from '../kvm';
 import { AGENT, AgentRegion, EXCEPTION_PORT, type StubName } from './agent-region';
 import { HYPERCALL_INSN_LENGTH, HYPERCALL_IO_SIZE, HYPERCALL_PORT, kvmHypercallPageLayout } from './hypercall-page';
 import { MemfdRam, OverlayPages } from './memory';
@@ -109,27 +120,6 @@ interface HeldAccess {
   /** How it was answered, once known (from a VtlReturn's resumedAccess). */
   resolution?: core.AccessOutcome | { status: 'skipped' };
 }
-
-const ZERO_REGS: KvmRegs = {
-  rax: 0n,
-  rbx: 0n,
-  rcx: 0n,
-  rdx: 0n,
-  rsi: 0n,
-  rdi: 0n,
-  rsp: 0n,
-  rbp: 0n,
-  r8: 0n,
-  r9: 0n,
-  r10: 0n,
-  r11: 0n,
-  r12: 0n,
-  r13: 0n,
-  r14: 0n,
-  r15: 0n,
-  rip: 0n,
-  rflags: 0x2n,
-};
 
 export function isTrappedMsr(msr: number): boolean {
   return msr >= HV_MSR_BASE && msr < HV_MSR_BASE + HV_MSR_COUNT;
@@ -359,7 +349,7 @@ export class KvmPartition {
       c.vcpu.setSregs(this.agent.sregs(c.vcpu.getSregs(), s.user));
       c.mode = mode;
     }
-    c.vcpu.setRegs({ ...ZERO_REGS, ...regs, ...(s.user ? { rbx: this.agent.doorbell } : {}), rip: s.rip, rsp: this.agent.stackTop, rflags: 0x2n });
+    c.vcpu.setRegs({ ...zeroRegs(), ...regs, ...(s.user ? { rbx: this.agent.doorbell } : {}), rip: s.rip, rsp: this.agent.stackTop, rflags: 0x2n });
   }
 
   /** A CPL3 stub rang the doorbell: it is done. */
