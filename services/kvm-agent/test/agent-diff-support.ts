@@ -1,9 +1,10 @@
 // Support for differential tests: run the same vsm.v1 calls against two backends and compare
 // the responses and the final state, with the fields that legitimately differ between the
 // emulator and KVM normalized on both sides (see agent-differential.test.ts).
-import { HvError } from '@vsm/core';
+import { HvError, HvMsr } from '@vsm/core';
 import { pb } from '@vsm/client';
 import { ApiError, type Backend } from '@vsm/vsm-v1';
+import { GiB } from './agent-support';
 
 const R = pb.HvRegisterName;
 
@@ -121,4 +122,26 @@ export function stateOps(name: string, vpCount: number): Op[] {
       ops.push({ what: `ReadGpa VTL${vtl} view 0x${gpa.toString(16)}`, run: (b) => b.readGpa({ name, gpa, length: 4096, vtlView: vtl }) });
   }
   return ops;
+}
+
+/**
+ * The snapshot suites' common start (the same on each backend): a 2-VP partition with VTL1, RAM written
+ * by the host under the later SIMP and by a guest action, then VTL1 entered mid-CALL (VTL0 parked on the
+ * stub's RET) with its own guest OS id, hypercall page and SIMP. Returns the partition and VP 0 names.
+ */
+export async function vtl1MidCallSession(b: LooseBackend, id: string): Promise<{ name: string; vp0: string }> {
+  const name = `partitions/${id}`;
+  const vp0 = `${name}/vps/0`;
+  await b.createPartition({ partitionId: id, partition: { vpCount: 2, memoryBytes: GiB, maximumVtl: 1 } as pb.Partition });
+  await b.writeGpa({ name, gpa: 0x5000n, data: Buffer.from('ram under the SIMP') });
+  await b.enablePartitionVtl({ name, targetVtl: 1 });
+  await b.enableVpVtl({ name: vp0, targetVtl: 1 });
+  await b.writeMsr({ name: vp0, msr: HvMsr.HV_X64_MSR_GUEST_OS_ID, value: 1n });
+  await b.writeMsr({ name: vp0, msr: HvMsr.HV_X64_MSR_HYPERCALL, value: 0x1001n });
+  await b.writeMemory({ name: vp0, gpa: 0x30000n, data: Buffer.from('written by the guest') });
+  await b.callHypercallPage({ name: vp0, offset: 0x0f, rcx: 0n }); // into VTL1, VTL0 parked on the stub's RET
+  await b.writeMsr({ name: vp0, msr: HvMsr.HV_X64_MSR_GUEST_OS_ID, value: 2n });
+  await b.writeMsr({ name: vp0, msr: HvMsr.HV_X64_MSR_HYPERCALL, value: 0x2001n });
+  await b.writeMsr({ name: vp0, msr: HvMsr.HV_X64_MSR_SIMP, value: 0x5001n });
+  return { name, vp0 };
 }

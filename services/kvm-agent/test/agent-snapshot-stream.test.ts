@@ -4,10 +4,9 @@
 // carries the pages the guest wrote (found in the KVM dirty log, KVM_GET_DIRTY_LOG), and base +
 // delta import byte-identical; a guest that writes RAM while an export reads it fails the export.
 import { pb } from '@vsm/client';
-import { HvMsr } from '@vsm/core';
 import { Asm, GDT_LIMIT, buildGdt, buildIdentityPageTables } from '@vsm/platform-kvm/kvm';
 import { type CoreBackend, type StreamSink, CoreBackend as Emulator, KvmBackend } from '@vsm/vsm-v1';
-import { type LooseBackend, type Op, differential, withDefaults } from './agent-diff-support';
+import { type LooseBackend, type Op, differential, vtl1MidCallSession, withDefaults } from './agent-diff-support';
 import { GiB, describeKvm } from './agent-support';
 
 jest.setTimeout(300_000);
@@ -59,19 +58,7 @@ describeKvm('streamed snapshots on KVM', () => {
 
   /** VTL1 entered mid-CALL, overlays in both VTLs, RAM written by the host and by a guest action, protections. */
   async function session(b: LooseBackend, id: string) {
-    const name = `partitions/${id}`;
-    const vp0 = `${name}/vps/0`;
-    await b.createPartition({ partitionId: id, partition: { vpCount: 2, memoryBytes: GiB, maximumVtl: 1 } as pb.Partition });
-    await b.writeGpa({ name, gpa: 0x5000n, data: Buffer.from('ram under the SIMP') });
-    await b.enablePartitionVtl({ name, targetVtl: 1 });
-    await b.enableVpVtl({ name: vp0, targetVtl: 1 });
-    await b.writeMsr({ name: vp0, msr: HvMsr.HV_X64_MSR_GUEST_OS_ID, value: 1n });
-    await b.writeMsr({ name: vp0, msr: HvMsr.HV_X64_MSR_HYPERCALL, value: 0x1001n });
-    await b.writeMemory({ name: vp0, gpa: 0x30000n, data: Buffer.from('written by the guest') });
-    await b.callHypercallPage({ name: vp0, offset: 0x0f, rcx: 0n });
-    await b.writeMsr({ name: vp0, msr: HvMsr.HV_X64_MSR_GUEST_OS_ID, value: 2n });
-    await b.writeMsr({ name: vp0, msr: HvMsr.HV_X64_MSR_HYPERCALL, value: 0x2001n });
-    await b.writeMsr({ name: vp0, msr: HvMsr.HV_X64_MSR_SIMP, value: 0x5001n });
+    const { name, vp0 } = await vtl1MidCallSession(b, id);
     await b.setVpRegisters({ name: vp0, vtl: 1, registers: [r64(R.HV_REGISTER_NAME_VSM_PARTITION_CONFIG, 1n | (0xfn << 1n))] });
     await b.modifyVtlProtectionMask({ name, protectingVtl: 1, mapFlags: 0x1, ranges: [{ startPage: 0x40n, pageCount: 4n }] });
     await b.callHypercallPage({ name: vp0, offset: 0x26, rcx: 0n }); // back to VTL0

@@ -1,12 +1,8 @@
-// Snapshots of KVM-backed partitions: SavePartition reads the state the core holds (registers,
-// memfd RAM, overlay pages); RestorePartition rebuilds a partition on the KVM platform. A copy
-// restored on KVM and one restored on the emulator then answer the same calls identically.
-import type { pb } from '@vsm/client';
 import { HvMsr } from '@vsm/core';
 import { CoreBackend } from '@vsm/vsm-v1';
 import { KvmBackend } from '@vsm/vsm-v1';
-import { GiB, describeKvm } from './agent-support';
-import { type LooseBackend, type Op, differential, withDefaults } from './agent-diff-support';
+import { describeKvm } from './agent-support';
+import { type LooseBackend, type Op, differential, vtl1MidCallSession, withDefaults } from './agent-diff-support';
 
 const MSR = {
   GUEST_OS_ID: HvMsr.HV_X64_MSR_GUEST_OS_ID,
@@ -29,19 +25,7 @@ describeKvm('snapshots of KVM partitions', () => {
 
   /** The same session on each backend: VTL1 entered mid-CALL, overlays in both VTLs, guest-written RAM. */
   async function session(b: LooseBackend, id: string) {
-    const name = `partitions/${id}`;
-    const vp0 = `${name}/vps/0`;
-    await b.createPartition({ partitionId: id, partition: { vpCount: 2, memoryBytes: GiB, maximumVtl: 1 } as pb.Partition });
-    await b.writeGpa({ name, gpa: 0x5000n, data: Buffer.from('ram under the SIMP') });
-    await b.enablePartitionVtl({ name, targetVtl: 1 });
-    await b.enableVpVtl({ name: vp0, targetVtl: 1 });
-    await b.writeMsr({ name: vp0, msr: MSR.GUEST_OS_ID, value: 1n });
-    await b.writeMsr({ name: vp0, msr: MSR.HYPERCALL, value: 0x1001n });
-    await b.writeMemory({ name: vp0, gpa: 0x30000n, data: Buffer.from('written by the guest') });
-    await b.callHypercallPage({ name: vp0, offset: 0x0f, rcx: 0n }); // into VTL1, VTL0 parked on the stub's RET
-    await b.writeMsr({ name: vp0, msr: MSR.GUEST_OS_ID, value: 2n });
-    await b.writeMsr({ name: vp0, msr: MSR.HYPERCALL, value: 0x2001n });
-    await b.writeMsr({ name: vp0, msr: MSR.SIMP, value: 0x5001n });
+    const { name, vp0 } = await vtl1MidCallSession(b, id);
     await b.writeMemory({ name: vp0, gpa: 0x5000n, data: Buffer.from('vtl1 simp') });
     await b.writeMsr({ name: vp0, msr: MSR.VP_ASSIST_PAGE, value: 0x6001n });
     return b.savePartition({ name });
