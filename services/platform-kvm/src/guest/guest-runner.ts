@@ -13,7 +13,7 @@ import * as path from 'node:path';
 import * as fs from 'node:fs';
 import * as core from '@vsm/core';
 import type { Partition, VirtualProcessor, Vtl } from '@vsm/core';
-import { type KvmExit, KVM_EXIT, type KvmVcpu } from '../kvm';
+import type { KvmExit, KvmVcpu } from '../kvm';
 import { type KickSignal, SIGNO, ensureSignalHandler, strerror, sysTgkill } from '../kvm/ioctl';
 import { type KvmPartition, describeExit } from '../platform/kvm-partition';
 import type { VpCpu } from '../platform/vtl-vm';
@@ -77,8 +77,6 @@ interface VpThread {
   service: ((t: VpThread) => void)[];
   done: Promise<void>;
   exits: number;
-  /** Exit time stamps (hrtime ns) of the last exits, for "both VPs run at once". */
-  readonly recent: bigint[];
   ended: boolean;
 }
 
@@ -151,9 +149,9 @@ export class GuestRunner {
     return this.threads.reduce((a, t) => a + Atomics.load(t.cells, CELL.runs), 0);
   }
 
-  /** Per VP: exits handed over, and the time stamps of its last ones (ns). */
-  vpStats(): { vpIndex: number; exits: number; runs: number; recent: bigint[] }[] {
-    return this.threads.map((t) => ({ vpIndex: t.vp.index, exits: t.exits, runs: Atomics.load(t.cells, CELL.runs), recent: [...t.recent] }));
+  /** Per VP: exits handed over and KVM_RUN returns. */
+  vpStats(): { vpIndex: number; exits: number; runs: number }[] {
+    return this.threads.map((t) => ({ vpIndex: t.vp.index, exits: t.exits, runs: Atomics.load(t.cells, CELL.runs) }));
   }
 
   /** The run state of VP `index`. */
@@ -161,8 +159,7 @@ export class GuestRunner {
     const t = this.threads[index];
     if (!t || t.ended || this.stateValue === 'stopped' || this.stateValue === 'crashed' || this.stateValue === 'loaded') return 'stopped';
     if (t.vp.suspendedOn !== null) return 'suspended';
-    if (Atomics.load(t.cells, CELL.inGuest) === 0) return 'running';
-    // Inside KVM_RUN: halted or waiting for SIPI is what KVM says (the thread is parked in the kernel).
+    // Halted or waiting for SIPI is KVM's to tell (the thread waits inside KVM_RUN): queryVpState asks it.
     return 'running';
   }
 
@@ -208,7 +205,6 @@ export class GuestRunner {
       kickReasons: new Set(),
       service: [],
       exits: 0,
-      recent: [],
       ended: false,
       done: Promise.resolve(),
     };
@@ -286,8 +282,6 @@ export class GuestRunner {
       t.exits++;
       if (this.lastVp !== undefined && this.lastVp !== t.vp.index) this.vpSwitches++;
       this.lastVp = t.vp.index;
-      if (t.recent.length >= 64) t.recent.shift();
-      t.recent.push(process.hrtime.bigint());
       let cmd: number = CMD.run;
       const handled = this.kp.host.observer?.exitHandled;
       const t0 = handled ? process.hrtime.bigint() : 0n;
@@ -420,11 +414,12 @@ export class GuestRunner {
   }
 
   private io(t: VpThread, e: Extract<KvmExit, { kind: 'io' }>): number {
-    const vcpu = t.cpu.vcpu;
     if (e.direction === 'out' && this.kp.isHypercall(e)) return this.hypercall(t);
     const size = e.size as 1 | 2 | 4;
     const dev = this.opts.ports.find((d) => e.port >= d.from && e.port <= d.to)?.device;
-    if (e.port >= 0x3f8 && e.port <= 0x3ff) this.drain(); // console order: fast-path bytes first
+    const base = this.opts.uart?.base;
+    const uart = base !== undefined && e.port >= base && e.port <= base + 7;
+    if (uart) this.drain(); // console order: the bytes the VP threads took first
     if (e.direction === 'out') {
       for (let i = 0; i < e.count; i++) {
         const at = i * size;
@@ -441,8 +436,7 @@ export class GuestRunner {
         else e.data.writeUInt32LE(v >>> 0, at);
       }
     }
-    void vcpu;
-    if (e.port >= 0x3f8 && e.port <= 0x3ff) this.uartChanged();
+    if (uart) this.uartChanged();
     return CMD.run;
   }
 
@@ -645,7 +639,6 @@ export class GuestRunner {
 
   private finish(end: GuestEnd): void {
     if (this.stateValue === 'stopped' || this.stateValue === 'crashed') return;
-    const wasLoaded = this.stateValue === 'loaded';
     this.stateValue = end.state;
     this.endValue = end;
     this.endedAt = process.hrtime.bigint();
@@ -655,7 +648,6 @@ export class GuestRunner {
       else this.kick(t, 'stop');
     }
     this.drain();
-    void wasLoaded;
     // The threads end on their own (each sees CMD.exit); onEnd after they are gone.
     void Promise.all(this.threads.map((t) => t.done)).then(() => {
       this.drain();
@@ -685,10 +677,5 @@ export class GuestRunner {
     if (io > this.reportedThreadExits.io) exit('io_vp_thread', io - this.reportedThreadExits.io);
     if (mmio > this.reportedThreadExits.mmio) exit('mmio_vp_thread', mmio - this.reportedThreadExits.mmio);
     this.reportedThreadExits = { io, mmio };
-  }
-
-  /** The exit reason names, for reports. */
-  static exitName(reason: number): string {
-    return Object.entries(KVM_EXIT).find(([, v]) => v === reason)?.[0] ?? String(reason);
   }
 }
