@@ -28,8 +28,6 @@ function newest(dir, filter) {
   return t;
 }
 
-// The guests of the KVM tests (kvm-unit-tests from ../shared/suites, the project's own VSM guest) are
-// built in the test run with gcc, make and binutils: Debian's build-essential, installed when missing.
 const has = (tool) => {
   try {
     execFileSync('sh', ['-c', `command -v ${tool}`], { stdio: 'ignore' });
@@ -38,74 +36,48 @@ const has = (tool) => {
     return false;
   }
 };
-if (!['gcc', 'make', 'ld'].every(has)) {
-  if (typeof process.getuid === 'function' && process.getuid() === 0 && has('apt-get')) {
-    console.error('[setup] installing build-essential (gcc, make, binutils: the test guests are built in the test run)');
-    try {
-      run('apt-get', ['install', '-y', '--no-install-recommends', 'build-essential']);
-    } catch {
-      run('apt-get', ['update']); // a fresh machine may have no package lists yet
-      run('apt-get', ['install', '-y', '--no-install-recommends', 'build-essential']);
-    }
-  } else {
+
+/**
+ * Installs Debian `packages` when one of `tools` is missing (root and apt-get needed; `apt-get update`
+ * when the first try finds no package lists). Their packaged services are not started (policy-rc.d
+ * for the duration): the tests start their own on loopback. Never fails the setup: what cannot be
+ * installed is said, and the tests that need it fail with that reason.
+ */
+function ensureDebian(tools, packages, why) {
+  if (tools.every(has)) return;
+  if (!(typeof process.getuid === 'function' && process.getuid() === 0 && has('apt-get'))) {
     console.error(
-      '[setup] gcc/make/ld missing and cannot install build-essential here (not root or no apt-get): the guest-image tests will fail with that reason',
+      `[setup] ${tools.join('/')} missing and ${packages.join(' ')} cannot be installed here (not root or no apt-get): ${why} will fail with that reason`,
     );
+    return;
+  }
+  console.error(`[setup] installing ${packages.join(' ')} (${why})`);
+  const policy = '/usr/sbin/policy-rc.d';
+  const hadPolicy = fs.existsSync(policy);
+  if (!hadPolicy)
+    fs.writeFileSync(policy, '#!/bin/sh\n# written by vsm-service scripts/ensure-setup.js while installing test tools\nexit 101\n', { mode: 0o755 });
+  const apt = (args) => execFileSync('apt-get', args, { stdio: ['ignore', 'inherit', 'inherit'], env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
+  const install = ['install', '-y', '--no-install-recommends', ...packages];
+  try {
+    apt(install);
+  } catch {
+    try {
+      apt(['update']); // a fresh machine may have no package lists yet
+      apt(install);
+    } catch (e) {
+      console.error(`[setup] could not install ${packages.join(' ')} (${String(e.message).split('\n')[0]}): ${why} will fail with that reason`);
+    }
+  } finally {
+    if (!hadPolicy) fs.rmSync(policy, { force: true });
   }
 }
 
-// The fleet tests (test/fleet) start real etcd members on loopback ports: Debian's etcd-server (etcd and
-// etcdctl), installed when missing. The package's own service is not wanted: the tests start their own.
-if (!has('etcd')) {
-  if (typeof process.getuid === 'function' && process.getuid() === 0 && has('apt-get')) {
-    console.error('[setup] installing etcd-server (the fleet tests start real etcd members)');
-    const apt = (args) =>
-      execFileSync('apt-get', args, { stdio: ['ignore', 'inherit', 'inherit'], env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
-    const pkg = ['install', '-y', '--no-install-recommends', 'etcd-server', 'etcd-client'];
-    try {
-      apt(pkg);
-    } catch {
-      try {
-        apt(['update']);
-        apt(pkg);
-      } catch (e) {
-        console.error(`[setup] could not install etcd-server (${String(e.message).split('\n')[0]}): the fleet tests will fail with that reason`);
-      }
-    }
-  } else {
-    console.error('[setup] etcd missing and cannot install etcd-server here (not root or no apt-get): the fleet tests will fail with that reason');
-  }
-}
-
-// The observability test (test/e2e/prometheus.test.ts) starts a real Prometheus on a loopback port that
-// scrapes vsm-service and vsm-kvm-agent: Debian's prometheus, installed when missing. Its packaged service
-// is not wanted (the test starts its own): policy-rc.d keeps the install from starting it.
-if (!has('prometheus')) {
-  if (typeof process.getuid === 'function' && process.getuid() === 0 && has('apt-get')) {
-    console.error('[setup] installing prometheus (the observability test scrapes the service and the agent with a real Prometheus)');
-    const policy = '/usr/sbin/policy-rc.d';
-    const hadPolicy = fs.existsSync(policy);
-    if (!hadPolicy)
-      fs.writeFileSync(policy, '#!/bin/sh\n# written by vsm-service scripts/ensure-setup.js while installing prometheus\nexit 101\n', { mode: 0o755 });
-    const apt = (args) =>
-      execFileSync('apt-get', args, { stdio: ['ignore', 'inherit', 'inherit'], env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
-    const pkg = ['install', '-y', '--no-install-recommends', 'prometheus'];
-    try {
-      apt(pkg);
-    } catch {
-      try {
-        apt(['update']);
-        apt(pkg);
-      } catch (e) {
-        console.error(`[setup] could not install prometheus (${String(e.message).split('\n')[0]}): the Prometheus test will fail with that reason`);
-      }
-    } finally {
-      if (!hadPolicy) fs.rmSync(policy, { force: true });
-    }
-  } else {
-    console.error('[setup] prometheus missing and cannot install it here (not root or no apt-get): the Prometheus test will fail with that reason');
-  }
-}
+// The KVM tests build their guests in the test run (kvm-unit-tests from ../shared/suites, the project's own VSM guest).
+ensureDebian(['gcc', 'make', 'ld'], ['build-essential'], 'the guest-image tests');
+// The fleet tests (test/fleet) start real etcd members on loopback ports.
+ensureDebian(['etcd', 'etcdctl'], ['etcd-server', 'etcd-client'], 'the fleet tests');
+// The observability test (test/e2e/prometheus.test.ts) scrapes vsm-service and vsm-kvm-agent with a real Prometheus.
+ensureDebian(['prometheus'], ['prometheus'], 'the Prometheus test');
 
 const lock = path.join(root, 'package-lock.json');
 const installed = path.join(root, 'node_modules/.package-lock.json');
