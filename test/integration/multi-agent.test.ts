@@ -1,7 +1,8 @@
 // Beyond one machine: two vsm-kvm-agent containers (each with --device /dev/kvm, no capability) on
 // two loopback ports, and two stateless vsm-service replicas with `--backend agent --agent A,B` in
-// front of both. A partition created through one replica is served through the other (replicas
-// find partitions by asking the agents; no shared state, no coordination). Partitions are spread over the agents, every call reaches the agent that hosts the
+// front of both. A partition created through one replica is served through the other (both replicas
+// compute a partition's agent from its id and the same list, rendezvous hashing: no shared state,
+// no coordination, no agent asked where a partition is). Partitions are spread over the agents, every call reaches the agent that hosts the
 // partition, ListPartitions pages over both, and when one agent stops its partitions answer
 // UNAVAILABLE while the other agent's partitions keep working.
 import { status } from '@grpc/grpc-js';
@@ -10,6 +11,7 @@ import { connect, type pb, type VsmClient, VsmError } from '@vsm/client';
 import { AGENT_IMAGE, BUILD_TIMEOUT_MS, SERVICE_IMAGE, buildImage, freePort, healthy, kvmUnavailable, requireEngine, run } from './support/docker';
 import { gateDescribe } from '../support/kvm-gate';
 import { HvMsr } from '@vsm/core';
+import { staticOwner } from '@vsm/vsm-v1';
 
 const GUEST_OS_ID = HvMsr.HV_X64_MSR_GUEST_OS_ID;
 const AGENT_FLAGS = [
@@ -31,6 +33,7 @@ const kvm = kvmUnavailable();
 
 gateDescribe(kvm)('vsm-service in front of two KVM agents', () => {
   const agents: { id: string; address: string }[] = [];
+  const ids: string[] = [];
   let svc: StartedTestContainer | undefined;
   let svc2: StartedTestContainer | undefined;
   let client: VsmClient | undefined;
@@ -65,6 +68,18 @@ gateDescribe(kvm)('vsm-service in front of two KVM agents', () => {
         .start();
       return { c, client: connect(address, { deadlineMs: 10_000 }) };
     };
+    // Ids whose static owners cover both agents (two each), so the spread below is deterministic.
+    const want = [0, 0];
+    for (let n = 0; want.some((w) => w < 2); n++) {
+      const owner = staticOwner(
+        `ma-${n}`,
+        agents.map((a) => a.address),
+      );
+      if (want[owner]! < 2) {
+        want[owner]!++;
+        ids.push(`ma-${n}`);
+      }
+    }
     const r1 = await replica();
     const r2 = await replica();
     svc = r1.c;
@@ -81,7 +96,6 @@ gateDescribe(kvm)('vsm-service in front of two KVM agents', () => {
     for (const a of agents) await run('docker', ['rm', '-f', a.id]);
   });
 
-  const ids = ['ma-0', 'ma-1', 'ma-2', 'ma-3'];
   const home = new Map<string, number>(); // partition id -> agent index
 
   async function onAgent(i: number): Promise<string[]> {
@@ -100,9 +114,17 @@ gateDescribe(kvm)('vsm-service in front of two KVM agents', () => {
       await client!.guest.writeMsr({ name: `${p.name}/vps/0`, msr: GUEST_OS_ID, value: 0x8100_0000_0000_0000n + BigInt(n) });
     }
     const [a, b] = [await onAgent(0), await onAgent(1)];
-    expect([...a, ...b].sort()).toEqual(ids.map((id) => `partitions/${id}`));
+    expect([...a, ...b].sort()).toEqual(ids.map((id) => `partitions/${id}`).sort());
     expect(a.length).toBeGreaterThan(0);
     expect(b.length).toBeGreaterThan(0);
+    // Each on the agent its id names (the replicas' routing rule).
+    for (const id of ids)
+      expect(a.includes(`partitions/${id}`) ? 0 : 1).toBe(
+        staticOwner(
+          id,
+          agents.map((x) => x.address),
+        ),
+      );
     for (const name of a) home.set(name.split('/')[1]!, 0);
     for (const name of b) home.set(name.split('/')[1]!, 1);
     for (const [n, id] of ids.entries()) {
@@ -132,7 +154,7 @@ gateDescribe(kvm)('vsm-service in front of two KVM agents', () => {
       names.push(...r.partitions.map((p) => p.name));
       pageToken = r.nextPageToken;
     } while (pageToken);
-    expect(names.sort()).toEqual(ids.map((id) => `partitions/${id}`));
+    expect(names.sort()).toEqual(ids.map((id) => `partitions/${id}`).sort());
   });
 
   test("one agent stops: its partitions are UNAVAILABLE, the other agent's keep working", async () => {

@@ -9,7 +9,7 @@ export * from './names';
 export * from './config';
 export { CoreBackend, MAX_GUEST_ACCESS, outcome as guestActionOutcome, accessOutcome, interceptNotice } from './backends/core-backend';
 export * from './state-dir';
-export { RemoteBackend } from './backends/remote';
+export { RemoteBackend, drawPartitionId, staticOwner } from './backends/remote';
 export { KvmBackend, KvmBackendOptions } from './backends/kvm';
 export { FdLogDestination } from './log-destination';
 export { SHUTDOWN_WATCHDOG_MS, exitOnSignal, processLogger, serverOptionsFrom, shutdownSignal } from './process-support';

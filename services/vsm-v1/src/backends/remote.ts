@@ -1,10 +1,14 @@
 // service layer, agent backend: forwards every vsm.v1 call to the KVM host agent(s) that host the
-// partition. Stateless: a partition is found by asking the agents (answers are cached; a cache miss
-// or a NOT_FOUND from the cached agent asks them all again), so any number of service replicas can
-// front the same agents without coordinating. Streams are proxied message by message with
+// partition. Stateless and without fan-out: with a static --agent list, a partition's agent is a
+// pure function of its id and the list (rendezvous hashing, staticOwner), so any number of service
+// replicas given the same list agree on it without coordinating and without asking any agent; the
+// service draws the id itself when the request has none. The list must be the same on every replica
+// and fixed for the partitions' lifetime: growing or shrinking a fleet is fleet mode (etcd,
+// fleet/backend.ts, a subclass whose locate reads the partition's record). Streams are proxied message by message with
 // back-pressure (nothing is buffered without bound). An unreachable agent is UNAVAILABLE, never a
 // hang: forwarded calls carry deadlines, except guest memory actions, which may legitimately wait
 // for a monitor (a dead agent still fails them promptly: the channel reports UNAVAILABLE).
+import * as crypto from 'node:crypto';
 import { status as Code } from '@grpc/grpc-js';
 import { connect, pb, type VsmClient, VsmError } from '@vsm/client';
 import type { Backend, StreamSink } from '../backend';
@@ -24,6 +28,30 @@ export interface RemoteAgent {
 }
 type Agent = RemoteAgent;
 
+/**
+ * The static owner of a partition id among agent addresses: rendezvous (highest random weight)
+ * hashing, the agent whose SHA-256(address NUL id) is highest. Depends only on the id and the set of
+ * addresses (not their order); removing an agent moves only that agent's ids.
+ */
+export function staticOwner(id: string, addresses: readonly string[]): number {
+  let best = -1;
+  let bestScore = -1n;
+  for (const [i, a] of addresses.entries()) {
+    const score = crypto.createHash('sha256').update(a).update('\0').update(id).digest().readBigUInt64BE(0);
+    if (score > bestScore) {
+      best = i;
+      bestScore = score;
+    }
+  }
+  return best;
+}
+
+/** An id for a partition created without one: from its request_id when it has one (a retry through any replica lands on the same agent), else random. */
+export function drawPartitionId(requestId = ''): string {
+  const h = requestId ? crypto.createHash('sha256').update('request_id\0').update(requestId).digest('hex') : crypto.randomBytes(8).toString('hex');
+  return `p-${h.slice(0, 12)}`;
+}
+
 /** A client-side VsmError turned back into the same gRPC status + ErrorInfo for our caller. */
 export function relay(e: unknown): never {
   if (e instanceof VsmError)
@@ -35,11 +63,32 @@ export function relay(e: unknown): never {
   throw e;
 }
 
+/**
+ * An ImportPartition request stream as snapshot chunks: the first message read (its header, which
+ * placement may look at), the partition_id it asks for, and every chunk in order (the first again).
+ */
+export async function importStream(
+  requests: AsyncIterable<pb.ImportPartitionRequest>,
+): Promise<{ partitionId: string; first: pb.SnapshotChunk; chunks: AsyncIterable<pb.SnapshotChunk> }> {
+  const it = requests[Symbol.asyncIterator]();
+  const head = await it.next();
+  if (head.done) throw invalidArgument('the stream held no snapshot (a header first)');
+  if (!head.value.chunk) throw invalidArgument('chunk is required in every message');
+  const partitionId = head.value.partitionId;
+  async function* chunks(): AsyncIterable<pb.SnapshotChunk> {
+    for (let r = head; !r.done; r = await it.next()) {
+      if (r.value.partitionId && r.value.partitionId !== partitionId)
+        throw invalidArgument(`partition_id ${r.value.partitionId} differs from the first message's ${JSON.stringify(partitionId)}`);
+      if (!r.value.chunk) throw invalidArgument('chunk is required in every message');
+      yield r.value.chunk;
+    }
+  }
+  return { partitionId, first: head.value.chunk, chunks: chunks() };
+}
+
 export class RemoteBackend implements Backend {
   readonly kind = 'agent';
   private readonly agents: Agent[];
-  private readonly home = new Map<string, number>();
-  private next = 0;
 
   constructor(addresses: string[]) {
     // Fleet mode (fleet/backend.ts, a subclass) has no static list: its agents come from etcd.
@@ -50,68 +99,43 @@ export class RemoteBackend implements Backend {
     }));
   }
 
-  /** The agent hosting a partition (by resource name). Fleet mode reads the partition's record instead. */
-  protected async locate(name: string, refresh = false): Promise<Agent> {
-    const id = parsePartitionName(name.split('/vps/')[0]!);
-    const cached = this.home.get(id);
-    if (cached !== undefined && !refresh) return this.agents[cached]!;
-    // Ask every agent; one that is down is "not there" unless nobody has the partition, so a
-    // fresh replica keeps serving partitions on live agents while another agent is down.
-    const answers = await Promise.all(
-      this.agents.map((a, i) =>
-        a.client.partitions.getPartition({ name: `partitions/${id}` }).then(
-          () => ({ i, found: true, down: false }),
-          (e) => {
-            if (e instanceof VsmError && e.code === Code.NOT_FOUND) return { i, found: false, down: false };
-            if (e instanceof VsmError && (e.code === Code.UNAVAILABLE || e.code === Code.DEADLINE_EXCEEDED)) return { i, found: false, down: true };
-            return Promise.reject(e);
-          },
-        ),
-      ),
-    ).catch(relay);
-    const hit = answers.find((a) => a.found);
-    if (!hit) {
-      const down = answers.filter((a) => a.down).map((a) => this.agents[a.i]!.address);
-      if (down.length)
-        throw new ApiError(
-          Code.UNAVAILABLE,
-          'HV_STATUS_OPERATION_FAILED',
-          `partition ${id} not found on the reachable agents; unreachable: ${down.join(', ')}`,
-        );
-      throw new ApiError(Code.NOT_FOUND, 'HV_STATUS_INVALID_PARTITION_ID', `partition ${id} not found on any agent`);
-    }
-    const i = hit.i;
-    this.home.set(id, i);
-    return this.agents[i]!;
+  /** The agent hosting a partition (by resource name): its static owner. Fleet mode reads the partition's record instead. */
+  protected async locate(name: string, _refresh = false): Promise<Agent> {
+    return this.ownerOf(parsePartitionName(name.split('/vps/')[0]!));
   }
 
-  /** Forwards a call that names a partition; a stale cache entry (NOT_FOUND) triggers one re-locate. */
+  private ownerOf(id: string): Agent {
+    return this.agents[
+      staticOwner(
+        id,
+        this.agents.map((a) => a.address),
+      )
+    ]!;
+  }
+
+  /**
+   * Forwards a call that names a partition. NOT_FOUND from the located agent re-locates once with a
+   * fresh lookup (fleet mode: the record may have moved to another agent); a static owner never moves.
+   */
   private async route<T>(name: string, call: (c: VsmClient) => Promise<T>): Promise<T> {
-    let agent = await this.locate(name);
+    const agent = await this.locate(name);
     try {
       return await call(agent.client);
     } catch (e) {
       if (e instanceof VsmError && e.code === Code.NOT_FOUND && e.reason === 'HV_STATUS_INVALID_PARTITION_ID') {
-        agent = await this.locate(name, true);
-        return call(agent.client).catch(relay);
+        const again = await this.locate(name, true);
+        if (again.address !== agent.address) return call(again.client).catch(relay);
       }
       return relay(e);
     }
   }
 
+  /** On the id's static owner (the agent checks the id and the request_id); an id is drawn when there is none. */
   async createPartition(r: pb.CreatePartitionRequest) {
-    if (r.partitionId) {
-      const exists = await this.locate(`partitions/${r.partitionId}`).then(
-        () => true,
-        (e) => (e instanceof ApiError && e.code === Code.NOT_FOUND ? false : Promise.reject(e)),
-      );
-      if (exists && !r.requestId) throw new ApiError(Code.ALREADY_EXISTS, 'HV_STATUS_OBJECT_IN_USE', `partition ${r.partitionId} already exists`);
-      if (exists) return this.route(`partitions/${r.partitionId}`, (c) => c.partitions.createPartition(r));
-    }
-    const i = this.next++ % this.agents.length;
-    const p = await this.agents[i]!.client.partitions.createPartition(r).catch(relay);
-    this.home.set(parsePartitionName(p.name), i);
-    return p;
+    const partitionId = r.partitionId || drawPartitionId(r.requestId);
+    return this.ownerOf(partitionId)
+      .client.partitions.createPartition({ ...r, partitionId })
+      .catch(relay);
   }
   getPartition(r: pb.GetPartitionRequest) {
     return this.route(r.name, (c) => c.partitions.getPartition(r));
@@ -127,14 +151,11 @@ export class RemoteBackend implements Backend {
       token = m[2]!;
     }
     const res = await this.agents[agent]!.client.partitions.listPartitions({ pageSize: r.pageSize, pageToken: token }).catch(relay);
-    for (const p of res.partitions) this.home.set(parsePartitionName(p.name), agent);
     const nextPageToken = res.nextPageToken ? `${agent}:${res.nextPageToken}` : agent + 1 < this.agents.length ? `${agent + 1}:` : '';
     return { partitions: res.partitions, nextPageToken };
   }
   async deletePartition(r: pb.DeletePartitionRequest) {
-    const res = await this.route(r.name, (c) => c.partitions.deletePartition(r));
-    this.home.delete(parsePartitionName(r.name));
-    return res;
+    return this.route(r.name, (c) => c.partitions.deletePartition(r));
   }
   async getCapabilities(r: pb.GetCapabilitiesRequest) {
     return this.agents[0]!.client.partitions.getCapabilities(r).catch(relay);
@@ -303,10 +324,10 @@ export class RemoteBackend implements Backend {
     return this.route(r.name, (c) => c.snapshots.savePartition(r));
   }
   async restorePartition(r: pb.RestorePartitionRequest) {
-    const i = this.next++ % this.agents.length;
-    const p = await this.agents[i]!.client.snapshots.restorePartition(r).catch(relay);
-    this.home.set(parsePartitionName(p.name), i);
-    return p;
+    const partitionId = r.partitionId || drawPartitionId();
+    return this.ownerOf(partitionId)
+      .client.snapshots.restorePartition({ ...r, partitionId })
+      .catch(relay);
   }
 
   /** ExportPartition: the hosting agent's stream, message by message with back-pressure. */
@@ -320,30 +341,11 @@ export class RemoteBackend implements Backend {
       relay(e);
     }
   }
-  /** ImportPartition: the chunks go on to one agent (placed as RestorePartition) as they arrive. */
+  /** ImportPartition: the chunks go on to the id's static owner as they arrive (an id is drawn when the stream names none). */
   async importPartition(requests: AsyncIterable<pb.ImportPartitionRequest>, signal: AbortSignal): Promise<pb.Partition> {
-    if (this.agents.length === 0)
-      throw new ApiError(
-        Code.UNIMPLEMENTED,
-        'HV_STATUS_FEATURE_UNAVAILABLE',
-        'ImportPartition is not available in fleet mode yet: import on an agent directly',
-      );
-    const it = requests[Symbol.asyncIterator]();
-    const head = await it.next();
-    if (head.done) throw invalidArgument('the stream held no snapshot (a header first)');
-    const partitionId = head.value.partitionId;
-    async function* chunks(): AsyncIterable<pb.SnapshotChunk> {
-      for (let r = head; !r.done; r = await it.next()) {
-        if (r.value.partitionId && r.value.partitionId !== partitionId)
-          throw invalidArgument(`partition_id ${r.value.partitionId} differs from the first message's ${JSON.stringify(partitionId)}`);
-        if (!r.value.chunk) throw invalidArgument('chunk is required in every message');
-        yield r.value.chunk;
-      }
-    }
-    const i = this.next++ % this.agents.length;
-    const p = await this.agents[i]!.client.snapshots.importPartition(chunks(), { partitionId, signal }).catch(relay);
-    this.home.set(parsePartitionName(p.name), i);
-    return p;
+    const { partitionId, chunks } = await importStream(requests);
+    const id = partitionId || drawPartitionId();
+    return this.ownerOf(id).client.snapshots.importPartition(chunks, { partitionId: id, signal }).catch(relay);
   }
 
   async close(): Promise<void> {
