@@ -12,6 +12,17 @@
 // former single sorted array paid an O(n) splice per insertion: 65,536 single-page changes in
 // descending order over 10^6 ranges took 45 s; issue #17). Memory: ≤ 2 × 17 bytes per range plus
 // one index entry per leaf (leaves stay at least a quarter full, or merge).
+//
+// Lookups (issue #13): once a map has been looked up often enough since its last change (a quarter
+// of its range count, at least LOOKUP_INDEX_AFTER), get() builds a flat lookup index: the ranges
+// copied into contiguous arrays and a bucket table over the page span (≤ 4 buckets per range),
+// each bucket holding the position of the first range that ends after the bucket's first page. A
+// lookup is then one bucket read and a short scan (a binary search within the bucket if it holds
+// more than LINEAR_SCAN_MAX ranges), so 10,000 ranges cost about what one does. Any change drops
+// the index in O(1) (changes keep their O(log n + ranges touched) cost); the build is O(n), paid
+// for by the ≥ n/4 slower lookups before it. Memory: ≤ 17 + 4 × 4 bytes per range. Maps above
+// LOOKUP_INDEX_MAX ranges keep the two binary searches (a build there would hold the event loop
+// for milliseconds: ≈2 ms at 65,536 ranges here).
 import { HvMapGpaFlags } from './tlfs/vsm';
 
 export interface ProtectionRange {
@@ -22,6 +33,81 @@ export interface ProtectionRange {
 
 const LEAF_MAX = 256;
 const LEAF_MIN = LEAF_MAX / 4;
+/** Lookups since the last change before the flat lookup index is built (and at least count / 4). */
+const LOOKUP_INDEX_AFTER = 64;
+/** Largest map given a lookup index (its O(n) build stays ≲ 2 ms on this host). */
+const LOOKUP_INDEX_MAX = 1 << 16;
+/** A bucket holding more ranges than this is binary-searched instead of scanned. */
+const LINEAR_SCAN_MAX = 8;
+
+/**
+ * The flat lookup index of a map at one version: ranges in contiguous arrays, and `first[b]` = the
+ * position of the first range whose end > base + b × 2^shift (for b in 0..buckets, the last = n).
+ */
+class LookupIndex {
+  readonly starts: Float64Array;
+  readonly ends: Float64Array;
+  readonly masks: Uint8Array;
+  readonly first: Int32Array;
+  readonly base: number;
+  readonly span: number;
+  /** 2^-shift: a bucket is floor((page − base) × scale), exact in binary floating point. */
+  readonly scale: number;
+
+  constructor(leaves: readonly Leaf[], n: number) {
+    const starts = new Float64Array(n);
+    const ends = new Float64Array(n);
+    const masks = new Uint8Array(n);
+    let k = 0;
+    for (const leaf of leaves) {
+      starts.set(leaf.starts.subarray(0, leaf.n), k);
+      ends.set(leaf.ends.subarray(0, leaf.n), k);
+      masks.set(leaf.masks.subarray(0, leaf.n), k);
+      k += leaf.n;
+    }
+    this.starts = starts;
+    this.ends = ends;
+    this.masks = masks;
+    this.base = n > 0 ? starts[0]! : 0;
+    this.span = n > 0 ? ends[n - 1]! - this.base : 0;
+    // Bucket width: the smallest power of two giving at most 2 × n (rounded up to a power of two) buckets.
+    const want = n > 0 ? 2 ** Math.ceil(Math.log2(2 * n)) : 1;
+    let shift = 0;
+    while (this.span / 2 ** shift > want) shift++;
+    this.scale = 2 ** -shift;
+    const buckets = Math.max(1, Math.ceil(this.span * this.scale));
+    const first = new Int32Array(buckets + 1);
+    let i = 0;
+    for (let b = 0; b < buckets; b++) {
+      const page = this.base + b * 2 ** shift;
+      while (i < n && ends[i]! <= page) i++;
+      first[b] = i;
+    }
+    first[buckets] = n;
+    this.first = first;
+  }
+
+  /** The mask of the range holding `page`, or `dflt`. */
+  get(page: number, dflt: number): number {
+    const rel = page - this.base;
+    if (!(rel >= 0 && rel < this.span)) return dflt;
+    const b = Math.floor(rel * this.scale);
+    const ends = this.ends;
+    let i = this.first[b]!;
+    const last = this.first[b + 1]!; // the range holding page is at a position in [i, last]
+    if (last - i <= LINEAR_SCAN_MAX) {
+      while (ends[i]! <= page) i++; // stops: page < span end = the last range's end
+    } else {
+      let hi = last;
+      while (i < hi) {
+        const mid = (i + hi) >>> 1;
+        if (ends[mid]! > page) hi = mid;
+        else i = mid + 1;
+      }
+    }
+    return this.starts[i]! <= page ? this.masks[i]! : dflt;
+  }
+}
 
 class Leaf {
   n = 0;
@@ -87,6 +173,9 @@ export class ProtectionMap {
   version = 0;
   /** For a draft: the windows it changed (replayed to the live map's watchers on adopt) and the version it started from. */
   private draftOf?: { base: number; windows: number[] };
+  /** The flat lookup index of the current contents (dropped by every change), and the lookups made without it since. */
+  private lookupIndex?: LookupIndex;
+  private slowLookups = 0;
 
   constructor(public defaultMask: number) {}
 
@@ -114,8 +203,14 @@ export class ProtectionMap {
     return out;
   }
 
-  /** Mask in force for a page: two binary searches over flat typed arrays. */
+  /** Mask in force for a page: through the lookup index once built, else two binary searches over flat typed arrays. */
   get(gpfn: number): number {
+    const ix = this.lookupIndex;
+    if (ix !== undefined) return ix.get(gpfn, this.defaultMask);
+    if (++this.slowLookups >= LOOKUP_INDEX_AFTER && this.slowLookups >= this.count >>> 2 && this.count <= LOOKUP_INDEX_MAX) {
+      this.lookupIndex = new LookupIndex(this.leaves, this.count);
+      return this.lookupIndex.get(gpfn, this.defaultMask);
+    }
     const leaf = this.leaves[this.leafFor(gpfn)]!;
     const i = leaf.firstStartAfter(gpfn) - 1;
     return i >= 0 && gpfn < leaf.ends[i]! ? leaf.masks[i]! : this.defaultMask;
@@ -164,7 +259,7 @@ export class ProtectionMap {
       pieces.push(newStart, newEnd, mask, ...right);
     } else pieces.push(start, end, mask);
     this.replaceRange(li, xi, lj, xj, pieces);
-    this.version++;
+    this.changed();
     this.draftOf?.windows.push(lo, hi);
     for (const fn of this.listeners) fn(lo, hi);
   }
@@ -202,10 +297,22 @@ export class ProtectionMap {
     this.count = draft.count;
     this.token = draft.token;
     draft.token = {};
-    this.version++;
+    this.changed();
     const w = draft.draftOf.windows;
     draft.draftOf = undefined;
     for (let i = 0; i < w.length; i += 2) for (const fn of this.listeners) fn(w[i]!, w[i + 1]!);
+  }
+
+  /** After any change of the ranges: a new version, the lookup index dropped (O(1)). */
+  private changed(): void {
+    this.version++;
+    this.lookupIndex = undefined;
+    this.slowLookups = 0;
+  }
+
+  /** Whether get() currently goes through the flat lookup index (for tests). */
+  get indexed(): boolean {
+    return this.lookupIndex !== undefined;
   }
 
   /** Leaf `l`, copied first if it is shared. */

@@ -128,3 +128,118 @@ test('a draft changes nothing in force until adopted; the live map and the draft
   expect(m.get(2)).toBe(3); // as adopted, not d2's 7
   expect(m.get(0)).toBe(7);
 });
+
+// The flat lookup index (issue #13): built by get() after enough lookups since the last change,
+// dropped by every change. Lookups must agree with the per-page model whether or not it is in use.
+test('interleaved changes and lookups agree with a per-page model, with and without the lookup index (incl. descending fragmentation)', () => {
+  fc.assert(
+    fc.property(
+      fc.array(
+        fc.oneof(
+          fc.record({
+            kind: fc.constant('set' as const),
+            start: fc.integer({ min: 0, max: 3000 }),
+            count: fc.integer({ min: 1, max: 300 }),
+            mask: fc.integer({ min: 0, max: 3 }),
+          }),
+          // A descending run of single pages (fragmentation, the order issue #17 measured).
+          fc.record({
+            kind: fc.constant('desc' as const),
+            start: fc.integer({ min: 0, max: 3000 }),
+            count: fc.integer({ min: 1, max: 400 }),
+            mask: fc.integer({ min: 0, max: 3 }),
+          }),
+          fc.record({
+            kind: fc.constant('lookups' as const),
+            start: fc.integer({ min: 0, max: 3200 }),
+            count: fc.integer({ min: 1, max: 400 }),
+            mask: fc.constant(0),
+          }),
+          fc.record({ kind: fc.constant('clone' as const), start: fc.constant(0), count: fc.constant(0), mask: fc.constant(0) }),
+        ),
+        { maxLength: 120 },
+      ),
+      (ops) => {
+        const pages = 3400;
+        let m = new ProtectionMap(DEFAULT);
+        const ref = model(pages);
+        let indexedLookups = 0;
+        const check = (g: number) => {
+          if (m.indexed) indexedLookups++;
+          expect(m.get(g)).toBe(ref.get(g));
+        };
+        for (const o of ops) {
+          if (o.kind === 'set') {
+            m.set(o.start, o.count, o.mask);
+            ref.set(o.start, o.count, o.mask);
+            expect(m.indexed).toBe(false);
+          } else if (o.kind === 'desc') {
+            for (let i = o.count - 1; i >= 0; i -= 2) {
+              m.set(o.start + i, 1, (o.mask + i) & 3);
+              ref.set(o.start + i, 1, (o.mask + i) & 3);
+            }
+          } else if (o.kind === 'clone') {
+            const c = m.clone();
+            m.set(0, 1, (ref.get(0) + 1) & 3); // the original changes: the clone must not see it
+            expect(c.get(0)).toBe(ref.get(0));
+            const d = c.draft();
+            d.set(1, 1, 1);
+            m = c;
+            m.adopt(d);
+            ref.set(1, 1, 1);
+          } else {
+            // Scattered lookups (stride 7: enough of them build the index), then every boundary neighbourhood.
+            for (let k = 0; k < o.count; k++) check((o.start + 7 * k) % pages);
+            for (const r of m.rangesFrom(0, 64)) for (const g of [r.start - 1, r.start, r.end - 1, r.end]) if (g >= 0 && g < pages) check(g);
+          }
+        }
+        for (let g = 0; g < pages; g++) check(g);
+        expect(indexedLookups).toBeGreaterThan(0); // the full sweep alone builds it
+      },
+    ),
+    { numRuns: 80 },
+  );
+});
+
+test('the lookup index: built after count/4 lookups, dropped by set and adopt, follows defaultMask, spans pages above 2^32', () => {
+  const m = new ProtectionMap(DEFAULT);
+  const base = 2 ** 36; // a 48-bit GPA's page numbers
+  for (let i = 0; i < 1000; i++) m.set(base + 3 * i, 1 + (i % 2), i & 3);
+  let n = 0;
+  while (!m.indexed) {
+    m.get(base + n);
+    n++;
+  }
+  expect(n).toBe(250); // count / 4 (≥ 64) lookups
+  for (let i = 0; i < 1000; i++) {
+    expect(m.get(base + 3 * i)).toBe(i & 3);
+    expect(m.get(base + 3 * i + 1)).toBe(i % 2 ? i & 3 : DEFAULT);
+    expect(m.get(base + 3 * i + 2)).toBe(DEFAULT);
+  }
+  expect(m.get(base - 1)).toBe(DEFAULT);
+  expect(m.get(base + 3000)).toBe(DEFAULT);
+  expect(m.get(0)).toBe(DEFAULT);
+  m.defaultMask = 0x1;
+  expect(m.get(base + 2)).toBe(0x1);
+  m.set(base + 2, 1, 3);
+  expect(m.indexed).toBe(false);
+  expect(m.get(base + 2)).toBe(3);
+  // A draft adopted drops the index too.
+  for (let k = 0; k < 300; k++) m.get(base + k);
+  expect(m.indexed).toBe(true);
+  const d = m.draft();
+  d.set(base, 3000, 2);
+  m.adopt(d);
+  expect(m.indexed).toBe(false);
+  expect(m.get(base + 2)).toBe(2);
+  // Clustered ranges with one far away: a wide bucket, binary-searched.
+  const c = new ProtectionMap(DEFAULT);
+  for (let i = 0; i < 500; i++) c.set(2 * i, 1, 1);
+  c.set(2 ** 40, 1, 3);
+  for (let k = 0; k < 200; k++) c.get(k);
+  expect(c.indexed).toBe(true);
+  for (let g = 0; g < 1002; g++) expect(c.get(g)).toBe(g % 2 === 0 && g < 1000 ? 1 : DEFAULT);
+  expect(c.get(2 ** 40)).toBe(3);
+  expect(c.get(2 ** 40 - 1)).toBe(DEFAULT);
+  expect(c.get(2 ** 40 + 1)).toBe(DEFAULT);
+});
