@@ -111,7 +111,14 @@ function promisify<C extends grpc.Client>(
 export interface VsmClient {
   partitions: Promisified<pb.PartitionServiceClient>;
   vps: Promisified<pb.VirtualProcessorServiceClient>;
-  guest: Promisified<pb.GuestServiceClient>;
+  guest: Promisified<pb.GuestServiceClient> & {
+    /**
+     * Opens a RunGuestActions stream: `send` actions (each with a `sequence` of your choosing),
+     * iterate `results` (one per action, in completion order); `close()` half-closes (the server
+     * answers what it accepted, then ends the stream).
+     */
+    runGuestActions(signal?: AbortSignal): GuestActionSession;
+  };
   memory: Promisified<pb.MemoryServiceClient>;
   intercepts: Promisified<pb.InterceptServiceClient> & {
     /** Opens a Monitor stream: `send` requests, iterate `events`; `close()` half-closes. */
@@ -142,6 +149,16 @@ export interface MonitorSession {
   cancel(): void;
 }
 
+export interface GuestActionSession {
+  /** Sends one action; false when the transport wants the caller to wait (back-pressure). */
+  send(req: Partial<pb.RunGuestActionsRequest>): boolean;
+  results: AsyncIterable<pb.RunGuestActionsResponse>;
+  /** Half-close: the server answers every accepted action, then ends the stream. */
+  close(): void;
+  /** Abort the stream (answers still owed are dropped). */
+  cancel(): void;
+}
+
 export function connect(address: string, o: ConnectOptions = {}): VsmClient {
   let creds: grpc.ChannelCredentials = grpc.credentials.createInsecure();
   if (o.tls) creds = o.tls === true ? grpc.credentials.createSsl() : grpc.credentials.createSsl(o.tls.ca ?? null, o.tls.key ?? null, o.tls.cert ?? null);
@@ -165,7 +182,17 @@ export function connect(address: string, o: ConnectOptions = {}): VsmClient {
   return {
     partitions: promisify(partitions, S(pb.PartitionServiceService), o, md),
     vps: promisify(vps, S(pb.VirtualProcessorServiceService), o, md),
-    guest: promisify(guest, S(pb.GuestServiceService), o, md),
+    guest: Object.assign(promisify(guest, S(pb.GuestServiceService), o, md), {
+      runGuestActions: (signal?: AbortSignal): GuestActionSession => {
+        const call = guest.runGuestActions(md());
+        return {
+          send: (req: Partial<pb.RunGuestActionsRequest>) => call.write(pb.RunGuestActionsRequest.fromPartial(req)),
+          results: streamIterator<pb.RunGuestActionsResponse>(call, signal),
+          close: () => call.end(),
+          cancel: () => call.cancel(),
+        };
+      },
+    }),
     memory: promisify(memory, S(pb.MemoryServiceService), o, md),
     intercepts: Object.assign(promisify(intercepts, S(pb.InterceptServiceService), o, md), {
       monitor: (signal?: AbortSignal): MonitorSession => {

@@ -2,6 +2,6 @@
 // types it re-exports (namespace `pb`) for its users.
 export { pb } from '@vsm/api';
 export { connect, VsmError } from './client';
-export type { ConnectOptions, VsmClient, MonitorSession } from './client';
+export type { ConnectOptions, VsmClient, MonitorSession, GuestActionSession } from './client';
 export { SNAPSHOT_FILE_MAGIC, frameSnapshotChunk, readSnapshotFiles, writeSnapshotFile } from './snapshot-stream';
 export type { SnapshotStreams } from './snapshot-stream';

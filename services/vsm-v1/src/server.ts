@@ -29,6 +29,7 @@ import {
 import { BoundedSink, DEFAULT_STREAM_BUFFER, type StreamBufferLimits } from './stream-sink';
 import { reflectionPackage } from './reflection';
 import type { RpcTelemetry } from './observability/telemetry';
+import type { ActionAuthorizer } from './guest-action-stream';
 
 /** Every vsm.v1 service, as the descriptors list them. */
 export const SERVICE_NAMES: string[] = vsmServices().map((s) => s.name);
@@ -269,7 +270,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     method: string,
     call: grpc.ServerWritableStream<unknown, Res> | grpc.ServerDuplexStream<unknown, Res>,
     admit: (ctl: ReturnType<typeof streamControl<Res>>) => unknown | Promise<unknown>,
-    handler: (sink: StreamSink<Res>, signal: AbortSignal) => Promise<void>,
+    handler: (sink: StreamSink<Res>, signal: AbortSignal, principal: string | undefined) => Promise<void>,
   ): void => {
     const ctl = streamControl(method, call as unknown as ServerStreamCall<Res>);
     let release: (() => void) | undefined;
@@ -293,7 +294,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
               end: (e) => ctl.fail(e, 'warn'),
             });
           sink = sinkFor(method, call as unknown as ServerStreamCall<Res>, ctl);
-          return handler(sink, ctl.signal);
+          return handler(sink, ctl.signal, principal);
         }),
       )
       .then(
@@ -326,7 +327,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const bidi =
     <Req, Res>(
       method: string,
-      fn: (reqs: AsyncIterable<Req>, sink: StreamSink<Res>, signal: AbortSignal) => Promise<void>,
+      fn: (reqs: AsyncIterable<Req>, sink: StreamSink<Res>, signal: AbortSignal, authorize: ActionAuthorizer) => Promise<void>,
     ): grpc.handleBidiStreamingCall<Req, Res> =>
     (call) => {
       let reqs: ReturnType<typeof guardedRequests<Req>> | undefined;
@@ -351,7 +352,8 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
           );
           return first.done ? undefined : first.value;
         },
-        (sink, signal) => fn(reqs!, sink, signal),
+        // RunGuestActions authorizes each action as its unary RPC, with the stream's caller.
+        (sink, signal, principal) => fn(reqs!, sink, signal, (path, req) => guard.authorize(path, principal, req)),
       );
     };
 
@@ -595,7 +597,7 @@ type Wrappers = {
   stream: <Req, Res>(method: string, fn: (req: Req, sink: StreamSink<Res>, signal: AbortSignal) => Promise<void>) => grpc.handleServerStreamingCall<Req, Res>;
   bidi: <Req, Res>(
     method: string,
-    fn: (reqs: AsyncIterable<Req>, sink: StreamSink<Res>, signal: AbortSignal) => Promise<void>,
+    fn: (reqs: AsyncIterable<Req>, sink: StreamSink<Res>, signal: AbortSignal, authorize: ActionAuthorizer) => Promise<void>,
   ) => grpc.handleBidiStreamingCall<Req, Res>;
   client?: <Req, Res>(method: string, fn: (reqs: AsyncIterable<Req>, signal: AbortSignal) => Promise<Res>) => grpc.handleClientStreamingCall<Req, Res>;
 };
@@ -633,7 +635,7 @@ export function bindRpc(rpc: RpcMethod, backend: Backend, w: Wrappers): grpc.Unt
     case 'server_streaming':
       return w.stream(rpc.name, (r: unknown, sink, signal) => fn.call(backend, r, sink, signal) as Promise<void>);
     case 'bidi_streaming':
-      return w.bidi(rpc.name, (reqs: AsyncIterable<unknown>, sink, signal) => fn.call(backend, reqs, sink, signal) as Promise<void>);
+      return w.bidi(rpc.name, (reqs: AsyncIterable<unknown>, sink, signal, authorize) => fn.call(backend, reqs, sink, signal, authorize) as Promise<void>);
     case 'client_streaming':
       if (!w.client) throw new Error(`${rpc.key}: client-streaming RPCs need the client wrapper`);
       return w.client(rpc.name, (reqs: AsyncIterable<unknown>, signal) => fn.call(backend, reqs, signal));

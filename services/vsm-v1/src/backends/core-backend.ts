@@ -28,6 +28,7 @@ import {
 } from './execution';
 import { assertSnapshotFits, modifyProtectionsSliced, protectionsPage } from './protections-at-scale';
 import { type BackgroundErrorReport, awaitMonitorAnswers, keepInterceptDeadlines, partitionTask, reportToStderr } from './monitor-wait';
+import { type ActionAuthorizer, runGuestActions } from '../guest-action-stream';
 
 export const MAX_GUEST_ACCESS = 65536;
 export const MAX_GPA_ACCESS = 1 << 20;
@@ -295,6 +296,16 @@ export class CoreBackend implements Backend {
     if (r.length < 1 || r.length > 16) throw invalidArgument('length must be 1..16 (one instruction fetch)');
     const { outcome: o, data } = await this.access(p, vp, 'execute', r.gpa, r.length, undefined, r.gva);
     return { outcome: o, data: data ?? Buffer.alloc(0) };
+  }
+
+  /** RunGuestActions: the stream of the guest actions above (guest-action-stream.ts), each authorized as its unary RPC. */
+  runGuestActions(
+    requests: AsyncIterable<gpb.RunGuestActionsRequest>,
+    sink: StreamSink<gpb.RunGuestActionsResponse>,
+    signal: AbortSignal,
+    authorize?: ActionAuthorizer,
+  ): Promise<void> {
+    return runGuestActions(this, requests, sink, signal, authorize);
   }
 
   /**

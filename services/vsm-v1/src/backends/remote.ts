@@ -15,6 +15,7 @@ import type { Backend, StreamSink } from '../backend';
 import { ApiError, invalidArgument } from '../errors';
 import { parsePartitionName } from '../names';
 import { outgoingInterceptors } from '../observability/tracing';
+import { type ActionAuthorizer, runGuestActions } from '../guest-action-stream';
 
 const UNARY_DEADLINE_MS = 30_000;
 const WAITING_DEADLINE_MS = 24 * 3600_000;
@@ -206,6 +207,19 @@ export class RemoteBackend implements Backend {
   }
   executeMemory(r: pb.ExecuteMemoryRequest) {
     return this.route(r.name, (c) => c.guest.executeMemory(r, { deadlineMs: WAITING_DEADLINE_MS }));
+  }
+  /**
+   * RunGuestActions: each action authorized here and forwarded to its partition's agent as its unary
+   * call (the agent can be a different one per action's partition); ordering, concurrency and flow
+   * control are the shared stream's (guest-action-stream.ts).
+   */
+  runGuestActions(
+    requests: AsyncIterable<pb.RunGuestActionsRequest>,
+    sink: StreamSink<pb.RunGuestActionsResponse>,
+    signal: AbortSignal,
+    authorize?: ActionAuthorizer,
+  ): Promise<void> {
+    return runGuestActions(this, requests, sink, signal, authorize);
   }
 
   readGpa(r: pb.ReadGpaRequest) {

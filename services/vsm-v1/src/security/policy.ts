@@ -71,6 +71,10 @@ export function resourceOf(path: string, req: unknown): Resource {
       return { kind: 'all' };
     case 'vsm.v1.PartitionService/GetCapabilities':
       return { kind: 'any', label: 'capabilities' };
+    case 'vsm.v1.GuestService/RunGuestActions':
+      // Every action is authorized on its own (as its unary RPC, on its partition); the stream needs
+      // the role on some partition.
+      return { kind: 'any', label: 'guest actions (each authorized on its partition)' };
     case 'vsm.v1.InterceptService/Monitor': {
       const kind = r.kind as { $case?: string; value?: { name?: unknown } } | undefined;
       return kind?.$case === 'subscribe' ? fromName(kind.value?.name) : { kind: 'any', label: '(first message is not subscribe)' };

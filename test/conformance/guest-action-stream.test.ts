@@ -1,0 +1,214 @@
+// Conformance: GuestService.RunGuestActions (proto/vsm/v1/guest.proto) gives exactly what the unary
+// guest-action RPCs give. One scenario - MSRs, a hypercall, VtlCall/VtlReturn through the page,
+// reads/writes/fetches (one intercepted by VTL1's protection, route HIGHER_VTL), actions that fail
+// (bad VP, unknown partition, bad lengths) - runs on two identical partitions: once as unary calls,
+// once through one stream with both VPs' actions sent at once; the per-action results, intercepts and
+// errors and the VPs' final state must be the same. Then route MONITOR: an action waiting for the
+// monitor holds back only its own VP. Runs on the emulator and with VSM_BACKEND=agent (KVM).
+import { type VsmClient, VsmError, pb } from '@vsm/client';
+import { type Harness, startHarness } from '../support/server';
+import { MSR, VTL1_LAYOUT, setupVtl1Partition } from '../security/support';
+
+type Action = NonNullable<pb.RunGuestActionsRequest['action']>;
+type Result = NonNullable<pb.RunGuestActionsResponse['result']>;
+
+let h: Harness;
+beforeAll(async () => {
+  h = await startHarness();
+});
+afterAll(async () => {
+  await h.stop();
+});
+
+const SECRET = Buffer.from('stream-secret');
+const PLAIN = 0x50000n;
+
+/** One VP's part of the scenario (it starts in VTL0; VTL1 protects the secret page no-access). */
+function vpScript(vp: string, i: number): Action[] {
+  return [
+    { $case: 'readMsr', value: { name: vp, msr: MSR.GUEST_OS_ID } },
+    { $case: 'writeMsr', value: { name: vp, msr: 0x40000099, value: 1n } }, // unknown synthetic MSR: #GP
+    { $case: 'writeMemory', value: { name: vp, gpa: PLAIN + BigInt(i) * 0x1000n, data: Buffer.from(`vp${i}`), gva: undefined } },
+    { $case: 'readMemory', value: { name: vp, gpa: PLAIN + BigInt(i) * 0x1000n, length: 3, gva: undefined } },
+    { $case: 'executeMemory', value: { name: vp, gpa: PLAIN, length: 0, gva: undefined } }, // bad length: INVALID_ARGUMENT
+    { $case: 'writeMemory', value: { name: vp, gpa: PLAIN, data: Buffer.alloc(0), gva: undefined } }, // empty: INVALID_ARGUMENT
+    { $case: 'hypercall', value: pb.HypercallRequest.fromPartial({ name: vp, control: 0xffffn }) }, // unknown call code
+    // VTL0 reads the protected page: intercepted, delivered to VTL1 (VTL switch).
+    { $case: 'readMemory', value: { name: vp, gpa: VTL1_LAYOUT.secretGpa, length: SECRET.length, gva: undefined } },
+    { $case: 'readMsr', value: { name: vp, msr: MSR.SIMP } },
+    { $case: 'readMemory', value: { name: vp, gpa: VTL1_LAYOUT.secretGpa, length: SECRET.length, gva: undefined } },
+    { $case: 'callHypercallPage', value: { name: vp, offset: 0x26, rcx: 1n, rdx: undefined, r8: undefined } }, // VtlReturn
+    { $case: 'executeMemory', value: { name: vp, gpa: PLAIN, length: 4, gva: undefined } },
+  ];
+}
+
+/** Actions that fail whichever VP: a VP index out of range, a partition that does not exist, a bad name. */
+function errorScript(name: string): Action[] {
+  return [
+    { $case: 'readMsr', value: { name: `${name}/vps/7`, msr: MSR.GUEST_OS_ID } },
+    { $case: 'writeMsr', value: { name: 'partitions/gas-nope/vps/0', msr: MSR.GUEST_OS_ID, value: 1n } },
+    { $case: 'readMemory', value: { name: 'not-a-vp', gpa: 0n, length: 1, gva: undefined } },
+  ];
+}
+
+/** The action as its unary RPC: the response, or the error as the stream reports one. */
+async function unary(c: VsmClient, a: Action): Promise<Result> {
+  try {
+    switch (a.$case) {
+      case 'writeMsr':
+        return { $case: a.$case, value: await c.guest.writeMsr(a.value) };
+      case 'readMsr':
+        return { $case: a.$case, value: await c.guest.readMsr(a.value) };
+      case 'hypercall':
+        return { $case: a.$case, value: await c.guest.hypercall(a.value) };
+      case 'callHypercallPage':
+        return { $case: a.$case, value: await c.guest.callHypercallPage(a.value) };
+      case 'readMemory':
+        return { $case: a.$case, value: await c.guest.readMemory(a.value) };
+      case 'writeMemory':
+        return { $case: a.$case, value: await c.guest.writeMemory(a.value) };
+      case 'executeMemory':
+        return { $case: a.$case, value: await c.guest.executeMemory(a.value) };
+    }
+  } catch (e) {
+    if (!(e instanceof VsmError)) throw e;
+    return { $case: 'error', value: { code: e.code, message: e.message, reason: e.reason ?? '', hvStatus: 0 } };
+  }
+}
+
+/** Sends every action at once on one stream and returns the results by sequence. */
+async function streamed(c: VsmClient, actions: Action[]): Promise<{ results: Result[]; order: number[] }> {
+  const s = c.guest.runGuestActions();
+  for (const [i, action] of actions.entries()) s.send({ sequence: BigInt(i), action });
+  s.close();
+  const results: Result[] = [];
+  const order: number[] = [];
+  for await (const r of s.results) {
+    order.push(Number(r.sequence));
+    results[Number(r.sequence)] = r.result!;
+  }
+  return { results, order };
+}
+
+/** Comparable form: partition ids and intercept ids (allocation order differs between runs) left out; hv_status only on the stream's side. */
+function norm(x: unknown, ids: string[]): unknown {
+  return JSON.parse(
+    JSON.stringify(x, (k, v) => {
+      if (k === 'interceptId' || k === 'hvStatus') return undefined;
+      if (typeof v === 'bigint') return `${v}n`;
+      if (v && typeof v === 'object' && v.type === 'Buffer') return Buffer.from(v.data).toString('hex');
+      if (v instanceof Uint8Array) return Buffer.from(v).toString('hex');
+      if (typeof v === 'string') return ids.reduce((s, id) => s.split(id).join('<p>'), v);
+      return v;
+    }),
+  );
+}
+
+describe('RunGuestActions against the unary guest actions', () => {
+  test('one scenario both ways: the same results, intercepts, errors and final VP state', async () => {
+    const tag = `${h.backend.slice(0, 3)}${Date.now() % 100000}`;
+    const A = await setupVtl1Partition(h.client, `gas-u-${tag}`, 2, SECRET);
+    const B = await setupVtl1Partition(h.client, `gas-s-${tag}`, 2, SECRET);
+    const script = (p: { name: string; vps: string[] }) => {
+      // Interleaved: VP0, VP1, VP0, ... (each VP's own actions stay in their order).
+      const per = p.vps.map((vp, i) => vpScript(vp, i));
+      const out: Action[] = [];
+      for (let k = 0; k < per[0]!.length; k++) for (const s of per) out.push(s[k]!);
+      return [...out, ...errorScript(p.name)];
+    };
+    const viaUnary: Result[] = [];
+    for (const a of script(A)) viaUnary.push(await unary(h.client, a));
+    const { results: viaStream } = await streamed(h.client, script(B));
+    const ids = [A.name.split('/')[1]!, B.name.split('/')[1]!];
+
+    expect(viaStream).toHaveLength(viaUnary.length);
+    expect(norm(viaStream, ids)).toEqual(norm(viaUnary, ids));
+    // The scenario did what it claims (so equality is not between two empty answers).
+    const cases = viaStream.map((r) => r.$case);
+    expect(cases.filter((c) => c === 'error')).toHaveLength(2 * 2 + 3);
+    const intercepted = viaStream.filter((r) => r.$case === 'readMemory' && r.value.outcome?.intercept);
+    expect(intercepted).toHaveLength(2);
+    for (const r of intercepted) if (r.$case === 'readMemory') expect(r.value.outcome?.vtlSwitch?.toVtl).toBe(1);
+    const secretReads = viaStream.filter((r) => r.$case === 'readMemory' && Buffer.from(r.value.data).equals(SECRET));
+    expect(secretReads).toHaveLength(2); // read in VTL1
+    const errors = viaStream.filter((r) => r.$case === 'error').map((r) => (r.$case === 'error' ? r.value : undefined)!);
+    expect(errors.map((e) => e.reason)).toEqual([
+      'HV_STATUS_INVALID_PARAMETER',
+      'HV_STATUS_INVALID_PARAMETER',
+      'HV_STATUS_INVALID_PARAMETER',
+      'HV_STATUS_INVALID_PARAMETER',
+      'HV_STATUS_INVALID_VP_INDEX',
+      'HV_STATUS_INVALID_PARTITION_ID',
+      'HV_STATUS_INVALID_PARAMETER',
+    ]);
+    // The stream's error carries the numeric HV_STATUS of its reason.
+    expect(errors[4]!.hvStatus).toBe(pb.HvStatus.HV_STATUS_INVALID_VP_INDEX);
+    expect(errors[4]!.code).toBe(5); // NOT_FOUND
+
+    for (let i = 0; i < 2; i++) {
+      const [u, s] = await Promise.all([A, B].map((p) => h.client.vps.getVirtualProcessor({ name: p.vps[i]! })));
+      expect(norm(s, ids)).toEqual(norm(u, ids));
+      const regs = await Promise.all(
+        [A, B].map((p) =>
+          h.client.vps.getVpRegisters({
+            name: p.vps[i]!,
+            vtl: 0,
+            names: [pb.HvRegisterName.HV_REGISTER_NAME_X64_RIP, pb.HvRegisterName.HV_REGISTER_NAME_X64_RAX],
+          }),
+        ),
+      );
+      expect(norm(regs[1], ids)).toEqual(norm(regs[0], ids));
+    }
+    for (const p of [A, B]) await h.client.partitions.deletePartition({ name: p.name });
+  });
+
+  test('route MONITOR: an action waiting for the monitor holds back only its own VP; per-VP order kept', async () => {
+    const tag = `${h.backend.slice(0, 3)}${Date.now() % 100000}`;
+    const P = await setupVtl1Partition(h.client, `gas-m-${tag}`, 2, SECRET);
+    await h.client.intercepts.setInterceptRoute({ name: P.name, route: pb.InterceptRoute.INTERCEPT_ROUTE_MONITOR });
+    const [vp0, vp1] = P.vps as [string, string];
+    const s = h.client.guest.runGuestActions();
+    const got: pb.RunGuestActionsResponse[] = [];
+    let notify: (() => void) | undefined;
+    const reader = (async () => {
+      for await (const r of s.results) {
+        got.push(r);
+        notify?.();
+      }
+    })();
+    const until = async (n: number) => {
+      while (got.length < n) await new Promise<void>((res) => (notify = res));
+    };
+    // VP0: a write into the protected page (waits for a monitor), then an MSR read queued behind it.
+    s.send({ sequence: 1n, action: { $case: 'writeMemory', value: { name: vp0, gpa: VTL1_LAYOUT.secretGpa, data: Buffer.from('X'), gva: undefined } } });
+    s.send({ sequence: 2n, action: { $case: 'readMsr', value: { name: vp0, msr: MSR.GUEST_OS_ID } } });
+    // VP1: three actions that complete meanwhile.
+    for (const seq of [3n, 4n, 5n]) s.send({ sequence: seq, action: { $case: 'readMsr', value: { name: vp1, msr: MSR.GUEST_OS_ID } } });
+    await until(3);
+    expect(got.map((r) => r.sequence)).toEqual([3n, 4n, 5n]);
+    const pending = await h.client.intercepts.listPendingIntercepts({ name: P.name });
+    expect(pending.intercepts).toHaveLength(1);
+    expect(pending.intercepts[0]!.vpIndex).toBe(0);
+
+    // A monitor answers ALLOW: VP0's write completes, then its MSR read.
+    const m = h.client.intercepts.monitor();
+    m.send({ kind: { $case: 'subscribe', value: pb.MonitorSubscribe.fromPartial({ name: P.name }) } });
+    for await (const ev of m.events) {
+      if (ev.kind?.$case !== 'intercept') continue;
+      m.send({
+        kind: { $case: 'reply', value: { interceptId: ev.kind.value.interceptId, action: pb.InterceptAction.INTERCEPT_ACTION_ALLOW, data: Buffer.alloc(0) } },
+      });
+      break;
+    }
+    s.close();
+    await reader;
+    m.cancel();
+    expect(got.map((r) => r.sequence)).toEqual([3n, 4n, 5n, 1n, 2n]);
+    const w = got[3]!.result;
+    expect(w?.$case).toBe('writeMemory');
+    if (w?.$case === 'writeMemory') expect(w.value.outcome?.exception).toBe(pb.X64Exception.X64_EXCEPTION_UNSPECIFIED);
+    const data = await h.client.memory.readGpa({ name: P.name, gpa: VTL1_LAYOUT.secretGpa, length: 1 });
+    expect(Buffer.from(data.data).toString()).toBe('X'); // the allowed write landed
+    await h.client.partitions.deletePartition({ name: P.name });
+  });
+});
