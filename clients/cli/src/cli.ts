@@ -2,6 +2,7 @@
 // ./commands, and main(). Exit codes (exit.ts): 0 ok, 2 usage error, 3 server error, 4 server
 // unreachable (UNAVAILABLE or DEADLINE_EXCEEDED), 1 anything unexpected.
 import { Command } from 'commander';
+import * as actions from './commands/actions';
 import * as agents from './commands/agents';
 import * as capabilities from './commands/capabilities';
 import * as connections from './commands/connections';
@@ -32,6 +33,7 @@ const GROUPS: Register[] = [
   vp.register,
   vtl.register,
   msr.register,
+  actions.register,
   overlays.register,
   memory.register,
   map.register,
