@@ -11,6 +11,7 @@ import * as intercepts from './commands/intercepts';
 import * as map from './commands/map';
 import * as memory from './commands/memory';
 import * as msr from './commands/msr';
+import * as cr from './commands/cr';
 import * as overlays from './commands/overlays';
 import * as partitions from './commands/partitions';
 import * as snapshot from './commands/snapshot';
@@ -33,6 +34,7 @@ const GROUPS: Register[] = [
   vp.register,
   vtl.register,
   msr.register,
+  cr.register,
   actions.register,
   overlays.register,
   memory.register,

@@ -2,6 +2,7 @@
 // VTL protections enforced (tlfs-vsm.md §7-8). A violating access does not complete: it raises a
 // memory intercept (intercepts.ts) and the VP either enters the protecting VTL (route 'vtl'/'both')
 // or stays suspended until a monitor answers (route 'monitor').
+import { settleInterrupts, withInterruptsDeferred } from './rules/interrupts';
 import type { PartitionState } from './state/partition';
 import type { VirtualProcessor } from './state/vp';
 import { type AccessOutcome, type InterceptRecord, type ResumedAccess, X64Exception } from './outcomes';
@@ -197,8 +198,9 @@ function raiseIntercept(
     p.intercepts.publish(rec);
     return { status: 'intercepted', intercept: rec, awaitingMonitor: true };
   }
-  // Route 'vtl' / 'both': SINT0 of the protecting VTL's SynIC on this VP, then enter that VTL.
-  const posted = postMessage(p, vp, protectingVtl, HV_SYNIC_INTERCEPTION_SINT_INDEX, message);
+  // Route 'vtl' / 'both': SINT0 of the protecting VTL's SynIC on this VP, then enter that VTL (SINT0's
+  // interrupt is evaluated once it is entered: rules/interrupts.ts).
+  const posted = withInterruptsDeferred(p, vp, () => postMessage(p, vp, protectingVtl, HV_SYNIC_INTERCEPTION_SINT_INDEX, message));
   if (posted === 'full') {
     // The queue is full: hold the source back. The VP stays at the faulting instruction in its VTL
     // (nothing is dropped); the guest action reports it and may be retried after the higher VTL
@@ -216,6 +218,7 @@ function raiseIntercept(
   if (route === 'both') p.intercepts.publish(rec);
   const ev = switchVtl(p, vp, protectingVtl, HvVtlEntryReason.HvVtlEntryInterrupt, false);
   resumeStub(vp);
+  settleInterrupts(p, vp);
   return { status: 'intercepted', intercept: rec, vtlSwitch: ev, awaitingMonitor: false };
 }
 

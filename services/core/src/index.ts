@@ -18,7 +18,7 @@ export { systemClock } from './clock';
 export type { Clock } from './clock';
 
 // ---- VTLs -------------------------------------------------------------------------------------
-export { isVtl } from './vtl-array';
+export { VTLS, isVtl } from './vtl-array';
 export type { Vtl, VtlSet } from './vtl-array';
 export type { VtlSwitchEvent, VtlTransitionRecord } from './outcomes';
 

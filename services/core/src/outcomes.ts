@@ -30,6 +30,11 @@ export interface GuestOutcome {
   vtlSwitch?: VtlSwitchEvent;
   /** A VtlReturn into a VTL with an intercepted access: what became of it (retried or skipped). */
   resumedAccess?: ResumedAccess;
+  /**
+   * A second switch the same instruction caused after `vtlSwitch`: a VtlReturn into a VTL below one
+   * that still has a deliverable interrupt re-enters it (entry reason Interrupt; rules/interrupts.ts).
+   */
+  reentry?: VtlSwitchEvent;
 }
 
 /** What a guest memory access did (access.ts). */

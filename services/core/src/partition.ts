@@ -20,6 +20,11 @@ import * as synic from './rules/synic';
 import * as protections from './rules/protections';
 import * as memoryView from './rules/memory-view';
 import * as processor from './rules/processor';
+import * as interrupts from './rules/interrupts';
+import * as registerIntercepts from './rules/register-intercepts';
+import { type AccessOutcome, X64Exception } from './outcomes';
+import { HvRegisterName, reg64 } from './tlfs/registers';
+import { HvError, HvStatus } from './tlfs/status';
 import { type InterceptAction, type InterceptRoute, setInterceptRoute } from './intercepts';
 
 export { PartitionState, PartitionVtlState } from './state/partition';
@@ -159,5 +164,30 @@ export class Partition extends PartitionState {
   }
   vpAssistPage(vp: VirtualProcessor, vtl: Vtl): Buffer | undefined {
     return memoryView.vpAssistPage(this, vp, vtl);
+  }
+
+  // ---- interrupts (rules/interrupts.ts) and control-register writes ---------------------------
+  /** Each VTL's own local APIC and VINA state (tlfs-vsm.md §9.1, §10). */
+  interruptState(vp: VirtualProcessor, vtl: Vtl): interrupts.VtlInterruptState {
+    return interrupts.interruptState(this, vp, vtl);
+  }
+  /**
+   * MOV to CR0/CR4 by the VP in its active VTL (rules/register-intercepts.ts guestRegisterWrite): a
+   * change of a bit a higher VTL locked intercepts; a value the register rules refuse is #GP.
+   */
+  writeControlRegister(vp: VirtualProcessor, name: number, value: bigint): AccessOutcome {
+    lifecycle.assertVpCanAct(this, vp);
+    if (this.spec.architecture !== 'x64') return { status: 'exception', exception: X64Exception.UD };
+    if (name !== HvRegisterName.HvX64RegisterCr0 && name !== HvRegisterName.HvX64RegisterCr4)
+      throw new HvError(HvStatus.HV_STATUS_INVALID_PARAMETER, `register 0x${name.toString(16)} is not CR0 or CR4`);
+    const vtl = vp.activeVtl;
+    let commit: () => void;
+    try {
+      commit = registers.prepareSetRegister(this, vp, vtl, name, reg64(value), vtl);
+    } catch (e) {
+      if (e instanceof HvError) return { status: 'exception', exception: X64Exception.GP };
+      throw e;
+    }
+    return registerIntercepts.guestRegisterWrite(this, vp, name, reg64(value), commit);
   }
 }

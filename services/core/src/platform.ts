@@ -79,6 +79,15 @@ export interface PlatformHooks {
    */
   raiseInterrupt?: (vpIndex: number, vtl: Vtl, vector: number, opts: { autoEoi: boolean }) => void;
   /**
+   * True while the platform's own interrupt controllers deliver the interrupts raiseInterrupt raises
+   * (the KVM agent with a running guest: each (VP, VTL) vCPU's in-kernel LAPIC holds IRR, ISR and
+   * TPR). The core then keeps no IRR of its own (rules/interrupts.ts) and asks interruptPending when
+   * it re-evaluates (VtlReturn). Absent or false: the core's APIC model.
+   */
+  platformApic?: () => boolean;
+  /** With platformApic: whether VTL `vtl` of VP `vpIndex` has an interrupt its LAPIC would deliver now. */
+  interruptPending?: (vpIndex: number, vtl: Vtl) => boolean;
+  /**
    * HvCallStartVirtualProcessor started (or, like INIT, restarted) VP `vpIndex`: the core loaded the
    * target VTL's initial context and made the VP's highest enabled VTL active. A platform that runs
    * the guest's VPs (the KVM agent's guest session) makes that VP run from the core's state now.

@@ -7,6 +7,7 @@
 // record); on route 'monitor' the record is published to monitors with needsReply unset and the
 // intercept still goes to the VTL: a monitor answers memory intercepts only (the VP is never
 // suspended on one of these), see README "Secure register intercepts".
+import { settleInterrupts, withInterruptsDeferred } from './rules/interrupts';
 import type { PartitionState } from './state/partition';
 import type { VirtualProcessor } from './state/vp';
 import type { AccessOutcome, InterceptRecord } from './outcomes';
@@ -75,10 +76,12 @@ export function raiseSecureIntercept(
     deliveries: 0,
   };
   p.intercepts.raised(rec);
-  const posted = postMessage(p, vp, interceptingVtl, HV_SYNIC_INTERCEPTION_SINT_INDEX, message);
+  // SINT0's interrupt is evaluated once the VP entered the intercepting VTL (rules/interrupts.ts).
+  const posted = withInterruptsDeferred(p, vp, () => postMessage(p, vp, interceptingVtl, HV_SYNIC_INTERCEPTION_SINT_INDEX, message));
   if (posted === 'full') return { status: 'intercepted', intercept: rec, awaitingMonitor: false, heldBack: true };
   if (p.interceptRoute !== 'vtl') p.intercepts.publish(rec);
   const ev = switchVtl(p, vp, interceptingVtl, HvVtlEntryReason.HvVtlEntryInterrupt, false);
   resumeStub(vp);
+  settleInterrupts(p, vp);
   return { status: 'intercepted', intercept: rec, vtlSwitch: ev, awaitingMonitor: false };
 }

@@ -11,6 +11,7 @@ import { cpl, inRealMode, is64Bit, reg, setReg } from './rules/processor';
 import { returnTarget, switchVtl } from './rules/transitions';
 import { assertVpCanAct } from './rules/lifecycle';
 import { vpAssistPage } from './rules/memory-view';
+import { beforeVtlReturn, evaluateInterrupts } from './rules/interrupts';
 
 /**
  * RAX and RCX at the CALL into the hypercall page, before the page's code clobbered them: part of
@@ -45,6 +46,8 @@ export function vtlCall(p: PartitionState, vp: VirtualProcessor, controlInput: b
     assist.writeBigUInt64LE(callerRcx, HvVpAssistPage.VtlReturnX64Rcx);
   }
   resumeStub(vp);
+  // The entered VTL takes its deliverable interrupts; lower VTLs' pending ones assert its VINA.
+  evaluateInterrupts(p, vp);
   return { activeVtl: vp.activeVtl, vtlSwitch: ev };
 }
 
@@ -52,7 +55,9 @@ export function vtlCall(p: PartitionState, vp: VirtualProcessor, controlInput: b
  * VtlReturn: back to the VTL the active VTL was entered from (rules/transitions.ts returnTarget;
  * the next lower enabled VTL when it was not entered from below). Control input bit 0 = fast return; other
  * bits RsvdZ (#UD). A normal return loads the lower VTL's RAX/RCX from VtlReturnX64Rax/Rcx of the
- * returning VTL's HV_VP_VTL_CONTROL; with no VP assist page enabled there is nothing to load.
+ * returning VTL's HV_VP_VTL_CONTROL; with no VP assist page enabled there is nothing to load. Then VINA
+ * AutoReset and the re-evaluation of pending interrupts (rules/interrupts.ts): `reentry` is the switch
+ * back up when a higher VTL still has a deliverable interrupt.
  */
 export function vtlReturn(p: PartitionState, vp: VirtualProcessor, controlInput: bigint, instructionLength = 3n): GuestOutcome {
   assertVpCanAct(p, vp);
@@ -62,6 +67,7 @@ export function vtlReturn(p: PartitionState, vp: VirtualProcessor, controlInput:
   const fast = (controlInput & 1n) === 1n;
   const assist = vpAssistPage(p, vp, from);
   advancePastVmcall(vp, instructionLength);
+  beforeVtlReturn(p, vp, from);
   const ev = switchVtl(p, vp, target, HvVtlEntryReason.HvVtlEntryReserved, true, fast);
   if (!fast && assist) {
     if (is64Bit(vp)) {
@@ -77,7 +83,10 @@ export function vtlReturn(p: PartitionState, vp: VirtualProcessor, controlInput:
   resumeStub(vp);
   // The lower VTL re-executes an access that intercepted, unless the higher VTL moved its RIP.
   const resumedAccess = resumePendingAccess(p, vp);
-  return { activeVtl: vp.activeVtl, vtlSwitch: ev, resumedAccess };
+  // Pending interrupts are re-evaluated (tlfs-vsm.md §6.2, §10): a higher VTL's interrupt still
+  // pending re-enters it at once (entry reason Interrupt; activeVtl then names it).
+  const reentry = vp.activeVtl === target ? evaluateInterrupts(p, vp) : undefined;
+  return { activeVtl: vp.activeVtl, vtlSwitch: ev, resumedAccess, ...(reentry ? { reentry } : {}) };
 }
 
 /** The caller's RIP moves past the 3-byte VMCALL/VMMCALL before the switch (OpenVMM advance_ip). */

@@ -27,6 +27,8 @@ import { HvCallNotifyLongSpinWait } from './notify-long-spin-wait';
 import { HvCallTranslateVirtualAddress } from './translate-virtual-address';
 import { HvCallTranslateVirtualAddressEx } from './translate-virtual-address-ex';
 import { writeFastBlock } from './xmm';
+import { settleInterrupts, withInterruptsDeferred } from '../rules/interrupts';
+import type { Vtl } from '../vtl-array';
 import { HvCallStartVirtualProcessor } from './start-virtual-processor';
 import { HvCallGetVpIndexFromApicId } from './get-vp-index-from-apic-id';
 
@@ -118,6 +120,21 @@ export function executeVmcall(p: Partition, vp: VirtualProcessor, opts: { instru
     const o = input.callCode === HvCallCode.HvCallVtlCall ? vtlCall(p, vp, controlInput, insnLen, opts.callSite) : vtlReturn(p, vp, controlInput, insnLen);
     return { ...o, resultValue: 0n };
   }
+  // Interrupts requested for this VP while it executes the call are evaluated once it completed.
+  const o = withInterruptsDeferred(p, vp, () => dispatchVmcall(p, vp, inv, input, callerVtl, insnLen));
+  const ev = settleInterrupts(p, vp);
+  if (ev) return { ...o, activeVtl: vp.activeVtl, ...(o.vtlSwitch ? { reentry: ev } : { vtlSwitch: ev }) };
+  return o;
+}
+
+function dispatchVmcall(
+  p: Partition,
+  vp: VirtualProcessor,
+  inv: HypercallInvocation,
+  input: ReturnType<typeof decodeHypercallInput>,
+  callerVtl: Vtl,
+  insnLen: bigint,
+): HypercallOutcome {
   const d = VSM_DISPATCHER.dispatch(p, vp, inv);
   if ('parameterIntercept' in d)
     return {

@@ -1,8 +1,8 @@
 // core, hypercalls: what the synthetic cluster IPI hypercalls share (TLFS HvCallSendSyntheticClusterIpi.md,
 // HvCallSendSyntheticClusterIpiEx.md). A fixed interrupt `Vector` (0x10..0xFF) goes to the VPs named,
 // in the VTL TargetVtl names (HV_INPUT_VTL; the caller's own VTL when UseTargetVtl is 0), through the
-// platform's interrupt path (PlatformHooks.raiseInterrupt: on the KVM agent the target VP's LAPIC of
-// that VTL). Statuses, checked in this order: the padding byte OpenVMM reads as flags and the other
+// interrupt path (rules/interrupts.ts requestInterrupt: on the KVM agent the target VP's LAPIC of
+// that VTL; a target VP running a lower VTL is preempted into that VTL, entry reason Interrupt). Statuses, checked in this order: the padding byte OpenVMM reads as flags and the other
 // padding bytes non-zero, or HV_INPUT_VTL reserved bits -> INVALID_PARAMETER (OpenVMM); a target VTL
 // above the caller -> ACCESS_DENIED (OpenVMM target_vtl_no_higher: a VTL may interrupt its own level
 // and lower ones); a vector outside 0x10..0xFF -> INVALID_HYPERCALL_INPUT (KVM's status); a malformed
@@ -14,6 +14,7 @@ import { HvStatus, hvFail } from '../tlfs/status';
 import { decodeInputVtl } from '../tlfs/vsm';
 import { HV_IPI_HIGH_VECTOR, HV_IPI_LOW_VECTOR, decodeVpSet } from '../tlfs/flush-ipi';
 import type { HypercallContext } from './handler';
+import { requestInterrupt } from '../rules/interrupts';
 
 /** The QWORDs of a variable header between byte `from` and `to` of the input. */
 export function variableHeaderQwords(input: Buffer, from: number, to: number): bigint[] {
@@ -49,7 +50,7 @@ export function deliverIpi(ctx: HypercallContext, targets: VirtualProcessor[], v
   let n = 0;
   for (const t of targets) {
     if (!t.vtls.get(vtl).enabled) continue;
-    ctx.partition.spec.platform?.raiseInterrupt?.(t.index, vtl, vector, { autoEoi: false });
+    requestInterrupt(ctx.partition, t, vtl, vector, { autoEoi: false });
     n++;
   }
   return n;

@@ -15,6 +15,23 @@ import { assertActive } from './lifecycle';
 import { getRegister, prepareSetRegister } from './registers';
 import type { VtlSwitchEvent } from '../outcomes';
 import { guestArchitecturalMsr, isArchitecturalMsr } from './register-intercepts';
+import { ApicMsr } from '../tlfs/apic';
+import { endOfInterrupt, setTaskPriority, x2apicMode } from './interrupts';
+
+/**
+ * The local-APIC MSRs of the active VTL's APIC (rules/interrupts.ts): HV_X64_MSR_TPR/EOI in any mode,
+ * the x2APIC TPR/EOI only in x2APIC mode (#GP otherwise, SDM §11.12.1.2). HV_X64_MSR_ICR and the
+ * x2APIC ICR are not modelled (#GP, as every unmodelled MSR).
+ */
+function apicMsr(vp: VirtualProcessor, msr: number): 'tpr' | 'eoi' | 'gp' | undefined {
+  if (msr === ApicMsr.HV_X64_MSR_TPR) return 'tpr';
+  if (msr === ApicMsr.HV_X64_MSR_EOI) return 'eoi';
+  if (msr === ApicMsr.X2APIC_TPR || msr === ApicMsr.X2APIC_EOI) {
+    if (!x2apicMode(vp, vp.activeVtl)) return 'gp';
+    return msr === ApicMsr.X2APIC_TPR ? 'tpr' : 'eoi';
+  }
+  return undefined;
+}
 
 /** RDMSR by the VP in its active VTL. */
 export function readMsr(p: PartitionState, vp: VirtualProcessor, msr: number): { value: bigint; exception?: X64ExceptionVector; vtlSwitch?: VtlSwitchEvent } {
@@ -27,6 +44,10 @@ export function readMsr(p: PartitionState, vp: VirtualProcessor, msr: number): {
     if ('intercepted' in r) return { value: 0n, vtlSwitch: r.intercepted.status === 'intercepted' ? r.intercepted.vtlSwitch : undefined };
     return { value: getRegister(p, vp, vp.activeVtl, r.register).low };
   }
+  const apic = apicMsr(vp, msr);
+  if (apic === 'gp') return { value: 0n, exception: X64Exception.GP };
+  if (apic === 'tpr') return { value: BigInt(vp.vtls.get(vp.activeVtl).tpr) };
+  if (apic === 'eoi') return { value: 0n, exception: X64Exception.GP }; // write-only
   if (msr === HvMsr.HV_X64_MSR_TSC_FREQUENCY) return { value: HV_TSC_FREQUENCY };
   if (msr === HvMsr.HV_X64_MSR_APIC_FREQUENCY) return { value: HV_APIC_FREQUENCY };
   const timer = stimerMsr(msr);
@@ -53,6 +74,16 @@ export function writeMsr(p: PartitionState, vp: VirtualProcessor, msr: number, v
       if (e instanceof HvError) return { exception: X64Exception.GP };
       throw e;
     }
+  }
+  const apic = apicMsr(vp, msr);
+  if (apic === 'gp') return { exception: X64Exception.GP };
+  if (apic === 'tpr') {
+    if (value > 0xffn) return { exception: X64Exception.GP }; // bits 63:8 reserved
+    return { vtlSwitch: setTaskPriority(p, vp, Number(value)) };
+  }
+  if (apic === 'eoi') {
+    if (msr === ApicMsr.X2APIC_EOI && value !== 0n) return { exception: X64Exception.GP }; // SDM §11.12.1.2
+    return { vtlSwitch: endOfInterrupt(p, vp) };
   }
   const timer = stimerMsr(msr);
   if (timer) return writeStimer(p, vp, vp.activeVtl, timer.index, timer.reg, value) ? {} : { exception: X64Exception.GP };

@@ -19,6 +19,7 @@
 //   whose slot is busy drops that tick (KVM's "lazy" no-retry). A disabled SynIC or SIM page holds
 //   either kind until the acknowledgement.
 // - Lazy is stored and reads back; like KVM it changes nothing.
+import { requestInterrupt } from './interrupts';
 import type { PartitionState } from '../state/partition';
 import type { SyntheticTimer, VirtualProcessor } from '../state/vp';
 import { type Vtl, VTLS } from '../vtl-array';
@@ -117,7 +118,7 @@ function expire(p: PartitionState, vp: VirtualProcessor, vtl: Vtl, index: number
   const cfg = C.unpack(t.config);
   let done: boolean;
   if (cfg.directMode) {
-    p.spec.platform?.raiseInterrupt?.(vp.index, vtl, cfg.apicVector, { autoEoi: false });
+    requestInterrupt(p, vp, vtl, cfg.apicVector, { autoEoi: false });
     done = true;
   } else {
     const message = encodeHvMessage(

@@ -1,12 +1,13 @@
 // core, rules: the SynIC of a VP in a VTL (tlfs-overlays-synic.md §5) as the partition wires it: its
 // SIM and SIEF pages are that VTL's SIMP/SIEFP overlays, its enable bit SCONTROL, its SINTs the
 // VTL's SINTx registers, and an asserted SINT raises its vector through the platform
-// (PlatformHooks.raiseInterrupt). The queueing and delivery rules themselves are in ../synic.ts.
+// (rules/interrupts.ts requestInterrupt: the platform's APIC, secure interrupts, VINA). The queueing and delivery rules themselves are in ../synic.ts.
 import type { PartitionState } from '../state/partition';
 import type { VirtualProcessor } from '../state/vp';
 import type { Vtl } from '../vtl-array';
 import type { PostResult, SynicView } from '../synic';
 import { HvRegisterName as R } from '../tlfs/registers';
+import { requestInterrupt } from './interrupts';
 import { HV_SCONTROL_ENABLE, HV_SINT_MASKED, HvSynicSintLayout } from '../tlfs/msr';
 
 /** SINTn's register of (vp, vtl). */
@@ -32,7 +33,7 @@ export function synicView(p: PartitionState, vp: VirtualProcessor, vtl: Vtl): Sy
 export function assertSint(p: PartitionState, vp: VirtualProcessor, vtl: Vtl, n: number): boolean {
   const s = HvSynicSintLayout.unpack(sintValue(vp, vtl, n));
   if (s.masked || s.polling) return false;
-  p.spec.platform?.raiseInterrupt?.(vp.index, vtl, s.vector, { autoEoi: s.autoEoi });
+  requestInterrupt(p, vp, vtl, s.vector, { autoEoi: s.autoEoi });
   return true;
 }
 

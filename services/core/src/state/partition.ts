@@ -100,6 +100,12 @@ export class PartitionState {
   readonly connections = new Map<number, SynicConnection>();
   /** hyperv-testdev SINT routes, `vp/vtl/sint` (rules/testdev.ts). Not in snapshots. */
   readonly sintRoutes = new Set<string>();
+  /**
+   * The VP whose instruction (a VMCALL) the core is executing: an interrupt requested for it meanwhile
+   * is evaluated once the instruction completes (rules/interrupts.ts), so that the instruction
+   * finishes in the VTL that issued it.
+   */
+  executingVp: VirtualProcessor | null = null;
 
   constructor(readonly spec: PartitionSpec) {
     this.clock = spec.clock ?? systemClock;

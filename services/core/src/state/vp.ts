@@ -37,6 +37,20 @@ export class VpVtlState {
   enabled = false;
   /** VTL-private registers (tlfs-vsm.md §9.2). */
   readonly regs: RegisterFile = new Map();
+  /**
+   * Set by a platform that holds some of this VTL's private registers newer than `regs` (the KVM
+   * agent leaves a running VTL's MSRs in its vCPU between exits). syncRegs() calls it before the
+   * register API, address translation or a snapshot reads or writes `regs`, with the register's
+   * name (undefined: any or all); it fetches what it holds of that register into `regs` and returns
+   * true once it holds nothing back any more (it is then cleared). Not in snapshots.
+   */
+  lazyRegs: ((name: number | undefined) => boolean) | null = null;
+  /** `regs`, after fetching what a platform held back of `name` (undefined: of every register; lazyRegs). */
+  syncRegs(name?: number): RegisterFile {
+    const f = this.lazyRegs;
+    if (f?.(name)) this.lazyRegs = null;
+    return this.regs;
+  }
   entryReason: number = HvVtlEntryReason.HvVtlEntryReserved;
   /**
    * The VTL this VTL was last entered from (VtlCall, secure interrupt or intercept), where its
@@ -48,6 +62,21 @@ export class VpVtlState {
    *  parked on the stub's RET and executes it when it next runs (stub-return.ts). */
   pendingStubReturn: bigint | null = null;
   vina = 0n;
+  /**
+   * VinaStatus.VinaAsserted of this VTL (tlfs-vsm.md §10.1) while it has no VP assist page; with one,
+   * the page's HV_VP_VTL_CONTROL byte is the state (the guest may clear it there).
+   */
+  vinaAsserted = false;
+  /**
+   * This VTL's local APIC as the core models it (rules/interrupts.ts; tlfs-vsm.md §9.1, each VTL has
+   * its own): requested vectors not yet accepted (IRR: vector -> delivered with auto-EOI), accepted
+   * vectors not yet completed by an EOI (ISR), and the task priority (TPR, 8 bits). A platform whose
+   * own APICs deliver interrupts (a running guest on the KVM agent) keeps none of it here. Not in
+   * snapshots.
+   */
+  readonly irr = new Map<number, boolean>();
+  readonly isr = new Set<number>();
+  tpr = 0;
   /** An access of this VTL that intercepted to a higher VTL and waits to be retried or skipped. */
   pendingAccess: PendingAccess | null = null;
   /** arm64 partitions: PC and CPSR of this VTL (PC/PSTATE are VTL-private, tlfs-vsm.md §9.2). The
@@ -76,6 +105,8 @@ export class VirtualProcessor {
    *  stays at the faulting instruction (suspendedAccess) until it is answered. */
   suspendedOn: bigint | null = null;
   suspendedAccess: PendingAccess | null = null;
+  /** An interrupt was requested for this VP while it executed an instruction (rules/interrupts.ts). */
+  interruptCheck = false;
   constructor(readonly index: number) {}
 
   get enabledVtlSet(): VtlSet {

@@ -297,6 +297,13 @@ export class CoreBackend implements Backend {
     const { outcome: o, data } = await this.access(p, vp, 'execute', r.gpa, r.length, undefined, r.gva);
     return { outcome: o, data: data ?? Buffer.alloc(0) };
   }
+  /** MOV to CR0/CR4 (the core's model on both engines: KVM does not exit to user space on CR writes). */
+  async writeControlRegister(r: gpb.WriteControlRegisterRequest): Promise<gpb.WriteControlRegisterResponse> {
+    const name = CONTROL_REGISTERS[r.register];
+    if (name === undefined) throw invalidArgument('register must be CONTROL_REGISTER_CR0 or CONTROL_REGISTER_CR4');
+    const { p, vp } = this.guestVp(r.name);
+    return accessOutcomeOnly(vp, p.writeControlRegister(vp, name, r.value));
+  }
 
   /** RunGuestActions: the stream of the guest actions above (guest-action-stream.ts), each authorized as its unary RPC. */
   runGuestActions(
@@ -857,16 +864,35 @@ function toPbVp(p: Partition, vp: VirtualProcessor): vpb.VirtualProcessor {
       lastEntryReason: vp.vtls.get(vp.activeVtl).entryReason,
       interceptSuspended: vp.suspendedOn !== null,
       suspendedInterceptId: vp.suspendedOn ?? 0n,
+      vtlInterrupts: core.VTLS.filter((v) => vp.vtls.get(v).enabled).map((vtl) => {
+        const s = p.interruptState(vp, vtl);
+        return {
+          vtl,
+          pendingVectors: s.pendingVectors,
+          inServiceVectors: s.inServiceVectors,
+          tpr: s.tpr,
+          apicBase: s.apicBase,
+          x2apic: s.x2apic,
+          vina: s.vina,
+          vinaAsserted: s.vinaAsserted,
+        };
+      }),
     },
     runState: P.VpRunState.VP_RUN_STATE_UNSPECIFIED,
   };
 }
+
+const CONTROL_REGISTERS: Partial<Record<gpb.ControlRegister, number>> = {
+  [gpb.ControlRegister.CONTROL_REGISTER_CR0]: core.HvRegisterName.HvX64RegisterCr0,
+  [gpb.ControlRegister.CONTROL_REGISTER_CR4]: core.HvRegisterName.HvX64RegisterCr4,
+};
 
 export function outcome(o: {
   exception?: number;
   activeVtl: number;
   vtlSwitch?: core.VtlSwitchEvent;
   resumedAccess?: core.ResumedAccess;
+  reentry?: core.VtlSwitchEvent;
 }): gpb.GuestActionOutcome {
   let resumedAccess: gpb.ResumedAccess | undefined;
   let intercept: gpb.InterceptNotice | undefined;
@@ -888,6 +914,7 @@ export function outcome(o: {
     intercept,
     resumedAccess,
     partitionCrashed: false,
+    reentry: o.reentry ? { fromVtl: o.reentry.fromVtl, toVtl: o.reentry.toVtl, entryReason: o.reentry.entryReason } : undefined,
   };
 }
 

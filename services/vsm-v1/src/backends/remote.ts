@@ -208,6 +208,9 @@ export class RemoteBackend implements Backend {
   executeMemory(r: pb.ExecuteMemoryRequest) {
     return this.route(r.name, (c) => c.guest.executeMemory(r, { deadlineMs: WAITING_DEADLINE_MS }));
   }
+  writeControlRegister(r: pb.WriteControlRegisterRequest) {
+    return this.route(r.name, (c) => c.guest.writeControlRegister(r));
+  }
   /**
    * RunGuestActions: each action authorized here and forwarded to its partition's agent as its unary
    * call (the agent can be a different one per action's partition); ordering, concurrency and flow
