@@ -212,3 +212,59 @@ describe('RunGuestActions against the unary guest actions', () => {
     await h.client.partitions.deletePartition({ name: P.name });
   });
 });
+
+describe('Monitor batching (subscribe.batch, replies)', () => {
+  test('intercepts come in `intercepts` messages, one `replies` message answers them all, one `reply_results` answers it', async () => {
+    const tag = `${h.backend.slice(0, 3)}${Date.now() % 100000}`;
+    const P = await setupVtl1Partition(h.client, `gas-b-${tag}`, 2, SECRET);
+    await h.client.intercepts.setInterceptRoute({ name: P.name, route: pb.InterceptRoute.INTERCEPT_ROUTE_MONITOR });
+    const m = h.client.intercepts.monitor();
+    m.send({ kind: { $case: 'subscribe', value: pb.MonitorSubscribe.fromPartial({ name: P.name, batch: true }) } });
+    const events = m.events[Symbol.asyncIterator]();
+    expect((await events.next()).value?.kind?.$case).toBe('subscription');
+    // Both VPs write into the protected page through one stream: two intercepts.
+    const s = h.client.guest.runGuestActions();
+    for (const [i, vp] of P.vps.entries())
+      s.send({
+        sequence: BigInt(i),
+        action: { $case: 'writeMemory', value: { name: vp, gpa: VTL1_LAYOUT.secretGpa + BigInt(i), data: Buffer.from([0x41 + i]), gva: undefined } },
+      });
+    const seen: pb.InterceptEvent[] = [];
+    while (seen.length < 2) {
+      const ev = (await events.next()).value as pb.MonitorResponse;
+      // Live intercepts of a batch subscription never come one per `intercept` message.
+      expect(ev.kind?.$case).toBe('intercepts');
+      if (ev.kind?.$case === 'intercepts') seen.push(...ev.kind.value.intercepts);
+    }
+    expect(seen.map((x) => x.vpIndex).sort()).toEqual([0, 1]);
+    expect(seen.every((x) => x.needsReply && x.hvMessage.length === 256)).toBe(true);
+    // One message answers both, plus an unknown id: one result per reply, in order.
+    const ALLOW = pb.InterceptAction.INTERCEPT_ACTION_ALLOW;
+    m.send({
+      kind: {
+        $case: 'replies',
+        value: {
+          replies: [
+            ...seen.map((x) => ({ interceptId: x.interceptId, action: ALLOW, data: Buffer.alloc(0) })),
+            { interceptId: 999999n, action: ALLOW, data: Buffer.alloc(0) },
+          ],
+        },
+      },
+    });
+    const res = (await events.next()).value as pb.MonitorResponse;
+    expect(res.kind?.$case).toBe('replyResults');
+    if (res.kind?.$case === 'replyResults')
+      expect(res.kind.value.results.map((r) => [r.interceptId, r.status])).toEqual([
+        [seen[0]!.interceptId, pb.ReplyStatus.REPLY_STATUS_APPLIED],
+        [seen[1]!.interceptId, pb.ReplyStatus.REPLY_STATUS_APPLIED],
+        [999999n, pb.ReplyStatus.REPLY_STATUS_UNKNOWN_INTERCEPT],
+      ]);
+    s.close();
+    const done: pb.RunGuestActionsResponse[] = [];
+    for await (const r of s.results) done.push(r);
+    expect(done.map((r) => r.result?.$case)).toEqual(['writeMemory', 'writeMemory']);
+    expect(Buffer.from((await h.client.memory.readGpa({ name: P.name, gpa: VTL1_LAYOUT.secretGpa, length: 2 })).data).toString()).toBe('AB');
+    m.cancel();
+    await h.client.partitions.deletePartition({ name: P.name });
+  });
+});

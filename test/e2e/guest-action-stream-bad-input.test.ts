@@ -186,6 +186,98 @@ describe('RunGuestActions without a policy', () => {
   });
 });
 
+describe('Monitor replies (batched answers): bad input', () => {
+  let srv: RunningServer;
+  let c: VsmClient;
+  beforeAll(async () => {
+    ({ srv } = await startSecured());
+    c = client(srv.address);
+  });
+  afterAll(() => srv.shutdown('test'));
+  const ALLOW = pb.InterceptAction.INTERCEPT_ACTION_ALLOW;
+
+  test('more than 4096 replies in one message: INVALID_ARGUMENT, nothing applied', async () => {
+    const P = await setupVtl1Partition(c, 'gas-r1', 1, Buffer.from('s'));
+    await c.intercepts.setInterceptRoute({ name: P.name, route: pb.InterceptRoute.INTERCEPT_ROUTE_MONITOR });
+    const { s, result } = open(c);
+    s.send({ sequence: 1n, action: writeSecret(P.vps[0]!) });
+    const [pending] = await waitFor('the intercept', async () => {
+      const l = (await c.intercepts.listPendingIntercepts({ name: P.name })).intercepts;
+      return l.length === 1 && l;
+    });
+    const m = c.intercepts.monitor();
+    m.send({ kind: { $case: 'subscribe', value: pb.MonitorSubscribe.fromPartial({ name: P.name, batch: true }) } });
+    const replies = Array.from({ length: 4097 }, () => ({ interceptId: pending!.interceptId, action: ALLOW, data: Buffer.alloc(0) }));
+    m.send({ kind: { $case: 'replies', value: { replies } } });
+    let err: unknown;
+    try {
+      for await (const _ of m.events);
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(VsmError);
+    expect({ code: status[(err as VsmError).code], reason: (err as VsmError).reason }).toEqual({
+      code: 'INVALID_ARGUMENT',
+      reason: 'HV_STATUS_INVALID_PARAMETER',
+    });
+    expect((err as VsmError).message).toMatch(/at most 4096/);
+    expect((await c.intercepts.listPendingIntercepts({ name: P.name })).intercepts).toHaveLength(1); // not applied
+    // A proper answer still applies.
+    const m2 = c.intercepts.monitor();
+    m2.send({ kind: { $case: 'subscribe', value: pb.MonitorSubscribe.fromPartial({ name: P.name }) } });
+    m2.send({ kind: { $case: 'replies', value: { replies: [{ interceptId: pending!.interceptId, action: ALLOW, data: Buffer.alloc(0) }] } } });
+    const got: pb.MonitorResponse[] = [];
+    const reader = (async () => {
+      for await (const ev of m2.events) got.push(ev);
+    })();
+    expect((await result(1n))?.$case).toBe('writeMemory');
+    m2.close();
+    await reader;
+    const rr = got.find((ev) => ev.kind?.$case === 'replyResults');
+    expect(rr?.kind?.$case === 'replyResults' && rr.kind.value.results.map((r) => r.status)).toEqual([pb.ReplyStatus.REPLY_STATUS_APPLIED]);
+    s.close();
+  });
+
+  test('a CRASH among the replies: the ones after it are not applied (INVALID), then the stream ends with the partition', async () => {
+    const P = await setupVtl1Partition(c, 'gas-r2', 2, Buffer.from('s'));
+    await c.intercepts.setInterceptRoute({ name: P.name, route: pb.InterceptRoute.INTERCEPT_ROUTE_MONITOR });
+    const { s, result } = open(c);
+    for (const [i, vp] of P.vps.entries()) s.send({ sequence: BigInt(i), action: writeSecret(vp) });
+    const ids = await waitFor('two intercepts', async () => {
+      const l = (await c.intercepts.listPendingIntercepts({ name: P.name })).intercepts;
+      return l.length === 2 && l.map((x) => x.interceptId);
+    });
+    const m = c.intercepts.monitor();
+    m.send({ kind: { $case: 'subscribe', value: pb.MonitorSubscribe.fromPartial({ name: P.name, batch: true }) } });
+    m.send({
+      kind: {
+        $case: 'replies',
+        value: {
+          replies: [
+            { interceptId: ids[0]!, action: pb.InterceptAction.INTERCEPT_ACTION_CRASH, data: Buffer.alloc(0) },
+            { interceptId: ids[1]!, action: ALLOW, data: Buffer.alloc(0) },
+          ],
+        },
+      },
+    });
+    let results: pb.ReplyResult[] | undefined;
+    let err: unknown;
+    try {
+      for await (const ev of m.events) if (ev.kind?.$case === 'replyResults') results = ev.kind.value.results;
+    } catch (e) {
+      err = e;
+    }
+    expect(results?.map((r) => r.status)).toEqual([pb.ReplyStatus.REPLY_STATUS_APPLIED, pb.ReplyStatus.REPLY_STATUS_INVALID]);
+    expect((err as VsmError).code).toBe(status.FAILED_PRECONDITION);
+    // Both guest actions end: the partition was stopped.
+    for (const seq of [0n, 1n]) {
+      const r = await result(seq);
+      expect(r?.$case === 'writeMemory' && r.value.outcome?.partitionCrashed).toBe(true);
+    }
+    s.close();
+  });
+});
+
 describe('RunGuestActions with a policy: each action authorized as its unary RPC', () => {
   let dir: string;
   let srv: RunningServer;

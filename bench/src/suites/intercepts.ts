@@ -10,7 +10,12 @@ const PAGE = 0x40n;
 /** Stream writes queued per VP in intercept.throughput.8vp (8 VPs: 128 of the stream's 256 in flight). */
 const WINDOW_PER_VP = 16;
 
-async function setup(client: VsmClient, vpCount: number) {
+/**
+ * A partition whose VPs fault on VTL1-protected pages (route MONITOR) and a monitor that answers
+ * ALLOW to everything as fast as it can; `batch`: subscribe with batch (intercepts of one turn in one
+ * message) and answer each such message with one `replies` message.
+ */
+async function setup(client: VsmClient, vpCount: number, batch = false) {
   const p = await client.partitions.createPartition({ partition: pb.Partition.fromPartial({ vpCount, memoryBytes: 1n << 30n, maximumVtl: 1 }) });
   await client.vtl.enablePartitionVtl({ name: p.name, targetVtl: 1 });
   for (let i = 0; i < vpCount; i++) await client.vtl.enableVpVtl({ name: `${p.name}/vps/${i}`, targetVtl: 1 });
@@ -23,12 +28,18 @@ async function setup(client: VsmClient, vpCount: number) {
   await client.intercepts.setInterceptRoute({ name: p.name, route: pb.InterceptRoute.INTERCEPT_ROUTE_MONITOR });
   // A monitor that answers ALLOW to everything, as fast as it can.
   const m = client.intercepts.monitor();
-  m.send({ kind: { $case: 'subscribe', value: pb.MonitorSubscribe.fromPartial({ name: p.name }) } });
+  m.send({ kind: { $case: 'subscribe', value: pb.MonitorSubscribe.fromPartial({ name: p.name, batch }) } });
   let answered = 0;
   const loop = (async () => {
     try {
       for await (const ev of m.events) {
-        if (ev.kind?.$case === 'intercept' && ev.kind.value.needsReply) {
+        if (ev.kind?.$case === 'intercepts') {
+          const replies = [];
+          for (const x of ev.kind.value.intercepts)
+            if (x.needsReply) replies.push({ interceptId: x.interceptId, action: pb.InterceptAction.INTERCEPT_ACTION_ALLOW, data: Buffer.alloc(0) });
+          m.send({ kind: { $case: 'replies', value: { replies } } });
+          answered += replies.length;
+        } else if (ev.kind?.$case === 'intercept' && ev.kind.value.needsReply) {
           m.send({
             kind: {
               $case: 'reply',
@@ -43,6 +54,37 @@ async function setup(client: VsmClient, vpCount: number) {
     }
   })();
   return { name: p.name, monitor: m, loop, answered: () => answered };
+}
+
+/**
+ * Intercepts answered per second with 8 VPs faulting through one RunGuestActions stream for `ms`:
+ * each VP keeps WINDOW_PER_VP writes queued (the service runs one VP's actions in order, the VPs
+ * concurrently); every write intercepts and waits for the monitor's ALLOW.
+ */
+async function streamRate(client: VsmClient, part: Awaited<ReturnType<typeof setup>>, ms: number): Promise<number> {
+  const data = Buffer.from([1]);
+  const start = part.answered();
+  const t0 = process.hrtime.bigint();
+  const session = client.guest.runGuestActions();
+  const until = Date.now() + ms;
+  let next = 0n;
+  let owed = 0;
+  const send = (vp: number) => {
+    owed++;
+    session.send({
+      sequence: next++ * 8n + BigInt(vp),
+      action: { $case: 'writeMemory', value: { name: `${part.name}/vps/${vp}`, gpa: (PAGE + BigInt(vp)) << 12n, data, gva: undefined } },
+    });
+  };
+  for (let i = 0; i < 8; i++) for (let k = 0; k < WINDOW_PER_VP; k++) send(i);
+  for await (const res of session.results) {
+    owed--;
+    if (res.result?.$case !== 'writeMemory' || res.result.value.outcome?.exception)
+      throw new Error(`stream write did not complete: ${JSON.stringify(res.result?.$case === 'error' ? res.result.value : res.result?.$case)}`);
+    if (Date.now() < until) send(Number(res.sequence % 8n));
+    else if (owed === 0) session.close();
+  }
+  return (part.answered() - start) / (Number(process.hrtime.bigint() - t0) / 1e9);
 }
 
 export const suite: Suite = {
@@ -65,7 +107,13 @@ export const suite: Suite = {
       id: 'intercept.throughput.8vp',
       kind: 'rate',
       unit: 'msg/s',
-      description: `intercepts answered per second with 8 VPs faulting concurrently through one RunGuestActions stream (${WINDOW_PER_VP} WriteMemory actions in flight per VP), one monitor`,
+      description: `intercepts answered per second with 8 VPs faulting concurrently through one RunGuestActions stream (${WINDOW_PER_VP} WriteMemory actions in flight per VP), one monitor (subscribed with batch, answering with replies)`,
+    },
+    {
+      id: 'intercept.throughput.8vp.single',
+      kind: 'rate',
+      unit: 'msg/s',
+      description: 'the same stream with a monitor taking one intercept message and sending one reply per intercept',
     },
     {
       id: 'intercept.throughput.8vp.unary',
@@ -117,47 +165,27 @@ export const suite: Suite = {
       await one.loop;
 
       const eight = await setup(client, 8);
+      const eightBatched = await setup(client, 8, true);
       for (let r = 0; r < ctx.repeats; r++) {
-        // Through the stream: each VP keeps WINDOW_PER_VP writes queued (the service runs one VP's
-        // actions in order, the VPs concurrently); every write intercepts and waits for the monitor.
-        let start = eight.answered();
-        let t0 = process.hrtime.bigint();
-        const session = client.guest.runGuestActions();
-        const until = Date.now() + ctx.pick(1500, 4000);
-        let next = 0n;
-        let owed = 0;
-        const send = (vp: number) => {
-          owed++;
-          session.send({
-            sequence: next++ * 8n + BigInt(vp),
-            action: { $case: 'writeMemory', value: { name: `${eight.name}/vps/${vp}`, gpa: (PAGE + BigInt(vp)) << 12n, data, gva: undefined } },
-          });
-        };
-        for (let i = 0; i < 8; i++) for (let k = 0; k < WINDOW_PER_VP; k++) send(i);
-        for await (const res of session.results) {
-          owed--;
-          if (res.result?.$case !== 'writeMemory' || res.result.value.outcome?.exception)
-            throw new Error(`stream write did not complete: ${JSON.stringify(res.result?.$case === 'error' ? res.result.value : res.result?.$case)}`);
-          if (Date.now() < until) send(Number(res.sequence % 8n));
-          else if (owed === 0) session.close();
-        }
-        let secs = Number(process.hrtime.bigint() - t0) / 1e9;
-        ctx.recordRate('intercept.throughput.8vp', (eight.answered() - start) / secs);
+        ctx.recordRate('intercept.throughput.8vp', await streamRate(client, eightBatched, ctx.pick(1500, 4000)));
+        ctx.recordRate('intercept.throughput.8vp.single', await streamRate(client, eight, ctx.pick(1500, 4000)));
 
         // The same with one unary call per fault (same-run comparison).
-        start = eight.answered();
-        t0 = process.hrtime.bigint();
+        const start = eight.answered();
+        const t0 = process.hrtime.bigint();
         const untilUnary = Date.now() + ctx.pick(1500, 4000);
         await Promise.all(
           Array.from({ length: 8 }, async (_, i) => {
             while (Date.now() < untilUnary) await client.guest.writeMemory({ name: `${eight.name}/vps/${i}`, gpa: (PAGE + BigInt(i)) << 12n, data });
           }),
         );
-        secs = Number(process.hrtime.bigint() - t0) / 1e9;
+        const secs = Number(process.hrtime.bigint() - t0) / 1e9;
         ctx.recordRate('intercept.throughput.8vp.unary', (eight.answered() - start) / secs);
       }
-      eight.monitor.cancel();
-      await eight.loop;
+      for (const m of [eight, eightBatched]) {
+        m.monitor.cancel();
+        await m.loop;
+      }
     } finally {
       pp.close();
       echo.close();

@@ -32,6 +32,8 @@ import { type ActionAuthorizer, runGuestActions } from '../guest-action-stream';
 
 export const MAX_GUEST_ACCESS = 65536;
 export const MAX_GPA_ACCESS = 1 << 20;
+/** Monitor: answers one `replies` message may hold (proto/vsm/v1/intercept.proto). */
+export const MAX_REPLIES_PER_MESSAGE = 4096;
 const WATCH_QUEUE = 1024;
 /** Core overlay kind -> vsm.v1.OverlayKind: one entry per kind of the core's overlay-kinds table (a new kind does not compile until it is mapped). */
 const OVERLAY_KIND_TO_PB = {
@@ -535,6 +537,21 @@ export class CoreBackend implements Backend {
       const redelivered = p.intercepts.noteDelivery(x);
       return sink.write({ kind: { $case: 'intercept', value: interceptEvent(x, redelivered) } });
     };
+    // subscribe.batch: live intercepts raised in one turn of the event loop go out together in one
+    // `intercepts` message once the turn's work is done (setImmediate).
+    let batch: core.InterceptRecord[] | undefined;
+    const flushBatch = () => {
+      const b = batch!;
+      batch = undefined;
+      if (signal.aborted) return; // a dead stream takes nothing (the intercepts stay pending)
+      sink.write({ kind: { $case: 'intercepts', value: { intercepts: b.map((x) => interceptEvent(x, p.intercepts.noteDelivery(x))) } } });
+    };
+    const deliver = (x: core.InterceptRecord) => {
+      if (!sub.batch) return void send(x);
+      if (batch) return void batch.push(x);
+      batch = [x];
+      setImmediate(() => partitionTask(p, 'Monitor stream delivery', flushBatch, this.report));
+    };
     // New intercepts are taken from the moment of subscribing; while the pending ones are replayed
     // (with back-pressure: a long backlog must not overflow the stream's cap) they wait in order.
     let replaying: core.InterceptRecord[] | undefined = [];
@@ -544,7 +561,7 @@ export class CoreBackend implements Backend {
         'Monitor stream delivery',
         () => {
           if (replaying) replaying.push(x);
-          else if (matches(x)) send(x);
+          else if (matches(x)) deliver(x);
         },
         this.report,
       ),
@@ -590,6 +607,23 @@ export class CoreBackend implements Backend {
           else if (k.value.op === P.EventMaskOp.EVENT_MASK_OP_DISABLE) mask &= ~m;
           else throw invalidArgument('update_events.op must be SET, ENABLE or DISABLE');
           wrote = sink.write({ kind: { $case: 'subscription', value: { accessMask: mask, viewGeneration: BigInt(p.viewGeneration) } } });
+        } else if (k.$case === 'replies') {
+          const replies = k.value.replies;
+          if (replies.length > MAX_REPLIES_PER_MESSAGE)
+            throw invalidArgument(`replies holds ${replies.length} answers; at most ${MAX_REPLIES_PER_MESSAGE} per message`);
+          if (p.deleted || p.state !== 'active') throw endedError(p, p.deleted ? 'deleted' : 'crashed');
+          // Each as a `reply`, in order; once one ended the partition (CRASH) the rest are not applied.
+          const results = replies.map((r) =>
+            p.deleted || p.state !== 'active'
+              ? {
+                  interceptId: r.interceptId,
+                  status: P.ReplyStatus.REPLY_STATUS_INVALID,
+                  detail: 'not applied: the partition ended (an earlier reply of this message answered CRASH)',
+                  viewGeneration: BigInt(p.viewGeneration),
+                }
+              : this.reply(p, r),
+          );
+          wrote = sink.write({ kind: { $case: 'replyResults', value: { results } } });
         } else {
           // An answer to a partition that ended meanwhile is not applied: the stream ends instead.
           if (p.deleted || p.state !== 'active') throw endedError(p, p.deleted ? 'deleted' : 'crashed');
