@@ -1,13 +1,16 @@
 // vsmctl actions: a JSON Lines file of guest actions streamed through RunGuestActions (compiled CLI
 // as a child process against a server started here): answers per line (human and --json), per-VP
 // order, a failing action's error with exit 3, a bad file with exit 2.
+import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { pb } from '@vsm/client';
 import { HvMsr } from '@vsm/core';
 import { type Harness, startHarness } from '../support/server';
 import { tempDir } from '../support/tls';
-import { type Run, assertBuilt, vsmctl } from './support';
+import { setupVtl1Partition, VTL1_LAYOUT } from '../security/support';
+import { waitFor } from '../support/wait';
+import { CLI, ROOT, type Run, assertBuilt, childEnv, vsmctl } from './support';
 
 jest.setTimeout(60_000);
 
@@ -86,4 +89,40 @@ test('a bad file: exit 2 naming the line, nothing sent', async () => {
   expect(r3.code).toBe(2);
   const r4 = await cli(['actions', notJson, '--in-flight', '0']);
   expect(r4.code).toBe(2);
+});
+
+test('intercepts watch --batch --reply allow answers the intercepts of a stream of writes on two VPs (one replies message per batch)', async () => {
+  const P = await setupVtl1Partition(h.client, 'cli-actions-batch', 2, Buffer.from('s'));
+  await h.client.intercepts.setInterceptRoute({ name: P.name, route: pb.InterceptRoute.INTERCEPT_ROUTE_MONITOR });
+  const watch = spawn(
+    process.execPath,
+    [CLI, '--address', h.address, 'intercepts', 'watch', P.name.split('/')[1]!, '--batch', '--reply', 'allow', '--count', '2', '--json'],
+    {
+      cwd: ROOT,
+      env: childEnv(),
+      stdio: 'pipe',
+    },
+  );
+  let out = '';
+  watch.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+  const exited = new Promise<number | null>((res) => watch.on('close', (code) => res(code)));
+  await waitFor('the watch subscribed', () => out.includes('"subscription"'));
+  const f = file(
+    'protected.jsonl',
+    P.vps.map((vp, i) => ({
+      writeMemory: { name: vp, gpa: `0x${(VTL1_LAYOUT.secretGpa + BigInt(i)).toString(16)}`, data: Buffer.from([0x61 + i]).toString('base64') },
+    })),
+  );
+  const r = await cli(['actions', f]);
+  expect(r.code).toBe(0);
+  expect(r.stdout.trim().split('\n')).toHaveLength(2);
+  expect(await exited).toBe(0);
+  const lines = out
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l));
+  expect(lines.filter((l) => l.intercept)).toHaveLength(2);
+  const results = lines.filter((l) => l.replyResult);
+  expect(results.map((l) => l.replyResult.status)).toEqual(['REPLY_STATUS_APPLIED', 'REPLY_STATUS_APPLIED']);
+  expect(Buffer.from((await h.client.memory.readGpa({ name: P.name, gpa: VTL1_LAYOUT.secretGpa, length: 2 })).data).toString()).toBe('ab');
 });

@@ -19,6 +19,7 @@ interface WatchOptions {
   skipData?: Buffer;
   checkGeneration?: boolean;
   count?: number;
+  batch?: boolean;
 }
 
 /** What `intercepts watch` watches (its filters), for the "subscribed" line. */
@@ -110,6 +111,10 @@ export function register(program: Command, { run }: Cli): void {
       "with --reply: send the intercept's view generation, so the answer is refused (STALE_GENERATION) when protections or overlays changed since the fault",
     )
     .option('--count <n>', 'exit after N intercepts (and the answers to them)', countArg('--count', 1_000_000_000))
+    .option(
+      '--batch',
+      'subscribe with batch: the intercepts raised together come in one message and are answered with one replies message (printed one line each, as without it)',
+    )
     .addHelpText(
       'after',
       `
@@ -132,8 +137,41 @@ delivered to it first (flagged redelivered when an earlier monitor saw them). Ct
           const outstanding = new Set<bigint>();
           try {
             m.send({
-              kind: { $case: 'subscribe', value: { name, vpIndex: o.vp, vtl: o.vtl, gpaStart: o.gpaStart, gpaEnd: o.gpaEnd, accessMask: o.access ?? 0 } },
+              kind: {
+                $case: 'subscribe',
+                value: { name, vpIndex: o.vp, vtl: o.vtl, gpaStart: o.gpaStart, gpaEnd: o.gpaEnd, accessMask: o.access ?? 0, batch: o.batch === true },
+              },
             });
+            /** Prints one intercept; returns the answer to send for it (with --reply, when it needs one). */
+            const take = (e: pb.InterceptEvent): pb.InterceptReply | undefined => {
+              seen++;
+              ctx.line({ name, intercept: toJson(e) }, () => interceptEventText(e));
+              let answer: pb.InterceptReply | undefined;
+              if (action !== undefined && e.needsReply) {
+                answer = {
+                  interceptId: e.interceptId,
+                  action,
+                  data: action === pb.InterceptAction.INTERCEPT_ACTION_SKIP ? (o.skipData ?? Buffer.alloc(0)) : Buffer.alloc(0),
+                  viewGeneration: o.checkGeneration ? e.viewGeneration : undefined,
+                };
+                outstanding.add(e.interceptId);
+              }
+              if (o.count !== undefined && seen >= o.count) full = true;
+              return answer;
+            };
+            const result = (x: pb.ReplyResult) => {
+              outstanding.delete(x.interceptId);
+              const status = safeEnum(pb.replyStatusToJSON)(x.status);
+              ctx.line(
+                {
+                  name,
+                  replyResult: { interceptId: x.interceptId.toString(), status, detail: x.detail, viewGeneration: x.viewGeneration.toString() },
+                  action: action !== undefined ? safeEnum(pb.interceptActionToJSON)(action) : null,
+                },
+                () =>
+                  `  reply ${action !== undefined ? actionText(action) : ''} to intercept ${x.interceptId}: ${shortEnum(status, 'REPLY_STATUS_')}${x.detail ? ` (${x.detail})` : ''}; view generation ${x.viewGeneration}`,
+              );
+            };
             ctx.watching(`intercepts of ${name}`);
             for await (const r of m.events) {
               const k = r.kind;
@@ -146,37 +184,20 @@ delivered to it first (flagged redelivered when an earlier monitor saw them). Ct
                 );
               } else if (k.$case === 'intercept') {
                 if (full) continue; // after --count: not ours to print or answer
-                const e = k.value;
-                seen++;
-                ctx.line({ name, intercept: toJson(e) }, () => interceptEventText(e));
-                if (action !== undefined && e.needsReply) {
-                  m.send({
-                    kind: {
-                      $case: 'reply',
-                      value: {
-                        interceptId: e.interceptId,
-                        action,
-                        data: action === pb.InterceptAction.INTERCEPT_ACTION_SKIP ? (o.skipData ?? Buffer.alloc(0)) : Buffer.alloc(0),
-                        viewGeneration: o.checkGeneration ? e.viewGeneration : undefined,
-                      },
-                    },
-                  });
-                  outstanding.add(e.interceptId);
+                const answer = take(k.value);
+                if (answer) m.send({ kind: { $case: 'reply', value: answer } });
+              } else if (k.$case === 'intercepts') {
+                const replies: pb.InterceptReply[] = [];
+                for (const e of k.value.intercepts) {
+                  if (full) break; // after --count: not ours to print or answer
+                  const answer = take(e);
+                  if (answer) replies.push(answer);
                 }
-                if (o.count !== undefined && seen >= o.count) full = true;
+                if (replies.length) m.send({ kind: { $case: 'replies', value: { replies } } });
               } else if (k.$case === 'replyResult') {
-                const x = k.value;
-                outstanding.delete(x.interceptId);
-                const status = safeEnum(pb.replyStatusToJSON)(x.status);
-                ctx.line(
-                  {
-                    name,
-                    replyResult: { interceptId: x.interceptId.toString(), status, detail: x.detail, viewGeneration: x.viewGeneration.toString() },
-                    action: action !== undefined ? safeEnum(pb.interceptActionToJSON)(action) : null,
-                  },
-                  () =>
-                    `  reply ${action !== undefined ? actionText(action) : ''} to intercept ${x.interceptId}: ${shortEnum(status, 'REPLY_STATUS_')}${x.detail ? ` (${x.detail})` : ''}; view generation ${x.viewGeneration}`,
-                );
+                result(k.value);
+              } else if (k.$case === 'replyResults') {
+                for (const x of k.value.results) result(x);
               }
               if (full && outstanding.size === 0) break;
             }
