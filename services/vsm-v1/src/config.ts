@@ -254,6 +254,7 @@ export const USAGE = `usage: vsm-service [--listen HOST:PORT] [--backend emulato
        [--max-stream-buffer-messages N] [--stream-stall-timeout-ms MS] [--first-message-timeout-ms MS]
        [--max-health-watches N] [--max-concurrent-streams N]
        [--etcd-endpoints URL,... [--etcd-prefix /vsm/] [--etcd-ca FILE] [--etcd-cert FILE --etcd-key FILE]]
+       [--checkpoint-dir DIR [--checkpoint-interval SECONDS]] [--replica-ttl SECONDS]
        [--metrics-listen HOST:PORT] [--metrics-insecure-allow-remote]
   Plaintext is served only on loopback addresses unless --insecure-allow-remote.
   Fleet mode (--backend agent --etcd-endpoints): agents register in etcd; partitions are placed and recorded there.

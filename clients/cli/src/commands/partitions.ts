@@ -1,4 +1,4 @@
-// vsmctl partitions: create, list, get, delete.
+// vsmctl partitions: create, list, get, delete; in fleet mode also checkpoint and recover.
 import { type Command, Option } from 'commander';
 import { pb } from '@vsm/client';
 import type { Cli } from '../context';
@@ -26,6 +26,15 @@ function partitionFields(p: pb.Partition): string {
     ['labels', labelsText(p, ', ') || '-'],
     ['devices', p.devices.join(', ') || '-'],
     ['run state', runText(p)],
+    // Fleet mode only (vsm-service --etcd-endpoints).
+    ...(p.agent
+      ? ([
+          ['agent', p.agent],
+          ['state reason', p.stateReason || '-'],
+          ['recovery policy', p.recoveryPolicy === pb.RecoveryPolicy.RECOVERY_POLICY_RESTART ? 'restart' : 'none'],
+          ['checkpoint', p.checkpointTimeUnixMs !== undefined ? new Date(Number(p.checkpointTimeUnixMs)).toISOString() : '-'],
+        ] as [string, string][])
+      : []),
   ]);
 }
 
@@ -45,11 +54,26 @@ export function register(program: Command, { run }: Cli): void {
       arg((s: string, prev?: Record<string, string>) => parseLabel(s, prev)),
     )
     .option('--request-id <id>', 'idempotency key: a retry with the same key returns the same partition')
+    .addOption(
+      new Option('--recovery-policy <policy>', 'fleet mode: restart it on another agent from its last checkpoint when its agent is lost').choices([
+        'none',
+        'restart',
+      ]),
+    )
     .action(
       run(
         async (
           ctx,
-          o: { vpCount: number; memory: bigint; id?: string; maxVtl?: number; arch?: string; label?: Record<string, string>; requestId?: string },
+          o: {
+            vpCount: number;
+            memory: bigint;
+            id?: string;
+            maxVtl?: number;
+            arch?: string;
+            label?: Record<string, string>;
+            requestId?: string;
+            recoveryPolicy?: string;
+          },
         ) => {
           const p = await ctx.client.partitions.createPartition({
             partitionId: o.id ?? '',
@@ -65,6 +89,7 @@ export function register(program: Command, { run }: Cli): void {
                   : o.arch === 'x64'
                     ? pb.Architecture.ARCHITECTURE_X64
                     : pb.Architecture.ARCHITECTURE_UNSPECIFIED,
+              recoveryPolicy: o.recoveryPolicy === 'restart' ? pb.RecoveryPolicy.RECOVERY_POLICY_RESTART : pb.RecoveryPolicy.RECOVERY_POLICY_UNSPECIFIED,
             }),
           });
           ctx.emit(toJson(p), () => `created ${p.name} (${count(p.vpCount, 'VP')}, ${formatSize(p.memoryBytes)}, maximum VTL ${p.maximumVtl})`);
@@ -116,4 +141,22 @@ export function register(program: Command, { run }: Cli): void {
       ctx.emit({ name, deleted: true }, () => `deleted ${name}`);
     }),
   );
+  partitionCommand(partitions, 'checkpoint', "fleet mode: write a durable checkpoint of the partition now (into vsm-service's --checkpoint-dir)").action(
+    run(async (ctx, name: string) => {
+      const p = await ctx.client.fleet.checkpointPartition({ name });
+      ctx.emit(toJson(p), () => `checkpointed ${p.name} on agent ${p.agent} at ${new Date(Number(p.checkpointTimeUnixMs ?? 0)).toISOString()}`);
+    }),
+  );
+  partitionCommand(partitions, 'recover', 'fleet mode: restart an UNAVAILABLE partition (its agent lost) on another agent from its last checkpoint')
+    .option('--agent <name>', 'the agent to restart it on (default: the one with the most free capacity)')
+    .action(
+      run(async (ctx, name: string, o: { agent?: string }) => {
+        const p = await ctx.client.fleet.recoverPartition({ name, targetAgent: o.agent ?? '' });
+        ctx.emit(
+          toJson(p),
+          () =>
+            `restarted ${p.name} on agent ${p.agent} from its checkpoint of ${new Date(Number(p.checkpointTimeUnixMs ?? 0)).toISOString()} (what changed after it is lost; a guest that ran is stopped)`,
+        );
+      }),
+    );
 }

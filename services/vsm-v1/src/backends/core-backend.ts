@@ -91,6 +91,8 @@ export class CoreBackend implements Backend {
       throw invalidArgument('run_state, exit_code, end_reason and end_time_unix_ms are output only');
     if (r.agent || Object.keys(r.agentSelector ?? {}).length)
       throw invalidArgument('agent and agent_selector place partitions in a fleet (vsm-service --etcd-endpoints); this backend has no agents to choose from');
+    if (want.recoveryPolicy) throw invalidArgument('recovery_policy restarts partitions on other agents of a fleet (vsm-service --etcd-endpoints); this backend has none');
+    if (want.checkpointTimeUnixMs !== undefined) throw invalidArgument('checkpoint_time_unix_ms is output only');
     const devices = checkDevices(want.devices ?? []);
     const p = this.manager.create({
       partitionId: r.partitionId || undefined,
@@ -128,6 +130,19 @@ export class CoreBackend implements Backend {
     throw new HvError(
       HvStatus.HV_STATUS_FEATURE_UNAVAILABLE,
       `ListAgents: this ${this.kind} backend runs partitions itself and has no agents (vsm-service --backend agent lists them)`,
+    );
+  }
+  /** FleetService.CheckpointPartition / RecoverPartition: durability across agents is fleet mode's (vsm-service --etcd-endpoints --checkpoint-dir). */
+  async checkpointPartition(): Promise<pb.Partition> {
+    throw new HvError(
+      HvStatus.HV_STATUS_FEATURE_UNAVAILABLE,
+      `CheckpointPartition: checkpoints for restarting on another agent are fleet mode's (vsm-service --etcd-endpoints --checkpoint-dir); this ${this.kind} backend has no other agent${this.kind === 'emulator' ? ' (--state-dir keeps its partitions durable)' : ''}`,
+    );
+  }
+  async recoverPartition(): Promise<pb.Partition> {
+    throw new HvError(
+      HvStatus.HV_STATUS_FEATURE_UNAVAILABLE,
+      `RecoverPartition: restarting a lost partition on another agent is fleet mode's (vsm-service --etcd-endpoints --checkpoint-dir); this ${this.kind} backend has no other agent`,
     );
   }
   async getCapabilities(): Promise<pb.Capabilities> {
@@ -880,6 +895,7 @@ function toPbPartition(p: Partition, requestId = ''): pb.Partition {
     enabledVtlSet: p.enabledVtlSet,
     createTimeUnixMs: BigInt(p.createTimeUnixMs),
     requestId,
+    recoveryPolicy: pb.RecoveryPolicy.RECOVERY_POLICY_UNSPECIFIED,
     devices: [],
     ...NOT_LOADED,
     // Fleet fields: the service in front of a fleet of agents sets them from the partition's record.

@@ -177,6 +177,22 @@ export class RemoteBackend implements Backend {
     return { agents, nextPageToken: '' };
   }
 
+  /** FleetService.CheckpointPartition / RecoverPartition: fleet mode only (fleet/backend.ts overrides both). */
+  async checkpointPartition(_r: pb.CheckpointPartitionRequest): Promise<pb.Partition> {
+    throw new ApiError(
+      Code.FAILED_PRECONDITION,
+      'HV_STATUS_FEATURE_UNAVAILABLE',
+      'CheckpointPartition needs fleet mode (--etcd-endpoints with --checkpoint-dir): a static --agent list has nowhere to restart a partition',
+    );
+  }
+  async recoverPartition(_r: pb.RecoverPartitionRequest): Promise<pb.Partition> {
+    throw new ApiError(
+      Code.FAILED_PRECONDITION,
+      'HV_STATUS_FEATURE_UNAVAILABLE',
+      'RecoverPartition needs fleet mode (--etcd-endpoints with --checkpoint-dir): with a static --agent list a partition lives on its agent only',
+    );
+  }
+
   getVirtualProcessor(r: pb.GetVirtualProcessorRequest) {
     return this.route(r.name, (c) => c.vps.getVirtualProcessor(r));
   }

@@ -20,7 +20,9 @@ import {
   type Incompatible,
   PARTITIONS,
   type PartitionRecord,
+  REPLICAS,
   agentKey,
+  decodeReplicaId,
   decodeMember,
   decodeRecord,
   encodeRecord,
@@ -75,6 +77,10 @@ const delay = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref()
 export class FleetDirectory {
   readonly members = new Map<string, MemberView>();
   readonly records = new Map<string, RecordEntry>();
+  /** Live service replicas (their presence keys), this one included once registered. */
+  readonly replicas = new Set<string>();
+  /** Called after a record changed here (the backend's maintenance: recovery, repair). */
+  onRecordChange: ((e: RecordEntry) => void) | undefined;
   private readonly byAgent = new Map<string, Set<string>>();
   /** Revisions of writes applied here before the watch delivered them. */
   private readonly localRev = new Map<string, number>();
@@ -148,6 +154,9 @@ export class FleetDirectory {
     };
     const agents = await load(AGENTS);
     const parts = await load(PARTITIONS);
+    const replicas = await load(REPLICAS);
+    this.replicas.clear();
+    for (const kv of replicas) this.replicas.add(decodeReplicaId(kv.key.toString()));
     // Replace the view: memberships first (their loss marks records), then records.
     const seen = new Set<string>();
     for (const kv of agents) {
@@ -215,6 +224,9 @@ export class FleetDirectory {
       const id = key.slice(PARTITIONS.length);
       if (put) this.recordPut(id, kv.value, rev);
       else this.recordDelete(id);
+    } else if (key.startsWith(REPLICAS)) {
+      if (put) this.replicas.add(decodeReplicaId(key));
+      else this.replicas.delete(decodeReplicaId(key));
     }
   }
 
@@ -332,6 +344,7 @@ export class FleetDirectory {
       if (this.synced && entry.rec.state !== 'UNAVAILABLE' && 'why' in this.memberOf(entry.rec)) this.reconcileOne(entry);
     }
     this.notify(id);
+    if (this.synced) this.onRecordChange?.(entry);
   }
 
   private recordDelete(id: string): void {
@@ -430,7 +443,15 @@ export class FleetDirectory {
       .filter((e): e is RecordEntry => !!e?.rec && e.rec.incarnation === incarnation && e.rec.state !== 'UNAVAILABLE');
     if (targets.length === 0) return;
     this.o.log.warn({ agent, partitions: targets.length, reason }, 'fleet: partitions of a lost agent turn UNAVAILABLE');
-    void this.rewrite(targets, (rec) => ({ ...rec, state: 'UNAVAILABLE', stateReason: reason, stateTimeUnixMs: Date.now(), lostBy }));
+    void this.rewrite(targets, (rec) => ({
+      ...rec,
+      state: 'UNAVAILABLE',
+      stateReason: reason,
+      stateTimeUnixMs: Date.now(),
+      lostBy,
+      recovering: undefined,
+      creator: undefined,
+    }));
   }
 
   /** The same incarnation registered again: its partitions lost by a lapsed lease are ACTIVE again. */
@@ -460,6 +481,8 @@ export class FleetDirectory {
       stateReason: m.why,
       stateTimeUnixMs: Date.now(),
       lostBy: restarted ? 'agent-restarted' : 'agent-lost',
+      recovering: undefined,
+      creator: undefined,
     }));
   }
 

@@ -21,7 +21,7 @@ export * as fleetRecords from './records';
 
 /** vsm-service --backend agent --etcd-endpoints: the backend, loading from etcd in the background. */
 export function startFleetBackend(fleet: FleetConfig, log: Logger): FleetBackend {
-  const backend = new FleetBackend({ store: new FleetStore(fleet), log });
+  const backend = new FleetBackend({ store: new FleetStore(fleet), log, replicaTtlSeconds: fleet.replicaTtlSeconds });
   backend.start();
   return backend;
 }
@@ -78,6 +78,8 @@ export function parseAgentFleet(own: Map<string, string>, env: NodeJS.ProcessEnv
     vps: get('capacity-vps', 'VSM_AGENT_CAPACITY_VPS'),
   };
   const fleet = o.service.fleet;
+  if (fleet?.checkpointDir !== undefined || fleet?.replicaTtlSeconds !== undefined)
+    throw new UsageError('--checkpoint-dir and --replica-ttl are vsm-service’s (its replicas write the checkpoints); the agent takes neither');
   if (!fleet) {
     const set = AGENT_FLEET_FLAGS.filter((f) => own.has(f));
     if (set.length) throw new UsageError(`--${set[0]} is a fleet flag: it needs --etcd-endpoints`);

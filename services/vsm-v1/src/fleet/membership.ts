@@ -4,9 +4,10 @@
 // directly), and registers again, with the same incarnation, when etcd answers. close() revokes the
 // lease, which removes the membership at once (graceful shutdown).
 import * as crypto from 'node:crypto';
+import * as os from 'node:os';
 import type { Logger } from 'pino';
 import type { Lease } from 'etcd3';
-import { type AgentMember, FLEET_FORMAT, agentKey, encodeMember } from './records';
+import { type AgentMember, FLEET_FORMAT, agentKey, encodeMember, encodeReplica, replicaKey } from './records';
 import type { FleetStore } from './store';
 
 export interface MembershipOptions {
@@ -91,5 +92,69 @@ export class Membership {
     this.lease = undefined;
     if (lease) await lease.revoke().catch(() => lease.release());
     this.o.store.close();
+  }
+}
+
+/**
+ * A service replica's presence ({prefix}replicas/{id}) under its own lease: the other replicas see
+ * which CREATING records still have a live creator, and share the background work (checkpoints,
+ * automatic recovery, repairs) by the partition id over the live replicas. Registered again after a
+ * lost lease (etcd away), with the same id; close() revokes it.
+ */
+export class ReplicaPresence {
+  readonly id = `r-${crypto.randomBytes(8).toString('hex')}`;
+  private onRegistered: (() => void) | undefined;
+  /** Resolves once the presence is written the first time. */
+  readonly registered = new Promise<void>((r) => {
+    this.onRegistered = r;
+  });
+  private lease: Lease | undefined;
+  private closed = false;
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly store: FleetStore,
+    private readonly ttlSeconds: number,
+    private readonly log: Logger,
+  ) {}
+
+  start(): void {
+    void this.register();
+  }
+
+  private retry(): void {
+    if (this.closed) return;
+    this.timer = setTimeout(() => void this.register(), 1000);
+    this.timer.unref();
+  }
+
+  private async register(): Promise<void> {
+    if (this.closed) return;
+    const lease = this.store.ns.lease(this.ttlSeconds, { autoKeepAlive: true });
+    this.lease = lease;
+    lease.on('lost', () => {
+      if (this.closed || this.lease !== lease) return;
+      this.lease = undefined;
+      this.retry();
+    });
+    try {
+      await lease.grant();
+      await lease.put(replicaKey(this.id)).value(encodeReplica({ format: FLEET_FORMAT, id: this.id, host: os.hostname(), startTimeUnixMs: Date.now() }));
+      this.log.info({ replica: this.id, ttlSeconds: this.ttlSeconds }, 'fleet: replica presence registered');
+      this.onRegistered?.();
+    } catch {
+      if (this.closed || this.lease !== lease) return;
+      this.lease = undefined;
+      lease.release();
+      this.retry();
+    }
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    if (this.timer) clearTimeout(this.timer);
+    const lease = this.lease;
+    this.lease = undefined;
+    if (lease) await lease.revoke().catch(() => lease.release());
   }
 }

@@ -3,11 +3,13 @@
 //   {prefix}agents/{name}        an agent's membership, under its lease (AgentMember, JSON)
 //   {prefix}partitions/{id}      a partition's record (PartitionRecord, JSON)
 //   {prefix}requests/{request}   a CreatePartition request_id -> the partition it created (RequestRecord)
+//   {prefix}replicas/{id}        a vsm-service replica's presence, under its lease (ReplicaPresence, JSON)
 //
 // Every value carries `format`. A reader understands formats <= FLEET_FORMAT; a newer format is kept
 // as "incompatible" (never rewritten, never crashes the reader): its partition answers
 // FAILED_PRECONDITION and its agent takes no placement. Fields a reader does not know are ignored, so
-// additions that older readers may skip do not bump the format. Pure (no I/O).
+// additions that older readers may skip do not bump the format, and a record is rewritten with the
+// fields this reader does not know kept as they were. Pure (no I/O).
 import { pb } from '@vsm/api';
 
 /** The record format this code writes and the newest it reads. */
@@ -16,6 +18,7 @@ export const FLEET_FORMAT = 1;
 export const AGENTS = 'agents/';
 export const PARTITIONS = 'partitions/';
 export const REQUESTS = 'requests/';
+export const REPLICAS = 'replicas/';
 
 /** What an agent offers (its flags: --max-partitions, --capacity-vps, --max-resident-bytes, --memslot-budget). */
 export interface AgentCapacity {
@@ -62,6 +65,33 @@ export interface PartitionRecord {
   memoryBytes: bigint;
   /** The Partition as the agent answered CreatePartition (proto JSON); empty while CREATING. */
   partition?: unknown;
+  /** The replica that wrote the CREATING record (its presence id): a CREATING record whose creator is gone is repaired. */
+  creator?: string;
+  /** The spec's recovery_policy: 'RESTART' = restarted on another agent from the checkpoint when its agent is lost. */
+  recoveryPolicy?: 'RESTART';
+  /** The last durable checkpoint: a snapshot file in vsm-service's --checkpoint-dir. */
+  checkpoint?: CheckpointRef;
+  /** While CREATING for a recovery: where it was before (restored when the recovery fails). */
+  recovering?: { agent: string; incarnation: string; stateReason: string; stateTimeUnixMs: number; lostBy?: 'agent-lost' | 'agent-restarted' };
+  /** Fields written by a newer version (same format) that this reader keeps as they are. */
+  extra?: Record<string, unknown>;
+}
+
+export interface CheckpointRef {
+  /** File name inside --checkpoint-dir. */
+  file: string;
+  timeUnixMs: number;
+  bytes: number;
+  /** SHA-256 of the file (hex). */
+  sha256: string;
+}
+
+/** A replica's presence: recorded so the others know which CREATING records have a live creator. */
+export interface ReplicaPresence {
+  format: number;
+  id: string;
+  host: string;
+  startTimeUnixMs: number;
 }
 
 export interface RequestRecord {
@@ -138,7 +168,51 @@ export function decodeMember(raw: Buffer | string): AgentMember | Incompatible {
 }
 
 export function encodeRecord(r: PartitionRecord): string {
-  return JSON.stringify({ ...r, memoryBytes: r.memoryBytes.toString() });
+  const { extra, ...known } = r;
+  return JSON.stringify({ ...extra, ...known, memoryBytes: r.memoryBytes.toString() });
+}
+
+const RECORD_FIELDS = new Set([
+  'format',
+  'id',
+  'agent',
+  'incarnation',
+  'state',
+  'stateReason',
+  'stateTimeUnixMs',
+  'lostBy',
+  'generation',
+  'createTimeUnixMs',
+  'requestId',
+  'vpCount',
+  'memoryBytes',
+  'partition',
+  'creator',
+  'recoveryPolicy',
+  'checkpoint',
+  'recovering',
+]);
+
+function checkpointRef(v: unknown): CheckpointRef | undefined {
+  if (typeof v !== 'object' || v === null) return undefined;
+  const o = v as Record<string, unknown>;
+  const file = str(o, 'file');
+  // A bare file name: never a path out of the checkpoint directory.
+  if (!/^[A-Za-z0-9._-]{1,200}$/.test(file) || file.startsWith('.')) return undefined;
+  return { file, timeUnixMs: num(o, 'timeUnixMs'), bytes: num(o, 'bytes'), sha256: str(o, 'sha256') };
+}
+
+function recovering(v: unknown): PartitionRecord['recovering'] {
+  if (typeof v !== 'object' || v === null) return undefined;
+  const o = v as Record<string, unknown>;
+  if (!str(o, 'agent')) return undefined;
+  return {
+    agent: str(o, 'agent'),
+    incarnation: str(o, 'incarnation'),
+    stateReason: str(o, 'stateReason'),
+    stateTimeUnixMs: num(o, 'stateTimeUnixMs'),
+    lostBy: o.lostBy === 'agent-lost' || o.lostBy === 'agent-restarted' ? o.lostBy : undefined,
+  };
 }
 
 export function decodeRecord(raw: Buffer | string): PartitionRecord | Incompatible {
@@ -163,8 +237,25 @@ export function decodeRecord(raw: Buffer | string): PartitionRecord | Incompatib
     memoryBytes: big(o, 'memoryBytes'),
     partition: o.partition,
   };
+  if (typeof o.creator === 'string' && o.creator) r.creator = o.creator;
+  if (o.recoveryPolicy === 'RESTART') r.recoveryPolicy = 'RESTART';
+  const cp = checkpointRef(o.checkpoint);
+  if (cp) r.checkpoint = cp;
+  const rv = recovering(o.recovering);
+  if (rv) r.recovering = rv;
+  const extra = Object.fromEntries(Object.entries(o).filter(([k]) => !RECORD_FIELDS.has(k)));
+  if (Object.keys(extra).length) r.extra = extra;
   if (!r.id || !r.agent) return { incompatible: true, format: r.format, reason: 'partition record lacks id or agent' };
   return r;
+}
+
+export function encodeReplica(r: ReplicaPresence): string {
+  return JSON.stringify(r);
+}
+
+/** A replica's presence; only its id matters to the others (any format is a live replica). */
+export function decodeReplicaId(key: string): string {
+  return decodeURIComponent(key.slice(REPLICAS.length));
 }
 
 export function encodeRequest(r: RequestRecord): string {
@@ -181,6 +272,7 @@ export function decodeRequest(raw: Buffer | string): RequestRecord | Incompatibl
 export const requestKey = (requestId: string) => REQUESTS + encodeURIComponent(requestId);
 export const partitionKey = (id: string) => PARTITIONS + id;
 export const agentKey = (name: string) => AGENTS + encodeURIComponent(name);
+export const replicaKey = (id: string) => REPLICAS + encodeURIComponent(id);
 
 /**
  * The vsm.v1 Partition a record stands for: the agent's answer at creation with the record's fleet
@@ -201,9 +293,19 @@ export function recordToPartition(r: PartitionRecord): pb.Partition {
     createTimeUnixMs: BigInt(r.createTimeUnixMs),
     requestId: r.requestId,
     agent: r.agent,
-    state: r.state === 'UNAVAILABLE' ? pb.PartitionState.PARTITION_STATE_UNAVAILABLE : base.state || pb.PartitionState.PARTITION_STATE_ACTIVE,
-    stateReason: r.state === 'UNAVAILABLE' ? r.stateReason : r.state === 'CREATING' ? 'being created' : base.stateReason,
-    stateTimeUnixMs: r.state === 'UNAVAILABLE' ? BigInt(r.stateTimeUnixMs) : base.stateTimeUnixMs,
+    // CREATING: calls on it fail UNAVAILABLE ("being created; retry") until its agent answered.
+    state: r.state === 'ACTIVE' ? base.state || pb.PartitionState.PARTITION_STATE_ACTIVE : pb.PartitionState.PARTITION_STATE_UNAVAILABLE,
+    stateReason:
+      r.state === 'UNAVAILABLE'
+        ? r.stateReason
+        : r.state === 'CREATING'
+          ? r.recovering
+            ? `being restarted from its checkpoint on agent ${r.agent}`
+            : `being created on agent ${r.agent}`
+          : base.stateReason,
+    stateTimeUnixMs: r.state === 'ACTIVE' ? base.stateTimeUnixMs : BigInt(r.stateTimeUnixMs),
+    recoveryPolicy: r.recoveryPolicy === 'RESTART' ? pb.RecoveryPolicy.RECOVERY_POLICY_RESTART : pb.RecoveryPolicy.RECOVERY_POLICY_UNSPECIFIED,
+    checkpointTimeUnixMs: r.checkpoint ? BigInt(r.checkpoint.timeUnixMs) : undefined,
   };
 }
 
