@@ -76,6 +76,8 @@ function ensureDebian(tools, packages, why) {
 ensureDebian(['gcc', 'make', 'ld'], ['build-essential'], 'the guest-image tests');
 // The fleet tests (test/fleet) start real etcd members on loopback ports.
 ensureDebian(['etcd', 'etcdctl'], ['etcd-server', 'etcd-client'], 'the fleet tests');
+// The fleet's etcd-over-TLS test (test/fleet/etcd-tls.test.ts) makes its certificates with the openssl CLI.
+ensureDebian(['openssl'], ['openssl'], 'the TLS tests (certificates made by the tests)');
 // The observability test (test/e2e/prometheus.test.ts) scrapes vsm-service and vsm-kvm-agent with a real Prometheus.
 ensureDebian(['prometheus'], ['prometheus'], 'the Prometheus test');
 

@@ -1,6 +1,7 @@
 // Test support: real etcd members (Debian's etcd-server, installed by scripts/ensure-setup.js) on
 // loopback ports, with their data in a temporary directory. A cluster of n members; a member can be
-// killed (SIGKILL) and started again on its data; the leader is found with etcdctl.
+// killed (SIGKILL) and started again on its data; the leader is found with etcdctl. With `tls`, the
+// members serve clients over TLS and require a client certificate from `tls.ca` (--client-cert-auth).
 import { execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
@@ -38,23 +39,41 @@ export interface EtcdMember {
   proc?: WatchedChild;
 }
 
+/** TLS for etcd's client port: its server certificate and key, and the CA its clients' certificates must chain to. */
+export interface EtcdTls {
+  cert: string;
+  key: string;
+  ca: string;
+  /** A client certificate etcdctl uses (issued by `ca`). */
+  clientCert: string;
+  clientKey: string;
+}
+
 export class EtcdCluster {
   readonly members: EtcdMember[] = [];
   private readonly dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vsm-etcd-'));
+  private tls: EtcdTls | undefined;
+
+  /** etcdctl's flags for reaching the members (TLS ones when the cluster has TLS). */
+  get etcdctlFlags(): string[] {
+    const t = this.tls;
+    return t ? ['--cacert', t.ca, '--cert', t.clientCert, '--key', t.clientKey] : [];
+  }
 
   /** Endpoints of every member, comma-separated (for --etcd-endpoints). */
   get endpoints(): string {
     return this.members.map((m) => m.clientUrl).join(',');
   }
 
-  static async start(n: number, opts: { clientPorts?: number[] } = {}): Promise<EtcdCluster> {
+  static async start(n: number, opts: { clientPorts?: number[]; tls?: EtcdTls } = {}): Promise<EtcdCluster> {
     const c = new EtcdCluster();
+    c.tls = opts.tls;
     for (let i = 0; i < n; i++) {
       const client = opts.clientPorts?.[i] ?? (await freePort());
       const peer = await freePort();
       c.members.push({
         name: `m${i}`,
-        clientUrl: `http://127.0.0.1:${client}`,
+        clientUrl: `${opts.tls ? 'https' : 'http'}://127.0.0.1:${client}`,
         peerUrl: `http://127.0.0.1:${peer}`,
         dataDir: path.join(c.dir, `m${i}`),
       });
@@ -91,6 +110,7 @@ export class EtcdCluster {
         'zap',
         '--log-level',
         'error',
+        ...(this.tls ? ['--cert-file', this.tls.cert, '--key-file', this.tls.key, '--trusted-ca-file', this.tls.ca, '--client-cert-auth'] : []),
       ],
       { stdio: ['ignore', 'pipe', 'pipe'] },
     );
@@ -104,9 +124,13 @@ export class EtcdCluster {
       'etcd members healthy',
       () => {
         try {
-          execFileSync('etcdctl', ['--endpoints', running.map((m) => m.clientUrl).join(','), '--command-timeout=2s', 'endpoint', 'health'], {
-            stdio: 'ignore',
-          });
+          execFileSync(
+            'etcdctl',
+            [...this.etcdctlFlags, '--endpoints', running.map((m) => m.clientUrl).join(','), '--command-timeout=2s', 'endpoint', 'health'],
+            {
+              stdio: 'ignore',
+            },
+          );
           return true;
         } catch {
           return false;
@@ -120,7 +144,15 @@ export class EtcdCluster {
   /** The member that leads now (etcdctl endpoint status). */
   leader(): EtcdMember {
     const running = this.members.filter((m) => m.proc && m.proc.child.exitCode === null && m.proc.child.signalCode === null);
-    const out = execFileSync('etcdctl', ['--endpoints', running.map((m) => m.clientUrl).join(','), '-w', 'json', 'endpoint', 'status']).toString();
+    const out = execFileSync('etcdctl', [
+      ...this.etcdctlFlags,
+      '--endpoints',
+      running.map((m) => m.clientUrl).join(','),
+      '-w',
+      'json',
+      'endpoint',
+      'status',
+    ]).toString();
     const st = JSON.parse(out) as { Endpoint: string; Status: { header: { member_id: number | string }; leader: number | string } }[];
     const lead = st.find((s) => String(s.Status.header.member_id) === String(s.Status.leader));
     const m = lead && this.members.find((x) => x.clientUrl === lead.Endpoint);
