@@ -10,6 +10,7 @@ import * as execution from './commands/execution';
 import * as intercepts from './commands/intercepts';
 import * as map from './commands/map';
 import * as memory from './commands/memory';
+import * as migrate from './commands/migrate';
 import * as msr from './commands/msr';
 import * as cr from './commands/cr';
 import * as overlays from './commands/overlays';
@@ -43,6 +44,7 @@ const GROUPS: Register[] = [
   synic.register,
   connections.register,
   snapshot.register,
+  migrate.register,
 ];
 
 export function buildProgram(io: Io, state: { ctx?: Ctx }): Command {

@@ -130,7 +130,11 @@ export interface VsmClient {
     streamConsole(req: Partial<pb.StreamConsoleRequest>, signal?: AbortSignal): AsyncIterable<pb.StreamConsoleResponse>;
   };
   /** SnapshotService; ExportPartition/ImportPartition stream with back-pressure (snapshot-stream.ts). */
-  snapshots: Omit<Promisified<pb.SnapshotServiceClient>, keyof SnapshotStreams> & SnapshotStreams;
+  snapshots: Omit<Promisified<pb.SnapshotServiceClient>, keyof SnapshotStreams | 'migratePartition'> &
+    SnapshotStreams & {
+      /** MigratePartition: one progress message per round, the last with `result`; abort to cancel. */
+      migratePartition(req: Partial<pb.MigratePartitionRequest>, signal?: AbortSignal): AsyncIterable<pb.MigrationProgress>;
+    };
   /** FleetService: the agents behind a vsm-service in --backend agent mode. */
   fleet: Promisified<pb.FleetServiceClient>;
   vtl: Promisified<pb.VtlServiceClient> & {
@@ -206,7 +210,10 @@ export function connect(address: string, o: ConnectOptions = {}): VsmClient {
       },
     }),
     synic: promisify(synic, S(pb.SynicServiceService), o, md),
-    snapshots: Object.assign(promisify(snapshots, S(pb.SnapshotServiceService), o, md), snapshotStreams(snapshots, md, VsmError.from)),
+    snapshots: Object.assign(promisify(snapshots, S(pb.SnapshotServiceService), o, md), snapshotStreams(snapshots, md, VsmError.from), {
+      migratePartition: (req: Partial<pb.MigratePartitionRequest>, signal?: AbortSignal) =>
+        streamIterator<pb.MigrationProgress>(snapshots.migratePartition(pb.MigratePartitionRequest.fromPartial(req), md()), signal),
+    }),
     fleet: promisify(fleet, S(pb.FleetServiceService), o, md),
     execution: Object.assign(promisify(execution, S(pb.ExecutionServiceService), o, md), {
       streamConsole: (req: Partial<pb.StreamConsoleRequest>, signal?: AbortSignal) =>

@@ -36,6 +36,12 @@ export class ConsoleHub {
     return this.ended;
   }
 
+  /** A migrated guest's console: its offsets continue from the source's (only before any output). */
+  continueAt(offset: bigint): void {
+    if (this.total !== 0n || this.chunks.length) throw new Error('the console already has output');
+    this.total = offset;
+  }
+
   /** Appends guest output and tells every watcher. */
   push(data: Uint8Array): void {
     if (data.length === 0 || this.ended) return;

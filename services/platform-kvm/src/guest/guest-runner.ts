@@ -167,7 +167,7 @@ export class GuestRunner {
    * Starts every VP on its own thread. `bsp` is loaded into VP 0's vCPU; the others wait for INIT/SIPI
    * (the in-kernel LAPIC's reset state for vCPU ids other than 0).
    */
-  start(): void {
+  start(resume?: { mpStates: readonly number[] }): void {
     if (this.stateValue !== 'loaded') throw new Error(`the guest is ${this.stateValue}`);
     ensureSignalHandler(this.signal);
     this.stateValue = 'running';
@@ -175,7 +175,13 @@ export class GuestRunner {
     for (const vp of this.p.vps) {
       const vtl = vp.activeVtl;
       const cpu = this.kp.executionCpu(vp, vtl);
-      if (vp.index === 0) this.kp.executionLoad(cpu, vp, vtl);
+      // A migrated guest (resume): every VP that had started continues from the core's state, in the
+      // multiprocessing state it had (KVM_MP_STATE); the others keep waiting for INIT/SIPI.
+      const mp = resume?.mpStates[vp.index];
+      if (resume && (mp === KVM_MP_STATE.RUNNABLE || mp === KVM_MP_STATE.HALTED)) {
+        this.kp.executionLoad(cpu, vp, vtl);
+        cpu.vcpu.setMpState(mp);
+      } else if (!resume && vp.index === 0) this.kp.executionLoad(cpu, vp, vtl);
       this.threads.push(this.spawn(vp, vtl, cpu));
     }
     this.drainTimer = setInterval(() => this.drain(), this.opts.drainMs ?? 20);
@@ -562,35 +568,6 @@ export class GuestRunner {
     this.kick(t, 'service');
   }
 
-  /**
-   * A secure interrupt for VP `index` (PlatformHooks.onInterruptPending: a VTL above the one it runs
-   * has an interrupt its LAPIC would deliver). Its thread is kicked out of KVM_RUN; at that boundary
-   * the running VTL's vCPU state goes to the core, the core makes the switch (entry reason Interrupt)
-   * and the thread moves to the entered VTL's vCPU, whose LAPIC then delivers the interrupt.
-   */
-  deliverInterrupts(index: number): void {
-    const t = this.threads[index];
-    if (!t || t.ended) return;
-    if (t.service.includes(this.interruptService)) return; // one kick covers every interrupt raised meanwhile
-    t.service.push(this.interruptService);
-    this.kick(t, 'service');
-  }
-
-  /** The service deliverInterrupts queues (one function, so that a VP has it at most once). */
-  private readonly interruptService = (t: VpThread): void => {
-    if (t.vp.activeVtl !== t.vtl) return; // the VP moved meanwhile (its own VtlCall/VtlReturn): nothing stale
-    const from = t.cpu;
-    const vtl = t.vtl;
-    this.kp.executionStore(from, t.vp, vtl);
-    if (core.deliverInterrupts(this.p, t.vp)) {
-      this.secureInterrupts++;
-      this.follow(t);
-    }
-  };
-
-  /** VTL switches made for secure interrupts of a running guest (deliverInterrupts). */
-  secureInterrupts = 0;
-
   /** Runs `work` on VP `index`'s vCPU while its thread waits (the vCPU is not in KVM_RUN then). */
   onVp(index: number, work: (cpu: VpCpu, vp: VirtualProcessor) => void): void {
     const t = this.threads[index];
@@ -631,6 +608,25 @@ export class GuestRunner {
     if (this.stateValue !== 'running') throw new Error(`the guest is ${this.stateValue}`);
     this.stateValue = 'paused';
     for (const t of this.threads) this.kick(t, 'pause');
+  }
+
+  /**
+   * Live migration's switch-over (the guest is paused): waits until every VP's thread is parked, then
+   * stores each vCPU's state into the core (a running guest's registers live in KVM between exits)
+   * and returns each VP's KVM_MP_STATE, in VP order.
+   */
+  async parkAndStore(timeoutMs = 5000): Promise<number[]> {
+    if (this.stateValue !== 'paused') throw new Error(`the guest is ${this.stateValue}: pause it first`);
+    const until = Date.now() + timeoutMs;
+    while (this.threads.some((t) => !t.ended && !this.isParked(t.vp.index))) {
+      if (Date.now() > until) throw new Error(`the guest's VPs did not stop within ${timeoutMs} ms`);
+      await new Promise((r) => setTimeout(r, 1));
+    }
+    return this.threads.map((t) => {
+      const mp = t.cpu.vcpu.getMpState();
+      if (mp === KVM_MP_STATE.RUNNABLE || mp === KVM_MP_STATE.HALTED) this.kp.executionStore(t.cpu, t.vp, t.vtl);
+      return mp;
+    });
   }
 
   resume(): void {

@@ -63,9 +63,6 @@ const FW_CFG_PORTS = { from: 0x510, to: 0x511 };
 /** The LAPIC register page (kvm_lapic_state): ISR at 0x100, IRR at 0x200, 8 × 32 bits, 16 bytes apart. */
 const LAPIC_ISR = 0x100;
 const LAPIC_IRR = 0x200;
-/** Task priority and spurious-interrupt vector (bit 8: APIC software enable) registers (SDM Vol. 3A §11.4.1). */
-const LAPIC_TPR = 0x80;
-const LAPIC_SVR = 0xf0;
 /** MSI address of the LAPICs (Intel SDM 11.11.1): 0xFEE, destination APIC id in bits 12-19, physical mode. */
 const MSI_ADDRESS_BASE = 0xfee0_0000;
 /** IA32_TIME_STAMP_COUNTER. */
@@ -89,8 +86,6 @@ export interface GuestRunStats {
   elapsedMs?: number;
   autoEois: number;
   interrupts: number;
-  /** VTL switches made for secure interrupts (an interrupt for a VTL above the one a VP ran). */
-  secureInterrupts: number;
 }
 
 export class GuestSession {
@@ -197,6 +192,44 @@ export class GuestSession {
     return new GuestSession(kp, p, result, opts.devices);
   }
 
+  /** A migrated guest (adopt): start() continues every VP from the core's state in these KVM_MP_STATEs. */
+  private resumeFrom: { mpStates: readonly number[] } | undefined;
+
+  /**
+   * Live migration's target: the guest of a partition imported from a migrated (or paused) one. No
+   * image is loaded: RAM and every VP's state came with the import. The session is 'loaded'; start()
+   * runs the VPs that had started (`mpStates`, KVM_MP_STATE by VP; empty: a guest that never started,
+   * which start() boots as after LoadGuestImage), and its console's offsets continue at `consoleOffset`.
+   * What does not move: the in-kernel LAPICs' state (timers, pending interrupts), the UART's registers,
+   * the guest TSC (it starts near 0 on the new vCPUs).
+   */
+  static adopt(kp: KvmPartition, guest: { mpStates: readonly number[]; consoleOffset: bigint; devices: GuestDevices }): GuestSession {
+    const p = kp.partition;
+    if (p.spec.architecture !== 'x64') throw new GuestSessionError('failed-precondition', 'guests run on x64 partitions only');
+    if (kp.executing) throw new GuestSessionError('failed-precondition', `partition ${p.id} already has a guest loaded`);
+    kp.enableExecution({ irqchip: true, cpuid: hypervCpuid(p) });
+    const s = new GuestSession(kp, p, { format: 'flat', entry: 0n, entryMode: 'long64', segments: [] }, guest.devices);
+    s.console.continueAt(guest.consoleOffset);
+    if (guest.mpStates.length) s.resumeFrom = { mpStates: guest.mpStates };
+    return s;
+  }
+
+  /**
+   * Live migration's switch-over on the source: pauses a running guest (it stays paused), reads every
+   * VP's state back from KVM into the core and flushes the console; returns how it ran. A guest that
+   * never started gives no VP states (the target boots it as loaded).
+   */
+  async pauseForExport(): Promise<{ runState: GuestSessionState; mpStates: number[]; consoleOffset: bigint }> {
+    const runState = this.state;
+    if (runState === 'loaded') return { runState, mpStates: [], consoleOffset: this.console.written };
+    if (runState !== 'running' && runState !== 'paused')
+      throw new GuestSessionError('failed-precondition', `the guest is ${runState}: only a running or paused guest moves`);
+    if (runState === 'running') this.runner.pause();
+    const mpStates = await this.runner.parkAndStore();
+    this.runner.drain();
+    return { runState, mpStates, consoleOffset: this.console.written };
+  }
+
   get state(): GuestSessionState {
     return this.runner.state;
   }
@@ -223,11 +256,6 @@ export class GuestSession {
       raiseInterrupt: (vpIndex, vtl, vector, o) => this.raise(vpIndex, vtl, vector, o.autoEoi),
       // HvCallStartVirtualProcessor (core rules/startup.ts): the started VP's thread runs its core state.
       onVpStart: (vpIndex) => this.runner.startVp(vpIndex),
-      // Secure interrupts (core rules/interrupts.ts): each (VP, VTL) vCPU's LAPIC holds IRR/ISR/TPR;
-      // an interrupt for a VTL above the one a VP runs stops it at its next exit and switches it.
-      platformApic: () => true,
-      interruptPending: (vpIndex, vtl) => this.lapicPending(vpIndex, vtl),
-      onInterruptPending: (vpIndex) => this.runner.deliverInterrupts(vpIndex),
     };
     // A monitor's answer (route MONITOR) lets the VP waiting on it run again; a CRASH answer, or anything
     // else that ends the core's partition, ends the run as crashed with the partition's reason.
@@ -239,7 +267,7 @@ export class GuestSession {
           : this.runner.stop('the partition was deleted'),
       ),
     );
-    this.runner.start();
+    this.runner.start(this.resumeFrom);
     this.calibrate();
     this.rearmTimer();
   }
@@ -294,7 +322,6 @@ export class GuestSession {
       elapsedMs: elapsed,
       autoEois: this.autoEois,
       interrupts: this.interrupts,
-      secureInterrupts: r.secureInterrupts,
     };
   }
 
@@ -368,29 +395,6 @@ export class GuestSession {
   }
 
   // ---- interrupts --------------------------------------------------------------------------------
-
-  /**
-   * Whether the LAPIC of VP `vpIndex`'s vCPU in VTL `vtl` (not the one its thread runs) would deliver
-   * an interrupt now: software-enabled (SVR bit 8) and its highest IRR vector's class above the
-   * processor priority (max of TPR[7:4] and the highest ISR vector's class; SDM Vol. 3A §11.8.3.1).
-   */
-  private lapicPending(vpIndex: number, vtl: Vtl): boolean {
-    const cpu = this.kp.vmOf(vtl)?.existingCpu(vpIndex);
-    if (!cpu) return false;
-    const lapic = cpu.vcpu.getLapic();
-    if ((lapic.readUInt32LE(LAPIC_SVR) & 0x100) === 0) return false;
-    const highest = (base: number): number => {
-      for (let w = 7; w >= 0; w--) {
-        const bits = lapic.readUInt32LE(base + 16 * w);
-        if (bits !== 0) return w * 32 + 31 - Math.clz32(bits);
-      }
-      return -1;
-    };
-    const irr = highest(LAPIC_IRR);
-    if (irr < 0) return false;
-    const ppr = Math.max(lapic.readUInt32LE(LAPIC_TPR) >> 4, Math.max(highest(LAPIC_ISR), 0) >> 4);
-    return irr >> 4 > ppr;
-  }
 
   /** The SynIC raises `vector` on VP `vpIndex` in VTL `vtl`: an MSI to its LAPIC; AutoEOI done by the agent. */
   private raise(vpIndex: number, vtl: Vtl, vector: number, autoEoi: boolean): void {

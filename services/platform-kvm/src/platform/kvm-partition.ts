@@ -231,10 +231,6 @@ export class KvmPartition {
       raiseInterrupt: (vpIndex: number, vtl: Vtl, vector: number, opts: { autoEoi: boolean }) =>
         this.executionHooks?.raiseInterrupt?.(vpIndex, vtl, vector, opts),
       onVpStart: (vpIndex: number) => this.executionHooks?.onVpStart?.(vpIndex),
-      // A running guest's in-kernel LAPICs deliver its interrupts (core rules/interrupts.ts).
-      platformApic: () => this.executionHooks?.platformApic?.() === true,
-      interruptPending: (vpIndex: number, vtl: Vtl) => this.executionHooks?.interruptPending?.(vpIndex, vtl) === true,
-      onInterruptPending: (vpIndex: number) => this.executionHooks?.onInterruptPending?.(vpIndex),
     };
   }
 
@@ -941,9 +937,7 @@ export class KvmPartition {
   }
 
   /** Set by a running guest's session: the reference clock, timers and interrupts of the running guest. */
-  executionHooks:
-    | Pick<PlatformHooks, 'referenceClock' | 'onTimerChange' | 'raiseInterrupt' | 'onVpStart' | 'platformApic' | 'interruptPending' | 'onInterruptPending'>
-    | undefined;
+  executionHooks: Pick<PlatformHooks, 'referenceClock' | 'onTimerChange' | 'raiseInterrupt' | 'onVpStart'> | undefined;
 
   private readonly createdAt100ns = process.hrtime.bigint() / 100n;
 

@@ -109,11 +109,6 @@ export class VtlVm {
     }
   }
 
-  /** The vCPU of VP `index` in this VTL if it was created. */
-  existingCpu(index: number): VpCpu | undefined {
-    return this.cpus.get(index);
-  }
-
   /** The vCPU of VP `index` in this VTL (created on first use). */
   cpu(index: number): VpCpu {
     let c = this.cpus.get(index);

@@ -62,7 +62,7 @@ export class CoreBackend implements Backend {
   private readonly architectures: P.Architecture[];
   private readonly extraFeatures: P.Feature[];
   /** Partition.devices, as created (not in snapshots: a restored partition has none). */
-  private readonly devices = new WeakMap<Partition, string[]>();
+  protected readonly devices = new WeakMap<Partition, string[]>();
   /** Told of every partition created or restored (and again on an idempotent retry): metrics subscribe to its events. */
   private readonly partitionListeners = new Set<(p: Partition) => void>();
 
@@ -733,12 +733,26 @@ export class CoreBackend implements Backend {
   /** Streamed snapshots (snapshot-stream.ts). A running guest writes RAM behind the export's copy-on-write: pause it first. */
   async exportPartition(r: P.ExportPartitionRequest, sink: StreamSink<P.SnapshotChunk>, signal: AbortSignal): Promise<void> {
     const p = this.partition(r.name);
-    if (this.runFieldsOf(p).runState === P.RunState.RUN_STATE_RUNNING)
-      throw new HvError(HvStatus.HV_STATUS_INVALID_PARTITION_STATE, `${partitionName(p.id)} runs a guest: pause it (PausePartition) before ExportPartition`);
+    if (this.runFieldsOf(p).runState === P.RunState.RUN_STATE_RUNNING && r.mode !== P.ExportMode.EXPORT_MODE_LIVE)
+      throw new HvError(
+        HvStatus.HV_STATUS_INVALID_PARTITION_STATE,
+        `${partitionName(p.id)} runs a guest: pause it (PausePartition) before ExportPartition, or export with mode EXPORT_MODE_LIVE / EXPORT_MODE_PAUSE_GUEST`,
+      );
     return exportPartitionStream(p, partitionName(p.id), r, sink, signal);
   }
   async importPartition(requests: AsyncIterable<P.ImportPartitionRequest>, signal: AbortSignal): Promise<P.Partition> {
     return this.toPartition(await importPartitionStream(this.manager, requests, signal));
+  }
+
+  /** MigratePartition moves partitions between KVM agents: only vsm-service --backend agent does it. */
+  async migratePartition(r: P.MigratePartitionRequest, _sink: StreamSink<P.MigrationProgress>, _signal: AbortSignal): Promise<void> {
+    const p = this.partition(r.name);
+    throw new HvError(
+      HvStatus.HV_STATUS_INVALID_PARTITION_STATE,
+      this.kind === 'kvm'
+        ? `${partitionName(p.id)} is on this KVM agent: MigratePartition is run by vsm-service --backend agent, which pipes it to the target agent`
+        : `${partitionName(p.id)} is on the emulator backend, which keeps partitions inside this process: live migration moves running guests between KVM agents (vsm-service --backend agent --agent A --agent B)`,
+    );
   }
 
   // ---- execution (ExecutionService) -------------------------------------------------------------

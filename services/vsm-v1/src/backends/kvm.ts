@@ -39,6 +39,8 @@ import {
 } from '@vsm/platform-kvm';
 import type { StreamSink } from '../backend';
 import { invalidArgument } from '../errors';
+import { partitionName } from '../names';
+import { exportPartition as exportPartitionStream } from '../snapshot-stream';
 import { CoreBackend, MAX_GUEST_ACCESS } from './core-backend';
 import { ENTRY_MODE_TO_PB, FORMAT_TO_PB, type RunFields, VP_RUN_STATE_TO_PB, checkConsoleWrite, checkLoadRequest, followConsole, runFields } from './execution';
 
@@ -259,6 +261,61 @@ export class KvmBackend extends CoreBackend {
       );
     sessionCall(() => s.writeConsole(data));
     return {};
+  }
+
+  /**
+   * ExportPartition of a partition with a guest: EXPORT_MODE_PAUSE_GUEST pauses a running guest (live
+   * migration's switch-over); a paused or loaded guest is exported as it is. Either way every VP's
+   * state is read back from KVM first, and the header's `guest` says how it ran, so that an import on
+   * a KVM agent continues it (importPartition). A running guest with EXPORT_MODE_LIVE: the pre-copy.
+   */
+  override async exportPartition(r: pb.ExportPartitionRequest, sink: StreamSink<pb.SnapshotChunk>, signal: AbortSignal): Promise<void> {
+    const p = this.partition(r.name);
+    const s = this.sessions.get(p);
+    const state = s?.state;
+    if (s && (state === 'paused' || state === 'loaded' || (state === 'running' && r.mode === pb.ExportMode.EXPORT_MODE_PAUSE_GUEST))) {
+      const run = await sessionCall(() => s.pauseForExport());
+      const guest: pb.GuestRunSnapshot = {
+        runState: runFields(run.runState, undefined).runState,
+        vpMpStates: run.mpStates,
+        consoleOffset: run.consoleOffset,
+        devices: [...this.devicesOf(p)],
+      };
+      return exportPartitionStream(p, partitionName(p.id), r, sink, signal, guest);
+    }
+    return super.exportPartition(r, sink, signal);
+  }
+
+  /** ImportPartition: a stream whose last header has a `guest` gets that guest back, loaded (StartPartition continues it). */
+  override async importPartition(requests: AsyncIterable<pb.ImportPartitionRequest>, signal: AbortSignal): Promise<pb.Partition> {
+    let guest: pb.GuestRunSnapshot | undefined;
+    async function* watched(): AsyncIterable<pb.ImportPartitionRequest> {
+      for await (const m of requests) {
+        const c = m.chunk?.chunk;
+        if (c?.$case === 'header') guest = c.value.guest;
+        yield m;
+      }
+    }
+    const out = await super.importPartition(watched(), signal);
+    if (!guest) return out;
+    const p = this.partition(out.name);
+    const g = guest;
+    try {
+      const s = sessionCall(() =>
+        GuestSession.adopt(this.platform(p), {
+          mpStates: g.vpMpStates,
+          consoleOffset: g.consoleOffset,
+          devices: { hypervTestdev: g.devices.includes('hyperv-testdev') },
+        }),
+      );
+      this.sessions.set(p, s);
+      this.devices.set(p, [...g.devices]);
+    } catch (e) {
+      // The guest could not be taken over: nothing is left half-made.
+      await super.deletePartition({ name: out.name });
+      throw e;
+    }
+    return this.toPartition(p);
   }
 
   /** Deleting a partition whose guest runs stops it first (its VP threads end before its memory goes). */

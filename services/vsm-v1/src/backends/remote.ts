@@ -16,6 +16,7 @@ import { ApiError, invalidArgument } from '../errors';
 import { parsePartitionName } from '../names';
 import { outgoingInterceptors } from '../observability/tracing';
 import { type ActionAuthorizer, runGuestActions } from '../guest-action-stream';
+import { findTargetAgent, migratePartition } from './migration';
 
 const UNARY_DEADLINE_MS = 30_000;
 const WAITING_DEADLINE_MS = 24 * 3600_000;
@@ -100,9 +101,33 @@ export class RemoteBackend implements Backend {
     }));
   }
 
-  /** The agent hosting a partition (by resource name): its static owner. Fleet mode reads the partition's record instead. */
-  protected async locate(name: string, _refresh = false): Promise<Agent> {
-    return this.ownerOf(parsePartitionName(name.split('/vps/')[0]!));
+  /**
+   * Partitions a live migration moved off their static owner (MigratePartition), to the agent that
+   * has them now: set by a migration through this replica, or found by asking the other agents when
+   * the owner answers NOT_FOUND (one moved through another replica).
+   */
+  private readonly moved = new Map<string, Agent>();
+
+  /** The agent hosting a partition (by resource name): its static owner, unless a migration moved it. Fleet mode reads the partition's record instead. */
+  protected async locate(name: string, refresh = false): Promise<Agent> {
+    const id = parsePartitionName(name.split('/vps/')[0]!);
+    const moved = this.moved.get(id);
+    if (moved && !refresh) return moved;
+    const owner = this.ownerOf(id);
+    if (!refresh) return owner;
+    // The agent asked said NOT_FOUND: the partition may have migrated. Only then are the others asked.
+    for (const a of this.agents) {
+      const there = await a.client.partitions.getPartition({ name: `partitions/${id}` }, { deadlineMs: 5000 }).then(
+        () => true,
+        () => false,
+      );
+      if (!there) continue;
+      if (a === owner) this.moved.delete(id);
+      else this.moved.set(id, a);
+      return a;
+    }
+    this.moved.delete(id);
+    return owner;
   }
 
   private ownerOf(id: string): Agent {
@@ -302,7 +327,10 @@ export class RemoteBackend implements Backend {
       relay(e);
     } finally {
       session.cancel();
-      await upstream;
+      // Not awaited: after the agent ended the stream (its partition deleted, or moved by a live
+      // migration) the caller's side may stay open; the call ends now (the caller reconnects), and
+      // the pump stops when the server closes the request stream.
+      void upstream;
     }
   }
 
@@ -332,12 +360,41 @@ export class RemoteBackend implements Backend {
   stopPartition(r: pb.StopPartitionRequest) {
     return this.route(r.name, (c) => c.execution.stopPartition(r, { deadlineMs: EXECUTION_DEADLINE_MS }));
   }
+  /**
+   * StreamConsole follows a live migration: when the agent's stream ends (the source deletes the
+   * partition once it runs on the target) and the partition is now on another agent, the stream goes
+   * on from there at the next offset (a migrated guest's console offsets continue), so the caller
+   * sees one uninterrupted stream. Otherwise the end (or error) is the caller's.
+   */
   async streamConsole(r: pb.StreamConsoleRequest, sink: StreamSink<pb.StreamConsoleResponse>, signal: AbortSignal): Promise<void> {
-    const agent = await this.locate(r.name);
-    try {
-      for await (const m of agent.client.execution.streamConsole(r, signal)) if (!sink.write(m)) await sink.drained();
-    } catch (e) {
-      relay(e);
+    const id = parsePartitionName(r.name);
+    let agent = await this.locate(r.name);
+    let fromOffset = r.fromOffset;
+    for (;;) {
+      let end: pb.StreamConsoleResponse | undefined;
+      let failed: unknown;
+      try {
+        for await (const m of agent.client.execution.streamConsole({ ...r, fromOffset }, signal)) {
+          if (m.kind?.$case === 'end') {
+            end = m;
+            break;
+          }
+          if (m.kind?.$case === 'chunk') fromOffset = m.kind.value.offset + BigInt(m.kind.value.data.length);
+          if (!sink.write(m)) await sink.drained();
+        }
+      } catch (e) {
+        failed = e;
+      }
+      if (signal.aborted) return;
+      const gone = end?.kind?.$case === 'end' || (failed instanceof VsmError && failed.code === Code.NOT_FOUND);
+      const now = gone ? (this.moved.get(id) ?? (await this.locate(r.name, true).catch(() => agent))) : agent;
+      if (now.address !== agent.address) {
+        agent = now;
+        continue;
+      }
+      if (failed) relay(failed);
+      if (end) sink.write(end);
+      return;
     }
   }
   writeConsole(r: pb.WriteConsoleRequest) {
@@ -374,6 +431,25 @@ export class RemoteBackend implements Backend {
       relay(e);
     }
   }
+  /**
+   * MigratePartition (static --agent list): the partition's agent to `target_agent`, piped through
+   * this service (migration.ts); from the switch-over on this replica routes the partition to the
+   * target, other replicas find it there at their owner's NOT_FOUND.
+   */
+  async migratePartition(r: pb.MigratePartitionRequest, sink: StreamSink<pb.MigrationProgress>, signal: AbortSignal): Promise<void> {
+    if (this.agents.length === 0)
+      throw new ApiError(
+        Code.UNIMPLEMENTED,
+        'HV_STATUS_FEATURE_UNAVAILABLE',
+        'MigratePartition is not available in fleet mode yet (the partition record has no switch-over): use a static --agent list',
+      );
+    const id = parsePartitionName(r.name);
+    await this.getPartition({ name: r.name }); // NOT_FOUND for an unknown partition; finds a moved one
+    const source = await this.locate(r.name);
+    const target = findTargetAgent(this.agents, r.targetAgent);
+    return migratePartition(r, { source, target, relay, switched: () => this.moved.set(id, target) }, sink, signal);
+  }
+
   /** ImportPartition: the chunks go on to the id's static owner as they arrive (an id is drawn when the stream names none). */
   async importPartition(requests: AsyncIterable<pb.ImportPartitionRequest>, signal: AbortSignal): Promise<pb.Partition> {
     const { partitionId, chunks } = await importStream(requests);
