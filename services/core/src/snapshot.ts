@@ -56,7 +56,7 @@ function snapshotVp(vp: VirtualProcessor): VpSnapshot {
     shared: regs(vp.shared),
     vtls: vp.vtls.map((s) => ({
       enabled: s.enabled,
-      regs: regs(s.regs),
+      regs: regs(s.syncRegs()),
       entryReason: s.entryReason,
       pendingStubReturn: s.pendingStubReturn,
       vina: s.vina,

@@ -58,7 +58,7 @@ export type TranslateResult =
 
 /** The VTL's register (its private file, or the VP's shared one). */
 function regOf(vp: VirtualProcessor, vtl: Vtl, name: number): bigint {
-  return (vp.vtls.get(vtl).regs.get(name) ?? vp.shared.get(name))?.low ?? 0n;
+  return (vp.vtls.get(vtl).syncRegs(name).get(name) ?? vp.shared.get(name))?.low ?? 0n;
 }
 
 /** CPL of the VTL from its CS.DPL. */

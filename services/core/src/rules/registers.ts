@@ -79,7 +79,7 @@ export function getRegister(p: PartitionState, vp: VirtualProcessor, vtlIn: numb
     const lower = name - R.HvRegisterVsmVpSecureConfigVtl0;
     return reg64(lower < vtl ? vp.vtls.get(vtl).secureConfig.get(lower as Vtl) : 0n);
   }
-  const store = info.scope === 'shared' ? vp.shared : vp.vtls.get(vtl).regs;
+  const store = info.scope === 'shared' ? vp.shared : vp.vtls.get(vtl).syncRegs(name);
   return store.get(name) ?? { low: 0n, high: 0n };
 }
 
@@ -167,7 +167,7 @@ export function prepareSetRegister(p: PartitionState, vp: VirtualProcessor, vtlI
     if ((v & HV_SINT_MASKED) === 0n && vector < 16) hvFail(HvStatus.HV_STATUS_INVALID_REGISTER_VALUE, `SINT vector ${vector} is below 16`);
   }
   // Architectural registers are validated only minimally (TLFS §7.10): accepted as written.
-  const store = info.scope === 'shared' ? vp.shared : vp.vtls.get(vtl).regs;
+  const store = info.scope === 'shared' ? vp.shared : vp.vtls.get(vtl).syncRegs(name);
   return () => {
     store.set(name, value);
     // An explicit RIP write replaces the return a VTL parked in a hypercall-page stub would

@@ -22,6 +22,9 @@ import {
   KVM_RUN,
   KVM_SET_CPUID2,
   KVM_SET_FPU,
+  KVM_GET_XSAVE,
+  KVM_SET_XSAVE,
+  SIZEOF_KVM_XSAVE,
   KVM_SET_MSRS,
   KVM_SET_REGS,
   KVM_SET_SREGS,
@@ -1222,9 +1225,53 @@ export class KvmVcpu {
     ioctlPtr(this.fd, KVM_SET_FPU, this.fpuBuf, 'KVM_SET_FPU');
   }
 
+  /**
+   * KVM_GET_FPU into `out` (struct kvm_fpu, 416 bytes: x87, XMM0-15, MXCSR), no decoding: the VTL
+   * switch compares and copies these bytes between vCPUs (services/kvm-agent/README.md, "Registers").
+   */
+  getFpuRaw(out: Buffer): Buffer {
+    ioctlPtr(this.fd, KVM_GET_FPU, out, 'KVM_GET_FPU');
+    return out;
+  }
+
+  setFpuRaw(b: Buffer): void {
+    ioctlPtr(this.fd, KVM_SET_FPU, b, 'KVM_SET_FPU');
+  }
+
+  /** KVM_GET_XSAVE into `out` (struct kvm_xsave, 4096 bytes in XSAVE format: x87, SSE, AVX, ...). */
+  getXsaveRaw(out: Buffer): Buffer {
+    if (out.length < SIZEOF_KVM_XSAVE) throw new RangeError(`KVM_GET_XSAVE needs ${SIZEOF_KVM_XSAVE} bytes`);
+    ioctlPtr(this.fd, KVM_GET_XSAVE, out, 'KVM_GET_XSAVE');
+    return out;
+  }
+
+  setXsaveRaw(b: Buffer): void {
+    if (b.length < SIZEOF_KVM_XSAVE) throw new RangeError(`KVM_SET_XSAVE needs ${SIZEOF_KVM_XSAVE} bytes`);
+    ioctlPtr(this.fd, KVM_SET_XSAVE, b, 'KVM_SET_XSAVE');
+  }
+
+  /** True when kvm_run.s.regs currently holds this vCPU's special registers (after a run with KVM_SYNC_X86_SREGS). */
+  get syncedSregsFresh(): boolean {
+    return (this.syncFresh & KVM_SYNC_X86_SREGS) !== 0;
+  }
+
+  /** The bytes of kvm_run.s.regs.sregs (struct kvm_sregs, aliasing the run page). Only meaningful when syncedSregsFresh. */
+  get syncedSregsBytes(): Buffer {
+    return this.runPage.subarray(RUN.syncSregs, RUN.syncSregs + SREGS.size);
+  }
+
+  /** The MSR request buffers of getMsrs/setMsrs, by entry count (reused: no allocation per call). */
+  private readonly msrBufs = new Map<number, Buffer>();
+  private msrBuf(n: number): Buffer {
+    let b = this.msrBufs.get(n);
+    if (!b) this.msrBufs.set(n, (b = Buffer.alloc(MSRS.entries + n * MSRS.entrySize)));
+    else b.fill(0);
+    return b;
+  }
+
   /** KVM_GET_MSRS (in-kernel MSR state; filtered MSRs are not consulted). */
   getMsrs(indices: readonly number[]): MsrEntry[] {
-    const b = Buffer.alloc(MSRS.entries + indices.length * MSRS.entrySize);
+    const b = this.msrBuf(indices.length);
     b.writeUInt32LE(indices.length, MSRS.nmsrs);
     indices.forEach((idx, i) => {
       b.writeUInt32LE(idx >>> 0, MSRS.entries + i * MSRS.entrySize + MSRS.eIndex);
@@ -1235,7 +1282,7 @@ export class KvmVcpu {
   }
 
   setMsrs(entries: readonly MsrEntry[]): void {
-    const b = Buffer.alloc(MSRS.entries + entries.length * MSRS.entrySize);
+    const b = this.msrBuf(entries.length);
     b.writeUInt32LE(entries.length, MSRS.nmsrs);
     entries.forEach((e, i) => {
       b.writeUInt32LE(e.index >>> 0, MSRS.entries + i * MSRS.entrySize + MSRS.eIndex);

@@ -28,11 +28,29 @@ import {
 import { AGENT, AgentRegion, EXCEPTION_PORT, type StubName } from './agent-region';
 import { HYPERCALL_INSN_LENGTH, HYPERCALL_IO_SIZE, HYPERCALL_PORT, kvmHypercallPageLayout } from './hypercall-page';
 import { MemfdRam, OverlayPages } from './memory';
-import { MSR_REGISTERS, coreMsrs, coreRegs, coreSregs, getReg, isFastCall, setReg, storeMsrs, storeRegs, storeSregs, storeXmm, withCoreXmm } from './registers';
+import {
+  MSR_REGISTERS,
+  coreRegs,
+  fetchMsrs,
+  getReg,
+  isFastCall,
+  isMsrRegister,
+  loadAll,
+  loadChanged,
+  setReg,
+  storeExit,
+  storeMsrs,
+  storeRegs,
+  storeSregs,
+  storeXmm,
+  withCoreXmm,
+} from './registers';
 import { type GuestExecutionOptions, type VpCpu, VtlVm } from './vtl-vm';
 import { type FaultingInstruction, instructionAtRip, instructionBeforeRip } from './x86';
 
 const R = core.HvRegisterName;
+/** KVM_CAP_XSAVE (linux/kvm.h). */
+const KVM_CAP_XSAVE = 55;
 
 /** A guest run that did not end the way the action expects: the watchdog fired, or KVM reported an exit the agent cannot handle. */
 export class KvmRunError extends Error {
@@ -231,6 +249,10 @@ export class KvmPartition {
       raiseInterrupt: (vpIndex: number, vtl: Vtl, vector: number, opts: { autoEoi: boolean }) =>
         this.executionHooks?.raiseInterrupt?.(vpIndex, vtl, vector, opts),
       onVpStart: (vpIndex: number) => this.executionHooks?.onVpStart?.(vpIndex),
+      // A running guest's in-kernel LAPICs deliver its interrupts (core rules/interrupts.ts).
+      platformApic: () => this.executionHooks?.platformApic?.() === true,
+      interruptPending: (vpIndex: number, vtl: Vtl) => this.executionHooks?.interruptPending?.(vpIndex, vtl) === true,
+      onInterruptPending: (vpIndex: number) => this.executionHooks?.onInterruptPending?.(vpIndex),
     };
   }
 
@@ -326,12 +348,17 @@ export class KvmPartition {
     } finally {
       c.vcpu.immediateExit = false;
       c.pending = false;
+      c.pendingOutRip = undefined;
+      c.pendingWriteDone = undefined;
+      c.shadow?.forgetRegs(); // the completion may have moved RIP or written a register
     }
   }
 
   private run(c: VpCpu, timeoutMs = this.host.actionTimeoutMs): KvmExit | TimeoutExit {
     const e = this.host.watchdog().run(c.vcpu, timeoutMs);
     c.pending = e.kind === 'io' || e.kind === 'mmio' || e.kind === 'rdmsr' || e.kind === 'wrmsr';
+    c.pendingOutRip = undefined;
+    c.pendingWriteDone = undefined;
     if (e.kind === 'shutdown' || e.kind === 'internal_error' || e.kind === 'fail_entry') c.mode = 'fresh';
     this.exits++;
     this.host.observer?.exit?.(e.kind, 1);
@@ -345,6 +372,7 @@ export class KvmPartition {
   private enterAgent(c: VpCpu, stub: StubName, regs: Partial<KvmRegs>): void {
     const s = this.agent.stub(stub);
     const mode = s.user ? 'agent-user' : 'agent';
+    this.leaveGuestMode(c);
     if (c.mode !== mode) {
       c.vcpu.setSregs(this.agent.sregs(c.vcpu.getSregs(), s.user));
       c.mode = mode;
@@ -684,11 +712,92 @@ export class KvmPartition {
   private enterGuest(c: VpCpu, vp: VirtualProcessor, vtl: Vtl): void {
     c.replay = undefined;
     this.applyHeld(c, vp, vtl);
-    c.vcpu.setSregs(coreSregs(vp, vtl, c.vcpu.getSregs()));
-    c.vcpu.setRegs(coreRegs(vp, vtl));
-    c.vcpu.setMsrs(coreMsrs(vp, vtl));
-    c.mode = 'guest';
+    // Still in guest mode with a known shadow: only what the core changed since (registers.ts).
+    if (c.mode === 'guest' && c.shadow && c.vcpu.syncedRegsFresh && c.vcpu.syncedSregsFresh) loadChanged(c.vcpu, vp, vtl, c.shadow);
+    else {
+      if (c.shadow?.msrsAhead) vp.vtls.get(vtl).syncRegs();
+      c.shadow = loadAll(c.vcpu, vp, vtl);
+      c.mode = 'guest';
+    }
   }
+
+  /**
+   * runVp's store at an exit: kvm_regs (and kvm_sregs if their bytes changed) from kvm_run's sync
+   * area into the core, no ioctl; the MSRs stay in the vCPU until the core asks for one (lazyRegs)
+   * or the run ends (settle). Returns the vCPU's kvm_regs.
+   */
+  private storeAtExit(c: VpCpu, vp: VirtualProcessor, vtl: Vtl): KvmRegs {
+    const sh = c.shadow;
+    if (!sh || c.mode !== 'guest' || !c.vcpu.syncedRegsFresh || !c.vcpu.syncedSregsFresh) {
+      this.storeGuest(c, vp, vtl);
+      return c.vcpu.getRegs();
+    }
+    const r = storeExit(c.vcpu, vp, vtl, sh);
+    if (!sh.msrsAhead) {
+      sh.msrsAhead = true;
+      const st = vp.vtls.get(vtl);
+      const vcpu = c.vcpu;
+      st.lazyRegs = (name) => {
+        if (name !== undefined && !isMsrRegister(name)) return false;
+        if (c.shadow === sh && sh.msrsAhead) fetchMsrs(vcpu, vp, vtl, sh);
+        return true;
+      };
+    }
+    return r;
+  }
+
+  /** The vCPU no longer holds the guest's state as runVp tracks it (a guest action loads the agent's). */
+  private leaveGuestMode(c: VpCpu): void {
+    c.shadow = undefined;
+    c.fp = undefined;
+  }
+
+  /**
+   * prepare() for runVp: a vCPU left at an exit whose completion changes nothing is not flushed:
+   * - the hypercall port's OUT, when the RIP the core now gives it differs from the OUT's or the
+   *   host advanced RIP before the exit (KVM's completion only skips the instruction while RIP is
+   *   still at it; the registers loaded through kvm_run's sync area apply before it);
+   * - an MMIO store that was its access's last fragment (KVM emulated the whole instruction before
+   *   the exit; completing a write only ends the exit, x86.c complete_emulated_mmio).
+   * That saves one KVM_RUN (≈7 µs here) per VTL switch back to such a vCPU.
+   */
+  private prepareRun(vp: VirtualProcessor): VpCpu {
+    if (this.closed) throw new Error('partition platform is closed');
+    const vm = this.vtlVm(vp.activeVtl);
+    vm.syncView(this.partition, vp.index);
+    const c = vm.cpu(vp.index);
+    const outRip = c.pendingOutRip;
+    const skip =
+      c.pending &&
+      c.mode === 'guest' &&
+      (c.pendingWriteDone === true || (outRip !== undefined && (this.host.pioOutAdvancesRip || getReg(vp, vp.activeVtl, R.HvX64RegisterRip) !== outRip)));
+    if (!skip) this.flush(c);
+    return c;
+  }
+
+  /** The leaving vCPU's x87/SSE/AVX state into c.fp (one KVM_GET_XSAVE, or KVM_GET_FPU without XSAVE). */
+  private saveFp(c: VpCpu): void {
+    const xsave = this.xsave;
+    c.fp ??= Buffer.alloc(xsave ? 4096 : 416);
+    if (xsave) c.vcpu.getXsaveRaw(c.fp);
+    else c.vcpu.getFpuRaw(c.fp);
+  }
+
+  /** Shared x87/SSE/AVX state `fp` into the entered vCPU, unless it already holds exactly these bytes. */
+  private loadFp(c: VpCpu, fp: Buffer): void {
+    if (c.fp?.equals(fp)) return;
+    if (this.xsave) c.vcpu.setXsaveRaw(fp);
+    else c.vcpu.setFpuRaw(fp);
+    c.fp ??= Buffer.alloc(fp.length);
+    fp.copy(c.fp);
+  }
+
+  /** Whether KVM has KVM_GET/SET_XSAVE (KVM_CAP_XSAVE): the whole XSAVE area moves (AVX included). */
+  private get xsave(): boolean {
+    this.xsaveCap ??= this.host.system.checkExtension(KVM_CAP_XSAVE) > 0;
+    return this.xsaveCap;
+  }
+  private xsaveCap: boolean | undefined;
 
   /** Stores the vCPU's full state into the core's register file of `vtl`. */
   private storeGuest(c: VpCpu, vp: VirtualProcessor, vtl: Vtl): void {
@@ -767,10 +876,45 @@ export class KvmPartition {
     p.assertActive();
     if (vp.suspendedOn !== null)
       throw new HvError(HvStatus.HV_STATUS_INVALID_VP_STATE, `VP ${vp.index} is suspended on intercept ${vp.suspendedOn}: a monitor must answer it first`);
+    // What another path may have loaded into this VP's vCPUs since the last run is not known here.
+    for (const v of this.vms) {
+      const c = v?.existingCpu(vp.index);
+      if (c) c.fp = undefined;
+    }
+    try {
+      return this.runGuest(vp, opts);
+    } finally {
+      this.settle(vp);
+    }
+  }
+
+  /**
+   * The end of a whole-guest run: the MSRs the VTLs' vCPUs held back (lazyRegs) into the core, so the
+   * core's register file is the whole truth between runs again.
+   */
+  private settle(vp: VirtualProcessor): void {
+    for (const v of this.vms) {
+      if (!v) continue;
+      const st = vp.vtls.get(v.vtl);
+      if (!st.lazyRegs) continue;
+      try {
+        st.syncRegs();
+      } catch (e) {
+        // The vCPU is gone (a KVM error ended the run): its state is lost; the core keeps what it has.
+        st.lazyRegs = null;
+        const c = v.existingCpu(vp.index);
+        if (c) c.shadow = undefined;
+        if (!this.closed) throw e;
+      }
+    }
+  }
+
+  private runGuest(vp: VirtualProcessor, opts: { timeoutMs?: number; maxExits?: number }): RunVpResult {
+    const p = this.partition;
     const deadline = Date.now() + (opts.timeoutMs ?? this.host.actionTimeoutMs);
     const maxExits = opts.maxExits ?? 1_000_000;
     let vtl = vp.activeVtl;
-    let c = this.prepare(vp);
+    let c = this.prepareRun(vp);
     let exits = 0;
     let vtlSwitches = 0;
     const intercepts: core.InterceptRecord[] = [];
@@ -781,18 +925,23 @@ export class KvmPartition {
     this.enterGuest(c, vp, vtl);
     if (vp.suspendedOn !== null) return { stop: 'intercept', exits, vtlSwitches, intercepts }; // an undecodable store retried by the core intercepted again
     const stop = (r: Pick<RunVpResult, 'stop' | 'exception' | 'exit'>): RunVpResult => {
-      this.storeGuest(c, vp, vtl);
+      this.storeAtExit(c, vp, vtl);
       return { ...r, exits, vtlSwitches, intercepts };
     };
-    /** Follows the core to the VP's active VTL (after a VTL switch, a VtlReturn or an intercept). */
+    /**
+     * Follows the core to the VP's active VTL (after a VTL switch, a VtlReturn or an intercept). The
+     * VTL left keeps its private state in its own vCPU (the core has what it stored at the exit, MSRs
+     * lazily); the shared x87/SSE/AVX state moves when it differs (moveFp).
+     */
     const follow = () => {
-      const fpu = c.vcpu.getFpu();
+      const from = c;
+      this.saveFp(from);
       vtl = vp.activeVtl;
       vtlSwitches++;
-      c = this.prepare(vp);
+      c = this.prepareRun(vp);
       notEnforced();
       this.enterGuest(c, vp, vtl);
-      c.vcpu.setFpu(fpu); // x87/SSE state is shared between VTLs
+      this.loadFp(c, from.fp!);
     };
     for (;;) {
       const e = this.run(c, Math.max(1, deadline - Date.now()));
@@ -801,16 +950,17 @@ export class KvmPartition {
       const replay = c.replay;
       c.replay = undefined;
       if (this.isHypercallExit(e)) {
-        this.storeGuest(c, vp, vtl);
-        const insn = this.hypercallInsnAt(c.vcpu.getRegs().rip);
-        setReg(vp, vtl, R.HvX64RegisterRip, insn);
+        const rip = this.storeAtExit(c, vp, vtl).rip;
+        c.pendingOutRip = rip;
+        setReg(vp, vtl, R.HvX64RegisterRip, this.hypercallInsnAt(rip));
         const o = this.dispatch(vp, undefined, c);
         if (o.resumedAccess?.outcome.status === 'intercepted') intercepts.push(o.resumedAccess.outcome.intercept);
         if (o.exception !== undefined) return { stop: 'exception', exception: o.exception, exits, vtlSwitches, intercepts };
         if (vp.suspendedOn !== null) return { stop: 'intercept', exits, vtlSwitches, intercepts }; // a retried access now waits for a monitor
         if (o.vtlSwitch) follow();
         else {
-          c.vcpu.setRegs(coreRegs(vp, vtl));
+          // What the dispatcher changed (RAX, RIP, ...) into kvm_run's sync area; nothing else moves.
+          loadChanged(c.vcpu, vp, vtl, c.shadow!);
           c.vm.syncView(p, vp.index);
           notEnforced(); // a higher VTL's protections may have outgrown the budget
         }
@@ -828,7 +978,9 @@ export class KvmPartition {
           continue;
         }
         const tExit = process.hrtime.bigint();
-        const r = this.refusedAccess(c, vp, vtl, e);
+        // A store that is the last (or only) fragment of its MMIO access: KVM's completion of it does nothing (prepareRun).
+        if (e.isWrite && ((e.gpa & 0xfffn) === 0n || (e.gpa & 0xfffn) + BigInt(e.len) < 0x1000n)) c.pendingWriteDone = true;
+        const r = this.refusedAccess(c, vp, vtl, e, true);
         if (r.status === 'intercepted') intercepts.push(r.intercept);
         switch (r.status) {
           case 'completed':
@@ -851,7 +1003,8 @@ export class KvmPartition {
         return stop({ stop: 'timeout' });
       } else {
         const r: RunVpResult = { stop: 'exit', exit: e, exits, vtlSwitches, intercepts };
-        if (e.kind !== 'shutdown' && e.kind !== 'internal_error' && e.kind !== 'fail_entry') this.storeGuest(c, vp, vtl);
+        if (e.kind !== 'shutdown' && e.kind !== 'internal_error' && e.kind !== 'fail_entry') this.storeAtExit(c, vp, vtl);
+        else c.shadow = undefined;
         return r;
       }
       if (exits >= maxExits) return stop({ stop: 'timeout' });
@@ -866,14 +1019,18 @@ export class KvmPartition {
    * (interceptAccess). When the core lets it through (nothing refuses it any more), it performed the
    * access: a read's data completes the exit. An intercept is held for the VP's VTL until answered.
    */
-  private refusedAccess(c: VpCpu, vp: VirtualProcessor, vtl: Vtl, e: Extract<KvmExit, { kind: 'mmio' }>): core.AccessOutcome {
+  private refusedAccess(c: VpCpu, vp: VirtualProcessor, vtl: Vtl, e: Extract<KvmExit, { kind: 'mmio' }>, fast = false): core.AccessOutcome {
     const p = this.partition;
     this.refusedAccesses++;
     const kind = e.isWrite ? 'write' : 'read';
     const data = e.isWrite ? Buffer.from(e.data.subarray(0, e.len)) : undefined;
-    const regs = c.vcpu.getRegs();
+    let regs: KvmRegs;
+    if (fast) regs = this.storeAtExit(c, vp, vtl);
+    else {
+      regs = c.vcpu.getRegs();
+      this.storeGuest(c, vp, vtl);
+    }
     const sregs = c.vcpu.getSregs();
-    this.storeGuest(c, vp, vtl);
     // Guest page tables and code, read from RAM a page at a time (one pread per page touched).
     const pages = new Map<bigint, Buffer>();
     const read = (gpa: bigint, n: number): Buffer | undefined => {
@@ -882,7 +1039,7 @@ export class KvmPartition {
       for (let at = gpa; at < gpa + BigInt(n); ) {
         const base = at & ~0xfffn;
         let page = pages.get(base);
-        if (!page) pages.set(base, (page = this.ram.read(base, 4096)));
+        if (!page) pages.set(base, (page = this.ram.peek(base, 4096)));
         const from = Number(at - base);
         const take = Math.min(4096 - from, Number(gpa + BigInt(n) - at));
         parts.push(page.subarray(from, from + take));
@@ -937,7 +1094,9 @@ export class KvmPartition {
   }
 
   /** Set by a running guest's session: the reference clock, timers and interrupts of the running guest. */
-  executionHooks: Pick<PlatformHooks, 'referenceClock' | 'onTimerChange' | 'raiseInterrupt' | 'onVpStart'> | undefined;
+  executionHooks:
+    | Pick<PlatformHooks, 'referenceClock' | 'onTimerChange' | 'raiseInterrupt' | 'onVpStart' | 'platformApic' | 'interruptPending' | 'onInterruptPending'>
+    | undefined;
 
   private readonly createdAt100ns = process.hrtime.bigint() / 100n;
 
@@ -963,7 +1122,9 @@ export class KvmPartition {
 
   /** Loads (vp, vtl)'s full state from the core into its vCPU. */
   executionLoad(c: VpCpu, vp: VirtualProcessor, vtl: Vtl): void {
+    c.shadow = undefined; // a running guest's VP thread runs it: nothing here tracks what it holds
     this.enterGuest(c, vp, vtl);
+    c.shadow = undefined;
   }
 
   /** Stores the vCPU's full state into the core. */

@@ -3,7 +3,7 @@
  * as 4 KiB pages of a second memfd (so each can be a memslot over a VTL's view), both mmap'ed
  * MAP_SHARED once in this process. Every VTL VM maps the same backings; nothing is copied.
  */
-import { type GuestRam, RamTracking } from '@vsm/core';
+import { type GuestRam, PageBitmap, RamTracking } from '@vsm/core';
 import { GuestMemory, PAGE_SIZE } from '../kvm';
 import { SEEK_DATA, SEEK_HOLE, sysPread, sysSeek } from './libc';
 
@@ -22,6 +22,12 @@ export class MemfdRam implements GuestRam {
    * core writes a page here, and by the engine before a guest action's store runs on the vCPU.
    */
   readonly tracking = new RamTracking();
+  /**
+   * Pages known to hold data: written through write(), or read back with a non-zero byte (a hole
+   * reads as zeros). Small reads inside them copy from the mapping (no pread(2) — the hypercall
+   * input, the page walks of an intercept): touching a page that holds data allocates nothing.
+   */
+  private readonly dataPages = new PageBitmap();
 
   constructor(sizeBytes: bigint, name = 'vsm-ram') {
     if (sizeBytes <= 0n || sizeBytes % BigInt(PAGE_SIZE) !== 0n || sizeBytes > BigInt(Number.MAX_SAFE_INTEGER)) {
@@ -40,9 +46,24 @@ export class MemfdRam implements GuestRam {
 
   read(gpa: bigint, length: number): Buffer {
     const off = this.check(gpa, length);
+    const page = Math.floor(off / PAGE_SIZE);
+    const onePage = length > 0 && off + length <= (page + 1) * PAGE_SIZE;
+    if (onePage && this.dataPages.has(page)) return this.memory.read(off, length);
     const out = Buffer.alloc(length);
     if (length > 0) sysPread(this.memory.fd, out, off);
+    if (onePage && !isZero(out)) this.dataPages.add(page);
     return out;
+  }
+
+  /**
+   * `length` bytes at `gpa` inside one page, for reading right away: a view of the mapping when the
+   * page is known to hold data (valid until the memory closes; not a copy), else a pread copy.
+   */
+  peek(gpa: bigint, length: number): Buffer {
+    const off = this.check(gpa, length);
+    const page = Math.floor(off / PAGE_SIZE);
+    if (length > 0 && off + length <= (page + 1) * PAGE_SIZE && this.dataPages.has(page)) return this.memory.view(off, length);
+    return this.read(gpa, length);
   }
 
   write(gpa: bigint, data: Uint8Array): void {
@@ -55,6 +76,7 @@ export class MemfdRam implements GuestRam {
       if (!(isZero(chunk) && this.isHole(cur))) {
         this.beforeWrite(cur, n);
         this.memory.write(cur, chunk);
+        this.dataPages.add(Math.floor(cur / PAGE_SIZE));
       }
       pos += n;
     }

@@ -196,3 +196,170 @@ export function withCoreXmm(vp: VirtualProcessor, fpu: KvmFpu): KvmFpu {
   });
   return { ...fpu, xmm };
 }
+
+// ---- Moving only what changed (runVp's exit path; services/kvm-agent/README.md, "Registers") ----------
+//
+// A vCPU in guest mode remembers, per register class, the core's HV_REGISTER_VALUE objects it last
+// exchanged with the core (RegisterShadow). The core replaces a register's object whenever it sets
+// it (setReg, the register API, snapshots), so "the core changed X since" is `map.get(X) !== shadow`:
+// a few Map lookups instead of re-encoding and reloading the whole state. The other direction
+// (what the guest changed) comes from kvm_run's sync-regs area: kvm_regs at every exit, kvm_sregs
+// compared byte for byte with the copy last exchanged, MSRs fetched lazily (VpVtlState.lazyRegs).
+
+/** kvm_regs fields in RegisterShadow.regs order: GPRS, then RIP and RFLAGS. */
+const REGS_FIELDS: readonly RegName[] = [...GPRS.map(([k]) => k), 'rip', 'rflags'];
+const REGS_NAMES: readonly number[] = [...GPRS.map(([, n]) => n), N.HvX64RegisterRip, N.HvX64RegisterRflags];
+/** kvm_sregs registers the core models (SEGMENTS, GDTR, IDTR, CR0/2/3/4/8, EFER). */
+const SREGS_NAMES: readonly number[] = [
+  ...SEGMENTS.map(([, n]) => n),
+  N.HvX64RegisterGdtr,
+  N.HvX64RegisterIdtr,
+  N.HvX64RegisterCr0,
+  N.HvX64RegisterCr2,
+  N.HvX64RegisterCr3,
+  N.HvX64RegisterCr4,
+  N.HvX64RegisterCr8,
+  N.HvX64RegisterEfer,
+];
+const MSR_NAMES: readonly number[] = MSR_REGISTERS.map(([, n]) => n);
+const isShared = (names: readonly number[]): boolean[] => names.map((n) => core.registerInfo(n)?.scope === 'shared');
+const REGS_SHARED = isShared(REGS_NAMES);
+const SREGS_SHARED = isShared(SREGS_NAMES);
+const MSR_SHARED = isShared(MSR_NAMES);
+
+/** The core's current objects of `names` for (vp, vtl). */
+function objectsOf(vp: VirtualProcessor, vtl: Vtl, names: readonly number[], shared: readonly boolean[]): (Reg128 | undefined)[] {
+  const priv = vp.vtls.get(vtl).regs;
+  const out = new Array<Reg128 | undefined>(names.length);
+  for (let i = 0; i < names.length; i++) out[i] = (shared[i] ? vp.shared : priv).get(names[i]!);
+  return out;
+}
+
+/** Indices of `names` whose core object is not the one in `seen`. */
+function changed(vp: VirtualProcessor, vtl: Vtl, names: readonly number[], shared: readonly boolean[], seen: (Reg128 | undefined)[]): number[] {
+  const priv = vp.vtls.get(vtl).regs;
+  const out: number[] = [];
+  for (let i = 0; i < names.length; i++) if ((shared[i] ? vp.shared : priv).get(names[i]!) !== seen[i]) out.push(i);
+  return out;
+}
+
+const MSR_NAME_SET = new Set(MSR_NAMES);
+/** Whether the core's `name` is one of the MSRs moved with KVM_GET/SET_MSRS (MSR_REGISTERS). */
+export function isMsrRegister(name: number): boolean {
+  return MSR_NAME_SET.has(name);
+}
+
+/** A shadow entry that matches no core object: the register is loaded at the next entry. */
+const UNKNOWN: Reg128 = Object.freeze({ low: 0n, high: 0n });
+
+/** What a guest-mode vCPU of (vp, vtl) holds, in terms of the core's register objects (see above). */
+export class RegisterShadow {
+  regs: (Reg128 | undefined)[] = [];
+  sregs: (Reg128 | undefined)[] = [];
+  msrs: (Reg128 | undefined)[] = [];
+  /** kvm_sregs as last exchanged with the core (compared with kvm_run's copy after an exit). */
+  readonly sregsBytes = Buffer.alloc(312);
+  /** The vCPU's MSRs may be ahead of the core (the guest ran since they were last fetched). */
+  msrsAhead = false;
+  /** The registers may have changed behind the shadow's back (a completion ran): reload kvm_regs and kvm_sregs. */
+  forgetRegs(): void {
+    this.regs = REGS_NAMES.map(() => UNKNOWN);
+    this.sregs = SREGS_NAMES.map(() => UNKNOWN);
+  }
+}
+
+/** Loads (vp, vtl)'s whole state from the core into `vcpu` and returns the shadow of what it now holds. */
+export function loadAll(vcpu: KvmVcpuLike, vp: VirtualProcessor, vtl: Vtl): RegisterShadow {
+  const sh = new RegisterShadow();
+  sh.sregs = objectsOf(vp, vtl, SREGS_NAMES, SREGS_SHARED);
+  sh.regs = objectsOf(vp, vtl, REGS_NAMES, REGS_SHARED);
+  sh.msrs = objectsOf(vp, vtl, MSR_NAMES, MSR_SHARED);
+  const s = coreSregs(vp, vtl, vcpu.getSregs());
+  vcpu.setSregs(s);
+  vcpu.setRegs(coreRegs(vp, vtl));
+  vcpu.setMsrs(coreMsrs(vp, vtl));
+  if (vcpu.syncedSregsFresh) vcpu.syncedSregsBytes.copy(sh.sregsBytes);
+  else sh.sregsBytes.fill(0xff); // unknown: the next exit's sregs are stored
+  return sh;
+}
+
+/**
+ * Loads into `vcpu` (in guest mode, kvm_run's sync area fresh) only the registers of (vp, vtl) the
+ * core changed since `sh` was taken: general registers through kvm_run.s.regs (one dirty bit, no
+ * ioctl), sregs the same way, MSRs with one KVM_SET_MSRS of those that changed.
+ */
+export function loadChanged(vcpu: KvmVcpuLike, vp: VirtualProcessor, vtl: Vtl, sh: RegisterShadow): void {
+  const s = changed(vp, vtl, SREGS_NAMES, SREGS_SHARED, sh.sregs);
+  if (s.length > 0) {
+    vcpu.setSregs(coreSregs(vp, vtl, vcpu.getSregs()));
+    sh.sregs = objectsOf(vp, vtl, SREGS_NAMES, SREGS_SHARED);
+    vcpu.syncedSregsBytes.copy(sh.sregsBytes);
+  }
+  loadChangedRegs(vcpu, vp, vtl, sh);
+  const m = changed(vp, vtl, MSR_NAMES, MSR_SHARED, sh.msrs);
+  if (m.length > 0) {
+    vcpu.setMsrs(m.map((i) => ({ index: MSR_REGISTERS[i]![0], data: getReg(vp, vtl, MSR_NAMES[i]!) })));
+    for (const i of m) sh.msrs[i] = (MSR_SHARED[i] ? vp.shared : vp.vtls.get(vtl).regs).get(MSR_NAMES[i]!);
+  }
+}
+
+/** The general registers (and RIP, RFLAGS) of (vp, vtl) the core changed since `sh`, into kvm_run.s.regs. */
+export function loadChangedRegs(vcpu: KvmVcpuLike, vp: VirtualProcessor, vtl: Vtl, sh: RegisterShadow): void {
+  const priv = vp.vtls.get(vtl).regs;
+  for (let i = 0; i < REGS_NAMES.length; i++) {
+    const o = (REGS_SHARED[i] ? vp.shared : priv).get(REGS_NAMES[i]!);
+    if (o === sh.regs[i]) continue;
+    vcpu.setSyncedReg(REGS_FIELDS[i]!, o?.low ?? 0n);
+    sh.regs[i] = o;
+  }
+}
+
+/**
+ * After an exit: the vCPU's kvm_regs (and its kvm_sregs when their bytes changed since they were
+ * last exchanged) from kvm_run's sync area into the core; the shadow follows. MSRs are not read
+ * (the caller marks them ahead).
+ */
+export function storeExit(vcpu: KvmVcpuLike, vp: VirtualProcessor, vtl: Vtl, sh: RegisterShadow): KvmRegs {
+  const r = vcpu.getRegs();
+  const priv = vp.vtls.get(vtl).regs;
+  for (let i = 0; i < REGS_NAMES.length; i++) {
+    const v = r[REGS_FIELDS[i]!];
+    const map = REGS_SHARED[i] ? vp.shared : priv;
+    const cur = map.get(REGS_NAMES[i]!);
+    if (cur !== undefined && cur.low === v && cur.high === 0n) {
+      sh.regs[i] = cur; // unchanged: the core keeps its object
+      continue;
+    }
+    const o = core.reg64(v);
+    map.set(REGS_NAMES[i]!, o);
+    sh.regs[i] = o;
+  }
+  const bytes = vcpu.syncedSregsBytes;
+  if (!bytes.equals(sh.sregsBytes)) {
+    storeSregs(vp, vtl, vcpu.getSregs());
+    bytes.copy(sh.sregsBytes);
+    sh.sregs = objectsOf(vp, vtl, SREGS_NAMES, SREGS_SHARED);
+  }
+  // Same bytes as last exchanged: the core holds these values (every run was preceded by loadChanged).
+  return r;
+}
+
+/** The vCPU's MSRs into the core (one KVM_GET_MSRS); the shadow follows. */
+export function fetchMsrs(vcpu: KvmVcpuLike, vp: VirtualProcessor, vtl: Vtl, sh: RegisterShadow): void {
+  storeMsrs(vp, vtl, vcpu.getMsrs(MSR_REGISTERS.map(([i]) => i)));
+  sh.msrs = objectsOf(vp, vtl, MSR_NAMES, MSR_SHARED);
+  sh.msrsAhead = false;
+}
+
+/** What the shadow functions need of a KvmVcpu. */
+export interface KvmVcpuLike {
+  getRegs(): KvmRegs;
+  setRegs(r: KvmRegs): void;
+  getSregs(): KvmSregs;
+  setSregs(s: KvmSregs): void;
+  getMsrs(indices: readonly number[]): MsrEntry[];
+  setMsrs(entries: readonly MsrEntry[]): void;
+  setSyncedReg(name: RegName, value: bigint): void;
+  readonly syncedSregsFresh: boolean;
+  readonly syncedSregsBytes: Buffer;
+}

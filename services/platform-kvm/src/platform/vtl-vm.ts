@@ -14,6 +14,7 @@ import type { Partition, Vtl } from '@vsm/core';
 import { type CpuidEntry, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS, type KvmSystem, type KvmVcpu, type KvmVm, PAGE_SIZE } from '../kvm';
 import type { AgentRegion } from './agent-region';
 import type { MemfdRam, OverlayPages } from './memory';
+import type { RegisterShadow } from './registers';
 import { type OverlaySlot, type PageAccess, type RestrictedRun, type ViewSlot, restrictedRuns, viewSlots } from './view-layout';
 
 /** What a vCPU currently holds: the agent's environment at CPL0 or CPL3 (guest actions), or the guest's own state. */
@@ -31,6 +32,21 @@ export interface VpCpu {
    * [gpa, gpa+data.length) gets these bytes instead of raising the intercept again.
    */
   replay?: { gpa: bigint; data: Buffer };
+  /**
+   * runVp's fast path (registers.ts RegisterShadow): what this vCPU holds in terms of the core's
+   * register objects, while it is in guest mode for a whole-guest run. Unset = load everything.
+   * Anything else that loads state into the vCPU (guest actions, a flush, a running guest's session) clears it.
+   */
+  shadow?: RegisterShadow;
+  /**
+   * The x87/SSE/AVX state (KVM_GET_XSAVE bytes, or KVM_GET_FPU where XSAVE is missing) this vCPU held
+   * when it last stopped being the VP's running vCPU in runVp, or was last loaded with; unset = unknown.
+   */
+  fp?: Buffer;
+  /** The pending exit is the hypercall port's OUT at this RIP (its completion leaves a RIP that differs alone). */
+  pendingOutRip?: bigint;
+  /** The pending exit is a one-fragment MMIO write: KVM emulated the whole store before it exited, its completion does nothing. */
+  pendingWriteDone?: boolean;
 }
 
 /**
@@ -107,6 +123,11 @@ export class VtlVm {
       this.vm.close();
       throw e;
     }
+  }
+
+  /** The vCPU of VP `index` in this VTL if it was created. */
+  existingCpu(index: number): VpCpu | undefined {
+    return this.cpus.get(index);
   }
 
   /** The vCPU of VP `index` in this VTL (created on first use). */
