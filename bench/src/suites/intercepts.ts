@@ -126,7 +126,8 @@ export const suite: Suite = {
     { figure: 'intercept.monitor.roundtrip.p50', baseline: 'intercept.baseline.unary_plus_bidi.p50', target: { op: '<=', value: 2.5 } },
     { figure: 'intercept.throughput.8vp', baseline: 'raw.stream.64B', target: { op: '>=', value: 0.3 } },
   ],
-  budget: { quickSec: 60, fullSec: 180 },
+  // Three 8-VP rates per repeat (stream batched, stream single, unary), each 1.5 s / 4 s.
+  budget: { quickSec: 90, fullSec: 300 },
   async run(ctx) {
     const server = await ctx.forkServer('servers/vsm-emulator-server.js');
     const raw = await ctx.forkServer('servers/raw-echo-server.js');
