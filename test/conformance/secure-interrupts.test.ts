@@ -149,6 +149,55 @@ describe('secure interrupts (tlfs-vsm.md §10)', () => {
   });
 });
 
+describe('VtlReturn re-evaluates pending interrupts (tlfs-vsm.md §6.2, §10)', () => {
+  test('three VTLs: VTL2, entered from VTL0 by an intercept, IPIs VTL1 and returns: VTL1 is entered at once (reentry)', async () => {
+    const p = await h.client.partitions.createPartition({
+      partitionId: 'c16-reentry',
+      partition: { vpCount: 1, memoryBytes: GiB, maximumVtl: 2 } as pb.Partition,
+    });
+    const vp = `${p.name}/vps/0`;
+    const page = async (gpa: bigint) => {
+      await h.client.guest.writeMsr({ name: vp, msr: HvMsr.HV_X64_MSR_GUEST_OS_ID, value: 0x8100_0000_0000_0001n });
+      await h.client.guest.writeMsr({ name: vp, msr: HvMsr.HV_X64_MSR_HYPERCALL, value: gpa | 1n });
+    };
+    await page(0x1000n);
+    await h.client.vtl.enablePartitionVtl({ name: p.name, targetVtl: 1 });
+    await h.client.vtl.enablePartitionVtl({ name: p.name, targetVtl: 2 });
+    await h.client.vtl.enableVpVtl({ name: vp, targetVtl: 1 });
+    await h.client.vtl.enableVpVtl({ name: vp, targetVtl: 2 });
+    await h.client.guest.callHypercallPage({ name: vp, offset: 0x0f, rcx: 0n });
+    await page(0x2000n);
+    await h.client.guest.callHypercallPage({ name: vp, offset: 0x0f, rcx: 0n });
+    await page(0x3000n);
+    // VTL2: EnableVtlProtection, then page 0x40 not writable for the VTLs below; back to VTL0.
+    await h.client.vps.setVpRegisters({ name: vp, vtl: 2, registers: [r64(R.HV_REGISTER_NAME_VSM_PARTITION_CONFIG, 1n | (0xfn << 1n))] });
+    const mask = Buffer.alloc(24);
+    mask.writeBigUInt64LE(0xffff_ffff_ffff_ffffn, 0);
+    mask.writeUInt32LE(0x1 | 0x4, 8);
+    mask.writeBigUInt64LE(0x40n, 16);
+    expect((await h.client.guest.hypercall({ name: vp, control: 0x0cn | (1n << 32n), inputGpa: 0x20000n, input: mask })).status).toBe(
+      pb.HvStatus.HV_STATUS_SUCCESS,
+    );
+    expect((await vtlReturn(vp)).outcome?.activeVtl).toBe(1);
+    expect((await vtlReturn(vp)).outcome?.activeVtl).toBe(0);
+    // VTL0's write intercepts straight into VTL2.
+    const w = await h.client.guest.writeMemory({ name: vp, gpa: 0x40000n, data: Buffer.from('12345678') });
+    expect(w.outcome?.vtlSwitch).toMatchObject({ fromVtl: 0, toVtl: 2 });
+    // VTL2 interrupts VTL1 of this VP (a lower VTL: it waits while VTL2 runs).
+    expect((await ipi(vp, 0x48n | TARGET_VTL1, 1n)).outcome?.activeVtl).toBe(2);
+    expect((await irq(vp, 1)).pendingVectors).toEqual([0x48]);
+    // VTL2 skips VTL0's write and returns to VTL0, which VTL1's pending interrupt preempts at once.
+    const rip = (await h.client.vps.getVpRegisters({ name: vp, vtl: 0, names: [R.HV_REGISTER_NAME_X64_RIP] })).registers[0]!.value!.value as { value: bigint };
+    await h.client.vps.setVpRegisters({ name: vp, vtl: 0, registers: [r64(R.HV_REGISTER_NAME_X64_RIP, rip.value + 4n)] });
+    const ret = await vtlReturn(vp);
+    expect(ret.outcome?.vtlSwitch).toMatchObject({ fromVtl: 2, toVtl: 0 });
+    expect(ret.outcome?.reentry).toEqual({ fromVtl: 0, toVtl: 1, entryReason: pb.HvVtlEntryReason.HV_VTL_ENTRY_REASON_INTERRUPT });
+    expect(ret.outcome?.activeVtl).toBe(1);
+    const s = await irq(vp, 1);
+    expect([s.activeVtl, s.pendingVectors, s.inServiceVectors]).toEqual([1, [], [0x48]]);
+  });
+});
+
 describe('VINA (HvRegisterVsmVina 0x000D0005, tlfs-vsm.md §3.7, §10.1)', () => {
   test('an interrupt for VTL0 while VTL1 runs raises the VINA vector once; AutoReset clears VinaAsserted on return', async () => {
     const { p, vp0, vp1 } = await setup('c16-vina');

@@ -31,6 +31,8 @@ export { executeVmcall, implementedHypercalls } from './hypercalls';
 export type { HypercallOutcome } from './hypercalls';
 export type { HypercallCallSite } from './vtl-switch';
 export { vtlReturn } from './vtl-switch';
+export { deliverInterrupts } from './rules/interrupts';
+export type { VtlInterruptState } from './rules/interrupts';
 export { callHypercallPage } from './stub';
 export type { HypercallPageCode, HypercallPageEvent, StubOutcome } from './stub';
 

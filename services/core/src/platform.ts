@@ -88,6 +88,13 @@ export interface PlatformHooks {
   /** With platformApic: whether VTL `vtl` of VP `vpIndex` has an interrupt its LAPIC would deliver now. */
   interruptPending?: (vpIndex: number, vtl: Vtl) => boolean;
   /**
+   * With platformApic: an interrupt was raised for a VTL of VP `vpIndex` above the one it runs, from
+   * outside that VP's own instructions (another VP, a timer, a device). The platform stops the VP at an
+   * instruction boundary, stores the running VTL's state into the core and calls deliverInterrupts(p,
+   * vp), which makes the secure-interrupt switch; then it runs the VP's new active VTL.
+   */
+  onInterruptPending?: (vpIndex: number) => void;
+  /**
    * HvCallStartVirtualProcessor started (or, like INIT, restarted) VP `vpIndex`: the core loaded the
    * target VTL's initial context and made the VP's highest enabled VTL active. A platform that runs
    * the guest's VPs (the KVM agent's guest session) makes that VP run from the core's state now.

@@ -83,7 +83,8 @@ export function callHypercallPage(
     st.pendingStubReturn = returnRip;
     const o = dispatch();
     if (o.exception !== undefined) return returned(o.exception);
-    if (o.vtlSwitch) return { activeVtl: vp.activeVtl, vtlSwitch: o.vtlSwitch, resumedAccess: o.resumedAccess, rax: rax() };
+    if (o.vtlSwitch)
+      return { activeVtl: vp.activeVtl, vtlSwitch: o.vtlSwitch, resumedAccess: o.resumedAccess, ...(o.reentry ? { reentry: o.reentry } : {}), rax: rax() };
     st.pendingStubReturn = null;
   }
 }

@@ -7,7 +7,7 @@
  *   vtl1_entry      VTL1's first instruction on each VP (HV_INITIAL_VP_CONTEXT.Rip): vtl1_init(),
  *                   then the VTL1 loop: VtlReturn; entered again on an intercept, wait (sti; hlt)
  *                   until this VP's SINT0 handler ran, VtlReturn again
- *   isr_*           interrupt stubs: every GPR the handler's C code may change is saved, because
+ *   isr_*           interrupt stubs (SINT0, the secure IPI, exceptions): every GPR the handler's C code may change is saved, because
  *                   the general registers are shared with VTL0 (tlfs-vsm.md §9.2)
  */
 #define TRAMPOLINE_GPA 0x3000
@@ -90,31 +90,7 @@ ap_entry64:
 	jmp 1b
 
 /* ---- VTL1 ---- */
-	.globl vtl1_entry
-vtl1_entry:
-	/* RSP: this VP's VTL1 stack (16-byte aligned), RFLAGS.IF = 0 (the initial context). */
-	call vtl1_init          /* returns &vtl1_handled[vp] */
-	sub $16, %rsp
-	mov %rax, 8(%rsp)       /* 8(%rsp): this VP's handled counter */
-	movq $0, (%rsp)         /* (%rsp): intercepts this VP was entered for */
-vtl1_loop:
-	/* Between VtlReturn and the next entry only RAX and RCX change: VTL0 sees its other registers as it left them. */
-	cli
-	xor %ecx, %ecx          /* VtlReturn control input: 0 (a normal return) */
-	movabs $vtl1_hypercall_page + 0x26, %rax /* VTL_RETURN_OFFSET */
-	call *%rax
-	/* Entered again: an intercept was posted to SINT0 (its vector is pending on this VP's LAPIC). */
-	incq (%rsp)
-1:	mov 8(%rsp), %rax
-	mov (%rax), %rax
-	cmp (%rsp), %rax
-	jae vtl1_loop           /* the handler ran for it */
-	sti                     /* the interrupt is taken at the HLT (STI's shadow) */
-	hlt
-	cli
-	jmp 1b
-
-/* ---- interrupt and exception stubs (long mode, shared IDT; RSP was 16-aligned by the CPU) ---- */
+/* The caller-saved registers (the general registers are shared with VTL0, tlfs-vsm.md §9.2). */
 .macro SAVE_CALLER_SAVED
 	push %rax
 	push %rcx
@@ -138,11 +114,56 @@ vtl1_loop:
 	pop %rax
 .endm
 
+	.globl vtl1_entry
+vtl1_entry:
+	/* RSP: this VP's VTL1 stack (16-byte aligned), RFLAGS.IF = 0 (the initial context). */
+	call vtl1_init          /* returns &vtl1_handled[vp] */
+	sub $16, %rsp
+	mov %rax, 8(%rsp)       /* 8(%rsp): this VP's handled counter */
+	movq $0, (%rsp)         /* (%rsp): intercepts this VP was entered for */
+vtl1_loop:
+	/* Between VtlReturn and the next entry only RAX and RCX change: VTL0 sees its other registers as it left them. */
+	cli
+	xor %ecx, %ecx          /* VtlReturn control input: 0 (a normal return) */
+	movabs $vtl1_hypercall_page + 0x26, %rax /* VTL_RETURN_OFFSET */
+	call *%rax
+	/* Entered again. A VtlCall of this VP's VTL0 asking for a service (vtl1_service, SECURE_IPIS):
+	   served here, nothing to wait for. Otherwise an intercept was posted to SINT0, or a secure
+	   interrupt entered VTL1: its vector is pending on this VP's LAPIC. VTL0's registers are kept. */
+	sub $8, %rsp            /* vtl1_service's answer; RSP 8 mod 16 */
+	SAVE_CALLER_SAVED       /* RSP 16-aligned at the call */
+	cld
+	call vtl1_service
+	mov %rax, 72(%rsp)
+	RESTORE_CALLER_SAVED
+	cmpq $0, (%rsp)
+	lea 8(%rsp), %rsp       /* (keeps the flags) */
+	jne vtl1_loop
+	incq (%rsp)
+1:	mov 8(%rsp), %rax
+	mov (%rax), %rax
+	cmp (%rsp), %rax
+	jae vtl1_loop           /* the handler ran for it */
+	sti                     /* the interrupt is taken at the HLT (STI's shadow) */
+	hlt
+	cli
+	jmp 1b
+
+/* ---- interrupt and exception stubs (long mode, shared IDT; RSP was 16-aligned by the CPU) ---- */
+
 	.globl isr_sint0
 isr_sint0:
 	SAVE_CALLER_SAVED           /* 5 frame words + 9 = 112 bytes: RSP 16-aligned at the call */
 	cld
 	call vtl1_sint0
+	RESTORE_CALLER_SAVED
+	iretq
+
+	.globl isr_ipi
+isr_ipi:
+	SAVE_CALLER_SAVED
+	cld
+	call vtl1_ipi
 	RESTORE_CALLER_SAVED
 	iretq
 

@@ -37,6 +37,7 @@ typedef unsigned char u8;
 #define HV_RESULT_REPS(r) (((r) >> 32) & 0xfff)
 
 /* Call codes (tlfs-hypercalls.md §2.1). */
+#define HvCallSendSyntheticClusterIpi 0x000b /* tlfs: HvCallSendSyntheticClusterIpi.md, fast: RDX = Vector | TargetVtl << 32, R8 = ProcessorMask */
 #define HvCallModifyVtlProtectionMask 0x000c
 #define HvCallEnablePartitionVtl 0x000d
 #define HvCallEnableVpVtl 0x000f

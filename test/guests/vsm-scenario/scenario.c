@@ -20,8 +20,14 @@
  * VP 0 checks every value, prints a summary on COM1 and writes its status to the debug-exit port
  *   (0 = pass).
  *
+ * With SECURE_IPIS = N > 0, then N rounds of secure interrupts (tlfs-vsm.md §10): VP 0 spins in VTL0;
+ *   VP 1's VTL0 asks its VTL1 (vtl1_request, VtlCall) to send HvCallSendSyntheticClusterIpi with
+ *   target VTL1 to VP 0; the interrupt for VTL1 preempts VP 0's VTL0 (entry reason Interrupt),
+ *   VTL1's LAPIC on VP 0 delivers IPI_VECTOR to vtl1_ipi, which counts it and EOIs, and VTL1 returns.
+ *   VP 0's VTL0 never calls VTL1 meanwhile: only the secure interrupt brings VTL1 to run there.
+ *
  * The test (services/kvm-agent/test/agent-vsm-guest.test.ts) reads vtl1_log, vtl1_log_count and
- * scenario_result by their symbols (nm).
+ * scenario_result by their symbols (nm); agent-secure-interrupt-guest.test.ts builds it with SECURE_IPIS.
  */
 #include "hv.h"
 
@@ -42,8 +48,13 @@
 #ifndef SINT0_AUTO_EOI
 #define SINT0_AUTO_EOI 0
 #endif
+/* Rounds of secure interrupts after the stores (0: none, the scenario as without them). */
+#ifndef SECURE_IPIS
+#define SECURE_IPIS 0
+#endif
 #define VP_COUNT 2
 #define SINT0_VECTOR 0x50
+#define IPI_VECTOR 0x51
 #define TRAMPOLINE_GPA 0x3000ul
 #define LAPIC_BASE 0xfee00000ul
 #define COM1 0x3f8
@@ -87,7 +98,7 @@ struct tss64 tss __attribute__((aligned(16)));
 
 extern u64 gdt[], gdt_end[];
 extern u8 ap_tramp_start[], ap_tramp_end[], tramp_data[];
-extern void vtl1_entry(void), isr_sint0(void);
+extern void vtl1_entry(void), isr_sint0(void), isr_ipi(void);
 extern const u64 isr_exc_table[22];
 
 /* One VTL1 log entry per intercept handled: what the test reads back (4 quadwords). */
@@ -113,8 +124,16 @@ volatile u64 done_count[VP_COUNT];
 volatile u64 mismatches[VP_COUNT];
 volatile u64 spin_failures;
 
-/* The outcome, for the test: [0] status (0 = pass), [1] intercepts logged, [2] values in place, [3] max in VTL1 at once. */
-volatile u64 scenario_result[4];
+/* Secure interrupts (SECURE_IPIS): VTL0's request to VTL1 on that VP, the IPIs VTL1 took per VP, the
+   round VP 0 waits for, and the first failed HvCallSendSyntheticClusterIpi result. */
+volatile u64 vtl1_request[VP_COUNT];
+volatile u64 vtl1_ipis[VP_COUNT];
+volatile u64 ipi_round;
+volatile u64 vtl1_ipi_error;
+
+/* The outcome, for the test: [0] status (0 = pass), [1] intercepts logged, [2] values in place, [3] max in VTL1 at once,
+   [4] secure IPIs VTL1 took on VP 0. */
+volatile u64 scenario_result[5];
 
 /* ---- CPU helpers ------------------------------------------------------------------------------- */
 
@@ -268,6 +287,7 @@ static void set_gate(int vec, u64 handler) {
 static void fill_idt(void) {
   for (int v = 0; v < 22; v++) set_gate(v, isr_exc_table[v]);
   set_gate(SINT0_VECTOR, (u64)isr_sint0);
+  set_gate(IPI_VECTOR, (u64)isr_ipi);
 }
 
 struct __attribute__((packed)) table_pointer {
@@ -429,6 +449,24 @@ void bsp_main(void) {
   store_all(0);
   wait_at_least(&ap_done, 1, "VP 1 did not finish its stores:");
 
+#if SECURE_IPIS
+  /* Secure interrupts: VP 0 stays in VTL0 (no VtlCall); VTL1 runs here only when VP 1's IPI enters it. */
+  for (u64 i = 0; i < SECURE_IPIS; i++) {
+    ipi_round = i + 1;
+    for (u64 k = 0; vtl1_ipis[0] <= i; k++) {
+      if (k == SPIN_LIMIT) fail("VTL1 on VP 0 did not take the secure IPI of round", i);
+      pause();
+    }
+  }
+  if (vtl1_ipi_error) fail("HvCallSendSyntheticClusterIpi:", vtl1_ipi_error);
+  scenario_result[4] = vtl1_ipis[0];
+  lock_print();
+  puts_raw("vsm-scenario: ");
+  put_dec(vtl1_ipis[0]);
+  puts_raw(" secure IPIs preempted VTL0 on VP 0\n");
+  unlock_print();
+#endif
+
   /* Every value in place, nothing else written to the protected pages, one log entry per store. */
   u64 in_place = 0, stray = 0;
   for (u32 vp = 0; vp < VP_COUNT; vp++)
@@ -479,6 +517,14 @@ void ap_main(void) {
   wait_at_least(&go, 1, "VP 1 waited for the start:");
   store_all(1);
   ap_done = 1;
+#if SECURE_IPIS
+  for (u64 i = 0; i < SECURE_IPIS; i++) {
+    wait_at_least(&ipi_round, i + 1, "VP 0 did not ask for the next secure IPI:");
+    vtl1_request[1] = 1;
+    vtl_call(); /* VTL1 on VP 1 sends it (vtl1_service) */
+    wait_at_least(&vtl1_ipis[0], i + 1, "VP 0's VTL1 did not take the secure IPI:");
+  }
+#endif
 }
 
 /* ---- VTL1 -------------------------------------------------------------------------------------- */
@@ -583,5 +629,29 @@ void vtl1_sint0(void) {
   wrmsr(HV_X64_MSR_EOM, 0);
   if (!SINT0_AUTO_EOI) lapic_write(0xb0, 0);
   atomic_add(&vtl1_in_flight, (u64)-1);
+  vtl1_handled[vp]++;
+}
+
+/*
+ * VTL1 entered again (vtl1_loop): a request of this VP's VTL0 (vtl1_request, set before its VtlCall) is
+ * served here and 1 returned (VtlReturn at once); 0 otherwise (an intercept or a secure interrupt: its
+ * vector is pending on the LAPIC). The request: HvCallSendSyntheticClusterIpi (fast) of IPI_VECTOR to
+ * VTL1 (HV_INPUT_VTL, the caller's own VTL) of VP 0.
+ */
+u64 vtl1_service(void) {
+  if (!vtl1_request[0] && !vtl1_request[1]) return 0; /* no VP index read (an exit) on the intercept path */
+  u32 vp = (u32)rdmsr(HV_X64_MSR_VP_INDEX);
+  if (!vtl1_request[vp]) return 0;
+  vtl1_request[vp] = 0;
+  u64 r = hypercall(vtl1_hypercall_page, HvCallSendSyntheticClusterIpi | HV_HYPERCALL_FAST, IPI_VECTOR | ((u64)HV_INPUT_VTL(1) << 32), 1ul << 0);
+  if (HV_RESULT_STATUS(r) && !vtl1_ipi_error) vtl1_ipi_error = r | (1ul << 63);
+  return 1;
+}
+
+/* IPI_VECTOR's handler in VTL1 (isr_ipi): counts it, EOIs the LAPIC; the VTL1 loop then returns. */
+void vtl1_ipi(void) {
+  u32 vp = (u32)rdmsr(HV_X64_MSR_VP_INDEX);
+  vtl1_ipis[vp]++;
+  lapic_write(0xb0, 0);
   vtl1_handled[vp]++;
 }

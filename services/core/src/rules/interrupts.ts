@@ -110,7 +110,16 @@ export function requestInterrupt(p: PartitionState, vp: VirtualProcessor, vtl: V
     vp.interruptCheck = true;
     return undefined;
   }
-  return evaluateInterrupts(p, vp, { vtl, vector });
+  return evaluateInterrupts(p, vp, { vtl, vector }, 'async');
+}
+
+/**
+ * A platform whose APICs deliver (PlatformHooks.platformApic) stopped VP `vp` at an instruction
+ * boundary after onInterruptPending, its running VTL's state stored in the core: the secure-interrupt
+ * switch happens now. Returns it, if any.
+ */
+export function deliverInterrupts(p: PartitionState, vp: VirtualProcessor): VtlSwitchEvent | undefined {
+  return evaluateInterrupts(p, vp, undefined, 'boundary');
 }
 
 /**
@@ -139,14 +148,22 @@ export function settleInterrupts(p: PartitionState, vp: VirtualProcessor): VtlSw
  * write): a deliverable interrupt of a higher VTL enters it (entry reason Interrupt); the active VTL's
  * auto-EOI vectors are completed; a deliverable interrupt of a lower VTL asserts the active VTL's VINA.
  */
-export function evaluateInterrupts(p: PartitionState, vp: VirtualProcessor, raised?: { vtl: Vtl; vector: number }): VtlSwitchEvent | undefined {
+export function evaluateInterrupts(
+  p: PartitionState,
+  vp: VirtualProcessor,
+  raised?: { vtl: Vtl; vector: number },
+  when: 'async' | 'instruction' | 'boundary' = 'instruction',
+): VtlSwitchEvent | undefined {
   vp.interruptCheck = false;
   if (p.state !== 'active' || p.deleted) return undefined;
   let ev: VtlSwitchEvent | undefined;
   // A VP suspended on a monitor intercept stays at the faulting access in its VTL until answered.
   if (vp.suspendedOn === null && p.spec.architecture === 'x64') {
     const target = [...VTLS].reverse().find((v) => v > vp.activeVtl && pending(p, vp, v, raised));
-    if (target !== undefined) ev = switchVtl(p, vp, target, HvVtlEntryReason.HvVtlEntryInterrupt, false);
+    // A VP the platform runs (its own APICs) is switched at an instruction boundary the platform
+    // picks (onInterruptPending -> deliverInterrupts), not in the middle of what its thread does.
+    if (target !== undefined && platformApic(p) && when === 'async') p.spec.platform?.onInterruptPending?.(vp.index);
+    else if (target !== undefined) ev = switchVtl(p, vp, target, HvVtlEntryReason.HvVtlEntryInterrupt, false);
   }
   const active = vp.activeVtl;
   if (!platformApic(p)) accept(vp);
@@ -186,6 +203,7 @@ export function endOfInterrupt(p: PartitionState, vp: VirtualProcessor): VtlSwit
 /** TPR write by the active VTL (HV_X64_MSR_TPR / x2APIC TPR; bits 7:0). */
 export function setTaskPriority(p: PartitionState, vp: VirtualProcessor, tpr: number): VtlSwitchEvent | undefined {
   vp.vtls.get(vp.activeVtl).tpr = tpr & 0xff;
+  if (platformApic(p)) return undefined; // the LAPIC's TPR is the platform's
   return evaluateInterrupts(p, vp);
 }
 

@@ -568,6 +568,35 @@ export class GuestRunner {
     this.kick(t, 'service');
   }
 
+  /**
+   * A secure interrupt for VP `index` (PlatformHooks.onInterruptPending: a VTL above the one it runs
+   * has an interrupt its LAPIC would deliver). Its thread is kicked out of KVM_RUN; at that boundary
+   * the running VTL's vCPU state goes to the core, the core makes the switch (entry reason Interrupt)
+   * and the thread moves to the entered VTL's vCPU, whose LAPIC then delivers the interrupt.
+   */
+  deliverInterrupts(index: number): void {
+    const t = this.threads[index];
+    if (!t || t.ended) return;
+    if (t.service.includes(this.interruptService)) return; // one kick covers every interrupt raised meanwhile
+    t.service.push(this.interruptService);
+    this.kick(t, 'service');
+  }
+
+  /** The service deliverInterrupts queues (one function, so that a VP has it at most once). */
+  private readonly interruptService = (t: VpThread): void => {
+    if (t.vp.activeVtl !== t.vtl) return; // the VP moved meanwhile (its own VtlCall/VtlReturn): nothing stale
+    const from = t.cpu;
+    const vtl = t.vtl;
+    this.kp.executionStore(from, t.vp, vtl);
+    if (core.deliverInterrupts(this.p, t.vp)) {
+      this.secureInterrupts++;
+      this.follow(t);
+    }
+  };
+
+  /** VTL switches made for secure interrupts of a running guest (deliverInterrupts). */
+  secureInterrupts = 0;
+
   /** Runs `work` on VP `index`'s vCPU while its thread waits (the vCPU is not in KVM_RUN then). */
   onVp(index: number, work: (cpu: VpCpu, vp: VirtualProcessor) => void): void {
     const t = this.threads[index];

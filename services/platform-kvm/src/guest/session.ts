@@ -63,6 +63,9 @@ const FW_CFG_PORTS = { from: 0x510, to: 0x511 };
 /** The LAPIC register page (kvm_lapic_state): ISR at 0x100, IRR at 0x200, 8 × 32 bits, 16 bytes apart. */
 const LAPIC_ISR = 0x100;
 const LAPIC_IRR = 0x200;
+/** Task priority and spurious-interrupt vector (bit 8: APIC software enable) registers (SDM Vol. 3A §11.4.1). */
+const LAPIC_TPR = 0x80;
+const LAPIC_SVR = 0xf0;
 /** MSI address of the LAPICs (Intel SDM 11.11.1): 0xFEE, destination APIC id in bits 12-19, physical mode. */
 const MSI_ADDRESS_BASE = 0xfee0_0000;
 /** IA32_TIME_STAMP_COUNTER. */
@@ -86,6 +89,8 @@ export interface GuestRunStats {
   elapsedMs?: number;
   autoEois: number;
   interrupts: number;
+  /** VTL switches made for secure interrupts (an interrupt for a VTL above the one a VP ran). */
+  secureInterrupts: number;
 }
 
 export class GuestSession {
@@ -256,6 +261,11 @@ export class GuestSession {
       raiseInterrupt: (vpIndex, vtl, vector, o) => this.raise(vpIndex, vtl, vector, o.autoEoi),
       // HvCallStartVirtualProcessor (core rules/startup.ts): the started VP's thread runs its core state.
       onVpStart: (vpIndex) => this.runner.startVp(vpIndex),
+      // Secure interrupts (core rules/interrupts.ts): each (VP, VTL) vCPU's LAPIC holds IRR/ISR/TPR;
+      // an interrupt for a VTL above the one a VP runs stops it at its next exit and switches it.
+      platformApic: () => true,
+      interruptPending: (vpIndex, vtl) => this.lapicPending(vpIndex, vtl),
+      onInterruptPending: (vpIndex) => this.runner.deliverInterrupts(vpIndex),
     };
     // A monitor's answer (route MONITOR) lets the VP waiting on it run again; a CRASH answer, or anything
     // else that ends the core's partition, ends the run as crashed with the partition's reason.
@@ -322,6 +332,7 @@ export class GuestSession {
       elapsedMs: elapsed,
       autoEois: this.autoEois,
       interrupts: this.interrupts,
+      secureInterrupts: r.secureInterrupts,
     };
   }
 
@@ -395,6 +406,29 @@ export class GuestSession {
   }
 
   // ---- interrupts --------------------------------------------------------------------------------
+
+  /**
+   * Whether the LAPIC of VP `vpIndex`'s vCPU in VTL `vtl` (not the one its thread runs) would deliver
+   * an interrupt now: software-enabled (SVR bit 8) and its highest IRR vector's class above the
+   * processor priority (max of TPR[7:4] and the highest ISR vector's class; SDM Vol. 3A §11.8.3.1).
+   */
+  private lapicPending(vpIndex: number, vtl: Vtl): boolean {
+    const cpu = this.kp.vmOf(vtl)?.existingCpu(vpIndex);
+    if (!cpu) return false;
+    const lapic = cpu.vcpu.getLapic();
+    if ((lapic.readUInt32LE(LAPIC_SVR) & 0x100) === 0) return false;
+    const highest = (base: number): number => {
+      for (let w = 7; w >= 0; w--) {
+        const bits = lapic.readUInt32LE(base + 16 * w);
+        if (bits !== 0) return w * 32 + 31 - Math.clz32(bits);
+      }
+      return -1;
+    };
+    const irr = highest(LAPIC_IRR);
+    if (irr < 0) return false;
+    const ppr = Math.max(lapic.readUInt32LE(LAPIC_TPR) >> 4, Math.max(highest(LAPIC_ISR), 0) >> 4);
+    return irr >> 4 > ppr;
+  }
 
   /** The SynIC raises `vector` on VP `vpIndex` in VTL `vtl`: an MSI to its LAPIC; AutoEOI done by the agent. */
   private raise(vpIndex: number, vtl: Vtl, vector: number, autoEoi: boolean): void {
