@@ -39,6 +39,7 @@ function vpScript(vp: string, i: number): Action[] {
     { $case: 'readMemory', value: { name: vp, gpa: VTL1_LAYOUT.secretGpa, length: SECRET.length, gva: undefined } },
     { $case: 'callHypercallPage', value: { name: vp, offset: 0x26, rcx: 1n, rdx: undefined, r8: undefined } }, // VtlReturn
     { $case: 'executeMemory', value: { name: vp, gpa: PLAIN, length: 4, gva: undefined } },
+    { $case: 'writeControlRegister', value: { name: vp, register: pb.ControlRegister.CONTROL_REGISTER_CR4, value: 0x20n | 0x200n } }, // PAE | OSFXSR
   ];
 }
 
@@ -69,6 +70,8 @@ async function unary(c: VsmClient, a: Action): Promise<Result> {
         return { $case: a.$case, value: await c.guest.writeMemory(a.value) };
       case 'executeMemory':
         return { $case: a.$case, value: await c.guest.executeMemory(a.value) };
+      case 'writeControlRegister':
+        return { $case: a.$case, value: await c.guest.writeControlRegister(a.value) };
     }
   } catch (e) {
     if (!(e instanceof VsmError)) throw e;
@@ -128,6 +131,9 @@ describe('RunGuestActions against the unary guest actions', () => {
     expect(cases.filter((c) => c === 'error')).toHaveLength(2 * 2 + 3);
     const intercepted = viaStream.filter((r) => r.$case === 'readMemory' && r.value.outcome?.intercept);
     expect(intercepted).toHaveLength(2);
+    const crWrites = viaStream.filter((r) => r.$case === 'writeControlRegister');
+    expect(crWrites).toHaveLength(2);
+    for (const r of crWrites) if (r.$case === 'writeControlRegister') expect(r.value.outcome?.exception).toBe(pb.X64Exception.X64_EXCEPTION_UNSPECIFIED);
     for (const r of intercepted) if (r.$case === 'readMemory') expect(r.value.outcome?.vtlSwitch?.toVtl).toBe(1);
     const secretReads = viaStream.filter((r) => r.$case === 'readMemory' && Buffer.from(r.value.data).equals(SECRET));
     expect(secretReads).toHaveLength(2); // read in VTL1

@@ -2,9 +2,10 @@
 // (Compose v2 `docker compose`). Profile emulator: up on a free loopback port, healthy through
 // the compose healthcheck, RPCs with the generated client, the state volume writable by the
 // service user, a partition surviving a container restart (--state-dir on the named volume).
-// Profile kvm: the agent on /dev/kvm and vsm-service --backend agent in front of it.
+// Profile kvm: etcd, the agent on /dev/kvm registered in it, and vsm-service --backend agent in
+// fleet mode in front of it.
 import { DockerComposeEnvironment, type StartedDockerComposeEnvironment, Wait } from 'testcontainers';
-import { connect, type pb } from '@vsm/client';
+import { connect, pb } from '@vsm/client';
 import { AGENT_IMAGE, BUILD_TIMEOUT_MS, SERVICE_IMAGE, buildImage, freePort, healthy, kvmUnavailable, repoRoot, requireEngine } from './support/docker';
 import { gateDescribe } from '../support/kvm-gate';
 import { HvMsr } from '@vsm/core';
@@ -92,8 +93,9 @@ describe('docker compose --profile emulator', () => {
   }, 60_000);
 });
 
-// Profile kvm: vsm-kvm-agent on /dev/kvm with the compose file's device, user and capability
-// settings, and vsm-service --backend agent in front of it (started once the agent is healthy).
+// Profile kvm: etcd (vsm-etcd image, Debian's etcd-server), vsm-kvm-agent on /dev/kvm with the
+// compose file's device, user and capability settings, registered in etcd, and vsm-service
+// --backend agent in fleet mode (started once both are healthy).
 const kvm = kvmUnavailable();
 gateDescribe(kvm)('docker compose --profile kvm', () => {
   let kenv: StartedDockerComposeEnvironment | undefined;
@@ -103,13 +105,23 @@ gateDescribe(kvm)('docker compose --profile kvm', () => {
     requireEngine();
     await buildImage(AGENT_IMAGE, 'deploy/agent.Dockerfile');
     await buildImage(SERVICE_IMAGE, 'deploy/service.Dockerfile');
+    await buildImage(`vsm-etcd:${AGENT_IMAGE.split(':')[1]!}`, 'deploy/etcd.Dockerfile');
     const agentPort = await freePort();
     const servicePort = await freePort();
+    const etcdPort = await freePort();
+    const etcdPeerPort = await freePort();
     agentAddress = `127.0.0.1:${agentPort}`;
     serviceAddress = `127.0.0.1:${servicePort}`;
     kenv = await new DockerComposeEnvironment(repoRoot, 'docker-compose.yml')
       .withProfiles('kvm')
-      .withEnvironment({ VSM_AGENT_PORT: String(agentPort), VSM_SERVICE_PORT: String(servicePort), VSM_IMAGE_TAG: AGENT_IMAGE.split(':')[1]! })
+      .withEnvironment({
+        VSM_AGENT_PORT: String(agentPort),
+        VSM_SERVICE_PORT: String(servicePort),
+        VSM_ETCD_PORT: String(etcdPort),
+        VSM_ETCD_PEER_PORT: String(etcdPeerPort),
+        VSM_IMAGE_TAG: AGENT_IMAGE.split(':')[1]!,
+      })
+      .withWaitStrategy('etcd-1', Wait.forHealthCheck())
       .withWaitStrategy('vsm-kvm-agent-1', Wait.forHealthCheck())
       .withWaitStrategy('vsm-service-1', Wait.forHealthCheck())
       .withStartupTimeout(90_000)
@@ -125,11 +137,19 @@ gateDescribe(kvm)('docker compose --profile kvm', () => {
     const client = connect(serviceAddress, { deadlineMs: 15_000 });
     const direct = connect(agentAddress, { deadlineMs: 15_000 });
     try {
+      // Fleet mode: the agent registered in etcd and answers the service's check.
+      for (let i = 0; ; i++) {
+        const agents = (await client.fleet.listAgents({})).agents;
+        if (agents.some((a) => a.name === 'agents/local' && a.state === pb.AgentState.AGENT_STATE_READY)) break;
+        if (i > 300) throw new Error(`the agent is not READY in the fleet: ${JSON.stringify(agents.map((a) => [a.name, a.state, a.stateReason]))}`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
       const p = await client.partitions.createPartition({
         partitionId: 'it-compose-kvm',
         partition: { vpCount: 1, memoryBytes: 1n << 30n, maximumVtl: 1 } as pb.Partition,
       });
       expect(p.name).toBe('partitions/it-compose-kvm');
+      expect(p.agent).toBe('local');
       const vp0 = `${p.name}/vps/0`;
       await client.guest.writeMsr({ name: vp0, msr: HvMsr.HV_X64_MSR_GUEST_OS_ID, value: 0x8100_0000_0000_0001n });
       expect((await client.guest.readMsr({ name: vp0, msr: HvMsr.HV_X64_MSR_GUEST_OS_ID })).value).toBe(0x8100_0000_0000_0001n);

@@ -48,17 +48,41 @@ describe('docker-compose.yml', () => {
     expect(c.volumes).toHaveProperty('vsm-state');
   });
 
-  test('profile kvm: agent with /dev/kvm and no capability, service --backend agent pointed at it', async () => {
-    const c = await composeConfig('kvm', { VSM_SERVICE_PORT: '50998', VSM_AGENT_PORT: '50997' });
-    expect(Object.keys(c.services).sort()).toEqual(['vsm-kvm-agent', 'vsm-service']);
+  test('profile kvm: etcd, the agent with /dev/kvm and no capability registered in it, service --backend agent in fleet mode', async () => {
+    const c = await composeConfig('kvm', { VSM_SERVICE_PORT: '50998', VSM_AGENT_PORT: '50997', VSM_ETCD_PORT: '50996', VSM_ETCD_PEER_PORT: '50995' });
+    expect(Object.keys(c.services).sort()).toEqual(['etcd', 'vsm-kvm-agent', 'vsm-service']);
+    // etcd (#14): built locally from deploy/etcd.Dockerfile, loopback client and peer URLs on the given ports, data in a volume.
+    const e = c.services.etcd;
+    expect(e.build.dockerfile).toBe('deploy/etcd.Dockerfile');
+    expect(e.environment).toMatchObject({
+      ETCD_LISTEN_CLIENT_URLS: 'http://127.0.0.1:50996',
+      ETCD_ADVERTISE_CLIENT_URLS: 'http://127.0.0.1:50996',
+      ETCD_LISTEN_PEER_URLS: 'http://127.0.0.1:50995',
+      ETCD_INITIAL_CLUSTER: 'vsm-etcd=http://127.0.0.1:50995',
+    });
+    expect(e.volumes).toEqual([expect.objectContaining({ type: 'volume', source: 'vsm-etcd', target: '/var/lib/etcd' })]);
     const a = c.services['vsm-kvm-agent'];
     expect(a.devices).toEqual([expect.objectContaining({ source: '/dev/kvm', target: '/dev/kvm' })]);
-    expect(a.environment.VSM_LISTEN).toBe('127.0.0.1:50997');
+    expect(a.environment).toMatchObject({ VSM_LISTEN: '127.0.0.1:50997', VSM_ETCD_ENDPOINTS: 'http://127.0.0.1:50996', VSM_ADVERTISE: '127.0.0.1:50997' });
+    expect(a.depends_on.etcd.condition).toBe('service_healthy');
     const s = c.services['vsm-service'];
-    expect(s.environment).toMatchObject({ VSM_LISTEN: '127.0.0.1:50998', VSM_BACKEND: 'agent', VSM_AGENTS: '127.0.0.1:50997' });
+    expect(s.environment).toMatchObject({ VSM_LISTEN: '127.0.0.1:50998', VSM_BACKEND: 'agent', VSM_ETCD_ENDPOINTS: 'http://127.0.0.1:50996' });
+    expect(s.environment.VSM_AGENTS).toBeUndefined(); // --agent and --etcd-endpoints exclude each other
     expect(s.depends_on['vsm-kvm-agent'].condition).toBe('service_healthy');
-    expect(s.volumes).toBeUndefined(); // the agents hold the partitions; --state-dir is refused with them
+    expect(s.depends_on.etcd.condition).toBe('service_healthy');
+    // The agents hold the partitions (--state-dir is refused with them); the volume holds the fleet's checkpoints.
     expect(s.environment.VSM_STATE_DIR).toBeUndefined();
+    expect(s.environment.VSM_CHECKPOINT_DIR).toBe('/var/lib/vsm');
+    expect(s.volumes).toEqual([expect.objectContaining({ type: 'volume', source: 'vsm-checkpoints', target: '/var/lib/vsm' })]);
+  });
+
+  test('etcd.Dockerfile: the local base image only, Debian packages, runs as etcd, etcdctl healthcheck', () => {
+    const text = read('deploy/etcd.Dockerfile');
+    expect([...text.matchAll(/^FROM\s+(\S+)/gm)].map((m) => m[1])).toEqual(['node:20-bookworm-slim']);
+    expect(text).toMatch(/apt-get install -y --no-install-recommends etcd-server etcd-client/);
+    expect(text).toMatch(/^USER etcd$/m);
+    expect(text).toMatch(/^HEALTHCHECK .*\n\s+CMD \["etcdctl", "--command-timeout=3s", "endpoint", "health"\]/m);
+    expect(text).toMatch(/ETCD_LISTEN_CLIENT_URLS=http:\/\/127\.0\.0\.1:2379/);
   });
 
   test.each(['emulator', 'kvm'])('profile %s: every service host-networked, built with network host, init, healthcheck, no privilege', async (profile) => {
@@ -72,7 +96,10 @@ describe('docker-compose.yml', () => {
       expect([ctx, s.privileged]).toEqual([ctx, undefined]);
       expect([ctx, s.cap_add]).toEqual([ctx, undefined]);
       expect([ctx, s.cap_drop]).toEqual([ctx, ['ALL']]);
-      expect([ctx, s.healthcheck?.test]).toEqual([ctx, ['CMD', 'node', '/app/deploy/healthcheck.js']]);
+      // etcd has no Node app: etcdctl probes it; the vsm images probe grpc.health.v1.
+      const probe = name === 'etcd' ? ['CMD', 'etcdctl', '--command-timeout=3s', 'endpoint', 'health'] : ['CMD', 'node', '/app/deploy/healthcheck.js'];
+      expect([ctx, s.healthcheck?.test]).toEqual([ctx, probe]);
+      expect([ctx, s.read_only]).toEqual([ctx, true]);
       expect([ctx, String(s.environment.VSM_LISTEN)]).toEqual([ctx, expect.stringMatching(/^127\.0\.0\.1:\d+$/)]);
     }
     expect(c.networks ?? {}).toEqual({});

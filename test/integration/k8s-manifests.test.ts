@@ -139,14 +139,23 @@ describe('deploy/k8s manifests', () => {
     }
   });
 
-  test('fleet (#14): a 3-member etcd StatefulSet with a PDB keeping quorum; agents advertise their pod IP under the node name; both use its endpoints', () => {
+  test('fleet (#14): a 3-member etcd StatefulSet with a PDB keeping quorum; agents advertise their node address (status.hostIP, hostPort) under the node name; both use its endpoints', () => {
     const etcd = find('StatefulSet', 'vsm-etcd');
     expect(etcd.spec.replicas).toBe(3);
     expect(find('Service', 'vsm-etcd').spec.clusterIP).toBe('None');
     expect(find('PodDisruptionBudget', 'vsm-etcd').spec.minAvailable).toBe(2);
     const env = (w: Obj) => Object.fromEntries((containerOf(w).env as Obj[]).map((e) => [e.name, e.value]));
     const endpoints = 'http://vsm-etcd.vsm.svc.cluster.local:2379';
-    expect(env(agent)).toMatchObject({ VSM_ETCD_ENDPOINTS: endpoints, VSM_ADVERTISE: '$(POD_IP):50061', VSM_AGENT_NAME: '$(NODE_NAME)' });
+    expect(env(agent)).toMatchObject({ VSM_ETCD_ENDPOINTS: endpoints, VSM_ADVERTISE: '$(HOST_IP):50061', VSM_AGENT_NAME: '$(NODE_NAME)' });
+    const hostIp = (containerOf(agent).env as Obj[]).find((e) => e.name === 'HOST_IP');
+    expect(hostIp?.valueFrom).toEqual({ fieldRef: { fieldPath: 'status.hostIP' } });
+    // The advertised port is published on the node and is the port the agent listens on (in the pod).
+    const grpcPort = (containerOf(agent).ports as Obj[]).find((p) => p.name === 'grpc');
+    expect(grpcPort).toMatchObject({ containerPort: 50061, hostPort: 50061 });
+    expect(env(agent).VSM_LISTEN).toBe('$(POD_IP):50061');
+    // Env vars referenced as $(X) must be defined before they are used (Kubernetes expands in order).
+    const names = (containerOf(agent).env as Obj[]).map((e) => e.name as string);
+    expect(names.indexOf('HOST_IP')).toBeLessThan(names.indexOf('VSM_ADVERTISE'));
     expect(env(service)).toMatchObject({ VSM_ETCD_ENDPOINTS: endpoints });
     expect(env(service).VSM_AGENTS).toBeUndefined(); // --agent and --etcd-endpoints exclude each other
     const np = find('NetworkPolicy', 'vsm-etcd');

@@ -26,6 +26,7 @@ export interface GuestActionMethods {
   readMemory(r: pb.ReadMemoryRequest): Promise<pb.ReadMemoryResponse>;
   writeMemory(r: pb.WriteMemoryRequest): Promise<pb.WriteMemoryResponse>;
   executeMemory(r: pb.ExecuteMemoryRequest): Promise<pb.ExecuteMemoryResponse>;
+  writeControlRegister(r: pb.WriteControlRegisterRequest): Promise<pb.WriteControlRegisterResponse>;
 }
 
 /**
@@ -43,6 +44,7 @@ const UNARY_OF: Record<Action['$case'], { rpc: string; run: (m: GuestActionMetho
   readMemory: { rpc: 'ReadMemory', run: (m, r) => m.readMemory(r) },
   writeMemory: { rpc: 'WriteMemory', run: (m, r) => m.writeMemory(r) },
   executeMemory: { rpc: 'ExecuteMemory', run: (m, r) => m.executeMemory(r) },
+  writeControlRegister: { rpc: 'WriteControlRegister', run: (m, r) => m.writeControlRegister(r) },
 };
 
 /** The per-action error a failed unary call would have carried (google.rpc.Status + ErrorInfo.reason). */
@@ -93,7 +95,7 @@ export async function runGuestActions(
           new ApiError(
             Code.INVALID_ARGUMENT,
             'HV_STATUS_INVALID_PARAMETER',
-            'action is required (one of write_msr, read_msr, hypercall, call_hypercall_page, read_memory, write_memory, execute_memory)',
+            'action is required (one of write_msr, read_msr, hypercall, call_hypercall_page, read_memory, write_memory, execute_memory, write_control_register)',
           ),
         ),
       );

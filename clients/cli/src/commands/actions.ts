@@ -38,7 +38,9 @@ export function parseActionLines(text: string, source: string): pb.RunGuestActio
       throw new UsageError(`${source}:${i + 1}: ${(e as Error).message}`);
     }
     if (!req.action)
-      throw new UsageError(`${source}:${i + 1}: no action (one of writeMsr, readMsr, hypercall, callHypercallPage, readMemory, writeMemory, executeMemory)`);
+      throw new UsageError(
+        `${source}:${i + 1}: no action (one of writeMsr, readMsr, hypercall, callHypercallPage, readMemory, writeMemory, executeMemory, writeControlRegister)`,
+      );
     if (obj.sequence === undefined) req.sequence = BigInt(i + 1);
     out.push(req);
   }
