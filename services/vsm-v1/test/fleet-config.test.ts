@@ -13,6 +13,15 @@ describe('fleet flags', () => {
       endpoints: ['http://127.0.0.1:2379', 'http://[::1]:2379'],
       prefix: '/vsm/',
       tls: undefined,
+      checkpointDir: undefined,
+      checkpointIntervalMs: 300_000,
+      replicaTtlSeconds: undefined,
+    });
+    // Durability across agents: --checkpoint-dir (an existing directory), its interval, the replica's presence TTL.
+    expect(service(['--etcd-endpoints', 'x:1', '--checkpoint-dir', __dirname, '--checkpoint-interval', '0', '--replica-ttl', '3']).fleet).toMatchObject({
+      checkpointDir: __dirname,
+      checkpointIntervalMs: 0,
+      replicaTtlSeconds: 3,
     });
     expect(service(['--etcd-endpoints', 'etcd:2379', '--etcd-ca', __filename, '--etcd-prefix', '/a/b/']).fleet).toMatchObject({
       endpoints: ['https://etcd:2379'],
@@ -30,6 +39,12 @@ describe('fleet flags', () => {
     [['--etcd-endpoints', 'x:1', '--etcd-cert', __filename], /go together/],
     [['--etcd-endpoints', 'http://x:1', '--etcd-ca', __filename], /plaintext http/],
     [['--etcd-endpoints', 'x:1', '--etcd-ca', '/nonexistent/ca.pem'], /does not exist/],
+    [['--checkpoint-dir', '/tmp'], /fleet mode/],
+    [['--etcd-endpoints', 'x:1', '--checkpoint-dir', '/nonexistent/dir'], /existing directory/],
+    [['--etcd-endpoints', 'x:1', '--checkpoint-dir', __filename], /existing directory/],
+    [['--etcd-endpoints', 'x:1', '--checkpoint-interval', '5'], /needs --checkpoint-dir/],
+    [['--etcd-endpoints', 'x:1', '--checkpoint-dir', '/tmp', '--checkpoint-interval', '1.5'], /whole seconds/],
+    [['--etcd-endpoints', 'x:1', '--replica-ttl', '0'], /replica-ttl/],
   ])('refuses %j', (args, msg) => {
     expect(() => service(args)).toThrow(UsageError);
     expect(() => service(args)).toThrow(msg);
@@ -54,6 +69,9 @@ describe('fleet flags', () => {
     expect(() => parseAgentFleet(own({ 'agent-labels': 'bad' }), {}, { listen: '1.2.3.4:1', service: cfg })).toThrow(/key=value/);
     expect(() => parseAgentFleet(own({ 'lease-ttl': '0' }), {}, { listen: '1.2.3.4:1', service: cfg })).toThrow(/lease-ttl/);
     expect(() => parseAgentFleet(own({ advertise: 'x:1' }), {}, { listen: '1.2.3.4:1', service: parseConfig([], {}) })).toThrow(/needs --etcd-endpoints/);
+    // Checkpoints are the service replicas' business.
+    const withDir = parseConfig(['--etcd-endpoints', 'x:1', '--checkpoint-dir', '/tmp'], {});
+    expect(() => parseAgentFleet(own({}), {}, { listen: '1.2.3.4:1', service: withDir })).toThrow(/vsm-service’s/);
   });
 });
 
@@ -81,6 +99,32 @@ describe('fleet records', () => {
     expect(p).toMatchObject({ name: 'partitions/p1', agent: 'a', state: pb.PartitionState.PARTITION_STATE_UNAVAILABLE, stateReason: 'agent a left' });
     expect(p.stateTimeUnixMs).toBe(5n);
     expect(p.memoryBytes).toBe(1n << 40n);
+  });
+
+  it('keeps the durability fields, fields it does not know, and never a checkpoint path outside its directory', () => {
+    const full = {
+      ...rec,
+      recoveryPolicy: 'RESTART' as const,
+      checkpoint: { file: 'p1.1.ab.vsmsnap', timeUnixMs: 9, bytes: 100, sha256: 'ff' },
+      creator: 'r-1',
+    };
+    const raw = JSON.parse(encodeRecord(full));
+    raw.futureField = { x: 1 };
+    const back = decodeRecord(JSON.stringify(raw));
+    expect(back).toEqual({ ...full, extra: { futureField: { x: 1 } } });
+    // Rewritten by this version: the unknown field survives.
+    expect(JSON.parse(encodeRecord({ ...(back as typeof full), state: 'ACTIVE' })).futureField).toEqual({ x: 1 });
+    const p = recordToPartition(back as typeof full);
+    expect(p.recoveryPolicy).toBe(pb.RecoveryPolicy.RECOVERY_POLICY_RESTART);
+    expect(p.checkpointTimeUnixMs).toBe(9n);
+    for (const file of ['../etc/passwd', '/abs', '.hidden', 'a/b']) {
+      const d = decodeRecord(JSON.stringify({ ...raw, checkpoint: { ...full.checkpoint, file } }));
+      expect((d as typeof full).checkpoint).toBeUndefined();
+    }
+    // CREATING shows UNAVAILABLE (calls on it answer so), saying what is going on.
+    const creating = recordToPartition({ ...full, state: 'CREATING', recovering: { agent: 'old', incarnation: 'o', stateReason: 'lost', stateTimeUnixMs: 1 } });
+    expect(creating.state).toBe(pb.PartitionState.PARTITION_STATE_UNAVAILABLE);
+    expect(creating.stateReason).toMatch(/being restarted from its checkpoint on agent a/);
   });
 
   it('keeps newer formats, non-JSON and incomplete values as incompatible with the reason', () => {
