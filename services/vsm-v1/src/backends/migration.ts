@@ -58,8 +58,12 @@ function chunkBytes(c: pb.SnapshotChunk): number {
 export interface MigrationEnds {
   source: RemoteAgent;
   target: RemoteAgent;
-  /** Called once the partition is on the target (before the source copy is deleted): routing switches. */
-  switched(): void;
+  /**
+   * Called once the partition runs on the target, before the source copy is deleted: routing switches
+   * (fleet mode: the record's compare-and-swap). A rejection undoes the move (the target's copy is
+   * deleted, the source resumed).
+   */
+  switched(imported: pb.Partition): Promise<void> | void;
   /** An agent's error as our caller's (remote.ts relay). */
   relay(e: unknown): never;
 }
@@ -171,16 +175,18 @@ export async function migratePartition(
     signal.removeEventListener('abort', onAbort);
   }
 
-  // Committed on the target: continue the guest there.
+  // Committed on the target: continue the guest there, then switch the routing.
+  let resumedAt = 0;
   try {
     if (pausedGuest) imported = await target.client.execution.startPartition({ name });
+    resumedAt = performance.now();
+    await ends.switched(imported);
   } catch (e) {
     await target.client.partitions.deletePartition({ name }).catch(() => undefined);
     await restoreSource();
+    if (e instanceof ApiError) throw e;
     return relay(e);
   }
-  const resumedAt = performance.now();
-  ends.switched();
   // The source copy goes (its guest is stopped first); its Monitor and StreamConsole streams end.
   await source.client.partitions.deletePartition({ name }).catch(() => undefined);
   const total = ms();

@@ -434,20 +434,33 @@ export class RemoteBackend implements Backend {
   /**
    * MigratePartition (static --agent list): the partition's agent to `target_agent`, piped through
    * this service (migration.ts); from the switch-over on this replica routes the partition to the
-   * target, other replicas find it there at their owner's NOT_FOUND.
+   * target, other replicas find it there at their owner's NOT_FOUND. Fleet mode overrides it
+   * (fleet/backend.ts: the record's compare-and-swap).
    */
   async migratePartition(r: pb.MigratePartitionRequest, sink: StreamSink<pb.MigrationProgress>, signal: AbortSignal): Promise<void> {
     if (this.agents.length === 0)
       throw new ApiError(
         Code.UNIMPLEMENTED,
         'HV_STATUS_FEATURE_UNAVAILABLE',
-        'MigratePartition is not available in fleet mode yet (the partition record has no switch-over): use a static --agent list',
+        'MigratePartition needs the agents: a static --agent list, or fleet mode (--etcd-endpoints)',
       );
     const id = parsePartitionName(r.name);
     await this.getPartition({ name: r.name }); // NOT_FOUND for an unknown partition; finds a moved one
     const source = await this.locate(r.name);
     const target = findTargetAgent(this.agents, r.targetAgent);
-    return migratePartition(r, { source, target, relay, switched: () => this.moved.set(id, target) }, sink, signal);
+    return migratePartition(
+      r,
+      {
+        source,
+        target,
+        relay,
+        switched: () => {
+          this.moved.set(id, target);
+        },
+      },
+      sink,
+      signal,
+    );
   }
 
   /** ImportPartition: the chunks go on to the id's static owner as they arrive (an id is drawn when the stream names none). */

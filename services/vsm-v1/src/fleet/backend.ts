@@ -21,6 +21,8 @@ import { status as Code } from '@grpc/grpc-js';
 import { SNAPSHOT_FILE_MAGIC, VsmError, frameSnapshotChunk, pb, readSnapshotFiles, writeSnapshotFile } from '@vsm/client';
 import type { Logger } from 'pino';
 import { RemoteBackend, type RemoteAgent, importStream, relay, staticOwner } from '../backends/remote';
+import type { StreamSink } from '../backend';
+import { migratePartition } from '../backends/migration';
 import { ApiError, invalidArgument } from '../errors';
 import { parsePartitionName } from '../names';
 import { FleetDirectory, type MemberView, type RecordEntry, prefixEnd } from './directory';
@@ -604,6 +606,75 @@ export class FleetBackend extends RemoteBackend {
       };
     });
     return { agents, nextPageToken: views.length > size ? Buffer.from(page[page.length - 1]!.name).toString('base64url') : '' };
+  }
+
+  // ---- live migration (#17; the data path is backends/migration.ts) ---------------------------
+
+  /**
+   * MigratePartition in fleet mode: the target is a fleet member (its name, or agents/{name} as
+   * ListAgents names it), placed like RecoverPartition's target. The switch-over moves the partition
+   * record atomically (switchRecordAgent); while it migrates, this replica's checkpoints leave the
+   * partition alone (busy).
+   */
+  override async migratePartition(r: pb.MigratePartitionRequest, sink: StreamSink<pb.MigrationProgress>, signal: AbortSignal): Promise<void> {
+    const id = parsePartitionName(r.name);
+    const wanted = r.targetAgent.startsWith('agents/') ? r.targetAgent.slice('agents/'.length) : r.targetAgent;
+    if (!wanted) throw invalidArgument('target_agent is required (a fleet agent name, or agents/{name} as ListAgents names it)');
+    await this.notBusy(id);
+    const { view: from, rec } = this.agentOf(await this.record(id, true));
+    const to = this.place({ vpCount: rec.vpCount, memoryBytes: rec.memoryBytes, agent: wanted, selector: {} }, new Set());
+    this.busy.add(id);
+    try {
+      await migratePartition(
+        r,
+        {
+          source: { address: from.member!.address, client: from.client! },
+          target: { address: to.member!.address, client: to.client! },
+          relay,
+          switched: (imported) => this.switchRecordAgent(id, rec, to, imported),
+        },
+        sink,
+        signal,
+      );
+    } finally {
+      this.busy.delete(id);
+    }
+  }
+
+  /**
+   * A migration's switch-over: compare-and-swap of the partition record from the source agent (its
+   * agent, incarnation and generation as the migration began) to the target. A record that changed
+   * meanwhile (deleted, checkpointed or moved by another replica, its agent lost) is ABORTED: the
+   * migration is undone and the partition stays on the source.
+   */
+  private async switchRecordAgent(id: string, from: PartitionRecord, to: MemberView, imported: pb.Partition): Promise<void> {
+    const e = await this.directory.fetch(id);
+    const cur = e?.rec;
+    if (!e || !cur || cur.agent !== from.agent || cur.incarnation !== from.incarnation || cur.generation !== from.generation || cur.state !== 'ACTIVE')
+      throw new ApiError(
+        Code.ABORTED,
+        'HV_STATUS_OPERATION_FAILED',
+        `partition ${id}: its record changed during the migration (${cur ? `${cur.state} on agent ${cur.agent}, generation ${cur.generation}` : 'deleted'}; expected ACTIVE on ${from.agent}, generation ${from.generation}); the move was undone`,
+      );
+    const moved: PartitionRecord = {
+      ...cur,
+      agent: to.name,
+      incarnation: to.member!.incarnation,
+      generation: cur.generation + 1,
+      stateTimeUnixMs: Date.now(),
+      partition: pb.Partition.toJSON(imported),
+    };
+    const key = partitionKey(id);
+    const ns = this.store.ns;
+    const res = await ns
+      .if(key, 'Mod', '==', e.modRevision)
+      .then(ns.put(key).value(encodeRecord(moved)))
+      .commit()
+      .catch((err) => Promise.reject(storeUnavailable(err, `switching partition ${id} to agent ${to.name}`)));
+    if (!res.succeeded)
+      throw new ApiError(Code.ABORTED, 'HV_STATUS_OPERATION_FAILED', `partition ${id}: its record changed at the switch-over; the move was undone`);
+    this.directory.applyLocal(id, moved, Number(res.header.revision));
+    this.log.info({ partition: id, from: from.agent, to: to.name }, 'fleet: partition migrated');
   }
 
   // ---- durability: checkpoints, recovery, repairs ---------------------------------------------
