@@ -164,7 +164,7 @@ describeKvm('live migration between two KVM agents (real processes)', () => {
       `live migration of a running 2-VP guest writing ${MG.data0Pages + MG.data1Pages} pages per loop: downtime ${res.downtimeMs} ms, total ${res.totalMs} ms, ` +
         `${res.rounds} rounds, ${res.pagesSent} pages, ${res.bytesSent} bytes; per round: ${progress
           .slice(0, -1)
-          .map((p) => `${p.pagesSent}p/${p.bytesSent}B`)
+          .map((p) => `${p.pagesSent}p/${p.bytesSent}B@${p.elapsedMs}ms`)
           .join(' ')}`,
     );
 

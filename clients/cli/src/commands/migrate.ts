@@ -5,7 +5,7 @@
 import type { Command } from 'commander';
 import { pb } from '@vsm/client';
 import type { Cli } from '../context';
-import { formatSize } from '../format';
+import { approxSize } from '../format';
 import { arg } from '../options';
 import { UsageError, parseCount, partitionName } from '../parse';
 
@@ -65,7 +65,7 @@ export function register(program: Command, { run }: Cli): void {
                 elapsedMs: String(m.elapsedMs),
               },
               () =>
-                `round ${m.round} ${PHASE[m.phase] ?? m.phase}: ${m.pagesSent} pages (${formatSize(m.bytesSent)}) at ${m.elapsedMs} ms${m.round > 0 && m.phase === pb.MigrationPhase.MIGRATION_PHASE_PRECOPY ? `, ${m.dirtyPages} written since the round before` : ''}`,
+                `round ${m.round} ${PHASE[m.phase] ?? m.phase}: ${m.pagesSent} pages (${approxSize(Number(m.bytesSent))}) at ${m.elapsedMs} ms${m.round > 0 && m.phase === pb.MigrationPhase.MIGRATION_PHASE_PRECOPY ? `, ${m.dirtyPages} written since the round before` : ''}`,
             );
           }
         } finally {
@@ -87,7 +87,7 @@ export function register(program: Command, { run }: Cli): void {
             bytesSent: String(r.bytesSent),
           },
           () =>
-            `${name} moved ${r.sourceAgent} -> ${r.targetAgent}: downtime ${r.downtimeMs} ms, total ${r.totalMs} ms, ${r.rounds} rounds, ${r.pagesSent} pages (${formatSize(r.bytesSent)})`,
+            `${name} moved ${r.sourceAgent} -> ${r.targetAgent}: downtime ${r.downtimeMs} ms, total ${r.totalMs} ms, ${r.rounds} rounds, ${r.pagesSent} pages (${approxSize(Number(r.bytesSent))})`,
         );
       }),
     );
