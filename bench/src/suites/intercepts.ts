@@ -15,7 +15,7 @@ const WINDOW_PER_VP = 16;
  * ALLOW to everything as fast as it can; `batch`: subscribe with batch (intercepts of one turn in one
  * message) and answer each such message with one `replies` message.
  */
-async function setup(client: VsmClient, vpCount: number, batch = false) {
+export async function setup(client: VsmClient, vpCount: number, batch = false) {
   const p = await client.partitions.createPartition({ partition: pb.Partition.fromPartial({ vpCount, memoryBytes: 1n << 30n, maximumVtl: 1 }) });
   await client.vtl.enablePartitionVtl({ name: p.name, targetVtl: 1 });
   for (let i = 0; i < vpCount; i++) await client.vtl.enableVpVtl({ name: `${p.name}/vps/${i}`, targetVtl: 1 });
@@ -61,7 +61,7 @@ async function setup(client: VsmClient, vpCount: number, batch = false) {
  * each VP keeps WINDOW_PER_VP writes queued (the service runs one VP's actions in order, the VPs
  * concurrently); every write intercepts and waits for the monitor's ALLOW.
  */
-async function streamRate(client: VsmClient, part: Awaited<ReturnType<typeof setup>>, ms: number): Promise<number> {
+export async function streamRate(client: VsmClient, part: Awaited<ReturnType<typeof setup>>, ms: number): Promise<number> {
   const data = Buffer.from([1]);
   const start = part.answered();
   const t0 = process.hrtime.bigint();
