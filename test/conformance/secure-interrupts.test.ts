@@ -18,6 +18,8 @@ const u64 = (v: bigint) => {
 };
 const HV_X64_MSR_EOI = 0x40000070;
 const HV_X64_MSR_TPR = 0x40000072;
+const HV_X64_MSR_ICR = 0x40000071;
+const X2APIC_ICR = 0x830;
 const X2APIC_TPR = 0x808;
 const X2APIC_EOI = 0x80b;
 const IA32_APIC_BASE = 0x1b;
@@ -146,6 +148,38 @@ describe('secure interrupts (tlfs-vsm.md §10)', () => {
     // The call completed in VTL0 (RIP moved there), then the interrupt entered VTL1.
     expect(o.outcome?.vtlSwitch).toEqual({ fromVtl: 0, toVtl: 1, entryReason: pb.HvVtlEntryReason.HV_VTL_ENTRY_REASON_INTERRUPT });
     expect((await irq(vp0, 1)).inServiceVectors).toEqual([0x52]);
+  });
+});
+
+describe("IPIs through a VTL's own APIC (HV_X64_MSR_ICR 0x40000071, x2APIC ICR 0x830)", () => {
+  test("VTL1's ICR on VP 1 interrupts VTL1 of VP 0, which runs VTL0: preempted; an ICR IPI stays in its VTL; bad ICR values #GP", async () => {
+    const { vp0, vp1 } = await setup('c16-icr');
+    await vtlCall(vp1);
+    // Fixed, physical destination APIC id 0 (VP 0), vector 0x44, level assert.
+    const w = await h.client.guest.writeMsr({ name: vp1, msr: HV_X64_MSR_ICR, value: 0x0000_0000_0000_4044n });
+    expect([w.outcome?.exception, w.outcome?.activeVtl]).toEqual([pb.X64Exception.X64_EXCEPTION_UNSPECIFIED, 1]);
+    expect((await h.client.guest.readMsr({ name: vp1, msr: HV_X64_MSR_ICR })).value).toBe(0x4044n);
+    let s = await irq(vp0, 1);
+    expect([s.activeVtl, s.lastEntryReason, s.inServiceVectors]).toEqual([1, pb.HvVtlEntryReason.HV_VTL_ENTRY_REASON_INTERRUPT, [0x44]]);
+    // VP 0, now in VTL1, answers VP 1 (destination 1): VTL1's ICR interrupts VP 1's VTL1 (it runs
+    // there: taken at once), never its VTL0.
+    await h.client.guest.writeMsr({ name: vp0, msr: HV_X64_MSR_ICR, value: (1n << 32n) | 0x4045n });
+    s = await irq(vp1, 1);
+    expect([s.activeVtl, s.inServiceVectors]).toEqual([1, [0x45]]);
+    const v0 = await irq(vp1, 0);
+    expect([v0.pendingVectors, v0.inServiceVectors]).toEqual([[], []]);
+    // Shorthand "all excluding self" from VP 1's VTL1: VP 0's VTL1 gets 0x46, held behind 0x44 in
+    // service (same priority class) until VTL1's EOI.
+    await h.client.guest.writeMsr({ name: vp1, msr: HV_X64_MSR_ICR, value: (3n << 18n) | 0x4046n });
+    s = await irq(vp0, 1);
+    expect([s.inServiceVectors, s.pendingVectors]).toEqual([[0x44], [0x46]]);
+    await h.client.guest.writeMsr({ name: vp0, msr: HV_X64_MSR_EOI, value: 0n });
+    s = await irq(vp0, 1);
+    expect([s.inServiceVectors, s.pendingVectors]).toEqual([[0x46], []]);
+    // Bad: reserved bit 13, logical destination, NMI delivery (not modelled), the x2APIC ICR in xAPIC mode.
+    for (const v of [0x2044n, 0x0844n, 0x0444n])
+      expect((await h.client.guest.writeMsr({ name: vp1, msr: HV_X64_MSR_ICR, value: v })).outcome?.exception).toBe(pb.X64Exception.X64_EXCEPTION_GP);
+    expect((await h.client.guest.writeMsr({ name: vp1, msr: X2APIC_ICR, value: 0x4044n })).outcome?.exception).toBe(pb.X64Exception.X64_EXCEPTION_GP);
   });
 });
 

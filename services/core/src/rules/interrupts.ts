@@ -20,14 +20,17 @@
 // no instruction stream, so the active VTL is taken to accept its deliverable vectors at once (as a
 // VTL running with RFLAGS.IF = 1 would: IRR -> ISR; RFLAGS.IF is not modelled); an auto-EOI vector
 // (SINT AutoEOI, VINA AutoEoi) leaves no ISR bit; EOI (HV_X64_MSR_EOI, or the x2APIC EOI MSR in
-// x2APIC mode) clears the highest ISR bit. The LAPIC timer and ICR-sent IPIs are not modelled.
+// x2APIC mode) clears the highest ISR bit. IPIs through the ICR (HV_X64_MSR_ICR, x2APIC ICR) stay in
+// the sender's VTL: fixed delivery to the VPs the destination and shorthand name, in that VTL (a target
+// running a lower VTL is preempted). The LAPIC timer and the other delivery modes are not modelled.
 import type { PartitionState } from '../state/partition';
 import type { VirtualProcessor } from '../state/vp';
 import { type Vtl, VTLS } from '../vtl-array';
 import type { VtlSwitchEvent } from '../outcomes';
 import { HvRegisterName as R } from '../tlfs/registers';
 import { HvRegisterVsmVinaLayout, HvVpAssistPage, HvVtlEntryReason } from '../tlfs/vsm';
-import { Ia32ApicBaseLayout, apicBaseReset, priorityClass } from '../tlfs/apic';
+import { APIC_ICR_BROADCAST, APIC_ICR_DEFINED, ApicIcrLayout, Ia32ApicBaseLayout, apicBaseReset, priorityClass } from '../tlfs/apic';
+import { apicIdOf } from './startup';
 import { switchVtl } from './transitions';
 import { vpAssistPage } from './memory-view';
 
@@ -205,6 +208,39 @@ export function setTaskPriority(p: PartitionState, vp: VirtualProcessor, tpr: nu
   vp.vtls.get(vp.activeVtl).tpr = tpr & 0xff;
   if (platformApic(p)) return undefined; // the LAPIC's TPR is the platform's
   return evaluateInterrupts(p, vp);
+}
+
+/**
+ * A write of the active VTL's ICR (HV_X64_MSR_ICR, or the x2APIC ICR in x2APIC mode): an IPI in that
+ * VTL (each VTL has its own APIC, tlfs-vsm.md §9.1). Fixed delivery, physical destination (APIC id =
+ * VP index; 0xFFFFFFFF all) or a shorthand (self, all, all but self); vectors 0-15 are illegal and
+ * dropped, as the APIC does (SDM §11.5.3, its ESR is not modelled). Reserved bits set, logical
+ * destination mode or another delivery mode (not modelled): 'gp', nothing sent.
+ */
+export function sendIpi(p: PartitionState, vp: VirtualProcessor, icr: bigint): 'gp' | VtlSwitchEvent | undefined {
+  if ((icr & ~APIC_ICR_DEFINED) !== 0n) return 'gp';
+  const c = ApicIcrLayout.unpack(icr);
+  if (c.deliveryMode !== 0 || c.logical) return 'gp';
+  const vtl = vp.activeVtl;
+  vp.vtls.get(vtl).icr = icr;
+  if (c.vector < 16) return undefined;
+  const all = p.vps.filter((t) => t.vtls.get(vtl).enabled);
+  const targets =
+    c.shorthand === 1
+      ? [vp]
+      : c.shorthand === 2
+        ? all
+        : c.shorthand === 3
+          ? all.filter((t) => t !== vp)
+          : c.destination === APIC_ICR_BROADCAST
+            ? all
+            : all.filter((t) => BigInt(apicIdOf(t)) === c.destination);
+  let own: VtlSwitchEvent | undefined;
+  for (const t of targets) {
+    const ev = requestInterrupt(p, t, vtl, c.vector, { autoEoi: false });
+    if (t === vp) own = ev;
+  }
+  return own;
 }
 
 /** The interrupt state of (vp, vtl) for observers (GetVirtualProcessor). */

@@ -16,19 +16,20 @@ import { getRegister, prepareSetRegister } from './registers';
 import type { VtlSwitchEvent } from '../outcomes';
 import { guestArchitecturalMsr, isArchitecturalMsr } from './register-intercepts';
 import { ApicMsr } from '../tlfs/apic';
-import { endOfInterrupt, setTaskPriority, x2apicMode } from './interrupts';
+import { endOfInterrupt, sendIpi, setTaskPriority, x2apicMode } from './interrupts';
 
 /**
  * The local-APIC MSRs of the active VTL's APIC (rules/interrupts.ts): HV_X64_MSR_TPR/EOI in any mode,
- * the x2APIC TPR/EOI only in x2APIC mode (#GP otherwise, SDM §11.12.1.2). HV_X64_MSR_ICR and the
- * x2APIC ICR are not modelled (#GP, as every unmodelled MSR).
+ * HV_X64_MSR_ICR in any mode, the x2APIC TPR/EOI/ICR only in x2APIC mode (#GP otherwise, SDM
+ * §11.12.1.2).
  */
-function apicMsr(vp: VirtualProcessor, msr: number): 'tpr' | 'eoi' | 'gp' | undefined {
+function apicMsr(vp: VirtualProcessor, msr: number): 'tpr' | 'eoi' | 'icr' | 'gp' | undefined {
   if (msr === ApicMsr.HV_X64_MSR_TPR) return 'tpr';
   if (msr === ApicMsr.HV_X64_MSR_EOI) return 'eoi';
-  if (msr === ApicMsr.X2APIC_TPR || msr === ApicMsr.X2APIC_EOI) {
+  if (msr === ApicMsr.HV_X64_MSR_ICR) return 'icr';
+  if (msr === ApicMsr.X2APIC_TPR || msr === ApicMsr.X2APIC_EOI || msr === ApicMsr.X2APIC_ICR) {
     if (!x2apicMode(vp, vp.activeVtl)) return 'gp';
-    return msr === ApicMsr.X2APIC_TPR ? 'tpr' : 'eoi';
+    return msr === ApicMsr.X2APIC_TPR ? 'tpr' : msr === ApicMsr.X2APIC_EOI ? 'eoi' : 'icr';
   }
   return undefined;
 }
@@ -48,6 +49,7 @@ export function readMsr(p: PartitionState, vp: VirtualProcessor, msr: number): {
   if (apic === 'gp') return { value: 0n, exception: X64Exception.GP };
   if (apic === 'tpr') return { value: BigInt(vp.vtls.get(vp.activeVtl).tpr) };
   if (apic === 'eoi') return { value: 0n, exception: X64Exception.GP }; // write-only
+  if (apic === 'icr') return { value: vp.vtls.get(vp.activeVtl).icr };
   if (msr === HvMsr.HV_X64_MSR_TSC_FREQUENCY) return { value: HV_TSC_FREQUENCY };
   if (msr === HvMsr.HV_X64_MSR_APIC_FREQUENCY) return { value: HV_APIC_FREQUENCY };
   const timer = stimerMsr(msr);
@@ -84,6 +86,10 @@ export function writeMsr(p: PartitionState, vp: VirtualProcessor, msr: number, v
   if (apic === 'eoi') {
     if (msr === ApicMsr.X2APIC_EOI && value !== 0n) return { exception: X64Exception.GP }; // SDM §11.12.1.2
     return { vtlSwitch: endOfInterrupt(p, vp) };
+  }
+  if (apic === 'icr') {
+    const r = sendIpi(p, vp, value);
+    return r === 'gp' ? { exception: X64Exception.GP } : { vtlSwitch: r };
   }
   const timer = stimerMsr(msr);
   if (timer) return writeStimer(p, vp, vp.activeVtl, timer.index, timer.reg, value) ? {} : { exception: X64Exception.GP };

@@ -77,6 +77,8 @@ export class VpVtlState {
   readonly irr = new Map<number, boolean>();
   readonly isr = new Set<number>();
   tpr = 0;
+  /** The last value written to this VTL's ICR (HV_X64_MSR_ICR / x2APIC ICR; rules/interrupts.ts sendIpi). */
+  icr = 0n;
   /** An access of this VTL that intercepted to a higher VTL and waits to be retried or skipped. */
   pendingAccess: PendingAccess | null = null;
   /** arm64 partitions: PC and CPSR of this VTL (PC/PSTATE are VTL-private, tlfs-vsm.md §9.2). The
