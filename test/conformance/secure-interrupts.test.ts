@@ -151,6 +151,43 @@ describe('secure interrupts (tlfs-vsm.md §10)', () => {
   });
 });
 
+describe('HvCallSendSyntheticClusterIpiEx (0x0015) with a target VTL', () => {
+  /** Input: Vector, TargetVtl (HV_INPUT_VTL), padding, HV_VP_SET sparse 4K (Format 0, ValidBanksMask 1, bank 0 = `mask`). */
+  const exInput = (vector: number, targetVtl: number, mask: bigint, o: { format?: bigint; pad?: number } = {}) => {
+    const b = Buffer.alloc(32);
+    b.writeUInt32LE(vector, 0);
+    b[4] = targetVtl;
+    b[5] = o.pad ?? 0;
+    b.writeBigUInt64LE(o.format ?? 0n, 8);
+    b.writeBigUInt64LE(1n, 16);
+    b.writeBigUInt64LE(mask, 24);
+    return b;
+  };
+  const ex = (vp: string, input: Buffer) => h.client.guest.hypercall({ name: vp, control: 0x15n | (1n << 17n), inputGpa: 0x10000n, input });
+
+  test('VTL1 interrupts VTL1 of a VP running VTL0 (preempted) and VTL0 of another (held while VTL1 runs there); statuses for bad input', async () => {
+    const { vp0, vp1 } = await setup('c16-ipi-ex');
+    await vtlCall(vp1);
+    expect((await ex(vp1, exInput(0x49, 0x11, 1n))).status).toBe(pb.HvStatus.HV_STATUS_SUCCESS);
+    let s = await irq(vp0, 1);
+    expect([s.activeVtl, s.lastEntryReason, s.inServiceVectors]).toEqual([1, pb.HvVtlEntryReason.HV_VTL_ENTRY_REASON_INTERRUPT, [0x49]]);
+    // VP 0's VTL1 to VP 1's VTL0 (a lower VTL, HV_INPUT_VTL 0x10): VP 1 runs VTL1, so it waits there.
+    await vtl1HypercallPage(vp0);
+    expect((await ex(vp0, exInput(0x4a, 0x10, 2n))).status).toBe(pb.HvStatus.HV_STATUS_SUCCESS);
+    s = await irq(vp1, 0);
+    expect([s.activeVtl, s.pendingVectors]).toEqual([1, [0x4a]]);
+    // VP 1 returns to VTL0, which takes it.
+    expect((await vtlReturn(vp1)).outcome?.activeVtl).toBe(0);
+    expect((await irq(vp1, 0)).inServiceVectors).toEqual([0x4a]);
+    // Bad input: VTL0 may not target VTL1; padding set; an unknown HV_VP_SET format; vector < 0x10.
+    expect((await ex(vp1, exInput(0x4b, 0x11, 1n))).status).toBe(pb.HvStatus.HV_STATUS_ACCESS_DENIED);
+    expect((await ex(vp1, exInput(0x4b, 0x10, 1n, { pad: 1 }))).status).toBe(pb.HvStatus.HV_STATUS_INVALID_PARAMETER);
+    expect((await ex(vp1, exInput(0x4b, 0x10, 1n, { format: 7n }))).status).toBe(pb.HvStatus.HV_STATUS_INVALID_HYPERCALL_INPUT);
+    expect((await ex(vp1, exInput(0x05, 0x10, 1n))).status).toBe(pb.HvStatus.HV_STATUS_INVALID_HYPERCALL_INPUT);
+    expect((await irq(vp0, 1)).pendingVectors).toEqual([]);
+  });
+});
+
 describe("IPIs through a VTL's own APIC (HV_X64_MSR_ICR 0x40000071, x2APIC ICR 0x830)", () => {
   test("VTL1's ICR on VP 1 interrupts VTL1 of VP 0, which runs VTL0: preempted; an ICR IPI stays in its VTL; bad ICR values #GP", async () => {
     const { vp0, vp1 } = await setup('c16-icr');
