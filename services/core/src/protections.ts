@@ -158,6 +158,13 @@ class Leaf {
   }
 }
 
+/** Ranges as parallel arrays (start, end, mask at the same position), for copying without per-range objects. */
+export interface RangeArrays {
+  starts: Float64Array;
+  ends: Float64Array;
+  masks: Uint8Array;
+}
+
 /** Listener told the page window [lo, hi) whose range starts may have changed (removed, added or resized). */
 export type ProtectionChangeListener = (lo: number, hi: number) => void;
 
@@ -201,6 +208,27 @@ export class ProtectionMap {
       x = 0;
     }
     return out;
+  }
+
+  /**
+   * rangesFrom without allocating: copies the ranges that end after `page`, in order, at most
+   * `out.starts.length` of them, into `out`'s arrays; returns how many (O(log n + that)).
+   */
+  rangesInto(page: number, out: RangeArrays): number {
+    const max = Math.min(out.starts.length, out.ends.length, out.masks.length);
+    let k = 0;
+    let [l, x] = this.locateEndAfter(page);
+    while (l < this.leaves.length && k < max) {
+      const leaf = this.leaves[l]!;
+      const n = Math.min(leaf.n - x, max - k);
+      out.starts.set(leaf.starts.subarray(x, x + n), k);
+      out.ends.set(leaf.ends.subarray(x, x + n), k);
+      out.masks.set(leaf.masks.subarray(x, x + n), k);
+      k += n;
+      l++;
+      x = 0;
+    }
+    return k;
   }
 
   /** Mask in force for a page: through the lookup index once built, else two binary searches over flat typed arrays. */

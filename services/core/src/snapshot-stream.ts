@@ -8,7 +8,7 @@ import type { Clock } from './clock';
 import { DEFAULT_LIMITS } from './limits';
 import type { Partition } from './partition';
 import type { PlatformHooks } from './platform';
-import { ProtectionMap, type ProtectionRange } from './protections';
+import { ProtectionMap, type ProtectionRange, type RangeArrays } from './protections';
 import type { RamFreeze, WriteLog } from './ram-tracking';
 import { restorePartition, snapshotPartition } from './snapshot';
 import type { CoreSnapshot } from './snapshot-types';
@@ -30,6 +30,11 @@ export interface CoreExport {
   readonly pageCount: number;
   /** The next protection ranges of one VTL (ascending; VTL by VTL), at most `max`; null once all were taken. */
   takeRanges(max: number): { vtl: Vtl; ranges: ProtectionRange[] } | null;
+  /**
+   * takeRanges without a per-range object: the next ranges of one VTL copied into `out` (at most its
+   * length); null once all were taken. Mixing both is allowed: they share the position.
+   */
+  takeRangesInto(out: RangeArrays): { vtl: Vtl; count: number } | null;
   /** The next RAM pages as runs of consecutive pages (ascending), at most `maxPages` pages; empty once all were taken. */
   takePages(maxPages: number): { gpfn: number; data: Buffer }[];
   /** Pages copied because they changed while the export read them. */
@@ -91,6 +96,20 @@ export function beginExport(p: Partition, incremental: boolean): CoreExport {
           if (ranges.length) {
             after = ranges[ranges.length - 1]!.end; // the next range ends after this one's end
             return { vtl: vtl as Vtl, ranges };
+          }
+          vtl++;
+          after = -1;
+        }
+        return null;
+      },
+      takeRangesInto(out) {
+        if (out.starts.length === 0) throw new RangeError('takeRangesInto: empty arrays');
+        while (vtl < maps.length) {
+          const m = maps[vtl];
+          const count = m ? m.rangesInto(after, out) : 0;
+          if (count) {
+            after = out.ends[count - 1]!;
+            return { vtl: vtl as Vtl, count };
           }
           vtl++;
           after = -1;

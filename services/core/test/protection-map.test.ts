@@ -243,3 +243,21 @@ test('the lookup index: built after count/4 lookups, dropped by set and adopt, f
   expect(c.get(2 ** 40 - 1)).toBe(DEFAULT);
   expect(c.get(2 ** 40 + 1)).toBe(DEFAULT);
 });
+
+test('rangesInto copies what rangesFrom returns, across leaves, without objects', () => {
+  const m = new ProtectionMap(DEFAULT);
+  for (let i = 2999; i >= 0; i--) m.set(3 * i, 1 + (i % 2), i & 3);
+  const out = { starts: new Float64Array(700), ends: new Float64Array(700), masks: new Uint8Array(700) };
+  const seen: [number, number, number][] = [];
+  let after = -1;
+  for (let n = m.rangesInto(after, out); n > 0; n = m.rangesInto(after, out)) {
+    for (let i = 0; i < n; i++) seen.push([out.starts[i]!, out.ends[i]!, out.masks[i]!]);
+    after = out.ends[n - 1]!;
+  }
+  expect(seen).toEqual(m.list().map((r) => [r.start, r.end, r.mask]));
+  expect(seen).toHaveLength(m.rangeCount);
+  // From inside a range: that range first, as rangesFrom.
+  expect(m.rangesInto(3 * 1001, out)).toBe(700);
+  expect([out.starts[0], out.ends[0], out.masks[0]]).toEqual([3003, 3005, 1001 & 3]);
+  expect(m.rangesInto(9000, out)).toBe(0);
+});
