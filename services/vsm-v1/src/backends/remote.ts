@@ -102,32 +102,25 @@ export class RemoteBackend implements Backend {
   }
 
   /**
-   * Partitions a live migration moved off their static owner (MigratePartition), to the agent that
-   * has them now: set by a migration through this replica, or found by asking the other agents when
-   * the owner answers NOT_FOUND (one moved through another replica).
+   * Partitions a live migration through this replica moved off their static owner (MigratePartition),
+   * to the agent that has them now. Other replicas of the same --agent list do not learn of the move
+   * (routing stays a function of the id, without fan-out): a deployment with several replicas
+   * migrates in fleet mode, where the partition record moves.
    */
   private readonly moved = new Map<string, Agent>();
 
-  /** The agent hosting a partition (by resource name): its static owner, unless a migration moved it. Fleet mode reads the partition's record instead. */
-  protected async locate(name: string, refresh = false): Promise<Agent> {
+  /** The agent hosting a partition (by resource name): its static owner, or where a migration through this replica moved it. Fleet mode reads the partition's record instead. */
+  protected async locate(name: string, _refresh = false): Promise<Agent> {
     const id = parsePartitionName(name.split('/vps/')[0]!);
-    const moved = this.moved.get(id);
-    if (moved && !refresh) return moved;
-    const owner = this.ownerOf(id);
-    if (!refresh) return owner;
-    // The agent asked said NOT_FOUND: the partition may have migrated. Only then are the others asked.
-    for (const a of this.agents) {
-      const there = await a.client.partitions.getPartition({ name: `partitions/${id}` }, { deadlineMs: 5000 }).then(
-        () => true,
-        () => false,
-      );
-      if (!there) continue;
-      if (a === owner) this.moved.delete(id);
-      else this.moved.set(id, a);
-      return a;
-    }
+    return this.moved.get(id) ?? this.ownerOf(id);
+  }
+
+  /** `agent` said NOT_FOUND for a partition this replica had moved there: it is its owner's again. */
+  private forgetMoved(name: string, agent: Agent): boolean {
+    const id = parsePartitionName(name.split('/vps/')[0]!);
+    if (this.moved.get(id) !== agent) return false;
     this.moved.delete(id);
-    return owner;
+    return true;
   }
 
   private ownerOf(id: string): Agent {
@@ -149,7 +142,8 @@ export class RemoteBackend implements Backend {
       return await call(agent.client);
     } catch (e) {
       if (e instanceof VsmError && e.code === Code.NOT_FOUND && e.reason === 'HV_STATUS_INVALID_PARTITION_ID') {
-        const again = await this.locate(name, true);
+        let again = await this.locate(name, true);
+        if (again.address === agent.address && this.forgetMoved(name, agent)) again = await this.locate(name);
         if (again.address !== agent.address) return call(again.client).catch(relay);
       }
       return relay(e);
@@ -367,7 +361,6 @@ export class RemoteBackend implements Backend {
    * sees one uninterrupted stream. Otherwise the end (or error) is the caller's.
    */
   async streamConsole(r: pb.StreamConsoleRequest, sink: StreamSink<pb.StreamConsoleResponse>, signal: AbortSignal): Promise<void> {
-    const id = parsePartitionName(r.name);
     let agent = await this.locate(r.name);
     let fromOffset = r.fromOffset;
     for (;;) {
@@ -387,7 +380,7 @@ export class RemoteBackend implements Backend {
       }
       if (signal.aborted) return;
       const gone = end?.kind?.$case === 'end' || (failed instanceof VsmError && failed.code === Code.NOT_FOUND);
-      const now = gone ? (this.moved.get(id) ?? (await this.locate(r.name, true).catch(() => agent))) : agent;
+      const now = gone ? await this.locate(r.name, true).catch(() => agent) : agent;
       if (now.address !== agent.address) {
         agent = now;
         continue;
@@ -434,8 +427,8 @@ export class RemoteBackend implements Backend {
   /**
    * MigratePartition (static --agent list): the partition's agent to `target_agent`, piped through
    * this service (migration.ts); from the switch-over on this replica routes the partition to the
-   * target, other replicas find it there at their owner's NOT_FOUND. Fleet mode overrides it
-   * (fleet/backend.ts: the record's compare-and-swap).
+   * target (other replicas do not know: see `moved`). Fleet mode overrides it (fleet/backend.ts: the
+   * record's compare-and-swap).
    */
   async migratePartition(r: pb.MigratePartitionRequest, sink: StreamSink<pb.MigrationProgress>, signal: AbortSignal): Promise<void> {
     if (this.agents.length === 0)
@@ -445,7 +438,7 @@ export class RemoteBackend implements Backend {
         'MigratePartition needs the agents: a static --agent list, or fleet mode (--etcd-endpoints)',
       );
     const id = parsePartitionName(r.name);
-    await this.getPartition({ name: r.name }); // NOT_FOUND for an unknown partition; finds a moved one
+    await this.getPartition({ name: r.name }); // NOT_FOUND for an unknown partition
     const source = await this.locate(r.name);
     const target = findTargetAgent(this.agents, r.targetAgent);
     return migratePartition(
