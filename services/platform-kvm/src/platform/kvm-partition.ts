@@ -72,6 +72,13 @@ export interface KvmHost {
   watchdog(): VcpuWatchdog;
   /** Whether KVM reports a port OUT exit with RIP already past the instruction (probed once). */
   pioOutAdvancesRip: boolean;
+  /**
+   * Whether guest x87/SSE instructions execute (probeHost). When false (nested kvm_pvm here: `fld1`,
+   * `xorps` end in KVM_EXIT_INTERNAL_ERROR), a vCPU's FP state changes only by the agent's own
+   * KVM_SET_XSAVE/KVM_SET_FPU, so a VTL switch does not read it back. Unset: they execute, and every
+   * VTL switch reads the leaving vCPU's state (one KVM_GET_XSAVE).
+   */
+  guestFpExecutes?: boolean;
   /** Deadline of one guest action, in ms. */
   actionTimeoutMs: number;
   /** Memslots a VTL VM's view may use before protections fall back to the core's model (default DEFAULT_MEMSLOT_BUDGET). */
@@ -168,7 +175,7 @@ export function softwareInterruptVector(e: KvmExit | TimeoutExit): number | unde
 }
 
 /** Opens what a backend needs of /dev/kvm: the guest CPUID and the port-I/O RIP convention. */
-export function probeHost(system: KvmSystem): { cpuid: CpuidEntry[]; pioOutAdvancesRip: boolean; tscKhz: number } {
+export function probeHost(system: KvmSystem): { cpuid: CpuidEntry[]; pioOutAdvancesRip: boolean; tscKhz: number; guestFpExecutes: boolean } {
   const cpuid = system.getSupportedCpuid().filter((e) => e.function < 0x4000_0000 || e.function >= 0x5000_0000);
   // Older kernels advance RIP past OUT before exiting to userspace, newer ones when the exit is
   // completed. Run `out 0x4d, ax; hlt` once and look.
@@ -178,7 +185,19 @@ export function probeHost(system: KvmSystem): { cpuid: CpuidEntry[]; pioOutAdvan
     const e = g.step();
     if (e.kind !== 'io') throw new Error(`RIP probe: expected an I/O exit, got ${describeExit(e)}`);
     const rip = g.vcpu.getRegs().rip;
-    return { cpuid, pioOutAdvancesRip: rip === 0x100003n, tscKhz: g.vcpu.tscKhz() };
+    return { cpuid, pioOutAdvancesRip: rip === 0x100003n, tscKhz: g.vcpu.tscKhz(), guestFpExecutes: probeGuestFp(system, cpuid) };
+  } finally {
+    g.close();
+  }
+}
+
+/** Whether `fld1; xorps xmm0, xmm0; hlt` runs to the HLT in a guest (CR4.OSFXSR set, the guest CPUID). */
+function probeGuestFp(system: KvmSystem, cpuid: readonly CpuidEntry[]): boolean {
+  const g = MiniGuest.create({ system, memorySize: 4 << 20 });
+  try {
+    g.vcpu.setCpuid(cpuid);
+    g.load(Buffer.from([0xd9, 0xe8, 0x0f, 0x57, 0xc0, 0xf4]));
+    return g.step().kind === 'hlt';
   } finally {
     g.close();
   }
@@ -683,10 +702,14 @@ export class KvmPartition {
   private dispatch(vp: VirtualProcessor, callSite?: core.HypercallCallSite, c?: VpCpu): core.HypercallOutcome {
     // XMM fast hypercalls (tlfs-hypercalls.md §1.4): the vCPU's XMM registers are the input, and the
     // output the core wrote goes back into them (kvm_fpu; two ioctls, fast calls only).
-    const fast = c !== undefined && isFastCall(vp, vp.activeVtl);
+    // Bit 16 of the hypercall input value (RCX) = Fast (tlfs-hypercalls.md §1.2).
+    const fast = c !== undefined && (getReg(vp, vp.activeVtl, R.HvX64RegisterRcx) & 0x1_0000n) !== 0n;
     if (fast) storeXmm(vp, c.vcpu.getFpu());
     const o = core.executeVmcall(this.partition, vp, { instructionLength: HYPERCALL_INSN_LENGTH, callSite });
-    if (fast && o.fastOutput) c.vcpu.setFpu(withCoreXmm(vp, c.vcpu.getFpu()));
+    if (fast && o.fastOutput) {
+      c.vcpu.setFpu(withCoreXmm(vp, c.vcpu.getFpu()));
+      c.fp = undefined;
+    }
     const ra = o.resumedAccess;
     if (ra && o.vtlSwitch) {
       const h = this.held.get(heldKey(vp.index, o.vtlSwitch.toVtl));
@@ -724,15 +747,15 @@ export class KvmPartition {
   /**
    * runVp's store at an exit: kvm_regs (and kvm_sregs if their bytes changed) from kvm_run's sync
    * area into the core, no ioctl; the MSRs stay in the vCPU until the core asks for one (lazyRegs)
-   * or the run ends (settle). Returns the vCPU's kvm_regs.
+   * or the run ends (settle).
    */
-  private storeAtExit(c: VpCpu, vp: VirtualProcessor, vtl: Vtl): KvmRegs {
+  private storeAtExit(c: VpCpu, vp: VirtualProcessor, vtl: Vtl): void {
     const sh = c.shadow;
     if (!sh || c.mode !== 'guest' || !c.vcpu.syncedRegsFresh || !c.vcpu.syncedSregsFresh) {
       this.storeGuest(c, vp, vtl);
-      return c.vcpu.getRegs();
+      return;
     }
-    const r = storeExit(c.vcpu, vp, vtl, sh);
+    storeExit(c.vcpu, vp, vtl, sh);
     if (!sh.msrsAhead) {
       sh.msrsAhead = true;
       const st = vp.vtls.get(vtl);
@@ -743,7 +766,6 @@ export class KvmPartition {
         return true;
       };
     }
-    return r;
   }
 
   /** The vCPU no longer holds the guest's state as runVp tracks it (a guest action loads the agent's). */
@@ -775,8 +797,13 @@ export class KvmPartition {
     return c;
   }
 
-  /** The leaving vCPU's x87/SSE/AVX state into c.fp (one KVM_GET_XSAVE, or KVM_GET_FPU without XSAVE). */
+  /**
+   * The leaving vCPU's x87/SSE/AVX state into c.fp (one KVM_GET_XSAVE, or KVM_GET_FPU without XSAVE).
+   * Not read again where guest FP instructions cannot execute (KvmHost.guestFpExecutes false): the
+   * bytes last read or loaded are still the vCPU's (the agent's own SETs forget them).
+   */
   private saveFp(c: VpCpu): void {
+    if (c.fp && this.host.guestFpExecutes === false) return;
     const xsave = this.xsave;
     c.fp ??= Buffer.alloc(xsave ? 4096 : 416);
     if (xsave) c.vcpu.getXsaveRaw(c.fp);
@@ -950,7 +977,8 @@ export class KvmPartition {
       const replay = c.replay;
       c.replay = undefined;
       if (this.isHypercallExit(e)) {
-        const rip = this.storeAtExit(c, vp, vtl).rip;
+        this.storeAtExit(c, vp, vtl);
+        const rip = c.vcpu.syncedRegsFresh ? c.vcpu.syncedReg('rip') : c.vcpu.getRegs().rip;
         c.pendingOutRip = rip;
         setReg(vp, vtl, R.HvX64RegisterRip, this.hypercallInsnAt(rip));
         const o = this.dispatch(vp, undefined, c);
@@ -1024,28 +1052,24 @@ export class KvmPartition {
     this.refusedAccesses++;
     const kind = e.isWrite ? 'write' : 'read';
     const data = e.isWrite ? Buffer.from(e.data.subarray(0, e.len)) : undefined;
-    let regs: KvmRegs;
-    if (fast) regs = this.storeAtExit(c, vp, vtl);
-    else {
-      regs = c.vcpu.getRegs();
-      this.storeGuest(c, vp, vtl);
-    }
+    if (fast) this.storeAtExit(c, vp, vtl);
+    else this.storeGuest(c, vp, vtl);
+    const regs = c.vcpu.getRegs();
     const sregs = c.vcpu.getSregs();
-    // Guest page tables and code, read from RAM a page at a time (one pread per page touched).
-    const pages = new Map<bigint, Buffer>();
+    // Guest page tables and code: views of the mapping for pages known to hold data, else a pread of
+    // just the bytes asked for (MemfdRam.peek; the decoder reads them right away).
     const read = (gpa: bigint, n: number): Buffer | undefined => {
-      if (gpa < 0n || gpa + BigInt(n) > this.ram.sizeBytes) return undefined;
+      const end = gpa + BigInt(n);
+      if (gpa < 0n || end > this.ram.sizeBytes) return undefined;
+      const first = (gpa & ~0xfffn) + 0x1000n;
+      if (end <= first) return this.ram.peek(gpa, n);
       const parts: Buffer[] = [];
-      for (let at = gpa; at < gpa + BigInt(n); ) {
-        const base = at & ~0xfffn;
-        let page = pages.get(base);
-        if (!page) pages.set(base, (page = this.ram.peek(base, 4096)));
-        const from = Number(at - base);
-        const take = Math.min(4096 - from, Number(gpa + BigInt(n) - at));
-        parts.push(page.subarray(from, from + take));
+      for (let at = gpa; at < end; ) {
+        const take = Number((end < (at & ~0xfffn) + 0x1000n ? end : (at & ~0xfffn) + 0x1000n) - at);
+        parts.push(this.ram.peek(at, take));
         at += BigInt(take);
       }
-      return parts.length === 1 ? parts[0] : Buffer.concat(parts);
+      return Buffer.concat(parts);
     };
     let insn: FaultingInstruction | undefined;
     let precise = true;

@@ -145,17 +145,25 @@ export function coreSregs(vp: VirtualProcessor, vtl: Vtl, current: KvmSregs): Kv
   return s;
 }
 
+/**
+ * kvm_sregs into the core. A register whose value did not change keeps its object (RegisterShadow
+ * compares objects: the other VTL's vCPU then does not reload the shared CR2 for nothing).
+ */
 export function storeSregs(vp: VirtualProcessor, vtl: Vtl, s: KvmSregs): void {
-  const regs = (name: number) => store(vp, vtl, name);
-  for (const [k, name] of SEGMENTS) regs(name).set(name, segmentFromKvm(s[k]));
-  regs(N.HvX64RegisterGdtr).set(N.HvX64RegisterGdtr, tableFromKvm(s.gdt));
-  regs(N.HvX64RegisterIdtr).set(N.HvX64RegisterIdtr, tableFromKvm(s.idt));
-  setReg(vp, vtl, N.HvX64RegisterCr0, s.cr0);
-  setReg(vp, vtl, N.HvX64RegisterCr2, s.cr2);
-  setReg(vp, vtl, N.HvX64RegisterCr3, s.cr3);
-  setReg(vp, vtl, N.HvX64RegisterCr4, s.cr4);
-  setReg(vp, vtl, N.HvX64RegisterCr8, s.cr8);
-  setReg(vp, vtl, N.HvX64RegisterEfer, s.efer);
+  const put = (name: number, r: Reg128) => {
+    const m = store(vp, vtl, name);
+    const cur = m.get(name);
+    if (cur === undefined || cur.low !== r.low || cur.high !== r.high) m.set(name, r);
+  };
+  for (const [k, name] of SEGMENTS) put(name, segmentFromKvm(s[k]));
+  put(N.HvX64RegisterGdtr, tableFromKvm(s.gdt));
+  put(N.HvX64RegisterIdtr, tableFromKvm(s.idt));
+  put(N.HvX64RegisterCr0, core.reg64(s.cr0));
+  put(N.HvX64RegisterCr2, core.reg64(s.cr2));
+  put(N.HvX64RegisterCr3, core.reg64(s.cr3));
+  put(N.HvX64RegisterCr4, core.reg64(s.cr4));
+  put(N.HvX64RegisterCr8, core.reg64(s.cr8));
+  put(N.HvX64RegisterEfer, core.reg64(s.efer));
 }
 
 export function coreMsrs(vp: VirtualProcessor, vtl: Vtl): MsrEntry[] {
@@ -319,11 +327,10 @@ export function loadChangedRegs(vcpu: KvmVcpuLike, vp: VirtualProcessor, vtl: Vt
  * last exchanged) from kvm_run's sync area into the core; the shadow follows. MSRs are not read
  * (the caller marks them ahead).
  */
-export function storeExit(vcpu: KvmVcpuLike, vp: VirtualProcessor, vtl: Vtl, sh: RegisterShadow): KvmRegs {
-  const r = vcpu.getRegs();
+export function storeExit(vcpu: KvmVcpuLike, vp: VirtualProcessor, vtl: Vtl, sh: RegisterShadow): void {
   const priv = vp.vtls.get(vtl).regs;
   for (let i = 0; i < REGS_NAMES.length; i++) {
-    const v = r[REGS_FIELDS[i]!];
+    const v = vcpu.syncedReg(REGS_FIELDS[i]!);
     const map = REGS_SHARED[i] ? vp.shared : priv;
     const cur = map.get(REGS_NAMES[i]!);
     if (cur !== undefined && cur.low === v && cur.high === 0n) {
@@ -341,7 +348,6 @@ export function storeExit(vcpu: KvmVcpuLike, vp: VirtualProcessor, vtl: Vtl, sh:
     sh.sregs = objectsOf(vp, vtl, SREGS_NAMES, SREGS_SHARED);
   }
   // Same bytes as last exchanged: the core holds these values (every run was preceded by loadChanged).
-  return r;
 }
 
 /** The vCPU's MSRs into the core (one KVM_GET_MSRS); the shadow follows. */
@@ -360,6 +366,7 @@ export interface KvmVcpuLike {
   getMsrs(indices: readonly number[]): MsrEntry[];
   setMsrs(entries: readonly MsrEntry[]): void;
   setSyncedReg(name: RegName, value: bigint): void;
+  syncedReg(name: RegName): bigint;
   readonly syncedSregsFresh: boolean;
   readonly syncedSregsBytes: Buffer;
 }

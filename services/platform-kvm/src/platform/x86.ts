@@ -73,14 +73,42 @@ export function translate(sregs: Pick<KvmSregs, 'cr0' | 'cr3' | 'cr4' | 'efer'>,
   return (pte & 0xffff_f000n) | (la & 0xfffn);
 }
 
+/** A linear → physical translation (translate() with its paging state bound). */
+export type Translator = (la: bigint) => bigint | undefined;
+
+/**
+ * translate() for one decoding: each linear page is walked once (the faulting RIP's page, the page
+ * before it, the store's target), then served from the memo. Only for the duration of one exit's
+ * work: the guest can change its page tables whenever it runs.
+ */
+export function pageTranslator(sregs: Pick<KvmSregs, 'cr0' | 'cr3' | 'cr4' | 'efer'>, read: PhysReader): Translator {
+  const pages = new Map<bigint, bigint | undefined>();
+  return (la) => {
+    const page = la >> 12n;
+    let base = pages.get(page);
+    if (base === undefined && !pages.has(page)) {
+      const gpa = translate(sregs, page << 12n, read);
+      base = gpa === undefined ? undefined : gpa & ~0xfffn;
+      pages.set(page, base);
+    }
+    return base === undefined ? undefined : base | (la & 0xfffn);
+  };
+}
+
 /** Up to `length` bytes at linear address `la` (page by page), fewer when a page is not mapped. */
-export function readLinear(sregs: Pick<KvmSregs, 'cr0' | 'cr3' | 'cr4' | 'efer'>, la: bigint, length: number, read: PhysReader): Buffer {
+export function readLinear(
+  sregs: Pick<KvmSregs, 'cr0' | 'cr3' | 'cr4' | 'efer'>,
+  la: bigint,
+  length: number,
+  read: PhysReader,
+  tr: Translator = (at) => translate(sregs, at, read),
+): Buffer {
   const parts: Buffer[] = [];
   let done = 0;
   while (done < length) {
     const at = la + BigInt(done);
     const n = Math.min(length - done, 4096 - Number(at & 0xfffn));
-    const gpa = translate(sregs, at, read);
+    const gpa = tr(at);
     const b = gpa === undefined ? undefined : read(gpa, n);
     if (!b) break;
     parts.push(b);
@@ -402,21 +430,22 @@ export function instructionBeforeRip(
   const mode = cpuMode(sregs);
   if (mode === 16) return undefined;
   const csBase = mode === 64 ? 0n : sregs.cs.base;
+  const tr = pageTranslator(sregs, read);
   // The 15 bytes before RIP; when the page before is not mapped, each candidate reads its own bytes.
-  const back = readLinear(sregs, csBase + rip - 15n, 15, read);
+  const back = readLinear(sregs, csBase + rip - 15n, 15, read, tr);
   for (let L = 1; L <= 15; L++) {
     const start = rip - BigInt(L);
-    const bytes = back.length === 15 ? back.subarray(15 - L) : readLinear(sregs, csBase + start, L, read);
+    const bytes = back.length === 15 ? back.subarray(15 - L) : readLinear(sregs, csBase + start, L, read, tr);
     if (bytes.length !== L) continue;
     const d = decodeInsn(bytes, mode);
     if (!d || d.length !== L || !d.pureStore || !d.mem || d.storeSize < length) continue;
     const la = linearAddress(d.mem, regs, sregs, rip, mode);
-    const first = translate(sregs, la, read);
+    const first = tr(la);
     const toNextPage = 4096n - (la & 0xfffn);
-    const second = toNextPage < BigInt(d.storeSize) ? translate(sregs, la + toNextPage, read) : undefined;
+    const second = toNextPage < BigInt(d.storeSize) ? tr(la + toNextPage) : undefined;
     const hits = (base: bigint | undefined, size: bigint) => base !== undefined && gpa >= base && gpa + BigInt(length) <= base + size;
     if (!hits(first, BigInt(d.storeSize) < toNextPage ? BigInt(d.storeSize) : toNextPage) && !hits(second, BigInt(d.storeSize) - toNextPage)) continue;
-    return { start, end: rip, length: L, bytes: readLinear(sregs, csBase + start, 16, read) };
+    return { start, end: rip, length: L, bytes: readLinear(sregs, csBase + start, 16, read, tr) };
   }
   return undefined;
 }
@@ -425,7 +454,7 @@ export function instructionBeforeRip(
 export function instructionAtRip(rip: bigint, sregs: KvmSregs, read: PhysReader): FaultingInstruction {
   const mode = cpuMode(sregs);
   const csBase = mode === 64 ? 0n : sregs.cs.base;
-  const bytes = readLinear(sregs, csBase + rip, 16, read);
+  const bytes = readLinear(sregs, csBase + rip, 16, read, pageTranslator(sregs, read));
   const d = bytes.length ? decodeInsn(bytes, mode) : undefined;
   const length = d?.length ?? 0;
   return { start: rip, end: rip + BigInt(length), length, bytes };

@@ -149,12 +149,13 @@ export class KvmBackend extends CoreBackend {
     if (why) throw new EngineError('unavailable', 'KVM_UNAVAILABLE', `KVM is not usable on this host: ${why}`);
     const system = KvmSystem.open(path);
     try {
-      const { cpuid, pioOutAdvancesRip, tscKhz } = probeHost(system);
+      const { cpuid, pioOutAdvancesRip, tscKhz, guestFpExecutes } = probeHost(system);
       let watchdog: VcpuWatchdog | undefined;
       this.host = {
         system,
         cpuid,
         pioOutAdvancesRip,
+        guestFpExecutes,
         tscKhz,
         actionTimeoutMs: this.opts.actionTimeoutMs ?? 2000,
         memslotBudget: this.opts.memslotBudget,
