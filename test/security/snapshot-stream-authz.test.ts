@@ -56,3 +56,21 @@ test('ExportPartition and ImportPartition need the admin role', async () => {
   const denials = audits(lines, 'deny').map((l) => l.method);
   expect(denials).toEqual(expect.arrayContaining(['vsm.v1.SnapshotService/ExportPartition', 'vsm.v1.SnapshotService/ImportPartition']));
 });
+
+test('MigratePartition needs the admin role (refused before anything moves; audit-logged)', async () => {
+  const boss = as('boss-token');
+  const viewer = as('viewer-token');
+  const anonymous = as();
+  await boss.partitions.createPartition({ partitionId: 'sec-mig', partition: partitionSpec(1, 1) });
+  const migrate = async (c: VsmClient) => {
+    const out: pb.MigrationProgress[] = [];
+    for await (const x of c.snapshots.migratePartition({ name: 'partitions/sec-mig', targetAgent: '127.0.0.1:1' })) out.push(x);
+    return out;
+  };
+  expect((await failure(migrate(viewer))).code).toBe(grpc.status.PERMISSION_DENIED);
+  expect((await failure(migrate(anonymous))).code).toBe(grpc.status.UNAUTHENTICATED);
+  // An admin gets past authorization: this emulator backend keeps partitions in process (nothing to move).
+  const e = await failure(migrate(boss));
+  expect([e.code, e.message]).toEqual([grpc.status.FAILED_PRECONDITION, expect.stringContaining('emulator backend')]);
+  expect(audits(lines, 'deny').map((l) => l.method)).toContain('vsm.v1.SnapshotService/MigratePartition');
+});

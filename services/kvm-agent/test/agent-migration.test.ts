@@ -337,6 +337,7 @@ describeKvm('live migration between two KVM agents (real processes)', () => {
     expect((await failure(migrate({ targetAgent: b.address, maxRounds: 1000 }))).code).toBe(status.INVALID_ARGUMENT);
     const unreachable = await failure(migrate({ targetAgent: dead }));
     expect([unreachable.code, unreachable.message]).toEqual([status.UNAVAILABLE, expect.stringContaining('unreachable')]);
+    expect((await failure(collect(c.snapshots.migratePartition({ name: 'not a name', targetAgent: b.address })))).code).toBe(status.INVALID_ARGUMENT);
     const unknown = await failure(collect(c.snapshots.migratePartition({ name: `partitions/${idOnA('mig-none')}`, targetAgent: b.address })));
     expect([unknown.code, unknown.reason]).toEqual([status.NOT_FOUND, 'HV_STATUS_INVALID_PARTITION_ID']);
     await stillRunningOnA();
