@@ -3,14 +3,16 @@
 // server in this process (the emulator backend behind vsm.v1: the figures are about the fleet
 // layer, not KVM) registered under a lease; then 99 more memberships at the same address (so all
 // 100 answer the readiness check and take placements). The FleetBackend under test runs in this
-// process: `locate` (record lookup + member check) alone, a routed unary call, and creates/s.
+// process: `locate` (record lookup + member check) alone, a routed unary call, and creates/s. For
+// comparison, the static --agent list's routing (no etcd: the id's rendezvous-hash owner among the
+// addresses, O(addresses) hashes per call) with 1 and 100 addresses.
 import { type ChildProcess, spawn } from 'node:child_process';
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { CoreBackend, FleetBackend, FleetStore, Membership, type RunningServer, startServer } from '@vsm/vsm-v1';
+import { CoreBackend, FleetBackend, FleetStore, Membership, RemoteBackend, type RunningServer, startServer } from '@vsm/vsm-v1';
 import { pb } from '@vsm/client';
 import pino from 'pino';
 import type { BenchContext, FigureSpec, Suite } from '../api';
@@ -26,6 +28,13 @@ const figures: FigureSpec[] = [
     description: 'GetVirtualProcessor through the FleetBackend to the agent (gRPC on loopback), 1 agent',
   },
   { id: 'fleet.route.100agents', kind: 'latency', unit: 'us', description: 'the same with 100 registered agents' },
+  {
+    id: 'fleet.static_locate.1agent',
+    kind: 'latency',
+    unit: 'us',
+    description: 'without etcd: RemoteBackend routing of a static --agent list (rendezvous hash of the id), 1 address',
+  },
+  { id: 'fleet.static_locate.100agents', kind: 'latency', unit: 'us', description: 'the same with 100 addresses (one SHA-256 per address)' },
   {
     id: 'fleet.create.rate',
     kind: 'rate',
@@ -132,6 +141,17 @@ async function run(ctx: BenchContext): Promise<void> {
       }
     };
     await measure('1agent');
+    // The static list's routing needs no agent to answer (channels connect lazily; nothing is called).
+    for (const n of [1, 100]) {
+      const stat = new RemoteBackend(Array.from({ length: n }, (_, i) => `127.0.0.1:${20000 + i}`));
+      const sl = (stat as unknown as { locate(n: string): Promise<unknown> }).locate.bind(stat);
+      for (let r = 0; r < ctx.repeats; r++)
+        ctx.recordLatency(
+          `fleet.static_locate.${n === 1 ? '1agent' : '100agents'}`,
+          await ctx.sampleLatency(() => sl('partitions/p-0123456789ab/vps/0'), { samples: ctx.pick(5000, 20000), warmup: 500 }),
+        );
+      await stat.close();
+    }
     ctx.log('registering 99 more agents');
     await Promise.all(Array.from({ length: 99 }, (_, i) => join(`agent-${String(i + 1).padStart(3, '0')}`)));
     await waitReady(100);
@@ -152,20 +172,27 @@ async function run(ctx: BenchContext): Promise<void> {
     for (let r = 0; r < ctx.repeats; r++) {
       const n = ctx.pick(200, 1000);
       let next = 0;
+      const made: string[] = [];
       const t0 = process.hrtime.bigint();
       await Promise.all(
         Array.from({ length: 16 }, async () => {
           while (next++ < n)
-            await b.createPartition({
-              partition: { vpCount: 1, memoryBytes: 1n << 20n } as never,
-              partitionId: '',
-              requestId: '',
-              agent: '',
-              agentSelector: {},
-            });
+            made.push(
+              (
+                await b.createPartition({
+                  partition: { vpCount: 1, memoryBytes: 1n << 20n } as never,
+                  partitionId: '',
+                  requestId: '',
+                  agent: '',
+                  agentSelector: {},
+                })
+              ).name,
+            );
         }),
       );
       ctx.recordRate('fleet.create.rate', n / (Number(process.hrtime.bigint() - t0) / 1e9));
+      // Not timed: the agent's partition limit (4096) must hold over the full run's repeats.
+      for (let i = 0; i < made.length; i += 16) await Promise.all(made.slice(i, i + 16).map((name) => b.deletePartition({ name })));
     }
   } finally {
     await backend?.close();
