@@ -103,7 +103,7 @@ gateDescribe(why)('fleet durability: checkpoints, restart on another agent, CREA
     expect((await failure(clients[0]!.fleet.checkpointPartition({ name: 'partitions/nowhere' }))).code).toBe(status.NOT_FOUND);
     expect((await failure(clients[0]!.fleet.checkpointPartition({ name: 'nope' }))).code).toBe(status.INVALID_ARGUMENT);
     const bad = await failure(
-      clients[0]!.partitions.createPartition({ partition: pb.Partition.fromPartial({ vpCount: 1, memoryBytes: MiB, recoveryPolicy: 7 }) }),
+      clients[0]!.partitions.createPartition({ partition: pb.Partition.fromPartial({ vpCount: 1, memoryBytes: MiB, recoveryPolicy: 7 as pb.RecoveryPolicy }) }),
     );
     expect(bad.code).toBe(status.INVALID_ARGUMENT);
     await clients[0]!.partitions.deletePartition({ name: p.name });
@@ -277,7 +277,16 @@ gateDescribe(why)('fleet durability: checkpoints, restart on another agent, CREA
       expect(r.state).toBe('ACTIVE');
       expect((await clients[0]!.vps.getVirtualProcessor({ name: `partitions/${r.id}/vps/0` })).name).toBe(`partitions/${r.id}/vps/0`);
     }
-    console.log(`replica killed mid-creates: ${recs.length} of 30 recorded, every one ACTIVE on its agent`);
+    // And the other way round: no agent holds a kill-* partition without a record (no orphan).
+    const held: string[] = [];
+    for (const [, a] of agents) {
+      if (a.child.exitCode !== null || a.child.signalCode !== null) continue;
+      const direct = connect(a.address, { retries: 0 });
+      held.push(...(await direct.partitions.listPartitions({ pageSize: 1000 })).partitions.map((p) => p.name).filter((n) => n.startsWith('partitions/kill-')));
+      direct.close();
+    }
+    expect(held.sort()).toEqual(recs.map((r) => `partitions/${r.id}`).sort());
+    console.log(`replica killed mid-creates: ${recs.length} of 30 recorded, every one ACTIVE on its agent, none unrecorded on an agent`);
   });
 
   it('ImportPartition in fleet mode is placed and recorded like CreatePartition; an existing id or a stream without a header creates nothing', async () => {
