@@ -85,7 +85,7 @@ export function vtl1Context(k: KvmLayerModule, cr3: bigint, rip: bigint, rsp: bi
  *   HvCallGetVpRegisters(HvRegisterVsmVpStatus), memory-based (one port exit, the core's dispatcher);
  * - VTL round trip: VTL0 `xor ecx, ecx; call r13; jmp` into VtlCall (page + 0x0F); VTL1
  *   `mov ecx, 1; call r14; jmp` into fast VtlReturn (page + 0x26): two port exits and two VTL
- *   switches (each: VP state stored from one vCPU, loaded into the other VTL's vCPU).
+ *   switches (each: the shared state moved to the other VTL's vCPU; private state stays in each).
  */
 export class GuestLoops {
   private program: 'wrmsr' | 'hypercall' | 'vtl' | null = null;

@@ -9,9 +9,9 @@ import { kvmAvailability, loadKvmLayer, openRawLoop, type RawLoop, type RawLoopK
 import { calibrateBatch, opsPerSec, perOpUs } from '../lib/kvm-stats';
 
 /**
- * Target duration of one sample (one batch), µs. Long enough that runVp's own entry and exit
- * (loading and storing the whole VP state, ≈0.2–0.4 ms here) weigh ≈1–2% of an agent sample: a real
- * guest runs on instead of stopping after n exits.
+ * Target duration of one sample (one batch), µs. Long enough that runVp's own entry and exit (a full
+ * load after other work, the held-back MSRs fetched at the end: tens of µs) weigh well under 1% of an
+ * agent sample: a real guest runs on instead of stopping after n exits.
  */
 const SAMPLE_US = 20_000;
 
@@ -52,7 +52,7 @@ const figures: FigureSpec[] = [
     id: 'kvm.agent.vtl_roundtrip',
     kind: 'latency',
     unit: 'us',
-    description: `VtlCall by VTL0 code + fast VtlReturn by VTL1 code through their hypercall pages: 2 port exits, 2 VTL switches (state moved between the VTLs' vCPUs); ${AGENT_HOW}; absolute µs comparable with published VM-introspection event round trips (15–81 µs on bare metal; this host is nested)`,
+    description: `VtlCall by VTL0 code + fast VtlReturn by VTL1 code through their hypercall pages: 2 port exits, 2 VTL switches (shared state moved between the VTLs' vCPUs, private state stays in each); ${AGENT_HOW}; absolute µs comparable with published VM-introspection event round trips (15–81 µs on bare metal; this host is nested)`,
   },
   {
     id: 'kvm.action.writemsr',
