@@ -206,8 +206,17 @@ describeKvm('live migration between two KVM agents (real processes)', () => {
       .trim()
       .split('\n')
       .map((l) => JSON.parse(l) as Record<string, unknown>);
-    expect(lines.slice(0, -1).map((l) => l.phase)).toEqual(['pre-copy', 'pre-copy', 'pre-copy', 'switch-over (guest paused)']);
-    expect(lines[lines.length - 1]).toMatchObject({ name, sourceAgent: b.address, targetAgent: a.address, runState: 'RUN_STATE_RUNNING', rounds: 4 });
+    // The full copy, 1 or 2 deltas (fewer when a round finds <= 64 pages written), the switch-over.
+    const phases = lines.slice(0, -1).map((l) => l.phase);
+    expect(phases.length === 3 || phases.length === 4).toBe(true);
+    expect(phases).toEqual([...phases.slice(0, -1).map(() => 'pre-copy'), 'switch-over (guest paused)']);
+    expect(lines[lines.length - 1]).toMatchObject({
+      name,
+      sourceAgent: b.address,
+      targetAgent: a.address,
+      runState: 'RUN_STATE_RUNNING',
+      rounds: phases.length,
+    });
     expect((await ca.partitions.getPartition({ name })).runState).toBe(pb.RunState.RUN_STATE_RUNNING);
     expect((await failure(cb.partitions.getPartition({ name }))).code).toBe(status.NOT_FOUND);
     await until(
