@@ -91,7 +91,8 @@ export class CoreBackend implements Backend {
       throw invalidArgument('run_state, exit_code, end_reason and end_time_unix_ms are output only');
     if (r.agent || Object.keys(r.agentSelector ?? {}).length)
       throw invalidArgument('agent and agent_selector place partitions in a fleet (vsm-service --etcd-endpoints); this backend has no agents to choose from');
-    if (want.recoveryPolicy) throw invalidArgument('recovery_policy restarts partitions on other agents of a fleet (vsm-service --etcd-endpoints); this backend has none');
+    if (want.recoveryPolicy)
+      throw invalidArgument('recovery_policy restarts partitions on other agents of a fleet (vsm-service --etcd-endpoints); this backend has none');
     if (want.checkpointTimeUnixMs !== undefined) throw invalidArgument('checkpoint_time_unix_ms is output only');
     const devices = checkDevices(want.devices ?? []);
     const p = this.manager.create({
