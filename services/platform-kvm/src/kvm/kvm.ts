@@ -1260,6 +1260,11 @@ export class KvmVcpu {
     return this.runPage.subarray(RUN.syncSregs, RUN.syncSregs + SREGS.size);
   }
 
+  /** The bytes of kvm_run.s.regs.regs (struct kvm_regs, 144 bytes, aliasing the run page). Only meaningful when syncedRegsFresh. */
+  get syncedRegsBytes(): Buffer {
+    return this.runPage.subarray(RUN.syncRegs, RUN.syncRegs + 144);
+  }
+
   /** The MSR request buffers of getMsrs/setMsrs, by entry count (reused: no allocation per call). */
   private readonly msrBufs = new Map<number, Buffer>();
   private msrBuf(n: number): Buffer {

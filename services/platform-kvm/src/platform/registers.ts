@@ -267,12 +267,18 @@ export class RegisterShadow {
   msrs: (Reg128 | undefined)[] = [];
   /** kvm_sregs as last exchanged with the core (compared with kvm_run's copy after an exit). */
   readonly sregsBytes = Buffer.alloc(312);
+  /**
+   * kvm_regs as last exchanged with the core (what the vCPU was loaded with, or last stored): an exit
+   * that finds the same bytes stores nothing. Filled with 0xff = unknown.
+   */
+  readonly regsBytes = Buffer.alloc(144, 0xff);
   /** The vCPU's MSRs may be ahead of the core (the guest ran since they were last fetched). */
   msrsAhead = false;
   /** The registers may have changed behind the shadow's back (a completion ran): reload kvm_regs and kvm_sregs. */
   forgetRegs(): void {
     this.regs = REGS_NAMES.map(() => UNKNOWN);
     this.sregs = SREGS_NAMES.map(() => UNKNOWN);
+    this.regsBytes.fill(0xff);
   }
 }
 
@@ -288,6 +294,7 @@ export function loadAll(vcpu: KvmVcpuLike, vp: VirtualProcessor, vtl: Vtl): Regi
   vcpu.setMsrs(coreMsrs(vp, vtl));
   if (vcpu.syncedSregsFresh) vcpu.syncedSregsBytes.copy(sh.sregsBytes);
   else sh.sregsBytes.fill(0xff); // unknown: the next exit's sregs are stored
+  if (vcpu.syncedRegsFresh) vcpu.syncedRegsBytes.copy(sh.regsBytes);
   return sh;
 }
 
@@ -314,12 +321,15 @@ export function loadChanged(vcpu: KvmVcpuLike, vp: VirtualProcessor, vtl: Vtl, s
 /** The general registers (and RIP, RFLAGS) of (vp, vtl) the core changed since `sh`, into kvm_run.s.regs. */
 export function loadChangedRegs(vcpu: KvmVcpuLike, vp: VirtualProcessor, vtl: Vtl, sh: RegisterShadow): void {
   const priv = vp.vtls.get(vtl).regs;
+  let wrote = false;
   for (let i = 0; i < REGS_NAMES.length; i++) {
     const o = (REGS_SHARED[i] ? vp.shared : priv).get(REGS_NAMES[i]!);
     if (o === sh.regs[i]) continue;
     vcpu.setSyncedReg(REGS_FIELDS[i]!, o?.low ?? 0n);
     sh.regs[i] = o;
+    wrote = true;
   }
+  if (wrote) vcpu.syncedRegsBytes.copy(sh.regsBytes);
 }
 
 /**
@@ -328,6 +338,13 @@ export function loadChangedRegs(vcpu: KvmVcpuLike, vp: VirtualProcessor, vtl: Vt
  * (the caller marks them ahead).
  */
 export function storeExit(vcpu: KvmVcpuLike, vp: VirtualProcessor, vtl: Vtl, sh: RegisterShadow): void {
+  const regsBytes = vcpu.syncedRegsBytes;
+  // The same kvm_regs as last exchanged, and the core still holds the shadow's objects: nothing to store.
+  if (!regsBytes.equals(sh.regsBytes) || changed(vp, vtl, REGS_NAMES, REGS_SHARED, sh.regs).length > 0) storeChangedRegs(vcpu, vp, vtl, sh, regsBytes);
+  storeExitSregs(vcpu, vp, vtl, sh);
+}
+
+function storeChangedRegs(vcpu: KvmVcpuLike, vp: VirtualProcessor, vtl: Vtl, sh: RegisterShadow, regsBytes: Buffer): void {
   const priv = vp.vtls.get(vtl).regs;
   for (let i = 0; i < REGS_NAMES.length; i++) {
     const v = vcpu.syncedReg(REGS_FIELDS[i]!);
@@ -341,6 +358,10 @@ export function storeExit(vcpu: KvmVcpuLike, vp: VirtualProcessor, vtl: Vtl, sh:
     map.set(REGS_NAMES[i]!, o);
     sh.regs[i] = o;
   }
+  regsBytes.copy(sh.regsBytes);
+}
+
+function storeExitSregs(vcpu: KvmVcpuLike, vp: VirtualProcessor, vtl: Vtl, sh: RegisterShadow): void {
   const bytes = vcpu.syncedSregsBytes;
   if (!bytes.equals(sh.sregsBytes)) {
     storeSregs(vp, vtl, vcpu.getSregs());
@@ -369,4 +390,6 @@ export interface KvmVcpuLike {
   syncedReg(name: RegName): bigint;
   readonly syncedSregsFresh: boolean;
   readonly syncedSregsBytes: Buffer;
+  readonly syncedRegsFresh: boolean;
+  readonly syncedRegsBytes: Buffer;
 }
