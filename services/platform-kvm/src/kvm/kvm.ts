@@ -1257,13 +1257,17 @@ export class KvmVcpu {
 
   /** The bytes of kvm_run.s.regs.sregs (struct kvm_sregs, aliasing the run page). Only meaningful when syncedSregsFresh. */
   get syncedSregsBytes(): Buffer {
-    return this.runPage.subarray(RUN.syncSregs, RUN.syncSregs + SREGS.size);
+    this.sregsView ??= this.runPage.subarray(RUN.syncSregs, RUN.syncSregs + SREGS.size);
+    return this.sregsView;
   }
+  private sregsView: Buffer | undefined;
 
   /** The bytes of kvm_run.s.regs.regs (struct kvm_regs, 144 bytes, aliasing the run page). Only meaningful when syncedRegsFresh. */
   get syncedRegsBytes(): Buffer {
-    return this.runPage.subarray(RUN.syncRegs, RUN.syncRegs + 144);
+    this.regsView ??= this.runPage.subarray(RUN.syncRegs, RUN.syncRegs + 144);
+    return this.regsView;
   }
+  private regsView: Buffer | undefined;
 
   /** The MSR request buffers of getMsrs/setMsrs, by entry count (reused: no allocation per call). */
   private readonly msrBufs = new Map<number, Buffer>();
