@@ -431,6 +431,13 @@ describe('SynIC', () => {
     );
     const slot = Buffer.from((await h.client.memory.readGpa({ name, gpa: SIMP_GPA, length: 18, vtlView: 1 })).data);
     expect([slot.readUInt32LE(0), slot[4], slot[16], slot[17]]).toEqual([0x100, 2, 1, 2]);
+    // The message raised VTL 1's SINT0 interrupt, a secure interrupt: VP 0 left VTL 0 for VTL 1 (TLFS VTL
+    // interrupt management, #16). VTL 1 raises its TPR to block further interrupts and returns, so the
+    // VP stays in VTL 0 while VTL 1's queue fills.
+    expect((await json(['vp', 'get', 'ci-synic', '0'])).vtlStatus?.activeVtl ?? 0).toBe(1);
+    await ok(['msr', 'write', 'ci-synic', '0', '0x40000072', '0xf']);
+    await ok(['vtl', 'return', 'ci-synic', '0']);
+    expect((await json(['vp', 'get', 'ci-synic', '0'])).vtlStatus?.activeVtl ?? 0).toBe(0);
     const queued = await json(['synic', 'post', 'ci-synic', '0', '--vtl', '1', '--sint', '0', '--type', '257']);
     expect(queued).toEqual({ name: vp0, vtl: 1, sint: 0, messageType: 257, payload: '', delivered: false });
 
