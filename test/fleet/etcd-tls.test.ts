@@ -6,38 +6,19 @@
 // NOT_SERVING and answer UNAVAILABLE naming etcd; a CA that did not issue etcd's certificate fails
 // the same way. Flags that ask for TLS with an http:// endpoint are a usage error.
 import { execFileSync } from 'node:child_process';
-import * as grpc from '@grpc/grpc-js';
 import { status } from '@grpc/grpc-js';
 import { type VsmClient, VsmError, connect, pb } from '@vsm/client';
 import { AGENT_MAIN, SERVICE_MAIN, type ChildService, spawnService } from '../support/child-service';
 import { EtcdCluster, etcdUnavailable } from '../support/etcd';
 import { gateDescribe, kvmUnavailableReason } from '../support/kvm-gate';
 import { type Ca, type KeyPair, SERVER_SANS, issue, makeCa, opensslAvailable, tempDir } from '../support/tls';
+import { healthStatus } from '../support/server';
 import { waitFor } from '../support/wait';
 
 jest.setTimeout(120_000);
 
 const why = etcdUnavailable() ?? kvmUnavailableReason() ?? (opensslAvailable() ? undefined : 'openssl not found (scripts/ensure-setup.js installs it)');
 
-async function healthStatus(address: string): Promise<number | string> {
-  const Client = grpc.makeGenericClientConstructor({}, 'Health');
-  const c = new Client(address, grpc.credentials.createInsecure());
-  try {
-    return await new Promise((resolve) => {
-      c.makeUnaryRequest(
-        '/grpc.health.v1.Health/Check',
-        (x: Buffer) => x,
-        (b: Buffer) => b,
-        Buffer.alloc(0),
-        new grpc.Metadata(),
-        { deadline: Date.now() + 5000 },
-        (err: grpc.ServiceError | null, res?: Buffer) => resolve(err ? `error ${err.code}` : (res?.[1] ?? 0)),
-      );
-    });
-  } finally {
-    c.close();
-  }
-}
 const NOT_SERVING = 2;
 
 gateDescribe(why)('fleet mode with TLS to etcd (client certificates required)', () => {

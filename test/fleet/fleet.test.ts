@@ -8,9 +8,9 @@
 // records and memberships written by a newer version, an advertised address that does not answer.
 import { execFileSync } from 'node:child_process';
 import * as net from 'node:net';
-import * as grpc from '@grpc/grpc-js';
 import { status } from '@grpc/grpc-js';
 import { type VsmClient, VsmError, connect, pb } from '@vsm/client';
+import { failure, healthStatus } from '../support/server';
 import { Etcd3 } from 'etcd3';
 import { vsmctl } from '../cli/support';
 import { AGENT_MAIN, type ChildService, spawnService } from '../support/child-service';
@@ -24,37 +24,8 @@ const LEASE_TTL_S = 3;
 const MiB = 1n << 20n;
 const why = etcdUnavailable() ?? kvmUnavailableReason();
 
-async function health(address: string): Promise<number | string> {
-  const Client = grpc.makeGenericClientConstructor({}, 'Health');
-  const c = new Client(address, grpc.credentials.createInsecure());
-  try {
-    return await new Promise((resolve) => {
-      c.makeUnaryRequest(
-        '/grpc.health.v1.Health/Check',
-        (x: Buffer) => x,
-        (b: Buffer) => b,
-        Buffer.alloc(0),
-        new grpc.Metadata(),
-        { deadline: Date.now() + 5000 },
-        (err: grpc.ServiceError | null, res?: Buffer) => resolve(err ? `error ${err.code}` : (res?.[1] ?? 0)),
-      );
-    });
-  } finally {
-    c.close();
-  }
-}
 const SERVING = 1;
 const NOT_SERVING = 2;
-
-async function failure(p: Promise<unknown>): Promise<VsmError> {
-  try {
-    await p;
-  } catch (e) {
-    if (e instanceof VsmError) return e;
-    throw e;
-  }
-  throw new Error('expected the call to fail');
-}
 
 function startAgent(endpoints: string, name: string, extra: string[] = []): Promise<ChildService> {
   return spawnService(['--etcd-endpoints', endpoints, '--lease-ttl', String(LEASE_TTL_S), '--agent-name', name, ...extra], {
@@ -291,13 +262,13 @@ gateDescribe(why)('fleet on etcd: faults', () => {
       },
     });
     c = connect(replica.address, { retries: 0 });
-    expect(await health(replica.address)).toBe(NOT_SERVING);
+    expect(await healthStatus(replica.address)).toBe(NOT_SERVING);
     const e = await failure(c.partitions.listPartitions({}));
     expect(e.code).toBe(status.UNAVAILABLE);
     expect(e.message).toMatch(/etcd .* not connected yet/);
     await waitFor('the retry log line', () => retried);
     etcd = await EtcdCluster.start(1, { clientPorts: [port] });
-    await waitFor('health SERVING', async () => (await health(replica!.address)) === SERVING, 60_000, 100);
+    await waitFor('health SERVING', async () => (await healthStatus(replica!.address)) === SERVING, 60_000, 100);
     agent = await startAgent(endpoints, 'solo');
     await waitFor('the agent READY', async () => (await readyAgents(c!)).length === 1, 60_000, 100);
     const p = await c.partitions.createPartition({ ...spec(), partitionId: 'before-loss' });

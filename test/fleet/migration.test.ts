@@ -6,7 +6,8 @@
 // another replica would) makes the switch-over fail: the move is undone, the partition stays on
 // agent-a, running, its record untouched. Bad targets are refused before anything moves.
 import { status } from '@grpc/grpc-js';
-import { type VsmClient, VsmError, connect, pb } from '@vsm/client';
+import { type VsmClient, connect, pb } from '@vsm/client';
+import { failure } from '../support/server';
 import { Etcd3 } from 'etcd3';
 import { MG, migrationGuestImage } from '../../services/kvm-agent/test/migration-guest';
 import { AGENT_MAIN, type ChildService, spawnService } from '../support/child-service';
@@ -17,16 +18,6 @@ import { waitFor } from '../support/wait';
 jest.setTimeout(120_000);
 
 const why = etcdUnavailable() ?? kvmUnavailableReason();
-
-async function failure(p: Promise<unknown>): Promise<VsmError> {
-  try {
-    await p;
-  } catch (e) {
-    if (e instanceof VsmError) return e;
-    throw e;
-  }
-  throw new Error('expected the call to fail');
-}
 
 async function collect(it: AsyncIterable<pb.MigrationProgress>, onEach?: (m: pb.MigrationProgress) => Promise<void>): Promise<pb.MigrationProgress[]> {
   const out: pb.MigrationProgress[] = [];

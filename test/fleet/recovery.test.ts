@@ -9,7 +9,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { status } from '@grpc/grpc-js';
-import { type VsmClient, VsmError, connect, pb } from '@vsm/client';
+import { type VsmClient, connect, pb } from '@vsm/client';
+import { failure } from '../support/server';
 import { HvMsr } from '@vsm/core';
 import { Etcd3 } from 'etcd3';
 import { vsmctl } from '../cli/support';
@@ -24,16 +25,6 @@ const LEASE_TTL_S = 2;
 const MiB = 1n << 20n;
 const GUEST_OS_ID = HvMsr.HV_X64_MSR_GUEST_OS_ID;
 const why = etcdUnavailable() ?? kvmUnavailableReason();
-
-async function failure(p: Promise<unknown>): Promise<VsmError> {
-  try {
-    await p;
-  } catch (e) {
-    if (e instanceof VsmError) return e;
-    throw e;
-  }
-  throw new Error('expected the call to fail');
-}
 
 const spec = (policy = pb.RecoveryPolicy.RECOVERY_POLICY_UNSPECIFIED) => ({
   partition: pb.Partition.fromPartial({ vpCount: 1, memoryBytes: MiB, recoveryPolicy: policy }),

@@ -7,7 +7,8 @@
 // same partition, and an agent that is down makes only its own partitions UNAVAILABLE.
 import { status } from '@grpc/grpc-js';
 import pino from 'pino';
-import { type VsmClient, VsmError, connect, pb } from '@vsm/client';
+import { type VsmClient, type VsmError, connect, pb } from '@vsm/client';
+import { failure } from '../support/server';
 import { type Backend, CoreBackend, RemoteBackend, type RunningServer, startServer, staticOwner } from '@vsm/vsm-v1';
 
 jest.setTimeout(60_000);
@@ -27,16 +28,6 @@ function counted(b: Backend, calls: Map<string, number>): Backend {
       };
     },
   });
-}
-
-async function failure(p: Promise<unknown>): Promise<VsmError> {
-  try {
-    await p;
-  } catch (e) {
-    if (e instanceof VsmError) return e;
-    throw e;
-  }
-  throw new Error('expected the call to fail');
 }
 
 describe('static --agent list: routing by the id, no fan-out', () => {

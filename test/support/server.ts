@@ -1,5 +1,6 @@
 // Test support: start the real vsm-service (or use VSM_ADDRESS / the backend chosen by
 // VSM_BACKEND) on an ephemeral loopback port and connect the generated client to it.
+import * as grpc from '@grpc/grpc-js';
 import pino from 'pino';
 import { connect, type VsmClient, VsmError } from '@vsm/client';
 import { type Backend, CoreBackend, KvmBackend, RemoteBackend, startServer, type RunningServer } from '@vsm/vsm-v1';
@@ -61,6 +62,30 @@ export async function failure(p: Promise<unknown>): Promise<VsmError> {
     throw e;
   }
   throw new Error('expected the call to fail, but it succeeded');
+}
+
+/**
+ * The standard gRPC health check of a server (grpc.health.v1.Health/Check, empty service name):
+ * the ServingStatus number (1 SERVING, 2 NOT_SERVING) or `error CODE` when the call failed.
+ */
+export async function healthStatus(address: string): Promise<number | string> {
+  const Client = grpc.makeGenericClientConstructor({}, 'Health');
+  const c = new Client(address, grpc.credentials.createInsecure());
+  try {
+    return await new Promise((resolve) => {
+      c.makeUnaryRequest(
+        '/grpc.health.v1.Health/Check',
+        (x: Buffer) => x,
+        (b: Buffer) => b,
+        Buffer.alloc(0),
+        new grpc.Metadata(),
+        { deadline: Date.now() + 5000 },
+        (err: grpc.ServiceError | null, res?: Buffer) => resolve(err ? `error ${err.code}` : (res?.[1] ?? 0)),
+      );
+    });
+  } finally {
+    c.close();
+  }
 }
 
 export const GiB = 1n << 30n;
