@@ -88,6 +88,11 @@ export interface InterceptInstruction {
  */
 export function accessibleTo(p: PartitionState, vp: VirtualProcessor, gpa: bigint, size: number, kind: AccessKind): boolean {
   if (size === 0) return true;
+  if (Number(gpa & 0xfffn) + size <= 0x1000) {
+    // One page (every hypercall parameter block, §1.1): the loop below without its bigint arithmetic.
+    const g = gpa >> 12n;
+    return p.overlays.visible(vp.activeVtl, vp.index, g) !== undefined || violatingVtl(p, vp, vp.activeVtl, Number(g), kind) === undefined;
+  }
   for (let g = gpa >> 12n; g <= (gpa + BigInt(size) - 1n) >> 12n; g++) {
     if (p.overlays.visible(vp.activeVtl, vp.index, g)) continue;
     if (violatingVtl(p, vp, vp.activeVtl, Number(g), kind) !== undefined) return false;

@@ -9,6 +9,7 @@ import type { RamTracking } from './ram-tracking';
 /** Guest RAM as the core needs it. SparseMemory implements it. */
 export interface GuestRam {
   readonly sizeBytes: bigint;
+  /** A fresh buffer the caller owns (not a view of guest memory). */
   read(gpa: bigint, length: number): Buffer;
   write(gpa: bigint, data: Uint8Array): void;
   /** Pages that hold data (for snapshots, sparse accounting); platforms may return all mapped pages. */

@@ -5,7 +5,7 @@
 // explicit list it is built with; unknown codes get HV_STATUS_INVALID_HYPERCALL_CODE.
 import type { Partition, VirtualProcessor } from '../partition';
 import { HvError, HvStatus, hvFail } from '../tlfs/status';
-import { decodeHypercallInput, validateHypercallInput, validateParameterBlock } from '../tlfs/hypercall';
+import { type HvHypercallInput, decodeHypercallInput, validateHypercallInput, validateParameterBlock } from '../tlfs/hypercall';
 import { type AccessOutcome, accessibleTo, interceptAccess } from '../access';
 import type { HandlerResult, HypercallHandler } from './handler';
 import { HV_XMM_FAST_BLOCK_BYTES, readFastBlock, xmmFastChunk } from './xmm';
@@ -41,8 +41,8 @@ export class HypercallDispatcher {
     return [...this.byCode.keys()].sort((a, b) => a - b);
   }
 
-  dispatch(p: Partition, vp: VirtualProcessor, inv: HypercallInvocation): DispatchResult {
-    const input = decodeHypercallInput(inv.control);
+  /** `input`: inv.control decoded, when the caller already did (executeVmcall). */
+  dispatch(p: Partition, vp: VirtualProcessor, inv: HypercallInvocation, input: HvHypercallInput = decodeHypercallInput(inv.control)): DispatchResult {
     const h = this.byCode.get(input.callCode);
     try {
       if (!h) hvFail(HvStatus.HV_STATUS_INVALID_HYPERCALL_CODE, `unknown call code 0x${input.callCode.toString(16)}`);

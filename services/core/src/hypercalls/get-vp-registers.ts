@@ -30,6 +30,11 @@ export const HvCallGetVpRegisters: HypercallHandler = {
         throw e;
       }
     }
-    return { status: HvStatus.HV_STATUS_SUCCESS, repsCompleted: rep.count, output: out.subarray(16 * rep.start), outputOffset: 16 * rep.start };
+    return {
+      status: HvStatus.HV_STATUS_SUCCESS,
+      repsCompleted: rep.count,
+      output: rep.start === 0 ? out : out.subarray(16 * rep.start),
+      outputOffset: 16 * rep.start,
+    };
   },
 };

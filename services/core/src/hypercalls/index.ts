@@ -27,7 +27,7 @@ import { HvCallNotifyLongSpinWait } from './notify-long-spin-wait';
 import { HvCallTranslateVirtualAddress } from './translate-virtual-address';
 import { HvCallTranslateVirtualAddressEx } from './translate-virtual-address-ex';
 import { writeFastBlock } from './xmm';
-import { settleInterrupts, withInterruptsDeferred } from '../rules/interrupts';
+import { settleInterrupts } from '../rules/interrupts';
 import type { Vtl } from '../vtl-array';
 import { HvCallStartVirtualProcessor } from './start-virtual-processor';
 import { HvCallGetVpIndexFromApicId } from './get-vp-index-from-apic-id';
@@ -120,8 +120,16 @@ export function executeVmcall(p: Partition, vp: VirtualProcessor, opts: { instru
     const o = input.callCode === HvCallCode.HvCallVtlCall ? vtlCall(p, vp, controlInput, insnLen, opts.callSite) : vtlReturn(p, vp, controlInput, insnLen);
     return { ...o, resultValue: 0n };
   }
-  // Interrupts requested for this VP while it executes the call are evaluated once it completed.
-  const o = withInterruptsDeferred(p, vp, () => dispatchVmcall(p, vp, inv, input, callerVtl, insnLen));
+  // Interrupts requested for this VP while it executes the call are evaluated once it completed
+  // (withInterruptsDeferred, inlined: no closure per call on the hypercall path).
+  const prevExecuting = p.executingVp;
+  p.executingVp = vp;
+  let o: HypercallOutcome;
+  try {
+    o = dispatchVmcall(p, vp, inv, input, callerVtl, insnLen);
+  } finally {
+    p.executingVp = prevExecuting;
+  }
   const ev = settleInterrupts(p, vp);
   if (ev) return { ...o, activeVtl: vp.activeVtl, ...(o.vtlSwitch ? { reentry: ev } : { vtlSwitch: ev }) };
   return o;
@@ -135,7 +143,7 @@ function dispatchVmcall(
   callerVtl: Vtl,
   insnLen: bigint,
 ): HypercallOutcome {
-  const d = VSM_DISPATCHER.dispatch(p, vp, inv);
+  const d = VSM_DISPATCHER.dispatch(p, vp, inv, input);
   if ('parameterIntercept' in d)
     return {
       activeVtl: vp.activeVtl,

@@ -17,6 +17,13 @@ export function checkRange(p: PartitionState, gpa: bigint, length: number): void
 /** Bytes VP `vpIndex` would read at gpa in `vtl` (overlays on top of RAM). Management view too. */
 export function readView(p: PartitionState, vtl: Vtl, vpIndex: number, gpa: bigint, length: number): Buffer {
   checkRange(p, gpa, length);
+  const first = Number(gpa & 0xfffn);
+  if (length > 0 && first + length <= PAGE_SIZE) {
+    // Inside one page (every memory-based hypercall parameter block): the overlay's bytes or RAM's
+    // read, which is a fresh buffer the caller owns (GuestRam.read), without a second copy.
+    const o = p.overlays.visible(vtl, vpIndex, gpa >> 12n);
+    return o ? Buffer.from(o.page.subarray(first, first + length)) : p.memory.read(gpa, length);
+  }
   const out = Buffer.alloc(length);
   let pos = 0;
   while (pos < length) {
@@ -34,6 +41,18 @@ export function readView(p: PartitionState, vtl: Vtl, vpIndex: number, gpa: bigi
 /** Guest write through the view; returns false (and writes nothing) if any byte hits a read-only overlay. */
 export function writeView(p: PartitionState, vtl: Vtl, vpIndex: number, gpa: bigint, data: Buffer): boolean {
   checkRange(p, gpa, data.length);
+  const first = Number(gpa & 0xfffn);
+  if (data.length > 0 && first + data.length <= PAGE_SIZE) {
+    // Inside one page (a hypercall's output block): one chunk, the same checks as below.
+    const o = p.overlays.visible(vtl, vpIndex, gpa >> 12n);
+    if (o?.readOnly) return false;
+    if (o) data.copy(o.page, first);
+    else {
+      p.memory.assertWritable?.([{ gpa, data }]);
+      p.memory.write(gpa, data);
+    }
+    return true;
+  }
   const chunks: { o?: Overlay; cur: bigint; off: number; n: number; pos: number }[] = [];
   let pos = 0;
   while (pos < data.length) {

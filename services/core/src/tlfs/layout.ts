@@ -329,6 +329,10 @@ export function bitfield<F extends BitFields>(name: string, width: 8 | 16 | 32 |
       numMask: w >= 32 ? 0xffff_ffff : (1 << w) - 1,
       ones: (1n << BigInt(w)) - 1n,
       mask: ((1n << BigInt(w)) - 1n) << BigInt(s.lo),
+      // Fields inside one 32-bit half (bits 31:0 or 63:32) are coded with number arithmetic on that
+      // half (the hypercall path decodes several per call; bigint shifts allocate).
+      half: s.kind !== 'bigint' && (s.hi < 32 || s.lo >= 32) ? (s.lo >= 32 ? 1 : 0) : -1,
+      halfShift: s.lo % 32,
     };
   });
   let defined = 0n;
@@ -340,24 +344,62 @@ export function bitfield<F extends BitFields>(name: string, width: 8 | 16 | 32 |
   // Numbers up to 32 bits wide are packed with number arithmetic (`& mask` takes an integer modulo
   // 2^w for w <= 32, as `>>> 0` does); bigint arithmetic only where the bits need it.
   const pack = (value: Partial<T>): number | bigint => {
+    // The two 32-bit halves as numbers; a field that straddles them (or is a bigint) goes into `r`.
+    let lo32 = 0;
+    let hi32 = 0;
     let r = 0n;
     for (const f of fields) {
       const v = (value as Record<string, unknown>)[f.key];
       if (v === undefined) continue;
-      let x: bigint;
       if (f.kind === 'flag') {
         if (!v) continue;
-        x = 1n;
-      } else if (typeof v === 'bigint') x = BigInt.asUintN(f.w, v);
+        if (f.half === 0) lo32 |= 1 << f.halfShift;
+        else hi32 |= 1 << f.halfShift;
+        continue;
+      }
+      if (f.half >= 0 && typeof v === 'number') {
+        const x = (f.w === 32 ? v >>> 0 : (v & f.numMask) >>> 0) * 2 ** f.halfShift;
+        if (f.half === 0) lo32 |= x;
+        else hi32 |= x;
+        continue;
+      }
+      let x: bigint;
+      if (typeof v === 'bigint') x = BigInt.asUintN(f.w, v);
       else x = BigInt(f.w === 32 ? (v as number) >>> 0 : ((v as number) & f.numMask) >>> 0);
       r |= f.lo === 0n ? x : x << f.lo;
     }
-    return out(r);
+    if (width !== 64) return Number(r) + (lo32 >>> 0);
+    if (r === 0n && hi32 === 0) return BigInt(lo32 >>> 0);
+    return r | (BigInt(hi32 >>> 0) << 32n) | BigInt(lo32 >>> 0);
   };
   const unpack = (raw: number | bigint): T => {
-    const v = typeof raw === 'bigint' ? BigInt.asUintN(width, raw) : BigInt(trunc(raw));
+    let v: bigint | undefined;
+    let lo32: number;
+    let hi32: number;
+    if (typeof raw === 'bigint') {
+      v = BigInt.asUintN(width, raw);
+      lo32 = Number(v & 0xffff_ffffn);
+      hi32 = width === 64 ? Number(v >> 32n) : 0;
+    } else {
+      const t = trunc(raw);
+      if (width === 64 || t < 0 || t > 0xffff_ffff) {
+        v = BigInt.asUintN(width, BigInt(t));
+        lo32 = Number(v & 0xffff_ffffn);
+        hi32 = Number(v >> 32n);
+      } else {
+        lo32 = t;
+        hi32 = 0;
+      }
+    }
     const o: Record<string, unknown> = {};
     for (const f of fields) {
+      if (f.half >= 0) {
+        // Bits of one half: shift and mask as unsigned 32-bit numbers.
+        const x = ((f.half === 0 ? lo32 : hi32) >>> f.halfShift) & f.numMask;
+        o[f.key] = f.kind === 'flag' ? x !== 0 : x >>> 0;
+        continue;
+      }
+      v ??= BigInt(hi32) * 0x1_0000_0000n + BigInt(lo32);
       const x = (f.lo === 0n ? v : v >> f.lo) & f.ones;
       o[f.key] = f.kind === 'flag' ? x !== 0n : f.kind === 'number' ? Number(x) : x;
     }
