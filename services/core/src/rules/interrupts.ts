@@ -61,6 +61,8 @@ function pprClass(vp: VirtualProcessor, vtl: Vtl): number {
 /** The highest requested vector of (vp, vtl) its processor priority lets through, in the core's APIC model. */
 export function deliverableVector(vp: VirtualProcessor, vtl: Vtl): number | undefined {
   const st = vp.vtls.get(vtl);
+  // Nothing requested: nothing deliverable (the common case; skips decoding IA32_APIC_BASE).
+  if (st.irr.size === 0) return undefined;
   if (!Ia32ApicBaseLayout.unpack(apicBase(vp, vtl)).enable) return undefined;
   const ppr = pprClass(vp, vtl);
   let best: number | undefined;
@@ -162,7 +164,15 @@ export function evaluateInterrupts(
   let ev: VtlSwitchEvent | undefined;
   // A VP suspended on a monitor intercept stays at the faulting access in its VTL until answered.
   if (vp.suspendedOn === null && p.spec.architecture === 'x64') {
-    const target = [...VTLS].reverse().find((v) => v > vp.activeVtl && pending(p, vp, v, raised));
+    // The highest VTL above the active one with an interrupt ready (loops: no arrays or closures per call).
+    let target: Vtl | undefined;
+    for (let i = VTLS.length - 1; i >= 0; i--) {
+      const v = VTLS[i]!;
+      if (v > vp.activeVtl && pending(p, vp, v, raised)) {
+        target = v;
+        break;
+      }
+    }
     // A VP the platform runs (its own APICs) is switched at an instruction boundary the platform
     // picks (onInterruptPending -> deliverInterrupts), not in the middle of what its thread does.
     if (target !== undefined && platformApic(p) && when === 'async') p.spec.platform?.onInterruptPending?.(vp.index);
@@ -170,7 +180,12 @@ export function evaluateInterrupts(
   }
   const active = vp.activeVtl;
   if (!platformApic(p)) accept(vp);
-  if (VTLS.some((v) => v < active && pending(p, vp, v, raised))) notifyVina(p, vp, active);
+  for (const v of VTLS) {
+    if (v < active && pending(p, vp, v, raised)) {
+      notifyVina(p, vp, active);
+      break;
+    }
+  }
   return ev;
 }
 

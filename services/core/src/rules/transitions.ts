@@ -18,15 +18,20 @@ export function switchVtl(p: PartitionState, vp: VirtualProcessor, to: Vtl, entr
   const from = vp.activeVtl;
   vp.activeVtl = to;
   if (!isReturn) {
-    vp.vtls.get(to).entryReason = entryReason;
+    const entered = vp.vtls.get(to);
+    entered.entryReason = entryReason;
     // Where this VTL's VtlReturn goes (returnTarget): the VTL it was entered from.
-    vp.vtls.get(to).enteredFrom = from;
+    entered.enteredFrom = from;
     // HV_VP_VTL_CONTROL.EntryReason of the entered VTL's VP assist page (tlfs-vsm.md §5.1).
     const assist = p.overlays.find('vp-assist', to, vp.index);
     if (assist) assist.page.writeUInt32LE(entryReason, HvVpAssistPage.EntryReason);
   }
-  const rec: VtlTransitionRecord = { ...ev, sequence: ++p.transitionSeq, vpIndex: vp.index, timeUnixUs: p.clock.nowUnixUs() };
-  for (const l of p.transitionListeners) l(rec);
+  const sequence = ++p.transitionSeq;
+  // The record (and its clock read) only when someone observes transitions.
+  if (p.transitionListeners.size > 0) {
+    const rec: VtlTransitionRecord = { ...ev, sequence, vpIndex: vp.index, timeUnixUs: p.clock.nowUnixUs() };
+    for (const l of p.transitionListeners) l(rec);
+  }
   return ev;
 }
 
