@@ -18,20 +18,32 @@ export interface MembershipOptions {
   log: Logger;
 }
 
-export class Membership {
-  readonly incarnation = crypto.randomBytes(8).toString('hex');
+interface LeasedKeyOptions {
+  store: FleetStore;
+  ttlSeconds: number;
+  key: string;
+  /** The value, made anew at each registration. */
+  value: () => string;
+  /** The delay before registering again after a failure or a lost lease; `attempt` counts from 0 and a registration resets it. */
+  retryDelayMs: (attempt: number) => number;
+  onRegistered: () => void;
+  /** The lease was lost (etcd away longer than the TTL) or the registration failed; a retry is scheduled. */
+  onTrouble: (err: unknown, lost: boolean, everRegistered: boolean) => void;
+}
+
+/**
+ * One key written under its own etcd lease and kept alive; written again (with a new lease, after
+ * retryDelayMs) when the lease is lost or a registration fails; close() revokes the lease, which
+ * removes the key at once. The agent's membership and a replica's presence are each one of these.
+ */
+class LeasedKey {
   private lease: Lease | undefined;
   private closed = false;
   private timer: NodeJS.Timeout | undefined;
   private attempt = 0;
   private everRegistered = false;
-  private registered: (() => void) | undefined;
-  /** Resolves the first time the membership is written. */
-  readonly firstRegistration = new Promise<void>((resolve) => {
-    this.registered = resolve;
-  });
 
-  constructor(private readonly o: MembershipOptions) {}
+  constructor(private readonly o: LeasedKeyOptions) {}
 
   start(): void {
     void this.register();
@@ -39,58 +51,89 @@ export class Membership {
 
   private schedule(): void {
     if (this.closed) return;
-    const delay = Math.min(5000, 250 * 2 ** Math.min(this.attempt++, 5));
-    this.timer = setTimeout(() => void this.register(), delay);
+    this.timer = setTimeout(() => void this.register(), this.o.retryDelayMs(this.attempt++));
     this.timer.unref();
   }
 
   private async register(): Promise<void> {
     if (this.closed) return;
-    const { store, ttlSeconds, log } = this.o;
-    const lease = store.ns.lease(ttlSeconds, { autoKeepAlive: true });
+    const lease = this.o.store.ns.lease(this.o.ttlSeconds, { autoKeepAlive: true });
     this.lease = lease;
     lease.on('lost', (err) => {
       if (this.closed || this.lease !== lease) return;
-      if (this.everRegistered) log.warn({ err: err.message, endpoints: store.config.endpoints }, 'fleet membership lease lost; registering again');
-      else
-        log.error(
-          { err: err.message, endpoints: store.config.endpoints },
-          'cannot register in the fleet: etcd unreachable; retrying (the agent serves meanwhile)',
-        );
+      this.o.onTrouble(err, true, this.everRegistered);
       this.lease = undefined;
       this.schedule();
     });
-    const member: AgentMember = { ...this.o.member, format: FLEET_FORMAT, incarnation: this.incarnation, registerTimeUnixMs: Date.now() };
     try {
       await lease.grant();
-      await lease.put(agentKey(member.name)).value(encodeMember(member));
+      await lease.put(this.o.key).value(this.o.value());
       if (this.closed) return;
       this.attempt = 0;
       this.everRegistered = true;
-      log.info(
-        { name: member.name, address: member.address, incarnation: this.incarnation, ttlSeconds, prefix: store.config.prefix },
-        'registered in the fleet (etcd membership under a lease)',
-      );
-      this.registered?.();
+      this.o.onRegistered();
     } catch (e) {
       if (this.closed || this.lease !== lease) return;
       this.lease = undefined;
       lease.release();
-      log.error(
-        { err: e instanceof Error ? e.message : String(e), endpoints: store.config.endpoints },
-        'cannot register in the fleet: etcd unreachable; retrying (the agent serves meanwhile)',
-      );
+      this.o.onTrouble(e, false, this.everRegistered);
       this.schedule();
     }
   }
 
-  /** Leaves the fleet: revokes the lease (the membership key goes with it). Bounded by the store's call deadline. */
+  /** Revokes the lease (the key goes with it). Bounded by the store's call deadline. */
   async close(): Promise<void> {
     this.closed = true;
     if (this.timer) clearTimeout(this.timer);
     const lease = this.lease;
     this.lease = undefined;
     if (lease) await lease.revoke().catch(() => lease.release());
+  }
+}
+
+export class Membership {
+  readonly incarnation = crypto.randomBytes(8).toString('hex');
+  private readonly key: LeasedKey;
+  private registered: (() => void) | undefined;
+  /** Resolves the first time the membership is written. */
+  readonly firstRegistration = new Promise<void>((resolve) => {
+    this.registered = resolve;
+  });
+
+  constructor(private readonly o: MembershipOptions) {
+    const { store, ttlSeconds, log } = o;
+    let member: AgentMember | undefined;
+    this.key = new LeasedKey({
+      store,
+      ttlSeconds,
+      key: agentKey(o.member.name),
+      value: () => {
+        member = { ...o.member, format: FLEET_FORMAT, incarnation: this.incarnation, registerTimeUnixMs: Date.now() };
+        return encodeMember(member);
+      },
+      retryDelayMs: (attempt) => Math.min(5000, 250 * 2 ** Math.min(attempt, 5)),
+      onRegistered: () => {
+        log.info(
+          { name: member?.name, address: member?.address, incarnation: this.incarnation, ttlSeconds, prefix: store.config.prefix },
+          'registered in the fleet (etcd membership under a lease)',
+        );
+        this.registered?.();
+      },
+      onTrouble: (err, lost, everRegistered) => {
+        const fields = { err: err instanceof Error ? err.message : String(err), endpoints: store.config.endpoints };
+        if (lost && everRegistered) log.warn(fields, 'fleet membership lease lost; registering again');
+        else log.error(fields, 'cannot register in the fleet: etcd unreachable; retrying (the agent serves meanwhile)');
+      },
+    });
+  }
+
+  start(): void {
+    this.key.start();
+  }
+
+  /** Leaves the fleet: revokes the lease (the membership key goes with it). Bounded by the store's call deadline. */
+  async close(): Promise<void> {
+    await this.key.close();
     this.o.store.close();
   }
 }
@@ -108,53 +151,28 @@ export class ReplicaPresence {
   readonly registered = new Promise<void>((r) => {
     this.onRegistered = r;
   });
-  private lease: Lease | undefined;
-  private closed = false;
-  private timer: NodeJS.Timeout | undefined;
+  private readonly key: LeasedKey;
 
-  constructor(
-    private readonly store: FleetStore,
-    private readonly ttlSeconds: number,
-    private readonly log: Logger,
-  ) {}
+  constructor(store: FleetStore, ttlSeconds: number, log: Logger) {
+    this.key = new LeasedKey({
+      store,
+      ttlSeconds,
+      key: replicaKey(this.id),
+      value: () => encodeReplica({ format: FLEET_FORMAT, id: this.id, host: os.hostname(), startTimeUnixMs: Date.now() }),
+      retryDelayMs: () => 1000,
+      onRegistered: () => {
+        log.info({ replica: this.id, ttlSeconds }, 'fleet: replica presence registered');
+        this.onRegistered?.();
+      },
+      onTrouble: () => {},
+    });
+  }
 
   start(): void {
-    void this.register();
-  }
-
-  private retry(): void {
-    if (this.closed) return;
-    this.timer = setTimeout(() => void this.register(), 1000);
-    this.timer.unref();
-  }
-
-  private async register(): Promise<void> {
-    if (this.closed) return;
-    const lease = this.store.ns.lease(this.ttlSeconds, { autoKeepAlive: true });
-    this.lease = lease;
-    lease.on('lost', () => {
-      if (this.closed || this.lease !== lease) return;
-      this.lease = undefined;
-      this.retry();
-    });
-    try {
-      await lease.grant();
-      await lease.put(replicaKey(this.id)).value(encodeReplica({ format: FLEET_FORMAT, id: this.id, host: os.hostname(), startTimeUnixMs: Date.now() }));
-      this.log.info({ replica: this.id, ttlSeconds: this.ttlSeconds }, 'fleet: replica presence registered');
-      this.onRegistered?.();
-    } catch {
-      if (this.closed || this.lease !== lease) return;
-      this.lease = undefined;
-      lease.release();
-      this.retry();
-    }
+    this.key.start();
   }
 
   async close(): Promise<void> {
-    this.closed = true;
-    if (this.timer) clearTimeout(this.timer);
-    const lease = this.lease;
-    this.lease = undefined;
-    if (lease) await lease.revoke().catch(() => lease.release());
+    await this.key.close();
   }
 }
