@@ -21,6 +21,9 @@ import { HvVtlEntryReason } from './tlfs/vsm';
 import {
   HV_SYNIC_INTERCEPTION_SINT_INDEX,
   HvCacheType,
+  HV_MESSAGE_SIZE,
+  HV_X64_MEMORY_INTERCEPT_MESSAGE_SIZE,
+  HvMessageHeaderLayout,
   HvMessageType,
   encodeHvMessage,
   encodeMemoryInterceptMessage,
@@ -257,42 +260,56 @@ export function buildInterceptMessage(
   }
   const regs = vp.vtls.get(vp.activeVtl).regs;
   const seg = (n: number) => reg128ToSegment(regs.get(n) ?? { low: 0n, high: 0n });
-  const gprs = Array.from({ length: 16 }, (_, i) => reg(vp, R.HvX64RegisterRax + i));
-  const payload = encodeMemoryInterceptMessage({
-    header: {
-      vpIndex: vp.index,
-      // The emulator has no instruction stream for a guest action: 0 = unknown (the recipient
-      // decodes), as the TLFS allows (tlfs-intercepts.md §6.1). An engine that ran the instruction
-      // may know it (interceptAccess).
-      instructionLength: instruction?.length ?? 0,
-      interceptAccessType: ACCESS_TYPE[kind],
-      executionState: {
-        cpl: cpl(vp),
-        cr0Pe: !inRealMode(vp),
-        cr0Am: (reg(vp, R.HvX64RegisterCr0) & (1n << 18n)) !== 0n,
-        eferLma: (reg(vp, R.HvX64RegisterEfer) & 0x400n) !== 0n,
-        debugActive: (reg(vp, R.HvX64RegisterDr7) & 0xffn) !== 0n,
-        interruptionPending: false,
-        vtl: vp.activeVtl,
-      },
-      csSegment: seg(R.HvX64RegisterCs),
-      rip: reg(vp, R.HvX64RegisterRip),
-      rflags: reg(vp, R.HvX64RegisterRflags),
-    },
-    cacheType: HvCacheType.HvCacheTypeWriteBack,
-    instructionByteCount: Math.min(16, instruction?.bytes.length ?? 0),
-    // GvaValid when the access named a GVA that the VP's page tables translated (the caller did).
-    memoryAccessInfo: { gvaValid: gva !== undefined },
-    tprPriority: 0,
-    guestVirtualAddress: gva ?? 0n,
-    guestPhysicalAddress: gpa,
-    instructionBytes: Buffer.concat([instruction?.bytes.subarray(0, 16) ?? Buffer.alloc(0), Buffer.alloc(16)]).subarray(0, 16),
-    dsSegment: seg(R.HvX64RegisterDs),
-    ssSegment: seg(R.HvX64RegisterSs),
-    gprs,
-  });
+  const gprs: bigint[] = new Array(16);
+  for (let i = 0; i < 16; i++) gprs[i] = reg(vp, R.HvX64RegisterRax + i);
+  const instructionBytes = Buffer.alloc(16);
+  instruction?.bytes.copy(instructionBytes, 0, 0, Math.min(16, instruction.bytes.length));
+  // The HV_MESSAGE built in place: header at +0, the payload at +16 (as encodeHvMessage lays them out).
+  const message = Buffer.alloc(HV_MESSAGE_SIZE);
   // OriginationId: 0, as OpenVMM/OpenHCL send for secure intercepts (the TLFS value is unconfirmed).
-  return encodeHvMessage({ messageType: HvMessageType.HvMessageTypeGpaIntercept, payloadSize: payload.length, messageFlags: 0, originationId: 0n }, payload);
+  HvMessageHeaderLayout.encode(
+    { messageType: HvMessageType.HvMessageTypeGpaIntercept, payloadSize: HV_X64_MEMORY_INTERCEPT_MESSAGE_SIZE, messageFlags: 0, originationId: 0n },
+    message,
+    0,
+  );
+  encodeMemoryInterceptMessage(
+    {
+      header: {
+        vpIndex: vp.index,
+        // The emulator has no instruction stream for a guest action: 0 = unknown (the recipient
+        // decodes), as the TLFS allows (tlfs-intercepts.md §6.1). An engine that ran the instruction
+        // may know it (interceptAccess).
+        instructionLength: instruction?.length ?? 0,
+        interceptAccessType: ACCESS_TYPE[kind],
+        executionState: {
+          cpl: cpl(vp),
+          cr0Pe: !inRealMode(vp),
+          cr0Am: (reg(vp, R.HvX64RegisterCr0) & (1n << 18n)) !== 0n,
+          eferLma: (reg(vp, R.HvX64RegisterEfer) & 0x400n) !== 0n,
+          debugActive: (reg(vp, R.HvX64RegisterDr7) & 0xffn) !== 0n,
+          interruptionPending: false,
+          vtl: vp.activeVtl,
+        },
+        csSegment: seg(R.HvX64RegisterCs),
+        rip: reg(vp, R.HvX64RegisterRip),
+        rflags: reg(vp, R.HvX64RegisterRflags),
+      },
+      cacheType: HvCacheType.HvCacheTypeWriteBack,
+      instructionByteCount: Math.min(16, instruction?.bytes.length ?? 0),
+      // GvaValid when the access named a GVA that the VP's page tables translated (the caller did).
+      memoryAccessInfo: { gvaValid: gva !== undefined },
+      tprPriority: 0,
+      guestVirtualAddress: gva ?? 0n,
+      guestPhysicalAddress: gpa,
+      instructionBytes,
+      dsSegment: seg(R.HvX64RegisterDs),
+      ssSegment: seg(R.HvX64RegisterSs),
+      gprs,
+    },
+    message,
+    16,
+  );
+  return message;
 }
 
 /**

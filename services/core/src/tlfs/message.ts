@@ -150,11 +150,14 @@ export const HvX64MemoryInterceptMessageLayout = struct('HV_X64_MEMORY_INTERCEPT
 export type HvX64MemoryInterceptMessage = CodecValue<typeof HvX64MemoryInterceptMessageLayout>;
 export const HV_X64_MEMORY_INTERCEPT_MESSAGE_SIZE = HvX64MemoryInterceptMessageLayout.size;
 
-/** Every field is written from `m`; nothing is carried over from a previous message (seed 004). */
-export function encodeMemoryInterceptMessage(m: HvX64MemoryInterceptMessage): Buffer {
+/**
+ * Every field is written from `m`; nothing is carried over from a previous message (seed 004). With
+ * `out`, the 240 bytes go into it at `offset` (e.g. an HV_MESSAGE's payload at +16) and `out` is returned.
+ */
+export function encodeMemoryInterceptMessage(m: HvX64MemoryInterceptMessage, out?: Buffer, offset = 0): Buffer {
   if (m.gprs.length !== 16) throw new RangeError('HV_X64_MEMORY_INTERCEPT_MESSAGE needs 16 GPRs');
   if (m.instructionByteCount > 16 || m.instructionBytes.length > 16) throw new RangeError('at most 16 instruction bytes');
-  return HvX64MemoryInterceptMessageLayout.encode(m);
+  return HvX64MemoryInterceptMessageLayout.encode(m, out, offset);
 }
 export const decodeMemoryInterceptMessage = (b: Buffer, base = 0): HvX64MemoryInterceptMessage => HvX64MemoryInterceptMessageLayout.decode(b, base);
 
