@@ -102,8 +102,16 @@ export class Partition extends PartitionState {
   readMsr(vp: VirtualProcessor, msr: number): { value: bigint; exception?: X64ExceptionVector } {
     return msrs.readMsr(this, vp, msr);
   }
-  writeMsr(vp: VirtualProcessor, msr: number, value: bigint): { exception?: X64ExceptionVector } {
+  writeMsr(vp: VirtualProcessor, msr: number, value: bigint): { exception?: X64ExceptionVector; intercepted?: { heldBack: boolean } } {
     return msrs.writeMsr(this, vp, msr, value);
+  }
+  /**
+   * The architectural MSRs whose WRMSR by `vtl` some enabled higher VTL of some VP intercepts
+   * (HvX64RegisterCrInterceptControl, rules/register-intercepts.ts), ascending: what a platform that
+   * runs `vtl`'s code must trap (the KVM agent's MSR filter).
+   */
+  msrWritesInterceptedFor(vtl: Vtl): number[] {
+    return registerIntercepts.msrWritesInterceptedFor(this, vtl);
   }
 
   // ---- processor state of the active VTL (rules/processor.ts) -----------------------------------

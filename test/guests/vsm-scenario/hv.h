@@ -63,6 +63,10 @@ typedef unsigned char u8;
 /* Register names (tlfs-vsm.md §3.4; tlfs-hypercalls.md §2.7). */
 #define HvRegisterVsmPartitionConfig 0x000d0007u
 #define HvX64RegisterRip 0x00020010u
+/* HvX64RegisterCrInterceptControl (tlfs-vsm.md §3.8): bit 6 MsrLstarWrite. */
+#define HvX64RegisterCrInterceptControl 0x000e0000u
+#define HV_CR_INTERCEPT_MSR_LSTAR_WRITE (1ul << 6)
+#define IA32_LSTAR 0xc0000082u
 /* HvRegisterVsmPartitionConfig: EnableVtlProtection 0, DefaultVtlProtectionMask 4:1 (tlfs-vsm.md §3.4). */
 #define HV_VSM_PARTITION_CONFIG(default_mask) (1ul | ((u64)(default_mask) << 1))
 
@@ -163,6 +167,16 @@ struct hv_x64_memory_intercept_message {
   struct hv_x64_segment_register ss_segment;
   u64 rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, r8, r9, r10, r11, r12, r13, r14, r15;
 } __attribute__((packed));
+
+/* HV_X64_MSR_INTERCEPT_MESSAGE, 64 bytes (tlfs-intercepts.md §6.8; OpenVMM `HvX64MsrInterceptMessage`). */
+#define HvMessageTypeMsrIntercept 0x80010001u
+struct hv_x64_msr_intercept_message {
+  struct hv_x64_intercept_message_header header;
+  u32 msr_number;
+  u32 reserved;
+  u64 rdx, rax;
+} __attribute__((packed));
+_Static_assert(sizeof(struct hv_x64_msr_intercept_message) == 64, "HV_X64_MSR_INTERCEPT_MESSAGE");
 
 #define HV_INTERCEPT_ACCESS_WRITE 1
 #define HV_EXECUTION_STATE_VTL(s) (((s) >> 7) & 0xf)

@@ -26,6 +26,12 @@
  *   VTL1's LAPIC on VP 0 delivers IPI_VECTOR to vtl1_ipi, which counts it and EOIs, and VTL1 returns.
  *   VP 0's VTL0 never calls VTL1 meanwhile: only the secure interrupt brings VTL1 to run there.
  *
+ * With MSR_WRITES = N > 0, then secure MSR write intercepts (tlfs-vsm.md §3.8): VTL1 on VP 0 set
+ *   MsrLstarWrite in its HvX64RegisterCrInterceptControl (VP 1's VTL1 did not). VP 0's VTL0 writes
+ *   IA32_LSTAR N times: each write has no effect (RDMSR reads the old value) and arrives in VTL1's
+ *   SIM slot 0 as HV_X64_MSR_INTERCEPT_MESSAGE, whose handler checks it and moves VTL0's RIP past the
+ *   WRMSR. VP 1's VTL0 writes IA32_LSTAR once: not intercepted on VP 1, it takes effect.
+ *
  * The test (services/kvm-agent/test/agent-vsm-guest.test.ts) reads vtl1_log, vtl1_log_count and
  * scenario_result by their symbols (nm); agent-secure-interrupt-guest.test.ts builds it with SECURE_IPIS.
  */
@@ -51,6 +57,10 @@
 /* Rounds of secure interrupts after the stores (0: none, the scenario as without them). */
 #ifndef SECURE_IPIS
 #define SECURE_IPIS 0
+#endif
+/* WRMSRs of IA32_LSTAR by VP 0's VTL0 that its VTL1 intercepts (0: none, no lock set). */
+#ifndef MSR_WRITES
+#define MSR_WRITES 0
 #endif
 #define VP_COUNT 2
 #define SINT0_VECTOR 0x50
@@ -135,6 +145,15 @@ volatile u64 vtl1_ipi_error;
    [4] secure IPIs VTL1 took on VP 0. */
 volatile u64 scenario_result[5];
 
+/* MSR_WRITES: the intercepts VTL1 handled per VP, VP 0's writes that took effect anyway, VP 1's write
+   result (1 = it took effect), the old LSTAR VP 0 kept, and the set-up status of the lock. */
+volatile u64 vtl1_msr_intercepts[VP_COUNT];
+volatile u64 msr_leaks;
+volatile u64 ap_msr_done;
+volatile u64 lstar_kept;
+volatile u64 vtl1_msr_lock_status;
+static inline u64 lstar_value(u64 i) { return 0xffffffff81000000ul + (i + 1) * 0x1000; }
+
 /* ---- CPU helpers ------------------------------------------------------------------------------- */
 
 static inline void outb(u16 port, u8 v) { asm volatile("outb %0, %1" : : "a"(v), "Nd"(port)); }
@@ -150,6 +169,11 @@ static inline u64 rdmsr(u32 msr) {
   return ((u64)hi << 32) | lo;
 }
 static inline void wrmsr(u32 msr, u64 v) { asm volatile("wrmsr" : : "c"(msr), "a"((u32)v), "d"((u32)(v >> 32)) : "memory"); }
+/* A WRMSR that may enter VTL1 (an intercept): VTL1's VtlReturn leaves RAX and RCX changed (entry.S). */
+static inline void wrmsr_intercepted(u32 msr, u64 v) {
+  u64 c = msr, a = (u32)v;
+  asm volatile("wrmsr" : "+c"(c), "+a"(a) : "d"((u32)(v >> 32)) : "memory");
+}
 static inline void pause(void) { asm volatile("pause" ::: "memory"); }
 static inline u64 read_cr0(void) { u64 v; asm volatile("mov %%cr0, %0" : "=r"(v)); return v; }
 static inline u64 read_cr3(void) { u64 v; asm volatile("mov %%cr3, %0" : "=r"(v)); return v; }
@@ -467,6 +491,27 @@ void bsp_main(void) {
   unlock_print();
 #endif
 
+#if MSR_WRITES
+  /* VP 0's VTL0 writes IA32_LSTAR, which its VTL1 locked: no write takes effect, each one reaches VTL1. */
+  if (HV_RESULT_STATUS(vtl1_msr_lock_status)) fail("HvCallSetVpRegisters(CrInterceptControl):", vtl1_msr_lock_status);
+  lstar_kept = rdmsr(IA32_LSTAR);
+  for (u64 i = 0; i < MSR_WRITES; i++) {
+    wrmsr_intercepted(IA32_LSTAR, lstar_value(i));
+    if (rdmsr(IA32_LSTAR) != lstar_kept) msr_leaks++;
+    if (vtl1_msr_intercepts[0] != i + 1) fail("VTL1 did not see the LSTAR write", i);
+  }
+  wait_at_least(&ap_msr_done, 1, "VP 1 did not write IA32_LSTAR:");
+  lock_print();
+  puts_raw("vsm-scenario: ");
+  put_dec(vtl1_msr_intercepts[0]);
+  puts_raw(" LSTAR writes intercepted by VTL1 on VP 0, ");
+  put_dec(msr_leaks);
+  puts_raw(" took effect; VP 1's write ");
+  puts_raw(ap_msr_done == 1 ? "took effect\n" : "was lost\n");
+  unlock_print();
+  if (msr_leaks || ap_msr_done != 1 || vtl1_msr_intercepts[1]) fail("MSR intercepts: leaks / VP 1 result / VP 1 intercepts", msr_leaks << 32 | ap_msr_done << 16 | vtl1_msr_intercepts[1]);
+#endif
+
   /* Every value in place, nothing else written to the protected pages, one log entry per store. */
   u64 in_place = 0, stray = 0;
   for (u32 vp = 0; vp < VP_COUNT; vp++)
@@ -525,6 +570,11 @@ void ap_main(void) {
     wait_at_least(&vtl1_ipis[0], i + 1, "VP 0's VTL1 did not take the secure IPI:");
   }
 #endif
+#if MSR_WRITES
+  /* VP 1's VTL1 locked nothing: this write takes effect (the agent traps it for VP 0's sake). */
+  wrmsr(IA32_LSTAR, 0xffffffff82000000ul);
+  ap_msr_done = rdmsr(IA32_LSTAR) == 0xffffffff82000000ul ? 1 : 2;
+#endif
 }
 
 /* ---- VTL1 -------------------------------------------------------------------------------------- */
@@ -550,6 +600,10 @@ u64 *vtl1_init(void) {
     vtl1_setup_status[1] = HV_RESULT_REPS(r) == PROT_PAGES ? r : (r | 0x10000);
     /* VTL1 enables itself on VP 1 (tlfs-vsm.md §4). */
     vtl1_setup_status[2] = enable_vp_vtl(vtl1_hypercall_page, vtl1_input[0], 1);
+#if MSR_WRITES
+    /* Lock IA32_LSTAR against VTL0 on this VP (VTL1's own register, tlfs-vsm.md §3.8). */
+    vtl1_msr_lock_status = set_vp_register(vtl1_hypercall_page, vtl1_input[0], HvX64RegisterCrInterceptControl, HV_CR_INTERCEPT_MSR_LSTAR_WRITE, 0xff);
+#endif
   }
   /* This VP's LAPIC in VTL1 (each VTL has its own, tlfs-vsm.md §9.1) and SynIC (tlfs-overlays-synic.md §5.1). */
   lapic_write(0x80, 0);     /* TPR */
@@ -588,7 +642,22 @@ void vtl1_sint0(void) {
   volatile struct hv_message_header *h = (volatile struct hv_message_header *)(vtl1_simp[vp] + HV_SYNIC_INTERCEPTION_SINT_INDEX * HV_MESSAGE_SIZE);
   volatile struct hv_x64_memory_intercept_message *msg = (volatile struct hv_x64_memory_intercept_message *)(h + 1);
   u32 type = h->message_type;
-  if (type != HvMessageTypeGpaIntercept) {
+  if (type == HvMessageTypeMsrIntercept) {
+    volatile struct hv_x64_msr_intercept_message *mm = (volatile struct hv_x64_msr_intercept_message *)(h + 1);
+    u64 n = vtl1_msr_intercepts[vp];
+    u64 rip = mm->header.rip;
+    u64 value = (mm->rdx << 32) | (mm->rax & 0xffffffffu);
+    if (mm->header.vp_index != vp) bad_message(vp, "MSR intercept VpIndex", mm->header.vp_index);
+    if (mm->header.intercept_access_type != HV_INTERCEPT_ACCESS_WRITE) bad_message(vp, "MSR intercept InterceptAccessType", mm->header.intercept_access_type);
+    if (HV_EXECUTION_STATE_VTL(mm->header.execution_state) != 0) bad_message(vp, "MSR intercept ExecutionState.Vtl", mm->header.execution_state);
+    if (mm->msr_number != IA32_LSTAR) bad_message(vp, "MSR intercept MsrNumber", mm->msr_number);
+    if (value != lstar_value(n)) bad_message(vp, "MSR intercept EDX:EAX", value);
+    if (*(volatile u16 *)rip != 0x300f) bad_message(vp, "MSR intercept RIP is not on a WRMSR:", rip);
+    vtl1_msr_intercepts[vp] = n + 1;
+    /* Refused for good: VTL0 goes on after the WRMSR (2 bytes, 0F 30). */
+    u64 r = set_vp_register(vtl1_hypercall_page, vtl1_input[vp], HvX64RegisterRip, rip + 2, 0);
+    if (HV_RESULT_STATUS(r) || HV_RESULT_REPS(r) != 1) bad_message(vp, "HvCallSetVpRegisters(VTL0 RIP)", r);
+  } else if (type != HvMessageTypeGpaIntercept) {
     bad_message(vp, "SIM slot 0 holds message type", type);
   } else {
     u32 msg_vp = msg->header.vp_index;

@@ -62,13 +62,21 @@ export function readMsr(p: PartitionState, vp: VirtualProcessor, msr: number): {
 }
 
 /** WRMSR by the VP in its active VTL. Refused writes raise #GP and change nothing. */
-export function writeMsr(p: PartitionState, vp: VirtualProcessor, msr: number, value: bigint): { exception?: X64ExceptionVector; vtlSwitch?: VtlSwitchEvent } {
+export function writeMsr(
+  p: PartitionState,
+  vp: VirtualProcessor,
+  msr: number,
+  value: bigint,
+): { exception?: X64ExceptionVector; vtlSwitch?: VtlSwitchEvent; intercepted?: { heldBack: boolean } } {
   assertActive(p);
   if (p.spec.architecture !== 'x64') return { exception: X64Exception.UD };
   if (isArchitecturalMsr(msr)) {
     // A write a higher VTL intercepts does not take effect (rules/register-intercepts.ts).
     const r = guestArchitecturalMsr(p, vp, msr, { kind: 'write', value });
-    if ('intercepted' in r) return { vtlSwitch: r.intercepted.status === 'intercepted' ? r.intercepted.vtlSwitch : undefined };
+    if ('intercepted' in r) {
+      const o = r.intercepted;
+      return { vtlSwitch: o.status === 'intercepted' ? o.vtlSwitch : undefined, intercepted: { heldBack: o.status === 'intercepted' && o.heldBack === true } };
+    }
     try {
       prepareSetRegister(p, vp, vp.activeVtl, r.register, reg64(value), vp.activeVtl)();
       return {};

@@ -137,3 +137,17 @@ export function guestArchitecturalMsr(
   const payload = encodeMsrInterceptMessage({ header: interceptHeader(vp, access.kind), msrNumber: msr, reserved: 0, rdx, rax });
   return { intercepted: raiseSecureIntercept(p, vp, by, HvMessageType.HvMessageTypeMsrIntercept, payload, access.kind) };
 }
+
+/**
+ * The architectural MSRs whose write by `vtl` is selected by an enabled VTL above it on any VP of the
+ * partition, ascending (a platform traps these; the decision per access stays guestArchitecturalMsr's).
+ */
+export function msrWritesInterceptedFor(p: PartitionState, vtl: Vtl): number[] {
+  const out: number[] = [];
+  for (const [msr, m] of MSRS) {
+    if (m.write === undefined || m.register === undefined) continue;
+    const b = m.write;
+    if (p.vps.some((vp) => VTLS.some((v) => v > vtl && vp.vtls.get(v).enabled && bit(vp, v, b)))) out.push(msr);
+  }
+  return out.sort((a, b) => a - b);
+}

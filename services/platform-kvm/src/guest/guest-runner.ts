@@ -393,6 +393,7 @@ export class GuestRunner {
         return CMD.run;
       }
       case 'wrmsr': {
+        if (t.cpu.vm.trapsMsrWrite(e.index)) return this.architecturalWrmsr(t, e.index, e.data);
         const r = this.p.writeMsr(t.vp, e.index, e.data);
         vcpu.completeMsr({ error: r.exception !== undefined });
         return CMD.run; // a view change (overlay MSR) is applied with every VP parked (serve → quiesce)
@@ -412,6 +413,57 @@ export class GuestRunner {
         this.crash(`VP ${t.vp.index}: unhandled exit ${describeExit(e)}`, t.vp.index);
         return CMD.exit;
     }
+  }
+
+  /** WRMSRs of an MSR a higher VTL intercepts (trapped by the VM's MSR filter), and how many it refused. */
+  msrWriteExits = 0;
+  msrWriteIntercepts = 0;
+
+  /**
+   * WRMSR of an architectural MSR the VM's filter traps because a higher VTL selected it in
+   * HvX64RegisterCrInterceptControl (VtlVm.syncMsrFilter). The core decides with the VP's state
+   * stored (RIP on the WRMSR):
+   * - not intercepted for this VP (another VP's VTL selected it): the value goes into the vCPU
+   *   (KVM_SET_MSRS; a filtered write exit writes nothing itself) and the exit completes (RIP past);
+   * - refused by the MSR's rules: #GP, as KVM would inject;
+   * - intercepted: nothing is written. Completing the exit always finishes the instruction (KVM
+   *   skips it at the next KVM_RUN, on top of whatever registers are loaded then), so the exit is
+   *   completed now without entering the guest (immediate_exit) and the core keeps RIP on the WRMSR:
+   *   the VP follows into the intercepting VTL (SINT0 message), and when VTL0 runs again its state
+   *   (RIP included, as the higher VTL left it) comes from the core. SINT0's queue full: the VP
+   *   waits and the WRMSR runs again (it intercepts again or passes).
+   */
+  private architecturalWrmsr(t: VpThread, msr: number, value: bigint): number {
+    const c = t.cpu;
+    const vcpu = c.vcpu;
+    this.msrWriteExits++;
+    this.kp.executionStore(c, t.vp, t.vtl);
+    const r = this.p.writeMsr(t.vp, msr, value);
+    if (r.exception !== undefined) {
+      vcpu.completeMsr({ error: true });
+      return CMD.run;
+    }
+    if (!r.intercepted) {
+      vcpu.setMsrs([{ index: msr, data: value }]);
+      vcpu.completeMsr({ error: false });
+      return CMD.run;
+    }
+    this.msrWriteIntercepts++;
+    vcpu.completeMsr({ error: false });
+    vcpu.immediateExit = true;
+    try {
+      vcpu.run();
+    } finally {
+      vcpu.immediateExit = false;
+      c.pending = false;
+    }
+    if (r.intercepted.heldBack) {
+      const i = t.vp.index;
+      setTimeout(() => this.resumeSuspended(i), 2).unref();
+      return HOLD;
+    }
+    this.follow(t);
+    return CMD.run;
   }
 
   private count(kind: string): void {

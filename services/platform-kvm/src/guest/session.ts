@@ -91,6 +91,9 @@ export interface GuestRunStats {
   interrupts: number;
   /** VTL switches made for secure interrupts (an interrupt for a VTL above the one a VP ran). */
   secureInterrupts: number;
+  /** WRMSRs the VM's MSR filter trapped for a higher VTL's write intercept, and those it refused (issue #16). */
+  msrWriteExits: number;
+  msrWriteIntercepts: number;
 }
 
 export class GuestSession {
@@ -333,6 +336,8 @@ export class GuestSession {
       autoEois: this.autoEois,
       interrupts: this.interrupts,
       secureInterrupts: r.secureInterrupts,
+      msrWriteExits: r.msrWriteExits,
+      msrWriteIntercepts: r.msrWriteIntercepts,
     };
   }
 

@@ -118,7 +118,7 @@ export class VtlVm {
         this.vm.map({ gpa: BigInt(off), size: Math.min(RAM_SLOT_BYTES, ram.memory.size - off), memory: ram.memory, offset: off });
       }
       agent.mapInto(this.vm);
-      this.vm.trapMsrs();
+      this.vm.trapMsrs(undefined, undefined, this.trappedMsrWrites);
     } catch (e) {
       this.vm.close();
       throw e;
@@ -154,6 +154,7 @@ export class VtlVm {
    * of the partition and those of VP `vpIndex`). Only the slots that differ are changed.
    */
   syncView(p: Partition, vpIndex: number): void {
+    this.syncMsrFilter(p);
     const protectionsChanged = this.protectionsDirty || this.protectionsAt !== p.protectionChanges;
     if (!this.dirty && !protectionsChanged && (this.viewVp === vpIndex || (this.execution && this.viewVp !== null))) return;
     const t0 = process.hrtime.bigint();
@@ -284,7 +285,40 @@ export class VtlVm {
 
   /** Whether the layout lags behind the core's overlays or protections (syncView would change it). */
   needsSync(p: Partition): boolean {
-    return this.dirty || this.protectionsDirty || this.protectionsAt !== p.protectionChanges;
+    return this.dirty || this.protectionsDirty || this.protectionsAt !== p.protectionChanges || this.msrFilterLags(p);
+  }
+
+  // ---- secure MSR write intercepts of guests that run (issue #16) ---------------------------------
+  //
+  // The architectural MSRs whose WRMSR by this VTL a higher VTL intercepts (HvX64RegisterCrInterceptControl,
+  // TLFS vsm.md "Secure Register Intercepts") are added to the VM's MSR filter, write only: such a write
+  // exits to the agent (KVM_EXIT_X86_WRMSR), which lets the core decide (GuestRunner). Every other MSR
+  // write stays in KVM. Only VMs of guests that run: guest actions reach the core without KVM.
+
+  /** The MSRs whose writes the filter traps besides the Hyper-V range (ascending). */
+  trappedMsrWrites: readonly number[] = [];
+  /** MSR filter updates (KVM_X86_SET_MSR_FILTER after the first). */
+  msrFilterUpdates = 0;
+
+  /** Whether a WRMSR of `msr` exits because a higher VTL intercepts it. */
+  trapsMsrWrite(msr: number): boolean {
+    return this.trappedMsrWrites.includes(msr);
+  }
+
+  private msrFilterLags(p: Partition): boolean {
+    if (!this.execution || this.vtl === 2) return false;
+    const want = p.msrWritesInterceptedFor(this.vtl);
+    const have = this.trappedMsrWrites;
+    return want.length !== have.length || want.some((m, i) => m !== have[i]);
+  }
+
+  /** Makes the MSR filter trap exactly the writes the higher VTLs intercept now. */
+  private syncMsrFilter(p: Partition): void {
+    if (!this.msrFilterLags(p)) return;
+    const want = p.msrWritesInterceptedFor(this.vtl);
+    this.vm.trapMsrs(undefined, undefined, want);
+    this.trappedMsrWrites = want;
+    this.msrFilterUpdates++;
   }
 
   /** Number of memslots of the VM (view plus agent region). */

@@ -69,6 +69,12 @@ const KVM_FEATURES: pb.Feature[] = [
       'partly: ExecuteMemory is answered by the core model, which enforces user-mode vs kernel-mode execute (UMX/KMX by the VP CPL) and names the permission in the intercept; a running guest gets no execute protection at all on this host (see execute-protection), so MBEC is not enforced for guest code',
   },
   {
+    name: 'running-guest-register-intercepts',
+    supported: false,
+    reason:
+      "partly: in a running guest, WRMSR of an architectural MSR a higher VTL intercepts (HvX64RegisterCrInterceptControl: EFER, STAR, LSTAR, CSTAR, SFMASK, SYSENTER_CS/EIP/ESP, APIC_BASE, TSC_AUX write bits) is trapped by the lower VTL VM's KVM MSR filter and refused as HV_X64_MSR_INTERCEPT_MESSAGE to that VTL (RIP stays on the WRMSR); MSR read intercepts, IA32_MISC_ENABLE and SGX launch control (not modelled by the core), and CR0/CR4/XCR0/GDTR/IDTR/LDTR/TR writes are enforced only for guest actions (the core), not for running guest code: KVM has no user-space exit for them",
+  },
+  {
     name: 'kvm-enforced-protections',
     supported: true,
     reason:

@@ -1,0 +1,131 @@
+// Secure MSR write intercepts in a running guest (issue #16, tlfs-vsm.md §3.8) on the KVM agent:
+// test/guests/vsm-scenario built with MSR_WRITES=N. VTL1 on VP 0 sets MsrLstarWrite in its
+// HvX64RegisterCrInterceptControl (a hypercall of the running guest); the agent adds IA32_LSTAR to the
+// VTL0 VM's MSR filter (write only). VP 0's VTL0 then writes IA32_LSTAR N times: KVM exits to the agent
+// (KVM_EXIT_X86_WRMSR), the core refuses the write and posts HV_X64_MSR_INTERCEPT_MESSAGE to VTL1's
+// SINT0 (entry reason Interrupt); the agent completes the exit without entering the guest and keeps
+// RIP on the WRMSR. VTL1's handler checks the message (MsrNumber, EDX:EAX, RIP on `0F 30`, VTL 0),
+// moves VTL0's RIP past it and returns. Checked in the guest: RDMSR reads the old LSTAR after every
+// write, VTL1 counted each one; VP 1 (whose VTL1 locked nothing) writes LSTAR once through the same
+// filter and that write takes effect. Checked here: the symbols, the transition stream (VP 0 entered
+// VTL1 with reason INTERRUPT once per write after its stores) and the runner's counts.
+import { execFileSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { pb } from '@vsm/client';
+import { KvmBackend } from '@vsm/vsm-v1';
+import type { GuestSession } from '@vsm/platform-kvm';
+import { waitFor } from '../../../test/support/wait';
+import { type AgentHarness, describeKvm, startAgent } from './agent-support';
+
+const MiB = 1n << 20n;
+const GUEST_DIR = path.resolve(__dirname, '../../../test/guests/vsm-scenario');
+const WRITES = 2; // intercepted stores per VP before the MSR phase (the scenario's first part)
+const MSR_WRITES = 8;
+/** HvX64RegisterCrInterceptControl (tlfs-vsm.md §3.8). */
+const CR_INTERCEPT_CONTROL = 0x000e0000;
+
+function buildGuest(): { image: Buffer; symbols: Map<string, bigint>; dir: string } {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vsm-msr-intercept-'));
+  const elf = execFileSync('sh', [path.join(GUEST_DIR, 'build.sh'), dir], {
+    encoding: 'utf8',
+    env: { ...process.env, WRITES_PER_VP: String(WRITES), MSR_WRITES: String(MSR_WRITES) },
+  }).trim();
+  const symbols = new Map<string, bigint>();
+  for (const line of execFileSync('nm', [elf], { encoding: 'utf8' }).split('\n')) {
+    const [addr, , name] = line.trim().split(/\s+/);
+    if (addr && name) symbols.set(name, BigInt(`0x${addr}`));
+  }
+  return { image: fs.readFileSync(elf), symbols, dir };
+}
+
+describeKvm('secure MSR write intercepts in a running guest: VTL1 locks IA32_LSTAR against VTL0 (real KVM)', () => {
+  let h: AgentHarness;
+  let backend: KvmBackend;
+  let dir = '';
+  beforeAll(async () => {
+    backend = new KvmBackend();
+    h = await startAgent(backend);
+  });
+  afterAll(async () => {
+    await h?.stop();
+    if (dir) fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  test(`${MSR_WRITES} WRMSRs of a locked LSTAR by VP 0's VTL0 take no effect and reach VTL1 as MSR intercept messages; VP 1's unlocked write takes effect`, async () => {
+    const guest = buildGuest();
+    dir = guest.dir;
+    const p = await h.client.partitions.createPartition({
+      partitionId: 'vsm-msr-intercept',
+      partition: pb.Partition.fromPartial({ vpCount: 2, memoryBytes: 64n * MiB, maximumVtl: 1 }),
+    });
+    const name = p.name;
+
+    const ac = new AbortController();
+    const transitions: pb.VtlTransition[] = [];
+    let subscribed = false;
+    const watching = (async () => {
+      for await (const m of h.client.vtl.watchTransitions({ name, vpIndex: 0 }, ac.signal)) {
+        if (m.event?.$case === 'subscribed') subscribed = true;
+        else if (m.event?.$case === 'transition') transitions.push(m.event.value);
+      }
+    })().catch(() => undefined);
+    await waitFor('the transition watch to be registered', () => subscribed);
+
+    await h.client.execution.loadGuestImage({ name, image: guest.image, format: pb.GuestImageFormat.GUEST_IMAGE_FORMAT_ELF64 });
+    let text = '';
+    let end: pb.GuestRunEnd | undefined;
+    const consoleDone = (async () => {
+      for await (const m of h.client.execution.streamConsole({ name })) {
+        if (m.kind?.$case === 'chunk') text += Buffer.from(m.kind.value.data).toString('latin1');
+        else if (m.kind?.$case === 'end') end = m.kind.value;
+      }
+    })();
+    await h.client.execution.startPartition({ name });
+    await consoleDone;
+    expect(text).toContain(`vsm-scenario: ${MSR_WRITES} LSTAR writes intercepted by VTL1 on VP 0, 0 took effect; VP 1's write took effect`);
+    expect(text).toContain('vsm-scenario: PASS');
+    expect(text).toContain(' 0 bad messages'); // VTL1's checks of every message (MsrNumber, EDX:EAX, RIP on the WRMSR, VTL 0)
+    expect(end).toMatchObject({ state: pb.RunState.RUN_STATE_STOPPED, exitCode: 0 });
+
+    const u64 = async (sym: string, index = 0) =>
+      Buffer.from((await h.client.memory.readGpa({ name, gpa: guest.symbols.get(sym)! + BigInt(index * 8), length: 8 })).data).readBigUInt64LE(0);
+    expect(await u64('vtl1_msr_intercepts', 0)).toBe(BigInt(MSR_WRITES));
+    expect(await u64('vtl1_msr_intercepts', 1)).toBe(0n);
+    expect(await u64('msr_leaks')).toBe(0n);
+    expect(await u64('ap_msr_done')).toBe(1n);
+
+    // VP 0's VTL1 entries: the set-up VtlCall, one per intercepted store, one per intercepted WRMSR
+    // (reason INTERRUPT: the core enters VTL1 for an intercept with it, tlfs-vsm.md §8.1).
+    await waitFor('every transition of VP 0', () => transitions.filter((t) => !t.isReturn).length >= 1 + WRITES + MSR_WRITES);
+    const entries = transitions.filter((t) => !t.isReturn);
+    expect(entries.map((t) => t.entryReason)).toEqual([
+      pb.HvVtlEntryReason.HV_VTL_ENTRY_REASON_VTL_CALL,
+      ...Array(WRITES + MSR_WRITES).fill(pb.HvVtlEntryReason.HV_VTL_ENTRY_REASON_INTERRUPT),
+    ]);
+
+    // The agent's counts: VP 0's writes trapped and refused, VP 1's trapped and performed (KVM_SET_MSRS).
+    const sessions = (backend as unknown as { sessions: Map<unknown, GuestSession>; partition(name: string): unknown }).sessions;
+    const session = sessions.get((backend as unknown as { partition(name: string): unknown }).partition(name));
+    const stats = session?.stats();
+    expect(stats?.msrWriteIntercepts).toBe(MSR_WRITES);
+    expect(stats?.msrWriteExits).toBe(MSR_WRITES + 1);
+
+    // The lock is VTL1's register on VP 0 (read through the API); LSTAR of VP 0's VTL0 kept its value.
+    const vp0 = `${name}/vps/0`;
+    const reg = async (vtl: number, n: number) =>
+      (await h.client.vps.getVpRegisters({ name: vp0, vtl, names: [n as pb.HvRegisterName] })).registers[0]?.value?.value;
+    expect(await reg(1, CR_INTERCEPT_CONTROL)).toEqual({ $case: 'reg64', value: 1n << 6n });
+    expect(await reg(0, pb.HvRegisterName.HV_REGISTER_NAME_X64_LSTAR)).toEqual({ $case: 'reg64', value: await u64('lstar_kept') });
+
+    // What the agent says it enforces for running guests (the rest of CrInterceptControl: guest actions only).
+    const f = (await h.client.partitions.getCapabilities({})).features.find((x) => x.name === 'running-guest-register-intercepts');
+    expect(f?.supported).toBe(false);
+    expect(f?.reason).toMatch(/^partly: .*KVM MSR filter.*HV_X64_MSR_INTERCEPT_MESSAGE.*CR0\/CR4/);
+
+    ac.abort();
+    await watching;
+    await h.client.partitions.deletePartition({ name });
+  }, 120_000);
+});
