@@ -152,6 +152,23 @@ describe('MSR intercepts through WRMSR/RDMSR', () => {
     expect(writeMsr(p, vp, X64Msr.IA32_LSTAR, 1n).vtlSwitch).toMatchObject({ toVtl: 1 });
     expect(writeMsr(p, vp, X64Msr.IA32_CSTAR, 1n).vtlSwitch).toMatchObject({ fromVtl: 1, toVtl: 2 }); // VTL1's own write, VTL2 locks it
   });
+  test('msrWritesInterceptedFor: what a platform traps for a VTL (write bits of enabled higher VTLs, ascending); writeMsr says intercepted', () => {
+    const { p, vp } = setup(2);
+    expect(p.msrWritesInterceptedFor(0)).toEqual([]);
+    // Read bits and unmodelled MSRs (IA32_MISC_ENABLE, SGX launch control) are not write traps.
+    lock(
+      p,
+      1,
+      encodeCrInterceptControl({ msrLstarWrite: true, msrEferWrite: true, msrEferRead: true, ia32MiscEnableWrite: true, msrSgxLaunchControlWrite: true }),
+    );
+    lock(p, 2, encodeCrInterceptControl({ msrSysenterCsWrite: true }));
+    expect(p.msrWritesInterceptedFor(0)).toEqual([X64Msr.IA32_SYSENTER_CS, X64Msr.IA32_EFER, X64Msr.IA32_LSTAR]);
+    expect(p.msrWritesInterceptedFor(1)).toEqual([X64Msr.IA32_SYSENTER_CS]); // only VTL2's locks apply to VTL1
+    expect(p.msrWritesInterceptedFor(2)).toEqual([]);
+    expect(p.writeMsr(vp, X64Msr.IA32_LSTAR, 5n).intercepted).toEqual({ heldBack: false });
+    expect(vp.activeVtl).toBe(1);
+    expect(p.writeMsr(vp, X64Msr.IA32_LSTAR, 5n).intercepted).toBeUndefined(); // VTL1's own write: performed
+  });
   test('unmodelled architectural MSRs still #GP', () => {
     const { p, vp } = setup();
     expect(writeMsr(p, vp, X64Msr.IA32_MISC_ENABLE, 1n).exception).toBe(13);
