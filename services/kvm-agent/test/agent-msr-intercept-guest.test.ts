@@ -8,7 +8,9 @@
 // moves VTL0's RIP past it and returns. Checked in the guest: RDMSR reads the old LSTAR after every
 // write, VTL1 counted each one; VP 1 (whose VTL1 locked nothing) writes LSTAR once through the same
 // filter and that write takes effect. Checked here: the symbols, the transition stream (VP 0 entered
-// VTL1 with reason INTERRUPT once per write after its stores) and the runner's counts.
+// VTL1 with reason INTERRUPT once per write after its stores) and the runner's counts. A second run
+// with route MONITOR: the MSR intercepts still go to VTL1 (the core's rule for secure register
+// intercepts), the monitor observes them with needs_reply unset.
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -25,6 +27,8 @@ const WRITES = 2; // intercepted stores per VP before the MSR phase (the scenari
 const MSR_WRITES = 8;
 /** HvX64RegisterCrInterceptControl (tlfs-vsm.md §3.8). */
 const CR_INTERCEPT_CONTROL = 0x000e0000;
+/** HvMessageTypeMsrIntercept (tlfs-intercepts.md §6.8). */
+const MSR_INTERCEPT_MESSAGE = 0x80010001;
 
 function buildGuest(): { image: Buffer; symbols: Map<string, bigint>; dir: string } {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vsm-msr-intercept-'));
@@ -43,19 +47,19 @@ function buildGuest(): { image: Buffer; symbols: Map<string, bigint>; dir: strin
 describeKvm('secure MSR write intercepts in a running guest: VTL1 locks IA32_LSTAR against VTL0 (real KVM)', () => {
   let h: AgentHarness;
   let backend: KvmBackend;
-  let dir = '';
+  const guests: string[] = [];
   beforeAll(async () => {
     backend = new KvmBackend();
     h = await startAgent(backend);
   });
   afterAll(async () => {
     await h?.stop();
-    if (dir) fs.rmSync(dir, { recursive: true, force: true });
+    for (const d of guests) fs.rmSync(d, { recursive: true, force: true });
   });
 
   test(`${MSR_WRITES} WRMSRs of a locked LSTAR by VP 0's VTL0 take no effect and reach VTL1 as MSR intercept messages; VP 1's unlocked write takes effect`, async () => {
     const guest = buildGuest();
-    dir = guest.dir;
+    guests.push(guest.dir);
     const p = await h.client.partitions.createPartition({
       partitionId: 'vsm-msr-intercept',
       partition: pb.Partition.fromPartial({ vpCount: 2, memoryBytes: 64n * MiB, maximumVtl: 1 }),
@@ -125,6 +129,61 @@ describeKvm('secure MSR write intercepts in a running guest: VTL1 locks IA32_LST
     expect(f?.reason).toMatch(/^partly: .*KVM MSR filter.*HV_X64_MSR_INTERCEPT_MESSAGE.*CR0\/CR4/);
 
     ac.abort();
+    await watching;
+    await h.client.partitions.deletePartition({ name });
+  }, 120_000);
+
+  // Route MONITOR: memory intercepts wait for the monitor (it answers ALLOW; VTL1 sees none, so the
+  // guest's verdict on its stores is "0 handled in VTL1", exit code 2), while the MSR intercepts still
+  // go to VTL1 as for guest actions (a monitor answers memory intercepts only): the monitor observes
+  // each one (HvMessageTypeMsrIntercept, needs_reply unset) and the VP never waits on it.
+  test(`route MONITOR: the ${MSR_WRITES} LSTAR writes still reach VTL1; the monitor observes them without answering`, async () => {
+    const guest = buildGuest();
+    guests.push(guest.dir);
+    const p = await h.client.partitions.createPartition({
+      partitionId: 'vsm-msr-intercept-monitor',
+      partition: pb.Partition.fromPartial({ vpCount: 2, memoryBytes: 64n * MiB, maximumVtl: 1 }),
+    });
+    const name = p.name;
+    await h.client.intercepts.setInterceptRoute({ name, route: pb.InterceptRoute.INTERCEPT_ROUTE_MONITOR });
+    const mon = h.client.intercepts.monitor();
+    const it = mon.events[Symbol.asyncIterator]();
+    mon.send({ kind: { $case: 'subscribe', value: pb.MonitorSubscribe.fromPartial({ name }) } });
+    expect((await it.next()).value?.kind?.$case).toBe('subscription');
+    const seen: pb.InterceptEvent[] = [];
+    const watching = (async () => {
+      for (;;) {
+        const r = await it.next();
+        if (r.done) return;
+        const k = r.value.kind;
+        if (k?.$case !== 'intercept') continue;
+        seen.push(k.value);
+        if (!k.value.needsReply) continue;
+        mon.send({
+          kind: { $case: 'reply', value: { interceptId: k.value.interceptId, action: pb.InterceptAction.INTERCEPT_ACTION_ALLOW, data: Buffer.alloc(0) } },
+        });
+      }
+    })().catch(() => undefined);
+    await h.client.execution.loadGuestImage({ name, image: guest.image, format: pb.GuestImageFormat.GUEST_IMAGE_FORMAT_ELF64 });
+    let text = '';
+    let end: pb.GuestRunEnd | undefined;
+    const consoleDone = (async () => {
+      for await (const m of h.client.execution.streamConsole({ name })) {
+        if (m.kind?.$case === 'chunk') text += Buffer.from(m.kind.value.data).toString('latin1');
+        else if (m.kind?.$case === 'end') end = m.kind.value;
+      }
+    })();
+    await h.client.execution.startPartition({ name });
+    await consoleDone;
+    expect(text).toContain(`vsm-scenario: ${MSR_WRITES} LSTAR writes intercepted by VTL1 on VP 0, 0 took effect; VP 1's write took effect`);
+    expect(text).toContain(`0 intercepts handled in VTL1, ${2 * WRITES} values in place, 0 stray, 0 bad messages`);
+    expect(end).toMatchObject({ state: pb.RunState.RUN_STATE_STOPPED, exitCode: 2 });
+    await waitFor('the monitor to observe every intercept', () => seen.length >= 2 * WRITES + MSR_WRITES);
+    const msrs = seen.filter((e) => e.messageType === MSR_INTERCEPT_MESSAGE);
+    expect(msrs).toHaveLength(MSR_WRITES);
+    expect(msrs.every((e) => !e.needsReply && e.vpIndex === 0 && e.vtl === 0 && e.protectingVtl === 1)).toBe(true);
+    expect(seen.filter((e) => e.needsReply)).toHaveLength(2 * WRITES); // the stores, answered ALLOW
+    mon.cancel();
     await watching;
     await h.client.partitions.deletePartition({ name });
   }, 120_000);
