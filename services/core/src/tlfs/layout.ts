@@ -344,66 +344,44 @@ export function bitfield<F extends BitFields>(name: string, width: 8 | 16 | 32 |
   // Numbers up to 32 bits wide are packed with number arithmetic (`& mask` takes an integer modulo
   // 2^w for w <= 32, as `>>> 0` does); bigint arithmetic only where the bits need it.
   const pack = (value: Partial<T>): number | bigint => {
-    // The two 32-bit halves as numbers; a field that straddles them (or is a bigint) goes into `r`.
-    let lo32 = 0;
-    let hi32 = 0;
     let r = 0n;
     for (const f of fields) {
       const v = (value as Record<string, unknown>)[f.key];
       if (v === undefined) continue;
+      let x: bigint;
       if (f.kind === 'flag') {
         if (!v) continue;
-        if (f.half === 0) lo32 |= 1 << f.halfShift;
-        else hi32 |= 1 << f.halfShift;
-        continue;
-      }
-      if (f.half >= 0 && typeof v === 'number') {
-        const x = (f.w === 32 ? v >>> 0 : (v & f.numMask) >>> 0) * 2 ** f.halfShift;
-        if (f.half === 0) lo32 |= x;
-        else hi32 |= x;
-        continue;
-      }
-      let x: bigint;
-      if (typeof v === 'bigint') x = BigInt.asUintN(f.w, v);
+        x = 1n;
+      } else if (typeof v === 'bigint') x = BigInt.asUintN(f.w, v);
       else x = BigInt(f.w === 32 ? (v as number) >>> 0 : ((v as number) & f.numMask) >>> 0);
       r |= f.lo === 0n ? x : x << f.lo;
     }
-    if (width !== 64) return Number(r) + (lo32 >>> 0);
-    if (r === 0n && hi32 === 0) return BigInt(lo32 >>> 0);
-    return r | (BigInt(hi32 >>> 0) << 32n) | BigInt(lo32 >>> 0);
+    return out(r);
   };
+  // unpack: the integer as two unsigned 32-bit halves; fields inside one half are extracted with
+  // number arithmetic, the others (straddling bit 32, or bigint fields) from the bigint. The object is
+  // built by a function made once per layout from the field table (one literal with the layout's
+  // keys: one object shape, no per-field keyed stores; the hypercall path decodes several per call).
+  const needsBig = fields.some((f) => f.half < 0);
+  const props = fields.map((f) => {
+    const key = JSON.stringify(f.key);
+    if (f.half >= 0) {
+      const x = `((${f.half === 0 ? 'lo' : 'hi'} >>> ${f.halfShift}) & ${f.numMask})`;
+      return `${key}: ${f.kind === 'flag' ? `${x} !== 0` : `${x} >>> 0`}`;
+    }
+    const x = `((v >> ${f.lo}n) & ${f.ones}n)`;
+    return `${key}: ${f.kind === 'flag' ? `${x} !== 0n` : f.kind === 'number' ? `Number(${x})` : x}`;
+  });
+  const build = new Function('lo', 'hi', 'v', `return { ${props.join(', ')} };`) as (lo: number, hi: number, v: bigint) => T;
   const unpack = (raw: number | bigint): T => {
-    let v: bigint | undefined;
-    let lo32: number;
-    let hi32: number;
-    if (typeof raw === 'bigint') {
-      v = BigInt.asUintN(width, raw);
-      lo32 = Number(v & 0xffff_ffffn);
-      hi32 = width === 64 ? Number(v >> 32n) : 0;
-    } else {
+    let v: bigint;
+    if (typeof raw === 'bigint') v = BigInt.asUintN(width, raw);
+    else {
       const t = trunc(raw);
-      if (width === 64 || t < 0 || t > 0xffff_ffff) {
-        v = BigInt.asUintN(width, BigInt(t));
-        lo32 = Number(v & 0xffff_ffffn);
-        hi32 = Number(v >> 32n);
-      } else {
-        lo32 = t;
-        hi32 = 0;
-      }
+      if (width !== 64 && t >= 0 && t <= 0xffff_ffff) return build(t, 0, needsBig ? BigInt(t) : 0n);
+      v = BigInt.asUintN(width, BigInt(t));
     }
-    const o: Record<string, unknown> = {};
-    for (const f of fields) {
-      if (f.half >= 0) {
-        // Bits of one half: shift and mask as unsigned 32-bit numbers.
-        const x = ((f.half === 0 ? lo32 : hi32) >>> f.halfShift) & f.numMask;
-        o[f.key] = f.kind === 'flag' ? x !== 0 : x >>> 0;
-        continue;
-      }
-      v ??= BigInt(hi32) * 0x1_0000_0000n + BigInt(lo32);
-      const x = (f.lo === 0n ? v : v >> f.lo) & f.ones;
-      o[f.key] = f.kind === 'flag' ? x !== 0n : f.kind === 'number' ? Number(x) : x;
-    }
-    return o as T;
+    return build(Number(v & 0xffff_ffffn), width === 64 ? Number(v >> 32n) : 0, v);
   };
   const masks = new Map(fields.map((f) => [f.key, f.mask]));
   const int: IntCodec<number | bigint> = width === 64 ? u64 : width === 32 ? u32 : width === 16 ? u16 : u8;
