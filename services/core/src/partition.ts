@@ -110,7 +110,7 @@ export class Partition extends PartitionState {
    * (HvX64RegisterCrInterceptControl, rules/register-intercepts.ts), ascending: what a platform that
    * runs `vtl`'s code must trap (the KVM agent's MSR filter).
    */
-  msrWritesInterceptedFor(vtl: Vtl): number[] {
+  msrWritesInterceptedFor(vtl: Vtl): readonly number[] {
     return registerIntercepts.msrWritesInterceptedFor(this, vtl);
   }
 
