@@ -60,15 +60,14 @@ export const EXPORT_GARBAGE_SOFT_LIMIT = 16 << 20;
 /** Longest wait for V8's background sweeping after a collection, per chunk. */
 const SWEEP_WAIT_MAX_MS = 20;
 
-/** V8's minor (young generation) collection, made callable once (as --expose-gc does) in a context of its own. */
-let minorGc: (() => void) | undefined;
-function collectYoung(): void {
-  if (!minorGc) {
+/** V8's collector, made callable once (as --expose-gc does) in a context of its own. */
+let v8Gc: ((o?: { type: 'minor' | 'major' }) => void) | undefined;
+function collect(type: 'minor' | 'major'): void {
+  if (!v8Gc) {
     v8.setFlagsFromString('--expose-gc');
-    const gc = vm.runInNewContext('gc') as (o?: { type: 'minor' | 'major' }) => void;
-    minorGc = () => gc({ type: 'minor' });
+    v8Gc = vm.runInNewContext('gc') as (o?: { type: 'minor' | 'major' }) => void;
   }
-  minorGc();
+  v8Gc({ type });
 }
 
 /**
@@ -82,21 +81,43 @@ function collectYoung(): void {
  * partitions' RAM growing meanwhile) becomes the new reference, so it never slows an export twice
  * for the same bytes.
  */
-class GarbagePacer {
+export class GarbagePacer {
   private base = process.memoryUsage().arrayBuffers;
-  /** Collections asked for (for tests and figures). */
+  /** Collections asked for (for tests and figures): minor, and major (relay only). */
   collections = 0;
+  majorCollections = 0;
+
+  /**
+   * `escalate` (a relay: ExportPartition through --backend agent, MigratePartition): when the minor
+   * collection freed too little, a major one follows. A relay's chunk buffers do not die young: the
+   * upstream call's reader holds up to 16 decoded chunks (grpc-js's object-mode Readable), so many
+   * of them survive two scavenges, are promoted, and only a major collection frees them; V8 starts
+   * one on its own only once external memory grew ≈64 MiB (its external allocation soft limit),
+   * which is where the relay's +60–77 MiB came from.
+   */
+  constructor(private readonly escalate = false) {}
+
+  private async settle(): Promise<number> {
+    let level = process.memoryUsage().arrayBuffers;
+    for (let waited = 0; waited < SWEEP_WAIT_MAX_MS; waited += 2) {
+      if (level - this.base <= EXPORT_GARBAGE_SOFT_LIMIT / 2) return level;
+      await new Promise((r) => setTimeout(r, 2));
+      level = process.memoryUsage().arrayBuffers;
+    }
+    return level;
+  }
 
   async pace(): Promise<void> {
     let level = process.memoryUsage().arrayBuffers;
     if (level < this.base) this.base = level;
     if (level - this.base <= EXPORT_GARBAGE_SOFT_LIMIT) return;
-    collectYoung();
+    collect('minor');
     this.collections++;
-    for (let waited = 0; waited < SWEEP_WAIT_MAX_MS; waited += 2) {
-      level = process.memoryUsage().arrayBuffers;
-      if (level - this.base <= EXPORT_GARBAGE_SOFT_LIMIT / 2) return;
-      await new Promise((r) => setTimeout(r, 2));
+    level = await this.settle();
+    if (this.escalate && level - this.base > EXPORT_GARBAGE_SOFT_LIMIT) {
+      collect('major');
+      this.majorCollections++;
+      level = await this.settle();
     }
     if (level - this.base > EXPORT_GARBAGE_SOFT_LIMIT) this.base = level - EXPORT_GARBAGE_SOFT_LIMIT / 2;
   }

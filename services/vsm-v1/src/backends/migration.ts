@@ -22,6 +22,7 @@ import { pb, type VsmClient, VsmError } from '@vsm/client';
 import type { StreamSink } from '../backend';
 import { ApiError, invalidArgument } from '../errors';
 import { parsePartitionName } from '../names';
+import { GarbagePacer } from '../snapshot-stream';
 
 export const MIGRATION_DEFAULT_ROUNDS = 8;
 export const MIGRATION_MAX_ROUNDS = 64;
@@ -116,6 +117,8 @@ export async function migratePartition(
   let pagesTotal = 0n;
   let bytesTotal = 0n;
   let base = '';
+  // The chunks' buffers pass through this process: collected as they pile up (snapshot-stream.ts).
+  const garbage = new GarbagePacer(true);
 
   /** One export round piped into the import: its chunks, counted. */
   async function* round(mode: pb.ExportMode, phase: pb.MigrationPhase): AsyncGenerator<pb.SnapshotChunk, bigint, undefined> {
@@ -129,6 +132,7 @@ export async function migratePartition(
       }
       bytes += chunkBytes(c);
       yield c;
+      await garbage.pace();
     }
     if (signal.aborted) throw new ApiError(Code.CANCELLED, 'HV_STATUS_OPERATION_FAILED', 'the migration was cancelled');
     pagesTotal += pages;

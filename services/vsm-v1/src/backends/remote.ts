@@ -16,6 +16,7 @@ import { ApiError, invalidArgument } from '../errors';
 import { parsePartitionName } from '../names';
 import { outgoingInterceptors } from '../observability/tracing';
 import { type ActionAuthorizer, runGuestActions } from '../guest-action-stream';
+import { GarbagePacer } from '../snapshot-stream';
 import { findTargetAgent, migratePartition } from './migration';
 
 const UNARY_DEADLINE_MS = 30_000;
@@ -416,8 +417,13 @@ export class RemoteBackend implements Backend {
   /** ExportPartition: the hosting agent's stream, message by message with back-pressure. */
   async exportPartition(r: pb.ExportPartitionRequest, sink: StreamSink<pb.SnapshotChunk>, signal: AbortSignal): Promise<void> {
     const agent = await this.locate(r.name);
+    // The relayed chunks' buffers are collected as they pile up (snapshot-stream.ts GarbagePacer).
+    const garbage = new GarbagePacer(true);
     try {
-      for await (const m of agent.client.snapshots.exportPartition(r, signal)) if (!sink.write(m)) await sink.drained();
+      for await (const m of agent.client.snapshots.exportPartition(r, signal)) {
+        if (!sink.write(m)) await sink.drained();
+        await garbage.pace();
+      }
       // The stream ends when this returns: what the sink still queues (the trailer) must be out first.
       await sink.drained();
     } catch (e) {
