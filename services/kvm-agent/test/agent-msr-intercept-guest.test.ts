@@ -24,7 +24,7 @@ import { type AgentHarness, describeKvm, startAgent } from './agent-support';
 const MiB = 1n << 20n;
 const GUEST_DIR = path.resolve(__dirname, '../../../test/guests/vsm-scenario');
 const WRITES = 2; // intercepted stores per VP before the MSR phase (the scenario's first part)
-const MSR_WRITES = 8;
+const MSR_WRITES = Number(process.env.VSM_MSR_WRITES ?? 8); // VSM_MSR_WRITES=400 for a measurement run
 /** HvX64RegisterCrInterceptControl (tlfs-vsm.md §3.8). */
 const CR_INTERCEPT_CONTROL = 0x000e0000;
 /** HvMessageTypeMsrIntercept (tlfs-intercepts.md §6.8). */
@@ -115,6 +115,7 @@ describeKvm('secure MSR write intercepts in a running guest: VTL1 locks IA32_LST
     const stats = session?.stats();
     expect(stats?.msrWriteIntercepts).toBe(MSR_WRITES);
     expect(stats?.msrWriteExits).toBe(MSR_WRITES + 1);
+    console.log(`msr-intercept guest: ${MSR_WRITES} intercepted WRMSRs, run ${stats?.elapsedMs} ms`);
 
     // The lock is VTL1's register on VP 0 (read through the API); LSTAR of VP 0's VTL0 kept its value.
     const vp0 = `${name}/vps/0`;
