@@ -1,22 +1,13 @@
 // Fault: the KVM agent behind the service dies and comes back. While it is down, calls for its
 // partitions fail UNAVAILABLE promptly (never hang); after it restarts, the partitions it hosted are
 // gone (the agent keeps VMs in memory only): NOT_FOUND, and new partitions work.
-import * as net from 'node:net';
 import pino from 'pino';
 import { status } from '@grpc/grpc-js';
 import { connect, type pb, VsmError } from '@vsm/client';
 import { KvmBackend, RemoteBackend, type RunningServer, startServer } from '@vsm/vsm-v1';
 import { HvMsr } from '@vsm/core';
 import { describeKvm } from '../support/kvm-gate';
-
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
+import { freePort } from '../support/ports';
 
 describeKvm('KVM agent killed and restarted behind the service', () => {
   test('UNAVAILABLE while down (fast), NOT_FOUND for its old partitions after restart', async () => {

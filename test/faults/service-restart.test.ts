@@ -2,24 +2,13 @@
 // directory: every partition that had been acknowledged comes back.
 import { type ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { connect, type pb } from '@vsm/client';
 import { HvMsr } from '@vsm/core';
+import { freePort } from '../support/ports';
 
 const MAIN = path.resolve(__dirname, '../../services/vsm-service/dist/main.js');
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-    s.on('error', reject);
-  });
-}
 
 async function start(port: number, dir: string): Promise<ChildProcess> {
   const child = spawn(process.execPath, [MAIN, '--listen', `127.0.0.1:${port}`, '--state-dir', dir, '--log-level', 'info'], {

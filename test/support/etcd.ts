@@ -4,10 +4,10 @@
 // members serve clients over TLS and require a client certificate from `tls.ca` (--client-cert-auth).
 import { execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { type WatchedChild, watchChild } from './child-service';
+import { freePort } from './ports';
 import { waitFor } from './wait';
 
 export function etcdUnavailable(): string | undefined {
@@ -18,17 +18,6 @@ export function etcdUnavailable(): string | undefined {
   } catch {
     return "etcd/etcdctl not found: scripts/ensure-setup.js (npm test, npm run setup) installs Debian's etcd-server and etcd-client";
   }
-}
-
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 export interface EtcdMember {
@@ -48,6 +37,8 @@ export interface EtcdTls {
   clientCert: string;
   clientKey: string;
 }
+
+export { freePort };
 
 export class EtcdCluster {
   readonly members: EtcdMember[] = [];
