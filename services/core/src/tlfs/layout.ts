@@ -217,11 +217,12 @@ export function struct<F extends Fields>(name: string, size: number, spec: F): L
     b.fill(0, off, off + size);
     for (const f of fields) f.codec.write(b, off + f.offset, (v as Record<string, unknown>)[f.name]);
   };
-  const read = (b: Buffer, off: number): T => {
-    const o: Record<string, unknown> = {};
-    for (const f of fields) o[f.name] = f.codec.read(b, off + f.offset);
-    return o as T;
-  };
+  // read: one object literal with the layout's keys, made once per layout from the field table (one
+  // shape, no per-field keyed stores); field i is read by its own codec at its offset.
+  const readers = fields.map((f) => f.codec.read.bind(f.codec));
+  const read = new Function('r', `return (b, off) => ({ ${fields.map((f, i) => `${JSON.stringify(f.name)}: r[${i}](b, off + ${f.offset})`).join(', ')} });`)(
+    readers,
+  ) as (b: Buffer, off: number) => T;
   const offsets = new Map(fields.map((f) => [f.name, f.offset]));
   const words = Math.ceil(size / 8);
   const ints = fields.every((f) => 'toBig' in f.codec && Math.floor(f.offset / 8) === Math.floor((f.offset + f.size - 1) / 8))
