@@ -99,7 +99,7 @@ export class Partition extends PartitionState {
   static modeledRegisters(): readonly RegisterInfo[] {
     return registers.modeledRegisters();
   }
-  readMsr(vp: VirtualProcessor, msr: number): { value: bigint; exception?: X64ExceptionVector } {
+  readMsr(vp: VirtualProcessor, msr: number): { value: bigint; exception?: X64ExceptionVector; intercepted?: { heldBack: boolean } } {
     return msrs.readMsr(this, vp, msr);
   }
   writeMsr(vp: VirtualProcessor, msr: number, value: bigint): { exception?: X64ExceptionVector; intercepted?: { heldBack: boolean } } {
@@ -111,7 +111,11 @@ export class Partition extends PartitionState {
    * runs `vtl`'s code must trap (the KVM agent's MSR filter).
    */
   msrWritesInterceptedFor(vtl: Vtl): readonly number[] {
-    return registerIntercepts.msrWritesInterceptedFor(this, vtl);
+    return registerIntercepts.msrAccessesInterceptedFor(this, vtl, 'write');
+  }
+  /** As msrWritesInterceptedFor, for RDMSR (the read bits: EFER, STAR, LSTAR, CSTAR, APIC_BASE). */
+  msrReadsInterceptedFor(vtl: Vtl): readonly number[] {
+    return registerIntercepts.msrAccessesInterceptedFor(this, vtl, 'read');
   }
 
   // ---- processor state of the active VTL (rules/processor.ts) -----------------------------------

@@ -152,7 +152,7 @@ describe('MSR intercepts through WRMSR/RDMSR', () => {
     expect(writeMsr(p, vp, X64Msr.IA32_LSTAR, 1n).vtlSwitch).toMatchObject({ toVtl: 1 });
     expect(writeMsr(p, vp, X64Msr.IA32_CSTAR, 1n).vtlSwitch).toMatchObject({ fromVtl: 1, toVtl: 2 }); // VTL1's own write, VTL2 locks it
   });
-  test('msrWritesInterceptedFor: what a platform traps for a VTL (write bits of enabled higher VTLs, ascending); writeMsr says intercepted', () => {
+  test('msrWrites/ReadsInterceptedFor: what a platform traps for a VTL (bits of enabled higher VTLs, ascending); writeMsr says intercepted', () => {
     const { p, vp } = setup(2);
     expect(p.msrWritesInterceptedFor(0)).toEqual([]);
     // Read bits and unmodelled MSRs (IA32_MISC_ENABLE, SGX launch control) are not write traps.
@@ -165,6 +165,9 @@ describe('MSR intercepts through WRMSR/RDMSR', () => {
     expect(p.msrWritesInterceptedFor(0)).toEqual([X64Msr.IA32_SYSENTER_CS, X64Msr.IA32_EFER, X64Msr.IA32_LSTAR]);
     expect(p.msrWritesInterceptedFor(1)).toEqual([X64Msr.IA32_SYSENTER_CS]); // only VTL2's locks apply to VTL1
     expect(p.msrWritesInterceptedFor(2)).toEqual([]);
+    expect(p.msrReadsInterceptedFor(0)).toEqual([X64Msr.IA32_EFER]); // read bits only (SYSENTER_CS has none)
+    expect(p.msrReadsInterceptedFor(1)).toEqual([]);
+    expect(p.readMsr(vp, X64Msr.IA32_LSTAR).intercepted).toBeUndefined(); // no read bit for LSTAR
     expect(p.writeMsr(vp, X64Msr.IA32_LSTAR, 5n).intercepted).toEqual({ heldBack: false });
     expect(vp.activeVtl).toBe(1);
     expect(p.writeMsr(vp, X64Msr.IA32_LSTAR, 5n).intercepted).toBeUndefined(); // VTL1's own write: performed

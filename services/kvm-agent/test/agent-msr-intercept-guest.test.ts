@@ -8,7 +8,9 @@
 // moves VTL0's RIP past it and returns. Checked in the guest: RDMSR reads the old LSTAR after every
 // write, VTL1 counted each one; VP 1 (whose VTL1 locked nothing) writes LSTAR once through the same
 // filter and that write takes effect. Checked here: the symbols, the transition stream (VP 0 entered
-// VTL1 with reason INTERRUPT once per write after its stores) and the runner's counts. A second run
+// VTL1 with reason INTERRUPT once per write after its stores) and the runner's counts. VTL1 also locks
+// STAR reads: VP 0's RDMSR of STAR does not happen (RDX keeps its sentinel) and reaches VTL1 as a read
+// MSR intercept. A second run
 // with route MONITOR: the MSR intercepts still go to VTL1 (the core's rule for secure register
 // intercepts), the monitor observes them with needs_reply unset.
 import { execFileSync } from 'node:child_process';
@@ -57,7 +59,7 @@ describeKvm('secure MSR write intercepts in a running guest: VTL1 locks IA32_LST
     for (const d of guests) fs.rmSync(d, { recursive: true, force: true });
   });
 
-  test(`${MSR_WRITES} WRMSRs of a locked LSTAR by VP 0's VTL0 take no effect and reach VTL1 as MSR intercept messages; VP 1's unlocked write takes effect`, async () => {
+  test(`${MSR_WRITES} WRMSRs of a locked LSTAR by VP 0's VTL0 take no effect and reach VTL1 as MSR intercept messages, so does a locked STAR read; VP 1's unlocked write takes effect`, async () => {
     const guest = buildGuest();
     guests.push(guest.dir);
     const p = await h.client.partitions.createPartition({
@@ -90,6 +92,7 @@ describeKvm('secure MSR write intercepts in a running guest: VTL1 locks IA32_LST
     await consoleDone;
     expect(text).toContain(`vsm-scenario: ${MSR_WRITES} LSTAR writes intercepted by VTL1 on VP 0, 0 took effect; VP 1's write took effect`);
     expect(text).toContain('vsm-scenario: PASS');
+    expect(text).toContain('vsm-scenario: the STAR read was intercepted by VTL1 on VP 0 and did not happen');
     expect(text).toContain(' 0 bad messages'); // VTL1's checks of every message (MsrNumber, EDX:EAX, RIP on the WRMSR, VTL 0)
     expect(end).toMatchObject({ state: pb.RunState.RUN_STATE_STOPPED, exitCode: 0 });
 
@@ -99,14 +102,16 @@ describeKvm('secure MSR write intercepts in a running guest: VTL1 locks IA32_LST
     expect(await u64('vtl1_msr_intercepts', 1)).toBe(0n);
     expect(await u64('msr_leaks')).toBe(0n);
     expect(await u64('ap_msr_done')).toBe(1n);
+    expect(await u64('vtl1_msr_read_intercepts')).toBe(1n);
+    expect(await u64('star_read_rdx')).toBe(0x5a5a5a5an); // RDX as before the refused RDMSR
 
     // VP 0's VTL1 entries: the set-up VtlCall, one per intercepted store, one per intercepted WRMSR
     // (reason INTERRUPT: the core enters VTL1 for an intercept with it, tlfs-vsm.md §8.1).
-    await waitFor('every transition of VP 0', () => transitions.filter((t) => !t.isReturn).length >= 1 + WRITES + MSR_WRITES);
+    await waitFor('every transition of VP 0', () => transitions.filter((t) => !t.isReturn).length >= 1 + WRITES + MSR_WRITES + 1);
     const entries = transitions.filter((t) => !t.isReturn);
     expect(entries.map((t) => t.entryReason)).toEqual([
       pb.HvVtlEntryReason.HV_VTL_ENTRY_REASON_VTL_CALL,
-      ...Array(WRITES + MSR_WRITES).fill(pb.HvVtlEntryReason.HV_VTL_ENTRY_REASON_INTERRUPT),
+      ...Array(WRITES + MSR_WRITES + 1).fill(pb.HvVtlEntryReason.HV_VTL_ENTRY_REASON_INTERRUPT),
     ]);
 
     // The agent's counts: VP 0's writes trapped and refused, VP 1's trapped and performed (KVM_SET_MSRS).
@@ -115,19 +120,21 @@ describeKvm('secure MSR write intercepts in a running guest: VTL1 locks IA32_LST
     const stats = session?.stats();
     expect(stats?.msrWriteIntercepts).toBe(MSR_WRITES);
     expect(stats?.msrWriteExits).toBe(MSR_WRITES + 1);
+    expect(stats?.msrReadIntercepts).toBe(1);
+    expect(stats?.msrReadExits).toBe(1);
     console.log(`msr-intercept guest: ${MSR_WRITES} intercepted WRMSRs, run ${stats?.elapsedMs} ms`);
 
     // The lock is VTL1's register on VP 0 (read through the API); LSTAR of VP 0's VTL0 kept its value.
     const vp0 = `${name}/vps/0`;
     const reg = async (vtl: number, n: number) =>
       (await h.client.vps.getVpRegisters({ name: vp0, vtl, names: [n as pb.HvRegisterName] })).registers[0]?.value?.value;
-    expect(await reg(1, CR_INTERCEPT_CONTROL)).toEqual({ $case: 'reg64', value: 1n << 6n });
+    expect(await reg(1, CR_INTERCEPT_CONTROL)).toEqual({ $case: 'reg64', value: (1n << 6n) | (1n << 7n) }); // MsrLstarWrite | MsrStarRead
     expect(await reg(0, pb.HvRegisterName.HV_REGISTER_NAME_X64_LSTAR)).toEqual({ $case: 'reg64', value: await u64('lstar_kept') });
 
     // What the agent says it enforces for running guests (the rest of CrInterceptControl: guest actions only).
     const f = (await h.client.partitions.getCapabilities({})).features.find((x) => x.name === 'running-guest-register-intercepts');
     expect(f?.supported).toBe(false);
-    expect(f?.reason).toMatch(/^partly: .*KVM MSR filter.*HV_X64_MSR_INTERCEPT_MESSAGE.*CR0\/CR4/);
+    expect(f?.reason).toMatch(/^partly: .*RDMSR and WRMSR.*KVM MSR filter.*HV_X64_MSR_INTERCEPT_MESSAGE.*CR0\/CR4/);
 
     ac.abort();
     await watching;
@@ -179,9 +186,9 @@ describeKvm('secure MSR write intercepts in a running guest: VTL1 locks IA32_LST
     expect(text).toContain(`vsm-scenario: ${MSR_WRITES} LSTAR writes intercepted by VTL1 on VP 0, 0 took effect; VP 1's write took effect`);
     expect(text).toContain(`0 intercepts handled in VTL1, ${2 * WRITES} values in place, 0 stray, 0 bad messages`);
     expect(end).toMatchObject({ state: pb.RunState.RUN_STATE_STOPPED, exitCode: 2 });
-    await waitFor('the monitor to observe every intercept', () => seen.length >= 2 * WRITES + MSR_WRITES);
+    await waitFor('the monitor to observe every intercept', () => seen.length >= 2 * WRITES + MSR_WRITES + 1);
     const msrs = seen.filter((e) => e.messageType === MSR_INTERCEPT_MESSAGE);
-    expect(msrs).toHaveLength(MSR_WRITES);
+    expect(msrs).toHaveLength(MSR_WRITES + 1); // the LSTAR writes and the STAR read
     expect(msrs.every((e) => !e.needsReply && e.vpIndex === 0 && e.vtl === 0 && e.protectingVtl === 1)).toBe(true);
     expect(seen.filter((e) => e.needsReply)).toHaveLength(2 * WRITES); // the stores, answered ALLOW
     mon.cancel();

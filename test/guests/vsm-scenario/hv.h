@@ -66,7 +66,10 @@ typedef unsigned char u8;
 /* HvX64RegisterCrInterceptControl (tlfs-vsm.md §3.8): bit 6 MsrLstarWrite. */
 #define HvX64RegisterCrInterceptControl 0x000e0000u
 #define HV_CR_INTERCEPT_MSR_LSTAR_WRITE (1ul << 6)
+#define HV_CR_INTERCEPT_MSR_STAR_READ (1ul << 7)
+#define IA32_STAR 0xc0000081u
 #define IA32_LSTAR 0xc0000082u
+#define HV_INTERCEPT_ACCESS_READ 0
 /* HvRegisterVsmPartitionConfig: EnableVtlProtection 0, DefaultVtlProtectionMask 4:1 (tlfs-vsm.md §3.4). */
 #define HV_VSM_PARTITION_CONFIG(default_mask) (1ul | ((u64)(default_mask) << 1))
 

@@ -30,7 +30,9 @@
  *   MsrLstarWrite in its HvX64RegisterCrInterceptControl (VP 1's VTL1 did not). VP 0's VTL0 writes
  *   IA32_LSTAR N times: each write has no effect (RDMSR reads the old value) and arrives in VTL1's
  *   SIM slot 0 as HV_X64_MSR_INTERCEPT_MESSAGE, whose handler checks it and moves VTL0's RIP past the
- *   WRMSR. VP 1's VTL0 writes IA32_LSTAR once: not intercepted on VP 1, it takes effect.
+ *   WRMSR. VP 1's VTL0 writes IA32_LSTAR once: not intercepted on VP 1, it takes effect. VTL1 on VP 0
+ *   also locks STAR reads: VP 0's VTL0 RDMSR of STAR does not happen (RDX keeps its sentinel) and
+ *   arrives as a read MSR intercept, which VTL1 skips.
  *
  * The test (services/kvm-agent/test/agent-vsm-guest.test.ts) reads vtl1_log, vtl1_log_count and
  * scenario_result by their symbols (nm); agent-secure-interrupt-guest.test.ts builds it with SECURE_IPIS.
@@ -152,6 +154,10 @@ volatile u64 msr_leaks;
 volatile u64 ap_msr_done;
 volatile u64 lstar_kept;
 volatile u64 vtl1_msr_lock_status;
+/* VTL1 also locks STAR reads on VP 0: VP 0's VTL0 reads it once with RDX = RDMSR_SENTINEL. */
+#define RDMSR_SENTINEL 0x5a5a5a5aul
+volatile u64 vtl1_msr_read_intercepts;
+volatile u64 star_read_rdx;
 static inline u64 lstar_value(u64 i) { return 0xffffffff81000000ul + (i + 1) * 0x1000; }
 
 /* ---- CPU helpers ------------------------------------------------------------------------------- */
@@ -169,6 +175,12 @@ static inline u64 rdmsr(u32 msr) {
   return ((u64)hi << 32) | lo;
 }
 static inline void wrmsr(u32 msr, u64 v) { asm volatile("wrmsr" : : "c"(msr), "a"((u32)v), "d"((u32)(v >> 32)) : "memory"); }
+/* An RDMSR that may enter VTL1: returns RDX (given `rdx` before; an intercepted read leaves it). */
+static inline u64 rdmsr_intercepted(u32 msr, u64 rdx) {
+  u64 c = msr, a = 0, d = rdx;
+  asm volatile("rdmsr" : "+c"(c), "+a"(a), "+d"(d) : : "memory");
+  return d;
+}
 /* A WRMSR that may enter VTL1 (an intercept): VTL1's VtlReturn leaves RAX and RCX changed (entry.S). */
 static inline void wrmsr_intercepted(u32 msr, u64 v) {
   u64 c = msr, a = (u32)v;
@@ -500,6 +512,10 @@ void bsp_main(void) {
     if (rdmsr(IA32_LSTAR) != lstar_kept) msr_leaks++;
     if (vtl1_msr_intercepts[0] != i + 1) fail("VTL1 did not see the LSTAR write", i);
   }
+  /* STAR's read is locked too: the RDMSR does not happen (RDX keeps the sentinel), VTL1 skips it. */
+  star_read_rdx = rdmsr_intercepted(IA32_STAR, RDMSR_SENTINEL);
+  if (star_read_rdx != RDMSR_SENTINEL || vtl1_msr_read_intercepts != 1) fail("STAR read: RDX / VTL1's read intercepts", star_read_rdx << 8 | vtl1_msr_read_intercepts);
+  say("vsm-scenario: the STAR read was intercepted by VTL1 on VP 0 and did not happen\n");
   wait_at_least(&ap_msr_done, 1, "VP 1 did not write IA32_LSTAR:");
   lock_print();
   puts_raw("vsm-scenario: ");
@@ -602,7 +618,7 @@ u64 *vtl1_init(void) {
     vtl1_setup_status[2] = enable_vp_vtl(vtl1_hypercall_page, vtl1_input[0], 1);
 #if MSR_WRITES
     /* Lock IA32_LSTAR against VTL0 on this VP (VTL1's own register, tlfs-vsm.md §3.8). */
-    vtl1_msr_lock_status = set_vp_register(vtl1_hypercall_page, vtl1_input[0], HvX64RegisterCrInterceptControl, HV_CR_INTERCEPT_MSR_LSTAR_WRITE, 0xff);
+    vtl1_msr_lock_status = set_vp_register(vtl1_hypercall_page, vtl1_input[0], HvX64RegisterCrInterceptControl, HV_CR_INTERCEPT_MSR_LSTAR_WRITE | HV_CR_INTERCEPT_MSR_STAR_READ, 0xff);
 #endif
   }
   /* This VP's LAPIC in VTL1 (each VTL has its own, tlfs-vsm.md §9.1) and SynIC (tlfs-overlays-synic.md §5.1). */
@@ -646,6 +662,15 @@ void vtl1_sint0(void) {
     volatile struct hv_x64_msr_intercept_message *mm = (volatile struct hv_x64_msr_intercept_message *)(h + 1);
     u64 n = vtl1_msr_intercepts[vp];
     u64 rip = mm->header.rip;
+    if (mm->header.intercept_access_type == HV_INTERCEPT_ACCESS_READ) {
+      /* The locked STAR read: refused (VTL0's RDX/RAX stay), RIP past the RDMSR (0F 32). */
+      if (mm->msr_number != IA32_STAR || vp != 0) bad_message(vp, "MSR read intercept MsrNumber", mm->msr_number);
+      if (*(volatile u16 *)rip != 0x320f) bad_message(vp, "MSR read intercept RIP is not on an RDMSR:", rip);
+      vtl1_msr_read_intercepts++;
+      u64 r = set_vp_register(vtl1_hypercall_page, vtl1_input[vp], HvX64RegisterRip, rip + 2, 0);
+      if (HV_RESULT_STATUS(r) || HV_RESULT_REPS(r) != 1) bad_message(vp, "HvCallSetVpRegisters(VTL0 RIP)", r);
+      goto done;
+    }
     u64 value = (mm->rdx << 32) | (mm->rax & 0xffffffffu);
     if (mm->header.vp_index != vp) bad_message(vp, "MSR intercept VpIndex", mm->header.vp_index);
     if (mm->header.intercept_access_type != HV_INTERCEPT_ACCESS_WRITE) bad_message(vp, "MSR intercept InterceptAccessType", mm->header.intercept_access_type);
@@ -692,6 +717,7 @@ void vtl1_sint0(void) {
     u64 r = set_vp_register(vtl1_hypercall_page, vtl1_input[vp], HvX64RegisterRip, rip + (length ? length : 3), 0);
     if (HV_RESULT_STATUS(r) || HV_RESULT_REPS(r) != 1) bad_message(vp, "HvCallSetVpRegisters(VTL0 RIP)", r);
   }
+done:
   /* Free the slot, then EOM (tlfs-overlays-synic.md §5.4), then EOI the LAPIC unless SINT0 has AutoEOI. */
   h->message_type = HvMessageTypeNone;
   asm volatile("mfence" ::: "memory");

@@ -35,14 +35,25 @@ function apicMsr(vp: VirtualProcessor, msr: number): 'tpr' | 'eoi' | 'icr' | 'gp
 }
 
 /** RDMSR by the VP in its active VTL. */
-export function readMsr(p: PartitionState, vp: VirtualProcessor, msr: number): { value: bigint; exception?: X64ExceptionVector; vtlSwitch?: VtlSwitchEvent } {
+export function readMsr(
+  p: PartitionState,
+  vp: VirtualProcessor,
+  msr: number,
+): { value: bigint; exception?: X64ExceptionVector; vtlSwitch?: VtlSwitchEvent; intercepted?: { heldBack: boolean } } {
   assertActive(p);
   if (p.spec.architecture !== 'x64') return { value: 0n, exception: X64Exception.UD };
   if (isArchitecturalMsr(msr)) {
     // An architectural MSR a higher VTL may intercept (rules/register-intercepts.ts): the read does
     // not happen and the VP enters that VTL; otherwise it reads the active VTL's register.
     const r = guestArchitecturalMsr(p, vp, msr, { kind: 'read' });
-    if ('intercepted' in r) return { value: 0n, vtlSwitch: r.intercepted.status === 'intercepted' ? r.intercepted.vtlSwitch : undefined };
+    if ('intercepted' in r) {
+      const o = r.intercepted;
+      return {
+        value: 0n,
+        vtlSwitch: o.status === 'intercepted' ? o.vtlSwitch : undefined,
+        intercepted: { heldBack: o.status === 'intercepted' && o.heldBack === true },
+      };
+    }
     return { value: getRegister(p, vp, vp.activeVtl, r.register).low };
   }
   const apic = apicMsr(vp, msr);

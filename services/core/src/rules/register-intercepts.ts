@@ -139,24 +139,27 @@ export function guestArchitecturalMsr(
   return { intercepted: raiseSecureIntercept(p, vp, by, HvMessageType.HvMessageTypeMsrIntercept, payload, access.kind) };
 }
 
-/** Each modelled architectural MSR's write bit, as a mask of HvX64RegisterCrInterceptControl (ascending MSR). */
-const MSR_WRITE_BITS: readonly (readonly [number, bigint])[] = [...MSRS]
-  .filter(([, m]) => m.write !== undefined && m.register !== undefined)
-  .map(([msr, m]) => [msr, encodeCrInterceptControl({ [m.write!]: true })] as const)
-  .sort((a, b) => a[0] - b[0]);
+/** Each modelled architectural MSR's read / write bit, as a mask of HvX64RegisterCrInterceptControl (ascending MSR). */
+const msrBits = (kind: 'read' | 'write'): readonly (readonly [number, bigint])[] =>
+  [...MSRS]
+    .filter(([, m]) => m[kind] !== undefined && m.register !== undefined)
+    .map(([msr, m]) => [msr, encodeCrInterceptControl({ [m[kind]!]: true })] as const)
+    .sort((a, b) => a[0] - b[0]);
+const MSR_BITS = { read: msrBits('read'), write: msrBits('write') };
 const NONE: readonly number[] = Object.freeze([]);
 
 /**
- * The architectural MSRs whose write by `vtl` is selected by an enabled VTL above it on any VP of the
- * partition, ascending (a platform traps these; the decision per access stays guestArchitecturalMsr's).
- * Cheap enough to ask at every exit: one OR of the control registers, no allocation when none is set.
+ * The architectural MSRs whose read or write by `vtl` is selected by an enabled VTL above it on any VP
+ * of the partition, ascending (a platform traps these; the decision per access stays
+ * guestArchitecturalMsr's). Cheap enough to ask at every exit: one OR of the control registers, no
+ * allocation when none is set.
  */
-export function msrWritesInterceptedFor(p: PartitionState, vtl: Vtl): readonly number[] {
+export function msrAccessesInterceptedFor(p: PartitionState, vtl: Vtl, kind: 'read' | 'write'): readonly number[] {
   let union = 0n;
   for (const vp of p.vps)
     for (const v of VTLS) if (v > vtl && vp.vtls.get(v).enabled) union |= vp.vtls.get(v).regs.get(R.HvX64RegisterCrInterceptControl)?.low ?? 0n;
   if (union === 0n) return NONE;
   const out: number[] = [];
-  for (const [msr, mask] of MSR_WRITE_BITS) if ((union & mask) !== 0n) out.push(msr);
+  for (const [msr, mask] of MSR_BITS[kind]) if ((union & mask) !== 0n) out.push(msr);
   return out;
 }

@@ -388,6 +388,7 @@ export class GuestRunner {
       case 'io':
         return this.io(t, e);
       case 'rdmsr': {
+        if (t.cpu.vm.trapsMsrRead(e.index)) return this.architecturalRdmsr(t, e.index);
         const r = this.p.readMsr(t.vp, e.index);
         vcpu.completeMsr(r.exception !== undefined ? { error: true } : { data: r.value });
         return CMD.run;
@@ -449,15 +450,50 @@ export class GuestRunner {
       return CMD.run;
     }
     this.msrWriteIntercepts++;
+    return this.refusedMsrAccess(t, r.intercepted.heldBack);
+  }
+
+  /**
+   * RDMSR of an architectural MSR a higher VTL reads-intercepts (filter as for writes): not
+   * intercepted on this VP -> the vCPU's value; intercepted
+   * -> the read does not happen (RAX/RDX as the core holds them when VTL0 runs again), as for a WRMSR.
+   */
+  private architecturalRdmsr(t: VpThread, msr: number): number {
+    const c = t.cpu;
+    this.msrReadExits++;
+    this.kp.executionStore(c, t.vp, t.vtl);
+    const r = this.p.readMsr(t.vp, msr);
+    if (r.exception !== undefined || !r.intercepted) {
+      // Not intercepted here: the vCPU's own value (KVM_GET_MSRS is not filtered; the core does not
+      // track every one of these MSRs in a running guest, e.g. APIC_BASE).
+      c.vcpu.completeMsr(r.exception !== undefined ? { error: true } : { data: c.vcpu.getMsrs([msr])[0]?.data ?? r.value });
+      return CMD.run;
+    }
+    this.msrReadIntercepts++;
+    return this.refusedMsrAccess(t, r.intercepted.heldBack);
+  }
+
+  /** RDMSR/WRMSR exits that found an intercepted read, and those intercepted. */
+  msrReadExits = 0;
+  msrReadIntercepts = 0;
+
+  /**
+   * An intercepted RDMSR/WRMSR: its exit is completed now without entering the guest (completing
+   * always finishes the instruction, at the next KVM_RUN, on top of whatever registers are loaded
+   * then); the core kept RIP on the instruction. The VP follows into the intercepting VTL, or (SINT0's
+   * queue full) waits and runs the instruction again 2 ms later.
+   */
+  private refusedMsrAccess(t: VpThread, heldBack: boolean): number {
+    const vcpu = t.cpu.vcpu;
     vcpu.completeMsr({ error: false });
     vcpu.immediateExit = true;
     try {
       vcpu.run();
     } finally {
       vcpu.immediateExit = false;
-      c.pending = false;
+      t.cpu.pending = false;
     }
-    if (r.intercepted.heldBack) {
+    if (heldBack) {
       const i = t.vp.index;
       setTimeout(() => this.resumeSuspended(i), 2).unref();
       return HOLD;

@@ -94,6 +94,9 @@ export interface GuestRunStats {
   /** WRMSRs the VM's MSR filter trapped for a higher VTL's write intercept, and those it refused (issue #16). */
   msrWriteExits: number;
   msrWriteIntercepts: number;
+  /** RDMSRs trapped for a higher VTL's read intercept, and those it refused. */
+  msrReadExits: number;
+  msrReadIntercepts: number;
 }
 
 export class GuestSession {
@@ -338,6 +341,8 @@ export class GuestSession {
       secureInterrupts: r.secureInterrupts,
       msrWriteExits: r.msrWriteExits,
       msrWriteIntercepts: r.msrWriteIntercepts,
+      msrReadExits: r.msrReadExits,
+      msrReadIntercepts: r.msrReadIntercepts,
     };
   }
 

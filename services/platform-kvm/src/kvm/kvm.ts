@@ -703,12 +703,17 @@ export class KvmVm {
   /**
    * The usual set-up for the agent: every RDMSR/WRMSR of MSRs [base, base+count) (default the
    * Hyper-V range 0x40000000–0x400000FF) exits to userspace; so does every WRMSR of the MSRs in
-   * `writes` (one range each, write only: their reads stay in KVM); other MSRs behave as usual.
-   * KVM applies a new filter to running vCPUs at their next entry (KVM_REQ_MSR_FILTER_CHANGED).
+   * `writes` (one range each, write only: their reads stay in KVM) and every RDMSR of those in `reads`
+   * (read only); other MSRs behave as usual. KVM applies a new filter to running vCPUs at their next
+   * entry (KVM_REQ_MSR_FILTER_CHANGED).
    */
-  trapMsrs(base = HV_MSR_BASE, count = HV_MSR_COUNT, writes: readonly number[] = []): void {
+  trapMsrs(base = HV_MSR_BASE, count = HV_MSR_COUNT, writes: readonly number[] = [], reads: readonly number[] = []): void {
     this.enableUserSpaceMsr(KVM_MSR_EXIT_REASON_FILTER);
-    this.setMsrFilter([{ base, count }, ...writes.map((m) => ({ base: m, count: 1, read: false, write: true }))]);
+    this.setMsrFilter([
+      { base, count },
+      ...writes.map((m) => ({ base: m, count: 1, read: false, write: true })),
+      ...reads.map((m) => ({ base: m, count: 1, read: true, write: false })),
+    ]);
   }
 
   /** KVM_CREATE_VCPU + mmap of its kvm_run area. */

@@ -118,7 +118,7 @@ export class VtlVm {
         this.vm.map({ gpa: BigInt(off), size: Math.min(RAM_SLOT_BYTES, ram.memory.size - off), memory: ram.memory, offset: off });
       }
       agent.mapInto(this.vm);
-      this.vm.trapMsrs(undefined, undefined, this.trappedMsrWrites);
+      this.vm.trapMsrs(undefined, undefined, this.trappedMsrWrites, this.trappedMsrReads);
     } catch (e) {
       this.vm.close();
       throw e;
@@ -295,8 +295,9 @@ export class VtlVm {
   // exits to the agent (KVM_EXIT_X86_WRMSR), which lets the core decide (GuestRunner). Every other MSR
   // write stays in KVM. Only VMs of guests that run: guest actions reach the core without KVM.
 
-  /** The MSRs whose writes the filter traps besides the Hyper-V range (ascending). */
+  /** The MSRs whose writes / reads the filter traps besides the Hyper-V range (ascending). */
   trappedMsrWrites: readonly number[] = [];
+  trappedMsrReads: readonly number[] = [];
   /** MSR filter updates (KVM_X86_SET_MSR_FILTER after the first). */
   msrFilterUpdates = 0;
 
@@ -305,19 +306,24 @@ export class VtlVm {
     return this.trappedMsrWrites.includes(msr);
   }
 
-  private msrFilterLags(p: Partition): boolean {
-    if (!this.execution || this.vtl === 2) return false;
-    const want = p.msrWritesInterceptedFor(this.vtl);
-    const have = this.trappedMsrWrites;
-    return want.length !== have.length || want.some((m, i) => m !== have[i]);
+  /** Whether an RDMSR of `msr` exits because a higher VTL intercepts it. */
+  trapsMsrRead(msr: number): boolean {
+    return this.trappedMsrReads.includes(msr);
   }
 
-  /** Makes the MSR filter trap exactly the writes the higher VTLs intercept now. */
+  private msrFilterLags(p: Partition): boolean {
+    if (!this.execution || this.vtl === 2) return false;
+    return !sameList(p.msrWritesInterceptedFor(this.vtl), this.trappedMsrWrites) || !sameList(p.msrReadsInterceptedFor(this.vtl), this.trappedMsrReads);
+  }
+
+  /** Makes the MSR filter trap exactly the accesses the higher VTLs intercept now. */
   private syncMsrFilter(p: Partition): void {
     if (!this.msrFilterLags(p)) return;
-    const want = p.msrWritesInterceptedFor(this.vtl);
-    this.vm.trapMsrs(undefined, undefined, want);
-    this.trappedMsrWrites = want;
+    const writes = p.msrWritesInterceptedFor(this.vtl);
+    const reads = p.msrReadsInterceptedFor(this.vtl);
+    this.vm.trapMsrs(undefined, undefined, writes, reads);
+    this.trappedMsrWrites = writes;
+    this.trappedMsrReads = reads;
     this.msrFilterUpdates++;
   }
 
@@ -338,3 +344,5 @@ export function mergeCpuid(host: readonly CpuidEntry[], extra: readonly CpuidEnt
   const replaced = new Set(extra.map(key));
   return [...host.filter((e) => !replaced.has(key(e))), ...extra];
 }
+
+const sameList = (a: readonly number[], b: readonly number[]): boolean => a.length === b.length && a.every((m, i) => m === b[i]);

@@ -72,7 +72,7 @@ const KVM_FEATURES: pb.Feature[] = [
     name: 'running-guest-register-intercepts',
     supported: false,
     reason:
-      "partly: in a running guest, WRMSR of an architectural MSR a higher VTL intercepts (HvX64RegisterCrInterceptControl: EFER, STAR, LSTAR, CSTAR, SFMASK, SYSENTER_CS/EIP/ESP, APIC_BASE, TSC_AUX write bits) is trapped by the lower VTL VM's KVM MSR filter and refused as HV_X64_MSR_INTERCEPT_MESSAGE to that VTL (RIP stays on the WRMSR); MSR read intercepts, IA32_MISC_ENABLE and SGX launch control (not modelled by the core), and CR0/CR4/XCR0/GDTR/IDTR/LDTR/TR writes are enforced only for guest actions (the core), not for running guest code: KVM has no user-space exit for them",
+      "partly: in a running guest, RDMSR and WRMSR of an architectural MSR a higher VTL intercepts (HvX64RegisterCrInterceptControl: EFER, STAR, LSTAR, CSTAR, APIC_BASE read bits; those and SFMASK, SYSENTER_CS/EIP/ESP, TSC_AUX write bits) are trapped by the lower VTL VM's KVM MSR filter and refused as HV_X64_MSR_INTERCEPT_MESSAGE to that VTL (RIP stays on the instruction); IA32_MISC_ENABLE and SGX launch control (not modelled by the core), and CR0/CR4/XCR0/GDTR/IDTR/LDTR/TR writes are enforced only for guest actions (the core), not for running guest code: KVM has no user-space exit for them",
   },
   {
     name: 'kvm-enforced-protections',
