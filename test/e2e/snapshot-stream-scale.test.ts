@@ -1,10 +1,12 @@
 // Issue #17's done-when figures for streamed snapshots: a partition with 1 GiB of written RAM and
 // 1,000,000 protection ranges exports to a file and imports back through the real service, on the
-// emulator and through `vsm-service --backend agent` to a real KVM agent; the RSS of the process that
-// holds and exports the partition (the emulator's vsm-service; the agent) grows by less than 64 MiB
-// during the export (the agent variant's vsm-service, which only relays the agent's stream, is
-// measured and reported, not bounded: see README "Streamed snapshots"); the copy is byte-identical (every page and range, compared by
-// streaming both partitions' exports). The service (and the agent) run as child processes, so the
+// emulator and through `vsm-service --backend agent` to a real KVM agent; the RSS of every process the
+// export goes through (the emulator's vsm-service; the agent and the vsm-service that relays its
+// stream) grows by less than 64 MiB during the export; the copy is byte-identical (every page and
+// range, compared by streaming both partitions' exports). The agent variant, instead of importing the
+// file back, checks the file's content against the partition and MIGRATES the partition to a second
+// agent (MigratePartition through the same vsm-service, whose RSS growth during the migration has the
+// same bound), then compares the migrated partition's export with the source's. The service (and the agent) run as child processes, so the
 // RSS measured is theirs alone, from outside: the kernel's peak (VmHWM, reset through
 // /proc/<pid>/clear_refs right before the export) against the RSS at its start, with no collection
 // forced (the process as it runs in production). This process is only the client.
@@ -13,6 +15,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { createHash } from 'node:crypto';
 import { connect, pb, readSnapshotFiles, type VsmClient, writeSnapshotFile } from '@vsm/client';
+import { staticOwner } from '@vsm/vsm-v1';
 import { AGENT_MAIN, type ChildService, spawnService } from '../support/child-service';
 import { kvmUnavailableReason } from '../support/kvm-gate';
 
@@ -62,13 +65,16 @@ function watchRss(pid: number) {
   };
 }
 
-/** Everything of a partition's export but the header's source name and time: SHA-256 of the chunks. */
+/** Everything of a partition's export (or a snapshot file) but the header's source name and time: SHA-256 of the chunks. */
 async function contentDigest(c: VsmClient, name: string): Promise<{ digest: string; header: unknown; pages: bigint; ranges: bigint }> {
+  return chunksDigest(c.snapshots.exportPartition({ name }));
+}
+async function chunksDigest(chunks: AsyncIterable<pb.SnapshotChunk>): Promise<{ digest: string; header: unknown; pages: bigint; ranges: bigint }> {
   const h = createHash('sha256');
   let header: unknown;
   let pages = 0n;
   let ranges = 0n;
-  for await (const chunk of c.snapshots.exportPartition({ name })) {
+  for await (const chunk of chunks) {
     const x = chunk.chunk;
     if (x?.$case === 'header') header = { ...x.value.snapshot, sourceName: '', savedTimeUnixMs: 0n, memory: [], protections: x.value.snapshot?.protections };
     else if (x?.$case === 'protections') {
@@ -86,11 +92,46 @@ const mib = (b: number) => (b / MiB).toFixed(1);
 
 interface Procs {
   address: string;
-  /** Processes whose RSS growth is bounded: the one that holds and exports the partition. */
+  /** Processes whose RSS growth is bounded: those the export goes through. */
   measured: ChildService[];
-  /** Processes whose RSS growth is only reported (vsm-service proxying an agent's stream: see README). */
+  /** Processes whose RSS growth is only reported. */
   observed: ChildService[];
   all: ChildService[];
+  /** Agent variant: the agents' addresses (the partition is created on the first, migrated to the second). */
+  agents?: string[];
+  /** Agent variant: the vsm-service that relays the migration (its RSS growth is bounded). */
+  relay?: ChildService;
+}
+
+/**
+ * Agent variant, after the export: the file holds exactly the partition (digests compared), then the
+ * partition migrates to the second agent through the service (its RSS watched: < 64 MiB) and its
+ * export there is the same as before the move.
+ */
+async function migrateAndCompare(c: VsmClient, name: string, file: string, procs: Procs): Promise<void> {
+  const before = await contentDigest(c, name);
+  expect(before.pages).toBe(BigInt(RAM_BYTES / 4096));
+  expect(before.ranges).toBe(BigInt(RANGES));
+  expect(await chunksDigest(readSnapshotFiles([file]))).toEqual(before);
+  const relay = procs.relay!;
+  const w = watchRss(relay.child.pid!);
+  let last: pb.MigrationProgress | undefined;
+  for await (const m of c.snapshots.migratePartition({ name, targetAgent: procs.agents![1] })) last = m;
+  const growth = w.stop();
+  const res = last?.result;
+  console.log(
+    `agent: migration of 1 GiB + 10^6 ranges to the second agent: total ${res?.totalMs} ms, downtime ${res?.downtimeMs} ms, ${res?.rounds} rounds, ${mib(Number(res?.bytesSent ?? 0))} MiB sent; RSS growth of ${relay.name} (relaying) ${mib(w.baseline)} MiB +${mib(growth)} MiB`,
+  );
+  expect(last?.phase).toBe(pb.MigrationPhase.MIGRATION_PHASE_DONE);
+  expect(res?.targetAgent).toBe(procs.agents![1]);
+  expect(growth).toBeLessThan(RSS_BUDGET);
+  // Byte-identical after the move: every page and range, and the VSM state.
+  expect(await contentDigest(c, name)).toEqual(before);
+  for (const gpa of [0n, 0x12345000n, BigInt(RAM_BYTES - 4096)]) {
+    const x = await c.memory.readGpa({ name, gpa, length: 4096 });
+    expect(x.data.readUInt32LE(0)).toBe(Number(gpa / 4096n));
+  }
+  await c.partitions.deletePartition({ name });
 }
 
 /** `start` gives the service to call and the processes to measure. */
@@ -109,8 +150,9 @@ function suite(label: string, start: () => Promise<Procs>, skip?: string) {
       for (const p of [...(procs?.all ?? [])].reverse()) await p.stop();
     });
 
-    test('exports to a file with the service RSS growing < 64 MiB, imports back byte-identical', async () => {
-      const id = `scale-${label}`;
+    test('exports to a file with the RSS growing < 64 MiB, imports back (agent: migrates) byte-identical', async () => {
+      let id = `scale-${label}`;
+      if (procs.agents) for (let i = 0; staticOwner(id, procs.agents) !== 0; i++) id = `scale-${label}-${i}`;
       const p = await c.partitions.createPartition({ partitionId: id, partition: { vpCount: 1, memoryBytes: 10n << 30n, maximumVtl: 1 } as pb.Partition });
       const name = p.name;
       // 1 GiB written through the API (1,024 WriteGpa calls of 1 MiB).
@@ -152,6 +194,10 @@ function suite(label: string, start: () => Promise<Procs>, skip?: string) {
       );
       expect(size).toBeGreaterThan(RAM_BYTES);
       for (const g of growth) if (g.bounded) expect(g.growth).toBeLessThan(RSS_BUDGET);
+      if (procs.agents) {
+        await migrateAndCompare(c, name, file, procs);
+        return;
+      }
       // Import from the file, streamed.
       const t1 = Date.now();
       const copy = await c.snapshots.importPartition(readSnapshotFiles([file]), { partitionId: `${id}-copy` });
@@ -180,10 +226,12 @@ suite('emulator', async () => {
 suite(
   'agent',
   async () => {
-    // The agent accounts each partition's whole RAM size as resident: room for the source and its copy.
-    const agent = await spawnService(['--max-resident-bytes', String(40 * 2 ** 30)], { main: AGENT_MAIN, name: 'vsm-kvm-agent' });
-    const svc = await spawnService(['--backend', 'agent', '--agent', agent.address], { name: 'vsm-service' });
-    return { address: svc.address, measured: [agent], observed: [svc], all: [agent, svc] };
+    // The agent accounts each partition's whole RAM size as resident: room for the partition.
+    const agent = await spawnService(['--max-resident-bytes', String(20 * 2 ** 30)], { main: AGENT_MAIN, name: 'vsm-kvm-agent' });
+    const target = await spawnService(['--max-resident-bytes', String(20 * 2 ** 30)], { main: AGENT_MAIN, name: 'vsm-kvm-agent (migration target)' });
+    const agents = [agent.address, target.address];
+    const svc = await spawnService(['--backend', 'agent', '--agent', agents.join(',')], { name: 'vsm-service' });
+    return { address: svc.address, measured: [agent, svc], observed: [], all: [agent, target, svc], agents, relay: svc };
   },
   kvmUnavailableReason(),
 );

@@ -20,10 +20,19 @@ export interface SnapshotStreams {
 
 type ErrorOf = (e: grpc.ServiceError) => Error;
 
+/** Messages of an export read from the connection before the caller takes them. */
+export const EXPORT_READ_AHEAD = 2;
+
 export function snapshotStreams(client: pb.SnapshotServiceClient, md: () => grpc.Metadata, errorOf: ErrorOf): SnapshotStreams {
   return {
     async *exportPartition(req, signal) {
       const call = client.exportPartition(pb.ExportPartitionRequest.fromPartial(req), md());
+      // grpc-js's object-mode Readable reads ahead 16 messages (16 MiB of RAM chunks) before the
+      // caller asks: a relay (vsm-service --backend agent, MigratePartition) then holds them long
+      // enough for V8 to promote their buffers, freed late. Two are enough to keep the pipe busy.
+      // (Node's Readable has no public setter for it; `_readableState.highWaterMark` is read per _read.)
+      const state = (call as unknown as { _readableState?: { highWaterMark: number } })._readableState;
+      if (state && state.highWaterMark > EXPORT_READ_AHEAD) state.highWaterMark = EXPORT_READ_AHEAD;
       const onAbort = () => call.cancel();
       signal?.addEventListener('abort', onAbort, { once: true });
       try {
@@ -50,6 +59,10 @@ export function snapshotStreams(client: pb.SnapshotServiceClient, md: () => grpc
           if (err) reject(errorOf(err));
           else resolve(res);
         });
+        // The same for what is sent: grpc-js's object-mode Writable buffers 16 messages before write()
+        // says to wait; two keep the pipe busy (`_writableState.highWaterMark`, see EXPORT_READ_AHEAD).
+        const ws = (call as unknown as { _writableState?: { highWaterMark: number } })._writableState;
+        if (ws && ws.highWaterMark > EXPORT_READ_AHEAD) ws.highWaterMark = EXPORT_READ_AHEAD;
         const onAbort = () => call.cancel();
         opts.signal?.addEventListener('abort', onAbort, { once: true });
         void (async () => {
