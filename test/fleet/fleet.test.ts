@@ -10,7 +10,7 @@ import { execFileSync } from 'node:child_process';
 import * as net from 'node:net';
 import { status } from '@grpc/grpc-js';
 import { type VsmClient, VsmError, connect, pb } from '@vsm/client';
-import { failure, healthStatus } from '../support/server';
+import { failure, healthStatus, listFleetAgents } from '../support/server';
 import { Etcd3 } from 'etcd3';
 import { vsmctl } from '../cli/support';
 import { AGENT_MAIN, type ChildService, spawnService } from '../support/child-service';
@@ -39,7 +39,7 @@ function startReplica(endpoints: string, name: string, extra: string[] = []): Pr
 }
 
 async function readyAgents(c: VsmClient): Promise<pb.Agent[]> {
-  return (await c.fleet.listAgents({})).agents.filter((a) => a.state === pb.AgentState.AGENT_STATE_READY);
+  return (await listFleetAgents(c)).filter((a) => a.state === pb.AgentState.AGENT_STATE_READY);
 }
 
 async function listAll(c: VsmClient): Promise<pb.Partition[]> {

@@ -7,7 +7,7 @@
 // agent-a, running, its record untouched. Bad targets are refused before anything moves.
 import { status } from '@grpc/grpc-js';
 import { type VsmClient, connect, pb } from '@vsm/client';
-import { failure } from '../support/server';
+import { failure, listFleetAgents } from '../support/server';
 import { Etcd3 } from 'etcd3';
 import { MG, migrationGuestImage } from '../../services/kvm-agent/test/migration-guest';
 import { AGENT_MAIN, type ChildService, spawnService } from '../support/child-service';
@@ -53,7 +53,7 @@ gateDescribe(why)('fleet mode: live migration switches the partition record atom
     for (const c of clients)
       await waitFor(
         'both agents READY',
-        async () => (await c.fleet.listAgents({})).agents.filter((x) => x.state === pb.AgentState.AGENT_STATE_READY).length === 2,
+        async () => (await listFleetAgents(c)).filter((x) => x.state === pb.AgentState.AGENT_STATE_READY).length === 2,
         60_000,
         100,
       );

@@ -10,7 +10,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { status } from '@grpc/grpc-js';
 import { type VsmClient, connect, pb } from '@vsm/client';
-import { failure } from '../support/server';
+import { failure, listFleetAgents } from '../support/server';
 import { HvMsr } from '@vsm/core';
 import { Etcd3 } from 'etcd3';
 import { vsmctl } from '../cli/support';
@@ -47,7 +47,7 @@ gateDescribe(why)('fleet durability: checkpoints, restart on another agent, CREA
     for (const c of clients)
       await waitFor(
         `${name} READY`,
-        async () => (await c.fleet.listAgents({})).agents.some((x) => x.name === `agents/${name}` && x.state === pb.AgentState.AGENT_STATE_READY),
+        async () => (await listFleetAgents(c)).some((x) => x.name === `agents/${name}` && x.state === pb.AgentState.AGENT_STATE_READY),
         60_000,
         100,
       );

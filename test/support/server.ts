@@ -2,7 +2,7 @@
 // VSM_BACKEND) on an ephemeral loopback port and connect the generated client to it.
 import * as grpc from '@grpc/grpc-js';
 import pino from 'pino';
-import { connect, type VsmClient, VsmError } from '@vsm/client';
+import { connect, type pb, type VsmClient, VsmError } from '@vsm/client';
 import { type Backend, CoreBackend, KvmBackend, RemoteBackend, startServer, type RunningServer } from '@vsm/vsm-v1';
 import { kvmUnavailableReason } from './kvm-gate';
 
@@ -85,6 +85,19 @@ export async function healthStatus(address: string): Promise<number | string> {
     });
   } finally {
     c.close();
+  }
+}
+
+/**
+ * ListAgents of a fleet-mode replica, or none while the replica has not loaded from etcd yet (it
+ * answers UNAVAILABLE then, health NOT_SERVING): for waits on agents right after a replica starts.
+ */
+export async function listFleetAgents(c: VsmClient): Promise<pb.Agent[]> {
+  try {
+    return (await c.fleet.listAgents({})).agents;
+  } catch (e) {
+    if (e instanceof VsmError && e.code === grpc.status.UNAVAILABLE) return [];
+    throw e;
   }
 }
 
