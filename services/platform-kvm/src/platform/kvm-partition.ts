@@ -42,7 +42,9 @@ import {
   storeMsrs,
   storeRegs,
   storeSregs,
+  putCoreXmmInXsave,
   storeXmm,
+  storeXmmFromXsave,
   withCoreXmm,
 } from './registers';
 import { type GuestExecutionOptions, type VpCpu, VtlVm } from './vtl-vm';
@@ -627,7 +629,7 @@ export class KvmPartition {
     const c = this.prepare(vp);
     this.enterAgent(c, 'hypercall', coreRegs(vp, vtl));
     // A fast call's XMM input is in the vCPU's XMM registers when the call executes.
-    if (isFastCall(vp, vtl)) c.vcpu.setFpu(withCoreXmm(vp, c.vcpu.getFpu()));
+    if (isFastCall(vp, vtl)) this.writeXmm(c, vp);
     let outcome: core.HypercallOutcome | undefined;
     for (;;) {
       const e = this.run(c);
@@ -704,12 +706,9 @@ export class KvmPartition {
     // output the core wrote goes back into them (kvm_fpu; two ioctls, fast calls only).
     // Bit 16 of the hypercall input value (RCX) = Fast (tlfs-hypercalls.md §1.2).
     const fast = c !== undefined && (getReg(vp, vp.activeVtl, R.HvX64RegisterRcx) & 0x1_0000n) !== 0n;
-    if (fast) storeXmm(vp, c.vcpu.getFpu());
+    if (fast) this.readXmm(c, vp);
     const o = core.executeVmcall(this.partition, vp, { instructionLength: HYPERCALL_INSN_LENGTH, callSite });
-    if (fast && o.fastOutput) {
-      c.vcpu.setFpu(withCoreXmm(vp, c.vcpu.getFpu()));
-      c.fp = undefined;
-    }
+    if (fast && o.fastOutput) this.writeXmm(c, vp);
     const ra = o.resumedAccess;
     if (ra && o.vtlSwitch) {
       const h = this.held.get(heldKey(vp.index, o.vtlSwitch.toVtl));
@@ -818,6 +817,23 @@ export class KvmPartition {
     c.fp ??= Buffer.alloc(fp.length);
     fp.copy(c.fp);
   }
+
+  /** The vCPU's XMM0..XMM15 into the core (fast hypercall input; registers.ts, XMM in the XSAVE image). */
+  private readXmm(c: VpCpu, vp: VirtualProcessor): void {
+    if (this.xsave) storeXmmFromXsave(vp, c.vcpu.getXsaveRaw(this.xmmScratch));
+    else storeXmm(vp, c.vcpu.getFpu());
+  }
+
+  /** The core's XMM0..XMM15 into the vCPU (fast hypercall input and output); its saved FP bytes are stale then. */
+  private writeXmm(c: VpCpu, vp: VirtualProcessor): void {
+    if (this.xsave) {
+      const b = c.vcpu.getXsaveRaw(this.xmmScratch);
+      putCoreXmmInXsave(vp, b);
+      c.vcpu.setXsaveRaw(b);
+    } else c.vcpu.setFpu(withCoreXmm(vp, c.vcpu.getFpu()));
+    c.fp = undefined;
+  }
+  private readonly xmmScratch = Buffer.alloc(4096);
 
   /** Whether KVM has KVM_GET/SET_XSAVE (KVM_CAP_XSAVE): the whole XSAVE area moves (AVX included). */
   private get xsave(): boolean {

@@ -205,6 +205,39 @@ export function withCoreXmm(vp: VirtualProcessor, fpu: KvmFpu): KvmFpu {
   return { ...fpu, xmm };
 }
 
+// XMM0..XMM15 in the XSAVE image (struct kvm_xsave, standard format; Intel SDM Vol. 1 §13.4): the legacy
+// region holds XMM i at byte 160 + 16 i, the XSAVE header's XSTATE_BV (byte 512) says which components
+// hold data. KVM_SET_FPU writes the legacy region only: when XSTATE_BV.SSE (bit 1) is clear, XRSTOR
+// puts SSE in its init state (XMM = 0) and the values never reach the guest, which made a fast
+// hypercall's XMM input read back as 0 now and then (agent-differential). Hence XMM moves through the
+// XSAVE image with XSTATE_BV.SSE set where KVM has KVM_GET/SET_XSAVE.
+const XSAVE_XMM0 = 160;
+const XSAVE_XSTATE_BV = 512;
+const XFEATURE_MASK_SSE = 1n << 1n;
+
+/** XMM0..XMM15 of an XSAVE image into the core: zero where XSTATE_BV says SSE is in its init state. */
+export function storeXmmFromXsave(vp: VirtualProcessor, xsave: Buffer): void {
+  const sse = (xsave.readBigUInt64LE(XSAVE_XSTATE_BV) & XFEATURE_MASK_SSE) !== 0n;
+  for (let i = 0; i < 16; i++) {
+    const at = XSAVE_XMM0 + 16 * i;
+    vp.shared.set(N.HvX64RegisterXmm0 + i, sse ? { low: xsave.readBigUInt64LE(at), high: xsave.readBigUInt64LE(at + 8) } : { low: 0n, high: 0n });
+  }
+}
+
+/** The core's XMM0..XMM15 into an XSAVE image (other components untouched), XSTATE_BV.SSE set. */
+export function putCoreXmmInXsave(vp: VirtualProcessor, xsave: Buffer): void {
+  const sse = (xsave.readBigUInt64LE(XSAVE_XSTATE_BV) & XFEATURE_MASK_SSE) !== 0n;
+  for (let i = 0; i < 16; i++) {
+    const at = XSAVE_XMM0 + 16 * i;
+    const r = vp.shared.get(N.HvX64RegisterXmm0 + i);
+    if (r) {
+      xsave.writeBigUInt64LE(r.low, at);
+      xsave.writeBigUInt64LE(r.high, at + 8);
+    } else if (!sse) xsave.fill(0, at, at + 16); // init state: the guest saw zeros there
+  }
+  xsave.writeBigUInt64LE(xsave.readBigUInt64LE(XSAVE_XSTATE_BV) | XFEATURE_MASK_SSE, XSAVE_XSTATE_BV);
+}
+
 // ---- Moving only what changed (runVp's exit path; services/kvm-agent/README.md, "Registers") ----------
 //
 // A vCPU in guest mode remembers, per register class, the core's HV_REGISTER_VALUE objects it last
