@@ -13,18 +13,16 @@
 // MSR intercept. A second run
 // with route MONITOR: the MSR intercepts still go to VTL1 (the core's rule for secure register
 // intercepts), the monitor observes them with needs_reply unset.
-import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { pb } from '@vsm/client';
 import { KvmBackend } from '@vsm/vsm-v1';
 import type { GuestSession } from '@vsm/platform-kvm';
 import { waitFor } from '../../../test/support/wait';
 import { type AgentHarness, describeKvm, startAgent } from './agent-support';
+import { buildVsmScenario } from './vsm-scenario-build';
 
 const MiB = 1n << 20n;
-const GUEST_DIR = path.resolve(__dirname, '../../../test/guests/vsm-scenario');
 const WRITES = 2; // intercepted stores per VP before the MSR phase (the scenario's first part)
 const MSR_WRITES = Number(process.env.VSM_MSR_WRITES ?? 8); // VSM_MSR_WRITES=400 for a measurement run
 /** HvX64RegisterCrInterceptControl (tlfs-vsm.md §3.8). */
@@ -32,19 +30,7 @@ const CR_INTERCEPT_CONTROL = 0x000e0000;
 /** HvMessageTypeMsrIntercept (tlfs-intercepts.md §6.8). */
 const MSR_INTERCEPT_MESSAGE = 0x80010001;
 
-function buildGuest(): { image: Buffer; symbols: Map<string, bigint>; dir: string } {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vsm-msr-intercept-'));
-  const elf = execFileSync('sh', [path.join(GUEST_DIR, 'build.sh'), dir], {
-    encoding: 'utf8',
-    env: { ...process.env, WRITES_PER_VP: String(WRITES), MSR_WRITES: String(MSR_WRITES) },
-  }).trim();
-  const symbols = new Map<string, bigint>();
-  for (const line of execFileSync('nm', [elf], { encoding: 'utf8' }).split('\n')) {
-    const [addr, , name] = line.trim().split(/\s+/);
-    if (addr && name) symbols.set(name, BigInt(`0x${addr}`));
-  }
-  return { image: fs.readFileSync(elf), symbols, dir };
-}
+const buildGuest = () => buildVsmScenario({ WRITES_PER_VP: WRITES, MSR_WRITES });
 
 describeKvm('secure MSR write intercepts in a running guest: VTL1 locks IA32_LSTAR against VTL0 (real KVM)', () => {
   let h: AgentHarness;

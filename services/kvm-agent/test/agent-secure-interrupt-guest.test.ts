@@ -7,34 +7,20 @@
 // to the guest's VTL1 handler (it counts it and EOIs), and VTL1 returns. Checked: the guest's own
 // count, the WatchVtlTransitions stream (VP 0 entered VTL1 N times with reason INTERRUPT after its
 // intercepts, never by VtlCall then), and the runner's secure-interrupt count.
-import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { pb } from '@vsm/client';
 import { KvmBackend } from '@vsm/vsm-v1';
 import type { GuestSession } from '@vsm/platform-kvm';
 import { waitFor } from '../../../test/support/wait';
 import { type AgentHarness, describeKvm, startAgent } from './agent-support';
+import { buildVsmScenario } from './vsm-scenario-build';
 
 const MiB = 1n << 20n;
-const GUEST_DIR = path.resolve(__dirname, '../../../test/guests/vsm-scenario');
 const WRITES = 4;
 const IPIS = 8;
 
-function buildGuest(): { image: Buffer; symbols: Map<string, bigint>; dir: string } {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vsm-secure-ipi-'));
-  const elf = execFileSync('sh', [path.join(GUEST_DIR, 'build.sh'), dir], {
-    encoding: 'utf8',
-    env: { ...process.env, WRITES_PER_VP: String(WRITES), SECURE_IPIS: String(IPIS) },
-  }).trim();
-  const symbols = new Map<string, bigint>();
-  for (const line of execFileSync('nm', [elf], { encoding: 'utf8' }).split('\n')) {
-    const [addr, , name] = line.trim().split(/\s+/);
-    if (addr && name) symbols.set(name, BigInt(`0x${addr}`));
-  }
-  return { image: fs.readFileSync(elf), symbols, dir };
-}
+const buildGuest = () => buildVsmScenario({ WRITES_PER_VP: WRITES, SECURE_IPIS: IPIS });
 
 describeKvm('secure interrupts in a running guest: an IPI to VTL1 preempts VTL0 on another VP (real KVM)', () => {
   let h: AgentHarness;

@@ -16,18 +16,16 @@
 // Route BOTH: an external monitor (the Monitor stream) observes every intercept while VTL1 handles
 // it. Nothing lost, nothing applied twice: the monitor saw 2*WRITES intercepts with distinct ids,
 // VTL1's log (read with ReadGpa) has each (vp, gpa, value) exactly once, and the values are in place.
-import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { pb } from '@vsm/client';
 import * as core from '@vsm/core';
 import { waitFor } from '../../../test/support/wait';
 import { KvmBackend } from '@vsm/vsm-v1';
 import { type AgentHarness, describeKvm, startAgent } from './agent-support';
+import { buildVsmScenario } from './vsm-scenario-build';
 
 const MiB = 1n << 20n;
-const GUEST_DIR = path.resolve(__dirname, '../../../test/guests/vsm-scenario');
 /** The scenario's parameters (build.sh passes them to the C code). */
 const WRITES = Number(process.env.VSM_SCENARIO_WRITES ?? 16); // VSM_SCENARIO_WRITES=128 for a longer run
 const PROT_PAGES = 4;
@@ -44,19 +42,7 @@ const storedValue = (vp: number, j: number) => 0x5ec0_0000_0000_0000n | (BigInt(
 type Guest = { image: Buffer; symbols: Map<string, bigint>; dir: string };
 
 /** Builds the guest in a temporary directory; returns the image and its symbols (nm). */
-function buildGuest(autoEoi: boolean): Guest {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vsm-scenario-'));
-  const elf = execFileSync('sh', [path.join(GUEST_DIR, 'build.sh'), dir], {
-    encoding: 'utf8',
-    env: { ...process.env, WRITES_PER_VP: String(WRITES), PROT_PAGES: String(PROT_PAGES), SINT0_AUTO_EOI: autoEoi ? '1' : '0' },
-  }).trim();
-  const symbols = new Map<string, bigint>();
-  for (const line of execFileSync('nm', [elf], { encoding: 'utf8' }).split('\n')) {
-    const [addr, , name] = line.trim().split(/\s+/);
-    if (addr && name) symbols.set(name, BigInt(`0x${addr}`));
-  }
-  return { image: fs.readFileSync(elf), symbols, dir };
-}
+const buildGuest = (autoEoi: boolean): Guest => buildVsmScenario({ WRITES_PER_VP: WRITES, PROT_PAGES, SINT0_AUTO_EOI: autoEoi ? 1 : 0 });
 
 describeKvm('a whole guest on 2 VPs: VTL1 handles concurrent intercepts as SINT0 interrupts, a monitor observes with route BOTH (real KVM)', () => {
   let h: AgentHarness;
