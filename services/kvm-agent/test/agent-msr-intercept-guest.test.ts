@@ -14,7 +14,6 @@
 // with route MONITOR: the MSR intercepts still go to VTL1 (the core's rule for secure register
 // intercepts), the monitor observes them with needs_reply unset.
 import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { pb } from '@vsm/client';
 import { KvmBackend } from '@vsm/vsm-v1';
 import type { GuestSession } from '@vsm/platform-kvm';

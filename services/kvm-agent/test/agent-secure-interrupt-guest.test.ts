@@ -8,7 +8,6 @@
 // count, the WatchVtlTransitions stream (VP 0 entered VTL1 N times with reason INTERRUPT after its
 // intercepts, never by VtlCall then), and the runner's secure-interrupt count.
 import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { pb } from '@vsm/client';
 import { KvmBackend } from '@vsm/vsm-v1';
 import type { GuestSession } from '@vsm/platform-kvm';

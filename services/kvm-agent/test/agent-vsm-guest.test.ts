@@ -17,7 +17,6 @@
 // it. Nothing lost, nothing applied twice: the monitor saw 2*WRITES intercepts with distinct ids,
 // VTL1's log (read with ReadGpa) has each (vp, gpa, value) exactly once, and the values are in place.
 import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { pb } from '@vsm/client';
 import * as core from '@vsm/core';
 import { waitFor } from '../../../test/support/wait';
