@@ -230,6 +230,8 @@ function raiseIntercept(
   return { status: 'intercepted', intercept: rec, vtlSwitch: ev, awaitingMonitor: false };
 }
 
+const NO_INSTRUCTION_BYTES = Buffer.alloc(0);
+
 /** HV_MESSAGE{HvMessageTypeGpaIntercept, HV_X64_MEMORY_INTERCEPT_MESSAGE} for the VP's state now. */
 export function buildInterceptMessage(
   p: PartitionState,
@@ -262,10 +264,12 @@ export function buildInterceptMessage(
   const seg = (n: number) => reg128ToSegment(regs.get(n) ?? { low: 0n, high: 0n });
   const gprs: bigint[] = new Array(16);
   for (let i = 0; i < 16; i++) gprs[i] = reg(vp, R.HvX64RegisterRax + i);
-  const instructionBytes = Buffer.alloc(16);
-  instruction?.bytes.copy(instructionBytes, 0, 0, Math.min(16, instruction.bytes.length));
+  // The field is 16 bytes; the layout zero-fills what a shorter value leaves.
+  const instructionBytes = instruction ? instruction.bytes.subarray(0, 16) : NO_INSTRUCTION_BYTES;
   // The HV_MESSAGE built in place: header at +0, the payload at +16 (as encodeHvMessage lays them out).
-  const message = Buffer.alloc(HV_MESSAGE_SIZE);
+  // From Node's buffer pool (a fresh zeroed ArrayBuffer per message costs more than the encoding);
+  // the header and payload encoders zero-fill their bytes, the rest is zeroed here.
+  const message = Buffer.allocUnsafe(HV_MESSAGE_SIZE).fill(0);
   // OriginationId: 0, as OpenVMM/OpenHCL send for secure intercepts (the TLFS value is unconfirmed).
   HvMessageHeaderLayout.encode(
     { messageType: HvMessageType.HvMessageTypeGpaIntercept, payloadSize: HV_X64_MEMORY_INTERCEPT_MESSAGE_SIZE, messageFlags: 0, originationId: 0n },

@@ -42,6 +42,9 @@ export function setInterceptRoute(p: InterceptSettings, route: InterceptRoute, d
   p.interceptDeadline = deadline ? { ms: deadline.ms, action: deadline.action } : undefined;
 }
 
+/** How many answered ids (and their outcomes) a partition remembers to tell duplicates from unknown ids. */
+export const ANSWERED_KEPT = 65536;
+
 export class InterceptBroker {
   private nextId = 1n;
   /** Intercepts waiting for a monitor's answer. */
@@ -50,9 +53,19 @@ export class InterceptBroker {
   private readonly answered = new Set<bigint>();
   /** What answering each (recently) answered intercept did, by id (bounded like `answered`). */
   private readonly outcomes = new Map<bigint, AccessOutcome>();
+  /**
+   * The ids of `answered` in answer order, a ring of ANSWERED_KEPT slots: the oldest is forgotten
+   * from here in O(1). (Evicting by iterating the Set is not: V8 leaves a deleted entry's slot as a
+   * hole until the next rehash and an iterator walks the holes, so taking the first entry of a Set
+   * that evicts one per insertion costs O(evictions so far), 7.8 -> 37 µs per intercept once 65,536
+   * had been answered.)
+   */
+  private readonly answeredRing: bigint[] = [];
+  private answeredNext = 0;
   private readonly listeners = new Set<(r: InterceptRecord) => void>();
   private readonly resolvedListeners = new Set<(id: bigint, outcome: AccessOutcome) => void>();
   private readonly raisedListeners = new Set<(r: InterceptRecord) => void>();
+  private readonly waiters = new Map<bigint, ((outcome: AccessOutcome) => void)[]>();
 
   exportState(): { nextId: bigint; pending: InterceptRecord[]; answered: bigint[] } {
     return { nextId: this.nextId, pending: [...this.pending.values()].map((r) => ({ ...r })), answered: [...this.answered] };
@@ -62,7 +75,10 @@ export class InterceptBroker {
     this.pending.clear();
     for (const r of s.pending) this.pending.set(r.id, { ...r });
     this.answered.clear();
-    for (const id of s.answered) this.answered.add(id);
+    this.outcomes.clear();
+    this.answeredRing.length = 0;
+    this.answeredNext = 0;
+    for (const id of s.answered.slice(-ANSWERED_KEPT)) this.remember(id);
   }
 
   allocateId(): bigint {
@@ -106,6 +122,17 @@ export class InterceptBroker {
     return () => this.resolvedListeners.delete(fn);
   }
 
+  /**
+   * Calls `fn` once, when intercept `id` is answered (markAnswered); the caller checked it is
+   * pending. A waiter per id, so an answer wakes only its own waiters, whatever the number of VPs
+   * waiting (an onResolved listener per waiter would be called for every answer).
+   */
+  whenAnswered(id: bigint, fn: (outcome: AccessOutcome) => void): void {
+    const list = this.waiters.get(id);
+    if (list) list.push(fn);
+    else this.waiters.set(id, [fn]);
+  }
+
   /** 'pending' (answer it), 'duplicate' (already answered) or 'unknown'. */
   status(id: bigint): 'pending' | 'duplicate' | 'unknown' {
     if (this.pending.has(id)) return 'pending';
@@ -135,11 +162,27 @@ export class InterceptBroker {
   /** Records the answer of intercept `id` (pending or taken) and wakes whoever waits for that id (only). */
   markAnswered(id: bigint, outcome: AccessOutcome): void {
     this.pending.delete(id);
-    this.answered.add(id);
+    this.remember(id);
     this.outcomes.set(id, outcome);
-    if (this.answered.size > 65536) this.answered.delete(this.answered.values().next().value as bigint);
-    if (this.outcomes.size > 65536) this.outcomes.delete(this.outcomes.keys().next().value as bigint);
-    for (const l of [...this.resolvedListeners]) l(id, outcome);
+    const waiters = this.waiters.get(id);
+    if (waiters) {
+      this.waiters.delete(id);
+      for (const w of waiters) w(outcome);
+    }
+    if (this.resolvedListeners.size > 0) for (const l of [...this.resolvedListeners]) l(id, outcome);
+  }
+
+  /** Adds `id` to the answered ids, forgetting the oldest (and its outcome) beyond ANSWERED_KEPT. */
+  private remember(id: bigint): void {
+    if (this.answered.has(id)) return;
+    this.answered.add(id);
+    const slot = this.answeredNext++ % ANSWERED_KEPT;
+    const old = this.answeredRing[slot];
+    if (old !== undefined) {
+      this.answered.delete(old);
+      this.outcomes.delete(old);
+    }
+    this.answeredRing[slot] = id;
   }
 
   /** Drops every listener (the partition ended). */
@@ -147,5 +190,6 @@ export class InterceptBroker {
     this.listeners.clear();
     this.resolvedListeners.clear();
     this.raisedListeners.clear();
+    this.waiters.clear();
   }
 }

@@ -2,7 +2,18 @@
 // (issue #19 findings 1, 6 and the resident-RAM limit): a crash resolves every pending intercept as
 // crashed (each waiter gets its own outcome); nothing is answered on a crashed or deleted partition;
 // an ALLOW whose access would exceed the resident-RAM limit is refused and the intercept stays pending.
-import { HvError, HvRegisterName as R, HvStatus, Partition, SparseMemory, answerIntercept, guestAccess, longModeContext, reg64 } from '@vsm/core';
+import {
+  ANSWERED_KEPT,
+  HvError,
+  HvRegisterName as R,
+  HvStatus,
+  Partition,
+  SparseMemory,
+  answerIntercept,
+  guestAccess,
+  longModeContext,
+  reg64,
+} from '@vsm/core';
 import { ResidentMemory } from '../src/resident';
 
 const MiB = 1n << 20n;
@@ -94,4 +105,48 @@ test('an ALLOW that would exceed the resident-RAM limit is refused whole: the in
   expect(answerIntercept(p, a, 'allow')).toMatchObject({ result: 'applied', outcome: { status: 'completed' } });
   expect(p.memory.read(0x40000n, 8)).toEqual(Buffer.alloc(8, 1));
   expect(answerIntercept(p, a, 'allow')).toEqual({ result: 'duplicate' });
+});
+
+test('answered ids are remembered for the last ANSWERED_KEPT answers: older ones become unknown, in answer order, also after a state import', () => {
+  const p = monitored(1);
+  const first = intercepted(p, 0);
+  answerIntercept(p, first, 'skip');
+  const second = intercepted(p, 0);
+  answerIntercept(p, second, 'skip');
+  expect(p.intercepts.status(first)).toBe('duplicate');
+  expect(p.intercepts.outcomeOf(first)).toEqual({ status: 'completed', data: undefined });
+  // The broker's own bookkeeping, driven directly (a guest access per id would take minutes).
+  const b = p.intercepts;
+  for (let i = 0; i < ANSWERED_KEPT - 1; i++) b.markAnswered(b.allocateId(), { status: 'skipped' });
+  expect(b.status(first)).toBe('unknown'); // the oldest went when the ring wrapped
+  expect(b.outcomeOf(first)).toBeUndefined();
+  expect(b.status(second)).toBe('duplicate');
+  b.markAnswered(b.allocateId(), { status: 'skipped' });
+  expect(b.status(second)).toBe('unknown');
+  const last = b.allocateId() - 1n;
+  expect(b.status(last)).toBe('duplicate');
+  // Export/import keeps the same window and keeps evicting in answer order.
+  const q = monitored(1);
+  q.intercepts.importState(b.exportState());
+  expect(q.intercepts.status(second)).toBe('unknown');
+  expect(q.intercepts.status(last - BigInt(ANSWERED_KEPT) + 1n)).toBe('duplicate');
+  q.intercepts.markAnswered(q.intercepts.allocateId(), { status: 'skipped' });
+  expect(q.intercepts.status(last - BigInt(ANSWERED_KEPT) + 1n)).toBe('unknown');
+  expect(q.intercepts.status(last)).toBe('duplicate');
+});
+
+test("whenAnswered wakes only the waiters of the answered id, once; a deleted partition's waiters get crashed", () => {
+  const p = monitored(3);
+  const a = intercepted(p, 0);
+  const b = intercepted(p, 1);
+  const got: string[] = [];
+  p.intercepts.whenAnswered(a, (o) => got.push(`a1 ${o.status}`));
+  p.intercepts.whenAnswered(a, (o) => got.push(`a2 ${o.status}`));
+  p.intercepts.whenAnswered(b, (o) => got.push(`b ${o.status}`));
+  answerIntercept(p, a, 'skip');
+  expect(got).toEqual(['a1 completed', 'a2 completed']);
+  answerIntercept(p, a, 'skip'); // a duplicate wakes nobody again
+  expect(got).toEqual(['a1 completed', 'a2 completed']);
+  p.markDeleted();
+  expect(got).toEqual(['a1 completed', 'a2 completed', 'b crashed']);
 });

@@ -134,6 +134,46 @@ describe('struct layouts', () => {
     expect(() => struct('X', 16, { a: at(4, u64, 'A') }).toWords({ a: 1n })).toThrow(/layout X has a field that is not an integer inside one 8-byte word/);
     expect(() => struct('X', 8, { a: at(0, bytes(8), 'A') }).fromWords([0n])).toThrow(/no word form/);
   });
+  test('word form, every field kind: number fields in either 32-bit half, across halves, bigint and 64-bit fields', () => {
+    // fromWords takes number fields inside one half with number arithmetic and the others as bigints:
+    // each must give what decoding the same bytes gives, for all-ones, alternating and random words.
+    const K = struct('K', 24, {
+      lo8: at(0, u8, 'Lo8'),
+      lo16: at(2, u16, 'Lo16'),
+      hi32: at(4, u32, 'Hi32'),
+      big: at(8, u64, 'Big'),
+      across: at(19, uint(3), 'Across'), // bits 31:24 of the low half and 15:0 of the high half
+      b3: at(16, ubig(3), 'B3'),
+      top: at(22, u16, 'Top'),
+    });
+    const words = [
+      [0xffff_ffff_ffff_ffffn, 0xffff_ffff_ffff_ffffn, 0xffff_ffff_ffff_ffffn],
+      [0xaaaa_5555_aaaa_5555n, 0x5555_aaaa_5555_aaaan, 0x8000_0001_8000_0001n],
+      [0n, 0n, 0n],
+      ...Array.from({ length: 50 }, (_, i) => [0, 1, 2].map((k) => BigInt.asUintN(64, BigInt(i * 7919 + k) * 0x9e37_79b9_7f4a_7c15n))),
+    ];
+    for (const w of words) {
+      const b = Buffer.alloc(24);
+      for (const [i, x] of w.entries()) b.writeBigUInt64LE(x, 8 * i);
+      expect(K.fromWords(w)).toEqual(K.decode(b));
+      expect(K.toWords(K.fromWords(w))).toEqual(w.map((x, i) => (i === 0 ? x & 0xffff_ffff_ffff_00ffn : x))); // +1 is a gap
+    }
+  });
+  test("u64 fields of a buffer cut from a larger one (Node's pool): RangeError past the buffer, neighbours untouched", () => {
+    const pool = Buffer.alloc(64, 0xee);
+    const part = pool.subarray(8, 24);
+    const W = struct('W', 16, { a: at(0, u64, 'A'), b: at(8, u64, 'B') });
+    W.encode({ a: 1n, b: 0xffff_ffff_ffff_ffffn }, part);
+    expect(pool.toString('hex')).toBe(`${'ee'.repeat(8)}0100000000000000ffffffffffffffff${'ee'.repeat(40)}`);
+    expect(W.decode(pool, 8)).toEqual({ a: 1n, b: 0xffff_ffff_ffff_ffffn });
+    expect(u64.read(part, 8)).toBe(0xffff_ffff_ffff_ffffn);
+    expect(() => u64.write(part, 9, 1n)).toThrow(RangeError); // the pool has room there; the buffer does not
+    expect(() => u64.read(part, 12)).toThrow(RangeError);
+    expect(() => u64.read(part, -1)).toThrow(RangeError);
+    expect(pool.subarray(24).toString('hex')).toBe('ee'.repeat(40));
+    u64.write(part, 0, -1n); // taken modulo 2^64, as before
+    expect(part.readBigUInt64LE(0)).toBe(0xffff_ffff_ffff_ffffn);
+  });
 });
 
 describe('bit layouts', () => {

@@ -72,10 +72,38 @@ export const u32: IntCodec<number> = {
   toBig: (v) => BigInt(v >>> 0),
   fromBig: Number,
 };
+/**
+ * A DataView over the ArrayBuffer of the buffer last read or written by u64 (one entry: a layout's
+ * fields go to one buffer in a row). DataView.get/setBigUint64 take ≈9 ns where Buffer's
+ * read/writeBigUInt64LE take ≈65 (they split the bigint into two numbers with bigint arithmetic);
+ * an HV_MESSAGE has 25 such fields. Only small ArrayBuffers (messages, Node's 8 KiB pool) are kept,
+ * so no guest memory stays referenced by the cache.
+ */
+let cachedBuffer: ArrayBufferLike | undefined;
+let cachedView: DataView | undefined;
+const CACHED_VIEW_MAX_BYTES = 64 * 1024;
+function viewOf(b: Buffer, o: number): DataView | undefined {
+  if (!(o >= 0 && o + 8 <= b.length)) throw new RangeError(`an 8-byte field at offset ${o} does not fit a buffer of ${b.length} bytes`);
+  if (b.buffer === cachedBuffer) return cachedView;
+  if (b.buffer.byteLength > CACHED_VIEW_MAX_BYTES) return undefined;
+  cachedBuffer = b.buffer;
+  cachedView = new DataView(b.buffer);
+  return cachedView;
+}
+
 export const u64: IntCodec<bigint> = {
   size: 8,
-  read: (b, o) => b.readBigUInt64LE(o),
-  write: (b, o, v) => void b.writeBigUInt64LE(BigInt.asUintN(64, v), o),
+  read: (b, o) => {
+    const dv = viewOf(b, o);
+    return dv ? dv.getBigUint64(b.byteOffset + o, true) : b.readBigUInt64LE(o);
+  },
+  write: (b, o, v) => {
+    // In range already (the usual case): no BigInt.asUintN (it allocates a new bigint).
+    const x = v >= 0n && v <= 0xffff_ffff_ffff_ffffn ? v : BigInt.asUintN(64, v);
+    const dv = viewOf(b, o);
+    if (dv) dv.setBigUint64(b.byteOffset + o, x, true);
+    else b.writeBigUInt64LE(x, o);
+  },
   toBig: (v) => BigInt.asUintN(64, v),
   fromBig: (x) => x,
 };
@@ -131,8 +159,9 @@ export function bytes(n: number): Codec<Buffer> {
     read: (b, o) => Buffer.from(b.subarray(o, o + n)),
     write: (b, o, v) => {
       if (v.length > n) throw new RangeError(`${v.length} bytes do not fit a ${n}-byte field`);
-      Buffer.from(v.buffer, v.byteOffset, v.length).copy(b, o);
-      b.fill(0, o + v.length, o + n);
+      if (!(o >= 0 && o + n <= b.length)) throw new RangeError(`a ${n}-byte field at offset ${o} does not fit a buffer of ${b.length} bytes`);
+      b.set(v, o);
+      if (v.length < n) b.fill(0, o + v.length, o + n);
     },
   };
 }
@@ -213,10 +242,14 @@ export function struct<F extends Fields>(name: string, size: number, spec: F): L
     if (!Number.isInteger(off) || off < 0 || off + size > b.length)
       throw new RangeError(`${name} needs ${size} bytes at offset ${off}; the buffer has ${b.length}`);
   };
-  const write = (b: Buffer, off: number, v: T) => {
-    b.fill(0, off, off + size);
-    for (const f of fields) f.codec.write(b, off + f.offset, (v as Record<string, unknown>)[f.name]);
-  };
+  // write, like read below: one function per layout made from the field table, each field written by
+  // its own codec at its offset with a named (not keyed) load of its value; `fill` clears the bytes
+  // no field owns (RsvdZ) and the bits of bit fields that are not set.
+  const writers = fields.map((f) => f.codec.write.bind(f.codec));
+  const write = new Function(
+    'w',
+    `return (b, off, v) => { b.fill(0, off, off + ${size}); ${fields.map((f, i) => `w[${i}](b, off + ${f.offset}, v[${JSON.stringify(f.name)}]);`).join(' ')} };`,
+  )(writers) as (b: Buffer, off: number, v: T) => void;
   // read: one object literal with the layout's keys, made once per layout from the field table (one
   // shape, no per-field keyed stores); field i is read by its own codec at its offset.
   const readers = fields.map((f) => f.codec.read.bind(f.codec));
@@ -228,11 +261,44 @@ export function struct<F extends Fields>(name: string, size: number, spec: F): L
   const ints = fields.every((f) => 'toBig' in f.codec && Math.floor(f.offset / 8) === Math.floor((f.offset + f.size - 1) / 8))
     ? fields.map((f) => ({
         name: f.name,
+        offset: f.offset,
+        size: f.size,
         codec: f.codec as unknown as IntCodec<number | bigint>,
         word: Math.floor(f.offset / 8),
         shift: BigInt(8 * (f.offset % 8)),
         ones: (1n << BigInt(8 * f.size)) - 1n,
       }))
+    : undefined;
+  const slowFromWords = (w: readonly bigint[]): T => {
+    const o: Record<string, unknown> = {};
+    for (const f of intsOnly()) {
+      const x = w[f.word] ?? 0n;
+      o[f.name] = f.codec.fromBig((f.shift === 0n ? x : x >> f.shift) & f.ones);
+    }
+    return o as T;
+  };
+  // fromWords made once per layout (as read): each word split once into two 32-bit halves as numbers;
+  // a number field inside one half is taken with number arithmetic (bigint shifts allocate), a
+  // 64-bit field is the word itself, any other field the generic bigint way.
+  const fromWordsFast = ints
+    ? (new Function(
+        'c',
+        `return (w) => { ${Array.from({ length: words }, (_, i) => `const w${i} = w[${i}] ?? 0n, l${i} = Number(w${i} & 0xffffffffn), h${i} = Number(w${i} >> 32n);`).join(' ')} return { ${ints
+          .map((f, i) => {
+            const bit = 8 * (f.offset % 8);
+            const width = 8 * f.size;
+            const key = JSON.stringify(f.name);
+            if (f.codec.fromBig === Number && width <= 32 && Math.floor(bit / 32) === Math.floor((bit + width - 1) / 32)) {
+              const half = bit >= 32 ? `h${f.word}` : `l${f.word}`;
+              const sh = bit % 32;
+              const mask = width === 32 ? '' : ` & ${(1 << width) - 1}`;
+              return `${key}: ((${half} >>> ${sh})${mask}) >>> 0`;
+            }
+            if (width === 64) return `${key}: c[${i}].fromBig(w${f.word})`;
+            return `${key}: c[${i}].fromBig((w${f.word} >> ${f.shift}n) & ${f.ones}n)`;
+          })
+          .join(', ')} }; };`,
+      )(ints.map((f) => f.codec)) as (w: readonly bigint[]) => T)
     : undefined;
   const intsOnly = () => {
     if (!ints) throw new Error(`layout ${name} has a field that is not an integer inside one 8-byte word: no word form`);
@@ -247,7 +313,7 @@ export function struct<F extends Fields>(name: string, size: number, spec: F): L
     encode(value, out, offset = 0) {
       if (!out) {
         out = Buffer.alloc(size);
-        for (const f of fields) f.codec.write(out, f.offset, (value as Record<string, unknown>)[f.name]);
+        write(out, 0, value);
         return out;
       }
       need(out, offset);
@@ -272,12 +338,7 @@ export function struct<F extends Fields>(name: string, size: number, spec: F): L
       return w;
     },
     fromWords(w) {
-      const o: Record<string, unknown> = {};
-      for (const f of intsOnly()) {
-        const x = w[f.word] ?? 0n;
-        o[f.name] = f.codec.fromBig((f.shift === 0n ? x : x >> f.shift) & f.ones);
-      }
-      return o as T;
+      return (fromWordsFast ?? slowFromWords)(w);
     },
   };
 }

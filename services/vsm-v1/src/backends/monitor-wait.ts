@@ -55,13 +55,7 @@ export async function awaitMonitorAnswers(p: Partition, first: core.AccessOutcom
 
 function answerOf(p: Partition, id: bigint): Promise<core.AccessOutcome> {
   if (p.intercepts.status(id) !== 'pending') return Promise.resolve(p.intercepts.outcomeOf(id) ?? { status: 'crashed' });
-  return new Promise<core.AccessOutcome>((resolve) => {
-    const off = p.intercepts.onResolved((x, outcome) => {
-      if (x !== id) return;
-      off();
-      resolve(outcome);
-    });
-  });
+  return new Promise<core.AccessOutcome>((resolve) => p.intercepts.whenAnswered(id, resolve));
 }
 
 /**

@@ -272,12 +272,23 @@ export class VsmMetrics {
     if (this.watched.has(p)) return;
     this.watched.add(p);
     const raisedAt = new Map<bigint, bigint>();
+    // The labelled children, looked up once per label set (inc with a label object hashes the
+    // labels on every call; these run once per VTL switch and per intercept).
+    const transitions = new Map<string, { inc(): void }>();
+    const intercepts = new Map<string, { inc(): void }>();
     const offs = [
-      p.onTransition((t) =>
-        this.transitions.inc({ from: String(t.fromVtl), to: String(t.toVtl), reason: t.isReturn ? 'return' : (ENTRY_REASON[t.entryReason] ?? 'other') }),
-      ),
+      p.onTransition((t) => {
+        const reason = t.isReturn ? 'return' : (ENTRY_REASON[t.entryReason] ?? 'other');
+        const key = `${t.fromVtl}/${t.toVtl}/${reason}`;
+        let c = transitions.get(key);
+        if (!c) transitions.set(key, (c = this.transitions.labels(String(t.fromVtl), String(t.toVtl), reason)));
+        c.inc();
+      }),
       p.intercepts.onRaised((x) => {
-        this.intercepts.inc({ route: p.interceptRoute, access: x.kind });
+        const key = `${p.interceptRoute}/${x.kind}`;
+        let c = intercepts.get(key);
+        if (!c) intercepts.set(key, (c = this.intercepts.labels(p.interceptRoute, x.kind)));
+        c.inc();
         if (x.needsReply && !raisedAt.has(x.id)) raisedAt.set(x.id, process.hrtime.bigint());
       }),
       p.intercepts.onResolved((id) => {
