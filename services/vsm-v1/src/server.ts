@@ -30,6 +30,7 @@ import { BoundedSink, DEFAULT_STREAM_BUFFER, type StreamBufferLimits } from './s
 import { reflectionPackage } from './reflection';
 import type { RpcTelemetry } from './observability/telemetry';
 import type { ActionAuthorizer } from './guest-action-stream';
+import { abortLatch } from './stop-latch';
 
 /** Every vsm.v1 service, as the descriptors list them. */
 export const SERVICE_NAMES: string[] = vsmServices().map((s) => s.name);
@@ -543,13 +544,11 @@ function guardedRequests<Req>(
   const it = typeof readable.iterator === 'function' ? readable.iterator({ destroyOnReturn: false }) : source[Symbol.asyncIterator]();
   let peeked: Promise<IteratorResult<Req>> | undefined;
   const ended: IteratorResult<Req> = { done: true, value: undefined };
-  const aborted = new Promise<IteratorResult<Req>>((res) => {
-    if (signal.aborted) res(ended);
-    else signal.addEventListener('abort', () => res(ended), { once: true });
-  });
+  // Not Promise.race with a promise pending for the stream's life: that keeps a reaction per message.
+  const aborted = abortLatch(signal, ended);
   const pull = async (): Promise<IteratorResult<Req>> => {
     if (signal.aborted) return ended;
-    const r = await Promise.race([it.next() as Promise<IteratorResult<Req>>, aborted]);
+    const r = await aborted.race(it.next() as Promise<IteratorResult<Req>>);
     if (signal.aborted) return ended;
     if (!r.done && isMalformed(r.value)) throw malformed(r.value as never);
     return r;

@@ -29,6 +29,7 @@ import {
 import { assertSnapshotFits, modifyProtectionsSliced, protectionsPage } from './protections-at-scale';
 import { type BackgroundErrorReport, awaitMonitorAnswers, keepInterceptDeadlines, partitionTask, reportToStderr } from './monitor-wait';
 import { type ActionAuthorizer, runGuestActions } from '../guest-action-stream';
+import { abortLatch } from '../stop-latch';
 
 export const MAX_GUEST_ACCESS = 65536;
 export const MAX_GPA_ACCESS = 1 << 20;
@@ -584,15 +585,9 @@ export class CoreBackend implements Backend {
     );
     // The partition's end (crash, delete) ends the stream with a status, also one that comes while
     // the pending intercepts are replayed.
-    let endNow: ((why: 'crashed' | 'deleted') => void) | undefined;
-    const ended = new Promise<'crashed' | 'deleted'>((res) => {
-      endNow = res;
-    });
-    const offEnd = p.onEnd((why) => endNow?.(why));
-    const aborted = new Promise<'aborted'>((res) => {
-      if (signal.aborted) res('aborted');
-      else signal.addEventListener('abort', () => res('aborted'), { once: true });
-    });
+    // One latch for both (not Promise.race per message: see stop-latch.ts).
+    const stop = abortLatch<'crashed' | 'deleted' | 'aborted'>(signal, 'aborted');
+    const offEnd = p.onEnd((why) => stop.stop(why));
     try {
       sink.write({ kind: { $case: 'subscription', value: { accessMask: mask, viewGeneration: BigInt(p.viewGeneration) } } });
       // At-least-once: everything still unanswered goes to the new monitor first.
@@ -607,7 +602,7 @@ export class CoreBackend implements Backend {
       replaying = undefined;
       if (p.deleted || p.state !== 'active') throw endedError(p, p.deleted ? 'deleted' : 'crashed');
       while (!signal.aborted) {
-        const next = await Promise.race([it.next(), ended, aborted]);
+        const next = await stop.race(it.next());
         if (next === 'aborted') break;
         if (next === 'crashed' || next === 'deleted') throw endedError(p, next);
         if (next.done) break;

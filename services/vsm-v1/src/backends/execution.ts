@@ -8,6 +8,7 @@ import type * as core from '@vsm/core';
 import { pb } from '@vsm/api';
 import type { StreamSink } from '../backend';
 import { ApiError, invalidArgument } from '../errors';
+import { abortLatch } from '../stop-latch';
 
 /** Devices a partition may ask for at creation (Partition.devices). */
 export const KNOWN_DEVICES = ['hyperv-testdev'] as const;
@@ -219,6 +220,7 @@ export async function followConsole(
     poke();
   });
   signal.addEventListener('abort', poke);
+  const aborted = abortLatch(signal, undefined);
   try {
     while (!signal.aborted) {
       if (!dirty) {
@@ -239,7 +241,8 @@ export async function followConsole(
         }
       }
       if (behind) {
-        await Promise.race([sink.drained(), new Promise<void>((r) => signal.addEventListener('abort', () => r(), { once: true }))]);
+        // (an abort listener per wait would stay on the signal for the stream's life)
+        await aborted.race(sink.drained());
         dirty = true;
         continue;
       }
