@@ -3,14 +3,20 @@
 // reads/writes/fetches (one intercepted by VTL1's protection, route HIGHER_VTL), actions that fail
 // (bad VP, unknown partition, bad lengths) - runs on two identical partitions: once as unary calls,
 // once through one stream with both VPs' actions sent at once; the per-action results, intercepts and
-// errors and the VPs' final state must be the same. Then route MONITOR: an action waiting for the
-// monitor holds back only its own VP. Runs on the emulator and with VSM_BACKEND=agent (KVM).
+// errors and the VPs' final state must be the same; a third partition runs it through `batch`
+// messages (answers in `results` messages) with the same per-action outcomes. Then route MONITOR: an
+// action waiting for the monitor holds back only its own VP, sent alone or in a batch. Runs on the
+// emulator and with VSM_BACKEND=agent (KVM).
 import { type VsmClient, VsmError, pb } from '@vsm/client';
 import { type Harness, startHarness } from '../support/server';
 import { MSR, VTL1_LAYOUT, setupVtl1Partition } from '../security/support';
 
-type Action = NonNullable<pb.RunGuestActionsRequest['action']>;
+/** One action (not a batch). */
+type Action = Exclude<NonNullable<pb.RunGuestActionsRequest['action']>, { $case: 'batch' }>;
 type Result = NonNullable<pb.RunGuestActionsResponse['result']>;
+
+/** The per-action answers of one stream message: a `results` message's entries, or the message itself. */
+const answersOf = (r: pb.RunGuestActionsResponse): pb.RunGuestActionsResponse[] => (r.result?.$case === 'results' ? r.result.value.results : [r]);
 
 let h: Harness;
 beforeAll(async () => {
@@ -93,6 +99,27 @@ async function streamed(c: VsmClient, actions: Action[]): Promise<{ results: Res
   return { results, order };
 }
 
+/**
+ * Sends the actions in `batch` messages of `size` (all at once) and returns the results by sequence,
+ * and the stream's messages (each a `results` message for batched actions).
+ */
+async function batched(c: VsmClient, actions: Action[], size: number): Promise<{ results: Result[]; messages: pb.RunGuestActionsResponse[] }> {
+  const s = c.guest.runGuestActions();
+  for (let i = 0; i < actions.length; i += size)
+    s.send({ action: { $case: 'batch', value: { actions: actions.slice(i, i + size).map((action, k) => ({ sequence: BigInt(i + k), action })) } } });
+  s.close();
+  const results: Result[] = [];
+  const messages: pb.RunGuestActionsResponse[] = [];
+  for await (const m of s.results) {
+    messages.push(m);
+    for (const r of answersOf(m)) {
+      expect(results[Number(r.sequence)]).toBeUndefined(); // one answer per action
+      results[Number(r.sequence)] = r.result!;
+    }
+  }
+  return { results, messages };
+}
+
 /** Comparable form: partition ids and intercept ids (allocation order differs between runs) left out; hv_status only on the stream's side. */
 function norm(x: unknown, ids: string[]): unknown {
   return JSON.parse(
@@ -108,10 +135,11 @@ function norm(x: unknown, ids: string[]): unknown {
 }
 
 describe('RunGuestActions against the unary guest actions', () => {
-  test('one scenario both ways: the same results, intercepts, errors and final VP state', async () => {
+  test('one scenario three ways (unary, stream, stream of batches): the same results, intercepts, errors and final VP state', async () => {
     const tag = `${h.backend.slice(0, 3)}${Date.now() % 100000}`;
     const A = await setupVtl1Partition(h.client, `gas-u-${tag}`, 2, SECRET);
     const B = await setupVtl1Partition(h.client, `gas-s-${tag}`, 2, SECRET);
+    const C = await setupVtl1Partition(h.client, `gas-t-${tag}`, 2, SECRET);
     const script = (p: { name: string; vps: string[] }) => {
       // Interleaved: VP0, VP1, VP0, ... (each VP's own actions stay in their order).
       const per = p.vps.map((vp, i) => vpScript(vp, i));
@@ -122,10 +150,21 @@ describe('RunGuestActions against the unary guest actions', () => {
     const viaUnary: Result[] = [];
     for (const a of script(A)) viaUnary.push(await unary(h.client, a));
     const { results: viaStream } = await streamed(h.client, script(B));
-    const ids = [A.name.split('/')[1]!, B.name.split('/')[1]!];
+    // Batches of 5: each mixes both VPs and some cut a VP's sequence across two batches.
+    const { results: viaBatches, messages } = await batched(h.client, script(C), 5);
+    const ids = [A.name.split('/')[1]!, B.name.split('/')[1]!, C.name.split('/')[1]!];
 
     expect(viaStream).toHaveLength(viaUnary.length);
     expect(norm(viaStream, ids)).toEqual(norm(viaUnary, ids));
+    expect(viaBatches).toHaveLength(viaUnary.length);
+    expect(norm(viaBatches, ids)).toEqual(norm(viaUnary, ids));
+    expect(norm(viaBatches, ids)).toEqual(norm(viaStream, ids)); // hv_status included
+    // Batched actions are answered in `results` messages only (outer sequence 0, never empty).
+    for (const m of messages) {
+      expect(m.result?.$case).toBe('results');
+      expect(m.sequence).toBe(0n);
+      expect(answersOf(m).length).toBeGreaterThan(0);
+    }
     // The scenario did what it claims (so equality is not between two empty answers).
     const cases = viaStream.map((r) => r.$case);
     expect(cases.filter((c) => c === 'error')).toHaveLength(2 * 2 + 3);
@@ -152,10 +191,11 @@ describe('RunGuestActions against the unary guest actions', () => {
     expect(errors[4]!.code).toBe(5); // NOT_FOUND
 
     for (let i = 0; i < 2; i++) {
-      const [u, s] = await Promise.all([A, B].map((p) => h.client.vps.getVirtualProcessor({ name: p.vps[i]! })));
+      const [u, s, t] = await Promise.all([A, B, C].map((p) => h.client.vps.getVirtualProcessor({ name: p.vps[i]! })));
       expect(norm(s, ids)).toEqual(norm(u, ids));
+      expect(norm(t, ids)).toEqual(norm(u, ids));
       const regs = await Promise.all(
-        [A, B].map((p) =>
+        [A, B, C].map((p) =>
           h.client.vps.getVpRegisters({
             name: p.vps[i]!,
             vtl: 0,
@@ -164,59 +204,76 @@ describe('RunGuestActions against the unary guest actions', () => {
         ),
       );
       expect(norm(regs[1], ids)).toEqual(norm(regs[0], ids));
+      expect(norm(regs[2], ids)).toEqual(norm(regs[0], ids));
     }
-    for (const p of [A, B]) await h.client.partitions.deletePartition({ name: p.name });
+    for (const p of [A, B, C]) await h.client.partitions.deletePartition({ name: p.name });
   });
 
-  test('route MONITOR: an action waiting for the monitor holds back only its own VP; per-VP order kept', async () => {
-    const tag = `${h.backend.slice(0, 3)}${Date.now() % 100000}`;
-    const P = await setupVtl1Partition(h.client, `gas-m-${tag}`, 2, SECRET);
-    await h.client.intercepts.setInterceptRoute({ name: P.name, route: pb.InterceptRoute.INTERCEPT_ROUTE_MONITOR });
-    const [vp0, vp1] = P.vps as [string, string];
-    const s = h.client.guest.runGuestActions();
-    const got: pb.RunGuestActionsResponse[] = [];
-    let notify: (() => void) | undefined;
-    const reader = (async () => {
-      for await (const r of s.results) {
-        got.push(r);
-        notify?.();
+  test.each(['alone', 'in one batch'])(
+    'route MONITOR, actions sent %s: an action waiting for the monitor holds back only its own VP; per-VP order kept',
+    async (how) => {
+      const inBatch = how === 'in one batch';
+      const tag = `${h.backend.slice(0, 3)}${Date.now() % 100000}`;
+      const P = await setupVtl1Partition(h.client, `gas-m${inBatch ? 'b' : ''}-${tag}`, 2, SECRET);
+      await h.client.intercepts.setInterceptRoute({ name: P.name, route: pb.InterceptRoute.INTERCEPT_ROUTE_MONITOR });
+      const [vp0, vp1] = P.vps as [string, string];
+      const s = h.client.guest.runGuestActions();
+      const got: pb.RunGuestActionsResponse[] = [];
+      const kinds: string[] = [];
+      let notify: (() => void) | undefined;
+      const reader = (async () => {
+        for await (const m of s.results) {
+          kinds.push(m.result?.$case ?? 'none');
+          got.push(...answersOf(m));
+          notify?.();
+        }
+      })();
+      const until = async (n: number) => {
+        while (got.length < n) await new Promise<void>((res) => (notify = res));
+      };
+      const actions: pb.RunGuestActionsRequest[] = [
+        // VP0: a write into the protected page (waits for a monitor), then an MSR read queued behind it.
+        { sequence: 1n, action: { $case: 'writeMemory', value: { name: vp0, gpa: VTL1_LAYOUT.secretGpa, data: Buffer.from('X'), gva: undefined } } },
+        { sequence: 2n, action: { $case: 'readMsr', value: { name: vp0, msr: MSR.GUEST_OS_ID } } },
+        // VP1: three actions that complete meanwhile.
+        ...[3n, 4n, 5n].map((seq) => ({ sequence: seq, action: { $case: 'readMsr' as const, value: { name: vp1, msr: MSR.GUEST_OS_ID } } })),
+      ];
+      if (inBatch) s.send({ action: { $case: 'batch', value: { actions } } });
+      else for (const a of actions) s.send(a);
+      await until(3);
+      expect(got.map((r) => r.sequence)).toEqual([3n, 4n, 5n]);
+      const pending = await h.client.intercepts.listPendingIntercepts({ name: P.name });
+      expect(pending.intercepts).toHaveLength(1);
+      expect(pending.intercepts[0]!.vpIndex).toBe(0);
+
+      // A monitor answers ALLOW: VP0's write completes, then its MSR read.
+      const m = h.client.intercepts.monitor();
+      m.send({ kind: { $case: 'subscribe', value: pb.MonitorSubscribe.fromPartial({ name: P.name }) } });
+      for await (const ev of m.events) {
+        if (ev.kind?.$case !== 'intercept') continue;
+        m.send({
+          kind: { $case: 'reply', value: { interceptId: ev.kind.value.interceptId, action: pb.InterceptAction.INTERCEPT_ACTION_ALLOW, data: Buffer.alloc(0) } },
+        });
+        break;
       }
-    })();
-    const until = async (n: number) => {
-      while (got.length < n) await new Promise<void>((res) => (notify = res));
-    };
-    // VP0: a write into the protected page (waits for a monitor), then an MSR read queued behind it.
-    s.send({ sequence: 1n, action: { $case: 'writeMemory', value: { name: vp0, gpa: VTL1_LAYOUT.secretGpa, data: Buffer.from('X'), gva: undefined } } });
-    s.send({ sequence: 2n, action: { $case: 'readMsr', value: { name: vp0, msr: MSR.GUEST_OS_ID } } });
-    // VP1: three actions that complete meanwhile.
-    for (const seq of [3n, 4n, 5n]) s.send({ sequence: seq, action: { $case: 'readMsr', value: { name: vp1, msr: MSR.GUEST_OS_ID } } });
-    await until(3);
-    expect(got.map((r) => r.sequence)).toEqual([3n, 4n, 5n]);
-    const pending = await h.client.intercepts.listPendingIntercepts({ name: P.name });
-    expect(pending.intercepts).toHaveLength(1);
-    expect(pending.intercepts[0]!.vpIndex).toBe(0);
-
-    // A monitor answers ALLOW: VP0's write completes, then its MSR read.
-    const m = h.client.intercepts.monitor();
-    m.send({ kind: { $case: 'subscribe', value: pb.MonitorSubscribe.fromPartial({ name: P.name }) } });
-    for await (const ev of m.events) {
-      if (ev.kind?.$case !== 'intercept') continue;
-      m.send({
-        kind: { $case: 'reply', value: { interceptId: ev.kind.value.interceptId, action: pb.InterceptAction.INTERCEPT_ACTION_ALLOW, data: Buffer.alloc(0) } },
-      });
-      break;
-    }
-    s.close();
-    await reader;
-    m.cancel();
-    expect(got.map((r) => r.sequence)).toEqual([3n, 4n, 5n, 1n, 2n]);
-    const w = got[3]!.result;
-    expect(w?.$case).toBe('writeMemory');
-    if (w?.$case === 'writeMemory') expect(w.value.outcome?.exception).toBe(pb.X64Exception.X64_EXCEPTION_UNSPECIFIED);
-    const data = await h.client.memory.readGpa({ name: P.name, gpa: VTL1_LAYOUT.secretGpa, length: 1 });
-    expect(Buffer.from(data.data).toString()).toBe('X'); // the allowed write landed
-    await h.client.partitions.deletePartition({ name: P.name });
-  });
+      s.close();
+      await reader;
+      m.cancel();
+      expect(got.map((r) => r.sequence)).toEqual([3n, 4n, 5n, 1n, 2n]);
+      // Alone: one message per answer; in a batch: `results` messages only (the answers of one batch
+      // spread over several, as they complete).
+      if (inBatch) {
+        expect(kinds.every((k) => k === 'results')).toBe(true);
+        expect(kinds.length).toBeGreaterThanOrEqual(2);
+      } else expect(kinds).toEqual(['readMsr', 'readMsr', 'readMsr', 'writeMemory', 'readMsr']);
+      const w = got[3]!.result;
+      expect(w?.$case).toBe('writeMemory');
+      if (w?.$case === 'writeMemory') expect(w.value.outcome?.exception).toBe(pb.X64Exception.X64_EXCEPTION_UNSPECIFIED);
+      const data = await h.client.memory.readGpa({ name: P.name, gpa: VTL1_LAYOUT.secretGpa, length: 1 });
+      expect(Buffer.from(data.data).toString()).toBe('X'); // the allowed write landed
+      await h.client.partitions.deletePartition({ name: P.name });
+    },
+  );
 });
 
 describe('Monitor batching (subscribe.batch, replies)', () => {

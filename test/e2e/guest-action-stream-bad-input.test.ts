@@ -3,12 +3,17 @@
 // stream; the per-stream in-flight cap answers RESOURCE_EXHAUSTED without running the action; a
 // cancel mid-stream frees the stream and leaves the intercepted access pending for a monitor; roles
 // are checked per action as for the unary RPCs (and the stream needs the operator role somewhere).
+// Batched form (`batch` messages, answers in `results` messages): a bad entry (nested batch, no
+// action, bad VP, over the cap, not authorized) is answered on its own and the other entries run; an
+// empty batch is answered by nothing; a batch of more than 256 entries or with a non-zero outer
+// sequence ends the stream INVALID_ARGUMENT with none of its entries run; big answers are split over
+// `results` messages of about 1 MiB; single actions on the same stream are answered as before.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { status } from '@grpc/grpc-js';
 import { type GuestActionSession, type VsmClient, VsmError, connect, pb } from '@vsm/client';
 import type { RunningServer } from '@vsm/vsm-v1';
-import { MAX_IN_FLIGHT_GUEST_ACTIONS } from '@vsm/vsm-v1/guest-action-stream';
+import { MAX_GUEST_ACTIONS_PER_BATCH, MAX_IN_FLIGHT_GUEST_ACTIONS, RESULTS_MESSAGE_BYTES } from '@vsm/vsm-v1/guest-action-stream';
 import { MSR, VTL1_LAYOUT, audits, setupVtl1Partition, startSecured, tokenHash, type LogLine } from '../security/support';
 import { tempDir } from '../support/tls';
 import { waitFor } from '../support/wait';
@@ -23,13 +28,23 @@ const client = (address: string, token?: string) => {
   return c;
 };
 
-/** A stream whose responses are collected as they come; `end` resolves 'ok' or with the stream's error. */
+/**
+ * A stream whose responses are collected as they come (the answers inside `results` messages by
+ * their own sequence; `messages` as received); `end` resolves 'ok' or with the stream's error.
+ */
 function open(c: VsmClient) {
   const s: GuestActionSession = c.guest.runGuestActions();
   const got = new Map<bigint, pb.RunGuestActionsResponse['result']>();
+  const messages: pb.RunGuestActionsResponse[] = [];
   const end = (async (): Promise<'ok' | VsmError> => {
     try {
-      for await (const r of s.results) got.set(r.sequence, r.result);
+      for await (const m of s.results) {
+        messages.push(m);
+        for (const r of m.result?.$case === 'results' ? m.result.value.results : [m]) {
+          if (got.has(r.sequence)) throw new Error(`two answers to action ${r.sequence}`);
+          got.set(r.sequence, r.result);
+        }
+      }
       return 'ok';
     } catch (e) {
       if (e instanceof VsmError) return e;
@@ -37,13 +52,22 @@ function open(c: VsmClient) {
     }
   })();
   const result = (seq: bigint) => waitFor(`the answer to action ${seq}`, () => got.get(seq));
-  return { s, got, end, result };
+  /** Sends `actions` as one batch message. */
+  const batch = (actions: Partial<pb.RunGuestActionsRequest>[], sequence = 0n) =>
+    s.send({ sequence, action: { $case: 'batch', value: { actions: actions.map((a) => pb.RunGuestActionsRequest.fromPartial(a)) } } });
+  /** The sequences answered inside `results` messages, and those answered alone. */
+  const layout = () => ({
+    inResults: messages.flatMap((m) => (m.result?.$case === 'results' ? m.result.value.results.map((r) => r.sequence) : [])),
+    alone: messages.filter((m) => m.result?.$case !== 'results').map((m) => m.sequence),
+  });
+  return { s, got, messages, end, result, batch, layout };
 }
 const errorOf = (r: pb.RunGuestActionsResponse['result']) => {
   if (r?.$case !== 'error') throw new Error(`expected an error, got ${JSON.stringify(r?.$case)}`);
   return { code: status[r.value.code], reason: r.value.reason, hvStatus: r.value.hvStatus, message: r.value.message };
 };
 const readMsr = (name: string) => ({ $case: 'readMsr' as const, value: { name, msr: MSR.GUEST_OS_ID } });
+const writePlain = (name: string, gpa: bigint, data: Buffer) => ({ $case: 'writeMemory' as const, value: { name, gpa, data, gva: undefined } });
 const writeSecret = (name: string) => ({
   $case: 'writeMemory' as const,
   value: { name, gpa: VTL1_LAYOUT.secretGpa, data: Buffer.from('Z'), gva: undefined },
@@ -183,6 +207,195 @@ describe('RunGuestActions without a policy', () => {
     expect((await again.result(7n))?.$case).toBe('readMsr');
     again.s.close();
     expect(await again.end).toBe('ok');
+  });
+});
+
+describe('RunGuestActions batches: bad input', () => {
+  let srv: RunningServer;
+  let c: VsmClient;
+  let P: { name: string; vps: string[] };
+  beforeAll(async () => {
+    ({ srv } = await startSecured());
+    c = client(srv.address);
+    P = await setupVtl1Partition(c, 'gas-batch', 2, Buffer.from('secret'));
+  });
+  afterAll(() => srv.shutdown('test'));
+  const memory = async (gpa: bigint, length: number) => Buffer.from((await c.memory.readGpa({ name: P.name, gpa, length })).data);
+
+  test('entries that are batches, have no action or name a bad VP: answered INVALID_ARGUMENT / NOT_FOUND in `results`; the other entries run, nothing of a nested batch does', async () => {
+    const { s, end, result, batch, messages, layout } = open(c);
+    batch([
+      { sequence: 1n, action: readMsr(P.vps[0]!) },
+      { sequence: 2n, action: { $case: 'batch', value: { actions: [{ sequence: 20n, action: writePlain(P.vps[0]!, 0x60000n, Buffer.from('N')) }] } } },
+      { sequence: 3n },
+      { sequence: 4n, action: readMsr(`${P.name}/vps/2`) },
+      { sequence: 5n, action: writePlain(P.vps[1]!, 0x61000n, Buffer.from('ok')) },
+      { sequence: 6n, action: { $case: 'readMemory', value: { name: P.vps[1]!, gpa: 0x61000n, length: 2, gva: undefined } } },
+    ]);
+    const nested = errorOf(await result(2n));
+    expect(nested).toMatchObject({ code: 'INVALID_ARGUMENT', reason: 'HV_STATUS_INVALID_PARAMETER', hvStatus: pb.HvStatus.HV_STATUS_INVALID_PARAMETER });
+    expect(nested.message).toMatch(/may not be a batch itself/);
+    const unset = errorOf(await result(3n));
+    expect(unset).toMatchObject({ code: 'INVALID_ARGUMENT', reason: 'HV_STATUS_INVALID_PARAMETER', hvStatus: pb.HvStatus.HV_STATUS_INVALID_PARAMETER });
+    expect(unset.message).toMatch(/action is required/);
+    expect(errorOf(await result(4n))).toMatchObject({ code: 'NOT_FOUND', reason: 'HV_STATUS_INVALID_VP_INDEX' });
+    const msr = await result(1n);
+    expect(msr?.$case === 'readMsr' && msr.value.value).toBe(1n);
+    expect((await result(5n))?.$case).toBe('writeMemory');
+    const read = await result(6n); // after VP1's write (same VP: in order)
+    expect(read?.$case === 'readMemory' && Buffer.from(read.value.data).toString()).toBe('ok');
+    s.close();
+    expect(await end).toBe('ok');
+    // The entries' answers came only in `results` messages (sequence 0); the nested batch's entry never ran.
+    expect(layout()).toEqual({ inResults: expect.arrayContaining([1n, 2n, 3n, 4n, 5n, 6n]), alone: [] });
+    expect(layout().inResults).toHaveLength(6);
+    expect(messages.every((m) => m.sequence === 0n)).toBe(true);
+    expect(await memory(0x60000n, 1)).toEqual(Buffer.alloc(1));
+    expect(await memory(0x61000n, 2)).toEqual(Buffer.from('ok'));
+  });
+
+  test('answers of one turn go out together: a batch on the in-process emulator is answered in one `results` message', async () => {
+    const { s, end, batch, messages } = open(c);
+    batch(Array.from({ length: 8 }, (_, i) => ({ sequence: BigInt(i), action: readMsr(P.vps[i % 2]!) })));
+    s.close();
+    expect(await end).toBe('ok');
+    expect(messages).toHaveLength(1);
+    const m = messages[0]!;
+    expect(m.result?.$case === 'results' && m.result.value.results.map((r) => [r.sequence, r.result?.$case])).toEqual(
+      Array.from({ length: 8 }, (_, i) => [BigInt(i), 'readMsr']),
+    );
+  });
+
+  test('an empty batch is answered by nothing; single actions on the same stream are answered one per message as before', async () => {
+    const { s, end, got, batch, messages, layout } = open(c);
+    s.send({ sequence: 1n, action: readMsr(P.vps[0]!) });
+    batch([]);
+    s.send({ sequence: 2n, action: readMsr(P.vps[1]!) });
+    batch([{ sequence: 3n, action: readMsr(P.vps[1]!) }]);
+    s.send({ sequence: 4n, action: readMsr(P.vps[0]!) });
+    s.send({ sequence: 5n }); // a single without action: answered alone, as before
+    s.close();
+    expect(await end).toBe('ok');
+    expect([...got.keys()].sort()).toEqual([1n, 2n, 3n, 4n, 5n]);
+    expect(layout()).toEqual({ inResults: [3n], alone: expect.arrayContaining([1n, 2n, 4n, 5n]) });
+    expect(messages).toHaveLength(5); // 4 alone + one `results`; nothing for the empty batch
+    for (const seq of [1n, 2n, 3n, 4n]) expect(got.get(seq)?.$case).toBe('readMsr');
+    expect(errorOf(got.get(5n))).toMatchObject({ code: 'INVALID_ARGUMENT', reason: 'HV_STATUS_INVALID_PARAMETER' });
+    // Per VP the answers come in the order sent: VP1's 2 before 3, VP0's 1 before 4.
+    const order = messages.flatMap((m) => (m.result?.$case === 'results' ? m.result.value.results : [m])).map((r) => r.sequence);
+    expect(order.indexOf(2n)).toBeLessThan(order.indexOf(3n));
+    expect(order.indexOf(1n)).toBeLessThan(order.indexOf(4n));
+  });
+
+  test(`a batch over the in-flight cap (${MAX_IN_FLIGHT_GUEST_ACTIONS}): its entries beyond it RESOURCE_EXHAUSTED and not run, those before run`, async () => {
+    await c.intercepts.setInterceptRoute({ name: P.name, route: pb.InterceptRoute.INTERCEPT_ROUTE_MONITOR });
+    const { s, got, end, result, batch } = open(c);
+    // VP0's first write waits for a monitor, the other 249 queue behind it: 250 in flight.
+    const held = MAX_IN_FLIGHT_GUEST_ACTIONS - 6;
+    batch(Array.from({ length: held }, (_, i) => ({ sequence: BigInt(i), action: writeSecret(P.vps[0]!) })));
+    // Ten writes on VP1 in one batch: 6 fit under the cap, 4 do not.
+    batch(Array.from({ length: 10 }, (_, k) => ({ sequence: 1000n + BigInt(k), action: writePlain(P.vps[1]!, 0x70000n + BigInt(k), Buffer.from([k + 1])) })));
+    for (let k = 0; k < 10; k++) {
+      const r = await result(1000n + BigInt(k));
+      if (k < 6) expect(r?.$case).toBe('writeMemory');
+      else
+        expect(errorOf(r)).toMatchObject({
+          code: 'RESOURCE_EXHAUSTED',
+          reason: 'HV_STATUS_INSUFFICIENT_BUFFERS',
+          hvStatus: pb.HvStatus.HV_STATUS_INSUFFICIENT_BUFFERS,
+        });
+    }
+    expect(await memory(0x70000n, 10)).toEqual(Buffer.from([1, 2, 3, 4, 5, 6, 0, 0, 0, 0]));
+    expect(got.size).toBe(10); // VP0's writes still wait
+    // A batched monitor answers ALLOW to everything: every accepted write completes.
+    const m = c.intercepts.monitor();
+    m.send({ kind: { $case: 'subscribe', value: pb.MonitorSubscribe.fromPartial({ name: P.name, batch: true }) } });
+    let answered = 0;
+    const monitor = (async () => {
+      for await (const ev of m.events) {
+        const xs = ev.kind?.$case === 'intercepts' ? ev.kind.value.intercepts : ev.kind?.$case === 'intercept' ? [ev.kind.value] : [];
+        const replies = xs
+          .filter((x) => x.needsReply)
+          .map((x) => ({ interceptId: x.interceptId, action: pb.InterceptAction.INTERCEPT_ACTION_ALLOW, data: Buffer.alloc(0) }));
+        if (replies.length) m.send({ kind: { $case: 'replies', value: { replies } } });
+        answered += replies.length;
+        if (answered === held) m.close();
+      }
+    })();
+    await waitFor('every accepted write answered', () => got.size === held + 10, 60_000);
+    for (let i = 0; i < held; i++) expect(got.get(BigInt(i))?.$case).toBe('writeMemory');
+    // Below the cap again: a batch is accepted whole.
+    batch([{ sequence: 2000n, action: readMsr(P.vps[1]!) }]);
+    expect((await result(2000n))?.$case).toBe('readMsr');
+    s.close();
+    expect(await end).toBe('ok');
+    await monitor;
+    expect(answered).toBe(held);
+    await c.intercepts.setInterceptRoute({ name: P.name, route: pb.InterceptRoute.INTERCEPT_ROUTE_HIGHER_VTL });
+  });
+
+  test(`${MAX_GUEST_ACTIONS_PER_BATCH} entries are taken; ${MAX_GUEST_ACTIONS_PER_BATCH + 1} end the stream INVALID_ARGUMENT with none of them run`, async () => {
+    const { got, end, batch, messages } = open(c);
+    batch(
+      Array.from({ length: MAX_GUEST_ACTIONS_PER_BATCH }, (_, k) => ({
+        sequence: BigInt(k),
+        action: writePlain(P.vps[k % 2]!, 0x80000n + BigInt(k), Buffer.from([1])),
+      })),
+    );
+    await waitFor(`${MAX_GUEST_ACTIONS_PER_BATCH} answers`, () => got.size === MAX_GUEST_ACTIONS_PER_BATCH);
+    expect([...got.values()].every((r) => r?.$case === 'writeMemory')).toBe(true);
+    expect(messages.every((m) => m.result?.$case === 'results' && m.result.value.results.length <= MAX_GUEST_ACTIONS_PER_BATCH)).toBe(true);
+    batch(
+      Array.from({ length: MAX_GUEST_ACTIONS_PER_BATCH + 1 }, (_, k) => ({
+        sequence: 1000n + BigInt(k),
+        action: writePlain(P.vps[k % 2]!, 0x90000n + BigInt(k), Buffer.from([1])),
+      })),
+    );
+    const e = await end;
+    expect(e).toBeInstanceOf(VsmError);
+    expect({ code: status[(e as VsmError).code], reason: (e as VsmError).reason }).toEqual({ code: 'INVALID_ARGUMENT', reason: 'HV_STATUS_INVALID_PARAMETER' });
+    expect((e as VsmError).message).toMatch(/a batch holds 257 actions, at most 256/);
+    expect(got.size).toBe(MAX_GUEST_ACTIONS_PER_BATCH);
+    expect(await memory(0x80000n, MAX_GUEST_ACTIONS_PER_BATCH)).toEqual(Buffer.alloc(MAX_GUEST_ACTIONS_PER_BATCH, 1));
+    expect(await memory(0x90000n, MAX_GUEST_ACTIONS_PER_BATCH + 1)).toEqual(Buffer.alloc(MAX_GUEST_ACTIONS_PER_BATCH + 1));
+  });
+
+  test('a batch whose own sequence is not 0 ends the stream INVALID_ARGUMENT with none of its entries run; answers given before it arrive', async () => {
+    const { s, end, result, batch } = open(c);
+    s.send({ sequence: 1n, action: readMsr(P.vps[0]!) });
+    expect((await result(1n))?.$case).toBe('readMsr');
+    batch([{ sequence: 2n, action: writePlain(P.vps[0]!, 0x91000n, Buffer.from('S')) }], 7n);
+    const e = await end;
+    expect(e).toBeInstanceOf(VsmError);
+    expect({ code: status[(e as VsmError).code], reason: (e as VsmError).reason }).toEqual({ code: 'INVALID_ARGUMENT', reason: 'HV_STATUS_INVALID_PARAMETER' });
+    expect((e as VsmError).message).toMatch(/own sequence must be 0/);
+    expect(await memory(0x91000n, 1)).toEqual(Buffer.alloc(1));
+    // A new stream works.
+    const again = open(c);
+    again.batch([{ sequence: 3n, action: readMsr(P.vps[0]!) }]);
+    expect((await again.result(3n))?.$case).toBe('readMsr');
+    again.s.close();
+    expect(await again.end).toBe('ok');
+  });
+
+  test(`big answers: a batch of ${MAX_GUEST_ACTIONS_PER_BATCH} reads of 64 KiB (16 MiB) is answered whole, in \`results\` messages of about 1 MiB; the stream is not ended for lagging`, async () => {
+    const page = Buffer.alloc(65536);
+    for (let i = 0; i < page.length; i++) page[i] = i & 0xff;
+    await c.memory.writeGpa({ name: P.name, gpa: 0x100000n, data: page });
+    const { s, got, end, batch, messages } = open(c);
+    batch(
+      Array.from({ length: MAX_GUEST_ACTIONS_PER_BATCH }, (_, k) => ({
+        sequence: BigInt(k),
+        action: { $case: 'readMemory' as const, value: { name: P.vps[k % 2]!, gpa: 0x100000n, length: 65536, gva: undefined } },
+      })),
+    );
+    s.close();
+    expect(await end).toBe('ok');
+    expect(got.size).toBe(MAX_GUEST_ACTIONS_PER_BATCH);
+    for (const r of got.values()) expect(r?.$case === 'readMemory' && Buffer.from(r.value.data).equals(page)).toBe(true);
+    const sizes = messages.map((m) => pb.RunGuestActionsResponse.encode(m).finish().length);
+    expect(messages.length).toBeGreaterThanOrEqual(16);
+    for (const n of sizes) expect(n).toBeLessThanOrEqual(RESULTS_MESSAGE_BYTES + 4096);
   });
 });
 
@@ -328,6 +541,37 @@ describe('RunGuestActions with a policy: each action authorized as its unary RPC
     const boss = client(srv.address, 'boss-token');
     const r = await boss.guest.readMsr({ name: 'partitions/gas-b1/vps/0', msr: MSR.GUEST_OS_ID });
     expect(r.value).toBe(1n);
+  });
+
+  test('in a batch: the entries on gas-b1 are PERMISSION_DENIED (audit-logged), the others run', async () => {
+    const before = audits(lines, 'deny').filter((l) => l.principal === 'op').length;
+    const { s, end, result, batch } = open(client(srv.address, 'op-token'));
+    batch([
+      { sequence: 1n, action: { $case: 'writeMsr', value: { name: 'partitions/gas-b1/vps/0', msr: MSR.GUEST_OS_ID, value: 7n } } },
+      { sequence: 2n, action: { $case: 'writeMsr', value: { name: 'partitions/gas-a1/vps/0', msr: MSR.GUEST_OS_ID, value: 5n } } },
+      { sequence: 3n, action: readMsr('partitions/gas-b1/vps/0') },
+      { sequence: 4n, action: readMsr('partitions/gas-a1/vps/0') },
+    ]);
+    const denied = errorOf(await result(1n));
+    expect(denied).toMatchObject({ code: 'PERMISSION_DENIED', reason: 'HV_STATUS_ACCESS_DENIED', hvStatus: pb.HvStatus.HV_STATUS_ACCESS_DENIED });
+    expect(denied.message).toMatch(/op may not call vsm.v1.GuestService\/WriteMsr on partitions\/gas-b1 \(needs role operator\)/);
+    expect(errorOf(await result(3n))).toMatchObject({ code: 'PERMISSION_DENIED', reason: 'HV_STATUS_ACCESS_DENIED' });
+    expect((await result(2n))?.$case).toBe('writeMsr');
+    const r4 = await result(4n);
+    expect(r4?.$case === 'readMsr' && r4.value.value).toBe(5n); // after the write on the same VP
+    s.close();
+    expect(await end).toBe('ok');
+    expect(
+      audits(lines, 'deny')
+        .filter((l) => l.principal === 'op')
+        .slice(before)
+        .map((l) => [l.method, l.resource]),
+    ).toEqual([
+      ['vsm.v1.GuestService/WriteMsr', 'partitions/gas-b1'],
+      ['vsm.v1.GuestService/ReadMsr', 'partitions/gas-b1'],
+    ]);
+    const boss = client(srv.address, 'boss-token');
+    expect((await boss.guest.readMsr({ name: 'partitions/gas-b1/vps/0', msr: MSR.GUEST_OS_ID })).value).toBe(1n); // the refused write changed nothing
   });
 
   test('no operator role anywhere: the stream is refused PERMISSION_DENIED; no credentials: UNAUTHENTICATED', async () => {

@@ -115,7 +115,9 @@ export interface VsmClient {
     /**
      * Opens a RunGuestActions stream: `send` actions (each with a `sequence` of your choosing),
      * iterate `results` (one per action, in completion order); `close()` half-closes (the server
-     * answers what it accepted, then ends the stream).
+     * answers what it accepted, then ends the stream). Batched form: `send({ action: { $case:
+     * 'batch', value: { actions } } })` sends many actions in one message; their answers come in
+     * `results` messages (`result.$case === 'results'`, the per-action answers in `result.value.results`).
      */
     runGuestActions(signal?: AbortSignal): GuestActionSession;
   };
@@ -154,8 +156,9 @@ export interface MonitorSession {
 }
 
 export interface GuestActionSession {
-  /** Sends one action; false when the transport wants the caller to wait (back-pressure). */
+  /** Sends one action (or one `batch` of them); false when the transport wants the caller to wait (back-pressure). */
   send(req: Partial<pb.RunGuestActionsRequest>): boolean;
+  /** The messages as they come: one answer each, or (`result.$case === 'results'`) the answers of batched actions. */
   results: AsyncIterable<pb.RunGuestActionsResponse>;
   /** Half-close: the server answers every accepted action, then ends the stream. */
   close(): void;
