@@ -1,14 +1,17 @@
 // vsmctl actions: a JSON Lines file of guest actions streamed through RunGuestActions (compiled CLI
 // as a child process against a server started here): answers per line (human and --json), per-VP
-// order, a failing action's error with exit 3, a bad file with exit 2.
+// order, a failing action's error with exit 3, a bad file with exit 2; --batch N sends batch messages
+// of up to N actions (counted on a server of its own) and prints the same answers.
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { pb } from '@vsm/client';
+import { connect, pb } from '@vsm/client';
 import { HvMsr } from '@vsm/core';
+import { CoreBackend, type RunningServer, type StreamSink } from '@vsm/vsm-v1';
+import type { ActionAuthorizer } from '@vsm/vsm-v1/guest-action-stream';
 import { type Harness, startHarness } from '../support/server';
 import { tempDir } from '../support/tls';
-import { setupVtl1Partition, VTL1_LAYOUT } from '../security/support';
+import { setupVtl1Partition, startSecured, VTL1_LAYOUT } from '../security/support';
 import { waitFor } from '../support/wait';
 import { CLI, ROOT, type Run, assertBuilt, childEnv, vsmctl } from './support';
 
@@ -89,6 +92,100 @@ test('a bad file: exit 2 naming the line, nothing sent', async () => {
   expect(r3.code).toBe(2);
   const r4 = await cli(['actions', notJson, '--in-flight', '0']);
   expect(r4.code).toBe(2);
+});
+
+/** The emulator, counting the RunGuestActions messages it reads: per message, its batch size (0 = a single action). */
+class CountingBackend extends CoreBackend {
+  readonly messages: number[] = [];
+  override runGuestActions(
+    requests: AsyncIterable<pb.RunGuestActionsRequest>,
+    sink: StreamSink<pb.RunGuestActionsResponse>,
+    signal: AbortSignal,
+    authorize?: ActionAuthorizer,
+  ): Promise<void> {
+    const seen = this.messages;
+    async function* counted() {
+      for await (const r of requests) {
+        seen.push(r.action?.$case === 'batch' ? r.action.value.actions.length : 0);
+        yield r;
+      }
+    }
+    return super.runGuestActions(counted(), sink, signal, authorize);
+  }
+}
+
+describe('--batch N', () => {
+  let srv: RunningServer;
+  let backend: CountingBackend;
+  beforeAll(async () => {
+    backend = new CountingBackend();
+    ({ srv } = await startSecured({ backend }));
+  });
+  afterAll(() => srv.shutdown('test'));
+  const run = (args: string[]) => vsmctl(['--address', srv.address, ...args]);
+
+  test('sends batch messages of up to N actions; the same answers, one line each; a failed entry gives exit 3, the others run', async () => {
+    const c = connect(srv.address);
+    const p = await c.partitions.createPartition({
+      partitionId: 'cli-actions-batch-n',
+      partition: pb.Partition.fromPartial({ vpCount: 2, memoryBytes: 64n << 20n }),
+    });
+    c.close();
+    const vp = (i: number) => `${p.name}/vps/${i}`;
+    const lines = [
+      { sequence: '10', writeMsr: { name: vp(0), msr: `0x${HvMsr.HV_X64_MSR_GUEST_OS_ID.toString(16)}`, value: '0x1234' } },
+      { sequence: '11', readMsr: { name: vp(0), msr: HvMsr.HV_X64_MSR_GUEST_OS_ID } },
+      { sequence: '20', write_memory: { name: vp(1), gpa: '0x5000', data: Buffer.from('hi!').toString('base64') } },
+      { sequence: '21', readMemory: { name: vp(1), gpa: '0x5000', length: 3 } },
+      { sequence: '30', readMsr: { name: vp(5), msr: HvMsr.HV_X64_MSR_GUEST_OS_ID } },
+    ];
+    const f = file('batch.jsonl', lines);
+    const one = await run(['actions', f, '--json']);
+    expect(backend.messages).toEqual([0, 0, 0, 0, 0]); // without --batch: one action per message, as before
+    backend.messages.length = 0;
+    const r = await run(['actions', f, '--json', '--batch', '2']);
+    expect(r.stderr).toMatch(/1 of 5 actions failed/);
+    expect(r.code).toBe(3);
+    expect(backend.messages).toEqual([2, 2, 1]);
+    const bySeq = (out: string) =>
+      out
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l))
+        .sort((a, b) => Number(a.sequence) - Number(b.sequence));
+    const got = bySeq(r.stdout);
+    expect(got.map((o) => o.sequence)).toEqual(['10', '11', '20', '21', '30']);
+    expect(got[1].readMsr.value).toBe(String(0x1234));
+    expect(got[3].readMemory.data).toBe(Buffer.from('hi!').toString('hex'));
+    expect(got[4].error.reason).toBe('HV_STATUS_INVALID_VP_INDEX');
+    expect(got).toEqual(bySeq(one.stdout)); // the same answers as one per message
+    // --in-flight still caps the actions unanswered: batches of at most 1 here, in file order.
+    backend.messages.length = 0;
+    const h1 = await run(['actions', f, '--batch', '4', '--in-flight', '1']);
+    expect(h1.code).toBe(3);
+    expect(backend.messages).toEqual([1, 1, 1, 1, 1]);
+    expect(
+      h1.stdout
+        .trim()
+        .split('\n')
+        .map((l) => l.split(' ')[0]),
+    ).toEqual(['#10', '#11', '#20', '#21', '#30']);
+  });
+
+  test('a bad --batch, or a line that is itself a batch: exit 2, nothing sent', async () => {
+    const f = file('one.jsonl', [{ readMsr: { name: 'partitions/x/vps/0', msr: 0x40000000 } }]);
+    backend.messages.length = 0;
+    for (const bad of ['0', '257', 'x']) {
+      const r = await run(['actions', f, '--batch', bad]);
+      expect(r.code).toBe(2);
+      expect(r.stderr).toMatch(/--batch must be 1\.\.256/);
+    }
+    const nested = file('nested.jsonl', [{ batch: { actions: [{ readMsr: { name: 'partitions/x/vps/0', msr: 0x40000000 } }] } }]);
+    const r = await run(['actions', nested, '--batch', '2']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/nested\.jsonl:1: a line is one action, not a batch/);
+    expect(backend.messages).toEqual([]);
+  });
 });
 
 test('intercepts watch --batch --reply allow answers the intercepts of a stream of writes on two VPs (one replies message per batch)', async () => {

@@ -4,6 +4,8 @@
 //   {"sequence":"1","writeMsr":{"name":"partitions/p/vps/0","msr":"0x40000000","value":"1"}}
 //   {"readMemory":{"name":"partitions/p/vps/1","gpa":"0x40000","length":8}}
 // A line without a sequence gets its line number. Blank lines and lines starting with # are skipped.
+// --batch N sends the actions in `batch` messages of up to N (the answers then come in `results`
+// messages); the output is the same, one line per answer.
 import * as fs from 'node:fs';
 import type { Command } from 'commander';
 import { pb } from '@vsm/client';
@@ -16,6 +18,8 @@ import { UsageError } from '../parse';
 
 /** The server's per-stream cap (proto/vsm/v1/guest.proto RunGuestActions). */
 const SERVER_IN_FLIGHT_CAP = 256;
+/** The server's limit of actions per `batch` message (proto/vsm/v1/guest.proto RunGuestActionsBatch). */
+const SERVER_BATCH_CAP = 256;
 
 /** Parses the JSON Lines text into requests; a bad line is a usage error naming it. */
 export function parseActionLines(text: string, source: string): pb.RunGuestActionsRequest[] {
@@ -41,6 +45,7 @@ export function parseActionLines(text: string, source: string): pb.RunGuestActio
       throw new UsageError(
         `${source}:${i + 1}: no action (one of writeMsr, readMsr, hypercall, callHypercallPage, readMemory, writeMemory, executeMemory, writeControlRegister)`,
       );
+    if (req.action.$case === 'batch') throw new UsageError(`${source}:${i + 1}: a line is one action, not a batch (--batch N groups the lines into batches)`);
     if (obj.sequence === undefined) req.sequence = BigInt(i + 1);
     out.push(req);
   }
@@ -62,7 +67,8 @@ function answerText(r: pb.RunGuestActionsResponse): string {
   return `${head} ${res.$case}: ${outcomeText(v.outcome)}${extra}`;
 }
 
-async function runActions(ctx: Ctx, file: string, inFlight: number): Promise<void> {
+/** `batch`: actions per message at most (undefined = one action per message). */
+async function runActions(ctx: Ctx, file: string, inFlight: number, batch: number | undefined): Promise<void> {
   const text = file === '-' ? fs.readFileSync(0, 'utf8') : readText(file);
   const actions = parseActionLines(text, file === '-' ? 'stdin' : file);
   if (actions.length === 0) throw new UsageError(`${file}: no actions`);
@@ -72,16 +78,25 @@ async function runActions(ctx: Ctx, file: string, inFlight: number): Promise<voi
   let failed = 0;
   const pump = () => {
     while (next < actions.length && owed < inFlight) {
-      owed++;
-      s.send(actions[next++]!);
+      if (batch === undefined) {
+        owed++;
+        s.send(actions[next++]!);
+        continue;
+      }
+      const n = Math.min(batch, inFlight - owed, actions.length - next);
+      owed += n;
+      s.send({ action: { $case: 'batch', value: { actions: actions.slice(next, (next += n)) } } });
     }
     if (next === actions.length && owed === 0) s.close();
   };
   pump();
-  for await (const r of s.results) {
-    owed--;
-    if (r.result?.$case === 'error') failed++;
-    ctx.line({ sequence: r.sequence.toString(), ...(toJson({ result: r.result }) as object) }, () => answerText(r));
+  for await (const m of s.results) {
+    // A `results` message carries the answers of batched actions; any other message is one answer.
+    for (const r of m.result?.$case === 'results' ? m.result.value.results : [m]) {
+      owed--;
+      if (r.result?.$case === 'error') failed++;
+      ctx.line({ sequence: r.sequence.toString(), ...(toJson({ result: r.result }) as object) }, () => answerText(r));
+    }
     pump();
   }
   if (failed) throw new ExitCode(EXIT.SERVER, `${failed} of ${actions.length} actions failed`);
@@ -116,5 +131,15 @@ export function register(program: Command, { run }: Cli): void {
       }),
       64,
     )
-    .action(run(async (ctx, file: string, o: { inFlight: number }) => runActions(ctx, file, o.inFlight)));
+    .option(
+      '--batch <n>',
+      `send the actions in batch messages of up to n actions each (1..${SERVER_BATCH_CAP}; --in-flight still caps those unanswered); ` +
+        'fewer messages both ways, the same answers. Default: one action per message',
+      arg((v: string) => {
+        const n = Number(v);
+        if (!Number.isInteger(n) || n < 1 || n > SERVER_BATCH_CAP) throw new UsageError(`--batch must be 1..${SERVER_BATCH_CAP}`);
+        return n;
+      }),
+    )
+    .action(run(async (ctx, file: string, o: { inFlight: number; batch?: number }) => runActions(ctx, file, o.inFlight, o.batch)));
 }
