@@ -107,7 +107,7 @@ test('an ALLOW that would exceed the resident-RAM limit is refused whole: the in
   expect(answerIntercept(p, a, 'allow')).toEqual({ result: 'duplicate' });
 });
 
-test('answered ids are remembered for the last ANSWERED_KEPT answers: older ones become unknown, in answer order, also after a state import', () => {
+test('answered ids are remembered one per id modulo ANSWERED_KEPT: until an id that much greater is answered, also after a state import', () => {
   const p = monitored(1);
   const first = intercepted(p, 0);
   answerIntercept(p, first, 'skip');
@@ -117,22 +117,33 @@ test('answered ids are remembered for the last ANSWERED_KEPT answers: older ones
   expect(p.intercepts.outcomeOf(first)).toEqual({ status: 'completed', data: undefined });
   // The broker's own bookkeeping, driven directly (a guest access per id would take minutes).
   const b = p.intercepts;
-  for (let i = 0; i < ANSWERED_KEPT - 1; i++) b.markAnswered(b.allocateId(), { status: 'skipped' });
-  expect(b.status(first)).toBe('unknown'); // the oldest went when the ring wrapped
+  let last = 0n;
+  for (let i = 0; i < ANSWERED_KEPT - 2; i++) b.markAnswered((last = b.allocateId()), { status: 'crashed' });
+  expect(last).toBe(first + BigInt(ANSWERED_KEPT) - 1n);
+  expect(b.status(first)).toBe('duplicate'); // ANSWERED_KEPT answers so far: all remembered
+  b.markAnswered((last = b.allocateId()), { status: 'crashed' }); // first + ANSWERED_KEPT: first's slot
+  expect(b.status(first)).toBe('unknown');
   expect(b.outcomeOf(first)).toBeUndefined();
   expect(b.status(second)).toBe('duplicate');
-  b.markAnswered(b.allocateId(), { status: 'skipped' });
-  expect(b.status(second)).toBe('unknown');
-  const last = b.allocateId() - 1n;
-  expect(b.status(last)).toBe('duplicate');
-  // Export/import keeps the same window and keeps evicting in answer order.
+  expect(b.outcomeOf(last)).toEqual({ status: 'crashed' });
+  expect(b.status(last + 1n)).toBe('unknown'); // not allocated yet
+  // An intercept answered late takes its slot back from the newer id that shares it.
+  const late = b.allocateId();
+  for (let i = 0; i < ANSWERED_KEPT; i++) b.markAnswered(b.allocateId(), { status: 'crashed' });
+  const sharer = late + BigInt(ANSWERED_KEPT);
+  expect(b.status(sharer)).toBe('duplicate');
+  b.markAnswered(late, { status: 'completed' });
+  expect(b.status(late)).toBe('duplicate');
+  expect(b.status(sharer)).toBe('unknown');
+  // Export/import keeps the remembered ids (not their outcomes).
   const q = monitored(1);
   q.intercepts.importState(b.exportState());
+  expect(q.intercepts.status(late)).toBe('duplicate');
+  expect(q.intercepts.status(sharer)).toBe('unknown');
   expect(q.intercepts.status(second)).toBe('unknown');
-  expect(q.intercepts.status(last - BigInt(ANSWERED_KEPT) + 1n)).toBe('duplicate');
-  q.intercepts.markAnswered(q.intercepts.allocateId(), { status: 'skipped' });
-  expect(q.intercepts.status(last - BigInt(ANSWERED_KEPT) + 1n)).toBe('unknown');
-  expect(q.intercepts.status(last)).toBe('duplicate');
+  expect(q.intercepts.status(sharer - 1n)).toBe('duplicate');
+  expect(q.intercepts.outcomeOf(late)).toBeUndefined();
+  expect(b.exportState().answered).toHaveLength(ANSWERED_KEPT);
 });
 
 test("whenAnswered wakes only the waiters of the answered id, once; a deleted partition's waiters get crashed", () => {

@@ -76,16 +76,20 @@ export const u32: IntCodec<number> = {
  * A DataView over the ArrayBuffer of the buffer last read or written by u64 (one entry: a layout's
  * fields go to one buffer in a row). DataView.get/setBigUint64 take ≈9 ns where Buffer's
  * read/writeBigUInt64LE take ≈65 (they split the bigint into two numbers with bigint arithmetic);
- * an HV_MESSAGE has 25 such fields. Only small ArrayBuffers (messages, Node's 8 KiB pool) are kept,
- * so no guest memory stays referenced by the cache.
+ * an HV_MESSAGE has 25 such fields. Only ArrayBuffers of 256 B..64 KiB (messages, Node's 8 KiB pool)
+ * are kept, so no guest memory stays referenced by the cache.
  */
 let cachedBuffer: ArrayBufferLike | undefined;
 let cachedView: DataView | undefined;
 const CACHED_VIEW_MAX_BYTES = 64 * 1024;
+const CACHED_VIEW_MIN_BYTES = 256;
 function viewOf(b: Buffer, o: number): DataView | undefined {
   if (!(o >= 0 && o + 8 <= b.length)) throw new RangeError(`an 8-byte field at offset ${o} does not fit a buffer of ${b.length} bytes`);
   if (b.buffer === cachedBuffer) return cachedView;
-  if (b.buffer.byteLength > CACHED_VIEW_MAX_BYTES) return undefined;
+  // A buffer of its own that small (Buffer.alloc(16) of one register) has a field or two: a new
+  // DataView for it would cost more than Buffer's methods, and would evict the pool's view.
+  const n = b.buffer.byteLength;
+  if (n > CACHED_VIEW_MAX_BYTES || n < CACHED_VIEW_MIN_BYTES) return undefined;
   cachedBuffer = b.buffer;
   cachedView = new DataView(b.buffer);
   return cachedView;
