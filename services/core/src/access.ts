@@ -196,9 +196,11 @@ function raiseIntercept(
     needsReply: route === 'monitor',
     timeUnixUs: p.clock.nowUnixUs(),
     deliveries: 0,
-    ...(gva !== undefined ? { gva } : {}),
-    ...(mbecMode ? { mbecExecuteMode: mbecMode } : {}),
   };
+  // Present only when they apply (no spread of a conditional object literal: V8's object spread
+  // costs about a microsecond here).
+  if (gva !== undefined) rec.gva = gva;
+  if (mbecMode) rec.mbecExecuteMode = mbecMode;
   p.intercepts.raised(rec);
   if (route === 'monitor') {
     vp.suspendedOn = id;

@@ -650,26 +650,30 @@ export class CoreBackend implements Backend {
   }
 
   private reply(p: Partition, r: P.InterceptReply): P.ReplyResult {
-    const actions = INTERCEPT_ACTIONS;
-    const base = { interceptId: r.interceptId };
-    const action = actions[r.action];
-    const gen = () => BigInt(p.viewGeneration);
-    if (!action) return { ...base, status: P.ReplyStatus.REPLY_STATUS_INVALID, detail: 'action must be ALLOW, SKIP, RETRY or CRASH', viewGeneration: gen() };
+    // One object literal per outcome (not a spread of a shared base: V8's object spread was the
+    // largest self time of a monitor's answer in the intercept benchmark).
+    const result = (status: P.ReplyStatus, detail: string): P.ReplyResult => ({
+      interceptId: r.interceptId,
+      status,
+      detail,
+      viewGeneration: BigInt(p.viewGeneration),
+    });
+    const action = INTERCEPT_ACTIONS[r.action];
+    if (!action) return result(P.ReplyStatus.REPLY_STATUS_INVALID, 'action must be ALLOW, SKIP, RETRY or CRASH');
     const st = p.intercepts.status(r.interceptId);
-    if (st === 'unknown')
-      return { ...base, status: P.ReplyStatus.REPLY_STATUS_UNKNOWN_INTERCEPT, detail: `intercept ${r.interceptId} is not pending`, viewGeneration: gen() };
-    if (st === 'duplicate') return { ...base, status: P.ReplyStatus.REPLY_STATUS_DUPLICATE, detail: 'already answered; ignored', viewGeneration: gen() };
+    if (st === 'unknown') return result(P.ReplyStatus.REPLY_STATUS_UNKNOWN_INTERCEPT, `intercept ${r.interceptId} is not pending`);
+    if (st === 'duplicate') return result(P.ReplyStatus.REPLY_STATUS_DUPLICATE, 'already answered; ignored');
     try {
       core.answerIntercept(p, r.interceptId, action, {
-        data: Buffer.from(r.data),
+        // Only SKIP reads the data (a read's bytes); the message's own bytes, not a copy.
+        data: r.data.length > 0 ? Buffer.from(r.data.buffer, r.data.byteOffset, r.data.length) : undefined,
         generation: r.viewGeneration === undefined ? undefined : Number(r.viewGeneration),
       });
-      return { ...base, status: P.ReplyStatus.REPLY_STATUS_APPLIED, detail: action, viewGeneration: gen() };
+      return result(P.ReplyStatus.REPLY_STATUS_APPLIED, action);
     } catch (e) {
-      if (e instanceof HvError && e.status === HvStatus.HV_STATUS_OPERATION_DENIED)
-        return { ...base, status: P.ReplyStatus.REPLY_STATUS_STALE_GENERATION, detail: e.message, viewGeneration: gen() };
+      if (e instanceof HvError && e.status === HvStatus.HV_STATUS_OPERATION_DENIED) return result(P.ReplyStatus.REPLY_STATUS_STALE_GENERATION, e.message);
       if (e instanceof HvError && e.status === HvStatus.HV_STATUS_INSUFFICIENT_MEMORY)
-        return { ...base, status: P.ReplyStatus.REPLY_STATUS_INVALID, detail: `not applied, the intercept stays pending: ${e.message}`, viewGeneration: gen() };
+        return result(P.ReplyStatus.REPLY_STATUS_INVALID, `not applied, the intercept stays pending: ${e.message}`);
       throw e;
     }
   }
