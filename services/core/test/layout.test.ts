@@ -159,6 +159,34 @@ describe('struct layouts', () => {
       expect(K.toWords(K.fromWords(w))).toEqual(w.map((x, i) => (i === 0 ? x & 0xffff_ffff_ffff_00ffn : x))); // +1 is a gap
     }
   });
+  test('the DataView path (buffers inside an ArrayBuffer of 256 B..64 KiB) writes the same bytes as the codecs, nested structures and u64 arrays included', () => {
+    const Inner = struct('Inner', 16, { a: at(0, u16, 'A'), b: at(4, u32, 'B'), c: at(8, u64, 'C') });
+    const Outer = struct('Outer', 64, {
+      x: at(0, u8, 'X'),
+      inner: at(8, Inner, 'Inner'),
+      regs: at(24, array(u64, 3), 'Regs'),
+      bitsy: at(48, bitsOf(u16, 3, 0), 'Lo'),
+      tail: at(56, ubig(6), 'Tail'),
+    });
+    const v = { x: 0x1ff, inner: { a: 0x1_2345, b: -1, c: -2n }, regs: [1n, 0xffff_ffff_ffff_ffffn, 1n << 64n], bitsy: 0x1f, tail: 0x1234_5678_9abcn };
+    const small = Outer.encode(v); // its own 64-byte ArrayBuffer: the codecs' path
+    const big = Buffer.alloc(1024, 0xee); // the DataView path, at an offset inside it
+    Outer.encode(v, big, 100);
+    expect(big.subarray(100, 164)).toEqual(small);
+    expect(big.subarray(0, 100).every((x) => x === 0xee) && big.subarray(164).every((x) => x === 0xee)).toBe(true);
+    expect(small.readUInt16LE(8)).toBe(0x2345); // each leaf modulo its width, as the codec would
+    expect(small.readUInt32LE(12)).toBe(0xffff_ffff);
+    expect(small.readBigUInt64LE(16)).toBe(0xffff_ffff_ffff_fffen);
+    expect(small.readBigUInt64LE(40)).toBe(0n);
+    expect(Outer.decode(big, 100)).toEqual(Outer.decode(small));
+    // A slice whose end is inside the ArrayBuffer: the range is the slice's, not the ArrayBuffer's.
+    const slice = big.subarray(200, 250);
+    expect(() => Outer.encode(v, slice, 0)).toThrow(/Outer needs 64 bytes at offset 0; the buffer has 50/);
+    expect(() => Outer.write(slice, 0, v)).toThrow(RangeError);
+    expect(() => array(u64, 3).write(big.subarray(200, 220), 0, [1n, 2n, 3n])).toThrow(RangeError);
+    expect(() => Outer.encode({ ...v, regs: [1n] }, big, 300)).toThrow(/1 elements where the layout has 3/);
+    expect(big.subarray(200, 250).every((x) => x === 0xee)).toBe(true);
+  });
   test("u64 fields of a buffer cut from a larger one (Node's pool): RangeError past the buffer, neighbours untouched", () => {
     const pool = Buffer.alloc(64, 0xee);
     const part = pool.subarray(8, 24);

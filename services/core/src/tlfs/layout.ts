@@ -85,6 +85,10 @@ const CACHED_VIEW_MAX_BYTES = 64 * 1024;
 const CACHED_VIEW_MIN_BYTES = 256;
 function viewOf(b: Buffer, o: number): DataView | undefined {
   if (!(o >= 0 && o + 8 <= b.length)) throw new RangeError(`an 8-byte field at offset ${o} does not fit a buffer of ${b.length} bytes`);
+  return dataViewOf(b);
+}
+/** The cached DataView over `b`'s ArrayBuffer (offsets: b.byteOffset + ...), or undefined (use Buffer's methods). */
+function dataViewOf(b: Buffer): DataView | undefined {
   if (b.buffer === cachedBuffer) return cachedView;
   // A buffer of its own that small (Buffer.alloc(16) of one register) has a field or two: a new
   // DataView for it would cost more than Buffer's methods, and would evict the pool's view.
@@ -95,6 +99,9 @@ function viewOf(b: Buffer, o: number): DataView | undefined {
   return cachedView;
 }
 
+/** v modulo 2^64 (no new bigint when it is in range already: BigInt.asUintN allocates). */
+const toU64 = (v: bigint): bigint => (v >= 0n && v <= 0xffff_ffff_ffff_ffffn ? v : BigInt.asUintN(64, v));
+
 export const u64: IntCodec<bigint> = {
   size: 8,
   read: (b, o) => {
@@ -102,8 +109,7 @@ export const u64: IntCodec<bigint> = {
     return dv ? dv.getBigUint64(b.byteOffset + o, true) : b.readBigUInt64LE(o);
   },
   write: (b, o, v) => {
-    // In range already (the usual case): no BigInt.asUintN (it allocates a new bigint).
-    const x = v >= 0n && v <= 0xffff_ffff_ffff_ffffn ? v : BigInt.asUintN(64, v);
+    const x = toU64(v);
     const dv = viewOf(b, o);
     if (dv) dv.setBigUint64(b.byteOffset + o, x, true);
     else b.writeBigUInt64LE(x, o);
@@ -177,6 +183,14 @@ export function array<T>(codec: Codec<T>, count: number): Codec<T[]> {
     read: (b, o) => Array.from({ length: count }, (_, i) => codec.read(b, o + codec.size * i)),
     write: (b, o, v) => {
       if (v.length !== count) throw new RangeError(`${v.length} elements where the layout has ${count}`);
+      // u64 elements (the GPRs of an intercept message) straight through the buffer's DataView.
+      const dv = codec === (u64 as Codec<unknown>) ? dataViewOf(b) : undefined;
+      if (dv !== undefined) {
+        if (!(o >= 0 && o + 8 * count <= b.length)) throw new RangeError(`${count} 8-byte elements at offset ${o} do not fit a buffer of ${b.length} bytes`);
+        const bo = b.byteOffset + o;
+        for (let i = 0; i < count; i++) dv.setBigUint64(bo + 8 * i, toU64(v[i] as bigint), true);
+        return;
+      }
       for (let i = 0; i < count; i++) codec.write(b, o + codec.size * i, v[i]!);
     },
   };
@@ -222,6 +236,21 @@ export interface Layout<T> extends Codec<T> {
   fromWords(words: readonly bigint[]): T;
 }
 
+/** A struct's fields flattened to the codecs that write bytes (nested structures opened up). */
+interface Leaf {
+  readonly offset: number;
+  readonly path: readonly string[];
+  readonly codec: Codec<unknown>;
+  readonly kind: 'u8' | 'u16' | 'u32' | 'u64' | 'codec';
+}
+const LEAVES = Symbol('layout leaves');
+function leavesOf(c: Codec<unknown>): readonly Leaf[] {
+  const nested = (c as { [LEAVES]?: readonly Leaf[] })[LEAVES];
+  if (nested) return nested;
+  const kind = c === u8 ? 'u8' : c === u16 ? 'u16' : c === u32 ? 'u32' : c === u64 ? 'u64' : 'codec';
+  return [{ offset: 0, path: [], codec: c, kind }];
+}
+
 export function struct<F extends Fields>(name: string, size: number, spec: F): Layout<StructValue<F>> {
   type T = StructValue<F>;
   const fields: (FieldInfo & { codec: Codec<unknown> })[] = [];
@@ -246,14 +275,46 @@ export function struct<F extends Fields>(name: string, size: number, spec: F): L
     if (!Number.isInteger(off) || off < 0 || off + size > b.length)
       throw new RangeError(`${name} needs ${size} bytes at offset ${off}; the buffer has ${b.length}`);
   };
-  // write, like read below: one function per layout made from the field table, each field written by
-  // its own codec at its offset with a named (not keyed) load of its value; `fill` clears the bytes
-  // no field owns (RsvdZ) and the bits of bit fields that are not set.
-  const writers = fields.map((f) => f.codec.write.bind(f.codec));
+  // write, like read below: one function per layout made from the field table. Nested structures are
+  // flattened into their leaves (no call per nested structure); each leaf is written at its offset
+  // with a named (not keyed) load of its value: u16/u32/u64 leaves straight through a DataView of the
+  // buffer when it has one (dataViewOf), every other leaf (and every leaf of a buffer without one)
+  // by its own codec. `fill` clears the bytes no field owns (RsvdZ) and the bits of bit fields that
+  // are not set. The range is checked first: DataView writes are bounded by the ArrayBuffer, not by
+  // the Buffer (a slice of Node's pool).
+  const leaves: Leaf[] = fields.flatMap((f) =>
+    leavesOf(f.codec).map((l) => ({ offset: f.offset + l.offset, path: [f.name, ...l.path], codec: l.codec, kind: l.kind })),
+  );
+  const access = (l: Leaf) => `v${l.path.map((k) => `[${JSON.stringify(k)}]`).join('')}`;
+  const fastLeaf = (l: Leaf, i: number): string => {
+    const x = access(l);
+    switch (l.kind) {
+      case 'u8':
+        return `b[off + ${l.offset}] = ${x} & 0xff;`;
+      case 'u16':
+        return `dv.setUint16(bo + ${l.offset}, ${x} & 0xffff, true);`;
+      case 'u32':
+        return `dv.setUint32(bo + ${l.offset}, ${x} >>> 0, true);`;
+      case 'u64':
+        return `dv.setBigUint64(bo + ${l.offset}, n64(${x}), true);`;
+      default:
+        return `w[${i}](b, off + ${l.offset}, ${x});`;
+    }
+  };
   const write = new Function(
     'w',
-    `return (b, off, v) => { b.fill(0, off, off + ${size}); ${fields.map((f, i) => `w[${i}](b, off + ${f.offset}, v[${JSON.stringify(f.name)}]);`).join(' ')} };`,
-  )(writers) as (b: Buffer, off: number, v: T) => void;
+    'need',
+    'dataViewOf',
+    'n64',
+    `return (b, off, v) => { need(b, off); b.fill(0, off, off + ${size}); const dv = dataViewOf(b);
+      if (dv === undefined) { ${leaves.map((l, i) => `w[${i}](b, off + ${l.offset}, ${access(l)});`).join(' ')} return; }
+      const bo = b.byteOffset + off; ${leaves.map(fastLeaf).join(' ')} };`,
+  )(
+    leaves.map((l) => l.codec.write.bind(l.codec)),
+    need,
+    dataViewOf,
+    toU64,
+  ) as (b: Buffer, off: number, v: T) => void;
   // read: one object literal with the layout's keys, made once per layout from the field table (one
   // shape, no per-field keyed stores); field i is read by its own codec at its offset.
   const readers = fields.map((f) => f.codec.read.bind(f.codec));
@@ -308,7 +369,8 @@ export function struct<F extends Fields>(name: string, size: number, spec: F): L
     if (!ints) throw new Error(`layout ${name} has a field that is not an integer inside one 8-byte word: no word form`);
     return ints;
   };
-  return {
+  const layout: Layout<T> & { [LEAVES]: readonly Leaf[] } = {
+    [LEAVES]: leaves,
     name,
     size,
     fields: fields.map(({ name: n, tlfsName, offset, size: s }) => ({ name: n, tlfsName, offset, size: s })),
@@ -345,6 +407,7 @@ export function struct<F extends Fields>(name: string, size: number, spec: F): L
       return (fromWordsFast ?? slowFromWords)(w);
     },
   };
+  return layout;
 }
 
 // ---- bit layouts of one integer --------------------------------------------------------------------
