@@ -219,12 +219,26 @@ export function sysClose(fd: number): void {
 
 /** ioctl(2) with a pointer argument; returns the (non-negative) result or throws SysError. */
 export function ioctlPtr(fd: number, request: number, arg: Uint8Array | bigint | null, what = 'ioctl'): number {
-  return check(what, c_ioctl_ptr(fd, request, arg) as number);
+  for (;;) {
+    const r = c_ioctl_ptr(fd, request, arg) as number;
+    if (r >= 0) return r;
+    const e = koffi.errno();
+    if (e !== ERRNO.EINTR) throw new SysError(what, e);
+  }
 }
 
-/** ioctl(2) with an integer argument; returns the (non-negative) result or throws SysError. */
+/**
+ * ioctl(2) with an integer argument; returns the (non-negative) result or throws SysError. Both
+ * retry a call a signal interrupted (EINTR: nothing was done; e.g. KVM_CREATE_VM while a profiler's
+ * SIGPROF or a vCPU kick arrives). KVM_RUN does not come here: its EINTR is an exit (ioctlValRaw).
+ */
 export function ioctlVal(fd: number, request: number, arg: number | bigint = 0, what = 'ioctl'): number {
-  return check(what, c_ioctl_val(fd, request, arg) as number);
+  for (;;) {
+    const r = c_ioctl_val(fd, request, arg) as number;
+    if (r >= 0) return r;
+    const e = koffi.errno();
+    if (e !== ERRNO.EINTR) throw new SysError(what, e);
+  }
 }
 
 /** ioctl(2) with an integer argument that does not throw: returns the raw result (−1 on error, see errno()). */
