@@ -21,6 +21,7 @@ import {
   tableFromKvm,
   tableToKvm,
 } from '@vsm/platform-kvm/platform';
+import { instructionBeforeRip } from '@vsm/platform-kvm/platform/x86';
 import { describeKvm } from './agent-support';
 
 const hex = (b: Uint8Array) => Buffer.from(b).toString('hex');
@@ -172,6 +173,49 @@ describeKvm('agent region (memfd)', () => {
     } finally {
       ram.close();
     }
+  });
+
+  test('short MemfdRam reads across a page boundary: right bytes for data and holes on either side, no hole allocated', () => {
+    const ram = new MemfdRam(1n << 20n);
+    try {
+      ram.write(0x2ff8n, Buffer.from('abcdefgh')); // page 2 holds data at its end; page 3 is a hole
+      ram.write(0x5000n, Buffer.from('ijklmnop')); // page 5 at its start; page 4 is a hole
+      ram.write(0x7ffcn, Buffer.from('qrstuvwx')); // pages 7 and 8 both hold data
+      expect(ram.read(0x2ffcn, 8).toString('latin1')).toBe('efgh\0\0\0\0');
+      expect(ram.read(0x4ffcn, 8).toString('latin1')).toBe('\0\0\0\0ijkl');
+      expect(ram.read(0x7ffcn, 8).toString()).toBe('qrstuvwx');
+      expect(ram.read(0x9ff0n, 32)).toEqual(Buffer.alloc(32)); // hole | hole
+      // Zero bytes of a page that holds data elsewhere (the bytes before a guest's code), read twice.
+      expect(ram.read(0x2000n, 16)).toEqual(Buffer.alloc(16));
+      expect(ram.read(0x2000n, 16)).toEqual(Buffer.alloc(16));
+      expect(ram.touchedPages()).toEqual([2, 5, 7, 8]);
+      // The guest may fill a hole behind our back (through KVM, into the shared mapping): still seen.
+      ram.memory.write(0x3000, Buffer.from('late'));
+      expect(ram.read(0x2ffen, 6).toString('latin1')).toBe('gh' + 'late');
+    } finally {
+      ram.close();
+    }
+  });
+
+  test('the store before RIP at the start of a page is decoded without reading the page before it', () => {
+    // 64-bit paging off (CR0.PG clear: linear = physical) keeps the reader's calls to the bytes.
+    const code = Buffer.from([0x88, 0x07]); // mov [rdi], al
+    const mem = new Map<bigint, number>();
+    code.forEach((b, i) => mem.set(0x10_0000n + BigInt(i), b));
+    const pages: bigint[] = [];
+    const read = (gpa: bigint, length: number) => {
+      pages.push(gpa >> 12n);
+      return Buffer.from(Array.from({ length }, (_, i) => mem.get(gpa + BigInt(i)) ?? 0));
+    };
+    const flat = { base: 0n, db: 1, l: 0 };
+    const sregs = { cr0: 1n, cr3: 0n, cr4: 0n, efer: 0n, cs: flat, ds: flat, es: flat, ss: flat, fs: flat, gs: flat } as unknown as Parameters<
+      typeof instructionBeforeRip
+    >[4];
+    const regs = { rdi: 0x20_0000n } as unknown as Parameters<typeof instructionBeforeRip>[3];
+    const insn = instructionBeforeRip(0x10_0002n, 0x20_0000n, 1, regs, sregs, read);
+    expect(insn).toMatchObject({ start: 0x10_0000n, end: 0x10_0002n, length: 2 });
+    expect(insn?.bytes.subarray(0, 2)).toEqual(code);
+    expect(pages.every((p) => p === 0x100n)).toBe(true);
   });
 
   test('overlay pages alias their memfd and know their offsets', () => {

@@ -431,11 +431,21 @@ export function instructionBeforeRip(
   if (mode === 16) return undefined;
   const csBase = mode === 64 ? 0n : sregs.cs.base;
   const tr = pageTranslator(sregs, read);
-  // The 15 bytes before RIP; when the page before is not mapped, each candidate reads its own bytes.
-  const back = readLinear(sregs, csBase + rip - 15n, 15, read, tr);
+  // The bytes before RIP inside RIP's own page first (the candidates that fit there, shortest
+  // first, are usually the answer); the 15 bytes across the page before only when a longer
+  // candidate is needed (reading a page the guest never wrote costs a pread(2) each time). When the
+  // page before is not mapped, each longer candidate reads its own bytes.
+  const near = Math.min(15, Number((csBase + rip) & 0xfffn));
+  const nearBytes = near > 0 ? readLinear(sregs, csBase + rip - BigInt(near), near, read, tr) : Buffer.alloc(0);
+  let back: Buffer | undefined;
   for (let L = 1; L <= 15; L++) {
     const start = rip - BigInt(L);
-    const bytes = back.length === 15 ? back.subarray(15 - L) : readLinear(sregs, csBase + start, L, read, tr);
+    let bytes: Buffer;
+    if (L <= near && nearBytes.length === near) bytes = nearBytes.subarray(near - L);
+    else {
+      back ??= readLinear(sregs, csBase + rip - 15n, 15, read, tr);
+      bytes = back.length === 15 ? back.subarray(15 - L) : readLinear(sregs, csBase + start, L, read, tr);
+    }
     if (bytes.length !== L) continue;
     const d = decodeInsn(bytes, mode);
     if (!d || d.length !== L || !d.pureStore || !d.mem || d.storeSize < length) continue;
