@@ -201,7 +201,7 @@ describeKvm('agent region (memfd)', () => {
     // 64-bit paging off (CR0.PG clear: linear = physical) keeps the reader's calls to the bytes.
     const code = Buffer.from([0x88, 0x07]); // mov [rdi], al
     const mem = new Map<bigint, number>();
-    code.forEach((b, i) => mem.set(0x10_0000n + BigInt(i), b));
+    for (const [i, b] of code.entries()) mem.set(0x10_0000n + BigInt(i), b);
     const pages: bigint[] = [];
     const read = (gpa: bigint, length: number) => {
       pages.push(gpa >> 12n);
