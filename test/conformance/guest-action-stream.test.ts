@@ -330,4 +330,54 @@ describe('Monitor batching (subscribe.batch, replies)', () => {
     m.cancel();
     await h.client.partitions.deletePartition({ name: P.name });
   });
+
+  test('a turn in which every VP faults sends its intercepts in messages of at most half the VP count', async () => {
+    const tag = `${h.backend.slice(0, 3)}${Date.now() % 100000}`;
+    const P = await setupVtl1Partition(h.client, `gas-h-${tag}`, 8, SECRET);
+    await h.client.intercepts.setInterceptRoute({ name: P.name, route: pb.InterceptRoute.INTERCEPT_ROUTE_MONITOR });
+    const m = h.client.intercepts.monitor();
+    m.send({ kind: { $case: 'subscribe', value: pb.MonitorSubscribe.fromPartial({ name: P.name, batch: true }) } });
+    const events = m.events[Symbol.asyncIterator]();
+    expect((await events.next()).value?.kind?.$case).toBe('subscription');
+    // All 8 VPs write into the protected page, in one batch: 8 intercepts raised in one turn.
+    const s = h.client.guest.runGuestActions();
+    s.send({
+      sequence: 0n,
+      action: {
+        $case: 'batch',
+        value: {
+          actions: P.vps.map((vp, i) => ({
+            sequence: BigInt(i + 1),
+            action: {
+              $case: 'writeMemory' as const,
+              value: { name: vp, gpa: VTL1_LAYOUT.secretGpa + BigInt(i), data: Buffer.from([0x61 + i]), gva: undefined },
+            },
+          })),
+        },
+      },
+    });
+    const sizes: number[] = [];
+    const seen: pb.InterceptEvent[] = [];
+    while (seen.length < 8) {
+      const ev = (await events.next()).value as pb.MonitorResponse;
+      expect(ev.kind?.$case).toBe('intercepts');
+      if (ev.kind?.$case === 'intercepts') {
+        sizes.push(ev.kind.value.intercepts.length);
+        seen.push(...ev.kind.value.intercepts);
+      }
+    }
+    expect(sizes.every((n) => n >= 1 && n <= 4)).toBe(true);
+    expect(seen.map((x) => x.vpIndex).sort()).toEqual([0, 1, 2, 3, 4, 5, 6, 7]);
+    const ALLOW = pb.InterceptAction.INTERCEPT_ACTION_ALLOW;
+    m.send({ kind: { $case: 'replies', value: { replies: seen.map((x) => ({ interceptId: x.interceptId, action: ALLOW, data: Buffer.alloc(0) })) } } });
+    const res = (await events.next()).value as pb.MonitorResponse;
+    expect(res.kind?.$case === 'replyResults' && res.kind.value.results.every((r) => r.status === pb.ReplyStatus.REPLY_STATUS_APPLIED)).toBe(true);
+    s.close();
+    let answered = 0;
+    for await (const r of s.results) answered += r.result?.$case === 'results' ? r.result.value.results.length : 1;
+    expect(answered).toBe(8);
+    expect(Buffer.from((await h.client.memory.readGpa({ name: P.name, gpa: VTL1_LAYOUT.secretGpa, length: 8 })).data).toString()).toBe('abcdefgh');
+    m.cancel();
+    await h.client.partitions.deletePartition({ name: P.name });
+  });
 });
