@@ -71,7 +71,9 @@ export function callHypercallPage(
   const returned = (exception?: X64ExceptionVector): StubOutcome => {
     p.setReg(vp, R.HvX64RegisterRip, returnRip);
     st.pendingStubReturn = null;
-    return { ...(exception !== undefined ? { exception } : {}), activeVtl: vp.activeVtl, rax: rax() };
+    const o: StubOutcome = { activeVtl: vp.activeVtl, rax: rax() };
+    if (exception !== undefined) o.exception = exception; // present only when raised (no object spread)
+    return o;
   };
   for (;;) {
     const ev = page.run();
@@ -83,8 +85,11 @@ export function callHypercallPage(
     st.pendingStubReturn = returnRip;
     const o = dispatch();
     if (o.exception !== undefined) return returned(o.exception);
-    if (o.vtlSwitch)
-      return { activeVtl: vp.activeVtl, vtlSwitch: o.vtlSwitch, resumedAccess: o.resumedAccess, ...(o.reentry ? { reentry: o.reentry } : {}), rax: rax() };
+    if (o.vtlSwitch) {
+      const out: StubOutcome = { activeVtl: vp.activeVtl, vtlSwitch: o.vtlSwitch, resumedAccess: o.resumedAccess, rax: rax() };
+      if (o.reentry) out.reentry = o.reentry;
+      return out;
+    }
     st.pendingStubReturn = null;
   }
 }

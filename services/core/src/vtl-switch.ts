@@ -86,7 +86,9 @@ export function vtlReturn(p: PartitionState, vp: VirtualProcessor, controlInput:
   // Pending interrupts are re-evaluated (tlfs-vsm.md §6.2, §10): a higher VTL's interrupt still
   // pending re-enters it at once (entry reason Interrupt; activeVtl then names it).
   const reentry = vp.activeVtl === target ? evaluateInterrupts(p, vp) : undefined;
-  return { activeVtl: vp.activeVtl, vtlSwitch: ev, resumedAccess, ...(reentry ? { reentry } : {}) };
+  const o: GuestOutcome = { activeVtl: vp.activeVtl, vtlSwitch: ev, resumedAccess };
+  if (reentry) o.reentry = reentry; // present only when it happened (no object spread on the switch path)
+  return o;
 }
 
 /** The caller's RIP moves past the 3-byte VMCALL/VMMCALL before the switch (OpenVMM advance_ip). */
