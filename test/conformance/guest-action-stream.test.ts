@@ -277,14 +277,20 @@ describe('RunGuestActions against the unary guest actions', () => {
 });
 
 describe('Monitor batching (subscribe.batch, replies)', () => {
-  test('intercepts come in `intercepts` messages, one `replies` message answers them all, one `reply_results` answers it', async () => {
+  /** A VTL1 partition of `vpCount` VPs on route MONITOR and a monitor subscribed with batch (its subscription read). */
+  async function batchMonitored(prefix: string, vpCount: number) {
     const tag = `${h.backend.slice(0, 3)}${Date.now() % 100000}`;
-    const P = await setupVtl1Partition(h.client, `gas-b-${tag}`, 2, SECRET);
+    const P = await setupVtl1Partition(h.client, `${prefix}-${tag}`, vpCount, SECRET);
     await h.client.intercepts.setInterceptRoute({ name: P.name, route: pb.InterceptRoute.INTERCEPT_ROUTE_MONITOR });
     const m = h.client.intercepts.monitor();
     m.send({ kind: { $case: 'subscribe', value: pb.MonitorSubscribe.fromPartial({ name: P.name, batch: true }) } });
     const events = m.events[Symbol.asyncIterator]();
     expect((await events.next()).value?.kind?.$case).toBe('subscription');
+    return { P, m, events };
+  }
+
+  test('intercepts come in `intercepts` messages, one `replies` message answers them all, one `reply_results` answers it', async () => {
+    const { P, m, events } = await batchMonitored('gas-b', 2);
     // Both VPs write into the protected page through one stream: two intercepts.
     const s = h.client.guest.runGuestActions();
     for (const [i, vp] of P.vps.entries())
@@ -332,13 +338,7 @@ describe('Monitor batching (subscribe.batch, replies)', () => {
   });
 
   test('a turn in which every VP faults sends its intercepts in messages of at most half the VP count', async () => {
-    const tag = `${h.backend.slice(0, 3)}${Date.now() % 100000}`;
-    const P = await setupVtl1Partition(h.client, `gas-h-${tag}`, 8, SECRET);
-    await h.client.intercepts.setInterceptRoute({ name: P.name, route: pb.InterceptRoute.INTERCEPT_ROUTE_MONITOR });
-    const m = h.client.intercepts.monitor();
-    m.send({ kind: { $case: 'subscribe', value: pb.MonitorSubscribe.fromPartial({ name: P.name, batch: true }) } });
-    const events = m.events[Symbol.asyncIterator]();
-    expect((await events.next()).value?.kind?.$case).toBe('subscription');
+    const { P, m, events } = await batchMonitored('gas-h', 8);
     // All 8 VPs write into the protected page, in one batch: 8 intercepts raised in one turn.
     const s = h.client.guest.runGuestActions();
     s.send({
