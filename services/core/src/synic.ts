@@ -37,6 +37,8 @@ export class Synic {
     if (message.length !== HV_MESSAGE_SIZE) throw new RangeError('an HV_MESSAGE is 256 bytes');
     const q = this.queues[sint]!;
     if (q.length >= SYNIC_QUEUE_LIMIT) return 'full';
+    // Nothing queued and the slot free (the usual case): straight into the slot, no queue copy.
+    if (q.length === 0 && this.place(view, sint, message) === 'delivered') return 'delivered';
     q.push(Buffer.from(message));
     this.deliver(view, sint);
     return q.length === 0 ? 'delivered' : 'queued';
@@ -80,10 +82,9 @@ export class Synic {
       if (markPending) page[slot + 5] = page[slot + 5]! | HV_MESSAGE_FLAG_MESSAGE_PENDING;
       return 'busy';
     }
-    const msg = Buffer.from(message);
+    message.copy(page, slot);
     // Queued messages wait behind it: the guest must write EOM after consuming this one.
-    if (this.queues[sint]!.length > 0) msg[5] = msg[5]! | HV_MESSAGE_FLAG_MESSAGE_PENDING;
-    msg.copy(page, slot);
+    if (this.queues[sint]!.length > 0) page[slot + 5] = page[slot + 5]! | HV_MESSAGE_FLAG_MESSAGE_PENDING;
     view.assert?.(sint);
     return 'delivered';
   }

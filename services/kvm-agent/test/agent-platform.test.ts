@@ -197,6 +197,26 @@ describeKvm('agent region (memfd)', () => {
     }
   });
 
+  test('MemfdRam.peekU64 (page-table entries): the bytes of a data page, zeros of a hole, across a page, out of range', () => {
+    const ram = new MemfdRam(1n << 20n);
+    try {
+      const b = Buffer.alloc(16);
+      b.writeBigUInt64LE(0x0123_4567_89ab_cdefn, 0);
+      b.writeBigUInt64LE(0xffff_ffff_ffff_fff0n, 8);
+      ram.write(0x3ff8n, b); // the second entry starts page 4
+      expect(ram.peekU64(0x3ff8n)).toBe(0x0123_4567_89ab_cdefn);
+      expect(ram.peekU64(0x4000n)).toBe(0xffff_ffff_ffff_fff0n);
+      expect(ram.peekU64(0x3ffcn)).toBe(0xffff_fff0_0123_4567n); // across the page boundary
+      expect(ram.peekU64(0x9000n)).toBe(0n); // a hole, not allocated
+      expect(ram.touchedPages()).toEqual([3, 4]);
+      ram.memory.write(0x4008, Buffer.from([7])); // written behind the core's back (as the guest does)
+      expect(ram.peekU64(0x4008n)).toBe(7n);
+      expect(() => ram.peekU64((1n << 20n) - 4n)).toThrow(RangeError);
+    } finally {
+      ram.close();
+    }
+  });
+
   test('the store before RIP at the start of a page is decoded without reading the page before it', () => {
     // 64-bit paging off (CR0.PG clear: linear = physical) keeps the reader's calls to the bytes.
     const code = Buffer.from([0x88, 0x07]); // mov [rdi], al

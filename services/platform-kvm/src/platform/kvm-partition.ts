@@ -48,7 +48,7 @@ import {
   withCoreXmm,
 } from './registers';
 import { type GuestExecutionOptions, type VpCpu, VtlVm } from './vtl-vm';
-import { type FaultingInstruction, instructionAtRip, instructionBeforeRip } from './x86';
+import { type FaultingInstruction, type PhysReader, instructionAtRip, instructionBeforeRip } from './x86';
 
 const R = core.HvRegisterName;
 /** KVM_CAP_XSAVE (linux/kvm.h). */
@@ -1074,7 +1074,7 @@ export class KvmPartition {
     const sregs = c.vcpu.getSregs();
     // Guest page tables and code: views of the mapping for pages known to hold data, else a pread of
     // just the bytes asked for (MemfdRam.peek; the decoder reads them right away).
-    const read = (gpa: bigint, n: number): Buffer | undefined => {
+    const read: PhysReader = (gpa: bigint, n: number): Buffer | undefined => {
       const end = gpa + BigInt(n);
       if (gpa < 0n || end > this.ram.sizeBytes) return undefined;
       const first = (gpa & ~0xfffn) + 0x1000n;
@@ -1087,6 +1087,8 @@ export class KvmPartition {
       }
       return Buffer.concat(parts);
     };
+    // Page-table entries (8 bytes, aligned: never across a page) without a Buffer each.
+    read.u64 = (gpa: bigint): bigint | undefined => (gpa < 0n || gpa + 8n > this.ram.sizeBytes ? undefined : this.ram.peekU64(gpa));
     let insn: FaultingInstruction | undefined;
     let precise = true;
     if (e.isWrite) {

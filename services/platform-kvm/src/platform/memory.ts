@@ -101,6 +101,14 @@ export class MemfdRam implements GuestRam {
     return this.read(gpa, length);
   }
 
+  /** The 64-bit little-endian value at `gpa` (inside one page), from the mapping when the page holds data. */
+  peekU64(gpa: bigint): bigint {
+    const off = this.check(gpa, 8);
+    const page = Math.floor(off / PAGE_SIZE);
+    if (off + 8 <= (page + 1) * PAGE_SIZE && this.dataPages.has(page)) return this.memory.readU64(off);
+    return this.read(gpa, 8).readBigUInt64LE(0);
+  }
+
   write(gpa: bigint, data: Uint8Array): void {
     const off = this.check(gpa, data.length);
     let pos = 0;

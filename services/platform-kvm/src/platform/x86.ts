@@ -25,8 +25,11 @@ const P = 1n;
 const PS = 1n << 7n;
 const ADDR_MASK = 0x000f_ffff_ffff_f000n;
 
-/** Reads guest-physical memory (undefined outside RAM). */
-export type PhysReader = (gpa: bigint, length: number) => Buffer | undefined;
+/**
+ * Reads guest-physical memory (undefined outside RAM). `u64`, when given, reads one aligned 64-bit
+ * entry without a Buffer (the page walks use it).
+ */
+export type PhysReader = ((gpa: bigint, length: number) => Buffer | undefined) & { u64?: (gpa: bigint) => bigint | undefined };
 
 /**
  * Guest-physical address of linear address `la` under the guest's paging (CR0/CR3/CR4/EFER), or
@@ -36,6 +39,7 @@ export type PhysReader = (gpa: bigint, length: number) => Buffer | undefined;
 export function translate(sregs: Pick<KvmSregs, 'cr0' | 'cr3' | 'cr4' | 'efer'>, la: bigint, read: PhysReader): bigint | undefined {
   if ((sregs.cr0 & CR0_PG) === 0n) return la & 0xffff_ffffn;
   const entry = (table: bigint, index: bigint, size: 4 | 8): bigint | undefined => {
+    if (size === 8 && read.u64) return read.u64(table + index * 8n);
     const b = read(table + index * BigInt(size), size);
     if (!b) return undefined;
     return size === 8 ? b.readBigUInt64LE(0) : BigInt(b.readUInt32LE(0));
