@@ -1,6 +1,6 @@
 // Where the time of an intercept goes (issue #13, bench/README.md "Intercept throughput"): for each
 // way of driving 8 faulting VPs (unary WriteMemory calls; one RunGuestActions stream with a monitor
-// taking one message per intercept; the stream with a batched monitor), the emulator service runs as
+// taking one message per intercept; the stream with its actions in `batch` messages and a batched monitor), the emulator service runs as
 // its own process under `node --cpu-prof`, the suite's driver runs for --seconds, and the service's
 // profile over the driven window is summed by where the code lives, per intercept answered. The
 // client's CPU (this process, all threads) is reported per intercept too.
@@ -74,7 +74,7 @@ async function measure(mode: 'unary' | 'single' | 'batched', seconds: number) {
           while (Date.now() < t0 + seconds * 1000) await client.guest.writeMemory({ name: `${part.name}/vps/${i}`, gpa: (0x40n + BigInt(i)) << 12n, data });
         }),
       );
-    } else await streamRate(client, part, seconds * 1000);
+    } else await streamRate(client, part, seconds * 1000, mode === 'batched');
     const t1 = Date.now();
     const n = part.answered() - a0;
     const cpu = process.cpuUsage(cpu0);
