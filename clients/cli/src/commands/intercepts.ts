@@ -113,7 +113,7 @@ export function register(program: Command, { run }: Cli): void {
     .option('--count <n>', 'exit after N intercepts (and the answers to them)', countArg('--count', 1_000_000_000))
     .option(
       '--batch',
-      'subscribe with batch: the intercepts raised together come in one message and are answered with one replies message (printed one line each, as without it)',
+      'subscribe with batch: the intercepts raised together come in one message (two once they reach half the VP count) and each is answered with one replies message (printed one line each, as without it)',
     )
     .addHelpText(
       'after',
