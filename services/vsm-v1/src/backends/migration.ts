@@ -13,10 +13,13 @@
 //                  partition is deleted.
 //
 // Downtime is the pause (the switch-over export's request) to the target's StartPartition answer.
-// Until the target committed, every failure (the target unreachable, a refused stream, the caller
-// cancelling) cancels the import (nothing is created there) and resumes the source guest if this
-// migration paused it: the source is untouched. A failure after the commit (StartPartition on the
-// target) deletes the target's copy and resumes the source.
+// Until the import stream was sent whole, every failure (the target unreachable, a refused stream,
+// the caller cancelling) cancels the import (nothing is created there) and resumes the source guest
+// if this migration paused it: the source is untouched. Once it was sent whole the target may commit
+// at any moment, so a cancel waits for the import's answer instead of cancelling it (cancelling then
+// left a copy on the target when the commit won the race: seen in a CI rehearsal), and the copy is
+// deleted; so is any copy after a failure from then on, and after one following the commit
+// (StartPartition on the target); the source is resumed.
 import { status as Code } from '@grpc/grpc-js';
 import { pb, type VsmClient, VsmError } from '@vsm/client';
 import type { StreamSink } from '../backend';
@@ -105,7 +108,15 @@ export async function migratePartition(
   const t0 = performance.now();
   const ms = () => BigInt(Math.round(performance.now() - t0));
   const abort = new AbortController();
-  const onAbort = () => abort.abort();
+  /**
+   * Set once the import stream was sent whole: from then on the target may commit the import at any
+   * moment, so a cancel no longer cancels the import call (its outcome would be unknown: a copy could
+   * be left on the target); the import is awaited and, when it was created, deleted again.
+   */
+  let sentAll = false;
+  const onAbort = () => {
+    if (!sentAll) abort.abort();
+  };
   signal.addEventListener('abort', onAbort, { once: true });
   const progress = async (m: Partial<pb.MigrationProgress>) => {
     if (!sink.write(pb.MigrationProgress.fromPartial({ ...m, elapsedMs: ms() }))) await sink.drained();
@@ -151,6 +162,7 @@ export async function migratePartition(
     }
     pausedAt = performance.now();
     yield* round(EXPORT_MODE_PAUSE_GUEST, MIGRATION_PHASE_SWITCHOVER);
+    sentAll = true;
   }
 
   /** Gives the source back as it was: its guest runs again if this migration paused it. */
@@ -163,8 +175,16 @@ export async function migratePartition(
   let imported: pb.Partition;
   try {
     imported = await target.client.snapshots.importPartition(all(), { partitionId: id, signal: abort.signal });
+    if (signal.aborted) {
+      // Cancelled after the whole stream was sent: the target created the partition; undo it.
+      await target.client.partitions.deletePartition({ name }).catch(() => undefined);
+      throw new ApiError(Code.CANCELLED, 'HV_STATUS_OPERATION_FAILED', 'the migration was cancelled');
+    }
   } catch (e) {
     abort.abort();
+    // Failed after the whole stream was sent (the connection lost before the answer): the target may
+    // have created it. The header went through, so the name was free there: any copy is this one's.
+    if (sentAll) await target.client.partitions.deletePartition({ name }).catch(() => undefined);
     await restoreSource();
     if (signal.aborted)
       throw new ApiError(Code.CANCELLED, 'HV_STATUS_OPERATION_FAILED', `the migration of ${name} was cancelled; it stays on ${source.address}`);
