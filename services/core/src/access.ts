@@ -10,9 +10,10 @@ import { type AccessKind, requiredFlag } from './protections';
 import type { InterceptAction } from './intercepts';
 import { type Vtl, VTLS } from './vtl-array';
 import { resumeStub } from './stub-return';
+import { INTERCEPT_ACCESS_TYPE, interceptHeader } from './secure-intercepts';
 import { assertActive, assertVpCanAct, crash, vpOf } from './rules/lifecycle';
 import { checkRange, readView, writeView } from './rules/memory-view';
-import { cpl, inRealMode, reg } from './rules/processor';
+import { cpl, reg } from './rules/processor';
 import { postMessage } from './rules/synic';
 import { switchVtl } from './rules/transitions';
 import { HvError, HvStatus, hvFail } from './tlfs/status';
@@ -35,8 +36,6 @@ export type { PendingAccess } from './state/vp';
 export type { AccessOutcome, ResumedAccess } from './outcomes';
 
 export const MAX_GUEST_ACCESS_BYTES = 65536;
-
-const ACCESS_TYPE: Record<AccessKind, 0 | 1 | 2> = { read: 0, write: 1, execute: 2 };
 
 /**
  * Whether MBEC is in force for VTL `lower` on `vp` under the protections of `protectingVtl` (tlfs-vsm.md
@@ -248,7 +247,7 @@ export function buildInterceptMessage(
     const payload = encodeArm64MemoryInterceptMessage({
       vpIndex: vp.index,
       instructionLength: 4, // A64 instructions are 4 bytes
-      interceptAccessType: ACCESS_TYPE[kind],
+      interceptAccessType: INTERCEPT_ACCESS_TYPE[kind],
       executionState: { cpl: 1, debugActive: false, interruptionPending: false, vtl: vp.activeVtl }, // EL1
       pc: st.arm64Pc,
       cpsr: st.arm64Cpsr,
@@ -280,26 +279,10 @@ export function buildInterceptMessage(
   );
   encodeMemoryInterceptMessage(
     {
-      header: {
-        vpIndex: vp.index,
-        // The emulator has no instruction stream for a guest action: 0 = unknown (the recipient
-        // decodes), as the TLFS allows (tlfs-intercepts.md §6.1). An engine that ran the instruction
-        // may know it (interceptAccess).
-        instructionLength: instruction?.length ?? 0,
-        interceptAccessType: ACCESS_TYPE[kind],
-        executionState: {
-          cpl: cpl(vp),
-          cr0Pe: !inRealMode(vp),
-          cr0Am: (reg(vp, R.HvX64RegisterCr0) & (1n << 18n)) !== 0n,
-          eferLma: (reg(vp, R.HvX64RegisterEfer) & 0x400n) !== 0n,
-          debugActive: (reg(vp, R.HvX64RegisterDr7) & 0xffn) !== 0n,
-          interruptionPending: false,
-          vtl: vp.activeVtl,
-        },
-        csSegment: seg(R.HvX64RegisterCs),
-        rip: reg(vp, R.HvX64RegisterRip),
-        rflags: reg(vp, R.HvX64RegisterRflags),
-      },
+      // The emulator has no instruction stream for a guest action: length 0 = unknown (the recipient
+      // decodes), as the TLFS allows (tlfs-intercepts.md §6.1). An engine that ran the instruction
+      // may know it (interceptAccess).
+      header: interceptHeader(vp, kind, instruction?.length ?? 0),
       cacheType: HvCacheType.HvCacheTypeWriteBack,
       instructionByteCount: Math.min(16, instruction?.bytes.length ?? 0),
       // GvaValid when the access named a GVA that the VP's page tables translated (the caller did).

@@ -22,7 +22,8 @@ import { postMessage } from './rules/synic';
 import { switchVtl } from './rules/transitions';
 import { resumeStub } from './stub-return';
 
-const ACCESS_TYPE: Record<AccessKind, 0 | 1 | 2> = { read: 0, write: 1, execute: 2 };
+/** HV_INTERCEPT_ACCESS_TYPE of an access kind (tlfs-intercepts.md §6.1). */
+export const INTERCEPT_ACCESS_TYPE: Record<AccessKind, 0 | 1 | 2> = { read: 0, write: 1, execute: 2 };
 
 /** HV_X64_INTERCEPT_MESSAGE_HEADER for the VP's state now (RIP on the intercepted instruction). */
 export function interceptHeader(vp: VirtualProcessor, kind: AccessKind, instructionLength = 0): HvX64InterceptMessageHeader {
@@ -30,7 +31,7 @@ export function interceptHeader(vp: VirtualProcessor, kind: AccessKind, instruct
   return {
     vpIndex: vp.index,
     instructionLength,
-    interceptAccessType: ACCESS_TYPE[kind],
+    interceptAccessType: INTERCEPT_ACCESS_TYPE[kind],
     executionState: {
       cpl: cpl(vp),
       cr0Pe: !inRealMode(vp),
