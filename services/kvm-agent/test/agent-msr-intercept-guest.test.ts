@@ -19,7 +19,7 @@ import { KvmBackend } from '@vsm/vsm-v1';
 import type { GuestSession } from '@vsm/platform-kvm';
 import { waitFor } from '../../../test/support/wait';
 import { type AgentHarness, describeKvm, startAgent } from './agent-support';
-import { buildVsmScenario } from './vsm-scenario-build';
+import { buildVsmScenario, runGuestToEnd, watchTransitions } from './vsm-scenario-build';
 
 const MiB = 1n << 20n;
 const WRITES = 2; // intercepted stores per VP before the MSR phase (the scenario's first part)
@@ -54,27 +54,9 @@ describeKvm('secure MSR write intercepts in a running guest: VTL1 locks IA32_LST
     const name = p.name;
 
     const ac = new AbortController();
-    const transitions: pb.VtlTransition[] = [];
-    let subscribed = false;
-    const watching = (async () => {
-      for await (const m of h.client.vtl.watchTransitions({ name, vpIndex: 0 }, ac.signal)) {
-        if (m.event?.$case === 'subscribed') subscribed = true;
-        else if (m.event?.$case === 'transition') transitions.push(m.event.value);
-      }
-    })().catch(() => undefined);
-    await waitFor('the transition watch to be registered', () => subscribed);
+    const { transitions, watching } = await watchTransitions(h.client, name, 0, ac.signal);
 
-    await h.client.execution.loadGuestImage({ name, image: guest.image, format: pb.GuestImageFormat.GUEST_IMAGE_FORMAT_ELF64 });
-    let text = '';
-    let end: pb.GuestRunEnd | undefined;
-    const consoleDone = (async () => {
-      for await (const m of h.client.execution.streamConsole({ name })) {
-        if (m.kind?.$case === 'chunk') text += Buffer.from(m.kind.value.data).toString('latin1');
-        else if (m.kind?.$case === 'end') end = m.kind.value;
-      }
-    })();
-    await h.client.execution.startPartition({ name });
-    await consoleDone;
+    const { text, end } = await runGuestToEnd(h.client, name, guest.image);
     expect(text).toContain(`vsm-scenario: ${MSR_WRITES} LSTAR writes intercepted by VTL1 on VP 0, 0 took effect; VP 1's write took effect`);
     expect(text).toContain('vsm-scenario: PASS');
     expect(text).toContain('vsm-scenario: the STAR read was intercepted by VTL1 on VP 0 and did not happen');
@@ -157,17 +139,7 @@ describeKvm('secure MSR write intercepts in a running guest: VTL1 locks IA32_LST
         });
       }
     })().catch(() => undefined);
-    await h.client.execution.loadGuestImage({ name, image: guest.image, format: pb.GuestImageFormat.GUEST_IMAGE_FORMAT_ELF64 });
-    let text = '';
-    let end: pb.GuestRunEnd | undefined;
-    const consoleDone = (async () => {
-      for await (const m of h.client.execution.streamConsole({ name })) {
-        if (m.kind?.$case === 'chunk') text += Buffer.from(m.kind.value.data).toString('latin1');
-        else if (m.kind?.$case === 'end') end = m.kind.value;
-      }
-    })();
-    await h.client.execution.startPartition({ name });
-    await consoleDone;
+    const { text, end } = await runGuestToEnd(h.client, name, guest.image);
     expect(text).toContain(`vsm-scenario: ${MSR_WRITES} LSTAR writes intercepted by VTL1 on VP 0, 0 took effect; VP 1's write took effect`);
     expect(text).toContain(`0 intercepts handled in VTL1, ${2 * WRITES} values in place, 0 stray, 0 bad messages`);
     expect(end).toMatchObject({ state: pb.RunState.RUN_STATE_STOPPED, exitCode: 2 });

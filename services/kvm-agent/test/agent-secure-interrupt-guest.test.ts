@@ -13,7 +13,7 @@ import { KvmBackend } from '@vsm/vsm-v1';
 import type { GuestSession } from '@vsm/platform-kvm';
 import { waitFor } from '../../../test/support/wait';
 import { type AgentHarness, describeKvm, startAgent } from './agent-support';
-import { buildVsmScenario } from './vsm-scenario-build';
+import { buildVsmScenario, runGuestToEnd, watchTransitions } from './vsm-scenario-build';
 
 const MiB = 1n << 20n;
 const WRITES = 4;
@@ -45,27 +45,9 @@ describeKvm('secure interrupts in a running guest: an IPI to VTL1 preempts VTL0 
 
     // Every VTL switch of VP 0, from before the guest starts.
     const ac = new AbortController();
-    const transitions: pb.VtlTransition[] = [];
-    let subscribed = false;
-    const watching = (async () => {
-      for await (const m of h.client.vtl.watchTransitions({ name, vpIndex: 0 }, ac.signal)) {
-        if (m.event?.$case === 'subscribed') subscribed = true;
-        else if (m.event?.$case === 'transition') transitions.push(m.event.value);
-      }
-    })().catch(() => undefined);
-    await waitFor('the transition watch to be registered', () => subscribed);
+    const { transitions, watching } = await watchTransitions(h.client, name, 0, ac.signal);
 
-    await h.client.execution.loadGuestImage({ name, image: guest.image, format: pb.GuestImageFormat.GUEST_IMAGE_FORMAT_ELF64 });
-    let text = '';
-    let end: pb.GuestRunEnd | undefined;
-    const consoleDone = (async () => {
-      for await (const m of h.client.execution.streamConsole({ name })) {
-        if (m.kind?.$case === 'chunk') text += Buffer.from(m.kind.value.data).toString('latin1');
-        else if (m.kind?.$case === 'end') end = m.kind.value;
-      }
-    })();
-    await h.client.execution.startPartition({ name });
-    await consoleDone;
+    const { text, end } = await runGuestToEnd(h.client, name, guest.image);
     expect(text).toContain(`vsm-scenario: ${IPIS} secure IPIs preempted VTL0 on VP 0`);
     expect(text).toContain('vsm-scenario: PASS');
     expect(end).toMatchObject({ state: pb.RunState.RUN_STATE_STOPPED, exitCode: 0 });

@@ -22,7 +22,7 @@ import * as core from '@vsm/core';
 import { waitFor } from '../../../test/support/wait';
 import { KvmBackend } from '@vsm/vsm-v1';
 import { type AgentHarness, describeKvm, startAgent } from './agent-support';
-import { buildVsmScenario } from './vsm-scenario-build';
+import { buildVsmScenario, runGuestToEnd } from './vsm-scenario-build';
 
 const MiB = 1n << 20n;
 /** The scenario's parameters (build.sh passes them to the C code). */
@@ -93,25 +93,12 @@ describeKvm('a whole guest on 2 VPs: VTL1 handles concurrent intercepts as SINT0
         }
       })().catch(() => undefined); // the stream is cancelled at the end
 
-      const loaded = await h.client.execution.loadGuestImage({ name, image: guest.image, format: pb.GuestImageFormat.GUEST_IMAGE_FORMAT_ELF64 });
+      const { loaded, text, end, runMs } = await runGuestToEnd(h.client, name, guest.image);
       expect(loaded).toMatchObject({
         format: pb.GuestImageFormat.GUEST_IMAGE_FORMAT_ELF64,
         entryPoint: 0x20_0000n,
         entryMode: pb.GuestEntryMode.GUEST_ENTRY_MODE_LONG64,
       });
-
-      let text = '';
-      let end: pb.GuestRunEnd | undefined;
-      const consoleDone = (async () => {
-        for await (const m of h.client.execution.streamConsole({ name })) {
-          if (m.kind?.$case === 'chunk') text += Buffer.from(m.kind.value.data).toString('latin1');
-          else if (m.kind?.$case === 'end') end = m.kind.value;
-        }
-      })();
-      const started = Date.now();
-      await h.client.execution.startPartition({ name });
-      await consoleDone;
-      const runMs = Date.now() - started;
 
       // The run: stopped by the guest's debug-exit write of 0, after its summary.
       expect(end).toMatchObject({ state: pb.RunState.RUN_STATE_STOPPED, exitCode: 0 });
@@ -227,17 +214,7 @@ describeKvm('a whole guest on 2 VPs: VTL1 handles concurrent intercepts as SINT0
         });
       }
     })().catch(() => undefined);
-    await h.client.execution.loadGuestImage({ name, image: guest.image, format: pb.GuestImageFormat.GUEST_IMAGE_FORMAT_ELF64 });
-    let text = '';
-    let end: pb.GuestRunEnd | undefined;
-    const consoleDone = (async () => {
-      for await (const m of h.client.execution.streamConsole({ name })) {
-        if (m.kind?.$case === 'chunk') text += Buffer.from(m.kind.value.data).toString('latin1');
-        else if (m.kind?.$case === 'end') end = m.kind.value;
-      }
-    })();
-    await h.client.execution.startPartition({ name });
-    await consoleDone;
+    const { text, end } = await runGuestToEnd(h.client, name, guest.image);
     // VTL1 saw none (route MONITOR), so the guest's own verdict is "0 handled in VTL1" (its exit code 2);
     // every store was performed by the monitor's ALLOW, exactly once, and the run went to its end.
     expect(end).toMatchObject({ state: pb.RunState.RUN_STATE_STOPPED, exitCode: 2 });
