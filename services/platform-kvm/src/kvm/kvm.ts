@@ -268,16 +268,19 @@ export class GuestMemory {
   view(offset: number, length: number): Buffer {
     this.checkRange(offset, length);
     const ci = Math.floor(offset / CHUNK);
-    if (Math.floor((offset + length - 1) / CHUNK) === ci || length === 0) {
-      let ab = this.chunks[ci];
-      if (ab === undefined) {
-        const clen = Math.min(CHUNK, this.size - ci * CHUNK);
-        ab = nativeView(this.hostAddress + BigInt(ci * CHUNK), clen).buffer as ArrayBuffer;
-        this.chunks[ci] = ab;
-      }
-      return Buffer.from(ab, offset - ci * CHUNK, length);
-    }
+    if (Math.floor((offset + length - 1) / CHUNK) === ci || length === 0) return Buffer.from(this.chunk(ci), offset - ci * CHUNK, length);
     return nativeView(this.hostAddress + BigInt(offset), length);
+  }
+
+  /** The ArrayBuffer over 1 GiB chunk `ci` of the mapping (made once). */
+  private chunk(ci: number): ArrayBuffer {
+    let ab = this.chunks[ci];
+    if (ab === undefined) {
+      const clen = Math.min(CHUNK, this.size - ci * CHUNK);
+      ab = nativeView(this.hostAddress + BigInt(ci * CHUNK), clen).buffer as ArrayBuffer;
+      this.chunks[ci] = ab;
+    }
+    return ab;
   }
 
   /** A copy of [offset, offset+length). */
@@ -300,11 +303,7 @@ export class GuestMemory {
     if (Math.floor((offset + 7) / CHUNK) !== ci) return this.view(offset, 8).readBigUInt64LE(0);
     this.checkRange(offset, 8);
     let dv = this.chunkViews[ci];
-    if (dv === undefined) {
-      this.view(offset, 8); // makes the chunk's ArrayBuffer
-      dv = new DataView(this.chunks[ci]!);
-      this.chunkViews[ci] = dv;
-    }
+    if (dv === undefined) this.chunkViews[ci] = dv = new DataView(this.chunk(ci));
     return dv.getBigUint64(offset - ci * CHUNK, true);
   }
 
