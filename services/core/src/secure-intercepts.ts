@@ -15,15 +15,25 @@ import type { AccessKind } from './protections';
 import type { Vtl } from './vtl-array';
 import { HvStatus, hvFail } from './tlfs/status';
 import { HvVtlEntryReason } from './tlfs/vsm';
-import { HV_SYNIC_INTERCEPTION_SINT_INDEX, type HvX64InterceptMessageHeader, encodeHvMessage } from './tlfs/message';
+import {
+  HV_SYNIC_INTERCEPTION_SINT_INDEX,
+  HvInterceptAccessType,
+  type HvInterceptAccessTypeValue,
+  type HvX64InterceptMessageHeader,
+  encodeHvMessage,
+} from './tlfs/message';
 import { HvRegisterName as R, reg128ToSegment } from './tlfs/registers';
 import { cpl, inRealMode, reg } from './rules/processor';
 import { postMessage } from './rules/synic';
 import { switchVtl } from './rules/transitions';
 import { resumeStub } from './stub-return';
 
-/** HV_INTERCEPT_ACCESS_TYPE of an access kind (tlfs-intercepts.md §6.1). */
-export const INTERCEPT_ACCESS_TYPE: Record<AccessKind, 0 | 1 | 2> = { read: 0, write: 1, execute: 2 };
+/** HV_INTERCEPT_ACCESS_TYPE of an access kind (tlfs-intercepts.md §6.3). */
+export const INTERCEPT_ACCESS_TYPE: Record<AccessKind, HvInterceptAccessTypeValue> = {
+  read: HvInterceptAccessType.HV_INTERCEPT_ACCESS_READ,
+  write: HvInterceptAccessType.HV_INTERCEPT_ACCESS_WRITE,
+  execute: HvInterceptAccessType.HV_INTERCEPT_ACCESS_EXECUTE,
+};
 
 /** HV_X64_INTERCEPT_MESSAGE_HEADER for the VP's state now (RIP on the intercepted instruction). */
 export function interceptHeader(vp: VirtualProcessor, kind: AccessKind, instructionLength = 0): HvX64InterceptMessageHeader {

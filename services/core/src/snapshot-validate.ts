@@ -34,6 +34,7 @@ import {
 import { SYNIC_QUEUE_LIMIT } from './synic';
 import { normalizeMapFlags } from './protections';
 import { isInterceptRoute } from './intercepts';
+import { INTERCEPT_ACCESS_TYPE } from './secure-intercepts';
 
 /** Version of the core snapshot layout (CoreSnapshot) this build reads and writes. */
 export const CORE_SNAPSHOT_VERSION = 1;
@@ -44,7 +45,6 @@ const MAX_ANSWERED = 65536;
 const U64_MAX = (1n << 64n) - 1n;
 const VTL_COUNT = HV_MAX_SUPPORTED_VTL + 1;
 const KINDS = new Set(['read', 'write', 'execute']);
-const ACCESS_TYPE: Record<string, number> = { read: 0, write: 1, execute: 2 };
 /** Overlay kinds by scope (the overlay-kinds table). */
 const PARTITION_KINDS = OVERLAY_KIND_NAMES.filter((k) => overlayKindInfo(k).scope === 'partition');
 const VP_KINDS = OVERLAY_KIND_NAMES.filter((k) => overlayKindInfo(k).scope === 'vp');
@@ -476,7 +476,8 @@ function checkInterceptMessage(path: string, m: Buffer, arch: string, vpIndex: n
   const { vpIndex: msgVp, interceptAccessType } =
     arch === 'arm64' ? HvArm64MemoryInterceptMessageLayout.decode(m, payload) : HvX64InterceptMessageHeaderLayout.decode(m, payload);
   if (msgVp !== vpIndex) fail(path, `the message's VpIndex ${msgVp} is not the intercept's VP ${vpIndex}`);
-  if (interceptAccessType !== ACCESS_TYPE[kind]) fail(path, `the message's InterceptAccessType ${interceptAccessType} is not a ${kind}`);
+  if (interceptAccessType !== (INTERCEPT_ACCESS_TYPE as Record<string, number | undefined>)[kind])
+    fail(path, `the message's InterceptAccessType ${interceptAccessType} is not a ${kind}`);
 }
 
 function checkRegisters(path: string, regs: RegisterEntry[], where: 'shared' | 'private'): void {
