@@ -11,6 +11,8 @@ import type { MethodDefinition, ServiceDefinition } from '@grpc/grpc-js';
 import { FILE_DESCRIPTOR_SET_BASE64 } from './gen/descriptor-set';
 import { SERVICE_DEFINITIONS } from './gen/services';
 import { RequiredRole } from './gen/vsm/v1/options';
+import * as messages from './pb';
+import { type MessageCodec, reusingEncoder } from './wire';
 
 export type RpcKind = 'unary' | 'server_streaming' | 'client_streaming' | 'bidi_streaming';
 /** The roles of the authorization policy (README "Security"); `admin` implies every other. */
@@ -44,7 +46,10 @@ export interface RpcMethod {
   readonly roleDeclared: boolean;
   /** `idempotency_level = NO_SIDE_EFFECTS`: the RPC never changes a partition. */
   readonly noSideEffects: boolean;
-  /** The ts-proto grpc-js method definition (serializers). */
+  /**
+   * The ts-proto grpc-js method definition, with serializers that reuse their writer (wire.ts); the
+   * deserializers are the generated ones.
+   */
   readonly definition: MethodDefinition<unknown, unknown>;
 }
 
@@ -52,7 +57,7 @@ export interface RpcService {
   /** Full name, e.g. `vsm.v1.PartitionService`. */
   readonly name: string;
   readonly methods: readonly RpcMethod[];
-  /** The ts-proto grpc-js service definition. */
+  /** The ts-proto grpc-js service definition (with the methods' `definition`s). */
   readonly definition: ServiceDefinition;
 }
 
@@ -86,9 +91,9 @@ export function vsmServices(): readonly RpcService[] {
   for (const file of registry.files) {
     if (file.proto.package !== 'vsm.v1') continue;
     for (const s of file.services) {
-      const definition = (SERVICE_DEFINITIONS as Record<string, ServiceDefinition | undefined>)[s.typeName];
-      if (!definition) throw new Error(`${s.typeName}: no generated grpc-js definition (run npm run generate)`);
-      const byPath = new Map(Object.entries(definition).map(([localName, d]) => [d.path, { localName, d }]));
+      const generated = (SERVICE_DEFINITIONS as Record<string, ServiceDefinition | undefined>)[s.typeName];
+      if (!generated) throw new Error(`${s.typeName}: no generated grpc-js definition (run npm run generate)`);
+      const byPath = new Map(Object.entries(generated).map(([localName, d]) => [d.path, { localName, d }]));
       const methods = s.methods.map((m): RpcMethod => {
         const key = `${s.typeName}/${m.name}`;
         const path = `/${key}`;
@@ -101,6 +106,15 @@ export function vsmServices(): readonly RpcService[] {
         ) {
           throw new Error(`${key}: the generated definition's streaming flags disagree with the descriptor (${kind}); run npm run generate`);
         }
+        const codec = (typeName: string, generated: (v: never) => Buffer): ((v: unknown) => Buffer) => {
+          const c = (messages as unknown as Record<string, MessageCodec<unknown> | undefined>)[typeName.replace(/^vsm\.v1\./, '')];
+          return typeName.startsWith('vsm.v1.') && c ? reusingEncoder(c) : (generated as (v: unknown) => Buffer);
+        };
+        const definition = {
+          ...def.d,
+          requestSerialize: codec(m.input.typeName, def.d.requestSerialize),
+          responseSerialize: codec(m.output.typeName, def.d.responseSerialize),
+        } as MethodDefinition<unknown, unknown>;
         const role = hasOption(m, roleOption) ? (getOption(m, roleOption) as RequiredRole) : RequiredRole.REQUIRED_ROLE_UNSPECIFIED;
         return {
           service: s.typeName,
@@ -112,10 +126,10 @@ export function vsmServices(): readonly RpcService[] {
           requiredRole: ROLE_OF[role] ?? 'admin',
           roleDeclared: role !== RequiredRole.REQUIRED_ROLE_UNSPECIFIED,
           noSideEffects: m.idempotency === MethodOptions_IdempotencyLevel.NO_SIDE_EFFECTS,
-          definition: def.d as MethodDefinition<unknown, unknown>,
+          definition,
         };
       });
-      out.push({ name: s.typeName, methods, definition });
+      out.push({ name: s.typeName, methods, definition: Object.fromEntries(methods.map((m) => [m.localName, m.definition])) });
     }
   }
   services = out;

@@ -2,7 +2,7 @@
 // vsm.v1 service with default deadlines, async iterators for server streams, and VsmError carrying
 // the HV_STATUS name from google.rpc.ErrorInfo. Retries happen only for the RPCs the proto declares NO_SIDE_EFFECTS.
 import * as grpc from '@grpc/grpc-js';
-import { pb, vsmRpc } from '@vsm/api';
+import { pb, vsmRpc, vsmServices } from '@vsm/api';
 import { type SnapshotStreams, snapshotStreams } from './snapshot-stream';
 
 export interface ConnectOptions {
@@ -166,6 +166,21 @@ export interface GuestActionSession {
   cancel(): void;
 }
 
+const clientClasses = new Map<string, unknown>();
+/**
+ * The generated grpc-js client class of a vsm.v1 service, built over @vsm/api's definition instead:
+ * the same methods and bytes, with request serializers that reuse their writer (@vsm/api wire.ts).
+ */
+function clientClass<C>(generated: C, service: string): C {
+  let c = clientClasses.get(service);
+  if (!c) {
+    const def = vsmServices().find((s) => s.name === service)?.definition;
+    c = def ? grpc.makeGenericClientConstructor(def, service) : generated;
+    clientClasses.set(service, c);
+  }
+  return c as C;
+}
+
 export function connect(address: string, o: ConnectOptions = {}): VsmClient {
   let creds: grpc.ChannelCredentials = grpc.credentials.createInsecure();
   if (o.tls) creds = o.tls === true ? grpc.credentials.createSsl() : grpc.credentials.createSsl(o.tls.ca ?? null, o.tls.key ?? null, o.tls.cert ?? null);
@@ -175,16 +190,16 @@ export function connect(address: string, o: ConnectOptions = {}): VsmClient {
     return m;
   };
   const opts = { 'grpc.max_receive_message_length': 8 * 1024 * 1024, ...(o.interceptors?.length ? { interceptors: o.interceptors } : {}) };
-  const partitions = new pb.PartitionServiceClient(address, creds, opts);
-  const vps = new pb.VirtualProcessorServiceClient(address, creds, opts);
-  const guest = new pb.GuestServiceClient(address, creds, opts);
-  const memory = new pb.MemoryServiceClient(address, creds, opts);
-  const vtl = new pb.VtlServiceClient(address, creds, opts);
-  const intercepts = new pb.InterceptServiceClient(address, creds, opts);
-  const synic = new pb.SynicServiceClient(address, creds, opts);
-  const snapshots = new pb.SnapshotServiceClient(address, creds, opts);
-  const execution = new pb.ExecutionServiceClient(address, creds, opts);
-  const fleet = new pb.FleetServiceClient(address, creds, opts);
+  const partitions = new (clientClass(pb.PartitionServiceClient, 'vsm.v1.PartitionService'))(address, creds, opts);
+  const vps = new (clientClass(pb.VirtualProcessorServiceClient, 'vsm.v1.VirtualProcessorService'))(address, creds, opts);
+  const guest = new (clientClass(pb.GuestServiceClient, 'vsm.v1.GuestService'))(address, creds, opts);
+  const memory = new (clientClass(pb.MemoryServiceClient, 'vsm.v1.MemoryService'))(address, creds, opts);
+  const vtl = new (clientClass(pb.VtlServiceClient, 'vsm.v1.VtlService'))(address, creds, opts);
+  const intercepts = new (clientClass(pb.InterceptServiceClient, 'vsm.v1.InterceptService'))(address, creds, opts);
+  const synic = new (clientClass(pb.SynicServiceClient, 'vsm.v1.SynicService'))(address, creds, opts);
+  const snapshots = new (clientClass(pb.SnapshotServiceClient, 'vsm.v1.SnapshotService'))(address, creds, opts);
+  const execution = new (clientClass(pb.ExecutionServiceClient, 'vsm.v1.ExecutionService'))(address, creds, opts);
+  const fleet = new (clientClass(pb.FleetServiceClient, 'vsm.v1.FleetService'))(address, creds, opts);
   const S = (s: unknown) => s as Parameters<typeof promisify>[1];
   return {
     partitions: promisify(partitions, S(pb.PartitionServiceService), o, md),

@@ -1,0 +1,85 @@
+// The serializers the server and @vsm/client use (@vsm/api wire.ts, issue #13): one BinaryWriter
+// reused per message type. They must give the generated serializers' bytes exactly, whatever came
+// before them: a larger message, a message over the size a writer is kept at, an encode that threw.
+import { pb, reusingEncoder, vsmServices } from '@vsm/api';
+
+const generated = <T>(codec: { encode(m: T): { finish(): Uint8Array } }, m: T) => Buffer.from(codec.encode(m).finish());
+
+const event = (id: bigint, messageBytes: number): pb.InterceptEvent =>
+  pb.InterceptEvent.fromPartial({
+    interceptId: id,
+    vpIndex: 3,
+    vtl: 0,
+    protectingVtl: 1,
+    gpa: 0x40123n,
+    hvMessage: Buffer.alloc(messageBytes, Number(id & 0xffn)),
+    writeData: Buffer.from([1, 2, 3]),
+  });
+const batch = (n: number, messageBytes = 256): pb.MonitorResponse => ({
+  kind: { $case: 'intercepts', value: { intercepts: Array.from({ length: n }, (_, i) => event(BigInt(i + 1), messageBytes)) } },
+});
+const chunk = (pages: number): pb.SnapshotChunk => {
+  const run: pb.MemoryRunSnapshot = { gpfn: 0x100n, data: Buffer.alloc(pages * 4096, 0xa5) };
+  return { chunk: { $case: 'memory', value: { runs: [run] } } };
+};
+
+describe('reusingEncoder', () => {
+  test('the bytes of the generated encoder, message after message of varying size', () => {
+    const enc = reusingEncoder(pb.MonitorResponse);
+    // growing, shrinking (no stale bytes of the larger one), then over the kept size and back
+    for (const m of [batch(1), batch(8), batch(1), batch(0), batch(300), batch(2), batch(1, 0)]) expect(enc(m)).toEqual(generated(pb.MonitorResponse, m));
+    const snap = reusingEncoder(pb.SnapshotChunk);
+    for (const m of [chunk(1), chunk(64), chunk(2)]) expect(snap(m)).toEqual(generated(pb.SnapshotChunk, m));
+  });
+
+  test('each Buffer is its own: a later message does not change an earlier one', () => {
+    const enc = reusingEncoder(pb.MonitorResponse);
+    const first = enc(batch(2));
+    const copy = Buffer.from(first);
+    enc(batch(2, 100));
+    enc(batch(5));
+    expect(first).toEqual(copy);
+  });
+
+  test('an encode that throws leaves the next message intact', () => {
+    const enc = reusingEncoder(pb.MonitorResponse);
+    const bad = {
+      kind: { $case: 'intercepts', value: { intercepts: [event(1n, 16), { ...event(2n, 16), interceptId: 'x' as unknown as bigint }] } },
+    } as pb.MonitorResponse;
+    expect(() => enc(bad)).toThrow();
+    expect(enc(batch(3))).toEqual(generated(pb.MonitorResponse, batch(3)));
+  });
+
+  test('every vsm.v1 RPC serializes requests and responses as the generated definition does', () => {
+    let n = 0;
+    for (const svc of vsmServices())
+      for (const m of svc.methods) {
+        expect(svc.definition[m.localName]).toBe(m.definition);
+        // an empty message of each type: the same bytes through the descriptor-built definition
+        const gen = (
+          pb as unknown as Record<
+            string,
+            Record<
+              string,
+              {
+                path: string;
+                requestDeserialize(b: Buffer): unknown;
+                responseDeserialize(b: Buffer): unknown;
+                requestSerialize(v: unknown): Buffer;
+                responseSerialize(v: unknown): Buffer;
+              }
+            >
+          >
+        )[`${m.service.replace(/^vsm\.v1\./, '')}Service`][m.localName];
+        expect(gen.path).toBe(m.path);
+        const req = gen.requestDeserialize(Buffer.alloc(0));
+        const res = gen.responseDeserialize(Buffer.alloc(0));
+        expect(m.definition.requestSerialize(req)).toEqual(gen.requestSerialize(req));
+        expect(m.definition.responseSerialize(res)).toEqual(gen.responseSerialize(res));
+        expect(m.definition.requestSerialize).not.toBe(gen.requestSerialize);
+        expect(m.definition.responseSerialize).not.toBe(gen.responseSerialize);
+        n++;
+      }
+    expect(n).toBeGreaterThan(40);
+  });
+});
