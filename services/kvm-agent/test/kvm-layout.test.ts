@@ -120,6 +120,14 @@ describe('Asm encodings (cross-checked against GNU as)', () => {
     ['mov eax, [rdi]', (a) => a.load('rax', 'rdi', 4), '8b07'],
     ['movzx eax, byte [rdi]', (a) => a.load('rax', 'rdi', 1), '0fb607'],
     ['mov r10, [r9]', (a) => a.load('r10', 'r9', 8), '4d8b11'],
+    ['mov r9, [rsi+0x48]', (a) => a.load('r9', 'rsi', 8, 0x48), '4c8b4e48'],
+    ['mov rax, [rsi+0x28]', (a) => a.load('rax', 'rsi', 8, 0x28), '488b4628'],
+    ['movzx ebx, byte [rsi+0x14]', (a) => a.load('rbx', 'rsi', 1, 0x14), '0fb65e14'],
+    ['mov [r11+0x20], rax', (a) => a.store('r11', 'rax', 8, 0x20), '49894320'],
+    ['mov rax, [r13+0] (no mod-00 form)', (a) => a.load('rax', 'r13', 8), '498b4500'],
+    ['mov [rbp-8], eax', (a) => a.store('rbp', 'rax', 4, -8), '8945f8'],
+    ['mov [rdi+0x7f], al', (a) => a.store('rdi', 'rax', 1, 0x7f), '88477f'],
+    ['mov r10d, [r9-0x80]', (a) => a.load('r10', 'r9', 4, -0x80), '458b5180'],
     ['inc r11', (a) => a.incR64('r11'), '49ffc3'],
     ['dec ecx', (a) => a.decR32('rcx'), 'ffc9'],
     ['shl rdx, 32', (a) => a.shlR64Imm8('rdx', 32), '48c1e220'],
@@ -140,9 +148,11 @@ describe('Asm encodings (cross-checked against GNU as)', () => {
     expect(emit(new Asm()).bytes().toString('hex')).toBe(hex);
   });
 
-  it('rejects memory operands that need SIB/disp', () => {
+  it('rejects memory operands that need SIB or a displacement wider than a byte', () => {
     expect(() => new Asm().store('rsp', 'rax')).toThrow(/SIB/);
-    expect(() => new Asm().load('rax', 'r13')).toThrow(/SIB/);
+    expect(() => new Asm().load('rax', 'r12')).toThrow(/SIB/);
+    expect(() => new Asm().load('rax', 'rsi', 8, 128)).toThrow(/signed byte/);
+    expect(() => new Asm().store('rsi', 'rax', 8, -129)).toThrow(/signed byte/);
   });
 
   it('reports undefined labels', () => {

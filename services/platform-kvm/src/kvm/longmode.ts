@@ -363,10 +363,13 @@ export class Asm {
     return this.raw([0x48 | (s >= 8 ? 4 : 0) | (d >= 8 ? 1 : 0), 0x89, 0xc0 | ((s & 7) << 3) | (d & 7)]);
   }
 
-  private memModrm(base: Reg, reg: number): number {
+  /** ModRM (+ disp8) of [base] or [base + disp]: mod 00, or mod 01 with a signed 8-bit displacement. */
+  private memModrm(base: Reg, reg: number, disp: number): number[] {
     const b = R[base];
-    if ((b & 7) === 4 || (b & 7) === 5) throw new Error(`[${base}] needs SIB/disp encoding (unsupported)`);
-    return ((reg & 7) << 3) | (b & 7);
+    if ((b & 7) === 4) throw new Error(`[${base}] needs SIB encoding (unsupported)`);
+    if (!Number.isInteger(disp) || disp < -128 || disp > 127) throw new Error(`displacement ${disp} is not a signed byte`);
+    if (disp === 0 && (b & 7) !== 5) return [((reg & 7) << 3) | (b & 7)];
+    return [0x40 | ((reg & 7) << 3) | (b & 7), disp & 0xff]; // [rbp]/[r13] have no mod-00 form: disp8 0
   }
 
   private rex(w: boolean, reg: number, base: Reg): number[] {
@@ -376,31 +379,31 @@ export class Asm {
   }
 
   /**
-   * mov [base], src — store of `size` bytes:
+   * mov [base + disp], src — store of `size` bytes (disp: signed byte, mod 01 when non-zero):
    *   1: [REX] 88 /r   (mov byte [base], r8 — src must be al/cl/dl/bl or r8b..r15b here)
    *   2: 66 [REX] 89 /r
    *   4: [REX] 89 /r
    *   8: REX.W 89 /r
    */
-  store(base: Reg, src: Reg, size: 1 | 2 | 4 | 8 = 8): this {
+  store(base: Reg, src: Reg, size: 1 | 2 | 4 | 8 = 8, disp = 0): this {
     const s = R[src];
     if (size === 1 && s >= 4 && s < 8) throw new Error('byte store from spl/bpl/sil/dil not supported');
     const prefix = size === 2 ? [0x66] : [];
     const op = size === 1 ? 0x88 : 0x89;
-    return this.raw([...prefix, ...this.rex(size === 8, s, base), op, this.memModrm(base, s)]);
+    return this.raw([...prefix, ...this.rex(size === 8, s, base), op, ...this.memModrm(base, s, disp)]);
   }
 
   /**
-   * mov dst, [base] — load of `size` bytes:
+   * mov dst, [base + disp] — load of `size` bytes (disp: signed byte, mod 01 when non-zero):
    *   1: [REX] 0F B6 /r  (movzx r32, byte [base])
    *   2: [REX] 0F B7 /r  (movzx r32, word [base])
    *   4: [REX] 8B /r     (mov r32, [base]; zero-extends)
    *   8: REX.W 8B /r
    */
-  load(dst: Reg, base: Reg, size: 1 | 2 | 4 | 8 = 8): this {
+  load(dst: Reg, base: Reg, size: 1 | 2 | 4 | 8 = 8, disp = 0): this {
     const d = R[dst];
     const op = size === 1 ? [0x0f, 0xb6] : size === 2 ? [0x0f, 0xb7] : [0x8b];
-    return this.raw([...this.rex(size === 8, d, base), ...op, this.memModrm(base, d)]);
+    return this.raw([...this.rex(size === 8, d, base), ...op, ...this.memModrm(base, d, disp)]);
   }
 
   /** inc r64 — REX.W[+B] FF /0 */
