@@ -124,7 +124,7 @@ export class WholeGuestProtection {
     // page (the hypercall's input GPA), R8 = 0 (its output GPA, and the MessageType that frees the
     // slot), R13 = VTL1's hypercall page (hypercall entry), R14 = its VtlReturn entry. Message fields
     // are read at [RSI + offset]. VTL1 code runs at CPL0, which this host emulates an instruction at
-    // a time (≈0.7 µs each, kvm-agent README "Host facts"), so the handler is as short as its work
+    // a time (≈0.55 µs each here, kvm-agent README "Host facts"), so the handler is as short as its work
     // allows: 12 instructions of its own a round trip, was 20 with an absolute address loaded for
     // every access (bench/README.md "Fast path").
     const vtl1 = new Asm()

@@ -8,11 +8,19 @@ import { GiB } from './agent-support';
 
 const R = pb.HvRegisterName;
 
-/** The hypercall instructions of both pages, blanked on both sides of a comparison. */
+/**
+ * The hypercall instructions of both pages, blanked on both sides of a comparison, and the first 3
+ * bytes of each VtlCall/VtlReturn entry: the agent's `out 0x4e, ax` prologue exit stands where the
+ * emulator's page has its first MOV's bytes (`mov rax, rcx`; `mov ecx, eax` + B8), platform-kvm
+ * hypercall-page.ts.
+ */
 const HYPERCALL_INSNS = [
   [0x0f, 0x01, 0xd9],
   [0x0f, 0x01, 0xc1],
   [0x66, 0xe7, 0x4d],
+  [0x66, 0xe7, 0x4e],
+  [0x48, 0x89, 0xc8],
+  [0x89, 0xc1, 0xb8],
 ];
 export function blankHypercallInsns(b: Uint8Array): Buffer {
   const out = Buffer.from(b);

@@ -3,7 +3,9 @@
 // VP and VTL, outcomes, memory bytes (RAM and each VTL's view), overlays. Fields that
 // legitimately differ are normalized on both sides:
 // - the hypercall instruction inside the hypercall page (VMMCALL/VMCALL on the emulator,
-//   `out 0x4d, ax` on KVM — reported by GetCapabilities);
+//   `out 0x4d, ax` on KVM — reported by GetCapabilities), and the first 3 bytes of each
+//   VtlCall/VtlReturn entry (the KVM page's `out 0x4e, ax` prologue exit where the emulator's page
+//   has its first MOV);
 // - HvRegisterTimeRefCount and HV_X64_MSR_TIME_REF_COUNT (a clock), create_time_unix_ms.
 import fc from 'fast-check';
 import { pb } from '@vsm/client';

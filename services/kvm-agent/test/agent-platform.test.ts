@@ -9,6 +9,7 @@ import {
   AGENT,
   AgentRegion,
   HYPERCALL_INSN_OFFSETS,
+  entryPrologue,
   MemfdRam,
   OverlayPages,
   assembleStubs,
@@ -28,23 +29,38 @@ const hex = (b: Uint8Array) => Buffer.from(b).toString('hex');
 
 describe('hypercall page (golden bytes)', () => {
   const page = buildKvmHypercallPage();
-  test('entries at the OpenVMM offsets, each exiting with out 0x4d, ax', () => {
+  test('entries at the OpenVMM offsets, each exiting with out 0x4d, ax; VtlCall/VtlReturn entries open with out 0x4e, ax', () => {
     expect(page.length).toBe(4096);
     expect(hex(page.subarray(0x00, 0x04))).toBe('66e74dc3'); //                   out 0x4d, ax; ret
-    expect(hex(page.subarray(0x04, 0x0f))).toBe('89c1b81100000066e74dc3'); //     mov ecx, eax; mov eax, 0x11; out; ret
-    expect(hex(page.subarray(0x0f, 0x1b))).toBe('4889c8b91100000066e74dc3'); //   mov rax, rcx; mov ecx, 0x11; out; ret
-    expect(hex(page.subarray(0x1b, 0x26))).toBe('89c1b81200000066e74dc3'); //     mov ecx, eax; mov eax, 0x12; out; ret
-    expect(hex(page.subarray(0x26, 0x32))).toBe('4889c8b91200000066e74dc3'); //   mov rax, rcx; mov ecx, 0x12; out; ret
+    expect(hex(page.subarray(0x04, 0x0f))).toBe('66e74e1100000066e74dc3'); //     out 0x4e, ax [= mov ecx, eax; mov eax, 0x11]; out; ret
+    expect(hex(page.subarray(0x0f, 0x1b))).toBe('66e74eb91100000066e74dc3'); //   out 0x4e, ax [= mov rax, rcx; mov ecx, 0x11]; out; ret
+    expect(hex(page.subarray(0x1b, 0x26))).toBe('66e74e1200000066e74dc3'); //     out 0x4e, ax [= mov ecx, eax; mov eax, 0x12]; out; ret
+    expect(hex(page.subarray(0x26, 0x32))).toBe('66e74eb91200000066e74dc3'); //   out 0x4e, ax [= mov rax, rcx; mov ecx, 0x12]; out; ret
     expect(page.subarray(0x32).every((b) => b === 0xcc)).toBe(true); //          int3
     expect([kvmHypercallPageLayout.vtlCallOffset, kvmHypercallPageLayout.vtlReturnOffset]).toEqual([0x0f, 0x26]);
     for (const off of HYPERCALL_INSN_OFFSETS) expect(hex(page.subarray(off, off + 3))).toBe('66e74d');
+    // each prologue: the MOVs it stands for, and the entry's out 0x4d, ax right after their bytes
+    expect([0x04, 0x0f, 0x1b, 0x26].map((o) => entryPrologue(o))).toEqual([
+      { callCode: 0x11, wide: false, hypercallAt: 7 },
+      { callCode: 0x11, wide: true, hypercallAt: 8 },
+      { callCode: 0x12, wide: false, hypercallAt: 7 },
+      { callCode: 0x12, wide: true, hypercallAt: 8 },
+    ]);
+    for (const o of [0x04, 0x0f, 0x1b, 0x26]) expect(HYPERCALL_INSN_OFFSETS).toContain(o + (entryPrologue(o)?.hypercallAt ?? 0));
+    for (const o of [0x00, 0x05, 0x0e, 0x10, 0x27, 0x100]) expect(entryPrologue(o)).toBeUndefined();
   });
-  test('same layout as the emulator page: only the 3-byte hypercall instruction differs', () => {
+  test('same layout as the emulator page: only the 3-byte hypercall instruction and the prologue exits differ', () => {
+    const prologueBytes = [0x04, 0x0f, 0x1b, 0x26].flatMap((o) => [o, o + 1, o + 2]);
     for (const vendor of ['amd', 'intel'] as const) {
       const emu = buildHypercallPage(vendor);
       const diff = [...page.keys()].filter((i) => page[i] !== emu[i]);
-      expect(diff).toEqual(HYPERCALL_INSN_OFFSETS.flatMap((o) => [o, o + 1, o + 2]).filter((i) => page[i] !== emu[i]));
+      expect(diff).toEqual(
+        [...HYPERCALL_INSN_OFFSETS.flatMap((o) => [o, o + 1, o + 2]), ...prologueBytes].sort((a, b) => a - b).filter((i) => page[i] !== emu[i]),
+      );
       for (const off of HYPERCALL_INSN_OFFSETS) expect(hex(emu.subarray(off, off + 3))).toBe(vendor === 'amd' ? '0f01d9' : '0f01c1');
+      // the emulator's entries start with the MOVs the agent's prologue exit does
+      expect(hex(emu.subarray(0x0f, 0x12))).toBe('4889c8');
+      expect(hex(emu.subarray(0x04, 0x07))).toBe('89c1b8');
     }
   });
 });

@@ -508,7 +508,7 @@ export class GuestRunner {
   }
 
   private io(t: VpThread, e: Extract<KvmExit, { kind: 'io' }>): number {
-    if (e.direction === 'out' && this.kp.isHypercall(e)) return this.hypercall(t);
+    if (e.direction === 'out' && this.kp.isHypercall(t.cpu, e)) return this.hypercall(t);
     const size = e.size as 1 | 2 | 4;
     const dev = this.opts.ports.find((d) => e.port >= d.from && e.port <= d.to)?.device;
     const base = this.opts.uart?.base;

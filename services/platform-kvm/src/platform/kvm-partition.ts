@@ -26,7 +26,7 @@ import {
   zeroRegs,
 } from '../kvm';
 import { AGENT, AgentRegion, EXCEPTION_PORT, type StubName } from './agent-region';
-import { HYPERCALL_INSN_LENGTH, HYPERCALL_IO_SIZE, HYPERCALL_PORT, kvmHypercallPageLayout } from './hypercall-page';
+import { HYPERCALL_INSN_LENGTH, HYPERCALL_IO_SIZE, HYPERCALL_PORT, PROLOGUE_PORT, entryPrologue, kvmHypercallPageLayout } from './hypercall-page';
 import { MemfdRam, OverlayPages } from './memory';
 import {
   MSR_REGISTERS,
@@ -426,8 +426,34 @@ export class KvmPartition {
     return this.agent.exceptionVector(c.vcpu.getRegs().rip);
   }
 
-  private isHypercallExit(e: KvmExit | TimeoutExit): boolean {
-    return e.kind === 'io' && e.direction === 'out' && e.port === HYPERCALL_PORT && e.size === HYPERCALL_IO_SIZE;
+  /**
+   * Whether an exit is a hypercall of the agent's page: its `out 0x4d, ax` (anywhere), or the
+   * `out 0x4e, ax` that opens a VtlCall/VtlReturn entry (hypercall-page.ts). For the latter the
+   * vCPU's registers are first set as the entry's MOVs would have left them, and RIP as after the
+   * entry's `out 0x4d, ax`: everything after sees that hypercall. An `out 0x4e, ax` anywhere else is
+   * not a hypercall.
+   */
+  private hypercallExit(c: VpCpu, e: KvmExit | TimeoutExit): boolean {
+    if (e.kind !== 'io' || e.direction !== 'out' || e.size !== HYPERCALL_IO_SIZE) return false;
+    if (e.port === HYPERCALL_PORT) return true;
+    if (e.port !== PROLOGUE_PORT) return false;
+    const v = c.vcpu;
+    const fresh = v.syncedRegsFresh;
+    const r = fresh ? undefined : v.getRegs();
+    const reg = (name: 'rax' | 'rcx' | 'rip') => (r ? r[name] : v.syncedReg(name));
+    const entry = this.hypercallInsnAt(reg('rip'));
+    const pro = entryPrologue(Number(entry & 0xfffn));
+    if (!pro) return false;
+    const rax = reg('rax');
+    const rcx = reg('rcx');
+    const set = {
+      rax: pro.wide ? rcx : BigInt(pro.callCode),
+      rcx: pro.wide ? BigInt(pro.callCode) : rax & 0xffff_ffffn,
+      rip: entry + BigInt(pro.hypercallAt) + (this.host.pioOutAdvancesRip ? BigInt(HYPERCALL_INSN_LENGTH) : 0n),
+    };
+    if (fresh) for (const k of ['rax', 'rcx', 'rip'] as const) v.setSyncedReg(k, set[k]);
+    else v.setRegs({ ...(r as KvmRegs), ...set });
+    return true;
   }
 
   /** Address of the hypercall instruction that caused the current port exit. */
@@ -633,7 +659,7 @@ export class KvmPartition {
     let outcome: core.HypercallOutcome | undefined;
     for (;;) {
       const e = this.run(c);
-      if (this.isHypercallExit(e) && outcome === undefined) {
+      if (this.hypercallExit(c, e) && outcome === undefined) {
         const regs = c.vcpu.getRegs();
         storeRegs(vp, vtl, regs, true);
         outcome = this.dispatch(vp, undefined, c);
@@ -674,7 +700,7 @@ export class KvmPartition {
         else c.vcpu.setRegs({ ...at.regs, ...gprsOf(vp, vtl), rip: at.insn + BigInt(HYPERCALL_INSN_LENGTH) });
         for (;;) {
           const e = this.run(c);
-          if (this.isHypercallExit(e)) {
+          if (this.hypercallExit(c, e)) {
             const regs = c.vcpu.getRegs();
             at = { regs, insn: this.hypercallInsnAt(regs.rip) };
             storeRegs(vp, vtl, regs, true);
@@ -992,7 +1018,7 @@ export class KvmPartition {
       // A replayed read is the first exit of the re-executed instruction, or nothing (it went native).
       const replay = c.replay;
       c.replay = undefined;
-      if (this.isHypercallExit(e)) {
+      if (this.hypercallExit(c, e)) {
         this.storeAtExit(c, vp, vtl);
         const rip = c.vcpu.syncedRegsFresh ? c.vcpu.syncedReg('rip') : c.vcpu.getRegs().rip;
         c.pendingOutRip = rip;
@@ -1174,9 +1200,9 @@ export class KvmPartition {
     this.storeGuest(c, vp, vtl);
   }
 
-  /** Whether an exit is a hypercall through the agent's hypercall page (`out 0x4d, ax`). */
-  isHypercall(e: KvmExit): boolean {
-    return this.isHypercallExit(e);
+  /** Whether an exit is a hypercall through the agent's hypercall page (hypercallExit: a prologue exit is made the entry's hypercall). */
+  isHypercall(c: VpCpu, e: KvmExit): boolean {
+    return this.hypercallExit(c, e);
   }
 
   /**
