@@ -9,9 +9,11 @@
 //
 // Batched form: a `batch` message carries up to MAX_GUEST_ACTIONS_PER_BATCH actions, each taken
 // exactly as if it had come alone (same checks, cap, authorization, chaining). Their answers are
-// coalesced: those produced in one turn of the event loop go out together in one `results` message
-// when the turn's work is done (setImmediate, as the Monitor's subscribe.batch), or earlier once a
-// message holds MAX_GUEST_ACTIONS_PER_BATCH answers or about RESULTS_MESSAGE_BYTES. While the sink is
+// coalesced: those produced by one piece of the service's work (a message read, and everything its
+// promises set off) go out together in one `results` message once that work is done
+// (process.nextTick from inside it: after its microtasks, before Node hands the HTTP/2 session's
+// pending writes to the socket; as the Monitor's subscribe.batch), or earlier once a message holds
+// MAX_GUEST_ACTIONS_PER_BATCH answers or about RESULTS_MESSAGE_BYTES. While the sink is
 // full, coalesced answers wait here for it to drain instead of piling into it (a batch of 256 reads
 // of 64 KiB would otherwise exceed the sink's 16 MiB cap in one turn and end the stream as lagging);
 // an accepted action counts against the in-flight cap until its answer is handed to the sink, so
@@ -127,8 +129,8 @@ export async function runGuestActions(
   /** True when the sink wants the producer to wait (until it drained). */
   let full = false;
   /**
-   * Answers not handed to the stream yet, in completion order: those of batched actions produced in
-   * this turn of the event loop (flushed at its end), and, while the sink is full, whatever completes
+   * Answers not handed to the stream yet, in completion order: those of batched actions produced by
+   * the work in progress (flushed once it is done), and, while the sink is full, whatever completes
    * after a held-back one (answers stay in completion order). Bounded: the accepted actions' answers
    * by the in-flight cap (they count until handed over), the refused ones by one batch (the reader
    * takes no further message while the sink is full).
@@ -137,7 +139,8 @@ export async function runGuestActions(
   /** The batched answers at the queue's tail (after its last single answer): count and sizeHint bytes. */
   let tailCount = 0;
   let tailBytes = 0;
-  let flushTimer: NodeJS.Immediate | undefined;
+  /** A flush is due once the work in progress is done (process.nextTick). */
+  let flushScheduled = false;
   let waitingDrain = false;
 
   const handedOver = (accepted: boolean) => {
@@ -154,8 +157,7 @@ export async function runGuestActions(
   };
   /** Hands the queued answers to the sink: runs of batched ones as `results` messages, single ones alone. */
   const flush = () => {
-    if (flushTimer) clearImmediate(flushTimer);
-    flushTimer = undefined;
+    flushScheduled = false;
     if (signal.aborted) return;
     while (queue.length > 0 && !full) {
       const head = queue[0]!;
@@ -207,9 +209,17 @@ export async function runGuestActions(
     }
     tailCount++;
     tailBytes += bytes;
-    // A full `results` message goes out now, the rest at the end of this turn (or once the sink drained).
+    // A full `results` message goes out now, the rest once the work in progress is done (or once the
+    // sink drained). process.nextTick, not setImmediate: an answer flushed in an immediate missed the
+    // HTTP/2 session's write of the turn (Node sends it from a native immediate that runs first) and
+    // went out in a write of its own one loop iteration later (bench/README.md "Third pass").
     if (!full && (tailCount >= MAX_GUEST_ACTIONS_PER_BATCH || tailBytes >= RESULTS_MESSAGE_BYTES)) flush();
-    else flushTimer ??= setImmediate(flush);
+    else if (!flushScheduled) {
+      flushScheduled = true;
+      process.nextTick(() => {
+        if (flushScheduled) flush();
+      });
+    }
   };
 
   /** Takes one action, exactly as when it comes alone; `batched`: it came in a batch. */

@@ -554,13 +554,15 @@ export class CoreBackend implements Backend {
       const redelivered = p.intercepts.noteDelivery(x);
       return sink.write({ kind: { $case: 'intercept', value: interceptEvent(x, redelivered) } });
     };
-    // subscribe.batch: live intercepts raised in one turn of the event loop go out together in one
-    // `intercepts` message once the turn's work is done (setImmediate), or as soon as the message
-    // holds half as many intercepts as the partition has VPs: a turn in which every VP faults again
-    // (a `replies` message resumed them all) then sends two messages, and the monitor's answers to
-    // the first come back while the service still works on the second instead of the two processes
-    // taking turns (8 VPs: 1.1-1.3x the intercepts per second of one message per turn, measured
-    // against each other in the same run; 16 VPs 1.24x, 32 VPs 1.10x; bench/README.md).
+    // subscribe.batch: live intercepts raised by one piece of the service's work (a message read and
+    // everything its promises set off: a `replies` message resuming VPs that fault again) go out
+    // together in one `intercepts` message once that work is done (process.nextTick from inside it:
+    // after its microtasks, before Node hands the HTTP/2 session's pending writes to the socket; a
+    // setImmediate here ran after that hand-over and the message waited for the next one, 1.06-1.21x
+    // fewer intercepts per second, bench/README.md "Third pass"), or as soon as the message holds half
+    // as many intercepts as the partition has VPs: a turn in which every VP faults again then sends two
+    // messages (8 VPs: 1.1-1.3x the intercepts per second of one message per turn, measured against
+    // each other in the same run; 16 VPs 1.24x, 32 VPs 1.10x; bench/README.md).
     const earlyFlush = Math.max(1, p.vps.length >> 1);
     let batch: core.InterceptRecord[] | undefined;
     const flushBatch = () => {
@@ -575,7 +577,7 @@ export class CoreBackend implements Backend {
       if (batch) batch.push(x);
       else {
         batch = [x];
-        setImmediate(() => partitionTask(p, 'Monitor stream delivery', flushBatch, this.report));
+        process.nextTick(() => partitionTask(p, 'Monitor stream delivery', flushBatch, this.report));
       }
       if (batch.length >= earlyFlush) flushBatch();
     };
