@@ -82,6 +82,7 @@ import {
   decodeFpu,
   decodeRegs,
   decodeSregs,
+  bufferDataView,
   encodeFpu,
   encodeRegs,
   encodeSregs,
@@ -1172,13 +1173,13 @@ export class KvmVcpu {
 
   /** One general register from kvm_run.s.regs.regs (no ioctl). Only meaningful when syncedRegsFresh. */
   syncedReg(name: RegName): bigint {
-    return this.runPage.readBigUInt64LE(RUN.syncRegs + REG_OFFSET[name]);
+    return bufferDataView(this.runPage).getBigUint64(RUN.syncRegs + REG_OFFSET[name], true);
   }
 
   /** Writes one general register into kvm_run.s.regs and marks KVM_SYNC_X86_REGS dirty (requires syncedRegsFresh). */
   setSyncedReg(name: RegName, value: bigint): void {
     if (!this.syncedRegsFresh) throw new Error('kvm_run.s.regs is not fresh: enable KVM_SYNC_X86_REGS and run first, or use setRegs()');
-    this.runPage.writeBigUInt64LE(BigInt.asUintN(64, value), RUN.syncRegs + REG_OFFSET[name]);
+    bufferDataView(this.runPage).setBigUint64(RUN.syncRegs + REG_OFFSET[name], BigInt.asUintN(64, value), true);
     this.markDirty(KVM_SYNC_X86_REGS);
   }
 

@@ -11,7 +11,7 @@
  * A VP has one vCPU per VTL; MSRs 0x40000000-0x400000FF exit to the agent in every VM.
  */
 import type { Partition, Vtl } from '@vsm/core';
-import { type CpuidEntry, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS, type KvmSystem, type KvmVcpu, type KvmVm, PAGE_SIZE } from '../kvm';
+import { type CpuidEntry, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS, type KvmSregs, type KvmSystem, type KvmVcpu, type KvmVm, PAGE_SIZE } from '../kvm';
 import type { AgentRegion } from './agent-region';
 import type { MemfdRam, OverlayPages } from './memory';
 import type { RegisterShadow } from './registers';
@@ -43,6 +43,11 @@ export interface VpCpu {
    * when it last stopped being the VP's running vCPU in runVp, or was last loaded with; unset = unknown.
    */
   fp?: Buffer;
+  /**
+   * kvm_sregs decoded at a refused access, with the sync-area bytes they came from: the next refused
+   * access with the same bytes reads these instead of decoding again (read only: x86.ts's decoders).
+   */
+  accessSregs?: { bytes: Buffer; sregs: KvmSregs };
   /** The pending exit is the hypercall port's OUT at this RIP (its completion leaves a RIP that differs alone). */
   pendingOutRip?: bigint;
   /** The pending exit is a one-fragment MMIO write: KVM emulated the whole store before it exited, its completion does nothing. */
