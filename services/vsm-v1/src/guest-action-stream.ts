@@ -81,13 +81,19 @@ export function guestActionError(e: unknown): pb.GuestActionError {
 
 const failed = (e: unknown): Result => ({ $case: 'error', value: guestActionError(e) });
 
-/** Rough encoded size of an answer (its bytes and strings plus a little per field), to bound a `results` message. */
+/**
+ * Rough encoded size of an answer (its bytes and strings plus a little per field), to bound a
+ * `results` message: an upper bound for strings (3 UTF-8 bytes per UTF-16 unit). `for…in` over the
+ * fields, no Object.values array and no Buffer.byteLength per string: 294 → 68 ns for a WriteMemory
+ * answer, once per answer (it was the largest self time of the service's JS in
+ * intercept.throughput.8vp).
+ */
 function sizeHint(v: unknown): number {
   if (v instanceof Uint8Array) return v.length + 4;
-  if (typeof v === 'string') return Buffer.byteLength(v) + 4;
+  if (typeof v === 'string') return v.length * 3 + 4;
   if (typeof v !== 'object' || v === null) return 10;
   let n = 4;
-  for (const x of Object.values(v)) n += sizeHint(x);
+  for (const k in v) n += sizeHint((v as Record<string, unknown>)[k]);
   return n;
 }
 
