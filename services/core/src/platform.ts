@@ -11,6 +11,7 @@ export interface GuestRam {
   readonly sizeBytes: bigint;
   /** A fresh buffer the caller owns (not a view of guest memory). */
   read(gpa: bigint, length: number): Buffer;
+  /** All or nothing: a memory with a resident-RAM limit refuses a write whose new pages do not fit (HV_STATUS_INSUFFICIENT_MEMORY) before any byte lands. */
   write(gpa: bigint, data: Uint8Array): void;
   /** Pages that hold data (for snapshots, sparse accounting); platforms may return all mapped pages. */
   touchedPages(): number[];

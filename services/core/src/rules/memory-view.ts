@@ -47,10 +47,7 @@ export function writeView(p: PartitionState, vtl: Vtl, vpIndex: number, gpa: big
     const o = p.overlays.visible(vtl, vpIndex, gpa >> 12n);
     if (o?.readOnly) return false;
     if (o) data.copy(o.page, first);
-    else {
-      p.memory.assertWritable?.([{ gpa, data }]);
-      p.memory.write(gpa, data);
-    }
+    else p.memory.write(gpa, data); // one write: its own resident-RAM check comes before any byte lands
     return true;
   }
   const chunks: { o?: Overlay; cur: bigint; off: number; n: number; pos: number }[] = [];
