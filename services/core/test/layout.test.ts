@@ -223,6 +223,43 @@ describe('bit layouts', () => {
     expect(N.unpack(0xffff)).toEqual({ a: 3, b: true });
   });
 
+  test('64-bit layouts of number fields pack by halves: the same integer as bit-by-bit arithmetic', () => {
+    // Fields in the low half, in the high half, 32 bits wide, and at both ends.
+    const H = bitfield('H', 64, { code: bits(15, 0), fast: flag(16), count: bits(43, 32), start: bits(59, 48), top: flag(63), w: bits(31, 17) });
+    const spec: [string, number, number][] = [
+      ['code', 0, 16],
+      ['fast', 16, 1],
+      ['w', 17, 15],
+      ['count', 32, 12],
+      ['start', 48, 12],
+      ['top', 63, 1],
+    ];
+    let seed = 12345;
+    const rnd = () => {
+      seed = (seed * 1103515245 + 12345) >>> 0;
+      return seed;
+    };
+    for (let i = 0; i < 500; i++) {
+      const v: Record<string, number | boolean> = {};
+      let expected = 0n;
+      for (const [k, lo, w] of spec) {
+        if (rnd() % 4 === 0) continue; // absent
+        const x = w === 1 ? rnd() % 2 : rnd() % 2 ** w;
+        v[k] = w === 1 ? x === 1 : x;
+        expected |= BigInt(x) << BigInt(lo);
+      }
+      expect(H.pack(v as never)).toBe(expected);
+      expect(H.unpack(expected)).toEqual(
+        Object.fromEntries(
+          spec.map(([k, lo, w]) => [k, w === 1 ? ((expected >> BigInt(lo)) & 1n) === 1n : Number((expected >> BigInt(lo)) & ((1n << BigInt(w)) - 1n))]),
+        ),
+      );
+    }
+    // Values wider than their field are taken modulo its width, as before; a bigint for a number field too.
+    expect(H.pack({ code: 0x1_0005, count: 0x1001 } as never)).toBe((0x1n << 32n) | 0x5n);
+    expect(H.pack({ count: 0xabcn as never })).toBe(0xabcn << 32n);
+  });
+
   test('definition errors', () => {
     expect(() => bitfield('R', 8, { a: bits(8, 0) })).toThrow(/does not fit 8 bits/);
     expect(() => bitfield('R', 64, { a: bits(40, 0) })).toThrow(/use bigBits/);

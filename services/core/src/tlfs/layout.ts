@@ -472,7 +472,31 @@ export function bitfield<F extends BitFields>(name: string, width: 8 | 16 | 32 |
   const out = (v: bigint): number | bigint => (width === 64 ? v : Number(v));
   // Numbers up to 32 bits wide are packed with number arithmetic (`& mask` takes an integer modulo
   // 2^w for w <= 32, as `>>> 0` does); bigint arithmetic only where the bits need it.
+  // Layouts whose fields each sit inside one 32-bit half (all but bigint fields and fields straddling
+  // bit 32) are packed into two number halves, made a bigint once at the end for 64-bit layouts (the
+  // intercept message's execution state and access info per message, a hypercall's result value per
+  // call): no bigint per field. The intercept message's encode 0.75 → ≈0.35 µs.
+  const halves = fields.every((f) => f.half >= 0);
+  const packHalves = (value: Partial<T>): number | bigint => {
+    let lo = 0;
+    let hi = 0;
+    for (const f of fields) {
+      const v = (value as Record<string, unknown>)[f.key];
+      if (v === undefined) continue;
+      let x: number;
+      if (f.kind === 'flag') {
+        if (!v) continue;
+        x = 1;
+      } else if (typeof v === 'bigint') x = Number(BigInt.asUintN(f.w, v));
+      else x = f.w === 32 ? (v as number) >>> 0 : ((v as number) & f.numMask) >>> 0;
+      if (f.half === 0) lo = (lo | (x << f.halfShift)) >>> 0;
+      else hi = (hi | (x << f.halfShift)) >>> 0;
+    }
+    if (width !== 64) return lo;
+    return hi === 0 ? BigInt(lo) : (BigInt(hi) << 32n) | BigInt(lo);
+  };
   const pack = (value: Partial<T>): number | bigint => {
+    if (halves) return packHalves(value);
     let r = 0n;
     for (const f of fields) {
       const v = (value as Record<string, unknown>)[f.key];
