@@ -475,7 +475,7 @@ export function bitfield<F extends BitFields>(name: string, width: 8 | 16 | 32 |
   // Layouts whose fields each sit inside one 32-bit half (all but bigint fields and fields straddling
   // bit 32) are packed into two number halves, made a bigint once at the end for 64-bit layouts (the
   // intercept message's execution state and access info per message, a hypercall's result value per
-  // call): no bigint per field. The intercept message's encode 0.75 → ≈0.35 µs.
+  // call): no bigint per field (buildInterceptMessage 1.90 → 1.75 µs in a hot loop).
   const halves = fields.every((f) => f.half >= 0);
   const packHalves = (value: Partial<T>): number | bigint => {
     let lo = 0;
