@@ -17,7 +17,7 @@ import { cpl, reg } from './rules/processor';
 import { postMessage } from './rules/synic';
 import { switchVtl } from './rules/transitions';
 import { HvError, HvStatus, hvFail } from './tlfs/status';
-import { HvRegisterName as R, reg128ToSegment } from './tlfs/registers';
+import { HvRegisterName as R, type Reg128, reg128ToSegment } from './tlfs/registers';
 import { HvVtlEntryReason } from './tlfs/vsm';
 import {
   HV_SYNIC_INTERCEPTION_SINT_INDEX,
@@ -232,6 +232,8 @@ function raiseIntercept(
 }
 
 const NO_INSTRUCTION_BYTES = Buffer.alloc(0);
+/** An unset segment register (one object, so that its decoded segment is cached too). */
+const ZERO_REG128: Reg128 = Object.freeze({ low: 0n, high: 0n });
 
 /** HV_MESSAGE{HvMessageTypeGpaIntercept, HV_X64_MEMORY_INTERCEPT_MESSAGE} for the VP's state now. */
 export function buildInterceptMessage(
@@ -262,7 +264,7 @@ export function buildInterceptMessage(
     return encodeHvMessage({ messageType: HvMessageType.HvMessageTypeGpaIntercept, payloadSize: payload.length, messageFlags: 0, originationId: 0n }, payload);
   }
   const regs = vp.vtls.get(vp.activeVtl).regs;
-  const seg = (n: number) => reg128ToSegment(regs.get(n) ?? { low: 0n, high: 0n });
+  const seg = (n: number) => reg128ToSegment(regs.get(n) ?? ZERO_REG128);
   const gprs: bigint[] = new Array(16);
   for (let i = 0; i < 16; i++) gprs[i] = reg(vp, R.HvX64RegisterRax + i);
   // The field is 16 bytes; the layout zero-fills what a shorter value leaves.
