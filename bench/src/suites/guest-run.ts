@@ -19,7 +19,7 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { connect, pb, type VsmClient } from '@vsm/client';
+import { captureConsole, connect, pb, type VsmClient } from '@vsm/client';
 import type { GuestRunStats, GuestSession } from '@vsm/platform-kvm';
 import type { RunningServer } from '@vsm/vsm-v1';
 import pino from 'pino';
@@ -185,14 +185,7 @@ async function runScenario(client: VsmClient, backend: KvmBackendType, image: Bu
       })().catch(() => undefined);
     }
     await client.execution.loadGuestImage({ name, image, format: pb.GuestImageFormat.GUEST_IMAGE_FORMAT_ELF64 });
-    let text = '';
-    let end: pb.GuestRunEnd | undefined;
-    const consoleDone = (async () => {
-      for await (const m of client.execution.streamConsole({ name })) {
-        if (m.kind?.$case === 'chunk') text += Buffer.from(m.kind.value.data).toString('latin1');
-        else if (m.kind?.$case === 'end') end = m.kind.value;
-      }
-    })();
+    const output = captureConsole(client.execution.streamConsole({ name }));
     const t0 = performance.now();
     await client.execution.startPartition({ name });
     // A run that stops making progress (no KVM_RUN return for STALL_MS) is stopped and reported.
@@ -209,13 +202,13 @@ async function runScenario(client: VsmClient, backend: KvmBackendType, image: Bu
         } else if (performance.now() - since > STALL_MS) {
           const states = await Promise.all([0, 1].map((i) => sessionOf(backend, name)?.queryVpState(i)));
           throw new StalledRun(
-            `no KVM_RUN return for ${STALL_MS / 1000} s after ${runs} (monitor answers ${answered}, VP states ${states.join('/')}; console: ${JSON.stringify(text.slice(-200))})`,
+            `no KVM_RUN return for ${STALL_MS / 1000} s after ${runs} (monitor answers ${answered}, VP states ${states.join('/')}; console: ${JSON.stringify(output.text.slice(-200))})`,
           );
         }
       }
     })();
     try {
-      await Promise.race([consoleDone, stall]);
+      await Promise.race([output.done, stall]);
     } catch (e) {
       if (e instanceof StalledRun) await client.execution.stopPartition({ name }).catch(() => undefined);
       throw e;
@@ -231,6 +224,7 @@ async function runScenario(client: VsmClient, backend: KvmBackendType, image: Bu
       route === 'higher'
         ? { code: 0, line: `${total} intercepts handled in VTL1, ${total} values in place, 0 stray, 0 bad messages, 0 mismatches` }
         : { code: 2, line: `0 intercepts handled in VTL1, ${total} values in place, 0 stray, 0 bad messages, 0 mismatches` };
+    const { text, end } = output;
     if (end?.exitCode !== want.code || !text.includes(want.line))
       throw new Error(
         `vsm-scenario (${route}, ${writes} writes/VP): exit code ${end?.exitCode}, expected ${want.code} and "${want.line}"\n${text.slice(-1500)}`,

@@ -5,3 +5,4 @@ export { connect, VsmError } from './client';
 export type { ConnectOptions, VsmClient, MonitorSession, GuestActionSession } from './client';
 export { SNAPSHOT_FILE_MAGIC, frameSnapshotChunk, readSnapshotFiles, writeSnapshotFile } from './snapshot-stream';
 export type { SnapshotStreams } from './snapshot-stream';
+export { type ConsoleCapture, captureConsole } from './console';

@@ -6,7 +6,7 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { pb, type VsmClient } from '@vsm/client';
+import { captureConsole, pb, type VsmClient } from '@vsm/client';
 import { waitFor } from '../../../test/support/wait';
 
 export const VSM_SCENARIO_DIR = path.resolve(__dirname, '../../../test/guests/vsm-scenario');
@@ -44,18 +44,11 @@ export interface GuestRun {
 /** Loads `image` (ELF64) into partition `name`, starts it and reads its console until the run ends. */
 export async function runGuestToEnd(client: VsmClient, name: string, image: Buffer): Promise<GuestRun> {
   const loaded = await client.execution.loadGuestImage({ name, image, format: pb.GuestImageFormat.GUEST_IMAGE_FORMAT_ELF64 });
-  let text = '';
-  let end: pb.GuestRunEnd | undefined;
-  const consoleDone = (async () => {
-    for await (const m of client.execution.streamConsole({ name })) {
-      if (m.kind?.$case === 'chunk') text += Buffer.from(m.kind.value.data).toString('latin1');
-      else if (m.kind?.$case === 'end') end = m.kind.value;
-    }
-  })();
+  const output = captureConsole(client.execution.streamConsole({ name }));
   const started = Date.now();
   await client.execution.startPartition({ name });
-  await consoleDone;
-  return { loaded, text, end, runMs: Date.now() - started };
+  const end = await output.done;
+  return { loaded, text: output.text, end, runMs: Date.now() - started };
 }
 
 /**
