@@ -8,7 +8,7 @@
 // ---- partitions: the facade, their typed state, the manager, limits, time ------------------------
 export { Partition, longModeContext } from './partition';
 export type { Architecture, PartitionSpec } from './state/partition';
-export { VirtualProcessor } from './state/vp';
+export { VirtualProcessor, RegisterFile } from './state/vp';
 export type { PendingAccess } from './state/vp';
 export { PartitionManager } from './manager';
 export type { CreateRequest, ManagerOptions, PartitionPlatform } from './manager';

@@ -30,7 +30,8 @@ import { type InterceptAction, type InterceptRoute, setInterceptRoute } from './
 export { PartitionState, PartitionVtlState } from './state/partition';
 export type { Architecture, PartitionSpec, PartitionEnd, PartitionRunState } from './state/partition';
 export { VirtualProcessor, VpVtlState } from './state/vp';
-export type { PendingAccess, RegisterFile } from './state/vp';
+export type { PendingAccess } from './state/vp';
+export { RegisterFile } from './state/vp';
 export { X64Exception } from './outcomes';
 export type { GuestOutcome, VtlSwitchEvent, VtlTransitionRecord, X64ExceptionVector } from './outcomes';
 export { longModeContext } from './rules/enablement';

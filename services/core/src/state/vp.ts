@@ -7,8 +7,40 @@ import type { AccessKind } from '../protections';
 import { HvVtlEntryReason } from '../tlfs/vsm';
 import { HV_SYNIC_STIMER_COUNT } from '../tlfs/msr';
 
-/** Registers held as HV_REGISTER_VALUEs, by HV_REGISTER_NAME. */
-export type RegisterFile = Map<number, Reg128>;
+/** How many of its latest changes a RegisterFile remembers by name. */
+const CHANGE_LOG = 32;
+
+/**
+ * Registers held as HV_REGISTER_VALUEs, by HV_REGISTER_NAME: a Map that also counts its changes and
+ * remembers the names of the latest 32. A platform that mirrors the file into hardware (the KVM
+ * agent's vCPUs) then loads only the registers changed since it last looked instead of comparing
+ * every register it mirrors (services/platform-kvm registers.ts loadChanged).
+ */
+export class RegisterFile extends Map<number, Reg128> {
+  /** Changes so far: one per set() or delete(); a clear() counts more than the log holds. */
+  changes = 0;
+  private readonly log = new Int32Array(CHANGE_LOG);
+  override set(name: number, value: Reg128): this {
+    this.log[this.changes++ % CHANGE_LOG] = name;
+    return super.set(name, value);
+  }
+  override delete(name: number): boolean {
+    this.log[this.changes++ % CHANGE_LOG] = name;
+    return super.delete(name);
+  }
+  override clear(): void {
+    this.changes += CHANGE_LOG + 1;
+    super.clear();
+  }
+  /** Whether the names of every change since `since` (a value of `changes`) are still in the log. */
+  remembersSince(since: number): boolean {
+    return since >= 0 && this.changes - since <= CHANGE_LOG;
+  }
+  /** The name changed by change number `k` (since <= k < changes, remembersSince(since)). */
+  changedName(k: number): number {
+    return this.log[k % CHANGE_LOG]!;
+  }
+}
 
 /** An access that intercepted and waits (to be retried, skipped or answered). */
 export interface PendingAccess {
@@ -36,7 +68,7 @@ export interface SyntheticTimer {
 export class VpVtlState {
   enabled = false;
   /** VTL-private registers (tlfs-vsm.md §9.2). */
-  readonly regs: RegisterFile = new Map();
+  readonly regs = new RegisterFile();
   /**
    * Set by a platform that holds some of this VTL's private registers newer than `regs` (the KVM
    * agent leaves a running VTL's MSRs in its vCPU between exits). syncRegs() calls it before the
@@ -101,7 +133,7 @@ export class VpVtlState {
 export class VirtualProcessor {
   activeVtl: Vtl = 0;
   /** Registers shared by every VTL of this VP (tlfs-vsm.md §9.1). */
-  readonly shared: RegisterFile = new Map();
+  readonly shared = new RegisterFile();
   readonly vtls = new VtlArray(() => new VpVtlState());
   /** Intercept (route 'monitor') this VP is suspended on, waiting for a monitor's answer: the VP
    *  stays at the faulting instruction (suspendedAccess) until it is answered. */

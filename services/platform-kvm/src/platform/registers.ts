@@ -293,6 +293,13 @@ export function isMsrRegister(name: number): boolean {
 /** A shadow entry that matches no core object: the register is loaded at the next entry. */
 const UNKNOWN: Reg128 = Object.freeze({ low: 0n, high: 0n });
 
+/** Where a register name sits in the shadow: class (0 kvm_regs, 1 kvm_sregs, 2 MSR) and index. */
+const SHADOW_SLOT = new Map<number, { cls: 0 | 1 | 2; i: number }>([
+  ...REGS_NAMES.map((n, i) => [n, { cls: 0 as const, i }] as const),
+  ...SREGS_NAMES.map((n, i) => [n, { cls: 1 as const, i }] as const),
+  ...MSR_NAMES.map((n, i) => [n, { cls: 2 as const, i }] as const),
+]);
+
 /** What a guest-mode vCPU of (vp, vtl) holds, in terms of the core's register objects (see above). */
 export class RegisterShadow {
   regs: (Reg128 | undefined)[] = [];
@@ -307,11 +314,28 @@ export class RegisterShadow {
   readonly regsBytes = Buffer.alloc(144, 0xff);
   /** The vCPU's MSRs may be ahead of the core (the guest ran since they were last fetched). */
   msrsAhead = false;
+  /**
+   * The `changes` counts of the VTL's private register file and of the VP's shared one up to which
+   * the shadow matches the core: a register neither file changed since then holds the shadow's
+   * object (RegisterFile's change log; -1: compare everything at the next load).
+   */
+  seenPrivate = -1;
+  seenShared = -1;
   /** The registers may have changed behind the shadow's back (a completion ran): reload kvm_regs and kvm_sregs. */
   forgetRegs(): void {
     this.regs = REGS_NAMES.map(() => UNKNOWN);
     this.sregs = SREGS_NAMES.map(() => UNKNOWN);
     this.regsBytes.fill(0xff);
+    this.seenPrivate = this.seenShared = -1;
+  }
+  /** Whether neither file changed since the shadow last matched the core. */
+  current(vp: VirtualProcessor, vtl: Vtl): boolean {
+    return vp.vtls.get(vtl).regs.changes === this.seenPrivate && vp.shared.changes === this.seenShared;
+  }
+  /** The shadow matches the core as the files are now. */
+  seeNow(vp: VirtualProcessor, vtl: Vtl): void {
+    this.seenPrivate = vp.vtls.get(vtl).regs.changes;
+    this.seenShared = vp.shared.changes;
   }
 }
 
@@ -328,34 +352,81 @@ export function loadAll(vcpu: KvmVcpuLike, vp: VirtualProcessor, vtl: Vtl): Regi
   if (vcpu.syncedSregsFresh) vcpu.syncedSregsBytes.copy(sh.sregsBytes);
   else sh.sregsBytes.fill(0xff); // unknown: the next exit's sregs are stored
   if (vcpu.syncedRegsFresh) vcpu.syncedRegsBytes.copy(sh.regsBytes);
+  sh.seeNow(vp, vtl);
   return sh;
+}
+
+/** Scratch of changedClasses: kvm_regs indices named by the change logs (duplicates harmless). */
+const loggedRegs: number[] = [];
+
+/**
+ * Which register classes the core changed since the shadow last matched it, from the files' change
+ * logs: bit 0 kvm_regs (their indices in loggedRegs), 1 kvm_sregs, 2 MSRs; -1 when a log no longer
+ * reaches back (compare everything).
+ */
+function changedClasses(vp: VirtualProcessor, vtl: Vtl, sh: RegisterShadow): number {
+  loggedRegs.length = 0;
+  const priv = vp.vtls.get(vtl).regs;
+  const shared = vp.shared;
+  if (!priv.remembersSince(sh.seenPrivate) || !shared.remembersSince(sh.seenShared)) return -1;
+  return logClasses(priv, sh.seenPrivate) | logClasses(shared, sh.seenShared);
+}
+
+/** changedClasses for one file's changes since `since`. */
+function logClasses(file: core.RegisterFile, since: number): number {
+  let classes = 0;
+  for (let k = since; k < file.changes; k++) {
+    const slot = SHADOW_SLOT.get(file.changedName(k));
+    if (slot === undefined) continue; // not a register the vCPU holds
+    classes |= 1 << slot.cls;
+    if (slot.cls === 0) loggedRegs.push(slot.i);
+  }
+  return classes;
 }
 
 /**
  * Loads into `vcpu` (in guest mode, kvm_run's sync area fresh) only the registers of (vp, vtl) the
  * core changed since `sh` was taken: general registers through kvm_run.s.regs (one dirty bit, no
- * ioctl), sregs the same way, MSRs with one KVM_SET_MSRS of those that changed.
+ * ioctl), sregs the same way, MSRs with one KVM_SET_MSRS of those that changed. Which ones: the
+ * register files' change logs name them (RegisterFile); when a log no longer reaches back, every
+ * register's object is compared with the shadow's.
  */
 export function loadChanged(vcpu: KvmVcpuLike, vp: VirtualProcessor, vtl: Vtl, sh: RegisterShadow): void {
-  const s = changed(vp, vtl, SREGS_NAMES, SREGS_SHARED, sh.sregs);
-  if (s.length > 0) {
-    vcpu.setSregs(coreSregs(vp, vtl, vcpu.getSregs()));
-    sh.sregs = objectsOf(vp, vtl, SREGS_NAMES, SREGS_SHARED);
-    vcpu.syncedSregsBytes.copy(sh.sregsBytes);
+  if (sh.current(vp, vtl)) return;
+  const classes = changedClasses(vp, vtl, sh);
+  if (classes & 2) {
+    const s = changed(vp, vtl, SREGS_NAMES, SREGS_SHARED, sh.sregs);
+    if (s.length > 0) {
+      vcpu.setSregs(coreSregs(vp, vtl, vcpu.getSregs()));
+      sh.sregs = objectsOf(vp, vtl, SREGS_NAMES, SREGS_SHARED);
+      vcpu.syncedSregsBytes.copy(sh.sregsBytes);
+    }
   }
-  loadChangedRegs(vcpu, vp, vtl, sh);
-  const m = changed(vp, vtl, MSR_NAMES, MSR_SHARED, sh.msrs);
-  if (m.length > 0) {
-    vcpu.setMsrs(m.map((i) => ({ index: MSR_REGISTERS[i]![0], data: getReg(vp, vtl, MSR_NAMES[i]!) })));
-    for (const i of m) sh.msrs[i] = (MSR_SHARED[i] ? vp.shared : vp.vtls.get(vtl).regs).get(MSR_NAMES[i]!);
+  if (classes === -1) loadChangedRegs(vcpu, vp, vtl, sh);
+  else if (classes & 1) loadRegsAt(vcpu, vp, vtl, sh, loggedRegs);
+  if (classes & 4) {
+    const m = changed(vp, vtl, MSR_NAMES, MSR_SHARED, sh.msrs);
+    if (m.length > 0) {
+      vcpu.setMsrs(m.map((i) => ({ index: MSR_REGISTERS[i]![0], data: getReg(vp, vtl, MSR_NAMES[i]!) })));
+      for (const i of m) sh.msrs[i] = (MSR_SHARED[i] ? vp.shared : vp.vtls.get(vtl).regs).get(MSR_NAMES[i]!);
+    }
   }
+  sh.seeNow(vp, vtl);
 }
 
 /** The general registers (and RIP, RFLAGS) of (vp, vtl) the core changed since `sh`, into kvm_run.s.regs. */
 export function loadChangedRegs(vcpu: KvmVcpuLike, vp: VirtualProcessor, vtl: Vtl, sh: RegisterShadow): void {
+  loadRegsAt(vcpu, vp, vtl, sh, ALL_REGS);
+}
+
+const ALL_REGS: readonly number[] = REGS_NAMES.map((_, i) => i);
+
+/** Of the kvm_regs indices `at`, those whose core object is not the shadow's, into kvm_run.s.regs. */
+function loadRegsAt(vcpu: KvmVcpuLike, vp: VirtualProcessor, vtl: Vtl, sh: RegisterShadow, at: readonly number[]): void {
   const priv = vp.vtls.get(vtl).regs;
   let wrote = false;
-  for (let i = 0; i < REGS_NAMES.length; i++) {
+  for (let k = 0; k < at.length; k++) {
+    const i = at[k]!;
     const o = (REGS_SHARED[i] ? vp.shared : priv).get(REGS_NAMES[i]!);
     if (o === sh.regs[i]) continue;
     vcpu.setSyncedReg(REGS_FIELDS[i]!, o?.low ?? 0n);
@@ -372,9 +443,14 @@ export function loadChangedRegs(vcpu: KvmVcpuLike, vp: VirtualProcessor, vtl: Vt
  */
 export function storeExit(vcpu: KvmVcpuLike, vp: VirtualProcessor, vtl: Vtl, sh: RegisterShadow): void {
   const regsBytes = vcpu.syncedRegsBytes;
+  const wasCurrent = sh.current(vp, vtl);
   // The same kvm_regs as last exchanged, and the core still holds the shadow's objects: nothing to store.
-  if (!regsBytes.equals(sh.regsBytes) || changed(vp, vtl, REGS_NAMES, REGS_SHARED, sh.regs).length > 0) storeChangedRegs(vcpu, vp, vtl, sh, regsBytes);
+  if (!regsBytes.equals(sh.regsBytes) || (!wasCurrent && changed(vp, vtl, REGS_NAMES, REGS_SHARED, sh.regs).length > 0))
+    storeChangedRegs(vcpu, vp, vtl, sh, regsBytes);
   storeExitSregs(vcpu, vp, vtl, sh);
+  // What this store changed the shadow follows; changes made before it by others (none while the
+  // guest ran: every run starts with loadChanged) are still to be compared.
+  if (wasCurrent) sh.seeNow(vp, vtl);
 }
 
 function storeChangedRegs(vcpu: KvmVcpuLike, vp: VirtualProcessor, vtl: Vtl, sh: RegisterShadow, regsBytes: Buffer): void {
@@ -406,9 +482,11 @@ function storeExitSregs(vcpu: KvmVcpuLike, vp: VirtualProcessor, vtl: Vtl, sh: R
 
 /** The vCPU's MSRs into the core (one KVM_GET_MSRS); the shadow follows. */
 export function fetchMsrs(vcpu: KvmVcpuLike, vp: VirtualProcessor, vtl: Vtl, sh: RegisterShadow): void {
+  const wasCurrent = sh.current(vp, vtl);
   storeMsrs(vp, vtl, vcpu.getMsrs(MSR_REGISTERS.map(([i]) => i)));
   sh.msrs = objectsOf(vp, vtl, MSR_NAMES, MSR_SHARED);
   sh.msrsAhead = false;
+  if (wasCurrent) sh.seeNow(vp, vtl);
 }
 
 /** What the shadow functions need of a KvmVcpu. */
