@@ -72,7 +72,11 @@ export class HypercallDispatcher {
         const outSize = (h.outputElementSize ?? 0) * (h.rep ? input.repCount : 1);
         validateParameterBlock(inv.outputGpa, outSize, p.memory.sizeBytes, 'output');
         if (inSize > 0 && outSize > 0) {
-          const overlap = inv.inputGpa < inv.outputGpa + BigInt(outSize) && inv.outputGpa < inv.inputGpa + BigInt(inSize);
+          // Both blocks are inside one page each (validateParameterBlock): only the same page can overlap.
+          const samePage = inv.inputGpa >> 12n === inv.outputGpa >> 12n;
+          const inAt = Number(inv.inputGpa & 0xfffn);
+          const outAt = Number(inv.outputGpa & 0xfffn);
+          const overlap = samePage && inAt < outAt + outSize && outAt < inAt + inSize;
           if (overlap) hvFail(HvStatus.HV_STATUS_INVALID_ALIGNMENT, 'input and output parameter blocks overlap');
         }
         // The hypervisor reads the input and writes the output as the caller: a block on a page a

@@ -20,7 +20,8 @@ export const HvCallGetVpRegisters: HypercallHandler = {
     // The caller's right to the target VTL before the VP index (ACCESS_DENIED first, issue #16).
     const vtl = targetVtlOf(ctx, h.targetVtl);
     const vp = selfChecks(ctx, h.partitionId, h.vpIndex);
-    const out = Buffer.alloc(16 * rep.count);
+    // From Node's pool (one register: a Buffer.alloc of its own cost more than the call's encoding).
+    const out = Buffer.allocUnsafe(16 * rep.count).fill(0);
     for (let i = rep.start; i < rep.count; i++) {
       const name = input.readUInt32LE(HV_VP_REGISTERS_HEADER_SIZE + 4 * i);
       try {

@@ -95,13 +95,16 @@ export function hypercallRegisters(p: Partition, vp: VirtualProcessor): Hypercal
   };
 }
 
+/** Instruction lengths 0..15 as bigints, made once (RIP arithmetic of every call). */
+const INSTRUCTION_LENGTHS: readonly bigint[] = Array.from({ length: 16 }, (_, i) => BigInt(i));
+
 /**
  * Executes the VMCALL/VMMCALL instruction of the VP's active VTL with the registers it holds.
  * Writes the result value into RAX (EDX:EAX) as the TLFS specifies; returns the outcome.
  * `callSite`: the caller's RAX/RCX when the instruction runs inside a hypercall-page stub.
  */
 export function executeVmcall(p: Partition, vp: VirtualProcessor, opts: { instructionLength?: number; callSite?: HypercallCallSite } = {}): HypercallOutcome {
-  const insnLen = BigInt(opts.instructionLength ?? 3);
+  const insnLen = INSTRUCTION_LENGTHS[opts.instructionLength ?? 3] ?? BigInt(opts.instructionLength ?? 3);
   // A VP suspended on a monitor intercept executes nothing (its dispatcher errors would otherwise
   // become the call's status: a suspended VP completing a VMCALL).
   p.assertVpCanAct(vp);

@@ -1,7 +1,7 @@
 // core, rules: the processor state of a VP in its active VTL as the other rules read it: a
 // register (shared or VTL-private, per the TLFS's lists), CPL, real mode, 64-bit mode.
 import type { VirtualProcessor } from '../state/vp';
-import { HvRegisterName as R, SegmentAttr, reg64, registerInfo, segmentDpl } from '../tlfs/registers';
+import { HvRegisterName as R, type Reg128, SegmentAttr, reg64, registerInfo, segmentDpl } from '../tlfs/registers';
 
 export const CR0_PE = 1n;
 const EFER_LMA = 0x400n;
@@ -18,17 +18,32 @@ export function reg(vp: VirtualProcessor, name: number): bigint {
 export function setReg(vp: VirtualProcessor, name: number, value: bigint): void {
   fileOf(vp, name).set(name, reg64(value));
 }
+/**
+ * HV_X64_SEGMENT_REGISTER.Attributes of a segment register's value (bits 48..63 of its high half).
+ * The last value asked about is remembered: register values are immutable objects (a write replaces
+ * the object), and the hypercall path asks for CS's attributes three or four times per call.
+ */
+let lastSegment: Reg128 | undefined;
+let lastAttributes = 0;
+function segmentAttributes(s: Reg128 | undefined): number {
+  if (s === undefined) return 0;
+  if (s !== lastSegment) {
+    lastAttributes = Number((s.high >> 48n) & 0xffffn);
+    lastSegment = s;
+  }
+  return lastAttributes;
+}
+
 /** CPL from CS.DPL (x64: CPL = CS.RPL = CS.DPL for code segments). */
 export function cpl(vp: VirtualProcessor): number {
   const cs = vp.vtls.get(vp.activeVtl).regs.get(R.HvX64RegisterCs);
-  return cs ? segmentDpl(Number((cs.high >> 48n) & 0xffffn)) : 0;
+  return cs ? segmentDpl(segmentAttributes(cs)) : 0;
 }
 export function inRealMode(vp: VirtualProcessor): boolean {
   return (reg(vp, R.HvX64RegisterCr0) & CR0_PE) === 0n;
 }
 /** 64-bit calling convention when EFER.LMA && CS.L (tlfs-hypercalls.md §1.4). */
 export function is64Bit(vp: VirtualProcessor): boolean {
-  const cs = vp.vtls.get(vp.activeVtl).regs.get(R.HvX64RegisterCs);
-  const attrs = cs ? Number((cs.high >> 48n) & 0xffffn) : 0;
+  const attrs = segmentAttributes(vp.vtls.get(vp.activeVtl).regs.get(R.HvX64RegisterCs));
   return (reg(vp, R.HvX64RegisterEfer) & EFER_LMA) !== 0n && (attrs & SegmentAttr.Long) !== 0;
 }

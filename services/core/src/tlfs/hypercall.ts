@@ -92,8 +92,10 @@ export function validateHypercallInput(input: HvHypercallInput, shape: Hypercall
 /** Memory-parameter checks (§1.1, §1.5): 8-byte aligned, no page crossing, inside the GPA space. */
 export function validateParameterBlock(gpa: bigint, size: number, gpaLimit: bigint, what: string): void {
   if (size === 0) return;
-  if ((gpa & 7n) !== 0n) hvFail(HvStatus.HV_STATUS_INVALID_ALIGNMENT, `${what} GPA is not 8-byte aligned`);
-  if ((gpa & 0xfffn) + BigInt(size) > 0x1000n) {
+  // The low 12 bits as a number: alignment and page crossing without bigint arithmetic (hot path).
+  const inPage = Number(gpa & 0xfffn);
+  if ((inPage & 7) !== 0) hvFail(HvStatus.HV_STATUS_INVALID_ALIGNMENT, `${what} GPA is not 8-byte aligned`);
+  if (inPage + size > 0x1000) {
     hvFail(HvStatus.HV_STATUS_INVALID_ALIGNMENT, `${what} parameter block crosses a page boundary`);
   }
   if (gpa + BigInt(size) > gpaLimit) hvFail(HvStatus.HV_STATUS_INVALID_ALIGNMENT, `${what} GPA is outside the GPA space`);

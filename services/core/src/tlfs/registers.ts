@@ -178,7 +178,8 @@ export const HvRegisterValueLayout = struct('HV_REGISTER_VALUE', 16, {
   high: at(8, u64, 'Reg128.High64'),
 });
 export type Reg128 = CodecValue<typeof HvRegisterValueLayout>;
-export const reg64 = (v: bigint): Reg128 => ({ low: v & 0xffff_ffff_ffff_ffffn, high: 0n });
+/** A 64-bit register value (v modulo 2^64; no new bigint when v is in range, as it almost always is). */
+export const reg64 = (v: bigint): Reg128 => ({ low: v >= 0n && v <= 0xffff_ffff_ffff_ffffn ? v : v & 0xffff_ffff_ffff_ffffn, high: 0n });
 
 /** HV_X64_SEGMENT_REGISTER, 16 bytes (tlfs-hypercalls.md §2.5). */
 export const HvX64SegmentRegisterLayout = struct('HV_X64_SEGMENT_REGISTER', 16, {

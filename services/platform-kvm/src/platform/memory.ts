@@ -4,7 +4,7 @@
  * MAP_SHARED once in this process. Every VTL VM maps the same backings; nothing is copied.
  */
 import { type GuestRam, PageBitmap, RamTracking } from '@vsm/core';
-import { GuestMemory, PAGE_SIZE } from '../kvm';
+import { GuestMemory, PAGE_SIZE } from '../kvm/kvm';
 import { SEEK_DATA, SEEK_HOLE, sysPread, sysSeek } from './libc';
 
 /**
@@ -115,11 +115,13 @@ export class MemfdRam implements GuestRam {
     while (pos < data.length) {
       const cur = off + pos;
       const n = Math.min(PAGE_SIZE - (cur % PAGE_SIZE), data.length - pos);
-      const chunk = data.subarray(pos, pos + n);
-      if (!(isZero(chunk) && this.isHole(cur))) {
+      const page = Math.floor(cur / PAGE_SIZE);
+      const chunk = n === data.length ? data : data.subarray(pos, pos + n);
+      // A page known to hold data is no hole (this RAM never punches one): no zero scan, no lseek.
+      if (this.dataPages.has(page) || !(isZero(chunk) && this.isHole(cur))) {
         this.beforeWrite(cur, n);
         this.memory.write(cur, chunk);
-        this.dataPages.add(Math.floor(cur / PAGE_SIZE));
+        this.dataPages.add(page);
       }
       pos += n;
     }
