@@ -118,7 +118,9 @@ export function guestAccess(
   checkRange(p, gpa, length);
   const vtl = vp.activeVtl;
   if (!opts.ignoreProtections) {
-    for (let g = gpa >> 12n; g <= (gpa + BigInt(length) - 1n) >> 12n; g++) {
+    const firstPage = gpa >> 12n;
+    const lastPage = Number(gpa & 0xfffn) + length <= 0x1000 ? firstPage : (gpa + BigInt(length) - 1n) >> 12n;
+    for (let g = firstPage; g <= lastPage; g++) {
       const o = p.overlays.visible(vtl, vp.index, g);
       if (o) {
         // Overlay pages are not subject to the RAM page's protections (tlfs-overlays-synic.md §4.1).
@@ -127,7 +129,7 @@ export function guestAccess(
       }
       const m = violatingVtl(p, vp, vtl, Number(g), kind);
       if (m !== undefined) {
-        const at = g === gpa >> 12n ? gpa : g << 12n; // lowest address that intercepted
+        const at = g === firstPage ? gpa : g << 12n; // lowest address that intercepted
         // With a GVA, the GuestVirtualAddress of the same byte (the access stays within one GVA page).
         return raiseIntercept(p, vp, m, kind, at, gpa, length, data, opts.instruction, opts.gva === undefined ? undefined : opts.gva + (at - gpa));
       }

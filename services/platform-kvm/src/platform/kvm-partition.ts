@@ -54,6 +54,8 @@ import { type FaultingInstruction, type PhysReader, instructionAtRip, instructio
 const R = core.HvRegisterName;
 /** KVM_CAP_XSAVE (linux/kvm.h). */
 const KVM_CAP_XSAVE = 55;
+/** executeVmcall's options for a hypercall at the page's instruction (one object, not one per call). */
+const AT_HYPERCALL_INSN = Object.freeze({ instructionLength: HYPERCALL_INSN_LENGTH });
 
 /** A guest run that did not end the way the action expects: the watchdog fired, or KVM reported an exit the agent cannot handle. */
 export class KvmRunError extends Error {
@@ -734,7 +736,7 @@ export class KvmPartition {
     // Bit 16 of the hypercall input value (RCX) = Fast (tlfs-hypercalls.md §1.2).
     const fast = c !== undefined && (getReg(vp, vp.activeVtl, R.HvX64RegisterRcx) & 0x1_0000n) !== 0n;
     if (fast) this.readXmm(c, vp);
-    const o = core.executeVmcall(this.partition, vp, { instructionLength: HYPERCALL_INSN_LENGTH, callSite });
+    const o = core.executeVmcall(this.partition, vp, callSite ? { instructionLength: HYPERCALL_INSN_LENGTH, callSite } : AT_HYPERCALL_INSN);
     if (fast && o.fastOutput) this.writeXmm(c, vp);
     const ra = o.resumedAccess;
     if (ra && o.vtlSwitch) {
