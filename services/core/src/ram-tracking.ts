@@ -190,6 +190,11 @@ export class RamTracking {
     return this.held;
   }
 
+  /** Whether an export's freeze may ask beforeWrite() for a page's current bytes. */
+  get freezing(): boolean {
+    return this.freezes.size > 0;
+  }
+
   /** Called by the RAM before page `gpfn` changes; `current` gives its bytes now (undefined: all zero). */
   beforeWrite(gpfn: number, current: () => Buffer | undefined): void {
     this.log?.pages.add(gpfn);

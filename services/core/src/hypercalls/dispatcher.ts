@@ -72,11 +72,10 @@ export class HypercallDispatcher {
         const outSize = (h.outputElementSize ?? 0) * (h.rep ? input.repCount : 1);
         validateParameterBlock(inv.outputGpa, outSize, p.memory.sizeBytes, 'output');
         if (inSize > 0 && outSize > 0) {
-          // Both blocks are inside one page each (validateParameterBlock): only the same page can overlap.
-          const samePage = inv.inputGpa >> 12n === inv.outputGpa >> 12n;
-          const inAt = Number(inv.inputGpa & 0xfffn);
-          const outAt = Number(inv.outputGpa & 0xfffn);
-          const overlap = samePage && inAt < outAt + outSize && outAt < inAt + inSize;
+          // As numbers: both blocks lie inside the partition's GPA space (validateParameterBlock), far below 2^53.
+          const inAt = Number(inv.inputGpa);
+          const outAt = Number(inv.outputGpa);
+          const overlap = inAt < outAt + outSize && outAt < inAt + inSize;
           if (overlap) hvFail(HvStatus.HV_STATUS_INVALID_ALIGNMENT, 'input and output parameter blocks overlap');
         }
         // The hypervisor reads the input and writes the output as the caller: a block on a page a

@@ -98,5 +98,5 @@ export function validateParameterBlock(gpa: bigint, size: number, gpaLimit: bigi
   if (inPage + size > 0x1000) {
     hvFail(HvStatus.HV_STATUS_INVALID_ALIGNMENT, `${what} parameter block crosses a page boundary`);
   }
-  if (gpa + BigInt(size) > gpaLimit) hvFail(HvStatus.HV_STATUS_INVALID_ALIGNMENT, `${what} GPA is outside the GPA space`);
+  if (gpa > gpaLimit - BigInt(size)) hvFail(HvStatus.HV_STATUS_INVALID_ALIGNMENT, `${what} GPA is outside the GPA space`);
 }

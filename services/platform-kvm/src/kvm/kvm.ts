@@ -1030,6 +1030,17 @@ export class KvmVcpu {
     return run.readUInt32LE(RUN.exitReason);
   }
 
+  /** The last port I/O data view handed out (kvm_run's data offset is fixed per vCPU: reused, not one per exit). */
+  private ioDataAt = -1;
+  private ioDataView: Buffer = Buffer.alloc(0);
+  private ioData(off: number, len: number): Buffer {
+    if (off !== this.ioDataAt || len !== this.ioDataView.length) {
+      this.ioDataView = this.runPage.subarray(off, off + len);
+      this.ioDataAt = off;
+    }
+    return this.ioDataView;
+  }
+
   /** Decodes kvm_run for the given exit reason (as returned by runRaw()). */
   decodeExit(reason: number): KvmExit {
     const run = this.runPage;
@@ -1038,7 +1049,7 @@ export class KvmVcpu {
         const size = run[EXIT.ioSize] ?? 0;
         const count = run.readUInt32LE(EXIT.ioCount);
         const off = Number(this.runView.getBigUint64(EXIT.ioDataOffset, true));
-        const data = run.subarray(off, off + size * count);
+        const data = this.ioData(off, size * count);
         const value = size === 1 ? (data[0] ?? 0) : size === 2 ? data.readUInt16LE(0) : data.readUInt32LE(0);
         return {
           kind: 'io',

@@ -129,8 +129,11 @@ export class MemfdRam implements GuestRam {
 
   /** Tells the tracking about the pages of [offset, offset + length) about to change (their bytes now, for a freeze). */
   beforeWrite(offset: number, length: number): void {
+    // The page's bytes are read only for a freeze (a reader made per page only then: every guest
+    // write of a hypercall's output comes through here).
+    const freezing = this.tracking.freezing;
     for (let page = Math.floor(offset / PAGE_SIZE); page * PAGE_SIZE < offset + length; page++) {
-      this.tracking.beforeWrite(page, () => this.memory.read(page * PAGE_SIZE, PAGE_SIZE));
+      this.tracking.beforeWrite(page, freezing ? () => this.memory.read(page * PAGE_SIZE, PAGE_SIZE) : NO_FREEZE_READS);
     }
   }
 
@@ -186,6 +189,11 @@ export class MemfdRam implements GuestRam {
     this.memory.close();
   }
 }
+
+/** beforeWrite's reader while no freeze exists (nothing calls it then). */
+const NO_FREEZE_READS = (): Buffer | undefined => {
+  throw new Error('a page was read for a freeze that does not exist');
+};
 
 function isZero(b: Uint8Array): boolean {
   for (let i = 0; i < b.length; i++) if (b[i] !== 0) return false;
