@@ -46,6 +46,9 @@ export class VtlArray<T> {
   }
   /** The VTLs whose item satisfies `pred`. */
   setOf(pred: (item: T, vtl: Vtl) => boolean): VtlSet {
-    return VtlSet.of(...VTLS.filter((v) => pred(this.items[v]!, v)));
+    // Bits set directly (no filtered array and spread: HvRegisterVsmVpStatus reads this per call).
+    let set = 0;
+    for (const v of VTLS) if (pred(this.items[v]!, v)) set |= 1 << v;
+    return set as VtlSet;
   }
 }

@@ -50,8 +50,10 @@ export const HvHypercallResultValueLayout = bitfield('HV_HYPERCALL_RESULT_VALUE'
   status: bits(15, 0), // Result (HV_STATUS)
   repsCompleted: bits(43, 32), // RepsCompleted
 });
+/** HV_STATUS_SUCCESS result values for 0..63 reps completed, made once (the common results of every call). */
+const SUCCESS_RESULTS: readonly bigint[] = Array.from({ length: 64 }, (_, reps) => HvHypercallResultValueLayout.pack({ status: 0, repsCompleted: reps }));
 export const encodeHypercallResult = (status: HvStatusValue | number, repsCompleted = 0): bigint =>
-  HvHypercallResultValueLayout.pack({ status, repsCompleted });
+  (status === 0 ? SUCCESS_RESULTS[repsCompleted] : undefined) ?? HvHypercallResultValueLayout.pack({ status, repsCompleted });
 export const decodeHypercallResult = (value: bigint): { status: number; repsCompleted: number } => HvHypercallResultValueLayout.unpack(value);
 
 /** Static properties of an implemented call (OpenVMM hv1_hypercall style: one entry per call). */
@@ -92,11 +94,14 @@ export function validateHypercallInput(input: HvHypercallInput, shape: Hypercall
 /** Memory-parameter checks (§1.1, §1.5): 8-byte aligned, no page crossing, inside the GPA space. */
 export function validateParameterBlock(gpa: bigint, size: number, gpaLimit: bigint, what: string): void {
   if (size === 0) return;
-  // The low 12 bits as a number: alignment and page crossing without bigint arithmetic (hot path).
-  const inPage = Number(gpa & 0xfffn);
+  // As a number where that is exact (below 2^53: every GPA a partition has): no bigint arithmetic on
+  // the hot path. Above, the same checks in bigint.
+  const exact = gpa >= 0n && gpa <= 0x1f_ffff_ffff_ffffn;
+  const g = Number(gpa);
+  const inPage = exact ? g % 0x1000 : Number(gpa & 0xfffn);
   if ((inPage & 7) !== 0) hvFail(HvStatus.HV_STATUS_INVALID_ALIGNMENT, `${what} GPA is not 8-byte aligned`);
   if (inPage + size > 0x1000) {
     hvFail(HvStatus.HV_STATUS_INVALID_ALIGNMENT, `${what} parameter block crosses a page boundary`);
   }
-  if (gpa > gpaLimit - BigInt(size)) hvFail(HvStatus.HV_STATUS_INVALID_ALIGNMENT, `${what} GPA is outside the GPA space`);
+  if (exact ? g + size > Number(gpaLimit) : gpa > gpaLimit - BigInt(size)) hvFail(HvStatus.HV_STATUS_INVALID_ALIGNMENT, `${what} GPA is outside the GPA space`);
 }

@@ -517,8 +517,15 @@ export function bitfield<F extends BitFields>(name: string, width: 8 | 16 | 32 |
   const build = new Function('lo', 'hi', 'v', `return { ${props.join(', ')} };`) as (lo: number, hi: number, v: bigint) => T;
   const unpack = (raw: number | bigint): T => {
     let v: bigint;
-    if (typeof raw === 'bigint') v = BigInt.asUintN(width, raw);
-    else {
+    if (typeof raw === 'bigint') {
+      // Below 2^53 (a call code and its flags, most register values) the halves come from one
+      // number, exactly: no bigint made (asUintN, the mask and the shift allocated one each).
+      if (width === 64 && raw >= 0n && raw <= 0x1f_ffff_ffff_ffffn) {
+        const n = Number(raw);
+        return build(n >>> 0, Math.floor(n / 0x1_0000_0000), raw);
+      }
+      v = BigInt.asUintN(width, raw);
+    } else {
       const t = trunc(raw);
       if (width !== 64 && t >= 0 && t <= 0xffff_ffff) return build(t, 0, needsBig ? BigInt(t) : 0n);
       v = BigInt.asUintN(width, BigInt(t));

@@ -301,7 +301,10 @@ export class GuestMemory {
     this.checkRange(offset, length);
     const out = Buffer.allocUnsafe(length);
     const at = offset - ci * CHUNK;
-    this.chunkBuffer(ci).copy(out, 0, at, at + length);
+    const chunk = this.chunkBuffer(ci);
+    // A short read byte by byte: Buffer.copy of part of a buffer makes a view of it first.
+    if (length <= 64) for (let i = 0; i < length; i++) out[i] = chunk[at + i]!;
+    else chunk.copy(out, 0, at, at + length);
     return out;
   }
 

@@ -378,8 +378,9 @@ export class KvmPartition {
     }
   }
 
-  private run(c: VpCpu, timeoutMs = this.host.actionTimeoutMs): KvmExit | TimeoutExit {
-    const e = this.host.watchdog().run(c.vcpu, timeoutMs);
+  /** One KVM_RUN of `c` under the watchdog, ending at `deadlineMs` (Date.now() time; default: the action timeout from now). */
+  private run(c: VpCpu, deadlineMs = Date.now() + this.host.actionTimeoutMs): KvmExit | TimeoutExit {
+    const e = this.host.watchdog().runUntil(c.vcpu, deadlineMs);
     c.pending = e.kind === 'io' || e.kind === 'mmio' || e.kind === 'rdmsr' || e.kind === 'wrmsr';
     c.pendingOutRip = undefined;
     c.pendingWriteDone = undefined;
@@ -1016,7 +1017,7 @@ export class KvmPartition {
       this.loadFp(c, from.fp!);
     };
     for (;;) {
-      const e = this.run(c, Math.max(1, deadline - Date.now()));
+      const e = this.run(c, deadline);
       exits++;
       // A replayed read is the first exit of the re-executed instruction, or nothing (it went native).
       const replay = c.replay;

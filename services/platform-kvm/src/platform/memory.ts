@@ -129,12 +129,18 @@ export class MemfdRam implements GuestRam {
 
   /** Tells the tracking about the pages of [offset, offset + length) about to change (their bytes now, for a freeze). */
   beforeWrite(offset: number, length: number): void {
-    // The page's bytes are read only for a freeze (a reader made per page only then: every guest
-    // write of a hypercall's output comes through here).
+    // The page's bytes are read only for a freeze (a reader made per page only then, outside this
+    // loop: a closure over the loop's page would cost a context per page even when not made; every
+    // guest write of a hypercall's output comes through here).
     const freezing = this.tracking.freezing;
     for (let page = Math.floor(offset / PAGE_SIZE); page * PAGE_SIZE < offset + length; page++) {
-      this.tracking.beforeWrite(page, freezing ? () => this.memory.read(page * PAGE_SIZE, PAGE_SIZE) : NO_FREEZE_READS);
+      this.tracking.beforeWrite(page, freezing ? this.pageReader(page) : NO_FREEZE_READS);
     }
+  }
+
+  /** Reads page `page`'s current bytes (for a freeze's copy-on-write). */
+  private pageReader(page: number): () => Buffer {
+    return () => this.memory.read(page * PAGE_SIZE, PAGE_SIZE);
   }
 
   /** Whether the page containing byte `offset` holds no data. */

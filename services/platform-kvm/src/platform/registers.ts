@@ -356,8 +356,13 @@ export function loadAll(vcpu: KvmVcpuLike, vp: VirtualProcessor, vtl: Vtl): Regi
   return sh;
 }
 
-/** Scratch of changedClasses: kvm_regs indices named by the change logs (duplicates harmless). */
-const loggedRegs: number[] = [];
+/**
+ * Scratch of changedClasses: the kvm_regs indices named by the change logs (duplicates harmless), the
+ * first loggedCount of them. A typed array and a count, not an array emptied by `length = 0` (which
+ * gives its backing store up: one allocation per exit).
+ */
+const loggedRegs = new Int32Array(64);
+let loggedCount = 0;
 
 /**
  * Which register classes the core changed since the shadow last matched it, from the files' change
@@ -365,7 +370,7 @@ const loggedRegs: number[] = [];
  * reaches back (compare everything).
  */
 function changedClasses(vp: VirtualProcessor, vtl: Vtl, sh: RegisterShadow): number {
-  loggedRegs.length = 0;
+  loggedCount = 0;
   const priv = vp.vtls.get(vtl).regs;
   const shared = vp.shared;
   if (!priv.remembersSince(sh.seenPrivate) || !shared.remembersSince(sh.seenShared)) return -1;
@@ -379,7 +384,7 @@ function logClasses(file: core.RegisterFile, since: number): number {
     const slot = SHADOW_SLOT.get(file.changedName(k));
     if (slot === undefined) continue; // not a register the vCPU holds
     classes |= 1 << slot.cls;
-    if (slot.cls === 0) loggedRegs.push(slot.i);
+    if (slot.cls === 0) loggedRegs[loggedCount++] = slot.i; // at most 2 x 32 (two logs of 32)
   }
   return classes;
 }
@@ -403,7 +408,7 @@ export function loadChanged(vcpu: KvmVcpuLike, vp: VirtualProcessor, vtl: Vtl, s
     }
   }
   if (classes === -1) loadChangedRegs(vcpu, vp, vtl, sh);
-  else if (classes & 1) loadRegsAt(vcpu, vp, vtl, sh, loggedRegs);
+  else if (classes & 1) loadRegsAt(vcpu, vp, vtl, sh, loggedRegs, loggedCount);
   if (classes & 4) {
     const m = changed(vp, vtl, MSR_NAMES, MSR_SHARED, sh.msrs);
     if (m.length > 0) {
@@ -416,16 +421,16 @@ export function loadChanged(vcpu: KvmVcpuLike, vp: VirtualProcessor, vtl: Vtl, s
 
 /** The general registers (and RIP, RFLAGS) of (vp, vtl) the core changed since `sh`, into kvm_run.s.regs. */
 export function loadChangedRegs(vcpu: KvmVcpuLike, vp: VirtualProcessor, vtl: Vtl, sh: RegisterShadow): void {
-  loadRegsAt(vcpu, vp, vtl, sh, ALL_REGS);
+  loadRegsAt(vcpu, vp, vtl, sh, ALL_REGS, ALL_REGS.length);
 }
 
-const ALL_REGS: readonly number[] = REGS_NAMES.map((_, i) => i);
+const ALL_REGS = Int32Array.from(REGS_NAMES, (_, i) => i);
 
-/** Of the kvm_regs indices `at`, those whose core object is not the shadow's, into kvm_run.s.regs. */
-function loadRegsAt(vcpu: KvmVcpuLike, vp: VirtualProcessor, vtl: Vtl, sh: RegisterShadow, at: readonly number[]): void {
+/** Of the first `count` kvm_regs indices of `at`, those whose core object is not the shadow's, into kvm_run.s.regs. */
+function loadRegsAt(vcpu: KvmVcpuLike, vp: VirtualProcessor, vtl: Vtl, sh: RegisterShadow, at: Int32Array, count: number): void {
   const priv = vp.vtls.get(vtl).regs;
   let wrote = false;
-  for (let k = 0; k < at.length; k++) {
+  for (let k = 0; k < count; k++) {
     const i = at[k]!;
     const o = (REGS_SHARED[i] ? vp.shared : priv).get(REGS_NAMES[i]!);
     if (o === sh.regs[i]) continue;
