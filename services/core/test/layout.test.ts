@@ -52,6 +52,22 @@ describe('struct layouts', () => {
     f: at(21, ubig(3), 'F'),
   });
 
+  test('encoding into a used buffer: gaps of a nested structure are cleared, integers covering every byte overwrite it whole', () => {
+    // A gap inside a nested structure must be cleared (the byte masks of a nested struct do not show it).
+    const inner = struct('Inner', 8, { x: at(0, u32, 'X'), y: at(6, u16, 'Y') });
+    const outer = struct('Outer', 16, { i: at(0, inner, 'I'), z: at(8, u64, 'Z') });
+    for (const pool of [Buffer.alloc(16, 0xaa), Buffer.alloc(4096, 0xaa).subarray(100, 116)]) {
+      outer.encode({ i: { x: 1, y: 2 }, z: 3n }, pool, 0);
+      expect(pool.toString('hex')).toBe(hex('01000000', '0000', '0200', '0300000000000000').toString('hex'));
+    }
+    // Two u64 (HV_REGISTER_VALUE's shape): no clearing needed, every byte written.
+    const whole = struct('Whole', 16, { lo: at(0, u64, 'Lo'), hi: at(8, u64, 'Hi') });
+    for (const pool of [Buffer.alloc(16, 0xaa), Buffer.alloc(4096, 0xaa).subarray(100, 116)]) {
+      whole.encode({ lo: 1n, hi: 0n }, pool, 0);
+      expect(pool.toString('hex')).toBe(hex('0100000000000000', '0000000000000000').toString('hex'));
+    }
+  });
+
   test('little-endian fields at their offsets; gaps are zero on encode and ignored on decode', () => {
     const v = { a: 0x0102_0304, b: 0x05, c: 0x1112_1314_1516_1718n, d: 0x2122, e: 0x313233, f: 0x414243n };
     const b = L.encode(v);

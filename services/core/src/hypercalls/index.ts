@@ -161,7 +161,8 @@ function dispatchVmcall(
   const resultValue = encodeHypercallResult(status, repsCompleted);
   const done = status === HvStatus.HV_STATUS_SUCCESS || d.continuation === true;
   if (done && d.fastOutput) writeFastBlock(vp, d.fastOutput.offset, d.fastOutput.bytes);
-  else if (done && output && output.length > 0 && !input.fast) p.writeView(callerVtl, vp.index, inv.outputGpa + BigInt(outputOffset ?? 0), output);
+  else if (done && output && output.length > 0 && !input.fast)
+    p.writeView(callerVtl, vp.index, outputOffset ? inv.outputGpa + BigInt(outputOffset) : inv.outputGpa, output);
   if (d.continuation) {
     // Returned early (tlfs-hypercalls.md §1.4 rule 2): the input value with the new rep start index
     // goes back into RCX (EDX:EAX); RIP stays on the instruction and RAX is not written.

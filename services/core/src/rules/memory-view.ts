@@ -9,7 +9,9 @@ import { PAGE_SIZE } from '../memory';
 import { HvStatus, hvFail } from '../tlfs/status';
 
 export function checkRange(p: PartitionState, gpa: bigint, length: number): void {
-  if (gpa < 0n || gpa + BigInt(length) > p.memory.sizeBytes) {
+  // In numbers: exact for every GPA below 2^53, and a larger one stays larger than any RAM size
+  // (no bigint made per guest access).
+  if (gpa < 0n || Number(gpa) + length > Number(p.memory.sizeBytes)) {
     hvFail(HvStatus.HV_STATUS_INVALID_PARAMETER, `GPA range 0x${gpa.toString(16)}+${length} is outside the partition's ${p.memory.sizeBytes} bytes`);
   }
 }
@@ -17,7 +19,7 @@ export function checkRange(p: PartitionState, gpa: bigint, length: number): void
 /** Bytes VP `vpIndex` would read at gpa in `vtl` (overlays on top of RAM). Management view too. */
 export function readView(p: PartitionState, vtl: Vtl, vpIndex: number, gpa: bigint, length: number): Buffer {
   checkRange(p, gpa, length);
-  const first = Number(gpa & 0xfffn);
+  const first = Number(gpa) % PAGE_SIZE; // exact: gpa is inside RAM
   if (length > 0 && first + length <= PAGE_SIZE) {
     // Inside one page (every memory-based hypercall parameter block): the overlay's bytes or RAM's
     // read, which is a fresh buffer the caller owns (GuestRam.read), without a second copy.
@@ -41,7 +43,7 @@ export function readView(p: PartitionState, vtl: Vtl, vpIndex: number, gpa: bigi
 /** Guest write through the view; returns false (and writes nothing) if any byte hits a read-only overlay. */
 export function writeView(p: PartitionState, vtl: Vtl, vpIndex: number, gpa: bigint, data: Buffer): boolean {
   checkRange(p, gpa, data.length);
-  const first = Number(gpa & 0xfffn);
+  const first = Number(gpa) % PAGE_SIZE; // exact: gpa is inside RAM
   if (data.length > 0 && first + data.length <= PAGE_SIZE) {
     // Inside one page (a hypercall's output block): one chunk, the same checks as below.
     const o = p.overlays.visible(vtl, vpIndex, gpa >> 12n);

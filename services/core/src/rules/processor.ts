@@ -39,11 +39,32 @@ export function cpl(vp: VirtualProcessor): number {
   const cs = vp.vtls.get(vp.activeVtl).regs.get(R.HvX64RegisterCs);
   return cs ? segmentDpl(segmentAttributes(cs)) : 0;
 }
+/**
+ * Whether a register value has the bits of `mask` set, remembered for the last value asked about per
+ * mask (CR0 and EFER change rarely; the hypercall path tests them three times per call, and each
+ * bigint AND made a bigint).
+ */
+class BitTest {
+  private last: Reg128 | undefined;
+  private lastResult = false;
+  constructor(private readonly mask: bigint) {}
+  test(r: Reg128 | undefined): boolean {
+    if (r === undefined) return false;
+    if (r !== this.last) {
+      this.lastResult = (r.low & this.mask) !== 0n;
+      this.last = r;
+    }
+    return this.lastResult;
+  }
+}
+const cr0Pe = new BitTest(CR0_PE);
+const eferLma = new BitTest(EFER_LMA);
+
 export function inRealMode(vp: VirtualProcessor): boolean {
-  return (reg(vp, R.HvX64RegisterCr0) & CR0_PE) === 0n;
+  return !cr0Pe.test(fileOf(vp, R.HvX64RegisterCr0).get(R.HvX64RegisterCr0));
 }
 /** 64-bit calling convention when EFER.LMA && CS.L (tlfs-hypercalls.md §1.4). */
 export function is64Bit(vp: VirtualProcessor): boolean {
   const attrs = segmentAttributes(vp.vtls.get(vp.activeVtl).regs.get(R.HvX64RegisterCs));
-  return (reg(vp, R.HvX64RegisterEfer) & EFER_LMA) !== 0n && (attrs & SegmentAttr.Long) !== 0;
+  return (attrs & SegmentAttr.Long) !== 0 && eferLma.test(fileOf(vp, R.HvX64RegisterEfer).get(R.HvX64RegisterEfer));
 }

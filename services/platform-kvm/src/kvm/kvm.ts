@@ -1051,7 +1051,8 @@ export class KvmVcpu {
       case KVM_EXIT.IO: {
         const size = run[EXIT.ioSize] ?? 0;
         const count = run.readUInt32LE(EXIT.ioCount);
-        const off = Number(this.runView.getBigUint64(EXIT.ioDataOffset, true));
+        // kvm_run.io.data_offset (u64) in two halves: no bigint per exit.
+        const off = this.runView.getUint32(EXIT.ioDataOffset + 4, true) * 0x1_0000_0000 + this.runView.getUint32(EXIT.ioDataOffset, true);
         const data = this.ioData(off, size * count);
         const value = size === 1 ? (data[0] ?? 0) : size === 2 ? data.readUInt16LE(0) : data.readUInt32LE(0);
         return {

@@ -16,6 +16,8 @@ import { SEEK_DATA, SEEK_HOLE, sysPread, sysSeek } from './libc';
  */
 export class MemfdRam implements GuestRam {
   readonly sizeBytes: bigint;
+  /** sizeBytes as a number (at most 2^53, checked at construction). */
+  private readonly size: number;
   readonly memory: GuestMemory;
   /**
    * Write log and copy-on-write freezes for streamed snapshots (core ram-tracking.ts): told before the
@@ -39,11 +41,13 @@ export class MemfdRam implements GuestRam {
       throw new RangeError(`RAM size ${sizeBytes} must be a positive multiple of 4096`);
     }
     this.sizeBytes = sizeBytes;
+    this.size = Number(sizeBytes);
     this.memory = GuestMemory.create(Number(sizeBytes), name);
   }
 
   private check(gpa: bigint, length: number): number {
-    if (gpa < 0n || length < 0 || gpa + BigInt(length) > this.sizeBytes) {
+    // In numbers (exact below 2^53; a larger GPA stays larger than the RAM): no bigint per access.
+    if (gpa < 0n || length < 0 || Number(gpa) + length > this.size) {
       throw new RangeError(`GPA range 0x${gpa.toString(16)}+${length} is outside RAM (${this.sizeBytes} bytes)`);
     }
     return Number(gpa);
