@@ -21,13 +21,15 @@ export const HvCallGetVpRegisters: HypercallHandler = {
     const vtl = targetVtlOf(ctx, h.targetVtl);
     const vp = selfChecks(ctx, h.partitionId, h.vpIndex);
     // From Node's pool (one register: a Buffer.alloc of its own cost more than the call's encoding).
-    const out = Buffer.allocUnsafe(16 * rep.count).fill(0);
+    // Each register's 16 bytes are written whole; what no register fills is cleared.
+    const out = Buffer.allocUnsafe(16 * rep.count);
+    if (rep.start > 0) out.fill(0, 0, 16 * rep.start);
     for (let i = rep.start; i < rep.count; i++) {
       const name = input.readUInt32LE(HV_VP_REGISTERS_HEADER_SIZE + 4 * i);
       try {
         encodeReg128(ctx.partition.getRegister(vp, vtl, name), out, 16 * i);
       } catch (e) {
-        if (e instanceof HvError) return { status: e.status, repsCompleted: i, output: out };
+        if (e instanceof HvError) return { status: e.status, repsCompleted: i, output: out.fill(0, 16 * i) };
         throw e;
       }
     }

@@ -325,10 +325,29 @@ export function struct<F extends Fields>(name: string, size: number, spec: F): L
   ) as (b: Buffer, off: number, v: T) => void;
   // read: one object literal with the layout's keys, made once per layout from the field table (one
   // shape, no per-field keyed stores); field i is read by its own codec at its offset.
+  // Integer fields (u16/u32/u64) are read straight through a DataView of the buffer when it has one
+  // (dataViewOf), as the writes are; the others by their codecs.
   const readers = fields.map((f) => f.codec.read.bind(f.codec));
-  const read = new Function('r', `return (b, off) => ({ ${fields.map((f, i) => `${JSON.stringify(f.name)}: r[${i}](b, off + ${f.offset})`).join(', ')} });`)(
-    readers,
-  ) as (b: Buffer, off: number) => T;
+  const intKind = (c: Codec<unknown>) => (c === u16 ? 'u16' : c === u32 ? 'u32' : c === u64 ? 'u64' : undefined);
+  const fastRead = (f: (typeof fields)[number], i: number): string => {
+    switch (intKind(f.codec)) {
+      case 'u16':
+        return `dv.getUint16(bo + ${f.offset}, true)`;
+      case 'u32':
+        return `dv.getUint32(bo + ${f.offset}, true)`;
+      case 'u64':
+        return `dv.getBigUint64(bo + ${f.offset}, true)`;
+      default:
+        return `r[${i}](b, off + ${f.offset})`;
+    }
+  };
+  const keyed = (x: (f: (typeof fields)[number], i: number) => string) => fields.map((f, i) => `${JSON.stringify(f.name)}: ${x(f, i)}`).join(', ');
+  const read = new Function(
+    'r',
+    'dataViewOf',
+    `return (b, off) => { const dv = dataViewOf(b); if (dv === undefined) return { ${keyed((_, i) => `r[${i}](b, off + ${fields[i]!.offset})`)} };
+      const bo = b.byteOffset + off; return { ${keyed(fastRead)} }; };`,
+  )(readers, dataViewOf) as (b: Buffer, off: number) => T;
   const offsets = new Map(fields.map((f) => [f.name, f.offset]));
   const words = Math.ceil(size / 8);
   const ints = fields.every((f) => 'toBig' in f.codec && Math.floor(f.offset / 8) === Math.floor((f.offset + f.size - 1) / 8))

@@ -1033,6 +1033,12 @@ export class KvmVcpu {
     return run.readUInt32LE(RUN.exitReason);
   }
 
+  /** After runRaw() returned KVM_EXIT.IO: whether the exit is an OUT of `size` bytes to `port` (read from kvm_run; no exit object). */
+  isPortOut(port: number, size: number): boolean {
+    const run = this.runPage;
+    return run[EXIT.ioDirection] === KVM_EXIT_IO_OUT && run[EXIT.ioSize] === size && run.readUInt16LE(EXIT.ioPort) === port;
+  }
+
   /** The last port I/O data view handed out (kvm_run's data offset is fixed per vCPU: reused, not one per exit). */
   private ioDataAt = -1;
   private ioDataView: Buffer = Buffer.alloc(0);

@@ -14,7 +14,11 @@
  */
 import { Worker } from 'node:worker_threads';
 import { type KickSignal, ensureSignalHandler } from './ioctl';
+import { KVM_EXIT } from './constants';
 import type { KvmExit, KvmVcpu } from './kvm';
+
+/** runRawUntil's reason for a run the watchdog ended (not a KVM exit reason). */
+export const WATCHDOG_TIMEOUT = -1;
 
 export interface TimeoutExit {
   kind: 'timeout';
@@ -88,6 +92,16 @@ export class VcpuWatchdog {
    * per exit).
    */
   runUntil(vcpu: KvmVcpu, deadlineMs: number): KvmExit | TimeoutExit {
+    const r = this.runRawUntil(vcpu, deadlineMs);
+    return r === WATCHDOG_TIMEOUT ? { kind: 'timeout', reason: -1 } : vcpu.decodeExit(r);
+  }
+
+  /**
+   * runUntil() returning the exit reason only (vcpu.runRaw(); WATCHDOG_TIMEOUT when the deadline
+   * ended it): a loop that recognises its hot exit from kvm_run itself makes no exit object for it,
+   * and decodes the others with vcpu.decodeExit().
+   */
+  runRawUntil(vcpu: KvmVcpu, deadlineMs: number): number {
     if (this.closed) throw new Error('watchdog closed');
     this.gen = (this.gen % 0x7fff_fffe) + 1;
     const gen = this.gen;
@@ -95,10 +109,10 @@ export class VcpuWatchdog {
     Atomics.store(this.cells, ARMED, gen);
     try {
       for (;;) {
-        const e = vcpu.run();
-        if (e.kind !== 'intr') return e;
-        if (Atomics.load(this.cells, KICKED) === gen) return { kind: 'timeout', reason: -1 };
-        if (vcpu.immediateExit) return e;
+        const r = vcpu.runRaw();
+        if (r !== KVM_EXIT.INTR) return r;
+        if (Atomics.load(this.cells, KICKED) === gen) return WATCHDOG_TIMEOUT;
+        if (vcpu.immediateExit) return r;
       }
     } finally {
       Atomics.store(this.cells, ARMED, 0);

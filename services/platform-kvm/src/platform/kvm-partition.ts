@@ -26,6 +26,9 @@ import {
   type VcpuWatchdog,
   zeroRegs,
 } from '../kvm';
+// From their modules, not the index's re-exports (getters): runVp's loop reads them per exit.
+import { KVM_EXIT } from '../kvm/constants';
+import { WATCHDOG_TIMEOUT } from '../kvm/watchdog';
 import { AGENT, AgentRegion, EXCEPTION_PORT, type StubName } from './agent-region';
 import { HYPERCALL_INSN_LENGTH, HYPERCALL_IO_SIZE, HYPERCALL_PORT, PROLOGUE_PORT, entryPrologue, kvmHypercallPageLayout } from './hypercall-page';
 import { MemfdRam, OverlayPages } from './memory';
@@ -381,7 +384,29 @@ export class KvmPartition {
 
   /** One KVM_RUN of `c` under the watchdog, ending at `deadlineMs` (Date.now() time; default: the action timeout from now). */
   private run(c: VpCpu, deadlineMs = Date.now() + this.host.actionTimeoutMs): KvmExit | TimeoutExit {
-    const e = this.host.watchdog().runUntil(c.vcpu, deadlineMs);
+    return this.afterRun(c, this.host.watchdog().runUntil(c.vcpu, deadlineMs));
+  }
+
+  /**
+   * run() for runVp's loop: the OUT to the hypercall port (its hot exit) is recognised from kvm_run
+   * itself and returned as null, without an exit object; every other exit is decoded as run() does.
+   */
+  private runToExit(c: VpCpu, deadlineMs: number): KvmExit | TimeoutExit | null {
+    const r = this.host.watchdog().runRawUntil(c.vcpu, deadlineMs);
+    if (r === KVM_EXIT.IO && c.vcpu.isPortOut(HYPERCALL_PORT, HYPERCALL_IO_SIZE)) {
+      // afterRun's bookkeeping for a port exit.
+      c.pending = true;
+      c.pendingOutRip = undefined;
+      c.pendingWriteDone = undefined;
+      this.exits++;
+      this.host.observer?.exit?.('io', 1);
+      return null;
+    }
+    return this.afterRun(c, r === WATCHDOG_TIMEOUT ? { kind: 'timeout', reason: -1 } : c.vcpu.decodeExit(r));
+  }
+
+  /** What every run records of its exit (pending completion, a vCPU left unusable, counts). */
+  private afterRun(c: VpCpu, e: KvmExit | TimeoutExit): KvmExit | TimeoutExit {
     c.pending = e.kind === 'io' || e.kind === 'mmio' || e.kind === 'rdmsr' || e.kind === 'wrmsr';
     c.pendingOutRip = undefined;
     c.pendingWriteDone = undefined;
@@ -1034,12 +1059,12 @@ export class KvmPartition {
       this.loadFp(c, from.fp!);
     };
     for (;;) {
-      const e = this.run(c, deadline);
+      const e = this.runToExit(c, deadline);
       exits++;
       // A replayed read is the first exit of the re-executed instruction, or nothing (it went native).
       const replay = c.replay;
       c.replay = undefined;
-      if (this.hypercallExit(c, e)) {
+      if (e === null || this.hypercallExit(c, e)) {
         this.storeAtExit(c, vp, vtl);
         const rip = c.vcpu.syncedRegsFresh ? c.vcpu.syncedReg('rip') : c.vcpu.getRegs().rip;
         c.pendingOutRip = rip;
