@@ -90,10 +90,12 @@ export interface InterceptInstruction {
  */
 export function accessibleTo(p: PartitionState, vp: VirtualProcessor, gpa: bigint, size: number, kind: AccessKind): boolean {
   if (size === 0) return true;
-  if (Number(gpa & 0xfffn) + size <= 0x1000) {
-    // One page (every hypercall parameter block, §1.1): the loop below without its bigint arithmetic.
-    const g = gpa >> 12n;
-    return p.overlays.visible(vp.activeVtl, vp.index, g) !== undefined || violatingVtl(p, vp, vp.activeVtl, Number(g), kind) === undefined;
+  const at = Number(gpa); // exact below 2^53
+  if (gpa >= 0n && gpa <= 0x1f_ffff_ffff_ffffn && (at % 0x1000) + size <= 0x1000) {
+    // One page (every hypercall parameter block, §1.1): the loop below without its bigint arithmetic;
+    // the protections first (numbers), the overlays (bigint page numbers) only for a refused page.
+    const g = Math.floor(at / 0x1000);
+    return violatingVtl(p, vp, vp.activeVtl, g, kind) === undefined || p.overlays.visible(vp.activeVtl, vp.index, BigInt(g)) !== undefined;
   }
   for (let g = gpa >> 12n; g <= (gpa + BigInt(size) - 1n) >> 12n; g++) {
     if (p.overlays.visible(vp.activeVtl, vp.index, g)) continue;
