@@ -1327,11 +1327,17 @@ export class KvmVcpu {
   private sregsView: Buffer | undefined;
 
   /** The bytes of kvm_run.s.regs.regs (struct kvm_regs, 144 bytes, aliasing the run page). Only meaningful when syncedRegsFresh. */
+  /** kvm_run.s.regs.regs and .sregs together (contiguous in struct kvm_sync_regs): both compared in one call. */
+  get syncedBytes(): Buffer {
+    this.syncedView ??= this.runPage.subarray(RUN.syncRegs, RUN.syncSregs + SREGS.size);
+    return this.syncedView;
+  }
   get syncedRegsBytes(): Buffer {
     this.regsView ??= this.runPage.subarray(RUN.syncRegs, RUN.syncRegs + 144);
     return this.regsView;
   }
   private regsView: Buffer | undefined;
+  private syncedView: Buffer | undefined;
 
   /** The MSR request buffers of getMsrs/setMsrs, by entry count (reused: no allocation per call). */
   private readonly msrBufs = new Map<number, Buffer>();

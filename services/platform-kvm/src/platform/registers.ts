@@ -305,13 +305,19 @@ export class RegisterShadow {
   regs: (Reg128 | undefined)[] = [];
   sregs: (Reg128 | undefined)[] = [];
   msrs: (Reg128 | undefined)[] = [];
+  /**
+   * kvm_regs then kvm_sregs as last exchanged with the core, laid out as in kvm_run's sync area
+   * (struct kvm_sync_regs): an exit that finds the same 456 bytes there stores nothing, found with one
+   * comparison (regsBytes and sregsBytes are its two parts).
+   */
+  readonly syncBytes = Buffer.alloc(144 + 312);
   /** kvm_sregs as last exchanged with the core (compared with kvm_run's copy after an exit). */
-  readonly sregsBytes = Buffer.alloc(312);
+  readonly sregsBytes = this.syncBytes.subarray(144);
   /**
    * kvm_regs as last exchanged with the core (what the vCPU was loaded with, or last stored): an exit
    * that finds the same bytes stores nothing. Filled with 0xff = unknown.
    */
-  readonly regsBytes = Buffer.alloc(144, 0xff);
+  readonly regsBytes = this.syncBytes.subarray(0, 144).fill(0xff);
   /** The vCPU's MSRs may be ahead of the core (the guest ran since they were last fetched). */
   msrsAhead = false;
   /**
@@ -447,8 +453,11 @@ function loadRegsAt(vcpu: KvmVcpuLike, vp: VirtualProcessor, vtl: Vtl, sh: Regis
  * (the caller marks them ahead).
  */
 export function storeExit(vcpu: KvmVcpuLike, vp: VirtualProcessor, vtl: Vtl, sh: RegisterShadow): void {
-  const regsBytes = vcpu.syncedRegsBytes;
   const wasCurrent = sh.current(vp, vtl);
+  // The guest changed nothing the core holds since the last exchange (a loop calling a hypercall):
+  // kvm_regs and kvm_sregs compared in one go, nothing stored.
+  if (wasCurrent && vcpu.syncedBytes.equals(sh.syncBytes)) return;
+  const regsBytes = vcpu.syncedRegsBytes;
   // The same kvm_regs as last exchanged, and the core still holds the shadow's objects: nothing to store.
   if (!regsBytes.equals(sh.regsBytes) || (!wasCurrent && changed(vp, vtl, REGS_NAMES, REGS_SHARED, sh.regs).length > 0))
     storeChangedRegs(vcpu, vp, vtl, sh, regsBytes);
@@ -508,4 +517,6 @@ export interface KvmVcpuLike {
   readonly syncedSregsBytes: Buffer;
   readonly syncedRegsFresh: boolean;
   readonly syncedRegsBytes: Buffer;
+  /** kvm_regs and kvm_sregs of the sync area together (syncedRegsBytes then syncedSregsBytes). */
+  readonly syncedBytes: Buffer;
 }
