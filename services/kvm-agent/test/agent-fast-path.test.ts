@@ -183,41 +183,38 @@ describeKvm('runVp fast path: lazy MSRs, private state per VTL vCPU, shared FP s
     expect(await lstar()).toBe(LSTAR_BY_GUEST);
   });
 
-  it('loads a register the core changed between runs into the vCPU that holds that VTL', async () => {
-    // Same program again, but the guest's wrmsr is skipped: start after it, with LSTAR set through the API.
+  /**
+   * The program again with the guest's wrmsr skipped (it starts after it) and LSTAR set through the
+   * API to `value`, then `between` (more register writes) before the run; VTL1's HvCallGetVpRegisters,
+   * VTL0's RDMSR and the core must all see `value`.
+   */
+  async function runWithLstarFromApi(value: bigint, between: () => Promise<void> = async () => {}): Promise<void> {
     await b.setVpRegisters(
       full(pb.SetVpRegistersRequest, {
         name: vp,
         vtl: 0,
-        registers: [r64(R.HV_REGISTER_NAME_X64_LSTAR, LSTAR_BY_API), r64(R.HV_REGISTER_NAME_X64_RIP, G.code + 5n + 5n + 5n + 2n)],
+        registers: [r64(R.HV_REGISTER_NAME_X64_LSTAR, value), r64(R.HV_REGISTER_NAME_X64_RIP, G.code + 5n + 5n + 5n + 2n)],
       }),
     );
+    await between();
     await b.writeGpa(full(pb.WriteGpaRequest, { name, gpa: G.result, data: Buffer.alloc(16) }));
     const r = b.runVp(vp, { maxExits: 50, timeoutMs: 20_000 });
     expect({ stop: r.stop, exits: r.exits, vtlSwitches: r.vtlSwitches }).toEqual({ stop: 'hlt', exits: 4, vtlSwitches: 2 });
-    expect((await read(G.output, 8)).readBigUInt64LE(0)).toBe(LSTAR_BY_API);
-    expect((await read(G.result, 16)).readBigUInt64LE(8)).toBe(LSTAR_BY_API);
-    expect(await lstar()).toBe(LSTAR_BY_API);
+    expect((await read(G.output, 8)).readBigUInt64LE(0)).toBe(value);
+    expect((await read(G.result, 16)).readBigUInt64LE(8)).toBe(value);
+    expect(await lstar()).toBe(value);
+  }
+
+  it('loads a register the core changed between runs into the vCPU that holds that VTL', async () => {
+    await runWithLstarFromApi(LSTAR_BY_API);
   });
 
   it('loads them all the same when more changed between runs than the register files remember by name', async () => {
     // LSTAR and RIP first, then 40 more writes (RBX): the change log (32 names) no longer reaches
     // back to the first two, so every register the vCPU holds is compared with the core's.
-    const lstarNow = LSTAR_BY_API + 0x1000n;
-    await b.setVpRegisters(
-      full(pb.SetVpRegistersRequest, {
-        name: vp,
-        vtl: 0,
-        registers: [r64(R.HV_REGISTER_NAME_X64_LSTAR, lstarNow), r64(R.HV_REGISTER_NAME_X64_RIP, G.code + 5n + 5n + 5n + 2n)],
-      }),
-    );
-    for (let i = 0; i < 40; i++)
-      await b.setVpRegisters(full(pb.SetVpRegistersRequest, { name: vp, vtl: 0, registers: [r64(R.HV_REGISTER_NAME_X64_RBX, BigInt(i))] }));
-    await b.writeGpa(full(pb.WriteGpaRequest, { name, gpa: G.result, data: Buffer.alloc(16) }));
-    const r = b.runVp(vp, { maxExits: 50, timeoutMs: 20_000 });
-    expect({ stop: r.stop, exits: r.exits, vtlSwitches: r.vtlSwitches }).toEqual({ stop: 'hlt', exits: 4, vtlSwitches: 2 });
-    expect((await read(G.output, 8)).readBigUInt64LE(0)).toBe(lstarNow);
-    expect((await read(G.result, 16)).readBigUInt64LE(8)).toBe(lstarNow);
-    expect(await lstar()).toBe(lstarNow);
+    await runWithLstarFromApi(LSTAR_BY_API + 0x1000n, async () => {
+      for (let i = 0; i < 40; i++)
+        await b.setVpRegisters(full(pb.SetVpRegistersRequest, { name: vp, vtl: 0, registers: [r64(R.HV_REGISTER_NAME_X64_RBX, BigInt(i))] }));
+    });
   });
 });
