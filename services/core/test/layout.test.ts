@@ -276,6 +276,28 @@ describe('bit layouts', () => {
     expect(H.pack({ count: 0xabcn as never })).toBe(0xabcn << 32n);
   });
 
+  test('64-bit unpack is the same on both sides of 2^53 (below it the halves come from one number)', () => {
+    const H = bitfield('H', 64, { code: bits(15, 0), fast: flag(16), count: bits(43, 32), mid: bits(52, 44), hi: bits(62, 53) });
+    const W = bitfield('W', 64, { low: bits(19, 0), big: bigBits(63, 20) }); // a bigint field straddling bit 32
+    const f = (v: bigint, lo: number, w: number) => (v >> BigInt(lo)) & ((1n << BigInt(w)) - 1n);
+    const manualH = (v: bigint) => ({
+      code: Number(f(v, 0, 16)),
+      fast: f(v, 16, 1) === 1n,
+      count: Number(f(v, 32, 12)),
+      mid: Number(f(v, 44, 9)),
+      hi: Number(f(v, 53, 10)),
+    });
+    const manualW = (v: bigint) => ({ low: Number(f(v, 0, 20)), big: f(v, 20, 44) });
+    const edge = 1n << 53n;
+    for (const v of [0n, 1n, 0x1_0050n, 0xffff_ffffn, 0x1_0000_0000n, edge - 1n, edge, edge + 1n, edge + 0x1_0001n, 0x8000_0000_0000_0000n, (1n << 64n) - 1n]) {
+      expect(H.unpack(v)).toEqual(manualH(v));
+      expect(W.unpack(v)).toEqual(manualW(v));
+    }
+    // Out of range: taken modulo 2^64 as before (a negative bigint, one above 2^64).
+    expect(H.unpack(-1n)).toEqual(manualH((1n << 64n) - 1n));
+    expect(W.unpack((1n << 64n) + 5n)).toEqual(manualW(5n));
+  });
+
   test('definition errors', () => {
     expect(() => bitfield('R', 8, { a: bits(8, 0) })).toThrow(/does not fit 8 bits/);
     expect(() => bitfield('R', 64, { a: bits(40, 0) })).toThrow(/use bigBits/);
