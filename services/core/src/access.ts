@@ -17,6 +17,7 @@ import { cpl, reg } from './rules/processor';
 import { postMessage } from './rules/synic';
 import { switchVtl } from './rules/transitions';
 import { HvError, HvStatus, hvFail } from './tlfs/status';
+import { isExactNumber } from './tlfs/layout';
 import { HvRegisterName as R, type Reg128, reg128ToSegment } from './tlfs/registers';
 import { HvVtlEntryReason } from './tlfs/vsm';
 import {
@@ -91,7 +92,7 @@ export interface InterceptInstruction {
 export function accessibleTo(p: PartitionState, vp: VirtualProcessor, gpa: bigint, size: number, kind: AccessKind): boolean {
   if (size === 0) return true;
   const at = Number(gpa); // exact below 2^53
-  if (gpa >= 0n && gpa <= 0x1f_ffff_ffff_ffffn && (at % 0x1000) + size <= 0x1000) {
+  if (isExactNumber(gpa) && (at % 0x1000) + size <= 0x1000) {
     // One page (every hypercall parameter block, §1.1): the loop below without its bigint arithmetic;
     // the protections first (numbers), the overlays (bigint page numbers) only for a refused page.
     const g = Math.floor(at / 0x1000);

@@ -27,7 +27,7 @@ export { EngineError, STORE_GP, engineOf } from './engine';
 export type { GuestEngine } from './engine';
 export { X64Exception } from './outcomes';
 export type { AccessOutcome, GuestOutcome, ResumedAccess, X64ExceptionVector } from './outcomes';
-export { executeVmcall, implementedHypercalls } from './hypercalls';
+export { executeVmcall, hypercallInputIsFast, implementedHypercalls } from './hypercalls';
 export type { HypercallOutcome } from './hypercalls';
 export type { HypercallCallSite } from './vtl-switch';
 export { vtlReturn } from './vtl-switch';

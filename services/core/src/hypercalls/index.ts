@@ -4,7 +4,8 @@
 // #UD, not statuses. Adding a hypercall: one file here with its handler, one line in the list below.
 import { type GuestOutcome, type Partition, type VirtualProcessor, X64Exception } from '../partition';
 import { HvError, HvStatus } from '../tlfs/status';
-import { HvCallCode, decodeHypercallInput, encodeHypercallInput, encodeHypercallResult } from '../tlfs/hypercall';
+import { HvCallCode, HvHypercallInputLayout, decodeHypercallInput, encodeHypercallInput, encodeHypercallResult } from '../tlfs/hypercall';
+import { RegisterValueMemo, registerValue } from '../rules/processor';
 import { HvRegisterName as R } from '../tlfs/registers';
 import { type HypercallCallSite, vtlCall, vtlReturn } from '../vtl-switch';
 import type { AccessOutcome } from '../access';
@@ -82,6 +83,16 @@ export interface HypercallOutcome extends GuestOutcome {
   controlAfter?: bigint;
   /** XMM fast output written into RDX, R8, XMM0..XMM5 (offset in that 112-byte block, and the bytes). */
   fastOutput?: FastOutput;
+}
+
+const FAST = HvHypercallInputLayout.mask('fast');
+const fastBit = new RegisterValueMemo((rcx) => (rcx.low & FAST) !== 0n, false);
+/**
+ * Whether the hypercall input value in RCX has Fast set (tlfs-hypercalls.md §1.2): what a platform
+ * whose XMM registers live outside the core (the KVM agent) checks before a call, to move them in.
+ */
+export function hypercallInputIsFast(vp: VirtualProcessor): boolean {
+  return fastBit.of(registerValue(vp, R.HvX64RegisterRcx));
 }
 
 /** Reads RCX/RDX/R8 (64-bit callers) or EDX:EAX/EBX:ECX/EDI:ESI (32-bit) (tlfs-hypercalls.md §1.4). */

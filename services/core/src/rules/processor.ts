@@ -19,52 +19,51 @@ export function setReg(vp: VirtualProcessor, name: number, value: bigint): void 
   fileOf(vp, name).set(name, reg64(value));
 }
 /**
- * HV_X64_SEGMENT_REGISTER.Attributes of a segment register's value (bits 48..63 of its high half).
- * The last value asked about is remembered: register values are immutable objects (a write replaces
- * the object), and the hypercall path asks for CS's attributes three or four times per call.
+ * A value derived from a register's value object, remembered for the last object asked about: register
+ * values are immutable objects (a write stores a new one), so a derivation is redone only when the
+ * register changed. The hypercall path asks for CS's attributes, CR0.PE, EFER.LMA and RCX's Fast bit
+ * several times per call, and each bigint shift or AND made a bigint.
  */
-let lastSegment: Reg128 | undefined;
-let lastAttributes = 0;
-function segmentAttributes(s: Reg128 | undefined): number {
-  if (s === undefined) return 0;
-  if (s !== lastSegment) {
-    lastAttributes = Number((s.high >> 48n) & 0xffffn);
-    lastSegment = s;
+export class RegisterValueMemo<T> {
+  private last: Reg128 | undefined;
+  private lastValue: T;
+  constructor(
+    private readonly derive: (r: Reg128) => T,
+    /** The value for an unset register. */
+    private readonly unset: T,
+  ) {
+    this.lastValue = unset;
   }
-  return lastAttributes;
+  of(r: Reg128 | undefined): T {
+    if (r === undefined) return this.unset;
+    if (r !== this.last) {
+      this.lastValue = this.derive(r);
+      this.last = r;
+    }
+    return this.lastValue;
+  }
 }
+
+/** The value object of `name` for the VP's active VTL (undefined: never set). */
+export function registerValue(vp: VirtualProcessor, name: number): Reg128 | undefined {
+  return fileOf(vp, name).get(name);
+}
+
+/** HV_X64_SEGMENT_REGISTER.Attributes (bits 48..63 of the value's high half). */
+const segmentAttributes = new RegisterValueMemo((s) => Number((s.high >> 48n) & 0xffffn), 0);
+const cr0Pe = new RegisterValueMemo((r) => (r.low & CR0_PE) !== 0n, false);
+const eferLma = new RegisterValueMemo((r) => (r.low & EFER_LMA) !== 0n, false);
 
 /** CPL from CS.DPL (x64: CPL = CS.RPL = CS.DPL for code segments). */
 export function cpl(vp: VirtualProcessor): number {
   const cs = vp.vtls.get(vp.activeVtl).regs.get(R.HvX64RegisterCs);
-  return cs ? segmentDpl(segmentAttributes(cs)) : 0;
+  return cs ? segmentDpl(segmentAttributes.of(cs)) : 0;
 }
-/**
- * Whether a register value has the bits of `mask` set, remembered for the last value asked about per
- * mask (CR0 and EFER change rarely; the hypercall path tests them three times per call, and each
- * bigint AND made a bigint).
- */
-class BitTest {
-  private last: Reg128 | undefined;
-  private lastResult = false;
-  constructor(private readonly mask: bigint) {}
-  test(r: Reg128 | undefined): boolean {
-    if (r === undefined) return false;
-    if (r !== this.last) {
-      this.lastResult = (r.low & this.mask) !== 0n;
-      this.last = r;
-    }
-    return this.lastResult;
-  }
-}
-const cr0Pe = new BitTest(CR0_PE);
-const eferLma = new BitTest(EFER_LMA);
-
 export function inRealMode(vp: VirtualProcessor): boolean {
-  return !cr0Pe.test(fileOf(vp, R.HvX64RegisterCr0).get(R.HvX64RegisterCr0));
+  return !cr0Pe.of(registerValue(vp, R.HvX64RegisterCr0));
 }
 /** 64-bit calling convention when EFER.LMA && CS.L (tlfs-hypercalls.md §1.4). */
 export function is64Bit(vp: VirtualProcessor): boolean {
-  const attrs = segmentAttributes(vp.vtls.get(vp.activeVtl).regs.get(R.HvX64RegisterCs));
-  return (attrs & SegmentAttr.Long) !== 0 && eferLma.test(fileOf(vp, R.HvX64RegisterEfer).get(R.HvX64RegisterEfer));
+  const attrs = segmentAttributes.of(vp.vtls.get(vp.activeVtl).regs.get(R.HvX64RegisterCs));
+  return (attrs & SegmentAttr.Long) !== 0 && eferLma.of(registerValue(vp, R.HvX64RegisterEfer));
 }

@@ -1,7 +1,7 @@
 // tlfs layer: the hypercall ABI. HV_HYPERCALL_INPUT (tlfs-hypercalls.md §1.2), the result value
 // (§1.3) and the call codes (§2.1). The two bit layouts drive their encoders and decoders (./layout.ts).
 import { HvStatus, type HvStatusValue, hvFail } from './status';
-import { bitfield, bits, type CodecValue, flag } from './layout';
+import { bitfield, bits, type CodecValue, flag, isExactNumber } from './layout';
 
 /** Hypercall call codes (TLFS Appendix A; tlfs-hypercalls.md §2.1). */
 export const HvCallCode = {
@@ -96,7 +96,7 @@ export function validateParameterBlock(gpa: bigint, size: number, gpaLimit: bigi
   if (size === 0) return;
   // As a number where that is exact (below 2^53: every GPA a partition has): no bigint arithmetic on
   // the hot path. Above, the same checks in bigint.
-  const exact = gpa >= 0n && gpa <= 0x1f_ffff_ffff_ffffn;
+  const exact = isExactNumber(gpa);
   const g = Number(gpa);
   const inPage = exact ? g % 0x1000 : Number(gpa & 0xfffn);
   if ((inPage & 7) !== 0) hvFail(HvStatus.HV_STATUS_INVALID_ALIGNMENT, `${what} GPA is not 8-byte aligned`);

@@ -100,7 +100,9 @@ function dataViewOf(b: Buffer): DataView | undefined {
 }
 
 /** v modulo 2^64 (no new bigint when it is in range already: BigInt.asUintN allocates). */
-const toU64 = (v: bigint): bigint => (v >= 0n && v <= 0xffff_ffff_ffff_ffffn ? v : BigInt.asUintN(64, v));
+export const toU64 = (v: bigint): bigint => (v >= 0n && v <= 0xffff_ffff_ffff_ffffn ? v : BigInt.asUintN(64, v));
+/** Whether Number(v) is exactly v (0 <= v < 2^53): arithmetic on it may then be done in numbers, without making bigints. */
+export const isExactNumber = (v: bigint): boolean => v >= 0n && v <= 0x1f_ffff_ffff_ffffn;
 
 export const u64: IntCodec<bigint> = {
   size: 8,
@@ -547,7 +549,7 @@ export function bitfield<F extends BitFields>(name: string, width: 8 | 16 | 32 |
     if (typeof raw === 'bigint') {
       // Below 2^53 (a call code and its flags, most register values) the halves come from one
       // number, exactly: no bigint made (asUintN, the mask and the shift allocated one each).
-      if (width === 64 && raw >= 0n && raw <= 0x1f_ffff_ffff_ffffn) {
+      if (width === 64 && isExactNumber(raw)) {
         const n = Number(raw);
         return build(n >>> 0, Math.floor(n / 0x1_0000_0000), raw);
       }

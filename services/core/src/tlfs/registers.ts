@@ -1,7 +1,7 @@
 // tlfs layer: HV_REGISTER_NAME values and VSM scope (tlfs-hypercalls.md §2.7; private/shared lists
 // from tlfs-vsm.md §9), HV_REGISTER_VALUE (128-bit) and the segment/table register layouts
 // (tlfs-hypercalls.md §2.5: HV_X64_SEGMENT_REGISTER, HV_X64_TABLE_REGISTER), as layouts (./layout.ts).
-import { at, type CodecValue, struct, u16, u32, u64 } from './layout';
+import { at, type CodecValue, struct, toU64, u16, u32, u64 } from './layout';
 
 export const HvRegisterName = {
   HvRegisterGuestOsId: 0x00090002,
@@ -179,7 +179,7 @@ export const HvRegisterValueLayout = struct('HV_REGISTER_VALUE', 16, {
 });
 export type Reg128 = CodecValue<typeof HvRegisterValueLayout>;
 /** A 64-bit register value (v modulo 2^64; no new bigint when v is in range, as it almost always is). */
-export const reg64 = (v: bigint): Reg128 => ({ low: v >= 0n && v <= 0xffff_ffff_ffff_ffffn ? v : v & 0xffff_ffff_ffff_ffffn, high: 0n });
+export const reg64 = (v: bigint): Reg128 => ({ low: toU64(v), high: 0n });
 
 /** HV_X64_SEGMENT_REGISTER, 16 bytes (tlfs-hypercalls.md §2.5). */
 export const HvX64SegmentRegisterLayout = struct('HV_X64_SEGMENT_REGISTER', 16, {

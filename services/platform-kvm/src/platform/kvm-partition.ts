@@ -757,27 +757,11 @@ export class KvmPartition {
    * VMCALL). A VtlReturn can answer an intercepted access of a whole-guest run held for the VTL it
    * returns to (core resumePendingAccess): the answer is noted for when that VTL runs again.
    */
-  /**
-   * Bit 16 (Fast) of the hypercall input value in RCX, remembered for the last RCX value object (the
-   * core keeps a register's object while its value does not change: a loop calling the same
-   * hypercall tests no bigint per call).
-   */
-  private fastBit(vp: VirtualProcessor): boolean {
-    const rcx = (core.registerInfo(R.HvX64RegisterRcx)!.scope === 'shared' ? vp.shared : vp.vtls.get(vp.activeVtl).regs).get(R.HvX64RegisterRcx);
-    if (rcx !== this.lastRcx) {
-      this.lastRcx = rcx;
-      this.lastRcxFast = rcx !== undefined && (rcx.low & 0x1_0000n) !== 0n;
-    }
-    return this.lastRcxFast;
-  }
-  private lastRcx: core.Reg128 | undefined;
-  private lastRcxFast = false;
-
   private dispatch(vp: VirtualProcessor, callSite?: core.HypercallCallSite, c?: VpCpu): core.HypercallOutcome {
     // XMM fast hypercalls (tlfs-hypercalls.md §1.4): the vCPU's XMM registers are the input, and the
     // output the core wrote goes back into them (kvm_fpu; two ioctls, fast calls only).
     // Bit 16 of the hypercall input value (RCX) = Fast (tlfs-hypercalls.md §1.2).
-    const fast = c !== undefined && this.fastBit(vp);
+    const fast = c !== undefined && core.hypercallInputIsFast(vp);
     if (fast) this.readXmm(c, vp);
     const o = core.executeVmcall(this.partition, vp, callSite ? { instructionLength: HYPERCALL_INSN_LENGTH, callSite } : AT_HYPERCALL_INSN);
     if (fast && o.fastOutput) this.writeXmm(c, vp);
