@@ -223,3 +223,40 @@ test('intercepts watch --batch --reply allow answers the intercepts of a stream 
   expect(results.map((l) => l.replyResult.status)).toEqual(['REPLY_STATUS_APPLIED', 'REPLY_STATUS_APPLIED']);
   expect(Buffer.from((await h.client.memory.readGpa({ name: P.name, gpa: VTL1_LAYOUT.secretGpa, length: 2 })).data).toString()).toBe('ab');
 });
+
+test('intercepts watch --batch --reply allow --quiet: applied answers print nothing, the last ones before --count are confirmed; --quiet alone is a usage error', async () => {
+  const bad = await cli(['intercepts', 'watch', 'x', '--quiet', '--reply', 'allow']);
+  expect(bad.code).toBe(2);
+  expect(bad.stderr).toMatch(/--quiet goes with --batch and --reply/);
+  const P = await setupVtl1Partition(h.client, 'cli-actions-quiet', 1, Buffer.from('s'));
+  await h.client.intercepts.setInterceptRoute({ name: P.name, route: pb.InterceptRoute.INTERCEPT_ROUTE_MONITOR });
+  const watch = spawn(
+    process.execPath,
+    [CLI, '--address', h.address, 'intercepts', 'watch', P.name.split('/')[1]!, '--batch', '--reply', 'allow', '--quiet', '--count', '3', '--json'],
+    { cwd: ROOT, env: childEnv(), stdio: 'pipe' },
+  );
+  let out = '';
+  watch.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+  const exited = new Promise<number | null>((res) => watch.on('close', (code) => res(code)));
+  await waitFor('the watch subscribed', () => out.includes('"subscription"'));
+  // One VP writes three times: its actions run in order, each waiting for its answer, so the three
+  // intercepts come one per message; the first two answers go quiet, the third (the --count-th) not.
+  const f = file(
+    'quiet.jsonl',
+    [0x61, 0x62, 0x63].map((b) => ({
+      writeMemory: { name: P.vps[0]!, gpa: `0x${VTL1_LAYOUT.secretGpa.toString(16)}`, data: Buffer.from([b]).toString('base64') },
+    })),
+  );
+  const r = await cli(['actions', f]);
+  expect(r.code).toBe(0);
+  expect(await exited).toBe(0);
+  const lines = out
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l));
+  const intercepts = lines.filter((l) => l.intercept);
+  expect(intercepts).toHaveLength(3);
+  const results = lines.filter((l) => l.replyResult);
+  expect(results.map((l) => [l.replyResult.interceptId, l.replyResult.status])).toEqual([[intercepts[2].intercept.interceptId, 'REPLY_STATUS_APPLIED']]);
+  expect(Buffer.from((await h.client.memory.readGpa({ name: P.name, gpa: VTL1_LAYOUT.secretGpa, length: 1 })).data).toString()).toBe('c');
+});

@@ -337,6 +337,67 @@ describe('Monitor batching (subscribe.batch, replies)', () => {
     await h.client.partitions.deletePartition({ name: P.name });
   });
 
+  test('quiet replies: no reply_results when every reply was applied, only the refused ones otherwise, in order', async () => {
+    const { P, m, events } = await batchMonitored('gas-q', 2);
+    const ALLOW = pb.InterceptAction.INTERCEPT_ACTION_ALLOW;
+    const s = h.client.guest.runGuestActions();
+    const results = s.results[Symbol.asyncIterator]();
+    /** VP i writes one byte into the protected page; resolves with its intercept. */
+    const fault = async (i: number, byte: number): Promise<pb.InterceptEvent> => {
+      s.send({
+        sequence: BigInt(byte),
+        action: { $case: 'writeMemory', value: { name: P.vps[i]!, gpa: VTL1_LAYOUT.secretGpa + BigInt(i), data: Buffer.from([byte]), gva: undefined } },
+      });
+      const ev = (await events.next()).value as pb.MonitorResponse;
+      expect(ev.kind?.$case).toBe('intercepts');
+      if (ev.kind?.$case !== 'intercepts') throw new Error('no intercepts message');
+      expect(ev.kind.value.intercepts).toHaveLength(1);
+      return ev.kind.value.intercepts[0]!;
+    };
+    /** The answer of the action with sequence `seq`: the write completed. */
+    const completed = async (seq: number) => {
+      const r = (await results.next()).value as pb.RunGuestActionsResponse;
+      expect(r.sequence).toBe(BigInt(seq));
+      expect(r.result?.$case === 'writeMemory' && !r.result.value.outcome?.exception).toBe(true);
+    };
+    // 1. Every reply applied: the writes complete, and the monitor gets nothing for the message.
+    const a = await fault(0, 0x41);
+    m.send({ kind: { $case: 'replies', value: { replies: [{ interceptId: a.interceptId, action: ALLOW, data: Buffer.alloc(0) }], quiet: true } } });
+    await completed(0x41);
+    // 2. A quiet message with an applied reply between two refused ones: one reply_results message
+    //    with the two refused ones, in order. It is the next Monitor message: step 1 sent none.
+    const b = await fault(1, 0x42);
+    m.send({
+      kind: {
+        $case: 'replies',
+        value: {
+          replies: [
+            { interceptId: a.interceptId, action: ALLOW, data: Buffer.alloc(0) }, // answered in step 1
+            { interceptId: b.interceptId, action: ALLOW, data: Buffer.alloc(0) },
+            { interceptId: 999999n, action: ALLOW, data: Buffer.alloc(0) },
+          ],
+          quiet: true,
+        },
+      },
+    });
+    const res = (await events.next()).value as pb.MonitorResponse;
+    expect(res.kind?.$case).toBe('replyResults');
+    if (res.kind?.$case === 'replyResults')
+      expect(res.kind.value.results.map((r) => [r.interceptId, r.status])).toEqual([
+        [a.interceptId, pb.ReplyStatus.REPLY_STATUS_DUPLICATE],
+        [999999n, pb.ReplyStatus.REPLY_STATUS_UNKNOWN_INTERCEPT],
+      ]);
+    await completed(0x42);
+    // 3. Without quiet, the same stream answers every reply again (the flag is per message).
+    m.send({ kind: { $case: 'replies', value: { replies: [{ interceptId: b.interceptId, action: ALLOW, data: Buffer.alloc(0) }] } } });
+    const again = (await events.next()).value as pb.MonitorResponse;
+    expect(again.kind?.$case === 'replyResults' && again.kind.value.results.map((r) => r.status)).toEqual([pb.ReplyStatus.REPLY_STATUS_DUPLICATE]);
+    expect(Buffer.from((await h.client.memory.readGpa({ name: P.name, gpa: VTL1_LAYOUT.secretGpa, length: 2 })).data).toString()).toBe('AB');
+    s.close();
+    m.cancel();
+    await h.client.partitions.deletePartition({ name: P.name });
+  });
+
   test('a turn in which every VP faults sends its intercepts in messages of at most half the VP count', async () => {
     const { P, m, events } = await batchMonitored('gas-h', 8);
     // All 8 VPs write into the protected page, in one batch: 8 intercepts raised in one turn.

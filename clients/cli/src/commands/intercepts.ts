@@ -20,6 +20,7 @@ interface WatchOptions {
   checkGeneration?: boolean;
   count?: number;
   batch?: boolean;
+  quiet?: boolean;
 }
 
 /** What `intercepts watch` watches (its filters), for the "subscribed" line. */
@@ -115,6 +116,10 @@ export function register(program: Command, { run }: Cli): void {
       '--batch',
       'subscribe with batch: the intercepts raised together come in one message (two once they reach half the VP count) and each is answered with one replies message (printed one line each, as without it)',
     )
+    .option(
+      '--quiet',
+      'with --batch and --reply: send quiet replies, so the service reports only answers it did not apply (printed as without it); applied answers print no line. With --count the last answers are sent without it, to wait for their results',
+    )
     .addHelpText(
       'after',
       `
@@ -126,6 +131,7 @@ delivered to it first (flagged redelivered when an earlier monitor saw them). Ct
       run(async (ctx, name: string, o: WatchOptions) => {
         if (o.skipData && o.reply !== 'skip') throw new UsageError('--skip-data goes with --reply skip');
         if (o.checkGeneration && !o.reply) throw new UsageError('--check-generation goes with --reply');
+        if (o.quiet && !(o.batch && o.reply)) throw new UsageError('--quiet goes with --batch and --reply (it makes the replies messages quiet)');
         if (o.gpaStart !== undefined && o.gpaEnd !== undefined && o.gpaEnd <= o.gpaStart) throw new UsageError('--gpa-end must be above --gpa-start');
         const action = o.reply ? ACTIONS[o.reply]! : undefined;
         const answering =
@@ -193,7 +199,13 @@ delivered to it first (flagged redelivered when an earlier monitor saw them). Ct
                   const answer = take(e);
                   if (answer) replies.push(answer);
                 }
-                if (replies.length) m.send({ kind: { $case: 'replies', value: { replies } } });
+                if (replies.length) {
+                  // Quiet: only refused answers come back, so nothing waits for the others (the last
+                  // answers before --count are sent without it, to see them applied before exiting).
+                  const quiet = o.quiet === true && !full;
+                  if (quiet) for (const r of replies) outstanding.delete(r.interceptId);
+                  m.send({ kind: { $case: 'replies', value: { replies, quiet } } });
+                }
               } else if (k.$case === 'replyResult') {
                 result(k.value);
               } else if (k.$case === 'replyResults') {

@@ -35,6 +35,10 @@ export const MAX_GUEST_ACCESS = 65536;
 export const MAX_GPA_ACCESS = 1 << 20;
 /** Monitor: answers one `replies` message may hold (proto/vsm/v1/intercept.proto). */
 export const MAX_REPLIES_PER_MESSAGE = 4096;
+/** What reply() returns for an applied answer of a `quiet` replies message (no result is sent for it). */
+const APPLIED_QUIETLY: P.ReplyResult = Object.freeze({ interceptId: 0n, status: P.ReplyStatus.REPLY_STATUS_APPLIED, detail: '', viewGeneration: 0n });
+/** answerIntercept's options for an answer without data or generation (most): one object, not one per answer. */
+const NO_ANSWER_OPTIONS = Object.freeze({});
 const WATCH_QUEUE = 1024;
 /** Core overlay kind -> vsm.v1.OverlayKind: one entry per kind of the core's overlay-kinds table (a new kind does not compile until it is mapped). */
 const OVERLAY_KIND_TO_PB = {
@@ -636,17 +640,22 @@ export class CoreBackend implements Backend {
             throw invalidArgument(`replies holds ${replies.length} answers; at most ${MAX_REPLIES_PER_MESSAGE} per message`);
           if (p.deleted || p.state !== 'active') throw endedError(p, p.deleted ? 'deleted' : 'crashed');
           // Each as a `reply`, in order; once one ended the partition (CRASH) the rest are not applied.
-          const results = replies.map((r) =>
-            p.deleted || p.state !== 'active'
-              ? {
-                  interceptId: r.interceptId,
-                  status: P.ReplyStatus.REPLY_STATUS_INVALID,
-                  detail: 'not applied: the partition ended (an earlier reply of this message answered CRASH)',
-                  viewGeneration: BigInt(p.viewGeneration),
-                }
-              : this.reply(p, r),
-          );
-          wrote = sink.write({ kind: { $case: 'replyResults', value: { results } } });
+          // quiet: only the results of replies not applied, and no message when every one was.
+          const quiet = k.value.quiet === true;
+          const results: P.ReplyResult[] = [];
+          for (const r of replies) {
+            const x =
+              p.deleted || p.state !== 'active'
+                ? {
+                    interceptId: r.interceptId,
+                    status: P.ReplyStatus.REPLY_STATUS_INVALID,
+                    detail: 'not applied: the partition ended (an earlier reply of this message answered CRASH)',
+                    viewGeneration: BigInt(p.viewGeneration),
+                  }
+                : this.reply(p, r, quiet);
+            if (x !== APPLIED_QUIETLY) results.push(x);
+          }
+          wrote = !quiet || results.length > 0 ? sink.write({ kind: { $case: 'replyResults', value: { results } } }) : true;
         } else {
           // An answer to a partition that ended meanwhile is not applied: the stream ends instead.
           if (p.deleted || p.state !== 'active') throw endedError(p, p.deleted ? 'deleted' : 'crashed');
@@ -661,7 +670,8 @@ export class CoreBackend implements Backend {
     }
   }
 
-  private reply(p: Partition, r: P.InterceptReply): P.ReplyResult {
+  /** Applies one answer; its result (APPLIED_QUIETLY for an applied reply of a `quiet` message: nothing built). */
+  private reply(p: Partition, r: P.InterceptReply, quiet = false): P.ReplyResult {
     // One object literal per outcome (not a spread of a shared base: V8's object spread was the
     // largest self time of a monitor's answer in the intercept benchmark).
     const result = (status: P.ReplyStatus, detail: string): P.ReplyResult => ({
@@ -676,12 +686,19 @@ export class CoreBackend implements Backend {
     if (st === 'unknown') return result(P.ReplyStatus.REPLY_STATUS_UNKNOWN_INTERCEPT, `intercept ${r.interceptId} is not pending`);
     if (st === 'duplicate') return result(P.ReplyStatus.REPLY_STATUS_DUPLICATE, 'already answered; ignored');
     try {
-      core.answerIntercept(p, r.interceptId, action, {
-        // Only SKIP reads the data (a read's bytes); the message's own bytes, not a copy.
-        data: r.data.length > 0 ? Buffer.from(r.data.buffer, r.data.byteOffset, r.data.length) : undefined,
-        generation: r.viewGeneration === undefined ? undefined : Number(r.viewGeneration),
-      });
-      return result(P.ReplyStatus.REPLY_STATUS_APPLIED, action);
+      core.answerIntercept(
+        p,
+        r.interceptId,
+        action,
+        r.data.length === 0 && r.viewGeneration === undefined
+          ? NO_ANSWER_OPTIONS
+          : {
+              // Only SKIP reads the data (a read's bytes); the message's own bytes, not a copy.
+              data: r.data.length > 0 ? Buffer.from(r.data.buffer, r.data.byteOffset, r.data.length) : undefined,
+              generation: r.viewGeneration === undefined ? undefined : Number(r.viewGeneration),
+            },
+      );
+      return quiet ? APPLIED_QUIETLY : result(P.ReplyStatus.REPLY_STATUS_APPLIED, action);
     } catch (e) {
       if (e instanceof HvError && e.status === HvStatus.HV_STATUS_OPERATION_DENIED) return result(P.ReplyStatus.REPLY_STATUS_STALE_GENERATION, e.message);
       if (e instanceof HvError && e.status === HvStatus.HV_STATUS_INSUFFICIENT_MEMORY)
