@@ -105,6 +105,14 @@ export function accessibleTo(p: PartitionState, vp: VirtualProcessor, gpa: bigin
   return true;
 }
 
+/**
+ * The outcome of every write that completed: one frozen object, not one per write (a partition keeps
+ * the outcomes of its last 65,536 answered intercepts, intercepts.ts; one object each was promoted
+ * out of V8's young generation at intercept rates and collected by major GCs).
+ */
+const WRITE_COMPLETED: AccessOutcome = Object.freeze({ status: 'completed' });
+const CRASHED: AccessOutcome = Object.freeze({ status: 'crashed' });
+
 /** Performs the access as the VP in its active VTL. */
 export function guestAccess(
   p: PartitionState,
@@ -140,7 +148,7 @@ export function guestAccess(
   }
   if (kind === 'write') {
     if (!writeView(p, vtl, vp.index, gpa, data!)) return { status: 'exception', exception: X64Exception.GP };
-    return { status: 'completed' };
+    return WRITE_COMPLETED;
   }
   return { status: 'completed', data: readView(p, vtl, vp.index, gpa, length) };
 }
@@ -237,6 +245,8 @@ function raiseIntercept(
 }
 
 const NO_INSTRUCTION_BYTES = Buffer.alloc(0);
+/** guestAccess's options of an ALLOW answer (one object, not one per answer). */
+const IGNORE_PROTECTIONS = Object.freeze({ ignoreProtections: true });
 /** An unset segment register (one object, so that its decoded segment is cached too). */
 const ZERO_REG128: Reg128 = Object.freeze({ low: 0n, high: 0n });
 
@@ -357,11 +367,11 @@ export function answerIntercept(
   p.intercepts.take(id);
   vp.suspendedOn = null;
   vp.suspendedAccess = null;
-  let outcome: AccessOutcome = { status: 'crashed' };
+  let outcome: AccessOutcome = CRASHED;
   try {
     switch (action) {
       case 'allow':
-        outcome = guestAccess(p, vp, pa.kind, pa.gpa, pa.length, pa.data, { ignoreProtections: true });
+        outcome = guestAccess(p, vp, pa.kind, pa.gpa, pa.length, pa.data, IGNORE_PROTECTIONS);
         break;
       case 'skip': {
         const d = Buffer.alloc(pa.kind === 'write' ? 0 : pa.length);
@@ -373,7 +383,7 @@ export function answerIntercept(
         outcome = guestAccess(p, vp, pa.kind, pa.gpa, pa.length, pa.data);
         break;
       case 'crash':
-        outcome = { status: 'crashed' };
+        outcome = CRASHED;
         break;
     }
   } catch (e) {

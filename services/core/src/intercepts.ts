@@ -47,8 +47,18 @@ export function setInterceptRoute(p: InterceptSettings, route: InterceptRoute, d
  * ids: one per id modulo this (a power of two).
  */
 export const ANSWERED_KEPT = 65536;
-const ANSWERED_SLOT_MASK = BigInt(ANSWERED_KEPT - 1);
-const slotOf = (id: bigint): number => Number(id & ANSWERED_SLOT_MASK);
+const TWO_32 = 2 ** 32;
+/** An id's high 32 bits (ids are u64; those below 2^53, all but imported ones, without bigint arithmetic). */
+const highOf = (id: bigint): number => {
+  const n = Number(id);
+  return n <= Number.MAX_SAFE_INTEGER ? Math.floor(n / TWO_32) : Number(id >> 32n);
+};
+/** An id's low 32 bits. */
+const lowOf = (id: bigint): number => {
+  const n = Number(id);
+  return n <= Number.MAX_SAFE_INTEGER ? n % TWO_32 : Number(id & 0xffffffffn);
+};
+const slotOf = (id: bigint): number => lowOf(id) % ANSWERED_KEPT;
 
 export class InterceptBroker {
   private nextId = 1n;
@@ -62,8 +72,14 @@ export class InterceptBroker {
    * slots, not a Set and a Map of bigints: those cost 0.4-1.2 µs per answer at 65,536 entries (cache
    * misses on tables of megabytes, rehashes); evicting by iterating a Set was worse (V8 leaves deleted
    * entries as holes its iterators walk: 7.8 -> 37 µs per intercept once 65,536 were answered).
+   * The ids are kept as numbers (`answeredLow` bits 0-31, `answeredHigh` bits 32-63, `answeredSet`
+   * whether the slot holds an id), not as bigints: 65,536
+   * retained bigints, each replaced about 2 s later at 35k intercepts/s, were promoted out of V8's
+   * young generation and collected by major GCs (bench/README.md "Intercept throughput").
    */
-  private readonly answeredIds: (bigint | undefined)[] = [];
+  private readonly answeredLow = new Uint32Array(ANSWERED_KEPT);
+  private readonly answeredHigh = new Uint32Array(ANSWERED_KEPT);
+  private readonly answeredSet = new Uint8Array(ANSWERED_KEPT);
   private readonly answeredOutcomes: (AccessOutcome | undefined)[] = [];
   private readonly listeners = new Set<(r: InterceptRecord) => void>();
   private readonly resolvedListeners = new Set<(id: bigint, outcome: AccessOutcome) => void>();
@@ -71,17 +87,31 @@ export class InterceptBroker {
   private readonly waiters = new Map<bigint, ((outcome: AccessOutcome) => void)[]>();
 
   exportState(): { nextId: bigint; pending: InterceptRecord[]; answered: bigint[] } {
-    const answered = this.answeredIds.filter((id): id is bigint => id !== undefined).sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+    const answered: bigint[] = [];
+    for (let slot = 0; slot < ANSWERED_KEPT; slot++) {
+      if (this.answeredSet[slot]) answered.push((BigInt(this.answeredHigh[slot]!) << 32n) | BigInt(this.answeredLow[slot]!));
+    }
+    answered.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
     return { nextId: this.nextId, pending: [...this.pending.values()].map((r) => ({ ...r })), answered };
   }
   importState(s: ReturnType<InterceptBroker['exportState']>): void {
     this.nextId = s.nextId;
     this.pending.clear();
     for (const r of s.pending) this.pending.set(r.id, { ...r });
-    this.answeredIds.length = 0;
+    this.answeredSet.fill(0);
     this.answeredOutcomes.length = 0;
     // Outcomes are not part of the state: an imported answered id reports no outcome.
-    for (const id of s.answered) this.answeredIds[slotOf(id)] = id;
+    for (const id of s.answered) this.remember(id, slotOf(id));
+  }
+
+  /** Whether slot `slot` (= slotOf(id)) holds `id`. */
+  private holds(id: bigint, slot: number): boolean {
+    return this.answeredSet[slot] === 1 && this.answeredLow[slot] === lowOf(id) && this.answeredHigh[slot] === highOf(id);
+  }
+  private remember(id: bigint, slot: number): void {
+    this.answeredSet[slot] = 1;
+    this.answeredLow[slot] = lowOf(id);
+    this.answeredHigh[slot] = highOf(id);
   }
 
   allocateId(): bigint {
@@ -139,13 +169,13 @@ export class InterceptBroker {
   /** 'pending' (answer it), 'duplicate' (already answered) or 'unknown'. */
   status(id: bigint): 'pending' | 'duplicate' | 'unknown' {
     if (this.pending.has(id)) return 'pending';
-    return this.answeredIds[slotOf(id)] === id ? 'duplicate' : 'unknown';
+    return this.holds(id, slotOf(id)) ? 'duplicate' : 'unknown';
   }
 
   /** The outcome of answered intercept `id` (undefined: not answered, or answered long ago). */
   outcomeOf(id: bigint): AccessOutcome | undefined {
     const slot = slotOf(id);
-    return this.answeredIds[slot] === id ? this.answeredOutcomes[slot] : undefined;
+    return this.holds(id, slot) ? this.answeredOutcomes[slot] : undefined;
   }
 
   /**
@@ -167,7 +197,7 @@ export class InterceptBroker {
   markAnswered(id: bigint, outcome: AccessOutcome): void {
     this.pending.delete(id);
     const slot = slotOf(id);
-    this.answeredIds[slot] = id;
+    this.remember(id, slot);
     this.answeredOutcomes[slot] = outcome;
     const waiters = this.waiters.get(id);
     if (waiters) {

@@ -146,6 +146,32 @@ test('answered ids are remembered one per id modulo ANSWERED_KEPT: until an id t
   expect(b.exportState().answered).toHaveLength(ANSWERED_KEPT);
 });
 
+test('answered ids above 2^53 (an imported next id) are told apart exactly: ids sharing a slot or the low 32 bits are not duplicates', () => {
+  const b = monitored(1).intercepts;
+  const high = (1n << 64n) - 5n; // near the top of the u64 range: the bigint path of the id's halves
+  b.importState({ nextId: high, pending: [], answered: [] });
+  const id = b.allocateId();
+  expect(id).toBe(high);
+  b.markAnswered(id, { status: 'crashed' });
+  expect(b.status(id)).toBe('duplicate');
+  expect(b.outcomeOf(id)).toEqual({ status: 'crashed' });
+  // Same slot and same low 32 bits, another high half; and a neighbour across 2^53 precision.
+  expect(b.status(id - (1n << 32n))).toBe('unknown');
+  expect(b.status(id - (1n << 40n))).toBe('unknown');
+  expect(b.status(id - 1n)).toBe('unknown');
+  const safe = BigInt(Number.MAX_SAFE_INTEGER); // 2^53 - 1: the last id on the number path
+  b.markAnswered(safe, { status: 'crashed' });
+  expect(b.status(safe)).toBe('duplicate');
+  expect(b.status(safe + 1n)).toBe('unknown');
+  expect(b.status(safe + (1n << 32n))).toBe('unknown');
+  // Export/import round-trips them.
+  const q = monitored(1).intercepts;
+  q.importState(b.exportState());
+  expect(q.status(id)).toBe('duplicate');
+  expect(q.status(safe)).toBe('duplicate');
+  expect(b.exportState().answered).toEqual([safe, id]);
+});
+
 test("whenAnswered wakes only the waiters of the answered id, once; a deleted partition's waiters get crashed", () => {
   const p = monitored(3);
   const a = intercepted(p, 0);
