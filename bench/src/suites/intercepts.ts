@@ -13,9 +13,11 @@ const WINDOW_PER_VP = 16;
 /**
  * A partition whose VPs fault on VTL1-protected pages (route MONITOR) and a monitor that answers
  * ALLOW to everything as fast as it can; `batch`: subscribe with batch (intercepts of one turn in one
- * message) and answer each such message with one `replies` message.
+ * message) and answer each such message with one `replies` message, `quiet` ones when `quiet` (the
+ * service then reports only replies it did not apply). A reply the service did not apply fails the
+ * measurement (`failed()`).
  */
-export async function setup(client: VsmClient, vpCount: number, batch = false) {
+export async function setup(client: VsmClient, vpCount: number, batch = false, quiet = false) {
   const p = await client.partitions.createPartition({ partition: pb.Partition.fromPartial({ vpCount, memoryBytes: 1n << 30n, maximumVtl: 1 }) });
   await client.vtl.enablePartitionVtl({ name: p.name, targetVtl: 1 });
   for (let i = 0; i < vpCount; i++) await client.vtl.enableVpVtl({ name: `${p.name}/vps/${i}`, targetVtl: 1 });
@@ -30,6 +32,11 @@ export async function setup(client: VsmClient, vpCount: number, batch = false) {
   const m = client.intercepts.monitor();
   m.send({ kind: { $case: 'subscribe', value: pb.MonitorSubscribe.fromPartial({ name: p.name, batch }) } });
   let answered = 0;
+  let failed: string | undefined;
+  const check = (r: pb.ReplyResult) => {
+    if (r.status !== pb.ReplyStatus.REPLY_STATUS_APPLIED)
+      failed ??= `reply to intercept ${r.interceptId} not applied: ${pb.replyStatusToJSON(r.status)} ${r.detail}`;
+  };
   const loop = (async () => {
     try {
       for await (const ev of m.events) {
@@ -37,8 +44,12 @@ export async function setup(client: VsmClient, vpCount: number, batch = false) {
           const replies = [];
           for (const x of ev.kind.value.intercepts)
             if (x.needsReply) replies.push({ interceptId: x.interceptId, action: pb.InterceptAction.INTERCEPT_ACTION_ALLOW, data: Buffer.alloc(0) });
-          m.send({ kind: { $case: 'replies', value: { replies } } });
+          m.send({ kind: { $case: 'replies', value: { replies, quiet } } });
           answered += replies.length;
+        } else if (ev.kind?.$case === 'replyResults') {
+          for (const r of ev.kind.value.results) check(r);
+        } else if (ev.kind?.$case === 'replyResult') {
+          check(ev.kind.value);
         } else if (ev.kind?.$case === 'intercept' && ev.kind.value.needsReply) {
           m.send({
             kind: {
@@ -53,7 +64,7 @@ export async function setup(client: VsmClient, vpCount: number, batch = false) {
       // cancelled at the end
     }
   })();
-  return { name: p.name, monitor: m, loop, answered: () => answered };
+  return { name: p.name, monitor: m, loop, answered: () => answered, failed: () => failed };
 }
 
 /**
@@ -110,6 +121,8 @@ export async function streamRate(client: VsmClient, part: Awaited<ReturnType<typ
     if (owed === 0) session.close();
   }
   clearTimeout(warm);
+  const failed = part.failed();
+  if (failed) throw new Error(failed);
   return (part.answered() - start) / (Number(process.hrtime.bigint() - t0) / 1e9);
 }
 
@@ -133,7 +146,13 @@ export const suite: Suite = {
       id: 'intercept.throughput.8vp',
       kind: 'rate',
       unit: 'msg/s',
-      description: `intercepts answered per second with 8 VPs faulting concurrently through one RunGuestActions stream (${WINDOW_PER_VP} WriteMemory actions in flight per VP) sending its actions in batch messages (one per results message received), one monitor (subscribed with batch, answering with replies)`,
+      description: `intercepts answered per second with 8 VPs faulting concurrently through one RunGuestActions stream (${WINDOW_PER_VP} WriteMemory actions in flight per VP) sending its actions in batch messages (one per results message received), one monitor (subscribed with batch, answering with quiet replies: only replies not applied are reported)`,
+    },
+    {
+      id: 'intercept.throughput.8vp.acked',
+      kind: 'rate',
+      unit: 'msg/s',
+      description: 'the same with replies that are not quiet (the service answers every replies message with a reply_results message)',
     },
     {
       id: 'intercept.throughput.8vp.single',
@@ -153,8 +172,9 @@ export const suite: Suite = {
     { figure: 'intercept.monitor.roundtrip.p50', baseline: 'intercept.baseline.unary_plus_bidi.p50', target: { op: '<=', value: 2.5 } },
     { figure: 'intercept.throughput.8vp', baseline: 'raw.stream.64B', target: { op: '>=', value: 0.3 } },
   ],
-  // Three 8-VP rates per repeat (stream and monitor batched, stream and monitor single, unary), each 1.5 s / 4 s.
-  budget: { quickSec: 90, fullSec: 300 },
+  // Four 8-VP rates per repeat (stream and monitor batched with quiet and with acknowledged replies,
+  // stream and monitor single, unary), each 1.5 s / 4 s after a warm-up of 0.3 s / 0.5 s.
+  budget: { quickSec: 100, fullSec: 360 },
   async run(ctx) {
     const server = await ctx.forkServer('servers/vsm-emulator-server.js');
     const raw = await ctx.forkServer('servers/raw-echo-server.js');
@@ -193,11 +213,13 @@ export const suite: Suite = {
       await one.loop;
 
       const eight = await setup(client, 8);
-      const eightBatched = await setup(client, 8, true);
+      const eightBatched = await setup(client, 8, true, true);
+      const eightAcked = await setup(client, 8, true);
       for (let r = 0; r < ctx.repeats; r++) {
         // A warm-up per measurement, as raw.stream.* have (300 ms quick, 500 ms full).
         const warmupMs = ctx.pick(300, 500);
         ctx.recordRate('intercept.throughput.8vp', await streamRate(client, eightBatched, ctx.pick(1500, 4000), true, warmupMs));
+        ctx.recordRate('intercept.throughput.8vp.acked', await streamRate(client, eightAcked, ctx.pick(1500, 4000), true, warmupMs));
         ctx.recordRate('intercept.throughput.8vp.single', await streamRate(client, eight, ctx.pick(1500, 4000), false, warmupMs));
 
         // The same with one unary call per fault (same-run comparison).
@@ -212,7 +234,7 @@ export const suite: Suite = {
         const secs = Number(process.hrtime.bigint() - t0) / 1e9;
         ctx.recordRate('intercept.throughput.8vp.unary', (eight.answered() - start) / secs);
       }
-      for (const m of [eight, eightBatched]) {
+      for (const m of [eight, eightBatched, eightAcked]) {
         m.monitor.cancel();
         await m.loop;
       }
