@@ -286,8 +286,8 @@ export function buildInterceptMessage(
   const instructionBytes = instruction ? instruction.bytes.subarray(0, 16) : NO_INSTRUCTION_BYTES;
   // The HV_MESSAGE built in place: header at +0, the payload at +16 (as encodeHvMessage lays them out).
   // From Node's buffer pool (a fresh zeroed ArrayBuffer per message costs more than the encoding);
-  // the header and payload encoders zero-fill their bytes, the rest is zeroed here.
-  const message = Buffer.allocUnsafe(HV_MESSAGE_SIZE).fill(0);
+  // the header and payload encoders write every byte of theirs, the rest is zeroed below.
+  const message = Buffer.allocUnsafe(HV_MESSAGE_SIZE);
   // OriginationId: 0, as OpenVMM/OpenHCL send for secure intercepts (the TLFS value is unconfirmed).
   HvMessageHeaderLayout.encode(
     { messageType: HvMessageType.HvMessageTypeGpaIntercept, payloadSize: HV_X64_MEMORY_INTERCEPT_MESSAGE_SIZE, messageFlags: 0, originationId: 0n },
@@ -315,6 +315,7 @@ export function buildInterceptMessage(
     message,
     16,
   );
+  message.fill(0, 16 + HV_X64_MEMORY_INTERCEPT_MESSAGE_SIZE);
   return message;
 }
 

@@ -2,7 +2,7 @@
 // tlfs-overlays-synic.md §5.3). Offsets below are slot offsets (payload + 16).
 import { decodeMemoryInterceptMessage, encodeHvMessage, ProtectionMap } from '@vsm/core';
 import { normalizeMapFlags } from '../src/protections';
-import { HvMessageType, encodeMemoryInterceptMessage, type HvX64MemoryInterceptMessage } from '../src/tlfs/message';
+import { HvMessageHeaderLayout, HvMessageType, encodeMemoryInterceptMessage, type HvX64MemoryInterceptMessage } from '../src/tlfs/message';
 
 const seg = (n: number) => ({ base: 0x1111_0000_0000_0000n + BigInt(n), limit: 0x2222_0000 + n, selector: 0x3300 + n, attributes: 0x4400 + n });
 const msg: HvX64MemoryInterceptMessage = {
@@ -66,6 +66,18 @@ test('encoding twice never carries a field over (seed 004)', () => {
   expect(a[45]).toBe(1);
   expect(b[45]).toBe(0);
   expect(b.subarray(64, 80).equals(Buffer.alloc(16))).toBe(true);
+});
+
+test('the header and payload encoders write every byte of theirs: encoded over garbage, the slot equals a fresh encoding (access.ts builds it in an unzeroed pool buffer)', () => {
+  const header = { messageType: HvMessageType.HvMessageTypeGpaIntercept, payloadSize: 240, messageFlags: 0, originationId: 0n };
+  const short = { ...msg, instructionByteCount: 0, instructionBytes: Buffer.alloc(0), memoryAccessInfo: { gvaValid: false }, guestVirtualAddress: 0n };
+  for (const m of [msg, short]) {
+    const fresh = encodeHvMessage(header, encodeMemoryInterceptMessage(m));
+    const dirty = Buffer.alloc(256, 0xff);
+    HvMessageHeaderLayout.encode(header, dirty, 0);
+    encodeMemoryInterceptMessage(m, dirty, 16);
+    expect(dirty.equals(fresh)).toBe(true);
+  }
 });
 
 describe('ProtectionMap', () => {
