@@ -33,16 +33,40 @@ export interface GuestEngine {
 
 /** The emulated engine: the core's model performs every action (no guest code runs). */
 export function emulatedEngine(p: Partition): GuestEngine {
-  return {
-    writeMsr: (vp, msr, value) => p.writeMsr(vp, msr, value),
-    readMsr: (vp, msr) => p.readMsr(vp, msr),
-    vmcall: (vp) => executeVmcall(p, vp),
-    callHypercallPage: (vp, offset) => callHypercallPage(p, vp, offset),
-    store: (vp, gpa, data) => guestAccess(p, vp, 'write', gpa, data.length, data),
-    load: (vp, gpa, length) => p.readView(vp.activeVtl, vp.index, gpa, length),
-    access: (vp, kind, gpa, length, data, gva) => guestAccess(p, vp, kind, gpa, length, data, { gva }),
-  };
+  return new EmulatedEngine(p);
 }
+
+/**
+ * One class for every partition's emulated engine, not an object of closures per partition: a call
+ * site such as `engineOf(p).access(...)` then sees one target whatever the partition (with closures
+ * per partition V8 deoptimized it, "wrong call target", once a second partition ran), and an access
+ * without a GVA passes no options object.
+ */
+class EmulatedEngine implements GuestEngine {
+  constructor(private readonly p: Partition) {}
+  writeMsr(vp: VirtualProcessor, msr: number, value: bigint): { exception?: X64ExceptionVector } {
+    return this.p.writeMsr(vp, msr, value);
+  }
+  readMsr(vp: VirtualProcessor, msr: number): { value: bigint; exception?: X64ExceptionVector } {
+    return this.p.readMsr(vp, msr);
+  }
+  vmcall(vp: VirtualProcessor): HypercallOutcome {
+    return executeVmcall(this.p, vp);
+  }
+  callHypercallPage(vp: VirtualProcessor, offset: number): StubOutcome {
+    return callHypercallPage(this.p, vp, offset);
+  }
+  store(vp: VirtualProcessor, gpa: bigint, data: Buffer): AccessOutcome {
+    return guestAccess(this.p, vp, 'write', gpa, data.length, data);
+  }
+  load(vp: VirtualProcessor, gpa: bigint, length: number): Buffer {
+    return this.p.readView(vp.activeVtl, vp.index, gpa, length);
+  }
+  access(vp: VirtualProcessor, kind: AccessKind, gpa: bigint, length: number, data?: Buffer, gva?: bigint): AccessOutcome {
+    return guestAccess(this.p, vp, kind, gpa, length, data, gva === undefined ? NO_ACCESS_OPTIONS : { gva });
+  }
+}
+const NO_ACCESS_OPTIONS = Object.freeze({});
 
 /** The engine that executes `p`'s guest actions: the one its platform attached, else the emulated one. */
 export function engineOf(p: Partition): GuestEngine {

@@ -44,6 +44,7 @@ export { pagingEnabled, translateGva } from './rules/paging';
 export type { TranslateAccess, TranslateRequest, TranslateResult } from './rules/paging';
 export { ProtectionMap } from './protections';
 export type { AccessKind } from './protections';
+export { IdMap } from './id-map';
 export { ANSWERED_KEPT, MAX_INTERCEPT_DEADLINE_MS } from './intercepts';
 export type { InterceptAction, InterceptRoute } from './intercepts';
 export type { InterceptRecord } from './outcomes';

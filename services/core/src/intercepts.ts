@@ -4,6 +4,7 @@
 // 'monitor' holds the VP suspended until an external monitor answers; 'both' lets a monitor observe
 // while the VTL handles it. Pending intercepts are kept until answered (at-least-once to monitors;
 // each has an id and a second answer to the same id is reported as a duplicate, not applied).
+import { IdMap } from './id-map';
 import type { AccessOutcome, InterceptRecord } from './outcomes';
 import { HvStatus, hvFail } from './tlfs/status';
 
@@ -62,8 +63,8 @@ const slotOf = (id: bigint): number => lowOf(id) % ANSWERED_KEPT;
 
 export class InterceptBroker {
   private nextId = 1n;
-  /** Intercepts waiting for a monitor's answer. */
-  readonly pending = new Map<bigint, InterceptRecord>();
+  /** Intercepts waiting for a monitor's answer (iterated oldest first; an IdMap, not a Map: id-map.ts). */
+  readonly pending = new IdMap<InterceptRecord>();
   /**
    * Answered ids and what answering each did, to tell duplicates from unknown ids: a direct-mapped
    * table of ANSWERED_KEPT slots, slot = id mod ANSWERED_KEPT, each holding the most recently
@@ -82,9 +83,10 @@ export class InterceptBroker {
   private readonly answeredSet = new Uint8Array(ANSWERED_KEPT);
   private readonly answeredOutcomes: (AccessOutcome | undefined)[] = [];
   private readonly listeners = new Set<(r: InterceptRecord) => void>();
-  private readonly resolvedListeners = new Set<(id: bigint, outcome: AccessOutcome) => void>();
+  /** Copy on write: markAnswered calls the listeners of the moment without copying them per answer. */
+  private resolvedListeners: readonly ((id: bigint, outcome: AccessOutcome) => void)[] = [];
   private readonly raisedListeners = new Set<(r: InterceptRecord) => void>();
-  private readonly waiters = new Map<bigint, ((outcome: AccessOutcome) => void)[]>();
+  private readonly waiters = new IdMap<((outcome: AccessOutcome) => void)[]>();
 
   exportState(): { nextId: bigint; pending: InterceptRecord[]; answered: bigint[] } {
     const answered: bigint[] = [];
@@ -151,8 +153,10 @@ export class InterceptBroker {
   }
   /** Called once per answered intercept with what the answer did to its own access. */
   onResolved(fn: (id: bigint, outcome: AccessOutcome) => void): () => void {
-    this.resolvedListeners.add(fn);
-    return () => this.resolvedListeners.delete(fn);
+    this.resolvedListeners = [...this.resolvedListeners, fn];
+    return () => {
+      this.resolvedListeners = this.resolvedListeners.filter((l) => l !== fn);
+    };
   }
 
   /**
@@ -204,13 +208,14 @@ export class InterceptBroker {
       this.waiters.delete(id);
       for (const w of waiters) w(outcome);
     }
-    if (this.resolvedListeners.size > 0) for (const l of [...this.resolvedListeners]) l(id, outcome);
+    const resolved = this.resolvedListeners;
+    for (let i = 0; i < resolved.length; i++) resolved[i]!(id, outcome);
   }
 
   /** Drops every listener (the partition ended). */
   closeListeners(): void {
     this.listeners.clear();
-    this.resolvedListeners.clear();
+    this.resolvedListeners = [];
     this.raisedListeners.clear();
     this.waiters.clear();
   }

@@ -108,6 +108,14 @@ interface Queued {
   bytes: number;
 }
 
+/** A VP's actions on one stream: those waiting behind the running one (`busy`). */
+interface VpQueue {
+  jobs: (() => Promise<void>)[];
+  busy: boolean;
+}
+/** Idle VP queues a stream keeps before dropping them (guest-action-stream runGuestActions). */
+const VP_QUEUES_KEPT = 1024;
+
 /** The per-action error of an action that was not run. */
 const refusal = (code: Code, reason: string, message: string): Result => failed(new ApiError(code, reason, message));
 const ACTION_KINDS = 'one of write_msr, read_msr, hypercall, call_hypercall_page, read_memory, write_memory, execute_memory, write_control_register';
@@ -128,14 +136,18 @@ export async function runGuestActions(
   maxInFlight = MAX_IN_FLIGHT_GUEST_ACTIONS,
 ): Promise<void> {
   /**
-   * Per VP name with an action running: the accepted actions waiting behind it, in order (each a
-   * job that answers its action and never rejects). One loop per busy VP runs them one after
+   * Per VP name the stream named: its accepted actions waiting behind the one running, in order
+   * (each a job that answers its action and never rejects). One loop per busy VP runs them one after
    * another; a queue, not a promise chain per action (two promises and a closure fewer per action).
+   * An idle VP keeps its entry, so a VP alternating between one action and none does not add and
+   * delete a Map entry per action (a Map churned like that rebuilds its table every few operations,
+   * in V8's old generation once the table is there: core id-map.ts); idle entries are dropped once
+   * the stream named more than VP_QUEUES_KEPT VPs.
    */
-  const waiting = new Map<string, (() => Promise<void>)[]>();
-  const drain = async (key: string, queue: (() => Promise<void>)[], first: () => Promise<void>) => {
-    for (let job: (() => Promise<void>) | undefined = first; job !== undefined; job = queue.shift()) await job();
-    waiting.delete(key);
+  const vpQueues = new Map<string, VpQueue>();
+  const drain = async (q: VpQueue, first: () => Promise<void>) => {
+    for (let job: (() => Promise<void>) | undefined = first; job !== undefined; job = q.jobs.shift()) await job();
+    q.busy = false;
   };
   /** Accepted actions whose answer was not handed to the stream yet. */
   let inFlight = 0;
@@ -274,12 +286,16 @@ export async function runGuestActions(
       }
       send(sequence, result, batched, true);
     };
-    const queue = waiting.get(key);
-    if (queue) queue.push(run);
+    let q = vpQueues.get(key);
+    if (!q) {
+      if (vpQueues.size >= VP_QUEUES_KEPT) for (const [k, v] of vpQueues) if (!v.busy) vpQueues.delete(k);
+      q = { jobs: [], busy: false };
+      vpQueues.set(key, q);
+    }
+    if (q.busy) q.jobs.push(run);
     else {
-      const q: (() => Promise<void>)[] = [];
-      waiting.set(key, q);
-      void drain(key, q, run);
+      q.busy = true;
+      void drain(q, run);
     }
   };
 

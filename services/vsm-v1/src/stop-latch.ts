@@ -10,14 +10,18 @@
  */
 export class StopLatch<S> {
   private stopped: { value: S } | undefined;
-  private readonly waiting = new Set<(v: S) => void>();
+  /**
+   * The waiters of the races pending now (usually one): an array, not a Set. A Set added to and
+   * deleted from once per message rebuilds its hash table every few messages, and once the table
+   * is in V8's old generation every rebuild is old-generation garbage (core id-map.ts).
+   */
+  private readonly waiting: ((v: S) => void)[] = [];
 
   /** Ends every pending and later race with `value` (the first call wins). */
   stop(value: S): void {
     if (this.stopped) return;
     this.stopped = { value };
-    for (const w of [...this.waiting]) w(value);
-    this.waiting.clear();
+    for (const w of this.waiting.splice(0)) w(value);
   }
 
   /** `p`'s outcome, or the stop value if the latch stops first. */
@@ -25,14 +29,14 @@ export class StopLatch<S> {
     if (this.stopped) return Promise.resolve(this.stopped.value);
     return new Promise<T | S>((resolve, reject) => {
       const onStop = (v: S) => resolve(v);
-      this.waiting.add(onStop);
+      this.waiting.push(onStop);
       p.then(
         (v) => {
-          this.waiting.delete(onStop);
+          this.forget(onStop);
           resolve(v);
         },
         (e: unknown) => {
-          this.waiting.delete(onStop);
+          this.forget(onStop);
           reject(e);
         },
       );
@@ -41,7 +45,14 @@ export class StopLatch<S> {
 
   /** Races pending now (for tests: stays 0 between messages). */
   get pending(): number {
-    return this.waiting.size;
+    return this.waiting.length;
+  }
+
+  private forget(w: (v: S) => void): void {
+    const i = this.waiting.indexOf(w);
+    if (i < 0) return;
+    const last = this.waiting.pop()!;
+    if (last !== w) this.waiting[i] = last;
   }
 }
 
