@@ -188,22 +188,24 @@ describe('--batch N', () => {
   });
 });
 
-test('intercepts watch --batch --reply allow answers the intercepts of a stream of writes on two VPs (one replies message per batch)', async () => {
-  const P = await setupVtl1Partition(h.client, 'cli-actions-batch', 2, Buffer.from('s'));
-  await h.client.intercepts.setInterceptRoute({ name: P.name, route: pb.InterceptRoute.INTERCEPT_ROUTE_MONITOR });
-  const watch = spawn(
-    process.execPath,
-    [CLI, '--address', h.address, 'intercepts', 'watch', P.name.split('/')[1]!, '--batch', '--reply', 'allow', '--count', '2', '--json'],
-    {
-      cwd: ROOT,
-      env: childEnv(),
-      stdio: 'pipe',
-    },
-  );
+/** `vsmctl intercepts watch PARTITION ...args` running, once it printed its subscription (JSON lines). */
+async function watchSubscribed(partition: string, args: string[]): Promise<{ output: () => string; exited: Promise<number | null> }> {
+  const watch = spawn(process.execPath, [CLI, '--address', h.address, 'intercepts', 'watch', partition.split('/')[1]!, ...args], {
+    cwd: ROOT,
+    env: childEnv(),
+    stdio: 'pipe',
+  });
   let out = '';
   watch.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
   const exited = new Promise<number | null>((res) => watch.on('close', (code) => res(code)));
   await waitFor('the watch subscribed', () => out.includes('"subscription"'));
+  return { output: () => out, exited };
+}
+
+test('intercepts watch --batch --reply allow answers the intercepts of a stream of writes on two VPs (one replies message per batch)', async () => {
+  const P = await setupVtl1Partition(h.client, 'cli-actions-batch', 2, Buffer.from('s'));
+  await h.client.intercepts.setInterceptRoute({ name: P.name, route: pb.InterceptRoute.INTERCEPT_ROUTE_MONITOR });
+  const { output, exited } = await watchSubscribed(P.name, ['--batch', '--reply', 'allow', '--count', '2', '--json']);
   const f = file(
     'protected.jsonl',
     P.vps.map((vp, i) => ({
@@ -214,7 +216,7 @@ test('intercepts watch --batch --reply allow answers the intercepts of a stream 
   expect(r.code).toBe(0);
   expect(r.stdout.trim().split('\n')).toHaveLength(2);
   expect(await exited).toBe(0);
-  const lines = out
+  const lines = output()
     .trim()
     .split('\n')
     .map((l) => JSON.parse(l));
@@ -230,15 +232,7 @@ test('intercepts watch --batch --reply allow --quiet: applied answers print noth
   expect(bad.stderr).toMatch(/--quiet goes with --batch and --reply/);
   const P = await setupVtl1Partition(h.client, 'cli-actions-quiet', 1, Buffer.from('s'));
   await h.client.intercepts.setInterceptRoute({ name: P.name, route: pb.InterceptRoute.INTERCEPT_ROUTE_MONITOR });
-  const watch = spawn(
-    process.execPath,
-    [CLI, '--address', h.address, 'intercepts', 'watch', P.name.split('/')[1]!, '--batch', '--reply', 'allow', '--quiet', '--count', '3', '--json'],
-    { cwd: ROOT, env: childEnv(), stdio: 'pipe' },
-  );
-  let out = '';
-  watch.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
-  const exited = new Promise<number | null>((res) => watch.on('close', (code) => res(code)));
-  await waitFor('the watch subscribed', () => out.includes('"subscription"'));
+  const { output, exited } = await watchSubscribed(P.name, ['--batch', '--reply', 'allow', '--quiet', '--count', '3', '--json']);
   // One VP writes three times: its actions run in order, each waiting for its answer, so the three
   // intercepts come one per message; the first two answers go quiet, the third (the --count-th) not.
   const f = file(
@@ -250,7 +244,7 @@ test('intercepts watch --batch --reply allow --quiet: applied answers print noth
   const r = await cli(['actions', f]);
   expect(r.code).toBe(0);
   expect(await exited).toBe(0);
-  const lines = out
+  const lines = output()
     .trim()
     .split('\n')
     .map((l) => JSON.parse(l));
