@@ -18,6 +18,11 @@
 // map may be changed while iterating.
 
 const MIN_CAPACITY = 16;
+const TWO_32 = 0x100000000;
+/** Bits 0-31 of an id held exactly as a number (below 2^53). */
+export const low32 = (n: number): number => n % TWO_32;
+/** Bits 32-52 of an id held exactly as a number (below 2^53). */
+export const high32 = (n: number): number => Math.floor(n / TWO_32);
 
 export class IdMap<V> {
   private capacity = MIN_CAPACITY;
@@ -140,9 +145,7 @@ export class IdMap<V> {
    * run after its slot (backward shift), O(entries) per delete.
    */
   private home(n: number): number {
-    const lo = n % 0x100000000;
-    const hi = Math.floor(n / 0x100000000);
-    return Math.imul(lo ^ Math.imul(hi, 0x85ebca6b), 0x9e3779b1) >>> this.shift;
+    return Math.imul(low32(n) ^ Math.imul(high32(n), 0x85ebca6b), 0x9e3779b1) >>> this.shift;
   }
 
   private resize(capacity: number): void {

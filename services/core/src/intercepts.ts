@@ -4,7 +4,7 @@
 // 'monitor' holds the VP suspended until an external monitor answers; 'both' lets a monitor observe
 // while the VTL handles it. Pending intercepts are kept until answered (at-least-once to monitors;
 // each has an id and a second answer to the same id is reported as a duplicate, not applied).
-import { IdMap } from './id-map';
+import { IdMap, high32, low32 } from './id-map';
 import type { AccessOutcome, InterceptRecord } from './outcomes';
 import { HvStatus, hvFail } from './tlfs/status';
 
@@ -48,16 +48,15 @@ export function setInterceptRoute(p: InterceptSettings, route: InterceptRoute, d
  * ids: one per id modulo this (a power of two).
  */
 export const ANSWERED_KEPT = 65536;
-const TWO_32 = 2 ** 32;
 /** An id's high 32 bits (ids are u64; those below 2^53, all but imported ones, without bigint arithmetic). */
 const highOf = (id: bigint): number => {
   const n = Number(id);
-  return n <= Number.MAX_SAFE_INTEGER ? Math.floor(n / TWO_32) : Number(id >> 32n);
+  return n <= Number.MAX_SAFE_INTEGER ? high32(n) : Number(id >> 32n);
 };
 /** An id's low 32 bits. */
 const lowOf = (id: bigint): number => {
   const n = Number(id);
-  return n <= Number.MAX_SAFE_INTEGER ? n % TWO_32 : Number(id & 0xffffffffn);
+  return n <= Number.MAX_SAFE_INTEGER ? low32(n) : Number(id & 0xffffffffn);
 };
 const slotOf = (id: bigint): number => lowOf(id) % ANSWERED_KEPT;
 
