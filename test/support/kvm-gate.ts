@@ -1,8 +1,9 @@
 // The one /dev/kvm gate of the test suites (issue #18). A suite or test that needs KVM is declared
 // with `describeKvm` / `kvmTest` (or gated by hand on `kvmUnavailableReason()`); where KVM is not
 // usable it is reported as skipped with the reason in its name — unless the environment says KVM
-// is required (VSM_REQUIRE_KVM=1, set by .ci/run: CI has /dev/kvm), where it FAILS with the reason
-// instead, so a CI machine that lost its KVM device cannot turn the KVM suites into silent skips.
+// is required (VSM_REQUIRE_KVM=1, set by .ci/run where the host has /dev/kvm), where it FAILS with
+// the reason instead, so a KVM device that is there but unusable cannot turn the KVM suites into
+// silent skips. (.ci/run does not set it on a host without /dev/kvm and says so in its log.)
 //
 //   VSM_REQUIRE_KVM=1      an unusable /dev/kvm fails the gated tests instead of skipping them
 //   VSM_TEST_KVM_DEVICE    the device the gate probes (default /dev/kvm; the gate's self-test
