@@ -203,6 +203,21 @@ describe('struct layouts', () => {
     expect(() => Outer.encode({ ...v, regs: [1n] }, big, 300)).toThrow(/1 elements where the layout has 3/);
     expect(big.subarray(200, 250).every((x) => x === 0xee)).toBe(true);
   });
+  test("a short buffer at offset 0 (its own, kept in V8's heap, or the start of a larger one) reads and writes through Buffer's methods: the same bytes, its ArrayBuffer never asked for", () => {
+    const W = struct('W', 32, { a: at(0, u64, 'A'), b: at(8, u32, 'B'), c: at(12, u32, 'C'), regs: at(16, array(u64, 2), 'Regs') });
+    const own = Buffer.alloc(32);
+    const head = Buffer.alloc(1024, 0xee).subarray(0, 32); // offset 0 of an ArrayBuffer the DataView path would take
+    const inside = Buffer.alloc(1024, 0xee).subarray(200, 232); // the DataView path
+    const v = { a: 0xffff_ffff_ffff_fffen, b: 7, c: 0, regs: [1n, 1n << 63n] };
+    for (const b of [own, head, inside]) W.encode(v, b);
+    expect(own.toString('hex')).toBe('feffffffffffffff07000000000000000100000000000000' + '0000000000000080');
+    expect(head).toEqual(own);
+    expect(inside).toEqual(own);
+    for (const b of [own, head, inside]) expect(W.decode(b)).toEqual(v);
+    expect(head.buffer.byteLength).toBe(1024);
+    expect(Buffer.from(head.buffer, 32, 8).every((x) => x === 0xee)).toBe(true); // nothing written past the slice
+    expect(() => u64.read(head, 28)).toThrow(RangeError);
+  });
   test("u64 fields of a buffer cut from a larger one (Node's pool): RangeError past the buffer, neighbours untouched", () => {
     const pool = Buffer.alloc(64, 0xee);
     const part = pool.subarray(8, 24);

@@ -89,9 +89,16 @@ function viewOf(b: Buffer, o: number): DataView | undefined {
 }
 /** The cached DataView over `b`'s ArrayBuffer (offsets: b.byteOffset + ...), or undefined (use Buffer's methods). */
 function dataViewOf(b: Buffer): DataView | undefined {
+  // A small buffer at offset 0 may be one of its own (Buffer.alloc(16) of one register, GuestRam.read
+  // of a 24-byte hypercall input): V8 keeps typed arrays of up to 64 bytes inside its heap, and the
+  // first `.buffer` of one moves its bytes out into a new ArrayBuffer (≈1 µs here, against ≈40 ns for
+  // Buffer's own methods on it). Such a buffer is not asked for its ArrayBuffer at all: Buffer's
+  // methods read it. (A pool slice that happens to start at offset 0 takes that path too: the same
+  // bytes, read the slower way.)
+  if (b.byteOffset === 0 && b.byteLength < CACHED_VIEW_MIN_BYTES) return undefined;
   if (b.buffer === cachedBuffer) return cachedView;
-  // A buffer of its own that small (Buffer.alloc(16) of one register) has a field or two: a new
-  // DataView for it would cost more than Buffer's methods, and would evict the pool's view.
+  // A buffer of its own that small has a field or two: a new DataView for it would cost more than
+  // Buffer's methods, and would evict the pool's view.
   const n = b.buffer.byteLength;
   if (n > CACHED_VIEW_MAX_BYTES || n < CACHED_VIEW_MIN_BYTES) return undefined;
   cachedBuffer = b.buffer;
