@@ -41,6 +41,33 @@ describe('reusingEncoder', () => {
     expect(first).toEqual(copy);
   });
 
+  test('short messages (up to 64 bytes: copied out of the writer) and the sizes around that bound: the same bytes, each Buffer its own', () => {
+    const enc = reusingEncoder(pb.RunGuestActionsResponse);
+    const results = (n: number): pb.RunGuestActionsResponse => ({
+      sequence: 0n,
+      result: {
+        $case: 'results',
+        value: {
+          results: Array.from({ length: n }, (_, i) => ({
+            sequence: BigInt(8 * i + 3),
+            result: { $case: 'writeMemory', value: { outcome: { exception: 0, activeVtl: i & 1, partitionCrashed: false } } },
+          })),
+        },
+      },
+    });
+    const seen: [Buffer, Buffer][] = [];
+    for (let n = 0; n <= 8; n++) {
+      const m = results(n);
+      const b = enc(m);
+      expect(b).toEqual(generated(pb.RunGuestActionsResponse, m));
+      expect(Buffer.isBuffer(b)).toBe(true);
+      seen.push([b, Buffer.from(b)]);
+    }
+    const sizes = seen.map(([b]) => b.length);
+    expect(sizes.some((x) => x <= 64) && sizes.some((x) => x > 64)).toBe(true); // both sides of the bound
+    for (const [b, copy] of seen) expect(b).toEqual(copy); // later messages changed none of them
+  });
+
   test('an encode that throws leaves the next message intact', () => {
     const enc = reusingEncoder(pb.MonitorResponse);
     const bad = {
