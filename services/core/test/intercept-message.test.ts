@@ -1,6 +1,16 @@
 // Golden bytes: HV_MESSAGE carrying HV_X64_MEMORY_INTERCEPT_MESSAGE (tlfs-intercepts.md §6.1-6.7,
 // tlfs-overlays-synic.md §5.3). Offsets below are slot offsets (payload + 16).
-import { decodeMemoryInterceptMessage, encodeHvMessage, ProtectionMap } from '@vsm/core';
+import {
+  HvRegisterName as R,
+  Partition,
+  longModeContext,
+  ProtectionMap,
+  type VirtualProcessor,
+  decodeMemoryInterceptMessage,
+  encodeHvMessage,
+} from '@vsm/core';
+import { buildInterceptMessage } from '../src/access';
+import type { AccessKind } from '../src/protections';
 import { normalizeMapFlags } from '../src/protections';
 import { HvMessageHeaderLayout, HvMessageType, encodeMemoryInterceptMessage, type HvX64MemoryInterceptMessage } from '../src/tlfs/message';
 
@@ -118,5 +128,87 @@ describe('ProtectionMap', () => {
     expect(normalizeMapFlags(0x5, true)).toMatch(/undefined/);
     expect(normalizeMapFlags(0x9, true)).toBe(0x9);
     expect(normalizeMapFlags(0, false)).toBe(0);
+  });
+});
+
+describe('buildInterceptMessage: the message of an access without an instruction, from the last one while the registers stay the same (access.ts InterceptMessageTemplate)', () => {
+  const setup = () => {
+    const p = new Partition({ id: 'p-template', architecture: 'x64', vpCount: 2, memoryBytes: 1n << 20n, maximumVtl: 1, labels: {} });
+    const vp = p.vps[0]!;
+    for (let i = 0; i < 16; i++) p.setReg(vp, R.HvX64RegisterRax + i, 0x1000n + BigInt(i));
+    p.setReg(vp, R.HvX64RegisterRip, 0x40_1000n);
+    return { p, vp };
+  };
+  /** The message built in full: after a register write of the same value (which counts as a change). */
+  const full = (p: Partition, vp: VirtualProcessor, kind: AccessKind, gpa: bigint, gva?: bigint) => {
+    p.setReg(vp, R.HvX64RegisterRax, p.reg(vp, R.HvX64RegisterRax));
+    return buildInterceptMessage(p, vp, kind, gpa, undefined, gva);
+  };
+
+  test('the same bytes as a full build, access after access; only the addresses differ', () => {
+    const { p, vp } = setup();
+    const first = buildInterceptMessage(p, vp, 'write', 0x4_0000n);
+    for (const [gpa, gva] of [
+      [0x4_1008n, undefined],
+      [0x5_2ff0n, undefined],
+      [0x6_0000n, 0xffff_8000_0000_0000n],
+      [0x6_0001n, 0x7000n],
+    ] as [bigint, bigint | undefined][]) {
+      const quick = buildInterceptMessage(p, vp, 'write', gpa, undefined, gva);
+      const quick2 = buildInterceptMessage(p, vp, 'write', gpa, undefined, gva);
+      expect(quick).toEqual(full(p, vp, 'write', gpa, gva));
+      expect(quick2).toEqual(quick);
+      const m = decodeMemoryInterceptMessage(quick.subarray(16));
+      expect(m.guestPhysicalAddress).toBe(gpa);
+      expect(m.guestVirtualAddress).toBe(gva ?? 0n);
+      expect(m.memoryAccessInfo.gvaValid).toBe(gva !== undefined);
+      expect(quick.subarray(0, 16)).toEqual(first.subarray(0, 16));
+    }
+  });
+
+  test('a register change, a shared or a private one, a VTL switch of its files or another access kind is in the next message', () => {
+    const { p, vp } = setup();
+    buildInterceptMessage(p, vp, 'write', 0x4_0000n);
+    buildInterceptMessage(p, vp, 'write', 0x4_0000n);
+    p.setReg(vp, R.HvX64RegisterR15, 0xdead_beefn);
+    let m = decodeMemoryInterceptMessage(buildInterceptMessage(p, vp, 'write', 0x4_0000n).subarray(16));
+    expect(m.gprs[15]).toBe(0xdead_beefn);
+    p.setReg(vp, R.HvX64RegisterRip, 0x40_2000n);
+    m = decodeMemoryInterceptMessage(buildInterceptMessage(p, vp, 'write', 0x4_0000n).subarray(16));
+    expect(m.header.rip).toBe(0x40_2000n);
+    m = decodeMemoryInterceptMessage(buildInterceptMessage(p, vp, 'read', 0x4_0000n).subarray(16));
+    expect(m.header.interceptAccessType).toBe(0);
+    m = decodeMemoryInterceptMessage(buildInterceptMessage(p, vp, 'execute', 0x4_0000n).subarray(16));
+    expect(m.header.interceptAccessType).toBe(2);
+    // Another VP's registers are its own.
+    const other = decodeMemoryInterceptMessage(buildInterceptMessage(p, p.vps[1]!, 'execute', 0x4_0000n).subarray(16));
+    expect(other.header.vpIndex).toBe(1);
+    expect(other.gprs[15]).toBe(0n);
+    // The active VTL's private file: a VTL switch builds from VTL1's registers.
+    p.enablePartitionVtl('host', 1, 0);
+    p.enableVpVtl('host', 0, 1, { ...longModeContext(), rip: 0xffff_f800_0000_1000n });
+    const before = buildInterceptMessage(p, vp, 'write', 0x4_0000n);
+    vp.activeVtl = 1;
+    const inVtl1 = decodeMemoryInterceptMessage(buildInterceptMessage(p, vp, 'write', 0x4_0000n).subarray(16));
+    expect(inVtl1.header.executionState.vtl).toBe(1);
+    expect(inVtl1.header.rip).toBe(0xffff_f800_0000_1000n);
+    vp.activeVtl = 0;
+    expect(buildInterceptMessage(p, vp, 'write', 0x4_0000n)).toEqual(before);
+  });
+
+  test('an access with an instruction is built in full, and the next one without carries none of its bytes over (seed 004)', () => {
+    const { p, vp } = setup();
+    buildInterceptMessage(p, vp, 'write', 0x4_0000n);
+    const withInsn = decodeMemoryInterceptMessage(
+      buildInterceptMessage(p, vp, 'write', 0x4_0000n, { length: 2, bytes: Buffer.from([0x89, 0x07]) }).subarray(16),
+    );
+    expect(withInsn.header.instructionLength).toBe(2);
+    expect(withInsn.instructionByteCount).toBe(2);
+    const after = buildInterceptMessage(p, vp, 'write', 0x4_0000n);
+    const m = decodeMemoryInterceptMessage(after.subarray(16));
+    expect(m.header.instructionLength).toBe(0);
+    expect(m.instructionByteCount).toBe(0);
+    expect(m.instructionBytes).toEqual(Buffer.alloc(16));
+    expect(after).toEqual(full(p, vp, 'write', 0x4_0000n));
   });
 });
