@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Makes a fresh clone runnable: installs dependencies (npm ci) when node_modules is missing or
-// older than package-lock.json, regenerates code when a .proto changed, and builds (tsc -b) when a
-// source is newer than its output. Cheap when nothing changed, so it runs before start and test.
+// older than package-lock.json, regenerates code when a .proto (or the generator script) changed,
+// and builds (tsc -b) when a source is newer than its output. Cheap when nothing changed, so it runs before start and test.
 'use strict';
 const { execFileSync } = require('node:child_process');
 const fs = require('node:fs');
@@ -96,6 +96,7 @@ if (
   Math.max(
     newest(path.join(root, 'proto'), (n) => n.endsWith('.proto')),
     mtime(path.join(root, 'buf.gen.yaml')),
+    mtime(path.join(root, 'scripts/generate.js')),
   )
 ) {
   console.error('[setup] generating code from proto/');
