@@ -341,8 +341,8 @@ const GPA_AT = 16 + HvX64MemoryInterceptMessageLayout.offsetOf('guestPhysicalAdd
  * the next message of the same kind is these bytes with the new addresses: no field of an earlier
  * access is carried over (the addresses are the only per-access fields and both are written), and
  * the registers are the same values. Building one from the registers cost ≈1.35 µs in a warm loop,
- * most of the service's CPU for a monitor intercept after the stream's own (bench/README.md
- * "Session 10"). Accesses with an instruction (the KVM agent's decoded faults) are built in full.
+ * the largest piece of the service's own work per monitor intercept (bench/README.md "Session 10").
+ * Accesses with an instruction (the KVM agent's decoded faults) are built in full.
  */
 class InterceptMessageTemplate {
   private readonly bytes = Buffer.alloc(HV_MESSAGE_SIZE);
