@@ -5,4 +5,4 @@
 export * as pb from './pb';
 export { type RpcKind, type RpcMethod, type RpcRole, type RpcService, RPC_ROLES, vsmFileDescriptors, vsmRpc, vsmRpcs, vsmServices } from './rpc';
 export type { VsmServers } from './gen/services';
-export { type MessageCodec, reusingEncoder } from './wire';
+export { type MessageCodec, encoderCopiesDirectly, reusingEncoder } from './wire';

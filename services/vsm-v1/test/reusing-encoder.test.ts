@@ -1,7 +1,7 @@
 // The serializers the server and @vsm/client use (@vsm/api wire.ts, issue #13): one BinaryWriter
 // reused per message type. They must give the generated serializers' bytes exactly, whatever came
 // before them: a larger message, a message over the size a writer is kept at, an encode that threw.
-import { pb, reusingEncoder, vsmServices } from '@vsm/api';
+import { encoderCopiesDirectly, pb, reusingEncoder, vsmServices } from '@vsm/api';
 
 const generated = <T>(codec: { encode(m: T): { finish(): Uint8Array } }, m: T) => Buffer.from(codec.encode(m).finish());
 
@@ -66,6 +66,17 @@ describe('reusingEncoder', () => {
     const sizes = seen.map(([b]) => b.length);
     expect(sizes.some((x) => x <= 64) && sizes.some((x) => x > 64)).toBe(true); // both sides of the bound
     for (const [b, copy] of seen) expect(b).toEqual(copy); // later messages changed none of them
+  });
+
+  test("bytes are copied straight out of the writer's buffer (the BinaryWriter internals it relies on are there), each message into a Buffer of its own", () => {
+    // A @bufbuild/protobuf upgrade that renames them makes this fail (the encoder would fall back to finish()).
+    expect(encoderCopiesDirectly()).toBe(true);
+    const enc = reusingEncoder(pb.MonitorResponse);
+    const a = enc(batch(4));
+    const b = enc(batch(4, 10));
+    expect(a).toEqual(generated(pb.MonitorResponse, batch(4)));
+    expect(b).toEqual(generated(pb.MonitorResponse, batch(4, 10)));
+    expect(a.buffer === b.buffer && a.byteOffset < b.byteOffset + b.length && b.byteOffset < a.byteOffset + a.length).toBe(false);
   });
 
   test('an encode that throws leaves the next message intact', () => {
