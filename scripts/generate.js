@@ -118,22 +118,10 @@ function shareEmptyBytes(dir) {
     const text = fs.readFileSync(file, 'utf8');
     if (!text.includes('Buffer.alloc(0)')) continue;
     const lines = text.split('\n');
-    // After the imports: ts-proto puts them first (a header comment before them); an import spans
-    // lines up to its `} from "...";`. The first line of code that is neither ends the search.
-    let at = 0;
-    let inImport = false;
-    for (let i = 0; i < lines.length; i++) {
-      const l = lines[i];
-      if (inImport) {
-        if (/^} from ".*";$/.test(l)) {
-          inImport = false;
-          at = i + 1;
-        }
-      } else if (/^import .* from ".*";$/.test(l)) at = i + 1;
-      else if (/^import /.test(l)) inImport = true;
-      else if (l !== '' && !l.startsWith('//') && at > 0) break;
-    }
-    if (at === 0) throw new Error(`shareEmptyBytes: no imports found in ${file}`);
+    // Before the file's first declaration and its doc comment (ts-proto puts its imports above them).
+    let at = lines.findIndex((l) => /^(export )?(const|function|interface|enum|type) /.test(l));
+    if (at < 0) throw new Error(`shareEmptyBytes: no declaration found in ${file}`);
+    while (at > 0 && /^(\/\*\*| \*)/.test(lines[at - 1])) at--;
     const body = lines.slice(at).join('\n').split('Buffer.alloc(0)').join('EMPTY_BYTES');
     const decl =
       '\n/** The value of every empty bytes field (scripts/generate.js shareEmptyBytes): zero-length, so nothing in it can change. */\nconst EMPTY_BYTES: Buffer = Buffer.alloc(0);';

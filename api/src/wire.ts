@@ -47,12 +47,15 @@ export function encoderCopiesDirectly(): boolean {
 export function reusingEncoder<T>(codec: MessageCodec<T>): (message: T) => Buffer {
   let writer = new BinaryWriter();
   let state = stateOf(writer);
+  const renew = () => {
+    writer = new BinaryWriter();
+    state = stateOf(writer);
+  };
   return (message: T): Buffer => {
     try {
       codec.encode(message, writer);
     } catch (e) {
-      writer = new BinaryWriter(); // an encode that threw left its forks and position behind
-      state = stateOf(writer);
+      renew(); // an encode that threw left its forks and position behind
       throw e;
     }
     let out: Buffer;
@@ -63,10 +66,7 @@ export function reusingEncoder<T>(codec: MessageCodec<T>): (message: T) => Buffe
       const bytes = writer.finish();
       out = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
     }
-    if (out.length > KEEP_BYTES) {
-      writer = new BinaryWriter();
-      state = stateOf(writer);
-    }
+    if (out.length > KEEP_BYTES) renew();
     return out;
   };
 }

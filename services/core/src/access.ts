@@ -289,7 +289,7 @@ export function buildInterceptMessage(
   for (let i = 0; i < 16; i++) gprs[i] = reg(vp, R.HvX64RegisterRax + i);
   // The field is 16 bytes; the layout zero-fills what a shorter value leaves.
   const instructionBytes = instruction ? instruction.bytes.subarray(0, 16) : NO_INSTRUCTION_BYTES;
-  // The HV_MESSAGE built in place: header at +0, the payload at +16 (as encodeHvMessage lays them out).
+  // The HV_MESSAGE built in place: header at +0, the payload after it (as encodeHvMessage lays them out).
   // From Node's buffer pool (a fresh zeroed ArrayBuffer per message costs more than the encoding);
   // the header and payload encoders write every byte of theirs, the rest is zeroed below.
   const message = Buffer.allocUnsafe(HV_MESSAGE_SIZE);
@@ -318,19 +318,21 @@ export function buildInterceptMessage(
       gprs,
     },
     message,
-    16,
+    PAYLOAD_AT,
   );
-  message.fill(0, 16 + HV_X64_MEMORY_INTERCEPT_MESSAGE_SIZE);
+  message.fill(0, PAYLOAD_AT + HV_X64_MEMORY_INTERCEPT_MESSAGE_SIZE);
   if (instruction === undefined) {
-    if (template !== undefined) template.keep(message, vp, regs, kind, gva !== undefined);
-    else messageTemplates.set(vp, new InterceptMessageTemplate(message, vp, regs, kind, gva !== undefined));
+    let t = template;
+    if (t === undefined) messageTemplates.set(vp, (t = new InterceptMessageTemplate()));
+    t.keep(message, vp, regs, kind, gva !== undefined);
   }
   return message;
 }
 
-/** Byte offsets, in an HV_MESSAGE, of the HV_X64_MEMORY_INTERCEPT_MESSAGE fields an access sets (payload at +16). */
-const GVA_AT = 16 + HvX64MemoryInterceptMessageLayout.offsetOf('guestVirtualAddress');
-const GPA_AT = 16 + HvX64MemoryInterceptMessageLayout.offsetOf('guestPhysicalAddress');
+/** Byte offsets, in an HV_MESSAGE, of its payload and of the HV_X64_MEMORY_INTERCEPT_MESSAGE fields an access sets. */
+const PAYLOAD_AT = HvMessageHeaderLayout.size;
+const GVA_AT = PAYLOAD_AT + HvX64MemoryInterceptMessageLayout.offsetOf('guestVirtualAddress');
+const GPA_AT = PAYLOAD_AT + HvX64MemoryInterceptMessageLayout.offsetOf('guestPhysicalAddress');
 
 /**
  * The last memory intercept message built for a VP's access without an instruction, and what it was
@@ -352,10 +354,6 @@ class InterceptMessageTemplate {
   private vtl = 0;
   private kind!: AccessKind;
   private gvaValid = false;
-
-  constructor(message: Buffer, vp: VirtualProcessor, regs: RegisterFile, kind: AccessKind, gvaValid: boolean) {
-    this.keep(message, vp, regs, kind, gvaValid);
-  }
 
   keep(message: Buffer, vp: VirtualProcessor, regs: RegisterFile, kind: AccessKind, gvaValid: boolean): void {
     message.copy(this.bytes);
