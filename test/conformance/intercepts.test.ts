@@ -243,11 +243,15 @@ describe('external monitors', () => {
 
   test('ALLOW performs the access once; a duplicate answer is ignored', async () => {
     const { name, vp0 } = await monitored('mon-allow');
+    await h.client.vps.setVpRegisters({ name: vp0, vtl: 0, registers: [r64(R.HV_REGISTER_NAME_X64_RIP, 0x40_5678n)] });
     const { m, next } = await open(name);
     const pending = h.client.guest.writeMemory({ name: vp0, gpa: PROTECTED, data: Buffer.from('allowed!') });
     const ev = intercept(await next());
     expect(ev).toMatchObject({ vpIndex: 0, vtl: 0, protectingVtl: 1, gpa: PROTECTED, needsReply: true, redelivered: false, messageType: 0x80000001 });
     expect(Buffer.from(ev.writeData).toString()).toBe('allowed!');
+    // rip: the faulting VP's RIP in VTL0, as HV_X64_INTERCEPT_MESSAGE_HEADER.Rip holds it.
+    expect(ev.rip).toBe(0x40_5678n);
+    expect(Buffer.from(ev.hvMessage).readBigUInt64LE(16 + 24)).toBe(0x40_5678n);
     expect((await h.client.vps.getVirtualProcessor({ name: vp0 })).vtlStatus).toMatchObject({ interceptSuspended: true, suspendedInterceptId: ev.interceptId });
     m.send({ kind: { $case: 'reply', value: { interceptId: ev.interceptId, action: pb.InterceptAction.INTERCEPT_ACTION_ALLOW, data: Buffer.alloc(0) } } });
     expect(replyResult(await next()).status).toBe(pb.ReplyStatus.REPLY_STATUS_APPLIED);
@@ -492,7 +496,7 @@ describe('SynIC queues, held-back sources, observe-only monitors, arm64', () => 
     }
     const p = await h.client.partitions.createPartition({
       partitionId: 'arm',
-      partition: { architecture: pb.Architecture.ARCHITECTURE_ARM64, vpCount: 1, memoryBytes: GiB, maximumVtl: 1 } as pb.Partition,
+      partition: { architecture: pb.Architecture.ARCHITECTURE_ARM64, vpCount: 2, memoryBytes: GiB, maximumVtl: 1 } as pb.Partition,
     });
     const vp0 = `${p.name}/vps/0`;
     expect((await h.client.guest.writeMsr({ name: vp0, msr: MSR.GUEST_OS_ID, value: 1n })).outcome?.exception).toBe(pb.X64Exception.X64_EXCEPTION_UD);
@@ -527,6 +531,29 @@ describe('SynIC queues, held-back sources, observe-only monitors, arm64', () => 
     expect(esr >> 26n).toBe(0x24n); // EC: data abort from a lower EL
     expect((esr >> 6n) & 1n).toBe(1n); // WnR
     expect(esr & 0x3fn).toBe(0x0fn); // permission fault, level 3
+    // Route MONITOR (VP 1, still in VTL0): the InterceptEvent's rip is the faulting PC, the arm64
+    // header's Pc, not the bytes where the x64 header has its Rip (+24 here: CacheType...).
+    const vp1 = `${p.name}/vps/1`;
+    await h.client.vtl.enableVpVtl({ name: vp1, targetVtl: 1 });
+    await h.client.intercepts.setInterceptRoute({ name: p.name, route: pb.InterceptRoute.INTERCEPT_ROUTE_MONITOR });
+    const m = h.client.intercepts.monitor();
+    const events = m.events[Symbol.asyncIterator]();
+    m.send({ kind: { $case: 'subscribe', value: { name: p.name } as pb.MonitorSubscribe } });
+    expect((await events.next()).value?.kind?.$case).toBe('subscription');
+    const w1 = h.client.guest.writeMemory({ name: vp1, gpa: PROTECTED + 0x20n, data: Buffer.from([2]) });
+    const r = (await events.next()).value as pb.MonitorResponse;
+    if (r.kind?.$case !== 'intercept') throw new Error(`expected an intercept, got ${r.kind?.$case}`);
+    const ev = r.kind.value;
+    const listed = (await h.client.intercepts.listPendingIntercepts({ name: p.name })).intercepts;
+    m.send({ kind: { $case: 'reply', value: { interceptId: ev.interceptId, action: pb.InterceptAction.INTERCEPT_ACTION_ALLOW, data: Buffer.alloc(0) } } });
+    expect((await w1).outcome?.exception).toBe(0);
+    m.cancel();
+    const message = Buffer.from(ev.hvMessage);
+    expect([message.readUInt32LE(0), message[4]]).toEqual([0x80000001, 64]);
+    expect(ev).toMatchObject({ vpIndex: 1, messageType: 0x80000001, rip: message.readBigUInt64LE(16 + 8) }); // Pc
+    expect(message.readUInt32LE(16 + 24)).toBe(6); // CacheType WB, where an x64 message has its Rip
+    expect(ev.rip).not.toBe(message.readBigUInt64LE(16 + 24));
+    expect(listed.map((x) => x.rip)).toEqual([ev.rip]);
   });
 });
 

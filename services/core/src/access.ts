@@ -217,7 +217,7 @@ function raiseIntercept(
   p.intercepts.raised(rec);
   if (route === 'monitor') {
     vp.suspendedOn = id;
-    vp.suspendedAccess = { kind, gpa, length, data: rec.data, rip: reg(vp, R.HvX64RegisterRip), interceptId: id };
+    vp.suspendedAccess = { kind, gpa, length, data: rec.data, rip: instructionPointer(p, vp), interceptId: id };
     p.intercepts.publish(rec);
     return { status: 'intercepted', intercept: rec, awaitingMonitor: true };
   }
@@ -235,7 +235,7 @@ function raiseIntercept(
     gpa,
     length,
     data: rec.data,
-    rip: p.spec.architecture === 'arm64' ? vp.vtls.get(vtl).arm64Pc : reg(vp, R.HvX64RegisterRip),
+    rip: instructionPointer(p, vp),
     interceptId: id,
   };
   if (route === 'both') p.intercepts.publish(rec);
@@ -386,6 +386,11 @@ class InterceptMessageTemplate {
 }
 const messageTemplates = new WeakMap<VirtualProcessor, InterceptMessageTemplate>();
 
+/** The address of the instruction the VP is at in its active VTL: RIP (x64), PC (arm64). */
+function instructionPointer(p: PartitionState, vp: VirtualProcessor): bigint {
+  return p.spec.architecture === 'arm64' ? vp.vtls.get(vp.activeVtl).arm64Pc : reg(vp, R.HvX64RegisterRip);
+}
+
 /**
  * A VP returning to a VTL that has a pending (intercepted) access: if the higher VTL left RIP where
  * it was, the instruction is retried (it may intercept again); if RIP moved, the higher VTL
@@ -396,8 +401,7 @@ export function resumePendingAccess(p: PartitionState, vp: VirtualProcessor): Re
   const pa = st.pendingAccess;
   if (!pa) return undefined;
   st.pendingAccess = null;
-  const pc = p.spec.architecture === 'arm64' ? st.arm64Pc : reg(vp, R.HvX64RegisterRip);
-  if (pc !== pa.rip) return { interceptId: pa.interceptId, kind: pa.kind, gpa: pa.gpa, outcome: { status: 'skipped' } };
+  if (instructionPointer(p, vp) !== pa.rip) return { interceptId: pa.interceptId, kind: pa.kind, gpa: pa.gpa, outcome: { status: 'skipped' } };
   const o = guestAccess(p, vp, pa.kind, pa.gpa, pa.length, pa.data);
   return { interceptId: pa.interceptId, kind: pa.kind, gpa: pa.gpa, outcome: o };
 }

@@ -96,6 +96,8 @@ export {
   encodeHvMessage,
   encodePostMessageInput,
   encodeSignalEventInput,
+  hvMessageTypeOf,
+  interceptMessageIpOf,
 } from './tlfs/message';
 
 // ---- address translation, TLB flushes, IPIs (issue #16) -------------------------------------------

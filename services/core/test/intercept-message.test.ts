@@ -8,6 +8,8 @@ import {
   type VirtualProcessor,
   decodeMemoryInterceptMessage,
   encodeHvMessage,
+  hvMessageTypeOf,
+  interceptMessageIpOf,
 } from '@vsm/core';
 import { buildInterceptMessage } from '../src/access';
 import type { AccessKind } from '../src/protections';
@@ -62,6 +64,9 @@ test('HV_X64_MEMORY_INTERCEPT_MESSAGE: 240 bytes at the reference offsets', () =
   expect(slot.readUInt16LE(112 + 12)).toBe(0x3303); // SsSegment.Selector
   for (let i = 0; i < 16; i++) expect(slot.readBigUInt64LE(128 + 8 * i)).toBe(0x100n + BigInt(i)); // Rax..R15
   expect(decodeMemoryInterceptMessage(p)).toEqual({ ...msg, instructionBytes: Buffer.concat([msg.instructionBytes, Buffer.alloc(14)]) });
+  // The two fields the Monitor stream's InterceptEvent reads without decoding the message.
+  expect(hvMessageTypeOf(slot)).toBe(0x80000001); // HvMessageTypeGpaIntercept
+  expect(interceptMessageIpOf(slot, 'x64')).toBe(0x8877665544332211n); // Rip
 });
 
 test('encoding twice never carries a field over (seed 004)', () => {

@@ -1,6 +1,6 @@
 // The layout facility (services/core/src/tlfs/layout.ts) and the TLFS tables written with it. Expected
 // offsets and values are typed out from the reference tables (tlfs-*.md), never read from the code.
-import { HvMsr, HvMsrNames, encodeHvMessage } from '@vsm/core';
+import { HvMsr, HvMsrNames, encodeHvMessage, hvMessageTypeOf, interceptMessageIpOf } from '@vsm/core';
 import {
   type HvArm64MemoryInterceptMessage,
   HvMessageHeaderLayout,
@@ -420,6 +420,11 @@ describe('TLFS tables as layouts', () => {
       ).toString('hex'),
     );
     expect(decodeArm64MemoryInterceptMessage(b)).toEqual(m);
+    // In a SIM slot: the Monitor stream's InterceptEvent reads the type and the Pc (not the x64 Rip's offset, +24: CacheType...).
+    const slot = encodeHvMessage({ messageType: 0x80000001, payloadSize: 64, messageFlags: 0, originationId: 0n }, b);
+    expect(hvMessageTypeOf(slot)).toBe(0x80000001);
+    expect(interceptMessageIpOf(slot, 'arm64')).toBe(0x1122_3344_5566_7788n);
+    expect(interceptMessageIpOf(slot, 'x64')).toBe(0x0000_0104_0000_0006n); // what reading it at the x64 Rip's offset gives
     // instruction bytes beyond 4 are dropped, as before
     expect(
       encodeArm64MemoryInterceptMessage({ ...m, instructionBytes: Buffer.from([1, 2, 3, 4, 5]) })

@@ -218,6 +218,23 @@ export const encodeArm64MemoryInterceptMessage = (m: HvArm64MemoryInterceptMessa
   HvArm64MemoryInterceptMessageLayout.encode({ ...m, instructionBytes: m.instructionBytes.subarray(0, 4) });
 export const decodeArm64MemoryInterceptMessage = (b: Buffer, base = 0): HvArm64MemoryInterceptMessage => HvArm64MemoryInterceptMessageLayout.decode(b, base);
 
+/** Byte offset, in an HV_MESSAGE, of its HV_MESSAGE_HEADER MessageType (tlfs-overlays-synic.md §5.3). */
+const MESSAGE_TYPE_AT = HvMessageHeaderLayout.offsetOf('messageType');
+/** The MessageType (HV_MESSAGE_TYPE) of the HV_MESSAGE in `message`, without decoding the rest. */
+export const hvMessageTypeOf = (message: Buffer): number => message.readUInt32LE(MESSAGE_TYPE_AT);
+
+/**
+ * Byte offsets, in an HV_MESSAGE carrying a memory intercept, of the faulting instruction's address:
+ * the Rip of the HV_X64_INTERCEPT_MESSAGE_HEADER that begins an x64 payload (tlfs-intercepts.md
+ * §6.1), the Pc of the arm64 header (§6.9, unconfirmed: OpenVMM and Linux layouts).
+ */
+const INTERCEPT_IP_AT = {
+  x64: HvMessageHeaderLayout.size + HvX64InterceptMessageHeaderLayout.offsetOf('rip'),
+  arm64: HvMessageHeaderLayout.size + HvArm64MemoryInterceptMessageLayout.offsetOf('pc'),
+} as const;
+/** The faulting instruction's address (x64 Rip, arm64 Pc) in the intercept HV_MESSAGE `message` of a partition of `architecture`. */
+export const interceptMessageIpOf = (message: Buffer, architecture: 'x64' | 'arm64'): bigint => message.readBigUInt64LE(INTERCEPT_IP_AT[architecture]);
+
 /**
  * ESR_EL2 for a stage-2 permission fault taken from a lower EL (Arm ARM D17.2.37): EC 0x24 (data
  * abort) or 0x20 (instruction abort) in bits 31:26, IL (bit 25) = 1 (32-bit instruction), WnR (bit

@@ -530,7 +530,7 @@ export class CoreBackend implements Backend {
   }
   async listPendingIntercepts(r: P.ListPendingInterceptsRequest): Promise<P.ListPendingInterceptsResponse> {
     const p = this.partition(r.name);
-    return { intercepts: [...p.intercepts.pending.values()].map((x) => interceptEvent(x, false)) };
+    return { intercepts: [...p.intercepts.pending.values()].map((x) => interceptEvent(p, x, false)) };
   }
 
   async monitor(requests: AsyncIterable<P.MonitorRequest>, sink: StreamSink<P.MonitorResponse>, signal: AbortSignal): Promise<void> {
@@ -556,7 +556,7 @@ export class CoreBackend implements Backend {
     const send = (x: core.InterceptRecord): boolean => {
       if (signal.aborted) return true; // a dead stream takes nothing (the intercept stays pending for the next monitor)
       const redelivered = p.intercepts.noteDelivery(x);
-      return sink.write({ kind: { $case: 'intercept', value: interceptEvent(x, redelivered) } });
+      return sink.write({ kind: { $case: 'intercept', value: interceptEvent(p, x, redelivered) } });
     };
     // subscribe.batch: live intercepts raised by one piece of the service's work (a message read and
     // everything its promises set off: a `replies` message resuming VPs that fault again) go out
@@ -574,7 +574,7 @@ export class CoreBackend implements Backend {
       if (!b) return; // sent early (half the VPs), nothing raised since
       batch = undefined;
       if (signal.aborted) return; // a dead stream takes nothing (the intercepts stay pending)
-      sink.write({ kind: { $case: 'intercepts', value: { intercepts: b.map((x) => interceptEvent(x, p.intercepts.noteDelivery(x))) } } });
+      sink.write({ kind: { $case: 'intercepts', value: { intercepts: b.map((x) => interceptEvent(p, x, p.intercepts.noteDelivery(x))) } } });
     };
     const deliver = (x: core.InterceptRecord) => {
       if (!sub.batch) return void send(x);
@@ -1069,7 +1069,7 @@ function accessOutcomeOnly(vp: VirtualProcessor, o: core.AccessOutcome): { outco
 }
 
 /** Built fresh for every delivery: no flag or optional field is carried over (seed 004). */
-function interceptEvent(x: core.InterceptRecord, redelivered: boolean): P.InterceptEvent {
+function interceptEvent(p: Partition, x: core.InterceptRecord, redelivered: boolean): P.InterceptEvent {
   return {
     interceptId: x.id,
     vpIndex: x.vpIndex,
@@ -1081,8 +1081,8 @@ function interceptEvent(x: core.InterceptRecord, redelivered: boolean): P.Interc
     writeData: x.data ?? Buffer.alloc(0),
     viewGeneration: BigInt(x.generation),
     hvMessage: x.message,
-    messageType: x.message.readUInt32LE(0),
-    rip: x.message.readBigUInt64LE(16 + 24),
+    messageType: core.hvMessageTypeOf(x.message),
+    rip: core.interceptMessageIpOf(x.message, p.spec.architecture),
     needsReply: x.needsReply,
     redelivered,
   };
