@@ -119,6 +119,6 @@ export {
   HvSendSyntheticClusterIpiExInputLayout,
   HvSendSyntheticClusterIpiInputLayout,
 } from './tlfs/flush-ipi';
-export { HV_XMM_FAST_BLOCK_BYTES, fastBlockBytes } from './hypercalls/xmm';
+export { HV_XMM_FAST_BLOCK_BYTES, fastBlockBytes, fastInputRegisters } from './hypercalls/xmm';
 export { resolveActionAddress } from './memory-actions';
 export type { ActionAddress } from './memory-actions';

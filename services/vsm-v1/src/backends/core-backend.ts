@@ -247,14 +247,11 @@ export class CoreBackend implements Backend {
     if (fast && r.input.length) {
       // RDX, R8 and, XMM fast, XMM0..XMM5 (tlfs-hypercalls.md §1.4): at most 112 bytes.
       if (r.input.length > core.HV_XMM_FAST_BLOCK_BYTES) throw invalidArgument(`fast input is at most ${core.HV_XMM_FAST_BLOCK_BYTES} bytes (RDX, R8, XMM0-5)`);
-      const buf = Buffer.alloc(core.HV_XMM_FAST_BLOCK_BYTES);
-      Buffer.from(r.input).copy(buf);
+      const regs = core.fastInputRegisters(Buffer.from(r.input));
       p.setReg(vp, R.HvX64RegisterRcx, r.control);
-      p.setReg(vp, R.HvX64RegisterRdx, buf.readBigUInt64LE(0));
-      p.setReg(vp, R.HvX64RegisterR8, buf.readBigUInt64LE(8));
-      const xmm = [];
-      for (let i = 0; 16 + 16 * i < r.input.length; i++)
-        xmm.push({ name: R.HvX64RegisterXmm0 + i, value: { low: buf.readBigUInt64LE(16 + 16 * i), high: buf.readBigUInt64LE(24 + 16 * i) } });
+      p.setReg(vp, R.HvX64RegisterRdx, regs.rdx);
+      p.setReg(vp, R.HvX64RegisterR8, regs.r8);
+      const xmm = regs.xmm.map((value, i) => ({ name: R.HvX64RegisterXmm0 + i, value }));
       if (xmm.length) p.setRegisters(vp, vp.activeVtl, xmm, 'host');
     } else {
       if (r.input.length) {
