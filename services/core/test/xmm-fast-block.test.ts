@@ -39,7 +39,7 @@ test('the registers it gives read back as the same bytes through the block the d
     const r = fastInputRegisters(input);
     vp.shared.set(R.HvX64RegisterRdx, { low: r.rdx, high: 0n });
     vp.shared.set(R.HvX64RegisterR8, { low: r.r8, high: 0n });
-    r.xmm.forEach((v, i) => vp.shared.set(R.HvX64RegisterXmm0 + i, v));
+    for (const [i, v] of r.xmm.entries()) vp.shared.set(R.HvX64RegisterXmm0 + i, v);
     expect(fastBlockBytes(vp, 0, n)).toEqual(input);
   }
 });
