@@ -86,14 +86,14 @@ function promisify<C extends grpc.Client>(
   for (const [method, def] of Object.entries(svc)) {
     if (def.requestStream || def.responseStream) continue;
     const requestType = requestTypeOf(method);
+    // Retried: the RPCs the proto declares NO_SIDE_EFFECTS (a guest read can intercept: not retried).
+    const attempts = vsmRpc(def.path)?.noSideEffects ? 1 + (o.retries ?? 2) : 1;
+    const fn = (client as unknown as Record<string, UnaryFn<unknown, unknown>>)[method]!.bind(client);
     out[method] = async (req: unknown, callOpts?: { deadlineMs?: number }) => {
       const full = requestType.fromPartial(req ?? {});
-      // Retried: the RPCs the proto declares NO_SIDE_EFFECTS (a guest read can intercept: not retried).
-      const attempts = vsmRpc(def.path)?.noSideEffects ? 1 + (o.retries ?? 2) : 1;
       for (let i = 0; ; i++) {
         try {
           return await new Promise((resolve, reject) => {
-            const fn = (client as unknown as Record<string, UnaryFn<unknown, unknown>>)[method]!.bind(client);
             fn(full, md(), { deadline: Date.now() + (callOpts?.deadlineMs ?? o.deadlineMs ?? 10_000) }, (err, res) =>
               err ? reject(VsmError.from(err)) : resolve(res),
             );
