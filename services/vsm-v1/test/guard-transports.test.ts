@@ -2,7 +2,7 @@
 // that stream responses, the only ones the server looks it up for (resetting a stream whose client
 // stopped reading). A unary call must not get an entry: V8's scavenger keeps the value of a WeakMap
 // entry with a young key alive as if it were strong, so an entry per unary call kept every call's
-// HTTP/2 stream and grpc-js call into the old generation (bench/README.md "Session 11"). A real
+// HTTP/2 stream and grpc-js call into the old generation (bench/README.md "Unary guest actions"). A real
 // grpc-js server with the guard's interceptor, a unary and a server-streaming method.
 import * as grpc from '@grpc/grpc-js';
 import pino from 'pino';

@@ -79,7 +79,7 @@ export class CallGuard {
    * value of a WeakMap entry whose key is young as if it were strong, so an entry per unary call
    * kept every call's HTTP/2 stream and grpc-js call (≈3.7 KB) alive through the next scavenge and
    * into the old generation: scavenges of 9-14 ms instead of 1-2, a Mark-Compact every few seconds,
-   * ≈50 µs of the service's CPU per unary call on this host (bench/README.md "Session 11").
+   * ≈25-30 µs of the service's CPU per unary call on this host (bench/README.md "Unary guest actions").
    */
   private readonly transports = new WeakMap<grpc.Metadata, http2.ServerHttp2Stream>();
 
