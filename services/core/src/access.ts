@@ -24,6 +24,7 @@ import {
   HV_SYNIC_INTERCEPTION_SINT_INDEX,
   HvCacheType,
   HV_MESSAGE_SIZE,
+  HV_MESSAGE_PAYLOAD_OFFSET,
   HV_X64_MEMORY_INTERCEPT_MESSAGE_SIZE,
   HvMessageHeaderLayout,
   HvMessageType,
@@ -330,7 +331,7 @@ export function buildInterceptMessage(
 }
 
 /** Byte offsets, in an HV_MESSAGE, of its payload and of the HV_X64_MEMORY_INTERCEPT_MESSAGE fields an access sets. */
-const PAYLOAD_AT = HvMessageHeaderLayout.size;
+const PAYLOAD_AT = HV_MESSAGE_PAYLOAD_OFFSET;
 const GVA_AT = PAYLOAD_AT + HvX64MemoryInterceptMessageLayout.offsetOf('guestVirtualAddress');
 const GPA_AT = PAYLOAD_AT + HvX64MemoryInterceptMessageLayout.offsetOf('guestPhysicalAddress');
 

@@ -25,6 +25,7 @@ import {
   HV_MESSAGE_SIZE,
   HV_SYNIC_SINT_COUNT,
   HvArm64MemoryInterceptMessageLayout,
+  HV_MESSAGE_PAYLOAD_OFFSET,
   HvMessageHeaderLayout,
   HvMessageType,
   HvX64InterceptMessageHeaderLayout,
@@ -472,7 +473,7 @@ function checkInterceptMessage(path: string, m: Buffer, arch: string, vpIndex: n
   const size = arch === 'arm64' ? HV_ARM64_MEMORY_INTERCEPT_MESSAGE_SIZE : HV_X64_MEMORY_INTERCEPT_MESSAGE_SIZE;
   if (h.payloadSize !== size) fail(path, `PayloadSize ${h.payloadSize} is not the ${size}-byte ${arch} memory intercept message`);
   if ((h.messageFlags & ~1) !== 0) fail(path, `MessageFlags ${hex(h.messageFlags)} has bits other than MessagePending`);
-  const payload = HvMessageHeaderLayout.size;
+  const payload = HV_MESSAGE_PAYLOAD_OFFSET;
   const { vpIndex: msgVp, interceptAccessType } =
     arch === 'arm64' ? HvArm64MemoryInterceptMessageLayout.decode(m, payload) : HvX64InterceptMessageHeaderLayout.decode(m, payload);
   if (msgVp !== vpIndex) fail(path, `the message's VpIndex ${msgVp} is not the intercept's VP ${vpIndex}`);

@@ -50,6 +50,8 @@ export const HvMessageLayout = struct('HV_MESSAGE', HV_MESSAGE_SIZE, {
   header: at(0, HvMessageHeaderLayout, 'Header'),
   payload: at(16, bytes(HV_MESSAGE_MAX_PAYLOAD_BYTE_COUNT), 'Payload'),
 });
+/** Byte offset of an HV_MESSAGE's Payload (after its HV_MESSAGE_HEADER). */
+export const HV_MESSAGE_PAYLOAD_OFFSET = HvMessageLayout.offsetOf('payload');
 
 export function encodeHvMessage(h: HvMessageHeader, payload: Buffer): Buffer {
   if (payload.length > HV_MESSAGE_MAX_PAYLOAD_BYTE_COUNT) throw new RangeError('HV_MESSAGE payload exceeds 240 bytes');
@@ -229,8 +231,8 @@ export const hvMessageTypeOf = (message: Buffer): number => message.readUInt32LE
  * §6.1), the Pc of the arm64 header (§6.9, unconfirmed: OpenVMM and Linux layouts).
  */
 const INTERCEPT_IP_AT = {
-  x64: HvMessageHeaderLayout.size + HvX64InterceptMessageHeaderLayout.offsetOf('rip'),
-  arm64: HvMessageHeaderLayout.size + HvArm64MemoryInterceptMessageLayout.offsetOf('pc'),
+  x64: HV_MESSAGE_PAYLOAD_OFFSET + HvX64InterceptMessageHeaderLayout.offsetOf('rip'),
+  arm64: HV_MESSAGE_PAYLOAD_OFFSET + HvArm64MemoryInterceptMessageLayout.offsetOf('pc'),
 } as const;
 /** The faulting instruction's address (x64 Rip, arm64 Pc) in the intercept HV_MESSAGE `message` of a partition of `architecture`. */
 export const interceptMessageIpOf = (message: Buffer, architecture: 'x64' | 'arm64'): bigint => message.readBigUInt64LE(INTERCEPT_IP_AT[architecture]);
